@@ -1,0 +1,91 @@
+"""The ``careledger`` console entry point.
+
+Each subcommand lives in the module that owns it; this file only routes. A module
+named in ``COMMANDS`` provides ``configure_<name>(parser)`` (optional) and
+``command_<name>(args, settings) -> int``. Modules are imported lazily so that
+``careledger keygen`` does not pay for faust or Kafka imports.
+
+Exit codes: 0 success, 1 the command ran and found a problem (e.g. verification
+findings), 2 usage or infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from careledger.config import ConfigError, load_settings
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("careledger.stack", "install if needed and start the local Kafka broker and ClickHouse server"),
+    "down": ("careledger.stack", "stop the local stack"),
+    "status": ("careledger.stack", "report whether the local stack is up"),
+    "migrate": ("careledger.storage.migrations", "create or upgrade the ClickHouse schema"),
+    "keygen": ("careledger.keys", "write a new Ed25519 signing key pair"),
+    "simulate": ("producers.simulator", "emit realistic simulated hospital access events"),
+    "process": ("processors.app", "run the chaining processor (faust worker)"),
+    "verify": ("verifiers.cli", "verify every chain (or one) and report findings"),
+    "dead-letters": ("processors.dead_letters", "list or replay dead-lettered input"),
+    "demo": ("careledger.demo", "run the whole pipeline locally on simulated traffic"),
+    "benchmark": ("careledger.benchmark", "measure end-to-end throughput and latency"),
+}
+
+
+def _module_for(name: str):  # type: ignore[no-untyped-def]
+    module_name = COMMANDS[name][0]
+    return importlib.import_module(module_name)
+
+
+def build_parser(load_modules: bool = True) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="careledger", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, help="TOML settings file (CARELEDGER_CONFIG)")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if load_modules:
+            configure = getattr(_module_for(name), f"configure_{name.replace('-', '_')}", None)
+            if configure is not None:
+                configure(p)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Only import the module of the command actually asked for.
+    command = next((a for a in argv if a in COMMANDS), None)
+    parser = build_parser(load_modules=False)
+    if command is not None:
+        sub_action = next(
+            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
+        )
+        configure = getattr(_module_for(command), f"configure_{command.replace('-', '_')}", None)
+        if configure is not None:
+            configure(sub_action.choices[command])
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"careledger: configuration error: {exc}", file=sys.stderr)
+        return 2
+    run = getattr(_module_for(args.command), f"command_{args.command.replace('-', '_')}")
+    try:
+        return int(run(args, settings))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

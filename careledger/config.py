@@ -1,0 +1,156 @@
+"""Runtime configuration for every careledger component.
+
+One frozen ``Settings`` value, built from defaults, then an optional TOML file,
+then ``CARELEDGER_*`` environment variables (highest precedence). Every
+component (stack control, producers, processor, verifier, tests, the
+docker-compose file) reads the same names, so a value changed in one place is
+seen everywhere. Ports are loopback and deliberately non-default so a local
+stack never collides with a developer's own Kafka or ClickHouse.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+ENV_PREFIX = "CARELEDGER_"
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # --- where local state lives -------------------------------------------
+    run_dir: Path = PROJECT_ROOT / ".run"
+
+    # --- Kafka (KRaft, one combined broker+controller node locally) ---------
+    kafka_host: str = "127.0.0.1"
+    kafka_port: int = 19092
+    kafka_controller_port: int = 19093
+    kafka_version: str = "4.1.1"
+    topic_events: str = "careledger.access-events"
+    topic_dead_letter: str = "careledger.dead-letter"
+    topic_alerts: str = "careledger.alerts"
+    topic_checkpoints: str = "careledger.checkpoints"
+    partitions: int = 4
+    # Largest access-event message the processor accepts; larger ones are
+    # dead-lettered (a real event is ~0.5 KiB, so 64 KiB is generous).
+    max_event_bytes: int = 65536
+
+    # --- ClickHouse ---------------------------------------------------------
+    clickhouse_host: str = "127.0.0.1"
+    clickhouse_port: int = 19000
+    clickhouse_http_port: int = 18123
+    clickhouse_user: str = "default"
+    clickhouse_password: str = ""
+    clickhouse_database: str = "careledger"
+
+    # --- processor ----------------------------------------------------------
+    processor_app_id: str = "careledger-processor"
+    processor_web_port: int = 16066
+    block_max_events: int = 1000
+    block_max_ms: int = 250
+    # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
+    origin: str = "careledger.local"
+    signing_key: Path | None = None  # path to the Ed25519 private key file
+
+    # --- verifier -----------------------------------------------------------
+    # Trusted public keys come from the verifier's own configuration, never from
+    # the database being verified: a comma-separated list of key files or of
+    # "ed25519:<base64>" literals.
+    trusted_keys: tuple[str, ...] = ()
+    verifier_state_dir: Path | None = None  # defaults to run_dir / "verifier"
+    follow_interval_s: float = 2.0
+    full_reverify_every_s: float = 300.0
+
+    @property
+    def kafka_bootstrap(self) -> str:
+        return f"{self.kafka_host}:{self.kafka_port}"
+
+    @property
+    def verifier_state(self) -> Path:
+        return self.verifier_state_dir or (self.run_dir / "verifier")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.run_dir / "keys"
+
+    def chain_id(self, topic: str, partition: int) -> str:
+        return f"{self.origin}/{topic}/{partition}"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+    def as_env(self) -> dict[str, str]:
+        """The settings as CARELEDGER_* variables, for child processes."""
+        env: dict[str, str] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            env[ENV_PREFIX + f.name.upper()] = str(value)
+        return env
+
+
+def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
+    kind = str(field.type)
+    try:
+        if kind.startswith("tuple"):
+            if isinstance(raw, list | tuple):
+                return tuple(str(v) for v in raw)
+            return tuple(p.strip() for p in str(raw).split(",") if p.strip())
+        if "Path" in kind:
+            return Path(str(raw)).expanduser() if str(raw) else None
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {field.name!r}: cannot use value {raw!r}: {exc}") from exc
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    **overrides: Any,
+) -> Settings:
+    """Defaults, then ``config_file`` (TOML, flat keys), then the environment, then overrides."""
+    env = os.environ if env is None else env
+    fields = {f.name: f for f in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None)
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+        for key, raw in data.items():
+            if key not in fields:
+                raise ConfigError(f"unknown setting {key!r} in {path}")
+            values[key] = _coerce(fields[key], raw)
+    for name, field in fields.items():
+        raw_env = env.get(ENV_PREFIX + name.upper())
+        if raw_env is not None:
+            values[name] = _coerce(field, raw_env)
+    for key, raw in overrides.items():
+        if key not in fields:
+            raise ConfigError(f"unknown setting {key!r}")
+        if raw is not None:
+            values[key] = raw
+    settings = Settings(**values)
+    if settings.block_max_events < 1 or settings.block_max_ms < 1:
+        raise ConfigError("block_max_events and block_max_ms must be positive")
+    if settings.partitions < 1:
+        raise ConfigError("partitions must be at least 1")
+    return settings
