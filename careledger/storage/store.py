@@ -1,0 +1,334 @@
+"""Chain storage in ClickHouse: the processor's writer and the verifier's reader.
+
+Write protocol for one block (see docs/adr/0003): insert all of the block's
+event rows in **one** batched insert, then the single header row. A block
+exists only once its header row exists, so a crash between the two leaves
+event rows without a header; those are *uncommitted* and are deleted by
+``discard_uncommitted`` when the processor resumes the chain, before anything
+new is written at that height.
+
+The reader is the verifier's minimal, read-only view (``ChainReader``). It
+streams headers and events in height order, page by page, so memory stays
+flat however long a chain is. Everything it returns comes straight from the
+store and is untrusted: strings arrive as ``bytes``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.migrations import check_identifier
+from careledger_core.block import BlockHeader
+from careledger_core.event import AccessEvent
+
+EVENT_COLUMNS = (
+    "chain_id",
+    "height",
+    "idx",
+    "block_hash",
+    "kafka_offset",
+    "event_id",
+    "occurred_at",
+    "occurred_date",
+    "actor_id",
+    "patient_id",
+    "action",
+    "outcome",
+    "source_system",
+    "canonical",
+    "leaf_hash",
+)
+
+HEADER_COLUMNS = (
+    "chain_id",
+    "height",
+    "block_hash",
+    "prev_hash",
+    "merkle_root",
+    "event_count",
+    "first_offset",
+    "last_offset",
+    "dead_lettered",
+    "absent_offsets",
+    "first_event_time",
+    "last_event_time",
+    "created_at",
+    "key_id",
+    "header",
+    "signature",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainedEvent:
+    """One event as it goes into a block."""
+
+    offset: int
+    event: AccessEvent
+    canonical: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True)
+class SealedBlock:
+    """A signed block ready to store."""
+
+    header: BlockHeader
+    header_bytes: bytes
+    block_hash: bytes
+    signature: bytes
+    events: Sequence[ChainedEvent]
+
+
+@dataclass(frozen=True)
+class ChainHead:
+    chain_id: str
+    height: int
+    block_hash: str
+    last_offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class StoredHeader:
+    """A header row exactly as stored (untrusted)."""
+
+    chain_id: str
+    height: int
+    block_hash: bytes
+    prev_hash: bytes
+    merkle_root: bytes
+    event_count: int
+    first_offset: int
+    last_offset: int
+    dead_lettered: int
+    absent_offsets: int
+    first_event_time: bytes
+    last_event_time: bytes
+    created_at: bytes
+    key_id: bytes
+    header: bytes
+    signature: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event row exactly as stored (untrusted)."""
+
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: bytes
+    kafka_offset: int
+    event_id: bytes
+    occurred_at: bytes
+    actor_id: bytes
+    patient_id: bytes
+    action: bytes
+    outcome: int
+    source_system: bytes
+    canonical: bytes
+    leaf_hash: bytes
+
+
+def _event_date(timestamp: str) -> dt.date:
+    return dt.date(int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10]))
+
+
+class ChainStore:
+    """Read and write chains in one ClickHouse database."""
+
+    def __init__(self, backend: SqlBackend, database: str) -> None:
+        self.backend = backend
+        self.db = check_identifier(database)
+
+    # ------------------------------------------------------------------ writes
+    def write_block(self, block: SealedBlock) -> None:
+        """Store one block: its events in one insert, then its header."""
+        h = block.header
+        block_hash = block.block_hash.hex()
+        rows = [
+            (
+                h.chain_id,
+                h.height,
+                idx,
+                block_hash,
+                ev.offset,
+                ev.event.event_id,
+                ev.event.occurred_at,
+                _event_date(ev.event.occurred_at),
+                ev.event.actor.id,
+                ev.event.patient.id,
+                ev.event.action,
+                ev.event.outcome,
+                ev.event.source.system,
+                ev.canonical,
+                ev.leaf_hash.hex(),
+            )
+            for idx, ev in enumerate(block.events)
+        ]
+        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, rows)
+        self.backend.insert(
+            f"{self.db}.blocks",
+            HEADER_COLUMNS,
+            [
+                (
+                    h.chain_id,
+                    h.height,
+                    block_hash,
+                    h.prev_hash,
+                    h.merkle_root,
+                    h.event_count,
+                    h.first_offset,
+                    h.last_offset,
+                    h.dead_lettered,
+                    h.absent_offsets,
+                    h.first_event_time,
+                    h.last_event_time,
+                    h.created_at,
+                    h.key_id,
+                    block.header_bytes,
+                    block.signature.hex(),
+                )
+            ],
+        )
+
+    def head(self, chain_id: str) -> ChainHead | None:
+        rows = self.backend.execute(
+            f"SELECT height, block_hash, last_offset FROM {self.db}.blocks "
+            "WHERE chain_id = %(chain)s ORDER BY height DESC LIMIT 1",
+            {"chain": chain_id},
+        )
+        if not rows:
+            return None
+        height, block_hash, last_offset = rows[0]
+        return ChainHead(chain_id, int(height), _text(block_hash), int(last_offset))
+
+    def heads(self) -> dict[str, ChainHead]:
+        rows = self.backend.execute(
+            f"SELECT chain_id, max(height) FROM {self.db}.blocks GROUP BY chain_id"
+        )
+        heads: dict[str, ChainHead] = {}
+        for chain, _height in rows:
+            head = self.head(_text(chain))
+            if head is not None:
+                heads[head.chain_id] = head
+        return heads
+
+    def uncommitted_count(self, chain_id: str, head_height: int | None) -> int:
+        rows = self.backend.execute(
+            f"SELECT count() FROM {self.db}.access_events "
+            "WHERE chain_id = %(chain)s AND height >= %(h)s",
+            {"chain": chain_id, "h": 0 if head_height is None else head_height + 1},
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def discard_uncommitted(self, chain_id: str, head_height: int | None, timeout_s: float = 60.0) -> int:
+        """Delete event rows above the chain head (a crash left them without a header).
+
+        Returns how many rows were deleted. Waits until the deletion has really
+        happened: ClickHouse mutations are asynchronous and ``mutations_sync``
+        does not exist on 18.16, so we poll ``system.mutations``.
+        """
+        first_uncommitted = 0 if head_height is None else head_height + 1
+        count = self.uncommitted_count(chain_id, head_height)
+        if count == 0:
+            return 0
+        self.backend.execute(
+            f"ALTER TABLE {self.db}.access_events DELETE "
+            "WHERE chain_id = %(chain)s AND height >= %(h)s",
+            {"chain": chain_id, "h": first_uncommitted},
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.uncommitted_count(chain_id, head_height) == 0:
+                return count
+            time.sleep(0.05)
+        raise StorageError(f"deleting uncommitted rows of {chain_id} did not finish in {timeout_s}s")
+
+    def record_verification_run(self, row: dict[str, Any]) -> None:
+        columns = (
+            "run_id",
+            "mode",
+            "scope",
+            "started_at",
+            "finished_at",
+            "chains",
+            "blocks",
+            "events",
+            "findings",
+            "result",
+            "summary",
+        )
+        self.backend.insert(f"{self.db}.verification_runs", columns, [tuple(row[c] for c in columns)])
+
+    # ------------------------------------------------------------------ reads
+    def chain_ids(self) -> list[str]:
+        rows = self.backend.execute(
+            f"SELECT DISTINCT chain_id FROM {self.db}.blocks ORDER BY chain_id"
+        )
+        event_rows = self.backend.execute(
+            f"SELECT DISTINCT chain_id FROM {self.db}.access_events ORDER BY chain_id"
+        )
+        return sorted({_text(r[0]) for r in rows} | {_text(r[0]) for r in event_rows})
+
+    def headers(
+        self, chain_id: str, from_height: int = 0, page_size: int = 500
+    ) -> Iterator[StoredHeader]:
+        """Header rows of one chain in height order, streamed page by page."""
+        next_height = from_height
+        while True:
+            rows = self.backend.execute(
+                f"SELECT {', '.join(HEADER_COLUMNS)} FROM {self.db}.blocks "
+                "WHERE chain_id = %(chain)s AND height >= %(from)s AND height < %(to)s "
+                "ORDER BY height, block_hash",
+                {"chain": chain_id, "from": next_height, "to": next_height + page_size},
+            )
+            for r in rows:
+                yield StoredHeader(_text(r[0]), *r[1:])
+            more = self.backend.execute(
+                f"SELECT count() FROM {self.db}.blocks "
+                "WHERE chain_id = %(chain)s AND height >= %(to)s",
+                {"chain": chain_id, "to": next_height + page_size},
+            )
+            if not more or int(more[0][0]) == 0:
+                return
+            next_height += page_size
+
+    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]:
+        """Event rows with ``from_height <= height <= to_height``, in (height, idx) order."""
+        rows = self.backend.execute(
+            "SELECT chain_id, height, idx, block_hash, kafka_offset, event_id, occurred_at, "
+            "actor_id, patient_id, action, outcome, source_system, canonical, leaf_hash "
+            f"FROM {self.db}.access_events "
+            "WHERE chain_id = %(chain)s AND height >= %(from)s AND height <= %(to)s "
+            "ORDER BY height, idx, kafka_offset",
+            {"chain": chain_id, "from": from_height, "to": to_height},
+        )
+        return [StoredEvent(_text(r[0]), *r[1:]) for r in rows]
+
+    def event_counts(self) -> tuple[int, int]:
+        """(stored event rows, header rows) over the whole database."""
+        ev = self.backend.execute(f"SELECT count() FROM {self.db}.access_events")
+        bl = self.backend.execute(f"SELECT count() FROM {self.db}.blocks")
+        return int(ev[0][0]), int(bl[0][0])
+
+
+class ChainReader(Protocol):
+    """The minimal read interface the verifier needs."""
+
+    def chain_ids(self) -> list[str]: ...
+
+    def headers(self, chain_id: str, from_height: int = 0, page_size: int = 500) -> Iterator[StoredHeader]: ...
+
+    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]: ...
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
