@@ -30,9 +30,7 @@ from careledger_core.errors import InfrastructureError
 class StorageError(InfrastructureError):
     """The database could not be reached or rejected a statement."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.code = "STORAGE_UNAVAILABLE"
+    code = "STORAGE_UNAVAILABLE"
 
 
 Row = tuple[Any, ...]

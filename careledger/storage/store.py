@@ -147,39 +147,43 @@ class ChainStore:
         self.db = check_identifier(database)
 
     # ------------------------------------------------------------------ writes
-    def write_block(self, block: SealedBlock) -> None:
-        """Store one block: its events in one insert, then its header."""
-        h = block.header
-        block_hash = block.block_hash.hex()
-        rows = [
-            (
-                h.chain_id,
-                h.height,
-                idx,
-                block_hash,
-                ev.offset,
-                ev.event.event_id,
-                ev.event.occurred_at,
-                _event_date(ev.event.occurred_at),
-                ev.event.actor.id,
-                ev.event.patient.id,
-                ev.event.action,
-                ev.event.outcome,
-                ev.event.source.system,
-                ev.canonical,
-                ev.leaf_hash.hex(),
-            )
-            for idx, ev in enumerate(block.events)
-        ]
-        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, rows)
-        self.backend.insert(
-            f"{self.db}.blocks",
-            HEADER_COLUMNS,
-            [
+    def write_blocks(self, blocks: Sequence[SealedBlock]) -> None:
+        """Store blocks: all their event rows in one insert, then all headers in one.
+
+        A crash between the two inserts leaves event rows without headers, which
+        count as uncommitted (see ``discard_uncommitted``).
+        """
+        event_rows: list[tuple[Any, ...]] = []
+        header_rows: list[tuple[Any, ...]] = []
+        for block in blocks:
+            h = block.header
+            digest = block.block_hash.hex()
+            chain, height = h.chain_id, h.height
+            event_rows.extend(
                 (
-                    h.chain_id,
-                    h.height,
-                    block_hash,
+                    chain,
+                    height,
+                    idx,
+                    digest,
+                    ev.offset,
+                    ev.event.event_id,
+                    ev.event.occurred_at,
+                    _event_date(ev.event.occurred_at),
+                    ev.event.actor.id,
+                    ev.event.patient.id,
+                    ev.event.action,
+                    ev.event.outcome,
+                    ev.event.source.system,
+                    ev.canonical,
+                    ev.leaf_hash.hex(),
+                )
+                for idx, ev in enumerate(block.events)
+            )
+            header_rows.append(
+                (
+                    chain,
+                    height,
+                    digest,
                     h.prev_hash,
                     h.merkle_root,
                     h.event_count,
@@ -194,8 +198,9 @@ class ChainStore:
                     block.header_bytes,
                     block.signature.hex(),
                 )
-            ],
-        )
+            )
+        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows)
+        self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows)
 
     def head(self, chain_id: str) -> ChainHead | None:
         rows = self.backend.execute(

@@ -1,0 +1,136 @@
+"""Key files: generating, loading with permission checks, trusted key lists.
+
+The private key never appears in logs or on a command line. It is read from a
+file that only its owner can read (mode 0600 or stricter; anything looser is
+refused, like ssh does) or, for containers, from the environment variable
+``CARELEDGER_SIGNING_KEY_TEXT`` holding the same text as the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import stat
+from pathlib import Path
+from typing import Any
+
+from careledger_core.errors import InfrastructureError
+from careledger_core.signing import (
+    PublicKey,
+    SigningKey,
+    TrustedKeys,
+    format_private_key,
+    format_public_key,
+    parse_private_key,
+    parse_public_key,
+)
+
+KEY_TEXT_ENV = "CARELEDGER_SIGNING_KEY_TEXT"
+
+
+class KeyFileError(InfrastructureError):
+    """A key file is missing, unreadable, malformed or too widely readable."""
+
+    code = "KEY_FILE"
+
+
+def write_keypair(private_path: Path, *, overwrite: bool = False) -> SigningKey:
+    """Create a new key pair: ``private_path`` (0600) and ``private_path + '.pub'``."""
+    key = SigningKey.from_seed(os.urandom(32))
+    private_path.parent.mkdir(parents=True, exist_ok=True)
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if overwrite else os.O_EXCL)
+    try:
+        fd = os.open(private_path, flags, 0o600)
+    except FileExistsError as exc:
+        raise KeyFileError(f"{private_path} exists; refusing to overwrite a signing key") from exc
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(format_private_key(key))
+    os.chmod(private_path, 0o600)
+    public_path = Path(str(private_path) + ".pub")
+    public_path.write_text(format_public_key(key.public_key) + "\n", encoding="ascii")
+    return key
+
+
+def load_signing_key(path: Path | None, env: dict[str, str] | None = None) -> SigningKey:
+    env = dict(os.environ) if env is None else env
+    text = env.get(KEY_TEXT_ENV)
+    if text:
+        return parse_private_key(text)
+    if path is None:
+        raise KeyFileError(
+            "no signing key configured: set CARELEDGER_SIGNING_KEY to a key file "
+            f"(create one with `careledger keygen`) or {KEY_TEXT_ENV}"
+        )
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise KeyFileError(f"cannot read signing key {path}: {exc.strerror}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"signing key {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
+        )
+    try:
+        return parse_private_key(path.read_text(encoding="ascii"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"cannot read signing key {path}: {exc}") from exc
+
+
+def load_public_keys(entries: tuple[str, ...] | list[str]) -> list[PublicKey]:
+    """Each entry is an ``ed25519:<base64>`` literal or a file with one literal per line."""
+    keys: list[PublicKey] = []
+    for entry in entries:
+        entry = entry.strip()
+        if not entry:
+            continue
+        if entry.startswith("ed25519:"):
+            keys.append(parse_public_key(entry))
+            continue
+        path = Path(entry).expanduser()
+        try:
+            lines = path.read_text(encoding="ascii").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise KeyFileError(f"cannot read trusted key file {path}: {exc}") from exc
+        for line in lines:
+            line = line.strip()
+            if line and not line.startswith("#"):
+                keys.append(parse_public_key(line))
+    return keys
+
+
+def load_trusted_keys(settings: Any) -> TrustedKeys:
+    keys = load_public_keys(settings.trusted_keys)
+    if not keys:
+        raise KeyFileError(
+            "no trusted public keys configured: set CARELEDGER_TRUSTED_KEYS to the "
+            "public key file(s) written by `careledger keygen` (never read keys from the store)"
+        )
+    return TrustedKeys(keys)
+
+
+def default_key_path(settings: Any) -> Path:
+    return Path(settings.signing_key) if settings.signing_key else settings.keys_dir / "signing.key"
+
+
+def configure_keygen(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", type=Path, help="private key path (default: <run_dir>/keys/signing.key)")
+    parser.add_argument("--if-missing", action="store_true", help="do nothing if the key exists")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing key")
+
+
+def command_keygen(args: argparse.Namespace, settings: Any) -> int:
+    path: Path = args.out or default_key_path(settings)
+    if args.if_missing and path.exists():
+        key = load_signing_key(path, env={})
+        print(f"key exists: {path}")
+    else:
+        try:
+            key = write_keypair(path, overwrite=args.force)
+        except KeyFileError as exc:
+            print(f"careledger keygen: {exc}")
+            return 2
+        print(f"private key: {path} (mode 600)")
+    print(f"public key file: {path}.pub")
+    print(f"public key: {format_public_key(key.public_key)}")
+    print(f"key id: {key.key_id}")
+    return 0

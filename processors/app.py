@@ -1,0 +1,477 @@
+"""The faust-streaming processor: validate, chain per partition, sign, store.
+
+Commit order (read this before changing anything; ADR 0003):
+
+1. Records of a partition are validated and appended to that partition's open
+   block (``PartitionChain``). Bad records become dead-letter records.
+2. When a block closes (``block_max_events`` events, or ``block_max_ms`` after
+   its first record), it is hashed, Merkle-rooted and signed.
+3. Persist, in this order: flush the dead-letter records of the closed ranges
+   to Kafka (acks=all) -> insert the blocks' event rows (one batched insert) ->
+   insert the header rows. A block exists only once its header row exists.
+4. Only then does faust ack the records, so its offset commits trail the store.
+
+The consumer position is *not* trusted to Kafka's committed offsets: when a
+chain is (re)loaded, the stored head (height, hash, last offset) is the source
+of truth. Records at or below the head are skipped as already chained; a
+record beyond the next expected offset makes the processor seek back. Event
+rows a crash left without a header are deleted before the chain continues.
+So a crash at any instant loses nothing and duplicates nothing.
+
+Bad input never stops the processor; storage or Kafka failures make it drop
+its in-memory state, back off and resume from the store (fail closed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import bisect
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from careledger.config import Settings
+from careledger.keys import default_key_path, load_signing_key
+from careledger.storage.backend import ClickHouseBackend
+from careledger.storage.store import ChainStore, SealedBlock
+from careledger_core.errors import CareledgerError
+from careledger_core.signing import SigningKey
+from processors.chainer import OffsetGap, PartitionChain, Rejected
+
+log = logging.getLogger("careledger.processor")
+
+# Latency histogram bucket upper bounds in seconds (1 ms .. ~2 min, log-spaced).
+_LATENCY_BOUNDS = [0.001 * (1.25**i) for i in range(55)]
+
+
+@dataclass
+class ProcessorMetrics:
+    """Counters the processor exposes (log line, JSON file, faust web page)."""
+
+    started: float = field(default_factory=time.time)
+    events_chained: int = 0
+    blocks_written: int = 0
+    dead_lettered: int = 0
+    duplicates_skipped: int = 0
+    seeks: int = 0
+    store_failures: int = 0
+    heights: dict[str, int] = field(default_factory=dict)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
+    block_write_seconds_total: float = 0.0
+    _window_start: float = field(default_factory=time.monotonic)
+    _window_events: int = 0
+
+    def observe_latencies(self, stored_at: float, kafka_timestamps: list[float]) -> None:
+        buckets = self.latency_buckets
+        for ts in kafka_timestamps:
+            buckets[bisect.bisect_left(_LATENCY_BOUNDS, stored_at - ts)] += 1
+
+    def percentile(self, q: float) -> float | None:
+        total = sum(self.latency_buckets)
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(self.latency_buckets):
+            seen += n
+            if seen >= rank:
+                return _LATENCY_BOUNDS[min(i, len(_LATENCY_BOUNDS) - 1)]
+        return _LATENCY_BOUNDS[-1]
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self._window_start, 1e-9)
+        rate = self._window_events / elapsed
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "events_chained": self.events_chained,
+            "blocks_written": self.blocks_written,
+            "dead_lettered": self.dead_lettered,
+            "duplicates_skipped": self.duplicates_skipped,
+            "seeks": self.seeks,
+            "store_failures": self.store_failures,
+            "events_per_s_recent": round(rate, 1),
+            "block_write_ms_avg": round(
+                1000 * self.block_write_seconds_total / self.blocks_written, 2
+            )
+            if self.blocks_written
+            else None,
+            "latency_p50_s": self.percentile(0.50),
+            "latency_p99_s": self.percentile(0.99),
+            "latency_bucket_bounds_s": _LATENCY_BOUNDS,
+            "latency_buckets": self.latency_buckets,
+            "chain_heights": dict(self.heights),
+        }
+
+    def roll_window(self) -> None:
+        self._window_start = time.monotonic()
+        self._window_events = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka record the chainer needs (decoupled from faust)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float
+
+
+class Processor:
+    """Chains records of the events topic; owns no Kafka consumer itself."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        key: SigningKey,
+        store: ChainStore,
+        seek: Any,  # async callable (partition, offset)
+        dead_letter: Any,  # DeadLetterSink
+    ) -> None:
+        self.settings = settings
+        self.key = key
+        self.store = store
+        self._seek = seek
+        self.dead_letter = dead_letter
+        self.chains: dict[int, PartitionChain] = {}
+        self.seek_targets: dict[int, tuple[int, float]] = {}
+        self.metrics = ProcessorMetrics()
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-store")
+        self.max_age_s = settings.block_max_ms / 1000.0
+        self._backoff_s = 0.0
+
+    # ------------------------------------------------------------- rebalance
+    def forget(self, partitions: set[int]) -> None:
+        """Drop in-memory state; the chain reloads from the store when next seen."""
+        for p in partitions:
+            self.chains.pop(p, None)
+            self.seek_targets.pop(p, None)
+
+    async def _load(self, partition: int) -> PartitionChain:
+        chain_id = self.settings.chain_id(self.settings.topic_events, partition)
+        loop = asyncio.get_running_loop()
+
+        def load() -> PartitionChain:
+            head = self.store.head(chain_id)
+            removed = self.store.discard_uncommitted(chain_id, None if head is None else head.height)
+            if removed:
+                log.warning(
+                    "chain %s: deleted %d uncommitted event rows left by an interrupted write",
+                    chain_id,
+                    removed,
+                )
+            return PartitionChain.resume(chain_id, head, self.settings.max_event_bytes)
+
+        chain = await loop.run_in_executor(self.executor, load)
+        log.info(
+            "chain %s resumes at height %d, next offset %s",
+            chain_id,
+            chain.height,
+            chain.next_offset,
+        )
+        self.chains[partition] = chain
+        return chain
+
+    # ------------------------------------------------------------- records
+    async def handle(self, records: list[Record]) -> None:
+        async with self.lock:
+            if self._backoff_s:
+                await asyncio.sleep(self._backoff_s)
+            sealed: list[SealedBlock] = []
+            rejected: list[tuple[int, Rejected]] = []
+            timestamps: dict[str, list[float]] = {}
+            now_mono = time.monotonic()
+            now = time.time()
+            blocked: set[int] = set()
+            for rec in records:
+                p = rec.partition
+                if p in blocked:
+                    continue
+                chain = self.chains.get(p)
+                if chain is None:
+                    chain = await self._load(p)
+                target = self.seek_targets.get(p)
+                if target is not None:
+                    expected, since = target
+                    if rec.offset > expected and now_mono - since < 10.0:
+                        continue  # still draining records fetched before the seek
+                    if rec.offset > expected:
+                        log.warning(
+                            "chain %s: offsets %d..%d are absent from Kafka; recorded in the header",
+                            chain.chain_id,
+                            expected,
+                            rec.offset - 1,
+                        )
+                        chain.accept_gap(rec.offset)
+                    self.seek_targets.pop(p, None)
+                try:
+                    bad = chain.add(rec.offset, rec.value, rec.key, rec.timestamp, now_mono)
+                except OffsetGap as gap:
+                    # The consumer is ahead of the stored head (e.g. faust committed
+                    # offsets of records we had not stored yet): go back.
+                    blocked.add(p)
+                    self.seek_targets[p] = (gap.expected, now_mono)
+                    self.metrics.seeks += 1
+                    log.info("chain %s: seeking partition %d back to offset %d", chain.chain_id, p, gap.expected)
+                    await self._seek(p, gap.expected)
+                    continue
+                if bad is not None:
+                    rejected.append((p, bad))
+                    continue
+                timestamps.setdefault(chain.chain_id, []).append(rec.timestamp)
+                if len(chain.pending) >= self.settings.block_max_events:
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            for chain in self.chains.values():
+                if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            self.metrics.duplicates_skipped = sum(c.duplicates_skipped for c in self.chains.values())
+            await self._persist(sealed, rejected, timestamps)
+
+    async def flush_aged(self) -> None:
+        """Timer: close blocks whose first record is older than ``block_max_ms``."""
+        async with self.lock:
+            now_mono = time.monotonic()
+            now = time.time()
+            sealed = []
+            for chain in self.chains.values():
+                if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            if sealed:
+                await self._persist(sealed, [], {})
+
+    async def _persist(
+        self,
+        sealed: list[SealedBlock],
+        rejected: list[tuple[int, Rejected]],
+        timestamps: dict[str, list[float]],
+    ) -> None:
+        if not sealed and not rejected:
+            return
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            await loop.run_in_executor(self.executor, self._persist_sync, sealed, rejected)
+        except (CareledgerError, OSError, RuntimeError) as exc:
+            # Fail closed: forget everything in memory (sealed blocks included) and
+            # resume from what the store really holds.
+            self.metrics.store_failures += 1
+            self._backoff_s = min(max(self._backoff_s * 2, 0.5), 10.0)
+            log.error(
+                "persisting %d blocks failed (%s); resuming from the store in %.1fs",
+                len(sealed),
+                getattr(exc, "code", type(exc).__name__),
+                self._backoff_s,
+            )
+            self.forget(set(self.chains))
+            return
+        self._backoff_s = 0.0
+        stored_at = time.time()
+        elapsed = time.monotonic() - started
+        m = self.metrics
+        m.dead_lettered += len(rejected)
+        for block in sealed:
+            h = block.header
+            m.blocks_written += 1
+            m.events_chained += h.event_count
+            m._window_events += h.event_count
+            m.heights[h.chain_id] = h.height
+        m.block_write_seconds_total += elapsed * len(sealed)
+        for ts_list in timestamps.values():
+            m.observe_latencies(stored_at, ts_list)
+
+    def _persist_sync(self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]) -> None:
+        if rejected:
+            self.dead_letter.send_all(rejected)  # flushes; raises on any failed delivery
+        if sealed:
+            self.store.write_blocks(sealed)
+
+
+class DeadLetterSink:
+    """Sends rejected records, with their original bytes and the reason, to Kafka."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.settings = settings
+        self.topic = settings.topic_dead_letter
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": max(settings.max_event_bytes * 20, 1_000_000),
+            }
+        )
+
+    def send_all(self, rejected: list[tuple[int, Rejected]]) -> None:
+        failures: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        for partition, r in rejected:
+            headers = [
+                ("careledger-error-code", r.code.encode()),
+                ("careledger-error", r.reason.encode("utf-8", errors="replace")),
+                ("careledger-error-field", r.field.encode("utf-8", errors="replace")),
+                ("careledger-source-topic", self.settings.topic_events.encode()),
+                ("careledger-source-partition", str(partition).encode()),
+                ("careledger-source-offset", str(r.offset).encode()),
+            ]
+            self._producer.produce(
+                self.topic, value=r.value, key=r.key, headers=headers, on_delivery=on_delivery
+            )
+        remaining = self._producer.flush(30.0)
+        if remaining or failures:
+            raise RuntimeError(
+                f"dead-letter delivery failed: {len(failures)} errors, {remaining} not flushed"
+            )
+
+
+def create_app(settings: Settings, key: SigningKey, store: ChainStore) -> Any:
+    import faust
+    from faust.types import TP
+
+    web_enabled = settings.processor_web_port > 0
+    app = faust.App(
+        settings.processor_app_id,
+        broker=f"kafka://{settings.kafka_bootstrap}",
+        value_serializer="raw",
+        key_serializer="raw",
+        store="memory://",
+        web_enabled=web_enabled,
+        web_port=settings.processor_web_port if web_enabled else 6066,
+        web_bind="127.0.0.1",
+        web_host="127.0.0.1",
+        topic_disable_leader=True,
+        topic_allow_declare=False,
+        consumer_auto_offset_reset="earliest",
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=1.0,
+        broker_commit_interval=1.0,
+        stream_buffer_maxsize=16384,
+        broker_max_poll_records=5000,
+        producer_acks=-1,
+    )
+    topic = app.topic(
+        settings.topic_events,
+        value_type=bytes,
+        key_type=bytes,
+        value_serializer="raw",
+        key_serializer="raw",
+    )
+
+    async def seek(partition: int, offset: int) -> None:
+        await app.consumer.seek(TP(settings.topic_events, partition), offset)
+
+    processor = Processor(settings, key, store, seek, DeadLetterSink(settings))
+    app.careledger_processor = processor  # for tests and the web page
+    take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
+    within = max(settings.block_max_ms / 2000.0, 0.01)
+
+    @app.agent(topic, name="chain-events")
+    async def chain_events(stream: Any) -> None:
+        async for events in stream.take_events(take_max, within=within):
+            records = [
+                Record(
+                    e.message.partition,
+                    e.message.offset,
+                    e.message.key,
+                    e.message.value,
+                    e.message.timestamp,
+                )
+                for e in events
+                if e.message.topic == settings.topic_events
+            ]
+            await processor.handle(records)
+
+    @app.timer(interval=max(settings.block_max_ms / 2000.0, 0.01))
+    async def close_aged_blocks() -> None:
+        await processor.flush_aged()
+
+    metrics_path = settings.run_dir / "metrics" / f"processor-{settings.processor_app_id}.json"
+
+    @app.timer(interval=5.0)
+    async def report_metrics() -> None:
+        snap = processor.metrics.snapshot()
+        processor.metrics.roll_window()
+        log.info(
+            "chained=%d blocks=%d dead_lettered=%d rate=%.0f/s p50=%s p99=%s",
+            snap["events_chained"],
+            snap["blocks_written"],
+            snap["dead_lettered"],
+            snap["events_per_s_recent"],
+            snap["latency_p50_s"],
+            snap["latency_p99_s"],
+        )
+        write_metrics(metrics_path, snap)
+
+    @app.on_partitions_revoked.connect
+    async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+
+    @app.on_partitions_assigned.connect
+    async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        processor.forget({tp.partition for tp in assigned if tp.topic == settings.topic_events})
+
+    if web_enabled:
+
+        @app.page("/careledger/metrics/")
+        async def metrics_page(self: Any, request: Any) -> Any:
+            return self.json(processor.metrics.snapshot())
+
+    return app
+
+
+def write_metrics(path: Path, snapshot: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snapshot), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write metrics file %s: %s", path, exc)
+
+
+def configure_process(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--loglevel", default="info", help="faust worker log level")
+
+
+def command_process(args: argparse.Namespace, settings: Settings) -> int:
+    import faust
+
+    try:
+        key = load_signing_key(default_key_path(settings))
+    except CareledgerError as exc:
+        print(f"careledger process: {exc}")
+        return 2
+    store = ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
+    app = create_app(settings, key, store)
+    log.info(
+        "processor %s: topic %s, blocks of <= %d events or %d ms, signing key %s",
+        settings.processor_app_id,
+        settings.topic_events,
+        settings.block_max_events,
+        settings.block_max_ms,
+        key.key_id,
+    )
+    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()
+    return 0

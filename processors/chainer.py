@@ -1,0 +1,185 @@
+"""Per-partition chaining: Kafka records in, sealed signed blocks out.
+
+This module holds no connections: the faust app feeds it records and stores
+what it seals. One ``PartitionChain`` per Kafka partition of the events topic
+(one chain per partition, ADR 0003).
+
+Offset accounting. A block's range ``[first_offset, last_offset]`` starts right
+after the previous block's ``last_offset`` and covers every offset in it: each
+one is either a chained event, a dead-lettered record, or absent from Kafka
+(``event_count + dead_lettered + absent_offsets`` equals the range size). The
+verifier checks that ranges of consecutive blocks touch, so an event dropped
+before chaining cannot hide.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
+from careledger_core.block import GENESIS_PREV_HASH, BlockHeader, block_hash, header_bytes
+from careledger_core.errors import EventValidationError
+from careledger_core.event import decode_and_canonicalize
+from careledger_core.hashing import leaf_hash
+from careledger_core.merkle import merkle_root
+from careledger_core.signing import SigningKey
+
+
+def utc_timestamp(now: float) -> str:
+    """The event/header timestamp format: microseconds, UTC, 'Z'."""
+    return dt.datetime.fromtimestamp(now, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be chained; it goes to the dead-letter topic."""
+
+    offset: int
+    value: bytes
+    key: bytes | None
+    code: str
+    reason: str
+    field: str
+
+
+class OffsetGap(Exception):
+    """The consumer position is ahead of the chain head: records would be skipped."""
+
+    def __init__(self, expected: int, got: int) -> None:
+        super().__init__(f"expected offset {expected}, got {got}")
+        self.expected = expected
+        self.got = got
+
+
+@dataclass
+class PartitionChain:
+    """The open (not yet sealed) tail of one chain."""
+
+    chain_id: str
+    max_event_bytes: int
+    height: int = 0  # height of the next block
+    prev_hash: str = GENESIS_PREV_HASH
+    next_offset: int | None = None  # None: empty chain, take whatever comes first
+    range_first: int | None = None
+    pending: list[ChainedEvent] = field(default_factory=list)
+    pending_timestamps: list[float] = field(default_factory=list)
+    dead_lettered: int = 0
+    absent: int = 0
+    opened_at: float | None = None  # monotonic time the first pending record arrived
+    duplicates_skipped: int = 0
+
+    @classmethod
+    def resume(cls, chain_id: str, head: ChainHead | None, max_event_bytes: int) -> PartitionChain:
+        if head is None:
+            return cls(chain_id, max_event_bytes)
+        return cls(
+            chain_id,
+            max_event_bytes,
+            height=head.height + 1,
+            prev_hash=head.block_hash,
+            next_offset=head.last_offset + 1,
+        )
+
+    @property
+    def open_records(self) -> int:
+        return len(self.pending) + self.dead_lettered + self.absent
+
+    def add(
+        self, offset: int, value: bytes | None, key: bytes | None, kafka_ts: float, now: float
+    ) -> Rejected | None:
+        """Take one record. Returns a ``Rejected`` for the dead-letter topic, else None.
+
+        Raises ``OffsetGap`` when the record lies beyond the next expected offset,
+        so the caller can seek back instead of silently skipping records.
+        Records at or below the chain head were chained already and are ignored.
+        """
+        if self.next_offset is not None:
+            if offset < self.next_offset:
+                self.duplicates_skipped += 1
+                return None
+            if offset > self.next_offset:
+                raise OffsetGap(self.next_offset, offset)
+        if self.range_first is None:
+            self.range_first = offset
+        if self.opened_at is None:
+            self.opened_at = now
+        self.next_offset = offset + 1
+        rejected = self._validate(offset, value, key)
+        if rejected is not None:
+            self.dead_lettered += 1
+            return rejected
+        return None
+
+    def accept_gap(self, upto: int) -> None:
+        """Offsets ``next_offset .. upto-1`` do not exist in Kafka (e.g. compaction)."""
+        assert self.next_offset is not None
+        if self.range_first is None:
+            self.range_first = self.next_offset
+        self.absent += upto - self.next_offset
+        self.next_offset = upto
+
+    def _validate(self, offset: int, value: bytes | None, key: bytes | None) -> Rejected | None:
+        raw = value if value is not None else b""
+        if value is None:
+            return Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")
+        if len(value) > self.max_event_bytes:
+            return Rejected(
+                offset,
+                raw,
+                key,
+                "EVENT_TOO_LARGE",
+                f"message of {len(value)} bytes exceeds the limit of {self.max_event_bytes}",
+                "$",
+            )
+        try:
+            event, canonical = decode_and_canonicalize(value)
+        except EventValidationError as exc:
+            return Rejected(offset, raw, key, exc.code, str(exc), exc.field)
+        self.pending.append(ChainedEvent(offset, event, canonical, leaf_hash(canonical)))
+        return None
+
+    def seal(self, key: SigningKey, now: float) -> SealedBlock | None:
+        """Close the open range into a signed block (None if the range is empty)."""
+        if self.range_first is None or self.next_offset is None or self.open_records == 0:
+            return None
+        events = self.pending
+        created_at = utc_timestamp(now)
+        if events:
+            times = [e.event.occurred_at for e in events]
+            first_time, last_time = min(times), max(times)
+        else:  # a range of dead-lettered records only
+            first_time = last_time = created_at
+        header = BlockHeader(
+            chain_id=self.chain_id,
+            height=self.height,
+            prev_hash=self.prev_hash,
+            merkle_root=merkle_root([e.leaf_hash for e in events]).hex(),
+            event_count=len(events),
+            first_offset=self.range_first,
+            last_offset=self.next_offset - 1,
+            dead_lettered=self.dead_lettered,
+            absent_offsets=self.absent,
+            first_event_time=first_time,
+            last_event_time=last_time,
+            created_at=created_at,
+            key_id=key.key_id,
+        )
+        hb = header_bytes(header)
+        digest = block_hash(header)
+        block = SealedBlock(header, hb, digest, key.sign_header(header), events)
+        self.height += 1
+        self.prev_hash = digest.hex()
+        self.range_first = None
+        self.pending = []
+        self.dead_lettered = 0
+        self.absent = 0
+        self.opened_at = None
+        return block
+
+    def due(self, now: float, max_events: int, max_age_s: float) -> bool:
+        if self.opened_at is None:
+            return False
+        return len(self.pending) >= max_events or (now - self.opened_at) >= max_age_s
+
+
