@@ -1,0 +1,139 @@
+"""`careledger dead-letters`: see and replay what the processor could not chain.
+
+Each dead-letter record keeps the original bytes and says why it was refused
+and where it came from (source topic, partition, offset). Listing prints the
+metadata, a size and a SHA-256 of the bytes, never the bytes themselves: they
+may hold patient identifiers. ``--show-bytes`` prints them for an operator who
+asks explicitly. ``--replay`` sends the original bytes back to the events topic
+(e.g. after the size limit was raised or a producer fixed); a replayed record
+is a new record at a new offset, and is chained or dead-lettered again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.config import Settings
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    dlq_partition: int
+    dlq_offset: int
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    code: str
+    reason: str
+    field: str
+    key: bytes | None
+    value: bytes
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "source": f"{self.source_topic}/{self.source_partition}@{self.source_offset}",
+            "code": self.code,
+            "field": self.field,
+            "reason": self.reason,
+            "bytes": len(self.value),
+            "sha256": hashlib.sha256(self.value).hexdigest(),
+            "dead_letter_position": f"{self.dlq_partition}@{self.dlq_offset}",
+        }
+
+
+def read_dead_letters(settings: Settings, limit: int | None = None, idle_s: float = 3.0) -> list[DeadLetter]:
+    """Read the dead-letter topic from the beginning (without committing anything)."""
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"careledger-dlq-reader-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_dead_letter])
+    found: list[DeadLetter] = []
+    last = time.monotonic()
+    try:
+        while limit is None or len(found) < limit:
+            msg = consumer.poll(0.5)
+            if msg is None:
+                if time.monotonic() - last > idle_s:
+                    break
+                continue
+            if msg.error():
+                continue
+            last = time.monotonic()
+            h = {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+            found.append(
+                DeadLetter(
+                    msg.partition(),
+                    msg.offset(),
+                    h.get("careledger-source-topic", "?"),
+                    int(h.get("careledger-source-partition", "-1")),
+                    int(h.get("careledger-source-offset", "-1")),
+                    h.get("careledger-error-code", "?"),
+                    h.get("careledger-error", ""),
+                    h.get("careledger-error-field", ""),
+                    msg.key(),
+                    msg.value() or b"",
+                )
+            )
+    finally:
+        consumer.close()
+    return found
+
+
+def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--limit", type=int, default=100, help="read at most N records")
+    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--show-bytes", action="store_true", help="also print the original bytes")
+    parser.add_argument(
+        "--replay",
+        nargs="*",
+        metavar="PARTITION@OFFSET",
+        help="send the original bytes of these source records (all listed if none given) back",
+    )
+
+
+def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
+    from confluent_kafka import KafkaException
+
+    try:
+        records = read_dead_letters(settings, limit=args.limit)
+    except KafkaException as exc:
+        print(f"careledger dead-letters: Kafka unavailable: {exc}")
+        return 2
+    for r in records:
+        item = r.summary()
+        if args.show_bytes:
+            item["value"] = r.value.decode("utf-8", "backslashreplace")
+        if args.json:
+            print(json.dumps(item))
+        else:
+            print(
+                f"{item['source']:<45} {r.code:<16} {len(r.value):>7} B  "
+                f"{item['sha256'][:16]}  {r.field}: {r.reason}"
+            )
+    if not args.json:
+        print(f"{len(records)} dead-letter record(s) in {settings.topic_dead_letter}")
+    if args.replay is None:
+        return 0
+    wanted = set(args.replay)
+    chosen = [r for r in records if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted]
+    from producers.sdk import AccessEventProducer
+
+    with AccessEventProducer(settings) as producer:
+        for r in chosen:
+            producer.send_raw(r.value, key=r.key)
+        producer.flush()
+    print(f"replayed {len(chosen)} record(s) to {settings.topic_events}")
+    return 0

@@ -1,0 +1,197 @@
+"""The whole pipeline on the real broker and server: exactly once, crashes, poison.
+
+Each test gets its own topics and ClickHouse database (fixture ``isolated``),
+its own signing key and its own consumer group.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Consumer
+
+from careledger.config import Settings
+from careledger_core.event import canonical_event_bytes
+from producers.sdk import AccessEventProducer
+from producers.simulator import HospitalModel, simulate
+from tests.integration.pipeline import (
+    accounted_offsets,
+    committed_event_count,
+    processor_settings,
+    run_cli,
+    start_processor,
+    stop,
+    store_for,
+    stored_event_ids,
+    wait_until,
+    with_keys,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def _events(count: int, seed: int) -> list:
+    return list(simulate(HospitalModel(seed=seed), count=count, seed=seed))
+
+
+def _assert_exactly_once(settings: Settings, produced_ids: list[str]) -> None:
+    store = store_for(settings)
+    stored = stored_event_ids(store)
+    assert len(stored) == len(set(stored)), "an event is stored twice"
+    assert sorted(stored) == sorted(produced_ids), "stored events differ from produced events"
+    assert committed_event_count(store) == len(produced_ids), "events stored outside a signed block"
+
+
+def _verify_ok(settings: Settings) -> dict:
+    result = run_cli(settings, "verify", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return json.loads(result.stdout)
+
+
+def test_simulated_traffic_is_chained_exactly_once_and_verifies(isolated: Settings, tmp_path: Path) -> None:
+    settings = processor_settings(with_keys(isolated, tmp_path), block_max_events=500)
+    events = _events(20_000, seed=7)
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        with AccessEventProducer(settings) as producer:
+            for e in events:
+                producer.send(e)
+            producer.flush()
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 180, what="20,000 chained events")
+        time.sleep(1.0)  # nothing more may arrive
+        assert proc.poll() is None, "processor stopped"
+    finally:
+        stop(proc)
+    _assert_exactly_once(settings, [e.event_id for e in events])
+    heads = store.heads()
+    assert len(heads) == settings.partitions, "one chain per partition"
+    # Stored bytes are the canonical bytes the producer sent.
+    row = store.backend.execute(f"SELECT event_id, canonical FROM {store.db}.access_events LIMIT 1")[0]
+    by_id = {e.event_id: e for e in events}
+    assert row[1] == canonical_event_bytes(by_id[row[0].decode()])
+    report = _verify_ok(settings)
+    assert report["result"] == "intact"
+
+
+def test_processor_killed_repeatedly_loses_and_duplicates_nothing(isolated: Settings, tmp_path: Path) -> None:
+    settings = processor_settings(with_keys(isolated, tmp_path), block_max_events=300, block_max_ms=100)
+    events = _events(20_000, seed=11)
+    done = threading.Event()
+    errors: list[BaseException] = []
+
+    def produce() -> None:
+        try:
+            with AccessEventProducer(settings) as producer:
+                for i, e in enumerate(events):
+                    producer.send(e)
+                    if i % 500 == 499:
+                        producer.poll()
+                        time.sleep(0.15)  # ~3k events/s: the stream outlives several crashes
+                producer.flush()
+        except BaseException as exc:  # surfaced by the assertion below
+            errors.append(exc)
+        finally:
+            done.set()
+
+    log = tmp_path / "processor.log"
+    producer_thread = threading.Thread(target=produce)
+    proc = start_processor(settings, log)
+    producer_thread.start()
+    rng = random.Random(3)
+    kills = 0
+    try:
+        while kills < 4:
+            time.sleep(rng.uniform(2.0, 4.0))
+            stop(proc, signal.SIGKILL)
+            kills += 1
+            proc = start_processor(settings, log)
+        producer_thread.join(timeout=120)
+        assert done.is_set() and not errors, errors
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 240, what="all events chained after crashes")
+        time.sleep(2.0)
+    finally:
+        stop(proc)
+    assert kills == 4
+    _assert_exactly_once(settings, [e.event_id for e in events])
+    _verify_ok(settings)
+
+
+def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = processor_settings(with_keys(isolated, tmp_path), block_max_events=400)
+    valid = _events(9_000, seed=5)
+    rng = random.Random(99)
+    good = canonical_event_bytes(valid[0])
+    poison_kinds = [
+        ("EVENT_INVALID", lambda i: b"\xff\xfe not utf-8 " + bytes([i % 256])),
+        ("EVENT_INVALID", lambda i: b'{"schema": "careledger.access-event/1", "event_id": '),
+        ("EVENT_INVALID", lambda i: good.replace(b'"action":"', b'"action":"X', 1)),
+        ("EVENT_INVALID", lambda i: good[:-1] + b',"unknown_field":' + str(i).encode() + b"}"),
+        ("EVENT_INVALID", lambda i: b"[1,2,3]"),
+        ("EVENT_TOO_LARGE", lambda i: b'{"pad":"' + b"x" * (settings.max_event_bytes + 10) + b'"}'),
+    ]
+    poison: list[tuple[str, bytes]] = []
+    for i in range(1_000):
+        code, make = poison_kinds[i % len(poison_kinds)]
+        poison.append((code, make(i)))
+    stream: list[tuple[str, object]] = [("ok", e) for e in valid] + [("bad", p) for p in poison]
+    rng.shuffle(stream)
+
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        with AccessEventProducer(settings) as producer:
+            for kind, item in stream:
+                if kind == "ok":
+                    producer.send(item)  # type: ignore[arg-type]
+                else:
+                    producer.send_raw(item[1], key=b"poison")  # type: ignore[index]
+            producer.flush()
+        store = store_for(settings)
+
+        def all_accounted() -> bool:
+            ev, dl, _ = accounted_offsets(store)
+            return ev + dl >= len(stream)
+
+        wait_until(all_accounted, 180, what="every offset accounted in a block")
+        assert proc.poll() is None, "a poison message stopped the processor"
+    finally:
+        stop(proc)
+    ev, dl, absent = accounted_offsets(store)
+    assert (ev, dl, absent) == (len(valid), len(poison), 0)
+    _assert_exactly_once(settings, [e.event_id for e in valid])
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"dlq-check-{settings.processor_app_id}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_dead_letter])
+    seen: dict[tuple[int, int], tuple[bytes, dict[str, bytes]]] = {}
+    deadline = time.monotonic() + 60
+    while len(seen) < len(poison) and time.monotonic() < deadline:
+        msg = consumer.poll(1.0)
+        if msg is None or msg.error():
+            continue
+        headers = dict(msg.headers() or [])
+        source = (int(headers["careledger-source-partition"]), int(headers["careledger-source-offset"]))
+        seen[source] = (msg.value(), headers)
+    consumer.close()
+    assert len(seen) == len(poison), "every malformed message is in the dead-letter topic once"
+    expected_values = sorted(p[1] for p in poison)
+    assert sorted(v for v, _ in seen.values()) == expected_values, "original bytes kept"
+    codes = {h["careledger-error-code"].decode() for _, h in seen.values()}
+    assert codes == {"EVENT_INVALID", "EVENT_TOO_LARGE"}
+    assert all(h["careledger-error"] for _, h in seen.values()), "every record carries a reason"
+    _verify_ok(settings)
