@@ -98,6 +98,8 @@ class ServiceStatus:
 class StackStatus:
     kafka: ServiceStatus
     clickhouse: ServiceStatus
+    # Services that the call returning this status started ("kafka", "clickhouse").
+    started: tuple[str, ...] = ()
 
     @property
     def up(self) -> bool:
@@ -111,6 +113,7 @@ class StackStatus:
             "up": self.up,
             "kafka": dataclasses.asdict(self.kafka),
             "clickhouse": dataclasses.asdict(self.clickhouse),
+            "started": list(self.started),
         }
 
 
@@ -128,6 +131,15 @@ class _Paths:
     @property
     def lock(self) -> Path:
         return self.run / "stack.lock"
+
+    @property
+    def leases(self) -> Path:
+        return self.run / "leases"
+
+    @property
+    def transient(self) -> Path:
+        """Present while the running stack was started by a test session (not by the CLI)."""
+        return self.leases / "stack-started-by-tests"
 
     @property
     def kafka(self) -> Path:
@@ -869,29 +881,85 @@ def up(
         )
         if kpid or cpid:
             say("stack ready in %.1fs", time.monotonic() - t0)
+    started = tuple(n for n, pid in (("kafka", kpid), ("clickhouse", cpid)) if pid is not None)
     if topics:
         ensure_topics(settings, default_topics(settings))
     if schema:
         applied = apply_schema(settings)
         if applied:
             say("applied ClickHouse migrations %s to %s", applied, settings.clickhouse_database)
-    return status(settings)
+    return dataclasses.replace(status(settings), started=started)
+
+
+def _down_locked(settings: Settings) -> None:
+    p = _paths(settings)
+    for name, pid_file, marker in (
+        ("Kafka", p.kafka_pid, str(p.kafka_props)),
+        ("ClickHouse", p.clickhouse_pid, str(p.clickhouse_config)),
+    ):
+        pid = _our_pid(pid_file, marker)
+        if pid is not None:
+            log.info("stopping %s (pid %d)", name, pid)
+            _terminate(pid, name)
+        pid_file.unlink(missing_ok=True)
+    p.transient.unlink(missing_ok=True)
 
 
 def down(settings: Settings) -> StackStatus:
     """Stop the services careledger started (a service it did not start is left alone)."""
+    with _stack_lock(settings):
+        _down_locked(settings)
+    return status(settings)
+
+
+# --------------------------------------------------------------------------- leases
+#
+# Several test sessions (several engineers, or the CLI and a test run) share one
+# local stack. A session takes a lease before calling up() and releases it at the
+# end; the stack is stopped only by the last lease holder, and only if a test
+# session (not `careledger up` from the CLI) started it.
+
+
+def acquire_lease(settings: Settings) -> Path:
+    p = _paths(settings)
+    p.leases.mkdir(parents=True, exist_ok=True)
+    lease = p.leases / f"{os.getpid()}-{uuid.uuid4().hex[:8]}.lease"
+    lease.write_text(f"{os.getpid()}\n")
+    return lease
+
+
+def mark_started_by_tests(settings: Settings) -> None:
+    p = _paths(settings)
+    p.leases.mkdir(parents=True, exist_ok=True)
+    p.transient.write_text(f"{os.getpid()}\n")
+
+
+def _live_leases(settings: Settings) -> list[Path]:
+    live = []
+    for lease in _paths(settings).leases.glob("*.lease"):
+        try:
+            pid = int(lease.read_text().strip())
+        except (OSError, ValueError):
+            pid = 0
+        if pid > 0 and _alive(pid):
+            live.append(lease)
+        else:
+            lease.unlink(missing_ok=True)  # left over by a crashed session
+    return live
+
+
+def release_lease(settings: Settings, lease: Path, *, stop_if_last: bool = True) -> bool:
+    """Drop ``lease``; stop the stack if tests started it and no other lease is live.
+
+    Returns True when the stack was stopped.
+    """
     p = _paths(settings)
     with _stack_lock(settings):
-        for name, pid_file, marker in (
-            ("Kafka", p.kafka_pid, str(p.kafka_props)),
-            ("ClickHouse", p.clickhouse_pid, str(p.clickhouse_config)),
-        ):
-            pid = _our_pid(pid_file, marker)
-            if pid is not None:
-                log.info("stopping %s (pid %d)", name, pid)
-                _terminate(pid, name)
-            pid_file.unlink(missing_ok=True)
-    return status(settings)
+        lease.unlink(missing_ok=True)
+        if not stop_if_last or not p.transient.exists() or _live_leases(settings):
+            return False
+        _down_locked(settings)
+        return True
 
 
 # --------------------------------------------------------------------------- CLI
@@ -920,6 +988,9 @@ def command_up(args: argparse.Namespace, settings: Settings) -> int:
     except StackError as exc:
         print(f"careledger up: {exc}", file=sys.stderr)
         return 2
+    # Started or confirmed from the CLI: the stack is the developer's now, and test
+    # sessions must not stop it when they finish.
+    _paths(settings).transient.unlink(missing_ok=True)
     if not getattr(args, "quiet", False):
         print(st)
     return 0 if st.up else 2

@@ -1,0 +1,153 @@
+"""Session-wide fixtures shared by every test suite.
+
+* ``settings`` - the Settings of the local stack (``<repo>/.run``, ports from the
+  ``CARELEDGER_*`` environment if set), the same stack ``careledger up`` manages.
+* ``stack``    - makes sure Kafka and ClickHouse are up (starting them if needed) and
+  returns ``settings``. If this test session started them they are stopped at the
+  end, unless another session still uses them or ``CARELEDGER_KEEP_STACK=1``.
+* ``isolated`` - per test: a Settings copy with its own ClickHouse database
+  (created and migrated) and its own Kafka topics (created), all removed afterwards
+  (kept with ``CARELEDGER_KEEP_TEST_DATA=1``, handy when debugging a failure).
+
+Tests under ``tests/integration`` get the ``integration`` marker automatically, so
+``pytest -m "not integration"`` runs the fast suite without any service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from careledger.config import PROJECT_ROOT, Settings, load_settings
+
+log = logging.getLogger("careledger.tests")
+
+INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    return load_settings(run_dir=PROJECT_ROOT / ".run")
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Settings]:
+    from careledger import stack as stack_mod
+
+    lease = stack_mod.acquire_lease(settings)
+    try:
+        status = stack_mod.up(settings, quiet=True)
+        if status.started:
+            stack_mod.mark_started_by_tests(settings)
+        if not status.up:
+            raise stack_mod.StackError(f"local stack is not up:\n{status}")
+    except BaseException:
+        stack_mod.release_lease(settings, lease, stop_if_last=not _flag("CARELEDGER_KEEP_STACK"))
+        raise
+    try:
+        yield settings
+    finally:
+        stopped = stack_mod.release_lease(
+            settings, lease, stop_if_last=not _flag("CARELEDGER_KEEP_STACK")
+        )
+        if stopped:
+            log.info("stopped the local stack this test session started")
+
+
+def _migrate(settings: Settings) -> None:
+    try:
+        from careledger.storage.migrations import migrate
+    except ModuleNotFoundError as exc:
+        if exc.name and exc.name.startswith("careledger.storage"):
+            _create_database(settings)
+            return
+        raise
+    migrate(settings)
+
+
+def _clickhouse(settings: Settings):  # type: ignore[no-untyped-def]
+    from clickhouse_driver import Client
+
+    return Client(
+        settings.clickhouse_host,
+        port=settings.clickhouse_port,
+        user=settings.clickhouse_user,
+        password=settings.clickhouse_password,
+    )
+
+
+def _create_database(settings: Settings) -> None:
+    client = _clickhouse(settings)
+    try:
+        client.execute(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
+    finally:
+        client.disconnect()
+
+
+def _drop_database(settings: Settings) -> None:
+    client = _clickhouse(settings)
+    try:
+        client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+    finally:
+        client.disconnect()
+
+
+def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
+    """``base`` with a unique database, topic names and processor app id."""
+    tag = tag or uuid.uuid4().hex[:10]
+    return base.replace(
+        clickhouse_database=f"careledger_t_{tag}",
+        topic_events=f"{base.topic_events}-t{tag}",
+        topic_dead_letter=f"{base.topic_dead_letter}-t{tag}",
+        topic_alerts=f"{base.topic_alerts}-t{tag}",
+        topic_checkpoints=f"{base.topic_checkpoints}-t{tag}",
+        processor_app_id=f"{base.processor_app_id}-t{tag}",
+    )
+
+
+@pytest.fixture
+def isolated(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+    from careledger import stack as stack_mod
+
+    s = isolated_settings(stack).replace(verifier_state_dir=tmp_path / "verifier")
+    topics = stack_mod.default_topics(s)
+    stack_mod.ensure_topics(s, topics)
+    _migrate(s)
+    try:
+        yield s
+    finally:
+        if not _flag("CARELEDGER_KEEP_TEST_DATA"):
+            _cleanup(s, list(topics))
+
+
+def _cleanup(s: Settings, topics: list[str]) -> None:
+    from confluent_kafka.admin import AdminClient
+
+    from careledger import stack as stack_mod
+
+    try:
+        _drop_database(s)
+    except Exception as exc:
+        log.warning("could not drop test database %s: %s", s.clickhouse_database, exc)
+    try:
+        # Topics the processor (faust) created for this test's app id go too.
+        existing = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10)
+        extra = [t for t in existing.topics if t.startswith(f"{s.processor_app_id}-")]
+        stack_mod.delete_topics(s, [t for t in topics if t in existing.topics] + extra)
+    except Exception as exc:
+        log.warning("could not delete test topics %s: %s", topics, exc)
