@@ -294,6 +294,22 @@ class Processor:
         for ts_list in timestamps.values():
             m.observe_latencies(stored_at, ts_list)
 
+    async def handle_baseline(self, records: list[Record]) -> None:
+        """Benchmark baseline: consume and insert the same records, no chaining or signing."""
+        rows = [(r.partition, r.offset, r.value or b"") for r in records]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.executor,
+            self.store.backend.insert,
+            f"{self.store.db}.baseline_events",
+            ("partition", "kafka_offset", "value"),
+            rows,
+        )
+        stored_at = time.time()
+        self.metrics.events_chained += len(rows)
+        self.metrics._window_events += len(rows)
+        self.metrics.observe_latencies(stored_at, [r.timestamp for r in records])
+
     def _persist_sync(self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]) -> None:
         if rejected:
             self.dead_letter.send_all(rejected)  # flushes; raises on any failed delivery
@@ -345,7 +361,9 @@ class DeadLetterSink:
             )
 
 
-def create_app(settings: Settings, key: SigningKey, store: ChainStore) -> Any:
+def create_app(
+    settings: Settings, key: SigningKey, store: ChainStore, *, baseline: bool = False
+) -> Any:
     import faust
     from faust.types import TP
 
@@ -400,7 +418,10 @@ def create_app(settings: Settings, key: SigningKey, store: ChainStore) -> Any:
                 for e in events
                 if e.message.topic == settings.topic_events
             ]
-            await processor.handle(records)
+            if baseline:
+                await processor.handle_baseline(records)
+            else:
+                await processor.handle(records)
 
     @app.timer(interval=max(settings.block_max_ms / 2000.0, 0.01))
     async def close_aged_blocks() -> None:
@@ -452,6 +473,11 @@ def write_metrics(path: Path, snapshot: dict[str, Any]) -> None:
 
 def configure_process(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loglevel", default="info", help="faust worker log level")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="benchmark baseline: consume and insert into baseline_events without chaining",
+    )
 
 
 def command_process(args: argparse.Namespace, settings: Settings) -> int:
@@ -463,7 +489,7 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
         print(f"careledger process: {exc}")
         return 2
     store = ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
-    app = create_app(settings, key, store)
+    app = create_app(settings, key, store, baseline=args.baseline)
     log.info(
         "processor %s: topic %s, blocks of <= %d events or %d ms, signing key %s",
         settings.processor_app_id,
