@@ -1,0 +1,379 @@
+"""The access event (schema ``careledger.access-event/1``) and its canonical bytes.
+
+One event is one access by one actor to one patient's data (see docs/design.md for the
+field table). Types are frozen msgspec Structs: unknown fields are rejected, optional
+fields default to ``None`` (or an empty tuple for lists) and are *omitted* when encoded,
+and an explicit JSON ``null`` is rejected.
+
+Validation happens while decoding (``decode_event``, ``decode_and_canonicalize``) or
+converting (``event_from_dict``, ``validate_event``): field types and bounds are msgspec
+constraints checked in C, so decoding stays fast. Calling the Struct constructors directly
+(``AccessEvent(...)``) checks only what ``__post_init__`` checks (calendar dates) — pass
+such an event through ``validate_event`` before trusting it.
+
+Canonical bytes are RFC 8785 (JCS). All member names are ASCII, there are no floats and
+msgspec escapes strings exactly like JCS, so ``msgspec.json.Encoder(order="sorted")``
+produces JCS output directly; the tests prove it equals ``jcs.canonicalize``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+
+from ._msgspec_errors import join_path, translate_validation_error
+from .errors import EventValidationError
+from .hashing import leaf_hash
+
+__all__ = [
+    "EVENT_SCHEMA",
+    "TIMESTAMP_PATTERN",
+    "AccessEvent",
+    "Action",
+    "Actor",
+    "Client",
+    "Coding",
+    "Confidentiality",
+    "ObjectRef",
+    "Outcome",
+    "Patient",
+    "RawRef",
+    "Sensitivity",
+    "Source",
+    "canonical_event_bytes",
+    "decode_and_canonicalize",
+    "decode_event",
+    "event_from_dict",
+    "event_leaf_hash",
+    "event_to_dict",
+    "is_valid_timestamp",
+    "validate_event",
+]
+
+EVENT_SCHEMA: Final = "careledger.access-event/1"
+
+#: "YYYY-MM-DDTHH:MM:SS.ffffffZ" — UTC, exactly six fraction digits (ASCII digits only).
+TIMESTAMP_PATTERN: Final = (
+    r"\A[0-9]{4}-(?:0[1-9]|1[0-2])-(?:0[1-9]|[12][0-9]|3[01])"
+    r"T(?:[01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]\.[0-9]{6}Z\Z"
+)
+_UUID_PATTERN: Final = r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
+_SHA256_PATTERN: Final = r"\A[0-9a-f]{64}\Z"
+_BASE64_PATTERN: Final = r"\A(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z"
+
+#: Human-readable reasons for pattern violations (msgspec reports the regex itself).
+_PATTERN_REASONS: Final = {
+    TIMESTAMP_PATTERN: "must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ (6 fraction digits)",
+    _UUID_PATTERN: "must be a lowercase UUID 8-4-4-4-12",
+    _SHA256_PATTERN: "must be 64 lowercase hex digits (SHA-256)",
+    _BASE64_PATTERN: "must be standard padded base64",
+}
+
+MAX_ID_LENGTH: Final = 256
+MAX_TEXT_LENGTH: Final = 1024
+MAX_URI_LENGTH: Final = 2048
+MAX_DESCRIPTION_LENGTH: Final = 8192
+MAX_QUERY_LENGTH: Final = 65536
+MAX_LIST_LENGTH: Final = 64
+
+# Identifiers (actor, patient, object, session, correlation ids) and codes.
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Code = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT_LENGTH)]
+Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URI_LENGTH)]
+Description = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_DESCRIPTION_LENGTH)]
+Uuid = Annotated[str, msgspec.Meta(pattern=_UUID_PATTERN)]
+Timestamp = Annotated[str, msgspec.Meta(pattern=TIMESTAMP_PATTERN)]
+Sha256Hex = Annotated[str, msgspec.Meta(pattern=_SHA256_PATTERN)]
+Base64 = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=MAX_QUERY_LENGTH, pattern=_BASE64_PATTERN)
+]
+CodeList = Annotated[tuple[Code, ...], msgspec.Meta(max_length=MAX_LIST_LENGTH)]
+
+Action = Literal["C", "R", "U", "D", "E"]
+Outcome = Literal[0, 4, 8, 12]
+Confidentiality = Literal["U", "L", "M", "N", "R", "V"]
+AddressType = Literal["ip", "hostname", "uri"]
+SourceType = Annotated[int, msgspec.Meta(ge=1, le=9)]
+
+_ENUM_VALUES: Final[Mapping[str, str]] = {
+    "schema": EVENT_SCHEMA,
+    "action": "C, R, U, D, E",
+    "outcome": "0, 4, 8, 12",
+    "client.address_type": "ip, hostname, uri",
+    "sensitivity.confidentiality": "U, L, M, N, R, V",
+}
+
+
+class _Base(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    pass
+
+
+class Coding(_Base, frozen=True, kw_only=True):
+    """A coded value: code system URI, code, optional display text."""
+
+    system: Uri
+    code: Code
+    display: Text | None = None
+
+
+class Actor(_Base, frozen=True, kw_only=True):
+    """The human user who accessed the data."""
+
+    id: Id
+    name: Text | None = None
+    roles: CodeList
+    organization: Text | None = None
+    department: Text | None = None
+    is_requestor: bool
+
+
+class Client(_Base, frozen=True, kw_only=True):
+    """The workstation or application the access came from."""
+
+    address: Uri
+    address_type: AddressType
+    workstation: Text | None = None
+
+
+class Source(_Base, frozen=True, kw_only=True):
+    """The system that emitted the audit record; type 1 (user device) … 9 (other)."""
+
+    system: Text
+    site: Text | None = None
+    type: SourceType
+
+
+class Patient(_Base, frozen=True, kw_only=True):
+    """The patient whose data was accessed."""
+
+    id: Id
+    system: Uri | None = None
+
+
+class ObjectRef(_Base, frozen=True, kw_only=True):
+    """What was touched: resource type, id, role."""
+
+    type: Code
+    id: Id | None = None
+    role: Code | None = None
+
+
+class Sensitivity(_Base, frozen=True, kw_only=True):
+    """v3-Confidentiality code and sensitivity labels (HIV, PSY, ...)."""
+
+    confidentiality: Confidentiality
+    labels: CodeList
+
+
+class RawRef(_Base, frozen=True, kw_only=True):
+    """Reference to the original source record: format, SHA-256 of its bytes, location."""
+
+    format: Code
+    sha256: Sha256Hex
+    uri: Uri | None = None
+
+
+_DAYS_IN_MONTH: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def is_valid_timestamp(value: str) -> bool:
+    """True if ``value`` is a real instant in the ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` format."""
+    return _TIMESTAMP_RE.match(value) is not None and _day_exists(value)
+
+
+def _day_exists(ts: str) -> bool:
+    """Calendar check for a string already matching TIMESTAMP_PATTERN (cheap for day <= 28)."""
+    if ts[8:10] <= "28":
+        return True
+    year, month, day = int(ts[0:4]), int(ts[5:7]), int(ts[8:10])
+    if month == 2 and day == 29:
+        return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    return day <= _DAYS_IN_MONTH[month]
+
+
+_TIMESTAMP_RE: Final = re.compile(TIMESTAMP_PATTERN)
+
+
+class AccessEvent(_Base, frozen=True, kw_only=True):
+    """One access by one actor to one patient's data (``careledger.access-event/1``)."""
+
+    schema: Literal["careledger.access-event/1"]
+    event_id: Uuid
+    occurred_at: Timestamp
+    recorded_at: Timestamp
+    event_type: Coding
+    event_subtype: Annotated[tuple[Coding, ...], msgspec.Meta(max_length=MAX_LIST_LENGTH)] = ()
+    action: Action
+    outcome: Outcome
+    outcome_desc: Description | None = None
+    purpose_of_use: CodeList = ()
+    actor: Actor
+    client: Client | None = None
+    session_ref: Id | None = None
+    source: Source
+    patient: Patient
+    object: ObjectRef | None = None
+    sensitivity: Sensitivity | None = None
+    query: Base64 | None = None
+    correlation_id: Id | None = None
+    raw_ref: RawRef | None = None
+
+    def __post_init__(self) -> None:
+        # Format is checked by the msgspec pattern; only day-of-month can still be wrong.
+        if not _day_exists(self.occurred_at):
+            raise EventValidationError("occurred_at", "no such calendar date")
+        if not _day_exists(self.recorded_at):
+            raise EventValidationError("recorded_at", "no such calendar date")
+
+
+_DECODER: Final = msgspec.json.Decoder(AccessEvent)
+#: Sorted member names + msgspec's string escaping == RFC 8785 for these types.
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+def _translate(exc: msgspec.ValidationError) -> EventValidationError:
+    return translate_validation_error(exc, EventValidationError, _PATTERN_REASONS, _ENUM_VALUES)
+
+
+class _Obj(dict[str, Any]):
+    """JSON object that remembers duplicate member names (for the slow diagnostic path)."""
+
+    duplicates: list[str]
+
+
+def _pairs_hook(pairs: list[tuple[str, Any]]) -> _Obj:
+    obj = _Obj()
+    obj.duplicates = []
+    for key, value in pairs:
+        if key in obj:
+            obj.duplicates.append(key)
+        obj[key] = value
+    return obj
+
+
+def _find_problem(value: object, path: str) -> EventValidationError | None:
+    """Walk a generic JSON tree for what msgspec cannot see: null, duplicate names,
+    lone surrogates."""
+    if value is None:
+        return EventValidationError(path, "null is not allowed (omit the field instead)")
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return EventValidationError(path, "lone surrogate: not valid Unicode")
+        return None
+    if isinstance(value, Mapping):
+        for dup in getattr(value, "duplicates", ()):
+            return EventValidationError(join_path(path, dup), "duplicate member name")
+        for key, item in value.items():
+            child = join_path(path, key)
+            key_problem = _find_problem(key, child)
+            if key_problem is not None:
+                return key_problem
+            problem = _find_problem(item, child)
+            if problem is not None:
+                return problem
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            problem = _find_problem(item, f"{path}[{i}]")
+            if problem is not None:
+                return problem
+    return None
+
+
+def _slow_parse(data: bytes) -> object:
+    return json.loads(data, object_pairs_hook=_pairs_hook)
+
+
+def _from_decode_error(exc: msgspec.DecodeError, data: bytes) -> EventValidationError:
+    message = str(exc)
+    if "UTF-8" in message:
+        return EventValidationError("$", "not valid UTF-8")
+    if b"\\u" in data:  # maybe a lone surrogate escape: find where
+        try:
+            problem = _find_problem(_slow_parse(data), "$")
+        except ValueError:
+            problem = None
+        if problem is not None and problem.reason.startswith("lone surrogate"):
+            return problem
+    return EventValidationError("$", f"invalid JSON: {message}")
+
+
+def decode_and_canonicalize(data: bytes) -> tuple[AccessEvent, bytes]:
+    """Validate one wire message and return the event and its canonical (JCS) bytes.
+
+    Raises :class:`EventValidationError` naming the offending field. Input that is already
+    canonical (what producers send) takes the fast path; other input is additionally
+    scanned for what the typed decoder would silently accept (``null`` for an optional
+    field, duplicate member names).
+    """
+    try:
+        event = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc) from exc
+    except msgspec.DecodeError as exc:
+        raise _from_decode_error(exc, data) from exc
+    canonical = _ENCODER.encode(event)
+    if canonical != data:
+        problem = _find_problem(_slow_parse(data), "$")
+        if problem is not None:
+            raise problem
+    return event, canonical
+
+
+def decode_event(data: bytes) -> AccessEvent:
+    """Validate and decode one wire message (JSON bytes) into an :class:`AccessEvent`."""
+    return decode_and_canonicalize(data)[0]
+
+
+def canonical_event_bytes(event: AccessEvent) -> bytes:
+    """RFC 8785 canonical bytes of ``event`` (absent optional fields omitted).
+
+    Does not re-validate field constraints; events from the decoders are valid.
+    """
+    try:
+        return _ENCODER.encode(event)
+    except UnicodeEncodeError as exc:
+        problem = _find_problem(msgspec.to_builtins(event, str_keys=True), "$")
+        if problem is not None:
+            raise problem from exc
+        raise EventValidationError("$", "not valid Unicode") from exc
+
+
+def event_leaf_hash(event: AccessEvent) -> bytes:
+    """Merkle leaf hash of an event: SHA-256(0x00 ‖ canonical bytes)."""
+    return leaf_hash(canonical_event_bytes(event))
+
+
+def event_from_dict(d: Mapping[str, object]) -> AccessEvent:
+    """Validate a JSON-shaped mapping (as from ``json.loads``) into an :class:`AccessEvent`.
+
+    Same rules as :func:`decode_event`: strict types, no ``null``, no unknown fields.
+    """
+    problem = _find_problem(d, "$")
+    if problem is not None:
+        raise problem
+    try:
+        return msgspec.convert(d, AccessEvent, strict=True)
+    except msgspec.ValidationError as exc:
+        raise _translate(exc) from exc
+
+
+def event_to_dict(e: AccessEvent) -> dict[str, Any]:
+    """JSON-shaped dict of ``e`` with absent optional fields omitted (lists, not tuples)."""
+    result: dict[str, Any] = msgspec.to_builtins(e)
+    return result
+
+
+def validate_event(e: AccessEvent) -> AccessEvent:
+    """Fully validate an event built with the Struct constructors; returns an equal event."""
+    if not isinstance(e, AccessEvent):
+        raise EventValidationError("$", f"expected AccessEvent, got {type(e).__name__}")
+    return event_from_dict(event_to_dict(e))

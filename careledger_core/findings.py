@@ -1,0 +1,144 @@
+"""Verifier findings: stable codes, severities and the ``Finding`` record.
+
+Codes are part of the contract (alerts topic, CLI output, dashboards): never rename one,
+only add. Each code has a default severity (``FindingCode.default_severity``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Final
+
+__all__ = ["DEFAULT_SEVERITY", "Finding", "FindingCode", "Severity"]
+
+
+class Severity(StrEnum):
+    CRITICAL = "critical"  # evidence of tampering or loss of committed data
+    ERROR = "error"  # the store is inconsistent in a way that needs a human
+    WARNING = "warning"  # suspicious or degraded, not proof of tampering
+    INFO = "info"
+
+
+class FindingCode(StrEnum):
+    # events of a block
+    EVENT_HASH_MISMATCH = "EVENT_HASH_MISMATCH"  # stored leaf hash != hash of canonical bytes
+    EVENT_NOT_CANONICAL = "EVENT_NOT_CANONICAL"  # stored bytes are not canonical / invalid
+    EVENT_FIELD_MISMATCH = "EVENT_FIELD_MISMATCH"  # a denormalised column disagrees
+    EVENT_MISSING = "EVENT_MISSING"  # an index of the block has no event row
+    EVENT_UNEXPECTED = "EVENT_UNEXPECTED"  # an event row beyond the block's event_count
+    EVENT_OUT_OF_ORDER = "EVENT_OUT_OF_ORDER"  # kafka offsets not increasing with index
+    EVENT_OFFSET_OUT_OF_RANGE = "EVENT_OFFSET_OUT_OF_RANGE"  # offset outside the block range
+    EVENT_DUPLICATE_ID = "EVENT_DUPLICATE_ID"  # the same event_id twice
+    # blocks
+    MERKLE_ROOT_MISMATCH = "MERKLE_ROOT_MISMATCH"
+    EVENT_COUNT_MISMATCH = "EVENT_COUNT_MISMATCH"
+    BLOCK_HASH_MISMATCH = "BLOCK_HASH_MISMATCH"  # stored block_hash != hash of header bytes
+    BLOCK_HEADER_MISMATCH = "BLOCK_HEADER_MISMATCH"  # a header column disagrees with the bytes
+    BLOCK_HEADER_INVALID = "BLOCK_HEADER_INVALID"  # header bytes do not decode/validate
+    PREV_HASH_MISMATCH = "PREV_HASH_MISMATCH"
+    HEIGHT_GAP = "HEIGHT_GAP"
+    HEIGHT_FORK = "HEIGHT_FORK"  # two blocks at one height
+    SIGNATURE_INVALID = "SIGNATURE_INVALID"
+    KEY_UNKNOWN = "KEY_UNKNOWN"
+    # offsets and chain
+    OFFSET_GAP = "OFFSET_GAP"  # block h+1 does not start at last_offset(h)+1
+    OFFSET_OVERLAP = "OFFSET_OVERLAP"
+    CHAIN_TRUNCATED = "CHAIN_TRUNCATED"  # head below a trusted checkpoint
+    CHAIN_REWRITTEN = "CHAIN_REWRITTEN"  # block hash differs from a trusted checkpoint
+    UNCOMMITTED_EVENTS = "UNCOMMITTED_EVENTS"  # event rows without a header (crash leftover)
+
+    @property
+    def default_severity(self) -> Severity:
+        return DEFAULT_SEVERITY[self]
+
+
+_C, _E, _W = Severity.CRITICAL, Severity.ERROR, Severity.WARNING
+
+DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
+    {
+        FindingCode.EVENT_HASH_MISMATCH: _C,
+        FindingCode.EVENT_NOT_CANONICAL: _C,
+        FindingCode.EVENT_FIELD_MISMATCH: _E,
+        FindingCode.EVENT_MISSING: _C,
+        FindingCode.EVENT_UNEXPECTED: _C,
+        FindingCode.EVENT_OUT_OF_ORDER: _C,
+        FindingCode.EVENT_OFFSET_OUT_OF_RANGE: _C,
+        FindingCode.EVENT_DUPLICATE_ID: _W,
+        FindingCode.MERKLE_ROOT_MISMATCH: _C,
+        FindingCode.EVENT_COUNT_MISMATCH: _C,
+        FindingCode.BLOCK_HASH_MISMATCH: _C,
+        FindingCode.BLOCK_HEADER_MISMATCH: _C,
+        FindingCode.BLOCK_HEADER_INVALID: _C,
+        FindingCode.PREV_HASH_MISMATCH: _C,
+        FindingCode.HEIGHT_GAP: _C,
+        FindingCode.HEIGHT_FORK: _C,
+        FindingCode.SIGNATURE_INVALID: _C,
+        FindingCode.KEY_UNKNOWN: _C,
+        FindingCode.OFFSET_GAP: _E,
+        FindingCode.OFFSET_OVERLAP: _E,
+        FindingCode.CHAIN_TRUNCATED: _C,
+        FindingCode.CHAIN_REWRITTEN: _C,
+        FindingCode.UNCOMMITTED_EVENTS: _W,
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem found by the verifier, located as precisely as known."""
+
+    code: FindingCode
+    severity: Severity
+    chain_id: str
+    height: int | None = None
+    event_index: int | None = None
+    event_id: str | None = None
+    message: str = ""
+    details: dict[str, object] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # accept plain strings for code/severity, store the enums
+        object.__setattr__(self, "code", FindingCode(self.code))
+        object.__setattr__(self, "severity", Severity(self.severity))
+
+    @classmethod
+    def of(
+        cls,
+        code: FindingCode,
+        chain_id: str,
+        message: str,
+        *,
+        height: int | None = None,
+        event_index: int | None = None,
+        event_id: str | None = None,
+        details: Mapping[str, object] | None = None,
+        severity: Severity | None = None,
+    ) -> Finding:
+        """Build a finding with the code's default severity unless one is given."""
+        code = FindingCode(code)
+        return cls(
+            code=code,
+            severity=severity if severity is not None else code.default_severity,
+            chain_id=chain_id,
+            height=height,
+            event_index=event_index,
+            event_id=event_id,
+            message=message,
+            details=dict(details) if details else {},
+        )
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-compatible dict (enum values as plain strings)."""
+        return {
+            "code": str(self.code),
+            "severity": str(self.severity),
+            "chain_id": self.chain_id,
+            "height": self.height,
+            "event_index": self.event_index,
+            "event_id": self.event_id,
+            "message": self.message,
+            "details": dict(self.details),
+        }
