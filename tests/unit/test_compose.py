@@ -1,0 +1,520 @@
+"""docker-compose.yml and deploy/Dockerfile agree with the code.
+
+No Docker engine runs where the tests run, so the compose topology is checked by
+construction: every CARELEDGER_* variable is a Settings field and loads, the topics
+kafka-init creates are the Settings topics, the addresses the apps use are the ones
+Kafka and ClickHouse listen on inside the network, every command is a real
+`careledger` subcommand (and parses, once its module exists), the verifier trusts
+the key the processor signs with without ever seeing the private key, and the
+image installs the project with the `careledger` entrypoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib
+import re
+import shlex
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from careledger import cli
+from careledger.config import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
+from careledger.stack import default_topics
+
+COMPOSE = PROJECT_ROOT / "docker-compose.yml"
+DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"
+DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
+
+DEFAULTS = Settings()
+# Ports the official clickhouse/clickhouse-server image listens on (its default
+# config.xml; nothing in deploy/ overrides them).
+CLICKHOUSE_NATIVE_PORT = 9000
+CLICKHOUSE_HTTP_PORT = 8123
+# Which subcommand each app service runs.
+EXPECTED_COMMANDS = {
+    "migrate": "migrate",
+    "keygen": "keygen",
+    "processor": "process",
+    "verifier": "verify",
+    "simulator": "simulate",
+}
+SHELL_OPERATORS = {";", "&&", "||", "|", "(", ")", "{", "}", "&"}
+SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "!"}
+
+
+# --- helpers ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict)
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    services: dict[str, dict[str, Any]] = compose["services"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    apps = {name: svc for name, svc in services.items() if "build" in svc}
+    assert set(apps) == set(EXPECTED_COMMANDS), "app services changed: update EXPECTED_COMMANDS"
+    return apps
+
+
+_COMPOSE_VAR = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}|\$(\w+)")
+
+
+def compose_interpolate(value: Any) -> str:
+    """Compose-level interpolation as on a host without those variables set."""
+    text = str(value)
+    out, pos = [], 0
+    while pos < len(text):
+        if text.startswith("$$", pos):
+            out.append("$")
+            pos += 2
+            continue
+        m = _COMPOSE_VAR.match(text, pos)
+        if m:
+            out.append(m.group(2) or "")
+            pos = m.end()
+            continue
+        out.append(text[pos])
+        pos += 1
+    return "".join(out)
+
+
+def env_of(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {str(k): compose_interpolate(v) for k, v in env.items()}
+
+
+def settings_of(service: dict[str, Any]) -> Settings:
+    return load_settings(env=env_of(service))
+
+
+def shell_expand(text: str, env: dict[str, str]) -> str:
+    """Expand $VAR and ${VAR} that the service environment defines."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1) or m.group(2)
+        return shlex.quote(env[name]) if name in env else m.group(0)
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", sub, text)
+
+
+def shell_commands(script: str, env: dict[str, str]) -> list[list[str]]:
+    """Simple commands of a small sh script, as argv lists (after expansion)."""
+    script = compose_interpolate(script).replace("\\\n", " ")
+    commands: list[list[str]] = []
+    for line in script.splitlines():
+        lexer = shlex.shlex(shell_expand(line, env), posix=True, punctuation_chars=";&|(){}")
+        lexer.whitespace_split = True
+        lexer.commenters = "#"
+        current: list[str] = []
+        for token in [*lexer, ";"]:
+            if token in SHELL_OPERATORS:
+                if current:
+                    commands.append(current)
+                current = []
+            elif not current and token in SHELL_KEYWORDS:
+                continue
+            else:
+                current.append(token)
+    return commands
+
+
+def script_of(service: dict[str, Any]) -> str:
+    entrypoint = service.get("entrypoint")
+    assert entrypoint and entrypoint[0] in ("/bin/sh", "sh"), "expected an sh script"
+    command = service["command"]
+    return command if isinstance(command, str) else "\n".join(command)
+
+
+def careledger_argvs(service: dict[str, Any]) -> list[list[str]]:
+    """Every `careledger ...` invocation of an app service, without the program name."""
+    if "entrypoint" not in service:
+        command = service.get("command")
+        assert isinstance(command, list) and command, "app services give command as a list"
+        return [[str(a) for a in command]]
+    return [
+        argv[1:]
+        for argv in shell_commands(script_of(service), env_of(service))
+        if argv[0] == "careledger"
+    ]
+
+
+def option(argv: list[str], name: str) -> str:
+    assert name in argv, f"{name} missing from {argv}"
+    return argv[argv.index(name) + 1]
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, PurePosixPath, bool]]:
+    """(source, target, read_only) for each short-syntax volume of a service."""
+    result = []
+    for spec in service.get("volumes", []):
+        parts = str(spec).split(":")
+        assert len(parts) in (2, 3), f"use short volume syntax: {spec!r}"
+        result.append((parts[0], PurePosixPath(parts[1]), len(parts) == 3 and "ro" in parts[2]))
+    return result
+
+
+def volume_file(service: dict[str, Any], path: str) -> tuple[str, PurePosixPath, bool]:
+    """Which named volume (and path inside it) a container path is in."""
+    p = PurePosixPath(path)
+    for source, target, read_only in mounts(service):
+        if p == target or target in p.parents:
+            return source, p.relative_to(target), read_only
+    raise AssertionError(f"{path} is not on any volume of the service")
+
+
+def listeners(value: str) -> dict[str, tuple[str, int]]:
+    out = {}
+    for item in value.split(","):
+        name, rest = item.strip().split("://", 1)
+        host, port = rest.rsplit(":", 1)
+        out[name] = (host, int(port))
+    return out
+
+
+def published(service: dict[str, Any]) -> dict[int, tuple[str, int]]:
+    """container port -> (host ip, host port)."""
+    out = {}
+    for spec in service.get("ports", []):
+        ip, host_port, container_port = str(spec).split(":")
+        out[int(container_port)] = (ip, int(host_port))
+    return out
+
+
+# --- environment ------------------------------------------------------------
+
+
+def test_every_careledger_variable_is_a_settings_field(services: dict[str, dict[str, Any]]) -> None:
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    used = 0
+    for name, service in services.items():
+        for key in env_of(service):
+            if key.startswith(ENV_PREFIX):
+                used += 1
+                assert key[len(ENV_PREFIX) :].lower() in fields, (
+                    f"{name}: {key} is no Settings field"
+                )
+    assert used > 0
+
+
+def test_app_environments_load(
+    app_services: dict[str, dict[str, Any]], services: dict[str, dict[str, Any]]
+) -> None:
+    for name, service in {**app_services, "kafka-init": services["kafka-init"]}.items():
+        settings = settings_of(service)  # raises ConfigError on a bad value
+        assert settings.kafka_host == "kafka", name
+        assert settings.clickhouse_host == "clickhouse", name
+
+
+def test_shared_environment_is_one_anchor(
+    compose: dict[str, Any], app_services: dict[str, dict[str, Any]], services: dict[str, Any]
+) -> None:
+    assert "x-careledger-env: &careledger-env" in COMPOSE.read_text(encoding="utf-8")
+    shared = {k: compose_interpolate(v) for k, v in compose["x-careledger-env"].items()}
+    assert all(k.startswith(ENV_PREFIX) for k in shared)
+    for name, service in {**app_services, "kafka-init": services["kafka-init"]}.items():
+        env = env_of(service)
+        assert {k: env.get(k) for k in shared} == shared, f"{name} lost part of the shared env"
+
+
+def test_topics_and_partitions_are_the_settings_defaults(compose: dict[str, Any]) -> None:
+    settings = load_settings(
+        env={k: compose_interpolate(v) for k, v in compose["x-careledger-env"].items()}
+    )
+    for field in ("topic_events", "topic_dead_letter", "topic_alerts", "topic_checkpoints"):
+        assert getattr(settings, field) == getattr(DEFAULTS, field)
+    assert settings.partitions == DEFAULTS.partitions
+
+
+# --- Kafka -------------------------------------------------------------------
+
+
+def test_kafka_image_is_the_settings_release_and_major_4(services: dict[str, Any]) -> None:
+    repo, tag = services["kafka"]["image"].rsplit(":", 1)
+    assert repo == "apache/kafka"
+    assert tag == DEFAULTS.kafka_version
+    assert int(tag.split(".")[0]) == 4
+    assert services["kafka-init"]["image"] == services["kafka"]["image"]
+
+
+def test_kafka_is_single_node_kraft_without_auto_create(services: dict[str, Any]) -> None:
+    env = env_of(services["kafka"])
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert env["CLUSTER_ID"]
+    assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    factors = {k: v for k, v in env.items() if k.endswith(("REPLICATION_FACTOR", "MIN_ISR"))}
+    assert "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR" in factors
+    assert "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR" in factors
+    assert set(factors.values()) == {"1"}, factors
+
+
+def test_kafka_listeners_match_what_clients_use(
+    services: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    env = env_of(services["kafka"])
+    bound = listeners(env["KAFKA_LISTENERS"])
+    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(bound) == set(protocols)
+    for name, (_host, port) in advertised.items():
+        assert bound[name][1] == port, f"listener {name} advertises a port it does not bind"
+
+    # Controller quorum: this node, on the controller listener.
+    (controller,) = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
+    voter_id, voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split("@")
+    assert voter_id == env["KAFKA_NODE_ID"]
+    assert voter == f"kafka:{bound[controller][1]}"
+    assert controller not in advertised
+    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+
+    # Apps connect to an advertised listener on the compose network...
+    internal = {(h, p) for h, p in advertised.values() if h == "kafka"}
+    for name, service in app_services.items():
+        s = settings_of(service)
+        assert (s.kafka_host, s.kafka_port) in internal, name
+
+    # ...and host tools to the one published on loopback at the Settings default port.
+    external = [(h, p) for h, p in advertised.values() if h != "kafka"]
+    assert external == [("127.0.0.1", DEFAULTS.kafka_port)]
+    assert published(services["kafka"])[DEFAULTS.kafka_port] == ("127.0.0.1", DEFAULTS.kafka_port)
+
+    healthcheck = " ".join(services["kafka"]["healthcheck"]["test"])
+    assert option(healthcheck.split(), "--bootstrap-server") in {f"{h}:{p}" for h, p in internal}
+
+
+def test_kafka_init_creates_the_settings_topics(services: dict[str, Any]) -> None:
+    init = services["kafka-init"]
+    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    settings = settings_of(init)
+    commands = shell_commands(script_of(init), env_of(init))
+
+    bootstraps = {option(c, "--bootstrap-server") for c in commands if "--bootstrap-server" in c}
+    assert bootstraps == {settings.kafka_bootstrap}
+    assert any(c[0].endswith("/kafka-topics.sh") for c in commands)
+
+    created = {}
+    for argv in commands:
+        if "--create" in argv:
+            assert option(argv, "--replication-factor") == "1"
+            created[option(argv, "--topic")] = int(option(argv, "--partitions"))
+    # The same topics and partition counts as the local stack (`careledger up`).
+    assert created == default_topics(DEFAULTS)
+    assert created[DEFAULTS.topic_events] == DEFAULTS.partitions
+
+
+# --- ClickHouse ----------------------------------------------------------------
+
+
+def test_clickhouse_matches_what_clients_use(
+    services: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    ch = services["clickhouse"]
+    assert ch["image"].split(":")[0] == "clickhouse/clickhouse-server"
+    assert "healthcheck" in ch
+    assert any(target == PurePosixPath("/var/lib/clickhouse") for _, target, _ in mounts(ch))
+    env = env_of(ch)
+    for name, service in app_services.items():
+        s = settings_of(service)
+        assert (s.clickhouse_port, s.clickhouse_http_port) == (
+            CLICKHOUSE_NATIVE_PORT,
+            CLICKHOUSE_HTTP_PORT,
+        ), name
+        assert s.clickhouse_user == env["CLICKHOUSE_USER"], name
+        assert s.clickhouse_password == env["CLICKHOUSE_PASSWORD"], name
+        assert s.clickhouse_database == env["CLICKHOUSE_DB"], name
+    ports = published(ch)
+    assert ports[CLICKHOUSE_NATIVE_PORT] == ("127.0.0.1", DEFAULTS.clickhouse_port)
+    assert ports[CLICKHOUSE_HTTP_PORT] == ("127.0.0.1", DEFAULTS.clickhouse_http_port)
+
+
+# --- commands --------------------------------------------------------------------
+
+
+def test_app_commands_are_careledger_subcommands(app_services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services.items():
+        argvs = careledger_argvs(service)
+        assert argvs, f"{name} runs no careledger command"
+        for argv in argvs:
+            assert argv[0] in cli.COMMANDS, f"{name}: {argv[0]!r} is no careledger subcommand"
+        assert argvs[0][0] == EXPECTED_COMMANDS[name]
+    assert app_services["simulator"].get("profiles"), "the simulator is optional"
+
+
+@pytest.mark.parametrize("service_name", sorted(EXPECTED_COMMANDS))
+def test_app_command_arguments_parse(
+    service_name: str, app_services: dict[str, dict[str, Any]]
+) -> None:
+    for argv in careledger_argvs(app_services[service_name]):
+        module_name = cli.COMMANDS[argv[0]][0]
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name != module_name:
+                raise
+            pytest.skip(f"{module_name} does not exist yet: only the subcommand name is checked")
+        parser = cli.build_parser(load_modules=False)
+        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+        configure = getattr(module, f"configure_{argv[0].replace('-', '_')}", None)
+        if configure is not None:
+            configure(sub.choices[argv[0]])
+        try:
+            parser.parse_args(argv)
+        except SystemExit:
+            pytest.fail(f"{service_name}: `careledger {' '.join(argv)}` does not parse")
+
+
+# --- keys and state ------------------------------------------------------------------
+
+
+def test_verifier_trusts_the_processor_key_without_seeing_it(
+    compose: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    keygen, processor, verifier = (app_services[n] for n in ("keygen", "processor", "verifier"))
+    (keygen_argv,) = careledger_argvs(keygen)
+    key_out = option(keygen_argv, "--out")
+
+    signing_key = settings_of(processor).signing_key
+    assert signing_key is not None
+    signing = volume_file(processor, str(signing_key))
+    assert signing[2], "the processor mounts the signing key read-only"
+    assert signing[:2] == volume_file(keygen, key_out)[:2], "processor signs with the keygen key"
+
+    # keygen publishes the public key to the volume the verifier trusts keys from.
+    copies = [c for c in shell_commands(script_of(keygen), env_of(keygen)) if c[0] == "cp"]
+    assert len(copies) == 1
+    src, dst = copies[0][-2:]
+    # careledger.keys.write_keypair writes the public half to "<private path>.pub".
+    assert volume_file(keygen, src) == volume_file(keygen, key_out + ".pub")
+    trusted = settings_of(verifier).trusted_keys
+    assert trusted
+    for path in trusted:
+        source, rel, read_only = volume_file(verifier, path)
+        assert read_only
+        assert (source, rel) == volume_file(keygen, dst)[:2]
+    assert signing[0] not in {src for src, _, _ in mounts(verifier)}, (
+        "the verifier must not see the private key"
+    )
+    assert signing[0] in compose["volumes"]
+
+
+def test_verifier_state_survives_restarts(app_services: dict[str, dict[str, Any]]) -> None:
+    verifier = app_services["verifier"]
+    state = settings_of(verifier).verifier_state
+    source, _, read_only = volume_file(verifier, str(state))
+    assert not read_only and "/" not in source  # a named volume
+    assert careledger_argvs(verifier)[0][:2] == ["verify", "--follow"]
+
+
+def test_named_volumes_are_declared(compose: dict[str, Any], services: dict[str, Any]) -> None:
+    declared = set(compose.get("volumes") or {})
+    for name, service in services.items():
+        for source, _, _ in mounts(service):
+            if not source.startswith((".", "/")):
+                assert source in declared, f"{name}: volume {source} not declared"
+
+
+# --- ordering ----------------------------------------------------------------------
+
+
+def test_depends_on_is_consistent(services: dict[str, dict[str, Any]]) -> None:
+    one_shot = {n for n, s in services.items() if s.get("restart") == "no"}
+    assert {"kafka-init", "migrate", "keygen"} <= one_shot
+    for name, service in services.items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            condition = spec["condition"]
+            if dep in one_shot:
+                assert condition == "service_completed_successfully", (name, dep)
+            else:
+                assert condition == "service_healthy", (name, dep)
+                assert "healthcheck" in services[dep], dep
+
+    def reaches(start: str, seen: tuple[str, ...] = ()) -> set[str]:
+        assert start not in seen, f"depends_on cycle through {start}"
+        deps = set(services[start].get("depends_on") or {})
+        return deps.union(*(reaches(d, (*seen, start)) for d in deps))
+
+    for name in ("processor", "verifier"):
+        assert {"migrate", "kafka-init", "keygen", "kafka", "clickhouse"} <= reaches(name)
+    assert "clickhouse" in reaches("migrate")
+
+
+# --- image --------------------------------------------------------------------------
+
+
+def test_app_services_build_the_project_image(app_services: dict[str, dict[str, Any]]) -> None:
+    for name, service in app_services.items():
+        assert service["build"] == {"context": ".", "dockerfile": "deploy/Dockerfile"}, name
+        assert PROJECT_ROOT.joinpath(service["build"]["dockerfile"]) == DOCKERFILE
+
+
+def _instructions() -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", DOCKERFILE.read_text(encoding="utf-8"))
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            keyword, _, rest = line.partition(" ")
+            out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile_installs_the_project_as_non_root() -> None:
+    instructions = _instructions()
+    froms = [rest.split()[0] for kw, rest in instructions if kw == "FROM"]
+    assert froms and all(f == "python:3.11-slim" for f in froms)
+
+    copied: dict[str, str] = {}
+    for kw, rest in instructions:
+        if kw == "COPY" and "--from" not in rest:
+            *sources, dest = rest.split()
+            for src in sources:
+                copied[src.rstrip("/")] = dest
+    packages = {"careledger", "careledger_core", "producers", "processors", "verifiers"}
+    assert packages | {"pyproject.toml"} <= set(copied)
+    assert all(Path(src).name == src for src in copied)
+    workdir = next(rest for kw, rest in instructions if kw == "WORKDIR")
+    installs = [rest for kw, rest in instructions if kw == "RUN" and "pip install" in rest]
+    assert any(re.search(rf"pip install\s+(\.|{re.escape(workdir)})(\s|$)", r) for r in installs)
+
+    users = [rest for kw, rest in instructions if kw == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    entrypoints = [rest for kw, rest in instructions if kw == "ENTRYPOINT"]
+    assert entrypoints[-1] == '["careledger"]'
+
+    # The directories compose mounts named volumes on exist in the image, so fresh
+    # volumes are owned by the non-root user.
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    for target in ("/keys", "/trusted", "/var/lib/careledger/verifier"):
+        assert target in text
+
+
+def test_build_context_holds_what_the_dockerfile_copies() -> None:
+    ignored = [
+        line.strip()
+        for line in DOCKERIGNORE.read_text(encoding="utf-8").splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    for must_ignore in (".git", ".venv", ".run"):
+        assert must_ignore in ignored
+    for kw, rest in _instructions():
+        if kw == "COPY" and "--from" not in rest:
+            for src in rest.split()[:-1]:
+                name = src.rstrip("/")
+                assert (PROJECT_ROOT / name).exists(), f"COPY {src}: missing from the repository"
+                assert name not in ignored, f"COPY {src}: excluded by .dockerignore"
