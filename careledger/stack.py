@@ -337,8 +337,12 @@ def clickhouse_ready(settings: Settings, timeout: float = 2.0) -> bool:
 
 
 def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
-    if not _port_open(settings.clickhouse_host, settings.clickhouse_port):
-        return None
+    # No bare TCP probe first: ClickHouse logs a warning for every connection that
+    # sends nothing, and the driver fails just as fast on a closed port (its own
+    # connection-failure log lines are silenced: "not up" is an answer here).
+    driver_log = logging.getLogger("clickhouse_driver")
+    saved_level = driver_log.level
+    driver_log.setLevel(logging.CRITICAL)
     try:
         from clickhouse_driver import Client
 
@@ -359,6 +363,8 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
     except Exception as exc:
         log.debug("clickhouse not ready: %s", exc)
         return None
+    finally:
+        driver_log.setLevel(saved_level)
 
 
 def _admin_config(settings: Settings) -> dict[str, Any]:

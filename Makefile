@@ -1,0 +1,34 @@
+# careledger developer entry points. Everything runs from a fresh clone as root on
+# Debian 12: `make test` installs what is missing (deploy/bootstrap.sh), then the
+# test session starts the local Kafka + ClickHouse stack itself.
+
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+# Per-test timeout (seconds); the first integration test also pays for starting the stack.
+PYTEST_TIMEOUT ?= 300
+PYTEST_ARGS ?=
+
+.PHONY: bootstrap test demo lint up down status
+
+bootstrap:
+	bash deploy/bootstrap.sh
+
+test: bootstrap
+	$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+
+demo: bootstrap
+	$(VENV)/bin/careledger demo
+
+lint: bootstrap
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+up: bootstrap
+	$(VENV)/bin/careledger up
+
+down:
+	$(VENV)/bin/careledger down
+
+status:
+	$(VENV)/bin/careledger status

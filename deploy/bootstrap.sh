@@ -1,0 +1,113 @@
+#!/usr/bin/env bash
+# Install everything careledger needs on a fresh Debian 12 machine; idempotent and
+# fast (about a second) when everything is already there. It never starts a
+# service: `careledger up` (or the test session) does that.
+#
+#   1. Debian packages: clickhouse-server + clickhouse-client (18.16), and only if
+#      `java` / `mvn` are missing: openjdk-17-jre-headless / maven.
+#   2. A virtualenv at <repo>/.venv with `pip install -e '.[dev]'` (redone only when
+#      pyproject.toml changes).
+#   3. The Apache Kafka jars (version from Settings.kafka_version) copied by Maven
+#      into deploy/kafka/lib/<version>/ (skipped when present).
+#
+# Environment: PYTHON (interpreter for the venv, default python3; needs >= 3.11).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+VENV="$ROOT/.venv"
+PYTHON="${PYTHON:-python3}"
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+die() { say "error: $*"; exit 1; }
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then
+        "$@"
+    elif command -v sudo >/dev/null 2>&1; then
+        sudo -n "$@" || die "need root to run: $* (re-run as root or install the packages yourself)"
+    else
+        die "need root to run: $* (re-run as root or install the packages yourself)"
+    fi
+}
+
+# --- 1. Debian packages ------------------------------------------------------
+pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
+
+missing=()
+for pkg in clickhouse-server clickhouse-client; do
+    pkg_installed "$pkg" || missing+=("$pkg")
+done
+command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 && [ ! -x "$VENV/bin/python" ]; then
+    missing+=(python3-venv)
+fi
+
+stop_system_clickhouse() {
+    # Debian's package may register a system service on the default ports 9000/8123.
+    # We run our own server on our own ports: make sure the system one is not running.
+    if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
+        as_root systemctl disable --now clickhouse-server >/dev/null 2>&1 || true
+    elif [ -x /etc/init.d/clickhouse-server ]; then
+        # The init script's `status` matches any clickhouse-server binary, including
+        # careledger's own (run as the invoking user); the system service runs as the
+        # `clickhouse` user, and its `stop` only targets that user's process.
+        if id clickhouse >/dev/null 2>&1 && pgrep -u clickhouse >/dev/null 2>&1; then
+            say "stopping the system clickhouse-server service (careledger runs its own)"
+            as_root /etc/init.d/clickhouse-server stop >/dev/null 2>&1 || true
+        fi
+        if command -v update-rc.d >/dev/null 2>&1; then
+            as_root update-rc.d clickhouse-server disable >/dev/null 2>&1 || true
+        fi
+    fi
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+    say "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    # Keep maintainer scripts from starting services during the install.
+    policy_created=0
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        as_root sh -c 'printf "#!/bin/sh\nexit 101\n" > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d'
+        policy_created=1
+    fi
+    trap 'if [ "$policy_created" = 1 ]; then as_root rm -f /usr/sbin/policy-rc.d; fi' EXIT
+    as_root apt-get update -qq
+    as_root apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold \
+        "${missing[@]}" </dev/null
+    if [ "$policy_created" = 1 ]; then
+        as_root rm -f /usr/sbin/policy-rc.d
+        policy_created=0
+    fi
+    stop_system_clickhouse
+fi
+
+command -v java >/dev/null 2>&1 || die "java still not found: apt-get install openjdk-17-jre-headless"
+command -v mvn >/dev/null 2>&1 || die "maven still not found: apt-get install maven"
+[ -x /usr/sbin/clickhouse-server ] || command -v clickhouse-server >/dev/null 2>&1 \
+    || command -v clickhouse >/dev/null 2>&1 \
+    || die "clickhouse-server not installed: apt-get install clickhouse-server clickhouse-client"
+
+# --- 2. virtualenv -------------------------------------------------------------
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+        || die "$PYTHON is older than 3.11; set PYTHON=/path/to/python3.11"
+    say "creating virtualenv $VENV"
+    "$PYTHON" -m venv "$VENV"
+fi
+
+stamp="$VENV/.careledger-installed"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+have="$(cat "$stamp" 2>/dev/null || true)"
+if [ "$want" != "$have" ] || [ ! -x "$VENV/bin/careledger" ]; then
+    say "installing careledger and its dev dependencies into $VENV"
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' </dev/null
+    echo "$want" > "$stamp"
+fi
+
+# --- 3. Kafka jars -------------------------------------------------------------
+"$VENV/bin/python" -m careledger.stack install-kafka >/dev/null
+
+say "ok (start the services with: .venv/bin/careledger up)"
