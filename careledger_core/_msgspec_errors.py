@@ -39,7 +39,9 @@ def translate_validation_error(
         kind = "missing required field" if fm["kind"] == "missing required" else "unknown field"
         return error_class(field, kind)
     if rm := _REGEX.match(reason):
-        return error_class(field, pattern_reasons.get(rm["pattern"], reason))
+        # msgspec shows the pattern with its backslashes doubled
+        pattern = rm["pattern"].replace("\\\\", "\\")
+        return error_class(field, pattern_reasons.get(pattern, reason))
     if lm := _LENGTH.match(reason):
         what = "string" if lm["type"] == "str" else "list"
         if lm["op"] == ">=" and lm["n"] == "1":

@@ -200,7 +200,9 @@ def verify_inclusion(
 ) -> None:
     """Check that ``leaf_hash`` is leaf ``index`` of the tree of ``tree_size`` with ``root``.
 
-    Raises :class:`ProofError` otherwise.
+    ``tree_size`` and ``root`` must come from the same authenticated source (a signed
+    block header or checkpoint): for sizes whose audit paths have the same shape, a
+    proof cannot tell them apart. Raises :class:`ProofError` otherwise.
     """
     _check_hash(root, "root")
     computed = root_from_inclusion_proof(leaf_hash, index, tree_size, proof)
