@@ -261,6 +261,9 @@ def _our_pid(pid_file: Path, marker: str) -> int | None:
     return None
 
 
+_CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
 def _spawn(cmd: Sequence[str], *, cwd: Path, out: Path, env: dict[str, str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "ab") as fh:
@@ -276,6 +279,9 @@ def _spawn(cmd: Sequence[str], *, cwd: Path, out: Path, env: dict[str, str] | No
             start_new_session=True,  # survives the caller; not killed by its Ctrl-C
             close_fds=True,
         )
+    # Keep the Popen object: dropping it while the service runs makes CPython warn
+    # ("subprocess ... is still running") in whoever called up(), e.g. a test session.
+    _CHILDREN.append(proc)
     return proc.pid
 
 
@@ -596,19 +602,22 @@ def _start_kafka(settings: Settings, *, quiet: bool) -> int | None:
 # --------------------------------------------------------------------------- ClickHouse
 
 
+# Where to look when PATH does not have it (Debian puts the server in /usr/sbin).
+# Debian's package: a `clickhouse-server` binary; upstream packages: one multi-call
+# `clickhouse` binary that takes `server` as its first argument.
+CLICKHOUSE_SERVER_CANDIDATES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("clickhouse-server", ()),
+    ("/usr/sbin/clickhouse-server", ()),
+    ("clickhouse", ("server",)),
+    ("/usr/bin/clickhouse", ("server",)),
+)
+
+
 def _clickhouse_server_cmd() -> list[str]:
-    for name in ("clickhouse-server",):
-        found = shutil.which(name) or (
-            f"/usr/sbin/{name}" if Path(f"/usr/sbin/{name}").exists() else None
-        )
+    for name, args in CLICKHOUSE_SERVER_CANDIDATES:
+        found = shutil.which(name) if "/" not in name else (name if Path(name).exists() else None)
         if found:
-            return [found]
-    # Upstream packages ship one multi-call binary.
-    multi = shutil.which("clickhouse") or (
-        "/usr/bin/clickhouse" if Path("/usr/bin/clickhouse").exists() else None
-    )
-    if multi:
-        return [multi, "server"]
+            return [found, *args]
     raise StackError(HINT_CLICKHOUSE)
 
 
@@ -889,9 +898,17 @@ def up(
             say("stack ready in %.1fs", time.monotonic() - t0)
     started = tuple(n for n, pid in (("kafka", kpid), ("clickhouse", cpid)) if pid is not None)
     if topics:
-        ensure_topics(settings, default_topics(settings))
+        try:
+            ensure_topics(settings, default_topics(settings))
+        except StackError:
+            raise
+        except Exception as exc:  # KafkaException from the admin client
+            raise StackError(f"cannot create the Kafka topics: {exc}") from exc
     if schema:
-        applied = apply_schema(settings)
+        try:
+            applied = apply_schema(settings)
+        except Exception as exc:  # StorageError, driver errors
+            raise StackError(f"cannot apply the ClickHouse schema: {exc}") from exc
         if applied:
             say("applied ClickHouse migrations %s to %s", applied, settings.clickhouse_database)
     return dataclasses.replace(status(settings), started=started)

@@ -161,3 +161,51 @@ def test_full_lifecycle_of_a_separate_stack(stack: Settings, tmp_path: Path) -> 
         stack_mod.down(own)
     # The shared stack was not disturbed.
     assert stack_mod.status(stack).up
+
+
+def _fresh(stack: Settings, tmp_path: Path) -> Settings:
+    return stack.replace(
+        run_dir=tmp_path / "run",
+        kafka_port=_free_port(),
+        kafka_controller_port=_free_port(),
+        clickhouse_port=_free_port(),
+        clickhouse_http_port=_free_port(),
+    )
+
+
+def test_missing_java_names_the_package(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("JAVA_HOME", raising=False)
+    monkeypatch.setattr(stack_mod.shutil, "which", lambda name: None)
+    with pytest.raises(stack_mod.StackError, match="apt-get install openjdk-17-jre-headless"):
+        stack_mod.up(_fresh(stack, tmp_path), quiet=True, timeout=5)
+
+
+def test_missing_clickhouse_names_the_package(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    own = _fresh(stack, tmp_path)
+    monkeypatch.setattr(stack_mod, "CLICKHOUSE_SERVER_CANDIDATES", (("/nonexistent/ch", ()),))
+    monkeypatch.setattr(stack_mod, "_start_kafka", lambda settings, quiet: None)
+    monkeypatch.setattr(stack_mod, "kafka_ready", lambda settings: True)
+    with pytest.raises(stack_mod.StackError, match="clickhouse-server not installed"):
+        stack_mod.up(own, quiet=True, timeout=5, topics=False, schema=False)
+
+
+def test_missing_maven_names_the_package(
+    stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(stack_mod, "KAFKA_LIB_ROOT", tmp_path / "lib")
+    monkeypatch.setattr(stack_mod.shutil, "which", lambda name: None)
+    with pytest.raises(stack_mod.StackError, match="maven not found"):
+        stack_mod.install_kafka(stack)
+
+
+def test_port_taken_by_something_else_is_reported(stack: Settings, tmp_path: Path) -> None:
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        own = _fresh(stack, tmp_path).replace(kafka_port=int(squatter.getsockname()[1]))
+        with pytest.raises(stack_mod.StackError, match="in use by another process"):
+            stack_mod.up(own, quiet=True, timeout=5)
