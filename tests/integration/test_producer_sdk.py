@@ -1,0 +1,185 @@
+"""The producer SDK against the real Kafka broker of the local stack.
+
+Every event arrives exactly once, one patient's events stay in one partition in the
+order they were sent, flush reports every acknowledgement, and an unreachable broker
+turns into a DeliveryError instead of silent loss.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import time
+import uuid
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
+
+from careledger.config import Settings
+from careledger_core.errors import InfrastructureError
+from careledger_core.event import AccessEvent, canonical_event_bytes
+from producers.sdk import AccessEventProducer, DeliveryError, partition_key
+from producers.simulator import HospitalModel, run_simulation, simulate
+
+pytestmark = pytest.mark.integration
+
+COUNT = 2_000
+
+
+def _events(count: int = COUNT, seed: int = 5) -> list[AccessEvent]:
+    return list(simulate(HospitalModel(staff=100, patients=300, seed=seed), count, seed=seed))
+
+
+def _consume_all(settings: Settings, expected: int, timeout: float = 60.0) -> list[Message]:
+    """Read the events topic from the beginning until ``expected`` messages (then a bit
+    longer, so that duplicates would show)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"careledger-test-sdk-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+        }
+    )
+    try:
+        consumer.assign(
+            [
+                TopicPartition(settings.topic_events, p, OFFSET_BEGINNING)
+                for p in range(settings.partitions)
+            ]
+        )
+        messages: list[Message] = []
+        deadline = time.monotonic() + timeout
+        settle_until: float | None = None
+        while time.monotonic() < deadline:
+            batch = consumer.consume(num_messages=1000, timeout=0.5)
+            for m in batch:
+                assert m.error() is None, m.error()
+                messages.append(m)
+            if len(messages) >= expected and settle_until is None:
+                settle_until = time.monotonic() + 1.5
+            if settle_until is not None and time.monotonic() > settle_until:
+                break
+        return messages
+    finally:
+        consumer.close()
+
+
+def _closed_port() -> int:
+    """A loopback port with nothing listening on it."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_every_event_arrives_once_and_one_patient_stays_in_order(isolated: Settings) -> None:
+    events = _events()
+    with AccessEventProducer(isolated) as producer:
+        for e in events:
+            producer.send(e)
+        report = producer.flush()
+    assert (report.sent, report.acked, report.failed, report.pending) == (COUNT, COUNT, 0, 0)
+    assert report.ok
+
+    messages = _consume_all(isolated, COUNT)
+    values = [m.value() for m in messages]
+    assert len(values) == COUNT, "every event exactly once"
+    assert sorted(values) == sorted(canonical_event_bytes(e) for e in events)  # type: ignore[type-var]
+
+    # key = patient id; a patient's events share one partition, in the order sent
+    sent_order: dict[bytes, list[bytes]] = collections.defaultdict(list)
+    for e in events:
+        sent_order[partition_key(e)].append(canonical_event_bytes(e))
+    partitions: dict[bytes, set[int]] = collections.defaultdict(set)
+    received: dict[bytes, list[tuple[int, bytes]]] = collections.defaultdict(list)
+    for m in messages:
+        key = m.key()
+        assert isinstance(key, bytes)
+        partitions[key].add(m.partition())  # type: ignore[arg-type]
+        received[key].append((m.offset(), m.value()))  # type: ignore[arg-type]
+    assert all(len(p) == 1 for p in partitions.values())
+    for key, items in received.items():
+        assert [v for _offset, v in sorted(items)] == sent_order[key]
+    used = {p for ps in partitions.values() for p in ps}
+    assert len(used) == isolated.partitions, "patients are spread over every partition"
+
+
+def test_a_full_local_queue_waits_instead_of_failing(isolated: Settings) -> None:
+    events = _events(1_000, seed=6)
+    # a tiny queue forces BufferError on send: the SDK must serve reports and retry
+    with AccessEventProducer(
+        isolated, extra_config={"queue.buffering.max.messages": 50, "linger.ms": 1}
+    ) as producer:
+        for e in events:
+            producer.send(e)
+        report = producer.flush()
+    assert report.acked == 1_000 and report.failed == 0
+    assert len(_consume_all(isolated, 1_000)) == 1_000
+
+
+def test_send_raw_passes_bytes_key_and_headers_through(isolated: Settings) -> None:
+    with AccessEventProducer(isolated) as producer:
+        producer.send_raw(b"{not json", key=b"poison", headers=[("origin", b"test")])
+        producer.send_raw(b"\xff\xfe", key=None)
+        report = producer.flush()
+    assert report.acked == 2
+    messages = _consume_all(isolated, 2)
+    by_value = {m.value(): m for m in messages}
+    assert set(by_value) == {b"{not json", b"\xff\xfe"}
+    assert by_value[b"{not json"].key() == b"poison"
+    assert by_value[b"{not json"].headers() == [("origin", b"test")]
+
+
+def test_run_simulation_reports_every_acknowledgement(isolated: Settings) -> None:
+    summary = run_simulation(isolated, 1_500, seed=8, progress=False)
+    assert (summary.sent, summary.acked, summary.failed) == (1_500, 1_500, 0)
+    assert len(_consume_all(isolated, 1_500)) == 1_500
+
+
+def test_unreachable_broker_raises_delivery_error_on_flush(settings: Settings) -> None:
+    events = _events(20, seed=9)
+    producer = AccessEventProducer(
+        settings,
+        bootstrap=f"127.0.0.1:{_closed_port()}",
+        topic="careledger.nowhere",
+        extra_config={"message.timeout.ms": 1500},
+    )
+    for e in events:
+        producer.send(e)
+    started = time.monotonic()
+    with pytest.raises(DeliveryError) as caught:
+        producer.flush(timeout=20)
+    assert time.monotonic() - started < 10
+    error = caught.value
+    assert isinstance(error, InfrastructureError)
+    assert error.failed == 20 and error.report.acked == 0
+    assert {f.error_code for f in error.failures} == {"_MSG_TIMED_OUT"}
+    assert {f.event_id for f in error.failures} == {e.event_id for e in events}
+    text = str(error) + repr(error.to_dict())
+    assert not any(e.patient.id in text for e in events), "no patient id in the error"
+    # the failures were reported once: a later flush has nothing new to complain about
+    assert producer.flush(timeout=1).failed == 20
+    producer.close(timeout=1)
+
+
+def test_flush_timeout_with_messages_still_queued_is_an_error(settings: Settings) -> None:
+    producer = AccessEventProducer(
+        settings,
+        bootstrap=f"127.0.0.1:{_closed_port()}",
+        topic="careledger.nowhere",
+        extra_config={"message.timeout.ms": 60_000},
+    )
+    for e in _events(5, seed=10):
+        producer.send(e)
+    with pytest.raises(DeliveryError) as caught:
+        producer.flush(timeout=0.5)
+    assert caught.value.report.pending == 5 and caught.value.failed == 0
+    assert "still pending" in str(caught.value)
+    with pytest.raises(DeliveryError):
+        producer.close(timeout=0.2)  # leftovers are purged, the client is released
+
+
+def test_run_simulation_against_a_dead_broker_counts_failures(settings: Settings) -> None:
+    dead = settings.replace(kafka_port=_closed_port())
+    summary = run_simulation(dead, 50, seed=1, progress=False, message_timeout_s=1.0)
+    assert (summary.sent, summary.acked, summary.failed) == (50, 0, 50)
