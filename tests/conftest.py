@@ -124,6 +124,11 @@ def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
 def isolated(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     from careledger import stack as stack_mod
 
+    if not (stack_mod.kafka_ready(stack) and stack_mod.clickhouse_ready(stack)):
+        # A service died during the session (crash, someone ran `careledger down`):
+        # bring it back rather than failing every remaining test.
+        log.warning("local stack not fully up; restarting it")
+        stack_mod.up(stack, quiet=True)
     s = isolated_settings(stack).replace(verifier_state_dir=tmp_path / "verifier")
     topics = stack_mod.default_topics(s)
     stack_mod.ensure_topics(s, topics)
