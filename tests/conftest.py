@@ -128,7 +128,8 @@ def isolated(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
         # A service died during the session (crash, someone ran `careledger down`):
         # bring it back rather than failing every remaining test.
         log.warning("local stack not fully up; restarting it")
-        stack_mod.up(stack, quiet=True)
+        if stack_mod.up(stack, quiet=True).started:
+            stack_mod.mark_started_by_tests(stack)
     s = isolated_settings(stack).replace(verifier_state_dir=tmp_path / "verifier")
     topics = stack_mod.default_topics(s)
     stack_mod.ensure_topics(s, topics)
