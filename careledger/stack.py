@@ -523,14 +523,27 @@ def _kafka_java_cmd(settings: Settings, java: str, main: str, *args: str) -> lis
     ]
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 chars of URL-safe base64, like Kafka's ``Uuid``).
+
+    Like Kafka itself, never one starting with "-": the storage tool's argument
+    parser would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _kafka_format(settings: Settings, java: str) -> None:
     p = _paths(settings)
     if (p.kafka_data / "meta.properties").exists():
         return
+    cluster_id = ""
     if p.kafka_cluster_id.exists():
         cluster_id = p.kafka_cluster_id.read_text().strip()
-    else:
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    if not cluster_id or cluster_id.startswith("-"):
+        cluster_id = new_cluster_id()
         p.kafka_cluster_id.write_text(cluster_id + "\n")
     cmd = _kafka_java_cmd(
         settings,

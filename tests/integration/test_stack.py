@@ -209,3 +209,9 @@ def test_port_taken_by_something_else_is_reported(stack: Settings, tmp_path: Pat
         own = _fresh(stack, tmp_path).replace(kafka_port=int(squatter.getsockname()[1]))
         with pytest.raises(stack_mod.StackError, match="in use by another process"):
             stack_mod.up(own, quiet=True, timeout=5)
+
+
+def test_cluster_ids_never_look_like_options() -> None:
+    ids = {stack_mod.new_cluster_id() for _ in range(2000)}
+    assert len(ids) == 2000
+    assert all(len(i) == 22 and not i.startswith("-") for i in ids)
