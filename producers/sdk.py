@@ -43,6 +43,31 @@ from careledger_core.event import AccessEvent, canonical_event_bytes
 log = logging.getLogger("careledger.producer")
 _rdkafka_log = logging.getLogger("careledger.producer.rdkafka")
 
+#: Repeated client errors (a broker that is down is retried every few hundred ms) are
+#: logged once per this many seconds per kind.
+LOG_REPEAT_INTERVAL_S = 10.0
+
+
+class _RateLimit(logging.Filter):
+    """Lets one record per kind through every LOG_REPEAT_INTERVAL_S seconds."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._last: dict[tuple[int, str], float] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        kind = (record.levelno, str(args[0]) if args else str(record.msg))
+        now = time.monotonic()
+        if now - self._last.get(kind, -1e9) < LOG_REPEAT_INTERVAL_S:
+            return False
+        self._last[kind] = now
+        return True
+
+
+_rdkafka_log.addFilter(_RateLimit())
+_client_errors = _RateLimit()
+
 __all__ = [
     "DEFAULT_COMPRESSION",
     "AccessEventProducer",
@@ -238,7 +263,12 @@ class AccessEventProducer:
         # client-level errors (all brokers down, fatal idempotence errors); librdkafka
         # keeps retrying on its own, delivery reports say what finally happened
         level = logging.ERROR if err.fatal() else logging.WARNING
-        log.log(level, "kafka producer error %s: %s", err.name(), err.str())
+        record = log.makeRecord(
+            log.name, level, __file__, 0, "kafka producer error %s: %s",
+            (err.name(), err.str()), None,
+        )
+        if log.isEnabledFor(level) and _client_errors.filter(record):
+            log.handle(record)
 
     # -- sending -------------------------------------------------------------------
     def send(self, event: AccessEvent) -> None:
