@@ -134,12 +134,14 @@ class Processor:
         key: SigningKey,
         store: ChainStore,
         seek: Any,  # async callable (partition, offset)
+        earliest: Any,  # async callable (partition) -> earliest offset still in Kafka
         dead_letter: Any,  # DeadLetterSink
     ) -> None:
         self.settings = settings
         self.key = key
         self.store = store
         self._seek = seek
+        self._earliest = earliest
         self.dead_letter = dead_letter
         self.chains: dict[int, PartitionChain] = {}
         self.seek_targets: dict[int, tuple[int, float]] = {}
@@ -159,6 +161,7 @@ class Processor:
     async def _load(self, partition: int) -> PartitionChain:
         chain_id = self.settings.chain_id(self.settings.topic_events, partition)
         loop = asyncio.get_running_loop()
+        earliest = await self._earliest(partition)
 
         def load() -> PartitionChain:
             head = self.store.head(chain_id)
@@ -169,7 +172,9 @@ class Processor:
                     chain_id,
                     removed,
                 )
-            return PartitionChain.resume(chain_id, head, self.settings.max_event_bytes)
+            return PartitionChain.resume(
+                chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest
+            )
 
         chain = await loop.run_in_executor(self.executor, load)
         log.info(
@@ -399,7 +404,12 @@ def create_app(
     async def seek(partition: int, offset: int) -> None:
         await app.consumer.seek(TP(settings.topic_events, partition), offset)
 
-    processor = Processor(settings, key, store, seek, DeadLetterSink(settings))
+    async def earliest(partition: int) -> int:
+        tp = TP(settings.topic_events, partition)
+        offsets = await app.consumer.earliest_offsets(tp)
+        return int(offsets.get(tp) or 0)
+
+    processor = Processor(settings, key, store, seek, earliest, DeadLetterSink(settings))
     app.careledger_processor = processor  # for tests and the web page
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)

@@ -60,7 +60,7 @@ class PartitionChain:
     max_event_bytes: int
     height: int = 0  # height of the next block
     prev_hash: str = GENESIS_PREV_HASH
-    next_offset: int | None = None  # None: empty chain, take whatever comes first
+    next_offset: int | None = None  # None only for chains built by hand in tests
     range_first: int | None = None
     pending: list[ChainedEvent] = field(default_factory=list)
     pending_timestamps: list[float] = field(default_factory=list)
@@ -70,9 +70,17 @@ class PartitionChain:
     duplicates_skipped: int = 0
 
     @classmethod
-    def resume(cls, chain_id: str, head: ChainHead | None, max_event_bytes: int) -> PartitionChain:
+    def resume(
+        cls, chain_id: str, head: ChainHead | None, max_event_bytes: int, earliest_offset: int = 0
+    ) -> PartitionChain:
+        """Continue after the stored head; a new chain starts at the partition's earliest offset.
+
+        Never "whatever record comes first": a consumer position that ran ahead
+        of the store (committed offsets of records never stored) must not become
+        the start of a chain.
+        """
         if head is None:
-            return cls(chain_id, max_event_bytes)
+            return cls(chain_id, max_event_bytes, next_offset=earliest_offset)
         return cls(
             chain_id,
             max_event_bytes,

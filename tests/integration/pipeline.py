@@ -46,7 +46,7 @@ def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen[byte
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
     return subprocess.Popen(
-        [sys.executable, "-m", "careledger.cli", "process", "--loglevel", "warning"],
+        [sys.executable, "-m", "careledger.cli", "process", "--loglevel", "info"],
         cwd=REPO,
         env=cli_env(settings),
         stdout=log_file,

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
 from careledger_core.event import canonical_event_bytes
@@ -120,8 +121,54 @@ def test_processor_killed_repeatedly_loses_and_duplicates_nothing(isolated: Sett
     finally:
         stop(proc)
     assert kills == 4
+    resumed = re.findall(r"resumes at height (\d+)", log.read_text(errors="replace"))
+    assert any(int(h) > 0 for h in resumed), "no restart resumed a chain mid-stream"
     _assert_exactly_once(settings, [e.event_id for e in events])
     _verify_ok(settings)
+
+
+def test_offsets_committed_ahead_of_the_store_do_not_skip_events(isolated: Settings, tmp_path: Path) -> None:
+    """Kafka's committed offsets are advisory: the stored chain head decides where to resume.
+
+    Simulates the worst case of a crash after a best-effort offset commit but
+    before the block reached ClickHouse: the group's committed offsets point
+    past events that were never stored.
+    """
+    settings = processor_settings(with_keys(isolated, tmp_path))
+    events = _events(2_000, seed=21)
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    committer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.processor_app_id,
+            "enable.auto.commit": False,
+        }
+    )
+    ahead = [TopicPartition(settings.topic_events, p, 300) for p in range(settings.partitions)]
+    committer.commit(offsets=ahead, asynchronous=False)
+    committer.close()
+    log = tmp_path / "processor.log"
+    proc = start_processor(settings, log)
+    try:
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="all events chained")
+        time.sleep(1.0)
+    finally:
+        stop(proc)
+    assert "seeking partition" in log.read_text(errors="replace")
+    _assert_exactly_once(settings, [e.event_id for e in events])
+
+
+def test_sigterm_stops_the_processor_cleanly(isolated: Settings, tmp_path: Path) -> None:
+    settings = processor_settings(with_keys(isolated, tmp_path))
+    proc = start_processor(settings, tmp_path / "processor.log")
+    time.sleep(6.0)
+    assert proc.poll() is None
+    stop(proc, signal.SIGTERM, timeout=30)
+    assert proc.returncode == 0, (tmp_path / "processor.log").read_text(errors="replace")[-3000:]
 
 
 def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(

@@ -115,3 +115,16 @@ def test_block_is_due_at_max_events_or_max_age(payloads: list[bytes]) -> None:
     assert chain.due(now=101.0, max_events=2, max_age_s=1.0)
     chain.add(1, payloads[1], None, 0.0, now=100.6)
     assert chain.due(now=100.6, max_events=2, max_age_s=1.0)
+
+
+def test_a_new_chain_starts_at_the_earliest_offset_not_at_the_first_record_seen(
+    payloads: list[bytes],
+) -> None:
+    chain = PartitionChain.resume(CHAIN, None, 65536, earliest_offset=17)
+    with pytest.raises(OffsetGap) as info:
+        chain.add(300, payloads[0], None, 0.0, 0.0)
+    assert info.value.expected == 17
+    chain.add(17, payloads[0], None, 0.0, 0.0)
+    block = chain.seal(KEY, now=1_800_000_000.0)
+    assert block is not None
+    assert (block.header.height, block.header.first_offset) == (0, 17)
