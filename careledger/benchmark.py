@@ -33,9 +33,13 @@ from careledger.config import PROJECT_ROOT, Settings
 
 def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=100_000, help="backlog size per mode")
-    parser.add_argument("--rate", type=float, default=2_000.0, help="events/s for the latency phase")
+    parser.add_argument(
+        "--rate", type=float, default=2_000.0, help="events/s for the latency phase"
+    )
     parser.add_argument("--latency-seconds", type=float, default=20.0)
-    parser.add_argument("--core", action="store_true", help="also run the in-process core benchmark")
+    parser.add_argument(
+        "--core", action="store_true", help="also run the in-process core benchmark"
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
 
@@ -51,7 +55,11 @@ def _start(settings: Settings, baseline: bool, log: Path) -> subprocess.Popen[by
         args.append("--baseline")
     with open(log, "ab") as fh:
         return subprocess.Popen(
-            args, cwd=PROJECT_ROOT, env=_env(settings), stdout=fh, stderr=subprocess.STDOUT,
+            args,
+            cwd=PROJECT_ROOT,
+            env=_env(settings),
+            stdout=fh,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
 
@@ -172,8 +180,9 @@ def command_benchmark(args: argparse.Namespace, settings: Settings) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="careledger-bench-"))
     key_path = workdir / "signing.key"
     write_keypair(key_path)
-    s = settings.replace(clickhouse_database=db, signing_key=key_path,
-                         trusted_keys=(str(key_path) + ".pub",))
+    s = settings.replace(
+        clickhouse_database=db, signing_key=key_path, trusted_keys=(str(key_path) + ".pub",)
+    )
     migrate(s)
     backend = ClickHouseBackend.from_settings(s)
     backend.execute(
@@ -183,8 +192,12 @@ def command_benchmark(args: argparse.Namespace, settings: Settings) -> int:
     )
     events = list(simulate(HospitalModel(seed=1), count=args.events, seed=1))
     figures: dict[str, Any] = {
-        "machine": {"cores": os.cpu_count(), "partitions": s.partitions,
-                    "block_max_events": s.block_max_events, "block_max_ms": s.block_max_ms},
+        "machine": {
+            "cores": os.cpu_count(),
+            "partitions": s.partitions,
+            "block_max_events": s.block_max_events,
+            "block_max_ms": s.block_max_ms,
+        },
         "events": args.events,
     }
     try:
@@ -205,14 +218,20 @@ def command_benchmark(args: argparse.Namespace, settings: Settings) -> int:
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
-    print(f"careledger benchmark on {figures['machine']['cores']} cores, "
-          f"{s.partitions} partitions, {args.events:,} events per mode")
+    print(
+        f"careledger benchmark on {figures['machine']['cores']} cores, "
+        f"{s.partitions} partitions, {args.events:,} events per mode"
+    )
     for mode in ("baseline", "chained"):
         r = figures[mode]
         tput = r.get("throughput_events_per_s")
         p50, p99 = r.get("latency_p50_s"), r.get("latency_p99_s")
-        print(f"  {mode:<9} throughput {tput:>10,.0f} events/s   latency at {args.rate:,.0f}/s: "
-              f"p50 {_ms(p50)}  p99 {_ms(p99)}" if tput else f"  {mode:<9} no result")
+        print(
+            f"  {mode:<9} throughput {tput:>10,.0f} events/s   latency at {args.rate:,.0f}/s: "
+            f"p50 {_ms(p50)}  p99 {_ms(p99)}"
+            if tput
+            else f"  {mode:<9} no result"
+        )
     ratio = figures.get("throughput_ratio_chained_over_baseline")
     if ratio:
         print(f"  chained / baseline throughput: {ratio:.2f}")

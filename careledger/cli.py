@@ -22,7 +22,10 @@ from careledger.config import ConfigError, load_settings
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("careledger.stack", "install if needed and start the local Kafka broker and ClickHouse server"),
+    "up": (
+        "careledger.stack",
+        "install if needed and start the local Kafka broker and ClickHouse server",
+    ),
     "down": ("careledger.stack", "stop the local stack"),
     "status": ("careledger.stack", "report whether the local stack is up"),
     "migrate": ("careledger.storage.migrations", "create or upgrade the ClickHouse schema"),
@@ -61,9 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = next((a for a in argv if a in COMMANDS), None)
     parser = build_parser(load_modules=False)
     if command is not None:
-        sub_action = next(
-            a for a in parser._actions if isinstance(a, argparse._SubParsersAction)
-        )
+        sub_action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
         configure = getattr(_module_for(command), f"configure_{command.replace('-', '_')}", None)
         if configure is not None:
             configure(sub_action.choices[command])

@@ -129,7 +129,9 @@ def load_settings(
     env = os.environ if env is None else env
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
-    path = config_file or (Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None)
+    path = config_file or (
+        Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None
+    )
     if path is not None:
         try:
             data = tomllib.loads(Path(path).read_text(encoding="utf-8"))

@@ -23,7 +23,9 @@ from careledger.keys import default_key_path, write_keypair
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--events", type=int, default=50_000, help="simulated events to send")
-    parser.add_argument("--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)")
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)"
+    )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for chaining")
 
@@ -124,11 +126,15 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print("careledger demo summary")
     print(f"  events sent this run      {summary.acked:,}")
-    print(f"  end-to-end throughput     {summary.acked / elapsed:,.0f} events/s "
-          f"({elapsed:.1f} s produce -> signed block, {os.cpu_count()} cores)")
+    print(
+        f"  end-to-end throughput     {summary.acked / elapsed:,.0f} events/s "
+        f"({elapsed:.1f} s produce -> signed block, {os.cpu_count()} cores)"
+    )
     print(f"  events stored (all runs)  {events:,}")
     print(f"  signed blocks             {blocks:,}")
     print(f"  chains                    {len(chains)}")
-    print(f"  verification              {report.get('result', '?')} "
-          f"({len(findings)} findings, exit {result.returncode})")
+    print(
+        f"  verification              {report.get('result', '?')} "
+        f"({len(findings)} findings, exit {result.returncode})"
+    )
     return 0 if result.returncode == 0 else 1

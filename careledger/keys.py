@@ -113,7 +113,9 @@ def default_key_path(settings: Any) -> Path:
 
 
 def configure_keygen(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, help="private key path (default: <run_dir>/keys/signing.key)")
+    parser.add_argument(
+        "--out", type=Path, help="private key path (default: <run_dir>/keys/signing.key)"
+    )
     parser.add_argument("--if-missing", action="store_true", help="do nothing if the key exists")
     parser.add_argument("--force", action="store_true", help="overwrite an existing key")
 

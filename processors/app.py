@@ -165,7 +165,9 @@ class Processor:
 
         def load() -> PartitionChain:
             head = self.store.head(chain_id)
-            removed = self.store.discard_uncommitted(chain_id, None if head is None else head.height)
+            removed = self.store.discard_uncommitted(
+                chain_id, None if head is None else head.height
+            )
             if removed:
                 log.warning(
                     "chain %s: deleted %d uncommitted event rows left by an interrupted write",
@@ -211,7 +213,7 @@ class Processor:
                         continue  # still draining records fetched before the seek
                     if rec.offset > expected:
                         log.warning(
-                            "chain %s: offsets %d..%d are absent from Kafka; recorded in the header",
+                            "chain %s: offsets %d..%d are absent from Kafka; recorded as absent",
                             chain.chain_id,
                             expected,
                             rec.offset - 1,
@@ -226,7 +228,12 @@ class Processor:
                     blocked.add(p)
                     self.seek_targets[p] = (gap.expected, now_mono)
                     self.metrics.seeks += 1
-                    log.info("chain %s: seeking partition %d back to offset %d", chain.chain_id, p, gap.expected)
+                    log.info(
+                        "chain %s: seeking partition %d back to offset %d",
+                        chain.chain_id,
+                        p,
+                        gap.expected,
+                    )
                     await self._seek(p, gap.expected)
                     continue
                 if bad is not None:
@@ -242,7 +249,9 @@ class Processor:
                     block = chain.seal(self.key, now)
                     if block is not None:
                         sealed.append(block)
-            self.metrics.duplicates_skipped = sum(c.duplicates_skipped for c in self.chains.values())
+            self.metrics.duplicates_skipped = sum(
+                c.duplicates_skipped for c in self.chains.values()
+            )
             await self._persist(sealed, rejected, timestamps)
 
     async def flush_aged(self) -> None:
@@ -315,7 +324,9 @@ class Processor:
         self.metrics._window_events += len(rows)
         self.metrics.observe_latencies(stored_at, [r.timestamp for r in records])
 
-    def _persist_sync(self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]) -> None:
+    def _persist_sync(
+        self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]
+    ) -> None:
         if rejected:
             self.dead_letter.send_all(rejected)  # flushes; raises on any failed delivery
         if sealed:
@@ -348,7 +359,7 @@ class DeadLetterSink:
                 failures.append(str(err))
 
         for partition, r in rejected:
-            headers = [
+            headers: list[tuple[str, str | bytes | None]] = [
                 ("careledger-error-code", r.code.encode()),
                 ("careledger-error", r.reason.encode("utf-8", errors="replace")),
                 ("careledger-error-field", r.field.encode("utf-8", errors="replace")),
@@ -410,7 +421,7 @@ def create_app(
         return int(offsets.get(tp) or 0)
 
     processor = Processor(settings, key, store, seek, earliest, DeadLetterSink(settings))
-    app.careledger_processor = processor  # for tests and the web page
+    app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)
 
@@ -433,13 +444,13 @@ def create_app(
             else:
                 await processor.handle(records)
 
-    @app.timer(interval=max(settings.block_max_ms / 2000.0, 0.01))
+    @app.timer(interval=max(settings.block_max_ms / 2000.0, 0.01))  # type: ignore[untyped-decorator]
     async def close_aged_blocks() -> None:
         await processor.flush_aged()
 
     metrics_path = settings.run_dir / "metrics" / f"processor-{settings.processor_app_id}.json"
 
-    @app.timer(interval=5.0)
+    @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:
         snap = processor.metrics.snapshot()
         processor.metrics.roll_window()
@@ -454,11 +465,11 @@ def create_app(
         )
         write_metrics(metrics_path, snap)
 
-    @app.on_partitions_revoked.connect
+    @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
 
-    @app.on_partitions_assigned.connect
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
         processor.forget({tp.partition for tp in assigned if tp.topic == settings.topic_events})
 

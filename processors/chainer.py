@@ -189,5 +189,3 @@ class PartitionChain:
         if self.opened_at is None:
             return False
         return len(self.pending) >= max_events or (now - self.opened_at) >= max_age_s
-
-

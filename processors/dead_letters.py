@@ -47,7 +47,9 @@ class DeadLetter:
         }
 
 
-def read_dead_letters(settings: Settings, limit: int | None = None, idle_s: float = 3.0) -> list[DeadLetter]:
+def read_dead_letters(
+    settings: Settings, limit: int | None = None, idle_s: float = 3.0
+) -> list[DeadLetter]:
     """Read the dead-letter topic from the beginning (without committing anything)."""
     from confluent_kafka import Consumer
 
@@ -72,11 +74,15 @@ def read_dead_letters(settings: Settings, limit: int | None = None, idle_s: floa
             if msg.error():
                 continue
             last = time.monotonic()
-            h = {k: (v or b"").decode("utf-8", "replace") for k, v in (msg.headers() or [])}
+            raw_headers: Any = msg.headers() or []
+            h = {
+                k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
+                for k, v in raw_headers
+            }
             found.append(
                 DeadLetter(
-                    msg.partition(),
-                    msg.offset(),
+                    msg.partition() or 0,
+                    msg.offset() or 0,
                     h.get("careledger-source-topic", "?"),
                     int(h.get("careledger-source-partition", "-1")),
                     int(h.get("careledger-source-offset", "-1")),
@@ -128,7 +134,9 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     if args.replay is None:
         return 0
     wanted = set(args.replay)
-    chosen = [r for r in records if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted]
+    chosen = [
+        r for r in records if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted
+    ]
     from producers.sdk import AccessEventProducer
 
     with AccessEventProducer(settings) as producer:

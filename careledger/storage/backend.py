@@ -142,7 +142,9 @@ class ClickHouseBackend:
             with self._lock:
                 self._writer.execute(sql, list(rows))
         except (ch_errors.Error, OSError, EOFError) as exc:
-            raise StorageError(f"ClickHouse insert into {table} failed: {_first_line(exc)}") from exc
+            raise StorageError(
+                f"ClickHouse insert into {table} failed: {_first_line(exc)}"
+            ) from exc
 
     def close(self) -> None:
         with self._lock:
@@ -158,14 +160,14 @@ class ChdbBackend:
     def __init__(self, path: str | None = None) -> None:
         from chdb import session
 
-        self._session = session.Session(path) if path else session.Session()
+        self._session = session.Session(path) if path else session.Session()  # type: ignore[no-untyped-call]
         self._lock = threading.Lock()
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         text = render(sql, params)
         try:
             with self._lock:
-                result = self._session.query(text, "TSVWithNamesAndTypes")
+                result = self._session.query(text, "TSVWithNamesAndTypes")  # type: ignore[no-untyped-call]
         except Exception as exc:  # chDB raises its own error types
             raise StorageError(f"chDB statement failed: {_first_line(exc)}") from exc
         return _parse_tsv_with_types(result.bytes())
@@ -178,7 +180,7 @@ class ChdbBackend:
 
     def close(self) -> None:
         with self._lock:
-            self._session.close()
+            self._session.close()  # type: ignore[no-untyped-call]
 
 
 def _first_line(exc: BaseException) -> str:

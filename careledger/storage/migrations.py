@@ -142,7 +142,9 @@ def migrate_backend(backend: SqlBackend, database: str) -> list[int]:
             continue
         for statement in migration.statements:
             backend.execute(statement.format(db=db))
-        backend.insert(f"{db}.schema_migrations", ("version", "name"), [(migration.version, migration.name)])
+        backend.insert(
+            f"{db}.schema_migrations", ("version", "name"), [(migration.version, migration.name)]
+        )
         applied.append(migration.version)
         log.info("applied schema migration %d (%s) to %s", migration.version, migration.name, db)
     return applied

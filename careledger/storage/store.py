@@ -232,7 +232,9 @@ class ChainStore:
         )
         return int(rows[0][0]) if rows else 0
 
-    def discard_uncommitted(self, chain_id: str, head_height: int | None, timeout_s: float = 60.0) -> int:
+    def discard_uncommitted(
+        self, chain_id: str, head_height: int | None, timeout_s: float = 60.0
+    ) -> int:
         """Delete event rows above the chain head (a crash left them without a header).
 
         Returns how many rows were deleted. Waits until the deletion has really
@@ -253,7 +255,9 @@ class ChainStore:
             if self.uncommitted_count(chain_id, head_height) == 0:
                 return count
             time.sleep(0.05)
-        raise StorageError(f"deleting uncommitted rows of {chain_id} did not finish in {timeout_s}s")
+        raise StorageError(
+            f"deleting uncommitted rows of {chain_id} did not finish in {timeout_s}s"
+        )
 
     def record_verification_run(self, row: dict[str, Any]) -> None:
         columns = (
@@ -269,7 +273,9 @@ class ChainStore:
             "result",
             "summary",
         )
-        self.backend.insert(f"{self.db}.verification_runs", columns, [tuple(row[c] for c in columns)])
+        self.backend.insert(
+            f"{self.db}.verification_runs", columns, [tuple(row[c] for c in columns)]
+        )
 
     # ------------------------------------------------------------------ reads
     def chain_ids(self) -> list[str]:
@@ -328,7 +334,9 @@ class ChainReader(Protocol):
 
     def chain_ids(self) -> list[str]: ...
 
-    def headers(self, chain_id: str, from_height: int = 0, page_size: int = 500) -> Iterator[StoredHeader]: ...
+    def headers(
+        self, chain_id: str, from_height: int = 0, page_size: int = 500
+    ) -> Iterator[StoredHeader]: ...
 
     def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]: ...
 

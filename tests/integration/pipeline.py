@@ -69,7 +69,9 @@ def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: floa
         proc.wait(timeout=10)
 
 
-def run_cli(settings: Settings, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    settings: Settings, *args: str, timeout: float = 300.0
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "careledger.cli", *args],
         cwd=REPO,

@@ -55,7 +55,9 @@ def _verify_ok(settings: Settings) -> dict:
     return json.loads(result.stdout)
 
 
-def test_simulated_traffic_is_chained_exactly_once_and_verifies(isolated: Settings, tmp_path: Path) -> None:
+def test_simulated_traffic_is_chained_exactly_once_and_verifies(
+    isolated: Settings, tmp_path: Path
+) -> None:
     settings = processor_settings(with_keys(isolated, tmp_path), block_max_events=500)
     events = _events(20_000, seed=7)
     proc = start_processor(settings, tmp_path / "processor.log")
@@ -65,7 +67,9 @@ def test_simulated_traffic_is_chained_exactly_once_and_verifies(isolated: Settin
                 producer.send(e)
             producer.flush()
         store = store_for(settings)
-        wait_until(lambda: committed_event_count(store) >= len(events), 180, what="20,000 chained events")
+        wait_until(
+            lambda: committed_event_count(store) >= len(events), 180, what="20,000 chained events"
+        )
         time.sleep(1.0)  # nothing more may arrive
         assert proc.poll() is None, "processor stopped"
     finally:
@@ -74,15 +78,21 @@ def test_simulated_traffic_is_chained_exactly_once_and_verifies(isolated: Settin
     heads = store.heads()
     assert len(heads) == settings.partitions, "one chain per partition"
     # Stored bytes are the canonical bytes the producer sent.
-    row = store.backend.execute(f"SELECT event_id, canonical FROM {store.db}.access_events LIMIT 1")[0]
+    row = store.backend.execute(
+        f"SELECT event_id, canonical FROM {store.db}.access_events LIMIT 1"
+    )[0]
     by_id = {e.event_id: e for e in events}
     assert row[1] == canonical_event_bytes(by_id[row[0].decode()])
     report = _verify_ok(settings)
     assert report["result"] == "intact"
 
 
-def test_processor_killed_repeatedly_loses_and_duplicates_nothing(isolated: Settings, tmp_path: Path) -> None:
-    settings = processor_settings(with_keys(isolated, tmp_path), block_max_events=300, block_max_ms=100)
+def test_processor_killed_repeatedly_loses_and_duplicates_nothing(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = processor_settings(
+        with_keys(isolated, tmp_path), block_max_events=300, block_max_ms=100
+    )
     events = _events(20_000, seed=11)
     done = threading.Event()
     errors: list[BaseException] = []
@@ -116,7 +126,11 @@ def test_processor_killed_repeatedly_loses_and_duplicates_nothing(isolated: Sett
         producer_thread.join(timeout=120)
         assert done.is_set() and not errors, errors
         store = store_for(settings)
-        wait_until(lambda: committed_event_count(store) >= len(events), 240, what="all events chained after crashes")
+        wait_until(
+            lambda: committed_event_count(store) >= len(events),
+            240,
+            what="all events chained after crashes",
+        )
         time.sleep(2.0)
     finally:
         stop(proc)
@@ -127,7 +141,9 @@ def test_processor_killed_repeatedly_loses_and_duplicates_nothing(isolated: Sett
     _verify_ok(settings)
 
 
-def test_offsets_committed_ahead_of_the_store_do_not_skip_events(isolated: Settings, tmp_path: Path) -> None:
+def test_offsets_committed_ahead_of_the_store_do_not_skip_events(
+    isolated: Settings, tmp_path: Path
+) -> None:
     """Kafka's committed offsets are advisory: the stored chain head decides where to resume.
 
     Simulates the worst case of a crash after a best-effort offset commit but
@@ -154,7 +170,9 @@ def test_offsets_committed_ahead_of_the_store_do_not_skip_events(isolated: Setti
     proc = start_processor(settings, log)
     try:
         store = store_for(settings)
-        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="all events chained")
+        wait_until(
+            lambda: committed_event_count(store) >= len(events), 120, what="all events chained"
+        )
         time.sleep(1.0)
     finally:
         stop(proc)
@@ -232,7 +250,10 @@ def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
         if msg is None or msg.error():
             continue
         headers = dict(msg.headers() or [])
-        source = (int(headers["careledger-source-partition"]), int(headers["careledger-source-offset"]))
+        source = (
+            int(headers["careledger-source-partition"]),
+            int(headers["careledger-source-offset"]),
+        )
         seen[source] = (msg.value(), headers)
     consumer.close()
     assert len(seen) == len(poison), "every malformed message is in the dead-letter topic once"

@@ -54,7 +54,9 @@ def test_dead_lettered_records_are_accounted_in_the_offset_range(payloads: list[
     chain = PartitionChain(CHAIN, max_event_bytes=65536)
     assert chain.add(0, payloads[0], None, 0.0, 0.0) is None
     rejected = chain.add(1, b"{not json", None, 0.0, 0.0)
-    assert rejected is not None and rejected.code == "EVENT_INVALID" and rejected.value == b"{not json"
+    assert (
+        rejected is not None and rejected.code == "EVENT_INVALID" and rejected.value == b"{not json"
+    )
     too_big = chain.add(2, b"x" * 70000, None, 0.0, 0.0)
     assert too_big is not None and too_big.code == "EVENT_TOO_LARGE"
     empty = chain.add(3, None, None, 0.0, 0.0)
@@ -85,7 +87,11 @@ def test_replayed_records_at_or_below_the_head_are_skipped(payloads: list[bytes]
     chain.add(42, payloads[2], None, 0.0, 0.0)
     block = chain.seal(KEY, now=1_800_000_000.0)
     assert block is not None
-    assert (block.header.height, block.header.prev_hash, block.header.first_offset) == (5, "ab" * 32, 42)
+    assert (block.header.height, block.header.prev_hash, block.header.first_offset) == (
+        5,
+        "ab" * 32,
+        42,
+    )
 
 
 def test_a_position_ahead_of_the_head_is_refused_not_skipped(payloads: list[bytes]) -> None:
@@ -104,7 +110,11 @@ def test_offsets_missing_from_kafka_are_recorded_as_absent(payloads: list[bytes]
     chain.add(12, payloads[0], None, 0.0, 0.0)
     block = chain.seal(KEY, now=1_800_000_000.0)
     assert block is not None
-    assert (block.header.first_offset, block.header.absent_offsets, block.header.event_count) == (10, 2, 1)
+    assert (block.header.first_offset, block.header.absent_offsets, block.header.event_count) == (
+        10,
+        2,
+        1,
+    )
 
 
 def test_block_is_due_at_max_events_or_max_age(payloads: list[bytes]) -> None:
