@@ -53,7 +53,7 @@ def translate_validation_error(
         return error_class(field, f"{reason[8:]}; expected one of {enum_values[field]}")
     if reason.startswith(("Expected `int` >=", "Expected `int` <=")):
         return error_class(field, f"integer out of range ({reason[9:]})")
-    if reason.startswith("Expected `") and reason.endswith(", got `null`"):
+    if field != "$" and reason.startswith("Expected `") and reason.endswith(", got `null`"):
         return error_class(field, "null is not allowed (omit the field instead)")
     if reason.startswith("Expected `"):
         return error_class(field, f"wrong type: {reason[0].lower()}{reason[1:]}")

@@ -367,8 +367,8 @@ def event_from_dict(d: Mapping[str, object]) -> AccessEvent:
 
 
 def event_to_dict(e: AccessEvent) -> dict[str, Any]:
-    """JSON-shaped dict of ``e`` with absent optional fields omitted (lists, not tuples)."""
-    result: dict[str, Any] = msgspec.to_builtins(e)
+    """JSON-shaped dict of ``e`` (lists, not tuples; absent optional fields omitted)."""
+    result: dict[str, Any] = msgspec.json.decode(canonical_event_bytes(e))
     return result
 
 
