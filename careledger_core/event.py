@@ -292,6 +292,32 @@ def _slow_parse(data: bytes) -> object:
     return json.loads(data, object_pairs_hook=_pairs_hook)
 
 
+class _DuplicateName(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateName
+    return obj
+
+
+def _check_non_canonical_input(data: bytes) -> None:
+    """What the typed decoder silently accepts: ``null`` for an optional field (decoded
+    as absent) and duplicate member names (last one wins; other parsers may differ)."""
+    suspicious = b"null" in data
+    if not suspicious:
+        try:
+            json.loads(data, object_pairs_hook=_unique_pairs)
+        except _DuplicateName:
+            suspicious = True
+    if suspicious:  # rare: walk the document to name the field
+        problem = _find_problem(_slow_parse(data), "$")
+        if problem is not None:
+            raise problem
+
+
 def _from_decode_error(exc: msgspec.DecodeError, data: bytes) -> EventValidationError:
     message = str(exc)
     if "UTF-8" in message:
@@ -322,9 +348,7 @@ def decode_and_canonicalize(data: bytes) -> tuple[AccessEvent, bytes]:
         raise _from_decode_error(exc, data) from exc
     canonical = _ENCODER.encode(event)
     if canonical != data:
-        problem = _find_problem(_slow_parse(data), "$")
-        if problem is not None:
-            raise problem
+        _check_non_canonical_input(data)
     return event, canonical
 
 
