@@ -64,12 +64,27 @@ class CareledgerError(Exception):
             self.code = code
         self.details: dict[str, object] = dict(details) if details else {}
 
+    def __reduce__(self) -> tuple[object, ...]:
+        # picklable across processes despite the keyword-only constructor
+        return (_rebuild, (type(self), self.message, self.code, self.details))
+
     def to_dict(self) -> dict[str, object]:
         """JSON-compatible summary: ``{"code", "message", "details"}``."""
         return {"code": self.code, "message": self.message, "details": dict(self.details)}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(code={self.code!r}, message={self.message!r})"
+
+
+def _rebuild(
+    cls: type[CareledgerError], message: str, code: str, details: dict[str, object]
+) -> CareledgerError:
+    err = cls.__new__(cls)
+    CareledgerError.__init__(err, message, code=code, details=details)
+    if isinstance(err, _FieldValidationError):
+        err.field = str(details.get("field", "$"))
+        err.reason = str(details.get("reason", message))
+    return err
 
 
 class ValidationError(CareledgerError):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import json
+import pickle
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,24 @@ def test_error_diagnostics() -> None:
     custom = errors.InfrastructureError("down", code="CLICKHOUSE_DOWN", details={"host": "x"})
     assert custom.code == "CLICKHOUSE_DOWN" and custom.details == {"host": "x"}
     assert errors.InfrastructureError.code == "INFRASTRUCTURE"
+
+
+@pytest.mark.parametrize(
+    "err",
+    [
+        errors.EventValidationError("actor.id", "string must not be empty"),
+        errors.HeaderValidationError("$", "not in canonical form (RFC 8785)"),
+        errors.ProofError("bad proof", details={"index": 3}),
+        errors.InfrastructureError("down", code="CLICKHOUSE_DOWN"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_errors_survive_pickling_between_processes(err: errors.CareledgerError) -> None:
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is type(err)
+    assert again.to_dict() == err.to_dict() and str(again) == str(err)
+    if isinstance(err, errors.EventValidationError | errors.HeaderValidationError):
+        assert (again.field, again.reason) == (err.field, err.reason)  # type: ignore[attr-defined]
 
 
 def test_finding_codes_are_stable() -> None:
