@@ -714,6 +714,17 @@ def default_topics(settings: Settings) -> dict[str, int]:
     }
 
 
+def topic_config(settings: Settings, name: str) -> dict[str, str]:
+    """Per-topic settings. Dead letters and checkpoints are evidence: keep them forever.
+
+    Dead-lettered offsets are counted in block headers, so their records must stay
+    available for review and replay; checkpoints are what truncation is detected against.
+    """
+    if name in (settings.topic_dead_letter, settings.topic_checkpoints):
+        return {"retention.ms": "-1", "retention.bytes": "-1"}
+    return {}
+
+
 def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> None:
     """Create the missing topics (replication factor 1) and wait until they have leaders.
 
@@ -740,7 +751,12 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
         if not pending:
             break
         futures = admin.create_topics(
-            [NewTopic(name, num_partitions=n, replication_factor=1) for name, n in pending.items()],
+            [
+                NewTopic(
+                    name, num_partitions=n, replication_factor=1, config=topic_config(settings, name)
+                )
+                for name, n in pending.items()
+            ],
             operation_timeout=10,
             request_timeout=15,
         )

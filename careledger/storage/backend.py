@@ -49,6 +49,7 @@ class SqlBackend(Protocol):
 
 
 _PLACEHOLDER = re.compile(r"%\((\w+)\)s")
+_INLINE_VALUES = re.compile(r"\s*INSERT\b.*\bVALUES\b", re.IGNORECASE | re.DOTALL)
 
 
 def quote(value: Any) -> str:
@@ -126,6 +127,10 @@ class ClickHouseBackend:
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
         from clickhouse_driver import errors as ch_errors
 
+        if _INLINE_VALUES.match(sql):
+            # clickhouse-driver would send the statement and wait for data blocks
+            # that never come (a hang until the receive timeout).
+            raise ValueError("INSERT ... VALUES goes through insert(); use INSERT ... SELECT here")
         try:
             with self._lock:
                 return list(self._client.execute(render(sql, params)))
