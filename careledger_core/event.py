@@ -181,6 +181,7 @@ class RawRef(_Base, frozen=True, kw_only=True):
 
 
 _DAYS_IN_MONTH: Final = (0, 31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+_TIMESTAMP_RE: Final = re.compile(TIMESTAMP_PATTERN)
 
 
 def is_valid_timestamp(value: str) -> bool:
@@ -189,16 +190,19 @@ def is_valid_timestamp(value: str) -> bool:
 
 
 def _day_exists(ts: str) -> bool:
-    """Calendar check for a string already matching TIMESTAMP_PATTERN (cheap for day <= 28)."""
-    if ts[8:10] <= "28":
-        return True
-    year, month, day = int(ts[0:4]), int(ts[5:7]), int(ts[8:10])
-    if month == 2 and day == 29:
-        return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
-    return day <= _DAYS_IN_MONTH[month]
+    """Calendar check for a string already matching TIMESTAMP_PATTERN (cheap for day <= 28).
 
-
-_TIMESTAMP_RE: Final = re.compile(TIMESTAMP_PATTERN)
+    Garbage (possible only in directly constructed events) yields False, not a crash.
+    """
+    try:
+        if ts[8:10] <= "28":
+            return True
+        year, month, day = int(ts[0:4]), int(ts[5:7]), int(ts[8:10])
+        if month == 2 and day == 29:
+            return year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+        return day <= _DAYS_IN_MONTH[month]
+    except (TypeError, ValueError, IndexError):
+        return False
 
 
 class AccessEvent(_Base, frozen=True, kw_only=True):

@@ -372,9 +372,12 @@ def test_direct_construction_is_checked_by_validate_event() -> None:
     assert info.value.field == "event_id"
 
 
-def test_direct_construction_checks_calendar_dates() -> None:
+@pytest.mark.parametrize(
+    "value", ["2024-02-30T00:00:00.000000Z", "2024-13-31T00:00:00.000000Z", "2024-01-3x", 5]
+)
+def test_direct_construction_checks_calendar_dates(value: object) -> None:
     with pytest.raises(EventValidationError) as info:
-        _minimal(occurred_at="2024-02-30T00:00:00.000000Z")
+        _minimal(occurred_at=value)
     assert info.value.field == "occurred_at"
 
 
