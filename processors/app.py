@@ -40,6 +40,8 @@ from careledger.config import Settings
 from careledger.keys import default_key_path, load_signing_key
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainStore, SealedBlock
+from careledger_core.block import BlockHeader
+from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.chainer import OffsetGap, PartitionChain, Rejected
@@ -135,14 +137,14 @@ class Processor:
         store: ChainStore,
         seek: Any,  # async callable (partition, offset)
         earliest: Any,  # async callable (partition) -> earliest offset still in Kafka
-        dead_letter: Any,  # DeadLetterSink
+        outputs: Any,  # KafkaOutputs
     ) -> None:
         self.settings = settings
         self.key = key
         self.store = store
         self._seek = seek
         self._earliest = earliest
-        self.dead_letter = dead_letter
+        self.outputs = outputs
         self.chains: dict[int, PartitionChain] = {}
         self.seek_targets: dict[int, tuple[int, float]] = {}
         self.metrics = ProcessorMetrics()
@@ -294,6 +296,11 @@ class Processor:
             self.forget(set(self.chains))
             return
         self._backoff_s = 0.0
+        if sealed:
+            newest: dict[str, BlockHeader] = {}
+            for block in sealed:
+                newest[block.header.chain_id] = block.header
+            self.outputs.publish_checkpoints(list(newest.values()), self.key)
         stored_at = time.time()
         elapsed = time.monotonic() - started
         m = self.metrics
@@ -328,19 +335,20 @@ class Processor:
         self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]
     ) -> None:
         if rejected:
-            self.dead_letter.send_all(rejected)  # flushes; raises on any failed delivery
+            self.outputs.send_dead_letters(rejected)  # flushes; raises on any failed delivery
         if sealed:
             self.store.write_blocks(sealed)
 
 
-class DeadLetterSink:
-    """Sends rejected records, with their original bytes and the reason, to Kafka."""
+class KafkaOutputs:
+    """What the processor writes to Kafka: dead letters and chain-head checkpoints."""
 
     def __init__(self, settings: Settings) -> None:
         from confluent_kafka import Producer
 
         self.settings = settings
         self.topic = settings.topic_dead_letter
+        self.checkpoint_failures = 0
         self._producer = Producer(
             {
                 "bootstrap.servers": settings.kafka_bootstrap,
@@ -351,7 +359,8 @@ class DeadLetterSink:
             }
         )
 
-    def send_all(self, rejected: list[tuple[int, Rejected]]) -> None:
+    def send_dead_letters(self, rejected: list[tuple[int, Rejected]]) -> None:
+        """Send and flush: a dead letter must be in Kafka before its offset is in a block."""
         failures: list[str] = []
 
         def on_delivery(err: Any, _msg: Any) -> None:
@@ -375,6 +384,29 @@ class DeadLetterSink:
             raise RuntimeError(
                 f"dead-letter delivery failed: {len(failures)} errors, {remaining} not flushed"
             )
+
+
+    def publish_checkpoints(self, heads: list[BlockHeader], key: SigningKey) -> None:
+        """Publish a C2SP signed-note checkpoint of each new chain head (not flushed here).
+
+        Checkpoints live outside ClickHouse, so someone who can only rewrite the
+        store cannot hide a truncation from a verifier that reads them. A lost
+        checkpoint is harmless: the next block's checkpoint supersedes it.
+        """
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.checkpoint_failures += 1
+
+        for head in heads:
+            note = sign_note(format_checkpoint(checkpoint_for(head)), self.settings.origin, key)
+            self._producer.produce(
+                self.settings.topic_checkpoints,
+                value=note.encode("utf-8"),
+                key=head.chain_id.encode("utf-8"),
+                on_delivery=on_delivery,
+            )
+        self._producer.poll(0)
 
 
 def create_app(
@@ -420,7 +452,7 @@ def create_app(
         offsets = await app.consumer.earliest_offsets(tp)
         return int(offsets.get(tp) or 0)
 
-    processor = Processor(settings, key, store, seek, earliest, DeadLetterSink(settings))
+    processor = Processor(settings, key, store, seek, earliest, KafkaOutputs(settings))
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)

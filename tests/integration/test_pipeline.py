@@ -18,6 +18,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
+from careledger.keys import load_public_keys
+from careledger_core.checkpoint import Checkpoint, verify_checkpoint
 from careledger_core.event import canonical_event_bytes
 from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
@@ -47,6 +49,28 @@ def _assert_exactly_once(settings: Settings, produced_ids: list[str]) -> None:
     assert len(stored) == len(set(stored)), "an event is stored twice"
     assert sorted(stored) == sorted(produced_ids), "stored events differ from produced events"
     assert committed_event_count(store) == len(produced_ids), "events stored outside a signed block"
+
+
+def _read_topic(settings: Settings, topic: str, idle_s: float) -> list[bytes]:
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": f"reader-{time.monotonic_ns()}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    values: list[bytes] = []
+    last = time.monotonic()
+    while time.monotonic() - last < idle_s:
+        msg = consumer.poll(0.5)
+        if msg is None or msg.error():
+            continue
+        values.append(msg.value())
+        last = time.monotonic()
+    consumer.close()
+    return values
 
 
 def _verify_ok(settings: Settings) -> dict:
@@ -85,6 +109,23 @@ def test_simulated_traffic_is_chained_exactly_once_and_verifies(
     assert row[1] == canonical_event_bytes(by_id[row[0].decode()])
     report = _verify_ok(settings)
     assert report["result"] == "intact"
+
+    # Signed checkpoints of every chain head are published outside the store.
+    trusted = load_public_keys(settings.trusted_keys)[0]
+    latest: dict[str, Checkpoint] = {}
+    for value in _read_topic(settings, settings.topic_checkpoints, idle_s=3.0):
+        cp = verify_checkpoint(value.decode(), {settings.origin: trusted})
+        latest[cp.origin] = cp
+    assert set(latest) == set(heads)
+    for chain_id, head in heads.items():
+        assert latest[chain_id].height == head.height
+        assert latest[chain_id].root_hash.hex() == head.block_hash
+
+    # Logs carry counts and chain ids, never patient identifiers.
+    log_text = (tmp_path / "processor.log").read_text(errors="replace")
+    assert "chained=" in log_text or "resumes at height" in log_text
+    leaked = {e.patient.id for e in events if e.patient.id != "-" and e.patient.id in log_text}
+    assert not leaked, f"patient identifiers in the processor log: {sorted(leaked)[:3]}"
 
 
 def test_processor_killed_repeatedly_loses_and_duplicates_nothing(
