@@ -753,7 +753,10 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
         futures = admin.create_topics(
             [
                 NewTopic(
-                    name, num_partitions=n, replication_factor=1, config=topic_config(settings, name)
+                    name,
+                    num_partitions=n,
+                    replication_factor=1,
+                    config=topic_config(settings, name),
                 )
                 for name, n in pending.items()
             ],
