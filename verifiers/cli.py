@@ -276,7 +276,12 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="start at block N (linked to block N-1; default 0)",
     )
-    parser.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="one JSON document on stdout (run summary, chains, findings); "
+        "with --follow one document per cycle, one per line",
+    )
     parser.add_argument(
         "--follow",
         action="store_true",
