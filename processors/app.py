@@ -152,6 +152,21 @@ class Processor:
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-store")
         self.max_age_s = settings.block_max_ms / 1000.0
         self._backoff_s = 0.0
+        # At most one write in flight: batch N+1 is validated and sealed while
+        # batch N is being written. Anything that reads the store (loading a
+        # chain head) or gives a partition away waits for it first (``drain``).
+        self._inflight: asyncio.Task[bool] | None = None
+        # Bumped whenever a failed write resets the in-memory state: blocks sealed
+        # under an older epoch were built on state that never reached the store.
+        self._epoch = 0
+
+    async def drain(self) -> None:
+        """Wait until the in-flight write (if any) has finished, successfully or not."""
+        task = self._inflight
+        if task is not None:
+            await task
+            if self._inflight is task:
+                self._inflight = None
 
     # ------------------------------------------------------------- rebalance
     def forget(self, partitions: set[int]) -> None:
@@ -193,6 +208,7 @@ class Processor:
     # ------------------------------------------------------------- records
     async def handle(self, records: list[Record]) -> None:
         async with self.lock:
+            epoch = self._epoch
             if self._backoff_s:
                 await asyncio.sleep(self._backoff_s)
             sealed: list[SealedBlock] = []
@@ -207,6 +223,11 @@ class Processor:
                     continue
                 chain = self.chains.get(p)
                 if chain is None:
+                    # The head must include every block already sealed for it.
+                    await self.drain()
+                    if self._epoch != epoch:
+                        self.forget(set(self.chains))
+                        return
                     chain = await self._load(p)
                 target = self.seek_targets.get(p)
                 if target is not None:
@@ -254,11 +275,12 @@ class Processor:
             self.metrics.duplicates_skipped = sum(
                 c.duplicates_skipped for c in self.chains.values()
             )
-            await self._persist(sealed, rejected, timestamps)
+            await self._submit(epoch, sealed, rejected, timestamps)
 
     async def flush_aged(self) -> None:
         """Timer: close blocks whose first record is older than ``block_max_ms``."""
         async with self.lock:
+            epoch = self._epoch
             now_mono = time.monotonic()
             now = time.time()
             sealed = []
@@ -268,16 +290,33 @@ class Processor:
                     if block is not None:
                         sealed.append(block)
             if sealed:
-                await self._persist(sealed, [], {})
+                await self._submit(epoch, sealed, [], {})
+
+    async def _submit(
+        self,
+        epoch: int,
+        sealed: list[SealedBlock],
+        rejected: list[tuple[int, Rejected]],
+        timestamps: dict[str, list[float]],
+    ) -> None:
+        """Start writing after the previous write succeeded; never two at once.
+
+        If the previous write failed, what was sealed on top of it is dropped with
+        the rest of the in-memory state; those records are read again from Kafka.
+        """
+        await self.drain()
+        if self._epoch != epoch:
+            self.forget(set(self.chains))
+            return
+        if sealed or rejected:
+            self._inflight = asyncio.create_task(self._persist(sealed, rejected, timestamps))
 
     async def _persist(
         self,
         sealed: list[SealedBlock],
         rejected: list[tuple[int, Rejected]],
         timestamps: dict[str, list[float]],
-    ) -> None:
-        if not sealed and not rejected:
-            return
+    ) -> bool:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
@@ -293,8 +332,9 @@ class Processor:
                 getattr(exc, "code", type(exc).__name__),
                 self._backoff_s,
             )
+            self._epoch += 1
             self.forget(set(self.chains))
-            return
+            return False
         self._backoff_s = 0.0
         if sealed:
             newest: dict[str, BlockHeader] = {}
@@ -314,6 +354,7 @@ class Processor:
         m.block_write_seconds_total += elapsed * len(sealed)
         for ts_list in timestamps.values():
             m.observe_latencies(stored_at, ts_list)
+        return True
 
     async def handle_baseline(self, records: list[Record]) -> None:
         """Benchmark baseline: consume and insert the same records, no chaining or signing."""
@@ -499,10 +540,13 @@ def create_app(
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
+        # Finish our write before anyone else may resume these chains from the store.
+        await processor.drain()
         processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
+        await processor.drain()
         processor.forget({tp.partition for tp in assigned if tp.topic == settings.topic_events})
 
     if web_enabled:
