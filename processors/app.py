@@ -48,6 +48,10 @@ from processors.chainer import OffsetGap, PartitionChain, Rejected
 
 log = logging.getLogger("careledger.processor")
 
+# How long records fetched before a seek may keep arriving before we ask Kafka
+# whether the expected offsets still exist and seek again.
+SEEK_PATIENCE_S = 5.0
+
 # Latency histogram bucket upper bounds in seconds (1 ms .. ~2 min, log-spaced).
 _LATENCY_BOUNDS = [0.001 * (1.25**i) for i in range(55)]
 
@@ -159,6 +163,7 @@ class Processor:
         # Bumped whenever a failed write resets the in-memory state: blocks sealed
         # under an older epoch were built on state that never reached the store.
         self._epoch = 0
+        self._recover: set[int] = set()
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -169,6 +174,11 @@ class Processor:
                 self._inflight = None
 
     # ------------------------------------------------------------- rebalance
+    def release(self, partitions: set[int]) -> None:
+        """Partitions revoked: another worker resumes them from the store."""
+        self._recover -= partitions
+        self.forget(partitions)
+
     def forget(self, partitions: set[int]) -> None:
         """Drop in-memory state; the chain reloads from the store when next seen."""
         for p in partitions:
@@ -228,20 +238,33 @@ class Processor:
                     if self._epoch != epoch:
                         self.forget(set(self.chains))
                         return
-                    chain = await self._load(p)
+                    try:
+                        chain = await self._load(p)
+                    except (CareledgerError, OSError) as exc:
+                        self._store_unavailable(exc, {rec.partition for rec in records})
+                        return
                 target = self.seek_targets.get(p)
                 if target is not None:
                     expected, since = target
-                    if rec.offset > expected and now_mono - since < 10.0:
-                        continue  # still draining records fetched before the seek
                     if rec.offset > expected:
-                        log.warning(
-                            "chain %s: offsets %d..%d are absent from Kafka; recorded as absent",
-                            chain.chain_id,
-                            expected,
-                            rec.offset - 1,
-                        )
-                        chain.accept_gap(rec.offset)
+                        if now_mono - since < SEEK_PATIENCE_S:
+                            continue  # records fetched before the seek are still draining
+                        # Only Kafka can say whether offsets are really gone.
+                        earliest = await self._earliest(p)
+                        if earliest > expected:
+                            log.warning(
+                                "chain %s: offsets %d..%d are no longer in Kafka; "
+                                "recorded as absent",
+                                chain.chain_id,
+                                expected,
+                                earliest - 1,
+                            )
+                            chain.accept_gap(earliest)
+                            expected = earliest
+                        blocked.add(p)
+                        self.seek_targets[p] = (expected, now_mono)
+                        await self._seek(p, expected)
+                        continue
                     self.seek_targets.pop(p, None)
                 try:
                     bad = chain.add(rec.offset, rec.value, rec.key, rec.timestamp, now_mono)
@@ -280,6 +303,8 @@ class Processor:
     async def flush_aged(self) -> None:
         """Timer: close blocks whose first record is older than ``block_max_ms``."""
         async with self.lock:
+            if self._recover:
+                await self._recover_positions()
             epoch = self._epoch
             now_mono = time.monotonic()
             now = time.time()
@@ -291,6 +316,38 @@ class Processor:
                         sealed.append(block)
             if sealed:
                 await self._submit(epoch, sealed, [], {})
+
+    def _store_unavailable(self, exc: BaseException, partitions: set[int]) -> None:
+        """The store cannot be read or written: drop state, remember what to re-read."""
+        self.metrics.store_failures += 1
+        self._backoff_s = min(max(self._backoff_s * 2, 0.5), 10.0)
+        self._epoch += 1
+        self._recover |= set(self.chains) | partitions
+        self.forget(set(self.chains))
+        log.error(
+            "store unavailable (%s); will resume partitions %s from the store",
+            getattr(exc, "code", type(exc).__name__),
+            sorted(self._recover),
+        )
+
+    async def _recover_positions(self) -> None:
+        """After a failure, seek each affected partition back to its stored head.
+
+        Without this, records acked by the consumer but never stored would wait
+        for the next record of their partition to be noticed.
+        """
+        for p in sorted(self._recover):
+            await self.drain()
+            try:
+                chain = await self._load(p)
+            except (CareledgerError, OSError) as exc:
+                log.warning("still cannot read the store (%s)", getattr(exc, "code", exc))
+                return
+            self._recover.discard(p)
+            if chain.next_offset is not None:
+                self.seek_targets[p] = (chain.next_offset, time.monotonic())
+                self.metrics.seeks += 1
+                await self._seek(p, chain.next_offset)
 
     async def _submit(
         self,
@@ -324,16 +381,8 @@ class Processor:
         except (CareledgerError, OSError, RuntimeError) as exc:
             # Fail closed: forget everything in memory (sealed blocks included) and
             # resume from what the store really holds.
-            self.metrics.store_failures += 1
-            self._backoff_s = min(max(self._backoff_s * 2, 0.5), 10.0)
-            log.error(
-                "persisting %d blocks failed (%s); resuming from the store in %.1fs",
-                len(sealed),
-                getattr(exc, "code", type(exc).__name__),
-                self._backoff_s,
-            )
-            self._epoch += 1
-            self.forget(set(self.chains))
+            log.error("persisting %d blocks failed", len(sealed))
+            self._store_unavailable(exc, set())
             return False
         self._backoff_s = 0.0
         if sealed:
@@ -542,7 +591,7 @@ def create_app(
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
         # Finish our write before anyone else may resume these chains from the store.
         await processor.drain()
-        processor.forget({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        processor.release({tp.partition for tp in revoked if tp.topic == settings.topic_events})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:

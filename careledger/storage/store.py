@@ -139,6 +139,61 @@ def _event_date(timestamp: str) -> dt.date:
     return dt.date(int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10]))
 
 
+def event_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
+    """The ``access_events`` rows of ``blocks``, in EVENT_COLUMNS order."""
+    rows: list[tuple[Any, ...]] = []
+    for block in blocks:
+        h = block.header
+        digest = block.block_hash.hex()
+        chain, height = h.chain_id, h.height
+        rows.extend(
+            (
+                chain,
+                height,
+                idx,
+                digest,
+                ev.offset,
+                ev.event.event_id,
+                ev.event.occurred_at,
+                _event_date(ev.event.occurred_at),
+                ev.event.actor.id,
+                ev.event.patient.id,
+                ev.event.action,
+                ev.event.outcome,
+                ev.event.source.system,
+                ev.canonical,
+                ev.leaf_hash.hex(),
+            )
+            for idx, ev in enumerate(block.events)
+        )
+    return rows
+
+
+def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
+    """The ``blocks`` rows of ``blocks``, in HEADER_COLUMNS order."""
+    return [
+        (
+            b.header.chain_id,
+            b.header.height,
+            b.block_hash.hex(),
+            b.header.prev_hash,
+            b.header.merkle_root,
+            b.header.event_count,
+            b.header.first_offset,
+            b.header.last_offset,
+            b.header.dead_lettered,
+            b.header.absent_offsets,
+            b.header.first_event_time,
+            b.header.last_event_time,
+            b.header.created_at,
+            b.header.key_id,
+            b.header_bytes,
+            b.signature.hex(),
+        )
+        for b in blocks
+    ]
+
+
 class ChainStore:
     """Read and write chains in one ClickHouse database."""
 
@@ -153,54 +208,8 @@ class ChainStore:
         A crash between the two inserts leaves event rows without headers, which
         count as uncommitted (see ``discard_uncommitted``).
         """
-        event_rows: list[tuple[Any, ...]] = []
-        header_rows: list[tuple[Any, ...]] = []
-        for block in blocks:
-            h = block.header
-            digest = block.block_hash.hex()
-            chain, height = h.chain_id, h.height
-            event_rows.extend(
-                (
-                    chain,
-                    height,
-                    idx,
-                    digest,
-                    ev.offset,
-                    ev.event.event_id,
-                    ev.event.occurred_at,
-                    _event_date(ev.event.occurred_at),
-                    ev.event.actor.id,
-                    ev.event.patient.id,
-                    ev.event.action,
-                    ev.event.outcome,
-                    ev.event.source.system,
-                    ev.canonical,
-                    ev.leaf_hash.hex(),
-                )
-                for idx, ev in enumerate(block.events)
-            )
-            header_rows.append(
-                (
-                    chain,
-                    height,
-                    digest,
-                    h.prev_hash,
-                    h.merkle_root,
-                    h.event_count,
-                    h.first_offset,
-                    h.last_offset,
-                    h.dead_lettered,
-                    h.absent_offsets,
-                    h.first_event_time,
-                    h.last_event_time,
-                    h.created_at,
-                    h.key_id,
-                    block.header_bytes,
-                    block.signature.hex(),
-                )
-            )
-        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows)
-        self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows)
+        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows(blocks))
+        self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
         rows = self.backend.execute(
