@@ -94,13 +94,27 @@ def test_simulated_traffic_is_chained_exactly_once_and_verifies(
         wait_until(
             lambda: committed_event_count(store) >= len(events), 180, what="20,000 chained events"
         )
-        time.sleep(1.0)  # nothing more may arrive
+        metrics_file = settings.run_dir / "metrics" / f"processor-{settings.processor_app_id}.json"
+
+        def metrics_caught_up() -> bool:
+            try:
+                return bool(json.loads(metrics_file.read_text())["events_chained"] >= len(events))
+            except (OSError, ValueError, KeyError):
+                return False
+
+        wait_until(metrics_caught_up, 15, what="the processor's metrics file")
         assert proc.poll() is None, "processor stopped"
     finally:
         stop(proc)
     _assert_exactly_once(settings, [e.event_id for e in events])
     heads = store.heads()
     assert len(heads) == settings.partitions, "one chain per partition"
+    metrics = json.loads(metrics_file.read_text())
+    assert metrics["events_chained"] == len(events)
+    assert metrics["blocks_written"] == sum(h.height + 1 for h in heads.values())
+    assert metrics["dead_lettered"] == 0
+    assert metrics["chain_heights"] == {c: h.height for c, h in heads.items()}
+    assert 0 < metrics["latency_p50_s"] <= metrics["latency_p99_s"]
     # Stored bytes are the canonical bytes the producer sent.
     row = store.backend.execute(
         f"SELECT event_id, canonical FROM {store.db}.access_events LIMIT 1"
