@@ -8,7 +8,12 @@ Trusted public keys come from the verifier's configuration (``CARELEDGER_TRUSTED
 or ``--trusted-key``), never from the store. Each run is recorded in the
 ``verification_runs`` table (unless ``--no-record``); the verifier's state
 directory remembers the head of each chain that verified clean, so a later run
-notices a truncated or rewritten chain.
+notices a truncated or rewritten chain. Before reading the store the verifier reads
+the signed checkpoints the processor published to Kafka (``verifiers.checkpoints``),
+so even a first run with an empty state directory notices a chain that is shorter
+than, or differs from, a published head. ``--no-checkpoints`` skips Kafka (offline
+verification); if Kafka cannot be reached the run goes on without checkpoints, warns
+on stderr and says ``"checkpoints": {"status": "unavailable", ...}`` in ``--json``.
 """
 
 from __future__ import annotations
@@ -32,11 +37,19 @@ from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
+from verifiers.checkpoints import (
+    CheckpointSnapshot,
+    kafka_log,
+    merge_known,
+    read_checkpoints,
+    skipped_snapshot,
+)
 from verifiers.fsck import (
     DEFAULT_MAX_FINDINGS,
     ChainReport,
     VerifiedHead,
     VerifyCancelled,
+    is_failure,
     verify_chain,
 )
 from verifiers.state import StateError, VerifierState, state_for
@@ -69,6 +82,10 @@ class VerificationRun:
     finished_at: dt.datetime | None = None
     reports: list[ChainReport] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: Findings about the checkpoints themselves (forged or forked notes, a checkpoint
+    #: that contradicts the verifier state): not about one chain's rows in the store.
+    checkpoint_findings: list[Finding] = field(default_factory=list)
+    checkpoints: CheckpointSnapshot | None = None
 
     @property
     def blocks(self) -> int:
@@ -80,11 +97,13 @@ class VerificationRun:
 
     @property
     def failures(self) -> int:
-        return sum(r.failures for r in self.reports)
+        return sum(r.failures for r in self.reports) + sum(
+            1 for f in self.checkpoint_findings if is_failure(f)
+        )
 
     @property
     def findings_total(self) -> int:
-        return sum(r.findings_total for r in self.reports)
+        return sum(r.findings_total for r in self.reports) + len(self.checkpoint_findings)
 
     @property
     def result(self) -> str:
@@ -99,14 +118,18 @@ class VerificationRun:
         return self.events / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
     def findings(self) -> Iterable[Finding]:
+        yield from self.checkpoint_findings
         for r in self.reports:
             yield from r.findings
 
     def counts(self) -> Counter[str]:
-        total: Counter[str] = Counter()
+        total: Counter[str] = Counter(str(f.code) for f in self.checkpoint_findings)
         for r in self.reports:
             total.update(r.counts)
         return total
+
+    def checkpoints_json(self) -> dict[str, Any] | None:
+        return None if self.checkpoints is None else self.checkpoints.to_json()
 
     def to_json(self) -> dict[str, Any]:
         finished = self.finished_at or _utcnow()
@@ -128,6 +151,7 @@ class VerificationRun:
                 "events_per_s": round(self.events_per_s, 1),
                 "findings_by_code": dict(sorted(self.counts().items())),
             },
+            "checkpoints": self.checkpoints_json(),
             "chains": [r.summary() for r in self.reports],
             "findings": [f.to_dict() for f in self.findings()],
         }
@@ -138,6 +162,7 @@ class VerificationRun:
             "scope": self.scope,
             "elapsed_s": round(self.elapsed_s, 3),
             "findings_by_code": dict(sorted(self.counts().items())),
+            "checkpoints": self.checkpoints_json(),
             "chains": [r.summary() for r in self.reports],
         }
         text = json.dumps(summary, sort_keys=True)
@@ -183,10 +208,20 @@ def run_verification(
     max_findings: int = DEFAULT_MAX_FINDINGS,
     on_finding: Callable[[Finding], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    checkpoints: CheckpointSnapshot | None = None,
+    checkpoint_findings: Iterable[Finding] = (),
 ) -> VerificationRun:
     """Verify ``chains`` one after the other. Raises ``StorageError`` if the store fails
-    and ``VerifyCancelled`` if ``cancel()`` becomes true."""
+    and ``VerifyCancelled`` if ``cancel()`` becomes true.
+
+    ``known`` is the head each chain is compared with (see ``checkpoint_heads``);
+    ``checkpoint_findings`` are reported with the run (and passed to ``on_finding``)."""
     run = VerificationRun(mode=mode, database=database, scope=scope or {"chains": "all"})
+    run.checkpoints = checkpoints
+    run.checkpoint_findings = list(checkpoint_findings)
+    if on_finding is not None:
+        for f in run.checkpoint_findings:
+            on_finding(f)
     known = known or {}
     from_heights = from_heights or {}
     started = time.perf_counter()
@@ -207,6 +242,25 @@ def run_verification(
     run.elapsed_s = time.perf_counter() - started
     run.finished_at = _utcnow()
     return run
+
+
+def checkpoint_heads(
+    state_heads: Mapping[str, VerifiedHead],
+    snapshot: CheckpointSnapshot,
+    requested: list[str] | None,
+    *,
+    report_disagreement: bool = True,
+) -> tuple[dict[str, VerifiedHead], list[Finding]]:
+    """The head each chain is compared with (state and checkpoints merged, the higher
+    wins) and the findings about the checkpoints, limited to the ``requested`` chains."""
+    known, disagreements = merge_known(
+        state_heads, snapshot.heads, report_disagreement=report_disagreement
+    )
+    findings = [*snapshot.findings, *disagreements]
+    if requested:
+        wanted = set(requested)
+        findings = [f for f in findings if f.chain_id in wanted]
+    return known, findings
 
 
 def clean_heads(run: VerificationRun) -> dict[str, VerifiedHead]:
@@ -237,6 +291,8 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
         f"run {run.run_id} ({run.mode})",
         file=out,
     )
+    if run.checkpoints is not None:
+        print(f"  {describe_checkpoints(run.checkpoints)}", file=out)
     for r in run.reports:
         head = "-" if r.head is None else str(r.head.height)
         extra = f", {r.uncommitted_events} uncommitted" if r.uncommitted_events else ""
@@ -260,6 +316,20 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
 
 
 # --------------------------------------------------------------------------- command
+
+
+def describe_checkpoints(cp: CheckpointSnapshot) -> str:
+    if cp.status == "skipped":
+        return "checkpoints: not read (--no-checkpoints)"
+    if cp.status != "ok":
+        return f"checkpoints: UNAVAILABLE ({cp.error}); compared with the verifier state only"
+    n = cp.counts
+    ignored = n.get("untrusted", 0) + n.get("malformed", 0)
+    return (
+        f"checkpoints: {n.get('notes', 0)} notes in {cp.topic}, {n.get('verified', 0)} "
+        f"verified, {ignored} ignored (not signed by a trusted key or malformed), "
+        f"{n.get('invalid', 0)} with a bad signature; heads of {n.get('chains', 0)} chain(s)"
+    )
 
 
 def configure_verify(parser: argparse.ArgumentParser) -> None:
@@ -290,6 +360,12 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--no-record", action="store_true", help="do not write to the verification_runs table"
+    )
+    parser.add_argument(
+        "--no-checkpoints",
+        action="store_true",
+        help="do not read the signed checkpoints from Kafka (offline verification: a "
+        "truncation is then only noticed against the verifier state)",
     )
     parser.add_argument("--database", help="ClickHouse database (default: settings)")
     parser.add_argument(
@@ -335,6 +411,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         # clickhouse-driver logs each failed connection attempt with a traceback; the
         # error we print says it once, plainly.
         logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+        kafka_log.setLevel(logging.CRITICAL)
     if args.from_height < 0:
         return _error("--from-height must be >= 0")
     if args.max_findings < 0:
@@ -370,6 +447,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
                 record=not args.no_record,
                 json_output=args.json,
                 max_findings=args.max_findings,
+                checkpoints=not args.no_checkpoints,
             )
             return follower.run(max_cycles=args.max_cycles, stop_after_s=args.stop_after)
         return _verify_once(args, settings, store, keys, state, known)
@@ -386,8 +464,21 @@ def _verify_once(
     known: dict[str, VerifiedHead],
 ) -> int:
     db = settings.clickhouse_database
+    # Checkpoints first: each names a block that was stored before it was published,
+    # so reading the store afterwards can never race ahead of them.
+    if args.no_checkpoints:
+        snapshot = skipped_snapshot(settings.topic_checkpoints)
+    else:
+        snapshot = read_checkpoints(settings, keys.values())
+        if not snapshot.available:
+            print(
+                f"careledger verify: warning: checkpoints unavailable ({snapshot.error}); "
+                "verifying against the verifier state only",
+                file=sys.stderr,
+            )
+    compare_with, cp_findings = checkpoint_heads(known, snapshot, args.chain)
     try:
-        chains = chains_to_verify(store, args.chain, known)
+        chains = chains_to_verify(store, args.chain, compare_with)
         scope: dict[str, Any] = {"chains": args.chain or "all", "from_height": args.from_height}
         run = run_verification(
             store,
@@ -396,9 +487,11 @@ def _verify_once(
             database=db,
             chains=chains,
             from_heights=dict.fromkeys(chains, args.from_height),
-            known=known,
+            known=compare_with,
             scope=scope,
             max_findings=args.max_findings,
+            checkpoints=snapshot,
+            checkpoint_findings=cp_findings,
         )
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")

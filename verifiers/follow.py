@@ -10,6 +10,13 @@ Every ``Settings.follow_interval_s`` the follower runs one *cycle*:
 * **full**, on start and then every ``Settings.full_reverify_every_s``: all history
   again, against the heads in the verifier state (old blocks can be altered too).
 
+Before each cycle reads the store, the follower reads the checkpoints published
+since the previous cycle (``verifiers.checkpoints.CheckpointReader``; everything on
+the first cycle): a chain's head is compared with the higher of the state's (or the
+last verified position's) and the newest signed checkpoint's. Kafka being down does
+not stop the cycle: the heads read so far are used and a warning is logged when
+checkpoints become unavailable (and when they are back).
+
 Each cycle is recorded in ``verification_runs``; heads of chains that verified clean
 go to the state directory. Every finding that is not info is published once as a
 JSON alert (``Finding.to_dict()`` plus ``run_id``, ``detected_at``, ``alert_id``) to
@@ -42,12 +49,14 @@ from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
+from verifiers.checkpoints import CheckpointReader, CheckpointSnapshot, skipped_snapshot
 from verifiers.cli import (
     EXIT_ERROR,
     EXIT_INTACT,
     EXIT_TAMPERED,
     VerificationRun,
     chains_to_verify,
+    checkpoint_heads,
     clean_heads,
     format_finding,
     record_run,
@@ -143,6 +152,7 @@ class Follower:
         alerts: AlertSink | None = None,
         max_alerts_per_cycle: int = 1000,
         out: TextIO | None = None,
+        checkpoints: bool | CheckpointReader = True,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -164,6 +174,10 @@ class Follower:
         self.alerts_sent = 0
         self.last_error: str | None = None
         self._stop = threading.Event()
+        if checkpoints is True:
+            checkpoints = CheckpointReader(settings, keys.values())
+        self.checkpoints: CheckpointReader | None = checkpoints or None
+        self._checkpoints_ok: bool | None = None
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -250,13 +264,21 @@ class Follower:
 
         try:
             persisted = self.state.load()
-            chains = chains_to_verify(self.store, self.chains, {**persisted, **self.positions})
+            snapshot = self._read_checkpoints()
             if full:
                 from_heights: dict[str, int] = {}
-                known = persisted
+                known, cp_findings = checkpoint_heads(persisted, snapshot, self.chains)
             else:
                 from_heights = {c: p.height + 1 for c, p in self.positions.items()}
-                known = {**persisted, **self.positions}
+                # What this follower saw last already differs from a checkpoint if it
+                # was rewritten: reported by fsck, not again as a disagreement.
+                known, cp_findings = checkpoint_heads(
+                    {**persisted, **self.positions},
+                    snapshot,
+                    self.chains,
+                    report_disagreement=False,
+                )
+            chains = chains_to_verify(self.store, self.chains, known)
             run = run_verification(
                 self.store,
                 self.keys,
@@ -269,6 +291,8 @@ class Follower:
                 max_findings=self.max_findings,
                 on_finding=collect,
                 cancel=lambda: self.stopping,
+                checkpoints=snapshot,
+                checkpoint_findings=cp_findings,
             )
         except VerifyCancelled:
             log.info("cycle %d cancelled", self.cycles)
@@ -302,6 +326,22 @@ class Follower:
         new = self._alert(run, collected, full)
         self._print(run, new)
         return run
+
+    def _read_checkpoints(self) -> CheckpointSnapshot:
+        if self.checkpoints is None:
+            return skipped_snapshot(self.settings.topic_checkpoints)
+        snapshot = self.checkpoints.refresh()
+        if snapshot.available != self._checkpoints_ok:
+            if snapshot.available:
+                if self._checkpoints_ok is not None:
+                    log.warning("checkpoints are readable again")
+            else:
+                log.warning(
+                    "checkpoints unavailable (%s); comparing with the heads known so far",
+                    snapshot.error,
+                )
+            self._checkpoints_ok = snapshot.available
+        return snapshot
 
     def _alert(self, run: VerificationRun, findings: list[Finding], full: bool) -> list[Finding]:
         seen: set[AlertKey] = set()

@@ -32,8 +32,9 @@ Events of each block (rows with its chain and height)
 
 Rows above the head are a crash's uncommitted leftovers (``UNCOMMITTED_EVENTS``,
 info only). Against ``known_head`` (the last head this verifier verified, kept in
-its own state outside the store): a lower head is ``CHAIN_TRUNCATED``, a different
-block at the known height is ``CHAIN_REWRITTEN``.
+its own state outside the store, or the head named by the newest signed checkpoint
+the processor published to Kafka; see ``verifiers.checkpoints``): a lower head is
+``CHAIN_TRUNCATED``, a different block at the known height is ``CHAIN_REWRITTEN``.
 
 Cost per event: one msgspec decode + re-encode, one SHA-256, a tuple comparison;
 per block one Ed25519 verification and one Merkle root.
@@ -130,17 +131,26 @@ class Reader(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class VerifiedHead:
-    """A block the verifier has checked: where to continue and what to compare with."""
+    """A block the verifier has checked: where to continue and what to compare with.
+
+    As a ``known_head`` it comes from the verifier state (``source="state"``) or
+    from a signed checkpoint (``source="checkpoint"``), which names the block hash
+    but not its Kafka offsets (``last_offset`` is None: the offset link of the next
+    block is then taken from the stored block when its hash matches, else skipped).
+    ``source`` is informational and not compared.
+    """
 
     height: int
     block_hash: str  # hex SHA-256 of the canonical header bytes (recomputed, not the column)
-    last_offset: int
+    last_offset: int | None
+    source: str = field(default="state", compare=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "height": self.height,
             "block_hash": self.block_hash,
             "last_offset": self.last_offset,
+            "source": self.source,
         }
 
 
@@ -153,6 +163,7 @@ class ChainReport:
     blocks: int = 0  # heights verified (>= from_height)
     events: int = 0  # event rows checked
     head: VerifiedHead | None = None  # the highest block seen (None: no header at all)
+    known: VerifiedHead | None = None  # the head compared against (state or checkpoint)
     uncommitted_events: int = 0
     findings: list[Finding] = field(default_factory=list)
     findings_dropped: int = 0  # beyond max_findings: counted, not kept
@@ -182,6 +193,8 @@ class ChainReport:
             "head_height": None if self.head is None else self.head.height,
             "head_hash": None if self.head is None else self.head.block_hash,
             "head_last_offset": None if self.head is None else self.head.last_offset,
+            "known_height": None if self.known is None else self.known.height,
+            "known_source": None if self.known is None else self.known.source,
             "uncommitted_events": self.uncommitted_events,
             "findings": self.findings_total,
             "failures": self.failures,
@@ -385,7 +398,7 @@ class _ChainVerifier:
         self.max_findings = max_findings
         self.on_finding = on_finding
         self.cancel = cancel
-        self.report = ChainReport(chain_id, from_height=from_height)
+        self.report = ChainReport(chain_id, from_height=from_height, known=known_head)
         # Chain walking state
         self.prev: VerifiedHead | None = None  # the block the next one must link to
         self.expected_height: int = max(0, from_height - 1) if from_height else 0
@@ -557,8 +570,10 @@ class _ChainVerifier:
                     f"prev_hash does not match the hash of block {prev.height}",
                     details={"prev_hash": chosen.prev_hash, "expected": prev.block_hash},
                 )
-            expected_first = prev.last_offset + 1
-            if chosen.first_offset > expected_first:
+            expected_first = None if prev.last_offset is None else prev.last_offset + 1
+            if expected_first is None:
+                pass  # linked to a checkpoint's block whose offsets we do not know
+            elif chosen.first_offset > expected_first:
                 self.emit(
                     C.OFFSET_GAP,
                     height,
@@ -575,21 +590,24 @@ class _ChainVerifier:
                 )
 
         this = VerifiedHead(height, chosen.hash_hex, chosen.last_offset)
-        if known_hash is not None and self.known is not None:
-            if chosen.hash_hex != known_hash:
-                self.emit(
-                    C.CHAIN_REWRITTEN,
-                    height,
-                    f"block {height} differs from the one verified before",
-                    details={"known_hash": known_hash, "stored_hash": chosen.hash_hex},
-                )
-            # Continue from what we verified before: that is the trusted history.
+        if known_hash is not None and self.known is not None and chosen.hash_hex != known_hash:
+            self.emit(
+                C.CHAIN_REWRITTEN,
+                height,
+                f"block {height} differs from {_known_what(self.known)}",
+                details={
+                    "known_hash": known_hash,
+                    "stored_hash": chosen.hash_hex,
+                    "known_source": self.known.source,
+                },
+            )
+            # Continue from the known block: that is the trusted history.
             this = self.known
         if height >= self.from_height:
             self.report.blocks += 1
             self._events(height, chosen, event_rows or [])
         self.prev = this
-        self.report.head = VerifiedHead(height, chosen.hash_hex, chosen.last_offset)
+        self.report.head = VerifiedHead(height, chosen.hash_hex, chosen.last_offset, "store")
         self.expected_height = height + 1
 
     def _choose(self, checks: list[_HeaderCheck], known_hash: str | None) -> _HeaderCheck:
@@ -896,11 +914,12 @@ class _ChainVerifier:
                     if head is None
                     else f"the chain ends at height {head.height}"
                 )
-                + f", but block {known.height} was verified before: blocks "
+                + f", but {_known_what(known)} is at height {known.height}: blocks "
                 f"{first_missing}..{known.height} are gone",
                 details={
                     "known_height": known.height,
                     "known_hash": known.block_hash,
+                    "known_source": known.source,
                     "stored_head_height": None if head is None else head.height,
                 },
             )
@@ -915,6 +934,12 @@ _EVENT_COLUMNS = (
     "outcome",
     "source_system",
 )
+
+
+def _known_what(known: VerifiedHead) -> str:
+    if known.source == "checkpoint":
+        return "the block named by a signed checkpoint"
+    return "the block verified before"
 
 
 def _group_by_height(headers: Iterable[StoredHeader]) -> Iterator[tuple[int, list[StoredHeader]]]:
@@ -952,10 +977,12 @@ def verify_chain(
 
     With ``from_height > 0`` the block at ``from_height - 1`` is read too (its header
     checks are reported) so the first block can be linked to it; its events are not
-    rechecked. ``known_head`` is the last head this verifier verified: a lower head is
-    ``CHAIN_TRUNCATED``, another block at that height ``CHAIN_REWRITTEN``, and the
-    chain is linked onwards from the known block (so a follow-mode verifier passes
-    ``from_height=known.height + 1`` and checks only the new blocks).
+    rechecked. ``known_head`` is the last head this verifier verified (or one named by
+    a signed checkpoint): a lower head is ``CHAIN_TRUNCATED``, another block at that
+    height ``CHAIN_REWRITTEN``, and the chain is linked onwards from the known block
+    (so a follow-mode verifier passes ``from_height=known.height + 1`` and checks only
+    the new blocks). A checkpoint names no Kafka offsets: after a block that differs
+    from a checkpoint's, the next block's offset link is not checked.
 
     ``on_finding`` sees every finding as it is made (the report keeps at most
     ``max_findings`` of them, but counts all). ``cancel`` is polled between batches;

@@ -94,6 +94,8 @@ class VerifierState:
                 old = current.get(chain)
                 if old is not None and head.height < old.height:
                     continue
+                if head.last_offset is None:
+                    continue  # a checkpoint's head, not one verified in the store
                 current[chain] = head
             self._write(current)
             return current

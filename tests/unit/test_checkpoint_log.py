@@ -1,0 +1,202 @@
+"""Checkpoint notes as the verifier takes them (no Kafka: ``CheckpointLog`` directly),
+merging them with the verifier state, and fsck against a checkpoint's head (which has
+no Kafka offsets). Reading the real topic: tests/integration/test_checkpoints.py."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+
+import pytest
+
+from careledger_core.checkpoint import Checkpoint, checkpoint_for, format_checkpoint, sign_note
+from careledger_core.findings import FindingCode
+from careledger_core.signing import SigningKey
+from producers.simulator import HospitalModel, simulate
+from tests.unit.test_fsck import FakeReader, build_blocks, verify, where
+from verifiers.checkpoints import CheckpointLog, merge_known
+from verifiers.fsck import VerifiedHead
+
+ORIGIN = "careledger.local"
+KEY = SigningKey.from_seed(hashlib.sha256(b"careledger fsck test key").digest())  # = test_fsck
+ROTATED = SigningKey.from_seed(hashlib.sha256(b"next year's key").digest())
+STRANGER = SigningKey.from_seed(hashlib.sha256(b"a stranger").digest())
+CHAIN = "careledger.local/careledger.access-events/0"
+C = FindingCode
+
+
+def note(size: int, root: bytes, key: SigningKey = KEY, chain: str = CHAIN) -> bytes:
+    return sign_note(format_checkpoint(Checkpoint(chain, size, root)), ORIGIN, key).encode()
+
+
+def root(n: int) -> bytes:
+    return hashlib.sha256(b"block %d" % n).digest()
+
+
+def new_log(*keys: SigningKey) -> CheckpointLog:
+    return CheckpointLog(ORIGIN, tuple(k.public_key for k in keys or (KEY,)), topic="cp")
+
+
+def feed(log: CheckpointLog, *values: bytes) -> CheckpointLog:
+    for offset, value in enumerate(values, start=log.notes):
+        log.add(value, key=CHAIN.encode(), partition=0, offset=offset)
+    return log
+
+
+def test_the_greatest_size_wins_whatever_the_order() -> None:
+    log = feed(new_log(), note(3, root(2)), note(7, root(6)), note(5, root(4)))
+    assert log.heads() == {CHAIN: VerifiedHead(6, root(6).hex(), None)}
+    assert log.heads()[CHAIN].source == "checkpoint"
+    assert log.counts()["verified"] == 3 and log.findings == []
+
+
+def test_chains_are_kept_apart_and_an_empty_chain_names_no_head() -> None:
+    other = "careledger.local/careledger.access-events/1"
+    log = feed(new_log(), note(2, root(1)), note(4, root(3), chain=other), note(0, b"\0" * 32))
+    assert {c: h.height for c, h in log.heads().items()} == {CHAIN: 1, other: 3}
+
+
+def test_notes_without_a_trusted_signature_are_ignored_but_counted() -> None:
+    log = feed(
+        new_log(),
+        note(2, root(1)),
+        note(9, root(8), key=STRANGER),  # claims a longer chain
+        b"not a note",
+        b"\xff\xfe",
+        sign_note(format_checkpoint(Checkpoint(CHAIN, 9, root(8))), "other.origin", KEY).encode(),
+    )
+    assert log.heads()[CHAIN].height == 1
+    counts = log.counts()
+    assert (counts["notes"], counts["verified"], counts["untrusted"], counts["malformed"]) == (
+        5,
+        1,
+        2,
+        2,
+    )
+    assert log.findings == []
+
+
+def test_any_trusted_key_counts() -> None:
+    log = feed(new_log(KEY, ROTATED), note(2, root(1)), note(3, root(2), key=ROTATED))
+    assert log.heads()[CHAIN].height == 2 and log.counts()["verified"] == 2
+
+
+def _break_signature(value: bytes) -> bytes:
+    text = value.decode()
+    body, _, line = text[:-1].rpartition("\n")
+    name, blob = line.rsplit(" ", 1)
+    raw = bytearray(base64.b64decode(blob))
+    raw[-1] ^= 0x01
+    return f"{body}\n{name} {base64.b64encode(bytes(raw)).decode()}\n".encode()
+
+
+def test_a_failing_signature_by_a_trusted_key_is_a_finding_and_not_used() -> None:
+    log = feed(new_log(), note(2, root(1)), _break_signature(note(9, root(8))))
+    assert log.heads()[CHAIN].height == 1
+    assert [(f.code, f.chain_id, f.height) for f in log.findings] == [
+        (C.SIGNATURE_INVALID, CHAIN, 8)
+    ]
+    details = log.findings[0].details
+    assert (details["source"], details["offset"], details["key_id"]) == (
+        "checkpoint",
+        1,
+        KEY.key_id,
+    )
+    assert log.counts()["invalid"] == 1
+
+
+def test_a_good_signature_does_not_excuse_a_failing_one() -> None:
+    """Two lines, one verifies and one of another trusted key fails: not accepted."""
+    good = note(4, root(3)).decode()
+    bad_line = _break_signature(note(4, root(3), key=ROTATED)).decode().rsplit("\n", 2)[-2]
+    both = f"{good}{bad_line}\n".encode()
+    log = feed(new_log(KEY, ROTATED), both)
+    assert log.heads() == {}
+    assert [f.code for f in log.findings] == [C.SIGNATURE_INVALID]
+
+
+def test_two_roots_at_one_size_are_a_fork_proof() -> None:
+    log = feed(new_log(), note(5, root(4)), note(5, b"\x07" * 32), note(5, b"\x07" * 32))
+    assert log.heads()[CHAIN].block_hash == root(4).hex()  # the first one seen is kept
+    assert [(f.code, f.height) for f in log.findings] == [(C.HEIGHT_FORK, 4)]  # reported once
+    fork = log.findings[0].details
+    assert [b["block_hash"] for b in fork["blocks"]] == [root(4).hex(), "07" * 32]  # type: ignore[index]
+    # Re-publishing the same checkpoint is not a fork.
+    assert feed(new_log(), note(5, root(4)), note(5, root(4))).findings == []
+
+
+def test_no_trusted_key_is_a_programming_error() -> None:
+    with pytest.raises(ValueError):
+        CheckpointLog(ORIGIN, ())
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def test_merge_takes_the_higher_head_and_reports_a_disagreement() -> None:
+    state = {
+        "a": VerifiedHead(5, "aa" * 32, 100),
+        "b": VerifiedHead(9, "bb" * 32, 200),
+        "c": VerifiedHead(3, "cc" * 32, 50),
+    }
+    checkpoints = {
+        "a": VerifiedHead(7, "a7" * 32, None, "checkpoint"),
+        "b": VerifiedHead(4, "b4" * 32, None, "checkpoint"),
+        "c": VerifiedHead(3, "c3" * 32, None, "checkpoint"),
+        "d": VerifiedHead(0, "dd" * 32, None, "checkpoint"),
+    }
+    merged, findings = merge_known(state, checkpoints)
+    assert merged["a"].source == "checkpoint" and merged["a"].height == 7
+    assert merged["b"] is state["b"] and merged["c"] is state["c"]
+    assert merged["d"] is checkpoints["d"]
+    assert [(f.code, f.chain_id, f.height) for f in findings] == [(C.CHAIN_REWRITTEN, "c", 3)]
+    assert findings[0].details == {
+        "source": "checkpoint",
+        "state_hash": "cc" * 32,
+        "checkpoint_hash": "c3" * 32,
+    }
+    assert merge_known(state, checkpoints, report_disagreement=False)[1] == []
+
+
+# --------------------------------------------------------------------------- fsck
+
+
+@pytest.fixture(scope="module")
+def payloads() -> list[bytes]:
+    from careledger_core.event import canonical_event_bytes
+
+    model = HospitalModel(seed=3, staff=60, patients=300)
+    return [canonical_event_bytes(e) for e in simulate(model, count=400, seed=3)]
+
+
+def _checkpoint_head(block) -> VerifiedHead:  # type: ignore[no-untyped-def]
+    cp = checkpoint_for(block.header)
+    return VerifiedHead(cp.height, cp.root_hash.hex(), None, "checkpoint")
+
+
+def test_fsck_against_a_checkpoint_head(payloads: list[bytes]) -> None:
+    blocks = build_blocks(payloads)
+    known = _checkpoint_head(blocks[4])
+    report = verify(FakeReader(blocks), known_head=known)
+    assert report.findings == [] and report.known == known
+    # The head it reports is the stored one, with its offsets.
+    assert report.head is not None and report.head.last_offset == 99
+    truncated = verify(FakeReader(blocks[:3]), known_head=known)
+    assert where(truncated) == {("CHAIN_TRUNCATED", 3, None)}
+    finding = truncated.findings[0]
+    assert finding.details["known_source"] == "checkpoint"
+    assert "signed checkpoint" in finding.message
+
+
+def test_fsck_links_on_from_a_checkpoint_head_without_offsets(payloads: list[bytes]) -> None:
+    """A rewritten block at the checkpoint's height: the next block is linked to the
+    checkpoint's hash (it matches: the genuine successor) but offsets are not checked."""
+    blocks = build_blocks(payloads)
+    other = build_blocks(payloads[:40] + payloads[200:], blocks=5)
+    known = _checkpoint_head(blocks[2])
+    mixed = [*blocks[:2], other[2], *blocks[3:]]
+    report = verify(FakeReader(mixed), known_head=known)
+    assert where(report) == {("CHAIN_REWRITTEN", 2, None)}
+    # Incremental from the checkpoint's height: only the new blocks are read.
+    report = verify(FakeReader(blocks), from_height=3, known_head=known)
+    assert report.findings == [] and report.blocks == 2
