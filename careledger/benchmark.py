@@ -212,7 +212,7 @@ def command_benchmark(args: argparse.Namespace, settings: Settings) -> int:
             c["throughput_events_per_s"] / b["throughput_events_per_s"]
         )
     if args.core:
-        from careledger import benchmark_core
+        import careledger.benchmark_core as benchmark_core
 
         figures["core"] = benchmark_core.run()
     if args.json:

@@ -264,8 +264,13 @@ class AccessEventProducer:
         # keeps retrying on its own, delivery reports say what finally happened
         level = logging.ERROR if err.fatal() else logging.WARNING
         record = log.makeRecord(
-            log.name, level, __file__, 0, "kafka producer error %s: %s",
-            (err.name(), err.str()), None,
+            log.name,
+            level,
+            __file__,
+            0,
+            "kafka producer error %s: %s",
+            (err.name(), err.str()),
+            None,
         )
         if log.isEnabledFor(level) and _client_errors.filter(record):
             log.handle(record)
@@ -362,8 +367,11 @@ class AccessEventProducer:
             log.error("%s (sent %d, acked %d)", message, report.sent, report.acked)
             raise DeliveryError(message, report=report, failures=failures, failed=new_failed)
         log.debug(
-            "flushed %s: sent %d, acked %d, failed %d", self.topic, report.sent,
-            report.acked, report.failed,
+            "flushed %s: sent %d, acked %d, failed %d",
+            self.topic,
+            report.sent,
+            report.acked,
+            report.failed,
         )
         return report
 

@@ -171,38 +171,158 @@ class RoleSpec:
 
 
 ROLES: tuple[RoleSpec, ...] = (
-    RoleSpec("physician", 14, ("ED", "ICU", "MED", "CARD", "ONC", "PSY", "OBS"), (0.7, 0.15, 0.15),
-             False, 1.0, 20, True,
-             (("read", 62), ("read_note", 10), ("image", 3), ("note", 5), ("order", 4),
-              ("update_clin", 5), ("search", 8), ("print", 1.2), ("disclose", 0.6),
-              ("delete", 0.4)), "TREAT"),
-    RoleSpec("nurse", 34, ("ED", "ICU", "MED", "CARD", "ONC", "PSY", "OBS"), (0.45, 0.3, 0.25),
-             False, 1.1, 18, True,
-             (("read", 64), ("read_note", 6), ("vitals", 12), ("nursing_note", 4),
-              ("update_nurse", 6), ("search", 6), ("print", 1.0), ("delete", 0.3)), "TREAT"),
-    RoleSpec("pharmacist", 5, ("PHARM",), (0.6, 0.25, 0.15), False, 1.5, 12, True,
-             (("read_meds", 60), ("dispense", 16), ("update_meds", 14), ("search_meds", 10)),
-             "TREAT"),
-    RoleSpec("radiologist", 3, ("RAD",), (0.7, 0.2, 0.1), False, 1.2, 12, True,
-             (("image", 55), ("read", 15), ("rad_report", 18), ("update_report", 6),
-              ("search", 6)), "TREAT"),
-    RoleSpec("lab-technician", 8, ("LAB",), (0.5, 0.3, 0.2), False, 1.5, 14, True,
-             (("read_order", 35), ("lab_result", 40), ("update_order", 15), ("search_lab", 10)),
-             "TREAT"),
-    RoleSpec("registration-clerk", 8, ("REG",), (0.6, 0.3, 0.1), False, 2.5, 6, False,
-             (("read_demo", 50), ("search_patient", 20), ("update_demo", 15),
-              ("register", 15)), "HOPERAT"),
-    RoleSpec("billing-specialist", 7, ("BILL",), (1.0, 0.0, 0.0), True, 1.0, 12, False,
-             (("read_billing", 55), ("claim", 20), ("update_claim", 12), ("search_claims", 8),
-              ("disclose_payer", 5)), "HPAYMT"),
-    RoleSpec("him-specialist", 3, ("HIM",), (1.0, 0.0, 0.0), True, 0.8, 8, False,
-             (("read", 40), ("read_note", 25), ("print", 10), ("disclose_patient", 20),
-              ("update_clin", 5)), "PATRQT"),
-    RoleSpec("it-admin", 3, ("IT",), (0.8, 0.1, 0.1), False, 1.0, 3, False,
-             (("read_demo", 70), ("search_patient", 30)), "HSYSADMIN"),
-    RoleSpec("researcher", 3, ("RES",), (1.0, 0.0, 0.0), True, 0.5, 10, False,
-             (("cohort_search", 15), ("read", 45), ("read_note", 15), ("extract", 10)),
-             "HRESCH"),
+    RoleSpec(
+        "physician",
+        14,
+        ("ED", "ICU", "MED", "CARD", "ONC", "PSY", "OBS"),
+        (0.7, 0.15, 0.15),
+        False,
+        1.0,
+        20,
+        True,
+        (
+            ("read", 62),
+            ("read_note", 10),
+            ("image", 3),
+            ("note", 5),
+            ("order", 4),
+            ("update_clin", 5),
+            ("search", 8),
+            ("print", 1.2),
+            ("disclose", 0.6),
+            ("delete", 0.4),
+        ),
+        "TREAT",
+    ),
+    RoleSpec(
+        "nurse",
+        34,
+        ("ED", "ICU", "MED", "CARD", "ONC", "PSY", "OBS"),
+        (0.45, 0.3, 0.25),
+        False,
+        1.1,
+        18,
+        True,
+        (
+            ("read", 64),
+            ("read_note", 6),
+            ("vitals", 12),
+            ("nursing_note", 4),
+            ("update_nurse", 6),
+            ("search", 6),
+            ("print", 1.0),
+            ("delete", 0.3),
+        ),
+        "TREAT",
+    ),
+    RoleSpec(
+        "pharmacist",
+        5,
+        ("PHARM",),
+        (0.6, 0.25, 0.15),
+        False,
+        1.5,
+        12,
+        True,
+        (("read_meds", 60), ("dispense", 16), ("update_meds", 14), ("search_meds", 10)),
+        "TREAT",
+    ),
+    RoleSpec(
+        "radiologist",
+        3,
+        ("RAD",),
+        (0.7, 0.2, 0.1),
+        False,
+        1.2,
+        12,
+        True,
+        (("image", 55), ("read", 15), ("rad_report", 18), ("update_report", 6), ("search", 6)),
+        "TREAT",
+    ),
+    RoleSpec(
+        "lab-technician",
+        8,
+        ("LAB",),
+        (0.5, 0.3, 0.2),
+        False,
+        1.5,
+        14,
+        True,
+        (("read_order", 35), ("lab_result", 40), ("update_order", 15), ("search_lab", 10)),
+        "TREAT",
+    ),
+    RoleSpec(
+        "registration-clerk",
+        8,
+        ("REG",),
+        (0.6, 0.3, 0.1),
+        False,
+        2.5,
+        6,
+        False,
+        (("read_demo", 50), ("search_patient", 20), ("update_demo", 15), ("register", 15)),
+        "HOPERAT",
+    ),
+    RoleSpec(
+        "billing-specialist",
+        7,
+        ("BILL",),
+        (1.0, 0.0, 0.0),
+        True,
+        1.0,
+        12,
+        False,
+        (
+            ("read_billing", 55),
+            ("claim", 20),
+            ("update_claim", 12),
+            ("search_claims", 8),
+            ("disclose_payer", 5),
+        ),
+        "HPAYMT",
+    ),
+    RoleSpec(
+        "him-specialist",
+        3,
+        ("HIM",),
+        (1.0, 0.0, 0.0),
+        True,
+        0.8,
+        8,
+        False,
+        (
+            ("read", 40),
+            ("read_note", 25),
+            ("print", 10),
+            ("disclose_patient", 20),
+            ("update_clin", 5),
+        ),
+        "PATRQT",
+    ),
+    RoleSpec(
+        "it-admin",
+        3,
+        ("IT",),
+        (0.8, 0.1, 0.1),
+        False,
+        1.0,
+        3,
+        False,
+        (("read_demo", 70), ("search_patient", 30)),
+        "HSYSADMIN",
+    ),
+    RoleSpec(
+        "researcher",
+        3,
+        ("RES",),
+        (1.0, 0.0, 0.0),
+        True,
+        0.5,
+        10,
+        False,
+        (("cohort_search", 15), ("read", 45), ("read_note", 15), ("extract", 10)),
+        "HRESCH",
+    ),
 )
 _ROLE = {r.code: r for r in ROLES}
 
@@ -259,16 +379,33 @@ class SourceSystem:
 
 
 SOURCE_SYSTEMS: tuple[SourceSystem, ...] = (
-    SourceSystem("ehr", "ehr.northbridge.example", _SOURCE_TYPE_APPLICATION_SERVER,
-                 "electronic health record (FHIR API)"),
-    SourceSystem("pacs", "pacs.northbridge.example", _SOURCE_TYPE_APPLICATION_SERVER,
-                 "PACS imaging archive and radiology reporting"),
-    SourceSystem("lis", "lis.northbridge.example", _SOURCE_TYPE_APPLICATION_SERVER,
-                 "laboratory information system"),
-    SourceSystem("rx", "rx.northbridge.example", _SOURCE_TYPE_APPLICATION_SERVER,
-                 "pharmacy system"),
-    SourceSystem("sso", "sso.northbridge.example", _SOURCE_TYPE_SECURITY_SERVER,
-                 "single sign-on / identity provider"),
+    SourceSystem(
+        "ehr",
+        "ehr.northbridge.example",
+        _SOURCE_TYPE_APPLICATION_SERVER,
+        "electronic health record (FHIR API)",
+    ),
+    SourceSystem(
+        "pacs",
+        "pacs.northbridge.example",
+        _SOURCE_TYPE_APPLICATION_SERVER,
+        "PACS imaging archive and radiology reporting",
+    ),
+    SourceSystem(
+        "lis",
+        "lis.northbridge.example",
+        _SOURCE_TYPE_APPLICATION_SERVER,
+        "laboratory information system",
+    ),
+    SourceSystem(
+        "rx", "rx.northbridge.example", _SOURCE_TYPE_APPLICATION_SERVER, "pharmacy system"
+    ),
+    SourceSystem(
+        "sso",
+        "sso.northbridge.example",
+        _SOURCE_TYPE_SECURITY_SERVER,
+        "single sign-on / identity provider",
+    ),
 )
 # mean delay between occurrence and recording, in microseconds
 _RECORD_DELAY_US = {"ehr": 120_000, "pacs": 900_000, "lis": 300_000, "rx": 200_000, "sso": 40_000}
@@ -304,7 +441,10 @@ class _Op:
 
 
 def _rest(
-    sub: Coding, action: Action, types: tuple[str, ...], role: str = ROLE_DOMAIN_RESOURCE,
+    sub: Coding,
+    action: Action,
+    types: tuple[str, ...],
+    role: str = ROLE_DOMAIN_RESOURCE,
     source: str = "ehr",
 ) -> _Op:
     return _Op("rest", TYPE_REST, (sub,), action, types, role, source)
@@ -315,58 +455,103 @@ def _search(types: tuple[str, ...], query: str, source: str = "ehr", kind: str =
 
 
 _OPS: dict[str, _Op] = {
-    "read": _rest(REST_READ, "R", ("Patient", "Encounter", "Observation", "Observation",
-                                   "Condition", "MedicationRequest", "AllergyIntolerance",
-                                   "Procedure", "CarePlan", "DiagnosticReport")),
+    "read": _rest(
+        REST_READ,
+        "R",
+        (
+            "Patient",
+            "Encounter",
+            "Observation",
+            "Observation",
+            "Condition",
+            "MedicationRequest",
+            "AllergyIntolerance",
+            "Procedure",
+            "CarePlan",
+            "DiagnosticReport",
+        ),
+    ),
     "read_note": _rest(REST_READ, "R", ("DocumentReference", "DiagnosticReport"), ROLE_REPORT),
     "image": _Op("image", DCM_INSTANCES_ACCESSED, (), "R", ("ImagingStudy",), ROLE_REPORT, "pacs"),
     "note": _rest(REST_CREATE, "C", ("DocumentReference",), ROLE_REPORT),
     "order": _rest(REST_CREATE, "C", ("ServiceRequest", "ServiceRequest", "MedicationRequest")),
-    "update_clin": _rest(REST_UPDATE, "U", ("Condition", "CarePlan", "DocumentReference",
-                                            "Encounter")),
+    "update_clin": _rest(
+        REST_UPDATE, "U", ("Condition", "CarePlan", "DocumentReference", "Encounter")
+    ),
     "delete": _rest(REST_DELETE, "D", ("DocumentReference", "AllergyIntolerance", "Observation")),
     "vitals": _rest(REST_CREATE, "C", ("Observation", "Observation", "MedicationAdministration")),
     "nursing_note": _rest(REST_CREATE, "C", ("DocumentReference",), ROLE_REPORT),
-    "update_nurse": _rest(REST_UPDATE, "U", ("CarePlan", "Observation",
-                                            "MedicationAdministration")),
-    "search": _search(("Observation", "DocumentReference", "MedicationRequest", "Condition"),
-                      "GET /fhir/{t}?patient=Patient/{mrn}&_sort=-date&_count=50"),
-    "read_meds": _rest(REST_READ, "R", ("MedicationRequest", "MedicationRequest",
-                                        "AllergyIntolerance", "Observation"), source="rx"),
+    "update_nurse": _rest(
+        REST_UPDATE, "U", ("CarePlan", "Observation", "MedicationAdministration")
+    ),
+    "search": _search(
+        ("Observation", "DocumentReference", "MedicationRequest", "Condition"),
+        "GET /fhir/{t}?patient=Patient/{mrn}&_sort=-date&_count=50",
+    ),
+    "read_meds": _rest(
+        REST_READ,
+        "R",
+        ("MedicationRequest", "MedicationRequest", "AllergyIntolerance", "Observation"),
+        source="rx",
+    ),
     "dispense": _rest(REST_CREATE, "C", ("MedicationDispense",), source="rx"),
     "update_meds": _rest(REST_UPDATE, "U", ("MedicationRequest",), source="rx"),
-    "search_meds": _search(("MedicationRequest", "MedicationDispense"),
-                           "GET /fhir/{t}?patient=Patient/{mrn}&status=active", "rx"),
+    "search_meds": _search(
+        ("MedicationRequest", "MedicationDispense"),
+        "GET /fhir/{t}?patient=Patient/{mrn}&status=active",
+        "rx",
+    ),
     "rad_report": _rest(REST_CREATE, "C", ("DiagnosticReport",), ROLE_REPORT, "pacs"),
     "update_report": _rest(REST_UPDATE, "U", ("DiagnosticReport",), ROLE_REPORT, "pacs"),
     "read_order": _rest(REST_READ, "R", ("ServiceRequest", "Specimen"), source="lis"),
-    "lab_result": _rest(REST_CREATE, "C", ("Observation", "Observation", "DiagnosticReport"),
-                        source="lis"),
-    "update_order": _rest(REST_UPDATE, "U", ("ServiceRequest", "Specimen", "Observation"),
-                          source="lis"),
-    "search_lab": _search(("ServiceRequest", "Specimen"),
-                          "GET /fhir/{t}?subject=Patient/{mrn}&status=active", "lis"),
+    "lab_result": _rest(
+        REST_CREATE, "C", ("Observation", "Observation", "DiagnosticReport"), source="lis"
+    ),
+    "update_order": _rest(
+        REST_UPDATE, "U", ("ServiceRequest", "Specimen", "Observation"), source="lis"
+    ),
+    "search_lab": _search(
+        ("ServiceRequest", "Specimen"), "GET /fhir/{t}?subject=Patient/{mrn}&status=active", "lis"
+    ),
     "read_demo": _rest(REST_READ, "R", ("Patient", "Patient", "Coverage", "Appointment")),
     "search_patient": _search(("Patient",), "GET /fhir/{t}?identifier={mrn}"),
     "update_demo": _rest(REST_UPDATE, "U", ("Patient", "Coverage")),
     "register": _rest(REST_CREATE, "C", ("Encounter", "Appointment", "Coverage")),
-    "read_billing": _rest(REST_READ, "R", ("Claim", "Account", "Encounter", "Coverage",
-                                           "Procedure")),
+    "read_billing": _rest(
+        REST_READ, "R", ("Claim", "Account", "Encounter", "Coverage", "Procedure")
+    ),
     "claim": _rest(REST_CREATE, "C", ("Claim",)),
     "update_claim": _rest(REST_UPDATE, "U", ("Claim", "Account")),
-    "search_claims": _search(("Claim", "ExplanationOfBenefit"),
-                             "GET /fhir/{t}?patient=Patient/{mrn}&_count=20"),
-    "cohort_search": _search(("Condition", "Observation"),
-                             "GET /fhir/{t}?code=http://snomed.info/sct|{code}&_count=100",
-                             kind="cohort"),
-    "print": _Op("export", DCM_EXPORT, (OUTPUT_PRINT,), "R", ("DocumentReference",
-                                                                "DiagnosticReport"), ROLE_REPORT),
-    "disclose": _Op("export", DCM_EXPORT, (LIFECYCLE_DISCLOSE,), "E", ("DocumentReference",),
-                    ROLE_REPORT),
-    "disclose_patient": _Op("export", DCM_EXPORT, (LIFECYCLE_DISCLOSE,), "E",
-                            ("DocumentReference", "Bundle"), ROLE_REPORT),
-    "disclose_payer": _Op("export", DCM_EXPORT, (LIFECYCLE_DISCLOSE,), "E", ("Claim", "Bundle"),
-                          ROLE_REPORT),
+    "search_claims": _search(
+        ("Claim", "ExplanationOfBenefit"), "GET /fhir/{t}?patient=Patient/{mrn}&_count=20"
+    ),
+    "cohort_search": _search(
+        ("Condition", "Observation"),
+        "GET /fhir/{t}?code=http://snomed.info/sct|{code}&_count=100",
+        kind="cohort",
+    ),
+    "print": _Op(
+        "export",
+        DCM_EXPORT,
+        (OUTPUT_PRINT,),
+        "R",
+        ("DocumentReference", "DiagnosticReport"),
+        ROLE_REPORT,
+    ),
+    "disclose": _Op(
+        "export", DCM_EXPORT, (LIFECYCLE_DISCLOSE,), "E", ("DocumentReference",), ROLE_REPORT
+    ),
+    "disclose_patient": _Op(
+        "export",
+        DCM_EXPORT,
+        (LIFECYCLE_DISCLOSE,),
+        "E",
+        ("DocumentReference", "Bundle"),
+        ROLE_REPORT,
+    ),
+    "disclose_payer": _Op(
+        "export", DCM_EXPORT, (LIFECYCLE_DISCLOSE,), "E", ("Claim", "Bundle"), ROLE_REPORT
+    ),
     "extract": _Op("export", DCM_EXPORT, (LIFECYCLE_EXTRACT,), "E", ("Bundle",), ROLE_REPORT),
 }
 # Clinical reads of a break-the-glass episode.
@@ -375,7 +560,10 @@ _BTG_OPS = (_OPS["read"], _OPS["read"], _OPS["read_note"], _OPS["read"], _OPS["s
 _COHORT_CODES = ("44054006", "84114007", "254837009", "49436004", "709044004")
 
 _FAILURES_MINOR = (
-    "resource not found", "version conflict", "request timed out", "validation failed",
+    "resource not found",
+    "version conflict",
+    "request timed out",
+    "validation failed",
 )
 _FAILURES_SERIOUS = (
     "access denied: not authorized for this patient",
@@ -458,8 +646,9 @@ class HospitalModel:
             )
         # remote access over the VPN (laptops, no managed workstation name)
         self.vpn_clients = tuple(
-            Client(address=f"10.250.{rng.randrange(0, 16)}.{rng.randrange(2, 254)}",
-                   address_type="ip")
+            Client(
+                address=f"10.250.{rng.randrange(0, 16)}.{rng.randrange(2, 254)}", address_type="ip"
+            )
             for _ in range(64)
         )
 
@@ -568,9 +757,7 @@ class HospitalModel:
         self.session_rate_per_us: list[float] = []
         for how in range(168):
             weekday, hour = divmod(how, 24)
-            members = tuple(
-                m.index for m in self.staff if self.on_duty(m, weekday, hour)
-            )
+            members = tuple(m.index for m in self.staff if self.on_duty(m, weekday, hour))
             activity = HOUR_ACTIVITY[hour] * (0.75 if weekday >= 5 else 1.0)
             cum: list[float] = []
             total = 0.0
@@ -799,8 +986,14 @@ def simulate(
     def gap(s: _Session) -> int:
         return 1_000_000 + int(expovariate(1.0 / 25_000_000))
 
-    def auth(t: int, s: _Session, sub: tuple[Coding, ...], outcome: Outcome,
-             desc: str | None, session_ref: str | None) -> AccessEvent:
+    def auth(
+        t: int,
+        s: _Session,
+        sub: tuple[Coding, ...],
+        outcome: Outcome,
+        desc: str | None,
+        session_ref: str | None,
+    ) -> AccessEvent:
         return AccessEvent(
             schema=EVENT_SCHEMA,
             event_id=_uuid4(getrandbits(128)),
@@ -839,8 +1032,15 @@ def simulate(
             sensitivity=patients[p].sensitivity,
         )
 
-    def access(t: int, s: _Session, op: _Op, p: int, purpose: tuple[str, ...],
-               query: str | None, corr: str | None) -> AccessEvent:
+    def access(
+        t: int,
+        s: _Session,
+        op: _Op,
+        p: int,
+        purpose: tuple[str, ...],
+        query: str | None,
+        corr: str | None,
+    ) -> AccessEvent:
         pat = patients[p]
         types = op.object_types
         otype = types[int(random_() * len(types))]

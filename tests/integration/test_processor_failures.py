@@ -93,8 +93,10 @@ def _run(settings: Settings, store: ChainStore, payloads: list[bytes]) -> list[t
                     chain.opened_at = -1e9
             await proc.flush_aged()
             await proc.drain()
-            if position["next"] >= len(payloads) and not proc._recover and all(
-                c.opened_at is None for c in proc.chains.values()
+            if (
+                position["next"] >= len(payloads)
+                and not proc._recover
+                and all(c.opened_at is None for c in proc.chains.values())
             ):
                 return
         raise AssertionError("the processor did not settle")

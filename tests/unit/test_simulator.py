@@ -141,14 +141,14 @@ def test_reads_dominate_and_every_action_appears(events: list[AccessEvent]) -> N
     assert actions["D"] < actions["U"] < actions["C"] < actions["R"]
 
 
-def test_reads_are_mostly_by_the_care_team(
-    model: HospitalModel, events: list[AccessEvent]
-) -> None:
+def test_reads_are_mostly_by_the_care_team(model: HospitalModel, events: list[AccessEvent]) -> None:
     by_mrn = {p.mrn: p for p in model.patients}
     by_id = {m.id: m for m in model.staff}
     clinical = [
-        e for e in events
-        if e.action == "R" and by_id[e.actor.id].role in ("physician", "nurse")
+        e
+        for e in events
+        if e.action == "R"
+        and by_id[e.actor.id].role in ("physician", "nurse")
         and "ETREAT" not in e.purpose_of_use
     ]
     explained = sum(
@@ -298,8 +298,21 @@ def test_simulate_command_writes_json_lines(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "events.jsonl"
-    argv = ["simulate", "--count", "300", "--seed", "5", "--staff", "60", "--patients", "200",
-            "--start", "2026-12-24", "--output", str(out)]
+    argv = [
+        "simulate",
+        "--count",
+        "300",
+        "--seed",
+        "5",
+        "--staff",
+        "60",
+        "--patients",
+        "200",
+        "--start",
+        "2026-12-24",
+        "--output",
+        str(out),
+    ]
     assert cli_main(argv) == 0
     lines = out.read_bytes().splitlines()
     assert len(lines) == 300
