@@ -118,10 +118,12 @@ def _run_mode(
         s = base.replace(
             topic_events=f"bench-{name}-{phase}-{suffix}",
             topic_dead_letter=f"bench-{name}-{phase}-dlq-{suffix}",
+            topic_checkpoints=f"bench-{name}-{phase}-cp-{suffix}",
             processor_app_id=f"careledger-bench-{name}-{phase}-{suffix}",
             processor_web_port=0,
         )
-        stack.ensure_topics(s, {s.topic_events: s.partitions, s.topic_dead_letter: 1})
+        topics = {s.topic_events: s.partitions, s.topic_dead_letter: 1, s.topic_checkpoints: 1}
+        stack.ensure_topics(s, topics)
         store = ChainStore(ClickHouseBackend.from_settings(s), s.clickhouse_database)
         if phase == "throughput":
             _produce(s, events)
@@ -163,7 +165,7 @@ def _run_mode(
             results["latency_p50_s"] = m.get("latency_p50_s")
             results["latency_p99_s"] = m.get("latency_p99_s")
             results["latency_rate_events_per_s"] = rate
-        stack.delete_topics(s, [s.topic_events, s.topic_dead_letter])
+        stack.delete_topics(s, list(topics))
     results.pop("_before", None)
     return results
 

@@ -621,8 +621,10 @@ def create_app(
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def on_revoked(sender: Any, revoked: Any, **_: Any) -> None:
-        # Finish our write before anyone else may resume these chains from the store.
+        # Finish our write before anyone else may resume these chains from the store,
+        # and hand the checkpoints of what we wrote to Kafka (also on shutdown).
         await processor.drain()
+        await asyncio.get_running_loop().run_in_executor(None, processor.outputs.flush, 5.0)
         processor.release({tp.partition for tp in revoked if tp.topic == settings.topic_events})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]

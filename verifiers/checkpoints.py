@@ -103,6 +103,9 @@ class CheckpointLog:
     origin: str  # the note name the processor signs under (Settings.origin)
     trusted: tuple[PublicKey, ...]
     topic: str = ""
+    # Only chains of this deployment's events topic count: other pipelines (a
+    # benchmark, a second topic) may publish to the same checkpoints topic.
+    chain_prefix: str = ""
     best: dict[str, SeenCheckpoint] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     findings_total: int = 0
@@ -110,6 +113,7 @@ class CheckpointLog:
     verified: int = 0  # verified under a trusted key
     untrusted: int = 0  # well-formed notes without a signature of a trusted key: ignored
     malformed: int = 0  # not a signed note, or a signed body that is not a checkpoint
+    foreign: int = 0  # verified, but of a chain outside ``chain_prefix``: ignored
     invalid: int = 0  # a trusted key's signature line that fails: a finding each
     forks: int = 0
     _forks_seen: set[tuple[str, int, str]] = field(default_factory=set)
@@ -165,6 +169,9 @@ class CheckpointLog:
             self.malformed += 1  # signed by a trusted key, but not a checkpoint body
             return
         self.verified += 1
+        if not cp.origin.startswith(self.chain_prefix):
+            self.foreign += 1
+            return
         if cp.size == 0:
             return  # an empty chain: nothing to compare
         self._keep(SeenCheckpoint(cp, partition, offset))
@@ -220,6 +227,7 @@ class CheckpointLog:
             "verified": self.verified,
             "untrusted": self.untrusted,
             "malformed": self.malformed,
+            "foreign": self.foreign,
             "invalid": self.invalid,
             "forks": self.forks,
             "chains": len(self.best),
@@ -296,7 +304,12 @@ class CheckpointReader:
         self.settings = settings
         self.topic: str = settings.topic_checkpoints
         self.timeout_s = timeout_s
-        self.log = CheckpointLog(settings.origin, tuple(trusted), topic=self.topic)
+        self.log = CheckpointLog(
+            settings.origin,
+            tuple(trusted),
+            topic=self.topic,
+            chain_prefix=f"{settings.origin}/{settings.topic_events}/",
+        )
         self.positions: dict[int, int] = {}  # partition -> next offset to read
 
     def refresh(self) -> CheckpointSnapshot:

@@ -200,3 +200,15 @@ def test_fsck_links_on_from_a_checkpoint_head_without_offsets(payloads: list[byt
     # Incremental from the checkpoint's height: only the new blocks are read.
     report = verify(FakeReader(blocks), from_height=3, known_head=known)
     assert report.findings == [] and report.blocks == 2
+
+
+def test_checkpoints_of_another_pipeline_sharing_the_topic_are_ignored() -> None:
+    # A benchmark or a second events topic may publish to the same checkpoints
+    # topic with the same key: its chains are not ours and must not be reported
+    # as truncated here.
+    log = CheckpointLog(
+        ORIGIN, (KEY.public_key,), topic="cp", chain_prefix=f"{ORIGIN}/careledger.access-events/"
+    )
+    feed(log, note(3, root(2)), note(9, root(8), chain=f"{ORIGIN}/bench-events/0"))
+    assert set(log.heads()) == {CHAIN}
+    assert log.counts()["foreign"] == 1 and log.findings == []
