@@ -9,6 +9,7 @@ parsing messages::
     ├── ValidationError            bad input (caller's fault)
     │   ├── EventValidationError   an access event violates the schema  (EVENT_INVALID)
     │   ├── HeaderValidationError  a block header violates the schema   (BLOCK_HEADER_INVALID)
+    │   ├── ReferenceValidationError  a reference-data record is malformed  (REFERENCE_INVALID)
     │   └── KeyFormatError         a key text/literal is malformed      (KEY_INVALID)
     ├── IntegrityError             data is tampered with or not authentic
     │   ├── SignatureError         bad Ed25519 signature                (SIGNATURE_INVALID)
@@ -36,6 +37,7 @@ __all__ = [
     "KeyFormatError",
     "NoteUnverifiedError",
     "ProofError",
+    "ReferenceValidationError",
     "SignatureError",
     "UnknownKeyError",
     "ValidationError",
@@ -123,6 +125,14 @@ class HeaderValidationError(_FieldValidationError):
 
     code = "BLOCK_HEADER_INVALID"
     subject = "block header"
+
+
+class ReferenceValidationError(_FieldValidationError):
+    """A reference-data record (consent, care relationship, staff, patient) is malformed;
+    ``.field`` is the path (``"body.period.start"``), ``.reason`` says why."""
+
+    code = "REFERENCE_INVALID"
+    subject = "reference record"
 
 
 class KeyFormatError(ValidationError):
