@@ -10,7 +10,8 @@ parsing messages::
     │   ├── EventValidationError   an access event violates the schema  (EVENT_INVALID)
     │   ├── HeaderValidationError  a block header violates the schema   (BLOCK_HEADER_INVALID)
     │   ├── ReferenceValidationError  a reference-data record is malformed  (REFERENCE_INVALID)
-    │   └── KeyFormatError         a key text/literal is malformed      (KEY_INVALID)
+    │   ├── KeyFormatError         a key text/literal is malformed      (KEY_INVALID)
+    │   └── ConsentFormatError     a FHIR Consent cannot be evaluated   (CONSENT_INVALID)
     ├── IntegrityError             data is tampered with or not authentic
     │   ├── SignatureError         bad Ed25519 signature                (SIGNATURE_INVALID)
     │   ├── UnknownKeyError        signed by a key that is not trusted  (KEY_UNKNOWN)
@@ -30,6 +31,7 @@ from collections.abc import Mapping
 __all__ = [
     "CareledgerError",
     "CheckpointError",
+    "ConsentFormatError",
     "EventValidationError",
     "HeaderValidationError",
     "InfrastructureError",
@@ -139,6 +141,14 @@ class KeyFormatError(ValidationError):
     """A private key text, public key literal, seed or signature has the wrong shape."""
 
     code = "KEY_INVALID"
+
+
+class ConsentFormatError(_FieldValidationError):
+    """A FHIR Consent resource (R4 or R5) is malformed or cannot be evaluated; ``.field``
+    is the FHIR path (``"provision.provision[1].type"``), ``.reason`` says why."""
+
+    code = "CONSENT_INVALID"
+    subject = "consent"
 
 
 class IntegrityError(CareledgerError):
