@@ -1,0 +1,883 @@
+"""The access-audit rules: explain first, then flag (pure: no I/O, no clock).
+
+``evaluate(event, view, history)`` decides one access event against the reference state
+as of the event's time (``view = state.as_of(event.occurred_at)``) and the actor's
+recent activity (``history``, read only). The same inputs always give the same decision.
+``Auditor`` is the small driver that feeds a stream: it expires break-the-glass
+overrides, evaluates, then lets the history observe the event.
+
+Explanations, searched in this order (the first found is stored; the list of what was
+searched is stored either way):
+
+1. ``consent``    an active consent permits the access (needs a consent evaluator)
+2. ``relationship`` an encounter, appointment, care-team, referral or order links the
+   actor (``practitioner_id``) to the patient within [start - lead, end + lag]
+3. ``team``       such a relationship names one of the actor's teams
+4. ``department`` such a relationship names the actor's department
+5. ``group``      a colleague (same department or a shared team) is the practitioner of
+   such a relationship
+6. ``role``       the actor's role is explained by any relationship of the patient in a
+   role window (registration, billing, records management)
+
+Flags (``RuleCode``; stable, never renamed) — see ``RULE_REFERENCE_DATA`` for what each
+needs. The placeholder patient ``"-"`` (login/logout) is skipped by patient rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import unicodedata
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from types import MappingProxyType
+from typing import Any, Final, Literal, Protocol
+
+from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent
+from careledger_core.reference import Address, PatientBody, Shift, StaffBody
+
+from ._time import US_PER_SECOND, ts_to_us, weekday_hour
+from .config import DEFAULT_CONFIG, AuditConfig
+from .history import (
+    NO_PATIENT_ID,
+    AccessHistory,
+    OpenOverride,
+    is_btg_start,
+    is_btg_stop,
+)
+from .state import ActiveRelationship, ReferenceState, ReferenceView
+
+__all__ = [
+    "EMERGENCY_PURPOSES",
+    "RULE_REFERENCE_DATA",
+    "AccessDecision",
+    "AlertSeverity",
+    "Auditor",
+    "ConsentEvaluator",
+    "ConsentVerdict",
+    "Explanation",
+    "ExplanationKind",
+    "Flag",
+    "RuleCode",
+    "core_consent_evaluator",
+    "evaluate",
+    "missing_stop_decision",
+]
+
+EMERGENCY_PURPOSES: Final = frozenset({"ETREAT", "BTG"})
+DCM_EXPORT: Final = "110106"
+#: event subtype codes that mark an export or disclosure (ISO 21089 lifecycle, BALP)
+DISCLOSURE_SUBTYPES: Final = frozenset({"disclose", "export", "extract", "transmit"})
+_MODIFYING_ACTIONS: Final = frozenset({"C", "U", "D"})
+_RESTRICTED: Final = frozenset({"R", "V"})
+#: cap on event ids carried as evidence of one flag (bursts, spikes)
+MAX_RELATED_EVENT_IDS: Final = 500
+
+
+class RuleCode(StrEnum):
+    CONSENT_DENIED = "CONSENT_DENIED"
+    NO_EXPLANATION = "NO_EXPLANATION"
+    BREAK_THE_GLASS = "BREAK_THE_GLASS"
+    SELF_ACCESS = "SELF_ACCESS"
+    FAMILY = "FAMILY"
+    CO_WORKER = "CO_WORKER"
+    VIP_OR_SENSITIVE_UNEXPLAINED = "VIP_OR_SENSITIVE_UNEXPLAINED"
+    INACTIVE_USER = "INACTIVE_USER"
+    VOLUME_SPIKE = "VOLUME_SPIKE"
+    AFTER_HOURS = "AFTER_HOURS"
+    SHARED_CREDENTIALS = "SHARED_CREDENTIALS"
+    DENIED_BURST = "DENIED_BURST"
+    DISCLOSURE_WITHOUT_PURPOSE = "DISCLOSURE_WITHOUT_PURPOSE"
+    REPEAT_OFFENDER = "REPEAT_OFFENDER"
+
+
+#: What each rule reads from the reference state (and from the history).
+RULE_REFERENCE_DATA: Final[Mapping[RuleCode, str]] = MappingProxyType(
+    {
+        RuleCode.CONSENT_DENIED: "active consents of the patient + consent evaluator; staff roles",
+        RuleCode.NO_EXPLANATION: "care relationships of the patient; staff department, "
+        "teams, roles; colleagues' staff records; consents",
+        RuleCode.BREAK_THE_GLASS: "event only (purpose, subtype, outcome_desc); history: "
+        "override starts and stops",
+        RuleCode.SELF_ACCESS: "staff.patient_id or patient.employee_user_id",
+        RuleCode.FAMILY: "staff and patient names, addresses, phones; patient emergency contacts",
+        RuleCode.CO_WORKER: "employee link of the patient; both staff records: department, "
+        "teams, manager_id",
+        RuleCode.VIP_OR_SENSITIVE_UNEXPLAINED: "patient vip, confidentiality, "
+        "sensitivity_labels; event sensitivity; explanations",
+        RuleCode.INACTIVE_USER: "staff status, start_date, end_date",
+        RuleCode.VOLUME_SPIKE: "staff role (peer group); history: distinct patients per "
+        "hour, own and peer baselines",
+        RuleCode.AFTER_HOURS: "staff shifts",
+        RuleCode.SHARED_CREDENTIALS: "event client; history: recent client addresses",
+        RuleCode.DENIED_BURST: "event outcome; history: recent outcome 4/8 events",
+        RuleCode.DISCLOSURE_WITHOUT_PURPOSE: "event only (type, subtype, action, purpose)",
+        RuleCode.REPEAT_OFFENDER: "history: confirmed violations of the actor",
+    }
+)
+
+
+class AlertSeverity(StrEnum):
+    INFO = "info"
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+    CRITICAL = "critical"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @property
+    def points(self) -> int:
+        """Contribution of one flag of this severity to a score."""
+        return _POINTS[self]
+
+    def raised(self) -> AlertSeverity:
+        return _ORDER[min(self.rank + 1, len(_ORDER) - 1)]
+
+
+_ORDER: Final = (
+    AlertSeverity.INFO,
+    AlertSeverity.LOW,
+    AlertSeverity.MEDIUM,
+    AlertSeverity.HIGH,
+    AlertSeverity.CRITICAL,
+)
+_RANK: Final = {s: i for i, s in enumerate(_ORDER)}
+_POINTS: Final = dict(zip(_ORDER, (0, 1, 3, 6, 10), strict=True))
+_INFO, _LOW, _MEDIUM, _HIGH, _CRITICAL = _ORDER
+
+
+class ExplanationKind(StrEnum):
+    CONSENT = "consent"
+    RELATIONSHIP = "relationship"
+    TEAM = "team"
+    DEPARTMENT = "department"
+    GROUP = "group"
+    ROLE = "role"
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """Why an access is allowed: the kind, the record that explains it, and how."""
+
+    kind: ExplanationKind
+    record_id: str | None = None  # relationship or consent record id
+    relationship_kind: str | None = None  # encounter, appointment, care-team, ...
+    via: str | None = None  # the actor, team, department, colleague or role
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"kind": str(self.kind)}
+        if self.record_id is not None:
+            d["record_id"] = self.record_id
+        if self.relationship_kind is not None:
+            d["relationship_kind"] = self.relationship_kind
+        if self.via is not None:
+            d["via"] = self.via
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class ConsentVerdict:
+    """What a consent evaluator decided for one access."""
+
+    decision: Literal["permit", "deny"]
+    consent_id: str | None = None  # the deciding consent (record id or resource id)
+    detail: str | None = None  # e.g. which provision matched
+    #: a permit explains the access (False for a blanket opt-in that names nobody)
+    explains: bool = True
+
+
+class ConsentEvaluator(Protocol):
+    """Adapter to ``careledger_core.consent.evaluate_consent``: given the patient's
+    active FHIR Consents (as of the event time), the access and the actor's directory
+    entry, return permit/deny or None (no consent applies)."""
+
+    def __call__(
+        self,
+        consents: list[dict[str, Any]],
+        event: AccessEvent,
+        actor: StaffBody | None,
+    ) -> ConsentVerdict | None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Flag:
+    code: RuleCode
+    severity: AlertSeverity
+    evidence: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def score(self) -> int:
+        return self.severity.points
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "code": str(self.code),
+            "severity": str(self.severity),
+            "score": self.score,
+            "evidence": dict(self.evidence),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AccessDecision:
+    """The auditor's decision about one access event."""
+
+    event_id: str
+    occurred_at: str
+    actor_id: str
+    patient_id: str
+    explanation: Explanation | None
+    #: explanation kinds searched, in order (empty for events about no patient)
+    searched: tuple[str, ...]
+    flags: tuple[Flag, ...]
+    #: weight of the actor's confirmed past violations (REPEAT_OFFENDER), >= 1
+    multiplier: float = 1.0
+    #: a late flag about an earlier event (a break-the-glass start that never stopped)
+    amends: bool = False
+
+    @property
+    def explained(self) -> bool:
+        return self.explanation is not None
+
+    @property
+    def flagged(self) -> bool:
+        return bool(self.flags)
+
+    @property
+    def severity(self) -> AlertSeverity | None:
+        if not self.flags:
+            return None
+        return max((f.severity for f in self.flags), key=_RANK.__getitem__)
+
+    @property
+    def score(self) -> float:
+        return round(sum(f.score for f in self.flags) * self.multiplier, 3)
+
+    def codes(self) -> tuple[RuleCode, ...]:
+        return tuple(f.code for f in self.flags)
+
+    def flag(self, code: RuleCode) -> Flag | None:
+        for f in self.flags:
+            if f.code == code:
+                return f
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        severity = self.severity
+        return {
+            "event_id": self.event_id,
+            "occurred_at": self.occurred_at,
+            "actor_id": self.actor_id,
+            "patient_id": self.patient_id,
+            "explained": self.explained,
+            "explanation": None if self.explanation is None else self.explanation.to_dict(),
+            "searched": list(self.searched),
+            "flags": [f.to_dict() for f in self.flags],
+            "severity": None if severity is None else str(severity),
+            "score": self.score,
+            "multiplier": self.multiplier,
+            "amends": self.amends,
+        }
+
+
+def core_consent_evaluator(
+    consents: list[dict[str, Any]], event: AccessEvent, actor: StaffBody | None
+) -> ConsentVerdict | None:
+    """A :class:`ConsentEvaluator` backed by ``careledger_core.consent.evaluate_consent``.
+
+    The actor's roles are the directory's (plus the event's). A permit explains the access
+    only when a provision decided it (not a blanket base OPTIN/``decision``); no consent
+    in force, or a consent that cannot be evaluated, gives None.
+    """
+    from careledger_core.consent import ConsentRequest, evaluate_consent
+
+    request = ConsentRequest.from_event(event)
+    if actor is not None and actor.roles:
+        roles = tuple(dict.fromkeys((*actor.roles, *request.actor_roles)))
+        request = dataclasses.replace(request, actor_roles=roles)
+    try:
+        decision = evaluate_consent(consents, request)
+    except CareledgerError:
+        return None
+    if decision.outcome == "no-consent":
+        return None
+    return ConsentVerdict(
+        decision="permit" if decision.outcome == "permit" else "deny",
+        consent_id=decision.consent_id,
+        detail=decision.reason,
+        explains=bool(decision.provision_path),
+    )
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+@dataclass(slots=True)
+class _Search:
+    explanation: Explanation | None = None
+    searched: list[str] = field(default_factory=list)
+    verdict: ConsentVerdict | None = None
+    consents: int = 0
+    in_window: int = 0
+
+
+def _explain(
+    event: AccessEvent,
+    view: ReferenceView,
+    staff: StaffBody | None,
+    cfg: AuditConfig,
+    consent_evaluator: ConsentEvaluator | None,
+) -> _Search:
+    s = _Search()
+    pid = event.patient.id
+    aid = event.actor.id
+    if consent_evaluator is not None:
+        s.searched.append(ExplanationKind.CONSENT)
+        records = view.consent_records(pid)
+        s.consents = len(records)
+        if records:
+            s.verdict = consent_evaluator(view.consents(pid), event, staff)
+            v = s.verdict
+            if v is not None and v.decision == "permit" and v.explains:
+                s.explanation = Explanation(
+                    ExplanationKind.CONSENT,
+                    record_id=v.consent_id or records[0].record_id,
+                    via=v.detail,
+                )
+                return s
+    rels = view.relationships(pid, cfg.relationship_lead_us, cfg.relationship_lag_us)
+    s.in_window = len(rels)
+    s.searched.append(ExplanationKind.RELATIONSHIP)
+    for r in rels:
+        if r.body.practitioner_id == aid:
+            s.explanation = _rel(ExplanationKind.RELATIONSHIP, r, aid)
+            return s
+    if staff is None:
+        return s
+    if staff.teams:
+        s.searched.append(ExplanationKind.TEAM)
+        teams = set(staff.teams)
+        for r in rels:
+            if r.body.team_id is not None and r.body.team_id in teams:
+                s.explanation = _rel(ExplanationKind.TEAM, r, r.body.team_id)
+                return s
+    s.searched.append(ExplanationKind.DEPARTMENT)
+    for r in rels:
+        if r.body.department is not None and r.body.department == staff.department:
+            s.explanation = _rel(ExplanationKind.DEPARTMENT, r, staff.department)
+            return s
+    if cfg.group_explanations:
+        s.searched.append(ExplanationKind.GROUP)
+        for r in rels:
+            colleague_id = r.body.practitioner_id
+            if colleague_id is None or colleague_id == aid:
+                continue
+            colleague = view.staff(colleague_id)
+            if colleague is not None and (
+                colleague.department == staff.department
+                or not set(colleague.teams).isdisjoint(staff.teams)
+            ):
+                s.explanation = _rel(ExplanationKind.GROUP, r, colleague_id)
+                return s
+    for role in staff.roles:
+        window = cfg.role_windows.get(role)
+        if window is None:
+            continue
+        if ExplanationKind.ROLE not in s.searched:
+            s.searched.append(ExplanationKind.ROLE)
+        role_rels = view.relationships(pid, window.lead_us, window.lag_us)
+        if role_rels:
+            s.explanation = _rel(ExplanationKind.ROLE, role_rels[0], role)
+            return s
+    return s
+
+
+def _rel(kind: ExplanationKind, r: ActiveRelationship, via: str) -> Explanation:
+    return Explanation(kind, record_id=r.record_id, relationship_kind=r.body.kind, via=via)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _fold(text: str) -> str:
+    """Case-, accent- and punctuation-insensitive form of a name or address line."""
+    decomposed = unicodedata.normalize("NFKD", text)
+    return "".join(c for c in decomposed if c.isalnum()).casefold()
+
+
+def _phone(text: str | None) -> str | None:
+    if text is None:
+        return None
+    digits = "".join(c for c in text if c.isdigit())
+    return digits[-9:] if len(digits) >= 7 else None
+
+
+def _address(a: Address | None) -> tuple[str, str] | None:
+    if a is None:
+        return None
+    return (_fold(a.postcode), _fold(a.line))
+
+
+def _family_matches(staff: StaffBody, patient: PatientBody, actor_id: str) -> list[str]:
+    matches: list[str] = []
+    surname = _fold(staff.family_name)
+    if surname and surname == _fold(patient.family_name):
+        matches.append("surname")
+    addr = _address(staff.address)
+    if addr is not None and addr == _address(patient.address):
+        matches.append("address")
+    phone = _phone(staff.phone)
+    if phone is not None and phone == _phone(patient.phone):
+        matches.append("phone")
+    given = _fold(staff.given_name)
+    for contact in patient.emergency_contacts:
+        if (
+            contact.user_id == actor_id
+            or (phone is not None and phone == _phone(contact.phone))
+            or (
+                contact.given_name is not None
+                and _fold(contact.given_name) == given
+                and _fold(contact.family_name) == surname
+            )
+        ):
+            matches.append("emergency-contact")
+            break
+    return matches
+
+
+def _on_shift(shifts: Sequence[Shift], t_us: int, cfg: AuditConfig) -> bool:
+    for moment in (
+        t_us,
+        t_us - cfg.after_hours_grace_after_us,
+        t_us + cfg.after_hours_grace_before_us,
+    ):
+        weekday, hour = weekday_hour(moment)
+        if any(s.covers(weekday, hour) for s in shifts):
+            return True
+    return False
+
+
+def _is_disclosure(event: AccessEvent) -> bool:
+    if event.action != "E":
+        return False
+    if event.event_type.code == DCM_EXPORT:
+        return True
+    return any(c.code in DISCLOSURE_SUBTYPES for c in event.event_subtype)
+
+
+def _role(staff: StaffBody | None, event: AccessEvent) -> str | None:
+    if staff is not None and staff.roles:
+        return staff.roles[0]
+    return event.actor.roles[0] if event.actor.roles else None
+
+
+def _seconds(us: int) -> float:
+    return round(us / US_PER_SECOND, 6)
+
+
+def _max_severity(flags: Iterable[Flag]) -> AlertSeverity | None:
+    best: AlertSeverity | None = None
+    for f in flags:
+        if best is None or f.severity.rank > best.rank:
+            best = f.severity
+    return best
+
+
+# --------------------------------------------------------------------------- evaluate
+
+
+def evaluate(
+    event: AccessEvent,
+    view: ReferenceView,
+    history: AccessHistory,
+    *,
+    config: AuditConfig = DEFAULT_CONFIG,
+    consent_evaluator: ConsentEvaluator | None = None,
+) -> AccessDecision:
+    """Decide one access event. ``view`` must be the state as of ``event.occurred_at``;
+    ``history`` must have observed the actor's earlier events (it is not changed)."""
+    cfg = config
+    t_us = ts_to_us(event.occurred_at)
+    aid = event.actor.id
+    pid = event.patient.id
+    staff = view.staff(aid)
+    flags: list[Flag] = []
+    explanation: Explanation | None = None
+    searched: tuple[str, ...] = ()
+    succeeded = event.outcome == 0
+    purposes = set(event.purpose_of_use)
+
+    if pid != NO_PATIENT_ID:
+        patient = view.patient(pid)
+        search = _explain(event, view, staff, cfg, consent_evaluator)
+        explanation = search.explanation
+        searched = tuple(str(k) for k in search.searched)
+        explained = explanation is not None
+
+        # consent denied: violated if the access went through, honoured if refused
+        v = search.verdict
+        if v is not None and v.decision == "deny":
+            flags.append(
+                Flag(
+                    RuleCode.CONSENT_DENIED,
+                    _CRITICAL if succeeded else _LOW,
+                    _clean(
+                        {
+                            "consent_id": v.consent_id,
+                            "detail": v.detail,
+                            "outcome": event.outcome,
+                            "enforced": not succeeded,
+                        }
+                    ),
+                )
+            )
+
+        # break-the-glass: always reviewed
+        btg_start, btg_stop = is_btg_start(event), is_btg_stop(event)
+        emergency = bool(purposes & EMERGENCY_PURPOSES)
+        btg = btg_start or btg_stop or emergency
+        if btg_start:
+            reason = bool(event.outcome_desc) or bool(purposes)
+            flags.append(
+                Flag(
+                    RuleCode.BREAK_THE_GLASS,
+                    _MEDIUM if reason else _HIGH,
+                    {"phase": "start", "reason_given": reason},
+                )
+            )
+        elif emergency and not btg_stop:
+            o = history.open_override(aid, pid, t_us)
+            flags.append(
+                Flag(
+                    RuleCode.BREAK_THE_GLASS,
+                    _MEDIUM if o is not None else _HIGH,
+                    _clean(
+                        {
+                            "phase": "access",
+                            "override_event_id": None if o is None else o.event_id,
+                            "override_started": o is not None,
+                            "purpose": sorted(purposes & EMERGENCY_PURPOSES),
+                        }
+                    ),
+                )
+            )
+
+        # self access
+        self_access = (staff is not None and staff.patient_id == pid) or (
+            patient is not None and patient.employee_user_id == aid
+        )
+        if self_access:
+            flags.append(
+                Flag(
+                    RuleCode.SELF_ACCESS,
+                    _HIGH if event.action in _MODIFYING_ACTIONS else _MEDIUM,
+                    {"action": event.action},
+                )
+            )
+
+        # family: strong links always; a shared surname alone only when unexplained
+        if not self_access and staff is not None and patient is not None:
+            matches = _family_matches(staff, patient, aid)
+            strong = [m for m in matches if m != "surname"]
+            if strong or (matches and not explained):
+                flags.append(
+                    Flag(
+                        RuleCode.FAMILY,
+                        _MEDIUM if explained or not strong else _HIGH,
+                        {"matched": matches, "explained": explained},
+                    )
+                )
+
+        # co-worker: the patient is an employee close to the actor
+        if not self_access and staff is not None:
+            links: list[dict[str, Any]] = []
+            for employee in view.staff_for_patient(pid):
+                if employee.user_id == aid:
+                    continue
+                how = []
+                if employee.department == staff.department:
+                    how.append("same-department")
+                if not set(employee.teams).isdisjoint(staff.teams):
+                    how.append("same-team")
+                if staff.manager_id == employee.user_id:
+                    how.append("manager")
+                if employee.manager_id == aid:
+                    how.append("direct-report")
+                if how:
+                    links.append({"employee_user_id": employee.user_id, "relation": how})
+            if links:
+                flags.append(
+                    Flag(
+                        RuleCode.CO_WORKER,
+                        _LOW if explained else _HIGH,
+                        {"colleagues": links, "explained": explained},
+                    )
+                )
+
+        # VIP or restricted/sensitive data without an explanation
+        if not explained and not btg:
+            why: list[str] = []
+            if patient is not None:
+                if patient.vip:
+                    why.append("vip")
+                if patient.confidentiality in _RESTRICTED:
+                    why.append(f"confidentiality:{patient.confidentiality}")
+                why.extend(f"label:{x}" for x in patient.sensitivity_labels)
+            if event.sensitivity is not None:
+                if event.sensitivity.confidentiality in _RESTRICTED:
+                    why.append(f"confidentiality:{event.sensitivity.confidentiality}")
+                why.extend(f"label:{x}" for x in event.sensitivity.labels)
+            if why:
+                flags.append(
+                    Flag(
+                        RuleCode.VIP_OR_SENSITIVE_UNEXPLAINED,
+                        _HIGH,
+                        {"why": sorted(set(why)), "searched": list(searched)},
+                    )
+                )
+
+        # no explanation (break-the-glass is reviewed under its own code)
+        if not explained and not btg:
+            flags.append(
+                Flag(
+                    RuleCode.NO_EXPLANATION,
+                    _MEDIUM if succeeded else _LOW,
+                    {
+                        "searched": list(searched),
+                        "relationships_in_window": search.in_window,
+                        "relationships_ever": view.all_relationships(pid),
+                        "active_consents": search.consents,
+                        "actor_in_directory": staff is not None,
+                    },
+                )
+            )
+
+        # volume spike: distinct patients in the window vs own and peer baselines
+        distinct = history.distinct_patients(aid, t_us, pid)
+        if distinct > cfg.volume_min_distinct:
+            threshold, own_p95, peer_p95 = _volume_threshold(history, aid, _role(staff, event), cfg)
+            if distinct > threshold:
+                evidence: dict[str, Any] = {
+                    "distinct_patients": distinct,
+                    "threshold": threshold,
+                    "own_p95": own_p95,
+                    "peer_p95": peer_p95,
+                    "window_s": _seconds(cfg.volume_window_us),
+                }
+                if history.previous_distinct(aid) <= threshold:
+                    # first access over the threshold: the alert gets the whole window
+                    evidence["related_event_ids"] = history.window_event_ids(
+                        aid, t_us, MAX_RELATED_EVENT_IDS
+                    )
+                flags.append(Flag(RuleCode.VOLUME_SPIKE, _HIGH, evidence))
+
+        # export or disclosure without a permitted purpose
+        if _is_disclosure(event):
+            not_permitted = sorted(
+                p for p in purposes if p not in cfg.permitted_disclosure_purposes
+            )
+            if not purposes or not_permitted:
+                flags.append(
+                    Flag(
+                        RuleCode.DISCLOSURE_WITHOUT_PURPOSE,
+                        _HIGH,
+                        {"purpose": sorted(purposes), "not_permitted": not_permitted},
+                    )
+                )
+    else:
+        explained = False
+
+    # -- rules about the actor (every event, logins included)
+    status = view.staff_status(aid)
+    if status is None and cfg.unknown_user_is_inactive:
+        flags.append(Flag(RuleCode.INACTIVE_USER, _MEDIUM, {"status": "not-in-directory"}))
+    elif status in ("suspended", "terminated"):
+        severity = _CRITICAL if succeeded and status == "terminated" else _HIGH
+        assert staff is not None
+        flags.append(
+            Flag(
+                RuleCode.INACTIVE_USER,
+                severity,
+                _clean(
+                    {
+                        "status": status,
+                        "directory_status": staff.status,
+                        "end_date": staff.end_date,
+                        "outcome": event.outcome,
+                    }
+                ),
+            )
+        )
+
+    if staff is not None and staff.shifts and not _on_shift(staff.shifts, t_us, cfg):
+        weekday, hour = weekday_hour(t_us)
+        flags.append(
+            Flag(
+                RuleCode.AFTER_HOURS,
+                _LOW if explained or pid == NO_PATIENT_ID else _MEDIUM,
+                {"weekday": weekday, "hour_utc": hour, "explained": explained},
+            )
+        )
+
+    if event.client is not None:
+        here = event.client.address
+        for seen in history.places_within(aid, t_us, cfg.shared_credentials_window_us):
+            if seen.address != here:
+                flags.append(
+                    Flag(
+                        RuleCode.SHARED_CREDENTIALS,
+                        _HIGH,
+                        _clean(
+                            {
+                                "address": here,
+                                "workstation": event.client.workstation,
+                                "other_address": seen.address,
+                                "other_workstation": seen.workstation,
+                                "other_event_id": seen.event_id,
+                                "seconds_apart": _seconds(t_us - seen.t_us),
+                                "related_event_ids": [seen.event_id],
+                            }
+                        ),
+                    )
+                )
+                break
+
+    if event.outcome in (4, 8):
+        earlier = history.denials_within(aid, t_us, cfg.denied_burst_window_us)
+        n = len(earlier) + 1
+        if n >= cfg.denied_burst_count:
+            flags.append(
+                Flag(
+                    RuleCode.DENIED_BURST,
+                    _HIGH if n >= 2 * cfg.denied_burst_count else _MEDIUM,
+                    {
+                        "denied_in_window": n,
+                        "window_s": _seconds(cfg.denied_burst_window_us),
+                        "related_event_ids": earlier[-MAX_RELATED_EVENT_IDS:],
+                    },
+                )
+            )
+
+    multiplier = 1.0
+    violations = history.confirmed_violations(aid, t_us)
+    if violations:
+        top = _max_severity(flags)
+        if top is not None and top.rank >= _MEDIUM.rank:
+            multiplier = min(
+                1.0 + cfg.repeat_weight_per_violation * violations, cfg.repeat_max_multiplier
+            )
+            flags.append(
+                Flag(
+                    RuleCode.REPEAT_OFFENDER,
+                    top.raised(),
+                    {"confirmed_violations": violations, "multiplier": multiplier},
+                )
+            )
+
+    return AccessDecision(
+        event_id=event.event_id,
+        occurred_at=event.occurred_at,
+        actor_id=aid,
+        patient_id=pid,
+        explanation=explanation,
+        searched=searched,
+        flags=tuple(flags),
+        multiplier=multiplier,
+    )
+
+
+def _volume_threshold(
+    history: AccessHistory, actor_id: str, role: str | None, cfg: AuditConfig
+) -> tuple[float, int | None, int | None]:
+    threshold = float(cfg.volume_min_distinct)
+    own_p95: int | None = None
+    peer_p95: int | None = None
+    own = history.own_baseline(actor_id)
+    if own is not None and len(own) >= cfg.volume_min_baseline_hours:
+        own_p95 = own.p95()
+        threshold = max(threshold, cfg.volume_own_factor * own_p95)
+    peers = history.peer_baseline(role) if role is not None else None
+    if peers is not None and len(peers) >= cfg.volume_min_baseline_hours:
+        peer_p95 = peers.p95()
+        threshold = max(threshold, cfg.volume_peer_factor * peer_p95)
+    return threshold, own_p95, peer_p95
+
+
+def _clean(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def missing_stop_decision(o: OpenOverride, config: AuditConfig = DEFAULT_CONFIG) -> AccessDecision:
+    """The late flag for a break-the-glass start whose stop never came in the window."""
+    return AccessDecision(
+        event_id=o.event_id,
+        occurred_at=o.occurred_at,
+        actor_id=o.actor_id,
+        patient_id=o.patient_id,
+        explanation=None,
+        searched=(),
+        flags=(
+            Flag(
+                RuleCode.BREAK_THE_GLASS,
+                _HIGH,
+                {"phase": "no-stop", "window_s": _seconds(config.btg_stop_window_us)},
+            ),
+        ),
+        amends=True,
+    )
+
+
+# --------------------------------------------------------------------------- driver
+
+
+class Auditor:
+    """Feeds a time-ordered event stream through ``evaluate`` with one history.
+
+    ``process(event)`` returns the late decisions that became due (break-the-glass
+    starts without a stop) followed by the event's own decision. ``finish()`` returns
+    the overrides still waiting at the end of the input (a replay of a time range
+    should feed events up to ``to + btg_stop_window`` before finishing).
+    """
+
+    def __init__(
+        self,
+        state: ReferenceState,
+        *,
+        config: AuditConfig = DEFAULT_CONFIG,
+        consent_evaluator: ConsentEvaluator | None = None,
+        history: AccessHistory | None = None,
+    ) -> None:
+        self.state = state
+        self.config = config
+        self.consent_evaluator = consent_evaluator
+        self.history = history if history is not None else AccessHistory(config)
+
+    def process(self, event: AccessEvent) -> list[AccessDecision]:
+        now = ts_to_us(event.occurred_at)
+        out = [missing_stop_decision(o, self.config) for o in self.history.expire(now)]
+        view = self.state.as_of(event.occurred_at)
+        out.append(
+            evaluate(
+                event,
+                view,
+                self.history,
+                config=self.config,
+                consent_evaluator=self.consent_evaluator,
+            )
+        )
+        self.history.observe(event, role=_role(view.staff(event.actor.id), event))
+        return out
+
+    def run(self, events: Iterable[AccessEvent]) -> list[AccessDecision]:
+        out: list[AccessDecision] = []
+        for event in events:
+            out.extend(self.process(event))
+        out.extend(self.finish())
+        return out
+
+    def finish(self) -> list[AccessDecision]:
+        return [missing_stop_decision(o, self.config) for o in self.history.flush()]

@@ -1,0 +1,338 @@
+"""The reference state behind audit decisions, rebuilt from ledgered reference records.
+
+``ReferenceState`` is built by applying :class:`~careledger_core.reference.ReferenceRecord`
+s in ledger order; ``state.as_of(t)`` is a cheap view answering the auditor's questions
+about instant ``t`` (an event's ``occurred_at``).
+
+Versioning (order-independent, hence replayable):
+
+* the version of a record (kind, record_id) *in force at t* is the highest version whose
+  ``effective_at <= t`` (and, for a bitemporal query, whose ``recorded_at <= known_at``);
+* if that version is ``retracted`` the record does not exist at t;
+* the same (kind, record_id, version) applied twice is ignored when identical; a
+  *different* record under the same version is a conflict: the first one applied (in
+  ledger order) wins and the conflict is kept in ``state.conflicts``.
+
+Care relationships are looked up with a lead: a relationship whose record is in force at
+``t + lead`` counts, so an encounter registered a little after the first access (the
+emergency department) or an appointment booked for tomorrow still explains it.
+
+Indexes: relationships and consents by patient; relationships by practitioner;
+staff by linked patient id; patients by employee user id. Every query is a few dict
+lookups plus a short scan of one record's versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from careledger_core.reference import (
+    CareRelationshipBody,
+    ConsentBody,
+    PatientBody,
+    ReferenceKind,
+    ReferenceRecord,
+    StaffBody,
+    canonical_reference_bytes,
+)
+
+from ._time import date_to_us, ts_to_us, us_to_ts
+
+__all__ = [
+    "ACTIVE_CONSENT_STATUSES",
+    "ActiveRelationship",
+    "ReferenceState",
+    "ReferenceView",
+    "VersionConflict",
+]
+
+#: Consent statuses that are in force (R4 and R5 both use "active"; "inactive",
+#: "rejected", "entered-in-error", "draft", "proposed", "not-done" are not).
+ACTIVE_CONSENT_STATUSES: Final = frozenset({"active"})
+
+_Key = tuple[str, str]  # (kind, record_id)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveRelationship:
+    """A care relationship in force around the queried instant."""
+
+    record_id: str
+    version: int
+    body: CareRelationshipBody
+    start_us: int
+    end_us: int | None  # None: open-ended
+
+
+@dataclass(frozen=True, slots=True)
+class VersionConflict:
+    kind: str
+    record_id: str
+    version: int
+    kept: str  # canonical JSON of the record applied first (it stays in force)
+    rejected: str  # canonical JSON of the conflicting record
+
+
+class _Versions:
+    """The versions of one record, ascending by version number."""
+
+    __slots__ = ("recs",)
+
+    def __init__(self) -> None:
+        self.recs: list[ReferenceRecord] = []
+
+    def add(self, rec: ReferenceRecord) -> ReferenceRecord | None:
+        """Insert; returns the already present record of the same version, if any."""
+        recs = self.recs
+        i = len(recs)
+        while i > 0 and recs[i - 1].version > rec.version:
+            i -= 1
+        if i > 0 and recs[i - 1].version == rec.version:
+            return recs[i - 1]
+        recs.insert(i, rec)
+        return None
+
+    def at(self, t: str, known_at: str | None) -> ReferenceRecord | None:
+        for rec in reversed(self.recs):
+            if rec.effective_at <= t and (known_at is None or rec.recorded_at <= known_at):
+                return None if rec.retracted else rec
+        return None
+
+
+class ReferenceState:
+    """All reference records applied so far, indexed for the auditor's queries."""
+
+    def __init__(self, records: Iterable[ReferenceRecord] = ()) -> None:
+        self._versions: dict[_Key, _Versions] = {}
+        self._rel_by_patient: dict[str, set[str]] = {}
+        self._rel_by_practitioner: dict[str, set[str]] = {}
+        self._consent_by_patient: dict[str, set[str]] = {}
+        self._staff_by_patient: dict[str, set[str]] = {}
+        self._patients_by_employee: dict[str, set[str]] = {}
+        self._rel_times: dict[tuple[str, int], tuple[int, int | None]] = {}
+        self.conflicts: list[VersionConflict] = []
+        self.applied = 0
+        self.duplicates = 0
+        self.apply_all(records)
+
+    # -- building ---------------------------------------------------------------
+    def apply(self, rec: ReferenceRecord) -> bool:
+        """Apply one record (ledger order). Returns False for a duplicate or conflict."""
+        key = (rec.kind, rec.record_id)
+        versions = self._versions.get(key)
+        if versions is None:
+            versions = self._versions[key] = _Versions()
+        present = versions.add(rec)
+        if present is not None:
+            if present == rec:
+                self.duplicates += 1
+            else:
+                self.conflicts.append(
+                    VersionConflict(
+                        kind=rec.kind,
+                        record_id=rec.record_id,
+                        version=rec.version,
+                        kept=canonical_reference_bytes(present).decode(),
+                        rejected=canonical_reference_bytes(rec).decode(),
+                    )
+                )
+            return False
+        self.applied += 1
+        body = rec.parsed
+        rid = rec.record_id
+        if isinstance(body, CareRelationshipBody):
+            _index(self._rel_by_patient, body.patient_id, rid)
+            if body.practitioner_id is not None:
+                _index(self._rel_by_practitioner, body.practitioner_id, rid)
+            self._rel_times[(rid, rec.version)] = (
+                ts_to_us(body.start),
+                ts_to_us(body.end) if body.end is not None else None,
+            )
+        elif isinstance(body, ConsentBody):
+            _index(self._consent_by_patient, body.patient_id, rid)
+        elif isinstance(body, StaffBody):
+            if body.patient_id is not None:
+                _index(self._staff_by_patient, body.patient_id, rid)
+        elif isinstance(body, PatientBody) and body.employee_user_id is not None:
+            _index(self._patients_by_employee, body.employee_user_id, rid)
+        return True
+
+    def apply_all(self, records: Iterable[ReferenceRecord]) -> int:
+        return sum(1 for rec in records if self.apply(rec))
+
+    # -- querying ---------------------------------------------------------------
+    def as_of(self, t: str, *, known_at: str | None = None) -> ReferenceView:
+        """The state at instant ``t`` (``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
+
+        ``known_at`` (optional) also hides versions recorded after it: "what did we know
+        then", for bitemporal questions. The auditor leaves it unset.
+        """
+        return ReferenceView(self, t, known_at)
+
+    def record_at(
+        self, kind: ReferenceKind, record_id: str, t: str, known_at: str | None = None
+    ) -> ReferenceRecord | None:
+        versions = self._versions.get((kind, record_id))
+        return None if versions is None else versions.at(t, known_at)
+
+    def versions(self, kind: ReferenceKind, record_id: str) -> tuple[ReferenceRecord, ...]:
+        v = self._versions.get((kind, record_id))
+        return () if v is None else tuple(v.recs)
+
+    def __len__(self) -> int:
+        return self.applied
+
+    def stats(self) -> dict[str, int]:
+        kinds: dict[str, int] = {}
+        for kind, _rid in self._versions:
+            kinds[kind] = kinds.get(kind, 0) + 1
+        return {
+            "records": len(self._versions),
+            "versions": self.applied,
+            "duplicates": self.duplicates,
+            "conflicts": len(self.conflicts),
+            **{f"records.{k}": v for k, v in sorted(kinds.items())},
+        }
+
+
+def _index(index: dict[str, set[str]], key: str, rid: str) -> None:
+    ids = index.get(key)
+    if ids is None:
+        index[key] = {rid}
+    else:
+        ids.add(rid)
+
+
+class ReferenceView:
+    """The reference state as of one instant. Cheap to create (one per event)."""
+
+    __slots__ = ("_known_at", "_state", "t", "t_us")
+
+    def __init__(self, state: ReferenceState, t: str, known_at: str | None = None) -> None:
+        self._state = state
+        self._known_at = known_at
+        self.t = t
+        self.t_us = ts_to_us(t)
+
+    def _at(self, kind: ReferenceKind, record_id: str, t: str | None = None) -> Any:
+        versions = self._state._versions.get((kind, record_id))
+        if versions is None:
+            return None
+        return versions.at(self.t if t is None else t, self._known_at)
+
+    # -- workforce directory -------------------------------------------------------
+    def staff_record(self, user_id: str) -> ReferenceRecord | None:
+        rec: ReferenceRecord | None = self._at("staff", user_id)
+        return rec
+
+    def staff(self, user_id: str) -> StaffBody | None:
+        """The directory entry of ``user_id`` in force at t (None: unknown or retracted)."""
+        rec = self.staff_record(user_id)
+        return None if rec is None else rec.parsed  # type: ignore[return-value]
+
+    def staff_status(self, user_id: str) -> str | None:
+        """``active``/``suspended``/``terminated`` at t, with employment dates applied:
+        before ``start_date`` or after ``end_date`` (inclusive) is ``terminated``;
+        None for a user not in the directory."""
+        staff = self.staff(user_id)
+        if staff is None:
+            return None
+        if staff.status != "active":
+            return staff.status
+        if self.t_us < date_to_us(staff.start_date):
+            return "terminated"
+        if staff.end_date is not None and self.t_us >= date_to_us(staff.end_date) + 86_400_000_000:
+            return "terminated"
+        return "active"
+
+    def staff_for_patient(self, patient_id: str) -> tuple[StaffBody, ...]:
+        """Employees whose own patient record is ``patient_id`` (both link directions)."""
+        found: dict[str, StaffBody] = {}
+        for uid in sorted(self._state._staff_by_patient.get(patient_id, ())):
+            staff = self.staff(uid)
+            if staff is not None and staff.patient_id == patient_id:
+                found[uid] = staff
+        patient = self.patient(patient_id)
+        if patient is not None and patient.employee_user_id is not None:
+            staff = self.staff(patient.employee_user_id)
+            if staff is not None:
+                found.setdefault(staff.user_id, staff)
+        return tuple(found[k] for k in sorted(found))
+
+    # -- patients -------------------------------------------------------------------
+    def patient_record(self, patient_id: str) -> ReferenceRecord | None:
+        rec: ReferenceRecord | None = self._at("patient", patient_id)
+        return rec
+
+    def patient(self, patient_id: str) -> PatientBody | None:
+        rec = self.patient_record(patient_id)
+        return None if rec is None else rec.parsed  # type: ignore[return-value]
+
+    def patients_of_employee(self, user_id: str) -> tuple[PatientBody, ...]:
+        out: list[PatientBody] = []
+        for pid in sorted(self._state._patients_by_employee.get(user_id, ())):
+            p = self.patient(pid)
+            if p is not None and p.employee_user_id == user_id:
+                out.append(p)
+        return tuple(out)
+
+    # -- care relationships -----------------------------------------------------------
+    def relationships(
+        self, patient_id: str, lead_us: int = 0, lag_us: int = 0
+    ) -> tuple[ActiveRelationship, ...]:
+        """Care relationships of ``patient_id`` active around t, sorted by record id.
+
+        A relationship [start, end] counts when ``start - lead <= t <= end + lag`` (no
+        end: open-ended), using the version in force at ``t + lead``.
+        """
+        ids = self._state._rel_by_patient.get(patient_id)
+        if not ids:
+            return ()
+        t_us = self.t_us
+        lookup_t = us_to_ts(t_us + lead_us) if lead_us else self.t
+        times = self._state._rel_times
+        out: list[ActiveRelationship] = []
+        for rid in sorted(ids):
+            rec = self._at("care-relationship", rid, lookup_t)
+            if rec is None:
+                continue
+            body: CareRelationshipBody = rec.parsed
+            if body.patient_id != patient_id:
+                continue
+            start_us, end_us = times[(rid, rec.version)]
+            if start_us - lead_us > t_us:
+                continue
+            if end_us is not None and end_us + lag_us < t_us:
+                continue
+            out.append(ActiveRelationship(rid, rec.version, body, start_us, end_us))
+        return tuple(out)
+
+    def all_relationships(self, patient_id: str) -> int:
+        """How many care relationships the patient has ever had (for evidence)."""
+        return len(self._state._rel_by_patient.get(patient_id, ()))
+
+    # -- consents ---------------------------------------------------------------------
+    def consent_records(self, patient_id: str) -> tuple[ReferenceRecord, ...]:
+        """Consent records of the patient in force at t with an active status, by id."""
+        out: list[ReferenceRecord] = []
+        for rid in sorted(self._state._consent_by_patient.get(patient_id, ())):
+            rec: ReferenceRecord | None = self._at("consent", rid)
+            if rec is None:
+                continue
+            body: ConsentBody = rec.parsed  # type: ignore[assignment]
+            if body.patient_id == patient_id and body.status in ACTIVE_CONSENT_STATUSES:
+                out.append(rec)
+        return tuple(out)
+
+    def consents(self, patient_id: str) -> list[dict[str, Any]]:
+        """The FHIR Consent resources (JSON, read-only) of those records, as for
+        ``careledger_core.consent.evaluate_consent``. Their own ``period``/provisions are
+        left to the consent evaluator."""
+        return [_as_dict(rec.body) for rec in self.consent_records(patient_id)]
+
+
+def _as_dict(body: Mapping[str, Any]) -> dict[str, Any]:
+    assert isinstance(body, dict)
+    return body
