@@ -119,12 +119,17 @@ def _run_mode(
             topic_events=f"bench-{name}-{phase}-{suffix}",
             topic_dead_letter=f"bench-{name}-{phase}-dlq-{suffix}",
             topic_checkpoints=f"bench-{name}-{phase}-cp-{suffix}",
+            # Empty reference streams of its own: the benchmark measures access events.
+            topic_consents=f"bench-{name}-{phase}-consents-{suffix}",
+            topic_care_relationships=f"bench-{name}-{phase}-care-{suffix}",
+            topic_workforce=f"bench-{name}-{phase}-workforce-{suffix}",
+            topic_patients=f"bench-{name}-{phase}-patients-{suffix}",
             processor_app_id=f"careledger-bench-{name}-{phase}-{suffix}",
             processor_web_port=0,
         )
-        topics = {s.topic_events: s.partitions, s.topic_dead_letter: 1, s.topic_checkpoints: 1}
+        topics = stack.default_topics(s)
         stack.ensure_topics(s, topics)
-        store = ChainStore(ClickHouseBackend.from_settings(s), s.clickhouse_database)
+        store = ChainStore.for_settings(ClickHouseBackend.from_settings(s), s)
         if phase == "throughput":
             _produce(s, events)
             proc = _start(s, baseline, workdir / f"{name}-{phase}.log")

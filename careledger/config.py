@@ -40,7 +40,13 @@ class Settings:
     topic_dead_letter: str = "careledger.dead-letter"
     topic_alerts: str = "careledger.alerts"
     topic_checkpoints: str = "careledger.checkpoints"
+    # Reference data, ledgered like access events (chains of their own).
+    topic_consents: str = "careledger.consents"
+    topic_care_relationships: str = "careledger.care-relationships"
+    topic_workforce: str = "careledger.workforce"
+    topic_patients: str = "careledger.patients"
     partitions: int = 4
+    reference_partitions: int = 1
     # Largest access-event message the processor accepts; larger ones are
     # dead-lettered (a real event is ~0.5 KiB, so 64 KiB is generous).
     max_event_bytes: int = 65536
@@ -56,6 +62,9 @@ class Settings:
     # --- processor ----------------------------------------------------------
     processor_app_id: str = "careledger-processor"
     processor_web_port: int = 16066
+    # How long the group waits for a silent (e.g. killed) worker before giving
+    # its partitions to another; the broker's minimum is 6 s.
+    processor_session_timeout_s: float = 10.0
     block_max_events: int = 1000
     block_max_ms: int = 250
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
@@ -153,6 +162,6 @@ def load_settings(
     settings = Settings(**values)
     if settings.block_max_events < 1 or settings.block_max_ms < 1:
         raise ConfigError("block_max_events and block_max_ms must be positive")
-    if settings.partitions < 1:
-        raise ConfigError("partitions must be at least 1")
+    if settings.partitions < 1 or settings.reference_partitions < 1:
+        raise ConfigError("partitions and reference_partitions must be at least 1")
     return settings

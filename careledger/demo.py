@@ -59,7 +59,7 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     if not settings.trusted_keys:
         settings = settings.replace(trusted_keys=(str(key_path) + ".pub",))
 
-    store = ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     before = _committed(store)
     log_path = settings.run_dir / "logs" / "processor-demo.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)

@@ -711,6 +711,10 @@ def default_topics(settings: Settings) -> dict[str, int]:
         settings.topic_dead_letter: 1,
         settings.topic_alerts: 1,
         settings.topic_checkpoints: 1,
+        settings.topic_consents: settings.reference_partitions,
+        settings.topic_care_relationships: settings.reference_partitions,
+        settings.topic_workforce: settings.reference_partitions,
+        settings.topic_patients: settings.reference_partitions,
     }
 
 
@@ -720,7 +724,16 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     Dead-lettered offsets are counted in block headers, so their records must stay
     available for review and replay; checkpoints are what truncation is detected against.
     """
-    if name in (settings.topic_dead_letter, settings.topic_checkpoints):
+    if name in (
+        settings.topic_dead_letter,
+        settings.topic_checkpoints,
+        settings.topic_consents,
+        settings.topic_care_relationships,
+        settings.topic_workforce,
+        settings.topic_patients,
+    ):
+        # Reference data must stay replayable: the state any decision used is
+        # rebuilt from it.
         return {"retention.ms": "-1", "retention.bytes": "-1"}
     return {}
 

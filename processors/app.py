@@ -39,6 +39,7 @@ from typing import Any
 from careledger.config import Settings
 from careledger.keys import default_key_path, load_signing_key
 from careledger.storage.backend import ClickHouseBackend
+from careledger.storage.kinds import kind_for_topic, reference_topics
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger_core.block import BlockHeader
 from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
@@ -120,6 +121,9 @@ class ProcessorMetrics:
         self._window_events = 0
 
 
+Part = tuple[str, int]  # (topic, partition): one chain each
+
+
 @dataclass(frozen=True, slots=True)
 class Record:
     """The parts of a Kafka record the chainer needs (decoupled from faust)."""
@@ -129,6 +133,7 @@ class Record:
     key: bytes | None
     value: bytes | None
     timestamp: float
+    topic: str = ""  # "" = the access-events topic
 
 
 class Processor:
@@ -139,8 +144,8 @@ class Processor:
         settings: Settings,
         key: SigningKey,
         store: ChainStore,
-        seek: Any,  # async callable (partition, offset)
-        earliest: Any,  # async callable (partition) -> earliest offset still in Kafka
+        seek: Any,  # async callable ((topic, partition), offset)
+        earliest: Any,  # async callable ((topic, partition)) -> earliest offset still in Kafka
         outputs: Any,  # KafkaOutputs
     ) -> None:
         self.settings = settings
@@ -149,8 +154,10 @@ class Processor:
         self._seek = seek
         self._earliest = earliest
         self.outputs = outputs
-        self.chains: dict[int, PartitionChain] = {}
-        self.seek_targets: dict[int, tuple[int, float]] = {}
+        # Keyed by (topic, partition): access events and each reference stream
+        # have chains of their own.
+        self.chains: dict[Part, PartitionChain] = {}
+        self.seek_targets: dict[Part, tuple[int, float]] = {}
         self.metrics = ProcessorMetrics()
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-store")
@@ -163,7 +170,7 @@ class Processor:
         # Bumped whenever a failed write resets the in-memory state: blocks sealed
         # under an older epoch were built on state that never reached the store.
         self._epoch = 0
-        self._recover: set[int] = set()
+        self._recover: set[Part] = set()
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -174,21 +181,23 @@ class Processor:
                 self._inflight = None
 
     # ------------------------------------------------------------- rebalance
-    def release(self, partitions: set[int]) -> None:
+    def release(self, partitions: set[Part]) -> None:
         """Partitions revoked: another worker resumes them from the store."""
         self._recover -= partitions
         self.forget(partitions)
 
-    def forget(self, partitions: set[int]) -> None:
+    def forget(self, partitions: set[Part]) -> None:
         """Drop in-memory state; the chain reloads from the store when next seen."""
         for p in partitions:
             self.chains.pop(p, None)
             self.seek_targets.pop(p, None)
 
-    async def _load(self, partition: int) -> PartitionChain:
-        chain_id = self.settings.chain_id(self.settings.topic_events, partition)
+    async def _load(self, part: Part) -> PartitionChain:
+        topic, partition = part
+        chain_id = self.settings.chain_id(topic, partition)
+        kind = kind_for_topic(self.settings, topic)
         loop = asyncio.get_running_loop()
-        earliest = await self._earliest(partition)
+        earliest = await self._earliest(part)
 
         def load() -> PartitionChain:
             head = self.store.head(chain_id)
@@ -202,7 +211,7 @@ class Processor:
                     removed,
                 )
             return PartitionChain.resume(
-                chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest
+                chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
             )
 
         chain = await loop.run_in_executor(self.executor, load)
@@ -212,7 +221,7 @@ class Processor:
             chain.height,
             chain.next_offset,
         )
-        self.chains[partition] = chain
+        self.chains[part] = chain
         return chain
 
     # ------------------------------------------------------------- records
@@ -222,13 +231,13 @@ class Processor:
             if self._backoff_s:
                 await asyncio.sleep(self._backoff_s)
             sealed: list[SealedBlock] = []
-            rejected: list[tuple[int, Rejected]] = []
+            rejected: list[tuple[Part, Rejected]] = []
             timestamps: dict[str, list[float]] = {}
             now_mono = time.monotonic()
             now = time.time()
-            blocked: set[int] = set()
+            blocked: set[Part] = set()
             for rec in records:
-                p = rec.partition
+                p = (rec.topic or self.settings.topic_events, rec.partition)
                 if p in blocked:
                     continue
                 chain = self.chains.get(p)
@@ -241,7 +250,10 @@ class Processor:
                     try:
                         chain = await self._load(p)
                     except (CareledgerError, OSError) as exc:
-                        self._store_unavailable(exc, {rec.partition for rec in records})
+                        self._store_unavailable(
+                            exc,
+                            {(r.topic or self.settings.topic_events, r.partition) for r in records},
+                        )
                         return
                 target = self.seek_targets.get(p)
                 if target is not None:
@@ -275,9 +287,8 @@ class Processor:
                     self.seek_targets[p] = (gap.expected, now_mono)
                     self.metrics.seeks += 1
                     log.info(
-                        "chain %s: seeking partition %d back to offset %d",
+                        "chain %s: seeking back to offset %d",
                         chain.chain_id,
-                        p,
                         gap.expected,
                     )
                     await self._seek(p, gap.expected)
@@ -317,7 +328,7 @@ class Processor:
             if sealed:
                 await self._submit(epoch, sealed, [], {})
 
-    def _store_unavailable(self, exc: BaseException, partitions: set[int]) -> None:
+    def _store_unavailable(self, exc: BaseException, partitions: set[Part]) -> None:
         """The store cannot be read or written: drop state, remember what to re-read."""
         self.metrics.store_failures += 1
         self._backoff_s = min(max(self._backoff_s * 2, 0.5), 10.0)
@@ -353,7 +364,7 @@ class Processor:
         self,
         epoch: int,
         sealed: list[SealedBlock],
-        rejected: list[tuple[int, Rejected]],
+        rejected: list[tuple[Part, Rejected]],
         timestamps: dict[str, list[float]],
     ) -> None:
         """Start writing after the previous write succeeded; never two at once.
@@ -371,7 +382,7 @@ class Processor:
     async def _persist(
         self,
         sealed: list[SealedBlock],
-        rejected: list[tuple[int, Rejected]],
+        rejected: list[tuple[Part, Rejected]],
         timestamps: dict[str, list[float]],
     ) -> bool:
         loop = asyncio.get_running_loop()
@@ -422,7 +433,7 @@ class Processor:
         self.metrics.observe_latencies(stored_at, [r.timestamp for r in records])
 
     def _persist_sync(
-        self, sealed: list[SealedBlock], rejected: list[tuple[int, Rejected]]
+        self, sealed: list[SealedBlock], rejected: list[tuple[Part, Rejected]]
     ) -> None:
         if rejected:
             self.outputs.send_dead_letters(rejected)  # flushes; raises on any failed delivery
@@ -449,7 +460,7 @@ class KafkaOutputs:
             }
         )
 
-    def send_dead_letters(self, rejected: list[tuple[int, Rejected]]) -> None:
+    def send_dead_letters(self, rejected: list[tuple[Part, Rejected]]) -> None:
         """Send and flush: a dead letter must be in Kafka before its offset is in a block."""
         failures: list[str] = []
 
@@ -457,12 +468,12 @@ class KafkaOutputs:
             if err is not None:
                 failures.append(str(err))
 
-        for partition, r in rejected:
+        for (source_topic, partition), r in rejected:
             headers: list[tuple[str, str | bytes | None]] = [
                 ("careledger-error-code", r.code.encode()),
                 ("careledger-error", r.reason.encode("utf-8", errors="replace")),
                 ("careledger-error-field", r.field.encode("utf-8", errors="replace")),
-                ("careledger-source-topic", self.settings.topic_events.encode()),
+                ("careledger-source-topic", source_topic.encode()),
                 ("careledger-source-partition", str(partition).encode()),
                 ("careledger-source-offset", str(r.offset).encode()),
             ]
@@ -550,7 +561,7 @@ def create_app(
         topic_disable_leader=True,
         topic_allow_declare=False,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=10.0,
+        broker_session_timeout=settings.processor_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
         stream_buffer_maxsize=16384,
@@ -558,19 +569,20 @@ def create_app(
         producer_acks=-1,
         Monitor=_quiet_monitor(),
     )
+    chained = (settings.topic_events, *sorted(reference_topics(settings)))
     topic = app.topic(
-        settings.topic_events,
+        *chained,
         value_type=bytes,
         key_type=bytes,
         value_serializer="raw",
         key_serializer="raw",
     )
 
-    async def seek(partition: int, offset: int) -> None:
-        await app.consumer.seek(TP(settings.topic_events, partition), offset)
+    async def seek(part: Part, offset: int) -> None:
+        await app.consumer.seek(TP(*part), offset)
 
-    async def earliest(partition: int) -> int:
-        tp = TP(settings.topic_events, partition)
+    async def earliest(part: Part) -> int:
+        tp = TP(*part)
         offsets = await app.consumer.earliest_offsets(tp)
         return int(offsets.get(tp) or 0)
 
@@ -589,9 +601,9 @@ def create_app(
                     e.message.key,
                     e.message.value,
                     e.message.timestamp,
+                    e.message.topic,
                 )
                 for e in events
-                if e.message.topic == settings.topic_events
             ]
             if baseline:
                 await processor.handle_baseline(records)
@@ -625,12 +637,12 @@ def create_app(
         # and hand the checkpoints of what we wrote to Kafka (also on shutdown).
         await processor.drain()
         await asyncio.get_running_loop().run_in_executor(None, processor.outputs.flush, 5.0)
-        processor.release({tp.partition for tp in revoked if tp.topic == settings.topic_events})
+        processor.release({(tp.topic, tp.partition) for tp in revoked if tp.topic in chained})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
         await processor.drain()
-        processor.forget({tp.partition for tp in assigned if tp.topic == settings.topic_events})
+        processor.forget({(tp.topic, tp.partition) for tp in assigned if tp.topic in chained})
 
     if web_enabled:
 
@@ -675,7 +687,7 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
     except CareledgerError as exc:
         print(f"careledger process: {exc}")
         return 2
-    store = ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     app = create_app(settings, key, store, baseline=args.baseline)
     log.info(
         "processor %s: topic %s, blocks of <= %d events or %d ms, signing key %s",

@@ -17,10 +17,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
+from careledger.storage.kinds import ACCESS, RecordKind
 from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
 from careledger_core.block import GENESIS_PREV_HASH, BlockHeader, block_hash, header_bytes
-from careledger_core.errors import EventValidationError
-from careledger_core.event import decode_and_canonicalize
+from careledger_core.errors import ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
@@ -59,6 +59,7 @@ class PartitionChain:
     chain_id: str
     max_event_bytes: int
     height: int = 0  # height of the next block
+    kind: RecordKind = ACCESS  # what the chain's records are (access events or reference data)
     prev_hash: str = GENESIS_PREV_HASH
     next_offset: int | None = None  # None only for chains built by hand in tests
     range_first: int | None = None
@@ -71,7 +72,12 @@ class PartitionChain:
 
     @classmethod
     def resume(
-        cls, chain_id: str, head: ChainHead | None, max_event_bytes: int, earliest_offset: int = 0
+        cls,
+        chain_id: str,
+        head: ChainHead | None,
+        max_event_bytes: int,
+        earliest_offset: int = 0,
+        kind: RecordKind = ACCESS,
     ) -> PartitionChain:
         """Continue after the stored head; a new chain starts at the partition's earliest offset.
 
@@ -80,10 +86,11 @@ class PartitionChain:
         the start of a chain.
         """
         if head is None:
-            return cls(chain_id, max_event_bytes, next_offset=earliest_offset)
+            return cls(chain_id, max_event_bytes, kind=kind, next_offset=earliest_offset)
         return cls(
             chain_id,
             max_event_bytes,
+            kind=kind,
             height=head.height + 1,
             prev_hash=head.block_hash,
             next_offset=head.last_offset + 1,
@@ -141,10 +148,10 @@ class PartitionChain:
                 "$",
             )
         try:
-            event, canonical = decode_and_canonicalize(value)
-        except EventValidationError as exc:
-            return Rejected(offset, raw, key, exc.code, str(exc), exc.field)
-        self.pending.append(ChainedEvent(offset, event, canonical, leaf_hash(canonical)))
+            record, canonical = self.kind.decode(value)
+        except ValidationError as exc:
+            return Rejected(offset, raw, key, exc.code, str(exc), getattr(exc, "field", "$"))
+        self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
         return None
 
     def seal(self, key: SigningKey, now: float) -> SealedBlock | None:
@@ -154,7 +161,8 @@ class PartitionChain:
         events = self.pending
         created_at = utc_timestamp(now)
         if events:
-            times = [e.event.occurred_at for e in events]
+            time_of = self.kind.time_of
+            times = [time_of(e.event) for e in events]
             first_time, last_time = min(times), max(times)
         else:  # a range of dead-lettered records only
             first_time = last_time = created_at

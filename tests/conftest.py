@@ -116,6 +116,10 @@ def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
         topic_dead_letter=f"{base.topic_dead_letter}-t{tag}",
         topic_alerts=f"{base.topic_alerts}-t{tag}",
         topic_checkpoints=f"{base.topic_checkpoints}-t{tag}",
+        topic_consents=f"{base.topic_consents}-t{tag}",
+        topic_care_relationships=f"{base.topic_care_relationships}-t{tag}",
+        topic_workforce=f"{base.topic_workforce}-t{tag}",
+        topic_patients=f"{base.topic_patients}-t{tag}",
         processor_app_id=f"{base.processor_app_id}-t{tag}",
     )
 

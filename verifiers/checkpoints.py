@@ -44,6 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from careledger.storage.kinds import reference_topics
 from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
 from careledger_core.errors import CheckpointError, NoteUnverifiedError, SignatureError
 from careledger_core.findings import Finding, FindingCode
@@ -105,7 +106,7 @@ class CheckpointLog:
     topic: str = ""
     # Only chains of this deployment's events topic count: other pipelines (a
     # benchmark, a second topic) may publish to the same checkpoints topic.
-    chain_prefix: str = ""
+    chain_prefix: str | tuple[str, ...] = ""
     best: dict[str, SeenCheckpoint] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     findings_total: int = 0
@@ -308,7 +309,10 @@ class CheckpointReader:
             settings.origin,
             tuple(trusted),
             topic=self.topic,
-            chain_prefix=f"{settings.origin}/{settings.topic_events}/",
+            chain_prefix=tuple(
+                f"{settings.origin}/{t}/"
+                for t in (settings.topic_events, *sorted(reference_topics(settings)))
+            ),
         )
         self.positions: dict[int, int] = {}  # partition -> next offset to read
 

@@ -237,6 +237,7 @@ def run_verification(
             max_findings=max_findings,
             on_finding=on_finding,
             cancel=cancel,
+            kind=store.kind_of(chain),
         )
         run.reports.append(report)
     run.elapsed_s = time.perf_counter() - started
@@ -433,7 +434,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _error(str(exc))
     except CareledgerError as exc:
         return _error(exc.message)
-    store = ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     try:
         if args.follow:
             from verifiers.follow import Follower

@@ -48,25 +48,29 @@ is taken as the block's and the others are reported as unexpected.
 from __future__ import annotations
 
 import hashlib
+import operator
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from careledger.storage.store import StoredEvent, StoredHeader
+from careledger.storage.kinds import ACCESS, RecordKind
+from careledger.storage.store import StoredEvent, StoredHeader, StoredReference
 from careledger_core.block import BlockHeader, decode_header
 from careledger_core.errors import (
-    EventValidationError,
     HeaderValidationError,
     SignatureError,
     UnknownKeyError,
+    ValidationError,
 )
-from careledger_core.event import decode_and_canonicalize
 from careledger_core.findings import Finding, FindingCode, Severity
 from careledger_core.merkle import merkle_root
+
+#: A chained record's row: an access event or a reference record.
+StoredRow = StoredEvent | StoredReference
 
 __all__ = [
     "ChainReport",
@@ -126,7 +130,7 @@ class Reader(Protocol):
         self, chain_id: str, from_height: int = 0, page_size: int = 500
     ) -> Iterator[StoredHeader]: ...
 
-    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]: ...
+    def events(self, chain_id: str, from_height: int, to_height: int) -> Sequence[StoredRow]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -385,11 +389,13 @@ class _ChainVerifier:
         max_findings: int,
         on_finding: Callable[[Finding], None] | None,
         cancel: Callable[[], bool] | None = None,
+        kind: RecordKind = ACCESS,
     ) -> None:
         if from_height < 0:
             raise ValueError("from_height must be >= 0")
         self.reader = reader
         self.chain_id = chain_id
+        self.kind = kind
         self.keys = keys
         self.from_height = from_height
         self.known = known_head
@@ -449,13 +455,13 @@ class _ChainVerifier:
         # batches are held in memory.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsck-fetch")
         pending_batch: list[tuple[int, list[StoredHeader]]] | None = None
-        pending_rows: Future[list[StoredEvent]] | None = None
+        pending_rows: Future[Sequence[StoredRow]] | None = None
         try:
             for batch in self._batches(scan_from):
                 if self.cancel is not None and self.cancel():
                     raise VerifyCancelled()
                 top = batch[-1][0]
-                rows: Future[list[StoredEvent]] | None = None
+                rows: Future[Sequence[StoredRow]] | None = None
                 if top >= self.next_event_height:
                     rows = pool.submit(
                         self.reader.events, self.chain_id, self.next_event_height, top
@@ -491,9 +497,9 @@ class _ChainVerifier:
     def _process_batch(
         self,
         batch: list[tuple[int, list[StoredHeader]]],
-        fetched: Future[list[StoredEvent]] | None,
+        fetched: Future[Sequence[StoredRow]] | None,
     ) -> None:
-        rows_by_height: dict[int, list[StoredEvent]] = {}
+        rows_by_height: dict[int, list[StoredRow]] = {}
         if fetched is not None:
             for ev in fetched.result():
                 rows_by_height.setdefault(ev.height, []).append(ev)
@@ -515,7 +521,7 @@ class _ChainVerifier:
 
     # ------------------------------------------------------------------ one height
     def _block(
-        self, height: int, header_rows: list[StoredHeader], event_rows: list[StoredEvent] | None
+        self, height: int, header_rows: list[StoredHeader], event_rows: Sequence[StoredRow] | None
     ) -> None:
         link = True
         if height > self.expected_height:
@@ -626,12 +632,12 @@ class _ChainVerifier:
         return max(checks, key=score)
 
     # ------------------------------------------------------------------ events of a block
-    def _events(self, height: int, chk: _HeaderCheck, rows: list[StoredEvent]) -> None:
+    def _events(self, height: int, chk: _HeaderCheck, rows: Sequence[StoredRow]) -> None:
         emit = self.emit
         count = chk.event_count
         ours = {chk.hash_hex.encode(), chk.row.block_hash}
-        by_idx: dict[int, StoredEvent] = {}
-        dups: dict[int, list[StoredEvent]] = {}
+        by_idx: dict[int, StoredRow] = {}
+        dups: dict[int, list[StoredRow]] = {}
         stored = 0
         for r in rows:
             if r.block_hash not in ours:
@@ -675,7 +681,11 @@ class _ChainVerifier:
 
         # Per event: the hot loop.
         sha = _sha256
-        decode = decode_and_canonicalize
+        kind = self.kind
+        decode = kind.decode
+        record_id = kind.record_id
+        expected_of = kind.read_values
+        stored_of = operator.attrgetter(*kind.read_columns)
         first_off, last_off = chk.first_offset, chk.last_offset
         leaves: list[bytes] = []
         append_leaf = leaves.append
@@ -700,14 +710,17 @@ class _ChainVerifier:
                 )
             try:
                 event, canonical = decode(data)
-            except EventValidationError as exc:
+            except ValidationError as exc:
                 emit(
                     C.EVENT_NOT_CANONICAL,
                     height,
-                    f"stored event bytes are not a valid access event: {exc.message}",
+                    f"stored bytes are not a valid {kind.name}: {exc.message}",
                     index=idx,
                     event_id=_text(r.event_id),
-                    details={"field": exc.field, "reason": exc.reason},
+                    details={
+                        "field": getattr(exc, "field", "$"),
+                        "reason": getattr(exc, "reason", exc.message),
+                    },
                 )
             except Exception as exc:  # stored bytes are hostile: never let them stop us
                 emit(
@@ -719,37 +732,21 @@ class _ChainVerifier:
                     details={"reason": _text(str(exc))},
                 )
             else:
+                rid = record_id(event)
                 if canonical != data:
                     emit(
                         C.EVENT_NOT_CANONICAL,
                         height,
                         "stored event bytes are not in canonical form (RFC 8785)",
                         index=idx,
-                        event_id=event.event_id,
+                        event_id=rid,
                     )
-                eid = event.event_id.encode()
-                expected = (
-                    eid,
-                    event.occurred_at.encode(),
-                    event.actor.id.encode(),
-                    event.patient.id.encode(),
-                    event.action.encode(),
-                    event.outcome,
-                    event.source.system.encode(),
-                )
-                columns = (
-                    r.event_id,
-                    r.occurred_at,
-                    r.actor_id,
-                    r.patient_id,
-                    r.action,
-                    r.outcome,
-                    r.source_system,
-                )
+                expected = expected_of(event)
+                columns = stored_of(r)
                 if columns != expected:
                     diff = {
                         name: {"column": _show(col), "event": _show(exp)}
-                        for name, col, exp in zip(_EVENT_COLUMNS, columns, expected, strict=True)
+                        for name, col, exp in zip(kind.read_columns, columns, expected, strict=True)
                         if col != exp
                     }
                     emit(
@@ -757,16 +754,17 @@ class _ChainVerifier:
                         height,
                         "columns differ from the stored event: " + ", ".join(diff),
                         index=idx,
-                        event_id=event.event_id,
+                        event_id=rid,
                         details={"columns": diff},
                     )
+                eid = expected[0]
                 if eid in seen_ids:
                     emit(
                         C.EVENT_DUPLICATE_ID,
                         height,
-                        f"event id {event.event_id} occurs twice in the block",
+                        f"event id {rid} occurs twice in the block",
                         index=idx,
-                        event_id=event.event_id,
+                        event_id=rid,
                     )
                 seen_ids.add(eid)
             off = r.kafka_offset
@@ -802,7 +800,7 @@ class _ChainVerifier:
         self,
         height: int,
         chk: _HeaderCheck,
-        by_idx: dict[int, StoredEvent],
+        by_idx: dict[int, StoredRow],
         leaves: list[bytes] | None,
     ) -> None:
         """Name the rows that are out of place: those whose offset is not where a
@@ -844,8 +842,8 @@ class _ChainVerifier:
         self,
         height: int,
         chk: _HeaderCheck,
-        by_idx: dict[int, StoredEvent],
-        dups: dict[int, list[StoredEvent]],
+        by_idx: dict[int, StoredRow],
+        dups: dict[int, list[StoredRow]],
         complete: bool,
     ) -> None:
         """Several rows claim one index: keep the one that reproduces the signed root."""
@@ -925,17 +923,6 @@ class _ChainVerifier:
             )
 
 
-_EVENT_COLUMNS = (
-    "event_id",
-    "occurred_at",
-    "actor_id",
-    "patient_id",
-    "action",
-    "outcome",
-    "source_system",
-)
-
-
 def _known_what(known: VerifiedHead) -> str:
     if known.source == "checkpoint":
         return "the block named by a signed checkpoint"
@@ -972,6 +959,7 @@ def verify_chain(
     max_findings: int = DEFAULT_MAX_FINDINGS,
     on_finding: Callable[[Finding], None] | None = None,
     cancel: Callable[[], bool] | None = None,
+    kind: RecordKind = ACCESS,
 ) -> ChainReport:
     """Verify ``chain_id`` from ``from_height`` to its head; see the module docstring.
 
@@ -999,4 +987,5 @@ def verify_chain(
         max_findings=max_findings,
         on_finding=on_finding,
         cancel=cancel,
+        kind=kind,
     ).run()

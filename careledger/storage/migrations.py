@@ -105,6 +105,36 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        3,
+        "ledgered reference data: consents, care relationships, workforce, patients",
+        (
+            """
+            CREATE TABLE IF NOT EXISTS {db}.reference_records (
+                chain_id String,
+                height UInt64,
+                idx UInt32,
+                block_hash String,
+                kafka_offset UInt64,
+                record_id String,
+                kind String,
+                version UInt32,
+                subject_id String,
+                recorded_at String,
+                effective_at String,
+                effective_date Date,
+                retracted UInt8,
+                canonical String,
+                leaf_hash String
+            ) ENGINE = MergeTree()
+            PARTITION BY toYYYYMM(effective_date)
+            ORDER BY (chain_id, height, idx)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

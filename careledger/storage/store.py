@@ -15,34 +15,17 @@ store and is untrusted: strings arrive as ``bytes``.
 
 from __future__ import annotations
 
-import datetime as dt
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.kinds import ACCESS, REFERENCE, RecordKind, reference_topics, topic_of
 from careledger.storage.migrations import check_identifier
 from careledger_core.block import BlockHeader
 from careledger_core.event import AccessEvent
-
-EVENT_COLUMNS = (
-    "chain_id",
-    "height",
-    "idx",
-    "block_hash",
-    "kafka_offset",
-    "event_id",
-    "occurred_at",
-    "occurred_date",
-    "actor_id",
-    "patient_id",
-    "action",
-    "outcome",
-    "source_system",
-    "canonical",
-    "leaf_hash",
-)
+from careledger_core.reference import ReferenceRecord
 
 HEADER_COLUMNS = (
     "chain_id",
@@ -66,10 +49,10 @@ HEADER_COLUMNS = (
 
 @dataclass(frozen=True, slots=True)
 class ChainedEvent:
-    """One event as it goes into a block."""
+    """One record (an access event or a reference record) as it goes into a block."""
 
     offset: int
-    event: AccessEvent
+    event: AccessEvent | ReferenceRecord
     canonical: bytes
     leaf_hash: bytes
 
@@ -135,12 +118,34 @@ class StoredEvent:
     leaf_hash: bytes
 
 
-def _event_date(timestamp: str) -> dt.date:
-    return dt.date(int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10]))
+@dataclass(frozen=True, slots=True)
+class StoredReference:
+    """A reference-data row exactly as stored (untrusted)."""
+
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: bytes
+    kafka_offset: int
+    record_id: bytes
+    kind: bytes
+    version: int
+    subject_id: bytes
+    recorded_at: bytes
+    effective_at: bytes
+    retracted: int
+    canonical: bytes
+    leaf_hash: bytes
+
+    @property
+    def event_id(self) -> bytes:
+        """The record id, under the name findings use for the chained item."""
+        return self.record_id
 
 
-def event_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
-    """The ``access_events`` rows of ``blocks``, in EVENT_COLUMNS order."""
+def event_rows(blocks: Sequence[SealedBlock], kind: RecordKind = ACCESS) -> list[tuple[Any, ...]]:
+    """The rows of ``blocks`` for ``kind.table``: common columns around ``kind.columns``."""
+    values = kind.values
     rows: list[tuple[Any, ...]] = []
     for block in blocks:
         h = block.header
@@ -153,20 +158,31 @@ def event_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
                 idx,
                 digest,
                 ev.offset,
-                ev.event.event_id,
-                ev.event.occurred_at,
-                _event_date(ev.event.occurred_at),
-                ev.event.actor.id,
-                ev.event.patient.id,
-                ev.event.action,
-                ev.event.outcome,
-                ev.event.source.system,
+                *values(ev.event),
                 ev.canonical,
                 ev.leaf_hash.hex(),
             )
             for idx, ev in enumerate(block.events)
         )
     return rows
+
+
+def row_columns(kind: RecordKind) -> tuple[str, ...]:
+    """The columns of ``kind.table``, in the order ``event_rows`` produces them."""
+    return (
+        "chain_id",
+        "height",
+        "idx",
+        "block_hash",
+        "kafka_offset",
+        *kind.columns,
+        "canonical",
+        "leaf_hash",
+    )
+
+
+EVENT_COLUMNS = row_columns(ACCESS)
+REFERENCE_COLUMNS = row_columns(REFERENCE)
 
 
 def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
@@ -197,9 +213,19 @@ def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
 class ChainStore:
     """Read and write chains in one ClickHouse database."""
 
-    def __init__(self, backend: SqlBackend, database: str) -> None:
+    def __init__(
+        self, backend: SqlBackend, database: str, reference_topics: frozenset[str] = frozenset()
+    ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
+        self.reference_topics = reference_topics
+
+    @classmethod
+    def for_settings(cls, backend: SqlBackend, settings: Any) -> ChainStore:
+        return cls(backend, settings.clickhouse_database, reference_topics(settings))
+
+    def kind_of(self, chain_id: str) -> RecordKind:
+        return REFERENCE if topic_of(chain_id) in self.reference_topics else ACCESS
 
     # ------------------------------------------------------------------ writes
     def write_blocks(self, blocks: Sequence[SealedBlock]) -> None:
@@ -208,7 +234,12 @@ class ChainStore:
         A crash between the two inserts leaves event rows without headers, which
         count as uncommitted (see ``discard_uncommitted``).
         """
-        self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows(blocks))
+        for kind in (ACCESS, REFERENCE):
+            mine = [b for b in blocks if b.events and self.kind_of(b.header.chain_id) is kind]
+            if mine:
+                self.backend.insert(
+                    f"{self.db}.{kind.table}", row_columns(kind), event_rows(mine, kind)
+                )
         self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
@@ -235,7 +266,7 @@ class ChainStore:
 
     def uncommitted_count(self, chain_id: str, head_height: int | None) -> int:
         rows = self.backend.execute(
-            f"SELECT count() FROM {self.db}.access_events "
+            f"SELECT count() FROM {self.db}.{self.kind_of(chain_id).table} "
             "WHERE chain_id = %(chain)s AND height >= %(h)s",
             {"chain": chain_id, "h": 0 if head_height is None else head_height + 1},
         )
@@ -255,7 +286,7 @@ class ChainStore:
         if count == 0:
             return 0
         self.backend.execute(
-            f"ALTER TABLE {self.db}.access_events DELETE "
+            f"ALTER TABLE {self.db}.{self.kind_of(chain_id).table} DELETE "
             "WHERE chain_id = %(chain)s AND height >= %(h)s",
             {"chain": chain_id, "h": first_uncommitted},
         )
@@ -291,10 +322,15 @@ class ChainStore:
         rows = self.backend.execute(
             f"SELECT DISTINCT chain_id FROM {self.db}.blocks ORDER BY chain_id"
         )
-        event_rows = self.backend.execute(
-            f"SELECT DISTINCT chain_id FROM {self.db}.access_events ORDER BY chain_id"
-        )
-        return sorted({_text(r[0]) for r in rows} | {_text(r[0]) for r in event_rows})
+        found = {_text(r[0]) for r in rows}
+        for kind in (ACCESS, REFERENCE):
+            found |= {
+                _text(r[0])
+                for r in self.backend.execute(
+                    f"SELECT DISTINCT chain_id FROM {self.db}.{kind.table} ORDER BY chain_id"
+                )
+            }
+        return sorted(found)
 
     def headers(
         self, chain_id: str, from_height: int = 0, page_size: int = 500
@@ -319,16 +355,25 @@ class ChainStore:
                 return
             next_height += page_size
 
-    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]:
-        """Event rows with ``from_height <= height <= to_height``, in (height, idx) order."""
+    def events(
+        self, chain_id: str, from_height: int, to_height: int
+    ) -> list[StoredEvent] | list[StoredReference]:
+        """Record rows with ``from_height <= height <= to_height``, in (height, idx) order.
+
+        Access-event chains give ``StoredEvent`` rows, reference chains
+        ``StoredReference`` rows (from their own table).
+        """
+        kind = self.kind_of(chain_id)
         rows = self.backend.execute(
-            "SELECT chain_id, height, idx, block_hash, kafka_offset, event_id, occurred_at, "
-            "actor_id, patient_id, action, outcome, source_system, canonical, leaf_hash "
-            f"FROM {self.db}.access_events "
+            "SELECT chain_id, height, idx, block_hash, kafka_offset, "
+            f"{', '.join(kind.read_columns)}, canonical, leaf_hash "
+            f"FROM {self.db}.{kind.table} "
             "WHERE chain_id = %(chain)s AND height >= %(from)s AND height <= %(to)s "
             "ORDER BY height, idx, kafka_offset",
             {"chain": chain_id, "from": from_height, "to": to_height},
         )
+        if kind is REFERENCE:
+            return [StoredReference(_text(r[0]), *r[1:]) for r in rows]
         return [StoredEvent(_text(r[0]), *r[1:]) for r in rows]
 
     def event_counts(self) -> tuple[int, int]:
@@ -347,7 +392,9 @@ class ChainReader(Protocol):
         self, chain_id: str, from_height: int = 0, page_size: int = 500
     ) -> Iterator[StoredHeader]: ...
 
-    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredEvent]: ...
+    def events(
+        self, chain_id: str, from_height: int, to_height: int
+    ) -> list[StoredEvent] | list[StoredReference]: ...
 
 
 def _text(value: Any) -> str:

@@ -83,7 +83,7 @@ def run_cli(
 
 
 def store_for(settings: Settings) -> ChainStore:
-    return ChainStore(ClickHouseBackend.from_settings(settings), settings.clickhouse_database)
+    return ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
 
 
 def wait_until(

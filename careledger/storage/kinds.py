@@ -1,0 +1,166 @@
+"""The kinds of record careledger chains, and how each is stored and checked.
+
+Access events and reference data (consents, care relationships, the workforce
+directory, patient demographics) are chained and signed the same way: one
+chain per Kafka partition, the same block headers. They differ in how a
+record is decoded, which time it carries, and which denormalised columns it
+gets in ClickHouse. Those columns are for querying only; the verifier checks
+them against the canonical bytes, so both the writer (processor) and the
+checker (verifier) take them from here.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from careledger_core.event import AccessEvent, decode_and_canonicalize
+from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
+
+
+def _date(timestamp: str) -> dt.date:
+    return dt.date(int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10]))
+
+
+@dataclass(frozen=True)
+class RecordKind:
+    """How one kind of chained record is decoded and laid out in its table."""
+
+    name: str
+    table: str
+    #: denormalised columns, between ``kafka_offset`` and ``canonical``; the first
+    #: is the record's id.
+    columns: tuple[str, ...]
+    decode: Callable[[bytes], tuple[Any, bytes]]
+    record_id: Callable[[Any], str]
+    time_of: Callable[[Any], str]
+    values: Callable[[Any], tuple[Any, ...]]
+    #: which of ``columns`` the reader returns (and the verifier compares) ...
+    read_columns: tuple[str, ...]
+    #: ... and their values for a record, as the reader returns them (str as bytes).
+    #: Written out per kind: the verifier calls it for every record.
+    read_values: Callable[[Any], tuple[Any, ...]]
+
+
+def _access_values(e: AccessEvent) -> tuple[Any, ...]:
+    return (
+        e.event_id,
+        e.occurred_at,
+        _date(e.occurred_at),
+        e.actor.id,
+        e.patient.id,
+        e.action,
+        e.outcome,
+        e.source.system,
+    )
+
+
+def _reference_values(r: ReferenceRecord) -> tuple[Any, ...]:
+    return (
+        r.record_id,
+        r.kind,
+        r.version,
+        r.subject_id,
+        r.recorded_at,
+        r.effective_at,
+        _date(r.effective_at),
+        1 if r.retracted else 0,
+    )
+
+
+ACCESS = RecordKind(
+    name="access-event",
+    table="access_events",
+    columns=(
+        "event_id",
+        "occurred_at",
+        "occurred_date",
+        "actor_id",
+        "patient_id",
+        "action",
+        "outcome",
+        "source_system",
+    ),
+    decode=decode_and_canonicalize,
+    record_id=lambda e: e.event_id,
+    time_of=lambda e: e.occurred_at,
+    values=_access_values,
+    read_columns=(
+        "event_id",
+        "occurred_at",
+        "actor_id",
+        "patient_id",
+        "action",
+        "outcome",
+        "source_system",
+    ),
+    read_values=lambda e: (
+        e.event_id.encode(),
+        e.occurred_at.encode(),
+        e.actor.id.encode(),
+        e.patient.id.encode(),
+        e.action.encode(),
+        e.outcome,
+        e.source.system.encode(),
+    ),
+)
+
+REFERENCE = RecordKind(
+    name="reference",
+    table="reference_records",
+    columns=(
+        "record_id",
+        "kind",
+        "version",
+        "subject_id",
+        "recorded_at",
+        "effective_at",
+        "effective_date",
+        "retracted",
+    ),
+    decode=decode_and_canonicalize_reference,
+    record_id=lambda r: r.record_id,
+    time_of=lambda r: r.recorded_at,
+    values=_reference_values,
+    read_columns=(
+        "record_id",
+        "kind",
+        "version",
+        "subject_id",
+        "recorded_at",
+        "effective_at",
+        "retracted",
+    ),
+    read_values=lambda r: (
+        r.record_id.encode(),
+        r.kind.encode(),
+        r.version,
+        r.subject_id.encode(),
+        r.recorded_at.encode(),
+        r.effective_at.encode(),
+        1 if r.retracted else 0,
+    ),
+)
+
+
+def topic_of(chain_id: str) -> str:
+    """``<origin>/<topic>/<partition>`` -> topic (topic names cannot contain '/')."""
+    parts = chain_id.rsplit("/", 2)
+    return parts[-2] if len(parts) == 3 else ""
+
+
+def reference_topics(settings: Any) -> frozenset[str]:
+    return frozenset(
+        (
+            settings.topic_consents,
+            settings.topic_care_relationships,
+            settings.topic_workforce,
+            settings.topic_patients,
+        )
+    )
+
+
+def kind_for_topic(settings: Any, topic: str) -> RecordKind:
+    return REFERENCE if topic in reference_topics(settings) else ACCESS
