@@ -80,6 +80,15 @@ class Settings:
     follow_interval_s: float = 2.0
     full_reverify_every_s: float = 300.0
 
+    # --- access auditor -----------------------------------------------------
+    # Status changes of alerts (ack, resolve) are also published here, key = alert id.
+    topic_alert_status: str = "careledger.alert-status"
+    # Secret salt of patient pseudonyms in decisions and alerts; empty: read (or
+    # create, mode 0600) <run_dir>/keys/audit-salt.
+    audit_salt: str = ""
+    # How often `careledger audit --follow` looks for newly committed blocks.
+    audit_poll_interval_s: float = 0.5
+
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.kafka_host}:{self.kafka_port}"

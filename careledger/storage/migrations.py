@@ -135,6 +135,76 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        4,
+        "access auditor: decisions, alerts and ledgered alert status changes",
+        (
+            # One row per audited access (plus one per late break-the-glass flag,
+            # amends = 1). A replay of a range deletes that range's rows first.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.access_decisions (
+                event_id String,
+                chain_id String,
+                height UInt64,
+                idx UInt32,
+                occurred_at String,
+                occurred_date Date,
+                actor_id String,
+                patient_ref String,
+                amends UInt8,
+                explanation_kind String,
+                explanation String,
+                searched String,
+                flags String,
+                severity String,
+                score Float64,
+                decided_at String,
+                audit_run String
+            ) ENGINE = MergeTree()
+            PARTITION BY toYYYYMM(occurred_date)
+            ORDER BY (occurred_at, event_id)
+            """,
+            # An alert grows while its burst goes on (follow mode): each update is a
+            # new row with a higher version; readers use FINAL.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.alerts (
+                alert_id String,
+                rule String,
+                severity String,
+                score Float64,
+                actor_id String,
+                patient_ref String,
+                patient_refs String,
+                event_ids String,
+                evidence String,
+                explanations_searched String,
+                first_at String,
+                last_at String,
+                created_at String,
+                audit_run String,
+                version UInt64
+            ) ENGINE = ReplacingMergeTree(version)
+            ORDER BY (first_at, alert_id)
+            """,
+            # Append-only: one row per status change, hash-linked per alert.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.alert_status (
+                alert_id String,
+                seq UInt32,
+                status String,
+                changed_by String,
+                changed_at String,
+                note String,
+                prev_hash String,
+                entry_hash String
+            ) ENGINE = MergeTree()
+            ORDER BY (alert_id, seq)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
