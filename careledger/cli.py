@@ -33,9 +33,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "simulate": ("producers.simulator", "emit realistic simulated hospital access events"),
     "process": ("processors.app", "run the chaining processor (faust worker)"),
     "verify": ("verifiers.cli", "verify every chain (or one) and report findings"),
+    "audit": ("verifiers.auditor.cli", "audit committed accesses: explanations, flags, alerts"),
+    "alerts": ("verifiers.alerts_cli", "list, show, acknowledge, resolve or tail audit alerts"),
     "dead-letters": ("processors.dead_letters", "list or replay dead-lettered input"),
     "demo": ("careledger.demo", "run the whole pipeline locally on simulated traffic"),
     "benchmark": ("careledger.benchmark", "measure end-to-end throughput and latency"),
+    "access-report": (
+        "verifiers.access_report",
+        "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",
+    ),
+    "verify-proof": ("verifiers.proofs", "check an exported access report offline"),
 }
 
 

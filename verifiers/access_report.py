@@ -1,0 +1,633 @@
+"""``careledger access-report``: "who looked at my record?", every line with its proof.
+
+``careledger access-report --patient P --from D1 --to D2 [--view access|hipaa-disclosures|
+gdpr] [--format table|json|csv] [--out FILE]`` lists every access to patient ``P``'s data
+that occurred in ``[D1, D2]`` (dates are whole UTC days, both included; full timestamps
+``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` are taken as ``[from, to)``), read from **committed**
+blocks only: an event row counts only if its ``(chain_id, height, block_hash)`` is a
+stored block header (rows a crash left without a header are not accesses the ledger
+vouches for).
+
+Views:
+
+* ``access`` (HITECH access report): who (actor id; name and role from the ledgered
+  workforce directory — ``reference_records`` of kind ``staff``, the latest version in
+  force at the access time — else from the event), when, what (object type and id),
+  action, outcome, purpose, and, when the auditor's ``access_decisions`` table exists,
+  its explanation or alert for the event;
+* ``hipaa-disclosures`` (accounting of disclosures, 45 CFR 164.528): only the events for
+  which :func:`verifiers.proofs.is_disclosure` holds (successful action E exports: DICOM
+  110106, lifecycle ``disclose``, FHIR ``$export``), with date, recipient, description,
+  purpose;
+* ``gdpr`` (GDPR Art. 15 as read by CJEU C-579/21): dates and purposes only.
+
+Every line carries its proof (JSON output): chain id, height, event index, leaf hash,
+the canonical event bytes (base64), the RFC 9162 audit path (hex) and the signed block
+header bytes (base64) with the signature (hex), so ``careledger verify-proof`` checks it
+offline with only the trusted public keys. The table and CSV show where the proof is
+(chain, height, index, leaf hash) but not the bytes. The JSON format is in
+docs/design.md ("Access reports").
+
+Completeness: the report lists what the ledger holds. A proof shows a line is in the
+ledger; nothing in the file shows no line is missing (``careledger verify`` checks the
+ledger itself, against the signed checkpoints). Note that the canonical bytes of a proof
+reveal the whole event, actor included, whatever the view: hand a data subject the table
+or CSV of the ``gdpr`` view, and keep the JSON proof for whoever checks it.
+
+Cost: one query for the patient's rows, one for their block headers, one per distinct
+block for its leaf hashes (the tree is built once per block), one for the directory
+entries of the actors, and one for the decisions: never a query per event.
+
+Exit status: 0 report written, 1 written but some rows do not reproduce the signed
+block (the store is inconsistent: see the problems on stderr and in the JSON), 2 usage
+or infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import csv
+import datetime as dt
+import io
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from careledger.config import Settings
+from careledger.keys import load_public_keys
+from careledger.storage.backend import ClickHouseBackend, StorageError
+from careledger.storage.store import ChainStore
+from careledger_core.block import decode_header
+from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent, decode_and_canonicalize
+from careledger_core.hashing import leaf_hash
+from careledger_core.merkle import MerkleTree
+from careledger_core.reference import ReferenceRecord, decode_reference
+from careledger_core.signing import TrustedKeys
+from verifiers.auditor.state import ReferenceState
+from verifiers.proofs import (
+    REPORT_SCHEMA,
+    VIEWS,
+    describe,
+    is_disclosure,
+    recipient,
+    verify_report,
+)
+
+__all__ = [
+    "FORMATS",
+    "build_report",
+    "parse_range",
+    "render_csv",
+    "render_table",
+]
+
+FORMATS: Final = ("table", "json", "csv")
+EXIT_OK = 0
+EXIT_PROBLEMS = 1
+EXIT_USAGE = 2
+
+COMPLETENESS: Final = (
+    "complete only up to the ledger: each line is proven to be in a signed block, but a "
+    "line missing from this file cannot be detected from the file alone"
+)
+
+#: Decision columns, most telling first, for the one-cell summary.
+_DECISION_SUMMARY: Final = (
+    "explanation",
+    "explanations",
+    "alert",
+    "alert_id",
+    "rule_code",
+    "rule",
+    "rules",
+    "codes",
+    "decision",
+    "verdict",
+    "status",
+)
+_DECISION_SKIP: Final = frozenset({"event_id", "canonical", "patient_id"})
+_CHUNK: Final = 2000
+
+_DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
+_TIME = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z\Z")
+
+
+def _ts(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _parse_bound(text: str, *, end: bool) -> dt.datetime:
+    if _DATE.match(text):
+        day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+        return day + dt.timedelta(days=1) if end else day
+    if _TIME.match(text):
+        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
+        return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+    raise ValueError(f"{text!r} is neither YYYY-MM-DD nor YYYY-MM-DDTHH:MM:SS[.ffffff]Z")
+
+
+def parse_range(start: str, end: str) -> tuple[str, str]:
+    """``(from, to)`` event timestamps, ``from`` included, ``to`` excluded.
+
+    A date ``D2`` as the end means the whole of that day. Raises ``ValueError``.
+    """
+    lo, hi = _parse_bound(start, end=False), _parse_bound(end, end=True)
+    if hi <= lo:
+        raise ValueError("--to must be after --from")
+    return _ts(lo), _ts(hi)
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+@dataclass(frozen=True)
+class _Block:
+    chain_id: str
+    height: int
+    block_hash: str
+    header: bytes
+    signature: str
+
+
+@dataclass(frozen=True)
+class _Row:
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: str
+    canonical: bytes
+    event: AccessEvent
+
+
+class _Reader:
+    """The queries behind a report (read-only; everything read is untrusted)."""
+
+    def __init__(self, store: ChainStore) -> None:
+        self.backend = store.backend
+        self.db = store.db
+
+    def patient_rows(self, patient: str, start: str, end: str) -> list[tuple[Any, ...]]:
+        return self.backend.execute(
+            "SELECT chain_id, height, idx, block_hash, canonical "
+            f"FROM {self.db}.access_events "
+            "WHERE patient_id = %(p)s AND occurred_date >= toDate(%(d1)s) "
+            "AND occurred_date <= toDate(%(d2)s) "
+            "AND occurred_at >= %(t1)s AND occurred_at < %(t2)s "
+            "ORDER BY occurred_at, chain_id, height, idx",
+            {"p": patient, "d1": start[:10], "d2": end[:10], "t1": start, "t2": end},
+        )
+
+    def blocks(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int, str], _Block]:
+        """Headers of the blocks ``(chain_id, height)`` (one query per chunk of chains)."""
+        found: dict[tuple[str, int, str], _Block] = {}
+        if not keys:
+            return found
+        chains = sorted({c for c, _ in keys})
+        heights = sorted({h for _, h in keys})
+        for part in _chunks(chains):
+            rows = self.backend.execute(
+                f"SELECT chain_id, height, block_hash, header, signature FROM {self.db}.blocks "
+                "WHERE chain_id IN %(c)s AND height IN %(h)s",
+                {"c": tuple(part), "h": tuple(heights)},
+            )
+            for chain, height, digest, header, signature in rows:
+                key = (_text(chain), int(height))
+                if key in keys:
+                    found[(*key, _text(digest))] = _Block(
+                        key[0], key[1], _text(digest), bytes(header), _text(signature)
+                    )
+        return found
+
+    def leaf_hashes(self, block: _Block) -> list[tuple[int, str]]:
+        rows = self.backend.execute(
+            f"SELECT idx, leaf_hash FROM {self.db}.access_events "
+            "WHERE chain_id = %(c)s AND height = %(h)s AND block_hash = %(b)s ORDER BY idx",
+            {"c": block.chain_id, "h": block.height, "b": block.block_hash},
+        )
+        return [(int(i), _text(h)) for i, h in rows]
+
+    def staff_records(self, actor_ids: Sequence[str]) -> list[ReferenceRecord]:
+        """Committed directory records of these users, in ledger order."""
+        raw: list[tuple[Any, ...]] = []
+        for part in _chunks(actor_ids):
+            raw += self.backend.execute(
+                "SELECT chain_id, height, idx, block_hash, canonical "
+                f"FROM {self.db}.reference_records "
+                "WHERE kind = 'staff' AND record_id IN %(ids)s ORDER BY chain_id, height, idx",
+                {"ids": tuple(part)},
+            )
+        if not raw:
+            return []
+        committed = self.blocks({(_text(r[0]), int(r[1])) for r in raw})
+        records: list[ReferenceRecord] = []
+        for chain, height, _idx, digest, canonical in raw:
+            if (_text(chain), int(height), _text(digest)) not in committed:
+                continue
+            try:
+                records.append(decode_reference(bytes(canonical)))
+            except CareledgerError:
+                continue  # `careledger verify` reports it; the report falls back to the event
+        return records
+
+    def decisions(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]] | None:
+        """The auditor's decision per event, if the ``access_decisions`` table exists."""
+        columns = [
+            _text(r[0])
+            for r in self.backend.execute(
+                "SELECT name FROM system.columns WHERE database = %(db)s "
+                "AND table = 'access_decisions'",
+                {"db": self.db},
+            )
+        ]
+        if "event_id" not in columns:
+            return None
+        wanted = [c for c in columns if c not in _DECISION_SKIP]
+        found: dict[str, dict[str, Any]] = {}
+        if not wanted:
+            return found
+        for part in _chunks(event_ids):
+            rows = self.backend.execute(
+                f"SELECT event_id, {', '.join(wanted)} FROM {self.db}.access_decisions "
+                "WHERE event_id IN %(ids)s",
+                {"ids": tuple(part)},
+            )
+            for event_id, *values in rows:
+                found[_text(event_id)] = {
+                    name: _json_value(v) for name, v in zip(wanted, values, strict=True)
+                }
+        return found
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, list | tuple):
+        return [_json_value(v) for v in value]
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    return str(value)
+
+
+def decision_summary(decision: dict[str, Any] | None) -> str:
+    if not decision:
+        return ""
+    for name in _DECISION_SUMMARY:
+        value = decision.get(name)
+        if value not in (None, "", [], 0):
+            return " ".join(map(str, value)) if isinstance(value, list) else str(value)
+    return json.dumps(decision, sort_keys=True)
+
+
+def _proof(row: _Row, block: _Block, tree: MerkleTree | None, leaf: bytes) -> dict[str, Any]:
+    path: list[str] = []
+    if tree is not None and row.idx < tree.size:
+        path = [p.hex() for p in tree.inclusion_proof(row.idx)]
+    return {
+        "chain_id": row.chain_id,
+        "height": row.height,
+        "index": row.idx,
+        "block_hash": block.block_hash,
+        "leaf_hash": leaf.hex(),
+        "canonical": base64.b64encode(row.canonical).decode("ascii"),
+        "audit_path": path,
+        "header": base64.b64encode(block.header).decode("ascii"),
+        "signature": block.signature,
+    }
+
+
+def _line(view: str, e: AccessEvent, state: ReferenceState) -> dict[str, Any]:
+    purpose = list(e.purpose_of_use)
+    if view == "gdpr":
+        return {"occurred_at": e.occurred_at, "purpose": purpose}
+    if view == "hipaa-disclosures":
+        return {
+            "event_id": e.event_id,
+            "occurred_at": e.occurred_at,
+            "recipient": recipient(e),
+            "actor_id": e.actor.id,
+            "organization": e.actor.organization,
+            "description": describe(e),
+            "purpose": purpose,
+        }
+    staff = state.as_of(e.occurred_at).staff(e.actor.id)
+    if staff is not None:
+        name = f"{staff.given_name} {staff.family_name}"
+        roles = list(staff.roles)
+        source = "directory"
+    else:
+        name = e.actor.name or ""
+        roles = list(e.actor.roles)
+        source = "event"
+    line: dict[str, Any] = {
+        "event_id": e.event_id,
+        "occurred_at": e.occurred_at,
+        "patient_id": e.patient.id,
+        "actor_id": e.actor.id,
+        "actor_name": name,
+        "actor_role": " ".join(roles),
+        "actor_source": source,
+        "organization": e.actor.organization,
+        "action": e.action,
+        "outcome": e.outcome,
+        "object_type": e.object.type if e.object is not None else None,
+        "object_id": e.object.id if e.object is not None else None,
+        "purpose": purpose,
+        "description": describe(e),
+    }
+    return line
+
+
+def build_report(
+    store: ChainStore,
+    patient: str,
+    start: str,
+    end: str,
+    *,
+    view: str = "access",
+    generated_at: str | None = None,
+) -> dict[str, Any]:
+    """The report document (``careledger.access-report/1``) for ``patient`` in
+    ``[start, end)``. Raises ``StorageError`` if the store cannot be read."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}")
+    reader = _Reader(store)
+    problems: list[str] = []
+    raw = reader.patient_rows(patient, start, end)
+    blocks = reader.blocks({(_text(r[0]), int(r[1])) for r in raw})
+    rows: list[_Row] = []
+    seen: set[tuple[str, int, int]] = set()
+    for chain_b, height, idx, digest_b, canonical in raw:
+        chain, digest = _text(chain_b), _text(digest_b)
+        if (chain, int(height), digest) not in blocks:
+            continue  # uncommitted: no header vouches for it
+        row_key = (chain, int(height), int(idx))
+        if row_key in seen:
+            continue
+        seen.add(row_key)
+        try:
+            event, _canon = decode_and_canonicalize(bytes(canonical))
+        except CareledgerError as exc:
+            problems.append(f"{chain}@{height}#{idx}: stored bytes are not an event: {exc}")
+            continue
+        if event.patient.id != patient:
+            problems.append(f"{chain}@{height}#{idx}: row says patient {patient}, bytes do not")
+            continue
+        rows.append(_Row(chain, int(height), int(idx), digest, bytes(canonical), event))
+    if view == "hipaa-disclosures":
+        rows = [r for r in rows if is_disclosure(r.event)]
+
+    trees: dict[tuple[str, int, str], MerkleTree | None] = {}
+    for block_key in sorted({(r.chain_id, r.height, r.block_hash) for r in rows}):
+        trees[block_key] = _tree(reader, blocks[block_key], problems)
+
+    state = ReferenceState()
+    if view == "access" and rows:
+        state = ReferenceState(reader.staff_records(sorted({r.event.actor.id for r in rows})))
+    decisions = None
+    if view == "access" and rows:
+        decisions = reader.decisions(sorted({r.event.event_id for r in rows}))
+
+    lines = []
+    for r in rows:
+        key = (r.chain_id, r.height, r.block_hash)
+        tree = trees[key]
+        leaf = leaf_hash(r.canonical)
+        if tree is not None and (r.idx >= tree.size or tree.leaf(r.idx) != leaf):
+            problems.append(
+                f"{r.chain_id}@{r.height}#{r.idx}: event bytes are not leaf {r.idx} of the block"
+            )
+        line = _line(view, r.event, state)
+        if decisions is not None:  # the auditor's table exists
+            line["decision"] = decisions.get(r.event.event_id)
+        line["proof"] = _proof(r, blocks[key], tree, leaf)
+        lines.append(line)
+    return {
+        "schema": REPORT_SCHEMA,
+        "view": view,
+        "patient": patient,
+        "from": start,
+        "to": end,
+        "generated_at": generated_at or _ts(dt.datetime.now(dt.UTC)),
+        "database": store.db,
+        "completeness": COMPLETENESS,
+        "problems": problems,
+        "lines": lines,
+    }
+
+
+def _tree(reader: _Reader, block: _Block, problems: list[str]) -> MerkleTree | None:
+    where = f"{block.chain_id}@{block.height}"
+    try:
+        header = decode_header(block.header)
+    except CareledgerError as exc:
+        problems.append(f"{where}: stored header does not decode: {exc}")
+        return None
+    by_idx: dict[int, bytes] = {}
+    for idx, digest in reader.leaf_hashes(block):
+        try:
+            by_idx.setdefault(idx, bytes.fromhex(digest))
+        except ValueError:
+            problems.append(f"{where}#{idx}: stored leaf hash is not hex")
+    if sorted(by_idx) != list(range(header.event_count)):
+        problems.append(
+            f"{where}: {len(by_idx)} stored leaves for a signed event count of {header.event_count}"
+        )
+    try:
+        tree = MerkleTree([by_idx[i] for i in sorted(by_idx)])
+    except CareledgerError as exc:
+        problems.append(f"{where}: stored leaf hashes are malformed: {exc}")
+        return None
+    if tree.root.hex() != header.merkle_root:
+        problems.append(f"{where}: stored leaves do not reproduce the signed Merkle root")
+    return tree
+
+
+# --------------------------------------------------------------------------- rendering
+
+_TABLE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "access": (
+        "occurred_at",
+        "actor_id",
+        "actor_name",
+        "actor_role",
+        "action",
+        "object",
+        "purpose",
+        "decision",
+        "block",
+    ),
+    "hipaa-disclosures": ("date", "recipient", "description", "purpose", "block"),
+    "gdpr": ("date", "purpose"),
+}
+_CSV_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
+    "access": (
+        "event_id",
+        "occurred_at",
+        "patient_id",
+        "actor_id",
+        "actor_name",
+        "actor_role",
+        "organization",
+        "action",
+        "outcome",
+        "object_type",
+        "object_id",
+        "purpose",
+        "description",
+        "decision",
+        "chain_id",
+        "height",
+        "index",
+        "leaf_hash",
+    ),
+    "hipaa-disclosures": (
+        "event_id",
+        "date",
+        "occurred_at",
+        "recipient",
+        "description",
+        "purpose",
+        "chain_id",
+        "height",
+        "index",
+        "leaf_hash",
+    ),
+    "gdpr": ("date", "purpose"),
+}
+
+
+def _cell(line: dict[str, Any], name: str) -> str:
+    proof = line.get("proof") or {}
+    if name == "date":
+        return str(line.get("occurred_at", ""))[:10]
+    if name == "purpose":
+        return " ".join(line.get("purpose") or [])
+    if name == "object":
+        return " ".join(x for x in (line.get("object_type"), line.get("object_id")) if x)
+    if name == "decision":
+        return decision_summary(line.get("decision"))
+    if name == "block":
+        return f"{proof.get('chain_id')}@{proof.get('height')}#{proof.get('index')}"
+    if name in ("chain_id", "height", "index", "leaf_hash"):
+        return str(proof.get(name, ""))
+    value = line.get(name)
+    return "" if value is None else str(value)
+
+
+def render_csv(doc: dict[str, Any]) -> str:
+    """CSV of a report: displayed fields and where the proof is (not the proof bytes)."""
+    out = io.StringIO()
+    columns = _CSV_COLUMNS[doc["view"]]
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for line in doc["lines"]:
+        writer.writerow([_cell(line, c) for c in columns])
+    return out.getvalue()
+
+
+def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
+    """A plain-text table for people (no proof bytes)."""
+    columns = _TABLE_COLUMNS[doc["view"]]
+    rows = [[_cell(line, c)[:max_width] for c in columns] for line in doc["lines"]]
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    title = {
+        "access": "Access report",
+        "hipaa-disclosures": "Accounting of disclosures (45 CFR 164.528)",
+        "gdpr": "Consultations of personal data (GDPR Art. 15)",
+    }[doc["view"]]
+    out = [
+        f"{title} for patient {doc['patient']}, {doc['from']} to {doc['to']} (exclusive): "
+        f"{len(rows)} line(s)",
+        "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
+    ]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    out.append(f"Report {COMPLETENESS}.")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def configure_access_report(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--patient", required=True, help="patient id (as in the events)")
+    parser.add_argument(
+        "--from", dest="start", required=True, metavar="D1", help="first day (YYYY-MM-DD)"
+    )
+    parser.add_argument(
+        "--to", dest="end", required=True, metavar="D2", help="last day, included (YYYY-MM-DD)"
+    )
+    parser.add_argument("--format", choices=FORMATS, default="table")
+    parser.add_argument("--view", choices=VIEWS, default="access")
+    parser.add_argument("--out", type=Path, metavar="FILE", help="write here, not to stdout")
+    parser.add_argument("--database", help="ClickHouse database (default: settings)")
+    parser.add_argument(
+        "--trusted-key",
+        action="append",
+        metavar="KEY",
+        help="check the report's proofs with this key before writing it (repeatable; "
+        "default CARELEDGER_TRUSTED_KEYS when set)",
+    )
+
+
+def _usage(message: str) -> int:
+    print(f"careledger access-report: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
+    try:
+        start, end = parse_range(args.start, args.end)
+    except ValueError as exc:
+        return _usage(str(exc))
+    if args.database:
+        settings = settings.replace(clickhouse_database=args.database)
+    try:
+        keys = load_public_keys(list(args.trusted_key or settings.trusted_keys))
+    except CareledgerError as exc:
+        return _usage(f"unusable trusted key: {exc.message}")
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+    try:
+        doc = build_report(store, args.patient, start, end, view=args.view)
+    except StorageError as exc:
+        return _usage(f"cannot read ClickHouse database {store.db!r}: {exc.message}")
+    finally:
+        store.backend.close()
+    problems = list(doc["problems"])
+    if keys:  # the report checks itself as its reader will
+        for r in verify_report(doc, TrustedKeys(keys)):
+            if not r.ok:
+                problems.append(f"line {r.line} does not verify: {'; '.join(r.reasons)}")
+        doc["problems"] = problems
+    if args.format == "json":
+        text = json.dumps(doc, indent=1) + "\n"
+    elif args.format == "csv":
+        text = render_csv(doc)
+    else:
+        text = render_table(doc)
+    if args.out:
+        try:
+            Path(args.out).write_text(text, encoding="utf-8")
+        except OSError as exc:
+            return _usage(f"cannot write {args.out}: {exc}")
+    else:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    for p in problems:
+        print(f"careledger access-report: problem: {p}", file=sys.stderr)
+    return EXIT_PROBLEMS if problems else EXIT_OK
