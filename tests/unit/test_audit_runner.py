@@ -1,0 +1,242 @@
+"""The audit runner's pure parts: bounds, range evaluation (warm-up, look-ahead, late
+break-the-glass flags), rows, fingerprints, status hash links, the salt file, and the
+follow loop over an in-memory store."""
+
+from __future__ import annotations
+
+import json
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from careledger.config import Settings
+from careledger_core.event import AccessEvent
+from careledger_core.reference import ReferenceRecord
+from tests.unit.test_auditor_rules import at, btg_start, btg_stop, event, hospital
+from verifiers.alerts_cli import verify_history
+from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
+from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
+from verifiers.auditor.runner import (
+    DECISION_COLUMNS,
+    STATUS_COLUMNS,
+    Follower,
+    LedgeredEvent,
+    Position,
+    alert_fingerprint,
+    alert_row,
+    decide_range,
+    decision_row,
+    load_salt,
+    parse_instant,
+    read_bounds,
+    sort_decisions,
+    status_entry_hash,
+    stored_alert_fingerprint,
+)
+
+SALT = "unit-test-salt"
+
+
+def ledgered(
+    events: Sequence[AccessEvent], chain: str = "o/careledger.access-events/0"
+) -> list[LedgeredEvent]:
+    out = [LedgeredEvent(Position(chain, i // 10, i % 10), e) for i, e in enumerate(events)]
+    return sorted(out, key=lambda le: le.sort_key)
+
+
+def test_parse_instant_accepts_dates_and_times() -> None:
+    assert parse_instant("2026-11-02") == "2026-11-02T00:00:00.000000Z"
+    assert parse_instant("2026-11-02T09:30") == "2026-11-02T09:30:00.000000Z"
+    assert parse_instant("2026-11-02T09:30:01.5Z") == "2026-11-02T09:30:01.500000Z"
+    assert parse_instant("2026-11-02T10:30:00+01:00") == "2026-11-02T09:30:00.000000Z"
+    with pytest.raises(ValueError):
+        parse_instant("yesterday")
+
+
+def test_read_bounds_cover_the_warm_up_and_the_break_the_glass_look_ahead() -> None:
+    cfg = AuditConfig()
+    lo, hi = read_bounds("2026-11-02T09:00:00.000000Z", "2026-11-02T10:00:00.000000Z", cfg)
+    assert ts_to_us("2026-11-02T09:00:00.000000Z") - ts_to_us(lo) >= cfg.btg_episode_us
+    assert ts_to_us(hi) - ts_to_us("2026-11-02T10:00:00.000000Z") > cfg.btg_stop_window_us
+
+
+def test_only_events_in_range_are_decided_but_the_warm_up_feeds_the_history() -> None:
+    # five denials of N2 straddle `from`: the one inside is a DENIED_BURST thanks to the
+    # four before it, which are not decided themselves
+    events = [event("N2", "P2", at(i), outcome=4) for i in range(5)]
+    placed = decide_range(ReferenceState(hospital()), ledgered(events), at(4), at(60))
+    assert [p.decision.event_id for p in placed] == [events[4].event_id]
+    assert RuleCode.DENIED_BURST in placed[0].decision.codes()
+    assert placed[0].position == Position("o/careledger.access-events/0", 0, 4)
+
+
+def test_a_stop_in_the_look_ahead_clears_a_start_near_the_end_of_the_range() -> None:
+    start = btg_start("N2", "P2", at(50), outcome_desc="cardiac arrest")
+    stop = btg_stop("N2", "P2", at(70))
+    placed = decide_range(
+        ReferenceState(hospital()), ledgered([start, stop]), at(0), at(60), horizon_ts=at(600)
+    )
+    assert [p.decision.amends for p in placed] == [False]
+
+
+def test_a_missing_stop_is_reported_once_its_window_is_over_and_not_before() -> None:
+    start = btg_start("N2", "P2", at(50), outcome_desc="cardiac arrest")
+    state = ReferenceState(hospital())
+    early = decide_range(state, ledgered([start]), at(0), at(60), horizon_ts=at(120))
+    assert [p.decision.amends for p in early] == [False]
+    late = decide_range(state, ledgered([start]), at(0), at(60), horizon_ts=at(60 * 6))
+    assert [p.decision.amends for p in late] == [False, True]
+    assert late[1].position == late[0].position
+    assert late[1].decision.flags[0].evidence["phase"] == "no-stop"
+
+
+def test_decision_rows_are_deterministic_and_name_patients_only_by_pseudonym() -> None:
+    events = [event("N1", "P1", at(1)), event("M1", "P2", at(2))]
+    rows = []
+    for _ in range(2):
+        placed = sort_decisions(
+            decide_range(ReferenceState(hospital()), ledgered(events), at(0), at(60))
+        )
+        rows.append([decision_row(p, salt=SALT, decided_at="x", audit_run="r") for p in placed])
+    assert rows[0] == rows[1]
+    explained = dict(zip(DECISION_COLUMNS, rows[0][0], strict=True))
+    assert explained["explanation_kind"] == "relationship"
+    assert json.loads(explained["explanation"])["record_id"] == "CT-P1-N1"
+    assert explained["severity"] == "" and explained["flags"] == "[]"
+    snoop = dict(zip(DECISION_COLUMNS, rows[0][1], strict=True))
+    assert "NO_EXPLANATION" in snoop["flags"]
+    for row in rows[0]:
+        text = json.dumps([str(v) for v in row])
+        assert '"P1"' not in text and '"P2"' not in text
+        assert len(dict(zip(DECISION_COLUMNS, row, strict=True))["patient_ref"]) == 32
+
+
+def test_stored_alert_rows_have_the_fingerprint_of_the_alert() -> None:
+    events = [event("M1", f"P{2 + (i % 2)}", at(i)) for i in range(4)]
+    placed = decide_range(ReferenceState(hospital()), ledgered(events), at(0), at(60))
+    alerts = group_alerts([p.decision for p in placed], salt=SALT)
+    assert alerts
+    for a in alerts:
+        row = alert_row(a, created_at="now", audit_run="r", version=1)
+        assert stored_alert_fingerprint(row) == alert_fingerprint(a)
+
+
+def test_status_changes_are_hash_linked() -> None:
+    entries: list[dict[str, Any]] = []
+    prev = ""
+    for seq, status in enumerate(("acknowledged", "resolved")):
+        e: dict[str, Any] = {
+            "alert_id": "a1",
+            "seq": seq,
+            "status": status,
+            "changed_by": "privacy-officer",
+            "changed_at": at(seq),
+            "note": "",
+            "prev_hash": prev,
+        }
+        e["entry_hash"] = status_entry_hash(prev, e)
+        prev = e["entry_hash"]
+        entries.append(e)
+    assert set(entries[0]) == set(STATUS_COLUMNS)
+    assert verify_history(entries)
+    forged = [dict(entries[0], status="false-positive"), entries[1]]
+    assert not verify_history(forged)
+    assert not verify_history(entries[1:])
+
+
+def test_the_salt_file_is_created_private_and_stays_the_same(tmp_path: Path) -> None:
+    settings = Settings(run_dir=tmp_path)
+    first = load_salt(settings)
+    path = tmp_path / "keys" / "audit-salt"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_salt(settings) == first and len(first) == 64
+    assert load_salt(settings.replace(audit_salt="explicit")) == "explicit"
+
+
+class MemoryStore:
+    """The follower's view of a store, in memory."""
+
+    def __init__(self, records: list[ReferenceRecord]) -> None:
+        self.records = records
+        self.blocks: dict[str, list[list[AccessEvent]]] = {}
+        self.decisions: list[tuple[Any, ...]] = []
+        self.alerts: list[tuple[Any, ...]] = []
+
+    def add_block(self, chain: str, events: list[AccessEvent]) -> None:
+        self.blocks.setdefault(chain, []).append(events)
+
+    def reference_records(
+        self, after: dict[str, int] | None = None
+    ) -> tuple[list[ReferenceRecord], dict[str, int]]:
+        if after:
+            return [], after
+        return list(self.records), {"o/careledger.workforce/0": 0}
+
+    def heads(self) -> dict[str, int]:
+        return {c: len(b) - 1 for c, b in self.blocks.items()}
+
+    def events_of_chain(self, chain: str, above: int, upto: int) -> list[LedgeredEvent]:
+        return [
+            LedgeredEvent(Position(chain, h, i), e)
+            for h in range(above + 1, upto + 1)
+            for i, e in enumerate(self.blocks[chain][h])
+        ]
+
+    def decided_heights(self) -> dict[str, int]:
+        return {}
+
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.decisions.extend(rows)
+
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.alerts.extend(rows)
+
+
+class Published:
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any]]] = []
+
+    def publish(self, alert_id: str, document: dict[str, Any]) -> None:
+        self.sent.append((alert_id, document))
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_follow_grows_one_burst_alert_over_several_blocks() -> None:
+    store = MemoryStore(hospital())
+    out = Published()
+    follower = Follower(store, salt=SALT, publisher=out)  # type: ignore[arg-type]
+    chain = "o/careledger.access-events/1"
+    store.add_block(chain, [event("N1", "P1", at(0))])
+    assert follower.cycle() == 1
+    assert out.sent == []  # explained: no alert
+    store.add_block(chain, [event("M1", "P2", at(1 + i)) for i in range(3)])
+    assert follower.cycle() == 3
+    store.add_block(chain, [event("M1", "P2", at(10 + i)) for i in range(2)])
+    assert follower.cycle() == 2
+    assert follower.cycle() == 0
+    no_expl = [doc for _id, doc in out.sent if doc["rule"] == "NO_EXPLANATION"]
+    assert len({d["alert_id"] for d in no_expl}) == 1, "one alert, updated as it grows"
+    assert len(no_expl[-1]["event_ids"]) == 5
+    assert len(store.decisions) == 6
+    assert "P2" not in json.dumps(out.sent)
+
+
+def test_follow_reports_a_missing_stop_when_later_events_move_time_on() -> None:
+    store = MemoryStore(hospital())
+    out = Published()
+    follower = Follower(store, salt=SALT, publisher=out)  # type: ignore[arg-type]
+    chain = "o/careledger.access-events/0"
+    start = btg_start("N2", "P2", at(0), outcome_desc="cardiac arrest")
+    store.add_block(chain, [start])
+    follower.cycle()
+    later = us_to_ts(ts_to_us(at(0)) + 5 * US_PER_HOUR)
+    store.add_block(chain, [event("N1", "P1", later)])
+    follower.cycle()
+    amends = [r for r in store.decisions if dict(zip(DECISION_COLUMNS, r, strict=True))["amends"]]
+    assert len(amends) == 1 and amends[0][0] == start.event_id
+    assert amends[0][1:4] == (chain, 0, 0)

@@ -1,0 +1,165 @@
+"""``careledger audit``: evaluate committed access events, store decisions and alerts.
+
+``careledger audit --from X --to Y`` audits ``[X, Y)`` (event times, UTC) and replaces
+that range's decisions and alerts in ClickHouse; running it twice gives the same
+decisions and alert ids (alerts already stored unchanged are not published again).
+``careledger audit --follow`` evaluates newly committed blocks every
+``audit_poll_interval_s`` and publishes new or grown alerts at once.
+
+Exit status: 0 done (alerts or not), 2 usage or infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+from careledger.config import Settings
+from careledger.storage.backend import ClickHouseBackend, StorageError
+
+from .runner import (
+    AlertPublisher,
+    AuditStore,
+    Follower,
+    KafkaAlertPublisher,
+    audit_range,
+    load_salt,
+    parse_instant,
+)
+
+log = logging.getLogger("careledger.auditor")
+
+
+def configure_audit(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--from", dest="from_ts", metavar="TIME", help="start (inclusive), UTC")
+    parser.add_argument("--to", dest="to_ts", metavar="TIME", help="end (exclusive), UTC")
+    parser.add_argument(
+        "--follow", action="store_true", help="keep auditing newly committed blocks"
+    )
+    parser.add_argument("--database", help="ClickHouse database (default: settings)")
+    parser.add_argument(
+        "--no-publish", action="store_true", help="do not publish alerts to the alerts topic"
+    )
+    parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N polls")
+    parser.add_argument(
+        "--stop-after", type=float, metavar="SECONDS", help="--follow: stop after this long"
+    )
+
+
+def _error(message: str) -> int:
+    print(f"careledger audit: {message}", file=sys.stderr)
+    return 2
+
+
+def command_audit(args: argparse.Namespace, settings: Settings) -> int:
+    if not getattr(args, "verbose", False):
+        logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+    if args.database:
+        settings = settings.replace(clickhouse_database=args.database)
+    try:
+        from_ts = parse_instant(args.from_ts) if args.from_ts else None
+        to_ts = parse_instant(args.to_ts) if args.to_ts else None
+    except ValueError as exc:
+        return _error(str(exc))
+    if not args.follow and (from_ts is None or to_ts is None):
+        return _error("give --from and --to (or --follow)")
+    if args.follow and to_ts is not None:
+        return _error("--to cannot be combined with --follow")
+    if from_ts is not None and to_ts is not None and from_ts >= to_ts:
+        return _error("--from must be before --to")
+    try:
+        salt = load_salt(settings)
+    except OSError as exc:
+        return _error(f"cannot read or create the pseudonym salt: {exc}")
+    backend = ClickHouseBackend.from_settings(settings)
+    store = AuditStore(backend, settings.clickhouse_database)
+    publisher: AlertPublisher | None = None
+    try:
+        if not args.no_publish:
+            publisher = KafkaAlertPublisher(settings)
+        if args.follow:
+            return _follow(args, settings, store, salt, publisher, from_ts)
+        assert from_ts is not None and to_ts is not None
+        try:
+            result = audit_range(store, from_ts, to_ts, salt=salt, publisher=publisher)
+        except StorageError as exc:
+            return _error(exc.message)
+        summary = result.to_json()
+        if args.json:
+            print(json.dumps(summary, sort_keys=True))
+        else:
+            print(
+                f"careledger audit {from_ts} .. {to_ts}: {result.decisions} decisions "
+                f"({result.explained} explained, {result.flagged} flagged), "
+                f"{result.alerts} alerts ({result.published} published) "
+                f"in {result.elapsed_s:.2f}s"
+            )
+            for rule, n in sorted(result.by_rule.items()):
+                print(f"  {rule}: {n}")
+        return 0
+    finally:
+        backend.close()
+
+
+def _follow(
+    args: argparse.Namespace,
+    settings: Settings,
+    store: AuditStore,
+    salt: str,
+    publisher: AlertPublisher | None,
+    from_ts: str | None,
+) -> int:
+    follower = Follower(store, salt=salt, publisher=publisher, from_ts=from_ts)
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+
+        def handler(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
+    deadline = None if args.stop_after is None else time.monotonic() + args.stop_after
+    ok = True
+    try:
+        while not stop.is_set():
+            try:
+                n = follower.cycle()
+                ok = True
+            except StorageError as exc:
+                ok = False
+                log.error("audit cycle %d failed: %s (retrying)", follower.cycles, exc.message)
+                n = 0
+            if n and args.json:
+                print(
+                    json.dumps(
+                        {"cycle": follower.cycles, "decisions": n, "alerts": follower.alerts_sent}
+                    ),
+                    flush=True,
+                )
+            elif n:
+                print(
+                    f"cycle {follower.cycles}: {n} decisions, {follower.alerts_sent} alerts so far",
+                    flush=True,
+                )
+            if args.max_cycles is not None and follower.cycles >= args.max_cycles:
+                break
+            wait = settings.audit_poll_interval_s
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait = min(wait, left)
+            stop.wait(wait)
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+        if publisher is not None:
+            publisher.flush(10.0)
+    return 0 if ok else 2

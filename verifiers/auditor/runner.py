@@ -1,0 +1,795 @@
+"""The audit runner: the rules engine over the store (``careledger audit``).
+
+* **Range** (``audit_range``): rebuild the reference state from every committed
+  reference record, feed the committed access events of ``[from - warm-up, to +
+  look-ahead)`` in a deterministic order (``occurred_at, chain_id, height, idx``) to an
+  :class:`~verifiers.auditor.rules.Auditor`, keep the decisions about events in
+  ``[from, to)``, group them into alerts, then *replace* that range in ClickHouse:
+  ``ALTER ... DELETE`` of the range's decisions and alerts (waiting for the mutations,
+  as 18.16 has no ``mutations_sync``), then batched inserts. The same range audited
+  twice gives the same decisions (same rows but ``decided_at``) and alert ids.
+* **Follow** (``Follower``): every ``audit_poll_interval_s``, apply the reference
+  records and evaluate the access events of the blocks committed since the last poll,
+  insert their decisions, regroup the recent flagged decisions and upsert (and publish)
+  the alerts that are new or grew.
+
+Alerts go to ``Settings.topic_alerts`` as JSON (key = alert id) with an idempotent
+producer: only alerts not already stored with the same content are published.
+
+The pure parts (bounds, rows, documents, the range evaluation over an iterable of
+events) are separate from the I/O so they can be unit-tested without services.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final, Protocol
+
+from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.migrations import check_identifier
+from careledger_core.event import AccessEvent, decode_event
+from careledger_core.reference import ReferenceRecord, decode_reference
+
+from ._time import ts_to_us, us_to_ts
+from .alerts import Alert, group_alerts, patient_pseudonym
+from .config import DEFAULT_CONFIG, AuditConfig
+from .history import NO_PATIENT_ID, is_btg_start
+from .rules import AccessDecision, Auditor, core_consent_evaluator
+from .state import ReferenceState
+
+log = logging.getLogger("careledger.auditor")
+
+DECISION_COLUMNS: Final = (
+    "event_id",
+    "chain_id",
+    "height",
+    "idx",
+    "occurred_at",
+    "occurred_date",
+    "actor_id",
+    "patient_ref",
+    "amends",
+    "explanation_kind",
+    "explanation",
+    "searched",
+    "flags",
+    "severity",
+    "score",
+    "decided_at",
+    "audit_run",
+)
+ALERT_COLUMNS: Final = (
+    "alert_id",
+    "rule",
+    "severity",
+    "score",
+    "actor_id",
+    "patient_ref",
+    "patient_refs",
+    "event_ids",
+    "evidence",
+    "explanations_searched",
+    "first_at",
+    "last_at",
+    "created_at",
+    "audit_run",
+    "version",
+)
+STATUS_COLUMNS: Final = (
+    "alert_id",
+    "seq",
+    "status",
+    "changed_by",
+    "changed_at",
+    "note",
+    "prev_hash",
+    "entry_hash",
+)
+INSERT_BATCH: Final = 5000
+SALT_FILE: Final = "audit-salt"
+
+
+# --------------------------------------------------------------------------- pure
+
+
+def dumps(value: Any) -> str:
+    """Deterministic compact JSON (what is stored and compared across replays)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utc_now_ts() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_instant(text: str) -> str:
+    """``YYYY-MM-DD``, ``YYYY-MM-DDTHH:MM[:SS[.ffffff]]`` (UTC, optional ``Z``) ->
+    the event timestamp format."""
+    t = text.strip().removesuffix("Z").replace(" ", "T")
+    try:
+        moment = dt.datetime.fromisoformat(t)
+    except ValueError as exc:
+        raise ValueError(f"not a UTC date or time: {text!r}") from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def warmup_us(config: AuditConfig) -> int:
+    """History the rules look back on: events this long before ``from`` are fed to the
+    auditor (not decided) so windows and open overrides at ``from`` are as in a
+    continuous run."""
+    return max(
+        config.btg_episode_us,
+        config.volume_window_us,
+        config.denied_burst_window_us,
+        config.shared_credentials_window_us,
+    )
+
+
+def lookahead_us(config: AuditConfig) -> int:
+    """Events this long after ``to`` are fed so a break-the-glass start near ``to``
+    sees its stop (or its missing stop is decided)."""
+    return config.btg_stop_window_us + 1
+
+
+def read_bounds(from_ts: str, to_ts: str, config: AuditConfig) -> tuple[str, str]:
+    return (
+        us_to_ts(ts_to_us(from_ts) - warmup_us(config)),
+        us_to_ts(ts_to_us(to_ts) + lookahead_us(config)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    chain_id: str
+    height: int
+    idx: int
+
+
+@dataclass(frozen=True, slots=True)
+class LedgeredEvent:
+    position: Position
+    event: AccessEvent
+
+    @property
+    def sort_key(self) -> tuple[str, str, int, int]:
+        p = self.position
+        return (self.event.occurred_at, p.chain_id, p.height, p.idx)
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedDecision:
+    decision: AccessDecision
+    position: Position
+
+
+def decide_range(
+    state: ReferenceState,
+    events: Iterable[LedgeredEvent],
+    from_ts: str,
+    to_ts: str,
+    *,
+    horizon_ts: str | None = None,
+    config: AuditConfig = DEFAULT_CONFIG,
+    auditor: Auditor | None = None,
+) -> list[PlacedDecision]:
+    """Decisions about the events in ``[from_ts, to_ts)`` (``events`` sorted by
+    ``sort_key``, including the warm-up and look-ahead).
+
+    At the end of the input, an override still open is reported as missing its stop
+    only if its stop window ended before ``horizon_ts`` (the latest committed event
+    time: later, the stop may still come); ``horizon_ts=None`` reports all of them.
+    """
+    if auditor is None:
+        auditor = Auditor(state, config=config, consent_evaluator=core_consent_evaluator)
+    positions: dict[str, Position] = {}
+    out: list[PlacedDecision] = []
+
+    def keep(d: AccessDecision) -> None:
+        if from_ts <= d.occurred_at < to_ts:
+            pos = positions.get(d.event_id)
+            if pos is not None:
+                out.append(PlacedDecision(d, pos))
+
+    for le in events:
+        if from_ts <= le.event.occurred_at < to_ts:
+            positions.setdefault(le.event.event_id, le.position)
+        for d in auditor.process(le.event):
+            keep(d)
+    horizon = None if horizon_ts is None else ts_to_us(horizon_ts)
+    window = auditor.config.btg_stop_window_us
+    for d in auditor.finish():
+        if horizon is None or ts_to_us(d.occurred_at) + window < horizon:
+            keep(d)
+    return out
+
+
+def sort_decisions(placed: Iterable[PlacedDecision]) -> list[PlacedDecision]:
+    return sorted(
+        placed,
+        key=lambda p: (
+            p.decision.occurred_at,
+            p.decision.event_id,
+            p.decision.amends,
+            p.position.chain_id,
+            p.position.height,
+            p.position.idx,
+        ),
+    )
+
+
+def patient_ref(patient_id: str, salt: str) -> str:
+    return "" if patient_id == NO_PATIENT_ID else patient_pseudonym(patient_id, salt)
+
+
+def _public_flag(flag: dict[str, Any]) -> dict[str, Any]:
+    # flags never name a patient; related event ids stay (they are event ids)
+    return flag
+
+
+def decision_row(
+    placed: PlacedDecision, *, salt: str, decided_at: str, audit_run: str
+) -> tuple[Any, ...]:
+    d = placed.decision
+    pos = placed.position
+    severity = d.severity
+    explanation = d.explanation
+    return (
+        d.event_id,
+        pos.chain_id,
+        pos.height,
+        pos.idx,
+        d.occurred_at,
+        dt.date(int(d.occurred_at[0:4]), int(d.occurred_at[5:7]), int(d.occurred_at[8:10])),
+        d.actor_id,
+        patient_ref(d.patient_id, salt),
+        1 if d.amends else 0,
+        "" if explanation is None else str(explanation.kind),
+        "" if explanation is None else dumps(explanation.to_dict()),
+        dumps(list(d.searched)),
+        dumps([_public_flag(f.to_dict()) for f in d.flags]),
+        "" if severity is None else str(severity),
+        float(d.score),
+        decided_at,
+        audit_run,
+    )
+
+
+def alert_document(alert: Alert) -> dict[str, Any]:
+    """The alert as published and shown (patients only as pseudonyms)."""
+    doc = alert.to_dict()
+    doc["schema"] = "careledger.alert/1"
+    doc["source"] = "auditor"
+    return doc
+
+
+def alert_fingerprint(alert: Alert) -> str:
+    """What must change for a stored alert to be rewritten and published again."""
+    doc = alert_document(alert)
+    doc.pop("status", None)
+    return hashlib.sha256(dumps(doc).encode()).hexdigest()
+
+
+def alert_row(alert: Alert, *, created_at: str, audit_run: str, version: int) -> tuple[Any, ...]:
+    return (
+        alert.alert_id,
+        str(alert.rule),
+        str(alert.severity),
+        float(alert.score),
+        alert.actor_id,
+        alert.patient_ref or "",
+        dumps(list(alert.patient_refs)),
+        dumps(list(alert.event_ids)),
+        dumps(dict(alert.evidence)),
+        dumps(list(alert.explanations_searched)),
+        alert.first_at,
+        alert.last_at,
+        created_at,
+        audit_run,
+        version,
+    )
+
+
+def stored_alert_fingerprint(row: Sequence[Any]) -> str:
+    """``alert_fingerprint`` of an alert read back from ``alerts`` (ALERT_COLUMNS order)."""
+    t = [_text(v) for v in row]
+    doc = {
+        "alert_id": t[0],
+        "rule": t[1],
+        "severity": t[2],
+        "score": float(row[3]),
+        "actor_id": t[4],
+        "patient_ref": t[5] or None,
+        "patient_refs": json.loads(t[6]),
+        "event_ids": json.loads(t[7]),
+        "evidence": json.loads(t[8]),
+        "explanations_searched": json.loads(t[9]),
+        "first_at": t[10],
+        "last_at": t[11],
+        "schema": "careledger.alert/1",
+        "source": "auditor",
+    }
+    return hashlib.sha256(dumps(doc).encode()).hexdigest()
+
+
+def status_entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+    """Hash link of one status change: SHA-256 over the previous entry's hash and the
+    canonical JSON of this one (so a deleted or edited change breaks the links)."""
+    data = b"careledger-alert-status/1\x00" + prev_hash.encode() + b"\x00" + dumps(entry).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)
+
+
+# --------------------------------------------------------------------------- salt
+
+
+def load_salt(settings: Any) -> str:
+    """The pseudonym salt: ``Settings.audit_salt``, else ``<run_dir>/keys/audit-salt``
+    (created with 32 random bytes, mode 0600, on first use)."""
+    if settings.audit_salt:
+        return str(settings.audit_salt)
+    path = Path(settings.keys_dir) / SALT_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
+# --------------------------------------------------------------------------- store
+
+
+class AuditStore:
+    """The auditor's reads and writes in one ClickHouse database."""
+
+    def __init__(self, backend: SqlBackend, database: str) -> None:
+        self.backend = backend
+        self.db = check_identifier(database)
+
+    def _committed(self) -> str:
+        return (
+            "(chain_id, height, block_hash) IN "
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks)"
+        )
+
+    # -- reference data
+    def reference_records(
+        self, after: dict[str, int] | None = None
+    ) -> tuple[list[ReferenceRecord], dict[str, int]]:
+        """Committed reference records in ledger order (above ``after`` heights per
+        chain); returns them and the highest height read per chain."""
+        rows = self.backend.execute(
+            f"SELECT chain_id, height, canonical FROM {self.db}.reference_records "
+            f"WHERE {self._committed()} ORDER BY chain_id, height, idx"
+        )
+        after = after or {}
+        records: list[ReferenceRecord] = []
+        heights: dict[str, int] = dict(after)
+        bad = 0
+        for chain, height, canonical in rows:
+            c = _text(chain)
+            if int(height) <= after.get(c, -1):
+                continue
+            heights[c] = max(heights.get(c, -1), int(height))
+            try:
+                records.append(decode_reference(bytes(canonical)))
+            except Exception:  # a row verify would report as tampered
+                bad += 1
+        if bad:
+            log.warning("%d stored reference records could not be decoded (run verify)", bad)
+        return records, heights
+
+    # -- access events
+    def horizon(self) -> str | None:
+        """The latest committed access event time (None: no events)."""
+        rows = self.backend.execute(
+            f"SELECT max(occurred_at), count() FROM {self.db}.access_events "
+            f"WHERE {self._committed()}"
+        )
+        if not rows or int(rows[0][1]) == 0:
+            return None
+        return _text(rows[0][0])
+
+    def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
+        """Committed access events with ``lo <= occurred_at < hi`` in
+        (occurred_at, chain_id, height, idx) order, page by page."""
+        cursor = lo
+        skip = 0
+        while True:
+            rows = self.backend.execute(
+                "SELECT occurred_at, chain_id, height, idx, canonical "
+                f"FROM {self.db}.access_events "
+                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
+                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}",
+                {"lo": cursor, "hi": hi},
+            )
+            for r in rows:
+                le = _ledgered(r)
+                if le is not None:
+                    yield le
+            if len(rows) < page_size:
+                return
+            last = _text(rows[-1][0])
+            same = sum(1 for r in rows if _text(r[0]) == last)
+            skip = skip + same if last == cursor else same
+            cursor = last
+
+    def heads(self) -> dict[str, int]:
+        rows = self.backend.execute(
+            f"SELECT chain_id, max(height) FROM {self.db}.blocks GROUP BY chain_id"
+        )
+        return {_text(c): int(h) for c, h in rows}
+
+    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
+        rows = self.backend.execute(
+            f"SELECT occurred_at, chain_id, height, idx, canonical FROM {self.db}.access_events "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
+            f"AND {self._committed()} ORDER BY height, idx",
+            {"c": chain_id, "a": above, "u": upto},
+        )
+        return [le for r in rows if (le := _ledgered(r)) is not None]
+
+    def decided_heights(self) -> dict[str, int]:
+        rows = self.backend.execute(
+            f"SELECT chain_id, max(height) FROM {self.db}.access_decisions GROUP BY chain_id"
+        )
+        return {_text(c): int(h) for c, h in rows}
+
+    # -- writes
+    def wait_mutations(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self.backend.execute(
+                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+                {"db": self.db},
+            )
+            if not rows or int(rows[0][0]) == 0:
+                return
+            time.sleep(0.05)
+        raise StorageError(f"mutations in {self.db} did not finish in {timeout_s}s")
+
+    def delete_range(self, from_ts: str, to_ts: str) -> None:
+        """Remove the decisions and alerts of ``[from_ts, to_ts)`` (before a replay)."""
+        p = {"lo": from_ts, "hi": to_ts}
+        for table, column in (("access_decisions", "occurred_at"), ("alerts", "first_at")):
+            n = self.backend.execute(
+                f"SELECT count() FROM {self.db}.{table} "
+                f"WHERE {column} >= %(lo)s AND {column} < %(hi)s",
+                p,
+            )
+            if n and int(n[0][0]):
+                self.backend.execute(
+                    f"ALTER TABLE {self.db}.{table} DELETE "
+                    f"WHERE {column} >= %(lo)s AND {column} < %(hi)s",
+                    p,
+                )
+        self.wait_mutations()
+
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        for i in range(0, len(rows), INSERT_BATCH):
+            self.backend.insert(
+                f"{self.db}.access_decisions", DECISION_COLUMNS, rows[i : i + INSERT_BATCH]
+            )
+
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        for i in range(0, len(rows), INSERT_BATCH):
+            self.backend.insert(f"{self.db}.alerts", ALERT_COLUMNS, rows[i : i + INSERT_BATCH])
+
+    def alert_fingerprints(self, from_ts: str, to_ts: str) -> dict[str, str]:
+        rows = self.backend.execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM {self.db}.alerts FINAL "
+            "WHERE first_at >= %(lo)s AND first_at < %(hi)s",
+            {"lo": from_ts, "hi": to_ts},
+        )
+        return {_text(r[0]): stored_alert_fingerprint(r) for r in rows}
+
+
+def _ledgered(row: Sequence[Any]) -> LedgeredEvent | None:
+    _occ, chain, height, idx, canonical = row
+    try:
+        event = decode_event(bytes(canonical))
+    except Exception:  # tampered row: verify reports it; the auditor skips it
+        log.warning("undecodable access event at %s/%s/%s skipped", _text(chain), height, idx)
+        return None
+    return LedgeredEvent(Position(_text(chain), int(height), int(idx)), event)
+
+
+# --------------------------------------------------------------------------- alerts out
+
+
+class AlertPublisher(Protocol):
+    def publish(self, alert_id: str, document: dict[str, Any]) -> None: ...
+
+    def flush(self, timeout: float) -> int: ...
+
+
+class KafkaAlertPublisher:
+    """JSON alerts to ``Settings.topic_alerts``, key = alert id (idempotent producer)."""
+
+    def __init__(self, settings: Any, topic: str | None = None) -> None:
+        from confluent_kafka import Producer
+
+        self.topic = topic or settings.topic_alerts
+        self.failed = 0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "client.id": "careledger-auditor",
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.timeout.ms": 60_000,
+            }
+        )
+
+    def publish(self, alert_id: str, document: dict[str, Any]) -> None:
+        def delivered(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.failed += 1
+                log.error("alert %s not delivered to %s: %s", alert_id, self.topic, err)
+
+        payload = dumps(document).encode("utf-8")
+        while True:
+            try:
+                self._producer.produce(
+                    self.topic, key=alert_id.encode(), value=payload, on_delivery=delivered
+                )
+                break
+            except BufferError:
+                self._producer.poll(0.5)
+        self._producer.poll(0)
+
+    def flush(self, timeout: float = 30.0) -> int:
+        return int(self._producer.flush(timeout))
+
+
+# --------------------------------------------------------------------------- range
+
+
+@dataclass
+class RangeResult:
+    from_ts: str
+    to_ts: str
+    audit_run: str
+    events_read: int = 0
+    decisions: int = 0
+    explained: int = 0
+    flagged: int = 0
+    alerts: int = 0
+    published: int = 0
+    by_rule: dict[str, int] = field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "from": self.from_ts,
+            "to": self.to_ts,
+            "audit_run": self.audit_run,
+            "events_read": self.events_read,
+            "decisions": self.decisions,
+            "explained": self.explained,
+            "flagged": self.flagged,
+            "alerts": self.alerts,
+            "alerts_published": self.published,
+            "alerts_by_rule": dict(sorted(self.by_rule.items())),
+            "elapsed_s": round(self.elapsed_s, 3),
+        }
+
+
+def range_run_id(from_ts: str, to_ts: str) -> str:
+    return f"range:{from_ts}..{to_ts}"
+
+
+def audit_range(
+    store: AuditStore,
+    from_ts: str,
+    to_ts: str,
+    *,
+    salt: str,
+    config: AuditConfig = DEFAULT_CONFIG,
+    publisher: AlertPublisher | None = None,
+    now: Callable[[], str] = utc_now_ts,
+) -> RangeResult:
+    """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store."""
+    started = time.perf_counter()
+    run = range_run_id(from_ts, to_ts)
+    result = RangeResult(from_ts, to_ts, run)
+    records, _ = store.reference_records()
+    state = ReferenceState(records)
+    lo, hi = read_bounds(from_ts, to_ts, config)
+    counted: list[int] = [0]
+
+    def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
+        for le in events:
+            counted[0] += 1
+            yield le
+
+    placed = sort_decisions(
+        decide_range(
+            state,
+            counting(store.events_between(lo, hi)),
+            from_ts,
+            to_ts,
+            horizon_ts=store.horizon(),
+            config=config,
+        )
+    )
+    result.events_read = counted[0]
+    decided_at = now()
+    rows = [decision_row(p, salt=salt, decided_at=decided_at, audit_run=run) for p in placed]
+    alerts = group_alerts([p.decision for p in placed], salt=salt)
+    before = store.alert_fingerprints(from_ts, to_ts)
+    store.delete_range(from_ts, to_ts)
+    store.insert_decisions(rows)
+    version = time.time_ns()
+    store.insert_alerts(
+        [alert_row(a, created_at=decided_at, audit_run=run, version=version) for a in alerts]
+    )
+    result.decisions = len(placed)
+    result.explained = sum(1 for p in placed if p.decision.explained)
+    result.flagged = sum(1 for p in placed if p.decision.flagged)
+    result.alerts = len(alerts)
+    for a in alerts:
+        result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
+    if publisher is not None:
+        for a in alerts:
+            if before.get(a.alert_id) != alert_fingerprint(a):
+                publisher.publish(a.alert_id, alert_document(a))
+                result.published += 1
+        if result.published and publisher.flush(30.0):
+            raise StorageError("alerts could not all be delivered to Kafka")
+    result.elapsed_s = time.perf_counter() - started
+    return result
+
+
+# --------------------------------------------------------------------------- follow
+
+
+#: flagged decisions kept in memory for regrouping: the grouping window plus max span
+_REGROUP_US: Final = 25 * 3600 * 1_000_000
+
+
+class Follower:
+    """Audit newly committed blocks continuously (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        salt: str,
+        config: AuditConfig = DEFAULT_CONFIG,
+        publisher: AlertPublisher | None = None,
+        from_ts: str | None = None,
+        now: Callable[[], str] = utc_now_ts,
+    ) -> None:
+        self.store = store
+        self.salt = salt
+        self.config = config
+        self.publisher = publisher
+        self.from_ts = from_ts
+        self.now = now
+        self.run_id = f"follow:{secrets.token_hex(8)}"
+        self.state = ReferenceState()
+        self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
+        self.ref_heights: dict[str, int] = {}
+        self.cursors: dict[str, int] = {}
+        self.btg_positions: dict[str, tuple[Position, int]] = {}
+        self.recent: list[AccessDecision] = []
+        self.published: dict[str, str] = {}  # alert id -> fingerprint
+        self.started = False
+        self.cycles = 0
+        self.decided = 0
+        self.alerts_sent = 0
+
+    def _start(self) -> None:
+        # resume after what earlier runs decided (every event of a block is decided
+        # together), or from the beginning
+        self.cursors = self.store.decided_heights()
+        self.started = True
+
+    def cycle(self) -> int:
+        """One poll; returns the number of new decisions."""
+        if not self.started:
+            self._start()
+        self.cycles += 1
+        records, self.ref_heights = self.store.reference_records(self.ref_heights)
+        self.state.apply_all(records)
+        heads = self.store.heads()
+        new: list[LedgeredEvent] = []
+        for chain, head in sorted(heads.items()):
+            above = self.cursors.get(chain, -1)
+            if head <= above:
+                continue
+            # reference chains have no rows in access_events: nothing comes back
+            new.extend(self.store.events_of_chain(chain, above, head))
+            self.cursors[chain] = head
+        if not new:
+            return 0
+        new.sort(key=lambda le: le.sort_key)
+        batch = {le.event.event_id: le.position for le in new}
+        placed: list[PlacedDecision] = []
+        for le in new:
+            if is_btg_start(le.event):
+                self.btg_positions[le.event.event_id] = (
+                    le.position,
+                    ts_to_us(le.event.occurred_at),
+                )
+            for d in self.auditor.process(le.event):
+                pos = batch.get(d.event_id)
+                if d.amends:
+                    entry = self.btg_positions.pop(d.event_id, None)
+                    pos = None if entry is None else entry[0]
+                if pos is None:
+                    continue
+                if self.from_ts is not None and d.occurred_at < self.from_ts:
+                    continue
+                placed.append(PlacedDecision(d, pos))
+        # bounded memory: a start's position is needed until its stop window is over
+        latest = ts_to_us(new[-1].event.occurred_at)
+        keep_us = 2 * self.config.btg_stop_window_us
+        for eid, (_pos, t_us) in list(self.btg_positions.items()):
+            if latest - t_us > keep_us:
+                del self.btg_positions[eid]
+        decided_at = self.now()
+        self.store.insert_decisions(
+            [
+                decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
+                for p in sort_decisions(placed)
+            ]
+        )
+        self.decided += len(placed)
+        self._alerts([p.decision for p in placed if p.decision.flagged], decided_at)
+        return len(placed)
+
+    def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
+        if not flagged:
+            return
+        self.recent.extend(flagged)
+        latest = max(ts_to_us(d.occurred_at) for d in self.recent)
+        self.recent = [d for d in self.recent if latest - ts_to_us(d.occurred_at) <= _REGROUP_US]
+        touched = {d.event_id for d in flagged}
+        changed: list[Alert] = []
+        for a in group_alerts(self.recent, salt=self.salt):
+            if touched.isdisjoint(a.event_ids):
+                continue
+            fp = alert_fingerprint(a)
+            if self.published.get(a.alert_id) != fp:
+                self.published[a.alert_id] = fp
+                changed.append(a)
+        if not changed:
+            return
+        self.store.insert_alerts(
+            [
+                alert_row(a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns())
+                for a in changed
+            ]
+        )
+        if self.publisher is not None:
+            for a in changed:
+                self.publisher.publish(a.alert_id, alert_document(a))
+            self.publisher.flush(10.0)
+        self.alerts_sent += len(changed)
+        if len(self.published) > 200_000:
+            for key in list(self.published)[:100_000]:
+                del self.published[key]
