@@ -115,15 +115,9 @@ def _run_mode(
     suffix = uuid.uuid4().hex[:6]
     results: dict[str, Any] = {"mode": name}
     for phase in ("throughput", "latency"):
-        s = base.replace(
-            topic_events=f"bench-{name}-{phase}-{suffix}",
-            topic_dead_letter=f"bench-{name}-{phase}-dlq-{suffix}",
-            topic_checkpoints=f"bench-{name}-{phase}-cp-{suffix}",
-            # Empty reference streams of its own: the benchmark measures access events.
-            topic_consents=f"bench-{name}-{phase}-consents-{suffix}",
-            topic_care_relationships=f"bench-{name}-{phase}-care-{suffix}",
-            topic_workforce=f"bench-{name}-{phase}-workforce-{suffix}",
-            topic_patients=f"bench-{name}-{phase}-patients-{suffix}",
+        # Topics of its own (reference streams stay empty: this measures access events).
+        s = base.with_topic_suffix(
+            f"-bench-{name}-{phase}-{suffix}",
             processor_app_id=f"careledger-bench-{name}-{phase}-{suffix}",
             processor_web_port=0,
         )

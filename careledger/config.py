@@ -107,6 +107,16 @@ class Settings:
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
+    def with_topic_suffix(self, suffix: str, **changes: Any) -> Settings:
+        """Every Kafka topic renamed ``<name><suffix>``: a pipeline of its own on a
+        shared broker (tests, benchmarks)."""
+        topics = {
+            f.name: getattr(self, f.name) + suffix
+            for f in dataclasses.fields(self)
+            if f.name.startswith("topic_")
+        }
+        return dataclasses.replace(self, **topics, **changes)
+
     def as_env(self) -> dict[str, str]:
         """The settings as CARELEDGER_* variables, for child processes."""
         env: dict[str, str] = {}

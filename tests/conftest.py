@@ -110,16 +110,9 @@ def _drop_database(settings: Settings) -> None:
 def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
     """``base`` with a unique database, topic names and processor app id."""
     tag = tag or uuid.uuid4().hex[:10]
-    return base.replace(
+    return base.with_topic_suffix(
+        f"-t{tag}",
         clickhouse_database=f"careledger_t_{tag}",
-        topic_events=f"{base.topic_events}-t{tag}",
-        topic_dead_letter=f"{base.topic_dead_letter}-t{tag}",
-        topic_alerts=f"{base.topic_alerts}-t{tag}",
-        topic_checkpoints=f"{base.topic_checkpoints}-t{tag}",
-        topic_consents=f"{base.topic_consents}-t{tag}",
-        topic_care_relationships=f"{base.topic_care_relationships}-t{tag}",
-        topic_workforce=f"{base.topic_workforce}-t{tag}",
-        topic_patients=f"{base.topic_patients}-t{tag}",
         processor_app_id=f"{base.processor_app_id}-t{tag}",
     )
 
