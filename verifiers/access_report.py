@@ -97,21 +97,32 @@ COMPLETENESS: Final = (
     "line missing from this file cannot be detected from the file alone"
 )
 
-#: Decision columns, most telling first, for the one-cell summary.
+#: Decision columns, most telling first, for the one-cell summary (migration 4's
+#: ``access_decisions`` has explanation_kind/explanation, flags and severity).
 _DECISION_SUMMARY: Final = (
-    "explanation",
-    "explanations",
+    "flags",
     "alert",
     "alert_id",
-    "rule_code",
-    "rule",
-    "rules",
-    "codes",
+    "explanation",
+    "explanations",
     "decision",
-    "verdict",
     "status",
 )
-_DECISION_SKIP: Final = frozenset({"event_id", "canonical", "patient_id"})
+#: Columns repeated from the event itself (or internal): not shown with a decision.
+_DECISION_SKIP: Final = frozenset(
+    {
+        "event_id",
+        "canonical",
+        "patient_id",
+        "patient_ref",
+        "chain_id",
+        "height",
+        "idx",
+        "occurred_at",
+        "occurred_date",
+        "actor_id",
+    }
+)
 _CHUNK: Final = 2000
 
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
@@ -266,15 +277,25 @@ class _Reader:
                 {"ids": tuple(part)},
             )
             for event_id, *values in rows:
-                found[_text(event_id)] = {
-                    name: _json_value(v) for name, v in zip(wanted, values, strict=True)
-                }
+                row = {name: _json_value(v) for name, v in zip(wanted, values, strict=True)}
+                eid = _text(event_id)
+                # a re-audit adds rows: the latest decision stands
+                if eid not in found or str(row.get("decided_at", "")) >= str(
+                    found[eid].get("decided_at", "")
+                ):
+                    found[eid] = row
         return found
 
 
 def _json_value(value: Any) -> Any:
     if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
+        text = value.decode("utf-8", errors="replace")
+        if text[:1] in ("{", "["):  # the auditor stores JSON in String columns
+            try:
+                return json.loads(text)
+            except ValueError:
+                return text
+        return text
     if isinstance(value, list | tuple):
         return [_json_value(v) for v in value]
     if isinstance(value, dt.datetime | dt.date):
@@ -285,13 +306,26 @@ def _json_value(value: Any) -> Any:
 
 
 def decision_summary(decision: dict[str, Any] | None) -> str:
+    """One cell: the alert flags (with severity) if any, else the explanation."""
     if not decision:
         return ""
+    flags = decision.get("flags")
+    if isinstance(flags, list) and flags:
+        codes = [str(f.get("code", f)) if isinstance(f, dict) else str(f) for f in flags]
+        severity = decision.get("severity")
+        return f"{severity}: {' '.join(codes)}" if severity else " ".join(codes)
+    explanation = decision.get("explanation")
+    if isinstance(explanation, dict) and explanation:
+        via = explanation.get("relationship_kind") or explanation.get("via")
+        kind = str(explanation.get("kind", ""))
+        return f"explained: {kind} ({via})" if via else f"explained: {kind}"
+    if decision.get("explanation_kind"):
+        return f"explained: {decision['explanation_kind']}"
     for name in _DECISION_SUMMARY:
         value = decision.get(name)
-        if value not in (None, "", [], 0):
-            return " ".join(map(str, value)) if isinstance(value, list) else str(value)
-    return json.dumps(decision, sort_keys=True)
+        if value not in (None, "", [], {}):
+            return str(value)
+    return "unexplained"
 
 
 def _proof(row: _Row, block: _Block, tree: MerkleTree | None, leaf: bytes) -> dict[str, Any]:
@@ -519,7 +553,8 @@ def _cell(line: dict[str, Any], name: str) -> str:
     if name == "purpose":
         return " ".join(line.get("purpose") or [])
     if name == "object":
-        return " ".join(x for x in (line.get("object_type"), line.get("object_id")) if x)
+        otype, oid = line.get("object_type") or "", line.get("object_id") or ""
+        return oid if oid.startswith(f"{otype}/") else f"{otype} {oid}".strip()
     if name == "decision":
         return decision_summary(line.get("decision"))
     if name == "block":
@@ -544,7 +579,10 @@ def render_csv(doc: dict[str, Any]) -> str:
 def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
     """A plain-text table for people (no proof bytes)."""
     columns = _TABLE_COLUMNS[doc["view"]]
-    rows = [[_cell(line, c)[:max_width] for c in columns] for line in doc["lines"]]
+    rows = [
+        [_cell(line, c)[: None if c == "block" else max_width] for c in columns]
+        for line in doc["lines"]
+    ]
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
     title = {
         "access": "Access report",

@@ -1,0 +1,398 @@
+"""``careledger access-report`` and ``verify-proof`` on the real pipeline.
+
+Simulated hospital traffic plus a few crafted events for one patient go through the
+real processor into ClickHouse; the report must list exactly that patient's accesses
+in the range, every view must hold only what it promises, and the exported proofs
+must verify offline with the trusted key and fail for each tampering, named after
+the attack.
+"""
+
+from __future__ import annotations
+
+import base64
+import copy
+import csv
+import io
+import json
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from careledger import stack as stack_mod
+from careledger.cli import main
+from careledger.config import Settings
+from careledger_core.block import SIGNING_CONTEXT, BlockHeader, decode_header, header_bytes
+from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
+from careledger_core.hashing import leaf_hash
+from careledger_core.reference import (
+    REFERENCE_SCHEMA,
+    canonical_reference_bytes,
+    reference_from_dict,
+)
+from careledger_core.signing import SigningKey, format_public_key
+from producers.sdk import AccessEventProducer
+from producers.simulator import HospitalModel, simulate
+from tests.conftest import _cleanup, _migrate, isolated_settings
+from tests.integration.pipeline import (
+    committed_event_count,
+    processor_settings,
+    run_cli,
+    start_processor,
+    stop,
+    store_for,
+    wait_until,
+    with_keys,
+)
+from verifiers.proofs import DISPLAYED_FIELDS, is_disclosure
+
+pytestmark = pytest.mark.integration
+
+DAY = "2026-11-02"
+FROM, TO = "2026-11-02T00:00:00.000000Z", "2026-11-03T00:00:00.000000Z"
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+DIRECTORY_USER = "DIRTEST1"
+
+
+def _crafted(patient: str, n: int, occurred_at: str, **changes: Any) -> AccessEvent:
+    d: dict[str, Any] = {
+        "schema": "careledger.access-event/1",
+        "event_id": f"c0ffee00-0000-4000-8000-{n:012d}",
+        "occurred_at": occurred_at,
+        "recorded_at": occurred_at,
+        "event_type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+        },
+        "action": "R",
+        "outcome": 0,
+        "purpose_of_use": ["TREAT"],
+        "actor": {
+            "id": DIRECTORY_USER,
+            "name": "A. L.",
+            "roles": ["clerk"],
+            "organization": "Northbridge General Hospital",
+            "is_requestor": True,
+        },
+        "source": {"system": "ehr", "type": 4},
+        "patient": {"id": patient},
+        "object": {"type": "DocumentReference", "id": f"DocumentReference/{n}"},
+    }
+    d.update(changes)
+    return event_from_dict(d)
+
+
+def _export(patient: str, n: int, occurred_at: str, **changes: Any) -> AccessEvent:
+    return _crafted(
+        patient,
+        n,
+        occurred_at,
+        action="E",
+        event_type={"system": DCM, "code": "110106", "display": "Export"},
+        event_subtype=[
+            {
+                "system": "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle",
+                "code": "disclose",
+                "display": "Disclose",
+            }
+        ],
+        purpose_of_use=["HPAYMT"],
+        **changes,
+    )
+
+
+def _staff(version: int, effective_at: str, given: str, family: str, role: str) -> bytes:
+    return canonical_reference_bytes(
+        reference_from_dict(
+            {
+                "schema": REFERENCE_SCHEMA,
+                "kind": "staff",
+                "record_id": DIRECTORY_USER,
+                "version": version,
+                "recorded_at": effective_at,
+                "effective_at": effective_at,
+                "body": {
+                    "user_id": DIRECTORY_USER,
+                    "family_name": family,
+                    "given_name": given,
+                    "roles": [role],
+                    "department": "HIM",
+                    "status": "active",
+                    "start_date": "2020-01-01",
+                },
+            }
+        )
+    )
+
+
+class Ledger:
+    """What was produced, and where the reports of it are."""
+
+    def __init__(self, settings: Settings, events: list[AccessEvent], patient: str, out: Path):
+        self.settings = settings
+        self.events = events
+        self.patient = patient
+        self.out = out
+        self.trusted_key = settings.trusted_keys[0]
+
+    @property
+    def expected(self) -> list[AccessEvent]:
+        return [
+            e for e in self.events if e.patient.id == self.patient and FROM <= e.occurred_at < TO
+        ]
+
+    def report(self, view: str, fmt: str) -> Path:
+        path = self.out / f"report-{view}.{fmt}"
+        if not path.exists():
+            result = run_cli(
+                self.settings,
+                "access-report",
+                "--patient",
+                self.patient,
+                "--from",
+                DAY,
+                "--to",
+                DAY,
+                "--view",
+                view,
+                "--format",
+                fmt,
+                "--out",
+                str(path),
+            )
+            assert result.returncode == 0, result.stdout + result.stderr
+        return path
+
+    def doc(self, view: str = "access") -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.report(view, "json").read_text())
+        return loaded
+
+
+@pytest.fixture(scope="module")
+def ledger(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Ledger]:
+    tmp = tmp_path_factory.mktemp("access-report")
+    base = isolated_settings(stack).replace(verifier_state_dir=tmp / "verifier")
+    topics = stack_mod.default_topics(base)
+    stack_mod.ensure_topics(base, topics)
+    _migrate(base)
+    try:
+        settings = processor_settings(with_keys(base, tmp))
+        simulated = list(simulate(HospitalModel(staff=40, patients=60, seed=11), 1500, seed=11))
+        counts = Counter(e.patient.id for e in simulated if e.patient.id != "-")
+        patient = counts.most_common(1)[0][0]
+        crafted = [
+            _export(patient, 1, "2026-11-02T12:34:56.000001Z"),
+            _crafted(  # printing inside the hospital: an access, not a disclosure
+                patient,
+                2,
+                "2026-11-02T12:40:00.000000Z",
+                event_type={"system": DCM, "code": "110106", "display": "Export"},
+            ),
+            _export(patient, 3, "2026-11-02T13:00:00.000000Z", outcome=8),  # failed export
+            _crafted(patient, 4, "2026-11-05T09:00:00.000000Z"),  # after the range
+            _export("SOMEONE-ELSE", 5, "2026-11-02T12:35:00.000000Z"),
+            _crafted(patient, 6, "2026-11-01T23:59:59.999999Z"),  # before the range
+        ]
+        events = simulated + crafted
+        directory = [
+            _staff(1, "2026-01-01T00:00:00.000000Z", "Ada", "Lovelace", "physician"),
+            _staff(2, "2026-11-03T00:00:00.000000Z", "Ada", "King", "manager"),
+        ]
+        proc = start_processor(settings, tmp / "processor.log")
+        store = store_for(settings)
+        try:
+            with AccessEventProducer(settings, topic=settings.topic_workforce) as producer:
+                for value in directory:
+                    producer.send_raw(value, key=DIRECTORY_USER.encode())
+                producer.flush()
+            with AccessEventProducer(settings) as producer:
+                for e in events:
+                    producer.send(e)
+                producer.flush()
+
+            def staff_rows() -> int:
+                rows = store.backend.execute(
+                    f"SELECT count() FROM {store.db}.reference_records AS r "
+                    f"ANY INNER JOIN (SELECT chain_id, height, block_hash FROM {store.db}.blocks)"
+                    " AS b USING (chain_id, height, block_hash)"
+                )
+                return int(rows[0][0])
+
+            wait_until(
+                lambda: committed_event_count(store) >= len(events) and staff_rows() >= 2,
+                120,
+                what="every event and directory record in a signed block",
+            )
+            time.sleep(0.5)
+        finally:
+            stop(proc)
+            store.backend.close()
+        yield Ledger(settings, events, patient, tmp)
+    finally:
+        _cleanup(base, list(topics))
+
+
+def _ids(doc: dict[str, Any]) -> list[str]:
+    return [
+        json.loads(base64.b64decode(line["proof"]["canonical"]))["event_id"]
+        for line in doc["lines"]
+    ]
+
+
+def test_report_lists_exactly_the_patients_accesses_in_range(ledger: Ledger) -> None:
+    doc = ledger.doc("access")
+    expected = sorted(ledger.expected, key=lambda e: e.occurred_at)
+    assert len(expected) >= 5
+    assert sorted(_ids(doc)) == sorted(e.event_id for e in expected)
+    assert len(set(_ids(doc))) == len(doc["lines"]), "an access is listed twice"
+    assert [line["occurred_at"] for line in doc["lines"]] == [e.occurred_at for e in expected]
+    assert doc["problems"] == []
+    by_id = {e.event_id: e for e in expected}
+    for line in doc["lines"]:
+        e = by_id[line["event_id"]]
+        for name in DISPLAYED_FIELDS:
+            if name in line:
+                assert line[name] == DISPLAYED_FIELDS[name](e), name
+        assert line["proof"]["canonical"] == base64.b64encode(canonical_event_bytes(e)).decode()
+        assert "decision" in line  # migration 4's access_decisions exists (empty here)
+    crafted = next(line for line in doc["lines"] if line["actor_id"] == DIRECTORY_USER)
+    # the directory version in force at the access time, not the event's own name
+    assert (crafted["actor_name"], crafted["actor_role"], crafted["actor_source"]) == (
+        "Ada Lovelace",
+        "physician",
+        "directory",
+    )
+    simulated = next(line for line in doc["lines"] if line["actor_id"] != DIRECTORY_USER)
+    assert simulated["actor_source"] == "event" and simulated["actor_role"]
+
+
+def test_csv_and_table_render(ledger: Ledger) -> None:
+    rows = list(csv.DictReader(io.StringIO(ledger.report("access", "csv").read_text())))
+    assert sorted(r["event_id"] for r in rows) == sorted(e.event_id for e in ledger.expected)
+    assert {"actor_name", "purpose", "chain_id", "height", "index", "leaf_hash"} <= set(rows[0])
+    assert all(r["patient_id"] == ledger.patient for r in rows)
+    table = ledger.report("access", "table").read_text()
+    assert f"patient {ledger.patient}" in table
+    assert f"{len(ledger.expected)} line(s)" in table
+    assert "Ada Lovelace" in table
+    doc = ledger.doc("access")
+    assert doc["lines"][0]["proof"]["canonical"] not in table
+
+
+def test_hipaa_view_lists_only_disclosures(ledger: Ledger) -> None:
+    doc = ledger.doc("hipaa-disclosures")
+    disclosures = [e for e in ledger.expected if is_disclosure(e)]
+    assert "c0ffee00-0000-4000-8000-000000000001" in {e.event_id for e in disclosures}
+    assert sorted(_ids(doc)) == sorted(e.event_id for e in disclosures)
+    for line in doc["lines"]:
+        assert {"occurred_at", "recipient", "description", "purpose"} <= set(line)
+    crafted = next(line for line in doc["lines"] if line["actor_id"] == DIRECTORY_USER)
+    assert crafted["purpose"] == ["HPAYMT"]
+    assert "Northbridge General Hospital" in crafted["recipient"]
+    assert "DocumentReference" in crafted["description"]
+    rows = list(csv.DictReader(io.StringIO(ledger.report("hipaa-disclosures", "csv").read_text())))
+    assert len(rows) == len(disclosures)
+
+
+def test_gdpr_view_has_only_dates_and_purposes(ledger: Ledger) -> None:
+    doc = ledger.doc("gdpr")
+    assert len(doc["lines"]) == len(ledger.expected)
+    assert all(set(line) == {"occurred_at", "purpose", "proof"} for line in doc["lines"])
+    text = ledger.report("gdpr", "csv").read_text()
+    lines = text.splitlines()
+    assert lines[0] == "date,purpose"
+    assert len(lines) == len(ledger.expected) + 1
+    assert DIRECTORY_USER not in text and "Lovelace" not in text
+
+
+def test_exported_reports_verify_with_the_trusted_key(ledger: Ledger) -> None:
+    assert len(ledger.doc("hipaa-disclosures")["lines"]) >= 1
+    for view in ("access", "hipaa-disclosures", "gdpr"):
+        path = ledger.report(view, "json")
+        result = run_cli(
+            ledger.settings, "verify-proof", str(path), "--trusted-key", ledger.trusted_key
+        )
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "VERIFIED" in result.stdout
+
+
+def _verify(ledger: Ledger, doc: dict[str, Any], name: str) -> tuple[int, str]:
+    path = ledger.out / f"tampered-{name}.json"
+    path.write_text(json.dumps(doc))
+    code = main(["verify-proof", str(path), "--trusted-key", ledger.trusted_key])
+    return code, name
+
+
+def _pick(doc: dict[str, Any]) -> int:
+    """A line in a block with several events (so its audit path is not empty)."""
+    for i, line in enumerate(doc["lines"]):
+        if line["proof"]["audit_path"]:
+            return i
+    raise AssertionError("no block with more than one event")
+
+
+def test_displayed_actor_changed_in_the_file(ledger: Ledger, capsys: Any) -> None:
+    doc = ledger.doc()
+    i = _pick(doc)
+    doc["lines"][i]["actor_id"] = "SOMEONE-INNOCENT"
+    assert _verify(ledger, doc, "actor")[0] == 1
+    assert f"line {i} " in capsys.readouterr().out
+
+
+def test_canonical_bytes_changed(ledger: Ledger) -> None:
+    doc = ledger.doc()
+    proof = doc["lines"][_pick(doc)]["proof"]
+    raw = base64.b64decode(proof["canonical"])
+    event = json.loads(raw)
+    event["purpose_of_use"] = ["HMARKT"]
+    forged = json.dumps(event, sort_keys=True, separators=(",", ":")).encode()
+    proof["canonical"] = base64.b64encode(forged).decode()
+    proof["leaf_hash"] = leaf_hash(forged).hex()
+    assert _verify(ledger, doc, "canonical")[0] == 1
+
+
+def test_proof_hash_flipped(ledger: Ledger) -> None:
+    doc = ledger.doc()
+    path = doc["lines"][_pick(doc)]["proof"]["audit_path"]
+    path[-1] = path[-1][:-1] + ("0" if path[-1][-1] != "0" else "1")
+    assert _verify(ledger, doc, "proof")[0] == 1
+
+
+def test_header_signed_by_another_key_even_if_the_file_carries_it(ledger: Ledger) -> None:
+    doc = ledger.doc()
+    other = SigningKey.from_seed(bytes(range(32)))
+    proof = doc["lines"][_pick(doc)]["proof"]
+    header = decode_header(base64.b64decode(proof["header"]))
+    fields = {f: getattr(header, f) for f in BlockHeader.__struct_fields__}
+    forged = BlockHeader(**{**fields, "key_id": other.key_id})
+    proof["header"] = base64.b64encode(header_bytes(forged)).decode()
+    proof["signature"] = other.sign(SIGNING_CONTEXT + header_bytes(forged)).hex()
+    proof["public_key"] = format_public_key(other.public_key)
+    doc["trusted_keys"] = [format_public_key(other.public_key)]
+    assert _verify(ledger, doc, "signature")[0] == 1
+    # the same header re-signed by the other key under the trusted key id
+    doc = ledger.doc()
+    proof = doc["lines"][_pick(doc)]["proof"]
+    raw = base64.b64decode(proof["header"])
+    proof["signature"] = other.sign(SIGNING_CONTEXT + raw).hex()
+    assert _verify(ledger, doc, "signature-same-id")[0] == 1
+
+
+def test_line_moved_to_another_index(ledger: Ledger) -> None:
+    doc = ledger.doc()
+    proof = doc["lines"][_pick(doc)]["proof"]
+    header = decode_header(base64.b64decode(proof["header"]))
+    proof["index"] = (proof["index"] + 1) % header.event_count
+    assert _verify(ledger, doc, "index")[0] == 1
+
+
+def test_removed_line_is_not_detectable_from_the_file_alone(ledger: Ledger) -> None:
+    doc = copy.deepcopy(ledger.doc())
+    del doc["lines"][_pick(doc)]
+    assert _verify(ledger, doc, "removed")[0] == 0, (
+        "the report is complete only up to the ledger: a missing line leaves no trace"
+    )
+    assert "complete only up to the ledger" in doc["completeness"]
