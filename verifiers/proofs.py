@@ -354,11 +354,14 @@ def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[ProofRes
         raise ReportFormatError("the report names no patient")
     if doc.get("view") not in VIEWS:
         raise ReportFormatError(f"view must be one of {', '.join(VIEWS)}")
+    if not isinstance(doc.get("from"), str) or not isinstance(doc.get("to"), str):
+        raise ReportFormatError("the report names no time range (from, to)")
     lines = doc.get("lines")
     if not isinstance(lines, list):
         raise ReportFormatError("the report has no list of lines")
     headers = _HeaderCache(trusted)
     results: list[ProofResult] = []
+    first_seen: dict[tuple[str, int, int], int] = {}
     for i, line in enumerate(lines):
         result = ProofResult(i, *_identity(line))
         try:
@@ -367,6 +370,12 @@ def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[ProofRes
             result.reasons.extend(_check_line(line, doc, headers))
         except _LineFailed as exc:
             result.reasons.append(str(exc))
+        if result.chain_id is not None and result.height is not None and result.index is not None:
+            where = (result.chain_id, result.height, result.index)
+            if where in first_seen:  # padding: one access listed twice
+                result.reasons.append(f"the same event as line {first_seen[where]}")
+            else:
+                first_seen[where] = i
         results.append(result)
     return results
 

@@ -327,11 +327,20 @@ def test_a_removed_line_is_not_detectable_from_the_file(report: dict[str, Any]) 
     assert not _failures(report), "the report is complete only up to the ledger"
 
 
+def test_an_access_listed_twice(report: dict[str, Any]) -> None:
+    report["lines"].append(copy.deepcopy(report["lines"][1]))
+    failures = _failures(report)
+    assert list(failures) == [4]
+    assert "same event as line 1" in failures[4][0]
+
+
 def test_not_a_report() -> None:
     with pytest.raises(ReportFormatError):
         verify_report({"schema": "something-else", "lines": []}, TRUSTED)
     with pytest.raises(ReportFormatError):
         verify_report({**_doc([]), "lines": {}}, TRUSTED)
+    with pytest.raises(ReportFormatError):
+        verify_report({k: v for k, v in _doc([]).items() if k != "to"}, TRUSTED)
 
 
 def test_malformed_line_fails_alone(report: dict[str, Any]) -> None:
