@@ -396,3 +396,55 @@ def test_removed_line_is_not_detectable_from_the_file_alone(ledger: Ledger) -> N
         "the report is complete only up to the ledger: a missing line leaves no trace"
     )
     assert "complete only up to the ledger" in doc["completeness"]
+
+
+def test_rows_tampered_in_the_store_are_reported_not_laundered(ledger: Ledger) -> None:
+    """Runs last: it rewrites one of the patient's stored events in ClickHouse."""
+    store = store_for(ledger.settings)
+    try:
+        target = next(e for e in ledger.expected if e.actor.id != DIRECTORY_USER)
+        canonical = canonical_event_bytes(target)
+        forged = canonical.replace(b'"action":"' + target.action.encode(), b'"action":"D', 1)
+        assert forged != canonical
+        store.backend.execute(
+            f"ALTER TABLE {store.db}.access_events UPDATE canonical = %(v)s "
+            "WHERE event_id = %(id)s",
+            {"v": forged, "id": target.event_id},
+        )
+
+        def mutations_done() -> bool:
+            rows = store.backend.execute(
+                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+                {"db": store.db},
+            )
+            return int(rows[0][0]) == 0
+
+        wait_until(mutations_done, 60, what="the forged row in place")
+    finally:
+        store.backend.close()
+    out = ledger.out / "after-tampering.json"
+    result = run_cli(
+        ledger.settings,
+        "access-report",
+        "--patient",
+        ledger.patient,
+        "--from",
+        DAY,
+        "--to",
+        DAY,
+        "--format",
+        "json",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "not leaf" in result.stderr
+    doc = json.loads(out.read_text())
+    failing = [i for i, line in enumerate(doc["lines"]) if line["event_id"] == target.event_id]
+    assert len(failing) == 1 and doc["lines"][failing[0]]["action"] == "D"
+    verified = run_cli(
+        ledger.settings, "verify-proof", str(out), "--trusted-key", ledger.trusted_key
+    )
+    assert verified.returncode == 1, verified.stdout + verified.stderr
+    assert f"line {failing[0]} " in verified.stdout
+    assert verified.stdout.count("): FAILED:") == 1, "only the forged line fails"
