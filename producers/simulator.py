@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from bisect import bisect
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from random import Random
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -62,6 +62,8 @@ from careledger_core.event import (
 
 if TYPE_CHECKING:
     from careledger.config import Settings
+    from careledger_core.reference import ReferenceRecord
+    from producers.scenarios import Departure
 
 log = logging.getLogger(__name__)
 
@@ -768,6 +770,15 @@ class HospitalModel:
             self.duty_cum_weights.append(cum)
             self.session_rate_per_us.append(total / 3_600_000_000)
 
+    def reference_records(
+        self, start: dt.datetime = DEFAULT_START, *, departures: Sequence[Departure] = ()
+    ) -> list[ReferenceRecord]:
+        """The reference data (workforce, patients, care relationships, consents) behind
+        ``simulate(self, ..., start)``; see :mod:`producers.scenarios`."""
+        from producers.scenarios import build_reference_records
+
+        return build_reference_records(self, start, departures=departures)
+
     def describe(self) -> str:
         roles: dict[str, int] = {}
         for m in self.staff:
@@ -869,9 +880,21 @@ _S_FAILED_LOGIN, _S_LOGIN, _S_ACCESS, _S_BTG_START, _S_BTG_STOP, _S_COHORT, _S_L
 
 
 def simulate(
-    model: HospitalModel, count: int, seed: int, start: dt.datetime = DEFAULT_START
+    model: HospitalModel,
+    count: int,
+    seed: int,
+    start: dt.datetime = DEFAULT_START,
+    *,
+    exclusive_sessions: bool = False,
 ) -> Iterator[AccessEvent]:
-    """Yield ``count`` access events in ``occurred_at`` order, deterministic from the inputs."""
+    """Yield ``count`` access events in ``occurred_at`` order, deterministic from the inputs.
+
+    ``exclusive_sessions`` (used by audit scenarios; off by default so that existing
+    callers get the same bytes): a person has at most one session at a time, works at
+    one workstation of their department per day and connects remotely from their own
+    laptop, so one account is never active from two places at once in legitimate
+    traffic.
+    """
     rng = Random(seed)
     random_ = rng.random
     getrandbits = rng.getrandbits
@@ -924,6 +947,12 @@ def simulate(
         how = (hour_index + how_offset) % 168
         cum = duty_cum[how]
         member = staff[duty[how][bisect(cum, random_() * cum[-1])]]
+        if exclusive_sessions:
+            for _ in range(50):
+                if member.index not in busy:
+                    break
+                member = staff[duty[how][bisect(cum, random_() * cum[-1])]]
+            busy.add(member.index)
         spec = _ROLE[member.role]
         s = _Session()
         s.member = member
@@ -931,7 +960,13 @@ def simulate(
         hour = hour_index % 24
         remote_p = 0.08 if (hour < 7 or hour >= 19) else 0.02
         if member.role in remote_roles and random_() < remote_p:
-            s.client = choice(model.vpn_clients)
+            if exclusive_sessions:
+                s.client = model.vpn_clients[member.index % len(model.vpn_clients)]
+            else:
+                s.client = choice(model.vpn_clients)
+        elif exclusive_sessions:
+            ws = model.workstations[member.department]
+            s.client = ws[(member.index * 7 + hour_index // 24) % len(ws)]
         else:
             s.client = choice(model.workstations[member.department])
         s.site = member.campus
@@ -1137,6 +1172,7 @@ def simulate(
         return event, t + gap(s)
 
     heap: list[tuple[int, int, _Session]] = []
+    busy: set[int] = set()  # members with a session open (exclusive_sessions)
     seq = 0
     t_fresh = next_arrival(to_epoch_us(start))
     for _ in range(count):
@@ -1150,6 +1186,8 @@ def simulate(
         if again >= 0:
             seq += 1
             heappush(heap, (again, seq, s))
+        elif exclusive_sessions:
+            busy.discard(s.member.index)
         yield event
 
 
