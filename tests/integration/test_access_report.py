@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import copy
 import csv
+import datetime as dt
 import io
 import json
 import time
@@ -128,6 +129,54 @@ def _staff(version: int, effective_at: str, given: str, family: str, role: str) 
     )
 
 
+FLAGGED = "c0ffee00-0000-4000-8000-000000000001"
+
+
+def _decide(store: Any, events: list[AccessEvent], patient: str) -> None:
+    """Two rows as the auditor writes them to migration 4's ``access_decisions``: the
+    crafted disclosure flagged, the patient's first simulated access explained."""
+    explained = next(e for e in events if e.patient.id == patient and e.actor.id.startswith("E"))
+    rows = []
+    for e, kind, explanation, flags, severity in (
+        (next(e for e in events if e.event_id == FLAGGED), "", "", '[{"code":"R07"}]', "high"),
+        (
+            explained,
+            "care-relationship",
+            '{"kind":"care-relationship","relationship_kind":"encounter"}',
+            "[]",
+            "",
+        ),
+    ):
+        rows.append(
+            (
+                e.event_id,
+                e.occurred_at,
+                dt.date.fromisoformat(e.occurred_at[:10]),
+                e.actor.id,
+                kind,
+                explanation,
+                flags,
+                severity,
+                "2026-11-29T00:00:00.000000Z",
+            )
+        )
+    store.backend.insert(
+        f"{store.db}.access_decisions",
+        (
+            "event_id",
+            "occurred_at",
+            "occurred_date",
+            "actor_id",
+            "explanation_kind",
+            "explanation",
+            "flags",
+            "severity",
+            "decided_at",
+        ),
+        rows,
+    )
+
+
 class Ledger:
     """What was produced, and where the reports of it are."""
 
@@ -227,6 +276,7 @@ def ledger(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                 what="every event and directory record in a signed block",
             )
             time.sleep(0.5)
+            _decide(store, events, patient)
         finally:
             stop(proc)
             store.backend.close()
@@ -257,7 +307,7 @@ def test_report_lists_exactly_the_patients_accesses_in_range(ledger: Ledger) -> 
             if name in line:
                 assert line[name] == DISPLAYED_FIELDS[name](e), name
         assert line["proof"]["canonical"] == base64.b64encode(canonical_event_bytes(e)).decode()
-        assert "decision" in line  # migration 4's access_decisions exists (empty here)
+        assert "decision" in line  # migration 4's access_decisions exists
     crafted = next(line for line in doc["lines"] if line["actor_id"] == DIRECTORY_USER)
     # the directory version in force at the access time, not the event's own name
     assert (crafted["actor_name"], crafted["actor_role"], crafted["actor_source"]) == (
@@ -267,6 +317,10 @@ def test_report_lists_exactly_the_patients_accesses_in_range(ledger: Ledger) -> 
     )
     simulated = next(line for line in doc["lines"] if line["actor_id"] != DIRECTORY_USER)
     assert simulated["actor_source"] == "event" and simulated["actor_role"]
+    decisions = {line["event_id"]: line["decision"] for line in doc["lines"] if line["decision"]}
+    assert len(decisions) == 2
+    assert decisions[FLAGGED]["flags"] == [{"code": "R07"}]
+    assert decisions[FLAGGED]["severity"] == "high"
 
 
 def test_csv_and_table_render(ledger: Ledger) -> None:
@@ -278,6 +332,7 @@ def test_csv_and_table_render(ledger: Ledger) -> None:
     assert f"patient {ledger.patient}" in table
     assert f"{len(ledger.expected)} line(s)" in table
     assert "Ada Lovelace" in table
+    assert "high: R07" in table and "explained: care-relationship (encounter)" in table
     doc = ledger.doc("access")
     assert doc["lines"][0]["proof"]["canonical"] not in table
 
