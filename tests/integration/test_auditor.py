@@ -333,6 +333,17 @@ def _review_scenario(settings: Settings, tmp_path: Path) -> None:
     changes = read_topic(settings, settings.topic_alert_status, 2)
     assert [c[1]["status"] for c in changes] == ["acknowledged", "false-positive"]
 
+    # a confirmed violation weighs only the actor's later accesses (E2 has none): a replay
+    # after the review decides the same and keeps the review
+    confirmed = run_cli(
+        settings, "alerts", "resolve", terminated_alert, "--by", "hr", "--note", "confirmed"
+    )
+    assert confirmed.returncode == 0, confirmed.stdout + confirmed.stderr
+    audit(settings)
+    assert decisions() == rows
+    assert listed("--status", "resolved") == {terminated_alert}
+    assert listed("--status", "acknowledged") == {snoop_alert}
+
 
 def test_follow_alerts_within_seconds_of_the_block(isolated: Settings, tmp_path: Path) -> None:
     settings = processor_settings(with_keys(isolated, tmp_path)).replace(

@@ -188,6 +188,9 @@ class MemoryStore:
     def decided_heights(self) -> dict[str, int]:
         return {}
 
+    def confirmed_violations(self) -> list[tuple[str, str]]:
+        return []
+
     def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.decisions.extend(rows)
 
@@ -240,3 +243,17 @@ def test_follow_reports_a_missing_stop_when_later_events_move_time_on() -> None:
     amends = [r for r in store.decisions if dict(zip(DECISION_COLUMNS, r, strict=True))["amends"]]
     assert len(amends) == 1 and amends[0][0] == start.event_id
     assert amends[0][1:4] == (chain, 0, 0)
+
+
+def test_a_confirmed_violation_weighs_the_actors_later_accesses_only() -> None:
+    events = [event("M1", "P2", at(0)), event("M1", "P3", at(30))]
+    placed = decide_range(
+        ReferenceState(hospital()),
+        ledgered(events),
+        at(0),
+        at(60),
+        confirmed=[("M1", at(10))],
+    )
+    before, after = (p.decision for p in placed)
+    assert RuleCode.REPEAT_OFFENDER not in before.codes()
+    assert RuleCode.REPEAT_OFFENDER in after.codes() and after.multiplier > 1

@@ -181,6 +181,7 @@ def decide_range(
     horizon_ts: str | None = None,
     config: AuditConfig = DEFAULT_CONFIG,
     auditor: Auditor | None = None,
+    confirmed: Iterable[tuple[str, str]] = (),
 ) -> list[PlacedDecision]:
     """Decisions about the events in ``[from_ts, to_ts)`` (``events`` sorted by
     ``sort_key``, including the warm-up and look-ahead).
@@ -188,9 +189,12 @@ def decide_range(
     At the end of the input, an override still open is reported as missing its stop
     only if its stop window ended before ``horizon_ts`` (the latest committed event
     time: later, the stop may still come); ``horizon_ts=None`` reports all of them.
+    ``confirmed``: (actor id, time) of confirmed violations (REPEAT_OFFENDER weighting).
     """
     if auditor is None:
         auditor = Auditor(state, config=config, consent_evaluator=core_consent_evaluator)
+    for actor_id, when in sorted(confirmed, key=lambda c: (c[1], c[0])):
+        auditor.history.record_confirmed_violation(actor_id, when)
     positions: dict[str, Position] = {}
     out: list[PlacedDecision] = []
 
@@ -456,6 +460,28 @@ class AuditStore:
         )
         return {_text(c): int(h) for c, h in rows}
 
+    def confirmed_violations(self) -> list[tuple[str, str]]:
+        """(actor id, time) of each alert whose latest status is ``resolved`` (a
+        confirmed violation, not a false positive). The time is just after the alert's
+        last event: accesses after the violation weigh more (REPEAT_OFFENDER), on the
+        event-time axis the history uses, so a replay after the review sees the same."""
+        rows = self.backend.execute(
+            f"SELECT alert_id, seq, status FROM {self.db}.alert_status ORDER BY alert_id, seq"
+        )
+        latest: dict[str, str] = {}
+        for alert_id, _seq, status in rows:
+            latest[_text(alert_id)] = _text(status)
+        resolved = sorted(a for a, s in latest.items() if s == "resolved")
+        if not resolved:
+            return []
+        found = self.backend.execute(
+            f"SELECT alert_id, actor_id, last_at FROM {self.db}.alerts FINAL "
+            "WHERE alert_id IN %(ids)s",
+            {"ids": tuple(resolved)},
+        )
+        out = [(_text(actor), us_to_ts(ts_to_us(_text(last)) + 1)) for _a, actor, last in found]
+        return sorted(out, key=lambda c: (c[1], c[0]))
+
     # -- writes
     def wait_mutations(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -633,6 +659,7 @@ def audit_range(
             to_ts,
             horizon_ts=store.horizon(),
             config=config,
+            confirmed=store.confirmed_violations(),
         )
     )
     result.events_read = counted[0]
@@ -706,6 +733,8 @@ class Follower:
         # resume after what earlier runs decided (every event of a block is decided
         # together), or from the beginning
         self.cursors = self.store.decided_heights()
+        for actor_id, when in self.store.confirmed_violations():
+            self.auditor.history.record_confirmed_violation(actor_id, when)
         self.started = True
 
     def cycle(self) -> int:
