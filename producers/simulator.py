@@ -41,7 +41,7 @@ import os
 import sys
 import time
 from bisect import bisect
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from random import Random
 from typing import TYPE_CHECKING, BinaryIO
 
@@ -1247,16 +1247,20 @@ def run_simulation(
     staff: int = 400,
     start: dt.datetime = DEFAULT_START,
     message_timeout_s: float = 30.0,
+    events: Iterable[AccessEvent] | None = None,
 ) -> SimulationSummary:
     """Produce ``count`` simulated events to Kafka and wait for every acknowledgement.
 
     ``rate`` is events per second (0 = as fast as possible). Never raises for delivery
     problems: the summary's ``failed`` counts every event Kafka did not acknowledge.
+    ``events``: send these (e.g. an audit scenario's) instead of ``simulate``'s.
     """
     from producers.sdk import AccessEventProducer, DeliveryError
 
-    model = HospitalModel(staff=staff, patients=patients, seed=seed)
-    log.info("simulating %s", model.describe())
+    if events is None:
+        model = HospitalModel(staff=staff, patients=patients, seed=seed)
+        log.info("simulating %s", model.describe())
+        events = simulate(model, count, seed, start)
     meter = _Progress(count, progress)
     sent = 0
     report = None
@@ -1269,7 +1273,7 @@ def run_simulation(
     interval = 1.0 / rate if rate > 0 else 0.0
     send = producer.send
     try:
-        for event in simulate(model, count, seed, start):
+        for event in events:
             send(event)
             sent += 1
             if interval or not sent & 0xFF:
@@ -1339,6 +1343,25 @@ def configure_simulate(parser: argparse.ArgumentParser) -> None:
         help="write canonical JSON lines to FILE ('-' = stdout) instead of sending to Kafka",
     )
     parser.add_argument("--quiet", action="store_true", help="no progress line")
+    parser.add_argument(
+        "--with-reference",
+        action="store_true",
+        help="also produce the reference data (workforce, patients, care relationships, "
+        "consents) consistent with the traffic to its topics first, each acknowledged "
+        "(with --output: as the first lines of FILE)",
+    )
+    parser.add_argument(
+        "--ground-truth",
+        metavar="FILE",
+        help="inject labelled inappropriate accesses and write their ground truth to FILE "
+        "as JSON lines {event_id, rules, actor_id, patient_id} (never to Kafka)",
+    )
+    parser.add_argument(
+        "--inappropriate-rate",
+        type=float,
+        default=None,
+        help="share of injected inappropriate accesses (0.01 with --ground-truth, else 0)",
+    )
 
 
 def command_simulate(args: argparse.Namespace, settings: Settings) -> int:
@@ -1348,6 +1371,11 @@ def command_simulate(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return 2
+    with_reference = getattr(args, "with_reference", False)
+    ground_truth = getattr(args, "ground_truth", None)
+    inappropriate = getattr(args, "inappropriate_rate", None)
+    if with_reference or ground_truth or inappropriate is not None:
+        return _command_scenario(args, settings, with_reference, ground_truth, inappropriate)
     if args.output:
         started = time.monotonic()
         kwargs = {"patients": args.patients, "staff": args.staff, "start": args.start}
@@ -1377,6 +1405,103 @@ def command_simulate(args: argparse.Namespace, settings: Settings) -> int:
         patients=args.patients,
         staff=args.staff,
         start=args.start,
+    )
+    print(
+        f"simulate: {summary.sent:,} events to {topic} (seed {args.seed}): "
+        f"acked {summary.acked:,}, not acknowledged {summary.failed:,}, "
+        f"{summary.seconds:.1f} s ({summary.rate:,.0f} ev/s)",
+        file=sys.stderr,
+    )
+    return 0 if summary.failed == 0 and summary.acked == summary.sent else 1
+
+
+def produce_reference(
+    settings: Settings, records: Iterable[ReferenceRecord], timeout_s: float = 45.0
+) -> tuple[int, int]:
+    """Produce reference records to their topics (keyed by subject id: patient or user
+    id) and wait for every acknowledgement. Returns (sent, acknowledged)."""
+    from careledger_core.reference import canonical_reference_bytes
+    from producers.scenarios import reference_topic_setting
+    from producers.sdk import AccessEventProducer, DeliveryError
+
+    producers: dict[str, AccessEventProducer] = {}
+    sent = acked = 0
+    try:
+        for rec in records:
+            topic = getattr(settings, reference_topic_setting(rec.kind))
+            producer = producers.get(topic)
+            if producer is None:
+                producer = producers[topic] = AccessEventProducer(settings, topic=topic)
+            producer.send_raw(canonical_reference_bytes(rec), rec.subject_id.encode())
+            sent += 1
+    finally:
+        for producer in producers.values():
+            try:
+                acked += producer.close(timeout=timeout_s).acked
+            except DeliveryError as exc:  # logged by the SDK (counts and topics only)
+                acked += exc.report.acked
+    return sent, acked
+
+
+def _command_scenario(
+    args: argparse.Namespace,
+    settings: Settings,
+    with_reference: bool,
+    ground_truth: str | None,
+    inappropriate: float | None,
+) -> int:
+    from careledger_core.event import canonical_event_bytes
+    from careledger_core.reference import canonical_reference_bytes
+    from producers.scenarios import simulate_audit_scenario
+
+    rate = inappropriate if inappropriate is not None else (0.01 if ground_truth else 0.0)
+    if not 0.0 <= rate < 0.5:
+        print("simulate: --inappropriate-rate must be in [0, 0.5)", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    model = HospitalModel(staff=args.staff, patients=args.patients, seed=args.seed)
+    scenario = simulate_audit_scenario(model, args.count, args.seed, args.start, rate)
+    # identifiers stay out of logs: counts only
+    print(
+        f"simulate: scenario of {len(scenario.events):,} events ({scenario.injected:,} "
+        f"inappropriate), {len(scenario.reference_records):,} reference records "
+        f"in {time.monotonic() - started:.1f} s",
+        file=sys.stderr,
+    )
+    if ground_truth:
+        with open(ground_truth, "w", encoding="utf-8") as f:
+            for g in scenario.ground_truth:
+                f.write(g.to_json() + "\n")
+    if args.output:
+        out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115
+        try:
+            if with_reference:
+                for rec in scenario.reference_records:
+                    out.write(canonical_reference_bytes(rec) + b"\n")
+            for event in scenario.events:
+                out.write(canonical_event_bytes(event) + b"\n")
+            out.flush()
+        except BrokenPipeError:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
+        finally:
+            if out is not sys.stdout.buffer:
+                out.close()
+        return 0
+    if with_reference:
+        sent, acked = produce_reference(settings, scenario.reference_records)
+        print(f"simulate: {sent:,} reference records, acked {acked:,}", file=sys.stderr)
+        if acked != sent:
+            return 1
+    topic = args.topic or settings.topic_events
+    summary = run_simulation(
+        settings,
+        len(scenario.events),
+        args.seed,
+        rate=args.rate,
+        progress=not args.quiet,
+        topic=topic,
+        events=scenario.events,
     )
     print(
         f"simulate: {summary.sent:,} events to {topic} (seed {args.seed}): "
