@@ -37,11 +37,10 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 import sys
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -62,7 +61,6 @@ __all__ = [
     "ProofResult",
     "ReportFormatError",
     "describe",
-    "displayed_values",
     "is_disclosure",
     "recipient",
     "verify_report",
@@ -153,11 +151,6 @@ DISPLAYED_FIELDS: Final[Mapping[str, Callable[[AccessEvent], Any]]] = {
     "description": describe,
     "recipient": recipient,
 }
-
-
-def displayed_values(e: AccessEvent, names: Iterable[str]) -> dict[str, Any]:
-    """The values of the ``DISPLAYED_FIELDS`` ``names`` for event ``e``."""
-    return {n: DISPLAYED_FIELDS[n](e) for n in names}
 
 
 class ReportFormatError(CareledgerError):
@@ -378,12 +371,6 @@ def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[ProofRes
                 first_seen[where] = i
         results.append(result)
     return results
-
-
-def report_digest(doc: Mapping[str, Any]) -> str:
-    """SHA-256 of the report's canonical JSON (for citing a report in a ticket)."""
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- CLI
