@@ -413,6 +413,10 @@ def test_cli_exit_codes(report: dict[str, Any], tmp_path: Path, capsys: Any) -> 
     assert main(["verify-proof", str(bad_path), "--trusted-key", key]) == 1
     out = capsys.readouterr().out
     assert "line 2" in out and "actor_id" in out
+    assert main(["verify-proof", str(bad_path), "--trusted-key", key, "--json"]) == 1
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["result"], summary["lines"], summary["failed"]) == ("failed", 4, 1)
+    assert summary["results"][2]["ok"] is False and summary["results"][2]["index"] == 3
     other = format_public_key(OTHER.public_key)
     assert main(["verify-proof", str(good), "--trusted-key", other]) == 1
     assert main(["verify-proof", str(tmp_path / "missing.json"), "--trusted-key", key]) == 2
