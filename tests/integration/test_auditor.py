@@ -388,6 +388,8 @@ def test_follow_alerts_within_seconds_of_the_block(isolated: Settings, tmp_path:
             f"SELECT alert_id FROM {store.db}.alerts FINAL WHERE rule = 'NO_EXPLANATION'"
         )
         assert [r[0].decode() for r in rows] == [got[0][0]]
+        rules = store.backend.execute(f"SELECT DISTINCT rule FROM {store.db}.alerts")
+        assert [r[0] for r in rules] == [b"NO_EXPLANATION"], "E1 is known from the directory"
     finally:
         stop(follower)
         stop(proc)

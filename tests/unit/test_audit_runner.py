@@ -38,6 +38,7 @@ from verifiers.auditor.runner import (
 )
 
 SALT = "unit-test-salt"
+REFERENCE_CHAIN = "o/careledger.workforce/0"
 
 
 def ledgered(
@@ -168,15 +169,14 @@ class MemoryStore:
     def add_block(self, chain: str, events: list[AccessEvent]) -> None:
         self.blocks.setdefault(chain, []).append(events)
 
-    def reference_records(
-        self, after: dict[str, int] | None = None
-    ) -> tuple[list[ReferenceRecord], dict[str, int]]:
-        if after:
-            return [], after
-        return list(self.records), {"o/careledger.workforce/0": 0}
+    def is_reference(self, chain: str) -> bool:
+        return chain == REFERENCE_CHAIN
+
+    def reference_records_of_chain(self, chain: str, above: int, upto: int) -> list[Any]:
+        return list(self.records) if above < 0 <= upto else []
 
     def heads(self) -> dict[str, int]:
-        return {c: len(b) - 1 for c, b in self.blocks.items()}
+        return {REFERENCE_CHAIN: 0, **{c: len(b) - 1 for c, b in self.blocks.items()}}
 
     def events_of_chain(self, chain: str, above: int, upto: int) -> list[LedgeredEvent]:
         return [

@@ -22,6 +22,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.storage.backend import ClickHouseBackend, StorageError
+from careledger.storage.kinds import reference_topics
 
 from .runner import (
     AlertPublisher,
@@ -79,7 +80,7 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         return _error(f"cannot read or create the pseudonym salt: {exc}")
     backend = ClickHouseBackend.from_settings(settings)
-    store = AuditStore(backend, settings.clickhouse_database)
+    store = AuditStore(backend, settings.clickhouse_database, reference_topics(settings))
     publisher: AlertPublisher | None = None
     try:
         if not args.no_publish:

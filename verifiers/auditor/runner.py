@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any, Final, Protocol
 
 from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.kinds import topic_of
 from careledger.storage.migrations import check_identifier
 from careledger_core.event import AccessEvent, decode_event
 from careledger_core.reference import ReferenceRecord, decode_reference
@@ -367,42 +368,44 @@ def load_salt(settings: Any) -> str:
 class AuditStore:
     """The auditor's reads and writes in one ClickHouse database."""
 
-    def __init__(self, backend: SqlBackend, database: str) -> None:
+    def __init__(
+        self, backend: SqlBackend, database: str, reference_topics: frozenset[str] = frozenset()
+    ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
+        self.reference_topics = reference_topics
 
-    def _committed(self) -> str:
+    def is_reference(self, chain_id: str) -> bool:
+        return topic_of(chain_id) in self.reference_topics
+
+    def _committed(self, chain: bool = False) -> str:
+        """Rows of blocks whose header is stored; ``chain``: only the blocks of
+        ``%(c)s`` with ``%(a)s < height <= %(u)s`` (a small subquery for polling)."""
+        where = " WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s" if chain else ""
         return (
             "(chain_id, height, block_hash) IN "
-            f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks)"
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks{where})"
         )
 
     # -- reference data
-    def reference_records(
-        self, after: dict[str, int] | None = None
-    ) -> tuple[list[ReferenceRecord], dict[str, int]]:
-        """Committed reference records in ledger order (above ``after`` heights per
-        chain); returns them and the highest height read per chain."""
+    def reference_records(self) -> list[ReferenceRecord]:
+        """Every committed reference record in ledger order (chain, height, idx)."""
         rows = self.backend.execute(
-            f"SELECT chain_id, height, canonical FROM {self.db}.reference_records "
+            f"SELECT canonical FROM {self.db}.reference_records "
             f"WHERE {self._committed()} ORDER BY chain_id, height, idx"
         )
-        after = after or {}
-        records: list[ReferenceRecord] = []
-        heights: dict[str, int] = dict(after)
-        bad = 0
-        for chain, height, canonical in rows:
-            c = _text(chain)
-            if int(height) <= after.get(c, -1):
-                continue
-            heights[c] = max(heights.get(c, -1), int(height))
-            try:
-                records.append(decode_reference(bytes(canonical)))
-            except Exception:  # a row verify would report as tampered
-                bad += 1
-        if bad:
-            log.warning("%d stored reference records could not be decoded (run verify)", bad)
-        return records, heights
+        return _decode_references(r[0] for r in rows)
+
+    def reference_records_of_chain(
+        self, chain_id: str, above: int, upto: int
+    ) -> list[ReferenceRecord]:
+        rows = self.backend.execute(
+            f"SELECT canonical FROM {self.db}.reference_records "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
+            f"AND {self._committed(chain=True)} ORDER BY height, idx",
+            {"c": chain_id, "a": above, "u": upto},
+        )
+        return _decode_references(r[0] for r in rows)
 
     # -- access events
     def horizon(self) -> str | None:
@@ -449,7 +452,7 @@ class AuditStore:
         rows = self.backend.execute(
             f"SELECT occurred_at, chain_id, height, idx, canonical FROM {self.db}.access_events "
             "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
-            f"AND {self._committed()} ORDER BY height, idx",
+            f"AND {self._committed(chain=True)} ORDER BY height, idx",
             {"c": chain_id, "a": above, "u": upto},
         )
         return [le for r in rows if (le := _ledgered(r)) is not None]
@@ -529,6 +532,19 @@ class AuditStore:
             {"lo": from_ts, "hi": to_ts},
         )
         return {_text(r[0]): stored_alert_fingerprint(r) for r in rows}
+
+
+def _decode_references(canonicals: Iterable[Any]) -> list[ReferenceRecord]:
+    records: list[ReferenceRecord] = []
+    bad = 0
+    for canonical in canonicals:
+        try:
+            records.append(decode_reference(bytes(canonical)))
+        except Exception:  # a row verify would report as tampered
+            bad += 1
+    if bad:
+        log.warning("%d stored reference records could not be decoded (run verify)", bad)
+    return records
 
 
 def _ledgered(row: Sequence[Any]) -> LedgeredEvent | None:
@@ -641,8 +657,7 @@ def audit_range(
     started = time.perf_counter()
     run = range_run_id(from_ts, to_ts)
     result = RangeResult(from_ts, to_ts, run)
-    records, _ = store.reference_records()
-    state = ReferenceState(records)
+    state = ReferenceState(store.reference_records())
     lo, hi = read_bounds(from_ts, to_ts, config)
     counted: list[int] = [0]
 
@@ -719,7 +734,6 @@ class Follower:
         self.run_id = f"follow:{secrets.token_hex(8)}"
         self.state = ReferenceState()
         self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
-        self.ref_heights: dict[str, int] = {}
         self.cursors: dict[str, int] = {}
         self.btg_positions: dict[str, tuple[Position, int]] = {}
         self.recent: list[AccessDecision] = []
@@ -742,17 +756,20 @@ class Follower:
         if not self.started:
             self._start()
         self.cycles += 1
-        records, self.ref_heights = self.store.reference_records(self.ref_heights)
-        self.state.apply_all(records)
         heads = self.store.heads()
+        records: list[ReferenceRecord] = []
         new: list[LedgeredEvent] = []
         for chain, head in sorted(heads.items()):
             above = self.cursors.get(chain, -1)
             if head <= above:
                 continue
-            # reference chains have no rows in access_events: nothing comes back
-            new.extend(self.store.events_of_chain(chain, above, head))
+            if self.store.is_reference(chain):
+                records.extend(self.store.reference_records_of_chain(chain, above, head))
+            else:
+                new.extend(self.store.events_of_chain(chain, above, head))
             self.cursors[chain] = head
+        # the reference data committed so far first, then the events
+        self.state.apply_all(records)
         if not new:
             return 0
         new.sort(key=lambda le: le.sort_key)
