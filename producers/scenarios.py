@@ -44,7 +44,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from random import Random
 from typing import Any, Final, Literal
@@ -139,6 +139,10 @@ def _surname(name: str) -> str:
 
 def _given(name: str) -> str:
     return name.split(" ", 1)[0]
+
+
+def _us(ts: str) -> int:
+    return to_epoch_us(dt.datetime.fromisoformat(ts.replace("Z", "+00:00")))
 
 
 def _weekday_hour(us: int) -> tuple[int, int]:
@@ -735,12 +739,12 @@ class _Injector:
         self.times: dict[str, list[int]] = {}
         self.last_event: dict[str, AccessEvent] = {}
         for e in legit:
-            us = to_epoch_us(dt.datetime.fromisoformat(e.occurred_at.replace("Z", "+00:00")))
-            self.times.setdefault(e.actor.id, []).append(us)
+            self.times.setdefault(e.actor.id, []).append(_us(e.occurred_at))
         self.legit = legit
         self.used: set[int] = set()
         self.departures: list[Departure] = []
         self.confirmed: list[tuple[str, str]] = []
+        self.offenders: list[StaffMember] = []
         self.groups = 0
         p = self.plan
         self.clean_patients = [
@@ -763,6 +767,11 @@ class _Injector:
         # reserve the people the reference data links, so their other injections do not mix
         self.used.update(p.employee_of_patient.values())
         self.used.update(s for s, _ in p.family.values())
+
+    def observe(self, events: Iterable[AccessEvent]) -> None:
+        """Count injected events as activity, so later injections keep clear of them."""
+        for e in events:
+            insort(self.times.setdefault(e.actor.id, []), _us(e.occurred_at))
 
     # -- time and people ---------------------------------------------------------------
     def on_duty(self, m: StaffMember, us: int) -> bool:
@@ -923,7 +932,6 @@ class _Injector:
         target = self.stranger(actor, pats)
         if target is None:
             return None
-        self.used.add(actor.index)
         rules = (_R.CONSENT_DENIED, *self.unexplained(target))
         return [(self.read(t, actor, target), rules, None)]
 
@@ -935,7 +943,6 @@ class _Injector:
         p = self.stranger(m, self.clean_patients)
         if p is None:
             return None
-        self.used.add(m.index)
         return [(self.read(t, m, p, object_type="Patient"), (_R.NO_EXPLANATION,), None)]
 
     def break_the_glass(self, k: int) -> _Unit | None:
@@ -946,7 +953,6 @@ class _Injector:
         p = self.stranger(m, self.clean_patients)
         if p is None:
             return None
-        self.used.add(m.index)
         client, session = self.client(m), self.session()
         no_reason = k % 2 == 0
         start = self.event(
@@ -1020,7 +1026,6 @@ class _Injector:
             if not pool:
                 return None
             p = pool[self.rng.randrange(len(pool))]
-            self.used.add(m.index)
             return [(self.read(t, m, p), (_R.FAMILY, _R.NO_EXPLANATION), None)]
         for j in range(len(items)):
             pi, (s, _kind) = items[(k + j) % len(items)]
@@ -1050,7 +1055,6 @@ class _Injector:
         if found is None:
             return None
         m, t = found
-        self.used.add(m.index)
         return [(self.read(t, m, p), (_R.CO_WORKER, *self.unexplained(p)), None)]
 
     def vip(self, k: int) -> _Unit | None:
@@ -1063,11 +1067,19 @@ class _Injector:
         p = self.stranger(m, self.sensitive_patients)
         if p is None:
             return None
-        self.used.add(m.index)
         return [(self.read(t, m, p), self.unexplained(p), None)]
 
     def inactive(self, k: int) -> _Unit | None:
         rng = self.rng
+        cap = max(3, len(self.model.staff) // 40)
+        if len(self.departures) >= cap:  # the same people come back again
+            for _ in range(50):
+                d = self.departures[rng.randrange(len(self.departures))]
+                m = self.model.staff[d.staff_index]
+                t = d.at_us + 30 * _US_MIN + rng.randrange(max(1, self.t_hi - d.at_us))
+                if t < self.t_hi and self.idle(m, t - 3 * _US_MIN, t + 3 * _US_MIN):
+                    return self._comeback(m, t)
+            return None
         pool = [
             m
             for m in self.clinicians()
@@ -1084,6 +1096,11 @@ class _Injector:
         status: Literal["terminated", "suspended"] = "terminated" if k % 3 else "suspended"
         self.departures.append(Departure(m.index, status, left))
         t = left + 30 * _US_MIN + rng.randrange(max(1, self.t_hi - left - 30 * _US_MIN))
+        return self._comeback(m, t)
+
+    def _comeback(self, m: StaffMember, t: int) -> _Unit:
+        """A login and a read by a departed account, remotely."""
+        rng = self.rng
         rules: tuple[RuleCode, ...] = (_R.INACTIVE_USER,)
         if not self.on_shift_with_grace(m, t):
             rules += (_R.AFTER_HOURS,)
@@ -1097,6 +1114,8 @@ class _Injector:
     def volume(self, size: int) -> _Unit | None:
         roles = ("him-specialist", "registration-clerk", "billing-specialist")
         pool = [m for m in self.model.staff if m.role in roles and m.index not in self.used]
+        if not pool:
+            return None
         rng = self.rng
         span = size * 6_000_000
         rules: tuple[RuleCode, ...] = (_R.VOLUME_SPIKE,)
@@ -1144,13 +1163,14 @@ class _Injector:
     def after_hours(self, k: int) -> _Unit | None:
         rng = self.rng
         pool = [m for m in self.clinicians() if m.index not in self.used and m.panel]
+        if not pool:
+            return None
         for _ in range(2000):
             m = pool[rng.randrange(len(pool))]
             t = self.t_lo + rng.randrange(self.t_hi - self.t_lo)
             if not self.on_shift_with_grace(m, t) and self.idle(
                 m, t - 3 * _US_HOUR, t + 3 * _US_HOUR
             ):
-                self.used.add(m.index)
                 p = self.model.patients[m.panel[rng.randrange(len(m.panel))]]
                 return [(self.read(t, m, p, client=self.vpn()), (_R.AFTER_HOURS,), None)]
         return None
@@ -1163,7 +1183,7 @@ class _Injector:
             m = self.by_id.get(e.actor.id)
             if m is None or m.index in self.used or not m.panel or m.role not in _CLINICAL:
                 continue
-            te = to_epoch_us(dt.datetime.fromisoformat(e.occurred_at.replace("Z", "+00:00")))
+            te = _us(e.occurred_at)
             t = te + 10_000_000 + rng.randrange(50_000_000)
             if not self.idle(m, te + 1, t + _SHARED_WINDOW_US + 30_000_000):
                 continue
@@ -1172,7 +1192,6 @@ class _Injector:
             client = self.vpn()
             if client.address == e.client.address:
                 continue
-            self.used.add(m.index)
             p = self.model.patients[m.panel[rng.randrange(len(m.panel))]]
             return [(self.read(t, m, p, client=client), (_R.SHARED_CREDENTIALS,), None)]
         return None
@@ -1187,7 +1206,6 @@ class _Injector:
         if found is None:
             return None
         m, t = found
-        self.used.add(m.index)
         client, g = self.client(m), self.group("denied")
         out: _Unit = []
         logins = k % 2 == 0
@@ -1220,7 +1238,6 @@ class _Injector:
         if found is None:
             return None
         m, t = found
-        self.used.add(m.index)
         if m.panel:
             p = self.model.patients[m.panel[self.rng.randrange(len(m.panel))]]
         else:
@@ -1239,16 +1256,22 @@ class _Injector:
         return [(e, (_R.DISCLOSURE_WITHOUT_PURPOSE,), None)]
 
     def repeat_offender(self, k: int) -> _Unit | None:
-        found = self.slot(self.clinicians())
+        cap = max(3, len(self.model.staff) // 40)
+        if len(self.offenders) >= cap:  # known offenders offend again
+            found = self.slot(self.offenders, reserved=True)
+        else:
+            found = self.slot(self.clinicians())
         if found is None:
             return None
         m, t = found
         p = self.stranger(m, self.clean_patients)
         if p is None:
             return None
-        self.used.add(m.index)
-        at = self.t_lo - (60 + self.rng.randrange(200)) * _US_DAY
-        self.confirmed.append((m.id, _fmt(at)))
+        if m not in self.offenders:
+            self.used.add(m.index)
+            self.offenders.append(m)
+            at = self.t_lo - (60 + self.rng.randrange(200)) * _US_DAY
+            self.confirmed.append((m.id, _fmt(at)))
         return [(self.read(t, m, p), (_R.NO_EXPLANATION, _R.REPEAT_OFFENDER), None)]
 
 
@@ -1270,12 +1293,12 @@ def simulate_audit_scenario(
     inj: _Injector | None = None
     if target and legit:
         t_lo = to_epoch_us(start) + 10 * _US_MIN
-        last = legit[-1].occurred_at
-        t_hi = to_epoch_us(dt.datetime.fromisoformat(last.replace("Z", "+00:00")))
+        t_hi = _us(legit[-1].occurred_at)
         t_hi = max(t_lo + _US_HOUR, t_hi - 5 * _US_MIN)
         inj = _Injector(model, legit, rng, t_lo, t_hi)
         burst = max(60, min(300, target // 5))
         injected.extend(inj.volume(burst) or [])
+        inj.observe(e for e, _, _ in injected)
         kinds = (
             inj.consent_denied,
             inj.snoop,
@@ -1300,6 +1323,7 @@ def simulate_audit_scenario(
             k += 1
             if unit:
                 injected.extend(unit)
+                inj.observe(e for e, _, _ in unit)
                 misses = 0
             else:
                 misses += 1
