@@ -277,6 +277,24 @@ def _review_scenario(settings: Settings, tmp_path: Path) -> None:
     assert published[family_alert]["rule"] == "FAMILY"
     assert published[terminated_alert]["severity"] == "critical"
     assert "PAT-" not in json.dumps(published)
+    tail = run_cli(
+        settings,
+        "alerts",
+        "tail",
+        "--from-beginning",
+        "--json",
+        "--max-messages",
+        str(len(alerts)),
+        "--timeout",
+        "60",
+    )
+    assert tail.returncode == 0, tail.stderr
+    assert {json.loads(line)["alert_id"] for line in tail.stdout.splitlines()} == set(alerts)
+    human_tail = run_cli(
+        settings, "alerts", "tail", "--from-beginning", "--max-messages", "1", "--timeout", "60"
+    )
+    assert "NO_EXPLANATION" in human_tail.stdout or "actor=" in human_tail.stdout
+    assert "PAT-" not in human_tail.stdout
 
     # replaying the range gives the same decisions (but decided_at) and publishes nothing new
     second = audit(settings)
