@@ -1,0 +1,111 @@
+"""The auditor's SQL on both engines: ClickHouse 18.16 (the real server) and current
+ClickHouse (chDB). Chains are written with the real chainer and ``ChainStore``; the
+range audit, its replay, the follow loop and the alert status book then run on them."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from careledger.config import Settings
+from careledger.storage.backend import ChdbBackend, ClickHouseBackend, SqlBackend
+from careledger.storage.kinds import ACCESS, REFERENCE
+from careledger.storage.migrations import migrate_backend
+from careledger.storage.store import ChainStore, SealedBlock
+from careledger_core.event import canonical_event_bytes
+from careledger_core.reference import canonical_reference_bytes
+from careledger_core.signing import SigningKey
+from processors.chainer import PartitionChain
+from tests.unit.test_auditor_rules import at, event, hospital
+from verifiers.alerts_cli import AlertBook, verify_history
+from verifiers.auditor.runner import AuditStore, Follower, audit_range
+
+KEY = SigningKey.from_seed(hashlib.sha256(b"careledger audit storage test").digest())
+EVENTS = "o/careledger.access-events/0"
+DIRECTORY = "o/careledger.workforce/0"
+SALT = "storage-test-salt"
+
+
+@pytest.fixture(params=["clickhouse-18.16", "chdb-current"])
+def backend(request: pytest.FixtureRequest) -> Iterator[SqlBackend]:
+    if request.param.startswith("clickhouse"):
+        settings: Settings = request.getfixturevalue("stack")
+        b: SqlBackend = ClickHouseBackend.from_settings(settings)
+    else:
+        b = ChdbBackend()
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def stores(backend: SqlBackend) -> Iterator[tuple[ChainStore, AuditStore]]:
+    db = f"careledger_au_{uuid.uuid4().hex[:10]}"
+    migrate_backend(backend, db)
+    topics = frozenset({"careledger.workforce"})
+    yield ChainStore(backend, db, topics), AuditStore(backend, db, topics)
+    backend.execute(f"DROP DATABASE IF EXISTS {db}")
+
+
+def _chain(chain_id: str, payloads: list[bytes], per_block: int, reference: bool) -> list:
+    chain = PartitionChain.resume(
+        chain_id, None, 65536, earliest_offset=0, kind=REFERENCE if reference else ACCESS
+    )
+    blocks: list[SealedBlock] = []
+    for offset, value in enumerate(payloads):
+        chain.add(offset, value, None, 0.0, 0.0)
+        if len(chain.pending) == per_block:
+            block = chain.seal(KEY, now=1_800_000_000.0 + offset)
+            assert block is not None
+            blocks.append(block)
+    return blocks
+
+
+def test_range_audit_replay_follow_and_status_on_both_engines(
+    stores: tuple[ChainStore, AuditStore],
+) -> None:
+    chains, audit = stores
+    refs = [canonical_reference_bytes(r) for r in hospital()]
+    chains.write_blocks(_chain(DIRECTORY, refs, len(refs), reference=True))
+    events = [event("N1", "P1", at(0))] + [
+        event("M1", f"P{2 + i % 2}", at(1 + i)) for i in range(6)
+    ]
+    blocks = _chain(EVENTS, [canonical_event_bytes(e) for e in events], 1, reference=False)
+    chains.write_blocks(blocks[:4])
+
+    # follow: what is committed now, then the rest when it lands
+    follower = Follower(audit, salt=SALT)
+    assert follower.cycle() == 4
+    chains.write_blocks(blocks[4:])
+    assert follower.cycle() == 3
+    assert follower.cycle() == 0
+    assert audit.decided_heights() == {EVENTS: len(events) - 1}
+
+    # a range audit replaces the follow run's rows with its own, twice the same way
+    results = [audit_range(audit, at(-60), at(60), salt=SALT) for _ in range(2)]
+    assert results[0].decisions == len(events) and results[0].alerts >= 1
+    db = audit.db
+    rows = audit.backend.execute(
+        f"SELECT event_id, chain_id, height, idx, explanation_kind, flags, audit_run "
+        f"FROM {db}.access_decisions ORDER BY occurred_at, event_id"
+    )
+    assert len(rows) == len(events)
+    assert rows[0][0].decode() == events[0].event_id and rows[0][4] == b"relationship"
+    assert {r[6] for r in rows} == {results[0].audit_run.encode()}
+    book = AlertBook(audit.backend, db)
+    alerts = book.alerts()
+    burst = [a for a in alerts if a["rule"] == "NO_EXPLANATION" and a["actor_id"] == "M1"]
+    assert len(burst) == 1 and len(burst[0]["event_ids"]) == 6
+    assert audit.alert_fingerprints(at(-60), at(60)).keys() == {a["alert_id"] for a in alerts}
+    assert audit.horizon() == events[-1].occurred_at
+
+    # status changes, hash-linked; a resolved alert is a confirmed violation
+    aid = burst[0]["alert_id"]
+    book.change(aid, "acknowledged", "privacy-officer", "")
+    book.change(aid, "resolved", "privacy-officer", "confirmed snooping")
+    history = book.history([aid])[aid]
+    assert [h["status"] for h in history] == ["acknowledged", "resolved"]
+    assert verify_history(history)
+    assert audit.confirmed_violations() == [("M1", "2026-11-02T09:06:00.000001Z")]
