@@ -966,9 +966,13 @@ def simulate(
                 s.client = choice(model.vpn_clients)
         elif exclusive_sessions:
             ws = model.workstations[member.department]
-            s.client = ws[(member.index * 7 + hour_index // 24) % len(ws)]
+            s.client = ws[member.index % len(ws)]
         else:
             s.client = choice(model.workstations[member.department])
+        if exclusive_sessions:
+            last = last_place.get(member.index)
+            if last is not None and t - last[1] < 10 * 60_000_000:
+                s.client = last[0]  # still where they just were
         s.site = member.campus
         s.state = _S_FAILED_LOGIN if random_() < 0.03 else _S_LOGIN
         s.session_ref = ""
@@ -1173,6 +1177,7 @@ def simulate(
 
     heap: list[tuple[int, int, _Session]] = []
     busy: set[int] = set()  # members with a session open (exclusive_sessions)
+    last_place: dict[int, tuple[Client, int]] = {}  # member -> (client, when they left)
     seq = 0
     t_fresh = next_arrival(to_epoch_us(start))
     for _ in range(count):
@@ -1188,6 +1193,7 @@ def simulate(
             heappush(heap, (again, seq, s))
         elif exclusive_sessions:
             busy.discard(s.member.index)
+            last_place[s.member.index] = (s.client, t)
         yield event
 
 
