@@ -257,3 +257,29 @@ def test_a_confirmed_violation_weighs_the_actors_later_accesses_only() -> None:
     before, after = (p.decision for p in placed)
     assert RuleCode.REPEAT_OFFENDER not in before.codes()
     assert RuleCode.REPEAT_OFFENDER in after.codes() and after.multiplier > 1
+
+
+def test_follow_retries_storing_after_a_failure_without_evaluating_twice() -> None:
+    from careledger.storage.backend import StorageError
+
+    store = MemoryStore(hospital())
+    follower = Follower(store, salt=SALT)  # type: ignore[arg-type]
+    chain = "o/careledger.access-events/0"
+    store.add_block(chain, [event("M1", "P2", at(i)) for i in range(2)])
+    real_insert = store.insert_decisions
+    calls = {"n": 0}
+
+    def flaky(rows: Sequence[tuple[Any, ...]]) -> None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StorageError("ClickHouse is down")
+        real_insert(rows)
+
+    store.insert_decisions = flaky  # type: ignore[method-assign]
+    with pytest.raises(StorageError):
+        follower.cycle()
+    assert store.decisions == [] and store.alerts == []
+    follower.cycle()
+    assert len(store.decisions) == 2
+    assert follower.auditor.history.observed == 2, "each event evaluated once"
+    assert len({r[0] for r in store.alerts}) == 1

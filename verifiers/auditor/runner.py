@@ -738,6 +738,9 @@ class Follower:
         self.btg_positions: dict[str, tuple[Position, int]] = {}
         self.recent: list[AccessDecision] = []
         self.published: dict[str, str] = {}  # alert id -> fingerprint
+        self._pending_rows: list[tuple[Any, ...]] = []
+        self._pending_flagged: list[AccessDecision] = []
+        self._pending_at = ""
         self.started = False
         self.cycles = 0
         self.decided = 0
@@ -756,9 +759,13 @@ class Follower:
         if not self.started:
             self._start()
         self.cycles += 1
+        # what an earlier cycle decided but could not store goes first (its events are
+        # in the history already: they must not be evaluated again)
+        self._store_pending()
         heads = self.store.heads()
         records: list[ReferenceRecord] = []
         new: list[LedgeredEvent] = []
+        cursors: dict[str, int] = {}
         for chain, head in sorted(heads.items()):
             above = self.cursors.get(chain, -1)
             if head <= above:
@@ -767,7 +774,9 @@ class Follower:
                 records.extend(self.store.reference_records_of_chain(chain, above, head))
             else:
                 new.extend(self.store.events_of_chain(chain, above, head))
-            self.cursors[chain] = head
+            cursors[chain] = head
+        # every read succeeded: from here on nothing is read twice
+        self.cursors.update(cursors)
         # the reference data committed so far first, then the events
         self.state.apply_all(records)
         if not new:
@@ -798,43 +807,54 @@ class Follower:
             if latest - t_us > keep_us:
                 del self.btg_positions[eid]
         decided_at = self.now()
-        self.store.insert_decisions(
-            [
-                decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
-                for p in sort_decisions(placed)
-            ]
-        )
+        self._pending_rows = [
+            decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
+            for p in sort_decisions(placed)
+        ]
+        self._pending_flagged = [p.decision for p in placed if p.decision.flagged]
+        self._pending_at = decided_at
         self.decided += len(placed)
-        self._alerts([p.decision for p in placed if p.decision.flagged], decided_at)
+        self._store_pending()
         return len(placed)
 
+    def _store_pending(self) -> None:
+        """Store the last evaluated decisions, then their alerts (raises StorageError;
+        the next cycle retries what is left)."""
+        if self._pending_rows:
+            self.store.insert_decisions(self._pending_rows)
+            self._pending_rows = []
+        if self._pending_flagged:
+            self._alerts(self._pending_flagged, self._pending_at)
+            self._pending_flagged = []
+
     def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
-        if not flagged:
-            return
-        self.recent.extend(flagged)
-        latest = max(ts_to_us(d.occurred_at) for d in self.recent)
-        self.recent = [d for d in self.recent if latest - ts_to_us(d.occurred_at) <= _REGROUP_US]
+        recent = self.recent + flagged
+        latest = max(ts_to_us(d.occurred_at) for d in recent)
+        recent = [d for d in recent if latest - ts_to_us(d.occurred_at) <= _REGROUP_US]
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
-        for a in group_alerts(self.recent, salt=self.salt):
+        for a in group_alerts(recent, salt=self.salt):
             if touched.isdisjoint(a.event_ids):
                 continue
-            fp = alert_fingerprint(a)
-            if self.published.get(a.alert_id) != fp:
-                self.published[a.alert_id] = fp
+            if self.published.get(a.alert_id) != alert_fingerprint(a):
                 changed.append(a)
-        if not changed:
-            return
-        self.store.insert_alerts(
-            [
-                alert_row(a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns())
-                for a in changed
-            ]
-        )
-        if self.publisher is not None:
+        if changed:
+            self.store.insert_alerts(
+                [
+                    alert_row(
+                        a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns()
+                    )
+                    for a in changed
+                ]
+            )
+        self.recent = recent
+        for a in changed:
+            self.published[a.alert_id] = alert_fingerprint(a)
+        if self.publisher is not None and changed:
             for a in changed:
                 self.publisher.publish(a.alert_id, alert_document(a))
-            self.publisher.flush(10.0)
+            if self.publisher.flush(10.0):
+                log.error("some alerts are not yet delivered to Kafka")
         self.alerts_sent += len(changed)
         if len(self.published) > 200_000:
             for key in list(self.published)[:100_000]:
