@@ -687,6 +687,9 @@ class GroundTruth:
     actor_id: str
     patient_id: str
     group: str | None = None  # events of one burst share a group
+    #: False: an inappropriate access the simulator's own traffic contains (a curious
+    #: look outside the care team), not one injected by the scenario
+    injected: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -697,6 +700,8 @@ class GroundTruth:
         }
         if self.group is not None:
             d["group"] = self.group
+        if not self.injected:
+            d["injected"] = False
         return d
 
     def to_json(self) -> str:
@@ -712,10 +717,47 @@ class Scenario:
     #: what makes a later flag on that actor a REPEAT_OFFENDER
     confirmed_violations: list[tuple[str, str]]
     departures: list[Departure]
+    #: inappropriate accesses already in the legitimate traffic (``simulate``'s rare
+    #: curious looks outside the care team that nothing explains), labelled the same way
+    background_truth: list[GroundTruth] = dataclasses.field(default_factory=list)
 
     @property
     def injected(self) -> int:
         return len(self.ground_truth)
+
+    def all_truth(self) -> list[GroundTruth]:
+        return sorted([*self.ground_truth, *self.background_truth], key=lambda g: g.event_id)
+
+
+def _background_truth(model: HospitalModel, legit: Iterable[AccessEvent]) -> list[GroundTruth]:
+    """The simulator's curious accesses: a member with a care-team panel opening a chart
+    outside it (not in a break-the-glass episode) that no relationship explains."""
+    plan = _plan(model)
+    by_id = {m.id: m for m in model.staff}
+    by_mrn = {p.mrn: p for p in model.patients}
+    panels = {m.id: frozenset(m.panel) for m in model.staff}
+    out: list[GroundTruth] = []
+    for e in legit:
+        m = by_id.get(e.actor.id)
+        p = by_mrn.get(e.patient.id)
+        if m is None or p is None or not m.panel or p.index in panels[m.id]:
+            continue
+        if "ETREAT" in e.purpose_of_use or e.event_type.code == DCM_SECURITY_ALERT.code:
+            continue
+        if not _unrelated(model, m, p):
+            continue  # explained by the department or a colleague: not detectable
+        rules = [_R.NO_EXPLANATION]
+        if p.sensitivity is not None:
+            rules.append(_R.VIP_OR_SENSITIVE_UNEXPLAINED)
+        if p.index in plan.opt_out or plan.deny_practitioner.get(p.index) == m.index:
+            rules.append(_R.CONSENT_DENIED)
+        if plan.employee_of_patient.get(p.index) == m.index:
+            rules.append(_R.SELF_ACCESS)
+        elif plan.patient_name[p.index][1] == _surname(m.name):
+            rules.append(_R.FAMILY)
+        out.append(GroundTruth(e.event_id, tuple(rules), m.id, p.mrn, injected=False))
+    out.sort(key=lambda g: g.event_id)
+    return out
 
 
 _R = RuleCode
@@ -1343,6 +1385,7 @@ def simulate_audit_scenario(
         ground_truth=truth,
         confirmed_violations=inj.confirmed if inj is not None else [],
         departures=departures,
+        background_truth=_background_truth(model, legit),
     )
 
 

@@ -1360,7 +1360,8 @@ def configure_simulate(parser: argparse.ArgumentParser) -> None:
         "--ground-truth",
         metavar="FILE",
         help="inject labelled inappropriate accesses and write their ground truth to FILE "
-        "as JSON lines {event_id, rules, actor_id, patient_id} (never to Kafka)",
+        "as JSON lines {event_id, rules, actor_id, patient_id} (never to Kafka); the "
+        'traffic\'s own curious accesses are included with "injected": false',
     )
     parser.add_argument(
         "--inappropriate-rate",
@@ -1476,7 +1477,7 @@ def _command_scenario(
     )
     if ground_truth:
         with open(ground_truth, "w", encoding="utf-8") as f:
-            for g in scenario.ground_truth:
+            for g in scenario.all_truth():
                 f.write(g.to_json() + "\n")
     if args.output:
         out = sys.stdout.buffer if args.output == "-" else open(args.output, "wb")  # noqa: SIM115

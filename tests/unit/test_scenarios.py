@@ -173,7 +173,8 @@ def test_the_auditor_explains_legitimate_traffic_and_finds_the_injected(
     audited: tuple[Scenario, list[AccessDecision]],
 ) -> None:
     scenario, decisions = audited
-    truth = {g.event_id: g for g in scenario.ground_truth}
+    # the injected accesses and the traffic's own curious looks (labelled too)
+    truth = {g.event_id: g for g in scenario.all_truth()}
     own = [d for d in decisions if not d.amends]
     legit = [d for d in own if d.event_id not in truth and d.patient_id != "-"]
     explained = sum(d.explained for d in legit) / len(legit)
@@ -188,7 +189,7 @@ def test_the_auditor_explains_legitimate_traffic_and_finds_the_injected(
     hits = total = 0
     print(f"{'rule':32} {'n':>5} {'recall':>7} {'precision':>9}")
     for code in RuleCode:
-        labelled = [g for g in scenario.ground_truth if code in g.rules]
+        labelled = [g for g in truth.values() if code in g.rules]
         found = sum(1 for g in labelled if g.event_id in covered[code])
         tp = sum(1 for x in flagged[code] if x in truth and code in truth[x].rules)
         precision = tp / len(flagged[code]) if flagged[code] else float("nan")
@@ -209,8 +210,18 @@ def test_cli_writes_the_ground_truth_and_never_prints_patient_ids(
     assert cli_main(argv) == 0
     lines = [json.loads(x) for x in truth.read_text().splitlines()]
     assert lines and all({"event_id", "rules", "actor_id", "patient_id"} <= set(x) for x in lines)
+    assert sum(1 for x in lines if x.get("injected", True)) >= 14
     rows = [json.loads(x) for x in out.read_bytes().splitlines()]
     schemas = Counter(r["schema"] for r in rows)
     assert schemas["careledger.reference/1"] > 0 and schemas["careledger.access-event/1"] > 3000
     err = capsys.readouterr().err
     assert "MRN" not in err
+
+
+def test_the_traffic_own_curious_looks_are_labelled_apart(big: Scenario) -> None:
+    injected = {g.event_id for g in big.ground_truth}
+    assert big.background_truth
+    for g in big.background_truth:
+        assert not g.injected and g.event_id not in injected
+        assert RuleCode.NO_EXPLANATION in g.rules
+    assert all(g.injected for g in big.ground_truth)
