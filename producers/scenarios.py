@@ -729,9 +729,12 @@ class Scenario:
         return sorted([*self.ground_truth, *self.background_truth], key=lambda g: g.event_id)
 
 
-def _background_truth(model: HospitalModel, legit: Iterable[AccessEvent]) -> list[GroundTruth]:
+def _background_truth(
+    model: HospitalModel, legit: Sequence[AccessEvent], offenders: frozenset[str] = frozenset()
+) -> list[GroundTruth]:
     """The simulator's curious accesses: a member with a care-team panel opening a chart
-    outside it (not in a break-the-glass episode) that no relationship explains."""
+    outside it (not in a break-the-glass episode) that no relationship explains.
+    ``offenders``: actors with confirmed past violations (REPEAT_OFFENDER)."""
     plan = _plan(model)
     by_id = {m.id: m for m in model.staff}
     by_mrn = {p.mrn: p for p in model.patients}
@@ -755,9 +758,41 @@ def _background_truth(model: HospitalModel, legit: Iterable[AccessEvent]) -> lis
             rules.append(_R.SELF_ACCESS)
         elif plan.patient_name[p.index][1] == _surname(m.name):
             rules.append(_R.FAMILY)
+        if m.id in offenders and (e.outcome == 0 or len(rules) > 1):
+            rules.append(_R.REPEAT_OFFENDER)  # a flag of medium severity or more, weighted
         out.append(GroundTruth(e.event_id, tuple(rules), m.id, p.mrn, injected=False))
+    out.extend(_unstopped_overrides(legit))
     out.sort(key=lambda g: g.event_id)
     return out
+
+
+def _unstopped_overrides(legit: Iterable[AccessEvent]) -> list[GroundTruth]:
+    """Break-the-glass starts of the traffic that no stop follows (about 4 % of the
+    simulator's overrides): BREAK_THE_GLASS at its worse severity."""
+    starts: dict[tuple[str, str], AccessEvent] = {}
+    out: list[GroundTruth] = []
+    window = 4 * _US_HOUR  # the auditor's default btg_stop_window
+    for e in legit:
+        if e.event_type.code != DCM_SECURITY_ALERT.code:
+            continue
+        key = (e.actor.id, e.patient.id)
+        codes = {c.code for c in e.event_subtype}
+        if DCM_EMERGENCY_OVERRIDE_STARTED.code in codes:
+            old = starts.pop(key, None)
+            if old is not None:
+                out.append(_unstopped(old))
+            starts[key] = e
+        elif DCM_EMERGENCY_OVERRIDE_STOPPED.code in codes:
+            old = starts.pop(key, None)
+            if old is not None and _us(e.occurred_at) - _us(old.occurred_at) > window:
+                out.append(_unstopped(old))
+    out.extend(_unstopped(e) for e in starts.values())
+    return out
+
+
+def _unstopped(e: AccessEvent) -> GroundTruth:
+    rules = (_R.BREAK_THE_GLASS,)
+    return GroundTruth(e.event_id, rules, e.actor.id, e.patient.id, injected=False)
 
 
 _R = RuleCode
@@ -787,6 +822,10 @@ class _Injector:
         self.departures: list[Departure] = []
         self.confirmed: list[tuple[str, str]] = []
         self.offenders: list[StaffMember] = []
+        self.touched: set[str] = set()  # actors of injected events
+        #: actors who break the glass in the legitimate traffic (always reviewed: as
+        #: repeat offenders those reviews would be weighted too)
+        self.overriders = {e.actor.id for e in legit if "ETREAT" in e.purpose_of_use}
         self.groups = 0
         p = self.plan
         self.clean_patients = [
@@ -814,6 +853,7 @@ class _Injector:
         """Count injected events as activity, so later injections keep clear of them."""
         for e in events:
             insort(self.times.setdefault(e.actor.id, []), _us(e.occurred_at))
+            self.touched.add(e.actor.id)
 
     # -- time and people ---------------------------------------------------------------
     def on_duty(self, m: StaffMember, us: int) -> bool:
@@ -961,7 +1001,7 @@ class _Injector:
             denied = sorted(plan.deny_practitioner)
             p = model.patients[denied[self.rng.randrange(len(denied))]]
             m = model.staff[plan.deny_practitioner[p.index]]
-            found = self.slot([m], tries=300, reserved=True)
+            found = None if m.index in self.used else self.slot([m], tries=300, reserved=True)
             if found is not None:
                 return [(self.read(found[1], m, p), (_R.CONSENT_DENIED, _R.NO_EXPLANATION), None)]
         if not plan.opt_out:
@@ -1301,8 +1341,16 @@ class _Injector:
         cap = max(3, len(self.model.staff) // 40)
         if len(self.offenders) >= cap:  # known offenders offend again
             found = self.slot(self.offenders, reserved=True)
-        else:
-            found = self.slot(self.clinicians())
+        else:  # not from the emergency departments: their routine overrides would be
+            # weighted too (any flag of medium severity or more)
+            pool = [
+                m
+                for m in self.clinicians()
+                if m.department not in ("ED", "ICU")
+                and m.id not in self.touched
+                and m.id not in self.overriders
+            ]
+            found = self.slot(pool)
         if found is None:
             return None
         m, t = found
@@ -1385,7 +1433,9 @@ def simulate_audit_scenario(
         ground_truth=truth,
         confirmed_violations=inj.confirmed if inj is not None else [],
         departures=departures,
-        background_truth=_background_truth(model, legit),
+        background_truth=_background_truth(
+            model, legit, frozenset(a for a, _ in inj.confirmed) if inj is not None else frozenset()
+        ),
     )
 
 
