@@ -1183,15 +1183,19 @@ class _Injector:
     def _comeback(self, m: StaffMember, t: int) -> _Unit:
         """A login and a read by a departed account, remotely."""
         rng = self.rng
-        rules: tuple[RuleCode, ...] = (_R.INACTIVE_USER,)
-        if not self.on_shift_with_grace(m, t):
-            rules += (_R.AFTER_HOURS,)
         client, session = self.vpn(), self.session()
         p = self.model.patients[m.panel[rng.randrange(len(m.panel))]]
+        login = self.event(t, m, None, client=client, session=session)
+        read = self.read(t + 20_000_000, m, p, client=client, session=session)
         return [
-            (self.event(t, m, None, client=client, session=session), rules, None),
-            (self.read(t + 20_000_000, m, p, client=client, session=session), rules, None),
+            (login, self._inactive_rules(m, t), None),
+            (read, self._inactive_rules(m, t + 20_000_000), None),
         ]
+
+    def _inactive_rules(self, m: StaffMember, t: int) -> tuple[RuleCode, ...]:
+        if self.on_shift_with_grace(m, t):
+            return (_R.INACTIVE_USER,)
+        return (_R.INACTIVE_USER, _R.AFTER_HOURS)
 
     def volume(self, size: int) -> _Unit | None:
         roles = ("him-specialist", "registration-clerk", "billing-specialist")
@@ -1335,7 +1339,10 @@ class _Injector:
             subtype=(LIFECYCLE_DISCLOSE,),
             object_type="DocumentReference",
         )
-        return [(e, (_R.DISCLOSURE_WITHOUT_PURPOSE,), None)]
+        rules: tuple[RuleCode, ...] = (_R.DISCLOSURE_WITHOUT_PURPOSE,)
+        if p.index in self.plan.opt_out:  # an opt-out refuses marketing and unstated uses
+            rules += (_R.CONSENT_DENIED,)
+        return [(e, rules, None)]
 
     def repeat_offender(self, k: int) -> _Unit | None:
         cap = max(3, len(self.model.staff) // 40)

@@ -23,6 +23,12 @@ Everything is derived from ``random.Random`` seeded by the caller and from
 ``start``: no wall clock, no global random state, so ``(model seed, seed, start)``
 gives the same bytes every time.
 
+``HospitalModel.reference_records(start)`` is the reference data behind the traffic
+(workforce directory, patient demographics, care relationships, FHIR consents) and
+``producers.scenarios.simulate_audit_scenario`` adds labelled inappropriate accesses of
+every audit rule type with their ground truth (``careledger simulate --with-reference
+--ground-truth FILE``).
+
 Authentication events (login/logout) concern no patient, but the wire format
 requires one: they carry ``NO_PATIENT`` (id ``"-"``, the RFC 5424 nil value, with
 system ``urn:careledger:no-patient``). Consumers that reason about patients must
