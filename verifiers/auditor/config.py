@@ -54,6 +54,9 @@ _DEFAULT_ROLE_WINDOWS: Final[Mapping[str, RoleWindow]] = MappingProxyType(
         "registration-clerk": RoleWindow(lead_us=7 * US_PER_DAY, lag_us=2 * US_PER_DAY),
         "billing-specialist": RoleWindow(lead_us=0, lag_us=120 * US_PER_DAY),
         "him-specialist": RoleWindow(lead_us=0, lag_us=365 * US_PER_DAY),
+        # Application support opens charts of patients the hospital is treating
+        # (tickets about an encounter's orders or results), not arbitrary ones.
+        "it-admin": RoleWindow(lead_us=7 * US_PER_DAY, lag_us=30 * US_PER_DAY),
     }
 )
 
