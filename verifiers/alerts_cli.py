@@ -7,9 +7,12 @@
 
 Patients only ever appear as pseudonymous references. A status change is appended to
 ``alert_status`` (one row per change, hash-linked to the alert's previous change, so an
-edited or deleted change breaks the links) and published to ``topic_alert_status``
-(key = alert id). Exit status: 0 done, 1 no such alert / not allowed, 2 usage or
-infrastructure error.
+edited or deleted change breaks the links), sent as an access event ("Audit Log Used",
+DICOM 110101, carrying the change's hash) to the events topic so that the processor
+chains and signs it like any access (``show`` says where each change is ledgered), and
+published as JSON to ``topic_alert_status`` (key = alert id).
+
+Exit status: 0 done, 1 no such alert / not allowed, 2 usage or infrastructure error.
 """
 
 from __future__ import annotations
@@ -19,13 +22,17 @@ import json
 import logging
 import sys
 import time
+import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from careledger.config import Settings
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
+from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent, decode_event, event_from_dict
 from verifiers.auditor.alerts import ALERT_STATUSES
+from verifiers.auditor.history import NO_PATIENT_ID
 from verifiers.auditor.runner import (
     ALERT_COLUMNS,
     STATUS_COLUMNS,
@@ -148,6 +155,75 @@ class AlertBook:
 
 class _NotAllowed(Exception):
     pass
+
+
+DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
+STATUS_RECORD_FORMAT: Final = "careledger.alert-status/1"
+
+
+def status_event_id(entry_hash: str) -> str:
+    """The id of the access event that ledgers a status change (from its hash)."""
+    return str(uuid.UUID(hex=entry_hash[:32], version=4))
+
+
+def status_event(entry: dict[str, Any]) -> AccessEvent:
+    """A status change as an access event (DICOM 110101 "Audit Log Used", action U,
+    about no patient): chained and signed by the processor like any access. It carries
+    the change's ``entry_hash`` (``raw_ref``), not its note."""
+    return event_from_dict(
+        {
+            "schema": "careledger.access-event/1",
+            "event_id": status_event_id(entry["entry_hash"]),
+            "occurred_at": entry["changed_at"],
+            "recorded_at": entry["changed_at"],
+            "event_type": {"system": DCM, "code": "110101", "display": "Audit Log Used"},
+            "action": "U",
+            "outcome": 0,
+            "outcome_desc": f"alert {entry['status']}",
+            "actor": {"id": entry["changed_by"], "roles": [], "is_requestor": True},
+            "source": {"system": "careledger-alerts", "type": 4},
+            "patient": {"id": NO_PATIENT_ID},
+            "object": {"type": "alert", "id": entry["alert_id"]},
+            "correlation_id": entry["alert_id"],
+            "raw_ref": {"format": STATUS_RECORD_FORMAT, "sha256": entry["entry_hash"]},
+        }
+    )
+
+
+def ledgered_positions(
+    backend: SqlBackend, db: str, entries: Sequence[dict[str, Any]]
+) -> list[dict[str, Any] | None]:
+    """Per status change: where its access event is in a committed block (and carries
+    the change's hash), or None (not chained yet, or missing)."""
+    if not entries:
+        return []
+    ids = {status_event_id(e["entry_hash"]): e for e in entries}
+    rows = backend.execute(
+        f"SELECT event_id, chain_id, height, idx, canonical FROM {db}.access_events "
+        "WHERE event_id IN %(ids)s AND (chain_id, height, block_hash) IN "
+        f"(SELECT chain_id, height, block_hash FROM {db}.blocks)",
+        {"ids": tuple(sorted(ids))},
+    )
+    found: dict[str, dict[str, Any]] = {}
+    for event_id, chain, height, idx, canonical in rows:
+        entry = ids.get(_text(event_id))
+        try:
+            ev = decode_event(bytes(canonical))
+        except CareledgerError:
+            continue
+        if (
+            entry is not None
+            and ev.raw_ref is not None
+            and ev.raw_ref.sha256 == entry["entry_hash"]
+            and ev.object is not None
+            and ev.object.id == entry["alert_id"]
+        ):
+            found[entry["entry_hash"]] = {
+                "chain_id": _text(chain),
+                "height": int(height),
+                "idx": int(idx),
+            }
+    return [found.get(e["entry_hash"]) for e in entries]
 
 
 def verify_history(entries: Sequence[dict[str, Any]]) -> bool:
@@ -276,8 +352,12 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
         return _error(f"no alert {args.alert_id}", 1)
     history = book.history([args.alert_id]).get(args.alert_id, [])
     alert = _with_status(alert, history)
+    positions = ledgered_positions(book.backend, book.db, history)
+    for entry, pos in zip(history, positions, strict=True):
+        entry["ledgered"] = pos
     alert["status_history"] = history
     alert["status_history_intact"] = verify_history(history)
+    alert["status_history_ledgered"] = all(p is not None for p in positions)
     print(json.dumps(alert, sort_keys=True, indent=2))
     return 0
 
@@ -285,12 +365,18 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
 def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, status: str) -> int:
     if book.alert(args.alert_id) is None:
         return _error(f"no alert {args.alert_id}", 1)
-    if not args.by.strip():
-        return _error("--by must name who changes the status")
+    if not args.by.strip() or len(args.by) > 256:
+        return _error("--by must name who changes the status (at most 256 characters)")
     try:
         entry = book.change(args.alert_id, status, args.by, args.note or "")
     except _NotAllowed as exc:
         return _error(str(exc), 1)
+    if not _ledger_status(settings, entry):
+        print(
+            "careledger alerts: warning: status change stored but not sent to the "
+            f"events topic {settings.topic_events} (it is not ledgered)",
+            file=sys.stderr,
+        )
     if not _publish_status(settings, entry):
         print(
             f"careledger alerts: warning: status change stored but not published to "
@@ -299,6 +385,19 @@ def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, statu
         )
     print(f"alert {args.alert_id}: {status} by {args.by} at {entry['changed_at']}")
     return 0
+
+
+def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
+    """Send the change as an access event: the processor chains and signs it."""
+    try:
+        from producers.sdk import AccessEventProducer
+
+        with AccessEventProducer(settings) as producer:
+            producer.send(status_event(entry))
+            return producer.flush(20.0).ok
+    except Exception as exc:  # Kafka down: the change is stored, say it is not ledgered
+        logging.getLogger("careledger.alerts").warning("cannot ledger status change: %s", exc)
+        return False
 
 
 def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
@@ -330,8 +429,6 @@ def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
 
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
-    import uuid
-
     from confluent_kafka import Consumer
 
     consumer = Consumer(

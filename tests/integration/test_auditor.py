@@ -223,9 +223,15 @@ def _review_scenario(settings: Settings, tmp_path: Path) -> None:
         wait_until(lambda: references() >= n_refs, 90, what="reference data chained")
         produce(settings, events)
         wait_until(lambda: committed_event_count(store) >= len(events), 90, what="events chained")
+        # the processor keeps running: status changes are chained too
+        _audit_and_review(settings, store, cases, events)
     finally:
         stop(proc)
 
+
+def _audit_and_review(
+    settings: Settings, store: Any, cases: dict[str, list[AccessEvent]], events: list[AccessEvent]
+) -> None:
     first = audit(settings)
     assert first["decisions"] == len(events)
     db = store.db
@@ -339,11 +345,19 @@ def _review_scenario(settings: Settings, tmp_path: Path) -> None:
     family_ref = alerts[family_alert][3]
     assert family_alert in listed("--patient-ref", family_ref)
 
-    shown = run_cli(settings, "alerts", "show", family_alert)
-    assert shown.returncode == 0, shown.stderr
-    doc = json.loads(shown.stdout)
+    def shown() -> dict[str, Any]:
+        out = run_cli(settings, "alerts", "show", family_alert)
+        assert out.returncode == 0, out.stderr
+        doc: dict[str, Any] = json.loads(out.stdout)
+        return doc
+
+    doc = shown()
     assert doc["status"] == "false-positive" and doc["status_by"] == "privacy-officer"
     assert doc["status_history_intact"] is True
+    # the change went through the processor into a signed chain like any access
+    wait_until(lambda: shown()["status_history_ledgered"], 60, what="status change chained")
+    ledgered = shown()["status_history"][0]["ledgered"]
+    assert ledgered["chain_id"].startswith(settings.origin + "/" + settings.topic_events)
     human = run_cli(settings, "alerts", "list")
     assert human.returncode == 0 and "PAT-" not in human.stdout
 

@@ -16,7 +16,7 @@ from careledger.config import Settings
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
 from tests.unit.test_auditor_rules import at, btg_start, btg_stop, event, hospital
-from verifiers.alerts_cli import verify_history
+from verifiers.alerts_cli import status_event, status_event_id, verify_history
 from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
 from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
 from verifiers.auditor.runner import (
@@ -283,3 +283,24 @@ def test_follow_retries_storing_after_a_failure_without_evaluating_twice() -> No
     assert len(store.decisions) == 2
     assert follower.auditor.history.observed == 2, "each event evaluated once"
     assert len({r[0] for r in store.alerts}) == 1
+
+
+def test_a_status_change_is_ledgered_as_an_audit_log_access_about_no_patient() -> None:
+    entry = {
+        "alert_id": "a" * 32,
+        "seq": 0,
+        "status": "resolved",
+        "changed_by": "privacy-officer",
+        "changed_at": at(0),
+        "note": "confirmed: the patient's neighbour",
+        "prev_hash": "",
+    }
+    entry["entry_hash"] = status_entry_hash("", entry)
+    ev = status_event(entry)
+    assert ev == status_event(dict(entry))
+    assert ev.event_id == status_event_id(entry["entry_hash"])
+    assert ev.event_type.code == "110101" and ev.action == "U"
+    assert ev.patient.id == "-" and ev.actor.id == "privacy-officer"
+    assert ev.raw_ref is not None and ev.raw_ref.sha256 == entry["entry_hash"]
+    assert ev.object is not None and ev.object.id == entry["alert_id"]
+    assert "neighbour" not in str(ev), "the note stays out of the ledgered event"
