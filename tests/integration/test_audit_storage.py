@@ -109,3 +109,14 @@ def test_range_audit_replay_follow_and_status_on_both_engines(
     assert [h["status"] for h in history] == ["acknowledged", "resolved"]
     assert verify_history(history)
     assert audit.confirmed_violations() == [("M1", "2026-11-02T09:06:00.000001Z")]
+
+    # an insider edits the note of the first change: the hash links no longer hold
+    audit.backend.execute(
+        f"ALTER TABLE {db}.alert_status UPDATE note = 'nothing to see' "
+        "WHERE alert_id = %(id)s AND seq = 0",
+        {"id": aid},
+    )
+    audit.wait_mutations()
+    tampered = book.history([aid])[aid]
+    assert tampered[0]["note"] == "nothing to see"
+    assert not verify_history(tampered)
