@@ -304,3 +304,21 @@ def test_a_status_change_is_ledgered_as_an_audit_log_access_about_no_patient() -
     assert ev.raw_ref is not None and ev.raw_ref.sha256 == entry["entry_hash"]
     assert ev.object is not None and ev.object.id == entry["alert_id"]
     assert "neighbour" not in str(ev), "the note stays out of the ledgered event"
+
+
+def test_follow_regroups_only_the_actors_flagged_in_the_cycle() -> None:
+    store = MemoryStore(hospital())
+    out = Published()
+    follower = Follower(store, salt=SALT, publisher=out)  # type: ignore[arg-type]
+    chain = "o/careledger.access-events/2"
+    store.add_block(chain, [event("M1", "P2", at(i)) for i in range(3)])
+    follower.cycle()
+    sent = len(out.sent)
+    store.add_block(chain, [event("N2", "P3", at(5))])
+    follower.cycle()
+    assert {doc["actor_id"] for _id, doc in out.sent[sent:]} == {"N2"}
+    store.add_block(chain, [event("M1", "P2", at(6))])
+    follower.cycle()
+    m1 = [doc for _id, doc in out.sent if doc["actor_id"] == "M1"]
+    assert len({d["alert_id"] for d in m1 if d["rule"] == "NO_EXPLANATION"}) == 1
+    assert len(m1[-1]["event_ids"]) == 4

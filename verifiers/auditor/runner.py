@@ -736,7 +736,8 @@ class Follower:
         self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
         self.cursors: dict[str, int] = {}
         self.btg_positions: dict[str, tuple[Position, int]] = {}
-        self.recent: list[AccessDecision] = []
+        self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
+        self._latest_us = 0
         self.published: dict[str, str] = {}  # alert id -> fingerprint
         self._pending_rows: list[tuple[Any, ...]] = []
         self._pending_flagged: list[AccessDecision] = []
@@ -828,12 +829,23 @@ class Follower:
             self._pending_flagged = []
 
     def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
-        recent = self.recent + flagged
-        latest = max(ts_to_us(d.occurred_at) for d in recent)
-        recent = [d for d in recent if latest - ts_to_us(d.occurred_at) <= _REGROUP_US]
+        # alerts group one actor's flags: only the actors flagged now are regrouped
+        latest = max(self._latest_us, max(ts_to_us(d.occurred_at) for d in flagged))
+        by_actor: dict[str, list[AccessDecision]] = {}
+        for d in flagged:
+            by_actor.setdefault(d.actor_id, []).append(d)
+        candidate = {
+            actor: [
+                d
+                for d in (*self.recent.get(actor, ()), *new)
+                if latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+            ]
+            for actor, new in by_actor.items()
+        }
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
-        for a in group_alerts(recent, salt=self.salt):
+        regroup = [d for decisions in candidate.values() for d in decisions]
+        for a in group_alerts(regroup, salt=self.salt):
             if touched.isdisjoint(a.event_ids):
                 continue
             if self.published.get(a.alert_id) != alert_fingerprint(a):
@@ -847,7 +859,18 @@ class Follower:
                     for a in changed
                 ]
             )
-        self.recent = recent
+        self.recent.update(candidate)
+        self._latest_us = latest
+        if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
+            self.recent = {
+                actor: kept
+                for actor, decisions in self.recent.items()
+                if (
+                    kept := [
+                        d for d in decisions if latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+                    ]
+                )
+            }
         for a in changed:
             self.published[a.alert_id] = alert_fingerprint(a)
         if self.publisher is not None and changed:
