@@ -150,8 +150,8 @@ def scenario() -> dict[str, list[AccessEvent]]:
     }
 
 
-def audit(settings: Settings) -> dict[str, Any]:
-    result = run_cli(settings, "audit", "--from", FROM, "--to", TO, "--json")
+def audit(settings: Settings, *extra: str) -> dict[str, Any]:
+    result = run_cli(settings, "audit", "--from", FROM, "--to", TO, "--json", *extra)
     assert result.returncode == 0, result.stdout + result.stderr
     summary: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return summary
@@ -305,6 +305,8 @@ def _audit_and_review(
     # replaying the range gives the same decisions (but decided_at) and publishes nothing new
     second = audit(settings)
     assert second["alerts"] == first["alerts"] and second["alerts_published"] == 0
+    forced = audit(settings, "--republish")
+    assert forced["alerts_published"] == len(alerts)
     assert decisions() == rows
     again = {
         r[0].decode() for r in store.backend.execute(f"SELECT alert_id FROM {db}.alerts FINAL")

@@ -47,6 +47,11 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-publish", action="store_true", help="do not publish alerts to the alerts topic"
     )
+    parser.add_argument(
+        "--republish",
+        action="store_true",
+        help="publish every alert of the range again (default: only new or changed ones)",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N polls")
     parser.add_argument(
@@ -89,9 +94,11 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
             return _follow(args, settings, store, salt, publisher, from_ts)
         assert from_ts is not None and to_ts is not None
         try:
-            result = audit_range(store, from_ts, to_ts, salt=salt, publisher=publisher)
+            result = audit_range(
+                store, from_ts, to_ts, salt=salt, publisher=publisher, republish=args.republish
+            )
         except StorageError as exc:
-            return _error(exc.message)
+            return _error(f"{exc.message} (run again; --republish if alerts were not delivered)")
         summary = result.to_json()
         if args.json:
             print(json.dumps(summary, sort_keys=True))

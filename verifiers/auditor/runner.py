@@ -657,8 +657,12 @@ def audit_range(
     config: AuditConfig = DEFAULT_CONFIG,
     publisher: AlertPublisher | None = None,
     now: Callable[[], str] = utc_now_ts,
+    republish: bool = False,
 ) -> RangeResult:
-    """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store."""
+    """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store.
+
+    Publishes the alerts that were not stored before with the same content (all of them
+    with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
     started = time.perf_counter()
     run = range_run_id(from_ts, to_ts)
     result = RangeResult(from_ts, to_ts, run)
@@ -701,7 +705,7 @@ def audit_range(
         result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
     if publisher is not None:
         for a in alerts:
-            if before.get(a.alert_id) != alert_fingerprint(a):
+            if republish or before.get(a.alert_id) != alert_fingerprint(a):
                 publisher.publish(a.alert_id, alert_document(a))
                 result.published += 1
         if result.published and publisher.flush(30.0):
