@@ -101,6 +101,11 @@ def test_range_audit_replay_follow_and_status_on_both_engines(
     assert audit.alert_fingerprints(at(-60), at(60)).keys() == {a["alert_id"] for a in alerts}
     assert audit.horizon() == events[-1].occurred_at
 
+    # a follower resuming after the range warms its windows up and decides nothing twice
+    resumed = Follower(audit, salt=SALT)
+    assert resumed.cycle() == 0 and resumed.warmed == len(events)
+    assert audit.last_decided_time() == events[-1].occurred_at
+
     # status changes, hash-linked; a resolved alert is a confirmed violation
     aid = burst[0]["alert_id"]
     book.change(aid, "acknowledged", "privacy-officer", "")

@@ -186,7 +186,23 @@ class MemoryStore:
         ]
 
     def decided_heights(self) -> dict[str, int]:
-        return {}
+        heights: dict[str, int] = {}
+        for row in self.decisions:
+            heights[row[1]] = max(heights.get(row[1], -1), row[2])
+        return heights
+
+    def last_decided_time(self) -> str | None:
+        return max((row[4] for row in self.decisions), default=None)
+
+    def events_between(self, lo: str, hi: str) -> list[LedgeredEvent]:
+        every = [
+            le
+            for chain in self.blocks
+            for le in self.events_of_chain(chain, -1, len(self.blocks[chain]) - 1)
+        ]
+        return sorted(
+            (le for le in every if lo <= le.event.occurred_at < hi), key=lambda le: le.sort_key
+        )
 
     def confirmed_violations(self) -> list[tuple[str, str]]:
         return []
@@ -322,3 +338,20 @@ def test_follow_regroups_only_the_actors_flagged_in_the_cycle() -> None:
     m1 = [doc for _id, doc in out.sent if doc["actor_id"] == "M1"]
     assert len({d["alert_id"] for d in m1 if d["rule"] == "NO_EXPLANATION"}) == 1
     assert len(m1[-1]["event_ids"]) == 4
+
+
+@pytest.mark.parametrize("warmup", [True, False])
+def test_a_restarted_follower_replays_the_warm_up_into_its_windows(warmup: bool) -> None:
+    store = MemoryStore(hospital())
+    chain = "o/careledger.access-events/3"
+    store.add_block(chain, [event("N2", "P2", at(i), outcome=4) for i in range(4)])
+    first = Follower(store, salt=SALT)  # type: ignore[arg-type]
+    first.cycle()
+    assert len(store.decisions) == 4
+    # restart: the fifth denial is a burst only if the four before it are remembered
+    store.add_block(chain, [event("N2", "P2", at(4), outcome=4)])
+    second = Follower(store, salt=SALT, warmup=warmup)  # type: ignore[arg-type]
+    assert second.cycle() == 1, "what was decided is not decided again"
+    assert second.warmed == (4 if warmup else 0)
+    flags = json.loads(dict(zip(DECISION_COLUMNS, store.decisions[-1], strict=True))["flags"])
+    assert ("DENIED_BURST" in {f["code"] for f in flags}) is warmup

@@ -52,6 +52,12 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="publish every alert of the range again (default: only new or changed ones)",
     )
+    parser.add_argument(
+        "--no-warmup",
+        action="store_true",
+        help="--follow: do not replay the last hours already decided into the rules' "
+        "windows when resuming",
+    )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N polls")
     parser.add_argument(
@@ -124,7 +130,9 @@ def _follow(
     publisher: AlertPublisher | None,
     from_ts: str | None,
 ) -> int:
-    follower = Follower(store, salt=salt, publisher=publisher, from_ts=from_ts)
+    follower = Follower(
+        store, salt=salt, publisher=publisher, from_ts=from_ts, warmup=not args.no_warmup
+    )
     stop = threading.Event()
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():

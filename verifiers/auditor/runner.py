@@ -457,6 +457,14 @@ class AuditStore:
         )
         return [le for r in rows if (le := _ledgered(r)) is not None]
 
+    def last_decided_time(self) -> str | None:
+        rows = self.backend.execute(
+            f"SELECT max(occurred_at), count() FROM {self.db}.access_decisions"
+        )
+        if not rows or int(rows[0][1]) == 0:
+            return None
+        return _text(rows[0][0])
+
     def decided_heights(self) -> dict[str, int]:
         rows = self.backend.execute(
             f"SELECT chain_id, max(height) FROM {self.db}.access_decisions GROUP BY chain_id"
@@ -733,9 +741,13 @@ class Follower:
         publisher: AlertPublisher | None = None,
         from_ts: str | None = None,
         now: Callable[[], str] = utc_now_ts,
+        warmup: bool = True,
     ) -> None:
         self.store = store
         self.salt = salt
+        self.warmup = warmup
+        self._warm_until: str | None = None
+        self.warmed = 0
         self.config = config
         self.publisher = publisher
         self.from_ts = from_ts
@@ -762,7 +774,23 @@ class Follower:
         self.cursors = self.store.decided_heights()
         for actor_id, when in self.store.confirmed_violations():
             self.auditor.history.record_confirmed_violation(actor_id, when)
+        if self.warmup and self.cursors:
+            # the first cycle replays the last warm-up window of what was decided (not
+            # deciding it again), so windows are as if the follower had never stopped
+            self._warm_until = self.store.last_decided_time()
         self.started = True
+
+    def _warmup_events(self) -> list[LedgeredEvent]:
+        if self._warm_until is None:
+            return []
+        until_us = ts_to_us(self._warm_until)
+        lo = us_to_ts(until_us - warmup_us(self.config))
+        hi = us_to_ts(until_us + 1)
+        return [
+            le
+            for le in self.store.events_between(lo, hi)
+            if le.position.height <= self.cursors.get(le.position.chain_id, -1)
+        ]
 
     def cycle(self) -> int:
         """One poll; returns the number of new decisions."""
@@ -785,10 +813,23 @@ class Follower:
             else:
                 new.extend(self.store.events_of_chain(chain, above, head))
             cursors[chain] = head
+        warm = self._warmup_events()
         # every read succeeded: from here on nothing is read twice
         self.cursors.update(cursors)
         # the reference data committed so far first, then the events
         self.state.apply_all(records)
+        if self._warm_until is not None:
+            for le in warm:
+                if is_btg_start(le.event):
+                    self.btg_positions[le.event.event_id] = (
+                        le.position,
+                        ts_to_us(le.event.occurred_at),
+                    )
+                for d in self.auditor.process(le.event):
+                    if d.amends:  # due before the restart: decided then
+                        self.btg_positions.pop(d.event_id, None)
+            self.warmed = len(warm)
+            self._warm_until = None
         if not new:
             return 0
         new.sort(key=lambda le: le.sort_key)
