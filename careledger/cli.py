@@ -38,6 +38,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dead-letters": ("processors.dead_letters", "list or replay dead-lettered input"),
     "demo": ("careledger.demo", "run the whole pipeline locally on simulated traffic"),
     "benchmark": ("careledger.benchmark", "measure end-to-end throughput and latency"),
+    "benchmark-audit": (
+        "careledger.benchmark_audit",
+        "measure the access auditor's recall and precision per rule on labelled traffic",
+    ),
     "access-report": (
         "verifiers.access_report",
         "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",
