@@ -686,12 +686,13 @@ class _ChainVerifier:
         record_id = kind.record_id
         expected_of = kind.read_values
         stored_of = operator.attrgetter(*kind.read_columns)
+        unique_key = kind.unique_key
         first_off, last_off = chk.first_offset, chk.last_offset
         leaves: list[bytes] = []
         append_leaf = leaves.append
         prev_off = -1
         out_of_order = False
-        seen_ids: set[bytes] = set()
+        seen_ids: set[Any] = set()
         checked = 0
         for idx in range(count) if complete else sorted(by_idx):
             r = by_idx[idx]
@@ -757,12 +758,12 @@ class _ChainVerifier:
                         event_id=rid,
                         details={"columns": diff},
                     )
-                eid = expected[0]
+                eid = unique_key(event)
                 if eid in seen_ids:
                     emit(
                         C.EVENT_DUPLICATE_ID,
                         height,
-                        f"event id {rid} occurs twice in the block",
+                        f"{kind.name} {rid} occurs twice in the block",
                         index=idx,
                         event_id=rid,
                     )

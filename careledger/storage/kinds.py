@@ -42,6 +42,9 @@ class RecordKind:
     #: ... and their values for a record, as the reader returns them (str as bytes).
     #: Written out per kind: the verifier calls it for every record.
     read_values: Callable[[Any], tuple[Any, ...]]
+    #: what must not repeat within a block: an access event's id; a reference
+    #: record's (kind, id, version) — several versions of one record may share a block
+    unique_key: Callable[[Any], Any]
 
 
 def _access_values(e: AccessEvent) -> tuple[Any, ...]:
@@ -96,6 +99,7 @@ ACCESS = RecordKind(
         "outcome",
         "source_system",
     ),
+    unique_key=lambda e: e.event_id,
     read_values=lambda e: (
         e.event_id.encode(),
         e.occurred_at.encode(),
@@ -133,6 +137,7 @@ REFERENCE = RecordKind(
         "effective_at",
         "retracted",
     ),
+    unique_key=lambda r: (r.kind, r.record_id, r.version),
     read_values=lambda r: (
         r.record_id.encode(),
         r.kind.encode(),
