@@ -19,16 +19,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 from typing import Any
 
-from careledger.config import PROJECT_ROOT, Settings
+from careledger.config import Settings
+from careledger.processes import start_processor, stop
 
 
 def configure_benchmark(parser: argparse.ArgumentParser) -> None:
@@ -41,36 +39,6 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         "--core", action="store_true", help="also run the in-process core benchmark"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
-    env.update(settings.as_env())
-    return env
-
-
-def _start(settings: Settings, baseline: bool, log: Path) -> subprocess.Popen[bytes]:
-    args = [sys.executable, "-m", "careledger.cli", "process", "--loglevel", "warning"]
-    if baseline:
-        args.append("--baseline")
-    with open(log, "ab") as fh:
-        return subprocess.Popen(
-            args,
-            cwd=PROJECT_ROOT,
-            env=_env(settings),
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def _count(store: Any, baseline: bool) -> int:
@@ -126,7 +94,7 @@ def _run_mode(
         store = ChainStore.for_settings(ClickHouseBackend.from_settings(s), s)
         if phase == "throughput":
             _produce(s, events)
-            proc = _start(s, baseline, workdir / f"{name}-{phase}.log")
+            proc = start_processor(s, workdir / f"{name}-{phase}.log", baseline=baseline)
             first = last = None
             deadline = time.monotonic() + 900
             try:
@@ -140,7 +108,7 @@ def _run_mode(
                         break
                     time.sleep(0.05)
             finally:
-                _stop(proc)
+                stop(proc)
             if first is None or last is None:
                 results["throughput_events_per_s"] = None
             else:
@@ -148,7 +116,7 @@ def _run_mode(
                 results["throughput_events_per_s"] = drained / max(last - first[0], 1e-6)
             results["_before"] = _count(store, baseline)
         else:
-            proc = _start(s, baseline, workdir / f"{name}-{phase}.log")
+            proc = start_processor(s, workdir / f"{name}-{phase}.log", baseline=baseline)
             try:
                 time.sleep(8.0)  # let the consumer join its group before we start the clock
                 n_events = min(len(events), int(rate * latency_s))
@@ -160,7 +128,7 @@ def _run_mode(
                 time.sleep(6.0)  # the processor writes its metrics file every 5 s
                 m = _metrics(s)
             finally:
-                _stop(proc)
+                stop(proc)
             results["latency_p50_s"] = m.get("latency_p50_s")
             results["latency_p99_s"] = m.get("latency_p99_s")
             results["latency_rate_events_per_s"] = rate

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from typing import Any
 
-from careledger.config import PROJECT_ROOT, Settings
+from careledger.config import Settings
 from careledger.keys import default_key_path, write_keypair
+from careledger.processes import run_cli, start_processor, stop
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +27,6 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for chaining")
-
-
-def _child_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
-    env.update(settings.as_env())
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
 
 
 def _committed(store: Any) -> int:
@@ -62,17 +54,8 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     before = _committed(store)
     log_path = settings.run_dir / "logs" / "processor-demo.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"== starting the processor (log: {log_path})")
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "careledger.cli", "process", "--loglevel", "warning"],
-            cwd=PROJECT_ROOT,
-            env=_child_env(settings),
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc = start_processor(settings, log_path)
     try:
         print(f"== simulating {args.events:,} hospital access events (seed {args.seed})")
         started = time.monotonic()
@@ -100,21 +83,10 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
             time.sleep(0.25)
         elapsed = time.monotonic() - started
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        stop(proc)
 
     print("== verifying every chain with the trusted public key")
-    result = subprocess.run(
-        [sys.executable, "-m", "careledger.cli", "verify", "--json"],
-        cwd=PROJECT_ROOT,
-        env=_child_env(settings),
-        capture_output=True,
-        text=True,
-    )
+    result = run_cli(settings, "verify", "--json", timeout=3600)
     try:
         report = json.loads(result.stdout)
     except json.JSONDecodeError:

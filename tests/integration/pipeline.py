@@ -6,22 +6,25 @@ local stack; nothing is mocked.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from careledger import processes
 from careledger.config import Settings
 from careledger.keys import write_keypair
+from careledger.processes import child_env as cli_env
+from careledger.processes import run_cli, stop
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainStore
 
 REPO = Path(__file__).resolve().parents[2]
+
+# Tests import these from here next to the test-only helpers.
+__all__ = ["REPO", "cli_env", "run_cli", "start_processor", "stop"]
 
 
 def with_keys(settings: Settings, tmp_path: Path) -> Settings:
@@ -35,51 +38,9 @@ def processor_settings(settings: Settings, **changes: Any) -> Settings:
     return settings.replace(processor_app_id=app_id, processor_web_port=0, **changes)
 
 
-def cli_env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
-    env.update(settings.as_env())
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    log_file = open(log_path, "ab")  # noqa: SIM115 - handed to the child process
-    return subprocess.Popen(
-        [sys.executable, "-m", "careledger.cli", "process", "--loglevel", "info"],
-        cwd=REPO,
-        env=cli_env(settings),
-        stdout=log_file,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
-    if proc.poll() is not None:
-        return
-    try:
-        os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
-
-
-def run_cli(
-    settings: Settings, *args: str, timeout: float = 300.0
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "careledger.cli", *args],
-        cwd=REPO,
-        env=cli_env(settings),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    """The real processor, at info level: tests read its log."""
+    return processes.start_processor(settings, log_path, loglevel="info")
 
 
 def store_for(settings: Settings) -> ChainStore:
