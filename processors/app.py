@@ -52,6 +52,9 @@ log = logging.getLogger("careledger.processor")
 # How long records fetched before a seek may keep arriving before we ask Kafka
 # whether the expected offsets still exist and seek again.
 SEEK_PATIENCE_S = 5.0
+# How long after an assignment before the consumer's position is compared with
+# the stored head: the fetcher must have its positions first.
+ASSIGNMENT_SETTLE_S = 2.0
 
 # Latency histogram bucket upper bounds in seconds (1 ms .. ~2 min, log-spaced).
 _LATENCY_BOUNDS = [0.001 * (1.25**i) for i in range(55)]
@@ -147,8 +150,10 @@ class Processor:
         seek: Any,  # async callable ((topic, partition), offset)
         earliest: Any,  # async callable ((topic, partition)) -> earliest offset still in Kafka
         outputs: Any,  # KafkaOutputs
+        position: Any = None,  # async callable ((topic, partition)) -> consumer position or None
     ) -> None:
         self.settings = settings
+        self._position = position
         self.key = key
         self.store = store
         self._seek = seek
@@ -171,6 +176,9 @@ class Processor:
         # under an older epoch were built on state that never reached the store.
         self._epoch = 0
         self._recover: set[Part] = set()
+        # Partitions assigned to us whose consumer position has not yet been
+        # checked against the stored head (see ``_check_assigned``).
+        self._unchecked: dict[Part, float] = {}
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -191,6 +199,19 @@ class Processor:
         for p in partitions:
             self.chains.pop(p, None)
             self.seek_targets.pop(p, None)
+
+    def assigned(self, partitions: set[Part]) -> None:
+        """Partitions assigned: forget old state and check positions once settled."""
+        self.forget(partitions)
+        if self._position is not None:
+            now = time.monotonic()
+            for p in partitions:
+                self._unchecked[p] = now
+
+    def revoked(self, partitions: set[Part]) -> None:
+        for p in partitions:
+            self._unchecked.pop(p, None)
+        self.release(partitions)
 
     async def _load(self, part: Part) -> PartitionChain:
         topic, partition = part
@@ -316,6 +337,8 @@ class Processor:
         async with self.lock:
             if self._recover:
                 await self._recover_positions()
+            if self._unchecked:
+                await self._check_assigned()
             epoch = self._epoch
             now_mono = time.monotonic()
             now = time.time()
@@ -359,6 +382,51 @@ class Processor:
                 self.seek_targets[p] = (chain.next_offset, time.monotonic())
                 self.metrics.seeks += 1
                 await self._seek(p, chain.next_offset)
+
+    async def _check_assigned(self) -> None:
+        """Seek newly assigned partitions back if the consumer starts past the stored head.
+
+        The group's committed offset can be ahead of the store (a crash after a
+        best-effort commit, before the write). When records keep arriving, the
+        first one reveals the gap (``OffsetGap``); when none arrive, nothing
+        would, and the unstored records would wait for new traffic on that
+        partition. So compare the consumer's position with the stored head as
+        soon as the assignment has settled: seeking earlier races the fetcher.
+        """
+        now = time.monotonic()
+        for p, since in sorted(self._unchecked.items()):
+            if now - since < ASSIGNMENT_SETTLE_S:
+                continue
+            if p in self.chains:  # records arrived: ``handle`` already compared
+                self._unchecked.pop(p, None)
+                continue
+            try:
+                position = await self._position(p)
+            except Exception as exc:  # not positioned yet (e.g. mid-rebalance): retry
+                log.debug("position of %s not available yet: %s", p, exc)
+                continue
+            if position is None:
+                continue
+            await self.drain()
+            try:
+                chain = await self._load(p)
+            except (CareledgerError, OSError) as exc:
+                self._store_unavailable(exc, {p})
+                self._unchecked.pop(p, None)
+                return
+            self._unchecked.pop(p, None)
+            expected = chain.next_offset
+            if expected is not None and position > expected:
+                log.info(
+                    "chain %s: consumer starts at offset %d past the stored head; "
+                    "seeking back to offset %d",
+                    chain.chain_id,
+                    position,
+                    expected,
+                )
+                self.seek_targets[p] = (expected, time.monotonic())
+                self.metrics.seeks += 1
+                await self._seek(p, expected)
 
     async def _submit(
         self,
@@ -548,6 +616,8 @@ def create_app(
     from faust.types import TP
 
     web_enabled = settings.processor_web_port > 0
+    datadir = settings.run_dir / "faust" / settings.processor_app_id
+    datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
         settings.processor_app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
@@ -568,6 +638,8 @@ def create_app(
         broker_max_poll_records=5000,
         producer_acks=-1,
         Monitor=_quiet_monitor(),
+        # faust's default is "<app id>-data" in the working directory.
+        datadir=str(datadir),
     )
     chained = (settings.topic_events, *sorted(reference_topics(settings)))
     topic = app.topic(
@@ -586,7 +658,16 @@ def create_app(
         offsets = await app.consumer.earliest_offsets(tp)
         return int(offsets.get(tp) or 0)
 
-    processor = Processor(settings, key, store, seek, earliest, KafkaOutputs(settings))
+    async def position(part: Part) -> int | None:
+        tp = TP(*part)
+        if app.rebalancing or tp not in app.consumer.assignment():
+            return None
+        pos = await app.consumer.position(tp)
+        return None if pos is None else int(pos)
+
+    processor = Processor(
+        settings, key, store, seek, earliest, KafkaOutputs(settings), position=position
+    )
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)
@@ -637,12 +718,12 @@ def create_app(
         # and hand the checkpoints of what we wrote to Kafka (also on shutdown).
         await processor.drain()
         await asyncio.get_running_loop().run_in_executor(None, processor.outputs.flush, 5.0)
-        processor.release({(tp.topic, tp.partition) for tp in revoked if tp.topic in chained})
+        processor.revoked({(tp.topic, tp.partition) for tp in revoked if tp.topic in chained})
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def on_assigned(sender: Any, assigned: Any, **_: Any) -> None:
         await processor.drain()
-        processor.forget({(tp.topic, tp.partition) for tp in assigned if tp.topic in chained})
+        processor.assigned({(tp.topic, tp.partition) for tp in assigned if tp.topic in chained})
 
     if web_enabled:
 

@@ -250,6 +250,52 @@ def test_offsets_committed_ahead_of_the_store_do_not_skip_events(
     _assert_exactly_once(settings, [e.event_id for e in events])
 
 
+def test_unstored_records_are_chained_even_when_no_new_record_arrives(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """A crash after committing offsets of never-stored records, then silence.
+
+    The group's committed offsets are at the end of every partition and no
+    record is produced afterwards, so no record reaches the restarted processor
+    to reveal the gap: it must compare its position with the stored head itself.
+    """
+    settings = processor_settings(with_keys(isolated, tmp_path))
+    events = _events(1_000, seed=22)
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    committer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            "group.id": settings.processor_app_id,
+            "enable.auto.commit": False,
+        }
+    )
+    at_end = []
+    for p in range(settings.partitions):
+        _low, high = committer.get_watermark_offsets(
+            TopicPartition(settings.topic_events, p), timeout=10
+        )
+        at_end.append(TopicPartition(settings.topic_events, p, high))
+    assert sum(tp.offset for tp in at_end) == len(events)
+    committer.commit(offsets=at_end, asynchronous=False)
+    committer.close()
+    log = tmp_path / "processor.log"
+    proc = start_processor(settings, log)
+    try:
+        store = store_for(settings)
+        wait_until(
+            lambda: committed_event_count(store) >= len(events), 120, what="all events chained"
+        )
+        time.sleep(1.0)
+    finally:
+        stop(proc)
+    assert "past the stored head" in log.read_text(errors="replace")
+    _assert_exactly_once(settings, [e.event_id for e in events])
+    _verify_ok(settings)
+
+
 def test_sigterm_stops_the_processor_cleanly(isolated: Settings, tmp_path: Path) -> None:
     settings = processor_settings(with_keys(isolated, tmp_path))
     proc = start_processor(settings, tmp_path / "processor.log")
