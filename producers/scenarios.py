@@ -720,6 +720,8 @@ class Scenario:
     #: inappropriate accesses already in the legitimate traffic (``simulate``'s rare
     #: curious looks outside the care team that nothing explains), labelled the same way
     background_truth: list[GroundTruth] = dataclasses.field(default_factory=list)
+    #: first event time of the measured period (None: no warm-up, all of it)
+    scored_from: str | None = None
 
     @property
     def injected(self) -> int:
@@ -1158,7 +1160,8 @@ class _Injector:
             for _ in range(50):
                 d = self.departures[rng.randrange(len(self.departures))]
                 m = self.model.staff[d.staff_index]
-                t = d.at_us + 30 * _US_MIN + rng.randrange(max(1, self.t_hi - d.at_us))
+                earliest = max(d.at_us + 30 * _US_MIN, self.t_lo)
+                t = earliest + rng.randrange(max(1, self.t_hi - earliest))
                 if t < self.t_hi and self.idle(m, t - 3 * _US_MIN, t + 3 * _US_MIN):
                     return self._comeback(m, t)
             return None
@@ -1177,7 +1180,8 @@ class _Injector:
         left = self.times[m.id][-1] + 20 * _US_MIN
         status: Literal["terminated", "suspended"] = "terminated" if k % 3 else "suspended"
         self.departures.append(Departure(m.index, status, left))
-        t = left + 30 * _US_MIN + rng.randrange(max(1, self.t_hi - left - 30 * _US_MIN))
+        earliest = max(left + 30 * _US_MIN, self.t_lo)  # inside the measured period
+        t = earliest + rng.randrange(max(1, self.t_hi - earliest))
         return self._comeback(m, t)
 
     def _comeback(self, m: StaffMember, t: int) -> _Unit:
@@ -1270,6 +1274,8 @@ class _Injector:
             if m is None or m.index in self.used or not m.panel or m.role not in _CLINICAL:
                 continue
             te = _us(e.occurred_at)
+            if te < self.t_lo:  # keep injections inside the measured period
+                continue
             t = te + 10_000_000 + rng.randrange(50_000_000)
             if not self.idle(m, te + 1, t + _SHARED_WINDOW_US + 30_000_000):
                 continue
@@ -1378,18 +1384,34 @@ def simulate_audit_scenario(
     seed: int,
     start: dt.datetime = DEFAULT_START,
     inappropriate_rate: float = 0.01,
+    *,
+    warmup_events: int = 0,
 ) -> Scenario:
     """``count`` events (about ``inappropriate_rate`` of them injected), their reference
-    data and the ground truth of the injected ones. Deterministic from the inputs."""
+    data and the ground truth of the injected ones. Deterministic from the inputs.
+
+    ``warmup_events``: legitimate traffic simulated *before* those ``count`` events,
+    with nothing injected into it: the history an auditor that has been running for a
+    while has (per-actor and per-role baselines). ``Scenario.scored_from`` is where
+    the measured period starts."""
     if not 0.0 <= inappropriate_rate < 0.5:
         raise ValueError("inappropriate_rate must be in [0, 0.5)")
+    if warmup_events < 0:
+        raise ValueError("warmup_events must be >= 0")
     target = round(count * inappropriate_rate)
-    legit = list(simulate(model, max(0, count - target), seed, start, exclusive_sessions=True))
+    legit = list(
+        simulate(
+            model, max(0, count - target) + warmup_events, seed, start, exclusive_sessions=True
+        )
+    )
+    scored_from = legit[warmup_events].occurred_at if 0 < warmup_events < len(legit) else None
     rng = Random(f"careledger-scenario/{seed}/{_fmt(to_epoch_us(start))}/{inappropriate_rate}")
     injected: _Unit = []
     inj: _Injector | None = None
     if target and legit:
         t_lo = to_epoch_us(start) + 10 * _US_MIN
+        if scored_from is not None:
+            t_lo = max(t_lo, _us(scored_from) + 10 * _US_MIN)
         t_hi = _us(legit[-1].occurred_at)
         t_hi = max(t_lo + _US_HOUR, t_hi - 5 * _US_MIN)
         inj = _Injector(model, legit, rng, t_lo, t_hi)
@@ -1443,6 +1465,7 @@ def simulate_audit_scenario(
         background_truth=_background_truth(
             model, legit, frozenset(a for a, _ in inj.confirmed) if inj is not None else frozenset()
         ),
+        scored_from=scored_from,
     )
 
 

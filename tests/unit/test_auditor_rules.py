@@ -457,7 +457,7 @@ def test_a_failed_unexplained_access_is_flagged_low() -> None:
 # --------------------------------------------------------------------------- break the glass
 
 
-def test_break_the_glass_with_a_reason_and_a_stop_is_reviewed_at_medium() -> None:
+def test_break_the_glass_with_a_reason_and_a_stop_is_a_routine_review_at_low() -> None:
     events = [
         btg_start("M1", "P2", at(0), purpose=("ETREAT",)),
         event("M1", "P2", at(1), purpose=("ETREAT",)),
@@ -467,10 +467,11 @@ def test_break_the_glass_with_a_reason_and_a_stop_is_reviewed_at_medium() -> Non
     decisions = run(hospital(), events)
     assert [d.event_id for d in decisions] == [e.event_id for e in events]  # no late flag
     start, access, stop, _ = decisions
-    assert start.flag(RuleCode.BREAK_THE_GLASS).severity == AlertSeverity.MEDIUM  # type: ignore[union-attr]
+    assert start.flag(RuleCode.BREAK_THE_GLASS).severity == AlertSeverity.LOW  # type: ignore[union-attr]
     f = access.flag(RuleCode.BREAK_THE_GLASS)
-    assert f is not None and f.severity == AlertSeverity.MEDIUM
+    assert f is not None and f.severity == AlertSeverity.LOW
     assert f.evidence["override_event_id"] == events[0].event_id
+    assert f.evidence["override_reason_given"] is True
     assert RuleCode.NO_EXPLANATION not in codes(access)  # reviewed as break-the-glass
     assert stop.flags == ()
 
@@ -487,8 +488,33 @@ def test_break_the_glass_without_a_stop_is_flagged_late_and_high() -> None:
     f = late[0].flag(RuleCode.BREAK_THE_GLASS)
     assert f is not None and f.severity == AlertSeverity.HIGH
     assert f.evidence["phase"] == "no-stop"
+    # the accesses under the override that never stopped belong to the late alert
+    assert f.evidence["related_event_ids"] == [events[1].event_id]
     # emitted when it became due, before the decision of the event that revealed it
     assert decisions.index(late[0]) == 2
+
+
+def test_accesses_under_an_override_without_a_reason_are_high() -> None:
+    events = [
+        btg_start("M1", "P2", at(0), purpose=()),
+        event("M1", "P2", at(1), purpose=("ETREAT",)),
+        btg_stop("M1", "P2", at(5)),
+    ]
+    _start, access, _stop = run(hospital(), events)
+    f = access.flag(RuleCode.BREAK_THE_GLASS)
+    assert f is not None and f.severity == AlertSeverity.HIGH
+    assert f.evidence["override_reason_given"] is False
+
+
+def test_an_override_of_another_patient_does_not_cover_an_emergency_access() -> None:
+    events = [
+        btg_start("M1", "P2", at(0), purpose=("ETREAT",)),
+        event("M1", "P1", at(1), purpose=("ETREAT",)),
+    ]
+    _start, access = run(hospital(), events)[:2]
+    f = access.flag(RuleCode.BREAK_THE_GLASS)
+    assert f is not None and f.severity == AlertSeverity.HIGH
+    assert f.evidence["override_started"] is False
 
 
 def test_break_the_glass_still_open_at_the_end_of_the_input_is_reported_by_finish() -> None:
@@ -704,6 +730,22 @@ def test_an_actor_whose_own_baseline_is_high_is_judged_against_it() -> None:
     first = spiking[0].flag(RuleCode.VOLUME_SPIKE)
     assert first is not None
     assert (first.evidence["own_p95"], first.evidence["peer_p95"]) == (None, None)
+    # no baseline of its own or of its peers: only the floor, so less certain
+    assert first.severity == AlertSeverity.MEDIUM
+
+
+def test_a_spike_far_above_an_established_baseline_is_high() -> None:
+    cfg = AuditConfig(volume_min_baseline_hours=3)
+    records = [*hospital(), *_patients(60)]
+    # three earlier hours of 5 distinct patients: threshold max(30, 3 * 5) = 30
+    usual = [event("N2", f"Q{i}", at(h * 60 + i * 10)) for h in range(3) for i in range(5)]
+    burst = [event("N2", f"Q{i}", at(180 + i * 0.5)) for i in range(60)]
+    spiking = [
+        d for d in run(records, usual + burst, config=cfg) if RuleCode.VOLUME_SPIKE in codes(d)
+    ]
+    first = spiking[0].flag(RuleCode.VOLUME_SPIKE)
+    assert first is not None and first.evidence["own_p95"] == 5
+    assert first.severity == AlertSeverity.HIGH
 
 
 # --------------------------------------------------------------------------- after hours
@@ -894,6 +936,31 @@ def test_flags_an_hour_apart_or_by_different_actors_are_separate_alerts() -> Non
     ]
     assert [(a.actor_id, len(a.event_ids)) for a in alerts] == [("M1", 1), ("N2", 1), ("M1", 1)]
     assert alerts[0].patient_ref == patient_pseudonym("P2", "x")
+
+
+def test_a_reasoned_override_is_a_routine_alert_and_one_without_reason_is_not() -> None:
+    reasoned = [
+        btg_start("M1", "P2", at(0), purpose=("ETREAT",)),
+        event("M1", "P2", at(1), purpose=("ETREAT",)),
+        btg_stop("M1", "P2", at(5)),
+    ]
+    [alert] = [
+        a
+        for a in group_alerts(run(hospital(), reasoned), salt="x")
+        if a.rule == RuleCode.BREAK_THE_GLASS
+    ]
+    assert alert.evidence["routine"] is True and alert.severity == AlertSeverity.LOW
+    bare = [
+        btg_start("M1", "P2", at(0), purpose=()),
+        event("M1", "P2", at(1), purpose=("ETREAT",)),
+        btg_stop("M1", "P2", at(5)),
+    ]
+    [alert] = [
+        a
+        for a in group_alerts(run(hospital(), bare), salt="x")
+        if a.rule == RuleCode.BREAK_THE_GLASS
+    ]
+    assert alert.evidence["routine"] is False and alert.severity == AlertSeverity.HIGH
 
 
 def test_alert_evidence_does_not_name_the_patient() -> None:

@@ -18,3 +18,12 @@ def test_every_rule_is_scored_against_labelled_accesses() -> None:
         figures["legitimate_patient_accesses"] + figures["inappropriate_labelled"]
         <= figures["events"]
     )
+
+
+def test_the_warm_up_is_not_scored_and_routine_reviews_are_not_detections() -> None:
+    figures = run(events=12_000, seed=3, rate=0.02, warmup_events=3_000)
+    assert figures["warmup_events"] == 3_000
+    assert abs(figures["events"] - 12_000) <= 10
+    btg = figures["rules"]["BREAK_THE_GLASS"]
+    # every override that states its reason is reviewed, but is not a detection
+    assert btg["routine_reviews"] > 0

@@ -225,3 +225,15 @@ def test_the_traffic_own_curious_looks_are_labelled_apart(big: Scenario) -> None
         assert not g.injected and g.event_id not in injected
         assert RuleCode.NO_EXPLANATION in g.rules
     assert all(g.injected for g in big.ground_truth)
+
+
+def test_a_warm_up_period_holds_only_legitimate_traffic() -> None:
+    model = HospitalModel(seed=SEED)
+    scenario = simulate_audit_scenario(model, 6_000, SEED, DEFAULT_START, 0.02, warmup_events=4_000)
+    assert scenario.scored_from is not None
+    warm = [e for e in scenario.events if e.occurred_at < scenario.scored_from]
+    assert len(warm) == 4_000
+    injected = {g.event_id for g in scenario.ground_truth}
+    assert injected and not injected & {e.event_id for e in warm}
+    scored = len(scenario.events) - len(warm)
+    assert abs(scored - 6_000) <= 10

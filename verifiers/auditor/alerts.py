@@ -104,6 +104,8 @@ class _Group:
     searched: dict[str, None] = field(default_factory=dict)
     samples: list[dict[str, Any]] = field(default_factory=list)
     amended: int = 0
+    #: every flag of the group is a routine review item (``Flag.routine``)
+    routine: bool = True
 
 
 def _public(evidence: Mapping[str, Any]) -> dict[str, Any]:
@@ -162,6 +164,7 @@ def group_alerts(
                 g.severity = f.severity
             g.score += f.score * d.multiplier
             g.amended += d.amends
+            g.routine = g.routine and f.routine
             for rel in f.evidence.get("related_event_ids", ()):
                 if rel not in g.flagged:
                     g.related[rel] = None
@@ -174,10 +177,12 @@ def group_alerts(
             for s in d.searched:
                 g.searched[s] = None
             if len(g.samples) < MAX_EVIDENCE_SAMPLES:
-                sample = {"event_id": d.event_id, "occurred_at": d.occurred_at}
+                sample: dict[str, Any] = {"event_id": d.event_id, "occurred_at": d.occurred_at}
                 if ref is not None:
                     sample["patient_ref"] = ref
                 sample["severity"] = str(f.severity)
+                if f.routine:
+                    sample["routine"] = True
                 sample.update(_public(f.evidence))
                 g.samples.append(sample)
     done.extend(open_groups.values())
@@ -208,6 +213,9 @@ def _finish(g: _Group, burst_patients: int = 20) -> Alert:
             "related_events": len(g.related),
             "distinct_patients": len(patients),
             "late_flags": g.amended,
+            # a review the policy requires (e.g. a break-the-glass with its reason),
+            # not a suspicion: triage can sort these last
+            "routine": g.routine,
             "samples": g.samples,
             "samples_truncated": max(0, len(flagged) - len(g.samples)),
         },

@@ -52,6 +52,15 @@ def is_btg_stop(event: AccessEvent) -> bool:
     return has_code(event, DCM_BTG_STOP)
 
 
+#: purposes of use that invoke emergency access (HL7 v3 ActReason)
+EMERGENCY_PURPOSES: Final = frozenset({"ETREAT", "BTG"})
+
+
+def btg_reason_given(event: AccessEvent) -> bool:
+    """An override start states why: free text, or a purpose of use."""
+    return bool(event.outcome_desc) or bool(event.purpose_of_use)
+
+
 class Baseline:
     """The last ``size`` hourly counts and their histogram (for cheap percentiles)."""
 
@@ -105,6 +114,10 @@ class OpenOverride:
     patient_id: str
     start_us: int
     stopped: bool = False
+    #: the start stated a reason (outcome description or purpose of use)
+    reason_given: bool = True
+    #: accesses made under this override (emergency purpose, same actor and patient)
+    access_ids: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,13 +336,28 @@ class AccessHistory:
             if is_btg_start(event):
                 # a new start before the previous one stopped: the previous one stays in
                 # the queue and is reported if no stop ever matches it
-                o = OpenOverride(event.event_id, event.occurred_at, event.actor.id, patient, now)
+                o = OpenOverride(
+                    event.event_id,
+                    event.occurred_at,
+                    event.actor.id,
+                    patient,
+                    now,
+                    reason_given=btg_reason_given(event),
+                )
                 a.overrides[patient] = o
                 self._override_queue.append(o)
             elif is_btg_stop(event):
                 o2 = a.overrides.get(patient)
                 if o2 is not None:
                     o2.stopped = True
+            elif EMERGENCY_PURPOSES.intersection(event.purpose_of_use):
+                o3 = a.overrides.get(patient)
+                if (
+                    o3 is not None
+                    and now - o3.start_us <= cfg.btg_episode_us
+                    and len(o3.access_ids) < cap
+                ):
+                    o3.access_ids.append(event.event_id)
 
     def _close_hour(self, a: _Actor) -> None:
         if a.hour < 0 or not a.hour_patients:

@@ -40,9 +40,11 @@ from careledger_core.reference import Address, PatientBody, Shift, StaffBody
 from ._time import US_PER_SECOND, ts_to_us, weekday_hour
 from .config import DEFAULT_CONFIG, AuditConfig
 from .history import (
+    EMERGENCY_PURPOSES,
     NO_PATIENT_ID,
     AccessHistory,
     OpenOverride,
+    btg_reason_given,
     is_btg_start,
     is_btg_stop,
 )
@@ -65,7 +67,6 @@ __all__ = [
     "missing_stop_decision",
 ]
 
-EMERGENCY_PURPOSES: Final = frozenset({"ETREAT", "BTG"})
 DCM_EXPORT: Final = "110106"
 #: event subtype codes that mark an export or disclosure (ISO 21089 lifecycle, BALP)
 DISCLOSURE_SUBTYPES: Final = frozenset({"disclose", "export", "extract", "transmit"})
@@ -208,18 +209,25 @@ class Flag:
     code: RuleCode
     severity: AlertSeverity
     evidence: Mapping[str, Any] = field(default_factory=dict)
+    #: a review the policy requires whatever the circumstances (a break-the-glass
+    #: override that states its reason), not a suspicion: it still becomes an alert
+    #: to review, but it is not a detection
+    routine: bool = False
 
     @property
     def score(self) -> int:
         return self.severity.points
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "code": str(self.code),
             "severity": str(self.severity),
             "score": self.score,
             "evidence": dict(self.evidence),
         }
+        if self.routine:
+            d["routine"] = True
+        return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,33 +544,41 @@ def evaluate(
                 )
             )
 
-        # break-the-glass: always reviewed
+        # break-the-glass: always reviewed. An override that states a reason is a
+        # routine review item (low); one without a reason, an emergency access with
+        # no override, and (later, ``missing_stop_decision``) an override that never
+        # stopped are the worse cases (high).
         btg_start, btg_stop = is_btg_start(event), is_btg_stop(event)
         emergency = bool(purposes & EMERGENCY_PURPOSES)
         btg = btg_start or btg_stop or emergency
         if btg_start:
-            reason = bool(event.outcome_desc) or bool(purposes)
+            reason = btg_reason_given(event)
             flags.append(
                 Flag(
                     RuleCode.BREAK_THE_GLASS,
-                    _MEDIUM if reason else _HIGH,
-                    {"phase": "start", "reason_given": reason},
+                    _LOW if reason else _HIGH,
+                    {"phase": "start", "reason_given": reason, "explained": explained},
+                    routine=reason,
                 )
             )
         elif emergency and not btg_stop:
             o = history.open_override(aid, pid, t_us)
+            routine = o is not None and o.reason_given
             flags.append(
                 Flag(
                     RuleCode.BREAK_THE_GLASS,
-                    _MEDIUM if o is not None else _HIGH,
+                    _LOW if routine else _HIGH,
                     _clean(
                         {
                             "phase": "access",
                             "override_event_id": None if o is None else o.event_id,
                             "override_started": o is not None,
+                            "override_reason_given": None if o is None else o.reason_given,
                             "purpose": sorted(purposes & EMERGENCY_PURPOSES),
+                            "explained": explained,
                         }
                     ),
+                    routine=routine,
                 )
             )
 
@@ -673,7 +689,10 @@ def evaluate(
                     evidence["related_event_ids"] = history.window_event_ids(
                         aid, t_us, MAX_RELATED_EVENT_IDS
                     )
-                flags.append(Flag(RuleCode.VOLUME_SPIKE, _HIGH, evidence))
+                # Without a baseline (a new actor in a new role) only the floor
+                # applies: "far above" is unproven, so the flag is less certain.
+                baselined = own_p95 is not None or peer_p95 is not None
+                flags.append(Flag(RuleCode.VOLUME_SPIKE, _HIGH if baselined else _MEDIUM, evidence))
 
         # export or disclosure without a permitted purpose
         if _is_disclosure(event):
@@ -824,7 +843,12 @@ def missing_stop_decision(o: OpenOverride, config: AuditConfig = DEFAULT_CONFIG)
             Flag(
                 RuleCode.BREAK_THE_GLASS,
                 _HIGH,
-                {"phase": "no-stop", "window_s": _seconds(config.btg_stop_window_us)},
+                {
+                    "phase": "no-stop",
+                    "window_s": _seconds(config.btg_stop_window_us),
+                    # the accesses made under the override belong to this alert
+                    "related_event_ids": o.access_ids[-MAX_RELATED_EVENT_IDS:],
+                },
             ),
         ),
         amends=True,
