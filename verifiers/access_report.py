@@ -1,12 +1,12 @@
 """``careledger access-report``: "who looked at my record?", every line with its proof.
 
 ``careledger access-report --patient P --from D1 --to D2 [--view access|hipaa-disclosures|
-gdpr] [--format table|json|csv] [--out FILE]`` lists every access to patient ``P``'s data
-that occurred in ``[D1, D2]`` (dates are whole UTC days, both included; full timestamps
-``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` are taken as ``[from, to)``), read from **committed**
-blocks only: an event row counts only if its ``(chain_id, height, block_hash)`` is a
-stored block header (rows a crash left without a header are not accesses the ledger
-vouches for).
+gdpr] [--format table|json|csv] [--include-event-bytes] [--out FILE]`` lists every access
+to patient ``P``'s data that occurred in ``[D1, D2]`` (dates are whole UTC days, both
+included; full timestamps ``YYYY-MM-DDTHH:MM:SS[.ffffff]Z`` are taken as ``[from, to)``),
+read from **committed** blocks only: an event row counts only if its ``(chain_id, height,
+block_hash)`` is a stored block header (rows a crash left without a header are not
+accesses the ledger vouches for).
 
 Views:
 
@@ -22,17 +22,21 @@ Views:
 * ``gdpr`` (GDPR Art. 15 as read by CJEU C-579/21): dates and purposes only.
 
 Every line carries its proof (JSON output): chain id, height, event index, leaf hash,
-the canonical event bytes (base64), the RFC 9162 audit path (hex) and the signed block
-header bytes (base64) with the signature (hex), so ``careledger verify-proof`` checks it
-offline with only the trusted public keys. The table and CSV show where the proof is
-(chain, height, index, leaf hash) but not the bytes. The JSON format is in
-docs/design.md ("Access reports").
+the RFC 9162 audit path (hex) and the signed block header bytes (base64) with the
+signature (hex), so ``careledger verify-proof`` checks it offline with only the trusted
+public keys. In the ``access`` view the proof is **full**: it also carries the canonical
+event bytes (base64), and verify-proof checks every displayed field against them. In the
+``gdpr`` and ``hipaa-disclosures`` views it is **redacted** by default (ADR 0009): no
+event bytes, which would disclose the staff member and every other field the view hides;
+verify-proof then proves the leaf is in the signed block but says, per line, that the
+displayed fields are not bound to it offline. ``--include-event-bytes`` keeps the bytes
+in those views, for a requester entitled to the whole event (the privacy office, a
+regulator). The table and CSV show where the proof is (chain, height, index, leaf hash)
+but never the bytes. The JSON format is in docs/design.md ("Access reports").
 
 Completeness: the report lists what the ledger holds. A proof shows a line is in the
 ledger; nothing in the file shows no line is missing (``careledger verify`` checks the
-ledger itself, against the signed checkpoints). Note that the canonical bytes of a proof
-reveal the whole event, actor included, whatever the view: hand a data subject the table
-or CSV of the ``gdpr`` view, and keep the JSON proof for whoever checks it.
+ledger itself, against the signed checkpoints).
 
 Cost: one query for the patient's rows, one for their block headers, one per distinct
 block for its leaf hashes (the tree is built once per block), one for the directory
@@ -71,11 +75,14 @@ from careledger_core.reference import ReferenceRecord, decode_reference
 from careledger_core.signing import TrustedKeys
 from verifiers.auditor.state import ReferenceState
 from verifiers.proofs import (
+    FORM_FULL,
+    FORM_REDACTED,
     REPORT_SCHEMA,
     VIEWS,
     describe,
     is_disclosure,
     recipient,
+    redact_report,
     verify_report,
 )
 
@@ -83,6 +90,7 @@ __all__ = [
     "FORMATS",
     "build_report",
     "parse_range",
+    "proof_form",
     "render_csv",
     "render_table",
 ]
@@ -333,6 +341,7 @@ def _proof(row: _Row, block: _Block, tree: MerkleTree | None, leaf: bytes) -> di
     if tree is not None and row.idx < tree.size:
         path = [p.hex() for p in tree.inclusion_proof(row.idx)]
     return {
+        "form": FORM_FULL,
         "chain_id": row.chain_id,
         "height": row.height,
         "index": row.idx,
@@ -387,6 +396,12 @@ def _line(view: str, e: AccessEvent, state: ReferenceState) -> dict[str, Any]:
     return line
 
 
+def proof_form(view: str, include_event_bytes: bool = False) -> str:
+    """The form of a view's proofs: the access view always carries the event bytes; the
+    GDPR and HIPAA views only on request (``--include-event-bytes``)."""
+    return FORM_FULL if view == "access" or include_event_bytes else FORM_REDACTED
+
+
 def build_report(
     store: ChainStore,
     patient: str,
@@ -395,9 +410,11 @@ def build_report(
     *,
     view: str = "access",
     generated_at: str | None = None,
+    include_event_bytes: bool = False,
 ) -> dict[str, Any]:
     """The report document (``careledger.access-report/1``) for ``patient`` in
-    ``[start, end)``. Raises ``StorageError`` if the store cannot be read."""
+    ``[start, end)``, its proofs in the view's form (:func:`proof_form`). Raises
+    ``StorageError`` if the store cannot be read."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}")
     reader = _Reader(store)
@@ -451,7 +468,7 @@ def build_report(
             line["decision"] = decisions.get(r.event.event_id)
         line["proof"] = _proof(r, blocks[key], tree, leaf)
         lines.append(line)
-    return {
+    doc = {
         "schema": REPORT_SCHEMA,
         "view": view,
         "patient": patient,
@@ -463,6 +480,9 @@ def build_report(
         "problems": problems,
         "lines": lines,
     }
+    if proof_form(view, include_event_bytes) == FORM_REDACTED:
+        return redact_report(doc)
+    return doc
 
 
 def _tree(reader: _Reader, block: _Block, problems: list[str]) -> MerkleTree | None:
@@ -612,6 +632,14 @@ def configure_access_report(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--format", choices=FORMATS, default="table")
     parser.add_argument("--view", choices=VIEWS, default="access")
+    parser.add_argument(
+        "--include-event-bytes",
+        action="store_true",
+        help="gdpr and hipaa-disclosures views: keep each event's canonical bytes in its "
+        "JSON proof (the whole event, staff identity included), for a requester entitled "
+        "to them (privacy office, regulator); by default these views' proofs are redacted. "
+        "The access view always includes them.",
+    )
     parser.add_argument("--out", type=Path, metavar="FILE", help="write here, not to stdout")
     parser.add_argument("--database", help="ClickHouse database (default: settings)")
     parser.add_argument(
@@ -641,17 +669,22 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
         return _usage(f"unusable trusted key: {exc.message}")
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     try:
-        doc = build_report(store, args.patient, start, end, view=args.view)
+        # built with the bytes, so the self-check below verifies content before redaction
+        doc = build_report(
+            store, args.patient, start, end, view=args.view, include_event_bytes=True
+        )
     except StorageError as exc:
         return _usage(f"cannot read ClickHouse database {store.db!r}: {exc.message}")
     finally:
         store.backend.close()
     problems = list(doc["problems"])
-    if keys:  # the report checks itself as its reader will
+    if keys:  # the report checks itself as its reader will (with the bytes, if it has them)
         for r in verify_report(doc, TrustedKeys(keys)):
             if not r.ok:
                 problems.append(f"line {r.line} does not verify: {'; '.join(r.reasons)}")
         doc["problems"] = problems
+    if proof_form(args.view, args.include_event_bytes) == FORM_REDACTED:
+        doc = redact_report(doc)
     if args.format == "json":
         text = json.dumps(doc, indent=1) + "\n"
     elif args.format == "csv":

@@ -2,24 +2,46 @@
 
 An access report (``careledger access-report --format json``, schema
 ``careledger.access-report/1``, see docs/design.md) is a list of lines, each about one
-access event, each carrying everything needed to check it without the store: the
-event's canonical bytes, its Merkle inclusion proof (audit path) and the signed block
-header it is a leaf of. ``verify_report`` is the pure core (no I/O): for every line
+access event, each with a Merkle inclusion proof (audit path) and the signed block
+header it is a leaf of. A proof comes in one of two forms (ADR 0009):
+
+* **full** (``proof.form`` = ``"full"``, or absent in older reports): it carries the
+  event's canonical bytes. The ``access`` view always uses it; the ``gdpr`` and
+  ``hipaa-disclosures`` views only when exported with ``--include-event-bytes``.
+* **redacted** (``proof.form`` = ``"redacted"``): it carries the leaf hash, not the
+  bytes, so the file discloses nothing of the event beyond the line's displayed fields.
+  The default of the ``gdpr`` and ``hipaa-disclosures`` views.
+
+``verify_report`` is the pure core (no I/O). For every line:
 
 1. the header bytes decode strictly (canonical ``careledger.block/1``) and the
    header's Ed25519 signature verifies under one of the **trusted** keys passed in
    (keys found in the file are never used), and the line's ``chain_id``/``height``/
    ``block_hash`` are the header's;
-2. the canonical bytes decode to an access event and are canonical, and the leaf hash
-   SHA-256(0x00 ‖ bytes) equals the line's ``leaf_hash``;
+2. full form: the canonical bytes decode to an access event and are canonical, and the
+   leaf hash SHA-256(0x00 ‖ bytes) equals the line's ``leaf_hash``; redacted form: the
+   ``leaf_hash`` is taken as given;
 3. the audit path leads from that leaf, at the line's ``index``, to the header's
    ``merkle_root`` for a tree of ``header.event_count`` leaves (the size always comes
    from the signed header, never from the file);
-4. every displayed field the line shows (``DISPLAYED_FIELDS``) equals the event's: the
-   patient (also the report's ``patient``), event id, time, actor, action, purpose,
-   object, description and recipient; the event time lies in the report's
-   ``[from, to)`` range; and in the ``hipaa-disclosures`` view the event is a
-   disclosure (``is_disclosure``).
+4. full form — **content verified**: every displayed field the line shows
+   (``DISPLAYED_FIELDS``) equals the event's: the patient (also the report's
+   ``patient``), event id, time, actor, action, purpose, object, description and
+   recipient; the event time lies in the report's ``[from, to)`` range; and in the
+   ``hipaa-disclosures`` view the event is a disclosure (``is_disclosure``);
+5. redacted form — **inclusion verified**, never content verified: the leaf is in the
+   signed block, but offline nothing binds the displayed fields to it (who the event is
+   about, its purpose, whether it is a disclosure...): only someone holding the event
+   bytes (the privacy office, a regulator) can check them. What the signed header does
+   bind is checked: the chain is on the access-events topic (not a reference-data chain
+   signed by the same key), the displayed time lies within the block's signed event
+   times ``[first_event_time, last_event_time]`` and in the report's range. A redacted
+   line in the ``access`` view fails (that view always carries the bytes), and every
+   redacted line fails with ``--require-content``.
+
+Every failure carries a stable code (``CODES``), e.g. ``PROOF_INVALID`` for a tampered
+leaf hash or audit path, ``BLOCK_HEADER_INVALID``, ``SIGNATURE_INVALID``,
+``KEY_UNKNOWN``.
 
 What it cannot show: that the report is **complete**. A line removed from the file
 leaves every other line valid; the report lists what the ledger held when it was made
@@ -28,8 +50,9 @@ against its signed checkpoints). Directory data shown next to an actor (``actor_
 ``actor_role``) and decisions come from other tables and are informational, not proven
 here.
 
-Exit status: 0 every line verifies, 1 at least one line fails (each is named with its
-reasons), 2 usage error (unreadable file, not a report, no trusted key).
+Exit status: 0 every line verifies (content or, for redacted lines, inclusion), 1 at
+least one line fails (each is named with its codes and reasons), 2 usage error
+(unreadable file, not a report, no trusted key).
 """
 
 from __future__ import annotations
@@ -49,13 +72,22 @@ from careledger.config import Settings
 from careledger.keys import load_public_keys, load_trusted_keys
 from careledger_core.block import BlockHeader, block_hash, decode_header
 from careledger_core.errors import CareledgerError
-from careledger_core.event import AccessEvent, Coding, decode_and_canonicalize
+from careledger_core.event import (
+    AccessEvent,
+    Coding,
+    decode_and_canonicalize,
+    is_valid_timestamp,
+)
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import verify_inclusion
 from careledger_core.signing import TrustedKeys
 
 __all__ = [
+    "CODES",
     "DISPLAYED_FIELDS",
+    "FORMS",
+    "FORM_FULL",
+    "FORM_REDACTED",
     "REPORT_SCHEMA",
     "VIEWS",
     "ProofResult",
@@ -63,11 +95,42 @@ __all__ = [
     "describe",
     "is_disclosure",
     "recipient",
+    "redact_report",
     "verify_report",
 ]
 
 REPORT_SCHEMA: Final = "careledger.access-report/1"
 VIEWS: Final = ("access", "hipaa-disclosures", "gdpr")
+#: A full proof carries the event's canonical bytes; a redacted one only its leaf hash.
+FORM_FULL: Final = "full"
+FORM_REDACTED: Final = "redacted"
+FORMS: Final = (FORM_FULL, FORM_REDACTED)
+
+#: Stable codes of the reasons a line fails (``ProofResult.codes``).
+CODES: Final[Mapping[str, str]] = {
+    "LINE_MALFORMED": "the line or its proof is missing a member or has one of the wrong "
+    "type/encoding (not base64, not hex, unknown proof form, ...)",
+    "BLOCK_HEADER_INVALID": "the header bytes are not a canonical careledger.block/1 header",
+    "KEY_UNKNOWN": "the header names a key the verifier does not trust",
+    "SIGNATURE_INVALID": "the header's signature does not verify under the trusted key",
+    "BLOCK_MISMATCH": "the proof's chain_id/height/block_hash are not the signed header's",
+    "EVENT_INVALID": "full proof: the bytes are not a canonical access event",
+    "LEAF_HASH_MISMATCH": "full proof: leaf_hash is not SHA-256(0x00 || bytes)",
+    "PROOF_INVALID": "the audit path does not lead from the leaf hash at index to the "
+    "signed Merkle root (a tampered leaf hash, path or index)",
+    "FIELD_MISMATCH": "full proof: a displayed field is not the event's",
+    "PATIENT_MISMATCH": "full proof: the event is about another patient than the report's",
+    "OUT_OF_RANGE": "the event time (full) or the displayed time or the signed block's "
+    "event times (redacted) lie outside the report's range",
+    "NOT_A_DISCLOSURE": "full proof, HIPAA view: the event is not a disclosure",
+    "DUPLICATE_LINE": "the same leaf is listed twice (padding)",
+    "NOT_AN_ACCESS_CHAIN": "redacted proof: the signed chain is not on the access-events "
+    "topic (e.g. a reference-data chain signed by the same key)",
+    "TIME_OUTSIDE_BLOCK": "redacted proof: the displayed time lies outside the signed "
+    "block's event times",
+    "REDACTION_NOT_ALLOWED": "redacted proof in the access view, which always carries bytes",
+    "CONTENT_NOT_PROVEN": "redacted proof while the verifier requires content (--require-content)",
+}
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -161,59 +224,96 @@ class ReportFormatError(CareledgerError):
 
 @dataclass
 class ProofResult:
-    """The outcome for one line of a report."""
+    """The outcome for one line of a report.
+
+    ``status`` is ``"failed"`` (see ``codes``/``reasons``, one code per reason),
+    ``"content-verified"`` (full proof: the event bytes are in the signed block and every
+    displayed field is theirs) or ``"inclusion-verified"`` (redacted proof: the leaf hash
+    is in the signed block; ``unbound`` names the displayed claims nothing in the file
+    binds to it). A redacted line is never content-verified.
+    """
 
     line: int  # 0-based position in ``lines``
     event_id: str | None
     chain_id: str | None
     height: int | None
     index: int | None
+    form: str | None = None  # "full" | "redacted" | None (could not tell)
+    leaf_hash: str | None = None
     reasons: list[str] = field(default_factory=list)
+    codes: list[str] = field(default_factory=list)
+    unbound: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def fail(self, code: str, reason: str) -> None:
+        self.codes.append(code)
+        self.reasons.append(reason)
 
     @property
     def ok(self) -> bool:
         return not self.reasons
 
+    @property
+    def status(self) -> str:
+        if not self.ok:
+            return "failed"
+        return "content-verified" if self.form == FORM_FULL else "inclusion-verified"
+
     def to_json(self) -> dict[str, Any]:
         return {
             "line": self.line,
             "ok": self.ok,
+            "status": self.status,
+            "form": self.form,
             "event_id": self.event_id,
             "chain_id": self.chain_id,
             "height": self.height,
             "index": self.index,
+            "leaf_hash": self.leaf_hash,
+            "codes": list(self.codes),
             "reasons": list(self.reasons),
+            "unbound": list(self.unbound),
+            "notes": list(self.notes),
         }
 
 
 class _LineFailed(Exception):
-    pass
+    """A failure after which nothing more of the line can be checked."""
+
+    def __init__(self, code: str, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _malformed(reason: str) -> _LineFailed:
+    return _LineFailed("LINE_MALFORMED", reason)
 
 
 def _b64(value: object, what: str) -> bytes:
     if not isinstance(value, str):
-        raise _LineFailed(f"{what} is not a base64 string")
+        raise _malformed(f"{what} is not a base64 string")
     try:
         raw = base64.b64decode(value.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
-        raise _LineFailed(f"{what} is not valid base64") from exc
+        raise _malformed(f"{what} is not valid base64") from exc
     if base64.b64encode(raw).decode("ascii") != value:
-        raise _LineFailed(f"{what} is not canonical base64")
+        raise _malformed(f"{what} is not canonical base64")
     return raw
 
 
 def _hex(value: object, what: str, size: int) -> bytes:
     if not isinstance(value, str) or len(value) != 2 * size or value != value.lower():
-        raise _LineFailed(f"{what} is not {size} bytes of lowercase hex")
+        raise _malformed(f"{what} is not {size} bytes of lowercase hex")
     try:
         return bytes.fromhex(value)
     except ValueError as exc:
-        raise _LineFailed(f"{what} is not hex") from exc
+        raise _malformed(f"{what} is not hex") from exc
 
 
 def _int(value: object, what: str) -> int:
     if type(value) is not int or value < 0:
-        raise _LineFailed(f"{what} is not a non-negative integer")
+        raise _malformed(f"{what} is not a non-negative integer")
     return value
 
 
@@ -222,98 +322,197 @@ class _HeaderCache:
 
     def __init__(self, trusted: TrustedKeys) -> None:
         self.trusted = trusted
-        self._seen: dict[tuple[str, str], BlockHeader | str] = {}
+        self._seen: dict[tuple[str, str], BlockHeader | _LineFailed] = {}
 
     def check(self, header_b64: object, signature_hex: object) -> BlockHeader:
         if not isinstance(header_b64, str) or not isinstance(signature_hex, str):
-            raise _LineFailed("proof.header and proof.signature must be strings")
+            raise _malformed("proof.header and proof.signature must be strings")
         key = (header_b64, signature_hex)
         cached = self._seen.get(key)
         if cached is None:
             cached = self._check(header_b64, signature_hex)
             self._seen[key] = cached
-        if isinstance(cached, str):
-            raise _LineFailed(cached)
+        if isinstance(cached, _LineFailed):
+            raise _LineFailed(cached.code, cached.reason)
         return cached
 
-    def _check(self, header_b64: str, signature_hex: str) -> BlockHeader | str:
+    def _check(self, header_b64: str, signature_hex: str) -> BlockHeader | _LineFailed:
         try:
             raw = _b64(header_b64, "proof.header")
             signature = _hex(signature_hex, "proof.signature", 64)
         except _LineFailed as exc:
-            return str(exc)
+            return exc
         try:
             header = decode_header(raw)
         except CareledgerError as exc:
-            return f"block header does not decode: {exc.message}"
+            return _LineFailed(exc.code, f"block header does not decode: {exc.message}")
         try:
             self.trusted.verify_header(header, signature)
         except CareledgerError as exc:
-            return f"block signature: {exc.code}: {exc.message}"
+            return _LineFailed(exc.code, f"block signature: {exc.code}: {exc.message}")
         return header
+
+
+def _form(proof: Mapping[str, Any]) -> str:
+    """The proof's form; a proof that is neither clearly full nor clearly redacted fails."""
+    form = proof.get("form", FORM_FULL)  # reports written before redaction have no form
+    if form not in FORMS:
+        raise _malformed(f"proof.form must be one of {', '.join(FORMS)}")
+    if form == FORM_FULL and "canonical" not in proof:
+        raise _malformed("full proof without the event bytes (proof.canonical)")
+    if form == FORM_REDACTED and "canonical" in proof:
+        raise _malformed("redacted proof carrying event bytes: ambiguous")
+    return str(form)
+
+
+def _topic(chain_id: str) -> str | None:
+    parts = chain_id.rsplit("/", 2)  # "<origin>/<topic>/<partition>"
+    return parts[1] if len(parts) == 3 else None
+
+
+@dataclass(frozen=True)
+class _Policy:
+    events_topic: str | None
+    require_content: bool
 
 
 def _check_line(
     line: Mapping[str, Any],
     doc: Mapping[str, Any],
     headers: _HeaderCache,
-) -> list[str]:
+    policy: _Policy,
+    result: ProofResult,
+) -> None:
     proof = line.get("proof")
     if not isinstance(proof, Mapping):
-        raise _LineFailed("no proof")
+        raise _malformed("no proof")
+    form = result.form = _form(proof)
     header = headers.check(proof.get("header"), proof.get("signature"))
-    reasons: list[str] = []
     chain_id = proof.get("chain_id")
     height = _int(proof.get("height"), "proof.height")
     index = _int(proof.get("index"), "proof.index")
     if chain_id != header.chain_id or height != header.height:
-        reasons.append(
+        result.fail(
+            "BLOCK_MISMATCH",
             f"proof names block {chain_id}@{height}, the signed header is "
-            f"{header.chain_id}@{header.height}"
+            f"{header.chain_id}@{header.height}",
         )
     if "block_hash" in proof and proof["block_hash"] != block_hash(header).hex():
-        reasons.append("proof.block_hash is not the hash of the signed header")
+        result.fail("BLOCK_MISMATCH", "proof.block_hash is not the hash of the signed header")
 
-    canonical = _b64(proof.get("canonical"), "proof.canonical")
-    try:
-        event, canon = decode_and_canonicalize(canonical)
-    except CareledgerError as exc:
-        raise _LineFailed(f"canonical bytes are not an access event: {exc.message}") from exc
-    if canon != canonical:
-        reasons.append("event bytes are not in canonical form")
-    leaf = leaf_hash(canonical)
-    claimed_leaf = proof.get("leaf_hash")
-    if not isinstance(claimed_leaf, str) or not hmac.compare_digest(
-        claimed_leaf.encode(), leaf.hex().encode()
-    ):
-        reasons.append("leaf_hash is not SHA-256(0x00 || canonical bytes)")
+    event: AccessEvent | None = None
+    if form == FORM_FULL:
+        canonical = _b64(proof.get("canonical"), "proof.canonical")
+        try:
+            event, canon = decode_and_canonicalize(canonical)
+        except CareledgerError as exc:
+            raise _LineFailed(
+                "EVENT_INVALID", f"canonical bytes are not an access event: {exc.message}"
+            ) from exc
+        if canon != canonical:
+            result.fail("EVENT_INVALID", "event bytes are not in canonical form")
+        leaf = leaf_hash(canonical)
+        claimed_leaf = proof.get("leaf_hash")
+        if not isinstance(claimed_leaf, str) or not hmac.compare_digest(
+            claimed_leaf.encode(), leaf.hex().encode()
+        ):
+            result.fail("LEAF_HASH_MISMATCH", "leaf_hash is not SHA-256(0x00 || canonical bytes)")
+    else:
+        leaf = _hex(proof.get("leaf_hash"), "proof.leaf_hash", 32)
+    result.leaf_hash = leaf.hex()
 
     path_value = proof.get("audit_path")
     if not isinstance(path_value, list):
-        raise _LineFailed("proof.audit_path is not a list")
+        raise _malformed("proof.audit_path is not a list")
     path = [_hex(p, f"proof.audit_path[{i}]", 32) for i, p in enumerate(path_value)]
     try:
         verify_inclusion(leaf, index, header.event_count, path, bytes.fromhex(header.merkle_root))
     except CareledgerError as exc:
-        reasons.append(
-            f"inclusion proof: {exc.message} (index {index}, signed tree size {header.event_count})"
+        result.fail(
+            "PROOF_INVALID",
+            f"inclusion proof: {exc.message} (index {index}, signed tree size "
+            f"{header.event_count})",
         )
 
+    if event is not None:
+        _check_content(line, doc, event, result)
+    else:
+        _check_redacted(line, doc, header, policy, result)
+
+
+def _check_content(
+    line: Mapping[str, Any], doc: Mapping[str, Any], event: AccessEvent, result: ProofResult
+) -> None:
+    """Full proof: every displayed field, the patient, the range and the view's rule."""
     for name in DISPLAYED_FIELDS:
         if name in line:
             actual = DISPLAYED_FIELDS[name](event)
             if line[name] != actual:
-                reasons.append(f"displayed {name} {line[name]!r} is not the event's {actual!r}")
+                result.fail(
+                    "FIELD_MISMATCH",
+                    f"displayed {name} {line[name]!r} is not the event's {actual!r}",
+                )
     if event.patient.id != doc.get("patient"):
-        reasons.append(f"event is about patient {event.patient.id!r}, not the report's")
+        result.fail(
+            "PATIENT_MISMATCH", f"event is about patient {event.patient.id!r}, not the report's"
+        )
     start, end = doc.get("from"), doc.get("to")
     if isinstance(start, str) and event.occurred_at < start:
-        reasons.append(f"event time {event.occurred_at} is before the report's range")
+        result.fail("OUT_OF_RANGE", f"event time {event.occurred_at} is before the report's range")
     if isinstance(end, str) and event.occurred_at >= end:
-        reasons.append(f"event time {event.occurred_at} is after the report's range")
+        result.fail("OUT_OF_RANGE", f"event time {event.occurred_at} is after the report's range")
     if doc.get("view") == "hipaa-disclosures" and not is_disclosure(event):
-        reasons.append("listed as a disclosure but the event is not one")
-    return reasons
+        result.fail("NOT_A_DISCLOSURE", "listed as a disclosure but the event is not one")
+
+
+def _check_redacted(
+    line: Mapping[str, Any],
+    doc: Mapping[str, Any],
+    header: BlockHeader,
+    policy: _Policy,
+    result: ProofResult,
+) -> None:
+    """Redacted proof: only what the signed header binds; name what stays unbound."""
+    view = doc.get("view")
+    if view == "access":
+        result.fail(
+            "REDACTION_NOT_ALLOWED", "redacted proof in the access view (it carries the bytes)"
+        )
+    if policy.require_content:
+        result.fail(
+            "CONTENT_NOT_PROVEN",
+            "redacted proof: the displayed fields cannot be checked without the event bytes",
+        )
+    topic = _topic(header.chain_id)
+    if policy.events_topic is not None and topic != policy.events_topic:
+        result.fail(
+            "NOT_AN_ACCESS_CHAIN",
+            f"the signed chain {header.chain_id} is not on the access-events topic "
+            f"{policy.events_topic!r}",
+        )
+    start, end = doc.get("from"), doc.get("to")
+    span = f"[{header.first_event_time}, {header.last_event_time}]"
+    if (isinstance(end, str) and header.first_event_time >= end) or (
+        isinstance(start, str) and header.last_event_time < start
+    ):
+        result.fail("OUT_OF_RANGE", f"no event of the signed block {span} is in the report's range")
+    if "occurred_at" in line:
+        shown = line["occurred_at"]
+        if not isinstance(shown, str) or not is_valid_timestamp(shown):
+            raise _malformed("displayed occurred_at is not a UTC timestamp")
+        if (isinstance(start, str) and shown < start) or (isinstance(end, str) and shown >= end):
+            result.fail("OUT_OF_RANGE", f"displayed time {shown} is outside the report's range")
+        if not header.first_event_time <= shown <= header.last_event_time:
+            result.fail(
+                "TIME_OUTSIDE_BLOCK",
+                f"displayed time {shown} is outside the signed block's event times {span}",
+            )
+        else:
+            result.notes.append(f"occurred_at lies within the signed block's event times {span}")
+    result.unbound = [name for name in DISPLAYED_FIELDS if name in line]
+    result.unbound.append("patient")
+    if view == "hipaa-disclosures":
+        result.unbound.append("is_disclosure")
 
 
 def _identity(line: object) -> tuple[str | None, str | None, int | None, int | None]:
@@ -333,9 +532,17 @@ def _identity(line: object) -> tuple[str | None, str | None, int | None, int | N
     )
 
 
-def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[ProofResult]:
+def verify_report(
+    doc: Mapping[str, Any],
+    trusted: TrustedKeys,
+    *,
+    events_topic: str | None = None,
+    require_content: bool = False,
+) -> list[ProofResult]:
     """Check every line of an access report against the ``trusted`` keys (pure).
 
+    ``events_topic``: the access-events topic; a redacted line on a chain of another
+    topic fails (``None``: not checked). ``require_content``: every redacted line fails.
     Raises :class:`ReportFormatError` if ``doc`` is not an access report; otherwise
     returns one :class:`ProofResult` per line, in order (``ok`` or with its reasons).
     """
@@ -353,24 +560,36 @@ def verify_report(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[ProofRes
     if not isinstance(lines, list):
         raise ReportFormatError("the report has no list of lines")
     headers = _HeaderCache(trusted)
+    policy = _Policy(events_topic, require_content)
     results: list[ProofResult] = []
     first_seen: dict[tuple[str, int, int], int] = {}
     for i, line in enumerate(lines):
         result = ProofResult(i, *_identity(line))
         try:
             if not isinstance(line, Mapping):
-                raise _LineFailed("line is not an object")
-            result.reasons.extend(_check_line(line, doc, headers))
+                raise _malformed("line is not an object")
+            _check_line(line, doc, headers, policy, result)
         except _LineFailed as exc:
-            result.reasons.append(str(exc))
+            result.fail(exc.code, exc.reason)
         if result.chain_id is not None and result.height is not None and result.index is not None:
             where = (result.chain_id, result.height, result.index)
             if where in first_seen:  # padding: one access listed twice
-                result.reasons.append(f"the same event as line {first_seen[where]}")
+                result.fail("DUPLICATE_LINE", f"the same event as line {first_seen[where]}")
             else:
                 first_seen[where] = i
         results.append(result)
     return results
+
+
+def redact_report(doc: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of ``doc`` whose proofs are redacted: each line's ``proof.canonical`` (the
+    event bytes) is dropped and ``proof.form`` becomes ``"redacted"``; the leaf hash,
+    audit path and signed header stay, so inclusion still verifies offline."""
+    lines = []
+    for line in doc["lines"]:
+        proof = {k: v for k, v in line["proof"].items() if k not in ("form", "canonical")}
+        lines.append({**line, "proof": {"form": FORM_REDACTED, **proof}})
+    return {**doc, "lines": lines}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -385,12 +604,44 @@ def configure_verify_proof(parser: argparse.ArgumentParser) -> None:
         help="trusted public key: 'ed25519:<base64>' or a key file (repeatable; "
         "replaces CARELEDGER_TRUSTED_KEYS). Keys inside the report are never used.",
     )
+    parser.add_argument(
+        "--require-content",
+        action="store_true",
+        help="fail every redacted line (CONTENT_NOT_PROVEN): for a requester entitled to "
+        "the event bytes, who must not accept inclusion-only proofs",
+    )
+    parser.add_argument(
+        "--events-topic",
+        metavar="TOPIC",
+        help="the access-events topic a redacted line's signed chain must be on "
+        "(default: the settings' topic_events)",
+    )
     parser.add_argument("--json", action="store_true", help="results as one JSON document")
 
 
 def _usage(message: str) -> int:
     print(f"careledger verify-proof: {message}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def _describe(r: ProofResult) -> str:
+    where = f"{r.chain_id}@{r.height}#{r.index}" if r.chain_id else "-"
+    head = f"line {r.line} (event {r.event_id or '-'}, {where}): "
+    if not r.ok:
+        return (
+            head
+            + "FAILED: "
+            + "; ".join(f"[{c}] {m}" for c, m in zip(r.codes, r.reasons, strict=True))
+        )
+    if r.status == "content-verified":
+        return head + "content verified (the event bytes are in the signed block and match "
+        "every displayed field)"
+    text = (
+        head + f"inclusion verified, REDACTED: leaf {r.leaf_hash} is in the signed block; "
+        f"NOT bound to it offline: {', '.join(r.unbound)} (only a holder of the event "
+        "bytes can check them)"
+    )
+    return text + "".join(f"; {n}" for n in r.notes)
 
 
 def command_verify_proof(args: argparse.Namespace, settings: Settings) -> int:
@@ -411,32 +662,44 @@ def command_verify_proof(args: argparse.Namespace, settings: Settings) -> int:
     except ValueError as exc:
         return _usage(f"{args.file} is not JSON: {exc}")
     try:
-        results = verify_report(doc, trusted)
+        results = verify_report(
+            doc,
+            trusted,
+            events_topic=args.events_topic or settings.topic_events,
+            require_content=args.require_content,
+        )
     except ReportFormatError as exc:
         return _usage(f"{args.file}: {exc.message}")
     failed = [r for r in results if not r.ok]
+    content = sum(r.status == "content-verified" for r in results)
+    inclusion = sum(r.status == "inclusion-verified" for r in results)
     if args.json:
         json.dump(
             {
                 "result": "failed" if failed else "verified",
                 "lines": len(results),
                 "failed": len(failed),
+                "content_verified": content,
+                "inclusion_verified": inclusion,
                 "results": [r.to_json() for r in results],
             },
             sys.stdout,
         )
         sys.stdout.write("\n")
     else:
-        for r in failed:
-            where = f"{r.chain_id}@{r.height}#{r.index}" if r.chain_id else "-"
-            print(
-                f"line {r.line} (event {r.event_id or '-'}, {where}): FAILED: "
-                + "; ".join(r.reasons)
-            )
+        for r in results:
+            print(_describe(r))
         status = "FAILED" if failed else "VERIFIED"
+        redacted = (
+            f", {inclusion} inclusion only (redacted: their displayed fields are NOT bound "
+            "to the ledger offline)"
+            if inclusion
+            else ""
+        )
         print(
             f"{status}: {len(results) - len(failed)} of {len(results)} line(s) verify "
-            f"under {len(trusted)} trusted key(s); the report is complete only up to the "
-            "ledger (a removed line cannot be detected from the file)"
+            f"under {len(trusted)} trusted key(s): {content} content verified{redacted}; "
+            "the report is complete only up to the ledger (a removed line cannot be "
+            "detected from the file)"
         )
     return EXIT_FAILED if failed else EXIT_OK

@@ -4,7 +4,8 @@ Simulated hospital traffic plus a few crafted events for one patient go through 
 real processor into ClickHouse; the report must list exactly that patient's accesses
 in the range, every view must hold only what it promises, and the exported proofs
 must verify offline with the trusted key and fail for each tampering, named after
-the attack.
+the attack. The GDPR and HIPAA views carry redacted proofs (ADR 0009): no event bytes,
+inclusion verified but never content verified.
 """
 
 from __future__ import annotations
@@ -193,8 +194,8 @@ class Ledger:
             e for e in self.events if e.patient.id == self.patient and FROM <= e.occurred_at < TO
         ]
 
-    def report(self, view: str, fmt: str) -> Path:
-        path = self.out / f"report-{view}.{fmt}"
+    def report(self, view: str, fmt: str, *extra: str) -> Path:
+        path = self.out / f"report-{view}{''.join(extra)}.{fmt}"
         if not path.exists():
             result = run_cli(
                 self.settings,
@@ -211,12 +212,13 @@ class Ledger:
                 fmt,
                 "--out",
                 str(path),
+                *extra,
             )
             assert result.returncode == 0, result.stdout + result.stderr
         return path
 
-    def doc(self, view: str = "access") -> dict[str, Any]:
-        loaded: dict[str, Any] = json.loads(self.report(view, "json").read_text())
+    def doc(self, view: str = "access", *extra: str) -> dict[str, Any]:
+        loaded: dict[str, Any] = json.loads(self.report(view, "json", *extra).read_text())
         return loaded
 
 
@@ -292,6 +294,14 @@ def _ids(doc: dict[str, Any]) -> list[str]:
     ]
 
 
+def _leaves(events: list[AccessEvent]) -> list[str]:
+    return sorted(leaf_hash(canonical_event_bytes(e)).hex() for e in events)
+
+
+def _doc_leaves(doc: dict[str, Any]) -> list[str]:
+    return sorted(line["proof"]["leaf_hash"] for line in doc["lines"])
+
+
 def test_report_lists_exactly_the_patients_accesses_in_range(ledger: Ledger) -> None:
     doc = ledger.doc("access")
     expected = sorted(ledger.expected, key=lambda e: e.occurred_at)
@@ -341,7 +351,12 @@ def test_hipaa_view_lists_only_disclosures(ledger: Ledger) -> None:
     doc = ledger.doc("hipaa-disclosures")
     disclosures = [e for e in ledger.expected if is_disclosure(e)]
     assert "c0ffee00-0000-4000-8000-000000000001" in {e.event_id for e in disclosures}
-    assert sorted(_ids(doc)) == sorted(e.event_id for e in disclosures)
+    assert _doc_leaves(doc) == _leaves(disclosures)
+    assert sorted(line["event_id"] for line in doc["lines"]) == sorted(
+        e.event_id for e in disclosures
+    )
+    assert all(line["proof"]["form"] == "redacted" for line in doc["lines"])
+    assert "canonical" not in json.dumps(doc)
     for line in doc["lines"]:
         assert {"occurred_at", "recipient", "description", "purpose"} <= set(line)
     crafted = next(line for line in doc["lines"] if line["actor_id"] == DIRECTORY_USER)
@@ -356,11 +371,33 @@ def test_gdpr_view_has_only_dates_and_purposes(ledger: Ledger) -> None:
     doc = ledger.doc("gdpr")
     assert len(doc["lines"]) == len(ledger.expected)
     assert all(set(line) == {"occurred_at", "purpose", "proof"} for line in doc["lines"])
+    assert _doc_leaves(doc) == _leaves(ledger.expected), "exactly the patient's accesses"
     text = ledger.report("gdpr", "csv").read_text()
     lines = text.splitlines()
     assert lines[0] == "date,purpose"
     assert len(lines) == len(ledger.expected) + 1
     assert DIRECTORY_USER not in text and "Lovelace" not in text
+
+
+def test_gdpr_json_export_discloses_no_actor_and_no_event_bytes(ledger: Ledger) -> None:
+    text = ledger.report("gdpr", "json").read_text()
+    doc = json.loads(text)
+    assert doc["lines"] and all(line["proof"]["form"] == "redacted" for line in doc["lines"])
+    assert '"canonical"' not in text
+    for e in ledger.expected:
+        raw = canonical_event_bytes(e)
+        assert base64.b64encode(raw).decode() not in text
+        assert raw.hex() not in text
+        assert e.actor.id not in text, "actor id disclosed"
+        assert e.event_id not in text
+        if e.actor.name:
+            assert e.actor.name not in text
+        if e.client is not None:
+            assert e.client.address not in text
+    assert DIRECTORY_USER not in text and "Lovelace" not in text
+    for line in doc["lines"]:  # the header is the only decoded content: no event in it
+        header = base64.b64decode(line["proof"]["header"])
+        assert decode_header(header).chain_id.split("/")[-2] == ledger.settings.topic_events
 
 
 def test_exported_reports_verify_with_the_trusted_key(ledger: Ledger) -> None:
@@ -372,12 +409,60 @@ def test_exported_reports_verify_with_the_trusted_key(ledger: Ledger) -> None:
         )
         assert result.returncode == 0, result.stdout + result.stderr
         assert "VERIFIED" in result.stdout
+        per_line = result.stdout.splitlines()[:-1]
+        assert len(per_line) == len(ledger.doc(view)["lines"])
+        if view == "access":
+            assert all("content verified" in line for line in per_line)
+        else:  # redacted: inclusion only, and said so on every line
+            assert all("inclusion verified, REDACTED" in line for line in per_line)
+            assert all("NOT bound to it offline" in line for line in per_line)
+            assert not any("content verified" in line for line in per_line)
+            assert f"0 content verified, {len(per_line)} inclusion only" in result.stdout
+
+
+def test_gdpr_export_with_event_bytes_for_an_entitled_requester(ledger: Ledger) -> None:
+    doc = ledger.doc("gdpr", "--include-event-bytes")
+    assert all(line["proof"]["form"] == "full" for line in doc["lines"])
+    assert sorted(_ids(doc)) == sorted(e.event_id for e in ledger.expected)
+    path = ledger.report("gdpr", "json", "--include-event-bytes")
+    result = run_cli(
+        ledger.settings,
+        "verify-proof",
+        str(path),
+        "--trusted-key",
+        ledger.trusted_key,
+        "--require-content",
+        "--json",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["content_verified"] == len(doc["lines"]) and summary["inclusion_verified"] == 0
+    # the same requester refuses the default, redacted export
+    redacted = run_cli(
+        ledger.settings,
+        "verify-proof",
+        str(ledger.report("gdpr", "json")),
+        "--trusted-key",
+        ledger.trusted_key,
+        "--require-content",
+    )
+    assert redacted.returncode == 1
+    assert redacted.stdout.count("[CONTENT_NOT_PROVEN]") == len(doc["lines"])
 
 
 def _verify(ledger: Ledger, doc: dict[str, Any], name: str) -> tuple[int, str]:
     path = ledger.out / f"tampered-{name}.json"
     path.write_text(json.dumps(doc))
-    code = main(["verify-proof", str(path), "--trusted-key", ledger.trusted_key])
+    code = main(
+        [
+            "verify-proof",
+            str(path),
+            "--trusted-key",
+            ledger.trusted_key,
+            "--events-topic",
+            ledger.settings.topic_events,
+        ]
+    )
     return code, name
 
 
@@ -442,6 +527,73 @@ def test_line_moved_to_another_index(ledger: Ledger) -> None:
     header = decode_header(base64.b64decode(proof["header"]))
     proof["index"] = (proof["index"] + 1) % header.event_count
     assert _verify(ledger, doc, "index")[0] == 1
+
+
+@pytest.mark.parametrize(
+    ("attack", "code"),
+    [
+        ("leaf_hash_flipped", "PROOF_INVALID"),
+        ("leaf_hash_of_a_forged_event", "PROOF_INVALID"),
+        ("audit_path_hash_flipped", "PROOF_INVALID"),
+        ("moved_to_another_index", "PROOF_INVALID"),
+        ("header_changed_without_resigning", "SIGNATURE_INVALID"),
+        ("signature_flipped", "SIGNATURE_INVALID"),
+        ("resigned_by_an_untrusted_key", "KEY_UNKNOWN"),
+        ("displayed_time_moved_out_of_the_block", "TIME_OUTSIDE_BLOCK"),
+    ],
+)
+def test_tampered_gdpr_export_fails(ledger: Ledger, capsys: Any, attack: str, code: str) -> None:
+    doc = ledger.doc("gdpr")
+    i = _pick(doc)
+    line = doc["lines"][i]
+    proof = line["proof"]
+    header = decode_header(base64.b64decode(proof["header"]))
+    other = SigningKey.from_seed(bytes(range(32)))
+    if attack == "leaf_hash_flipped":
+        proof["leaf_hash"] = proof["leaf_hash"][:-1] + (
+            "0" if proof["leaf_hash"][-1] != "0" else "1"
+        )
+    elif attack == "leaf_hash_of_a_forged_event":
+        forged = _crafted(ledger.patient, 99, line["occurred_at"], purpose_of_use=line["purpose"])
+        proof["leaf_hash"] = leaf_hash(canonical_event_bytes(forged)).hex()
+    elif attack == "audit_path_hash_flipped":
+        path = proof["audit_path"]
+        path[0] = path[0][:-1] + ("0" if path[0][-1] != "0" else "1")
+    elif attack == "moved_to_another_index":  # to a leaf no other line of the file shows
+        listed = {
+            (p["chain_id"], p["height"], p["index"]) for p in (x["proof"] for x in doc["lines"])
+        }
+        proof["index"] = next(
+            k
+            for k in range(header.event_count)
+            if (proof["chain_id"], proof["height"], k) not in listed
+        )
+    elif attack == "header_changed_without_resigning":
+        fields = {f: getattr(header, f) for f in BlockHeader.__struct_fields__}
+        changed = BlockHeader(**{**fields, "created_at": "2026-11-02T23:59:59.000000Z"})
+        proof["header"] = base64.b64encode(header_bytes(changed)).decode()
+        proof.pop("block_hash")
+    elif attack == "signature_flipped":
+        sig = proof["signature"]
+        proof["signature"] = sig[:-1] + ("0" if sig[-1] != "0" else "1")
+    elif attack == "resigned_by_an_untrusted_key":
+        fields = {f: getattr(header, f) for f in BlockHeader.__struct_fields__}
+        forged_header = BlockHeader(**{**fields, "key_id": other.key_id})
+        proof["header"] = base64.b64encode(header_bytes(forged_header)).decode()
+        proof["signature"] = other.sign(SIGNING_CONTEXT + header_bytes(forged_header)).hex()
+        proof.pop("block_hash")
+        doc["trusted_keys"] = [format_public_key(other.public_key)]
+    elif attack == "displayed_time_moved_out_of_the_block":  # still within the report's day
+        late = "2026-11-02T23:59:59.999999Z"
+        assert header.first_event_time > FROM or header.last_event_time < late
+        line["occurred_at"] = FROM if header.first_event_time > FROM else late
+    capsys.readouterr()
+    assert _verify(ledger, doc, f"gdpr-{attack}")[0] == 1
+    out = capsys.readouterr().out
+    failed = [text for text in out.splitlines() if "): FAILED:" in text]
+    assert len(failed) == 1 and failed[0].startswith(f"line {i} ")
+    assert f"[{code}]" in failed[0]
+    assert out.splitlines()[-1].startswith("FAILED: ")
 
 
 def test_removed_line_is_not_detectable_from_the_file_alone(ledger: Ledger) -> None:
