@@ -165,6 +165,9 @@ class MemoryStore:
         self.blocks: dict[str, list[list[AccessEvent]]] = {}
         self.decisions: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
+        #: (actor id, time) of the alerts resolved as confirmed violations so far
+        self.confirmed: list[tuple[str, str]] = []
+        self.reviews = 0
 
     def add_block(self, chain: str, events: list[AccessEvent]) -> None:
         self.blocks.setdefault(chain, []).append(events)
@@ -205,7 +208,10 @@ class MemoryStore:
         )
 
     def confirmed_violations(self) -> list[tuple[str, str]]:
-        return []
+        return sorted(self.confirmed, key=lambda c: (c[1], c[0]))
+
+    def status_changes(self) -> int:
+        return self.reviews
 
     def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.decisions.extend(rows)
@@ -273,6 +279,32 @@ def test_a_confirmed_violation_weighs_the_actors_later_accesses_only() -> None:
     before, after = (p.decision for p in placed)
     assert RuleCode.REPEAT_OFFENDER not in before.codes()
     assert RuleCode.REPEAT_OFFENDER in after.codes() and after.multiplier > 1
+
+
+def test_follow_weighs_an_actors_next_access_after_a_review_made_while_following() -> None:
+    store = MemoryStore(hospital())
+    follower = Follower(store, salt=SALT)  # type: ignore[arg-type]
+    chain = "o/careledger.access-events/0"
+    store.add_block(chain, [event("M1", "P2", at(0))])
+    follower.cycle()
+    # a privacy officer resolves the alert while the follower runs
+    store.confirmed.append(("M1", us_to_ts(ts_to_us(at(0)) + 1)))
+    store.reviews += 2  # acknowledged, then resolved
+    store.add_block(chain, [event("M1", "P3", at(30))])
+    follower.cycle()
+
+    def repeat(row: tuple[Any, ...]) -> list[dict[str, Any]]:
+        flags = json.loads(row[DECISION_COLUMNS.index("flags")])
+        return [f["evidence"] for f in flags if f["code"] == "REPEAT_OFFENDER"]
+
+    before, after = store.decisions
+    assert repeat(before) == []
+    assert repeat(after) == [{"confirmed_violations": 1, "multiplier": 1.5}]
+    # read again on the next change only; a violation already fed is not counted twice
+    store.reviews += 1
+    store.add_block(chain, [event("M1", "P4", at(60))])
+    follower.cycle()
+    assert repeat(store.decisions[-1]) == [{"confirmed_violations": 1, "multiplier": 1.5}]
 
 
 def test_follow_retries_storing_after_a_failure_without_evaluating_twice() -> None:

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -493,6 +494,11 @@ class AuditStore:
         out = [(_text(actor), us_to_ts(ts_to_us(_text(last)) + 1)) for _a, actor, last in found]
         return sorted(out, key=lambda c: (c[1], c[0]))
 
+    def status_changes(self) -> int:
+        """How many alert status changes are stored (append-only: grows with each review)."""
+        rows = self.backend.execute(f"SELECT count() FROM {self.db}.alert_status")
+        return int(rows[0][0]) if rows else 0
+
     # -- writes
     def wait_mutations(self, timeout_s: float = 120.0) -> None:
         deadline = time.monotonic() + timeout_s
@@ -767,18 +773,36 @@ class Follower:
         self.cycles = 0
         self.decided = 0
         self.alerts_sent = 0
+        #: confirmed violations fed to the history, and the status changes they reflect
+        self._confirmed: Counter[tuple[str, str]] = Counter()
+        self._reviews = -1
 
     def _start(self) -> None:
         # resume after what earlier runs decided (every event of a block is decided
         # together), or from the beginning
         self.cursors = self.store.decided_heights()
-        for actor_id, when in self.store.confirmed_violations():
-            self.auditor.history.record_confirmed_violation(actor_id, when)
         if self.warmup and self.cursors:
             # the first cycle replays the last warm-up window of what was decided (not
             # deciding it again), so windows are as if the follower had never stopped
             self._warm_until = self.store.last_decided_time()
         self.started = True
+
+    def _feed_confirmed(self) -> None:
+        """Feed the history the violations confirmed since the last read: an alert
+        resolved while following weighs the actor's next accesses (REPEAT_OFFENDER), as
+        in a range run. Read again after a status change (and every 200 polls)."""
+        reviews = self.store.status_changes()
+        if reviews == self._reviews and self.cycles % 200:
+            return
+        found = Counter(self.store.confirmed_violations())
+        new = sorted((found - self._confirmed).items(), key=lambda c: (c[0][1], c[0][0]))
+        for (actor_id, when), n in new:
+            for _ in range(n):
+                self.auditor.history.record_confirmed_violation(actor_id, when)
+        # union, not replace: an alert missing from one read (a range replay rewriting
+        # it) is not fed twice when it is back
+        self._confirmed |= found
+        self._reviews = reviews
 
     def _warmup_events(self) -> list[LedgeredEvent]:
         if self._warm_until is None:
@@ -800,6 +824,7 @@ class Follower:
         # what an earlier cycle decided but could not store goes first (its events are
         # in the history already: they must not be evaluated again)
         self._store_pending()
+        self._feed_confirmed()
         heads = self.store.heads()
         records: list[ReferenceRecord] = []
         new: list[LedgeredEvent] = []
