@@ -87,8 +87,26 @@ Choosing the decision
     Within one consent the deepest matching provision wins (the most specific); among
     matches equally deep, deny wins. Across consents, deny wins: one denying consent
     overrides any number of permitting ones (a patient's refusal is never silently
-    outvoted by an older or broader permit). Ties are broken by consent id and then
-    provision path, so the reported consent and provision are deterministic too.
+    outvoted by an older or broader permit).
+
+Which consent and provision are reported
+    The outcome settled, the reported rule is the most specific one with that outcome
+    (among the consents, and among equally deep matches within one consent), so a
+    blanket permit does not hide the permit that names this practitioner for this
+    purpose. A rule's scope is its provision together with the provisions it is nested
+    in (it applies only within them); the base decision has none. Rules compare by, in
+    order (greater is more specific):
+
+    1. whom it names, by the actor entries that matched: the actor (a person
+       reference) 3, the actor's organization 2, one of the actor's workforce roles 1,
+       anyone (no actor criterion, or only recipient-role or data-provenance entries) 0;
+    2. how many kinds of criteria it states: ``period``, ``action``, ``purpose``,
+       ``securityLabel``, ``class``/``resourceType`` (0 to 5; kinds, not values: a
+       provision for TREAT or ETREAT is not narrower than one for TREAT);
+    3. its nesting depth (the base decision is 0);
+
+    then, among equally specific rules, the smallest consent id, provision path and
+    action requirement (for actions needing several consent actions).
 
 Times
     FHIR ``date`` and ``dateTime`` with any precision (``2015``, ``2015-02``,
@@ -920,10 +938,54 @@ def _matches(p: Provision, ask: _Ask) -> bool:
     return not p.actors or _actors_match(p.actors, req)
 
 
+_NAMES_PERSON: Final = 3
+_NAMES_ORGANIZATION: Final = 2
+_NAMES_ROLE: Final = 1
+
+
+def _names(rule: ActorRule) -> int:
+    """Whom a matching actor entry singles out (see "Which consent ... reported")."""
+    if rule.role_kind == "provenance":
+        return 0  # about the data's origin: matches any actor
+    if rule.target == "person":
+        return _NAMES_PERSON
+    if rule.target == "organization":
+        return _NAMES_ORGANIZATION
+    return _NAMES_ROLE if rule.role_kind == "workforce" else 0
+
+
+def _specificity(
+    policy: Policy, path: tuple[int, ...], request: ConsentRequest
+) -> tuple[int, int, int]:
+    """(whom it names, kinds of criteria, depth) of the rule at ``path``, over the
+    provision and its ancestors (which all match when it does); greater is more
+    specific. The base decision (empty path) is (0, 0, 0)."""
+    names = 0
+    kinds: set[str] = set()
+    provisions = policy.provisions
+    for index in path:
+        p = provisions[index]
+        for rule in p.actors:
+            if rule.matches(request):
+                names = max(names, _names(rule))
+        for kind, stated in (
+            ("period", p.period is not None),
+            ("action", p.actions),
+            ("purpose", p.purposes),
+            ("securityLabel", p.security_labels),
+            ("class", p.data_classes),
+        ):
+            if stated:
+                kinds.add(kind)
+        provisions = p.provisions
+    return names, len(kinds), len(path)
+
+
 def _decide(policy: Policy, ask: _Ask) -> tuple[Effect, tuple[int, ...]]:
-    """The deepest matching provision's effect and path (deny first among equals,
-    then the smallest path); the base decision with the empty path if none matches.
-    An untyped provision without criteria is a container: it never decides by itself."""
+    """The deepest matching provision's effect (deny first among equals) and path (the
+    most specific of those, then the smallest path); the base decision with the empty
+    path if none matches. An untyped provision without criteria is a container: it
+    never decides by itself."""
     found: list[tuple[Effect, tuple[int, ...]]] = []
 
     def walk(provisions: tuple[Provision, ...], prefix: tuple[int, ...]) -> bool:
@@ -944,7 +1006,12 @@ def _decide(policy: Policy, ask: _Ask) -> tuple[Effect, tuple[int, ...]]:
     if not found:
         assert policy.base is not None  # applies_to() admits only governing policies
         return policy.base, ()
-    return min(found, key=lambda f: (-len(f[1]), f[0] != "deny", f[1]))
+
+    def rank(f: tuple[Effect, tuple[int, ...]]) -> tuple[int, bool, int, int, tuple[int, ...]]:
+        names, kinds, depth = _specificity(policy, f[1], ask.request)
+        return -depth, f[0] != "deny", -names, -kinds, f[1]
+
+    return min(found, key=rank)
 
 
 def _where(policy: Policy, path: tuple[int, ...]) -> str:
@@ -965,10 +1032,14 @@ class _Verdict:
     policy: Policy
     path: tuple[int, ...]
     requirement: int
+    #: ``_specificity`` of the deciding rule
+    specificity: tuple[int, int, int]
 
     @property
-    def key(self) -> tuple[str, tuple[int, ...], int]:
-        return self.policy.consent_id, self.path, self.requirement
+    def key(self) -> tuple[int, int, int, str, tuple[int, ...], int]:
+        """Sort key: the most specific rule first, then consent id, path, requirement."""
+        names, kinds, depth = self.specificity
+        return -names, -kinds, -depth, self.policy.consent_id, self.path, self.requirement
 
 
 def _no_consent(policies: list[Policy], request: ConsentRequest) -> ConsentDecision:
@@ -1020,7 +1091,9 @@ def evaluate_consent(
         ask = _Ask(request, frozenset(requirement), frozenset(purposes))
         for policy in applicable:
             effect, path = _decide(policy, ask)
-            verdicts.append(_Verdict(effect, policy, path, index))
+            verdicts.append(
+                _Verdict(effect, policy, path, index, _specificity(policy, path, request))
+            )
     denies = [v for v in verdicts if v.effect == "deny"]
     winner = min(denies or verdicts, key=lambda v: v.key)
     policy = winner.policy

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from careledger_core.consent import (
     ConsentDecision,
     ConsentRequest,
+    _specificity,
     consent_patient_id,
     evaluate_consent,
     is_active,
@@ -367,6 +368,124 @@ def test_one_denying_consent_outweighs_several_permitting_ones() -> None:
     assert (decision.outcome, decision.consent_id) == ("deny", "consent-Out-r5")
 
 
+# ------------------------------------------------------------------ which rule is reported
+
+TREAT = [{"code": "TREAT"}]
+ACCESS = [{"coding": [{"code": "access"}]}]
+NURSE_ROLE = {"role": {"coding": [{"system": "urn:example:roles", "code": "nurse"}]}}
+
+
+def permit_only(cid: str, provision: dict[str, Any]) -> dict[str, Any]:
+    """Deny by default; ``provision`` (top level, so a permit) is the exception."""
+    return r5_consent(cid, "deny", [provision])
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_blanket_permit_does_not_hide_the_permit_naming_the_practitioner(
+    reverse: bool,
+) -> None:
+    blanket = r5_consent("a-blanket", "permit", [])  # permits everything; the lowest id
+    named = permit_only("z-nurse-1", {"actor": [prcp("Practitioner/nurse-1")], "purpose": TREAT})
+    consents = [named, blanket] if reverse else [blanket, named]
+    decision = decide(consents)
+    assert (decision.outcome, decision.consent_id, decision.provision_path) == (
+        "permit",
+        "z-nurse-1",
+        (0,),
+    )
+    assert decision.reason.startswith("Consent/z-nurse-1 (R5) permits")
+
+
+def test_within_one_consent_the_sibling_naming_the_actor_is_reported() -> None:
+    consent = r5_consent(
+        "treatment",
+        "deny",
+        [{"purpose": TREAT}, {"actor": [prcp("Practitioner/nurse-1")], "purpose": TREAT}],
+    )
+    assert decide([consent]).provision_path == (1,)
+    assert decide([consent], actor_id="nurse-2").provision_path == (0,)
+
+
+def test_the_most_specific_deny_is_reported() -> None:
+    opt_out = load("Out", "r5")  # deny everything, reported so far for its id
+    named = r5_consent("z-not-nurse-1", "permit", [{"actor": [prcp("Practitioner/nurse-1")]}])
+    decision = decide([opt_out, named])
+    assert (decision.outcome, decision.consent_id, decision.provision_path) == (
+        "deny",
+        "z-not-nurse-1",
+        (0,),
+    )
+    assert decide([opt_out, named], actor_id="nurse-2").consent_id == "consent-Out-r5"
+
+
+def test_specificity_order_actor_then_criteria_then_depth_then_id() -> None:
+    """Peeling the reported permit off one at a time gives the documented order."""
+    consents = [
+        r5_consent("c-blanket", "permit", []),
+        permit_only("c-purpose", {"purpose": TREAT}),
+        permit_only("c-purpose-action", {"purpose": TREAT, "action": ACCESS}),
+        # the same two criteria, the second one on a nested provision: deeper
+        permit_only(
+            "c-nested", {"purpose": TREAT, "provision": [{"type": "permit", "action": ACCESS}]}
+        ),
+        # a workforce role beats any number of other criteria ...
+        permit_only("c-role", {"actor": [NURSE_ROLE]}),
+        # ... the actor's organization beats a role, and the actor beats both
+        permit_only("c-org", {"actor": [prcp("Organization/ward-3")]}),
+        permit_only("c-person", {"actor": [prcp("Practitioner/nurse-1")]}),
+        permit_only(
+            "c-person-purpose", {"actor": [prcp("Practitioner/nurse-1")], "purpose": TREAT}
+        ),
+        # data-provenance entries match every actor: they name nobody
+        permit_only(
+            "b-custodian",
+            {
+                "actor": [
+                    {
+                        "role": {"coding": [{"system": PARTICIPATION, "code": "CST"}]},
+                        "reference": {"reference": "Organization/f001"},
+                    }
+                ]
+            },
+        ),
+    ]
+    order = []
+    left = list(consents)
+    while left:
+        decision = decide(left, actor_organization="ward-3")
+        assert decision.outcome == "permit"
+        order.append(decision.consent_id)
+        left = [c for c in left if c["id"] != decision.consent_id]
+    assert order == [
+        "c-person-purpose",
+        "c-person",
+        "c-org",
+        "c-role",
+        "c-nested",
+        "c-purpose-action",
+        "c-purpose",
+        "b-custodian",  # depth 1, no criteria counted: before the base decision
+        "c-blanket",
+    ]
+
+
+def test_equally_specific_permits_are_reported_by_consent_id_whatever_their_order() -> None:
+    twins = [
+        permit_only(cid, {"actor": [prcp("Practitioner/nurse-1")], "purpose": TREAT})
+        for cid in ("p-2", "p-10", "p-1")
+    ]
+    for consents in (twins, twins[::-1], twins[1:] + twins[:1]):
+        decision = decide(consents)
+        assert (decision.consent_id, decision.provision_path) == ("p-1", (0,))
+    # equally specific siblings of one consent: the smallest path
+    consent = r5_consent(
+        "siblings",
+        "deny",
+        [{"purpose": TREAT}, {"purpose": [{"code": "TREAT"}, {"code": "ETREAT"}]}],
+    )
+    assert decide([consent]).provision_path == (0,)
+
+
 # ------------------------------------------------------------------ matching details
 
 
@@ -689,6 +808,25 @@ _requests = st.builds(
     security_labels=st.lists(_codes(["N", "R", "HIV"]), max_size=2).map(tuple),
     at=st.sampled_from([NOW, "2015-01-15T00:00:00.000000Z"]),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(consents=_consents, req=_requests)
+def test_the_reported_rule_is_the_most_specific_with_the_outcome(
+    consents: list[dict[str, Any]], req: ConsentRequest
+) -> None:
+    """Each consent alone reports its most specific rule with its outcome; together, the
+    most specific of those with the overall outcome (then the smallest id and path)."""
+    first = evaluate_consent(consents, req)
+    if first.outcome == "no-consent":
+        return
+    candidates = []
+    for consent in consents:
+        alone = evaluate_consent([consent], req)
+        if alone.outcome == first.outcome:
+            names, kinds, depth = _specificity(parse_consent(consent), alone.provision_path, req)
+            candidates.append((-names, -kinds, -depth, alone.consent_id, alone.provision_path))
+    assert min(candidates)[3:] == (first.consent_id, first.provision_path)
 
 
 @settings(max_examples=300, deadline=None)
