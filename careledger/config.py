@@ -45,6 +45,10 @@ class Settings:
     topic_care_relationships: str = "careledger.care-relationships"
     topic_workforce: str = "careledger.workforce"
     topic_patients: str = "careledger.patients"
+    # Source identity (ADR 0010): registrar-signed key events and source heartbeats,
+    # ledgered like reference data; records failing source checks go to quarantine.
+    topic_sources: str = "careledger.sources"
+    topic_quarantine: str = "careledger.quarantine"
     partitions: int = 4
     reference_partitions: int = 1
     # Largest access-event message the processor accepts; larger ones are
@@ -70,6 +74,24 @@ class Settings:
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
     origin: str = "careledger.local"
     signing_key: Path | None = None  # path to the Ed25519 private key file
+    # Fail closed: only events signed by a registered source are chained (ADR 0010).
+    # false = legacy mode (plain events accepted; signed ones are still checked).
+    require_source_signatures: bool = False
+    # A batch statement's signed_at may differ from the record's Kafka time by this much.
+    source_max_skew_s: float = 900.0
+
+    # --- sources (SDK) --------------------------------------------------------
+    # Who this producer is and its Ed25519 key (registered with `careledger source
+    # register`); without a key the SDK sends plain (unsigned) events.
+    source_id: str = "careledger-local"
+    source_key: Path | None = None
+    source_batch_max_events: int = 500
+    source_batch_max_ms: int = 50
+    source_heartbeat_interval_s: float = 10.0
+    # Registrar public keys the processor and verifier trust for key events (files or
+    # "ed25519:<base64>" literals); the registrar's private key signs registrations.
+    trusted_registrar_keys: tuple[str, ...] = ()
+    registrar_key: Path | None = None
 
     # --- verifier -----------------------------------------------------------
     # Trusted public keys come from the verifier's own configuration, never from
@@ -139,6 +161,15 @@ def _coerce(field: dataclasses.Field[Any], raw: Any) -> Any:
             return tuple(p.strip() for p in str(raw).split(",") if p.strip())
         if "Path" in kind:
             return Path(str(raw)).expanduser() if str(raw) else None
+        if kind == "bool":
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError("expected true or false")
         if kind == "int":
             return int(raw)
         if kind == "float":

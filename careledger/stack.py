@@ -715,6 +715,8 @@ def default_topics(settings: Settings) -> dict[str, int]:
         settings.topic_care_relationships: settings.reference_partitions,
         settings.topic_workforce: settings.reference_partitions,
         settings.topic_patients: settings.reference_partitions,
+        settings.topic_sources: settings.reference_partitions,
+        settings.topic_quarantine: 1,
     }
 
 
@@ -731,6 +733,8 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
         settings.topic_care_relationships,
         settings.topic_workforce,
         settings.topic_patients,
+        settings.topic_sources,
+        settings.topic_quarantine,
     ):
         # Reference data must stay replayable: the state any decision used is
         # rebuilt from it.

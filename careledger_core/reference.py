@@ -9,7 +9,8 @@ any instant.
 Envelope (JSON object on the wire; ``null`` and unknown members are rejected)::
 
     schema        "careledger.reference/1"
-    kind          "consent" | "care-relationship" | "staff" | "patient"
+    kind          "consent" | "care-relationship" | "staff" | "patient" | "source-key" |
+                  "source-heartbeat"
     record_id     stable id of the thing (consent id, relationship id, user id, patient id),
                   1..256 characters
     version       integer >= 1; a higher version supersedes lower ones of the same
@@ -43,6 +44,12 @@ Bodies:
   [{family_name, given_name?, phone?, user_id?}], confidentiality?: U|L|M|N|R|V,
   sensitivity_labels?: [code]}``.
 
+* ``source-key`` / ``source-heartbeat`` (ADR 0010, ``source.py``): ``{statement,
+  signature}``, a registrar-signed key event (``record_id`` = ``<source_id>/<key_id>``)
+  or a source-signed heartbeat (``record_id`` = ``<source_id>/<epoch>/<beat>``). Their
+  signatures are checked by the processor and verifier against keys they trust; the
+  times that count are the signed ones (``valid_from``, ``sent_at``).
+
 Canonical bytes are generic RFC 8785 JCS of the envelope (bodies are free JSON: a FHIR
 Consent may carry anything, floats included); the leaf hash is SHA-256(0x00 ‖ bytes), as
 for events. Errors are :class:`~careledger_core.errors.ReferenceValidationError` with a
@@ -62,6 +69,12 @@ from .errors import ReferenceValidationError, ValidationError
 from .event import MAX_ID_LENGTH, MAX_LIST_LENGTH, MAX_TEXT_LENGTH, is_valid_timestamp
 from .hashing import leaf_hash
 from .jcs import MAX_SAFE_INTEGER, canonicalize
+from .source import (
+    HeartbeatStatement,
+    KeyEventStatement,
+    heartbeat_from_dict,
+    key_event_from_dict,
+)
 
 __all__ = [
     "CONSENT_STATUSES",
@@ -80,6 +93,8 @@ __all__ = [
     "ReferenceRecord",
     "RelationshipKind",
     "Shift",
+    "SourceHeartbeatBody",
+    "SourceKeyBody",
     "StaffBody",
     "StaffStatus",
     "canonical_reference_bytes",
@@ -93,7 +108,9 @@ __all__ = [
 
 REFERENCE_SCHEMA: Final = "careledger.reference/1"
 
-ReferenceKind = Literal["consent", "care-relationship", "staff", "patient"]
+ReferenceKind = Literal[
+    "consent", "care-relationship", "staff", "patient", "source-key", "source-heartbeat"
+]
 RelationshipKind = Literal["encounter", "appointment", "care-team", "referral", "order"]
 StaffStatus = Literal["active", "suspended", "terminated"]
 Confidentiality = Literal["U", "L", "M", "N", "R", "V"]
@@ -103,6 +120,8 @@ REFERENCE_KINDS: Final[tuple[ReferenceKind, ...]] = (
     "care-relationship",
     "staff",
     "patient",
+    "source-key",
+    "source-heartbeat",
 )
 RELATIONSHIP_KINDS: Final[tuple[RelationshipKind, ...]] = (
     "encounter",
@@ -505,7 +524,41 @@ class PatientBody:
         return self.patient_id
 
 
-ReferenceBody: TypeAlias = ConsentBody | CareRelationshipBody | StaffBody | PatientBody
+@dataclass(frozen=True, slots=True)
+class SourceKeyBody:
+    """A registrar-signed key event (ADR 0010): ``{statement, signature}``; ``record_id``
+    is ``<source_id>/<key_id>``, a later version revokes or re-activates the key. The
+    signature is checked by whoever trusts the registrar, not here."""
+
+    statement: KeyEventStatement
+    signature: str
+
+    @property
+    def subject_id(self) -> str:
+        return self.statement.source_id
+
+
+@dataclass(frozen=True, slots=True)
+class SourceHeartbeatBody:
+    """A source-signed heartbeat (ADR 0010): ``{statement, signature}``; ``record_id`` is
+    ``<source_id>/<epoch>/<beat>``."""
+
+    statement: HeartbeatStatement
+    signature: str
+
+    @property
+    def subject_id(self) -> str:
+        return self.statement.source_id
+
+
+ReferenceBody: TypeAlias = (
+    ConsentBody
+    | CareRelationshipBody
+    | StaffBody
+    | PatientBody
+    | SourceKeyBody
+    | SourceHeartbeatBody
+)
 
 
 def _address(obj: Mapping[str, Any], name: str, path: str) -> Address | None:
@@ -746,8 +799,43 @@ def _patient(body: Mapping[str, Any], path: str) -> PatientBody:
     )
 
 
+def _signed_statement(body: Mapping[str, Any]) -> tuple[Mapping[str, Any], str]:
+    _members(body, "body", ("statement", "signature"), ())
+    statement = body["statement"]
+    if not isinstance(statement, Mapping):
+        _wrong_type("body.statement", "object", statement)
+    signature = _string(body, "signature", "body", 128)
+    return thaw(statement), signature
+
+
+def _source_key(body: Mapping[str, Any], record_id: str) -> SourceKeyBody:
+    raw, signature = _signed_statement(body)
+    try:
+        statement = key_event_from_dict(raw)
+    except ValidationError as exc:
+        _fail("body.statement", exc.message)
+    if record_id != f"{statement.source_id}/{statement.key_id}":
+        _fail("record_id", "must be <source_id>/<key_id> of the statement")
+    return SourceKeyBody(statement, signature)
+
+
+def _source_heartbeat(body: Mapping[str, Any], record_id: str) -> SourceHeartbeatBody:
+    raw, signature = _signed_statement(body)
+    try:
+        statement = heartbeat_from_dict(raw)
+    except ValidationError as exc:
+        _fail("body.statement", exc.message)
+    if record_id != f"{statement.source_id}/{statement.epoch}/{statement.beat}":
+        _fail("record_id", "must be <source_id>/<epoch>/<beat> of the statement")
+    return SourceHeartbeatBody(statement, signature)
+
+
 def _parse_body(kind: str, body: Mapping[str, Any], record_id: str) -> ReferenceBody:
     path = "body"
+    if kind == "source-key":
+        return _source_key(body, record_id)
+    if kind == "source-heartbeat":
+        return _source_heartbeat(body, record_id)
     if kind == "consent":
         return _consent(body, path)
     if kind == "care-relationship":

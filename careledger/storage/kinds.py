@@ -163,6 +163,7 @@ def reference_topics(settings: Any) -> frozenset[str]:
             settings.topic_care_relationships,
             settings.topic_workforce,
             settings.topic_patients,
+            settings.topic_sources,
         )
     )
 

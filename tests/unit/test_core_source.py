@@ -251,3 +251,46 @@ def test_every_event_of_any_batch_verifies_at_its_own_sequence_number(n: int, fi
     seqs = [check(r, verifier).seq for r in signed(n, first_seq=first)]
     assert seqs == list(range(first, first + n))
     assert verifier.signature_checks == 1
+
+
+def test_key_events_and_heartbeats_are_reference_records() -> None:
+    from careledger_core.errors import ReferenceValidationError
+    from careledger_core.reference import (
+        SourceHeartbeatBody,
+        SourceKeyBody,
+        decode_and_canonicalize_reference,
+        reference_from_dict,
+    )
+
+    e = key_event(EHR, "ehr")
+    body = {"statement": msgspec.to_builtins(e), "signature": sign_key_event(REGISTRAR, e)}
+    envelope = {
+        "schema": "careledger.reference/1",
+        "kind": "source-key",
+        "record_id": f"ehr/{EHR.key_id}",
+        "version": 1,
+        "recorded_at": T0,
+        "effective_at": e.valid_from,
+        "body": body,
+    }
+    rec, _canonical = decode_and_canonicalize_reference(msgspec.json.encode(envelope))
+    assert isinstance(rec.parsed, SourceKeyBody) and rec.parsed.statement == e
+    assert rec.subject_id == "ehr"
+    verify_key_event(
+        rec.parsed.statement, rec.parsed.signature, {REGISTRAR.key_id: REGISTRAR.public_key}
+    )
+    with pytest.raises(ReferenceValidationError):
+        reference_from_dict({**envelope, "record_id": "ehr/other"})
+
+    hb = HeartbeatStatement(
+        source_id="ehr", key_id=EHR.key_id, epoch=EPOCH, beat=3, last_seq=10, sent_at=T0
+    )
+    beat = reference_from_dict(
+        {
+            **envelope,
+            "kind": "source-heartbeat",
+            "record_id": f"ehr/{EPOCH}/3",
+            "body": {"statement": msgspec.to_builtins(hb), "signature": sign_heartbeat(EHR, hb)},
+        }
+    )
+    assert isinstance(beat.parsed, SourceHeartbeatBody) and beat.parsed.statement.last_seq == 10
