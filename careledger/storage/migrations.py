@@ -6,7 +6,9 @@ engine (checked in the tests through chDB), which rules out, among others,
 ``DateTime64``, ``LowCardinality``, ``ADD COLUMN IF NOT EXISTS`` and
 ``mutations_sync``. Statements are themselves idempotent (``IF NOT EXISTS``) so
 that two processes migrating at once, or a crash half-way through a
-migration, do no harm; ``schema_migrations`` records what was applied.
+migration, do no harm; ``schema_migrations`` records what was applied. A column
+added to an existing table (``Migration.add_columns``) is looked up in
+``system.columns`` first, as 18.16 has no ``ADD COLUMN IF NOT EXISTS``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from careledger.storage.backend import SqlBackend, open_backend
+from careledger.storage.backend import SqlBackend, StorageError, open_backend
 
 log = logging.getLogger(__name__)
 
@@ -25,10 +27,20 @@ _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 @dataclass(frozen=True)
+class AddColumn:
+    """``ALTER TABLE {db}.<table> ADD COLUMN <name> <definition>``, unless it exists."""
+
+    table: str
+    name: str
+    definition: str
+
+
+@dataclass(frozen=True)
 class Migration:
     version: int
     name: str
     statements: tuple[str, ...]
+    add_columns: tuple[AddColumn, ...] = ()
 
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -205,6 +217,17 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        5,
+        "bitemporal audit decisions: the reference knowledge cutoff of each decision",
+        (),
+        # The ledger time (signed block created_at) up to which reference versions were
+        # known when the decision was made; '' for rows written before this migration.
+        (AddColumn("access_decisions", "reference_known_at", "String DEFAULT ''"),),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
@@ -242,12 +265,34 @@ def migrate_backend(backend: SqlBackend, database: str) -> list[int]:
             continue
         for statement in migration.statements:
             backend.execute(statement.format(db=db))
+        for column in migration.add_columns:
+            _add_column(backend, db, column)
         backend.insert(
             f"{db}.schema_migrations", ("version", "name"), [(migration.version, migration.name)]
         )
         applied.append(migration.version)
         log.info("applied schema migration %d (%s) to %s", migration.version, migration.name, db)
     return applied
+
+
+def _has_column(backend: SqlBackend, db: str, table: str, name: str) -> bool:
+    rows = backend.execute(
+        "SELECT count() FROM system.columns "
+        "WHERE database = %(db)s AND table = %(t)s AND name = %(n)s",
+        {"db": db, "t": table, "n": name},
+    )
+    return bool(rows) and int(rows[0][0]) > 0
+
+
+def _add_column(backend: SqlBackend, db: str, column: AddColumn) -> None:
+    table, name = check_identifier(column.table), check_identifier(column.name)
+    if _has_column(backend, db, table, name):
+        return
+    try:
+        backend.execute(f"ALTER TABLE {db}.{table} ADD COLUMN {name} {column.definition}")
+    except StorageError:
+        if not _has_column(backend, db, table, name):  # not another migrator's doing
+            raise
 
 
 def migrate(settings: Any, backend: SqlBackend | None = None) -> list[int]:

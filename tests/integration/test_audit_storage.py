@@ -19,9 +19,9 @@ from careledger_core.event import canonical_event_bytes
 from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from processors.chainer import PartitionChain
-from tests.unit.test_auditor_rules import at, event, hospital
+from tests.unit.test_auditor_rules import at, event, hospital, relationship
 from verifiers.alerts_cli import AlertBook, verify_history
-from verifiers.auditor.runner import AuditStore, Follower, audit_range
+from verifiers.auditor.runner import DECISION_COLUMNS, AuditStore, Follower, audit_range
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger audit storage test").digest())
 EVENTS = "o/careledger.access-events/0"
@@ -125,3 +125,67 @@ def test_range_audit_replay_follow_and_status_on_both_engines(
     tampered = book.history([aid])[aid]
     assert tampered[0]["note"] == "nothing to see"
     assert not verify_history(tampered)
+
+
+def test_replay_keeps_each_decisions_reference_knowledge_on_both_engines(
+    stores: tuple[ChainStore, AuditStore],
+) -> None:
+    """A care relationship ledgered after the range was audited, but effective (and
+    claiming to be recorded) before the access: the replay decides as before, the
+    reconsidered run with it."""
+    chains, audit = stores
+    directory = hospital()
+    chain = PartitionChain.resume(DIRECTORY, None, 65536, earliest_offset=0, kind=REFERENCE)
+    for offset, rec in enumerate(directory):
+        chain.add(offset, canonical_reference_bytes(rec), None, 0.0, 0.0)
+    directory_block = chain.seal(KEY, now=1_800_000_000.0)
+    assert directory_block is not None
+    chains.write_blocks([directory_block])
+    snoop, treated = event("M1", "P2", at(0)), event("N1", "P1", at(1))
+    chains.write_blocks(
+        _chain(EVENTS, [canonical_event_bytes(e) for e in (snoop, treated)], 2, reference=False)
+    )
+    known_then = directory_block.header.created_at
+    columns = [c for c in DECISION_COLUMNS if c != "decided_at"]
+
+    def decisions() -> list[dict[str, object]]:
+        rows = audit.backend.execute(
+            f"SELECT {', '.join(columns)} FROM {audit.db}.access_decisions "
+            "ORDER BY occurred_at, event_id, amends"
+        )
+        return [dict(zip(columns, r, strict=True)) for r in rows]
+
+    first = audit_range(audit, at(-60), at(60), salt=SALT)
+    assert first.reference_known_at == known_then
+    rows = decisions()
+    assert [r["reference_known_at"] for r in rows] == [known_then.encode()] * 2
+    assert rows[0]["event_id"] == snoop.event_id.encode()
+    assert b"NO_EXPLANATION" in rows[0]["flags"]  # type: ignore[operator]
+
+    # a day later: M1 treats P2, effective (and, the envelope claims, recorded) long before
+    late = relationship("CT-P2-M1", "P2", practitioner_id="M1")
+    assert late.recorded_at < snoop.occurred_at
+    chain.add(len(directory), canonical_reference_bytes(late), None, 0.0, 0.0)
+    late_block = chain.seal(KEY, now=1_800_086_400.0)
+    assert late_block is not None
+    chains.write_blocks([late_block])
+
+    replay = audit_range(audit, at(-60), at(60), salt=SALT)
+    assert decisions() == rows, "the replay decides with what each decision knew"
+    assert replay.kept_knowledge == 2 and replay.reference_known_at == late_block.header.created_at
+
+    again = audit_range(audit, at(-60), at(60), salt=SALT, reconsider=True)
+    assert again.kept_knowledge == 0 and again.alerts < first.alerts
+    reconsidered = decisions()
+    assert reconsidered[0]["event_id"] == snoop.event_id.encode()
+    assert reconsidered[0]["explanation_kind"] == b"relationship"
+    assert reconsidered[0]["reference_known_at"] == late_block.header.created_at.encode()
+    # and a later replay keeps the reconsidered decisions
+    audit_range(audit, at(-60), at(60), salt=SALT)
+    assert decisions() == reconsidered
+
+    # migration 5 adds its column once, even if it must run again (a crash before it was
+    # recorded, or two migrators at once)
+    audit.backend.execute(f"ALTER TABLE {audit.db}.schema_migrations DELETE WHERE version = 5")
+    audit.wait_mutations()
+    assert migrate_backend(audit.backend, audit.db) == [5]

@@ -24,6 +24,7 @@ from verifiers.auditor.runner import (
     STATUS_COLUMNS,
     Follower,
     LedgeredEvent,
+    LedgeredReference,
     Position,
     alert_fingerprint,
     alert_row,
@@ -175,8 +176,20 @@ class MemoryStore:
     def is_reference(self, chain: str) -> bool:
         return chain == REFERENCE_CHAIN
 
-    def reference_records_of_chain(self, chain: str, above: int, upto: int) -> list[Any]:
-        return list(self.records) if above < 0 <= upto else []
+    def reference_records_of_chain(
+        self, chain: str, above: int, upto: int
+    ) -> list[LedgeredReference]:
+        if not above < 0 <= upto:
+            return []
+        return [LedgeredReference(r, chain, 0, r.recorded_at) for r in self.records]
+
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        c = {name: i for i, name in enumerate(DECISION_COLUMNS)}
+        return [
+            (r[c["event_id"]], r[c["occurred_at"]], r[c["reference_known_at"]])
+            for r in self.decisions
+            if lo <= r[c["occurred_at"]] < hi and not r[c["amends"]]
+        ]
 
     def heads(self) -> dict[str, int]:
         return {REFERENCE_CHAIN: 0, **{c: len(b) - 1 for c, b in self.blocks.items()}}

@@ -2,7 +2,10 @@
 
 ``careledger audit --from X --to Y`` audits ``[X, Y)`` (event times, UTC) and replaces
 that range's decisions and alerts in ClickHouse; running it twice gives the same
-decisions and alert ids (alerts already stored unchanged are not published again).
+decisions and alert ids (alerts already stored unchanged are not published again), even
+after back-dated reference records arrived: an event already decided is decided with
+the reference knowledge its decision had. ``--reconsider`` decides the range with the
+reference data known now instead.
 ``careledger audit --follow`` evaluates newly committed blocks every
 ``audit_poll_interval_s`` and publishes new or grown alerts at once.
 
@@ -53,6 +56,13 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
         help="publish every alert of the range again (default: only new or changed ones)",
     )
     parser.add_argument(
+        "--reconsider",
+        action="store_true",
+        help="decide the range again with the reference data known now (default: an "
+        "event already decided keeps the knowledge cutoff of its decision, so a replay "
+        "reproduces it even after back-dated reference records arrived)",
+    )
+    parser.add_argument(
         "--no-warmup",
         action="store_true",
         help="--follow: do not replay the last hours already decided into the rules' "
@@ -84,6 +94,8 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         return _error("give --from and --to (or --follow)")
     if args.follow and to_ts is not None:
         return _error("--to cannot be combined with --follow")
+    if args.follow and args.reconsider:
+        return _error("--reconsider re-decides a range: give --from and --to, not --follow")
     if from_ts is not None and to_ts is not None and from_ts >= to_ts:
         return _error("--from must be before --to")
     try:
@@ -101,7 +113,13 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         assert from_ts is not None and to_ts is not None
         try:
             result = audit_range(
-                store, from_ts, to_ts, salt=salt, publisher=publisher, republish=args.republish
+                store,
+                from_ts,
+                to_ts,
+                salt=salt,
+                publisher=publisher,
+                republish=args.republish,
+                reconsider=args.reconsider,
             )
         except StorageError as exc:
             return _error(f"{exc.message} (run again; --republish if alerts were not delivered)")
@@ -115,6 +133,13 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
                 f"{result.alerts} alerts ({result.published} published) "
                 f"in {result.elapsed_s:.2f}s"
             )
+            if result.reconsider:
+                print(f"  reference data: as known at {result.reference_known_at} (reconsidered)")
+            else:
+                print(
+                    f"  reference data: {result.kept_knowledge} decisions as their stored "
+                    f"decision knew it, the others as known at {result.reference_known_at}"
+                )
             for rule, n in sorted(result.by_rule.items()):
                 print(f"  {rule}: {n}")
         return 0

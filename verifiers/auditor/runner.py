@@ -1,17 +1,22 @@
 """The audit runner: the rules engine over the store (``careledger audit``).
 
 * **Range** (``audit_range``): rebuild the reference state from every committed
-  reference record, feed the committed access events of ``[from - warm-up, to +
-  look-ahead)`` in a deterministic order (``occurred_at, chain_id, height, idx``) to an
-  :class:`~verifiers.auditor.rules.Auditor`, keep the decisions about events in
-  ``[from, to)``, group them into alerts, then *replace* that range in ClickHouse:
-  ``ALTER ... DELETE`` of the range's decisions and alerts (waiting for the mutations,
-  as 18.16 has no ``mutations_sync``), then batched inserts. The same range audited
-  twice gives the same decisions (same rows but ``decided_at``) and alert ids.
+  reference record, each known from its block's signed ``created_at`` (its *ledger
+  time*, never decreasing along a chain), feed the committed access events of
+  ``[from - warm-up, to + look-ahead)`` in a deterministic order (``occurred_at,
+  chain_id, height, idx``) to an :class:`~verifiers.auditor.rules.Auditor`, keep the
+  decisions about events in ``[from, to)``, group them into alerts, then *replace* that
+  range in ClickHouse: ``ALTER ... DELETE`` of the range's decisions and alerts
+  (waiting for the mutations, as 18.16 has no ``mutations_sync``), then batched
+  inserts. Every decision stores its knowledge cutoff (``reference_known_at``): an event
+  already decided is decided again with the cutoff its decision used (``Knowledge``),
+  so the same range audited twice gives the same decisions (same rows but
+  ``decided_at``) and alert ids, even after back-dated reference records arrived;
+  ``reconsider`` decides the range with what is known now instead.
 * **Follow** (``Follower``): every ``audit_poll_interval_s``, apply the reference
-  records and evaluate the access events of the blocks committed since the last poll,
-  insert their decisions, regroup the recent flagged decisions and upsert (and publish)
-  the alerts that are new or grew.
+  records and evaluate the access events of the blocks committed since the last poll
+  (cutoff: the newest ledger time applied), insert their decisions, regroup the recent
+  flagged decisions and upsert (and publish) the alerts that are new or grew.
 
 Alerts go to ``Settings.topic_alerts`` as JSON (key = alert id) with an idempotent
 producer: only alerts not already stored with the same content are published.
@@ -30,7 +35,7 @@ import os
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
@@ -68,6 +73,7 @@ DECISION_COLUMNS: Final = (
     "score",
     "decided_at",
     "audit_run",
+    "reference_known_at",
 )
 ALERT_COLUMNS: Final = (
     "alert_id",
@@ -98,6 +104,8 @@ STATUS_COLUMNS: Final = (
 )
 INSERT_BATCH: Final = 5000
 SALT_FILE: Final = "audit-salt"
+#: the knowledge cutoff of a decision made while no reference record was known
+NOTHING_KNOWN: Final = "1970-01-01T00:00:00.000000Z"
 
 
 # --------------------------------------------------------------------------- pure
@@ -172,6 +180,96 @@ class LedgeredEvent:
 class PlacedDecision:
     decision: AccessDecision
     position: Position
+    #: the knowledge cutoff the decision used (reference versions ledgered later were
+    #: ignored); a late break-the-glass flag carries its start's
+    known_at: str = NOTHING_KNOWN
+
+
+@dataclass(frozen=True, slots=True)
+class LedgeredReference:
+    """A committed reference record and the signed ``created_at`` of its block."""
+
+    record: ReferenceRecord
+    chain_id: str
+    height: int
+    block_time: str
+
+
+def ledger_times(
+    refs: Iterable[LedgeredReference], latest: dict[str, tuple[int, str]]
+) -> Iterator[tuple[ReferenceRecord, str]]:
+    """(record, ledger time) in ledger order per chain. A record's ledger time is its
+    block's ``created_at`` or, if a processor clock stepped back, 1 µs after the time of
+    the chain's previous block (``latest``: chain -> (height, time) of the last block
+    seen, updated in place): a record is never known before one chained earlier."""
+    for r in refs:
+        last = latest.get(r.chain_id)
+        if last is not None and last[0] == r.height:
+            t = last[1]
+        else:
+            t = r.block_time
+            if last is not None and last[1] > t:
+                t = us_to_ts(ts_to_us(last[1]) + 1)
+            latest[r.chain_id] = (r.height, t)
+        yield r.record, t
+
+
+@dataclass(frozen=True, slots=True)
+class Knowledge:
+    """Which reference knowledge each event of a run is decided with: a cutoff on the
+    ledger times of reference versions (``ReferenceState.as_of(t, known_at=...)``).
+
+    * an event decided in this run uses the cutoff of its stored decision (``stored``,
+      by event id), so a replay reproduces it; an event without one, or every event
+      with ``reconsider``, uses ``current`` (what is known now);
+    * an event only fed to the rules' windows (warm-up, look-ahead) uses its stored
+      cutoff too, else ``others`` (default ``current``).
+    """
+
+    current: str
+    stored: Mapping[str, str] = field(default_factory=dict)
+    reconsider: bool = False
+    others: str | None = None
+
+    def cutoff(self, event_id: str, decided: bool) -> str:
+        if decided and self.reconsider:
+            return self.current
+        known = self.stored.get(event_id)
+        if known is not None:
+            return known
+        if decided or self.others is None:
+            return self.current
+        return self.others
+
+
+def plan_knowledge(
+    current: str | None,
+    stored: Iterable[tuple[str, str, str]],
+    from_ts: str,
+    to_ts: str,
+    *,
+    reconsider: bool = False,
+    undecided: int = 0,
+) -> Knowledge:
+    """The ``Knowledge`` of a range run. ``current``: the newest ledger time applied
+    (None: no reference data); ``stored``: (event id, occurred_at, cutoff) of the stored
+    decisions around the range (legacy rows without a cutoff left out); ``undecided``:
+    how many events of ``[from_ts, to_ts)`` have none.
+
+    Events outside the range without a stored decision (only fed to the windows) use the
+    cutoff the range's decisions use: ``current`` when something in the range is
+    decided with it (new events, ``reconsider``), otherwise the newest stored cutoff of
+    the range, which is what the run that stored them used; so a replay feeds them the
+    same knowledge as the run it reproduces."""
+    now = NOTHING_KNOWN if current is None else current
+    cutoffs: dict[str, str] = {}
+    in_range: str | None = None
+    for event_id, occurred_at, known_at in stored:
+        known_at = cutoffs.setdefault(event_id, known_at)
+        if from_ts <= occurred_at < to_ts and (in_range is None or known_at > in_range):
+            in_range = known_at
+    others = now if reconsider or undecided or in_range is None else in_range
+    return Knowledge(now, cutoffs, reconsider, others)
 
 
 def decide_range(
@@ -184,6 +282,7 @@ def decide_range(
     config: AuditConfig = DEFAULT_CONFIG,
     auditor: Auditor | None = None,
     confirmed: Iterable[tuple[str, str]] = (),
+    knowledge: Knowledge | None = None,
 ) -> list[PlacedDecision]:
     """Decisions about the events in ``[from_ts, to_ts)`` (``events`` sorted by
     ``sort_key``, including the warm-up and look-ahead).
@@ -192,25 +291,37 @@ def decide_range(
     only if its stop window ended before ``horizon_ts`` (the latest committed event
     time: later, the stop may still come); ``horizon_ts=None`` reports all of them.
     ``confirmed``: (actor id, time) of confirmed violations (REPEAT_OFFENDER weighting).
+    ``knowledge``: the cutoff of each event (default: everything in ``state``).
     """
     if auditor is None:
         auditor = Auditor(state, config=config, consent_evaluator=core_consent_evaluator)
+    ref_state = auditor.state
+    if knowledge is None:
+        knowledge = Knowledge(ref_state.latest_known_at or NOTHING_KNOWN)
     for actor_id, when in sorted(confirmed, key=lambda c: (c[1], c[0])):
         auditor.history.record_confirmed_violation(actor_id, when)
-    positions: dict[str, Position] = {}
+    positions: dict[str, tuple[Position, str]] = {}
     out: list[PlacedDecision] = []
 
     def keep(d: AccessDecision) -> None:
         if from_ts <= d.occurred_at < to_ts:
-            pos = positions.get(d.event_id)
-            if pos is not None:
-                out.append(PlacedDecision(d, pos))
+            placed = positions.get(d.event_id)
+            if placed is not None:
+                out.append(PlacedDecision(d, placed[0], placed[1]))
 
-    for le in events:
-        if from_ts <= le.event.occurred_at < to_ts:
-            positions.setdefault(le.event.event_id, le.position)
-        for d in auditor.process(le.event):
-            keep(d)
+    before = ref_state.known_at
+    try:
+        for le in events:
+            event_id = le.event.event_id
+            decided = from_ts <= le.event.occurred_at < to_ts
+            cutoff = knowledge.cutoff(event_id, decided)
+            if decided:
+                cutoff = positions.setdefault(event_id, (le.position, cutoff))[1]
+            ref_state.known_at = cutoff
+            for d in auditor.process(le.event):
+                keep(d)
+    finally:
+        ref_state.known_at = before
     horizon = None if horizon_ts is None else ts_to_us(horizon_ts)
     window = auditor.config.btg_stop_window_us
     for d in auditor.finish():
@@ -267,6 +378,7 @@ def decision_row(
         float(d.score),
         decided_at,
         audit_run,
+        placed.known_at,
     )
 
 
@@ -389,24 +501,37 @@ class AuditStore:
         )
 
     # -- reference data
-    def reference_records(self) -> list[ReferenceRecord]:
-        """Every committed reference record in ledger order (chain, height, idx)."""
+    def reference_records(self) -> list[LedgeredReference]:
+        """Every committed reference record in ledger order (chain, height, idx), with
+        its block's signed ``created_at`` (the column verify checks against the header)."""
         rows = self.backend.execute(
-            f"SELECT canonical FROM {self.db}.reference_records "
+            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
             f"WHERE {self._committed()} ORDER BY chain_id, height, idx"
         )
-        return _decode_references(r[0] for r in rows)
+        # read after the records: every block they are committed in is there
+        times = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
+            "WHERE (chain_id, height, block_hash) IN "
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records)"
+        )
+        return _decode_references(rows, times)
 
     def reference_records_of_chain(
         self, chain_id: str, above: int, upto: int
-    ) -> list[ReferenceRecord]:
+    ) -> list[LedgeredReference]:
+        p = {"c": chain_id, "a": above, "u": upto}
         rows = self.backend.execute(
-            f"SELECT canonical FROM {self.db}.reference_records "
+            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
             "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
             f"AND {self._committed(chain=True)} ORDER BY height, idx",
-            {"c": chain_id, "a": above, "u": upto},
+            p,
         )
-        return _decode_references(r[0] for r in rows)
+        times = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s",
+            p,
+        )
+        return _decode_references(rows, times)
 
     # -- access events
     def horizon(self) -> str | None:
@@ -465,6 +590,37 @@ class AuditStore:
         if not rows or int(rows[0][1]) == 0:
             return None
         return _text(rows[0][0])
+
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        """(event id, occurred_at, knowledge cutoff) of the stored decisions with
+        ``lo <= occurred_at < hi`` (the latest per event; rows written before the cutoff
+        was stored are left out)."""
+        rows = self.backend.execute(
+            "SELECT event_id, any(occurred_at), argMax(reference_known_at, decided_at) "
+            f"FROM {self.db}.access_decisions "
+            "WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND amends = 0 "
+            "AND reference_known_at != '' GROUP BY event_id",
+            {"lo": lo, "hi": hi},
+        )
+        interned: dict[str, str] = {}  # a few distinct cutoffs for many events
+        out: list[tuple[str, str, str]] = []
+        for event_id, occurred_at, known_at in rows:
+            k = _text(known_at)
+            out.append((_text(event_id), _text(occurred_at), interned.setdefault(k, k)))
+        return out
+
+    def undecided_count(self, from_ts: str, to_ts: str) -> int:
+        """Committed access events of ``[from_ts, to_ts)`` with no stored cutoff."""
+        p = {"lo": from_ts, "hi": to_ts}
+        rows = self.backend.execute(
+            f"SELECT count() FROM {self.db}.access_events "
+            f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
+            f"AND event_id NOT IN (SELECT event_id FROM {self.db}.access_decisions "
+            "WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND amends = 0 "
+            "AND reference_known_at != '')",
+            p,
+        )
+        return int(rows[0][0]) if rows else 0
 
     def decided_heights(self) -> dict[str, int]:
         rows = self.backend.execute(
@@ -548,17 +704,26 @@ class AuditStore:
         return {_text(r[0]): stored_alert_fingerprint(r) for r in rows}
 
 
-def _decode_references(canonicals: Iterable[Any]) -> list[ReferenceRecord]:
-    records: list[ReferenceRecord] = []
+def _decode_references(
+    rows: Iterable[Sequence[Any]], times: Iterable[Sequence[Any]]
+) -> list[LedgeredReference]:
+    """(chain_id, height, block_hash, canonical) rows and (chain_id, height, block_hash,
+    created_at) block rows -> ledgered records (rows of a block not found are skipped)."""
+    block_time = {(_text(c), int(h), _text(b)): _text(t) for c, h, b, t in times}
+    records: list[LedgeredReference] = []
     bad = 0
-    for canonical in canonicals:
+    for chain, height, block, canonical in rows:
+        key = (_text(chain), int(height), _text(block))
+        when = block_time.get(key)
+        if when is None:  # not committed when the blocks were read
+            continue
         try:
             # stored bytes are canonical (verify checks it): validate the record without
             # re-canonicalising it, which would double the cost of loading the ledger
             doc = json.loads(bytes(canonical))
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
-            records.append(reference_from_dict(doc))
+            records.append(LedgeredReference(reference_from_dict(doc), key[0], key[1], when))
         except Exception:  # a row verify would report as tampered
             bad += 1
     if bad:
@@ -641,6 +806,11 @@ class RangeResult:
     published: int = 0
     by_rule: dict[str, int] = field(default_factory=dict)
     elapsed_s: float = 0.0
+    #: what is known now: the newest ledger time of a reference record
+    reference_known_at: str = NOTHING_KNOWN
+    reconsider: bool = False
+    #: decisions made again with the knowledge cutoff of their stored decision
+    kept_knowledge: int = 0
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -649,6 +819,9 @@ class RangeResult:
             "audit_run": self.audit_run,
             "events_read": self.events_read,
             "decisions": self.decisions,
+            "reference_known_at": self.reference_known_at,
+            "reconsider": self.reconsider,
+            "decisions_with_stored_knowledge": self.kept_knowledge,
             "explained": self.explained,
             "flagged": self.flagged,
             "alerts": self.alerts,
@@ -672,16 +845,30 @@ def audit_range(
     publisher: AlertPublisher | None = None,
     now: Callable[[], str] = utc_now_ts,
     republish: bool = False,
+    reconsider: bool = False,
 ) -> RangeResult:
     """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store.
 
+    An event already decided is decided with the knowledge cutoff its stored decision
+    used (reference versions ledgered after it are ignored), so the replay reproduces
+    it; new events, or all of them with ``reconsider``, with everything known now.
     Publishes the alerts that were not stored before with the same content (all of them
     with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
     started = time.perf_counter()
     run = range_run_id(from_ts, to_ts)
-    result = RangeResult(from_ts, to_ts, run)
-    state = ReferenceState(store.reference_records())
+    result = RangeResult(from_ts, to_ts, run, reconsider=reconsider)
+    state = ReferenceState()
+    state.apply_ledgered(ledger_times(store.reference_records(), {}))
     lo, hi = read_bounds(from_ts, to_ts, config)
+    knowledge = plan_knowledge(
+        state.latest_known_at,
+        store.decision_cutoffs(lo, hi),
+        from_ts,
+        to_ts,
+        reconsider=reconsider,
+        undecided=0 if reconsider else store.undecided_count(from_ts, to_ts),
+    )
+    result.reference_known_at = knowledge.current
     counted: list[int] = [0]
 
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
@@ -698,9 +885,14 @@ def audit_range(
             horizon_ts=store.horizon(),
             config=config,
             confirmed=store.confirmed_violations(),
+            knowledge=knowledge,
         )
     )
     result.events_read = counted[0]
+    if not reconsider:
+        result.kept_knowledge = sum(
+            1 for p in placed if not p.decision.amends and p.decision.event_id in knowledge.stored
+        )
     decided_at = now()
     rows = [decision_row(p, salt=salt, decided_at=decided_at, audit_run=run) for p in placed]
     alerts = group_alerts([p.decision for p in placed], salt=salt)
@@ -762,7 +954,15 @@ class Follower:
         self.state = ReferenceState()
         self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
         self.cursors: dict[str, int] = {}
-        self.btg_positions: dict[str, tuple[Position, int]] = {}
+        #: the latest ledger time seen per reference chain (see ``ledger_times``)
+        self.ledger_latest: dict[str, tuple[int, str]] = {}
+        #: the knowledge cutoff of the last decisions made (None: none yet)
+        self.known_at: str | None = None
+        #: reference records that arrived ledgered no later than a cutoff already used
+        #: (another processor's block committed late): a replay of the decisions made
+        #: with that cutoff would see them
+        self.late_records = 0
+        self.btg_positions: dict[str, tuple[Position, int, str]] = {}
         self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
         self._latest_us = 0
         self.published: dict[str, str] = {}  # alert id -> fingerprint
@@ -804,17 +1004,38 @@ class Follower:
         self._confirmed |= found
         self._reviews = reviews
 
-    def _warmup_events(self) -> list[LedgeredEvent]:
+    def _warmup_events(self) -> tuple[list[LedgeredEvent], dict[str, str]]:
+        """The events to replay into the windows and the cutoffs they were decided with."""
         if self._warm_until is None:
-            return []
+            return [], {}
         until_us = ts_to_us(self._warm_until)
         lo = us_to_ts(until_us - warmup_us(self.config))
         hi = us_to_ts(until_us + 1)
-        return [
+        events = [
             le
             for le in self.store.events_between(lo, hi)
             if le.position.height <= self.cursors.get(le.position.chain_id, -1)
         ]
+        cutoffs = {event_id: known for event_id, _t, known in self.store.decision_cutoffs(lo, hi)}
+        return events, cutoffs
+
+    def _apply_references(self, records: list[LedgeredReference]) -> None:
+        late = 0
+        used = self.known_at
+        ledgered: list[tuple[ReferenceRecord, str]] = []
+        for rec, t in ledger_times(records, self.ledger_latest):
+            if used is not None and t <= used:
+                late += 1
+            ledgered.append((rec, t))
+        self.state.apply_ledgered(ledgered)
+        if late:
+            self.late_records += late
+            log.warning(
+                "%d reference records were committed after decisions whose knowledge cutoff "
+                "%s is not before their ledger time: a replay of those decisions may differ",
+                late,
+                used,
+            )
 
     def cycle(self) -> int:
         """One poll; returns the number of new decisions."""
@@ -826,7 +1047,7 @@ class Follower:
         self._store_pending()
         self._feed_confirmed()
         heads = self.store.heads()
-        records: list[ReferenceRecord] = []
+        records: list[LedgeredReference] = []
         new: list[LedgeredEvent] = []
         cursors: dict[str, int] = {}
         for chain, head in sorted(heads.items()):
@@ -838,48 +1059,61 @@ class Follower:
             else:
                 new.extend(self.store.events_of_chain(chain, above, head))
             cursors[chain] = head
-        warm = self._warmup_events()
+        warm, warm_cutoffs = self._warmup_events()
         # every read succeeded: from here on nothing is read twice
         self.cursors.update(cursors)
         # the reference data committed so far first, then the events
-        self.state.apply_all(records)
-        if self._warm_until is not None:
-            for le in warm:
+        self._apply_references(records)
+        # decide with what is known now: the newest ledger time applied
+        cutoff = self.state.latest_known_at or NOTHING_KNOWN
+        state = self.state
+        try:
+            if self._warm_until is not None:
+                for le in warm:
+                    # as it was decided (the same history as a range replay builds)
+                    state.known_at = warm_cutoffs.get(le.event.event_id, cutoff)
+                    if is_btg_start(le.event):
+                        self.btg_positions[le.event.event_id] = (
+                            le.position,
+                            ts_to_us(le.event.occurred_at),
+                            state.known_at,
+                        )
+                    for d in self.auditor.process(le.event):
+                        if d.amends:  # due before the restart: decided then
+                            self.btg_positions.pop(d.event_id, None)
+                self.warmed = len(warm)
+                self._warm_until = None
+            if not new:
+                return 0
+            new.sort(key=lambda le: le.sort_key)
+            batch = {le.event.event_id: le.position for le in new}
+            placed: list[PlacedDecision] = []
+            state.known_at = cutoff
+            for le in new:
                 if is_btg_start(le.event):
                     self.btg_positions[le.event.event_id] = (
                         le.position,
                         ts_to_us(le.event.occurred_at),
+                        cutoff,
                     )
                 for d in self.auditor.process(le.event):
-                    if d.amends:  # due before the restart: decided then
-                        self.btg_positions.pop(d.event_id, None)
-            self.warmed = len(warm)
-            self._warm_until = None
-        if not new:
-            return 0
-        new.sort(key=lambda le: le.sort_key)
-        batch = {le.event.event_id: le.position for le in new}
-        placed: list[PlacedDecision] = []
-        for le in new:
-            if is_btg_start(le.event):
-                self.btg_positions[le.event.event_id] = (
-                    le.position,
-                    ts_to_us(le.event.occurred_at),
-                )
-            for d in self.auditor.process(le.event):
-                pos = batch.get(d.event_id)
-                if d.amends:
-                    entry = self.btg_positions.pop(d.event_id, None)
-                    pos = None if entry is None else entry[0]
-                if pos is None:
-                    continue
-                if self.from_ts is not None and d.occurred_at < self.from_ts:
-                    continue
-                placed.append(PlacedDecision(d, pos))
+                    pos = batch.get(d.event_id)
+                    known_at = cutoff
+                    if d.amends:
+                        entry = self.btg_positions.pop(d.event_id, None)
+                        pos, known_at = (None, cutoff) if entry is None else (entry[0], entry[2])
+                    if pos is None:
+                        continue
+                    if self.from_ts is not None and d.occurred_at < self.from_ts:
+                        continue
+                    placed.append(PlacedDecision(d, pos, known_at))
+        finally:
+            state.known_at = None
+        self.known_at = cutoff
         # bounded memory: a start's position is needed until its stop window is over
         latest = ts_to_us(new[-1].event.occurred_at)
         keep_us = 2 * self.config.btg_stop_window_us
-        for eid, (_pos, t_us) in list(self.btg_positions.items()):
+        for eid, (_pos, t_us, _known) in list(self.btg_positions.items()):
             if latest - t_us > keep_us:
                 del self.btg_positions[eid]
         decided_at = self.now()

@@ -4,14 +4,26 @@
 s in ledger order; ``state.as_of(t)`` is a cheap view answering the auditor's questions
 about instant ``t`` (an event's ``occurred_at``).
 
-Versioning (order-independent, hence replayable):
+Versioning is bitemporal (order-independent, hence replayable). Each version has its
+*effective* time (``effective_at``: from when it applies) and its *knowledge* time: when
+careledger learnt it, which the runner takes from the ledger (``apply(rec, ledgered_at)``
+with the signed ``created_at`` of the block that chained it, never decreasing along a
+chain; see ADR 0008). Without a ledger time (states built by hand) the envelope's
+``recorded_at`` stands in.
 
-* the version of a record (kind, record_id) *in force at t* is the highest version whose
-  ``effective_at <= t`` (and, for a bitemporal query, whose ``recorded_at <= known_at``);
+* the version of a record (kind, record_id) *in force at t, as known at k* is the
+  highest version whose ``effective_at <= t`` and whose knowledge time ``<= k``;
+  ``k = None`` means "everything applied";
 * if that version is ``retracted`` the record does not exist at t;
-* the same (kind, record_id, version) applied twice is ignored when identical; a
-  *different* record under the same version is a conflict: the first one applied (in
-  ledger order) wins and the conflict is kept in ``state.conflicts``.
+* the same (kind, record_id, version) applied twice is ignored when identical (it is
+  known from the earlier of its two knowledge times); a *different* record under the
+  same version is a conflict: the first one applied (in ledger order) wins and the
+  conflict is kept in ``state.conflicts``.
+
+``state.as_of(t)`` uses ``state.known_at`` as the cutoff unless one is given: the
+driver of the auditor sets it to the cutoff each event is decided with (the auditor
+itself only calls ``as_of(t)``). ``state.latest_known_at`` is the newest knowledge time
+applied: "what is known now".
 
 Care relationships are looked up with a lead: a relationship whose record is in force at
 ``t + lead`` counts, so an encounter registered a little after the first access (the
@@ -76,29 +88,42 @@ class VersionConflict:
 
 
 class _Versions:
-    """The versions of one record, ascending by version number."""
+    """The versions of one record, ascending by version number, with the time each
+    became known (``known[i]`` belongs to ``recs[i]``)."""
 
-    __slots__ = ("recs",)
+    __slots__ = ("known", "recs")
 
     def __init__(self) -> None:
         self.recs: list[ReferenceRecord] = []
+        self.known: list[str] = []
 
-    def add(self, rec: ReferenceRecord) -> ReferenceRecord | None:
-        """Insert; returns the already present record of the same version, if any."""
+    def add(self, rec: ReferenceRecord, known: str) -> ReferenceRecord | None:
+        """Insert; returns the already present record of the same version, if any (an
+        identical one then counts as known from the earlier of the two times)."""
         recs = self.recs
         i = len(recs)
         while i > 0 and recs[i - 1].version > rec.version:
             i -= 1
         if i > 0 and recs[i - 1].version == rec.version:
-            return recs[i - 1]
+            present = recs[i - 1]
+            if present == rec and known < self.known[i - 1]:
+                self.known[i - 1] = known
+            return present
         recs.insert(i, rec)
+        self.known.insert(i, known)
         return None
 
     def at(self, t: str, known_at: str | None) -> ReferenceRecord | None:
-        for rec in reversed(self.recs):
-            if rec.effective_at <= t and (known_at is None or rec.recorded_at <= known_at):
+        recs, known = self.recs, self.known
+        for i in range(len(recs) - 1, -1, -1):
+            rec = recs[i]
+            if rec.effective_at <= t and (known_at is None or known[i] <= known_at):
                 return None if rec.retracted else rec
         return None
+
+    def known_by(self, known_at: str | None) -> bool:
+        """Whether any version was known at ``known_at`` (None: any version at all)."""
+        return known_at is None or any(k <= known_at for k in self.known)
 
 
 class ReferenceState:
@@ -115,16 +140,25 @@ class ReferenceState:
         self.conflicts: list[VersionConflict] = []
         self.applied = 0
         self.duplicates = 0
+        #: the knowledge cutoff ``as_of`` applies when given none (None: everything)
+        self.known_at: str | None = None
+        #: the newest knowledge time applied (None: nothing applied yet)
+        self.latest_known_at: str | None = None
         self.apply_all(records)
 
     # -- building ---------------------------------------------------------------
-    def apply(self, rec: ReferenceRecord) -> bool:
-        """Apply one record (ledger order). Returns False for a duplicate or conflict."""
+    def apply(self, rec: ReferenceRecord, ledgered_at: str | None = None) -> bool:
+        """Apply one record (ledger order). ``ledgered_at``: when the ledger learnt it
+        (its block's signed time); default: the envelope's ``recorded_at``. Returns
+        False for a duplicate or conflict."""
+        known = rec.recorded_at if ledgered_at is None else ledgered_at
+        if self.latest_known_at is None or known > self.latest_known_at:
+            self.latest_known_at = known
         key = (rec.kind, rec.record_id)
         versions = self._versions.get(key)
         if versions is None:
             versions = self._versions[key] = _Versions()
-        present = versions.add(rec)
+        present = versions.add(rec, known)
         if present is not None:
             if present == rec:
                 self.duplicates += 1
@@ -162,20 +196,32 @@ class ReferenceState:
     def apply_all(self, records: Iterable[ReferenceRecord]) -> int:
         return sum(1 for rec in records if self.apply(rec))
 
+    def apply_ledgered(self, records: Iterable[tuple[ReferenceRecord, str]]) -> int:
+        """Apply (record, ledger time) pairs in ledger order."""
+        return sum(1 for rec, ledgered_at in records if self.apply(rec, ledgered_at))
+
     # -- querying ---------------------------------------------------------------
     def as_of(self, t: str, *, known_at: str | None = None) -> ReferenceView:
-        """The state at instant ``t`` (``YYYY-MM-DDTHH:MM:SS.ffffffZ``).
-
-        ``known_at`` (optional) also hides versions recorded after it: "what did we know
-        then", for bitemporal questions. The auditor leaves it unset.
-        """
-        return ReferenceView(self, t, known_at)
+        """The state at instant ``t`` (``YYYY-MM-DDTHH:MM:SS.ffffffZ``) as known at
+        ``known_at``: versions that became known later are ignored ("what did we know
+        then"). Default: ``self.known_at`` (None: every version applied)."""
+        return ReferenceView(self, t, self.known_at if known_at is None else known_at)
 
     def record_at(
         self, kind: ReferenceKind, record_id: str, t: str, known_at: str | None = None
     ) -> ReferenceRecord | None:
         versions = self._versions.get((kind, record_id))
         return None if versions is None else versions.at(t, known_at)
+
+    def known_since(self, kind: ReferenceKind, record_id: str, version: int) -> str | None:
+        """When version ``version`` of the record became known (None: not applied)."""
+        v = self._versions.get((kind, record_id))
+        if v is None:
+            return None
+        for rec, known in zip(v.recs, v.known, strict=True):
+            if rec.version == version:
+                return known
+        return None
 
     def versions(self, kind: ReferenceKind, record_id: str) -> tuple[ReferenceRecord, ...]:
         v = self._versions.get((kind, record_id))
@@ -215,6 +261,11 @@ class ReferenceView:
         self._known_at = known_at
         self.t = t
         self.t_us = ts_to_us(t)
+
+    @property
+    def known_at(self) -> str | None:
+        """The knowledge cutoff of this view (None: every version applied)."""
+        return self._known_at
 
     def _at(self, kind: ReferenceKind, record_id: str, t: str | None = None) -> Any:
         versions = self._state._versions.get((kind, record_id))
@@ -310,8 +361,18 @@ class ReferenceView:
         return tuple(out)
 
     def all_relationships(self, patient_id: str) -> int:
-        """How many care relationships the patient has ever had (for evidence)."""
-        return len(self._state._rel_by_patient.get(patient_id, ()))
+        """How many care relationships the patient has ever had (for evidence), counting
+        only those known at the view's cutoff."""
+        ids = self._state._rel_by_patient.get(patient_id, ())
+        if self._known_at is None:
+            return len(ids)
+        versions = self._state._versions
+        return sum(
+            1
+            for rid in ids
+            if (v := versions.get(("care-relationship", rid))) is not None
+            and v.known_by(self._known_at)
+        )
 
     # -- consents ---------------------------------------------------------------------
     def consent_records(self, patient_id: str) -> tuple[ReferenceRecord, ...]:
