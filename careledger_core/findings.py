@@ -49,6 +49,17 @@ class FindingCode(StrEnum):
     CHAIN_TRUNCATED = "CHAIN_TRUNCATED"  # head below a trusted checkpoint
     CHAIN_REWRITTEN = "CHAIN_REWRITTEN"  # block hash differs from a trusted checkpoint
     UNCOMMITTED_EVENTS = "UNCOMMITTED_EVENTS"  # event rows without a header (crash leftover)
+    # sources (ADR 0010): who emitted each access event, and whether any went missing
+    SOURCE_UNSIGNED = "SOURCE_UNSIGNED"  # a chained event has no source attestation
+    SOURCE_ATTESTATION_INVALID = "SOURCE_ATTESTATION_INVALID"  # malformed attestation row
+    SOURCE_SIGNATURE_INVALID = "SOURCE_SIGNATURE_INVALID"  # batch signature does not verify
+    SOURCE_PROOF_INVALID = "SOURCE_PROOF_INVALID"  # event not in the signed batch
+    SOURCE_KEY_UNKNOWN = "SOURCE_KEY_UNKNOWN"  # key not registered (at that time)
+    SOURCE_KEY_REVOKED = "SOURCE_KEY_REVOKED"  # key revoked when the batch was signed
+    SOURCE_KEY_NOT_FOR_SOURCE = "SOURCE_KEY_NOT_FOR_SOURCE"  # key of another source
+    SOURCE_SEQ_DUPLICATE = "SOURCE_SEQ_DUPLICATE"  # one sequence number chained twice
+    SOURCE_SEQ_GAP = "SOURCE_SEQ_GAP"  # sequence numbers sent but never chained
+    SOURCE_HEARTBEAT_INVALID = "SOURCE_HEARTBEAT_INVALID"  # heartbeat fails its signature
 
     @property
     def default_severity(self) -> Severity:
@@ -82,6 +93,16 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.CHAIN_TRUNCATED: _C,
         FindingCode.CHAIN_REWRITTEN: _C,
         FindingCode.UNCOMMITTED_EVENTS: _W,
+        FindingCode.SOURCE_UNSIGNED: _E,
+        FindingCode.SOURCE_ATTESTATION_INVALID: _C,
+        FindingCode.SOURCE_SIGNATURE_INVALID: _C,
+        FindingCode.SOURCE_PROOF_INVALID: _C,
+        FindingCode.SOURCE_KEY_UNKNOWN: _C,
+        FindingCode.SOURCE_KEY_REVOKED: _C,
+        FindingCode.SOURCE_KEY_NOT_FOR_SOURCE: _C,
+        FindingCode.SOURCE_SEQ_DUPLICATE: _C,
+        FindingCode.SOURCE_SEQ_GAP: _E,
+        FindingCode.SOURCE_HEARTBEAT_INVALID: _E,
     }
 )
 

@@ -48,9 +48,10 @@ class DeadLetter:
 
 
 def read_dead_letters(
-    settings: Settings, limit: int | None = None, idle_s: float = 3.0
+    settings: Settings, limit: int | None = None, idle_s: float = 3.0, *, topic: str | None = None
 ) -> list[DeadLetter]:
-    """Read the dead-letter topic from the beginning (without committing anything)."""
+    """Read the dead-letter topic (or ``topic``, e.g. quarantine) from the beginning
+    (without committing anything)."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -61,7 +62,7 @@ def read_dead_letters(
             "enable.auto.commit": False,
         }
     )
-    consumer.subscribe([settings.topic_dead_letter])
+    consumer.subscribe([topic or settings.topic_dead_letter])
     found: list[DeadLetter] = []
     last = time.monotonic()
     try:
@@ -103,6 +104,12 @@ def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
     parser.add_argument("--show-bytes", action="store_true", help="also print the original bytes")
     parser.add_argument(
+        "--quarantine",
+        action="store_true",
+        help="the quarantine topic instead: well-formed events that could not be attributed "
+        "to a registered source (bad signature, unknown or revoked key, replay; ADR 0010)",
+    )
+    parser.add_argument(
         "--replay",
         nargs="*",
         metavar="PARTITION@OFFSET",
@@ -113,8 +120,9 @@ def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
 def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import KafkaException
 
+    topic = settings.topic_quarantine if args.quarantine else settings.topic_dead_letter
     try:
-        records = read_dead_letters(settings, limit=args.limit)
+        records = read_dead_letters(settings, limit=args.limit, topic=topic)
     except KafkaException as exc:
         print(f"careledger dead-letters: Kafka unavailable: {exc}")
         return 2
@@ -130,7 +138,8 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
                 f"{item['sha256'][:16]}  {r.field}: {r.reason}"
             )
     if not args.json:
-        print(f"{len(records)} dead-letter record(s) in {settings.topic_dead_letter}")
+        what = "quarantined" if args.quarantine else "dead-letter"
+        print(f"{len(records)} {what} record(s) in {topic}")
     if args.replay is None:
         return 0
     wanted = set(args.replay)

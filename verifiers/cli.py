@@ -86,6 +86,9 @@ class VerificationRun:
     #: that contradicts the verifier state): not about one chain's rows in the store.
     checkpoint_findings: list[Finding] = field(default_factory=list)
     checkpoints: CheckpointSnapshot | None = None
+    #: who emitted the access events (ADR 0010): signatures, keys, sequence gaps
+    source_findings: list[Finding] = field(default_factory=list)
+    sources: dict[str, Any] | None = None
 
     @property
     def blocks(self) -> int:
@@ -97,13 +100,19 @@ class VerificationRun:
 
     @property
     def failures(self) -> int:
-        return sum(r.failures for r in self.reports) + sum(
-            1 for f in self.checkpoint_findings if is_failure(f)
+        return (
+            sum(r.failures for r in self.reports)
+            + sum(1 for f in self.checkpoint_findings if is_failure(f))
+            + sum(1 for f in self.source_findings if is_failure(f))
         )
 
     @property
     def findings_total(self) -> int:
-        return sum(r.findings_total for r in self.reports) + len(self.checkpoint_findings)
+        return (
+            sum(r.findings_total for r in self.reports)
+            + len(self.checkpoint_findings)
+            + len(self.source_findings)
+        )
 
     @property
     def result(self) -> str:
@@ -121,9 +130,12 @@ class VerificationRun:
         yield from self.checkpoint_findings
         for r in self.reports:
             yield from r.findings
+        yield from self.source_findings
 
     def counts(self) -> Counter[str]:
-        total: Counter[str] = Counter(str(f.code) for f in self.checkpoint_findings)
+        total: Counter[str] = Counter(
+            str(f.code) for f in (*self.checkpoint_findings, *self.source_findings)
+        )
         for r in self.reports:
             total.update(r.counts)
         return total
@@ -152,6 +164,7 @@ class VerificationRun:
                 "findings_by_code": dict(sorted(self.counts().items())),
             },
             "checkpoints": self.checkpoints_json(),
+            "sources": self.sources,
             "chains": [r.summary() for r in self.reports],
             "findings": [f.to_dict() for f in self.findings()],
         }
@@ -294,6 +307,13 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
     )
     if run.checkpoints is not None:
         print(f"  {describe_checkpoints(run.checkpoints)}", file=out)
+    if run.sources is not None:
+        src = run.sources
+        print(
+            f"  sources: {src['signed_events']} signed events from {len(src['sources'])} "
+            f"source(s), {src['unsigned_events']} unsigned",
+            file=out,
+        )
     for r in run.reports:
         head = "-" if r.head is None else str(r.head.height)
         extra = f", {r.uncommitted_events} uncommitted" if r.uncommitted_events else ""
@@ -383,10 +403,32 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help=f"findings listed per chain (all are counted; default {DEFAULT_MAX_FINDINGS})",
     )
+    parser.add_argument(
+        "--no-sources",
+        action="store_true",
+        help="skip the source checks (signatures, keys, sequence gaps; ADR 0010)",
+    )
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N cycles")
     parser.add_argument(
         "--stop-after", type=float, metavar="SECONDS", help="--follow: stop after this long"
     )
+
+
+def check_run_sources(run: VerificationRun, store: ChainStore, settings: Settings) -> None:
+    """Add the source checks (ADR 0010) over the whole ledger to ``run``."""
+    from verifiers.sources import build_registry, check_sources, read_source_rows
+
+    registrars = {k.key_id: k for k in load_public_keys(settings.trusted_registrar_keys)}
+    events, key_events, heartbeats = read_source_rows(store)
+    registry, problems = build_registry(key_events, registrars)
+    report = check_sources(
+        events,
+        registry,
+        heartbeats,
+        require_signatures=settings.require_source_signatures,
+    )
+    run.source_findings = report.findings
+    run.sources = {**report.summary(), "key_event_problems": problems[:50]}
 
 
 def _error(message: str) -> int:
@@ -494,6 +536,8 @@ def _verify_once(
             checkpoints=snapshot,
             checkpoint_findings=cp_findings,
         )
+        if not args.chain and not args.from_height and not args.no_sources:
+            check_run_sources(run, store, settings)
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")
     code = run.exit_code

@@ -228,6 +228,38 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        6,
+        "source attestations of access events (ADR 0010)",
+        (
+            # One row per signed event: the batch statement and signature (the same
+            # for every event of a batch) and the event's place in the batch. Written
+            # with the event rows, before the block header; self-authenticating, so
+            # the verifier re-checks every signature and proof from these columns.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.source_attestations (
+                chain_id String,
+                height UInt64,
+                idx UInt32,
+                block_hash String,
+                event_id String,
+                source_id String,
+                key_id String,
+                epoch String,
+                seq UInt64,
+                signed_by String,
+                statement String,
+                signature String,
+                batch_index UInt32,
+                proof String
+            ) ENGINE = MergeTree()
+            ORDER BY (chain_id, height, idx)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

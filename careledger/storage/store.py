@@ -18,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Final, Protocol
 
 from careledger.storage.backend import SqlBackend, StorageError
 from careledger.storage.kinds import ACCESS, REFERENCE, RecordKind, reference_topics, topic_of
@@ -26,6 +26,7 @@ from careledger.storage.migrations import check_identifier
 from careledger_core.block import BlockHeader
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
+from careledger_core.source import Attestation, statement_bytes
 
 HEADER_COLUMNS = (
     "chain_id",
@@ -55,6 +56,8 @@ class ChainedEvent:
     event: AccessEvent | ReferenceRecord
     canonical: bytes
     leaf_hash: bytes
+    #: the source's signed-batch attestation of an access event (ADR 0010), if signed
+    attestation: Attestation | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +170,56 @@ def event_rows(blocks: Sequence[SealedBlock], kind: RecordKind = ACCESS) -> list
     return rows
 
 
+ATTESTATION_COLUMNS: Final = (
+    "chain_id",
+    "height",
+    "idx",
+    "block_hash",
+    "event_id",
+    "source_id",
+    "key_id",
+    "epoch",
+    "seq",
+    "signed_by",
+    "statement",
+    "signature",
+    "batch_index",
+    "proof",
+)
+
+
+def attestation_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
+    """Rows of ``source_attestations`` for the signed events of ``blocks``."""
+    rows: list[tuple[Any, ...]] = []
+    for block in blocks:
+        h = block.header
+        digest = block.block_hash.hex()
+        for idx, ev in enumerate(block.events):
+            att = ev.attestation
+            if att is None:
+                continue
+            st = att.statement
+            rows.append(
+                (
+                    h.chain_id,
+                    h.height,
+                    idx,
+                    digest,
+                    ev.event.event_id if isinstance(ev.event, AccessEvent) else "",
+                    st.source_id,
+                    st.key_id,
+                    st.epoch,
+                    att.seq,
+                    st.signed_by or "",
+                    statement_bytes(st),
+                    att.signature,
+                    att.index,
+                    ",".join(att.proof),
+                )
+            )
+    return rows
+
+
 def row_columns(kind: RecordKind) -> tuple[str, ...]:
     """The columns of ``kind.table``, in the order ``event_rows`` produces them."""
     return (
@@ -240,6 +293,11 @@ class ChainStore:
                 self.backend.insert(
                     f"{self.db}.{kind.table}", row_columns(kind), event_rows(mine, kind)
                 )
+        attestations = attestation_rows(blocks)
+        if attestations:
+            self.backend.insert(
+                f"{self.db}.source_attestations", ATTESTATION_COLUMNS, attestations
+            )
         self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
@@ -290,6 +348,14 @@ class ChainStore:
             "WHERE chain_id = %(chain)s AND height >= %(h)s",
             {"chain": chain_id, "h": first_uncommitted},
         )
+        if self.kind_of(chain_id) is ACCESS:
+            # their attestations, if the crash came after those were written too
+            # (the verifier ignores rows whose block hash is not a committed one)
+            self.backend.execute(
+                f"ALTER TABLE {self.db}.source_attestations DELETE "
+                "WHERE chain_id = %(chain)s AND height >= %(h)s",
+                {"chain": chain_id, "h": first_uncommitted},
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.uncommitted_count(chain_id, head_height) == 0:

@@ -148,6 +148,16 @@ def test_finding_codes_are_stable() -> None:
         "CHAIN_TRUNCATED",
         "CHAIN_REWRITTEN",
         "UNCOMMITTED_EVENTS",
+        "SOURCE_UNSIGNED",
+        "SOURCE_ATTESTATION_INVALID",
+        "SOURCE_SIGNATURE_INVALID",
+        "SOURCE_PROOF_INVALID",
+        "SOURCE_KEY_UNKNOWN",
+        "SOURCE_KEY_REVOKED",
+        "SOURCE_KEY_NOT_FOR_SOURCE",
+        "SOURCE_SEQ_DUPLICATE",
+        "SOURCE_SEQ_GAP",
+        "SOURCE_HEARTBEAT_INVALID",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)
