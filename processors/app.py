@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
+import hashlib
 import json
 import logging
 import os
@@ -34,10 +35,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 from careledger.config import Settings
-from careledger.keys import default_key_path, load_signing_key
+from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.kinds import kind_for_topic, reference_topics
 from careledger.storage.store import ChainStore, SealedBlock
@@ -46,6 +47,7 @@ from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_n
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.chainer import OffsetGap, PartitionChain, Rejected
+from processors.sources import SourceGate
 
 log = logging.getLogger("careledger.processor")
 
@@ -68,6 +70,8 @@ class ProcessorMetrics:
     events_chained: int = 0
     blocks_written: int = 0
     dead_lettered: int = 0
+    #: of which quarantined: well-formed events not attributable to a registered source
+    quarantined: int = 0
     duplicates_skipped: int = 0
     seeks: int = 0
     store_failures: int = 0
@@ -103,6 +107,7 @@ class ProcessorMetrics:
             "events_chained": self.events_chained,
             "blocks_written": self.blocks_written,
             "dead_lettered": self.dead_lettered,
+            "quarantined": self.quarantined,
             "duplicates_skipped": self.duplicates_skipped,
             "seeks": self.seeks,
             "store_failures": self.store_failures,
@@ -151,8 +156,11 @@ class Processor:
         earliest: Any,  # async callable ((topic, partition)) -> earliest offset still in Kafka
         outputs: Any,  # KafkaOutputs
         position: Any = None,  # async callable ((topic, partition)) -> consumer position or None
+        gate: SourceGate | None = None,
     ) -> None:
         self.settings = settings
+        #: source-signature checks of access events (ADR 0010); None: plain events only
+        self.gate = gate
         self._position = position
         self.key = key
         self.store = store
@@ -231,9 +239,11 @@ class Processor:
                     chain_id,
                     removed,
                 )
-            return PartitionChain.resume(
+            chain = PartitionChain.resume(
                 chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
             )
+            chain.gate = self.gate
+            return chain
 
         chain = await loop.run_in_executor(self.executor, load)
         log.info(
@@ -473,6 +483,7 @@ class Processor:
         elapsed = time.monotonic() - started
         m = self.metrics
         m.dead_lettered += len(rejected)
+        m.quarantined += sum(1 for _, r in rejected if r.quarantine)
         for block in sealed:
             h = block.header
             m.blocks_written += 1
@@ -509,6 +520,50 @@ class Processor:
             self.store.write_blocks(sealed)
 
 
+def quarantine_alerts(quarantined: list[tuple[Part, Rejected]]) -> list[dict[str, Any]]:
+    """One integrity alert per (reason, claimed source, claimed key) of a write batch.
+
+    Quarantined records are well-formed events that cannot be attributed to a
+    registered source: forged, replayed or signed with a revoked key. The alert names
+    the reason, the claim and where the records are; never their content.
+    """
+    groups: dict[tuple[str, str, str], list[tuple[Part, Rejected]]] = {}
+    for part, r in quarantined:
+        claim = dict(r.claim)
+        key = (r.code, claim.get("source_id", ""), claim.get("key_id", ""))
+        groups.setdefault(key, []).append((part, r))
+    docs = []
+    for (code, source_id, key_id), items in sorted(groups.items()):
+        _first_part, first = items[0]
+        positions = [f"{t}/{p}@{r.offset}" for (t, p), r in items]
+        digest = hashlib.sha256(
+            "\x00".join(("careledger-quarantine/1", code, *positions[:1])).encode()
+        ).hexdigest()[:32]
+        docs.append(
+            {
+                "schema": "careledger.alert/1",
+                "source": "processor",
+                "alert_id": digest,
+                "rule": f"SOURCE_{code}",
+                "severity": "critical" if code in _FORGERY_CODES else "high",
+                "status": "open",
+                "evidence": {
+                    "reason": first.reason,
+                    "claimed_source_id": source_id or None,
+                    "claimed_key_id": key_id or None,
+                    "records": len(items),
+                    "positions": positions[:50],
+                    "quarantine_topic_note": "original bytes are in the quarantine topic",
+                },
+            }
+        )
+    return docs
+
+
+#: reasons that mean someone produced records they could not have signed
+_FORGERY_CODES: Final = frozenset({"BAD_SIGNATURE", "BAD_PROOF", "REPLAYED", "KEY_NOT_FOR_SOURCE"})
+
+
 class KafkaOutputs:
     """What the processor writes to Kafka: dead letters and chain-head checkpoints."""
 
@@ -536,6 +591,7 @@ class KafkaOutputs:
             if err is not None:
                 failures.append(str(err))
 
+        quarantined: list[tuple[Part, Rejected]] = []
         for (source_topic, partition), r in rejected:
             headers: list[tuple[str, str | bytes | None]] = [
                 ("careledger-error-code", r.code.encode()),
@@ -545,8 +601,19 @@ class KafkaOutputs:
                 ("careledger-source-partition", str(partition).encode()),
                 ("careledger-source-offset", str(r.offset).encode()),
             ]
+            topic = self.topic
+            if r.quarantine:
+                topic = self.settings.topic_quarantine
+                quarantined.append(((source_topic, partition), r))
             self._producer.produce(
-                self.topic, value=r.value, key=r.key, headers=headers, on_delivery=on_delivery
+                topic, value=r.value, key=r.key, headers=headers, on_delivery=on_delivery
+            )
+        for doc in quarantine_alerts(quarantined):
+            self._producer.produce(
+                self.settings.topic_alerts,
+                value=json.dumps(doc, sort_keys=True).encode(),
+                key=doc["alert_id"].encode(),
+                on_delivery=on_delivery,
             )
         remaining = self._producer.flush(30.0)
         if remaining or failures:
@@ -609,6 +676,31 @@ def _quiet_monitor() -> Any:
     return QuietMonitor
 
 
+def source_gate(settings: Settings) -> SourceGate:
+    """The processor's source checks: the registry is read from the sources topic
+    (registrar-signed key events, checked against ``trusted_registrar_keys``)."""
+    registrars = {k.key_id: k for k in load_public_keys(settings.trusted_registrar_keys)}
+
+    def load() -> Any:
+        from careledger.sources import read_registry
+
+        registry, problems = read_registry(settings, registrars)
+        for problem in problems:
+            log.warning("source registry: skipped a key event: %s", problem)
+        return registry
+
+    gate = SourceGate(
+        require_signatures=settings.require_source_signatures,
+        load_registry=load if registrars else None,
+        max_skew_s=settings.source_max_skew_s,
+    )
+    if registrars:
+        gate.refresh(force=True)
+    elif settings.require_source_signatures:
+        log.warning("no trusted registrar key: every access event will be quarantined")
+    return gate
+
+
 def create_app(
     settings: Settings, key: SigningKey, store: ChainStore, *, baseline: bool = False
 ) -> Any:
@@ -666,7 +758,14 @@ def create_app(
         return None if pos is None else int(pos)
 
     processor = Processor(
-        settings, key, store, seek, earliest, KafkaOutputs(settings), position=position
+        settings,
+        key,
+        store,
+        seek,
+        earliest,
+        KafkaOutputs(settings),
+        position=position,
+        gate=None if baseline else source_gate(settings),
     )
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))

@@ -24,6 +24,8 @@ from careledger_core.errors import ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
+from careledger_core.source import SourceAuthError
+from processors.sources import SourceGate
 
 
 def utc_timestamp(now: float) -> str:
@@ -33,7 +35,8 @@ def utc_timestamp(now: float) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record that cannot be chained; it goes to the dead-letter topic."""
+    """A record that cannot be chained: malformed ones go to the dead-letter topic,
+    well-formed ones that cannot be attributed to a registered source to quarantine."""
 
     offset: int
     value: bytes
@@ -41,6 +44,9 @@ class Rejected:
     code: str
     reason: str
     field: str
+    quarantine: bool = False
+    #: for quarantined records: the source and batch they claim (never patient data)
+    claim: tuple[tuple[str, str], ...] = ()
 
 
 class OffsetGap(Exception):
@@ -69,6 +75,9 @@ class PartitionChain:
     absent: int = 0
     opened_at: float | None = None  # monotonic time the first pending record arrived
     duplicates_skipped: int = 0
+    #: decides whether an access event may be chained (source signatures, ADR 0010);
+    #: None: plain events only, as before source identity existed
+    gate: SourceGate | None = None
 
     @classmethod
     def resume(
@@ -120,7 +129,7 @@ class PartitionChain:
         if self.opened_at is None:
             self.opened_at = now
         self.next_offset = offset + 1
-        rejected = self._validate(offset, value, key)
+        rejected = self._validate(offset, value, key, kafka_ts)
         if rejected is not None:
             self.dead_lettered += 1
             return rejected
@@ -134,7 +143,9 @@ class PartitionChain:
         self.absent += upto - self.next_offset
         self.next_offset = upto
 
-    def _validate(self, offset: int, value: bytes | None, key: bytes | None) -> Rejected | None:
+    def _validate(
+        self, offset: int, value: bytes | None, key: bytes | None, kafka_ts: float = 0.0
+    ) -> Rejected | None:
         raw = value if value is not None else b""
         if value is None:
             return Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")
@@ -147,11 +158,27 @@ class PartitionChain:
                 f"message of {len(value)} bytes exceeds the limit of {self.max_event_bytes}",
                 "$",
             )
+        if self.gate is not None and self.kind is ACCESS:
+            return self._admit(self.gate, offset, value, key, kafka_ts)
         try:
             record, canonical = self.kind.decode(value)
         except ValidationError as exc:
             return Rejected(offset, raw, key, exc.code, str(exc), getattr(exc, "field", "$"))
         self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
+        return None
+
+    def _admit(
+        self, gate: SourceGate, offset: int, value: bytes, key: bytes | None, kafka_ts: float
+    ) -> Rejected | None:
+        try:
+            a = gate.admit(value, kafka_ts, (self.chain_id, offset))
+        except ValidationError as exc:
+            return Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))
+        except SourceAuthError as exc:
+            gate.quarantined += 1
+            claim = tuple(sorted((k, str(v)) for k, v in exc.details.items()))
+            return Rejected(offset, value, key, exc.code, exc.message, "$", True, claim)
+        self.pending.append(ChainedEvent(offset, a.event, a.canonical, a.leaf_hash, a.attestation))
         return None
 
     def seal(self, key: SigningKey, now: float) -> SealedBlock | None:
