@@ -1,0 +1,196 @@
+"""What both adapters fill in (:class:`Draft`) and how a draft becomes access events."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Final, Literal
+
+from careledger_core.errors import EventValidationError
+from careledger_core.event import (
+    EVENT_SCHEMA,
+    MAX_LIST_LENGTH,
+    AccessEvent,
+    Actor,
+    Client,
+    Coding,
+    ObjectRef,
+    Patient,
+    RawRef,
+    Sensitivity,
+    Source,
+    validate_event,
+)
+
+from ._model import IngestError
+from ._values import (
+    AUDIT_EVENT_TYPE,
+    DCM,
+    IHE_TRANSACTIONS,
+    NO_PATIENT_ID,
+    NO_PATIENT_SYSTEM,
+    RESTFUL_INTERACTION,
+    UNSPECIFIED_SYSTEM,
+    Issues,
+    derived_event_id,
+)
+
+#: The placeholder patient of a record that names none (same as the simulator's).
+NO_PATIENT: Final = Patient(id=NO_PATIENT_ID, system=NO_PATIENT_SYSTEM)
+#: Event type of a record that gives none (MISSING_EVENT_TYPE).
+UNKNOWN_EVENT_TYPE: Final = Coding(system=UNSPECIFIED_SYSTEM, code="unknown")
+
+#: DICOM EventID codes (PS3.16 CID 400: 110100..110114); 110120 and above are
+#: EventTypeCodes (subtypes).
+_DCM_EVENT_IDS: Final = frozenset(str(n) for n in range(110100, 110115))
+_LIFECYCLE: Final = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+
+
+def is_type_level(coding: Coding) -> bool:
+    """A coding that names a class of event (audit-event-type, DICOM EventID)."""
+    return coding.system == AUDIT_EVENT_TYPE or (
+        coding.system == DCM and coding.code in _DCM_EVENT_IDS
+    )
+
+
+def is_subtype_level(coding: Coding) -> bool:
+    """A coding that names a specific kind (REST interaction, IHE transaction, DICOM
+    EventTypeCode, ISO 21089 lifecycle)."""
+    if coding.system in (RESTFUL_INTERACTION, IHE_TRANSACTIONS, _LIFECYCLE):
+        return True
+    return coding.system == DCM and coding.code not in _DCM_EVENT_IDS
+
+
+def choose_event_type(
+    type_codings: Sequence[Coding],
+    subtype_codings: Sequence[Coding],
+    issues: Issues,
+    type_path: str,
+) -> tuple[Coding, tuple[Coding, ...]]:
+    """(event_type, event_subtype). The first type coding is the event type and the rest
+    are subtypes, unless the type slot holds only subtype-level codes while the subtype
+    slot holds a type-level one (CODES_SWAPPED: taken the right way round)."""
+    types = list(type_codings)
+    subs = list(subtype_codings)
+    if (
+        types
+        and not any(is_type_level(c) for c in types)
+        and any(is_subtype_level(c) for c in types)
+    ):
+        swapped = next((c for c in subs if is_type_level(c)), None)
+        if swapped is not None:
+            issues.add(
+                "CODES_SWAPPED",
+                f"{swapped.code} ({swapped.system}) is an event type but was given as the "
+                f"subtype, and {types[0].code} as the type",
+                type_path,
+            )
+            rest = [c for c in subs if c is not swapped]
+            types, subs = [swapped], types + rest
+    if not types:
+        promoted = next((c for c in subs if is_type_level(c)), None)
+        if promoted is not None:
+            types, subs = [promoted], [c for c in subs if c is not promoted]
+        else:
+            issues.add("MISSING_EVENT_TYPE", "no event type: placeholder 'unknown'", type_path)
+            types = [UNKNOWN_EVENT_TYPE]
+    event_type = types[0]
+    subtypes: list[Coding] = []
+    for c in [*types[1:], *subs]:
+        if c not in subtypes and c != event_type:
+            subtypes.append(c)
+    if len(subtypes) > MAX_LIST_LENGTH:
+        issues.add(
+            "LIST_TRUNCATED",
+            f"{len(subtypes)} subtypes shortened to {MAX_LIST_LENGTH}",
+            type_path,
+        )
+        subtypes = subtypes[:MAX_LIST_LENGTH]
+    return event_type, tuple(subtypes)
+
+
+@dataclasses.dataclass(slots=True)
+class Draft:
+    """Everything of one source record except the patient fan-out and the event ids."""
+
+    source_id: str | None  # the source's own event id, when it is a UUID
+    occurred_at: str
+    recorded_at: str
+    event_type: Coding
+    event_subtype: tuple[Coding, ...]
+    action: Literal["C", "R", "U", "D", "E"]
+    outcome: Literal[0, 4, 8, 12]
+    outcome_desc: str | None
+    purpose_of_use: tuple[str, ...]
+    actor: Actor
+    client: Client | None
+    session_ref: str | None
+    source: Source
+    patients: list[Patient]
+    object: ObjectRef | None
+    sensitivity: Sensitivity | None
+    query: str | None
+    correlation_id: str | None
+
+
+def add_patient(patients: list[Patient], patient: Patient) -> None:
+    """Append unless the same (id, system) is already there."""
+    if patient not in patients:
+        patients.append(patient)
+
+
+def build_events(
+    draft: Draft,
+    *,
+    raw_format: str,
+    raw_sha256: str,
+    entry_index: int | None = None,
+) -> tuple[AccessEvent, ...]:
+    """One event per patient (one with patient ``"-"`` when there is none).
+
+    The event id is the source's UUID when the record names one patient; otherwise it is
+    derived from the raw bytes' SHA-256, the entry index (Bundles) and the patient's
+    position, so the same bytes always give the same ids.
+    """
+    patients = draft.patients or [NO_PATIENT]
+    raw_ref = RawRef(format=raw_format, sha256=raw_sha256)
+    events: list[AccessEvent] = []
+    for index, patient in enumerate(patients):
+        if draft.source_id is not None and len(patients) == 1:
+            event_id = draft.source_id
+        else:
+            event_id = derived_event_id(raw_sha256, index, entry_index)
+        try:
+            event = validate_event(
+                AccessEvent(
+                    schema=EVENT_SCHEMA,
+                    event_id=event_id,
+                    occurred_at=draft.occurred_at,
+                    recorded_at=draft.recorded_at,
+                    event_type=draft.event_type,
+                    event_subtype=draft.event_subtype,
+                    action=draft.action,
+                    outcome=draft.outcome,
+                    outcome_desc=draft.outcome_desc,
+                    purpose_of_use=draft.purpose_of_use,
+                    actor=draft.actor,
+                    client=draft.client,
+                    session_ref=draft.session_ref,
+                    source=draft.source,
+                    patient=patient,
+                    object=draft.object,
+                    sensitivity=draft.sensitivity,
+                    query=draft.query,
+                    correlation_id=draft.correlation_id,
+                    raw_ref=raw_ref,
+                )
+            )
+        except EventValidationError as exc:  # a mapping bug: never let it escape raw
+            raise IngestError(
+                "UNMAPPABLE",
+                f"the record parsed but gives no valid access event ({exc.message})",
+                sha256=raw_sha256,
+                field=exc.field,
+            ) from exc
+        events.append(event)
+    return tuple(events)
