@@ -3,7 +3,9 @@
 The private key never appears in logs or on a command line. It is read from a
 file that only its owner can read (mode 0600 or stricter; anything looser is
 refused, like ssh does) or, for containers, from the environment variable
-``CARELEDGER_SIGNING_KEY_TEXT`` holding the same text as the file.
+``CARELEDGER_SIGNING_KEY_TEXT`` holding the same text as the file. Source keys
+(``CARELEDGER_SOURCE_KEY_TEXT``) and the registrar key (``CARELEDGER_REGISTRAR_KEY_TEXT``)
+are loaded the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from careledger_core.signing import (
 )
 
 KEY_TEXT_ENV = "CARELEDGER_SIGNING_KEY_TEXT"
+SOURCE_KEY_TEXT_ENV = "CARELEDGER_SOURCE_KEY_TEXT"
+REGISTRAR_KEY_TEXT_ENV = "CARELEDGER_REGISTRAR_KEY_TEXT"
 
 
 class KeyFileError(InfrastructureError):
@@ -51,29 +55,76 @@ def write_keypair(private_path: Path, *, overwrite: bool = False) -> SigningKey:
     return key
 
 
-def load_signing_key(path: Path | None, env: dict[str, str] | None = None) -> SigningKey:
+def load_private_key(
+    path: Path | None,
+    *,
+    text_env: str,
+    what: str,
+    setting: str,
+    env: dict[str, str] | None = None,
+) -> SigningKey:
+    """A private key from the ``text_env`` variable (containers) or from ``path``, which
+    must be readable by its owner only. ``what``/``setting`` name it in errors."""
     env = dict(os.environ) if env is None else env
-    text = env.get(KEY_TEXT_ENV)
+    text = env.get(text_env)
     if text:
         return parse_private_key(text)
     if path is None:
         raise KeyFileError(
-            "no signing key configured: set CARELEDGER_SIGNING_KEY to a key file "
-            f"(create one with `careledger keygen`) or {KEY_TEXT_ENV}"
+            f"no {what} configured: set {setting} to a key file or {text_env} to its text"
         )
     try:
         st = path.stat()
     except OSError as exc:
-        raise KeyFileError(f"cannot read signing key {path}: {exc.strerror}") from exc
+        raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
     if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
         raise KeyFileError(
-            f"signing key {path} is accessible by group or others "
+            f"{what} {path} is accessible by group or others "
             f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
         )
     try:
         return parse_private_key(path.read_text(encoding="ascii"))
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"cannot read signing key {path}: {exc}") from exc
+        raise KeyFileError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def load_signing_key(path: Path | None, env: dict[str, str] | None = None) -> SigningKey:
+    env = dict(os.environ) if env is None else env
+    if path is None and not env.get(KEY_TEXT_ENV):
+        raise KeyFileError(
+            "no signing key configured: set CARELEDGER_SIGNING_KEY to a key file "
+            f"(create one with `careledger keygen`) or {KEY_TEXT_ENV}"
+        )
+    return load_private_key(
+        path, text_env=KEY_TEXT_ENV, what="signing key", setting="CARELEDGER_SIGNING_KEY", env=env
+    )
+
+
+def load_source_key(settings: Any, env: dict[str, str] | None = None) -> SigningKey | None:
+    """The producer's source key (ADR 0010), or None when none is configured (the SDK
+    then sends plain events). From ``CARELEDGER_SOURCE_KEY_TEXT`` or ``settings.source_key``."""
+    env = dict(os.environ) if env is None else env
+    if settings.source_key is None and not env.get(SOURCE_KEY_TEXT_ENV):
+        return None
+    return load_private_key(
+        settings.source_key,
+        text_env=SOURCE_KEY_TEXT_ENV,
+        what="source key",
+        setting="CARELEDGER_SOURCE_KEY",
+        env=env,
+    )
+
+
+def load_registrar_key(settings: Any, env: dict[str, str] | None = None) -> SigningKey:
+    """The registrar's private key (signs source key events), from
+    ``CARELEDGER_REGISTRAR_KEY_TEXT`` or ``settings.registrar_key``."""
+    return load_private_key(
+        settings.registrar_key,
+        text_env=REGISTRAR_KEY_TEXT_ENV,
+        what="registrar key",
+        setting="CARELEDGER_REGISTRAR_KEY",
+        env=env,
+    )
 
 
 def load_public_keys(entries: tuple[str, ...] | list[str]) -> list[PublicKey]:
