@@ -1,0 +1,269 @@
+"""The pure part of signing at the source (ADR 0010): batches, sequence numbers, heartbeats.
+
+The SDK (``producers/sdk.py``) does the I/O; everything here is deterministic given the
+clock values and random bytes passed in, so it is unit-tested without Kafka.
+
+* :class:`SourceBatcher` buffers events per *attributed* source (the producer's own
+  source, or one it sends ``on_behalf_of``), numbers them with that source's sequence
+  numbers (from 1 within the producer's epoch) and signs each batch once with
+  :func:`careledger_core.source.sign_batch`. A batch closes when it holds
+  ``max_events`` events or its first event waited ``max_age_s``.
+* :class:`AckTracker` knows, per attributed source, the last sequence number up to
+  which Kafka acknowledged *every* event (a batch counts once all its records are
+  acknowledged). Heartbeats claim exactly that, so a heartbeat never claims an event
+  Kafka does not have. A failed delivery freezes the source's acknowledged prefix for
+  the rest of the epoch (the gap is real: the verifier reports it).
+* :func:`heartbeat_record` builds the signed heartbeat as a reference record (kind
+  ``source-heartbeat``, ``record_id = <source_id>/<epoch>/<beat>``, version 1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator
+from typing import Final
+
+import msgspec
+
+from careledger_core.errors import ValidationError
+from careledger_core.hashing import leaf_hash
+from careledger_core.reference import ReferenceRecord
+from careledger_core.signing import SigningKey
+from careledger_core.source import (
+    MAX_BATCH_SIZE,
+    HeartbeatStatement,
+    encode_signed_event,
+    sign_batch,
+    sign_heartbeat,
+)
+
+__all__ = [
+    "AckTracker",
+    "SignedBatch",
+    "SourceBatcher",
+    "format_utc",
+    "heartbeat_record",
+]
+
+_TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def format_utc(epoch_seconds: float) -> str:
+    """A wall-clock instant as an event timestamp ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    return dt.datetime.fromtimestamp(epoch_seconds, dt.UTC).strftime(_TS_FORMAT)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class SignedBatch:
+    """One signed batch, ready to produce: ``records`` are (Kafka key, value) in order."""
+
+    source_id: str  # the attributed source (statement.source_id)
+    first_seq: int
+    last_seq: int
+    records: tuple[tuple[bytes, bytes], ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.records)
+
+
+@dataclasses.dataclass(slots=True)
+class _Pending:
+    opened_at: float  # monotonic time of the first buffered event
+    keys: list[bytes]
+    events: list[bytes]
+
+
+class SourceBatcher:
+    """Buffers, numbers and signs batches for one producer epoch. Not thread-safe."""
+
+    def __init__(
+        self,
+        key: SigningKey,
+        source_id: str,
+        epoch: str,
+        *,
+        max_events: int,
+        max_age_s: float,
+    ) -> None:
+        if not 1 <= max_events <= MAX_BATCH_SIZE:
+            raise ValidationError(f"source_batch_max_events must be in 1..{MAX_BATCH_SIZE}")
+        if max_age_s <= 0:
+            raise ValidationError("source_batch_max_ms must be positive")
+        self.key = key
+        self.source_id = source_id
+        self.epoch = epoch
+        self.max_events = max_events
+        self.max_age_s = max_age_s
+        self._pending: dict[str, _Pending] = {}
+        #: last sequence number signed per attributed source (0: none yet); the
+        #: producer's own source is always attributed
+        self._last_seq: dict[str, int] = {source_id: 0}
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Every attributed source so far (the producer's own first)."""
+        return tuple(self._last_seq)
+
+    def last_seq(self, source_id: str | None = None) -> int:
+        """The last sequence number signed for ``source_id`` (default: own source)."""
+        return self._last_seq.get(source_id or self.source_id, 0)
+
+    def last_seqs(self) -> dict[str, int]:
+        return dict(self._last_seq)
+
+    @property
+    def buffered(self) -> int:
+        """Events waiting in open batches."""
+        return sum(len(p.events) for p in self._pending.values())
+
+    def attribute(self, on_behalf_of: str | None) -> str:
+        source = self.source_id if on_behalf_of is None else on_behalf_of
+        if not source:
+            raise ValidationError("on_behalf_of must be a non-empty source id")
+        self._last_seq.setdefault(source, 0)
+        return source
+
+    def add(
+        self, canonical_event: bytes, key: bytes, now: float, on_behalf_of: str | None = None
+    ) -> tuple[str, bool, bool]:
+        """Buffer one event. Returns (attributed source, batch opened, batch full)."""
+        source = self.attribute(on_behalf_of)
+        pending = self._pending.get(source)
+        opened = pending is None
+        if pending is None:
+            pending = self._pending[source] = _Pending(now, [], [])
+        pending.keys.append(key)
+        pending.events.append(canonical_event)
+        return source, opened, len(pending.events) >= self.max_events
+
+    def due(self, now: float) -> list[str]:
+        """Sources whose open batch has waited ``max_age_s`` or longer."""
+        return [s for s, p in self._pending.items() if now - p.opened_at >= self.max_age_s]
+
+    def next_deadline(self) -> float | None:
+        """Monotonic time at which the oldest open batch is due (None: nothing open)."""
+        if not self._pending:
+            return None
+        return min(p.opened_at for p in self._pending.values()) + self.max_age_s
+
+    def take(self, source_id: str, signed_at: str) -> SignedBatch | None:
+        """Close, number and sign ``source_id``'s open batch (None if it has none)."""
+        pending = self._pending.pop(source_id, None)
+        if pending is None:
+            return None
+        first = self._last_seq[source_id] + 1
+        attestations = sign_batch(
+            self.key,
+            source_id=source_id,
+            epoch=self.epoch,
+            first_seq=first,
+            event_leaf_hashes=[leaf_hash(e) for e in pending.events],
+            signed_at=signed_at,
+            signed_by=None if source_id == self.source_id else self.source_id,
+        )
+        self._last_seq[source_id] = first + len(pending.events) - 1
+        records = tuple(
+            (k, encode_signed_event(e, a))
+            for k, e, a in zip(pending.keys, pending.events, attestations, strict=True)
+        )
+        return SignedBatch(source_id, first, first + len(records) - 1, records)
+
+    def take_all(self, signed_at: str) -> Iterator[SignedBatch]:
+        """Close every open batch (own source first, then in order of attribution)."""
+        for source in [s for s in self._last_seq if s in self._pending]:
+            batch = self.take(source, signed_at)
+            if batch is not None:
+                yield batch
+
+
+@dataclasses.dataclass(slots=True)
+class _SourceAcks:
+    through: int = 0  # every seq <= through acknowledged
+    complete: dict[int, int] = dataclasses.field(default_factory=dict)  # first -> last
+    open: dict[int, list[int]] = dataclasses.field(default_factory=dict)  # first -> [last, n]
+    failed: bool = False
+
+
+class AckTracker:
+    """The acknowledged prefix of each attributed source's sequence numbers.
+
+    Not thread-safe by itself: the SDK calls it under its acknowledgement lock.
+    """
+
+    def __init__(self) -> None:
+        self._sources: dict[str, _SourceAcks] = {}
+
+    def sent(self, source_id: str, first_seq: int, last_seq: int) -> None:
+        """A batch was handed to Kafka: ``last_seq - first_seq + 1`` records."""
+        acks = self._sources.setdefault(source_id, _SourceAcks())
+        acks.open[first_seq] = [last_seq, last_seq - first_seq + 1]
+
+    def delivered(self, source_id: str, first_seq: int, ok: bool) -> None:
+        """One record of the batch starting at ``first_seq`` was acknowledged (or failed)."""
+        acks = self._sources[source_id]
+        batch = acks.open.get(first_seq)
+        if batch is None:
+            return
+        if not ok:
+            acks.failed = True
+            del acks.open[first_seq]
+            return
+        batch[1] -= 1
+        if batch[1] > 0:
+            return
+        del acks.open[first_seq]
+        acks.complete[first_seq] = batch[0]
+        if acks.failed:
+            return
+        while acks.through + 1 in acks.complete:
+            acks.through = acks.complete.pop(acks.through + 1)
+
+    def acked_through(self, source_id: str) -> int:
+        """Largest seq such that Kafka acknowledged every event up to it (0: none)."""
+        acks = self._sources.get(source_id)
+        return 0 if acks is None else acks.through
+
+    def in_flight(self, source_id: str) -> int:
+        """Batches handed to Kafka and not yet fully acknowledged."""
+        acks = self._sources.get(source_id)
+        return 0 if acks is None else len(acks.open)
+
+    def failed(self, source_id: str) -> bool:
+        acks = self._sources.get(source_id)
+        return acks is not None and acks.failed
+
+
+def heartbeat_record(
+    key: SigningKey,
+    *,
+    source_id: str,
+    epoch: str,
+    beat: int,
+    last_seq: int,
+    sent_at: str,
+    closing: bool = False,
+) -> ReferenceRecord:
+    """A signed heartbeat as a ``source-heartbeat`` reference record (version 1,
+    ``recorded_at = effective_at = sent_at``)."""
+    statement = HeartbeatStatement(
+        source_id=source_id,
+        key_id=key.key_id,
+        epoch=epoch,
+        beat=beat,
+        last_seq=last_seq,
+        sent_at=sent_at,
+        closing=closing,
+    )
+    return ReferenceRecord(
+        kind="source-heartbeat",
+        record_id=f"{source_id}/{epoch}/{beat}",
+        version=1,
+        recorded_at=sent_at,
+        effective_at=sent_at,
+        body={
+            "statement": msgspec.to_builtins(statement),
+            "signature": sign_heartbeat(key, statement),
+        },
+    )
