@@ -47,6 +47,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",
     ),
     "verify-proof": ("verifiers.proofs", "check an exported access report offline"),
+    "source": (
+        "careledger.sources",
+        "source identity: key generation, registration, revocation, the registry",
+    ),
 }
 
 
