@@ -1,7 +1,10 @@
 """`careledger demo`: the whole pipeline locally, ending in a verified chain.
 
-Starts the local stack, makes a signing key if there is none, runs the
-processor, streams simulated hospital traffic through Kafka, waits until every
+Starts the local stack, makes a signing key if there is none, sets up source
+identity (a registrar key and the local source's key, registered on the sources
+topic, so the simulated traffic is signed at the source; ``--unsigned`` sends plain
+events instead), runs the processor, streams simulated hospital traffic through
+Kafka, waits until every
 event sits in a signed block in ClickHouse, verifies every chain with the
 trusted public key only, and prints a summary.
 """
@@ -27,6 +30,11 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for chaining")
+    parser.add_argument(
+        "--unsigned",
+        action="store_true",
+        help="send plain events (no source key): the legacy mode of ADR 0010",
+    )
 
 
 def _committed(store: Any) -> int:
@@ -50,6 +58,13 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     settings = settings.replace(signing_key=key_path)
     if not settings.trusted_keys:
         settings = settings.replace(trusted_keys=(str(key_path) + ".pub",))
+    if args.unsigned:
+        settings = settings.replace(source_key=None)
+    else:
+        from careledger.sources import ensure_local_source
+
+        settings = ensure_local_source(settings)
+        print(f"== events are signed at the source as {settings.source_id}")
 
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     before = _committed(store)

@@ -6,6 +6,7 @@ local stack; nothing is mocked.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 import uuid
@@ -15,7 +16,7 @@ from typing import Any
 
 from careledger import processes
 from careledger.config import Settings
-from careledger.keys import write_keypair
+from careledger.keys import load_signing_key, write_keypair
 from careledger.processes import child_env as cli_env
 from careledger.processes import run_cli, stop
 from careledger.storage.backend import ClickHouseBackend
@@ -24,13 +25,46 @@ from careledger.storage.store import ChainStore
 REPO = Path(__file__).resolve().parents[2]
 
 # Tests import these from here next to the test-only helpers.
-__all__ = ["REPO", "cli_env", "run_cli", "start_processor", "stop"]
+__all__ = ["REPO", "cli_env", "run_cli", "start_processor", "stop", "with_source"]
 
 
 def with_keys(settings: Settings, tmp_path: Path) -> Settings:
     key_path = tmp_path / "keys" / "signing.key"
     write_keypair(key_path)
     return settings.replace(signing_key=key_path, trusted_keys=(str(key_path) + ".pub",))
+
+
+def with_source(
+    settings: Settings,
+    tmp_path: Path,
+    source_id: str = "test-source",
+    *,
+    signs_for: tuple[str, ...] = (),
+) -> Settings:
+    """Opt in to signing at the source: a registrar key (trusted, shared by every source
+    of the test) and a key for ``source_id``, registered on the settings' sources topic
+    (created if missing). The SDK then signs as ``source_id``."""
+    from careledger import stack
+    from careledger.sources import register_key
+
+    keys = tmp_path / "keys"
+    registrar_path = keys / "registrar.key"
+    if registrar_path.exists():
+        registrar = load_signing_key(registrar_path, env={})
+    else:
+        registrar = write_keypair(registrar_path)
+    source_path = keys / f"source-{re.sub(r'[^A-Za-z0-9._-]', '_', source_id)}.key"
+    source = write_keypair(source_path, overwrite=True)
+    trusted = tuple(dict.fromkeys((*settings.trusted_registrar_keys, f"{registrar_path}.pub")))
+    s = settings.replace(
+        source_id=source_id,
+        source_key=source_path,
+        registrar_key=registrar_path,
+        trusted_registrar_keys=trusted,
+    )
+    stack.ensure_topics(s, {s.topic_sources: s.reference_partitions})
+    register_key(s, registrar, source_id, source.public_key, signs_for=signs_for)
+    return s
 
 
 def processor_settings(settings: Settings, **changes: Any) -> Settings:
