@@ -575,6 +575,13 @@ def _source_id(text: str) -> str:
     return text
 
 
+def _time_arg(text: str) -> str:
+    try:
+        return parse_time(text)
+    except ValidationError as exc:
+        raise argparse.ArgumentTypeError(exc.message) from exc
+
+
 def _source_list(text: str) -> list[str]:
     return [_source_id(p.strip()) for p in text.split(",") if p.strip()]
 
@@ -597,7 +604,7 @@ def configure_source(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="comma-separated sources this key may sign for (a gateway)",
     )
-    p.add_argument("--valid-from", type=parse_time, help="ISO 8601 instant (default now)")
+    p.add_argument("--valid-from", type=_time_arg, help="ISO 8601 instant (default now)")
     p.add_argument(
         "--init-registrar",
         action="store_true",
@@ -608,11 +615,11 @@ def configure_source(parser: argparse.ArgumentParser) -> None:
     p = sub.add_parser("revoke", help="revoke a source's key from a time on")
     p.add_argument("--source-id", type=_source_id, required=True)
     p.add_argument("--key-id", required=True)
-    p.add_argument("--at", type=parse_time, help="ISO 8601 instant (default now)")
+    p.add_argument("--at", type=_time_arg, help="ISO 8601 instant (default now)")
 
     p = sub.add_parser("list", help="the source registry as read from Kafka")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--at", type=parse_time, help="status as of this instant (default now)")
+    p.add_argument("--at", type=_time_arg, help="status as of this instant (default now)")
 
 
 def _err(message: str) -> None:
