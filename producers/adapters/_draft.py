@@ -134,9 +134,8 @@ class Draft:
 
 
 def add_patient(patients: list[Patient], patient: Patient) -> None:
-    """Append unless the same (id, system) is already there."""
-    if patient not in patients:
-        patients.append(patient)
+    """Append; repeats of the same (id, system) are dropped by :func:`build_events`."""
+    patients.append(patient)
 
 
 def build_events(
@@ -152,7 +151,7 @@ def build_events(
     derived from the raw bytes' SHA-256, the entry index (Bundles) and the patient's
     position, so the same bytes always give the same ids.
     """
-    patients = draft.patients or [NO_PATIENT]
+    patients = list(dict.fromkeys(draft.patients)) or [NO_PATIENT]
     raw_ref = RawRef(format=raw_format, sha256=raw_sha256)
     events: list[AccessEvent] = []
     for index, patient in enumerate(patients):

@@ -346,7 +346,7 @@ class _Mapper:
         )
 
     def actor(self, participants: list[_Participant]) -> tuple[Actor, _Participant | None]:
-        requestors = [p for p in participants if p.requestor is True]
+        requestors = [p for p in participants if p.requestor is True and p.any_id]
         chosen: _Participant | None = None
         is_requestor = True
         if requestors:
@@ -358,8 +358,8 @@ class _Mapper:
                 is_requestor = False
                 self.issues.add(
                     "NO_REQUESTOR",
-                    f"no participant has UserIsRequestor=true: participant {chosen.index + 1} "
-                    "taken as the actor",
+                    "no identified participant has UserIsRequestor=true: "
+                    f"participant {chosen.index + 1} is the actor",
                     f"{_ROOT}/ActiveParticipant",
                 )
         if chosen is None or not chosen.any_id:

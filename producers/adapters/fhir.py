@@ -166,9 +166,15 @@ class _Reader:
         return None
 
     # ---- FHIR data types
-    def codings(self, value: object, path: str) -> list[Coding]:
-        """Codings of a Coding, a CodeableConcept, or an array of either."""
+    def codings(self, value: object, path: str, *, many: bool = False) -> list[Coding]:
+        """Codings of a Coding, a CodeableConcept, or an array of either. ``many``: the
+        element is an array (a single object there is read, and flagged); otherwise a
+        single value (an array there is read, and flagged)."""
         out: list[Coding] = []
+        if many and isinstance(value, Mapping):
+            self.issues.add("WRONG_TYPE", "expected an array: read as one item", path)
+        elif not many and isinstance(value, list):
+            self.issues.add("WRONG_TYPE", "expected a single value: every item read", path)
         items = value if isinstance(value, list) else [value]
         for i, item in enumerate(items):
             p = f"{path}[{i}]" if isinstance(value, list) else path
@@ -423,14 +429,16 @@ class _Mapper:
                     alt_id=alt.strip() if alt and alt.strip() else None,
                     name=name.strip() if name and name.strip() else None,
                     type_codes=self.r.codings(a.get("type"), f"{path}.type"),
-                    roles=self.r.codings(roles_value, f"{path}.role"),
+                    roles=self.r.codings(roles_value, f"{path}.role", many=True),
                     role_texts=self.r.concept_texts(roles_value, f"{path}.role"),
                     requestor=self.r.boolean(a.get("requestor"), f"{path}.requestor"),
                     network=network,
                     policy=policy,
                     location=location.display or location.reference,
-                    purposes=self.r.codings(a.get("purposeOfUse"), f"{path}.purposeOfUse")
-                    + self.r.codings(a.get("authorization"), f"{path}.authorization"),
+                    purposes=self.r.codings(
+                        a.get("purposeOfUse"), f"{path}.purposeOfUse", many=True
+                    )
+                    + self.r.codings(a.get("authorization"), f"{path}.authorization", many=True),
                 )
             )
         return out
@@ -470,7 +478,9 @@ class _Mapper:
                     ref=self.ref(e.get("what"), f"{path}.what"),
                     type_codes=self.r.codings(e.get("type"), f"{path}.type"),
                     role_codes=self.r.codings(e.get("role"), f"{path}.role"),
-                    labels=self.r.codings(e.get("securityLabel"), f"{path}.securityLabel"),
+                    labels=self.r.codings(
+                        e.get("securityLabel"), f"{path}.securityLabel", many=True
+                    ),
                     query=query,
                     details=details,
                 )
@@ -516,12 +526,10 @@ class _Mapper:
     # ---------------------------------------------------------------- codes
     def event_codes(self) -> tuple[Coding, tuple[Coding, ...]]:
         doc = self.doc
-        types = self.r.codings(doc.get("type"), self.p("type")) + self.r.codings(
-            doc.get("category"), self.p("category")
-        )
-        subs = self.r.codings(doc.get("subtype"), self.p("subtype")) + self.r.codings(
-            doc.get("code"), self.p("code")
-        )
+        types = self.r.codings(doc.get("type"), self.p("type"))
+        types += self.r.codings(doc.get("category"), self.p("category"), many=True)
+        subs = self.r.codings(doc.get("subtype"), self.p("subtype"), many=True)
+        subs += self.r.codings(doc.get("code"), self.p("code"))
         where = self.p("category") if "category" in doc else self.p("type")
         return choose_event_type(types, subs, self.issues, where)
 
@@ -547,8 +555,8 @@ class _Mapper:
 
     def purposes(self, actor: _Agent | None) -> tuple[str, ...]:
         doc = self.doc
-        codings = self.r.codings(doc.get("purposeOfEvent"), self.p("purposeOfEvent"))
-        codings += self.r.codings(doc.get("authorization"), self.p("authorization"))
+        codings = self.r.codings(doc.get("purposeOfEvent"), self.p("purposeOfEvent"), many=True)
+        codings += self.r.codings(doc.get("authorization"), self.p("authorization"), many=True)
         if actor is not None:
             codings += actor.purposes
         codes: list[str] = []
@@ -565,7 +573,7 @@ class _Mapper:
 
     # ---------------------------------------------------------------- participants
     def actor(self, agents: list[_Agent]) -> tuple[Actor, _Agent | None]:
-        requestors = [a for a in agents if a.requestor is True]
+        requestors = [a for a in agents if a.requestor is True and a.actor_id]
         chosen: _Agent | None = None
         is_requestor = True
         if requestors:
@@ -577,7 +585,7 @@ class _Mapper:
                 is_requestor = False
                 self.issues.add(
                     "NO_REQUESTOR",
-                    f"no agent has requestor=true: agent[{chosen.index}] taken as the actor",
+                    f"no identified agent has requestor=true: agent[{chosen.index}] is the actor",
                     self.p("agent"),
                 )
         if chosen is None or not chosen.actor_id:
@@ -654,7 +662,7 @@ class _Mapper:
             site = site_ref.display or site_ref.identifier_value or site_ref.reference
         else:
             site = self.r.string(site_value, f"{path}.site")
-        codes = [c.code for c in self.r.codings(src.get("type"), f"{path}.type")]
+        codes = [c.code for c in self.r.codings(src.get("type"), f"{path}.type", many=True)]
         return Source(
             system=clip_text(system, self.issues, f"{path}.observer") or NOBODY,
             site=clip_text(site, self.issues, f"{path}.site"),
