@@ -49,6 +49,9 @@ class Settings:
     # ledgered like reference data; records failing source checks go to quarantine.
     topic_sources: str = "careledger.sources"
     topic_quarantine: str = "careledger.quarantine"
+    # Raw records the ingest gateway received (bytes as received, ledgered in chains
+    # of their own, kept forever like reference data).
+    topic_raw: str = "careledger.raw-records"
     partitions: int = 4
     reference_partitions: int = 1
     # Largest access-event message the processor accepts; larger ones are

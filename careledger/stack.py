@@ -717,6 +717,7 @@ def default_topics(settings: Settings) -> dict[str, int]:
         settings.topic_patients: settings.reference_partitions,
         settings.topic_sources: settings.reference_partitions,
         settings.topic_quarantine: 1,
+        settings.topic_raw: settings.partitions,
     }
 
 
@@ -725,7 +726,18 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
 
     Dead-lettered offsets are counted in block headers, so their records must stay
     available for review and replay; checkpoints are what truncation is detected against.
+    Raw records (what the ingest gateway received) are kept forever too; they and dead
+    letters may be as large as a received record allows
+    (``careledger.raw_record.MAX_ENVELOPE_BYTES``).
     """
+    from careledger.raw_record import MAX_ENVELOPE_BYTES
+
+    if name in (settings.topic_raw, settings.topic_dead_letter):
+        return {
+            "retention.ms": "-1",
+            "retention.bytes": "-1",
+            "max.message.bytes": str(MAX_ENVELOPE_BYTES + 65536),
+        }
     if name in (
         settings.topic_dead_letter,
         settings.topic_checkpoints,

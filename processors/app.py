@@ -40,7 +40,7 @@ from typing import Any, Final
 from careledger.config import Settings
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.storage.backend import ClickHouseBackend
-from careledger.storage.kinds import kind_for_topic, reference_topics
+from careledger.storage.kinds import kind_for_topic, raw_topics, reference_topics
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger_core.block import BlockHeader
 from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
@@ -733,7 +733,11 @@ def create_app(
         # faust's default is "<app id>-data" in the working directory.
         datadir=str(datadir),
     )
-    chained = (settings.topic_events, *sorted(reference_topics(settings)))
+    chained = (
+        settings.topic_events,
+        *sorted(reference_topics(settings)),
+        *sorted(raw_topics(settings)),  # the gateway's raw records (issue 4)
+    )
     topic = app.topic(
         *chained,
         value_type=bytes,

@@ -149,13 +149,14 @@ class PartitionChain:
         raw = value if value is not None else b""
         if value is None:
             return Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")
-        if len(value) > self.max_event_bytes:
+        limit = self.kind.max_bytes or self.max_event_bytes  # raw records are larger
+        if len(value) > limit:
             return Rejected(
                 offset,
                 raw,
                 key,
                 "EVENT_TOO_LARGE",
-                f"message of {len(value)} bytes exceeds the limit of {self.max_event_bytes}",
+                f"message of {len(value)} bytes exceeds the limit of {limit}",
                 "$",
             )
         if self.gate is not None and self.kind is ACCESS:

@@ -44,7 +44,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from careledger.storage.kinds import reference_topics
+from careledger.storage.kinds import raw_topics, reference_topics
 from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
 from careledger_core.errors import CheckpointError, NoteUnverifiedError, SignatureError
 from careledger_core.findings import Finding, FindingCode
@@ -311,7 +311,11 @@ class CheckpointReader:
             topic=self.topic,
             chain_prefix=tuple(
                 f"{settings.origin}/{t}/"
-                for t in (settings.topic_events, *sorted(reference_topics(settings)))
+                for t in (
+                    settings.topic_events,
+                    *sorted(reference_topics(settings)),
+                    *sorted(raw_topics(settings)),
+                )
             ),
         )
         self.positions: dict[int, int] = {}  # partition -> next offset to read

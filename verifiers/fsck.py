@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from careledger.storage.kinds import ACCESS, RecordKind
-from careledger.storage.store import StoredEvent, StoredHeader, StoredReference
+from careledger.storage.store import StoredEvent, StoredHeader, StoredRaw, StoredReference
 from careledger_core.block import BlockHeader, decode_header
 from careledger_core.errors import (
     HeaderValidationError,
@@ -70,7 +70,7 @@ from careledger_core.findings import Finding, FindingCode, Severity
 from careledger_core.merkle import merkle_root
 
 #: A chained record's row: an access event or a reference record.
-StoredRow = StoredEvent | StoredReference
+StoredRow = StoredEvent | StoredReference | StoredRaw
 
 __all__ = [
     "ChainReport",

@@ -1,7 +1,8 @@
 """The kinds of record careledger chains, and how each is stored and checked.
 
-Access events and reference data (consents, care relationships, the workforce
-directory, patient demographics) are chained and signed the same way: one
+Access events, reference data (consents, care relationships, the workforce
+directory, patient demographics) and the raw records the ingest gateway received
+(``careledger.raw_record``) are chained and signed the same way: one
 chain per Kafka partition, the same block headers. They differ in how a
 record is decoded, which time it carries, and which denormalised columns it
 gets in ClickHouse. Those columns are for querying only; the verifier checks
@@ -16,6 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from careledger.raw_record import (
+    MAX_ENVELOPE_BYTES,
+    RawRecordEnvelope,
+    decode_and_canonicalize_raw,
+)
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 
@@ -45,6 +51,8 @@ class RecordKind:
     #: what must not repeat within a block: an access event's id; a reference
     #: record's (kind, id, version) — several versions of one record may share a block
     unique_key: Callable[[Any], Any]
+    #: largest record the processor chains for this kind (None: ``max_event_bytes``)
+    max_bytes: int | None = None
 
 
 def _access_values(e: AccessEvent) -> tuple[Any, ...]:
@@ -150,6 +158,60 @@ REFERENCE = RecordKind(
 )
 
 
+def _raw_values(r: RawRecordEnvelope) -> tuple[Any, ...]:
+    return (
+        r.record_id,
+        r.sha256,
+        r.format,
+        r.received_at,
+        _date(r.received_at),
+        r.source_id,
+        r.protocol,
+        len(r.issues),
+    )
+
+
+RAW = RecordKind(
+    name="raw-record",
+    table="raw_records",
+    columns=(
+        "record_id",
+        "sha256",
+        "format",
+        "received_at",
+        "received_date",
+        "source_id",
+        "protocol",
+        "issue_count",
+    ),
+    decode=decode_and_canonicalize_raw,
+    record_id=lambda r: r.record_id,
+    time_of=lambda r: r.received_at,
+    values=_raw_values,
+    read_columns=(
+        "record_id",
+        "sha256",
+        "format",
+        "received_at",
+        "source_id",
+        "protocol",
+        "issue_count",
+    ),
+    # the same bytes received twice are two raw records (two record ids)
+    unique_key=lambda r: r.record_id,
+    read_values=lambda r: (
+        r.record_id.encode(),
+        r.sha256.encode(),
+        r.format.encode(),
+        r.received_at.encode(),
+        r.source_id.encode(),
+        r.protocol.encode(),
+        len(r.issues),
+    ),
+    max_bytes=MAX_ENVELOPE_BYTES,
+)
+
+
 def topic_of(chain_id: str) -> str:
     """``<origin>/<topic>/<partition>`` -> topic (topic names cannot contain '/')."""
     parts = chain_id.rsplit("/", 2)
@@ -168,5 +230,12 @@ def reference_topics(settings: Any) -> frozenset[str]:
     )
 
 
+def raw_topics(settings: Any) -> frozenset[str]:
+    """The topics of raw records (the ingest gateway's received bytes)."""
+    return frozenset((settings.topic_raw,))
+
+
 def kind_for_topic(settings: Any, topic: str) -> RecordKind:
+    if topic in raw_topics(settings):
+        return RAW
     return REFERENCE if topic in reference_topics(settings) else ACCESS

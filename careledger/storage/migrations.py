@@ -260,6 +260,39 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        7,
+        "ledgered raw records: the bytes the ingest gateway received (issue 4)",
+        (
+            # One row per raw record (careledger.raw-record/1 envelope in canonical),
+            # chained like reference data: chains of their own, one per partition of
+            # Settings.topic_raw.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.raw_records (
+                chain_id String,
+                height UInt64,
+                idx UInt32,
+                block_hash String,
+                kafka_offset UInt64,
+                record_id String,
+                sha256 String,
+                format String,
+                received_at String,
+                received_date Date,
+                source_id String,
+                protocol String,
+                issue_count UInt32,
+                canonical String,
+                leaf_hash String
+            ) ENGINE = MergeTree()
+            PARTITION BY toYYYYMM(received_date)
+            ORDER BY (chain_id, height, idx)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

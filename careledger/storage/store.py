@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from careledger.storage.backend import SqlBackend, StorageError
-from careledger.storage.kinds import ACCESS, REFERENCE, RecordKind, reference_topics, topic_of
+from careledger.storage.kinds import (
+    ACCESS,
+    RAW,
+    REFERENCE,
+    RecordKind,
+    raw_topics,
+    reference_topics,
+    topic_of,
+)
 from careledger.storage.migrations import check_identifier
 from careledger_core.block import BlockHeader
 from careledger_core.event import AccessEvent
@@ -146,6 +154,31 @@ class StoredReference:
         return self.record_id
 
 
+@dataclass(frozen=True, slots=True)
+class StoredRaw:
+    """A raw-record row exactly as stored (untrusted)."""
+
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: bytes
+    kafka_offset: int
+    record_id: bytes
+    sha256: bytes
+    format: bytes
+    received_at: bytes
+    source_id: bytes
+    protocol: bytes
+    issue_count: int
+    canonical: bytes
+    leaf_hash: bytes
+
+    @property
+    def event_id(self) -> bytes:
+        """The record id, under the name findings use for the chained item."""
+        return self.record_id
+
+
 def event_rows(blocks: Sequence[SealedBlock], kind: RecordKind = ACCESS) -> list[tuple[Any, ...]]:
     """The rows of ``blocks`` for ``kind.table``: common columns around ``kind.columns``."""
     values = kind.values
@@ -236,6 +269,8 @@ def row_columns(kind: RecordKind) -> tuple[str, ...]:
 
 EVENT_COLUMNS = row_columns(ACCESS)
 REFERENCE_COLUMNS = row_columns(REFERENCE)
+RAW_COLUMNS = row_columns(RAW)
+_KINDS = (ACCESS, REFERENCE, RAW)
 
 
 def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
@@ -267,18 +302,31 @@ class ChainStore:
     """Read and write chains in one ClickHouse database."""
 
     def __init__(
-        self, backend: SqlBackend, database: str, reference_topics: frozenset[str] = frozenset()
+        self,
+        backend: SqlBackend,
+        database: str,
+        reference_topics: frozenset[str] = frozenset(),
+        raw_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
         self.reference_topics = reference_topics
+        self.raw_topics = raw_topics
 
     @classmethod
     def for_settings(cls, backend: SqlBackend, settings: Any) -> ChainStore:
-        return cls(backend, settings.clickhouse_database, reference_topics(settings))
+        return cls(
+            backend,
+            settings.clickhouse_database,
+            reference_topics(settings),
+            raw_topics(settings),
+        )
 
     def kind_of(self, chain_id: str) -> RecordKind:
-        return REFERENCE if topic_of(chain_id) in self.reference_topics else ACCESS
+        topic = topic_of(chain_id)
+        if topic in self.raw_topics:
+            return RAW
+        return REFERENCE if topic in self.reference_topics else ACCESS
 
     # ------------------------------------------------------------------ writes
     def write_blocks(self, blocks: Sequence[SealedBlock]) -> None:
@@ -287,7 +335,7 @@ class ChainStore:
         A crash between the two inserts leaves event rows without headers, which
         count as uncommitted (see ``discard_uncommitted``).
         """
-        for kind in (ACCESS, REFERENCE):
+        for kind in _KINDS:
             mine = [b for b in blocks if b.events and self.kind_of(b.header.chain_id) is kind]
             if mine:
                 self.backend.insert(
@@ -389,7 +437,7 @@ class ChainStore:
             f"SELECT DISTINCT chain_id FROM {self.db}.blocks ORDER BY chain_id"
         )
         found = {_text(r[0]) for r in rows}
-        for kind in (ACCESS, REFERENCE):
+        for kind in _KINDS:
             found |= {
                 _text(r[0])
                 for r in self.backend.execute(
@@ -423,11 +471,12 @@ class ChainStore:
 
     def events(
         self, chain_id: str, from_height: int, to_height: int
-    ) -> list[StoredEvent] | list[StoredReference]:
+    ) -> list[StoredEvent] | list[StoredReference] | list[StoredRaw]:
         """Record rows with ``from_height <= height <= to_height``, in (height, idx) order.
 
         Access-event chains give ``StoredEvent`` rows, reference chains
-        ``StoredReference`` rows (from their own table).
+        ``StoredReference`` rows and raw-record chains ``StoredRaw`` rows (each from
+        their own table).
         """
         kind = self.kind_of(chain_id)
         rows = self.backend.execute(
@@ -440,6 +489,8 @@ class ChainStore:
         )
         if kind is REFERENCE:
             return [StoredReference(_text(r[0]), *r[1:]) for r in rows]
+        if kind is RAW:
+            return [StoredRaw(_text(r[0]), *r[1:]) for r in rows]
         return [StoredEvent(_text(r[0]), *r[1:]) for r in rows]
 
     def event_counts(self) -> tuple[int, int]:
@@ -460,7 +511,7 @@ class ChainReader(Protocol):
 
     def events(
         self, chain_id: str, from_height: int, to_height: int
-    ) -> list[StoredEvent] | list[StoredReference]: ...
+    ) -> list[StoredEvent] | list[StoredReference] | list[StoredRaw]: ...
 
 
 def _text(value: Any) -> str:

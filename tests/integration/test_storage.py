@@ -140,3 +140,39 @@ def test_unreachable_server_is_an_infrastructure_error() -> None:
     with pytest.raises(StorageError) as info:
         backend.execute("SELECT 1")
     assert info.value.code == "STORAGE_UNAVAILABLE"
+
+
+def test_raw_records_chain_store_and_verify(store: ChainStore) -> None:
+    """Raw records (the gateway's received bytes) have a table of their own (migration),
+    may be far larger than an access event, and verify like any chain."""
+    from careledger.raw_record import build_envelope
+    from careledger.storage.kinds import RAW
+    from careledger.storage.store import StoredRaw
+    from careledger_core.signing import TrustedKeys
+    from verifiers.fsck import verify_chain
+
+    raw_store = ChainStore(store.backend, store.db, raw_topics=frozenset({"raw"}))
+    chain = PartitionChain.resume("o/raw/0", None, 65536, earliest_offset=0, kind=RAW)
+    payloads = [b"<85>1 - - - - - - <AuditMessage/>", b"x" * (200 * 1024)]
+    values = []
+    for i, data in enumerate(payloads):
+        _env, value = build_envelope(
+            record_id=str(uuid.UUID(int=i + 1, version=4)),
+            data=data,
+            sha256=hashlib.sha256(data).hexdigest(),
+            format="syslog+dicom-audit+xml",
+            received_at="2026-11-29T10:00:00.000000Z",
+            transport={"protocol": "syslog-tls", "source_id": "pacs"},
+        )
+        values.append(value)
+        assert chain.add(i, value, b"pacs", 0.0, 0.0) is None  # 270 KiB is chained
+    block = chain.seal(KEY, now=1_800_000_000.0)
+    assert block is not None
+    raw_store.write_blocks([block])
+    rows = raw_store.events("o/raw/0", 0, 0)
+    assert all(isinstance(r, StoredRaw) for r in rows)
+    assert [r.canonical for r in rows] == values
+    assert [r.source_id for r in rows] == [b"pacs", b"pacs"]
+    assert raw_store.chain_ids() == ["o/raw/0"]
+    report = verify_chain(raw_store, "o/raw/0", TrustedKeys([KEY.public_key]), kind=RAW)
+    assert report.result == "intact", report.findings
