@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "keygen": ("careledger.keys", "write a new Ed25519 signing key pair"),
     "simulate": ("producers.simulator", "emit realistic simulated hospital access events"),
     "process": ("processors.app", "run the chaining processor (faust worker)"),
+    "gateway": (
+        "producers.gateway.server",
+        "run the ingest gateway: FHIR AuditEvent over HTTP, ATNA syslog over TCP/TLS/UDP",
+    ),
     "verify": ("verifiers.cli", "verify every chain (or one) and report findings"),
     "audit": ("verifiers.auditor.cli", "audit committed accesses: explanations, flags, alerts"),
     "alerts": ("verifiers.alerts_cli", "list, show, acknowledge, resolve or tail audit alerts"),
@@ -41,6 +45,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "benchmark-audit": (
         "careledger.benchmark_audit",
         "measure the access auditor's recall and precision per rule on labelled traffic",
+    ),
+    "benchmark-gateway": (
+        "producers.gateway.benchmark",
+        "measure the ingest gateway's records/s per transport against real Kafka",
     ),
     "access-report": (
         "verifiers.access_report",

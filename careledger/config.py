@@ -114,6 +114,30 @@ class Settings:
     # How often `careledger audit --follow` looks for newly committed blocks.
     audit_poll_interval_s: float = 0.5
 
+    # --- ingest gateway (producers/gateway, `careledger gateway`) --------------
+    # FHIR AuditEvent over HTTP (IHE ITI-20) and ATNA syslog (TCP, TLS, UDP). Port -1
+    # disables a listener, 0 picks a free one; the TLS listeners (HTTPS, syslog TLS)
+    # only run when gateway_tls_cert and gateway_tls_key are set. With
+    # gateway_tls_client_ca set, TLS clients may present a certificate (mTLS), which
+    # identifies the sender through gateway_auth_file.
+    gateway_host: str = "127.0.0.1"
+    gateway_http_port: int = 18090
+    gateway_https_port: int = 18453
+    gateway_syslog_tcp_port: int = 16601
+    gateway_syslog_tls_port: int = 16514
+    gateway_syslog_udp_port: int = 16515
+    gateway_tls_cert: Path | None = None
+    gateway_tls_key: Path | None = None
+    gateway_tls_client_ca: Path | None = None
+    # Senders: TOML file of [[source]] entries (mTLS certificates, Ed25519 request
+    # keys, open legacy sources); none: every sender is unauthenticated.
+    gateway_auth_file: Path | None = None
+    # Largest received record (HTTP body, syslog frame), bytes.
+    gateway_max_record_bytes: int = 1048576
+    # How long a record may wait for Kafka's acknowledgement before the sender is told
+    # 503 (HTTP) or the record is retried (syslog).
+    gateway_ack_timeout_s: float = 15.0
+
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.kafka_host}:{self.kafka_port}"
