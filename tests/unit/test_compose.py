@@ -24,7 +24,7 @@ import yaml
 
 from careledger import cli
 from careledger.config import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
-from careledger.stack import default_topics
+from careledger.stack import default_topics, topic_config
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"
@@ -42,6 +42,7 @@ EXPECTED_COMMANDS = {
     "processor": "process",
     "verifier": "verify",
     "simulator": "simulate",
+    "gateway": "gateway",
 }
 SHELL_OPERATORS = {";", "&&", "||", "|", "(", ")", "{", "}", "&"}
 SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "!"}
@@ -187,12 +188,14 @@ def listeners(value: str) -> dict[str, tuple[str, int]]:
     return out
 
 
-def published(service: dict[str, Any]) -> dict[int, tuple[str, int]]:
-    """container port -> (host ip, host port)."""
+def published(service: dict[str, Any], protocol: str = "tcp") -> dict[int, tuple[str, int]]:
+    """container port -> (host ip, host port), for ``protocol`` ("tcp" or "udp")."""
     out = {}
     for spec in service.get("ports", []):
-        ip, host_port, container_port = str(spec).split(":")
-        out[int(container_port)] = (ip, int(host_port))
+        ip, host_port, container = str(spec).split(":")
+        container_port, _, proto = container.partition("/")
+        if (proto or "tcp") == protocol:
+            out[int(container_port)] = (ip, int(host_port))
     return out
 
 
@@ -317,6 +320,19 @@ def test_kafka_init_creates_the_settings_topics(services: dict[str, Any]) -> Non
     assert created[DEFAULTS.topic_events] == DEFAULTS.partitions
 
 
+def test_kafka_init_topic_configs_are_the_stack_ones(services: dict[str, Any]) -> None:
+    """Retention and message size limits as `careledger up` creates the topics."""
+    init = services["kafka-init"]
+    for argv in shell_commands(script_of(init), env_of(init)):
+        if "--create" not in argv:
+            continue
+        topic = option(argv, "--topic")
+        configs = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--config")
+        expected = topic_config(DEFAULTS, topic)
+        for name in ("retention.ms", "max.message.bytes"):
+            assert configs.get(name) == expected.get(name), (topic, name)
+
+
 # --- ClickHouse ----------------------------------------------------------------
 
 
@@ -371,6 +387,43 @@ def test_app_command_arguments_parse(
             parser.parse_args(argv)
         except SystemExit:
             pytest.fail(f"{service_name}: `careledger {' '.join(argv)}` does not parse")
+
+
+# --- ingest gateway ------------------------------------------------------------------
+
+
+def test_gateway_publishes_the_settings_ports_on_loopback(
+    app_services: dict[str, dict[str, Any]],
+) -> None:
+    gateway = app_services["gateway"]
+    settings = settings_of(gateway)
+    # reachable through the published ports: every interface inside the container
+    assert settings.gateway_host == "0.0.0.0"
+    tcp, udp = published(gateway, "tcp"), published(gateway, "udp")
+    for port in (settings.gateway_http_port, settings.gateway_syslog_tcp_port):
+        assert port == getattr(DEFAULTS, _port_field(DEFAULTS, port))
+        assert tcp[port] == ("127.0.0.1", port)
+    assert udp[settings.gateway_syslog_udp_port] == ("127.0.0.1", DEFAULTS.gateway_syslog_udp_port)
+    # TLS listeners need a certificate; none is configured, so none is published
+    assert settings.gateway_tls_cert is None
+    assert settings.gateway_https_port not in tcp and settings.gateway_syslog_tls_port not in tcp
+    # the sender configuration is mounted read-only where the settings look for it
+    assert settings.gateway_auth_file is not None
+    source, rel, read_only = volume_file(gateway, str(settings.gateway_auth_file))
+    assert read_only and source.startswith("./")
+    assert (PROJECT_ROOT / source / rel).is_file()
+    assert set(gateway["depends_on"]) == {"kafka-init"}
+    assert gateway.get("stop_grace_period")
+
+
+def _port_field(settings: Settings, port: int) -> str:
+    return next(
+        f.name
+        for f in dataclasses.fields(settings)
+        if f.name.startswith("gateway_")
+        and f.name.endswith("_port")
+        and getattr(settings, f.name) == port
+    )
 
 
 # --- keys and state ------------------------------------------------------------------
