@@ -343,9 +343,7 @@ class ChainStore:
                 )
         attestations = attestation_rows(blocks)
         if attestations:
-            self.backend.insert(
-                f"{self.db}.source_attestations", ATTESTATION_COLUMNS, attestations
-            )
+            self.backend.insert(f"{self.db}.source_attestations", ATTESTATION_COLUMNS, attestations)
         self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
