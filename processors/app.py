@@ -187,6 +187,11 @@ class Processor:
         # Partitions assigned to us whose consumer position has not yet been
         # checked against the stored head (see ``_check_assigned``).
         self._unchecked: dict[Part, float] = {}
+        # When each partition was last assigned, and seeks asked for too soon after it:
+        # seeking before the fetcher has settled crashes aiokafka's fetcher (KeyError in
+        # its record drain), so such seeks wait for the timer.
+        self._assigned_at: dict[Part, float] = {}
+        self._deferred_seeks: dict[Part, int] = {}
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -211,14 +216,40 @@ class Processor:
     def assigned(self, partitions: set[Part]) -> None:
         """Partitions assigned: forget old state and check positions once settled."""
         self.forget(partitions)
-        if self._position is not None:
-            now = time.monotonic()
-            for p in partitions:
+        now = time.monotonic()
+        for p in partitions:
+            self._assigned_at[p] = now
+            self._deferred_seeks.pop(p, None)
+            if self._position is not None:
                 self._unchecked[p] = now
+
+    async def _request_seek(self, p: Part, offset: int) -> None:
+        """Seek now, or from the timer once the partition's assignment has settled.
+
+        Records past ``offset`` are skipped meanwhile (``seek_targets``), so waiting
+        costs time, never records.
+        """
+        since = self._assigned_at.get(p)
+        if since is not None and time.monotonic() - since < ASSIGNMENT_SETTLE_S:
+            self._deferred_seeks[p] = offset
+            return
+        self._deferred_seeks.pop(p, None)
+        await self._seek(p, offset)
+
+    async def _run_deferred_seeks(self) -> None:
+        now = time.monotonic()
+        for p, offset in sorted(self._deferred_seeks.items()):
+            if now - self._assigned_at.get(p, 0.0) >= ASSIGNMENT_SETTLE_S:
+                del self._deferred_seeks[p]
+                if p in self.seek_targets:  # still wanted (not revoked or reset)
+                    self.seek_targets[p] = (offset, time.monotonic())
+                    await self._seek(p, offset)
 
     def revoked(self, partitions: set[Part]) -> None:
         for p in partitions:
             self._unchecked.pop(p, None)
+            self._deferred_seeks.pop(p, None)
+            self._assigned_at.pop(p, None)
         self.release(partitions)
 
     async def _load(self, part: Part) -> PartitionChain:
@@ -226,10 +257,12 @@ class Processor:
         chain_id = self.settings.chain_id(topic, partition)
         kind = kind_for_topic(self.settings, topic)
         loop = asyncio.get_running_loop()
-        earliest = await self._earliest(part)
+        head = await loop.run_in_executor(self.executor, self.store.head, chain_id)
+        # Only a new chain needs the partition's earliest offset; asking Kafka costs a
+        # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
+        earliest = 0 if head is not None else await self._earliest(part)
 
         def load() -> PartitionChain:
-            head = self.store.head(chain_id)
             removed = self.store.discard_uncommitted(
                 chain_id, None if head is None else head.height
             )
@@ -306,7 +339,7 @@ class Processor:
                             expected = earliest
                         blocked.add(p)
                         self.seek_targets[p] = (expected, now_mono)
-                        await self._seek(p, expected)
+                        await self._request_seek(p, expected)
                         continue
                     self.seek_targets.pop(p, None)
                 try:
@@ -322,7 +355,7 @@ class Processor:
                         chain.chain_id,
                         gap.expected,
                     )
-                    await self._seek(p, gap.expected)
+                    await self._request_seek(p, gap.expected)
                     continue
                 if bad is not None:
                     rejected.append((p, bad))
@@ -347,6 +380,8 @@ class Processor:
         async with self.lock:
             if self._recover:
                 await self._recover_positions()
+            if self._deferred_seeks:
+                await self._run_deferred_seeks()
             if self._unchecked:
                 await self._check_assigned()
             epoch = self._epoch
@@ -391,7 +426,7 @@ class Processor:
             if chain.next_offset is not None:
                 self.seek_targets[p] = (chain.next_offset, time.monotonic())
                 self.metrics.seeks += 1
-                await self._seek(p, chain.next_offset)
+                await self._request_seek(p, chain.next_offset)
 
     async def _check_assigned(self) -> None:
         """Seek newly assigned partitions back if the consumer starts past the stored head.
@@ -417,6 +452,9 @@ class Processor:
                 continue
             if position is None:
                 continue
+            if position == 0:  # nothing can lie before the first offset
+                self._unchecked.pop(p, None)
+                continue
             await self.drain()
             try:
                 chain = await self._load(p)
@@ -436,7 +474,7 @@ class Processor:
                 )
                 self.seek_targets[p] = (expected, time.monotonic())
                 self.metrics.seeks += 1
-                await self._seek(p, expected)
+                await self._request_seek(p, expected)
 
     async def _submit(
         self,
