@@ -39,8 +39,20 @@ from verifiers.auditor.runner import (
     dumps,
     parse_instant,
     status_entry_hash,
+    status_histories,
     utc_now_ts,
 )
+from verifiers.auditor.runner import status_history_intact as verify_history
+
+__all__ = [
+    "AlertBook",
+    "command_alerts",
+    "configure_alerts",
+    "ledgered_positions",
+    "status_event",
+    "status_event_id",
+    "verify_history",
+]
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 #: status -> statuses it may move to
@@ -124,12 +136,7 @@ class AlertBook:
             "ORDER BY alert_id, seq",
             params,
         )
-        out: dict[str, list[dict[str, Any]]] = {}
-        for r in rows:
-            entry: dict[str, Any] = dict(zip(STATUS_COLUMNS, (_text(v) for v in r), strict=True))
-            entry["seq"] = int(r[1])
-            out.setdefault(entry["alert_id"], []).append(entry)
-        return out
+        return status_histories(rows)
 
     def change(self, alert_id: str, status: str, by: str, note: str) -> dict[str, Any]:
         history = self.history([alert_id]).get(alert_id, [])
@@ -226,22 +233,6 @@ def ledgered_positions(
     return [found.get(e["entry_hash"]) for e in entries]
 
 
-def verify_history(entries: Sequence[dict[str, Any]]) -> bool:
-    """True if the alert's status changes are complete and their hash links hold."""
-    prev = ""
-    for seq, e in enumerate(entries):
-        body = {k: e[k] for k in STATUS_COLUMNS if k != "entry_hash"}
-        body["seq"] = int(body["seq"])
-        if (
-            e["seq"] != seq
-            or e["prev_hash"] != prev
-            or status_entry_hash(prev, body) != e["entry_hash"]
-        ):
-            return False
-        prev = e["entry_hash"]
-    return True
-
-
 def _alert(r: Sequence[Any]) -> dict[str, Any]:
     t = [_text(v) for v in r]
     return {
@@ -268,6 +259,9 @@ def _with_status(alert: dict[str, Any], history: list[dict[str, Any]]) -> dict[s
     alert["status_by"] = last["changed_by"] if last else None
     alert["status_at"] = last["changed_at"] if last else None
     alert["status_note"] = last["note"] if last else None
+    # a status whose history is broken was edited, deleted or forged: the auditor does
+    # not count it as a confirmed violation
+    alert["status_history_intact"] = verify_history(history)
     return alert
 
 
@@ -340,9 +334,15 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
         print(
             f"{a['alert_id']:32}  {a['first_at']:27}  {a['rule']:28}  {a['severity']:8}  "
             f"{a['score']:7.1f}  {len(a['event_ids']):6d}  {a['actor_id']:12}  {ref[:16]:16}  "
-            f"{a['status']}"
+            f"{a['status']}{'' if a['status_history_intact'] else ' (HISTORY BROKEN)'}"
         )
     print(f"{len(alerts)} alert(s)")
+    broken = sum(1 for a in alerts if not a["status_history_intact"])
+    if broken:
+        print(
+            f"warning: {broken} alert(s) with a broken status history (edited, deleted or "
+            "forged changes): not counted as confirmed violations; see alerts show ID"
+        )
     return 0
 
 
@@ -356,7 +356,6 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
     for entry, pos in zip(history, positions, strict=True):
         entry["ledgered"] = pos
     alert["status_history"] = history
-    alert["status_history_intact"] = verify_history(history)
     alert["status_history_ledgered"] = all(p is not None for p in positions)
     print(json.dumps(alert, sort_keys=True, indent=2))
     return 0

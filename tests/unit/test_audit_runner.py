@@ -20,21 +20,27 @@ from verifiers.alerts_cli import status_event, status_event_id, verify_history
 from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
 from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
 from verifiers.auditor.runner import (
+    ALERT_COLUMNS,
     DECISION_COLUMNS,
     STATUS_COLUMNS,
     Follower,
     LedgeredEvent,
     LedgeredReference,
     Position,
+    Reviews,
     alert_fingerprint,
     alert_row,
+    closed_alert_ids,
     decide_range,
     decision_row,
     load_salt,
     parse_instant,
     read_bounds,
+    review_alerts,
+    reviewed_alert,
     sort_decisions,
     status_entry_hash,
+    status_histories,
     stored_alert_fingerprint,
 )
 
@@ -166,9 +172,8 @@ class MemoryStore:
         self.blocks: dict[str, list[list[AccessEvent]]] = {}
         self.decisions: list[tuple[Any, ...]] = []
         self.alerts: list[tuple[Any, ...]] = []
-        #: (actor id, time) of the alerts resolved as confirmed violations so far
-        self.confirmed: list[tuple[str, str]] = []
-        self.reviews = 0
+        #: alert_status rows (STATUS_COLUMNS order), hash-linked per alert
+        self.status: list[tuple[Any, ...]] = []
 
     def add_block(self, chain: str, events: list[AccessEvent]) -> None:
         self.blocks.setdefault(chain, []).append(events)
@@ -220,11 +225,38 @@ class MemoryStore:
             (le for le in every if lo <= le.event.occurred_at < hi), key=lambda le: le.sort_key
         )
 
-    def confirmed_violations(self) -> list[tuple[str, str]]:
-        return sorted(self.confirmed, key=lambda c: (c[1], c[0]))
+    def review(self, alert_id: str, status: str, when: str) -> None:
+        """A reviewer's status change (as ``careledger alerts`` writes it)."""
+        history = status_histories(sorted(r for r in self.status if r[0] == alert_id))
+        previous = history.get(alert_id, [])
+        prev_hash = previous[-1]["entry_hash"] if previous else ""
+        entry: dict[str, Any] = {
+            "alert_id": alert_id,
+            "seq": len(previous),
+            "status": status,
+            "changed_by": "privacy-officer",
+            "changed_at": when,
+            "note": "",
+            "prev_hash": prev_hash,
+        }
+        entry["entry_hash"] = status_entry_hash(prev_hash, entry)
+        self.status.append(tuple(entry[c] for c in STATUS_COLUMNS))
+
+    def reviews(self) -> Reviews:
+        histories = status_histories(sorted(self.status, key=lambda r: (r[0], r[1])))
+        latest = {row[0]: row for row in sorted(self.alerts, key=lambda r: r[-1])}
+        c = {name: i for i, name in enumerate(ALERT_COLUMNS)}
+        closed = closed_alert_ids(histories)
+        columns = ("alert_id", "actor_id", "last_at", "event_ids", "evidence")
+        stored = dict(
+            reviewed_alert(tuple(r[c[name]] for name in columns))
+            for aid, r in latest.items()
+            if aid in closed
+        )
+        return review_alerts(histories, stored)
 
     def status_changes(self) -> int:
-        return self.reviews
+        return len(self.status)
 
     def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
         self.decisions.extend(rows)
@@ -301,8 +333,9 @@ def test_follow_weighs_an_actors_next_access_after_a_review_made_while_following
     store.add_block(chain, [event("M1", "P2", at(0))])
     follower.cycle()
     # a privacy officer resolves the alert while the follower runs
-    store.confirmed.append(("M1", us_to_ts(ts_to_us(at(0)) + 1)))
-    store.reviews += 2  # acknowledged, then resolved
+    (alert,) = {r[0] for r in store.alerts}
+    store.review(alert, "acknowledged", at(5))
+    store.review(alert, "resolved", at(6))
     store.add_block(chain, [event("M1", "P3", at(30))])
     follower.cycle()
 
@@ -314,7 +347,7 @@ def test_follow_weighs_an_actors_next_access_after_a_review_made_while_following
     assert repeat(before) == []
     assert repeat(after) == [{"confirmed_violations": 1, "multiplier": 1.5}]
     # read again on the next change only; a violation already fed is not counted twice
-    store.reviews += 1
+    store.review(alert, "resolved", at(7))  # not allowed by the CLI: it changes nothing
     store.add_block(chain, [event("M1", "P4", at(60))])
     follower.cycle()
     assert repeat(store.decisions[-1]) == [{"confirmed_violations": 1, "multiplier": 1.5}]

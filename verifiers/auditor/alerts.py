@@ -5,6 +5,12 @@ alerts: ``group_alerts`` groups one actor's flags of one rule while consecutive 
 less than ``window`` apart (and the group spans less than ``max_span``). Patients appear
 only as pseudonymous references (``patient_pseudonym``: truncated SHA-256 over a
 deployment salt and the patient id), never by id or name.
+
+A reviewer's verdict is about the alert as it was when it was closed (``resolved`` or
+``false-positive``): a closed alert does not grow. ``group_alerts`` is told which alert
+ids are closed and when (``ClosedAlert``) and cuts their groups there, so a later snoop
+is a new, open alert; the ids stay those of the first event, so a replay gives the
+same alerts.
 """
 
 from __future__ import annotations
@@ -15,12 +21,23 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from ._time import US_PER_DAY, US_PER_HOUR, ts_to_us
+from .config import DEFAULT_CONFIG
 from .history import NO_PATIENT_ID
-from .rules import AccessDecision, AlertSeverity, RuleCode
+from .rules import AccessDecision, AlertSeverity, Flag, RuleCode
 
-__all__ = ["ALERT_STATUSES", "Alert", "alert_id", "group_alerts", "patient_pseudonym"]
+__all__ = [
+    "ALERT_STATUSES",
+    "CLOSED_STATUSES",
+    "Alert",
+    "ClosedAlert",
+    "alert_id",
+    "group_alerts",
+    "patient_pseudonym",
+]
 
 ALERT_STATUSES: Final = ("open", "acknowledged", "resolved", "false-positive")
+#: final statuses: the alert is closed and takes no more flags
+CLOSED_STATUSES: Final = frozenset({"resolved", "false-positive"})
 _PSEUDONYM_CONTEXT: Final = b"careledger-patient-ref/1\x00"
 #: rules whose bursts over many patients are worse than any single access
 _ESCALATE_ON_BURST: Final = frozenset(
@@ -46,10 +63,26 @@ def patient_pseudonym(patient_id: str, salt: bytes | str, length: int = 32) -> s
     return digest[:length]
 
 
-def alert_id(rule: str, actor_id: str, first_event_id: str) -> str:
-    """Stable id of an alert: the same group of the same replay gets the same id."""
-    data = "\x00".join(("careledger-alert/1", rule, actor_id, first_event_id)).encode()
-    return hashlib.sha256(data).hexdigest()[:32]
+def alert_id(rule: str, actor_id: str, first_event_id: str, *, late: bool = False) -> str:
+    """Stable id of an alert: the same group of the same replay gets the same id.
+    ``late``: the alert of a late flag (``AccessDecision.amends``) raised after the alert
+    of its event was closed, which must not take that alert's id."""
+    parts: tuple[str, ...] = ("careledger-alert/1", rule, actor_id, first_event_id)
+    if late:
+        parts = (*parts, "late")
+    return hashlib.sha256("\x00".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedAlert:
+    """An alert a reviewer closed: it takes no flag that occurred after ``closed_at``
+    (the time of the status change that closed it) nor after ``last_at`` (its last event
+    as stored when it was closed, if known: a flag committed after the review, even one
+    that occurred before it, was not reviewed). A late flag (a break-the-glass start
+    without a stop) counts as raised ``late_flag_delay`` after its event."""
+
+    closed_at: str
+    last_at: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +123,7 @@ class Alert:
 
 @dataclass(slots=True)
 class _Group:
+    alert_id: str
     rule: RuleCode
     actor_id: str
     first_us: int
@@ -106,6 +140,8 @@ class _Group:
     amended: int = 0
     #: every flag of the group is a routine review item (``Flag.routine``)
     routine: bool = True
+    #: (closed_at, cut) in µs when the alert is closed: it takes no flag after them
+    closed: tuple[int, int] | None = None
 
 
 def _public(evidence: Mapping[str, Any]) -> dict[str, Any]:
@@ -130,12 +166,47 @@ def group_alerts(
     max_span_us: int = US_PER_DAY,
     min_severity: AlertSeverity = AlertSeverity.LOW,
     burst_patients: int = 20,
+    closed: Mapping[str, ClosedAlert] | None = None,
+    late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
 ) -> list[Alert]:
     """Group flagged decisions into alerts (deterministic: the input order does not
     matter). Flags below ``min_severity`` are left out; a group of
     NO_EXPLANATION / VIP / FAMILY flags over ``burst_patients`` or more patients is
-    raised one severity level."""
+    raised one severity level.
+
+    ``closed``: the alerts a reviewer closed, by id. A closed alert does not grow:
+
+    * the flag it started with starts it again (whatever flags came before are another
+      alert), so it keeps its id;
+    * a flag that occurred after the close (or after the alert's stored last event) starts
+      a new alert;
+    * a late flag (``amends``, raised ``late_flag_delay_us`` after its event: the
+      break-the-glass stop window) raised after the close is an alert of its own, with an
+      id of its own (``alert_id(..., late=True)``).
+    """
     ordered = sorted(decisions, key=lambda d: (d.occurred_at, d.event_id, d.amends))
+    closed_us: dict[str, tuple[int, int]] = {}
+    for aid, c in (closed or {}).items():
+        at_us = ts_to_us(c.closed_at)
+        closed_us[aid] = (at_us, at_us if c.last_at is None else min(at_us, ts_to_us(c.last_at)))
+
+    def takes(window: tuple[int, int], d: AccessDecision, t_us: int) -> bool:
+        closed_at, cut = window
+        return t_us + late_flag_delay_us <= closed_at if d.amends else t_us <= cut
+
+    def start(aid: str, d: AccessDecision, f: Flag, t_us: int) -> _Group:
+        return _Group(
+            alert_id=aid,
+            rule=f.code,
+            actor_id=d.actor_id,
+            first_us=t_us,
+            last_us=t_us,
+            first_at=d.occurred_at,
+            last_at=d.occurred_at,
+            severity=f.severity,
+            closed=closed_us.get(aid),
+        )
+
     open_groups: dict[tuple[str, RuleCode], _Group] = {}
     done: list[_Group] = []
     for d in ordered:
@@ -145,50 +216,73 @@ def group_alerts(
                 continue
             key = (d.actor_id, f.code)
             g = open_groups.get(key)
+            # the id of an alert this flag would start (only needed to recognise one closed)
+            own = alert_id(f.code, d.actor_id, d.event_id) if closed_us else ""
             if g is not None and (t_us - g.last_us > window_us or t_us - g.first_us > max_span_us):
                 done.append(g)
                 g = None
+            own_closed = closed_us.get(own)
+            late = False
+            if own_closed is not None and (g is None or g.alert_id != own):
+                # this flag started an alert that is closed now: it starts it again
+                if d.amends and not takes(own_closed, d, t_us):
+                    late = True
+                else:
+                    if g is not None:
+                        done.append(g)
+                    g = open_groups[key] = start(own, d, f, t_us)
+            elif g is not None and g.closed is not None and not takes(g.closed, d, t_us):
+                if d.amends:
+                    late = True
+                else:  # after the close: a new alert
+                    done.append(g)
+                    g = None
+            if late:
+                # raised after the alert of its event was closed; it does not interrupt
+                # that alert (later flags may still belong to it)
+                side = start(alert_id(f.code, d.actor_id, d.event_id, late=True), d, f, t_us)
+                _add(side, d, f, t_us, salt)
+                done.append(side)
+                continue
             if g is None:
-                g = open_groups[key] = _Group(
-                    rule=f.code,
-                    actor_id=d.actor_id,
-                    first_us=t_us,
-                    last_us=t_us,
-                    first_at=d.occurred_at,
-                    last_at=d.occurred_at,
-                    severity=f.severity,
+                g = open_groups[key] = start(
+                    own or alert_id(f.code, d.actor_id, d.event_id), d, f, t_us
                 )
-            if t_us >= g.last_us:
-                g.last_us, g.last_at = t_us, d.occurred_at
-            if f.severity.rank > g.severity.rank:
-                g.severity = f.severity
-            g.score += f.score * d.multiplier
-            g.amended += d.amends
-            g.routine = g.routine and f.routine
-            for rel in f.evidence.get("related_event_ids", ()):
-                if rel not in g.flagged:
-                    g.related[rel] = None
-            g.related.pop(d.event_id, None)
-            g.flagged[d.event_id] = None
-            ref = None
-            if d.patient_id != NO_PATIENT_ID:
-                ref = patient_pseudonym(d.patient_id, salt)
-                g.patients[ref] = None
-            for s in d.searched:
-                g.searched[s] = None
-            if len(g.samples) < MAX_EVIDENCE_SAMPLES:
-                sample: dict[str, Any] = {"event_id": d.event_id, "occurred_at": d.occurred_at}
-                if ref is not None:
-                    sample["patient_ref"] = ref
-                sample["severity"] = str(f.severity)
-                if f.routine:
-                    sample["routine"] = True
-                sample.update(_public(f.evidence))
-                g.samples.append(sample)
+            _add(g, d, f, t_us, salt)
     done.extend(open_groups.values())
     alerts = [_finish(g, burst_patients) for g in done]
     alerts.sort(key=lambda a: (a.first_at, a.rule, a.actor_id, a.alert_id))
     return alerts
+
+
+def _add(g: _Group, d: AccessDecision, f: Flag, t_us: int, salt: bytes | str) -> None:
+    if t_us >= g.last_us:
+        g.last_us, g.last_at = t_us, d.occurred_at
+    if f.severity.rank > g.severity.rank:
+        g.severity = f.severity
+    g.score += f.score * d.multiplier
+    g.amended += d.amends
+    g.routine = g.routine and f.routine
+    for rel in f.evidence.get("related_event_ids", ()):
+        if rel not in g.flagged:
+            g.related[rel] = None
+    g.related.pop(d.event_id, None)
+    g.flagged[d.event_id] = None
+    ref = None
+    if d.patient_id != NO_PATIENT_ID:
+        ref = patient_pseudonym(d.patient_id, salt)
+        g.patients[ref] = None
+    for s in d.searched:
+        g.searched[s] = None
+    if len(g.samples) < MAX_EVIDENCE_SAMPLES:
+        sample: dict[str, Any] = {"event_id": d.event_id, "occurred_at": d.occurred_at}
+        if ref is not None:
+            sample["patient_ref"] = ref
+        sample["severity"] = str(f.severity)
+        if f.routine:
+            sample["routine"] = True
+        sample.update(_public(f.evidence))
+        g.samples.append(sample)
 
 
 def _finish(g: _Group, burst_patients: int = 20) -> Alert:
@@ -198,7 +292,7 @@ def _finish(g: _Group, burst_patients: int = 20) -> Alert:
     patients = tuple(g.patients)
     flagged = tuple(g.flagged)
     return Alert(
-        alert_id=alert_id(g.rule, g.actor_id, flagged[0]),
+        alert_id=g.alert_id,
         rule=g.rule,
         severity=severity,
         score=round(g.score, 3),

@@ -15,8 +15,13 @@
   ``reconsider`` decides the range with what is known now instead.
 * **Follow** (``Follower``): every ``audit_poll_interval_s``, apply the reference
   records and evaluate the access events of the blocks committed since the last poll
-  (cutoff: the newest ledger time applied), insert their decisions, regroup the recent
-  flagged decisions and upsert (and publish) the alerts that are new or grew.
+  (cutoff: the newest ledger time applied), insert their decisions, regroup the flagged
+  decisions around the times of the new flags and upsert (and publish) the alerts that
+  are new or grew.
+* **Reviews** (``AuditStore.reviews``, pure ``review_alerts``): closed alerts take no
+  more flags (``group_alerts(closed=...)``); resolved alerts whose status history is
+  intact are confirmed violations, one per case (alerts sharing a flagged event); a
+  broken history is reported, never counted.
 
 Alerts go to ``Settings.topic_alerts`` as JSON (key = alert id) with an idempotent
 producer: only alerts not already stored with the same content are published.
@@ -27,6 +32,7 @@ events) are separate from the I/O so they can be unit-tested without services.
 
 from __future__ import annotations
 
+import bisect
 import datetime as dt
 import hashlib
 import json
@@ -34,7 +40,6 @@ import logging
 import os
 import secrets
 import time
-from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +52,7 @@ from careledger_core.event import AccessEvent, decode_event
 from careledger_core.reference import ReferenceRecord, reference_from_dict
 
 from ._time import ts_to_us, us_to_ts
-from .alerts import Alert, group_alerts, patient_pseudonym
+from .alerts import CLOSED_STATUSES, Alert, ClosedAlert, group_alerts, patient_pseudonym
 from .config import DEFAULT_CONFIG, AuditConfig
 from .history import NO_PATIENT_ID, is_btg_start
 from .rules import AccessDecision, Auditor, core_consent_evaluator
@@ -446,6 +451,143 @@ def status_entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def status_history_intact(entries: Sequence[Mapping[str, Any]]) -> bool:
+    """True if an alert's status changes (``seq`` order) are complete and their hash links
+    hold: none edited, deleted or inserted without recomputing every later link."""
+    prev = ""
+    for seq, e in enumerate(entries):
+        body = {k: e[k] for k in STATUS_COLUMNS if k != "entry_hash"}
+        body["seq"] = int(body["seq"])
+        if (
+            e["seq"] != seq
+            or e["prev_hash"] != prev
+            or status_entry_hash(prev, body) != e["entry_hash"]
+        ):
+            return False
+        prev = e["entry_hash"]
+    return True
+
+
+def status_histories(rows: Iterable[Sequence[Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``alert_status`` rows (``STATUS_COLUMNS`` order, sorted by alert id and seq) ->
+    each alert's changes as dicts (``seq`` an int, the rest text)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        entry: dict[str, Any] = dict(zip(STATUS_COLUMNS, (_text(v) for v in r), strict=True))
+        entry["seq"] = int(r[1])
+        out.setdefault(entry["alert_id"], []).append(entry)
+    return out
+
+
+def closed_alert_ids(histories: Mapping[str, Sequence[Mapping[str, Any]]]) -> list[str]:
+    """The alerts with a final status change (resolved or false-positive)."""
+    return sorted(a for a, h in histories.items() if any(e["status"] in CLOSED_STATUSES for e in h))
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewedAlert:
+    """What the reviews need of a stored alert."""
+
+    actor_id: str
+    last_at: str
+    #: the flagged events (the accesses the alert is about; related events left out)
+    flagged: tuple[str, ...]
+
+
+def reviewed_alert(row: Sequence[Any]) -> tuple[str, ReviewedAlert]:
+    """(alert_id, actor_id, last_at, event_ids, evidence) of ``alerts`` -> its review view."""
+    alert, actor, last, event_ids, evidence = (_text(v) for v in row)
+    ids = [str(e) for e in json.loads(event_ids)]
+    n = json.loads(evidence).get("flagged_events")
+    flagged = ids[-n:] if isinstance(n, int) and 0 < n <= len(ids) else ids
+    return alert, ReviewedAlert(actor, last, tuple(flagged))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfirmedCase:
+    """One confirmed violation: resolved alerts of one actor about the same accesses
+    (e.g. an access's NO_EXPLANATION and REPEAT_OFFENDER alerts) count once."""
+
+    actor_id: str
+    #: 1 µs after the case's last event: the accesses after it weigh more
+    at: str
+    alert_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Reviews:
+    """What the reviewers decided, as the auditor uses it."""
+
+    #: closed alerts (resolved or false-positive, by id): they take no more flags
+    closed: Mapping[str, ClosedAlert] = field(default_factory=dict)
+    #: confirmed violations (REPEAT_OFFENDER), by time
+    confirmed: tuple[ConfirmedCase, ...] = ()
+    #: alerts whose status history is broken (hash links do not hold): not counted
+    broken: tuple[str, ...] = ()
+
+    def violations(self) -> list[tuple[str, str]]:
+        """(actor id, time) of each confirmed violation, by time."""
+        return [(c.actor_id, c.at) for c in self.confirmed]
+
+
+def review_alerts(
+    histories: Mapping[str, Sequence[Mapping[str, Any]]],
+    alerts: Mapping[str, ReviewedAlert],
+) -> Reviews:
+    """The reviews of ``histories`` (``status_histories``) over the stored ``alerts``.
+
+    * closed: every alert with a final status, closed at its first final change (also
+      when its history is broken: keeping an alert from growing is the safe side) and
+      cut at its stored last event;
+    * confirmed: alerts whose history is intact and ends ``resolved``, merged per actor
+      into cases of alerts sharing a flagged event, each counted once, just after the
+      case's last event (on the event-time axis the history uses, so a replay after the
+      review sees the same); a history whose hash links do not hold does not count and is
+      listed in ``broken``."""
+    closed: dict[str, ClosedAlert] = {}
+    broken: list[str] = []
+    resolved: list[str] = []
+    for aid in sorted(histories):
+        h = histories[aid]
+        final = next((e for e in h if e["status"] in CLOSED_STATUSES), None)
+        if final is not None:
+            stored = alerts.get(aid)
+            closed[aid] = ClosedAlert(final["changed_at"], stored.last_at if stored else None)
+        if not status_history_intact(h):
+            broken.append(aid)
+        elif h and h[-1]["status"] == "resolved" and aid in alerts:
+            resolved.append(aid)
+    # union-find over the flagged events of one actor's resolved alerts
+    parent = {aid: aid for aid in resolved}
+
+    def root(aid: str) -> str:
+        while parent[aid] != aid:
+            parent[aid] = parent[parent[aid]]
+            aid = parent[aid]
+        return aid
+
+    owner: dict[tuple[str, str], str] = {}
+    for aid in resolved:
+        a = alerts[aid]
+        for event_id in a.flagged:
+            other = owner.setdefault((a.actor_id, event_id), aid)
+            if other != aid:
+                parent[root(aid)] = root(other)
+    cases: dict[str, list[str]] = {}
+    for aid in resolved:
+        cases.setdefault(root(aid), []).append(aid)
+    confirmed = [
+        ConfirmedCase(
+            alerts[ids[0]].actor_id,
+            us_to_ts(max(ts_to_us(alerts[i].last_at) for i in ids) + 1),
+            tuple(sorted(ids)),
+        )
+        for ids in cases.values()
+    ]
+    confirmed.sort(key=lambda c: (c.at, c.actor_id, c.alert_ids))
+    return Reviews(closed, tuple(confirmed), tuple(broken))
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -628,27 +770,27 @@ class AuditStore:
         )
         return {_text(c): int(h) for c, h in rows}
 
-    def confirmed_violations(self) -> list[tuple[str, str]]:
-        """(actor id, time) of each alert whose latest status is ``resolved`` (a
-        confirmed violation, not a false positive). The time is just after the alert's
-        last event: accesses after the violation weigh more (REPEAT_OFFENDER), on the
-        event-time axis the history uses, so a replay after the review sees the same."""
+    def reviews(self) -> Reviews:
+        """The reviewers' decisions (``review_alerts``): every status history, and the
+        stored alerts that were closed."""
         rows = self.backend.execute(
-            f"SELECT alert_id, seq, status FROM {self.db}.alert_status ORDER BY alert_id, seq"
+            f"SELECT {', '.join(STATUS_COLUMNS)} FROM {self.db}.alert_status ORDER BY alert_id, seq"
         )
-        latest: dict[str, str] = {}
-        for alert_id, _seq, status in rows:
-            latest[_text(alert_id)] = _text(status)
-        resolved = sorted(a for a, s in latest.items() if s == "resolved")
-        if not resolved:
-            return []
-        found = self.backend.execute(
-            f"SELECT alert_id, actor_id, last_at FROM {self.db}.alerts FINAL "
-            "WHERE alert_id IN %(ids)s",
-            {"ids": tuple(resolved)},
-        )
-        out = [(_text(actor), us_to_ts(ts_to_us(_text(last)) + 1)) for _a, actor, last in found]
-        return sorted(out, key=lambda c: (c[1], c[0]))
+        histories = status_histories(rows)
+        ids = closed_alert_ids(histories)
+        alerts: dict[str, ReviewedAlert] = {}
+        if ids:
+            found = self.backend.execute(
+                "SELECT alert_id, actor_id, last_at, event_ids, evidence "
+                f"FROM {self.db}.alerts FINAL WHERE alert_id IN %(ids)s",
+                {"ids": tuple(ids)},
+            )
+            alerts = dict(reviewed_alert(r) for r in found)
+        return review_alerts(histories, alerts)
+
+    def confirmed_violations(self) -> list[tuple[str, str]]:
+        """(actor id, time) of each confirmed violation (``Reviews.violations``)."""
+        return self.reviews().violations()
 
     def status_changes(self) -> int:
         """How many alert status changes are stored (append-only: grows with each review)."""
@@ -811,6 +953,10 @@ class RangeResult:
     reconsider: bool = False
     #: decisions made again with the knowledge cutoff of their stored decision
     kept_knowledge: int = 0
+    #: confirmed violations that weighed the range (REPEAT_OFFENDER)
+    confirmed_violations: int = 0
+    #: alerts whose status history is broken: their status was not used as confirmed
+    broken_status_histories: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -822,6 +968,8 @@ class RangeResult:
             "reference_known_at": self.reference_known_at,
             "reconsider": self.reconsider,
             "decisions_with_stored_knowledge": self.kept_knowledge,
+            "confirmed_violations": self.confirmed_violations,
+            "status_histories_broken": list(self.broken_status_histories),
             "explained": self.explained,
             "flagged": self.flagged,
             "alerts": self.alerts,
@@ -829,6 +977,22 @@ class RangeResult:
             "alerts_by_rule": dict(sorted(self.by_rule.items())),
             "elapsed_s": round(self.elapsed_s, 3),
         }
+
+
+def report_broken_histories(broken: Sequence[str]) -> None:
+    """Say which alerts have a status history whose hash links do not hold (an edited,
+    deleted or forged change): their status is not used as a confirmed violation."""
+    if broken:
+        shown = ", ".join(broken[:10]) + (
+            f" and {len(broken) - 10} more" if len(broken) > 10 else ""
+        )
+        log.error(
+            "the status history of %d alert(s) is broken (hash links do not hold), so "
+            "their status is not counted as a confirmed violation: %s "
+            "(see careledger alerts show ID)",
+            len(broken),
+            shown,
+        )
 
 
 def range_run_id(from_ts: str, to_ts: str) -> str:
@@ -869,6 +1033,10 @@ def audit_range(
         undecided=0 if reconsider else store.undecided_count(from_ts, to_ts),
     )
     result.reference_known_at = knowledge.current
+    reviews = store.reviews()
+    result.confirmed_violations = len(reviews.confirmed)
+    result.broken_status_histories = list(reviews.broken)
+    report_broken_histories(reviews.broken)
     counted: list[int] = [0]
 
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
@@ -884,7 +1052,7 @@ def audit_range(
             to_ts,
             horizon_ts=store.horizon(),
             config=config,
-            confirmed=store.confirmed_violations(),
+            confirmed=reviews.violations(),
             knowledge=knowledge,
         )
     )
@@ -895,7 +1063,12 @@ def audit_range(
         )
     decided_at = now()
     rows = [decision_row(p, salt=salt, decided_at=decided_at, audit_run=run) for p in placed]
-    alerts = group_alerts([p.decision for p in placed], salt=salt)
+    alerts = group_alerts(
+        [p.decision for p in placed],
+        salt=salt,
+        closed=reviews.closed,
+        late_flag_delay_us=config.btg_stop_window_us,
+    )
     before = store.alert_fingerprints(from_ts, to_ts)
     store.delete_range(from_ts, to_ts)
     store.insert_decisions(rows)
@@ -925,6 +1098,12 @@ def audit_range(
 
 #: flagged decisions kept in memory for regrouping: the grouping window plus max span
 _REGROUP_US: Final = 25 * 3600 * 1_000_000
+
+
+def _near(times: Sequence[int], t_us: int, span_us: int) -> bool:
+    """``t_us`` is within ``span_us`` of one of ``times`` (sorted)."""
+    i = bisect.bisect_left(times, t_us - span_us)
+    return i < len(times) and times[i] <= t_us + span_us
 
 
 class Follower:
@@ -973,9 +1152,13 @@ class Follower:
         self.cycles = 0
         self.decided = 0
         self.alerts_sent = 0
-        #: confirmed violations fed to the history, and the status changes they reflect
-        self._confirmed: Counter[tuple[str, str]] = Counter()
+        #: the alerts of the confirmed violations fed to the history, and the count of
+        #: status changes the last read of the reviews reflects
+        self._fed: set[str] = set()
         self._reviews = -1
+        #: closed alerts (they take no more flags) and broken status histories reported
+        self.closed: Mapping[str, ClosedAlert] = {}
+        self.broken: set[str] = set()
 
     def _start(self) -> None:
         # resume after what earlier runs decided (every event of a block is decided
@@ -987,22 +1170,34 @@ class Follower:
             self._warm_until = self.store.last_decided_time()
         self.started = True
 
-    def _feed_confirmed(self) -> None:
-        """Feed the history the violations confirmed since the last read: an alert
-        resolved while following weighs the actor's next accesses (REPEAT_OFFENDER), as
-        in a range run. Read again after a status change (and every 200 polls)."""
-        reviews = self.store.status_changes()
-        if reviews == self._reviews and self.cycles % 200:
+    def _read_reviews(self, *, again: bool = False) -> None:
+        """Read the reviews if a status changed since the last read (or ``again``): the
+        closed alerts (they take no more flags) and the confirmed violations, fed to the
+        history once per case, so an alert resolved while following weighs the actor's
+        next accesses (REPEAT_OFFENDER) as in a range run. A broken status history is
+        reported once and not counted."""
+        changes = self.store.status_changes()
+        if changes == self._reviews and not again:
             return
-        found = Counter(self.store.confirmed_violations())
-        new = sorted((found - self._confirmed).items(), key=lambda c: (c[0][1], c[0][0]))
-        for (actor_id, when), n in new:
-            for _ in range(n):
-                self.auditor.history.record_confirmed_violation(actor_id, when)
-        # union, not replace: an alert missing from one read (a range replay rewriting
-        # it) is not fed twice when it is back
-        self._confirmed |= found
-        self._reviews = reviews
+        reviews = self.store.reviews()
+        for case in reviews.confirmed:
+            # by alert id, not time: an alert read again (a range replay rewriting it) or
+            # a second alert about the same accesses is not fed twice
+            if self._fed.isdisjoint(case.alert_ids):
+                self.auditor.history.record_confirmed_violation(case.actor_id, case.at)
+            self._fed.update(case.alert_ids)
+        broken = [a for a in reviews.broken if a not in self.broken]
+        report_broken_histories(broken)
+        counted = sorted(self._fed.intersection(broken))
+        if counted:
+            log.error(
+                "alerts %s were counted as confirmed violations before their status history "
+                "broke; a range replay does not count them",
+                ", ".join(counted),
+            )
+        self.broken.update(broken)
+        self.closed = reviews.closed
+        self._reviews = changes
 
     def _warmup_events(self) -> tuple[list[LedgeredEvent], dict[str, str]]:
         """The events to replay into the windows and the cutoffs they were decided with."""
@@ -1045,7 +1240,7 @@ class Follower:
         # what an earlier cycle decided but could not store goes first (its events are
         # in the history already: they must not be evaluated again)
         self._store_pending()
-        self._feed_confirmed()
+        self._read_reviews(again=self.cycles % 200 == 0)
         heads = self.store.heads()
         records: list[LedgeredReference] = []
         new: list[LedgeredEvent] = []
@@ -1138,23 +1333,36 @@ class Follower:
             self._pending_flagged = []
 
     def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
-        # alerts group one actor's flags: only the actors flagged now are regrouped
+        # a review made during this cycle: an alert closed now must not take these flags
+        self._read_reviews()
         latest = max(self._latest_us, max(ts_to_us(d.occurred_at) for d in flagged))
         by_actor: dict[str, list[AccessDecision]] = {}
         for d in flagged:
             by_actor.setdefault(d.actor_id, []).append(d)
-        candidate = {
-            actor: [
+        # alerts group one actor's flags: only the actors flagged now are regrouped, with
+        # their flags around the times of the new ones (an event committed after events
+        # that occurred much later, e.g. a back-filled batch, is grouped at its own time)
+        regroup: list[AccessDecision] = []
+        keep: dict[str, list[AccessDecision]] = {}
+        for actor, new in by_actor.items():
+            times = sorted({ts_to_us(d.occurred_at) for d in new})
+            known = [*self.recent.get(actor, ()), *new]
+            near = [d for d in known if _near(times, ts_to_us(d.occurred_at), _REGROUP_US)]
+            regroup.extend(near)
+            near_ids = {id(d) for d in near}
+            keep[actor] = [
                 d
-                for d in (*self.recent.get(actor, ()), *new)
-                if latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+                for d in known
+                if id(d) in near_ids or latest - ts_to_us(d.occurred_at) <= _REGROUP_US
             ]
-            for actor, new in by_actor.items()
-        }
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
-        regroup = [d for decisions in candidate.values() for d in decisions]
-        for a in group_alerts(regroup, salt=self.salt):
+        for a in group_alerts(
+            regroup,
+            salt=self.salt,
+            closed=self.closed,
+            late_flag_delay_us=self.config.btg_stop_window_us,
+        ):
             if touched.isdisjoint(a.event_ids):
                 continue
             if self.published.get(a.alert_id) != alert_fingerprint(a):
@@ -1168,7 +1376,7 @@ class Follower:
                     for a in changed
                 ]
             )
-        self.recent.update(candidate)
+        self.recent.update(keep)
         self._latest_us = latest
         if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
             self.recent = {
