@@ -42,6 +42,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dead-letters": ("processors.dead_letters", "list or replay dead-lettered input"),
     "demo": ("careledger.demo", "run the whole pipeline locally on simulated traffic"),
     "benchmark": ("careledger.benchmark", "measure end-to-end throughput and latency"),
+    "benchmark-alerts": (
+        "careledger.benchmark_alerts",
+        "measure produce-to-alert latency of labelled inappropriate accesses at a sustained rate",
+    ),
     "benchmark-audit": (
         "careledger.benchmark_audit",
         "measure the access auditor's recall and precision per rule on labelled traffic",

@@ -43,6 +43,21 @@ def start_processor(
         )
 
 
+def start_cli(settings: Settings, log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """Start ``careledger ARGS`` (e.g. ``audit --follow``) in its own process group,
+    stdout and stderr to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
+        return subprocess.Popen(
+            [sys.executable, "-m", "careledger.cli", *args],
+            cwd=PROJECT_ROOT,
+            env=child_env(settings),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30.0) -> None:
     """Send ``sig`` to the child's process group; SIGKILL it if it outlives ``timeout``."""
     if proc.poll() is not None:

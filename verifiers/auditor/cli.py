@@ -170,6 +170,7 @@ def _follow(
     ok = True
     try:
         while not stop.is_set():
+            started = time.monotonic()
             try:
                 n = follower.cycle()
                 ok = True
@@ -191,7 +192,12 @@ def _follow(
                 )
             if args.max_cycles is not None and follower.cycles >= args.max_cycles:
                 break
+            # a poll every interval, not an interval after each cycle: a busy auditor
+            # whose cycle took longer starts the next one at once (else each batch
+            # would grow by a whole interval of traffic, and with it the next cycle)
             wait = settings.audit_poll_interval_s
+            if ok:
+                wait = max(0.0, wait - (time.monotonic() - started))
             if deadline is not None:
                 left = deadline - time.monotonic()
                 if left <= 0:
