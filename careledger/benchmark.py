@@ -76,6 +76,7 @@ def _run_mode(
     base: Settings, events: list[Any], baseline: bool, rate: float, latency_s: float, workdir: Path
 ) -> dict[str, Any]:
     from careledger import stack
+    from careledger.sources import ensure_local_source
     from careledger.storage.backend import ClickHouseBackend
     from careledger.storage.store import ChainStore
 
@@ -91,6 +92,9 @@ def _run_mode(
         )
         topics = stack.default_topics(s)
         stack.ensure_topics(s, topics)
+        # Events are signed at the source, as in production: the chained pipeline
+        # pays for the source checks (the baseline never checks them).
+        s = ensure_local_source(s, say=lambda *_: None)
         store = ChainStore.for_settings(ClickHouseBackend.from_settings(s), s)
         if phase == "throughput":
             _produce(s, events)

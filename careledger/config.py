@@ -77,9 +77,10 @@ class Settings:
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
     origin: str = "careledger.local"
     signing_key: Path | None = None  # path to the Ed25519 private key file
-    # Fail closed: only events signed by a registered source are chained (ADR 0010).
-    # false = legacy mode (plain events accepted; signed ones are still checked).
-    require_source_signatures: bool = False
+    # Fail closed: only events signed by a registered source are chained (ADR 0010);
+    # anything else is quarantined. false = legacy mode for migrating producers that
+    # cannot sign yet (plain events chained; signed ones are still checked).
+    require_source_signatures: bool = True
     # A batch statement's signed_at may differ from the record's Kafka time by this much.
     source_max_skew_s: float = 900.0
 

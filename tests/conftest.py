@@ -118,7 +118,7 @@ def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
 
 
 @pytest.fixture
-def isolated(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
+def isolated(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
     from careledger import stack as stack_mod
 
     if not (stack_mod.kafka_ready(stack) and stack_mod.clickhouse_ready(stack)):
@@ -131,11 +131,26 @@ def isolated(stack: Settings, tmp_path: Path) -> Iterator[Settings]:
     topics = stack_mod.default_topics(s)
     stack_mod.ensure_topics(s, topics)
     _migrate(s)
+    if request.node.get_closest_marker("bare_sources") is None:
+        s = _with_local_source(s, tmp_path)
     try:
         yield s
     finally:
         if not _flag("CARELEDGER_KEEP_TEST_DATA"):
             _cleanup(s, list(topics))
+
+
+def _with_local_source(s: Settings, tmp_path: Path) -> Settings:
+    """Signatures are required by default (ADR 0010): every test pipeline gets a
+    registrar and a registered source key of its own, so the SDK signs its events.
+    Tests of other sources add them with ``tests.integration.pipeline.with_source``."""
+    from careledger.sources import ensure_local_source
+
+    keys = tmp_path / "fixture-keys"
+    return ensure_local_source(
+        s.replace(registrar_key=keys / "registrar.key", source_key=keys / "source-local.key"),
+        say=lambda *_: None,
+    )
 
 
 def _cleanup(s: Settings, topics: list[str]) -> None:

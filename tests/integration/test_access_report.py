@@ -38,7 +38,7 @@ from careledger_core.reference import (
 from careledger_core.signing import SigningKey, format_public_key
 from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
-from tests.conftest import _cleanup, _migrate, isolated_settings
+from tests.conftest import _cleanup, _migrate, _with_local_source, isolated_settings
 from tests.integration.pipeline import (
     committed_event_count,
     processor_settings,
@@ -229,8 +229,11 @@ def ledger(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     topics = stack_mod.default_topics(base)
     stack_mod.ensure_topics(base, topics)
     _migrate(base)
+    base = _with_local_source(base, tmp)  # signatures are required by default
     try:
-        settings = processor_settings(with_keys(base, tmp))
+        # small blocks: a block's signed time span must not cover the whole report day
+        # (the TIME_OUTSIDE_BLOCK attack needs a line whose block it can leave)
+        settings = processor_settings(with_keys(base, tmp), block_max_events=100)
         simulated = list(simulate(HospitalModel(staff=40, patients=60, seed=11), 1500, seed=11))
         counts = Counter(e.patient.id for e in simulated if e.patient.id != "-")
         patient = counts.most_common(1)[0][0]

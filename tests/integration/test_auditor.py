@@ -27,6 +27,7 @@ from careledger_core.reference import (
 )
 from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
+    NOT_SOURCE_KINDS,
     REPO,
     cli_env,
     committed_event_count,
@@ -216,7 +217,7 @@ def _review_scenario(settings: Settings, tmp_path: Path) -> None:
         def references() -> int:
             rows = store.backend.execute(
                 f"SELECT count() FROM {store.db}.reference_records WHERE (chain_id, height) "
-                f"IN (SELECT chain_id, height FROM {store.db}.blocks)"
+                f"IN (SELECT chain_id, height FROM {store.db}.blocks){NOT_SOURCE_KINDS}"
             )
             return int(rows[0][0])
 
@@ -401,7 +402,10 @@ def test_follow_alerts_within_seconds_of_the_block(isolated: Settings, tmp_path:
         wait_until(
             lambda: (
                 int(
-                    store.backend.execute(f"SELECT count() FROM {store.db}.reference_records")[0][0]
+                    store.backend.execute(
+                        f"SELECT count() FROM {store.db}.reference_records "
+                        f"WHERE 1{NOT_SOURCE_KINDS}"
+                    )[0][0]
                 )
                 == 1
             ),

@@ -175,6 +175,9 @@ def build_chain(chain_id: str, payloads: list[bytes]) -> list[SealedBlock]:
 
 @pytest.fixture
 def setup(isolated: Settings, tmp_path: Path) -> Iterator[Setup]:
+    # Chains built here by hand from plain events: legacy mode, no source checks
+    # (signed events and the source checks are tested in test_signed_pipeline.py).
+    isolated = isolated.replace(require_source_signatures=False)
     model = HospitalModel(seed=9, staff=60, patients=300)
     n = BLOCKS * PER_BLOCK
     events = [canonical_event_bytes(e) for e in simulate(model, count=CHAINS * n + 100, seed=9)]

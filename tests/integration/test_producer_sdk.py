@@ -21,7 +21,8 @@ from careledger_core.event import AccessEvent, canonical_event_bytes
 from producers.sdk import AccessEventProducer, DeliveryError, partition_key
 from producers.simulator import HospitalModel, run_simulation, simulate
 
-pytestmark = pytest.mark.integration
+# the SDK's delivery guarantees, unsigned (signing is tested in test_source_identity.py)
+pytestmark = [pytest.mark.integration, pytest.mark.bare_sources]
 
 COUNT = 2_000
 

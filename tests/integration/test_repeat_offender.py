@@ -30,6 +30,7 @@ from careledger_core.reference import (
 )
 from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
+    NOT_SOURCE_KINDS,
     REPO,
     cli_env,
     committed_event_count,
@@ -224,7 +225,7 @@ def test_a_violation_confirmed_in_the_alert_workflow_makes_the_actors_next_snoop
         def references() -> int:
             rows = store.backend.execute(
                 f"SELECT count() FROM {store.db}.reference_records WHERE (chain_id, height) "
-                f"IN (SELECT chain_id, height FROM {store.db}.blocks)"
+                f"IN (SELECT chain_id, height FROM {store.db}.blocks){NOT_SOURCE_KINDS}"
             )
             return int(rows[0][0])
 

@@ -35,7 +35,8 @@ from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import run_cli, with_source
 
-pytestmark = pytest.mark.integration
+# these tests build the source registry themselves, from an empty sources topic
+pytestmark = [pytest.mark.integration, pytest.mark.bare_sources]
 
 
 def _events(count: int, seed: int = 21) -> list[AccessEvent]:

@@ -412,7 +412,7 @@ def test_gateway_publishes_the_settings_ports_on_loopback(
     source, rel, read_only = volume_file(gateway, str(settings.gateway_auth_file))
     assert read_only and source.startswith("./")
     assert (PROJECT_ROOT / source / rel).is_file()
-    assert set(gateway["depends_on"]) == {"kafka-init"}
+    assert set(gateway["depends_on"]) == {"kafka-init", "keygen"}
     assert gateway.get("stop_grace_period")
 
 
@@ -433,7 +433,7 @@ def test_verifier_trusts_the_processor_key_without_seeing_it(
     compose: dict[str, Any], app_services: dict[str, dict[str, Any]]
 ) -> None:
     keygen, processor, verifier = (app_services[n] for n in ("keygen", "processor", "verifier"))
-    (keygen_argv,) = careledger_argvs(keygen)
+    [keygen_argv] = [a for a in careledger_argvs(keygen) if a[0] == "keygen"]
     key_out = option(keygen_argv, "--out")
 
     signing_key = settings_of(processor).signing_key
@@ -443,7 +443,11 @@ def test_verifier_trusts_the_processor_key_without_seeing_it(
     assert signing[:2] == volume_file(keygen, key_out)[:2], "processor signs with the keygen key"
 
     # keygen publishes the public key to the volume the verifier trusts keys from.
-    copies = [c for c in shell_commands(script_of(keygen), env_of(keygen)) if c[0] == "cp"]
+    copies = [
+        c
+        for c in shell_commands(script_of(keygen), env_of(keygen))
+        if c[0] == "cp" and c[-2] == key_out + ".pub"
+    ]
     assert len(copies) == 1
     src, dst = copies[0][-2:]
     # careledger.keys.write_keypair writes the public half to "<private path>.pub".
@@ -458,6 +462,54 @@ def test_verifier_trusts_the_processor_key_without_seeing_it(
         "the verifier must not see the private key"
     )
     assert signing[0] in compose["volumes"]
+
+
+def test_each_producer_signs_with_its_own_registered_key(
+    compose: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    keygen = app_services["keygen"]
+    argvs = careledger_argvs(keygen)
+    registered = {
+        option(a, "--source-id"): option(a, "--public-key")
+        for a in argvs
+        if a[:2] == ["source", "register"]
+    }
+    created = {
+        option(a, "--source-id"): option(a, "--out") for a in argvs if a[:2] == ["source", "keygen"]
+    }
+    registrar = settings_of(keygen).registrar_key
+    assert registrar is not None
+    registrar_volume = volume_file(keygen, str(registrar))[0]
+    for name in ("simulator", "gateway"):
+        service = app_services[name]
+        s = settings_of(service)
+        assert s.source_id == name and s.source_key is not None
+        # the key the service signs with is the one keygen created and registered for it
+        assert volume_file(service, str(s.source_key))[:2] == volume_file(keygen, created[name])[:2]
+        assert registered[name] == created[name] + ".pub"
+        assert volume_file(service, str(s.source_key))[2], "source keys are mounted read-only"
+        assert "keygen" in service["depends_on"]
+    # each source key volume is mounted by its own service (and keygen) only
+    key_volumes = {
+        name: volume_file(app_services[name], str(settings_of(app_services[name]).source_key))[0]
+        for name in ("simulator", "gateway")
+    }
+    for name, service in app_services.items():
+        mounted = {src for src, _, _ in mounts(service)}
+        for owner, vol in key_volumes.items():
+            if name not in (owner, "keygen"):
+                assert vol not in mounted, f"{name} must not see the {owner} source key"
+        if name != "keygen":
+            assert registrar_volume not in mounted, f"{name} must not see the registrar key"
+    # processor and verifier trust the registrar's public half that keygen publishes
+    copies = [c for c in shell_commands(script_of(keygen), env_of(keygen)) if c[0] == "cp"]
+    [(_src, dst)] = [c[-2:] for c in copies if c[-2] == f"{registrar}.pub"]
+    for name in ("processor", "verifier"):
+        service = app_services[name]
+        s = settings_of(service)
+        assert s.require_source_signatures
+        [trusted] = s.trusted_registrar_keys
+        assert volume_file(service, trusted)[:2] == volume_file(keygen, dst)[:2]
 
 
 def test_verifier_state_survives_restarts(app_services: dict[str, dict[str, Any]]) -> None:

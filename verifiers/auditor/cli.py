@@ -103,7 +103,9 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
     except OSError as exc:
         return _error(f"cannot read or create the pseudonym salt: {exc}")
     backend = ClickHouseBackend.from_settings(settings)
-    store = AuditStore(backend, settings.clickhouse_database, reference_topics(settings))
+    # the sources topic carries the source registry, not data the rules use
+    audited = reference_topics(settings) - {settings.topic_sources}
+    store = AuditStore(backend, settings.clickhouse_database, audited)
     publisher: AlertPublisher | None = None
     try:
         if not args.no_publish:

@@ -620,6 +620,11 @@ def load_salt(settings: Any) -> str:
 # --------------------------------------------------------------------------- store
 
 
+#: Source registry records (ADR 0010) are reference records too, but no rule uses
+#: them: leaving them out keeps heartbeats from moving the auditor's knowledge time.
+_SOURCE_KINDS = "('source-key', 'source-heartbeat')"
+
+
 class AuditStore:
     """The auditor's reads and writes in one ClickHouse database."""
 
@@ -648,13 +653,15 @@ class AuditStore:
         its block's signed ``created_at`` (the column verify checks against the header)."""
         rows = self.backend.execute(
             f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
-            f"WHERE {self._committed()} ORDER BY chain_id, height, idx"
+            f"WHERE {self._committed()} AND kind NOT IN {_SOURCE_KINDS} "
+            "ORDER BY chain_id, height, idx"
         )
         # read after the records: every block they are committed in is there
         times = self.backend.execute(
             f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
             "WHERE (chain_id, height, block_hash) IN "
-            f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records)"
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records "
+            f"WHERE kind NOT IN {_SOURCE_KINDS})"
         )
         return _decode_references(rows, times)
 
