@@ -388,6 +388,15 @@ def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, statu
 
 def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
     """Send the change as an access event: the processor chains and signs it."""
+    from careledger.keys import load_source_key
+
+    if settings.require_source_signatures and load_source_key(settings) is None:
+        # unsigned, it would only be quarantined (ADR 0010): say so instead
+        logging.getLogger("careledger.alerts").warning(
+            "cannot ledger status change: no source key (set CARELEDGER_SOURCE_KEY to a key "
+            "registered with `careledger source register`)"
+        )
+        return False
     try:
         from producers.sdk import AccessEventProducer
 

@@ -13,6 +13,7 @@ import logging
 import uuid
 from argparse import Namespace
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -347,3 +348,16 @@ def test_one_access_confirmed_under_two_rules_counts_as_one_violation(
     result = audit_range(audit, *DAY, salt=SALT)
     assert result.to_json()["confirmed_violations"] == 2
     assert repeat_evidence(audit, third) == [{"confirmed_violations": 2, "multiplier": 2.0}]
+
+
+def test_a_status_change_is_not_sent_unsigned_where_it_would_be_quarantined(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from careledger.config import Settings
+    from verifiers.alerts_cli import _ledger_status
+
+    # no source key and signatures required: reported as not ledgered, no Kafka needed
+    settings = Settings(run_dir=tmp_path, kafka_port=1, require_source_signatures=True)
+    with caplog.at_level("WARNING"):
+        assert _ledger_status(settings, {"alert_id": "a"}) is False
+    assert "no source key" in caplog.text
