@@ -270,7 +270,12 @@ def start_gateway(settings: Settings, tmp_path: Path, **changes: Any) -> Running
 
 @pytest.fixture
 def gateway(isolated: Settings, tmp_path: Path) -> Iterator[Running]:
-    running = start_gateway(isolated, tmp_path)
+    # The gateway signs what it relays (ADR 0010) with a key registered to sign for
+    # the senders it authenticates.
+    relaying = with_source(
+        isolated, tmp_path, "gateway-test", signs_for=("ehr-east", "legacy-lab", "pacs-net")
+    )
+    running = start_gateway(relaying, tmp_path)
     try:
         yield running
     finally:
