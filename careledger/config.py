@@ -81,6 +81,9 @@ class Settings:
     # anything else is quarantined. false = legacy mode for migrating producers that
     # cannot sign yet (plain events chained; signed ones are still checked).
     require_source_signatures: bool = True
+    # verify: unsigned events in blocks created before this instant are legacy history,
+    # not findings ("" = from the first source key registration in the ledger).
+    source_signatures_since: str = ""
     # A batch statement's signed_at may differ from the record's Kafka time by this much.
     source_max_skew_s: float = 900.0
 

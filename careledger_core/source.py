@@ -462,6 +462,11 @@ class SourceRegistry:
             )
         return state.key
 
+    def first_registered_at(self) -> str | None:
+        """When the first key of any source became active (None: no key registered)."""
+        times = [t for s in self._keys.values() for t, status in s.history if status == "active"]
+        return min(times) if times else None
+
     def key_source(self, key_id: str) -> str | None:
         state = self._keys.get(key_id)
         return None if state is None else state.source_id

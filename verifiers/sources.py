@@ -78,6 +78,8 @@ class AttestedEvent:
     leaf_hash: bytes
     #: (statement JCS bytes, signature, batch_index, proof "h1,h2,...") or None
     attestation: tuple[bytes, str, int, str] | None
+    #: the signed created_at of the event's block
+    block_time: str = ""
 
 
 @dataclass
@@ -85,6 +87,9 @@ class SourceReport:
     findings: list[Finding] = field(default_factory=list)
     signed_events: int = 0
     unsigned_events: int = 0
+    #: unsigned events chained before signatures were required (not findings)
+    legacy_unsigned_events: int = 0
+    signatures_required_since: str | None = None
     sources: dict[str, dict[str, int]] = field(default_factory=dict)
     dropped: int = 0
 
@@ -92,6 +97,8 @@ class SourceReport:
         return {
             "signed_events": self.signed_events,
             "unsigned_events": self.unsigned_events,
+            "legacy_unsigned_events": self.legacy_unsigned_events,
+            "signatures_required_since": self.signatures_required_since,
             "sources": self.sources,
             "findings": len(self.findings),
             "findings_dropped": self.dropped,
@@ -165,8 +172,12 @@ def check_sources(
     heartbeats: Iterable[SourceHeartbeatBody] = (),
     *,
     require_signatures: bool,
+    required_since: str | None = None,
 ) -> SourceReport:
-    report = SourceReport()
+    """``required_since``: unsigned events in blocks created before this instant were
+    chained before any source could sign (legacy history) and are counted, not
+    reported; None: every unsigned event counts when signatures are required."""
+    report = SourceReport(signatures_required_since=required_since)
     per_code: dict[FindingCode, int] = {}
 
     def emit(code: FindingCode, ev: AttestedEvent | None, message: str, **details: Any) -> None:
@@ -192,7 +203,9 @@ def check_sources(
     for ev in events:
         if ev.attestation is None:
             report.unsigned_events += 1
-            if require_signatures:
+            if required_since is not None and ev.block_time < required_since:
+                report.legacy_unsigned_events += 1
+            elif require_signatures:
                 emit(FindingCode.SOURCE_UNSIGNED, ev, "access event has no source attestation")
             continue
         statement_bytes, signature, index, proof = ev.attestation
@@ -329,6 +342,14 @@ def read_source_rows(
 
     def _page(chain: str, lo: int, hi: int) -> Iterator[AttestedEvent]:
         params = {"c": chain, "lo": lo, "hi": hi}
+        block_times = {
+            (int(h), _text(bh)): _text(t)
+            for h, bh, t in backend.execute(
+                f"SELECT height, block_hash, created_at FROM {db}.blocks "
+                "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s",
+                params,
+            )
+        }
         atts = {
             (int(h), int(i), _text(bh)): (
                 st if isinstance(st, bytes) else st.encode(),
@@ -356,6 +377,7 @@ def read_source_rows(
                 _text(eid),
                 bytes.fromhex(_text(leaf)),
                 atts.get((int(h), int(i), _text(bh))),
+                block_times.get((int(h), _text(bh)), ""),
             )
 
     return events(), key_events, heartbeats

@@ -163,3 +163,19 @@ def test_garbled_attestation_row_is_reported_not_crashing() -> None:
     assert codes(check_sources([bad], registry(), require_signatures=True)) == [
         "SOURCE_ATTESTATION_INVALID"
     ]
+
+
+def test_unsigned_history_from_before_the_first_registration_is_legacy_not_a_finding() -> None:
+    reg = registry()
+    since = reg.first_registered_at()
+    assert since == "2026-01-01T00:00:00.000000Z"
+    leaf = hashlib.sha256(b"old").digest()
+    old = AttestedEvent("c/0", 0, 0, "e-old", leaf, None, "2025-12-31T23:59:59.000000Z")
+    new = AttestedEvent("c/0", 9, 0, "e-new", leaf, None, "2026-02-01T00:00:00.000000Z")
+    report = check_sources([old, new], reg, require_signatures=True, required_since=since)
+    # the one chained after sources could sign is reported; the older one is history
+    assert [f.event_id for f in report.findings] == ["e-new"]
+    assert (report.unsigned_events, report.legacy_unsigned_events) == (2, 1)
+    # with no registration at all there is no such history: fail closed
+    empty = check_sources([old], SourceRegistry(), require_signatures=True, required_since=None)
+    assert codes(empty) == ["SOURCE_UNSIGNED"]
