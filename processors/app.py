@@ -436,7 +436,8 @@ class Processor:
         first one reveals the gap (``OffsetGap``); when none arrive, nothing
         would, and the unstored records would wait for new traffic on that
         partition. So compare the consumer's position with the stored head as
-        soon as the assignment has settled: seeking earlier races the fetcher.
+        soon as the assignment has settled: seeking earlier races the fetcher. The
+        position compared is the group's committed offset (where the fetcher starts).
         """
         now = time.monotonic()
         for p, since in sorted(self._unchecked.items()):
@@ -792,12 +793,34 @@ def create_app(
         offsets = await app.consumer.earliest_offsets(tp)
         return int(offsets.get(tp) or 0)
 
+    committed_reader: list[Any] = []
+
+    def committed_offset(part: Part) -> int | None:
+        # The group's committed offset, read by a consumer of our own that never
+        # joins the group: asking aiokafka for its position from here raced its
+        # fetcher (KeyError in the record drain, a crashed worker).
+        from confluent_kafka import Consumer, TopicPartition
+
+        if not committed_reader:
+            committed_reader.append(
+                Consumer(
+                    {
+                        "bootstrap.servers": settings.kafka_bootstrap,
+                        "group.id": settings.processor_app_id,
+                        "enable.auto.commit": False,
+                    }
+                )
+            )
+        [tp] = committed_reader[0].committed([TopicPartition(*part)], timeout=10)
+        return max(int(tp.offset), 0)  # no commit yet (negative): nothing to compare
+
     async def position(part: Part) -> int | None:
         tp = TP(*part)
         if app.rebalancing or tp not in app.consumer.assignment():
             return None
-        pos = await app.consumer.position(tp)
-        return None if pos is None else int(pos)
+        return await asyncio.get_running_loop().run_in_executor(
+            processor.executor, committed_offset, part
+        )
 
     processor = Processor(
         settings,
@@ -806,7 +829,7 @@ def create_app(
         seek,
         earliest,
         KafkaOutputs(settings),
-        position=position,
+        position=None if baseline else position,  # the baseline keeps no chains
         gate=None if baseline else source_gate(settings),
     )
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
