@@ -106,17 +106,16 @@ class SourceReport:
 
 
 class _Seqs:
-    """Sequence numbers seen in one (source, epoch): a bitmap and the duplicates."""
+    """Sequence numbers seen in one (source, epoch), as a bitmap."""
 
-    __slots__ = ("bits", "duplicates", "max_seq", "where")
+    __slots__ = ("bits", "max_seq")
 
     def __init__(self) -> None:
         self.bits = bytearray()
         self.max_seq = 0
-        self.duplicates: list[tuple[int, AttestedEvent]] = []
-        self.where: dict[int, AttestedEvent] = {}
 
-    def add(self, seq: int, ev: AttestedEvent) -> bool:
+    def add(self, seq: int) -> bool:
+        """Mark ``seq`` seen; False if it was seen before (a replay)."""
         byte, bit = divmod(seq, 8)
         if byte >= len(self.bits):
             self.bits.extend(bytes(byte - len(self.bits) + 1024))
@@ -242,7 +241,7 @@ def check_sources(
         if run is None:
             run = seqs[(st.source_id, st.epoch)] = _Seqs()
             counts["epochs"] += 1
-        if not run.add(att.seq, ev):
+        if not run.add(att.seq):
             emit(
                 FindingCode.SOURCE_SEQ_DUPLICATE,
                 ev,
