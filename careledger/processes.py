@@ -28,7 +28,7 @@ def start_processor(
     settings: Settings, log_path: Path, *, loglevel: str = "warning", baseline: bool = False
 ) -> subprocess.Popen[bytes]:
     """Start ``careledger process`` in its own process group, logging to ``log_path``."""
-    args = [sys.executable, "-m", "careledger.cli", "process", "--loglevel", loglevel]
+    args = [sys.executable, "-m", "commands.cli", "process", "--loglevel", loglevel]
     if baseline:
         args.append("--baseline")
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -49,7 +49,7 @@ def start_cli(settings: Settings, log_path: Path, *args: str) -> subprocess.Pope
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log_file:  # the child keeps its own descriptor
         return subprocess.Popen(
-            [sys.executable, "-m", "careledger.cli", *args],
+            [sys.executable, "-m", "commands.cli", *args],
             cwd=PROJECT_ROOT,
             env=child_env(settings),
             stdout=log_file,
@@ -78,7 +78,7 @@ def run_cli(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``careledger ARGS`` to completion, capturing its output."""
     return subprocess.run(
-        [sys.executable, "-m", "careledger.cli", *args],
+        [sys.executable, "-m", "commands.cli", *args],
         cwd=PROJECT_ROOT,
         env=child_env(settings),
         capture_output=True,

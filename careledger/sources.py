@@ -463,7 +463,7 @@ def publish_key_event(
     a ``source-key`` reference record (keyed by source id), waiting for Kafka's
     acknowledgement. Its version is 1 for a key never seen on the topic, else one more
     than the highest there. Raises ``DeliveryError`` if Kafka does not acknowledge."""
-    from producers.sdk import AccessEventProducer
+    from careledger.kafka.producer import AccessEventProducer
 
     signature = sign_key_event(registrar_key, statement)
     snapshot = read_sources(settings, {}, timeout=timeout)

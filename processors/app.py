@@ -943,5 +943,5 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
         key.key_id,
     )
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    # Runs the worker until it stops, then exits the process itself (typed NoReturn).
     worker.execute_from_commandline()
-    return 0

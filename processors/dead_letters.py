@@ -146,7 +146,7 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     chosen = [
         r for r in records if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted
     ]
-    from producers.sdk import AccessEventProducer
+    from careledger.kafka.producer import AccessEventProducer
 
     with AccessEventProducer(settings) as producer:
         for r in chosen:

@@ -1267,7 +1267,7 @@ def run_simulation(
     problems: the summary's ``failed`` counts every event Kafka did not acknowledge.
     ``events``: send these (e.g. an audit scenario's) instead of ``simulate``'s.
     """
-    from producers.sdk import AccessEventProducer, DeliveryError
+    from careledger.kafka.producer import AccessEventProducer, DeliveryError
 
     if events is None:
         model = HospitalModel(staff=staff, patients=patients, seed=seed)
@@ -1433,9 +1433,9 @@ def produce_reference(
 ) -> tuple[int, int]:
     """Produce reference records to their topics (keyed by subject id: patient or user
     id) and wait for every acknowledgement. Returns (sent, acknowledged)."""
+    from careledger.kafka.producer import AccessEventProducer, DeliveryError
     from careledger_core.reference import canonical_reference_bytes
     from producers.scenarios import reference_topic_setting
-    from producers.sdk import AccessEventProducer, DeliveryError
 
     producers: dict[str, AccessEventProducer] = {}
     sent = acked = 0

@@ -8,7 +8,7 @@ group and, for the group:
    (``Settings.topic_dead_letter``) and waits until Kafka acknowledged or refused each
    (``acks=all``, idempotent);
 2. sends the events of every job whose raw record was acknowledged through the SDK
-   (:class:`producers.sdk.AccessEventProducer`, which signs them when the gateway has a
+   (:class:`careledger.kafka.producer.AccessEventProducer`, which signs them when the gateway has a
    source key), ``on_behalf_of`` the authenticated sender, and flushes;
 3. resolves each job: acknowledged only if its raw record (or dead letter) *and* all
    its events were acknowledged.
@@ -39,10 +39,10 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, Message, Producer
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer, producer_config
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
-from producers.sdk import AccessEventProducer, producer_config
 
 log = logging.getLogger("careledger.gateway.publisher")
 _rdkafka_log = logging.getLogger("careledger.gateway.rdkafka")

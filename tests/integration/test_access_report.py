@@ -25,8 +25,8 @@ from typing import Any
 import pytest
 
 from careledger import stack as stack_mod
-from careledger.cli import main
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger_core.block import SIGNING_CONTEXT, BlockHeader, decode_header, header_bytes
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
 from careledger_core.hashing import leaf_hash
@@ -36,7 +36,7 @@ from careledger_core.reference import (
     reference_from_dict,
 )
 from careledger_core.signing import SigningKey, format_public_key
-from producers.sdk import AccessEventProducer
+from commands.cli import main
 from producers.simulator import HospitalModel, simulate
 from tests.conftest import _cleanup, _migrate, _with_local_source, isolated_settings
 from tests.integration.pipeline import (
@@ -49,7 +49,7 @@ from tests.integration.pipeline import (
     wait_until,
     with_keys,
 )
-from verifiers.proofs import DISPLAYED_FIELDS, is_disclosure
+from verifiers.reports.proofs import DISPLAYED_FIELDS, is_disclosure
 
 pytestmark = pytest.mark.integration
 

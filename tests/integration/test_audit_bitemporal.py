@@ -14,9 +14,9 @@ from typing import Any
 import pytest
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.storage.kinds import reference_topics
 from careledger.storage.store import ChainStore
-from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
     committed_event_count,
     processor_settings,

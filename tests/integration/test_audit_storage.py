@@ -20,7 +20,7 @@ from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from processors.chainer import PartitionChain
 from tests.unit.test_auditor_rules import at, event, hospital, relationship
-from verifiers.alerts_cli import AlertBook, verify_history
+from verifiers.auditor.alerts_cli import AlertBook, verify_history
 from verifiers.auditor.runner import DECISION_COLUMNS, AuditStore, Follower, audit_range
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger audit storage test").digest())

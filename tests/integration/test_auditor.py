@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.stack import delete_topics
 from careledger_core.event import AccessEvent, event_from_dict
 from careledger_core.reference import (
@@ -25,7 +26,6 @@ from careledger_core.reference import (
     canonical_reference_bytes,
     reference_from_dict,
 )
-from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
     NOT_SOURCE_KINDS,
     REPO,
@@ -386,7 +386,7 @@ def test_follow_alerts_within_seconds_of_the_block(isolated: Settings, tmp_path:
     )
     proc = start_processor(settings, tmp_path / "processor.log")
     follower = subprocess.Popen(
-        [sys.executable, "-m", "careledger.cli", "audit", "--follow", "--stop-after", "120"],
+        [sys.executable, "-m", "commands.cli", "audit", "--follow", "--stop-after", "120"],
         cwd=REPO,
         env=cli_env(settings),
         stdout=open(tmp_path / "audit.log", "ab"),  # noqa: SIM115

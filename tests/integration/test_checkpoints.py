@@ -38,7 +38,7 @@ from careledger_core.signing import SigningKey, format_public_key
 from processors.app import KafkaOutputs
 from processors.chainer import PartitionChain
 from producers.simulator import HospitalModel, simulate
-from verifiers.checkpoints import CheckpointReader
+from verifiers.integrity.checkpoints import CheckpointReader
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,7 @@ class Setup:
         env.update(self.settings.replace(**overrides).as_env())
         env["CARELEDGER_TRUSTED_KEYS"] = str(self.key_file)
         proc = subprocess.run(
-            [sys.executable, "-m", "careledger.cli", "verify", "--json", "--no-record", *args],
+            [sys.executable, "-m", "commands.cli", "verify", "--json", "--no-record", *args],
             cwd=PROJECT_ROOT,
             env=env,
             capture_output=True,
@@ -230,7 +230,7 @@ def test_human_output_says_what_the_checkpoints_gave(setup: Setup) -> None:
     env.update(setup.settings.as_env())
     env["CARELEDGER_TRUSTED_KEYS"] = str(setup.key_file)
     proc = subprocess.run(
-        [sys.executable, "-m", "careledger.cli", "verify", "--no-record"],
+        [sys.executable, "-m", "commands.cli", "verify", "--no-record"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,
@@ -435,7 +435,7 @@ def test_follow_reads_only_new_checkpoints_and_alerts_a_truncation(setup: Setup)
     env["CARELEDGER_TRUSTED_KEYS"] = str(setup.key_file)
     command = ["verify", "--follow", "--max-cycles", "1", "--json", "--no-record"]
     proc = subprocess.run(
-        [sys.executable, "-m", "careledger.cli", *command],
+        [sys.executable, "-m", "commands.cli", *command],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

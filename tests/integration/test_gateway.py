@@ -177,7 +177,7 @@ def start_cli(settings: Settings, log_path: Path, *args: str) -> subprocess.Pope
     """``careledger ARGS`` in its own process group, output to ``log_path``."""
     with open(log_path, "ab") as log_file:
         return subprocess.Popen(
-            [sys.executable, "-m", "careledger.cli", *args],
+            [sys.executable, "-m", "commands.cli", *args],
             cwd=REPO,
             env=child_env(settings),
             stdout=log_file,

@@ -18,10 +18,10 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_public_keys
 from careledger_core.checkpoint import Checkpoint, verify_checkpoint
 from careledger_core.event import canonical_event_bytes
-from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (
     accounted_offsets,

@@ -21,7 +21,7 @@ from careledger_core.signing import SigningKey, TrustedKeys
 from processors.app import Processor, Record
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import committed_event_count, store_for, stored_event_ids
-from verifiers.fsck import verify_chain
+from verifiers.integrity.fsck import verify_chain
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger failure test key").digest())
 

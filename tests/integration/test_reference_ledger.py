@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger_core.reference import (
     REFERENCE_SCHEMA,
     canonical_reference_bytes,
     reference_from_dict,
 )
-from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
     NOT_SOURCE_KINDS,
     processor_settings,

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.stack import delete_topics
 from careledger.storage.store import ChainStore
 from careledger_core.event import AccessEvent, event_from_dict
@@ -28,7 +29,6 @@ from careledger_core.reference import (
     canonical_reference_bytes,
     reference_from_dict,
 )
-from producers.sdk import AccessEventProducer
 from tests.integration.pipeline import (
     NOT_SOURCE_KINDS,
     REPO,
@@ -42,7 +42,7 @@ from tests.integration.pipeline import (
     wait_until,
     with_keys,
 )
-from verifiers.alerts_cli import status_event_id
+from verifiers.auditor.alerts_cli import status_event_id
 
 pytestmark = pytest.mark.integration
 
@@ -233,7 +233,7 @@ def test_a_violation_confirmed_in_the_alert_workflow_makes_the_actors_next_snoop
         # the directory is committed before any access: every poll that reads an access
         # has applied it first
         follower = subprocess.Popen(
-            [sys.executable, "-m", "careledger.cli", "audit", "--follow", "--stop-after", "400"],
+            [sys.executable, "-m", "commands.cli", "audit", "--follow", "--stop-after", "400"],
             cwd=REPO,
             env=cli_env(settings),
             stdout=open(tmp_path / "audit.log", "ab"),  # noqa: SIM115

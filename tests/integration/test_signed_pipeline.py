@@ -19,6 +19,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -30,7 +31,6 @@ from careledger_core.source import (
     encode_signed_event,
     sign_batch,
 )
-from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (
     committed_event_count,

@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import write_keypair
 from careledger.sources import (
     load_registrar_keys,
@@ -31,7 +32,6 @@ from careledger.sources import (
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
 from careledger_core.source import Attestation, BatchVerifier, decode_signed_event
-from producers.sdk import AccessEventProducer
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import run_cli, with_source
 

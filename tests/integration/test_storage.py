@@ -149,7 +149,7 @@ def test_raw_records_chain_store_and_verify(store: ChainStore) -> None:
     from careledger.storage.kinds import RAW
     from careledger.storage.store import StoredRaw
     from careledger_core.signing import TrustedKeys
-    from verifiers.fsck import verify_chain
+    from verifiers.integrity.fsck import verify_chain
 
     raw_store = ChainStore(store.backend, store.db, raw_topics=frozenset({"raw"}))
     chain = PartitionChain.resume("o/raw/0", None, 65536, earliest_offset=0, kind=RAW)

@@ -37,8 +37,8 @@ from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey, TrustedKeys
 from processors.chainer import PartitionChain
 from producers.simulator import HospitalModel, simulate
-from verifiers.fsck import ChainReport, verify_chain
-from verifiers.state import VerifierState
+from verifiers.integrity.fsck import ChainReport, verify_chain
+from verifiers.integrity.state import VerifierState
 
 pytestmark = pytest.mark.integration
 

@@ -63,7 +63,7 @@ class Setup:
         self, *args: str, trusted: bool = True, timeout: float = 120, **overrides: Any
     ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            [sys.executable, "-m", "careledger.cli", "verify", *args],
+            [sys.executable, "-m", "commands.cli", "verify", *args],
             cwd=PROJECT_ROOT,
             env=self.env(trusted=trusted, **overrides),
             capture_output=True,
@@ -291,7 +291,7 @@ def _follow(setup: Setup, *args: str, **overrides: Any) -> subprocess.Popen[str]
     overrides.setdefault("follow_interval_s", 0.3)
     overrides.setdefault("full_reverify_every_s", 2.0)
     return subprocess.Popen(
-        [sys.executable, "-m", "careledger.cli", "verify", "--follow", *args],
+        [sys.executable, "-m", "commands.cli", "verify", "--follow", *args],
         cwd=PROJECT_ROOT,
         env=setup.env(**overrides),
         stdout=subprocess.PIPE,

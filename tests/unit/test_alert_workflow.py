@@ -27,10 +27,9 @@ from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from processors.chainer import PartitionChain
 from tests.unit.test_auditor_rules import at, btg_start, event, hospital, run
-from verifiers import alerts_cli
-from verifiers.alerts_cli import AlertBook
-from verifiers.auditor import RuleCode, group_alerts
+from verifiers.auditor import RuleCode, alerts_cli, group_alerts
 from verifiers.auditor._time import ts_to_us, us_to_ts
+from verifiers.auditor.alerts_cli import AlertBook
 from verifiers.auditor.runner import STATUS_COLUMNS, AuditStore, Follower, audit_range
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger alert workflow test").digest())
@@ -354,7 +353,7 @@ def test_a_status_change_is_not_sent_unsigned_where_it_would_be_quarantined(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from careledger.config import Settings
-    from verifiers.alerts_cli import _ledger_status
+    from verifiers.auditor.alerts_cli import _ledger_status
 
     # no source key and signatures required: reported as not ledgered, no Kafka needed
     settings = Settings(run_dir=tmp_path, kafka_port=1, require_source_signatures=True)

@@ -16,9 +16,9 @@ from careledger.config import Settings
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
 from tests.unit.test_auditor_rules import at, btg_start, btg_stop, event, hospital
-from verifiers.alerts_cli import status_event, status_event_id, verify_history
 from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
 from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
+from verifiers.auditor.alerts_cli import status_event, status_event_id, verify_history
 from verifiers.auditor.runner import (
     ALERT_COLUMNS,
     DECISION_COLUMNS,

@@ -413,7 +413,7 @@ def test_no_consent_flag_without_an_active_consent() -> None:
 
 
 def test_the_core_consent_evaluator_adapter_denies_an_emergency_only_consent() -> None:
-    pytest.importorskip("careledger_core.consent")
+    pytest.importorskip("verifiers.auditor.consent")
     from verifiers.auditor.rules import core_consent_evaluator
 
     emergency_only = {

@@ -7,7 +7,9 @@ import json
 
 import pytest
 
-from careledger.benchmark_alerts import (
+from careledger_core.checkpoint import Checkpoint, format_checkpoint, sign_note
+from careledger_core.signing import SigningKey
+from commands.benchmarks.alerts import (
     AlertRecord,
     CommitTimes,
     first_listings,
@@ -19,8 +21,6 @@ from careledger.benchmark_alerts import (
     render,
     summarize,
 )
-from careledger_core.checkpoint import Checkpoint, format_checkpoint, sign_note
-from careledger_core.signing import SigningKey
 
 
 def test_percentiles_are_nearest_rank() -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from careledger.benchmark_audit import run
+from commands.benchmarks.audit import run
 from verifiers.auditor import RuleCode
 
 

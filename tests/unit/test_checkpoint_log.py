@@ -14,8 +14,8 @@ from careledger_core.findings import FindingCode
 from careledger_core.signing import SigningKey
 from producers.simulator import HospitalModel, simulate
 from tests.unit.test_fsck import FakeReader, build_blocks, verify, where
-from verifiers.checkpoints import CheckpointLog, merge_known
-from verifiers.fsck import VerifiedHead
+from verifiers.integrity.checkpoints import CheckpointLog, merge_known
+from verifiers.integrity.fsck import VerifiedHead
 
 ORIGIN = "careledger.local"
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger fsck test key").digest())  # = test_fsck

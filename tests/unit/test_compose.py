@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 import yaml
 
-from careledger import cli
 from careledger.config import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
 from careledger.stack import default_topics, topic_config
+from commands import cli
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
 DOCKERFILE = PROJECT_ROOT / "deploy" / "Dockerfile"

@@ -12,7 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from careledger_core.consent import (
+from careledger_core.errors import ConsentFormatError, ValidationError
+from careledger_core.event import EVENT_SCHEMA, event_from_dict
+from verifiers.auditor.consent import (
     ConsentDecision,
     ConsentRequest,
     _specificity,
@@ -21,8 +23,6 @@ from careledger_core.consent import (
     is_active,
     parse_consent,
 )
-from careledger_core.errors import ConsentFormatError, ValidationError
-from careledger_core.event import EVENT_SCHEMA, event_from_dict
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "fhir"
 VERSIONS = ("r4", "r5")

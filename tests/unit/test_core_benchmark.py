@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from careledger.benchmark_core import run, sample_event
 from careledger_core.event import decode_and_canonicalize
 from careledger_core.jcs import canonicalize
+from commands.benchmarks.core import run, sample_event
 
 
 def test_benchmark_events_are_valid_and_about_540_bytes() -> None:

@@ -25,7 +25,7 @@ from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey, TrustedKeys
 from processors.chainer import PartitionChain
 from producers.simulator import HospitalModel, simulate
-from verifiers.fsck import ChainReport, VerifiedHead, verify_chain
+from verifiers.integrity.fsck import ChainReport, VerifiedHead, verify_chain
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"careledger fsck test key").digest())
 OTHER_KEY = SigningKey.from_seed(hashlib.sha256(b"someone else's key").digest())

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from careledger.cli import main
 from careledger.config import load_settings
 from careledger.keys import (
     KEY_TEXT_ENV,
@@ -19,6 +18,7 @@ from careledger.keys import (
     write_keypair,
 )
 from careledger_core.signing import format_private_key, format_public_key
+from commands.cli import main
 
 
 def test_keygen_writes_a_private_key_only_its_owner_can_read(

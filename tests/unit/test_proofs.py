@@ -13,14 +13,14 @@ from typing import Any
 
 import pytest
 
-from careledger.cli import main
 from careledger_core.block import SIGNING_CONTEXT, BlockHeader, block_hash, header_bytes
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
 from careledger_core.hashing import EMPTY_ROOT, leaf_hash
 from careledger_core.merkle import MerkleTree
 from careledger_core.signing import SigningKey, TrustedKeys, format_public_key
-from verifiers.access_report import parse_range, render_csv, render_table
-from verifiers.proofs import (
+from commands.cli import main
+from verifiers.reports.access_report import parse_range, render_csv, render_table
+from verifiers.reports.proofs import (
     REPORT_SCHEMA,
     ReportFormatError,
     describe,
@@ -405,6 +405,14 @@ def test_cli_exit_codes(report: dict[str, Any], tmp_path: Path, capsys: Any) -> 
     good.write_text(json.dumps(report))
     key = format_public_key(KEY.public_key)
     assert main(["verify-proof", str(good), "--trusted-key", key]) == 0
+    honest = [line for line in capsys.readouterr().out.splitlines() if line.startswith("line ")]
+    assert honest and all(
+        line.endswith(
+            "content verified (the event bytes are in the signed block and match "
+            "every displayed field)"
+        )
+        for line in honest
+    ), honest
     bad = copy.deepcopy(report)
     bad["lines"][2]["actor_id"] = "E1"
     bad_path = tmp_path / "bad.json"
@@ -479,7 +487,7 @@ class _FakeBackend:
 
 def test_report_from_committed_blocks_with_few_queries() -> None:
     from careledger.storage.store import ChainStore
-    from verifiers.access_report import build_report
+    from verifiers.reports.access_report import build_report
 
     b0 = _block([_event(1), _event(2, patient="MRN2"), _export(3)], height=1)
     b1 = _block([_event(10), _event(11), _event(12, patient="MRN2"), _event(13)], height=2)

@@ -17,12 +17,12 @@ from typing import Any
 
 import pytest
 
-from careledger.cli import main
 from careledger.storage.store import ChainStore
 from careledger_core.block import SIGNING_CONTEXT, BlockHeader
 from careledger_core.event import canonical_event_bytes
 from careledger_core.hashing import leaf_hash
 from careledger_core.signing import format_public_key
+from commands.cli import main
 from tests.unit.test_proofs import (
     CHAIN,
     KEY,
@@ -35,8 +35,8 @@ from tests.unit.test_proofs import (
     _FakeBackend,
     _line,
 )
-from verifiers.access_report import build_report, parse_range, proof_form
-from verifiers.proofs import CODES, FORM_FULL, FORM_REDACTED, redact_report, verify_report
+from verifiers.reports.access_report import build_report, parse_range, proof_form
+from verifiers.reports.proofs import CODES, FORM_FULL, FORM_REDACTED, redact_report, verify_report
 
 TOPIC = "careledger.access-events"
 

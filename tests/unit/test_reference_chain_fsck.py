@@ -20,7 +20,7 @@ from careledger_core.reference import (
 )
 from careledger_core.signing import SigningKey, TrustedKeys
 from processors.chainer import PartitionChain
-from verifiers.fsck import verify_chain
+from verifiers.integrity.fsck import verify_chain
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"reference chain test key").digest())
 CHAIN = "careledger.local/careledger.workforce/0"

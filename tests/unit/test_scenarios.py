@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from careledger.cli import main as cli_main
-from careledger_core.consent import parse_consent
 from careledger_core.event import canonical_event_bytes
 from careledger_core.reference import (
     CareRelationshipBody,
@@ -21,9 +19,11 @@ from careledger_core.reference import (
     canonical_reference_bytes,
     decode_and_canonicalize_reference,
 )
+from commands.cli import main as cli_main
 from producers.scenarios import Scenario, simulate_audit_scenario
 from producers.simulator import DEFAULT_START, HospitalModel, simulate
 from verifiers.auditor import AccessDecision, Auditor, ReferenceState, RuleCode
+from verifiers.auditor.consent import parse_consent
 from verifiers.auditor.rules import core_consent_evaluator
 
 SEED = 7

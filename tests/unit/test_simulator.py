@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from careledger.cli import main as cli_main
+from careledger.kafka.producer import partition_key
 from careledger_core.event import (
     AccessEvent,
     canonical_event_bytes,
@@ -20,7 +20,7 @@ from careledger_core.event import (
     is_valid_timestamp,
     validate_event,
 )
-from producers.sdk import partition_key
+from commands.cli import main as cli_main
 from producers.simulator import (
     DCM,
     DEFAULT_START,

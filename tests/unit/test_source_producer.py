@@ -18,6 +18,8 @@ import pytest
 
 from careledger import sources
 from careledger.config import Settings
+from careledger.kafka import producer as sdk
+from careledger.kafka.batching import AckTracker, SourceBatcher, heartbeat_record
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import (
@@ -34,8 +36,6 @@ from careledger_core.source import (
     sign_key_event,
     verify_heartbeat,
 )
-from producers import sdk
-from producers.batching import AckTracker, SourceBatcher, heartbeat_record
 
 SOURCE = SigningKey.from_seed(b"s" * 32)
 REGISTRAR = SigningKey.from_seed(b"r" * 32)

@@ -20,7 +20,7 @@ from careledger_core.source import (
     sign_key_event,
     statement_bytes,
 )
-from verifiers.sources import AttestedEvent, SourceReport, build_registry, check_sources
+from verifiers.integrity.sources import AttestedEvent, SourceReport, build_registry, check_sources
 
 REGISTRAR = SigningKey.from_seed(hashlib.sha256(b"registrar").digest())
 EHR = SigningKey.from_seed(hashlib.sha256(b"ehr").digest())

@@ -192,7 +192,7 @@ class ConsentVerdict:
 
 
 class ConsentEvaluator(Protocol):
-    """Adapter to ``careledger_core.consent.evaluate_consent``: given the patient's
+    """Adapter to ``verifiers.auditor.consent.evaluate_consent``: given the patient's
     active FHIR Consents (as of the event time), the access and the actor's directory
     entry, return permit/deny or None (no consent applies)."""
 
@@ -295,13 +295,13 @@ class AccessDecision:
 def core_consent_evaluator(
     consents: list[dict[str, Any]], event: AccessEvent, actor: StaffBody | None
 ) -> ConsentVerdict | None:
-    """A :class:`ConsentEvaluator` backed by ``careledger_core.consent.evaluate_consent``.
+    """A :class:`ConsentEvaluator` backed by ``verifiers.auditor.consent.evaluate_consent``.
 
     The actor's roles are the directory's (plus the event's). A permit explains the access
     only when a provision decided it (not a blanket base OPTIN/``decision``); no consent
     in force, or a consent that cannot be evaluated, gives None.
     """
-    from careledger_core.consent import ConsentRequest, evaluate_consent
+    from verifiers.auditor.consent import ConsentRequest, evaluate_consent
 
     request = ConsentRequest.from_event(event)
     if actor is not None and actor.roles:

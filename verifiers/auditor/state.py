@@ -389,7 +389,7 @@ class ReferenceView:
 
     def consents(self, patient_id: str) -> list[dict[str, Any]]:
         """The FHIR Consent resources (JSON, read-only) of those records, as for
-        ``careledger_core.consent.evaluate_consent``. Their own ``period``/provisions are
+        ``verifiers.auditor.consent.evaluate_consent``. Their own ``period``/provisions are
         left to the consent evaluator."""
         return [_as_dict(rec.body) for rec in self.consent_records(patient_id)]
 

@@ -1,4 +1,4 @@
-"""Micro-benchmark of the pure core on one core: ``python -m careledger.benchmark_core [n]``.
+"""Micro-benchmark of the pure core on one core: ``python -m commands.benchmarks.core [n]``.
 
 Measures, in one process and on the same synthetic ~540-byte access events:
 

@@ -58,7 +58,7 @@ def _metrics(settings: Settings) -> dict[str, Any]:
 
 
 def _produce(settings: Settings, events: list[Any], rate: float = 0.0) -> float:
-    from producers.sdk import AccessEventProducer
+    from careledger.kafka.producer import AccessEventProducer
 
     started = time.monotonic()
     with AccessEventProducer(settings) as producer:
@@ -185,7 +185,7 @@ def command_benchmark(args: argparse.Namespace, settings: Settings) -> int:
             c["throughput_events_per_s"] / b["throughput_events_per_s"]
         )
     if args.core:
-        import careledger.benchmark_core as benchmark_core
+        import commands.benchmarks.core as benchmark_core
 
         figures["core"] = benchmark_core.run()
     if args.json:

@@ -126,8 +126,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal, NoReturn, TypeAlias
 
-from .errors import ConsentFormatError, ValidationError
-from .event import AccessEvent
+from careledger_core.errors import ConsentFormatError, ValidationError
+from careledger_core.event import AccessEvent
 
 __all__ = [
     "ACTION_REQUIREMENTS",

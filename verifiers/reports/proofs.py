@@ -634,8 +634,10 @@ def _describe(r: ProofResult) -> str:
             + "; ".join(f"[{c}] {m}" for c, m in zip(r.codes, r.reasons, strict=True))
         )
     if r.status == "content-verified":
-        return head + "content verified (the event bytes are in the signed block and match "
-        "every displayed field)"
+        return (
+            head + "content verified (the event bytes are in the signed block and match "
+            "every displayed field)"
+        )
     text = (
         head + f"inclusion verified, REDACTED: leaf {r.leaf_hash} is in the signed block; "
         f"NOT bound to it offline: {', '.join(r.unbound)} (only a holder of the event "

@@ -9,7 +9,7 @@ or ``--trusted-key``), never from the store. Each run is recorded in the
 ``verification_runs`` table (unless ``--no-record``); the verifier's state
 directory remembers the head of each chain that verified clean, so a later run
 notices a truncated or rewritten chain. Before reading the store the verifier reads
-the signed checkpoints the processor published to Kafka (``verifiers.checkpoints``),
+the signed checkpoints the processor published to Kafka (``verifiers.integrity.checkpoints``),
 so even a first run with an empty state directory notices a chain that is shorter
 than, or differs from, a published head. ``--no-checkpoints`` skips Kafka (offline
 verification); if Kafka cannot be reached the run goes on without checkpoints, warns
@@ -37,14 +37,14 @@ from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
-from verifiers.checkpoints import (
+from verifiers.integrity.checkpoints import (
     CheckpointSnapshot,
     kafka_log,
     merge_known,
     read_checkpoints,
     skipped_snapshot,
 )
-from verifiers.fsck import (
+from verifiers.integrity.fsck import (
     DEFAULT_MAX_FINDINGS,
     ChainReport,
     VerifiedHead,
@@ -52,7 +52,7 @@ from verifiers.fsck import (
     is_failure,
     verify_chain,
 )
-from verifiers.state import StateError, VerifierState, state_for
+from verifiers.integrity.state import StateError, VerifierState, state_for
 
 EXIT_INTACT = 0
 EXIT_TAMPERED = 1
@@ -417,7 +417,7 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
 
 def check_run_sources(run: VerificationRun, store: ChainStore, settings: Settings) -> None:
     """Add the source checks (ADR 0010) over the whole ledger to ``run``."""
-    from verifiers.sources import build_registry, check_sources, read_source_rows
+    from verifiers.integrity.sources import build_registry, check_sources, read_source_rows
 
     registrars = {k.key_id: k for k in load_public_keys(settings.trusted_registrar_keys)}
     events, key_events, heartbeats = read_source_rows(store)
@@ -485,7 +485,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     try:
         if args.follow:
-            from verifiers.follow import Follower
+            from verifiers.integrity.follow import Follower
 
             follower = Follower(
                 settings,

@@ -358,7 +358,7 @@ def _start_gateway(
     log_path = workdir / "gateway.log"
     with open(log_path, "ab") as log_file:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "careledger.cli", "gateway", "--ready-file", str(ready)],
+            [sys.executable, "-m", "commands.cli", "gateway", "--ready-file", str(ready)],
             cwd=PROJECT_ROOT,
             env=child_env(settings),
             stdout=log_file,

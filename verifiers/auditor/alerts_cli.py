@@ -398,7 +398,7 @@ def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
         )
         return False
     try:
-        from producers.sdk import AccessEventProducer
+        from careledger.kafka.producer import AccessEventProducer
 
         with AccessEventProducer(settings) as producer:
             producer.send(status_event(entry))

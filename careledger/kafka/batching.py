@@ -1,6 +1,6 @@
 """The pure part of signing at the source (ADR 0010): batches, sequence numbers, heartbeats.
 
-The SDK (``producers/sdk.py``) does the I/O; everything here is deterministic given the
+The SDK (``careledger/kafka/producer.py``) does the I/O; everything here is deterministic given the
 clock values and random bytes passed in, so it is unit-tested without Kafka.
 
 * :class:`SourceBatcher` buffers events per *attributed* source (the producer's own

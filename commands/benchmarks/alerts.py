@@ -513,8 +513,8 @@ def _measure(
 ) -> dict[str, Any]:
     """Reference data, processor, follower, warm-up, then the timed traffic; returns
     the produce times and the run's own figures (the children are stopped on return)."""
+    from careledger.kafka.producer import AccessEventProducer
     from careledger.processes import start_cli, start_processor, stop
-    from producers.sdk import AccessEventProducer
     from producers.simulator import produce_reference
 
     db = s.clickhouse_database

@@ -49,7 +49,7 @@ from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
 from careledger_core.errors import CheckpointError, NoteUnverifiedError, SignatureError
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import PublicKey
-from verifiers.fsck import VerifiedHead
+from verifiers.integrity.fsck import VerifiedHead
 
 __all__ = [
     "CheckpointLog",

@@ -11,7 +11,7 @@ Every ``Settings.follow_interval_s`` the follower runs one *cycle*:
   again, against the heads in the verifier state (old blocks can be altered too).
 
 Before each cycle reads the store, the follower reads the checkpoints published
-since the previous cycle (``verifiers.checkpoints.CheckpointReader``; everything on
+since the previous cycle (``verifiers.integrity.checkpoints.CheckpointReader``; everything on
 the first cycle): a chain's head is compared with the higher of the state's (or the
 last verified position's) and the newest signed checkpoint's. Kafka being down does
 not stop the cycle: the heads read so far are used and a warning is logged when
@@ -49,8 +49,8 @@ from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
-from verifiers.checkpoints import CheckpointReader, CheckpointSnapshot, skipped_snapshot
-from verifiers.cli import (
+from verifiers.integrity.checkpoints import CheckpointReader, CheckpointSnapshot, skipped_snapshot
+from verifiers.integrity.cli import (
     EXIT_ERROR,
     EXIT_INTACT,
     EXIT_TAMPERED,
@@ -62,8 +62,8 @@ from verifiers.cli import (
     record_run,
     run_verification,
 )
-from verifiers.fsck import DEFAULT_MAX_FINDINGS, VerifiedHead, VerifyCancelled, is_failure
-from verifiers.state import StateError, VerifierState
+from verifiers.integrity.fsck import DEFAULT_MAX_FINDINGS, VerifiedHead, VerifyCancelled, is_failure
+from verifiers.integrity.state import StateError, VerifierState
 
 log = logging.getLogger("careledger.verifier")
 

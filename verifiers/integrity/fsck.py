@@ -33,7 +33,7 @@ Events of each block (rows with its chain and height)
 Rows above the head are a crash's uncommitted leftovers (``UNCOMMITTED_EVENTS``,
 info only). Against ``known_head`` (the last head this verifier verified, kept in
 its own state outside the store, or the head named by the newest signed checkpoint
-the processor published to Kafka; see ``verifiers.checkpoints``): a lower head is
+the processor published to Kafka; see ``verifiers.integrity.checkpoints``): a lower head is
 ``CHAIN_TRUNCATED``, a different block at the known height is ``CHAIN_REWRITTEN``.
 
 Cost per event: one msgspec decode + re-encode, one SHA-256, a tuple comparison;

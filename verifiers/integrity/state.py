@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger_core.errors import InfrastructureError
-from verifiers.fsck import VerifiedHead
+from verifiers.integrity.fsck import VerifiedHead
 
 STATE_VERSION = 1
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")

@@ -16,7 +16,7 @@ Views:
   action, outcome, purpose, and, when the auditor's ``access_decisions`` table exists,
   its explanation or alert for the event;
 * ``hipaa-disclosures`` (accounting of disclosures, 45 CFR 164.528): only the events for
-  which :func:`verifiers.proofs.is_disclosure` holds (successful action E exports: DICOM
+  which :func:`verifiers.reports.proofs.is_disclosure` holds (successful action E exports: DICOM
   110106, lifecycle ``disclose``, FHIR ``$export``), with date, recipient, description,
   purpose;
 * ``gdpr`` (GDPR Art. 15 as read by CJEU C-579/21): dates and purposes only.
@@ -74,7 +74,7 @@ from careledger_core.merkle import MerkleTree
 from careledger_core.reference import ReferenceRecord, decode_reference
 from careledger_core.signing import TrustedKeys
 from verifiers.auditor.state import ReferenceState
-from verifiers.proofs import (
+from verifiers.reports.proofs import (
     FORM_FULL,
     FORM_REDACTED,
     REPORT_SCHEMA,

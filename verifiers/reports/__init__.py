@@ -1,0 +1,1 @@
+"""Patient access reports with Merkle inclusion proofs, and their offline check."""
