@@ -59,7 +59,7 @@ from careledger_core.event import (
     Outcome,
 )
 from careledger_core.reference import REFERENCE_SCHEMA, ReferenceRecord, reference_from_dict
-from verifiers.auditor.rules import RuleCode
+from careledger_core.rule_codes import RuleCode
 
 from .simulator import (
     DCM_EMERGENCY_OVERRIDE_STARTED,

@@ -36,6 +36,7 @@ from typing import Any, Final, Literal, Protocol
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
 from careledger_core.reference import Address, PatientBody, Shift, StaffBody
+from careledger_core.rule_codes import RuleCode
 
 from ._time import US_PER_SECOND, ts_to_us, weekday_hour
 from .config import DEFAULT_CONFIG, AuditConfig
@@ -74,23 +75,6 @@ _MODIFYING_ACTIONS: Final = frozenset({"C", "U", "D"})
 _RESTRICTED: Final = frozenset({"R", "V"})
 #: cap on event ids carried as evidence of one flag (bursts, spikes)
 MAX_RELATED_EVENT_IDS: Final = 500
-
-
-class RuleCode(StrEnum):
-    CONSENT_DENIED = "CONSENT_DENIED"
-    NO_EXPLANATION = "NO_EXPLANATION"
-    BREAK_THE_GLASS = "BREAK_THE_GLASS"
-    SELF_ACCESS = "SELF_ACCESS"
-    FAMILY = "FAMILY"
-    CO_WORKER = "CO_WORKER"
-    VIP_OR_SENSITIVE_UNEXPLAINED = "VIP_OR_SENSITIVE_UNEXPLAINED"
-    INACTIVE_USER = "INACTIVE_USER"
-    VOLUME_SPIKE = "VOLUME_SPIKE"
-    AFTER_HOURS = "AFTER_HOURS"
-    SHARED_CREDENTIALS = "SHARED_CREDENTIALS"
-    DENIED_BURST = "DENIED_BURST"
-    DISCLOSURE_WITHOUT_PURPOSE = "DISCLOSURE_WITHOUT_PURPOSE"
-    REPEAT_OFFENDER = "REPEAT_OFFENDER"
 
 
 #: What each rule reads from the reference state (and from the history).
