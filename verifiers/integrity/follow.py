@@ -50,7 +50,8 @@ from careledger.storage.store import ChainStore
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import CheckpointReader, CheckpointSnapshot, skipped_snapshot
-from verifiers.integrity.cli import (
+from verifiers.integrity.fsck import DEFAULT_MAX_FINDINGS, VerifiedHead, VerifyCancelled, is_failure
+from verifiers.integrity.run import (
     EXIT_ERROR,
     EXIT_INTACT,
     EXIT_TAMPERED,
@@ -62,7 +63,6 @@ from verifiers.integrity.cli import (
     record_run,
     run_verification,
 )
-from verifiers.integrity.fsck import DEFAULT_MAX_FINDINGS, VerifiedHead, VerifyCancelled, is_failure
 from verifiers.integrity.state import StateError, VerifierState
 
 log = logging.getLogger("careledger.verifier")
