@@ -2,7 +2,7 @@
 
 Generates a seeded hospital scenario (reference data + access traffic with a
 labelled share of inappropriate accesses of every rule type, see
-``producers.scenarios``), runs the auditor over it in one process and prints,
+``producers.simulator.scenarios``), runs the auditor over it in one process and prints,
 per rule: labelled events, true positives, false negatives, false positives,
 recall and precision; plus the share of legitimate patient accesses that were
 explained, and the auditor's throughput. A benchmark, not a test: it asserts
@@ -30,8 +30,8 @@ from careledger.config import Settings
 
 
 def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str, Any]:
-    from producers.scenarios import simulate_audit_scenario
     from producers.simulator import DEFAULT_START, HospitalModel
+    from producers.simulator.scenarios import simulate_audit_scenario
     from verifiers.auditor import Auditor, ReferenceState, RuleCode
     from verifiers.auditor.rules import core_consent_evaluator
 

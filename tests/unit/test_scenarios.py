@@ -20,8 +20,8 @@ from careledger_core.reference import (
     decode_and_canonicalize_reference,
 )
 from commands.cli import main as cli_main
-from producers.scenarios import Scenario, simulate_audit_scenario
 from producers.simulator import DEFAULT_START, HospitalModel, simulate
+from producers.simulator.scenarios import Scenario, simulate_audit_scenario
 from verifiers.auditor import AccessDecision, Auditor, ReferenceState, RuleCode
 from verifiers.auditor.consent import parse_consent
 from verifiers.auditor.rules import core_consent_evaluator
