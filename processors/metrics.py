@@ -1,0 +1,98 @@
+"""The processor's metrics: counters, the store-latency histogram and the JSON file.
+
+The processor exposes them as a log line every few seconds, a JSON file under
+``run_dir/metrics`` and (when the web port is set) a faust web page.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("careledger.processor")
+
+# Latency histogram bucket upper bounds in seconds (1 ms .. ~2 min, log-spaced).
+_LATENCY_BOUNDS = [0.001 * (1.25**i) for i in range(55)]
+
+
+@dataclass
+class ProcessorMetrics:
+    """Counters the processor exposes (log line, JSON file, faust web page)."""
+
+    started: float = field(default_factory=time.time)
+    events_chained: int = 0
+    blocks_written: int = 0
+    dead_lettered: int = 0
+    #: of which quarantined: well-formed events not attributable to a registered source
+    quarantined: int = 0
+    duplicates_skipped: int = 0
+    seeks: int = 0
+    store_failures: int = 0
+    heights: dict[str, int] = field(default_factory=dict)
+    latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
+    block_write_seconds_total: float = 0.0
+    _window_start: float = field(default_factory=time.monotonic)
+    _window_events: int = 0
+
+    def observe_latencies(self, stored_at: float, kafka_timestamps: list[float]) -> None:
+        buckets = self.latency_buckets
+        for ts in kafka_timestamps:
+            buckets[bisect.bisect_left(_LATENCY_BOUNDS, stored_at - ts)] += 1
+
+    def percentile(self, q: float) -> float | None:
+        total = sum(self.latency_buckets)
+        if total == 0:
+            return None
+        rank = q * total
+        seen = 0
+        for i, n in enumerate(self.latency_buckets):
+            seen += n
+            if seen >= rank:
+                return _LATENCY_BOUNDS[min(i, len(_LATENCY_BOUNDS) - 1)]
+        return _LATENCY_BOUNDS[-1]
+
+    def snapshot(self) -> dict[str, Any]:
+        now = time.monotonic()
+        elapsed = max(now - self._window_start, 1e-9)
+        rate = self._window_events / elapsed
+        return {
+            "uptime_s": round(time.time() - self.started, 3),
+            "events_chained": self.events_chained,
+            "blocks_written": self.blocks_written,
+            "dead_lettered": self.dead_lettered,
+            "quarantined": self.quarantined,
+            "duplicates_skipped": self.duplicates_skipped,
+            "seeks": self.seeks,
+            "store_failures": self.store_failures,
+            "events_per_s_recent": round(rate, 1),
+            "block_write_ms_avg": round(
+                1000 * self.block_write_seconds_total / self.blocks_written, 2
+            )
+            if self.blocks_written
+            else None,
+            "latency_p50_s": self.percentile(0.50),
+            "latency_p99_s": self.percentile(0.99),
+            "latency_bucket_bounds_s": _LATENCY_BOUNDS,
+            "latency_buckets": self.latency_buckets,
+            "chain_heights": dict(self.heights),
+        }
+
+    def roll_window(self) -> None:
+        self._window_start = time.monotonic()
+        self._window_events = 0
+
+
+def write_metrics(path: Path, snapshot: dict[str, Any]) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(snapshot), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot write metrics file %s: %s", path, exc)

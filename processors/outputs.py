@@ -1,0 +1,148 @@
+"""What the processor writes to Kafka: dead letters, quarantine alerts, checkpoints.
+
+Dead letters (and quarantined records, with one integrity alert per reason and
+claimed source) are sent and flushed before the offsets they stand for are in
+a block; chain-head checkpoints are published after each write, not flushed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any, Final
+
+from careledger.config import Settings
+from careledger_core.block import BlockHeader
+from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
+from careledger_core.signing import SigningKey
+from processors.chainer import Rejected
+from processors.processor import Part
+
+
+def quarantine_alerts(quarantined: list[tuple[Part, Rejected]]) -> list[dict[str, Any]]:
+    """One integrity alert per (reason, claimed source, claimed key) of a write batch.
+
+    Quarantined records are well-formed events that cannot be attributed to a
+    registered source: forged, replayed or signed with a revoked key. The alert names
+    the reason, the claim and where the records are; never their content.
+    """
+    groups: dict[tuple[str, str, str], list[tuple[Part, Rejected]]] = {}
+    for part, r in quarantined:
+        claim = dict(r.claim)
+        key = (r.code, claim.get("source_id", ""), claim.get("key_id", ""))
+        groups.setdefault(key, []).append((part, r))
+    docs = []
+    for (code, source_id, key_id), items in sorted(groups.items()):
+        _first_part, first = items[0]
+        positions = [f"{t}/{p}@{r.offset}" for (t, p), r in items]
+        digest = hashlib.sha256(
+            "\x00".join(("careledger-quarantine/1", code, *positions[:1])).encode()
+        ).hexdigest()[:32]
+        docs.append(
+            {
+                "schema": "careledger.alert/1",
+                "source": "processor",
+                "alert_id": digest,
+                "rule": f"SOURCE_{code}",
+                "severity": "critical" if code in _FORGERY_CODES else "high",
+                "status": "open",
+                "evidence": {
+                    "reason": first.reason,
+                    "claimed_source_id": source_id or None,
+                    "claimed_key_id": key_id or None,
+                    "records": len(items),
+                    "positions": positions[:50],
+                    "quarantine_topic_note": "original bytes are in the quarantine topic",
+                },
+            }
+        )
+    return docs
+
+
+#: reasons that mean someone produced records they could not have signed
+_FORGERY_CODES: Final = frozenset({"BAD_SIGNATURE", "BAD_PROOF", "REPLAYED", "KEY_NOT_FOR_SOURCE"})
+
+
+class KafkaOutputs:
+    """What the processor writes to Kafka: dead letters and chain-head checkpoints."""
+
+    def __init__(self, settings: Settings) -> None:
+        from confluent_kafka import Producer
+
+        self.settings = settings
+        self.topic = settings.topic_dead_letter
+        self.checkpoint_failures = 0
+        self._producer = Producer(
+            {
+                "bootstrap.servers": settings.kafka_bootstrap,
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": 5,
+                "message.max.bytes": max(settings.max_event_bytes * 20, 1_000_000),
+            }
+        )
+
+    def send_dead_letters(self, rejected: list[tuple[Part, Rejected]]) -> None:
+        """Send and flush: a dead letter must be in Kafka before its offset is in a block."""
+        failures: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        quarantined: list[tuple[Part, Rejected]] = []
+        for (source_topic, partition), r in rejected:
+            headers: list[tuple[str, str | bytes | None]] = [
+                ("careledger-error-code", r.code.encode()),
+                ("careledger-error", r.reason.encode("utf-8", errors="replace")),
+                ("careledger-error-field", r.field.encode("utf-8", errors="replace")),
+                ("careledger-source-topic", source_topic.encode()),
+                ("careledger-source-partition", str(partition).encode()),
+                ("careledger-source-offset", str(r.offset).encode()),
+            ]
+            topic = self.topic
+            if r.quarantine:
+                topic = self.settings.topic_quarantine
+                quarantined.append(((source_topic, partition), r))
+            self._producer.produce(
+                topic, value=r.value, key=r.key, headers=headers, on_delivery=on_delivery
+            )
+        for doc in quarantine_alerts(quarantined):
+            self._producer.produce(
+                self.settings.topic_alerts,
+                value=json.dumps(doc, sort_keys=True).encode(),
+                key=doc["alert_id"].encode(),
+                on_delivery=on_delivery,
+            )
+        remaining = self._producer.flush(30.0)
+        if remaining or failures:
+            raise RuntimeError(
+                f"dead-letter delivery failed: {len(failures)} errors, {remaining} not flushed"
+            )
+
+    def flush(self, timeout: float) -> int:
+        """Wait up to ``timeout`` s for everything produced (checkpoints included) to be
+        delivered; returns how many messages are still undelivered."""
+        return int(self._producer.flush(timeout))
+
+    def publish_checkpoints(self, heads: list[BlockHeader], key: SigningKey) -> None:
+        """Publish a C2SP signed-note checkpoint of each new chain head (not flushed here).
+
+        Checkpoints live outside ClickHouse, so someone who can only rewrite the
+        store cannot hide a truncation from a verifier that reads them. A lost
+        checkpoint is harmless: the next block's checkpoint supersedes it.
+        """
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                self.checkpoint_failures += 1
+
+        for head in heads:
+            note = sign_note(format_checkpoint(checkpoint_for(head)), self.settings.origin, key)
+            self._producer.produce(
+                self.settings.topic_checkpoints,
+                value=note.encode("utf-8"),
+                key=head.chain_id.encode("utf-8"),
+                on_delivery=on_delivery,
+            )
+        self._producer.poll(0)

@@ -1,0 +1,483 @@
+"""The chaining processor: validate, chain per partition, sign, store.
+
+``Processor`` owns no Kafka consumer: processors.app feeds it faust's batches
+and timer ticks and gives it seek/earliest/position callables.
+
+Commit order (read this before changing anything; ADR 0003):
+
+1. Records of a partition are validated and appended to that partition's open
+   block (``PartitionChain``). Bad records become dead-letter records.
+2. When a block closes (``block_max_events`` events, or ``block_max_ms`` after
+   its first record), it is hashed, Merkle-rooted and signed.
+3. Persist, in this order: flush the dead-letter records of the closed ranges
+   to Kafka (acks=all) -> insert the blocks' event rows (one batched insert) ->
+   insert the header rows. A block exists only once its header row exists.
+4. Only then does faust ack the records, so its offset commits trail the store.
+
+The consumer position is *not* trusted to Kafka's committed offsets: when a
+chain is (re)loaded, the stored head (height, hash, last offset) is the source
+of truth. Records at or below the head are skipped as already chained; a
+record beyond the next expected offset makes the processor seek back. Event
+rows a crash left without a header are deleted before the chain continues.
+So a crash at any instant loses nothing and duplicates nothing.
+
+Bad input never stops the processor; storage or Kafka failures make it drop
+its in-memory state, back off and resume from the store (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.config import Settings
+from careledger.storage.kinds import kind_for_topic
+from careledger.storage.store import ChainStore, SealedBlock
+from careledger_core.block import BlockHeader
+from careledger_core.errors import CareledgerError
+from careledger_core.signing import SigningKey
+from processors.chainer import OffsetGap, PartitionChain, Rejected
+from processors.metrics import ProcessorMetrics
+from processors.sources import SourceGate
+
+log = logging.getLogger("careledger.processor")
+
+# How long records fetched before a seek may keep arriving before we ask Kafka
+# whether the expected offsets still exist and seek again.
+SEEK_PATIENCE_S = 5.0
+# How long after an assignment before the consumer's position is compared with
+# the stored head: the fetcher must have its positions first.
+ASSIGNMENT_SETTLE_S = 2.0
+
+Part = tuple[str, int]  # (topic, partition): one chain each
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """The parts of a Kafka record the chainer needs (decoupled from faust)."""
+
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp: float
+    topic: str = ""  # "" = the access-events topic
+
+
+class Processor:
+    """Chains records of the events topic; owns no Kafka consumer itself."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        key: SigningKey,
+        store: ChainStore,
+        seek: Any,  # async callable ((topic, partition), offset)
+        earliest: Any,  # async callable ((topic, partition)) -> earliest offset still in Kafka
+        outputs: Any,  # KafkaOutputs
+        position: Any = None,  # async callable ((topic, partition)) -> consumer position or None
+        gate: SourceGate | None = None,
+    ) -> None:
+        self.settings = settings
+        #: source-signature checks of access events (ADR 0010); None: plain events only
+        self.gate = gate
+        self._position = position
+        self.key = key
+        self.store = store
+        self._seek = seek
+        self._earliest = earliest
+        self.outputs = outputs
+        # Keyed by (topic, partition): access events and each reference stream
+        # have chains of their own.
+        self.chains: dict[Part, PartitionChain] = {}
+        self.seek_targets: dict[Part, tuple[int, float]] = {}
+        self.metrics = ProcessorMetrics()
+        self.lock = asyncio.Lock()
+        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-store")
+        self.max_age_s = settings.block_max_ms / 1000.0
+        self._backoff_s = 0.0
+        # At most one write in flight: batch N+1 is validated and sealed while
+        # batch N is being written. Anything that reads the store (loading a
+        # chain head) or gives a partition away waits for it first (``drain``).
+        self._inflight: asyncio.Task[bool] | None = None
+        # Bumped whenever a failed write resets the in-memory state: blocks sealed
+        # under an older epoch were built on state that never reached the store.
+        self._epoch = 0
+        self._recover: set[Part] = set()
+        # Partitions assigned to us whose consumer position has not yet been
+        # checked against the stored head (see ``_check_assigned``).
+        self._unchecked: dict[Part, float] = {}
+        # When each partition was last assigned, and seeks asked for too soon after it:
+        # seeking before the fetcher has settled crashes aiokafka's fetcher (KeyError in
+        # its record drain), so such seeks wait for the timer.
+        self._assigned_at: dict[Part, float] = {}
+        self._deferred_seeks: dict[Part, int] = {}
+
+    async def drain(self) -> None:
+        """Wait until the in-flight write (if any) has finished, successfully or not."""
+        task = self._inflight
+        if task is not None:
+            await task
+            if self._inflight is task:
+                self._inflight = None
+
+    # ------------------------------------------------------------- rebalance
+    def release(self, partitions: set[Part]) -> None:
+        """Partitions revoked: another worker resumes them from the store."""
+        self._recover -= partitions
+        self.forget(partitions)
+
+    def forget(self, partitions: set[Part]) -> None:
+        """Drop in-memory state; the chain reloads from the store when next seen."""
+        for p in partitions:
+            self.chains.pop(p, None)
+            self.seek_targets.pop(p, None)
+
+    def assigned(self, partitions: set[Part]) -> None:
+        """Partitions assigned: forget old state and check positions once settled."""
+        self.forget(partitions)
+        now = time.monotonic()
+        for p in partitions:
+            self._assigned_at[p] = now
+            self._deferred_seeks.pop(p, None)
+            if self._position is not None:
+                self._unchecked[p] = now
+
+    async def _request_seek(self, p: Part, offset: int) -> None:
+        """Seek now, or from the timer once the partition's assignment has settled.
+
+        Records past ``offset`` are skipped meanwhile (``seek_targets``), so waiting
+        costs time, never records.
+        """
+        since = self._assigned_at.get(p)
+        if since is not None and time.monotonic() - since < ASSIGNMENT_SETTLE_S:
+            self._deferred_seeks[p] = offset
+            return
+        self._deferred_seeks.pop(p, None)
+        await self._seek(p, offset)
+
+    async def _run_deferred_seeks(self) -> None:
+        now = time.monotonic()
+        for p, offset in sorted(self._deferred_seeks.items()):
+            if now - self._assigned_at.get(p, 0.0) >= ASSIGNMENT_SETTLE_S:
+                del self._deferred_seeks[p]
+                if p in self.seek_targets:  # still wanted (not revoked or reset)
+                    self.seek_targets[p] = (offset, time.monotonic())
+                    await self._seek(p, offset)
+
+    def revoked(self, partitions: set[Part]) -> None:
+        for p in partitions:
+            self._unchecked.pop(p, None)
+            self._deferred_seeks.pop(p, None)
+            self._assigned_at.pop(p, None)
+        self.release(partitions)
+
+    async def _load(self, part: Part) -> PartitionChain:
+        topic, partition = part
+        chain_id = self.settings.chain_id(topic, partition)
+        kind = kind_for_topic(self.settings, topic)
+        loop = asyncio.get_running_loop()
+        head = await loop.run_in_executor(self.executor, self.store.head, chain_id)
+        # Only a new chain needs the partition's earliest offset; asking Kafka costs a
+        # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
+        earliest = 0 if head is not None else await self._earliest(part)
+
+        def load() -> PartitionChain:
+            removed = self.store.discard_uncommitted(
+                chain_id, None if head is None else head.height
+            )
+            if removed:
+                log.warning(
+                    "chain %s: deleted %d uncommitted event rows left by an interrupted write",
+                    chain_id,
+                    removed,
+                )
+            chain = PartitionChain.resume(
+                chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
+            )
+            chain.gate = self.gate
+            return chain
+
+        chain = await loop.run_in_executor(self.executor, load)
+        log.info(
+            "chain %s resumes at height %d, next offset %s",
+            chain_id,
+            chain.height,
+            chain.next_offset,
+        )
+        self.chains[part] = chain
+        return chain
+
+    # ------------------------------------------------------------- records
+    async def handle(self, records: list[Record]) -> None:
+        async with self.lock:
+            epoch = self._epoch
+            if self._backoff_s:
+                await asyncio.sleep(self._backoff_s)
+            sealed: list[SealedBlock] = []
+            rejected: list[tuple[Part, Rejected]] = []
+            timestamps: dict[str, list[float]] = {}
+            now_mono = time.monotonic()
+            now = time.time()
+            blocked: set[Part] = set()
+            for rec in records:
+                p = (rec.topic or self.settings.topic_events, rec.partition)
+                if p in blocked:
+                    continue
+                chain = self.chains.get(p)
+                if chain is None:
+                    # The head must include every block already sealed for it.
+                    await self.drain()
+                    if self._epoch != epoch:
+                        self.forget(set(self.chains))
+                        return
+                    try:
+                        chain = await self._load(p)
+                    except (CareledgerError, OSError) as exc:
+                        self._store_unavailable(
+                            exc,
+                            {(r.topic or self.settings.topic_events, r.partition) for r in records},
+                        )
+                        return
+                target = self.seek_targets.get(p)
+                if target is not None:
+                    expected, since = target
+                    if rec.offset > expected:
+                        if now_mono - since < SEEK_PATIENCE_S:
+                            continue  # records fetched before the seek are still draining
+                        # Only Kafka can say whether offsets are really gone.
+                        earliest = await self._earliest(p)
+                        if earliest > expected:
+                            log.warning(
+                                "chain %s: offsets %d..%d are no longer in Kafka; "
+                                "recorded as absent",
+                                chain.chain_id,
+                                expected,
+                                earliest - 1,
+                            )
+                            chain.accept_gap(earliest)
+                            expected = earliest
+                        blocked.add(p)
+                        self.seek_targets[p] = (expected, now_mono)
+                        await self._request_seek(p, expected)
+                        continue
+                    self.seek_targets.pop(p, None)
+                try:
+                    bad = chain.add(rec.offset, rec.value, rec.key, rec.timestamp, now_mono)
+                except OffsetGap as gap:
+                    # The consumer is ahead of the stored head (e.g. faust committed
+                    # offsets of records we had not stored yet): go back.
+                    blocked.add(p)
+                    self.seek_targets[p] = (gap.expected, now_mono)
+                    self.metrics.seeks += 1
+                    log.info(
+                        "chain %s: seeking back to offset %d",
+                        chain.chain_id,
+                        gap.expected,
+                    )
+                    await self._request_seek(p, gap.expected)
+                    continue
+                if bad is not None:
+                    rejected.append((p, bad))
+                    continue
+                timestamps.setdefault(chain.chain_id, []).append(rec.timestamp)
+                if len(chain.pending) >= self.settings.block_max_events:
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            for chain in self.chains.values():
+                if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            self.metrics.duplicates_skipped = sum(
+                c.duplicates_skipped for c in self.chains.values()
+            )
+            await self._submit(epoch, sealed, rejected, timestamps)
+
+    async def flush_aged(self) -> None:
+        """Timer: close blocks whose first record is older than ``block_max_ms``."""
+        async with self.lock:
+            if self._recover:
+                await self._recover_positions()
+            if self._deferred_seeks:
+                await self._run_deferred_seeks()
+            if self._unchecked:
+                await self._check_assigned()
+            epoch = self._epoch
+            now_mono = time.monotonic()
+            now = time.time()
+            sealed = []
+            for chain in self.chains.values():
+                if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
+                    block = chain.seal(self.key, now)
+                    if block is not None:
+                        sealed.append(block)
+            if sealed:
+                await self._submit(epoch, sealed, [], {})
+
+    def _store_unavailable(self, exc: BaseException, partitions: set[Part]) -> None:
+        """The store cannot be read or written: drop state, remember what to re-read."""
+        self.metrics.store_failures += 1
+        self._backoff_s = min(max(self._backoff_s * 2, 0.5), 10.0)
+        self._epoch += 1
+        self._recover |= set(self.chains) | partitions
+        self.forget(set(self.chains))
+        log.error(
+            "store unavailable (%s); will resume partitions %s from the store",
+            getattr(exc, "code", type(exc).__name__),
+            sorted(self._recover),
+        )
+
+    async def _recover_positions(self) -> None:
+        """After a failure, seek each affected partition back to its stored head.
+
+        Without this, records acked by the consumer but never stored would wait
+        for the next record of their partition to be noticed.
+        """
+        for p in sorted(self._recover):
+            await self.drain()
+            try:
+                chain = await self._load(p)
+            except (CareledgerError, OSError) as exc:
+                log.warning("still cannot read the store (%s)", getattr(exc, "code", exc))
+                return
+            self._recover.discard(p)
+            if chain.next_offset is not None:
+                self.seek_targets[p] = (chain.next_offset, time.monotonic())
+                self.metrics.seeks += 1
+                await self._request_seek(p, chain.next_offset)
+
+    async def _check_assigned(self) -> None:
+        """Seek newly assigned partitions back if the consumer starts past the stored head.
+
+        The group's committed offset can be ahead of the store (a crash after a
+        best-effort commit, before the write). When records keep arriving, the
+        first one reveals the gap (``OffsetGap``); when none arrive, nothing
+        would, and the unstored records would wait for new traffic on that
+        partition. So compare the consumer's position with the stored head as
+        soon as the assignment has settled: seeking earlier races the fetcher. The
+        position compared is the group's committed offset (where the fetcher starts).
+        """
+        now = time.monotonic()
+        for p, since in sorted(self._unchecked.items()):
+            if now - since < ASSIGNMENT_SETTLE_S:
+                continue
+            if p in self.chains:  # records arrived: ``handle`` already compared
+                self._unchecked.pop(p, None)
+                continue
+            try:
+                position = await self._position(p)
+            except Exception as exc:  # not positioned yet (e.g. mid-rebalance): retry
+                log.debug("position of %s not available yet: %s", p, exc)
+                continue
+            if position is None:
+                continue
+            if position == 0:  # nothing can lie before the first offset
+                self._unchecked.pop(p, None)
+                continue
+            await self.drain()
+            try:
+                chain = await self._load(p)
+            except (CareledgerError, OSError) as exc:
+                self._store_unavailable(exc, {p})
+                self._unchecked.pop(p, None)
+                return
+            self._unchecked.pop(p, None)
+            expected = chain.next_offset
+            if expected is not None and position > expected:
+                log.info(
+                    "chain %s: consumer starts at offset %d past the stored head; "
+                    "seeking back to offset %d",
+                    chain.chain_id,
+                    position,
+                    expected,
+                )
+                self.seek_targets[p] = (expected, time.monotonic())
+                self.metrics.seeks += 1
+                await self._request_seek(p, expected)
+
+    async def _submit(
+        self,
+        epoch: int,
+        sealed: list[SealedBlock],
+        rejected: list[tuple[Part, Rejected]],
+        timestamps: dict[str, list[float]],
+    ) -> None:
+        """Start writing after the previous write succeeded; never two at once.
+
+        If the previous write failed, what was sealed on top of it is dropped with
+        the rest of the in-memory state; those records are read again from Kafka.
+        """
+        await self.drain()
+        if self._epoch != epoch:
+            self.forget(set(self.chains))
+            return
+        if sealed or rejected:
+            self._inflight = asyncio.create_task(self._persist(sealed, rejected, timestamps))
+
+    async def _persist(
+        self,
+        sealed: list[SealedBlock],
+        rejected: list[tuple[Part, Rejected]],
+        timestamps: dict[str, list[float]],
+    ) -> bool:
+        loop = asyncio.get_running_loop()
+        started = time.monotonic()
+        try:
+            await loop.run_in_executor(self.executor, self._persist_sync, sealed, rejected)
+        except (CareledgerError, OSError, RuntimeError) as exc:
+            # Fail closed: forget everything in memory (sealed blocks included) and
+            # resume from what the store really holds.
+            log.error("persisting %d blocks failed", len(sealed))
+            self._store_unavailable(exc, set())
+            return False
+        self._backoff_s = 0.0
+        if sealed:
+            newest: dict[str, BlockHeader] = {}
+            for block in sealed:
+                newest[block.header.chain_id] = block.header
+            self.outputs.publish_checkpoints(list(newest.values()), self.key)
+        stored_at = time.time()
+        elapsed = time.monotonic() - started
+        m = self.metrics
+        m.dead_lettered += len(rejected)
+        m.quarantined += sum(1 for _, r in rejected if r.quarantine)
+        for block in sealed:
+            h = block.header
+            m.blocks_written += 1
+            m.events_chained += h.event_count
+            m._window_events += h.event_count
+            m.heights[h.chain_id] = h.height
+        m.block_write_seconds_total += elapsed * len(sealed)
+        for ts_list in timestamps.values():
+            m.observe_latencies(stored_at, ts_list)
+        return True
+
+    async def handle_baseline(self, records: list[Record]) -> None:
+        """Benchmark baseline: consume and insert the same records, no chaining or signing."""
+        rows = [(r.partition, r.offset, r.value or b"") for r in records]
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(
+            self.executor,
+            self.store.backend.insert,
+            f"{self.store.db}.baseline_events",
+            ("partition", "kafka_offset", "value"),
+            rows,
+        )
+        stored_at = time.time()
+        self.metrics.events_chained += len(rows)
+        self.metrics._window_events += len(rows)
+        self.metrics.observe_latencies(stored_at, [r.timestamp for r in records])
+
+    def _persist_sync(
+        self, sealed: list[SealedBlock], rejected: list[tuple[Part, Rejected]]
+    ) -> None:
+        if rejected:
+            self.outputs.send_dead_letters(rejected)  # flushes; raises on any failed delivery
+        if sealed:
+            self.store.write_blocks(sealed)
