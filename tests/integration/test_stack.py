@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
+from careledger.stack import clickhouse_server, kafka_server
 
 
 def _free_port() -> int:
@@ -177,7 +178,7 @@ def test_missing_java_names_the_package(
     stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("JAVA_HOME", raising=False)
-    monkeypatch.setattr(stack_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(kafka_server.shutil, "which", lambda name: None)
     with pytest.raises(stack_mod.StackError, match="apt-get install openjdk-17-jre-headless"):
         stack_mod.up(_fresh(stack, tmp_path), quiet=True, timeout=5)
 
@@ -186,7 +187,9 @@ def test_missing_clickhouse_names_the_package(
     stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     own = _fresh(stack, tmp_path)
-    monkeypatch.setattr(stack_mod, "CLICKHOUSE_SERVER_CANDIDATES", (("/nonexistent/ch", ()),))
+    monkeypatch.setattr(
+        clickhouse_server, "CLICKHOUSE_SERVER_CANDIDATES", (("/nonexistent/ch", ()),)
+    )
     monkeypatch.setattr(stack_mod, "_start_kafka", lambda settings, quiet: None)
     monkeypatch.setattr(stack_mod, "kafka_ready", lambda settings: True)
     with pytest.raises(stack_mod.StackError, match="clickhouse-server not installed"):
@@ -196,8 +199,8 @@ def test_missing_clickhouse_names_the_package(
 def test_missing_maven_names_the_package(
     stack: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(stack_mod, "KAFKA_LIB_ROOT", tmp_path / "lib")
-    monkeypatch.setattr(stack_mod.shutil, "which", lambda name: None)
+    monkeypatch.setattr(kafka_server, "KAFKA_LIB_ROOT", tmp_path / "lib")
+    monkeypatch.setattr(kafka_server.shutil, "which", lambda name: None)
     with pytest.raises(stack_mod.StackError, match="maven not found"):
         stack_mod.install_kafka(stack)
 

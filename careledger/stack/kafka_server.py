@@ -1,0 +1,258 @@
+"""The Kafka broker: Java, the jars Maven copies into ``deploy/kafka/lib/<version>/``,
+the KRaft ``server.properties``, storage formatting and starting the broker."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import shutil
+import subprocess
+import time
+import uuid
+from pathlib import Path
+
+from careledger.config import Settings
+
+from .model import StackError
+from .paths import DEPLOY_DIR, _paths
+from .processes import _our_pid, _port_open, _spawn, _tail
+from .readiness import kafka_ready
+
+# Every part of the stack logs as "careledger.stack", like the single module it was.
+log = logging.getLogger("careledger.stack")
+
+KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
+KAFKA_LOG4J = DEPLOY_DIR / "kafka" / "log4j2.yaml"
+KAFKA_LIB_ROOT = DEPLOY_DIR / "kafka" / "lib"
+KAFKA_HEAP = ("-Xms256m", "-Xmx768m")
+
+HINT_JAVA = "java not found: apt-get install openjdk-17-jre-headless (or run deploy/bootstrap.sh)"
+HINT_MAVEN = "maven not found: apt-get install maven (or run deploy/bootstrap.sh)"
+
+
+def _java() -> str:
+    java_home = os.environ.get("JAVA_HOME")
+    if java_home and (Path(java_home) / "bin" / "java").exists():
+        return str(Path(java_home) / "bin" / "java")
+    java = shutil.which("java")
+    if java is None:
+        raise StackError(HINT_JAVA)
+    return java
+
+
+def _check_java_version(java: str) -> None:
+    try:
+        out = subprocess.run(
+            [java, "-version"], capture_output=True, text=True, timeout=30, check=False
+        ).stderr
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise StackError(f"cannot run {java}: {exc}; {HINT_JAVA}") from exc
+    m = re.search(r'version "(\d+)(?:\.(\d+))?', out)
+    if m:
+        major = int(m.group(1))
+        if major == 1 and m.group(2):
+            major = int(m.group(2))
+        if major < 17:
+            raise StackError(
+                f"Kafka 4 needs Java 17 or newer, found Java {major} ({java}): "
+                "apt-get install openjdk-17-jre-headless"
+            )
+
+
+def kafka_lib_dir(settings: Settings) -> Path:
+    return KAFKA_LIB_ROOT / settings.kafka_version
+
+
+def _kafka_stamp(settings: Settings) -> Path:
+    return kafka_lib_dir(settings) / ".complete"
+
+
+def kafka_installed(settings: Settings) -> bool:
+    lib = kafka_lib_dir(settings)
+    return (
+        _kafka_stamp(settings).exists()
+        and (lib / f"kafka_2.13-{settings.kafka_version}.jar").exists()
+    )
+
+
+def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
+    """Copy the Kafka jars for ``settings.kafka_version`` with Maven (skipped if present)."""
+    lib = kafka_lib_dir(settings)
+    if kafka_installed(settings):
+        return lib
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError(HINT_MAVEN)
+    say = log.debug if quiet else log.info
+    say("fetching Apache Kafka %s jars with Maven into %s", settings.kafka_version, lib)
+    if lib.exists():
+        shutil.rmtree(lib)  # partial copy of an earlier, interrupted run
+    t0 = time.monotonic()
+    paths = _paths(settings)
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    mvn_log = paths.logs / "maven.log"
+    cmd = [
+        mvn,
+        "-B",
+        "--no-transfer-progress",
+        "-f",
+        str(KAFKA_POM),
+        f"-Dkafka.version={settings.kafka_version}",
+        f"-Dkafka.lib={lib}",
+        "package",
+    ]
+    with open(mvn_log, "w") as fh:
+        rc = subprocess.run(
+            cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, check=False
+        ).returncode
+    if rc != 0 or not (lib / f"kafka_2.13-{settings.kafka_version}.jar").exists():
+        raise StackError(
+            f"maven could not fetch Kafka {settings.kafka_version} (exit {rc}); see {mvn_log}:\n"
+            + _tail(mvn_log, 25)
+        )
+    _kafka_stamp(settings).write_text(f"{settings.kafka_version}\n")
+    say("Kafka jars ready in %.1fs", time.monotonic() - t0)
+    return lib
+
+
+def _kafka_properties(settings: Settings) -> str:
+    p = _paths(settings)
+    host = settings.kafka_host
+    return f"""\
+# Written by careledger.stack on every `careledger up`; edit Settings, not this file.
+process.roles=broker,controller
+node.id=1
+controller.quorum.voters=1@{host}:{settings.kafka_controller_port}
+listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}
+advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs={p.kafka_data}
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=8
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=168
+"""
+
+
+def _kafka_java_cmd(settings: Settings, java: str, main: str, *args: str) -> list[str]:
+    p = _paths(settings)
+    return [
+        java,
+        *KAFKA_HEAP,
+        "-XX:+UseG1GC",
+        "-XX:MaxGCPauseMillis=20",
+        "-XX:+ExitOnOutOfMemoryError",
+        "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={KAFKA_LOG4J}",
+        f"-Dkafka.logs.dir={p.kafka_logs}",
+        "-cp",
+        f"{kafka_lib_dir(settings)}/*",
+        main,
+        *args,
+    ]
+
+
+def new_cluster_id() -> str:
+    """A random KRaft cluster id (22 chars of URL-safe base64, like Kafka's ``Uuid``).
+
+    Like Kafka itself, never one starting with "-": the storage tool's argument
+    parser would take it for an option.
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
+def _kafka_format(settings: Settings, java: str) -> None:
+    p = _paths(settings)
+    if (p.kafka_data / "meta.properties").exists():
+        return
+    cluster_id = ""
+    if p.kafka_cluster_id.exists():
+        cluster_id = p.kafka_cluster_id.read_text().strip()
+    if not cluster_id or cluster_id.startswith("-"):
+        cluster_id = new_cluster_id()
+        p.kafka_cluster_id.write_text(cluster_id + "\n")
+    cmd = _kafka_java_cmd(
+        settings,
+        java,
+        "kafka.tools.StorageTool",
+        "format",
+        "--ignore-formatted",
+        "-t",
+        cluster_id,
+        "-c",
+        str(p.kafka_props),
+    )
+    # The storage tool is short-lived: a smaller heap starts faster.
+    cmd = [c for c in cmd if c not in KAFKA_HEAP]
+    cmd.insert(1, "-Xmx256m")
+    res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
+    if res.returncode != 0:
+        raise StackError(f"formatting Kafka storage failed:\n{res.stdout}{res.stderr}")
+    log.debug("formatted Kafka storage (cluster id %s)", cluster_id)
+
+
+def _start_kafka(settings: Settings, *, quiet: bool) -> int | None:
+    """Start the broker unless it is already running; return the pid we started (or None)."""
+    p = _paths(settings)
+    pid = _our_pid(p.kafka_pid, str(p.kafka_props))
+    if pid is not None:
+        return None
+    if _port_open(settings.kafka_host, settings.kafka_port):
+        if kafka_ready(settings):
+            log.info(
+                "a Kafka broker not started by careledger answers on %s; using it",
+                settings.kafka_bootstrap,
+            )
+            return None
+        raise StackError(
+            f"port {settings.kafka_port} is in use by another process that is not a Kafka broker; "
+            "stop it or set CARELEDGER_KAFKA_PORT"
+        )
+    if _port_open(settings.kafka_host, settings.kafka_controller_port):
+        raise StackError(
+            f"Kafka controller port {settings.kafka_controller_port} is in use by another process; "
+            "stop it or set CARELEDGER_KAFKA_CONTROLLER_PORT"
+        )
+    java = _java()
+    _check_java_version(java)
+    install_kafka(settings, quiet=quiet)
+    for d in (p.kafka, p.kafka_data, p.kafka_logs):
+        d.mkdir(parents=True, exist_ok=True)
+    p.kafka_props.write_text(_kafka_properties(settings))
+    _kafka_format(settings, java)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL_OPTIONS"))}
+    pid = _spawn(
+        _kafka_java_cmd(settings, java, "kafka.Kafka", str(p.kafka_props)),
+        cwd=p.kafka,
+        out=p.kafka_out,
+        env=env,
+    )
+    p.kafka_pid.write_text(f"{pid}\n")
+    (log.debug if quiet else log.info)(
+        "started Kafka %s (pid %d) on %s, logs in %s",
+        settings.kafka_version,
+        pid,
+        settings.kafka_bootstrap,
+        p.kafka_logs,
+    )
+    return pid

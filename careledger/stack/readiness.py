@@ -1,0 +1,74 @@
+"""Readiness probes: does the broker answer a metadata request, does ClickHouse answer?"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from careledger.config import Settings
+
+from .processes import _port_open
+
+# Every part of the stack logs as "careledger.stack", like the single module it was.
+log = logging.getLogger("careledger.stack")
+
+
+def kafka_ready(settings: Settings, timeout: float = 2.0) -> bool:
+    """True when the broker at ``settings.kafka_bootstrap`` answers a metadata request."""
+    if not _port_open(settings.kafka_host, settings.kafka_port):
+        return False
+    try:
+        from confluent_kafka.admin import AdminClient
+
+        admin = AdminClient(_admin_config(settings))
+        md = admin.list_topics(timeout=timeout)
+        return bool(md.brokers)
+    except Exception as exc:  # KafkaException and friends
+        log.debug("kafka not ready: %s", exc)
+        return False
+
+
+def clickhouse_ready(settings: Settings, timeout: float = 2.0) -> bool:
+    """True when ClickHouse answers ``SELECT 1`` on the native TCP port."""
+    return _clickhouse_version(settings, timeout) is not None
+
+
+def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
+    # No bare TCP probe first: ClickHouse logs a warning for every connection that
+    # sends nothing, and the driver fails just as fast on a closed port (its own
+    # connection-failure log lines are silenced: "not up" is an answer here).
+    driver_log = logging.getLogger("clickhouse_driver")
+    saved_level = driver_log.level
+    driver_log.setLevel(logging.CRITICAL)
+    try:
+        from clickhouse_driver import Client
+
+        client = Client(
+            settings.clickhouse_host,
+            port=settings.clickhouse_port,
+            user=settings.clickhouse_user,
+            password=settings.clickhouse_password,
+            connect_timeout=timeout,
+            send_receive_timeout=timeout,
+            sync_request_timeout=timeout,
+        )
+        try:
+            rows = client.execute("SELECT 1, version()")
+        finally:
+            client.disconnect()
+        return str(rows[0][1]) if rows and rows[0][0] == 1 else None
+    except Exception as exc:
+        log.debug("clickhouse not ready: %s", exc)
+        return None
+    finally:
+        driver_log.setLevel(saved_level)
+
+
+def _admin_config(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "socket.connection.setup.timeout.ms": 2000,
+        "log.connection.close": False,
+        # librdkafka logs refused connections to stderr; keep it to real errors.
+        "log_level": 3,
+    }
