@@ -20,6 +20,9 @@ from careledger import sources
 from careledger.config import Settings
 from careledger.kafka import producer as sdk
 from careledger.kafka.batching import AckTracker, SourceBatcher, heartbeat_record
+from careledger.sources import publishing as sources_publishing
+from careledger.sources import reading as sources_reading
+from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import (
@@ -431,7 +434,7 @@ def test_sdk_loads_the_source_key_from_settings_or_environment(
 
 
 def key_record(st: KeyEventStatement, version: int = 1, signer: SigningKey = REGISTRAR) -> bytes:
-    rec = sources._key_record(st, sign_key_event(signer, st), version)
+    rec = sources_publishing._key_record(st, sign_key_event(signer, st), version)
     return canonical_reference_bytes(rec)
 
 
@@ -439,7 +442,7 @@ def read_with(
     monkeypatch: pytest.MonkeyPatch, values: list[bytes | None]
 ) -> sources.SourcesSnapshot:
     monkeypatch.setattr(
-        sources, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
+        sources_reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
     )
     return sources.read_sources(Settings(), {REGISTRAR.key_id: REGISTRAR.public_key})
 
@@ -507,7 +510,7 @@ def test_heartbeats_are_checked_against_the_registry(monkeypatch: pytest.MonkeyP
         canonical_reference_bytes(bad),
     ]
     monkeypatch.setattr(
-        sources, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
+        sources_reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
     )
     beats, problems = sources.read_heartbeats(Settings(), {REGISTRAR.key_id: REGISTRAR.public_key})
     assert [b.statement.last_seq for b in beats] == [3]
@@ -517,7 +520,7 @@ def test_heartbeats_are_checked_against_the_registry(monkeypatch: pytest.MonkeyP
 def test_times_on_the_command_line_need_a_zone() -> None:
     assert sources.parse_time("2026-03-01T10:00:00Z") == "2026-03-01T10:00:00.000000Z"
     assert sources.parse_time("2026-03-01T12:00:00.5+02:00") == "2026-03-01T10:00:00.500000Z"
-    with pytest.raises(sources.ValidationError):
+    with pytest.raises(ValidationError):
         sources.parse_time("2026-03-01T10:00:00")
     assert len(sources.parse_time("now")) == len(T0)
 
