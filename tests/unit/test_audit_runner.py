@@ -18,7 +18,7 @@ from careledger_core.reference import ReferenceRecord
 from tests.unit.test_auditor_rules import at, btg_start, btg_stop, event, hospital
 from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
 from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
-from verifiers.auditor.alerts_cli import status_event, status_event_id, verify_history
+from verifiers.auditor.alerts_cli import AlertBook, status_event, status_event_id, verify_history
 from verifiers.auditor.runner import (
     ALERT_COLUMNS,
     DECISION_COLUMNS,
@@ -33,6 +33,7 @@ from verifiers.auditor.runner import (
     closed_alert_ids,
     decide_range,
     decision_row,
+    decode_alert_row,
     load_salt,
     parse_instant,
     read_bounds,
@@ -130,6 +131,44 @@ def test_stored_alert_rows_have_the_fingerprint_of_the_alert() -> None:
     for a in alerts:
         row = alert_row(a, created_at="now", audit_run="r", version=1)
         assert stored_alert_fingerprint(row) == alert_fingerprint(a)
+
+
+class _AlertRows:
+    """A backend whose ``alerts`` query returns the given rows."""
+
+    name = "alert-rows"
+
+    def __init__(self, rows: list[tuple[Any, ...]]) -> None:
+        self.rows = rows
+
+    def execute(self, sql: str, params: Any = None) -> list[tuple[Any, ...]]:
+        assert "FROM db.alerts FINAL" in sql
+        return self.rows
+
+    def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+        raise AssertionError("read only")
+
+    def close(self) -> None:
+        pass
+
+
+def test_an_alert_row_decodes_to_what_alerts_shows_with_the_alerts_fingerprint() -> None:
+    events = [event("M1", f"P{2 + (i % 2)}", at(i)) for i in range(4)]
+    placed = decide_range(ReferenceState(hospital()), ledgered(events), at(0), at(60))
+    alerts = group_alerts([p.decision for p in placed], salt=SALT)
+    assert alerts
+    for a in alerts:
+        row = alert_row(a, created_at="now", audit_run="r", version=7)
+        content = {k: v for k, v in a.to_dict().items() if k != "status"}
+        decoded = decode_alert_row(row)
+        assert decoded == json.loads(json.dumps({**content, "created_at": "now", "audit_run": "r"}))
+        assert stored_alert_fingerprint(row) == alert_fingerprint(a)
+        # ClickHouse may return the text columns as bytes
+        raw = tuple(v.encode() if isinstance(v, str) else v for v in row)
+        assert decode_alert_row(raw) == decoded
+        assert stored_alert_fingerprint(raw) == alert_fingerprint(a)
+        # what ``careledger alerts`` shows of the stored alert
+        assert AlertBook(_AlertRows([raw]), "db").alerts() == [decoded]
 
 
 def test_status_changes_are_hash_linked() -> None:

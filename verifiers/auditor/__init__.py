@@ -1,27 +1,31 @@
-"""The access auditor: explanation-based auditing and privacy rules (pure, no I/O).
+"""The access auditor (a job of the verifiers wing): explanation-based auditing, privacy
+rules and consent evaluation (pure, no I/O), and around them the runner that reads the
+ledger and stores decisions and alerts (``runner``), the ``careledger audit`` command
+(``cli``) and the privacy team's alert workflow (``alerts_cli``).
 
 * ``state``: ``ReferenceState`` rebuilt from ledgered reference records, ``as_of(t)``;
 * ``history``: ``AccessHistory``, bounded per-actor windows fed events in time order;
-* ``rules``: ``evaluate(event, view, history) -> AccessDecision``, ``RuleCode``,
-  ``Auditor`` (the streaming driver);
+* ``rules``: ``evaluate(event, view, history) -> AccessDecision``, ``Auditor`` (the
+  streaming driver); ``explanations``: the explanation search and the consent adapter;
+  ``decisions``: ``AccessDecision``, ``Flag``, ``AlertSeverity``, ``RuleCode``, ...;
+* ``consent``: FHIR R4/R5 Consent parsing and evaluation;
 * ``alerts``: ``group_alerts(decisions) -> list[Alert]`` and patient pseudonyms.
 """
 
 from .alerts import Alert, group_alerts, patient_pseudonym
 from .config import DEFAULT_CONFIG, AuditConfig, RoleWindow
-from .history import AccessHistory
-from .rules import (
+from .decisions import (
     AccessDecision,
     AlertSeverity,
-    Auditor,
     ConsentEvaluator,
     ConsentVerdict,
     Explanation,
     ExplanationKind,
     Flag,
     RuleCode,
-    evaluate,
 )
+from .history import AccessHistory
+from .rules import Auditor, evaluate
 from .state import ActiveRelationship, ReferenceState, ReferenceView
 
 __all__ = [

@@ -22,8 +22,8 @@ from typing import Any, Final
 
 from ._time import US_PER_DAY, US_PER_HOUR, ts_to_us
 from .config import DEFAULT_CONFIG
+from .decisions import AccessDecision, AlertSeverity, Flag, RuleCode
 from .history import NO_PATIENT_ID
-from .rules import AccessDecision, AlertSeverity, Flag, RuleCode
 
 __all__ = [
     "ALERT_STATUSES",

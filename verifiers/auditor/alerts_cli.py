@@ -33,16 +33,17 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent, decode_event, event_from_dict
 from verifiers.auditor.alerts import ALERT_STATUSES
 from verifiers.auditor.history import NO_PATIENT_ID
-from verifiers.auditor.runner import (
+from verifiers.auditor.runner.rows import (
     ALERT_COLUMNS,
     STATUS_COLUMNS,
+    decode_alert_row,
     dumps,
     parse_instant,
     status_entry_hash,
     status_histories,
     utc_now_ts,
 )
-from verifiers.auditor.runner import status_history_intact as verify_history
+from verifiers.auditor.runner.rows import status_history_intact as verify_history
 
 __all__ = [
     "AlertBook",
@@ -119,7 +120,7 @@ class AlertBook:
             f"{where} ORDER BY first_at, alert_id",
             params,
         )
-        return [_alert(r) for r in rows]
+        return [decode_alert_row(r) for r in rows]
 
     def alert(self, alert_id: str) -> dict[str, Any] | None:
         found = self.alerts("WHERE alert_id = %(id)s", {"id": alert_id})
@@ -231,26 +232,6 @@ def ledgered_positions(
                 "idx": int(idx),
             }
     return [found.get(e["entry_hash"]) for e in entries]
-
-
-def _alert(r: Sequence[Any]) -> dict[str, Any]:
-    t = [_text(v) for v in r]
-    return {
-        "alert_id": t[0],
-        "rule": t[1],
-        "severity": t[2],
-        "score": float(r[3]),
-        "actor_id": t[4],
-        "patient_ref": t[5] or None,
-        "patient_refs": json.loads(t[6]),
-        "event_ids": json.loads(t[7]),
-        "evidence": json.loads(t[8]),
-        "explanations_searched": json.loads(t[9]),
-        "first_at": t[10],
-        "last_at": t[11],
-        "created_at": t[12],
-        "audit_run": t[13],
-    }
 
 
 def _with_status(alert: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:

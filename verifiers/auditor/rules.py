@@ -6,18 +6,9 @@ recent activity (``history``, read only). The same inputs always give the same d
 ``Auditor`` is the small driver that feeds a stream: it expires break-the-glass
 overrides, evaluates, then lets the history observe the event.
 
-Explanations, searched in this order (the first found is stored; the list of what was
-searched is stored either way):
-
-1. ``consent``    an active consent permits the access (needs a consent evaluator)
-2. ``relationship`` an encounter, appointment, care-team, referral or order links the
-   actor (``practitioner_id``) to the patient within [start - lead, end + lag]
-3. ``team``       such a relationship names one of the actor's teams
-4. ``department`` such a relationship names the actor's department
-5. ``group``      a colleague (same department or a shared team) is the practitioner of
-   such a relationship
-6. ``role``       the actor's role is explained by any relationship of the patient in a
-   role window (registration, billing, records management)
+The explanation search (consent, relationship, team, department, group, role) is in
+``explanations``; the value types (``AccessDecision``, ``Flag``, ``AlertSeverity``, ...)
+in ``decisions``.
 
 Flags (``RuleCode``; stable, never renamed) — see ``RULE_REFERENCE_DATA`` for what each
 needs. The placeholder patient ``"-"`` (login/logout) is skipped by patient rules.
@@ -25,21 +16,31 @@ needs. The placeholder patient ``"-"`` (login/logout) is skipped by patient rule
 
 from __future__ import annotations
 
-import dataclasses
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from enum import StrEnum
 from types import MappingProxyType
-from typing import Any, Final, Literal, Protocol
+from typing import Any, Final
 
-from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
 from careledger_core.reference import Address, PatientBody, Shift, StaffBody
 from careledger_core.rule_codes import RuleCode
 
 from ._time import US_PER_SECOND, ts_to_us, weekday_hour
 from .config import DEFAULT_CONFIG, AuditConfig
+from .decisions import (
+    _CRITICAL,
+    _HIGH,
+    _LOW,
+    _MEDIUM,
+    AccessDecision,
+    AlertSeverity,
+    ConsentEvaluator,
+    ConsentVerdict,
+    Explanation,
+    ExplanationKind,
+    Flag,
+)
+from .explanations import _explain, core_consent_evaluator
 from .history import (
     EMERGENCY_PURPOSES,
     NO_PATIENT_ID,
@@ -49,7 +50,7 @@ from .history import (
     is_btg_start,
     is_btg_stop,
 )
-from .state import ActiveRelationship, ReferenceState, ReferenceView
+from .state import ReferenceState, ReferenceView
 
 __all__ = [
     "EMERGENCY_PURPOSES",
@@ -101,295 +102,6 @@ RULE_REFERENCE_DATA: Final[Mapping[RuleCode, str]] = MappingProxyType(
         RuleCode.REPEAT_OFFENDER: "history: confirmed violations of the actor",
     }
 )
-
-
-class AlertSeverity(StrEnum):
-    INFO = "info"
-    LOW = "low"
-    MEDIUM = "medium"
-    HIGH = "high"
-    CRITICAL = "critical"
-
-    @property
-    def rank(self) -> int:
-        return _RANK[self]
-
-    @property
-    def points(self) -> int:
-        """Contribution of one flag of this severity to a score."""
-        return _POINTS[self]
-
-    def raised(self) -> AlertSeverity:
-        return _ORDER[min(self.rank + 1, len(_ORDER) - 1)]
-
-
-_ORDER: Final = (
-    AlertSeverity.INFO,
-    AlertSeverity.LOW,
-    AlertSeverity.MEDIUM,
-    AlertSeverity.HIGH,
-    AlertSeverity.CRITICAL,
-)
-_RANK: Final = {s: i for i, s in enumerate(_ORDER)}
-_POINTS: Final = dict(zip(_ORDER, (0, 1, 3, 6, 10), strict=True))
-_INFO, _LOW, _MEDIUM, _HIGH, _CRITICAL = _ORDER
-
-
-class ExplanationKind(StrEnum):
-    CONSENT = "consent"
-    RELATIONSHIP = "relationship"
-    TEAM = "team"
-    DEPARTMENT = "department"
-    GROUP = "group"
-    ROLE = "role"
-
-
-@dataclass(frozen=True, slots=True)
-class Explanation:
-    """Why an access is allowed: the kind, the record that explains it, and how."""
-
-    kind: ExplanationKind
-    record_id: str | None = None  # relationship or consent record id
-    relationship_kind: str | None = None  # encounter, appointment, care-team, ...
-    via: str | None = None  # the actor, team, department, colleague or role
-
-    def to_dict(self) -> dict[str, Any]:
-        d: dict[str, Any] = {"kind": str(self.kind)}
-        if self.record_id is not None:
-            d["record_id"] = self.record_id
-        if self.relationship_kind is not None:
-            d["relationship_kind"] = self.relationship_kind
-        if self.via is not None:
-            d["via"] = self.via
-        return d
-
-
-@dataclass(frozen=True, slots=True)
-class ConsentVerdict:
-    """What a consent evaluator decided for one access."""
-
-    decision: Literal["permit", "deny"]
-    consent_id: str | None = None  # the deciding consent (record id or resource id)
-    detail: str | None = None  # e.g. which provision matched
-    #: a permit explains the access (False for a blanket opt-in that names nobody)
-    explains: bool = True
-
-
-class ConsentEvaluator(Protocol):
-    """Adapter to ``verifiers.auditor.consent.evaluate_consent``: given the patient's
-    active FHIR Consents (as of the event time), the access and the actor's directory
-    entry, return permit/deny or None (no consent applies)."""
-
-    def __call__(
-        self,
-        consents: list[dict[str, Any]],
-        event: AccessEvent,
-        actor: StaffBody | None,
-    ) -> ConsentVerdict | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Flag:
-    code: RuleCode
-    severity: AlertSeverity
-    evidence: Mapping[str, Any] = field(default_factory=dict)
-    #: a review the policy requires whatever the circumstances (a break-the-glass
-    #: override that states its reason), not a suspicion: it still becomes an alert
-    #: to review, but it is not a detection
-    routine: bool = False
-
-    @property
-    def score(self) -> int:
-        return self.severity.points
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {
-            "code": str(self.code),
-            "severity": str(self.severity),
-            "score": self.score,
-            "evidence": dict(self.evidence),
-        }
-        if self.routine:
-            d["routine"] = True
-        return d
-
-
-@dataclass(frozen=True, slots=True)
-class AccessDecision:
-    """The auditor's decision about one access event."""
-
-    event_id: str
-    occurred_at: str
-    actor_id: str
-    patient_id: str
-    explanation: Explanation | None
-    #: explanation kinds searched, in order (empty for events about no patient)
-    searched: tuple[str, ...]
-    flags: tuple[Flag, ...]
-    #: weight of the actor's confirmed past violations (REPEAT_OFFENDER), >= 1
-    multiplier: float = 1.0
-    #: a late flag about an earlier event (a break-the-glass start that never stopped)
-    amends: bool = False
-
-    @property
-    def explained(self) -> bool:
-        return self.explanation is not None
-
-    @property
-    def flagged(self) -> bool:
-        return bool(self.flags)
-
-    @property
-    def severity(self) -> AlertSeverity | None:
-        if not self.flags:
-            return None
-        return max((f.severity for f in self.flags), key=_RANK.__getitem__)
-
-    @property
-    def score(self) -> float:
-        return round(sum(f.score for f in self.flags) * self.multiplier, 3)
-
-    def codes(self) -> tuple[RuleCode, ...]:
-        return tuple(f.code for f in self.flags)
-
-    def flag(self, code: RuleCode) -> Flag | None:
-        for f in self.flags:
-            if f.code == code:
-                return f
-        return None
-
-    def to_dict(self) -> dict[str, Any]:
-        severity = self.severity
-        return {
-            "event_id": self.event_id,
-            "occurred_at": self.occurred_at,
-            "actor_id": self.actor_id,
-            "patient_id": self.patient_id,
-            "explained": self.explained,
-            "explanation": None if self.explanation is None else self.explanation.to_dict(),
-            "searched": list(self.searched),
-            "flags": [f.to_dict() for f in self.flags],
-            "severity": None if severity is None else str(severity),
-            "score": self.score,
-            "multiplier": self.multiplier,
-            "amends": self.amends,
-        }
-
-
-def core_consent_evaluator(
-    consents: list[dict[str, Any]], event: AccessEvent, actor: StaffBody | None
-) -> ConsentVerdict | None:
-    """A :class:`ConsentEvaluator` backed by ``verifiers.auditor.consent.evaluate_consent``.
-
-    The actor's roles are the directory's (plus the event's). A permit explains the access
-    only when a provision decided it (not a blanket base OPTIN/``decision``); no consent
-    in force, or a consent that cannot be evaluated, gives None.
-    """
-    from verifiers.auditor.consent import ConsentRequest, evaluate_consent
-
-    request = ConsentRequest.from_event(event)
-    if actor is not None and actor.roles:
-        roles = tuple(dict.fromkeys((*actor.roles, *request.actor_roles)))
-        request = dataclasses.replace(request, actor_roles=roles)
-    try:
-        decision = evaluate_consent(consents, request)
-    except CareledgerError:
-        return None
-    if decision.outcome == "no-consent":
-        return None
-    return ConsentVerdict(
-        decision="permit" if decision.outcome == "permit" else "deny",
-        consent_id=decision.consent_id,
-        detail=decision.reason,
-        explains=bool(decision.provision_path),
-    )
-
-
-# --------------------------------------------------------------------------- explanation
-
-
-@dataclass(slots=True)
-class _Search:
-    explanation: Explanation | None = None
-    searched: list[str] = field(default_factory=list)
-    verdict: ConsentVerdict | None = None
-    consents: int = 0
-    in_window: int = 0
-
-
-def _explain(
-    event: AccessEvent,
-    view: ReferenceView,
-    staff: StaffBody | None,
-    cfg: AuditConfig,
-    consent_evaluator: ConsentEvaluator | None,
-) -> _Search:
-    s = _Search()
-    pid = event.patient.id
-    aid = event.actor.id
-    if consent_evaluator is not None:
-        s.searched.append(ExplanationKind.CONSENT)
-        records = view.consent_records(pid)
-        s.consents = len(records)
-        if records:
-            s.verdict = consent_evaluator(view.consents(pid), event, staff)
-            v = s.verdict
-            if v is not None and v.decision == "permit" and v.explains:
-                s.explanation = Explanation(
-                    ExplanationKind.CONSENT,
-                    record_id=v.consent_id or records[0].record_id,
-                    via=v.detail,
-                )
-                return s
-    rels = view.relationships(pid, cfg.relationship_lead_us, cfg.relationship_lag_us)
-    s.in_window = len(rels)
-    s.searched.append(ExplanationKind.RELATIONSHIP)
-    for r in rels:
-        if r.body.practitioner_id == aid:
-            s.explanation = _rel(ExplanationKind.RELATIONSHIP, r, aid)
-            return s
-    if staff is None:
-        return s
-    if staff.teams:
-        s.searched.append(ExplanationKind.TEAM)
-        teams = set(staff.teams)
-        for r in rels:
-            if r.body.team_id is not None and r.body.team_id in teams:
-                s.explanation = _rel(ExplanationKind.TEAM, r, r.body.team_id)
-                return s
-    s.searched.append(ExplanationKind.DEPARTMENT)
-    for r in rels:
-        if r.body.department is not None and r.body.department == staff.department:
-            s.explanation = _rel(ExplanationKind.DEPARTMENT, r, staff.department)
-            return s
-    if cfg.group_explanations:
-        s.searched.append(ExplanationKind.GROUP)
-        for r in rels:
-            colleague_id = r.body.practitioner_id
-            if colleague_id is None or colleague_id == aid:
-                continue
-            colleague = view.staff(colleague_id)
-            if colleague is not None and (
-                colleague.department == staff.department
-                or not set(colleague.teams).isdisjoint(staff.teams)
-            ):
-                s.explanation = _rel(ExplanationKind.GROUP, r, colleague_id)
-                return s
-    for role in staff.roles:
-        window = cfg.role_windows.get(role)
-        if window is None:
-            continue
-        if ExplanationKind.ROLE not in s.searched:
-            s.searched.append(ExplanationKind.ROLE)
-        role_rels = view.relationships(pid, window.lead_us, window.lag_us)
-        if role_rels:
-            s.explanation = _rel(ExplanationKind.ROLE, role_rels[0], role)
-            return s
-    return s
-
-
-def _rel(kind: ExplanationKind, r: ActiveRelationship, via: str) -> Explanation:
-    return Explanation(kind, record_id=r.record_id, relationship_kind=r.body.kind, via=via)
 
 
 # --------------------------------------------------------------------------- helpers

@@ -1,0 +1,149 @@
+"""The explanation search: why an access may be allowed (pure: no I/O, no clock).
+
+Explanations, searched in this order (the first found is stored; the list of what was
+searched is stored either way):
+
+1. ``consent``    an active consent permits the access (needs a consent evaluator)
+2. ``relationship`` an encounter, appointment, care-team, referral or order links the
+   actor (``practitioner_id``) to the patient within [start - lead, end + lag]
+3. ``team``       such a relationship names one of the actor's teams
+4. ``department`` such a relationship names the actor's department
+5. ``group``      a colleague (same department or a shared team) is the practitioner of
+   such a relationship
+6. ``role``       the actor's role is explained by any relationship of the patient in a
+   role window (registration, billing, records management)
+
+``core_consent_evaluator`` is the ``ConsentEvaluator`` backed by
+``verifiers.auditor.consent``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent
+from careledger_core.reference import StaffBody
+
+from .config import AuditConfig
+from .consent import ConsentRequest, evaluate_consent
+from .decisions import ConsentEvaluator, ConsentVerdict, Explanation, ExplanationKind
+from .state import ActiveRelationship, ReferenceView
+
+__all__ = ["core_consent_evaluator"]
+
+
+def core_consent_evaluator(
+    consents: list[dict[str, Any]], event: AccessEvent, actor: StaffBody | None
+) -> ConsentVerdict | None:
+    """A :class:`ConsentEvaluator` backed by ``verifiers.auditor.consent.evaluate_consent``.
+
+    The actor's roles are the directory's (plus the event's). A permit explains the access
+    only when a provision decided it (not a blanket base OPTIN/``decision``); no consent
+    in force, or a consent that cannot be evaluated, gives None.
+    """
+    request = ConsentRequest.from_event(event)
+    if actor is not None and actor.roles:
+        roles = tuple(dict.fromkeys((*actor.roles, *request.actor_roles)))
+        request = dataclasses.replace(request, actor_roles=roles)
+    try:
+        decision = evaluate_consent(consents, request)
+    except CareledgerError:
+        return None
+    if decision.outcome == "no-consent":
+        return None
+    return ConsentVerdict(
+        decision="permit" if decision.outcome == "permit" else "deny",
+        consent_id=decision.consent_id,
+        detail=decision.reason,
+        explains=bool(decision.provision_path),
+    )
+
+
+# --------------------------------------------------------------------------- explanation
+
+
+@dataclass(slots=True)
+class _Search:
+    explanation: Explanation | None = None
+    searched: list[str] = field(default_factory=list)
+    verdict: ConsentVerdict | None = None
+    consents: int = 0
+    in_window: int = 0
+
+
+def _explain(
+    event: AccessEvent,
+    view: ReferenceView,
+    staff: StaffBody | None,
+    cfg: AuditConfig,
+    consent_evaluator: ConsentEvaluator | None,
+) -> _Search:
+    s = _Search()
+    pid = event.patient.id
+    aid = event.actor.id
+    if consent_evaluator is not None:
+        s.searched.append(ExplanationKind.CONSENT)
+        records = view.consent_records(pid)
+        s.consents = len(records)
+        if records:
+            s.verdict = consent_evaluator(view.consents(pid), event, staff)
+            v = s.verdict
+            if v is not None and v.decision == "permit" and v.explains:
+                s.explanation = Explanation(
+                    ExplanationKind.CONSENT,
+                    record_id=v.consent_id or records[0].record_id,
+                    via=v.detail,
+                )
+                return s
+    rels = view.relationships(pid, cfg.relationship_lead_us, cfg.relationship_lag_us)
+    s.in_window = len(rels)
+    s.searched.append(ExplanationKind.RELATIONSHIP)
+    for r in rels:
+        if r.body.practitioner_id == aid:
+            s.explanation = _rel(ExplanationKind.RELATIONSHIP, r, aid)
+            return s
+    if staff is None:
+        return s
+    if staff.teams:
+        s.searched.append(ExplanationKind.TEAM)
+        teams = set(staff.teams)
+        for r in rels:
+            if r.body.team_id is not None and r.body.team_id in teams:
+                s.explanation = _rel(ExplanationKind.TEAM, r, r.body.team_id)
+                return s
+    s.searched.append(ExplanationKind.DEPARTMENT)
+    for r in rels:
+        if r.body.department is not None and r.body.department == staff.department:
+            s.explanation = _rel(ExplanationKind.DEPARTMENT, r, staff.department)
+            return s
+    if cfg.group_explanations:
+        s.searched.append(ExplanationKind.GROUP)
+        for r in rels:
+            colleague_id = r.body.practitioner_id
+            if colleague_id is None or colleague_id == aid:
+                continue
+            colleague = view.staff(colleague_id)
+            if colleague is not None and (
+                colleague.department == staff.department
+                or not set(colleague.teams).isdisjoint(staff.teams)
+            ):
+                s.explanation = _rel(ExplanationKind.GROUP, r, colleague_id)
+                return s
+    for role in staff.roles:
+        window = cfg.role_windows.get(role)
+        if window is None:
+            continue
+        if ExplanationKind.ROLE not in s.searched:
+            s.searched.append(ExplanationKind.ROLE)
+        role_rels = view.relationships(pid, window.lead_us, window.lag_us)
+        if role_rels:
+            s.explanation = _rel(ExplanationKind.ROLE, role_rels[0], role)
+            return s
+    return s
+
+
+def _rel(kind: ExplanationKind, r: ActiveRelationship, via: str) -> Explanation:
+    return Explanation(kind, record_id=r.record_id, relationship_kind=r.body.kind, via=via)

@@ -1,0 +1,345 @@
+"""Following the ledger (``careledger audit --follow``): ``Follower``.
+
+Every ``audit_poll_interval_s``, apply the reference records and evaluate the access
+events of the blocks committed since the last poll (cutoff: the newest ledger time
+applied), insert their decisions, regroup the flagged decisions around the times of the
+new flags and upsert (and publish) the alerts that are new or grew.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import secrets
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final
+
+from careledger_core.reference import ReferenceRecord
+
+from .._time import ts_to_us, us_to_ts
+from ..alerts import Alert, ClosedAlert, group_alerts
+from ..config import DEFAULT_CONFIG, AuditConfig
+from ..history import is_btg_start
+from ..rules import AccessDecision, Auditor, core_consent_evaluator
+from ..state import ReferenceState
+from .decide import (
+    NOTHING_KNOWN,
+    LedgeredEvent,
+    LedgeredReference,
+    PlacedDecision,
+    Position,
+    ledger_times,
+    sort_decisions,
+    warmup_us,
+)
+from .publish import AlertPublisher
+from .reviews import report_broken_histories
+from .rows import alert_document, alert_fingerprint, alert_row, decision_row, utc_now_ts
+from .store import AuditStore
+
+log = logging.getLogger("careledger.auditor")
+
+#: flagged decisions kept in memory for regrouping: the grouping window plus max span
+_REGROUP_US: Final = 25 * 3600 * 1_000_000
+
+
+def _near(times: Sequence[int], t_us: int, span_us: int) -> bool:
+    """``t_us`` is within ``span_us`` of one of ``times`` (sorted)."""
+    i = bisect.bisect_left(times, t_us - span_us)
+    return i < len(times) and times[i] <= t_us + span_us
+
+
+class Follower:
+    """Audit newly committed blocks continuously (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: AuditStore,
+        *,
+        salt: str,
+        config: AuditConfig = DEFAULT_CONFIG,
+        publisher: AlertPublisher | None = None,
+        from_ts: str | None = None,
+        now: Callable[[], str] = utc_now_ts,
+        warmup: bool = True,
+    ) -> None:
+        self.store = store
+        self.salt = salt
+        self.warmup = warmup
+        self._warm_until: str | None = None
+        self.warmed = 0
+        self.config = config
+        self.publisher = publisher
+        self.from_ts = from_ts
+        self.now = now
+        self.run_id = f"follow:{secrets.token_hex(8)}"
+        self.state = ReferenceState()
+        self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
+        self.cursors: dict[str, int] = {}
+        #: the latest ledger time seen per reference chain (see ``ledger_times``)
+        self.ledger_latest: dict[str, tuple[int, str]] = {}
+        #: the knowledge cutoff of the last decisions made (None: none yet)
+        self.known_at: str | None = None
+        #: reference records that arrived ledgered no later than a cutoff already used
+        #: (another processor's block committed late): a replay of the decisions made
+        #: with that cutoff would see them
+        self.late_records = 0
+        self.btg_positions: dict[str, tuple[Position, int, str]] = {}
+        self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
+        self._latest_us = 0
+        self.published: dict[str, str] = {}  # alert id -> fingerprint
+        self._pending_rows: list[tuple[Any, ...]] = []
+        self._pending_flagged: list[AccessDecision] = []
+        self._pending_at = ""
+        self.started = False
+        self.cycles = 0
+        self.decided = 0
+        self.alerts_sent = 0
+        #: the alerts of the confirmed violations fed to the history, and the count of
+        #: status changes the last read of the reviews reflects
+        self._fed: set[str] = set()
+        self._reviews = -1
+        #: closed alerts (they take no more flags) and broken status histories reported
+        self.closed: Mapping[str, ClosedAlert] = {}
+        self.broken: set[str] = set()
+
+    def _start(self) -> None:
+        # resume after what earlier runs decided (every event of a block is decided
+        # together), or from the beginning
+        self.cursors = self.store.decided_heights()
+        if self.warmup and self.cursors:
+            # the first cycle replays the last warm-up window of what was decided (not
+            # deciding it again), so windows are as if the follower had never stopped
+            self._warm_until = self.store.last_decided_time()
+        self.started = True
+
+    def _read_reviews(self, *, again: bool = False) -> None:
+        """Read the reviews if a status changed since the last read (or ``again``): the
+        closed alerts (they take no more flags) and the confirmed violations, fed to the
+        history once per case, so an alert resolved while following weighs the actor's
+        next accesses (REPEAT_OFFENDER) as in a range run. A broken status history is
+        reported once and not counted."""
+        changes = self.store.status_changes()
+        if changes == self._reviews and not again:
+            return
+        reviews = self.store.reviews()
+        for case in reviews.confirmed:
+            # by alert id, not time: an alert read again (a range replay rewriting it) or
+            # a second alert about the same accesses is not fed twice
+            if self._fed.isdisjoint(case.alert_ids):
+                self.auditor.history.record_confirmed_violation(case.actor_id, case.at)
+            self._fed.update(case.alert_ids)
+        broken = [a for a in reviews.broken if a not in self.broken]
+        report_broken_histories(broken)
+        counted = sorted(self._fed.intersection(broken))
+        if counted:
+            log.error(
+                "alerts %s were counted as confirmed violations before their status history "
+                "broke; a range replay does not count them",
+                ", ".join(counted),
+            )
+        self.broken.update(broken)
+        self.closed = reviews.closed
+        self._reviews = changes
+
+    def _warmup_events(self) -> tuple[list[LedgeredEvent], dict[str, str]]:
+        """The events to replay into the windows and the cutoffs they were decided with."""
+        if self._warm_until is None:
+            return [], {}
+        until_us = ts_to_us(self._warm_until)
+        lo = us_to_ts(until_us - warmup_us(self.config))
+        hi = us_to_ts(until_us + 1)
+        events = [
+            le
+            for le in self.store.events_between(lo, hi)
+            if le.position.height <= self.cursors.get(le.position.chain_id, -1)
+        ]
+        cutoffs = {event_id: known for event_id, _t, known in self.store.decision_cutoffs(lo, hi)}
+        return events, cutoffs
+
+    def _apply_references(self, records: list[LedgeredReference]) -> None:
+        late = 0
+        used = self.known_at
+        ledgered: list[tuple[ReferenceRecord, str]] = []
+        for rec, t in ledger_times(records, self.ledger_latest):
+            if used is not None and t <= used:
+                late += 1
+            ledgered.append((rec, t))
+        self.state.apply_ledgered(ledgered)
+        if late:
+            self.late_records += late
+            log.warning(
+                "%d reference records were committed after decisions whose knowledge cutoff "
+                "%s is not before their ledger time: a replay of those decisions may differ",
+                late,
+                used,
+            )
+
+    def cycle(self) -> int:
+        """One poll; returns the number of new decisions."""
+        if not self.started:
+            self._start()
+        self.cycles += 1
+        # what an earlier cycle decided but could not store goes first (its events are
+        # in the history already: they must not be evaluated again)
+        self._store_pending()
+        self._read_reviews(again=self.cycles % 200 == 0)
+        heads = self.store.heads()
+        records: list[LedgeredReference] = []
+        new: list[LedgeredEvent] = []
+        cursors: dict[str, int] = {}
+        for chain, head in sorted(heads.items()):
+            above = self.cursors.get(chain, -1)
+            if head <= above:
+                continue
+            if self.store.is_reference(chain):
+                records.extend(self.store.reference_records_of_chain(chain, above, head))
+            else:
+                new.extend(self.store.events_of_chain(chain, above, head))
+            cursors[chain] = head
+        warm, warm_cutoffs = self._warmup_events()
+        # every read succeeded: from here on nothing is read twice
+        self.cursors.update(cursors)
+        # the reference data committed so far first, then the events
+        self._apply_references(records)
+        # decide with what is known now: the newest ledger time applied
+        cutoff = self.state.latest_known_at or NOTHING_KNOWN
+        state = self.state
+        try:
+            if self._warm_until is not None:
+                for le in warm:
+                    # as it was decided (the same history as a range replay builds)
+                    state.known_at = warm_cutoffs.get(le.event.event_id, cutoff)
+                    if is_btg_start(le.event):
+                        self.btg_positions[le.event.event_id] = (
+                            le.position,
+                            ts_to_us(le.event.occurred_at),
+                            state.known_at,
+                        )
+                    for d in self.auditor.process(le.event):
+                        if d.amends:  # due before the restart: decided then
+                            self.btg_positions.pop(d.event_id, None)
+                self.warmed = len(warm)
+                self._warm_until = None
+            if not new:
+                return 0
+            new.sort(key=lambda le: le.sort_key)
+            batch = {le.event.event_id: le.position for le in new}
+            placed: list[PlacedDecision] = []
+            state.known_at = cutoff
+            for le in new:
+                if is_btg_start(le.event):
+                    self.btg_positions[le.event.event_id] = (
+                        le.position,
+                        ts_to_us(le.event.occurred_at),
+                        cutoff,
+                    )
+                for d in self.auditor.process(le.event):
+                    pos = batch.get(d.event_id)
+                    known_at = cutoff
+                    if d.amends:
+                        entry = self.btg_positions.pop(d.event_id, None)
+                        pos, known_at = (None, cutoff) if entry is None else (entry[0], entry[2])
+                    if pos is None:
+                        continue
+                    if self.from_ts is not None and d.occurred_at < self.from_ts:
+                        continue
+                    placed.append(PlacedDecision(d, pos, known_at))
+        finally:
+            state.known_at = None
+        self.known_at = cutoff
+        # bounded memory: a start's position is needed until its stop window is over
+        latest = ts_to_us(new[-1].event.occurred_at)
+        keep_us = 2 * self.config.btg_stop_window_us
+        for eid, (_pos, t_us, _known) in list(self.btg_positions.items()):
+            if latest - t_us > keep_us:
+                del self.btg_positions[eid]
+        decided_at = self.now()
+        self._pending_rows = [
+            decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
+            for p in sort_decisions(placed)
+        ]
+        self._pending_flagged = [p.decision for p in placed if p.decision.flagged]
+        self._pending_at = decided_at
+        self.decided += len(placed)
+        self._store_pending()
+        return len(placed)
+
+    def _store_pending(self) -> None:
+        """Store the last evaluated decisions, then their alerts (raises StorageError;
+        the next cycle retries what is left)."""
+        if self._pending_rows:
+            self.store.insert_decisions(self._pending_rows)
+            self._pending_rows = []
+        if self._pending_flagged:
+            self._alerts(self._pending_flagged, self._pending_at)
+            self._pending_flagged = []
+
+    def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
+        # a review made during this cycle: an alert closed now must not take these flags
+        self._read_reviews()
+        latest = max(self._latest_us, max(ts_to_us(d.occurred_at) for d in flagged))
+        by_actor: dict[str, list[AccessDecision]] = {}
+        for d in flagged:
+            by_actor.setdefault(d.actor_id, []).append(d)
+        # alerts group one actor's flags: only the actors flagged now are regrouped, with
+        # their flags around the times of the new ones (an event committed after events
+        # that occurred much later, e.g. a back-filled batch, is grouped at its own time)
+        regroup: list[AccessDecision] = []
+        keep: dict[str, list[AccessDecision]] = {}
+        for actor, new in by_actor.items():
+            times = sorted({ts_to_us(d.occurred_at) for d in new})
+            known = [*self.recent.get(actor, ()), *new]
+            near = [d for d in known if _near(times, ts_to_us(d.occurred_at), _REGROUP_US)]
+            regroup.extend(near)
+            near_ids = {id(d) for d in near}
+            keep[actor] = [
+                d
+                for d in known
+                if id(d) in near_ids or latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+            ]
+        touched = {d.event_id for d in flagged}
+        changed: list[Alert] = []
+        for a in group_alerts(
+            regroup,
+            salt=self.salt,
+            closed=self.closed,
+            late_flag_delay_us=self.config.btg_stop_window_us,
+        ):
+            if touched.isdisjoint(a.event_ids):
+                continue
+            if self.published.get(a.alert_id) != alert_fingerprint(a):
+                changed.append(a)
+        if changed:
+            self.store.insert_alerts(
+                [
+                    alert_row(
+                        a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns()
+                    )
+                    for a in changed
+                ]
+            )
+        self.recent.update(keep)
+        self._latest_us = latest
+        if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
+            self.recent = {
+                actor: kept
+                for actor, decisions in self.recent.items()
+                if (
+                    kept := [
+                        d for d in decisions if latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+                    ]
+                )
+            }
+        for a in changed:
+            self.published[a.alert_id] = alert_fingerprint(a)
+        if self.publisher is not None and changed:
+            for a in changed:
+                self.publisher.publish(a.alert_id, alert_document(a))
+            if self.publisher.flush(10.0):
+                log.error("some alerts are not yet delivered to Kafka")
+        self.alerts_sent += len(changed)
+        if len(self.published) > 200_000:
+            for key in list(self.published)[:100_000]:
+                del self.published[key]

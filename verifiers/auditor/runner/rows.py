@@ -1,0 +1,250 @@
+"""The auditor's stored formats: the rows of ``access_decisions``, ``alerts`` and
+``alert_status`` (column orders, encoders and decoders), the published alert document
+and the fingerprints and hash links computed over them (pure, but ``utc_now_ts``).
+
+``alert_row`` encodes an alert and ``decode_alert_row`` is its one decoder: what
+``careledger alerts`` shows and what ``stored_alert_fingerprint`` compares both come
+from it, so the fingerprint of a stored alert is that of the alert it was written from.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from ..alerts import Alert, patient_pseudonym
+from ..history import NO_PATIENT_ID
+from .decide import PlacedDecision
+
+DECISION_COLUMNS: Final = (
+    "event_id",
+    "chain_id",
+    "height",
+    "idx",
+    "occurred_at",
+    "occurred_date",
+    "actor_id",
+    "patient_ref",
+    "amends",
+    "explanation_kind",
+    "explanation",
+    "searched",
+    "flags",
+    "severity",
+    "score",
+    "decided_at",
+    "audit_run",
+    "reference_known_at",
+)
+ALERT_COLUMNS: Final = (
+    "alert_id",
+    "rule",
+    "severity",
+    "score",
+    "actor_id",
+    "patient_ref",
+    "patient_refs",
+    "event_ids",
+    "evidence",
+    "explanations_searched",
+    "first_at",
+    "last_at",
+    "created_at",
+    "audit_run",
+    "version",
+)
+STATUS_COLUMNS: Final = (
+    "alert_id",
+    "seq",
+    "status",
+    "changed_by",
+    "changed_at",
+    "note",
+    "prev_hash",
+    "entry_hash",
+)
+#: what ``alert_document`` adds to ``Alert.to_dict`` (the status is left out of the
+#: fingerprint: it changes with reviews, not with the alert's content)
+_ALERT_SCHEMA: Final = "careledger.alert/1"
+_ALERT_SOURCE: Final = "auditor"
+#: alert columns that are about the run that wrote the row, not the alert's content
+_ALERT_RUN_COLUMNS: Final = ("created_at", "audit_run")
+
+
+def dumps(value: Any) -> str:
+    """Deterministic compact JSON (what is stored and compared across replays)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def utc_now_ts() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_instant(text: str) -> str:
+    """``YYYY-MM-DD``, ``YYYY-MM-DDTHH:MM[:SS[.ffffff]]`` (UTC, optional ``Z``) ->
+    the event timestamp format."""
+    t = text.strip().removesuffix("Z").replace(" ", "T")
+    try:
+        moment = dt.datetime.fromisoformat(t)
+    except ValueError as exc:
+        raise ValueError(f"not a UTC date or time: {text!r}") from exc
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(dt.UTC).replace(tzinfo=None)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def patient_ref(patient_id: str, salt: str) -> str:
+    return "" if patient_id == NO_PATIENT_ID else patient_pseudonym(patient_id, salt)
+
+
+def _public_flag(flag: dict[str, Any]) -> dict[str, Any]:
+    # flags never name a patient; related event ids stay (they are event ids)
+    return flag
+
+
+def decision_row(
+    placed: PlacedDecision, *, salt: str, decided_at: str, audit_run: str
+) -> tuple[Any, ...]:
+    d = placed.decision
+    pos = placed.position
+    severity = d.severity
+    explanation = d.explanation
+    return (
+        d.event_id,
+        pos.chain_id,
+        pos.height,
+        pos.idx,
+        d.occurred_at,
+        dt.date(int(d.occurred_at[0:4]), int(d.occurred_at[5:7]), int(d.occurred_at[8:10])),
+        d.actor_id,
+        patient_ref(d.patient_id, salt),
+        1 if d.amends else 0,
+        "" if explanation is None else str(explanation.kind),
+        "" if explanation is None else dumps(explanation.to_dict()),
+        dumps(list(d.searched)),
+        dumps([_public_flag(f.to_dict()) for f in d.flags]),
+        "" if severity is None else str(severity),
+        float(d.score),
+        decided_at,
+        audit_run,
+        placed.known_at,
+    )
+
+
+def alert_document(alert: Alert) -> dict[str, Any]:
+    """The alert as published and shown (patients only as pseudonyms)."""
+    doc = alert.to_dict()
+    doc["schema"] = _ALERT_SCHEMA
+    doc["source"] = _ALERT_SOURCE
+    return doc
+
+
+def _fingerprint(document: dict[str, Any]) -> str:
+    return hashlib.sha256(dumps(document).encode()).hexdigest()
+
+
+def alert_fingerprint(alert: Alert) -> str:
+    """What must change for a stored alert to be rewritten and published again."""
+    doc = alert_document(alert)
+    doc.pop("status", None)
+    return _fingerprint(doc)
+
+
+def alert_row(alert: Alert, *, created_at: str, audit_run: str, version: int) -> tuple[Any, ...]:
+    """The ``alerts`` row of an alert (``ALERT_COLUMNS`` order; ``decode_alert_row``
+    reads it back)."""
+    return (
+        alert.alert_id,
+        str(alert.rule),
+        str(alert.severity),
+        float(alert.score),
+        alert.actor_id,
+        alert.patient_ref or "",
+        dumps(list(alert.patient_refs)),
+        dumps(list(alert.event_ids)),
+        dumps(dict(alert.evidence)),
+        dumps(list(alert.explanations_searched)),
+        alert.first_at,
+        alert.last_at,
+        created_at,
+        audit_run,
+        version,
+    )
+
+
+def decode_alert_row(row: Sequence[Any]) -> dict[str, Any]:
+    """An alert read back from ``alerts`` (``ALERT_COLUMNS`` order, text as str or bytes):
+    the fields of ``Alert.to_dict`` but its status, then ``created_at`` and ``audit_run``
+    (the row's ``version`` is left out). What ``careledger alerts`` shows and what
+    ``stored_alert_fingerprint`` hashes."""
+    t = [_text(v) for v in row]
+    return {
+        "alert_id": t[0],
+        "rule": t[1],
+        "severity": t[2],
+        "score": float(row[3]),
+        "actor_id": t[4],
+        "patient_ref": t[5] or None,
+        "patient_refs": json.loads(t[6]),
+        "event_ids": json.loads(t[7]),
+        "evidence": json.loads(t[8]),
+        "explanations_searched": json.loads(t[9]),
+        "first_at": t[10],
+        "last_at": t[11],
+        "created_at": t[12],
+        "audit_run": t[13],
+    }
+
+
+def stored_alert_fingerprint(row: Sequence[Any]) -> str:
+    """``alert_fingerprint`` of an alert read back from ``alerts`` (ALERT_COLUMNS order)."""
+    doc = decode_alert_row(row)
+    for column in _ALERT_RUN_COLUMNS:
+        del doc[column]
+    doc["schema"] = _ALERT_SCHEMA
+    doc["source"] = _ALERT_SOURCE
+    return _fingerprint(doc)
+
+
+def status_entry_hash(prev_hash: str, entry: dict[str, Any]) -> str:
+    """Hash link of one status change: SHA-256 over the previous entry's hash and the
+    canonical JSON of this one (so a deleted or edited change breaks the links)."""
+    data = b"careledger-alert-status/1\x00" + prev_hash.encode() + b"\x00" + dumps(entry).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+def status_history_intact(entries: Sequence[Mapping[str, Any]]) -> bool:
+    """True if an alert's status changes (``seq`` order) are complete and their hash links
+    hold: none edited, deleted or inserted without recomputing every later link."""
+    prev = ""
+    for seq, e in enumerate(entries):
+        body = {k: e[k] for k in STATUS_COLUMNS if k != "entry_hash"}
+        body["seq"] = int(body["seq"])
+        if (
+            e["seq"] != seq
+            or e["prev_hash"] != prev
+            or status_entry_hash(prev, body) != e["entry_hash"]
+        ):
+            return False
+        prev = e["entry_hash"]
+    return True
+
+
+def status_histories(rows: Iterable[Sequence[Any]]) -> dict[str, list[dict[str, Any]]]:
+    """``alert_status`` rows (``STATUS_COLUMNS`` order, sorted by alert id and seq) ->
+    each alert's changes as dicts (``seq`` an int, the rest text)."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for r in rows:
+        entry: dict[str, Any] = dict(zip(STATUS_COLUMNS, (_text(v) for v in r), strict=True))
+        entry["seq"] = int(r[1])
+        out.setdefault(entry["alert_id"], []).append(entry)
+    return out
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    return str(value)

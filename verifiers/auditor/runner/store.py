@@ -1,0 +1,332 @@
+"""The auditor's reads and writes in one ClickHouse database (``AuditStore``), and the
+pseudonym salt file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Final
+
+from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.kinds import topic_of
+from careledger.storage.migrations import check_identifier
+from careledger_core.event import decode_event
+from careledger_core.reference import reference_from_dict
+
+from .decide import LedgeredEvent, LedgeredReference, Position
+from .reviews import ReviewedAlert, Reviews, closed_alert_ids, review_alerts, reviewed_alert
+from .rows import (
+    ALERT_COLUMNS,
+    DECISION_COLUMNS,
+    STATUS_COLUMNS,
+    _text,
+    status_histories,
+    stored_alert_fingerprint,
+)
+
+log = logging.getLogger("careledger.auditor")
+
+INSERT_BATCH: Final = 5000
+SALT_FILE: Final = "audit-salt"
+
+
+# --------------------------------------------------------------------------- salt
+
+
+def load_salt(settings: Any) -> str:
+    """The pseudonym salt: ``Settings.audit_salt``, else ``<run_dir>/keys/audit-salt``
+    (created with 32 random bytes, mode 0600, on first use)."""
+    if settings.audit_salt:
+        return str(settings.audit_salt)
+    path = Path(settings.keys_dir) / SALT_FILE
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # another process created it first
+        return path.read_text(encoding="utf-8").strip()
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(secrets.token_hex(32) + "\n")
+    return path.read_text(encoding="utf-8").strip()
+
+
+# --------------------------------------------------------------------------- store
+
+
+#: Source registry records (ADR 0010) are reference records too, but no rule uses
+#: them: leaving them out keeps heartbeats from moving the auditor's knowledge time.
+_SOURCE_KINDS = "('source-key', 'source-heartbeat')"
+
+
+class AuditStore:
+    """The auditor's reads and writes in one ClickHouse database."""
+
+    def __init__(
+        self, backend: SqlBackend, database: str, reference_topics: frozenset[str] = frozenset()
+    ) -> None:
+        self.backend = backend
+        self.db = check_identifier(database)
+        self.reference_topics = reference_topics
+
+    def is_reference(self, chain_id: str) -> bool:
+        return topic_of(chain_id) in self.reference_topics
+
+    def _committed(self, chain: bool = False) -> str:
+        """Rows of blocks whose header is stored; ``chain``: only the blocks of
+        ``%(c)s`` with ``%(a)s < height <= %(u)s`` (a small subquery for polling)."""
+        where = " WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s" if chain else ""
+        return (
+            "(chain_id, height, block_hash) IN "
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks{where})"
+        )
+
+    # -- reference data
+    def reference_records(self) -> list[LedgeredReference]:
+        """Every committed reference record in ledger order (chain, height, idx), with
+        its block's signed ``created_at`` (the column verify checks against the header)."""
+        rows = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
+            f"WHERE {self._committed()} AND kind NOT IN {_SOURCE_KINDS} "
+            "ORDER BY chain_id, height, idx"
+        )
+        # read after the records: every block they are committed in is there
+        times = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
+            "WHERE (chain_id, height, block_hash) IN "
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records "
+            f"WHERE kind NOT IN {_SOURCE_KINDS})"
+        )
+        return _decode_references(rows, times)
+
+    def reference_records_of_chain(
+        self, chain_id: str, above: int, upto: int
+    ) -> list[LedgeredReference]:
+        p = {"c": chain_id, "a": above, "u": upto}
+        rows = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
+            f"AND {self._committed(chain=True)} ORDER BY height, idx",
+            p,
+        )
+        times = self.backend.execute(
+            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s",
+            p,
+        )
+        return _decode_references(rows, times)
+
+    # -- access events
+    def horizon(self) -> str | None:
+        """The latest committed access event time (None: no events)."""
+        rows = self.backend.execute(
+            f"SELECT max(occurred_at), count() FROM {self.db}.access_events "
+            f"WHERE {self._committed()}"
+        )
+        if not rows or int(rows[0][1]) == 0:
+            return None
+        return _text(rows[0][0])
+
+    def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
+        """Committed access events with ``lo <= occurred_at < hi`` in
+        (occurred_at, chain_id, height, idx) order, page by page."""
+        cursor = lo
+        skip = 0
+        while True:
+            rows = self.backend.execute(
+                "SELECT occurred_at, chain_id, height, idx, canonical "
+                f"FROM {self.db}.access_events "
+                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
+                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}",
+                {"lo": cursor, "hi": hi},
+            )
+            for r in rows:
+                le = _ledgered(r)
+                if le is not None:
+                    yield le
+            if len(rows) < page_size:
+                return
+            last = _text(rows[-1][0])
+            same = sum(1 for r in rows if _text(r[0]) == last)
+            skip = skip + same if last == cursor else same
+            cursor = last
+
+    def heads(self) -> dict[str, int]:
+        rows = self.backend.execute(
+            f"SELECT chain_id, max(height) FROM {self.db}.blocks GROUP BY chain_id"
+        )
+        return {_text(c): int(h) for c, h in rows}
+
+    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
+        rows = self.backend.execute(
+            f"SELECT occurred_at, chain_id, height, idx, canonical FROM {self.db}.access_events "
+            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
+            f"AND {self._committed(chain=True)} ORDER BY height, idx",
+            {"c": chain_id, "a": above, "u": upto},
+        )
+        return [le for r in rows if (le := _ledgered(r)) is not None]
+
+    def last_decided_time(self) -> str | None:
+        rows = self.backend.execute(
+            f"SELECT max(occurred_at), count() FROM {self.db}.access_decisions"
+        )
+        if not rows or int(rows[0][1]) == 0:
+            return None
+        return _text(rows[0][0])
+
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        """(event id, occurred_at, knowledge cutoff) of the stored decisions with
+        ``lo <= occurred_at < hi`` (the latest per event; rows written before the cutoff
+        was stored are left out)."""
+        rows = self.backend.execute(
+            "SELECT event_id, any(occurred_at), argMax(reference_known_at, decided_at) "
+            f"FROM {self.db}.access_decisions "
+            "WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND amends = 0 "
+            "AND reference_known_at != '' GROUP BY event_id",
+            {"lo": lo, "hi": hi},
+        )
+        interned: dict[str, str] = {}  # a few distinct cutoffs for many events
+        out: list[tuple[str, str, str]] = []
+        for event_id, occurred_at, known_at in rows:
+            k = _text(known_at)
+            out.append((_text(event_id), _text(occurred_at), interned.setdefault(k, k)))
+        return out
+
+    def undecided_count(self, from_ts: str, to_ts: str) -> int:
+        """Committed access events of ``[from_ts, to_ts)`` with no stored cutoff."""
+        p = {"lo": from_ts, "hi": to_ts}
+        rows = self.backend.execute(
+            f"SELECT count() FROM {self.db}.access_events "
+            f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
+            f"AND event_id NOT IN (SELECT event_id FROM {self.db}.access_decisions "
+            "WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND amends = 0 "
+            "AND reference_known_at != '')",
+            p,
+        )
+        return int(rows[0][0]) if rows else 0
+
+    def decided_heights(self) -> dict[str, int]:
+        rows = self.backend.execute(
+            f"SELECT chain_id, max(height) FROM {self.db}.access_decisions GROUP BY chain_id"
+        )
+        return {_text(c): int(h) for c, h in rows}
+
+    def reviews(self) -> Reviews:
+        """The reviewers' decisions (``review_alerts``): every status history, and the
+        stored alerts that were closed."""
+        rows = self.backend.execute(
+            f"SELECT {', '.join(STATUS_COLUMNS)} FROM {self.db}.alert_status ORDER BY alert_id, seq"
+        )
+        histories = status_histories(rows)
+        ids = closed_alert_ids(histories)
+        alerts: dict[str, ReviewedAlert] = {}
+        if ids:
+            found = self.backend.execute(
+                "SELECT alert_id, actor_id, last_at, event_ids, evidence "
+                f"FROM {self.db}.alerts FINAL WHERE alert_id IN %(ids)s",
+                {"ids": tuple(ids)},
+            )
+            alerts = dict(reviewed_alert(r) for r in found)
+        return review_alerts(histories, alerts)
+
+    def confirmed_violations(self) -> list[tuple[str, str]]:
+        """(actor id, time) of each confirmed violation (``Reviews.violations``)."""
+        return self.reviews().violations()
+
+    def status_changes(self) -> int:
+        """How many alert status changes are stored (append-only: grows with each review)."""
+        rows = self.backend.execute(f"SELECT count() FROM {self.db}.alert_status")
+        return int(rows[0][0]) if rows else 0
+
+    # -- writes
+    def wait_mutations(self, timeout_s: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            rows = self.backend.execute(
+                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+                {"db": self.db},
+            )
+            if not rows or int(rows[0][0]) == 0:
+                return
+            time.sleep(0.05)
+        raise StorageError(f"mutations in {self.db} did not finish in {timeout_s}s")
+
+    def delete_range(self, from_ts: str, to_ts: str) -> None:
+        """Remove the decisions and alerts of ``[from_ts, to_ts)`` (before a replay)."""
+        p = {"lo": from_ts, "hi": to_ts}
+        for table, column in (("access_decisions", "occurred_at"), ("alerts", "first_at")):
+            n = self.backend.execute(
+                f"SELECT count() FROM {self.db}.{table} "
+                f"WHERE {column} >= %(lo)s AND {column} < %(hi)s",
+                p,
+            )
+            if n and int(n[0][0]):
+                self.backend.execute(
+                    f"ALTER TABLE {self.db}.{table} DELETE "
+                    f"WHERE {column} >= %(lo)s AND {column} < %(hi)s",
+                    p,
+                )
+        self.wait_mutations()
+
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        for i in range(0, len(rows), INSERT_BATCH):
+            self.backend.insert(
+                f"{self.db}.access_decisions", DECISION_COLUMNS, rows[i : i + INSERT_BATCH]
+            )
+
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        for i in range(0, len(rows), INSERT_BATCH):
+            self.backend.insert(f"{self.db}.alerts", ALERT_COLUMNS, rows[i : i + INSERT_BATCH])
+
+    def alert_fingerprints(self, from_ts: str, to_ts: str) -> dict[str, str]:
+        rows = self.backend.execute(
+            f"SELECT {', '.join(ALERT_COLUMNS)} FROM {self.db}.alerts FINAL "
+            "WHERE first_at >= %(lo)s AND first_at < %(hi)s",
+            {"lo": from_ts, "hi": to_ts},
+        )
+        return {_text(r[0]): stored_alert_fingerprint(r) for r in rows}
+
+
+def _decode_references(
+    rows: Iterable[Sequence[Any]], times: Iterable[Sequence[Any]]
+) -> list[LedgeredReference]:
+    """(chain_id, height, block_hash, canonical) rows and (chain_id, height, block_hash,
+    created_at) block rows -> ledgered records (rows of a block not found are skipped)."""
+    block_time = {(_text(c), int(h), _text(b)): _text(t) for c, h, b, t in times}
+    records: list[LedgeredReference] = []
+    bad = 0
+    for chain, height, block, canonical in rows:
+        key = (_text(chain), int(height), _text(block))
+        when = block_time.get(key)
+        if when is None:  # not committed when the blocks were read
+            continue
+        try:
+            # stored bytes are canonical (verify checks it): validate the record without
+            # re-canonicalising it, which would double the cost of loading the ledger
+            doc = json.loads(bytes(canonical))
+            if not isinstance(doc, dict):
+                raise ValueError("not an object")
+            records.append(LedgeredReference(reference_from_dict(doc), key[0], key[1], when))
+        except Exception:  # a row verify would report as tampered
+            bad += 1
+    if bad:
+        log.warning("%d stored reference records could not be decoded (run verify)", bad)
+    return records
+
+
+def _ledgered(row: Sequence[Any]) -> LedgeredEvent | None:
+    _occ, chain, height, idx, canonical = row
+    try:
+        event = decode_event(bytes(canonical))
+    except Exception:  # tampered row: verify reports it; the auditor skips it
+        log.warning("undecodable access event at %s/%s/%s skipped", _text(chain), height, idx)
+        return None
+    return LedgeredEvent(Position(_text(chain), int(height), int(idx)), event)
