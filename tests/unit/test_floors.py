@@ -19,6 +19,8 @@ test that cannot fail proves nothing.
 from __future__ import annotations
 
 import ast
+import fnmatch
+import tomllib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -280,6 +282,16 @@ def test_the_checker_finds_a_loop_hidden_in_a_function(tmp_path: Path) -> None:
 def test_every_top_level_package_has_a_floor() -> None:
     found = {p.parent.name for p in REPO.glob("*/__init__.py")}
     assert found == set(PACKAGES), "place a new package in the table of docs/design.md"
+
+
+def test_every_package_is_installed_and_type_checked() -> None:
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
+    include = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    checked = set(project["tool"]["mypy"]["files"])
+    for package in PACKAGES:
+        assert any(fnmatch.fnmatch(package, pattern) for pattern in include), package
+        assert package in checked, package
+    assert project["project"]["scripts"]["careledger"] == "commands.cli:main"
 
 
 def test_no_import_runs_against_the_floors() -> None:
