@@ -132,6 +132,8 @@ def _read_topic(
     the call, partition by partition in offset order."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
+    from careledger.kafka.offsets import watermark_offsets
+
     try:
         consumer = Consumer(
             {
@@ -165,9 +167,7 @@ def _read_topic(
         position: dict[int, int] = {}
         for partition in sorted(info.partitions):
             try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(topic, partition), timeout=max(deadline - time.monotonic(), 1.0)
-                )
+                low, high = watermark_offsets(consumer, TopicPartition(topic, partition), deadline)
             except KafkaException as exc:
                 raise InfrastructureError(
                     f"cannot read the offsets of {topic}: {exc}", code="KAFKA_UNAVAILABLE"

@@ -174,6 +174,8 @@ def _read_topic(settings: Settings, topic: str) -> list[tuple[int, int, bytes | 
     """Every record of ``topic`` (all partitions): (timestamp type, ms, key, value)."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
+    from careledger.kafka.offsets import watermark_offsets
+
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -186,7 +188,9 @@ def _read_topic(settings: Settings, topic: str) -> list[tuple[int, int, bytes | 
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         ends: dict[int, int] = {}
         for p in partitions:
-            _low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            _low, high = watermark_offsets(
+                consumer, TopicPartition(topic, p), time.monotonic() + 10
+            )
             if high > 0:
                 ends[p] = high
         if not ends:

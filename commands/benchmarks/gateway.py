@@ -210,11 +210,13 @@ class _Bench:
     def raw_count(self) -> int:
         from confluent_kafka import TopicPartition
 
+        from careledger.kafka.offsets import watermark_offsets
+
         md = self._consumer.list_topics(self.s.topic_raw, timeout=10)
         total = 0
         for p in md.topics[self.s.topic_raw].partitions:
-            _low, high = self._consumer.get_watermark_offsets(
-                TopicPartition(self.s.topic_raw, p), timeout=10
+            _low, high = watermark_offsets(
+                self._consumer, TopicPartition(self.s.topic_raw, p), time.monotonic() + 10
             )
             total += high
         return total
