@@ -142,6 +142,21 @@ class Settings:
     # 503 (HTTP) or the record is retried (syslog).
     gateway_ack_timeout_s: float = 15.0
 
+    # --- witness (`careledger witness`: a partner's C2SP tlog-witness, witness/) ------
+    # Its name (in its cosignature lines, e.g. "hospital-b.example/witness"), its own
+    # Ed25519 key (mode 0600; default <run_dir>/keys/witness.key; or the key text in
+    # CARELEDGER_WITNESS_SIGNING_KEY_TEXT), the TOML file of the logs it cosigns
+    # ([[log]] origin(s) and public keys), where it keeps its state (cosigned
+    # checkpoints and evidence, SQLite) and where it listens (loopback by default).
+    witness_name: str = ""
+    witness_signing_key: Path | None = None
+    witness_logs_file: Path | None = None
+    witness_state_dir: Path | None = None  # defaults to run_dir / "witness"
+    witness_host: str = "127.0.0.1"
+    witness_port: int = 17380
+    # Largest add-checkpoint body accepted (413 beyond), bytes.
+    witness_max_request_bytes: int = 65536
+
     @property
     def kafka_bootstrap(self) -> str:
         return f"{self.kafka_host}:{self.kafka_port}"

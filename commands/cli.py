@@ -66,6 +66,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "careledger.sources",
         "source identity: key generation, registration, revocation, the registry",
     ),
+    "witness": (
+        "witness.server",
+        "run a C2SP tlog-witness for a partner's logs (cosign consistent checkpoints, keep "
+        "evidence of forks), or show its state and evidence",
+    ),
 }
 
 

@@ -9,8 +9,14 @@
 #      pyproject.toml changes).
 #   3. The Apache Kafka jars (version from Settings.kafka_version) copied by Maven
 #      into deploy/kafka/lib/<version>/ (skipped when present).
+#   4. litewitness and witnessctl, an unmodified third-party C2SP witness (Go module
+#      filippo.io/torchwood, version pinned below) that the interoperability tests run
+#      next to `careledger witness`: built with `go install` into deploy/witness/bin/
+#      (git-ignored; skipped when that version is already there). Needs Go >= 1.21
+#      (the go command fetches the toolchain the module asks for) and ssh-agent.
 #
-# Environment: PYTHON (interpreter for the venv, default python3; needs >= 3.11).
+# Environment: PYTHON (interpreter for the venv, default python3; needs >= 3.11);
+# GO (the go command, default `go` on PATH or /usr/local/go/bin/go).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +46,7 @@ for pkg in clickhouse-server clickhouse-client; do
 done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || missing+=(maven)
+command -v ssh-agent >/dev/null 2>&1 || missing+=(openssh-client)
 if ! "$PYTHON" -c 'import ensurepip, venv' >/dev/null 2>&1 && [ ! -x "$VENV/bin/python" ]; then
     missing+=(python3-venv)
 fi
@@ -109,5 +116,27 @@ fi
 
 # --- 3. Kafka jars -------------------------------------------------------------
 "$VENV/bin/python" -m careledger.stack install-kafka >/dev/null
+
+# --- 4. litewitness (interoperability tests) -------------------------------------
+TORCHWOOD_VERSION=v0.6.1
+WITNESS_BIN="$ROOT/deploy/witness/bin"
+witness_stamp="$WITNESS_BIN/.torchwood-version"
+if [ "$(cat "$witness_stamp" 2>/dev/null || true)" != "$TORCHWOOD_VERSION" ] \
+    || [ ! -x "$WITNESS_BIN/litewitness" ] || [ ! -x "$WITNESS_BIN/witnessctl" ]; then
+    GO="${GO:-$(command -v go || true)}"
+    if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
+    if [ -z "$GO" ]; then
+        say "warning: go not found: litewitness is not built and the witness interoperability"
+        say "         tests will fail; install Go >= 1.21 and re-run deploy/bootstrap.sh"
+    else
+        say "building litewitness and witnessctl (filippo.io/torchwood $TORCHWOOD_VERSION) into $WITNESS_BIN"
+        mkdir -p "$WITNESS_BIN"
+        GOBIN="$WITNESS_BIN" GOFLAGS=-buildvcs=false "$GO" install \
+            "filippo.io/torchwood/cmd/litewitness@$TORCHWOOD_VERSION" \
+            "filippo.io/torchwood/cmd/witnessctl@$TORCHWOOD_VERSION" </dev/null \
+            || die "go install of filippo.io/torchwood $TORCHWOOD_VERSION failed (needs Go >= 1.21)"
+        echo "$TORCHWOOD_VERSION" > "$witness_stamp"
+    fi
+fi
 
 say "ok (start the services with: .venv/bin/careledger up)"

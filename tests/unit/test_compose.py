@@ -43,6 +43,7 @@ EXPECTED_COMMANDS = {
     "verifier": "verify",
     "simulator": "simulate",
     "gateway": "gateway",
+    "witness": "witness",
 }
 SHELL_OPERATORS = {";", "&&", "||", "|", "(", ")", "{", "}", "&"}
 SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "!"}
@@ -620,3 +621,78 @@ def test_build_context_holds_what_the_dockerfile_copies() -> None:
                 name = src.rstrip("/")
                 assert (PROJECT_ROOT / name).exists(), f"COPY {src}: missing from the repository"
                 assert name not in ignored, f"COPY {src}: excluded by .dockerignore"
+
+
+# --- witness ------------------------------------------------------------------------
+
+
+def test_witness_key_is_on_a_volume_only_the_witness_mounts(
+    compose: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    witness = app_services["witness"]
+    s = settings_of(witness)
+    assert s.witness_name and s.witness_signing_key is not None
+    assert careledger_argvs(witness) == [["witness", "--create-key"]]
+    volume, _, read_only = volume_file(witness, str(s.witness_signing_key))
+    assert not read_only, "the witness creates its key on first start"
+    assert volume in compose["volumes"]
+    for name, service in app_services.items():
+        if name != "witness":
+            assert volume not in {src for src, _, _ in mounts(service)}, name
+    # and it never sees the log's private key
+    processor_key = settings_of(app_services["processor"]).signing_key
+    signing_volume = volume_file(app_services["processor"], str(processor_key))[0]
+    assert signing_volume not in {src for src, _, _ in mounts(witness)}
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    assert str(PurePosixPath(str(s.witness_signing_key)).parent) in text
+
+
+def test_witness_state_survives_restarts_and_its_port_is_loopback(
+    app_services: dict[str, dict[str, Any]],
+) -> None:
+    witness = app_services["witness"]
+    s = settings_of(witness)
+    assert s.witness_state_dir is not None
+    source, _, read_only = volume_file(witness, str(s.witness_state_dir))
+    assert not read_only and "/" not in source  # a named volume
+    assert str(s.witness_state_dir) in DOCKERFILE.read_text(encoding="utf-8")
+    assert s.witness_host == "0.0.0.0"
+    assert s.witness_port == DEFAULTS.witness_port
+    assert published(witness)[s.witness_port] == ("127.0.0.1", DEFAULTS.witness_port)
+
+
+def test_witness_cosigns_every_chain_with_the_key_the_processor_signs_with(
+    app_services: dict[str, dict[str, Any]],
+) -> None:
+    import tomllib
+
+    witness, keygen = app_services["witness"], app_services["keygen"]
+    s = settings_of(witness)
+    assert s.witness_logs_file is not None
+    source, rel, read_only = volume_file(witness, str(s.witness_logs_file))
+    assert read_only and source.startswith("./")
+    logs_file = PROJECT_ROOT / source / rel if str(rel) != "." else PROJECT_ROOT / source
+    entries = tomllib.loads(logs_file.read_text(encoding="utf-8"))["log"]
+    origins = {o for e in entries for o in e.get("origins", [e.get("origin")])}
+    expected = {s.chain_id(s.topic_events, p) for p in range(s.partitions)}
+    expected |= {s.chain_id(s.topic_raw, p) for p in range(s.partitions)}
+    for topic in (
+        s.topic_consents,
+        s.topic_care_relationships,
+        s.topic_workforce,
+        s.topic_patients,
+        s.topic_sources,
+    ):
+        expected |= {s.chain_id(topic, p) for p in range(s.reference_partitions)}
+    assert origins == expected
+    # the key files it trusts are the processor's public key that keygen publishes
+    [key_out] = [option(a, "--out") for a in careledger_argvs(keygen) if a[0] == "keygen"]
+    published_pub = next(
+        c[-1]
+        for c in shell_commands(script_of(keygen), env_of(keygen))
+        if c[0] == "cp" and c[-2] == key_out + ".pub"
+    )
+    for entry in entries:
+        for key in entry["keys"]:
+            assert volume_file(witness, key)[:2] == volume_file(keygen, published_pub)[:2]
+            assert volume_file(witness, key)[2], "trusted keys are mounted read-only"
