@@ -2,7 +2,9 @@
 
 Dead letters (and quarantined records, with one integrity alert per reason and
 claimed source) are sent and flushed before the offsets they stand for are in
-a block; chain-head checkpoints are published after each write, not flushed.
+a block; checkpoints (the RFC 6962 root over each chain's block hashes, ADR 0012,
+with an RFC 9162 consistency proof from the previous one in a record header) are
+published after each write, not flushed.
 """
 
 from __future__ import annotations
@@ -12,11 +14,16 @@ import json
 from typing import Any, Final
 
 from careledger.config import Settings
-from careledger_core.block import BlockHeader
-from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
+from careledger_core.checkpoint import (
+    CONSISTENCY_HEADER,
+    checkpoint_for,
+    format_checkpoint,
+    format_consistency,
+    sign_note,
+)
 from careledger_core.signing import SigningKey
 from processors.chainer import Rejected
-from processors.processor import Part
+from processors.processor import ChainUpdate, Part
 
 
 def quarantine_alerts(quarantined: list[tuple[Part, Rejected]]) -> list[dict[str, Any]]:
@@ -125,24 +132,29 @@ class KafkaOutputs:
         delivered; returns how many messages are still undelivered."""
         return int(self._producer.flush(timeout))
 
-    def publish_checkpoints(self, heads: list[BlockHeader], key: SigningKey) -> None:
-        """Publish a C2SP signed-note checkpoint of each new chain head (not flushed here).
+    def publish_checkpoints(self, updates: list[ChainUpdate], key: SigningKey) -> None:
+        """Publish a C2SP signed-note checkpoint of each updated chain (not flushed here).
 
-        Checkpoints live outside ClickHouse, so someone who can only rewrite the
-        store cannot hide a truncation from a verifier that reads them. A lost
-        checkpoint is harmless: the next block's checkpoint supersedes it.
+        Key = chain id; header ``careledger-consistency`` = the RFC 9162 proof from the
+        chain's previous checkpoint (``old <size>`` and base64 hashes, as in a C2SP
+        tlog-witness request). Checkpoints live outside ClickHouse, so someone who can
+        only rewrite the store cannot hide a truncation or a rewrite from a verifier
+        that reads them. A lost checkpoint is harmless: the next one supersedes it.
         """
 
         def on_delivery(err: Any, _msg: Any) -> None:
             if err is not None:
                 self.checkpoint_failures += 1
 
-        for head in heads:
-            note = sign_note(format_checkpoint(checkpoint_for(head)), self.settings.origin, key)
+        for u in updates:
+            cp = checkpoint_for(u.head, u.tree)
+            note = sign_note(format_checkpoint(cp), self.settings.origin, key)
+            proof = format_consistency(u.old_size, u.proof)
             self._producer.produce(
                 self.settings.topic_checkpoints,
                 value=note.encode("utf-8"),
-                key=head.chain_id.encode("utf-8"),
+                key=cp.origin.encode("utf-8"),
+                headers=[(CONSISTENCY_HEADER, proof.encode("ascii"))],
                 on_delivery=on_delivery,
             )
         self._producer.poll(0)

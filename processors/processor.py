@@ -37,7 +37,9 @@ from typing import Any
 from careledger.config import Settings
 from careledger.storage.kinds import kind_for_topic
 from careledger.storage.store import ChainStore, SealedBlock
+from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.block import BlockHeader
+from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.chainer import OffsetGap, PartitionChain, Rejected
@@ -54,6 +56,22 @@ SEEK_PATIENCE_S = 5.0
 ASSIGNMENT_SETTLE_S = 2.0
 
 Part = tuple[str, int]  # (topic, partition): one chain each
+
+
+@dataclass(frozen=True, slots=True)
+class ChainUpdate:
+    """A chain's new head after a write: what its checkpoint is made of (ADR 0012).
+
+    ``tree`` is the RFC 6962 tree over the chain's block hashes up to ``head``;
+    ``proof`` the RFC 9162 consistency proof from the tree of ``old_size`` blocks (the
+    previous checkpoint this processor published for the chain, or the stored head it
+    resumed from) to ``tree``.
+    """
+
+    head: BlockHeader
+    tree: ChainTree
+    old_size: int
+    proof: tuple[bytes, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +134,9 @@ class Processor:
         # its record drain), so such seeks wait for the timer.
         self._assigned_at: dict[Part, float] = {}
         self._deferred_seeks: dict[Part, int] = {}
+        # The chain tree before and after each sealed block not yet published, by block
+        # hash: a write's checkpoints are made from them (``_updates``).
+        self._trees: dict[bytes, tuple[ChainTree, ChainTree]] = {}
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -200,6 +221,8 @@ class Processor:
                 chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
             )
             chain.gate = self.gate
+            if head is not None:
+                chain.tree = self._stored_tree(chain_id, head.block_hash, head.height + 1)
             return chain
 
         chain = await loop.run_in_executor(self.executor, load)
@@ -211,6 +234,56 @@ class Processor:
         )
         self.chains[part] = chain
         return chain
+
+    def _stored_tree(self, chain_id: str, head_hash: str, size: int) -> ChainTree | None:
+        """The chain's tree rebuilt from the stored block hashes: O(n) 32-byte reads.
+
+        If the stored chain is broken (a gap, a bad link), chaining goes on but no
+        checkpoint is published for it: a checkpoint must commit to a well-formed tree.
+        """
+        try:
+            tree = stored_tree(self.store, chain_id, head_hash=bytes.fromhex(head_hash))
+        except (ChainTreeError, ValueError) as exc:
+            log.error("chain %s: no checkpoints until the chain is repaired: %s", chain_id, exc)
+            return None
+        if tree.size != size:
+            log.error(
+                "chain %s: %d linked blocks below a head at height %d; no checkpoints",
+                chain_id,
+                tree.size,
+                size - 1,
+            )
+            return None
+        return tree
+
+    def _seal(self, chain: PartitionChain, now: float) -> SealedBlock | None:
+        """Seal the open block, remembering the chain tree before and after it."""
+        before = chain.tree
+        block = chain.seal(self.key, now)
+        if block is not None and before is not None and chain.tree is not None:
+            self._trees[block.block_hash] = (before, chain.tree)
+        return block
+
+    def _updates(self, sealed: list[SealedBlock]) -> list[ChainUpdate]:
+        """The checkpoint of each chain's newest block in ``sealed`` (stored by now),
+        with a consistency proof from the chain's previous checkpoint."""
+        by_chain: dict[str, list[SealedBlock]] = {}
+        for block in sealed:
+            by_chain.setdefault(block.header.chain_id, []).append(block)
+        updates = []
+        for blocks in by_chain.values():
+            trees = [self._trees.pop(b.block_hash, None) for b in blocks]
+            first, last = trees[0], trees[-1]
+            if first is None or last is None or any(t is None for t in trees):
+                continue  # the tree is unknown (see ``_stored_tree``): no checkpoint
+            old, new = first[0], last[1]
+            leaves = [block_leaf_hash(b.block_hash) for b in blocks]
+            if new.size != old.size + len(leaves) or new.size != blocks[-1].header.height + 1:
+                continue  # pragma: no cover - blocks of one chain are sealed in order
+            updates.append(
+                ChainUpdate(blocks[-1].header, new, old.size, old.consistency_proof(leaves))
+            )
+        return updates
 
     # ------------------------------------------------------------- records
     async def handle(self, records: list[Record]) -> None:
@@ -286,12 +359,12 @@ class Processor:
                     continue
                 timestamps.setdefault(chain.chain_id, []).append(rec.timestamp)
                 if len(chain.pending) >= self.settings.block_max_events:
-                    block = chain.seal(self.key, now)
+                    block = self._seal(chain, now)
                     if block is not None:
                         sealed.append(block)
             for chain in self.chains.values():
                 if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
-                    block = chain.seal(self.key, now)
+                    block = self._seal(chain, now)
                     if block is not None:
                         sealed.append(block)
             self.metrics.duplicates_skipped = sum(
@@ -314,7 +387,7 @@ class Processor:
             sealed = []
             for chain in self.chains.values():
                 if chain.due(now_mono, self.settings.block_max_events, self.max_age_s):
-                    block = chain.seal(self.key, now)
+                    block = self._seal(chain, now)
                     if block is not None:
                         sealed.append(block)
             if sealed:
@@ -327,6 +400,7 @@ class Processor:
         self._epoch += 1
         self._recover |= set(self.chains) | partitions
         self.forget(set(self.chains))
+        self._trees.clear()
         log.error(
             "store unavailable (%s); will resume partitions %s from the store",
             getattr(exc, "code", type(exc).__name__),
@@ -416,6 +490,8 @@ class Processor:
         await self.drain()
         if self._epoch != epoch:
             self.forget(set(self.chains))
+            for block in sealed:
+                self._trees.pop(block.block_hash, None)
             return
         if sealed or rejected:
             self._inflight = asyncio.create_task(self._persist(sealed, rejected, timestamps))
@@ -438,10 +514,7 @@ class Processor:
             return False
         self._backoff_s = 0.0
         if sealed:
-            newest: dict[str, BlockHeader] = {}
-            for block in sealed:
-                newest[block.header.chain_id] = block.header
-            self.outputs.publish_checkpoints(list(newest.values()), self.key)
+            self.outputs.publish_checkpoints(self._updates(sealed), self.key)
         stored_at = time.time()
         elapsed = time.monotonic() - started
         m = self.metrics

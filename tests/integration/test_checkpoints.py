@@ -4,9 +4,11 @@ Each test gets its own ClickHouse database and topics (fixture ``isolated``) and
 verifier state directory that has never been used: the verifier knows nothing of
 the chains but what the store and the checkpoints topic say. Chains are built by the
 real chainer and written with ``ChainStore.write_blocks``; after each block the
-checkpoint of the new head is published exactly as the processor does it
-(``processors.app.KafkaOutputs.publish_checkpoints``), so the topic holds one
-checkpoint per block. ``careledger verify`` runs as a subprocess configured only by
+checkpoint of the new head (ADR 0012: the RFC 6962 root over the chain's block hashes,
+with the consistency proof from the previous checkpoint) is published exactly as the
+processor does it (``processors.app.KafkaOutputs.publish_checkpoints``), so the topic
+holds one checkpoint per block. The rollback attacks against these checkpoints are in
+``test_rollback.py``. ``careledger verify`` runs as a subprocess configured only by
 its environment. (The real processor publishing checkpoints end to end is covered by
 ``test_pipeline.py``.)
 """
@@ -32,11 +34,13 @@ from confluent_kafka import Producer
 from careledger.config import PROJECT_ROOT, Settings
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainHead, ChainStore, SealedBlock
+from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.checkpoint import checkpoint_for, format_checkpoint, sign_note
 from careledger_core.event import canonical_event_bytes
 from careledger_core.signing import SigningKey, format_public_key
 from processors.app import KafkaOutputs
 from processors.chainer import PartitionChain
+from processors.processor import ChainUpdate
 from producers.simulator import HospitalModel, simulate
 from verifiers.integrity.checkpoints import CheckpointReader
 
@@ -77,11 +81,23 @@ class Setup:
         return Result(proc)
 
     # -- publishing checkpoints -----------------------------------------------------
-    def publish(self, blocks: list[SealedBlock], key: SigningKey = KEY) -> None:
+    def update(self, block: SealedBlock, below: list[SealedBlock] | None = None) -> ChainUpdate:
+        """The checkpoint of ``block`` on top of ``below`` (default: the genuine blocks
+        under it), with the proof from the checkpoint just below it."""
+        chain = block.header.chain_id
+        below = self.blocks[chain] if below is None else below
+        return chain_update(block, [b.block_hash for b in below[: block.header.height]])
+
+    def publish(
+        self,
+        blocks: list[SealedBlock],
+        key: SigningKey = KEY,
+        below: list[SealedBlock] | None = None,
+    ) -> None:
         """One checkpoint per block, as the processor publishes after each write."""
         outputs = KafkaOutputs(self.settings)
         for block in blocks:
-            outputs.publish_checkpoints([block.header], key)
+            outputs.publish_checkpoints([self.update(block, below)], key)
         assert outputs.flush(30.0) == 0
         assert outputs.checkpoint_failures == 0
 
@@ -90,7 +106,7 @@ class Setup:
         outputs = KafkaOutputs(self.settings)
         for block in blocks:
             self.store.write_blocks([block])
-            outputs.publish_checkpoints([block.header], KEY)
+            outputs.publish_checkpoints([self.update(block, blocks)], KEY)
         assert outputs.flush(30.0) == 0
         assert outputs.checkpoint_failures == 0
 
@@ -156,6 +172,13 @@ class Result:
 
     def __str__(self) -> str:
         return f"exit {self.code}\nstdout: {self.proc.stdout}\nstderr: {self.proc.stderr}"
+
+
+def chain_update(block: SealedBlock, below: list[bytes]) -> ChainUpdate:
+    """What the processor publishes for ``block`` on top of blocks with hashes ``below``."""
+    old = ChainTree.of_blocks(below)
+    leaf = block_leaf_hash(block.block_hash)
+    return ChainUpdate(block.header, old.append(leaf), old.size, old.consistency_proof([leaf]))
 
 
 def build_chain(chain_id: str, payloads: list[bytes]) -> list[SealedBlock]:
@@ -305,13 +328,19 @@ def test_newest_block_replaced_by_one_signed_with_the_trusted_key(setup: Setup) 
     (setup.settings.verifier_state / f"heads-{setup.db}.json").unlink()
     result = setup.verify()
     assert result.code == 1, result
-    assert result.where == {("CHAIN_REWRITTEN", chain, HEAD)}
-    details = result.doc["findings"][0]["details"]
-    assert details == {
+    # The head block differs from the one the checkpoint names, and the stored blocks
+    # no longer hash to the checkpoint's tree root at size HEAD + 1 (ADR 0012).
+    assert result.where == {
+        ("CHAIN_REWRITTEN", chain, HEAD),
+        ("CHECKPOINT_ROOT_MISMATCH", chain, HEAD),
+    }
+    by_code = {f["code"]: f["details"] for f in result.doc["findings"]}
+    assert by_code["CHAIN_REWRITTEN"] == {
         "known_hash": genuine[HEAD].block_hash.hex(),
         "stored_hash": forged.block_hash.hex(),
         "known_source": "checkpoint",
     }
+    assert by_code["CHECKPOINT_ROOT_MISMATCH"]["last_matching_size"] == HEAD
 
 
 def test_newest_block_replaced_by_one_signed_with_another_key(setup: Setup) -> None:
@@ -322,7 +351,11 @@ def test_newest_block_replaced_by_one_signed_with_another_key(setup: Setup) -> N
     setup.store.write_blocks([forged])
     result = setup.verify()
     assert result.code == 1, result
-    assert result.where == {("KEY_UNKNOWN", chain, HEAD), ("CHAIN_REWRITTEN", chain, HEAD)}
+    assert result.where == {
+        ("KEY_UNKNOWN", chain, HEAD),
+        ("CHAIN_REWRITTEN", chain, HEAD),
+        ("CHECKPOINT_ROOT_MISMATCH", chain, HEAD),
+    }
 
 
 def test_checkpoints_of_two_histories_are_a_fork(setup: Setup) -> None:
@@ -370,7 +403,10 @@ def test_note_with_a_failing_signature_of_the_trusted_key_is_a_finding(setup: Se
     does not verify: someone forges checkpoints. It is not used as a head."""
     chain = setup.chains[1]
     longer = setup.next_block(chain, setup.blocks[chain][HEAD], KEY, setup.spare[:5])
-    note = sign_note(format_checkpoint(checkpoint_for(longer.header)), setup.settings.origin, KEY)
+    update = setup.update(longer, [*setup.blocks[chain], longer])
+    note = sign_note(
+        format_checkpoint(checkpoint_for(longer.header, update.tree)), setup.settings.origin, KEY
+    )
     body, _, sig_line = note[:-1].rpartition("\n")
     name, blob = sig_line.rsplit(" ", 1)
     raw = bytearray(base64.b64decode(blob))

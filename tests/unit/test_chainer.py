@@ -138,3 +138,38 @@ def test_a_new_chain_starts_at_the_earliest_offset_not_at_the_first_record_seen(
     block = chain.seal(KEY, now=1_800_000_000.0)
     assert block is not None
     assert (block.header.height, block.header.first_offset) == (0, 17)
+
+
+def test_sealing_grows_the_chain_tree_and_a_resumed_chain_waits_for_its_tree(
+    payloads: list[bytes],
+) -> None:
+    """ADR 0012: the chain's frontier grows with each sealed block; a chain resumed from
+    a stored head has no tree until the processor rebuilds it from the store."""
+    from careledger_core.chain_tree import ChainTree, block_leaf_hash
+
+    chain = PartitionChain(CHAIN, max_event_bytes=65536)
+    sealed = []
+    for b in range(5):
+        for i in range(5):
+            assert chain.add(b * 5 + i, payloads[b * 5 + i], b"k", 0.0, now=0.0) is None
+        block = chain.seal(KEY, now=1_800_000_000.0 + b)
+        assert block is not None
+        sealed.append(block)
+        assert chain.tree is not None and chain.tree.size == b + 1
+        assert chain.tree.root == merkle_root([block_leaf_hash(s.block_hash) for s in sealed])
+    last = sealed[-1]
+    head = ChainHead(CHAIN, 4, last.block_hash.hex(), last.header.last_offset)
+    resumed = PartitionChain.resume(CHAIN, head, max_event_bytes=65536)
+    assert resumed.tree is None
+    resumed.tree = ChainTree.of_blocks(s.block_hash for s in sealed)
+    assert resumed.add(25, payloads[25], b"k", 0.0, now=0.0) is None
+    block = resumed.seal(KEY, now=1_800_000_010.0)
+    assert block is not None and resumed.tree is not None
+    assert (
+        resumed.tree.root
+        == ChainTree.of_blocks([*(s.block_hash for s in sealed), block.block_hash]).root
+    )
+    # A tree of the wrong size is dropped rather than extended into a wrong root.
+    resumed.tree = ChainTree.of_blocks(s.block_hash for s in sealed[:2])
+    assert resumed.add(26, payloads[26], b"k", 0.0, now=0.0) is None
+    assert resumed.seal(KEY, now=1_800_000_011.0) is not None and resumed.tree is None

@@ -9,7 +9,15 @@ import hashlib
 
 import pytest
 
-from careledger_core.checkpoint import Checkpoint, checkpoint_for, format_checkpoint, sign_note
+from careledger_core.chain_tree import ChainTree, block_leaf_hash
+from careledger_core.checkpoint import (
+    CONSISTENCY_HEADER,
+    Checkpoint,
+    checkpoint_for,
+    format_checkpoint,
+    format_consistency,
+    sign_note,
+)
 from careledger_core.findings import FindingCode
 from careledger_core.signing import SigningKey
 from producers.simulator import HospitalModel, simulate
@@ -169,14 +177,15 @@ def payloads() -> list[bytes]:
     return [canonical_event_bytes(e) for e in simulate(model, count=400, seed=3)]
 
 
-def _checkpoint_head(block) -> VerifiedHead:  # type: ignore[no-untyped-def]
-    cp = checkpoint_for(block.header)
-    return VerifiedHead(cp.height, cp.root_hash.hex(), None, "checkpoint")
+def _checkpoint_head(blocks, height: int) -> VerifiedHead:  # type: ignore[no-untyped-def]
+    tree = ChainTree.of_blocks(b.block_hash for b in blocks[: height + 1])
+    cp = checkpoint_for(blocks[height].header, tree)
+    return VerifiedHead(cp.height, cp.head_hash.hex(), None, "checkpoint")
 
 
 def test_fsck_against_a_checkpoint_head(payloads: list[bytes]) -> None:
     blocks = build_blocks(payloads)
-    known = _checkpoint_head(blocks[4])
+    known = _checkpoint_head(blocks, 4)
     report = verify(FakeReader(blocks), known_head=known)
     assert report.findings == [] and report.known == known
     # The head it reports is the stored one, with its offsets.
@@ -193,7 +202,7 @@ def test_fsck_links_on_from_a_checkpoint_head_without_offsets(payloads: list[byt
     checkpoint's hash (it matches: the genuine successor) but offsets are not checked."""
     blocks = build_blocks(payloads)
     other = build_blocks(payloads[:40] + payloads[200:], blocks=5)
-    known = _checkpoint_head(blocks[2])
+    known = _checkpoint_head(blocks, 2)
     mixed = [*blocks[:2], other[2], *blocks[3:]]
     report = verify(FakeReader(mixed), known_head=known)
     assert where(report) == {("CHAIN_REWRITTEN", 2, None)}
@@ -212,3 +221,157 @@ def test_checkpoints_of_another_pipeline_sharing_the_topic_are_ignored() -> None
     feed(log, note(3, root(2)), note(9, root(8), chain=f"{ORIGIN}/bench-events/0"))
     assert set(log.heads()) == {CHAIN}
     assert log.counts()["foreign"] == 1 and log.findings == []
+
+
+# --------------------------------------------------------------------------- trees (ADR 0012)
+
+
+def block_hashes(n: int, salt: bytes = b"") -> list[bytes]:
+    return [hashlib.sha256(salt + b"block %d" % i).digest() for i in range(n)]
+
+
+def tree_note(hashes: list[bytes], size: int, key: SigningKey = KEY, chain: str = CHAIN) -> bytes:
+    tree = ChainTree.of_blocks(hashes[:size])
+    cp = Checkpoint(chain, size, tree.root, (f"careledger-head {hashes[size - 1].hex()}",))
+    return sign_note(format_checkpoint(cp), ORIGIN, key).encode()
+
+
+def proof_header(hashes: list[bytes], old: int, new: int) -> list[tuple[str, bytes]]:
+    tree = ChainTree.of_blocks(hashes[:old])
+    proof = tree.consistency_proof([block_leaf_hash(h) for h in hashes[old:new]])
+    return [(CONSISTENCY_HEADER, format_consistency(old, proof).encode())]
+
+
+def feed_tree(log: CheckpointLog, hashes: list[bytes], sizes: list[int]) -> CheckpointLog:
+    """Checkpoints at ``sizes`` in order, each with a proof from the one before."""
+    previous = 0
+    for size in sizes:
+        log.add(
+            tree_note(hashes, size),
+            key=CHAIN.encode(),
+            partition=0,
+            offset=log.notes,
+            headers=proof_header(hashes, previous, size),
+        )
+        previous = size
+    return log
+
+
+def test_tree_checkpoints_with_proofs_from_the_previous_one_verify() -> None:
+    hashes = block_hashes(12)
+    log = feed_tree(new_log(), hashes, [1, 2, 5, 8, 12])
+    assert log.findings == []
+    counts = log.counts()
+    assert (counts["proofs_verified"], counts["proofs_unusable"], counts["legacy"]) == (5, 0, 0)
+    assert log.heads() == {CHAIN: VerifiedHead(11, hashes[11].hex(), None)}
+    assert [s.size for s in log.tree_checkpoints()[CHAIN]] == [1, 2, 5, 8, 12]
+
+
+def test_forged_checkpoint_not_consistent_with_the_previous_is_a_finding() -> None:
+    """The key holder signs a size-9 checkpoint of a history rewritten from block 3 and
+    attaches the honest proof of *its* tree from size 5: it leads to its root, from
+    another root at size 5 than the one signed before."""
+    hashes = block_hashes(9)
+    forged = hashes[:3] + block_hashes(6, b"forged")
+    log = feed_tree(new_log(), hashes, [2, 5])
+    log.add(
+        tree_note(forged, 9),
+        key=CHAIN.encode(),
+        partition=0,
+        offset=2,
+        headers=proof_header(forged, 5, 9),
+    )
+    assert [(f.code, f.chain_id, f.height) for f in log.findings] == [
+        (C.CHECKPOINT_INCONSISTENT, CHAIN, 8)
+    ]
+    details = log.findings[0].details
+    assert details["older"]["size"] == 5 and details["newer"]["size"] == 9  # type: ignore[index]
+    assert details["newer_tree_root_at_older_size"] == ChainTree.of_blocks(forged[:5]).root.hex()
+    assert log.counts()["inconsistent"] == 1
+
+
+def test_a_proof_that_does_not_reach_the_new_root_proves_nothing() -> None:
+    """The header is not signed: anyone who can write to the topic can attach garbage to a
+    copy of a genuine note. That must not become a finding."""
+    hashes = block_hashes(9)
+    log = feed_tree(new_log(), hashes, [5])
+    garbage = [(CONSISTENCY_HEADER, format_consistency(5, [b"\x01" * 32] * 3).encode())]
+    for headers in (garbage, [(CONSISTENCY_HEADER, b"old x\n")], [(CONSISTENCY_HEADER, b"\xff")]):
+        log.add(tree_note(hashes, 9), key=None, partition=0, offset=log.notes, headers=headers)
+    assert log.findings == []
+    assert log.counts()["proofs_unusable"] == 3
+
+
+def test_a_proof_waits_for_a_late_checkpoint_at_its_old_size() -> None:
+    """After a rebalance a late checkpoint of the old owner can land after the new
+    owner's first one, whose proof starts from it."""
+    hashes = block_hashes(10)
+    log = new_log()
+    log.add(
+        tree_note(hashes, 4), key=None, partition=0, offset=0, headers=proof_header(hashes, 0, 4)
+    )
+    log.add(
+        tree_note(hashes, 10), key=None, partition=0, offset=1, headers=proof_header(hashes, 7, 10)
+    )
+    assert log.counts()["proofs_pending"] == 1
+    log.add(
+        tree_note(hashes, 7), key=None, partition=0, offset=2, headers=proof_header(hashes, 4, 7)
+    )
+    counts = log.counts()
+    assert (counts["proofs_pending"], counts["proofs_verified"]) == (0, 3)
+    assert log.findings == [] and log.heads()[CHAIN].height == 9
+
+
+def test_two_tree_roots_at_one_size_are_a_fork() -> None:
+    hashes, other = block_hashes(6), block_hashes(6, b"other")
+    log = new_log()
+    for i, note_bytes in enumerate((tree_note(hashes, 6), tree_note(other, 6))):
+        log.add(note_bytes, key=None, partition=0, offset=i)
+    assert [(f.code, f.height) for f in log.findings] == [(C.HEIGHT_FORK, 5)]
+    assert log.findings[0].details["kept_root"] == ChainTree.of_blocks(hashes).root.hex()
+
+
+def test_a_legacy_checkpoint_and_a_tree_checkpoint_of_one_head_agree() -> None:
+    """Upgrading: the chain's old notes name the head by its hash, new ones by the tree."""
+    hashes = block_hashes(6)
+    log = feed(new_log(), note(6, hashes[5]))
+    log.add(tree_note(hashes, 6), key=None, partition=0, offset=1)
+    assert log.findings == [] and log.counts()["legacy"] == 1
+    assert log.heads()[CHAIN].block_hash == hashes[5].hex()
+    assert [s.size for s in log.tree_checkpoints()[CHAIN]] == [6]
+
+
+def test_a_remembered_checkpoint_is_a_head_and_its_absence_a_finding() -> None:
+    hashes = block_hashes(8)
+    remembered = tree_note(hashes, 8).decode()
+    log = new_log()
+    assert log.remember(remembered, partition=0, offset=7)
+    assert not log.remember("not a note", partition=0, offset=8)
+    assert not log.remember(tree_note(hashes, 8, key=STRANGER).decode(), partition=0, offset=9)
+    log.records_missing(0, 8)
+    log.check_remembered({0: (8, 8)})  # DeleteRecords up to offset 8: the topic is empty
+    assert log.heads()[CHAIN].height == 7
+    assert [(f.code, f.chain_id, f.height) for f in log.findings] == [
+        (C.CHECKPOINTS_MISSING, "cp", None),
+        (C.CHECKPOINTS_MISSING, CHAIN, 7),
+    ]
+    assert "below the log start offset 8" in log.findings[1].message
+    counts = log.counts()
+    assert (counts["remembered"], counts["missing"], counts["notes"]) == (1, 2, 0)
+
+
+def test_a_remembered_checkpoint_still_in_the_topic_is_no_finding() -> None:
+    hashes = block_hashes(8)
+    log = new_log()
+    log.remember(tree_note(hashes, 8).decode(), partition=0, offset=1)
+    log.add(tree_note(hashes, 4), key=None, partition=0, offset=0)
+    log.add(tree_note(hashes, 8), key=None, partition=0, offset=1)
+    log.check_remembered({0: (0, 2)})
+    assert log.findings == []
+    # The same position holding another note: the topic was recreated and refilled.
+    other = new_log()
+    other.remember(tree_note(hashes, 8).decode(), partition=0, offset=1)
+    other.add(tree_note(hashes, 4), key=None, partition=0, offset=1)
+    other.check_remembered({0: (0, 2)})
+    assert [f.code for f in other.findings] == [C.CHECKPOINTS_MISSING]
+    assert "replaced by another record" in other.findings[0].message

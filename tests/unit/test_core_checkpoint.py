@@ -8,6 +8,7 @@ import hashlib
 import pytest
 
 from careledger_core.block import GENESIS_PREV_HASH, BlockHeader, block_hash
+from careledger_core.chain_tree import ChainTree
 from careledger_core.checkpoint import (
     Checkpoint,
     checkpoint_for,
@@ -73,11 +74,23 @@ def head() -> BlockHeader:
     )
 
 
+def genesis_tree() -> ChainTree:
+    return ChainTree.of_blocks([block_hash(head())])
+
+
 def test_checkpoint_of_head_round_trips() -> None:
-    cp = checkpoint_for(head(), extensions=("witness-hint",))
-    assert (cp.origin, cp.size, cp.root_hash) == (head().chain_id, 1, block_hash(head()))
+    cp = checkpoint_for(head(), genesis_tree(), extensions=("witness-hint",))
+    # One block: the root is its leaf hash SHA-256(0x00 || block hash) (RFC 6962).
+    assert (cp.origin, cp.size, cp.root_hash) == (
+        head().chain_id,
+        1,
+        hashlib.sha256(b"\x00" + block_hash(head())).digest(),
+    )
     body = format_checkpoint(cp)
-    assert body == f"{cp.origin}\n1\n{base64.b64encode(cp.root_hash).decode()}\nwitness-hint\n"
+    assert body == (
+        f"{cp.origin}\n1\n{base64.b64encode(cp.root_hash).decode()}\n"
+        f"careledger-head {block_hash(head()).hex()}\nwitness-hint\n"
+    )
     assert parse_checkpoint(body) == cp
     note = sign_note(body, NAME, KEY)
     assert verify_checkpoint(note, {NAME: KEY.public_key}) == cp
@@ -85,7 +98,7 @@ def test_checkpoint_of_head_round_trips() -> None:
 
 
 def test_witness_cosignature_and_foreign_signatures() -> None:
-    body = format_checkpoint(checkpoint_for(head()))
+    body = format_checkpoint(checkpoint_for(head(), genesis_tree()))
     note = sign_note(body, NAME, KEY)
     witness_line = sign_note(body, "witness.example", OTHER).split("\n\n", 1)[1]
     cosigned = note + witness_line
@@ -99,7 +112,7 @@ def test_witness_cosignature_and_foreign_signatures() -> None:
 
 
 def test_note_without_trusted_signature_is_unverified() -> None:
-    body = format_checkpoint(checkpoint_for(head()))
+    body = format_checkpoint(checkpoint_for(head(), genesis_tree()))
     note = sign_note(body, NAME, OTHER)  # right name, wrong key: key hash differs
     with pytest.raises(NoteUnverifiedError) as info:
         open_note(note, {NAME: KEY.public_key})

@@ -143,8 +143,23 @@ def test_checkpoint_vector() -> None:
         doc["root_hash"],
     )
     assert core.format_checkpoint(cp) == doc["body"]
-    head = core.decode_header(h(load("blocks.json")["cases"][-1]["header_hex"]))
-    assert core.checkpoint_for(head) == cp
+    headers = [core.decode_header(h(c["header_hex"])) for c in load("blocks.json")["cases"]]
+    hashes = [core.block_hash(x) for x in headers]
+    assert [x.hex() for x in hashes] == doc["block_hashes"]
+    assert [core.block_leaf_hash(x).hex() for x in hashes] == doc["leaf_hashes"]
+    assert core.merkle_root([h(x) for x in doc["leaf_hashes"]]).hex() == doc["root_hash"]
+    tree = core.ChainTree.of_blocks(hashes)
+    assert core.checkpoint_for(headers[-1], tree) == cp
+    assert cp.is_tree and cp.head_hash.hex() == doc["head_hash"] == hashes[-1].hex()
+    old = core.verify_checkpoint(doc["previous"]["note"], verifiers)
+    assert (old.size, old.root_hash.hex()) == (
+        doc["previous"]["size"],
+        doc["previous"]["root_hash"],
+    )
+    c = doc["consistency"]
+    old_size, proof = core.parse_consistency(c["header"])
+    assert (old_size, [x.hex() for x in proof]) == (c["old_size"], c["proof"])
+    core.verify_consistency(old.size, cp.size, old.root_hash, cp.root_hash, proof)
 
 
 def run_check(doc: dict[str, Any]) -> None:

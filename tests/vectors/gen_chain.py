@@ -10,13 +10,16 @@ from careledger_core import (
     GENESIS_PREV_HASH,
     SIGNING_CONTEXT,
     BlockHeader,
+    ChainTree,
     Checkpoint,
     MerkleTree,
     SigningKey,
     block_hash,
+    block_leaf_hash,
     checkpoint_for,
     decode_and_canonicalize,
     format_checkpoint,
+    format_consistency,
     format_private_key,
     format_public_key,
     header_bytes,
@@ -172,24 +175,53 @@ def blocks_doc() -> Doc:
     }
 
 
-def checkpoint_note() -> tuple[Checkpoint, str]:
-    cp = checkpoint_for(second_header())
+def chain_headers() -> list[BlockHeader]:
+    """The two-block chain of blocks.json: 'genesis' then 'no-events'."""
+    return [genesis_header(), second_header()]
+
+
+def checkpoint_note(size: int = 2) -> tuple[Checkpoint, str]:
+    headers = chain_headers()[:size]
+    tree = ChainTree.of_blocks(block_hash(h) for h in headers)
+    cp = checkpoint_for(headers[-1], tree)
     return cp, sign_note(format_checkpoint(cp), NOTE_NAME, TEST_KEY)
 
 
 def checkpoint_doc() -> Doc:
     cp, note = checkpoint_note()
+    old, old_note = checkpoint_note(1)
+    hashes = [block_hash(h) for h in chain_headers()]
+    leaves = [block_leaf_hash(h) for h in hashes]
+    proof = ChainTree.of_leaf_hashes(leaves[:1]).consistency_proof(leaves[1:])
     return {
-        "description": "C2SP signed-note checkpoint of the chain head (block 'no-events'): "
-        "origin = chain id, size = head height + 1, root = base64 head block hash "
-        "(a hash-chain head, not an RFC 6962 tree root)",
+        "description": "C2SP signed-note checkpoint of the chain of blocks.json (ADR 0012): "
+        "origin = chain id, size = number of blocks, root = base64 RFC 6962 Merkle Tree Hash "
+        "over the block hashes (leaf hash = SHA-256(0x00 || 32-byte block hash)), extension "
+        "line 'careledger-head <hex block hash of block size-1>'; 'previous' is the "
+        "checkpoint at size 1 and 'consistency' the RFC 9162 proof from it, in the text "
+        "form of the careledger-consistency record header",
         "name": NOTE_NAME,
         "public_key": format_public_key(TEST_KEY.public_key),
         "origin": cp.origin,
         "size": cp.size,
+        "block_hashes": _hex_list(hashes),
+        "leaf_hashes": _hex_list(leaves),
         "root_hash": cp.root_hash.hex(),
+        "head_hash": cp.head_hash.hex(),
         "body": format_checkpoint(cp),
         "note": note,
+        "previous": {
+            "size": old.size,
+            "root_hash": old.root_hash.hex(),
+            "body": format_checkpoint(old),
+            "note": old_note,
+        },
+        "consistency": {
+            "old_size": old.size,
+            "new_size": cp.size,
+            "proof": _hex_list(proof),
+            "header": format_consistency(old.size, proof),
+        },
     }
 
 

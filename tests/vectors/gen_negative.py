@@ -457,4 +457,9 @@ def negative_docs() -> dict[str, Doc]:
 
 
 def _fields(h: BlockHeader) -> Doc:
-    return {f: getattr(h, f) for f in h.__struct_fields__}
+    # event_offsets (ADR 0014) is absent from headers that do not carry it
+    return {
+        f: getattr(h, f)
+        for f in h.__struct_fields__
+        if f != "event_offsets" or h.event_offsets is not None
+    }

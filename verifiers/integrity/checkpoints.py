@@ -1,29 +1,33 @@
-"""Signed checkpoints from Kafka: chain heads the store cannot take back.
+"""Signed checkpoints from Kafka: chain heads and tree roots the store cannot take back.
 
-After each successful write the processor publishes a C2SP signed note naming the
-new head of each chain (``careledger_core.checkpoint``) to
-``Settings.topic_checkpoints``, key = chain id. Someone who can rewrite ClickHouse
-cannot unpublish those notes nor sign new ones, so a verifier that reads them knows
-how long each chain was, even on its very first run (no state directory yet):
+After each successful write the processor publishes a C2SP signed note of each chain
+it extended (``careledger_core.checkpoint``, ADR 0012: size = blocks, root = RFC 6962
+root over the block hashes, ``careledger-head`` = the head block hash) to
+``Settings.topic_checkpoints``, key = chain id, with an RFC 9162 consistency proof from
+the chain's previous checkpoint in the ``careledger-consistency`` record header.
+Someone who can rewrite ClickHouse cannot unpublish those notes nor sign new ones, so
+a verifier that reads them knows how long each chain was and what it held, even on its
+very first run (no state directory yet):
 
-* ``CheckpointLog`` (pure, no I/O) takes the notes one by one. A note is verified
-  under each trusted public key with the note name ``Settings.origin``. A note signed
-  by no trusted key (or not a note at all) is ignored, only counted; a note carrying
-  a signature line of a trusted key that does *not* verify is an integrity finding
-  (``SIGNATURE_INVALID``): someone forges checkpoints. Per chain the verified
-  checkpoint with the greatest size is kept; two verified checkpoints of one size
-  with different roots are a proof that the signing key signed two histories
-  (``HEIGHT_FORK``, both hashes in the details; the first one seen is kept).
+* ``CheckpointLog`` (``verifiers.integrity.checkpoint_log``, pure) takes the notes one
+  by one: signatures, the greatest size per chain, forks, consistency proofs.
 * ``CheckpointReader`` reads the topic with confluent-kafka: it assigns every
   partition from where it stopped (the beginning, the first time) up to the high
   watermark it saw when the read started, then stops: no consumer group
   membership, no commits, no idle timeout. Called again (``--follow``) it reads only
   what was published since. If Kafka cannot be reached (or the topic is missing),
   ``refresh`` says so in the snapshot instead of raising: the verifier goes on with
-  the store alone and reports checkpoints as unavailable.
+  the store and its own memory and reports checkpoints as unavailable.
+* Records gone from the topic are reported, not silently missing: the topic keeps
+  its records forever, so a log-start offset above 0 means records were deleted
+  (DeleteRecords) or expired (``CHECKPOINTS_MISSING``, status ``incomplete``). The
+  reader also remembers, in the verifier's state directory, the newest checkpoint it
+  read per chain (``verifiers.integrity.checkpoint_memory``): it stays a known head when
+  the topic loses it, and its absence from the topic is itself a finding.
 * ``merge_known`` combines the heads of the verifier state with those of the
   checkpoints: the higher one is compared with the store; at the same height a
-  different block hash is itself a finding (``CHAIN_REWRITTEN``).
+  different block hash is itself a finding (``CHAIN_REWRITTEN``). The roots of every
+  checkpoint are compared with the stored tree by ``verifiers.integrity.trees``.
 
 Order matters: the processor publishes a checkpoint only after the block is
 stored, so the checkpoints must be read *before* the store. Then every checkpoint
@@ -32,11 +36,15 @@ truncation, never a race.
 
 A checkpoint names the head block's hash, not its Kafka offsets: the known head
 built from it has ``last_offset=None`` and ``source="checkpoint"``.
+
+What this cannot see without witnesses (ADR 0012): a topic deleted and recreated
+before a verifier ever read it, or an operator who holds the signing key and shows
+one consistent history to this verifier and another to a second one. Witness
+cosignatures close those.
 """
 
 from __future__ import annotations
 
-import binascii
 import logging
 import time
 import uuid
@@ -45,16 +53,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from careledger.storage.kinds import raw_topics, reference_topics
-from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
-from careledger_core.errors import CheckpointError, NoteUnverifiedError, SignatureError
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import PublicKey
+from verifiers.integrity.checkpoint_log import CheckpointLog, SeenCheckpoint
+from verifiers.integrity.checkpoint_memory import (
+    CheckpointMemory,
+    memory_for,
+    remembered_now,
+)
 from verifiers.integrity.fsck import VerifiedHead
 
 __all__ = [
     "CheckpointLog",
     "CheckpointReader",
     "CheckpointSnapshot",
+    "SeenCheckpoint",
     "merge_known",
     "read_checkpoints",
     "skipped_snapshot",
@@ -69,183 +82,6 @@ C = FindingCode
 
 #: Seconds to wait for broker metadata and watermarks before calling Kafka unavailable.
 DEFAULT_TIMEOUT_S = 10.0
-#: Findings kept (all are counted).
-MAX_FINDINGS = 1000
-_MAX_KEY_TEXT = 200
-
-
-@dataclass(frozen=True, slots=True)
-class SeenCheckpoint:
-    """A verified checkpoint and where it was read."""
-
-    checkpoint: Checkpoint
-    partition: int
-    offset: int
-
-    @property
-    def height(self) -> int:
-        return self.checkpoint.size - 1
-
-    @property
-    def root_hex(self) -> str:
-        return self.checkpoint.root_hash.hex()
-
-    def head(self) -> VerifiedHead:
-        return VerifiedHead(self.height, self.root_hex, None, "checkpoint")
-
-    def location(self) -> dict[str, int]:
-        return {"partition": self.partition, "offset": self.offset}
-
-
-@dataclass
-class CheckpointLog:
-    """What the notes read so far prove: the highest verified checkpoint per chain."""
-
-    origin: str  # the note name the processor signs under (Settings.origin)
-    trusted: tuple[PublicKey, ...]
-    topic: str = ""
-    # Only chains of this deployment's events topic count: other pipelines (a
-    # benchmark, a second topic) may publish to the same checkpoints topic.
-    chain_prefix: str | tuple[str, ...] = ""
-    best: dict[str, SeenCheckpoint] = field(default_factory=dict)
-    findings: list[Finding] = field(default_factory=list)
-    findings_total: int = 0
-    notes: int = 0  # records read
-    verified: int = 0  # verified under a trusted key
-    untrusted: int = 0  # well-formed notes without a signature of a trusted key: ignored
-    malformed: int = 0  # not a signed note, or a signed body that is not a checkpoint
-    foreign: int = 0  # verified, but of a chain outside ``chain_prefix``: ignored
-    invalid: int = 0  # a trusted key's signature line that fails: a finding each
-    forks: int = 0
-    _forks_seen: set[tuple[str, int, str]] = field(default_factory=set)
-
-    def __post_init__(self) -> None:
-        self.trusted = tuple(self.trusted)
-        if not self.trusted:
-            raise ValueError("no trusted key to verify checkpoints with")
-
-    # ------------------------------------------------------------------ input
-    def add(self, value: bytes | None, *, key: bytes | None, partition: int, offset: int) -> None:
-        """Take one record of the checkpoints topic."""
-        self.notes += 1
-        where = {"topic": self.topic, "partition": partition, "offset": offset}
-        try:
-            note = (value or b"").decode("utf-8")
-        except UnicodeDecodeError:
-            self.malformed += 1
-            return
-        body: str | None = None
-        for public_key in self.trusted:
-            try:
-                opened = open_note(note, {self.origin: public_key})
-            except NoteUnverifiedError:
-                continue  # no signature line by this key
-            except SignatureError as exc:
-                self.invalid += 1
-                chain, height = _claimed(note, key)
-                self._emit(
-                    C.SIGNATURE_INVALID,
-                    chain,
-                    height,
-                    f"checkpoint note at {self.topic}[{partition}]@{offset} carries a "
-                    f"signature by trusted key {public_key.key_id} that does not verify",
-                    {
-                        "source": "checkpoint",
-                        **where,
-                        "key_id": public_key.key_id,
-                        "reason": exc.message,
-                    },
-                )
-                return
-            except CheckpointError:
-                self.malformed += 1
-                return
-            body = opened if body is None else body
-        if body is None:
-            self.untrusted += 1
-            return
-        try:
-            cp = parse_checkpoint(body)
-        except CheckpointError:
-            self.malformed += 1  # signed by a trusted key, but not a checkpoint body
-            return
-        self.verified += 1
-        if not cp.origin.startswith(self.chain_prefix):
-            self.foreign += 1
-            return
-        if cp.size == 0:
-            return  # an empty chain: nothing to compare
-        self._keep(SeenCheckpoint(cp, partition, offset))
-
-    def _keep(self, seen: SeenCheckpoint) -> None:
-        chain = seen.checkpoint.origin
-        best = self.best.get(chain)
-        if best is None or seen.checkpoint.size > best.checkpoint.size:
-            self.best[chain] = seen
-            return
-        if seen.checkpoint.size == best.checkpoint.size and seen.root_hex != best.root_hex:
-            fork = (chain, best.checkpoint.size, seen.root_hex)
-            if fork in self._forks_seen:
-                return
-            self._forks_seen.add(fork)
-            self.forks += 1
-            self._emit(
-                C.HEIGHT_FORK,
-                chain,
-                seen.height,
-                f"two checkpoints signed by a trusted key name different blocks at height "
-                f"{seen.height}: {best.root_hex[:16]}… and {seen.root_hex[:16]}…",
-                {
-                    "source": "checkpoint",
-                    "topic": self.topic,
-                    "kept": best.root_hex,
-                    "blocks": [
-                        {"block_hash": best.root_hex, **best.location()},
-                        {"block_hash": seen.root_hex, **seen.location()},
-                    ],
-                },
-            )
-
-    def _emit(
-        self,
-        code: FindingCode,
-        chain: str,
-        height: int | None,
-        message: str,
-        details: dict[str, Any],
-    ) -> None:
-        self.findings_total += 1
-        if len(self.findings) < MAX_FINDINGS:
-            self.findings.append(Finding.of(code, chain, message, height=height, details=details))
-
-    # ------------------------------------------------------------------ output
-    def heads(self) -> dict[str, VerifiedHead]:
-        return {chain: seen.head() for chain, seen in self.best.items()}
-
-    def counts(self) -> dict[str, int]:
-        return {
-            "notes": self.notes,
-            "verified": self.verified,
-            "untrusted": self.untrusted,
-            "malformed": self.malformed,
-            "foreign": self.foreign,
-            "invalid": self.invalid,
-            "forks": self.forks,
-            "chains": len(self.best),
-        }
-
-
-def _claimed(note: str, key: bytes | None) -> tuple[str, int | None]:
-    """Chain and height a note *claims* (unverified; for locating a finding only)."""
-    split = note.rfind("\n\n")
-    try:
-        cp = parse_checkpoint(note[: split + 1]) if split > 0 else None
-    except (CheckpointError, binascii.Error, ValueError):
-        cp = None
-    if cp is not None:
-        return cp.origin, cp.size - 1
-    text = (key or b"").decode("utf-8", errors="replace")[:_MAX_KEY_TEXT]
-    return text or "?", None
 
 
 # --------------------------------------------------------------------------- snapshot
@@ -255,7 +91,10 @@ def _claimed(note: str, key: bytes | None) -> tuple[str, int | None]:
 class CheckpointSnapshot:
     """What one read of the checkpoints topic gave: for a verification run."""
 
-    status: str  # "ok", "unavailable" (Kafka or the topic could not be read), "skipped"
+    #: "ok"; "incomplete" (read, but records are missing from the topic: see the
+    #: CHECKPOINTS_MISSING findings); "unavailable" (Kafka or the topic could not be
+    #: read); "skipped" (--no-checkpoints)
+    status: str
     topic: str
     heads: dict[str, VerifiedHead] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
@@ -264,10 +103,16 @@ class CheckpointSnapshot:
     read: int = 0  # records read by this refresh (the counts are cumulative)
     error: str | None = None
     elapsed_s: float = 0.0
+    #: partition -> log-start offset, where above 0 (records deleted or expired)
+    log_start: dict[int, int] = field(default_factory=dict)
+    #: per chain, the first tree checkpoint seen at each size (for the tree check)
+    trees: dict[str, list[SeenCheckpoint]] = field(default_factory=dict)
+    #: what ``verifiers.integrity.trees`` found comparing them with the store
+    tree_summary: dict[str, Any] | None = None
 
     @property
     def available(self) -> bool:
-        return self.status == "ok"
+        return self.status in ("ok", "incomplete")
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -277,6 +122,8 @@ class CheckpointSnapshot:
             **self.counts,
             "read": self.read,
             "findings": self.findings_total,
+            "log_start_offsets": {str(p): o for p, o in sorted(self.log_start.items())},
+            "trees": self.tree_summary,
             "elapsed_s": round(self.elapsed_s, 3),
         }
 
@@ -301,6 +148,7 @@ class CheckpointReader:
         trusted: Iterable[PublicKey],
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
+        memory: CheckpointMemory | bool = True,
     ) -> None:
         self.settings = settings
         self.topic: str = settings.topic_checkpoints
@@ -319,14 +167,23 @@ class CheckpointReader:
             ),
         )
         self.positions: dict[int, int] = {}  # partition -> next offset to read
+        self.log_start: dict[int, int] = {}  # partition -> log-start offset, if above 0
+        self.memory: CheckpointMemory | None = (
+            memory_for(settings) if memory is True else memory or None
+        )
+        self._recalled = False
+        self._remembered_checked = False
 
     def refresh(self) -> CheckpointSnapshot:
         """Read what was published since the last call (everything, the first time).
 
         Never raises for Kafka trouble: the snapshot's status says "unavailable" and
-        carries what earlier reads proved.
+        carries what earlier reads (and the verifier's memory) proved. Raises
+        ``StateError`` if the verifier's memory of checkpoints cannot be read or written.
         """
         started = time.perf_counter()
+        if not self._recalled:
+            self._recall()
         before = self.log.notes
         status, error = "ok", None
         try:
@@ -335,6 +192,9 @@ class CheckpointReader:
             status, error = "unavailable", str(exc)
         except Exception as exc:  # a client error must not stop verification
             status, error = "unavailable", f"{type(exc).__name__}: {exc}"
+        if status == "ok" and self.log.missing:
+            status = "incomplete"
+        self._memorise()
         return CheckpointSnapshot(
             status,
             self.topic,
@@ -345,7 +205,35 @@ class CheckpointReader:
             read=self.log.notes - before,
             error=error,
             elapsed_s=time.perf_counter() - started,
+            log_start=dict(self.log_start),
+            trees=self.log.tree_checkpoints(),
         )
+
+    def _recall(self) -> None:
+        """Take the checkpoints remembered by earlier runs (before the topic's)."""
+        if self.memory is None:
+            self._recalled = True
+            return
+        remembered = self.memory.load()  # StateError: retried on the next refresh
+        self._recalled = True
+        for chain, entry in sorted(remembered.items()):
+            if not self.log.remember(entry.note, partition=entry.partition, offset=entry.offset):
+                log.warning(
+                    "a remembered checkpoint of %s no longer verifies under the trusted "
+                    "keys: ignored",
+                    chain,
+                )
+
+    def _memorise(self) -> None:
+        if self.memory is None:
+            return
+        newest = {
+            chain: remembered_now(chain, seen.size, seen.note, seen.partition, seen.offset)
+            for chain, seen in self.log.best.items()
+            if seen.source == "topic"
+        }
+        if newest:
+            self.memory.save(newest)
 
     def _read(self) -> None:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -380,6 +268,7 @@ class CheckpointReader:
                     else f"checkpoints topic {self.topic!r}: {topic.error}"
                 )
             ends: dict[int, int] = {}
+            lows: dict[int, tuple[int, int]] = {}
             assignment = []
             for partition in sorted(topic.partitions):
                 tp = TopicPartition(self.topic, partition)
@@ -391,6 +280,10 @@ class CheckpointReader:
                     raise _Unavailable(
                         f"cannot read the offsets of {self.topic}[{partition}]: {_kafka_error(exc)}"
                     ) from exc
+                if low > 0 and self.log_start.get(partition) != low:
+                    self.log_start[partition] = low
+                    self.log.records_missing(partition, low)
+                ends[partition] = high
                 start = self.positions.get(partition, low)
                 if start > high:
                     log.warning(
@@ -401,16 +294,23 @@ class CheckpointReader:
                         high,
                         start,
                     )
+                    self.log.topic_restarted(partition, high, start)
                     start = low
                 start = max(start, low)
                 self.positions[partition] = start
+                lows[partition] = (low, high)
                 if start < high:
-                    ends[partition] = high
                     assignment.append(TopicPartition(self.topic, partition, start))
-            if not assignment:
-                return
-            consumer.assign(assignment)
-            self._consume(consumer, ends)
+                else:
+                    del ends[partition]
+            if assignment:
+                consumer.assign(assignment)
+                self._consume(consumer, ends)
+            if not self._remembered_checked:
+                # Only after a complete first read: each remembered checkpoint must
+                # have been seen where it was read.
+                self._remembered_checked = True
+                self.log.check_remembered(lows)
         finally:
             consumer.close()
 
@@ -433,7 +333,13 @@ class CheckpointReader:
                 partition, offset = msg.partition(), msg.offset()
                 if partition not in pending or offset < self.positions.get(partition, 0):
                     continue
-                self.log.add(msg.value(), key=msg.key(), partition=partition, offset=offset)
+                self.log.add(
+                    msg.value(),
+                    key=msg.key(),
+                    partition=partition,
+                    offset=offset,
+                    headers=msg.headers(),
+                )
                 self.positions[partition] = offset + 1
                 if offset + 1 >= pending[partition]:
                     del pending[partition]
@@ -469,7 +375,8 @@ def _kafka_error(exc: Exception) -> str:
 def read_checkpoints(
     settings: Any, trusted: Iterable[PublicKey], *, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> CheckpointSnapshot:
-    """Read the whole checkpoints topic once (a one-shot ``careledger verify``)."""
+    """Read the whole checkpoints topic once (a one-shot ``careledger verify``), with the
+    checkpoints remembered in the verifier's state directory. Raises ``StateError``."""
     return CheckpointReader(settings, trusted, timeout_s=timeout_s).refresh()
 
 
