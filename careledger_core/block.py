@@ -10,12 +10,18 @@ Blocks are hash-linked through ``prev_hash`` (the ``block_hash`` of block ``heig
 
 For a block without events (only dead-lettered/absent offsets) ``merkle_root`` is the
 empty-tree root SHA-256("") and the event times should repeat ``created_at``.
+
+``event_offsets`` (ADR 0014) commits to *which* offsets of the range are the events:
+``offsets_digest`` of the events' Kafka offsets in index order. Headers signed before it
+existed have no such member (``None``) and keep their exact bytes; a header with it
+``null`` is not canonical.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Iterable
 from typing import Final, Literal
 
 import msgspec
@@ -35,12 +41,15 @@ __all__ = [
     "decode_header",
     "header_bytes",
     "make_chain_id",
+    "offsets_digest",
 ]
 
 BLOCK_SCHEMA: Final = "careledger.block/1"
 GENESIS_PREV_HASH: Final = "0" * 64
 #: Domain separation prefix of block signatures.
 SIGNING_CONTEXT: Final = b"careledger-block-v1\n"
+#: Domain separation prefix of ``offsets_digest``.
+OFFSETS_CONTEXT: Final = b"careledger-event-offsets-v1\n"
 
 _HEX64 = re.compile(r"\A[0-9a-f]{64}\Z")
 _KEY_ID = re.compile(r"\A[0-9a-f]{16}\Z")
@@ -84,6 +93,9 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     last_event_time: str
     created_at: str
     key_id: str
+    #: ``offsets_digest`` of the events' Kafka offsets; None in headers signed before
+    #: ADR 0014 (the member is then absent from the canonical bytes)
+    event_offsets: str | None = None
 
     def __post_init__(self) -> None:
         if self.schema != BLOCK_SCHEMA:
@@ -102,6 +114,10 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
             value = getattr(self, name)
             if not isinstance(value, str) or not _HEX64.match(value):
                 raise HeaderValidationError(name, "must be 64 lowercase hex digits")
+        if self.event_offsets is not None and (
+            not isinstance(self.event_offsets, str) or not _HEX64.match(self.event_offsets)
+        ):
+            raise HeaderValidationError("event_offsets", "must be 64 lowercase hex digits")
         if not isinstance(self.key_id, str) or not _KEY_ID.match(self.key_id):
             raise HeaderValidationError("key_id", "must be 16 lowercase hex digits")
         for name in _TIME_FIELDS:
@@ -134,13 +150,30 @@ _DECODER: Final = msgspec.json.Decoder(BlockHeader)
 
 
 def header_bytes(h: BlockHeader) -> bytes:
-    """RFC 8785 canonical bytes of the header (what is hashed and signed)."""
+    """RFC 8785 canonical bytes of the header (what is hashed and signed); a header
+    without ``event_offsets`` (signed before ADR 0014) has no such member."""
+    if h.event_offsets is None:
+        fields = msgspec.structs.asdict(h)
+        del fields["event_offsets"]
+        return _ENCODER.encode(fields)
     return _ENCODER.encode(h)
 
 
 def block_hash(h: BlockHeader) -> bytes:
     """SHA-256 of the canonical header bytes (32 bytes; ``.hex()`` for storage)."""
-    return hashlib.sha256(_ENCODER.encode(h)).digest()
+    return hashlib.sha256(header_bytes(h)).digest()
+
+
+def offsets_digest(offsets: Iterable[int]) -> str:
+    """The ``event_offsets`` of a block: hex SHA-256 over ``OFFSETS_CONTEXT`` and each
+    event's Kafka offset as 8 bytes big-endian, in index order. Raises ``ValueError``
+    for an offset outside 0..2^64-1."""
+    h = hashlib.sha256(OFFSETS_CONTEXT)
+    for offset in offsets:
+        if type(offset) is not int or not 0 <= offset < 2**64:
+            raise ValueError(f"not a Kafka offset: {offset!r}")
+        h.update(offset.to_bytes(8, "big"))
+    return h.hexdigest()
 
 
 def decode_header(data: bytes) -> BlockHeader:
@@ -157,6 +190,6 @@ def decode_header(data: bytes) -> BlockHeader:
         raise translate_validation_error(exc, HeaderValidationError, {}, {}) from exc
     except msgspec.DecodeError as exc:
         raise HeaderValidationError("$", f"invalid JSON: {exc}") from exc
-    if _ENCODER.encode(header) != data:
+    if header_bytes(header) != data:
         raise HeaderValidationError("$", "not in canonical form (RFC 8785)")
     return header

@@ -19,7 +19,14 @@ from dataclasses import dataclass, field
 
 from careledger.storage.kinds import ACCESS, RecordKind
 from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
-from careledger_core.block import GENESIS_PREV_HASH, BlockHeader, block_hash, header_bytes
+from careledger_core.block import (
+    GENESIS_PREV_HASH,
+    BlockHeader,
+    block_hash,
+    header_bytes,
+    offsets_digest,
+)
+from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
@@ -78,6 +85,9 @@ class PartitionChain:
     #: decides whether an access event may be chained (source signatures, ADR 0010);
     #: None: plain events only, as before source identity existed
     gate: SourceGate | None = None
+    #: the RFC 6962 tree over the block hashes of blocks 0..height-1 (ADR 0012), grown
+    #: by ``seal``; None when unknown (then no checkpoint is published for the chain)
+    tree: ChainTree | None = field(default_factory=ChainTree)
 
     @classmethod
     def resume(
@@ -103,6 +113,7 @@ class PartitionChain:
             height=head.height + 1,
             prev_hash=head.block_hash,
             next_offset=head.last_offset + 1,
+            tree=None,  # the caller rebuilds it from the stored block hashes
         )
 
     @property
@@ -208,10 +219,16 @@ class PartitionChain:
             last_event_time=last_time,
             created_at=created_at,
             key_id=key.key_id,
+            # which offsets of the range are the events (ADR 0014)
+            event_offsets=offsets_digest(e.offset for e in events),
         )
         hb = header_bytes(header)
         digest = block_hash(header)
         block = SealedBlock(header, hb, digest, key.sign_header(header), events)
+        if self.tree is not None and self.tree.size == self.height:
+            self.tree = self.tree.append(block_leaf_hash(digest))
+        else:
+            self.tree = None
         self.height += 1
         self.prev_hash = digest.hex()
         self.range_first = None

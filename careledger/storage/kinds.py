@@ -7,12 +7,15 @@ chain per Kafka partition, the same block headers. They differ in how a
 record is decoded, which time it carries, and which denormalised columns it
 gets in ClickHouse. Those columns are for querying only; the verifier checks
 them against the canonical bytes, so both the writer (processor) and the
-checker (verifier) take them from here.
+checker (verifier) take them from here. ``read_columns`` are *all* of them,
+derived dates included (``occurred_date``, ``effective_date``, ``received_date``:
+a moved date hides a record from date-bounded queries such as the access report).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,7 +30,12 @@ from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_r
 
 
 def _date(timestamp: str) -> dt.date:
-    return dt.date(int(timestamp[0:4]), int(timestamp[5:7]), int(timestamp[8:10]))
+    return _day(timestamp[:10])
+
+
+@functools.lru_cache(maxsize=4096)
+def _day(day: str) -> dt.date:
+    return dt.date(int(day[0:4]), int(day[5:7]), int(day[8:10]))
 
 
 @dataclass(frozen=True)
@@ -43,7 +51,7 @@ class RecordKind:
     record_id: Callable[[Any], str]
     time_of: Callable[[Any], str]
     values: Callable[[Any], tuple[Any, ...]]
-    #: which of ``columns`` the reader returns (and the verifier compares) ...
+    #: which of ``columns`` the reader returns (and the verifier compares): every one ...
     read_columns: tuple[str, ...]
     #: ... and their values for a record, as the reader returns them (str as bytes).
     #: Written out per kind: the verifier calls it for every record.
@@ -51,6 +59,9 @@ class RecordKind:
     #: what must not repeat within a block: an access event's id; a reference
     #: record's (kind, id, version) — several versions of one record may share a block
     unique_key: Callable[[Any], Any]
+    #: the Python type the reader returns for each of ``read_columns`` (bytes for
+    #: String, int for UInt*, ``datetime.date`` for Date); anything else is tampering
+    read_types: tuple[type, ...]
     #: largest record the processor chains for this kind (None: ``max_event_bytes``)
     max_bytes: int | None = None
 
@@ -106,6 +117,7 @@ ACCESS = RecordKind(
         "action",
         "outcome",
         "source_system",
+        "occurred_date",
     ),
     unique_key=lambda e: e.event_id,
     read_values=lambda e: (
@@ -116,7 +128,9 @@ ACCESS = RecordKind(
         e.action.encode(),
         e.outcome,
         e.source.system.encode(),
+        _date(e.occurred_at),
     ),
+    read_types=(bytes, bytes, bytes, bytes, bytes, int, bytes, dt.date),
 )
 
 REFERENCE = RecordKind(
@@ -144,6 +158,7 @@ REFERENCE = RecordKind(
         "recorded_at",
         "effective_at",
         "retracted",
+        "effective_date",
     ),
     unique_key=lambda r: (r.kind, r.record_id, r.version),
     read_values=lambda r: (
@@ -154,7 +169,9 @@ REFERENCE = RecordKind(
         r.recorded_at.encode(),
         r.effective_at.encode(),
         1 if r.retracted else 0,
+        _date(r.effective_at),
     ),
+    read_types=(bytes, bytes, int, bytes, bytes, bytes, int, dt.date),
 )
 
 
@@ -196,6 +213,7 @@ RAW = RecordKind(
         "source_id",
         "protocol",
         "issue_count",
+        "received_date",
     ),
     # the same bytes received twice are two raw records (two record ids)
     unique_key=lambda r: r.record_id,
@@ -207,7 +225,9 @@ RAW = RecordKind(
         r.source_id.encode(),
         r.protocol.encode(),
         len(r.issues),
+        _date(r.received_at),
     ),
+    read_types=(bytes, bytes, bytes, bytes, bytes, bytes, int, dt.date),
     max_bytes=MAX_ENVELOPE_BYTES,
 )
 

@@ -15,6 +15,8 @@ store and is untrusted: strings arrive as ``bytes``.
 
 from __future__ import annotations
 
+import datetime as dt
+import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -125,6 +127,7 @@ class StoredEvent:
     action: bytes
     outcome: int
     source_system: bytes
+    occurred_date: dt.date
     canonical: bytes
     leaf_hash: bytes
 
@@ -145,6 +148,7 @@ class StoredReference:
     recorded_at: bytes
     effective_at: bytes
     retracted: int
+    effective_date: dt.date
     canonical: bytes
     leaf_hash: bytes
 
@@ -170,6 +174,7 @@ class StoredRaw:
     source_id: bytes
     protocol: bytes
     issue_count: int
+    received_date: dt.date
     canonical: bytes
     leaf_hash: bytes
 
@@ -431,18 +436,26 @@ class ChainStore:
 
     # ------------------------------------------------------------------ reads
     def chain_ids(self) -> list[str]:
-        rows = self.backend.execute(
-            f"SELECT DISTINCT chain_id FROM {self.db}.blocks ORDER BY chain_id"
-        )
-        found = {_text(r[0]) for r in rows}
-        for kind in _KINDS:
-            found |= {
-                _text(r[0])
-                for r in self.backend.execute(
-                    f"SELECT DISTINCT chain_id FROM {self.db}.{kind.table} ORDER BY chain_id"
-                )
-            }
-        return sorted(found)
+        """Every chain id the blocks or record tables hold rows under (the valid ones:
+        ``chain_id_census`` names the others)."""
+        return self.chain_id_census()[0]
+
+    def chain_id_census(self) -> tuple[list[str], list[tuple[str, bytes, int]]]:
+        """The chain ids of every table a chain has rows in: the valid ones (sorted), and
+        the rows under ids no block header can carry (not UTF-8, not printable ASCII of
+        1..256 characters) as ``(table, raw id, rows)``: those rows belong to no chain."""
+        valid: set[str] = set()
+        invalid: list[tuple[str, bytes, int]] = []
+        for table in ("blocks", *(kind.table for kind in _KINDS)):
+            for raw, rows in self.backend.execute(
+                f"SELECT chain_id, count() FROM {self.db}.{table} GROUP BY chain_id "
+                "ORDER BY chain_id"
+            ):
+                if type(raw) is bytes and _CHAIN_ID.match(raw):
+                    valid.add(raw.decode("ascii"))
+                else:
+                    invalid.append((table, _raw(raw), int(rows)))
+        return sorted(valid), invalid
 
     def headers(
         self, chain_id: str, from_height: int = 0, page_size: int = 500
@@ -516,3 +529,14 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
+
+
+def _raw(value: Any) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    return str(value).encode("utf-8", errors="surrogateescape")
+
+
+#: what a block header's chain id may be (``careledger_core.block``): printable ASCII
+#: without spaces, 1..256 characters
+_CHAIN_ID: Final = re.compile(rb"\A[\x21-\x7e]{1,256}\Z")

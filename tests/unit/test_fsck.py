@@ -10,6 +10,7 @@ finding code and where it points.
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterator, Sequence
@@ -105,6 +106,7 @@ def event_rows(block: SealedBlock) -> list[StoredEvent]:
             ev.event.action.encode(),
             ev.event.outcome,
             ev.event.source.system.encode(),
+            dt.date.fromisoformat(ev.event.occurred_at[:10]),
             ev.canonical,
             ev.leaf_hash.hex().encode(),
         )

@@ -20,7 +20,12 @@ registrar keys the verifier trusts from its own configuration; the leaf hash of 
 event comes from the event rows that ``verify_chain`` checks against the signed
 Merkle roots. Attestation rows are self-authenticating (signed by the source), so a
 row that is altered fails its signature and one that is deleted leaves the event
-unsigned.
+unsigned. Their side columns (``event_id, source_id, key_id, epoch, seq, signed_by``:
+copies a reader may query instead of the statement) must equal the signed statement and
+the event's id, the statement, proof and signature columns must be the canonical text
+of what was verified, and there is one attestation row per event and none for no event
+(``SOURCE_ATTESTATION_INVALID`` otherwise). No row, however malformed, raises: each
+becomes a finding at its event.
 
 ``read_source_rows(store)`` is the I/O: committed rows only (rows whose block hash is
 the committed header's), streamed chain by chain.
@@ -28,7 +33,11 @@ the committed header's), streamed chain by chain.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import bisect
 import logging
+import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +46,7 @@ import msgspec
 
 from careledger.storage.kinds import ACCESS, REFERENCE
 from careledger.storage.store import ChainStore
-from careledger_core.errors import CareledgerError
+from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.reference import (
     SourceHeartbeatBody,
@@ -50,9 +59,11 @@ from careledger_core.source import (
     BatchVerifier,
     SourceAuthError,
     SourceRegistry,
+    statement_bytes,
     verify_heartbeat,
     verify_key_event,
 )
+from verifiers.integrity.fsck.model import _show, _text, _type_name
 
 log = logging.getLogger("careledger.verify.sources")
 
@@ -65,21 +76,34 @@ _AUTH_CODES = {
 }
 #: at most this many findings of one code are listed (the rest are counted)
 MAX_FINDINGS_PER_CODE = 200
+#: the side columns of an attestation row, in ``AttestedEvent.columns`` order
+SIDE_COLUMNS = ("event_id", "source_id", "key_id", "epoch", "seq", "signed_by")
+_HEX64 = re.compile(rb"\A[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
 class AttestedEvent:
-    """A committed access event and its stored attestation columns (None: unsigned)."""
+    """A committed access event and its stored attestation columns (None: unsigned).
+
+    Values come from the store and are untrusted: any of them may have any type."""
 
     chain_id: str
     height: int
     idx: int
     event_id: str
-    leaf_hash: bytes
+    #: the event's leaf hash (32 bytes); None when the stored one is not 64 hex digits
+    leaf_hash: bytes | None
     #: (statement JCS bytes, signature, batch_index, proof "h1,h2,...") or None
-    attestation: tuple[bytes, str, int, str] | None
+    attestation: tuple[Any, Any, Any, Any] | None
     #: the signed created_at of the event's block
     block_time: str = ""
+    #: the side columns as stored (``SIDE_COLUMNS``: strings as bytes, seq an int);
+    #: None when not read
+    columns: tuple[Any, ...] | None = None
+    #: attestation rows stored for this event beyond the first (0: one row)
+    extra_rows: int = 0
+    #: an attestation row of a committed block for which the block has no event
+    orphan: bool = False
 
 
 @dataclass
@@ -106,43 +130,114 @@ class SourceReport:
 
 
 class _Seqs:
-    """Sequence numbers seen in one (source, epoch), as a bitmap."""
+    """Sequence numbers seen in one (source, epoch), as sorted disjoint runs: memory
+    and time grow with the number of runs, never with the size of a number (a source
+    may sign sequence number 2^53 - 1)."""
 
-    __slots__ = ("bits", "max_seq")
+    __slots__ = ("ends", "max_seq", "starts")
 
     def __init__(self) -> None:
-        self.bits = bytearray()
+        self.starts: list[int] = []
+        self.ends: list[int] = []
         self.max_seq = 0
 
     def add(self, seq: int) -> bool:
         """Mark ``seq`` seen; False if it was seen before (a replay)."""
-        byte, bit = divmod(seq, 8)
-        if byte >= len(self.bits):
-            self.bits.extend(bytes(byte - len(self.bits) + 1024))
-        if self.bits[byte] & (1 << bit):
+        starts, ends = self.starts, self.ends
+        if ends and seq == ends[-1] + 1:  # the usual case: the next number
+            ends[-1] = seq
+            self.max_seq = max(self.max_seq, seq)
+            return True
+        i = bisect.bisect_right(starts, seq) - 1
+        if i >= 0 and seq <= ends[i]:
             return False
-        self.bits[byte] |= 1 << bit
+        joins_left = i >= 0 and ends[i] == seq - 1
+        joins_right = i + 1 < len(starts) and starts[i + 1] == seq + 1
+        if joins_left and joins_right:
+            ends[i] = ends[i + 1]
+            del starts[i + 1], ends[i + 1]
+        elif joins_left:
+            ends[i] = seq
+        elif joins_right:
+            starts[i + 1] = seq
+        else:
+            starts.insert(i + 1, seq)
+            ends.insert(i + 1, seq)
         self.max_seq = max(self.max_seq, seq)
         return True
 
     def has(self, seq: int) -> bool:
-        byte, bit = divmod(seq, 8)
-        return byte < len(self.bits) and bool(self.bits[byte] & (1 << bit))
+        i = bisect.bisect_right(self.starts, seq) - 1
+        return i >= 0 and seq <= self.ends[i]
 
     def missing(self, upto: int) -> list[tuple[int, int]]:
         """Ranges of sequence numbers 1..upto not seen (inclusive bounds)."""
         out: list[tuple[int, int]] = []
-        start: int | None = None
-        for seq in range(1, upto + 1):
-            if not self.has(seq):
-                if start is None:
-                    start = seq
-            elif start is not None:
-                out.append((start, seq - 1))
-                start = None
-        if start is not None:
-            out.append((start, upto))
+        expected = 1
+        for start, end in zip(self.starts, self.ends, strict=True):
+            if start > upto:
+                break
+            if start > expected:
+                out.append((expected, start - 1))
+            expected = end + 1
+        if expected <= upto:
+            out.append((expected, upto))
         return out
+
+
+#: the setting (and its variable) that names the registrar keys a verifier trusts
+REGISTRAR_SETTING = "trusted_registrar_keys (CARELEDGER_TRUSTED_REGISTRAR_KEYS)"
+
+
+class RegistrarConfigError(CareledgerError):
+    """The source checks cannot run as configured: no registrar key is trusted, or none
+    of the trusted ones signed any of the ledgered key registrations. A configuration
+    problem (``verify`` exit 2, naming the setting), never a finding: without the
+    registrar's key nothing can be said about who signed what."""
+
+    code = "REGISTRAR_NOT_CONFIGURED"
+
+
+def missing_registrar_message() -> str:
+    return (
+        f"no trusted registrar key: set {REGISTRAR_SETTING} to the registrar's public "
+        "key file(s) or ed25519:<base64> literal(s) (the demo's is .run/keys/registrar.key.pub) "
+        "to check who emitted each event, or pass --no-sources to skip the source checks"
+    )
+
+
+def has_source_records(store: ChainStore) -> bool:
+    """Whether the ledger holds anything the source checks need a registrar key for:
+    an attestation row or a source-key registration."""
+    db, backend = store.db, store.backend
+    for sql in (
+        f"SELECT count() FROM (SELECT 1 FROM {db}.source_attestations LIMIT 1)",
+        f"SELECT count() FROM (SELECT 1 FROM {db}.{REFERENCE.table} "
+        "WHERE kind = 'source-key' LIMIT 1)",
+    ):
+        rows = backend.execute(sql)
+        if rows and rows[0][0]:
+            return True
+    return False
+
+
+def check_registrars(
+    key_events: list[SourceKeyBody], registry: SourceRegistry, registrars: Mapping[str, PublicKey]
+) -> None:
+    """Raise ``RegistrarConfigError`` when the ledger has key registrations but the
+    trusted registrar keys verified none of them (a wrong or missing key in the
+    verifier's configuration: every signed event would otherwise look forged)."""
+    if not key_events or len(registry):
+        return
+    if not registrars:
+        raise RegistrarConfigError(missing_registrar_message())
+    signers = sorted({body.statement.registrar_key_id for body in key_events})
+    raise RegistrarConfigError(
+        f"none of the {len(key_events)} ledgered source key registrations is signed by a "
+        f"registrar key this verifier trusts (they name registrar key(s) "
+        f"{', '.join(signers[:5])}; {REGISTRAR_SETTING} has {', '.join(sorted(registrars))}): "
+        "fix the setting, or pass --no-sources to skip the source checks"
+    )
 
 
 def build_registry(
@@ -199,7 +294,22 @@ def check_sources(
 
     verifier = BatchVerifier(registry, cache_size=65536)
     seqs: dict[tuple[str, str], _Seqs] = {}
+    epochs: set[tuple[str, str]] = set()  # with at least one verified event
     for ev in events:
+        if ev.orphan:
+            emit(
+                FindingCode.SOURCE_ATTESTATION_INVALID,
+                ev,
+                "an attestation row of a committed block names an event the block does not have",
+            )
+            continue
+        if ev.extra_rows:
+            emit(
+                FindingCode.SOURCE_ATTESTATION_INVALID,
+                ev,
+                f"{ev.extra_rows + 1} attestation rows for one event",
+                rows=ev.extra_rows + 1,
+            )
         if ev.attestation is None:
             report.unsigned_events += 1
             if required_since is not None and ev.block_time < required_since:
@@ -207,21 +317,25 @@ def check_sources(
             elif require_signatures:
                 emit(FindingCode.SOURCE_UNSIGNED, ev, "access event has no source attestation")
             continue
-        statement_bytes, signature, index, proof = ev.attestation
-        try:
-            att = msgspec.convert(
-                {
-                    "statement": msgspec.json.decode(statement_bytes),
-                    "signature": signature,
-                    "index": index,
-                    "proof": [p for p in proof.split(",") if p],
-                },
-                Attestation,
-            )
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            emit(FindingCode.SOURCE_ATTESTATION_INVALID, ev, f"attestation row: {exc}")
+        att, problem = _parse_attestation(ev.attestation)
+        if att is None:
+            emit(FindingCode.SOURCE_ATTESTATION_INVALID, ev, f"attestation row: {problem}")
             continue
         st = att.statement
+        if problem:
+            emit(FindingCode.SOURCE_ATTESTATION_INVALID, ev, f"attestation row: {problem}")
+        if type(ev.leaf_hash) is not bytes or len(ev.leaf_hash) != 32:
+            emit(
+                FindingCode.SOURCE_PROOF_INVALID,
+                ev,
+                "the event's stored leaf hash is not 64 hex digits: its attestation "
+                "cannot be checked",
+                source_id=st.source_id,
+                seq=att.seq,
+            )
+            # named here: not also a gap in the source's sequence numbers
+            seqs.setdefault((st.source_id, st.epoch), _Seqs()).add(att.seq)
+            continue
         try:
             verifier.check(ev.leaf_hash, att)
         except SourceAuthError as exc:
@@ -234,13 +348,31 @@ def check_sources(
                 seq=att.seq,
             )
             continue
+        except ValidationError as exc:  # e.g. a sequence number beyond 2^53 - 1
+            emit(
+                FindingCode.SOURCE_PROOF_INVALID,
+                ev,
+                f"the event is not in its signed batch: {exc.message}",
+                source_id=st.source_id,
+                seq=att.seq,
+            )
+            continue
+        if ev.columns is not None:
+            diff = _side_diff(ev, att)
+            if diff:
+                emit(
+                    FindingCode.SOURCE_ATTESTATION_INVALID,
+                    ev,
+                    "attestation columns differ from the signed statement: " + ", ".join(diff),
+                    columns=diff,
+                )
         report.signed_events += 1
         counts = report.sources.setdefault(st.source_id, {"events": 0, "epochs": 0})
         counts["events"] += 1
-        run = seqs.get((st.source_id, st.epoch))
-        if run is None:
-            run = seqs[(st.source_id, st.epoch)] = _Seqs()
+        if (st.source_id, st.epoch) not in epochs:
+            epochs.add((st.source_id, st.epoch))
             counts["epochs"] += 1
+        run = seqs.setdefault((st.source_id, st.epoch), _Seqs())
         if not run.add(att.seq):
             emit(
                 FindingCode.SOURCE_SEQ_DUPLICATE,
@@ -288,18 +420,93 @@ def check_sources(
     return report
 
 
+def _parse_attestation(raw: tuple[Any, ...]) -> tuple[Attestation | None, str]:
+    """The attestation a row's (statement, signature, batch_index, proof) columns hold,
+    and what is wrong with them ("" if nothing); None when they hold none."""
+    if len(raw) != 4:
+        return None, f"{len(raw)} attestation columns"
+    statement, signature, index, proof = raw
+    types = (type(statement), type(signature), type(index), type(proof))
+    if types != (bytes, str, int, str):
+        names = ("statement", "signature", "batch_index", "proof")
+        wrong = [f"{n} holds {_type_name(v)}" for n, v in zip(names, raw, strict=True)]
+        return None, "a column of the wrong type (" + ", ".join(wrong) + ")"
+    try:
+        att = msgspec.convert(
+            {
+                "statement": msgspec.json.decode(statement),
+                "signature": signature,
+                "index": index,
+                "proof": [p for p in proof.split(",") if p],
+            },
+            Attestation,
+        )
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        return None, _text(str(exc)) or "undecodable"
+    problems = []
+    if statement_bytes(att.statement) != statement:
+        problems.append("the statement column is not the canonical signed statement")
+    if ",".join(att.proof) != proof:
+        problems.append("the proof column is not the canonical proof")
+    try:
+        canonical_signature = base64.b64encode(base64.b64decode(signature, validate=True))
+    except (binascii.Error, ValueError):
+        canonical_signature = b""
+    if canonical_signature.decode() != signature:
+        problems.append("the signature column is not canonical base64")
+    return att, "; ".join(problems)
+
+
+def _side_diff(ev: AttestedEvent, att: Attestation) -> dict[str, Any]:
+    """The side columns of ``ev``'s attestation row that differ (value or type) from the
+    signed statement and the event's id."""
+    st = att.statement
+    signed = (
+        ev.event_id.encode("utf-8", "surrogateescape"),
+        st.source_id.encode(),
+        st.key_id.encode(),
+        st.epoch.encode(),
+        att.seq,
+        (st.signed_by or "").encode(),
+    )
+    columns = ev.columns or ()
+    if len(columns) != len(signed):
+        return {"columns": {"column": _show(columns), "signed": list(SIDE_COLUMNS)}}
+    return {
+        name: {"column": _show(col), "signed": _show(exp)}
+        for name, col, exp in zip(SIDE_COLUMNS, columns, signed, strict=True)
+        if type(col) is not type(exp) or col != exp
+    }
+
+
 # --------------------------------------------------------------------------- reading
 
 
-def _text(v: Any) -> str:
+def _str(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _as_str(v: Any) -> Any:
+    """A String column's bytes as text; anything else (a changed schema) as it is."""
+    return v.decode("utf-8", "replace") if type(v) is bytes else v
+
+
+def _leaf(v: Any) -> bytes | None:
+    """A stored leaf hash as 32 bytes, or None if it is not 64 lowercase hex digits."""
+    return bytes.fromhex(v.decode("ascii")) if type(v) is bytes and _HEX64.match(v) else None
+
+
+def _key(v: Any) -> Any:
+    """A column value usable in a dict key whatever its type."""
+    return v if v is None or isinstance(v, bytes | str | int) else repr(v)
 
 
 def read_source_rows(
     store: ChainStore, page_blocks: int = 1000
 ) -> tuple[Iterator[AttestedEvent], list[SourceKeyBody], list[SourceHeartbeatBody]]:
     """Committed access events with their attestations (streamed per chain), and the
-    committed key events and heartbeats."""
+    committed key events and heartbeats. Attestation rows of committed blocks that
+    belong to no committed event come as ``orphan`` events."""
     db, backend = store.db, store.backend
     key_events: list[SourceKeyBody] = []
     heartbeats: list[SourceHeartbeatBody] = []
@@ -312,10 +519,10 @@ def read_source_rows(
         "ORDER BY chain_id, height, idx"
     )
     for (canonical,) in rows:
+        if type(canonical) is not bytes:
+            continue  # verify_chain reports malformed reference rows
         try:
-            rec, _ = decode_and_canonicalize_reference(
-                canonical if isinstance(canonical, bytes) else canonical.encode()
-            )
+            rec, _ = decode_and_canonicalize_reference(canonical)
         except CareledgerError:
             continue  # verify_chain reports malformed reference rows
         if isinstance(rec.parsed, SourceKeyBody):
@@ -324,7 +531,7 @@ def read_source_rows(
             heartbeats.append(rec.parsed)
 
     chains = [
-        _text(r[0])
+        _str(r[0])
         for r in backend.execute(
             f"SELECT DISTINCT chain_id FROM {db}.{ACCESS.table} WHERE {committed} ORDER BY chain_id"
         )
@@ -335,48 +542,57 @@ def read_source_rows(
             top = backend.execute(
                 f"SELECT max(height) FROM {db}.blocks WHERE chain_id = %(c)s", {"c": chain}
             )
-            head = int(top[0][0]) if top else 0
+            head = top[0][0] if top and type(top[0][0]) is int else 0
             for lo in range(0, head + 1, page_blocks):
                 yield from _page(chain, lo, lo + page_blocks - 1)
 
     def _page(chain: str, lo: int, hi: int) -> Iterator[AttestedEvent]:
         params = {"c": chain, "lo": lo, "hi": hi}
         block_times = {
-            (int(h), _text(bh)): _text(t)
+            (h, _key(bh)): _str(t)
             for h, bh, t in backend.execute(
                 f"SELECT height, block_hash, created_at FROM {db}.blocks "
                 "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s",
                 params,
             )
         }
-        atts = {
-            (int(h), int(i), _text(bh)): (
-                st if isinstance(st, bytes) else st.encode(),
-                _text(sig),
-                int(bi),
-                _text(proof),
+        committed_heights = {h for h, _bh in block_times}
+        # (height, idx, block hash) -> [((statement, signature, batch_index, proof),
+        #                                  (event_id, source_id, key_id, epoch, seq, signed_by))]
+        atts: dict[tuple[Any, Any, Any], list[tuple[tuple[Any, ...], tuple[Any, ...]]]] = {}
+        for h, i, bh, st, sig, bi, proof, *side in backend.execute(
+            "SELECT height, idx, block_hash, statement, signature, batch_index, proof, "
+            "event_id, source_id, key_id, epoch, seq, signed_by "
+            f"FROM {db}.source_attestations "
+            "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s "
+            "ORDER BY height, idx",
+            params,
+        ):
+            atts.setdefault((h, i, _key(bh)), []).append(
+                ((st, _as_str(sig), bi, _as_str(proof)), tuple(side))
             )
-            for h, i, bh, st, sig, bi, proof in backend.execute(
-                "SELECT height, idx, block_hash, statement, signature, batch_index, proof "
-                f"FROM {db}.source_attestations "
-                "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s",
-                params,
-            )
-        }
         for h, i, bh, eid, leaf in backend.execute(
             f"SELECT height, idx, block_hash, event_id, leaf_hash FROM {db}.{ACCESS.table} "
             "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s "
             f"AND {committed} ORDER BY height, idx",
             params,
         ):
+            found = atts.pop((h, i, _key(bh)), None)
             yield AttestedEvent(
                 chain,
-                int(h),
-                int(i),
-                _text(eid),
-                bytes.fromhex(_text(leaf)),
-                atts.get((int(h), int(i), _text(bh))),
-                block_times.get((int(h), _text(bh)), ""),
+                h,
+                i,
+                _str(eid),
+                _leaf(leaf),
+                None if found is None else found[0][0],
+                block_times.get((h, _key(bh)), ""),
+                columns=None if found is None else found[0][1],
+                extra_rows=0 if found is None else len(found) - 1,
             )
+        for (h, i, _bh), found in atts.items():
+            if h in committed_heights:  # rows above the head are a crash's leftovers
+                yield AttestedEvent(
+                    chain, h, i, _str(found[0][1][0]), None, found[0][0], orphan=True
+                )
 
     return events(), key_events, heartbeats

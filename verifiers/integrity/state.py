@@ -60,20 +60,28 @@ class VerifierState:
     def load(self) -> dict[str, VerifiedHead]:
         """All recorded heads (empty if nothing was ever recorded)."""
         try:
-            text = self.path.read_text(encoding="utf-8")
+            data_bytes = self.path.read_bytes()
         except FileNotFoundError:
             return {}
         except OSError as exc:
             raise StateError(f"cannot read verifier state {self.path}: {exc}") from exc
         try:
-            data = json.loads(text)
-            if data.get("version") != STATE_VERSION:
-                raise ValueError(f"unsupported version {data.get('version')!r}")
-            return {chain: _head_from_json(entry) for chain, entry in data["chains"].items()}
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            data = json.loads(data_bytes.decode("utf-8"))
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+            version = data.get("version")
+            if type(version) is not int or version != STATE_VERSION:
+                raise ValueError(f"unsupported version {str(version)[:40]!r}")
+            chains = data["chains"]
+            if not isinstance(chains, dict):
+                raise ValueError("chains is not an object")
+            return {chain: _head_from_json(entry) for chain, entry in chains.items()}
+        except (ValueError, KeyError, TypeError, RecursionError) as exc:
             # Refuse to run on a corrupt state rather than silently forgetting the
-            # heads: forgetting them would hide a truncation.
-            raise StateError(f"verifier state {self.path} is corrupt: {exc}") from exc
+            # heads: forgetting them would hide a truncation. (A file that is not
+            # UTF-8 is a ValueError too; nesting too deep for the parser a RecursionError.)
+            reason = str(exc)[:200] if not isinstance(exc, RecursionError) else "nested too deep"
+            raise StateError(f"verifier state {self.path} is corrupt: {reason}") from exc
 
     def get(self, chain_id: str) -> VerifiedHead | None:
         return self.load().get(chain_id)
@@ -161,13 +169,15 @@ def _head_to_json(head: VerifiedHead) -> dict[str, Any]:
 
 
 def _head_from_json(entry: Any) -> VerifiedHead:
+    if not isinstance(entry, dict):
+        raise ValueError("a chain's head is not an object")
     height, block_hash, last_offset = entry["height"], entry["block_hash"], entry["last_offset"]
-    if type(height) is not int or height < 0:
-        raise ValueError(f"bad height {height!r}")
-    if type(last_offset) is not int or last_offset < 0:
-        raise ValueError(f"bad last_offset {last_offset!r}")
+    if type(height) is not int or not 0 <= height < 2**64:
+        raise ValueError(f"bad height {str(height)[:40]!r}")
+    if type(last_offset) is not int or not 0 <= last_offset < 2**64:
+        raise ValueError(f"bad last_offset {str(last_offset)[:40]!r}")
     if not isinstance(block_hash, str) or not _HEX64.match(block_hash):
-        raise ValueError(f"bad block hash {block_hash!r}")
+        raise ValueError(f"bad block hash {str(block_hash)[:80]!r}")
     return VerifiedHead(height, block_hash, last_offset)
 
 

@@ -23,12 +23,19 @@ Events of each block (rows with its chain and height)
       the number of rows of the block against ``event_count`` (``EVENT_COUNT_MISMATCH``);
     * per row: SHA-256(0x00 ‖ stored canonical bytes) against the stored leaf hash
       (``EVENT_HASH_MISMATCH``), the bytes decode as a valid event and re-encode to
-      exactly themselves (``EVENT_NOT_CANONICAL``), the denormalised columns equal the
-      decoded event (``EVENT_FIELD_MISMATCH``), offsets strictly increase
-      (``EVENT_OUT_OF_ORDER``) inside the block's range (``EVENT_OFFSET_OUT_OF_RANGE``),
-      one event id per block (``EVENT_DUPLICATE_ID``);
+      exactly themselves (``EVENT_NOT_CANONICAL``), every denormalised column, derived
+      dates included, equals the decoded event in value and type
+      (``EVENT_FIELD_MISMATCH``), offsets strictly increase (``EVENT_OUT_OF_ORDER``)
+      inside the block's range (``EVENT_OFFSET_OUT_OF_RANGE``), one event id per block
+      (``EVENT_DUPLICATE_ID``);
     * the RFC 6962 Merkle root of the *recomputed* leaf hashes in index order equals
-      the header's (``MERKLE_ROOT_MISMATCH``).
+      the header's (``MERKLE_ROOT_MISMATCH``), and the events' offsets are those the
+      header's ``event_offsets`` commits to (``EVENT_OFFSETS_MISMATCH``, ADR 0014).
+
+Rows are untrusted and never raise: a column of the wrong type, NULL, empty or
+non-hex hashes, non-UTF-8 bytes, impossible integers are findings at their row (an
+unreadable height or index: ``EVENT_UNEXPECTED`` / ``BLOCK_HEADER_MISMATCH`` with the
+location that is known), and an unsigned header's ``event_count`` never sizes a loop.
 
 Rows above the head are a crash's uncommitted leftovers (``UNCOMMITTED_EVENTS``,
 info only). Against ``known_head`` (the last head this verifier verified, kept in

@@ -31,7 +31,10 @@ from verifiers.integrity.fsck.model import (
     StoredRow,
     VerifiedHead,
     VerifyCancelled,
+    _int,
+    _show,
     _text,
+    _type_name,
     is_failure,
     severity_of,
 )
@@ -148,15 +151,46 @@ class _ChainVerifier:
         batch: list[tuple[int, list[StoredHeader]]] = []
         budget = 0
         for height, rows in _group_by_height(
-            self.reader.headers(self.chain_id, scan_from, self.page_size)
+            self._placeable(self.reader.headers(self.chain_id, scan_from, self.page_size))
         ):
             batch.append((height, rows))
-            budget += max(min(int(r.event_count), self.batch_events) for r in rows)
+            budget += max(min(_int(r.event_count) or 0, self.batch_events) for r in rows)
             if budget >= self.batch_events or len(batch) >= self.page_size:
                 yield batch
                 batch, budget = [], 0
         if batch:
             yield batch
+
+    def _placeable(self, headers: Iterable[StoredHeader]) -> Iterator[StoredHeader]:
+        """Header rows whose height column is a height; the others are reported (the
+        block they stood for is then missing, and reported as such too)."""
+        for h in headers:
+            if _int(h.height) is not None:
+                yield h
+                continue
+            self.emit(
+                C.BLOCK_HEADER_MISMATCH,
+                None,
+                f"a header row whose height column holds {_type_name(h.height)} "
+                f"{_text(h.height)}: it cannot be placed in the chain",
+                details={"height": _show(h.height), "block_hash": _show(h.block_hash)},
+            )
+
+    def _placed_rows(self, rows: Iterable[StoredRow]) -> Iterator[StoredRow]:
+        """Event rows whose height column is a height; the others are reported."""
+        for ev in rows:
+            if _int(ev.height) is not None:
+                yield ev
+                continue
+            self.emit(
+                C.EVENT_UNEXPECTED,
+                None,
+                f"an event row whose height column holds {_type_name(ev.height)} "
+                f"{_text(ev.height)}: it belongs to no block",
+                index=ev.idx if type(ev.idx) is int else None,
+                event_id=_text(ev.event_id),
+                details={"height": _show(ev.height), "block_hash": _show(ev.block_hash)},
+            )
 
     def _process_batch(
         self,
@@ -165,7 +199,7 @@ class _ChainVerifier:
     ) -> None:
         rows_by_height: dict[int, list[StoredRow]] = {}
         if fetched is not None:
-            for ev in fetched.result():
+            for ev in self._placed_rows(fetched.result()):
                 rows_by_height.setdefault(ev.height, []).append(ev)
         for height, header_rows in batch:
             self._block(height, header_rows, rows_by_height.pop(height, None))
@@ -178,7 +212,7 @@ class _ChainVerifier:
                 f"{len(rows)} event rows at height {height}, where the chain has no block",
                 details={
                     "rows": len(rows),
-                    "indexes": _span(r.idx for r in rows),
+                    "indexes": _span(r.idx for r in rows if type(r.idx) is int),
                     "block_hashes": sorted({_text(r.block_hash) or "" for r in rows})[:5],
                 },
             )
@@ -205,7 +239,7 @@ class _ChainVerifier:
             if self.known is not None and self.known.height == height
             else None
         )
-        chosen = self._choose(checks, known_hash)
+        chosen = self._choose(checks, known_hash, event_rows or ())
         if len(checks) > 1:
             self.emit(
                 C.HEIGHT_FORK,
@@ -282,17 +316,21 @@ class _ChainVerifier:
         self.report.head = VerifiedHead(height, chosen.hash_hex, chosen.last_offset, "store")
         self.expected_height = height + 1
 
-    def _choose(self, checks: list[_HeaderCheck], known_hash: str | None) -> _HeaderCheck:
+    def _choose(
+        self, checks: list[_HeaderCheck], known_hash: str | None, rows: Sequence[StoredRow]
+    ) -> _HeaderCheck:
         if len(checks) == 1:
             return checks[0]
         prev_hash = None if self.prev is None else self.prev.block_hash
+        named = [r.block_hash for r in rows]
 
-        def score(c: _HeaderCheck) -> tuple[bool, bool, bool, bool]:
+        def score(c: _HeaderCheck) -> tuple[bool, bool, bool, bool, int]:
             return (
                 c.hash_hex == known_hash,
                 c.header is not None and c.signature_ok,
                 c.prev_hash == prev_hash,
                 not c.problems,
+                named.count(c.hash_hex.encode()),  # the block the stored rows belong to
             )
 
         return max(checks, key=score)
@@ -302,7 +340,7 @@ class _ChainVerifier:
         start = self.next_event_height
         if self.report.head is not None:
             start = max(start, self.report.head.height + 1)
-        rows = self.reader.events(self.chain_id, start, MAX_HEIGHT)
+        rows = list(self._placed_rows(self.reader.events(self.chain_id, start, MAX_HEIGHT)))
         if not rows:
             return
         heights = sorted({r.height for r in rows})

@@ -1,33 +1,103 @@
 """Checks of the event rows of one block (rows with its chain and height).
 
 Rows of another block or beyond ``event_count``, missing and surplus rows; per
-row the leaf hash, strict canonical decoding, the denormalised columns, offsets
-in order and inside the block's range, one id per block; then the Merkle root of
-the recomputed leaves against the signed header. When several rows claim one
-index, the one that reproduces the signed root is taken as the block's.
+row the leaf hash, strict canonical decoding, the denormalised columns (every one,
+the derived dates included, by value and by type), offsets in order and inside the
+block's range, one id per block; then the Merkle root of the recomputed leaves
+against the signed header, and the events' offsets against the header's signed
+``event_offsets`` (ADR 0014). When several rows claim one index, the one that
+reproduces the signed root is taken as the block's.
+
+Rows are untrusted: a column of the wrong type (an attacker who changed the schema,
+a NULL in a column made Nullable) is a finding at its row, never an exception.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import operator
 from collections.abc import Sequence
 from typing import Any
 
 from careledger.storage.kinds import RecordKind
+from careledger_core.block import offsets_digest
 from careledger_core.errors import ValidationError
 from careledger_core.findings import FindingCode
 from careledger_core.merkle import merkle_root
 from verifiers.integrity.fsck.headers import _HeaderCheck
-from verifiers.integrity.fsck.model import Emit, StoredRow, _sha256, _text
+from verifiers.integrity.fsck.model import (
+    Emit,
+    StoredRow,
+    _sha256,
+    _show,
+    _text,
+    _type_name,
+)
 
 #: Most rows claiming the same indexes in one block we try to disambiguate by the root.
 _MAX_DUPLICATE_SEARCH = 8
+#: Missing indexes of one block reported one by one; the rest in one finding.
+_MAX_MISSING_LISTED = 1000
+#: Offsets listed in the details of an EVENT_OFFSETS_MISMATCH.
+_MAX_OFFSETS_LISTED = 50
 
 C = FindingCode
 
 
-def _show(value: Any) -> Any:
-    return _text(value) if isinstance(value, bytes | str) else value
+def _well_formed(height: int, rows: Sequence[StoredRow], emit: Emit) -> list[StoredRow]:
+    """The rows whose structural columns can be used, the others reported.
+
+    ``block_hash`` and ``idx`` must be a byte string and an integer (else the row
+    cannot be placed: ``EVENT_UNEXPECTED``); a ``canonical`` that is not bytes is
+    ``EVENT_NOT_CANONICAL`` and checked as empty bytes; a ``kafka_offset`` that is not
+    an integer is ``EVENT_FIELD_MISMATCH`` and left out of the offset checks (None).
+    """
+    out: list[StoredRow] = []
+    for r in rows:
+        if (
+            type(r.block_hash) is bytes
+            and type(r.idx) is int
+            and type(r.canonical) is bytes
+            and type(r.kafka_offset) is int
+        ):
+            out.append(r)
+            continue
+        idx = r.idx if type(r.idx) is int else None
+        if type(r.block_hash) is not bytes or idx is None:
+            bad = "block_hash" if type(r.block_hash) is not bytes else "idx"
+            emit(
+                C.EVENT_UNEXPECTED,
+                height,
+                f"event row whose {bad} column holds {_type_name(getattr(r, bad))}: "
+                "it cannot belong to the block",
+                index=idx,
+                event_id=_text(r.event_id),
+                details={bad: _show(getattr(r, bad)), "kafka_offset": _show(r.kafka_offset)},
+            )
+            continue
+        changes: dict[str, Any] = {}
+        if type(r.canonical) is not bytes:
+            emit(
+                C.EVENT_NOT_CANONICAL,
+                height,
+                f"canonical column holds {_type_name(r.canonical)}, not the record's bytes",
+                index=idx,
+                event_id=_text(r.event_id),
+                details={"column": _show(r.canonical)},
+            )
+            changes["canonical"] = b""
+        if type(r.kafka_offset) is not int:
+            emit(
+                C.EVENT_FIELD_MISMATCH,
+                height,
+                f"kafka_offset column holds {_type_name(r.kafka_offset)}, not a Kafka offset",
+                index=idx,
+                event_id=_text(r.event_id),
+                details={"columns": {"kafka_offset": {"column": _show(r.kafka_offset)}}},
+            )
+            changes["kafka_offset"] = None
+        out.append(dataclasses.replace(r, **changes))
+    return out
 
 
 def check_events(
@@ -36,11 +106,13 @@ def check_events(
     """Check the event rows of one block against its header; returns how many rows
     were checked (one per index the block has a row for)."""
     count = chk.event_count
-    ours = {chk.hash_hex.encode(), chk.row.block_hash}
+    ours = {chk.hash_hex.encode()}
+    if chk.column_hash is not None:
+        ours.add(chk.column_hash)
     by_idx: dict[int, StoredRow] = {}
     dups: dict[int, list[StoredRow]] = {}
     stored = 0
-    for r in rows:
+    for r in _well_formed(height, rows, emit):
         if r.block_hash not in ours:
             emit(
                 C.EVENT_UNEXPECTED,
@@ -52,11 +124,11 @@ def check_events(
             )
             continue
         stored += 1
-        if r.idx >= count:
+        if not 0 <= r.idx < count:
             emit(
                 C.EVENT_UNEXPECTED,
                 height,
-                f"event index {r.idx} is beyond the block's event_count {count}",
+                f"event index {_text(r.idx)} is beyond the block's event_count {count}",
                 index=r.idx,
                 event_id=_text(r.event_id),
                 details={"event_count": count, "kafka_offset": r.kafka_offset},
@@ -76,9 +148,7 @@ def check_events(
     if dups:
         _resolve_duplicates(emit, height, chk, by_idx, dups, complete)
     if not complete:
-        for i in range(count):
-            if i not in by_idx:
-                emit(C.EVENT_MISSING, height, f"event {i} of the block is missing", index=i)
+        _report_missing(emit, height, count, by_idx)
 
     # Per event: the hot loop.
     sha = _sha256
@@ -86,12 +156,14 @@ def check_events(
     record_id = kind.record_id
     expected_of = kind.read_values
     stored_of = operator.attrgetter(*kind.read_columns)
+    read_types = kind.read_types
     unique_key = kind.unique_key
     first_off, last_off = chk.first_offset, chk.last_offset
     leaves: list[bytes] = []
     append_leaf = leaves.append
     prev_off = -1
     out_of_order = False
+    offsets_ok = True  # every offset readable and in range
     seen_ids: set[Any] = set()
     checked = 0
     for idx in range(count) if complete else sorted(by_idx):
@@ -100,14 +172,14 @@ def check_events(
         data = r.canonical
         leaf = sha(b"\x00" + data).digest()
         append_leaf(leaf)
-        if r.leaf_hash != leaf.hex().encode():
+        if r.leaf_hash != leaf.hex().encode() or type(r.leaf_hash) is not bytes:
             emit(
                 C.EVENT_HASH_MISMATCH,
                 height,
                 "stored leaf hash is not the hash of the stored event bytes",
                 index=idx,
                 event_id=_text(r.event_id),
-                details={"stored": _text(r.leaf_hash), "computed": leaf.hex()},
+                details={"stored": _show(r.leaf_hash), "computed": leaf.hex()},
             )
         try:
             event, canonical = decode(data)
@@ -123,7 +195,8 @@ def check_events(
                     "reason": getattr(exc, "reason", exc.message),
                 },
             )
-        except Exception as exc:  # stored bytes are hostile: never let them stop us
+        except (ValueError, TypeError, RecursionError, MemoryError) as exc:
+            # stored bytes are hostile: never let them stop us
             emit(
                 C.EVENT_NOT_CANONICAL,
                 height,
@@ -144,11 +217,11 @@ def check_events(
                 )
             expected = expected_of(event)
             columns = stored_of(r)
-            if columns != expected:
+            if columns != expected or tuple(map(type, columns)) != read_types:
                 diff = {
                     name: {"column": _show(col), "event": _show(exp)}
                     for name, col, exp in zip(kind.read_columns, columns, expected, strict=True)
-                    if col != exp
+                    if col != exp or type(col) is not type(exp)
                 }
                 emit(
                     C.EVENT_FIELD_MISMATCH,
@@ -168,16 +241,20 @@ def check_events(
                     event_id=rid,
                 )
             seen_ids.add(eid)
-        off = r.kafka_offset
+        off: int | None = r.kafka_offset
+        if off is None:  # unreadable, reported by _well_formed
+            offsets_ok = False
+            continue
         if off < first_off or off > last_off:
+            offsets_ok = False
             emit(
                 C.EVENT_OFFSET_OUT_OF_RANGE,
                 height,
-                f"Kafka offset {off} is outside the block's range {first_off}..{last_off}",
+                f"Kafka offset {_text(off)} is outside the block's range {first_off}..{last_off}",
                 index=idx,
                 event_id=_text(r.event_id),
                 details={
-                    "kafka_offset": off,
+                    "kafka_offset": _show(off),
                     "first_offset": first_off,
                     "last_offset": last_off,
                 },
@@ -195,7 +272,69 @@ def check_events(
             "Merkle root of the stored events differs from the signed header",
             details={"header": chk.merkle_root, "computed": merkle_root(leaves).hex()},
         )
+    if complete and offsets_ok and not out_of_order and chk.event_offsets is not None:
+        _check_offsets(emit, height, chk, [by_idx[i].kafka_offset for i in range(count)])
     return checked
+
+
+def _check_offsets(emit: Emit, height: int, chk: _HeaderCheck, offsets: list[Any]) -> None:
+    """The events' offsets against the signed ``event_offsets``: an event moved to an
+    offset that was dead-lettered (or absent) keeps the order and the range, not this."""
+    if offsets_digest(offsets) == chk.event_offsets:
+        return
+    free: list[int] = []  # offsets of the range the stored rows leave to dead letters
+    expected = chk.first_offset
+    for off in [*offsets, chk.last_offset + 1]:
+        while expected < off and len(free) < _MAX_OFFSETS_LISTED:
+            free.append(expected)
+            expected += 1
+        expected = off + 1
+        if len(free) >= _MAX_OFFSETS_LISTED:
+            break
+    emit(
+        C.EVENT_OFFSETS_MISMATCH,
+        height,
+        "the Kafka offsets of the stored events are not the ones the signed header commits "
+        "to: an event was moved to an offset that was dead-lettered or absent",
+        details={
+            "header": chk.event_offsets,
+            "computed": offsets_digest(offsets),
+            "first_offset": chk.first_offset,
+            "last_offset": chk.last_offset,
+            "stored_free_offsets": free,
+        },
+    )
+
+
+def _report_missing(emit: Emit, height: int, count: int, by_idx: dict[int, StoredRow]) -> None:
+    """EVENT_MISSING per missing index, the first ``_MAX_MISSING_LISTED`` one by one and
+    the rest in one finding (an unsigned header may claim billions of events)."""
+    listed = 0
+    missing = count - len(by_idx)
+    first_unlisted: int | None = None
+    expected = 0
+    for present in [*sorted(by_idx), count]:
+        for i in range(expected, present):
+            if listed >= _MAX_MISSING_LISTED:
+                first_unlisted = i
+                break
+            emit(C.EVENT_MISSING, height, f"event {i} of the block is missing", index=i)
+            listed += 1
+        if first_unlisted is not None:
+            break
+        expected = present + 1
+    if first_unlisted is not None:
+        emit(
+            C.EVENT_MISSING,
+            height,
+            f"{missing - listed} more events of the block are missing, "
+            f"from index {first_unlisted} on",
+            details={
+                "count": missing - listed,
+                "from_index": first_unlisted,
+                "to_index": count - 1,
+            },
+        )
 
 
 def _report_order(
@@ -207,11 +346,11 @@ def _report_order(
 ) -> None:
     """Name the rows that are out of place: those whose offset is not where a
     sorted order would have it (for a swap: exactly the two swapped rows)."""
-    idxs = sorted(by_idx)
-    offsets = [by_idx[i].kafka_offset for i in idxs]
+    idxs = sorted(i for i, r in by_idx.items() if r.kafka_offset is not None)
+    offsets: list[int] = [by_idx[i].kafka_offset for i in idxs]
     in_order = sorted(offsets)
     reordered_root_matches = False
-    if leaves is not None:
+    if leaves is not None and len(idxs) == len(leaves):
         order = sorted(range(len(idxs)), key=lambda k: offsets[k])
         reordered_root_matches = merkle_root([leaves[k] for k in order]).hex() == chk.merkle_root
     prev = None
@@ -231,8 +370,8 @@ def _report_order(
                 index=idx,
                 event_id=_text(r.event_id),
                 details={
-                    "kafka_offset": off,
-                    "expected_offset": in_order[pos],
+                    "kafka_offset": _show(off),
+                    "expected_offset": _show(in_order[pos]),
                     "reordered_root_matches": reordered_root_matches,
                 },
             )
@@ -269,7 +408,7 @@ def _resolve_duplicates(
                     index=idx,
                     event_id=_text(cand.event_id),
                     details={
-                        "kafka_offset": cand.kafka_offset,
+                        "kafka_offset": _show(cand.kafka_offset),
                         "kept_event_id": _text(keep.event_id),
                     },
                 )

@@ -9,7 +9,10 @@ the severity rule (what makes a chain "tampered").
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
+import math
+import re
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -22,8 +25,8 @@ from careledger_core.findings import Finding, FindingCode, Severity
 #: A chained record's row: an access event or a reference record.
 StoredRow = StoredEvent | StoredReference | StoredRaw
 
-#: Upper bound used for "every height above the head".
-MAX_HEIGHT = 2**63 - 1
+#: Upper bound used for "every height above the head" (the largest UInt64).
+MAX_HEIGHT = 2**64 - 1
 #: Findings kept in a report per chain; all are still counted (``ChainReport.counts``).
 DEFAULT_MAX_FINDINGS = 10_000
 #: Event rows fetched per query (whole blocks; a block larger than this is fetched alone).
@@ -160,9 +163,47 @@ class Emit(Protocol):
     ) -> None: ...
 
 
-def _text(value: bytes | str | None, limit: int = 200) -> str | None:
-    """Untrusted bytes as printable text for messages (never raises)."""
+def _text(value: object, limit: int = 200) -> str | None:
+    """An untrusted column value as printable text for messages (never raises)."""
     if value is None:
         return None
-    text = value.decode("utf-8", errors="replace") if isinstance(value, bytes) else str(value)
-    return text if len(text) <= limit else text[:limit] + "…"
+    if isinstance(value, bytes | bytearray | memoryview):
+        text = bytes(value[: limit * 4]).decode("utf-8", errors="replace")
+    elif isinstance(value, str):
+        text = value
+    elif type(value) is int and value.bit_length() > 256:
+        text = f"<{value.bit_length()}-bit integer>"
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # e.g. a container of integers too long to print
+            text = f"<{type(value).__name__}>"
+    text = text if len(text) <= limit else text[:limit] + "…"
+    # control characters (terminal escapes, newlines) from the store never reach a
+    # terminal or a log line as such
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _show(value: object) -> object:
+    """An untrusted column value for a finding's details: JSON-safe and bounded."""
+    if value is None or type(value) is bool:
+        return value
+    if type(value) is int:
+        return value if -(2**64) < value < 2**64 else _text(value)
+    if type(value) is float:
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dt.date):  # datetime too
+        return value.isoformat()
+    return _text(value)
+
+
+def _type_name(value: object) -> str:
+    return "NULL" if value is None else type(value).__name__
+
+
+def _int(value: object) -> int | None:
+    """A column that must hold a non-negative integer (UInt*): the value, or None."""
+    return value if type(value) is int and value >= 0 else None
