@@ -49,6 +49,10 @@ class FindingCode(StrEnum):
     CHAIN_TRUNCATED = "CHAIN_TRUNCATED"  # head below a trusted checkpoint
     CHAIN_REWRITTEN = "CHAIN_REWRITTEN"  # block hash differs from a trusted checkpoint
     UNCOMMITTED_EVENTS = "UNCOMMITTED_EVENTS"  # event rows without a header (crash leftover)
+    # checkpoints (ADR 0012): the signed RFC 6962 roots against the store and each other
+    CHECKPOINT_ROOT_MISMATCH = "CHECKPOINT_ROOT_MISMATCH"  # stored prefix != signed root
+    CHECKPOINT_INCONSISTENT = "CHECKPOINT_INCONSISTENT"  # a signed root does not extend another
+    CHECKPOINTS_MISSING = "CHECKPOINTS_MISSING"  # checkpoint records gone from the topic
     # sources (ADR 0010): who emitted each access event, and whether any went missing
     SOURCE_UNSIGNED = "SOURCE_UNSIGNED"  # a chained event has no source attestation
     SOURCE_ATTESTATION_INVALID = "SOURCE_ATTESTATION_INVALID"  # malformed attestation row
@@ -60,6 +64,8 @@ class FindingCode(StrEnum):
     SOURCE_SEQ_DUPLICATE = "SOURCE_SEQ_DUPLICATE"  # one sequence number chained twice
     SOURCE_SEQ_GAP = "SOURCE_SEQ_GAP"  # sequence numbers sent but never chained
     SOURCE_HEARTBEAT_INVALID = "SOURCE_HEARTBEAT_INVALID"  # heartbeat fails its signature
+    # the events' Kafka offsets differ from the header's signed event_offsets (ADR 0014)
+    EVENT_OFFSETS_MISMATCH = "EVENT_OFFSETS_MISMATCH"
 
     @property
     def default_severity(self) -> Severity:
@@ -78,6 +84,7 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.EVENT_OUT_OF_ORDER: _C,
         FindingCode.EVENT_OFFSET_OUT_OF_RANGE: _C,
         FindingCode.EVENT_DUPLICATE_ID: _W,
+        FindingCode.EVENT_OFFSETS_MISMATCH: _C,
         FindingCode.MERKLE_ROOT_MISMATCH: _C,
         FindingCode.EVENT_COUNT_MISMATCH: _C,
         FindingCode.BLOCK_HASH_MISMATCH: _C,
@@ -93,6 +100,9 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.CHAIN_TRUNCATED: _C,
         FindingCode.CHAIN_REWRITTEN: _C,
         FindingCode.UNCOMMITTED_EVENTS: _W,
+        FindingCode.CHECKPOINT_ROOT_MISMATCH: _C,
+        FindingCode.CHECKPOINT_INCONSISTENT: _C,
+        FindingCode.CHECKPOINTS_MISSING: _E,
         FindingCode.SOURCE_UNSIGNED: _E,
         FindingCode.SOURCE_ATTESTATION_INVALID: _C,
         FindingCode.SOURCE_SIGNATURE_INVALID: _C,

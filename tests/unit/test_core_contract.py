@@ -148,6 +148,9 @@ def test_finding_codes_are_stable() -> None:
         "CHAIN_TRUNCATED",
         "CHAIN_REWRITTEN",
         "UNCOMMITTED_EVENTS",
+        "CHECKPOINT_ROOT_MISMATCH",
+        "CHECKPOINT_INCONSISTENT",
+        "CHECKPOINTS_MISSING",
         "SOURCE_UNSIGNED",
         "SOURCE_ATTESTATION_INVALID",
         "SOURCE_SIGNATURE_INVALID",
@@ -158,6 +161,7 @@ def test_finding_codes_are_stable() -> None:
         "SOURCE_SEQ_DUPLICATE",
         "SOURCE_SEQ_GAP",
         "SOURCE_HEARTBEAT_INVALID",
+        "EVENT_OFFSETS_MISMATCH",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)

@@ -1,8 +1,12 @@
 """``careledger verify``: verify every chain (or some) and report findings.
 
 Exit status: 0 every verified chain is intact, 1 at least one finding that is not
-info (tampering, loss, inconsistency), 2 a usage or infrastructure problem
-(ClickHouse unreachable, no trusted key configured, unreadable verifier state).
+info (tampering, loss, inconsistency), 2 a usage, configuration or infrastructure
+problem: ClickHouse unreachable, no trusted key configured, unreadable verifier state,
+a ``--chain`` the store, the state and the checkpoints do not know, or source checks
+(ADR 0010) without a trusted registrar key that verifies the ledgered key registrations
+(the message names ``trusted_registrar_keys`` / ``CARELEDGER_TRUSTED_REGISTRAR_KEYS`` and
+``--no-sources``): a configuration problem is never reported as tampering.
 
 Trusted public keys come from the verifier's configuration (``CARELEDGER_TRUSTED_KEYS``
 or ``--trusted-key``), never from the store. Each run is recorded in the
@@ -19,13 +23,15 @@ on stderr and says ``"checkpoints": {"status": "unavailable", ...}`` in ``--json
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import logging
 import sys
+from collections.abc import Collection
 from typing import Any
 
 from careledger.config import Settings
-from careledger.keys import load_public_keys, load_trusted_keys
+from careledger.keys import KeyFileError, load_public_keys, load_trusted_keys
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
@@ -50,6 +56,12 @@ from verifiers.integrity.run import (
     print_human,
     record_run,
     run_verification,
+)
+from verifiers.integrity.sources import (
+    REGISTRAR_SETTING,
+    RegistrarConfigError,
+    has_source_records,
+    missing_registrar_message,
 )
 from verifiers.integrity.state import StateError, VerifierState, state_for
 
@@ -120,6 +132,28 @@ def _error(message: str) -> int:
     return EXIT_ERROR
 
 
+def _source_checks(args: argparse.Namespace) -> bool:
+    """The source checks run on one-shot runs over the whole ledger."""
+    return not (args.no_sources or args.chain or args.from_height or args.follow)
+
+
+def unknown_chain_error(
+    requested: list[str] | None, present: Collection[str], database: str
+) -> str | None:
+    """The one-line error for a ``--chain`` that names no chain of the store, the
+    verifier state or the checkpoints (a typo must not verify "intact"), else None."""
+    for chain in requested or ():
+        if chain in present:
+            continue
+        close = difflib.get_close_matches(chain, sorted(present), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        return (
+            f"unknown chain {chain!r}: no block, record, verified head or checkpoint of "
+            f"database {database!r} names it ({len(present)} chain(s) there){hint}"
+        )
+    return None
+
+
 def load_keys(args: argparse.Namespace, settings: Settings) -> TrustedKeys:
     if args.trusted_key:
         keys = load_public_keys(args.trusted_key)
@@ -153,6 +187,14 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         keys = load_keys(args, settings)
     except CareledgerError as exc:
         return _error(f"no usable trusted key: {exc.message}")
+    registrars = 0
+    if _source_checks(args):
+        try:
+            registrars = len(load_public_keys(settings.trusted_registrar_keys))
+        except CareledgerError as exc:
+            return _error(f"{REGISTRAR_SETTING}: {exc.message}")
+        if not registrars and settings.require_source_signatures:
+            return _error(missing_registrar_message())
     try:
         state = state_for(settings)
         known = state.load()
@@ -162,6 +204,26 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _error(exc.message)
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     try:
+        if args.follow and args.chain:
+            # as for one run: the store, the state and the signed checkpoints (a chain
+            # wiped from the store is a truncation, not an unknown chain)
+            heads = dict(known)
+            if not args.no_checkpoints:
+                try:
+                    snapshot = read_checkpoints(settings, keys.values())
+                except StateError as exc:
+                    return _error(exc.message)
+                heads = checkpoint_heads(known, snapshot, args.chain)[0]
+            try:
+                present = set(store.chain_ids()) | set(heads)
+            except StorageError as exc:
+                return _error(
+                    f"cannot read ClickHouse database {settings.clickhouse_database!r}: "
+                    f"{exc.message}"
+                )
+            unknown = unknown_chain_error(args.chain, present, settings.clickhouse_database)
+            if unknown:
+                return _error(unknown)
         if args.follow:
             follower = Follower(
                 settings,
@@ -175,7 +237,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
                 checkpoints=not args.no_checkpoints,
             )
             return follower.run(max_cycles=args.max_cycles, stop_after_s=args.stop_after)
-        return _verify_once(args, settings, store, keys, state, known)
+        return _verify_once(args, settings, store, keys, state, known, registrars)
     finally:
         store.backend.close()
 
@@ -187,14 +249,19 @@ def _verify_once(
     keys: TrustedKeys,
     state: VerifierState,
     known: dict[str, VerifiedHead],
+    registrars: int = 0,
 ) -> int:
     db = settings.clickhouse_database
+    sources = _source_checks(args)
     # Checkpoints first: each names a block that was stored before it was published,
     # so reading the store afterwards can never race ahead of them.
     if args.no_checkpoints:
         snapshot = skipped_snapshot(settings.topic_checkpoints)
     else:
-        snapshot = read_checkpoints(settings, keys.values())
+        try:
+            snapshot = read_checkpoints(settings, keys.values())
+        except StateError as exc:
+            return _error(exc.message)
         if not snapshot.available:
             print(
                 f"careledger verify: warning: checkpoints unavailable ({snapshot.error}); "
@@ -203,6 +270,15 @@ def _verify_once(
             )
     compare_with, cp_findings = checkpoint_heads(known, snapshot, args.chain)
     try:
+        if args.chain:
+            present = set(store.chain_ids()) | set(compare_with)
+            unknown = unknown_chain_error(args.chain, present, db)
+            if unknown:
+                return _error(unknown)
+        if sources and not registrars and has_source_records(store):
+            # legacy mode (signatures not required), yet signed events or key
+            # registrations to check: without a registrar key they would all look forged
+            return _error(missing_registrar_message())
         chains = chains_to_verify(store, args.chain, compare_with)
         scope: dict[str, Any] = {"chains": args.chain or "all", "from_height": args.from_height}
         run = run_verification(
@@ -217,9 +293,16 @@ def _verify_once(
             max_findings=args.max_findings,
             checkpoints=snapshot,
             checkpoint_findings=cp_findings,
+            census=not args.chain,
         )
-        if not args.chain and not args.from_height and not args.no_sources:
-            check_run_sources(run, store, settings)
+        if sources:
+            try:
+                check_run_sources(run, store, settings)
+            except (RegistrarConfigError, KeyFileError) as exc:
+                if not run.failures:
+                    return _error(exc.message)
+                # the store is tampered with whatever the registrar: say so (exit 1)
+                print(f"careledger verify: source checks not run: {exc.message}", file=sys.stderr)
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")
     code = run.exit_code

@@ -26,7 +26,7 @@ from typing import Any, TextIO
 from careledger.config import Settings
 from careledger.keys import load_public_keys
 from careledger.storage.store import ChainStore
-from careledger_core.findings import Finding
+from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import (
     CheckpointSnapshot,
@@ -40,7 +40,13 @@ from verifiers.integrity.fsck import (
     is_failure,
     verify_chain,
 )
-from verifiers.integrity.sources import build_registry, check_sources, read_source_rows
+from verifiers.integrity.sources import (
+    build_registry,
+    check_registrars,
+    check_sources,
+    read_source_rows,
+)
+from verifiers.integrity.trees import check_trees
 
 EXIT_INTACT = 0
 EXIT_TAMPERED = 1
@@ -77,6 +83,8 @@ class VerificationRun:
     #: who emitted the access events (ADR 0010): signatures, keys, sequence gaps
     source_findings: list[Finding] = field(default_factory=list)
     sources: dict[str, Any] | None = None
+    #: rows of the store that belong to no chain (a chain id no block can carry)
+    store_findings: list[Finding] = field(default_factory=list)
 
     @property
     def blocks(self) -> int:
@@ -92,6 +100,7 @@ class VerificationRun:
             sum(r.failures for r in self.reports)
             + sum(1 for f in self.checkpoint_findings if is_failure(f))
             + sum(1 for f in self.source_findings if is_failure(f))
+            + sum(1 for f in self.store_findings if is_failure(f))
         )
 
     @property
@@ -100,6 +109,7 @@ class VerificationRun:
             sum(r.findings_total for r in self.reports)
             + len(self.checkpoint_findings)
             + len(self.source_findings)
+            + len(self.store_findings)
         )
 
     @property
@@ -116,13 +126,15 @@ class VerificationRun:
 
     def findings(self) -> Iterable[Finding]:
         yield from self.checkpoint_findings
+        yield from self.store_findings
         for r in self.reports:
             yield from r.findings
         yield from self.source_findings
 
     def counts(self) -> Counter[str]:
         total: Counter[str] = Counter(
-            str(f.code) for f in (*self.checkpoint_findings, *self.source_findings)
+            str(f.code)
+            for f in (*self.checkpoint_findings, *self.source_findings, *self.store_findings)
         )
         for r in self.reports:
             total.update(r.counts)
@@ -196,6 +208,24 @@ def chains_to_verify(
     return sorted(set(store.chain_ids()) | set(known))
 
 
+def census_findings(store: ChainStore) -> list[Finding]:
+    """Rows under a chain id no block header can carry: they belong to no chain (and a
+    reader that decodes the id may take them for another chain's)."""
+    out: list[Finding] = []
+    for table, raw, rows in store.chain_id_census()[1]:
+        header_table = table == "blocks"
+        out.append(
+            Finding.of(
+                FindingCode.BLOCK_HEADER_INVALID if header_table else FindingCode.EVENT_UNEXPECTED,
+                raw.decode("utf-8", "backslashreplace")[:300],
+                f"{rows} row(s) of {table} under a chain id that no block can carry "
+                "(not printable ASCII of 1..256 characters): they belong to no chain",
+                details={"table": table, "rows": rows, "chain_id_hex": raw[:300].hex()},
+            )
+        )
+    return out
+
+
 def run_verification(
     store: ChainStore,
     keys: TrustedKeys,
@@ -211,17 +241,22 @@ def run_verification(
     cancel: Callable[[], bool] | None = None,
     checkpoints: CheckpointSnapshot | None = None,
     checkpoint_findings: Iterable[Finding] = (),
+    census: bool = False,
 ) -> VerificationRun:
     """Verify ``chains`` one after the other. Raises ``StorageError`` if the store fails
     and ``VerifyCancelled`` if ``cancel()`` becomes true.
 
     ``known`` is the head each chain is compared with (see ``checkpoint_heads``);
-    ``checkpoint_findings`` are reported with the run (and passed to ``on_finding``)."""
+    ``checkpoint_findings`` are reported with the run (and passed to ``on_finding``).
+    ``census``: also report rows stored under a chain id no block can carry (the whole
+    store is being verified, not some chains)."""
     run = VerificationRun(mode=mode, database=database, scope=scope or {"chains": "all"})
     run.checkpoints = checkpoints
     run.checkpoint_findings = list(checkpoint_findings)
+    if census:
+        run.store_findings = census_findings(store)
     if on_finding is not None:
-        for f in run.checkpoint_findings:
+        for f in (*run.checkpoint_findings, *run.store_findings):
             on_finding(f)
     known = known or {}
     from_heights = from_heights or {}
@@ -241,6 +276,15 @@ def run_verification(
             kind=store.kind_of(chain),
         )
         run.reports.append(report)
+    if checkpoints is not None and checkpoints.trees:
+        # The signed roots against the stored trees (ADR 0012), whole chains only.
+        whole = [c for c in chains if not from_heights.get(c)]
+        trees = check_trees(store, checkpoints.trees, whole, cancel=cancel)
+        checkpoints.tree_summary = trees.summary()
+        run.checkpoint_findings.extend(trees.findings)
+        if on_finding is not None:
+            for f in trees.findings:
+                on_finding(f)
     run.elapsed_s = time.perf_counter() - started
     run.finished_at = _utcnow()
     return run
@@ -331,22 +375,33 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
 def describe_checkpoints(cp: CheckpointSnapshot) -> str:
     if cp.status == "skipped":
         return "checkpoints: not read (--no-checkpoints)"
-    if cp.status != "ok":
+    if cp.status not in ("ok", "incomplete"):
         return f"checkpoints: UNAVAILABLE ({cp.error}); compared with the verifier state only"
     n = cp.counts
     ignored = n.get("untrusted", 0) + n.get("malformed", 0)
+    missing = (
+        f"INCOMPLETE: {n.get('missing', 0)} sign(s) of deleted records; "
+        if cp.status == "incomplete"
+        else ""
+    )
     return (
-        f"checkpoints: {n.get('notes', 0)} notes in {cp.topic}, {n.get('verified', 0)} "
-        f"verified, {ignored} ignored (not signed by a trusted key or malformed), "
-        f"{n.get('invalid', 0)} with a bad signature; heads of {n.get('chains', 0)} chain(s)"
+        f"checkpoints: {missing}{n.get('notes', 0)} notes in {cp.topic}, "
+        f"{n.get('verified', 0)} verified, {ignored} ignored (not signed by a trusted key or "
+        f"malformed), {n.get('invalid', 0)} with a bad signature, {n.get('remembered', 0)} "
+        f"remembered; heads of {n.get('chains', 0)} chain(s)"
     )
 
 
 def check_run_sources(run: VerificationRun, store: ChainStore, settings: Settings) -> None:
-    """Add the source checks (ADR 0010) over the whole ledger to ``run``."""
+    """Add the source checks (ADR 0010) over the whole ledger to ``run``.
+
+    Raises ``RegistrarConfigError`` (a configuration problem, never a finding) when the
+    ledger has source key registrations and no trusted registrar key verifies any of
+    them, and ``KeyFileError`` when a registrar key file cannot be read."""
     registrars = {k.key_id: k for k in load_public_keys(settings.trusted_registrar_keys)}
     events, key_events, heartbeats = read_source_rows(store)
     registry, problems = build_registry(key_events, registrars)
+    check_registrars(key_events, registry, registrars)
     # Events chained before the first source key was registered could not be signed:
     # legacy history, counted but not reported (the registry is ledgered and the block
     # times are signed, so neither can be moved to hide an unsigned event).
