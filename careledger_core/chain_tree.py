@@ -17,10 +17,10 @@ at most 64 hashes, one per set bit of ``size``. From it alone one can
   needs is either a frontier node of ``m``, a fold of its last frontier nodes, or built
   from leaves ``>= m`` only.
 
-``consistency_roots`` runs RFC 9162's verification and returns the (old, new) roots a
-proof implies instead of comparing them: with the new root right and the old one
-different, the proof *shows* that the tree of the new root does not extend the old
-checkpoint (a fork), whoever supplied the proof.
+``consistency_roots`` (in ``merkle``: the walk ``verify_consistency`` also uses) returns
+the (old, new) roots a proof implies instead of comparing them: with the new root
+right and the old one different, the proof *shows* that the tree of the new root does
+not extend the old checkpoint (a fork), whoever supplied the proof.
 
 Pure: no I/O. Raises :class:`~careledger_core.errors.ValidationError` for bad input and
 :class:`~careledger_core.errors.ProofError` for proofs of the wrong shape.
@@ -33,9 +33,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .errors import ProofError, ValidationError
+from .errors import ValidationError
 from .hashing import EMPTY_ROOT, HASH_SIZE, LEAF_PREFIX, NODE_PREFIX
-from .merkle import merkle_root
+from .merkle import consistency_roots, merkle_root
 
 __all__ = [
     "MAX_TREE_SIZE",
@@ -198,55 +198,3 @@ class ChainTree:
 
         subproof(old, 0, new, True)
         return tuple(proof)
-
-
-def consistency_roots(
-    old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes
-) -> tuple[bytes, bytes]:
-    """The (old root, new root) an RFC 9162 consistency proof implies.
-
-    RFC 9162 §2.1.4.2 without the two final comparisons. When ``old_size`` is a power of
-    two the proof does not contain the old root: ``old_root`` is the starting node, so
-    the old root returned is ``old_root`` itself and only the new root can disagree.
-    Requires ``0 < old_size < new_size``; raises :class:`ProofError` if the proof has
-    the wrong length for the sizes.
-    """
-    sizes = {"old_size": old_size, "new_size": new_size, "proof_length": len(proof)}
-    if not 0 < old_size < new_size:
-        raise ProofError("consistency roots need 0 < old size < new size", details=sizes)
-    if not proof:
-        raise ProofError("consistency proof is empty", details=sizes)
-    path = []
-    for i, p in enumerate(proof):
-        if not isinstance(p, bytes) or len(p) != HASH_SIZE:
-            raise ProofError(f"proof[{i}] is not a {HASH_SIZE}-byte hash", details=sizes)
-        path.append(p)
-    if old_size & (old_size - 1) == 0:
-        path.insert(0, _check_root(old_root))
-    fn, sn = old_size - 1, new_size - 1
-    while fn & 1:
-        fn >>= 1
-        sn >>= 1
-    fr = sr = path[0]
-    for c in path[1:]:
-        if sn == 0:
-            raise ProofError("consistency proof is too long", details=sizes)
-        if fn & 1 or fn == sn:
-            fr = _node(c, fr)
-            sr = _node(c, sr)
-            while not fn & 1 and fn:
-                fn >>= 1
-                sn >>= 1
-        else:
-            sr = _node(sr, c)
-        fn >>= 1
-        sn >>= 1
-    if sn != 0:
-        raise ProofError("consistency proof is too short", details=sizes)
-    return fr, sr
-
-
-def _check_root(value: object) -> bytes:
-    if not isinstance(value, bytes) or len(value) != HASH_SIZE:
-        raise ProofError(f"old root is not a {HASH_SIZE}-byte hash")
-    return value

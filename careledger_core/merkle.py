@@ -22,6 +22,7 @@ from .hashing import EMPTY_ROOT, HASH_SIZE, NODE_PREFIX
 __all__ = [
     "MerkleTree",
     "consistency_proof",
+    "consistency_roots",
     "inclusion_proof",
     "merkle_root",
     "root_from_inclusion_proof",
@@ -231,11 +232,32 @@ def verify_consistency(
         if old_size == new_size and not hmac.compare_digest(old_root, new_root):
             raise ProofError("equal sizes but different roots", details=sizes)
         return
+    fr, sr = consistency_roots(old_size, new_size, proof, old_root)
+    if not hmac.compare_digest(fr, old_root):
+        raise ProofError("consistency proof does not lead to the old root", details=sizes)
+    if not hmac.compare_digest(sr, new_root):
+        raise ProofError("consistency proof does not lead to the new root", details=sizes)
+
+
+def consistency_roots(
+    old_size: int, new_size: int, proof: Sequence[bytes], old_root: bytes
+) -> tuple[bytes, bytes]:
+    """The (old root, new root) an RFC 9162 consistency proof implies.
+
+    RFC 9162 §2.1.4.2 without the two final comparisons (``verify_consistency`` makes
+    them). When ``old_size`` is a power of two the proof does not contain the old root:
+    ``old_root`` is the starting node, so the old root returned is ``old_root`` itself
+    and only the new root can disagree. Requires ``0 < old_size < new_size``; raises
+    :class:`ProofError` if the proof has the wrong length for the sizes.
+    """
+    sizes = {"old_size": old_size, "new_size": new_size, "proof_length": len(proof)}
+    if not 0 < old_size < new_size:
+        raise ProofError("consistency roots need 0 < old size < new size", details=sizes)
     if not proof:
         raise ProofError("consistency proof is empty", details=sizes)
     path = [_check_hash(p, f"proof[{i}]") for i, p in enumerate(proof)]
     if old_size & (old_size - 1) == 0:
-        path.insert(0, old_root)
+        path.insert(0, _check_hash(old_root, "old root"))
     fn, sn = old_size - 1, new_size - 1
     while fn & 1:
         fn >>= 1
@@ -256,7 +278,4 @@ def verify_consistency(
         sn >>= 1
     if sn != 0:
         raise ProofError("consistency proof is too short", details=sizes)
-    if not hmac.compare_digest(fr, old_root):
-        raise ProofError("consistency proof does not lead to the old root", details=sizes)
-    if not hmac.compare_digest(sr, new_root):
-        raise ProofError("consistency proof does not lead to the new root", details=sizes)
+    return fr, sr
