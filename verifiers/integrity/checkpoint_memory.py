@@ -21,17 +21,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from verifiers.integrity.state import StateError
+from verifiers.integrity.state import StateError, locked_state_dir, write_state_file
 
 __all__ = ["CheckpointMemory", "RememberedCheckpoint", "memory_for"]
 
@@ -114,18 +111,8 @@ class CheckpointMemory:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot use verifier state directory {self.directory}: {exc}"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked_state_dir(self.directory, self._lock_path):
             yield
-        finally:
-            os.close(fd)
 
     def _write(self, entries: Mapping[str, RememberedCheckpoint]) -> None:
         document = {
@@ -135,28 +122,7 @@ class CheckpointMemory:
             "chains": {chain: entries[chain].to_json() for chain in sorted(entries)},
         }
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        tmp_name: str | None = None
-        try:
-            fd, tmp_name = tempfile.mkstemp(
-                prefix=".checkpoints-", suffix=".tmp", dir=self.directory
-            )
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.path)
-            tmp_name = None
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise StateError(f"cannot write verifier state {self.path}: {exc}") from exc
-        finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+        write_state_file(self.path, data)
 
 
 def _now() -> str:

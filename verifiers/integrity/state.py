@@ -121,18 +121,8 @@ class VerifierState:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        except OSError as exc:
-            raise StateError(
-                f"cannot use verifier state directory {self.directory}: {exc}"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with locked_state_dir(self.directory, self._lock_path):
             yield
-        finally:
-            os.close(fd)
 
     def _write(self, heads: Mapping[str, VerifiedHead]) -> None:
         document = {
@@ -142,26 +132,48 @@ class VerifierState:
             "chains": {chain: _head_to_json(heads[chain]) for chain in sorted(heads)},
         }
         data = json.dumps(document, indent=2, sort_keys=True).encode("utf-8") + b"\n"
-        tmp_name: str | None = None
+        write_state_file(self.path, data)
+
+
+@contextlib.contextmanager
+def locked_state_dir(directory: Path, lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``lock_path`` (created 0600 in ``directory``)."""
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise StateError(f"cannot use verifier state directory {directory}: {exc}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def write_state_file(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` durably: a temporary file in the same directory,
+    fsynced, ``os.replace``d over the old one, then the directory fsynced."""
+    directory = path.parent
+    tmp_name: str | None = None
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".tmp", dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp_name, path)
+        tmp_name = None
+        dir_fd = os.open(directory, os.O_RDONLY)
         try:
-            fd, tmp_name = tempfile.mkstemp(prefix=".heads-", suffix=".tmp", dir=self.directory)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp_name, self.path)
-            tmp_name = None
-            dir_fd = os.open(self.directory, os.O_RDONLY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
-        except OSError as exc:
-            raise StateError(f"cannot write verifier state {self.path}: {exc}") from exc
+            os.fsync(dir_fd)
         finally:
-            if tmp_name is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp_name)
+            os.close(dir_fd)
+    except OSError as exc:
+        raise StateError(f"cannot write verifier state {path}: {exc}") from exc
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)
 
 
 def _head_to_json(head: VerifiedHead) -> dict[str, Any]:
