@@ -109,6 +109,17 @@ class Settings:
     follow_interval_s: float = 2.0
     full_reverify_every_s: float = 300.0
 
+    # --- witnesses (ADR 0018) ----------------------------------------------------
+    # The TOML file naming the witnesses, their keys and URLs, the quorum (k of n) and
+    # how old an unwitnessed block may be (careledger/witnesses.py). The log's cosigner
+    # asks them for cosignatures; verify, access-report, verify-proof and follow require
+    # a quorum-cosigned checkpoint. Unset: no witnesses (verify says so).
+    witnesses_file: Path | None = None
+    # How often the cosigner looks for new checkpoints, and how long one witness
+    # request may take before that witness is skipped for the round.
+    cosign_interval_s: float = 0.5
+    cosign_timeout_s: float = 5.0
+
     # --- access auditor -----------------------------------------------------
     # Status changes of alerts (ack, resolve) are also published here, key = alert id.
     topic_alert_status: str = "careledger.alert-status"

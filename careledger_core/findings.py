@@ -53,6 +53,7 @@ class FindingCode(StrEnum):
     CHECKPOINT_ROOT_MISMATCH = "CHECKPOINT_ROOT_MISMATCH"  # stored prefix != signed root
     CHECKPOINT_INCONSISTENT = "CHECKPOINT_INCONSISTENT"  # a signed root does not extend another
     CHECKPOINTS_MISSING = "CHECKPOINTS_MISSING"  # checkpoint records gone from the topic
+    COSIGNATURE_INVALID = "COSIGNATURE_INVALID"  # a policy witness's line does not verify
     # sources (ADR 0010): who emitted each access event, and whether any went missing
     SOURCE_UNSIGNED = "SOURCE_UNSIGNED"  # a chained event has no source attestation
     SOURCE_ATTESTATION_INVALID = "SOURCE_ATTESTATION_INVALID"  # malformed attestation row
@@ -103,6 +104,7 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.CHECKPOINT_ROOT_MISMATCH: _C,
         FindingCode.CHECKPOINT_INCONSISTENT: _C,
         FindingCode.CHECKPOINTS_MISSING: _E,
+        FindingCode.COSIGNATURE_INVALID: _C,
         FindingCode.SOURCE_UNSIGNED: _E,
         FindingCode.SOURCE_ATTESTATION_INVALID: _C,
         FindingCode.SOURCE_SIGNATURE_INVALID: _C,

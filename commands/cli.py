@@ -66,6 +66,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "careledger.sources",
         "source identity: key generation, registration, revocation, the registry",
     ),
+    "cosign": (
+        "processors.cosign_cli",
+        "ask the witnesses to cosign each chain's newest checkpoint and publish the "
+        "cosigned checkpoints",
+    ),
     "witness": (
         "witness.server",
         "run a C2SP tlog-witness for a partner's logs (cosign consistent checkpoints, keep "

@@ -135,11 +135,13 @@ class KafkaOutputs:
     def publish_checkpoints(self, updates: list[ChainUpdate], key: SigningKey) -> None:
         """Publish a C2SP signed-note checkpoint of each updated chain (not flushed here).
 
-        Key = chain id; header ``careledger-consistency`` = the RFC 9162 proof from the
-        chain's previous checkpoint (``old <size>`` and base64 hashes, as in a C2SP
-        tlog-witness request). Checkpoints live outside ClickHouse, so someone who can
-        only rewrite the store cannot hide a truncation or a rewrite from a verifier
-        that reads them. A lost checkpoint is harmless: the next one supersedes it.
+        The note's key name is the chain id (the checkpoint origin), as C2SP witnesses
+        such as litewitness require. Key = chain id; header ``careledger-consistency`` =
+        the RFC 9162 proof from the chain's previous checkpoint (``old <size>`` and
+        base64 hashes, as in a C2SP tlog-witness request). Checkpoints live outside
+        ClickHouse, so someone who can only rewrite the store cannot hide a truncation
+        or a rewrite from a verifier that reads them. A lost checkpoint is harmless:
+        the next one supersedes it.
         """
 
         def on_delivery(err: Any, _msg: Any) -> None:
@@ -148,7 +150,7 @@ class KafkaOutputs:
 
         for u in updates:
             cp = checkpoint_for(u.head, u.tree)
-            note = sign_note(format_checkpoint(cp), self.settings.origin, key)
+            note = sign_note(format_checkpoint(cp), cp.origin, key)
             proof = format_consistency(u.old_size, u.proof)
             self._producer.produce(
                 self.settings.topic_checkpoints,

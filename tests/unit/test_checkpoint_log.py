@@ -33,8 +33,12 @@ CHAIN = "careledger.local/careledger.access-events/0"
 C = FindingCode
 
 
-def note(size: int, root: bytes, key: SigningKey = KEY, chain: str = CHAIN) -> bytes:
-    return sign_note(format_checkpoint(Checkpoint(chain, size, root)), ORIGIN, key).encode()
+def note(
+    size: int, root: bytes, key: SigningKey = KEY, chain: str = CHAIN, name: str | None = None
+) -> bytes:
+    """A checkpoint note signed under the chain id (as the processor signs them)."""
+    body = format_checkpoint(Checkpoint(chain, size, root))
+    return sign_note(body, chain if name is None else name, key).encode()
 
 
 def root(n: int) -> bytes:
@@ -62,6 +66,19 @@ def test_chains_are_kept_apart_and_an_empty_chain_names_no_head() -> None:
     other = "careledger.local/careledger.access-events/1"
     log = feed(new_log(), note(2, root(1)), note(4, root(3), chain=other), note(0, b"\0" * 32))
     assert {c: h.height for c, h in log.heads().items()} == {CHAIN: 1, other: 3}
+
+
+def test_notes_named_after_the_deployment_origin_before_witnesses_still_count() -> None:
+    log = feed(new_log(), note(2, root(1), name=ORIGIN), note(4, root(3)))
+    assert log.heads()[CHAIN].height == 3
+    assert log.counts()["verified"] == 2 and log.findings == []
+
+
+def test_a_note_named_after_another_chain_is_not_trusted() -> None:
+    other = "careledger.local/careledger.access-events/1"
+    log = feed(new_log(), note(2, root(1)), note(9, root(8), name=other))
+    assert log.heads()[CHAIN].height == 1
+    assert log.counts()["untrusted"] == 1
 
 
 def test_notes_without_a_trusted_signature_are_ignored_but_counted() -> None:

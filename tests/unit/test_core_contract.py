@@ -151,6 +151,7 @@ def test_finding_codes_are_stable() -> None:
         "CHECKPOINT_ROOT_MISMATCH",
         "CHECKPOINT_INCONSISTENT",
         "CHECKPOINTS_MISSING",
+        "COSIGNATURE_INVALID",
         "SOURCE_UNSIGNED",
         "SOURCE_ATTESTATION_INVALID",
         "SOURCE_SIGNATURE_INVALID",

@@ -3,8 +3,9 @@
 ``CheckpointLog`` takes the records of the checkpoints topic one by one (and, first,
 the checkpoints this verifier remembered from earlier runs, ``remember``):
 
-* A note is verified under each trusted public key with the note name
-  ``Settings.origin``. A note signed by no trusted key (or not a note at all) is
+* A note is verified under each trusted public key with the note name = its chain id
+  (the checkpoint's origin line, what C2SP witnesses require) or, for notes published
+  before witnesses, ``Settings.origin``. A note signed by no trusted key (or not a note at all) is
   ignored, only counted; a note carrying a signature line of a trusted key that does
   *not* verify is an integrity finding (``SIGNATURE_INVALID``): someone forges
   checkpoints.
@@ -24,6 +25,13 @@ the checkpoints this verifier remembered from earlier runs, ``remember``):
   log). A proof that does not lead to the new root proves nothing (``proofs_unusable``).
 * Legacy checkpoints (before ADR 0012: no ``careledger-head`` line, root = head block
   hash) still name a head; they are counted as ``legacy`` and not compared as trees.
+
+* With a witness policy (ADR 0018: k of n witness keys), the valid cosignatures on each
+  verified tree checkpoint are counted, merged across every note of the same checkpoint
+  (the processor's own, the cosigner's republication, the copies witnesses serve:
+  ``add_witnessed``). ``witnessed`` gives per chain the largest checkpoint with a quorum.
+  A cosignature line naming a policy witness that does not verify is a finding
+  (``COSIGNATURE_INVALID``): someone forges cosignatures.
 
 ``CheckpointLog`` also notes what the reader found missing from the topic
 (``records_missing``: records below the log-start offset of a topic that must keep
@@ -47,6 +55,7 @@ from careledger_core.checkpoint import (
     parse_checkpoint,
     parse_consistency,
 )
+from careledger_core.cosignature import WitnessPolicy, check_quorum
 from careledger_core.errors import (
     CheckpointError,
     NoteUnverifiedError,
@@ -103,6 +112,8 @@ class SeenCheckpoint:
         return VerifiedHead(self.height, self.head_hex, None, "checkpoint")
 
     def location(self) -> dict[str, Any]:
+        if self.source.startswith("witness:"):
+            return {"witness": self.source.removeprefix("witness:")}
         where: dict[str, Any] = {"partition": self.partition, "offset": self.offset}
         if self.source != "topic":
             where["remembered"] = True
@@ -143,7 +154,7 @@ def consistency_header(headers: Headers) -> str | None:
 class CheckpointLog:
     """What the notes read so far prove: see the module doc."""
 
-    origin: str  # the note name the processor signs under (Settings.origin)
+    origin: str  # Settings.origin: the legacy note name (now notes are named by chain id)
     trusted: tuple[PublicKey, ...]
     topic: str = ""
     # Only chains of this deployment's topics count: other pipelines (a benchmark, a
@@ -176,6 +187,14 @@ class CheckpointLog:
     )
     _remembered_at: dict[tuple[int, int], SeenCheckpoint] = field(default_factory=dict)
     _confirmed: set[tuple[int, int]] = field(default_factory=set)
+    #: the witnesses whose cosignatures count, and how many a checkpoint needs
+    policy: WitnessPolicy | None = None
+    #: (chain, size, root hex) -> witness name -> newest valid cosignature timestamp
+    cosigned: dict[tuple[str, int, str], dict[str, int]] = field(default_factory=dict)
+    #: (chain, size, root hex) -> the first verified note of that checkpoint
+    _cosigned_seen: dict[tuple[str, int, str], SeenCheckpoint] = field(default_factory=dict)
+    forged_cosignatures: int = 0
+    from_witnesses: int = 0  # checkpoints served by witnesses (``add_witnessed``)
 
     def __post_init__(self) -> None:
         self.trusted = tuple(self.trusted)
@@ -225,13 +244,25 @@ class CheckpointLog:
         self._take(seen, None)
         return True
 
+    def add_witnessed(self, note: str, witness: str) -> None:
+        """Take the latest checkpoint a witness says it cosigned (fetched from it): it
+        counts like a topic record (the log's signature must verify) but is located at
+        the witness."""
+        where: dict[str, Any] = {"witness": witness}
+        cp = self._open(note, None, where)
+        if cp is None:
+            return
+        self.from_witnesses += 1
+        self._take(SeenCheckpoint(cp, -1, -1, note, source=f"witness:{witness}"), None)
+
     def _verified_checkpoint(self, note: str) -> Checkpoint | None:
         """The checkpoint if a trusted key signed ``note`` (None if none did); raises
         SignatureError for a failing trusted signature, CheckpointError if malformed."""
         body: str | None = None
+        chain = note.partition("\n")[0]
         for public_key in self.trusted:
             try:
-                opened = open_note(note, {self.origin: public_key})
+                opened = open_note(note, {chain: public_key, self.origin: public_key})
             except NoteUnverifiedError:
                 continue  # no signature line by this key
             except SignatureError as exc:
@@ -251,8 +282,8 @@ class CheckpointLog:
                 C.SIGNATURE_INVALID,
                 chain,
                 height,
-                f"checkpoint note at {self.topic}[{where['partition']}]@{where['offset']} "
-                f"carries a signature by trusted key {key_id} that does not verify",
+                f"checkpoint note {_where(self.topic, where)} carries a signature by "
+                f"trusted key {key_id} that does not verify",
                 {"source": "checkpoint", **where, "key_id": key_id, "reason": exc.message},
             )
             return None
@@ -277,6 +308,8 @@ class CheckpointLog:
             return
         if not cp.is_tree:
             self.legacy += 1
+        elif self.policy is not None:
+            self._count_cosignatures(seen)
         chain = cp.origin
         for sizes in (self.by_size, self.tree_by_size) if cp.is_tree else (self.by_size,):
             first = sizes.setdefault(chain, {}).setdefault(cp.size, seen)
@@ -290,6 +323,44 @@ class CheckpointLog:
             self.best[chain] = seen
         if proof_text is not None and cp.is_tree:
             self._take_proof(seen, proof_text)
+
+    def _count_cosignatures(self, seen: SeenCheckpoint) -> None:
+        assert self.policy is not None
+        try:
+            result = check_quorum(seen.note, self.policy)
+        except CheckpointError:
+            return  # the note verified, so its framing is sound: nothing to count
+        key = (seen.chain, seen.size, seen.root_hex)
+        self._cosigned_seen.setdefault(key, seen)
+        names = self.cosigned.setdefault(key, {})
+        for name, cos in result.cosigned.items():
+            names[name] = max(names.get(name, 0), cos.timestamp)
+        for name in result.invalid:
+            self.forged_cosignatures += 1
+            self._emit(
+                C.COSIGNATURE_INVALID,
+                seen.chain,
+                seen.height,
+                f"the checkpoint of size {seen.size} {_where(self.topic, seen.location())} "
+                f"carries a cosignature line of witness {name} (its name and key id) that "
+                "does not verify: someone forges witness cosignatures",
+                {"source": "cosignature", "witness": name, "checkpoint": seen.describe()},
+            )
+
+    def witnessed(self) -> dict[str, tuple[SeenCheckpoint, dict[str, int]]]:
+        """Per chain, the largest checkpoint whose valid cosignatures (merged over its
+        notes) reach the policy's quorum, with the witnesses and their timestamps."""
+        if self.policy is None:
+            return {}
+        out: dict[str, tuple[SeenCheckpoint, dict[str, int]]] = {}
+        for key, names in self.cosigned.items():
+            if len(names) < self.policy.quorum:
+                continue
+            seen = self._cosigned_seen[key]
+            best = out.get(seen.chain)
+            if best is None or seen.size > best[0].size:
+                out[seen.chain] = (seen, dict(sorted(names.items())))
+        return out
 
     def _take_proof(self, seen: SeenCheckpoint, text: str) -> None:
         try:
@@ -367,8 +438,13 @@ class CheckpointLog:
                     {"block_hash": seen.head_hex, "root": seen.root_hex, **seen.location()},
                 ],
                 "notes": [kept.note, seen.note],
+                "witnessed": [self._witnessed_by(kept), self._witnessed_by(seen)],
             },
         )
+
+    def _witnessed_by(self, seen: SeenCheckpoint) -> list[str]:
+        """The policy witnesses whose valid cosignatures this checkpoint carries."""
+        return sorted(self.cosigned.get((seen.chain, seen.size, seen.root_hex), {}))
 
     # ------------------------------------------------------------------ missing records
     def records_missing(self, partition: int, log_start: int) -> None:
@@ -448,14 +524,29 @@ class CheckpointLog:
 
     # ------------------------------------------------------------------ output
     def heads(self) -> dict[str, VerifiedHead]:
-        return {chain: seen.head() for chain, seen in self.best.items()}
+        return {chain: self._preferred(seen).head() for chain, seen in self.best.items()}
 
     def tree_checkpoints(self) -> dict[str, list[SeenCheckpoint]]:
-        """Per chain, the first tree checkpoint seen at each size, by size."""
+        """Per chain, the tree checkpoint of each size the store is compared with: the
+        quorum-witnessed one if two differ (a fork), else the first seen."""
         return {
-            chain: [s for _, s in sorted(sizes.items())]
+            chain: [self._preferred(s) for _, s in sorted(sizes.items())]
             for chain, sizes in self.tree_by_size.items()
         }
+
+    def _preferred(self, seen: SeenCheckpoint) -> SeenCheckpoint:
+        """``seen``, or the checkpoint of the same chain and size that a quorum of
+        witnesses cosigned if ``seen`` is not it: what the witnesses vouch for is what
+        the store must hold (the other one is reported as a fork)."""
+        if self.policy is None:
+            return seen
+        key = (seen.chain, seen.size, seen.root_hex)
+        if len(self.cosigned.get(key, {})) >= self.policy.quorum:
+            return seen
+        for (chain, size, _root), names in self.cosigned.items():
+            if chain == seen.chain and size == seen.size and len(names) >= self.policy.quorum:
+                return self._cosigned_seen[(chain, size, _root)]
+        return seen
 
     def counts(self) -> dict[str, int]:
         return {
@@ -474,7 +565,17 @@ class CheckpointLog:
             "proofs_pending": sum(len(v) for v in self._pending.values()),
             "inconsistent": self.inconsistent,
             "missing": self.missing,
+            "from_witnesses": self.from_witnesses,
+            "forged_cosignatures": self.forged_cosignatures,
         }
+
+
+def _where(topic: str, where: Mapping[str, Any]) -> str:
+    if "witness" in where:
+        return f"served by witness {where['witness']}"
+    if "partition" in where:
+        return f"at {topic}[{where['partition']}]@{where['offset']}"
+    return "remembered by this verifier"
 
 
 def _claimed(note: str, key: bytes | None) -> tuple[str, int | None]:

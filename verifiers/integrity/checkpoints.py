@@ -40,7 +40,11 @@ built from it has ``last_offset=None`` and ``source="checkpoint"``.
 What this cannot see without witnesses (ADR 0012): a topic deleted and recreated
 before a verifier ever read it, or an operator who holds the signing key and shows
 one consistent history to this verifier and another to a second one. Witness
-cosignatures close those.
+cosignatures close those (ADR 0018): with a ``WitnessSet`` the log counts the
+cosignatures of the policy's witnesses, and the reader also asks each witness with a
+``url`` for the latest checkpoint it cosigned per chain (every ``witness_interval_s``
+in follow mode), so those checkpoints are compared with the store even when the topic
+lost them.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from careledger.storage.kinds import raw_topics, reference_topics
+from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import PublicKey
 from verifiers.integrity.checkpoint_log import CheckpointLog, SeenCheckpoint
@@ -62,6 +67,7 @@ from verifiers.integrity.checkpoint_memory import (
     remembered_now,
 )
 from verifiers.integrity.fsck import VerifiedHead
+from verifiers.integrity.witnessing import expected_chains, fetch_witnessed
 
 __all__ = [
     "CheckpointLog",
@@ -109,6 +115,10 @@ class CheckpointSnapshot:
     trees: dict[str, list[SeenCheckpoint]] = field(default_factory=dict)
     #: what ``verifiers.integrity.trees`` found comparing them with the store
     tree_summary: dict[str, Any] | None = None
+    #: per chain, the largest quorum-cosigned checkpoint: (size, cosigners) (ADR 0018)
+    witnessed: dict[str, tuple[int, tuple[str, ...]]] = field(default_factory=dict)
+    #: witness -> why it could not be asked for its checkpoints
+    witness_errors: dict[str, str] = field(default_factory=dict)
 
     @property
     def available(self) -> bool:
@@ -149,8 +159,14 @@ class CheckpointReader:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         memory: CheckpointMemory | bool = True,
+        witnesses: WitnessSet | None = None,
+        witness_interval_s: float = 30.0,
     ) -> None:
         self.settings = settings
+        self.witnesses = witnesses
+        self.witness_interval_s = witness_interval_s
+        self._witnesses_asked_at: float | None = None
+        self._witness_errors: dict[str, str] = {}
         self.topic: str = settings.topic_checkpoints
         self.timeout_s = timeout_s
         self.log = CheckpointLog(
@@ -165,6 +181,7 @@ class CheckpointReader:
                     *sorted(raw_topics(settings)),
                 )
             ),
+            policy=None if witnesses is None else witnesses.policy,
         )
         self.positions: dict[int, int] = {}  # partition -> next offset to read
         self.log_start: dict[int, int] = {}  # partition -> log-start offset, if above 0
@@ -194,6 +211,7 @@ class CheckpointReader:
             status, error = "unavailable", f"{type(exc).__name__}: {exc}"
         if status == "ok" and self.log.missing:
             status = "incomplete"
+        self._ask_witnesses()
         self._memorise()
         return CheckpointSnapshot(
             status,
@@ -207,7 +225,32 @@ class CheckpointReader:
             elapsed_s=time.perf_counter() - started,
             log_start=dict(self.log_start),
             trees=self.log.tree_checkpoints(),
+            witnessed={
+                chain: (seen.size, tuple(names))
+                for chain, (seen, names) in self.log.witnessed().items()
+            },
+            witness_errors=dict(self._witness_errors),
         )
+
+    def _ask_witnesses(self) -> None:
+        """The latest checkpoint each reachable witness cosigned, per chain (at most
+        every ``witness_interval_s``)."""
+        if self.witnesses is None or not self.witnesses.reachable:
+            return
+        now = time.monotonic()
+        if (
+            self._witnesses_asked_at is not None
+            and now - self._witnesses_asked_at < self.witness_interval_s
+        ):
+            return
+        self._witnesses_asked_at = now
+        chains = set(self.log.best) | set(expected_chains(self.settings))
+        fetched = fetch_witnessed(self.witnesses, chains, self.timeout_s)
+        for name, note in fetched.notes:
+            self.log.add_witnessed(note, name)
+        self._witness_errors = fetched.errors
+        for name, error in sorted(fetched.errors.items()):
+            log.warning("witness %s could not be asked for its checkpoints: %s", name, error)
 
     def _recall(self) -> None:
         """Take the checkpoints remembered by earlier runs (before the topic's)."""
@@ -373,11 +416,16 @@ def _kafka_error(exc: Exception) -> str:
 
 
 def read_checkpoints(
-    settings: Any, trusted: Iterable[PublicKey], *, timeout_s: float = DEFAULT_TIMEOUT_S
+    settings: Any,
+    trusted: Iterable[PublicKey],
+    *,
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    witnesses: WitnessSet | None = None,
 ) -> CheckpointSnapshot:
     """Read the whole checkpoints topic once (a one-shot ``careledger verify``), with the
-    checkpoints remembered in the verifier's state directory. Raises ``StateError``."""
-    return CheckpointReader(settings, trusted, timeout_s=timeout_s).refresh()
+    checkpoints remembered in the verifier's state directory and, with ``witnesses``,
+    those the witnesses serve. Raises ``StateError``."""
+    return CheckpointReader(settings, trusted, timeout_s=timeout_s, witnesses=witnesses).refresh()
 
 
 # --------------------------------------------------------------------------- merging

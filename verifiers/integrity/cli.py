@@ -34,6 +34,7 @@ from careledger.config import Settings
 from careledger.keys import KeyFileError, load_public_keys, load_trusted_keys
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
+from careledger.witnesses import WitnessesConfigError, WitnessSet, load_witnesses
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import (
@@ -49,6 +50,7 @@ from verifiers.integrity.fsck import (
 from verifiers.integrity.run import (
     EXIT_ERROR,
     EXIT_TAMPERED,
+    assess_run,
     chains_to_verify,
     check_run_sources,
     checkpoint_heads,
@@ -187,6 +189,10 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         keys = load_keys(args, settings)
     except CareledgerError as exc:
         return _error(f"no usable trusted key: {exc.message}")
+    try:
+        witnesses = load_witnesses(settings)
+    except WitnessesConfigError as exc:
+        return _error(exc.message)
     registrars = 0
     if _source_checks(args):
         try:
@@ -210,7 +216,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
             heads = dict(known)
             if not args.no_checkpoints:
                 try:
-                    snapshot = read_checkpoints(settings, keys.values())
+                    snapshot = read_checkpoints(settings, keys.values(), witnesses=witnesses)
                 except StateError as exc:
                     return _error(exc.message)
                 heads = checkpoint_heads(known, snapshot, args.chain)[0]
@@ -235,9 +241,10 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
                 json_output=args.json,
                 max_findings=args.max_findings,
                 checkpoints=not args.no_checkpoints,
+                witnesses=witnesses,
             )
             return follower.run(max_cycles=args.max_cycles, stop_after_s=args.stop_after)
-        return _verify_once(args, settings, store, keys, state, known, registrars)
+        return _verify_once(args, settings, store, keys, state, known, registrars, witnesses)
     finally:
         store.backend.close()
 
@@ -250,6 +257,7 @@ def _verify_once(
     state: VerifierState,
     known: dict[str, VerifiedHead],
     registrars: int = 0,
+    witnesses: WitnessSet | None = None,
 ) -> int:
     db = settings.clickhouse_database
     sources = _source_checks(args)
@@ -259,7 +267,7 @@ def _verify_once(
         snapshot = skipped_snapshot(settings.topic_checkpoints)
     else:
         try:
-            snapshot = read_checkpoints(settings, keys.values())
+            snapshot = read_checkpoints(settings, keys.values(), witnesses=witnesses)
         except StateError as exc:
             return _error(exc.message)
         if not snapshot.available:
@@ -303,6 +311,7 @@ def _verify_once(
                     return _error(exc.message)
                 # the store is tampered with whatever the registrar: say so (exit 1)
                 print(f"careledger verify: source checks not run: {exc.message}", file=sys.stderr)
+        assess_run(run, store, witnesses)
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")
     code = run.exit_code
@@ -311,12 +320,12 @@ def _verify_once(
             record_run(store, run)
         except StorageError as exc:
             print(f"careledger verify: could not record the run: {exc.message}", file=sys.stderr)
-            code = max(code, EXIT_TAMPERED if run.failures else EXIT_ERROR)
+            code = EXIT_TAMPERED if run.failures else EXIT_ERROR
     try:
         state.save(clean_heads(run))
     except StateError as exc:
         print(f"careledger verify: {exc.message}", file=sys.stderr)
-        code = max(code, EXIT_TAMPERED if run.failures else EXIT_ERROR)
+        code = EXIT_TAMPERED if run.failures else EXIT_ERROR
     if args.json:
         json.dump(run.to_json(), sys.stdout, sort_keys=False)
         sys.stdout.write("\n")

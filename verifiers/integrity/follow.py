@@ -27,6 +27,11 @@ retried in the next cycle. At most ``max_alerts_per_cycle`` new alerts go out pe
 cycle (the rest follow in later cycles), so a wholesale rewrite cannot flood the
 topic in one burst.
 
+With a witness policy (ADR 0018) each cycle also says which chains a quorum-cosigned
+checkpoint covers (``run.witnessing``, in the JSON of each cycle); a chain that becomes
+"not yet witnessed" (or witnessed again) is logged once per change, and the follower's
+exit status is 3 if the last cycle was not witnessed (and nothing was tampered).
+
 Infrastructure failures (ClickHouse down) do not stop the follower: the cycle is
 logged as failed and retried after the interval. SIGTERM/SIGINT stop it cleanly
 between batches. ``max_cycles`` / ``stop_after_s`` bound a run (tests, cron).
@@ -47,6 +52,7 @@ from typing import Any, Protocol, TextIO
 from careledger.config import Settings
 from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
+from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import CheckpointReader, CheckpointSnapshot, skipped_snapshot
@@ -54,8 +60,10 @@ from verifiers.integrity.fsck import DEFAULT_MAX_FINDINGS, VerifiedHead, VerifyC
 from verifiers.integrity.run import (
     EXIT_ERROR,
     EXIT_INTACT,
+    EXIT_NOT_WITNESSED,
     EXIT_TAMPERED,
     VerificationRun,
+    assess_run,
     chains_to_verify,
     checkpoint_heads,
     clean_heads,
@@ -153,8 +161,11 @@ class Follower:
         max_alerts_per_cycle: int = 1000,
         out: TextIO | None = None,
         checkpoints: bool | CheckpointReader = True,
+        witnesses: WitnessSet | None = None,
     ) -> None:
         self.settings = settings
+        self.witnesses = witnesses
+        self.not_witnessed: set[str] = set()  # chains not yet witnessed in the last cycle
         self.store = store
         self.keys = keys
         self.state = state
@@ -175,7 +186,7 @@ class Follower:
         self.last_error: str | None = None
         self._stop = threading.Event()
         if checkpoints is True:
-            checkpoints = CheckpointReader(settings, keys.values())
+            checkpoints = CheckpointReader(settings, keys.values(), witnesses=witnesses)
         self.checkpoints: CheckpointReader | None = checkpoints or None
         self._checkpoints_ok: bool | None = None
 
@@ -232,7 +243,9 @@ class Follower:
         )
         if not last_ok:
             return EXIT_ERROR
-        return EXIT_TAMPERED if self.failures_seen else EXIT_INTACT
+        if self.failures_seen:
+            return EXIT_TAMPERED
+        return EXIT_NOT_WITNESSED if self.not_witnessed else EXIT_INTACT
 
     def _install_signal_handlers(self) -> Callable[[], None]:
         if threading.current_thread() is not threading.main_thread():
@@ -294,6 +307,7 @@ class Follower:
                 checkpoints=snapshot,
                 checkpoint_findings=cp_findings,
             )
+            assess_run(run, self.store, self.witnesses)
         except VerifyCancelled:
             log.info("cycle %d cancelled", self.cycles)
             return None
@@ -323,9 +337,27 @@ class Follower:
                 record_run(self.store, run)
             except StorageError as exc:
                 log.error("could not record verification run %s: %s", run.run_id, exc.message)
+        self._note_witnessing(run)
         new = self._alert(run, collected, full)
         self._print(run, new)
         return run
+
+    def _note_witnessing(self, run: VerificationRun) -> None:
+        if run.witnessing_unknown is not None:
+            log.warning("witnesses: cannot tell: %s", run.witnessing_unknown)
+        if run.witnessing is None:
+            return
+        late = {c.chain for c in run.witnessing.not_witnessed}
+        for chain in sorted(late - self.not_witnessed):
+            log.warning(
+                "%s is NOT YET WITNESSED: no quorum-cosigned checkpoint covers "
+                "blocks older than %ds",
+                chain,
+                run.witnessing.policy["max_age_s"],
+            )
+        for chain in sorted(self.not_witnessed - late):
+            log.info("%s is witnessed again", chain)
+        self.not_witnessed = late
 
     def _read_checkpoints(self) -> CheckpointSnapshot:
         if self.checkpoints is None:

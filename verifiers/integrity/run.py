@@ -8,8 +8,12 @@ follow mode (:mod:`verifiers.integrity.follow`), so that neither imports the oth
 checkpoints), the source checks of ADR 0010 over the whole ledger, recording a run in
 ``verification_runs`` and the human-readable report.
 
-Exit status: 0 every verified chain is intact, 1 at least one finding that is not info,
-2 a usage or infrastructure problem.
+Exit status: 0 every verified chain is intact (and, with a witness policy, witnessed or
+pending), 1 at least one finding that is not info, 2 a usage or infrastructure problem
+(with a witness policy: also when no cosignature could be read at all, "cannot tell"),
+3 intact as far as the store and the log's signatures go, but a block older than the
+policy's ``max_age_s`` is not covered by a quorum-cosigned checkpoint ("not yet
+witnessed", ADR 0018). Precedence: tampered, cannot tell, not yet witnessed, intact.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, TextIO
 from careledger.config import Settings
 from careledger.keys import load_public_keys
 from careledger.storage.store import ChainStore
+from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import (
@@ -47,10 +52,19 @@ from verifiers.integrity.sources import (
     read_source_rows,
 )
 from verifiers.integrity.trees import check_trees
+from verifiers.integrity.witnessing import WitnessingReport, assess_witnessing
 
 EXIT_INTACT = 0
 EXIT_TAMPERED = 1
 EXIT_ERROR = 2
+EXIT_NOT_WITNESSED = 3
+#: the JSON ``result`` of each exit status
+RESULTS = {
+    EXIT_INTACT: "intact",
+    EXIT_TAMPERED: "tampered",
+    EXIT_ERROR: "cannot_tell",
+    EXIT_NOT_WITNESSED: "not_witnessed",
+}
 
 #: Cap on the ``summary`` JSON stored per run (ClickHouse String, but keep rows small).
 _SUMMARY_MAX_CHARS = 64_000
@@ -85,6 +99,10 @@ class VerificationRun:
     sources: dict[str, Any] | None = None
     #: rows of the store that belong to no chain (a chain id no block can carry)
     store_findings: list[Finding] = field(default_factory=list)
+    #: the witness policy's verdict (ADR 0018); None without a policy
+    witnessing: WitnessingReport | None = None
+    #: why the witness policy could not be applied at all ("cannot tell")
+    witnessing_unknown: str | None = None
 
     @property
     def blocks(self) -> int:
@@ -114,11 +132,17 @@ class VerificationRun:
 
     @property
     def result(self) -> str:
-        return "tampered" if self.failures else "intact"
+        return RESULTS[self.exit_code]
 
     @property
     def exit_code(self) -> int:
-        return EXIT_TAMPERED if self.failures else EXIT_INTACT
+        if self.failures:
+            return EXIT_TAMPERED
+        if self.witnessing_unknown is not None:
+            return EXIT_ERROR
+        if self.witnessing is not None and self.witnessing.not_witnessed:
+            return EXIT_NOT_WITNESSED
+        return EXIT_INTACT
 
     @property
     def events_per_s(self) -> float:
@@ -164,10 +188,18 @@ class VerificationRun:
                 "findings_by_code": dict(sorted(self.counts().items())),
             },
             "checkpoints": self.checkpoints_json(),
+            "witnessing": self.witnessing_json(),
             "sources": self.sources,
             "chains": [r.summary() for r in self.reports],
             "findings": [f.to_dict() for f in self.findings()],
         }
+
+    def witnessing_json(self) -> dict[str, Any]:
+        if self.witnessing_unknown is not None:
+            return {"status": "cannot_tell", "reason": self.witnessing_unknown}
+        if self.witnessing is None:
+            return {"status": "no_policy"}
+        return self.witnessing.to_json()
 
     def to_row(self) -> dict[str, Any]:
         summary: dict[str, Any] = {
@@ -309,6 +341,34 @@ def checkpoint_heads(
     return known, findings
 
 
+def assess_run(run: VerificationRun, store: ChainStore, witnesses: WitnessSet | None) -> None:
+    """Apply the witness policy to ``run`` (ADR 0018): which chains a quorum-cosigned
+    checkpoint covers. "Cannot tell" when no cosignature could be read at all (neither
+    the checkpoints topic nor any witness). Raises ``StorageError``."""
+    if witnesses is None:
+        return
+    snapshot = run.checkpoints
+    topic_read = snapshot is not None and snapshot.available
+    errors = {} if snapshot is None else snapshot.witness_errors
+    asked = {w.name for w in witnesses.reachable}
+    if not topic_read and not (asked - set(errors)):
+        why = "the checkpoints topic was not read" + (
+            f" and no witness answered ({', '.join(sorted(errors))})" if asked else ""
+        )
+        run.witnessing_unknown = f"{why}: no cosigned checkpoint to vouch with"
+        return
+    sizes = {
+        r.chain_id: (r.head.height + 1 if r.head is not None else r.blocks) for r in run.reports
+    }
+    run.witnessing = assess_witnessing(
+        store,
+        witnesses,
+        sizes,
+        {} if snapshot is None else snapshot.witnessed,
+        errors=errors,
+    )
+
+
 def clean_heads(run: VerificationRun) -> dict[str, VerifiedHead]:
     """Heads of the chains that verified clean: what the state may remember."""
     return {r.chain_id: r.head for r in run.reports if not r.tampered and r.head is not None}
@@ -339,6 +399,14 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
     )
     if run.checkpoints is not None:
         print(f"  {describe_checkpoints(run.checkpoints)}", file=out)
+    if run.witnessing_unknown is not None:
+        print(f"  witnesses: CANNOT TELL: {run.witnessing_unknown}", file=out)
+    elif run.witnessing is not None:
+        print(f"  {run.witnessing.describe()}", file=out)
+    else:
+        print(
+            "  witnesses: no policy (witnesses_file unset): not vouched for by witnesses", file=out
+        )
     if run.sources is not None:
         src = run.sources
         print(
@@ -363,7 +431,8 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
         if dropped:
             print(f"... and {dropped} more findings (see --json / --max-findings)", file=out)
     print(
-        f"result: {run.result.upper()}: {run.blocks} blocks, {run.events} events, "
+        f"result: {run.result.upper().replace('_', ' ')}: {run.blocks} blocks, "
+        f"{run.events} events, "
         f"{run.failures} failure(s) in {run.elapsed_s:.2f}s ({run.events_per_s:,.0f} events/s)",
         file=out,
     )
