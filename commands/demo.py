@@ -7,6 +7,11 @@ events instead), runs the processor, streams simulated hospital traffic through
 Kafka, waits until every
 event sits in a signed block in ClickHouse, verifies every chain with the
 trusted public key only, and prints a summary.
+
+Three local witnesses (``commands.local_witnesses``: stand-ins for partner
+institutions, quorum 2 of 3) cosign the checkpoints while the demo runs
+(``careledger cosign``), and the verification applies that witness policy: the summary
+says how far each chain is witnessed. ``--no-witnesses`` leaves them out.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
 from careledger.keys import default_key_path, write_keypair
-from careledger.processes import run_cli, start_processor, stop
+from careledger.processes import run_cli, start_cli, start_processor, stop
+from commands.local_witnesses import LocalWitnesses, local_witnesses
 
 
 def configure_demo(parser: argparse.ArgumentParser) -> None:
@@ -35,6 +42,11 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="send plain events (no source key): the legacy mode of ADR 0010",
     )
+    parser.add_argument(
+        "--no-witnesses",
+        action="store_true",
+        help="no local witnesses, no cosigning: verify with the processor's key alone",
+    )
 
 
 def _committed(store: Any) -> int:
@@ -44,9 +56,6 @@ def _committed(store: Any) -> int:
 
 def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     from careledger import stack
-    from careledger.storage.backend import ClickHouseBackend
-    from careledger.storage.store import ChainStore
-    from producers.simulator import run_simulation
 
     print("== careledger demo: starting the local stack (Kafka KRaft + ClickHouse)")
     stack.up(settings)
@@ -66,11 +75,27 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings = ensure_local_source(settings)
         print(f"== events are signed at the source as {settings.source_id}")
 
+    if args.no_witnesses:
+        return _run(args, settings, None)
+    print("== starting three local witnesses (quorum 2 of 3) and the cosigner")
+    with local_witnesses(settings, Path(f"{key_path}.pub")) as witnesses:
+        print(f"   witnesses file {witnesses.file}")
+        return _run(args, settings.replace(witnesses_file=witnesses.file), witnesses)
+
+
+def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses | None) -> int:
+    from careledger.storage.backend import ClickHouseBackend
+    from careledger.storage.store import ChainStore
+    from producers.simulator import run_simulation
+
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     before = _committed(store)
     log_path = settings.run_dir / "logs" / "processor-demo.log"
     print(f"== starting the processor (log: {log_path})")
     proc = start_processor(settings, log_path)
+    cosigner = None
+    if witnesses is not None:
+        cosigner = start_cli(settings, settings.run_dir / "logs" / "cosign-demo.log", "cosign")
     try:
         print(f"== simulating {args.events:,} hospital access events (seed {args.seed})")
         started = time.monotonic()
@@ -99,8 +124,17 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
         elapsed = time.monotonic() - started
     finally:
         stop(proc)
+        if cosigner is not None:
+            stop(cosigner)
+    if witnesses is not None:
+        print("== asking the witnesses to cosign the final checkpoints")
+        cosigned = run_cli(settings, "cosign", "--once", timeout=600)
+        print("   " + (cosigned.stdout.strip() or cosigned.stderr.strip()))
 
-    print("== verifying every chain with the trusted public key")
+    print(
+        "== verifying every chain with the trusted public key"
+        + (" and the witness policy" if witnesses is not None else "")
+    )
     result = run_cli(settings, "verify", "--json", timeout=3600)
     try:
         report = json.loads(result.stdout)
@@ -120,6 +154,15 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  events stored (all runs)  {events:,}")
     print(f"  signed blocks             {blocks:,}")
     print(f"  chains                    {len(chains)}")
+    witnessing = report.get("witnessing") or {}
+    if witnesses is not None:
+        wchains = witnessing.get("chains", [])
+        full = sum(1 for c in wchains if c.get("status") == "witnessed")
+        print(
+            f"  witnesses                 quorum {witnessing.get('quorum')} of "
+            f"{witnessing.get('of')}: {full} of {len(wchains)} chains witnessed to their head "
+            f"({witnessing.get('status', '?')})"
+        )
     print(
         f"  verification              {report.get('result', '?')} "
         f"({len(findings)} findings, exit {result.returncode})"
