@@ -57,6 +57,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.benchmarks.gateway",
         "measure the ingest gateway's records/s per transport against real Kafka",
     ),
+    "benchmark-witness": (
+        "commands.benchmarks.witness",
+        "measure checkpoint-to-quorum latency, witness cosignatures/s and verify with witnesses",
+    ),
     "access-report": (
         "verifiers.reports.access_report",
         "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",

@@ -78,10 +78,15 @@ def _wait_ready(
 
 @contextlib.contextmanager
 def local_witnesses(
-    settings: Settings, public_key_file: Path, *, max_age_s: int = 300
+    settings: Settings,
+    public_key_file: Path,
+    *,
+    max_age_s: int = 300,
+    directory: Path | None = None,
 ) -> Iterator[LocalWitnesses]:
-    """Start the three local witnesses; stop them on exit."""
-    root = settings.run_dir / "witnesses"
+    """Start the three local witnesses (state under ``directory``, default
+    ``<run_dir>/witnesses``); stop them on exit."""
+    root = directory or settings.run_dir / "witnesses"
     root.mkdir(parents=True, exist_ok=True)
     logs = _logs_file(settings, root, public_key_file)
     result = LocalWitnesses(root, [], {}, {})
