@@ -362,3 +362,16 @@ def test_a_forged_cosignature_is_a_finding(trio: Trio) -> None:
     result = trio.verify()
     assert result.code == 1, result
     assert ("COSIGNATURE_INVALID", chain, HEAD) in result.where
+
+
+def test_follow_mode_applies_the_policy_each_cycle(trio: Trio) -> None:
+    s = trio.setup.settings.replace(witnesses_file=trio.witnesses_file())
+    before = trio.cli(s, "verify", "--follow", "--max-cycles", "1", "--json", "--no-record")
+    assert before.returncode == 3, before.stdout + before.stderr  # nothing cosigned yet
+    cycle = json.loads(before.stdout.splitlines()[-1])
+    assert cycle["witnessing"]["status"] == "not_witnessed"
+    assert "NOT YET WITNESSED" in before.stderr
+    assert trio.cosign().returncode == 0
+    after = trio.cli(s, "verify", "--follow", "--max-cycles", "1", "--json", "--no-record")
+    assert after.returncode == 0, after.stdout + after.stderr
+    assert json.loads(after.stdout.splitlines()[-1])["witnessing"]["status"] == "witnessed"
