@@ -89,18 +89,7 @@ class Trio:
     def cli(
         self, settings: Settings, *args: str, **env_extra: str
     ) -> subprocess.CompletedProcess[str]:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
-        env.update(settings.as_env())
-        env["CARELEDGER_TRUSTED_KEYS"] = str(self.setup.key_file)
-        env.update(env_extra)
-        return subprocess.run(
-            [sys.executable, "-m", "commands.cli", *args],
-            cwd=PROJECT_ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=180,
-        )
+        return careledger(self.setup, settings, *args, **env_extra)
 
     def cosign(
         self, settings: Settings | None = None, **file_args: Any
@@ -115,6 +104,24 @@ class Trio:
             witnesses_file=self.witnesses_file(**file_args)
         )
         return Result(self.cli(s, "verify", "--json", "--no-record", *args))
+
+
+def careledger(
+    setup: Setup, settings: Settings, *args: str, **env_extra: str
+) -> subprocess.CompletedProcess[str]:
+    """``careledger ARGS`` configured only by its environment (and the trusted key)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
+    env.update(settings.as_env())
+    env["CARELEDGER_TRUSTED_KEYS"] = str(setup.key_file)
+    env.update(env_extra)
+    return subprocess.run(
+        [sys.executable, "-m", "commands.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.fixture
@@ -375,3 +382,20 @@ def test_follow_mode_applies_the_policy_each_cycle(trio: Trio) -> None:
     after = trio.cli(s, "verify", "--follow", "--max-cycles", "1", "--json", "--no-record")
     assert after.returncode == 0, after.stdout + after.stderr
     assert json.loads(after.stdout.splitlines()[-1])["witnessing"]["status"] == "witnessed"
+
+
+def test_a_missing_or_broken_witnesses_file_is_exit_2_naming_the_setting(
+    setup: Setup, tmp_path: Path
+) -> None:
+    s = setup.settings.replace(witnesses_file=tmp_path / "missing.toml")
+    for command in (["verify", "--json", "--no-record"], ["cosign", "--once"]):
+        proc = careledger(setup, s, *command)
+        assert proc.returncode == 2, proc.stdout + proc.stderr
+        assert "CARELEDGER_WITNESSES_FILE" in proc.stderr
+        assert "TAMPERED" not in proc.stdout.upper()
+    broken = tmp_path / "broken.toml"
+    broken.write_text('quorum = 3\n[[witness]]\nname = "a"\nkey = "ed25519:AAAA"\n')
+    proc = careledger(setup, setup.settings.replace(witnesses_file=broken), "verify", "--no-record")
+    assert proc.returncode == 2 and str(broken) in proc.stderr, proc.stderr
+    unset = careledger(setup, setup.settings, "cosign", "--once")
+    assert unset.returncode == 2 and "witnesses_file (CARELEDGER_WITNESSES_FILE)" in unset.stderr
