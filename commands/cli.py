@@ -65,7 +65,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "verifiers.reports.access_report",
         "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",
     ),
-    "verify-proof": ("verifiers.reports.proofs", "check an exported access report offline"),
+    "verify-proof": ("verifiers.reports.verify_proof", "check an exported access report offline"),
     "source": (
         "careledger.sources",
         "source identity: key generation, registration, revocation, the registry",

@@ -423,7 +423,7 @@ def test_cli_exit_codes(report: dict[str, Any], tmp_path: Path, capsys: Any) -> 
     assert "line 2" in out and "actor_id" in out
     assert main(["verify-proof", str(bad_path), "--trusted-key", key, "--json"]) == 1
     summary = json.loads(capsys.readouterr().out)
-    assert (summary["result"], summary["lines"], summary["failed"]) == ("failed", 4, 1)
+    assert (summary["result"], summary["lines"], summary["failed"]) == ("tampered", 4, 1)
     assert summary["results"][2]["ok"] is False and summary["results"][2]["index"] == 3
     other = format_public_key(OTHER.public_key)
     assert main(["verify-proof", str(good), "--trusted-key", other]) == 1

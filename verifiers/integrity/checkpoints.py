@@ -56,6 +56,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from careledger.cosigned_checkpoints import fetch_from_witnesses
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -67,7 +68,7 @@ from verifiers.integrity.checkpoint_memory import (
     remembered_now,
 )
 from verifiers.integrity.fsck import VerifiedHead
-from verifiers.integrity.witnessing import expected_chains, fetch_witnessed
+from verifiers.integrity.witnessing import expected_chains
 
 __all__ = [
     "CheckpointLog",
@@ -245,7 +246,7 @@ class CheckpointReader:
             return
         self._witnesses_asked_at = now
         chains = set(self.log.best) | set(expected_chains(self.settings))
-        fetched = fetch_witnessed(self.witnesses, chains, self.timeout_s)
+        fetched = fetch_from_witnesses(self.witnesses, chains, self.timeout_s)
         for name, note in fetched.notes:
             self.log.add_witnessed(note, name)
         self._witness_errors = fetched.errors

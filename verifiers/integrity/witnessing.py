@@ -16,31 +16,27 @@ Tampering found through the witnesses' checkpoints is reported by the usual chec
 (``CHECKPOINT_ROOT_MISMATCH``, ``CHAIN_TRUNCATED``, ``HEIGHT_FORK``...), located at
 the witness that served the checkpoint.
 
-``fetch_witnessed`` asks every witness with a ``url`` for the latest checkpoint it
-cosigned per chain (``careledger.witness_client.latest_checkpoint``); a witness that
-cannot be reached is named in the report, never a finding.
+The checkpoints the witnesses serve are fetched by
+``careledger.cosigned_checkpoints.fetch_from_witnesses`` (shared with the reports); a
+witness that cannot be reached is named in the report, never a finding.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.storage.store import ChainStore
-from careledger.witness_client import WitnessUnreachable, latest_checkpoint
 from careledger.witnesses import WitnessSet
 
 __all__ = [
     "ChainWitnessing",
-    "WitnessFetch",
     "WitnessingReport",
     "assess_witnessing",
     "expected_chains",
-    "fetch_witnessed",
 ]
 
 WITNESSED: Final = "witnessed"
@@ -59,43 +55,6 @@ def expected_chains(settings: Any) -> list[str]:
     for topic in sorted(raw_topics(settings)):
         chains += [settings.chain_id(topic, p) for p in range(settings.partitions)]
     return chains
-
-
-@dataclass
-class WitnessFetch:
-    """What the witnesses served: (witness, note) pairs and who could not be asked."""
-
-    notes: list[tuple[str, str]] = field(default_factory=list)
-    errors: dict[str, str] = field(default_factory=dict)
-
-
-def fetch_witnessed(witnesses: WitnessSet, chains: Iterable[str], timeout: float) -> WitnessFetch:
-    """The latest checkpoint each witness with a ``url`` cosigned for each chain."""
-    chains = sorted(set(chains))
-    out = WitnessFetch()
-
-    def ask(url: str) -> tuple[list[str], str | None]:
-        notes: list[str] = []
-        for chain in chains:
-            try:
-                note = latest_checkpoint(url, chain, timeout=timeout)
-            except WitnessUnreachable as exc:
-                return notes, exc.message
-            if note is not None:
-                notes.append(note)
-        return notes, None
-
-    reachable = witnesses.reachable
-    if not reachable or not chains:
-        return out
-    with ThreadPoolExecutor(max_workers=len(reachable)) as pool:
-        answers = [(w.name, pool.submit(ask, str(w.url))) for w in reachable]
-        for name, future in answers:
-            notes, error = future.result()
-            out.notes.extend((name, n) for n in notes)
-            if error is not None:
-                out.errors[name] = error
-    return out
 
 
 @dataclass(frozen=True)

@@ -42,9 +42,20 @@ Cost: one query for the patient's rows, one for their block headers, one per dis
 block for its leaf hashes (the tree is built once per block), one for the directory
 entries of the actors, and one for the decisions: never a query per event.
 
-Exit status: 0 report written, 1 written but some rows do not reproduce the signed
-block (the store is inconsistent: see the problems on stderr and in the JSON), 2 usage
-or infrastructure error.
+Witnesses (ADR 0019): with a witness policy (``--witnesses`` or
+``CARELEDGER_WITNESSES_FILE``) the report also carries, per chain it cites, the newest
+checkpoint a quorum of witnesses cosigned (``checkpoints``) and, per line, the inclusion
+proof of its block in it (``proof.block_inclusion``), so that ``verify-proof`` checks
+offline that every line is in a witnessed checkpoint (:mod:`verifiers.reports.
+report_witnesses`). The trusted keys are then required.
+
+Exit status: 0 report written (and, with a witness policy, every line witnessed), 1
+written but some rows do not reproduce the signed block or a witnessed checkpoint (the
+store is inconsistent: see the problems on stderr and in the JSON), 2 usage or
+infrastructure error (one line; with a witness policy also when no covering cosigned
+checkpoint could be looked for: "cannot tell"), 3 written, but some lines are in blocks
+newer than the newest quorum-cosigned checkpoint ("not yet witnessed", named on stderr:
+export again once the cosigner has run).
 """
 
 from __future__ import annotations
@@ -55,6 +66,7 @@ import csv
 import datetime as dt
 import io
 import json
+import logging
 import re
 import sys
 from collections.abc import Iterable, Sequence
@@ -66,6 +78,7 @@ from careledger.config import Settings
 from careledger.keys import load_public_keys
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
+from careledger.witnesses import WITNESSES_FILE_ENV, WitnessesConfigError
 from careledger_core.block import decode_header
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
@@ -85,6 +98,13 @@ from verifiers.reports.proofs import (
     redact_report,
     verify_report,
 )
+from verifiers.reports.report_witnesses import witness_report
+from verifiers.reports.verify_proof import (
+    load_policy,
+    outcome,
+    policy_json,
+)
+from verifiers.reports.witnessed import NOT_WITNESSED, check_witnessing
 
 __all__ = [
     "FORMATS",
@@ -615,6 +635,15 @@ def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
         "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
     ]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    policy = doc.get("witness_policy")
+    if isinstance(policy, dict):
+        late = policy.get("not_witnessed_lines") or []
+        out.append(
+            f"Witnesses: quorum {policy.get('quorum')} of {policy.get('of')}; "
+            f"{len(doc.get('checkpoints') or [])} cosigned checkpoint(s) attached"
+            + (f"; NOT YET WITNESSED: line(s) {', '.join(map(str, late))}" if late else "")
+            + " (checked by verify-proof on the JSON export)."
+        )
     out.append(f"Report {COMPLETENESS}.")
     return "\n".join(out) + "\n"
 
@@ -647,7 +676,15 @@ def configure_access_report(parser: argparse.ArgumentParser) -> None:
         action="append",
         metavar="KEY",
         help="check the report's proofs with this key before writing it (repeatable; "
-        "default CARELEDGER_TRUSTED_KEYS when set)",
+        "default CARELEDGER_TRUSTED_KEYS when set; required with a witness policy)",
+    )
+    parser.add_argument(
+        "--witnesses",
+        type=Path,
+        metavar="FILE",
+        help=f"witness policy (replaces {WITNESSES_FILE_ENV}): attach each cited chain's "
+        "newest quorum-cosigned checkpoint and the inclusion proof of every line's block "
+        "in it (ADR 0019)",
     )
 
 
@@ -657,6 +694,8 @@ def _usage(message: str) -> int:
 
 
 def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
+    if not getattr(args, "verbose", False):  # a dead broker logs once per retry: we say it once
+        logging.getLogger("careledger.cosigned_checkpoints.kafka").setLevel(logging.CRITICAL)
     try:
         start, end = parse_range(args.start, args.end)
     except ValueError as exc:
@@ -667,21 +706,58 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
         keys = load_public_keys(list(args.trusted_key or settings.trusted_keys))
     except CareledgerError as exc:
         return _usage(f"unusable trusted key: {exc.message}")
+    try:
+        witnesses, label = load_policy(args.witnesses, settings)
+    except WitnessesConfigError as exc:
+        return _usage(exc.message)
+    if witnesses is not None and not keys:
+        return _usage(
+            f"a witness policy ({label}) needs the log's public key to check checkpoints: "
+            "set CARELEDGER_TRUSTED_KEYS or pass --trusted-key"
+        )
+    witnessing = None
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     try:
         # built with the bytes, so the self-check below verifies content before redaction
         doc = build_report(
             store, args.patient, start, end, view=args.view, include_event_bytes=True
         )
+        if witnesses is not None:
+            witnessing = witness_report(
+                doc, store, settings, keys, witnesses, policy_json(witnesses, label)
+            )
     except StorageError as exc:
         return _usage(f"cannot read ClickHouse database {store.db!r}: {exc.message}")
     finally:
         store.backend.close()
+    if witnessing is not None and witnessing.unavailable is not None:
+        return _usage(f"cannot tell: {witnessing.unavailable}")
     problems = list(doc["problems"])
+    late: list[str] = []
+    code = EXIT_OK
+    if witnessing is not None:
+        problems += witnessing.problems
+        for warning in witnessing.warnings:
+            print(f"careledger access-report: warning: {warning}", file=sys.stderr)
     if keys:  # the report checks itself as its reader will (with the bytes, if it has them)
-        for r in verify_report(doc, TrustedKeys(keys)):
+        trusted = TrustedKeys(keys)
+        results = verify_report(doc, trusted)
+        verdict = None
+        if witnesses is not None:
+            verdict = check_witnessing(
+                doc, results, trusted.values(), witnesses.policy, setting=label
+            )
+            doc["witness_policy"]["status_at_export"] = verdict.status
+            doc["witness_policy"]["not_witnessed_lines"] = verdict.lines_with(NOT_WITNESSED)
+        for r in results:
             if not r.ok:
                 problems.append(f"line {r.line} does not verify: {'; '.join(r.reasons)}")
+            elif r.witnessing is not None and r.witnessing["status"] != "witnessed":
+                status = str(r.witnessing["status"]).replace("_", " ")
+                late.append(
+                    f"{status}: line {r.line} ({r.chain_id}@{r.height}): {r.witnessing['reason']}"
+                )
+        code = outcome(results, verdict)
         doc["problems"] = problems
     if proof_form(args.view, args.include_event_bytes) == FORM_REDACTED:
         doc = redact_report(doc)
@@ -701,4 +777,8 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.flush()
     for p in problems:
         print(f"careledger access-report: problem: {p}", file=sys.stderr)
-    return EXIT_PROBLEMS if problems else EXIT_OK
+    if problems:
+        return EXIT_PROBLEMS
+    for text in late:
+        print(f"careledger access-report: {text}", file=sys.stderr)
+    return code

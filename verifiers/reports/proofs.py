@@ -1,4 +1,5 @@
-"""``careledger verify-proof FILE``: check an exported access report offline.
+"""The pure check behind ``careledger verify-proof FILE`` (the command is
+:mod:`verifiers.reports.verify_proof`): an exported access report, offline.
 
 An access report (``careledger access-report --format json``, schema
 ``careledger.access-report/1``, see docs/design.md) is a list of lines, each about one
@@ -50,26 +51,20 @@ against its signed checkpoints). Directory data shown next to an actor (``actor_
 ``actor_role``) and decisions come from other tables and are informational, not proven
 here.
 
-Exit status: 0 every line verifies (content or, for redacted lines, inclusion), 1 at
-least one line fails (each is named with its codes and reasons), 2 usage error
-(unreadable file, not a report, no trusted key).
+With a witness policy, :mod:`verifiers.reports.witnessed` then checks that each line's
+block is in a checkpoint a quorum of witnesses cosigned (ADR 0019), adding its failures
+to the same :class:`ProofResult` and its verdict to ``ProofResult.witnessing``.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import binascii
 import hmac
-import json
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Final
 
-from careledger.config import Settings
-from careledger.keys import load_public_keys, load_trusted_keys
 from careledger_core.block import BlockHeader, block_hash, decode_header
 from careledger_core.errors import CareledgerError
 from careledger_core.event import (
@@ -130,11 +125,18 @@ CODES: Final[Mapping[str, str]] = {
     "block's event times",
     "REDACTION_NOT_ALLOWED": "redacted proof in the access view, which always carries bytes",
     "CONTENT_NOT_PROVEN": "redacted proof while the verifier requires content (--require-content)",
+    # with a witness policy (ADR 0019, verifiers.reports.witnessed)
+    "CHECKPOINT_INVALID": "the report's checkpoint of the line's chain is not a tree "
+    "checkpoint note, is of another chain or size than it says, or is listed twice",
+    "CHECKPOINT_SIGNATURE_INVALID": "a trusted key's signature on the checkpoint does not verify",
+    "CHECKPOINT_KEY_UNKNOWN": "the checkpoint is signed by no key the verifier trusts",
+    "COSIGNATURE_INVALID": "a cosignature line with a policy witness's name and key id "
+    "does not verify (a forged cosignature)",
+    "BLOCK_PROOF_INVALID": "proof.block_inclusion does not lead from the line's block to "
+    "the checkpoint's root (an edited proof, or a checkpoint of another history)",
+    "BLOCK_PROOF_MISSING": "the checkpoint covers the line's block but the line has no "
+    "proof.block_inclusion",
 }
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
 
 DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
 DCM_EXPORT: Final = "110106"
@@ -244,6 +246,11 @@ class ProofResult:
     codes: list[str] = field(default_factory=list)
     unbound: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: (chain id, height, block hash) of the signed header, once its signature verified
+    signed_block: tuple[str, int, bytes] | None = None
+    #: with a witness policy: is the line's block in a quorum-cosigned checkpoint
+    #: (``verifiers.reports.witnessed``); None without one
+    witnessing: dict[str, Any] | None = None
 
     def fail(self, code: str, reason: str) -> None:
         self.codes.append(code)
@@ -274,6 +281,7 @@ class ProofResult:
             "reasons": list(self.reasons),
             "unbound": list(self.unbound),
             "notes": list(self.notes),
+            "witnessing": self.witnessing,
         }
 
 
@@ -388,6 +396,7 @@ def _check_line(
         raise _malformed("no proof")
     form = result.form = _form(proof)
     header = headers.check(proof.get("header"), proof.get("signature"))
+    result.signed_block = (header.chain_id, header.height, block_hash(header))
     chain_id = proof.get("chain_id")
     height = _int(proof.get("height"), "proof.height")
     index = _int(proof.get("index"), "proof.index")
@@ -590,118 +599,3 @@ def redact_report(doc: Mapping[str, Any]) -> dict[str, Any]:
         proof = {k: v for k, v in line["proof"].items() if k not in ("form", "canonical")}
         lines.append({**line, "proof": {"form": FORM_REDACTED, **proof}})
     return {**doc, "lines": lines}
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def configure_verify_proof(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", type=Path, metavar="FILE", help="access report (JSON)")
-    parser.add_argument(
-        "--trusted-key",
-        action="append",
-        metavar="KEY",
-        help="trusted public key: 'ed25519:<base64>' or a key file (repeatable; "
-        "replaces CARELEDGER_TRUSTED_KEYS). Keys inside the report are never used.",
-    )
-    parser.add_argument(
-        "--require-content",
-        action="store_true",
-        help="fail every redacted line (CONTENT_NOT_PROVEN): for a requester entitled to "
-        "the event bytes, who must not accept inclusion-only proofs",
-    )
-    parser.add_argument(
-        "--events-topic",
-        metavar="TOPIC",
-        help="the access-events topic a redacted line's signed chain must be on "
-        "(default: the settings' topic_events)",
-    )
-    parser.add_argument("--json", action="store_true", help="results as one JSON document")
-
-
-def _usage(message: str) -> int:
-    print(f"careledger verify-proof: {message}", file=sys.stderr)
-    return EXIT_USAGE
-
-
-def _describe(r: ProofResult) -> str:
-    where = f"{r.chain_id}@{r.height}#{r.index}" if r.chain_id else "-"
-    head = f"line {r.line} (event {r.event_id or '-'}, {where}): "
-    if not r.ok:
-        return (
-            head
-            + "FAILED: "
-            + "; ".join(f"[{c}] {m}" for c, m in zip(r.codes, r.reasons, strict=True))
-        )
-    if r.status == "content-verified":
-        return (
-            head + "content verified (the event bytes are in the signed block and match "
-            "every displayed field)"
-        )
-    text = (
-        head + f"inclusion verified, REDACTED: leaf {r.leaf_hash} is in the signed block; "
-        f"NOT bound to it offline: {', '.join(r.unbound)} (only a holder of the event "
-        "bytes can check them)"
-    )
-    return text + "".join(f"; {n}" for n in r.notes)
-
-
-def command_verify_proof(args: argparse.Namespace, settings: Settings) -> int:
-    try:
-        if args.trusted_key:
-            keys = load_public_keys(args.trusted_key)
-            if not keys:
-                return _usage("--trusted-key names no key")
-            trusted = TrustedKeys(keys)
-        else:
-            trusted = load_trusted_keys(settings)
-    except CareledgerError as exc:
-        return _usage(f"no usable trusted key: {exc.message}")
-    try:
-        doc = json.loads(Path(args.file).read_bytes())
-    except OSError as exc:
-        return _usage(f"cannot read {args.file}: {exc}")
-    except ValueError as exc:
-        return _usage(f"{args.file} is not JSON: {exc}")
-    try:
-        results = verify_report(
-            doc,
-            trusted,
-            events_topic=args.events_topic or settings.topic_events,
-            require_content=args.require_content,
-        )
-    except ReportFormatError as exc:
-        return _usage(f"{args.file}: {exc.message}")
-    failed = [r for r in results if not r.ok]
-    content = sum(r.status == "content-verified" for r in results)
-    inclusion = sum(r.status == "inclusion-verified" for r in results)
-    if args.json:
-        json.dump(
-            {
-                "result": "failed" if failed else "verified",
-                "lines": len(results),
-                "failed": len(failed),
-                "content_verified": content,
-                "inclusion_verified": inclusion,
-                "results": [r.to_json() for r in results],
-            },
-            sys.stdout,
-        )
-        sys.stdout.write("\n")
-    else:
-        for r in results:
-            print(_describe(r))
-        status = "FAILED" if failed else "VERIFIED"
-        redacted = (
-            f", {inclusion} inclusion only (redacted: their displayed fields are NOT bound "
-            "to the ledger offline)"
-            if inclusion
-            else ""
-        )
-        print(
-            f"{status}: {len(results) - len(failed)} of {len(results)} line(s) verify "
-            f"under {len(trusted)} trusted key(s): {content} content verified{redacted}; "
-            "the report is complete only up to the ledger (a removed line cannot be "
-            "detected from the file)"
-        )
-    return EXIT_FAILED if failed else EXIT_OK
