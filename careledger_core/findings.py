@@ -67,6 +67,19 @@ class FindingCode(StrEnum):
     SOURCE_HEARTBEAT_INVALID = "SOURCE_HEARTBEAT_INVALID"  # heartbeat fails its signature
     # the events' Kafka offsets differ from the header's signed event_offsets (ADR 0014)
     EVENT_OFFSETS_MISMATCH = "EVENT_OFFSETS_MISMATCH"
+    # the auditor's rows (ADR 0016): decisions and alerts recomputed from the ledger,
+    # alert status rows against the ledgered status changes
+    DECISION_MISMATCH = "DECISION_MISMATCH"  # a decision row differs from its replay
+    DECISION_MISSING = "DECISION_MISSING"  # a decision its audit run made has no row
+    DECISION_UNEXPECTED = "DECISION_UNEXPECTED"  # a decision row no audit run made
+    ALERT_MISMATCH = "ALERT_MISMATCH"  # an alert row differs from the alert recomputed
+    ALERT_MISSING = "ALERT_MISSING"  # an alert an audit run raised has no row
+    ALERT_UNEXPECTED = "ALERT_UNEXPECTED"  # an alert row no audit run raised
+    ALERT_STALE = "ALERT_STALE"  # an alert whose accesses a later run decided otherwise
+    ALERT_STATUS_MISMATCH = "ALERT_STATUS_MISMATCH"  # status row edited / links broken
+    ALERT_STATUS_MISSING = "ALERT_STATUS_MISSING"  # a ledgered status change has no row
+    ALERT_STATUS_NOT_LEDGERED = "ALERT_STATUS_NOT_LEDGERED"  # a status row never ledgered
+    ALERT_STATUS_PENDING = "ALERT_STATUS_PENDING"  # a status row not chained yet
 
     @property
     def default_severity(self) -> Severity:
@@ -115,6 +128,17 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.SOURCE_SEQ_DUPLICATE: _C,
         FindingCode.SOURCE_SEQ_GAP: _E,
         FindingCode.SOURCE_HEARTBEAT_INVALID: _E,
+        FindingCode.DECISION_MISMATCH: _C,
+        FindingCode.DECISION_MISSING: _C,
+        FindingCode.DECISION_UNEXPECTED: _C,
+        FindingCode.ALERT_MISMATCH: _C,
+        FindingCode.ALERT_MISSING: _C,
+        FindingCode.ALERT_UNEXPECTED: _C,
+        FindingCode.ALERT_STALE: Severity.INFO,
+        FindingCode.ALERT_STATUS_MISMATCH: _C,
+        FindingCode.ALERT_STATUS_MISSING: _C,
+        FindingCode.ALERT_STATUS_NOT_LEDGERED: _C,
+        FindingCode.ALERT_STATUS_PENDING: Severity.INFO,
     }
 )
 

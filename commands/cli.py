@@ -36,7 +36,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "producers.gateway.server",
         "run the ingest gateway: FHIR AuditEvent over HTTP, ATNA syslog over TCP/TLS/UDP",
     ),
-    "verify": ("verifiers.integrity.cli", "verify every chain (or one) and report findings"),
+    "verify": (
+        "commands.verify",
+        "verify every chain (or one), and the auditor's decisions, alerts and alert status "
+        "changes against the ledger; report findings",
+    ),
     "audit": ("verifiers.auditor.cli", "audit committed accesses: explanations, flags, alerts"),
     "alerts": (
         "verifiers.auditor.alerts_cli",

@@ -312,7 +312,8 @@ def test_a_forged_resolved_status_is_not_a_confirmed_violation_and_is_reported(
     capsys.readouterr()
     assert alerts_cli._list(args, book) == 0
     listed = {a["alert_id"]: a for a in json.loads(capsys.readouterr().out)}
-    assert listed[forged]["status"] == "resolved"
+    # the forged row is not the alert's status: nothing ledgered closed it (ADR 0016)
+    assert listed[forged]["status"] == "open"
     assert listed[forged]["status_history_intact"] is False
     assert listed[edited]["status_history_intact"] is False
     args.json = False

@@ -163,6 +163,17 @@ def test_finding_codes_are_stable() -> None:
         "SOURCE_SEQ_GAP",
         "SOURCE_HEARTBEAT_INVALID",
         "EVENT_OFFSETS_MISMATCH",
+        "DECISION_MISMATCH",
+        "DECISION_MISSING",
+        "DECISION_UNEXPECTED",
+        "ALERT_MISMATCH",
+        "ALERT_MISSING",
+        "ALERT_UNEXPECTED",
+        "ALERT_STALE",
+        "ALERT_STATUS_MISMATCH",
+        "ALERT_STATUS_MISSING",
+        "ALERT_STATUS_NOT_LEDGERED",
+        "ALERT_STATUS_PENDING",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)

@@ -1,7 +1,9 @@
 """The access auditor (a job of the verifiers wing): explanation-based auditing, privacy
 rules and consent evaluation (pure, no I/O), and around them the runner that reads the
 ledger and stores decisions and alerts (``runner``), the ``careledger audit`` command
-(``cli``) and the privacy team's alert workflow (``alerts_cli``).
+(``cli``), the privacy team's alert workflow (``alerts_cli``, ``status_records``: status
+changes against their ledgered records) and the checks ``careledger verify`` runs on the
+auditor's rows (``verify``: every audit run replayed over the ledger, ADR 0016).
 
 * ``state``: ``ReferenceState`` rebuilt from ledgered reference records, ``as_of(t)``;
 * ``history``: ``AccessHistory``, bounded per-actor windows fed events in time order;

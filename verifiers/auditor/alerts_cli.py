@@ -9,8 +9,15 @@ Patients only ever appear as pseudonymous references. A status change is appende
 ``alert_status`` (one row per change, hash-linked to the alert's previous change, so an
 edited or deleted change breaks the links), sent as an access event ("Audit Log Used",
 DICOM 110101, carrying the change's hash) to the events topic so that the processor
-chains and signs it like any access (``show`` says where each change is ledgered), and
-published as JSON to ``topic_alert_status`` (key = alert id).
+chains and signs it like any access, and published as JSON to ``topic_alert_status``
+(key = alert id). A change that cannot be sent to be ledgered is not made (its row is
+taken back, exit 2).
+
+The status ``list`` and ``show`` give is the ledger's (ADR 0016,
+``status_records.reconcile``): the ledgered changes, then changes too recent to be
+chained yet (``status_pending``); a row the ledger contradicts (forged, edited, or whose
+ledgered change lost its row) is never the status: ``status_history_intact`` is false and
+``status_problems`` says why. ``show`` lists each change with where it is ledgered.
 
 Exit status: 0 done, 1 no such alert / not allowed, 2 usage or infrastructure error.
 """
@@ -24,15 +31,15 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any
 
 from careledger.config import Settings
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
-from careledger_core.event import AccessEvent, decode_event, event_from_dict
+from careledger_core.event import decode_event
+from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
-from verifiers.auditor.history import NO_PATIENT_ID
 from verifiers.auditor.runner.rows import (
     ALERT_COLUMNS,
     STATUS_COLUMNS,
@@ -44,14 +51,27 @@ from verifiers.auditor.runner.rows import (
     utc_now_ts,
 )
 from verifiers.auditor.runner.rows import status_history_intact as verify_history
+from verifiers.auditor.runner.store import AuditStore
+from verifiers.auditor.status_records import (
+    STATUS_RECORD_FORMAT,
+    AlertStatus,
+    StatusReconciliation,
+    read_ledgered_status,
+    read_status_rows,
+    reconcile,
+    status_event,
+    status_event_id,
+)
 
 __all__ = [
+    "STATUS_RECORD_FORMAT",
     "AlertBook",
     "command_alerts",
     "configure_alerts",
     "ledgered_positions",
     "status_event",
     "status_event_id",
+    "status_view",
     "verify_history",
 ]
 
@@ -165,39 +185,6 @@ class _NotAllowed(Exception):
     pass
 
 
-DCM: Final = "http://dicom.nema.org/resources/ontology/DCM"
-STATUS_RECORD_FORMAT: Final = "careledger.alert-status/1"
-
-
-def status_event_id(entry_hash: str) -> str:
-    """The id of the access event that ledgers a status change (from its hash)."""
-    return str(uuid.UUID(hex=entry_hash[:32], version=4))
-
-
-def status_event(entry: dict[str, Any]) -> AccessEvent:
-    """A status change as an access event (DICOM 110101 "Audit Log Used", action U,
-    about no patient): chained and signed by the processor like any access. It carries
-    the change's ``entry_hash`` (``raw_ref``), not its note."""
-    return event_from_dict(
-        {
-            "schema": "careledger.access-event/1",
-            "event_id": status_event_id(entry["entry_hash"]),
-            "occurred_at": entry["changed_at"],
-            "recorded_at": entry["changed_at"],
-            "event_type": {"system": DCM, "code": "110101", "display": "Audit Log Used"},
-            "action": "U",
-            "outcome": 0,
-            "outcome_desc": f"alert {entry['status']}",
-            "actor": {"id": entry["changed_by"], "roles": [], "is_requestor": True},
-            "source": {"system": "careledger-alerts", "type": 4},
-            "patient": {"id": NO_PATIENT_ID},
-            "object": {"type": "alert", "id": entry["alert_id"]},
-            "correlation_id": entry["alert_id"],
-            "raw_ref": {"format": STATUS_RECORD_FORMAT, "sha256": entry["entry_hash"]},
-        }
-    )
-
-
 def ledgered_positions(
     backend: SqlBackend, db: str, entries: Sequence[dict[str, Any]]
 ) -> list[dict[str, Any] | None]:
@@ -234,16 +221,38 @@ def ledgered_positions(
     return [found.get(e["entry_hash"]) for e in entries]
 
 
-def _with_status(alert: dict[str, Any], history: list[dict[str, Any]]) -> dict[str, Any]:
-    last = history[-1] if history else None
-    alert["status"] = last["status"] if last else "open"
+def status_view(book: AlertBook, alert_ids: Sequence[str] | None = None) -> StatusReconciliation:
+    """The status rows (of ``alert_ids``, else all) reconciled with the ledgered status
+    changes: what may be shown as each alert's status (``status_records.reconcile``)."""
+    rows = read_status_rows(book.backend, book.db, alert_ids)
+    records = read_ledgered_status(book.backend, book.db, alert_ids)
+    now_us = ts_to_us(utc_now_ts())
+    return reconcile(rows, records, now_us=now_us)
+
+
+def _with_status(alert: dict[str, Any], view: AlertStatus) -> dict[str, Any]:
+    """The alert with the status the ledger supports: the last ledgered change, or a
+    change too recent to be chained yet (``status_pending``); never a row the ledger
+    contradicts (a forged, edited or deleted change is a problem, listed)."""
+    last = view.current
+    alert["status"] = view.status
     alert["status_by"] = last["changed_by"] if last else None
     alert["status_at"] = last["changed_at"] if last else None
     alert["status_note"] = last["note"] if last else None
-    # a status whose history is broken was edited, deleted or forged: the auditor does
-    # not count it as a confirmed violation
-    alert["status_history_intact"] = verify_history(history)
+    alert["status_pending"] = bool(last and last.get("pending"))
+    # every row ledgered (or pending), every ledgered change has its row, links hold
+    alert["status_history_intact"] = view.verified
+    alert["status_problems"] = list(view.problems)
     return alert
+
+
+def _status_label(a: dict[str, Any]) -> str:
+    label = str(a["status"])
+    if a["status_pending"]:
+        label += " (pending: not chained yet)"
+    if not a["status_history_intact"]:
+        label += " (HISTORY BROKEN)"
+    return label
 
 
 def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
@@ -298,8 +307,8 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
     alerts = book.alerts(where, params)
     if args.patient_ref:
         alerts = [a for a in alerts if args.patient_ref in a["patient_refs"]]
-    history = book.history()
-    alerts = [_with_status(a, history.get(a["alert_id"], [])) for a in alerts]
+    view = status_view(book)
+    alerts = [_with_status(a, view.of(a["alert_id"])) for a in alerts]
     if args.status:
         alerts = [a for a in alerts if a["status"] == args.status]
     alerts = alerts[: max(0, args.limit)]
@@ -315,15 +324,19 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
         print(
             f"{a['alert_id']:32}  {a['first_at']:27}  {a['rule']:28}  {a['severity']:8}  "
             f"{a['score']:7.1f}  {len(a['event_ids']):6d}  {a['actor_id']:12}  {ref[:16]:16}  "
-            f"{a['status']}{'' if a['status_history_intact'] else ' (HISTORY BROKEN)'}"
+            f"{_status_label(a)}"
         )
     print(f"{len(alerts)} alert(s)")
     broken = sum(1 for a in alerts if not a["status_history_intact"])
     if broken:
         print(
             f"warning: {broken} alert(s) with a broken status history (edited, deleted or "
-            "forged changes): not counted as confirmed violations; see alerts show ID"
+            "forged changes): the status shown is the ledgered one; see alerts show ID"
         )
+    print(
+        "statuses are those of the ledgered status changes; the alerts' contents are "
+        "checked against the ledger by careledger verify"
+    )
     return 0
 
 
@@ -331,13 +344,11 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
     alert = book.alert(args.alert_id)
     if alert is None:
         return _error(f"no alert {args.alert_id}", 1)
-    history = book.history([args.alert_id]).get(args.alert_id, [])
-    alert = _with_status(alert, history)
-    positions = ledgered_positions(book.backend, book.db, history)
-    for entry, pos in zip(history, positions, strict=True):
-        entry["ledgered"] = pos
-    alert["status_history"] = history
-    alert["status_history_ledgered"] = all(p is not None for p in positions)
+    view = status_view(book, [args.alert_id]).of(args.alert_id)
+    alert = _with_status(alert, view)
+    # the ledgered changes (with the note of their row when it holds), then the pending
+    alert["status_history"] = view.changes
+    alert["status_history_ledgered"] = view.ledgered
     print(json.dumps(alert, sort_keys=True, indent=2))
     return 0
 
@@ -352,10 +363,13 @@ def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, statu
     except _NotAllowed as exc:
         return _error(str(exc), 1)
     if not _ledger_status(settings, entry):
-        print(
-            "careledger alerts: warning: status change stored but not sent to the "
-            f"events topic {settings.topic_events} (it is not ledgered)",
-            file=sys.stderr,
+        # a change that is not ledgered is no change (verify would report the row as
+        # forged): take the row back and say so
+        withdrawn = _withdraw(book, entry)
+        return _error(
+            f"alert {args.alert_id}: the status change could not be sent to the events "
+            f"topic {settings.topic_events} to be ledgered, so it was not made"
+            + ("" if withdrawn else " (and its row could not be removed: run it again)")
         )
     if not _publish_status(settings, entry):
         print(
@@ -365,6 +379,21 @@ def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, statu
         )
     print(f"alert {args.alert_id}: {status} by {args.by} at {entry['changed_at']}")
     return 0
+
+
+def _withdraw(book: AlertBook, entry: dict[str, Any]) -> bool:
+    """Delete the row of a change that could not be ledgered."""
+    try:
+        book.backend.execute(
+            f"ALTER TABLE {book.db}.alert_status DELETE "
+            "WHERE alert_id = %(id)s AND entry_hash = %(h)s",
+            {"id": entry["alert_id"], "h": entry["entry_hash"]},
+        )
+        # gone before anyone appends a change after it (18.16 mutations are asynchronous)
+        AuditStore(book.backend, book.db).wait_mutations(60.0)
+    except StorageError:
+        return False
+    return True
 
 
 def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:

@@ -36,7 +36,7 @@ from .decide import (
 )
 from .follow import Follower
 from .publish import AlertPublisher, KafkaAlertPublisher
-from .range_run import RangeResult, audit_range, range_run_id
+from .range_run import RangePlan, RangeResult, audit_range, plan_range, range_run_id
 from .reviews import (
     ConfirmedCase,
     ReviewedAlert,
@@ -50,13 +50,16 @@ from .rows import (
     ALERT_COLUMNS,
     DECISION_COLUMNS,
     STATUS_COLUMNS,
+    RunId,
     alert_document,
     alert_fingerprint,
     alert_row,
     decision_row,
     decode_alert_row,
     dumps,
+    follow_run_id,
     parse_instant,
+    parse_run_id,
     patient_ref,
     status_entry_hash,
     status_histories,
@@ -64,7 +67,7 @@ from .rows import (
     stored_alert_fingerprint,
     utc_now_ts,
 )
-from .store import INSERT_BATCH, SALT_FILE, AuditStore, load_salt
+from .store import INSERT_BATCH, SALT_FILE, AuditSource, AuditStore, load_salt
 
 __all__ = [
     "ALERT_COLUMNS",
@@ -74,6 +77,7 @@ __all__ = [
     "SALT_FILE",
     "STATUS_COLUMNS",
     "AlertPublisher",
+    "AuditSource",
     "AuditStore",
     "ConfirmedCase",
     "Follower",
@@ -83,9 +87,11 @@ __all__ = [
     "LedgeredReference",
     "PlacedDecision",
     "Position",
+    "RangePlan",
     "RangeResult",
     "ReviewedAlert",
     "Reviews",
+    "RunId",
     "alert_document",
     "alert_fingerprint",
     "alert_row",
@@ -95,12 +101,15 @@ __all__ = [
     "decision_row",
     "decode_alert_row",
     "dumps",
+    "follow_run_id",
     "ledger_times",
     "load_salt",
     "lookahead_us",
     "parse_instant",
+    "parse_run_id",
     "patient_ref",
     "plan_knowledge",
+    "plan_range",
     "range_run_id",
     "read_bounds",
     "report_broken_histories",

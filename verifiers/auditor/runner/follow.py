@@ -35,8 +35,15 @@ from .decide import (
 )
 from .publish import AlertPublisher
 from .reviews import report_broken_histories
-from .rows import alert_document, alert_fingerprint, alert_row, decision_row, utc_now_ts
-from .store import AuditStore
+from .rows import (
+    alert_document,
+    alert_fingerprint,
+    alert_row,
+    decision_row,
+    follow_run_id,
+    utc_now_ts,
+)
+from .store import AuditSource
 
 log = logging.getLogger("careledger.auditor")
 
@@ -55,7 +62,7 @@ class Follower:
 
     def __init__(
         self,
-        store: AuditStore,
+        store: AuditSource,
         *,
         salt: str,
         config: AuditConfig = DEFAULT_CONFIG,
@@ -73,7 +80,12 @@ class Follower:
         self.publisher = publisher
         self.from_ts = from_ts
         self.now = now
-        self.run_id = f"follow:{secrets.token_hex(8)}"
+        #: ``follow:<token>``, completed at the first cycle with how this run started
+        #: (``follow_run_id``): what ``verify`` needs to replay it (ADR 0016)
+        self.token = secrets.token_hex(8)
+        self.run_id = follow_run_id(self.token)
+        #: called with each cycle's decisions before they are stored (``verify``)
+        self.on_decided: Callable[[list[PlacedDecision]], None] | None = None
         self.state = ReferenceState()
         self.auditor = Auditor(self.state, config=config, consent_evaluator=core_consent_evaluator)
         self.cursors: dict[str, int] = {}
@@ -112,6 +124,7 @@ class Follower:
             # the first cycle replays the last warm-up window of what was decided (not
             # deciding it again), so windows are as if the follower had never stopped
             self._warm_until = self.store.last_decided_time()
+        self.run_id = follow_run_id(self.token, self._warm_until, self.from_ts)
         self.started = True
 
     def _read_reviews(self, *, again: bool = False) -> None:
@@ -256,6 +269,8 @@ class Follower:
             if latest - t_us > keep_us:
                 del self.btg_positions[eid]
         decided_at = self.now()
+        if self.on_decided is not None:
+            self.on_decided(placed)
         self._pending_rows = [
             decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
             for p in sort_decisions(placed)

@@ -24,12 +24,13 @@ from typing import Any
 
 from careledger.storage.backend import StorageError
 
-from ..alerts import group_alerts
+from ..alerts import Alert, group_alerts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..state import ReferenceState
 from .decide import (
     NOTHING_KNOWN,
     LedgeredEvent,
+    PlacedDecision,
     decide_range,
     ledger_times,
     plan_knowledge,
@@ -37,9 +38,9 @@ from .decide import (
     sort_decisions,
 )
 from .publish import AlertPublisher
-from .reviews import report_broken_histories
+from .reviews import Reviews, report_broken_histories
 from .rows import alert_document, alert_fingerprint, alert_row, decision_row, utc_now_ts
-from .store import AuditStore
+from .store import AuditSource, AuditStore
 
 
 @dataclass
@@ -90,28 +91,37 @@ def range_run_id(from_ts: str, to_ts: str) -> str:
     return f"range:{from_ts}..{to_ts}"
 
 
-def audit_range(
-    store: AuditStore,
+@dataclass
+class RangePlan:
+    """What a range run decided, before it is written: its decisions (with their
+    places and knowledge cutoffs), their rows, its alerts and their rows."""
+
+    result: RangeResult
+    placed: list[PlacedDecision]
+    decision_rows: list[tuple[Any, ...]]
+    alerts: list[Alert]
+    decided_at: str
+    reviews: Reviews
+
+
+def plan_range(
+    store: AuditSource,
     from_ts: str,
     to_ts: str,
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
-    publisher: AlertPublisher | None = None,
     now: Callable[[], str] = utc_now_ts,
-    republish: bool = False,
     reconsider: bool = False,
-) -> RangeResult:
-    """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store.
-
-    An event already decided is decided with the knowledge cutoff its stored decision
-    used (reference versions ledgered after it are ignored), so the replay reproduces
-    it; new events, or all of them with ``reconsider``, with everything known now.
-    Publishes the alerts that were not stored before with the same content (all of them
-    with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
-    started = time.perf_counter()
+) -> RangePlan:
+    """Decide ``[from_ts, to_ts)`` from what ``store`` serves, without writing anything:
+    what ``audit_range`` stores, and what ``verify`` recomputes from the ledger (it
+    serves the ledger as it was when the run was made, ADR 0016)."""
     run = range_run_id(from_ts, to_ts)
     result = RangeResult(from_ts, to_ts, run, reconsider=reconsider)
+    # the run's time is taken before it reads: it decides from what was committed then
+    # (a replay serves the blocks sealed by this time, ADR 0016)
+    decided_at = now()
     state = ReferenceState()
     state.apply_ledgered(ledger_times(store.reference_records(), {}))
     lo, hi = read_bounds(from_ts, to_ts, config)
@@ -127,7 +137,6 @@ def audit_range(
     reviews = store.reviews()
     result.confirmed_violations = len(reviews.confirmed)
     result.broken_status_histories = list(reviews.broken)
-    report_broken_histories(reviews.broken)
     counted: list[int] = [0]
 
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
@@ -152,7 +161,6 @@ def audit_range(
         result.kept_knowledge = sum(
             1 for p in placed if not p.decision.amends and p.decision.event_id in knowledge.stored
         )
-    decided_at = now()
     rows = [decision_row(p, salt=salt, decided_at=decided_at, audit_run=run) for p in placed]
     alerts = group_alerts(
         [p.decision for p in placed],
@@ -160,19 +168,47 @@ def audit_range(
         closed=reviews.closed,
         late_flag_delay_us=config.btg_stop_window_us,
     )
-    before = store.alert_fingerprints(from_ts, to_ts)
-    store.delete_range(from_ts, to_ts)
-    store.insert_decisions(rows)
-    version = time.time_ns()
-    store.insert_alerts(
-        [alert_row(a, created_at=decided_at, audit_run=run, version=version) for a in alerts]
-    )
     result.decisions = len(placed)
     result.explained = sum(1 for p in placed if p.decision.explained)
     result.flagged = sum(1 for p in placed if p.decision.flagged)
     result.alerts = len(alerts)
     for a in alerts:
         result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
+    return RangePlan(result, placed, rows, alerts, decided_at, reviews)
+
+
+def audit_range(
+    store: AuditStore,
+    from_ts: str,
+    to_ts: str,
+    *,
+    salt: str,
+    config: AuditConfig = DEFAULT_CONFIG,
+    publisher: AlertPublisher | None = None,
+    now: Callable[[], str] = utc_now_ts,
+    republish: bool = False,
+    reconsider: bool = False,
+) -> RangeResult:
+    """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store.
+
+    An event already decided is decided with the knowledge cutoff its stored decision
+    used (reference versions ledgered after it are ignored), so the replay reproduces
+    it; new events, or all of them with ``reconsider``, with everything known now.
+    Publishes the alerts that were not stored before with the same content (all of them
+    with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
+    started = time.perf_counter()
+    plan = plan_range(
+        store, from_ts, to_ts, salt=salt, config=config, now=now, reconsider=reconsider
+    )
+    result, alerts, run = plan.result, plan.alerts, plan.result.audit_run
+    report_broken_histories(plan.reviews.broken)
+    before = store.alert_fingerprints(from_ts, to_ts)
+    store.delete_range(from_ts, to_ts)
+    store.insert_decisions(plan.decision_rows)
+    version = time.time_ns()
+    store.insert_alerts(
+        [alert_row(a, created_at=plan.decided_at, audit_run=run, version=version) for a in alerts]
+    )
     if publisher is not None:
         for a in alerts:
             if republish or before.get(a.alert_id) != alert_fingerprint(a):

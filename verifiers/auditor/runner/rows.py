@@ -13,6 +13,7 @@ import datetime as dt
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ..alerts import Alert, patient_pseudonym
@@ -72,6 +73,68 @@ _ALERT_SCHEMA: Final = "careledger.alert/1"
 _ALERT_SOURCE: Final = "auditor"
 #: alert columns that are about the run that wrote the row, not the alert's content
 _ALERT_RUN_COLUMNS: Final = ("created_at", "audit_run")
+
+
+_FOLLOW: Final = "follow:"
+_RANGE: Final = "range:"
+
+
+def follow_run_id(token: str, warm_until: str | None = None, from_ts: str | None = None) -> str:
+    """The ``audit_run`` of a follower's rows: ``follow:<token>``, then ``;warm=<time>``
+    if it replayed the rules' windows up to that event time when it started, and
+    ``;from=<time>`` if it skipped events before that time. With these, ``verify``
+    replays the run as it went (ADR 0016)."""
+    run = _FOLLOW + token
+    if warm_until is not None:
+        run += f";warm={warm_until}"
+    if from_ts is not None:
+        run += f";from={from_ts}"
+    return run
+
+
+@dataclass(frozen=True, slots=True)
+class RunId:
+    """A parsed ``audit_run``: a range run (``from_ts``/``to_ts``) or a follow run
+    (``token``, ``warm_until``, ``from_ts``)."""
+
+    kind: str  # "range" or "follow"
+    text: str
+    from_ts: str | None = None
+    to_ts: str | None = None
+    token: str = ""
+    warm_until: str | None = None
+
+
+def parse_run_id(text: str) -> RunId | None:
+    """``range:<from>..<to>`` or ``follow:<token>[;warm=<t>][;from=<t>]``; None for
+    anything else (a row no run of the auditor wrote)."""
+    if text.startswith(_RANGE):
+        lo, sep, hi = text[len(_RANGE) :].partition("..")
+        if not sep or not _is_ts(lo) or not _is_ts(hi) or lo >= hi:
+            return None
+        return RunId("range", text, from_ts=lo, to_ts=hi)
+    if text.startswith(_FOLLOW):
+        token, *parts = text[len(_FOLLOW) :].split(";")
+        if not token or not token.isalnum():
+            return None
+        fields: dict[str, str] = {}
+        for part in parts:
+            key, sep, value = part.partition("=")
+            if not sep or key not in ("warm", "from") or key in fields or not _is_ts(value):
+                return None
+            fields[key] = value
+        return RunId(
+            "follow", text, token=token, warm_until=fields.get("warm"), from_ts=fields.get("from")
+        )
+    return None
+
+
+def _is_ts(text: str) -> bool:
+    """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (the event timestamp format)."""
+    try:
+        return parse_instant(text) == text
+    except ValueError:
+        return False
 
 
 def dumps(value: Any) -> str:

@@ -11,7 +11,7 @@ import secrets
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Protocol
 
 from careledger.storage.backend import SqlBackend, StorageError
 from careledger.storage.kinds import topic_of
@@ -60,6 +60,31 @@ def load_salt(settings: Any) -> str:
 
 
 # --------------------------------------------------------------------------- store
+
+
+class AuditSource(Protocol):
+    """What a range run and a follower read and write: ``AuditStore`` over ClickHouse,
+    or the ledger as it was when a run was made (``verifiers.auditor.verify``)."""
+
+    def reference_records(self) -> list[LedgeredReference]: ...
+    def reference_records_of_chain(
+        self, chain_id: str, above: int, upto: int
+    ) -> list[LedgeredReference]: ...
+    def is_reference(self, chain_id: str) -> bool: ...
+    def horizon(self) -> str | None: ...
+    def events_between(
+        self, lo: str, hi: str, page_size: int = 20_000
+    ) -> Iterator[LedgeredEvent]: ...
+    def heads(self) -> dict[str, int]: ...
+    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]: ...
+    def last_decided_time(self) -> str | None: ...
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]: ...
+    def undecided_count(self, from_ts: str, to_ts: str) -> int: ...
+    def decided_heights(self) -> dict[str, int]: ...
+    def reviews(self) -> Reviews: ...
+    def status_changes(self) -> int: ...
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
 
 #: Source registry records (ADR 0010) are reference records too, but no rule uses
@@ -300,11 +325,14 @@ def _decode_references(
 ) -> list[LedgeredReference]:
     """(chain_id, height, block_hash, canonical) rows and (chain_id, height, block_hash,
     created_at) block rows -> ledgered records (rows of a block not found are skipped)."""
-    block_time = {(_text(c), int(h), _text(b)): _text(t) for c, h, b, t in times}
+    block_time = {(_text(c), h, _text(b)): _text(t) for c, h, b, t in times if type(h) is int}
     records: list[LedgeredReference] = []
     bad = 0
     for chain, height, block, canonical in rows:
-        key = (_text(chain), int(height), _text(block))
+        if type(height) is not int:  # a column of another type: verify reports it
+            bad += 1
+            continue
+        key = (_text(chain), height, _text(block))
         when = block_time.get(key)
         if when is None:  # not committed when the blocks were read
             continue
@@ -324,9 +352,12 @@ def _decode_references(
 
 def _ledgered(row: Sequence[Any]) -> LedgeredEvent | None:
     _occ, chain, height, idx, canonical = row
+    if type(height) is not int or type(idx) is not int:
+        log.warning("access event with an unreadable place in %s skipped", _text(chain))
+        return None
     try:
         event = decode_event(bytes(canonical))
     except Exception:  # tampered row: verify reports it; the auditor skips it
         log.warning("undecodable access event at %s/%s/%s skipped", _text(chain), height, idx)
         return None
-    return LedgeredEvent(Position(_text(chain), int(height), int(idx)), event)
+    return LedgeredEvent(Position(_text(chain), height, idx), event)

@@ -1,0 +1,259 @@
+"""``verify`` for the auditor's rows (ADR 0016): decisions, alerts and alert status
+changes checked against the ledger, as ``Finding``s in the integrity checks' shape.
+
+* **Status changes** (``status_records.reconcile``): every ``alert_status`` row against
+  the ledgered status records, both ways.
+* **Decisions**: every audit run named by the rows is replayed with the auditor's own
+  code over the ledger as that run read it (``replay``), and its rows compared with the
+  replay's (``check``): a rewritten, deleted or forged decision is a finding at the
+  event's place in the ledger.
+* **Alerts**: every stored alert against the alert the replayed run raised at that time
+  (or regrouped from its accesses' current decisions), and every raised alert that is gone.
+
+``verify_audit(backend, database, ...)`` returns an ``AuditVerification``: findings,
+a summary, and, when it cannot tell (no pseudonym salt to recompute patient references,
+status changes not chained while the processor chained nothing since), why.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+from careledger.storage.backend import SqlBackend
+from careledger.storage.migrations import check_identifier
+from careledger_core.findings import Finding, Severity
+
+from .._time import US_PER_MINUTE, ts_to_us, us_to_ts
+from ..config import DEFAULT_CONFIG, AuditConfig
+from ..runner.rows import parse_run_id, utc_now_ts
+from ..runner.store import SALT_FILE
+from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
+from .ledger import LedgerView
+from .replay import Replay, replay_follow, replay_range
+from .stored import StoredDecision
+
+__all__ = [
+    "SALT_SETTING",
+    "SETTLE_US",
+    "AuditVerification",
+    "read_salt",
+    "verify_audit",
+]
+
+log = logging.getLogger("careledger.verify.audit")
+
+SALT_SETTING: Final = "audit_salt (CARELEDGER_AUDIT_SALT)"
+#: findings listed (all are counted)
+DEFAULT_MAX_FINDINGS: Final = 1000
+#: rows younger than this are left for the next run (their run may still be writing)
+SETTLE_US: Final = 2 * US_PER_MINUTE
+#: a row dated this far after the verifier's clock was written by no run: checked now
+FUTURE_SKEW_US: Final = 5 * US_PER_MINUTE
+
+EXIT_INTACT, EXIT_TAMPERED, EXIT_ERROR = 0, 1, 2
+
+
+def read_salt(settings: Any) -> str | None:
+    """The pseudonym salt the auditor used (``audit_salt``, else the file
+    ``<run_dir>/keys/audit-salt``), or None: never created here."""
+    if settings.audit_salt:
+        return str(settings.audit_salt)
+    try:
+        text = (Path(settings.keys_dir) / SALT_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return text or None
+
+
+@dataclass
+class AuditVerification:
+    """What the checks of the auditor's rows found."""
+
+    findings: list[Finding] = field(default_factory=list)
+    summary: dict[str, Any] = field(default_factory=dict)
+    #: why the checks could not tell (a configuration or infrastructure problem)
+    cannot_tell: str | None = None
+    findings_total: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def failures(self) -> int:
+        return int(self.summary.get("failures", 0))
+
+    @property
+    def result(self) -> str:
+        if self.failures:
+            return "tampered"
+        return "cannot tell" if self.cannot_tell else "intact"
+
+    @property
+    def exit_code(self) -> int:
+        if self.failures:
+            return EXIT_TAMPERED
+        return EXIT_ERROR if self.cannot_tell else EXIT_INTACT
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "result": self.result,
+            "cannot_tell": self.cannot_tell,
+            **self.summary,
+            "elapsed_s": round(self.elapsed_s, 3),
+            "findings": [f.to_dict() for f in self.findings],
+        }
+
+
+def _fingerprint(backend: SqlBackend, database: str, settled: str) -> tuple[Any, ...]:
+    """What changes if the auditor writes older rows while verify reads (a range run
+    replacing its range): counts of its settled rows and of its unfinished mutations."""
+    db = check_identifier(database)
+    return (
+        *backend.execute(
+            f"SELECT count() FROM {db}.access_decisions WHERE decided_at <= %(t)s", {"t": settled}
+        ),
+        *backend.execute(
+            f"SELECT count() FROM {db}.alerts WHERE created_at <= %(t)s", {"t": settled}
+        ),
+        *backend.execute(f"SELECT count() FROM {db}.alert_status"),
+        *backend.execute(
+            "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0 "
+            "AND table IN ('access_decisions', 'alerts', 'alert_status')",
+            {"db": db},
+        ),
+    )
+
+
+def verify_audit(
+    backend: SqlBackend,
+    database: str,
+    *,
+    reference_topics: frozenset[str],
+    salt: str | None,
+    now: str | None = None,
+    config: AuditConfig = DEFAULT_CONFIG,
+    max_findings: int = DEFAULT_MAX_FINDINGS,
+    settle_us: int = SETTLE_US,
+) -> AuditVerification:
+    """Check the auditor's rows of ``database`` against the ledger. Raises
+    ``StorageError`` when ClickHouse fails. ``reference_topics``: the topics whose
+    chains the auditor reads as reference data (not the source registry). Rows written
+    in the last ``settle_us`` are left for the next run (their run may still write)."""
+    started = time.perf_counter()
+    out = AuditVerification()
+    now = now or utc_now_ts()
+    now_us = ts_to_us(now)
+    settled = us_to_ts(now_us - settle_us)
+    future = us_to_ts(now_us + FUTURE_SKEW_US)
+    view = None
+    for _attempt in range(3):
+        before = _fingerprint(backend, database, settled)
+        view = LedgerView.read(
+            backend, database, reference_topics, now_us=now_us, settled=settled, future=future
+        )
+        if _fingerprint(backend, database, settled) == before:
+            break
+    else:
+        out.cannot_tell = (
+            "the auditor changed its older rows while verify read them (a range audit "
+            "replacing a range?): run verify again when it is done"
+        )
+    assert view is not None
+    findings: list[Finding] = list(view.status.findings)
+    if view.status.stalled:
+        out.cannot_tell = (
+            f"{view.status.stalled} alert status change(s) older than the grace are not "
+            "chained and the processor has chained nothing since: is it running?"
+        )
+    runs: dict[str, list[StoredDecision]] = {}
+    for d in view.decisions:
+        runs.setdefault(d.audit_run, []).append(d)
+    replays: list[Replay] = []
+    if (view.decisions or view.alerts) and salt is None:
+        out.cannot_tell = (
+            "the auditor's decisions and alerts name patients by pseudonyms: set "
+            f"{SALT_SETTING} to the auditor's salt (or give the verifier its "
+            f"keys/{SALT_FILE}) to check them"
+        )
+    elif view.decisions or view.alerts:
+        assert salt is not None
+        decided = Decided.of([*view.decisions, *view.recent_decisions])
+        for run_text, rows in sorted(runs.items()):
+            findings += _replay_run(view, run_text, rows, salt, config, decided, replays)
+        for rp in replays:
+            decided.add(rp)
+        findings += check_alerts(
+            view,
+            replays,
+            decided,
+            salt=salt,
+            config=config,
+            recent={a.alert_id for a in view.recent_alerts},
+        )
+    counts = Counter(str(f.code) for f in findings)
+    failures = sum(1 for f in findings if f.severity != Severity.INFO)
+    out.findings_total = len(findings)
+    out.findings = findings[:max_findings]
+    kinds = Counter(rp.kind for rp in replays)
+    out.summary = {
+        "decisions": len(view.decisions),
+        "alerts": len(view.alerts),
+        "status_changes": {
+            "rows": view.status.rows,
+            "ledgered": view.status.records,
+            "pending": sum(a.pending for a in view.status.alerts.values()),
+        },
+        "runs": {
+            "range": kinds.get("range", 0),
+            "follow": kinds.get("follow", 0),
+            "unknown": sum(1 for r in runs if parse_run_id(r) is None),
+        },
+        "replayed_decisions": sum(len(rp.decisions) for rp in replays),
+        # written in the last minutes: their run may still be writing; checked next time
+        "recent_rows_not_checked": len(view.recent_decisions) + len(view.recent_alerts),
+        "findings_total": len(findings),
+        "failures": failures,
+        "findings_by_code": dict(sorted(counts.items())),
+    }
+    out.elapsed_s = time.perf_counter() - started
+    return out
+
+
+def _replay_run(
+    view: LedgerView,
+    run_text: str,
+    rows: Sequence[StoredDecision],
+    salt: str,
+    config: AuditConfig,
+    decided: Decided,
+    replays: list[Replay],
+) -> list[Finding]:
+    run = parse_run_id(run_text)
+    if run is None:
+        return unexpected_rows(rows, f"no audit run writes audit_run {run_text[:100]!r}")
+    instances: list[tuple[Sequence[StoredDecision], Replay]] = []
+    try:
+        if run.kind == "range":
+            by_time: dict[str, list[StoredDecision]] = {}
+            for r in rows:
+                by_time.setdefault(r.decided_at, []).append(r)
+            for decided_at, mine in sorted(by_time.items()):
+                rp = replay_range(view, run, decided_at, mine, salt=salt, config=config)
+                instances.append((mine, rp))
+        else:
+            instances.append((rows, replay_follow(view, run, rows, salt=salt, config=config)))
+    except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
+        # the rows feed the replay its times and cutoffs: ones it cannot use are hostile
+        log.warning("audit run %s could not be replayed: %s", run_text[:100], exc)
+        return unexpected_rows(
+            rows, f"run {run_text[:100]} cannot be replayed from its rows: {exc}"
+        )
+    out: list[Finding] = []
+    for rows_of, replayed in instances:
+        replays.append(replayed)
+        out += check_run_decisions(replayed, rows_of, decided)
+    return out

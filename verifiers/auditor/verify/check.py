@@ -1,0 +1,388 @@
+"""The stored decisions and alerts against their replays (ADR 0016).
+
+Decisions, per run: a stored row and the replay's row for the same (event, amends) must
+be equal column for column (``DECISION_MISMATCH``); a row no replay wrote is
+``DECISION_UNEXPECTED`` (forged, duplicated, or naming no run); a replayed decision
+without a row is ``DECISION_MISSING`` unless a later run decided that event again.
+
+Alerts: a stored alert written by a replayed run at one of its times must be the alert
+the replay wrote then (``ALERT_MISMATCH``), and not an older version of one the runs
+changed since; an alert no replayed run wrote at that time is ``ALERT_UNEXPECTED``; an
+alert the runs wrote that is gone is ``ALERT_MISSING`` unless a later range run replaced
+its range. An alert of a run that left no decision rows (a later range run re-decided
+them all) is regrouped from its own flagged accesses' current decisions: if it no longer
+matches because those were decided again after it was written, it is ``ALERT_STALE``
+(info), else ``ALERT_MISMATCH``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from careledger_core.findings import Finding, FindingCode
+
+from ..alerts import group_alerts
+from ..config import DEFAULT_CONFIG, AuditConfig
+from ..runner.decide import PlacedDecision
+from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, alert_row
+from .ledger import LedgerView
+from .replay import Replay
+from .stored import StoredAlert, StoredDecision, normalise_alert, normalise_decision, shown
+
+__all__ = ["Decided", "check_alerts", "check_run_decisions", "unexpected_rows"]
+
+_DECISIONS: Final = "access_decisions"
+_ALERTS: Final = "alerts"
+#: alert columns about the write, not the alert (compared only where the run is known)
+_WRITE_COLUMNS: Final = frozenset({"created_at", "audit_run", "version"})
+
+
+def _differences(
+    columns: Sequence[str], stored: Sequence[Any], expected: Sequence[Any], skip: Iterable[str]
+) -> dict[str, dict[str, Any]]:
+    skipped = set(skip)
+    return {
+        c: {"stored": shown(s), "recomputed": shown(e)}
+        for c, s, e in zip(columns, stored, expected, strict=True)
+        if c not in skipped and s != e
+    }
+
+
+# --------------------------------------------------------------------------- decisions
+
+
+@dataclass
+class Decided:
+    """The latest decision time stored per (event, amends), and the replayed decision
+    that is current for each (the replay of the run whose row is the latest)."""
+
+    latest: dict[tuple[str, int], str] = field(default_factory=dict)
+    current: dict[tuple[str, int], tuple[str, PlacedDecision]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, rows: Iterable[StoredDecision]) -> Decided:
+        out = cls()
+        for r in rows:
+            if r.decided_at > out.latest.get(r.key, ""):
+                out.latest[r.key] = r.decided_at
+        return out
+
+    def add(self, replay: Replay) -> None:
+        for key, placed in replay.placed.items():
+            row = replay.decisions.get(key)
+            at = str(row[DECISION_COLUMNS.index("decided_at")]) if row is not None else ""
+            seen = self.current.get(key)
+            if seen is None or at > seen[0]:
+                self.current[key] = (at, placed)
+
+
+def _where(key: tuple[str, int], row: Sequence[Any] | None, stored: StoredDecision | None) -> Any:
+    if row is not None:
+        return str(row[1]), int(row[2]), int(row[3])
+    if stored is not None and stored.position is not None:
+        return stored.position
+    return _DECISIONS, None, None
+
+
+def _decision_finding(
+    code: FindingCode,
+    key: tuple[str, int],
+    message: str,
+    *,
+    row: Sequence[Any] | None = None,
+    stored: StoredDecision | None = None,
+    **details: Any,
+) -> Finding:
+    chain, height, idx = _where(key, row, stored)
+    return Finding.of(
+        code,
+        chain,
+        message,
+        height=height,
+        event_index=idx,
+        event_id=key[0] or None,
+        details={"table": _DECISIONS, "amends": key[1], **details},
+    )
+
+
+def unexpected_rows(rows: Sequence[StoredDecision], why: str) -> list[Finding]:
+    """Rows that no run of the auditor can have written (``why``)."""
+    return [
+        _decision_finding(
+            FindingCode.DECISION_UNEXPECTED,
+            r.key,
+            f"decision row of event {r.key[0] or '?'}: {why}",
+            stored=r,
+            audit_run=shown(r.get("audit_run")),
+            decided_at=shown(r.get("decided_at")),
+        )
+        for r in rows
+    ]
+
+
+def check_run_decisions(
+    replay: Replay, rows: Sequence[StoredDecision], decided: Decided
+) -> list[Finding]:
+    """One run's stored decision rows against its replay."""
+    out: list[Finding] = []
+    stored: dict[tuple[str, int], list[StoredDecision]] = {}
+    for r in rows:
+        stored.setdefault(r.key, []).append(r)
+    for key, found in stored.items():
+        first, *extra = found
+        expected = replay.decisions.get(key)
+        out += unexpected_rows(extra, f"a second row of the same decision by run {replay.run}")
+        if expected is None:
+            out += unexpected_rows(
+                [first],
+                f"run {replay.run} did not decide it (replayed over the ledger it read)",
+            )
+            continue
+        diffs = _differences(DECISION_COLUMNS, first.values, normalise_decision(expected), skip=())
+        if diffs:
+            out.append(
+                _decision_finding(
+                    FindingCode.DECISION_MISMATCH,
+                    key,
+                    f"decision of event {key[0]} differs from what run {replay.run} decides "
+                    f"over the ledger: {', '.join(sorted(diffs))}",
+                    row=expected,
+                    audit_run=replay.run,
+                    columns=diffs,
+                )
+            )
+    for key, expected in replay.decisions.items():
+        if key in stored:
+            continue
+        at = str(expected[DECISION_COLUMNS.index("decided_at")])
+        if decided.latest.get(key, "") > at:
+            continue  # decided again by a later run: that run's row stands
+        out.append(
+            _decision_finding(
+                FindingCode.DECISION_MISSING,
+                key,
+                f"run {replay.run} decided event {key[0]}{' (late flag)' if key[1] else ''} "
+                f"at {at} but its decision row is gone",
+                row=expected,
+                audit_run=replay.run,
+                decided_at=at,
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- alerts
+
+
+@dataclass(frozen=True, slots=True)
+class _Upsert:
+    at: str
+    run: str
+    row: tuple[Any, ...]
+
+
+def _content(row: Sequence[Any]) -> tuple[Any, ...]:
+    return tuple(v for c, v in zip(ALERT_COLUMNS, row, strict=True) if c not in _WRITE_COLUMNS)
+
+
+def _alert_finding(code: FindingCode, alert_id: str, message: str, **details: Any) -> Finding:
+    return Finding.of(
+        code, _ALERTS, message, details={"table": _ALERTS, "alert_id": alert_id, **details}
+    )
+
+
+def check_alerts(
+    view: LedgerView,
+    replays: Sequence[Replay],
+    decided: Decided,
+    *,
+    salt: str,
+    config: AuditConfig = DEFAULT_CONFIG,
+    recent: frozenset[str] | set[str] = frozenset(),
+) -> list[Finding]:
+    """The stored alerts against the replays' (``recent``: ids of alerts whose stored
+    row is too recent to check now; they are not missing)."""
+    out: list[Finding] = []
+    upserts: dict[str, list[_Upsert]] = {}
+    written: dict[tuple[str, str, str], tuple[Any, ...]] = {}
+    times: dict[str, set[str]] = {}
+    for rp in replays:
+        times.setdefault(rp.run, set()).update(rp.times)
+        for at, alert_id, row in rp.alerts:
+            upserts.setdefault(alert_id, []).append(_Upsert(at, rp.run, normalise_alert(row)))
+            written[(rp.run, at, alert_id)] = normalise_alert(row)
+    for ups in upserts.values():
+        ups.sort(key=lambda u: u.at)
+    stored: dict[str, list[StoredAlert]] = {}
+    for a in view.alerts:
+        stored.setdefault(a.alert_id, []).append(a)
+    for alert_id, found in sorted(stored.items()):
+        first, *extra = found
+        for x in extra:
+            out.append(
+                _alert_finding(
+                    FindingCode.ALERT_UNEXPECTED,
+                    alert_id,
+                    f"a second row of alert {alert_id} (first event at {x.first_at})",
+                    first_at=shown(x.get("first_at")),
+                )
+            )
+        out += _check_stored_alert(view, first, upserts, written, times, decided, salt, config)
+    for alert_id, ups in sorted(upserts.items()):
+        if alert_id in stored or alert_id in recent:
+            continue
+        last = ups[-1]
+        first_at = str(last.row[ALERT_COLUMNS.index("first_at")])
+        if _replaced(replays, first_at, last.at):
+            continue
+        out.append(
+            _alert_finding(
+                FindingCode.ALERT_MISSING,
+                alert_id,
+                f"run {last.run} raised alert {alert_id} ({last.row[1]}, actor "
+                f"{last.row[4]}, first event at {first_at}) at {last.at} but its row is gone",
+                audit_run=last.run,
+                created_at=last.at,
+            )
+        )
+    return out
+
+
+def _replaced(replays: Sequence[Replay], first_at: str, at: str) -> bool:
+    """A range run after ``at`` replaced the alerts whose first event is ``first_at``."""
+    return any(
+        rp.bounds is not None
+        and rp.bounds[0] <= first_at < rp.bounds[1]
+        and any(t > at for t in rp.times)
+        for rp in replays
+    )
+
+
+def _check_stored_alert(
+    view: LedgerView,
+    alert: StoredAlert,
+    upserts: Mapping[str, list[_Upsert]],
+    written: Mapping[tuple[str, str, str], tuple[Any, ...]],
+    times: Mapping[str, set[str]],
+    decided: Decided,
+    salt: str,
+    config: AuditConfig,
+) -> list[Finding]:
+    alert_id, run, at = alert.alert_id, alert.audit_run, alert.created_at
+    expected = written.get((run, at, alert_id))
+    if expected is not None:
+        diffs = _differences(ALERT_COLUMNS, alert.values, expected, skip=("version",))
+        if diffs:
+            return [
+                _alert_finding(
+                    FindingCode.ALERT_MISMATCH,
+                    alert_id,
+                    f"alert {alert_id} differs from the alert run {run} raised at {at} over "
+                    f"the ledger: {', '.join(sorted(diffs))}",
+                    audit_run=run,
+                    created_at=at,
+                    columns=diffs,
+                )
+            ]
+        later = [
+            u
+            for u in upserts.get(alert_id, ())
+            if u.at > at and _content(u.row) != _content(alert.values)
+        ]
+        if later:
+            u = later[-1]
+            return [
+                _alert_finding(
+                    FindingCode.ALERT_MISMATCH,
+                    alert_id,
+                    f"alert {alert_id} is the version run {run} wrote at {at}, not the one "
+                    f"run {u.run} wrote at {u.at}: "
+                    + ", ".join(
+                        sorted(_differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS))
+                    ),
+                    audit_run=run,
+                    created_at=at,
+                    columns=_differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS),
+                )
+            ]
+        return []
+    if at in times.get(run, ()):
+        return [
+            _alert_finding(
+                FindingCode.ALERT_UNEXPECTED,
+                alert_id,
+                f"run {run} did not raise alert {alert_id} at {at} (replayed over the ledger)",
+                audit_run=shown(run),
+                created_at=shown(at),
+            )
+        ]
+    return _regrouped(view, alert, decided, salt, config)
+
+
+def _regrouped(
+    view: LedgerView, alert: StoredAlert, decided: Decided, salt: str, config: AuditConfig
+) -> list[Finding]:
+    """An alert of a run that cannot be replayed at its time: regroup its own flagged
+    accesses from their current decisions."""
+    alert_id, at = alert.alert_id, alert.created_at
+    flagged = alert.flagged()
+    members: list[PlacedDecision] = []
+    newer = False
+    for event_id in flagged or ():
+        for amends in (0, 1):
+            cur = decided.current.get((event_id, amends))
+            if cur is not None:
+                members.append(cur[1])
+                newer = newer or cur[0] > at
+    if not members:
+        return [
+            _alert_finding(
+                FindingCode.ALERT_UNEXPECTED,
+                alert_id,
+                f"alert {alert_id} (run {alert.audit_run or '?'}, written at {at or '?'}) is "
+                "about accesses no audit run decided",
+                audit_run=shown(alert.get("audit_run")),
+                created_at=shown(alert.get("created_at")),
+            )
+        ]
+    regrouped = {
+        a.alert_id: a
+        for a in group_alerts(
+            [p.decision for p in members],
+            salt=salt,
+            closed=view.reviews_at(at).closed,
+            late_flag_delay_us=config.btg_stop_window_us,
+        )
+    }
+    again = regrouped.get(alert_id)
+    expected = (
+        None
+        if again is None
+        else normalise_alert(alert_row(again, created_at=at, audit_run=alert.audit_run, version=0))
+    )
+    diffs = (
+        {"alert_id": {"stored": alert_id, "recomputed": None}}
+        if expected is None
+        else _differences(ALERT_COLUMNS, alert.values, expected, skip=_WRITE_COLUMNS)
+    )
+    if not diffs:
+        return []
+    code = FindingCode.ALERT_STALE if newer else FindingCode.ALERT_MISMATCH
+    why = (
+        "its accesses were decided again since (a later audit run)"
+        if newer
+        else "it is not the alert its flagged accesses' decisions give"
+    )
+    return [
+        _alert_finding(
+            code,
+            alert_id,
+            f"alert {alert_id} (run {alert.audit_run or '?'}, written at {at or '?'}): {why}: "
+            f"{', '.join(sorted(diffs))}",
+            audit_run=shown(alert.get("audit_run")),
+            created_at=shown(alert.get("created_at")),
+            columns=diffs,
+        )
+    ]

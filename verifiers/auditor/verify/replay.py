@@ -1,0 +1,339 @@
+"""Replaying an audit run over the ledger as it was when the run was made.
+
+A run's rows say which run it was (``audit_run``: a range ``range:<from>..<to>`` or a
+follower ``follow:<token>[;warm=..][;from=..]``), when it decided (``decided_at``: one per
+range run, one per follow cycle) and with which reference knowledge
+(``reference_known_at``). ``verify`` serves the auditor's own code (``plan_range``, and
+``Follower`` cycle by cycle) exactly what that run read, from the ledger:
+
+* the committed events the run could see (blocks sealed by then, or decided by it);
+* the reference records known by each cutoff;
+* the reviews made by then, from the *ledgered* status changes, never from the rows;
+* for a follower, the blocks of each cycle (from the heights its rows name), its
+  warm-up and its start.
+
+What the replay writes is what the run must have written (``Replay``).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import DEFAULT_CONFIG, AuditConfig
+from ..runner.decide import LedgeredEvent, LedgeredReference, PlacedDecision
+from ..runner.follow import Follower
+from ..runner.range_run import plan_range
+from ..runner.reviews import Reviews
+from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RunId, alert_row
+from .ledger import LedgerView
+from .stored import StoredDecision
+
+__all__ = ["Replay", "replay_follow", "replay_range"]
+
+#: blocks of a chain a follow replay reads from ClickHouse at once
+_CHUNK = 2000
+
+
+@dataclass
+class Replay:
+    """What one run must have written: its decision rows (by event id and amends), the
+    decisions themselves, and its alert upserts in order (time, alert id, row)."""
+
+    run: str
+    kind: str
+    decisions: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
+    placed: dict[tuple[str, int], PlacedDecision] = field(default_factory=dict)
+    alerts: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
+    #: the times of the run's decisions (one for a range run, one per follow cycle)
+    times: list[str] = field(default_factory=list)
+    #: range runs: [from, to); the alerts with first_at there were replaced by the run
+    bounds: tuple[str, str] | None = None
+
+
+class _Snapshot:
+    """An ``AuditSource`` serving the ledger as one run saw it (reads only; what the run
+    writes is collected)."""
+
+    def __init__(self, view: LedgerView) -> None:
+        self.view = view
+        self.now = ""
+        self.written: list[tuple[Any, ...]] = []
+        self.alerts_written: list[tuple[Any, ...]] = []
+
+    # reads every run makes
+    def reference_records(self) -> list[LedgeredReference]:
+        # every version: each decision's knowledge cutoff says which it could use
+        return list(self.view.references)
+
+    def is_reference(self, chain_id: str) -> bool:
+        return self.view.store.is_reference(chain_id)
+
+    def reviews(self) -> Reviews:
+        return self.view.reviews_at(self.now)
+
+    def status_changes(self) -> int:
+        return self.view.status_changes_at(self.now)
+
+    def undecided_count(self, from_ts: str, to_ts: str) -> int:
+        return 0
+
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.written.extend(rows)
+
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.alerts_written.extend(rows)
+
+
+class RangeSnapshot(_Snapshot):
+    """The ledger as range run ``rows`` (one run: same id and ``decided_at``) saw it."""
+
+    def __init__(self, view: LedgerView, rows: Sequence[StoredDecision], decided_at: str) -> None:
+        super().__init__(view)
+        self.now = decided_at
+        self.mine = {r.key[0]: r for r in rows if r.key[1] == 0 and r.known_at}
+        #: the blocks the run decided events of: it saw them, whatever their time says
+        self.blocks = {(p[0], p[1]) for r in rows if (p := r.position) is not None}
+
+    def _visible(self, le: LedgeredEvent) -> bool:
+        p = le.position
+        return (p.chain_id, p.height) in self.blocks or self.view.committed_by(
+            p.chain_id, p.height, self.now
+        )
+
+    def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
+        return (le for le in self.view.events_between(lo, hi) if self._visible(le))
+
+    def horizon(self) -> str | None:
+        return self.view.horizon_at(self.now, sorted(self.blocks))
+
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        # the run's own decisions first: they are the cutoffs it kept (or chose)
+        out = [
+            (e, r.occurred_at, r.known_at) for e, r in self.mine.items() if lo <= r.occurred_at < hi
+        ]
+        for e, (occurred, known) in self.view.latest_cutoffs(self.now).items():
+            if e not in self.mine and lo <= occurred < hi:
+                out.append((e, occurred, known))
+        return out
+
+    # not read by a range run
+    def reference_records_of_chain(
+        self, chain_id: str, above: int, upto: int
+    ) -> list[LedgeredReference]:
+        raise NotImplementedError
+
+    def heads(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
+        raise NotImplementedError
+
+    def last_decided_time(self) -> str | None:
+        raise NotImplementedError
+
+    def decided_heights(self) -> dict[str, int]:
+        raise NotImplementedError
+
+
+def replay_range(
+    view: LedgerView,
+    run: RunId,
+    decided_at: str,
+    rows: Sequence[StoredDecision],
+    *,
+    salt: str,
+    config: AuditConfig = DEFAULT_CONFIG,
+) -> Replay:
+    """Range run ``run`` made at ``decided_at``, replayed (``plan_range``)."""
+    assert run.from_ts is not None and run.to_ts is not None
+    source = RangeSnapshot(view, rows, decided_at)
+    plan = plan_range(
+        source, run.from_ts, run.to_ts, salt=salt, config=config, now=lambda: decided_at
+    )
+    out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
+    for placed, row in zip(plan.placed, plan.decision_rows, strict=True):
+        key = (placed.decision.event_id, int(placed.decision.amends))
+        out.decisions.setdefault(key, row)
+        out.placed.setdefault(key, placed)
+    for a in plan.alerts:
+        out.alerts.append(
+            (
+                decided_at,
+                a.alert_id,
+                alert_row(a, created_at=decided_at, audit_run=run.text, version=0),
+            )
+        )
+    return out
+
+
+# --------------------------------------------------------------------------- follow
+
+
+@dataclass
+class _Cycles:
+    """A follow run's cycles as its rows show them."""
+
+    times: list[str]
+    known: list[str]
+    #: access chain -> (height, cycle) of the blocks the run decided, by height
+    blocks: dict[str, list[tuple[int, int]]]
+    #: access chain -> the height the run started above
+    cursors: dict[str, int]
+
+
+def _cycles(rows: Sequence[StoredDecision]) -> _Cycles:
+    own = [r for r in rows if r.key[1] == 0 and r.decided_at]
+    times = sorted({r.decided_at for r in own})
+    index = {t: k for k, t in enumerate(times)}
+    known: list[str] = []
+    for t in times:
+        counts = Counter(r.known_at for r in own if r.decided_at == t)
+        known.append(counts.most_common(1)[0][0] if counts else "")
+    cycle_of: dict[tuple[str, int], int] = {}
+    for r in own:
+        p = r.position
+        if p is None:
+            continue
+        k = index[r.decided_at]
+        cycle_of[(p[0], p[1])] = min(k, cycle_of.get((p[0], p[1]), k))
+    blocks: dict[str, list[tuple[int, int]]] = {}
+    for (chain, height), k in sorted(cycle_of.items()):
+        blocks.setdefault(chain, []).append((height, k))
+    cursors = {chain: hs[0][0] - 1 for chain, hs in blocks.items()}
+    return _Cycles(times, known, blocks, cursors)
+
+
+class FollowSnapshot(_Snapshot):
+    """The ledger as follow run ``rows`` saw it, one cycle at a time (``cycle``)."""
+
+    def __init__(self, view: LedgerView, cycles: _Cycles, warm_until: str | None) -> None:
+        super().__init__(view)
+        self.cycles = cycles
+        self.warm_until = warm_until
+        self.k = -1
+        self.written_at: list[tuple[str, tuple[Any, ...]]] = []
+        self.alerts_at: list[tuple[str, tuple[Any, ...]]] = []
+        self._cache: dict[str, dict[int, list[LedgeredEvent]]] = {}
+        self._loaded: dict[str, int] = {}
+        known = [k for k in cycles.known if k]
+        self._first_known = known[0] if known else ""
+
+    def cycle(self, k: int) -> None:
+        self.k = k
+        self.now = self.cycles.times[k]
+
+    def _known(self) -> str:
+        known = self.cycles.known[self.k] if self.k >= 0 else ""
+        return known or self._first_known
+
+    def heads(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for chain, blocks in self.cycles.blocks.items():
+            head = self.cycles.cursors[chain]
+            # blocks between two of the run's blocks were read with the earlier one
+            for height, k in blocks:
+                if k > self.k:
+                    break
+                head = height
+            out[chain] = head
+        known = self._known()
+        for chain, heights in self.view.reference_times.items():
+            if known:
+                out[chain] = self.view.reference_head_at(chain, known)
+            else:  # rows written before the cutoff was stored: what was committed
+                out[chain] = max(
+                    (h for h, _t in heights if self.view.committed_by(chain, h, self.now)),
+                    default=-1,
+                )
+        return out
+
+    def decided_heights(self) -> dict[str, int]:
+        return dict(self.cycles.cursors)
+
+    def last_decided_time(self) -> str | None:
+        return self.warm_until
+
+    def reference_records_of_chain(
+        self, chain_id: str, above: int, upto: int
+    ) -> list[LedgeredReference]:
+        return [
+            r for r in self.view.references if r.chain_id == chain_id and above < r.height <= upto
+        ]
+
+    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
+        cache = self._cache.setdefault(chain_id, {})
+        loaded = self._loaded.get(chain_id, above)
+        if upto > loaded:
+            last = max(upto, loaded + _CHUNK)
+            for le in self.view.store.events_of_chain(chain_id, loaded, last):
+                cache.setdefault(le.position.height, []).append(le)
+            self._loaded[chain_id] = last
+        for h in [h for h in cache if h <= above]:
+            del cache[h]
+        return [le for h in range(above + 1, upto + 1) for le in cache.get(h, ())]
+
+    def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
+        # the warm-up: what earlier runs decided (the follower keeps heights <= cursors)
+        return self.view.events_between(lo, hi)
+
+    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        first = self.cycles.times[0]
+        return [
+            (e, occurred, known)
+            for e, (occurred, known) in self.view.latest_cutoffs(first).items()
+            if lo <= occurred < hi
+        ]
+
+    def horizon(self) -> str | None:
+        raise NotImplementedError
+
+    def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.written_at.extend((self.now, r) for r in rows)
+
+    def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
+        self.alerts_at.extend((self.now, r) for r in rows)
+
+
+def replay_follow(
+    view: LedgerView,
+    run: RunId,
+    rows: Sequence[StoredDecision],
+    *,
+    salt: str,
+    config: AuditConfig = DEFAULT_CONFIG,
+) -> Replay:
+    """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``."""
+    cycles = _cycles(rows)
+    out = Replay(run.text, "follow", times=list(cycles.times))
+    if not cycles.times:
+        return out
+    source = FollowSnapshot(view, cycles, run.warm_until)
+    follower = Follower(
+        source,
+        salt=salt,
+        config=config,
+        from_ts=run.from_ts,
+        now=lambda: source.now,
+        warmup=run.warm_until is not None,
+    )
+
+    def decided(placed: list[PlacedDecision]) -> None:
+        for p in placed:
+            out.placed.setdefault((p.decision.event_id, int(p.decision.amends)), p)
+
+    follower.on_decided = decided
+    for k in range(len(cycles.times)):
+        source.cycle(k)
+        follower.cycle()
+    # the replaying follower has a token of its own: the rows carry the run's id
+    d_run, d_amends = DECISION_COLUMNS.index("audit_run"), DECISION_COLUMNS.index("amends")
+    a_run = ALERT_COLUMNS.index("audit_run")
+    for _t, row in source.written_at:
+        fixed = (*row[:d_run], run.text, *row[d_run + 1 :])
+        out.decisions.setdefault((str(row[0]), int(row[d_amends])), fixed)
+    for t, row in source.alerts_at:
+        out.alerts.append((t, str(row[0]), (*row[:a_run], run.text, *row[a_run + 1 :])))
+    return out

@@ -1,0 +1,201 @@
+"""The auditor's stored rows as ``verify`` reads them: untrusted, never raising.
+
+Every column is normalised to the type the auditor writes (``str``, ``int``,
+``datetime.date``, ``float``); a value of another type, or text that is not UTF-8, becomes
+an ``Unreadable`` marker that equals nothing the auditor could have written, so a hostile
+row is a finding at its place, never a crash.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS
+
+__all__ = [
+    "StoredAlert",
+    "StoredDecision",
+    "Unreadable",
+    "normalise_alert",
+    "normalise_decision",
+    "parse_alerts",
+    "parse_decisions",
+    "shown",
+]
+
+
+class Unreadable(str):
+    """A stored value of the wrong type or encoding (shown as its ``repr``)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        return False
+
+    def __ne__(self, other: object) -> bool:
+        return True
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+
+_INT: Final = frozenset({"height", "idx", "amends", "version"})
+_FLOAT: Final = frozenset({"score"})
+_DATE: Final = frozenset({"occurred_date"})
+
+
+def _value(column: str, value: Any) -> Any:
+    if column in _INT:
+        return value if type(value) is int else Unreadable(repr(value)[:200])
+    if column in _FLOAT:
+        if type(value) is float or type(value) is int:
+            return float(value)
+        return Unreadable(repr(value)[:200])
+    if column in _DATE:
+        if type(value) is dt.date:
+            return value
+        return Unreadable(repr(value)[:200])
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return Unreadable(repr(value)[:200])
+    if isinstance(value, str):
+        return value
+    return Unreadable(repr(value)[:200])
+
+
+def _normalise(columns: Sequence[str], row: Sequence[Any]) -> tuple[Any, ...]:
+    values = list(row)[: len(columns)]
+    values += [None] * (len(columns) - len(values))
+    return tuple(_value(c, v) for c, v in zip(columns, values, strict=True))
+
+
+def normalise_decision(row: Sequence[Any]) -> tuple[Any, ...]:
+    """A decision row (``DECISION_COLUMNS`` order) with every value normalised."""
+    return _normalise(DECISION_COLUMNS, row)
+
+
+def normalise_alert(row: Sequence[Any]) -> tuple[Any, ...]:
+    """An alert row (``ALERT_COLUMNS`` order) with every value normalised."""
+    return _normalise(ALERT_COLUMNS, row)
+
+
+def shown(value: Any, limit: int = 300) -> Any:
+    """A value as a finding shows it (JSON-friendly, bounded)."""
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    if isinstance(value, str) and len(value) > limit:
+        return value[:limit] + "..."
+    return value
+
+
+_D = {c: i for i, c in enumerate(DECISION_COLUMNS)}
+_A = {c: i for i, c in enumerate(ALERT_COLUMNS)}
+
+
+@dataclass(frozen=True, slots=True)
+class StoredDecision:
+    """One ``access_decisions`` row (normalised)."""
+
+    values: tuple[Any, ...]
+
+    def get(self, column: str) -> Any:
+        return self.values[_D[column]]
+
+    def text(self, column: str) -> str:
+        v = self.get(column)
+        return v if isinstance(v, str) and not isinstance(v, Unreadable) else ""
+
+    @property
+    def key(self) -> tuple[str, int]:
+        """(event id, amends): one decision per key and run."""
+        amends = self.get("amends")
+        return self.text("event_id"), amends if isinstance(amends, int) else -1
+
+    @property
+    def audit_run(self) -> str:
+        return self.text("audit_run")
+
+    @property
+    def decided_at(self) -> str:
+        return self.text("decided_at")
+
+    @property
+    def known_at(self) -> str:
+        return self.text("reference_known_at")
+
+    @property
+    def occurred_at(self) -> str:
+        return self.text("occurred_at")
+
+    @property
+    def position(self) -> tuple[str, int, int] | None:
+        """(chain, height, idx) as the row claims it, if readable."""
+        chain, height, idx = self.get("chain_id"), self.get("height"), self.get("idx")
+        if isinstance(chain, Unreadable) or not isinstance(height, int):
+            return None
+        if not isinstance(idx, int):
+            return None
+        return chain, height, idx
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAlert:
+    """One ``alerts`` row as ``FINAL`` reads it (normalised; ``version`` kept apart)."""
+
+    values: tuple[Any, ...]
+
+    def get(self, column: str) -> Any:
+        return self.values[_A[column]]
+
+    def text(self, column: str) -> str:
+        v = self.get(column)
+        return v if isinstance(v, str) and not isinstance(v, Unreadable) else ""
+
+    @property
+    def alert_id(self) -> str:
+        return self.text("alert_id")
+
+    @property
+    def audit_run(self) -> str:
+        return self.text("audit_run")
+
+    @property
+    def created_at(self) -> str:
+        return self.text("created_at")
+
+    @property
+    def first_at(self) -> str:
+        return self.text("first_at")
+
+    def json(self, column: str) -> Any:
+        """A JSON column decoded, or None if it does not decode."""
+        try:
+            return json.loads(self.text(column))
+        except ValueError:
+            return None
+
+    def flagged(self) -> list[str] | None:
+        """The flagged event ids (the last ``flagged_events`` of ``event_ids``), or None
+        when the row does not say them readably."""
+        ids = self.json("event_ids")
+        evidence = self.json("evidence")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            return None
+        n = evidence.get("flagged_events") if isinstance(evidence, dict) else None
+        if type(n) is int and 0 < n <= len(ids):
+            return ids[-n:]
+        return list(ids)
+
+
+def parse_decisions(rows: Iterable[Sequence[Any]]) -> list[StoredDecision]:
+    return [StoredDecision(normalise_decision(r)) for r in rows]
+
+
+def parse_alerts(rows: Iterable[Sequence[Any]]) -> list[StoredAlert]:
+    return [StoredAlert(normalise_alert(r)) for r in rows]
