@@ -131,11 +131,15 @@ def test_simulated_traffic_is_chained_exactly_once_and_verifies(
     report = _verify_ok(settings)
     assert report["result"] == "intact"
 
-    # Signed checkpoints of every chain head are published outside the store.
+    # Signed checkpoints of every chain head are published outside the store, each
+    # signed under its chain id (the key name C2SP witnesses require, ADR 0018).
     trusted = load_public_keys(settings.trusted_keys)[0]
     latest: dict[str, Checkpoint] = {}
     for value in _read_topic(settings, settings.topic_checkpoints, idle_s=3.0):
-        cp = verify_checkpoint(value.decode(), {settings.origin: trusted})
+        note = value.decode()
+        chain = note.split("\n", 1)[0]
+        cp = verify_checkpoint(note, {chain: trusted})
+        assert cp.origin == chain
         latest[cp.origin] = cp
     assert set(latest) == set(all_heads)
     for chain_id, head in all_heads.items():
