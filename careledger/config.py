@@ -52,6 +52,9 @@ class Settings:
     # Raw records the ingest gateway received (bytes as received, ledgered in chains
     # of their own, kept forever like reference data).
     topic_raw: str = "careledger.raw-records"
+    # Every stored block (header, signature, canonical records, attestations), published
+    # by the processor after the store write for replicas (ADR 0017); kept forever.
+    topic_blocks: str = "careledger.blocks"
     partitions: int = 4
     reference_partitions: int = 1
     # Largest access-event message the processor accepts; larger ones are
@@ -84,8 +87,15 @@ class Settings:
     # verify: unsigned events in blocks created before this instant are legacy history,
     # not findings ("" = from the first source key registration in the ledger).
     source_signatures_since: str = ""
-    # A batch statement's signed_at may differ from the record's Kafka time by this much.
+    # A batch statement's signed_at may differ from the broker's append time of its
+    # records (the events topic uses LogAppendTime) by this much; `verify` allows the
+    # same around the append times a block header signs (ADR 0015).
     source_max_skew_s: float = 900.0
+    # --- broker time, replays, processor key rotation (ADR 0015) ---------------------
+    # How often the processor reads the source sequence numbers other processor
+    # instances chained (replays are REPLAYED whichever instance chained the original);
+    # 0: only when a chain is (re)loaded. A single instance reads nothing periodically.
+    seq_refresh_ms: int = 250
 
     # --- sources (SDK) --------------------------------------------------------
     # Who this producer is and its Ed25519 key (registered with `careledger source
@@ -167,6 +177,16 @@ class Settings:
     witness_port: int = 17380
     # Largest add-checkpoint body accepted (413 beyond), bytes.
     witness_max_request_bytes: int = 65536
+
+    # --- replica (`careledger replica` / `restore`, replica/, ADR 0017) -------------
+    # The replica's own ClickHouse database (or server): fed from topic_blocks, each
+    # block verified with trusted_keys before it is stored. `replica compare` and
+    # `restore` read the primary (clickhouse_*) and this replica.
+    replica_clickhouse_host: str = "127.0.0.1"
+    replica_clickhouse_port: int = 19000
+    replica_clickhouse_user: str = "default"
+    replica_clickhouse_password: str = ""
+    replica_clickhouse_database: str = "careledger_replica"
 
     @property
     def kafka_bootstrap(self) -> str:

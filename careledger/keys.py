@@ -10,7 +10,6 @@ are loaded the same way.
 
 from __future__ import annotations
 
-import argparse
 import os
 import stat
 from pathlib import Path
@@ -161,29 +160,3 @@ def load_trusted_keys(settings: Any) -> TrustedKeys:
 
 def default_key_path(settings: Any) -> Path:
     return Path(settings.signing_key) if settings.signing_key else settings.keys_dir / "signing.key"
-
-
-def configure_keygen(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--out", type=Path, help="private key path (default: <run_dir>/keys/signing.key)"
-    )
-    parser.add_argument("--if-missing", action="store_true", help="do nothing if the key exists")
-    parser.add_argument("--force", action="store_true", help="overwrite an existing key")
-
-
-def command_keygen(args: argparse.Namespace, settings: Any) -> int:
-    path: Path = args.out or default_key_path(settings)
-    if args.if_missing and path.exists():
-        key = load_signing_key(path, env={})
-        print(f"key exists: {path}")
-    else:
-        try:
-            key = write_keypair(path, overwrite=args.force)
-        except KeyFileError as exc:
-            print(f"careledger keygen: {exc}")
-            return 2
-        print(f"private key: {path} (mode 600)")
-    print(f"public key file: {path}.pub")
-    print(f"public key: {format_public_key(key.public_key)}")
-    print(f"key id: {key.key_id}")
-    return 0

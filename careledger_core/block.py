@@ -15,6 +15,12 @@ empty-tree root SHA-256("") and the event times should repeat ``created_at``.
 ``offsets_digest`` of the events' Kafka offsets in index order. Headers signed before it
 existed have no such member (``None``) and keep their exact bytes; a header with it
 ``null`` is not canonical.
+
+``first_append_time`` / ``last_append_time`` (ADR 0015) are the earliest and latest broker
+append time (Kafka ``LogAppendTime``) of the block's source-attested events: the times
+at which the processor decided their keys' status, so that ``verify`` can check the same
+decision. Both or neither; absent (not ``null``) when the block has no attested event and
+in headers signed before them.
 """
 
 from __future__ import annotations
@@ -96,6 +102,10 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: ``offsets_digest`` of the events' Kafka offsets; None in headers signed before
     #: ADR 0014 (the member is then absent from the canonical bytes)
     event_offsets: str | None = None
+    #: broker append times of the block's source-attested events, earliest and latest
+    #: (ADR 0015); None when it has none and in headers signed before them
+    first_append_time: str | None = None
+    last_append_time: str | None = None
 
     def __post_init__(self) -> None:
         if self.schema != BLOCK_SCHEMA:
@@ -126,6 +136,22 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
                 raise HeaderValidationError(
                     name, "must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ"
                 )
+        if (self.first_append_time is None) != (self.last_append_time is None):
+            raise HeaderValidationError(
+                "first_append_time", "first_append_time and last_append_time go together"
+            )
+        if self.first_append_time is not None:
+            for name in ("first_append_time", "last_append_time"):
+                value = getattr(self, name)
+                if not isinstance(value, str) or not is_valid_timestamp(value):
+                    raise HeaderValidationError(
+                        name, "must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ"
+                    )
+            assert self.last_append_time is not None
+            if self.last_append_time < self.first_append_time:
+                raise HeaderValidationError(
+                    "last_append_time", "must not be before first_append_time"
+                )
         if (self.height == 0) != (self.prev_hash == GENESIS_PREV_HASH):
             raise HeaderValidationError(
                 "prev_hash", "must be 64 zeros exactly when height is 0 (genesis)"
@@ -149,12 +175,18 @@ _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _DECODER: Final = msgspec.json.Decoder(BlockHeader)
 
 
+_OPTIONAL: Final = ("event_offsets", "first_append_time", "last_append_time")
+
+
 def header_bytes(h: BlockHeader) -> bytes:
-    """RFC 8785 canonical bytes of the header (what is hashed and signed); a header
-    without ``event_offsets`` (signed before ADR 0014) has no such member."""
-    if h.event_offsets is None:
+    """RFC 8785 canonical bytes of the header (what is hashed and signed); an optional
+    member that is None (``event_offsets`` before ADR 0014, the append times before ADR
+    0015 or without attested events) is left out."""
+    if any(getattr(h, name) is None for name in _OPTIONAL):
         fields = msgspec.structs.asdict(h)
-        del fields["event_offsets"]
+        for name in _OPTIONAL:
+            if fields[name] is None:
+                del fields[name]
         return _ENCODER.encode(fields)
     return _ENCODER.encode(h)
 

@@ -65,6 +65,11 @@ class FindingCode(StrEnum):
     SOURCE_SEQ_DUPLICATE = "SOURCE_SEQ_DUPLICATE"  # one sequence number chained twice
     SOURCE_SEQ_GAP = "SOURCE_SEQ_GAP"  # sequence numbers sent but never chained
     SOURCE_HEARTBEAT_INVALID = "SOURCE_HEARTBEAT_INVALID"  # heartbeat fails its signature
+    # ADR 0015: signed_at outside the window of the block's signed broker append times
+    SOURCE_SIGNED_AT_SKEW = "SOURCE_SIGNED_AT_SKEW"
+    # ADR 0015: a block signed by a processor key that was not the current one (retired
+    # by a ledgered rotation, not yet valid, or not a registered processor key)
+    BLOCK_KEY_NOT_CURRENT = "BLOCK_KEY_NOT_CURRENT"
     # the events' Kafka offsets differ from the header's signed event_offsets (ADR 0014)
     EVENT_OFFSETS_MISMATCH = "EVENT_OFFSETS_MISMATCH"
     # the auditor's rows (ADR 0016): decisions and alerts recomputed from the ledger,
@@ -128,6 +133,8 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.SOURCE_SEQ_DUPLICATE: _C,
         FindingCode.SOURCE_SEQ_GAP: _E,
         FindingCode.SOURCE_HEARTBEAT_INVALID: _E,
+        FindingCode.SOURCE_SIGNED_AT_SKEW: _C,
+        FindingCode.BLOCK_KEY_NOT_CURRENT: _C,
         FindingCode.DECISION_MISMATCH: _C,
         FindingCode.DECISION_MISSING: _C,
         FindingCode.DECISION_UNEXPECTED: _C,

@@ -19,6 +19,15 @@ events can be told from an idle source. Keys are registered, rotated and revoked
 instant. Key events and heartbeats travel as reference records (kinds ``source-key``
 and ``source-heartbeat``, see ``reference.py``) and are ledgered like consents.
 
+Times that decide (ADR 0015): the processor decides a key's status at the broker's append
+time of the record (Kafka ``LogAppendTime``), which no signer chooses, and accepts a
+``signed_at`` only within ``max_skew_s`` of it (``BatchVerifier.authorize(..., at=...)``);
+``verify`` decides it within the window of broker times the block header signs
+(``SourceRegistry.authorize_within``). The processor's own key is registered in the same
+registry under :func:`processor_source_id` (a ledgered, registrar-signed rotation); such a
+key never signs events. :class:`SeqRuns` holds the sequence numbers of a (source, epoch)
+that were chained, as sorted runs (replay detection in the processor and ``verify``).
+
 Pure: no I/O. Errors: :class:`SourceAuthError` (an ``IntegrityError``) with a stable
 ``code`` naming why a record cannot be attributed to its source.
 """
@@ -36,10 +45,17 @@ from typing import Annotated, Any, Final, Literal
 import msgspec
 
 from .errors import IntegrityError, ProofError, SignatureError, ValidationError
-from .event import MAX_ID_LENGTH, TIMESTAMP_PATTERN, AccessEvent, decode_and_canonicalize
+from .event import (
+    MAX_ID_LENGTH,
+    TIMESTAMP_PATTERN,
+    AccessEvent,
+    decode_and_canonicalize,
+    is_valid_timestamp,
+)
 from .hashing import leaf_hash
 from .jcs import MAX_SAFE_INTEGER
 from .merkle import MerkleTree, verify_inclusion
+from .seq_runs import SeqRuns
 from .signing import PublicKey, SigningKey
 
 __all__ = [
@@ -47,12 +63,14 @@ __all__ = [
     "HEARTBEAT_CONTEXT",
     "KEY_EVENT_CONTEXT",
     "MAX_BATCH_SIZE",
+    "PROCESSOR_SOURCE_PREFIX",
     "SIGNED_EVENT_SCHEMA",
     "Attestation",
     "BatchStatement",
     "BatchVerifier",
     "HeartbeatStatement",
     "KeyEventStatement",
+    "SeqRuns",
     "SignedEvent",
     "SourceAuthError",
     "SourceEnvelopeError",
@@ -64,10 +82,13 @@ __all__ = [
     "key_event_from_dict",
     "looks_signed",
     "new_epoch",
+    "processor_source_id",
+    "seconds_of",
     "sign_batch",
     "sign_heartbeat",
     "sign_key_event",
     "statement_bytes",
+    "timestamp_of",
     "verify_attestation_proof",
     "verify_heartbeat",
     "verify_key_event",
@@ -86,6 +107,61 @@ KEY_EVENT_CONTEXT: Final = b"careledger-source-key-v1\n"
 
 #: A batch's inclusion proof is at most 16 hashes.
 MAX_BATCH_SIZE: Final = 65536
+
+#: Registry entries whose source id starts with this are a log's processor keys (block
+#: signing keys, ADR 0015), registered and rotated by the registrar; they sign no events.
+PROCESSOR_SOURCE_PREFIX: Final = "careledger-processor:"
+
+_US_PER_DAY: Final = 86_400_000_000
+
+
+def processor_source_id(origin: str) -> str:
+    """The registry identity of the processor keys of the log ``origin``."""
+    return PROCESSOR_SOURCE_PREFIX + origin
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    return era * 146097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719468
+
+
+def _civil_from_days(z: int) -> tuple[int, int, int]:
+    z += 719468
+    era = z // 146097
+    doe = z - era * 146097
+    yoe = (doe - doe // 1460 + doe // 36524 - doe // 146096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    d = doy - (153 * mp + 2) // 5 + 1
+    m = mp + (3 if mp < 10 else -9)
+    return yoe + era * 400 + (m <= 2), m, d
+
+
+def timestamp_of(seconds: float) -> str:
+    """A POSIX time as an event timestamp ``YYYY-MM-DDTHH:MM:SS.ffffffZ`` (UTC), rounded
+    to the microsecond. Pure arithmetic: the core reads no clock and imports no datetime."""
+    days, us = divmod(round(seconds * 1_000_000), _US_PER_DAY)
+    y, m, d = _civil_from_days(days)
+    secs, us = divmod(us, 1_000_000)
+    h, rem = divmod(secs, 3600)
+    mi, sec = divmod(rem, 60)
+    return f"{y:04d}-{m:02d}-{d:02d}T{h:02d}:{mi:02d}:{sec:02d}.{us:06d}Z"
+
+
+def seconds_of(timestamp: str) -> float:
+    """An event timestamp as POSIX seconds. Raises ``ValueError`` if it is not a real
+    instant in that format."""
+    if not is_valid_timestamp(timestamp):
+        raise ValueError(f"not a UTC timestamp: {timestamp[:40]!r}")
+    t = timestamp
+    days = _days_from_civil(int(t[0:4]), int(t[5:7]), int(t[8:10]))
+    us = ((days * 24 + int(t[11:13])) * 60 + int(t[14:16])) * 60 + int(t[17:19])
+    return us + int(t[20:26]) / 1_000_000
+
 
 _HEX16 = r"\A[0-9a-f]{16}\Z"
 _HEX64 = r"\A[0-9a-f]{64}\Z"
@@ -122,6 +198,11 @@ class BatchStatement(_Struct, frozen=True, kw_only=True):
     signed_at: Timestamp
     #: set when a gateway signs for a source that cannot sign itself: the gateway's id
     signed_by: Id | None = None
+
+    def __post_init__(self) -> None:
+        # the pattern admits 2026-02-30: a time must be a real instant to be compared
+        if not is_valid_timestamp(self.signed_at):
+            raise ValueError("signed_at is not a real instant")
 
     @property
     def last_seq(self) -> int:
@@ -190,7 +271,8 @@ class SourceEnvelopeError(ValidationError):
 class SourceAuthError(IntegrityError):
     """A record cannot be attributed to its source. ``code`` is one of ``UNSIGNED``,
     ``BAD_SIGNATURE``, ``BAD_PROOF``, ``UNKNOWN_KEY``, ``REVOKED_KEY``,
-    ``KEY_NOT_FOR_SOURCE``, ``SIGNED_AT_SKEW``, ``REPLAYED``."""
+    ``KEY_NOT_FOR_SOURCE``, ``SIGNED_AT_SKEW``, ``REPLAYED``, ``UNTRUSTED_TIME`` (the
+    record's Kafka timestamp is the producer's CreateTime, not the broker's)."""
 
     code = "SOURCE_AUTH"
 
@@ -434,8 +516,7 @@ class SourceRegistry:
         key = old.key if old else PublicKey(base64.b64decode(e.public_key))
         self._keys[e.key_id] = _KeyState(e.source_id, key, signs_for, history)
 
-    def authorize(self, source_id: str, key_id: str, at: str) -> PublicKey:
-        """The key, if it may sign for ``source_id`` at ``at``; else :class:`SourceAuthError`."""
+    def _state(self, source_id: str, key_id: str) -> _KeyState:
         state = self._keys.get(key_id)
         if state is None:
             raise SourceAuthError(
@@ -447,6 +528,52 @@ class SourceRegistry:
                 code="KEY_NOT_FOR_SOURCE",
                 details={"key_id": key_id},
             )
+        return state
+
+    def public_key(self, key_id: str) -> PublicKey:
+        """The registered key whatever its status; :class:`SourceAuthError` (``UNKNOWN_KEY``)
+        if it was never registered."""
+        state = self._keys.get(key_id)
+        if state is None:
+            raise SourceAuthError(
+                "key is not registered", code="UNKNOWN_KEY", details={"key_id": key_id}
+            )
+        return state.key
+
+    def history(self, key_id: str) -> tuple[tuple[str, str], ...]:
+        """The key's ``(valid_from, status)`` changes in time order (empty: unknown key)."""
+        state = self._keys.get(key_id)
+        return () if state is None else state.history
+
+    def keys_of(self, source_id: str) -> list[str]:
+        """The key ids registered to ``source_id`` (as their own source, not ``signs_for``)."""
+        return sorted(k for k, s in self._keys.items() if s.source_id == source_id)
+
+    def authorize_within(self, source_id: str, key_id: str, lo: str, hi: str) -> PublicKey:
+        """The key, if it may sign for ``source_id`` at some instant of ``[lo, hi]``; else
+        :class:`SourceAuthError` saying why not at ``hi`` (``REVOKED_KEY`` if it had been
+        active before, ``UNKNOWN_KEY`` if it never was by then)."""
+        state = self._state(source_id, key_id)
+        if state.status_at(lo) == "active" or any(
+            lo < t <= hi and s == "active" for t, s in state.history
+        ):
+            return state.key
+        ever = any(t <= hi and s == "active" for t, s in state.history)
+        if not ever:
+            raise SourceAuthError(
+                "key was not yet registered at that time",
+                code="UNKNOWN_KEY",
+                details={"key_id": key_id, "at": hi},
+            )
+        raise SourceAuthError(
+            "key was revoked at that time",
+            code="REVOKED_KEY",
+            details={"key_id": key_id, "at": lo},
+        )
+
+    def authorize(self, source_id: str, key_id: str, at: str) -> PublicKey:
+        """The key, if it may sign for ``source_id`` at ``at``; else :class:`SourceAuthError`."""
+        state = self._state(source_id, key_id)
         status = state.status_at(at)
         if status is None:
             raise SourceAuthError(
@@ -463,8 +590,15 @@ class SourceRegistry:
         return state.key
 
     def first_registered_at(self) -> str | None:
-        """When the first key of any source became active (None: no key registered)."""
-        times = [t for s in self._keys.values() for t, status in s.history if status == "active"]
+        """When the first key of any source became active (None: no key registered);
+        processor keys (ADR 0015) are not sources."""
+        times = [
+            t
+            for s in self._keys.values()
+            if not s.source_id.startswith(PROCESSOR_SOURCE_PREFIX)
+            for t, status in s.history
+            if status == "active"
+        ]
         return min(times) if times else None
 
     def key_source(self, key_id: str) -> str | None:
@@ -476,8 +610,10 @@ class BatchVerifier:
     """Checks attestations against a registry, verifying each batch signature once.
 
     ``check`` raises :class:`SourceAuthError` unless the key may sign for the source at
-    the statement's ``signed_at`` (a gateway key signing for another source must say
-    so in ``signed_by``), the batch signature verifies and the event is in the batch.
+    ``at`` (default: the statement's ``signed_at``; a gateway key signing for another
+    source must say so in ``signed_by``), the batch signature verifies and the event is
+    in the batch. ``verify_batch`` and ``authorize`` are its two halves: what the
+    signature proves (whatever the key's status) and whether the key may sign then.
     Verified (statement, signature) pairs are remembered (``cache_size`` most recent).
     """
 
@@ -487,9 +623,21 @@ class BatchVerifier:
         self._cache_size = cache_size
         self.signature_checks = 0
 
-    def check(self, event_leaf_hash: bytes, attestation: Attestation) -> None:
-        st = attestation.statement
-        key = self.registry.authorize(st.source_id, st.key_id, st.signed_at)
+    def authorize(self, statement: BatchStatement, at: str) -> PublicKey:
+        """The key, if it may sign ``statement``'s batch at ``at``."""
+        st = statement
+        key = self.registry.authorize(st.source_id, st.key_id, at)
+        self._owner_check(st)
+        return key
+
+    def authorize_within(self, statement: BatchStatement, lo: str, hi: str) -> PublicKey:
+        """The key, if it may sign ``statement``'s batch at some instant of ``[lo, hi]``."""
+        st = statement
+        key = self.registry.authorize_within(st.source_id, st.key_id, lo, hi)
+        self._owner_check(st)
+        return key
+
+    def _owner_check(self, st: BatchStatement) -> None:
         owner = self.registry.key_source(st.key_id)
         if owner != st.source_id and st.signed_by != owner:
             raise SourceAuthError(
@@ -497,14 +645,31 @@ class BatchVerifier:
                 code="KEY_NOT_FOR_SOURCE",
                 details={"key_id": st.key_id},
             )
+        if owner is not None and owner.startswith(PROCESSOR_SOURCE_PREFIX):
+            raise SourceAuthError(
+                "a processor key signs blocks, never events",
+                code="KEY_NOT_FOR_SOURCE",
+                details={"key_id": st.key_id},
+            )
+
+    def verify_batch(self, event_leaf_hash: bytes, attestation: Attestation) -> None:
+        """The batch signature (under the registered key, whatever its status) and the
+        event's inclusion proof."""
+        st = attestation.statement
         fingerprint = BATCH_CONTEXT + statement_bytes(st) + attestation.signature.encode()
         if fingerprint not in self._verified:
-            verify_statement(st, attestation.signature, key)
+            verify_statement(st, attestation.signature, self.registry.public_key(st.key_id))
             self.signature_checks += 1
             self._verified[fingerprint] = None
             if len(self._verified) > self._cache_size:
                 del self._verified[next(iter(self._verified))]
         verify_attestation_proof(event_leaf_hash, attestation)
+
+    def check(
+        self, event_leaf_hash: bytes, attestation: Attestation, at: str | None = None
+    ) -> None:
+        self.authorize(attestation.statement, attestation.statement.signed_at if at is None else at)
+        self.verify_batch(event_leaf_hash, attestation)
 
 
 def same_statement(a: BatchStatement, b: BatchStatement) -> bool:

@@ -29,7 +29,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "down": ("careledger.stack", "stop the local stack"),
     "status": ("careledger.stack", "report whether the local stack is up"),
     "migrate": ("careledger.storage.migrations", "create or upgrade the ClickHouse schema"),
-    "keygen": ("careledger.keys", "write a new Ed25519 signing key pair"),
+    "keygen": (
+        "careledger.keygen",
+        "write a new Ed25519 signing key pair, or rotate the processor's (ledgered)",
+    ),
     "simulate": ("producers.simulator", "emit realistic simulated hospital access events"),
     "process": ("processors.app", "run the chaining processor (faust worker)"),
     "gateway": (
@@ -61,6 +64,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.benchmarks.gateway",
         "measure the ingest gateway's records/s per transport against real Kafka",
     ),
+    "benchmark-replica": (
+        "commands.benchmarks.replica",
+        "measure a replica's lag behind the processor and a new replica's catch-up rate",
+    ),
     "benchmark-witness": (
         "commands.benchmarks.witness",
         "measure checkpoint-to-quorum latency, witness cosignatures/s and verify with witnesses",
@@ -78,6 +85,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "processors.cosign_cli",
         "ask the witnesses to cosign each chain's newest checkpoint and publish the "
         "cosigned checkpoints",
+    ),
+    "replica": (
+        "replica.cli",
+        "keep a verified replica of every block from the blocks topic (follow, catch-up), "
+        "compare it with the primary, list what it refused",
+    ),
+    "restore": (
+        "replica.cli",
+        "re-create tampered or deleted blocks of the primary from a replica checked against "
+        "the signed checkpoints; each restore is ledgered",
     ),
     "witness": (
         "witness.server",

@@ -14,20 +14,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sys
+import time
 from typing import Any
 
 from careledger.config import Settings
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.sources import read_registry
+from careledger.stack.topics import events_topic_time_problem
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
+from careledger_core.source import timestamp_of
 from processors.metrics import write_metrics
 from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Part, Processor, Record
-from processors.sources import SourceGate
+from processors.sources import SourceGate, processor_key_problem
 
 __all__ = [
     "KafkaOutputs",
@@ -94,7 +98,12 @@ def source_gate(settings: Settings) -> SourceGate:
 
 
 def create_app(
-    settings: Settings, key: SigningKey, store: ChainStore, *, baseline: bool = False
+    settings: Settings,
+    key: SigningKey,
+    store: ChainStore,
+    *,
+    baseline: bool = False,
+    gate: SourceGate | None = None,
 ) -> Any:
     import faust
     from faust.types import TP
@@ -183,9 +192,15 @@ def create_app(
         earliest,
         KafkaOutputs(settings),
         position=None if baseline else position,  # the baseline keeps no chains
-        gate=None if baseline else source_gate(settings),
+        gate=None if baseline else (gate or source_gate(settings)),
+        # the gate's replay state reads the store on a connection of its own (ADR 0015)
+        seq_store=None
+        if baseline
+        else ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings),
     )
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
+    if not baseline:  # the blocks topic's producer connected before the first write (ADR 0017)
+        processor.outputs.prepare_blocks()
     take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)
 
@@ -200,6 +215,8 @@ def create_app(
                     e.message.value,
                     e.message.timestamp,
                     e.message.topic,
+                    # who set the timestamp: the broker (1, trusted) or the producer
+                    e.message.timestamp_type,
                 )
                 for e in events
             ]
@@ -275,8 +292,23 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
     except CareledgerError as exc:
         print(f"careledger process: {exc}")
         return 2
+    gate = None
+    if not args.baseline:
+        # Key status is decided at the broker's time (ADR 0015): a topic stamped with
+        # the producers' clocks would let a signer choose it.
+        problem = events_topic_time_problem(settings)
+        if problem:
+            print(f"careledger process: {problem}", file=sys.stderr)
+            return 2
+        gate = source_gate(settings)
+        problem = processor_key_problem(
+            gate.registry, settings.origin, key.key_id, timestamp_of(time.time())
+        )
+        if problem:
+            print(f"careledger process: {problem}", file=sys.stderr)
+            return 2
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
-    app = create_app(settings, key, store, baseline=args.baseline)
+    app = create_app(settings, key, store, baseline=args.baseline, gate=gate)
     log.info(
         "processor %s: topic %s, blocks of <= %d events or %d ms, signing key %s",
         settings.processor_app_id,

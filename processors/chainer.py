@@ -10,6 +10,11 @@ one is either a chained event, a dead-lettered record, or absent from Kafka
 (``event_count + dead_lettered + absent_offsets`` equals the range size). The
 verifier checks that ranges of consecutive blocks touch, so an event dropped
 before chaining cannot hide.
+
+Broker time (ADR 0015). The source gate decides each signed event's key status at the
+record's broker append time (Kafka LogAppendTime); a sealed block signs the earliest and
+latest of those times (``first_append_time`` / ``last_append_time``), so ``verify`` can
+check the same decision later.
 """
 
 from __future__ import annotations
@@ -31,8 +36,8 @@ from careledger_core.errors import ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
-from careledger_core.source import SourceAuthError
-from processors.sources import SourceGate
+from careledger_core.source import SourceAuthError, timestamp_of
+from processors.sources import LOG_APPEND_TIME, SourceGate
 
 
 def utc_timestamp(now: float) -> str:
@@ -78,6 +83,9 @@ class PartitionChain:
     range_first: int | None = None
     pending: list[ChainedEvent] = field(default_factory=list)
     pending_timestamps: list[float] = field(default_factory=list)
+    #: earliest and latest broker append time of the open block's attested events
+    append_min: float | None = None
+    append_max: float | None = None
     dead_lettered: int = 0
     absent: int = 0
     opened_at: float | None = None  # monotonic time the first pending record arrived
@@ -121,9 +129,18 @@ class PartitionChain:
         return len(self.pending) + self.dead_lettered + self.absent
 
     def add(
-        self, offset: int, value: bytes | None, key: bytes | None, kafka_ts: float, now: float
+        self,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None,
+        kafka_ts: float,
+        now: float,
+        timestamp_type: int = LOG_APPEND_TIME,
     ) -> Rejected | None:
         """Take one record. Returns a ``Rejected`` for the dead-letter topic, else None.
+
+        ``kafka_ts`` / ``timestamp_type``: the record's Kafka timestamp and whether the
+        broker set it (LogAppendTime) or the producer did (CreateTime, not trusted).
 
         Raises ``OffsetGap`` when the record lies beyond the next expected offset,
         so the caller can seek back instead of silently skipping records.
@@ -140,7 +157,7 @@ class PartitionChain:
         if self.opened_at is None:
             self.opened_at = now
         self.next_offset = offset + 1
-        rejected = self._validate(offset, value, key, kafka_ts)
+        rejected = self._validate(offset, value, key, kafka_ts, timestamp_type)
         if rejected is not None:
             self.dead_lettered += 1
             return rejected
@@ -155,7 +172,12 @@ class PartitionChain:
         self.next_offset = upto
 
     def _validate(
-        self, offset: int, value: bytes | None, key: bytes | None, kafka_ts: float = 0.0
+        self,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None,
+        kafka_ts: float = 0.0,
+        timestamp_type: int = LOG_APPEND_TIME,
     ) -> Rejected | None:
         raw = value if value is not None else b""
         if value is None:
@@ -171,7 +193,7 @@ class PartitionChain:
                 "$",
             )
         if self.gate is not None and self.kind is ACCESS:
-            return self._admit(self.gate, offset, value, key, kafka_ts)
+            return self._admit(self.gate, offset, value, key, kafka_ts, timestamp_type)
         try:
             record, canonical = self.kind.decode(value)
         except ValidationError as exc:
@@ -180,10 +202,16 @@ class PartitionChain:
         return None
 
     def _admit(
-        self, gate: SourceGate, offset: int, value: bytes, key: bytes | None, kafka_ts: float
+        self,
+        gate: SourceGate,
+        offset: int,
+        value: bytes,
+        key: bytes | None,
+        kafka_ts: float,
+        timestamp_type: int,
     ) -> Rejected | None:
         try:
-            a = gate.admit(value, kafka_ts, (self.chain_id, offset))
+            a = gate.admit(value, kafka_ts, (self.chain_id, offset), timestamp_type)
         except ValidationError as exc:
             return Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))
         except SourceAuthError as exc:
@@ -191,6 +219,11 @@ class PartitionChain:
             claim = tuple(sorted((k, str(v)) for k, v in exc.details.items()))
             return Rejected(offset, value, key, exc.code, exc.message, "$", True, claim)
         self.pending.append(ChainedEvent(offset, a.event, a.canonical, a.leaf_hash, a.attestation))
+        if a.appended_at is not None:
+            if self.append_min is None or a.appended_at < self.append_min:
+                self.append_min = a.appended_at
+            if self.append_max is None or a.appended_at > self.append_max:
+                self.append_max = a.appended_at
         return None
 
     def seal(self, key: SigningKey, now: float) -> SealedBlock | None:
@@ -221,6 +254,10 @@ class PartitionChain:
             key_id=key.key_id,
             # which offsets of the range are the events (ADR 0014)
             event_offsets=offsets_digest(e.offset for e in events),
+            # when the broker appended the attested events: their keys' status was
+            # decided then (ADR 0015)
+            first_append_time=None if self.append_min is None else timestamp_of(self.append_min),
+            last_append_time=None if self.append_max is None else timestamp_of(self.append_max),
         )
         hb = header_bytes(header)
         digest = block_hash(header)
@@ -236,6 +273,7 @@ class PartitionChain:
         self.dead_lettered = 0
         self.absent = 0
         self.opened_at = None
+        self.append_min = self.append_max = None
         return block
 
     def due(self, now: float, max_events: int, max_age_s: float) -> bool:

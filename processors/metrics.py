@@ -34,6 +34,8 @@ class ProcessorMetrics:
     duplicates_skipped: int = 0
     seeks: int = 0
     store_failures: int = 0
+    #: sequence-number rows other writers committed, read by the gate's refresh (ADR 0015)
+    seq_rows_refreshed: int = 0
     heights: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
     block_write_seconds_total: float = 0.0
@@ -70,6 +72,7 @@ class ProcessorMetrics:
             "duplicates_skipped": self.duplicates_skipped,
             "seeks": self.seeks,
             "store_failures": self.store_failures,
+            "seq_rows_refreshed": self.seq_rows_refreshed,
             "events_per_s_recent": round(rate, 1),
             "block_write_ms_avg": round(
                 1000 * self.block_write_seconds_total / self.blocks_written, 2

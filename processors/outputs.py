@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+from collections.abc import Sequence
 from typing import Any, Final
 
 from careledger.config import Settings
+from careledger.raw_record import MAX_ENVELOPE_BYTES
+from careledger.storage.block_records import BlockMaterial, BlockPublishError, encode_material
 from careledger_core.checkpoint import (
     CONSISTENCY_HEADER,
     checkpoint_for,
@@ -160,3 +164,67 @@ class KafkaOutputs:
                 on_delivery=on_delivery,
             )
         self._producer.poll(0)
+
+    def publish_blocks(self, blocks: Sequence[BlockMaterial]) -> None:
+        """Publish stored blocks to the blocks topic for replicas (ADR 0017) and flush.
+
+        Key = chain id, so a chain's blocks stay in height order in one partition; a
+        large block goes as several parts, one after another. Its own idempotent
+        producer (acks=all, lz4, records up to one raw record's size), flushed here: the
+        caller records the blocks as published only after this returns. Raises
+        ``BlockPublishError`` if any part is not delivered within 30 s.
+        """
+        from confluent_kafka import KafkaException, Producer
+
+        producer = getattr(self, "_blocks_out", None)
+        if producer is None:
+            producer = self._blocks_out = Producer(
+                {
+                    "bootstrap.servers": self.settings.kafka_bootstrap,
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "compression.type": "lz4",
+                    "message.max.bytes": MAX_ENVELOPE_BYTES + 65536,
+                }
+            )
+        failures: list[str] = []
+
+        def on_delivery(err: Any, _msg: Any) -> None:
+            if err is not None:
+                failures.append(str(err))
+
+        topic = self.settings.topic_blocks
+        try:
+            for m in blocks:
+                key = m.chain_id.encode("utf-8")
+                for value in encode_material(m):
+                    while True:
+                        try:
+                            producer.produce(topic, value=value, key=key, on_delivery=on_delivery)
+                            break
+                        except BufferError:  # local queue full: let deliveries drain
+                            producer.poll(0.1)
+        except KafkaException as exc:
+            raise BlockPublishError(f"cannot publish blocks to {topic}: {exc}") from exc
+        remaining = producer.flush(30.0)
+        if remaining or failures:
+            raise BlockPublishError(
+                f"blocks not delivered to {topic}: {len(failures)} errors, {remaining} pending"
+                + (f" (first: {failures[0]})" if failures else "")
+            )
+
+    def prepare_blocks(self, timeout: float = 10.0) -> None:
+        """Create the blocks producer and fetch the blocks topic's metadata now (the
+        processor calls this at start): a producer's first delivery (connection,
+        idempotent producer id, metadata) takes up to half a second, which would
+        otherwise land on the first write. Kafka unreachable: logged, retried on use."""
+        from confluent_kafka import KafkaException
+
+        self.publish_blocks([])
+        try:
+            self._blocks_out.list_topics(self.settings.topic_blocks, timeout=timeout)
+        except KafkaException as exc:
+            logging.getLogger("careledger.processor").warning(
+                "blocks topic %s not reachable yet: %s", self.settings.topic_blocks, exc
+            )

@@ -11,7 +11,9 @@ Commit order (read this before changing anything; ADR 0003):
    its first record), it is hashed, Merkle-rooted and signed.
 3. Persist, in this order: flush the dead-letter records of the closed ranges
    to Kafka (acks=all) -> insert the blocks' event rows (one batched insert) ->
-   insert the header rows. A block exists only once its header row exists.
+   insert the header rows. A block exists only once its header row exists. Then
+   publish the blocks to the blocks topic for replicas, flushed (ADR 0017,
+   processors.replication), then the checkpoints.
 4. Only then does faust ack the records, so its offset commits trail the store.
 
 The consumer position is *not* trusted to Kafka's committed offsets: when a
@@ -23,6 +25,12 @@ So a crash at any instant loses nothing and duplicates nothing.
 
 Bad input never stops the processor; storage or Kafka failures make it drop
 its in-memory state, back off and resume from the store (fail closed).
+
+Replays (ADR 0015). The source gate's sequence numbers (``processors.seq_state``) are
+rebuilt from the store: a snapshot when the first access-event chain is loaded, the rows
+other writers committed since whenever a chain is (re)loaded and every
+``seq_refresh_ms`` while another instance writes chains, and this process's own writes
+after each successful write. Nothing of it is read per event.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
-from careledger.storage.kinds import kind_for_topic
+from careledger.storage.kinds import ACCESS, kind_for_topic
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.block import BlockHeader
@@ -44,7 +52,9 @@ from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.chainer import OffsetGap, PartitionChain, Rejected
 from processors.metrics import ProcessorMetrics
-from processors.sources import SourceGate
+from processors.replication import publish_stored, republish_unpublished
+from processors.seq_state import load_snapshot, read_increment
+from processors.sources import LOG_APPEND_TIME, SourceGate
 
 log = logging.getLogger("careledger.processor")
 
@@ -84,6 +94,8 @@ class Record:
     value: bytes | None
     timestamp: float
     topic: str = ""  # "" = the access-events topic
+    #: 1: the broker set ``timestamp`` (LogAppendTime); 0: the producer did (CreateTime)
+    timestamp_type: int = LOG_APPEND_TIME
 
 
 class Processor:
@@ -99,6 +111,7 @@ class Processor:
         outputs: Any,  # KafkaOutputs
         position: Any = None,  # async callable ((topic, partition)) -> consumer position or None
         gate: SourceGate | None = None,
+        seq_store: ChainStore | None = None,  # a connection of its own for the gate's reads
     ) -> None:
         self.settings = settings
         #: source-signature checks of access events (ADR 0010); None: plain events only
@@ -137,6 +150,17 @@ class Processor:
         # The chain tree before and after each sealed block not yet published, by block
         # hash: a write's checkpoints are made from them (``_updates``).
         self._trees: dict[bytes, tuple[ChainTree, ChainTree]] = {}
+        # The gate's periodic reads of other writers' sequence numbers (ADR 0015) use a
+        # connection and a thread of their own, so they never wait behind a write.
+        self._seq_store = seq_store
+        self._seq_executor = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-seqs")
+            if seq_store is not None
+            else None
+        )
+        self._seq_synced_at = -1e18
+        self._seq_refresh_s = settings.seq_refresh_ms / 1000.0
+        self._access_prefix = settings.chain_id(settings.topic_events, 0)[:-1]
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -157,6 +181,9 @@ class Processor:
         for p in partitions:
             self.chains.pop(p, None)
             self.seek_targets.pop(p, None)
+        if self.gate is not None:
+            # their unwritten records will be read again: not replays of themselves
+            self.gate.seqs.forget(self.settings.chain_id(*p) for p in partitions)
 
     def assigned(self, partitions: set[Part]) -> None:
         """Partitions assigned: forget old state and check positions once settled."""
@@ -207,6 +234,10 @@ class Processor:
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
 
+        if self.gate is not None and kind is ACCESS:
+            # before this chain's records are admitted, learn what was chained meanwhile
+            await self._sync_seqs(self.executor, self.store, others_only=False)
+
         def load() -> PartitionChain:
             removed = self.store.discard_uncommitted(
                 chain_id, None if head is None else head.height
@@ -217,6 +248,8 @@ class Processor:
                     chain_id,
                     removed,
                 )
+            # ADR 0017: what a crash kept from the blocks topic goes there now
+            republish_unpublished(self.store, self.outputs, chain_id, head)
             chain = PartitionChain.resume(
                 chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
             )
@@ -234,6 +267,67 @@ class Processor:
         )
         self.chains[part] = chain
         return chain
+
+    async def _sync_seqs(self, executor: Any, store: ChainStore, *, others_only: bool) -> None:
+        """Bring the gate's chained sequence numbers up to date from the store (ADR 0015).
+
+        The first time: the snapshot of every committed number. Then the rows committed
+        above the heights already known: of every access-event chain (when a chain is
+        loaded: its previous writer may have added some), or only of the chains this
+        process does not write (the periodic refresh). Raises what the store raises.
+        """
+        assert self.gate is not None
+        seqs = self.gate.seqs
+        loop = asyncio.get_running_loop()
+        if not seqs.loaded:
+            started = time.monotonic()
+            snap = await loop.run_in_executor(executor, load_snapshot, store, self._access_prefix)
+            seqs.install(snap)
+            log.info(
+                "source sequence numbers loaded from the store: %d (source, epoch), %d runs, "
+                "%d buckets and %d rows read, %.2f s",
+                len(seqs.committed),
+                seqs.runs(),
+                snap.buckets,
+                snap.rows_read,
+                time.monotonic() - started,
+            )
+        else:
+            mine = {self.settings.chain_id(*p) for p in self.chains}
+            known = {
+                self.settings.chain_id(self.settings.topic_events, n): -1
+                for n in range(self.settings.partitions)
+            }
+            known.update(seqs.heights)
+            since = {c: h for c, h in known.items() if not (others_only and c in mine)}
+            rows, heights = await loop.run_in_executor(executor, read_increment, store, since)
+            seqs.apply(rows, heights)
+            self.metrics.seq_rows_refreshed += len(rows)
+        self._seq_synced_at = time.monotonic()
+
+    async def _refresh_seqs(self, records: list[Record]) -> bool:
+        """Every ``seq_refresh_ms`` while access events arrive: what other instances
+        chained since. False if the store cannot be read (the batch is not admitted)."""
+        if self.gate is None or self._seq_refresh_s <= 0:
+            return True
+        if time.monotonic() - self._seq_synced_at < self._seq_refresh_s or not any(
+            (r.topic or self.settings.topic_events) == self.settings.topic_events for r in records
+        ):
+            return True
+        if not self.gate.seqs.loaded:
+            return True  # loaded with the first access-event chain
+        try:
+            if self._seq_store is not None and self._seq_executor is not None:
+                await self._sync_seqs(self._seq_executor, self._seq_store, others_only=True)
+            else:
+                await self.drain()
+                await self._sync_seqs(self.executor, self.store, others_only=True)
+        except (CareledgerError, OSError) as exc:
+            self._store_unavailable(
+                exc, {(r.topic or self.settings.topic_events, r.partition) for r in records}
+            )
+            return False
+        return True
 
     def _stored_tree(self, chain_id: str, head_hash: str, size: int) -> ChainTree | None:
         """The chain's tree rebuilt from the stored block hashes: O(n) 32-byte reads.
@@ -291,6 +385,8 @@ class Processor:
             epoch = self._epoch
             if self._backoff_s:
                 await asyncio.sleep(self._backoff_s)
+            if not await self._refresh_seqs(records):
+                return
             sealed: list[SealedBlock] = []
             rejected: list[tuple[Part, Rejected]] = []
             timestamps: dict[str, list[float]] = {}
@@ -340,7 +436,14 @@ class Processor:
                         continue
                     self.seek_targets.pop(p, None)
                 try:
-                    bad = chain.add(rec.offset, rec.value, rec.key, rec.timestamp, now_mono)
+                    bad = chain.add(
+                        rec.offset,
+                        rec.value,
+                        rec.key,
+                        rec.timestamp,
+                        now_mono,
+                        rec.timestamp_type,
+                    )
                 except OffsetGap as gap:
                     # The consumer is ahead of the stored head (e.g. faust committed
                     # offsets of records we had not stored yet): go back.
@@ -513,6 +616,8 @@ class Processor:
             self._store_unavailable(exc, set())
             return False
         self._backoff_s = 0.0
+        if self.gate is not None:
+            self.gate.seqs.commit(sealed)  # stored: their sequence numbers are chained
         if sealed:
             self.outputs.publish_checkpoints(self._updates(sealed), self.key)
         stored_at = time.time()
@@ -554,3 +659,5 @@ class Processor:
             self.outputs.send_dead_letters(rejected)  # flushes; raises on any failed delivery
         if sealed:
             self.store.write_blocks(sealed)
+            # ADR 0017: in the blocks topic (flushed) before any checkpoint covers them
+            publish_stored(self.store, self.outputs, sealed)

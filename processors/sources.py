@@ -1,32 +1,37 @@
-"""The processor's source gate: may this access-event record be chained? (ADR 0010)
+"""The processor's source gate: may this access-event record be chained? (ADR 0010, 0015)
 
-``SourceGate.admit(value, kafka_ts, where)`` decodes one record of the events topic and
-returns the event, its canonical bytes and its attestation, or raises:
+``SourceGate.admit(value, kafka_ts, where, timestamp_type=...)`` decodes one record of the
+events topic and returns the event, its canonical bytes and its attestation, or raises:
 
 * a ``ValidationError`` (malformed envelope or event): the record is dead-lettered;
 * a ``SourceAuthError`` with a stable code: the record is quarantined —
   ``UNSIGNED`` (a plain event while signatures are required), ``BAD_SIGNATURE``,
   ``BAD_PROOF``, ``UNKNOWN_KEY``, ``REVOKED_KEY``, ``KEY_NOT_FOR_SOURCE``,
-  ``SIGNED_AT_SKEW`` (the signed time is far from the record's Kafka time) and
-  ``REPLAYED`` (a sequence number of the source already chained from another offset).
+  ``REPLAYED`` (a sequence number of the source already chained, or admitted from
+  another offset), ``UNTRUSTED_TIME`` (the record's Kafka timestamp is the producer's
+  CreateTime: the events topic is not configured with LogAppendTime) and
+  ``SIGNED_AT_SKEW`` (the signed time is more than ``max_skew_s`` from the broker's).
+
+The checks run in this order, so that each record gets the most telling reason: what the
+signature proves (key registered at all, signature, inclusion proof), then a replay (a
+copy of a genuine record is REPLAYED whenever it arrives, even a day later), then time,
+then the key's status **at the broker's append time**, which the signer cannot choose:
+a revoked key cannot be used by backdating ``signed_at`` (ADR 0015).
 
 An unknown key first makes the gate re-read the registry (at most every
 ``refresh_interval_s``), so a key registered before its first batch was produced is
 found even when the registration has not been chained yet.
 
-Replay detection is local and bounded: the gate remembers the position of the last
-``replay_window`` sequence numbers it admitted. Reading the same offset again (after a
-failed write or a restart) is not a replay; the same sequence number at another
-offset is. Older replays, and replays split across processor instances, are found by
-``careledger verify``, which checks sequence numbers over the whole ledger.
+Replay detection uses ``seqs`` (``processors.seq_state``): the sequence numbers chained
+in the store (rebuilt from ClickHouse by the processor) and those admitted but not yet
+written, with their position. Reading the same offset again (after a failed write or a
+restart) is not a replay; the same sequence number at another offset is.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -39,13 +44,17 @@ from careledger_core.source import (
     SourceRegistry,
     decode_signed_event,
     looks_signed,
+    processor_source_id,
+    seconds_of,
+    timestamp_of,
 )
+from processors.seq_state import SeqState
 
 log = logging.getLogger("careledger.processor.sources")
 
-
-def _epoch_seconds(ts: str) -> float:
-    return dt.datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC).timestamp()
+#: Kafka record timestamp types (the protocol's attribute bit)
+CREATE_TIME = 0
+LOG_APPEND_TIME = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +63,8 @@ class Admitted:
     canonical: bytes
     leaf_hash: bytes
     attestation: Attestation | None
+    #: the broker's append time the key status was decided at (signed events only)
+    appended_at: float | None = None
 
 
 class SourceGate:
@@ -64,7 +75,7 @@ class SourceGate:
         load_registry: Callable[[], SourceRegistry] | None,
         max_skew_s: float = 900.0,
         refresh_interval_s: float = 5.0,
-        replay_window: int = 200_000,
+        seqs: SeqState | None = None,
     ) -> None:
         self.require_signatures = require_signatures
         self._load_registry = load_registry
@@ -72,10 +83,13 @@ class SourceGate:
         self._loaded_at: float | None = None
         self.max_skew_s = max_skew_s
         self.refresh_interval_s = refresh_interval_s
-        self._replay_window = replay_window
-        # (source, epoch, seq) -> where it was admitted: (chain id, offset)
-        self._seen: OrderedDict[tuple[str, str, int], tuple[str, int]] = OrderedDict()
+        #: chained and pending sequence numbers (rebuilt from the store by the processor)
+        self.seqs = seqs if seqs is not None else SeqState()
         self.quarantined = 0
+
+    @property
+    def registry(self) -> SourceRegistry:
+        return self._verifier.registry
 
     @property
     def signature_checks(self) -> int:
@@ -102,7 +116,13 @@ class SourceGate:
         log.info("source registry loaded: %d keys", len(registry))
         return True
 
-    def admit(self, value: bytes, kafka_ts: float, where: tuple[str, int]) -> Admitted:
+    def admit(
+        self,
+        value: bytes,
+        kafka_ts: float,
+        where: tuple[str, int],
+        timestamp_type: int = LOG_APPEND_TIME,
+    ) -> Admitted:
         if not looks_signed(value):
             event, canonical = decode_and_canonicalize(value)
             if self.require_signatures:
@@ -113,29 +133,69 @@ class SourceGate:
         st = att.statement
         if self._loaded_at is None:
             self.refresh(force=True)
+        # 1. what the signature proves, whatever the key's status
         try:
-            self._verifier.check(leaf, att)
+            self._verifier.verify_batch(leaf, att)
         except SourceAuthError as exc:
             if exc.code != "UNKNOWN_KEY" or not self.refresh():
                 raise
-            self._verifier.check(leaf, att)  # the key may have been registered meanwhile
-        skew = abs(_epoch_seconds(st.signed_at) - kafka_ts)
+            self._verifier.verify_batch(leaf, att)  # the key may have been registered meanwhile
+        # 2. a copy of a record already chained (or admitted from elsewhere)
+        self.seqs.check(st.source_id, st.epoch, att.seq, where)
+        # 3. time: only the broker's append time is not the signer's choice
+        if timestamp_type != LOG_APPEND_TIME:
+            raise SourceAuthError(
+                "the record's Kafka timestamp is the producer's (CreateTime): the events "
+                "topic must use message.timestamp.type=LogAppendTime",
+                code="UNTRUSTED_TIME",
+                details={"source_id": st.source_id, "key_id": st.key_id},
+            )
+        skew = abs(seconds_of(st.signed_at) - kafka_ts)
         if skew > self.max_skew_s:
             raise SourceAuthError(
-                f"batch signed {skew:.0f} s away from the record's Kafka time",
+                f"batch signed {skew:.0f} s away from the broker's append time",
                 code="SIGNED_AT_SKEW",
-                details={"source_id": st.source_id, "max_skew_s": self.max_skew_s},
+                details={
+                    "source_id": st.source_id,
+                    "key_id": st.key_id,
+                    "max_skew_s": self.max_skew_s,
+                },
             )
-        key = (st.source_id, st.epoch, att.seq)
-        before = self._seen.get(key)
-        if before is not None and before != where:
-            raise SourceAuthError(
-                "sequence number already chained from another record",
-                code="REPLAYED",
-                details={"source_id": st.source_id, "epoch": st.epoch, "seq": att.seq},
-            )
-        self._seen[key] = where
-        self._seen.move_to_end(key)
-        if len(self._seen) > self._replay_window:
-            self._seen.popitem(last=False)
-        return Admitted(event, canonical, leaf, att)
+        # 4. the key's status when the broker appended the record
+        at = timestamp_of(kafka_ts)
+        try:
+            self._verifier.authorize(st, at)
+        except SourceAuthError as exc:
+            if exc.code != "UNKNOWN_KEY" or not self.refresh():
+                raise
+            self._verifier.authorize(st, at)
+        self.seqs.admit(st.source_id, st.epoch, att.seq, where)
+        return Admitted(event, canonical, leaf, att, kafka_ts)
+
+
+def processor_key_problem(
+    registry: SourceRegistry, origin: str, key_id: str, at: str
+) -> str | None:
+    """Why the processor must not sign with ``key_id`` now, or None (ADR 0015).
+
+    Once the log's processor keys are registered (``careledger keygen
+    --rotate-processor``), only the current one may sign: a retired key signing new
+    blocks is what ``verify`` reports as ``BLOCK_KEY_NOT_CURRENT``. With no processor key
+    registered (a log that never rotated) any key the verifiers trust may sign.
+    """
+    identity = processor_source_id(origin)
+    registered = registry.keys_of(identity)
+    if not registered:
+        return None
+    setting = "set CARELEDGER_SIGNING_KEY (signing_key) to the current processor key"
+    if key_id not in registered:
+        return (
+            f"signing key {key_id} is not a registered processor key of {origin} "
+            f"(registered: {', '.join(registered)}); {setting}"
+        )
+    try:
+        registry.authorize(identity, key_id, at)
+    except SourceAuthError as exc:
+        status = "retired" if exc.code == "REVOKED_KEY" else "not yet valid"
+        return f"signing key {key_id} is {status} (ledgered key rotation); {setting}"
+    return None

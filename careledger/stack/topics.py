@@ -16,6 +16,12 @@ from .readiness import _admin_config
 # Every part of the stack logs as "careledger.stack", like the single module it was.
 log = logging.getLogger("careledger.stack")
 
+TIMESTAMP_TYPE = "message.timestamp.type"
+LOG_APPEND_TIME = "LogAppendTime"
+#: topic settings an existing topic is brought to by ``ensure_topics`` (the others, such
+#: as retention, are the operator's to change)
+ENFORCED_CONFIGS = frozenset({TIMESTAMP_TYPE})
+
 
 def default_topics(settings: Settings) -> dict[str, int]:
     """The careledger topics and their partition counts."""
@@ -31,6 +37,8 @@ def default_topics(settings: Settings) -> dict[str, int]:
         settings.topic_sources: settings.reference_partitions,
         settings.topic_quarantine: 1,
         settings.topic_raw: settings.partitions,
+        # stored blocks for replicas (ADR 0017), key = chain id
+        settings.topic_blocks: settings.partitions,
     }
 
 
@@ -42,8 +50,14 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     Raw records (what the ingest gateway received) are kept forever too; they and dead
     letters may be as large as a received record allows
     (``careledger.raw_record.MAX_ENVELOPE_BYTES``).
+    The blocks topic (ADR 0017) is what replicas are fed and restored from: kept
+    forever, and one of its records may carry one such record. The events topic is
+    stamped by the broker (``LogAppendTime``): a source key's status is decided at that
+    time, which no producer can choose (ADR 0015).
     """
-    if name in (settings.topic_raw, settings.topic_dead_letter):
+    if name == settings.topic_events:
+        return {TIMESTAMP_TYPE: LOG_APPEND_TIME}
+    if name in (settings.topic_raw, settings.topic_dead_letter, settings.topic_blocks):
         return {
             "retention.ms": "-1",
             "retention.bytes": "-1",
@@ -118,6 +132,73 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
     if pending:
         raise StackError(f"timed out creating topics {sorted(pending)}: {last_error}")
     _wait_for_leaders(admin, list(topics), deadline)
+    _enforce_configs(settings, admin, list(topics))
+
+
+def _describe(admin: Any, name: str) -> dict[str, str]:
+    from confluent_kafka.admin import ConfigResource  # type: ignore[attr-defined]
+
+    resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+    entries = admin.describe_configs([resource], request_timeout=15)[resource].result()
+    return {k: str(v.value) for k, v in entries.items()}
+
+
+def _enforce_configs(settings: Settings, admin: Any, names: list[str]) -> None:
+    """Bring existing topics to the settings that must hold (``ENFORCED_CONFIGS``): an
+    events topic created before ADR 0015 gets ``LogAppendTime`` (it applies to records
+    appended from then on)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    for name in names:
+        wanted = {k: v for k, v in topic_config(settings, name).items() if k in ENFORCED_CONFIGS}
+        if not wanted:
+            continue
+        try:
+            have = _describe(admin, name)
+            changes = {k: v for k, v in wanted.items() if have.get(k) != v}
+            if not changes:
+                continue
+            resource = ConfigResource(
+                ConfigResource.Type.TOPIC,
+                name,
+                incremental_configs=[
+                    ConfigEntry(k, v, incremental_operation=AlterConfigOpType.SET)
+                    for k, v in changes.items()
+                ],
+            )
+            admin.incremental_alter_configs([resource], request_timeout=15)[resource].result()
+        except KafkaException as exc:
+            raise StackError(f"cannot set {sorted(wanted)} on topic {name}: {exc}") from exc
+        log.warning("topic %s: set %s (was %s)", name, changes, {k: have.get(k) for k in changes})
+
+
+def events_topic_time_problem(settings: Settings) -> str | None:
+    """Why the events topic's timestamps cannot be trusted (one line naming the fix), or
+    None: the topic uses LogAppendTime, or cannot be described now (then the processor
+    still refuses every record the producer stamped, ``UNTRUSTED_TIME``)."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import AdminClient
+
+    name = settings.topic_events
+    try:
+        have = _describe(AdminClient(_admin_config(settings)), name).get(TIMESTAMP_TYPE)
+    except KafkaException as exc:
+        log.warning("cannot describe topic %s: %s", name, exc)
+        return None
+    if have is None or have == LOG_APPEND_TIME:
+        return None
+    return (
+        f"topic {name} has {TIMESTAMP_TYPE}={have}: record times come from the producers' "
+        f"clocks, so a signer could choose when its key is judged (ADR 0015); run "
+        f"`careledger up` (it sets {TIMESTAMP_TYPE}={LOG_APPEND_TIME}) or kafka-configs.sh "
+        f"--alter --entity-type topics --entity-name {name} --add-config "
+        f"{TIMESTAMP_TYPE}={LOG_APPEND_TIME}"
+    )
 
 
 def _wait_for_leaders(admin: Any, names: list[str], deadline: float) -> None:

@@ -293,6 +293,47 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        8,
+        "replicas (ADR 0017): blocks published to the blocks topic, records a replica refused",
+        (
+            # Primary: after each write, per chain, the newest height the processor
+            # published to the blocks topic (flushed, acks=all). A chain resumed above it
+            # republishes the stored blocks in between: a crash between the store write
+            # and the publish loses nothing a replica needs. Bookkeeping, not evidence.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.block_publications (
+                chain_id String,
+                height UInt64,
+                block_hash String,
+                published_at DateTime DEFAULT now()
+            ) ENGINE = MergeTree()
+            ORDER BY (chain_id, height)
+            """,
+            # Replica: every blocks-topic record that did not verify (or did not fit the
+            # chain it names), with its bytes and where it was read. Never dropped
+            # silently; `careledger replica refused` lists them.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.replica_refused (
+                refused_at DateTime DEFAULT now(),
+                topic String,
+                kafka_partition UInt32,
+                kafka_offset UInt64,
+                chain_id String,
+                height Int64,
+                block_hash String,
+                code String,
+                reason String,
+                record_sha256 String,
+                record String
+            ) ENGINE = MergeTree()
+            ORDER BY (topic, kafka_partition, kafka_offset)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -60,6 +60,9 @@ class NoKafka:
     def publish_checkpoints(self, heads: list[Any], key: Any) -> None:
         pass
 
+    def publish_blocks(self, blocks: list[Any]) -> None:
+        pass
+
 
 def _run(settings: Settings, store: ChainStore, payloads: list[bytes]) -> list[tuple[int, int]]:
     """Feed records like a consumer would, honouring seeks. Returns the seeks made."""

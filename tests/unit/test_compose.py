@@ -44,6 +44,8 @@ EXPECTED_COMMANDS = {
     "simulator": "simulate",
     "gateway": "gateway",
     "witness": "witness",
+    "replica": "replica",
+    "cosigner": "cosign",
 }
 SHELL_OPERATORS = {";", "&&", "||", "|", "(", ")", "{", "}", "&"}
 SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "!"}
@@ -330,8 +332,31 @@ def test_kafka_init_topic_configs_are_the_stack_ones(services: dict[str, Any]) -
         topic = option(argv, "--topic")
         configs = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--config")
         expected = topic_config(DEFAULTS, topic)
-        for name in ("retention.ms", "max.message.bytes"):
+        for name in ("retention.ms", "max.message.bytes", "message.timestamp.type"):
             assert configs.get(name) == expected.get(name), (topic, name)
+
+
+def test_kafka_init_brings_an_existing_events_topic_to_log_append_time(
+    services: dict[str, Any],
+) -> None:
+    """ADR 0015: an events topic created before (CreateTime) is altered, as `careledger up`
+    does, so the processor does not refuse to start."""
+    init = services["kafka-init"]
+    settings = settings_of(init)
+    alters = [
+        argv
+        for argv in shell_commands(script_of(init), env_of(init))
+        if argv[0].endswith("/kafka-configs.sh") and "--alter" in argv
+    ]
+    assert any(
+        option(argv, "--entity-name") == settings.topic_events
+        and option(argv, "--add-config") == "message.timestamp.type=LogAppendTime"
+        and option(argv, "--bootstrap-server") == settings.kafka_bootstrap
+        for argv in alters
+    )
+    assert topic_config(DEFAULTS, DEFAULTS.topic_events)["message.timestamp.type"] == (
+        "LogAppendTime"
+    )
 
 
 # --- ClickHouse ----------------------------------------------------------------
@@ -696,3 +721,69 @@ def test_witness_cosigns_every_chain_with_the_key_the_processor_signs_with(
         for key in entry["keys"]:
             assert volume_file(witness, key)[:2] == volume_file(keygen, published_pub)[:2]
             assert volume_file(witness, key)[2], "trusted keys are mounted read-only"
+
+
+# --- replica ----------------------------------------------------------------------------
+
+
+def test_replica_has_its_own_clickhouse_and_trusts_only_the_public_key(
+    services: dict[str, Any], app_services: dict[str, dict[str, Any]]
+) -> None:
+    """ADR 0017: the replica writes to a ClickHouse of its own (never the primary's),
+    with that server's user, password and database, and verifies blocks with the
+    public key keygen publishes, without ever seeing the private key."""
+    replica, processor = app_services["replica"], app_services["processor"]
+    s = settings_of(replica)
+    own = services[s.replica_clickhouse_host]
+    assert s.replica_clickhouse_host != s.clickhouse_host
+    assert own["image"].split(":")[0] == "clickhouse/clickhouse-server"
+    env = env_of(own)
+    assert (s.replica_clickhouse_user, s.replica_clickhouse_password) == (
+        env["CLICKHOUSE_USER"],
+        env["CLICKHOUSE_PASSWORD"],
+    )
+    assert s.replica_clickhouse_database == env["CLICKHOUSE_DB"]
+    assert s.replica_clickhouse_port == CLICKHOUSE_NATIVE_PORT
+    assert any(target == PurePosixPath("/var/lib/clickhouse") for _, target, _ in mounts(own))
+    assert replica["depends_on"][s.replica_clickhouse_host] == {"condition": "service_healthy"}
+    # the trusted key is the public key the verifier trusts; the signing key is not mounted
+    assert s.trusted_keys == settings_of(app_services["verifier"]).trusted_keys
+    for path in s.trusted_keys:
+        assert volume_file(replica, path)[2], "trusted keys are mounted read-only"
+    signing_key = settings_of(processor).signing_key
+    assert signing_key is not None
+    signing_volume = volume_file(processor, str(signing_key))[0]
+    assert signing_volume not in {src for src, _, _ in mounts(replica)}
+    assert careledger_argvs(replica) == [["replica", "follow"]]
+
+
+# --- cosigner ------------------------------------------------------------------------
+
+
+def test_cosigner_reads_the_witness_policy_the_operator_fills_in(
+    app_services: dict[str, dict[str, Any]],
+) -> None:
+    from careledger.witnesses import parse_witnesses
+    from careledger_core.cosignature import WitnessKey
+    from careledger_core.signing import SigningKey
+
+    cosigner = app_services["cosigner"]
+    assert cosigner.get("profiles") == ["witnessed"]  # witnesses are configured first
+    assert careledger_argvs(cosigner) == [["cosign"]]
+    s = settings_of(cosigner)
+    assert s.witnesses_file is not None
+    source, rel, read_only = volume_file(cosigner, str(s.witnesses_file))
+    assert read_only and source == "./deploy/witnesses.toml" and str(rel) == "."
+    template = (PROJECT_ROOT / "deploy" / "witnesses.toml").read_text(encoding="utf-8")
+    # the commented example, filled in, is a valid policy
+    example = [line[2:] for line in template.split("Fill in, uncommenting")[1].splitlines()[2:]]
+    text = "\n".join(example)
+    for i, name in enumerate(
+        ("hospital-b.example/careledger-witness", "regulator.example/litewitness")
+    ):
+        vkey = WitnessKey(name, SigningKey.from_seed(bytes([i + 1]) * 32).public_key).vkey
+        text = text.replace('"<vkey>"', f'"{vkey}"', 1)
+    policy = parse_witnesses(text)
+    assert (policy.quorum, len(policy.reachable)) == (2, 2)
+    # it never holds a private key
+    assert not {src for src, _, _ in mounts(cosigner)} & {"signing-key", "witness-key"}

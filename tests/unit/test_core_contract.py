@@ -162,6 +162,8 @@ def test_finding_codes_are_stable() -> None:
         "SOURCE_SEQ_DUPLICATE",
         "SOURCE_SEQ_GAP",
         "SOURCE_HEARTBEAT_INVALID",
+        "SOURCE_SIGNED_AT_SKEW",
+        "BLOCK_KEY_NOT_CURRENT",
         "EVENT_OFFSETS_MISMATCH",
         "DECISION_MISMATCH",
         "DECISION_MISSING",

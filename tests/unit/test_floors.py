@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 CORE = "careledger_core"
 GLUE = "careledger"
-WINGS = ("producers", "processors", "verifiers", "witness")
+WINGS = ("producers", "processors", "verifiers", "witness", "replica")
 TOP = "commands"
 PACKAGES = (CORE, GLUE, *WINGS, TOP)
 

@@ -457,9 +457,11 @@ def negative_docs() -> dict[str, Doc]:
 
 
 def _fields(h: BlockHeader) -> Doc:
-    # event_offsets (ADR 0014) is absent from headers that do not carry it
+    # event_offsets (ADR 0014) and the append times (ADR 0015) are absent from headers
+    # that do not carry them
+    optional = ("event_offsets", "first_append_time", "last_append_time")
     return {
         f: getattr(h, f)
         for f in h.__struct_fields__
-        if f != "event_offsets" or h.event_offsets is not None
+        if f not in optional or getattr(h, f) is not None
     }

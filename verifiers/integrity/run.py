@@ -45,6 +45,7 @@ from verifiers.integrity.fsck import (
     is_failure,
     verify_chain,
 )
+from verifiers.integrity.processor_keys import check_processor_keys, read_block_keys
 from verifiers.integrity.sources import (
     build_registry,
     check_registrars,
@@ -481,6 +482,9 @@ def check_run_sources(run: VerificationRun, store: ChainStore, settings: Setting
         heartbeats,
         require_signatures=settings.require_source_signatures,
         required_since=since,
+        max_skew_s=settings.source_max_skew_s,
     )
+    # ADR 0015: blocks signed by a processor key a ledgered rotation had retired
+    report.findings += check_processor_keys(read_block_keys(store), registry, settings.origin)
     run.source_findings = report.findings
     run.sources = {**report.summary(), "key_event_problems": problems[:50]}

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import bisect
 import logging
 import re
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +46,7 @@ import msgspec
 from careledger.storage.kinds import ACCESS, REFERENCE
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError, ValidationError
+from careledger_core.event import is_valid_timestamp
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.reference import (
     SourceHeartbeatBody,
@@ -57,9 +57,12 @@ from careledger_core.signing import PublicKey
 from careledger_core.source import (
     Attestation,
     BatchVerifier,
+    SeqRuns,
     SourceAuthError,
     SourceRegistry,
+    seconds_of,
     statement_bytes,
+    timestamp_of,
     verify_heartbeat,
     verify_key_event,
 )
@@ -104,6 +107,9 @@ class AttestedEvent:
     extra_rows: int = 0
     #: an attestation row of a committed block for which the block has no event
     orphan: bool = False
+    #: the broker append times (earliest, latest) of the block's attested events, as
+    #: its header signs them (ADR 0015); None for headers signed before them
+    append_window: tuple[str, str] | None = None
 
 
 @dataclass
@@ -129,60 +135,8 @@ class SourceReport:
         }
 
 
-class _Seqs:
-    """Sequence numbers seen in one (source, epoch), as sorted disjoint runs: memory
-    and time grow with the number of runs, never with the size of a number (a source
-    may sign sequence number 2^53 - 1)."""
-
-    __slots__ = ("ends", "max_seq", "starts")
-
-    def __init__(self) -> None:
-        self.starts: list[int] = []
-        self.ends: list[int] = []
-        self.max_seq = 0
-
-    def add(self, seq: int) -> bool:
-        """Mark ``seq`` seen; False if it was seen before (a replay)."""
-        starts, ends = self.starts, self.ends
-        if ends and seq == ends[-1] + 1:  # the usual case: the next number
-            ends[-1] = seq
-            self.max_seq = max(self.max_seq, seq)
-            return True
-        i = bisect.bisect_right(starts, seq) - 1
-        if i >= 0 and seq <= ends[i]:
-            return False
-        joins_left = i >= 0 and ends[i] == seq - 1
-        joins_right = i + 1 < len(starts) and starts[i + 1] == seq + 1
-        if joins_left and joins_right:
-            ends[i] = ends[i + 1]
-            del starts[i + 1], ends[i + 1]
-        elif joins_left:
-            ends[i] = seq
-        elif joins_right:
-            starts[i + 1] = seq
-        else:
-            starts.insert(i + 1, seq)
-            ends.insert(i + 1, seq)
-        self.max_seq = max(self.max_seq, seq)
-        return True
-
-    def has(self, seq: int) -> bool:
-        i = bisect.bisect_right(self.starts, seq) - 1
-        return i >= 0 and seq <= self.ends[i]
-
-    def missing(self, upto: int) -> list[tuple[int, int]]:
-        """Ranges of sequence numbers 1..upto not seen (inclusive bounds)."""
-        out: list[tuple[int, int]] = []
-        expected = 1
-        for start, end in zip(self.starts, self.ends, strict=True):
-            if start > upto:
-                break
-            if start > expected:
-                out.append((expected, start - 1))
-            expected = end + 1
-        if expected <= upto:
-            out.append((expected, upto))
-        return out
+#: the sequence runs of one (source, epoch) (kept under its old name for callers)
+_Seqs = SeqRuns
 
 
 #: the setting (and its variable) that names the registrar keys a verifier trusts
@@ -267,10 +221,18 @@ def check_sources(
     *,
     require_signatures: bool,
     required_since: str | None = None,
+    max_skew_s: float = 900.0,
 ) -> SourceReport:
     """``required_since``: unsigned events in blocks created before this instant were
     chained before any source could sign (legacy history) and are counted, not
-    reported; None: every unsigned event counts when signatures are required."""
+    reported; None: every unsigned event counts when signatures are required.
+
+    Time (ADR 0015): an event whose block header signs its broker append times must have
+    been signed within ``max_skew_s`` of them, by a key that could sign for its source at
+    an instant of that window (the decision the processor made at the event's own
+    append time): a revoked key is not made valid by a backdated ``signed_at``. Older
+    headers give only their ``created_at``: the batch must not be signed more than
+    ``max_skew_s`` after it, and the key is judged at ``signed_at`` as it was then."""
     report = SourceReport(signatures_required_since=required_since)
     per_code: dict[FindingCode, int] = {}
 
@@ -337,7 +299,24 @@ def check_sources(
             seqs.setdefault((st.source_id, st.epoch), _Seqs()).add(att.seq)
             continue
         try:
-            verifier.check(ev.leaf_hash, att)
+            verifier.verify_batch(ev.leaf_hash, att)
+            skew = _time_problem(ev, att, max_skew_s)
+            if skew:
+                emit(
+                    FindingCode.SOURCE_SIGNED_AT_SKEW,
+                    ev,
+                    skew,
+                    source_id=st.source_id,
+                    key_id=st.key_id,
+                    seq=att.seq,
+                    signed_at=st.signed_at,
+                    append_window=list(ev.append_window or ()),
+                    block_created_at=ev.block_time,
+                    max_skew_s=max_skew_s,
+                )
+                seqs.setdefault((st.source_id, st.epoch), _Seqs()).add(att.seq)
+                continue
+            _authorize(verifier, ev, att, max_skew_s)
         except SourceAuthError as exc:
             emit(
                 _AUTH_CODES.get(exc.code, FindingCode.SOURCE_SIGNATURE_INVALID),
@@ -418,6 +397,48 @@ def check_sources(
                 count=last - first + 1,
             )
     return report
+
+
+def _time_problem(ev: AttestedEvent, att: Attestation, max_skew_s: float) -> str:
+    """Why ``signed_at`` is outside the window the block's signed times allow ("" if it
+    is not)."""
+    signed = seconds_of(att.statement.signed_at)
+    if ev.append_window is not None:
+        first, last = (seconds_of(t) for t in ev.append_window)
+        if first - max_skew_s <= signed <= last + max_skew_s:
+            return ""
+        return (
+            f"batch signed at {att.statement.signed_at}, more than {max_skew_s:g} s from the "
+            f"broker append times {ev.append_window[0]}..{ev.append_window[1]} the block signs"
+        )
+    if not ev.block_time:
+        return ""
+    try:
+        created = seconds_of(ev.block_time)
+    except ValueError:
+        return ""  # verify_chain reports the block's header
+    if signed <= created + max_skew_s:
+        return ""
+    return (
+        f"batch signed at {att.statement.signed_at}, more than {max_skew_s:g} s after the "
+        f"block that chains it was sealed ({ev.block_time})"
+    )
+
+
+def _authorize(
+    verifier: BatchVerifier, ev: AttestedEvent, att: Attestation, max_skew_s: float
+) -> None:
+    """May the key sign for the source when the processor judged it? At an instant of
+    the block's append window within ``max_skew_s`` of ``signed_at`` (ADR 0015), or at
+    ``signed_at`` for headers signed before the append times."""
+    st = att.statement
+    if ev.append_window is None:
+        verifier.authorize(st, st.signed_at)
+        return
+    signed = seconds_of(st.signed_at)
+    lo = max(ev.append_window[0], timestamp_of(signed - max_skew_s))
+    hi = min(ev.append_window[1], timestamp_of(signed + max_skew_s))
+    verifier.authorize_within(st, lo, hi)
 
 
 def _parse_attestation(raw: tuple[Any, ...]) -> tuple[Attestation | None, str]:
@@ -501,6 +522,32 @@ def _key(v: Any) -> Any:
     return v if v is None or isinstance(v, bytes | str | int) else repr(v)
 
 
+class _HeaderTimes(msgspec.Struct):
+    """The append times of a stored header (the rest of it is verify_chain's)."""
+
+    first_append_time: str | None = None
+    last_append_time: str | None = None
+
+
+def _append_window(header: Any) -> tuple[str, str] | None:
+    """The (first, last) broker append times a stored header signs, or None (an older
+    header, or one ``verify_chain`` reports as invalid)."""
+    if type(header) is not bytes:
+        return None
+    try:
+        times = msgspec.json.decode(header, type=_HeaderTimes)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
+    first, last = times.first_append_time, times.last_append_time
+    if (
+        first is None
+        or last is None
+        or not (is_valid_timestamp(first) and is_valid_timestamp(last))
+    ):
+        return None
+    return first, last
+
+
 def read_source_rows(
     store: ChainStore, page_blocks: int = 1000
 ) -> tuple[Iterator[AttestedEvent], list[SourceKeyBody], list[SourceHeartbeatBody]]:
@@ -549,9 +596,9 @@ def read_source_rows(
     def _page(chain: str, lo: int, hi: int) -> Iterator[AttestedEvent]:
         params = {"c": chain, "lo": lo, "hi": hi}
         block_times = {
-            (h, _key(bh)): _str(t)
-            for h, bh, t in backend.execute(
-                f"SELECT height, block_hash, created_at FROM {db}.blocks "
+            (h, _key(bh)): (_str(t), _append_window(header))
+            for h, bh, t, header in backend.execute(
+                f"SELECT height, block_hash, created_at, header FROM {db}.blocks "
                 "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s",
                 params,
             )
@@ -578,6 +625,7 @@ def read_source_rows(
             params,
         ):
             found = atts.pop((h, i, _key(bh)), None)
+            created_at, window = block_times.get((h, _key(bh)), ("", None))
             yield AttestedEvent(
                 chain,
                 h,
@@ -585,9 +633,10 @@ def read_source_rows(
                 _str(eid),
                 _leaf(leaf),
                 None if found is None else found[0][0],
-                block_times.get((h, _key(bh)), ""),
+                created_at,
                 columns=None if found is None else found[0][1],
                 extra_rows=0 if found is None else len(found) - 1,
+                append_window=window,
             )
         for (h, i, _bh), found in atts.items():
             if h in committed_heights:  # rows above the head are a crash's leftovers
