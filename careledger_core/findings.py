@@ -85,6 +85,8 @@ class FindingCode(StrEnum):
     ALERT_STATUS_MISSING = "ALERT_STATUS_MISSING"  # a ledgered status change has no row
     ALERT_STATUS_NOT_LEDGERED = "ALERT_STATUS_NOT_LEDGERED"  # a status row never ledgered
     ALERT_STATUS_PENDING = "ALERT_STATUS_PENDING"  # a status row not chained yet
+    # ADR 0017: a row differs from (or is missing in) the replica (verify --replica)
+    REPLICA_MISMATCH = "REPLICA_MISMATCH"
 
     @property
     def default_severity(self) -> Severity:
@@ -146,6 +148,7 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.ALERT_STATUS_MISSING: _C,
         FindingCode.ALERT_STATUS_NOT_LEDGERED: _C,
         FindingCode.ALERT_STATUS_PENDING: Severity.INFO,
+        FindingCode.REPLICA_MISMATCH: _E,
     }
 )
 

@@ -49,6 +49,15 @@ def test_a_deleted_middle_block_is_restored_from_the_replica_and_verify_is_intac
 
     tampered = pipeline.json("verify", code=1)
     assert tampered["result"] == "tampered"
+    # verify --replica also says where the primary parts from the replica
+    against = pipeline.json("verify", "--replica", code=1)
+    mismatches = {
+        (f["details"]["kind"], f["details"]["table"], f["chain_id"], f["height"])
+        for f in against["findings"]
+        if f["code"] == "REPLICA_MISMATCH"
+    }
+    assert ("missing_in_primary", "blocks", chain, height) in mismatches
+    assert {h for _, _, _, h in mismatches} == {height}
     diff = pipeline.json("replica", "compare", code=1)
     assert {(d["kind"], d["table"], d["chain_id"], d["height"]) for d in diff["differences"]} >= {
         ("missing_in_primary", "blocks", chain, height)
@@ -70,6 +79,7 @@ def test_a_deleted_middle_block_is_restored_from_the_replica_and_verify_is_intac
     assert actor == b"privacy-officer" and chain.encode() in raw
     intact = pipeline.json("verify", code=0)
     assert intact["result"] == "intact"
+    assert pipeline.json("verify", "--replica", "--no-audit", code=0)["result"] == "intact"
     # the replica gets the restore event too, and still matches
     pipeline.catch_up()
     assert pipeline.cli("replica", "compare").returncode == 0

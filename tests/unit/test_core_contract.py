@@ -176,6 +176,7 @@ def test_finding_codes_are_stable() -> None:
         "ALERT_STATUS_MISSING",
         "ALERT_STATUS_NOT_LEDGERED",
         "ALERT_STATUS_PENDING",
+        "REPLICA_MISMATCH",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)

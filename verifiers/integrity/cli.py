@@ -33,9 +33,11 @@ from typing import Any
 from careledger.config import Settings
 from careledger.keys import KeyFileError, load_public_keys, load_trusted_keys
 from careledger.storage.backend import ClickHouseBackend, StorageError
+from careledger.storage.compare import compare
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessesConfigError, WitnessSet, load_witnesses
 from careledger_core.errors import CareledgerError
+from careledger_core.findings import Finding, FindingCode
 from careledger_core.signing import TrustedKeys
 from verifiers.integrity.checkpoints import (
     kafka_log,
@@ -122,6 +124,12 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
         "--no-sources",
         action="store_true",
         help="skip the source checks (signatures, keys, sequence gaps; ADR 0010)",
+    )
+    parser.add_argument(
+        "--replica",
+        action="store_true",
+        help="also compare the primary with the replica database (replica_clickhouse_*, "
+        "ADR 0017): every row that differs or is missing is a REPLICA_MISMATCH finding",
     )
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N cycles")
     parser.add_argument(
@@ -249,6 +257,43 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         store.backend.close()
 
 
+def replica_findings(
+    store: ChainStore, settings: Settings, chains: list[str] | None
+) -> list[Finding]:
+    """The primary against the replica database (``careledger.storage.compare``): each
+    difference is a finding at its place. Which side is right is ``careledger restore``'s
+    question (it checks the replica against the signed checkpoints); verify says where
+    they part."""
+    replica = ChainStore.for_settings(
+        ClickHouseBackend.from_settings(
+            settings.replace(
+                clickhouse_host=settings.replica_clickhouse_host,
+                clickhouse_port=settings.replica_clickhouse_port,
+                clickhouse_user=settings.replica_clickhouse_user,
+                clickhouse_password=settings.replica_clickhouse_password,
+                clickhouse_database=settings.replica_clickhouse_database,
+            )
+        ),
+        settings.replace(clickhouse_database=settings.replica_clickhouse_database),
+    )
+    try:
+        result = compare(store, replica, chains)
+    finally:
+        replica.backend.close()
+    return [
+        Finding.of(
+            FindingCode.REPLICA_MISMATCH,
+            d.chain_id,
+            f"{d.describe()} (replica {settings.replica_clickhouse_database}); "
+            "careledger restore repairs the primary if the replica matches the checkpoints",
+            height=d.height,
+            event_index=d.idx,
+            details={"replica": settings.replica_clickhouse_database, **d.to_json()},
+        )
+        for d in result.differences
+    ]
+
+
 def _verify_once(
     args: argparse.Namespace,
     settings: Settings,
@@ -314,6 +359,15 @@ def _verify_once(
         assess_run(run, store, witnesses)
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")
+    if getattr(args, "replica", False):
+        try:
+            run.store_findings.extend(replica_findings(store, settings, args.chain or None))
+        except StorageError as exc:
+            return _error(
+                f"cannot read the replica database {settings.replica_clickhouse_database!r} at "
+                f"{settings.replica_clickhouse_host}:{settings.replica_clickhouse_port} "
+                f"(replica_clickhouse_*): {exc.message}"
+            )
     code = run.exit_code
     if not args.no_record:
         try:
