@@ -148,6 +148,11 @@ class _Pending:
     checkpoint: Checkpoint
     note: str
     seen_at: float  # time.monotonic() when the note was read
+    #: cosignature lines received in earlier rounds, and from whom
+    lines: list[str] = field(default_factory=list)
+    cosigned: set[str] = field(default_factory=set)
+    retry_at: float = 0.0
+    backoff_s: float = 0.0
 
 
 class Cosigner:
@@ -162,6 +167,8 @@ class Cosigner:
         timeout_s: float = 5.0,
         ask: Ask = _ask,
         chain_prefix: str = "",
+        retry_after_s: float = 2.0,
+        max_retry_after_s: float = 60.0,
     ) -> None:
         self.witnesses = witnesses
         self.asked: tuple[Witness, ...] = witnesses.reachable
@@ -170,6 +177,12 @@ class Cosigner:
         self.chain_prefix = chain_prefix
         self._ask = ask
         self._pending: dict[str, _Pending] = {}
+        # checkpoints that missed the quorum, asked again (only the witnesses that did
+        # not cosign) until they reach it or a newer checkpoint of the chain replaces
+        # them: an idle chain must not stay unwitnessed because a witness was down once
+        self._retry: dict[str, _Pending] = {}
+        self.retry_after_s = retry_after_s
+        self.max_retry_after_s = max_retry_after_s
         self._done: dict[str, int] = {}  # chain -> newest size a round was run for
         self._sizes: dict[tuple[str, str], int] = {}  # (witness, chain) -> cosigned size
         self._leaves: dict[str, ChainLeaves] = {}
@@ -196,6 +209,7 @@ class Cosigner:
         if cp.size <= newest:
             return False
         self._pending[cp.origin] = _Pending(cp, note, time.monotonic())
+        self._retry.pop(cp.origin, None)
         return True
 
     def _pending_size(self, chain: str) -> int:
@@ -204,6 +218,10 @@ class Cosigner:
 
     def round(self) -> list[RoundResult]:
         """Ask the witnesses about every pending checkpoint; one result per checkpoint."""
+        now = time.monotonic()
+        for chain, waiting in list(self._retry.items()):
+            if waiting.retry_at <= now and chain not in self._pending:
+                self._pending[chain] = self._retry.pop(chain)
         results = []
         for chain in sorted(self._pending):
             pending = self._pending.pop(chain)
@@ -211,7 +229,18 @@ class Cosigner:
             result = self._cosign(pending)
             if result is not None:
                 results.append(result)
+                if not result.quorum_met:
+                    pending.backoff_s = min(
+                        max(pending.backoff_s * 2, self.retry_after_s), self.max_retry_after_s
+                    )
+                    pending.retry_at = time.monotonic() + pending.backoff_s
+                    self._retry[chain] = pending
         return results
+
+    @property
+    def waiting(self) -> int:
+        """Checkpoints below the quorum, to be asked again."""
+        return len(self._retry)
 
     # ------------------------------------------------------------------ one checkpoint
     def _cosign(self, pending: _Pending) -> RoundResult | None:
@@ -233,9 +262,9 @@ class Cosigner:
                 exc.message,
             )
             return None
-        lines: list[str] = []
+        lines = pending.lines
         refused: dict[str, str] = {}
-        todo = list(self.asked)
+        todo = [w for w in self.asked if w.name not in pending.cosigned]
         for _attempt in range(2):  # a 409 names the witness's size: one more try from it
             leaves = self._leaves[cp.origin]  # a 409 may have reloaded it
             answers = self._ask_all(todo, cp, pending.note, leaves)
@@ -253,6 +282,7 @@ class Cosigner:
         self._trim(cp.origin, self._leaves[cp.origin])
         note = attach_cosignatures(pending.note, lines) if lines else pending.note
         quorum = check_quorum(note, self.witnesses.policy)
+        pending.cosigned |= set(quorum.cosigned)
         result = RoundResult(
             chain=cp.origin,
             size=cp.size,

@@ -294,3 +294,30 @@ def test_cosignature_union_over_copies_counts_once_per_witness(witnesses: Witnes
     log.add_witnessed(n.rstrip("\n") + "\n" + lines[NAMES[1]] + "\n", NAMES[1])
     seen, names = log.witnessed()[CHAIN]
     assert seen.size == 5 and set(names) == set(NAMES[:2])
+
+
+def test_a_checkpoint_that_missed_the_quorum_is_asked_again_without_a_new_one(
+    witnesses: Witnesses,
+) -> None:
+    """An idle chain must not stay unwitnessed because witnesses were down once: the
+    checkpoint is asked again (only of the witnesses that did not cosign) until the
+    quorum is reached, with no newer checkpoint needed."""
+    values = hashes(12)
+    witnesses.down.update(NAMES[1:])
+    c = Cosigner(
+        witnesses.set,
+        FakeStore(chain_rows(values)),  # type: ignore[arg-type]
+        ask=witnesses.ask,
+        retry_after_s=0.0,
+    )
+    c.offer(note(values, 12))
+    [first] = c.round()
+    assert not first.quorum_met and first.cosigned_by == (NAMES[0],) and c.waiting == 1
+    assert c.round()[0].cosigned_by == (NAMES[0],)  # still down: still waiting
+    witnesses.down.clear()
+    before = len(witnesses.asked)
+    [again] = c.round()
+    assert again.quorum_met and set(again.cosigned_by) == set(NAMES) and c.waiting == 0
+    # witness 0 was not asked again: its cosignature from the first round was kept
+    assert {name for name, _ in witnesses.asked[before:]} == set(NAMES[1:])
+    assert c.round() == []  # nothing left to do
