@@ -33,7 +33,6 @@ from careledger.config import Settings
 from careledger.keys import load_trusted_keys
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.compare import Comparison, compare
-from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.storage.migrations import check_identifier, migrate_backend
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger_core.errors import CareledgerError, InfrastructureError
@@ -98,17 +97,8 @@ def _where(settings: Settings, *, replica: bool) -> str:
 
 def _store(settings: Settings, *, replica: bool) -> ChainStore:
     if replica:
-        backend = ClickHouseBackend(
-            settings.replica_clickhouse_host,
-            settings.replica_clickhouse_port,
-            settings.replica_clickhouse_user,
-            settings.replica_clickhouse_password,
-        )
-        database = settings.replica_clickhouse_database
-    else:
-        backend = ClickHouseBackend.from_settings(settings)
-        database = settings.clickhouse_database
-    return ChainStore(backend, database, reference_topics(settings), raw_topics(settings))
+        return ChainStore.replica_for_settings(settings)
+    return ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
 
 
 def _check_databases(settings: Settings) -> str | None:

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from careledger.storage.backend import SqlBackend, StorageError
+from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.kinds import (
     ACCESS,
     RAW,
@@ -323,6 +323,23 @@ class ChainStore:
         return cls(
             backend,
             settings.clickhouse_database,
+            reference_topics(settings),
+            raw_topics(settings),
+        )
+
+    @classmethod
+    def replica_for_settings(cls, settings: Any) -> ChainStore:
+        """The replica's database (``replica_clickhouse_*``, ADR 0017), read and written
+        like the primary."""
+        backend = ClickHouseBackend(
+            settings.replica_clickhouse_host,
+            settings.replica_clickhouse_port,
+            settings.replica_clickhouse_user,
+            settings.replica_clickhouse_password,
+        )
+        return cls(
+            backend,
+            settings.replica_clickhouse_database,
             reference_topics(settings),
             raw_topics(settings),
         )

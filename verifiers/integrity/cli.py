@@ -264,18 +264,7 @@ def replica_findings(
     difference is a finding at its place. Which side is right is ``careledger restore``'s
     question (it checks the replica against the signed checkpoints); verify says where
     they part."""
-    replica = ChainStore.for_settings(
-        ClickHouseBackend.from_settings(
-            settings.replace(
-                clickhouse_host=settings.replica_clickhouse_host,
-                clickhouse_port=settings.replica_clickhouse_port,
-                clickhouse_user=settings.replica_clickhouse_user,
-                clickhouse_password=settings.replica_clickhouse_password,
-                clickhouse_database=settings.replica_clickhouse_database,
-            )
-        ),
-        settings.replace(clickhouse_database=settings.replica_clickhouse_database),
-    )
+    replica = ChainStore.replica_for_settings(settings)
     try:
         result = compare(store, replica, chains)
     finally:
