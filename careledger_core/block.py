@@ -21,6 +21,15 @@ append time (Kafka ``LogAppendTime``) of the block's source-attested events: the
 at which the processor decided their keys' status, so that ``verify`` can check the same
 decision. Both or neither; absent (not ``null``) when the block has no attested event and
 in headers signed before them.
+
+``event_records`` (ADR 0020) is set when some of the block's events came in *batch
+records* (one Kafka record per source-signed batch): several events then share an offset.
+It is the number of offsets of the range whose record carries the block's events, and the
+accounting becomes ``event_records + dead_lettered + absent_offsets`` = the range's size
+(``dead_lettered`` counts whole records; an event dead-lettered alone out of a chained
+batch is accounted for by its batch, see ``batch_record.py``). ``event_offsets`` then has an
+offset once per event it carries, in index order (non-decreasing). Absent otherwise, so
+headers of one-event records keep their exact bytes.
 """
 
 from __future__ import annotations
@@ -106,6 +115,9 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
     #: (ADR 0015); None when it has none and in headers signed before them
     first_append_time: str | None = None
     last_append_time: str | None = None
+    #: offsets of the range whose (batch) record carries the block's events (ADR 0020);
+    #: None when every event is a record of its own
+    event_records: int | None = None
 
     def __post_init__(self) -> None:
         if self.schema != BLOCK_SCHEMA:
@@ -159,7 +171,20 @@ class BlockHeader(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_on
         if self.last_offset < self.first_offset:
             raise HeaderValidationError("last_offset", "must not be below first_offset")
         span = self.last_offset - self.first_offset + 1
-        if self.event_count + self.dead_lettered + self.absent_offsets != span:
+        if self.event_records is not None:
+            if type(self.event_records) is not int or not self.event_records >= 1:
+                raise HeaderValidationError("event_records", "must be a positive integer")
+            if self.event_records > self.event_count:
+                raise HeaderValidationError(
+                    "event_records", "cannot exceed event_count (a record carries >= 1 event)"
+                )
+            if self.event_records + self.dead_lettered + self.absent_offsets != span:
+                raise HeaderValidationError(
+                    "event_records",
+                    "event_records + dead_lettered + absent_offsets must equal "
+                    f"last_offset - first_offset + 1 = {span}",
+                )
+        elif self.event_count + self.dead_lettered + self.absent_offsets != span:
             raise HeaderValidationError(
                 "event_count",
                 "event_count + dead_lettered + absent_offsets must equal "
@@ -175,13 +200,14 @@ _ENCODER: Final = msgspec.json.Encoder(order="sorted")
 _DECODER: Final = msgspec.json.Decoder(BlockHeader)
 
 
-_OPTIONAL: Final = ("event_offsets", "first_append_time", "last_append_time")
+_OPTIONAL: Final = ("event_offsets", "first_append_time", "last_append_time", "event_records")
 
 
 def header_bytes(h: BlockHeader) -> bytes:
     """RFC 8785 canonical bytes of the header (what is hashed and signed); an optional
     member that is None (``event_offsets`` before ADR 0014, the append times before ADR
-    0015 or without attested events) is left out."""
+    0015 or without attested events, ``event_records`` without batch records) is left
+    out."""
     if any(getattr(h, name) is None for name in _OPTIONAL):
         fields = msgspec.structs.asdict(h)
         for name in _OPTIONAL:

@@ -71,6 +71,7 @@ __all__ = [
     "HeartbeatStatement",
     "KeyEventStatement",
     "SeqRuns",
+    "SignatureB64",
     "SignedEvent",
     "SourceAuthError",
     "SourceEnvelopeError",
@@ -652,17 +653,21 @@ class BatchVerifier:
                 details={"key_id": st.key_id},
             )
 
-    def verify_batch(self, event_leaf_hash: bytes, attestation: Attestation) -> None:
-        """The batch signature (under the registered key, whatever its status) and the
-        event's inclusion proof."""
-        st = attestation.statement
-        fingerprint = BATCH_CONTEXT + statement_bytes(st) + attestation.signature.encode()
+    def verify_signature(self, statement: BatchStatement, signature: str) -> None:
+        """The batch signature under the registered key, whatever the key's status (a
+        batch record's events are checked against the statement's root by the caller)."""
+        fingerprint = BATCH_CONTEXT + statement_bytes(statement) + signature.encode()
         if fingerprint not in self._verified:
-            verify_statement(st, attestation.signature, self.registry.public_key(st.key_id))
+            verify_statement(statement, signature, self.registry.public_key(statement.key_id))
             self.signature_checks += 1
             self._verified[fingerprint] = None
             if len(self._verified) > self._cache_size:
                 del self._verified[next(iter(self._verified))]
+
+    def verify_batch(self, event_leaf_hash: bytes, attestation: Attestation) -> None:
+        """The batch signature (under the registered key, whatever its status) and the
+        event's inclusion proof."""
+        self.verify_signature(attestation.statement, attestation.signature)
         verify_attestation_proof(event_leaf_hash, attestation)
 
     def check(

@@ -334,6 +334,40 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        9,
+        "batch records (ADR 0020): one row per source-signed batch record chained",
+        (
+            # One row per batch record: the statement and signature once, instead of an
+            # attestation row per event. The record's events are the block's event rows
+            # at this kafka_offset, in idx order; they fill the batch indices not listed
+            # in ``skipped`` ("index:leafhex,..." of entries dead-lettered alone). Written
+            # with the event rows, before the header; self-authenticating: verify
+            # recomputes the signed root from the chained events and the skipped entries.
+            # source_id .. signed_by are side copies of the statement, checked by verify.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.source_batches (
+                chain_id String,
+                height UInt64,
+                block_hash String,
+                kafka_offset UInt64,
+                source_id String,
+                key_id String,
+                epoch String,
+                first_seq UInt64,
+                size UInt32,
+                signed_by String,
+                statement String,
+                signature String,
+                skipped String
+            ) ENGINE = MergeTree()
+            ORDER BY (chain_id, height, kafka_offset)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

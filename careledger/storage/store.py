@@ -36,7 +36,7 @@ from careledger.storage.migrations import check_identifier
 from careledger_core.block import BlockHeader
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
-from careledger_core.source import Attestation, statement_bytes
+from careledger_core.source import Attestation, BatchStatement, statement_bytes
 
 HEADER_COLUMNS = (
     "chain_id",
@@ -67,7 +67,25 @@ class ChainedEvent:
     canonical: bytes
     leaf_hash: bytes
     #: the source's signed-batch attestation of an access event (ADR 0010), if signed
+    #: in a record of its own
     attestation: Attestation | None = None
+    #: the batch record the event came in (ADR 0020), shared by its events, and the
+    #: event's index in that batch
+    batch: BatchInfo | None = None
+    batch_index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class BatchInfo:
+    """A batch record's signed statement, as chained (ADR 0020): one per record.
+
+    ``skipped`` are the entries of the batch that were not chained (dead-lettered
+    alone): (batch index, the leaf hash the entry binds), so that ``verify`` can
+    recompute the signed root from the chained events and these."""
+
+    statement: BatchStatement
+    signature: str
+    skipped: tuple[tuple[int, bytes], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -258,6 +276,62 @@ def attestation_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
     return rows
 
 
+BATCH_COLUMNS: Final = (
+    "chain_id",
+    "height",
+    "block_hash",
+    "kafka_offset",
+    "source_id",
+    "key_id",
+    "epoch",
+    "first_seq",
+    "size",
+    "signed_by",
+    "statement",
+    "signature",
+    "skipped",
+)
+
+
+def skipped_text(skipped: Sequence[tuple[int, bytes]]) -> str:
+    """The ``skipped`` column: ``index:leafhex`` per entry not chained, comma-separated."""
+    return ",".join(f"{i}:{h.hex()}" for i, h in skipped)
+
+
+def batch_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
+    """Rows of ``source_batches``: one per batch record of ``blocks`` (ADR 0020), in
+    BATCH_COLUMNS order. A record's events are never split across blocks."""
+    rows: list[tuple[Any, ...]] = []
+    for block in blocks:
+        h = block.header
+        digest = block.block_hash.hex()
+        last_offset = -1
+        for ev in block.events:
+            info = ev.batch
+            if info is None or ev.offset == last_offset:
+                continue
+            last_offset = ev.offset
+            st = info.statement
+            rows.append(
+                (
+                    h.chain_id,
+                    h.height,
+                    digest,
+                    ev.offset,
+                    st.source_id,
+                    st.key_id,
+                    st.epoch,
+                    st.first_seq,
+                    st.size,
+                    st.signed_by or "",
+                    statement_bytes(st),
+                    info.signature,
+                    skipped_text(info.skipped),
+                )
+            )
+    return rows
+
+
 def row_columns(kind: RecordKind) -> tuple[str, ...]:
     """The columns of ``kind.table``, in the order ``event_rows`` produces them."""
     return (
@@ -366,6 +440,9 @@ class ChainStore:
         attestations = attestation_rows(blocks)
         if attestations:
             self.backend.insert(f"{self.db}.source_attestations", ATTESTATION_COLUMNS, attestations)
+        batches = batch_rows(blocks)
+        if batches:
+            self.backend.insert(f"{self.db}.source_batches", BATCH_COLUMNS, batches)
         self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
@@ -419,11 +496,12 @@ class ChainStore:
         if self.kind_of(chain_id) is ACCESS:
             # their attestations, if the crash came after those were written too
             # (the verifier ignores rows whose block hash is not a committed one)
-            self.backend.execute(
-                f"ALTER TABLE {self.db}.source_attestations DELETE "
-                "WHERE chain_id = %(chain)s AND height >= %(h)s",
-                {"chain": chain_id, "h": first_uncommitted},
-            )
+            for table in ("source_attestations", "source_batches"):
+                self.backend.execute(
+                    f"ALTER TABLE {self.db}.{table} DELETE "
+                    "WHERE chain_id = %(chain)s AND height >= %(h)s",
+                    {"chain": chain_id, "h": first_uncommitted},
+                )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.uncommitted_count(chain_id, head_height) == 0:

@@ -457,9 +457,9 @@ def negative_docs() -> dict[str, Doc]:
 
 
 def _fields(h: BlockHeader) -> Doc:
-    # event_offsets (ADR 0014) and the append times (ADR 0015) are absent from headers
-    # that do not carry them
-    optional = ("event_offsets", "first_append_time", "last_append_time")
+    # event_offsets (ADR 0014), the append times (ADR 0015) and event_records (ADR 0020)
+    # are absent from headers that do not carry them
+    optional = ("event_offsets", "first_append_time", "last_append_time", "event_records")
     return {
         f: getattr(h, f)
         for f in h.__struct_fields__

@@ -1,0 +1,144 @@
+"""Batch records: one Kafka record per source-signed batch (ADR 0020).
+
+A :class:`~careledger_core.source.BatchStatement` signs the RFC 6962 root of the entries
+``uint64_be(first_seq + i) || leaf_hash(event_i)`` (``source.batch_entry``). Sending one
+Kafka record per event repeated the statement, the signature and an inclusion proof in
+every record; a *batch record* (``careledger.signed-batch/1``) carries them once, with the
+events in order::
+
+    {"events":[<event JSON>,...],"schema":"careledger.signed-batch/1",
+     "signature":"<base64 Ed25519>","statement":{...}}
+
+An event's leaf hash is the SHA-256 leaf hash of its bytes *as they stand in the record*
+(the SDK writes canonical RFC 8785 bytes), so the receiver recomputes one root per record
+and checks one signature, and a well-signed record holding one malformed event can still
+chain the others: the malformed event's entry stays in the root, its bytes go to the
+dead-letter topic, and its index and leaf hash are stored next to the batch so that
+``verify`` can recompute the signed root from the chained events and the skipped entries
+(:func:`batch_root`).
+
+Pure: no I/O. :func:`open_batch_record` raises ``SourceEnvelopeError`` (a
+``ValidationError``: dead-letter the record) for a malformed envelope and
+``SourceAuthError`` with code ``BAD_PROOF`` (quarantine the record) when the events are
+not the ones the statement signs. The signature is checked by the caller
+(``BatchVerifier.verify_signature``): it needs the registry.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+from .errors import ValidationError
+from .hashing import leaf_hash
+from .merkle import merkle_root
+from .source import (
+    MAX_BATCH_SIZE,
+    BatchStatement,
+    SignatureB64,
+    SourceAuthError,
+    SourceEnvelopeError,
+    batch_entry,
+)
+
+__all__ = [
+    "SIGNED_BATCH_SCHEMA",
+    "OpenedBatch",
+    "batch_root",
+    "encode_batch_record",
+    "looks_batch",
+    "open_batch_record",
+]
+
+SIGNED_BATCH_SCHEMA: Final = "careledger.signed-batch/1"
+
+
+class SignedBatchRecord(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, kw_only=True
+):
+    """The Kafka record of a signed batch (``careledger.signed-batch/1``)."""
+
+    schema: Literal["careledger.signed-batch/1"]
+    statement: BatchStatement
+    signature: SignatureB64
+    events: Annotated[
+        tuple[msgspec.Raw, ...], msgspec.Meta(min_length=1, max_length=MAX_BATCH_SIZE)
+    ]
+
+
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+_DECODER: Final = msgspec.json.Decoder(SignedBatchRecord)
+_PREFIX: Final = re.compile(rb'\A\s*\{\s*"(?:events|schema|signature|statement)"')
+_SCHEMA_BYTES: Final = b'"careledger.signed-batch/1"'
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedBatch:
+    """A decoded batch record whose events are the signed batch's (signature unchecked)."""
+
+    statement: BatchStatement
+    signature: str
+    #: each event's bytes as they stand in the record, in batch order
+    events: tuple[bytes, ...]
+    #: ``leaf_hash(events[i])``: the hash the batch entry ``i`` binds to its seq
+    leaf_hashes: tuple[bytes, ...]
+
+
+def encode_batch_record(
+    statement: BatchStatement, signature: str, canonical_events: Sequence[bytes]
+) -> bytes:
+    """The Kafka record value of one signed batch (the events' canonical bytes inside)."""
+    if len(canonical_events) != statement.size:
+        raise ValidationError(
+            f"a batch record of {statement.size} events cannot hold {len(canonical_events)}"
+        )
+    return _ENCODER.encode(
+        SignedBatchRecord(
+            schema=SIGNED_BATCH_SCHEMA,
+            statement=statement,
+            signature=signature,
+            events=tuple(msgspec.Raw(e) for e in canonical_events),
+        )
+    )
+
+
+def looks_batch(data: bytes) -> bool:
+    """Cheap test: does this record claim to be a batch record (not one event)?"""
+    return _PREFIX.match(data) is not None and _SCHEMA_BYTES in data
+
+
+def batch_root(first_seq: int, leaf_hashes: Sequence[bytes]) -> bytes:
+    """The root a statement signs for these events' leaf hashes, in batch order."""
+    return merkle_root([batch_entry(first_seq + i, h) for i, h in enumerate(leaf_hashes)])
+
+
+def open_batch_record(data: bytes) -> OpenedBatch:
+    """Decode a batch record and check that its events are the signed batch's entries.
+
+    Raises ``SourceEnvelopeError`` (malformed record: dead-letter it whole) or
+    ``SourceAuthError`` ``BAD_PROOF`` (the events are not what the statement signs:
+    quarantine it whole). Nothing about the events' content is validated here.
+    """
+    try:
+        record = _DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
+    st = record.statement
+    events = tuple(bytes(e) for e in record.events)
+    details = {"source_id": st.source_id, "key_id": st.key_id, "first_seq": st.first_seq}
+    if len(events) != st.size:
+        raise SourceAuthError(
+            f"the record holds {len(events)} events, the statement signs {st.size}",
+            code="BAD_PROOF",
+            details=details,
+        )
+    leaves = tuple(leaf_hash(e) for e in events)
+    if batch_root(st.first_seq, leaves).hex() != st.root:
+        raise SourceAuthError(
+            "the record's events are not the signed batch", code="BAD_PROOF", details=details
+        )
+    return OpenedBatch(st, record.signature, events, leaves)
