@@ -60,6 +60,10 @@ class Settings:
     # Largest access-event message the processor accepts; larger ones are
     # dead-lettered (a real event is ~0.5 KiB, so 64 KiB is generous).
     max_event_bytes: int = 65536
+    # Largest batch record (one Kafka record per source-signed batch, ADR 0020) the
+    # processor accepts; larger ones are dead-lettered whole. Each event inside is still
+    # bounded by max_event_bytes.
+    max_batch_record_bytes: int = 1_048_576
 
     # --- ClickHouse ---------------------------------------------------------
     clickhouse_host: str = "127.0.0.1"
@@ -75,6 +79,10 @@ class Settings:
     # How long the group waits for a silent (e.g. killed) worker before giving
     # its partitions to another; the broker's minimum is 6 s.
     processor_session_timeout_s: float = 10.0
+    # Records the processor takes from Kafka per batch, and twice that buffered ahead: a
+    # batch record (ADR 0020) carries hundreds of events, so this bounds memory, not
+    # throughput (0: from block_max_events and partitions, as for one-event records).
+    processor_take_records: int = 128
     block_max_events: int = 1000
     block_max_ms: int = 250
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
@@ -104,6 +112,11 @@ class Settings:
     source_key: Path | None = None
     source_batch_max_events: int = 500
     source_batch_max_ms: int = 50
+    # A signed batch travels as one Kafka record (ADR 0020) of at most this many bytes
+    # (below Kafka's 1 MiB default message size); an event that would overflow it closes
+    # the batch first. "event" sends one careledger.signed-event/1 record per event instead.
+    source_batch_max_bytes: int = 900_000
+    source_record_format: str = "batch"
     source_heartbeat_interval_s: float = 10.0
     # Registrar public keys the processor and verifier trust for key events (files or
     # "ed25519:<base64>" literals); the registrar's private key signs registrations.

@@ -413,7 +413,7 @@ def decode_signed_event(data: bytes) -> tuple[AccessEvent, bytes, Attestation]:
     """
     try:
         env = _ENVELOPE_DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise SourceEnvelopeError(f"invalid signed event envelope: {exc}") from exc
     event, canonical = decode_and_canonicalize(bytes(env.event))
     return event, canonical, env.attestation

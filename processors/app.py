@@ -109,6 +109,11 @@ def create_app(
     from faust.types import TP
 
     web_enabled = settings.processor_web_port > 0
+    # How many records one take holds (and twice that buffered): bounded in records, so
+    # that batch records of hundreds of events (ADR 0020) keep the memory bounded.
+    take_max = settings.processor_take_records or max(
+        1000, settings.block_max_events * min(settings.partitions, 4)
+    )
     datadir = settings.run_dir / "faust" / settings.processor_app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -127,7 +132,8 @@ def create_app(
         broker_session_timeout=settings.processor_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
-        stream_buffer_maxsize=16384,
+        # records, not events: a batch record (ADR 0020) holds hundreds of events
+        stream_buffer_maxsize=2 * take_max,
         broker_max_poll_records=5000,
         producer_acks=-1,
         Monitor=_quiet_monitor(),
@@ -201,7 +207,6 @@ def create_app(
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     if not baseline:  # the blocks topic's producer connected before the first write (ADR 0017)
         processor.outputs.prepare_blocks()
-    take_max = max(1000, settings.block_max_events * min(settings.partitions, 4))
     within = max(settings.block_max_ms / 2000.0, 0.01)
 
     @app.agent(topic, name="chain-events")

@@ -11,6 +11,14 @@ one is either a chained event, a dead-lettered record, or absent from Kafka
 verifier checks that ranges of consecutive blocks touch, so an event dropped
 before chaining cannot hide.
 
+Batch records (ADR 0020). A record carrying a source-signed batch adds all its chainable
+events at once, at its offset, into the open block: a record never spans two blocks, so a
+block may exceed ``block_max_events`` by less than one batch. The block header then
+counts records (``event_records``: offsets of the range whose record carries events),
+and ``event_offsets`` lists an offset once per event. An event refused alone (malformed,
+not canonical) is dead-lettered with its batch index and accounted for by its batch; a
+record none of whose events can be chained counts as one dead-lettered record.
+
 Broker time (ADR 0015). The source gate decides each signed event's key status at the
 record's broker append time (Kafka LogAppendTime); a sealed block signs the earliest and
 latest of those times (``first_append_time`` / ``last_append_time``), so ``verify`` can
@@ -24,6 +32,7 @@ from dataclasses import dataclass, field
 
 from careledger.storage.kinds import ACCESS, RecordKind
 from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
+from careledger_core.batch_record import looks_batch
 from careledger_core.block import (
     GENESIS_PREV_HASH,
     BlockHeader,
@@ -37,7 +46,7 @@ from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
 from careledger_core.source import SourceAuthError, timestamp_of
-from processors.sources import LOG_APPEND_TIME, SourceGate
+from processors.sources import LOG_APPEND_TIME, AdmittedBatch, SourceGate
 
 
 def utc_timestamp(now: float) -> str:
@@ -59,6 +68,9 @@ class Rejected:
     quarantine: bool = False
     #: for quarantined records: the source and batch they claim (never patient data)
     claim: tuple[tuple[str, str], ...] = ()
+    #: an event dead-lettered alone out of a batch record (ADR 0020): its index in the
+    #: batch (``value`` is then the event's bytes, not the record's)
+    batch_index: int | None = None
 
 
 class OffsetGap(Exception):
@@ -96,6 +108,12 @@ class PartitionChain:
     #: the RFC 6962 tree over the block hashes of blocks 0..height-1 (ADR 0012), grown
     #: by ``seal``; None when unknown (then no checkpoint is published for the chain)
     tree: ChainTree | None = field(default_factory=ChainTree)
+    #: largest batch record (ADR 0020) accepted; ``max_event_bytes`` bounds each event
+    max_batch_record_bytes: int = 1_048_576
+    #: records of the open block that carry events, and whether one was a batch record
+    #: (then the header says ``event_records``)
+    event_records: int = 0
+    batch_records: int = 0
 
     @classmethod
     def resume(
@@ -105,6 +123,7 @@ class PartitionChain:
         max_event_bytes: int,
         earliest_offset: int = 0,
         kind: RecordKind = ACCESS,
+        max_batch_record_bytes: int = 1_048_576,
     ) -> PartitionChain:
         """Continue after the stored head; a new chain starts at the partition's earliest offset.
 
@@ -113,11 +132,18 @@ class PartitionChain:
         the start of a chain.
         """
         if head is None:
-            return cls(chain_id, max_event_bytes, kind=kind, next_offset=earliest_offset)
+            return cls(
+                chain_id,
+                max_event_bytes,
+                kind=kind,
+                next_offset=earliest_offset,
+                max_batch_record_bytes=max_batch_record_bytes,
+            )
         return cls(
             chain_id,
             max_event_bytes,
             kind=kind,
+            max_batch_record_bytes=max_batch_record_bytes,
             height=head.height + 1,
             prev_hash=head.block_hash,
             next_offset=head.last_offset + 1,
@@ -137,7 +163,22 @@ class PartitionChain:
         now: float,
         timestamp_type: int = LOG_APPEND_TIME,
     ) -> Rejected | None:
-        """Take one record. Returns a ``Rejected`` for the dead-letter topic, else None.
+        """``take`` for a caller expecting at most one dead letter per record: the first
+        (a batch record may refuse several of its events: use ``take``)."""
+        rejected = self.take(offset, value, key, kafka_ts, now, timestamp_type)
+        return rejected[0] if rejected else None
+
+    def take(
+        self,
+        offset: int,
+        value: bytes | None,
+        key: bytes | None,
+        kafka_ts: float,
+        now: float,
+        timestamp_type: int = LOG_APPEND_TIME,
+    ) -> list[Rejected]:
+        """Take one record. Returns what goes to the dead-letter (or quarantine) topic:
+        the record, or events refused alone out of a batch record; empty if none.
 
         ``kafka_ts`` / ``timestamp_type``: the record's Kafka timestamp and whether the
         broker set it (LogAppendTime) or the producer did (CreateTime, not trusted).
@@ -149,7 +190,7 @@ class PartitionChain:
         if self.next_offset is not None:
             if offset < self.next_offset:
                 self.duplicates_skipped += 1
-                return None
+                return []
             if offset > self.next_offset:
                 raise OffsetGap(self.next_offset, offset)
         if self.range_first is None:
@@ -157,11 +198,15 @@ class PartitionChain:
         if self.opened_at is None:
             self.opened_at = now
         self.next_offset = offset + 1
+        before = len(self.pending)
         rejected = self._validate(offset, value, key, kafka_ts, timestamp_type)
-        if rejected is not None:
-            self.dead_lettered += 1
+        if len(self.pending) > before:
+            self.event_records += 1
             return rejected
-        return None
+        self.dead_lettered += 1  # every offset is accounted for, whatever happened
+        if not rejected:  # pragma: no cover - a batch record holds at least one event
+            rejected = [Rejected(offset, value or b"", key, "EVENT_EMPTY", "no event", "$")]
+        return rejected
 
     def accept_gap(self, upto: int) -> None:
         """Offsets ``next_offset .. upto-1`` do not exist in Kafka (e.g. compaction)."""
@@ -178,28 +223,33 @@ class PartitionChain:
         key: bytes | None,
         kafka_ts: float = 0.0,
         timestamp_type: int = LOG_APPEND_TIME,
-    ) -> Rejected | None:
+    ) -> list[Rejected]:
         raw = value if value is not None else b""
         if value is None:
-            return Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")
+            return [Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")]
+        gate = self.gate if self.kind is ACCESS else None
+        if gate is not None and looks_batch(value):
+            return self._admit_batch(gate, offset, value, key, kafka_ts, timestamp_type)
         limit = self.kind.max_bytes or self.max_event_bytes  # raw records are larger
         if len(value) > limit:
-            return Rejected(
-                offset,
-                raw,
-                key,
-                "EVENT_TOO_LARGE",
-                f"message of {len(value)} bytes exceeds the limit of {limit}",
-                "$",
-            )
-        if self.gate is not None and self.kind is ACCESS:
-            return self._admit(self.gate, offset, value, key, kafka_ts, timestamp_type)
+            return [
+                Rejected(
+                    offset,
+                    raw,
+                    key,
+                    "EVENT_TOO_LARGE",
+                    f"message of {len(value)} bytes exceeds the limit of {limit}",
+                    "$",
+                )
+            ]
+        if gate is not None:
+            return self._admit(gate, offset, value, key, kafka_ts, timestamp_type)
         try:
             record, canonical = self.kind.decode(value)
         except ValidationError as exc:
-            return Rejected(offset, raw, key, exc.code, str(exc), getattr(exc, "field", "$"))
+            return [Rejected(offset, raw, key, exc.code, str(exc), getattr(exc, "field", "$"))]
         self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
-        return None
+        return []
 
     def _admit(
         self,
@@ -209,22 +259,89 @@ class PartitionChain:
         key: bytes | None,
         kafka_ts: float,
         timestamp_type: int,
-    ) -> Rejected | None:
+    ) -> list[Rejected]:
         try:
             a = gate.admit(value, kafka_ts, (self.chain_id, offset), timestamp_type)
         except ValidationError as exc:
-            return Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))
+            return [Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))]
         except SourceAuthError as exc:
-            gate.quarantined += 1
-            claim = tuple(sorted((k, str(v)) for k, v in exc.details.items()))
-            return Rejected(offset, value, key, exc.code, exc.message, "$", True, claim)
+            return [self._quarantine(gate, offset, value, key, exc)]
         self.pending.append(ChainedEvent(offset, a.event, a.canonical, a.leaf_hash, a.attestation))
         if a.appended_at is not None:
-            if self.append_min is None or a.appended_at < self.append_min:
-                self.append_min = a.appended_at
-            if self.append_max is None or a.appended_at > self.append_max:
-                self.append_max = a.appended_at
-        return None
+            self._appended(a.appended_at)
+        return []
+
+    def _admit_batch(
+        self,
+        gate: SourceGate,
+        offset: int,
+        value: bytes,
+        key: bytes | None,
+        kafka_ts: float,
+        timestamp_type: int,
+    ) -> list[Rejected]:
+        """A batch record (ADR 0020): its events into the open block, all at once."""
+        limit = self.max_batch_record_bytes
+        if len(value) > limit:
+            return [
+                Rejected(
+                    offset,
+                    value,
+                    key,
+                    "BATCH_TOO_LARGE",
+                    f"batch record of {len(value)} bytes exceeds the limit of {limit}",
+                    "$",
+                )
+            ]
+        try:
+            a: AdmittedBatch = gate.admit_batch(
+                value,
+                kafka_ts,
+                (self.chain_id, offset),
+                timestamp_type,
+                max_event_bytes=self.max_event_bytes,
+            )
+        except ValidationError as exc:
+            return [Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))]
+        except SourceAuthError as exc:
+            return [self._quarantine(gate, offset, value, key, exc)]
+        if a.events:
+            self.pending += a.events
+            self.batch_records += 1
+            self._appended(a.appended_at)
+        st = a.statement
+        return [
+            Rejected(
+                offset,
+                r.value,
+                key,
+                r.code,
+                r.reason,
+                r.field,
+                claim=(
+                    ("epoch", st.epoch),
+                    ("first_seq", str(st.first_seq)),
+                    ("seq", str(st.first_seq + r.index)),
+                    ("source_id", st.source_id),
+                ),
+                batch_index=r.index,
+            )
+            for r in a.refused
+        ]
+
+    @staticmethod
+    def _quarantine(
+        gate: SourceGate, offset: int, value: bytes, key: bytes | None, exc: SourceAuthError
+    ) -> Rejected:
+        gate.quarantined += 1
+        claim = tuple(sorted((k, str(v)) for k, v in exc.details.items()))
+        return Rejected(offset, value, key, exc.code, exc.message, "$", True, claim)
+
+    def _appended(self, at: float) -> None:
+        if self.append_min is None or at < self.append_min:
+            self.append_min = at
+        if self.append_max is None or at > self.append_max:
+            self.append_max = at
 
     def seal(self, key: SigningKey, now: float) -> SealedBlock | None:
         """Close the open range into a signed block (None if the range is empty)."""
@@ -258,6 +375,8 @@ class PartitionChain:
             # decided then (ADR 0015)
             first_append_time=None if self.append_min is None else timestamp_of(self.append_min),
             last_append_time=None if self.append_max is None else timestamp_of(self.append_max),
+            # records, not events, when batch records share offsets (ADR 0020)
+            event_records=self.event_records if self.batch_records else None,
         )
         hb = header_bytes(header)
         digest = block_hash(header)
@@ -274,6 +393,7 @@ class PartitionChain:
         self.absent = 0
         self.opened_at = None
         self.append_min = self.append_max = None
+        self.event_records = self.batch_records = 0
         return block
 
     def due(self, now: float, max_events: int, max_age_s: float) -> bool:

@@ -7,6 +7,12 @@ may hold patient identifiers. ``--show-bytes`` prints them for an operator who
 asks explicitly. ``--replay`` sends the original bytes back to the events topic
 (e.g. after the size limit was raised or a producer fixed); a replayed record
 is a new record at a new offset, and is chained or dead-lettered again.
+
+An event dead-lettered alone out of a batch record (ADR 0020) is listed at its
+record's position followed by ``#<index in the batch>`` (``--replay`` takes
+``PARTITION@OFFSET`` for every dead letter of a record, or ``PARTITION@OFFSET#INDEX``
+for one); its bytes are the event's. Its batch's other events were chained; its
+bytes alone are not signed, so replaying it needs the source to send it again.
 """
 
 from __future__ import annotations
@@ -34,10 +40,22 @@ class DeadLetter:
     field: str
     key: bytes | None
     value: bytes
+    #: an event dead-lettered alone out of a batch record: its index in the batch and
+    #: the sequence number it was signed under
+    batch_index: int | None = None
+    batch_seq: int | None = None
+    #: a quarantined record too large for the quarantine topic (processors.outputs)
+    quarantined: bool = False
+
+    @property
+    def position(self) -> str:
+        """``PARTITION@OFFSET``, with ``#INDEX`` for an event out of a batch record."""
+        at = f"{self.source_partition}@{self.source_offset}"
+        return at if self.batch_index is None else f"{at}#{self.batch_index}"
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "source": f"{self.source_topic}/{self.source_partition}@{self.source_offset}",
+        item: dict[str, Any] = {
+            "source": f"{self.source_topic}/{self.position}",
             "code": self.code,
             "field": self.field,
             "reason": self.reason,
@@ -45,6 +63,19 @@ class DeadLetter:
             "sha256": hashlib.sha256(self.value).hexdigest(),
             "dead_letter_position": f"{self.dlq_partition}@{self.dlq_offset}",
         }
+        if self.batch_index is not None:
+            item["batch_index"] = self.batch_index
+            item["batch_seq"] = self.batch_seq
+        if self.quarantined:
+            item["quarantined"] = True
+        return item
+
+
+def _int_or_none(text: str | None) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        return None
 
 
 def read_dead_letters(
@@ -92,6 +123,9 @@ def read_dead_letters(
                     h.get("careledger-error-field", ""),
                     msg.key(),
                     msg.value() or b"",
+                    _int_or_none(h.get("careledger-batch-index")),
+                    _int_or_none(h.get("careledger-batch-seq")),
+                    h.get("careledger-quarantined") == "1",
                 )
             )
     finally:
@@ -113,7 +147,8 @@ def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
         "--replay",
         nargs="*",
         metavar="PARTITION@OFFSET",
-        help="send the original bytes of these source records (all listed if none given) back",
+        help="send the original bytes of these source records (all listed if none given) "
+        "back; PARTITION@OFFSET#INDEX: one event dead-lettered out of a batch record",
     )
 
 
@@ -144,7 +179,9 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     wanted = set(args.replay)
     chosen = [
-        r for r in records if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted
+        r
+        for r in records
+        if not wanted or f"{r.source_partition}@{r.source_offset}" in wanted or r.position in wanted
     ]
     from careledger.kafka.producer import AccessEventProducer
 

@@ -2,9 +2,18 @@
 
 Dead letters (and quarantined records, with one integrity alert per reason and
 claimed source) are sent and flushed before the offsets they stand for are in
-a block; checkpoints (the RFC 6962 root over each chain's block hashes, ADR 0012,
-with an RFC 9162 consistency proof from the previous one in a record header) are
-published after each write, not flushed.
+a block. An event dead-lettered alone out of a batch record (ADR 0020) is a dead
+letter of its own: the event's bytes, with the record's offset and the event's
+index in the batch (``careledger-batch-index``) and the sequence number it was
+signed under (``careledger-batch-seq``). A quarantined record larger than the
+quarantine topic takes (Kafka's default message size: a batch record near the
+events topic's own limit, plus headers) goes to the dead-letter topic, which takes
+raw-record sizes, marked ``careledger-quarantined``: its bytes are kept either way
+and the processor never stalls on it.
+
+Checkpoints (the RFC 6962 root over each chain's block hashes, ADR 0012, with an RFC
+9162 consistency proof from the previous one in a record header) are published after
+each write, not flushed.
 """
 
 from __future__ import annotations
@@ -63,12 +72,16 @@ def quarantine_alerts(quarantined: list[tuple[Part, Rejected]]) -> list[dict[str
                     "claimed_key_id": key_id or None,
                     "records": len(items),
                     "positions": positions[:50],
-                    "quarantine_topic_note": "original bytes are in the quarantine topic",
+                    "quarantine_topic_note": "original bytes are in the quarantine topic "
+                    "(records over 1 MB: the dead-letter topic, marked careledger-quarantined)",
                 },
             }
         )
     return docs
 
+
+#: quarantined values above this go to the dead-letter topic (see the module)
+QUARANTINE_MAX_VALUE_BYTES: Final = 1_000_000
 
 #: reasons that mean someone produced records they could not have signed
 _FORGERY_CODES: Final = frozenset({"BAD_SIGNATURE", "BAD_PROOF", "REPLAYED", "KEY_NOT_FOR_SOURCE"})
@@ -89,7 +102,12 @@ class KafkaOutputs:
                 "enable.idempotence": True,
                 "acks": "all",
                 "linger.ms": 5,
-                "message.max.bytes": max(settings.max_event_bytes * 20, 1_000_000),
+                # a whole batch record (ADR 0020) may be dead-lettered or quarantined
+                "message.max.bytes": max(
+                    settings.max_event_bytes * 20,
+                    settings.max_batch_record_bytes + 65536,
+                    MAX_ENVELOPE_BYTES + 65536,
+                ),
             }
         )
 
@@ -111,10 +129,18 @@ class KafkaOutputs:
                 ("careledger-source-partition", str(partition).encode()),
                 ("careledger-source-offset", str(r.offset).encode()),
             ]
+            if r.batch_index is not None:
+                claim = dict(r.claim)
+                headers.append(("careledger-batch-index", str(r.batch_index).encode()))
+                if "seq" in claim:
+                    headers.append(("careledger-batch-seq", claim["seq"].encode()))
             topic = self.topic
             if r.quarantine:
-                topic = self.settings.topic_quarantine
                 quarantined.append(((source_topic, partition), r))
+                if len(r.value) > QUARANTINE_MAX_VALUE_BYTES:
+                    headers.append(("careledger-quarantined", b"1"))
+                else:
+                    topic = self.settings.topic_quarantine
             self._producer.produce(
                 topic, value=r.value, key=r.key, headers=headers, on_delivery=on_delivery
             )

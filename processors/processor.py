@@ -6,7 +6,9 @@ and timer ticks and gives it seek/earliest/position callables.
 Commit order (read this before changing anything; ADR 0003):
 
 1. Records of a partition are validated and appended to that partition's open
-   block (``PartitionChain``). Bad records become dead-letter records.
+   block (``PartitionChain``). Bad records become dead-letter records. A batch record's
+   events (ADR 0020) go into one block together; an event refused alone out of it
+   becomes a dead-letter record of its own.
 2. When a block closes (``block_max_events`` events, or ``block_max_ms`` after
    its first record), it is hashed, Merkle-rooted and signed.
 3. Persist, in this order: flush the dead-letter records of the closed ranges
@@ -251,7 +253,12 @@ class Processor:
             # ADR 0017: what a crash kept from the blocks topic goes there now
             republish_unpublished(self.store, self.outputs, chain_id, head)
             chain = PartitionChain.resume(
-                chain_id, head, self.settings.max_event_bytes, earliest_offset=earliest, kind=kind
+                chain_id,
+                head,
+                self.settings.max_event_bytes,
+                earliest_offset=earliest,
+                kind=kind,
+                max_batch_record_bytes=self.settings.max_batch_record_bytes,
             )
             chain.gate = self.gate
             if head is not None:
@@ -435,8 +442,9 @@ class Processor:
                         await self._request_seek(p, expected)
                         continue
                     self.seek_targets.pop(p, None)
+                chained_before = len(chain.pending)
                 try:
-                    bad = chain.add(
+                    bad = chain.take(
                         rec.offset,
                         rec.value,
                         rec.key,
@@ -457,9 +465,11 @@ class Processor:
                     )
                     await self._request_seek(p, gap.expected)
                     continue
-                if bad is not None:
-                    rejected.append((p, bad))
+                if bad:
+                    rejected += [(p, r) for r in bad]
+                if len(chain.pending) == chained_before:
                     continue
+                # one latency sample per record (a batch record's events share its time)
                 timestamps.setdefault(chain.chain_id, []).append(rec.timestamp)
                 if len(chain.pending) >= self.settings.block_max_events:
                     block = self._seal(chain, now)

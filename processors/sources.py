@@ -26,19 +26,37 @@ Replay detection uses ``seqs`` (``processors.seq_state``): the sequence numbers 
 in the store (rebuilt from ClickHouse by the processor) and those admitted but not yet
 written, with their position. Reading the same offset again (after a failed write or a
 restart) is not a replay; the same sequence number at another offset is.
+
+``SourceGate.admit_batch`` takes a batch record (``careledger.signed-batch/1``, ADR 0020):
+the same checks in the same order, once per record (the root over its events, the
+signature, the whole sequence range, time, key status), then each event is validated.
+A record-level failure raises as above (the record is dead-lettered or quarantined
+whole); an event that is malformed, too large or not in its canonical form (its signed
+leaf hash binds the bytes in the record) is refused alone (``EventRefused``) and the
+others are chained. Per event there is one msgspec decode and no signature, proof or
+statement encoding: the whole batch is decoded and re-encoded in one call each, and only
+when that finds a problem is each event decoded on its own to name it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Final
 
+import msgspec
+
+from careledger.storage.store import BatchInfo, ChainedEvent
+from careledger_core.batch_record import open_batch_record
+from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.hashing import leaf_hash
 from careledger_core.source import (
     Attestation,
+    BatchStatement,
     BatchVerifier,
     SourceAuthError,
     SourceRegistry,
@@ -65,6 +83,51 @@ class Admitted:
     attestation: Attestation | None
     #: the broker's append time the key status was decided at (signed events only)
     appended_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRefused:
+    """An event of a well-signed batch record that cannot be chained: dead-lettered
+    alone (its bytes as they stand in the record), the others are chained."""
+
+    index: int
+    value: bytes
+    code: str
+    reason: str
+    field: str
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedBatch:
+    """A batch record admitted: its chainable events (sharing ``events[0].batch``, whose
+    ``skipped`` lists the refused ones) and those refused. ``events`` may be empty."""
+
+    statement: BatchStatement
+    events: list[ChainedEvent]
+    refused: list[EventRefused]
+    #: the broker's append time the key status was decided at
+    appended_at: float
+
+
+#: the whole batch in one decode and one encode: the same type and encoder settings as
+#: ``careledger_core.event.decode_and_canonicalize`` (tests compare both), so a batch it
+#: accepts is one whose every event that function returns unchanged; any problem sends
+#: the batch to the per-event path, which names it
+_EVENTS_DECODER: Final = msgspec.json.Decoder(list[AccessEvent])
+_EVENTS_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+NOT_CANONICAL: Final = "EVENT_NOT_CANONICAL"
+
+
+def _decode_all(events: Sequence[bytes]) -> list[AccessEvent] | None:
+    """Every event decoded, if each is valid and already canonical; else None."""
+    joined = b"[" + b",".join(events) + b"]"
+    try:
+        decoded = _EVENTS_DECODER.decode(joined)
+        if _EVENTS_ENCODER.encode(decoded) != joined or len(decoded) != len(events):
+            return None
+    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError):
+        return None
+    return decoded
 
 
 class SourceGate:
@@ -143,6 +206,109 @@ class SourceGate:
         # 2. a copy of a record already chained (or admitted from elsewhere)
         self.seqs.check(st.source_id, st.epoch, att.seq, where)
         # 3. time: only the broker's append time is not the signer's choice
+        self._check_time(st, kafka_ts, timestamp_type)
+        # 4. the key's status when the broker appended the record
+        self._authorize(st, kafka_ts)
+        self.seqs.admit(st.source_id, st.epoch, att.seq, where)
+        return Admitted(event, canonical, leaf, att, kafka_ts)
+
+    def admit_batch(
+        self,
+        value: bytes,
+        kafka_ts: float,
+        where: tuple[str, int],
+        timestamp_type: int = LOG_APPEND_TIME,
+        *,
+        max_event_bytes: int = 65536,
+    ) -> AdmittedBatch:
+        """Admit a batch record (ADR 0020): the checks of ``admit`` once for the record,
+        then each event. Raises ``ValidationError`` (dead-letter the record) or
+        ``SourceAuthError`` (quarantine it) for the record as a whole."""
+        # 1. what the signature proves: the events are the signed entries, the signature
+        opened = open_batch_record(value)
+        st = opened.statement
+        if self._loaded_at is None:
+            self.refresh(force=True)
+        try:
+            self._verifier.verify_signature(st, opened.signature)
+        except SourceAuthError as exc:
+            if exc.code != "UNKNOWN_KEY" or not self.refresh():
+                raise
+            self._verifier.verify_signature(st, opened.signature)
+        # 2. replays: the whole range at once
+        self.seqs.check_range(st.source_id, st.epoch, st.first_seq, st.last_seq, where)
+        # 3. time, 4. the key's status at the broker's append time
+        self._check_time(st, kafka_ts, timestamp_type)
+        self._authorize(st, kafka_ts)
+        # the events
+        raw, leaves = opened.events, opened.leaf_hashes
+        info = BatchInfo(st, opened.signature)
+        offset = where[1]
+        decoded = _decode_all(raw) if max(map(len, raw)) <= max_event_bytes else None
+        if decoded is not None:  # the usual case: every event valid and canonical
+            chained = [
+                ChainedEvent(offset, ev, data, leaf, None, info, i)
+                for i, (ev, data, leaf) in enumerate(zip(decoded, raw, leaves, strict=True))
+            ]
+            refused: list[EventRefused] = []
+        else:
+            chained, refused = self._one_by_one(info, offset, raw, leaves, max_event_bytes)
+        if chained:
+            self.seqs.admit_range(st.source_id, st.epoch, st.first_seq, st.last_seq, where)
+        return AdmittedBatch(st, chained, refused, kafka_ts)
+
+    @staticmethod
+    def _one_by_one(
+        info: BatchInfo,
+        offset: int,
+        raw: Sequence[bytes],
+        leaves: Sequence[bytes],
+        max_event_bytes: int,
+    ) -> tuple[list[ChainedEvent], list[EventRefused]]:
+        """Each event of a batch on its own: which can be chained, which are refused."""
+        chained: list[ChainedEvent] = []
+        refused: list[EventRefused] = []
+        for i, data in enumerate(raw):
+            if len(data) > max_event_bytes:
+                refused.append(
+                    EventRefused(
+                        i,
+                        data,
+                        "EVENT_TOO_LARGE",
+                        f"event of {len(data)} bytes exceeds the limit of {max_event_bytes}",
+                        "$",
+                    )
+                )
+                continue
+            try:
+                event, canonical = decode_and_canonicalize(data)
+            except ValidationError as exc:
+                refused.append(
+                    EventRefused(i, data, exc.code, str(exc), getattr(exc, "field", "$"))
+                )
+                continue
+            if canonical != data:
+                refused.append(
+                    EventRefused(
+                        i,
+                        data,
+                        NOT_CANONICAL,
+                        "the event's bytes in the batch record are not its canonical "
+                        "(RFC 8785) form; the signed leaf hash binds these bytes",
+                        "$",
+                    )
+                )
+                continue
+            chained.append(ChainedEvent(offset, event, data, leaves[i], None, info, i))
+        if refused and chained:
+            skipped = BatchInfo(
+                info.statement, info.signature, tuple((r.index, leaves[r.index]) for r in refused)
+            )
+            chained = [dataclasses.replace(ev, batch=skipped) for ev in chained]
+        return chained, refused
+
+    def _check_time(self, st: BatchStatement, kafka_ts: float, timestamp_type: int) -> None:
+        """Only the broker's append time is not the signer's choice (ADR 0015)."""
         if timestamp_type != LOG_APPEND_TIME:
             raise SourceAuthError(
                 "the record's Kafka timestamp is the producer's (CreateTime): the events "
@@ -161,7 +327,9 @@ class SourceGate:
                     "max_skew_s": self.max_skew_s,
                 },
             )
-        # 4. the key's status when the broker appended the record
+
+    def _authorize(self, st: BatchStatement, kafka_ts: float) -> None:
+        """The key's status when the broker appended the record."""
         at = timestamp_of(kafka_ts)
         try:
             self._verifier.authorize(st, at)
@@ -169,8 +337,6 @@ class SourceGate:
             if exc.code != "UNKNOWN_KEY" or not self.refresh():
                 raise
             self._verifier.authorize(st, at)
-        self.seqs.admit(st.source_id, st.epoch, att.seq, where)
-        return Admitted(event, canonical, leaf, att, kafka_ts)
 
 
 def processor_key_problem(

@@ -48,7 +48,8 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     Dead-lettered offsets are counted in block headers, so their records must stay
     available for review and replay; checkpoints are what truncation is detected against.
     Raw records (what the ingest gateway received) are kept forever too; they and dead
-    letters may be as large as a received record allows
+    letters (and quarantined records: a whole batch record, ADR 0020) may be as large as
+    a received record allows
     (``careledger.raw_record.MAX_ENVELOPE_BYTES``).
     The blocks topic (ADR 0017) is what replicas are fed and restored from: kept
     forever, and one of its records may carry one such record. The events topic is
@@ -57,7 +58,12 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     """
     if name == settings.topic_events:
         return {TIMESTAMP_TYPE: LOG_APPEND_TIME}
-    if name in (settings.topic_raw, settings.topic_dead_letter, settings.topic_blocks):
+    if name in (
+        settings.topic_raw,
+        settings.topic_dead_letter,
+        settings.topic_blocks,
+        settings.topic_quarantine,  # a quarantined batch record may be ~1 MiB (ADR 0020)
+    ):
         return {
             "retention.ms": "-1",
             "retention.bytes": "-1",

@@ -294,3 +294,13 @@ def test_key_events_and_heartbeats_are_reference_records() -> None:
         }
     )
     assert isinstance(beat.parsed, SourceHeartbeatBody) and beat.parsed.statement.last_seq == 10
+
+
+def test_deeply_nested_envelope_is_an_envelope_error_not_a_crash() -> None:
+    """A hostile record nested 100,000 levels deep made msgspec raise RecursionError,
+    which the processor does not catch: one record could stop the chain."""
+    from careledger_core.source import SourceEnvelopeError, decode_signed_event
+
+    hostile = b'{"event":' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(SourceEnvelopeError):
+        decode_signed_event(hostile)
