@@ -26,6 +26,7 @@ not the ones the statement signs. The signature is checked by the caller
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -36,13 +37,16 @@ import msgspec
 from .errors import ValidationError
 from .hashing import leaf_hash
 from .merkle import merkle_root
+from .signing import SigningKey
 from .source import (
+    BATCH_CONTEXT,
     MAX_BATCH_SIZE,
     BatchStatement,
     SignatureB64,
     SourceAuthError,
     SourceEnvelopeError,
     batch_entry,
+    statement_bytes,
 )
 
 __all__ = [
@@ -52,6 +56,7 @@ __all__ = [
     "encode_batch_record",
     "looks_batch",
     "open_batch_record",
+    "sign_batch_record",
 ]
 
 SIGNED_BATCH_SCHEMA: Final = "careledger.signed-batch/1"
@@ -125,7 +130,7 @@ def open_batch_record(data: bytes) -> OpenedBatch:
     """
     try:
         record = _DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
         raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
     st = record.statement
     events = tuple(bytes(e) for e in record.events)
@@ -142,3 +147,41 @@ def open_batch_record(data: bytes) -> OpenedBatch:
             "the record's events are not the signed batch", code="BAD_PROOF", details=details
         )
     return OpenedBatch(st, record.signature, events, leaves)
+
+
+def sign_batch_record(
+    key: SigningKey,
+    *,
+    source_id: str,
+    epoch: str,
+    first_seq: int,
+    canonical_events: Sequence[bytes],
+    signed_at: str,
+    signed_by: str | None = None,
+) -> tuple[BatchStatement, str, bytes]:
+    """Sign one batch and encode its record: (statement, signature, record value).
+
+    The statement and signature are exactly those of ``source.sign_batch`` over the same
+    events (Ed25519 is deterministic), without building any per-event inclusion proof.
+    Raises ``ValidationError`` for an empty batch or a statement field out of range.
+    """
+    if not canonical_events:
+        raise ValidationError("a batch has at least one event")
+    root = batch_root(first_seq, [leaf_hash(e) for e in canonical_events])
+    fields: dict[str, object] = {
+        "source_id": source_id,
+        "key_id": key.key_id,
+        "epoch": epoch,
+        "first_seq": first_seq,
+        "size": len(canonical_events),
+        "root": root.hex(),
+        "signed_at": signed_at,
+    }
+    if signed_by is not None:
+        fields["signed_by"] = signed_by
+    try:
+        statement = msgspec.convert(fields, BatchStatement)
+    except msgspec.ValidationError as exc:
+        raise ValidationError(f"cannot sign this batch: {exc}") from exc
+    signature = base64.b64encode(key.sign(BATCH_CONTEXT + statement_bytes(statement))).decode()
+    return statement, signature, encode_batch_record(statement, signature, canonical_events)

@@ -21,17 +21,24 @@ Signing at the source (ADR 0010): when a source key is configured (``Settings.so
 ``CARELEDGER_SOURCE_KEY_TEXT``, or ``source_key=`` and ``source_id=`` passed here),
 ``send`` buffers events and signs each *batch* once: per attributed source, sequence
 numbers count from 1 within the producer's *epoch* (8 random bytes chosen at start), a
-batch closes at ``source_batch_max_events`` events or ``source_batch_max_ms`` after its
-first event (a background thread closes it) and on ``flush``/``close``, and each event
-still becomes one Kafka record (``careledger.signed-event/1``: the event plus the batch
-attestation), keyed by patient id. ``send(event, on_behalf_of="pacs")`` attributes the
+batch closes at ``source_batch_max_events`` events, ``source_batch_max_ms`` after its
+first event (a background thread closes it), before an event that would take its record
+over ``source_batch_max_bytes``, and on ``flush``/``close``. Each batch is ONE Kafka record
+(ADR 0020, ``careledger.signed-batch/1``: statement, signature and the events' canonical
+bytes once), keyed ``<source_id>/<epoch>/<first_seq>`` so that batches spread over the
+partitions; its delivery report settles all its events at once (a failed batch record
+fails every event in it: ``DeliveryError.failed`` counts events, and ``failures`` names
+their event ids). With ``source_record_format = "event"`` each event is its own record
+(``careledger.signed-event/1``: the event plus the batch attestation with its inclusion
+proof), keyed by patient id, as before ADR 0020. ``send(event, on_behalf_of="pacs")`` attributes the
 event to another source (a gateway relaying a source that cannot sign: its batches name
 this producer in ``signed_by`` and have their own sequence numbers). Every
 ``source_heartbeat_interval_s`` and on ``close`` (``closing``) the producer sends one
 signed heartbeat per attributed source to ``Settings.topic_sources``, claiming only the
 sequence numbers Kafka has acknowledged. Without a key, events are sent plain (legacy).
-A patient's events from one attributed source stay in send order; across attributed
-sources batches may close in another order.
+A patient's events from one attributed source stay in send order (within a batch record;
+across batch records the sequence numbers say the order: batch records of one source go
+to several partitions); across attributed sources batches may close in another order.
 
 Privacy: the key and the value carry patient identifiers, so nothing here logs them;
 logs and errors name counts, topics, partitions, error codes and event ids only.
@@ -55,7 +62,6 @@ from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
-import msgspec
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from careledger.config import Settings, load_settings
@@ -63,6 +69,7 @@ from careledger.kafka.batching import (
     AckTracker,
     SignedBatch,
     SourceBatcher,
+    event_ids_of,
     format_utc,
     heartbeat_record,
 )
@@ -186,31 +193,6 @@ class DeliveryError(InfrastructureError):
         self.failed = failed
 
 
-class _EventIdOnly(msgspec.Struct):
-    event_id: str
-
-
-class _SignedEventIdOnly(msgspec.Struct):
-    event: _EventIdOnly
-
-
-_event_id_decoder = msgspec.json.Decoder(_EventIdOnly)
-_signed_event_id_decoder = msgspec.json.Decoder(_SignedEventIdOnly)
-
-
-def _event_id_of(value: bytes | None) -> str | None:
-    if not value:
-        return None
-    try:
-        return _event_id_decoder.decode(value).event_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        pass
-    try:
-        return _signed_event_id_decoder.decode(value).event.event_id
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        return None
-
-
 def producer_config(
     bootstrap: str,
     *,
@@ -290,6 +272,10 @@ class AccessEventProducer:
         self._acked = 0
         self._failed = 0
         self._failed_reported = 0
+        # batch records handed to Kafka and not settled yet, and the events they carry:
+        # the client counts messages, reports count events
+        self._batch_records_out = 0
+        self._batch_events_out = 0
         self._failures: list[FailedDelivery] = []
         self._closed = False
         # delivery callbacks may run in the caller's thread and in the signing thread
@@ -312,6 +298,8 @@ class AccessEventProducer:
                 new_epoch(os.urandom(8)),
                 max_events=settings.source_batch_max_events,
                 max_age_s=settings.source_batch_max_ms / 1000.0,
+                max_bytes=settings.source_batch_max_bytes,
+                record_format=settings.source_record_format,
             )
             self._heartbeat_interval = settings.source_heartbeat_interval_s
             self._thread = threading.Thread(
@@ -319,11 +307,12 @@ class AccessEventProducer:
             )
             self._thread.start()
             log.info(
-                "producer for topic %s signs as source %s (key %s, epoch %s)",
+                "producer for topic %s signs as source %s (key %s, epoch %s, %s records)",
                 self.topic,
                 self._batcher.source_id,
                 key.key_id,
                 self._batcher.epoch,
+                self._batcher.record_format,
             )
         log.debug("producer for topic %s at %s ready", self.topic, self.bootstrap)
 
@@ -389,26 +378,48 @@ class AccessEventProducer:
             if err is None:
                 self._acked += 1
                 return
-            self._failed += 1
-            if len(self._failures) < MAX_FAILURE_DETAILS:
-                partition = msg.partition()
-                self._failures.append(
-                    FailedDelivery(
-                        topic=msg.topic() or self.topic,
-                        partition=partition if partition is not None and partition >= 0 else None,
-                        error_code=err.name(),
-                        reason=err.str(),
-                        retriable=err.retriable(),
-                        event_id=_event_id_of(msg.value()),
-                    )
+            self._fail(msg.value(), 1, err.name(), err.str(), err.retriable(), msg)
+
+    def _fail(
+        self,
+        value: bytes | None,
+        events: int,
+        code: str,
+        reason: str,
+        retriable: bool,
+        msg: Message | None = None,
+    ) -> None:
+        """Count a record's ``events`` as failed, with details (their event ids) up to
+        MAX_FAILURE_DETAILS. Called with ``_ack_lock`` held."""
+        self._failed += events
+        room = MAX_FAILURE_DETAILS - len(self._failures)
+        partition = None if msg is None else msg.partition()
+        topic = (None if msg is None else msg.topic()) or self.topic
+        for event_id in event_ids_of(value, min(events, room)):
+            self._failures.append(
+                FailedDelivery(
+                    topic=topic,
+                    partition=partition if partition is not None and partition >= 0 else None,
+                    error_code=code,
+                    reason=reason,
+                    retriable=retriable,
+                    event_id=event_id,
                 )
+            )
 
     def _on_batch_delivery(
-        self, source_id: str, first_seq: int, err: KafkaError | None, msg: Message
+        self, source_id: str, first_seq: int, events: int, err: KafkaError | None, msg: Message
     ) -> None:
-        self._on_delivery(err, msg)
+        """A record of a signed batch carrying ``events`` events was settled."""
         with self._ack_lock:
             self._acks.delivered(source_id, first_seq, err is None)
+            if events > 1:
+                self._batch_records_out -= 1
+                self._batch_events_out -= events
+            if err is None:
+                self._acked += events
+                return
+            self._fail(msg.value(), events, err.name(), err.str(), err.retriable(), msg)
 
     def _on_heartbeat_delivery(self, err: KafkaError | None, msg: Message) -> None:
         with self._ack_lock:
@@ -443,14 +454,13 @@ class AccessEventProducer:
         ``signs_for``. Without a source key ``on_behalf_of`` is an error.
         """
         value = canonical_event_bytes(event)
-        key = event.patient.id.encode()
         batcher = self._batcher
         if batcher is None:
             if on_behalf_of is not None:
                 raise ValidationError(
                     "on_behalf_of needs a source key: this producer sends unsigned events"
                 )
-            self._produce(self.topic, value, key)
+            self._produce(self.topic, value, event.patient.id.encode())
             self._sent += 1
             if not self._sent % _POLL_EVERY:
                 self._producer.poll(0)
@@ -458,7 +468,13 @@ class AccessEventProducer:
         with self._lock:
             if self._closed:
                 raise InfrastructureError("producer is closed", code="PRODUCER_CLOSED")
-            source, opened, full = batcher.add(value, key, time.monotonic(), on_behalf_of)
+            # a batch record has a key of its own; per-event records are keyed by patient
+            key = event.patient.id.encode() if batcher.per_event else b""
+            source = batcher.attribute(on_behalf_of)
+            if batcher.overflows(source, len(value)):
+                # the event would take the open batch record over its byte budget
+                self._send_batch(batcher.take(source, format_utc(time.time())))
+            source, opened, full = batcher.add(value, key, time.monotonic(), source)
             self._sent += 1
             if full:
                 self._send_batch(batcher.take(source, format_utc(time.time())))
@@ -482,36 +498,37 @@ class AccessEventProducer:
         """Produce a signed batch (called with ``_lock`` held, so batches stay in order)."""
         if batch is None:
             return
+        records = len(batch.records)
         with self._ack_lock:
-            self._acks.sent(batch.source_id, batch.first_seq, batch.last_seq)
-        callback = functools.partial(self._on_batch_delivery, batch.source_id, batch.first_seq)
+            self._acks.sent(batch.source_id, batch.first_seq, batch.last_seq, records)
+        events = batch.size // records  # a batch record carries them all; else one each
+        callback = functools.partial(
+            self._on_batch_delivery, batch.source_id, batch.first_seq, events
+        )
         done = 0
         try:
             for key, value in batch.records:
+                if events > 1:
+                    with self._ack_lock:  # before produce: its callback may come at once
+                        self._batch_records_out += 1
+                        self._batch_events_out += events
                 self._produce(self.topic, value, key, None, callback)
                 done += 1
         finally:
-            if done < batch.size:
+            if done < records:
                 # the local queue stayed full: the rest of the batch is lost (its sequence
                 # numbers are spent); count it as failed so that flush raises
-                self._lost(batch, done)
+                self._lost(batch, done, events)
 
-    def _lost(self, batch: SignedBatch, produced: int) -> None:
+    def _lost(self, batch: SignedBatch, produced: int, events_per_record: int) -> None:
         with self._ack_lock:
             self._acks.delivered(batch.source_id, batch.first_seq, False)
+            if events_per_record > 1:  # counted as out before the produce that failed
+                self._batch_records_out -= 1
+                self._batch_events_out -= events_per_record
             for _key, value in batch.records[produced:]:
-                self._failed += 1
-                if len(self._failures) < MAX_FAILURE_DETAILS:
-                    self._failures.append(
-                        FailedDelivery(
-                            topic=self.topic,
-                            partition=None,
-                            error_code="_QUEUE_FULL",
-                            reason="local producer queue stayed full",
-                            retriable=False,
-                            event_id=_event_id_of(value),
-                        )
-                    )
+                reason = "local producer queue stayed full"
+                self._fail(value, events_per_record, "_QUEUE_FULL", reason, False)
 
     def _produce(
         self,
@@ -652,6 +669,11 @@ class AccessEventProducer:
         return int(self._producer.poll(timeout))
 
     # -- completion ----------------------------------------------------------------
+    def _events_of(self, queued: int) -> int:
+        """Events in ``queued`` messages of the client (a batch record counts its events)."""
+        with self._ack_lock:
+            return max(queued - self._batch_records_out, 0) + self._batch_events_out
+
     def report(self) -> DeliveryReport:
         buffered = 0
         if self._batcher is not None:
@@ -661,7 +683,7 @@ class AccessEventProducer:
             sent=self._sent,
             acked=self._acked,
             failed=self._failed,
-            pending=len(self._producer) + buffered,
+            pending=self._events_of(len(self._producer)) + buffered,
             seconds=time.monotonic() - self._started,
         )
 
@@ -681,7 +703,7 @@ class AccessEventProducer:
         later flush may still deliver them).
         """
         self._send_open_batches()
-        pending = int(self._producer.flush(timeout))
+        pending = self._events_of(int(self._producer.flush(timeout)))
         report = self.report()
         report = dataclasses.replace(report, pending=pending)
         with self._ack_lock:
@@ -773,4 +795,4 @@ class AccessEventProducer:
         if self._batcher is not None:
             with self._lock:
                 buffered = self._batcher.buffered
-        return len(self._producer) + buffered
+        return self._events_of(len(self._producer)) + buffered

@@ -9,7 +9,11 @@ group and, for the group:
    (``acks=all``, idempotent);
 2. sends the events of every job whose raw record was acknowledged through the SDK
    (:class:`careledger.kafka.producer.AccessEventProducer`, which signs them when the gateway has a
-   source key), ``on_behalf_of`` the authenticated sender, and flushes;
+   source key), ``on_behalf_of`` the authenticated sender, and flushes: the flush closes
+   the open batches, so the group's events leave as one batch record per sender
+   (``careledger.signed-batch/1``, ADR 0020; more when a batch reaches
+   ``source_batch_max_events`` or ``source_batch_max_bytes``), and returns once Kafka
+   acknowledged every record (a batch record's delivery report settles all its events);
 3. resolves each job: acknowledged only if its raw record (or dead letter) *and* all
    its events were acknowledged.
 
@@ -18,7 +22,8 @@ never told "accepted" for a record Kafka does not have. Messages time out after
 ``Settings.gateway_ack_timeout_s`` (``message.timeout.ms``), and a flush waits a little
 longer than that, so when a job fails its messages are settled (failed), not still
 queued: a retry does not race an earlier copy. A failure of the event flush fails
-every job of the group that had events (the SDK cannot say which one lost a message);
+every job of the group that had events (a batch record carries the events of several
+jobs, and the SDK does not say which one lost a message);
 those senders retry, and what was delivered is then delivered twice (at least once).
 
 Grouping is what makes many concurrent senders cheap: while one group waits for

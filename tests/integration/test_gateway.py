@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -285,8 +285,15 @@ def gateway(isolated: Settings, tmp_path: Path) -> Iterator[Running]:
 
 
 # --------------------------------------------------------------------------- Kafka
-def read_topic(settings: Settings, topic: str, want: int, timeout: float = 30.0) -> list[Any]:
-    """At least ``want`` messages of ``topic`` from the beginning (all partitions)."""
+def read_topic(
+    settings: Settings,
+    topic: str,
+    want: int,
+    timeout: float = 30.0,
+    weight: Callable[[Any], int] = lambda _m: 1,
+) -> list[Any]:
+    """Messages of ``topic`` from the beginning (all partitions) until their ``weight``
+    (default: one per message) adds up to at least ``want``."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -301,13 +308,14 @@ def read_topic(settings: Settings, topic: str, want: int, timeout: float = 30.0)
     )
     consumer.subscribe([topic])
     got: list[Any] = []
+    total = 0
     deadline = time.monotonic() + timeout
     quiet_until = None
     try:
         while time.monotonic() < deadline:
             msg = consumer.poll(0.5)
             if msg is None:
-                if len(got) >= want:
+                if total >= want:
                     if quiet_until is None:
                         quiet_until = time.monotonic() + 1.0
                     elif time.monotonic() > quiet_until:
@@ -316,9 +324,10 @@ def read_topic(settings: Settings, topic: str, want: int, timeout: float = 30.0)
             if msg.error():
                 continue
             got.append(msg)
+            total += weight(msg)
     finally:
         consumer.close()
-    assert len(got) >= want, f"{topic}: {len(got)} of {want} messages"
+    assert total >= want, f"{topic}: {total} of {want} messages"
     return got
 
 
@@ -326,12 +335,22 @@ def raw_records(settings: Settings, want: int) -> list[dict[str, Any]]:
     return [json.loads(m.value()) for m in read_topic(settings, settings.topic_raw, want)]
 
 
+def events_in(msg: Any) -> list[dict[str, Any]]:
+    """The events of one record of the events topic: a batch record carries several, a
+    signed-event envelope or a plain event one."""
+    doc = json.loads(msg.value())
+    if doc.get("schema") == "careledger.signed-batch/1":
+        return list(doc["events"])
+    return [doc.get("event", doc)]
+
+
+def event_records(settings: Settings, want: int) -> list[Any]:
+    """The records of the events topic, until they carry at least ``want`` events."""
+    return read_topic(settings, settings.topic_events, want, weight=lambda m: len(events_in(m)))
+
+
 def events_of(settings: Settings, want: int) -> list[dict[str, Any]]:
-    out = []
-    for m in read_topic(settings, settings.topic_events, want):
-        doc = json.loads(m.value())
-        out.append(doc.get("event", doc))  # signed envelopes carry the event inside
-    return out
+    return [e for m in event_records(settings, want) for e in events_in(m)]
 
 
 def headers_of(msg: Any) -> dict[str, str]:
@@ -490,12 +509,17 @@ def _fhir_end_to_end(gateway: Running, tmp_path: Path) -> None:
         assert x["transport"]["source_id"] == "ehr-east"
     auths = sorted(x["transport"]["auth"] for x in raws)
     assert auths == ["mtls", "signature", "signature", "signature"]
-    signed = [json.loads(m.value()) for m in read_topic(s, s.topic_events, 5)]
+    # ADR 0020: the gateway relays in batch records (statement, signature, events once)
+    signed = [json.loads(m.value()) for m in event_records(s, 5)]
+    assert sum(len(doc["events"]) for doc in signed) == 5
     for doc in signed:
-        assert doc["schema"] == "careledger.signed-event/1"
-        statement = doc["attestation"]["statement"]
+        assert doc["schema"] == "careledger.signed-batch/1"
+        statement = doc["statement"]
         assert statement["signed_by"] == "gateway-test"
         assert statement["source_id"] == "ehr-east"  # the authenticated sender
+        assert statement["size"] == len(doc["events"])
+    seqs = sorted(d["statement"]["first_seq"] + i for d in signed for i in range(len(d["events"])))
+    assert seqs == [1, 2, 3, 4, 5], "the sender's sequence numbers, contiguous"
     events = events_of(s, 5)
     assert len(events) == 5
     assert {e["patient"]["id"] for e in events} == {"PAT-A", "PAT-B", "PAT-C", "PAT-D", "PAT-F"}
@@ -531,6 +555,48 @@ def _fhir_end_to_end(gateway: Running, tmp_path: Path) -> None:
     assert any(f"/{s.topic_raw}/" in c for c in chains)
     assert report["result"] == "intact"
     assert not read_topic(s, s.topic_quarantine, 0, timeout=3)
+
+
+def test_a_bundle_is_relayed_as_one_batch_record(isolated: Settings, tmp_path: Path) -> None:
+    # ADR 0020: the events of one group leave as one signed batch record per sender,
+    # acknowledged to the sender only once Kafka acknowledged that record.
+    from careledger_core.batch_record import open_batch_record
+
+    relaying = with_source(isolated, tmp_path, "gateway-test", signs_for=("ehr-east",))
+    # batches close at the group's flush only (not after 50 ms), so the count is exact
+    running = start_gateway(relaying, tmp_path, source_batch_max_ms=60_000)
+    try:
+        s = running.settings
+        first = [r4_event(f"PAT-{i}") for i in range(40)]
+        r = post(running, "/", bundle("batch", first))
+        assert r.status_code == 200, r.text
+        assert all(e["response"]["status"].startswith("201") for e in r.json()["entry"])
+        records = event_records(s, 40)
+        assert len(records) == 1, "40 events, one record"
+        opened = open_batch_record(records[0].value())  # the root covers the 40 events
+        st = opened.statement
+        assert (st.source_id, st.signed_by, st.first_seq, st.size) == (
+            "ehr-east",
+            "gateway-test",
+            1,
+            40,
+        )
+        assert records[0].key() == f"ehr-east/{st.epoch}/1".encode()
+        r = post(running, "/", bundle("batch", [r4_event(f"PAT-B{i}") for i in range(30)]))
+        assert r.status_code == 200, r.text
+        records = event_records(s, 70)
+        assert len(records) == 2
+        second = open_batch_record(
+            next(m.value() for m in records if m.key() != f"ehr-east/{st.epoch}/1".encode())
+        )
+        assert (second.statement.first_seq, second.statement.size) == (41, 30)
+        assert second.statement.epoch == st.epoch
+        assert {json.loads(e)["patient"]["id"] for e in opened.events} == {
+            f"PAT-{i}" for i in range(40)
+        }
+    finally:
+        stop(running.proc)
+    assert "Traceback" not in running.log.read_text(errors="replace")
 
 
 def test_syslog_tcp_tls_udp_and_a_64_kib_message(gateway: Running, tmp_path: Path) -> None:

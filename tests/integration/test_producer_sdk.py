@@ -2,7 +2,8 @@
 
 Every event arrives exactly once, one patient's events stay in one partition in the
 order they were sent, flush reports every acknowledgement, and an unreachable broker
-turns into a DeliveryError instead of silent loss.
+turns into a DeliveryError instead of silent loss. Signed, a batch is one Kafka record
+(``careledger.signed-batch/1``, ADR 0020): the same guarantees hold per event.
 """
 
 from __future__ import annotations
@@ -11,17 +12,23 @@ import collections
 import socket
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
+from careledger.sources import load_registrar_keys, read_heartbeats, read_registry
+from careledger_core.batch_record import looks_batch, open_batch_record
 from careledger_core.errors import InfrastructureError
 from careledger_core.event import AccessEvent, canonical_event_bytes
+from careledger_core.signing import SigningKey
+from careledger_core.source import BatchVerifier
 from producers.sdk import AccessEventProducer, DeliveryError, partition_key
 from producers.simulator import HospitalModel, run_simulation, simulate
+from tests.integration.pipeline import with_source
 
-# the SDK's delivery guarantees, unsigned (signing is tested in test_source_identity.py)
+# the SDK's delivery guarantees, unsigned unless a test opts in with ``with_source``
 pytestmark = [pytest.mark.integration, pytest.mark.bare_sources]
 
 COUNT = 2_000
@@ -184,3 +191,132 @@ def test_run_simulation_against_a_dead_broker_counts_failures(settings: Settings
     dead = settings.replace(kafka_port=_closed_port())
     summary = run_simulation(dead, 50, seed=1, progress=False, message_timeout_s=1.0)
     assert (summary.sent, summary.acked, summary.failed) == (50, 0, 50)
+
+
+# --------------------------------------------------------------------------- signed batches
+
+
+def _signing(isolated: Settings, tmp_path: Path, **changes: object) -> Settings:
+    # batches close on size (and flush) only, so that the record count is exact
+    return with_source(isolated, tmp_path, "ehr-main").replace(
+        source_batch_max_ms=60_000, source_heartbeat_interval_s=3600, **changes
+    )
+
+
+def _opened_in_seq_order(settings: Settings, records: list[Message]) -> list[bytes]:
+    """Every record is a batch record whose root and signature check against the
+    registry read from Kafka; its events, in sequence-number order."""
+    registry, problems = read_registry(settings, load_registrar_keys(settings))
+    assert problems == []
+    verifier = BatchVerifier(registry)
+    batches = []
+    for m in records:
+        value = m.value()
+        assert isinstance(value, bytes) and looks_batch(value)
+        opened = open_batch_record(value)
+        verifier.verify_signature(opened.statement, opened.signature)
+        st = opened.statement
+        assert m.key() == f"{st.source_id}/{st.epoch}/{st.first_seq}".encode()
+        batches.append((st.first_seq, st.last_seq, opened.events))
+    batches.sort()
+    assert [b[0] for b in batches] == [1, *(b[1] + 1 for b in batches[:-1])], "no gap, no repeat"
+    return [e for b in batches for e in b[2]]
+
+
+def test_signed_batches_arrive_once_each_as_one_record(isolated: Settings, tmp_path: Path) -> None:
+    s = _signing(isolated, tmp_path, source_batch_max_events=100)
+    events = _events()
+    with AccessEventProducer(s) as producer:
+        assert producer.signing
+        for e in events:
+            producer.send(e)
+        report = producer.flush()
+        epoch = producer.epoch
+        assert producer.acked_seq() == COUNT
+    assert (report.sent, report.acked, report.failed, report.pending) == (COUNT, COUNT, 0, 0)
+
+    records = _consume_all(s, COUNT // 100)
+    assert len(records) == COUNT // 100, "one record per batch of 100, each exactly once"
+    assert _opened_in_seq_order(s, records) == [canonical_event_bytes(e) for e in events]
+    used = {m.partition() for m in records}
+    assert len(used) > 1, "batch records spread over the partitions"
+    beats, problems = read_heartbeats(s, load_registrar_keys(s))
+    assert problems == []
+    closing = [b.statement for b in beats if b.statement.epoch == epoch and b.statement.closing]
+    assert [st.last_seq for st in closing] == [COUNT]
+
+
+def test_signed_batch_records_stay_within_the_byte_budget(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    s = _signing(isolated, tmp_path, source_batch_max_events=10_000, source_batch_max_bytes=20_000)
+    events = _events(600, seed=11)
+    with AccessEventProducer(s) as producer:
+        for e in events:
+            producer.send(e)
+        assert producer.flush().acked == 600
+    records = _consume_all(s, 1)
+    assert len(records) > 1
+    assert all(len(m.value() or b"") <= 20_000 for m in records)
+    assert _opened_in_seq_order(s, records) == [canonical_event_bytes(e) for e in events]
+
+
+def test_signed_batches_wait_for_room_in_a_full_local_queue(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    s = _signing(isolated, tmp_path, source_batch_max_events=10)
+    events = _events(500, seed=12)
+    with AccessEventProducer(
+        s, extra_config={"queue.buffering.max.messages": 2, "linger.ms": 1}
+    ) as producer:
+        for e in events:
+            producer.send(e)
+        report = producer.flush()
+    assert (report.acked, report.failed) == (500, 0)
+    records = _consume_all(s, 50)
+    assert _opened_in_seq_order(s, records) == [canonical_event_bytes(e) for e in events]
+
+
+def test_a_signed_batch_to_an_unreachable_broker_fails_every_event(settings: Settings) -> None:
+    events = _events(20, seed=13)
+    producer = AccessEventProducer(
+        settings.replace(source_batch_max_events=8, source_heartbeat_interval_s=3600),
+        bootstrap=f"127.0.0.1:{_closed_port()}",
+        topic="careledger.nowhere",
+        extra_config={"message.timeout.ms": 1500},
+        source_key=SigningKey.from_seed(b"u" * 32),
+        source_id="ehr-main",
+        sign=True,
+    )
+    for e in events:
+        producer.send(e)
+    with pytest.raises(DeliveryError) as caught:
+        producer.flush(timeout=20)
+    error = caught.value
+    assert error.failed == 20 and error.report.acked == 0 and error.report.pending == 0
+    assert {f.error_code for f in error.failures} == {"_MSG_TIMED_OUT"}
+    assert sorted(f.event_id or "" for f in error.failures) == sorted(e.event_id for e in events)
+    text = str(error) + repr(error.to_dict())
+    assert not any(e.patient.id in text for e in events), "no patient id in the error"
+    assert producer.acked_seq() == 0 and producer.last_seq() == 20
+    producer.close(timeout=1)
+
+
+def test_pending_signed_batches_count_their_events(settings: Settings) -> None:
+    producer = AccessEventProducer(
+        settings.replace(source_heartbeat_interval_s=3600),
+        bootstrap=f"127.0.0.1:{_closed_port()}",
+        topic="careledger.nowhere",
+        extra_config={"message.timeout.ms": 60_000},
+        source_key=SigningKey.from_seed(b"u" * 32),
+        source_id="ehr-main",
+        sign=True,
+    )
+    for e in _events(5, seed=14):
+        producer.send(e)
+    with pytest.raises(DeliveryError) as caught:
+        producer.flush(timeout=0.5)
+    assert caught.value.report.pending == 5 and caught.value.failed == 0
+    assert len(producer) == 5, "one batch record, five events"
+    with pytest.raises(DeliveryError):
+        producer.close(timeout=0.2)

@@ -1,8 +1,10 @@
-"""Signing at the source, producer side (ADR 0010), without Kafka.
+"""Signing at the source, producer side (ADR 0010, 0020), without Kafka.
 
 The pure batcher and acknowledgement tracker, the SDK wired to a fake Kafka producer
 whose deliveries the test releases one by one, and the registry reading rules of
-``careledger.sources`` over fake topic contents.
+``careledger.sources`` over fake topic contents. A signed batch is one batch record
+(``careledger.signed-batch/1``) by default, one signed-event record per event with
+``source_record_format = "event"``: both shapes are tested.
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ import pytest
 from careledger import sources
 from careledger.config import Settings
 from careledger.kafka import producer as sdk
-from careledger.kafka.batching import AckTracker, SourceBatcher, heartbeat_record
+from careledger.kafka.batching import (
+    AckTracker,
+    SignedBatch,
+    SourceBatcher,
+    batch_record_key,
+    heartbeat_record,
+)
 from careledger.sources import publishing as sources_publishing
 from careledger.sources import reading as sources_reading
+from careledger_core.batch_record import looks_batch, open_batch_record
 from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
 from careledger_core.hashing import leaf_hash
@@ -66,7 +75,7 @@ def key_event(
     )
 
 
-def event(i: int, patient: str = "P1") -> AccessEvent:
+def event(i: int, patient: str = "P1", **extra: Any) -> AccessEvent:
     return event_from_dict(
         {
             "schema": "careledger.access-event/1",
@@ -82,6 +91,7 @@ def event(i: int, patient: str = "P1") -> AccessEvent:
             "actor": {"id": "N1", "roles": ["nurse"], "is_requestor": True},
             "source": {"system": "ehr", "type": 4},
             "patient": {"id": patient},
+            **extra,
         }
     )
 
@@ -93,12 +103,112 @@ def verifier(*extra: KeyEventStatement) -> BatchVerifier:
 # --------------------------------------------------------------------------- batcher
 
 
-def batcher(max_events: int = 3, max_age_s: float = 0.05) -> SourceBatcher:
-    return SourceBatcher(SOURCE, "ehr", EPOCH, max_events=max_events, max_age_s=max_age_s)
+def batcher(
+    max_events: int = 3,
+    max_age_s: float = 0.05,
+    *,
+    record_format: str = "batch",
+    max_bytes: int = 900_000,
+) -> SourceBatcher:
+    return SourceBatcher(
+        SOURCE,
+        "ehr",
+        EPOCH,
+        max_events=max_events,
+        max_age_s=max_age_s,
+        max_bytes=max_bytes,
+        record_format=record_format,
+    )
 
 
-def test_batches_number_events_contiguously_from_one_and_sign_once_each() -> None:
+def opened_events(batch: SignedBatch | None) -> list[bytes]:
+    """The events of a batch record, after checking its root and signature."""
+    assert batch is not None and len(batch.records) == 1
+    opened = open_batch_record(batch.records[0][1])
+    verifier(key_event(SOURCE, "ehr", signs_for=("pacs",))).verify_signature(
+        opened.statement, opened.signature
+    )
+    st = opened.statement
+    assert (st.source_id, st.first_seq, st.last_seq) == (
+        batch.source_id,
+        batch.first_seq,
+        batch.last_seq,
+    )
+    return list(opened.events)
+
+
+def test_a_batch_is_one_record_keyed_by_source_epoch_and_first_seq() -> None:
     b = batcher(max_events=3)
+    events = [canonical_event_bytes(event(i, patient=f"P{i}")) for i in range(8)]
+    batches = []
+    for value in events:
+        source, _opened, full = b.add(value, b"", now=0.0)
+        if full:
+            batches.append(b.take(source, T0))
+    batches.extend(b.take_all(T0))
+    assert [(x.first_seq, x.last_seq, x.size) for x in batches if x] == [
+        (1, 3, 3),
+        (4, 6, 3),
+        (7, 8, 2),
+    ]
+    for batch in batches:
+        assert batch is not None and len(batch.records) == 1
+        key, value = batch.records[0]
+        assert key == f"ehr/{EPOCH}/{batch.first_seq}".encode()
+        assert key == batch_record_key("ehr", EPOCH, batch.first_seq)
+        assert looks_batch(value)
+    assert [e for x in batches for e in opened_events(x)] == events
+    assert b.last_seq() == 8 and b.buffered == 0
+
+
+def test_an_event_that_would_overflow_the_byte_budget_closes_the_batch_first() -> None:
+    b = batcher(max_events=1000, max_bytes=5000)
+    events = [canonical_event_bytes(event(i)) for i in range(40)]
+    batches: list[SignedBatch] = []
+    for value in events:
+        source = b.attribute(None)
+        if b.overflows(source, len(value)):
+            taken = b.take(source, T0)
+            assert taken is not None
+            batches.append(taken)
+        source, _opened, full = b.add(value, b"", now=0.0)
+        assert not full or b.overflows(source, len(value))
+    batches.extend(b.take_all(T0))
+    assert len(batches) > 1
+    assert all(len(x.records[0][1]) <= 5000 for x in batches), "every record within budget"
+    # the budget is used: a batch closed only because the next event did not fit
+    assert all(len(x.records[0][1]) + len(events[0]) > 5000 - 1100 for x in batches[:-1])
+    assert [e for x in batches for e in opened_events(x)] == events
+    assert [x.first_seq for x in batches] == [
+        1 + sum(x.size for x in batches[:i]) for i in range(len(batches))
+    ]
+
+
+def test_an_event_larger_than_the_budget_travels_alone() -> None:
+    b = batcher(max_events=1000, max_bytes=4096)
+    small = canonical_event_bytes(event(1))
+    big = canonical_event_bytes(event(2, outcome_desc="x" * 5000))
+    b.add(small, b"", now=0.0)
+    assert b.overflows("ehr", len(big))
+    first = b.take("ehr", T0)
+    assert not b.overflows("ehr", len(big)), "an empty batch always takes the event"
+    _s, _o, full = b.add(big, b"", now=0.0)
+    assert full, "a batch over its budget closes at once"
+    second = b.take("ehr", T0)
+    assert opened_events(first) == [small] and opened_events(second) == [big]
+
+
+def test_batcher_refuses_bad_settings() -> None:
+    with pytest.raises(ValidationError, match="source_record_format"):
+        batcher(record_format="avro")
+    with pytest.raises(ValidationError, match="source_batch_max_bytes"):
+        batcher(max_bytes=100)
+    with pytest.raises(ValidationError, match="source_batch_max_events"):
+        batcher(max_events=0)
+
+
+def test_per_event_records_number_events_contiguously_and_sign_once_each() -> None:
+    b = batcher(max_events=3, record_format="event")
     batches = []
     for i in range(8):
         source, _opened, full = b.add(canonical_event_bytes(event(i)), b"P1", now=0.0)
@@ -139,12 +249,23 @@ def test_on_behalf_of_batches_have_their_own_numbers_and_name_the_signer() -> No
     own, relayed = list(b.take_all(T0))
     assert (own.source_id, own.first_seq, own.last_seq) == ("ehr", 1, 3)
     assert (relayed.source_id, relayed.first_seq, relayed.last_seq) == ("pacs", 1, 2)
-    _e, canonical, att = decode_signed_event(relayed.records[0][1])
+    assert relayed.records[0][0] == f"pacs/{EPOCH}/1".encode()
+    relayed_st = open_batch_record(relayed.records[0][1]).statement
+    assert relayed_st.source_id == "pacs" and relayed_st.signed_by == "ehr"
+    assert len(opened_events(relayed)) == 2
+    assert open_batch_record(own.records[0][1]).statement.signed_by is None
+    assert b.last_seqs() == {"ehr": 3, "pacs": 2}
+
+
+def test_per_event_records_of_a_relayed_source_name_the_signer() -> None:
+    b = batcher(max_events=10, record_format="event")
+    b.add(canonical_event_bytes(event(10)), b"P2", 0.0, on_behalf_of="pacs")
+    (relayed,) = list(b.take_all(T0))
+    key, value = relayed.records[0]
+    _e, canonical, att = decode_signed_event(value)
+    assert key == b"P2"
     assert att.statement.source_id == "pacs" and att.statement.signed_by == "ehr"
     verifier(key_event(SOURCE, "ehr", signs_for=("pacs",))).check(leaf_hash(canonical), att)
-    _e, _c, own_att = decode_signed_event(own.records[0][1])
-    assert own_att.statement.signed_by is None
-    assert b.last_seqs() == {"ehr": 3, "pacs": 2}
 
 
 def test_ack_tracker_claims_only_a_fully_acknowledged_prefix() -> None:
@@ -159,6 +280,22 @@ def test_ack_tracker_claims_only_a_fully_acknowledged_prefix() -> None:
     assert t.acked_through("ehr") == 0
     t.delivered("ehr", 1, True)
     assert t.acked_through("ehr") == 5 and t.in_flight("ehr") == 0
+
+
+def test_ack_tracker_settles_a_batch_record_with_one_delivery() -> None:
+    t = AckTracker()
+    t.sent("ehr", 1, 500, records=1)
+    t.sent("ehr", 501, 600, records=1)
+    assert t.in_flight("ehr") == 2
+    t.delivered("ehr", 501, True)
+    assert t.acked_through("ehr") == 0
+    t.delivered("ehr", 1, True)
+    assert t.acked_through("ehr") == 600 and t.in_flight("ehr") == 0
+    t.sent("ehr", 601, 700, records=1)
+    t.sent("ehr", 701, 800, records=1)
+    t.delivered("ehr", 601, False)
+    t.delivered("ehr", 701, True)
+    assert t.acked_through("ehr") == 600 and t.failed("ehr")
 
 
 def test_a_failed_delivery_freezes_the_acknowledged_prefix() -> None:
@@ -228,6 +365,8 @@ class FakeProducer:
         self.messages: list[FakeMessage] = []
         self.outcome: dict[int, bool] = {}  # index -> ok, once released
         self.served: set[int] = set()
+        #: the local queue is full: produce raises BufferError
+        self.full = False
         FakeProducer.instances.append(self)
 
     def produce(
@@ -238,6 +377,8 @@ class FakeProducer:
         on_delivery: Any = None,
         headers: Any = None,
     ) -> None:
+        if self.full:
+            raise BufferError("Local: Queue full")
         with self.lock:
             self.messages.append(
                 FakeMessage(topic, value, key, on_delivery or self.config["on_delivery"])
@@ -315,8 +456,51 @@ def test_sdk_heartbeat_claims_only_what_kafka_acknowledged(
     assert producer.signing and producer.epoch is not None and len(producer.epoch) == 16
     for i in range(7):
         producer.send(event(i))
-    # two full batches went out, the seventh event waits in its batch
-    assert len(fake.topic_values(s.topic_events)) == 6
+    # two full batches went out as one record each, the seventh event waits in its batch
+    values = fake.topic_values(s.topic_events)
+    assert len(values) == 2 and all(looks_batch(v) for v in values)
+    assert [m.key() for m in fake.messages] == [
+        f"ehr/{producer.epoch}/1".encode(),
+        f"ehr/{producer.epoch}/4".encode(),
+    ]
+    assert producer.last_seq() == 6 and len(producer) == 7
+    assert producer.report().pending == 7, "pending counts events, not records"
+    producer.send_heartbeats()
+    fake.release([1])  # the second batch first
+    wait_for(lambda: producer.report().acked == 3)
+    assert producer.acked_seq() == 0
+    assert producer.report().pending == 3 + 1 + 1, "batch 1, the open batch, the heartbeat"
+    producer.send_heartbeats()
+    fake.release([0])
+    wait_for(lambda: producer.acked_seq() == 6)
+    producer.send_heartbeats()
+    assert [h.last_seq for h in heartbeats(fake, s)] == [0, 0, 6]
+    assert [h.beat for h in heartbeats(fake, s)] == [1, 2, 3]
+    report = producer.close()
+    assert (report.sent, report.acked, report.failed) == (7, 7, 0)
+    last = heartbeats(fake, s)[-1]
+    assert (last.last_seq, last.closing, last.source_id, last.epoch) == (
+        7,
+        True,
+        "ehr",
+        producer.epoch,
+    )
+    assert producer.heartbeats_sent == 4
+    events = [e for v in fake.topic_values(s.topic_events) for e in open_batch_record(v).events]
+    assert events == [canonical_event_bytes(event(i)) for i in range(7)]
+
+
+def test_sdk_per_event_records_claim_only_fully_acknowledged_batches(
+    fake_kafka: type[FakeProducer],
+) -> None:
+    s = settings(source_record_format="event")
+    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
+    fake = fake_kafka.instances[-1]
+    for i in range(7):
+        producer.send(event(i))
+    values = fake.topic_values(s.topic_events)
+    assert len(values) == 6 and [m.key() for m in fake.messages] == [b"P1"] * 6
+    assert [decode_signed_event(v)[2].seq for v in values] == list(range(1, 7))
     assert producer.last_seq() == 6 and len(producer) == 7
     producer.send_heartbeats()
     fake.release(range(3, 6))  # the second batch first
@@ -330,17 +514,9 @@ def test_sdk_heartbeat_claims_only_what_kafka_acknowledged(
     wait_for(lambda: producer.acked_seq() == 6)
     producer.send_heartbeats()
     assert [h.last_seq for h in heartbeats(fake, s)] == [0, 0, 0, 6]
-    assert [h.beat for h in heartbeats(fake, s)] == [1, 2, 3, 4]
     report = producer.close()
     assert (report.sent, report.acked, report.failed) == (7, 7, 0)
-    last = heartbeats(fake, s)[-1]
-    assert (last.last_seq, last.closing, last.source_id, last.epoch) == (
-        7,
-        True,
-        "ehr",
-        producer.epoch,
-    )
-    assert producer.heartbeats_sent == 5
+    assert heartbeats(fake, s)[-1].last_seq == 7
 
 
 def test_sdk_closes_a_waiting_batch_after_max_ms(fake_kafka: type[FakeProducer]) -> None:
@@ -349,10 +525,119 @@ def test_sdk_closes_a_waiting_batch_after_max_ms(fake_kafka: type[FakeProducer])
         fake = fake_kafka.instances[-1]
         producer.send(event(1))
         producer.send(event(2))
-        wait_for(lambda: len(fake.topic_values(s.topic_events)) == 2, timeout=2.0)
-        values = fake.topic_values(s.topic_events)
-        atts = [decode_signed_event(v)[2] for v in values]
-        assert [a.seq for a in atts] == [1, 2] and atts[0].statement == atts[1].statement
+        wait_for(lambda: len(fake.topic_values(s.topic_events)) == 1, timeout=2.0)
+        (value,) = fake.topic_values(s.topic_events)
+        opened = open_batch_record(value)
+        assert (opened.statement.first_seq, opened.statement.size) == (1, 2)
+        assert opened.events == (canonical_event_bytes(event(1)), canonical_event_bytes(event(2)))
+
+
+def test_sdk_keeps_every_batch_record_within_the_byte_budget(
+    fake_kafka: type[FakeProducer],
+) -> None:
+    s = settings(source_batch_max_events=1000, source_batch_max_bytes=6000)
+    with sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr") as producer:
+        for i in range(50):
+            producer.send(event(i, patient=f"P{i % 7}"))
+        producer.send(event(99, outcome_desc="x" * 8000))  # alone over budget: travels alone
+        producer.send(event(100))
+    values = fake_kafka.instances[-1].topic_values(s.topic_events)
+    opened = [open_batch_record(v) for v in values]
+    assert len(values) > 3
+    assert all(len(v) <= 6000 for v, o in zip(values, opened, strict=True) if o.statement.size > 1)
+    sent = [canonical_event_bytes(event(i, patient=f"P{i % 7}")) for i in range(50)]
+    sent += [
+        canonical_event_bytes(event(99, outcome_desc="x" * 8000)),
+        canonical_event_bytes(event(100)),
+    ]
+    assert [e for o in opened for e in o.events] == sent
+    assert [o.statement.first_seq for o in opened] == [
+        1 + sum(o.statement.size for o in opened[:i]) for i in range(len(opened))
+    ]
+
+
+def test_sdk_a_failed_batch_record_fails_all_its_events(
+    fake_kafka: type[FakeProducer],
+) -> None:
+    s = settings()
+    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
+    fake = fake_kafka.instances[-1]
+    for i in range(6):
+        producer.send(event(i))
+    fake.release([0])
+    fake.release([1], ok=False)  # the second batch (seqs 4..6)
+    with pytest.raises(sdk.DeliveryError) as caught:
+        producer.close()
+    assert caught.value.failed == 3 and caught.value.report.acked == 3
+    assert [f.event_id for f in caught.value.failures] == [event(i).event_id for i in (3, 4, 5)]
+    assert {f.error_code for f in caught.value.failures} == {"_MSG_TIMED_OUT"}
+    assert "P1" not in str(caught.value) + repr(caught.value.to_dict())
+    assert producer.acked_seq() == 3, "the acknowledged prefix stops before the failed batch"
+    assert not [h for h in heartbeats(fake, s) if h.closing]
+
+
+def test_sdk_failure_details_name_the_first_events_and_count_them_all(
+    fake_kafka: type[FakeProducer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sdk, "MAX_FAILURE_DETAILS", 2)
+    s = settings()
+    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
+    fake = fake_kafka.instances[-1]
+    for i in range(6):
+        producer.send(event(i))
+    fake.release([0, 1], ok=False)
+    with pytest.raises(sdk.DeliveryError) as caught:
+        producer.flush()
+    assert caught.value.failed == 6
+    assert [f.event_id for f in caught.value.failures] == [event(0).event_id, event(1).event_id]
+    producer.close()
+
+
+def test_sdk_failed_per_event_record_raises_and_no_closing_heartbeat_claims_it(
+    fake_kafka: type[FakeProducer],
+) -> None:
+    s = settings(source_record_format="event")
+    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
+    fake = fake_kafka.instances[-1]
+    for i in range(3):
+        producer.send(event(i))
+    fake.release([0, 2])
+    fake.release([1], ok=False)
+    with pytest.raises(sdk.DeliveryError) as caught:
+        producer.close()
+    assert caught.value.failed == 1
+    assert {f.event_id for f in caught.value.failures} == {event(1).event_id}
+    assert producer.acked_seq() == 0
+    assert not [h for h in heartbeats(fake, s) if h.closing]
+
+
+def test_sdk_a_batch_record_lost_to_a_full_queue_fails_all_its_events(
+    fake_kafka: type[FakeProducer],
+) -> None:
+    s = settings()
+    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
+    fake = fake_kafka.instances[-1]
+    producer._queue_full_timeout = 0.2  # not two minutes
+    for i in range(3):
+        producer.send(event(i))
+    fake.release([0])
+    fake.full = True
+    producer.send(event(3))
+    producer.send(event(4))
+    with pytest.raises(sdk.DeliveryError, match="stayed full"):
+        producer.send(event(5))  # the batch closes: its record finds no room
+    assert producer.last_seq() == 6, "its sequence numbers are spent"
+    fake.full = False
+    with pytest.raises(sdk.DeliveryError) as caught:
+        producer.flush()
+    assert caught.value.failed == 3 and caught.value.report.pending == 0
+    assert {f.error_code for f in caught.value.failures} == {"_QUEUE_FULL"}
+    assert [f.event_id for f in caught.value.failures] == [event(i).event_id for i in (3, 4, 5)]
+    assert producer.acked_seq() == 3
+    producer.send(event(6))
+    report = producer.close()  # later batches are delivered; the gap stays a gap
+    assert (report.sent, report.acked, report.failed) == (7, 4, 3)
+    assert producer.acked_seq() == 3
 
 
 def test_sdk_sends_periodic_heartbeats_per_attributed_source(
@@ -369,24 +654,6 @@ def test_sdk_sends_periodic_heartbeats_per_attributed_source(
     closing = {h.source_id: h.last_seq for h in beats if h.closing}
     assert closing == {"gw": 0, "pacs": 1}
     assert all(h.key_id == SOURCE.key_id for h in beats)
-
-
-def test_sdk_failed_delivery_raises_and_no_closing_heartbeat_claims_it(
-    fake_kafka: type[FakeProducer],
-) -> None:
-    s = settings()
-    producer = sdk.AccessEventProducer(s, source_key=SOURCE, source_id="ehr")
-    fake = fake_kafka.instances[-1]
-    for i in range(3):
-        producer.send(event(i))
-    fake.release([0, 2])
-    fake.release([1], ok=False)
-    with pytest.raises(sdk.DeliveryError) as caught:
-        producer.close()
-    assert caught.value.failed == 1
-    assert {f.event_id for f in caught.value.failures} == {event(1).event_id}
-    assert producer.acked_seq() == 0
-    assert not [h for h in heartbeats(fake, s) if h.closing]
 
 
 def test_sdk_without_a_key_sends_plain_events(fake_kafka: type[FakeProducer]) -> None:
@@ -415,7 +682,7 @@ def test_sdk_loads_the_source_key_from_settings_or_environment(
         assert producer.source_id == "lab"
         producer.send(event(1))
     value = fake_kafka.instances[-1].topic_values(s.topic_events)[0]
-    assert decode_signed_event(value)[2].statement.key_id == key.key_id
+    assert open_batch_record(value).statement.key_id == key.key_id
     # a producer of another topic (reference data) stays plain
     with sdk.AccessEventProducer(s, topic=s.topic_consents) as producer:
         assert not producer.signing
@@ -424,7 +691,7 @@ def test_sdk_loads_the_source_key_from_settings_or_environment(
     with sdk.AccessEventProducer(settings()) as producer:
         producer.send(event(2))
     value = fake_kafka.instances[-1].topic_values(s.topic_events)[0]
-    assert decode_signed_event(value)[2].statement.key_id == other.key_id
+    assert open_batch_record(value).statement.key_id == other.key_id
     monkeypatch.delenv(SOURCE_KEY_TEXT_ENV)
     with pytest.raises(sdk.KeyFileError):
         sdk.AccessEventProducer(settings(), sign=True)
