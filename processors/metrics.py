@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,11 @@ class ProcessorMetrics:
     _window_start: float = field(default_factory=time.monotonic)
     _window_events: int = 0
 
-    def observe_latencies(self, stored_at: float, kafka_timestamps: list[float]) -> None:
+    def observe_latencies(self, stored_at: float, samples: Iterable[tuple[float, int]]) -> None:
+        """``samples``: (Kafka timestamp of a record, events it carried) per record."""
         buckets = self.latency_buckets
-        for ts in kafka_timestamps:
-            buckets[bisect.bisect_left(_LATENCY_BOUNDS, stored_at - ts)] += 1
+        for ts, events in samples:
+            buckets[bisect.bisect_left(_LATENCY_BOUNDS, stored_at - ts)] += events
 
     def percentile(self, q: float) -> float | None:
         total = sum(self.latency_buckets)

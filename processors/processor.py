@@ -68,6 +68,8 @@ SEEK_PATIENCE_S = 5.0
 ASSIGNMENT_SETTLE_S = 2.0
 
 Part = tuple[str, int]  # (topic, partition): one chain each
+#: every access event names its schema once: the baseline counts events by it
+_EVENT_SCHEMA = b'"careledger.access-event/1"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +154,11 @@ class Processor:
         # The chain tree before and after each sealed block not yet published, by block
         # hash: a write's checkpoints are made from them (``_updates``).
         self._trees: dict[bytes, tuple[ChainTree, ChainTree]] = {}
+        # Broker times of the records in each chain's open block, and of each sealed block
+        # not yet stored, with the number of events each carried: latency is measured
+        # per event from the broker's append to the store write of the event's block.
+        self._open_times: dict[str, list[tuple[float, int]]] = {}
+        self._block_times: dict[bytes, list[tuple[float, int]]] = {}
         # The gate's periodic reads of other writers' sequence numbers (ADR 0015) use a
         # connection and a thread of their own, so they never wait behind a write.
         self._seq_store = seq_store
@@ -183,6 +190,7 @@ class Processor:
         for p in partitions:
             self.chains.pop(p, None)
             self.seek_targets.pop(p, None)
+            self._open_times.pop(self.settings.chain_id(*p), None)
         if self.gate is not None:
             # their unwritten records will be read again: not replays of themselves
             self.gate.seqs.forget(self.settings.chain_id(*p) for p in partitions)
@@ -361,8 +369,10 @@ class Processor:
         """Seal the open block, remembering the chain tree before and after it."""
         before = chain.tree
         block = chain.seal(self.key, now)
-        if block is not None and before is not None and chain.tree is not None:
-            self._trees[block.block_hash] = (before, chain.tree)
+        if block is not None:
+            self._block_times[block.block_hash] = self._open_times.pop(chain.chain_id, [])
+            if before is not None and chain.tree is not None:
+                self._trees[block.block_hash] = (before, chain.tree)
         return block
 
     def _updates(self, sealed: list[SealedBlock]) -> list[ChainUpdate]:
@@ -396,7 +406,6 @@ class Processor:
                 return
             sealed: list[SealedBlock] = []
             rejected: list[tuple[Part, Rejected]] = []
-            timestamps: dict[str, list[float]] = {}
             now_mono = time.monotonic()
             now = time.time()
             blocked: set[Part] = set()
@@ -469,8 +478,10 @@ class Processor:
                     rejected += [(p, r) for r in bad]
                 if len(chain.pending) == chained_before:
                     continue
-                # one latency sample per record (a batch record's events share its time)
-                timestamps.setdefault(chain.chain_id, []).append(rec.timestamp)
+                # a batch record's events share its broker time: one sample, weighted
+                self._open_times.setdefault(chain.chain_id, []).append(
+                    (rec.timestamp, len(chain.pending) - chained_before)
+                )
                 if len(chain.pending) >= self.settings.block_max_events:
                     block = self._seal(chain, now)
                     if block is not None:
@@ -483,7 +494,7 @@ class Processor:
             self.metrics.duplicates_skipped = sum(
                 c.duplicates_skipped for c in self.chains.values()
             )
-            await self._submit(epoch, sealed, rejected, timestamps)
+            await self._submit(epoch, sealed, rejected)
 
     async def flush_aged(self) -> None:
         """Timer: close blocks whose first record is older than ``block_max_ms``."""
@@ -504,7 +515,7 @@ class Processor:
                     if block is not None:
                         sealed.append(block)
             if sealed:
-                await self._submit(epoch, sealed, [], {})
+                await self._submit(epoch, sealed, [])
 
     def _store_unavailable(self, exc: BaseException, partitions: set[Part]) -> None:
         """The store cannot be read or written: drop state, remember what to re-read."""
@@ -514,6 +525,8 @@ class Processor:
         self._recover |= set(self.chains) | partitions
         self.forget(set(self.chains))
         self._trees.clear()
+        self._block_times.clear()
+        self._open_times.clear()
         log.error(
             "store unavailable (%s); will resume partitions %s from the store",
             getattr(exc, "code", type(exc).__name__),
@@ -593,7 +606,6 @@ class Processor:
         epoch: int,
         sealed: list[SealedBlock],
         rejected: list[tuple[Part, Rejected]],
-        timestamps: dict[str, list[float]],
     ) -> None:
         """Start writing after the previous write succeeded; never two at once.
 
@@ -605,15 +617,15 @@ class Processor:
             self.forget(set(self.chains))
             for block in sealed:
                 self._trees.pop(block.block_hash, None)
+                self._block_times.pop(block.block_hash, None)
             return
         if sealed or rejected:
-            self._inflight = asyncio.create_task(self._persist(sealed, rejected, timestamps))
+            self._inflight = asyncio.create_task(self._persist(sealed, rejected))
 
     async def _persist(
         self,
         sealed: list[SealedBlock],
         rejected: list[tuple[Part, Rejected]],
-        timestamps: dict[str, list[float]],
     ) -> bool:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
@@ -642,8 +654,8 @@ class Processor:
             m._window_events += h.event_count
             m.heights[h.chain_id] = h.height
         m.block_write_seconds_total += elapsed * len(sealed)
-        for ts_list in timestamps.values():
-            m.observe_latencies(stored_at, ts_list)
+        for block in sealed:  # produce -> stored in a signed block, per event
+            m.observe_latencies(stored_at, self._block_times.pop(block.block_hash, ()))
         return True
 
     async def handle_baseline(self, records: list[Record]) -> None:
@@ -658,9 +670,14 @@ class Processor:
             rows,
         )
         stored_at = time.time()
-        self.metrics.events_chained += len(rows)
-        self.metrics._window_events += len(rows)
-        self.metrics.observe_latencies(stored_at, [r.timestamp for r in records])
+        # events per record without decoding it (a batch record carries many, ADR 0020):
+        # every access event names its schema once
+        counts = [max(1, (r.value or b"").count(_EVENT_SCHEMA)) for r in records]
+        self.metrics.events_chained += sum(counts)
+        self.metrics._window_events += sum(counts)
+        self.metrics.observe_latencies(
+            stored_at, [(r.timestamp, n) for r, n in zip(records, counts, strict=True)]
+        )
 
     def _persist_sync(
         self, sealed: list[SealedBlock], rejected: list[tuple[Part, Rejected]]
