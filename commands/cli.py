@@ -68,6 +68,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.benchmarks.replica",
         "measure a replica's lag behind the processor and a new replica's catch-up rate",
     ),
+    "benchmark-sdk": (
+        "commands.benchmarks.sdk",
+        "measure the producer SDK's signed events/s per thread (batch and per-event records)",
+    ),
     "benchmark-witness": (
         "commands.benchmarks.witness",
         "measure checkpoint-to-quorum latency, witness cosignatures/s and verify with witnesses",
