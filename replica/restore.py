@@ -13,8 +13,8 @@ Nothing is copied on the replica's word. Per chain:
 2. **Where the primary differs** (``replica.compare``, heights below ``covered``).
 3. **Each block to copy, verified again** from the replica's rows
    (``replica.verify.verify_material``: signature, canonical bytes, Merkle root,
-   offsets, attestation proofs), its hash the leaf the checkpoint's tree was built
-   from, linked to the block below. The rows written are derived from those verified
+   offsets, attestation proofs, batch roots), its hash the leaf the checkpoint's tree
+   was built from, linked to the block below. The rows written are derived from those verified
    bytes exactly as the processor derives them (``ChainStore.write_blocks``), so a
    replica whose *derived* columns were altered still restores the genuine rows
    (and is reported). A height where the primary already holds exactly those rows is
@@ -26,7 +26,8 @@ Nothing is copied on the replica's word. Per chain:
    signed like any access. If it cannot be sent, nothing is restored.
 5. **Then the primary**: the block's rows are deleted from every table a block is in
    (``ALTER TABLE ... DELETE``, waited for: mutations are asynchronous and 18.16 has no
-   ``mutations_sync``) and written again (records, attestations, then the header).
+   ``mutations_sync``) and written again (records, attestations and batch rows (ADR
+   0020), then the header).
 
 Heights above ``covered`` that differ are reported as not restorable (no signed
 checkpoint covers them yet), never copied.
@@ -49,6 +50,7 @@ from careledger.storage.store import (
     ChainStore,
     SealedBlock,
     attestation_rows,
+    batch_rows,
     event_rows,
     header_rows,
 )
@@ -159,6 +161,7 @@ def expected_rows(store: ChainStore, block: SealedBlock) -> dict[str, list[Row]]
         "blocks": sorted(map(_norm, header_rows([block])), key=repr),
         kind.table: sorted(map(_norm, event_rows([block], kind)), key=repr),
         "source_attestations": sorted(map(_norm, attestation_rows([block])), key=repr),
+        "source_batches": sorted(map(_norm, batch_rows([block])), key=repr),
     }
 
 

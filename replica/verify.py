@@ -14,7 +14,14 @@ processor stored, or raises :class:`Refused` with a finding code and a reason:
   leaf hashes is the header's; the event times are the header's first and last;
 * a source attestation (ADR 0010) proves its event is in the signed batch (the batch
   signature and the key's registration are ``careledger verify``'s to check, with the
-  registrar's key).
+  registrar's key);
+* batch records (ADR 0020): only a header that signs ``event_records`` lets records
+  share an offset, and then exactly that many distinct offsets; the events of one
+  offset are one record: several of them must come with a batch (``WireBatch``, on the
+  first), whose dead-lettered entries are well formed and which, with the events at the
+  offset, are exactly the signed entries and give the signed root (``batch_root``). The
+  batch is stored as the processor stored it (``ChainedEvent.batch``, one
+  ``source_batches`` row).
 
 ``check_link`` is the chain rule between a block and the replica's head: next height,
 previous block hash, offsets that touch (ADR 0003).
@@ -25,9 +32,10 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from careledger.storage.block_records import BlockMaterial
+from careledger.storage.block_records import BlockMaterial, WireBatch, WireRecord
 from careledger.storage.kinds import ACCESS, RecordKind
-from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
+from careledger.storage.store import BatchInfo, ChainedEvent, ChainHead, SealedBlock
+from careledger_core.batch_record import batch_root
 from careledger_core.block import decode_header, offsets_digest
 from careledger_core.errors import (
     HeaderValidationError,
@@ -89,6 +97,9 @@ def verify_material(m: BlockMaterial, kind: RecordKind, keys: TrustedKeys) -> Se
     events: list[ChainedEvent] = []
     seen: set[object] = set()
     previous = header.first_offset - 1
+    # batch records (ADR 0020): their events share the record's offset
+    repeats = header.event_records is not None
+    records = 0
     for i, r in enumerate(m.records):
         raw = bytes(r.canonical)
         try:
@@ -97,12 +108,14 @@ def verify_material(m: BlockMaterial, kind: RecordKind, keys: TrustedKeys) -> Se
             raise _refuse("EVENT_NOT_CANONICAL", m, f"record {i}: {exc}") from exc
         if canonical != raw:
             raise _refuse("EVENT_NOT_CANONICAL", m, f"record {i} is not in canonical form")
-        if not previous < r.offset <= header.last_offset:
+        lowest = previous if repeats and i else previous + 1
+        if not lowest <= r.offset <= header.last_offset:
             raise _refuse(
                 "EVENT_OUT_OF_ORDER",
                 m,
-                f"record {i} at offset {r.offset}, outside {previous + 1}..{header.last_offset}",
+                f"record {i} at offset {r.offset}, outside {lowest}..{header.last_offset}",
             )
+        records += r.offset != previous
         previous = r.offset
         unique = kind.unique_key(record)
         if unique in seen:
@@ -123,11 +136,102 @@ def verify_material(m: BlockMaterial, kind: RecordKind, keys: TrustedKeys) -> Se
         e.offset for e in events
     ):
         raise _refuse("EVENT_OFFSETS_MISMATCH", m, "the offsets are not the signed ones")
+    if repeats and records != header.event_records:
+        raise _refuse(
+            "EVENT_OFFSETS_MISMATCH",
+            m,
+            f"the events are in {records} records, the header signs {header.event_records}",
+        )
+    # what the processor signed first, then the source's batches (ADR 0020)
+    events = _with_batches(m, kind, events)
     if events:
         times = [kind.time_of(e.event) for e in events]
         if (min(times), max(times)) != (header.first_event_time, header.last_event_time):
             raise _refuse("BLOCK_HEADER_MISMATCH", m, "event times are not the header's")
     return SealedBlock(header, m.header, digest, signature, events)
+
+
+def _with_batches(
+    m: BlockMaterial, kind: RecordKind, events: list[ChainedEvent]
+) -> list[ChainedEvent]:
+    """``events`` with the batch record each came in (ADR 0020), checked: the events
+    of one offset are one record; several must come with a batch on the first, and a
+    batch with the events at its offset must be exactly the signed entries."""
+    out: list[ChainedEvent] = []
+    start = 0
+    while start < len(events):
+        end = start + 1
+        while end < len(events) and events[end].offset == events[start].offset:
+            end += 1
+        first: WireRecord = m.records[start]
+        if any(r.batch is not None for r in m.records[start + 1 : end]):
+            raise _refuse(
+                "SOURCE_ATTESTATION_INVALID",
+                m,
+                f"records {start}..{end - 1}: a batch on a record that is not its first event",
+            )
+        if first.batch is None:
+            if end - start > 1:
+                raise _refuse(
+                    "SOURCE_ATTESTATION_INVALID",
+                    m,
+                    f"records {start}..{end - 1} share offset {first.offset} without a batch",
+                )
+            out.append(events[start])
+        else:
+            out += _batch_events(m, kind, first.batch, events[start:end], start)
+        start = end
+    return out
+
+
+def _batch_events(
+    m: BlockMaterial, kind: RecordKind, batch: WireBatch, group: list[ChainedEvent], start: int
+) -> list[ChainedEvent]:
+    """The events of one batch record, checked against its statement (see above)."""
+    where = f"records {start}..{start + len(group) - 1} (offset {group[0].offset})"
+    st = batch.statement
+    if kind is not ACCESS:
+        raise _refuse("SOURCE_ATTESTATION_INVALID", m, f"{where}: not access events")
+    if any(e.attestation is not None for e in group):
+        raise _refuse("SOURCE_ATTESTATION_INVALID", m, f"{where}: an attestation in a batch record")
+    skipped: list[tuple[int, bytes]] = []
+    for index, leaf in batch.skipped:
+        try:
+            raw = bytes.fromhex(leaf)
+        except ValueError:
+            raw = b""
+        if len(raw) != 32 or leaf != raw.hex() or not _skipped_after(skipped, index, st.size):
+            raise _refuse(
+                "SOURCE_ATTESTATION_INVALID", m, f"{where}: malformed dead-lettered entry"
+            )
+        skipped.append((index, raw))
+    if len(group) + len(skipped) != st.size:
+        raise _refuse(
+            "SOURCE_PROOF_INVALID",
+            m,
+            f"{where}: {len(group)} events and {len(skipped)} dead-lettered entries for a "
+            f"batch of {st.size}",
+        )
+    gone = dict(skipped)
+    positions = [j for j in range(st.size) if j not in gone]
+    it = iter(group)
+    leaves = [gone[j] if j in gone else next(it).leaf_hash for j in range(st.size)]
+    try:
+        root = batch_root(st.first_seq, leaves).hex()
+    except ValidationError as exc:
+        raise _refuse("SOURCE_PROOF_INVALID", m, f"{where}: {exc}") from exc
+    if root != st.root:
+        raise _refuse("SOURCE_PROOF_INVALID", m, f"{where}: not the signed batch")
+    info = BatchInfo(st, batch.signature, tuple(skipped))
+    return [
+        ChainedEvent(e.offset, e.event, e.canonical, e.leaf_hash, None, info, j)
+        for e, j in zip(group, positions, strict=True)
+    ]
+
+
+def _skipped_after(skipped: list[tuple[int, bytes]], index: int, size: int) -> bool:
+    """May ``index`` follow the dead-lettered entries ``skipped`` in a batch of ``size``?"""
+    return 0 <= index < size and (not skipped or skipped[-1][0] < index)
 
 
 def check_link(block: SealedBlock, head: ChainHead | None) -> None:

@@ -8,13 +8,17 @@ partition). A record carries what a replica needs to re-create the primary's row
 * the header's canonical bytes and its Ed25519 signature (hex), as stored;
 * per chained record, its Kafka offset, its canonical bytes (embedded verbatim as JSON:
   they are RFC 8785 JSON) and, for a source-signed access event, its attestation
-  (ADR 0010).
+  (ADR 0010);
+* for the events that came in one *batch record* (ADR 0020: they share its offset), the
+  batch once, on the first of them (``WireBatch``: the signed statement, its signature,
+  and the entries dead-lettered alone as ``(batch index, leaf hash)``), from which the
+  replica derives the very ``source_batches`` row the processor wrote.
 
-Every denormalised column (``kinds.RecordKind.values``), leaf hash, header column and
-attestation column is derived again from those, the same way the processor derives
+Every denormalised column (``kinds.RecordKind.values``), leaf hash, header column,
+attestation and batch column is derived again from those, the same way the processor derives
 them, so nothing on the wire is stored without being recomputed. The replica checks
 the bytes (signature, canonical form, Merkle root, offsets digest, attestation proofs,
-links) before storing them (``replica.verify``).
+batch roots, links) before storing them (``replica.verify``).
 
 A large block is split into *parts* (``part`` of ``parts``), each carrying the header
 and signature, and a slice of the records starting at index ``first_index``; one part
@@ -36,7 +40,7 @@ import msgspec
 
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger_core.errors import InfrastructureError, ValidationError
-from careledger_core.source import Attestation, BatchStatement
+from careledger_core.source import Attestation, BatchStatement, SignatureB64
 
 __all__ = [
     "BLOCK_RECORD_SCHEMA",
@@ -45,6 +49,7 @@ __all__ = [
     "BlockPart",
     "BlockPublishError",
     "BlockRecordError",
+    "WireBatch",
     "WireRecord",
     "decode_part",
     "encode_block",
@@ -75,12 +80,25 @@ class BlockRecordError(ValidationError):
     code = "BLOCK_RECORD_MALFORMED"
 
 
-class WireRecord(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
-    """One chained record of a block: Kafka offset, canonical bytes, attestation."""
+class WireBatch(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """The batch record (ADR 0020) that events came in, on the first of its events."""
+
+    statement: BatchStatement
+    signature: SignatureB64
+    #: (batch index, leaf hash hex) of the entries dead-lettered alone
+    skipped: tuple[tuple[int, str], ...] = ()
+
+
+class WireRecord(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True, omit_defaults=True
+):
+    """One chained record of a block: Kafka offset, canonical bytes, attestation, and
+    the batch record it came in when it is the first event of one (ADR 0020)."""
 
     offset: int
     canonical: msgspec.Raw
     attestation: Attestation | None = None
+    batch: WireBatch | None = None
 
 
 class BlockPart(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -118,19 +136,30 @@ _DECODER: Final = msgspec.json.Decoder(BlockPart)
 def material_of(block: SealedBlock) -> BlockMaterial:
     """The material of a block the processor just sealed."""
     h = block.header
-    return BlockMaterial(
-        h.chain_id,
-        h.height,
-        block.block_hash.hex(),
-        block.header_bytes,
-        block.signature.hex(),
-        tuple(
-            WireRecord(
-                offset=ev.offset, canonical=msgspec.Raw(ev.canonical), attestation=ev.attestation
+    records = []
+    previous = -1
+    for ev in block.events:
+        batch = None
+        if ev.batch is not None and ev.offset != previous:  # the record's first event
+            info = ev.batch
+            batch = WireBatch(
+                statement=info.statement,
+                signature=info.signature,
+                skipped=tuple((i, leaf.hex()) for i, leaf in info.skipped),
             )
-            for ev in block.events
-        ),
-    )
+        previous = ev.offset
+        records.append(
+            WireRecord(
+                offset=ev.offset,
+                canonical=msgspec.Raw(ev.canonical),
+                attestation=ev.attestation,
+                batch=batch,
+            )
+        )
+    return BlockMaterial(
+        h.chain_id, h.height, block.block_hash.hex(), block.header_bytes, block.signature.hex(),
+        tuple(records),
+    )  # fmt: skip
 
 
 def encode_material(m: BlockMaterial, max_part_bytes: int = MAX_PART_BYTES) -> list[bytes]:
@@ -225,16 +254,37 @@ def _attestation(statement: Any, signature: Any, index: Any, proof: Any) -> Atte
         return None
 
 
+def _batch(statement: Any, signature: Any, skipped: Any) -> WireBatch | None:
+    """A ``source_batches`` row as the processor wrote it, or None if it does not decode."""
+    try:
+        text = _text(skipped)
+        entries = []
+        for part in text.split(",") if text else ():
+            index, leaf = part.split(":")
+            entries.append((int(index), leaf))
+        return msgspec.convert(
+            {
+                "statement": _STATEMENT.decode(_raw(statement)),
+                "signature": _text(signature),
+                "skipped": entries,
+            },
+            WireBatch,
+        )
+    except (msgspec.ValidationError, msgspec.DecodeError, ValueError, TypeError):
+        return None
+
+
 def stored_block_records(
     store: ChainStore, chain_id: str, from_height: int, to_height: int
 ) -> list[BlockMaterial]:
     """The stored blocks of ``chain_id`` with ``from_height <= height <= to_height`` as
     material, in height order: one per header row (several if a height has several),
-    each with the record rows and attestation rows under its block hash, by index.
+    each with the record rows and attestation rows under its block hash, by index, and
+    each ``source_batches`` row on the first record at its offset (ADR 0020).
 
-    Rows are untrusted: an attestation row that does not decode is left out (the block
-    then fails verification if its signature depends on it: it does not, but the
-    replica's attestation checks and ``verify`` see the difference)."""
+    Rows are untrusted: an attestation or batch row that does not decode is left out
+    (the block then fails verification if its signature depends on it: it does not,
+    but the replica's attestation and batch checks and ``verify`` see the difference)."""
     headers = []
     for h in store.headers(chain_id, from_height):
         if h.height > to_height:
@@ -258,6 +308,16 @@ def stored_block_records(
     ):
         key = (int(height), _text(digest), int(idx))
         attestations.setdefault(key, _attestation(statement, signature, index, proof))
+    batches: dict[tuple[int, str, int], WireBatch | None] = {}
+    for height, digest, offset, statement, signature, skipped in store.backend.execute(
+        "SELECT height, block_hash, kafka_offset, statement, signature, skipped "
+        f"FROM {store.db}.source_batches "
+        "WHERE chain_id = %(chain)s AND height >= %(from)s AND height <= %(to)s "
+        "ORDER BY height, kafka_offset",
+        {"chain": chain_id, "from": from_height, "to": top},
+    ):
+        key = (int(height), _text(digest), int(offset))
+        batches.setdefault(key, _batch(statement, signature, skipped))
     out = []
     for h in headers:
         digest = _text(h.block_hash)
@@ -274,8 +334,11 @@ def stored_block_records(
                         offset=offset,
                         canonical=msgspec.Raw(canonical),
                         attestation=attestations.get((h.height, digest, idx)),
+                        batch=None
+                        if k and rows[k - 1][1] == offset
+                        else batches.get((h.height, digest, offset)),
                     )
-                    for idx, offset, canonical in rows
+                    for k, (idx, offset, canonical) in enumerate(rows)
                 ),
             )
         )

@@ -5,7 +5,8 @@ shared infrastructure, ``verify`` can call ``compare(primary_store, replica_stor
 turn each ``Difference`` into a finding at its place.
 
 Per chain, over the heights the replica holds, every row of the tables a block is
-stored in (``blocks``, the chain's record table, ``source_attestations``) is read from
+stored in (``blocks``, the chain's record table, ``source_attestations``,
+``source_batches``) is read from
 both databases with every column the processor writes (not ``stored_at``), page by
 page, and compared:
 
@@ -15,7 +16,8 @@ page, and compared:
   replica holds (an inserted record, a second block at one height);
 * ``differs``: both have the row at that place, with other values (the columns named).
 
-Places are ``(height)`` for headers and ``(height, idx)`` for records and attestations.
+Places are ``(height)`` for headers, ``(height, idx)`` for records and attestations and
+``(height, kafka_offset)`` for batch rows (ADR 0020: one per batch record).
 Heights above the replica's head are not compared: the replica has not seen them yet
 (``primary_ahead`` says how many). Both databases may be on different servers: rows
 are compared in Python, never with a cross-database query. Nothing here is trusted:
@@ -29,7 +31,13 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from careledger.storage.store import ATTESTATION_COLUMNS, HEADER_COLUMNS, ChainStore, row_columns
+from careledger.storage.store import (
+    ATTESTATION_COLUMNS,
+    BATCH_COLUMNS,
+    HEADER_COLUMNS,
+    ChainStore,
+    row_columns,
+)
 
 __all__ = ["ChainComparison", "Comparison", "Difference", "block_rows", "compare", "tables_of"]
 
@@ -51,6 +59,8 @@ class Difference:
     height: int
     idx: int | None = None
     columns: tuple[str, ...] = ()
+    #: the place of a batch row (ADR 0020), which has no index
+    kafka_offset: int | None = None
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -61,6 +71,8 @@ class Difference:
         }
         if self.idx is not None:
             out["idx"] = self.idx
+        if self.kafka_offset is not None:
+            out["kafka_offset"] = self.kafka_offset
         if self.columns:
             out["columns"] = list(self.columns)
         return out
@@ -69,6 +81,8 @@ class Difference:
         where = f"{self.table} {self.chain_id} height {self.height}"
         if self.idx is not None:
             where += f" idx {self.idx}"
+        if self.kafka_offset is not None:
+            where += f" offset {self.kafka_offset}"
         what = {
             "missing_in_primary": "missing in the primary",
             "extra_in_primary": "in the primary only",
@@ -131,12 +145,14 @@ class Comparison:
 
 def tables_of(store: ChainStore, chain_id: str) -> list[tuple[str, tuple[str, ...], int]]:
     """``(table, columns, key length)`` of the tables a block of ``chain_id`` is in:
-    headers by height, records and attestations by (height, idx)."""
+    headers by height, records and attestations by (height, idx), batch rows by
+    (height, kafka_offset) (the second key column: ``idx``, else ``kafka_offset``)."""
     kind = store.kind_of(chain_id)
     return [
         ("blocks", HEADER_COLUMNS, 1),
         (kind.table, row_columns(kind), 2),
         ("source_attestations", ATTESTATION_COLUMNS, 2),
+        ("source_batches", BATCH_COLUMNS, 2),
     ]
 
 
@@ -164,11 +180,16 @@ def _max_height(store: ChainStore, chain_id: str) -> int | None:
     return int(rows[0][1]) if rows and int(rows[0][0]) else None
 
 
-def _grouped(rows: list[Row], key_len: int) -> dict[tuple[int, ...], list[Row]]:
-    # columns start with chain_id, height (then idx for records): key = height[, idx]
+def _second_key(columns: Sequence[str]) -> int:
+    """Where a table's second key column is: ``idx``, else ``kafka_offset``."""
+    return columns.index("idx") if "idx" in columns else columns.index("kafka_offset")
+
+
+def _grouped(rows: list[Row], key_len: int, second: int) -> dict[tuple[int, ...], list[Row]]:
+    # columns start with chain_id, height: key = height[, idx or kafka_offset]
     groups: dict[tuple[int, ...], list[Row]] = {}
     for row in rows:
-        key = (int(row[1]),) if key_len == 1 else (int(row[1]), int(row[2]))
+        key = (int(row[1]),) if key_len == 1 else (int(row[1]), int(row[second]))
         groups.setdefault(key, []).append(row)
     return groups
 
@@ -177,7 +198,8 @@ def diff_rows(
     primary: list[Row], replica: list[Row], columns: Sequence[str], key_len: int
 ) -> Iterator[tuple[str, tuple[int, ...], tuple[str, ...]]]:
     """``(kind, key, columns)`` for each place the two row sets disagree."""
-    p, r = _grouped(primary, key_len), _grouped(replica, key_len)
+    second = _second_key(columns) if key_len > 1 else 1
+    p, r = _grouped(primary, key_len, second), _grouped(replica, key_len, second)
     for key in sorted(set(p) | set(r)):
         mine, theirs = sorted(p.get(key, []), key=repr), sorted(r.get(key, []), key=repr)
         if mine == theirs:
@@ -226,8 +248,20 @@ def compare_chain(
                 columns,
                 key_len,
             ):
-                idx = key[1] if len(key) > 1 else None
-                result.add(chain, Difference(kind, table, chain_id, key[0], idx, changed))
+                place = key[1] if len(key) > 1 else None
+                by_offset = "idx" not in columns
+                result.add(
+                    chain,
+                    Difference(
+                        kind,
+                        table,
+                        chain_id,
+                        key[0],
+                        None if by_offset else place,
+                        changed,
+                        place if by_offset else None,
+                    ),
+                )
         chain.heights_compared = hi + 1
     return chain
 

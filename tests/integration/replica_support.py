@@ -146,6 +146,9 @@ def pipeline(isolated: Settings, tmp_path: Path) -> Iterator[Pipeline]:
     settings = processor_settings(
         with_keys(isolated, tmp_path),
         block_max_events=200,
+        # batches (ADR 0020) smaller than a block: chains of several blocks, each of
+        # several batch records
+        source_batch_max_events=50,
         replica_clickhouse_database=f"{isolated.clickhouse_database}_replica",
     )
     p = Pipeline(settings, tmp_path)

@@ -27,6 +27,13 @@ of what was verified, and there is one attestation row per event and none for no
 (``SOURCE_ATTESTATION_INVALID`` otherwise). No row, however malformed, raises: each
 becomes a finding at its event.
 
+Batch records (ADR 0020): a batch that travelled as one Kafka record has one
+``source_batches`` row instead of an attestation row per event; the events at its offset
+come to ``check_sources`` together as an ``AttestedBatch``, checked with one signature and
+one root (``verifiers.integrity.source_batches``, which also says how their sequence
+numbers, the dead-lettered entries included, are accounted for). Events at an offset
+whose batch row is gone are unsigned, like an event whose attestation row is gone.
+
 ``read_source_rows(store)`` is the I/O: committed rows only (rows whose block hash is
 the committed header's), streamed chain by chain.
 """
@@ -56,27 +63,32 @@ from careledger_core.reference import (
 from careledger_core.signing import PublicKey
 from careledger_core.source import (
     Attestation,
+    BatchStatement,
     BatchVerifier,
     SeqRuns,
     SourceAuthError,
     SourceRegistry,
-    seconds_of,
     statement_bytes,
-    timestamp_of,
     verify_heartbeat,
     verify_key_event,
 )
 from verifiers.integrity.fsck.model import _show, _text, _type_name
+from verifiers.integrity.source_batches import (
+    AUTH_CODES,
+    AttestedBatch,
+    BatchMember,
+    BatchRow,
+    Problem,
+    Verdict,
+    account_batch,
+    authorize_in_window,
+    choose_verdict,
+    signed_time_problem,
+)
 
 log = logging.getLogger("careledger.verify.sources")
 
-_AUTH_CODES = {
-    "BAD_SIGNATURE": FindingCode.SOURCE_SIGNATURE_INVALID,
-    "BAD_PROOF": FindingCode.SOURCE_PROOF_INVALID,
-    "UNKNOWN_KEY": FindingCode.SOURCE_KEY_UNKNOWN,
-    "REVOKED_KEY": FindingCode.SOURCE_KEY_REVOKED,
-    "KEY_NOT_FOR_SOURCE": FindingCode.SOURCE_KEY_NOT_FOR_SOURCE,
-}
+_AUTH_CODES = AUTH_CODES
 #: at most this many findings of one code are listed (the rest are counted)
 MAX_FINDINGS_PER_CODE = 200
 #: the side columns of an attestation row, in ``AttestedEvent.columns`` order
@@ -116,6 +128,8 @@ class AttestedEvent:
 class SourceReport:
     findings: list[Finding] = field(default_factory=list)
     signed_events: int = 0
+    #: batch records (ADR 0020) whose events are signed
+    signed_batches: int = 0
     unsigned_events: int = 0
     #: unsigned events chained before signatures were required (not findings)
     legacy_unsigned_events: int = 0
@@ -126,6 +140,7 @@ class SourceReport:
     def summary(self) -> dict[str, Any]:
         return {
             "signed_events": self.signed_events,
+            "signed_batches": self.signed_batches,
             "unsigned_events": self.unsigned_events,
             "legacy_unsigned_events": self.legacy_unsigned_events,
             "signatures_required_since": self.signatures_required_since,
@@ -166,6 +181,7 @@ def has_source_records(store: ChainStore) -> bool:
     db, backend = store.db, store.backend
     for sql in (
         f"SELECT count() FROM (SELECT 1 FROM {db}.source_attestations LIMIT 1)",
+        f"SELECT count() FROM (SELECT 1 FROM {db}.source_batches LIMIT 1)",
         f"SELECT count() FROM (SELECT 1 FROM {db}.{REFERENCE.table} "
         "WHERE kind = 'source-key' LIMIT 1)",
     ):
@@ -214,8 +230,16 @@ def build_registry(
     return registry, problems
 
 
+#: where a finding is: (chain, height, event index, event id)
+_Where = tuple[str, int | None, int | None, str | None]
+
+
+def _at(ev: AttestedEvent | None) -> _Where:
+    return ("", None, None, None) if ev is None else (ev.chain_id, ev.height, ev.idx, ev.event_id)
+
+
 def check_sources(
-    events: Iterable[AttestedEvent],
+    events: Iterable[AttestedEvent | AttestedBatch],
     registry: SourceRegistry,
     heartbeats: Iterable[SourceHeartbeatBody] = (),
     *,
@@ -232,79 +256,124 @@ def check_sources(
     an instant of that window (the decision the processor made at the event's own
     append time): a revoked key is not made valid by a backdated ``signed_at``. Older
     headers give only their ``created_at``: the batch must not be signed more than
-    ``max_skew_s`` after it, and the key is judged at ``signed_at`` as it was then."""
-    report = SourceReport(signatures_required_since=required_since)
-    per_code: dict[FindingCode, int] = {}
+    ``max_skew_s`` after it, and the key is judged at ``signed_at`` as it was then.
 
-    def emit(code: FindingCode, ev: AttestedEvent | None, message: str, **details: Any) -> None:
-        n = per_code.get(code, 0)
-        per_code[code] = n + 1
+    ``events`` may hold batch records (``AttestedBatch``, ADR 0020) among the events
+    signed one by one; see ``source_batches`` for their checks."""
+    check = _SourceCheck(registry, require_signatures, required_since, max_skew_s)
+    for ev in events:
+        if isinstance(ev, AttestedBatch):
+            check.batch(ev)
+        else:
+            check.event(ev)
+    return check.finish(heartbeats)
+
+
+class _SourceCheck:
+    """The state of one ``check_sources`` pass."""
+
+    def __init__(
+        self,
+        registry: SourceRegistry,
+        require_signatures: bool,
+        required_since: str | None,
+        max_skew_s: float,
+    ) -> None:
+        self.registry = registry
+        self.require_signatures = require_signatures
+        self.required_since = required_since
+        self.max_skew_s = max_skew_s
+        self.report = SourceReport(signatures_required_since=required_since)
+        self.per_code: dict[FindingCode, int] = {}
+        self.verifier = BatchVerifier(registry, cache_size=65536)
+        self.seqs: dict[tuple[str, str], _Seqs] = {}
+        self.epochs: set[tuple[str, str]] = set()  # with at least one verified event
+
+    def emit(self, code: FindingCode, where: _Where, message: str, **details: Any) -> None:
+        n = self.per_code.get(code, 0)
+        self.per_code[code] = n + 1
         if n >= MAX_FINDINGS_PER_CODE:
-            report.dropped += 1
+            self.report.dropped += 1
             return
-        report.findings.append(
+        chain_id, height, idx, event_id = where
+        self.report.findings.append(
             Finding.of(
                 code,
-                "" if ev is None else ev.chain_id,
+                chain_id,
                 message,
-                height=None if ev is None else ev.height,
-                event_index=None if ev is None else ev.idx,
-                event_id=None if ev is None else ev.event_id,
+                height=height,
+                event_index=idx,
+                event_id=event_id,
                 details=details,
             )
         )
 
-    verifier = BatchVerifier(registry, cache_size=65536)
-    seqs: dict[tuple[str, str], _Seqs] = {}
-    epochs: set[tuple[str, str]] = set()  # with at least one verified event
-    for ev in events:
+    def run_of(self, st: BatchStatement) -> _Seqs:
+        return self.seqs.setdefault((st.source_id, st.epoch), _Seqs())
+
+    def signed(self, st: BatchStatement, events: int) -> None:
+        self.report.signed_events += events
+        counts = self.report.sources.setdefault(st.source_id, {"events": 0, "epochs": 0})
+        counts["events"] += events
+        if (st.source_id, st.epoch) not in self.epochs:
+            self.epochs.add((st.source_id, st.epoch))
+            counts["epochs"] += 1
+
+    def unsigned(self, ev: AttestedEvent) -> None:
+        self.report.unsigned_events += 1
+        if self.required_since is not None and ev.block_time < self.required_since:
+            self.report.legacy_unsigned_events += 1
+        elif self.require_signatures:
+            self.emit(
+                FindingCode.SOURCE_UNSIGNED, _at(ev), "access event has no source attestation"
+            )
+
+    # ------------------------------------------------------------------ one event
+    def event(self, ev: AttestedEvent) -> None:
+        emit, where = self.emit, _at(ev)
         if ev.orphan:
             emit(
                 FindingCode.SOURCE_ATTESTATION_INVALID,
-                ev,
+                where,
                 "an attestation row of a committed block names an event the block does not have",
             )
-            continue
+            return
         if ev.extra_rows:
             emit(
                 FindingCode.SOURCE_ATTESTATION_INVALID,
-                ev,
+                where,
                 f"{ev.extra_rows + 1} attestation rows for one event",
                 rows=ev.extra_rows + 1,
             )
         if ev.attestation is None:
-            report.unsigned_events += 1
-            if required_since is not None and ev.block_time < required_since:
-                report.legacy_unsigned_events += 1
-            elif require_signatures:
-                emit(FindingCode.SOURCE_UNSIGNED, ev, "access event has no source attestation")
-            continue
+            self.unsigned(ev)
+            return
         att, problem = _parse_attestation(ev.attestation)
         if att is None:
-            emit(FindingCode.SOURCE_ATTESTATION_INVALID, ev, f"attestation row: {problem}")
-            continue
+            emit(FindingCode.SOURCE_ATTESTATION_INVALID, where, f"attestation row: {problem}")
+            return
         st = att.statement
         if problem:
-            emit(FindingCode.SOURCE_ATTESTATION_INVALID, ev, f"attestation row: {problem}")
+            emit(FindingCode.SOURCE_ATTESTATION_INVALID, where, f"attestation row: {problem}")
         if type(ev.leaf_hash) is not bytes or len(ev.leaf_hash) != 32:
             emit(
                 FindingCode.SOURCE_PROOF_INVALID,
-                ev,
+                where,
                 "the event's stored leaf hash is not 64 hex digits: its attestation "
                 "cannot be checked",
                 source_id=st.source_id,
                 seq=att.seq,
             )
             # named here: not also a gap in the source's sequence numbers
-            seqs.setdefault((st.source_id, st.epoch), _Seqs()).add(att.seq)
-            continue
+            self.run_of(st).add(att.seq)
+            return
         try:
-            verifier.verify_batch(ev.leaf_hash, att)
-            skew = _time_problem(ev, att, max_skew_s)
+            self.verifier.verify_batch(ev.leaf_hash, att)
+            skew = signed_time_problem(st, ev.append_window, ev.block_time, self.max_skew_s)
             if skew:
                 emit(
                     FindingCode.SOURCE_SIGNED_AT_SKEW,
-                    ev,
+                    where,
                     skew,
                     source_id=st.source_id,
                     key_id=st.key_id,
@@ -312,133 +381,159 @@ def check_sources(
                     signed_at=st.signed_at,
                     append_window=list(ev.append_window or ()),
                     block_created_at=ev.block_time,
-                    max_skew_s=max_skew_s,
+                    max_skew_s=self.max_skew_s,
                 )
-                seqs.setdefault((st.source_id, st.epoch), _Seqs()).add(att.seq)
-                continue
-            _authorize(verifier, ev, att, max_skew_s)
+                self.run_of(st).add(att.seq)
+                return
+            authorize_in_window(self.verifier, st, ev.append_window, self.max_skew_s)
         except SourceAuthError as exc:
             emit(
                 _AUTH_CODES.get(exc.code, FindingCode.SOURCE_SIGNATURE_INVALID),
-                ev,
+                where,
                 exc.message,
                 source_id=st.source_id,
                 key_id=st.key_id,
                 seq=att.seq,
             )
-            continue
+            return
         except ValidationError as exc:  # e.g. a sequence number beyond 2^53 - 1
             emit(
                 FindingCode.SOURCE_PROOF_INVALID,
-                ev,
+                where,
                 f"the event is not in its signed batch: {exc.message}",
                 source_id=st.source_id,
                 seq=att.seq,
             )
-            continue
+            return
         if ev.columns is not None:
             diff = _side_diff(ev, att)
             if diff:
                 emit(
                     FindingCode.SOURCE_ATTESTATION_INVALID,
-                    ev,
+                    where,
                     "attestation columns differ from the signed statement: " + ", ".join(diff),
                     columns=diff,
                 )
-        report.signed_events += 1
-        counts = report.sources.setdefault(st.source_id, {"events": 0, "epochs": 0})
-        counts["events"] += 1
-        if (st.source_id, st.epoch) not in epochs:
-            epochs.add((st.source_id, st.epoch))
-            counts["epochs"] += 1
-        run = seqs.setdefault((st.source_id, st.epoch), _Seqs())
-        if not run.add(att.seq):
+        self.signed(st, 1)
+        if not self.run_of(st).add(att.seq):
             emit(
                 FindingCode.SOURCE_SEQ_DUPLICATE,
-                ev,
+                where,
                 f"sequence number {att.seq} of {st.source_id} chained more than once",
                 source_id=st.source_id,
                 epoch=st.epoch,
                 seq=att.seq,
             )
 
-    announced: dict[tuple[str, str], int] = {}
-    for hb in heartbeats:
-        s = hb.statement
-        try:
-            key = registry.authorize(s.source_id, s.key_id, s.sent_at)
-            verify_heartbeat(s, hb.signature, key)
-        except SourceAuthError as exc:
-            emit(
-                FindingCode.SOURCE_HEARTBEAT_INVALID,
-                None,
-                f"heartbeat of {s.source_id}: {exc.message}",
-                source_id=s.source_id,
-                epoch=s.epoch,
-                beat=s.beat,
+    # ------------------------------------------------------------------ one batch record
+    def batch(self, b: AttestedBatch) -> None:
+        """A batch record (ADR 0020): one signature and one root for its events."""
+        first = b.members[0] if b.members else None
+
+        def where(m: BatchMember | None) -> _Where:
+            m = m or first
+            if m is None:
+                return (b.chain_id, b.height, None, None)
+            return (b.chain_id, b.height, m.idx, m.event_id)
+
+        bad = FindingCode.SOURCE_ATTESTATION_INVALID
+        offset = _show(b.kafka_offset)
+        if first is None:
+            self.emit(
+                bad,
+                where(None),
+                f"a batch row of a committed block names offset {_text(b.kafka_offset)}, "
+                "where the block has no event",
+                kafka_offset=offset,
+                rows=len(b.rows),
             )
-            continue
-        k = (s.source_id, s.epoch)
-        announced[k] = max(announced.get(k, 0), s.last_seq)
-
-    for source_id, epoch in sorted(set(seqs) | set(announced)):
-        run = seqs.get((source_id, epoch)) or _Seqs()
-        upto = max(run.max_seq, announced.get((source_id, epoch), 0))
-        for first, last in run.missing(upto):
-            emit(
-                FindingCode.SOURCE_SEQ_GAP,
-                None,
-                f"{source_id} epoch {epoch}: sequence numbers {first}..{last} were sent "
-                "but never chained",
-                source_id=source_id,
-                epoch=epoch,
-                first_missing=first,
-                last_missing=last,
-                count=last - first + 1,
+            return
+        if len(b.rows) > 1:
+            self.emit(
+                bad,
+                where(None),
+                f"{len(b.rows)} batch rows for one batch record",
+                kafka_offset=offset,
+                rows=len(b.rows),
             )
-    return report
+        for member in b.members:
+            if member.attested:
+                self.emit(
+                    bad,
+                    where(member),
+                    "an event of a batch record has an attestation row of its own",
+                    kafka_offset=offset,
+                )
+        verdict = choose_verdict(b, self.verifier, self.max_skew_s)
+        problems: list[Problem] = list(verdict.row_problems)
+        if verdict.failure is not None:
+            problems.append(verdict.failure)
+        for code, message, details, at in problems:
+            self.emit(code, where(at), message, **{"kafka_offset": offset, **details})
+        st = verdict.statement
+        if st is None:
+            return
+        if verdict.failure is None:
+            self.report.signed_batches += 1
+            self.signed(st, len(b.members))
+            self._count_seqs(b, st, verdict, where)
+        elif verdict.accounted:  # named here: not also a gap
+            self.run_of(st).add_range(st.first_seq, st.last_seq)
 
+    def _count_seqs(self, b: AttestedBatch, st: BatchStatement, v: Verdict, where: Any) -> None:
+        """Account for every entry of a verified batch; one accounted for before is a
+        replay (at its event, or at the record's first event for a skipped entry)."""
+        for m, j in account_batch(self.run_of(st), st, b.members, v.skipped):
+            self.emit(
+                FindingCode.SOURCE_SEQ_DUPLICATE,
+                where(m),
+                f"sequence number {st.first_seq + j} of {st.source_id} chained more than once"
+                + ("" if m is not None else f" (entry {j} of this batch, dead-lettered)"),
+                source_id=st.source_id,
+                epoch=st.epoch,
+                seq=st.first_seq + j,
+                batch_index=j,
+                kafka_offset=_show(b.kafka_offset),
+            )
 
-def _time_problem(ev: AttestedEvent, att: Attestation, max_skew_s: float) -> str:
-    """Why ``signed_at`` is outside the window the block's signed times allow ("" if it
-    is not)."""
-    signed = seconds_of(att.statement.signed_at)
-    if ev.append_window is not None:
-        first, last = (seconds_of(t) for t in ev.append_window)
-        if first - max_skew_s <= signed <= last + max_skew_s:
-            return ""
-        return (
-            f"batch signed at {att.statement.signed_at}, more than {max_skew_s:g} s from the "
-            f"broker append times {ev.append_window[0]}..{ev.append_window[1]} the block signs"
-        )
-    if not ev.block_time:
-        return ""
-    try:
-        created = seconds_of(ev.block_time)
-    except ValueError:
-        return ""  # verify_chain reports the block's header
-    if signed <= created + max_skew_s:
-        return ""
-    return (
-        f"batch signed at {att.statement.signed_at}, more than {max_skew_s:g} s after the "
-        f"block that chains it was sealed ({ev.block_time})"
-    )
+    # ------------------------------------------------------------------ the whole ledger
+    def finish(self, heartbeats: Iterable[SourceHeartbeatBody]) -> SourceReport:
+        announced: dict[tuple[str, str], int] = {}
+        nowhere: _Where = ("", None, None, None)
+        for hb in heartbeats:
+            s = hb.statement
+            try:
+                key = self.registry.authorize(s.source_id, s.key_id, s.sent_at)
+                verify_heartbeat(s, hb.signature, key)
+            except SourceAuthError as exc:
+                self.emit(
+                    FindingCode.SOURCE_HEARTBEAT_INVALID,
+                    nowhere,
+                    f"heartbeat of {s.source_id}: {exc.message}",
+                    source_id=s.source_id,
+                    epoch=s.epoch,
+                    beat=s.beat,
+                )
+                continue
+            k = (s.source_id, s.epoch)
+            announced[k] = max(announced.get(k, 0), s.last_seq)
 
-
-def _authorize(
-    verifier: BatchVerifier, ev: AttestedEvent, att: Attestation, max_skew_s: float
-) -> None:
-    """May the key sign for the source when the processor judged it? At an instant of
-    the block's append window within ``max_skew_s`` of ``signed_at`` (ADR 0015), or at
-    ``signed_at`` for headers signed before the append times."""
-    st = att.statement
-    if ev.append_window is None:
-        verifier.authorize(st, st.signed_at)
-        return
-    signed = seconds_of(st.signed_at)
-    lo = max(ev.append_window[0], timestamp_of(signed - max_skew_s))
-    hi = min(ev.append_window[1], timestamp_of(signed + max_skew_s))
-    verifier.authorize_within(st, lo, hi)
+        for source_id, epoch in sorted(set(self.seqs) | set(announced)):
+            run = self.seqs.get((source_id, epoch)) or _Seqs()
+            upto = max(run.max_seq, announced.get((source_id, epoch), 0))
+            for first, last in run.missing(upto):
+                self.emit(
+                    FindingCode.SOURCE_SEQ_GAP,
+                    nowhere,
+                    f"{source_id} epoch {epoch}: sequence numbers {first}..{last} were sent "
+                    "but never chained",
+                    source_id=source_id,
+                    epoch=epoch,
+                    first_missing=first,
+                    last_missing=last,
+                    count=last - first + 1,
+                )
+        return self.report
 
 
 def _parse_attestation(raw: tuple[Any, ...]) -> tuple[Attestation | None, str]:
@@ -550,7 +645,7 @@ def _append_window(header: Any) -> tuple[str, str] | None:
 
 def read_source_rows(
     store: ChainStore, page_blocks: int = 1000
-) -> tuple[Iterator[AttestedEvent], list[SourceKeyBody], list[SourceHeartbeatBody]]:
+) -> tuple[Iterator[AttestedEvent | AttestedBatch], list[SourceKeyBody], list[SourceHeartbeatBody]]:
     """Committed access events with their attestations (streamed per chain), and the
     committed key events and heartbeats. Attestation rows of committed blocks that
     belong to no committed event come as ``orphan`` events."""
@@ -584,7 +679,7 @@ def read_source_rows(
         )
     ]
 
-    def events() -> Iterator[AttestedEvent]:
+    def events() -> Iterator[AttestedEvent | AttestedBatch]:
         for chain in chains:
             top = backend.execute(
                 f"SELECT max(height) FROM {db}.blocks WHERE chain_id = %(c)s", {"c": chain}
@@ -593,7 +688,7 @@ def read_source_rows(
             for lo in range(0, head + 1, page_blocks):
                 yield from _page(chain, lo, lo + page_blocks - 1)
 
-    def _page(chain: str, lo: int, hi: int) -> Iterator[AttestedEvent]:
+    def _page(chain: str, lo: int, hi: int) -> Iterator[AttestedEvent | AttestedBatch]:
         params = {"c": chain, "lo": lo, "hi": hi}
         block_times = {
             (h, _key(bh)): (_str(t), _append_window(header))
@@ -618,13 +713,48 @@ def read_source_rows(
             atts.setdefault((h, i, _key(bh)), []).append(
                 ((st, _as_str(sig), bi, _as_str(proof)), tuple(side))
             )
-        for h, i, bh, eid, leaf in backend.execute(
-            f"SELECT height, idx, block_hash, event_id, leaf_hash FROM {db}.{ACCESS.table} "
+        # (height, block hash, kafka offset) -> the batch rows of that record (ADR 0020)
+        batches: dict[tuple[Any, Any, Any], list[BatchRow]] = {}
+        for h, bh, off, st, sig, skipped, *side in backend.execute(
+            "SELECT height, block_hash, kafka_offset, statement, signature, skipped, "
+            "source_id, key_id, epoch, first_seq, size, signed_by "
+            f"FROM {db}.source_batches "
+            "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s "
+            "ORDER BY height, kafka_offset",
+            params,
+        ):
+            batches.setdefault((h, _key(bh), _key(off)), []).append(
+                BatchRow(st, sig, skipped, tuple(side))
+            )
+        # the events of the batch records of the current height, yielded when it ends
+        pending: dict[tuple[Any, Any, Any], list[BatchMember]] = {}
+
+        def batch(key: tuple[Any, Any, Any], members: list[BatchMember]) -> AttestedBatch:
+            created_at, window = block_times.get(key[:2], ("", None))
+            return AttestedBatch(
+                chain, key[0], key[2], tuple(batches.pop(key)), tuple(members), created_at, window
+            )
+
+        height: Any = None
+        for h, i, bh, eid, leaf, off in backend.execute(
+            "SELECT height, idx, block_hash, event_id, leaf_hash, kafka_offset "
+            f"FROM {db}.{ACCESS.table} "
             "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s "
             f"AND {committed} ORDER BY height, idx",
             params,
         ):
+            if h != height:
+                for key, members in pending.items():
+                    yield batch(key, members)
+                pending.clear()
+                height = h
             found = atts.pop((h, i, _key(bh)), None)
+            record = (h, _key(bh), _key(off))
+            if record in batches:
+                pending.setdefault(record, []).append(
+                    BatchMember(i, _str(eid), _leaf(leaf), found is not None)
+                )
+                continue
             created_at, window = block_times.get((h, _key(bh)), ("", None))
             yield AttestedEvent(
                 chain,
@@ -638,10 +768,15 @@ def read_source_rows(
                 extra_rows=0 if found is None else len(found) - 1,
                 append_window=window,
             )
+        for key, members in pending.items():
+            yield batch(key, members)
         for (h, i, _bh), found in atts.items():
             if h in committed_heights:  # rows above the head are a crash's leftovers
                 yield AttestedEvent(
                     chain, h, i, _str(found[0][1][0]), None, found[0][0], orphan=True
                 )
+        for key in list(batches):
+            if key[0] in committed_heights:  # a batch row naming no event of its block
+                yield batch(key, [])
 
     return events(), key_events, heartbeats

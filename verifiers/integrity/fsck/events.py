@@ -8,6 +8,15 @@ against the signed header, and the events' offsets against the header's signed
 ``event_offsets`` (ADR 0014). When several rows claim one index, the one that
 reproduces the signed root is taken as the block's.
 
+Batch records (ADR 0020): when the header signs ``event_records``, the events of one
+record share its offset, so offsets only have to be non-decreasing in index order
+(``EVENT_OUT_OF_ORDER`` otherwise, at the row), inside the range
+(``EVENT_OFFSET_OUT_OF_RANGE``, at the row), the number of distinct offsets must be
+``event_records`` and the offsets (one per event, repeated) the signed digest
+(``EVENT_OFFSETS_MISMATCH``, one per block, both named in its details). Which events
+of a shared offset belong to which signed batch is the source checks' question
+(``verifiers.integrity.sources``).
+
 Rows are untrusted: a column of the wrong type (an attacker who changed the schema,
 a NULL in a column made Nullable) is a finding at its row, never an exception.
 """
@@ -162,6 +171,10 @@ def check_events(
     leaves: list[bytes] = []
     append_leaf = leaves.append
     prev_off = -1
+    # batch records (ADR 0020): the events of one record share its offset
+    repeats_ok = chk.event_records is not None
+    step = 0 if repeats_ok else 1
+    distinct = 0
     out_of_order = False
     offsets_ok = True  # every offset readable and in range
     seen_ids: set[Any] = set()
@@ -259,12 +272,14 @@ def check_events(
                     "last_offset": last_off,
                 },
             )
-        if off <= prev_off:
+        if off < prev_off + step:
             out_of_order = True
+        elif off != prev_off:
+            distinct += 1
         prev_off = off
 
     if out_of_order:
-        _report_order(emit, height, chk, by_idx, leaves if complete else None)
+        _report_order(emit, height, chk, by_idx, leaves if complete else None, repeats_ok)
     if complete and merkle_root(leaves).hex() != chk.merkle_root:
         emit(
             C.MERKLE_ROOT_MISMATCH,
@@ -273,14 +288,20 @@ def check_events(
             details={"header": chk.merkle_root, "computed": merkle_root(leaves).hex()},
         )
     if complete and offsets_ok and not out_of_order and chk.event_offsets is not None:
-        _check_offsets(emit, height, chk, [by_idx[i].kafka_offset for i in range(count)])
+        _check_offsets(emit, height, chk, [by_idx[i].kafka_offset for i in range(count)], distinct)
     return checked
 
 
-def _check_offsets(emit: Emit, height: int, chk: _HeaderCheck, offsets: list[Any]) -> None:
-    """The events' offsets against the signed ``event_offsets``: an event moved to an
-    offset that was dead-lettered (or absent) keeps the order and the range, not this."""
-    if offsets_digest(offsets) == chk.event_offsets:
+def _check_offsets(
+    emit: Emit, height: int, chk: _HeaderCheck, offsets: list[Any], records: int
+) -> None:
+    """The events' offsets against the signed ``event_offsets`` and, for a block of
+    batch records, their ``records`` distinct offsets against the signed
+    ``event_records``: an event moved to an offset that was dead-lettered (or absent),
+    or to another record's, keeps the order and the range, not this."""
+    digest = offsets_digest(offsets)
+    records_ok = chk.event_records is None or records == chk.event_records
+    if digest == chk.event_offsets and records_ok:
         return
     free: list[int] = []  # offsets of the range the stored rows leave to dead letters
     expected = chk.first_offset
@@ -291,18 +312,23 @@ def _check_offsets(emit: Emit, height: int, chk: _HeaderCheck, offsets: list[Any
         expected = off + 1
         if len(free) >= _MAX_OFFSETS_LISTED:
             break
+    details: dict[str, Any] = {
+        "header": chk.event_offsets,
+        "computed": digest,
+        "first_offset": chk.first_offset,
+        "last_offset": chk.last_offset,
+        "stored_free_offsets": free,
+    }
+    if chk.event_records is not None:
+        details["event_records"] = chk.event_records
+        details["stored_records"] = records
     emit(
         C.EVENT_OFFSETS_MISMATCH,
         height,
         "the Kafka offsets of the stored events are not the ones the signed header commits "
-        "to: an event was moved to an offset that was dead-lettered or absent",
-        details={
-            "header": chk.event_offsets,
-            "computed": offsets_digest(offsets),
-            "first_offset": chk.first_offset,
-            "last_offset": chk.last_offset,
-            "stored_free_offsets": free,
-        },
+        "to: an event was moved to an offset that was dead-lettered or absent"
+        + ("" if chk.event_records is None else ", or to another record's"),
+        details=details,
     )
 
 
@@ -343,9 +369,11 @@ def _report_order(
     chk: _HeaderCheck,
     by_idx: dict[int, StoredRow],
     leaves: list[bytes] | None,
+    repeats_ok: bool = False,
 ) -> None:
     """Name the rows that are out of place: those whose offset is not where a
-    sorted order would have it (for a swap: exactly the two swapped rows)."""
+    sorted order would have it (for a swap: exactly the two swapped rows); a repeated
+    offset is out of place unless the block holds batch records (``repeats_ok``)."""
     idxs = sorted(i for i, r in by_idx.items() if r.kafka_offset is not None)
     offsets: list[int] = [by_idx[i].kafka_offset for i in idxs]
     in_order = sorted(offsets)
@@ -356,7 +384,7 @@ def _report_order(
     prev = None
     for pos, idx in enumerate(idxs):
         off = offsets[pos]
-        if off != in_order[pos] or off == prev:
+        if off != in_order[pos] or (off == prev and not repeats_ok):
             r = by_idx[idx]
             emit(
                 C.EVENT_OUT_OF_ORDER,

@@ -57,6 +57,12 @@ class _HeaderCheck:
         """The signed commitment to the events' offsets (None: an older header)."""
         return None if self.header is None else self.header.event_offsets
 
+    @property
+    def event_records(self) -> int | None:
+        """The offsets of the range whose (batch) record carries the block's events
+        (ADR 0020); None when every event is a record of its own (or no header)."""
+        return None if self.header is None else self.header.event_records
+
 
 _HEADER_FIELD_COLUMNS = (
     "prev_hash",
