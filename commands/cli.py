@@ -72,6 +72,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.benchmarks.sdk",
         "measure the producer SDK's signed events/s per thread (batch and per-event records)",
     ),
+    "benchmark-verify": (
+        "commands.benchmarks.verify",
+        "measure careledger verify's events/s (per core, per process count) on a signed ledger",
+    ),
     "benchmark-witness": (
         "commands.benchmarks.witness",
         "measure checkpoint-to-quorum latency, witness cosignatures/s and verify with witnesses",

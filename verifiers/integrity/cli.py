@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
 import json
 import logging
 import sys
@@ -49,9 +50,11 @@ from verifiers.integrity.fsck import (
     DEFAULT_MAX_FINDINGS,
     VerifiedHead,
 )
+from verifiers.integrity.parallel import default_processes
 from verifiers.integrity.run import (
     EXIT_ERROR,
     EXIT_TAMPERED,
+    VerificationRun,
     assess_run,
     chains_to_verify,
     check_run_sources,
@@ -131,6 +134,13 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
         help="also compare the primary with the replica database (replica_clickhouse_*, "
         "ADR 0017): every row that differs or is missing is a REPLICA_MISMATCH finding",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="verify the chains in N worker processes, each with its own ClickHouse "
+        "connection (default: one per chain, at most one per core; --follow: 1)",
+    )
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N cycles")
     parser.add_argument(
         "--stop-after", type=float, metavar="SECONDS", help="--follow: stop after this long"
@@ -187,6 +197,8 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _error("--from-height must be >= 0")
     if args.max_findings < 0:
         return _error("--max-findings must be >= 0")
+    if getattr(args, "processes", None) is not None and args.processes < 1:
+        return _error("--processes must be >= 1")
     if args.follow and args.from_height:
         return _error("--from-height cannot be combined with --follow")
     if (args.max_cycles is not None or args.stop_after is not None) and not args.follow:
@@ -257,6 +269,11 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         store.backend.close()
 
 
+def open_chain_store(settings: Settings) -> ChainStore:
+    """A store of its own (a worker process's connection) on ``settings``' database."""
+    return ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+
+
 def replica_findings(
     store: ChainStore, settings: Settings, chains: list[str] | None
 ) -> list[Finding]:
@@ -323,6 +340,17 @@ def _verify_once(
             return _error(missing_registrar_message())
         chains = chains_to_verify(store, args.chain, compare_with)
         scope: dict[str, Any] = {"chains": args.chain or "all", "from_height": args.from_height}
+        source_error: list[RegistrarConfigError | KeyFileError] = []
+
+        def source_checks(run: VerificationRun) -> None:
+            if not sources:
+                return
+            try:
+                check_run_sources(run, store, settings)
+            except (RegistrarConfigError, KeyFileError) as exc:
+                source_error.append(exc)
+
+        processes = getattr(args, "processes", None)
         run = run_verification(
             store,
             keys,
@@ -336,15 +364,15 @@ def _verify_once(
             checkpoints=snapshot,
             checkpoint_findings=cp_findings,
             census=not args.chain,
+            processes=default_processes(len(chains)) if processes is None else processes,
+            open_store=functools.partial(open_chain_store, settings),
+            alongside=source_checks,
         )
-        if sources:
-            try:
-                check_run_sources(run, store, settings)
-            except (RegistrarConfigError, KeyFileError) as exc:
-                if not run.failures:
-                    return _error(exc.message)
-                # the store is tampered with whatever the registrar: say so (exit 1)
-                print(f"careledger verify: source checks not run: {exc.message}", file=sys.stderr)
+        for problem in source_error:
+            if not run.failures:
+                return _error(problem.message)
+            # the store is tampered with whatever the registrar: say so (exit 1)
+            print(f"careledger verify: source checks not run: {problem.message}", file=sys.stderr)
         assess_run(run, store, witnesses)
     except StorageError as exc:
         return _error(f"cannot read the chains from ClickHouse database {db!r}: {exc.message}")

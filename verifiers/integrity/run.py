@@ -45,6 +45,7 @@ from verifiers.integrity.fsck import (
     is_failure,
     verify_chain,
 )
+from verifiers.integrity.parallel import ChainPool
 from verifiers.integrity.processor_keys import check_processor_keys, read_block_keys
 from verifiers.integrity.sources import (
     build_registry,
@@ -275,6 +276,9 @@ def run_verification(
     checkpoints: CheckpointSnapshot | None = None,
     checkpoint_findings: Iterable[Finding] = (),
     census: bool = False,
+    processes: int = 1,
+    open_store: Callable[[], ChainStore] | None = None,
+    alongside: Callable[[VerificationRun], None] | None = None,
 ) -> VerificationRun:
     """Verify ``chains`` one after the other. Raises ``StorageError`` if the store fails
     and ``VerifyCancelled`` if ``cancel()`` becomes true.
@@ -282,7 +286,15 @@ def run_verification(
     ``known`` is the head each chain is compared with (see ``checkpoint_heads``);
     ``checkpoint_findings`` are reported with the run (and passed to ``on_finding``).
     ``census``: also report rows stored under a chain id no block can carry (the whole
-    store is being verified, not some chains)."""
+    store is being verified, not some chains).
+
+    ``processes`` > 1 with ``open_store`` (a picklable opener of the same store):
+    the chains are verified in that many worker processes (``parallel``), each with
+    its own connection, and the reports kept in chain order (the findings are those of
+    the sequential run; ``on_finding`` then sees each chain's kept findings once its
+    report is in, and ``cancel`` is not polled: pass ``processes=1`` with either).
+    ``alongside(run)`` is called once the chains are under way (in parallel: while the
+    workers verify them; else after them), for checks over the whole ledger."""
     run = VerificationRun(mode=mode, database=database, scope=scope or {"chains": "all"})
     run.checkpoints = checkpoints
     run.checkpoint_findings = list(checkpoint_findings)
@@ -294,7 +306,24 @@ def run_verification(
     known = known or {}
     from_heights = from_heights or {}
     started = time.perf_counter()
-    for chain in chains:
+    workers = min(processes, len(chains))
+    if workers > 1 and open_store is not None and cancel is None:
+        pool = ChainPool(workers, open_store, keys)
+        try:
+            pool.submit(chains, from_heights, known, max_findings)
+            if alongside is not None:
+                alongside(run)
+            for report in pool.reports():
+                run.reports.append(report)
+                if on_finding is not None:
+                    for f in report.findings:
+                        on_finding(f)
+        finally:
+            pool.close()
+        chains_done = True
+    else:
+        chains_done = False
+    for chain in [] if chains_done else chains:
         if cancel is not None and cancel():
             raise VerifyCancelled()
         report = verify_chain(
@@ -309,6 +338,8 @@ def run_verification(
             kind=store.kind_of(chain),
         )
         run.reports.append(report)
+    if not chains_done and alongside is not None:
+        alongside(run)
     if checkpoints is not None and checkpoints.trees:
         # The signed roots against the stored trees (ADR 0012), whole chains only.
         whole = [c for c in chains if not from_heights.get(c)]

@@ -44,7 +44,12 @@ the processor published to Kafka; see ``verifiers.integrity.checkpoints``): a lo
 ``CHAIN_TRUNCATED``, a different block at the known height is ``CHAIN_REWRITTEN``.
 
 Cost per event: one msgspec decode + re-encode, one SHA-256, a tuple comparison;
-per block one Ed25519 verification and one Merkle root.
+per block one Ed25519 verification and one Merkle root. A store that reads in bulk
+(``ChainStore.event_columns``) gives a block's rows as columns, and a block is first
+checked whole, column by column (``events._block_sound``); only a block with something
+to report is checked again row by row, which makes the findings. The typed decode and
+re-encode of each event's bytes stay: they are most of the remaining cost. Chains are
+verified in parallel worker processes by ``verifiers.integrity.parallel``.
 
 Follow-on noise is suppressed where the cause is already named: no link or offset
 checks across a height gap, no Merkle check for a block with missing events, and

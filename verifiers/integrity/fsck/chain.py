@@ -11,13 +11,14 @@ uncommitted rows above the head and compares the head with ``known_head``
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from careledger.storage.kinds import ACCESS, RecordKind
-from careledger.storage.store import StoredHeader
+from careledger.storage.store import EventColumns, StoredHeader
 from careledger_core.findings import Finding, FindingCode
 from verifiers.integrity.fsck.events import check_events
 from verifiers.integrity.fsck.headers import _HeaderCheck, check_header
@@ -25,6 +26,7 @@ from verifiers.integrity.fsck.model import (
     DEFAULT_BATCH_EVENTS,
     DEFAULT_MAX_FINDINGS,
     MAX_HEIGHT,
+    BlockRows,
     ChainReport,
     HeaderVerifier,
     Reader,
@@ -35,11 +37,14 @@ from verifiers.integrity.fsck.model import (
     _show,
     _text,
     _type_name,
+    as_rows,
     is_failure,
     severity_of,
 )
 
 C = FindingCode
+#: what one fetch of event rows gives: rows, or columns from a bulk reader
+Fetched = Sequence[StoredRow] | EventColumns
 
 
 class _ChainVerifier:
@@ -122,17 +127,19 @@ class _ChainVerifier:
         # batches are held in memory.
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fsck-fetch")
         pending_batch: list[tuple[int, list[StoredHeader]]] | None = None
-        pending_rows: Future[Sequence[StoredRow]] | None = None
+        pending_rows: Future[Fetched] | None = None
+        # a store that reads columns in bulk does (no object per row)
+        fetch: Callable[[str, int, int], Fetched] = getattr(
+            self.reader, "event_columns", self.reader.events
+        )
         try:
             for batch in self._batches(scan_from):
                 if self.cancel is not None and self.cancel():
                     raise VerifyCancelled()
                 top = batch[-1][0]
-                rows: Future[Sequence[StoredRow]] | None = None
+                rows: Future[Fetched] | None = None
                 if top >= self.next_event_height:
-                    rows = pool.submit(
-                        self.reader.events, self.chain_id, self.next_event_height, top
-                    )
+                    rows = pool.submit(fetch, self.chain_id, self.next_event_height, top)
                     self.next_event_height = top + 1
                 if pending_batch is not None:
                     self._process_batch(pending_batch, pending_rows)
@@ -195,17 +202,27 @@ class _ChainVerifier:
     def _process_batch(
         self,
         batch: list[tuple[int, list[StoredHeader]]],
-        fetched: Future[Sequence[StoredRow]] | None,
+        fetched: Future[Fetched] | None,
     ) -> None:
-        rows_by_height: dict[int, list[StoredRow]] = {}
+        rows_by_height: dict[int, list[StoredRow] | BlockRows] = {}
         if fetched is not None:
-            for ev in self._placed_rows(fetched.result()):
-                rows_by_height.setdefault(ev.height, []).append(ev)
+            result = fetched.result()
+            if isinstance(result, EventColumns):
+                grouped = _group_columns(result)
+                if grouped is not None:
+                    rows_by_height.update(grouped)
+                    result = []
+                else:  # an odd height column: row by row, as read
+                    result = [result.row(i) for i in range(len(result))]
+            for ev in self._placed_rows(result):
+                listed = rows_by_height.setdefault(ev.height, [])
+                assert isinstance(listed, list)
+                listed.append(ev)
         for height, header_rows in batch:
             self._block(height, header_rows, rows_by_height.pop(height, None))
         # Rows at heights that have no header at all, below a header: orphans.
         for height in sorted(rows_by_height):
-            rows = rows_by_height[height]
+            rows = as_rows(rows_by_height[height])
             self.emit(
                 C.EVENT_UNEXPECTED,
                 height,
@@ -219,7 +236,10 @@ class _ChainVerifier:
 
     # ------------------------------------------------------------------ one height
     def _block(
-        self, height: int, header_rows: list[StoredHeader], event_rows: Sequence[StoredRow] | None
+        self,
+        height: int,
+        header_rows: list[StoredHeader],
+        event_rows: Sequence[StoredRow] | BlockRows | None,
     ) -> None:
         link = True
         if height > self.expected_height:
@@ -239,7 +259,11 @@ class _ChainVerifier:
             if self.known is not None and self.known.height == height
             else None
         )
-        chosen = self._choose(checks, known_hash, event_rows or ())
+        chosen = (
+            checks[0]
+            if len(checks) == 1
+            else self._choose(checks, known_hash, as_rows(event_rows or ()))
+        )
         if len(checks) > 1:
             self.emit(
                 C.HEIGHT_FORK,
@@ -400,6 +424,24 @@ def _group_by_height(headers: Iterable[StoredHeader]) -> Iterator[tuple[int, lis
         current.append(h)
     if current:
         yield height, current
+
+
+def _group_columns(cols: EventColumns) -> dict[int, BlockRows] | None:
+    """The rows of a bulk read by height (they come in height order), or None when a
+    height is not a height (then they are placed row by row and the odd ones reported)."""
+    heights = cols.column("height")
+    if not heights:
+        return {}
+    if set(map(type, heights)) != {int} or heights[0] < 0 or heights != sorted(heights):
+        return None
+    out: dict[int, BlockRows] = {}
+    lo, n = 0, len(heights)
+    while lo < n:
+        height = heights[lo]
+        hi = bisect.bisect_right(heights, height, lo)
+        out[height] = BlockRows(cols, lo, hi)
+        lo = hi
+    return out
 
 
 def _span(values: Iterable[int]) -> list[int]:

@@ -18,7 +18,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from careledger.storage.store import StoredEvent, StoredHeader, StoredRaw, StoredReference
+from careledger.storage.store import (
+    EventColumns,
+    StoredEvent,
+    StoredHeader,
+    StoredRaw,
+    StoredReference,
+)
 from careledger_core.block import BlockHeader
 from careledger_core.findings import Finding, FindingCode, Severity
 
@@ -71,6 +77,42 @@ class Reader(Protocol):
     ) -> Iterator[StoredHeader]: ...
 
     def events(self, chain_id: str, from_height: int, to_height: int) -> Sequence[StoredRow]: ...
+
+
+class BulkReader(Reader, Protocol):
+    """A reader that also reads record rows column by column (``ChainStore``)."""
+
+    def event_columns(self, chain_id: str, from_height: int, to_height: int) -> EventColumns: ...
+
+
+class BlockRows:
+    """The rows ``lo .. hi - 1`` of a bulk read (``EventColumns``): one block's rows,
+    column by column for the whole-block checks, as row objects (made once, on demand)
+    for the row-by-row ones."""
+
+    __slots__ = ("_rows", "cols", "hi", "lo")
+
+    def __init__(self, cols: EventColumns, lo: int, hi: int) -> None:
+        self.cols = cols
+        self.lo = lo
+        self.hi = hi
+        self._rows: list[StoredRow] | None = None
+
+    def __len__(self) -> int:
+        return self.hi - self.lo
+
+    def column(self, name: str) -> list[Any]:
+        return self.cols.column(name)[self.lo : self.hi]
+
+    def rows(self) -> list[StoredRow]:
+        if self._rows is None:
+            row = self.cols.row
+            self._rows = [row(i) for i in range(self.lo, self.hi)]
+        return self._rows
+
+
+def as_rows(rows: Sequence[StoredRow] | BlockRows) -> Sequence[StoredRow]:
+    return rows.rows() if isinstance(rows, BlockRows) else rows
 
 
 @dataclass(frozen=True, slots=True)
