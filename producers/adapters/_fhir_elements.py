@@ -54,6 +54,8 @@ class _Reader:
         self.issues = issues
 
     def obj(self, value: object, path: str) -> Mapping[str, Any] | None:
+        if type(value) is dict:  # the usual case, without the ABC check
+            return value
         if value is None:
             return None
         if isinstance(value, Mapping):
@@ -123,13 +125,15 @@ class _Reader:
         o = self.obj(value, path)
         if o is None:
             return None
-        return make_coding(
-            self.string(o.get("system"), f"{path}.system"),
-            self.string(o.get("code"), f"{path}.code"),
-            self.string(o.get("display"), f"{path}.display"),
-            self.issues,
-            path,
-        )
+        system, code, display = o.get("system"), o.get("code"), o.get("display")
+        # the paths are only needed for a value of the wrong type (then in this order)
+        if system is not None and type(system) is not str:
+            system = self.string(system, f"{path}.system")
+        if code is not None and type(code) is not str:
+            code = self.string(code, f"{path}.code")
+        if display is not None and type(display) is not str:
+            display = self.string(display, f"{path}.display")
+        return make_coding(system, code, display, self.issues, path)
 
     def concept_texts(self, value: object, path: str) -> list[str]:
         """Texts of a CodeableConcept (array): ``text``, else coding displays/codes."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import re
@@ -165,7 +166,30 @@ def make_coding(
     path: str,
 ) -> Coding | None:
     """A :class:`Coding`, or ``None`` without a code. A missing system becomes
-    :data:`UNSPECIFIED_SYSTEM` (CODE_WITHOUT_SYSTEM)."""
+    :data:`UNSPECIFIED_SYSTEM` (CODE_WITHOUT_SYSTEM). The result and the issues of a
+    (system, code, display) are remembered: the same codes recur in every record."""
+    found = _make_coding_cached(system, code, display)
+    for issue_code, message in found[1]:
+        issues.add(issue_code, message, path)
+    return found[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _make_coding_cached(
+    system: str | None, code: str | None, display: str | None
+) -> tuple[Coding | None, tuple[tuple[str, str], ...]]:
+    collected = Issues()
+    coding = _make_coding(system, code, display, collected, "")
+    return coding, tuple((i.code, i.message) for i in collected.freeze())
+
+
+def _make_coding(
+    system: str | None,
+    code: str | None,
+    display: str | None,
+    issues: Issues,
+    path: str,
+) -> Coding | None:
     c = clip_id(code, issues, path)
     if c is None:
         return None
@@ -198,10 +222,30 @@ _MAX_FRACTION_DIGITS: Final = 64
 def format_timestamp(value: dt.datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SS.ffffffZ`` of an aware datetime (converted to UTC)."""
     utc = value.astimezone(dt.UTC)
-    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}.{utc.microsecond:06d}Z"
+    return (
+        f"{utc.year:04d}-{utc.month:02d}-{utc.day:02d}T{utc.hour:02d}:{utc.minute:02d}:"
+        f"{utc.second:02d}.{utc.microsecond:06d}Z"
+    )
 
 
 def parse_time(value: str, issues: Issues, path: str) -> str | None:
+    """An event timestamp from an ISO 8601 / FHIR dateTime / xs:dateTime string (see
+    :func:`_parse_time`; the result and the issues of a value are remembered, as the
+    same times recur in a stream)."""
+    found = _parse_time_cached(value)
+    for code, message in found[1]:
+        issues.add(code, message, path)
+    return found[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_time_cached(value: str) -> tuple[str | None, tuple[tuple[str, str], ...]]:
+    collected = Issues()
+    result = _parse_time(value, collected, "")
+    return result, tuple((i.code, i.message) for i in collected.freeze())
+
+
+def _parse_time(value: str, issues: Issues, path: str) -> str | None:
     """An event timestamp from an ISO 8601 / FHIR dateTime / xs:dateTime string.
 
     Offsets are converted to UTC; fractions are kept to the microsecond (further digits

@@ -12,10 +12,11 @@ docs/ingest-mapping.md for the field-by-field mapping.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Final, Literal
-from xml.etree.ElementTree import Element, ParseError, TreeBuilder
+from xml.etree.ElementTree import Element, ParseError, TreeBuilder, XMLParser
 
 from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import DefusedXMLParser
@@ -85,8 +86,13 @@ _SESSION_DETAILS: Final = frozenset({"jti", "assertionid", "saml-assertion-id", 
 
 
 # ============================================================================ XML access
+@functools.lru_cache(maxsize=1024)
+def _local_name(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1].lower()
+
+
 def _local(tag: object) -> str:
-    return tag.rsplit("}", 1)[-1].lower() if isinstance(tag, str) else ""
+    return _local_name(tag) if isinstance(tag, str) else ""
 
 
 def _children(element: Element, name: str) -> list[Element]:
@@ -582,6 +588,26 @@ class _Mapper:
 
 
 # ============================================================================ parsing
+def _parse_plain(body: bytes) -> Element | None:
+    """The fast path: the C parser, for a well-formed AuditMessage without a DTD.
+
+    Entity declarations and external references can only come from a DTD, and a DTD
+    needs the literal ``<!DOCTYPE`` (the bytes are read as UTF-8 whatever they declare),
+    so a document without it cannot reach what ``DefusedXMLParser`` forbids. Anything
+    else (a DTD, malformed XML, another root) returns None: the defused parser then
+    decides, with its own messages.
+    """
+    if b"<!DOCTYPE" in body:
+        return None
+    parser = XMLParser(target=TreeBuilder(), encoding="utf-8")
+    try:
+        parser.feed(body)
+        root: Element = parser.close()
+    except (ParseError, ValueError, RecursionError, MemoryError):
+        return None
+    return root if _local(root.tag) == _ROOT.lower() else None
+
+
 def _parse_xml(raw: bytes, sha256: str, issues: Issues) -> Element:
     decode_utf8(raw, sha256)  # NOT_UTF8 before the parser sees anything
     body = raw[len(UTF8_BOM) :] if raw.startswith(UTF8_BOM) else raw
@@ -596,6 +622,9 @@ def _parse_xml(raw: bytes, sha256: str, issues: Issues) -> Element:
             f"declared encoding {declared.group(1).decode('ascii')!r}: read as UTF-8",
             "?xml",
         )
+    plain = _parse_plain(body)
+    if plain is not None:
+        return plain
     parser = DefusedXMLParser(
         target=TreeBuilder(),
         encoding="utf-8",

@@ -1,21 +1,29 @@
 """Kafka for the gateway: raw records, events and dead letters, acknowledged per record.
 
 One thread owns the Kafka clients (the SDK producer is not thread-safe). Listeners hand
-it :class:`Job` s and await them; the thread takes whatever jobs are waiting as one
-group and, for the group:
+it :class:`Job` s (``publish``, or ``publish_many`` for several records at once, which
+then share one wait) and await them; the thread takes whatever jobs are waiting as one
+group and works in rounds. In each round it:
 
 1. produces the raw records (``Settings.topic_raw``) and dead letters
-   (``Settings.topic_dead_letter``) and waits until Kafka acknowledged or refused each
-   (``acks=all``, idempotent);
-2. sends the events of every job whose raw record was acknowledged through the SDK
-   (:class:`careledger.kafka.producer.AccessEventProducer`, which signs them when the gateway has a
-   source key), ``on_behalf_of`` the authenticated sender, and flushes: the flush closes
-   the open batches, so the group's events leave as one batch record per sender
-   (``careledger.signed-batch/1``, ADR 0020; more when a batch reaches
-   ``source_batch_max_events`` or ``source_batch_max_bytes``), and returns once Kafka
-   acknowledged every record (a batch record's delivery report settles all its events);
-3. resolves each job: acknowledged only if its raw record (or dead letter) *and* all
-   its events were acknowledged.
+   (``Settings.topic_dead_letter``) of the new group (``acks=all``, idempotent);
+2. sends the events of every job of the *previous* group whose raw record Kafka
+   acknowledged, through the SDK (:class:`careledger.kafka.producer.AccessEventProducer`,
+   which signs them when the gateway has a source key), ``on_behalf_of`` the
+   authenticated sender;
+3. waits until Kafka acknowledged or refused each raw record and dead letter of the new
+   group, then flushes the events: the flush closes the open batches, so the events
+   leave as one batch record per sender (``careledger.signed-batch/1``, ADR 0020; more
+   when a batch reaches ``source_batch_max_events`` or ``source_batch_max_bytes``), and
+   returns once Kafka acknowledged every record (a batch record's delivery report
+   settles all its events);
+4. resolves each job of the previous group, and each job of the new group that has no
+   events or has failed: acknowledged only if its raw record (or dead letter) *and* all
+   its events were acknowledged. The other jobs of the new group have their events
+   sent in the next round (at once: the thread does not wait for new jobs then).
+
+So the raw records of one group and the events of the one before are in flight
+together, one wait per round.
 
 So an event is never in Kafka before the raw record it references, and a sender is
 never told "accepted" for a record Kafka does not have. Messages time out after
@@ -27,7 +35,8 @@ jobs, and the SDK does not say which one lost a message);
 those senders retry, and what was delivered is then delivered twice (at least once).
 
 Grouping is what makes many concurrent senders cheap: while one group waits for
-Kafka, the next one collects.
+Kafka, the next one collects; and the futures of a round are settled with one
+wake-up of the event loop, not one per job.
 """
 
 from __future__ import annotations
@@ -94,6 +103,20 @@ class DeadLetter:
     headers: Headers
 
 
+class _Waiter:
+    """The future of one publish_many call: settled when its last job is resolved
+    (only the publisher thread counts)."""
+
+    __slots__ = ("future", "loop", "remaining")
+
+    def __init__(
+        self, future: asyncio.Future[None], loop: asyncio.AbstractEventLoop, jobs: int
+    ) -> None:
+        self.future = future
+        self.loop = loop
+        self.remaining = jobs
+
+
 @dataclass
 class Job:
     """What one received record becomes: its raw envelope and events, or a dead letter."""
@@ -105,8 +128,7 @@ class Job:
     on_behalf_of: str | None = None
     # set by the publisher thread
     error: str | None = None
-    _future: asyncio.Future[None] | None = field(default=None, repr=False)
-    _loop: asyncio.AbstractEventLoop | None = field(default=None, repr=False)
+    _waiter: _Waiter | None = field(default=None, repr=False)
     _pending: int = 0
 
     def fail(self, reason: str) -> None:
@@ -150,7 +172,7 @@ class Publisher:
                 "message.timeout.ms": timeout_ms,
             },
         )
-        self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._queue: queue.Queue[list[Job] | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="careledger-gateway-kafka")
         self._stopping = False
         self._client_error: str | None = None
@@ -162,18 +184,25 @@ class Publisher:
     # ---------------------------------------------------------------- callers
     async def publish(self, job: Job) -> None:
         """Hand ``job`` to Kafka and wait for every acknowledgement; raises PublishError."""
-        if self._stopping:
-            raise PublishError("the gateway is shutting down")
-        loop = asyncio.get_running_loop()
-        job._loop = loop
-        job._future = loop.create_future()
-        self._queue.put(job)
-        try:
-            await job._future
-        except asyncio.CancelledError:
-            raise
+        await self.publish_many([job])
         if job.error is not None:
             raise PublishError(job.error)
+
+    async def publish_many(self, jobs: Sequence[Job]) -> None:
+        """Hand ``jobs`` to Kafka together (they go in the same group) and wait until
+        every one is settled; each job's ``error`` says whether it was acknowledged
+        (None) or why not. Raises PublishError only when the gateway is stopping."""
+        if self._stopping:
+            raise PublishError("the gateway is shutting down")
+        if not jobs:
+            return
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        waiter = _Waiter(future, loop, len(jobs))
+        for job in jobs:
+            job._waiter = waiter
+        self._queue.put(list(jobs))
+        await future
 
     def kafka_status(self, timeout: float = 3.0) -> tuple[bool, str]:
         """Whether the broker answers and the gateway's topics exist (for /health)."""
@@ -206,41 +235,64 @@ class Publisher:
     def _on_client_error(self, err: KafkaError) -> None:
         self._client_error = f"{err.name()}: {err.str()}"
 
-    def _run(self) -> None:
+    def _take(self, block: bool) -> tuple[list[Job], bool]:
+        """The jobs waiting now (waiting up to 0.5 s for one when ``block``), and
+        whether the gateway is stopping. The jobs of one publish_many call stay in one
+        group (they share a waiter)."""
+        group: list[Job] = []
         stop = False
-        while not stop:
+        try:
+            first = self._queue.get(timeout=0.5) if block else self._queue.get_nowait()
+        except queue.Empty:
+            return group, stop
+        if first is None:
+            stop = True
+        else:
+            group.extend(first)
+        while len(group) < MAX_GROUP_JOBS:
             try:
-                first = self._queue.get(timeout=0.5)
+                nxt = self._queue.get_nowait()
             except queue.Empty:
+                break
+            if nxt is None:
+                stop = True
+                continue
+            group.extend(nxt)
+        return group, stop
+
+    def _run(self) -> None:
+        """Pipelined: while the events of one group (whose raw records Kafka has
+        acknowledged) are in flight, the raw records of the next group are too; each
+        round waits once for both."""
+        stop = False
+        ready: list[Job] = []  # raw records acknowledged, events still to send
+        while True:
+            group: list[Job] = []
+            if not stop:
+                group, stop = self._take(block=not ready)
+            if not group and not ready:
+                if stop:
+                    break
                 self._raw.poll(0)
                 self._events.poll(0)
                 continue
-            group: list[Job] = []
-            if first is None:
-                stop = True
-            else:
-                group.append(first)
-            while len(group) < MAX_GROUP_JOBS:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    stop = True
-                    continue
-                group.append(nxt)
-            if group:
-                try:
-                    self._process(group)
-                except Exception as exc:  # never leave a sender waiting forever
-                    log.exception("publishing a group of %d records failed", len(group))
-                    for job in group:
-                        job.fail(f"internal error: {type(exc).__name__}")
-                self._resolve(group)
+            try:
+                self._round(group, ready)
+            except Exception as exc:  # never leave a sender waiting forever
+                log.exception("publishing a group of %d records failed", len(group) + len(ready))
+                for job in (*group, *ready):
+                    job.fail(f"internal error: {type(exc).__name__}")
+            done = [j for j in group if j.error is not None or not j.events]
+            self._resolve(ready + done)
+            ready = [j for j in group if j.error is None and j.events]
 
-    def _process(self, group: list[Job]) -> None:
-        self.groups += 1
-        # 1. raw records and dead letters
+    def _round(self, group: list[Job], ready: list[Job]) -> None:
+        """Produce ``group``'s raw records and dead letters and ``ready``'s events, then
+        wait for both: a job of ``group`` has failed if Kafka did not acknowledge its
+        raw record (or dead letters), a job of ``ready`` if its events were not."""
+        if group:
+            self.groups += 1
+        # 1. raw records and dead letters of the new group
         produced = False
         for job in group:
             if job.raw is not None:
@@ -250,29 +302,32 @@ class Publisher:
             for dl in job.dead_letters:
                 self._produce(job, self.settings.topic_dead_letter, dl.value, dl.key, dl.headers)
                 produced = True
+        # 2. events of the jobs whose raw record is in Kafka (the previous round's)
+        signing = self._events.signing
+        try:
+            for job in ready:
+                for event in job.events:
+                    if signing and job.on_behalf_of:
+                        # ADR 0010: the gateway's key signs for the authenticated sender.
+                        self._events.send(event, on_behalf_of=job.on_behalf_of)
+                    else:
+                        self._events.send(event)
+        except CareledgerError as exc:  # a signing failure
+            for job in ready:
+                job.fail(f"events not acknowledged by Kafka: {exc.code}")
+        # 3. wait for both
         if produced:
             remaining = self._raw.flush(self._flush_timeout)
             if remaining:
                 for job in group:
                     if job._pending:
                         job.fail(f"Kafka did not acknowledge within {self.ack_timeout_s:g} s")
-        # 2. events of the jobs whose raw record is in Kafka
-        with_events = [j for j in group if j.error is None and j.events]
-        if not with_events:
-            return
-        signing = self._events.signing
-        for job in with_events:
-            for event in job.events:
-                if signing and job.on_behalf_of:
-                    # ADR 0010: the gateway's key signs for the authenticated sender.
-                    self._events.send(event, on_behalf_of=job.on_behalf_of)
-                else:
-                    self._events.send(event)
-        try:
-            self._events.flush(self._flush_timeout)
-        except CareledgerError as exc:  # DeliveryError, or a signing failure
-            for job in with_events:
-                job.fail(f"events not acknowledged by Kafka: {exc.code}")
+        if ready:
+            try:
+                self._events.flush(self._flush_timeout)
+            except CareledgerError as exc:  # DeliveryError, or a signing failure
+                for job in ready:
+                    job.fail(f"events not acknowledged by Kafka: {exc.code}")
 
     def _produce(
         self, job: Job, topic: str, value: bytes, key: bytes | None, headers: Headers | None
@@ -302,18 +357,26 @@ class Publisher:
                 job.fail(f"Kafka refused a record for {topic}: {exc}")
                 return
 
-    def _resolve(self, group: list[Job]) -> None:
-        for job in group:
+    def _resolve(self, jobs: list[Job]) -> None:
+        """Settle the futures whose jobs are all resolved: one wake-up of each event
+        loop for all of them (a cross-thread call per job costs more than the job)."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[asyncio.Future[None]]] = {}
+        for job in jobs:
             if job.error is None:
                 self.jobs_ok += 1
             else:
                 self.jobs_failed += 1
-            future, loop = job._future, job._loop
-            if future is None or loop is None:
+            waiter, job._waiter = job._waiter, None
+            if waiter is None:
                 continue
-            loop.call_soon_threadsafe(_settle, future)
+            waiter.remaining -= 1
+            if waiter.remaining == 0:
+                by_loop.setdefault(waiter.loop, []).append(waiter.future)
+        for loop, futures in by_loop.items():
+            loop.call_soon_threadsafe(_settle, futures)
 
 
-def _settle(future: asyncio.Future[Any]) -> None:
-    if not future.done():
-        future.set_result(None)
+def _settle(futures: list[asyncio.Future[Any]]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)

@@ -262,15 +262,13 @@ class Gateway:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _frames(
+    def _syslog_jobs(
         self,
         protocol: str,
         base: dict[str, str],
         identity: Any,
         items: list[Frame | FrameError],
-    ) -> bool:
-        """Publish the records of ``items`` (in parallel) and wait for Kafka; False if
-        some were still not acknowledged after the retries."""
+    ) -> list[tuple[Received, Job, str | None]]:
         jobs: list[tuple[Received, Job, str | None]] = []
         for item in items:
             if isinstance(item, FrameError):
@@ -280,7 +278,24 @@ class Gateway:
             rec = received(item.data, protocol, {**base, "framing": item.framing})
             job, refused = self.ingestor.syslog_frame(rec, identity)
             jobs.append((rec, job, refused))
-        results = await asyncio.gather(*(self._publish_syslog(r, j) for r, j, _ in jobs))
+        return jobs
+
+    async def _frames(
+        self,
+        protocol: str,
+        base: dict[str, str],
+        identity: Any,
+        items: list[Frame | FrameError],
+    ) -> bool:
+        """Publish the records of ``items`` (together) and wait for Kafka; False if
+        some were still not acknowledged after the retries."""
+        jobs = self._syslog_jobs(protocol, base, identity, items)
+        return await self._publish_frames(protocol, base, jobs)
+
+    async def _publish_frames(
+        self, protocol: str, base: dict[str, str], jobs: list[tuple[Received, Job, str | None]]
+    ) -> bool:
+        results = await self._publish_syslog([(rec, job) for rec, job, _ in jobs])
         for (rec, _job, refused), ok in zip(jobs, results, strict=True):
             if ok:
                 self.counters.add(protocol, refused)
@@ -295,27 +310,42 @@ class Gateway:
                     )
         return all(results)
 
-    async def _publish_syslog(self, rec: Received, job: Job) -> bool:
+    async def _publish_syslog(self, items: list[tuple[Received, Job]]) -> list[bool]:
+        """Publish the jobs together (one group, one wait); offer the ones Kafka did not
+        acknowledge again, up to SYSLOG_ATTEMPTS times. Whether each was recorded."""
+        done = [False] * len(items)
+        todo = list(range(len(items)))
         for attempt in range(1, SYSLOG_ATTEMPTS + 1):
             try:
-                await self.publisher.publish(job)
-                return True
-            except PublishError as exc:
+                await self.publisher.publish_many([items[i][1] for i in todo])
+            except PublishError as exc:  # the gateway is stopping
+                for i in todo:
+                    items[i][1].fail(str(exc))
+            failed = []
+            for i in todo:
+                rec, job = items[i]
+                if job.error is None:
+                    done[i] = True
+                    continue
                 log.warning(
                     "%s frame sha256 %s not acknowledged (attempt %d/%d): %s",
                     rec.protocol,
                     rec.sha256,
                     attempt,
                     SYSLOG_ATTEMPTS,
-                    exc,
+                    job.error,
                 )
-                if self._stopping.is_set():
-                    break
-                job.error = None
-                job._pending = 0
-                await asyncio.sleep(min(2.0 * attempt, 5.0))
-        log.error("%s frame sha256 %s NOT recorded", rec.protocol, rec.sha256)
-        return False
+                failed.append(i)
+            todo = failed
+            if not todo or self._stopping.is_set() or attempt == SYSLOG_ATTEMPTS:
+                break
+            for i in todo:
+                items[i][1].error = None
+                items[i][1]._pending = 0
+            await asyncio.sleep(min(2.0 * attempt, 5.0))
+        for i in todo:
+            log.error("%s frame sha256 %s NOT recorded", items[i][0].protocol, items[i][0].sha256)
+        return done
 
     async def _udp_loop(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
