@@ -79,10 +79,13 @@ class Settings:
     # How long the group waits for a silent (e.g. killed) worker before giving
     # its partitions to another; the broker's minimum is 6 s.
     processor_session_timeout_s: float = 10.0
-    # Records the processor takes from Kafka per batch, and twice that buffered ahead: a
-    # batch record (ADR 0020) carries hundreds of events, so this bounds memory, not
-    # throughput (0: from block_max_events and partitions, as for one-event records).
-    processor_take_records: int = 128
+    # Bytes of Kafka records the processor holds ahead of chaining: the records of a take,
+    # the stream buffer behind it and one poll, counted at the largest record a topic
+    # takes (a batch record, ADR 0020). Memory stays flat whatever the backlog (issue 10).
+    processor_buffer_bytes: int = 48 * 1024 * 1024
+    # Records per take (0: as many as processor_buffer_bytes allows); the stream buffer
+    # and one poll hold as many again each.
+    processor_take_records: int = 0
     block_max_events: int = 1000
     block_max_ms: int = 250
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
@@ -304,4 +307,6 @@ def load_settings(
         raise ConfigError("block_max_events and block_max_ms must be positive")
     if settings.partitions < 1 or settings.reference_partitions < 1:
         raise ConfigError("partitions and reference_partitions must be at least 1")
+    if settings.processor_buffer_bytes < 1 or settings.processor_take_records < 0:
+        raise ConfigError("processor_buffer_bytes must be positive, processor_take_records >= 0")
     return settings

@@ -16,6 +16,8 @@ import asyncio
 import logging
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
@@ -34,11 +36,13 @@ from processors.processor import Part, Processor, Record
 from processors.sources import SourceGate, processor_key_problem
 
 __all__ = [
+    "ConsumerBudget",
     "KafkaOutputs",
     "Processor",
     "Record",
     "command_process",
     "configure_process",
+    "consumer_budget",
     "create_app",
     "quarantine_alerts",
     "source_gate",
@@ -72,6 +76,46 @@ def _quiet_monitor() -> Any:
             pass
 
     return QuietMonitor
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerBudget:
+    """How many Kafka records the processor holds ahead of chaining (issue 10).
+
+    Counted in records (faust and aiokafka count records), sized in bytes: a record is
+    taken at ``record_bytes``, the largest batch record a source sends (ADR 0020;
+    one-event records are far smaller). The records held are one take, the stream
+    buffer behind it and one poll, each at most ``take_records`` records: together
+    ``processor_buffer_bytes``, whatever the backlog. The fetcher holds at most one
+    response per partition of ``partition_fetch_bytes`` (Kafka returns a larger first
+    record whole, so it never stalls on one).
+    """
+
+    record_bytes: int
+    take_records: int
+    buffer_records: int
+    poll_records: int
+    partition_fetch_bytes: int
+
+    @property
+    def held_bytes(self) -> int:
+        """The records a full take, buffer and poll hold, at ``record_bytes`` each."""
+        return (self.take_records + self.buffer_records + self.poll_records) * self.record_bytes
+
+
+def consumer_budget(settings: Settings) -> ConsumerBudget:
+    """The take, buffer, poll and fetch sizes for ``processor_buffer_bytes``."""
+    record = max(settings.max_batch_record_bytes, settings.max_event_bytes, 1)
+    take = settings.processor_take_records or max(
+        1, settings.processor_buffer_bytes // (3 * record)
+    )
+    return ConsumerBudget(
+        record_bytes=record,
+        take_records=take,
+        buffer_records=take,
+        poll_records=take,
+        partition_fetch_bytes=record,
+    )
 
 
 def source_gate(settings: Settings) -> SourceGate:
@@ -109,11 +153,8 @@ def create_app(
     from faust.types import TP
 
     web_enabled = settings.processor_web_port > 0
-    # How many records one take holds (and twice that buffered): bounded in records, so
-    # that batch records of hundreds of events (ADR 0020) keep the memory bounded.
-    take_max = settings.processor_take_records or max(
-        1000, settings.block_max_events * min(settings.partitions, 4)
-    )
+    budget = consumer_budget(settings)
+    take_max = budget.take_records
     datadir = settings.run_dir / "faust" / settings.processor_app_id
     datadir.mkdir(parents=True, exist_ok=True)
     app = faust.App(
@@ -132,9 +173,11 @@ def create_app(
         broker_session_timeout=settings.processor_session_timeout_s,
         broker_heartbeat_interval=1.0,
         broker_commit_interval=1.0,
-        # records, not events: a batch record (ADR 0020) holds hundreds of events
-        stream_buffer_maxsize=2 * take_max,
-        broker_max_poll_records=5000,
+        # records, not events: a batch record (ADR 0020) holds hundreds of events; the
+        # budget counts them in bytes (``consumer_budget``)
+        stream_buffer_maxsize=budget.buffer_records,
+        broker_max_poll_records=budget.poll_records,
+        consumer_max_fetch_size=budget.partition_fetch_bytes,
         producer_acks=-1,
         Monitor=_quiet_monitor(),
         # faust's default is "<app id>-data" in the working directory.
@@ -162,6 +205,7 @@ def create_app(
         return int(offsets.get(tp) or 0)
 
     committed_reader: list[Any] = []
+    position_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-position")
 
     def committed_offset(part: Part) -> int | None:
         # The group's committed offset, read by a consumer of our own that never
@@ -186,8 +230,10 @@ def create_app(
         tp = TP(*part)
         if app.rebalancing or tp not in app.consumer.assignment():
             return None
+        # not on the store's thread: the timer holds the processor's lock meanwhile, and
+        # must not wait behind a write in flight for a round trip to the coordinator
         return await asyncio.get_running_loop().run_in_executor(
-            processor.executor, committed_offset, part
+            position_executor, committed_offset, part
         )
 
     processor = Processor(
