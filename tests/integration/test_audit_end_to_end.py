@@ -24,6 +24,7 @@ from tests.integration.pipeline import (
     wait_until,
     with_keys,
 )
+from tests.integration.test_pipeline import accounted_records
 
 pytestmark = pytest.mark.integration
 
@@ -85,12 +86,12 @@ def test_simulated_inappropriate_accesses_become_alerts(isolated: Settings, tmp_
     store = store_for(settings)
 
     def accounted() -> int:
-        rows = store.backend.execute(
-            f"SELECT sum(event_count) + sum(dead_lettered) + sum(absent_offsets) "
-            f"FROM {store.db}.blocks WHERE chain_id NOT LIKE %(sources)s",
+        # records, not events: a record per signed batch carries several (ADR 0020)
+        return accounted_records(
+            store,
+            " WHERE chain_id NOT LIKE %(sources)s",
             {"sources": f"%/{settings.topic_sources}/%"},  # the test source's own registry
         )
-        return int(rows[0][0] or 0)
 
     proc = start_processor(settings, tmp_path / "processor.log")
     try:
@@ -137,7 +138,7 @@ def test_simulated_inappropriate_accesses_become_alerts(isolated: Settings, tmp_
     while time.monotonic() < deadline and not alert_ids <= published:
         msg = consumer.poll(0.5)
         if msg is not None and not msg.error():
-            published.add(msg.key().decode())
+            published.add((msg.key() or b"").decode())
     consumer.close()
     stack_mod.delete_topics(settings, [settings.topic_alert_status])
     assert alert_ids <= published, f"{len(alert_ids - published)} alerts not on the topic"

@@ -12,7 +12,9 @@ import re
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -20,9 +22,12 @@ from confluent_kafka import Consumer, TopicPartition
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_public_keys
+from careledger.storage.store import ChainStore
 from careledger.storage.trees import stored_root
+from careledger_core.batch_record import looks_batch
+from careledger_core.block import decode_header
 from careledger_core.checkpoint import Checkpoint, verify_checkpoint
-from careledger_core.event import canonical_event_bytes
+from careledger_core.event import AccessEvent, canonical_event_bytes
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (
     accounted_offsets,
@@ -40,8 +45,30 @@ from tests.integration.pipeline import (
 pytestmark = pytest.mark.integration
 
 
-def _events(count: int, seed: int) -> list:
+def _events(count: int, seed: int) -> list[AccessEvent]:
     return list(simulate(HospitalModel(seed=seed), count=count, seed=seed))
+
+
+def accounted_records(
+    store: ChainStore, where: str = "", params: dict[str, Any] | None = None
+) -> int:
+    """Kafka offsets the signed block headers account for (ADR 0003/0014/0020), summed over
+    the blocks ``where`` selects: per block, the records carrying its events
+    (``event_records``; ``event_count`` when each event came in a record of its own, the
+    member then being absent) + the dead-lettered + the absent offsets. Equal to the sum of
+    the high watermarks when every record of those topics is accounted for once."""
+    rows = store.backend.execute(f"SELECT header FROM {store.db}.blocks{where}", params or {})
+    total = 0
+    for (raw,) in rows:
+        h = decode_header(raw if isinstance(raw, bytes) else str(raw).encode())
+        carrying = h.event_count if h.event_records is None else h.event_records
+        total += carrying + h.dead_lettered + h.absent_offsets
+    return total
+
+
+def events_carried(value: bytes) -> int:
+    """Events one record of the events topic carries: a batch record (ADR 0020) several."""
+    return len(json.loads(value)["events"]) if looks_batch(value) else 1
 
 
 def _assert_exactly_once(settings: Settings, produced_ids: list[str]) -> None:
@@ -68,16 +95,17 @@ def _read_topic(settings: Settings, topic: str, idle_s: float) -> list[bytes]:
         msg = consumer.poll(0.5)
         if msg is None or msg.error():
             continue
-        values.append(msg.value())
+        values.append(msg.value() or b"")
         last = time.monotonic()
     consumer.close()
     return values
 
 
-def _verify_ok(settings: Settings) -> dict:
+def _verify_ok(settings: Settings) -> dict[str, Any]:
     result = run_cli(settings, "verify", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
-    return json.loads(result.stdout)
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
 
 
 def test_simulated_traffic_is_chained_exactly_once_and_verifies(
@@ -196,10 +224,14 @@ def test_processor_killed_repeatedly_loses_and_duplicates_nothing(
             # something since it started (a fresh one first waits for the dead
             # member's session to expire), then strike at a random instant.
             before = committed_event_count(store)
+
+            def progressed(b: int = before) -> bool:
+                return committed_event_count(store) > b or committed_event_count(store) >= len(
+                    events
+                )
+
             wait_until(
-                lambda b=before: (
-                    committed_event_count(store) > b or committed_event_count(store) >= len(events)
-                ),
+                progressed,
                 60,
                 0.1,
                 "processor progress",
@@ -300,7 +332,11 @@ def test_unstored_records_are_chained_even_when_no_new_record_arrives(
             TopicPartition(settings.topic_events, p), timeout=10
         )
         at_end.append(TopicPartition(settings.topic_events, p, high))
-    assert sum(tp.offset for tp in at_end) == len(events)
+    # the committed offsets are past every record: the records before them carry all the
+    # events (a record per signed batch, ADR 0020)
+    records = _read_topic(settings, settings.topic_events, idle_s=3.0)
+    assert sum(tp.offset for tp in at_end) == len(records)
+    assert sum(events_carried(v) for v in records) == len(events)
     committer.commit(offsets=at_end, asynchronous=False)
     committer.close()
     log = tmp_path / "processor.log"
@@ -315,6 +351,10 @@ def test_unstored_records_are_chained_even_when_no_new_record_arrives(
         stop(proc)
     assert "past the stored head" in log.read_text(errors="replace")
     _assert_exactly_once(settings, [e.event_id for e in events])
+    # every offset before the committed ones is accounted for in a signed header, once
+    chains = {"chains": f"%/{settings.topic_events}/%"}
+    chained = accounted_records(store, " WHERE chain_id LIKE %(chains)s", chains)
+    assert chained == sum(tp.offset for tp in at_end)
     _verify_ok(settings)
 
 
@@ -334,7 +374,7 @@ def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
     valid = _events(9_000, seed=5)
     rng = random.Random(99)
     good = canonical_event_bytes(valid[0])
-    poison_kinds = [
+    poison_kinds: list[tuple[str, Callable[[int], bytes]]] = [
         ("EVENT_INVALID", lambda i: b"\xff\xfe not utf-8 " + bytes([i % 256])),
         ("EVENT_INVALID", lambda i: b'{"schema": "careledger.access-event/1", "event_id": '),
         ("EVENT_INVALID", lambda i: good.replace(b'"action":"', b'"action":"X', 1)),
@@ -387,12 +427,14 @@ def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
         msg = consumer.poll(1.0)
         if msg is None or msg.error():
             continue
-        headers = dict(msg.headers() or [])
+        raw_headers = msg.headers() or []
+        assert isinstance(raw_headers, list)
+        headers = {k: v for k, v in raw_headers if isinstance(v, bytes)}
         source = (
             int(headers["careledger-source-partition"]),
             int(headers["careledger-source-offset"]),
         )
-        seen[source] = (msg.value(), headers)
+        seen[source] = (msg.value() or b"", headers)
     consumer.close()
     assert len(seen) == len(poison), "every malformed message is in the dead-letter topic once"
     expected_values = sorted(p[1] for p in poison)

@@ -13,15 +13,18 @@ import datetime as dt
 import json
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
+from careledger.storage.store import ChainStore
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey
@@ -43,6 +46,7 @@ from tests.integration.pipeline import (
     with_keys,
     with_source,
 )
+from tests.integration.test_pipeline import accounted_records
 
 pytestmark = pytest.mark.integration
 
@@ -79,7 +83,15 @@ def _send_raw(settings: Settings, values: list[bytes]) -> None:
         producer.flush()
 
 
-def _read(settings: Settings, topic: str, expect: int, timeout: float = 60.0) -> list:  # type: ignore[type-arg]
+def _read(
+    settings: Settings,
+    topic: str,
+    expect: int,
+    timeout: float = 60.0,
+    until: Callable[[list[Any]], bool] | None = None,
+) -> list[Any]:
+    """At least ``expect`` records of ``topic`` (or, with ``until``, until it holds)."""
+    done = until or (lambda out: len(out) >= expect)
     consumer = Consumer(
         {
             "bootstrap.servers": settings.kafka_bootstrap,
@@ -89,14 +101,43 @@ def _read(settings: Settings, topic: str, expect: int, timeout: float = 60.0) ->
         }
     )
     consumer.subscribe([topic])
-    out = []
+    out: list[Any] = []
     deadline = time.monotonic() + timeout
-    while len(out) < expect and time.monotonic() < deadline:
+    while not done(out) and time.monotonic() < deadline:
         m = consumer.poll(0.5)
         if m is not None and not m.error():
             out.append(m)
     consumer.close()
     return out
+
+
+def _text(v: object) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _wait_registry_ledgered(settings: Settings, store: ChainStore) -> None:
+    """Wait until every record now on the sources topic (the key registrations the
+    processor authorised events with, heartbeats) is in a signed block: ``verify``
+    rebuilds the registry from the *ledgered* key events, and a processor stopped as soon
+    as the access events are chained may not have chained them yet (they are not lost:
+    it would on its next start)."""
+    topic = settings.topic_sources
+    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "hw-probe"})
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        on_topic = sum(
+            consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in partitions
+        )
+    finally:
+        consumer.close()
+    assert on_topic > 0, "no key registration on the sources topic"
+    where, params = " WHERE chain_id LIKE %(chains)s", {"chains": f"%/{topic}/%"}
+    wait_until(
+        lambda: accounted_records(store, where, params) >= on_topic,
+        60,
+        what="the source registry ledgered",
+    )
 
 
 def _signed_settings(isolated: Settings, tmp_path: Path) -> Settings:
@@ -118,6 +159,7 @@ def test_signed_traffic_is_chained_attested_and_verified(
     try:
         store = store_for(settings)
         wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        _wait_registry_ledgered(settings, store)
     finally:
         stop(proc)
     result = run_cli(settings, "verify", "--json")
@@ -126,11 +168,34 @@ def test_signed_traffic_is_chained_attested_and_verified(
     assert report["sources"]["signed_events"] == len(events)
     assert report["sources"]["unsigned_events"] == 0
     assert report["sources"]["sources"]["ehr-main"]["events"] == len(events)
-    rows = store.backend.execute(
-        f"SELECT count(), uniqExact(seq), min(seq), max(seq) "
-        f"FROM {settings.clickhouse_database}.source_attestations"
+    assert report["result"] == "intact", report["findings"][:5]
+    # One source_batches row per batch record chained (ADR 0020): the rows' sequence
+    # ranges tile 1..len(events) exactly (nothing missing, nothing signed twice), nothing
+    # was dead-lettered out of a batch, and each row's offset holds its batch's events.
+    db = settings.clickhouse_database
+    committed = (
+        f"(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash FROM {db}.blocks)"
     )
-    assert tuple(int(x) for x in rows[0]) == (len(events), len(events), 1, len(events))
+    batches = store.backend.execute(
+        f"SELECT chain_id, height, kafka_offset, source_id, first_seq, size, skipped "
+        f"FROM {db}.source_batches WHERE {committed}"
+    )
+    assert {_text(b[3]) for b in batches} == {"ehr-main"}
+    assert all(_text(b[6]) == "" for b in batches), "no event was dead-lettered"
+    ranges = sorted((int(b[4]), int(b[5])) for b in batches)
+    expected_next = 1
+    for first, size in ranges:
+        assert first == expected_next, f"batch at seq {first}, expected {expected_next}"
+        expected_next = first + size
+    assert expected_next == len(events) + 1
+    assert 1 < len(batches) < len(events), "the SDK sent several events per record"
+    assert report["sources"]["signed_batches"] == len(batches)
+    per_record = store.backend.execute(
+        f"SELECT chain_id, height, kafka_offset, count() FROM {db}.access_events "
+        f"WHERE {committed} GROUP BY chain_id, height, kafka_offset"
+    )
+    covered = {(_text(c), int(h), int(o)): int(n) for c, h, o, n in per_record}
+    assert {(_text(b[0]), int(b[1]), int(b[2])): int(b[5]) for b in batches} == covered
 
 
 def test_forged_unknown_revoked_replayed_and_unsigned_records_are_quarantined(
@@ -183,6 +248,7 @@ def test_forged_unknown_revoked_replayed_and_unsigned_records_are_quarantined(
         _send_raw(settings, replayed)
         quarantined = _read(settings, settings.topic_quarantine, expect=7)
         time.sleep(1.0)
+        _wait_registry_ledgered(settings, store)
     finally:
         stop(proc)
     codes = sorted(dict(m.headers())["careledger-error-code"].decode() for m in quarantined)
@@ -205,14 +271,23 @@ def test_forged_unknown_revoked_replayed_and_unsigned_records_are_quarantined(
         *plain,
         genuine[0],
     }
-    alerts = [json.loads(m.value()) for m in _read(settings, settings.topic_alerts, expect=5)]
-    rules = {a["rule"] for a in alerts if a.get("source") == "processor"}
-    assert {
+    # one alert per reason and claim *of a write batch*: records quarantined in different
+    # batches raise one each, so read until every reason has been alerted (or time out)
+    wanted = {
         "SOURCE_BAD_SIGNATURE",
         "SOURCE_UNKNOWN_KEY",
         "SOURCE_REVOKED_KEY",
         "SOURCE_REPLAYED",
-    } <= rules
+    }
+
+    def processor_rules(messages: list[Any]) -> set[str]:
+        docs = [json.loads(m.value()) for m in messages]
+        return {a["rule"] for a in docs if a.get("source") == "processor"}
+
+    alerts = _read(
+        settings, settings.topic_alerts, expect=5, until=lambda out: wanted <= processor_rules(out)
+    )
+    assert wanted <= processor_rules(alerts)
     assert committed_event_count(store) == 10
     # every offset is accounted for: chained + rejected (quarantined) = produced
     total = store.backend.execute(
@@ -241,13 +316,14 @@ def test_events_lost_between_a_source_and_kafka_are_reported_by_verify(
     try:
         store = store_for(settings)
         wait_until(lambda: committed_event_count(store) >= len(sent), 120, what="chained")
+        _wait_registry_ledgered(settings, store)
     finally:
         stop(proc)
     result = run_cli(settings, "verify", "--json")
     assert result.returncode == 1, result.stdout[-3000:]
     report = json.loads(result.stdout)
     gaps = [f for f in report["findings"] if f["code"] == "SOURCE_SEQ_GAP"]
-    assert len(gaps) == 1
+    assert len(gaps) == 1, report["findings"][:10]
     assert (gaps[0]["details"]["first_missing"], gaps[0]["details"]["last_missing"]) == (6, 7)
     assert gaps[0]["details"]["source_id"] == "ehr-main"
     assert decode_signed_event(records[5])[2].seq == 6

@@ -1,11 +1,12 @@
 """Source identity, producer side (ADR 0010), against the real Kafka broker.
 
-The SDK signs at the source: its records on the events topic decode as signed
-envelopes and verify against the registry read back from the sources topic, with
-contiguous sequence numbers and one signature per batch; a gateway's batches for a
-relayed source say who signed them; heartbeats claim what Kafka acknowledged; the
-``careledger source`` commands round-trip through Kafka; and a key event signed by a
-registrar nobody trusts is never applied.
+The SDK signs at the source: its records on the events topic (one per signed batch,
+ADR 0020, or one per event with ``source_record_format = "event"``) decode and verify
+against the registry read back from the sources topic, with contiguous sequence numbers
+and one signature per batch; a gateway's batches for a relayed source say who signed
+them; heartbeats claim what Kafka acknowledged; the ``careledger source`` commands
+round-trip through Kafka; and a key event signed by a registrar nobody trusts is never
+applied.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import collections
 import json
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,9 +31,10 @@ from careledger.sources import (
     read_sources,
     register_key,
 )
-from careledger_core.event import AccessEvent, canonical_event_bytes
+from careledger_core.batch_record import looks_batch, open_batch_record
+from careledger_core.event import AccessEvent, canonical_event_bytes, decode_and_canonicalize
 from careledger_core.hashing import leaf_hash
-from careledger_core.source import Attestation, BatchVerifier, decode_signed_event
+from careledger_core.source import BatchStatement, BatchVerifier, decode_signed_event
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import run_cli, with_source
 
@@ -43,7 +46,14 @@ def _events(count: int, seed: int = 21) -> list[AccessEvent]:
     return list(simulate(HospitalModel(staff=50, patients=200, seed=seed), count, seed=seed))
 
 
+def _events_in(value: bytes) -> int:
+    """How many events one record of the events topic carries (a batch record several)."""
+    return len(json.loads(value)["events"]) if looks_batch(value) else 1
+
+
 def _consume(settings: Settings, expected: int) -> list[Message]:
+    """The events topic's records, until they carry at least ``expected`` events, then
+    for one second more (so that records beyond those would be seen too)."""
     topic, partitions = settings.topic_events, settings.partitions
     consumer = Consumer(
         {
@@ -55,13 +65,15 @@ def _consume(settings: Settings, expected: int) -> list[Message]:
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])
         out: list[Message] = []
+        carried = 0
         deadline = time.monotonic() + 60
         settle: float | None = None
         while time.monotonic() < deadline:
             for m in consumer.consume(num_messages=1000, timeout=0.5):
                 assert m.error() is None, m.error()
                 out.append(m)
-            if len(out) >= expected and settle is None:
+                carried += _events_in(m.value() or b"")
+            if carried >= expected and settle is None:
                 settle = time.monotonic() + 1.0
             if settle is not None and time.monotonic() > settle:
                 break
@@ -70,25 +82,56 @@ def _consume(settings: Settings, expected: int) -> list[Message]:
         consumer.close()
 
 
-def _verified(settings: Settings, expected: int) -> tuple[list[Attestation], BatchVerifier]:
+@dataclass(frozen=True, slots=True)
+class _Signed:
+    """One event read back from the events topic, verified: the statement signing its
+    batch, its sequence number and its bytes as they stand in the record."""
+
+    statement: BatchStatement
+    seq: int
+    canonical: bytes
+
+
+def _verified(
+    settings: Settings, expected: int
+) -> tuple[list[_Signed], BatchVerifier, list[Message]]:
+    """Every event of the events topic, checked against the registry read from Kafka:
+    a batch record (ADR 0020) must carry exactly the events its statement signs, under a
+    signature of a key that may sign for the source; a signed-event record its inclusion
+    proof and the batch signature. Returns the events, the verifier and the records."""
     registry, problems = read_registry(settings, load_registrar_keys(settings))
     assert problems == []
     verifier = BatchVerifier(registry)
-    atts = []
-    for m in _consume(settings, expected):
+    signed: list[_Signed] = []
+    records = _consume(settings, expected)
+    for m in records:
         value = m.value()
         assert isinstance(value, bytes)
-        event, canonical, att = decode_signed_event(value)
-        verifier.check(leaf_hash(canonical), att)
-        assert m.key() == event.patient.id.encode()
-        atts.append(att)
-    return atts, verifier
+        if looks_batch(value):
+            opened = open_batch_record(value)  # raises unless the events are the signed ones
+            st = opened.statement
+            verifier.authorize(st, st.signed_at)
+            verifier.verify_signature(st, opened.signature)
+            assert m.key() == f"{st.source_id}/{st.epoch}/{st.first_seq}".encode()
+            for i, raw in enumerate(opened.events):
+                _event, canonical = decode_and_canonicalize(raw)
+                assert canonical == raw, "the SDK puts canonical bytes in the record"
+                signed.append(_Signed(st, st.first_seq + i, raw))
+        else:
+            event, canonical, att = decode_signed_event(value)
+            verifier.check(leaf_hash(canonical), att)
+            assert m.key() == event.patient.id.encode()
+            signed.append(_Signed(att.statement, att.seq, canonical))
+    return signed, verifier, records
 
 
+@pytest.mark.parametrize("record_format", ["batch", "event"])
 def test_sdk_records_verify_against_the_registry_read_from_kafka(
-    isolated: Settings, tmp_path: Path
+    isolated: Settings, tmp_path: Path, record_format: str
 ) -> None:
-    s = with_source(isolated, tmp_path, "ehr-main").replace(source_batch_max_events=100)
+    s = with_source(isolated, tmp_path, "ehr-main").replace(
+        source_batch_max_events=100, source_record_format=record_format
+    )
     events = _events(450)
     with AccessEventProducer(s) as producer:
         assert producer.signing and producer.source_id == "ehr-main"
@@ -99,7 +142,7 @@ def test_sdk_records_verify_against_the_registry_read_from_kafka(
         assert producer.last_seq() == 450
     assert (report.acked, report.failed) == (450, 0)
 
-    atts, verifier = _verified(s, 450)
+    atts, verifier, records = _verified(s, 450)
     assert len(atts) == 450
     assert {a.statement.source_id for a in atts} == {"ehr-main"}
     assert {a.statement.epoch for a in atts} == {epoch}
@@ -108,8 +151,11 @@ def test_sdk_records_verify_against_the_registry_read_from_kafka(
     assert batches == {(1, 100), (101, 100), (201, 100), (301, 100), (401, 50)}
     assert verifier.signature_checks == 5, "one signature per batch"
     assert all(a.statement.signed_by is None for a in atts)
-    # the envelopes carry the very bytes the producer would have sent unsigned
-    inside = [decode_signed_event(bytes(m.value() or b""))[1] for m in _consume(s, 450)]
+    # the record shape is the one configured: a record per batch, or a record per event
+    shapes = {looks_batch(m.value() or b"") for m in records}
+    assert (shapes, len(records)) == (({True}, 5) if record_format == "batch" else ({False}, 450))
+    # the records carry the very bytes the producer would have sent unsigned
+    inside = [a.canonical for a in atts]
     assert sorted(inside) == sorted(canonical_event_bytes(e) for e in events)
 
 
@@ -124,7 +170,7 @@ def test_gateway_batches_for_a_relayed_source_carry_signed_by(
         producer.flush()
         assert producer.last_seqs() == {"gateway": 10, "legacy-pacs": 10, "legacy-lis": 10}
 
-    atts, _verifier = _verified(s, 30)
+    atts, _verifier, _records = _verified(s, 30)
     seqs: dict[str, list[int]] = collections.defaultdict(list)
     for a in atts:
         st = a.statement
@@ -273,5 +319,5 @@ def test_local_tooling_creates_and_registers_the_local_source_once(
     with AccessEventProducer(s) as producer:
         for e in _events(5, seed=24):
             producer.send(e)
-    atts, _verifier = _verified(s, 5)
+    atts, _verifier, _records = _verified(s, 5)
     assert sorted(a.seq for a in atts) == [1, 2, 3, 4, 5]
