@@ -87,8 +87,10 @@ class ConsumerBudget:
     one-event records are far smaller). The records held are one take, the stream
     buffer behind it and one poll, each at most ``take_records`` records: together
     ``processor_buffer_bytes``, whatever the backlog. The fetcher holds at most one
-    response per partition of ``partition_fetch_bytes`` (Kafka returns a larger first
-    record whole, so it never stalls on one).
+    response per partition of ``partition_fetch_bytes``: ``FETCH_RECORDS`` records, so
+    that one round trip per partition feeds most of a take (one record per response
+    made the consumer, not the CPU, the limit: 12.6k against 19.7k events/s measured
+    with the same take; Kafka returns a larger first record whole, so it never stalls).
     """
 
     record_bytes: int
@@ -103,6 +105,10 @@ class ConsumerBudget:
         return (self.take_records + self.buffer_records + self.poll_records) * self.record_bytes
 
 
+#: records of the largest size one fetch response per partition may carry
+FETCH_RECORDS = 4
+
+
 def consumer_budget(settings: Settings) -> ConsumerBudget:
     """The take, buffer, poll and fetch sizes for ``processor_buffer_bytes``."""
     record = max(settings.max_batch_record_bytes, settings.max_event_bytes, 1)
@@ -114,7 +120,7 @@ def consumer_budget(settings: Settings) -> ConsumerBudget:
         take_records=take,
         buffer_records=take,
         poll_records=take,
-        partition_fetch_bytes=record,
+        partition_fetch_bytes=record * FETCH_RECORDS,
     )
 
 

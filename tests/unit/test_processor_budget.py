@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from careledger.config import ConfigError, load_settings
-from processors.app import consumer_budget
+from processors.app import FETCH_RECORDS, consumer_budget
 
 
 def test_default_budget_holds_a_few_batch_records_not_hundreds() -> None:
@@ -17,7 +17,7 @@ def test_default_budget_holds_a_few_batch_records_not_hundreds() -> None:
     # take + stream buffer + one poll, each at the largest batch record, within the budget
     assert b.held_bytes <= s.processor_buffer_bytes
     assert b.buffer_records == b.take_records == b.poll_records
-    assert b.partition_fetch_bytes == s.max_batch_record_bytes
+    assert b.partition_fetch_bytes == FETCH_RECORDS * s.max_batch_record_bytes
 
 
 def test_budget_scales_with_the_byte_setting_and_the_record_size() -> None:
@@ -27,7 +27,7 @@ def test_budget_scales_with_the_byte_setting_and_the_record_size() -> None:
     half = consumer_budget(
         load_settings(env={}, processor_buffer_bytes=6 * 2**20, max_batch_record_bytes=2**19)
     )
-    assert half.take_records == 4 and half.partition_fetch_bytes == 2**19
+    assert half.take_records == 4 and half.partition_fetch_bytes == FETCH_RECORDS * 2**19
     assert half.held_bytes <= 6 * 2**20
 
 
@@ -42,7 +42,7 @@ def test_one_event_records_are_counted_at_the_largest_record_a_topic_takes() -> 
         load_settings(env={}, max_event_bytes=4 * 2**20, max_batch_record_bytes=2**20)
     )
     assert b.record_bytes == 4 * 2**20
-    assert b.partition_fetch_bytes == 4 * 2**20
+    assert b.partition_fetch_bytes == FETCH_RECORDS * 4 * 2**20
 
 
 def test_an_explicit_take_overrides_the_byte_budget() -> None:
