@@ -34,6 +34,7 @@ def _consumer(s: Settings) -> Iterator[Any]:
             "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
             "enable.partition.eof": False,
+            "log_level": 3,  # no librdkafka notices on the user's terminal
         }
     )
     try:

@@ -188,7 +188,9 @@ class Run:
 
         if not self.app_ids:
             return
-        admin = self.admin or AdminClient({"bootstrap.servers": self.base.kafka_bootstrap})
+        admin = self.admin or AdminClient(
+            {"bootstrap.servers": self.base.kafka_bootstrap, "log_level": 3}
+        )
         try:
             futures = admin.delete_consumer_groups(list(self.app_ids), request_timeout=10)
         except KafkaException:
@@ -235,7 +237,7 @@ class Run:
         from confluent_kafka.admin import AdminClient
 
         if self.admin is None:  # one for the run: each client logs when it is destroyed
-            self.admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+            self.admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 3})
         admin = self.admin
         try:
             futures = admin.describe_consumer_groups([s.processor_app_id], request_timeout=5)
@@ -297,7 +299,10 @@ class Run:
         if not baseline:
             s = self.own_outputs(s, label)
         events = self.args.events
-        target = events if not baseline else self.end_offsets(s, self.consumed_topics(s))
+        # the baseline stores a row per event of a batch record and per other record
+        # (processors.processor.handle_baseline)
+        others = [t for t in self.consumed_topics(s) if t != s.topic_events]
+        target = events if not baseline else events + self.end_offsets(s, others)
         load = host.load_average()
         logs = [self.workdir / f"{label}-{i}.log" for i in range(processes)]
         began = time.monotonic()
