@@ -101,6 +101,12 @@ def _broker_rate(
     }
 
 
+def bench_settings(settings: Settings) -> Settings:
+    """Every topic of its own: the producers' heartbeats (to the sources topic) must never
+    reach a real ledger, where a key nobody registered is a finding."""
+    return settings.with_topic_suffix(f"-bench-sdk-{uuid.uuid4().hex[:8]}")
+
+
 def command_benchmark_sdk(args: argparse.Namespace, settings: Settings) -> int:
     from careledger import stack
     from careledger_core.errors import CareledgerError
@@ -111,9 +117,11 @@ def command_benchmark_sdk(args: argparse.Namespace, settings: Settings) -> int:
     counts = [int(t) for t in args.threads.split(",") if t.strip()]
     events = list(simulate(HospitalModel(seed=7), count=args.events, seed=7))
     canonical = [canonical_event_bytes(e) for e in events]
-    topic = f"careledger.bench-sdk-{uuid.uuid4().hex[:8]}"
+    settings = bench_settings(settings)
+    topic = settings.topic_events
+    own = {topic: settings.partitions, settings.topic_sources: 1}
     try:
-        stack.ensure_topics(settings, {topic: settings.partitions})
+        stack.ensure_topics(settings, own)
     except CareledgerError as exc:
         print(f"careledger benchmark-sdk: cannot reach Kafka: {exc}")
         return 2
@@ -132,7 +140,7 @@ def command_benchmark_sdk(args: argparse.Namespace, settings: Settings) -> int:
             result["formats"][fmt] = entry
     finally:
         with contextlib.suppress(CareledgerError):  # a leftover topic is not a result
-            stack.delete_topics(settings, [topic])
+            stack.delete_topics(settings, list(own))
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
