@@ -25,8 +25,10 @@ Events of each block (rows with its chain and height)
       (``EVENT_HASH_MISMATCH``), the bytes decode as a valid event and re-encode to
       exactly themselves (``EVENT_NOT_CANONICAL``), every denormalised column, derived
       dates included, equals the decoded event in value and type
-      (``EVENT_FIELD_MISMATCH``), offsets strictly increase (``EVENT_OUT_OF_ORDER``)
-      inside the block's range (``EVENT_OFFSET_OUT_OF_RANGE``), one event id per block
+      (``EVENT_FIELD_MISMATCH``), offsets strictly increase (``EVENT_OUT_OF_ORDER``;
+      never decrease when the header has ``event_records``: the events of one batch
+      record share its offset, ADR 0020, and the distinct offsets must number
+      ``event_records``, ``EVENT_OFFSETS_MISMATCH``) inside the block's range (``EVENT_OFFSET_OUT_OF_RANGE``), one event id per block
       (``EVENT_DUPLICATE_ID``);
     * the RFC 6962 Merkle root of the *recomputed* leaf hashes in index order equals
       the header's (``MERKLE_ROOT_MISMATCH``), and the events' offsets are those the
