@@ -28,8 +28,8 @@ Events of each block (rows with its chain and height)
       (``EVENT_FIELD_MISMATCH``), offsets strictly increase (``EVENT_OUT_OF_ORDER``;
       never decrease when the header has ``event_records``: the events of one batch
       record share its offset, ADR 0020, and the distinct offsets must number
-      ``event_records``, ``EVENT_OFFSETS_MISMATCH``) inside the block's range (``EVENT_OFFSET_OUT_OF_RANGE``), one event id per block
-      (``EVENT_DUPLICATE_ID``);
+      ``event_records``, ``EVENT_OFFSETS_MISMATCH``) inside the block's range
+      (``EVENT_OFFSET_OUT_OF_RANGE``), one event id per block (``EVENT_DUPLICATE_ID``);
     * the RFC 6962 Merkle root of the *recomputed* leaf hashes in index order equals
       the header's (``MERKLE_ROOT_MISMATCH``), and the events' offsets are those the
       header's ``event_offsets`` commits to (``EVENT_OFFSETS_MISMATCH``, ADR 0014).
