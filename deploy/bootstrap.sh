@@ -5,7 +5,7 @@
 #
 #   1. Debian packages: clickhouse-server + clickhouse-client (18.16), and only if
 #      `java` / `mvn` are missing: openjdk-17-jre-headless / maven.
-#   2. A virtualenv at <repo>/.venv with `pip install -e '.[dev]'` (redone only when
+#   2. A virtualenv at <repo>/.venv with `pip install -e '.[dev,benchmark]'` (redone only when
 #      pyproject.toml changes).
 #   3. The Apache Kafka jars (version from Settings.kafka_version) copied by Maven
 #      into deploy/kafka/lib/<version>/ (skipped when present).
@@ -109,8 +109,9 @@ stamp="$VENV/.careledger-installed"
 want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ] || [ ! -x "$VENV/bin/careledger" ]; then
-    say "installing careledger and its dev dependencies into $VENV"
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev]' </dev/null
+    say "installing careledger and its dev and benchmark dependencies into $VENV"
+    # benchmark: matplotlib, for `careledger benchmark`'s latency plot (and its test)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,benchmark]' </dev/null
     echo "$want" > "$stamp"
 fi
 
