@@ -13,7 +13,9 @@ Envelope (JSON object on the wire; ``null`` and unknown members are rejected)::
                   "source-heartbeat"
     record_id     stable id of the thing (consent id, relationship id, user id, patient id),
                   1..256 characters
-    version       integer >= 1; a higher version supersedes lower ones of the same
+    version       integer, 1 <= version <= 2**32 - 1 (the store's UInt32 column: a valid
+                  record must be storable, or it would stall its partition); a higher
+                  version supersedes lower ones of the same
                   (kind, record_id) from its effective_at on
     recorded_at   "YYYY-MM-DDTHH:MM:SS.ffffffZ": when the source recorded this version
     effective_at  same format: from when this version applies
@@ -40,7 +42,7 @@ from typing import Any, Final, Literal, NoReturn, cast
 
 from .errors import ReferenceValidationError, ValidationError
 from .hashing import leaf_hash
-from .jcs import MAX_SAFE_INTEGER, canonicalize
+from .jcs import canonicalize
 from .reference_bodies import (
     CONSENT_STATUSES,
     RELATIONSHIP_KINDS,
@@ -74,6 +76,7 @@ from .reference_json import (
 
 __all__ = [
     "CONSENT_STATUSES",
+    "MAX_REFERENCE_VERSION",
     "REFERENCE_KINDS",
     "REFERENCE_SCHEMA",
     "RELATIONSHIP_KINDS",
@@ -103,6 +106,11 @@ __all__ = [
 ]
 
 REFERENCE_SCHEMA: Final = "careledger.reference/1"
+
+#: The highest version a record may carry: the store keeps versions in a UInt32 column, and
+#: a record that validates but cannot be stored would be retried forever and stall its
+#: partition; it is rejected (and quarantined) instead.
+MAX_REFERENCE_VERSION: Final = 2**32 - 1
 
 ReferenceKind = Literal[
     "consent", "care-relationship", "staff", "patient", "source-key", "source-heartbeat"
@@ -166,7 +174,7 @@ class ReferenceRecord:
             "retracted": self.retracted,
         }
         _ident(fields, "record_id", "$")
-        _integer(fields, "version", "$", 1, MAX_SAFE_INTEGER)
+        _integer(fields, "version", "$", 1, MAX_REFERENCE_VERSION)
         _timestamp(fields, "recorded_at", "$")
         _timestamp(fields, "effective_at", "$")
         _boolean(fields, "retracted", "$")

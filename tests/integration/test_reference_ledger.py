@@ -16,6 +16,7 @@ import pytest
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
 from careledger_core.reference import (
+    MAX_REFERENCE_VERSION,
     REFERENCE_SCHEMA,
     canonical_reference_bytes,
     reference_from_dict,
@@ -52,6 +53,18 @@ def _envelope(kind: str, record_id: str, body: dict[str, Any], version: int = 1)
     return canonical_reference_bytes(record)
 
 
+def _staff_body(i: int) -> dict[str, Any]:
+    return {
+        "user_id": f"E{i}",
+        "family_name": f"Family{i}",
+        "given_name": "Sam",
+        "roles": ["nurse"],
+        "department": "CARD",
+        "status": "active",
+        "start_date": "2020-01-01",
+    }
+
+
 def _records() -> dict[str, list[tuple[bytes, bytes]]]:
     """(key, value) per reference topic setting name."""
     consents = []
@@ -62,22 +75,12 @@ def _records() -> dict[str, list[tuple[bytes, bytes]]]:
     staff = [
         (
             f"E{i}".encode(),
-            _envelope(
-                "staff",
-                f"E{i}",
-                {
-                    "user_id": f"E{i}",
-                    "family_name": f"Family{i}",
-                    "given_name": "Sam",
-                    "roles": ["nurse"],
-                    "department": "CARD",
-                    "status": "active",
-                    "start_date": "2020-01-01",
-                },
-            ),
+            _envelope("staff", f"E{i}", _staff_body(i)),
         )
         for i in range(20)
     ]
+    # the highest version the store can hold is stored like any other
+    staff[0] = (staff[0][0], _envelope("staff", "E0", _staff_body(0), MAX_REFERENCE_VERSION))
     patients = [
         (
             f"MRN{i}".encode(),
@@ -121,6 +124,11 @@ def test_reference_streams_are_chained_signed_verified_and_tamper_evident(
     records = _records()
     total = sum(len(v) for v in records.values())
     bad = b'{"schema":"careledger.reference/1","kind":"staff"}'
+    # valid JSON and a valid record but for a version one past the store's UInt32 column:
+    # accepted, it could never be stored and would stall the partition for ever
+    unstorable = _envelope("staff", "E1", _staff_body(1)).replace(
+        b'"version":1', f'"version":{MAX_REFERENCE_VERSION + 1}'.encode(), 1
+    )
     proc = start_processor(settings, tmp_path / "processor.log")
     try:
         for setting, items in records.items():
@@ -129,6 +137,7 @@ def test_reference_streams_are_chained_signed_verified_and_tamper_evident(
                     producer.send_raw(value, key=key)
                 if setting == "topic_workforce":
                     producer.send_raw(bad, key=b"broken")
+                    producer.send_raw(unstorable, key=b"E1")
                 producer.flush()
         store = store_for(settings)
 
@@ -145,7 +154,7 @@ def test_reference_streams_are_chained_signed_verified_and_tamper_evident(
             )
             return int(rows[0][0] or 0)
 
-        wait_until(lambda: accounted() >= total + 1, 90, what="reference records chained")
+        wait_until(lambda: accounted() >= total + 2, 90, what="reference records chained")
         time.sleep(0.5)
     finally:
         stop(proc)
@@ -176,7 +185,11 @@ def test_reference_streams_are_chained_signed_verified_and_tamper_evident(
         f"SELECT sum(dead_lettered) FROM {store.db}.blocks WHERE chain_id = %(c)s",
         {"c": settings.chain_id(settings.topic_workforce, 0)},
     )
-    assert int(dl[0][0]) == 1, "an invalid reference record is dead-lettered and counted"
+    assert int(dl[0][0]) == 2, "invalid reference records are dead-lettered and counted"
+    top = store.backend.execute(
+        f"SELECT max(version) FROM {store.db}.reference_records WHERE record_id = 'E0'"
+    )
+    assert int(top[0][0]) == MAX_REFERENCE_VERSION
 
     result = run_cli(settings, "verify", "--json")
     assert result.returncode == 0, result.stdout + result.stderr

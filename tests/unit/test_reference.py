@@ -326,6 +326,9 @@ MALFORMED: list[tuple[str, dict[str, Any], Mutation, str, str]] = [
     ("version-as-bool", PATIENT, _set("version", True), "version", "wrong type"),
     ("version-as-float", PATIENT, _set("version", 1.0), "version", "wrong type"),
     ("version-too-big", PATIENT, _set("version", 2**53), "version", "range"),
+    # one past the store's UInt32 column: valid JSON, but it could never be stored and
+    # would stall its partition
+    ("version-unstorable", PATIENT, _set("version", 2**32), "version", "range"),
     (
         "recorded-at-milliseconds",
         PATIENT,
