@@ -347,7 +347,15 @@ def _consent(body: Mapping[str, Any], path: str) -> ConsentBody:
     _fhir_period(body, path)
     if "provision" in body:
         _fhir_provisions(body["provision"], _join(path, "provision"))
-    r5_style = r5 is not None or any(k in body for k in ("decision", "grantor", "grantee"))
+    # R5 by its own members (as verifiers.auditor.consent reads it): subject, decision,
+    # grantor/grantee or a provision array; everything else (IHE's policy-only
+    # consents included) is R4. A consent whose rules are only a policy reference is
+    # valid: its evaluation is the policy table's business, never a body error.
+    r5_style = (
+        r5 is not None
+        or any(k in body for k in ("decision", "grantor", "grantee"))
+        or isinstance(body.get("provision"), list | tuple)
+    )
     return ConsentBody(
         patient_id=cast(str, r5 if r5 is not None else r4),
         status=status,

@@ -226,8 +226,10 @@ def _consents(
                     "dateTime": date,
                     "organization": org,
                     "policyRule": _concept(ACT_CODE, "OPTOUT"),
+                    # No period on the root: in R4 it would bound the root rule itself
+                    # (an exception to OPTOUT, i.e. a permit), not the consent; the
+                    # consent is in force from its ledger effective time (ADR 0021).
                     "provision": {
-                        "period": {"start": date},
                         "provision": [
                             {"type": "permit", "purpose": [_coding(ACT_REASON, "ETREAT")]},
                             {

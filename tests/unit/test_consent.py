@@ -1,4 +1,5 @@
-"""Consent evaluation on FHIR R4 and R5 Consent examples (tests/fixtures/fhir): which
+"""Consent evaluation on synthetic FHIR R4 and R5 Consents (tests/fixtures/fhir, written
+for careledger; the published examples are in test_consent_published): which
 accesses a patient's consents permit or deny, which provision decided, and why; and the
 helpers the other consent tests share (``test_consent_matching``: which rule is
 reported and how criteria match; ``test_consent_api``: malformed resources, the API
@@ -158,14 +159,16 @@ def test_time_bounded_deny_applies_inside_its_period_only(
     assert decide([load("notTime", version)], at=at).outcome == outcome
 
 
-def test_r4_root_provision_period_is_the_validity_of_the_whole_consent() -> None:
+def test_r4_root_provision_period_bounds_that_rule_not_the_consent() -> None:
+    # R4 provision.period: "the timeframe in this rule is valid" -- the root rule's own
+    # timeframe (R4 has no Consent.period); outside it the policyRule's base decides.
     consent = load("notThem", "r4")
     consent["provision"]["period"] = {"start": "2020-01-01", "end": "2020-12-31"}
     inside = decide([consent], actor_id="f204", at="2020-06-01T00:00:00.000000Z")
     assert (inside.outcome, inside.provision_path) == ("deny", (0,))
     outside = decide([consent], actor_id="f204", at="2021-01-01T00:00:00.000000Z")
-    assert (outside.outcome, outside.consent_id) == ("no-consent", None)
-    assert "consent-notThem-r4" in outside.reason
+    assert (outside.outcome, outside.provision_path) == ("permit", ())
+    assert parse_consent(consent).period is None
 
 
 def test_r4_datetime_is_when_the_consent_was_recorded_not_when_it_starts() -> None:
@@ -226,7 +229,8 @@ def test_r4_without_policy_rule_takes_the_base_from_the_root_provision_type() ->
     del consent["policyRule"]
     policy = parse_consent(consent)
     # a typed root provision with criteria is an exception to the opposite base
-    assert (policy.base, policy.provisions[0].effect) == ("permit", "deny")
+    assert (policy.base, policy.inferred_base) == (None, "permit")
+    assert policy.alternatives[0][0].effect == "deny"
     assert decide([consent], actor_organization="f001").outcome == "deny"
     assert decide([consent], actor_organization="f002").outcome == "permit"
 

@@ -175,6 +175,7 @@ def test_request_from_an_access_event() -> None:
         action="E",
         security_labels=("R", "HIV"),
         data_class="Observation",
+        data_references=("Observation/obs-1",),
     )
     decision = evaluate_consent([load("notThem", "r4")], ConsentRequest.from_event(event))
     assert decision.outcome == "deny"
@@ -210,6 +211,7 @@ def test_decision_serialises_for_the_audit_record() -> None:
         "consent_id": "consent-notThem-r5",
         "provision_path": [0],
         "reason": "Consent/consent-notThem-r5 (R5) denies action R (access/use): provision[0]",
+        "decided_by": "consent",
     }
 
 

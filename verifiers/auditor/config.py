@@ -9,12 +9,25 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Final
 
 from ._time import US_PER_DAY, US_PER_HOUR, US_PER_MINUTE
 
-__all__ = ["DEFAULT_CONFIG", "DEFAULT_PERMITTED_DISCLOSURE_PURPOSES", "AuditConfig", "RoleWindow"]
+__all__ = [
+    "DEFAULT_CONFIG",
+    "DEFAULT_CONSENT_POLICY_TABLE",
+    "DEFAULT_PERMITTED_DISCLOSURE_PURPOSES",
+    "AuditConfig",
+    "RoleWindow",
+]
+
+#: the shipped consent policy table (policy URI -> decision) a deployment edits; see
+#: ``verifiers.auditor.consent.policy_table`` and docs/adr/0021-consent-evaluation.md
+DEFAULT_CONSENT_POLICY_TABLE: Final = str(
+    Path(__file__).resolve().parents[2] / "config" / "consent-policies.toml"
+)
 
 #: v3-ActReason purposes for which an export or disclosure is permitted by default.
 DEFAULT_PERMITTED_DISCLOSURE_PURPOSES: Final = frozenset(
@@ -105,6 +118,10 @@ class AuditConfig:
 
     # -- disclosures
     permitted_disclosure_purposes: frozenset[str] = DEFAULT_PERMITTED_DISCLOSURE_PURPOSES
+
+    # -- consents whose rules are only a policy reference: the policy table file
+    #: (overridden by the environment variable CARELEDGER_CONSENT_POLICIES)
+    consent_policy_table: str = DEFAULT_CONSENT_POLICY_TABLE
 
     # -- inactive users
     #: an actor missing from the workforce directory counts as inactive

@@ -14,39 +14,51 @@ API
   (``CONSENT_INVALID``) naming the FHIR path at fault.
 * :func:`consent_patient_id` and :func:`is_active` answer the two questions the consent
   ledger needs without evaluating anything.
-* :func:`evaluate_consent` accepts resources or already parsed :class:`Policy` objects.
+* :func:`evaluate_consent` accepts resources or already parsed :class:`Policy` objects,
+  and optionally the :class:`PolicyTable` to use (default: the configured one).
 
-Semantics (the decisions this module makes, in one place)
----------------------------------------------------------
+Semantics (the decisions this module makes, in one place; why: ADR 0021)
+------------------------------------------------------------------------
 Which consents count
     Only ``status == "active"`` consents of the request's patient (``Patient/<id>`` in R4
     ``patient`` / R5 ``subject``) whose validity period covers the access time. The
-    validity period is R5 ``Consent.period`` and R4 ``Consent.provision.period`` (the root
-    provision's period; R4 ``dateTime`` is when the consent was recorded, not a validity
-    bound). R4 consents whose ``scope`` is only ``treatment`` or ``adr`` (consent to a
-    procedure, advance directive) do not govern access to data and are ignored. If no
-    consent counts, the outcome is ``"no-consent"``: the consent ledger has nothing to
-    say and other explanations (care relationships, ...) decide.
+    validity period is R5 ``Consent.period``; R4 has none (its root provision's
+    ``period`` is a criterion of that rule, below; R4 ``dateTime`` is when the consent
+    was recorded). R4 consents whose ``scope`` is only ``treatment`` or ``adr`` (consent
+    to a procedure, advance directive) do not govern access to data and are ignored. If
+    no consent counts, the outcome is ``"no-consent"``: the consent ledger has nothing
+    to say and other explanations (care relationships, ...) decide.
 
 Base decision (what the consent says when no provision matches)
-    R5: ``decision``. R4: ``policyRule``, read with the HL7 v3 ActCode definitions —
-    OPTIN/OPTINR ("a grantor's assent to the terms") permit, OPTOUT/OPTOUTE ("a
-    grantor's dissent") deny; this is also how HL7's own Consent examples use them (the
-    opt-out example withholds data, the emergency-only example is an "overall deny"). A
-    legacy STU3 ``policyRule`` URI ending in ``opt-in``/``opt-out`` is read the same way.
-    Without a recognised policy (R4) or ``decision`` (R5), the base comes from the single
-    top-level provision's explicit ``type``: the type itself when that provision states
-    no criteria (it covers everything), the opposite otherwise (it is an exception to an
-    unstated base). A governing consent with no base at all is a ``ConsentFormatError``.
+    R5: ``decision``. R4: ``policyRule`` with the HL7 v3 ActCode definitions —
+    OPTIN/OPTINR ("a grantor's assent") permit, OPTOUT/OPTOUTE ("a grantor's dissent")
+    deny (a legacy STU3 ``policyRule`` URI ending in ``opt-in``/``opt-out`` likewise).
+    Otherwise the consent's policy references (R4 ``policy.uri`` and other
+    ``policyRule`` codes as ``system|code``, R5 ``policyBasis`` and ``regulatoryBasis``)
+    are looked up in the **policy table** (:mod:`.policy_table`; the decision then has
+    ``decided_by="policy-table"`` and names the ``policy``); failing that, a single typed
+    top-level provision implies the base: its own type when it states no criteria, the
+    opposite otherwise. A consent left without a base is not invalid: it does not
+    decide, and if no other consent does the outcome is ``"no-consent"`` with
+    ``decided_by="no-policy-rule"`` and the reason "no rule for policy X". Only an R4
+    consent with neither ``policy`` nor ``policyRule`` nor a typed root (R4's ppc-1) is
+    a ``ConsentFormatError``.
 
 Provisions and nesting
     A provision is an exception to its parent (the parent of a top-level provision is the
-    base decision). Its effect is its explicit ``type`` when it has one (R4; R5 drafts);
-    otherwise it flips its parent's effect (R5 semantics, also applied to an untyped R4
-    provision, whose root provision may not carry a type). An untyped provision that
-    states no criteria of its own is a mere container (an R4 root provision holding only
-    the consent period and nested provisions): it carries its parent's effect and never
-    decides by itself — when none of its children match, its parent decides. Paths
+    base decision). Its effect is its explicit ``type`` when it has one (R4); otherwise it
+    reverses its parent's effect (R5; also an untyped R4 provision: R4 defines the root
+    as "an exception to the base policy"). Two readings of shapes HL7's R4 examples use:
+    an untyped R4 root naming only the data's custodian/author (provenance actors) and
+    nothing else withholds that data (``deny``: HL7's Out and notAuthor); and a nested
+    provision that narrows nothing (it matches wherever its parent does) and carries the
+    effect that already holds outside its parent is ignored (HL7's Emergency and pkb;
+    recorded in ``Policy.notes``). One reading of an R5 shape: an R5 provision naming
+    only the data's custodian/author, with nested provisions, is a scope that keeps its
+    parent's effect, its nested provisions being the exceptions (HL7's R5 Emergency);
+    without nested provisions it reverses its parent like any R5 provision (R5 Out,
+    notAuthor). An untyped provision that states no criteria is a
+    container: it carries its parent's effect and never decides by itself. Paths
     (``ConsentDecision.provision_path``) index ``Consent.provision`` downwards; R4's
     single root provision is index 0. The empty path means the base decision.
 
@@ -54,7 +66,8 @@ Matching a provision
     A provision applies when every criterion it states matches; a criterion with several
     values matches when any value does:
 
-    * ``period`` (of a nested provision): covers the access time.
+    * ``period``: covers the access time (R4 "the timeframe in this rule is valid", the
+      root's included).
     * ``actor``: entries are grouped by role; every role group must have a matching
       entry (HL7 writes "custodian X and recipient Y" as two entries). A reference
       matches by id: ``Practitioner``, ``PractitionerRole``, ``Person``,
@@ -80,8 +93,11 @@ Matching a provision
       mark — it matches data labelled at that level or lower (FHIR's definition); any
       other code (HIV, PSY, ...) must be one of the data's labels.
     * ``class`` (R4) / ``resourceType`` (R5): the data's resource type.
-    * ``code``, ``data``, ``dataPeriod``, ``documentType``, ``expression`` describe data
-      content an access event does not carry: a provision stating them never matches.
+    * ``data``: ``instance``, ``related`` and ``dependents`` match the referenced instance
+      itself (``ConsentRequest.data_references``, ``Type/id``); what refers to it or what
+      it refers to, and ``authoredby``, cannot be seen in an access event: no match.
+    * ``code``, ``dataPeriod``, ``documentType``, ``expression`` describe data content an
+      access event does not carry: a provision stating them never matches.
 
 Choosing the decision
     Within one consent the deepest matching provision wins (the most specific); among
@@ -122,7 +138,9 @@ Modules
 -------
 ``fhir_time`` FHIR dates and times as UTC bounds; ``model`` the normalised consent, the
 request and the decision; ``parsing`` Consent resources into the model; ``evaluation``
-a request against the consents.
+a request against the consents; ``policy_table`` what external policies decide (a TOML
+file, ``config/consent-policies.toml`` by default). Evaluation is pure given the policy
+table; ``evaluate_consent(..., policy_table=None)`` reads the configured one.
 """
 
 from __future__ import annotations
@@ -140,19 +158,33 @@ from .model import (
     Provision,
 )
 from .parsing import consent_patient_id, is_active, parse_consent
+from .policy_table import (
+    EMPTY_POLICY_TABLE,
+    PolicyRule,
+    PolicyTable,
+    configured_policy_table,
+    load_policy_table,
+    parse_policy_table,
+)
 
 __all__ = [
     "ACTION_REQUIREMENTS",
     "CONFIDENTIALITY_ORDER",
+    "EMPTY_POLICY_TABLE",
     "ActorRule",
     "ConsentDecision",
     "ConsentRequest",
     "Effect",
     "Period",
     "Policy",
+    "PolicyRule",
+    "PolicyTable",
     "Provision",
+    "configured_policy_table",
     "consent_patient_id",
     "evaluate_consent",
     "is_active",
+    "load_policy_table",
     "parse_consent",
+    "parse_policy_table",
 ]

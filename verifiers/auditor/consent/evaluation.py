@@ -5,7 +5,7 @@ which provision matches, which rule decides, which is reported and why.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Final
 
 from .model import (
@@ -19,6 +19,7 @@ from .model import (
     Provision,
 )
 from .parsing import parse_consent
+from .policy_table import PolicyRule, PolicyTable, configured_policy_table
 
 _CONF_RANK: Final = {code: rank for rank, code in enumerate(CONFIDENTIALITY_ORDER)}
 #: request purpose -> further purposes it counts as.
@@ -67,6 +68,8 @@ def _matches(p: Provision, ask: _Ask) -> bool:
         return False
     if p.data_classes and req.data_class not in p.data_classes:
         return False
+    if p.data and not p.data_matches(req.data_references):
+        return False
     if p.security_labels and not _labels_match(p.security_labels, req.security_labels):
         return False
     return not p.actors or _actors_match(p.actors, req)
@@ -108,6 +111,7 @@ def _specificity(
             ("purpose", p.purposes),
             ("securityLabel", p.security_labels),
             ("class", p.data_classes),
+            ("data", p.data),
         ):
             if stated:
                 kinds.add(kind)
@@ -201,32 +205,104 @@ def _ask_text(request: ConsentRequest, requirement: tuple[str, ...]) -> str:
     return f"action {request.action} ({'/'.join(requirement)})"
 
 
+@dataclass(frozen=True, slots=True)
+class _Based:
+    """A consent with the base it is decided under for this request."""
+
+    policy: Policy
+    table_rule: PolicyRule | None  # the policy-table entry that gave the base, if any
+
+
+def _with_base(
+    policy: Policy, request: ConsentRequest, purposes: frozenset[str], table: PolicyTable
+) -> _Based | str:
+    """The consent ready to decide ``request``, or why it cannot (the policy URI)."""
+    if policy.base is not None:
+        return _Based(policy, None)
+    rule = table.lookup(policy.policy_refs)
+    if rule is not None:
+        said = rule.decide(request, purposes)
+        if said != "undecided":
+            provisions = policy.alternatives[0 if said == "permit" else 1]
+            source = f"policy table {table.source}: {rule.uri} -> {said}"
+            based = replace(policy, base=said, base_source=source, provisions=provisions)
+            return _Based(based, rule)
+    if policy.inferred_base is not None:
+        provisions = policy.alternatives[0 if policy.inferred_base == "permit" else 1]
+        based = replace(
+            policy,
+            base=policy.inferred_base,
+            base_source=policy.inferred_source,
+            provisions=provisions,
+        )
+        return _Based(based, None)
+    if policy.policy_refs:
+        return policy.policy_refs[0]
+    return ""
+
+
+def _undecided(
+    request: ConsentRequest, table: PolicyTable, skipped: list[tuple[Policy, str]]
+) -> ConsentDecision:
+    parts = []
+    for policy, uri in skipped:
+        if uri:
+            parts.append(f"Consent/{policy.consent_id}: no rule for policy {uri}")
+        else:
+            parts.append(f"Consent/{policy.consent_id}: no decision and no policy basis")
+    reason = (
+        f"no consent of patient {request.patient_id} decides this access "
+        f"({'; '.join(parts)}; policy table {table.source})"
+    )
+    first = next((uri for _, uri in skipped if uri), None)
+    return ConsentDecision("no-consent", None, (), reason, "no-policy-rule", first)
+
+
 def evaluate_consent(
-    consents: Sequence[Mapping[str, Any] | Policy], request: ConsentRequest
+    consents: Sequence[Mapping[str, Any] | Policy],
+    request: ConsentRequest,
+    policy_table: PolicyTable | None = None,
 ) -> ConsentDecision:
     """Decide ``request`` against the patient's consents (resources or parsed policies).
 
     Every resource is parsed first, so a malformed one raises ``ConsentFormatError``
     whatever the request. Deterministic and independent of the order of ``consents``;
-    see the module docstring for the semantics.
+    see the module docstring for the semantics. ``policy_table`` decides consents whose
+    rules are only a policy reference; None means the deployment's configured table
+    (:func:`~.policy_table.configured_policy_table`).
     """
     policies = [c if isinstance(c, Policy) else parse_consent(c) for c in consents]
-    applicable = sorted(
+    table = configured_policy_table() if policy_table is None else policy_table
+    in_force = sorted(
         (p for p in policies if p.applies_to(request)), key=lambda p: (p.consent_id, repr(p))
     )
-    if not applicable:
+    if not in_force:
         return _no_consent(policies, request)
     purposes = set(request.purposes)
     for purpose in request.purposes:
         purposes.update(_PURPOSE_IMPLIES.get(purpose, ()))
+    frozen_purposes = frozenset(purposes)
+    applicable: list[_Based] = []
+    skipped: list[tuple[Policy, str]] = []
+    for policy in in_force:
+        got = _with_base(policy, request, frozen_purposes, table)
+        if isinstance(got, str):
+            skipped.append((policy, got))
+        else:
+            applicable.append(got)
+    if not applicable:
+        return _undecided(request, table, skipped)
     requirements = ACTION_REQUIREMENTS[request.action]
     verdicts = []
+    rules: dict[str, PolicyRule | None] = {b.policy.consent_id: b.table_rule for b in applicable}
     for index, requirement in enumerate(requirements):
-        ask = _Ask(request, frozenset(requirement), frozenset(purposes))
-        for policy in applicable:
-            effect, path = _decide(policy, ask)
+        ask = _Ask(request, frozenset(requirement), frozen_purposes)
+        for based in applicable:
+            effect, path = _decide(based.policy, ask)
             verdicts.append(
-                _Verdict(effect, policy, path, index, _specificity(policy, path, request))
+                _Verdict(
+                    effect, based.policy, path, index, _specificity(based.policy, path, request)
+                )
             )
     denies = [v for v in verdicts if v.effect == "deny"]
     winner = min(denies or verdicts, key=lambda v: v.key)
@@ -243,4 +319,13 @@ def evaluate_consent(
             reason += "; deny wins over the permit of " + ", ".join(
                 f"Consent/{cid}" for cid in others
             )
+    if skipped:
+        reason += "; not deciding: " + "; ".join(
+            f"Consent/{p.consent_id} (no rule for policy {uri or '-'})" for p, uri in skipped
+        )
+    rule = rules[policy.consent_id]
+    if rule is not None and not winner.path:
+        return ConsentDecision(
+            winner.effect, policy.consent_id, winner.path, reason, "policy-table", rule.uri
+        )
     return ConsentDecision(winner.effect, policy.consent_id, winner.path, reason)

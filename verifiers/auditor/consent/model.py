@@ -101,6 +101,8 @@ class Provision:
     purposes: tuple[str, ...] = ()
     security_labels: tuple[str, ...] = ()
     data_classes: tuple[str, ...] = ()
+    #: ``data`` entries as (meaning, ``Type/id``); see :meth:`data_matches`
+    data: tuple[tuple[str, str], ...] = ()
     unevaluable: tuple[str, ...] = ()
     provisions: tuple[Provision, ...] = ()
 
@@ -113,7 +115,35 @@ class Provision:
             or self.purposes
             or self.security_labels
             or self.data_classes
+            or self.data
             or self.unevaluable
+        )
+
+    @property
+    def only_provenance(self) -> bool:
+        """States actors, all of them about where the data comes from (custodian,
+        author, ...), and no other criterion: it names no one who would receive data."""
+        return (
+            bool(self.actors)
+            and all(a.role_kind == "provenance" for a in self.actors)
+            and not (
+                self.period
+                or self.actions
+                or self.purposes
+                or self.security_labels
+                or self.data_classes
+                or self.data
+                or self.unevaluable
+            )
+        )
+
+    def data_matches(self, references: tuple[str, ...]) -> bool:
+        """``instance``, ``related`` and ``dependents`` all cover the referenced
+        instance itself (FHIR ConsentDataMeaning); what refers to it, or what it refers
+        to, cannot be seen in an access event, nor can ``authoredby``."""
+        return any(
+            meaning in ("instance", "related", "dependents") and ref in references
+            for meaning, ref in self.data
         )
 
 
@@ -136,12 +166,23 @@ class Policy:
     period: Period | None = None
     provisions: tuple[Provision, ...] = ()
     grantees: tuple[str, ...] = ()
+    #: policies the consent refers to (R4 ``policy.uri`` and ``policyRule`` codes, R5
+    #: ``policyBasis`` and ``regulatoryBasis``), as URIs or ``system|code``, in order
+    policy_refs: tuple[str, ...] = ()
+    #: when ``base`` is None: the base inferred from a typed top-level provision (used
+    #: when the policy table does not know the consent's policy) and the provisions
+    #: resolved under each possible base, ``(under permit, under deny)``
+    inferred_base: Effect | None = None
+    inferred_source: str = ""
+    alternatives: tuple[tuple[Provision, ...], tuple[Provision, ...]] = ((), ())
+    #: how the parser read shapes the specification leaves open (ADR 0021)
+    notes: tuple[str, ...] = ()
 
     def applies_to(self, request: ConsentRequest) -> bool:
-        """Counts for ``request``: governs access, active, same patient, period covers."""
+        """Counts for ``request``: governs access, active, same patient, period covers.
+        (A consent without a base of its own still counts: the policy table decides.)"""
         return (
             self.governs_access
-            and self.base is not None
             and self.status == "active"
             and self.patient_id == request.patient_id
             and (self.period is None or self.period.covers(request.at_us))
@@ -171,6 +212,8 @@ class ConsentRequest:
     action: Action
     security_labels: tuple[str, ...] = ()
     data_class: str | None = None
+    #: the data touched, as ``Type/id`` (matched by ``provision.data``)
+    data_references: tuple[str, ...] = ()
     at_us: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -182,7 +225,7 @@ class ConsentRequest:
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value):
                 raise _request_error(name, "must be a non-empty string or None")
-        for name in ("actor_roles", "purposes", "security_labels"):
+        for name in ("actor_roles", "purposes", "security_labels", "data_references"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, Iterable):
                 raise _request_error(name, "must be a tuple of strings")
@@ -213,23 +256,44 @@ class ConsentRequest:
             action=event.action,
             security_labels=labels,
             data_class=event.object.type if event.object is not None else None,
+            data_references=(
+                (f"{event.object.type}/{event.object.id}",)
+                if event.object is not None and event.object.id
+                else ()
+            ),
         )
+
+
+DecidedBy: TypeAlias = Literal["consent", "policy-table", "no-policy-rule", "none"]
 
 
 @dataclass(frozen=True, slots=True)
 class ConsentDecision:
     """The outcome, the deciding consent (None for ``no-consent``), the deciding
-    provision (indices from ``Consent.provision``; empty = the base decision) and why."""
+    provision (indices from ``Consent.provision``; empty = the base decision) and why.
+
+    ``decided_by``: ``consent`` (its provisions or its own base), ``policy-table`` (the
+    base came from the configured policy table, entry ``policy``), ``no-policy-rule``
+    (``no-consent`` because the consents in force name only policies the table does not
+    know: ``policy`` is the first of them), ``none`` (no consent in force)."""
 
     outcome: Outcome
     consent_id: str | None
     provision_path: tuple[int, ...]
     reason: str
+    decided_by: DecidedBy = "consent"
+    policy: str | None = None
 
     def to_dict(self) -> dict[str, object]:
-        return {
+        out: dict[str, object] = {
             "outcome": self.outcome,
             "consent_id": self.consent_id,
             "provision_path": list(self.provision_path),
             "reason": self.reason,
+            "decided_by": self.decided_by,
         }
+        if self.decided_by == "policy-table":
+            out["fallback"] = "policy-table"
+        if self.policy is not None:
+            out["policy"] = self.policy
+        return out

@@ -48,7 +48,8 @@ _STATUSES: Final = frozenset(
     }
 )
 #: provision members an access event cannot be tested against.
-_UNEVALUABLE: Final = ("code", "data", "dataPeriod", "documentType", "expression")
+_UNEVALUABLE: Final = ("code", "dataPeriod", "documentType", "expression")
+_DATA_MEANINGS: Final = frozenset({"instance", "related", "dependents", "authoredby"})
 _MAX_DEPTH: Final = 32
 
 _REFERENCE_TYPE_RE: Final = re.compile(r"\A[A-Z][A-Za-z]{1,63}\Z")
@@ -220,13 +221,35 @@ class _RawProvision:
     children: tuple[_RawProvision, ...]
 
 
-def _raw_provision(value: object, path: str, depth: int, *, r4_root: bool) -> _RawProvision:
+def _data(node: Mapping[str, Any], path: str) -> tuple[tuple[str, str], ...]:
+    out: set[tuple[str, str]] = set()
+    for item, p in _array(node, "data", path):
+        entry = _mapping(item, p)
+        meaning = entry.get("meaning")
+        if meaning not in _DATA_MEANINGS:
+            _fail(_join(p, "meaning"), f"must be one of {', '.join(sorted(_DATA_MEANINGS))}")
+        if "reference" not in entry:
+            _fail(_join(p, "reference"), "missing required field")
+        ref = _mapping(entry["reference"], _join(p, "reference"))
+        text = ref.get("reference")
+        if isinstance(text, str) and text.strip():
+            parts = [part for part in text.strip().split("/") if part]
+            if len(parts) >= 4 and parts[-2] == "_history":
+                parts = parts[:-2]
+            out.add((meaning, "/".join(parts[-2:])))
+        else:  # identifier-only: cannot be compared with the data an event names
+            out.add((meaning, "#unresolvable"))
+    return tuple(sorted(out))
+
+
+def _raw_provision(value: object, path: str, depth: int) -> _RawProvision:
     if depth > _MAX_DEPTH:
         _fail(path, f"provisions nested deeper than {_MAX_DEPTH}")
     node = _mapping(value, path)
     explicit = _effect_type(node["type"], _join(path, "type")) if "type" in node else None
-    # R4: the root provision's period is the consent's validity, not a criterion.
-    period = None if r4_root else _period(node, path)
+    # R4 defines provision.period as "the timeframe in this rule is valid": a criterion
+    # of the rule at every level, the root included.
+    period = _period(node, path)
     actors = tuple(_actor(item, p) for item, p in _array(node, "actor", path))
     classes = _codes(node, "class", path, concept=False)
     classes |= _codes(node, "resourceType", path, concept=False)
@@ -240,6 +263,7 @@ def _raw_provision(value: object, path: str, depth: int, *, r4_root: bool) -> _R
         purposes=tuple(sorted(_codes(node, "purpose", path, concept=False))),
         security_labels=tuple(sorted(_codes(node, "securityLabel", path, concept=False))),
         data_classes=tuple(sorted(classes)),
+        data=_data(node, path),
         unevaluable=unevaluable,
     )
     p = _join(path, "provision")
@@ -248,20 +272,69 @@ def _raw_provision(value: object, path: str, depth: int, *, r4_root: bool) -> _R
         nested = [nested]
     if not isinstance(nested, list | tuple):
         _fail(p, f"must be an array, got {_type_name(nested)}")
-    children = tuple(
-        _raw_provision(item, f"{p}[{i}]", depth + 1, r4_root=False) for i, item in enumerate(nested)
-    )
+    children = tuple(_raw_provision(item, f"{p}[{i}]", depth + 1) for i, item in enumerate(nested))
     return _RawProvision(explicit, criteria, children)
 
 
-def _resolve(raw: _RawProvision, parent: Effect) -> Provision:
+def _covers(stated: tuple[str, ...], parent: tuple[str, ...]) -> bool:
+    """A criterion (``stated``) met by every access meeting the parent's (``parent``)."""
+    return not stated or (bool(parent) and set(parent) <= set(stated))
+
+
+def _always_within(child: Provision, parent: Provision) -> bool:
+    """``child`` matches every access its parent matches: it narrows nothing."""
+    return (
+        (child.period is None or child.period == parent.period)
+        and all(a.role_kind == "provenance" or a in parent.actors for a in child.actors)
+        and _covers(child.actions, parent.actions)
+        and _covers(child.purposes, parent.purposes)
+        and _covers(child.security_labels, parent.security_labels)
+        and _covers(child.data_classes, parent.data_classes)
+        and not child.data
+        and not child.unevaluable
+    )
+
+
+def _resolve(
+    raw: _RawProvision,
+    parent: Effect,
+    *,
+    r4_root: bool,
+    r5: bool,
+    notes: list[str],
+    path: str,
+) -> Provision:
     c = raw.criteria
     if raw.type is not None:
         effect = raw.type
-    elif c.has_criteria:
-        effect = _opposite(parent)  # an exception to its parent
-    else:
+    elif not c.has_criteria:
         effect = parent  # a container
+    elif r4_root and c.only_provenance:
+        # R4: an untyped root provision naming only where the data is held (custodian,
+        # author) names no one to grant anything to: it withholds that data (HL7's Out
+        # and notAuthor examples, under OPTOUT and OPTIN alike; ADR 0021).
+        effect = "deny"
+        notes.append(f"{path}: names only the data's custodian/author: read as withholding")
+    elif r5 and c.only_provenance and raw.children:
+        # R5: a provision naming only where the data is held, with nested provisions,
+        # scopes its exceptions to that data and keeps its parent's effect (HL7's R5
+        # Emergency: "no data at Artis ... except for Emergency treatment use"). Without
+        # nested provisions it is an exception like any other (R5 Out, notAuthor).
+        effect = parent
+        notes.append(f"{path}: names only the data's custodian/author: a scope, not a reversal")
+    else:
+        effect = _opposite(parent)  # an exception to its parent
+    children: list[Provision] = []
+    for i, child_raw in enumerate(raw.children):
+        cpath = f"{path}.provision[{i}]"
+        child = _resolve(child_raw, effect, r4_root=False, r5=r5, notes=notes, path=cpath)
+        if child.effect != effect and child.effect == parent and _always_within(child, c):
+            # It restates its parent's scope with the effect that already holds outside
+            # the parent: read as "everything else", which the parent's parent says
+            # (HL7's Emergency and pkb examples; ADR 0021).
+            notes.append(f"{cpath}: restates its parent's scope with the outer effect: ignored")
+            continue
+        children.append(child)
     return Provision(
         effect=effect,
         typed=raw.type is not None,
@@ -271,8 +344,9 @@ def _resolve(raw: _RawProvision, parent: Effect) -> Provision:
         purposes=c.purposes,
         security_labels=c.security_labels,
         data_classes=c.data_classes,
+        data=c.data,
         unevaluable=c.unevaluable,
-        provisions=tuple(_resolve(child, effect) for child in raw.children),
+        provisions=tuple(children),
     )
 
 
@@ -318,6 +392,45 @@ def _version(res: Mapping[str, Any]) -> FhirVersion:
         or isinstance(res.get("provision"), list | tuple)
     )
     return "R5" if r5 else "R4"
+
+
+def _coded_refs(value: object, path: str) -> list[str]:
+    """``system|code`` (or the bare code) of each coding of a CodeableConcept."""
+    concept = _mapping(value, path)
+    out = []
+    for coding, p in _array(concept, "coding", path):
+        code = _coding_code(coding, p)
+        system = _mapping(coding, p).get("system")
+        out.append(f"{system}|{code}" if isinstance(system, str) and system else code)
+    return out
+
+
+def _policy_refs(res: Mapping[str, Any]) -> tuple[str, ...]:
+    """The policies a consent refers to, in document order (see ``Policy.policy_refs``)."""
+    refs: list[str] = []
+    for item, p in _array(res, "policy", "$"):  # R4
+        entry = _mapping(item, p)
+        if "uri" in entry:
+            refs.append(_string(entry["uri"], _join(p, "uri")).strip())
+        elif "authority" in entry:
+            refs.append(_string(entry["authority"], _join(p, "authority")).strip())
+    rule = res.get("policyRule")
+    if isinstance(rule, str) and rule.strip():  # STU3
+        refs.append(rule.strip())
+    elif rule is not None:
+        refs.extend(_coded_refs(rule, "policyRule"))
+    basis = res.get("policyBasis")  # R5
+    if basis is not None:
+        entry = _mapping(basis, "policyBasis")
+        if "url" in entry:
+            refs.append(_string(entry["url"], "policyBasis.url").strip())
+        if "reference" in entry:
+            ref = _mapping(entry["reference"], "policyBasis.reference")
+            if isinstance(ref.get("reference"), str) and ref["reference"].strip():
+                refs.append(ref["reference"].strip())
+    for item, p in _array(res, "regulatoryBasis", "$"):  # R5
+        refs.extend(_coded_refs(item, p))
+    return tuple(dict.fromkeys(refs))
 
 
 def _policy_rule(res: Mapping[str, Any]) -> tuple[Effect | None, str]:
@@ -371,40 +484,64 @@ def parse_consent(resource: Mapping[str, Any]) -> Policy:
     governs = _governs_access(res)
 
     raw_top: tuple[_RawProvision, ...] = ()
-    validity: Period | None = None
+    single_root = False
     if "provision" in res:
         prov = res["provision"]
         if isinstance(prov, Mapping):  # R4 (and early R5 drafts): one root provision
-            r4_root = version == "R4"
-            raw_top = (_raw_provision(prov, "provision", 0, r4_root=r4_root),)
-            if r4_root:
-                validity = _period(prov, "provision")
+            raw_top = (_raw_provision(prov, "provision", 0),)
+            single_root = True
         elif isinstance(prov, list | tuple):
             raw_top = tuple(
-                _raw_provision(item, f"provision[{i}]", 0, r4_root=False)
-                for i, item in enumerate(prov)
+                _raw_provision(item, f"provision[{i}]", 0) for i, item in enumerate(prov)
             )
         else:
             _fail("provision", f"must be an object or an array, got {_type_name(prov)}")
-    if version == "R5":
-        validity = _period(res, "$")
+    # R5 Consent.period bounds the whole consent; R4 has none (its root provision's
+    # period bounds that provision only).
+    validity = _period(res, "$") if version == "R5" else None
+    refs = _policy_refs(res)
 
     base: Effect | None
     if "decision" in res:
         base, source = _effect_type(res["decision"], "decision"), "decision"
     else:
         base, source = _policy_rule(res)
+    inferred: Effect | None = None
+    inferred_source = ""
     top_type = raw_top[0].type if len(raw_top) == 1 else None
     if base is None and top_type is not None:
-        base = _opposite(top_type) if raw_top[0].criteria.has_criteria else top_type
-        source = f"provision type {top_type}"
-    if base is None and governs:
+        inferred = _opposite(top_type) if raw_top[0].criteria.has_criteria else top_type
+        inferred_source = f"provision type {top_type}"
+    if base is None and inferred is None and not refs and governs and version == "R4":
         _fail(
-            "decision" if version == "R5" else "policyRule",
-            "no base decision: needs R5 decision, an R4 opt-in/opt-out policyRule "
-            "or a typed top-level provision",
+            "policyRule",
+            "no base decision: an R4 consent needs a policy or a policyRule (ppc-1), "
+            "or a typed root provision",
         )
-    provisions = tuple(_resolve(raw, base) for raw in raw_top) if base is not None else ()
+
+    notes: list[str] = []
+    r4_root = version == "R4" and single_root
+
+    def resolve(under: Effect) -> tuple[Provision, ...]:
+        return tuple(
+            _resolve(
+                raw,
+                under,
+                r4_root=r4_root,
+                r5=version == "R5",
+                notes=notes,
+                path=_top_path(i, single_root),
+            )
+            for i, raw in enumerate(raw_top)
+        )
+
+    provisions: tuple[Provision, ...] = ()
+    alternatives: tuple[tuple[Provision, ...], tuple[Provision, ...]] = ((), ())
+    if base is not None:
+        provisions = resolve(base)
+    else:
+        alternatives = (resolve("permit"), resolve("deny"))
+        notes = sorted(set(notes))
 
     grantees = tuple(
         sorted(
@@ -424,7 +561,16 @@ def parse_consent(resource: Mapping[str, Any]) -> Policy:
         period=validity,
         provisions=provisions,
         grantees=grantees,
+        policy_refs=refs,
+        inferred_base=inferred,
+        inferred_source=inferred_source,
+        alternatives=alternatives,
+        notes=tuple(notes),
     )
+
+
+def _top_path(index: int, single_root: bool) -> str:
+    return "provision" if single_root else f"provision[{index}]"
 
 
 def is_active(resource: Mapping[str, Any] | Policy, at: str) -> bool:
