@@ -40,6 +40,7 @@ __all__ = [
     "Confidentiality",
     "ObjectRef",
     "Outcome",
+    "Party",
     "Patient",
     "RawRef",
     "Sensitivity",
@@ -105,6 +106,8 @@ _ENUM_VALUES: Final[Mapping[str, str]] = {
     "action": "C, R, U, D, E",
     "outcome": "0, 4, 8, 12",
     "client.address_type": "ip, hostname, uri",
+    "recipient.address_type": "ip, hostname, uri",
+    "discloser.address_type": "ip, hostname, uri",
     "sensitivity.confidentiality": "U, L, M, N, R, V",
 }
 
@@ -140,6 +143,20 @@ class Client(_Base, frozen=True, kw_only=True):
     address: Uri
     address_type: AddressType
     workstation: Text | None = None
+
+
+class Party(_Base, frozen=True, kw_only=True):
+    """A party to an export or disclosure: who received the data (``recipient``) or who
+    released it (``discloser``). ``role`` is the code that made it that party (DICOM
+    110152 Destination Role ID, 110153 Source Role ID, 110154 Destination Media, ...);
+    ``address`` is its network address or URI, as the record gives it."""
+
+    id: Id
+    name: Text | None = None
+    role: Code | None = None
+    organization: Text | None = None
+    address: Uri | None = None
+    address_type: AddressType | None = None
 
 
 class Source(_Base, frozen=True, kw_only=True):
@@ -228,6 +245,10 @@ class AccessEvent(_Base, frozen=True, kw_only=True):
     query: Base64 | None = None
     correlation_id: Id | None = None
     raw_ref: RawRef | None = None
+    #: Exports and disclosures: who received the data and who released it (optional,
+    #: omitted when absent, so events without them keep their canonical bytes).
+    recipient: Party | None = None
+    discloser: Party | None = None
 
     def __post_init__(self) -> None:
         # Format is checked by the msgspec pattern; only day-of-month can still be wrong.

@@ -87,6 +87,15 @@ class FindingCode(StrEnum):
     ALERT_STATUS_PENDING = "ALERT_STATUS_PENDING"  # a status row not chained yet
     # ADR 0017: a row differs from (or is missing in) the replica (verify --replica)
     REPLICA_MISMATCH = "REPLICA_MISMATCH"
+    # ADR 0023: the same record chained twice (sent twice, or over TCP and UDP): the same
+    # source and event content at two positions; reported, not a sign of tampering
+    DUPLICATE_EVENT = "DUPLICATE_EVENT"
+    # ADR 0024: a consent decision point's answer, checked and replayed against the ledger
+    CONSENT_DECISION_TAMPERED = "CONSENT_DECISION_TAMPERED"  # record edited / unreadable
+    CONSENT_DECISION_NOT_LEDGERED = "CONSENT_DECISION_NOT_LEDGERED"  # no signed event for it
+    CONSENT_DECISION_RECORD_MISSING = "CONSENT_DECISION_RECORD_MISSING"  # ledgered, row gone
+    CONSENT_DECISION_REPLAY_MISMATCH = "CONSENT_DECISION_REPLAY_MISMATCH"  # replay differs
+    CONSENT_DECISION_PENDING = "CONSENT_DECISION_PENDING"  # its signed event not chained yet
 
     @property
     def default_severity(self) -> Severity:
@@ -149,6 +158,12 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.ALERT_STATUS_NOT_LEDGERED: _C,
         FindingCode.ALERT_STATUS_PENDING: Severity.INFO,
         FindingCode.REPLICA_MISMATCH: _E,
+        FindingCode.DUPLICATE_EVENT: Severity.INFO,
+        FindingCode.CONSENT_DECISION_TAMPERED: _C,
+        FindingCode.CONSENT_DECISION_NOT_LEDGERED: _C,
+        FindingCode.CONSENT_DECISION_RECORD_MISSING: _C,
+        FindingCode.CONSENT_DECISION_REPLAY_MISMATCH: _C,
+        FindingCode.CONSENT_DECISION_PENDING: Severity.INFO,
     }
 )
 

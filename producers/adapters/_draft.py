@@ -15,6 +15,7 @@ from careledger_core.event import (
     Client,
     Coding,
     ObjectRef,
+    Party,
     Patient,
     RawRef,
     Sensitivity,
@@ -46,6 +47,25 @@ UNKNOWN_EVENT_TYPE: Final = Coding(system=UNSPECIFIED_SYSTEM, code="unknown")
 #: EventTypeCodes (subtypes).
 _DCM_EVENT_IDS: Final = frozenset(str(n) for n in range(110100, 110115))
 _LIFECYCLE: Final = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+#: DICOM EventIDs of a transfer of data between two parties: 110104 DICOM Instances
+#: Transferred, 110106 Export, 110107 Import.
+_DCM_TRANSFERS: Final = frozenset({"110104", "110106", "110107"})
+#: ISO 21089 lifecycle events that move a record to another party.
+_LIFECYCLE_TRANSFERS: Final = frozenset({"disclose", "transmit", "receive"})
+
+
+def is_transfer(event_type: Coding, subtypes: Sequence[Coding]) -> bool:
+    """Whether the event moves data from one party to another (export, import, transfer,
+    disclosure): then the record's Destination and Source roles are the recipient and
+    the discloser, not the client."""
+    for c in (event_type, *subtypes):
+        if c.system == DCM and c.code in _DCM_TRANSFERS:
+            return True
+        if c.system == _LIFECYCLE and c.code in _LIFECYCLE_TRANSFERS:
+            return True
+        if c.system == UNSPECIFIED_SYSTEM and c.code.lower() == "disclosure":
+            return True  # HL7 example-disclosure: subtype "Disclosure" without a system
+    return False
 
 
 def is_type_level(coding: Coding) -> bool:
@@ -133,6 +153,8 @@ class Draft:
     sensitivity: Sensitivity | None
     query: str | None
     correlation_id: str | None
+    recipient: Party | None = None
+    discloser: Party | None = None
 
 
 def add_patient(patients: list[Patient], patient: Patient) -> None:
@@ -146,15 +168,32 @@ def build_events(
     raw_format: str,
     raw_sha256: str,
     entry_index: int | None = None,
+    issues: Issues | None = None,
+    path: str = "",
 ) -> tuple[AccessEvent, ...]:
     """One event per patient (one with patient ``"-"`` when there is none).
 
     The event id is the source's UUID when the record names one patient; otherwise it is
     derived from the raw bytes' SHA-256, the entry index (Bundles) and the patient's
     position, so the same bytes always give the same ids.
+
+    Each patient's event keeps the other patients out: a record naming several patients
+    gives events without its query (QUERY_WITHHELD: the query text may name the others;
+    the raw record keeps it whole), and an object that is another patient's Patient
+    resource is left out of this patient's event.
     """
     patients = list(dict.fromkeys(draft.patients)) or [NO_PATIENT]
     raw_ref = RawRef(format=raw_format, sha256=raw_sha256)
+    query = draft.query
+    if query is not None and len(patients) > 1:
+        query = None
+        if issues is not None:
+            issues.add(
+                "QUERY_WITHHELD",
+                f"the record names {len(patients)} patients: each patient's event is "
+                "without the query (kept whole in the raw record)",
+                path,
+            )
     events: list[AccessEvent] = []
     for index, patient in enumerate(patients):
         if draft.source_id is not None and len(patients) == 1:
@@ -177,11 +216,13 @@ def build_events(
             session_ref=draft.session_ref,
             source=draft.source,
             patient=patient,
-            object=draft.object,
+            object=_own_object(draft.object, patient, patients),
             sensitivity=draft.sensitivity,
-            query=draft.query,
+            query=query,
             correlation_id=draft.correlation_id,
             raw_ref=raw_ref,
+            recipient=draft.recipient,
+            discloser=draft.discloser,
         )
         try:
             event = _validated(candidate)
@@ -194,6 +235,20 @@ def build_events(
             ) from exc
         events.append(event)
     return tuple(events)
+
+
+def _own_object(
+    obj: ObjectRef | None, patient: Patient, patients: list[Patient]
+) -> ObjectRef | None:
+    """``obj``, unless it is the Patient resource of another patient of the record."""
+    if obj is None or obj.id is None or len(patients) < 2 or obj.type != "Patient":
+        return obj
+    ident = obj.id.split("/_history/")[0].rsplit("/", 1)[-1]
+    if ident == patient.id:
+        return obj
+    if any(ident == other.id for other in patients if other is not patient):
+        return None
+    return obj
 
 
 def _validated(event: AccessEvent) -> AccessEvent:

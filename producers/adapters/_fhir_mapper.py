@@ -12,14 +12,25 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Final, Literal
 
-from careledger_core.event import Actor, Client, Coding, ObjectRef, Patient, Sensitivity, Source
+from careledger_core.event import (
+    Actor,
+    Client,
+    Coding,
+    ObjectRef,
+    Party,
+    Patient,
+    Sensitivity,
+    Source,
+)
 
-from ._draft import Draft, add_patient, choose_event_type
+from ._draft import Draft, add_patient, choose_event_type, is_transfer
 from ._fhir_elements import _Agent, _Elements, _Entity, _Ref
 from ._values import (
     CONFIDENTIALITY,
     CORRELATION_DETAILS,
+    DISCLOSER_ROLES,
     NOBODY,
+    RECIPIENT_ROLES,
     UNSPECIFIED_SYSTEM,
     as_confidentiality,
     as_uuid,
@@ -59,6 +70,18 @@ _ENTITY_PERSON: Final = "1"
 _CORRELATION_TYPES: Final = frozenset({"XrequestId"})
 _TOKEN_TYPES: Final = frozenset({"UserOauthAgent", "UserSamlAgent", "jti"})
 _ORG_TYPES: Final = frozenset({"PROV", "ORG"})
+
+
+def _is_uri(value: str) -> bool:
+    """An absolute URL or an OID URN: names a policy, not a token."""
+    lowered = value.lower()
+    return "://" in lowered or lowered.startswith(("urn:oid:", "urn:ietf:"))
+
+
+def _roles(agent: _Agent) -> set[str]:
+    """The agent's codes in ``type`` and ``role`` (R4 puts DICOM role ids in ``type``,
+    R5 in ``type`` or ``role``)."""
+    return agent.type_code_values | {c.code for c in agent.roles}
 
 
 # ============================================================================ the mapper
@@ -157,19 +180,37 @@ class _Mapper(_Elements):
             chosen,
         )
 
-    def client(self, agents: list[_Agent], actor: _Agent | None, action: str) -> Client | None:
+    def client(
+        self, agents: list[_Agent], actor: _Agent | None, action: str, transfer: bool
+    ) -> Client | None:
+        """Where the access came from: the actor's own network address; else another
+        agent marked ``requestor`` (by the flag, not by its place in the list); else by
+        DICOM role: for a transfer (export, import, disclosure) the releasing side
+        (110153 Source), never the recipient, which is kept in ``recipient``; for a read
+        the 110152 Destination (the machine the data went to, BALP), else 110153."""
         chosen: _Agent | None = None
         if actor is not None and actor.network is not None:
             chosen = actor
         else:
             candidates = [a for a in agents if a.network is not None and a is not actor]
-            order = ("110152", "110153") if action == "R" else ("110153", "110152")
-            for code in (*order, "110150"):
-                chosen = next((a for a in candidates if code in a.type_code_values), None)
+            if transfer:
+                candidates = [a for a in candidates if not _roles(a) & set(RECIPIENT_ROLES)]
+            requestors = [a for a in candidates if a.requestor is True]
+            if transfer:
+                order: tuple[str, ...] = (*DISCLOSER_ROLES, "110150")
+            elif action == "R":
+                order = ("110152", "110153", "110150")
+            else:
+                order = ("110153", "110152", "110150")
+            for pool in (requestors, candidates):
+                for code in order:
+                    chosen = next((a for a in pool if code in _roles(a)), None)
+                    if chosen is not None:
+                        break
+                if chosen is None and pool:
+                    chosen = pool[0]
                 if chosen is not None:
                     break
-            if chosen is None and candidates:
-                chosen = candidates[0]
         if chosen is None or chosen.network is None:
             return None
         address, declared = chosen.network
@@ -185,6 +226,35 @@ class _Mapper(_Elements):
             address_type=classify_address(addr, declared, self.issues, path),
             workstation=clip_text(workstation, self.issues, f"{chosen.path}.who"),
         )
+
+    def party(self, agents: list[_Agent], roles: tuple[str, ...]) -> Party | None:
+        """The agent that holds the first of ``roles`` (DICOM role ids in ``type`` or
+        ``role``, R4 and R5 alike), as a party of a transfer."""
+        for code in roles:
+            agent = next((a for a in agents if code in _roles(a)), None)
+            if agent is None:
+                continue
+            ident = agent.actor_id
+            if ident is None:
+                continue
+            path = agent.path
+            name = agent.name or agent.ref.display
+            address: str | None = None
+            address_type: Literal["ip", "hostname", "uri"] | None = None
+            if agent.network is not None:
+                address = clip_uri(agent.network[0], self.issues, f"{path}.network")
+                if address is not None:
+                    address_type = classify_address(
+                        address, agent.network[1], self.issues, f"{path}.network"
+                    )
+            return Party(
+                id=clip_id(ident, self.issues, f"{path}.who") or NOBODY,
+                name=clip_text(name if name != ident else None, self.issues, f"{path}.name"),
+                role=code,
+                address=address,
+                address_type=address_type,
+            )
+        return None
 
     def source(self) -> Source:
         path = self.p("source")
@@ -277,12 +347,11 @@ class _Mapper(_Elements):
                     if patient is not None:
                         self.issues.add(
                             "PATIENT_INFERRED",
-                            "no patient entity: the Patient resource the record touches is "
-                            "taken as the patient",
+                            "no patient entity: each Patient resource the record touches "
+                            "is taken as a patient",
                             f"{e.path}.what",
                         )
                         add_patient(found, patient)
-                        break
         if not found:
             self.issues.add("NO_PATIENT", "the record names no patient: patient '-'", self.root)
         return found
@@ -367,8 +436,12 @@ class _Mapper(_Elements):
         return None
 
     def session(self, actor: _Agent | None, entities: list[_Entity]) -> str | None:
-        if actor is not None and actor.policy:
-            return clip_id(actor.policy[0], self.issues, f"{actor.path}.policy")
+        """The actor's first ``policy`` value that is a token id (BALP: OAuth ``jti``,
+        SAML assertion id), not a policy URI (HL7: "the policy the authorization was made
+        under", e.g. a consent policy: not a session); else a BALP token entity."""
+        tokens = [p for p in (actor.policy if actor is not None else []) if not _is_uri(p)]
+        if actor is not None and tokens:
+            return clip_id(tokens[0], self.issues, f"{actor.path}.policy")
         for e in entities:
             if self._entity_kind(e) == "token" and e.ref.identifier_value:
                 return clip_id(e.ref.identifier_value, self.issues, f"{e.path}.what")
@@ -384,6 +457,7 @@ class _Mapper(_Elements):
         agents = self.agents()
         actor, actor_agent = self.actor(agents)
         entities = self.entities()
+        transfer = is_transfer(event_type, subtypes)
         return Draft(
             source_id=as_uuid(self.doc.get("id")),
             occurred_at=occurred_at,
@@ -395,7 +469,7 @@ class _Mapper(_Elements):
             outcome_desc=outcome_desc,
             purpose_of_use=self.purposes(actor_agent),
             actor=actor,
-            client=self.client(agents, actor_agent, action),
+            client=self.client(agents, actor_agent, action, transfer),
             session_ref=self.session(actor_agent, entities),
             source=self.source(),
             patients=self.patients(entities),
@@ -403,4 +477,6 @@ class _Mapper(_Elements):
             sensitivity=self.sensitivity(entities),
             query=self.query(entities),
             correlation_id=self.correlation(entities),
+            recipient=self.party(agents, RECIPIENT_ROLES) if transfer else None,
+            discloser=self.party(agents, DISCLOSER_ROLES) if transfer else None,
         )

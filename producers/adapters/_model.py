@@ -100,6 +100,10 @@ ISSUE_CODES: Final[Mapping[str, str]] = MappingProxyType(
         "identifier was skipped",
         "PATIENT_ROLE_MISSING": "a person object with a patient id type but no role "
         "was taken as a patient",
+        "QUERY_WITHHELD": "the record names several patients: each patient's event is "
+        "without the query, which may name the others (the raw record keeps it)",
+        "DOUBLE_ESCAPED": "an XML value was escaped twice (&amp;amp;): its entity "
+        "references were unescaped once more",
         # documents
         "VERSION_MIXED": "the AuditEvent mixes FHIR R4 and R5 element names",
         "RESOURCE_TYPE_MISSING": "no resourceType; the shape says AuditEvent",

@@ -44,6 +44,12 @@ NO_PATIENT_SYSTEM: Final = "urn:careledger:no-patient"
 #: Actor id / source system when the record names none.
 NOBODY: Final = "-"
 
+#: DICOM RoleIDCodes (PS3.16 CID 402) of the two sides of a transfer of data: who
+#: received it (Destination Role ID, Destination Media) and who released it (Source
+#: Role ID, Source Media), most telling first.
+RECIPIENT_ROLES: Final = ("110152", "110154")
+DISCLOSER_ROLES: Final = ("110153", "110155")
+
 _SYSTEM_ALIASES: Final = {
     # DICOM: old FHIR URIs, the OID and the RFC 3881 / DICOM codeSystemName
     "http://nema.org/dicom/dicm": DCM,
@@ -545,6 +551,21 @@ def classify_address(address: str, declared: str | None, issues: Issues, path: s
 
 
 # ----------------------------------------------------------------------------- patients
+_XML_ENTITY: Final = re.compile(r"&(amp|lt|gt|quot|apos);")
+_XML_ENTITIES: Final = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def unescape_once(value: str) -> tuple[str, bool]:
+    """(value, changed): XML entity references left in an attribute value after the XML
+    parser's own unescaping (a sender that escaped twice: ``&amp;amp;`` arrives as
+    ``&amp;``) replaced exactly once, in one pass, never repeatedly (``&amp;amp;`` left
+    by a triple escape stays ``&amp;``)."""
+    if "&" not in value:
+        return value, False
+    out = _XML_ENTITY.sub(lambda m: _XML_ENTITIES[m.group(1)], value)
+    return out, out != value
+
+
 def parse_cx(value: str) -> tuple[str, str | None]:
     """(id, system) of an HL7 v2 CX identifier ``ID^^^namespace&universal-id&type^...``.
 

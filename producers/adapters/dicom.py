@@ -26,12 +26,13 @@ from careledger_core.event import (
     Client,
     Coding,
     ObjectRef,
+    Party,
     Patient,
     Sensitivity,
     Source,
 )
 
-from ._draft import Draft, add_patient, build_events, choose_event_type
+from ._draft import Draft, add_patient, build_events, choose_event_type, is_transfer
 from ._intake import UTF8_BOM, decode_utf8, intake
 from ._model import (
     DEFAULT_MAX_BYTES,
@@ -46,7 +47,9 @@ from ._model import (
 from ._values import (
     CONFIDENTIALITY_ORDER,
     CORRELATION_DETAILS,
+    DISCLOSER_ROLES,
     NOBODY,
+    RECIPIENT_ROLES,
     UNSPECIFIED_SYSTEM,
     Issues,
     as_confidentiality,
@@ -65,6 +68,7 @@ from ._values import (
     normalise_source_type,
     parse_cx,
     parse_time,
+    unescape_once,
     unique_codes,
 )
 
@@ -386,20 +390,39 @@ class _Mapper:
         )
 
     def client(
-        self, participants: list[_Participant], actor: _Participant | None, action: str
+        self,
+        participants: list[_Participant],
+        actor: _Participant | None,
+        action: str,
+        transfer: bool,
     ) -> Client | None:
+        """Where the access came from: the actor's own network access point; else
+        another participant with ``UserIsRequestor`` (by the flag, not by its place);
+        else by RoleIDCode: for a transfer the releasing side (110153 Source), never the
+        recipient (kept in ``recipient``); for a read 110152, else 110153."""
         chosen: _Participant | None = None
         if actor is not None and actor.nap_id:
             chosen = actor
         else:
             candidates = [p for p in participants if p.nap_id and p is not actor]
-            order = ("110152", "110153") if action == "R" else ("110153", "110152")
-            for code in (*order, "110150"):
-                chosen = next((p for p in candidates if code in p.role_codes), None)
+            if transfer:
+                candidates = [p for p in candidates if not p.role_codes & set(RECIPIENT_ROLES)]
+            requestors = [p for p in candidates if p.requestor is True]
+            if transfer:
+                order: tuple[str, ...] = (*DISCLOSER_ROLES, "110150")
+            elif action == "R":
+                order = ("110152", "110153", "110150")
+            else:
+                order = ("110153", "110152", "110150")
+            for pool in (requestors, candidates):
+                for code in order:
+                    chosen = next((p for p in pool if code in p.role_codes), None)
+                    if chosen is not None:
+                        break
+                if chosen is None and pool:
+                    chosen = pool[0]
                 if chosen is not None:
                     break
-            if chosen is None and candidates:
-                chosen = candidates[0]
         if chosen is None or not chosen.nap_id:
             return None
         path = f"{chosen.path}@NetworkAccessPointID"
@@ -412,6 +435,33 @@ class _Mapper:
             address_type=classify_address(address, chosen.nap_type, self.issues, path),
             workstation=clip_text(workstation, self.issues, f"{chosen.path}@UserID"),
         )
+
+    def party(self, participants: list[_Participant], roles: tuple[str, ...]) -> Party | None:
+        """The participant with the first of ``roles`` (RoleIDCode), as a party of a
+        transfer."""
+        for code in roles:
+            p = next((p for p in participants if code in p.role_codes and p.any_id), None)
+            if p is None or p.any_id is None:
+                continue
+            address: str | None = None
+            address_type: Literal["ip", "hostname", "uri"] | None = None
+            if p.nap_id:
+                path = f"{p.path}@NetworkAccessPointID"
+                address = clip_uri(p.nap_id, self.issues, path)
+                if address is not None:
+                    address_type = classify_address(address, p.nap_type, self.issues, path)
+            return Party(
+                id=clip_id(p.any_id, self.issues, f"{p.path}@UserID") or NOBODY,
+                name=clip_text(
+                    p.user_name if p.user_name != p.any_id else None,
+                    self.issues,
+                    f"{p.path}@UserName",
+                ),
+                role=code,
+                address=address,
+                address_type=address_type,
+            )
+        return None
 
     def source(self) -> Source:
         path = f"{_ROOT}/AuditSourceIdentification"
@@ -473,7 +523,15 @@ class _Mapper:
                     f"{o.path}@ParticipantObjectID",
                 )
                 continue
-            ident, system = parse_cx(o.object_id)
+            object_id, unescaped = unescape_once(o.object_id)
+            if unescaped:
+                self.issues.add(
+                    "DOUBLE_ESCAPED",
+                    "the patient id holds XML entity references after XML unescaping "
+                    "(escaped twice): unescaped once more",
+                    f"{o.path}@ParticipantObjectID",
+                )
+            ident, system = parse_cx(object_id)
             pid = clip_id(ident, self.issues, f"{o.path}@ParticipantObjectID")
             if pid is None:
                 self.issues.add(
@@ -555,6 +613,7 @@ class _Mapper:
         participants = self.participants()
         actor, actor_participant = self.actor(participants)
         objects = self.objects()
+        transfer = is_transfer(event_type, subtypes)
         return Draft(
             source_id=None,
             occurred_at=occurred,
@@ -566,7 +625,7 @@ class _Mapper:
             outcome_desc=desc,
             purpose_of_use=purposes,
             actor=actor,
-            client=self.client(participants, actor_participant, action),
+            client=self.client(participants, actor_participant, action, transfer),
             session_ref=self.detail(objects, _SESSION_DETAILS, "session"),
             source=self.source(),
             patients=self.patients(objects),
@@ -574,6 +633,8 @@ class _Mapper:
             sensitivity=self.sensitivity(objects),
             query=self.query(objects),
             correlation_id=self.detail(objects, CORRELATION_DETAILS, "correlation"),
+            recipient=self.party(participants, RECIPIENT_ROLES) if transfer else None,
+            discloser=self.party(participants, DISCLOSER_ROLES) if transfer else None,
         )
 
     def dialect(self) -> str:
@@ -682,7 +743,13 @@ def parse_dicom_audit_xml(
     mapper = _Mapper(root, received_at, issues)
     draft = mapper.draft()
     fmt = mapper.dialect()
-    events = build_events(draft, raw_format=fmt, raw_sha256=sha256)
+    events = build_events(
+        draft,
+        raw_format=fmt,
+        raw_sha256=sha256,
+        issues=issues,
+        path=f"{_ROOT}/ParticipantObjectIdentification",
+    )
     record = RawRecord(
         data=raw,
         sha256=sha256,

@@ -130,6 +130,8 @@ def _map_audit_event(
         raw_format=raw_format or fmt,
         raw_sha256=sha256,
         entry_index=entry_index,
+        issues=issues,
+        path=f"{root}.entity",
     )
     return fmt, events
 

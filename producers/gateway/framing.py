@@ -25,7 +25,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-__all__ = ["DEFAULT_KEEP", "Frame", "FrameDecoder", "FrameError", "Framing", "octet_counted"]
+__all__ = [
+    "DEFAULT_KEEP",
+    "Frame",
+    "FrameDecoder",
+    "FrameError",
+    "Framing",
+    "datagram",
+    "octet_counted",
+]
 
 Framing = Literal["octet-counting", "non-transparent", "datagram"]
 
@@ -58,6 +66,14 @@ class FrameError:
     prefix: bytes
     size: int
     framing: Framing
+
+
+def datagram(data: bytes) -> Frame:
+    """One UDP datagram as a frame: RFC 5426 carries exactly one syslog message per
+    datagram, so the frame is the datagram *exactly as received* — a trailing LF that
+    some senders add included — and the raw record's SHA-256 is the hash of the bytes
+    that arrived. The MSG parser takes the white space after the XML as it is."""
+    return Frame(bytes(data), "datagram")
 
 
 def octet_counted(message: bytes) -> bytes:

@@ -38,7 +38,7 @@ from careledger.config import Settings
 from careledger.raw_record import MAX_RECORD_BYTES
 from producers.adapters import MIN_MAX_BYTES
 from producers.gateway.auth import AuthConfigError, SenderRegistry
-from producers.gateway.framing import Frame, FrameDecoder, FrameError
+from producers.gateway.framing import Frame, FrameDecoder, FrameError, datagram
 from producers.gateway.ingest import Ingestor, Received, frame_error_job, received
 from producers.gateway.publisher import Job, Publisher, PublishError
 
@@ -365,8 +365,7 @@ class Gateway:
                 try:
                     identity = self.registry.identify_syslog(None, str(addr[0]))
                     base = {"peer": f"{addr[0]}:{addr[1]}"}
-                    frame = data.rstrip(b"\n") if data.endswith(b"\n") else data
-                    await self._frames("syslog-udp", base, identity, [Frame(frame, "datagram")])
+                    await self._frames("syslog-udp", base, identity, [datagram(data)])
                 finally:
                     slots.release()
 

@@ -142,7 +142,11 @@ def test_a_message_naming_four_patients_gives_four_events() -> None:
     assert first.purpose_of_use == ("TREAT",)  # PurposeOfUse given by the v3-ActReason OID
     assert first.actor.id == "n.okafor" and first.actor.name == "Nkem Okafor"
     assert first.client is not None and first.client.address == "ws-4711.clinic.example"
-    assert first.query is not None
+    # the query may name the other patients: no patient's event copies it (issue 11);
+    # the raw record keeps it whole
+    assert all(e.query is None for e in result.events)
+    assert b"<ParticipantObjectQuery>" in result.raw.data
+    assert "QUERY_WITHHELD" in {i.code for i in result.issues}
     rest = {
         json.dumps({k: v for k, v in event_to_dict(e).items() if k not in ("patient", "event_id")})
         for e in result.events

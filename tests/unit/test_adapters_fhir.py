@@ -135,7 +135,8 @@ def test_hl7_r4_disclosure_maps_purpose_and_security_labels() -> None:
     assert e.sensitivity.confidentiality == "V"
     assert e.sensitivity.labels == ("STD", "DELAU")
     assert e.actor.id == "SomeIdiot@nowhere" and e.actor.department == "Location/1"
-    assert e.session_ref == "http://consent.com/yes"
+    # agent.policy names the consent policy, not a session (issue 11)
+    assert e.session_ref is None
     assert e.patient.id == "example"
     # the subtype "Disclosure" names no code system: kept, flagged
     assert e.event_subtype[0].system == "urn:careledger:code-system:unspecified"

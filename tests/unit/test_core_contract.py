@@ -177,6 +177,12 @@ def test_finding_codes_are_stable() -> None:
         "ALERT_STATUS_NOT_LEDGERED",
         "ALERT_STATUS_PENDING",
         "REPLICA_MISMATCH",
+        "DUPLICATE_EVENT",
+        "CONSENT_DECISION_TAMPERED",
+        "CONSENT_DECISION_NOT_LEDGERED",
+        "CONSENT_DECISION_RECORD_MISSING",
+        "CONSENT_DECISION_REPLAY_MISMATCH",
+        "CONSENT_DECISION_PENDING",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)

@@ -45,6 +45,7 @@ from verifiers.integrity.checkpoints import (
     read_checkpoints,
     skipped_snapshot,
 )
+from verifiers.integrity.duplicates import check_duplicate_events
 from verifiers.integrity.follow import Follower
 from verifiers.integrity.fsck import (
     DEFAULT_MAX_FINDINGS,
@@ -349,6 +350,8 @@ def _verify_once(
                 check_run_sources(run, store, settings)
             except (RegistrarConfigError, KeyFileError) as exc:
                 source_error.append(exc)
+            # ADR 0023: the same record chained twice is reported (info, not tampering)
+            run.source_findings.extend(check_duplicate_events(store))
 
         processes = getattr(args, "processes", None)
         run = run_verification(

@@ -16,9 +16,10 @@ Views:
   action, outcome, purpose, and, when the auditor's ``access_decisions`` table exists,
   its explanation or alert for the event;
 * ``hipaa-disclosures`` (accounting of disclosures, 45 CFR 164.528): only the events for
-  which :func:`verifiers.reports.proofs.is_disclosure` holds (successful action E exports: DICOM
-  110106, lifecycle ``disclose``, FHIR ``$export``), with date, recipient, description,
-  purpose;
+  which :func:`verifiers.reports.proofs.is_disclosure` holds (successful exports: DICOM
+  110106, lifecycle ``disclose``, FHIR ``$export``, with action E or a named recipient),
+  with date, recipient (the event's ``recipient``: name and address, as 164.528 asks),
+  who disclosed it (``discloser``), description, purpose;
 * ``gdpr`` (GDPR Art. 15 as read by CJEU C-579/21): dates and purposes only.
 
 Every line carries its proof (JSON output): chain id, height, event index, leaf hash,
@@ -93,6 +94,7 @@ from verifiers.reports.proofs import (
     REPORT_SCHEMA,
     VIEWS,
     describe,
+    disclosed_by,
     is_disclosure,
     recipient,
     redact_report,
@@ -383,6 +385,7 @@ def _line(view: str, e: AccessEvent, state: ReferenceState) -> dict[str, Any]:
             "event_id": e.event_id,
             "occurred_at": e.occurred_at,
             "recipient": recipient(e),
+            "disclosed_by": disclosed_by(e),
             "actor_id": e.actor.id,
             "organization": e.actor.organization,
             "description": describe(e),
@@ -546,7 +549,7 @@ _TABLE_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "decision",
         "block",
     ),
-    "hipaa-disclosures": ("date", "recipient", "description", "purpose", "block"),
+    "hipaa-disclosures": ("date", "recipient", "disclosed_by", "description", "purpose", "block"),
     "gdpr": ("date", "purpose"),
 }
 _CSV_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
@@ -575,6 +578,7 @@ _CSV_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
         "date",
         "occurred_at",
         "recipient",
+        "disclosed_by",
         "description",
         "purpose",
         "chain_id",

@@ -70,6 +70,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event import (
     AccessEvent,
     Coding,
+    Party,
     decode_and_canonicalize,
     is_valid_timestamp,
 )
@@ -88,6 +89,7 @@ __all__ = [
     "ProofResult",
     "ReportFormatError",
     "describe",
+    "disclosed_by",
     "is_disclosure",
     "recipient",
     "redact_report",
@@ -159,21 +161,37 @@ def _is_export_coding(c: Coding) -> bool:
     return False
 
 
+DCM_IMPORT: Final = "110107"
+
+
 def is_disclosure(e: AccessEvent) -> bool:
     """Whether an access event is a *disclosure* for the HIPAA accounting (164.528).
 
-    Precisely: ``action == "E"`` (execute), ``outcome == 0`` (it succeeded: a failed
-    export released nothing), and the event type or one of its subtypes is an export:
-    DICOM ``110106`` Export, ISO 21089 lifecycle ``disclose``, or a FHIR
-    restful-interaction / audit-event-type coding whose code or display is ``export``
-    (``$export``, bulk data). A print (DICOM 110106 with action ``R``) is a use inside
-    the organisation, not a disclosure; an ``extract`` exported with action E is
-    counted, because the ledger cannot tell whether the copy left the entity and the
-    accounting must not under-report.
+    Precisely: ``outcome == 0`` (it succeeded: a failed export released nothing), the
+    event type or one of its subtypes is an export (DICOM ``110106`` Export, ISO 21089
+    lifecycle ``disclose``, or a FHIR restful-interaction / audit-event-type coding whose
+    code or display is ``export``: ``$export``, bulk data), and either
+
+    * ``action == "E"`` (execute): an ``extract`` exported with action E is counted,
+      because the ledger cannot tell whether the copy left the entity and the accounting
+      must not under-report; or
+    * the event names its ``recipient`` (a Destination role of the record: DICOM 110152
+      / 110154) whatever the action — the IHE BALP privacy disclosure and the HL7
+      ``example-disclosure`` are recorded with action ``R`` — unless the event type is
+      DICOM ``110107`` Import: that is the recipient's record of receiving it, not a
+      disclosure by the entity keeping this ledger.
+
+    A print (DICOM 110106 with action ``R`` and no recipient) is a use inside the
+    organisation, not a disclosure.
     """
-    if e.action != "E" or e.outcome != 0:
+    if e.outcome != 0:
         return False
-    return _is_export_coding(e.event_type) or any(_is_export_coding(c) for c in e.event_subtype)
+    if not (_is_export_coding(e.event_type) or any(_is_export_coding(c) for c in e.event_subtype)):
+        return False
+    if e.action == "E":
+        return True
+    imported = e.event_type.system == DCM and e.event_type.code == DCM_IMPORT
+    return e.recipient is not None and not imported
 
 
 def describe(e: AccessEvent) -> str:
@@ -186,10 +204,26 @@ def describe(e: AccessEvent) -> str:
     return f"{' / '.join(kinds)}: {what}"
 
 
+def _party(p: Party) -> str:
+    who = f"{p.name} ({p.id})" if p.name else p.id
+    if p.organization:
+        who = f"{who}, {p.organization}"
+    return f"{who} at {p.address}" if p.address and p.address != p.id else who
+
+
 def recipient(e: AccessEvent) -> str:
-    """Who received a disclosure, from the event: the actor and their organisation."""
+    """Who received a disclosure (164.528(b)(2)(ii): name and, if known, address): the
+    event's ``recipient`` (the record's Destination role); an event without one (a bulk
+    ``$export``) was received by its actor and their organisation."""
+    if e.recipient is not None:
+        return _party(e.recipient)
     who = f"{e.actor.name} ({e.actor.id})" if e.actor.name else e.actor.id
     return f"{who}, {e.actor.organization}" if e.actor.organization else who
+
+
+def disclosed_by(e: AccessEvent) -> str | None:
+    """Who released the data (the record's Source role), when the event names it."""
+    return _party(e.discloser) if e.discloser is not None else None
 
 
 def _object_type(e: AccessEvent) -> str | None:
@@ -215,6 +249,7 @@ DISPLAYED_FIELDS: Final[Mapping[str, Callable[[AccessEvent], Any]]] = {
     "object_id": _object_id,
     "description": describe,
     "recipient": recipient,
+    "disclosed_by": disclosed_by,
 }
 
 
