@@ -42,6 +42,7 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from careledger.kafka.clients import client_config
 from careledger.kafka.offsets import watermark_offsets
 from careledger.witness_client import WitnessUnreachable, latest_checkpoint
 from careledger.witnesses import WitnessSet
@@ -79,18 +80,20 @@ class CheckpointNotes:
         self.topic: str = settings.topic_checkpoints
         self.timeout_s = timeout_s
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                # required by the client; never joined (assign) nor committed
-                "group.id": f"careledger-checkpoint-notes-{uuid.uuid4().hex}",
-                "client.id": "careledger-checkpoint-notes",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-                "allow.auto.create.topics": False,
-                "socket.timeout.ms": max(1000, int(timeout_s * 1000)),
-            },
-            logger=kafka_log,
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    # required by the client; never joined (assign) nor committed
+                    "group.id": f"careledger-checkpoint-notes-{uuid.uuid4().hex}",
+                    "client.id": "careledger-checkpoint-notes",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": False,
+                    "allow.auto.create.topics": False,
+                    "socket.timeout.ms": max(1000, int(timeout_s * 1000)),
+                },
+                logger=kafka_log,
+            )
         )
         #: partition -> (log-start offset, end offset when opened)
         self.bounds: dict[int, tuple[int, int]] = {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.sources import read_registry
 from careledger.stack.topics import events_topic_time_problem
@@ -222,11 +223,13 @@ def create_app(
         if not committed_reader:
             committed_reader.append(
                 Consumer(
-                    {
-                        "bootstrap.servers": settings.kafka_bootstrap,
-                        "group.id": settings.processor_app_id,
-                        "enable.auto.commit": False,
-                    }
+                    client_config(
+                        settings.kafka_bootstrap,
+                        {
+                            "group.id": settings.processor_app_id,
+                            "enable.auto.commit": False,
+                        },
+                    )
                 )
             )
         [tp] = committed_reader[0].committed([TopicPartition(*part)], timeout=10)

@@ -19,6 +19,7 @@ import uuid
 from typing import Any, Final
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.offsets import watermark_offsets
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
@@ -68,25 +69,29 @@ class _CheckpointFeed:
         self.topic = settings.topic_checkpoints
         self.failures = 0
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"careledger-cosigner-{uuid.uuid4().hex}",  # assigned, never joined
-                "client.id": "careledger-cosigner",
-                "enable.auto.commit": False,
-                "enable.partition.eof": False,
-                "allow.auto.create.topics": False,
-            },
-            logger=_kafka_log,
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "group.id": f"careledger-cosigner-{uuid.uuid4().hex}",  # assigned, never joined
+                    "client.id": "careledger-cosigner",
+                    "enable.auto.commit": False,
+                    "enable.partition.eof": False,
+                    "allow.auto.create.topics": False,
+                },
+                logger=_kafka_log,
+            )
         )
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "client.id": "careledger-cosigner",
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-            },
-            logger=_kafka_log,
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "client.id": "careledger-cosigner",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                },
+                logger=_kafka_log,
+            )
         )
         deadline = time.monotonic() + 15.0
         try:

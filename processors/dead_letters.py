@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 
 
 @dataclass(frozen=True)
@@ -86,12 +87,14 @@ def read_dead_letters(
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-dlq-reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-dlq-reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic or settings.topic_dead_letter])
     found: list[DeadLetter] = []

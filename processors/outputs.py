@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 from careledger.storage.block_records import BlockMaterial, BlockPublishError, encode_material
 from careledger_core.checkpoint import (
@@ -97,18 +98,20 @@ class KafkaOutputs:
         self.topic = settings.topic_dead_letter
         self.checkpoint_failures = 0
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                # a whole batch record (ADR 0020) may be dead-lettered or quarantined
-                "message.max.bytes": max(
-                    settings.max_event_bytes * 20,
-                    settings.max_batch_record_bytes + 65536,
-                    MAX_ENVELOPE_BYTES + 65536,
-                ),
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    # a whole batch record (ADR 0020) may be dead-lettered or quarantined
+                    "message.max.bytes": max(
+                        settings.max_event_bytes * 20,
+                        settings.max_batch_record_bytes + 65536,
+                        MAX_ENVELOPE_BYTES + 65536,
+                    ),
+                },
+            )
         )
 
     def send_dead_letters(self, rejected: list[tuple[Part, Rejected]]) -> None:
@@ -205,14 +208,16 @@ class KafkaOutputs:
         producer = getattr(self, "_blocks_out", None)
         if producer is None:
             producer = self._blocks_out = Producer(
-                {
-                    "bootstrap.servers": self.settings.kafka_bootstrap,
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "linger.ms": 5,
-                    "compression.type": "lz4",
-                    "message.max.bytes": MAX_ENVELOPE_BYTES + 65536,
-                }
+                client_config(
+                    self.settings.kafka_bootstrap,
+                    {
+                        "enable.idempotence": True,
+                        "acks": "all",
+                        "linger.ms": 5,
+                        "compression.type": "lz4",
+                        "message.max.bytes": MAX_ENVELOPE_BYTES + 65536,
+                    },
+                )
             )
         failures: list[str] = []
 

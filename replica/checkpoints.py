@@ -29,6 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from careledger.kafka.clients import client_config
 from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
 from careledger_core.cosignature import WitnessPolicy, check_quorum, split_note
 from careledger_core.errors import (
@@ -144,16 +145,18 @@ def read_checkpoints(
     topic_name: str = settings.topic_checkpoints
     out = SignedCheckpoints(witnessed=policy is not None)
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-restore-checkpoints-{uuid.uuid4().hex}",
-            "client.id": "careledger-restore",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": False,
-            "auto.offset.reset": "earliest",
-            "allow.auto.create.topics": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-restore-checkpoints-{uuid.uuid4().hex}",
+                "client.id": "careledger-restore",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": False,
+                "auto.offset.reset": "earliest",
+                "allow.auto.create.topics": False,
+            },
+        )
     )
     try:
         try:

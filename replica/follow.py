@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
+from careledger.kafka.clients import client_config
 from careledger.kafka.offsets import watermark_offsets
 from careledger.storage.block_records import (
     BlockMaterial,
@@ -193,16 +194,18 @@ class Replicator:
 
     # ------------------------------------------------------------------ setup
     def _consumer(self) -> Any:
-        config = {
-            "bootstrap.servers": self.settings.kafka_bootstrap,
-            "group.id": self.group,
-            "client.id": "careledger-replica",
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "auto.offset.reset": "earliest",
-            "allow.auto.create.topics": False,
-            "enable.partition.eof": False,
-        }
+        config = client_config(
+            self.settings.kafka_bootstrap,
+            {
+                "group.id": self.group,
+                "client.id": "careledger-replica",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "allow.auto.create.topics": False,
+                "enable.partition.eof": False,
+            },
+        )
         if self._consumer_factory is not None:
             return self._consumer_factory(config)
         from confluent_kafka import Consumer

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from careledger.config import PROJECT_ROOT, Settings, load_settings
+from careledger.kafka.clients import client_config
 
 log = logging.getLogger("careledger.tests")
 
@@ -164,7 +165,7 @@ def _cleanup(s: Settings, topics: list[str]) -> None:
         log.warning("could not drop test database %s: %s", s.clickhouse_database, exc)
     try:
         # Topics the processor (faust) created for this test's app id go too.
-        existing = AdminClient({"bootstrap.servers": s.kafka_bootstrap}).list_topics(timeout=10)
+        existing = AdminClient(client_config(s.kafka_bootstrap)).list_topics(timeout=10)
         extra = [t for t in existing.topics if t.startswith(f"{s.processor_app_id}-")]
         stack_mod.delete_topics(s, [t for t in topics if t in existing.topics] + extra)
     except Exception as exc:

@@ -73,6 +73,7 @@ from careledger.kafka.batching import (
     format_utc,
     heartbeat_record,
 )
+from careledger.kafka.clients import RateLimit, client_config, rdkafka_logger
 from careledger.keys import KeyFileError, load_source_key
 from careledger_core.errors import InfrastructureError, ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -81,32 +82,11 @@ from careledger_core.signing import SigningKey
 from careledger_core.source import new_epoch
 
 log = logging.getLogger("careledger.producer")
-_rdkafka_log = logging.getLogger("careledger.producer.rdkafka")
-
-#: Repeated client errors (a broker that is down is retried every few hundred ms) are
-#: logged once per this many seconds per kind.
-LOG_REPEAT_INTERVAL_S = 10.0
-
-
-class _RateLimit(logging.Filter):
-    """Lets one record per kind through every LOG_REPEAT_INTERVAL_S seconds."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._last: dict[tuple[int, str], float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        kind = (record.levelno, str(args[0]) if args else str(record.msg))
-        now = time.monotonic()
-        if now - self._last.get(kind, -1e9) < LOG_REPEAT_INTERVAL_S:
-            return False
-        self._last[kind] = now
-        return True
-
-
-_rdkafka_log.addFilter(_RateLimit())
-_client_errors = _RateLimit()
+#: librdkafka's log lines of the SDK's producers (rate-limited: one per kind every
+#: LOG_REPEAT_INTERVAL_S seconds)
+_rdkafka_log = rdkafka_logger("careledger.producer.rdkafka")
+#: client-level errors (``error_cb``) are rate-limited the same way
+_client_errors = RateLimit()
 
 __all__ = [
     "DEFAULT_COMPRESSION",
@@ -198,10 +178,12 @@ def producer_config(
     *,
     compression: str = DEFAULT_COMPRESSION,
     extra_config: dict[str, Any] | None = None,
+    logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
-    """The librdkafka configuration the SDK uses (without callbacks)."""
+    """The librdkafka configuration the SDK uses (without callbacks), through
+    :func:`careledger.kafka.clients.client_config`: librdkafka's lines go to ``logger``
+    (default: the SDK's rate-limited ``careledger.producer.rdkafka``), never to stderr."""
     config: dict[str, Any] = {
-        "bootstrap.servers": bootstrap,
         "client.id": "careledger-producer",
         # exactly-once per partition and in order, even across retries
         "enable.idempotence": True,
@@ -220,7 +202,7 @@ def producer_config(
     }
     if extra_config:
         config.update(extra_config)
-    return config
+    return client_config(bootstrap, config, logger=logger or _rdkafka_log)
 
 
 class AccessEventProducer:
@@ -256,7 +238,6 @@ class AccessEventProducer:
         config = producer_config(self.bootstrap, compression=compression, extra_config=extra_config)
         config["on_delivery"] = self._on_delivery
         config["error_cb"] = self._on_error
-        config["logger"] = _rdkafka_log
         # queue-full waits give up after the message timeout plus a margin: by then every
         # queued message has either been delivered or failed, so the queue cannot be full
         # for any reason but a dead producer

@@ -21,6 +21,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import load_public_keys
 from careledger_core.errors import CareledgerError, InfrastructureError, ValidationError
 from careledger_core.reference import (
@@ -136,16 +137,18 @@ def _read_topic(
 
     try:
         consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                # required by the client, never joined (assign) nor committed
-                "group.id": f"careledger-sources-reader-{uuid.uuid4().hex[:8]}",
-                "client.id": "careledger-sources-reader",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "enable.partition.eof": False,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    # required by the client, never joined (assign) nor committed
+                    "group.id": f"careledger-sources-reader-{uuid.uuid4().hex[:8]}",
+                    "client.id": "careledger-sources-reader",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "enable.partition.eof": False,
+                },
+            )
         )
     except KafkaException as exc:
         raise InfrastructureError(f"cannot create Kafka consumer: {exc}", code="KAFKA") from exc

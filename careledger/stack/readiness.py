@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 
 from .processes import _port_open
 
@@ -20,7 +21,7 @@ def kafka_ready(settings: Settings, timeout: float = 2.0) -> bool:
     try:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(_admin_config(settings))
+        admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
     except Exception as exc:  # KafkaException and friends
@@ -64,11 +65,10 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
         driver_log.setLevel(saved_level)
 
 
-def _admin_config(settings: Settings) -> dict[str, Any]:
-    return {
-        "bootstrap.servers": settings.kafka_bootstrap,
-        "socket.connection.setup.timeout.ms": 2000,
-        "log.connection.close": False,
-        # librdkafka logs refused connections to stderr; keep it to real errors.
-        "log_level": 3,
-    }
+#: the stack's admin clients (probes, topic set-up): fail fast, and librdkafka hands only
+#: real errors to the logger (refused connections are an answer here)
+ADMIN_SETTINGS: dict[str, Any] = {
+    "socket.connection.setup.timeout.ms": 2000,
+    "log.connection.close": False,
+    "log_level": 3,
+}

@@ -8,10 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 
 from .model import StackError
-from .readiness import _admin_config
+from .readiness import ADMIN_SETTINGS
 
 # Every part of the stack logs as "careledger.stack", like the single module it was.
 log = logging.getLogger("careledger.stack")
@@ -94,7 +95,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient(_admin_config(settings))
+    admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
     deadline = time.monotonic() + timeout
     pending = dict(topics)
     last_error: Exception | None = None
@@ -192,7 +193,9 @@ def events_topic_time_problem(settings: Settings) -> str | None:
 
     name = settings.topic_events
     try:
-        have = _describe(AdminClient(_admin_config(settings)), name).get(TIMESTAMP_TYPE)
+        have = _describe(
+            AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS)), name
+        ).get(TIMESTAMP_TYPE)
     except KafkaException as exc:
         log.warning("cannot describe topic %s: %s", name, exc)
         return None
@@ -231,7 +234,7 @@ def delete_topics(settings: Settings, names: Sequence[str], timeout: float = 30.
 
     if not names:
         return
-    admin = AdminClient(_admin_config(settings))
+    admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
     futures = admin.delete_topics(list(names), operation_timeout=timeout, request_timeout=timeout)
     for name, fut in futures.items():
         try:

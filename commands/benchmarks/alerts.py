@@ -56,6 +56,7 @@ from typing import Any
 
 from careledger import stack
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import write_keypair
 from careledger.processes import start_cli, start_processor, stop
 from careledger.sources import ensure_local_source
@@ -139,7 +140,7 @@ def configure_benchmark_alerts(parser: argparse.ArgumentParser) -> None:
 def _admin(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    return AdminClient(client_config(settings.kafka_bootstrap))
 
 
 def _create_topics(settings: Settings) -> list[str]:
@@ -177,11 +178,13 @@ def _read_topic(settings: Settings, topic: str) -> list[tuple[int, int, bytes | 
     from careledger.kafka.offsets import watermark_offsets
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            },
+        )
     )
     out: list[tuple[int, int, bytes | None, bytes]] = []
     try:

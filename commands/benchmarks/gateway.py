@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import PROJECT_ROOT, Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import write_keypair
 from careledger_core.signing import SigningKey
 from producers.gateway.auth import signed_headers
@@ -201,10 +202,12 @@ class _Bench:
         from confluent_kafka import Consumer
 
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"careledger-gwbench-{uuid.uuid4().hex[:8]}",
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "group.id": f"careledger-gwbench-{uuid.uuid4().hex[:8]}",
+                },
+            )
         )
 
     def raw_count(self) -> int:

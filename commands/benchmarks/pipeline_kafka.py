@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.offsets import watermark_offsets
 from commands.benchmarks.alert_latency import parse_checkpoint_note
 from commands.benchmarks.pipeline_load import leader_not_ready, retry_with_deadline
@@ -28,14 +29,16 @@ def _consumer(s: Settings) -> Iterator[Any]:
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": s.kafka_bootstrap,
-            # required by the client; never joined (assign) nor committed
-            "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "log_level": 3,  # no librdkafka notices on the user's terminal
-        }
+        client_config(
+            s.kafka_bootstrap,
+            {
+                # required by the client; never joined (assign) nor committed
+                "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": False,
+                "log_level": 3,  # no librdkafka notices on the user's terminal
+            },
+        )
     )
     try:
         yield consumer

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.processes import run_cli, start_processor, stop
 from careledger_core.errors import InfrastructureError
 from commands.benchmarks import pipeline_host as host
@@ -189,7 +190,7 @@ class Run:
         if not self.app_ids:
             return
         admin = self.admin or AdminClient(
-            {"bootstrap.servers": self.base.kafka_bootstrap, "log_level": 3}
+            client_config(self.base.kafka_bootstrap, {"log_level": 3})
         )
         try:
             futures = admin.delete_consumer_groups(list(self.app_ids), request_timeout=10)
@@ -237,7 +238,7 @@ class Run:
         from confluent_kafka.admin import AdminClient
 
         if self.admin is None:  # one for the run: each client logs when it is destroyed
-            self.admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap, "log_level": 3})
+            self.admin = AdminClient(client_config(s.kafka_bootstrap, {"log_level": 3}))
         admin = self.admin
         try:
             futures = admin.describe_consumer_groups([s.processor_app_id], request_timeout=5)

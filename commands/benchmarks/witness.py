@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.processes import run_cli, start_cli, start_processor, stop
 from careledger_core.chain_tree import ChainTree
 from careledger_core.checkpoint import Checkpoint, format_checkpoint, sign_note
@@ -68,11 +69,13 @@ def _checkpoint_records(settings: Settings) -> list[tuple[str, int, bool, float]
     witnesses = load_witnesses(settings)
     assert witnesses is not None
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"bench-witness-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"bench-witness-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            },
+        )
     )
     topic = settings.topic_checkpoints
     out = []

@@ -15,6 +15,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from tests.integration.pipeline import (
     processor_settings,
     run_cli,
@@ -30,7 +31,7 @@ pytestmark = pytest.mark.integration
 
 
 def _high_watermarks(settings: Settings, topics: list[str]) -> int:
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "hw-probe"})
+    consumer = Consumer(client_config(settings.kafka_bootstrap, {"group.id": "hw-probe"}))
     try:
         total = 0
         for topic in topics:
@@ -125,12 +126,14 @@ def test_simulated_inappropriate_accesses_become_alerts(isolated: Settings, tmp_
 
     # The same alerts went to the alerts topic for the security team.
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"e2e-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"e2e-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([settings.topic_alerts])
     published: set[str] = set()

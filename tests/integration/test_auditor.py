@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.stack import delete_topics
 from careledger_core.event import AccessEvent, event_from_dict
@@ -160,12 +161,14 @@ def audit(settings: Settings, *extra: str) -> dict[str, Any]:
 
 def read_topic(settings: Settings, topic: str, want: int, timeout: float = 30.0) -> list[Any]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic])
     out: list[Any] = []

@@ -29,6 +29,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from careledger import stack
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -86,7 +87,7 @@ def _signed(
 
 def _produce(settings: Settings, values: list[bytes], create_time: float | None = None) -> None:
     """Produce as an attacker would: raw bytes, the Kafka timestamp set by the producer."""
-    producer = Producer({"bootstrap.servers": settings.kafka_bootstrap, "acks": "all"})
+    producer = Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
     for v in values:
         kwargs: dict[str, Any] = {}
         if create_time is not None:
@@ -97,12 +98,14 @@ def _produce(settings: Settings, values: list[bytes], create_time: float | None 
 
 def _read(settings: Settings, topic: str, expect: int, timeout: float = 60.0) -> list[Any]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic])
     out = []
@@ -120,7 +123,7 @@ def _codes(messages: list[Any]) -> list[str]:
 
 
 def _set_timestamp_type(settings: Settings, value: str) -> None:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings.kafka_bootstrap))
     resource = ConfigResource(
         ConfigResource.Type.TOPIC,
         settings.topic_events,
@@ -134,7 +137,7 @@ def _set_timestamp_type(settings: Settings, value: str) -> None:
 
 
 def _timestamp_type(settings: Settings) -> str:
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin = AdminClient(client_config(settings.kafka_bootstrap))
     resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topic_events)
     return str(
         admin.describe_configs([resource])[resource].result()["message.timestamp.type"].value

@@ -26,6 +26,7 @@ import pytest
 import trustme
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.keys import write_keypair
 from careledger.processes import child_env
 from producers.gateway.auth import signed_headers
@@ -297,14 +298,16 @@ def read_topic(
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"gateway-test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            "fetch.max.bytes": 64 * 1024 * 1024,
-            "max.partition.fetch.bytes": 16 * 1024 * 1024,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"gateway-test-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "fetch.max.bytes": 64 * 1024 * 1024,
+                "max.partition.fetch.bytes": 16 * 1024 * 1024,
+            },
+        )
     )
     consumer.subscribe([topic])
     got: list[Any] = []

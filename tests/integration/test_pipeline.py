@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_public_keys
 from careledger.storage.store import ChainStore
@@ -81,12 +82,14 @@ def _assert_exactly_once(settings: Settings, produced_ids: list[str]) -> None:
 
 def _read_topic(settings: Settings, topic: str, idle_s: float) -> list[bytes]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"reader-{time.monotonic_ns()}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"reader-{time.monotonic_ns()}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic])
     values: list[bytes] = []
@@ -281,11 +284,13 @@ def test_offsets_committed_ahead_of_the_store_do_not_skip_events(
             producer.send(e)
         producer.flush()
     committer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.processor_app_id,
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": settings.processor_app_id,
+                "enable.auto.commit": False,
+            },
+        )
     )
     ahead = [TopicPartition(settings.topic_events, p, 300) for p in range(settings.partitions)]
     committer.commit(offsets=ahead, asynchronous=False)
@@ -320,11 +325,13 @@ def test_unstored_records_are_chained_even_when_no_new_record_arrives(
             producer.send(e)
         producer.flush()
     committer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.processor_app_id,
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": settings.processor_app_id,
+                "enable.auto.commit": False,
+            },
+        )
     )
     at_end = []
     for p in range(settings.partitions):
@@ -413,12 +420,14 @@ def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
     _assert_exactly_once(settings, [e.event_id for e in valid])
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"dlq-check-{settings.processor_app_id}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"dlq-check-{settings.processor_app_id}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([settings.topic_dead_letter])
     seen: dict[tuple[int, int], tuple[bytes, dict[str, bytes]]] = {}

@@ -18,6 +18,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.sources import load_registrar_keys, read_heartbeats, read_registry
 from careledger_core.batch_record import looks_batch, open_batch_record
 from careledger_core.errors import InfrastructureError
@@ -42,12 +43,14 @@ def _consume_all(settings: Settings, expected: int, timeout: float = 60.0) -> li
     """Read the events topic from the beginning until ``expected`` messages (then a bit
     longer, so that duplicates would show)."""
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-test-sdk-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-test-sdk-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+            },
+        )
     )
     try:
         consumer.assign(

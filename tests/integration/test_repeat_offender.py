@@ -20,6 +20,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.stack import delete_topics
 from careledger.storage.store import ChainStore
@@ -139,12 +140,14 @@ class _AlertsTopic:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "group.id": f"test-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
-                "enable.auto.commit": False,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                    "auto.offset.reset": "earliest",
+                    "enable.auto.commit": False,
+                },
+            )
         )
         self._consumer.subscribe([settings.topic_alerts])
         self.docs: dict[str, dict[str, Any]] = {}

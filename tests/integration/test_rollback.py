@@ -17,6 +17,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from careledger.kafka.clients import client_config
 from careledger.storage.store import ChainHead, SealedBlock
 from careledger.storage.trees import stored_consistency_proof, stored_root
 from careledger_core.chain_tree import ChainTree
@@ -42,13 +43,13 @@ def delete_checkpoint_records(setup: Setup) -> int:
     """DeleteRecords up to the end of every partition of the checkpoints topic."""
     topic = setup.settings.topic_checkpoints
     consumer = Consumer(
-        {"bootstrap.servers": setup.settings.kafka_bootstrap, "group.id": "rollback-test"}
+        client_config(setup.settings.kafka_bootstrap, {"group.id": "rollback-test"})
     )
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     finally:
         consumer.close()
-    admin = AdminClient({"bootstrap.servers": setup.settings.kafka_bootstrap})
+    admin = AdminClient(client_config(setup.settings.kafka_bootstrap))
     futures = admin.delete_records([TopicPartition(topic, 0, high)])
     for future in futures.values():
         deleted = future.result(timeout=30)

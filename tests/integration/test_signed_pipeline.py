@@ -21,6 +21,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
@@ -93,12 +94,14 @@ def _read(
     """At least ``expect`` records of ``topic`` (or, with ``until``, until it holds)."""
     done = until or (lambda out: len(out) >= expect)
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"reader-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([topic])
     out: list[Any] = []
@@ -122,7 +125,7 @@ def _wait_registry_ledgered(settings: Settings, store: ChainStore) -> None:
     as the access events are chained may not have chained them yet (they are not lost:
     it would on its next start)."""
     topic = settings.topic_sources
-    consumer = Consumer({"bootstrap.servers": settings.kafka_bootstrap, "group.id": "hw-probe"})
+    consumer = Consumer(client_config(settings.kafka_bootstrap, {"group.id": "hw-probe"}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         on_topic = sum(

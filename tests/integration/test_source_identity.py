@@ -22,6 +22,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.keys import write_keypair
 from careledger.sources import (
@@ -56,11 +57,13 @@ def _consume(settings: Settings, expected: int) -> list[Message]:
     for one second more (so that records beyond those would be seen too)."""
     topic, partitions = settings.topic_events, settings.partitions
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-test-sources-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-test-sources-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+            },
+        )
     )
     try:
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)])

@@ -14,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.stack import clickhouse_server, kafka_server
 
 
@@ -55,19 +56,21 @@ def test_cli_status_exit_code(stack: Settings, capsys: pytest.CaptureFixture[str
 def test_produce_and_consume_through_the_broker(isolated: Settings) -> None:
     topic = isolated.topic_events
     payload = f"hello {uuid.uuid4()}".encode()
-    producer = Producer({"bootstrap.servers": isolated.kafka_bootstrap, "acks": "all"})
+    producer = Producer(client_config(isolated.kafka_bootstrap, {"acks": "all"}))
     delivered: list[object] = []
     producer.produce(topic, payload, key=b"patient-1", on_delivery=lambda e, m: delivered.append(e))
     assert producer.flush(15) == 0
     assert delivered == [None]
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": isolated.kafka_bootstrap,
-            "group.id": f"test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            isolated.kafka_bootstrap,
+            {
+                "group.id": f"test-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     try:
         consumer.subscribe([topic])
@@ -95,7 +98,7 @@ def test_clickhouse_is_18_16(stack: Settings) -> None:
 
 
 def test_topics_exist_with_configured_partitions(stack: Settings) -> None:
-    md = AdminClient({"bootstrap.servers": stack.kafka_bootstrap}).list_topics(timeout=10)
+    md = AdminClient(client_config(stack.kafka_bootstrap)).list_topics(timeout=10)
     for name, partitions in stack_mod.default_topics(stack).items():
         assert name in md.topics, name
         assert len(md.topics[name].partitions) == partitions, name
@@ -105,7 +108,7 @@ def test_topics_exist_with_configured_partitions(stack: Settings) -> None:
 def test_isolated_fixture_has_own_topics_and_database(isolated: Settings, stack: Settings) -> None:
     assert isolated.clickhouse_database != stack.clickhouse_database
     assert isolated.topic_events != stack.topic_events
-    md = AdminClient({"bootstrap.servers": isolated.kafka_bootstrap}).list_topics(timeout=10)
+    md = AdminClient(client_config(isolated.kafka_bootstrap)).list_topics(timeout=10)
     assert len(md.topics[isolated.topic_events].partitions) == isolated.partitions
     client = Client(isolated.clickhouse_host, port=isolated.clickhouse_port)
     try:
@@ -145,7 +148,7 @@ def test_full_lifecycle_of_a_separate_stack(stack: Settings, tmp_path: Path) -> 
         assert st.kafka.pid and st.clickhouse.pid
         assert (own.run_dir / "logs" / "kafka" / "server.log").exists()
         assert (own.run_dir / "logs" / "clickhouse" / "clickhouse-server.log").exists()
-        md = AdminClient({"bootstrap.servers": own.kafka_bootstrap}).list_topics(timeout=10)
+        md = AdminClient(client_config(own.kafka_bootstrap)).list_topics(timeout=10)
         assert len(md.topics[own.topic_events].partitions) == 2
 
         again = stack_mod.up(own, quiet=True)

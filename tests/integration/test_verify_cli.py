@@ -25,6 +25,7 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import PROJECT_ROOT, Settings
+from careledger.kafka.clients import client_config
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainHead, ChainStore, SealedBlock
 from careledger_core.event import canonical_event_bytes
@@ -312,12 +313,14 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 def _alerts(settings: Settings, want: int, timeout: float) -> list[tuple[bytes, dict[str, Any]]]:
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-test-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-test-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([settings.topic_alerts])
     got: list[tuple[bytes, dict[str, Any]]] = []

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
@@ -427,12 +428,14 @@ def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
         stack.ensure_topics(settings, {settings.topic_alert_status: 1}, timeout=10.0)
         failed: list[Any] = []
         producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "enable.idempotence": True,
-                "acks": "all",
-                "message.timeout.ms": 15_000,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "message.timeout.ms": 15_000,
+                },
+            )
         )
         producer.produce(
             settings.topic_alert_status,
@@ -450,12 +453,14 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": f"careledger-alerts-tail-{uuid.uuid4().hex[:8]}",
-            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
-            "enable.auto.commit": False,
-        }
+        client_config(
+            settings.kafka_bootstrap,
+            {
+                "group.id": f"careledger-alerts-tail-{uuid.uuid4().hex[:8]}",
+                "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+                "enable.auto.commit": False,
+            },
+        )
     )
     consumer.subscribe([settings.topic_alerts])
     seen = 0

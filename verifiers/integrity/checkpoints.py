@@ -57,6 +57,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from careledger.cosigned_checkpoints import fetch_from_witnesses
+from careledger.kafka.clients import client_config
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -283,19 +284,21 @@ class CheckpointReader:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         consumer = Consumer(
-            {
-                "bootstrap.servers": self.settings.kafka_bootstrap,
-                # Required by the client; never joined (assign, not subscribe) nor committed.
-                "group.id": f"careledger-verifier-checkpoints-{uuid.uuid4().hex}",
-                "client.id": "careledger-verifier",
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "enable.partition.eof": False,
-                "auto.offset.reset": "earliest",
-                "allow.auto.create.topics": False,
-                "socket.timeout.ms": max(1000, int(self.timeout_s * 1000)),
-            },
-            logger=kafka_log,
+            client_config(
+                self.settings.kafka_bootstrap,
+                {
+                    # Required by the client; never joined (assign, not subscribe) nor committed.
+                    "group.id": f"careledger-verifier-checkpoints-{uuid.uuid4().hex}",
+                    "client.id": "careledger-verifier",
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "enable.partition.eof": False,
+                    "auto.offset.reset": "earliest",
+                    "allow.auto.create.topics": False,
+                    "socket.timeout.ms": max(1000, int(self.timeout_s * 1000)),
+                },
+                logger=kafka_log,
+            )
         )
         try:
             try:

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from careledger.config import Settings
+from careledger.kafka.clients import client_config
 from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
@@ -107,14 +108,16 @@ class KafkaAlertSink:
 
         self.topic = settings.topic_alerts
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "client.id": "careledger-verifier",
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 20,
-                "message.timeout.ms": 60_000,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "client.id": "careledger-verifier",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 20,
+                    "message.timeout.ms": 60_000,
+                },
+            )
         )
 
     def publish(

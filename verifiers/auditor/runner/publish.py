@@ -7,6 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from careledger.kafka.clients import client_config
+
 from .rows import dumps
 
 log = logging.getLogger("careledger.auditor")
@@ -27,14 +29,16 @@ class KafkaAlertPublisher:
         self.topic = topic or settings.topic_alerts
         self.failed = 0
         self._producer = Producer(
-            {
-                "bootstrap.servers": settings.kafka_bootstrap,
-                "client.id": "careledger-auditor",
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.timeout.ms": 60_000,
-            }
+            client_config(
+                settings.kafka_bootstrap,
+                {
+                    "client.id": "careledger-auditor",
+                    "enable.idempotence": True,
+                    "acks": "all",
+                    "linger.ms": 5,
+                    "message.timeout.ms": 60_000,
+                },
+            )
         )
 
     def publish(self, alert_id: str, document: dict[str, Any]) -> None:
