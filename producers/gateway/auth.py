@@ -70,7 +70,8 @@ HEADER_SIGNATURE: Final = "x-careledger-signature"
 MAX_SKEW_S: Final = 300
 _DOMAIN: Final = b"careledger-gateway-request/1\n"
 
-Method = Literal["mtls", "signature", "open"]
+#: ``operator``: ``careledger consent load`` (whoever may write to Kafka), never HTTP
+Method = Literal["mtls", "signature", "open", "operator"]
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 

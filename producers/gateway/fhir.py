@@ -31,6 +31,7 @@ STATUS: Final[Mapping[int, tuple[str, str]]] = {
     201: ("Created", "informational"),
     400: ("Bad Request", "invalid"),
     401: ("Unauthorized", "login"),
+    403: ("Forbidden", "forbidden"),
     404: ("Not Found", "not-found"),
     405: ("Method Not Allowed", "not-supported"),
     413: ("Payload Too Large", "too-long"),
@@ -150,7 +151,7 @@ def capability_statement(
             "url": base_url,
         },
         "fhirVersion": "4.0.1",
-        "format": [FHIR_JSON, "application/json"],
+        "format": [FHIR_JSON, "application/json", "application/fhir+xml"],
         "rest": [
             {
                 "mode": "server",
@@ -171,13 +172,38 @@ def capability_statement(
                         "readHistory": False,
                         "updateCreate": False,
                         "conditionalCreate": False,
-                    }
+                    },
+                    {
+                        "type": "Consent",
+                        "profile": "http://hl7.org/fhir/StructureDefinition/Consent",
+                        "interaction": [
+                            {
+                                "code": "create",
+                                "documentation": "a patient's consent (R4 or R5, JSON or "
+                                "XML) from an authenticated sender: ledgered as a new "
+                                "version; 201 once Kafka acknowledged it",
+                            },
+                            {
+                                "code": "update",
+                                "documentation": "a new version of Consent/<id> (a status "
+                                "change included); every version is ledgered",
+                            },
+                        ],
+                        "versioning": "versioned",
+                        "readHistory": False,
+                        "updateCreate": True,
+                        "conditionalCreate": False,
+                    },
                 ],
                 "interaction": [
-                    {"code": "batch", "documentation": "a Bundle of AuditEvent creates"},
+                    {
+                        "code": "batch",
+                        "documentation": "a Bundle of AuditEvent creates and Consent "
+                        "creates / updates",
+                    },
                     {
                         "code": "transaction",
-                        "documentation": "a Bundle of AuditEvent creates, all or none",
+                        "documentation": "the same, all or none",
                     },
                 ],
             }

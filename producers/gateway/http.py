@@ -1,17 +1,21 @@
 """The gateway's HTTP side (ASGI, Starlette): IHE ITI-20 "FHIR Feed".
 
     POST /AuditEvent   one FHIR R4 or R5 AuditEvent   -> 201, Location: AuditEvent/<event id>
-    POST /             a Bundle (batch | transaction)  -> 200, batch-/transaction-response
+    POST /Consent      one FHIR R4 or R5 Consent (JSON or XML) -> 201,
+                       Location: Consent/<id>/_history/<version>
+    PUT  /Consent/{id} a new version of that Consent   -> 200, the same Location
+    POST /             a Bundle (batch | transaction) of AuditEvents and Consents (XML:
+                       Consents only)                  -> 200, batch-/transaction-response
     GET  /metadata     CapabilityStatement
     GET  /health       200 when Kafka answers and the topics exist, else 503
 
 Order of checks: size (413, from Content-Length before reading, then while reading),
 sender (401), media type (415), then the record itself. Errors are OperationOutcomes:
 400 (not JSON / not UTF-8 / empty), 422 (JSON, but not an AuditEvent or Bundle), 413,
-415, 401, and 503 when Kafka did not acknowledge (nothing is claimed; retry). A refused
-record is dead-lettered with its bytes before the answer (if that fails: 503). The
-answer to an accepted record is sent only after Kafka acknowledged its raw record and
-every event (``publisher``).
+415, 401, 403 (a consent from an open source), and 503 when Kafka did not acknowledge
+(nothing is claimed; retry). A refused record is dead-lettered with its bytes before
+the answer (if that fails: 503). The answer to an accepted record is sent only after
+Kafka acknowledged its raw record and every event and consent record (``publisher``).
 
 ``Prefer: return=minimal`` gives an empty 201, ``return=OperationOutcome`` an
 OperationOutcome listing the conformance issues; the default echoes the AuditEvent.
@@ -35,6 +39,9 @@ from starlette.responses import Response
 from starlette.routing import Route
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from careledger_core.reference import ReferenceRecord, thaw
+from producers.consents.ingest import ConsentEntry, ingest_bundle, ingest_consent
+from producers.consents.intake import PROCESS_CLOCK, ConsentProblem, VersionClock
 from producers.gateway import fhir
 from producers.gateway.auth import AuthFailure, Identity, SenderRegistry
 from producers.gateway.ingest import SYNTAX_ERRORS, Ingestor, received
@@ -48,7 +55,23 @@ PEER_CERT_STATE: Final = "careledger_peer_cert"
 _JSON_TYPES: Final = frozenset(
     {"application/fhir+json", "application/json", "application/json+fhir"}
 )
+_XML_TYPES: Final = frozenset({"application/fhir+xml", "application/xml", "text/xml"})
 _RETRY_AFTER: Final = "5"
+
+
+def _media(request: Request) -> tuple[str, dict[str, str]]:
+    """The media type (lower case) and its parameters (names lower case)."""
+    parts = request.headers.get("content-type", "").split(";")
+    params = {}
+    for part in parts[1:]:
+        name, _, value = part.partition("=")
+        params[name.strip().lower()] = value.strip().strip('"')
+    return parts[0].strip().lower(), params
+
+
+def _fhir_version(params: Mapping[str, str]) -> str | None:
+    value = params.get("fhirversion", "")
+    return "R4" if value.startswith("4.") else "R5" if value.startswith("5.") else None
 
 
 class PeerCertH11Protocol(H11Protocol):
@@ -99,11 +122,14 @@ class GatewayApp:
         registry: SenderRegistry,
         max_bytes: int,
         software_version: str = "0.1.0",
+        clock: VersionClock | None = None,
     ) -> None:
         self.publisher = publisher
         self.registry = registry
         self.max_bytes = max_bytes
         self.ingestor = Ingestor(max_bytes)
+        # shared by every listener of the process (versions per consent must increase)
+        self.clock = clock or PROCESS_CLOCK
         self.software_version = software_version
         self.started_at = _now_fhir()
 
@@ -133,8 +159,11 @@ class GatewayApp:
             address=client.host if client else None,
         )
 
-    async def _receive(self, request: Request) -> tuple[bytes, Identity] | Response:
-        """Size, sender and media type checks; the body and the sender, or the refusal."""
+    async def _receive(
+        self, request: Request, xml: bool = False
+    ) -> tuple[bytes, Identity] | Response:
+        """Size, sender and media type checks; the body and the sender, or the refusal.
+        ``xml``: FHIR XML is accepted too (Consents and their Bundles)."""
         try:
             body = await self._body(request)
         except _TooLarge:
@@ -149,11 +178,16 @@ class GatewayApp:
         if isinstance(who, AuthFailure):
             log.info("401 for %s %s: %s", request.method, request.url.path, who.reason)
             return _error(401, who.reason, "UNAUTHENTICATED", **{"WWW-Authenticate": "Careledger"})
-        media = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media and media not in _JSON_TYPES:
+        media = _media(request)[0]
+        if media and media not in _JSON_TYPES and not (xml and media in _XML_TYPES):
+            wanted = (
+                "application/fhir+json or application/fhir+xml"
+                if xml
+                else ("application/fhir+json")
+            )
             return _error(
                 415,
-                f"media type {media!r} is not supported: send application/fhir+json",
+                f"media type {media[:64]!r} is not supported: send {wanted}",
                 "UNSUPPORTED_MEDIA_TYPE",
             )
         return body, who
@@ -229,12 +263,21 @@ class GatewayApp:
         return Response(status_code=201, headers=headers)
 
     async def bundle(self, request: Request) -> Response:
-        got = await self._receive(request)
+        got = await self._receive(request, xml=True)
         if isinstance(got, Response):
             return got
         body, identity = got
         rec = received(body, request.url.scheme, self._transport(request, identity))
-        outcome = self.ingestor.fhir_bundle(rec, identity)
+        media, params = _media(request)
+        outcome = ingest_bundle(
+            self.ingestor,
+            rec,
+            identity,
+            syntax="xml" if media in _XML_TYPES else "json" if media else None,
+            fhir_version=_fhir_version(params),
+            clock=self.clock,
+            topic=self.publisher.settings.topic_consents,
+        )
         failure = await self._publish(outcome.job)
         if failure is not None:
             return self._unavailable(failure)
@@ -243,13 +286,14 @@ class GatewayApp:
             status = 400 if err.code in SYNTAX_ERRORS else 422
             return _error(status, err.message, err.code)
         if outcome.refused_entries:
+            codes = {c.index: c.error for c in outcome.consents.values() if c.error}
             issues = [
                 fhir.Issue(
                     "error",
                     "processing",
                     f"entry {e.index}: {e.error.message}",
                     e.error.code,
-                    f"Bundle.entry[{e.index}]",
+                    codes[e.index].path if e.index in codes else f"Bundle.entry[{e.index}]",
                 )
                 for e in outcome.refused_entries
                 if e.error is not None
@@ -269,15 +313,20 @@ class GatewayApp:
                 ),
             )
         assert outcome.result is not None
-        entries = []
+        entries: list[tuple[int, fhir.EntryResponse]] = [
+            (c.index, _consent_entry(c)) for c in outcome.consents.values()
+        ]
         for e in outcome.result.entries:
             if e.error is not None:
                 status = 400 if e.error.code in SYNTAX_ERRORS else 422
                 entries.append(
-                    fhir.EntryResponse(
-                        status,
-                        outcome=fhir.error_outcome(
-                            status, e.error.message, e.error.code, f"Bundle.entry[{e.index}]"
+                    (
+                        e.index,
+                        fhir.EntryResponse(
+                            status,
+                            outcome=fhir.error_outcome(
+                                status, e.error.message, e.error.code, f"Bundle.entry[{e.index}]"
+                            ),
                         ),
                     )
                 )
@@ -288,12 +337,58 @@ class GatewayApp:
                 if e.issues
                 else None
             )
-            entries.append(fhir.EntryResponse(201, location=location, outcome=oo))
+            entries.append((e.index, fhir.EntryResponse(201, location=location, outcome=oo)))
         kind: Literal["batch", "transaction"] = (
             "transaction" if outcome.kind == "transaction" else "batch"
         )
         headers = {"X-Careledger-Raw-Record": outcome.record_id or ""}
-        return _fhir(200, fhir.batch_response(kind, entries), headers)
+        ordered = [r for _i, r in sorted(entries, key=lambda x: x[0])]
+        return _fhir(200, fhir.batch_response(kind, ordered), headers)
+
+    async def consent(self, request: Request) -> Response:
+        """POST /Consent and PUT /Consent/{id}: one Consent, JSON or XML."""
+        got = await self._receive(request, xml=True)
+        if isinstance(got, Response):
+            return got
+        body, identity = got
+        url_id: str | None = request.path_params.get("id")
+        rec = received(body, request.url.scheme, self._transport(request, identity))
+        media, params = _media(request)
+        outcome = ingest_consent(
+            rec,
+            identity,
+            url_id=url_id,
+            syntax="xml" if media in _XML_TYPES else "json" if media else None,
+            fhir_version=_fhir_version(params),
+            clock=self.clock,
+            topic=self.publisher.settings.topic_consents,
+        )
+        failure = await self._publish(outcome.job)
+        if failure is not None:
+            return self._unavailable(failure)
+        if outcome.error is not None:
+            return _problem(outcome.error)
+        record = outcome.record
+        assert record is not None
+        consent_id = record.record_id.split("/", 1)[1]
+        location = f"Consent/{consent_id}/_history/{record.version}"
+        headers = {
+            "Location": location,
+            "Content-Location": location,
+            "ETag": f'W/"{record.version}"',
+            "X-Careledger-Raw-Record": outcome.raw_record_id or "",
+        }
+        status = 200 if url_id is not None else 201
+        prefer = request.headers.get("prefer", "").replace(" ", "").lower()
+        if "return=minimal" in prefer:
+            return Response(status_code=status, headers=headers)
+        if "return=operationoutcome" in prefer:
+            info = (
+                f"recorded as version {record.version} of consent {record.record_id}, raw "
+                f"record {outcome.raw_record_id} (sha256 {rec.sha256})"
+            )
+            return _fhir(status, _issues_outcome([], info), headers)
+        return _fhir(status, _ledgered(record, consent_id), headers)
 
     async def metadata(self, request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
@@ -324,10 +419,40 @@ class GatewayApp:
         return _error(405, f"{request.method} is not supported on {request.url.path}")
 
 
+def _problem(problem: ConsentProblem) -> Response:
+    status = 403 if problem.code == "NOT_AUTHENTICATED" else problem.status
+    return _fhir(status, fhir.error_outcome(status, problem.message, problem.code, problem.path))
+
+
+def _ledgered(record: ReferenceRecord, consent_id: str) -> dict[str, Any]:
+    """The resource as ledgered (with the intake extension), its id and version."""
+    body = dict(thaw(record.body))
+    body.setdefault("id", consent_id)
+    meta = dict(body.get("meta") or {})
+    meta["versionId"] = str(record.version)
+    meta["lastUpdated"] = record.recorded_at
+    body["meta"] = meta
+    return body
+
+
+def _consent_entry(entry: ConsentEntry) -> fhir.EntryResponse:
+    if entry.error is not None:
+        err = entry.error
+        status = 403 if err.code == "NOT_AUTHENTICATED" else err.status
+        return fhir.EntryResponse(
+            status, outcome=fhir.error_outcome(status, err.message, err.code, err.path)
+        )
+    assert entry.record is not None
+    consent_id = entry.record.record_id.split("/", 1)[1]
+    return fhir.EntryResponse(201, location=f"Consent/{consent_id}/_history/{entry.record.version}")
+
+
 def create_app(gateway: GatewayApp) -> Starlette:
     return Starlette(
         routes=[
             Route("/AuditEvent", gateway.audit_event, methods=["POST"]),
+            Route("/Consent", gateway.consent, methods=["POST"]),
+            Route("/Consent/{id}", gateway.consent, methods=["PUT"]),
             Route("/", gateway.bundle, methods=["POST"]),
             Route("/metadata", gateway.metadata, methods=["GET"]),
             Route("/health", gateway.health, methods=["GET"]),

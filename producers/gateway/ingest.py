@@ -168,9 +168,11 @@ def raw_job(
     events: Sequence[AccessEvent],
     issues: Sequence[Mapping[str, str]],
     identity: Identity | None,
+    record_id: str | None = None,
 ) -> tuple[Job, str]:
-    """The Job of an accepted record; returns it and the raw record id."""
-    record_id = random_uuid()
+    """The Job of an accepted record; returns it and the raw record id (``record_id``,
+    else a new one)."""
+    record_id = record_id or random_uuid()
     transport = dict(rec.transport)
     if identity is not None:
         transport.update(identity.transport())
@@ -222,6 +224,8 @@ class BundleIngest:
     #: a transaction with failed entries is refused as a whole: their results
     refused_entries: tuple[EntryResult, ...] = ()
     record_id: str | None = None
+    #: Consent entries (``producers.consents.ingest.ConsentEntry``) by entry index
+    consents: Mapping[int, Any] = field(default_factory=dict)
 
 
 class _BundleHead(msgspec.Struct):

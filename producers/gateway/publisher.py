@@ -7,8 +7,9 @@ group and works in rounds. In each round it:
 
 1. produces the raw records (``Settings.topic_raw``) and dead letters
    (``Settings.topic_dead_letter``) of the new group (``acks=all``, idempotent);
-2. sends the events of every job of the *previous* group whose raw record Kafka
-   acknowledged, through the SDK (:class:`careledger.kafka.producer.AccessEventProducer`,
+2. sends the events (and reference records: consents, ``Job.references``, to their
+   topics) of every job of the *previous* group whose raw record Kafka
+   acknowledged, the events through the SDK (:class:`careledger.kafka.producer.AccessEventProducer`,
    which signs them when the gateway has a source key), ``on_behalf_of`` the
    authenticated sender;
 3. waits until Kafka acknowledged or refused each raw record and dead letter of the new
@@ -53,35 +54,15 @@ from typing import Any, Final
 from confluent_kafka import KafkaError, Message, Producer
 
 from careledger.config import Settings
+from careledger.kafka.clients import rdkafka_logger
 from careledger.kafka.producer import AccessEventProducer, producer_config
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
 
 log = logging.getLogger("careledger.gateway.publisher")
-_rdkafka_log = logging.getLogger("careledger.gateway.rdkafka")
-
-
-class _OncePer(logging.Filter):
-    """One librdkafka log line per kind every ``interval`` seconds (a broker that is
-    down is retried every few hundred ms)."""
-
-    def __init__(self, interval: float = 10.0) -> None:
-        super().__init__()
-        self.interval = interval
-        self._last: dict[str, float] = {}
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        kind = str(args[:2]) if args else str(record.msg)
-        now = time.monotonic()
-        if now - self._last.get(kind, -1e9) < self.interval:
-            return False
-        self._last[kind] = now
-        return True
-
-
-_rdkafka_log.addFilter(_OncePer())
+#: librdkafka's lines of the raw producer, one per kind every 10 s (careledger.kafka.clients)
+_rdkafka_log = rdkafka_logger("careledger.gateway.rdkafka")
 
 __all__ = ["DeadLetter", "Job", "PublishError", "Publisher"]
 
@@ -124,6 +105,9 @@ class Job:
     raw: tuple[bytes, bytes] | None = None  # (key, canonical envelope) for topic_raw
     events: Sequence[AccessEvent] = ()
     dead_letters: Sequence[DeadLetter] = ()
+    #: reference records made from the raw record (consents): (topic, key, canonical
+    #: bytes), produced like events: only once Kafka acknowledged the raw record
+    references: Sequence[tuple[str, bytes, bytes]] = ()
     #: the authenticated sender the gateway vouches for (ADR 0010 on_behalf_of)
     on_behalf_of: str | None = None
     # set by the publisher thread
@@ -160,9 +144,9 @@ class Publisher:
                 "message.timeout.ms": timeout_ms,
                 "message.max.bytes": MAX_ENVELOPE_BYTES + 65536,
             },
+            logger=_rdkafka_log,
         )
         raw_config["error_cb"] = self._on_client_error
-        raw_config["logger"] = _rdkafka_log
         self._raw = Producer(raw_config)
         self._events = events or AccessEventProducer(
             settings,
@@ -214,6 +198,7 @@ class Publisher:
             self.settings.topic_raw,
             self.settings.topic_events,
             self.settings.topic_dead_letter,
+            self.settings.topic_consents,
         )
         missing = [t for t in wanted if t not in md.topics or md.topics[t].error is not None]
         if missing:
@@ -282,9 +267,9 @@ class Publisher:
                 log.exception("publishing a group of %d records failed", len(group) + len(ready))
                 for job in (*group, *ready):
                     job.fail(f"internal error: {type(exc).__name__}")
-            done = [j for j in group if j.error is not None or not j.events]
+            done = [j for j in group if j.error is not None or not (j.events or j.references)]
             self._resolve(ready + done)
-            ready = [j for j in group if j.error is None and j.events]
+            ready = [j for j in group if j.error is None and (j.events or j.references)]
 
     def _round(self, group: list[Job], ready: list[Job]) -> None:
         """Produce ``group``'s raw records and dead letters and ``ready``'s events, then
@@ -302,7 +287,13 @@ class Publisher:
             for dl in job.dead_letters:
                 self._produce(job, self.settings.topic_dead_letter, dl.value, dl.key, dl.headers)
                 produced = True
-        # 2. events of the jobs whose raw record is in Kafka (the previous round's)
+        # 2. events and reference records of the jobs whose raw record is in Kafka (the
+        # previous round's)
+        references = False
+        for job in ready:
+            for topic, key, value in job.references:
+                self._produce(job, topic, value, key, None)
+                references = True
         signing = self._events.signing
         try:
             for job in ready:
@@ -316,18 +307,19 @@ class Publisher:
             for job in ready:
                 job.fail(f"events not acknowledged by Kafka: {exc.code}")
         # 3. wait for both
-        if produced:
+        if produced or references:
             remaining = self._raw.flush(self._flush_timeout)
             if remaining:
-                for job in group:
+                for job in (*group, *ready):
                     if job._pending:
                         job.fail(f"Kafka did not acknowledge within {self.ack_timeout_s:g} s")
-        if ready:
+        if any(job.events for job in ready):
             try:
                 self._events.flush(self._flush_timeout)
             except CareledgerError as exc:  # DeliveryError, or a signing failure
                 for job in ready:
-                    job.fail(f"events not acknowledged by Kafka: {exc.code}")
+                    if job.events:
+                        job.fail(f"events not acknowledged by Kafka: {exc.code}")
 
     def _produce(
         self, job: Job, topic: str, value: bytes, key: bytes | None, headers: Headers | None

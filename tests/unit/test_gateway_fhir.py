@@ -128,9 +128,11 @@ def test_capability_statement() -> None:
     assert any("RESTful-ATNA" in url for url in doc["instantiates"])
     (rest,) = doc["rest"]
     assert rest["mode"] == "server"
-    (resource,) = rest["resource"]
+    resource, consent = rest["resource"]
     assert resource["type"] == "AuditEvent"
     assert [i["code"] for i in resource["interaction"]] == ["create"]
+    assert consent["type"] == "Consent"  # issue 11: create and update (new versions)
+    assert [i["code"] for i in consent["interaction"]] == ["create", "update"]
     assert {i["code"] for i in rest["interaction"]} == {"batch", "transaction"}
     assert "signed requests" in rest["security"]["description"]
     assert "1048576" in rest["documentation"]
