@@ -60,6 +60,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.benchmarks.audit",
         "measure the access auditor's recall and precision per rule on labelled traffic",
     ),
+    "benchmark-decide": (
+        "commands.benchmarks.decide",
+        "measure the consent decision point's latency per decision (p50/p95/p99)",
+    ),
     "benchmark-gateway": (
         "commands.benchmarks.gateway",
         "measure the ingest gateway's records/s per transport against real Kafka",
@@ -83,6 +87,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "access-report": (
         "verifiers.reports.access_report",
         "who looked at a patient's record: access, HIPAA disclosures or GDPR view, with proofs",
+    ),
+    "patient-view": (
+        "verifiers.reports.patient_view",
+        "a patient's consents and their history, who may see the record now and why, the "
+        "consent decisions and who did see it, each line with its proof",
     ),
     "verify-proof": ("verifiers.reports.verify_proof", "check an exported access report offline"),
     "source": (
@@ -109,6 +118,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a C2SP tlog-witness for a partner's logs (cosign consistent checkpoints, keep "
         "evidence of forks), or show its state and evidence",
     ),
+    "consent": ("commands.consent", "patients' consents: load FHIR Consents from files"),
 }
 
 

@@ -26,6 +26,7 @@ from typing import Any
 from careledger.config import Settings
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.kinds import reference_topics
+from verifiers.auditor.decision_point.store import consent_chains
 from verifiers.auditor.verify import SETTLE_US, AuditVerification, read_salt, verify_audit
 from verifiers.integrity import cli as integrity
 from verifiers.integrity.run import format_finding
@@ -98,6 +99,7 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
             reference_topics=reference_topics(settings) - {settings.topic_sources},
             salt=read_salt(settings),
             settle_us=int(getattr(args, "audit_settle", SETTLE_US / 1e6) * 1e6),
+            consent_chains=consent_chains(settings),
         )
     except StorageError as exc:
         return AuditVerification(
@@ -146,9 +148,16 @@ def describe(audit: AuditVerification) -> str:
     return (
         f"auditor's rows: {s['decisions']} decisions replayed from {runs['range']} range and "
         f"{runs['follow']} follow run(s), {s['alerts']} alerts, {status['rows']} status "
-        f"change rows against {status['ledgered']} ledgered ({status['pending']} pending): "
-        f"{audit.result}"
+        f"change rows against {status['ledgered']} ledgered ({status['pending']} pending)"
+        + _consent_decisions(s.get("consent_decisions"))
+        + f": {audit.result}"
     )
+
+
+def _consent_decisions(c: Any) -> str:
+    if not c:
+        return ""
+    return f", {c['records']} consent decisions ({c['identical']} replayed identically)"
 
 
 def print_human(text: str, audit: AuditVerification) -> None:

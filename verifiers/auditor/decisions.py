@@ -99,6 +99,8 @@ class ConsentVerdict:
     detail: str | None = None  # e.g. which provision matched
     #: a permit explains the access (False for a blanket opt-in that names nobody)
     explains: bool = True
+    #: the deciding provision (indices from ``Consent.provision``; empty: the base rule)
+    provision_path: tuple[int, ...] = ()
 
 
 class ConsentEvaluator(Protocol):

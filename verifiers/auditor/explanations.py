@@ -59,6 +59,7 @@ def core_consent_evaluator(
         consent_id=decision.consent_id,
         detail=decision.reason,
         explains=bool(decision.provision_path),
+        provision_path=decision.provision_path,
     )
 
 

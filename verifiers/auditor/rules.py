@@ -232,6 +232,7 @@ def evaluate(
                     _clean(
                         {
                             "consent_id": v.consent_id,
+                            "provision_path": list(v.provision_path),
                             "detail": v.detail,
                             "outcome": event.outcome,
                             "enforced": not succeeded,

@@ -9,6 +9,10 @@ changes checked against the ledger, as ``Finding``s in the integrity checks' sha
   event's place in the ledger.
 * **Alerts**: every stored alert against the alert the replayed run raised at that time
   (or regrouped from its accesses' current decisions), and every raised alert that is gone.
+* **Consent decisions** (ADR 0024, given ``consent_chains``): every answer of the consent
+  decision point against the signed event that ledgers its hash, and replayed over the
+  consents as of the position it names (``decision_point.replay``):
+  ``CONSENT_DECISION_*`` findings.
 
 ``verify_audit(backend, database, ...)`` returns an ``AuditVerification``: findings,
 a summary, and, when it cannot tell (no pseudonym salt to recompute patient references,
@@ -27,10 +31,11 @@ from typing import Any, Final
 
 from careledger.storage.backend import SqlBackend
 from careledger.storage.migrations import check_identifier
-from careledger_core.findings import Finding, Severity
+from careledger_core.findings import Finding, FindingCode, Severity
 
 from .._time import US_PER_MINUTE, ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
+from ..decision_point.replay import DecisionCheck, check_decisions
 from ..runner.rows import parse_run_id, utc_now_ts
 from ..runner.store import SALT_FILE
 from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
@@ -42,6 +47,7 @@ __all__ = [
     "SALT_SETTING",
     "SETTLE_US",
     "AuditVerification",
+    "consent_decision_findings",
     "read_salt",
     "verify_audit",
 ]
@@ -138,11 +144,14 @@ def verify_audit(
     config: AuditConfig = DEFAULT_CONFIG,
     max_findings: int = DEFAULT_MAX_FINDINGS,
     settle_us: int = SETTLE_US,
+    consent_chains: Sequence[str] = (),
 ) -> AuditVerification:
     """Check the auditor's rows of ``database`` against the ledger. Raises
     ``StorageError`` when ClickHouse fails. ``reference_topics``: the topics whose
     chains the auditor reads as reference data (not the source registry). Rows written
-    in the last ``settle_us`` are left for the next run (their run may still write)."""
+    in the last ``settle_us`` are left for the next run (their run may still write).
+    ``consent_chains``: the consents topic's chains, to replay the consent decision
+    point's answers over (none: those answers are not checked)."""
     started = time.perf_counter()
     out = AuditVerification()
     now = now or utc_now_ts()
@@ -194,6 +203,10 @@ def verify_audit(
             config=config,
             recent={a.alert_id for a in view.recent_alerts},
         )
+    consent_check = None
+    if consent_chains:
+        consent_check = check_decisions(backend, database, consent_chains, now_us=now_us)
+        findings += consent_decision_findings(consent_check)
     counts = Counter(str(f.code) for f in findings)
     failures = sum(1 for f in findings if f.severity != Severity.INFO)
     out.findings_total = len(findings)
@@ -213,6 +226,15 @@ def verify_audit(
             "unknown": sum(1 for r in runs if parse_run_id(r) is None),
         },
         "replayed_decisions": sum(len(rp.decisions) for rp in replays),
+        "consent_decisions": (
+            None
+            if consent_check is None
+            else {
+                "records": consent_check.decisions,
+                "replayed": consent_check.replayed,
+                "identical": consent_check.identical,
+            }
+        ),
         # written in the last minutes: their run may still be writing; checked next time
         "recent_rows_not_checked": len(view.recent_decisions) + len(view.recent_alerts),
         "findings_total": len(findings),
@@ -220,6 +242,32 @@ def verify_audit(
         "findings_by_code": dict(sorted(counts.items())),
     }
     out.elapsed_s = time.perf_counter() - started
+    return out
+
+
+def consent_decision_findings(check: DecisionCheck) -> list[Finding]:
+    """The decision point's problems as findings at their place in the ledger."""
+    out = []
+    for p in check.problems:
+        code = FindingCode(f"CONSENT_{p.code}")
+        where = dict(p.where)
+        event = where.get("event")
+        out.append(
+            Finding(
+                code=code,
+                severity=code.default_severity,
+                chain_id=str(where.get("chain_id", "")),
+                height=where.get("height") if type(where.get("height")) is int else None,
+                event_index=where.get("idx") if type(where.get("idx")) is int else None,
+                message=f"consent decision {p.decision_id}: {p.message}",
+                details={
+                    "decision_id": p.decision_id,
+                    "table": where.get("table"),
+                    **({"event": event} if event is not None else {}),
+                    **({"differs": where["differs"]} if "differs" in where else {}),
+                },
+            )
+        )
     return out
 
 
