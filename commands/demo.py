@@ -35,7 +35,13 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate", type=float, default=0.0, help="events/s (0 = as fast as possible)"
     )
-    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=None,
+        help="simulation seed (default: a new one each run, printed: the same seed sends the "
+        "same events again, which verify then reports as DUPLICATE_EVENT)",
+    )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for chaining")
     parser.add_argument(
         "--unsigned",
@@ -97,9 +103,10 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
     if witnesses is not None:
         cosigner = start_cli(settings, settings.run_dir / "logs" / "cosign-demo.log", "cosign")
     try:
-        print(f"== simulating {args.events:,} hospital access events (seed {args.seed})")
+        seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
+        print(f"== simulating {args.events:,} hospital access events (seed {seed})")
         started = time.monotonic()
-        summary = run_simulation(settings, args.events, args.seed, rate=args.rate, progress=True)
+        summary = run_simulation(settings, args.events, seed, rate=args.rate, progress=True)
         if summary.failed:
             print(f"!! {summary.failed} events were not acknowledged by Kafka")
             return 1
@@ -163,8 +170,12 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
             f"{witnessing.get('of')}: {full} of {len(wchains)} chains witnessed to their head "
             f"({witnessing.get('status', '?')})"
         )
+    by_code = report.get("totals", {}).get("findings_by_code") or {}
+    listed = ", ".join(f"{n:,} {code}" for code, n in sorted(by_code.items()))
     print(
         f"  verification              {report.get('result', '?')} "
-        f"({len(findings)} findings, exit {result.returncode})"
+        f"({sum(by_code.values()) if by_code else len(findings):,} findings"
+        + (f": {listed}" if listed else "")
+        + f", exit {result.returncode})"
     )
     return 0 if result.returncode == 0 else 1
