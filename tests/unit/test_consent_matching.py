@@ -174,12 +174,17 @@ def test_unresolvable_actor_references_never_match() -> None:
     assert decide([consent], actor_id="ward-3").outcome == "permit"
 
 
-def test_a_confidentiality_label_covers_that_level_and_below() -> None:
+def test_a_confidentiality_label_in_a_deny_withholds_that_level_and_above() -> None:
+    """A denied level withholds data at that level or above, not below (IHE PCF
+    not-restricted; ADR 0021); a permitted level is a clearance (that level and below)."""
     consent = r5_consent("no-restricted", "permit", [{"securityLabel": [{"code": "R"}]}])
-    assert decide([consent], security_labels=("N",)).outcome == "deny"
+    assert decide([consent], security_labels=("N",)).outcome == "permit"
     assert decide([consent], security_labels=("R", "PSY")).outcome == "deny"
-    assert decide([consent], security_labels=("V",)).outcome == "permit"
+    assert decide([consent], security_labels=("V",)).outcome == "deny"
     assert decide([consent], security_labels=()).outcome == "permit"
+    cleared = r5_consent("up-to-r", "deny", [{"securityLabel": [{"code": "R"}]}])
+    assert decide([cleared], security_labels=("N",)).outcome == "permit"
+    assert decide([cleared], security_labels=("V",)).outcome == "deny"
 
 
 def test_a_provision_can_be_limited_to_a_class_of_data() -> None:

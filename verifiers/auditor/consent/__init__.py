@@ -38,8 +38,11 @@ Base decision (what the consent says when no provision matches)
     are looked up in the **policy table** (:mod:`.policy_table`; the decision then has
     ``decided_by="policy-table"`` and names the ``policy``); failing that, a single typed
     top-level provision implies the base: its own type when it states no criteria, the
-    opposite otherwise. A consent left without a base is not invalid: it does not
-    decide, and if no other consent does the outcome is ``"no-consent"`` with
+    opposite otherwise. The table's *permit* is not applied to a consent whose typed
+    root permits with criteria (or denies everything): its implied base (deny) holds
+    there, so the table never widens what the consent grants (ADR 0021). A consent
+    left without a base is not invalid: it does not decide, and if no other consent
+    does the outcome is ``"no-consent"`` with
     ``decided_by="no-policy-rule"`` and the reason "no rule for policy X". Only an R4
     consent with neither ``policy`` nor ``policyRule`` nor a typed root (R4's ppc-1) is
     a ``ConsentFormatError``.
@@ -89,8 +92,9 @@ Matching a provision
     * ``purpose`` (v3 ActReason): one of the access's purposes of use. BTG (break the
       glass) also counts as ETREAT. No other subsumption: a deny of TREAT does not
       cover ETREAT (HL7's No-Emergency example lists both).
-    * ``securityLabel``: a confidentiality code (U < L < M < N < R < V) is a high-water
-      mark — it matches data labelled at that level or lower (FHIR's definition); any
+    * ``securityLabel``: a confidentiality code (U < L < M < N < R < V) in a permit is a
+      high-water mark — it matches data labelled at that level or lower; in a deny it
+      matches data at that level or higher (IHE PCF not-restricted, ADR 0021); any
       other code (HIV, PSY, ...) must be one of the data's labels.
     * ``class`` (R4) / ``resourceType`` (R5): the data's resource type.
     * ``data``: ``instance``, ``related`` and ``dependents`` match the referenced instance

@@ -29,11 +29,15 @@ _PURPOSE_IMPLIES: Final[Mapping[str, tuple[str, ...]]] = {"BTG": ("ETREAT",)}
 # --------------------------------------------------------------------------- evaluation
 
 
-def _labels_match(wanted: tuple[str, ...], have: tuple[str, ...]) -> bool:
+def _labels_match(wanted: tuple[str, ...], have: tuple[str, ...], effect: Effect) -> bool:
+    """A confidentiality code in a permit is a clearance (data at that level or below);
+    in a deny it withholds data at that level or above (IHE PCF not-restricted: "permit
+    N, deny R" must not deny N data). Other labels match when the data carries them."""
     have_ranks = [_CONF_RANK[label] for label in have if label in _CONF_RANK]
     for code in wanted:
         if code in _CONF_RANK:
-            if any(rank <= _CONF_RANK[code] for rank in have_ranks):
+            level = _CONF_RANK[code]
+            if any(rank <= level if effect == "permit" else rank >= level for rank in have_ranks):
                 return True
         elif code in have:
             return True
@@ -70,7 +74,7 @@ def _matches(p: Provision, ask: _Ask) -> bool:
         return False
     if p.data and not p.data_matches(req.data_references):
         return False
-    if p.security_labels and not _labels_match(p.security_labels, req.security_labels):
+    if p.security_labels and not _labels_match(p.security_labels, req.security_labels, p.effect):
         return False
     return not p.actors or _actors_match(p.actors, req)
 
@@ -222,6 +226,11 @@ def _with_base(
     rule = table.lookup(policy.policy_refs)
     if rule is not None:
         said = rule.decide(request, purposes)
+        # A consent whose typed root permits with criteria (or denies everything) grants
+        # no more than that root: the table may narrow it, never widen it (IHE PCF's
+        # advanced/intermediate/expired examples; ADR 0021).
+        if said == "permit" and policy.inferred_base == "deny":
+            said = "undecided"
         if said != "undecided":
             provisions = policy.alternatives[0 if said == "permit" else 1]
             source = f"policy table {table.source}: {rule.uri} -> {said}"
