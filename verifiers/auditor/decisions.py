@@ -101,6 +101,10 @@ class ConsentVerdict:
     explains: bool = True
     #: the deciding provision (indices from ``Consent.provision``; empty: the base rule)
     provision_path: tuple[int, ...] = ()
+    #: the ledgered consent record (``<source>/<consent id>``) and version that decided:
+    #: the same place the decision point names (None when not known)
+    consent_record: str | None = None
+    consent_version: int | None = None
 
 
 class ConsentEvaluator(Protocol):

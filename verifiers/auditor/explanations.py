@@ -90,12 +90,20 @@ def _explain(
         records = view.consent_records(pid)
         s.consents = len(records)
         if records:
-            s.verdict = consent_evaluator(view.consents(pid), event, staff)
-            v = s.verdict
+            v = consent_evaluator(view.consents(pid), event, staff)
+            if v is not None and v.consent_id:
+                # the ledgered record and version of the deciding resource, as the
+                # decision point names them (a resource id alone is the sender's)
+                rec = next((r for r in records if r.body.get("id") == v.consent_id), None)
+                if rec is not None:
+                    v = dataclasses.replace(
+                        v, consent_record=rec.record_id, consent_version=rec.version
+                    )
+            s.verdict = v
             if v is not None and v.decision == "permit" and v.explains:
                 s.explanation = Explanation(
                     ExplanationKind.CONSENT,
-                    record_id=v.consent_id or records[0].record_id,
+                    record_id=v.consent_record or v.consent_id or records[0].record_id,
                     via=v.detail,
                 )
                 return s

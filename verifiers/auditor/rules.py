@@ -232,6 +232,8 @@ def evaluate(
                     _clean(
                         {
                             "consent_id": v.consent_id,
+                            "consent_record": v.consent_record,
+                            "consent_version": v.consent_version,
                             "provision_path": list(v.provision_path),
                             "detail": v.detail,
                             "outcome": event.outcome,
