@@ -34,6 +34,7 @@ from ._values import (
     UNSPECIFIED_SYSTEM,
     as_confidentiality,
     as_uuid,
+    choose_client,
     classify_address,
     clip_description,
     clip_id,
@@ -192,25 +193,13 @@ class _Mapper(_Elements):
         if actor is not None and actor.network is not None:
             chosen = actor
         else:
-            candidates = [a for a in agents if a.network is not None and a is not actor]
-            if transfer:
-                candidates = [a for a in candidates if not _roles(a) & set(RECIPIENT_ROLES)]
-            requestors = [a for a in candidates if a.requestor is True]
-            if transfer:
-                order: tuple[str, ...] = (*DISCLOSER_ROLES, "110150")
-            elif action == "R":
-                order = ("110152", "110153", "110150")
-            else:
-                order = ("110153", "110152", "110150")
-            for pool in (requestors, candidates):
-                for code in order:
-                    chosen = next((a for a in pool if code in _roles(a)), None)
-                    if chosen is not None:
-                        break
-                if chosen is None and pool:
-                    chosen = pool[0]
-                if chosen is not None:
-                    break
+            chosen = choose_client(
+                [a for a in agents if a.network is not None and a is not actor],
+                _roles,
+                lambda a: a.requestor,
+                action,
+                transfer,
+            )
         if chosen is None or chosen.network is None:
             return None
         address, declared = chosen.network

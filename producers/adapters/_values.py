@@ -13,8 +13,8 @@ import functools
 import hashlib
 import ipaddress
 import re
-from collections.abc import Iterable
-from typing import Final, Literal
+from collections.abc import Callable, Iterable, Sequence
+from typing import Final, Literal, TypeVar
 
 from careledger_core.event import (
     MAX_DESCRIPTION_LENGTH,
@@ -49,6 +49,43 @@ NOBODY: Final = "-"
 #: Role ID, Source Media), most telling first.
 RECIPIENT_ROLES: Final = ("110152", "110154")
 DISCLOSER_ROLES: Final = ("110153", "110155")
+
+_P = TypeVar("_P")
+
+
+def choose_client(
+    candidates: Sequence[_P],
+    roles: Callable[[_P], Iterable[str]],
+    is_requestor: Callable[[_P], bool | None],
+    action: str,
+    transfer: bool,
+) -> _P | None:
+    """The participant the access came from when the actor names no address of its own,
+    by the same rule for FHIR agents and DICOM / RFC 3881 participants: those flagged as
+    requestor first (by the flag, never by their place in the list), then the others;
+    within each, by DICOM RoleIDCode: for a transfer (export, import, disclosure) the
+    releasing side (110153 / 110155, then 110150 Application), never the recipient
+    (kept in ``recipient``); for a read 110152 Destination (the machine the data went to,
+    BALP), else 110153; else 110153, 110152. A pool with no telling role gives its first.
+    ``candidates``: the participants with a network address, the actor left out."""
+    pool_all = list(candidates)
+    if transfer:
+        pool_all = [p for p in pool_all if not set(roles(p)) & set(RECIPIENT_ROLES)]
+    if transfer:
+        order: tuple[str, ...] = (*DISCLOSER_ROLES, "110150")
+    elif action == "R":
+        order = ("110152", "110153", "110150")
+    else:
+        order = ("110153", "110152", "110150")
+    for pool in ([p for p in pool_all if is_requestor(p) is True], pool_all):
+        for code in order:
+            chosen = next((p for p in pool if code in set(roles(p))), None)
+            if chosen is not None:
+                return chosen
+        if pool:
+            return pool[0]
+    return None
+
 
 _SYSTEM_ALIASES: Final = {
     # DICOM: old FHIR URIs, the OID and the RFC 3881 / DICOM codeSystemName

@@ -54,6 +54,7 @@ from ._values import (
     Issues,
     as_confidentiality,
     b64_text,
+    choose_client,
     classify_address,
     clip_description,
     clip_id,
@@ -404,25 +405,13 @@ class _Mapper:
         if actor is not None and actor.nap_id:
             chosen = actor
         else:
-            candidates = [p for p in participants if p.nap_id and p is not actor]
-            if transfer:
-                candidates = [p for p in candidates if not p.role_codes & set(RECIPIENT_ROLES)]
-            requestors = [p for p in candidates if p.requestor is True]
-            if transfer:
-                order: tuple[str, ...] = (*DISCLOSER_ROLES, "110150")
-            elif action == "R":
-                order = ("110152", "110153", "110150")
-            else:
-                order = ("110153", "110152", "110150")
-            for pool in (requestors, candidates):
-                for code in order:
-                    chosen = next((p for p in pool if code in p.role_codes), None)
-                    if chosen is not None:
-                        break
-                if chosen is None and pool:
-                    chosen = pool[0]
-                if chosen is not None:
-                    break
+            chosen = choose_client(
+                [p for p in participants if p.nap_id and p is not actor],
+                lambda p: p.role_codes,
+                lambda p: p.requestor,
+                action,
+                transfer,
+            )
         if chosen is None or not chosen.nap_id:
             return None
         path = f"{chosen.path}@NetworkAccessPointID"
