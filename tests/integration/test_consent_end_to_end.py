@@ -31,7 +31,7 @@ from tests.integration.pipeline import (
     store_for,
     wait_until,
 )
-from tests.integration.test_consent_intake import OUT_JSON, _signing_gateway, send
+from tests.integration.test_consent_gateway import OUT_JSON, _signing_gateway, send
 from tests.integration.test_gateway import r4_event
 
 pytestmark = pytest.mark.integration
