@@ -105,21 +105,8 @@ R5_CDA_ACCESS = {"patient_id": "pat2", "at": "2019-01-15T00:00:00Z"}
 
 IHE = {"patient_id": "ex-patient", "at": "2023-01-10T10:00:00Z"}
 
-# IHE PCF: generated narratives only; the rows quote the provision as the narrative
-# renders it (ADR 0021, "IHE PCF examples").
-PCF_RESEARCH = "<td>permit</td><td>healthcare research (Details: http://terminology.hl7.org/CodeSystem/v3-ActReason code HRESCH"  # noqa: E501
-PCF_NORMAL_RESTRICTED = "<td>permit</td><td>normal (Details: http://terminology.hl7.org/CodeSystem/v3-Confidentiality code N = 'normal', stated as 'null'), restricted"  # noqa: E501
-PCF_NORMAL = "<td>permit</td><td>normal (Details: http://terminology.hl7.org/CodeSystem/v3-Confidentiality code N = 'normal', stated as 'null')</td><td>treatment"  # noqa: E501
-PCF_NOT_RESTRICTED = "<td>deny</td><td>restricted (Details: http://terminology.hl7.org/CodeSystem/v3-Confidentiality code R"  # noqa: E501
-PCF_BREAK_GLASS = "<p><b>securityLabel</b>: restricted (Details: http://terminology.hl7.org/CodeSystem/v3-Confidentiality code R = 'restricted', stated as 'null')</p><p><b>purpose</b>: break the glass"  # noqa: E501
-PCF_PSY_OR_SDV = "<p><b>securityLabel</b>: psychiatry disorder information sensitivity (Details: http://terminology.hl7.org/CodeSystem/v3-ActCode code PSY"  # noqa: E501
-PCF_AUTHOREDBY = '<td>authoredby</td><td><a href="Practitioner-ex-practitioner.html">Practitioner/ex-practitioner</a></td>'  # noqa: E501
-PCF_NOT_AUTHOREDBY = "<p><b>type</b>: deny</p><blockquote><p><b>data</b></p>"
-PCF_DATA = '<p><b>meaning</b>: instance</p><p><b>reference</b>: <a href="Observation-ex-weight.html">Observation/ex-weight</a></p>'  # noqa: E501
-PCF_NOT_ENCOUNTER = PCF_NOT_AUTHOREDBY
-PCF_EXPIRED = "<td>permit</td><td>?? --&gt; 2022-12-31</td>"
-PCF_TIMEFRAME = "<td>2022-01-01 --&gt; 2022-12-31</td>"
-PCF_INK = '<a href="DocumentReference-ex-consent-ink.html">DocumentReference/ex-consent-ink</a>'
+# The other IHE PCF examples (JSON and XML) and the check that every example held is in
+# a table: tests/unit/test_consent_published_pcf.py.
 
 ROWS = [
     # ---- R4 consent-example-Out: OPTOUT, root provision = the custodian only
@@ -550,94 +537,6 @@ ROWS = [
 ]
 
 
-def pcf(
-    version: str, name: str, narrative: str, expect: str, note: str = "", by: str = "consent",
-    **access: Any,
-) -> Row:  # fmt: skip
-    """A row for IHE PCF example ``name`` of PCF ``version`` (patient ex-patient, TREAT)."""
-    fixture = f"ihe/PCF-{version}-Consent-ex-consent-{name}.json"
-    return Row(fixture, narrative, expect, {**IHE, **access}, note=note, decided_by=by)
-
-
-WIDEN = "the table's permit never widens the consent's typed permit root (ADR 0021)"
-NO_GRAPH = "LIMITATION: not decidable without the record graph (as notThis; ADR 0021)"
-SAFE = "SAFE SIDE: the permit cannot match an access event and is not widened (ADR 0021)"
-OUT_OF_SCOPE = "SAFE SIDE: the nested permit lies outside its parent's N/TPO scope (ADR 0021)"
-WEIGHT: dict[str, Any] = {
-    "data_class": "Observation",
-    "data_references": ("Observation/ex-weight",),
-}
-OTHER: dict[str, Any] = {"data_class": "Observation", "data_references": ("Observation/other",)}
-ALCOHOL: dict[str, Any] = {
-    "data_class": "Observation",
-    "data_references": ("Observation/ex-alcoholUse",),
-}
-ENCOUNTER: dict[str, Any] = {
-    "data_class": "Encounter",
-    "data_references": ("Encounter/ex-encounter",),
-}
-SUGAR: dict[str, Any] = {
-    "data_class": "Observation",
-    "data_references": ("Observation/ex-bloodSugar",),
-}
-RESEARCH: dict[str, Any] = {"purposes": ("HRESCH",)}
-
-# IHE PCF 1.0.0 and 1.1.0: the rest of the Consent examples (ADR 0021, "IHE PCF examples")
-ROWS += [
-    pcf("1.1.0", "basic-research", PCF_RESEARCH, "permit", **RESEARCH),
-    pcf("1.1.0", "basic-research", PCF_RESEARCH, "deny", "policy not in the table"),
-    pcf("1.0.0", "basic-ink", PCF_INK, "permit"),
-    pcf("1.0.0", "basic-ink", PCF_INK, "deny", by="policy-table", **RESEARCH),
-    pcf("1.0.0", "expired-treat", PCF_EXPIRED, "permit", at="2022-06-30T10:00:00Z"),
-    pcf("1.0.0", "expired-treat", PCF_EXPIRED, "deny", WIDEN, at="2023-01-10T10:00:00Z"),
-    pcf("1.0.0", "advanced-normal", PCF_NORMAL, "permit", security_labels=("N",)),
-    pcf("1.0.0", "advanced-normal", PCF_NORMAL, "permit", security_labels=("L",)),
-    pcf("1.0.0", "advanced-normal", PCF_NORMAL, "deny", WIDEN, security_labels=("R",)),
-    pcf("1.1.0", "advanced-normal-restricted", PCF_NORMAL_RESTRICTED, "permit",
-        security_labels=("N",)),
-    pcf("1.1.0", "advanced-normal-restricted", PCF_NORMAL_RESTRICTED, "permit",
-        security_labels=("R", "PSY")),
-    pcf("1.1.0", "advanced-normal-restricted", PCF_NORMAL_RESTRICTED, "deny", WIDEN,
-        security_labels=("V",)),
-    pcf("1.1.0", "advanced-normal-restricted", PCF_NORMAL_RESTRICTED, "deny",
-        by="policy-table", security_labels=("N",), **RESEARCH),
-    pcf("1.0.0", "advanced-normal-not-restricted", PCF_NOT_RESTRICTED, "permit",
-        "a denied level withholds that level and above (ADR 0021)", security_labels=("N",)),
-    pcf("1.0.0", "advanced-normal-not-restricted", PCF_NOT_RESTRICTED, "deny",
-        security_labels=("R",)),
-    pcf("1.0.0", "advanced-normal-not-restricted", PCF_NOT_RESTRICTED, "deny",
-        security_labels=("V",)),
-    pcf("1.0.0", "advanced-normal-break-glass-restricted", PCF_BREAK_GLASS, "permit",
-        security_labels=("N",)),
-    pcf("1.0.0", "advanced-normal-break-glass-restricted", PCF_BREAK_GLASS, "deny", WIDEN,
-        security_labels=("R",)),
-    pcf("1.0.0", "advanced-normal-break-glass-restricted", PCF_BREAK_GLASS, "deny",
-        OUT_OF_SCOPE + "; Group membership is not in the event", security_labels=("R",),
-        purposes=("BTG",)),
-    pcf("1.0.0", "advanced-normal-focused-psy-or-sdv", PCF_PSY_OR_SDV, "permit",
-        security_labels=("N",)),
-    pcf("1.0.0", "advanced-normal-focused-psy-or-sdv", PCF_PSY_OR_SDV, "permit",
-        actor_id="ex-practitioner", security_labels=("N", "PSY")),
-    pcf("1.0.0", "advanced-normal-focused-psy-or-sdv", PCF_PSY_OR_SDV, "permit",
-        "AMBIGUOUS: nothing denies SDV-tagged normal data to others (ADR 0021)",
-        security_labels=("N", "SDV")),
-    pcf("1.0.0", "advanced-normal-focused-psy-or-sdv", PCF_PSY_OR_SDV, "deny", OUT_OF_SCOPE,
-        actor_id="ex-practitioner", security_labels=("R", "PSY")),
-    pcf("1.1.0", "intermediate-authoredby", PCF_AUTHOREDBY, "deny", SAFE, **WEIGHT),
-    pcf("1.1.0", "intermediate-not-authoredby", PCF_NOT_AUTHOREDBY, "permit", NO_GRAPH,
-        **WEIGHT),
-    pcf("1.1.0", "intermediate-not-authoredby", PCF_NOT_AUTHOREDBY, "deny",
-        by="policy-table", **RESEARCH),
-    pcf("1.0.0", "intermediate-data", PCF_DATA, "permit", **WEIGHT),
-    pcf("1.0.0", "intermediate-data", PCF_DATA, "permit", **ENCOUNTER),
-    pcf("1.0.0", "intermediate-data", PCF_DATA, "deny", WIDEN, **OTHER),
-    pcf("1.0.0", "intermediate-not-encounter", PCF_NOT_ENCOUNTER, "deny", **ENCOUNTER),
-    pcf("1.0.0", "intermediate-not-encounter", PCF_NOT_ENCOUNTER, "permit", NO_GRAPH,
-        **SUGAR),
-    pcf("1.0.0", "intermediate-timeframe", PCF_TIMEFRAME, "deny", SAFE),
-]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def table() -> Any:
     return load_policy_table(POLICY_TABLE)
@@ -650,17 +549,6 @@ def test_published_example_decides_as_its_narrative_says(row: Row, table: Any) -
     decision = evaluate_consent([load(row.fixture)], row.request(), policy_table=table)
     assert decision.outcome == row.expect, decision.reason
     assert decision.decided_by == row.decided_by, decision.reason
-
-
-def _package(path: Path) -> bool:
-    """HL7's R4 examples package files (``Consent-*.json``) and the IHE ones; the R4
-    build's ``consent-example-*.json`` are the same examples (tested below)."""
-    return not (path.parent.name == "r4" and path.name.startswith("consent-example"))
-
-
-def test_every_published_example_is_in_the_table() -> None:
-    held = {f"{p.parent.name}/{p.name}" for p in FIXTURES.glob("*/*.json") if _package(p)}
-    assert held == {row.fixture for row in ROWS}
 
 
 def _build_twin(path: Path) -> Path:
