@@ -180,6 +180,21 @@ class Settings:
     # How long a record may wait for Kafka's acknowledgement before the sender is told
     # 503 (HTTP) or the record is retried (syslog).
     gateway_ack_timeout_s: float = 15.0
+    # Hardening (ADR 0025). Proxy headers (X-Forwarded-For) are ignored unless the
+    # connection comes from one of these addresses (empty: never trusted).
+    gateway_trusted_proxies: tuple[str, ...] = ()
+    # Signed requests remembered within the signature window (+-300 s; a copy is
+    # refused), ~60 bytes each; when full, signed requests get 503 until entries expire
+    # (the default sustains ~3,300 signed requests/s).
+    gateway_replay_cache_entries: int = 1000000
+    # Deadlines: a connection with nothing to do (syslog between frames, HTTP between
+    # requests), a request's header, a request's body; seconds.
+    gateway_idle_timeout_s: float = 30.0
+    gateway_header_timeout_s: float = 10.0
+    gateway_body_timeout_s: float = 30.0
+    # Open connections per listener and per peer address (more are closed at once).
+    gateway_max_connections: int = 1024
+    gateway_max_connections_per_peer: int = 64
 
     # --- witness (`careledger witness`: a partner's C2SP tlog-witness, witness/) ------
     # Its name (in its cosignature lines, e.g. "hospital-b.example/witness"), its own

@@ -11,12 +11,13 @@ this process:
 * ``syslog-tcp`` / ``syslog-tls``: octet-counted ATNA frames (TLS with a client
   certificate), written as fast as the gateway reads them (its back-pressure), then
   the connection is closed and the time runs until the gateway closed it too;
-* ``syslog-udp``: datagrams as fast as they can be sent.
+
+UDP is not measured: the gateway records no UDP datagram (it cannot authenticate its
+sender, ADR 0025).
 
 "Records" are those Kafka acknowledged: the growth of the raw topic's end offsets
 during the phase (one raw record per AuditEvent, Bundle and syslog frame), so nothing
-is counted that Kafka does not have. For UDP the phase ends when the raw topic stops
-growing, and the datagrams lost (UDP has no flow control) are reported. The senders
+is counted that Kafka does not have. The senders
 share the machine with the gateway and Kafka: the figures are for the whole box,
 whose cores and load are printed. A benchmark, not a test: it asserts nothing.
 """
@@ -27,7 +28,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import ssl
 import subprocess
 import sys
@@ -49,7 +49,7 @@ from producers.gateway.framing import octet_counted
 
 __all__ = ["command_benchmark_gateway", "configure_benchmark_gateway"]
 
-TRANSPORTS = ("http-single", "http-bundle", "syslog-tcp", "syslog-tls", "syslog-udp")
+TRANSPORTS = ("http-single", "http-bundle", "syslog-tcp", "syslog-tls")
 
 
 def configure_benchmark_gateway(parser: argparse.ArgumentParser) -> None:
@@ -60,13 +60,6 @@ def configure_benchmark_gateway(parser: argparse.ArgumentParser) -> None:
         "--transports",
         default=",".join(TRANSPORTS),
         help=f"comma-separated subset of {', '.join(TRANSPORTS)}",
-    )
-    parser.add_argument(
-        "--udp-rate",
-        type=float,
-        default=5000.0,
-        help="datagrams/s offered over UDP (0: as fast as possible); UDP has no flow "
-        "control, so what the gateway cannot take is lost",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
 
@@ -197,7 +190,6 @@ class _Bench:
         self.seconds = args.seconds
         self.concurrency = max(1, args.concurrency)
         self.bundle_size = max(1, args.bundle_size)
-        self.udp_rate = max(0.0, args.udp_rate)
         self.counter = 0
         from confluent_kafka import Consumer
 
@@ -318,41 +310,6 @@ class _Bench:
         note = "" if recorded >= counts["sent"] else f"{counts['sent'] - recorded} not recorded"
         return Phase(name, recorded, elapsed, counts["sent"], recorded, note)
 
-    async def udp(self) -> Phase:
-        loop = asyncio.get_running_loop()
-        deadline = time.perf_counter() + self.seconds
-        before = self.raw_count()
-        started = time.perf_counter()
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setblocking(False)
-        target = ("127.0.0.1", self.ports["syslog-udp"])
-        sent = 0
-        while time.perf_counter() < deadline:
-            for _ in range(20):
-                frame = _syslog_frame(self._next())
-                datagram = frame.split(b" ", 1)[1]  # one message per datagram, no length
-                await loop.sock_sendto(sock, datagram, target)
-                sent += 1
-            if self.udp_rate > 0:
-                ahead = sent / self.udp_rate - (time.perf_counter() - started)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
-            else:
-                await asyncio.sleep(0)
-        sock.close()
-        # wait until the raw topic stops growing
-        last, last_change = self.raw_count(), time.perf_counter()
-        while time.perf_counter() - last_change < 2.0:
-            await asyncio.sleep(0.25)
-            now = self.raw_count()
-            if now != last:
-                last, last_change = now, time.perf_counter()
-        elapsed = last_change - started
-        recorded = last - before
-        lost = sent - recorded
-        note = f"{lost} of {sent} datagrams lost ({100.0 * lost / max(sent, 1):.1f} %)"
-        return Phase("syslog-udp", recorded, elapsed, sent, recorded, note)
-
 
 def _start_gateway(
     settings: Settings, workdir: Path
@@ -447,7 +404,6 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
         "seconds_per_transport": args.seconds,
         "concurrency": args.concurrency,
         "bundle_size": args.bundle_size,
-        "udp_rate": args.udp_rate,
     }
     if args.json:
         print(json.dumps({"machine": machine, "transports": [p.as_dict() for p in phases]}))
@@ -455,8 +411,7 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
     print(
         f"gateway benchmark: {machine['cores']} cores, load {machine['load_avg']}, "
         f"{args.concurrency} concurrent senders (syslog: {max(1, args.concurrency // 2)} "
-        f"connections), {args.seconds:g} s each, UDP offered at "
-        f"{args.udp_rate:g}/s, Kafka {settings.kafka_bootstrap}"
+        f"connections), {args.seconds:g} s each, Kafka {settings.kafka_bootstrap}"
     )
     print(f"{'transport':<12} {'records/s':>10} {'events/s':>10} {'records':>9}  note")
     for p in phases:
@@ -479,8 +434,6 @@ async def _run_all(bench: _Bench, wanted: list[str]) -> list[Phase]:
             phases.append(await bench.http(bundle=True))
         elif transport == "syslog-tcp":
             phases.append(await bench.stream(tls=False))
-        elif transport == "syslog-tls":
-            phases.append(await bench.stream(tls=True))
         else:
-            phases.append(await bench.udp())
+            phases.append(await bench.stream(tls=True))
     return phases

@@ -45,13 +45,15 @@ class _DuplicateTracker:
     """object_pairs_hook that keeps the last value of a repeated name and remembers it."""
 
     def __init__(self) -> None:
-        self.names: list[str] = []
+        # a dict (insertion order, constant-time membership): a list made 16k repeated
+        # names quadratic (issue 12)
+        self.names: dict[str, None] = {}
 
     def __call__(self, pairs: list[tuple[str, Any]]) -> dict[str, Any]:
         obj: dict[str, Any] = {}
         for key, value in pairs:
-            if key in obj and key not in self.names:
-                self.names.append(key)
+            if key in obj:
+                self.names[key] = None
             obj[key] = value
         return obj
 
@@ -80,7 +82,7 @@ def _load_json(data: bytes, max_bytes: int, issues: Issues) -> tuple[bytes, str,
     if tracker.names:
         issues.add(
             "DUPLICATE_KEY",
-            "repeated member name(s) " + ", ".join(repr(n) for n in tracker.names[:8]),
+            "repeated member name(s) " + ", ".join(repr(n) for n in list(tracker.names)[:8]),
             "$",
         )
     return raw, sha256, doc

@@ -11,7 +11,7 @@ Sources are configured in a TOML file (``Settings.gateway_auth_file``)::
     [[source]]
     id = "old-pacs"
     open = true                      # legacy: accepted without credentials ...
-    addresses = ["10.20.0.0/16"]     # ... from these addresses (any, if left out)
+    addresses = ["10.20.0.0/16"]     # ... from these addresses only (required)
 
 How a sender is identified, strongest first:
 
@@ -24,12 +24,16 @@ How a sender is identified, strongest first:
    the source's ``request_keys`` over :func:`request_message`: the method, path,
    timestamp and SHA-256 of the body). See :func:`signed_headers`.
 3. **Open (legacy) sources**: no credentials. Over HTTP the request names the source
-   in ``X-Careledger-Source``; over syslog, the peer address picks the source (the
+   in ``X-Careledger-Source``; over syslog TCP, the peer address picks the source (the
    first open source whose ``addresses`` contain it). The record says ``auth = open``.
+   An open source must list its ``addresses`` (refused at load otherwise) and is never
+   identified over UDP (a datagram's source address is forgeable).
 
-Anything else is unauthenticated: HTTP answers 401, a syslog frame is dead-lettered
-(``UNAUTHENTICATED``). A signature over a replayed request within the skew window
-is accepted again (one more raw record; the events keep their ids).
+Anything else is unauthenticated: HTTP answers one generic 401 (the reason is logged,
+not told: different answers would reveal which source ids exist); a syslog peer is
+refused at accept time and only counted (ADR 0025). A signed request is accepted once:
+the SHA-256 of what its signature covers is remembered for the skew window
+(:class:`~producers.gateway.guard.ReplayCache`) and a second copy is refused.
 """
 
 from __future__ import annotations
@@ -48,12 +52,14 @@ from typing import Any, Final, Literal
 from careledger.keys import load_public_keys
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import PublicKey, SigningKey
+from producers.gateway.guard import ReplayCache
 
 __all__ = [
     "HEADER_SIGNATURE",
     "HEADER_SOURCE",
     "HEADER_TIMESTAMP",
     "MAX_SKEW_S",
+    "NOT_AUTHENTICATED",
     "AuthConfigError",
     "AuthFailure",
     "Identity",
@@ -69,6 +75,11 @@ HEADER_SIGNATURE: Final = "x-careledger-signature"
 #: How far a signed request's timestamp may be from the gateway's clock.
 MAX_SKEW_S: Final = 300
 _DOMAIN: Final = b"careledger-gateway-request/1\n"
+#: The one answer to every unauthenticated request (the reason is only logged).
+NOT_AUTHENTICATED: Final = (
+    "not authenticated: present a client certificate of a configured source or sign the "
+    "request (X-Careledger-Source, X-Careledger-Timestamp, X-Careledger-Signature)"
+)
 
 #: ``operator``: ``careledger consent load`` (whoever may write to Kafka), never HTTP
 Method = Literal["mtls", "signature", "open", "operator"]
@@ -87,6 +98,10 @@ class Identity:
     method: Method
     #: certificate fingerprint, request key id, or the peer address (open sources)
     credential: str
+    #: signed requests: the replay-cache entry (released if nothing was recorded)
+    replay_key: tuple[bytes, int] | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     def transport(self) -> dict[str, str]:
         return {"source_id": self.source_id, "auth": self.method, "credential": self.credential}
@@ -94,9 +109,11 @@ class Identity:
 
 @dataclasses.dataclass(frozen=True)
 class AuthFailure:
-    """Why a sender is not authenticated (the 401 diagnostics; never patient data)."""
+    """Why a sender is not authenticated (logged, never answered; never patient data)."""
 
     reason: str
+    #: the request may be valid but cannot be checked now (replay cache full): 503
+    retry: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +127,7 @@ class Source:
 
     def allows_address(self, address: str | None) -> bool:
         if not self.addresses:
-            return True
+            return False
         try:
             ip = ipaddress.ip_address(address or "")
         except ValueError:
@@ -163,7 +180,8 @@ def _normalise_subject(subject: str) -> str:
 class SenderRegistry:
     """The configured sources and the rules that identify a sender."""
 
-    def __init__(self, sources: Sequence[Source] = ()) -> None:
+    def __init__(self, sources: Sequence[Source] = (), replay: ReplayCache | None = None) -> None:
+        self.replay = replay or ReplayCache(1_000_000, MAX_SKEW_S)
         ids = [s.id for s in sources]
         if len(set(ids)) != len(ids):
             raise AuthConfigError("a source id is listed twice")
@@ -229,8 +247,18 @@ class SenderRegistry:
                 return Identity(source.id, "open", address or "")
         return None
 
-    def identify_syslog(self, der: bytes | None, address: str | None) -> Identity | None:
+    def identify_syslog(
+        self, der: bytes | None, address: str | None, *, datagram: bool = False
+    ) -> Identity | None:
+        """The sender of a syslog connection or datagram; UDP: never an open source."""
+        if datagram:
+            return None  # no certificate over UDP, and its address is forgeable
         return self.by_certificate(der) or self.open_by_address(address)
+
+    def release(self, identity: Identity) -> None:
+        """The request of ``identity`` was not recorded: its signature may be sent again."""
+        if identity.replay_key is not None:
+            self.replay.release(*identity.replay_key)
 
     def identify_http(
         self,
@@ -299,7 +327,13 @@ class SenderRegistry:
                 key.verify(message, signature)
             except CareledgerError:
                 continue
-            return Identity(source.id, "signature", key.key_id)
+            digest = hashlib.sha256(message).digest()
+            fresh = self.replay.claim(digest, int(timestamp), clock)
+            if fresh is None:
+                return AuthFailure("the replay cache is full: retry later", retry=True)
+            if not fresh:
+                return AuthFailure(f"replayed signed request of {claimed!r}")
+            return Identity(source.id, "signature", key.key_id, replay_key=(digest, int(timestamp)))
         return AuthFailure(f"the signature does not verify with any request key of {claimed!r}")
 
 
@@ -352,6 +386,10 @@ def _source(entry: Any, where: str, base: Path | None) -> Source:
     is_open = entry.get("open", False)
     if not isinstance(is_open, bool):
         raise AuthConfigError(f"{where}.open: expected true or false")
+    if is_open and not networks:
+        raise AuthConfigError(
+            f"{where}: an open source needs its addresses (it has no other credential)"
+        )
     return Source(
         id=source_id,
         certificate_sha256=frozenset(fingerprints),

@@ -34,6 +34,7 @@ STATUS: Final[Mapping[int, tuple[str, str]]] = {
     403: ("Forbidden", "forbidden"),
     404: ("Not Found", "not-found"),
     405: ("Method Not Allowed", "not-supported"),
+    408: ("Request Timeout", "timeout"),
     413: ("Payload Too Large", "too-long"),
     415: ("Unsupported Media Type", "not-supported"),
     422: ("Unprocessable Entity", "processing"),

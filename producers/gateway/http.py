@@ -23,6 +23,13 @@ OperationOutcome listing the conformance issues; the default echoes the AuditEve
 mTLS: uvicorn does not put the client certificate into the ASGI scope, so
 :class:`PeerCertH11Protocol` (the HTTP protocol of the HTTPS listener) copies it into
 the connection's ``scope["state"]``.
+
+Abuse (ADR 0025): every unauthenticated request gets the same 401 (the reason is only
+logged); a replayed signed request is one of them. The protocol closes a connection
+over its listener's or its peer's connection cap at once and one whose request header
+is not complete within ``gateway_header_timeout_s``; a body not received within
+``gateway_body_timeout_s`` is answered 408. Records are parsed in a worker thread, so
+one large record does not stall the other listeners.
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 from starlette.applications import Starlette
@@ -43,7 +50,8 @@ from careledger_core.reference import ReferenceRecord, thaw
 from producers.consents.ingest import ConsentEntry, ingest_bundle, ingest_consent
 from producers.consents.intake import PROCESS_CLOCK, ConsentProblem, VersionClock
 from producers.gateway import fhir
-from producers.gateway.auth import AuthFailure, Identity, SenderRegistry
+from producers.gateway.auth import NOT_AUTHENTICATED, AuthFailure, Identity, SenderRegistry
+from producers.gateway.guard import ConnectionLimits
 from producers.gateway.ingest import SYNTAX_ERRORS, Ingestor, received
 from producers.gateway.publisher import Job, Publisher, PublishError
 
@@ -75,17 +83,71 @@ def _fhir_version(params: Mapping[str, str]) -> str | None:
 
 
 class PeerCertH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol that exposes the verified client certificate (DER)."""
+    """uvicorn's h11 protocol that exposes the verified client certificate (DER), caps
+    connections (:attr:`limits`) and times out request headers (:attr:`header_timeout_s`).
+    ``guarded`` makes a subclass with a listener's limits."""
+
+    limits: ConnectionLimits | None = None
+    header_timeout_s: float | None = None
+    _peer_key: str | None = None
+    _header_timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def guarded(
+        cls, limits: ConnectionLimits, header_timeout_s: float
+    ) -> type[PeerCertH11Protocol]:
+        return type(
+            "GuardedH11Protocol",
+            (cls,),
+            {"limits": limits, "header_timeout_s": header_timeout_s},
+        )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        if self.limits is not None:
+            peer = transport.get_extra_info("peername") or ("", 0)
+            if not self.limits.acquire(str(peer[0])):
+                transport.abort()
+                return
+            self._peer_key = str(peer[0])
         super().connection_made(transport)
         ssl_object = transport.get_extra_info("ssl_object")
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der:
             self.app_state = {**self.app_state, PEER_CERT_STATE: der}
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        if self.limits is not None and self._peer_key is not None:
+            self.limits.release(self._peer_key)
+            self._peer_key = None
+        if self.transport is not None:  # else refused in connection_made
+            super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        waiting = self.cycle is None or self.cycle.response_complete
+        if waiting and self._header_timer is None and self.header_timeout_s:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_late)
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._cancel_header_timer()  # the header is complete: a request runs
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _header_late(self) -> None:
+        self._header_timer = None
+        if self.cycle is None or self.cycle.response_complete:
+            log.info("closing a connection whose request header was not complete in time")
+            self.transport.abort()
+
 
 class _TooLarge(Exception):
+    pass
+
+
+class _TooSlow(Exception):
     pass
 
 
@@ -123,10 +185,15 @@ class GatewayApp:
         max_bytes: int,
         software_version: str = "0.1.0",
         clock: VersionClock | None = None,
+        body_timeout_s: float = 30.0,
+        refusals_summary: Callable[[], str] | None = None,
     ) -> None:
         self.publisher = publisher
         self.registry = registry
         self.max_bytes = max_bytes
+        self.body_timeout_s = body_timeout_s
+        #: the gateway's counts of refused peers, frames and connections (for /health)
+        self.refusals_summary = refusals_summary
         self.ingestor = Ingestor(max_bytes)
         # shared by every listener of the process (versions per consent must increase)
         self.clock = clock or PROCESS_CLOCK
@@ -140,11 +207,15 @@ class GatewayApp:
             raise _TooLarge
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise _TooLarge
-            chunks.append(chunk)
+        try:
+            async with asyncio.timeout(self.body_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_bytes:
+                        raise _TooLarge
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise _TooSlow from None
         return b"".join(chunks)
 
     def _identify(self, request: Request, body: bytes) -> Identity | AuthFailure:
@@ -172,14 +243,31 @@ class GatewayApp:
                 f"the request body exceeds the limit of {self.max_bytes} bytes",
                 "TOO_LARGE",
             )
+        except _TooSlow:
+            return _error(
+                408,
+                f"the request body did not arrive within {self.body_timeout_s:g} s",
+                "TIMEOUT",
+                Connection="close",
+            )
         except ClientDisconnect:
             return Response(status_code=400)
         who = self._identify(request, body)
         if isinstance(who, AuthFailure):
-            log.info("401 for %s %s: %s", request.method, request.url.path, who.reason)
-            return _error(401, who.reason, "UNAUTHENTICATED", **{"WWW-Authenticate": "Careledger"})
+            log.info("refused %s %s: %s", request.method, request.url.path, who.reason)
+            if who.retry:
+                return _error(
+                    503,
+                    "the gateway cannot check signed requests now: retry later",
+                    "BUSY",
+                    **{"Retry-After": _RETRY_AFTER},
+                )
+            return _error(
+                401, NOT_AUTHENTICATED, "UNAUTHENTICATED", **{"WWW-Authenticate": "Careledger"}
+            )
         media = _media(request)[0]
         if media and media not in _JSON_TYPES and not (xml and media in _XML_TYPES):
+            self.registry.release(who)
             wanted = (
                 "application/fhir+json or application/fhir+xml"
                 if xml
@@ -207,11 +295,12 @@ class GatewayApp:
         out.update(identity.transport())
         return out
 
-    async def _publish(self, job: Job) -> str | None:
+    async def _publish(self, job: Job, identity: Identity) -> str | None:
         try:
             await self.publisher.publish(job)
         except PublishError as exc:
             log.warning("not acknowledged by Kafka: %s", exc)
+            self.registry.release(identity)  # nothing recorded: the sender may retry
             return str(exc)
         return None
 
@@ -231,8 +320,8 @@ class GatewayApp:
         body, identity = got
         protocol = request.url.scheme
         rec = received(body, protocol, self._transport(request, identity))
-        outcome = self.ingestor.fhir_audit_event(rec, identity)
-        failure = await self._publish(outcome.job)
+        outcome = await asyncio.to_thread(self.ingestor.fhir_audit_event, rec, identity)
+        failure = await self._publish(outcome.job, identity)
         if failure is not None:
             return self._unavailable(failure)
         if outcome.error is not None:
@@ -269,7 +358,8 @@ class GatewayApp:
         body, identity = got
         rec = received(body, request.url.scheme, self._transport(request, identity))
         media, params = _media(request)
-        outcome = ingest_bundle(
+        outcome = await asyncio.to_thread(
+            ingest_bundle,
             self.ingestor,
             rec,
             identity,
@@ -278,7 +368,7 @@ class GatewayApp:
             clock=self.clock,
             topic=self.publisher.settings.topic_consents,
         )
-        failure = await self._publish(outcome.job)
+        failure = await self._publish(outcome.job, identity)
         if failure is not None:
             return self._unavailable(failure)
         if outcome.error is not None:
@@ -354,7 +444,8 @@ class GatewayApp:
         url_id: str | None = request.path_params.get("id")
         rec = received(body, request.url.scheme, self._transport(request, identity))
         media, params = _media(request)
-        outcome = ingest_consent(
+        outcome = await asyncio.to_thread(
+            ingest_consent,
             rec,
             identity,
             url_id=url_id,
@@ -363,7 +454,7 @@ class GatewayApp:
             clock=self.clock,
             topic=self.publisher.settings.topic_consents,
         )
-        failure = await self._publish(outcome.job)
+        failure = await self._publish(outcome.job, identity)
         if failure is not None:
             return self._unavailable(failure)
         if outcome.error is not None:
@@ -408,8 +499,11 @@ class GatewayApp:
             None, self.publisher.kafka_status
         )
         if ok:
-            doc = fhir.operation_outcome([fhir.Issue("information", "informational", detail)])
-            return _fhir(200, doc)
+            issues = [fhir.Issue("information", "informational", detail)]
+            if self.refusals_summary is not None:
+                refused = f"refused peers, frames and connections: {self.refusals_summary()}"
+                issues.append(fhir.Issue("information", "informational", refused))
+            return _fhir(200, fhir.operation_outcome(issues))
         return _error(503, detail, "KAFKA_UNAVAILABLE", **{"Retry-After": _RETRY_AFTER})
 
     async def not_found(self, request: Request, exc: Exception) -> Response:

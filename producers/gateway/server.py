@@ -17,6 +17,15 @@ processed at once and the kernel's receive buffer holds the rest (what overflows
 lost, as UDP allows: use TCP or TLS where that matters).
 
 Log lines about refused frames name the code, size, SHA-256 and peer, never content.
+
+Abuse (ADR 0025): a syslog peer that is no configured source is refused when it
+connects (a datagram: when it arrives) and only counted, with a rate-limited log sample
+(peer, size, SHA-256), never its bytes; UDP identifies no source at all (an open
+source's address is forgeable there). Every listener has a connection cap, in total and
+per peer address; a syslog connection idle for ``gateway_idle_timeout_s``, or whose
+frame is not complete within ``gateway_body_timeout_s`` of its first byte, is closed.
+The gateway refuses to start without its source key (it signs what it relays) or
+without the client CA its certificate sources need.
 """
 
 from __future__ import annotations
@@ -35,10 +44,12 @@ from pathlib import Path
 from typing import Any, Final
 
 from careledger.config import Settings
+from careledger.keys import KeyFileError, load_source_key
 from careledger.raw_record import MAX_RECORD_BYTES
 from producers.adapters import MIN_MAX_BYTES
-from producers.gateway.auth import AuthConfigError, SenderRegistry
+from producers.gateway.auth import MAX_SKEW_S, AuthConfigError, SenderRegistry
 from producers.gateway.framing import Frame, FrameDecoder, FrameError, datagram
+from producers.gateway.guard import ConnectionLimits, Refusals, ReplayCache
 from producers.gateway.ingest import Ingestor, Received, frame_error_job, received
 from producers.gateway.publisher import Job, Publisher, PublishError
 
@@ -93,6 +104,39 @@ def check_settings(settings: Settings) -> None:
         raise GatewayConfigError("set both gateway_tls_cert and gateway_tls_key, or neither")
     if settings.gateway_ack_timeout_s <= 0:
         raise GatewayConfigError("gateway_ack_timeout_s must be positive")
+    for name in (
+        "gateway_idle_timeout_s",
+        "gateway_header_timeout_s",
+        "gateway_body_timeout_s",
+        "gateway_max_connections",
+        "gateway_max_connections_per_peer",
+        "gateway_replay_cache_entries",
+    ):
+        if not getattr(settings, name) > 0:
+            raise GatewayConfigError(f"{name} must be positive")
+
+
+def check_keys(settings: Settings, registry: SenderRegistry) -> None:
+    """The keys the configuration needs: the gateway's source key (it signs every event
+    it relays; without it events would go unsigned and be quarantined) and the client
+    CA when a source is identified by its certificate."""
+    try:
+        key = load_source_key(settings)
+    except KeyFileError as exc:
+        raise GatewayConfigError(f"the gateway's source key: {exc}") from exc
+    if key is None:
+        raise GatewayConfigError(
+            "no source key: the gateway signs what it relays; set CARELEDGER_SOURCE_KEY "
+            "(create one with `careledger source keygen`) or CARELEDGER_SOURCE_KEY_TEXT"
+        )
+    certified = [
+        s.id for s in registry.sources.values() if s.certificate_sha256 or s.certificate_subjects
+    ]
+    if certified and (settings.gateway_tls_client_ca is None or tls_context(settings) is None):
+        raise GatewayConfigError(
+            f"sources {certified} are identified by client certificate: set "
+            "gateway_tls_cert, gateway_tls_key and gateway_tls_client_ca"
+        )
 
 
 def _bind(host: str, port: int, kind: int) -> socket.socket:
@@ -125,6 +169,9 @@ class Gateway:
         check_settings(settings)
         self.settings = settings
         self.registry = registry or SenderRegistry.load(settings.gateway_auth_file)
+        self.registry.replay = ReplayCache(settings.gateway_replay_cache_entries, MAX_SKEW_S)
+        check_keys(settings, self.registry)
+        self.refusals = Refusals()
         self.tls = tls_context(settings)
         self.publisher = publisher or Publisher(settings)
         self.ingestor = Ingestor(settings.gateway_max_record_bytes)
@@ -166,21 +213,29 @@ class Gateway:
 
         from producers.gateway.http import GatewayApp, PeerCertH11Protocol, create_app
 
+        s = self.settings
         app = create_app(
             GatewayApp(
                 publisher=self.publisher,
                 registry=self.registry,
-                max_bytes=self.settings.gateway_max_record_bytes,
+                max_bytes=s.gateway_max_record_bytes,
+                body_timeout_s=s.gateway_body_timeout_s,
+                refusals_summary=self.refusals.summary,
             )
         )
+        limits = self._limits(name)
         config = uvicorn.Config(
             app,
-            http=PeerCertH11Protocol,
+            http=PeerCertH11Protocol.guarded(limits, s.gateway_header_timeout_s),
             lifespan="off",
             access_log=False,
             log_config=None,
-            timeout_keep_alive=30,
+            timeout_keep_alive=max(1, round(s.gateway_idle_timeout_s)),
             server_header=False,
+            # X-Forwarded-For only from a configured proxy (uvicorn's default trusts
+            # 127.0.0.1, so any local process could choose its address)
+            proxy_headers=bool(s.gateway_trusted_proxies),
+            forwarded_allow_ips=list(s.gateway_trusted_proxies) or None,
         )
         config.load()
         config.ssl = context
@@ -192,18 +247,30 @@ class Gateway:
         self._tasks.append(asyncio.create_task(server.main_loop()))
         self.ports[name] = sock.getsockname()[1]
 
+    def _limits(self, name: str) -> ConnectionLimits:
+        s = self.settings
+        return ConnectionLimits(
+            name, s.gateway_max_connections, s.gateway_max_connections_per_peer, self.refusals
+        )
+
     async def _start_syslog_stream(
         self, name: str, port: int, context: ssl.SSLContext | None
     ) -> None:
         sock = _bind(self.settings.gateway_host, port, socket.SOCK_STREAM)
+        limits = self._limits(name)
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            address = str((writer.get_extra_info("peername") or ("", 0))[0])
+            if not limits.acquire(address):
+                writer.transport.abort()
+                return
             task = asyncio.current_task()
             if task is not None:
                 self._connections.add(task)
             try:
                 await self._syslog_connection(name, reader, writer)
             finally:
+                limits.release(address)
                 if task is not None:
                     self._connections.discard(task)
 
@@ -241,11 +308,33 @@ class Gateway:
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         identity = self.registry.identify_syslog(der, str(peer[0]))
         base = {"peer": f"{peer[0]}:{peer[1]}"}
+        if identity is None:  # refused at accept time: nothing is read, nothing kept
+            self.refusals.refuse(protocol, "unauthenticated", base["peer"])
+            writer.transport.abort()
+            return
         decoder = FrameDecoder(self.settings.gateway_max_record_bytes)
+        clock = asyncio.get_running_loop().time
+        started: float | None = None  # when the frame now in the buffer began
         try:
             while True:
-                data = await reader.read(_READ_CHUNK)
+                if decoder.buffered:  # a frame must complete in time, not trickle
+                    started = clock() if started is None else started
+                    wait = self.settings.gateway_body_timeout_s - (clock() - started)
+                else:
+                    started, wait = None, self.settings.gateway_idle_timeout_s
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ_CHUNK), max(0.0, wait))
+                except TimeoutError:
+                    log.info(
+                        "%s %s: %s, closing",
+                        protocol,
+                        base["peer"],
+                        "idle" if started is None else "a frame did not complete in time",
+                    )
+                    data = b""
                 items = decoder.feed(data) if data else decoder.close()
+                if items:
+                    started = None  # frames completed: the rest is a new frame
                 if items and not await self._frames(protocol, base, identity, items):
                     log.error(
                         "%s %s: closing the connection, Kafka did not acknowledge",
@@ -289,7 +378,8 @@ class Gateway:
     ) -> bool:
         """Publish the records of ``items`` (together) and wait for Kafka; False if
         some were still not acknowledged after the retries."""
-        jobs = self._syslog_jobs(protocol, base, identity, items)
+        # parsed in a worker thread: one large frame does not stall the other listeners
+        jobs = await asyncio.to_thread(self._syslog_jobs, protocol, base, identity, items)
         return await self._publish_frames(protocol, base, jobs)
 
     async def _publish_frames(
@@ -363,8 +453,11 @@ class Gateway:
 
             async def handle(data: bytes = data, addr: Any = addr) -> None:
                 try:
-                    identity = self.registry.identify_syslog(None, str(addr[0]))
+                    identity = self.registry.identify_syslog(None, str(addr[0]), datagram=True)
                     base = {"peer": f"{addr[0]}:{addr[1]}"}
+                    if identity is None:  # counted, sampled (hash, size), never kept
+                        self.refusals.refuse("syslog-udp", "unauthenticated", base["peer"], data)
+                        return
                     await self._frames("syslog-udp", base, identity, [datagram(data)])
                 finally:
                     slots.release()
@@ -400,9 +493,10 @@ async def _serve(settings: Settings, ready_file: Path | None) -> int:
     log.info("gateway stopping: finishing what Kafka has not acknowledged yet")
     await gateway.stop()
     log.info(
-        "gateway stopped: %s records, refused %s",
+        "gateway stopped: %s records, refused %s; refused peers: %s",
         gateway.counters.records,
         gateway.counters.refused,
+        gateway.refusals.summary(),
     )
     return 0
 
@@ -410,7 +504,7 @@ async def _serve(settings: Settings, ready_file: Path | None) -> int:
 def command_gateway(args: argparse.Namespace, settings: Settings) -> int:
     try:
         check_settings(settings)
-        SenderRegistry.load(settings.gateway_auth_file)
+        check_keys(settings, SenderRegistry.load(settings.gateway_auth_file))
     except (GatewayConfigError, AuthConfigError) as exc:
         print(f"careledger gateway: {exc}")
         return 2

@@ -227,6 +227,11 @@ def _fingerprint(cert: trustme.LeafCert) -> str:
 
 
 def start_gateway(settings: Settings, tmp_path: Path, **changes: Any) -> Running:
+    if settings.source_key is None:  # the gateway refuses to start without one (issue 12)
+        source_key = tmp_path / "keys" / "gateway-unregistered.key"
+        if not source_key.exists():
+            write_keypair(source_key)
+        settings = settings.replace(source_key=source_key)
     ca, client, server_pem, ca_pem = _tls_files(tmp_path)
     key = write_keypair(tmp_path / "keys" / "ehr-request.key")
     auth = tmp_path / "senders.toml"
@@ -235,13 +240,15 @@ def start_gateway(settings: Settings, tmp_path: Path, **changes: Any) -> Running
         'id = "ehr-east"\n'
         f'certificate_sha256 = ["{_fingerprint(client)}"]\n'
         'request_keys = ["keys/ehr-request.key.pub"]\n'
-        "\n[[source]]\n"
-        'id = "legacy-lab"\n'
-        "open = true\n"
+        # syslog: the first open source listing the peer's address is the sender
         "\n[[source]]\n"
         'id = "pacs-net"\n'
         "open = true\n"
-        'addresses = ["127.0.0.1/32"]\n',
+        'addresses = ["127.0.0.1/32"]\n'
+        "\n[[source]]\n"
+        'id = "legacy-lab"\n'
+        "open = true\n"
+        'addresses = ["127.0.0.1/32", "::1/128"]\n',
         encoding="utf-8",
     )
     s = settings.replace(
@@ -370,11 +377,14 @@ def post(
     sign: bool = True,
     cert: bool = False,
     headers: dict[str, str] | None = None,
+    now: float | None = None,
 ) -> httpx.Response:
+    """POST ``doc``, signed as ehr-east at ``now`` (a signed request is accepted once:
+    to send the same body again within a second, sign it at another ``now``)."""
     body = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
     h = {"Content-Type": "application/fhir+json", **(headers or {})}
     if sign:
-        h.update(signed_headers("ehr-east", running.request_key, "POST", path, body))
+        h.update(signed_headers("ehr-east", running.request_key, "POST", path, body, now=now))
     verify: ssl.SSLContext | bool = running.client_context(cert) if scheme == "https" else True
     with httpx.Client(verify=verify, timeout=30) as client:
         return client.post(running.url(path, scheme), content=body, headers=h)
@@ -399,6 +409,12 @@ def send_stream(running: Running, protocol: str, data: bytes, *, cert: bool = Tr
         sock.close()
 
 
+def health_text(running: Running) -> str:
+    with httpx.Client(timeout=30) as c:
+        doc = c.get(running.url("/health")).json()
+    return " ".join(i.get("diagnostics", "") for i in doc["issue"])
+
+
 def send_udp(running: Running, message: bytes) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(message, ("127.0.0.1", running.ports["syslog-udp"]))
@@ -412,12 +428,20 @@ def test_http_sender_checks_and_fhir_documents(gateway: Running) -> None:
     assert r.status_code == 401
     assert r.json()["resourceType"] == "OperationOutcome"
     assert r.json()["issue"][0]["code"] == "login"
+    refusals = [r.content]
     # a signature by the wrong key / over another body
     body = json.dumps(doc).encode()
     h = signed_headers("ehr-east", gateway.request_key, "POST", "/AuditEvent", body + b" ")
     with httpx.Client(timeout=30) as c:
         r = c.post(gateway.url("/AuditEvent"), content=body, headers=h)
     assert r.status_code == 401
+    refusals.append(r.content)
+    # a source id that exists and one that does not: the same answer (issue 12)
+    for claimed in ("ehr-east", "no-such-source"):
+        r = post(gateway, "/AuditEvent", doc, sign=False, headers={"X-Careledger-Source": claimed})
+        assert r.status_code == 401
+        refusals.append(r.content)
+    assert len(set(refusals)) == 1
     # HTTPS without a client certificate and without a signature
     assert post(gateway, "/AuditEvent", doc, scheme="https", sign=False).status_code == 401
     # an open legacy source names itself
@@ -445,6 +469,22 @@ def test_http_sender_checks_and_fhir_documents(gateway: Running) -> None:
     # only the accepted record was ledgered
     (raw,) = raw_records(gateway.settings, 1)
     assert raw["transport"]["source_id"] == "legacy-lab" and raw["transport"]["auth"] == "open"
+
+
+def test_a_captured_signed_request_is_accepted_once(gateway: Running) -> None:
+    """Replay (issue 12): the same signed request sent three times within the signature
+    window is recorded once; the copies get the generic 401."""
+    body = json.dumps(r4_event("PAT-REPLAY")).encode()
+    h = {
+        **signed_headers("ehr-east", gateway.request_key, "POST", "/AuditEvent", body),
+        "Content-Type": "application/fhir+json",
+    }
+    with httpx.Client(timeout=30) as c:
+        codes = [c.post(gateway.url("/AuditEvent"), content=body, headers=h) for _ in range(3)]
+    assert [r.status_code for r in codes] == [201, 401, 401], codes[-1].text
+    raws = raw_records(gateway.settings, 1)
+    assert len(raws) == 1
+    assert len(events_of(gateway.settings, 1)) == 1
 
 
 def test_fhir_records_end_in_verified_blocks(isolated: Settings, tmp_path: Path) -> None:
@@ -617,19 +657,18 @@ def test_syslog_tcp_tls_udp_and_a_64_kib_message(gateway: Running, tmp_path: Pat
     big_frame = syslog_message(large, pri=85, bom=True)
     assert len(big_frame) > 64 * 1024
     send_stream(gateway, "syslog-tls", octet_counted(big_frame))
-    # UDP: one message per datagram
-    send_udp(gateway, syslog_message(atna_xml(["MRN-7"]), pri=0))
+    # UDP: a datagram's address is forgeable, so UDP identifies no source (issue 12):
+    # refused and counted, nothing recorded
+    udp_message = syslog_message(atna_xml(["MRN-7"]), pri=0)
+    send_udp(gateway, udp_message)
 
-    raws = raw_records(s, 4)
-    assert len(raws) == 4
+    raws = raw_records(s, 3)
+    assert len(raws) == 3
     by_proto = {}
     for x in raws:
         by_proto.setdefault(x["transport"]["protocol"], []).append(x)
-    assert {k: len(v) for k, v in by_proto.items()} == {
-        "syslog-tcp": 2,
-        "syslog-tls": 1,
-        "syslog-udp": 1,
-    }
+    assert {k: len(v) for k, v in by_proto.items()} == {"syslog-tcp": 2, "syslog-tls": 1}
+    wait_until(lambda: "syslog-udp/unauthenticated 1" in health_text(gateway), 10, what="count")
     tls = by_proto["syslog-tls"][0]
     assert tls["transport"]["source_id"] == "ehr-east" and tls["transport"]["auth"] == "mtls"
     assert base64.b64decode(tls["data"]) == big_frame
@@ -647,11 +686,11 @@ def test_syslog_tcp_tls_udp_and_a_64_kib_message(gateway: Running, tmp_path: Pat
         )
         assert t["source_id"] == "pacs-net" and t["auth"] == "open"
         assert x["format"].startswith("syslog+")
-    udp = by_proto["syslog-udp"][0]
-    assert udp["transport"]["pri"] == "0" and udp["transport"]["framing"] == "datagram"
-
-    events = events_of(s, 7)
-    assert {e["patient"]["id"].split("^")[0] for e in events} == {f"MRN-{i}" for i in range(1, 8)}
+    events = events_of(s, 6)
+    assert {e["patient"]["id"].split("^")[0] for e in events} == {f"MRN-{i}" for i in range(1, 7)}
+    assert not [
+        m for m in read_topic(s, s.topic_dead_letter, 0, timeout=3) if m.value() == udp_message
+    ]
     shas = {x["sha256"] for x in raws}
     assert all(e["raw_ref"]["sha256"] in shas for e in events)
 
@@ -661,7 +700,7 @@ def test_syslog_tcp_tls_udp_and_a_64_kib_message(gateway: Running, tmp_path: Pat
         store = store_for(ps)
         wait_until(
             lambda: (
-                int(store.backend.execute(f"SELECT count() FROM {store.db}.raw_records")[0][0]) == 4
+                int(store.backend.execute(f"SELECT count() FROM {store.db}.raw_records")[0][0]) == 3
             ),
             90,
             what="raw records chained",
@@ -688,10 +727,9 @@ def test_bad_xml_is_dead_lettered_and_the_gateway_keeps_running(gateway: Running
         "syslog-tcp",
         b"".join(octet_counted(m) for m in (malformed, bomb, not_syslog, good)),
     )
-    # unauthenticated: TLS without a client certificate from an address that is an open
-    # source is accepted; an HTTP request is refused (see the HTTP test)
+    # unauthenticated (UDP identifies no source): counted, never dead-lettered (issue 12)
     send_udp(gateway, malformed)
-    letters = read_topic(s, s.topic_dead_letter, 4)
+    letters = read_topic(s, s.topic_dead_letter, 3)
     by_sha = {hashlib.sha256(m.value()).hexdigest(): headers_of(m) for m in letters}
     for original, code in (
         (malformed, "NOT_XML"),
@@ -703,6 +741,7 @@ def test_bad_xml_is_dead_lettered_and_the_gateway_keeps_running(gateway: Running
         assert h["careledger-error"]
         assert h["careledger-source-topic"].startswith("gateway/syslog-")
         assert h["careledger-raw-sha256"] == hashlib.sha256(original).hexdigest()
+    assert len(letters) == 3  # not the UDP copy of `malformed`
     # the good frame after them went through, and the gateway still runs
     assert gateway.proc.poll() is None
     (raw,) = raw_records(s, 1)

@@ -39,7 +39,7 @@ def registry() -> SenderRegistry:
                     "request_keys": [literal(KEY)],
                 },
                 {"id": "old-pacs", "open": True, "addresses": ["10.20.0.0/16"]},
-                {"id": "lab", "open": True},
+                {"id": "lab", "open": True, "addresses": ["127.0.0.0/8"]},
             ]
         }
     )
@@ -129,8 +129,23 @@ def test_syslog_identification(registry: SenderRegistry) -> None:
         "ehr", "mtls", "sha256:" + hashlib.sha256(CERT).hexdigest()
     )
     assert registry.identify_syslog(None, "10.20.0.9") == Identity("old-pacs", "open", "10.20.0.9")
-    # "lab" is open without addresses: over syslog an address must pick the source
+    # an address of no open source identifies nobody
     assert registry.identify_syslog(None, "192.0.2.1") is None
+    # over UDP an address is forgeable: no open source, ever (issue 12)
+    assert registry.identify_syslog(None, "10.20.0.9", datagram=True) is None
+
+
+def test_a_signed_request_is_accepted_once(registry: SenderRegistry) -> None:
+    body = b'{"resourceType":"AuditEvent"}'
+    headers = signed_headers("ehr", KEY, "POST", "/AuditEvent", body, now=NOW)
+    first = identify(registry, headers, body)
+    assert isinstance(first, Identity)
+    again = identify(registry, headers, body)
+    assert isinstance(again, AuthFailure) and "replayed" in again.reason
+    # released (nothing was recorded): the same request may be sent again, once
+    registry.release(first)
+    assert isinstance(identify(registry, headers, body), Identity)
+    assert isinstance(identify(registry, headers, body), AuthFailure)
 
 
 def test_config_file(tmp_path: Path) -> None:
@@ -147,6 +162,7 @@ def test_config_file(tmp_path: Path) -> None:
     for bad in (
         '[[source]]\nid = ""\n',
         '[[source]]\nid = "a"\nopen = "yes"\n',
+        '[[source]]\nid = "a"\nopen = true\n',  # an open source needs its addresses
         '[[source]]\nid = "a"\naddresses = ["not an ip"]\n',
         '[[source]]\nid = "a"\ncolour = "red"\n',
         '[[source]]\nid = "a"\n[[source]]\nid = "a"\n',
