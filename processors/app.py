@@ -23,7 +23,7 @@ from typing import Any
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
-from careledger.sources import read_registry
+from careledger.sources.reading import READ_TIMEOUT_S, read_topic_from
 from careledger.stack.topics import events_topic_time_problem
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.kinds import raw_topics, reference_topics
@@ -34,6 +34,7 @@ from careledger_core.source import timestamp_of
 from processors.metrics import write_metrics
 from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Part, Processor, Record
+from processors.registry_follower import RegistryFollower
 from processors.sources import SourceGate, processor_key_problem
 
 __all__ = [
@@ -127,25 +128,68 @@ def consumer_budget(settings: Settings) -> ConsumerBudget:
 
 def source_gate(settings: Settings) -> SourceGate:
     """The processor's source checks: the registry is read from the sources topic
-    (registrar-signed key events, checked against ``trusted_registrar_keys``)."""
+    (registrar-signed key events, checked against ``trusted_registrar_keys``),
+    incrementally, on a thread of its own (``RegistryFollower``, ADR 0027)."""
     registrars = {k.key_id: k for k in load_public_keys(settings.trusted_registrar_keys)}
-
-    def load() -> Any:
-        registry, problems = read_registry(settings, registrars)
-        for problem in problems:
-            log.warning("source registry: skipped a key event: %s", problem)
-        return registry
-
+    follower = (
+        RegistryFollower(
+            lambda start, keep: read_topic_from(
+                settings, settings.topic_sources, start, READ_TIMEOUT_S, keep
+            ),
+            registrars,
+        )
+        if registrars
+        else None
+    )
     gate = SourceGate(
         require_signatures=settings.require_source_signatures,
-        load_registry=load if registrars else None,
+        load_registry=None,
         max_skew_s=settings.source_max_skew_s,
+        follower=follower,
     )
-    if registrars:
-        gate.refresh(force=True)
+    if follower is not None:
+        follower.poll()  # at start, before any record: the whole topic once
+        follower.start()
     elif settings.require_source_signatures:
         log.warning("no trusted registrar key: every access event will be quarantined")
     return gate
+
+
+#: how long a seek may wait for the consumer thread (it runs between two fetches)
+SEEK_TIMEOUT_S = 30.0
+
+
+async def seek_on_consumer_thread(app: Any, tp: Any, offset: int) -> bool:
+    """Seek ``tp`` on the thread that runs the aiokafka consumer (ADR 0027).
+
+    faust's ``Consumer.seek`` calls aiokafka's ``seek`` from the caller's thread while
+    the consumer thread drains fetched records: the seek deletes the partition's
+    fetched records under the drain's feet (``KeyError(TopicPartition(...))``, "Drain
+    messages raised", a dead worker; seen 5 s after ClickHouse came back). Queued on the
+    consumer thread, the seek runs between two drains; a partition no longer assigned
+    is left alone (whoever has it resumes from the store). Returns whether it sought.
+    """
+    consumer = app.consumer
+    thread = consumer._thread
+
+    async def on_consumer_thread() -> bool:
+        aio = thread._ensure_consumer()
+        if tp not in aio.assignment():
+            return False
+        aio.seek(tp, offset)
+        return True
+
+    try:
+        sought = await asyncio.wait_for(thread.call_thread(on_consumer_thread), SEEK_TIMEOUT_S)
+    except TimeoutError:  # the consumer thread is stopping or stuck: asked again later
+        log.warning("seeking %s to %d timed out", tp, offset)
+        return False
+    if not sought:
+        log.info("not seeking %s to %d: no longer assigned", tp, offset)
+        return False
+    # as faust's own seek does: records from ``offset`` on are delivered again
+    consumer._read_offset[tp] = offset if offset else None
+    return True
 
 
 def create_app(
@@ -204,7 +248,7 @@ def create_app(
     )
 
     async def seek(part: Part, offset: int) -> None:
-        await app.consumer.seek(TP(*part), offset)
+        await seek_on_consumer_thread(app, TP(*part), offset)
 
     async def earliest(part: Part) -> int:
         tp = TP(*part)

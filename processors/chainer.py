@@ -46,7 +46,7 @@ from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
 from careledger_core.source import SourceAuthError, timestamp_of
-from processors.sources import LOG_APPEND_TIME, AdmittedBatch, SourceGate
+from processors.sources import LOG_APPEND_TIME, AdmittedBatch, RegistryStale, SourceGate
 
 
 def utc_timestamp(now: float) -> str:
@@ -193,13 +193,20 @@ class PartitionChain:
                 return []
             if offset > self.next_offset:
                 raise OffsetGap(self.next_offset, offset)
+        saved = (self.range_first, self.opened_at, self.next_offset)
         if self.range_first is None:
             self.range_first = offset
         if self.opened_at is None:
             self.opened_at = now
         self.next_offset = offset + 1
         before = len(self.pending)
-        rejected = self._validate(offset, value, key, kafka_ts, timestamp_type)
+        try:
+            rejected = self._validate(offset, value, key, kafka_ts, timestamp_type)
+        except RegistryStale:
+            # the gate changed nothing: the record is taken again once the registry
+            # has been read past it (ADR 0027)
+            self.range_first, self.opened_at, self.next_offset = saved
+            raise
         if len(self.pending) > before:
             self.event_records += 1
             return rejected

@@ -59,13 +59,17 @@ from processors.chainer import OffsetGap, PartitionChain, Rejected
 from processors.metrics import ProcessorMetrics
 from processors.replication import publish_stored, republish_unpublished
 from processors.seq_state import load_snapshot, read_increment
-from processors.sources import LOG_APPEND_TIME, SourceGate
+from processors.sources import LOG_APPEND_TIME, RegistryStale, SourceGate
 
 log = logging.getLogger("careledger.processor")
 
 # How long records fetched before a seek may keep arriving before we ask Kafka
 # whether the expected offsets still exist and seek again.
 SEEK_PATIENCE_S = 5.0
+# A seek no record has answered is asked again from the timer after SEEK_PATIENCE_S,
+# then after twice as long each time, up to this: a seek can be lost (records fetched
+# before it, drained after it) and a silent partition sends nothing that would reveal it.
+SEEK_RETRY_MAX_S = 60.0
 # How long after an assignment before the consumer's position is compared with
 # the stored head: the fetcher must have its positions first.
 ASSIGNMENT_SETTLE_S = 2.0
@@ -150,6 +154,7 @@ class Processor:
         # have chains of their own.
         self.chains: dict[Part, PartitionChain] = {}
         self.seek_targets: dict[Part, tuple[int, float]] = {}
+        self._seek_waits: dict[Part, float] = {}  # the timer's next patience per target
         self.metrics = ProcessorMetrics()
         self.lock = asyncio.Lock()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-store")
@@ -210,6 +215,7 @@ class Processor:
         for p in partitions:
             self.chains.pop(p, None)
             self.seek_targets.pop(p, None)
+            self._seek_waits.pop(p, None)
             self._open_times.pop(self.settings.chain_id(*p), None)
         if self.gate is not None:
             # their unwritten records will be read again: not replays of themselves
@@ -246,6 +252,27 @@ class Processor:
                 if p in self.seek_targets:  # still wanted (not revoked or reset)
                     self.seek_targets[p] = (offset, time.monotonic())
                     await self._seek(p, offset)
+
+    async def _retry_seeks(self) -> None:
+        """Seek again where no record has arrived from the target offset since the last
+        seek (ADR 0027): without this a lost seek waited for new traffic on the partition
+        (``handle`` re-seeks only when a record past the target shows up)."""
+        now = time.monotonic()
+        for p, (expected, since) in sorted(self.seek_targets.items()):
+            if p in self._deferred_seeks:
+                continue
+            wait = self._seek_waits.get(p, SEEK_PATIENCE_S)
+            if now - since < wait:
+                continue
+            self._seek_waits[p] = min(wait * 2, SEEK_RETRY_MAX_S)
+            self.seek_targets[p] = (expected, now)
+            self.metrics.seeks += 1
+            log.info(
+                "chain %s: no record from offset %d yet; seeking again",
+                self.settings.chain_id(*p),
+                expected,
+            )
+            await self._request_seek(p, expected)
 
     def revoked(self, partitions: set[Part]) -> None:
         for p in partitions:
@@ -471,16 +498,10 @@ class Processor:
                         await self._request_seek(p, expected)
                         continue
                     self.seek_targets.pop(p, None)
+                    self._seek_waits.pop(p, None)
                 chained_before = len(chain.pending)
                 try:
-                    bad = chain.take(
-                        rec.offset,
-                        rec.value,
-                        rec.key,
-                        rec.timestamp,
-                        now_mono,
-                        rec.timestamp_type,
-                    )
+                    taken = await self._take(p, chain, rec, now_mono, epoch)
                 except OffsetGap as gap:
                     # The consumer is ahead of the stored head (e.g. faust committed
                     # offsets of records we had not stored yet): go back.
@@ -494,6 +515,10 @@ class Processor:
                     )
                     await self._request_seek(p, gap.expected)
                     continue
+                if taken is None:  # revoked or reset while waiting: read again later
+                    blocked.add(p)
+                    continue
+                bad = taken
                 if bad:
                     rejected += [(p, r) for r in bad]
                 if len(chain.pending) == chained_before:
@@ -516,6 +541,23 @@ class Processor:
             )
             await self._submit(epoch, sealed, rejected)
 
+    async def _take(
+        self, p: Part, chain: PartitionChain, rec: Record, now_mono: float, epoch: int
+    ) -> list[Rejected] | None:
+        """``chain.take``; a record naming a key id the source registry has not been read
+        far enough to know waits for one incremental read, off the event loop (ADR 0027).
+        None: the partition was revoked or the state reset meanwhile (nothing taken)."""
+        args = (rec.offset, rec.value, rec.key, rec.timestamp, now_mono, rec.timestamp_type)
+        try:
+            return chain.take(*args)
+        except RegistryStale as stale:
+            assert self.gate is not None
+            self.metrics.registry_waits += 1
+            await asyncio.to_thread(self.gate.wait_for_registry, stale.appended_at)
+            if self._epoch != epoch or self.chains.get(p) is not chain:
+                return None
+            return chain.take(*args)  # fresh now, or decided on the keys known
+
     async def flush_aged(self) -> None:
         """Timer: close blocks whose first record is older than ``block_max_ms``."""
         async with self.lock:
@@ -523,6 +565,8 @@ class Processor:
                 await self._recover_positions()
             if self._deferred_seeks:
                 await self._run_deferred_seeks()
+            if self.seek_targets:
+                await self._retry_seeks()
             if self._unchecked:
                 await self._check_assigned()
             epoch = self._epoch

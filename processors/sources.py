@@ -18,9 +18,14 @@ copy of a genuine record is REPLAYED whenever it arrives, even a day later), the
 then the key's status **at the broker's append time**, which the signer cannot choose:
 a revoked key cannot be used by backdating ``signed_at`` (ADR 0015).
 
-An unknown key first makes the gate re-read the registry (at most every
-``refresh_interval_s``), so a key registered before its first batch was produced is
-found even when the registration has not been chained yet.
+An unknown key id. With a ``RegistryFollower`` (the processor; ADR 0027) the registry is
+read incrementally on a thread of its own. A record whose key id is unknown to a registry
+read *after* the record was appended is refused (``UNKNOWN_KEY``); otherwise ``admit``
+raises ``RegistryStale`` before touching any state, and the caller waits off its event
+loop (``wait_for_registry``: one incremental, rate-limited read, at most
+``registry_wait_s``) and takes the record again. So a key registered before its first
+batch was produced is found, and an unknown key id never costs a full re-read. Without
+a follower, ``load_registry`` is called again (at most every ``refresh_interval_s``).
 
 Replay detection uses ``seqs`` (``processors.seq_state``): the sequence numbers chained
 in the store (rebuilt from ClickHouse by the processor) and those admitted but not yet
@@ -66,6 +71,7 @@ from careledger_core.source import (
     seconds_of,
     timestamp_of,
 )
+from processors.registry_follower import RegistryFollower
 from processors.seq_state import SeqState
 
 log = logging.getLogger("careledger.processor.sources")
@@ -73,6 +79,16 @@ log = logging.getLogger("careledger.processor.sources")
 #: Kafka record timestamp types (the protocol's attribute bit)
 CREATE_TIME = 0
 LOG_APPEND_TIME = 1
+
+
+class RegistryStale(Exception):
+    """The record names a key id the registry read so far does not know, and no read
+    has started since the record was appended: wait for one (``wait_for_registry``)
+    and take the record again. Raised before any state is changed."""
+
+    def __init__(self, appended_at: float) -> None:
+        super().__init__(f"source registry not yet read past {appended_at:.3f}")
+        self.appended_at = appended_at
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,9 +155,16 @@ class SourceGate:
         max_skew_s: float = 900.0,
         refresh_interval_s: float = 5.0,
         seqs: SeqState | None = None,
+        follower: RegistryFollower | None = None,
+        registry_wait_s: float = 10.0,
     ) -> None:
         self.require_signatures = require_signatures
         self._load_registry = load_registry
+        self.follower = follower
+        self.registry_wait_s = registry_wait_s
+        #: records appended up to this time are decided on the registry at hand (a
+        #: wait for a fresher one timed out: the sources topic could not be read)
+        self._decided_upto = float("-inf")
         self._verifier = BatchVerifier(SourceRegistry())
         self._loaded_at: float | None = None
         self.max_skew_s = max_skew_s
@@ -152,14 +175,67 @@ class SourceGate:
 
     @property
     def registry(self) -> SourceRegistry:
+        if self.follower is not None:
+            return self.follower.registry
         return self._verifier.registry
+
+    def _sync_registry(self) -> None:
+        """Use the follower's newest registry (swapped whole by its thread)."""
+        if self.follower is not None:
+            registry = self.follower.registry
+            if self._verifier.registry is not registry:
+                self._verifier.registry = registry
+        elif self._loaded_at is None:
+            self.refresh(force=True)
+
+    def _renewed(self, appended_at: float, timestamp_type: int) -> bool:
+        """An unknown key id: may a newer registry know it? With a follower: False if a
+        read started after the record was appended (the key is really unknown), else
+        ``RegistryStale``; without one, whether ``load_registry`` was called again. A
+        producer's timestamp (CreateTime) is never waited for: its sender chooses it."""
+        follower = self.follower
+        if follower is None:
+            return self.refresh()
+        if (
+            timestamp_type != LOG_APPEND_TIME
+            or follower.fresh_for(appended_at)
+            or appended_at <= self._decided_upto
+        ):
+            registry = follower.registry
+            if self._verifier.registry is registry:
+                return False
+            self._verifier.registry = registry  # a read completed since this record began
+            return True
+        follower.request()
+        raise RegistryStale(appended_at)
+
+    def wait_for_registry(self, appended_at: float) -> bool:
+        """Blocking (run it on a worker thread): wait until the follower has read the
+        sources topic past ``appended_at``. On timeout, records appended until then
+        are decided on the registry at hand. Returns whether the read came in time."""
+        if self.follower is None:
+            return True
+        if self.follower.wait_fresh(appended_at, self.registry_wait_s):
+            return True
+        log.warning(
+            "source registry not read within %.0f s; deciding on the keys known",
+            self.registry_wait_s,
+        )
+        self._decided_upto = max(self._decided_upto, appended_at)
+        return False
 
     @property
     def signature_checks(self) -> int:
         return self._verifier.signature_checks
 
     def refresh(self, *, force: bool = False) -> bool:
-        """Re-read the registry; returns whether it was (re)loaded."""
+        """Re-read the registry; returns whether it was (re)loaded. With a follower:
+        one incremental read on the caller's thread (not on an event loop)."""
+        if self.follower is not None:
+            if not self.follower.poll():
+                return False
+            self._verifier.registry = self.follower.registry
+            return True
         if self._load_registry is None:
             return False
         now = time.monotonic()
@@ -194,13 +270,12 @@ class SourceGate:
         event, canonical, att = decode_signed_event(value)
         leaf = leaf_hash(canonical)
         st = att.statement
-        if self._loaded_at is None:
-            self.refresh(force=True)
+        self._sync_registry()
         # 1. what the signature proves, whatever the key's status
         try:
             self._verifier.verify_batch(leaf, att)
         except SourceAuthError as exc:
-            if exc.code != "UNKNOWN_KEY" or not self.refresh():
+            if exc.code != "UNKNOWN_KEY" or not self._renewed(kafka_ts, timestamp_type):
                 raise
             self._verifier.verify_batch(leaf, att)  # the key may have been registered meanwhile
         # 2. a copy of a record already chained (or admitted from elsewhere)
@@ -227,12 +302,11 @@ class SourceGate:
         # 1. what the signature proves: the events are the signed entries, the signature
         opened = open_batch_record(value)
         st = opened.statement
-        if self._loaded_at is None:
-            self.refresh(force=True)
+        self._sync_registry()
         try:
             self._verifier.verify_signature(st, opened.signature)
         except SourceAuthError as exc:
-            if exc.code != "UNKNOWN_KEY" or not self.refresh():
+            if exc.code != "UNKNOWN_KEY" or not self._renewed(kafka_ts, timestamp_type):
                 raise
             self._verifier.verify_signature(st, opened.signature)
         # 2. replays: the whole range at once
@@ -334,7 +408,8 @@ class SourceGate:
         try:
             self._verifier.authorize(st, at)
         except SourceAuthError as exc:
-            if exc.code != "UNKNOWN_KEY" or not self.refresh():
+            # the time is the broker's (``_check_time`` ran first)
+            if exc.code != "UNKNOWN_KEY" or not self._renewed(kafka_ts, LOG_APPEND_TIME):
                 raise
             self._verifier.authorize(st, at)
 

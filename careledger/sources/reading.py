@@ -17,7 +17,7 @@ import dataclasses
 import datetime as dt
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from careledger.config import Settings
@@ -131,6 +131,20 @@ def _read_topic(
 ) -> list[tuple[int, int, bytes | None]]:
     """(partition, offset, value) of every record from the beginning to the end as of
     the call, partition by partition in offset order."""
+    return read_topic_from(settings, topic, {}, timeout)[0]
+
+
+def read_topic_from(
+    settings: Settings,
+    topic: str,
+    start: Mapping[int, int],
+    timeout: float = READ_TIMEOUT_S,
+    keep: Callable[[int, int, bytes | None], bool] | None = None,
+) -> tuple[list[tuple[int, int, bytes | None]], dict[int, int]]:
+    """The records of ``topic`` from ``start`` (next offset per partition; the beginning
+    where absent or no longer in Kafka) to its end as of the call, and that end per
+    partition (where an incremental reader resumes next time). With ``keep``, only the
+    records it keeps are returned (the others are never held)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from careledger.kafka.offsets import watermark_offsets
@@ -168,6 +182,7 @@ def _read_topic(
             )
         ends: dict[int, int] = {}
         position: dict[int, int] = {}
+        reached: dict[int, int] = {}
         for partition in sorted(info.partitions):
             try:
                 low, high = watermark_offsets(consumer, TopicPartition(topic, partition), deadline)
@@ -175,11 +190,14 @@ def _read_topic(
                 raise InfrastructureError(
                     f"cannot read the offsets of {topic}: {exc}", code="KAFKA_UNAVAILABLE"
                 ) from exc
+            resume = start.get(partition, 0)
+            low = max(low, resume if resume <= high else 0)  # beyond the end: recreated
+            reached[partition] = high
             if high > low:
                 ends[partition] = high
                 position[partition] = low
         if not ends:
-            return []
+            return [], reached
         consumer.assign([TopicPartition(topic, p, position[p]) for p in sorted(ends)])
         records: list[tuple[int, int, bytes | None]] = []
         while any(position[p] < ends[p] for p in ends):
@@ -205,9 +223,11 @@ def _read_topic(
                 if p not in ends or off >= ends[p]:
                     continue
                 position[p] = off + 1
-                records.append((p, off, m.value()))
+                value = m.value()
+                if keep is None or keep(p, off, value):
+                    records.append((p, off, value))
         records.sort(key=lambda r: (r[0], r[1]))
-        return records
+        return records, reached
     finally:
         consumer.close()
 
