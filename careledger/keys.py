@@ -76,15 +76,21 @@ def load_private_key(
         st = path.stat()
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise KeyFileError(
-            f"{what} {path} is accessible by group or others "
-            f"(mode {stat.S_IMODE(st.st_mode):o}); run: chmod 600 {path}"
-        )
+    check_owner_only(path, st.st_mode, what)
     try:
         return parse_private_key(path.read_text(encoding="ascii"))
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc}") from exc
+
+
+def check_owner_only(path: Path, st_mode: int, what: str) -> None:
+    """Raise :class:`KeyFileError` when a secret file of mode ``st_mode`` is accessible by
+    group or others (ssh's rule; key files and the auditor's pseudonym salt)."""
+    if st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise KeyFileError(
+            f"{what} {path} is accessible by group or others "
+            f"(mode {stat.S_IMODE(st_mode):o}); run: chmod 600 {path}"
+        )
 
 
 def load_signing_key(path: Path | None, env: dict[str, str] | None = None) -> SigningKey:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from collections.abc import Mapping
 from typing import Annotated, Any, Final, Literal
 
@@ -31,6 +32,8 @@ from .hashing import leaf_hash
 
 __all__ = [
     "EVENT_SCHEMA",
+    "IDENTIFIER_REASONS",
+    "ID_PATTERN",
     "TIMESTAMP_PATTERN",
     "AccessEvent",
     "Action",
@@ -52,6 +55,7 @@ __all__ = [
     "event_leaf_hash",
     "event_to_dict",
     "is_valid_timestamp",
+    "normalise_identifier",
     "validate_event",
 ]
 
@@ -66,12 +70,46 @@ _UUID_PATTERN: Final = r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a
 _SHA256_PATTERN: Final = r"\A[0-9a-f]{64}\Z"
 _BASE64_PATTERN: Final = r"\A(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?\Z"
 
+
+#: Characters no identifier may hold (ADR 0026), fixed here rather than taken from the
+#: running Python's Unicode tables so that what is valid cannot change with the
+#: interpreter: C0/C1 controls, the format characters (zero-width space and joiners,
+#: bidi controls, BOM, soft hyphen, ...), default-ignorable code points (variation
+#: selectors, tags, Hangul fillers), line/paragraph separators, noncharacters and the
+#: full-/half-width compatibility forms (U+3000, U+FF01-U+FFEE), which look like other
+#: characters. U+FFFD stays allowed: the adapters put it for a lone surrogate
+#: (INVALID_UNICODE, flagged). Identifiers must also be NFC and not begin or end with
+#: white space.
+_ID_FORBIDDEN: Final = (
+    "\\x00-\\x1f\\x7f-\\x9f\\xad\\u034f\\u0600-\\u0605\\u061c\\u06dd\\u070f"
+    "\\u0890\\u0891\\u08e2\\u115f\\u1160\\u17b4\\u17b5\\u180b-\\u180f"
+    "\\u200b-\\u200f\\u2028-\\u202e\\u2060-\\u206f\\u3000\\u3164\\ufdd0-\\ufdef"
+    "\\ufe00-\\ufe0f\\ufeff\\uff01-\\uffee\\ufff0-\\ufffb\\ufffe\\uffff"
+    "\\U000110bd\\U000110cd\\U00013430-\\U0001343f\\U0001bca0-\\U0001bca3"
+    "\\U0001d173-\\U0001d17a\\U000e0000-\\U000e0fff"
+    "\\U0001fffe\\U0001ffff\\U0002fffe\\U0002ffff\\U0003fffe\\U0003ffff"
+    "\\U0004fffe\\U0004ffff\\U0005fffe\\U0005ffff\\U0006fffe\\U0006ffff"
+    "\\U0007fffe\\U0007ffff\\U0008fffe\\U0008ffff\\U0009fffe\\U0009ffff"
+    "\\U000afffe\\U000affff\\U000bfffe\\U000bffff\\U000cfffe\\U000cffff"
+    "\\U000dfffe\\U000dffff\\U000efffe\\U000effff\\U000ffffe\\U000fffff"
+    "\\U0010fffe\\U0010ffff"
+)
+ID_PATTERN: Final = rf"\A(?=\S)[^{_ID_FORBIDDEN}]*(?<=\S)\Z"
+_ID_REASON: Final = (
+    "identifier must not contain invisible, control or full-width characters nor begin "
+    "or end with white space (ADR 0026)"
+)
+_NOT_NFC: Final = "identifier must be in Unicode normalization form C (NFC) (ADR 0026)"
+#: The reasons an :class:`EventValidationError` gives for an unusable identifier.
+IDENTIFIER_REASONS: Final = frozenset({_ID_REASON, _NOT_NFC})
+
 #: Human-readable reasons for pattern violations (msgspec reports the regex itself).
 _PATTERN_REASONS: Final = {
     TIMESTAMP_PATTERN: "must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ (6 fraction digits)",
     _UUID_PATTERN: "must be a lowercase UUID 8-4-4-4-12",
     _SHA256_PATTERN: "must be 64 lowercase hex digits (SHA-256)",
     _BASE64_PATTERN: "must be standard padded base64",
+    ID_PATTERN: _ID_REASON,
 }
 
 MAX_ID_LENGTH: Final = 256
@@ -82,7 +120,7 @@ MAX_QUERY_LENGTH: Final = 65536
 MAX_LIST_LENGTH: Final = 64
 
 # Identifiers (actor, patient, object, session, correlation ids) and codes.
-Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
+Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH, pattern=ID_PATTERN)]
 Code = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_LENGTH)]
 Text = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TEXT_LENGTH)]
 Uri = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_URI_LENGTH)]
@@ -256,6 +294,54 @@ class AccessEvent(_Base, frozen=True, kw_only=True):
             raise EventValidationError("occurred_at", "no such calendar date")
         if not _day_exists(self.recorded_at):
             raise EventValidationError("recorded_at", "no such calendar date")
+        # Characters are checked by ID_PATTERN; one spelling needs NFC as well.
+        for field, value in self._identifiers():
+            if not _is_nfc(value):
+                raise EventValidationError(field, _NOT_NFC)
+
+    def _identifiers(self) -> tuple[tuple[str, str | None], ...]:
+        obj, recipient, discloser = self.object, self.recipient, self.discloser
+        return (
+            ("actor.id", self.actor.id),
+            ("patient.id", self.patient.id),
+            ("object.id", None if obj is None else obj.id),
+            ("session_ref", self.session_ref),
+            ("correlation_id", self.correlation_id),
+            ("recipient.id", None if recipient is None else recipient.id),
+            ("discloser.id", None if discloser is None else discloser.id),
+        )
+
+
+_WIDTH_MAP: Final = {
+    cp: unicodedata.decomposition(chr(cp)).split(" ", 1)[1]
+    for cp in (0x3000, *range(0xFF01, 0xFFEF))
+    if unicodedata.decomposition(chr(cp)).startswith(("<wide>", "<narrow>"))
+}
+_ID_RE: Final = re.compile(ID_PATTERN)
+
+
+def _is_nfc(value: str | None) -> bool:
+    return value is None or value.isascii() or unicodedata.is_normalized("NFC", value)
+
+
+def normalise_identifier(value: str) -> str:
+    """The one spelling of an identifier (ADR 0026): surrounding spaces removed,
+    full-width and half-width forms mapped to their ordinary characters (the width
+    mapping of RFC 8264, not all of NFKC), then NFC. Raises ``ValueError`` when what is
+    left is empty or holds characters no identifier may hold (invisible, control). The
+    result is accepted by the event's identifier fields (length aside); an identifier
+    the core accepts is returned unchanged."""
+    if not value.isascii():
+        mapped = "".join(
+            chr(int(_WIDTH_MAP[ord(c)], 16)) if ord(c) in _WIDTH_MAP else c for c in value
+        )
+        value = unicodedata.normalize("NFC", mapped)
+    value = value.strip(" ")
+    if not value:
+        raise ValueError("an identifier must not be empty")
+    if _ID_RE.match(value) is None:
+        raise ValueError(f"unusable identifier: {_ID_REASON.split(' (', 1)[0]}")
+    return value
 
 
 _DECODER: Final = msgspec.json.Decoder(AccessEvent)

@@ -9,6 +9,7 @@ from typing import Final, Literal
 from careledger_core.errors import EventValidationError
 from careledger_core.event import (
     EVENT_SCHEMA,
+    IDENTIFIER_REASONS,
     MAX_LIST_LENGTH,
     AccessEvent,
     Actor,
@@ -200,33 +201,42 @@ def build_events(
             event_id = draft.source_id
         else:
             event_id = derived_event_id(raw_sha256, index, entry_index)
-        candidate = AccessEvent(
-            schema=EVENT_SCHEMA,
-            event_id=event_id,
-            occurred_at=draft.occurred_at,
-            recorded_at=draft.recorded_at,
-            event_type=draft.event_type,
-            event_subtype=draft.event_subtype,
-            action=draft.action,
-            outcome=draft.outcome,
-            outcome_desc=draft.outcome_desc,
-            purpose_of_use=draft.purpose_of_use,
-            actor=draft.actor,
-            client=draft.client,
-            session_ref=draft.session_ref,
-            source=draft.source,
-            patient=patient,
-            object=_own_object(draft.object, patient, patients),
-            sensitivity=draft.sensitivity,
-            query=query,
-            correlation_id=draft.correlation_id,
-            raw_ref=raw_ref,
-            recipient=draft.recipient,
-            discloser=draft.discloser,
-        )
         try:
+            candidate = AccessEvent(
+                schema=EVENT_SCHEMA,
+                event_id=event_id,
+                occurred_at=draft.occurred_at,
+                recorded_at=draft.recorded_at,
+                event_type=draft.event_type,
+                event_subtype=draft.event_subtype,
+                action=draft.action,
+                outcome=draft.outcome,
+                outcome_desc=draft.outcome_desc,
+                purpose_of_use=draft.purpose_of_use,
+                actor=draft.actor,
+                client=draft.client,
+                session_ref=draft.session_ref,
+                source=draft.source,
+                patient=patient,
+                object=_own_object(draft.object, patient, patients),
+                sensitivity=draft.sensitivity,
+                query=query,
+                correlation_id=draft.correlation_id,
+                raw_ref=raw_ref,
+                recipient=draft.recipient,
+                discloser=draft.discloser,
+            )
             event = _validated(candidate)
-        except EventValidationError as exc:  # a mapping bug: never let it escape raw
+        except EventValidationError as exc:
+            if exc.reason in IDENTIFIER_REASONS:  # invisible or control characters
+                raise IngestError(
+                    "INVALID_IDENTIFIER",
+                    f"the record names an identifier with invisible or control characters "
+                    f"at {exc.field}: refused (ADR 0026)",
+                    sha256=raw_sha256,
+                    field=exc.field,
+                ) from exc
+            # otherwise a mapping bug: never let it escape raw
             raise IngestError(
                 "UNMAPPABLE",
                 f"the record parsed but gives no valid access event ({exc.message})",

@@ -36,6 +36,7 @@ from ._values import (
     as_uuid,
     choose_client,
     classify_address,
+    clip_code,
     clip_description,
     clip_id,
     clip_text,
@@ -372,9 +373,9 @@ class _Mapper(_Elements):
                 continue
             role = e.role_codes[0].code if e.role_codes else None
             return ObjectRef(
-                type=clip_id(type_, self.issues, f"{e.path}.type") or "unknown",
+                type=clip_code(type_, self.issues, f"{e.path}.type") or "unknown",
                 id=clip_id(ident, self.issues, f"{e.path}.what"),
-                role=clip_id(role, self.issues, f"{e.path}.role"),
+                role=clip_code(role, self.issues, f"{e.path}.role"),
             )
         return None
 

@@ -52,6 +52,8 @@ ERROR_CODES: Final[Mapping[str, str]] = MappingProxyType(
         "ATNA AuditMessage",
         "UNMAPPABLE": "the record parsed but gives no valid access event (an adapter bug: "
         "report it with the record)",
+        "INVALID_IDENTIFIER": "an identifier holds invisible or control characters (zero "
+        "width, bidi, BOM, C0/C1 controls): refused, never guessed at (ADR 0026)",
     }
 )
 
@@ -84,6 +86,8 @@ ISSUE_CODES: Final[Mapping[str, str]] = MappingProxyType(
         "VALUE_TRUNCATED": "a value longer than the event model allows was shortened",
         "LIST_TRUNCATED": "a list longer than the event model allows was shortened",
         "INVALID_UNICODE": "a string held a lone surrogate; it was replaced by U+FFFD",
+        "IDENTIFIER_NORMALISED": "an identifier in full-width forms or not in NFC was "
+        "written in its one spelling (ADR 0026)",
         # participants
         "NO_REQUESTOR": "no agent/participant is marked as requestor; the most "
         "human-looking one is the actor",

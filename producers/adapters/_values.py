@@ -13,6 +13,7 @@ import functools
 import hashlib
 import ipaddress
 import re
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from typing import Final, Literal, TypeVar
 
@@ -25,6 +26,7 @@ from careledger_core.event import (
     MAX_URI_LENGTH,
     Coding,
     Confidentiality,
+    normalise_identifier,
 )
 
 from ._model import Conformance
@@ -172,8 +174,32 @@ def clip(value: str | None, limit: int, issues: Issues, path: str) -> str | None
     return value
 
 
-def clip_id(value: str | None, issues: Issues, path: str) -> str | None:
+def clip_code(value: str | None, issues: Issues, path: str) -> str | None:
     return clip(value, MAX_ID_LENGTH, issues, path)
+
+
+def clip_id(value: str | None, issues: Issues, path: str) -> str | None:
+    """An identifier (actor, patient, object, party, session, correlation id) clipped and
+    in its one spelling (ADR 0026): full-width forms mapped, NFC (IDENTIFIER_NORMALISED
+    when that changed it). One holding invisible or control characters is kept as it is:
+    the event refuses it and the record is dead-lettered (INVALID_IDENTIFIER)."""
+    value = clip(value, MAX_ID_LENGTH, issues, path)
+    if value is None or value.isascii():
+        return value
+    try:
+        spelled = normalise_identifier(value)
+    except ValueError:
+        return value
+    if spelled != value:
+        issues.add(
+            "IDENTIFIER_NORMALISED",
+            "identifier written in full-width forms or not in NFC: normalised",
+            path,
+        )
+    while len(spelled) > MAX_ID_LENGTH:  # NFC can lengthen (e.g. U+0958): cut again
+        issues.add("VALUE_TRUNCATED", f"shortened to {MAX_ID_LENGTH} characters", path)
+        spelled = unicodedata.normalize("NFC", spelled[:MAX_ID_LENGTH]).rstrip()
+    return spelled
 
 
 def clip_text(value: str | None, issues: Issues, path: str) -> str | None:
@@ -192,7 +218,7 @@ def unique_codes(codes: Iterable[str], issues: Issues, path: str) -> tuple[str, 
     """Distinct codes in order, each clipped, at most MAX_LIST_LENGTH."""
     out: list[str] = []
     for code in codes:
-        c = clip_id(code, issues, path)
+        c = clip_code(code, issues, path)
         if c is not None and c not in out:
             out.append(c)
     if len(out) > MAX_LIST_LENGTH:
@@ -233,7 +259,7 @@ def _make_coding(
     issues: Issues,
     path: str,
 ) -> Coding | None:
-    c = clip_id(code, issues, path)
+    c = clip_code(code, issues, path)
     if c is None:
         return None
     s = clip_uri(system, issues, path)

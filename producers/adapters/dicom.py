@@ -56,6 +56,7 @@ from ._values import (
     b64_text,
     choose_client,
     classify_address,
+    clip_code,
     clip_description,
     clip_id,
     clip_text,
@@ -554,10 +555,10 @@ class _Mapper:
                 o.type_code or "", "unknown"
             )
             return ObjectRef(
-                type=clip_id(type_, self.issues, f"{o.path}/ParticipantObjectIDTypeCode")
+                type=clip_code(type_, self.issues, f"{o.path}/ParticipantObjectIDTypeCode")
                 or "unknown",
                 id=clip_id(o.object_id, self.issues, f"{o.path}@ParticipantObjectID"),
-                role=clip_id(o.role, self.issues, f"{o.path}@ParticipantObjectTypeCodeRole"),
+                role=clip_code(o.role, self.issues, f"{o.path}@ParticipantObjectTypeCodeRole"),
             )
         return None
 

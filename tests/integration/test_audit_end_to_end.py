@@ -46,7 +46,7 @@ def _high_watermarks(settings: Settings, topics: list[str]) -> int:
 
 def test_simulated_inappropriate_accesses_become_alerts(isolated: Settings, tmp_path: Path) -> None:
     settings = processor_settings(with_keys(isolated, tmp_path)).replace(
-        audit_salt="e2e-salt", topic_alert_status=f"{isolated.topic_alerts}-status"
+        audit_salt="e2e-salt-of-the-tests", topic_alert_status=f"{isolated.topic_alerts}-status"
     )
     truth_file = tmp_path / "truth.jsonl"
     sim = run_cli(

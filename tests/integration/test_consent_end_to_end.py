@@ -44,7 +44,9 @@ def _iso(t: dt.datetime) -> str:
 def test_a_published_opt_out_sent_to_the_gateway_alerts_and_decides_alike(
     isolated: Settings, tmp_path: Path
 ) -> None:
-    gateway = _signing_gateway(isolated.replace(audit_salt="e2e-consent"), tmp_path)
+    gateway = _signing_gateway(
+        isolated.replace(audit_salt="e2e-consent-salt-of-the-tests"), tmp_path
+    )
     settings = processor_settings(gateway.settings)
     published = OUT_JSON.read_bytes()
     patient = json.loads(published)["patient"]["reference"].split("/")[-1]

@@ -49,7 +49,7 @@ def test_followed_reviewed_and_replayed_rows_verify_and_tampering_is_found(
     isolated: Settings, tmp_path: Path
 ) -> None:
     settings = processor_settings(with_keys(isolated, tmp_path)).replace(
-        audit_salt="end-to-end-salt",
+        audit_salt="end-to-end-salt-of-the-tests",
         audit_poll_interval_s=0.2,
         topic_alert_status=f"{isolated.topic_alerts}-status",
     )

@@ -30,6 +30,7 @@ ALLOWED_IMPORTS = {
     "re",
     "types",
     "typing",
+    "unicodedata",
     "msgspec",
     "nacl",
 }

@@ -7,6 +7,8 @@ import base64
 import copy
 import datetime as dt
 import json
+import re
+import unicodedata
 from typing import Any
 
 import msgspec
@@ -17,6 +19,7 @@ from hypothesis import strategies as st
 from careledger_core.errors import CareledgerError, EventValidationError, ValidationError
 from careledger_core.event import (
     EVENT_SCHEMA,
+    ID_PATTERN,
     AccessEvent,
     Actor,
     Coding,
@@ -232,6 +235,12 @@ def test_unknown_top_level_null_is_still_unknown_not_null() -> None:
 # ---------------------------------------------------------------- hypothesis events
 
 text = st.text(min_size=1, max_size=12)
+#: identifiers: no invisible, control or full-width characters, NFC (ADR 0026)
+ids = (
+    st.text(st.characters(blacklist_categories=("Cc", "Cf", "Cs")), min_size=1, max_size=12)
+    .map(lambda s: unicodedata.normalize("NFC", s))
+    .filter(lambda s: re.fullmatch(ID_PATTERN, s) is not None)
+)
 
 
 def _ts(d: dt.datetime) -> str:
@@ -255,13 +264,13 @@ event_dicts = st.fixed_dictionaries(
         "action": st.sampled_from("CRUDE"),
         "outcome": st.sampled_from([0, 4, 8, 12]),
         "actor": st.fixed_dictionaries(
-            {"id": text, "roles": code_lists, "is_requestor": st.booleans()},
+            {"id": ids, "roles": code_lists, "is_requestor": st.booleans()},
             optional={"name": text, "organization": text, "department": text},
         ),
         "source": st.fixed_dictionaries(
             {"system": text, "type": st.integers(1, 9)}, optional={"site": text}
         ),
-        "patient": st.fixed_dictionaries({"id": text}, optional={"system": text}),
+        "patient": st.fixed_dictionaries({"id": ids}, optional={"system": text}),
     },
     optional={
         "event_subtype": st.lists(codings, min_size=1, max_size=3),
@@ -271,13 +280,13 @@ event_dicts = st.fixed_dictionaries(
             {"address": text, "address_type": st.sampled_from(["ip", "hostname", "uri"])},
             optional={"workstation": text},
         ),
-        "session_ref": text,
-        "object": st.fixed_dictionaries({"type": text}, optional={"id": text, "role": text}),
+        "session_ref": ids,
+        "object": st.fixed_dictionaries({"type": text}, optional={"id": ids, "role": text}),
         "sensitivity": st.fixed_dictionaries(
             {"confidentiality": st.sampled_from("ULMNRV"), "labels": code_lists}
         ),
         "query": st.binary(min_size=1, max_size=40).map(lambda b: base64.b64encode(b).decode()),
-        "correlation_id": text,
+        "correlation_id": ids,
         "raw_ref": st.fixed_dictionaries(
             {"format": text, "sha256": st.binary(min_size=32, max_size=32).map(bytes.hex)},
             optional={"uri": text},

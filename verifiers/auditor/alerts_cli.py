@@ -35,6 +35,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
+from careledger.safe_text import display
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
@@ -321,12 +322,7 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
         f"{'score':>7}  {'events':>6}  {'actor':12}  {'patient ref':16}  status"
     )
     for a in alerts:
-        ref = a["patient_ref"] or f"({len(a['patient_refs'])} patients)"
-        print(
-            f"{a['alert_id']:32}  {a['first_at']:27}  {a['rule']:28}  {a['severity']:8}  "
-            f"{a['score']:7.1f}  {len(a['event_ids']):6d}  {a['actor_id']:12}  {ref[:16]:16}  "
-            f"{_status_label(a)}"
-        )
+        print(alert_row(a))
     print(f"{len(alerts)} alert(s)")
     broken = sum(1 for a in alerts if not a["status_history_intact"])
     if broken:
@@ -339,6 +335,33 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
         "checked against the ledger by careledger verify"
     )
     return 0
+
+
+def alert_row(a: dict[str, Any]) -> str:
+    """One line of the alerts table; what the sources wrote (the actor id) and what was
+    read back from the store is shown with control characters escaped (ADR 0026)."""
+    d = display
+    ref = d(a["patient_ref"] or f"({len(a['patient_refs'])} patients)")
+    return (
+        f"{d(a['alert_id']):32}  {d(a['first_at']):27}  {d(a['rule']):28}  "
+        f"{d(a['severity']):8}  {a['score']:7.1f}  {len(a['event_ids']):6d}  "
+        f"{d(a['actor_id']):12}  {ref[:16]:16}  {d(_status_label(a))}"
+    )
+
+
+def tail_line(doc: dict[str, Any]) -> str:
+    """One line of ``alerts tail`` for an alert or a verifier finding (ADR 0026: control
+    characters shown escaped)."""
+    d = display
+    if "rule" in doc:
+        ref = doc.get("patient_ref") or f"({len(doc.get('patient_refs', []))} patients)"
+        return (
+            f"{d(doc.get('first_at'))}  {d(doc.get('alert_id'))}  {d(doc.get('rule'))}  "
+            f"{d(doc.get('severity'))}  actor={d(doc.get('actor_id'))}  patient={d(ref)}  "
+            f"events={len(doc.get('event_ids', []))}"
+        )
+    # a verifier finding on the same topic
+    return f"{d(doc.get('code'))}  {d(doc.get('alert_id'))}  {d(doc.get('message'))}"
 
 
 def _show(args: argparse.Namespace, book: AlertBook) -> int:
@@ -479,16 +502,8 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
             seen += 1
             if args.json:
                 print(json.dumps(doc, sort_keys=True), flush=True)
-            elif "rule" in doc:
-                ref = doc.get("patient_ref") or f"({len(doc.get('patient_refs', []))} patients)"
-                print(
-                    f"{doc.get('first_at')}  {doc.get('alert_id')}  {doc.get('rule')}  "
-                    f"{doc.get('severity')}  actor={doc.get('actor_id')}  patient={ref}  "
-                    f"events={len(doc.get('event_ids', []))}",
-                    flush=True,
-                )
-            else:  # a verifier finding on the same topic
-                print(f"{doc.get('code')}  {doc.get('alert_id')}  {doc.get('message')}", flush=True)
+            else:
+                print(tail_line(doc), flush=True)
     except KeyboardInterrupt:
         pass
     finally:

@@ -36,6 +36,7 @@ from .runner import (
     load_salt,
     parse_instant,
 )
+from .runner.store import SaltError
 
 log = logging.getLogger("careledger.auditor")
 
@@ -100,6 +101,8 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         return _error("--from must be before --to")
     try:
         salt = load_salt(settings)
+    except SaltError as exc:  # empty, short or readable by others (ADR 0026)
+        return _error(str(exc))
     except OSError as exc:
         return _error(f"cannot read or create the pseudonym salt: {exc}")
     backend = ClickHouseBackend.from_settings(settings)

@@ -77,12 +77,13 @@ from typing import Any, Final
 
 from careledger.config import Settings
 from careledger.keys import load_public_keys
+from careledger.safe_text import csv_cell, display
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WITNESSES_FILE_ENV, WitnessesConfigError
 from careledger_core.block import decode_header
 from careledger_core.errors import CareledgerError
-from careledger_core.event import AccessEvent, decode_and_canonicalize
+from careledger_core.event import AccessEvent, decode_and_canonicalize, normalise_identifier
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import MerkleTree
 from careledger_core.reference import ReferenceRecord, decode_reference
@@ -115,6 +116,7 @@ __all__ = [
     "proof_form",
     "render_csv",
     "render_table",
+    "report_patient_id",
 ]
 
 FORMATS: Final = ("table", "json", "csv")
@@ -425,6 +427,10 @@ def proof_form(view: str, include_event_bytes: bool = False) -> str:
     return FORM_FULL if view == "access" or include_event_bytes else FORM_REDACTED
 
 
+#: the asked patient id in its one spelling, as the intake stores it (ADR 0026)
+report_patient_id: Final = normalise_identifier
+
+
 def build_report(
     store: ChainStore,
     patient: str,
@@ -440,6 +446,7 @@ def build_report(
     ``StorageError`` if the store cannot be read."""
     if view not in VIEWS:
         raise ValueError(f"view must be one of {', '.join(VIEWS)}")
+    patient = report_patient_id(patient)
     reader = _Reader(store)
     problems: list[str] = []
     raw = reader.patient_rows(patient, start, end)
@@ -610,21 +617,22 @@ def _cell(line: dict[str, Any], name: str) -> str:
 
 
 def render_csv(doc: dict[str, Any]) -> str:
-    """CSV of a report: displayed fields and where the proof is (not the proof bytes)."""
+    """CSV of a report: displayed fields and where the proof is (not the proof bytes);
+    formulas and control characters neutralised (``csv_cell``, ADR 0026)."""
     out = io.StringIO()
     columns = _CSV_COLUMNS[doc["view"]]
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(columns)
     for line in doc["lines"]:
-        writer.writerow([_cell(line, c) for c in columns])
+        writer.writerow([csv_cell(_cell(line, c)) for c in columns])
     return out.getvalue()
 
 
 def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
-    """A plain-text table for people (no proof bytes)."""
+    """A plain-text table for people (no proof bytes; control characters escaped)."""
     columns = _TABLE_COLUMNS[doc["view"]]
     rows = [
-        [_cell(line, c)[: None if c == "block" else max_width] for c in columns]
+        [display(_cell(line, c))[: None if c == "block" else max_width] for c in columns]
         for line in doc["lines"]
     ]
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
@@ -634,8 +642,8 @@ def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
         "gdpr": "Consultations of personal data (GDPR Art. 15)",
     }[doc["view"]]
     out = [
-        f"{title} for patient {doc['patient']}, {doc['from']} to {doc['to']} (exclusive): "
-        f"{len(rows)} line(s)",
+        f"{title} for patient {display(doc['patient'])}, {doc['from']} to {doc['to']} "
+        f"(exclusive): {len(rows)} line(s)",
         "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip(),
     ]
     out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)).rstrip() for r in rows]
@@ -702,6 +710,7 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
         logging.getLogger("careledger.cosigned_checkpoints.kafka").setLevel(logging.CRITICAL)
     try:
         start, end = parse_range(args.start, args.end)
+        args.patient = report_patient_id(args.patient)
     except ValueError as exc:
         return _usage(str(exc))
     if args.database:
@@ -780,7 +789,7 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.write(text)
         sys.stdout.flush()
     for p in problems:
-        print(f"careledger access-report: problem: {p}", file=sys.stderr)
+        print(f"careledger access-report: problem: {display(p)}", file=sys.stderr)
     if problems:
         return EXIT_PROBLEMS
     for text in late:

@@ -38,11 +38,13 @@ from typing import Any, Final
 from careledger.config import Settings
 from careledger.keys import load_public_keys
 from careledger.raw_record import decode_and_canonicalize_raw
+from careledger.safe_text import display
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger.storage.store import ChainStore
 from careledger_core.block import decode_header
 from careledger_core.errors import CareledgerError
+from careledger_core.event import normalise_identifier
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import MerkleTree, verify_inclusion
 from careledger_core.reference import ReferenceRecord, decode_reference, thaw
@@ -240,7 +242,10 @@ def _rules(policy: Policy) -> dict[str, Any]:
 def build_view(
     store: ChainStore, patient: str, start: str, end: str, *, now: str | None = None
 ) -> dict[str, Any]:
-    """The patient view (``careledger.patient-view/1``). Raises ``StorageError``."""
+    """The patient view (``careledger.patient-view/1``). Raises ``StorageError``, and
+    ``ValueError`` for a patient id no event can hold (the id is asked in its one
+    spelling, ADR 0026)."""
+    patient = normalise_identifier(patient)
     now = now or _now()
     db = check_identifier(store.db)
     backend = store.backend
@@ -483,7 +488,7 @@ def render_text(doc: Mapping[str, Any]) -> str:
         "every line carries a Merkle inclusion proof in a signed block (--format json; "
         "check with --verify FILE)"
     )
-    return "\n".join(out)
+    return "\n".join(display(line) for line in out)  # no terminal escapes (ADR 0026)
 
 
 # --------------------------------------------------------------------------- command
@@ -526,6 +531,7 @@ def command_patient_view(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     try:
         start, end = parse_range(args.start, args.end or _now()[:10])
+        args.patient = normalise_identifier(args.patient)
     except (CareledgerError, ValueError) as exc:
         print(f"careledger patient-view: {exc}", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from careledger.keys import KeyFileError, check_owner_only
 from careledger.storage.backend import SqlBackend, StorageError
 from careledger.storage.kinds import topic_of
 from careledger.storage.migrations import check_identifier
@@ -39,24 +40,95 @@ SALT_FILE: Final = "audit-salt"
 # --------------------------------------------------------------------------- salt
 
 
+#: The pseudonym salt keys the HMAC that turns patient ids into alert pseudonyms: a weak
+#: one lets anyone holding alerts recover MRNs by trying them (ADR 0026). At least 128
+#: bits if random; the one the auditor creates is 32 random bytes (64 hex characters).
+MIN_SALT_BYTES: Final = 16
+#: fewer distinct characters than this is a placeholder ("000...", "aaaa..."), not a secret
+MIN_SALT_DISTINCT: Final = 8
+_SALT_SETTING: Final = "audit_salt (CARELEDGER_AUDIT_SALT)"
+_SALT_HINT: Final = "(make one with: openssl rand -hex 32)"
+
+
+class SaltError(ValueError):
+    """The pseudonym salt is unusable: empty, short, not random, or its file readable by
+    group or others. The message is one line and never holds the salt."""
+
+
+def check_salt(salt: str, where: str) -> str:
+    """``salt`` if it is long and varied enough for a key, else :class:`SaltError`."""
+    size = len(salt.encode("utf-8"))
+    if size == 0:
+        raise SaltError(f"the pseudonym salt in {where} is empty {_SALT_HINT}")
+    if size < MIN_SALT_BYTES:
+        raise SaltError(
+            f"the pseudonym salt in {where} is {size} bytes: at least {MIN_SALT_BYTES} "
+            f"are needed {_SALT_HINT}"
+        )
+    if len(set(salt)) < MIN_SALT_DISTINCT:
+        raise SaltError(
+            f"the pseudonym salt in {where} has fewer than {MIN_SALT_DISTINCT} distinct "
+            f"characters: not a random secret {_SALT_HINT}"
+        )
+    return salt
+
+
+def read_salt_file(path: Path) -> str | None:
+    """The salt in ``path`` (checked: owner-only mode, long enough), None if there is no
+    such file. Raises :class:`SaltError`."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise SaltError(f"cannot read the pseudonym salt file {path}: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as f:
+        try:
+            check_owner_only(path, os.fstat(f.fileno()).st_mode, "the pseudonym salt file")
+        except KeyFileError as exc:
+            raise SaltError(exc.message) from exc
+        try:
+            text = f.read(4096).decode("utf-8").strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SaltError(f"cannot read the pseudonym salt file {path}: {exc}") from exc
+    return check_salt(text, str(path))
+
+
+def configured_salt(settings: Any) -> str | None:
+    """``Settings.audit_salt`` checked, or None when it is not set."""
+    if not settings.audit_salt:
+        return None
+    return check_salt(str(settings.audit_salt), _SALT_SETTING)
+
+
 def load_salt(settings: Any) -> str:
     """The pseudonym salt: ``Settings.audit_salt``, else ``<run_dir>/keys/audit-salt``
-    (created with 32 random bytes, mode 0600, on first use)."""
-    if settings.audit_salt:
-        return str(settings.audit_salt)
+    (created with 32 random bytes, mode 0600, on first use). Raises :class:`SaltError`
+    for a salt that is empty, short or readable by group or others (ADR 0026), and
+    ``OSError`` when the file cannot be created."""
+    configured = configured_salt(settings)
+    if configured is not None:
+        return configured
     path = Path(settings.keys_dir) / SALT_FILE
-    try:
-        return path.read_text(encoding="utf-8").strip()
-    except FileNotFoundError:
-        pass
+    existing = read_salt_file(path)
+    if existing is not None:
+        return existing
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:  # another process created it first
-        return path.read_text(encoding="utf-8").strip()
+        return _created_by_another(path)
+    os.fchmod(fd, 0o600)  # whatever the umask
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(secrets.token_hex(32) + "\n")
-    return path.read_text(encoding="utf-8").strip()
+    return _created_by_another(path)
+
+
+def _created_by_another(path: Path) -> str:
+    salt = read_salt_file(path)
+    if salt is None:
+        raise SaltError(f"the pseudonym salt file {path} vanished while it was created")
+    return salt
 
 
 # --------------------------------------------------------------------------- store

@@ -37,7 +37,7 @@ from .._time import US_PER_MINUTE, ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..decision_point.replay import DecisionCheck, check_decisions
 from ..runner.rows import parse_run_id, utc_now_ts
-from ..runner.store import SALT_FILE
+from ..runner.store import SALT_FILE, configured_salt, read_salt_file
 from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
 from .ledger import LedgerView
 from .replay import Replay, replay_follow, replay_range
@@ -67,14 +67,13 @@ EXIT_INTACT, EXIT_TAMPERED, EXIT_ERROR = 0, 1, 2
 
 def read_salt(settings: Any) -> str | None:
     """The pseudonym salt the auditor used (``audit_salt``, else the file
-    ``<run_dir>/keys/audit-salt``), or None: never created here."""
-    if settings.audit_salt:
-        return str(settings.audit_salt)
-    try:
-        text = (Path(settings.keys_dir) / SALT_FILE).read_text(encoding="utf-8").strip()
-    except OSError:
-        return None
-    return text or None
+    ``<run_dir>/keys/audit-salt``), or None when there is none: never created here.
+    Raises ``SaltError`` (a ``ValueError``, one line) for an empty or short salt or a
+    file readable by group or others, as the auditor refuses them (ADR 0026)."""
+    configured = configured_salt(settings)
+    if configured is not None:
+        return configured
+    return read_salt_file(Path(settings.keys_dir) / SALT_FILE)
 
 
 @dataclass
