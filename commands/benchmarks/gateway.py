@@ -311,6 +311,10 @@ class _Bench:
         return Phase(name, recorded, elapsed, counts["sent"], recorded, note)
 
 
+class GatewayDidNotStart(Exception):
+    """The gateway child exited or never became ready; the message is its last log line."""
+
+
 def _start_gateway(
     settings: Settings, workdir: Path
 ) -> tuple[subprocess.Popen[bytes], dict[str, int], Path]:
@@ -330,7 +334,8 @@ def _start_gateway(
     deadline = time.monotonic() + 60
     while not ready.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError("the gateway did not start:\n" + log_path.read_text())
+            last = (log_path.read_text(errors="replace").strip().splitlines() or ["?"])[-1]
+            raise GatewayDidNotStart(f"the gateway did not start: {last[:500]}")
         time.sleep(0.1)
     return proc, json.loads(ready.read_text())["ports"], log_path
 
@@ -366,7 +371,11 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
                 'addresses = ["127.0.0.1/32"]\n',
                 encoding="utf-8",
             )
+            # the gateway signs what it relays and will not start without its key
+            # (ADR 0025); a throw-away one: nothing chains the benchmark's topics
+            write_keypair(work / "gateway-source.key")
             gs = s.replace(
+                source_key=work / "gateway-source.key",
                 gateway_host="127.0.0.1",
                 gateway_http_port=0,
                 gateway_https_port=0,
@@ -378,7 +387,11 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
                 gateway_tls_client_ca=certs.ca,
                 gateway_auth_file=auth,
             )
-            proc, ports, log_path = _start_gateway(gs, work)
+            try:
+                proc, ports, log_path = _start_gateway(gs, work)
+            except GatewayDidNotStart as exc:
+                print(f"careledger benchmark-gateway: {exc}", file=sys.stderr)
+                return 2
             client_tls = ssl.create_default_context(cafile=str(certs.ca))
             client_tls.load_cert_chain(str(certs.client))
             bench = _Bench(gs, ports, key, client_tls, args)
