@@ -169,7 +169,7 @@ def certificate_subject(der: bytes) -> str | None:
         from cryptography import x509
 
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
-    except Exception:
+    except ValueError:  # not a readable DER certificate
         return None
 
 
