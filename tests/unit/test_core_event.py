@@ -375,10 +375,28 @@ def test_absent_optional_fields_are_omitted_not_null() -> None:
 
 
 def test_direct_construction_is_checked_by_validate_event() -> None:
-    bad = _minimal(event_id="NOT-A-UUID", source=Source(system="ehr", type=42))
+    # constraints msgspec checks only when decoding (ranges, lengths) need validate_event
+    bad = _minimal(source=Source(system="ehr", type=42))
     with pytest.raises(EventValidationError) as info:
         validate_event(bad)
-    assert info.value.field == "event_id"
+    assert info.value.field == "source.type"
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"event_id": "NOT-A-UUID"}, "event_id"),
+        ({"recorded_at": "2024-01-01T00:00:00Z"}, "recorded_at"),
+        ({"session_ref": "s\u200b1"}, "session_ref"),
+        ({"query": "not base64!"}, "query"),
+    ],
+)
+def test_direct_construction_checks_patterns(changes: dict[str, object], field: str) -> None:
+    # the field patterns are checked in __post_init__ (one combined match), so a
+    # constructed event is checked like a decoded one, and the field is named
+    with pytest.raises(EventValidationError) as info:
+        _minimal(**changes)
+    assert info.value.field == field
 
 
 @pytest.mark.parametrize(

@@ -95,7 +95,12 @@ def test_the_typed_validation_refuses_what_validate_event_refuses() -> None:
     assert _validated(good) == validate_event(good)
     import msgspec
 
-    bad = msgspec.structs.replace(good, occurred_at="2026-13-01T00:00:00.000000Z")
+    # a pattern is checked when the event is built (no typed decode needed)
+    with pytest.raises(EventValidationError) as built:
+        msgspec.structs.replace(good, occurred_at="2026-13-01T00:00:00.000000Z")
+    assert built.value.field == "occurred_at"
+    # a length is checked only by decoding: both paths name it alike
+    bad = msgspec.structs.replace(good, outcome_desc="x" * 9000)
     with pytest.raises(EventValidationError) as fast:
         _validated(bad)
     with pytest.raises(EventValidationError) as slow:
