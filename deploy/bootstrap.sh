@@ -5,10 +5,14 @@
 #
 #   1. Debian packages: clickhouse-server + clickhouse-client (18.16), and only if
 #      `java` / `mvn` are missing: openjdk-17-jre-headless / maven.
-#   2. A virtualenv at <repo>/.venv with `pip install -e '.[dev,benchmark]'` (redone only when
-#      pyproject.toml changes).
+#   2. A virtualenv at <repo>/.venv with every package of requirements.lock, installed
+#      with `pip install --require-hashes` (each file checked against its pinned SHA-256;
+#      the lock is made by deploy/lock.sh from pyproject.toml), then careledger itself
+#      editable with --no-deps (redone only when pyproject.toml or the lock changes).
 #   3. The Apache Kafka jars (version from Settings.kafka_version) copied by Maven
-#      into deploy/kafka/lib/<version>/ (skipped when present).
+#      (--strict-checksums) into deploy/kafka/lib/<version>/ and refused unless they are
+#      exactly the files pinned in deploy/kafka/jars-<version>.sha256 (skipped when
+#      present). Go checks litewitness's modules against its checksum database.
 #   4. litewitness and witnessctl, an unmodified third-party C2SP witness (Go module
 #      filippo.io/torchwood, version pinned below) that the interoperability tests run
 #      next to `careledger witness`: built with `go install` into deploy/witness/bin/
@@ -106,12 +110,20 @@ if [ ! -x "$VENV/bin/python" ]; then
 fi
 
 stamp="$VENV/.careledger-installed"
-want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+want="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 have="$(cat "$stamp" 2>/dev/null || true)"
 if [ "$want" != "$have" ] || [ ! -x "$VENV/bin/careledger" ]; then
     say "installing careledger and its dev and benchmark dependencies into $VENV"
-    # benchmark: matplotlib, for `careledger benchmark`'s latency plot (and its test)
-    "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[dev,benchmark]' </dev/null
+    # Every package pinned with the SHA-256 of its files (requirements.lock, made by
+    # deploy/lock.sh): a file the index serves with other bytes is refused. Then
+    # careledger itself, editable, adding nothing (--no-deps, the locked setuptools).
+    # benchmark extra: matplotlib, for `careledger benchmark`'s latency plot
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes \
+        -r requirements.lock </dev/null
+    # (setuptools warns about editable installs on stderr: shown only if it fails)
+    "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+        --no-build-isolation -e . </dev/null 2>"$VENV/.careledger-install.log" \
+        || { cat "$VENV/.careledger-install.log" >&2; die "pip install -e . failed"; }
     echo "$want" > "$stamp"
 fi
 

@@ -4,6 +4,7 @@ the KRaft ``server.properties``, storage formatting and starting the broker."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import logging
 import os
 import re
@@ -26,6 +27,10 @@ log = logging.getLogger("careledger.stack")
 KAFKA_POM = DEPLOY_DIR / "kafka" / "pom.xml"
 KAFKA_LOG4J = DEPLOY_DIR / "kafka" / "log4j2.yaml"
 KAFKA_LIB_ROOT = DEPLOY_DIR / "kafka" / "lib"
+#: ``sha256sum`` lines of every jar of a Kafka version: what Maven fetched is refused
+#: unless it is exactly these files (a repository or mirror serving other bytes for the
+#: same coordinates is caught, not only a transfer error, which --strict-checksums is)
+KAFKA_PINS = DEPLOY_DIR / "kafka" / "jars-{version}.sha256"
 KAFKA_HEAP = ("-Xms256m", "-Xmx768m")
 
 HINT_JAVA = "java not found: apt-get install openjdk-17-jre-headless (or run deploy/bootstrap.sh)"
@@ -85,6 +90,7 @@ def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError(HINT_MAVEN)
+    pins = pinned_jars(settings.kafka_version)
     say = log.debug if quiet else log.info
     say("fetching Apache Kafka %s jars with Maven into %s", settings.kafka_version, lib)
     if lib.exists():
@@ -97,6 +103,7 @@ def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
         mvn,
         "-B",
         "--no-transfer-progress",
+        "--strict-checksums",
         "-f",
         str(KAFKA_POM),
         f"-Dkafka.version={settings.kafka_version}",
@@ -112,9 +119,45 @@ def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
             f"maven could not fetch Kafka {settings.kafka_version} (exit {rc}); see {mvn_log}:\n"
             + _tail(mvn_log, 25)
         )
+    problem = jar_problem(lib, pins)
+    if problem is not None:
+        shutil.rmtree(lib)  # never leave unpinned jars where `up` would run them
+        raise StackError(f"Kafka {settings.kafka_version} jars refused: {problem}")
     _kafka_stamp(settings).write_text(f"{settings.kafka_version}\n")
     say("Kafka jars ready in %.1fs", time.monotonic() - t0)
     return lib
+
+
+def pinned_jars(version: str) -> dict[str, str]:
+    """The pinned ``{jar name: sha256 hex}`` of a Kafka version (StackError if none)."""
+    path = Path(str(KAFKA_PINS).format(version=version))
+    try:
+        text = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise StackError(
+            f"no pinned checksums for Kafka {version} ({path.name}): fetch it once, review "
+            f"the jars, then write `sha256sum *.jar` of {KAFKA_LIB_ROOT / version} there"
+        ) from None
+    pins: dict[str, str] = {}
+    for n, line in enumerate(text.splitlines(), 1):
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name.endswith(".jar") or "/" in name:
+            raise StackError(f"{path.name} line {n} is not a `sha256sum` line of a jar")
+        pins[name] = digest
+    return pins
+
+
+def jar_problem(lib: Path, pins: dict[str, str]) -> str | None:
+    """Why the jars in ``lib`` are not exactly the pinned ones (None: they are)."""
+    present = {p.name for p in lib.glob("*.jar")}
+    if missing := sorted(set(pins) - present):
+        return f"missing {', '.join(missing[:3])}"
+    if extra := sorted(present - set(pins)):
+        return f"not pinned: {', '.join(extra[:3])}"
+    for name, digest in sorted(pins.items()):
+        if hashlib.sha256((lib / name).read_bytes()).hexdigest() != digest:
+            return f"{name} does not have its pinned SHA-256"
+    return None
 
 
 def _kafka_properties(settings: Settings) -> str:
