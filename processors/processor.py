@@ -45,6 +45,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgspec
+from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.storage.kinds import ACCESS, kind_for_topic
@@ -636,7 +637,7 @@ class Processor:
                 continue
             try:
                 position = await self._position(p)
-            except Exception as exc:  # not positioned yet (e.g. mid-rebalance): retry
+            except KafkaException as exc:  # not positioned yet (e.g. mid-rebalance): retry
                 log.debug("position of %s not available yet: %s", p, exc)
                 continue
             if position is None:

@@ -53,10 +53,11 @@ from dataclasses import dataclass
 from typing import Final
 
 import msgspec
+from confluent_kafka import KafkaException
 
 from careledger.storage.store import BatchInfo, ChainedEvent
 from careledger_core.batch_record import open_batch_record
-from careledger_core.errors import ValidationError
+from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.hashing import leaf_hash
 from careledger_core.source import (
@@ -248,7 +249,8 @@ class SourceGate:
         self._loaded_at = now
         try:
             registry = self._load_registry()
-        except Exception as exc:  # the registry topic is unreachable: keep what we have
+        except (KafkaException, CareledgerError, OSError) as exc:
+            # the registry topic is unreachable or unreadable: keep what we have
             log.warning("cannot read the source registry: %s", type(exc).__name__)
             return False
         self._verifier.registry = registry

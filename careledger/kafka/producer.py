@@ -75,7 +75,7 @@ from careledger.kafka.batching import (
 )
 from careledger.kafka.clients import RateLimit, client_config, rdkafka_logger
 from careledger.keys import KeyFileError, load_source_key
-from careledger_core.errors import InfrastructureError, ValidationError
+from careledger_core.errors import CareledgerError, InfrastructureError, ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
@@ -585,7 +585,8 @@ class AccessEventProducer:
                 wait = min(next_beat, deadline if deadline is not None else next_beat)
                 self._wake.wait(min(max(wait - time.monotonic(), 0.001), 0.1))
                 self._wake.clear()
-            except Exception as exc:  # DeliveryError (queue stuck), KafkaException
+            except (CareledgerError, KafkaException, BufferError) as exc:
+                # DeliveryError (queue stuck), a batch that cannot be signed, the broker;
                 # never log the exception text: it could quote a value; lost events are
                 # counted as failed, so the next flush raises
                 log.error("signing thread: %s (%s)", type(exc).__name__, getattr(exc, "code", ""))
@@ -767,8 +768,8 @@ class AccessEventProducer:
         # already failing: deliver what we can, but never mask the original error
         try:
             self.close()
-        except Exception as flush_exc:
-            log.warning("flush after error also failed: %s", flush_exc)
+        except (CareledgerError, KafkaException) as flush_exc:
+            log.warning("flush after error also failed: %s", type(flush_exc).__name__)
 
     def __len__(self) -> int:
         """Messages queued or in flight (with events waiting in open batches)."""

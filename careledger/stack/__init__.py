@@ -39,7 +39,10 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from careledger.config import Settings
+from careledger_core.errors import CareledgerError
 
 from .clickhouse_server import _start_clickhouse
 from .kafka_server import (
@@ -207,14 +210,12 @@ def up(
     if topics:
         try:
             ensure_topics(settings, default_topics(settings))
-        except StackError:
-            raise
-        except Exception as exc:  # KafkaException from the admin client
+        except KafkaException as exc:  # from the admin client (list_topics)
             raise StackError(f"cannot create the Kafka topics: {exc}") from exc
     if schema:
         try:
             applied = apply_schema(settings)
-        except Exception as exc:  # StorageError, driver errors
+        except CareledgerError as exc:  # StorageError, MigrationError
             raise StackError(f"cannot apply the ClickHouse schema: {exc}") from exc
         if applied:
             say("applied ClickHouse migrations %s to %s", applied, settings.clickhouse_database)

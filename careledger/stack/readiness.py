@@ -5,6 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from clickhouse_driver import errors as ch_errors
+from confluent_kafka import KafkaException
+
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
 
@@ -24,7 +27,7 @@ def kafka_ready(settings: Settings, timeout: float = 2.0) -> bool:
         admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
-    except Exception as exc:  # KafkaException and friends
+    except KafkaException as exc:
         log.debug("kafka not ready: %s", exc)
         return False
 
@@ -58,7 +61,7 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
         finally:
             client.disconnect()
         return str(rows[0][1]) if rows and rows[0][0] == 1 else None
-    except Exception as exc:
+    except (ch_errors.Error, OSError, EOFError) as exc:
         log.debug("clickhouse not ready: %s", exc)
         return None
     finally:

@@ -137,6 +137,18 @@ class ClickHouseBackend:
         except (ch_errors.Error, OSError, EOFError) as exc:
             raise StorageError(f"ClickHouse statement failed: {_first_line(exc)}") from exc
 
+    def execute_columns(self, sql: str, params: Mapping[str, Any] | None = None) -> list[list[Any]]:
+        """A SELECT's result column by column (one list per column, none if no rows),
+        without a tuple per row: the verifier's bulk reads."""
+        from clickhouse_driver import errors as ch_errors
+
+        try:
+            with self._lock:
+                result = self._client.execute(render(sql, params), columnar=True)
+        except (ch_errors.Error, OSError, EOFError) as exc:
+            raise StorageError(f"ClickHouse statement failed: {_first_line(exc)}") from exc
+        return [list(column) for column in result]
+
     def insert(self, table: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
         from clickhouse_driver import errors as ch_errors
 
@@ -173,7 +185,7 @@ class ChdbBackend:
         try:
             with self._lock:
                 result = self._session.query(text, "TSVWithNamesAndTypes")  # type: ignore[no-untyped-call]
-        except Exception as exc:  # chDB raises its own error types
+        except RuntimeError as exc:  # chdb's ChdbError is a RuntimeError
             raise StorageError(f"chDB statement failed: {_first_line(exc)}") from exc
         return _parse_tsv_with_types(result.bytes())
 
