@@ -606,14 +606,22 @@ class ChainStore:
         kind = self.kind_of(chain_id)
         names: tuple[str, ...] = ("chain_id", "height", "idx", "block_hash", "kafka_offset")
         names += (*kind.read_columns, "canonical", "leaf_hash")
-        rows = self.backend.execute(
-            f"SELECT {', '.join(names)} FROM {self.db}.{kind.table} "
+        # chain_id is not read: the WHERE makes it the chain's, byte for byte
+        sql = (
+            f"SELECT {', '.join(names[1:])} FROM {self.db}.{kind.table} "
             "WHERE chain_id = %(chain)s AND height >= %(from)s AND height <= %(to)s "
-            "ORDER BY height, idx, kafka_offset",
-            {"chain": chain_id, "from": from_height, "to": to_height},
+            "ORDER BY height, idx, kafka_offset"
         )
-        columns = [list(c) for c in zip(*rows, strict=True)] if rows else [[] for _ in names]
-        return EventColumns(kind, names, columns)
+        params = {"chain": chain_id, "from": from_height, "to": to_height}
+        by_column = getattr(self.backend, "execute_columns", None)
+        if by_column is not None:  # no tuple per row
+            read: list[list[Any]] = by_column(sql, params)
+        else:
+            rows = self.backend.execute(sql, params)
+            read = [list(c) for c in zip(*rows, strict=True)] if rows else []
+        if not read:
+            return EventColumns(kind, names, [[] for _ in names])
+        return EventColumns(kind, names, [[chain_id.encode()] * len(read[0]), *read])
 
     def event_counts(self) -> tuple[int, int]:
         """(stored event rows, header rows) over the whole database."""

@@ -43,7 +43,6 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +72,7 @@ from careledger_core.source import (
     verify_key_event,
 )
 from verifiers.integrity.fsck.model import _show, _text, _type_name
+from verifiers.integrity.row_values import _as_str, _key, _leaf, _rows, _str
 from verifiers.integrity.source_batches import (
     AUTH_CODES,
     AttestedBatch,
@@ -93,7 +93,6 @@ _AUTH_CODES = AUTH_CODES
 MAX_FINDINGS_PER_CODE = 200
 #: the side columns of an attestation row, in ``AttestedEvent.columns`` order
 SIDE_COLUMNS = ("event_id", "source_id", "key_id", "epoch", "seq", "signed_by")
-_HEX64 = re.compile(rb"\A[0-9a-f]{64}\Z")
 
 
 @dataclass(frozen=True, slots=True)
@@ -598,25 +597,6 @@ def _side_diff(ev: AttestedEvent, att: Attestation) -> dict[str, Any]:
 # --------------------------------------------------------------------------- reading
 
 
-def _str(v: Any) -> str:
-    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
-
-
-def _as_str(v: Any) -> Any:
-    """A String column's bytes as text; anything else (a changed schema) as it is."""
-    return v.decode("utf-8", "replace") if type(v) is bytes else v
-
-
-def _leaf(v: Any) -> bytes | None:
-    """A stored leaf hash as 32 bytes, or None if it is not 64 lowercase hex digits."""
-    return bytes.fromhex(v.decode("ascii")) if type(v) is bytes and _HEX64.match(v) else None
-
-
-def _key(v: Any) -> Any:
-    """A column value usable in a dict key whatever its type."""
-    return v if v is None or isinstance(v, bytes | str | int) else repr(v)
-
-
 class _HeaderTimes(msgspec.Struct):
     """The append times of a stored header (the rest of it is verify_chain's)."""
 
@@ -736,7 +716,10 @@ def read_source_rows(
             )
 
         height: Any = None
-        for h, i, bh, eid, leaf, off in backend.execute(
+        record: tuple[Any, Any, Any] | None = None
+        members: list[BatchMember] = []
+        for h, i, bh, eid, leaf, off in _rows(
+            backend,
             "SELECT height, idx, block_hash, event_id, leaf_hash, kafka_offset "
             f"FROM {db}.{ACCESS.table} "
             "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s "
@@ -744,16 +727,21 @@ def read_source_rows(
             params,
         ):
             if h != height:
-                for key, members in pending.items():
-                    yield batch(key, members)
+                for key, listed in pending.items():
+                    yield batch(key, listed)
                 pending.clear()
                 height = h
-            found = atts.pop((h, i, _key(bh)), None)
-            record = (h, _key(bh), _key(off))
-            if record in batches:
-                pending.setdefault(record, []).append(
-                    BatchMember(i, _str(eid), _leaf(leaf), found is not None)
-                )
+            bkey = _key(bh)
+            found = atts.pop((h, i, bkey), None) if atts else None
+            here = (h, bkey, _key(off))
+            if here != record:  # another record than the row before (rows come by record)
+                if here not in batches:
+                    record = None
+                else:
+                    record = here
+                    members = pending.setdefault(here, [])
+            if record is not None:
+                members.append(BatchMember(i, _str(eid), _leaf(leaf), found is not None))
                 continue
             created_at, window = block_times.get((h, _key(bh)), ("", None))
             yield AttestedEvent(
@@ -768,8 +756,8 @@ def read_source_rows(
                 extra_rows=0 if found is None else len(found) - 1,
                 append_window=window,
             )
-        for key, members in pending.items():
-            yield batch(key, members)
+        for key, listed in pending.items():
+            yield batch(key, listed)
         for (h, i, _bh), found in atts.items():
             if h in committed_heights:  # rows above the head are a crash's leftovers
                 yield AttestedEvent(

@@ -49,9 +49,12 @@ Cost per event: one msgspec decode + re-encode, one SHA-256, a tuple comparison;
 per block one Ed25519 verification and one Merkle root. A store that reads in bulk
 (``ChainStore.event_columns``) gives a block's rows as columns, and a block is first
 checked whole, column by column (``events._block_sound``); only a block with something
-to report is checked again row by row, which makes the findings. The typed decode and
-re-encode of each event's bytes stay: they are most of the remaining cost. Chains are
-verified in parallel worker processes by ``verifiers.integrity.parallel``.
+to report is checked again row by row, which makes the findings. The whole-block check
+decodes a block of access events in one msgspec call (``bulk.decode_block``: the rows
+joined as one JSON array, then each record re-encoded and compared with its own row, so
+it accepts exactly what the row-by-row decode accepts). The typed decode and re-encode
+of each event's bytes stay: they are most of the remaining cost. Chains are verified in
+parallel worker processes by ``verifiers.integrity.parallel``.
 
 Follow-on noise is suppressed where the cause is already named: no link or offset
 checks across a height gap, no Merkle check for a block with missing events, and
@@ -60,7 +63,8 @@ is taken as the block's and the others are reported as unexpected.
 
 Modules: ``model`` (the reader protocol, ``VerifiedHead``, ``ChainReport``,
 severities), ``headers`` (one header on its own), ``events`` (the event rows of
-one block), ``chain`` (the chain walk and ``verify_chain``).
+one block), ``bulk`` (a block's bytes decoded at once), ``chain`` (the chain walk and
+``verify_chain``).
 """
 
 from __future__ import annotations
