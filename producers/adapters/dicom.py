@@ -101,25 +101,6 @@ def _local(tag: object) -> str:
     return _local_name(tag) if isinstance(tag, str) else ""
 
 
-def _children(element: Element, name: str) -> list[Element]:
-    want = name.lower()
-    return [child for child in element if _local(child.tag) == want]
-
-
-def _first(element: Element, name: str) -> Element | None:
-    found = _children(element, name)
-    return found[0] if found else None
-
-
-def _attr(element: Element, name: str) -> str | None:
-    """Attribute by local name, case-insensitively (``None`` when absent)."""
-    want = name.lower()
-    for key, value in element.attrib.items():
-        if _local(key) == want:
-            return value
-    return None
-
-
 def _text(element: Element | None) -> str | None:
     if element is None:
         return None
@@ -179,10 +160,40 @@ class _Mapper:
         self.issues = issues
         self.dicom_codes = 0
         self.rfc3881_codes = 0
+        # per element (held, so never confused with another): {lower-case local name:
+        # value of its first such attribute} and {lower-case local name: children}
+        self._attr_maps: dict[Element, dict[str, str]] = {}
+        self._child_maps: dict[Element, dict[str, list[Element]]] = {}
+
+    def _children(self, element: Element, name: str) -> list[Element]:
+        """The children named ``name`` (local name, any case), in document order; each
+        element's children are grouped by name once, not scanned per lookup."""
+        groups = self._child_maps.get(element)
+        if groups is None:
+            groups = {}
+            for child in element:
+                groups.setdefault(_local(child.tag), []).append(child)
+            self._child_maps[element] = groups
+        return groups.get(name.lower(), [])
+
+    def _first(self, element: Element, name: str) -> Element | None:
+        found = self._children(element, name)
+        return found[0] if found else None
+
+    def _raw_attr(self, element: Element, name: str) -> str | None:
+        """Attribute by local name, case-insensitively, the first if several match
+        (``None`` when absent); each element's attributes are scanned once."""
+        found = self._attr_maps.get(element)
+        if found is None:
+            found = {}
+            for key, value in element.attrib.items():
+                found.setdefault(_local(key), value)
+            self._attr_maps[element] = found
+        return found.get(name.lower())
 
     # ---------------------------------------------------------------- values
     def attr(self, element: Element, name: str, path: str, *, required: bool = False) -> str | None:
-        value = _attr(element, name)
+        value = self._raw_attr(element, name)
         if value is None:
             return None
         value = value.strip()
@@ -196,24 +207,28 @@ class _Mapper:
         """A coded value in either dialect."""
         if element is None:
             return None
-        code = _attr(element, "csd-code")
+        code = self._raw_attr(element, "csd-code")
         if code is not None:
             self.dicom_codes += 1
-            display = _attr(element, "originalText") or _attr(element, "displayName")
+            display = self._raw_attr(element, "originalText") or self._raw_attr(
+                element, "displayName"
+            )
         else:
-            code = _attr(element, "code")
+            code = self._raw_attr(element, "code")
             if code is not None:
                 self.rfc3881_codes += 1
-            display = _attr(element, "displayName") or _attr(element, "originalText")
+            display = self._raw_attr(element, "displayName") or self._raw_attr(
+                element, "originalText"
+            )
         if code is None or not code.strip():
             self.issues.add("EMPTY_VALUE", "coded value without a code", path)
             return None
-        system = _attr(element, "codeSystemName") or _attr(element, "codeSystem")
+        system = self._raw_attr(element, "codeSystemName") or self._raw_attr(element, "codeSystem")
         return make_coding(system, code, display, self.issues, path)
 
     def codes(self, parent: Element, name: str, path: str) -> list[Coding]:
         out: list[Coding] = []
-        for i, child in enumerate(_children(parent, name)):
+        for i, child in enumerate(self._children(parent, name)):
             coding = self.coded(child, f"{path}/{name}[{i + 1}]")
             if coding is not None:
                 out.append(coding)
@@ -222,7 +237,7 @@ class _Mapper:
     # ---------------------------------------------------------------- sections
     def participants(self) -> list[_Participant]:
         out: list[_Participant] = []
-        for i, ap in enumerate(_children(self.root, "ActiveParticipant")):
+        for i, ap in enumerate(self._children(self.root, "ActiveParticipant")):
             path = f"{_ROOT}/ActiveParticipant[{i + 1}]"
             requestor_text = self.attr(ap, "UserIsRequestor", path)
             requestor: bool | None = None
@@ -262,16 +277,16 @@ class _Mapper:
 
     def objects(self) -> list[_Object]:
         out: list[_Object] = []
-        for i, po in enumerate(_children(self.root, "ParticipantObjectIdentification")):
+        for i, po in enumerate(self._children(self.root, "ParticipantObjectIdentification")):
             path = f"{_ROOT}/ParticipantObjectIdentification[{i + 1}]"
             details: list[tuple[str, str]] = []
-            for detail in _children(po, "ParticipantObjectDetail"):
-                kind = (_attr(detail, "type") or "").strip()
-                value = (_attr(detail, "value") or "").strip()
+            for detail in self._children(po, "ParticipantObjectDetail"):
+                kind = (self._raw_attr(detail, "type") or "").strip()
+                value = (self._raw_attr(detail, "value") or "").strip()
                 if kind and value:
                     details.append((kind, value))
             sensitivity = self.attr(po, "ParticipantObjectSensitivity", path) or _text(
-                _first(po, "ParticipantObjectSensitivity")
+                self._first(po, "ParticipantObjectSensitivity")
             )
             out.append(
                 _Object(
@@ -281,11 +296,11 @@ class _Mapper:
                     type_code=self.attr(po, "ParticipantObjectTypeCode", path),
                     role=self.attr(po, "ParticipantObjectTypeCodeRole", path),
                     id_type=self.coded(
-                        _first(po, "ParticipantObjectIDTypeCode"),
+                        self._first(po, "ParticipantObjectIDTypeCode"),
                         f"{path}/ParticipantObjectIDTypeCode",
                     ),
                     sensitivity=sensitivity,
-                    query=_text(_first(po, "ParticipantObjectQuery")),
+                    query=_text(self._first(po, "ParticipantObjectQuery")),
                     details=details,
                 )
             )
@@ -304,7 +319,7 @@ class _Mapper:
     ]:
         """(time, type, subtypes, action, outcome, outcome text, purposes)."""
         path = f"{_ROOT}/EventIdentification"
-        ei = _first(self.root, "EventIdentification")
+        ei = self._first(self.root, "EventIdentification")
         if ei is None:
             ei = Element("EventIdentification")
             self.issues.add("EMPTY_VALUE", "no EventIdentification", path)
@@ -333,7 +348,7 @@ class _Mapper:
             self.issues,
             f"{path}@EventOutcomeIndicator",
         )
-        texts = [t for t in (_text(_first(ei, "EventOutcomeDescription")), unknown) if t]
+        texts = [t for t in (_text(self._first(ei, "EventOutcomeDescription")), unknown) if t]
         description = clip_description(
             "; ".join(texts) or None, self.issues, f"{path}/EventOutcomeDescription"
         )
@@ -455,7 +470,7 @@ class _Mapper:
 
     def source(self) -> Source:
         path = f"{_ROOT}/AuditSourceIdentification"
-        asi = _first(self.root, "AuditSourceIdentification")
+        asi = self._first(self.root, "AuditSourceIdentification")
         if asi is None:
             self.issues.add("NO_SOURCE", "no AuditSourceIdentification: system '-'", path)
             return Source(system=NOBODY, type=normalise_source_type([], self.issues, path))
@@ -463,8 +478,12 @@ class _Mapper:
         if system is None:
             self.issues.add("NO_SOURCE", "no AuditSourceID: system '-'", path)
         codes: list[str] = []
-        for i, element in enumerate(_children(asi, "AuditSourceTypeCode")):
-            code = _attr(element, "csd-code") or _attr(element, "code") or _text(element)
+        for i, element in enumerate(self._children(asi, "AuditSourceTypeCode")):
+            code = (
+                self._raw_attr(element, "csd-code")
+                or self._raw_attr(element, "code")
+                or _text(element)
+            )
             if code:
                 codes.append(code)
             else:

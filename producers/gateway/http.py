@@ -40,6 +40,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -147,6 +148,9 @@ class _TooLarge(Exception):
     pass
 
 
+_JSON: Final = msgspec.json.Encoder()
+
+
 class _TooSlow(Exception):
     pass
 
@@ -155,7 +159,9 @@ def _fhir(
     status: int, doc: Mapping[str, Any], headers: Mapping[str, str] | None = None
 ) -> Response:
     return Response(
-        json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode("utf-8"),
+        # the bytes of json.dumps(doc, ensure_ascii=False, separators=(",", ":")) in UTF-8,
+        # at a fraction of the cost
+        _JSON.encode(doc),
         status_code=status,
         media_type=fhir.FHIR_JSON,
         headers=dict(headers or {}),

@@ -73,19 +73,28 @@ def utc_now() -> str:
     return f"{cached[1]}.{nanos // 1000:06d}Z"
 
 
-_uuid_pool = bytearray()
-_uuid_lock = threading.Lock()
+class _UuidPool(threading.local):
+    """Random bytes for record ids, one pool per thread: no lock (a lock shared by the
+    parsing threads convoyed with the GIL: a thread that got the lock then waited for
+    the GIL while the others queued on the lock)."""
+
+    def __init__(self) -> None:
+        self.pool = b""
+        self.pos = 0
+
+
+_uuid_pool = _UuidPool()
 
 
 def random_uuid() -> str:
     """``str(uuid.uuid4())``, from random bytes fetched 4 KiB at a time (one system call
-    per 256 ids instead of one per id)."""
-    with _uuid_lock:
-        if not _uuid_pool:
-            _uuid_pool.extend(os.urandom(4096))
-        chunk = bytes(_uuid_pool[-16:])
-        del _uuid_pool[-16:]
-    return uuid4_from_bits(int.from_bytes(chunk, "big"))
+    per 256 ids instead of one per id); each byte is used once."""
+    local = _uuid_pool
+    pos = local.pos
+    if pos + 16 > len(local.pool):
+        local.pool, pos = os.urandom(4096), 0
+    local.pos = pos + 16
+    return uuid4_from_bits(int.from_bytes(local.pool[pos : pos + 16], "big"))
 
 
 @dataclass(frozen=True)
