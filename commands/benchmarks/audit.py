@@ -34,6 +34,7 @@ def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str
     from producers.simulator.scenarios import simulate_audit_scenario
     from verifiers.auditor import Auditor, ReferenceState, RuleCode
     from verifiers.auditor.rules import core_consent_evaluator
+    from verifiers.auditor.runner.follow import tune_gc
 
     started = time.perf_counter()
     scenario = simulate_audit_scenario(
@@ -41,6 +42,7 @@ def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str
     )
     generated = time.perf_counter() - started
 
+    tune_gc()  # as ``audit --follow`` runs
     started = time.perf_counter()
     auditor = Auditor(
         ReferenceState(scenario.reference_records), consent_evaluator=core_consent_evaluator

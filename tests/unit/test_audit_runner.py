@@ -432,7 +432,7 @@ def test_a_status_change_is_ledgered_as_an_audit_log_access_about_no_patient() -
     entry["entry_hash"] = status_entry_hash("", entry)
     ev = status_event(entry)
     assert ev == status_event(dict(entry))
-    assert ev.event_id == status_event_id(entry["entry_hash"])
+    assert ev.event_id == status_event_id(str(entry["entry_hash"]))
     assert ev.event_type.code == "110101" and ev.action == "U"
     assert ev.patient.id == "-" and ev.actor.id == "privacy-officer"
     assert ev.raw_ref is not None and ev.raw_ref.sha256 == entry["entry_hash"]

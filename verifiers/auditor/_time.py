@@ -39,11 +39,21 @@ def _civil_from_days(z: int) -> tuple[int, int, int]:
     return y + (m <= 2), m, d
 
 
+#: the last conversion (one event's time is converted by each step that decides it)
+_last: tuple[str, int] = ("", 0)
+
+
 def ts_to_us(ts: str) -> int:
     """Microseconds since the epoch of ``YYYY-MM-DDTHH:MM:SS.ffffffZ``."""
+    global _last
+    last = _last
+    if last[0] == ts:
+        return last[1]
     days = _days_from_civil(int(ts[0:4]), int(ts[5:7]), int(ts[8:10]))
     seconds = ((days * 24 + int(ts[11:13])) * 60 + int(ts[14:16])) * 60 + int(ts[17:19])
-    return seconds * US_PER_SECOND + int(ts[20:26])
+    us = seconds * US_PER_SECOND + int(ts[20:26])
+    _last = (ts, us)
+    return us
 
 
 def date_to_us(date: str) -> int:

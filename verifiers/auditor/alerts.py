@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Final
 
 from ._time import US_PER_DAY, US_PER_HOUR, ts_to_us
@@ -31,6 +32,7 @@ __all__ = [
     "Alert",
     "ClosedAlert",
     "alert_id",
+    "cached_pseudonym",
     "group_alerts",
     "patient_pseudonym",
 ]
@@ -61,6 +63,13 @@ def patient_pseudonym(patient_id: str, salt: bytes | str, length: int = 32) -> s
         _PSEUDONYM_CONTEXT + len(s).to_bytes(4, "big") + s + patient_id.encode("utf-8")
     ).hexdigest()
     return digest[:length]
+
+
+@lru_cache(maxsize=1 << 16)
+def cached_pseudonym(patient_id: str, salt: bytes | str) -> str:
+    """``patient_pseudonym(patient_id, salt)`` (a pure function), hashed once per patient
+    while it is among the most recent 65,536."""
+    return patient_pseudonym(patient_id, salt)
 
 
 def alert_id(rule: str, actor_id: str, first_event_id: str, *, late: bool = False) -> str:
@@ -270,7 +279,7 @@ def _add(g: _Group, d: AccessDecision, f: Flag, t_us: int, salt: bytes | str) ->
     g.flagged[d.event_id] = None
     ref = None
     if d.patient_id != NO_PATIENT_ID:
-        ref = patient_pseudonym(d.patient_id, salt)
+        ref = cached_pseudonym(d.patient_id, salt)
         g.patients[ref] = None
     for s in d.searched:
         g.searched[s] = None

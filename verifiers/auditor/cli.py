@@ -36,6 +36,7 @@ from .runner import (
     load_salt,
     parse_instant,
 )
+from .runner.follow import tune_gc
 from .runner.store import SaltError
 
 log = logging.getLogger("careledger.auditor")
@@ -160,6 +161,7 @@ def _follow(
     publisher: AlertPublisher | None,
     from_ts: str | None,
 ) -> int:
+    tune_gc()
     follower = Follower(
         store, salt=salt, publisher=publisher, from_ts=from_ts, warmup=not args.no_warmup
     )

@@ -20,6 +20,7 @@ searched is stored either way):
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,11 +29,20 @@ from careledger_core.event import AccessEvent
 from careledger_core.reference import StaffBody
 
 from .config import AuditConfig
-from .consent import ConsentRequest, evaluate_consent
+from .consent import ConsentRequest, Policy, PolicyTable, configured_policy_table, evaluate_consent
 from .decisions import ConsentEvaluator, ConsentVerdict, Explanation, ExplanationKind
-from .state import ActiveRelationship, ReferenceView
+from .state import ActiveRelationship, ReferenceView, _as_dict
 
-__all__ = ["core_consent_evaluator"]
+__all__ = ["core_consent_evaluator", "read_policy_table"]
+
+
+def read_policy_table() -> PolicyTable | None:
+    """The configured policy table, read once for many accesses (a run, a follower's
+    cycle); None when it cannot be read, so each evaluation fails as it would alone."""
+    try:
+        return configured_policy_table()
+    except CareledgerError:
+        return None
 
 
 def core_consent_evaluator(
@@ -44,12 +54,25 @@ def core_consent_evaluator(
     only when a provision decided it (not a blanket base OPTIN/``decision``); no consent
     in force, or a consent that cannot be evaluated, gives None.
     """
-    request = ConsentRequest.from_event(event)
-    if actor is not None and actor.roles:
-        roles = tuple(dict.fromkeys((*actor.roles, *request.actor_roles)))
-        request = dataclasses.replace(request, actor_roles=roles)
+    return _core_verdict(consents, event, actor)
+
+
+def _core_verdict(
+    consents: Sequence[Mapping[str, Any] | Policy | CareledgerError],
+    event: AccessEvent,
+    actor: StaffBody | None,
+    policy_table: PolicyTable | None = None,
+) -> ConsentVerdict | None:
+    """``core_consent_evaluator`` over resources or already parsed consents (an error in
+    their place: a consent that could not be parsed, which makes the evaluation fail as
+    parsing it again would). ``policy_table``: the configured one, read once by the
+    caller for many accesses (None: read now)."""
+    request = ConsentRequest.from_event(event, roles_first=actor.roles if actor is not None else ())
     try:
-        decision = evaluate_consent(consents, request)
+        for c in consents:
+            if isinstance(c, CareledgerError):
+                raise c
+        decision = evaluate_consent(consents, request, policy_table)  # type: ignore[arg-type]
     except CareledgerError:
         return None
     if decision.outcome == "no-consent":
@@ -81,6 +104,7 @@ def _explain(
     staff: StaffBody | None,
     cfg: AuditConfig,
     consent_evaluator: ConsentEvaluator | None,
+    policy_table: PolicyTable | None = None,
 ) -> _Search:
     s = _Search()
     pid = event.patient.id
@@ -90,7 +114,13 @@ def _explain(
         records = view.consent_records(pid)
         s.consents = len(records)
         if records:
-            v = consent_evaluator(view.consents(pid), event, staff)
+            if consent_evaluator is core_consent_evaluator:
+                # the same evaluation, each consent version parsed once (not per access)
+                v = _core_verdict(
+                    [view.consent_policy(r) for r in records], event, staff, policy_table
+                )
+            else:
+                v = consent_evaluator([_as_dict(r.body) for r in records], event, staff)
             if v is not None and v.consent_id:
                 # the ledgered record and version of the deciding resource, as the
                 # decision point names them (a resource id alone is the sender's)

@@ -37,11 +37,18 @@ DCM_BTG_START: Final = "110127"
 DCM_BTG_STOP: Final = "110138"
 
 
+#: the codes of the last event asked about (each step that decides an event asks)
+_last_codes: tuple[AccessEvent | None, frozenset[str]] = (None, frozenset())
+
+
 def has_code(event: AccessEvent, code: str) -> bool:
     """True if the event type or one of its subtypes has ``code``."""
-    if event.event_type.code == code:
-        return True
-    return any(c.code == code for c in event.event_subtype)
+    global _last_codes
+    last, codes = _last_codes
+    if last is not event:  # events are immutable: the same object has the same codes
+        codes = frozenset((event.event_type.code, *(c.code for c in event.event_subtype)))
+        _last_codes = (event, codes)
+    return code in codes
 
 
 def is_btg_start(event: AccessEvent) -> bool:

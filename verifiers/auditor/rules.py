@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -27,6 +28,7 @@ from careledger_core.rule_codes import RuleCode
 
 from ._time import US_PER_SECOND, ts_to_us, weekday_hour
 from .config import DEFAULT_CONFIG, AuditConfig
+from .consent import PolicyTable
 from .decisions import (
     _CRITICAL,
     _HIGH,
@@ -40,7 +42,7 @@ from .decisions import (
     ExplanationKind,
     Flag,
 )
-from .explanations import _explain, core_consent_evaluator
+from .explanations import _explain, core_consent_evaluator, read_policy_table
 from .history import (
     EMERGENCY_PURPOSES,
     NO_PATIENT_ID,
@@ -107,12 +109,14 @@ RULE_REFERENCE_DATA: Final[Mapping[RuleCode, str]] = MappingProxyType(
 # --------------------------------------------------------------------------- helpers
 
 
+@lru_cache(maxsize=1 << 16)
 def _fold(text: str) -> str:
     """Case-, accent- and punctuation-insensitive form of a name or address line."""
     decomposed = unicodedata.normalize("NFKD", text)
     return "".join(c for c in decomposed if c.isalnum()).casefold()
 
 
+@lru_cache(maxsize=1 << 16)
 def _phone(text: str | None) -> str | None:
     if text is None:
         return None
@@ -201,9 +205,12 @@ def evaluate(
     *,
     config: AuditConfig = DEFAULT_CONFIG,
     consent_evaluator: ConsentEvaluator | None = None,
+    policy_table: PolicyTable | None = None,
 ) -> AccessDecision:
     """Decide one access event. ``view`` must be the state as of ``event.occurred_at``;
-    ``history`` must have observed the actor's earlier events (it is not changed)."""
+    ``history`` must have observed the actor's earlier events (it is not changed).
+    ``policy_table``: the consent policy table ``core_consent_evaluator`` uses (None:
+    the configured one, read now)."""
     cfg = config
     t_us = ts_to_us(event.occurred_at)
     aid = event.actor.id
@@ -217,7 +224,7 @@ def evaluate(
 
     if pid != NO_PATIENT_ID:
         patient = view.patient(pid)
-        search = _explain(event, view, staff, cfg, consent_evaluator)
+        search = _explain(event, view, staff, cfg, consent_evaluator, policy_table)
         explanation = search.explanation
         searched = tuple(str(k) for k in search.searched)
         explained = explanation is not None
@@ -578,6 +585,9 @@ class Auditor:
         self.config = config
         self.consent_evaluator = consent_evaluator
         self.history = history if history is not None else AccessHistory(config)
+        #: the consent policy table, read by the driver once per run or cycle
+        #: (``read_policy_table``); None: read for each access
+        self.policy_table: PolicyTable | None = None
 
     def process(self, event: AccessEvent) -> list[AccessDecision]:
         now = ts_to_us(event.occurred_at)
@@ -590,15 +600,24 @@ class Auditor:
                 self.history,
                 config=self.config,
                 consent_evaluator=self.consent_evaluator,
+                policy_table=self.policy_table,
             )
         )
         self.history.observe(event, role=_role(view.staff(event.actor.id), event))
         return out
 
     def run(self, events: Iterable[AccessEvent]) -> list[AccessDecision]:
+        """Decide every event, then ``finish``; the policy table is read once for the
+        run (unless one is set)."""
         out: list[AccessDecision] = []
-        for event in events:
-            out.extend(self.process(event))
+        before = self.policy_table
+        if before is None:
+            self.policy_table = read_policy_table()
+        try:
+            for event in events:
+                out.extend(self.process(event))
+        finally:
+            self.policy_table = before
         out.extend(self.finish())
         return out
 

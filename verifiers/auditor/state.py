@@ -40,6 +40,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
+from careledger_core.errors import CareledgerError
 from careledger_core.reference import (
     CareRelationshipBody,
     ConsentBody,
@@ -50,7 +51,8 @@ from careledger_core.reference import (
     canonical_reference_bytes,
 )
 
-from ._time import date_to_us, ts_to_us, us_to_ts
+from ._time import date_to_us, ts_to_us
+from .consent import Policy, parse_consent
 
 __all__ = [
     "ACTIVE_CONSENT_STATUSES",
@@ -91,11 +93,13 @@ class _Versions:
     """The versions of one record, ascending by version number, with the time each
     became known (``known[i]`` belongs to ``recs[i]``)."""
 
-    __slots__ = ("known", "recs")
+    __slots__ = ("eff_us", "known", "recs")
 
     def __init__(self) -> None:
         self.recs: list[ReferenceRecord] = []
         self.known: list[str] = []
+        #: ``effective_at`` of each version in µs (``at_us`` compares integers)
+        self.eff_us: list[int] = []
 
     def add(self, rec: ReferenceRecord, known: str) -> ReferenceRecord | None:
         """Insert; returns the already present record of the same version, if any (an
@@ -111,6 +115,7 @@ class _Versions:
             return present
         recs.insert(i, rec)
         self.known.insert(i, known)
+        self.eff_us.insert(i, ts_to_us(rec.effective_at))
         return None
 
     def at(self, t: str, known_at: str | None) -> ReferenceRecord | None:
@@ -118,6 +123,16 @@ class _Versions:
         for i in range(len(recs) - 1, -1, -1):
             rec = recs[i]
             if rec.effective_at <= t and (known_at is None or known[i] <= known_at):
+                return None if rec.retracted else rec
+        return None
+
+    def at_us(self, t_us: int, known_at: str | None) -> ReferenceRecord | None:
+        """``at`` for the instant ``t_us`` (µs): the same version, as timestamps in the
+        event format order as their µs values do."""
+        recs, known, eff = self.recs, self.known, self.eff_us
+        for i in range(len(recs) - 1, -1, -1):
+            if eff[i] <= t_us and (known_at is None or known[i] <= known_at):
+                rec = recs[i]
                 return None if rec.retracted else rec
         return None
 
@@ -136,9 +151,21 @@ class ReferenceState:
         self._consent_by_patient: dict[str, set[str]] = {}
         self._staff_by_patient: dict[str, set[str]] = {}
         self._patients_by_employee: dict[str, set[str]] = {}
-        self._rel_times: dict[tuple[str, int], tuple[int, int | None]] = {}
+        #: each care relationship version as the rules see it: (record id, version) ->
+        #: ``ActiveRelationship`` (immutable, shared by every query)
+        self._rel_active: dict[tuple[str, int], ActiveRelationship] = {}
+        #: a patient's relationship record ids sorted (dropped when one is added)
+        self._rel_sorted: dict[str, tuple[str, ...]] = {}
         self.conflicts: list[VersionConflict] = []
+        #: each consent version parsed once: (kind, id, version) -> (record, policy or
+        #: why it cannot be evaluated); a version never changes once applied (a second
+        #: record under it is a conflict and is not applied), and the record is kept to
+        #: check that
+        self._policies: dict[tuple[str, int], tuple[ReferenceRecord, Policy | CareledgerError]] = {}
         self.applied = 0
+        #: counts every ``apply`` (a duplicate may move a version's knowledge time):
+        #: views look records up again when it moved
+        self.generation = 0
         self.duplicates = 0
         #: the knowledge cutoff ``as_of`` applies when given none (None: everything)
         self.known_at: str | None = None
@@ -151,6 +178,7 @@ class ReferenceState:
         """Apply one record (ledger order). ``ledgered_at``: when the ledger learnt it
         (its block's signed time); default: the envelope's ``recorded_at``. Returns
         False for a duplicate or conflict."""
+        self.generation += 1
         known = rec.recorded_at if ledgered_at is None else ledgered_at
         if self.latest_known_at is None or known > self.latest_known_at:
             self.latest_known_at = known
@@ -178,9 +206,13 @@ class ReferenceState:
         rid = rec.record_id
         if isinstance(body, CareRelationshipBody):
             _index(self._rel_by_patient, body.patient_id, rid)
+            self._rel_sorted.pop(body.patient_id, None)
             if body.practitioner_id is not None:
                 _index(self._rel_by_practitioner, body.practitioner_id, rid)
-            self._rel_times[(rid, rec.version)] = (
+            self._rel_active[(rid, rec.version)] = ActiveRelationship(
+                rid,
+                rec.version,
+                body,
                 ts_to_us(body.start),
                 ts_to_us(body.end) if body.end is not None else None,
             )
@@ -206,6 +238,21 @@ class ReferenceState:
         ``known_at``: versions that became known later are ignored ("what did we know
         then"). Default: ``self.known_at`` (None: every version applied)."""
         return ReferenceView(self, t, self.known_at if known_at is None else known_at)
+
+    def consent_policy(self, rec: ReferenceRecord) -> Policy | CareledgerError:
+        """The consent record ``rec`` parsed for evaluation (``parse_consent`` of its
+        body), or the error that makes it unusable; parsed once per version."""
+        key = (rec.record_id, rec.version)
+        cached = self._policies.get(key)
+        if cached is not None and cached[0] is rec:
+            return cached[1]
+        parsed: Policy | CareledgerError
+        try:
+            parsed = parse_consent(rec.body)
+        except CareledgerError as exc:
+            parsed = exc
+        self._policies[key] = (rec, parsed)
+        return parsed
 
     def record_at(
         self, kind: ReferenceKind, record_id: str, t: str, known_at: str | None = None
@@ -254,13 +301,17 @@ def _index(index: dict[str, set[str]], key: str, rid: str) -> None:
 class ReferenceView:
     """The reference state as of one instant. Cheap to create (one per event)."""
 
-    __slots__ = ("_known_at", "_state", "t", "t_us")
+    __slots__ = ("_generation", "_known_at", "_memo", "_state", "t", "t_us")
 
     def __init__(self, state: ReferenceState, t: str, known_at: str | None = None) -> None:
         self._state = state
         self._known_at = known_at
         self.t = t
         self.t_us = ts_to_us(t)
+        #: records in force at t already looked up (the rules ask for the actor's and
+        #: the patient's several times), valid while nothing more is applied
+        self._memo: dict[tuple[str, str], Any] = {}
+        self._generation = state.generation
 
     @property
     def known_at(self) -> str | None:
@@ -268,10 +319,22 @@ class ReferenceView:
         return self._known_at
 
     def _at(self, kind: ReferenceKind, record_id: str, t: str | None = None) -> Any:
-        versions = self._state._versions.get((kind, record_id))
+        key = (kind, record_id)
+        if t is None:
+            memo = self._memo
+            if self._generation != self._state.generation:  # applied since: look again
+                memo.clear()
+                self._generation = self._state.generation
+            elif key in memo:
+                return memo[key]
+            versions = self._state._versions.get(key)
+            rec = None if versions is None else versions.at(self.t, self._known_at)
+            memo[key] = rec
+            return rec
+        versions = self._state._versions.get(key)
         if versions is None:
             return None
-        return versions.at(self.t if t is None else t, self._known_at)
+        return versions.at(t, self._known_at)
 
     # -- workforce directory -------------------------------------------------------
     def staff_record(self, user_id: str) -> ReferenceRecord | None:
@@ -338,26 +401,32 @@ class ReferenceView:
         A relationship [start, end] counts when ``start - lead <= t <= end + lag`` (no
         end: open-ended), using the version in force at ``t + lead``.
         """
-        ids = self._state._rel_by_patient.get(patient_id)
-        if not ids:
-            return ()
+        state = self._state
+        ordered = state._rel_sorted.get(patient_id)
+        if ordered is None:
+            ids = state._rel_by_patient.get(patient_id)
+            if not ids:
+                return ()
+            ordered = state._rel_sorted[patient_id] = tuple(sorted(ids))
         t_us = self.t_us
-        lookup_t = us_to_ts(t_us + lead_us) if lead_us else self.t
-        times = self._state._rel_times
+        lookup_us = t_us + lead_us
+        known_at = self._known_at
+        versions = state._versions
+        active = state._rel_active
         out: list[ActiveRelationship] = []
-        for rid in sorted(ids):
-            rec = self._at("care-relationship", rid, lookup_t)
+        for rid in ordered:
+            v = versions.get(("care-relationship", rid))
+            rec = None if v is None else v.at_us(lookup_us, known_at)
             if rec is None:
                 continue
-            body: CareRelationshipBody = rec.parsed
-            if body.patient_id != patient_id:
+            r = active[(rid, rec.version)]
+            if r.body.patient_id != patient_id:
                 continue
-            start_us, end_us = times[(rid, rec.version)]
-            if start_us - lead_us > t_us:
+            if r.start_us - lead_us > t_us:
                 continue
-            if end_us is not None and end_us + lag_us < t_us:
+            if r.end_us is not None and r.end_us + lag_us < t_us:
                 continue
-            out.append(ActiveRelationship(rid, rec.version, body, start_us, end_us))
+            out.append(r)
         return tuple(out)
 
     def all_relationships(self, patient_id: str) -> int:
@@ -386,6 +455,10 @@ class ReferenceView:
             if body.patient_id == patient_id and body.status in ACTIVE_CONSENT_STATUSES:
                 out.append(rec)
         return tuple(out)
+
+    def consent_policy(self, rec: ReferenceRecord) -> Policy | CareledgerError:
+        """``ReferenceState.consent_policy``: a consent record parsed (once per version)."""
+        return self._state.consent_policy(rec)
 
     def consents(self, patient_id: str) -> list[dict[str, Any]]:
         """The FHIR Consent resources (JSON, read-only) of those records, as for

@@ -123,28 +123,35 @@ def _specificity(
     return names, len(kinds), len(path)
 
 
+def _walk(
+    provisions: tuple[Provision, ...],
+    prefix: tuple[int, ...],
+    ask: _Ask,
+    found: list[tuple[Effect, tuple[int, ...]]],
+) -> bool:
+    """Record in ``found`` the deepest matches below; True if anything was recorded. (A
+    module function, not a closure: a recursive closure is a reference cycle per call,
+    left to the garbage collector.)"""
+    recorded = False
+    for i, p in enumerate(provisions):
+        if not _matches(p, ask):
+            continue
+        path = (*prefix, i)
+        if _walk(p.provisions, path, ask, found):
+            recorded = True
+        elif p.typed or p.has_criteria:  # an untyped container decides nothing itself
+            found.append((p.effect, path))
+            recorded = True
+    return recorded
+
+
 def _decide(policy: Policy, ask: _Ask) -> tuple[Effect, tuple[int, ...]]:
     """The deepest matching provision's effect (deny first among equals) and path (the
     most specific of those, then the smallest path); the base decision with the empty
     path if none matches. An untyped provision without criteria is a container: it
     never decides by itself."""
     found: list[tuple[Effect, tuple[int, ...]]] = []
-
-    def walk(provisions: tuple[Provision, ...], prefix: tuple[int, ...]) -> bool:
-        """Record the deepest matches below; True if anything was recorded."""
-        recorded = False
-        for i, p in enumerate(provisions):
-            if not _matches(p, ask):
-                continue
-            path = (*prefix, i)
-            if walk(p.provisions, path):
-                recorded = True
-            elif p.typed or p.has_criteria:  # an untyped container decides nothing itself
-                found.append((p.effect, path))
-                recorded = True
-        return recorded
-
-    walk(policy.provisions, ())
+    _walk(policy.provisions, (), ask, found)
     if not found:
         assert policy.base is not None  # applies_to() admits only governing policies
         return policy.base, ()
@@ -282,9 +289,11 @@ def evaluate_consent(
     """
     policies = [c if isinstance(c, Policy) else parse_consent(c) for c in consents]
     table = configured_policy_table() if policy_table is None else policy_table
-    in_force = sorted(
-        (p for p in policies if p.applies_to(request)), key=lambda p: (p.consent_id, repr(p))
-    )
+    in_force = [p for p in policies if p.applies_to(request)]
+    if len({p.consent_id for p in in_force}) == len(in_force):
+        in_force.sort(key=lambda p: p.consent_id)  # the same order, without the reprs
+    else:
+        in_force.sort(key=lambda p: (p.consent_id, repr(p)))
     if not in_force:
         return _no_consent(policies, request)
     purposes = set(request.purposes)

@@ -5,13 +5,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Literal, TypeAlias
 
 from careledger_core.errors import ValidationError
-from careledger_core.event import AccessEvent
+from careledger_core.event import AccessEvent, is_valid_timestamp
 
+from .._time import ts_to_us
 from .fhir_time import _BadTime, _format_us, _instant
 
 Effect: TypeAlias = Literal["permit", "deny"]
@@ -235,14 +236,25 @@ class ConsentRequest:
             object.__setattr__(self, name, items)
         if self.action not in ACTION_REQUIREMENTS:
             raise _request_error("action", "must be one of C, R, U, D, E")
+        at = self.at
+        if isinstance(at, str) and at[:4] != "0000" and is_valid_timestamp(at):
+            # an event time (``YYYY-MM-DDTHH:MM:SS.ffffffZ``, a real instant): the value
+            # ``_instant`` gives, without its general FHIR parse
+            object.__setattr__(self, "at_us", ts_to_us(at))
+            return
         try:
-            object.__setattr__(self, "at_us", _instant(self.at))
+            object.__setattr__(self, "at_us", _instant(at))
         except _BadTime as exc:
             raise _request_error("at", str(exc)) from None
 
     @classmethod
-    def from_event(cls, event: AccessEvent) -> ConsentRequest:
-        """The request an access event makes: who, for whom, when, why, what and how."""
+    def from_event(cls, event: AccessEvent, *, roles_first: Sequence[str] = ()) -> ConsentRequest:
+        """The request an access event makes: who, for whom, when, why, what and how.
+        ``roles_first``: the actor's roles from elsewhere (the directory), put before the
+        event's own (duplicates dropped) when there are any."""
+        roles = tuple(event.actor.roles)
+        if roles_first:
+            roles = tuple(dict.fromkeys((*roles_first, *roles)))
         labels: tuple[str, ...] = ()
         if event.sensitivity is not None:
             labels = (event.sensitivity.confidentiality, *event.sensitivity.labels)
@@ -250,7 +262,7 @@ class ConsentRequest:
             patient_id=event.patient.id,
             at=event.occurred_at,
             actor_id=event.actor.id,
-            actor_roles=tuple(event.actor.roles),
+            actor_roles=roles,
             actor_organization=event.actor.organization,
             purposes=tuple(event.purpose_of_use),
             action=event.action,

@@ -152,6 +152,8 @@ def load_policy_table(path: str | os.PathLike[str]) -> PolicyTable:
 
 
 _CACHE: dict[tuple[str, int, int], PolicyTable] = {}
+#: the Path of each configured name (building one costs more than the stat)
+_PATHS: dict[str, Path] = {}
 
 
 def configured_policy_table() -> PolicyTable:
@@ -161,9 +163,14 @@ def configured_policy_table() -> PolicyTable:
     by path, size and modification time."""
     from ..config import DEFAULT_CONFIG
 
-    path = Path(os.environ.get(ENV_POLICY_TABLE) or DEFAULT_CONFIG.consent_policy_table)
+    name = os.environ.get(ENV_POLICY_TABLE) or DEFAULT_CONFIG.consent_policy_table
+    path = _PATHS.get(name)
+    if path is None:
+        if len(_PATHS) > 16:
+            _PATHS.clear()
+        path = _PATHS[name] = Path(name)
     try:
-        st = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
         return PolicyTable({}, f"{path} (missing)")
     key = (str(path), st.st_size, st.st_mtime_ns)

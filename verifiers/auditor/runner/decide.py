@@ -15,6 +15,7 @@ from careledger_core.reference import ReferenceRecord
 
 from .._time import ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
+from ..explanations import read_policy_table
 from ..rules import AccessDecision, Auditor, core_consent_evaluator
 from ..state import ReferenceState
 
@@ -199,6 +200,9 @@ def decide_range(
                 out.append(PlacedDecision(d, placed[0], placed[1]))
 
     before = ref_state.known_at
+    table_before = auditor.policy_table
+    if table_before is None:  # read once for the range
+        auditor.policy_table = read_policy_table()
     try:
         for le in events:
             event_id = le.event.event_id
@@ -211,6 +215,7 @@ def decide_range(
                 keep(d)
     finally:
         ref_state.known_at = before
+        auditor.policy_table = table_before
     horizon = None if horizon_ts is None else ts_to_us(horizon_ts)
     window = auditor.config.btg_stop_window_us
     for d in auditor.finish():

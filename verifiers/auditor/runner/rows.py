@@ -14,9 +14,11 @@ import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any, Final
 
-from ..alerts import Alert, patient_pseudonym
+from ..alerts import Alert, cached_pseudonym
+from ..decisions import Explanation
 from ..history import NO_PATIENT_ID
 from .decide import PlacedDecision
 
@@ -137,9 +139,14 @@ def _is_ts(text: str) -> bool:
         return False
 
 
+#: ``json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)``
+#: without building an encoder per call (the same output)
+_DUMPS: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(value: Any) -> str:
     """Deterministic compact JSON (what is stored and compared across replays)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _DUMPS.encode(value)
 
 
 def utc_now_ts() -> str:
@@ -160,7 +167,7 @@ def parse_instant(text: str) -> str:
 
 
 def patient_ref(patient_id: str, salt: str) -> str:
-    return "" if patient_id == NO_PATIENT_ID else patient_pseudonym(patient_id, salt)
+    return "" if patient_id == NO_PATIENT_ID else cached_pseudonym(patient_id, salt)
 
 
 def _public_flag(flag: dict[str, Any]) -> dict[str, Any]:
@@ -173,7 +180,8 @@ def decision_row(
 ) -> tuple[Any, ...]:
     d = placed.decision
     pos = placed.position
-    severity = d.severity
+    flags = d.flags
+    severity = d.severity if flags else None
     explanation = d.explanation
     return (
         d.event_id,
@@ -181,20 +189,36 @@ def decision_row(
         pos.height,
         pos.idx,
         d.occurred_at,
-        dt.date(int(d.occurred_at[0:4]), int(d.occurred_at[5:7]), int(d.occurred_at[8:10])),
+        _date(d.occurred_at[0:10]),
         d.actor_id,
         patient_ref(d.patient_id, salt),
         1 if d.amends else 0,
         "" if explanation is None else str(explanation.kind),
-        "" if explanation is None else dumps(explanation.to_dict()),
-        dumps(list(d.searched)),
-        dumps([_public_flag(f.to_dict()) for f in d.flags]),
+        "" if explanation is None else _explanation_json(explanation),
+        _searched_json(d.searched),
+        dumps([_public_flag(f.to_dict()) for f in flags]) if flags else "[]",
         "" if severity is None else str(severity),
-        float(d.score),
+        float(d.score) if flags else 0.0,
         decided_at,
         audit_run,
         placed.known_at,
     )
+
+
+# Values many decisions share, encoded once (the same text as encoding each).
+@lru_cache(maxsize=4096)
+def _date(day: str) -> dt.date:
+    return dt.date(int(day[0:4]), int(day[5:7]), int(day[8:10]))
+
+
+@lru_cache(maxsize=1 << 14)
+def _explanation_json(explanation: Explanation) -> str:
+    return dumps(explanation.to_dict())
+
+
+@lru_cache(maxsize=1024)
+def _searched_json(searched: tuple[str, ...]) -> str:
+    return dumps(list(searched))
 
 
 def alert_document(alert: Alert) -> dict[str, Any]:
