@@ -39,9 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from careledger.config import PROJECT_ROOT, Settings
 from careledger.kafka.clients import client_config
 from careledger.keys import write_keypair
+from careledger.stack.model import StackError
 from careledger_core.signing import SigningKey
 from producers.gateway.auth import signed_headers
 from producers.gateway.devcerts import write_dev_certs
@@ -408,7 +411,7 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
             stop(proc)
         try:
             stack.delete_topics(s, list(topics))
-        except Exception as exc:
+        except (KafkaException, StackError) as exc:
             print(f"could not delete the benchmark topics: {exc}", file=sys.stderr)
     machine = {
         "cores": os.cpu_count(),

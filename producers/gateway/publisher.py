@@ -51,7 +51,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from careledger.config import Settings
 from careledger.kafka.clients import rdkafka_logger
@@ -192,7 +192,7 @@ class Publisher:
         """Whether the broker answers and the gateway's topics exist (for /health)."""
         try:
             md = self._raw.list_topics(timeout=timeout)
-        except Exception as exc:  # KafkaException: broker unreachable
+        except KafkaException as exc:  # broker unreachable
             return False, f"Kafka unreachable: {exc}"
         wanted = (
             self.settings.topic_raw,
@@ -263,10 +263,20 @@ class Publisher:
                 continue
             try:
                 self._round(group, ready)
-            except Exception as exc:  # never leave a sender waiting forever
-                log.exception("publishing a group of %d records failed", len(group) + len(ready))
+            except (KafkaException, CareledgerError, BufferError, OSError) as exc:
+                # never leave a sender waiting forever
+                log.error(
+                    "publishing a group of %d records failed: %s",
+                    len(group) + len(ready),
+                    type(exc).__name__,
+                )
                 for job in (*group, *ready):
                     job.fail(f"internal error: {type(exc).__name__}")
+            except BaseException:  # a bug: release every sender, then fail loudly
+                for job in (*group, *ready):
+                    job.fail("internal error")
+                self._resolve(group + ready)
+                raise
             done = [j for j in group if j.error is not None or not (j.events or j.references)]
             self._resolve(ready + done)
             ready = [j for j in group if j.error is None and (j.events or j.references)]
@@ -344,7 +354,7 @@ class Publisher:
                     job.fail("the local Kafka queue stayed full")
                     return
                 self._raw.poll(0.05)
-            except Exception as exc:  # KafkaException: e.g. message too large
+            except KafkaException as exc:  # e.g. message too large
                 job._pending -= 1
                 job.fail(f"Kafka refused a record for {topic}: {exc}")
                 return

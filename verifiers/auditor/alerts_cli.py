@@ -33,9 +33,12 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
 from careledger.safe_text import display
+from careledger.stack.model import StackError
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
@@ -437,7 +440,8 @@ def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
         with AccessEventProducer(settings) as producer:
             producer.send(status_event(entry))
             return producer.flush(20.0).ok
-    except Exception as exc:  # Kafka down: the change is stored, say it is not ledgered
+    except (CareledgerError, KafkaException) as exc:
+        # Kafka down: the change is stored, say it is not ledgered
         logging.getLogger("careledger.alerts").warning("cannot ledger status change: %s", exc)
         return False
 
@@ -467,7 +471,8 @@ def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
             on_delivery=lambda err, _m: failed.append(err) if err is not None else None,
         )
         return producer.flush(20.0) == 0 and not failed
-    except Exception as exc:  # Kafka down: the change is stored, say it was not published
+    except (CareledgerError, StackError, KafkaException, BufferError) as exc:
+        # Kafka down: the change is stored, say it was not published
         logging.getLogger("careledger.alerts").warning("cannot publish status change: %s", exc)
         return False
 

@@ -56,6 +56,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from careledger.cosigned_checkpoints import fetch_from_witnesses
 from careledger.kafka.clients import client_config
 from careledger.storage.kinds import raw_topics, reference_topics
@@ -209,7 +211,7 @@ class CheckpointReader:
             self._read()
         except _Unavailable as exc:
             status, error = "unavailable", str(exc)
-        except Exception as exc:  # a client error must not stop verification
+        except KafkaException as exc:  # a client error must not stop verification
             status, error = "unavailable", f"{type(exc).__name__}: {exc}"
         if status == "ok" and self.log.missing:
             status = "incomplete"

@@ -17,6 +17,7 @@ from careledger.keys import KeyFileError, check_owner_only
 from careledger.storage.backend import SqlBackend, StorageError
 from careledger.storage.kinds import topic_of
 from careledger.storage.migrations import check_identifier
+from careledger_core.errors import CareledgerError
 from careledger_core.event import decode_event
 from careledger_core.reference import reference_from_dict
 
@@ -415,8 +416,8 @@ def _decode_references(
             if not isinstance(doc, dict):
                 raise ValueError("not an object")
             records.append(LedgeredReference(reference_from_dict(doc), key[0], key[1], when))
-        except Exception:  # a row verify would report as tampered
-            bad += 1
+        except (ValueError, TypeError, RecursionError, CareledgerError):
+            bad += 1  # a row verify would report as tampered (JSON or record invalid)
     if bad:
         log.warning("%d stored reference records could not be decoded (run verify)", bad)
     return records
@@ -429,7 +430,8 @@ def _ledgered(row: Sequence[Any]) -> LedgeredEvent | None:
         return None
     try:
         event = decode_event(bytes(canonical))
-    except Exception:  # tampered row: verify reports it; the auditor skips it
+    except (CareledgerError, ValueError, TypeError, RecursionError):
+        # tampered row: verify reports it; the auditor skips it
         log.warning("undecodable access event at %s/%s/%s skipped", _text(chain), height, idx)
         return None
     return LedgeredEvent(Position(_text(chain), height, idx), event)
