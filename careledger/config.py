@@ -195,6 +195,11 @@ class Settings:
     # Open connections per listener and per peer address (more are closed at once).
     gateway_max_connections: int = 1024
     gateway_max_connections_per_peer: int = 64
+    # Bytes per second each authenticated source may send (0: no limit), and how much
+    # it may send at once after a pause. Over it: HTTP 429 with Retry-After, syslog
+    # streams read more slowly (nothing lost). 16 MiB/s is ~15,000 events/s of ~1 KB.
+    gateway_source_bytes_per_s: int = 16 * 1024 * 1024
+    gateway_source_burst_bytes: int = 32 * 1024 * 1024
 
     # --- witness (`careledger witness`: a partner's C2SP tlog-witness, witness/) ------
     # Its name (in its cosignature lines, e.g. "hospital-b.example/witness"), its own

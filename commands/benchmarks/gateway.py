@@ -389,6 +389,8 @@ def command_benchmark_gateway(args: argparse.Namespace, settings: Settings) -> i
                 gateway_tls_key=certs.server,
                 gateway_tls_client_ca=certs.ca,
                 gateway_auth_file=auth,
+                # the gateway's capacity, not a source's rate limit (ADR 0025)
+                gateway_source_bytes_per_s=0,
             )
             try:
                 proc, ports, log_path = _start_gateway(gs, work)

@@ -38,6 +38,7 @@ STATUS: Final[Mapping[int, tuple[str, str]]] = {
     413: ("Payload Too Large", "too-long"),
     415: ("Unsupported Media Type", "not-supported"),
     422: ("Unprocessable Entity", "processing"),
+    429: ("Too Many Requests", "throttled"),
     500: ("Internal Server Error", "exception"),
     503: ("Service Unavailable", "transient"),
 }

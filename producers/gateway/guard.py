@@ -8,6 +8,10 @@ counts and rate-limited samples of refused peers.
 * :class:`ConnectionLimits` counts open connections per listener and per peer address.
 * :class:`Refusals` counts refused peers and frames and logs at most one sample per
   :data:`SAMPLE_INTERVAL_S` per kind: peer, size and SHA-256, never the bytes.
+* :class:`SourceRates` gives each authenticated source a byte rate (a token bucket):
+  one noisy or compromised source cannot take the gateway from the others. Over its
+  rate an HTTP request is answered 429 with Retry-After (nothing recorded: the sender
+  retries); a syslog stream is read more slowly (TCP backpressure: nothing lost).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Final
 
 log = logging.getLogger("careledger.gateway.guard")
 
-__all__ = ["SAMPLE_INTERVAL_S", "ConnectionLimits", "Refusals", "ReplayCache"]
+__all__ = ["SAMPLE_INTERVAL_S", "ConnectionLimits", "Refusals", "ReplayCache", "SourceRates"]
 
 #: At most one log line per kind of refusal per this many seconds.
 SAMPLE_INTERVAL_S: Final = 10.0
@@ -155,3 +159,75 @@ class Refusals:
         with self._lock:
             items = sorted(self.counts.items())
         return ", ".join(f"{k} {v}" for k, v in items) or "none"
+
+
+class SourceRates:
+    """Bytes per second each source may send: a token bucket per source id (thread-safe).
+
+    A bucket holds at most ``burst_bytes`` and refills at ``bytes_per_s``; a source's
+    first request finds it full. One record costs its size, capped at the burst (a
+    record larger than the burst still passes once the bucket is full, so no record
+    within ``gateway_max_record_bytes`` is refused for ever). ``bytes_per_s`` 0: no
+    limit. Only authenticated sources get a bucket, so the table is bounded by the
+    sender registry, not by what peers send.
+    """
+
+    def __init__(
+        self,
+        bytes_per_s: float,
+        burst_bytes: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if bytes_per_s < 0 or (bytes_per_s > 0 and burst_bytes <= 0):
+            raise ValueError("a source rate needs a non-negative rate and a positive burst")
+        self.bytes_per_s = float(bytes_per_s)
+        self.burst_bytes = float(burst_bytes)
+        self._clock = clock
+        self._tokens: dict[str, tuple[float, float]] = {}  # source: (tokens, at)
+        self._lock = threading.Lock()
+        #: requests refused and seconds streams were slowed, per source
+        self.throttled: dict[str, int] = {}
+        self.slowed_s: dict[str, float] = {}
+
+    def _level(self, source: str, now: float) -> float:
+        tokens, at = self._tokens.get(source, (self.burst_bytes, now))
+        return min(self.burst_bytes, tokens + (now - at) * self.bytes_per_s)
+
+    def try_take(self, source: str, size: int) -> float:
+        """Take ``size`` bytes now: 0.0; else nothing is taken and the answer is the
+        seconds until they would fit (HTTP: 429 with that Retry-After)."""
+        if self.bytes_per_s == 0:
+            return 0.0
+        cost = min(float(size), self.burst_bytes)
+        with self._lock:
+            now = self._clock()
+            level = self._level(source, now)
+            if level >= cost:
+                self._tokens[source] = (level - cost, now)
+                return 0.0
+            self._tokens[source] = (level, now)
+            self.throttled[source] = self.throttled.get(source, 0) + 1
+            return (cost - level) / self.bytes_per_s
+
+    def reserve(self, source: str, size: int) -> float:
+        """Take ``size`` bytes, into debt if need be; the seconds to wait before going
+        on (a stream reads nothing meanwhile: TCP backpressure slows the sender)."""
+        if self.bytes_per_s == 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            level = self._level(source, now) - size  # a read costs all it holds
+            self._tokens[source] = (level, now)
+            wait = -level / self.bytes_per_s if level < 0 else 0.0
+            if wait:
+                self.slowed_s[source] = self.slowed_s.get(source, 0.0) + wait
+            return wait
+
+    def summary(self) -> str:
+        with self._lock:
+            refused = sum(self.throttled.values())
+            slowed = sum(self.slowed_s.values())
+            sources = len(set(self.throttled) | set(self.slowed_s))
+        if not sources:
+            return "none"
+        return f"{refused} requests refused, streams slowed {slowed:.1f} s, {sources} sources"

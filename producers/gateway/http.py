@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
@@ -52,7 +53,7 @@ from producers.consents.ingest import ConsentEntry, ingest_bundle, ingest_consen
 from producers.consents.intake import PROCESS_CLOCK, ConsentProblem, VersionClock
 from producers.gateway import fhir
 from producers.gateway.auth import NOT_AUTHENTICATED, AuthFailure, Identity, SenderRegistry
-from producers.gateway.guard import ConnectionLimits
+from producers.gateway.guard import ConnectionLimits, SourceRates
 from producers.gateway.ingest import SYNTAX_ERRORS, Ingestor, received
 from producers.gateway.publisher import Job, Publisher, PublishError
 
@@ -193,6 +194,7 @@ class GatewayApp:
         clock: VersionClock | None = None,
         body_timeout_s: float = 30.0,
         refusals_summary: Callable[[], str] | None = None,
+        rates: SourceRates | None = None,
     ) -> None:
         self.publisher = publisher
         self.registry = registry
@@ -200,6 +202,8 @@ class GatewayApp:
         self.body_timeout_s = body_timeout_s
         #: the gateway's counts of refused peers, frames and connections (for /health)
         self.refusals_summary = refusals_summary
+        #: each source's byte rate (ADR 0025): over it, 429 with Retry-After
+        self.rates = rates
         self.ingestor = Ingestor(max_bytes)
         # shared by every listener of the process (versions per consent must increase)
         self.clock = clock or PROCESS_CLOCK
@@ -283,6 +287,16 @@ class GatewayApp:
                 415,
                 f"media type {media[:64]!r} is not supported: send {wanted}",
                 "UNSUPPORTED_MEDIA_TYPE",
+            )
+        wait = self.rates.try_take(who.source_id, len(body)) if self.rates is not None else 0.0
+        if wait > 0:  # nothing recorded: the sender retries after the wait
+            self.registry.release(who)
+            log.info("throttled %s %s: source over its rate", request.method, request.url.path)
+            return _error(
+                429,
+                "this source is sending faster than its rate: retry after the Retry-After seconds",
+                "THROTTLED",
+                **{"Retry-After": str(max(1, math.ceil(wait)))},
             )
         return body, who
 
@@ -509,6 +523,9 @@ class GatewayApp:
             if self.refusals_summary is not None:
                 refused = f"refused peers, frames and connections: {self.refusals_summary()}"
                 issues.append(fhir.Issue("information", "informational", refused))
+            if self.rates is not None:
+                throttled = f"sources over their rate: {self.rates.summary()}"
+                issues.append(fhir.Issue("information", "informational", throttled))
             return _fhir(200, fhir.operation_outcome(issues))
         return _error(503, detail, "KAFKA_UNAVAILABLE", **{"Retry-After": _RETRY_AFTER})
 

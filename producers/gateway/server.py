@@ -49,7 +49,7 @@ from careledger.raw_record import MAX_RECORD_BYTES
 from producers.adapters import MIN_MAX_BYTES
 from producers.gateway.auth import MAX_SKEW_S, AuthConfigError, SenderRegistry
 from producers.gateway.framing import Frame, FrameDecoder, FrameError, datagram
-from producers.gateway.guard import ConnectionLimits, Refusals, ReplayCache
+from producers.gateway.guard import ConnectionLimits, Refusals, ReplayCache, SourceRates
 from producers.gateway.ingest import Ingestor, Received, frame_error_job, received
 from producers.gateway.publisher import Job, Publisher, PublishError
 
@@ -114,6 +114,14 @@ def check_settings(settings: Settings) -> None:
     ):
         if not getattr(settings, name) > 0:
             raise GatewayConfigError(f"{name} must be positive")
+    if settings.gateway_source_bytes_per_s < 0:
+        raise GatewayConfigError("gateway_source_bytes_per_s must be 0 (no limit) or positive")
+    if settings.gateway_source_bytes_per_s and (
+        settings.gateway_source_burst_bytes < settings.gateway_max_record_bytes
+    ):
+        raise GatewayConfigError(
+            "gateway_source_burst_bytes must be at least gateway_max_record_bytes"
+        )
 
 
 def check_keys(settings: Settings, registry: SenderRegistry) -> None:
@@ -172,6 +180,9 @@ class Gateway:
         self.registry.replay = ReplayCache(settings.gateway_replay_cache_entries, MAX_SKEW_S)
         check_keys(settings, self.registry)
         self.refusals = Refusals()
+        self.rates = SourceRates(
+            settings.gateway_source_bytes_per_s, settings.gateway_source_burst_bytes
+        )
         self.tls = tls_context(settings)
         self.publisher = publisher or Publisher(settings)
         self.ingestor = Ingestor(settings.gateway_max_record_bytes)
@@ -221,6 +232,7 @@ class Gateway:
                 max_bytes=s.gateway_max_record_bytes,
                 body_timeout_s=s.gateway_body_timeout_s,
                 refusals_summary=self.refusals.summary,
+                rates=self.rates,
             )
         )
         limits = self._limits(name)
@@ -332,6 +344,12 @@ class Gateway:
                         "idle" if started is None else "a frame did not complete in time",
                     )
                     data = b""
+                if data:  # over the source's rate: read nothing for a while
+                    delay = self.rates.reserve(identity.source_id, len(data))
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                        if started is not None:  # our wait, not the sender's
+                            started += delay
                 items = decoder.feed(data) if data else decoder.close()
                 if items:
                     started = None  # frames completed: the rest is a new frame
