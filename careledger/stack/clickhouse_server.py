@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -47,10 +49,6 @@ def _clickhouse_server_cmd() -> list[str]:
     raise StackError(HINT_CLICKHOUSE)
 
 
-def _xml_text(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
-
-
 def _write_clickhouse_config(settings: Settings) -> None:
     p = _paths(settings)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", settings.clickhouse_user):
@@ -66,11 +64,17 @@ def _write_clickhouse_config(settings: Settings) -> None:
         "users_config": str(p.clickhouse_users),
         "max_memory_usage": CLICKHOUSE_MAX_MEMORY_USAGE,
         "user": settings.clickhouse_user,
-        "password": _xml_text(settings.clickhouse_password),
+        # never the password itself (ClickHouse compares the SHA-256 of what is sent)
+        "password_sha256_hex": hashlib.sha256(
+            settings.clickhouse_password.encode("utf-8")
+        ).hexdigest(),
     }
     for name, target in (("config.xml", p.clickhouse_config), ("users.xml", p.clickhouse_users)):
         text = Template((CLICKHOUSE_TEMPLATES / name).read_text()).substitute(values)
-        target.write_text(text)
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask, or an older file's mode
+            fh.write(text)
 
 
 def _start_clickhouse(settings: Settings, *, quiet: bool) -> int | None:
