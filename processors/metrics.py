@@ -42,6 +42,10 @@ class ProcessorMetrics:
     heights: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
     block_write_seconds_total: float = 0.0
+    #: where a take's time goes: validating and sealing it, and waiting for the write
+    #: before it (only one write is in flight) — is the processor CPU- or write-bound?
+    handle_seconds_total: float = 0.0
+    write_wait_seconds_total: float = 0.0
     _window_start: float = field(default_factory=time.monotonic)
     _window_events: int = 0
 
@@ -84,6 +88,8 @@ class ProcessorMetrics:
             )
             if self.blocks_written
             else None,
+            "handle_seconds_total": round(self.handle_seconds_total, 3),
+            "write_wait_seconds_total": round(self.write_wait_seconds_total, 3),
             "latency_p50_s": self.percentile(0.50),
             "latency_p99_s": self.percentile(0.99),
             "latency_bucket_bounds_s": _LATENCY_BOUNDS,

@@ -446,6 +446,13 @@ class Processor:
 
     # ------------------------------------------------------------- records
     async def handle(self, records: list[Record]) -> None:
+        started = time.monotonic()
+        try:
+            await self._handle(records)
+        finally:
+            self.metrics.handle_seconds_total += time.monotonic() - started
+
+    async def _handle(self, records: list[Record]) -> None:
         async with self.lock:
             epoch = self._epoch
             if self._backoff_s:
@@ -550,7 +557,10 @@ class Processor:
         None: the partition was revoked or the state reset meanwhile (nothing taken)."""
         args = (rec.offset, rec.value, rec.key, rec.timestamp, now_mono, rec.timestamp_type)
         try:
-            return chain.take(*args)
+            taken = await asyncio.to_thread(chain.take, *args)
+            if self._epoch != epoch or self.chains.get(p) is not chain:
+                return None
+            return taken
         except RegistryStale as stale:
             assert self.gate is not None
             self.metrics.registry_waits += 1
@@ -677,7 +687,9 @@ class Processor:
         If the previous write failed, what was sealed on top of it is dropped with
         the rest of the in-memory state; those records are read again from Kafka.
         """
+        waited = time.monotonic()
         await self.drain()
+        self.metrics.write_wait_seconds_total += time.monotonic() - waited
         if self._epoch != epoch:
             self.forget(set(self.chains))
             for block in sealed:
