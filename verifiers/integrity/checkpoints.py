@@ -56,9 +56,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from confluent_kafka import KafkaException
-
-from careledger.cosigned_checkpoints import fetch_from_witnesses
 from careledger.kafka.clients import client_config
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.witnesses import WitnessSet
@@ -202,6 +199,10 @@ class CheckpointReader:
         carries what earlier reads (and the verifier's memory) proved. Raises
         ``StateError`` if the verifier's memory of checkpoints cannot be read or written.
         """
+        # imported here: a verify without checkpoints (--no-checkpoints) does not load
+        # the Kafka client
+        from confluent_kafka import KafkaException
+
         started = time.perf_counter()
         if not self._recalled:
             self._recall()
@@ -249,6 +250,8 @@ class CheckpointReader:
             return
         self._witnesses_asked_at = now
         chains = set(self.log.best) | set(expected_chains(self.settings))
+        from careledger.cosigned_checkpoints import fetch_from_witnesses
+
         fetched = fetch_from_witnesses(self.witnesses, chains, self.timeout_s)
         for name, note in fetched.notes:
             self.log.add_witnessed(note, name)

@@ -27,16 +27,17 @@ The joined decode is used only while ``kind.decode`` is
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from typing import Any, Final
 
 import msgspec
 
-from careledger.storage.kinds import RecordKind
+from careledger.storage.kinds import ACCESS, RecordKind, _date
 from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, decode_and_canonicalize
 
-__all__ = ["decode_block"]
+__all__ = ["columns_equal", "decode_block"]
 
 _ACCESS_EVENTS: Final = msgspec.json.Decoder(list[AccessEvent])
 #: what hostile bytes can make a decoder raise (the row-by-row path reports each)
@@ -78,3 +79,54 @@ def _decode_access(datas: Sequence[bytes]) -> list[Any] | None:
     if canonical != list(datas):
         return None
     return events
+
+
+#: how each of ``ACCESS.read_columns`` is taken from a decoded event: a text attribute
+#: (stored as its UTF-8 bytes), the outcome (an integer) or the derived date
+_TEXT, _INT, _DATE = "text", "int", "date"
+_ACCESS_COLUMNS: Final = {
+    "event_id": (_TEXT, operator.attrgetter("event_id")),
+    "occurred_at": (_TEXT, operator.attrgetter("occurred_at")),
+    "actor_id": (_TEXT, operator.attrgetter("actor.id")),
+    "patient_id": (_TEXT, operator.attrgetter("patient.id")),
+    "action": (_TEXT, operator.attrgetter("action")),
+    "outcome": (_INT, operator.attrgetter("outcome")),
+    "source_system": (_TEXT, operator.attrgetter("source.system")),
+    "occurred_date": (_DATE, operator.attrgetter("occurred_at")),
+}
+_SEP: Final = "\x00"
+_BSEP: Final = b"\x00"
+
+
+def columns_equal(
+    kind: RecordKind, by_column: Sequence[list[Any]], events: list[Any]
+) -> bool | None:
+    """Whether the stored ``kind.read_columns`` (``by_column``, each already of its read
+    type) equal ``kind.read_values`` of each event, as whole columns: a text column's
+    values joined with NUL against the events' texts joined likewise (exact only when no
+    stored value holds a NUL: the joined bytes then have one NUL per boundary, and equal
+    joined bytes mean equal values at every row). None: cannot tell this way (another
+    kind, a NUL in a value): the caller compares row by row. False names no row: the
+    row-by-row checks that follow do."""
+    if (
+        kind is not ACCESS
+        or len(by_column) != len(kind.read_columns)
+        or set(kind.read_columns) != set(_ACCESS_COLUMNS)  # the mapping kept up to date
+    ):
+        return None
+    n = len(events)
+    for name, stored in zip(kind.read_columns, by_column, strict=True):
+        how, get = _ACCESS_COLUMNS[name]
+        values = list(map(get, events))
+        if how == _TEXT:
+            joined = _BSEP.join(stored)
+            if joined.count(_BSEP) != n - 1:
+                return None
+            if _SEP.join(values).encode() != joined:
+                return False
+        elif how == _INT:
+            if stored != values:
+                return False
+        elif stored != list(map(_date, values)):
+            return False
+    return True

@@ -33,7 +33,7 @@ from careledger_core.block import offsets_digest
 from careledger_core.errors import ValidationError
 from careledger_core.findings import FindingCode
 from careledger_core.merkle import merkle_root
-from verifiers.integrity.fsck.bulk import decode_block
+from verifiers.integrity.fsck.bulk import columns_equal, decode_block
 from verifiers.integrity.fsck.headers import _HeaderCheck
 from verifiers.integrity.fsck.model import (
     BlockRows,
@@ -374,6 +374,9 @@ def _block_sound(
     for values, read_type in zip(by_column, kind.read_types, strict=True):
         if set(map(type, values)) != {read_type}:
             return False
+    same = columns_equal(kind, by_column, events)  # whole columns at a time
+    if same is not None:
+        return same
     return list(zip(*by_column, strict=True)) == list(map(kind.read_values, events))
 
 
