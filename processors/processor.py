@@ -557,10 +557,7 @@ class Processor:
         None: the partition was revoked or the state reset meanwhile (nothing taken)."""
         args = (rec.offset, rec.value, rec.key, rec.timestamp, now_mono, rec.timestamp_type)
         try:
-            taken = await asyncio.to_thread(chain.take, *args)
-            if self._epoch != epoch or self.chains.get(p) is not chain:
-                return None
-            return taken
+            return chain.take(*args)
         except RegistryStale as stale:
             assert self.gate is not None
             self.metrics.registry_waits += 1
