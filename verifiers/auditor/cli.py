@@ -37,6 +37,7 @@ from .runner import (
     parse_instant,
 )
 from .runner.follow import tune_gc
+from .runner.pipeline import FollowPipeline
 from .runner.store import SaltError
 
 log = logging.getLogger("careledger.auditor")
@@ -174,17 +175,36 @@ def _follow(
 
         previous = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     deadline = None if args.stop_after is None else time.monotonic() + args.stop_after
+    # the writer thread inserts over a connection of its own (ADR 0029)
+    writer_backend = ClickHouseBackend.from_settings(settings)
+    writer = AuditStore(writer_backend, store.db, store.reference_topics)
+    interval = settings.audit_poll_interval_s
+    pipeline = FollowPipeline(follower, interval_s=interval, writer_store=writer)
     ok = True
     try:
         while not stop.is_set():
-            started = time.monotonic()
+            if not pipeline.started:
+                try:
+                    pipeline.start()
+                except StorageError as exc:
+                    ok = False
+                    log.error("audit follow cannot start: %s (retrying)", exc.message)
+                    stop.wait(interval)
+                    continue
+            wait = interval
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                wait = min(wait, left)
             try:
-                n = follower.cycle()
-                ok = True
+                n = pipeline.step(wait)
+                ok = pipeline.read_error is None and pipeline.write_error is None
             except StorageError as exc:
                 ok = False
                 log.error("audit cycle %d failed: %s (retrying)", follower.cycles, exc.message)
                 n = 0
+                stop.wait(interval)
             if n and args.json:
                 print(
                     json.dumps(
@@ -199,21 +219,13 @@ def _follow(
                 )
             if args.max_cycles is not None and follower.cycles >= args.max_cycles:
                 break
-            # a poll every interval, not an interval after each cycle: a busy auditor
-            # whose cycle took longer starts the next one at once (else each batch
-            # would grow by a whole interval of traffic, and with it the next cycle)
-            wait = settings.audit_poll_interval_s
-            if ok:
-                wait = max(0.0, wait - (time.monotonic() - started))
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    break
-                wait = min(wait, left)
-            stop.wait(wait)
     finally:
         for s, old in previous.items():
             signal.signal(s, old)
+        if not pipeline.close():
+            ok = False
+            log.error("some decided cycles were not stored: the next run decides them again")
         if publisher is not None:
             publisher.flush(10.0)
+        writer_backend.close()
     return 0 if ok else 2

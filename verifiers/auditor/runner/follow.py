@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger_core.reference import ReferenceRecord
@@ -111,7 +112,9 @@ class Follower:
         self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
         self._latest_us = 0
         self.published: dict[str, str] = {}  # alert id -> fingerprint
-        self._pending_rows: list[tuple[Any, ...]] = []
+        #: decided cycles not stored yet (oldest first), and the flags of the last one
+        #: not grouped into alerts yet
+        self._pending: list[CycleWrites] = []
         self._pending_flagged: list[AccessDecision] = []
         self._pending_at = ""
         self.started = False
@@ -199,31 +202,49 @@ class Follower:
                 used,
             )
 
-    def cycle(self) -> int:
-        """One poll; returns the number of new decisions."""
-        if not self.started:
-            self._start()
-        self.cycles += 1
-        # what an earlier cycle decided but could not store goes first (its events are
-        # in the history already: they must not be evaluated again)
-        self._store_pending()
-        self._read_reviews(again=self.cycles % 200 == 0)
+    def read(self, cursors: Mapping[str, int]) -> ReadBatch:
+        """What was committed above ``cursors`` (chain -> last height read): one poll.
+        Reads only (no state of the follower changes): a pipeline's reader thread reads
+        the next poll while the last one is decided."""
         heads = self.store.heads()
+        ranges: dict[str, tuple[int, int]] = {}
         records: list[LedgeredReference] = []
-        new: list[LedgeredEvent] = []
-        cursors: dict[str, int] = {}
+        read: dict[str, int] = {}
         for chain, head in sorted(heads.items()):
-            above = self.cursors.get(chain, -1)
+            above = cursors.get(chain, -1)
             if head <= above:
                 continue
             if self.store.is_reference(chain):
                 records.extend(self.store.reference_records_of_chain(chain, above, head))
             else:
-                new.extend(self.store.events_of_chain(chain, above, head))
-            cursors[chain] = head
+                ranges[chain] = (above, head)
+            read[chain] = head
+        return ReadBatch(read, records, _events_of(self.store, ranges))
+
+    def cycle(self) -> int:
+        """One poll: read, decide, store; returns the number of new decisions."""
+        if not self.started:
+            self._start()
+        # what an earlier cycle decided but could not store goes first (its events are
+        # in the history already: they must not be evaluated again)
+        self._store_pending()
+        return self.decide(self.read(self.cursors), store=True)
+
+    def decide(self, batch: ReadBatch, *, store: bool = False) -> int:
+        """Decide a poll's events (``read`` from ``self.cursors``) and prepare what to
+        store (``take_writes``; ``store``: store it now, as ``cycle`` does). Raises
+        StorageError, unless ``store``, only before it changes anything (reading the
+        reviews or the warm-up): the batch can be decided again."""
+        if not self.started:
+            self._start()
+        # the flags of the cycle before, if their grouping failed, before new ones
+        self._group_pending()
+        self.cycles += 1
+        self._read_reviews(again=self.cycles % 200 == 0)
+        records, new = batch.records, batch.events
         warm, warm_cutoffs = self._warmup_events()
         # every read succeeded: from here on nothing is read twice
-        self.cursors.update(cursors)
+        self.cursors.update(batch.cursors)
         # the reference data committed so far first, then the events
         self._apply_references(records)
         # decide with what is known now: the newest ledger time applied
@@ -250,7 +271,7 @@ class Follower:
             if not new:
                 return 0
             new.sort(key=lambda le: le.sort_key)
-            batch = {le.event.event_id: le.position for le in new}
+            batch_at = {le.event.event_id: le.position for le in new}
             placed: list[PlacedDecision] = []
             state.known_at = cutoff
             for le in new:
@@ -261,7 +282,7 @@ class Follower:
                         cutoff,
                     )
                 for d in self.auditor.process(le.event):
-                    pos = batch.get(d.event_id)
+                    pos = batch_at.get(d.event_id)
                     known_at = cutoff
                     if d.amends:
                         entry = self.btg_positions.pop(d.event_id, None)
@@ -284,27 +305,47 @@ class Follower:
         decided_at = self.now()
         if self.on_decided is not None:
             self.on_decided(placed)
-        self._pending_rows = [
-            decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
-            for p in sort_decisions(placed)
-        ]
+        self._pending.append(
+            CycleWrites(
+                [
+                    decision_row(p, salt=self.salt, decided_at=decided_at, audit_run=self.run_id)
+                    for p in sort_decisions(placed)
+                ]
+            )
+        )
         self._pending_flagged = [p.decision for p in placed if p.decision.flagged]
         self._pending_at = decided_at
         self.decided += len(placed)
-        self._store_pending()
+        if store:
+            self._store_pending()
         return len(placed)
 
-    def _store_pending(self) -> None:
-        """Store the last evaluated decisions, then their alerts (raises StorageError;
-        the next cycle retries what is left)."""
-        if self._pending_rows:
-            self.store.insert_decisions(self._pending_rows)
-            self._pending_rows = []
+    def _group_pending(self) -> None:
+        """The alerts of the last decided flags, added to the last cycle's writes (raises
+        StorageError reading the reviews; the flags stay pending)."""
         if self._pending_flagged:
-            self._alerts(self._pending_flagged, self._pending_at)
+            self._pending[-1].add_alerts(*self._alerts(self._pending_flagged, self._pending_at))
             self._pending_flagged = []
 
-    def _alerts(self, flagged: list[AccessDecision], decided_at: str) -> None:
+    def take_writes(self) -> list[CycleWrites]:
+        """The decided cycles' writes not stored yet, oldest first (each grouped)."""
+        self._group_pending()
+        out, self._pending = self._pending, []
+        return out
+
+    def _store_pending(self) -> None:
+        """Store the decided cycles' writes (raises StorageError; the next cycle retries
+        what is left, never a step that succeeded)."""
+        self._group_pending()
+        while self._pending:
+            write_cycle(self._pending[0], self.store, self.publisher)
+            self._pending.pop(0)
+
+    def _alerts(
+        self, flagged: list[AccessDecision], decided_at: str
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, dict[str, Any]]]]:
+        """The alerts that the flags make new or grow: their rows and documents (the
+        follower remembers them as published: they are stored before the next cycle's)."""
         # a review made during this cycle: an alert closed now must not take these flags
         self._read_reviews()
         latest = max(self._latest_us, max(ts_to_us(d.occurred_at) for d in flagged))
@@ -339,15 +380,11 @@ class Follower:
                 continue
             if self.published.get(a.alert_id) != alert_fingerprint(a):
                 changed.append(a)
-        if changed:
-            self.store.insert_alerts(
-                [
-                    alert_row(
-                        a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns()
-                    )
-                    for a in changed
-                ]
-            )
+        rows = [
+            alert_row(a, created_at=decided_at, audit_run=self.run_id, version=time.time_ns())
+            for a in changed
+        ]
+        documents = [(a.alert_id, alert_document(a)) for a in changed]
         self.recent.update(keep)
         self._latest_us = latest
         if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
@@ -362,12 +399,78 @@ class Follower:
             }
         for a in changed:
             self.published[a.alert_id] = alert_fingerprint(a)
-        if self.publisher is not None and changed:
-            for a in changed:
-                self.publisher.publish(a.alert_id, alert_document(a))
-            if self.publisher.flush(10.0):
-                log.error("some alerts are not yet delivered to Kafka")
         self.alerts_sent += len(changed)
         if len(self.published) > 200_000:
             for key in list(self.published)[:100_000]:
                 del self.published[key]
+        return rows, documents
+
+
+@dataclass(slots=True)
+class ReadBatch:
+    """One poll's reads: the heads read (chain -> height), the reference records and the
+    access events of the blocks above the cursors up to them."""
+
+    cursors: dict[str, int]
+    records: list[LedgeredReference]
+    events: list[LedgeredEvent]
+
+    def extend(self, later: ReadBatch) -> None:
+        """Add a later poll (read from this one's heads): as if read at once."""
+        self.cursors.update(later.cursors)
+        self.records.extend(later.records)
+        self.events.extend(later.events)
+
+
+@dataclass(slots=True)
+class CycleWrites:
+    """What one cycle stores, in this order (``write_cycle``): its alert rows, its alerts
+    published, then its decision rows (one INSERT: all or none). Steps done are
+    remembered, so a retry never repeats one."""
+
+    decisions: list[tuple[Any, ...]]
+    alerts: list[tuple[Any, ...]] = field(default_factory=list)
+    documents: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    stage: int = 0  # steps done: 1 alerts stored, 2 published, 3 decisions stored
+
+    def add_alerts(
+        self, rows: list[tuple[Any, ...]], documents: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        self.alerts.extend(rows)
+        self.documents.extend(documents)
+
+
+def write_cycle(w: CycleWrites, store: AuditSource, publisher: AlertPublisher | None) -> None:
+    """Store a cycle (raises StorageError; call again to finish: the steps done are not
+    repeated). The decisions go last: they are what a restarted follower resumes after
+    (``decided_heights``), so a cycle whose decisions are stored has its alerts stored and
+    published, and one whose decisions are not is decided again, its alerts stored again
+    under the same ids (an upsert) and published again (ADR 0029)."""
+    if w.stage < 1:
+        if w.alerts:
+            store.insert_alerts(w.alerts)
+        w.stage = 1
+    if w.stage < 2:
+        if publisher is not None and w.documents:
+            for alert_id, document in w.documents:
+                publisher.publish(alert_id, document)
+            if publisher.flush(10.0):
+                log.error("some alerts are not yet delivered to Kafka")
+        w.stage = 2
+    if w.stage < 3:
+        if w.decisions:
+            store.insert_decisions(w.decisions)
+        w.stage = 3
+
+
+def _events_of(store: AuditSource, ranges: Mapping[str, tuple[int, int]]) -> list[LedgeredEvent]:
+    """The events of the blocks of ``ranges`` (chain -> (above, upto)): in one read if the
+    source can (``AuditStore.events_of_chains``), else chain by chain."""
+    by_chains = getattr(store, "events_of_chains", None)
+    if by_chains is not None:
+        events: list[LedgeredEvent] = by_chains(ranges)
+        return events
+    out: list[LedgeredEvent] = []
+    for chain, (above, upto) in sorted(ranges.items()):
+        out.extend(store.events_of_chain(chain, above, upto))
+    return out
