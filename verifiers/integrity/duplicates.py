@@ -24,7 +24,7 @@ duplicate is itself an ``EVENT_FIELD_MISMATCH`` of the event checks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Any, Final
 
 import msgspec
@@ -105,24 +105,60 @@ def duplicate_findings(rows: Iterable[tuple[str, int, int, int, bytes]]) -> list
     return out
 
 
-def _candidates(store: ChainStore, max_groups: int) -> Sequence[Sequence[Any]]:
+#: the side columns that make a candidate group, hashed (8 bytes a group, not the text)
+_GROUP_KEY: Final = "cityHash64(source_system, patient_id, occurred_at, actor_id, action, outcome)"
+_COMMITTED: Final = (
+    "(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash FROM {db}.blocks)"
+)
+#: rows per pass of the candidate search: memory stays flat in the ledger's size (one
+#: pass over the whole table held every event's bytes, ~2 GiB at a million events)
+ROWS_PER_PASS: Final = 4_000_000
+
+
+def _candidates(
+    store: ChainStore, max_groups: int, rows_per_pass: int = ROWS_PER_PASS
+) -> list[list[tuple[Any, ...]]]:
+    """Rows ``(chain_id, height, idx, kafka_offset, canonical)`` of each group of
+    committed access events sharing their side columns, at most ``max_groups`` groups.
+
+    Two phases, both bounded: the keys of groups of more than one row (a hash of the
+    side columns: a collision only adds a candidate, decided from the bytes later), in
+    passes over slices of the key space; then those groups' rows."""
     db = store.db
-    return store.backend.execute(
-        "SELECT groupArray(tuple(chain_id, height, idx, kafka_offset, canonical)) "
-        f"FROM {db}.access_events "
-        "WHERE (chain_id, height, block_hash) IN "
-        f"(SELECT chain_id, height, block_hash FROM {db}.blocks) "
-        "GROUP BY source_system, patient_id, occurred_at, actor_id, action, outcome "
-        "HAVING uniqExact(chain_id, height, idx) > 1 "
-        f"LIMIT {int(max_groups)}"
-    )
+    committed = _COMMITTED.format(db=db)
+    total = int(store.backend.execute(f"SELECT count() FROM {db}.access_events")[0][0])
+    passes = max(1, -(-total // max(1, rows_per_pass)))
+    keys: list[int] = []
+    for part in range(passes):
+        if len(keys) >= max_groups:
+            break
+        keys += [
+            int(k)
+            for (k,) in store.backend.execute(
+                f"SELECT {_GROUP_KEY} AS k FROM {db}.access_events "
+                f"WHERE {committed} AND k % {passes} = {part} "
+                f"GROUP BY k HAVING count() > 1 LIMIT {int(max_groups - len(keys))}"
+            )
+        ]
+    groups: dict[int, list[tuple[Any, ...]]] = {}
+    for i in range(0, len(keys), 1000):
+        chunk = ", ".join(str(k) for k in keys[i : i + 1000])
+        for c, h, x, o, d, k in store.backend.execute(
+            "SELECT chain_id, height, idx, kafka_offset, canonical, "
+            f"{_GROUP_KEY} AS k FROM {db}.access_events "
+            f"WHERE {committed} AND k IN ({chunk})"
+        ):
+            groups.setdefault(int(k), []).append((c, h, x, o, d))
+    return list(groups.values())
 
 
-def check_duplicate_events(store: ChainStore, max_groups: int = MAX_GROUPS) -> list[Finding]:
+def check_duplicate_events(
+    store: ChainStore, max_groups: int = MAX_GROUPS, rows_per_pass: int = ROWS_PER_PASS
+) -> list[Finding]:
     """``DUPLICATE_EVENT`` findings over the committed access events of the store.
     Raises ``StorageError`` when the store cannot be read."""
     out: list[Finding] = []
-    for (group,) in _candidates(store, max_groups):
+    for group in _candidates(store, max_groups, rows_per_pass):
         rows = [
             (_text(c), int(h), int(i), int(o), d if isinstance(d, bytes) else str(d).encode())
             for c, h, i, o, d in group
