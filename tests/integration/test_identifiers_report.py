@@ -21,7 +21,8 @@ import pytest
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
 from careledger.processes import run_cli
-from careledger_core.event import AccessEvent, Patient
+from careledger_core.errors import EventValidationError
+from careledger_core.event import AccessEvent, Patient, canonical_event_bytes
 from processors.dead_letters import DeadLetter, read_dead_letters
 from producers.adapters import IngestError, parse_fhir_audit_event
 from tests.integration.pipeline import (
@@ -88,19 +89,24 @@ def test_the_report_finds_every_spelling_of_a_patient_id(
 
     events = [*_events("example", 1), *_events(FULL_WIDTH, 2), *_events(NFD, 3)]
     assert [e.patient.id for e in events] == ["example", "example", NFC]
-    # a producer that skips the adapters: the processor must refuse it, not store it
-    smuggled = msgspec.structs.replace(
-        events[0],
-        event_id="c0ffee00-0000-4000-8000-000000000026",
-        patient=Patient(id="exam\u200bple"),
-    )
+    # the SDK cannot even build such an event (its fields are checked when it is built)
+    with pytest.raises(EventValidationError) as built:
+        msgspec.structs.replace(events[0], patient=Patient(id="exam\u200bple"))
+    assert built.value.field == "patient.id"
+    # a producer that skips the adapters and the SDK sends the bytes: the processor must
+    # refuse them, not store them
+    doc = msgspec.json.decode(canonical_event_bytes(events[0]))
+    doc["event_id"] = "c0ffee00-0000-4000-8000-000000000026"
+    doc["patient"]["id"] = "exam\u200bple"
+    smuggled = msgspec.json.encode(doc, order="sorted")
     settings = processor_settings(with_keys(isolated, tmp_path))
     proc = start_processor(settings, tmp_path / "processor.log")
     store = store_for(settings)
     try:
         with AccessEventProducer(settings) as producer:
-            for e in [*events, smuggled]:
+            for e in events:
                 producer.send(e)
+            producer.send_raw(smuggled)
             producer.flush()
         wait_until(
             lambda: committed_event_count(store) >= len(events),
