@@ -17,6 +17,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -276,20 +277,26 @@ def start_gateway(settings: Settings, tmp_path: Path, **changes: Any) -> Running
     return Running(s, proc, ports, log, ca, client, key, tmp_path)
 
 
-@pytest.fixture
-def gateway(isolated: Settings, tmp_path: Path) -> Iterator[Running]:
-    # The gateway signs what it relays (ADR 0010) with a key registered to sign for
-    # the senders it authenticates.
+@contextmanager
+def relaying_gateway(isolated: Settings, tmp_path: Path, **changes: Any) -> Iterator[Running]:
+    """A gateway that signs what it relays (ADR 0010) with a key registered to sign for
+    the senders it authenticates; stopped afterwards, its log free of tracebacks."""
     relaying = with_source(
         isolated, tmp_path, "gateway-test", signs_for=("ehr-east", "legacy-lab", "pacs-net")
     )
-    running = start_gateway(relaying, tmp_path)
+    running = start_gateway(relaying, tmp_path, **changes)
     try:
         yield running
     finally:
         stop(running.proc)
         text = running.log.read_text(errors="replace")
         assert "Traceback" not in text, text[-4000:]
+
+
+@pytest.fixture
+def gateway(isolated: Settings, tmp_path: Path) -> Iterator[Running]:
+    with relaying_gateway(isolated, tmp_path) as running:
+        yield running
 
 
 # --------------------------------------------------------------------------- Kafka

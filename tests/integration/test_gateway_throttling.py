@@ -14,7 +14,7 @@ import pytest
 
 from careledger.config import Settings
 from producers.gateway.framing import octet_counted
-from tests.integration.pipeline import stop, wait_until, with_source
+from tests.integration.pipeline import wait_until
 from tests.integration.test_gateway import (
     Running,
     atna_xml,
@@ -22,8 +22,8 @@ from tests.integration.test_gateway import (
     post,
     r4_event,
     read_topic,
+    relaying_gateway,
     send_stream,
-    start_gateway,
     syslog_message,
 )
 
@@ -35,22 +35,14 @@ BURST = 64 * 1024  # = gateway_max_record_bytes, the smallest burst allowed
 
 @pytest.fixture
 def throttled(isolated: Settings, tmp_path: Path) -> Iterator[Running]:
-    relaying = with_source(
-        isolated, tmp_path, "gateway-test", signs_for=("ehr-east", "legacy-lab", "pacs-net")
-    )
-    running = start_gateway(
-        relaying,
+    with relaying_gateway(
+        isolated,
         tmp_path,
         gateway_max_record_bytes=BURST,
         gateway_source_bytes_per_s=RATE,
         gateway_source_burst_bytes=BURST,
-    )
-    try:
+    ) as running:
         yield running
-    finally:
-        stop(running.proc)
-        text = running.log.read_text(errors="replace")
-        assert "Traceback" not in text, text[-4000:]
 
 
 def _raw_by_source(settings: Settings, want: int) -> dict[str, int]:
