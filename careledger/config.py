@@ -36,6 +36,12 @@ class Settings:
     kafka_port: int = 19092
     kafka_controller_port: int = 19093
     kafka_version: str = "4.1.1"
+    # A cluster (ADR 0030): every broker's host:port (overrides kafka_host:kafka_port
+    # as the bootstrap list), the replication of the topics careledger creates, and the
+    # in-sync replicas a write needs (producers always ask for acks=all).
+    kafka_brokers: tuple[str, ...] = ()
+    kafka_replication_factor: int = 1
+    kafka_min_insync_replicas: int = 1
     topic_events: str = "careledger.access-events"
     topic_dead_letter: str = "careledger.dead-letter"
     topic_alerts: str = "careledger.alerts"
@@ -72,6 +78,12 @@ class Settings:
     clickhouse_user: str = "default"
     clickhouse_password: str = ""
     clickhouse_database: str = "careledger"
+    # Replicated ClickHouse (ADR 0030): the other replicas of the same data, host:port of
+    # their native port (clients fail over to them; migrations run on each), and whether
+    # tables are ReplicatedMergeTree under /careledger/tables/<database>/<table> with
+    # the server's {replica} macro (the servers need ZooKeeper and that macro).
+    clickhouse_replicas: tuple[str, ...] = ()
+    clickhouse_replicated: bool = False
 
     # --- processor ----------------------------------------------------------
     processor_app_id: str = "careledger-processor"
@@ -228,6 +240,8 @@ class Settings:
 
     @property
     def kafka_bootstrap(self) -> str:
+        if self.kafka_brokers:
+            return ",".join(self.kafka_brokers)
         return f"{self.kafka_host}:{self.kafka_port}"
 
     @property
@@ -325,6 +339,10 @@ def load_settings(
         if raw is not None:
             values[key] = raw
     settings = Settings(**values)
+    if not 1 <= settings.kafka_min_insync_replicas <= settings.kafka_replication_factor:
+        raise ConfigError(
+            "kafka_min_insync_replicas must be between 1 and kafka_replication_factor"
+        )
     if settings.block_max_events < 1 or settings.block_max_ms < 1:
         raise ConfigError("block_max_events and block_max_ms must be positive")
     if settings.partitions < 1 or settings.reference_partitions < 1:

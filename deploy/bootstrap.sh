@@ -12,7 +12,10 @@
 #   3. The Apache Kafka jars (version from Settings.kafka_version) copied by Maven
 #      (--strict-checksums) into deploy/kafka/lib/<version>/ and refused unless they are
 #      exactly the files pinned in deploy/kafka/jars-<version>.sha256 (skipped when
-#      present). Go checks litewitness's modules against its checksum database.
+#      present). Likewise the Apache ZooKeeper server jars (for ClickHouse's replicated
+#      tables in the local cluster, ADR 0030) into deploy/zookeeper/lib/<version>/,
+#      pinned in deploy/zookeeper/jars-<version>.sha256. Go checks litewitness's modules
+#      against its checksum database.
 #   4. litewitness and witnessctl, an unmodified third-party C2SP witness (Go module
 #      filippo.io/torchwood, version pinned below) that the interoperability tests run
 #      next to `careledger witness`: built with `go install` into deploy/witness/bin/
@@ -127,8 +130,9 @@ if [ "$want" != "$have" ] || [ ! -x "$VENV/bin/careledger" ]; then
     echo "$want" > "$stamp"
 fi
 
-# --- 3. Kafka jars -------------------------------------------------------------
+# --- 3. Kafka and ZooKeeper jars -------------------------------------------------
 "$VENV/bin/python" -m careledger.stack install-kafka >/dev/null
+"$VENV/bin/python" -m careledger.stack install-zookeeper >/dev/null
 
 # --- 4. litewitness (interoperability tests) -------------------------------------
 TORCHWOOD_VERSION=v0.6.1

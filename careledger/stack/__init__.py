@@ -68,6 +68,7 @@ __all__ = [
     "command_down",
     "command_status",
     "command_up",
+    "configure_down",
     "configure_status",
     "configure_up",
     "default_topics",
@@ -305,9 +306,42 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
         "--no-migrate", action="store_true", help="do not apply the ClickHouse schema"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    _cluster_flag(
+        parser,
+        "start the local cluster instead: 3 Kafka nodes, ZooKeeper, 2 "
+        "ClickHouse replicas (ADR 0030)",
+    )
+
+
+def _cluster_flag(parser: argparse.ArgumentParser, text: str) -> None:
+    parser.add_argument("--cluster", action="store_true", help=text)
+
+
+def _command_up_cluster(args: argparse.Namespace, settings: Settings) -> int:
+    from careledger.storage.backend import StorageError
+
+    from . import cluster
+
+    try:
+        st = cluster.up(
+            settings,
+            quiet=getattr(args, "quiet", False),
+            timeout=getattr(args, "timeout", None),
+            topics=not getattr(args, "no_topics", False),
+            schema=not getattr(args, "no_migrate", False),
+        )
+    except (StackError, StorageError) as exc:
+        print(f"careledger up --cluster: {exc}", file=sys.stderr)
+        return 2
+    if not getattr(args, "quiet", False):
+        print(st)
+        print(f"export CARELEDGER_CONFIG={st.config}")
+    return 0 if st.up else 2
 
 
 def command_up(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "cluster", False):
+        return _command_up_cluster(args, settings)
     try:
         st = up(
             settings,
@@ -327,7 +361,16 @@ def command_up(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if st.up else 2
 
 
+def configure_down(parser: argparse.ArgumentParser) -> None:
+    _cluster_flag(parser, "stop the local cluster (ADR 0030)")
+
+
 def command_down(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "cluster", False):
+        from . import cluster
+
+        print(cluster.down(settings))
+        return 0
     st = down(settings)
     print(st)
     return 0
@@ -335,9 +378,16 @@ def command_down(args: argparse.Namespace, settings: Settings) -> int:
 
 def configure_status(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    _cluster_flag(parser, "report on the local cluster (ADR 0030)")
 
 
 def command_status(args: argparse.Namespace, settings: Settings) -> int:
+    if getattr(args, "cluster", False):
+        from . import cluster
+
+        cst = cluster.status(settings)
+        print(json.dumps(cst.as_dict(), indent=2) if getattr(args, "json", False) else cst)
+        return 0 if cst.up else 1
     st = status(settings)
     if getattr(args, "json", False):
         print(json.dumps(st.as_dict(), indent=2))

@@ -1,4 +1,4 @@
-"""``python -m careledger.stack install-kafka``: used by deploy/bootstrap.sh."""
+"""``python -m careledger.stack install-kafka|install-zookeeper``: for deploy/bootstrap.sh."""
 
 from __future__ import annotations
 
@@ -11,12 +11,15 @@ from careledger.config import load_settings
 
 from .kafka_server import install_kafka
 from .model import StackError
+from .paths import _paths
+from .zookeeper_server import install_zookeeper
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
-    """``python -m careledger.stack install-kafka``: used by deploy/bootstrap.sh."""
+    """``python -m careledger.stack install-kafka|install-zookeeper``: used by
+    deploy/bootstrap.sh (prints the folder of jars)."""
     parser = argparse.ArgumentParser(prog="python -m careledger.stack")
-    parser.add_argument("action", choices=["install-kafka", "kafka-version"])
+    parser.add_argument("action", choices=["install-kafka", "install-zookeeper", "kafka-version"])
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     settings = load_settings()
@@ -24,7 +27,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
         print(settings.kafka_version)
         return 0
     try:
-        lib = install_kafka(settings)
+        if args.action == "install-zookeeper":
+            lib = install_zookeeper(_paths(settings).logs, quiet=False)
+        else:
+            lib = install_kafka(settings)
     except StackError as exc:
         print(f"careledger: {exc}", file=sys.stderr)
         return 2

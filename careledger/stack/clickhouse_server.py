@@ -49,7 +49,7 @@ def _clickhouse_server_cmd() -> list[str]:
     raise StackError(HINT_CLICKHOUSE)
 
 
-def _write_clickhouse_config(settings: Settings) -> None:
+def _write_clickhouse_config(settings: Settings, replication: str = "") -> None:
     p = _paths(settings)
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", settings.clickhouse_user):
         raise StackError(
@@ -68,6 +68,8 @@ def _write_clickhouse_config(settings: Settings) -> None:
         "password_sha256_hex": hashlib.sha256(
             settings.clickhouse_password.encode("utf-8")
         ).hexdigest(),
+        # a replica of a cluster (ADR 0030): its interserver port, ZooKeeper and macros
+        "replication": replication,
     }
     for name, target in (("config.xml", p.clickhouse_config), ("users.xml", p.clickhouse_users)):
         text = Template((CLICKHOUSE_TEMPLATES / name).read_text()).substitute(values)
@@ -77,7 +79,7 @@ def _write_clickhouse_config(settings: Settings) -> None:
             fh.write(text)
 
 
-def _start_clickhouse(settings: Settings, *, quiet: bool) -> int | None:
+def _start_clickhouse(settings: Settings, *, quiet: bool, replication: str = "") -> int | None:
     p = _paths(settings)
     pid = _our_pid(p.clickhouse_pid, str(p.clickhouse_config))
     if pid is not None:
@@ -102,7 +104,7 @@ def _start_clickhouse(settings: Settings, *, quiet: bool) -> int | None:
     cmd = _clickhouse_server_cmd()
     for d in (p.clickhouse, p.clickhouse_data, p.clickhouse_logs):
         d.mkdir(parents=True, exist_ok=True)
-    _write_clickhouse_config(settings)
+    _write_clickhouse_config(settings, replication)
     pid = _spawn(
         [*cmd, f"--config-file={p.clickhouse_config}"], cwd=p.clickhouse, out=p.clickhouse_out
     )

@@ -4,6 +4,7 @@ the KRaft ``server.properties``, storage formatting and starting the broker."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import logging
 import os
@@ -128,23 +129,28 @@ def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
     return lib
 
 
-def pinned_jars(version: str) -> dict[str, str]:
-    """The pinned ``{jar name: sha256 hex}`` of a Kafka version (StackError if none)."""
-    path = Path(str(KAFKA_PINS).format(version=version))
+def pinned_jars(version: str, pins: Path = KAFKA_PINS, *, product: str = "Kafka") -> dict[str, str]:
+    """The pinned ``{jar name: sha256 hex}`` of a version of ``product`` (StackError if none).
+
+    ``pins`` is the path of the pins file with ``{version}`` in its name (Kafka's by
+    default; ZooKeeper's is ``zookeeper_server.ZOOKEEPER_PINS``); the jars it pins live in
+    ``lib/<version>/`` next to it.
+    """
+    path = Path(str(pins).format(version=version))
     try:
         text = path.read_text(encoding="ascii")
     except FileNotFoundError:
         raise StackError(
-            f"no pinned checksums for Kafka {version} ({path.name}): fetch it once, review "
-            f"the jars, then write `sha256sum *.jar` of {KAFKA_LIB_ROOT / version} there"
+            f"no pinned checksums for {product} {version} ({path.name}): fetch it once, review "
+            f"the jars, then write `sha256sum *.jar` of {path.parent / 'lib' / version} there"
         ) from None
-    pins: dict[str, str] = {}
+    result: dict[str, str] = {}
     for n, line in enumerate(text.splitlines(), 1):
         digest, _, name = line.partition("  ")
         if len(digest) != 64 or not name.endswith(".jar") or "/" in name:
             raise StackError(f"{path.name} line {n} is not a `sha256sum` line of a jar")
-        pins[name] = digest
-    return pins
+        result[name] = digest
+    return result
 
 
 def jar_problem(lib: Path, pins: dict[str, str]) -> str | None:
@@ -160,14 +166,27 @@ def jar_problem(lib: Path, pins: dict[str, str]) -> str | None:
     return None
 
 
-def _kafka_properties(settings: Settings) -> str:
+@dataclasses.dataclass(frozen=True)
+class KafkaNode:
+    """One node of a KRaft cluster (ADR 0030): its id, every controller of the quorum
+    (``id@host:port``) and the replication the cluster's internal topics get."""
+
+    node_id: int
+    voters: str
+    replication_factor: int
+    min_insync_replicas: int
+
+
+def _kafka_properties(settings: Settings, node: KafkaNode | None = None) -> str:
     p = _paths(settings)
     host = settings.kafka_host
+    node = node or KafkaNode(1, f"1@{host}:{settings.kafka_controller_port}", 1, 1)
+    rf, isr = node.replication_factor, node.min_insync_replicas
     return f"""\
 # Written by careledger.stack on every `careledger up`; edit Settings, not this file.
 process.roles=broker,controller
-node.id=1
-controller.quorum.voters=1@{host}:{settings.kafka_controller_port}
+node.id={node.node_id}
+controller.quorum.voters={node.voters}
 listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}
 advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}
 controller.listener.names=CONTROLLER
@@ -175,15 +194,16 @@ inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
 log.dirs={p.kafka_data}
 num.partitions=1
-default.replication.factor=1
-min.insync.replicas=1
-offsets.topic.replication.factor=1
+default.replication.factor={rf}
+min.insync.replicas={isr}
+offsets.topic.replication.factor={rf}
 offsets.topic.num.partitions=8
-transaction.state.log.replication.factor=1
-transaction.state.log.min.isr=1
+transaction.state.log.replication.factor={rf}
+transaction.state.log.min.isr={isr}
 transaction.state.log.num.partitions=4
-share.coordinator.state.topic.replication.factor=1
-share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.replication.factor={rf}
+share.coordinator.state.topic.min.isr={isr}
+unclean.leader.election.enable=false
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
 delete.topic.enable=true
@@ -254,14 +274,15 @@ def _kafka_format(settings: Settings, java: str) -> None:
     log.debug("formatted Kafka storage (cluster id %s)", cluster_id)
 
 
-def _start_kafka(settings: Settings, *, quiet: bool) -> int | None:
-    """Start the broker unless it is already running; return the pid we started (or None)."""
+def _start_kafka(settings: Settings, *, quiet: bool, node: KafkaNode | None = None) -> int | None:
+    """Start the broker unless it is already running; return the pid we started (or None).
+    ``node``: one node of a cluster (its properties; the caller waits for the quorum)."""
     p = _paths(settings)
     pid = _our_pid(p.kafka_pid, str(p.kafka_props))
     if pid is not None:
         return None
     if _port_open(settings.kafka_host, settings.kafka_port):
-        if kafka_ready(settings):
+        if node is None and kafka_ready(settings):
             log.info(
                 "a Kafka broker not started by careledger answers on %s; using it",
                 settings.kafka_bootstrap,
@@ -281,7 +302,7 @@ def _start_kafka(settings: Settings, *, quiet: bool) -> int | None:
     install_kafka(settings, quiet=quiet)
     for d in (p.kafka, p.kafka_data, p.kafka_logs):
         d.mkdir(parents=True, exist_ok=True)
-    p.kafka_props.write_text(_kafka_properties(settings))
+    p.kafka_props.write_text(_kafka_properties(settings, node))
     _kafka_format(settings, java)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL_OPTIONS"))}
     pid = _spawn(

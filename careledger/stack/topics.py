@@ -57,6 +57,15 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
     stamped by the broker (``LogAppendTime``): a source key's status is decided at that
     time, which no producer can choose (ADR 0015).
     """
+    config = _topic_config(settings, name)
+    if settings.kafka_min_insync_replicas > 1:
+        # a cluster (ADR 0030): an acks=all write is on this many brokers before it is
+        # acknowledged, and refused (not accepted on fewer) when they are not in sync
+        config["min.insync.replicas"] = str(settings.kafka_min_insync_replicas)
+    return config
+
+
+def _topic_config(settings: Settings, name: str) -> dict[str, str]:
     if name == settings.topic_events:
         return {TIMESTAMP_TYPE: LOG_APPEND_TIME}
     if name in (
@@ -87,7 +96,8 @@ def topic_config(settings: Settings, name: str) -> dict[str, str]:
 
 
 def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> None:
-    """Create the missing topics (replication factor 1) and wait until they have leaders.
+    """Create the missing topics (``kafka_replication_factor`` replicas each) and wait
+    until they have leaders.
 
     Existing topics are left as they are; a partition count different from the one
     asked for is logged as a warning, not changed.
@@ -116,7 +126,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
                 NewTopic(
                     name,
                     num_partitions=n,
-                    replication_factor=1,
+                    replication_factor=settings.kafka_replication_factor,
                     config=topic_config(settings, name),
                 )
                 for name, n in pending.items()

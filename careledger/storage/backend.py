@@ -96,10 +96,11 @@ class ClickHouseBackend:
         *,
         connect_timeout: float = 5.0,
         send_receive_timeout: float = 120.0,
+        alt_hosts: Sequence[str] = (),
     ) -> None:
         from clickhouse_driver import Client
 
-        common = {
+        common: dict[str, Any] = {
             "host": host,
             "port": port,
             "user": user,
@@ -107,6 +108,8 @@ class ClickHouseBackend:
             "connect_timeout": connect_timeout,
             "send_receive_timeout": send_receive_timeout,
         }
+        if alt_hosts:  # the other replicas (ADR 0030): a failed connect tries the next
+            common["alt_hosts"] = ",".join(alt_hosts)
         # Reads return strings as bytes (stored data is untrusted); writes take
         # str or bytes as produced by our own code.
         self._client = Client(**common, settings={"strings_as_bytes": True})
@@ -122,6 +125,7 @@ class ClickHouseBackend:
             settings.clickhouse_port,
             settings.clickhouse_user,
             settings.clickhouse_password,
+            alt_hosts=tuple(getattr(settings, "clickhouse_replicas", ())),
         )
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:

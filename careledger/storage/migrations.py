@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -384,9 +386,67 @@ def applied_versions(backend: SqlBackend, database: str) -> set[int]:
     return {int(r[0]) for r in rows}
 
 
-def migrate_backend(backend: SqlBackend, database: str) -> list[int]:
-    """Apply the pending migrations; return the versions applied now."""
+#: ``CREATE TABLE IF NOT EXISTS <db>.<table> (`` ... ``ENGINE = [Replacing]MergeTree(args)``
+_CREATE_TABLE = re.compile(r"CREATE TABLE IF NOT EXISTS ([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)\s*\(")
+_ENGINE = re.compile(r"ENGINE = (Replacing)?MergeTree\(([^)]*)\)")
+#: where a replicated table's replicas meet in ZooKeeper: one path per database and
+#: table, so per-test and per-benchmark databases never share one
+REPLICATION_PATH = "/careledger/tables/{db}/{table}"
+#: how long a replica waits for a column another replica's ALTER added to arrive
+_REPLICATED_ALTER_WAIT_S = 30.0
+
+
+def replicated(statement: str) -> str:
+    """A formatted ``CREATE TABLE`` statement with its ``MergeTree`` engine (plain or
+    ``Replacing``) turned into the ``Replicated`` one (ADR 0030): the path in ZooKeeper
+    names the database and table, the replica is the server's ``{replica}`` macro.
+    Statements of other kinds come back unchanged."""
+    table = _CREATE_TABLE.search(statement)
+    if table is None:
+        return statement
+    path = REPLICATION_PATH.format(db=table.group(1), table=table.group(2))
+
+    def engine(m: re.Match[str]) -> str:
+        args = ", ".join(a for a in (f"'{path}'", "'{replica}'", m.group(2).strip()) if a)
+        return f"ENGINE = Replicated{m.group(1) or ''}MergeTree({args})"
+
+    out, n = _ENGINE.subn(engine, statement)
+    if n != 1:
+        raise ValueError(f"no single MergeTree engine in the statement creating {table.group(2)}")
+    return out
+
+
+def migrate_backend(
+    backend: SqlBackend, database: str, *, replicated_tables: bool = False
+) -> list[int]:
+    """Apply the pending migrations; return the versions applied now. With
+    ``replicated_tables``, every table but ``schema_migrations`` is created
+    ``Replicated`` (ADR 0030); ``schema_migrations`` stays each server's own record of
+    the statements it ran, because DDL runs on each replica."""
+    return _migrate_servers([backend], database, replicated_tables)[0]
+
+
+def _migrate_servers(
+    backends: Sequence[SqlBackend], database: str, replicated_tables: bool
+) -> list[list[int]]:
+    """Every server migrated in lock step: each migration on every server before the
+    next. Replicas share each table's structure through ZooKeeper, so a table must be
+    created on every replica before a later migration alters it on one (a replica
+    creating it afterwards from the older statement would be refused as "too
+    different"). Returns the versions applied now, per server."""
     db = check_identifier(database)
+    done = [_prepare(backend, db) for backend in backends]
+    applied: list[list[int]] = [[] for _ in backends]
+    for migration in MIGRATIONS:
+        for backend, have, now in zip(backends, done, applied, strict=True):
+            if migration.version in have:
+                continue
+            _apply(backend, db, migration, replicated_tables)
+            now.append(migration.version)
+    return applied
+
+
+def _prepare(backend: SqlBackend, db: str) -> set[int]:
     backend.execute(f"CREATE DATABASE IF NOT EXISTS {db}")
     backend.execute(
         f"""
@@ -398,21 +458,20 @@ def migrate_backend(backend: SqlBackend, database: str) -> list[int]:
         ORDER BY version
         """
     )
-    done = applied_versions(backend, db)
-    applied: list[int] = []
-    for migration in MIGRATIONS:
-        if migration.version in done:
-            continue
-        for statement in migration.statements:
-            backend.execute(statement.format(db=db))
-        for column in migration.add_columns:
-            _add_column(backend, db, column)
-        backend.insert(
-            f"{db}.schema_migrations", ("version", "name"), [(migration.version, migration.name)]
-        )
-        applied.append(migration.version)
-        log.info("applied schema migration %d (%s) to %s", migration.version, migration.name, db)
-    return applied
+    return applied_versions(backend, db)
+
+
+def _apply(backend: SqlBackend, db: str, migration: Migration, replicated_tables: bool) -> None:
+    for statement in migration.statements:
+        sql = statement.format(db=db)
+        backend.execute(replicated(sql) if replicated_tables else sql)
+    for column in migration.add_columns:
+        wait_s = _REPLICATED_ALTER_WAIT_S if replicated_tables else 0.0
+        _add_column(backend, db, column, wait_s=wait_s)
+    backend.insert(
+        f"{db}.schema_migrations", ("version", "name"), [(migration.version, migration.name)]
+    )
+    log.info("applied schema migration %d (%s) to %s", migration.version, migration.name, db)
 
 
 def _has_column(backend: SqlBackend, db: str, table: str, name: str) -> bool:
@@ -424,25 +483,57 @@ def _has_column(backend: SqlBackend, db: str, table: str, name: str) -> bool:
     return bool(rows) and int(rows[0][0]) > 0
 
 
-def _add_column(backend: SqlBackend, db: str, column: AddColumn) -> None:
+def _add_column(backend: SqlBackend, db: str, column: AddColumn, *, wait_s: float = 0.0) -> None:
+    """Add the column unless it exists. On a replicated table another replica's ALTER
+    may already be on its way here (ClickHouse replicates ALTERs): a refused ALTER is
+    then waited for, up to ``wait_s``, before it counts as a failure."""
     table, name = check_identifier(column.table), check_identifier(column.name)
     if _has_column(backend, db, table, name):
         return
     try:
         backend.execute(f"ALTER TABLE {db}.{table} ADD COLUMN {name} {column.definition}")
     except StorageError:
-        if not _has_column(backend, db, table, name):  # not another migrator's doing
-            raise
+        deadline = time.monotonic() + wait_s
+        while not _has_column(backend, db, table, name):  # not another migrator's doing
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+
+
+def replica_settings(settings: Any) -> list[Any]:
+    """One settings value per ClickHouse server holding the data: the primary
+    (``clickhouse_host:clickhouse_port``), then each of ``clickhouse_replicas``, each
+    without failover (DDL must reach that very server)."""
+    servers = [settings.replace(clickhouse_replicas=())]
+    for entry in settings.clickhouse_replicas:
+        host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit():
+            raise StorageError(f"clickhouse_replicas entry {entry!r} is not host:port")
+        servers.append(
+            settings.replace(
+                clickhouse_host=host, clickhouse_port=int(port), clickhouse_replicas=()
+            )
+        )
+    return servers
 
 
 def migrate(settings: Any, backend: SqlBackend | None = None) -> list[int]:
-    owned = backend is None
-    backend = backend or open_backend(settings)
+    """Migrate the configured database; on a replicated layout, every replica in lock
+    step (the versions returned are the primary's). A replica that cannot be reached
+    fails the migration: run it again when every replica is up."""
+    replicated_tables = bool(getattr(settings, "clickhouse_replicated", False))
+    if backend is not None:
+        return migrate_backend(
+            backend, settings.clickhouse_database, replicated_tables=replicated_tables
+        )
+    backends: list[SqlBackend] = []
     try:
-        return migrate_backend(backend, settings.clickhouse_database)
+        for server in replica_settings(settings):
+            backends.append(open_backend(server))
+        return _migrate_servers(backends, settings.clickhouse_database, replicated_tables)[0]
     finally:
-        if owned:
-            backend.close()
+        for owned in backends:
+            owned.close()
 
 
 def configure_migrate(parser: argparse.ArgumentParser) -> None:
