@@ -35,6 +35,8 @@ DEFAULTS = Settings()
 # config.xml; nothing in deploy/ overrides them).
 CLICKHOUSE_NATIVE_PORT = 9000
 CLICKHOUSE_HTTP_PORT = 8123
+BROKERS = ("kafka-1", "kafka-2", "kafka-3")  # the Kafka cluster (ADR 0030)
+MIN_ISR = "min.insync.replicas"
 # Which subcommand each app service runs.
 EXPECTED_COMMANDS = {
     "migrate": "migrate",
@@ -223,8 +225,8 @@ def test_app_environments_load(
 ) -> None:
     for name, service in {**app_services, "kafka-init": services["kafka-init"]}.items():
         settings = settings_of(service)  # raises ConfigError on a bad value
-        assert settings.kafka_host == "kafka", name
-        assert settings.clickhouse_host == "clickhouse", name
+        assert settings.kafka_bootstrap == ",".join(f"{b}:9092" for b in BROKERS), name
+        assert settings.clickhouse_host == "clickhouse-1", name
 
 
 def test_shared_environment_is_one_anchor(
@@ -251,61 +253,58 @@ def test_topics_and_partitions_are_the_settings_defaults(compose: dict[str, Any]
 
 
 def test_kafka_image_is_the_settings_release_and_major_4(services: dict[str, Any]) -> None:
-    repo, tag = services["kafka"]["image"].rsplit(":", 1)
+    repo, tag = services["kafka-1"]["image"].rsplit(":", 1)
     assert repo == "apache/kafka"
     assert tag == DEFAULTS.kafka_version
     assert int(tag.split(".")[0]) == 4
-    assert services["kafka-init"]["image"] == services["kafka"]["image"]
+    assert services["kafka-init"]["image"] == services["kafka-1"]["image"]  # all: _cluster
 
 
-def test_kafka_is_single_node_kraft_without_auto_create(services: dict[str, Any]) -> None:
-    env = env_of(services["kafka"])
+def test_kafka_is_kraft_without_auto_create(services: dict[str, Any]) -> None:
+    env = env_of(services["kafka-1"])
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert env["CLUSTER_ID"]
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
     factors = {k: v for k, v in env.items() if k.endswith(("REPLICATION_FACTOR", "MIN_ISR"))}
     assert "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR" in factors
     assert "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR" in factors
-    assert set(factors.values()) == {"1"}, factors
+    assert set(factors.values()) == {"3", "2"}, factors  # per broker: test_compose_cluster
 
 
 def test_kafka_listeners_match_what_clients_use(
     services: dict[str, Any], app_services: dict[str, dict[str, Any]]
 ) -> None:
-    env = env_of(services["kafka"])
-    bound = listeners(env["KAFKA_LISTENERS"])
-    advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
-    protocols = dict(p.split(":") for p in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    assert set(bound) == set(protocols)
-    for name, (_host, port) in advertised.items():
-        assert bound[name][1] == port, f"listener {name} advertises a port it does not bind"
+    internal = set()
+    for broker in BROKERS:
+        env = env_of(services[broker])
+        bound = listeners(env["KAFKA_LISTENERS"])
+        advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
+        protocols = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+        assert set(bound) == {p.split(":")[0] for p in protocols}
+        for name, (_host, port) in advertised.items():
+            assert bound[name][1] == port, f"listener {name} advertises a port it does not bind"
+        # Controller quorum: this node, on the controller listener.
+        (controller,) = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
+        voters = dict(v.split("@") for v in env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(","))
+        assert voters[env["KAFKA_NODE_ID"]] == f"{broker}:{bound[controller][1]}"
+        assert controller not in advertised
+        assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
+        internal |= (ours := {f"{h}:{p}" for h, p in advertised.values() if h == broker})
+        healthcheck = " ".join(services[broker]["healthcheck"]["test"])
+        assert option(healthcheck.split(), "--bootstrap-server") in ours
+        # ...and host tools to the one published on loopback (kafka-1: the Settings default).
+        [external] = [(h, p) for h, p in advertised.values() if h != broker]
+        assert external[0] == "127.0.0.1" and published(services[broker])[external[1]] == external
 
-    # Controller quorum: this node, on the controller listener.
-    (controller,) = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
-    voter_id, voter = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split("@")
-    assert voter_id == env["KAFKA_NODE_ID"]
-    assert voter == f"kafka:{bound[controller][1]}"
-    assert controller not in advertised
-    assert env["KAFKA_INTER_BROKER_LISTENER_NAME"] in advertised
-
-    # Apps connect to an advertised listener on the compose network...
-    internal = {(h, p) for h, p in advertised.values() if h == "kafka"}
+    # Apps bootstrap from the advertised listeners on the compose network...
     for name, service in app_services.items():
-        s = settings_of(service)
-        assert (s.kafka_host, s.kafka_port) in internal, name
-
-    # ...and host tools to the one published on loopback at the Settings default port.
-    external = [(h, p) for h, p in advertised.values() if h != "kafka"]
-    assert external == [("127.0.0.1", DEFAULTS.kafka_port)]
-    assert published(services["kafka"])[DEFAULTS.kafka_port] == ("127.0.0.1", DEFAULTS.kafka_port)
-
-    healthcheck = " ".join(services["kafka"]["healthcheck"]["test"])
-    assert option(healthcheck.split(), "--bootstrap-server") in {f"{h}:{p}" for h, p in internal}
+        assert set(settings_of(service).kafka_brokers) == internal, name
+    assert published(services["kafka-1"])[DEFAULTS.kafka_port] == ("127.0.0.1", DEFAULTS.kafka_port)
 
 
 def test_kafka_init_creates_the_settings_topics(services: dict[str, Any]) -> None:
     init = services["kafka-init"]
-    assert init["depends_on"] == {"kafka": {"condition": "service_healthy"}}
+    assert init["depends_on"] == {b: {"condition": "service_healthy"} for b in BROKERS}
     settings = settings_of(init)
     commands = shell_commands(script_of(init), env_of(init))
 
@@ -316,7 +315,7 @@ def test_kafka_init_creates_the_settings_topics(services: dict[str, Any]) -> Non
     created = {}
     for argv in commands:
         if "--create" in argv:
-            assert option(argv, "--replication-factor") == "1"
+            assert option(argv, "--replication-factor") == str(settings.kafka_replication_factor)
             created[option(argv, "--topic")] = int(option(argv, "--partitions"))
     # The same topics and partition counts as the local stack (`careledger up`).
     assert created == default_topics(DEFAULTS)
@@ -331,8 +330,8 @@ def test_kafka_init_topic_configs_are_the_stack_ones(services: dict[str, Any]) -
             continue
         topic = option(argv, "--topic")
         configs = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--config")
-        expected = topic_config(DEFAULTS, topic)
-        for name in ("retention.ms", "max.message.bytes", "message.timestamp.type"):
+        expected = topic_config(settings_of(init), topic)  # and min ISR: the cluster's
+        for name in ("retention.ms", "max.message.bytes", "message.timestamp.type", MIN_ISR):
             assert configs.get(name) == expected.get(name), (topic, name)
 
 
@@ -365,7 +364,7 @@ def test_kafka_init_brings_an_existing_events_topic_to_log_append_time(
 def test_clickhouse_matches_what_clients_use(
     services: dict[str, Any], app_services: dict[str, dict[str, Any]]
 ) -> None:
-    ch = services["clickhouse"]
+    ch = services["clickhouse-1"]
     assert ch["image"].split(":")[0] == "clickhouse/clickhouse-server"
     assert "healthcheck" in ch
     assert any(target == PurePosixPath("/var/lib/clickhouse") for _, target, _ in mounts(ch))
@@ -576,8 +575,8 @@ def test_depends_on_is_consistent(services: dict[str, dict[str, Any]]) -> None:
         return deps.union(*(reaches(d, (*seen, start)) for d in deps))
 
     for name in ("processor", "verifier"):
-        assert {"migrate", "kafka-init", "keygen", "kafka", "clickhouse"} <= reaches(name)
-    assert "clickhouse" in reaches("migrate")
+        assert {"migrate", "kafka-init", "keygen", *BROKERS, "clickhouse-1"} <= reaches(name)
+    assert {"clickhouse-1", "clickhouse-2"} <= reaches("migrate")
 
 
 # --- image --------------------------------------------------------------------------
