@@ -39,6 +39,8 @@ class ProcessorMetrics:
     seq_rows_refreshed: int = 0
     #: records that waited for the source registry to be read past them (ADR 0027)
     registry_waits: int = 0
+    #: writes the store refused because another processor owns the chain (ADR 0031)
+    fenced_writes: int = 0
     heights: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
     block_write_seconds_total: float = 0.0
@@ -82,6 +84,7 @@ class ProcessorMetrics:
             "store_failures": self.store_failures,
             "seq_rows_refreshed": self.seq_rows_refreshed,
             "registry_waits": self.registry_waits,
+            "fenced_writes": self.fenced_writes,
             "events_per_s_recent": round(rate, 1),
             "block_write_ms_avg": round(
                 1000 * self.block_write_seconds_total / self.blocks_written, 2

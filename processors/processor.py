@@ -49,7 +49,7 @@ from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.storage.kinds import ACCESS, kind_for_topic
-from careledger.storage.store import ChainStore, SealedBlock
+from careledger.storage.store import ChainHead, ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.batch_record import looks_batch
 from careledger_core.block import BlockHeader
@@ -58,6 +58,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.chainer import OffsetGap, PartitionChain, Rejected
 from processors.metrics import ProcessorMetrics
+from processors.ownership import ChainOwnership
 from processors.replication import publish_stored, republish_unpublished
 from processors.seq_state import load_snapshot, read_increment
 from processors.sources import LOG_APPEND_TIME, RegistryStale, SourceGate
@@ -196,6 +197,8 @@ class Processor:
         self._seq_synced_at = -1e18
         self._seq_refresh_s = settings.seq_refresh_ms / 1000.0
         self._access_prefix = settings.chain_id(settings.topic_events, 0)[:-1]
+        # one writer per chain, enforced by the store (ADR 0031)
+        self.ownership = ChainOwnership(settings.processor_app_id)
 
     async def drain(self) -> None:
         """Wait until the in-flight write (if any) has finished, successfully or not."""
@@ -225,6 +228,7 @@ class Processor:
     def assigned(self, partitions: set[Part]) -> None:
         """Partitions assigned: forget old state and check positions once settled."""
         self.forget(partitions)
+        self.ownership.assigned(partitions)
         now = time.monotonic()
         for p in partitions:
             self._assigned_at[p] = now
@@ -287,7 +291,12 @@ class Processor:
         chain_id = self.settings.chain_id(topic, partition)
         kind = kind_for_topic(self.settings, topic)
         loop = asyncio.get_running_loop()
-        head = await loop.run_in_executor(self.executor, self.store.head, chain_id)
+
+        def claim_and_read_head() -> ChainHead | None:
+            self.ownership.claim(self.store, chain_id)  # before the head (ADR 0031)
+            return self.store.head(chain_id)
+
+        head = await loop.run_in_executor(self.executor, claim_and_read_head)
         # Only a new chain needs the partition's earliest offset; asking Kafka costs a
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
@@ -466,7 +475,7 @@ class Processor:
             blocked: set[Part] = set()
             for rec in records:
                 p = (rec.topic or self.settings.topic_events, rec.partition)
-                if p in blocked:
+                if p in blocked or p in self.ownership.fenced:
                     continue
                 chain = self.chains.get(p)
                 if chain is None:
@@ -704,7 +713,7 @@ class Processor:
         loop = asyncio.get_running_loop()
         started = time.monotonic()
         try:
-            await loop.run_in_executor(self.executor, self._persist_sync, sealed, rejected)
+            fenced = await loop.run_in_executor(self.executor, self._persist_sync, sealed, rejected)
         except (CareledgerError, OSError, RuntimeError) as exc:
             # Fail closed: forget everything in memory (sealed blocks included) and
             # resume from what the store really holds.
@@ -712,6 +721,8 @@ class Processor:
             self._store_unavailable(exc, set())
             return False
         self._backoff_s = 0.0
+        if fenced:  # another processor owns these chains now: drop them, write nothing
+            sealed = self._fenced_off(sealed, fenced)
         if self.gate is not None:
             self.gate.seqs.commit(sealed)  # stored: their sequence numbers are chained
         if sealed:
@@ -759,12 +770,28 @@ class Processor:
         self.metrics._window_events += len(rows)
         self.metrics.observe_latencies(stored_at, samples)
 
+    def _fenced_off(self, sealed: list[SealedBlock], fenced: set[str]) -> list[SealedBlock]:
+        parts = {p for p, c in self.chains.items() if c.chain_id in fenced}
+        self.ownership.lost(parts, sorted(fenced))
+        self.metrics.fenced_writes += len(fenced)
+        self.forget(parts)
+        for block in sealed:
+            if block.header.chain_id in fenced:
+                self._trees.pop(block.block_hash, None)
+                self._block_times.pop(block.block_hash, None)
+        return [b for b in sealed if b.header.chain_id not in fenced]
+
     def _persist_sync(
         self, sealed: list[SealedBlock], rejected: list[tuple[Part, Rejected]]
-    ) -> None:
+    ) -> set[str]:
+        """Dead letters, then the blocks; returns the chains whose write was fenced."""
         if rejected:
             self.outputs.send_dead_letters(rejected)  # flushes; raises on any failed delivery
-        if sealed:
-            self.store.write_blocks(sealed)
-            # ADR 0017: in the blocks topic (flushed) before any checkpoint covers them
-            publish_stored(self.store, self.outputs, sealed)
+        if not sealed:
+            return set()
+        self.ownership.settle({b.header.chain_id for b in sealed})
+        fenced = self.store.write_blocks(sealed, owner=self.ownership.owner)
+        placed = [b for b in sealed if b.header.chain_id not in fenced] if fenced else sealed
+        # ADR 0017: in the blocks topic (flushed) before any checkpoint covers them
+        publish_stored(self.store, self.outputs, placed)
+        return fenced

@@ -368,6 +368,24 @@ MIGRATIONS += (
             """,
         ),
     ),
+    Migration(
+        10,
+        "chain owners (ADR 0031): a processor claims a chain before writing it",
+        (
+            # Appended by a processor when it loads a chain; the owner is the claim with
+            # the highest (epoch, owner). Block headers are inserted only by the owner
+            # (careledger.storage.fencing): a zombie processor cannot write a block.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.chain_owners (
+                chain_id String,
+                epoch UInt64,
+                owner String,
+                claimed_at DateTime DEFAULT now()
+            ) ENGINE = MergeTree()
+            ORDER BY (chain_id, epoch, owner)
+            """,
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version

@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
+from careledger.storage import fencing
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
 from careledger.storage.kinds import (
     ACCESS,
@@ -391,6 +392,7 @@ class ChainStore:
         self.db = check_identifier(database)
         self.reference_topics = reference_topics
         self.raw_topics = raw_topics
+        self._header_types: dict[str, str] | None = None
 
     @classmethod
     def for_settings(cls, backend: SqlBackend, settings: Any) -> ChainStore:
@@ -425,12 +427,46 @@ class ChainStore:
         return REFERENCE if topic in self.reference_topics else ACCESS
 
     # ------------------------------------------------------------------ writes
-    def write_blocks(self, blocks: Sequence[SealedBlock]) -> None:
+    def write_blocks(self, blocks: Sequence[SealedBlock], *, owner: str | None = None) -> set[str]:
         """Store blocks: all their event rows in one insert, then all headers in one.
 
         A crash between the two inserts leaves event rows without headers, which
-        count as uncommitted (see ``discard_uncommitted``).
+        count as uncommitted (see ``discard_uncommitted``). With ``owner`` (a processor;
+        ADR 0031) a chain's headers are stored only if ``owner`` still owns the chain
+        and nothing is stored at its heights: returns the chains that were fenced (their
+        rows of this write are deleted again); without, every header is inserted.
         """
+        self._write_rows(blocks)
+        if owner is None:
+            self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
+            return set()
+        return self._write_headers_fenced(blocks, owner)
+
+    def claim(self, chain_id: str, owner: str) -> int:
+        """``owner`` claims ``chain_id`` (the next epoch, ADR 0031); returns the epoch."""
+        return fencing.claim(self.backend, self.db, chain_id, owner)
+
+    def _write_headers_fenced(self, blocks: Sequence[SealedBlock], owner: str) -> set[str]:
+        if self._header_types is None:
+            self._header_types = fencing.column_types(self.backend, self.db, "blocks")
+        by_chain: dict[str, list[tuple[Any, ...]]] = {}
+        for b, row in zip(blocks, header_rows(blocks), strict=True):
+            by_chain.setdefault(b.header.chain_id, []).append(row)
+        fencing.insert_headers_fenced(
+            self.backend, self.db, HEADER_COLUMNS, self._header_types, by_chain, owner
+        )
+        wanted = {(b.header.chain_id, b.header.height): b.block_hash.hex() for b in blocks}
+        ok = fencing.placed(self.backend, self.db, wanted)
+        fenced = set(by_chain) - ok
+        for chain_id in sorted(fenced):
+            mine = [b for b in blocks if b.header.chain_id == chain_id]
+            tables = (self.kind_of(chain_id).table, "source_attestations", "source_batches")
+            fencing.discard_fenced(
+                self.backend, self.db, tables, chain_id, [b.block_hash.hex() for b in mine]
+            )
+        return fenced
+
+    def _write_rows(self, blocks: Sequence[SealedBlock]) -> None:
         for kind in _KINDS:
             mine = [b for b in blocks if b.events and self.kind_of(b.header.chain_id) is kind]
             if mine:
@@ -443,7 +479,6 @@ class ChainStore:
         batches = batch_rows(blocks)
         if batches:
             self.backend.insert(f"{self.db}.source_batches", BATCH_COLUMNS, batches)
-        self.backend.insert(f"{self.db}.blocks", HEADER_COLUMNS, header_rows(blocks))
 
     def head(self, chain_id: str) -> ChainHead | None:
         rows = self.backend.execute(

@@ -262,13 +262,13 @@ class FlakyStore(ChainStore):
         self.calls = 0
         self.fail_calls = fail_calls
 
-    def write_blocks(self, blocks: list[SealedBlock]) -> None:  # type: ignore[override]
+    def write_blocks(self, blocks: list[SealedBlock], *, owner: str | None = None) -> set[str]:  # type: ignore[override]
         self.calls += 1
         if self.calls in self.fail_calls:
             self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows(blocks))
             self.backend.insert(f"{self.db}.source_batches", BATCH_COLUMNS, batch_rows(blocks))
             raise StorageError("injected: connection lost before the header insert")
-        super().write_blocks(blocks)
+        return super().write_blocks(blocks, owner=owner)
 
 
 def test_batch_records_read_again_after_a_failed_write_are_chained_once(

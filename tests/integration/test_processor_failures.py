@@ -44,13 +44,13 @@ class FlakyStore(ChainStore):
             raise StorageError("injected: ClickHouse unreachable while reading the head")
         return super().head(chain_id)
 
-    def write_blocks(self, blocks: list[SealedBlock]) -> None:  # type: ignore[override]
+    def write_blocks(self, blocks: list[SealedBlock], *, owner: str | None = None) -> set[str]:  # type: ignore[override]
         self.calls += 1
         if self.calls in self.fail_calls:
             # Worst case: the event rows reached ClickHouse, the headers did not.
             self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows(blocks))
             raise StorageError("injected: connection lost before the header insert")
-        super().write_blocks(blocks)
+        return super().write_blocks(blocks, owner=owner)
 
 
 class NoKafka:

@@ -264,7 +264,7 @@ class FlakyStore(ChainStore):
         self.calls = 0
         self.fail_calls = fail_calls
 
-    def write_blocks(self, blocks: list[SealedBlock]) -> None:  # type: ignore[override]
+    def write_blocks(self, blocks: list[SealedBlock], *, owner: str | None = None) -> set[str]:  # type: ignore[override]
         self.calls += 1
         if self.calls in self.fail_calls:
             self.backend.insert(f"{self.db}.access_events", EVENT_COLUMNS, event_rows(blocks))
@@ -272,7 +272,7 @@ class FlakyStore(ChainStore):
                 f"{self.db}.source_attestations", ATTESTATION_COLUMNS, attestation_rows(blocks)
             )
             raise StorageError("injected: connection lost before the header insert")
-        super().write_blocks(blocks)
+        return super().write_blocks(blocks, owner=owner)
 
 
 def test_signed_records_read_again_after_a_failed_write_are_not_replays(

@@ -289,6 +289,9 @@ class _EmptyStore(ChainStore):
     def head(self, chain_id: str) -> None:
         return None
 
+    def claim(self, chain_id: str, owner: str) -> int:
+        return 1
+
     def discard_uncommitted(
         self, chain_id: str, head_height: int | None, timeout_s: float = 0.0
     ) -> int:

@@ -287,7 +287,7 @@ class CrashingStore(ChainStore):
 
     crashes = 1
 
-    def write_blocks(self, blocks: Any) -> None:
+    def write_blocks(self, blocks: Any, *, owner: str | None = None) -> set[str]:
         if self.crashes:
             self.crashes -= 1
             kind = self.kind_of(blocks[0].header.chain_id)
@@ -297,7 +297,7 @@ class CrashingStore(ChainStore):
                 f"{self.db}.{kind.table}", row_columns(kind), event_rows(blocks[:1], kind)
             )
             raise StorageError("injected: the replica died between event rows and header")
-        super().write_blocks(blocks)
+        return super().write_blocks(blocks, owner=owner)
 
 
 def test_a_crash_at_any_step_loses_nothing_and_duplicates_nothing(
