@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Iterable
 
 from careledger.storage.fencing import CLAIM_SETTLE_S
-from careledger.storage.store import ChainStore
+from careledger.storage.store import ChainHead, ChainStore
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,19 @@ class ChainOwnership:
         #: partitions this processor was fenced from, until assigned again
         self.fenced: set[Part] = set()
         self.fenced_writes = 0
+        #: what the consumer group assigned to this processor; None: not told yet
+        self._assignment: set[Part] | None = None
 
     def claim(self, store: ChainStore, chain_id: str) -> int:
         epoch = store.claim(chain_id, self.owner)
         self._claimed_at[chain_id] = time.monotonic()
         return epoch
+
+    def claim_then_head(self, store: ChainStore, chain_id: str) -> ChainHead | None:
+        """Claim the chain, then read its head: a head read after the claim is one no
+        earlier owner can write above any more (``CLAIM_SETTLE_S`` aside)."""
+        self.claim(store, chain_id)
+        return store.head(chain_id)
 
     def settle(self, chain_ids: set[str]) -> None:
         """Block until every one of ``chain_ids`` was claimed ``CLAIM_SETTLE_S`` ago
@@ -65,4 +73,20 @@ class ChainOwnership:
         self.fenced.update(parts)
 
     def assigned(self, parts: Iterable[Part]) -> None:
+        parts = set(parts)
         self.fenced.difference_update(parts)
+        self._assignment = (self._assignment or set()) | parts
+
+    def revoked(self, parts: Iterable[Part]) -> None:
+        if self._assignment is not None:
+            self._assignment.difference_update(parts)
+
+    def may_load(self, part: Part) -> bool:
+        """Whether this processor may load (and so claim) ``part``: not fenced off it,
+        and assigned to it by the group. A record of a partition revoked meanwhile
+        (still in a batch being handled) must not claim the chain from its new owner.
+        Before any assignment is known (no consumer group: tests feeding records)
+        every partition may be loaded."""
+        if part in self.fenced:
+            return False
+        return self._assignment is None or part in self._assignment

@@ -49,7 +49,7 @@ from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.storage.kinds import ACCESS, kind_for_topic
-from careledger.storage.store import ChainHead, ChainStore, SealedBlock
+from careledger.storage.store import ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.batch_record import looks_batch
 from careledger_core.block import BlockHeader
@@ -280,6 +280,7 @@ class Processor:
             await self._request_seek(p, expected)
 
     def revoked(self, partitions: set[Part]) -> None:
+        self.ownership.revoked(partitions)
         for p in partitions:
             self._unchecked.pop(p, None)
             self._deferred_seeks.pop(p, None)
@@ -291,12 +292,9 @@ class Processor:
         chain_id = self.settings.chain_id(topic, partition)
         kind = kind_for_topic(self.settings, topic)
         loop = asyncio.get_running_loop()
-
-        def claim_and_read_head() -> ChainHead | None:
-            self.ownership.claim(self.store, chain_id)  # before the head (ADR 0031)
-            return self.store.head(chain_id)
-
-        head = await loop.run_in_executor(self.executor, claim_and_read_head)
+        # the claim comes before the head is read (ADR 0031)
+        claim_then_head = self.ownership.claim_then_head
+        head = await loop.run_in_executor(self.executor, claim_then_head, self.store, chain_id)
         # Only a new chain needs the partition's earliest offset; asking Kafka costs a
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
@@ -475,7 +473,7 @@ class Processor:
             blocked: set[Part] = set()
             for rec in records:
                 p = (rec.topic or self.settings.topic_events, rec.partition)
-                if p in blocked or p in self.ownership.fenced:
+                if p in blocked or not self.ownership.may_load(p):
                     continue
                 chain = self.chains.get(p)
                 if chain is None:
@@ -621,6 +619,9 @@ class Processor:
         for the next record of their partition to be noticed.
         """
         for p in sorted(self._recover):
+            if not self.ownership.may_load(p):  # not ours any more (ADR 0031)
+                self._recover.discard(p)
+                continue
             await self.drain()
             try:
                 chain = await self._load(p)
