@@ -11,7 +11,6 @@ started it."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +21,10 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
-from careledger.stack import cluster, default_topics, ensure_topics
+from careledger.stack import cluster, default_topics
 from careledger.storage.backend import ClickHouseBackend
-from careledger.storage.migrations import migrate
 from producers.simulator import HospitalModel, simulate
-from tests.conftest import _cleanup, _with_local_source, isolated_settings
+from tests.integration.cluster_support import cluster_settings, heal, on_cluster, replica
 from tests.integration.pipeline import (
     committed_event_count,
     processor_settings,
@@ -41,46 +39,13 @@ from tests.integration.pipeline import (
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture(scope="module")
-def cluster_settings(settings: Settings) -> Iterator[Settings]:
-    was_up = cluster.status(settings).up
-    st = cluster.up(settings, quiet=True)
-    assert st.up, f"cluster not up:\n{st}"
-    try:
-        yield cluster.cluster_settings(settings)
-    finally:
-        if not was_up:
-            cluster.down(settings)
+__all__ = ["cluster_settings", "on_cluster"]
 
 
-def _heal(settings: Settings) -> None:
-    """Bring every killed node back (``up`` is idempotent), as an operator's restart."""
-    assert cluster.up(settings, quiet=True, topics=False, schema=False).up
-
-
-@pytest.fixture
-def on_cluster(
-    cluster_settings: Settings, settings: Settings, tmp_path: Path
-) -> Iterator[Settings]:
-    _heal(settings)
-    s = isolated_settings(cluster_settings).replace(verifier_state_dir=tmp_path / "verifier")
-    topics = default_topics(s)
-    ensure_topics(s, topics)
-    migrate(s)
-    s = _with_local_source(s, tmp_path)
-    try:
-        yield s
-    finally:
-        _heal(settings)
-        _cleanup(s, list(topics))
-
-
-def _replica(s: Settings, n: int) -> Settings:
-    """``s`` reading only ClickHouse replica ``n`` (1 or 2), with no failover."""
-    servers = [f"{s.clickhouse_host}:{s.clickhouse_port}", *s.clickhouse_replicas]
-    host, _, port = servers[n - 1].rpartition(":")
-    return s.replace(clickhouse_host=host, clickhouse_port=int(port), clickhouse_replicas=())
+# the fixtures live in cluster_support (shared with test_cluster_faults); imported here
+# for pytest to find them
+_replica = replica
+_heal = heal
 
 
 def test_every_topic_is_replicated_three_times_and_writes_need_two_in_sync(
