@@ -38,6 +38,7 @@ import asyncio
 import json
 import logging
 import math
+import ssl
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
@@ -105,7 +106,7 @@ class PeerCertH11Protocol(H11Protocol):
         )
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        if self.limits is not None:
+        if self.limits is not None and self._peer_key is None:  # else counted at accept
             peer = transport.get_extra_info("peername") or ("", 0)
             if not self.limits.acquire(str(peer[0])):
                 transport.abort()
@@ -116,6 +117,11 @@ class PeerCertH11Protocol(H11Protocol):
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
         if der:
             self.app_state = {**self.app_state, PEER_CERT_STATE: der}
+
+    def counted(self, peer: str) -> None:
+        """This connection was counted in ``limits`` when it was accepted (before its
+        TLS handshake, ``tls_after_accept``): ``connection_lost`` releases it."""
+        self._peer_key = peer
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -582,3 +588,55 @@ def _now_fhir() -> str:
     import datetime as dt
 
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def tls_after_accept(
+    protocol: type[PeerCertH11Protocol], context: ssl.SSLContext, handshake_timeout_s: float
+) -> Any:
+    """A protocol class for uvicorn's HTTPS listener that counts a connection in the
+    listener's limits when it is accepted and only then runs the TLS handshake, bounded
+    by ``handshake_timeout_s``. With the TLS context given to uvicorn instead, asyncio
+    completes the handshake (up to 60 s) before the protocol sees the connection, so
+    connections stuck in the handshake escape every cap (issue 12)."""
+
+    class TlsAfterAccept(asyncio.Protocol):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._app = protocol(*args, **kwargs)
+            self._task: asyncio.Task[None] | None = None
+
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            assert isinstance(transport, asyncio.Transport)
+            limits = protocol.limits
+            peer = str((transport.get_extra_info("peername") or ("", 0))[0])
+            if limits is not None and not limits.acquire(peer):
+                transport.abort()
+                return
+            self._app.counted(peer)
+            self._task = asyncio.get_running_loop().create_task(self._handshake(transport))
+
+        async def _handshake(self, transport: asyncio.Transport) -> None:
+            loop = asyncio.get_running_loop()
+            try:
+                tls = await loop.start_tls(
+                    transport,
+                    self._app,
+                    context,
+                    server_side=True,
+                    ssl_handshake_timeout=handshake_timeout_s,
+                )
+            except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+                transport.abort()
+                self._app.connection_lost(None)  # releases the count
+                return
+            if tls is None:  # the peer went away during the handshake
+                self._app.connection_lost(None)
+                return
+            self._app.connection_made(tls)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            # only before the handshake completed: afterwards the TLS transport talks
+            # to the application protocol directly
+            if self._task is not None and not self._task.done():
+                self._task.cancel()
+
+    return TlsAfterAccept

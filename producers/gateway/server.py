@@ -222,7 +222,12 @@ class Gateway:
             return
         import uvicorn
 
-        from producers.gateway.http import GatewayApp, PeerCertH11Protocol, create_app
+        from producers.gateway.http import (
+            GatewayApp,
+            PeerCertH11Protocol,
+            create_app,
+            tls_after_accept,
+        )
 
         s = self.settings
         app = create_app(
@@ -236,9 +241,12 @@ class Gateway:
             )
         )
         limits = self._limits(name)
+        http: Any = PeerCertH11Protocol.guarded(limits, s.gateway_header_timeout_s)
+        if context is not None:  # counted at accept, then the handshake (bounded)
+            http = tls_after_accept(http, context, s.gateway_header_timeout_s)
         config = uvicorn.Config(
             app,
-            http=PeerCertH11Protocol.guarded(limits, s.gateway_header_timeout_s),
+            http=http,
             lifespan="off",
             access_log=False,
             log_config=None,
@@ -250,7 +258,6 @@ class Gateway:
             forwarded_allow_ips=list(s.gateway_trusted_proxies) or None,
         )
         config.load()
-        config.ssl = context
         sock = _bind(self.settings.gateway_host, port, socket.SOCK_STREAM)
         server = uvicorn.Server(config)
         server.lifespan = config.lifespan_class(config)  # as Server.serve() does
@@ -273,23 +280,29 @@ class Gateway:
 
         async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             address = str((writer.get_extra_info("peername") or ("", 0))[0])
-            if not limits.acquire(address):
+            if not limits.acquire(address):  # counted at accept, before any TLS handshake
                 writer.transport.abort()
                 return
             task = asyncio.current_task()
             if task is not None:
                 self._connections.add(task)
             try:
+                if context is not None:
+                    try:
+                        await writer.start_tls(
+                            context, ssl_handshake_timeout=self.settings.gateway_header_timeout_s
+                        )
+                    except (OSError, ssl.SSLError, TimeoutError, ConnectionError):
+                        self.refusals.refuse(name, "tls-handshake", address)
+                        writer.transport.abort()
+                        return
                 await self._syslog_connection(name, reader, writer)
             finally:
                 limits.release(address)
                 if task is not None:
                     self._connections.discard(task)
 
-        tls: dict[str, Any] = (
-            {} if context is None else {"ssl": context, "ssl_handshake_timeout": 30}
-        )
-        server = await asyncio.start_server(on_connect, sock=sock, limit=_READ_CHUNK, **tls)
+        server = await asyncio.start_server(on_connect, sock=sock, limit=_READ_CHUNK)
         self._servers.append(server)
         self.ports[name] = sock.getsockname()[1]
 
