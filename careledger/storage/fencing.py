@@ -37,7 +37,7 @@ from careledger.storage.backend import SqlBackend, quote
 
 #: how long a new owner waits after its claim before its first write: any header insert
 #: a stalled previous owner had already sent has finished by then
-CLAIM_SETTLE_S: Final = 1.0
+CLAIM_SETTLE_S: Final = 0.25
 
 
 def claim(backend: SqlBackend, db: str, chain_id: str, owner: str) -> int:
@@ -92,11 +92,15 @@ def insert_headers_fenced(
             f"WHERE chain_id = {quote(chain_id)} ORDER BY epoch DESC, owner DESC LIMIT 1) "
             f"= {quote(owner)}"
         )
-        for row in rows:
-            values = ", ".join(
-                f"CAST({quote(v)} AS {types[c]})" for c, v in zip(columns, row, strict=True)
+        union = " UNION ALL ".join(
+            "SELECT "
+            + ", ".join(
+                f"CAST({quote(v)} AS {types[c]}) AS {c}" for c, v in zip(columns, row, strict=True)
             )
-            selects.append(f"SELECT {values} WHERE {guard}")
+            for row in rows
+        )
+        # the guard once per chain, around all of the chain's rows
+        selects.append(f"SELECT * FROM ({union}) WHERE {guard}")
     if selects:
         backend.execute(
             f"INSERT INTO {db}.blocks ({', '.join(columns)}) " + " UNION ALL ".join(selects)
