@@ -42,7 +42,13 @@ from .paths import _paths, _stack_lock
 from .processes import _alive, _our_pid, _reap, _tail, _terminate
 from .readiness import ADMIN_SETTINGS, _clickhouse_version, kafka_ready
 from .topics import default_topics, ensure_topics
-from .zookeeper_server import start_zookeeper, stop_zookeeper, wait_zookeeper, zookeeper_ready
+from .zookeeper_server import (
+    start_zookeeper,
+    stop_zookeeper,
+    wait_zookeeper,
+    zookeeper_pid,
+    zookeeper_ready,
+)
 
 log = logging.getLogger("careledger.stack")
 
@@ -339,8 +345,7 @@ def status(settings: Settings) -> ClusterStatus:
             )
         )
     zready = zookeeper_ready(ZOOKEEPER_PORT)
-    zk = _zookeeper_dir(cs)
-    zpid = _our_pid(zk / "zookeeper.pid", str(zk / "zoo.cfg"))
+    zpid = zookeeper_pid(_zookeeper_dir(cs))
     nodes.append(ServiceStatus("zookeeper", zready, zpid, {"client": ZOOKEEPER_PORT}))
     for n in range(1, CLICKHOUSE_REPLICAS + 1):
         ns, _ = _clickhouse_node(cs, n)

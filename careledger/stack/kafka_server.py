@@ -88,44 +88,71 @@ def install_kafka(settings: Settings, *, quiet: bool = False) -> Path:
     lib = kafka_lib_dir(settings)
     if kafka_installed(settings):
         return lib
+    version = settings.kafka_version
+    return maven_pinned_jars(
+        "Kafka",
+        version,
+        KAFKA_POM,
+        {"kafka.version": version, "kafka.lib": str(lib)},
+        lib,
+        lib / f"kafka_2.13-{version}.jar",
+        pinned_jars(version),
+        _paths(settings).logs / "maven.log",
+        _kafka_stamp(settings),
+        quiet=quiet,
+    )
+
+
+def maven_pinned_jars(
+    product: str,
+    version: str,
+    pom: Path,
+    properties: dict[str, str],
+    lib: Path,
+    main_jar: Path,
+    pins: dict[str, str],
+    mvn_log: Path,
+    stamp: Path,
+    *,
+    quiet: bool,
+) -> Path:
+    """Copy ``pom``'s jars into ``lib`` with Maven (``--strict-checksums``), then keep
+    them only if they are exactly ``pins`` (ADR 0028); ``stamp`` marks a complete copy.
+    Kafka's and ZooKeeper's installs share it."""
     mvn = shutil.which("mvn")
     if mvn is None:
         raise StackError(HINT_MAVEN)
-    pins = pinned_jars(settings.kafka_version)
     say = log.debug if quiet else log.info
-    say("fetching Apache Kafka %s jars with Maven into %s", settings.kafka_version, lib)
+    say("fetching Apache %s %s jars with Maven into %s", product, version, lib)
     if lib.exists():
         shutil.rmtree(lib)  # partial copy of an earlier, interrupted run
     t0 = time.monotonic()
-    paths = _paths(settings)
-    paths.logs.mkdir(parents=True, exist_ok=True)
-    mvn_log = paths.logs / "maven.log"
+    mvn_log.parent.mkdir(parents=True, exist_ok=True)
     cmd = [
         mvn,
         "-B",
         "--no-transfer-progress",
         "--strict-checksums",
         "-f",
-        str(KAFKA_POM),
-        f"-Dkafka.version={settings.kafka_version}",
-        f"-Dkafka.lib={lib}",
+        str(pom),
+        *(f"-D{k}={v}" for k, v in properties.items()),
         "package",
     ]
     with open(mvn_log, "w") as fh:
         rc = subprocess.run(
             cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, check=False
         ).returncode
-    if rc != 0 or not (lib / f"kafka_2.13-{settings.kafka_version}.jar").exists():
+    if rc != 0 or not main_jar.exists():
         raise StackError(
-            f"maven could not fetch Kafka {settings.kafka_version} (exit {rc}); see {mvn_log}:\n"
+            f"maven could not fetch {product} {version} (exit {rc}); see {mvn_log}:\n"
             + _tail(mvn_log, 25)
         )
     problem = jar_problem(lib, pins)
     if problem is not None:
-        shutil.rmtree(lib)  # never leave unpinned jars where `up` would run them
-        raise StackError(f"Kafka {settings.kafka_version} jars refused: {problem}")
-    _kafka_stamp(settings).write_text(f"{settings.kafka_version}\n")
-    say("Kafka jars ready in %.1fs", time.monotonic() - t0)
+        shutil.rmtree(lib)  # never leave unpinned jars where a start would run them
+        raise StackError(f"{product} {version} jars refused: {problem}")
+    stamp.write_text(f"{version}\n")
+    say("%s jars ready in %.1fs", product, time.monotonic() - t0)
     return lib
 
 

@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import socket
-import subprocess
 import time
 from pathlib import Path
 
-from .kafka_server import HINT_MAVEN, _java, jar_problem, pinned_jars
+from .kafka_server import _java, maven_pinned_jars, pinned_jars
 from .model import StackError
 from .paths import DEPLOY_DIR
 from .processes import _alive, _our_pid, _port_open, _reap, _spawn, _tail, _terminate
@@ -68,44 +66,18 @@ def install_zookeeper(run_dir_logs: Path, *, quiet: bool) -> Path:
     lib = zookeeper_lib_dir(version)
     if zookeeper_installed(version):
         return lib
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        raise StackError(HINT_MAVEN)
-    pins = pinned_jars(version, ZOOKEEPER_PINS, product="ZooKeeper")
-    say = log.debug if quiet else log.info
-    say("fetching Apache ZooKeeper %s jars with Maven into %s", version, lib)
-    if lib.exists():
-        shutil.rmtree(lib)  # partial copy of an earlier, interrupted run
-    t0 = time.monotonic()
-    run_dir_logs.mkdir(parents=True, exist_ok=True)
-    mvn_log = run_dir_logs / "zookeeper-maven.log"
-    cmd = [
-        mvn,
-        "-B",
-        "--no-transfer-progress",
-        "--strict-checksums",
-        "-f",
-        str(ZOOKEEPER_POM),
-        f"-Dzookeeper.version={version}",
-        f"-Dzookeeper.lib={lib}",
-        "package",
-    ]
-    with open(mvn_log, "w") as fh:
-        rc = subprocess.run(
-            cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, check=False
-        ).returncode
-    if rc != 0 or not _main_jar(version).exists():
-        raise StackError(
-            f"maven could not fetch ZooKeeper {version} (exit {rc}); see {mvn_log}:\n"
-            + _tail(mvn_log, 25)
-        )
-    problem = jar_problem(lib, pins)
-    if problem is not None:
-        shutil.rmtree(lib)  # never leave unpinned jars where a start would run them
-        raise StackError(f"ZooKeeper {version} jars refused: {problem}")
-    _stamp(version).write_text(f"{version}\n")
-    say("ZooKeeper jars ready in %.1fs", time.monotonic() - t0)
-    return lib
+    return maven_pinned_jars(
+        "ZooKeeper",
+        version,
+        ZOOKEEPER_POM,
+        {"zookeeper.version": version, "zookeeper.lib": str(lib)},
+        lib,
+        _main_jar(version),
+        pinned_jars(version, ZOOKEEPER_PINS, product="ZooKeeper"),
+        run_dir_logs / "zookeeper-maven.log",
+        _stamp(version),
+        quiet=quiet,
+    )
 
 
 # --------------------------------------------------------------------------- the server
@@ -255,6 +227,12 @@ def _startup_error(out: Path) -> str | None:
     if not any(" ERROR " in line for line in latest):
         return None
     return "\n".join(latest[-15:])
+
+
+def zookeeper_pid(directory: Path) -> int | None:
+    """The pid of the ZooKeeper careledger started in ``directory``, if it runs."""
+    directory = directory.resolve()
+    return _our_pid(_pid_path(directory), str(_cfg_path(directory)))
 
 
 def stop_zookeeper(directory: Path) -> bool:
