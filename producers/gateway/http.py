@@ -590,6 +590,41 @@ def _now_fhir() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+class _HeldUntilConnected(asyncio.Protocol):
+    """The TLS layer's application protocol until the handshake's end has been seen by
+    ``tls_after_accept``. asyncio decrypts any application data that came with the
+    client's last handshake flight in the same read that completes the handshake, before
+    the awaiting task resumes: handed to the real protocol, it would arrive before
+    ``connection_made`` and the request would never be answered. It is kept here and
+    replayed, in order, once the real protocol is connected."""
+
+    def __init__(self) -> None:
+        self._data: list[bytes] = []
+        self._eof = False
+        self._lost: tuple[Exception | None] | None = None
+
+    def data_received(self, data: bytes) -> None:
+        self._data.append(data)
+
+    def eof_received(self) -> bool | None:
+        self._eof = True
+        return True  # keep the transport open until the real protocol has spoken
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = (exc,)
+
+    def hand_over(self, app: asyncio.Protocol) -> None:
+        for data in self._data:
+            app.data_received(data)
+        self._data.clear()
+        if self._eof and not app.eof_received():
+            transport = getattr(app, "transport", None)
+            if transport is not None:
+                transport.close()
+        if self._lost is not None:
+            app.connection_lost(self._lost[0])
+
+
 def tls_after_accept(
     protocol: type[PeerCertH11Protocol], context: ssl.SSLContext, handshake_timeout_s: float
 ) -> Any:
@@ -616,10 +651,11 @@ def tls_after_accept(
 
         async def _handshake(self, transport: asyncio.Transport) -> None:
             loop = asyncio.get_running_loop()
+            held = _HeldUntilConnected()
             try:
                 tls = await loop.start_tls(
                     transport,
-                    self._app,
+                    held,
                     context,
                     server_side=True,
                     ssl_handshake_timeout=handshake_timeout_s,
@@ -632,6 +668,8 @@ def tls_after_accept(
                 self._app.connection_lost(None)
                 return
             self._app.connection_made(tls)
+            tls.set_protocol(self._app)
+            held.hand_over(self._app)
 
         def connection_lost(self, exc: Exception | None) -> None:
             # only before the handshake completed: afterwards the TLS transport talks

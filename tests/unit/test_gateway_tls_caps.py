@@ -105,3 +105,57 @@ def test_a_real_tls_client_still_delivers_and_frees_its_slot(tmp_path: Path) -> 
         scenario,
         **_tls(tmp_path, gateway_max_connections_per_peer=1, gateway_max_connections=1),
     )
+
+
+async def _tls_request_in_one_segment(port: int, cafile: Path, request: bytes) -> bytes:
+    """A TLS client whose last handshake flight (Finished) and first request arrive in
+    one TCP segment, as they do from fast clients and on a busy server: the application
+    data is then decrypted in the same read that completes the handshake."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.check_hostname = False
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_side=False)
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                writer.write(outgoing.read())
+                await writer.drain()
+                data = await asyncio.wait_for(reader.read(65536), 10)
+                assert data, "the server closed during the handshake"
+                incoming.write(data)
+        tls.write(request)
+        writer.write(outgoing.read())  # Finished and the request together
+        await writer.drain()
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            if not data:
+                break
+            incoming.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                while chunk := tls.read(65536):
+                    answer += chunk
+        return answer
+    finally:
+        writer.close()
+
+
+def test_a_request_in_the_same_segment_as_the_handshake_end_is_answered(
+    tmp_path: Path,
+) -> None:
+    # Found by the fresh-clone CI: a request sent right behind the client's Finished was
+    # decrypted before the application protocol was connected, and never answered.
+    async def scenario(gateway: Gateway, recorder: Recorder) -> None:
+        for _ in range(5):
+            answer = await _tls_request_in_one_segment(
+                gateway.ports["https"],
+                tmp_path / "certs" / "ca.pem",
+                b"GET /metadata HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            )
+            assert answer.startswith(b"HTTP/1.1 200"), answer[:80]
+
+    run(tmp_path, scenario, **_tls(tmp_path))
