@@ -189,3 +189,29 @@ def test_replay_keeps_each_decisions_reference_knowledge_on_both_engines(
     audit.backend.execute(f"ALTER TABLE {audit.db}.schema_migrations DELETE WHERE version = 5")
     audit.wait_mutations()
     assert migrate_backend(audit.backend, audit.db) == [5]
+
+
+def test_a_restarted_follower_grows_the_open_alert_on_both_engines(
+    stores: tuple[ChainStore, AuditStore],
+) -> None:
+    # the flags read back at a restart (``flagged_decisions``: the latest version per
+    # event, flagged only) make the next flag join the open alert, not open a second
+    chains, audit = stores
+    refs = [canonical_reference_bytes(r) for r in hospital()]
+    chains.write_blocks(_chain(DIRECTORY, refs, len(refs), reference=True))
+    events = [event("N1", "P1", at(0))] + [event("M1", "P2", at(1 + i)) for i in range(4)]
+    blocks = _chain(EVENTS, [canonical_event_bytes(e) for e in events], 1, reference=False)
+    chains.write_blocks(blocks[:4])
+    assert Follower(audit, salt=SALT).cycle() == 4
+    restored = audit.flagged_decisions(["M1", "N1"], at(-60), at(60), "9999-01-01")
+    assert sorted(r[0].decode() for r in restored) == sorted(e.event_id for e in events[1:4])
+    assert not audit.flagged_decisions(["M1"], at(-60), at(60), "2000-01-01"), "before"
+    assert not audit.flagged_decisions(["N2"], at(-60), at(60), "9999-01-01"), "actors"
+    chains.write_blocks(blocks[4:])
+    assert Follower(audit, salt=SALT).cycle() == 1
+    burst = [
+        a
+        for a in AlertBook(audit.backend, audit.db).alerts()
+        if a["rule"] == "NO_EXPLANATION" and a["actor_id"] == "M1"
+    ]
+    assert len(burst) == 1 and len(burst[0]["event_ids"]) == 4

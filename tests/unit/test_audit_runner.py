@@ -44,6 +44,7 @@ from verifiers.auditor.runner import (
     status_histories,
     stored_alert_fingerprint,
 )
+from verifiers.auditor.runner.rows import RESTORED_COLUMNS
 
 SALT = "unit-test-salt"
 REFERENCE_CHAIN = "o/careledger.workforce/0"
@@ -235,6 +236,19 @@ class MemoryStore:
             for r in self.decisions
             if lo <= r[c["occurred_at"]] < hi and not r[c["amends"]]
         ]
+
+    def flagged_decisions(
+        self, actors: Sequence[str], lo: str, hi: str, before: str
+    ) -> list[tuple[Any, ...]]:
+        c = {name: i for i, name in enumerate(DECISION_COLUMNS)}
+        latest: dict[tuple[str, int], tuple[Any, ...]] = {}
+        for r in sorted(self.decisions, key=lambda r: r[c["decided_at"]]):
+            if r[c["decided_at"]] >= before or r[c["actor_id"]] not in actors:
+                continue
+            if lo <= r[c["occurred_at"]] < hi:
+                latest[(r[c["event_id"]], r[c["amends"]])] = r
+        rows = [tuple(r[c[name]] for name in RESTORED_COLUMNS) for r in latest.values()]
+        return [r for r in rows if r[RESTORED_COLUMNS.index("flags")] != "[]"]
 
     def heads(self) -> dict[str, int]:
         return {REFERENCE_CHAIN: 0, **{c: len(b) - 1 for c, b in self.blocks.items()}}

@@ -393,6 +393,27 @@ def test_replays_follow_runs_reviews_and_range_replays_verify_intact(
     assert result.findings == [], [(str(f.code), f.message) for f in result.findings]
 
 
+def test_a_restarted_follower_growing_an_open_alert_replays_intact(
+    ledger: AuditedLedger,
+) -> None:
+    """The second follower reads the first one's flags back at its start (the open
+    alert grows instead of a second opening): ``verify`` replays that read too."""
+    first = ledger.follower()
+    first.cycle()
+    ledger.cases["grow0"] = event("M1", "P3", at(400))
+    ledger.commit(ledger.cases["grow0"])
+    first.cycle()
+    opened = ledger.alert_of("grow0", "VIP_OR_SENSITIVE_UNEXPLAINED")
+    ledger.commit(event("M1", "P3", at(410)))
+    second = ledger.follower()
+    assert second.cycle() == 1
+    grown = listed(ledger)[opened]
+    assert len(grown["event_ids"]) == 2, "the restart opened a second alert"
+    result = ledger.verify()
+    assert result.findings == [], [(str(f.code), f.message) for f in result.findings]
+    assert result.summary["runs"]["follow"] == 2
+
+
 def test_a_follow_runs_rewritten_decision_and_alert_are_found(ledger: AuditedLedger) -> None:
     follower = ledger.follower()
     follower.cycle()

@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from ._time import US_PER_DAY, US_PER_HOUR, ts_to_us
 from .config import DEFAULT_CONFIG
-from .decisions import AccessDecision, AlertSeverity, Flag, RuleCode
+from .decisions import AccessDecision, AlertSeverity, Flag, RestoredDecision, RuleCode
 from .history import NO_PATIENT_ID
 
 __all__ = [
@@ -278,8 +278,11 @@ def _add(g: _Group, d: AccessDecision, f: Flag, t_us: int, salt: bytes | str) ->
     g.related.pop(d.event_id, None)
     g.flagged[d.event_id] = None
     ref = None
-    if d.patient_id != NO_PATIENT_ID:
+    if isinstance(d, RestoredDecision):
+        ref = d.patient_ref or None
+    elif d.patient_id != NO_PATIENT_ID:
         ref = cached_pseudonym(d.patient_id, salt)
+    if ref is not None:
         g.patients[ref] = None
     for s in d.searched:
         g.searched[s] = None

@@ -206,3 +206,12 @@ class AccessDecision:
             "multiplier": self.multiplier,
             "amends": self.amends,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class RestoredDecision(AccessDecision):
+    """A flagged decision read back from its stored row (``access_decisions``) for
+    grouping alerts after a restart: the row names the patient only by pseudonym
+    (``patient_ref``; empty: about no patient)."""
+
+    patient_ref: str = ""

@@ -44,6 +44,7 @@ from .rows import (
     alert_row,
     decision_row,
     follow_run_id,
+    restored_decision,
     utc_now_ts,
 )
 from .store import AuditSource
@@ -110,6 +111,10 @@ class Follower:
         self.late_records = 0
         self.btg_positions: dict[str, tuple[Position, int, str]] = {}
         self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
+        #: earlier runs' flags are read back from the decisions stored before this
+        #: instant (None: the first run, or no warm-up), once per actor
+        self._restore_before: str | None = None
+        self._restored: set[str] = set()
         self._latest_us = 0
         self.published: dict[str, str] = {}  # alert id -> fingerprint
         #: decided cycles not stored yet (oldest first), and the flags of the last one
@@ -139,6 +144,39 @@ class Follower:
             self._warm_until = self.store.last_decided_time()
         self.run_id = follow_run_id(self.token, self._warm_until, self.from_ts)
         self.started = True
+        if self.warmup and self.cursors:
+            # the flags earlier runs decided are read back per actor (``_restore_flags``)
+            self._restore_before = self.now()
+
+    def _restore_flags(self, by_actor: Mapping[str, list[AccessDecision]]) -> None:
+        """The flags an uninterrupted run would group an actor's new ones with, read back
+        from the rows earlier runs stored, the first time this run flags the actor.
+        Without them, an actor's next flag after a restart opened a second alert next to
+        the open one, and a cycle whose alerts were stored but not its decisions (killed
+        between the two, ADR 0029) put its events into two alerts when decided again."""
+        if self._restore_before is None:
+            return
+        actors = sorted(a for a in by_actor if a not in self._restored)
+        if not actors:
+            return
+        times = [ts_to_us(d.occurred_at) for a in actors for d in by_actor[a]]
+        rows = self.store.flagged_decisions(
+            actors,
+            us_to_ts(min(times) - _REGROUP_US),
+            us_to_ts(max(times) + _REGROUP_US + 1),
+            self._restore_before,
+        )
+        restored: dict[str, list[AccessDecision]] = {}
+        for row in rows:
+            d = restored_decision(row)
+            if d is not None:
+                restored.setdefault(d.actor_id, []).append(d)
+        for actor, earlier in restored.items():
+            mine = {(d.event_id, d.amends) for d in self.recent.get(actor, ())}
+            self.recent.setdefault(actor, []).extend(
+                d for d in earlier if (d.event_id, d.amends) not in mine
+            )
+        self._restored.update(actors)
 
     def _read_reviews(self, *, again: bool = False) -> None:
         """Read the reviews if a status changed since the last read (or ``again``): the
@@ -352,6 +390,7 @@ class Follower:
         by_actor: dict[str, list[AccessDecision]] = {}
         for d in flagged:
             by_actor.setdefault(d.actor_id, []).append(d)
+        self._restore_flags(by_actor)
         # alerts group one actor's flags: only the actors flagged now are regrouped, with
         # their flags around the times of the new ones (an event committed after events
         # that occurred much later, e.g. a back-filled batch, is grouped at its own time)

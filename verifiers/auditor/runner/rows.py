@@ -18,7 +18,7 @@ from functools import lru_cache
 from typing import Any, Final
 
 from ..alerts import Alert, cached_pseudonym
-from ..decisions import Explanation
+from ..decisions import AlertSeverity, Explanation, Flag, RestoredDecision, RuleCode
 from ..history import NO_PATIENT_ID
 from .decide import PlacedDecision
 
@@ -202,6 +202,58 @@ def decision_row(
         decided_at,
         audit_run,
         placed.known_at,
+    )
+
+
+#: the columns ``restored_decision`` reads, in its order
+RESTORED_COLUMNS: Final = (
+    "event_id",
+    "amends",
+    "occurred_at",
+    "actor_id",
+    "patient_ref",
+    "searched",
+    "flags",
+    "score",
+)
+
+
+def restored_decision(values: Sequence[Any]) -> RestoredDecision | None:
+    """A stored flagged decision (``RESTORED_COLUMNS``), as ``group_alerts`` needs it
+    after a restart; None for a row without flags or that cannot be read (it then
+    groups as if it had not been flagged: ``verify`` reports such rows)."""
+    event_id, amends, occurred_at, actor_id, patient_ref, searched, flags, score = (
+        v.decode() if isinstance(v, bytes) else v for v in values
+    )
+    try:
+        parsed = json.loads(flags)
+        restored = tuple(
+            Flag(
+                RuleCode(f["code"]),
+                AlertSeverity(f["severity"]),
+                f.get("evidence") or {},
+                bool(f.get("routine", False)),
+            )
+            for f in parsed
+        )
+        kinds = tuple(str(k) for k in json.loads(searched or "[]"))
+    except (ValueError, TypeError, KeyError):
+        return None
+    if not restored:
+        return None
+    points = sum(f.score for f in restored)
+    multiplier = float(score) / points if points else 1.0
+    return RestoredDecision(
+        event_id=str(event_id),
+        occurred_at=str(occurred_at),
+        actor_id=str(actor_id),
+        patient_id=NO_PATIENT_ID,
+        explanation=None,
+        searched=kinds,
+        flags=restored,
+        multiplier=multiplier,
+        amends=bool(amends),
+        patient_ref=str(patient_ref),
     )
 
 

@@ -26,6 +26,7 @@ from .reviews import ReviewedAlert, Reviews, closed_alert_ids, review_alerts, re
 from .rows import (
     ALERT_COLUMNS,
     DECISION_COLUMNS,
+    RESTORED_COLUMNS,
     STATUS_COLUMNS,
     _text,
     status_histories,
@@ -155,6 +156,9 @@ class AuditSource(Protocol):
     def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]: ...
     def last_decided_time(self) -> str | None: ...
     def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]: ...
+    def flagged_decisions(
+        self, actors: Sequence[str], lo: str, hi: str, before: str
+    ) -> list[tuple[Any, ...]]: ...
     def undecided_count(self, from_ts: str, to_ts: str) -> int: ...
     def decided_heights(self) -> dict[str, int]: ...
     def reviews(self) -> Reviews: ...
@@ -334,6 +338,22 @@ class AuditStore:
             k = _text(known_at)
             out.append((_text(event_id), _text(occurred_at), interned.setdefault(k, k)))
         return out
+
+    def flagged_decisions(
+        self, actors: Sequence[str], lo: str, hi: str, before: str
+    ) -> list[tuple[Any, ...]]:
+        """The decisions about ``actors`` with ``lo <= occurred_at < hi`` stored before
+        ``before`` whose latest version (per event and ``amends``) is flagged, as
+        ``RESTORED_COLUMNS``: what a restarted follower groups their next flags with."""
+        latest = ", ".join(f"argMax({c}, decided_at)" for c in RESTORED_COLUMNS[2:])
+        rows = self.backend.execute(
+            f"SELECT event_id, amends, {latest} FROM {self.db}.access_decisions "
+            "WHERE actor_id IN %(actors)s AND occurred_at >= %(lo)s AND occurred_at < %(hi)s "
+            "AND decided_at < %(before)s GROUP BY event_id, amends",
+            {"actors": tuple(actors), "lo": lo, "hi": hi, "before": before},
+        )
+        flags = RESTORED_COLUMNS.index("flags")
+        return [r for r in rows if _text(r[flags]) not in ("", "[]")]
 
     def undecided_count(self, from_ts: str, to_ts: str) -> int:
         """Committed access events of ``[from_ts, to_ts)`` with no stored cutoff."""

@@ -27,7 +27,7 @@ from ..runner.decide import LedgeredEvent, LedgeredReference, PlacedDecision
 from ..runner.follow import Follower
 from ..runner.range_run import plan_range
 from ..runner.reviews import Reviews
-from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RunId, alert_row
+from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RESTORED_COLUMNS, RunId, alert_row
 from .ledger import LedgerView
 from .stored import StoredDecision
 
@@ -135,6 +135,11 @@ class RangeSnapshot(_Snapshot):
         raise NotImplementedError
 
     def decided_heights(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def flagged_decisions(
+        self, actors: Sequence[str], lo: str, hi: str, before: str
+    ) -> list[tuple[Any, ...]]:
         raise NotImplementedError
 
 
@@ -286,6 +291,25 @@ class FollowSnapshot(_Snapshot):
             for e, (occurred, known) in self.view.latest_cutoffs(first).items()
             if lo <= occurred < hi
         ]
+
+    def flagged_decisions(
+        self, actors: Sequence[str], lo: str, hi: str, before: str
+    ) -> list[tuple[Any, ...]]:
+        # what the run read back: the latest stored version, per event and amends, of
+        # the decisions about ``actors`` made before ``before`` (its start)
+        wanted = set(actors)
+        latest: dict[tuple[str, int], StoredDecision] = {}
+        for d in self.view.decisions:
+            if d.decided_at >= before or not lo <= d.occurred_at < hi:
+                continue
+            if d.text("actor_id") not in wanted:
+                continue
+            seen = latest.get(d.key)
+            if seen is None or d.decided_at > seen.decided_at:
+                latest[d.key] = d
+        out = [tuple(d.get(c) for c in RESTORED_COLUMNS) for d in latest.values()]
+        flags = RESTORED_COLUMNS.index("flags")
+        return [r for r in out if r[flags] not in ("", "[]")]
 
     def horizon(self) -> str | None:
         raise NotImplementedError
