@@ -1,0 +1,204 @@
+"""TLS material of the local stack: a CA made on its first start, and server
+certificates it signs for the stack's members (ADR 0032).
+
+Everything lives under ``<run_dir>/tls``: ``ca.pem`` (trust it on clients), ``ca.key``
+and each member's ``<name>.key`` (mode 0600, owner only), ``<name>.pem``. A CA or
+certificate is made once and kept; a server certificate is made again when it is
+missing, expires within ``RENEW_BEFORE`` or was not signed by the current CA. A
+production deployment brings certificates from the hospital's PKI instead (settings
+``clickhouse_ca_file`` and the server's own configuration).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import ipaddress
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+__all__ = [
+    "CA_FILE",
+    "LOOPBACK_NAMES",
+    "RENEW_BEFORE",
+    "ServerCert",
+    "issue",
+    "key_pem",
+    "local_ca_file",
+    "new_ca",
+    "server_cert",
+]
+
+CA_FILE = "ca.pem"
+#: a server certificate closer than this to its end is made again
+RENEW_BEFORE = dt.timedelta(days=30)
+_CA_VALIDITY = dt.timedelta(days=3650)
+_SERVER_VALIDITY = dt.timedelta(days=397)
+#: the names a loopback member answers to
+LOOPBACK_NAMES: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
+
+
+@dataclass(frozen=True)
+class ServerCert:
+    ca: Path  # the CA certificate (PEM) clients trust
+    cert: Path  # the server's certificate (PEM)
+    key: Path  # its private key (PEM, mode 0600)
+
+
+def _name(common_name: str) -> x509.Name:
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "careledger"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        os.fchmod(fh.fileno(), 0o600)  # whatever the umask, or an older file's mode
+        fh.write(data)
+
+
+def new_ca(
+    common_name: str, validity: dt.timedelta = _CA_VALIDITY
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A new self-signed CA (P-256) that may sign leaves only (``path_length=0``)."""
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(_name(common_name))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
+
+
+def issue(
+    ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
+    common_name: str,
+    usage: x509.ObjectIdentifier,
+    hosts: Sequence[str] = (),
+    validity: dt.timedelta = _SERVER_VALIDITY,
+) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    """A leaf certificate (P-256) signed by ``ca`` for ``usage`` (server or client
+    authentication), naming ``hosts`` (IP addresses or DNS names) when given."""
+    ca_cert, ca_key = ca
+    now = dt.datetime.now(dt.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + validity)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+    )
+    if hosts:
+        alt: list[x509.GeneralName] = [
+            x509.IPAddress(ipaddress.ip_address(h)) if _is_ip(h) else x509.DNSName(h) for h in hosts
+        ]
+        builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+    return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (write it owner-only)."""
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _ca(directory: Path) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+    cert_path, key_path = directory / CA_FILE, directory / "ca.key"
+    if cert_path.exists() and key_path.exists():
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (OSError, ValueError, TypeError):
+            pass  # unreadable: a new CA (its servers' certificates are made again)
+        else:
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return cert, key
+    directory.mkdir(parents=True, exist_ok=True)
+    os.chmod(directory, 0o700)
+    cert, key = new_ca("careledger local CA")
+    _write_private(key_path, key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+def local_ca_file(directory: Path) -> Path:
+    """The local CA's certificate, made (with its key) on first use."""
+    _ca(directory)
+    return directory / CA_FILE
+
+
+def _current(cert_path: Path, ca: x509.Certificate, hosts: Sequence[str]) -> bool:
+    try:
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert.verify_directly_issued_by(ca)
+        names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
+        return False
+    have = {str(n) for n in names.get_values_for_type(x509.DNSName)} | {
+        str(ip) for ip in names.get_values_for_type(x509.IPAddress)
+    }
+    wanted = {str(ipaddress.ip_address(h)) if _is_ip(h) else h for h in hosts}
+    return wanted <= have and cert.not_valid_after_utc - RENEW_BEFORE > dt.datetime.now(dt.UTC)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def server_cert(directory: Path, name: str, hosts: Sequence[str] = LOOPBACK_NAMES) -> ServerCert:
+    """``<name>.pem`` and ``<name>.key`` for a server answering to ``hosts``, signed by
+    the local CA (both made when missing, stale or signed by another CA)."""
+    ca_cert, ca_key = _ca(directory)
+    cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+    if key_path.exists() and _current(cert_path, ca_cert, hosts):
+        return ServerCert(directory / CA_FILE, cert_path, key_path)
+    cert, key = issue(
+        (ca_cert, ca_key), f"careledger {name}", ExtendedKeyUsageOID.SERVER_AUTH, hosts
+    )
+    _write_private(key_path, key_pem(key))
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    return ServerCert(directory / CA_FILE, cert_path, key_path)

@@ -1,0 +1,123 @@
+"""The local stack's TLS material (careledger.tls, ADR 0032): a server certificate is
+kept while good and made again when it is about to expire, was signed by another CA,
+lacks a name the server answers to, or is unreadable; private keys are owner-only; a
+client that trusts the CA verifies the server by name, and one that does not, fails."""
+
+from __future__ import annotations
+
+import datetime as dt
+import socket
+import ssl
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+from careledger import tls
+
+
+def _load(path: Path) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(path.read_bytes())
+
+
+def test_a_good_certificate_is_kept_and_its_key_is_owner_only(tmp_path: Path) -> None:
+    first = tls.server_cert(tmp_path, "ch")
+    again = tls.server_cert(tmp_path, "ch")
+    assert _load(first.cert).serial_number == _load(again.cert).serial_number
+    for secret in (first.key, tmp_path / "ca.key"):
+        assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+    assert stat.S_IMODE(tmp_path.stat().st_mode) == 0o700
+    names = _load(first.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert {str(v) for v in names.value.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "::1",
+    }
+    assert names.value.get_values_for_type(x509.DNSName) == ["localhost"]
+
+
+def test_a_certificate_near_its_end_is_made_again(tmp_path: Path) -> None:
+    first = tls.server_cert(tmp_path, "ch")
+    ca_cert = _load(tmp_path / "ca.pem")
+    ca_key = serialization.load_pem_private_key((tmp_path / "ca.key").read_bytes(), None)
+    short, _key = tls.issue(
+        (ca_cert, ca_key),  # type: ignore[arg-type]
+        "careledger ch",
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        tls.LOOPBACK_NAMES,
+        tls.RENEW_BEFORE - dt.timedelta(days=1),
+    )
+    first.cert.write_bytes(short.public_bytes(serialization.Encoding.PEM))
+    renewed = tls.server_cert(tmp_path, "ch")
+    assert _load(renewed.cert).serial_number != short.serial_number
+    assert _load(renewed.cert).not_valid_after_utc > dt.datetime.now(dt.UTC) + tls.RENEW_BEFORE
+
+
+def test_a_certificate_of_another_ca_is_made_again(tmp_path: Path) -> None:
+    first = tls.server_cert(tmp_path, "ch")
+    stranger, _key = tls.issue(
+        tls.new_ca("someone else"), "careledger ch", ExtendedKeyUsageOID.SERVER_AUTH
+    )
+    first.cert.write_bytes(stranger.public_bytes(serialization.Encoding.PEM))
+    renewed = tls.server_cert(tmp_path, "ch")
+    _load(renewed.cert).verify_directly_issued_by(_load(tmp_path / "ca.pem"))
+
+
+@pytest.mark.parametrize("damage", [b"", b"not a certificate", b"-----BEGIN CERTIFICATE-----\n"])
+def test_an_unreadable_certificate_or_ca_is_made_again(tmp_path: Path, damage: bytes) -> None:
+    first = tls.server_cert(tmp_path, "ch")
+    first.cert.write_bytes(damage)
+    _load(tls.server_cert(tmp_path, "ch").cert)
+    (tmp_path / "ca.pem").write_bytes(damage)
+    renewed = tls.server_cert(tmp_path, "ch")
+    _load(renewed.cert).verify_directly_issued_by(_load(tmp_path / "ca.pem"))
+
+
+def test_a_new_name_makes_a_new_certificate(tmp_path: Path) -> None:
+    tls.server_cert(tmp_path, "ch")
+    wider = tls.server_cert(tmp_path, "ch", ("127.0.0.1", "ch-1.hospital.example"))
+    names = _load(wider.cert).extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    assert "ch-1.hospital.example" in names.value.get_values_for_type(x509.DNSName)
+
+
+def _handshake(server: tls.ServerCert, trust: Path, host: str) -> None:
+    srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv_ctx.load_cert_chain(server.cert, server.key)
+    cli_ctx = ssl.create_default_context(cafile=str(trust))
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        try:
+            with srv_ctx.wrap_socket(conn, server_side=True) as s:
+                s.recv(1)
+        except (ssl.SSLError, OSError):
+            pass
+        finally:
+            listener.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with (
+            socket.create_connection(("127.0.0.1", port)) as raw,
+            cli_ctx.wrap_socket(raw, server_hostname=host) as c,
+        ):
+            c.sendall(b"x")
+    finally:
+        t.join(5)
+
+
+def test_a_client_trusting_the_ca_verifies_the_server_by_name(tmp_path: Path) -> None:
+    server = tls.server_cert(tmp_path / "stack", "ch")
+    _handshake(server, server.ca, "127.0.0.1")
+    _handshake(server, server.ca, "localhost")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server, server.ca, "ch.elsewhere.example")  # not a name it answers to
+    other = tls.server_cert(tmp_path / "other", "ch")
+    with pytest.raises(ssl.SSLCertVerificationError):
+        _handshake(server, other.ca, "127.0.0.1")  # a CA the client does not trust
