@@ -74,9 +74,21 @@ class Settings:
     # --- ClickHouse ---------------------------------------------------------
     clickhouse_host: str = "127.0.0.1"
     clickhouse_port: int = 19000
-    clickhouse_http_port: int = 18123
-    clickhouse_user: str = "default"
+    clickhouse_http_port: int = 18123  # HTTPS in the local stack (ADR 0032)
+    # Logins (ADR 0032, careledger.credentials): the writer (processor, auditor,
+    # migrations) and the read-only reader (verify, reports). A password comes from its
+    # setting, else its *_password_file (mode 0600), else <run_dir>/secrets/ (made by
+    # the local stack on first start); there is no default password.
+    clickhouse_user: str = "careledger"
     clickhouse_password: str = ""
+    clickhouse_password_file: Path | None = None
+    clickhouse_reader_user: str = "careledger_reader"
+    clickhouse_reader_password: str = ""
+    clickhouse_reader_password_file: Path | None = None
+    # TLS on the native port, verified against clickhouse_ca_file (else the local
+    # stack's <run_dir>/tls/ca.pem, else the system's trust store).
+    clickhouse_secure: bool = True
+    clickhouse_ca_file: Path | None = None
     clickhouse_database: str = "careledger"
     # Replicated ClickHouse (ADR 0030): the other replicas of the same data, host:port of
     # their native port (clients fail over to them; migrations run on each), and whether
@@ -234,7 +246,7 @@ class Settings:
     # `restore` read the primary (clickhouse_*) and this replica.
     replica_clickhouse_host: str = "127.0.0.1"
     replica_clickhouse_port: int = 19000
-    replica_clickhouse_user: str = "default"
+    replica_clickhouse_user: str = ""  # empty: the writer's login (clickhouse_user)
     replica_clickhouse_password: str = ""
     replica_clickhouse_database: str = "careledger_replica"
 

@@ -91,7 +91,7 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
     """The checks of the auditor's rows; a store that fails is 'cannot tell'."""
     if args.database:
         settings = settings.replace(clickhouse_database=args.database)
-    backend = ClickHouseBackend.from_settings(settings)
+    backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         return verify_audit(
             backend,

@@ -81,31 +81,24 @@ def _migrate(settings: Settings) -> None:
     migrate(settings)
 
 
-def _clickhouse(settings: Settings):  # type: ignore[no-untyped-def]
-    from clickhouse_driver import Client
-
-    return Client(
-        settings.clickhouse_host,
-        port=settings.clickhouse_port,
-        user=settings.clickhouse_user,
-        password=settings.clickhouse_password,
-    )
-
-
 def _create_database(settings: Settings) -> None:
-    client = _clickhouse(settings)
+    from careledger.storage.backend import ClickHouseBackend
+
+    backend = ClickHouseBackend.from_settings(settings)
     try:
-        client.execute(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
+        backend.execute(f"CREATE DATABASE IF NOT EXISTS {settings.clickhouse_database}")
     finally:
-        client.disconnect()
+        backend.close()
 
 
 def _drop_database(settings: Settings) -> None:
-    client = _clickhouse(settings)
+    from careledger.storage.backend import ClickHouseBackend
+
+    backend = ClickHouseBackend.from_settings(settings)
     try:
-        client.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
+        backend.execute(f"DROP DATABASE IF EXISTS {settings.clickhouse_database}")
     finally:
-        client.disconnect()
+        backend.close()
 
 
 def isolated_settings(base: Settings, tag: str | None = None) -> Settings:

@@ -44,7 +44,7 @@ from confluent_kafka import KafkaException
 from careledger.config import Settings
 from careledger_core.errors import CareledgerError
 
-from .clickhouse_server import _start_clickhouse
+from .clickhouse_server import _start_clickhouse, clickhouse_ports
 from .kafka_server import (
     _start_kafka,
     install_kafka,
@@ -136,7 +136,7 @@ def status(settings: Settings) -> StackStatus:
             name="clickhouse",
             ready=version is not None,
             pid=cpid,
-            ports={"tcp": settings.clickhouse_port, "http": settings.clickhouse_http_port},
+            ports=clickhouse_ports(settings),
             detail=(
                 f"ClickHouse {version}" if version else ("starting or unhealthy" if cpid else "")
             ),

@@ -10,8 +10,11 @@ import re
 import shutil
 from pathlib import Path
 from string import Template
+from typing import Literal
 
 from careledger.config import Settings
+from careledger.credentials import clickhouse_login, local_password, local_password_file, tls_dir
+from careledger.tls import server_cert
 
 from .model import StackError
 from .paths import DEPLOY_DIR, _paths
@@ -49,24 +52,77 @@ def _clickhouse_server_cmd() -> list[str]:
     raise StackError(HINT_CLICKHOUSE)
 
 
+def _stack_password(settings: Settings, role: Literal["writer", "reader"]) -> str:
+    """The password the local stack gives ``role``: as configured, else the one made on
+    its first start (``<run_dir>/secrets``). Never empty (ADR 0032)."""
+    login = clickhouse_login(settings, role)
+    if login.password:
+        return login.password
+    return local_password(local_password_file(settings, role), f"ClickHouse {role} password file")
+
+
+def _cert_dir(settings: Settings) -> Path:
+    """Where the server's certificate is made: next to the configured CA when that is a
+    local CA (its key beside it: a cluster's replicas share it), else the stack's own."""
+    ca = settings.clickhouse_ca_file
+    if ca is not None and (Path(ca).parent / "ca.key").exists():
+        return Path(ca).parent
+    return tls_dir(settings)
+
+
+def clickhouse_ports(settings: Settings) -> dict[str, int]:
+    """The server's ports by what they speak, for ``status``."""
+    if settings.clickhouse_secure:
+        return {"tls": settings.clickhouse_port, "https": settings.clickhouse_http_port}
+    return {"tcp": settings.clickhouse_port, "http": settings.clickhouse_http_port}
+
+
+def _listeners(settings: Settings) -> str:
+    if not settings.clickhouse_secure:
+        return (
+            f"    <tcp_port>{settings.clickhouse_port}</tcp_port>\n"
+            f"    <http_port>{settings.clickhouse_http_port}</http_port>"
+        )
+    cert = server_cert(_cert_dir(settings), f"clickhouse-{settings.clickhouse_port}")
+    return f"""    <tcp_port_secure>{settings.clickhouse_port}</tcp_port_secure>
+    <https_port>{settings.clickhouse_http_port}</https_port>
+    <openSSL>
+        <server>
+            <certificateFile>{cert.cert}</certificateFile>
+            <privateKeyFile>{cert.key}</privateKeyFile>
+            <verificationMode>none</verificationMode>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <cacheSessions>true</cacheSessions>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <preferServerCiphers>true</preferServerCiphers>
+        </server>
+    </openSSL>"""
+
+
 def _write_clickhouse_config(settings: Settings, replication: str = "") -> None:
     p = _paths(settings)
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", settings.clickhouse_user):
-        raise StackError(
-            f"clickhouse_user {settings.clickhouse_user!r} is not a valid XML element name"
-        )
+    for setting in ("clickhouse_user", "clickhouse_reader_user"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", getattr(settings, setting)):
+            raise StackError(
+                f"{setting} {getattr(settings, setting)!r} is not a valid XML element name"
+            )
+    if settings.clickhouse_user == settings.clickhouse_reader_user:
+        raise StackError("clickhouse_user and clickhouse_reader_user must differ")
     values = {
         "host": settings.clickhouse_host,
-        "tcp_port": settings.clickhouse_port,
-        "http_port": settings.clickhouse_http_port,
+        "listeners": _listeners(settings),
         "data_dir": str(p.clickhouse_data),
         "log_dir": str(p.clickhouse_logs),
         "users_config": str(p.clickhouse_users),
         "max_memory_usage": CLICKHOUSE_MAX_MEMORY_USAGE,
         "user": settings.clickhouse_user,
-        # never the password itself (ClickHouse compares the SHA-256 of what is sent)
+        "reader_user": settings.clickhouse_reader_user,
+        # never the passwords themselves (ClickHouse compares the SHA-256 of what is sent)
         "password_sha256_hex": hashlib.sha256(
-            settings.clickhouse_password.encode("utf-8")
+            _stack_password(settings, "writer").encode("utf-8")
+        ).hexdigest(),
+        "reader_password_sha256_hex": hashlib.sha256(
+            _stack_password(settings, "reader").encode("utf-8")
         ).hexdigest(),
         # a replica of a cluster (ADR 0030): its interserver port, ZooKeeper and macros
         "replication": replication,

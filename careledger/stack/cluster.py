@@ -33,9 +33,11 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from careledger.config import Settings
+from careledger.credentials import local_password, local_password_file, tls_dir
 from careledger.kafka.clients import client_config
+from careledger.tls import local_ca_file
 
-from .clickhouse_server import _start_clickhouse
+from .clickhouse_server import _start_clickhouse, clickhouse_ports
 from .kafka_server import KafkaNode, _start_kafka, new_cluster_id
 from .model import ServiceStatus, StackError
 from .paths import _paths, _stack_lock
@@ -198,11 +200,22 @@ def _kafka_node(cs: Settings, n: int) -> tuple[Settings, KafkaNode]:
 
 def _clickhouse_node(cs: Settings, n: int) -> tuple[Settings, str]:
     port = cs.clickhouse_port + PORT_STEP * (n - 1)
+    # every replica has the cluster's users and a certificate of the cluster's CA
+    # (ADR 0032): the passwords and the CA are made once, under the cluster's run_dir
+    passwords = {role: local_password_file(cs, role) for role in ("writer", "reader")}
+    for role, path in passwords.items():
+        if not getattr(
+            cs, "clickhouse_password" if role == "writer" else "clickhouse_reader_password"
+        ):
+            local_password(path, f"ClickHouse {role} password file")
     node_settings = cs.replace(
         run_dir=Path(cs.run_dir) / "nodes" / f"clickhouse-{n}",
         clickhouse_port=port,
         clickhouse_http_port=cs.clickhouse_http_port + PORT_STEP * (n - 1),
         clickhouse_replicas=(),
+        clickhouse_password_file=cs.clickhouse_password_file or passwords["writer"],
+        clickhouse_reader_password_file=(cs.clickhouse_reader_password_file or passwords["reader"]),
+        clickhouse_ca_file=cs.clickhouse_ca_file or local_ca_file(tls_dir(cs)),
     )
     replication = f"""\
     <interserver_http_host>{cs.clickhouse_host}</interserver_http_host>
@@ -356,7 +369,7 @@ def status(settings: Settings) -> ClusterStatus:
                 f"clickhouse-{n}",
                 version is not None,
                 _our_pid(p.clickhouse_pid, str(p.clickhouse_config)),
-                {"tcp": ns.clickhouse_port, "http": ns.clickhouse_http_port},
+                clickhouse_ports(ns),
                 f"ClickHouse {version}, replica clickhouse-{n}" if version else "",
             )
         )

@@ -9,6 +9,7 @@ from clickhouse_driver import errors as ch_errors
 from confluent_kafka import KafkaException
 
 from careledger.config import Settings
+from careledger.credentials import clickhouse_login
 from careledger.kafka.clients import client_config
 
 from .processes import _port_open
@@ -47,14 +48,21 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
     try:
         from clickhouse_driver import Client
 
+        login = clickhouse_login(settings)
+        tls: dict[str, Any] = {}
+        if login.secure:
+            tls = {"secure": True, "verify": True}
+            if login.ca_file is not None:
+                tls["ca_certs"] = str(login.ca_file)
         client = Client(
             settings.clickhouse_host,
             port=settings.clickhouse_port,
-            user=settings.clickhouse_user,
-            password=settings.clickhouse_password,
+            user=login.user,
+            password=login.password,
             connect_timeout=timeout,
             send_receive_timeout=timeout,
             sync_request_timeout=timeout,
+            **tls,
         )
         try:
             rows = client.execute("SELECT 1, version()")

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
+from careledger.credentials import Role, clickhouse_login
+from careledger.keys import KeyFileError
 from careledger_core.errors import InfrastructureError
 
 
@@ -97,6 +99,8 @@ class ClickHouseBackend:
         connect_timeout: float = 5.0,
         send_receive_timeout: float = 120.0,
         alt_hosts: Sequence[str] = (),
+        secure: bool = False,
+        ca_file: str | None = None,
     ) -> None:
         from clickhouse_driver import Client
 
@@ -108,6 +112,10 @@ class ClickHouseBackend:
             "connect_timeout": connect_timeout,
             "send_receive_timeout": send_receive_timeout,
         }
+        if secure:  # TLS, the server's certificate verified (ADR 0032)
+            common.update(secure=True, verify=True)
+            if ca_file is not None:
+                common["ca_certs"] = ca_file
         if alt_hosts:  # the other replicas (ADR 0030): a failed connect tries the next
             common["alt_hosts"] = ",".join(alt_hosts)
         # Reads return strings as bytes (stored data is untrusted); writes take
@@ -117,15 +125,34 @@ class ClickHouseBackend:
         # clickhouse-driver's Client is not thread-safe; the processor writes
         # from an executor thread while other code may read.
         self._lock = threading.Lock()
+        #: a login that could not be made (a bad password file): every statement fails
+        #: with it, as an unreachable server does (commands say so and exit 2)
+        self.login_error: str | None = None
 
     @classmethod
-    def from_settings(cls, settings: Any) -> ClickHouseBackend:
+    def from_settings(cls, settings: Any, role: Role = "writer") -> ClickHouseBackend:
+        """A backend logged in as ``role`` (ADR 0032): the writer, the read-only reader,
+        or the replica database's login (``replica_clickhouse_*``)."""
+        try:
+            login = clickhouse_login(settings, role)
+        except KeyFileError as exc:
+            failed = cls(settings.clickhouse_host, settings.clickhouse_port, "-")
+            failed.login_error = exc.message
+            return failed
+        if role == "replica":
+            host, port = settings.replica_clickhouse_host, settings.replica_clickhouse_port
+            alt: tuple[str, ...] = ()
+        else:
+            host, port = settings.clickhouse_host, settings.clickhouse_port
+            alt = tuple(getattr(settings, "clickhouse_replicas", ()))
         return cls(
-            settings.clickhouse_host,
-            settings.clickhouse_port,
-            settings.clickhouse_user,
-            settings.clickhouse_password,
-            alt_hosts=tuple(getattr(settings, "clickhouse_replicas", ())),
+            host,
+            port,
+            login.user,
+            login.password,
+            alt_hosts=alt,
+            secure=login.secure,
+            ca_file=None if login.ca_file is None else str(login.ca_file),
         )
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
@@ -135,6 +162,7 @@ class ClickHouseBackend:
             # clickhouse-driver would send the statement and wait for data blocks
             # that never come (a hang until the receive timeout).
             raise ValueError("INSERT ... VALUES goes through insert(); use INSERT ... SELECT here")
+        self._check_login()
         try:
             with self._lock:
                 return list(self._client.execute(render(sql, params)))
@@ -146,6 +174,7 @@ class ClickHouseBackend:
         without a tuple per row: the verifier's bulk reads."""
         from clickhouse_driver import errors as ch_errors
 
+        self._check_login()
         try:
             with self._lock:
                 result = self._client.execute(render(sql, params), columnar=True)
@@ -159,6 +188,7 @@ class ClickHouseBackend:
         if not rows:
             return
         sql = f"INSERT INTO {table} ({', '.join(columns)}) VALUES"
+        self._check_login()
         try:
             with self._lock:
                 self._writer.execute(sql, list(rows))
@@ -166,6 +196,10 @@ class ClickHouseBackend:
             raise StorageError(
                 f"ClickHouse insert into {table} failed: {_first_line(exc)}"
             ) from exc
+
+    def _check_login(self) -> None:
+        if self.login_error is not None:
+            raise StorageError(f"cannot log in to ClickHouse: {self.login_error}")
 
     def close(self) -> None:
         with self._lock:
@@ -271,9 +305,9 @@ def _parse_tsv_with_types(data: bytes) -> list[Row]:
     return rows
 
 
-def open_backend(settings: Any, kind: str = "clickhouse") -> SqlBackend:
+def open_backend(settings: Any, kind: str = "clickhouse", role: Role = "writer") -> SqlBackend:
     if kind == "clickhouse":
-        return ClickHouseBackend.from_settings(settings)
+        return ClickHouseBackend.from_settings(settings, role)
     if kind == "chdb":
         return ChdbBackend()
     raise ValueError(f"unknown storage backend {kind!r}")

@@ -407,12 +407,7 @@ class ChainStore:
     def replica_for_settings(cls, settings: Any) -> ChainStore:
         """The replica's database (``replica_clickhouse_*``, ADR 0017), read and written
         like the primary."""
-        backend = ClickHouseBackend(
-            settings.replica_clickhouse_host,
-            settings.replica_clickhouse_port,
-            settings.replica_clickhouse_user,
-            settings.replica_clickhouse_password,
-        )
+        backend = ClickHouseBackend.from_settings(settings, "replica")
         return cls(
             backend,
             settings.replica_clickhouse_database,

@@ -35,7 +35,7 @@ def configure_benchmark_replica(parser: argparse.ArgumentParser) -> None:
 def _replica_events(s: Settings, database: str) -> int:
     from careledger.storage.backend import ClickHouseBackend, StorageError
 
-    backend = ClickHouseBackend(s.replica_clickhouse_host, s.replica_clickhouse_port)
+    backend = ClickHouseBackend.from_settings(s, "replica")
     try:
         rows = backend.execute(f"SELECT sum(event_count) FROM {database}.blocks")
         return int(rows[0][0] or 0)

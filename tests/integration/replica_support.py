@@ -52,7 +52,7 @@ class Pipeline:
     @property
     def replica(self) -> ChainStore:
         s = self.settings
-        backend = ClickHouseBackend(s.replica_clickhouse_host, s.replica_clickhouse_port)
+        backend = ClickHouseBackend.from_settings(s, "replica")
         return ChainStore.for_settings(backend, s.replace(clickhouse_database=self.replica_db))
 
     @property

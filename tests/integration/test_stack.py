@@ -8,7 +8,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-from clickhouse_driver import Client
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
@@ -16,6 +15,7 @@ from careledger import stack as stack_mod
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
 from careledger.stack import clickhouse_server, kafka_server
+from careledger.storage.backend import ClickHouseBackend
 
 
 def _free_port() -> int:
@@ -40,7 +40,10 @@ def test_status_reports_both_services_with_ports(stack: Settings) -> None:
     assert st.up
     assert st.kafka.ready and st.clickhouse.ready
     assert st.kafka.ports == {"broker": stack.kafka_port, "controller": stack.kafka_controller_port}
-    assert st.clickhouse.ports == {"tcp": stack.clickhouse_port, "http": stack.clickhouse_http_port}
+    assert st.clickhouse.ports == {
+        "tls": stack.clickhouse_port,
+        "https": stack.clickhouse_http_port,
+    }
     text = str(st)
     assert str(stack.kafka_port) in text and str(stack.clickhouse_port) in text
     assert st.as_dict()["up"] is True
@@ -88,13 +91,13 @@ def test_produce_and_consume_through_the_broker(isolated: Settings) -> None:
 
 
 def test_clickhouse_is_18_16(stack: Settings) -> None:
-    client = Client(stack.clickhouse_host, port=stack.clickhouse_port, user=stack.clickhouse_user)
+    backend = ClickHouseBackend.from_settings(stack)
     try:
-        ((version,),) = client.execute("SELECT version()")
-        assert version.startswith("18.16"), version
-        assert client.execute("SELECT 1") == [(1,)]
+        ((version,),) = backend.execute("SELECT version()")
+        assert version.startswith(b"18.16"), version
+        assert backend.execute("SELECT 1") == [(1,)]
     finally:
-        client.disconnect()
+        backend.close()
 
 
 def test_topics_exist_with_configured_partitions(stack: Settings) -> None:
@@ -110,12 +113,12 @@ def test_isolated_fixture_has_own_topics_and_database(isolated: Settings, stack:
     assert isolated.topic_events != stack.topic_events
     md = AdminClient(client_config(isolated.kafka_bootstrap)).list_topics(timeout=10)
     assert len(md.topics[isolated.topic_events].partitions) == isolated.partitions
-    client = Client(isolated.clickhouse_host, port=isolated.clickhouse_port)
+    backend = ClickHouseBackend.from_settings(isolated, "reader")
     try:
-        dbs = {r[0] for r in client.execute("SHOW DATABASES")}
-        assert isolated.clickhouse_database in dbs
+        dbs = {r[0] for r in backend.execute("SHOW DATABASES")}
+        assert isolated.clickhouse_database.encode() in dbs
     finally:
-        client.disconnect()
+        backend.close()
 
 
 def test_ensure_topics_is_idempotent(isolated: Settings) -> None:

@@ -229,7 +229,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
         return _error(str(exc))
     except CareledgerError as exc:
         return _error(exc.message)
-    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings, "reader"), settings)
     try:
         if args.follow and args.chain:
             # as for one run: the store, the state and the signed checkpoints (a chain
@@ -252,6 +252,11 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
             if unknown:
                 return _error(unknown)
         if args.follow:
+            recorder = (
+                None
+                if args.no_record
+                else ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+            )
             follower = Follower(
                 settings,
                 store,
@@ -263,8 +268,13 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
                 max_findings=args.max_findings,
                 checkpoints=not args.no_checkpoints,
                 witnesses=witnesses,
+                recorder=recorder,
             )
-            return follower.run(max_cycles=args.max_cycles, stop_after_s=args.stop_after)
+            try:
+                return follower.run(max_cycles=args.max_cycles, stop_after_s=args.stop_after)
+            finally:
+                if recorder is not None:
+                    recorder.backend.close()
         return _verify_once(args, settings, store, keys, state, known, registrars, witnesses)
     finally:
         store.backend.close()
@@ -272,7 +282,7 @@ def command_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def open_chain_store(settings: Settings) -> ChainStore:
     """A store of its own (a worker process's connection) on ``settings``' database."""
-    return ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+    return ChainStore.for_settings(ClickHouseBackend.from_settings(settings, "reader"), settings)
 
 
 def replica_findings(
@@ -390,11 +400,16 @@ def _verify_once(
             )
     code = run.exit_code
     if not args.no_record:
+        # the ledger is read as the read-only reader; the run's record is the one write
+        # (``verification_runs``), made as the writer (ADR 0032; --no-record without it)
+        recorder = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
         try:
-            record_run(store, run)
+            record_run(recorder, run)
         except StorageError as exc:
             print(f"careledger verify: could not record the run: {exc.message}", file=sys.stderr)
             code = EXIT_TAMPERED if run.failures else EXIT_ERROR
+        finally:
+            recorder.backend.close()
     try:
         state.save(clean_heads(run))
     except StateError as exc:

@@ -165,8 +165,11 @@ class Follower:
         out: TextIO | None = None,
         checkpoints: bool | CheckpointReader = True,
         witnesses: WitnessSet | None = None,
+        recorder: ChainStore | None = None,
     ) -> None:
         self.settings = settings
+        #: where runs are recorded (the writer's login, ADR 0032); ``store`` if None
+        self.recorder = recorder
         self.witnesses = witnesses
         self.not_witnessed: set[str] = set()  # chains not yet witnessed in the last cycle
         self.store = store
@@ -337,7 +340,7 @@ class Follower:
             log.error("%s", exc.message)
         if self.record:
             try:
-                record_run(self.store, run)
+                record_run(self.recorder or self.store, run)
             except StorageError as exc:
                 log.error("could not record verification run %s: %s", run.run_id, exc.message)
         self._note_witnessing(run)

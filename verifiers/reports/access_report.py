@@ -729,7 +729,7 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
             "set CARELEDGER_TRUSTED_KEYS or pass --trusted-key"
         )
     witnessing = None
-    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
+    store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings, "reader"), settings)
     try:
         # built with the bytes, so the self-check below verifies content before redaction
         doc = build_report(

@@ -535,7 +535,7 @@ def command_patient_view(args: argparse.Namespace, settings: Settings) -> int:
     except (CareledgerError, ValueError) as exc:
         print(f"careledger patient-view: {exc}", file=sys.stderr)
         return 2
-    backend = ClickHouseBackend.from_settings(settings)
+    backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         store = ChainStore.for_settings(backend, settings)
         doc = build_view(store, args.patient, start, end)

@@ -1,0 +1,145 @@
+"""Who careledger logs in to ClickHouse as, and how (ADR 0032).
+
+Two users: the **writer** (``clickhouse_user``: the processor, the auditor, migrations,
+``alerts ack``) and the **reader** (``clickhouse_reader_user``: ``verify``, the access
+reports and proofs), which ClickHouse holds to ``readonly = 1``. A password comes from
+its setting, else from its ``*_password_file`` (owner-only, like a key), else from the
+file the local stack generated on its first start (``<run_dir>/secrets/``); there is no
+default password. The native port speaks TLS (``clickhouse_secure``), verified against
+``clickhouse_ca_file``, else the local stack's CA (``<run_dir>/tls/ca.pem``), else the
+system's trust store.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from careledger.keys import KeyFileError, check_owner_only
+
+__all__ = [
+    "ClickHouseLogin",
+    "CredentialError",
+    "Role",
+    "clickhouse_login",
+    "local_password",
+    "local_password_file",
+    "read_secret_file",
+    "tls_dir",
+]
+
+Role = Literal["writer", "reader", "replica"]
+
+
+class CredentialError(KeyFileError):
+    """A password file that cannot be used (missing, empty, or readable by others)."""
+
+
+@dataclass(frozen=True)
+class ClickHouseLogin:
+    user: str
+    password: str = ""
+    secure: bool = False
+    ca_file: Path | None = None
+
+    def __repr__(self) -> str:  # never the password
+        return (
+            f"ClickHouseLogin(user={self.user!r}, password={'***' if self.password else ''!r}, "
+            f"secure={self.secure}, ca_file={self.ca_file})"
+        )
+
+
+def tls_dir(settings: Any) -> Path:
+    """The local stack's TLS material (``careledger.tls``)."""
+    return Path(settings.run_dir) / "tls"
+
+
+def local_password_file(settings: Any, role: Literal["writer", "reader"]) -> Path:
+    """The password the local stack generates for ``role`` on its first start."""
+    return Path(settings.run_dir) / "secrets" / f"clickhouse-{role}.password"
+
+
+def read_secret_file(path: Path, what: str) -> str:
+    """A password from ``path`` (one line), which only its owner may read."""
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise CredentialError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    check_owner_only(path, st.st_mode, what)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialError(f"cannot read {what} {path}: {exc}") from exc
+    if not text:
+        raise CredentialError(f"{what} {path} is empty")
+    return text
+
+
+def local_password(path: Path, what: str) -> str:
+    """The password in ``path``, made (32 random bytes, mode 0600) when missing."""
+    if path.exists():
+        return read_secret_file(path, what)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:  # made by another process meanwhile
+        return read_secret_file(path, what)
+    os.fchmod(fd, 0o600)  # whatever the umask
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(secrets.token_urlsafe(32) + "\n")
+    return read_secret_file(path, what)
+
+
+def _password(value: str, file: Path | None, local: Path, what: str) -> str:
+    if value:
+        return value
+    if file is not None:
+        return read_secret_file(Path(file), what)
+    if local.exists():
+        return read_secret_file(local, what)
+    return ""
+
+
+def clickhouse_login(settings: Any, role: Role = "writer") -> ClickHouseLogin:
+    """The user, password and TLS to reach ClickHouse as ``role`` (``replica``: the
+    replica database's login, ``replica_clickhouse_*``, else the writer's)."""
+    ca = settings.clickhouse_ca_file
+    if ca is None and (tls_dir(settings) / "ca.pem").exists():
+        ca = tls_dir(settings) / "ca.pem"
+    secure = bool(settings.clickhouse_secure)
+    if role == "replica":
+        if settings.replica_clickhouse_user:
+            return ClickHouseLogin(
+                settings.replica_clickhouse_user,
+                settings.replica_clickhouse_password,
+                secure,
+                ca,
+            )
+        role = "writer"
+    if role == "reader":
+        return ClickHouseLogin(
+            settings.clickhouse_reader_user,
+            _password(
+                settings.clickhouse_reader_password,
+                settings.clickhouse_reader_password_file,
+                local_password_file(settings, "reader"),
+                "ClickHouse reader password file",
+            ),
+            secure,
+            ca,
+        )
+    return ClickHouseLogin(
+        settings.clickhouse_user,
+        _password(
+            settings.clickhouse_password,
+            settings.clickhouse_password_file,
+            local_password_file(settings, "writer"),
+            "ClickHouse password file",
+        ),
+        secure,
+        ca,
+    )
