@@ -228,6 +228,12 @@ def _clickhouse_node(cs: Settings, n: int) -> tuple[Settings, str]:
         <shard>1</shard>
         <replica>clickhouse-{n}</replica>
     </macros>"""
+    if cs.clickhouse_secure:
+        # ClickHouse 18.16's replication reads tcp_port (a replica announces it in
+        # ZooKeeper and forwards some statements to the leader over it) and leaves a
+        # replicated table read-only without it: a plain native port, loopback only
+        # and password-protected like the TLS one, kept for the replicas (ADR 0032).
+        replication += f"\n    <tcp_port>{port + 8}</tcp_port>"
     return node_settings, replication
 
 
