@@ -11,12 +11,15 @@ production deployment brings certificates from the hospital's PKI instead (setti
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import ipaddress
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -35,6 +38,8 @@ __all__ = [
     "new_ca",
     "server_cert",
 ]
+
+_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
 
 CA_FILE = "ca.pem"
 #: a server certificate closer than this to its end is made again
@@ -202,3 +207,41 @@ def server_cert(directory: Path, name: str, hosts: Sequence[str] = LOOPBACK_NAME
     _write_private(key_path, key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return ServerCert(directory / CA_FILE, cert_path, key_path)
+
+
+def configure_tls_certs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        required=True,
+        help="where the CA is kept (ca.pem, ca.key: made when missing) and the server's "
+        "certificate written (<name>.pem, <name>.key, mode 600)",
+    )
+    parser.add_argument("--name", required=True, help="the server certificate's file name")
+    parser.add_argument(
+        "--hosts",
+        required=True,
+        help="comma-separated DNS names and IP addresses the server answers to",
+    )
+
+
+def command_tls_certs(args: argparse.Namespace, settings: Any) -> int:
+    """``careledger tls-certs``: a CA and a server certificate for named hosts, made
+    once and again when stale (docker-compose.yml's ``certs`` service; ADR 0032)."""
+    hosts = tuple(h.strip() for h in str(args.hosts).split(",") if h.strip())
+    bad = [h for h in hosts if not (_is_ip(h) or _HOST.fullmatch(h))]
+    if not hosts or bad:
+        print(f"careledger tls-certs: not a DNS name or IP address: {bad or args.hosts!r}")
+        return 2
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", str(args.name)):
+        print(f"careledger tls-certs: --name {args.name!r} is not a plain file name")
+        return 2
+    try:
+        cert = server_cert(Path(args.dir), str(args.name), hosts)
+    except OSError as exc:
+        print(f"careledger tls-certs: cannot write {args.dir}: {exc.strerror}")
+        return 2
+    print(f"CA certificate: {cert.ca} (trust it on clients)")
+    print(f"certificate: {cert.cert} for {', '.join(hosts)}")
+    print(f"private key: {cert.key} (mode 600)")
+    return 0

@@ -119,6 +119,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "evidence of forks), or show its state and evidence",
     ),
     "consent": ("commands.consent", "patients' consents: load FHIR Consents from files"),
+    "tls-certs": (
+        "careledger.tls",
+        "make (or renew when stale) a CA and a server certificate for named hosts",
+    ),
 }
 
 

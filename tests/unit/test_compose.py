@@ -33,12 +33,13 @@ DOCKERIGNORE = PROJECT_ROOT / ".dockerignore"
 DEFAULTS = Settings()
 # Ports the official clickhouse/clickhouse-server image listens on (its default
 # config.xml; nothing in deploy/ overrides them).
-CLICKHOUSE_NATIVE_PORT = 9000
-CLICKHOUSE_HTTP_PORT = 8123
+CLICKHOUSE_NATIVE_PORT = 9440  # TLS (ADR 0032)
+CLICKHOUSE_HTTP_PORT = 8443  # HTTPS
 BROKERS = ("kafka-1", "kafka-2", "kafka-3")  # the Kafka cluster (ADR 0030)
 MIN_ISR = "min.insync.replicas"
 # Which subcommand each app service runs.
 EXPECTED_COMMANDS = {
+    "certs": "tls-certs",
     "migrate": "migrate",
     "keygen": "keygen",
     "processor": "process",
@@ -368,16 +369,14 @@ def test_clickhouse_matches_what_clients_use(
     assert ch["image"].split(":")[0] == "clickhouse/clickhouse-server"
     assert "healthcheck" in ch
     assert any(target == PurePosixPath("/var/lib/clickhouse") for _, target, _ in mounts(ch))
-    env = env_of(ch)
+    # users, passwords and TLS: tests/unit/test_compose_clickhouse.py
     for name, service in app_services.items():
         s = settings_of(service)
         assert (s.clickhouse_port, s.clickhouse_http_port) == (
             CLICKHOUSE_NATIVE_PORT,
             CLICKHOUSE_HTTP_PORT,
         ), name
-        assert s.clickhouse_user == env["CLICKHOUSE_USER"], name
-        assert s.clickhouse_password == env["CLICKHOUSE_PASSWORD"], name
-        assert s.clickhouse_database == env["CLICKHOUSE_DB"], name
+        assert s.clickhouse_database == DEFAULTS.clickhouse_database, name
     ports = published(ch)
     assert ports[CLICKHOUSE_NATIVE_PORT] == ("127.0.0.1", DEFAULTS.clickhouse_port)
     assert ports[CLICKHOUSE_HTTP_PORT] == ("127.0.0.1", DEFAULTS.clickhouse_http_port)
@@ -740,12 +739,8 @@ def test_replica_has_its_own_clickhouse_and_trusts_only_the_public_key(
     own = services[s.replica_clickhouse_host]
     assert s.replica_clickhouse_host != s.clickhouse_host
     assert own["image"].split(":")[0] == "clickhouse/clickhouse-server"
-    env = env_of(own)
-    assert (s.replica_clickhouse_user, s.replica_clickhouse_password) == (
-        env["CLICKHOUSE_USER"],
-        env["CLICKHOUSE_PASSWORD"],
-    )
-    assert s.replica_clickhouse_database == env["CLICKHOUSE_DB"]
+    # its user and password: tests/unit/test_compose_clickhouse.py
+    assert s.replica_clickhouse_database == "careledger_replica"
     assert s.replica_clickhouse_port == CLICKHOUSE_NATIVE_PORT
     assert any(target == PurePosixPath("/var/lib/clickhouse") for _, target, _ in mounts(own))
     assert replica["depends_on"][s.replica_clickhouse_host] == {"condition": "service_healthy"}

@@ -46,6 +46,7 @@ from tests.unit.test_compose import (
 Compose = dict[str, Any]
 XmlLoader = Callable[[Path], ET.Element]
 CONFIG_D = PurePosixPath("/etc/clickhouse-server/config.d")
+USERS_D = PurePosixPath("/etc/clickhouse-server/users.d")
 BROKER_FACTORS = (
     "KAFKA_DEFAULT_REPLICATION_FACTOR",
     "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
@@ -282,11 +283,17 @@ def clickhouse_problems(data: Compose, load: XmlLoader = load_xml) -> list[str]:
     if len(set(data_volumes)) != len(servers):
         problems.append(f"replicas share data volumes: {data_volumes}")
     creds = {
-        tuple(env_of(s).get(k) for k in ("CLICKHOUSE_USER", "CLICKHOUSE_PASSWORD", "CLICKHOUSE_DB"))
+        (
+            tuple(
+                env_of(s).get(k)
+                for k in ("CLICKHOUSE_WRITER_PASSWORD", "CLICKHOUSE_READER_PASSWORD")
+            ),
+            tuple(sorted(src for src, t, _ in mounts(s) if t.parent == USERS_D)),
+        )
         for s in servers.values()
     }
     if len(creds) != 1:
-        problems.append("replicas with different users, passwords or databases")
+        problems.append("replicas with different users or passwords")
     problems += _client_problems(data, set(servers))
     return problems
 
@@ -354,7 +361,7 @@ def test_the_clickhouse_replicas_are_consistent(compose: Compose) -> None:
         assert s.clickhouse_replicated, name
         assert (s.clickhouse_host, s.clickhouse_replicas) == (
             "clickhouse-1",
-            ("clickhouse-2:9000",),
+            ("clickhouse-2:9440",),
         )
 
 
@@ -370,13 +377,17 @@ def test_mounted_clickhouse_configs_exist_and_are_xml(compose: Compose) -> None:
         "./deploy/compose/clickhouse/replication.xml",
         "./deploy/compose/clickhouse/clickhouse-1.xml",
         "./deploy/compose/clickhouse/clickhouse-2.xml",
+        "./deploy/compose/clickhouse/tls.xml",  # ADR 0032
     }
 
 
 def test_the_independent_replica_keeps_its_own_single_clickhouse(compose: Compose) -> None:
     """ADR 0017: replica-clickhouse is no member of the cluster (no ZooKeeper, no macros)."""
     own = compose["services"]["replica-clickhouse"]
-    assert not [t for _, t, _ in mounts(own) if t.parent == CONFIG_D]
+    problems: list[str] = []
+    config = server_config(own, load_xml, problems, "replica-clickhouse")
+    assert problems == [] and "tcp_port_secure" in config  # TLS, like the primary
+    assert not {"zookeeper", "macros", "interserver_http_host"} & set(config)
     assert "replica-clickhouse" not in clickhouse_replicas(compose)
 
 
@@ -390,8 +401,10 @@ def test_every_replica_password_is_required_without_default(compose: Compose) ->
     found = re.findall(r"\$\{(CARELEDGER_CLICKHOUSE_PASSWORD)(:?[-?])", text)
     assert len(found) >= 3 and {op for _, op in found} == {":?"}
     for svc in clickhouse_replicas(compose).values():
-        password = svc["environment"]["CLICKHOUSE_PASSWORD"]
+        password = svc["environment"]["CLICKHOUSE_WRITER_PASSWORD"]
         assert password.startswith("${CARELEDGER_CLICKHOUSE_PASSWORD:?"), password
+        reader = svc["environment"]["CLICKHOUSE_READER_PASSWORD"]
+        assert reader.startswith("${CARELEDGER_CLICKHOUSE_READER_PASSWORD:?"), reader
 
 
 # --- attacks: each mutation must be reported ------------------------------------------
@@ -498,7 +511,7 @@ def test_a_service_without_replicated_tables_or_failover_is_caught(compose: Comp
     svc = compose["services"]["processor"]
     svc["environment"] = {**svc["environment"], "CARELEDGER_CLICKHOUSE_REPLICATED": "false"}
     gw = compose["services"]["gateway"]
-    gw["environment"] = {**gw["environment"], "CARELEDGER_CLICKHOUSE_REPLICAS": "clickhouse-1:9000"}
+    gw["environment"] = {**gw["environment"], "CARELEDGER_CLICKHOUSE_REPLICAS": "clickhouse-1:9440"}
     problems = clickhouse_problems(compose)
     assert "processor: CARELEDGER_CLICKHOUSE_REPLICATED is not true" in problems
     assert any(p.startswith("gateway: clickhouse-1 + replicas") for p in problems), problems

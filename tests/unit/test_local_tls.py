@@ -121,3 +121,29 @@ def test_a_client_trusting_the_ca_verifies_the_server_by_name(tmp_path: Path) ->
     other = tls.server_cert(tmp_path / "other", "ch")
     with pytest.raises(ssl.SSLCertVerificationError):
         _handshake(server, other.ca, "127.0.0.1")  # a CA the client does not trust
+
+
+def test_the_tls_certs_command_names_the_hosts_and_refuses_bad_ones(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from commands.cli import main
+
+    hosts = "clickhouse-1,replica-clickhouse,127.0.0.1"
+    assert main(["tls-certs", "--dir", str(tmp_path), "--name", "ch", "--hosts", hosts]) == 0
+    assert "private key" in capsys.readouterr().out
+    names = _load(tmp_path / "ch.pem").extensions.get_extension_for_class(
+        x509.SubjectAlternativeName
+    )
+    assert set(names.value.get_values_for_type(x509.DNSName)) == {
+        "clickhouse-1",
+        "replica-clickhouse",
+    }
+    for bad in (
+        ["--name", "ch", "--hosts", "bad host"],
+        ["--name", "ch", "--hosts", ","],
+        ["--name", "../escape", "--hosts", "a"],
+        ["--name", "ch", "--hosts=-x.example"],
+        ["--name", "ch", "--hosts", "x_y.example"],
+    ):
+        assert main(["tls-certs", "--dir", str(tmp_path), *bad]) == 2, bad
+    assert not (tmp_path.parent / "escape.pem").exists()
