@@ -39,7 +39,9 @@ __all__ = [
     "server_cert",
 ]
 
-_HOST = re.compile(r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+#: a DNS name: dot-separated labels of letters, digits and inner hyphens
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOST = re.compile(rf"(?=.{{1,253}}$){_LABEL}(?:\.{_LABEL})*")
 
 CA_FILE = "ca.pem"
 #: a server certificate closer than this to its end is made again
