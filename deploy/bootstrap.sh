@@ -21,6 +21,11 @@
 #      next to `careledger witness`: built with `go install` into deploy/witness/bin/
 #      (git-ignored; skipped when that version is already there). Needs Go >= 1.21
 #      (the go command fetches the toolchain the module asks for) and ssh-agent.
+#   5. composecheck (deploy/compose/check/, a few lines of Go on compose-go, the
+#      reference Compose parser): loads docker-compose.yml as `docker compose config`
+#      does, for tests/unit/test_compose_spec.py on machines without Docker. Built with
+#      `go build` into deploy/compose/check/bin/ (git-ignored; only when missing or
+#      older than its sources; modules checked against go.sum). Needs Go >= 1.24.
 #
 # Environment: PYTHON (interpreter for the venv, default python3; needs >= 3.11);
 # GO (the go command, default `go` on PATH or /usr/local/go/bin/go).
@@ -135,13 +140,13 @@ fi
 "$VENV/bin/python" -m careledger.stack install-zookeeper >/dev/null
 
 # --- 4. litewitness (interoperability tests) -------------------------------------
+GO="${GO:-$(command -v go || true)}"
+if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
 TORCHWOOD_VERSION=v0.6.1
 WITNESS_BIN="$ROOT/deploy/witness/bin"
 witness_stamp="$WITNESS_BIN/.torchwood-version"
 if [ "$(cat "$witness_stamp" 2>/dev/null || true)" != "$TORCHWOOD_VERSION" ] \
     || [ ! -x "$WITNESS_BIN/litewitness" ] || [ ! -x "$WITNESS_BIN/witnessctl" ]; then
-    GO="${GO:-$(command -v go || true)}"
-    if [ -z "$GO" ] && [ -x /usr/local/go/bin/go ]; then GO=/usr/local/go/bin/go; fi
     if [ -z "$GO" ]; then
         say "warning: go not found: litewitness is not built and the witness interoperability"
         say "         tests will fail; install Go >= 1.21 and re-run deploy/bootstrap.sh"
@@ -153,6 +158,21 @@ if [ "$(cat "$witness_stamp" 2>/dev/null || true)" != "$TORCHWOOD_VERSION" ] \
             "filippo.io/torchwood/cmd/witnessctl@$TORCHWOOD_VERSION" </dev/null \
             || die "go install of filippo.io/torchwood $TORCHWOOD_VERSION failed (needs Go >= 1.21)"
         echo "$TORCHWOOD_VERSION" > "$witness_stamp"
+    fi
+fi
+
+# --- 5. composecheck (docker-compose.yml through the real Compose parser) ----------
+CHECK_DIR="$ROOT/deploy/compose/check"
+CHECK_BIN="$CHECK_DIR/bin/composecheck"
+if [ ! -x "$CHECK_BIN" ] || [ "$CHECK_DIR/main.go" -nt "$CHECK_BIN" ] \
+    || [ "$CHECK_DIR/go.mod" -nt "$CHECK_BIN" ] || [ "$CHECK_DIR/go.sum" -nt "$CHECK_BIN" ]; then
+    if [ -z "$GO" ]; then
+        say "warning: go not found: composecheck is not built and tests/unit/test_compose_spec.py"
+        say "         will fail; install Go >= 1.24 and re-run deploy/bootstrap.sh"
+    else
+        say "building composecheck (compose-go, see deploy/compose/check/go.mod) into $CHECK_DIR/bin"
+        (cd "$CHECK_DIR" && GOFLAGS=-buildvcs=false "$GO" build -o bin/composecheck . </dev/null) \
+            || die "go build of deploy/compose/check failed (needs Go >= 1.24)"
     fi
 fi
 
