@@ -15,7 +15,7 @@ bootstrap:
 	bash deploy/bootstrap.sh
 
 test: bootstrap
-	$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) $(PYTEST_ARGS)
+	$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) --durations=25 $(PYTEST_ARGS)
 
 demo: bootstrap
 	$(VENV)/bin/careledger demo
