@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from careledger.keys import KeyFileError, check_owner_only
+from careledger.keys import KeyFileError, read_owner_only
 
 __all__ = [
     "ClickHouseLogin",
@@ -64,15 +64,7 @@ def local_password_file(settings: Any, role: Literal["writer", "reader"]) -> Pat
 
 def read_secret_file(path: Path, what: str) -> str:
     """A password from ``path`` (one line), which only its owner may read."""
-    try:
-        st = path.stat()
-    except OSError as exc:
-        raise CredentialError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    check_owner_only(path, st.st_mode, what)
-    try:
-        text = path.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialError(f"cannot read {what} {path}: {exc}") from exc
+    text = read_owner_only(path, what).strip()
     if not text:
         raise CredentialError(f"{what} {path} is empty")
     return text

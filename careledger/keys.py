@@ -72,13 +72,19 @@ def load_private_key(
         raise KeyFileError(
             f"no {what} configured: set {setting} to a key file or {text_env} to its text"
         )
+    return parse_private_key(read_owner_only(path, what, encoding="ascii"))
+
+
+def read_owner_only(path: Path, what: str, encoding: str = "utf-8") -> str:
+    """The text of a secret file (a key, a password) that only its owner may read;
+    :class:`KeyFileError` naming ``what`` otherwise."""
     try:
         st = path.stat()
     except OSError as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc.strerror}") from exc
     check_owner_only(path, st.st_mode, what)
     try:
-        return parse_private_key(path.read_text(encoding="ascii"))
+        return path.read_text(encoding=encoding)
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"cannot read {what} {path}: {exc}") from exc
 
