@@ -27,6 +27,7 @@ __all__ = [
     "clickhouse_login",
     "local_password",
     "local_password_file",
+    "pin_login",
     "read_secret_file",
     "tls_dir",
 ]
@@ -135,3 +136,28 @@ def clickhouse_login(settings: Any, role: Role = "writer") -> ClickHouseLogin:
         secure,
         ca,
     )
+
+
+def pin_login(settings: Any) -> Any:
+    """``settings`` with the local stack's password files and CA named explicitly, so a
+    copy of them with another ``run_dir`` (a benchmark's or a test's scratch directory)
+    still logs in to the same server. Settings that already name them are kept."""
+    changes: dict[str, Path] = {}
+    for value, field, local in (
+        (
+            settings.clickhouse_password,
+            "clickhouse_password_file",
+            local_password_file(settings, "writer"),
+        ),
+        (
+            settings.clickhouse_reader_password,
+            "clickhouse_reader_password_file",
+            local_password_file(settings, "reader"),
+        ),
+    ):
+        if not value and getattr(settings, field) is None and local.exists():
+            changes[field] = local
+    ca = tls_dir(settings) / "ca.pem"
+    if settings.clickhouse_ca_file is None and ca.exists():
+        changes["clickhouse_ca_file"] = ca
+    return settings.replace(**changes) if changes else settings

@@ -24,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from careledger.config import PROJECT_ROOT, Settings, load_settings
+from careledger.credentials import pin_login
 from careledger.kafka.clients import client_config
 
 log = logging.getLogger("careledger.tests")
@@ -61,7 +62,8 @@ def stack(settings: Settings) -> Iterator[Settings]:
         stack_mod.release_lease(settings, lease, stop_if_last=not _flag("CARELEDGER_KEEP_STACK"))
         raise
     try:
-        yield settings
+        # the stack's logins named explicitly: a test's copy with another run_dir logs in
+        yield pin_login(settings)
     finally:
         stopped = stack_mod.release_lease(
             settings, lease, stop_if_last=not _flag("CARELEDGER_KEEP_STACK")

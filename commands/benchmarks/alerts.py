@@ -56,6 +56,7 @@ from typing import Any
 
 from careledger import stack
 from careledger.config import Settings
+from careledger.credentials import pin_login
 from careledger.kafka.clients import client_config
 from careledger.keys import write_keypair
 from careledger.processes import start_cli, start_processor, stop
@@ -412,7 +413,8 @@ def run(
     workdir = Path(tempfile.mkdtemp(prefix="careledger-bench-alerts-"))
     key_path = workdir / "signing.key"
     write_keypair(key_path)
-    s = settings.with_topic_suffix(
+    # its own run_dir below: the local stack's logins are named explicitly first
+    s = pin_login(settings).with_topic_suffix(
         f"-balerts-{tag}",
         clickhouse_database=f"careledger_balerts_{tag}",
         processor_app_id=f"careledger-balerts-{tag}",

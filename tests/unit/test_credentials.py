@@ -17,6 +17,7 @@ from careledger.credentials import (
     clickhouse_login,
     local_password,
     local_password_file,
+    pin_login,
     tls_dir,
 )
 from careledger.keys import KeyFileError
@@ -123,3 +124,22 @@ def test_a_backend_with_a_bad_password_file_fails_every_statement(tmp_path: Path
     ):
         with pytest.raises(StorageError, match=r"cannot log in to ClickHouse: .*chmod 600"):
             attempt()
+
+
+def test_a_copy_with_another_run_dir_keeps_the_pinned_login(tmp_path: Path) -> None:
+    """A benchmark or test that gives its copy of the settings a scratch run_dir must
+    still log in to the stack's server (found by the fresh-clone CI: benchmark-alerts
+    moved its run_dir and lost the stack's generated passwords)."""
+    s = Settings(run_dir=tmp_path / "stack")
+    local_password(local_password_file(s, "writer"), "pw")
+    local_password(local_password_file(s, "reader"), "pw")
+    tls_dir(s).mkdir()
+    (tls_dir(s) / "ca.pem").write_text("ca")
+    moved = s.replace(run_dir=tmp_path / "scratch")
+    assert clickhouse_login(moved).password == ""  # the failure: nothing found there
+    pinned = pin_login(s).replace(run_dir=tmp_path / "scratch")
+    for role in ("writer", "reader"):
+        assert clickhouse_login(pinned, role) == clickhouse_login(s, role)  # type: ignore[arg-type]
+    explicit = s.replace(clickhouse_password="set")
+    assert pin_login(explicit).clickhouse_password_file is None  # a set password stays
+    assert pin_login(Settings(run_dir=tmp_path / "empty")) == Settings(run_dir=tmp_path / "empty")
