@@ -38,8 +38,15 @@ __all__ = ["Flow", "assert_replicas_hold", "cluster_settings", "heal", "on_clust
 @pytest.fixture(scope="module")
 def cluster_settings(settings: Settings) -> Iterator[Settings]:
     was_up = cluster.status(settings).up
-    st = cluster.up(settings, quiet=True)
-    assert st.up, f"cluster not up:\n{st}"
+    try:
+        st = cluster.up(settings, quiet=True)
+        assert st.up, f"cluster not up:\n{st}"
+    except BaseException:
+        # a half-started cluster must not outlive the module (three JVMs and ZooKeeper
+        # left running slowed every later test of a CI run)
+        if not was_up:
+            cluster.down(settings)
+        raise
     try:
         yield cluster.cluster_settings(settings)
     finally:
