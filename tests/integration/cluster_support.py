@@ -26,6 +26,7 @@ from producers.simulator import HospitalModel, simulate
 from tests.conftest import _cleanup, _drop_database, _with_local_source, isolated_settings
 from tests.integration.pipeline import (
     committed_event_count,
+    row_census,
     run_cli,
     store_for,
     stored_event_ids,
@@ -154,7 +155,9 @@ def assert_replicas_hold(s: Settings, produced: list[str], timeout: float = 120.
 
             wait_until(holds_all, timeout, what=f"replica {n} to hold every event")
             stored = stored_event_ids(store)
-            assert len(stored) == len(set(stored)), f"replica {n}: an event is stored twice"
+            assert len(stored) == len(set(stored)), (
+                f"replica {n}: an event is stored twice ({row_census(store)})"
+            )
             assert sorted(stored) == expected, f"replica {n}: events lost or extra"
             assert committed_event_count(store) == len(expected), f"replica {n}: unsigned rows"
         finally:

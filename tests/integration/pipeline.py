@@ -125,6 +125,26 @@ def accounted_offsets(store: ChainStore, topic: str | None = None) -> tuple[int,
     return int(ev or 0), int(dl or 0), int(ab or 0)
 
 
+def row_census(store: ChainStore) -> str:
+    """What the event rows are, for a failure message: how many, how many distinct,
+    how many no header names (left by an uncommitted or fenced write), and the
+    mutations still pending (deletes run asynchronously)."""
+    db = store.db
+    total, distinct = store.backend.execute(
+        f"SELECT count(), uniqExact(event_id) FROM {db}.access_events"
+    )[0]
+    committed = committed_event_count(store)
+    pending = store.backend.execute(
+        "SELECT table, count() FROM system.mutations "
+        "WHERE database = %(db)s AND is_done = 0 GROUP BY table",
+        {"db": db},
+    )
+    return (
+        f"{int(total)} event rows, {int(distinct)} distinct, {committed} under a header, "
+        f"{int(total) - committed} under none; pending mutations: {pending or 'none'}"
+    )
+
+
 def stored_event_ids(store: ChainStore) -> list[str]:
     rows = store.backend.execute(f"SELECT event_id FROM {store.db}.access_events")
     return [r[0].decode() for r in rows]

@@ -27,6 +27,7 @@ from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (
     committed_event_count,
     processor_settings,
+    row_census,
     run_cli,
     start_processor,
     stop,
@@ -147,7 +148,12 @@ def test_a_resumed_zombie_is_fenced_and_the_ledger_has_one_block_per_height(
             stop(successor)
     # the fenced write's rows are deleted by a ClickHouse mutation, which runs
     # asynchronously (ADR 0031): wait for it before counting rows
-    wait_until(lambda: len(stored_event_ids(store)) <= len(events), 120, 0.5, "fenced rows deleted")
+    try:
+        wait_until(
+            lambda: len(stored_event_ids(store)) <= len(events), 120, 0.5, "fenced rows deleted"
+        )
+    except AssertionError as exc:  # say what is left, for the next reader of a CI log
+        raise AssertionError(f"{exc}: {len(events)} sent; {row_census(store)}") from exc
     stored = stored_event_ids(store)
     assert len(stored) == len(set(stored)), "an event is stored twice"
     assert sorted(stored) == sorted(e.event_id for e in events)
