@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from careledger.storage.fencing import CLAIM_SETTLE_S
 from careledger.storage.store import ChainHead, ChainStore
@@ -60,15 +60,22 @@ class ChainOwnership:
         if wait > 0:
             time.sleep(wait)
 
-    def lost(self, parts: Iterable[Part], chain_ids: Iterable[str]) -> None:
-        """The store refused this processor's headers for these chains."""
+    def lost(
+        self,
+        parts: Iterable[Part],
+        chain_ids: Iterable[str],
+        written: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """The store refused this processor's headers for these chains; ``written``:
+        the (chain, block hash) of the write, whose rows the store deleted again."""
         for chain_id in chain_ids:
             self._claimed_at.pop(chain_id, None)
             self.fenced_writes += 1
             log.error(
                 "chain %s: another processor claimed it; this one is fenced off it until "
-                "the group assigns it again (nothing was written)",
+                "the group assigns it again (no header written; rows deleted of blocks %s)",
                 chain_id,
+                " ".join(h[:12] for c, h in written if c == chain_id) or "none",
             )
         self.fenced.update(parts)
 

@@ -773,7 +773,8 @@ class Processor:
 
     def _fenced_off(self, sealed: list[SealedBlock], fenced: set[str]) -> list[SealedBlock]:
         parts = {p for p, c in self.chains.items() if c.chain_id in fenced}
-        self.ownership.lost(parts, sorted(fenced))
+        written = [(b.header.chain_id, b.block_hash.hex()) for b in sealed]
+        self.ownership.lost(parts, sorted(fenced), written)
         self.metrics.fenced_writes += len(fenced)
         self.forget(parts)
         for block in sealed:

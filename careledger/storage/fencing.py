@@ -30,11 +30,14 @@ A zombie killed between being fenced and deleting its rows leaves rows no header
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from careledger.storage.backend import SqlBackend, quote
 
+#: how long a fenced writer confirms the deletes of its write's rows
+DISCARD_CONFIRM_S = 30.0
 #: how long a new owner waits after its claim before its first write: any header insert
 #: a stalled previous owner had already sent has finished by then
 CLAIM_SETTLE_S: Final = 0.25
@@ -127,15 +130,49 @@ def placed(backend: SqlBackend, db: str, wanted: Mapping[tuple[str, int], str]) 
 
 
 def discard_fenced(
-    backend: SqlBackend, db: str, tables: Sequence[str], chain_id: str, hashes: Sequence[str]
-) -> None:
-    """Delete the rows a fenced write left (they name block hashes no header has).
-    A ClickHouse mutation: asynchronous, so not waited for."""
-    for table in tables:
-        backend.execute(
-            f"ALTER TABLE {db}.{table} DELETE WHERE chain_id = %(c)s AND block_hash IN %(h)s",
-            {"c": chain_id, "h": tuple(hashes)},
+    backend: SqlBackend,
+    db: str,
+    tables: Sequence[str],
+    chain_id: str,
+    hashes: Sequence[str],
+    *,
+    timeout_s: float = DISCARD_CONFIRM_S,
+) -> bool:
+    """Delete the rows a fenced write left (they name block hashes no header has), and
+    confirm it: each delete is an asynchronous mutation, and on 18.16 one sometimes
+    finished without reaching rows of the write (seen with merges running; ADR 0031
+    addendum). A table whose mutations are done while such rows remain gets the delete
+    again, until none remain or ``timeout_s`` passes. Rows named by a fenced block hash
+    are never anyone's, so deleting them again is always safe. Returns whether none is
+    left (else ``verify`` reports them; they are never chained)."""
+    where = "chain_id = %(c)s AND block_hash IN %(h)s"
+    params = {"c": chain_id, "h": tuple(hashes)}
+
+    def delete(tables: Sequence[str]) -> None:
+        for table in tables:
+            backend.execute(f"ALTER TABLE {db}.{table} DELETE WHERE {where}", params)
+
+    def left(table: str) -> bool:
+        return bool(
+            backend.execute(f"SELECT count() FROM {db}.{table} WHERE {where}", params)[0][0]
         )
+
+    pending = list(tables)
+    delete(pending)
+    deadline = time.monotonic() + timeout_s
+    while pending and time.monotonic() < deadline:
+        time.sleep(0.2)
+        running = {
+            _text(t)
+            for (t,) in backend.execute(
+                "SELECT DISTINCT table FROM system.mutations "
+                "WHERE database = %(db)s AND is_done = 0",
+                {"db": db},
+            )
+        }
+        pending = [t for t in pending if left(t)]
+        delete([t for t in pending if t not in running])  # done, yet rows remain
+    return not pending
 
 
 def _text(value: object) -> str:

@@ -139,9 +139,16 @@ def row_census(store: ChainStore) -> str:
         "WHERE database = %(db)s AND is_done = 0 GROUP BY table",
         {"db": db},
     )
+    orphans = store.backend.execute(
+        f"SELECT chain_id, height, substring(block_hash, 1, 12), count() "
+        f"FROM {db}.access_events WHERE (chain_id, height, block_hash) NOT IN "
+        f"(SELECT chain_id, height, block_hash FROM {db}.blocks) "
+        "GROUP BY chain_id, height, block_hash ORDER BY chain_id, height LIMIT 12"
+    )
     return (
         f"{int(total)} event rows, {int(distinct)} distinct, {committed} under a header, "
-        f"{int(total) - committed} under none; pending mutations: {pending or 'none'}"
+        f"{int(total) - committed} under none; pending mutations: {pending or 'none'}; "
+        f"rows under no header (chain, height, block, rows): {orphans or 'none'}"
     )
 
 
