@@ -46,6 +46,16 @@ class ClickHouseLogin:
     secure: bool = False
     ca_file: Path | None = None
 
+    def tls_options(self) -> dict[str, Any]:
+        """clickhouse-driver's TLS arguments: none, or TLS with the server's certificate
+        and name verified (against ``ca_file`` when set, else the system's store)."""
+        if not self.secure:
+            return {}
+        options: dict[str, Any] = {"secure": True, "verify": True}
+        if self.ca_file is not None:
+            options["ca_certs"] = str(self.ca_file)
+        return options
+
     def __repr__(self) -> str:  # never the password
         return (
             f"ClickHouseLogin(user={self.user!r}, password={'***' if self.password else ''!r}, "

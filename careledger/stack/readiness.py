@@ -49,11 +49,6 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
         from clickhouse_driver import Client
 
         login = clickhouse_login(settings)
-        tls: dict[str, Any] = {}
-        if login.secure:
-            tls = {"secure": True, "verify": True}
-            if login.ca_file is not None:
-                tls["ca_certs"] = str(login.ca_file)
         client = Client(
             settings.clickhouse_host,
             port=settings.clickhouse_port,
@@ -62,7 +57,7 @@ def _clickhouse_version(settings: Settings, timeout: float = 2.0) -> str | None:
             connect_timeout=timeout,
             send_receive_timeout=timeout,
             sync_request_timeout=timeout,
-            **tls,
+            **login.tls_options(),
         )
         try:
             rows = client.execute("SELECT 1, version()")

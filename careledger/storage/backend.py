@@ -99,8 +99,7 @@ class ClickHouseBackend:
         connect_timeout: float = 5.0,
         send_receive_timeout: float = 120.0,
         alt_hosts: Sequence[str] = (),
-        secure: bool = False,
-        ca_file: str | None = None,
+        tls: Mapping[str, Any] | None = None,
     ) -> None:
         from clickhouse_driver import Client
 
@@ -112,10 +111,7 @@ class ClickHouseBackend:
             "connect_timeout": connect_timeout,
             "send_receive_timeout": send_receive_timeout,
         }
-        if secure:  # TLS, the server's certificate verified (ADR 0032)
-            common.update(secure=True, verify=True)
-            if ca_file is not None:
-                common["ca_certs"] = ca_file
+        common.update(tls or {})  # ClickHouseLogin.tls_options() (ADR 0032)
         if alt_hosts:  # the other replicas (ADR 0030): a failed connect tries the next
             common["alt_hosts"] = ",".join(alt_hosts)
         # Reads return strings as bytes (stored data is untrusted); writes take
@@ -151,8 +147,7 @@ class ClickHouseBackend:
             login.user,
             login.password,
             alt_hosts=alt,
-            secure=login.secure,
-            ca_file=None if login.ca_file is None else str(login.ca_file),
+            tls=login.tls_options(),
         )
 
     def execute(self, sql: str, params: Mapping[str, Any] | None = None) -> list[Row]:
