@@ -44,18 +44,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
 from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.storage.kinds import ACCESS, kind_for_topic
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
-from careledger_core.batch_record import looks_batch
 from careledger_core.block import BlockHeader
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
+from processors.baseline import split_batch
 from processors.chainer import OffsetGap, PartitionChain, Rejected
 from processors.metrics import ProcessorMetrics
 from processors.ownership import ChainOwnership
@@ -77,25 +76,6 @@ SEEK_RETRY_MAX_S = 60.0
 ASSIGNMENT_SETTLE_S = 2.0
 
 Part = tuple[str, int]  # (topic, partition): one chain each
-
-
-class _EventsOnly(msgspec.Struct):
-    """The events of a batch record, unvalidated (the benchmark baseline)."""
-
-    events: list[msgspec.Raw]
-
-
-_EVENTS_ONLY = msgspec.json.Decoder(_EventsOnly)
-
-
-def _split_batch(value: bytes) -> list[bytes]:
-    """A batch record's events as bytes, else ``[value]`` (the baseline validates nothing)."""
-    if looks_batch(value):
-        try:
-            return [bytes(e) for e in _EVENTS_ONLY.decode(value).events] or [value]
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-            pass
-    return [value]
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,7 +260,7 @@ class Processor:
             await self._request_seek(p, expected)
 
     def revoked(self, partitions: set[Part]) -> None:
-        self.ownership.revoked(partitions)
+        self.ownership.revoked(partitions, [self.settings.chain_id(*p) for p in partitions])
         for p in partitions:
             self._unchecked.pop(p, None)
             self._deferred_seeks.pop(p, None)
@@ -295,6 +275,7 @@ class Processor:
         # the claim comes before the head is read (ADR 0031)
         claim_then_head = self.ownership.claim_then_head
         head = await loop.run_in_executor(self.executor, claim_then_head, self.store, chain_id)
+        in_flight = self.ownership.check_head(chain_id, head)  # ADR 0030 addendum
         # Only a new chain needs the partition's earliest offset; asking Kafka costs a
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
@@ -304,9 +285,9 @@ class Processor:
             await self._sync_seqs(self.executor, self.store, others_only=False)
 
         def load() -> PartitionChain:
-            removed = self.store.discard_uncommitted(
-                chain_id, None if head is None else head.height
-            )
+            height = None if head is None else head.height
+            removed = self.store.discard_uncommitted(chain_id, height, in_flight=in_flight)
+            self.ownership.discarded(chain_id)
             if removed:
                 log.warning(
                     "chain %s: deleted %d uncommitted event rows left by an interrupted write",
@@ -719,6 +700,7 @@ class Processor:
             # Fail closed: forget everything in memory (sealed blocks included) and
             # resume from what the store really holds.
             log.error("persisting %d blocks failed", len(sealed))
+            self.ownership.failed(b.header.chain_id for b in sealed)
             self._store_unavailable(exc, set())
             return False
         self._backoff_s = 0.0
@@ -755,7 +737,7 @@ class Processor:
         samples: list[tuple[float, int]] = []
         for r in records:
             value = r.value or b""
-            events = _split_batch(value)
+            events = split_batch(value)
             rows.extend((r.partition, r.offset, e) for e in events)
             samples.append((r.timestamp, len(events)))
         loop = asyncio.get_running_loop()
@@ -794,6 +776,7 @@ class Processor:
         self.ownership.settle({b.header.chain_id for b in sealed})
         fenced = self.store.write_blocks(sealed, owner=self.ownership.owner)
         placed = [b for b in sealed if b.header.chain_id not in fenced] if fenced else sealed
+        self.ownership.stored((b.header.chain_id, b.header.height) for b in placed)
         # ADR 0017: in the blocks topic (flushed) before any checkpoint covers them
         publish_stored(self.store, self.outputs, placed)
         return fenced

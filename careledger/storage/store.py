@@ -506,32 +506,42 @@ class ChainStore:
         return int(rows[0][0]) if rows else 0
 
     def discard_uncommitted(
-        self, chain_id: str, head_height: int | None, timeout_s: float = 60.0
+        self,
+        chain_id: str,
+        head_height: int | None,
+        timeout_s: float = 60.0,
+        *,
+        in_flight: bool = False,
     ) -> int:
         """Delete event rows above the chain head (a crash left them without a header).
 
         Returns how many rows were deleted. Waits until the deletion has really
         happened: ClickHouse mutations are asynchronous and ``mutations_sync``
         does not exist on 18.16, so we poll ``system.mutations``.
+
+        ``in_flight`` (a write to this chain failed, ADR 0030 addendum): delete above the
+        head even when the server read shows no such rows, header rows included. On
+        a replicated layout the failed write may have been committed on a replica that
+        died before the one read here fetched it; a mutation covers every part with a
+        lower block number, so the part is deleted wherever it arrives later instead of
+        landing beside the rewrite. The caller must know that nothing acknowledged lies
+        above ``head_height`` (``ChainOwnership.check_head``).
         """
         first_uncommitted = 0 if head_height is None else head_height + 1
         count = self.uncommitted_count(chain_id, head_height)
-        if count == 0:
+        if count == 0 and not in_flight:
             return 0
-        self.backend.execute(
-            f"ALTER TABLE {self.db}.{self.kind_of(chain_id).table} DELETE "
-            "WHERE chain_id = %(chain)s AND height >= %(h)s",
-            {"chain": chain_id, "h": first_uncommitted},
-        )
+        params = {"chain": chain_id, "h": first_uncommitted}
+        where = "WHERE chain_id = %(chain)s AND height >= %(h)s"
+        tables = [self.kind_of(chain_id).table]
         if self.kind_of(chain_id) is ACCESS:
             # their attestations, if the crash came after those were written too
             # (the verifier ignores rows whose block hash is not a committed one)
-            for table in ("source_attestations", "source_batches"):
-                self.backend.execute(
-                    f"ALTER TABLE {self.db}.{table} DELETE "
-                    "WHERE chain_id = %(chain)s AND height >= %(h)s",
-                    {"chain": chain_id, "h": first_uncommitted},
-                )
+            tables += ["source_attestations", "source_batches"]
+        if in_flight:
+            tables.append("blocks")
+        for table in tables:
+            self.backend.execute(f"ALTER TABLE {self.db}.{table} DELETE {where}", params)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.uncommitted_count(chain_id, head_height) == 0:

@@ -10,7 +10,9 @@ started it."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +25,10 @@ from careledger.kafka.clients import client_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.stack import cluster, default_topics
 from careledger.storage.backend import ClickHouseBackend
+from careledger.storage.store import ChainStore, SealedBlock
+from careledger_core.event import canonical_event_bytes
+from careledger_core.signing import SigningKey
+from processors.chainer import PartitionChain
 from producers.simulator import HospitalModel, simulate
 from tests.integration.cluster_support import cluster_settings, heal, on_cluster, replica
 from tests.integration.pipeline import (
@@ -38,6 +44,8 @@ from tests.integration.pipeline import (
 )
 
 pytestmark = pytest.mark.integration
+
+KEY = SigningKey.from_seed(hashlib.sha256(b"careledger cluster test key").digest())
 
 __all__ = ["cluster_settings", "on_cluster"]
 
@@ -139,3 +147,83 @@ def test_clients_fail_over_to_the_other_replica(on_cluster: Settings, settings: 
         assert int(rows[0][0]) >= 10, "the replica answering lacks the replicated tables"
     finally:
         backend.close()
+
+
+def _sealed(chain_id: str, sealed_at: list[float]) -> list[SealedBlock]:
+    """Blocks of 10 simulated events each, sealed at these times (one per block)."""
+    events = simulate(HospitalModel(seed=5), count=len(sealed_at) * 10, seed=5)
+    chain = PartitionChain.resume(chain_id, None, 65536, earliest_offset=0)
+    blocks: list[SealedBlock] = []
+    for offset, event in enumerate(events):
+        chain.add(offset, canonical_event_bytes(event), None, 0.0, 0.0)
+        if len(chain.pending) == 10:
+            block = chain.seal(KEY, now=sealed_at[len(blocks)])
+            assert block is not None
+            blocks.append(block)
+    return blocks
+
+
+def _rows_at(store: ChainStore, table: str, chain_id: str, height: int) -> list[str]:
+    rows = store.backend.execute(
+        f"SELECT block_hash FROM {store.db}.{table} WHERE chain_id = %(c)s AND height = %(h)s",
+        {"c": chain_id, "h": height},
+    )
+    return sorted(str(r[0].decode() if isinstance(r[0], bytes) else r[0]) for r in rows)
+
+
+def test_a_write_only_a_dead_replica_held_is_deleted_where_it_lands_not_kept_beside_the_rewrite(
+    on_cluster: Settings,
+) -> None:
+    """ADR 0030 addendum, made deterministic: a write committed on replica 1 that replica
+    2 has not fetched (fetches stopped stand for replica 1 dying first). The processor
+    resumes from replica 2, which shows no rows above the head, and writes that height
+    anew; when the first write reaches replica 2 it must not land beside the rewrite."""
+    chain_id = on_cluster.chain_id(on_cluster.topic_events, 0)
+    first, second = replica(on_cluster, 1), replica(on_cluster, 2)
+    one, two = store_for(first), store_for(second)
+    db = two.db
+    tables = ("access_events", "source_attestations", "source_batches", "blocks")
+    try:
+        lost = _sealed(chain_id, [1_800_000_000.0, 1_800_000_001.0])
+        rewrite = _sealed(chain_id, [1_800_000_000.0, 1_800_000_100.0])  # sealed later
+        assert lost[0].block_hash == rewrite[0].block_hash != b""
+        assert lost[1].block_hash != rewrite[1].block_hash
+        one.write_blocks(lost[:1])
+        wait_until(lambda: two.head(chain_id) is not None, 60, what="block 0 on replica 2")
+        for table in tables:
+            two.backend.execute(f"SYSTEM STOP FETCHES {db}.{table}")
+        one.write_blocks(lost[1:])  # committed on replica 1 only
+        head = two.head(chain_id)
+        assert head is not None and head.height == 0
+        assert two.uncommitted_count(chain_id, head.height) == 0  # nothing shows there
+
+        two.discard_uncommitted(chain_id, head.height, in_flight=True)
+        two.write_blocks(rewrite[1:])
+        for table in tables:
+            two.backend.execute(f"SYSTEM START FETCHES {db}.{table}")
+
+        want = [rewrite[1].block_hash.hex()]
+
+        def settled() -> bool:
+            return all(
+                _rows_at(s, "blocks", chain_id, 1) == want
+                and _rows_at(s, "access_events", chain_id, 1) == want * 10
+                for s in (one, two)
+            )
+
+        try:
+            wait_until(settled, 90, what="the rewrite alone at height 1 on both replicas")
+        except AssertionError:
+            census = {
+                n: {
+                    t: dict(Counter(h[:12] for h in _rows_at(s, t, chain_id, 1)))
+                    for t in ("blocks", "access_events")
+                }
+                for n, s in (("replica 1", one), ("replica 2", two))
+            }
+            raise AssertionError(f"height 1 holds, rows per block hash: {census}") from None
+    finally:
+        for table in tables:
+            two.backend.execute(f"SYSTEM START FETCHES {db}.{table}")
+        one.backend.close()
+        two.backend.close()

@@ -15,7 +15,13 @@ import pytest
 
 from careledger.config import Settings
 from careledger.storage.backend import StorageError
-from careledger.storage.store import EVENT_COLUMNS, ChainStore, SealedBlock, event_rows
+from careledger.storage.store import (
+    EVENT_COLUMNS,
+    ChainHead,
+    ChainStore,
+    SealedBlock,
+    event_rows,
+)
 from careledger_core.event import canonical_event_bytes
 from careledger_core.signing import SigningKey, TrustedKeys
 from processors.app import Processor, Record
@@ -138,4 +144,62 @@ def test_a_failed_write_is_resumed_from_the_store_without_gap_or_duplicate(
         store, settings.chain_id(settings.topic_events, 0), TrustedKeys([KEY.public_key])
     )
     assert report.result == "intact", [f.to_dict() for f in report.findings]
+    assert store.stale_heads == 3, "the stale reads did not happen"
     assert report.uncommitted_events == 0
+
+
+class BehindStore(FlakyStore):
+    """A write fails after its rows and header were stored on one replica, and the
+    replica read next has not fetched that write yet: for ``lag_reads`` head reads it
+    answers the head below (ADR 0030 addendum)."""
+
+    def __init__(self, inner: ChainStore, fail_call: int, lag_reads: int) -> None:
+        super().__init__(inner, set())
+        self.fail_call, self.lag_reads, self.stale_heads = fail_call, lag_reads, 0
+        self.below = -1  # the head before the failed write
+
+    def write_blocks(self, blocks: list[SealedBlock], *, owner: str | None = None) -> set[str]:  # type: ignore[override]
+        self.calls += 1
+        fenced = ChainStore.write_blocks(self, blocks, owner=owner)
+        if self.calls == self.fail_call:
+            self.below = min(b.header.height for b in blocks) - 1
+            raise StorageError("injected: the replica died before answering")
+        return fenced
+
+    def head(self, chain_id: str) -> Any:
+        head = super().head(chain_id)
+        if self.calls >= self.fail_call and self.lag_reads and head is not None:
+            self.lag_reads -= 1
+            self.stale_heads += 1
+            rows = self.backend.execute(
+                f"SELECT height, block_hash, last_offset FROM {self.db}.blocks "
+                "WHERE chain_id = %(c)s AND height <= %(h)s ORDER BY height DESC LIMIT 1",
+                {"c": chain_id, "h": self.below},
+            )
+            if not rows:
+                return None
+            height, block_hash, last_offset = rows[0]
+            text = block_hash.decode() if isinstance(block_hash, bytes) else block_hash
+            return ChainHead(chain_id, int(height), text, int(last_offset))
+        return head
+
+
+def test_a_replica_read_behind_a_write_this_processor_stored_is_waited_for_not_forked(
+    isolated: Settings,
+) -> None:
+    """Without the wait the processor resumed below its own stored blocks and wrote those
+    heights again: the fence refused the second header, and the chain stopped as if
+    another processor had taken it."""
+    settings = isolated.replace(block_max_events=100, block_max_ms=60_000)
+    events = list(simulate(HospitalModel(seed=6), count=1_500, seed=6))
+    payloads = [canonical_event_bytes(e) for e in events]
+    store = BehindStore(store_for(settings), fail_call=2, lag_reads=3)
+    _run(settings, store, payloads)
+
+    assert committed_event_count(store) == len(events)
+    assert sorted(stored_event_ids(store)) == sorted(e.event_id for e in events)
+    report = verify_chain(
+        store, settings.chain_id(settings.topic_events, 0), TrustedKeys([KEY.public_key])
+    )
+    assert report.result == "intact", [f.to_dict() for f in report.findings]
+    assert store.stale_heads == 3, "the stale reads did not happen"

@@ -7,7 +7,7 @@ import hashlib
 
 from careledger_core.batch_record import sign_batch_record
 from careledger_core.signing import SigningKey
-from processors.processor import _split_batch
+from processors.baseline import split_batch
 
 KEY = SigningKey.from_seed(hashlib.sha256(b"baseline").digest())
 
@@ -22,11 +22,11 @@ def test_a_batch_record_splits_into_its_events_bytes_exactly() -> None:
         canonical_events=events,
         signed_at="2026-12-03T00:00:00.000000Z",
     )
-    assert _split_batch(value) == events
+    assert split_batch(value) == events
 
 
 def test_any_other_record_is_one_row_as_it_is() -> None:
     for value in (b'{"schema":"careledger.access-event/1"}', b"", b"\xff\x00", b"[" * 10_000):
-        assert _split_batch(value) == [value]
+        assert split_batch(value) == [value]
     broken = b'{"events":[1,2' + b'"careledger.signed-batch/1"'
-    assert _split_batch(broken) == [broken]
+    assert split_batch(broken) == [broken]

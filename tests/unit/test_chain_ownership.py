@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
+from careledger.storage.backend import StorageError
+from careledger.storage.store import ChainHead
 from processors.ownership import ChainOwnership
 
 P0, P1 = ("events", 0), ("events", 1)
@@ -68,3 +72,43 @@ def test_the_first_write_after_a_claim_waits_for_it_to_settle_and_later_ones_do_
 
 def test_owners_differ_per_process_run() -> None:
     assert ChainOwnership("app").owner != ChainOwnership("app").owner
+
+
+# ADR 0030 addendum: a chain read again after a failed write, maybe from another replica
+
+
+def _head(height: int) -> ChainHead:
+    return ChainHead("c/0", height, "ab" * 32, height * 10)
+
+
+def test_a_head_below_a_block_this_processor_stored_is_refused_so_no_fork_is_written() -> None:
+    own = ChainOwnership("app")
+    own.stored([("c/0", 4), ("c/0", 5)])
+    own.failed(["c/0"])
+    for behind in (None, _head(3), _head(4)):
+        with pytest.raises(StorageError, match="below this processor's own stored block"):
+            own.check_head("c/0", behind)
+    assert own.check_head("c/0", _head(5)) is True  # caught up: delete the in-flight rows
+    assert own.check_head("c/0", _head(7)) is True  # the failed write itself arrived
+
+
+def test_a_failed_write_asks_for_the_in_flight_delete_until_it_is_done() -> None:
+    own = ChainOwnership("app")
+    assert own.check_head("c/0", None) is False
+    own.failed(["c/0", "c/1"])
+    assert own.check_head("c/0", None) is True
+    own.discarded("c/0")
+    assert own.check_head("c/0", None) is False
+    assert own.check_head("c/1", _head(2)) is True
+
+
+def test_what_was_stored_is_forgotten_when_the_chain_is_revoked_or_fenced() -> None:
+    # another owner may have written above it meanwhile: an old height must neither
+    # hold the chain back nor let a delete reach the new owner's rows
+    own = ChainOwnership("app")
+    own.stored([("c/0", 9), ("c/1", 9)])
+    own.failed(["c/0", "c/1"])
+    own.revoked({P0}, ["c/0"])
+    assert own.check_head("c/0", _head(2)) is False
+    own.lost({P1}, ["c/1"])
+    assert own.check_head("c/1", _head(2)) is False
