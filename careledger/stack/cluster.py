@@ -35,7 +35,8 @@ from confluent_kafka import KafkaException
 from careledger.config import Settings
 from careledger.credentials import local_password, local_password_file, tls_dir
 from careledger.kafka.clients import client_config
-from careledger.tls import local_ca_file
+from careledger.keys import KeyFileError
+from careledger.tls import CA_FILE, local_ca_file
 
 from .clickhouse_server import _start_clickhouse, clickhouse_ports
 from .kafka_server import KafkaNode, _start_kafka, new_cluster_id
@@ -198,16 +199,21 @@ def _kafka_node(cs: Settings, n: int) -> tuple[Settings, KafkaNode]:
     )
 
 
-def _clickhouse_node(cs: Settings, n: int) -> tuple[Settings, str]:
+def _clickhouse_node(cs: Settings, n: int, *, make: bool = True) -> tuple[Settings, str]:
+    """Replica ``n``'s settings and replication config; ``make``: create the cluster's
+    passwords and CA when missing (``up``), not when only looking (``status``, ``down``)."""
     port = cs.clickhouse_port + PORT_STEP * (n - 1)
     # every replica has the cluster's users and a certificate of the cluster's CA
     # (ADR 0032): the passwords and the CA are made once, under the cluster's run_dir
     passwords = {role: local_password_file(cs, role) for role in ("writer", "reader")}
     for role, path in passwords.items():
-        if not getattr(
+        if make and not getattr(
             cs, "clickhouse_password" if role == "writer" else "clickhouse_reader_password"
         ):
             local_password(path, f"ClickHouse {role} password file")
+    ca_file = cs.clickhouse_ca_file or (
+        local_ca_file(tls_dir(cs)) if make else tls_dir(cs) / CA_FILE
+    )
     node_settings = cs.replace(
         run_dir=Path(cs.run_dir) / "nodes" / f"clickhouse-{n}",
         clickhouse_port=port,
@@ -215,7 +221,7 @@ def _clickhouse_node(cs: Settings, n: int) -> tuple[Settings, str]:
         clickhouse_replicas=(),
         clickhouse_password_file=cs.clickhouse_password_file or passwords["writer"],
         clickhouse_reader_password_file=(cs.clickhouse_reader_password_file or passwords["reader"]),
-        clickhouse_ca_file=cs.clickhouse_ca_file or local_ca_file(tls_dir(cs)),
+        clickhouse_ca_file=ca_file,
     )
     replication = f"""\
     <interserver_http_host>{cs.clickhouse_host}</interserver_http_host>
@@ -367,16 +373,20 @@ def status(settings: Settings) -> ClusterStatus:
     zpid = zookeeper_pid(_zookeeper_dir(cs))
     nodes.append(ServiceStatus("zookeeper", zready, zpid, {"client": ZOOKEEPER_PORT}))
     for n in range(1, CLICKHOUSE_REPLICAS + 1):
-        ns, _ = _clickhouse_node(cs, n)
+        ns, _ = _clickhouse_node(cs, n, make=False)
         p = _paths(ns)
-        version = _clickhouse_version(ns)
+        try:
+            version = _clickhouse_version(ns)
+            detail = f"ClickHouse {version}, replica clickhouse-{n}" if version else ""
+        except KeyFileError as exc:  # no password yet: never started, or files lost
+            version, detail = None, f"cannot log in: {exc}"
         nodes.append(
             ServiceStatus(
                 f"clickhouse-{n}",
                 version is not None,
                 _our_pid(p.clickhouse_pid, str(p.clickhouse_config)),
                 clickhouse_ports(ns),
-                f"ClickHouse {version}, replica clickhouse-{n}" if version else "",
+                detail,
             )
         )
     return ClusterStatus(tuple(nodes), config_path(settings))
@@ -387,7 +397,7 @@ def down(settings: Settings) -> ClusterStatus:
     cs = cluster_settings(settings)
     with _stack_lock(cs):
         for n in range(1, CLICKHOUSE_REPLICAS + 1):
-            p = _paths(_clickhouse_node(cs, n)[0])
+            p = _paths(_clickhouse_node(cs, n, make=False)[0])
             _stop(f"ClickHouse replica {n}", p.clickhouse_pid, str(p.clickhouse_config))
         # all Kafka nodes at once: stopped one by one, the last would wait for a
         # controller quorum that is already gone
@@ -427,7 +437,7 @@ def kill_node(settings: Settings, name: str) -> int:
         p = _paths(_kafka_node(cs, n)[0])
         pid_file, marker = p.kafka_pid, str(p.kafka_props)
     elif kind == "clickhouse" and 1 <= n <= CLICKHOUSE_REPLICAS:
-        p = _paths(_clickhouse_node(cs, n)[0])
+        p = _paths(_clickhouse_node(cs, n, make=False)[0])
         pid_file, marker = p.clickhouse_pid, str(p.clickhouse_config)
     else:
         raise StackError(f"no cluster node {name!r}")

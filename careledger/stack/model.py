@@ -28,7 +28,7 @@ class ServiceStatus:
         state = "up" if self.ready else "down"
         who = f"pid {self.pid}" if self.pid else ("external" if self.ready else "-")
         extra = f" ({self.detail})" if self.detail else ""
-        return f"{self.name:<10} {state:<5} {who:<12} {ports}{extra}"
+        return f"{self.name:<12} {state:<5} {who:<12} {ports}{extra}"
 
 
 @dataclasses.dataclass(frozen=True)
