@@ -5,7 +5,11 @@ Everything lives under ``<run_dir>/tls``: ``ca.pem`` (trust it on clients), ``ca
 and each member's ``<name>.key`` (mode 0600, owner only), ``<name>.pem``. A CA or
 certificate is made once and kept; a server certificate is made again when it is
 missing, expires within ``RENEW_BEFORE`` or was not signed by the current CA. A
-production deployment brings certificates from the hospital's PKI instead (settings
+*member* certificate (``member_cert``: a Kafka broker, which is also a TLS client of
+its controllers) carries both the server and the client authentication usage, and is
+made again when it lacks one of them. ``write_pem_keystore`` writes a member's key and
+certificate as one owner-only file (Kafka's ``ssl.keystore.type=PEM``). A production
+deployment brings certificates from the hospital's PKI instead (settings
 ``clickhouse_ca_file`` and the server's own configuration).
 """
 
@@ -30,13 +34,17 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 __all__ = [
     "CA_FILE",
     "LOOPBACK_NAMES",
+    "MEMBER_USAGES",
     "RENEW_BEFORE",
     "ServerCert",
     "issue",
     "key_pem",
     "local_ca_file",
+    "member_cert",
     "new_ca",
+    "pem_keystore",
     "server_cert",
+    "write_pem_keystore",
 ]
 
 #: a DNS name: dot-separated labels of letters, digits and inner hyphens
@@ -50,6 +58,11 @@ _CA_VALIDITY = dt.timedelta(days=3650)
 _SERVER_VALIDITY = dt.timedelta(days=397)
 #: the names a loopback member answers to
 LOOPBACK_NAMES: tuple[str, ...] = ("127.0.0.1", "::1", "localhost")
+#: the usages of a member certificate: it answers as a server and dials as a client
+MEMBER_USAGES: tuple[x509.ObjectIdentifier, ...] = (
+    ExtendedKeyUsageOID.SERVER_AUTH,
+    ExtendedKeyUsageOID.CLIENT_AUTH,
+)
 
 
 @dataclass(frozen=True)
@@ -112,12 +125,16 @@ def new_ca(
 def issue(
     ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey],
     common_name: str,
-    usage: x509.ObjectIdentifier,
+    usage: x509.ObjectIdentifier | Sequence[x509.ObjectIdentifier],
     hosts: Sequence[str] = (),
     validity: dt.timedelta = _SERVER_VALIDITY,
 ) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     """A leaf certificate (P-256) signed by ``ca`` for ``usage`` (server or client
-    authentication), naming ``hosts`` (IP addresses or DNS names) when given."""
+    authentication, or several of them), naming ``hosts`` (IP addresses or DNS names)
+    when given."""
+    usages = [usage] if isinstance(usage, x509.ObjectIdentifier) else list(usage)
+    if not usages:
+        raise ValueError("a certificate needs at least one extended key usage")
     ca_cert, ca_key = ca
     now = dt.datetime.now(dt.UTC)
     key = ec.generate_private_key(ec.SECP256R1())
@@ -130,7 +147,7 @@ def issue(
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + validity)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
     )
     if hosts:
         alt: list[x509.GeneralName] = [
@@ -174,11 +191,22 @@ def local_ca_file(directory: Path) -> Path:
     return directory / CA_FILE
 
 
-def _current(cert_path: Path, ca: x509.Certificate, hosts: Sequence[str]) -> bool:
+def _current(
+    cert_path: Path,
+    ca: x509.Certificate,
+    hosts: Sequence[str],
+    usages: Sequence[x509.ObjectIdentifier] = (),
+) -> bool:
+    """Whether the certificate at ``cert_path`` may be kept: signed by ``ca``, naming
+    every one of ``hosts``, carrying every one of ``usages`` and far from its end."""
     try:
         cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
         cert.verify_directly_issued_by(ca)
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        if usages:
+            eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+            if not set(usages) <= set(eku):
+                return False
     except (OSError, ValueError, TypeError, InvalidSignature, x509.ExtensionNotFound):
         return False
     have = {str(n) for n in names.get_values_for_type(x509.DNSName)} | {
@@ -196,19 +224,51 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def server_cert(directory: Path, name: str, hosts: Sequence[str] = LOOPBACK_NAMES) -> ServerCert:
-    """``<name>.pem`` and ``<name>.key`` for a server answering to ``hosts``, signed by
-    the local CA (both made when missing, stale or signed by another CA)."""
+def _leaf(
+    directory: Path,
+    name: str,
+    hosts: Sequence[str],
+    usages: Sequence[x509.ObjectIdentifier],
+    renew_without: Sequence[x509.ObjectIdentifier],
+) -> ServerCert:
     ca_cert, ca_key = _ca(directory)
     cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
-    if key_path.exists() and _current(cert_path, ca_cert, hosts):
+    if key_path.exists() and _current(cert_path, ca_cert, hosts, renew_without):
         return ServerCert(directory / CA_FILE, cert_path, key_path)
-    cert, key = issue(
-        (ca_cert, ca_key), f"careledger {name}", ExtendedKeyUsageOID.SERVER_AUTH, hosts
-    )
+    cert, key = issue((ca_cert, ca_key), f"careledger {name}", usages, hosts)
     _write_private(key_path, key_pem(key))
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     return ServerCert(directory / CA_FILE, cert_path, key_path)
+
+
+def server_cert(directory: Path, name: str, hosts: Sequence[str] = LOOPBACK_NAMES) -> ServerCert:
+    """``<name>.pem`` and ``<name>.key`` for a server answering to ``hosts``, signed by
+    the local CA (both made when missing, stale or signed by another CA)."""
+    return _leaf(directory, name, hosts, (ExtendedKeyUsageOID.SERVER_AUTH,), ())
+
+
+def member_cert(directory: Path, name: str, hosts: Sequence[str] = LOOPBACK_NAMES) -> ServerCert:
+    """Like :func:`server_cert`, for a member that is also a TLS client of its peers (a
+    Kafka broker dials its controllers with this certificate): server and client
+    authentication, and made again when an existing certificate lacks either."""
+    return _leaf(directory, name, hosts, MEMBER_USAGES, MEMBER_USAGES)
+
+
+def pem_keystore(cert: ServerCert) -> bytes:
+    """``cert``'s private key (PKCS#8 PEM) followed by its certificate (PEM): the one
+    file Kafka's ``ssl.keystore.type=PEM`` reads. Secret: write it owner-only
+    (:func:`write_pem_keystore`)."""
+    key = cert.key.read_bytes()
+    certificate = cert.cert.read_bytes()
+    return key.rstrip(b"\n") + b"\n" + certificate.rstrip(b"\n") + b"\n"
+
+
+def write_pem_keystore(cert: ServerCert, path: Path | None = None) -> Path:
+    """Write :func:`pem_keystore` of ``cert`` to ``path`` (default: beside the key,
+    ``<name>.keystore.pem``), mode 0600 whatever was there; returns the path."""
+    target = path if path is not None else cert.key.with_name(f"{cert.key.stem}.keystore.pem")
+    _write_private(target, pem_keystore(cert))
+    return target
 
 
 def configure_tls_certs(parser: argparse.ArgumentParser) -> None:

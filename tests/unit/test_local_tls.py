@@ -147,3 +147,112 @@ def test_the_tls_certs_command_names_the_hosts_and_refuses_bad_ones(
     ):
         assert main(["tls-certs", "--dir", str(tmp_path), *bad]) == 2, bad
     assert not (tmp_path.parent / "escape.pem").exists()
+
+
+def _usages(path: Path) -> set[x509.ObjectIdentifier]:
+    eku = _load(path).extensions.get_extension_for_class(x509.ExtendedKeyUsage)
+    return set(eku.value)
+
+
+def _mutual(server: tls.ServerCert, client: tls.ServerCert) -> BaseException | None:
+    """A TLS handshake where the server asks for and verifies the client's certificate;
+    what the server refused it with, or None."""
+    srv_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    srv_ctx.load_cert_chain(server.cert, server.key)
+    srv_ctx.load_verify_locations(server.ca)
+    srv_ctx.verify_mode = ssl.CERT_REQUIRED
+    cli_ctx = ssl.create_default_context(cafile=str(server.ca))
+    cli_ctx.load_cert_chain(client.cert, client.key)
+    listener = socket.create_server(("127.0.0.1", 0))
+    refused: list[BaseException] = []
+
+    def serve() -> None:
+        try:
+            conn, _ = listener.accept()
+            with srv_ctx.wrap_socket(conn, server_side=True) as s:
+                s.sendall(b"y")
+        except (ssl.SSLError, OSError) as exc:
+            refused.append(exc)
+        finally:
+            listener.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        with (
+            socket.create_connection(listener.getsockname()[:2]) as raw,
+            cli_ctx.wrap_socket(raw, server_hostname="localhost") as c,
+        ):
+            c.recv(1)
+    except (ssl.SSLError, OSError):
+        pass  # the server's refusal, seen from the client
+    finally:
+        t.join(5)
+    return refused[0] if refused else None
+
+
+def test_a_member_certificate_serves_and_dials_its_peers(tmp_path: Path) -> None:
+    broker = tls.member_cert(tmp_path, "kafka-1")
+    assert _usages(broker.cert) == {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    controller = tls.member_cert(tmp_path, "kafka-2")
+    assert _mutual(controller, broker) is None  # a broker dials its controller
+    server_only = tls.server_cert(tmp_path, "ch")
+    refused = _mutual(controller, server_only)  # not a client certificate: refused
+    assert isinstance(refused, ssl.SSLCertVerificationError)
+    assert "certificate purpose" in str(refused)
+
+
+def test_a_server_only_certificate_is_made_again_as_a_member(tmp_path: Path) -> None:
+    server = tls.server_cert(tmp_path, "kafka-1")
+    assert _usages(server.cert) == {ExtendedKeyUsageOID.SERVER_AUTH}
+    before = _load(server.cert).serial_number
+    member = tls.member_cert(tmp_path, "kafka-1")
+    serial = _load(member.cert).serial_number
+    assert serial != before
+    assert ExtendedKeyUsageOID.CLIENT_AUTH in _usages(member.cert)
+    assert _load(tls.member_cert(tmp_path, "kafka-1").cert).serial_number == serial  # kept
+    # a server certificate is not asked to be a client one: the member's is kept too
+    assert _load(tls.server_cert(tmp_path, "kafka-1").cert).serial_number == serial
+
+
+def test_issue_takes_one_usage_or_several(tmp_path: Path) -> None:
+    ca = tls.new_ca("test CA")
+    one, _ = tls.issue(ca, "a", ExtendedKeyUsageOID.CLIENT_AUTH)
+    both, _ = tls.issue(ca, "b", tls.MEMBER_USAGES)
+    assert list(one.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [
+        ExtendedKeyUsageOID.CLIENT_AUTH
+    ]
+    assert list(both.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == list(
+        tls.MEMBER_USAGES
+    )
+    with pytest.raises(ValueError):
+        tls.issue(ca, "c", [])
+
+
+def test_the_pem_keystore_is_owner_only_and_loads_as_a_key_and_certificate(
+    tmp_path: Path,
+) -> None:
+    member = tls.member_cert(tmp_path / "tls", "kafka-1")
+    stale = tmp_path / "tls" / "kafka-1.keystore.pem"
+    stale.write_bytes(b"old")
+    stale.chmod(0o644)
+    keystore = tls.write_pem_keystore(member)
+    assert keystore == stale
+    assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
+    data = keystore.read_bytes()
+    assert data == tls.pem_keystore(member)
+    assert data.startswith(b"-----BEGIN PRIVATE KEY-----\n")
+    assert data.index(b"-----BEGIN CERTIFICATE-----") > data.index(b"-----END PRIVATE KEY-----")
+    ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(keystore)  # key and cert match
+    # a keystore is what a server presents: a client trusting the CA verifies it
+    as_server = tls.ServerCert(member.ca, keystore, keystore)
+    _handshake(as_server, member.ca, "localhost")
+    other = tls.member_cert(tmp_path / "tls", "kafka-2")
+    mismatched = tls.pem_keystore(tls.ServerCert(member.ca, other.cert, member.key))
+    bad = tmp_path / "bad.pem"
+    bad.write_bytes(mismatched)
+    with pytest.raises(ssl.SSLError):
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(bad)
