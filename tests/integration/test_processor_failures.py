@@ -144,7 +144,6 @@ def test_a_failed_write_is_resumed_from_the_store_without_gap_or_duplicate(
         store, settings.chain_id(settings.topic_events, 0), TrustedKeys([KEY.public_key])
     )
     assert report.result == "intact", [f.to_dict() for f in report.findings]
-    assert store.stale_heads == 3, "the stale reads did not happen"
     assert report.uncommitted_events == 0
 
 
