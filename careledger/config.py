@@ -42,6 +42,19 @@ class Settings:
     kafka_brokers: tuple[str, ...] = ()
     kafka_replication_factor: int = 1
     kafka_min_insync_replicas: int = 1
+    # TLS and SCRAM logins (issue 12, careledger.kafka.security): every client logs in
+    # as its component's principal over SASL_SSL, the broker verified by name against
+    # kafka_ca_file (else the local stack's <run_dir>/tls/ca.pem, else the system's
+    # store). A password comes from kafka_password, else kafka_password_file (0600),
+    # else <run_dir>/secrets/kafka-<principal>.password, made by the local stack.
+    # PLAINTEXT until the whole test suite runs on SASL_SSL (ADR 0033, "Not yet").
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_ca_file: Path | None = None
+    kafka_password: str = dataclasses.field(default="", repr=False)
+    kafka_password_file: Path | None = None
+    # where the local stack's per-principal password files are (default <run_dir>/secrets;
+    # set by pin_login for scratch copies of the settings with another run_dir)
+    kafka_secrets_dir: Path | None = None
     topic_events: str = "careledger.access-events"
     topic_dead_letter: str = "careledger.dead-letter"
     topic_alerts: str = "careledger.alerts"
@@ -80,10 +93,10 @@ class Settings:
     # setting, else its *_password_file (mode 0600), else <run_dir>/secrets/ (made by
     # the local stack on first start); there is no default password.
     clickhouse_user: str = "careledger"
-    clickhouse_password: str = ""
+    clickhouse_password: str = dataclasses.field(default="", repr=False)
     clickhouse_password_file: Path | None = None
     clickhouse_reader_user: str = "careledger_reader"
-    clickhouse_reader_password: str = ""
+    clickhouse_reader_password: str = dataclasses.field(default="", repr=False)
     clickhouse_reader_password_file: Path | None = None
     # TLS on the native port, verified against clickhouse_ca_file (else the local
     # stack's <run_dir>/tls/ca.pem, else the system's trust store).
@@ -247,7 +260,7 @@ class Settings:
     replica_clickhouse_host: str = "127.0.0.1"
     replica_clickhouse_port: int = 19000
     replica_clickhouse_user: str = ""  # empty: the writer's login (clickhouse_user)
-    replica_clickhouse_password: str = ""
+    replica_clickhouse_password: str = dataclasses.field(default="", repr=False)
     replica_clickhouse_database: str = "careledger_replica"
 
     @property
@@ -355,6 +368,8 @@ def load_settings(
         raise ConfigError(
             "kafka_min_insync_replicas must be between 1 and kafka_replication_factor"
         )
+    if settings.kafka_security_protocol not in ("SASL_SSL", "PLAINTEXT"):
+        raise ConfigError("kafka_security_protocol must be SASL_SSL or PLAINTEXT")
     if settings.block_max_events < 1 or settings.block_max_ms < 1:
         raise ConfigError("block_max_events and block_max_ms must be positive")
     if settings.partitions < 1 or settings.reference_partitions < 1:

@@ -42,8 +42,9 @@ from typing import Any, Final
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.offsets import watermark_offsets
+from careledger.kafka.security import VERIFIER
 from careledger.witness_client import WitnessUnreachable, latest_checkpoint
 from careledger.witnesses import WitnessSet
 from careledger_core.errors import InfrastructureError
@@ -80,8 +81,9 @@ class CheckpointNotes:
         self.topic: str = settings.topic_checkpoints
         self.timeout_s = timeout_s
         self._consumer = Consumer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                VERIFIER,
                 {
                     # required by the client; never joined (assign) nor committed
                     "group.id": f"careledger-checkpoint-notes-{uuid.uuid4().hex}",

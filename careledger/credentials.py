@@ -149,7 +149,8 @@ def clickhouse_login(settings: Any, role: Role = "writer") -> ClickHouseLogin:
 
 
 def pin_login(settings: Any) -> Any:
-    """``settings`` with the local stack's password files and CA named explicitly, so a
+    """``settings`` with the local stack's password files (ClickHouse's and Kafka's) and
+    CA named explicitly, so a
     copy of them with another ``run_dir`` (a benchmark's or a test's scratch directory)
     still logs in to the same server. Settings that already name them are kept."""
     changes: dict[str, Path] = {}
@@ -170,4 +171,10 @@ def pin_login(settings: Any) -> Any:
     ca = tls_dir(settings) / "ca.pem"
     if settings.clickhouse_ca_file is None and ca.exists():
         changes["clickhouse_ca_file"] = ca
+    # Kafka's: every principal's password file (ADR 0033) and the same CA
+    secrets = Path(settings.run_dir) / "secrets"
+    if getattr(settings, "kafka_secrets_dir", None) is None and secrets.is_dir():
+        changes["kafka_secrets_dir"] = secrets
+    if getattr(settings, "kafka_ca_file", None) is None and ca.exists():
+        changes["kafka_ca_file"] = ca
     return settings.replace(**changes) if changes else settings

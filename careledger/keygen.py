@@ -83,6 +83,7 @@ def command_keygen(args: argparse.Namespace, settings: Any) -> int:
 
 
 def _rotate(args: argparse.Namespace, settings: Any) -> int:
+    from careledger.kafka.security import REGISTRAR
     from careledger.sources import load_registrar_keys, read_sources, utc_now
 
     path: Path = args.out or default_key_path(settings)
@@ -95,7 +96,7 @@ def _rotate(args: argparse.Namespace, settings: Any) -> int:
                 f"registrar key {registrar.key_id} is not among trusted_registrar_keys "
                 "(CARELEDGER_TRUSTED_REGISTRAR_KEYS): the rotation would be ignored"
             )
-        snapshot = read_sources(settings, registrars)
+        snapshot = read_sources(settings, registrars, principal=REGISTRAR)
         registry, now = snapshot.registry, utc_now()
         identity = processor_source_id(settings.origin)
         registered = registry.keys_of(identity)
@@ -147,13 +148,23 @@ def _publish(
     rotation only), the new one active from ``now``, the old one revoked from ``now``."""
     import base64
 
+    from careledger.kafka.security import REGISTRAR
     from careledger.sources import publish_key_event, register_key
     from careledger_core.source import KeyEventStatement
 
     if old.key_id not in registered:
-        register_key(settings, registrar, identity, old.public_key, valid_from=SINCE_ALWAYS)
+        register_key(
+            settings,
+            registrar,
+            identity,
+            old.public_key,
+            principal=REGISTRAR,
+            valid_from=SINCE_ALWAYS,
+        )
     if new.key_id not in registered:
-        register_key(settings, registrar, identity, new.public_key, valid_from=now)
+        register_key(
+            settings, registrar, identity, new.public_key, principal=REGISTRAR, valid_from=now
+        )
     publish_key_event(
         settings,
         registrar,
@@ -165,4 +176,5 @@ def _publish(
             valid_from=now,
             registrar_key_id=registrar.key_id,
         ),
+        principal=REGISTRAR,
     )

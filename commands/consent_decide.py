@@ -147,6 +147,7 @@ def _every(interval: float, stop: threading.Event, work: Callable[[], object], w
 def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from careledger.kafka.security import PRODUCER
     from careledger.sources import load_registrar_keys, read_registry
     from careledger.storage.backend import ClickHouseBackend
     from careledger_core.errors import CareledgerError
@@ -159,7 +160,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     if not registrars:
         return _error("no trusted registrar key (trusted_registrar_keys): cannot read the registry")
     try:
-        registry, problems = read_registry(settings, registrars)
+        registry, problems = read_registry(settings, registrars, principal=PRODUCER)
     except CareledgerError as exc:
         return _error(f"cannot read the source registry: {exc.message}")
     for p in problems:
@@ -167,7 +168,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     current = {"registry": registry}
 
     def reload_registry() -> None:
-        current["registry"] = read_registry(settings, registrars)[0]
+        current["registry"] = read_registry(settings, registrars, principal=PRODUCER)[0]
 
     backend = ClickHouseBackend.from_settings(settings)
     sink = KafkaDecisionLedger(settings)

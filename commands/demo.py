@@ -76,9 +76,10 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     if args.unsigned:  # legacy mode: plain events, chained without source checks
         settings = settings.replace(source_key=None, require_source_signatures=False)
     else:
+        from careledger.kafka.security import REGISTRAR
         from careledger.sources import ensure_local_source
 
-        settings = ensure_local_source(settings)
+        settings = ensure_local_source(settings, principal=REGISTRAR)
         print(f"== events are signed at the source as {settings.source_id}")
 
     if args.no_witnesses:

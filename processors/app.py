@@ -22,6 +22,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.kafka.clients import client_config
+from careledger.kafka.security import PROCESSOR, kafka_login
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.sources.reading import READ_TIMEOUT_S, read_topic_from
 from careledger.stack.topics import events_topic_time_problem
@@ -134,7 +135,7 @@ def source_gate(settings: Settings) -> SourceGate:
     follower = (
         RegistryFollower(
             lambda start, keep: read_topic_from(
-                settings, settings.topic_sources, start, READ_TIMEOUT_S, keep
+                settings, settings.topic_sources, start, READ_TIMEOUT_S, keep, principal=PROCESSOR
             ),
             registrars,
         )
@@ -192,6 +193,22 @@ async def seek_on_consumer_thread(app: Any, tp: Any, offset: int) -> bool:
     return True
 
 
+def _faust_credentials(settings: Settings) -> Any:
+    """The processor's SCRAM login over TLS for faust's aiokafka clients (issue 12),
+    or None on a plaintext broker."""
+    login = kafka_login(settings, PROCESSOR)
+    if login.protocol != "SASL_SSL":
+        return None
+    from faust.auth import SASLCredentials
+
+    return SASLCredentials(
+        username=login.username,
+        password=login.password,
+        ssl_context=login.aiokafka()["ssl_context"],
+        mechanism=login.mechanism,
+    )
+
+
 def create_app(
     settings: Settings,
     key: SigningKey,
@@ -211,6 +228,7 @@ def create_app(
     app = faust.App(
         settings.processor_app_id,
         broker=f"kafka://{settings.kafka_bootstrap}",
+        broker_credentials=_faust_credentials(settings),
         value_serializer="raw",
         key_serializer="raw",
         store="memory://",
@@ -273,6 +291,7 @@ def create_app(
                             "group.id": settings.processor_app_id,
                             "enable.auto.commit": False,
                         },
+                        login=kafka_login(settings, PROCESSOR),
                     )
                 )
             )

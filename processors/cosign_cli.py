@@ -19,8 +19,9 @@ import uuid
 from typing import Any, Final
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.offsets import watermark_offsets
+from careledger.kafka.security import COSIGNER
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WITNESSES_FILE_ENV, WitnessesConfigError, load_witnesses
@@ -69,8 +70,9 @@ class _CheckpointFeed:
         self.topic = settings.topic_checkpoints
         self.failures = 0
         self._consumer = Consumer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                COSIGNER,
                 {
                     "group.id": f"careledger-cosigner-{uuid.uuid4().hex}",  # assigned, never joined
                     "client.id": "careledger-cosigner",
@@ -82,8 +84,9 @@ class _CheckpointFeed:
             )
         )
         self._producer = Producer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                COSIGNER,
                 {
                     "client.id": "careledger-cosigner",
                     "enable.idempotence": True,

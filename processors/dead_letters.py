@@ -26,7 +26,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 
 
 @dataclass(frozen=True)
@@ -87,8 +88,9 @@ def read_dead_letters(
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-dlq-reader-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
@@ -188,7 +190,7 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     ]
     from careledger.kafka.producer import AccessEventProducer
 
-    with AccessEventProducer(settings) as producer:
+    with AccessEventProducer(settings, principal=ADMIN) as producer:
         for r in chosen:
             producer.send_raw(r.value, key=r.key)
         producer.flush()

@@ -25,7 +25,8 @@ from collections.abc import Sequence
 from typing import Any, Final
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import PROCESSOR
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 from careledger.storage.block_records import BlockMaterial, BlockPublishError, encode_material
 from careledger_core.checkpoint import (
@@ -98,8 +99,9 @@ class KafkaOutputs:
         self.topic = settings.topic_dead_letter
         self.checkpoint_failures = 0
         self._producer = Producer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                PROCESSOR,
                 {
                     "enable.idempotence": True,
                     "acks": "all",
@@ -208,8 +210,9 @@ class KafkaOutputs:
         producer = getattr(self, "_blocks_out", None)
         if producer is None:
             producer = self._blocks_out = Producer(
-                client_config(
-                    self.settings.kafka_bootstrap,
+                kafka_config(
+                    self.settings,
+                    PROCESSOR,
                     {
                         "enable.idempotence": True,
                         "acks": "all",

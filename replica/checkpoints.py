@@ -29,7 +29,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger_core.checkpoint import Checkpoint, open_note, parse_checkpoint
 from careledger_core.cosignature import WitnessPolicy, check_quorum, split_note
 from careledger_core.errors import (
@@ -145,8 +146,9 @@ def read_checkpoints(
     topic_name: str = settings.topic_checkpoints
     out = SignedCheckpoints(witnessed=policy is not None)
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-restore-checkpoints-{uuid.uuid4().hex}",
                 "client.id": "careledger-restore",

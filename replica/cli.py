@@ -252,6 +252,7 @@ def _ledger(settings: Settings, by: str, run_id: str) -> Any:
 
     def send(blocks: list[SealedBlock]) -> None:
         from careledger.kafka.producer import AccessEventProducer
+        from careledger.kafka.security import ADMIN
         from careledger.keys import load_source_key
 
         if settings.require_source_signatures and load_source_key(settings) is None:
@@ -260,7 +261,7 @@ def _ledger(settings: Settings, by: str, run_id: str) -> Any:
                 "key registered with `careledger source register`"
             )
         try:
-            with AccessEventProducer(settings) as producer:
+            with AccessEventProducer(settings, principal=ADMIN) as producer:
                 for block in blocks:
                     producer.send(restore_event(block, by, run_id))
                 producer.flush(30.0)

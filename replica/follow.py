@@ -39,8 +39,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.offsets import watermark_offsets
+from careledger.kafka.security import REPLICA
 from careledger.storage.block_records import (
     BlockMaterial,
     BlockPart,
@@ -194,8 +195,9 @@ class Replicator:
 
     # ------------------------------------------------------------------ setup
     def _consumer(self) -> Any:
-        config = client_config(
-            self.settings.kafka_bootstrap,
+        config = kafka_config(
+            self.settings,
+            REPLICA,
             {
                 "group.id": self.group,
                 "client.id": "careledger-replica",

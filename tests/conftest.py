@@ -25,7 +25,8 @@ import pytest
 
 from careledger.config import PROJECT_ROOT, Settings, load_settings
 from careledger.credentials import pin_login
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 
 log = logging.getLogger("careledger.tests")
 
@@ -146,6 +147,7 @@ def _with_local_source(s: Settings, tmp_path: Path) -> Settings:
     return ensure_local_source(
         s.replace(registrar_key=keys / "registrar.key", source_key=keys / "source-local.key"),
         say=lambda *_: None,
+        principal=ADMIN,
     )
 
 
@@ -160,7 +162,7 @@ def _cleanup(s: Settings, topics: list[str]) -> None:
         log.warning("could not drop test database %s: %s", s.clickhouse_database, exc)
     try:
         # Topics the processor (faust) created for this test's app id go too.
-        existing = AdminClient(client_config(s.kafka_bootstrap)).list_topics(timeout=10)
+        existing = AdminClient(kafka_config(s, ADMIN)).list_topics(timeout=10)
         extra = [t for t in existing.topics if t.startswith(f"{s.processor_app_id}-")]
         stack_mod.delete_topics(s, [t for t in topics if t in existing.topics] + extra)
     except Exception as exc:

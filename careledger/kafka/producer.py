@@ -40,6 +40,10 @@ A patient's events from one attributed source stay in send order (within a batch
 across batch records the sequence numbers say the order: batch records of one source go
 to several partitions); across attributed sources batches may close in another order.
 
+Login (issue 12): the producer logs in to Kafka as ``principal`` (default
+:data:`~careledger.kafka.security.PRODUCER`: the SDK, the gateway, the simulator);
+careledger's other components that send through it name their own.
+
 Privacy: the key and the value carry patient identifiers, so nothing here logs them;
 logs and errors name counts, topics, partitions, error codes and event ids only.
 
@@ -74,6 +78,7 @@ from careledger.kafka.batching import (
     heartbeat_record,
 )
 from careledger.kafka.clients import RateLimit, client_config, rdkafka_logger
+from careledger.kafka.security import PRODUCER, KafkaLogin, kafka_login
 from careledger.keys import KeyFileError, load_source_key
 from careledger_core.errors import CareledgerError, InfrastructureError, ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -176,13 +181,15 @@ class DeliveryError(InfrastructureError):
 def producer_config(
     bootstrap: str,
     *,
+    login: KafkaLogin | None,
     compression: str = DEFAULT_COMPRESSION,
     extra_config: dict[str, Any] | None = None,
     logger: logging.Logger | None = None,
 ) -> dict[str, Any]:
     """The librdkafka configuration the SDK uses (without callbacks), through
-    :func:`careledger.kafka.clients.client_config`: librdkafka's lines go to ``logger``
-    (default: the SDK's rate-limited ``careledger.producer.rdkafka``), never to stderr."""
+    :func:`careledger.kafka.clients.client_config`, logged in as ``login``: librdkafka's
+    lines go to ``logger`` (default: the SDK's rate-limited
+    ``careledger.producer.rdkafka``), never to stderr."""
     config: dict[str, Any] = {
         "client.id": "careledger-producer",
         # exactly-once per partition and in order, even across retries
@@ -202,7 +209,7 @@ def producer_config(
     }
     if extra_config:
         config.update(extra_config)
-    return client_config(bootstrap, config, logger=logger or _rdkafka_log)
+    return client_config(bootstrap, config, login=login, logger=logger or _rdkafka_log)
 
 
 class AccessEventProducer:
@@ -214,7 +221,7 @@ class AccessEventProducer:
 
     ``sign``: None (default) signs when a source key is configured and the topic is
     the events topic (producers of reference topics stay plain); True requires a key;
-    False never signs.
+    False never signs. ``principal``: who it logs in to Kafka as (``settings``' login).
     """
 
     def __init__(
@@ -228,6 +235,7 @@ class AccessEventProducer:
         source_key: SigningKey | None = None,
         source_id: str | None = None,
         sign: bool | None = None,
+        principal: str = PRODUCER,
     ) -> None:
         if settings is None:
             settings = load_settings()
@@ -235,7 +243,12 @@ class AccessEventProducer:
         self.topic = topic or settings.topic_events
         self.bootstrap = bootstrap or settings.kafka_bootstrap
         key = self._source_key(settings, source_key, sign)
-        config = producer_config(self.bootstrap, compression=compression, extra_config=extra_config)
+        config = producer_config(
+            self.bootstrap,
+            login=kafka_login(settings, principal),
+            compression=compression,
+            extra_config=extra_config,
+        )
         config["on_delivery"] = self._on_delivery
         config["error_cb"] = self._on_error
         # queue-full waits give up after the message timeout plus a margin: by then every

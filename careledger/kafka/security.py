@@ -231,8 +231,11 @@ def _principal(name: str) -> Principal:
 
 
 def local_scram_password_file(settings: Any, principal: str) -> Path:
-    """The SCRAM password the local stack generates for ``principal``."""
-    return Path(settings.run_dir) / "secrets" / f"kafka-{_principal(principal)}.password"
+    """The SCRAM password the local stack generates for ``principal``: in
+    ``kafka_secrets_dir`` when set (``careledger.credentials.pin_login``), else in
+    ``<run_dir>/secrets``."""
+    home = getattr(settings, "kafka_secrets_dir", None) or Path(settings.run_dir) / "secrets"
+    return Path(home) / f"kafka-{_principal(principal)}.password"
 
 
 def kafka_login(settings: Any, principal: str) -> KafkaLogin:

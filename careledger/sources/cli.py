@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from careledger.config import Settings
+from careledger.kafka.security import REGISTRAR
 from careledger.keys import (
     REGISTRAR_KEY_TEXT_ENV,
     KeyFileError,
@@ -156,7 +157,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     public_key = keys[0]
     registrar, settings = _registrar(settings, args.init_registrar)
-    snapshot = read_sources(settings, _trusting(settings, registrar))
+    snapshot = read_sources(settings, _trusting(settings, registrar), principal=REGISTRAR)
     for key in summarize_keys(snapshot.key_events):
         if key.key_id != public_key.key_id:
             continue
@@ -174,6 +175,7 @@ def _register(args: argparse.Namespace, settings: Settings) -> int:
         public_key,
         signs_for=args.signs_for,
         valid_from=args.valid_from,
+        principal=REGISTRAR,
     )
     st = _statement(record)
     extra = f", signs for {', '.join(st.signs_for)}" if st.signs_for else ""
@@ -191,7 +193,7 @@ def _statement(record: ReferenceRecord) -> KeyEventStatement:
 
 def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     registrar, settings = _registrar(settings, False)
-    snapshot = read_sources(settings, _trusting(settings, registrar))
+    snapshot = read_sources(settings, _trusting(settings, registrar), principal=REGISTRAR)
     found = [
         k
         for k in summarize_keys(snapshot.key_events)
@@ -200,7 +202,7 @@ def _revoke(args: argparse.Namespace, settings: Settings) -> int:
     if not found:
         _err(f"source {args.source_id} has no registered key {args.key_id}")
         return 2
-    record = revoke_key(settings, registrar, found[0], args.at)
+    record = revoke_key(settings, registrar, found[0], args.at, principal=REGISTRAR)
     st = _statement(record)
     print(
         f"revoked key {st.key_id} of source {st.source_id} from {st.valid_from} "
@@ -217,7 +219,7 @@ def _list(args: argparse.Namespace, settings: Settings) -> int:
             "no key event can be verified"
         )
         return 2
-    snapshot = read_sources(settings, registrars)
+    snapshot = read_sources(settings, registrars, principal=REGISTRAR)
     at = args.at or utc_now()
     keys = summarize_keys(snapshot.key_events)
     if args.json:

@@ -2,7 +2,9 @@
 
 ``register_key`` and ``revoke_key`` sign a ``KeyEventStatement`` with the registrar key
 and produce it as the next version of its ``source-key`` record; ``ensure_local_source``
-sets up keys and a registration for local tooling (the demo).
+sets up keys and a registration for local tooling (the demo). Each names the Kafka
+``principal`` it reads and writes the sources topic as: the caller's (``careledger
+source`` and ``keygen --rotate`` are the registrar; the benchmarks, admin).
 """
 
 from __future__ import annotations
@@ -48,19 +50,23 @@ def publish_key_event(
     registrar_key: SigningKey,
     statement: KeyEventStatement,
     *,
+    principal: str,
     timeout: float = READ_TIMEOUT_S,
 ) -> ReferenceRecord:
     """Sign ``statement`` with the registrar key and produce it to the sources topic as
     a ``source-key`` reference record (keyed by source id), waiting for Kafka's
-    acknowledgement. Its version is 1 for a key never seen on the topic, else one more
-    than the highest there. Raises ``DeliveryError`` if Kafka does not acknowledge."""
+    acknowledgement, as the Kafka ``principal``. Its version is 1 for a key never seen
+    on the topic, else one more than the highest there. Raises ``DeliveryError`` if
+    Kafka does not acknowledge."""
     from careledger.kafka.producer import AccessEventProducer
 
     signature = sign_key_event(registrar_key, statement)
-    snapshot = read_sources(settings, {}, timeout=timeout)
+    snapshot = read_sources(settings, {}, principal=principal, timeout=timeout)
     record_id = f"{statement.source_id}/{statement.key_id}"
     record = _key_record(statement, signature, snapshot.versions.get(record_id, 0) + 1)
-    producer = AccessEventProducer(settings, topic=settings.topic_sources, sign=False)
+    producer = AccessEventProducer(
+        settings, topic=settings.topic_sources, sign=False, principal=principal
+    )
     producer.send_raw(canonical_reference_bytes(record), statement.source_id.encode())
     producer.close(timeout)
     log.info(
@@ -83,6 +89,7 @@ def register_key(
     source_id: str,
     public_key: PublicKey,
     *,
+    principal: str,
     signs_for: Sequence[str] = (),
     valid_from: str | None = None,
 ) -> ReferenceRecord:
@@ -99,11 +106,16 @@ def register_key(
         },
         KeyEventStatement,
     )
-    return publish_key_event(settings, registrar_key, statement)
+    return publish_key_event(settings, registrar_key, statement, principal=principal)
 
 
 def revoke_key(
-    settings: Settings, registrar_key: SigningKey, key: KeySummary, at: str | None = None
+    settings: Settings,
+    registrar_key: SigningKey,
+    key: KeySummary,
+    at: str | None = None,
+    *,
+    principal: str,
 ) -> ReferenceRecord:
     """Revoke a registered key from ``at`` on (default now)."""
     statement = KeyEventStatement(
@@ -115,14 +127,15 @@ def revoke_key(
         signs_for=key.signs_for,
         registrar_key_id=registrar_key.key_id,
     )
-    return publish_key_event(settings, registrar_key, statement)
+    return publish_key_event(settings, registrar_key, statement, principal=principal)
 
 
-def ensure_local_source(settings: Settings, say: Any = print) -> Settings:
+def ensure_local_source(settings: Settings, say: Any = print, *, principal: str) -> Settings:
     """Local tooling (the demo): a registrar key and a source key for
     ``settings.source_id`` (created, mode 0600, if missing; defaults under
     ``<run_dir>/keys``), the registrar trusted, and the source key registered on the
-    sources topic if it is not yet. Returns the settings that use them."""
+    sources topic (as the Kafka ``principal``) if it is not yet. Returns the settings
+    that use them."""
     keys = settings.keys_dir
     registrar_path = settings.registrar_key or keys / "registrar.key"
     source_path = settings.source_key or keys / "source.key"
@@ -143,7 +156,7 @@ def ensure_local_source(settings: Settings, say: Any = print) -> Settings:
             f"registrar key {registrar.key_id} is not among trusted_registrar_keys: "
             "its registrations would be ignored"
         )
-    registry, _problems = read_registry(s, registrars)
+    registry, _problems = read_registry(s, registrars, principal=principal)
     try:
         registry.authorize(s.source_id, source_key.key_id, utc_now())
     except SourceAuthError as exc:
@@ -152,6 +165,6 @@ def ensure_local_source(settings: Settings, say: Any = print) -> Settings:
                 f"source key {source_key.key_id} cannot sign for {s.source_id} ({exc.code}): "
                 "create a new one with `careledger source keygen` and register it"
             ) from exc
-        register_key(s, registrar, s.source_id, source_key.public_key)
+        register_key(s, registrar, s.source_id, source_key.public_key, principal=principal)
         say(f"== registered source {s.source_id} key {source_key.key_id}")
     return s

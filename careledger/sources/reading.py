@@ -5,7 +5,9 @@ partition to its end *as of the call* (watermarks, ``assign``; no consumer group
 commits). Every key event is checked with ``verify_key_event`` against the registrar
 keys the caller trusts (``Settings.trusted_registrar_keys``, never the topic itself):
 one that does not verify is skipped and reported as a :class:`SourceProblem`, never
-applied. A key id belongs to the first source that registered it.
+applied. A key id belongs to the first source that registered it. Every reader names
+the Kafka ``principal`` it logs in as (``careledger.kafka.security``): the caller's own
+(the processor, the registrar's CLI, the decision point...).
 
 Also the time helpers (``utc_now``, ``parse_time``) and the trusted registrar keys
 (``load_registrar_keys``) the rest of ``careledger.sources`` shares.
@@ -21,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.keys import load_public_keys
 from careledger_core.errors import CareledgerError, InfrastructureError, ValidationError
 from careledger_core.reference import (
@@ -127,11 +129,11 @@ class SourcesSnapshot:
 
 
 def _read_topic(
-    settings: Settings, topic: str, timeout: float = READ_TIMEOUT_S
+    settings: Settings, topic: str, timeout: float = READ_TIMEOUT_S, *, principal: str
 ) -> list[tuple[int, int, bytes | None]]:
     """(partition, offset, value) of every record from the beginning to the end as of
     the call, partition by partition in offset order."""
-    return read_topic_from(settings, topic, {}, timeout)[0]
+    return read_topic_from(settings, topic, {}, timeout, principal=principal)[0]
 
 
 def read_topic_from(
@@ -140,19 +142,23 @@ def read_topic_from(
     start: Mapping[int, int],
     timeout: float = READ_TIMEOUT_S,
     keep: Callable[[int, int, bytes | None], bool] | None = None,
+    *,
+    principal: str,
 ) -> tuple[list[tuple[int, int, bytes | None]], dict[int, int]]:
     """The records of ``topic`` from ``start`` (next offset per partition; the beginning
     where absent or no longer in Kafka) to its end as of the call, and that end per
-    partition (where an incremental reader resumes next time). With ``keep``, only the
-    records it keeps are returned (the others are never held)."""
+    partition (where an incremental reader resumes next time), read as the Kafka
+    ``principal``. With ``keep``, only the records it keeps are returned (the others
+    are never held)."""
     from confluent_kafka import Consumer, KafkaException, TopicPartition
 
     from careledger.kafka.offsets import watermark_offsets
 
     try:
         consumer = Consumer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                principal,
                 {
                     # required by the client, never joined (assign) nor committed
                     "group.id": f"careledger-sources-reader-{uuid.uuid4().hex[:8]}",
@@ -233,14 +239,19 @@ def read_topic_from(
 
 
 def read_sources(
-    settings: Settings, registrars: Mapping[str, PublicKey], *, timeout: float = READ_TIMEOUT_S
+    settings: Settings,
+    registrars: Mapping[str, PublicKey],
+    *,
+    principal: str,
+    timeout: float = READ_TIMEOUT_S,
 ) -> SourcesSnapshot:
-    """Read the sources topic to its current end; apply the key events that verify
-    against ``registrars`` (in topic order); report the others."""
+    """Read the sources topic to its current end (as the Kafka ``principal``); apply the
+    key events that verify against ``registrars`` (in topic order); report the others."""
     registry = SourceRegistry()
     snapshot = SourcesSnapshot(registry, [], [], [], {})
     owners: dict[str, str] = {}
-    for partition, offset, value in _read_topic(settings, settings.topic_sources, timeout):
+    records = _read_topic(settings, settings.topic_sources, timeout, principal=principal)
+    for partition, offset, value in records:
         try:
             if value is None:
                 raise ValidationError("empty record (a tombstone)", code="REFERENCE_INVALID")
@@ -298,11 +309,12 @@ def read_registry(
     settings: Settings,
     registrars: Mapping[str, PublicKey],
     *,
+    principal: str,
     timeout: float = READ_TIMEOUT_S,
 ) -> tuple[SourceRegistry, list[SourceProblem]]:
     """The source registry from the sources topic (heartbeats ignored) and the records
     that were skipped: malformed ones and key events that do not verify."""
-    snapshot = read_sources(settings, registrars, timeout=timeout)
+    snapshot = read_sources(settings, registrars, principal=principal, timeout=timeout)
     return snapshot.registry, snapshot.problems
 
 
@@ -310,12 +322,13 @@ def read_heartbeats(
     settings: Settings,
     registrars: Mapping[str, PublicKey],
     *,
+    principal: str,
     timeout: float = READ_TIMEOUT_S,
 ) -> tuple[list[ReceivedHeartbeat], list[SourceProblem]]:
     """The heartbeats on the sources topic whose signature verifies with a key that may
     sign for their source at their ``sent_at`` (registry read from the same topic);
     the others are skipped and reported."""
-    snapshot = read_sources(settings, registrars, timeout=timeout)
+    snapshot = read_sources(settings, registrars, principal=principal, timeout=timeout)
     good: list[ReceivedHeartbeat] = []
     problems: list[SourceProblem] = []
     for hb in snapshot.heartbeats:

@@ -34,7 +34,8 @@ from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.credentials import local_password, local_password_file, tls_dir
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN, local_scram_password_file
 from careledger.keys import KeyFileError
 from careledger.tls import CA_FILE, local_ca_file
 
@@ -194,8 +195,18 @@ def _kafka_node(cs: Settings, n: int) -> tuple[Settings, KafkaNode]:
         kafka_controller_port=cs.kafka_controller_port + PORT_STEP * (n - 1),
         kafka_brokers=(),
     )
+    if cs.kafka_security_protocol == "SASL_SSL":
+        # the node's own probes log in as the cluster's admin, trusting the cluster's CA
+        node_settings = node_settings.replace(
+            kafka_ca_file=cs.kafka_ca_file or tls_dir(cs) / CA_FILE,
+            kafka_password_file=(cs.kafka_password_file or local_scram_password_file(cs, ADMIN)),
+        )
     return node_settings, KafkaNode(
-        n, voters, cs.kafka_replication_factor, cs.kafka_min_insync_replicas
+        n,
+        voters,
+        cs.kafka_replication_factor,
+        cs.kafka_min_insync_replicas,
+        home=Path(cs.run_dir),
     )
 
 
@@ -258,7 +269,7 @@ def _kafka_whole(cs: Settings, timeout: float = 2.0) -> bool:
     try:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(client_config(cs.kafka_bootstrap, ADMIN_SETTINGS))
+        admin = AdminClient(kafka_config(cs, ADMIN, ADMIN_SETTINGS))
         md = admin.list_topics(timeout=timeout)
     except KafkaException as exc:
         log.debug("kafka cluster not ready: %s", exc)

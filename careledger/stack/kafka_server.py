@@ -16,6 +16,17 @@ import uuid
 from pathlib import Path
 
 from careledger.config import Settings
+from careledger.credentials import local_password, tls_dir
+from careledger.kafka.security import (
+    BROKER,
+    PRINCIPALS,
+    KafkaLogin,
+    broker_properties,
+    local_scram_password_file,
+    properties_text,
+    scram_format_args,
+)
+from careledger.tls import member_cert, write_pem_keystore
 
 from .model import StackError
 from .paths import DEPLOY_DIR, _paths
@@ -202,6 +213,57 @@ class KafkaNode:
     voters: str
     replication_factor: int
     min_insync_replicas: int
+    #: the run_dir whose CA and secrets the node uses (a cluster's, shared by its nodes)
+    home: Path | None = None
+
+
+def _home(settings: Settings, node: KafkaNode | None) -> Settings:
+    """The settings whose ``<run_dir>/tls`` and ``<run_dir>/secrets`` the broker uses."""
+    if node is None or node.home is None:
+        return settings
+    return settings.replace(run_dir=node.home)
+
+
+def scram_logins(home: Settings) -> list[KafkaLogin]:
+    """Every principal's SCRAM login of the local stack (passwords made on first use)."""
+    return [
+        KafkaLogin(
+            name,
+            local_password(local_scram_password_file(home, name), f"Kafka {name} password file"),
+            None,
+            "SASL_SSL",
+        )
+        for name in PRINCIPALS
+    ]
+
+
+def _security_lines(settings: Settings, node: KafkaNode) -> str:
+    """The listener lines: plaintext, or SASL_SSL with SCRAM logins, mutual TLS between
+    controllers and ACLs enforced (issue 12, careledger.kafka.security)."""
+    host = settings.kafka_host
+    if settings.kafka_security_protocol != "SASL_SSL":
+        return f"""\
+listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}
+advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+"""
+    home = _home(settings, node)
+    # one member certificate for every local node: they share a host (loopback), and
+    # controllers know brokers by its DN, which must be a super user
+    member = member_cert(tls_dir(home), "kafka")
+    password = local_password(local_scram_password_file(home, BROKER), "Kafka broker password file")
+    props = broker_properties(
+        host=host,
+        port=settings.kafka_port,
+        controller_port=settings.kafka_controller_port,
+        keystore=write_pem_keystore(member),
+        truststore=member.ca,
+        broker_cert=member.cert,
+        broker_password=password,
+    )
+    return properties_text(props)
 
 
 def _kafka_properties(settings: Settings, node: KafkaNode | None = None) -> str:
@@ -214,12 +276,7 @@ def _kafka_properties(settings: Settings, node: KafkaNode | None = None) -> str:
 process.roles=broker,controller
 node.id={node.node_id}
 controller.quorum.voters={node.voters}
-listeners=PLAINTEXT://{host}:{settings.kafka_port},CONTROLLER://{host}:{settings.kafka_controller_port}
-advertised.listeners=PLAINTEXT://{host}:{settings.kafka_port}
-controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs={p.kafka_data}
+{_security_lines(settings, node)}log.dirs={p.kafka_data}
 num.partitions=1
 default.replication.factor={rf}
 min.insync.replicas={isr}
@@ -271,9 +328,23 @@ def new_cluster_id() -> str:
             return cluster_id
 
 
-def _kafka_format(settings: Settings, java: str) -> None:
+#: beside the data: the security protocol the storage was formatted for (its SCRAM
+#: logins are made at format time only)
+SECURITY_MARK = ".careledger-security"
+
+
+def _kafka_format(settings: Settings, java: str, node: KafkaNode | None = None) -> None:
     p = _paths(settings)
+    mark = p.kafka_data / SECURITY_MARK
+    protocol = settings.kafka_security_protocol
     if (p.kafka_data / "meta.properties").exists():
+        formatted = mark.read_text().strip() if mark.exists() else "PLAINTEXT"
+        if formatted != protocol:
+            raise StackError(
+                f"the Kafka storage in {p.kafka_data} was made for {formatted} and has no "
+                f"SCRAM logins; to start a {protocol} broker remove that directory (its "
+                "topics are lost) or set CARELEDGER_KAFKA_SECURITY_PROTOCOL={formatted}"
+            )
         return
     cluster_id = ""
     if p.kafka_cluster_id.exists():
@@ -292,12 +363,16 @@ def _kafka_format(settings: Settings, java: str) -> None:
         "-c",
         str(p.kafka_props),
     )
+    if protocol == "SASL_SSL":
+        # every principal's SCRAM credential (the broker's own included) is made here
+        cmd += scram_format_args(scram_logins(_home(settings, node)))
     # The storage tool is short-lived: a smaller heap starts faster.
     cmd = [c for c in cmd if c not in KAFKA_HEAP]
     cmd.insert(1, "-Xmx256m")
     res = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, check=False)
     if res.returncode != 0:
         raise StackError(f"formatting Kafka storage failed:\n{res.stdout}{res.stderr}")
+    mark.write_text(protocol + "\n")
     log.debug("formatted Kafka storage (cluster id %s)", cluster_id)
 
 
@@ -330,7 +405,7 @@ def _start_kafka(settings: Settings, *, quiet: bool, node: KafkaNode | None = No
     for d in (p.kafka, p.kafka_data, p.kafka_logs):
         d.mkdir(parents=True, exist_ok=True)
     p.kafka_props.write_text(_kafka_properties(settings, node))
-    _kafka_format(settings, java)
+    _kafka_format(settings, java, node)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL_OPTIONS"))}
     pid = _spawn(
         _kafka_java_cmd(settings, java, "kafka.Kafka", str(p.kafka_props)),

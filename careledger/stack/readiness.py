@@ -10,7 +10,9 @@ from confluent_kafka import KafkaException
 
 from careledger.config import Settings
 from careledger.credentials import clickhouse_login
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
+from careledger.keys import KeyFileError
 
 from .processes import _port_open
 
@@ -25,10 +27,13 @@ def kafka_ready(settings: Settings, timeout: float = 2.0) -> bool:
     try:
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
+        admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
         md = admin.list_topics(timeout=timeout)
         return bool(md.brokers)
     except KafkaException as exc:
+        log.debug("kafka not ready: %s", exc)
+        return False
+    except KeyFileError as exc:  # no admin password yet: not a broker we can use
         log.debug("kafka not ready: %s", exc)
         return False
 

@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 
 from .model import StackError
@@ -95,9 +96,12 @@ def _topic_config(settings: Settings, name: str) -> dict[str, str]:
     return {}
 
 
-def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 30.0) -> None:
+def ensure_topics(
+    settings: Settings, topics: dict[str, int], timeout: float = 30.0, *, acls: bool = True
+) -> None:
     """Create the missing topics (``kafka_replication_factor`` replicas each) and wait
-    until they have leaders.
+    until they have leaders; with ``acls``, then the ACLs of ``settings``' topics
+    (``careledger.stack.acls``: as the admin principal, a SASL_SSL broker only).
 
     Existing topics are left as they are; a partition count different from the one
     asked for is logged as a warning, not changed.
@@ -105,7 +109,7 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
+    admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
     deadline = time.monotonic() + timeout
     pending = dict(topics)
     last_error: Exception | None = None
@@ -150,6 +154,10 @@ def ensure_topics(settings: Settings, topics: dict[str, int], timeout: float = 3
         raise StackError(f"timed out creating topics {sorted(pending)}: {last_error}")
     _wait_for_leaders(admin, list(topics), deadline)
     _enforce_configs(settings, admin, list(topics))
+    if acls:
+        from .acls import ensure_acls
+
+        ensure_acls(settings, timeout=max(5.0, deadline - time.monotonic()))
 
 
 def _describe(admin: Any, name: str) -> dict[str, str]:
@@ -203,9 +211,9 @@ def events_topic_time_problem(settings: Settings) -> str | None:
 
     name = settings.topic_events
     try:
-        have = _describe(
-            AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS)), name
-        ).get(TIMESTAMP_TYPE)
+        have = _describe(AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS)), name).get(
+            TIMESTAMP_TYPE
+        )
     except KafkaException as exc:
         log.warning("cannot describe topic %s: %s", name, exc)
         return None
@@ -244,7 +252,7 @@ def delete_topics(settings: Settings, names: Sequence[str], timeout: float = 30.
 
     if not names:
         return
-    admin = AdminClient(client_config(settings.kafka_bootstrap, ADMIN_SETTINGS))
+    admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
     futures = admin.delete_topics(list(names), operation_timeout=timeout, request_timeout=timeout)
     for name, fut in futures.items():
         try:

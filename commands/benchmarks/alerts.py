@@ -57,7 +57,8 @@ from typing import Any
 from careledger import stack
 from careledger.config import Settings
 from careledger.credentials import pin_login
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import write_keypair
 from careledger.processes import start_cli, start_processor, stop
 from careledger.sources import ensure_local_source
@@ -141,7 +142,7 @@ def configure_benchmark_alerts(parser: argparse.ArgumentParser) -> None:
 def _admin(settings: Settings) -> Any:
     from confluent_kafka.admin import AdminClient
 
-    return AdminClient(client_config(settings.kafka_bootstrap))
+    return AdminClient(kafka_config(settings, ADMIN))
 
 
 def _create_topics(settings: Settings) -> list[str]:
@@ -179,8 +180,9 @@ def _read_topic(settings: Settings, topic: str) -> list[tuple[int, int, bytes | 
     from careledger.kafka.offsets import watermark_offsets
 
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -348,7 +350,7 @@ def _measure(
         follower = start_cli(s, workdir / "audit.log", "audit", "--follow", "--json")
         children["audit --follow"] = follower
         decided = f"SELECT count() FROM {db}.access_decisions WHERE amends = 0"
-        with AccessEventProducer(s) as producer:
+        with AccessEventProducer(s, principal=ADMIN) as producer:
             _produce(producer, warm, rate, {})
             producer.flush()
             if not _wait(lambda: _count(backend, decided) >= len(warm), 300, children=children):
@@ -457,7 +459,7 @@ def run(
         topics = _create_topics(s)
         # events are signed at the source, as in production (a source key registered
         # under the run's own directory, its registrar trusted by the children)
-        s = ensure_local_source(s, say=lambda *_a: None)
+        s = ensure_local_source(s, say=lambda *_a: None, principal=ADMIN)
         measured = _measure(
             s,
             backend,

@@ -42,7 +42,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from careledger.config import PROJECT_ROOT, Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import write_keypair
 from careledger.stack.model import StackError
 from careledger_core.signing import SigningKey
@@ -197,8 +198,9 @@ class _Bench:
         from confluent_kafka import Consumer
 
         self._consumer = Consumer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                ADMIN,
                 {
                     "group.id": f"careledger-gwbench-{uuid.uuid4().hex[:8]}",
                 },

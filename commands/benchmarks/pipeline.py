@@ -96,11 +96,12 @@ def _produce(settings: Settings, events: list[Any], rate: float = 0.0) -> float:
     import time
 
     from careledger.kafka.producer import AccessEventProducer
+    from careledger.kafka.security import ADMIN
     from commands.benchmarks.pipeline_load import BUCKET_SECONDS, TokenBucket
 
     started = time.monotonic()
     bucket = TokenBucket(rate, max(1.0, rate * BUCKET_SECONDS), started) if rate > 0 else None
-    with AccessEventProducer(settings) as producer:
+    with AccessEventProducer(settings, principal=ADMIN) as producer:
         i = 0
         while i < len(events):
             n = len(events) - i

@@ -13,8 +13,9 @@ from contextlib import contextmanager
 from typing import Any
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.offsets import watermark_offsets
+from careledger.kafka.security import ADMIN
 from commands.benchmarks.alert_latency import parse_checkpoint_note
 from commands.benchmarks.pipeline_load import leader_not_ready, retry_with_deadline
 
@@ -29,8 +30,9 @@ def _consumer(s: Settings) -> Iterator[Any]:
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        client_config(
-            s.kafka_bootstrap,
+        kafka_config(
+            s,
+            ADMIN,
             {
                 # required by the client; never joined (assign) nor committed
                 "group.id": f"careledger-bench-read-{uuid.uuid4().hex[:8]}",

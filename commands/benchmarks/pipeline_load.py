@@ -202,8 +202,9 @@ class Produced:
 
 def _producer(settings: Settings) -> Any:
     from careledger.kafka.producer import AccessEventProducer
+    from careledger.kafka.security import ADMIN
 
-    return AccessEventProducer(settings)
+    return AccessEventProducer(settings, principal=ADMIN)
 
 
 def produce_backlog(settings: Settings, pool: EventPool, start: int, count: int) -> Produced:

@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.processes import run_cli, start_processor, stop
 from careledger_core.errors import InfrastructureError
 from commands.benchmarks import pipeline_host as host
@@ -111,7 +112,7 @@ class Run:
             timeout_s=SETUP_TIMEOUT_S,
         )
         return retry_with_deadline(
-            lambda: ensure_local_source(s, say=lambda *_: None),
+            lambda: ensure_local_source(s, say=lambda *_: None, principal=ADMIN),
             retry_on=retry,
             transient=leader_not_ready,
             timeout_s=SETUP_TIMEOUT_S,
@@ -119,6 +120,7 @@ class Run:
 
     def database(self, s: Settings, label: str, *, baseline: bool) -> Settings:
         """A fresh database and processor app id for one processor run."""
+        from careledger.stack.acls import ensure_acls
         from careledger.storage.migrations import migrate
 
         name = re.sub(r"[^0-9a-z_]", "_", label.lower())
@@ -127,6 +129,7 @@ class Run:
         self.dbs.append(db)
         self.app_ids.append(app_id)
         out = s.replace(clickhouse_database=db, processor_app_id=app_id)
+        ensure_acls(out)  # the processor's group and prefix (ADR 0033)
         migrate(out)
         if baseline:
             self.backend.execute(
@@ -189,9 +192,7 @@ class Run:
 
         if not self.app_ids:
             return
-        admin = self.admin or AdminClient(
-            client_config(self.base.kafka_bootstrap, {"log_level": 3})
-        )
+        admin = self.admin or AdminClient(kafka_config(self.base, ADMIN, {"log_level": 3}))
         try:
             futures = admin.delete_consumer_groups(list(self.app_ids), request_timeout=10)
         except KafkaException:
@@ -238,7 +239,7 @@ class Run:
         from confluent_kafka.admin import AdminClient
 
         if self.admin is None:  # one for the run: each client logs when it is destroyed
-            self.admin = AdminClient(client_config(s.kafka_bootstrap, {"log_level": 3}))
+            self.admin = AdminClient(kafka_config(s, ADMIN, {"log_level": 3}))
         admin = self.admin
         try:
             futures = admin.describe_consumer_groups([s.processor_app_id], request_timeout=5)

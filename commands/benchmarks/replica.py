@@ -56,6 +56,7 @@ def _summary(log_text: str) -> dict[str, Any]:
 
 def command_benchmark_replica(args: argparse.Namespace, settings: Settings) -> int:
     from careledger import stack
+    from careledger.kafka.security import ADMIN
     from careledger.keys import write_keypair
     from careledger.processes import run_cli, start_cli, start_processor, stop
     from careledger.sources import ensure_local_source
@@ -81,7 +82,7 @@ def command_benchmark_replica(args: argparse.Namespace, settings: Settings) -> i
     topics = stack.default_topics(s)
     stack.ensure_topics(s, topics)
     migrate(s)
-    s = ensure_local_source(s, say=lambda *_: None)
+    s = ensure_local_source(s, say=lambda *_: None, principal=ADMIN)
     events = list(simulate(HospitalModel(seed=5), count=args.events, seed=5))
     second = f"{s.replica_clickhouse_database}2"
     figures: dict[str, Any] = {"events": args.events, "rate": args.rate}

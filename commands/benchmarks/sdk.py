@@ -62,12 +62,17 @@ def _broker_rate(
     settings: Settings, events: list[Any], fmt: str, threads: int, topic: str
 ) -> dict[str, Any]:
     from careledger.kafka.producer import AccessEventProducer
+    from careledger.kafka.security import ADMIN
     from careledger_core.signing import SigningKey
 
     s = settings.replace(source_record_format=fmt, source_heartbeat_interval_s=3600.0)
     producers = [
         AccessEventProducer(
-            s, topic=topic, source_key=SigningKey.from_seed(os.urandom(32)), source_id="bench"
+            s,
+            topic=topic,
+            source_key=SigningKey.from_seed(os.urandom(32)),
+            source_id="bench",
+            principal=ADMIN,
         )
         for _ in range(threads)
     ]

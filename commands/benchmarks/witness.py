@@ -32,7 +32,8 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.processes import run_cli, start_cli, start_processor, stop
 from careledger_core.chain_tree import ChainTree
 from careledger_core.checkpoint import Checkpoint, format_checkpoint, sign_note
@@ -69,8 +70,9 @@ def _checkpoint_records(settings: Settings) -> list[tuple[str, int, bool, float]
     witnesses = load_witnesses(settings)
     assert witnesses is not None
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"bench-witness-{uuid.uuid4().hex}",
                 "enable.auto.commit": False,
@@ -140,7 +142,7 @@ def _pipeline(settings: Settings, args: argparse.Namespace, workdir: Path) -> di
     )
     topics = stack.default_topics(s)
     stack.ensure_topics(s, topics)
-    s = ensure_local_source(s, say=lambda *_: None)
+    s = ensure_local_source(s, say=lambda *_: None, principal=ADMIN)
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(s), s)
     result: dict[str, Any] = {"events": n_events, "rate": args.rate}
     with local_witnesses(

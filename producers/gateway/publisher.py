@@ -56,6 +56,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from careledger.config import Settings
 from careledger.kafka.clients import rdkafka_logger
 from careledger.kafka.producer import AccessEventProducer, producer_config
+from careledger.kafka.security import PRODUCER, kafka_login
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
@@ -138,6 +139,7 @@ class Publisher:
         self._flush_timeout = self.ack_timeout_s + 5.0
         raw_config = producer_config(
             settings.kafka_bootstrap,
+            login=kafka_login(settings, PRODUCER),
             extra_config={
                 "client.id": "careledger-gateway-raw",
                 "linger.ms": 2,
@@ -150,6 +152,7 @@ class Publisher:
         self._raw = Producer(raw_config)
         self._events = events or AccessEventProducer(
             settings,
+            principal=PRODUCER,
             extra_config={
                 "client.id": "careledger-gateway-events",
                 "linger.ms": 2,

@@ -105,6 +105,7 @@ def run_simulation(
     ``events``: send these (e.g. an audit scenario's) instead of ``simulate``'s.
     """
     from careledger.kafka.producer import AccessEventProducer, DeliveryError
+    from careledger.kafka.security import PRODUCER
 
     if events is None:
         model = HospitalModel(staff=staff, patients=patients, seed=seed)
@@ -116,6 +117,7 @@ def run_simulation(
     producer = AccessEventProducer(
         settings,
         topic=topic,
+        principal=PRODUCER,
         extra_config={"message.timeout.ms": int(message_timeout_s * 1000)},
     )
     started = time.monotonic()
@@ -270,6 +272,7 @@ def produce_reference(
     """Produce reference records to their topics (keyed by subject id: patient or user
     id) and wait for every acknowledgement. Returns (sent, acknowledged)."""
     from careledger.kafka.producer import AccessEventProducer, DeliveryError
+    from careledger.kafka.security import PRODUCER
 
     producers: dict[str, AccessEventProducer] = {}
     sent = acked = 0
@@ -278,7 +281,9 @@ def produce_reference(
             topic = getattr(settings, reference_topic_setting(rec.kind))
             producer = producers.get(topic)
             if producer is None:
-                producer = producers[topic] = AccessEventProducer(settings, topic=topic)
+                producer = producers[topic] = AccessEventProducer(
+                    settings, topic=topic, principal=PRODUCER
+                )
             producer.send_raw(canonical_reference_bytes(rec), rec.subject_id.encode())
             sent += 1
     finally:

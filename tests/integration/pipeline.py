@@ -16,9 +16,11 @@ from typing import Any
 
 from careledger import processes
 from careledger.config import Settings
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key, write_keypair
 from careledger.processes import child_env as cli_env
 from careledger.processes import run_cli, stop
+from careledger.stack.acls import ensure_acls
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainStore
 
@@ -69,13 +71,15 @@ def with_source(
         trusted_registrar_keys=trusted,
     )
     stack.ensure_topics(s, {s.topic_sources: s.reference_partitions})
-    register_key(s, registrar, source_id, source.public_key, signs_for=signs_for)
+    register_key(s, registrar, source_id, source.public_key, signs_for=signs_for, principal=ADMIN)
     return s
 
 
 def processor_settings(settings: Settings, **changes: Any) -> Settings:
     app_id = f"careledger-test-{uuid.uuid4().hex[:8]}"
-    return settings.replace(processor_app_id=app_id, processor_web_port=0, **changes)
+    s = settings.replace(processor_app_id=app_id, processor_web_port=0, **changes)
+    ensure_acls(s)  # the processor's group (ADR 0033)
+    return s
 
 
 def start_processor(settings: Settings, log_path: Path) -> subprocess.Popen[bytes]:

@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.backend import ClickHouseBackend
 from tests.integration.pipeline import run_cli
 
@@ -73,5 +74,5 @@ def test_benchmark_alerts_prints_latency_figures(stack: Settings) -> None:
     finally:
         backend.close()
     assert run["database"].encode() not in databases and run["database"] not in databases
-    topics = AdminClient(client_config(stack.kafka_bootstrap)).list_topics(timeout=10)
+    topics = AdminClient(kafka_config(stack, ADMIN)).list_topics(timeout=10)
     assert not [t for t in topics.topics if run["topic_suffix"] in t]

@@ -15,7 +15,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from tests.integration.pipeline import (
     processor_settings,
     run_cli,
@@ -31,7 +32,7 @@ pytestmark = pytest.mark.integration
 
 
 def _high_watermarks(settings: Settings, topics: list[str]) -> int:
-    consumer = Consumer(client_config(settings.kafka_bootstrap, {"group.id": "hw-probe"}))
+    consumer = Consumer(kafka_config(settings, ADMIN, {"group.id": "hw-probe"}))
     try:
         total = 0
         for topic in topics:
@@ -126,8 +127,9 @@ def test_simulated_inappropriate_accesses_become_alerts(isolated: Settings, tmp_
 
     # The same alerts went to the alerts topic for the security team.
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"e2e-{time.monotonic_ns()}",
                 "auto.offset.reset": "earliest",

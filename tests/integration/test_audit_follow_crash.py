@@ -28,7 +28,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.kinds import ACCESS, REFERENCE
 from careledger.storage.store import ChainStore, SealedBlock
@@ -120,8 +121,9 @@ def _chain(
 
 def _read_alerts(settings: Settings, topic: str, timeout: float = 10.0) -> list[tuple[str, Any]]:
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",

@@ -18,8 +18,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.stack import delete_topics
 from careledger_core.event import AccessEvent, event_from_dict
 from careledger_core.reference import (
@@ -161,8 +162,9 @@ def audit(settings: Settings, *extra: str) -> dict[str, Any]:
 
 def read_topic(settings: Settings, topic: str, want: int, timeout: float = 30.0) -> list[Any]:
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",

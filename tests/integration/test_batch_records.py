@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Producer
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key
 from careledger.storage.backend import StorageError
 from careledger.storage.store import (
@@ -321,7 +322,7 @@ def test_batch_records_read_again_after_a_failed_write_are_chained_once(
 
 
 def _produce(settings: Settings, values: list[bytes], key: bytes = b"k") -> None:
-    producer = Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
+    producer = Producer(kafka_config(settings, ADMIN, {"acks": "all"}))
     for v in values:
         producer.produce(settings.topic_events, value=v, key=key)
     assert producer.flush(30) == 0

@@ -29,7 +29,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 
 from careledger import stack
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -87,7 +88,7 @@ def _signed(
 
 def _produce(settings: Settings, values: list[bytes], create_time: float | None = None) -> None:
     """Produce as an attacker would: raw bytes, the Kafka timestamp set by the producer."""
-    producer = Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
+    producer = Producer(kafka_config(settings, ADMIN, {"acks": "all"}))
     for v in values:
         kwargs: dict[str, Any] = {}
         if create_time is not None:
@@ -98,8 +99,9 @@ def _produce(settings: Settings, values: list[bytes], create_time: float | None 
 
 def _read(settings: Settings, topic: str, expect: int, timeout: float = 60.0) -> list[Any]:
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
@@ -123,7 +125,7 @@ def _codes(messages: list[Any]) -> list[str]:
 
 
 def _set_timestamp_type(settings: Settings, value: str) -> None:
-    admin = AdminClient(client_config(settings.kafka_bootstrap))
+    admin = AdminClient(kafka_config(settings, ADMIN))
     resource = ConfigResource(
         ConfigResource.Type.TOPIC,
         settings.topic_events,
@@ -137,7 +139,7 @@ def _set_timestamp_type(settings: Settings, value: str) -> None:
 
 
 def _timestamp_type(settings: Settings) -> str:
-    admin = AdminClient(client_config(settings.kafka_bootstrap))
+    admin = AdminClient(kafka_config(settings, ADMIN))
     resource = ConfigResource(ConfigResource.Type.TOPIC, settings.topic_events)
     return str(
         admin.describe_configs([resource])[resource].result()["message.timestamp.type"].value
@@ -149,7 +151,12 @@ def _revoked_source(settings: Settings, tmp_path: Path, revoked_at: float) -> Si
     registrar = load_signing_key(settings.registrar_key, env={})
     retired = write_keypair(tmp_path / "keys" / "lab-old.key")
     register_key(
-        settings, registrar, "lab-old", retired.public_key, valid_from="2026-01-01T00:00:00.000000Z"
+        settings,
+        registrar,
+        "lab-old",
+        retired.public_key,
+        valid_from="2026-01-01T00:00:00.000000Z",
+        principal=ADMIN,
     )
     publish_key_event(
         settings,
@@ -162,6 +169,7 @@ def _revoked_source(settings: Settings, tmp_path: Path, revoked_at: float) -> Si
             valid_from=_iso(revoked_at),
             registrar_key_id=registrar.key_id,
         ),
+        principal=ADMIN,
     )
     return retired
 

@@ -32,7 +32,8 @@ import pytest
 from confluent_kafka import Producer
 
 from careledger.config import PROJECT_ROOT, Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainHead, ChainStore, SealedBlock
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
@@ -112,7 +113,7 @@ class Setup:
         assert outputs.checkpoint_failures == 0
 
     def publish_raw(self, key: str, note: str) -> None:
-        producer = Producer(client_config(self.settings.kafka_bootstrap))
+        producer = Producer(kafka_config(self.settings, ADMIN))
         producer.produce(self.settings.topic_checkpoints, key=key.encode(), value=note.encode())
         assert producer.flush(30.0) == 0
 

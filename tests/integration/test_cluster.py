@@ -21,8 +21,9 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.stack import cluster, default_topics
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainStore, SealedBlock
@@ -59,7 +60,7 @@ _heal = heal
 def test_every_topic_is_replicated_three_times_and_writes_need_two_in_sync(
     on_cluster: Settings,
 ) -> None:
-    admin = AdminClient(client_config(on_cluster.kafka_bootstrap))
+    admin = AdminClient(kafka_config(on_cluster, ADMIN))
     md = admin.list_topics(timeout=10)
     assert len(md.brokers) == 3
     for name in default_topics(on_cluster):
@@ -78,8 +79,9 @@ def test_with_two_brokers_down_nothing_is_acknowledged(
     cluster.kill_node(settings, "kafka-3")
     results: list[Any] = []
     producer = Producer(
-        client_config(
-            on_cluster.kafka_bootstrap,
+        kafka_config(
+            on_cluster,
+            ADMIN,
             {"acks": "all", "enable.idempotence": True, "message.timeout.ms": 8000},
         )
     )

@@ -19,6 +19,7 @@ import pytest
 
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_registrar_key
 from careledger.processes import run_cli, start_cli
 from careledger.raw_record import build_envelope
@@ -267,7 +268,7 @@ def test_signed_requests_from_a_registered_institution(isolated: Settings, tmp_p
     settings = processor_settings(with_keys(isolated, tmp_path))
     registrar = load_registrar_key(settings)
     hospital = SigningKey.from_seed(uuid.uuid4().bytes + uuid.uuid4().bytes)
-    register_key(settings, registrar, "hospital-b", hospital.public_key)
+    register_key(settings, registrar, "hospital-b", hospital.public_key, principal=ADMIN)
     proc = start_processor(settings, tmp_path / "processor.log")
     port = _free_port()
     server = start_cli(
@@ -315,10 +316,10 @@ def test_signed_requests_from_a_registered_institution(isolated: Settings, tmp_p
         assert ask("nonce-aaaaaaaaaaaaaaa2", stranger).json()["error"] == "UNKNOWN_KEY"
         # revoked: refused once the registry is re-read
         registrars = load_registrar_keys(settings)
-        snapshot = read_sources(settings, registrars)
+        snapshot = read_sources(settings, registrars, principal=ADMIN)
         [summary] = [k for k in summarize_keys(snapshot.key_events) if k.key_id == hospital.key_id]
-        revoke_key(settings, registrar, summary)
-        assert read_registry(settings, registrars)[0]
+        revoke_key(settings, registrar, summary, principal=ADMIN)
+        assert read_registry(settings, registrars, principal=ADMIN)[0]
         n = [0]
 
         def refused() -> bool:

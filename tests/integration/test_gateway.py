@@ -27,7 +27,8 @@ import pytest
 import trustme
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import write_keypair
 from careledger.processes import child_env
 from producers.gateway.auth import signed_headers
@@ -312,8 +313,9 @@ def read_topic(
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"gateway-test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",

@@ -20,8 +20,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN, PROCESSOR
 from careledger.keys import load_public_keys
 from careledger.storage.store import ChainStore
 from careledger.storage.trees import stored_root
@@ -82,8 +83,9 @@ def _assert_exactly_once(settings: Settings, produced_ids: list[str]) -> None:
 
 def _read_topic(settings: Settings, topic: str, idle_s: float) -> list[bytes]:
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"reader-{time.monotonic_ns()}",
                 "auto.offset.reset": "earliest",
@@ -284,8 +286,9 @@ def test_offsets_committed_ahead_of_the_store_do_not_skip_events(
             producer.send(e)
         producer.flush()
     committer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            PROCESSOR,
             {
                 "group.id": settings.processor_app_id,
                 "enable.auto.commit": False,
@@ -325,8 +328,9 @@ def test_unstored_records_are_chained_even_when_no_new_record_arrives(
             producer.send(e)
         producer.flush()
     committer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            PROCESSOR,
             {
                 "group.id": settings.processor_app_id,
                 "enable.auto.commit": False,
@@ -420,8 +424,9 @@ def test_poison_messages_are_dead_lettered_and_never_stop_the_processor(
     _assert_exactly_once(settings, [e.event_id for e in valid])
 
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"dlq-check-{settings.processor_app_id}",
                 "auto.offset.reset": "earliest",

@@ -25,6 +25,7 @@ import pytest
 from careledger import stack as stack_mod
 from careledger.config import Settings
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import register_key
 from careledger.stack.paths import _paths
@@ -187,6 +188,7 @@ def test_a_source_registered_while_the_processor_runs_is_chained_not_quarantined
             load_signing_key(settings.registrar_key, env={}),
             "late-source",
             source.public_key,
+            principal=ADMIN,
         )
         late = settings.replace(source_id="late-source", source_key=source_path)
         second = list(simulate(HospitalModel(seed=32), count=300, seed=32))

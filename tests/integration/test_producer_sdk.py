@@ -18,7 +18,8 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.sources import load_registrar_keys, read_heartbeats, read_registry
 from careledger_core.batch_record import looks_batch, open_batch_record
 from careledger_core.errors import InfrastructureError
@@ -43,8 +44,9 @@ def _consume_all(settings: Settings, expected: int, timeout: float = 60.0) -> li
     """Read the events topic from the beginning until ``expected`` messages (then a bit
     longer, so that duplicates would show)."""
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-test-sdk-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -209,7 +211,7 @@ def _signing(isolated: Settings, tmp_path: Path, **changes: object) -> Settings:
 def _opened_in_seq_order(settings: Settings, records: list[Message]) -> list[bytes]:
     """Every record is a batch record whose root and signature check against the
     registry read from Kafka; its events, in sequence-number order."""
-    registry, problems = read_registry(settings, load_registrar_keys(settings))
+    registry, problems = read_registry(settings, load_registrar_keys(settings), principal=ADMIN)
     assert problems == []
     verifier = BatchVerifier(registry)
     batches = []
@@ -243,7 +245,7 @@ def test_signed_batches_arrive_once_each_as_one_record(isolated: Settings, tmp_p
     assert _opened_in_seq_order(s, records) == [canonical_event_bytes(e) for e in events]
     used = {m.partition() for m in records}
     assert len(used) > 1, "batch records spread over the partitions"
-    beats, problems = read_heartbeats(s, load_registrar_keys(s))
+    beats, problems = read_heartbeats(s, load_registrar_keys(s), principal=ADMIN)
     assert problems == []
     closing = [b.statement for b in beats if b.statement.epoch == epoch and b.statement.closing]
     assert [st.last_seq for st in closing] == [COUNT]

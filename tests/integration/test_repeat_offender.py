@@ -20,8 +20,9 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.stack import delete_topics
 from careledger.storage.store import ChainStore
 from careledger_core.event import AccessEvent, event_from_dict
@@ -140,8 +141,9 @@ class _AlertsTopic:
 
     def __init__(self, settings: Settings) -> None:
         self._consumer = Consumer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                ADMIN,
                 {
                     "group.id": f"test-{uuid.uuid4().hex[:8]}",
                     "auto.offset.reset": "earliest",

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Producer
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key
 from careledger.storage.backend import StorageError
 from careledger.storage.store import (
@@ -99,7 +100,7 @@ def _produce(
     partition: int | None = None,
     create_time: float | None = None,
 ) -> None:
-    producer = Producer(client_config(settings.kafka_bootstrap, {"acks": "all"}))
+    producer = Producer(kafka_config(settings, ADMIN, {"acks": "all"}))
     for v in values:
         kwargs: dict[str, Any] = {}
         if partition is not None:

@@ -25,7 +25,8 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, ConfigResource  # type: ignore[attr-defined]
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key
 from careledger.processes import start_cli
 from careledger.storage.backend import StorageError
@@ -53,7 +54,7 @@ ATTACKER = SigningKey.from_seed(hashlib.sha256(b"blocks topic attacker").digest(
 
 def test_the_blocks_topic_keeps_its_records_forever(pipeline: Pipeline) -> None:
     s = pipeline.settings
-    admin = AdminClient(client_config(s.kafka_bootstrap))
+    admin = AdminClient(kafka_config(s, ADMIN))
     resource = ConfigResource(ConfigResource.Type.TOPIC, s.topic_blocks)
     config = admin.describe_configs([resource])[resource].result(timeout=30)
     assert config["retention.ms"].value == "-1" and config["retention.bytes"].value == "-1"
@@ -62,7 +63,7 @@ def test_the_blocks_topic_keeps_its_records_forever(pipeline: Pipeline) -> None:
 
 
 def _produce(s: Settings, key: str, values: list[bytes]) -> None:
-    producer = Producer(client_config(s.kafka_bootstrap))
+    producer = Producer(kafka_config(s, ADMIN))
     for value in values:
         producer.produce(s.topic_blocks, key=key.encode(), value=value)
     assert producer.flush(30) == 0

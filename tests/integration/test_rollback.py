@@ -17,7 +17,8 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.store import ChainHead, SealedBlock
 from careledger.storage.trees import stored_consistency_proof, stored_root
 from careledger_core.chain_tree import ChainTree
@@ -42,14 +43,12 @@ __all__ = ["setup"]  # the fixture, imported from test_checkpoints
 def delete_checkpoint_records(setup: Setup) -> int:
     """DeleteRecords up to the end of every partition of the checkpoints topic."""
     topic = setup.settings.topic_checkpoints
-    consumer = Consumer(
-        client_config(setup.settings.kafka_bootstrap, {"group.id": "rollback-test"})
-    )
+    consumer = Consumer(kafka_config(setup.settings, ADMIN, {"group.id": "rollback-test"}))
     try:
         _, high = consumer.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     finally:
         consumer.close()
-    admin = AdminClient(client_config(setup.settings.kafka_bootstrap))
+    admin = AdminClient(kafka_config(setup.settings, ADMIN))
     futures = admin.delete_records([TopicPartition(topic, 0, high)])
     for future in futures.values():
         deleted = future.result(timeout=30)

@@ -21,8 +21,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.keys import load_signing_key, write_keypair
 from careledger.sources import publish_key_event, register_key
 from careledger.storage.store import ChainStore
@@ -94,8 +95,9 @@ def _read(
     """At least ``expect`` records of ``topic`` (or, with ``until``, until it holds)."""
     done = until or (lambda out: len(out) >= expect)
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"reader-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
@@ -125,7 +127,7 @@ def _wait_registry_ledgered(settings: Settings, store: ChainStore) -> None:
     as the access events are chained may not have chained them yet (they are not lost:
     it would on its next start)."""
     topic = settings.topic_sources
-    consumer = Consumer(client_config(settings.kafka_bootstrap, {"group.id": "hw-probe"}))
+    consumer = Consumer(kafka_config(settings, ADMIN, {"group.id": "hw-probe"}))
     try:
         partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
         on_topic = sum(
@@ -223,7 +225,12 @@ def test_forged_unknown_revoked_replayed_and_unsigned_records_are_quarantined(
     retired_path = tmp_path / "keys" / "retired.key"
     retired = write_keypair(retired_path)
     register_key(
-        settings, registrar, "lab-old", retired.public_key, valid_from="2026-01-01T00:00:00.000000Z"
+        settings,
+        registrar,
+        "lab-old",
+        retired.public_key,
+        valid_from="2026-01-01T00:00:00.000000Z",
+        principal=ADMIN,
     )
     publish_key_event(
         settings,
@@ -236,6 +243,7 @@ def test_forged_unknown_revoked_replayed_and_unsigned_records_are_quarantined(
             valid_from=time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime(time.time() - 3600)),
             registrar_key_id=registrar.key_id,
         ),
+        principal=ADMIN,
     )
     revoked = _signed_records(retired, "lab-old", events[12:14])
 

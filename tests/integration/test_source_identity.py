@@ -22,8 +22,9 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
+from careledger.kafka.security import ADMIN
 from careledger.keys import write_keypair
 from careledger.sources import (
     load_registrar_keys,
@@ -57,8 +58,9 @@ def _consume(settings: Settings, expected: int) -> list[Message]:
     for one second more (so that records beyond those would be seen too)."""
     topic, partitions = settings.topic_events, settings.partitions
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-test-sources-{uuid.uuid4().hex[:8]}",
                 "enable.auto.commit": False,
@@ -102,7 +104,7 @@ def _verified(
     a batch record (ADR 0020) must carry exactly the events its statement signs, under a
     signature of a key that may sign for the source; a signed-event record its inclusion
     proof and the batch signature. Returns the events, the verifier and the records."""
-    registry, problems = read_registry(settings, load_registrar_keys(settings))
+    registry, problems = read_registry(settings, load_registrar_keys(settings), principal=ADMIN)
     assert problems == []
     verifier = BatchVerifier(registry)
     signed: list[_Signed] = []
@@ -199,7 +201,7 @@ def test_heartbeats_claim_the_acknowledged_sequence_numbers(
         producer.flush()
         time.sleep(1.0)  # a few periodic heartbeats after the acknowledgements
     registrars = load_registrar_keys(s)
-    beats, problems = read_heartbeats(s, registrars)
+    beats, problems = read_heartbeats(s, registrars, principal=ADMIN)
     assert problems == []
     ours = [b.statement for b in beats if b.statement.epoch == epoch]
     by_source: dict[str, list[int]] = collections.defaultdict(list)
@@ -274,7 +276,7 @@ def test_source_cli_register_revoke_list_round_trip(isolated: Settings, tmp_path
     assert out.returncode == 0 and key_id in out.stdout and "revoked" in out.stdout
 
     # the registry itself agrees: signing before the revocation only
-    registry, _ = read_registry(s, load_registrar_keys(s))
+    registry, _ = read_registry(s, load_registrar_keys(s), principal=ADMIN)
     registry.authorize("lab", key_id, "2026-05-31T00:00:00.000000Z")
     registry.authorize("lab-legacy", key_id, "2026-05-31T00:00:00.000000Z")
     with pytest.raises(Exception, match="revoked"):
@@ -287,10 +289,10 @@ def test_key_event_of_an_untrusted_registrar_is_skipped_and_reported(
     s = with_source(isolated, tmp_path, "ehr-trusted")
     rogue_registrar = write_keypair(tmp_path / "rogue" / "registrar.key")
     intruder = write_keypair(tmp_path / "rogue" / "intruder.key")
-    record = register_key(s, rogue_registrar, "ehr-trusted", intruder.public_key)
+    record = register_key(s, rogue_registrar, "ehr-trusted", intruder.public_key, principal=ADMIN)
     assert record.version == 1
 
-    registry, problems = read_registry(s, load_registrar_keys(s))
+    registry, problems = read_registry(s, load_registrar_keys(s), principal=ADMIN)
     assert len(registry) == 1, "only the trusted registration is applied"
     (problem,) = problems
     assert problem.code == "UNKNOWN_REGISTRAR"
@@ -298,7 +300,7 @@ def test_key_event_of_an_untrusted_registrar_is_skipped_and_reported(
     assert registry.key_source(intruder.key_id) is None
     # trusting the rogue registrar (explicitly) would apply it: it is the trust that decides
     both = {**load_registrar_keys(s), rogue_registrar.key_id: rogue_registrar.public_key}
-    assert len(read_sources(s, both).registry) == 2
+    assert len(read_sources(s, both, principal=ADMIN).registry) == 2
 
 
 def test_local_tooling_creates_and_registers_the_local_source_once(
@@ -308,16 +310,16 @@ def test_local_tooling_creates_and_registers_the_local_source_once(
 
     said: list[str] = []
     base = isolated.replace(run_dir=tmp_path / "run")
-    s = ensure_local_source(base, say=said.append)
+    s = ensure_local_source(base, say=said.append, principal=ADMIN)
     assert s.source_id == "careledger-local"
     assert s.source_key == tmp_path / "run" / "keys" / "source.key"
     assert s.registrar_key == tmp_path / "run" / "keys" / "registrar.key"
     for path in (s.source_key, s.registrar_key):
         assert path is not None and (path.stat().st_mode & 0o777) == 0o600
     assert len(said) == 3 and said[-1].startswith("== registered source careledger-local")
-    again = ensure_local_source(base, say=said.append)
+    again = ensure_local_source(base, say=said.append, principal=ADMIN)
     assert again == s and len(said) == 3, "nothing created or registered twice"
-    assert len(read_sources(s, load_registrar_keys(s)).key_events) == 1
+    assert len(read_sources(s, load_registrar_keys(s), principal=ADMIN).key_events) == 1
 
     with AccessEventProducer(s) as producer:
         for e in _events(5, seed=24):

@@ -13,7 +13,8 @@ from confluent_kafka.admin import AdminClient
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.stack import clickhouse_server, kafka_server
 from careledger.storage.backend import ClickHouseBackend
 
@@ -59,15 +60,16 @@ def test_cli_status_exit_code(stack: Settings, capsys: pytest.CaptureFixture[str
 def test_produce_and_consume_through_the_broker(isolated: Settings) -> None:
     topic = isolated.topic_events
     payload = f"hello {uuid.uuid4()}".encode()
-    producer = Producer(client_config(isolated.kafka_bootstrap, {"acks": "all"}))
+    producer = Producer(kafka_config(isolated, ADMIN, {"acks": "all"}))
     delivered: list[object] = []
     producer.produce(topic, payload, key=b"patient-1", on_delivery=lambda e, m: delivered.append(e))
     assert producer.flush(15) == 0
     assert delivered == [None]
 
     consumer = Consumer(
-        client_config(
-            isolated.kafka_bootstrap,
+        kafka_config(
+            isolated,
+            ADMIN,
             {
                 "group.id": f"test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",
@@ -101,7 +103,7 @@ def test_clickhouse_is_18_16(stack: Settings) -> None:
 
 
 def test_topics_exist_with_configured_partitions(stack: Settings) -> None:
-    md = AdminClient(client_config(stack.kafka_bootstrap)).list_topics(timeout=10)
+    md = AdminClient(kafka_config(stack, ADMIN)).list_topics(timeout=10)
     for name, partitions in stack_mod.default_topics(stack).items():
         assert name in md.topics, name
         assert len(md.topics[name].partitions) == partitions, name
@@ -111,7 +113,7 @@ def test_topics_exist_with_configured_partitions(stack: Settings) -> None:
 def test_isolated_fixture_has_own_topics_and_database(isolated: Settings, stack: Settings) -> None:
     assert isolated.clickhouse_database != stack.clickhouse_database
     assert isolated.topic_events != stack.topic_events
-    md = AdminClient(client_config(isolated.kafka_bootstrap)).list_topics(timeout=10)
+    md = AdminClient(kafka_config(isolated, ADMIN)).list_topics(timeout=10)
     assert len(md.topics[isolated.topic_events].partitions) == isolated.partitions
     backend = ClickHouseBackend.from_settings(isolated, "reader")
     try:
@@ -151,7 +153,7 @@ def test_full_lifecycle_of_a_separate_stack(stack: Settings, tmp_path: Path) -> 
         assert st.kafka.pid and st.clickhouse.pid
         assert (own.run_dir / "logs" / "kafka" / "server.log").exists()
         assert (own.run_dir / "logs" / "clickhouse" / "clickhouse-server.log").exists()
-        md = AdminClient(client_config(own.kafka_bootstrap)).list_topics(timeout=10)
+        md = AdminClient(kafka_config(own, ADMIN)).list_topics(timeout=10)
         assert len(md.topics[own.topic_events].partitions) == 2
 
         again = stack_mod.up(own, quiet=True)

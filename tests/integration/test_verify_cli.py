@@ -25,7 +25,8 @@ import pytest
 from confluent_kafka import Consumer
 
 from careledger.config import PROJECT_ROOT, Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.store import ChainHead, ChainStore, SealedBlock
 from careledger_core.event import canonical_event_bytes
@@ -313,8 +314,9 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
 
 def _alerts(settings: Settings, want: int, timeout: float) -> list[tuple[bytes, dict[str, Any]]]:
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            ADMIN,
             {
                 "group.id": f"careledger-test-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest",

@@ -27,7 +27,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from careledger.config import PROJECT_ROOT, Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import ADMIN
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.migrations import migrate
 from careledger.storage.store import ChainStore, SealedBlock
@@ -151,7 +152,7 @@ def by_chain(result: Result) -> dict[str, dict[str, Any]]:
 
 def recreate_topic(settings: Settings, topic: str) -> None:
     """Delete the topic and create it empty again (an attacker who administers Kafka)."""
-    admin = AdminClient(client_config(settings.kafka_bootstrap))
+    admin = AdminClient(kafka_config(settings, ADMIN))
     for future in admin.delete_topics([topic], operation_timeout=30).values():
         future.result(timeout=60)
     deadline = time.monotonic() + 60
@@ -297,7 +298,7 @@ def test_split_view_a_second_verifier_shown_another_history_detects_it(trio: Tri
         topic_checkpoints=setup.settings.topic_checkpoints + "-fork",
     )
     migrate(s2)
-    admin = AdminClient(client_config(s2.kafka_bootstrap))
+    admin = AdminClient(kafka_config(s2, ADMIN))
     for f in admin.create_topics([NewTopic(s2.topic_checkpoints, 1, 1)]).values():
         f.result(timeout=60)
     store2 = ChainStore(ClickHouseBackend.from_settings(s2), s2.clickhouse_database)

@@ -16,12 +16,17 @@ logger instead. Two halves:
 * the behaviour: a client pointed at a closed port writes nothing on fd 2 and its lines
   reach the Python logger; the same client built from a bare dict does write on fd 2
   (so the capture can see a failure).
+* the login (issue 12): ``client_config`` merges its ``login``'s security properties and
+  refuses a caller's own (``security.protocol``, ``sasl.*``, ``ssl.*``); ``kafka_config``
+  makes the login of a principal from ``Settings``. ``login=None`` (no security at all)
+  is for the tests' clients of fake bootstraps: no product file may pass it.
 """
 
 from __future__ import annotations
 
 import ast
 import logging
+import re
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,9 +38,11 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 
+from careledger.config import Settings
 from careledger.kafka import client_config, rdkafka_logger
-from careledger.kafka.clients import RDKAFKA_LOGGER, RateLimit
-from careledger.kafka.producer import producer_config
+from careledger.kafka.clients import RDKAFKA_LOGGER, RateLimit, kafka_config
+from careledger.kafka.producer import AccessEventProducer, producer_config
+from careledger.kafka.security import ADMIN, PRINCIPALS, PROCESSOR, KafkaLogin, kafka_login
 
 REPO = Path(__file__).resolve().parents[2]
 ROOTS = (
@@ -50,7 +57,9 @@ ROOTS = (
 )
 CLIENTS = frozenset({"Producer", "Consumer", "AdminClient"})
 MODULES = frozenset({"confluent_kafka", "confluent_kafka.admin"})
-FACTORIES = frozenset({"client_config", "producer_config"})
+FACTORIES = frozenset({"client_config", "kafka_config", "producer_config"})
+#: the roots of product code (the tests may pass ``login=None`` for fake bootstraps)
+PRODUCT_ROOTS = tuple(r for r in ROOTS if r != "tests")
 #: the one client allowed a bare dict: the attack below, which must print on stderr
 ATTACK = ("tests/unit/test_kafka_clients.py", "# kafka-clients: the attack")
 CLOSED = "127.0.0.1:1"  # nothing listens on port 1
@@ -210,6 +219,18 @@ def problems(source: str, exempt: str | None = None) -> list[str]:
     ]
 
 
+def logins_refused(source: str) -> list[str]:
+    """Every call in ``source`` that passes ``login=None`` (no login: a product client
+    would then talk to a SASL_SSL broker as nobody)."""
+    return [
+        f"{node.lineno}: login=None"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Call)
+        for kw in node.keywords
+        if kw.arg == "login" and isinstance(kw.value, ast.Constant) and kw.value.value is None
+    ]
+
+
 # -- the checker, attacked ------------------------------------------------------------------
 
 BAD = {
@@ -223,7 +244,7 @@ BAD = {
     "a name bound twice": (
         "from confluent_kafka import Producer\n"
         "def f():\n"
-        '    config = client_config("b")\n'
+        '    config = client_config("b", login=None)\n'
         '    config = {"bootstrap.servers": "b"}\n'
         "    return Producer(config)\n"
     ),
@@ -232,13 +253,16 @@ BAD = {
     ),
     "a name bound in another function": (
         "from confluent_kafka import Producer\n"
-        'def g():\n    config = client_config("b")\n'
+        'def g():\n    config = client_config("b", login=None)\n'
         "def f():\n    return Producer(config)\n"
     ),
-    "keywords": 'from confluent_kafka import Producer\nProducer(client_config("b"), logger=x)\n',
-    "a splat": 'from confluent_kafka import Producer\nProducer(**client_config("b"))\n',
+    "keywords": (
+        'from confluent_kafka import Producer\nProducer(client_config("b", login=None), logger=x)\n'
+    ),
+    "a splat": 'from confluent_kafka import Producer\nProducer(**client_config("b", login=None))\n',
     "a merged dict": (
-        'from confluent_kafka import Producer\nProducer({**client_config("b"), "logger": None})\n'
+        "from confluent_kafka import Producer\n"
+        'Producer({**client_config("b", login=None), "logger": None})\n'
     ),
     "an alias": 'from confluent_kafka import Producer as P\nP({"bootstrap.servers": "b"})\n',
     "the module": 'import confluent_kafka\nconfluent_kafka.Consumer({"group.id": "g"})\n',
@@ -257,13 +281,13 @@ BAD = {
     ),
     "another function's result": (
         "from confluent_kafka import Producer\n"
-        'def cfg():\n    return client_config("b")\n'
+        'def cfg():\n    return client_config("b", login=None)\n'
         "Producer(cfg())\n"
     ),
     "a loop variable": (
         "from confluent_kafka import Producer\n"
         "def f(configs):\n"
-        '    c = client_config("b")\n'
+        '    c = client_config("b", login=None)\n'
         "    for c in configs:\n"
         "        Producer(c)\n"
     ),
@@ -276,21 +300,27 @@ def test_the_checker_catches_a_client_not_configured_by_client_config(source: st
 
 
 GOOD = {
-    "a call": 'from confluent_kafka import Producer\nProducer(client_config("b"))\n',
+    "a call": 'from confluent_kafka import Producer\nProducer(client_config("b", login=None))\n',
     "a call with settings": (
         "def f(s):\n"
         "    from confluent_kafka.admin import AdminClient\n"
-        '    return AdminClient(client_config(s, {"log_level": 3}))\n'
+        '    return AdminClient(client_config(s, {"log_level": 3}, login=login))\n'
     ),
     "a name with callbacks set on it": (
         "from confluent_kafka import Producer\n"
         "def f(cb):\n"
-        '    config = producer_config("b", extra_config={"linger.ms": 2})\n'
+        '    config = producer_config("b", login=None, extra_config={"linger.ms": 2})\n'
         '    config["error_cb"] = cb\n'
         "    return Producer(config)\n"
     ),
-    "a module function": "import confluent_kafka as ck\nck.Consumer(clients.client_config('b'))\n",
+    "a module function": (
+        "import confluent_kafka as ck\nck.Consumer(clients.client_config('b', login=None))\n"
+    ),
     "another class of that name": "class Consumer:\n    pass\nConsumer({})\n",
+    "kafka_config": (
+        "from confluent_kafka import Consumer\n"
+        'def f(s):\n    return Consumer(kafka_config(s, PROCESSOR, {"group.id": "g"}))\n'
+    ),
 }
 
 
@@ -338,6 +368,26 @@ def test_only_the_attack_is_exempt() -> None:
     assert problems(source, ATTACK[1]) == []
 
 
+def test_the_login_checker_catches_login_none_and_only_it() -> None:
+    assert logins_refused('client_config("b", login=None)\n') == ["1: login=None"]
+    assert logins_refused('kafka.producer_config("b",\n  login=None)\n') == ["1: login=None"]
+    assert logins_refused('client_config("b", login=kafka_login(s, ADMIN))\n') == []
+    assert logins_refused('client_config("b", login=login)\n') == []
+    assert logins_refused('f(login="None", other=None)\n') == []
+
+
+def test_no_product_client_goes_without_a_login() -> None:
+    found = [
+        f"{name}:{p}"
+        for name, source in _sources()
+        if name.split("/")[0] in PRODUCT_ROOTS
+        for p in logins_refused(source)
+    ]
+    assert found == []
+    # the rule has something to hold: the tests do pass login=None
+    assert any(logins_refused(source) for name, source in _sources() if name.startswith("tests/"))
+
+
 def test_the_tree_has_the_clients_the_rule_is_about() -> None:
     # a checker that finds nothing proves nothing: the packages build ~25 clients
     sites = [s for _name, source in _sources() for s in client_sites(source)]
@@ -351,12 +401,12 @@ def test_the_tree_has_the_clients_the_rule_is_about() -> None:
 def _client(kind: str, logger: logging.Logger) -> Producer | Consumer | AdminClient:
     settings = _settings(kind)
     if kind == "producer":
-        return Producer(client_config(CLOSED, settings, logger=logger))
+        return Producer(client_config(CLOSED, settings, login=None, logger=logger))
     if kind == "consumer":
-        consumer = Consumer(client_config(CLOSED, settings, logger=logger))
+        consumer = Consumer(client_config(CLOSED, settings, login=None, logger=logger))
         consumer.subscribe(["careledger-no-such-topic"])
         return consumer
-    return AdminClient(client_config(CLOSED, settings, logger=logger))
+    return AdminClient(client_config(CLOSED, settings, login=None, logger=logger))
 
 
 def _poll(client: Producer | Consumer | AdminClient, seconds: float) -> None:
@@ -403,7 +453,7 @@ def test_the_default_logger_takes_the_lines_not_stderr(
     capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger=RDKAFKA_LOGGER)
-    config = client_config(CLOSED, _settings("producer"))
+    config = client_config(CLOSED, _settings("producer"), login=None)
     assert config["logger"] is logging.getLogger(RDKAFKA_LOGGER)
     producer = Producer(config)
     _poll(producer, 1.0)
@@ -430,7 +480,7 @@ def test_the_capture_sees_librdkafka_on_stderr_without_client_config(
 
 
 def test_producer_config_goes_through_client_config() -> None:
-    config = producer_config(CLOSED, extra_config={"linger.ms": 2})
+    config = producer_config(CLOSED, login=None, extra_config={"linger.ms": 2})
     assert config["bootstrap.servers"] == CLOSED
     assert config["linger.ms"] == 2
     assert config["acks"] == "all"
@@ -439,15 +489,15 @@ def test_producer_config_goes_through_client_config() -> None:
 
 
 def test_client_config_keeps_the_callers_settings_and_owns_its_keys() -> None:
-    config = client_config("b:9092", {"group.id": "g", "log_level": 3})
+    config = client_config("b:9092", {"group.id": "g", "log_level": 3}, login=None)
     assert config["bootstrap.servers"] == "b:9092"
     assert config["group.id"] == "g"
     assert config["log_level"] == 3
-    assert client_config("b:9092")["log_level"] == 6
+    assert client_config("b:9092", login=None)["log_level"] == 6
     with pytest.raises(ValueError, match=r"bootstrap\.servers"):
-        client_config("b:9092", {"bootstrap.servers": "other:9092"})
+        client_config("b:9092", {"bootstrap.servers": "other:9092"}, login=None)
     with pytest.raises(ValueError, match="logger"):
-        client_config("b:9092", {"logger": logging.getLogger("x")})
+        client_config("b:9092", {"logger": logging.getLogger("x")}, login=None)
 
 
 def test_the_rate_limit_lets_one_line_per_kind_through() -> None:
@@ -460,3 +510,121 @@ def test_the_rate_limit_lets_one_line_per_kind_through() -> None:
     assert not limit.filter(record("FAIL"))
     assert limit.filter(record("ERROR"))
     assert limit.filter(record("FAIL", logging.WARNING))
+
+
+# -- the login ----------------------------------------------------------------------------
+
+SASL = KafkaLogin("processor", "pw-of-the-processor", Path("/ca.pem"), "SASL_SSL")
+
+
+def test_client_config_merges_the_logins_properties() -> None:
+    config = client_config("b:9093", {"group.id": "g"}, login=SASL)
+    assert {k: config[k] for k in SASL.confluent()} == SASL.confluent()
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.mechanisms"] == "SCRAM-SHA-512"
+    assert (config["sasl.username"], config["sasl.password"]) == (
+        "processor",
+        "pw-of-the-processor",
+    )
+    assert config["ssl.ca.location"] == "/ca.pem"
+    assert config["ssl.endpoint.identification.algorithm"] == "https"
+    assert (config["group.id"], config["bootstrap.servers"]) == ("g", "b:9093")
+    plain = KafkaLogin("processor", "", None, "PLAINTEXT")
+    assert client_config("b", login=plain) == client_config("b", login=None)
+    assert not [k for k in client_config("b", login=None) if k.startswith(("sasl.", "ssl.", "sec"))]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        "security.protocol",
+        "sasl.username",
+        "sasl.password",
+        "sasl.mechanisms",
+        "sasl.jaas.config",
+        "ssl.ca.location",
+        "ssl.endpoint.identification.algorithm",
+        "ssl.certificate.location",
+    ],
+)
+@pytest.mark.parametrize("login", [SASL, None], ids=["sasl", "none"])
+def test_client_config_refuses_a_callers_own_security_settings(
+    key: str, login: KafkaLogin | None
+) -> None:
+    # a caller cannot weaken (or replace) its login, with or without one
+    with pytest.raises(ValueError, match=re.escape(key)):
+        client_config("b:9093", {key: "PLAINTEXT"}, login=login)
+
+
+def test_producer_config_takes_its_login() -> None:
+    config = producer_config("b:9093", login=SASL, extra_config={"linger.ms": 2})
+    assert config["sasl.username"] == "processor"
+    assert config["security.protocol"] == "SASL_SSL"
+    with pytest.raises(ValueError, match="sasl"):
+        producer_config("b:9093", login=SASL, extra_config={"sasl.username": "admin"})
+
+
+def _sasl_settings(tmp_path: Path, **kw: Any) -> Settings:
+    return Settings(run_dir=tmp_path, kafka_security_protocol="SASL_SSL", **kw)
+
+
+@pytest.mark.parametrize("principal", PRINCIPALS)
+def test_kafka_config_logs_in_as_the_principal(tmp_path: Path, principal: str) -> None:
+    s = _sasl_settings(tmp_path)
+    config = kafka_config(s, principal, {"group.id": "g"})
+    assert config["bootstrap.servers"] == s.kafka_bootstrap
+    assert config["group.id"] == "g"
+    assert config["security.protocol"] == "SASL_SSL"
+    assert config["sasl.username"] == principal
+    assert config["sasl.password"] == kafka_login(s, principal).password  # kept, per principal
+    assert "ssl.ca.location" not in config  # no local CA yet: the system's trust store
+
+
+def test_kafka_config_trusts_the_local_ca_or_the_configured_one(tmp_path: Path) -> None:
+    s = _sasl_settings(tmp_path)
+    ca = tmp_path / "tls" / "ca.pem"
+    ca.parent.mkdir()
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    assert kafka_config(s, ADMIN)["ssl.ca.location"] == str(ca)
+    own = tmp_path / "own-ca.pem"
+    chosen = kafka_config(_sasl_settings(tmp_path, kafka_ca_file=own), ADMIN)
+    assert chosen["ssl.ca.location"] == str(own)
+
+
+def test_kafka_config_takes_the_configured_password(tmp_path: Path) -> None:
+    s = _sasl_settings(tmp_path, kafka_password="given-password")
+    assert kafka_config(s, PROCESSOR)["sasl.password"] == "given-password"
+    assert not (tmp_path / "secrets").exists()  # nothing made when a password is given
+
+
+def test_kafka_config_on_plaintext_has_no_security_settings(tmp_path: Path) -> None:
+    plain = Settings(run_dir=tmp_path, kafka_security_protocol="PLAINTEXT")
+    config = kafka_config(plain, PROCESSOR, {"group.id": "g"})
+    assert config == client_config(plain.kafka_bootstrap, {"group.id": "g"}, login=None)
+    with pytest.raises(ValueError, match="no Kafka principal"):
+        kafka_config(plain, "nobody")
+
+
+def test_the_sdk_logs_in_as_the_producer_unless_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[dict[str, Any]] = []
+
+    class FakeProducer:
+        def __init__(self, config: dict[str, Any]) -> None:
+            seen.append(config)
+
+        def __len__(self) -> int:
+            return 0
+
+        def flush(self, timeout: float = 0) -> int:
+            return 0
+
+    import careledger.kafka.producer as sdk
+
+    monkeypatch.setattr(sdk, "Producer", FakeProducer)
+    s = _sasl_settings(tmp_path, source_key=None)
+    AccessEventProducer(s, sign=False).close()
+    AccessEventProducer(s, sign=False, principal=ADMIN).close()
+    assert [c["sasl.username"] for c in seen] == ["producer", "admin"]
+    assert all(c["security.protocol"] == "SASL_SSL" for c in seen)

@@ -65,7 +65,9 @@ def test_a_login_never_shows_its_password() -> None:
 
 
 def test_plaintext_adds_nothing_and_makes_no_secret(tmp_path: Path) -> None:
-    login = kafka_login(Settings(run_dir=tmp_path), "processor")
+    login = kafka_login(
+        Settings(run_dir=tmp_path, kafka_security_protocol="PLAINTEXT"), "processor"
+    )
     assert (login.protocol, login.confluent(), login.aiokafka()) == ("PLAINTEXT", {}, {})
     assert not (tmp_path / "secrets").exists()
 

@@ -18,6 +18,7 @@ import pytest
 
 from careledger.config import Settings
 from careledger.kafka.batching import heartbeat_record
+from careledger.kafka.security import PROCESSOR
 from careledger.storage.store import ChainStore
 from careledger_core.errors import InfrastructureError
 from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
@@ -247,9 +248,16 @@ def test_the_processor_gate_follows_the_topic_incrementally(
     starts: list[dict[int, int]] = []
 
     def read_topic_from(
-        settings: Settings, name: str, start: Mapping[int, int], timeout: float, keep: Keep
+        settings: Settings,
+        name: str,
+        start: Mapping[int, int],
+        timeout: float,
+        keep: Keep,
+        *,
+        principal: str,
     ) -> tuple[list[tuple[int, int, bytes | None]], dict[int, int]]:
         assert name == settings.topic_sources
+        assert principal == PROCESSOR  # the processor reads the registry as itself
         starts.append(dict(start))
         return topic.read_from(start, keep)
 
@@ -293,7 +301,12 @@ class _EmptyStore(ChainStore):
         return 1
 
     def discard_uncommitted(
-        self, chain_id: str, head_height: int | None, timeout_s: float = 0.0
+        self,
+        chain_id: str,
+        head_height: int | None,
+        timeout_s: float = 0.0,
+        *,
+        in_flight: bool = False,
     ) -> int:
         return 0
 

@@ -28,8 +28,7 @@ from careledger.kafka.batching import (
     batch_record_key,
     heartbeat_record,
 )
-from careledger.sources import publishing as sources_publishing
-from careledger.sources import reading as sources_reading
+from careledger.kafka.security import ADMIN
 from careledger_core.batch_record import looks_batch, open_batch_record
 from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_from_dict
@@ -51,6 +50,7 @@ from careledger_core.source import (
 
 SOURCE = SigningKey.from_seed(b"s" * 32)
 REGISTRAR = SigningKey.from_seed(b"r" * 32)
+TRUSTED = {REGISTRAR.key_id: REGISTRAR.public_key}
 EPOCH = "00112233445566ff"
 T0 = "2026-11-02T08:00:00.000000Z"
 
@@ -701,7 +701,7 @@ def test_sdk_loads_the_source_key_from_settings_or_environment(
 
 
 def key_record(st: KeyEventStatement, version: int = 1, signer: SigningKey = REGISTRAR) -> bytes:
-    rec = sources_publishing._key_record(st, sign_key_event(signer, st), version)
+    rec = sources.publishing._key_record(st, sign_key_event(signer, st), version)
     return canonical_reference_bytes(rec)
 
 
@@ -709,9 +709,9 @@ def read_with(
     monkeypatch: pytest.MonkeyPatch, values: list[bytes | None]
 ) -> sources.SourcesSnapshot:
     monkeypatch.setattr(
-        sources_reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
+        sources.reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
     )
-    return sources.read_sources(Settings(), {REGISTRAR.key_id: REGISTRAR.public_key})
+    return sources.read_sources(Settings(), TRUSTED, principal=ADMIN)
 
 
 def test_key_events_of_an_untrusted_registrar_are_skipped_and_reported(
@@ -777,9 +777,9 @@ def test_heartbeats_are_checked_against_the_registry(monkeypatch: pytest.MonkeyP
         canonical_reference_bytes(bad),
     ]
     monkeypatch.setattr(
-        sources_reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
+        sources.reading, "_read_topic", lambda *a, **k: [(0, i, v) for i, v in enumerate(values)]
     )
-    beats, problems = sources.read_heartbeats(Settings(), {REGISTRAR.key_id: REGISTRAR.public_key})
+    beats, problems = sources.read_heartbeats(Settings(), TRUSTED, principal=ADMIN)
     assert [b.statement.last_seq for b in beats] == [3]
     assert [(p.offset, p.code) for p in problems] == [(2, "UNKNOWN_KEY")]
 

@@ -36,7 +36,8 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import AUDITOR
 from careledger.safe_text import display
 from careledger.stack.model import StackError
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
@@ -437,7 +438,7 @@ def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
     try:
         from careledger.kafka.producer import AccessEventProducer
 
-        with AccessEventProducer(settings) as producer:
+        with AccessEventProducer(settings, principal=AUDITOR) as producer:
             producer.send(status_event(entry))
             return producer.flush(20.0).ok
     except (CareledgerError, KafkaException) as exc:
@@ -452,11 +453,12 @@ def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
 
         from careledger import stack
 
-        stack.ensure_topics(settings, {settings.topic_alert_status: 1}, timeout=10.0)
+        stack.ensure_topics(settings, {settings.topic_alert_status: 1}, timeout=10.0, acls=False)
         failed: list[Any] = []
         producer = Producer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                AUDITOR,
                 {
                     "enable.idempotence": True,
                     "acks": "all",
@@ -481,8 +483,9 @@ def _tail(args: argparse.Namespace, settings: Settings) -> int:
     from confluent_kafka import Consumer
 
     consumer = Consumer(
-        client_config(
-            settings.kafka_bootstrap,
+        kafka_config(
+            settings,
+            AUDITOR,
             {
                 "group.id": f"careledger-alerts-tail-{uuid.uuid4().hex[:8]}",
                 "auto.offset.reset": "earliest" if args.from_beginning else "latest",

@@ -56,7 +56,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import VERIFIER
 from careledger.storage.kinds import raw_topics, reference_topics
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -289,8 +290,9 @@ class CheckpointReader:
         from confluent_kafka import Consumer, KafkaException, TopicPartition
 
         consumer = Consumer(
-            client_config(
-                self.settings.kafka_bootstrap,
+            kafka_config(
+                self.settings,
+                VERIFIER,
                 {
                     # Required by the client; never joined (assign, not subscribe) nor committed.
                     "group.id": f"careledger-verifier-checkpoints-{uuid.uuid4().hex}",

@@ -50,7 +50,8 @@ from collections.abc import Callable
 from typing import Any, Protocol, TextIO
 
 from careledger.config import Settings
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import VERIFIER
 from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
@@ -108,8 +109,9 @@ class KafkaAlertSink:
 
         self.topic = settings.topic_alerts
         self._producer = Producer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                VERIFIER,
                 {
                     "client.id": "careledger-verifier",
                     "enable.idempotence": True,

@@ -81,16 +81,23 @@ class KafkaDecisionLedger:
         from confluent_kafka import Producer
 
         from careledger.kafka.producer import AccessEventProducer, producer_config
+        from careledger.kafka.security import PRODUCER, kafka_login
 
         self.settings = settings
         self._flush_timeout = flush_timeout
         config = producer_config(
-            settings.kafka_bootstrap, extra_config={"client.id": "careledger-decision-raw"}
+            settings.kafka_bootstrap,
+            login=kafka_login(settings, PRODUCER),
+            extra_config={"client.id": "careledger-decision-raw"},
         )
         config["linger.ms"] = 0
         self._raw = Producer(config)
         self._events = AccessEventProducer(
-            settings, extra_config={"linger.ms": 0}, source_key=source_key, source_id=source_id
+            settings,
+            principal=PRODUCER,
+            extra_config={"linger.ms": 0},
+            source_key=source_key,
+            source_id=source_id,
         )
         self._queue: queue.Queue[Pending | None] = queue.Queue()
         self._thread = threading.Thread(

@@ -7,7 +7,8 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
-from careledger.kafka.clients import client_config
+from careledger.kafka.clients import kafka_config
+from careledger.kafka.security import AUDITOR
 
 from .rows import dumps
 
@@ -29,8 +30,9 @@ class KafkaAlertPublisher:
         self.topic = topic or settings.topic_alerts
         self.failed = 0
         self._producer = Producer(
-            client_config(
-                settings.kafka_bootstrap,
+            kafka_config(
+                settings,
+                AUDITOR,
                 {
                     "client.id": "careledger-auditor",
                     "enable.idempotence": True,
