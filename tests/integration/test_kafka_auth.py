@@ -162,9 +162,10 @@ def sasl_broker(stack: Settings, tmp_path_factory: pytest.TempPathFactory) -> It
             os.kill(pid, signal.SIGKILL)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def on_sasl(sasl_broker: Settings) -> Settings:
-    """Topics of their own on the SASL_SSL broker, with the matrix's ACLs."""
+    """Topics of their own on the SASL_SSL broker, with the matrix's ACLs (once for the
+    module: each attack sends or reads one record of its own, so they share them)."""
     s = isolated_settings(sasl_broker)
     ensure_topics(s, default_topics(s))
     return s
