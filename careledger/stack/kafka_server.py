@@ -341,9 +341,10 @@ def _kafka_format(settings: Settings, java: str, node: KafkaNode | None = None) 
         formatted = mark.read_text().strip() if mark.exists() else "PLAINTEXT"
         if formatted != protocol:
             raise StackError(
-                f"the Kafka storage in {p.kafka_data} was made for {formatted} and has no "
-                f"SCRAM logins; to start a {protocol} broker remove that directory (its "
-                "topics are lost) or set CARELEDGER_KAFKA_SECURITY_PROTOCOL={formatted}"
+                f"the Kafka storage in {p.kafka_data} was formatted for {formatted} (SCRAM "
+                f"logins are made only then); to start a {protocol} broker remove that "
+                "directory (its topics are lost) or set "
+                f"CARELEDGER_KAFKA_SECURITY_PROTOCOL={formatted}"
             )
         return
     cluster_id = ""
