@@ -173,8 +173,8 @@ def pin_login(settings: Any) -> Any:
         changes["clickhouse_ca_file"] = ca
     # Kafka's: every principal's password file (ADR 0033) and the same CA
     secrets = Path(settings.run_dir) / "secrets"
-    if getattr(settings, "kafka_secrets_dir", None) is None and secrets.is_dir():
+    if settings.kafka_secrets_dir is None and secrets.is_dir():
         changes["kafka_secrets_dir"] = secrets
-    if getattr(settings, "kafka_ca_file", None) is None and ca.exists():
+    if settings.kafka_ca_file is None and ca.exists():
         changes["kafka_ca_file"] = ca
     return settings.replace(**changes) if changes else settings

@@ -1,4 +1,4 @@
-"""Kafka TLS, SASL/SCRAM logins and ACLs, as data (issue 12; not wired into the stack yet).
+"""Kafka TLS, SASL/SCRAM logins and ACLs, as data (issue 12, ADR 0033).
 
 **Logins.** Every component logs in to Kafka as one *principal* (a SCRAM-SHA-512 user of
 that name) over ``SASL_SSL``, the broker verified by name against ``kafka_ca_file``, else
@@ -6,8 +6,7 @@ the local stack's CA (``<run_dir>/tls/ca.pem``), else the system's trust store. 
 password comes from ``kafka_password``, else ``kafka_password_file`` (owner-only), else
 the local stack's ``<run_dir>/secrets/kafka-<principal>.password`` (made, 32 random
 bytes, mode 0600, on first use), as ``careledger.credentials`` does for ClickHouse.
-Those settings (and ``kafka_security_protocol``, ``PLAINTEXT`` until the stack speaks
-SASL_SSL) are read when present: ``Settings`` gains them when this is wired in.
+``kafka_security_protocol`` chooses between this and PLAINTEXT (ADR 0033).
 
 **ACLs.** The broker runs the StandardAuthorizer with ``allow.everyone.if.no.acl.found=
 false``: a principal may do only what :func:`acl_matrix` grants, from what the code
@@ -234,23 +233,23 @@ def local_scram_password_file(settings: Any, principal: str) -> Path:
     """The SCRAM password the local stack generates for ``principal``: in
     ``kafka_secrets_dir`` when set (``careledger.credentials.pin_login``), else in
     ``<run_dir>/secrets``."""
-    home = getattr(settings, "kafka_secrets_dir", None) or Path(settings.run_dir) / "secrets"
+    home = settings.kafka_secrets_dir or Path(settings.run_dir) / "secrets"
     return Path(home) / f"kafka-{_principal(principal)}.password"
 
 
 def kafka_login(settings: Any, principal: str) -> KafkaLogin:
     """The login of ``principal`` under ``settings`` (see the module doc)."""
     name = _principal(principal)
-    protocol = str(getattr(settings, "kafka_security_protocol", "PLAINTEXT"))
+    protocol = str(settings.kafka_security_protocol)
     if protocol == "PLAINTEXT":
         return KafkaLogin(name, "", None, "PLAINTEXT")
     if protocol != "SASL_SSL":
         raise ValueError(f"kafka_security_protocol must be SASL_SSL or PLAINTEXT: {protocol!r}")
-    ca: Path | None = getattr(settings, "kafka_ca_file", None)
+    ca: Path | None = settings.kafka_ca_file
     if ca is None and (tls_dir(settings) / "ca.pem").exists():
         ca = tls_dir(settings) / "ca.pem"
-    password = str(getattr(settings, "kafka_password", "") or "")
-    file: Path | None = getattr(settings, "kafka_password_file", None)
+    password = str(settings.kafka_password or "")
+    file: Path | None = settings.kafka_password_file
     if not password and file is not None:
         password = read_secret_file(Path(file), "Kafka password file")
     if not password:

@@ -16,6 +16,7 @@ import ssl
 import stat
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from confluent_kafka.admin import (  # type: ignore[attr-defined]
@@ -35,14 +36,9 @@ REPO = Path(__file__).resolve().parents[2]
 HOSTILE = 'p"w\\d ;x=1 username="admin"'
 
 
-@dataclasses.dataclass(frozen=True)
-class _SaslSettings(Settings):
-    """Settings as they will be once the stack speaks SASL_SSL."""
-
-    kafka_security_protocol: str = "SASL_SSL"
-    kafka_password: str = ""
-    kafka_password_file: Path | None = None
-    kafka_ca_file: Path | None = None
+def _SaslSettings(**kw: Any) -> Settings:
+    """Settings of a stack that speaks SASL_SSL."""
+    return Settings(kafka_security_protocol="SASL_SSL", **kw)
 
 
 def _secret(path: Path, text: str, mode: int = 0o600) -> Path:
