@@ -13,6 +13,15 @@ record's position followed by ``#<index in the batch>`` (``--replay`` takes
 ``PARTITION@OFFSET`` for every dead letter of a record, or ``PARTITION@OFFSET#INDEX``
 for one); its bytes are the event's. Its batch's other events were chained; its
 bytes alone are not signed, so replaying it needs the source to send it again.
+
+Copies. The processor sends and flushes a record's dead letter *before* the block
+holding its offset range is stored (processors.outputs); a processor killed between
+the two re-reads the range on restart and sends the dead letter again. Kafka offers
+no transaction spanning a topic and ClickHouse, so the topic is at-least-once and
+the reader is idempotent: dead letters with the same source position (topic,
+partition, offset, batch index), the same reason code and the same bytes are one
+refused input, listed once with ``copies`` and replayed once. Gateway dead letters
+carry no Kafka position (offset -1) and are never merged.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import hashlib
 import json
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from careledger.config import Settings
@@ -48,6 +57,25 @@ class DeadLetter:
     batch_seq: int | None = None
     #: a quarantined record too large for the quarantine topic (processors.outputs)
     quarantined: bool = False
+    #: how many times the topic holds this dead letter (a processor killed after
+    #: sending it and before storing its block sends it again on restart)
+    copies: int = 1
+
+    @property
+    def identity(self) -> tuple[object, ...] | None:
+        """What makes two dead-letter records one refused input; ``None`` for a
+        record with no Kafka source position (the gateway's), never merged."""
+        if self.source_offset < 0 or self.source_partition < 0:
+            return None
+        return (
+            self.source_topic,
+            self.source_partition,
+            self.source_offset,
+            self.batch_index,
+            self.code,
+            self.quarantined,
+            hashlib.sha256(self.value).digest(),
+        )
 
     @property
     def position(self) -> str:
@@ -70,7 +98,34 @@ class DeadLetter:
             item["batch_seq"] = self.batch_seq
         if self.quarantined:
             item["quarantined"] = True
+        if self.copies > 1:
+            item["copies"] = self.copies
         return item
+
+
+def collapse_copies(records: list[DeadLetter]) -> list[DeadLetter]:
+    """Each refused input once, at its first dead-letter position, in topic order,
+    with the number of records that carry it (see the module doc: copies)."""
+    first: dict[tuple[object, ...], int] = {}
+    out: list[DeadLetter] = []
+    for r in records:
+        ident = r.identity
+        if ident is None:
+            out.append(r)
+            continue
+        at = first.get(ident)
+        if at is None:
+            first[ident] = len(out)
+            out.append(r)
+        else:
+            out[at] = replace(out[at], copies=out[at].copies + 1)
+    return out
+
+
+def _int_or(text: str | None, default: int) -> int:
+    """A header's number; ``default`` when it is missing or not a number."""
+    value = _int_or_none(text)
+    return default if value is None else value
 
 
 def _int_or_none(text: str | None) -> int | None:
@@ -84,7 +139,8 @@ def read_dead_letters(
     settings: Settings, limit: int | None = None, idle_s: float = 3.0, *, topic: str | None = None
 ) -> list[DeadLetter]:
     """Read the dead-letter topic (or ``topic``, e.g. quarantine) from the beginning
-    (without committing anything)."""
+    (without committing anything): each refused input once (:func:`collapse_copies`),
+    at most ``limit`` of them."""
     from confluent_kafka import Consumer
 
     consumer = Consumer(
@@ -100,9 +156,10 @@ def read_dead_letters(
     )
     consumer.subscribe([topic or settings.topic_dead_letter])
     found: list[DeadLetter] = []
+    distinct: set[object] = set()  # identities, or the record's own position if none
     last = time.monotonic()
     try:
-        while limit is None or len(found) < limit:
+        while limit is None or len(distinct) < limit:
             msg = consumer.poll(0.5)
             if msg is None:
                 if time.monotonic() - last > idle_s:
@@ -116,26 +173,26 @@ def read_dead_letters(
                 k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
                 for k, v in raw_headers
             }
-            found.append(
-                DeadLetter(
-                    msg.partition() or 0,
-                    msg.offset() or 0,
-                    h.get("careledger-source-topic", "?"),
-                    int(h.get("careledger-source-partition", "-1")),
-                    int(h.get("careledger-source-offset", "-1")),
-                    h.get("careledger-error-code", "?"),
-                    h.get("careledger-error", ""),
-                    h.get("careledger-error-field", ""),
-                    msg.key(),
-                    msg.value() or b"",
-                    _int_or_none(h.get("careledger-batch-index")),
-                    _int_or_none(h.get("careledger-batch-seq")),
-                    h.get("careledger-quarantined") == "1",
-                )
+            record = DeadLetter(
+                msg.partition() or 0,
+                msg.offset() or 0,
+                h.get("careledger-source-topic", "?"),
+                _int_or(h.get("careledger-source-partition"), -1),
+                _int_or(h.get("careledger-source-offset"), -1),
+                h.get("careledger-error-code", "?"),
+                h.get("careledger-error", ""),
+                h.get("careledger-error-field", ""),
+                msg.key(),
+                msg.value() or b"",
+                _int_or_none(h.get("careledger-batch-index")),
+                _int_or_none(h.get("careledger-batch-seq")),
+                h.get("careledger-quarantined") == "1",
             )
+            found.append(record)
+            distinct.add(record.identity or (record.dlq_partition, record.dlq_offset))
     finally:
         consumer.close()
-    return found
+    return collapse_copies(found)
 
 
 def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
@@ -176,6 +233,7 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"{item['source']:<45} {r.code:<16} {len(r.value):>7} B  "
                 f"{item['sha256'][:16]}  {r.field}: {r.reason}"
+                + (f"  [{r.copies} copies]" if r.copies > 1 else "")
             )
     if not args.json:
         what = "quarantined" if args.quarantine else "dead-letter"

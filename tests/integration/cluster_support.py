@@ -90,7 +90,12 @@ def replica(s: Settings, n: int) -> Settings:
 
 class Flow:
     """At most ``limit`` events produced steadily with the SDK on a thread until
-    stopped; ``ids`` holds those Kafka acknowledged (a flush raises otherwise)."""
+    stopped; ``ids`` holds those Kafka acknowledged (a flush raises otherwise).
+
+    ``hold_at`` keeps the flow waiting once that many events are sent until
+    :meth:`release`: a test that must inject a fault *and* its recovery mid-stream
+    holds back the tail instead of racing a fixed pace against a server's start-up.
+    """
 
     def __init__(
         self,
@@ -100,6 +105,7 @@ class Flow:
         seed: int,
         per_flush: int = 20,
         pause_s: float = 0.02,
+        hold_at: int | None = None,
     ) -> None:
         self.settings = settings
         self.limit = limit
@@ -109,6 +115,10 @@ class Flow:
         self.ids: list[str] = []
         self.error: BaseException | None = None
         self._stop = threading.Event()
+        self._hold_at = hold_at
+        self._released = threading.Event()
+        if hold_at is None:
+            self._released.set()
         self._thread = threading.Thread(target=self._run, name="flow", daemon=True)
 
     def __enter__(self) -> Flow:
@@ -118,8 +128,22 @@ class Flow:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    def release(self) -> None:
+        """Let a held flow send the rest."""
+        self._released.set()
+
+    @property
+    def held(self) -> bool:
+        """True once the flow has sent ``hold_at`` events and waits for release."""
+        return (
+            self._hold_at is not None
+            and not self._released.is_set()
+            and len(self.ids) >= self._hold_at
+        )
+
     def stop(self) -> None:
         self._stop.set()
+        self._released.set()
         self._thread.join(120)
         assert not self._thread.is_alive(), "the producer thread did not stop"
 
@@ -128,6 +152,10 @@ class Flow:
         try:
             with AccessEventProducer(self.settings) as producer:
                 while not self._stop.is_set() and len(self.ids) < self.limit:
+                    if self._hold_at is not None and len(self.ids) >= self._hold_at:
+                        self._released.wait()
+                        if self._stop.is_set():
+                            return
                     batch = [e for _, e in zip(range(self.per_flush), events, strict=False)]
                     if not batch:
                         return

@@ -398,8 +398,11 @@ def test_batch_records_through_a_processor_killed_mid_stream_are_chained_exactly
     assert _check_batches(store) == {("ehr-main", EPOCH): set(range(1, 3001)) - {1235}}
     [(batch_rows_n,)] = _committed(store, "source_batches", "count()")
     assert int(batch_rows_n) == 60
-    # the malformed event alone, with where it was, in the dead-letter topic
+    # the malformed event alone, with where it was, in the dead-letter topic: listed
+    # once even when a kill between its flush and its block made the restarted
+    # processor send it again (at most once per start: three starts)
     [dead] = [d for d in read_dead_letters(settings) if d.batch_index is not None]
+    assert 1 <= dead.copies <= 3
     assert (dead.value, dead.batch_index, dead.batch_seq, dead.code) == (
         MALFORMED,
         34,

@@ -71,7 +71,7 @@ def test_primary_replica_killed_mid_stream_chains_on_and_replicas_converge(
     proc = start_processor(s, log)
     survivor = store_for(replica(s, 2))
     try:
-        with Flow(s, limit=EVENTS, seed=41, pause_s=0.2) as flow:
+        with Flow(s, limit=EVENTS, seed=41, pause_s=0.2, hold_at=EVENTS * 2 // 3) as flow:
             wait_until(lambda: committed_event_count(survivor) >= 300, 120, what="chaining started")
             cluster.kill_node(settings, "clickhouse-1")
             sent_at_fault = len(flow.ids)
@@ -86,6 +86,7 @@ def test_primary_replica_killed_mid_stream_chains_on_and_replicas_converge(
             assert proc.poll() is None, "the processor died when its primary replica did"
             _revive_clickhouse(settings)
             revived_at = len(flow.ids)
+            flow.release()  # the last third is sent only after the replica is back
             wait_until(
                 lambda: len(flow.ids) >= EVENTS or flow.error is not None,
                 240,
@@ -111,7 +112,7 @@ def test_clickhouse_entirely_down_for_20s_while_events_flow_needs_no_operator(
     proc = start_processor(s, log)
     store = store_for(s)
     try:
-        with Flow(s, limit=EVENTS, seed=42, pause_s=0.3) as flow:
+        with Flow(s, limit=EVENTS, seed=42, pause_s=0.3, hold_at=EVENTS * 2 // 3) as flow:
             wait_until(lambda: committed_event_count(store) >= 300, 120, what="chaining started")
             cluster.kill_node(settings, "clickhouse-1")
             cluster.kill_node(settings, "clickhouse-2")
@@ -124,6 +125,7 @@ def test_clickhouse_entirely_down_for_20s_while_events_flow_needs_no_operator(
             time.sleep(10.0)
             assert proc.poll() is None, "the processor died after ClickHouse came back"
             revived_at = len(flow.ids)
+            flow.release()
             wait_until(
                 lambda: len(flow.ids) >= EVENTS or flow.error is not None,
                 240,
@@ -161,7 +163,7 @@ def test_a_processor_killed_while_another_shares_the_partitions_loses_and_duplic
     procs = [start_processor(s, logs[0]), start_processor(s, logs[1])]
     access = f"/{s.topic_events}/"
     try:
-        with Flow(s, limit=EVENTS, seed=43, pause_s=0.2) as flow:
+        with Flow(s, limit=EVENTS, seed=43, pause_s=0.2, hold_at=EVENTS * 2 // 3) as flow:
             # both hold access-event chains: the partitions are shared
             wait_until(
                 lambda: all(any(access in c for c in _chains_taken(lg)) for lg in logs),
@@ -182,6 +184,7 @@ def test_a_processor_killed_while_another_shares_the_partitions_loses_and_duplic
             os.killpg(victim.pid, signal.SIGKILL)  # its own session: the whole group
             victim.wait(10)
             killed_at = len(flow.ids)
+            flow.release()
             wait_until(
                 lambda: len(flow.ids) >= EVENTS or flow.error is not None,
                 240,
