@@ -9,7 +9,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
-from careledger.kafka.security import ADMIN
+from careledger.kafka.security import ADMIN, PROCESSOR, Principal
 from careledger.raw_record import MAX_ENVELOPE_BYTES
 
 from .model import StackError
@@ -97,11 +97,21 @@ def _topic_config(settings: Settings, name: str) -> dict[str, str]:
 
 
 def ensure_topics(
-    settings: Settings, topics: dict[str, int], timeout: float = 30.0, *, acls: bool = True
+    settings: Settings,
+    topics: dict[str, int],
+    timeout: float = 30.0,
+    *,
+    acls: bool = True,
+    principal: Principal = ADMIN,
 ) -> None:
     """Create the missing topics (``kafka_replication_factor`` replicas each) and wait
     until they have leaders; with ``acls``, then the ACLs of ``settings``' topics
     (``careledger.stack.acls``: as the admin principal, a SASL_SSL broker only).
+
+    ``principal`` is the login that creates them: ``ADMIN`` for the stack; a
+    component that creates its own topic logs in as itself (``alerts ack``, the
+    auditor, which ``acl_matrix`` lets create the alert-status topic and nothing
+    else) and never needs the admin's password. Only the admin sets ACLs.
 
     Existing topics are left as they are; a partition count different from the one
     asked for is logged as a warning, not changed.
@@ -109,7 +119,9 @@ def ensure_topics(
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
+    if acls and principal != ADMIN:
+        raise ValueError("only the admin principal sets ACLs")
+    admin = AdminClient(kafka_config(settings, principal, ADMIN_SETTINGS))
     deadline = time.monotonic() + timeout
     pending = dict(topics)
     last_error: Exception | None = None
@@ -202,16 +214,19 @@ def _enforce_configs(settings: Settings, admin: Any, names: list[str]) -> None:
         log.warning("topic %s: set %s (was %s)", name, changes, {k: have.get(k) for k in changes})
 
 
-def events_topic_time_problem(settings: Settings) -> str | None:
+def events_topic_time_problem(settings: Settings, principal: Principal = PROCESSOR) -> str | None:
     """Why the events topic's timestamps cannot be trusted (one line naming the fix), or
     None: the topic uses LogAppendTime, or cannot be described now (then the processor
-    still refuses every record the producer stamped, ``UNTRUSTED_TIME``)."""
+    still refuses every record the producer stamped, ``UNTRUSTED_TIME``).
+
+    Asked as the processor (``acl_matrix`` grants it DESCRIBE_CONFIGS on the events
+    topic): a deployed processor holds its own password only, never the admin's."""
     from confluent_kafka import KafkaException
     from confluent_kafka.admin import AdminClient
 
     name = settings.topic_events
     try:
-        have = _describe(AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS)), name).get(
+        have = _describe(AdminClient(kafka_config(settings, principal, ADMIN_SETTINGS)), name).get(
             TIMESTAMP_TYPE
         )
     except KafkaException as exc:

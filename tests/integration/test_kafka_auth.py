@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from careledger.config import Settings
 from careledger.credentials import tls_dir
@@ -45,11 +46,13 @@ from careledger.kafka.security import (
     kafka_login,
     local_scram_password_file,
 )
+from careledger.stack.acls import ensure_acls
 from careledger.stack.kafka_server import _start_kafka
+from careledger.stack.model import StackError
 from careledger.stack.paths import _paths
 from careledger.stack.processes import _our_pid
 from careledger.stack.readiness import kafka_ready
-from careledger.stack.topics import default_topics, ensure_topics
+from careledger.stack.topics import default_topics, ensure_topics, events_topic_time_problem
 from careledger.storage.migrations import migrate
 from producers.simulator import HospitalModel, simulate
 from tests.conftest import _with_local_source, isolated_settings
@@ -64,6 +67,7 @@ from tests.integration.pipeline import (
     wait_until,
     with_keys,
 )
+from verifiers.auditor.alerts_cli import _publish_status
 
 pytestmark = pytest.mark.integration
 
@@ -255,13 +259,19 @@ def test_the_pipeline_runs_over_sasl_ssl_each_part_as_its_own_principal(
 ) -> None:
     """The SDK (producer), the processor (faust, as processor) and verify (as verifier,
     reading checkpoints) over SASL_SSL with the matrix's ACLs: every event chained once
-    and the ledger verifies intact."""
+    and the ledger verifies intact. Each holds only its own password, as deployed
+    (``CARELEDGER_KAFKA_PASSWORD``): a part that logged in as another principal
+    anywhere (the admin, say) would be refused, not helped by the local secrets."""
     migrate(on_sasl)
     s = processor_settings(with_keys(_with_local_source(on_sasl, tmp_path), tmp_path))
+
+    def only(principal: str) -> Settings:
+        return s.replace(kafka_password=kafka_login(s, principal).password)
+
     events = list(simulate(HospitalModel(seed=9), count=2_000, seed=9))
-    proc = start_processor(s, tmp_path / "processor.log")
+    proc = start_processor(only(PROCESSOR), tmp_path / "processor.log")
     try:
-        with AccessEventProducer(s) as producer:
+        with AccessEventProducer(only(PRODUCER)) as producer:
             for e in events:
                 producer.send(e)
             producer.flush()
@@ -272,7 +282,57 @@ def test_the_pipeline_runs_over_sasl_ssl_each_part_as_its_own_principal(
         stop(proc)
     log = (tmp_path / "processor.log").read_text()
     assert "Authenticated as processor via SCRAM-SHA-512" in log
+    assert "cannot describe topic" not in log  # its LogAppendTime check ran, as processor
     assert sorted(stored_event_ids(store)) == sorted(e.event_id for e in events)
-    out = run_cli(s, "verify", "--json")
+    out = run_cli(only(VERIFIER), "verify", "--json")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert '"result": "intact"' in out.stdout
+
+
+def test_alerts_ack_creates_the_status_topic_as_the_auditor_with_only_its_password(
+    sasl_broker: Settings,
+) -> None:
+    """An analyst's ``alerts ack`` holds the auditor's password, not the admin's: it
+    creates the alert-status topic and publishes as the auditor (the matrix grants it
+    CREATE on that one topic), and may create no other topic. Before, it created the
+    topic as the admin and, with the auditor's password, was refused: the status change
+    was never published (the failure seen when the suite ran on SASL_SSL)."""
+    s = isolated_settings(sasl_broker)
+    ensure_acls(s)  # the matrix for this test's names; no topic exists yet
+    analyst = s.replace(kafka_password=kafka_login(s, AUDITOR).password)
+    alert_id = f"alert-{uuid.uuid4().hex}"
+    assert _publish_status(analyst, {"alert_id": alert_id, "status": "acknowledged"})
+    with pytest.raises(StackError, match="Authorization failed"):
+        ensure_topics(analyst, {f"{s.topic_alerts}-other": 1}, acls=False, principal=AUDITOR)
+    consumer = Consumer(
+        kafka_config(
+            s, ADMIN, {"group.id": f"check-{uuid.uuid4().hex}", "enable.auto.commit": False}
+        )
+    )
+    try:
+        consumer.assign([TopicPartition(s.topic_alert_status, 0, 0)])
+        keys = []
+        for _ in range(20):
+            msg = consumer.poll(1.0)
+            if msg is not None and msg.error() is None:
+                keys.append(msg.key())
+                break
+    finally:
+        consumer.close()
+    assert keys == [alert_id.encode()]
+
+
+def test_a_processor_with_only_its_password_still_finds_a_producer_stamped_events_topic(
+    sasl_broker: Settings,
+) -> None:
+    """The processor's start-up check of the events topic's timestamps (ADR 0015) runs
+    as the processor. As the admin, with the processor's password, it was refused and
+    the check silently skipped: a topic stamped by the producers' clocks went unnoticed."""
+    s = isolated_settings(sasl_broker)
+    ensure_acls(s)
+    admin = AdminClient(kafka_config(s, ADMIN, {}))
+    topic = NewTopic(s.topic_events, num_partitions=1, replication_factor=1)
+    admin.create_topics([topic], operation_timeout=10)[s.topic_events].result()
+    processor = s.replace(kafka_password=kafka_login(s, PROCESSOR).password)
+    problem = events_topic_time_problem(processor)
+    assert problem is not None and "CreateTime" in problem, problem

@@ -453,7 +453,15 @@ def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
 
         from careledger import stack
 
-        stack.ensure_topics(settings, {settings.topic_alert_status: 1}, timeout=10.0, acls=False)
+        # as the auditor (acl_matrix lets it create this one topic): an analyst's
+        # `alerts ack` never needs the admin's password
+        stack.ensure_topics(
+            settings,
+            {settings.topic_alert_status: 1},
+            timeout=10.0,
+            acls=False,
+            principal=AUDITOR,
+        )
         failed: list[Any] = []
         producer = Producer(
             kafka_config(
