@@ -35,13 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer
 from confluent_kafka.admin import AdminClient
 
 from careledger.config import Settings
 from careledger.kafka import client_config, rdkafka_logger
 from careledger.kafka.clients import RDKAFKA_LOGGER, RateLimit, kafka_config
-from careledger.kafka.producer import AccessEventProducer, producer_config
+from careledger.kafka.producer import AccessEventProducer, DeliveryError, producer_config
 from careledger.kafka.security import ADMIN, PRINCIPALS, PROCESSOR, KafkaLogin, kafka_login
 
 REPO = Path(__file__).resolve().parents[2]
@@ -617,6 +617,9 @@ def test_the_sdk_logs_in_as_the_producer_unless_told(
         def __len__(self) -> int:
             return 0
 
+        def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+            return None
+
         def flush(self, timeout: float = 0) -> int:
             return 0
 
@@ -628,3 +631,45 @@ def test_the_sdk_logs_in_as_the_producer_unless_told(
     AccessEventProducer(s, sign=False, principal=ADMIN).close()
     assert [c["sasl.username"] for c in seen] == ["producer", "admin"]
     assert all(c["security.protocol"] == "SASL_SSL" for c in seen)
+
+
+def test_a_new_producer_asks_for_its_topic_first_and_a_silent_broker_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``AccessEventProducer._connect``: one metadata request for its own topic, bounded
+    by ``CONNECT_WAIT_S``, before the first send (a short-lived producer's first delivery
+    waited ~0.5 s for its idempotent producer id otherwise). A broker that does not
+    answer is not an error here: the record is still queued and ``flush`` reports it."""
+    asked: list[tuple[str | None, float]] = []
+    produced: list[str] = []
+
+    class SilentBroker:
+        def __init__(self, config: dict[str, Any]) -> None:
+            pass
+
+        def list_topics(self, topic: str | None = None, timeout: float = -1) -> None:
+            asked.append((topic, timeout))
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+
+        def produce(self, topic: str, value: bytes, key: Any = None, **_: Any) -> None:
+            produced.append(topic)
+
+        def poll(self, timeout: float = 0) -> int:
+            return 0
+
+        def __len__(self) -> int:
+            return len(produced)
+
+        def flush(self, timeout: float = 0) -> int:
+            return len(produced)  # never acknowledged
+
+    import careledger.kafka.producer as sdk
+
+    monkeypatch.setattr(sdk, "Producer", SilentBroker)
+    s = Settings()
+    producer = AccessEventProducer(s, topic=s.topic_dead_letter, sign=False)
+    assert asked == [(s.topic_dead_letter, sdk.CONNECT_WAIT_S)]
+    producer.send_raw(b"record", b"key")
+    assert produced == [s.topic_dead_letter]
+    with pytest.raises(DeliveryError, match="1 message"):
+        producer.flush(0.1)

@@ -322,10 +322,7 @@ def test_heartbeat_is_a_signed_reference_record() -> None:
     verify_heartbeat(st, back.parsed.signature, SOURCE.public_key)
 
 
-# --------------------------------------------------------------------------- the SDK
-
-
-class FakeMessage:
+class FakeMessage:  # ------------------------------------------------------- the SDK
     def __init__(self, topic: str, value: bytes, key: bytes | None, callback: Any) -> None:
         self._topic, self._value, self._key, self.callback = topic, value, key, callback
 
@@ -354,8 +351,7 @@ class FakeError:
 
 
 class FakeProducer:
-    """Holds every message until the test releases (or fails) it; poll/flush deliver
-    released ones. ``flush`` releases everything not marked to fail."""
+    """Holds messages until released (or failed); poll/flush deliver released ones."""
 
     instances: ClassVar[list[FakeProducer]] = []
 
@@ -368,6 +364,8 @@ class FakeProducer:
         #: the local queue is full: produce raises BufferError
         self.full = False
         FakeProducer.instances.append(self)
+
+    list_topics = staticmethod(lambda *_a, **_k: None)  # the producer's _connect
 
     def produce(
         self,
