@@ -96,6 +96,16 @@ def _listeners(settings: Settings) -> str:
             <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
             <preferServerCiphers>true</preferServerCiphers>
         </server>
+        <client>
+            <!-- a cluster's other replica, when fetching parts (interserver HTTPS) -->
+            <caConfig>{cert.ca}</caConfig>
+            <loadDefaultCAFile>false</loadDefaultCAFile>
+            <verificationMode>strict</verificationMode>
+            <disableProtocols>sslv2,sslv3,tlsv1,tlsv1_1</disableProtocols>
+            <invalidCertificateHandler>
+                <name>RejectCertificateHandler</name>
+            </invalidCertificateHandler>
+        </client>
     </openSSL>"""
 
 

@@ -234,9 +234,27 @@ def _clickhouse_node(cs: Settings, n: int, *, make: bool = True) -> tuple[Settin
         clickhouse_reader_password_file=(cs.clickhouse_reader_password_file or passwords["reader"]),
         clickhouse_ca_file=ca_file,
     )
+    if cs.clickhouse_secure:
+        # parts fetched over HTTPS, the other replica's certificate checked against the
+        # cluster's CA, and only by a replica that knows the interserver password
+        # (ClickHouse 18.16 has both; ADR 0032, addendum)
+        # (token_urlsafe: nothing XML would read otherwise; only ``up`` writes configs)
+        password = (
+            local_password(interserver_password_file(cs), "ClickHouse interserver password file")
+            if make
+            else ""
+        )
+        interserver = (
+            f"<interserver_https_port>{port + 9}</interserver_https_port>\n"
+            "    <interserver_http_credentials>"
+            f"<user>{INTERSERVER_USER}</user><password>{password}</password>"
+            "</interserver_http_credentials>"
+        )
+    else:
+        interserver = f"<interserver_http_port>{port + 9}</interserver_http_port>"
     replication = f"""\
     <interserver_http_host>{cs.clickhouse_host}</interserver_http_host>
-    <interserver_http_port>{port + 9}</interserver_http_port>
+    {interserver}
     <zookeeper>
         <node><host>{cs.clickhouse_host}</host><port>{ZOOKEEPER_PORT}</port></node>
         <session_timeout_ms>10000</session_timeout_ms>
@@ -252,6 +270,15 @@ def _clickhouse_node(cs: Settings, n: int, *, make: bool = True) -> tuple[Settin
         # and password-protected like the TLS one, kept for the replicas (ADR 0032).
         replication += f"\n    <tcp_port>{port + 8}</tcp_port>"
     return node_settings, replication
+
+
+#: the user name replicas present to each other when fetching parts
+INTERSERVER_USER = "careledger_interserver"
+
+
+def interserver_password_file(cs: Settings) -> Path:
+    """The password the cluster's replicas present to each other (made on ``up``)."""
+    return Path(cs.run_dir) / "secrets" / "clickhouse-interserver.password"
 
 
 def _zookeeper_dir(cs: Settings) -> Path:

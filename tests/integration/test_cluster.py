@@ -10,8 +10,12 @@ started it."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import http.client
 import json
+import socket
+import ssl
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -230,3 +234,62 @@ def test_a_write_only_a_dead_replica_held_is_deleted_where_it_lands_not_kept_bes
             two.backend.execute(f"SYSTEM START FETCHES {db}.{table}")
         one.backend.close()
         two.backend.close()
+
+
+def _interserver(port: int, ca: Path, user: str | None, password: str = "") -> int:
+    """The status of a part request to a replica's interserver port over HTTPS (the
+    server checked against ``ca``), with these credentials or none."""
+    conn = http.client.HTTPSConnection(
+        "127.0.0.1", port, context=ssl.create_default_context(cafile=str(ca)), timeout=10
+    )
+    headers = {}
+    if user is not None:
+        token = base64.b64encode(f"{user}:{password}".encode()).decode()
+        headers["Authorization"] = f"Basic {token}"
+    try:
+        conn.request("POST", "/?endpoint=DataPartsExchange%3Aprobe&part=all_0_0_0", headers=headers)
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def test_replicas_fetch_parts_over_https_and_only_with_the_interserver_password(
+    on_cluster: Settings, cluster_settings: Settings
+) -> None:
+    """ADR 0032, addendum: the replicas fetch each other's parts over HTTPS (their
+    certificates checked against the cluster's CA) and only with the interserver
+    password; plain HTTP, no password and a wrong one get no part."""
+    cs = cluster_settings
+    ca = Path(cs.run_dir) / "tls" / "ca.pem"
+    for n in (1, 2):
+        port = cs.clickhouse_port + cluster.PORT_STEP * (n - 1) + 9
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            sock.settimeout(10)
+            try:
+                answer = sock.recv(64)
+            except (ConnectionResetError, TimeoutError):
+                answer = b""
+        assert not answer.startswith(b"HTTP/"), f"replica {n} answers plain HTTP"
+        assert _interserver(port, ca, None) == 401
+        assert _interserver(port, ca, cluster.INTERSERVER_USER, "guessed") == 401
+        # the right login passes the gate (to a part that does not exist: 500)
+        password = cluster.interserver_password_file(cs).read_text().strip()
+        assert _interserver(port, ca, cluster.INTERSERVER_USER, password) not in (401, 403)
+    # and a part written through replica 1 reaches replica 2 over that port
+    db = on_cluster.clickhouse_database
+    path = f"/clickhouse/tables/{{shard}}/{db}/interserver_probe"
+    for n in (1, 2):
+        ClickHouseBackend.from_settings(replica(on_cluster, n)).execute(
+            f"CREATE TABLE {db}.interserver_probe (x UInt8) "
+            f"ENGINE = ReplicatedMergeTree('{path}', '{{replica}}') ORDER BY x"
+        )
+    ClickHouseBackend.from_settings(replica(on_cluster, 1)).insert(
+        f"{db}.interserver_probe", ["x"], [(7,)]
+    )
+    second = ClickHouseBackend.from_settings(replica(on_cluster, 2))
+    wait_until(
+        lambda: second.execute(f"SELECT count() FROM {db}.interserver_probe") == [(1,)],
+        60,
+        what="the part fetched by replica 2",
+    )

@@ -270,6 +270,7 @@ def clickhouse_problems(data: Compose, load: XmlLoader = load_xml) -> list[str]:
                 problems.append(f"{name}: ZooKeeper node {zk_host}:{zk_port} is no service")
         if not depends_healthy(servers[name], {h for h, _ in zookeeper_nodes(config)}):
             problems.append(f"{name}: does not wait for ZooKeeper")
+        problems += _interserver_login_problems(name, servers[name], config)
     if len({m.get("shard") for m in macros.values()}) != 1:
         problems.append(f"replicas in different shards: {macros}")
     if len({tuple(zookeeper_nodes(c)) for c in configs.values()}) != 1:
@@ -296,6 +297,25 @@ def clickhouse_problems(data: Compose, load: XmlLoader = load_xml) -> list[str]:
         problems.append("replicas with different users or passwords")
     problems += _client_problems(data, set(servers))
     return problems
+
+
+def _interserver_login_problems(
+    name: str, svc: dict[str, Any], config: dict[str, ET.Element]
+) -> list[str]:
+    """Parts are fetched only with the interserver login (ADR 0032, addendum): a user and
+    a password read from the server's environment, which the operator must set."""
+    creds = config.get("interserver_http_credentials")
+    if creds is None:
+        return [f"{name}: no interserver_http_credentials: any peer fetches parts"]
+    user = creds.find("user")
+    password = creds.find("password")
+    variable = "" if password is None else password.get("from_env", "")
+    if user is None or not (user.text or "").strip() or not variable:
+        return [f"{name}: the interserver login needs a user and a password from_env"]
+    value = str(env_of(svc).get(variable, ""))
+    if not value.startswith("${CARELEDGER_CLICKHOUSE_INTERSERVER_PASSWORD:?"):
+        return [f"{name}: {variable} is not CARELEDGER_CLICKHOUSE_INTERSERVER_PASSWORD, required"]
+    return []
 
 
 def _client_problems(data: Compose, servers: set[str]) -> list[str]:
@@ -529,3 +549,18 @@ def test_zookeeper_without_ruok_is_caught(compose: Compose) -> None:
     problems = zookeeper_problems(compose)
     assert any("ruok is not an allowed" in p for p in problems), problems
     assert any("healthcheck does not ask ruok" in p for p in problems), problems
+
+
+def test_replicas_fetching_parts_without_a_login_are_caught(compose: Compose) -> None:
+    def without_credentials(path: Path) -> ET.Element:
+        root = load_xml(path)
+        for node in root.findall("interserver_http_credentials"):
+            root.remove(node)
+        return root
+
+    problems = clickhouse_problems(compose, without_credentials)
+    assert any("interserver_http_credentials" in p for p in problems), problems
+    for name in clickhouse_replicas(compose):
+        compose["services"][name]["environment"]["CLICKHOUSE_INTERSERVER_PASSWORD"] = "secret"
+    problems = clickhouse_problems(compose)
+    assert any("CARELEDGER_CLICKHOUSE_INTERSERVER_PASSWORD" in p for p in problems), problems

@@ -116,6 +116,7 @@ def test_required_variables_found() -> None:
     for name in (
         "CARELEDGER_CLICKHOUSE_PASSWORD",
         "CARELEDGER_CLICKHOUSE_READER_PASSWORD",
+        "CARELEDGER_CLICKHOUSE_INTERSERVER_PASSWORD",
         "CARELEDGER_REPLICA_CLICKHOUSE_PASSWORD",
     ):
         assert name in REQUIRED_VARS
@@ -132,9 +133,11 @@ def test_passwords_interpolated(
     writer = secrets_env["CARELEDGER_CLICKHOUSE_PASSWORD"]
     reader = secrets_env["CARELEDGER_CLICKHOUSE_READER_PASSWORD"]
     replica = secrets_env["CARELEDGER_REPLICA_CLICKHOUSE_PASSWORD"]
+    interserver = secrets_env["CARELEDGER_CLICKHOUSE_INTERSERVER_PASSWORD"]
     for server in ("clickhouse-1", "clickhouse-2"):
         assert services[server]["environment"]["CLICKHOUSE_WRITER_PASSWORD"] == writer
         assert services[server]["environment"]["CLICKHOUSE_READER_PASSWORD"] == reader
+        assert services[server]["environment"]["CLICKHOUSE_INTERSERVER_PASSWORD"] == interserver
     assert services["replica-clickhouse"]["environment"]["CLICKHOUSE_REPLICA_PASSWORD"] == replica
     assert services["replica"]["environment"]["CARELEDGER_REPLICA_CLICKHOUSE_PASSWORD"] == replica
     apps = [name for name, svc in source["services"].items() if "build" in svc]
