@@ -22,6 +22,7 @@ from careledger.kafka.clients import kafka_config
 from careledger.kafka.producer import AccessEventProducer
 from careledger.kafka.security import ADMIN
 from careledger.stack import delete_topics
+from careledger.stack.acls import ensure_acls
 from careledger_core.event import AccessEvent, event_from_dict
 from careledger_core.reference import (
     REFERENCE_SCHEMA,
@@ -199,6 +200,7 @@ def test_audit_stores_explanations_and_alerts_replays_identically_and_alerts_are
     settings = processor_settings(with_keys(isolated, tmp_path)).replace(
         audit_salt="integration-test-salt", topic_alert_status=f"{isolated.topic_alerts}-status"
     )
+    ensure_acls(settings)  # the renamed status topic's ACLs (on a SASL_SSL broker)
     try:
         _review_scenario(settings, tmp_path)
     finally:

@@ -20,7 +20,9 @@ def test_benchmark_gateway_runs_every_transport_and_counts_acknowledged_records(
 ) -> None:
     result = run_cli(isolated, "benchmark-gateway", "--seconds", "1", "--json", timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    # the whole traceback when there is one (seen intermittently under SASL_SSL, cut off)
+    at = result.stderr.find("Traceback")
+    assert at < 0, result.stderr[max(0, at - 400) : at + 4000]
     doc = json.loads(result.stdout.strip().splitlines()[-1])
     phases = {p["transport"]: p for p in doc["transports"]}
     assert set(phases) == {"http-single", "http-bundle", "syslog-tcp", "syslog-tls"}
