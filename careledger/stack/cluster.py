@@ -237,8 +237,8 @@ def _clickhouse_node(cs: Settings, n: int, *, make: bool = True) -> tuple[Settin
     if cs.clickhouse_secure:
         # parts fetched over HTTPS, the other replica's certificate checked against the
         # cluster's CA, and only by a replica that knows the interserver password
-        # (ClickHouse 18.16 has both; ADR 0032, addendum)
-        # (token_urlsafe: nothing XML would read otherwise; only ``up`` writes configs)
+        # (ClickHouse 18.16 has both; ADR 0032, addendum). The password is
+        # token_urlsafe (nothing XML reads otherwise); only ``up`` writes configs.
         password = (
             local_password(interserver_password_file(cs), "ClickHouse interserver password file")
             if make
