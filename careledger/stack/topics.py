@@ -214,7 +214,7 @@ def _enforce_configs(settings: Settings, admin: Any, names: list[str]) -> None:
         log.warning("topic %s: set %s (was %s)", name, changes, {k: have.get(k) for k in changes})
 
 
-def events_topic_time_problem(settings: Settings, principal: Principal = PROCESSOR) -> str | None:
+def events_topic_time_problem(settings: Settings) -> str | None:
     """Why the events topic's timestamps cannot be trusted (one line naming the fix), or
     None: the topic uses LogAppendTime, or cannot be described now (then the processor
     still refuses every record the producer stamped, ``UNTRUSTED_TIME``).
@@ -226,7 +226,7 @@ def events_topic_time_problem(settings: Settings, principal: Principal = PROCESS
 
     name = settings.topic_events
     try:
-        have = _describe(AdminClient(kafka_config(settings, principal, ADMIN_SETTINGS)), name).get(
+        have = _describe(AdminClient(kafka_config(settings, PROCESSOR, ADMIN_SETTINGS)), name).get(
             TIMESTAMP_TYPE
         )
     except KafkaException as exc:
