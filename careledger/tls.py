@@ -285,6 +285,18 @@ def configure_tls_certs(parser: argparse.ArgumentParser) -> None:
         required=True,
         help="comma-separated DNS names and IP addresses the server answers to",
     )
+    parser.add_argument(
+        "--member",
+        action="store_true",
+        help="a cluster member's certificate: also a TLS client of its peers (Kafka brokers "
+        "dialling their controllers)",
+    )
+    parser.add_argument(
+        "--keystore",
+        action="store_true",
+        help="also write <name>.keystore.pem (key and certificate in one file, mode 600: "
+        "Kafka's ssl.keystore.type=PEM)",
+    )
 
 
 def command_tls_certs(args: argparse.Namespace, settings: Any) -> int:
@@ -299,11 +311,15 @@ def command_tls_certs(args: argparse.Namespace, settings: Any) -> int:
         print(f"careledger tls-certs: --name {args.name!r} is not a plain file name")
         return 2
     try:
-        cert = server_cert(Path(args.dir), str(args.name), hosts)
+        make = member_cert if getattr(args, "member", False) else server_cert
+        cert = make(Path(args.dir), str(args.name), hosts)
+        keystore = write_pem_keystore(cert) if getattr(args, "keystore", False) else None
     except OSError as exc:
         print(f"careledger tls-certs: cannot write {args.dir}: {exc.strerror}")
         return 2
     print(f"CA certificate: {cert.ca} (trust it on clients)")
     print(f"certificate: {cert.cert} for {', '.join(hosts)}")
     print(f"private key: {cert.key} (mode 600)")
+    if keystore is not None:
+        print(f"keystore: {keystore} (mode 600)")
     return 0

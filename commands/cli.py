@@ -123,6 +123,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "careledger.tls",
         "make (or renew when stale) a CA and a server certificate for named hosts",
     ),
+    "kafka-config": (
+        "careledger.stack.kafka_deploy",
+        "write a Kafka cluster's broker configurations: SASL_SSL logins, mutual TLS between "
+        "controllers, ACLs enforced (docker-compose.yml's brokers)",
+    ),
+    "kafka-setup": (
+        "careledger.stack.kafka_deploy",
+        "create the topics and the ACLs on a running Kafka cluster, as the admin",
+    ),
 }
 
 

@@ -78,6 +78,7 @@ __all__ = [
     "SUPER_USERS",
     "VERIFIER",
     "AclSpec",
+    "ClientListener",
     "KafkaLogin",
     "acl_bindings",
     "acl_matrix",
@@ -465,6 +466,33 @@ def _listener(name: str, host: str, port: int) -> str:
     return f"{name}://[{host}]:{port}" if ":" in host else f"{name}://{host}:{port}"
 
 
+#: a listener name Kafka accepts and that cannot collide with the controllers'
+_LISTENER_NAME = re.compile(r"[A-Z][A-Z0-9_]{0,31}")
+
+
+@dataclass(frozen=True)
+class ClientListener:
+    """A SASL_SSL listener of a broker: bound to ``bind_host`` ("" = every interface) at
+    ``port``, advertised to clients as ``advertised_host:advertised_port``. The first
+    one a broker has is also the one other brokers dial (docker-compose.yml's INTERNAL;
+    its EXTERNAL is the host's port)."""
+
+    name: str
+    port: int
+    advertised_host: str
+    advertised_port: int
+    bind_host: str = ""
+
+    def __post_init__(self) -> None:
+        if not _LISTENER_NAME.fullmatch(self.name) or self.name == "CONTROLLER":
+            raise ValueError(f"not a client listener name: {self.name!r}")
+        for port in (self.port, self.advertised_port):
+            if not 0 < port < 65536:
+                raise ValueError(f"not a port: {port}")
+        if not self.advertised_host:
+            raise ValueError("a listener advertises a host")
+
+
 def broker_properties(
     *,
     host: str,
@@ -475,44 +503,64 @@ def broker_properties(
     broker_cert: Path,
     broker_password: str,
     super_users: Sequence[str] = SUPER_USERS,
+    listeners: Sequence[ClientListener] = (),
 ) -> dict[str, str]:
     """The ``server.properties`` entries of a combined broker and controller that
     serves clients on SASL_SSL (SCRAM-SHA-512) at ``host:port`` and its controllers
     on mutual TLS at ``host:controller_port``, with ACLs enforced. ``keystore``: the
     member's key and certificate in one PEM file (``careledger.tls.write_pem_keystore``),
     ``broker_cert`` its certificate (its DN is a super user: controllers know brokers
-    by it), ``truststore`` the CA's PEM. Write them with :func:`properties_text`."""
+    by it), ``truststore`` the CA's PEM. ``listeners``: named client listeners instead
+    of the one called SASL_SSL at ``host:port`` (the first is the brokers' own; ``host``
+    then binds the controller listener only). Write them with :func:`properties_text`."""
     for user in super_users:
         if not _USER.fullmatch(user):
             raise ValueError(f"not a plain user name: {user!r}")
     dn = certificate_principal(broker_cert)
     if ";" in dn:
         raise ValueError(f"the broker certificate's DN {dn!r} cannot be listed in super.users")
+    clients = list(listeners) or [ClientListener("SASL_SSL", port, host, port, host)]
+    if len({c.name for c in clients}) != len(clients):
+        raise ValueError("client listener names must be unique")
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f"username={_jaas_value(BROKER, 'user name')} "
         f"password={_jaas_value(broker_password, 'broker password')};"
     )
-    return {
+    props = {
         "listeners": ",".join(
-            (_listener("SASL_SSL", host, port), _listener("CONTROLLER", host, controller_port))
+            [
+                *(_listener(c.name, c.bind_host, c.port) for c in clients),
+                _listener("CONTROLLER", host, controller_port),
+            ]
         ),
-        "advertised.listeners": _listener("SASL_SSL", host, port),
+        "advertised.listeners": ",".join(
+            _listener(c.name, c.advertised_host, c.advertised_port) for c in clients
+        ),
         "controller.listener.names": "CONTROLLER",
-        "listener.security.protocol.map": "CONTROLLER:SSL,SASL_SSL:SASL_SSL",
-        "inter.broker.listener.name": "SASL_SSL",
+        "listener.security.protocol.map": ",".join(
+            ["CONTROLLER:SSL", *(f"{c.name}:SASL_SSL" for c in clients)]
+        ),
+        "inter.broker.listener.name": clients[0].name,
         "sasl.enabled.mechanisms": "SCRAM-SHA-512",
         "sasl.mechanism.inter.broker.protocol": "SCRAM-SHA-512",
-        "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
-        "ssl.keystore.type": "PEM",
-        "ssl.keystore.location": str(keystore),
-        "ssl.truststore.type": "PEM",
-        "ssl.truststore.location": str(truststore),
-        "listener.name.controller.ssl.client.auth": "required",
-        "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
-        "super.users": ";".join([*(f"User:{u}" for u in super_users), f"User:{dn}"]),
-        "allow.everyone.if.no.acl.found": "false",
     }
+    for c in clients:
+        # every SASL listener needs a login module; the brokers' own also logs in with it
+        props[f"listener.name.{c.name.lower()}.scram-sha-512.sasl.jaas.config"] = jaas
+    props.update(
+        {
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(truststore),
+            "listener.name.controller.ssl.client.auth": "required",
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": ";".join([*(f"User:{u}" for u in super_users), f"User:{dn}"]),
+            "allow.everyone.if.no.acl.found": "false",
+        }
+    )
+    return props
 
 
 def _escape_property(text: str, *, key: bool) -> str:

@@ -23,7 +23,9 @@ import pytest
 import yaml
 
 from careledger.config import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
+from careledger.kafka.security import PRINCIPALS
 from careledger.stack import default_topics, topic_config
+from careledger.stack.kafka_deploy import password_variable
 from commands import cli
 
 COMPOSE = PROJECT_ROOT / "docker-compose.yml"
@@ -40,6 +42,8 @@ MIN_ISR = "min.insync.replicas"
 # Which subcommand each app service runs.
 EXPECTED_COMMANDS = {
     "certs": "tls-certs",
+    "kafka-config": "kafka-config",
+    "kafka-init": "kafka-setup",
     "migrate": "migrate",
     "keygen": "keygen",
     "processor": "process",
@@ -210,9 +214,13 @@ def published(service: dict[str, Any], protocol: str = "tcp") -> dict[int, tuple
 
 def test_every_careledger_variable_is_a_settings_field(services: dict[str, dict[str, Any]]) -> None:
     fields = {f.name for f in dataclasses.fields(Settings)}
+    # kafka-config alone reads every principal's Kafka password (careledger kafka-config)
+    logins = {password_variable(p) for p in PRINCIPALS}
     used = 0
     for name, service in services.items():
         for key in env_of(service):
+            if name == "kafka-config" and key in logins:
+                continue
             if key.startswith(ENV_PREFIX):
                 used += 1
                 assert key[len(ENV_PREFIX) :].lower() in fields, (
@@ -258,11 +266,12 @@ def test_kafka_image_is_the_settings_release_and_major_4(services: dict[str, Any
     assert repo == "apache/kafka"
     assert tag == DEFAULTS.kafka_version
     assert int(tag.split(".")[0]) == 4
-    assert services["kafka-init"]["image"] == services["kafka-1"]["image"]  # all: _cluster
 
 
-def test_kafka_is_kraft_without_auto_create(services: dict[str, Any]) -> None:
-    env = env_of(services["kafka-1"])
+def test_kafka_is_kraft_without_auto_create(compose: dict[str, Any]) -> None:
+    from tests.unit.compose_kafka import broker_envs  # it imports this module
+
+    env = broker_envs(compose)["kafka-1"]
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert env["CLUSTER_ID"]
     assert env["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
@@ -273,11 +282,14 @@ def test_kafka_is_kraft_without_auto_create(services: dict[str, Any]) -> None:
 
 
 def test_kafka_listeners_match_what_clients_use(
-    services: dict[str, Any], app_services: dict[str, dict[str, Any]]
+    compose: dict[str, Any], services: dict[str, Any], app_services: dict[str, dict[str, Any]]
 ) -> None:
+    from tests.unit.compose_kafka import broker_envs  # it imports this module
+
     internal = set()
+    configured = broker_envs(compose)
     for broker in BROKERS:
-        env = env_of(services[broker])
+        env = configured[broker]
         bound = listeners(env["KAFKA_LISTENERS"])
         advertised = listeners(env["KAFKA_ADVERTISED_LISTENERS"])
         protocols = env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
@@ -303,60 +315,19 @@ def test_kafka_listeners_match_what_clients_use(
     assert published(services["kafka-1"])[DEFAULTS.kafka_port] == ("127.0.0.1", DEFAULTS.kafka_port)
 
 
-def test_kafka_init_creates_the_settings_topics(services: dict[str, Any]) -> None:
+def test_kafka_init_creates_the_settings_topics_as_the_stack_does(services: dict[str, Any]) -> None:
+    """kafka-init runs ``careledger kafka-setup``: the topics, partition counts and topic
+    settings of ``careledger up`` (careledger.stack.topics), for the settings every app
+    uses, once every broker is healthy (the command itself: test_kafka_deploy.py)."""
     init = services["kafka-init"]
+    assert init["command"] == ["kafka-setup"]
     assert init["depends_on"] == {b: {"condition": "service_healthy"} for b in BROKERS}
     settings = settings_of(init)
-    commands = shell_commands(script_of(init), env_of(init))
-
-    bootstraps = {option(c, "--bootstrap-server") for c in commands if "--bootstrap-server" in c}
-    assert bootstraps == {settings.kafka_bootstrap}
-    assert any(c[0].endswith("/kafka-topics.sh") for c in commands)
-
-    created = {}
-    for argv in commands:
-        if "--create" in argv:
-            assert option(argv, "--replication-factor") == str(settings.kafka_replication_factor)
-            created[option(argv, "--topic")] = int(option(argv, "--partitions"))
-    # The same topics and partition counts as the local stack (`careledger up`).
-    assert created == default_topics(DEFAULTS)
-    assert created[DEFAULTS.topic_events] == DEFAULTS.partitions
-
-
-def test_kafka_init_topic_configs_are_the_stack_ones(services: dict[str, Any]) -> None:
-    """Retention and message size limits as `careledger up` creates the topics."""
-    init = services["kafka-init"]
-    for argv in shell_commands(script_of(init), env_of(init)):
-        if "--create" not in argv:
-            continue
-        topic = option(argv, "--topic")
-        configs = dict(argv[i + 1].split("=", 1) for i, arg in enumerate(argv) if arg == "--config")
-        expected = topic_config(settings_of(init), topic)  # and min ISR: the cluster's
-        for name in ("retention.ms", "max.message.bytes", "message.timestamp.type", MIN_ISR):
-            assert configs.get(name) == expected.get(name), (topic, name)
-
-
-def test_kafka_init_brings_an_existing_events_topic_to_log_append_time(
-    services: dict[str, Any],
-) -> None:
-    """ADR 0015: an events topic created before (CreateTime) is altered, as `careledger up`
-    does, so the processor does not refuse to start."""
-    init = services["kafka-init"]
-    settings = settings_of(init)
-    alters = [
-        argv
-        for argv in shell_commands(script_of(init), env_of(init))
-        if argv[0].endswith("/kafka-configs.sh") and "--alter" in argv
-    ]
-    assert any(
-        option(argv, "--entity-name") == settings.topic_events
-        and option(argv, "--add-config") == "message.timestamp.type=LogAppendTime"
-        and option(argv, "--bootstrap-server") == settings.kafka_bootstrap
-        for argv in alters
-    )
-    assert topic_config(DEFAULTS, DEFAULTS.topic_events)["message.timestamp.type"] == (
+    assert default_topics(settings) == default_topics(DEFAULTS)
+    assert topic_config(settings, settings.topic_events)["message.timestamp.type"] == (
         "LogAppendTime"
     )
+    assert topic_config(settings, settings.topic_events)[MIN_ISR] == "2"
 
 
 # --- ClickHouse ----------------------------------------------------------------

@@ -31,16 +31,14 @@ import pytest
 import yaml
 
 from careledger.config import PROJECT_ROOT
+from tests.unit.compose_kafka import broker_envs
 from tests.unit.test_compose import (
     CLICKHOUSE_NATIVE_PORT,
     COMPOSE,
     env_of,
     listeners,
     mounts,
-    option,
-    script_of,
     settings_of,
-    shell_commands,
 )
 
 Compose = dict[str, Any]
@@ -84,12 +82,9 @@ def careledger_services(data: Compose) -> dict[str, dict[str, Any]]:
 
 
 def brokers(data: Compose) -> dict[str, dict[str, str]]:
-    """Kafka broker services -> their (interpolated) environment."""
-    return {
-        name: env_of(svc)
-        for name, svc in data["services"].items()
-        if image_repo(svc) == "apache/kafka" and "KAFKA_NODE_ID" in env_of(svc)
-    }
+    """Kafka broker services -> the configuration each starts from (the file the
+    kafka-config service writes for it, named as apache/kafka environment variables)."""
+    return {name: env for name, env in broker_envs(data).items() if "KAFKA_NODE_ID" in env}
 
 
 def host_port(entry: str) -> tuple[str, int]:
@@ -107,7 +102,10 @@ def depends_healthy(service: dict[str, Any], names: set[str]) -> bool:
 
 def kafka_problems(data: Compose) -> list[str]:
     problems: list[str] = []
-    found = brokers(data)
+    try:
+        found = brokers(data)
+    except ValueError as exc:  # what `careledger kafka-config` would exit 2 with
+        return [f"kafka-config: {exc}"]
     if len(found) < 3:
         return [f"{len(found)} Kafka brokers, a cluster needs 3"]
     ids = {name: env.get("KAFKA_NODE_ID", "") for name, env in found.items()}
@@ -165,15 +163,10 @@ def _replication_problems(data: Compose, found: dict[str, dict[str, str]]) -> li
         for key in BROKER_MIN_ISRS:
             if env.get(key) != str(min_isr):
                 problems.append(f"{name}: {key}={env.get(key)}, careledger uses {min_isr}")
-    # kafka-init creates every topic with those numbers
-    init = data["services"]["kafka-init"]
-    for argv in shell_commands(script_of(init), env_of(init)):
-        if "--create" in argv:
-            configs = [argv[i + 1] for i, a in enumerate(argv) if a == "--config"]
-            if option(argv, "--replication-factor") != str(rf):
-                problems.append(f"kafka-init: {option(argv, '--topic')} not replicated {rf}x")
-            if f"min.insync.replicas={min_isr}" not in configs:
-                problems.append(f"kafka-init: {option(argv, '--topic')} without min ISR {min_isr}")
+    # kafka-init creates every topic with those numbers: `careledger kafka-setup` with the
+    # settings checked above (careledger.stack.topics, as `careledger up --cluster`)
+    if data["services"]["kafka-init"].get("command") != ["kafka-setup"]:
+        problems.append("kafka-init: does not create the topics with careledger kafka-setup")
     return problems
 
 
@@ -361,9 +354,7 @@ def test_the_kafka_cluster_is_consistent(compose: Compose) -> None:
     found = brokers(compose)
     assert sorted(found) == ["kafka-1", "kafka-2", "kafka-3"]
     assert sorted(env["KAFKA_NODE_ID"] for env in found.values()) == ["1", "2", "3"]
-    assert {compose["services"][n]["image"] for n in found} == {
-        compose["services"]["kafka-init"]["image"]
-    }
+    assert {compose["services"][n]["image"] for n in found} == {"apache/kafka:4.1.1"}
 
 
 def test_careledger_services_use_replication_3_and_min_isr_2(compose: Compose) -> None:
@@ -430,30 +421,40 @@ def test_every_replica_password_is_required_without_default(compose: Compose) ->
 # --- attacks: each mutation must be reported ------------------------------------------
 
 
-def test_a_broker_left_out_of_the_voters_is_caught(compose: Compose) -> None:
-    for name in brokers(compose):
-        env = compose["services"][name]["environment"]
-        env["KAFKA_CONTROLLER_QUORUM_VOTERS"] = "1@kafka-1:9093,2@kafka-2:9093"
+def _config_option(data: Compose, name: str, value: str) -> None:
+    command = data["services"]["kafka-config"]["command"]
+    command[command.index(name) + 1] = value
+
+
+def test_a_broker_left_out_of_the_configured_nodes_is_caught(compose: Compose) -> None:
+    _config_option(compose, "--nodes", "kafka-1,kafka-2")
+    _config_option(compose, "--external", "127.0.0.1:19092,127.0.0.1:19192")
     problems = kafka_problems(compose)
-    assert any("voters" in p and "kafka-3" in p for p in problems), problems
+    assert problems == ["kafka-config: replication factor 3 on 2 nodes"], problems
 
 
-def test_one_broker_with_another_voter_list_is_caught(compose: Compose) -> None:
-    env = compose["services"]["kafka-2"]["environment"]
-    env["KAFKA_CONTROLLER_QUORUM_VOTERS"] = "1@kafka-1:9093,2@kafka-2:9093,3@kafka-1:9093"
+def test_a_node_the_brokers_do_not_run_is_caught(compose: Compose) -> None:
+    """A fourth voter no service runs: the quorum names a controller that is not there."""
+    _config_option(compose, "--nodes", "kafka-1,kafka-2,kafka-3,kafka-4")
+    _config_option(
+        compose, "--external", "127.0.0.1:19092,127.0.0.1:19192,127.0.0.1:19292,127.0.0.1:19392"
+    )
     problems = kafka_problems(compose)
-    assert any("disagree on the controller quorum" in p for p in problems), problems
+    assert any("voters" in p and "kafka-4" in p for p in problems), problems
 
 
-def test_duplicate_node_ids_are_caught(compose: Compose) -> None:
-    compose["services"]["kafka-3"]["environment"]["KAFKA_NODE_ID"] = 2
-    assert any("node ids not distinct" in p for p in kafka_problems(compose))
-
-
-def test_a_broker_with_another_replication_factor_is_caught(compose: Compose) -> None:
-    compose["services"]["kafka-2"]["environment"]["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] = 1
+def test_a_broker_starting_from_another_nodes_file_is_caught(compose: Compose) -> None:
+    svc = compose["services"]["kafka-3"]
+    svc["command"] = [svc["command"][0].replace("kafka-3.properties", "kafka-2.properties")]
     problems = kafka_problems(compose)
-    assert any("kafka-2: KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR=1" in p for p in problems)
+    assert any("node ids not distinct" in p for p in problems), problems
+
+
+def test_brokers_with_another_replication_factor_are_caught(compose: Compose) -> None:
+    svc = compose["services"]["kafka-config"]
+    svc["environment"] = {**svc["environment"], "CARELEDGER_KAFKA_REPLICATION_FACTOR": "2"}
+    problems = kafka_problems(compose)
+    assert any("disagree on replication" in p for p in problems), problems
 
 
 def test_min_isr_equal_to_replication_is_caught(compose: Compose) -> None:
@@ -478,12 +479,9 @@ def test_kafka_init_not_waiting_for_every_broker_is_caught(compose: Compose) -> 
     assert "kafka-init: does not wait for every broker to be healthy" in kafka_problems(compose)
 
 
-def test_a_topic_created_with_replication_1_is_caught(compose: Compose) -> None:
-    init = compose["services"]["kafka-init"]
-    init["command"] = [
-        init["command"][0].replace('"$$CARELEDGER_KAFKA_REPLICATION_FACTOR"', "1", 1)
-    ]
-    assert any("not replicated 3x" in p for p in kafka_problems(compose))
+def test_topics_created_by_another_command_are_caught(compose: Compose) -> None:
+    compose["services"]["kafka-init"]["command"] = ["up", "--no-migrate"]
+    assert any("kafka-init: does not create" in p for p in kafka_problems(compose))
 
 
 def _xml_with(replace: dict[str, tuple[str, str]]) -> XmlLoader:

@@ -256,3 +256,26 @@ def test_the_pem_keystore_is_owner_only_and_loads_as_a_key_and_certificate(
     bad.write_bytes(mismatched)
     with pytest.raises(ssl.SSLError):
         ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(bad)
+
+
+def test_the_tls_certs_command_makes_a_member_certificate_and_its_keystore(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """docker-compose.yml's Kafka nodes: server and client (controllers authenticate
+    each other), the key in the PEM keystore Kafka reads, owner-only."""
+    from commands.cli import main
+
+    argv = ["tls-certs", "--dir", str(tmp_path), "--name", "kafka", "--hosts", "kafka-1"]
+    assert main(argv) == 0
+    assert _usages(tmp_path / "kafka.pem") == {ExtendedKeyUsageOID.SERVER_AUTH}
+    assert not (tmp_path / "kafka.keystore.pem").exists()
+    assert main([*argv, "--member", "--keystore"]) == 0  # remade: it lacked clientAuth
+    assert "keystore" in capsys.readouterr().out
+    assert _usages(tmp_path / "kafka.pem") == {
+        ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.CLIENT_AUTH,
+    }
+    keystore = (tmp_path / "kafka.keystore.pem").read_bytes()
+    assert keystore.startswith(b"-----BEGIN PRIVATE KEY-----")
+    assert (tmp_path / "kafka.pem").read_bytes().strip() in keystore
+    assert stat.S_IMODE((tmp_path / "kafka.keystore.pem").stat().st_mode) == 0o600
