@@ -297,6 +297,11 @@ class Gateway:
                         writer.transport.abort()
                         return
                 await self._syslog_connection(name, reader, writer)
+            except asyncio.CancelledError:
+                # stop() ends open connections by cancelling their handler; ending it
+                # here keeps Python 3.11's start_server callback, which calls
+                # task.exception() on a cancelled task, from logging a traceback
+                writer.transport.abort()
             finally:
                 limits.release(address)
                 if task is not None:

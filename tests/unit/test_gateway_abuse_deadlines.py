@@ -165,3 +165,39 @@ def test_connections_over_the_listener_cap_are_closed_at_once(tmp_path: Path) ->
             w.close()
 
     run(tmp_path, scenario, gateway_max_connections=2)
+
+
+def test_stopping_with_open_syslog_connections_logs_no_traceback(tmp_path: Path) -> None:
+    """``stop()`` ends open connections; Python 3.11's ``start_server`` callback called
+    ``task.exception()`` on a cancelled handler and logged "Exception in callback ...
+    streams.py:248" with a traceback (seen in the gateway benchmark's output). Every
+    connection ends quietly, and what it sent before is kept."""
+    from tests.unit.test_gateway_abuse import registry, settings_for
+
+    problems: list[dict[str, Any]] = []
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: problems.append(ctx))
+        settings = settings_for(tmp_path, gateway_idle_timeout_s=30.0)
+        recorder = Recorder(settings)
+        gateway = Gateway(settings, registry=registry(), publisher=recorder)  # type: ignore[arg-type]
+        await gateway.start()
+        conns = [
+            await asyncio.open_connection("127.0.0.1", gateway.ports["syslog-tcp"])
+            for _ in range(5)
+        ]
+        for _r, writer in conns:
+            writer.write(octet_counted(atna_frame()))
+            await writer.drain()
+        for _ in range(100):
+            if len(recorder.raws()) == len(conns):
+                break
+            await asyncio.sleep(0.05)
+        await gateway.stop()
+        await asyncio.sleep(0.2)  # the handlers' done-callbacks run
+        for _r, writer in conns:
+            writer.close()
+        return len(recorder.raws())
+
+    assert asyncio.run(main()) == 5
+    assert problems == [], [p.get("message") for p in problems]
