@@ -45,6 +45,8 @@ pytestmark = pytest.mark.integration
 INTERNAL, CONTROLLER, EXTERNAL = 19792, 19793, 19794
 PASSWORDS: dict[str, str] = {p: f"deploy-{p}-{os.urandom(8).hex()}" for p in PRINCIPALS}
 FAST = {"message.timeout.ms": 5000, "socket.connection.setup.timeout.ms": 3000}
+#: for the attempts that must fail: they fail by timing out
+REFUSED = {"message.timeout.ms": 2500, "socket.connection.setup.timeout.ms": 2000}
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -147,8 +149,8 @@ def _as(node: dict[str, Any], principal: str, password: str | None = None) -> Se
     return s.replace(kafka_password=PASSWORDS[principal] if password is None else password)
 
 
-def _send(s: Settings, principal: str | None, topic: str) -> str:
-    extra = {"acks": "all", "enable.idempotence": True, **FAST}
+def _send(s: Settings, principal: str | None, topic: str, *, refused: bool = False) -> str:
+    extra = {"acks": "all", "enable.idempotence": True, **(REFUSED if refused else FAST)}
     if principal is None:
         config = client_config(s.kafka_bootstrap, extra, login=None)
     else:
@@ -179,7 +181,7 @@ def test_kafka_setup_creates_the_topics_and_acls_as_the_admin_and_they_hold(
             "CARELEDGER_KAFKA_PASSWORD": PASSWORDS[PRODUCER],
         }
     )
-    refused = _run(["kafka-setup", "--timeout", "10"], env)
+    refused = _run(["kafka-setup", "--timeout", "3"], env)
     assert refused.returncode == 2, refused.stdout + refused.stderr
     env["CARELEDGER_KAFKA_PASSWORD"] = PASSWORDS[ADMIN]
     done = _run(["kafka-setup"], env)
@@ -195,7 +197,7 @@ def test_kafka_setup_creates_the_topics_and_acls_as_the_admin_and_they_hold(
     # every principal's login was made when the storage was formatted, with its password
     for principal in PRINCIPALS:
         assert _logs_in(_as(node, principal), principal), principal
-    assert not _logs_in(_as(node, PRODUCER, PASSWORDS[ADMIN]), PRODUCER, timeout=5)
+    assert not _logs_in(_as(node, PRODUCER, PASSWORDS[ADMIN]), PRODUCER, timeout=3)
 
 
 def _logs_in(s: Settings, principal: str, timeout: float = 10) -> bool:
@@ -214,8 +216,9 @@ def test_plaintext_a_wrong_password_and_another_ca_get_nothing(
 ) -> None:
     s = node["client"]
     topic = s.topic_events
-    assert _send(s, None, topic) != "ok"
-    assert _send(_as(node, PRODUCER, "not-the-password-at-all"), PRODUCER, topic) != "ok"
+    assert _send(s, None, topic, refused=True) != "ok"
+    wrong = _as(node, PRODUCER, "not-the-password-at-all")
+    assert _send(wrong, PRODUCER, topic, refused=True) != "ok"
     other = _run(
         ["tls-certs", "--dir", str(tmp_path), "--name", "x", "--hosts", "127.0.0.1"], node["env"]
     )
@@ -230,7 +233,7 @@ def test_the_internal_listener_and_the_controller_need_credentials_too(
     node: dict[str, Any],
 ) -> None:
     s = node["client"].replace(kafka_port=INTERNAL, kafka_host="localhost")
-    assert _send(s, None, s.topic_events) != "ok"
+    assert _send(s, None, s.topic_events, refused=True) != "ok"
     props = (node["home"] / "config" / "localhost.properties").read_text()
     assert "PLAINTEXT" not in props
     # the controller listener: TLS with a certificate of the CA's, else refused
@@ -245,7 +248,7 @@ def _controller_answer(home: Path, *, member: bool) -> str:
     with socket.create_connection(("127.0.0.1", CONTROLLER), timeout=10) as raw:
         try:
             with ctx.wrap_socket(raw, server_hostname="localhost") as conn:
-                conn.settimeout(3)
+                conn.settimeout(2)
                 conn.recv(1)  # TLS 1.3: the server's refusal arrives after the handshake
         except ssl.SSLError:
             return "refused"
