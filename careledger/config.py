@@ -47,8 +47,8 @@ class Settings:
     # kafka_ca_file (else the local stack's <run_dir>/tls/ca.pem, else the system's
     # store). A password comes from kafka_password, else kafka_password_file (0600),
     # else <run_dir>/secrets/kafka-<principal>.password, made by the local stack.
-    # PLAINTEXT until the whole test suite runs on SASL_SSL (ADR 0033, "Not yet").
-    kafka_security_protocol: str = "PLAINTEXT"
+    # PLAINTEXT (no security) only where asked for (ADR 0033).
+    kafka_security_protocol: str = "SASL_SSL"
     kafka_ca_file: Path | None = None
     kafka_password: str = dataclasses.field(default="", repr=False)
     kafka_password_file: Path | None = None

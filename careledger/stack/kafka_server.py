@@ -224,6 +224,18 @@ def _home(settings: Settings, node: KafkaNode | None) -> Settings:
     return settings.replace(run_dir=node.home)
 
 
+def _cert_dir(settings: Settings, node: KafkaNode | None) -> Path:
+    """Where the broker's certificate is made: a cluster's shared directory; else next to
+    the configured CA when that is a local CA (its key beside it), the one the clients
+    trust, as ClickHouse's is; else the stack's own."""
+    if node is not None and node.home is not None:
+        return tls_dir(_home(settings, node))
+    ca = settings.kafka_ca_file
+    if ca is not None and (Path(ca).parent / "ca.key").exists():
+        return Path(ca).parent
+    return tls_dir(settings)
+
+
 def scram_logins(home: Settings) -> list[KafkaLogin]:
     """Every principal's SCRAM login of the local stack (passwords made on first use)."""
     return [
@@ -252,7 +264,7 @@ listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
     home = _home(settings, node)
     # one member certificate for every local node: they share a host (loopback), and
     # controllers know brokers by its DN, which must be a super user
-    member = member_cert(tls_dir(home), "kafka")
+    member = member_cert(_cert_dir(settings, node), "kafka")
     password = local_password(local_scram_password_file(home, BROKER), "Kafka broker password file")
     props = broker_properties(
         host=host,

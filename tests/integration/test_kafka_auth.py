@@ -1,9 +1,9 @@
 """A local Kafka broker's TLS, SCRAM logins and ACLs (issue 12, ADR 0033), attacked.
 
-The module starts its own broker exactly as ``careledger up`` does with
-``kafka_security_protocol = "SASL_SSL"`` (its own run_dir and ports; the local stack's
-default broker is still plaintext until the whole suite runs on SASL_SSL), creates
-topics and ACLs as the stack does, and attacks it.
+The module starts its own broker exactly as ``careledger up`` does (SASL_SSL, the
+default; its own run_dir, ports, CA and passwords, so the attacks cannot be helped by
+anything the shared stack was given), creates topics and ACLs as the stack does, and
+attacks it.
 
 Every client logs in over SASL_SSL as its component's principal, and the broker's
 StandardAuthorizer lets each do only what ``careledger.kafka.security.acl_matrix``

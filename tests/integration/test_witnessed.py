@@ -29,6 +29,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from careledger.config import PROJECT_ROOT, Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import ADMIN
+from careledger.stack.acls import ensure_acls
 from careledger.storage.backend import ClickHouseBackend
 from careledger.storage.migrations import migrate
 from careledger.storage.store import ChainStore, SealedBlock
@@ -301,6 +302,7 @@ def test_split_view_a_second_verifier_shown_another_history_detects_it(trio: Tri
     admin = AdminClient(kafka_config(s2, ADMIN))
     for f in admin.create_topics([NewTopic(s2.topic_checkpoints, 1, 1)]).values():
         f.result(timeout=60)
+    ensure_acls(s2)  # the forked checkpoints topic's ACLs (on a SASL_SSL broker)
     store2 = ChainStore(ClickHouseBackend.from_settings(s2), s2.clickhouse_database)
     view = Setup(s2, store2, setup.chains, {}, setup.spare, setup.key_file)
     try:

@@ -38,3 +38,24 @@ def test_a_storage_formatted_for_the_same_protocol_is_kept(tmp_path: Path) -> No
     (data / "meta.properties").write_text("cluster.id=x\n")
     (data / SECURITY_MARK).write_text("SASL_SSL\n")
     _kafka_format(s, "java-not-needed")  # nothing to do, nothing run
+
+
+def test_the_broker_certificate_is_issued_by_the_ca_the_clients_are_told_to_trust(
+    tmp_path: Path,
+) -> None:
+    """A copy of the stack's settings with another run_dir keeps ``kafka_ca_file``
+    pinned to the shared stack's CA (``pin_login``): its broker's certificate must come
+    from that CA, not a new one in its own run_dir (the SASL_SSL suite's "SSL handshake
+    failed" for test_stack's separate stack). A CA whose key is elsewhere is not ours to
+    issue from: the stack's own directory then."""
+    from careledger import tls
+    from careledger.credentials import tls_dir
+    from careledger.stack.kafka_server import KafkaNode, _cert_dir
+
+    shared = tls.server_cert(tmp_path / "shared-tls", "clickhouse")
+    own = Settings(run_dir=tmp_path / "own", kafka_ca_file=shared.ca)
+    assert _cert_dir(own, None) == tmp_path / "shared-tls"
+    (tmp_path / "shared-tls" / "ca.key").unlink()
+    assert _cert_dir(own, None) == tls_dir(own)
+    node = KafkaNode(2, "1@h:1,2@h:2", 2, 1, home=tmp_path / "cluster")
+    assert _cert_dir(own, node) == tmp_path / "cluster" / "tls"
