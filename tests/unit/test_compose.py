@@ -318,7 +318,8 @@ def test_kafka_listeners_match_what_clients_use(
 def test_kafka_init_creates_the_settings_topics_as_the_stack_does(services: dict[str, Any]) -> None:
     """kafka-init runs ``careledger kafka-setup``: the topics, partition counts and topic
     settings of ``careledger up`` (careledger.stack.topics), for the settings every app
-    uses, once every broker is healthy (the command itself: test_kafka_deploy.py)."""
+    uses, once every broker is healthy (the command against a real broker:
+    tests/integration/test_kafka_deploy.py)."""
     init = services["kafka-init"]
     assert init["command"] == ["kafka-setup"]
     assert init["depends_on"] == {b: {"condition": "service_healthy"} for b in BROKERS}
