@@ -118,7 +118,7 @@ def isolated_settings(base: Settings, tag: str | None = None) -> Settings:
 def isolated(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Settings]:
     from careledger import stack as stack_mod
 
-    if not (stack_mod.kafka_ready(stack) and stack_mod.clickhouse_ready(stack)):
+    if not _listening(stack):
         # A service died during the session (crash, someone ran `careledger down`):
         # bring it back rather than failing every remaining test.
         log.warning("local stack not fully up; restarting it")
@@ -135,6 +135,17 @@ def isolated(stack: Settings, tmp_path: Path, request: pytest.FixtureRequest) ->
     finally:
         if not _flag("CARELEDGER_KEEP_TEST_DATA"):
             _cleanup(s, list(topics))
+
+
+def _listening(s: Settings) -> bool:
+    """Whether the stack's broker and server still accept connections: enough to tell a
+    service that died (the test then fails on anything subtler), without a login per test
+    (a SASL_SSL one costs a TLS handshake and a SCRAM exchange)."""
+    from careledger.stack.processes import _port_open
+
+    return _port_open(s.kafka_host, s.kafka_port) and _port_open(
+        s.clickhouse_host, s.clickhouse_port
+    )
 
 
 def _with_local_source(s: Settings, tmp_path: Path) -> Settings:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 from confluent_kafka import KafkaException
 
@@ -23,14 +24,16 @@ log = logging.getLogger("careledger.stack")
 __all__ = ["delete_acls", "ensure_acls"]
 
 
-def ensure_acls(settings: Settings, timeout: float = 30.0) -> int:
-    """Create the matrix's ACLs for ``settings``; returns how many were asked for."""
+def ensure_acls(settings: Settings, timeout: float = 30.0, *, admin: Any = None) -> int:
+    """Create the matrix's ACLs for ``settings``; returns how many were asked for.
+    ``admin``: an admin client logged in as the admin principal to reuse."""
     if settings.kafka_security_protocol != "SASL_SSL":
         return 0
     from confluent_kafka.admin import AdminClient
 
     bindings = acl_bindings(acl_matrix(settings))
-    admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
+    if admin is None:
+        admin = AdminClient(kafka_config(settings, ADMIN, ADMIN_SETTINGS))
     futures = admin.create_acls(bindings, request_timeout=timeout)
     for binding, future in futures.items():
         try:

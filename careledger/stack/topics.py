@@ -124,6 +124,7 @@ def ensure_topics(
     admin = AdminClient(kafka_config(settings, principal, ADMIN_SETTINGS))
     deadline = time.monotonic() + timeout
     pending = dict(topics)
+    created: set[str] = set()
     last_error: Exception | None = None
     while pending and time.monotonic() < deadline:
         existing = admin.list_topics(timeout=max(1.0, deadline - time.monotonic())).topics
@@ -154,6 +155,8 @@ def ensure_topics(
             try:
                 fut.result()
                 log.debug("created topic %s (%d partitions)", name, pending[name])
+                created.add(name)
+                del pending[name]  # made with its settings: nothing to list or enforce
             except KafkaException as exc:
                 err = exc.args[0]
                 if err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
@@ -161,15 +164,17 @@ def ensure_topics(
                 last_error = exc
                 if not err.retriable():
                     raise StackError(f"cannot create topic {name}: {err.str()}") from exc
-        time.sleep(0.1)
+        if pending:
+            time.sleep(0.1)
     if pending:
         raise StackError(f"timed out creating topics {sorted(pending)}: {last_error}")
     _wait_for_leaders(admin, list(topics), deadline)
-    _enforce_configs(settings, admin, list(topics))
+    _enforce_configs(settings, admin, [n for n in topics if n not in created])
     if acls:
         from .acls import ensure_acls
 
-        ensure_acls(settings, timeout=max(5.0, deadline - time.monotonic()))
+        # the same connection: a SASL_SSL login costs a TLS handshake and a SCRAM exchange
+        ensure_acls(settings, timeout=max(5.0, deadline - time.monotonic()), admin=admin)
 
 
 def _describe(admin: Any, name: str) -> dict[str, str]:

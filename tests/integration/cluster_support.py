@@ -36,23 +36,44 @@ from tests.integration.pipeline import (
 __all__ = ["Flow", "assert_replicas_hold", "cluster_settings", "heal", "on_cluster", "replica"]
 
 
+#: the cluster was started by this test session (it then stops it when no module needs it)
+_STARTED_HERE: list[bool] = []
+
+
+def _needed_after(request: pytest.FixtureRequest) -> bool:
+    """Whether a test of a later module uses the cluster: test_cluster.py and
+    test_cluster_faults.py run one after the other, and one cluster start and stop
+    (~40 s) is enough for both."""
+    items = request.session.items
+    here = [i for i, item in enumerate(items) if getattr(item, "module", None) is request.module]
+    return bool(here) and any(
+        "cluster_settings" in getattr(item, "fixturenames", ()) for item in items[here[-1] + 1 :]
+    )
+
+
 @pytest.fixture(scope="module")
-def cluster_settings(settings: Settings) -> Iterator[Settings]:
+def cluster_settings(settings: Settings, request: pytest.FixtureRequest) -> Iterator[Settings]:
     was_up = cluster.status(settings).up
+    ours = not was_up or bool(_STARTED_HERE)
     try:
         st = cluster.up(settings, quiet=True)
         assert st.up, f"cluster not up:\n{st}"
     except BaseException:
         # a half-started cluster must not outlive the module (three JVMs and ZooKeeper
         # left running slowed every later test of a CI run)
-        if not was_up:
+        if ours:
             cluster.down(settings)
+            _STARTED_HERE.clear()
         raise
+    if not was_up:
+        _STARTED_HERE.append(True)
     try:
         yield cluster.cluster_settings(settings)
     finally:
-        if not was_up:
+        # kept up only for the next module that needs it, never for unrelated tests
+        if ours and not _needed_after(request):
             cluster.down(settings)
+            _STARTED_HERE.clear()
 
 
 def heal(settings: Settings) -> None:
