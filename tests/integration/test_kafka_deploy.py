@@ -189,7 +189,12 @@ def test_kafka_setup_creates_the_topics_and_acls_as_the_admin_and_they_hold(
     assert "topics and their ACLs in place" in done.stdout
     assert PASSWORDS[ADMIN] not in done.stdout + done.stderr
     topic = node["client"].topic_events
-    assert _send(_as(node, PRODUCER), PRODUCER, topic) == "ok"
+    # ACLs reach the broker's authorizer through the metadata log, just after CreateAcls
+    # returns (a CI run's first send came a few ms early): the grant holds within seconds
+    deadline = time.monotonic() + 15
+    while (sent := _send(_as(node, PRODUCER), PRODUCER, topic)) != "ok":
+        assert time.monotonic() < deadline, sent
+        time.sleep(0.5)
     assert _send(_as(node, VERIFIER), VERIFIER, topic) == "TOPIC_AUTHORIZATION_FAILED"
     assert _send(_as(node, PRODUCER), PRODUCER, node["client"].topic_checkpoints) == (
         "TOPIC_AUTHORIZATION_FAILED"
