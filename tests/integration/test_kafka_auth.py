@@ -82,12 +82,14 @@ _GROUPS = {
     VERIFIER: VERIFIER_CHECKPOINTS_GROUP,
 }
 FAST = {"message.timeout.ms": 5000, "socket.connection.setup.timeout.ms": 3000}
+#: for attempts that must fail, which fail by timing out
+REFUSED = {"message.timeout.ms": 2500, "socket.connection.setup.timeout.ms": 2000}
 
 
-def _send(s: Settings, principal: str | None, topic: str) -> str:
+def _send(s: Settings, principal: str | None, topic: str, *, refused: bool = False) -> str:
     """Produce one record to partition 0 as ``principal`` (None: a plaintext client
-    with no login); the delivery error's name, or "ok"."""
-    extra = {"acks": "all", "enable.idempotence": True, **FAST}
+    with no login); the delivery error's name, or "ok". ``refused``: shorter timeouts."""
+    extra = {"acks": "all", "enable.idempotence": True, **(REFUSED if refused else FAST)}
     if principal is None:
         config = client_config(s.kafka_bootstrap, extra, login=None)
     else:

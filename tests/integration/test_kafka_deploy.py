@@ -29,14 +29,15 @@ from typing import Any
 
 import pytest
 import yaml
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import KafkaException
 
 from careledger.config import PROJECT_ROOT, Settings
-from careledger.kafka.clients import client_config, kafka_config
+from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import ADMIN, PRINCIPALS, PRODUCER, VERIFIER
 from careledger.stack.kafka_deploy import CLIENT_FILE, password_variable
 from careledger.stack.kafka_server import _java, _kafka_java_cmd, install_kafka, kafka_lib_dir
 from careledger.stack.readiness import kafka_ready
+from tests.integration.test_kafka_auth import _send
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +46,6 @@ pytestmark = pytest.mark.integration
 INTERNAL, CONTROLLER, EXTERNAL = 19792, 19793, 19794
 PASSWORDS: dict[str, str] = {p: f"deploy-{p}-{os.urandom(8).hex()}" for p in PRINCIPALS}
 FAST = {"message.timeout.ms": 5000, "socket.connection.setup.timeout.ms": 3000}
-#: for the attempts that must fail: they fail by timing out
-REFUSED = {"message.timeout.ms": 2500, "socket.connection.setup.timeout.ms": 2000}
 
 
 def _run(argv: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -147,24 +146,6 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
 def _as(node: dict[str, Any], principal: str, password: str | None = None) -> Settings:
     s: Settings = node["client"]
     return s.replace(kafka_password=PASSWORDS[principal] if password is None else password)
-
-
-def _send(s: Settings, principal: str | None, topic: str, *, refused: bool = False) -> str:
-    extra = {"acks": "all", "enable.idempotence": True, **(REFUSED if refused else FAST)}
-    if principal is None:
-        config = client_config(s.kafka_bootstrap, extra, login=None)
-    else:
-        config = kafka_config(s, principal, extra)
-    producer = Producer(config)
-    errors: list[Any] = []
-    try:
-        producer.produce(topic, b"x", partition=0, on_delivery=lambda e, _m: errors.append(e))
-        producer.flush(15)
-    except KafkaException as exc:
-        return str(exc.args[0].name())
-    if not errors:
-        return "not delivered"
-    return "ok" if errors[0] is None else str(errors[0].name())
 
 
 def test_kafka_setup_creates_the_topics_and_acls_as_the_admin_and_they_hold(
