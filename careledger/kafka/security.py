@@ -89,6 +89,7 @@ __all__ = [
     "permits",
     "properties_text",
     "scram_format_args",
+    "scram_jaas",
 ]
 
 Principal = Literal[
@@ -462,6 +463,16 @@ def _jaas_value(value: str, what: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def scram_jaas(username: str, password: str) -> str:
+    """A ``sasl.jaas.config`` value logging in as ``username`` with SCRAM, both quoted
+    (a broker's own login on its listeners, a Kafka tool's client file)."""
+    return (
+        "org.apache.kafka.common.security.scram.ScramLoginModule required "
+        f"username={_jaas_value(username, 'user name')} "
+        f"password={_jaas_value(password, f'{username} password')};"
+    )
+
+
 def _listener(name: str, host: str, port: int) -> str:
     return f"{name}://[{host}]:{port}" if ":" in host else f"{name}://{host}:{port}"
 
@@ -522,11 +533,7 @@ def broker_properties(
     clients = list(listeners) or [ClientListener("SASL_SSL", port, host, port, host)]
     if len({c.name for c in clients}) != len(clients):
         raise ValueError("client listener names must be unique")
-    jaas = (
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f"username={_jaas_value(BROKER, 'user name')} "
-        f"password={_jaas_value(broker_password, 'broker password')};"
-    )
+    jaas = scram_jaas(BROKER, broker_password)
     props = {
         "listeners": ",".join(
             [

@@ -41,6 +41,7 @@ from careledger.kafka.security import (
     broker_properties,
     properties_text,
     scram_format_args,
+    scram_jaas,
 )
 
 __all__ = [
@@ -50,6 +51,7 @@ __all__ = [
     "command_kafka_setup",
     "configure_kafka_config",
     "configure_kafka_setup",
+    "layout_from_args",
     "node_properties",
     "password_variable",
     "passwords_from_env",
@@ -182,14 +184,10 @@ def node_properties(
 
 
 def _client_properties(tls: Path, password: str) -> dict[str, str]:
-    jaas = (
-        "org.apache.kafka.common.security.scram.ScramLoginModule required "
-        f'username="{ADMIN}" password="{password}";'
-    )
     return {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
-        "sasl.jaas.config": jaas,
+        "sasl.jaas.config": scram_jaas(ADMIN, password),
         "ssl.truststore.type": "PEM",
         "ssl.truststore.location": str(tls / "ca.pem"),
     }
@@ -244,6 +242,13 @@ def _csv(text: str) -> tuple[str, ...]:
     return tuple(p.strip() for p in text.split(",") if p.strip())
 
 
+def layout_from_args(args: argparse.Namespace) -> ClusterLayout:
+    """The cluster ``careledger kafka-config``'s arguments describe."""
+    return ClusterLayout(
+        _csv(args.nodes), args.port, args.controller_port, _csv(args.external), args.log_dir
+    )
+
+
 def configure_kafka_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, required=True, help="where the files are written")
     parser.add_argument(
@@ -273,13 +278,7 @@ def command_kafka_config(args: argparse.Namespace, settings: Settings) -> int:
         if args.owner:
             uid, _, gid = str(args.owner).partition(":")
             owner = (int(uid), int(gid or uid))
-        layout = ClusterLayout(
-            _csv(args.nodes),
-            args.port,
-            args.controller_port,
-            _csv(args.external),
-            args.log_dir,
-        )
+        layout = layout_from_args(args)
         passwords = passwords_from_env(os.environ)
         written = write_kafka_config(
             Path(args.out), layout, settings, passwords, tls=Path(args.tls), owner=owner

@@ -65,13 +65,7 @@ def run_kafka_config(data: Compose, out: Path) -> dict[str, str]:
     shutil.copy(member.cert, tls_dir / "kafka.pem")
     shutil.copy(member.ca, tls_dir / "ca.pem")
     shutil.copy(tls.write_pem_keystore(member), tls_dir / "kafka.keystore.pem")
-    layout = kafka_deploy.ClusterLayout(
-        kafka_deploy._csv(args.nodes),
-        args.port,
-        args.controller_port,
-        kafka_deploy._csv(args.external),
-        args.log_dir,
-    )
+    layout = kafka_deploy.layout_from_args(args)
     env = {
         **env_of(service),
         **{kafka_deploy.password_variable(p): TEST_PASSWORDS[p] for p in PRINCIPALS},
