@@ -121,6 +121,13 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
                 break
             if proc.poll() is not None:
                 print(f"!! processor exited with {proc.returncode}; see {log_path}")
+                said = [
+                    line
+                    for line in log_path.read_text(errors="replace").splitlines()
+                    if line.startswith("careledger process: ")
+                ]
+                if said:  # why it refused to run (one line, written by the processor)
+                    print(f"   {said[-1]}")
                 return 1
             if time.monotonic() > deadline:
                 print(f"!! timed out: {done - before:,} of {summary.acked:,} chained")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -34,7 +36,8 @@ from careledger_core.signing import SigningKey
 from careledger_core.source import timestamp_of
 from processors.metrics import write_metrics
 from processors.outputs import KafkaOutputs, quarantine_alerts
-from processors.processor import Part, Processor, Record
+from processors.processor import Processor
+from processors.records import Part, Record
 from processors.registry_follower import RegistryFollower
 from processors.sources import SourceGate, processor_key_problem
 
@@ -276,11 +279,11 @@ def create_app(
     committed_reader: list[Any] = []
     position_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="careledger-position")
 
-    def committed_offset(part: Part) -> int | None:
-        # The group's committed offset, read by a consumer of our own that never
-        # joins the group: asking aiokafka for its position from here raced its
-        # fetcher (KeyError in the record drain, a crashed worker).
-        from confluent_kafka import Consumer, TopicPartition
+    def reader() -> Any:
+        # A consumer of our own that never joins the group: asking aiokafka for its
+        # position from here raced its fetcher (KeyError in the record drain, a
+        # crashed worker).
+        from confluent_kafka import Consumer
 
         if not committed_reader:
             committed_reader.append(
@@ -295,8 +298,23 @@ def create_app(
                     )
                 )
             )
-        [tp] = committed_reader[0].committed([TopicPartition(*part)], timeout=10)
+        return committed_reader[0]
+
+    def committed_offset(part: Part) -> int | None:
+        from confluent_kafka import TopicPartition
+
+        [tp] = reader().committed([TopicPartition(*part)], timeout=10)
         return max(int(tp.offset), 0)  # no commit yet (negative): nothing to compare
+
+    def high_watermark(part: Part) -> int:
+        from confluent_kafka import TopicPartition
+
+        _low, high = reader().get_watermark_offsets(TopicPartition(*part), 10, False)
+        return int(high)
+
+    async def end_offset(part: Part) -> int:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(position_executor, high_watermark, part)
 
     async def position(part: Part) -> int | None:
         tp = TP(*part)
@@ -321,6 +339,7 @@ def create_app(
         seq_store=None
         if baseline
         else ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings),
+        end_offset=None if baseline else end_offset,
     )
     app.careledger_processor = processor  # type: ignore[attr-defined]  # for tests
     if not baseline:  # the blocks topic's producer connected before the first write (ADR 0017)
@@ -440,6 +459,22 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
         settings.block_max_ms,
         key.key_id,
     )
+    refused: list[str] = []
+
+    def on_refused(reason: str) -> None:
+        # Kafka lost history the ledger holds (a recreated or truncated topic): stop the
+        # way a signal does (partitions handed over, outputs flushed), then say why.
+        if not refused:
+            refused.append(reason)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    app.careledger_processor.on_refused = on_refused
     worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
-    # Runs the worker until it stops, then exits the process itself (typed NoReturn).
-    worker.execute_from_commandline()
+    try:
+        # Runs the worker until it stops, then exits the process itself (typed NoReturn).
+        worker.execute_from_commandline()
+    except SystemExit:
+        if not refused:
+            raise
+    print(f"careledger process: {refused[0]}", file=sys.stderr)
+    return 2

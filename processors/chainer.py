@@ -41,7 +41,7 @@ from careledger_core.block import (
     offsets_digest,
 )
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
-from careledger_core.errors import ValidationError
+from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
 from careledger_core.signing import SigningKey
@@ -80,6 +80,31 @@ class OffsetGap(Exception):
         super().__init__(f"expected offset {expected}, got {got}")
         self.expected = expected
         self.got = got
+
+
+class KafkaBehindLedger(CareledgerError):
+    """Kafka's partition ends before the chain's stored head: the topic was deleted and
+    recreated, or truncated (an unclean leader election). Its records would be taken for
+    ones already chained and skipped, so the processor refuses the partition."""
+
+    code = "KAFKA_BEHIND_LEDGER"
+
+
+def check_partition_end(chain_id: str, part: tuple[str, int], next_offset: int, end: int) -> None:
+    """Raise ``KafkaBehindLedger`` if the partition's end (its high watermark) lies before
+    ``next_offset``, the offset after the chain's stored head. Never so while Kafka keeps
+    what it acknowledged: a record is consumed (and chained) only below the high
+    watermark, and the watermark never goes back."""
+    if end >= next_offset:
+        return
+    topic, partition = part
+    raise KafkaBehindLedger(
+        f"chain {chain_id}: Kafka partition {topic}-{partition} ends at offset {end:,} but "
+        f"the ledger has chained it up to offset {next_offset - 1:,}; the topic was "
+        "recreated or truncated, so its records would be taken for chained ones. Not "
+        "chaining it: restore the topic, or start a new ledger (README, Troubleshooting)",
+        details={"chain": chain_id, "end": end, "next_offset": next_offset},
+    )
 
 
 @dataclass

@@ -41,6 +41,8 @@ class ProcessorMetrics:
     registry_waits: int = 0
     #: writes the store refused because another processor owns the chain (ADR 0031)
     fenced_writes: int = 0
+    #: partitions refused because Kafka ends before their stored head (recreated topic)
+    refused_partitions: int = 0
     heights: dict[str, int] = field(default_factory=dict)
     latency_buckets: list[int] = field(default_factory=lambda: [0] * (len(_LATENCY_BOUNDS) + 1))
     block_write_seconds_total: float = 0.0
@@ -85,6 +87,7 @@ class ProcessorMetrics:
             "seq_rows_refreshed": self.seq_rows_refreshed,
             "registry_waits": self.registry_waits,
             "fenced_writes": self.fenced_writes,
+            "refused_partitions": self.refused_partitions,
             "events_per_s_recent": round(rate, 1),
             "block_write_ms_avg": round(
                 1000 * self.block_write_seconds_total / self.blocks_written, 2

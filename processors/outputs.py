@@ -38,7 +38,7 @@ from careledger_core.checkpoint import (
 )
 from careledger_core.signing import SigningKey
 from processors.chainer import Rejected
-from processors.processor import ChainUpdate, Part
+from processors.records import ChainUpdate, Part
 
 
 def quarantine_alerts(quarantined: list[tuple[Part, Rejected]]) -> list[dict[str, Any]]:

@@ -41,7 +41,6 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaException
@@ -50,17 +49,23 @@ from careledger.config import Settings
 from careledger.storage.kinds import ACCESS, kind_for_topic
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
-from careledger_core.block import BlockHeader
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from processors.baseline import split_batch
-from processors.chainer import OffsetGap, PartitionChain, Rejected
+from processors.chainer import (
+    KafkaBehindLedger,
+    OffsetGap,
+    PartitionChain,
+    Rejected,
+    check_partition_end,
+)
 from processors.metrics import ProcessorMetrics
 from processors.ownership import ChainOwnership
+from processors.records import ChainUpdate, Part, Record
 from processors.replication import publish_stored, republish_unpublished
 from processors.seq_state import load_snapshot, read_increment
-from processors.sources import LOG_APPEND_TIME, RegistryStale, SourceGate
+from processors.sources import RegistryStale, SourceGate
 
 log = logging.getLogger("careledger.processor")
 
@@ -74,38 +79,6 @@ SEEK_RETRY_MAX_S = 60.0
 # How long after an assignment before the consumer's position is compared with
 # the stored head: the fetcher must have its positions first.
 ASSIGNMENT_SETTLE_S = 2.0
-
-Part = tuple[str, int]  # (topic, partition): one chain each
-
-
-@dataclass(frozen=True, slots=True)
-class ChainUpdate:
-    """A chain's new head after a write: what its checkpoint is made of (ADR 0012).
-
-    ``tree`` is the RFC 6962 tree over the chain's block hashes up to ``head``;
-    ``proof`` the RFC 9162 consistency proof from the tree of ``old_size`` blocks (the
-    previous checkpoint this processor published for the chain, or the stored head it
-    resumed from) to ``tree``.
-    """
-
-    head: BlockHeader
-    tree: ChainTree
-    old_size: int
-    proof: tuple[bytes, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """The parts of a Kafka record the chainer needs (decoupled from faust)."""
-
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-    timestamp: float
-    topic: str = ""  # "" = the access-events topic
-    #: 1: the broker set ``timestamp`` (LogAppendTime); 0: the producer did (CreateTime)
-    timestamp_type: int = LOG_APPEND_TIME
 
 
 class Processor:
@@ -122,11 +95,17 @@ class Processor:
         position: Any = None,  # async callable ((topic, partition)) -> consumer position or None
         gate: SourceGate | None = None,
         seq_store: ChainStore | None = None,  # a connection of its own for the gate's reads
+        end_offset: Any = None,  # async callable ((topic, partition)) -> its high watermark
     ) -> None:
         self.settings = settings
         #: source-signature checks of access events (ADR 0010); None: plain events only
         self.gate = gate
         self._position = position
+        self._end_offset = end_offset
+        #: partitions refused because Kafka ends before their stored head, with why
+        self.refused: dict[Part, str] = {}
+        #: called with the reason when a partition is refused (the worker stops on it)
+        self.on_refused: Any = None
         self.key = key
         self.store = store
         self._seek = seek
@@ -208,6 +187,8 @@ class Processor:
     def assigned(self, partitions: set[Part]) -> None:
         """Partitions assigned: forget old state and check positions once settled."""
         self.forget(partitions)
+        for p in partitions:
+            self.refused.pop(p, None)  # checked again when loaded
         self.ownership.assigned(partitions)
         now = time.monotonic()
         for p in partitions:
@@ -259,6 +240,14 @@ class Processor:
             )
             await self._request_seek(p, expected)
 
+    def _refuse(self, part: Part, exc: KafkaBehindLedger) -> None:
+        """Never chain ``part`` (until it is assigned again): Kafka lost what we chained."""
+        self.refused[part] = exc.message
+        self.metrics.refused_partitions = len(self.refused)
+        log.error("%s", exc.message)
+        if self.on_refused is not None:
+            self.on_refused(exc.message)
+
     def revoked(self, partitions: set[Part]) -> None:
         self.ownership.revoked(partitions, [self.settings.chain_id(*p) for p in partitions])
         for p in partitions:
@@ -276,6 +265,12 @@ class Processor:
         claim_then_head = self.ownership.claim_then_head
         head = await loop.run_in_executor(self.executor, claim_then_head, self.store, chain_id)
         in_flight = self.ownership.check_head(chain_id, head)  # ADR 0030 addendum
+        if head is not None and self._end_offset is not None:
+            try:
+                end = await self._end_offset(part)
+            except KafkaException as exc:
+                raise CareledgerError(str(exc), code="KAFKA_UNAVAILABLE") from exc
+            check_partition_end(chain_id, part, head.last_offset + 1, end)
         # Only a new chain needs the partition's earliest offset; asking Kafka costs a
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
@@ -454,7 +449,7 @@ class Processor:
             blocked: set[Part] = set()
             for rec in records:
                 p = (rec.topic or self.settings.topic_events, rec.partition)
-                if p in blocked or not self.ownership.may_load(p):
+                if p in blocked or p in self.refused or not self.ownership.may_load(p):
                     continue
                 chain = self.chains.get(p)
                 if chain is None:
@@ -465,6 +460,10 @@ class Processor:
                         return
                     try:
                         chain = await self._load(p)
+                    except KafkaBehindLedger as exc:
+                        self._refuse(p, exc)
+                        blocked.add(p)
+                        continue
                     except (CareledgerError, OSError) as exc:
                         self._store_unavailable(
                             exc,
@@ -600,12 +599,16 @@ class Processor:
         for the next record of their partition to be noticed.
         """
         for p in sorted(self._recover):
-            if not self.ownership.may_load(p):  # not ours any more (ADR 0031)
+            if p in self.refused or not self.ownership.may_load(p):  # not ours (ADR 0031)
                 self._recover.discard(p)
                 continue
             await self.drain()
             try:
                 chain = await self._load(p)
+            except KafkaBehindLedger as exc:
+                self._recover.discard(p)
+                self._refuse(p, exc)
+                continue
             except (CareledgerError, OSError) as exc:
                 log.warning("still cannot read the store (%s)", getattr(exc, "code", exc))
                 return
@@ -646,6 +649,10 @@ class Processor:
             await self.drain()
             try:
                 chain = await self._load(p)
+            except KafkaBehindLedger as exc:
+                self._unchecked.pop(p, None)
+                self._refuse(p, exc)
+                continue
             except (CareledgerError, OSError) as exc:
                 self._store_unavailable(exc, {p})
                 self._unchecked.pop(p, None)

@@ -41,7 +41,7 @@ from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey
 from careledger_core.source import BatchStatement, sign_batch, timestamp_of
 from processors.dead_letters import read_dead_letters
-from processors.processor import Record
+from processors.records import Record
 from processors.seq_state import BUCKET, load_snapshot, read_increment
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (

@@ -42,7 +42,7 @@ from careledger_core.event import canonical_event_bytes
 from careledger_core.signing import SigningKey, format_public_key
 from processors.app import KafkaOutputs
 from processors.chainer import PartitionChain
-from processors.processor import ChainUpdate
+from processors.records import ChainUpdate
 from producers.simulator import HospitalModel, simulate
 from verifiers.integrity.checkpoints import CheckpointReader
 

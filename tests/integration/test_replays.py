@@ -44,7 +44,8 @@ from careledger_core.source import (
     encode_signed_event,
     sign_batch,
 )
-from processors.processor import Processor, Record
+from processors.processor import Processor
+from processors.records import Record
 from processors.seq_state import BUCKET, load_snapshot
 from processors.sources import SourceGate
 from producers.simulator import HospitalModel, simulate

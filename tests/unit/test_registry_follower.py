@@ -25,7 +25,8 @@ from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from careledger_core.source import KeyEventStatement, sign_key_event
 from processors.chainer import PartitionChain, Rejected
-from processors.processor import Processor, Record
+from processors.processor import Processor
+from processors.records import Record
 from processors.registry_follower import Keep, RegistryFollower
 from processors.sources import CREATE_TIME, RegistryStale, SourceGate
 from tests.unit.test_source_gate import (
