@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,48 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+#: Commands that answer and exit: librdkafka's own lines (``careledger.*.rdkafka``) would
+#: only repeat, rawly, the one line the command says itself when Kafka cannot be reached.
+#: Services (process, gateway, replica, witness, cosign, audit --follow) keep them in
+#: their logs, rate-limited. ``-v`` shows them everywhere.
+ONE_SHOT = frozenset(
+    {
+        "status",
+        "migrate",
+        "keygen",
+        "verify",
+        "alerts",
+        "dead-letters",
+        "access-report",
+        "patient-view",
+        "verify-proof",
+        "source",
+        "consent",
+        "kafka-setup",
+    }
+)
+#: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
+EXIT_BROKEN_PIPE = 141
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("careledger")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
+def _quiet_clients(command: str) -> None:
+    # A failed connection is said by the command itself, in one line (issue 13);
+    # clickhouse-driver would log it again with a traceback.
+    logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
+    if command in ONE_SHOT:
+        for name in ("careledger.kafka.rdkafka", "careledger.producer.rdkafka"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _module_for(name: str):  # type: ignore[no-untyped-def]
     module_name = COMMANDS[name][0]
     return importlib.import_module(module_name)
@@ -144,6 +187,7 @@ def build_parser(load_modules: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="careledger", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="TOML settings file (CARELEDGER_CONFIG)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action="version", version=f"careledger {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
@@ -172,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if not args.verbose:
+        _quiet_clients(args.command)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
@@ -182,6 +228,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(run(args, settings))
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader went away (``careledger alerts list --json | head``): stop quietly,
+        # as Unix tools do; stdout goes to /dev/null so that the interpreter's final
+        # flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

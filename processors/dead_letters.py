@@ -29,14 +29,18 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
 
+from confluent_kafka import KafkaException
+
 from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import ADMIN
+from careledger_core.errors import CareledgerError
 
 
 @dataclass(frozen=True)
@@ -135,47 +139,112 @@ def _int_or_none(text: str | None) -> int | None:
         return None
 
 
-def read_dead_letters(
-    settings: Settings, limit: int | None = None, idle_s: float = 3.0, *, topic: str | None = None
-) -> list[DeadLetter]:
-    """Read the dead-letter topic (or ``topic``, e.g. quarantine) from the beginning
-    (without committing anything): each refused input once (:func:`collapse_copies`),
-    at most ``limit`` of them."""
-    from confluent_kafka import Consumer
+class DeadLettersUnreadable(CareledgerError):
+    """The topic cannot be read to its end now: Kafka unreachable, the topic missing,
+    or Kafka stopped answering midway. Never an empty list (a false all-clear)."""
 
+    code = "DEAD_LETTERS_UNREADABLE"
+
+
+@dataclass(frozen=True)
+class DeadLetterRead:
+    """What one read of a dead-letter (or quarantine) topic found."""
+
+    records: list[DeadLetter]
+    #: records the topic held when the read began (copies included)
+    total: int
+    #: whether ``records`` stops at the limit before the topic's end
+    truncated: bool
+
+
+def _kafka_text(exc: KafkaException) -> str:
+    from confluent_kafka import KafkaError
+
+    err = exc.args[0] if exc.args else None
+    return err.str() if isinstance(err, KafkaError) else str(exc)
+
+
+def read_dead_letter_topic(
+    settings: Settings,
+    limit: int | None = None,
+    *,
+    topic: str | None = None,
+    stall_s: float = 10.0,
+) -> DeadLetterRead:
+    """Read the dead-letter topic (or ``topic``, e.g. quarantine) from its beginning to
+    the end it had when the read began, without joining a group or committing: each
+    refused input once (:func:`collapse_copies`), at most ``limit`` of them. Raises
+    ``DeadLettersUnreadable`` (one line) rather than returning less than is there."""
+    from confluent_kafka import Consumer, KafkaError, TopicPartition
+
+    name = topic or settings.topic_dead_letter
+    where = settings.kafka_bootstrap
     consumer = Consumer(
         kafka_config(
             settings,
             ADMIN,
             {
                 "group.id": f"careledger-dlq-reader-{uuid.uuid4().hex[:8]}",
-                "auto.offset.reset": "earliest",
                 "enable.auto.commit": False,
+                "enable.partition.eof": True,
             },
         )
     )
-    consumer.subscribe([topic or settings.topic_dead_letter])
     found: list[DeadLetter] = []
     distinct: set[object] = set()  # identities, or the record's own position if none
-    last = time.monotonic()
     try:
-        while limit is None or len(distinct) < limit:
+        try:
+            meta = consumer.list_topics(name, timeout=stall_s).topics.get(name)
+            if meta is None or meta.error is not None:
+                raise DeadLettersUnreadable(
+                    f"topic {name} does not exist on Kafka at {where} (run `careledger up`, "
+                    "or `careledger kafka-setup` on a cluster)"
+                )
+            ends: dict[int, tuple[int, int]] = {}
+            for p in sorted(meta.partitions):
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(name, p), timeout=stall_s, cached=False
+                )
+                if high > low:
+                    ends[p] = (low, high)
+        except KafkaException as exc:
+            raise DeadLettersUnreadable(
+                f"cannot reach Kafka at {where}: {_kafka_text(exc)}"
+            ) from exc
+        total = sum(high - low for low, high in ends.values())
+        remaining = {p: high for p, (_low, high) in ends.items()}
+        consumer.assign([TopicPartition(name, p, low) for p, (low, _high) in ends.items()])
+        progress = time.monotonic()
+        while remaining and (limit is None or len(distinct) < limit):
             msg = consumer.poll(0.5)
             if msg is None:
-                if time.monotonic() - last > idle_s:
-                    break
+                if time.monotonic() - progress > stall_s:
+                    raise DeadLettersUnreadable(
+                        f"Kafka at {where} stopped answering while {name} was read "
+                        f"({len(found)} of {total} records read)"
+                    )
                 continue
-            if msg.error():
-                continue
-            last = time.monotonic()
+            progress = time.monotonic()
+            part = msg.partition() or 0
+            err = msg.error()
+            if err is not None:
+                if err.code() == KafkaError._PARTITION_EOF:
+                    remaining.pop(part, None)
+                    continue
+                raise DeadLettersUnreadable(
+                    f"cannot read {name} from Kafka at {where}: {err.str()}"
+                )
+            offset = msg.offset() or 0
+            if offset + 1 >= remaining.get(part, 0):
+                remaining.pop(part, None)  # what was there when the read began: all read
             raw_headers: Any = msg.headers() or []
             h = {
                 k: v.decode("utf-8", "replace") if isinstance(v, bytes) else (v or "")
                 for k, v in raw_headers
             }
             record = DeadLetter(
-                msg.partition() or 0,
-                msg.offset() or 0,
+                part,
+                offset,
                 h.get("careledger-source-topic", "?"),
                 _int_or(h.get("careledger-source-partition"), -1),
                 _int_or(h.get("careledger-source-offset"), -1),
@@ -192,7 +261,14 @@ def read_dead_letters(
             distinct.add(record.identity or (record.dlq_partition, record.dlq_offset))
     finally:
         consumer.close()
-    return collapse_copies(found)
+    return DeadLetterRead(collapse_copies(found), total, truncated=bool(remaining))
+
+
+def read_dead_letters(
+    settings: Settings, limit: int | None = None, *, topic: str | None = None
+) -> list[DeadLetter]:
+    """:func:`read_dead_letter_topic`'s records."""
+    return read_dead_letter_topic(settings, limit, topic=topic).records
 
 
 def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
@@ -215,14 +291,13 @@ def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
 
 
 def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
-    from confluent_kafka import KafkaException
-
     topic = settings.topic_quarantine if args.quarantine else settings.topic_dead_letter
     try:
-        records = read_dead_letters(settings, limit=args.limit, topic=topic)
-    except KafkaException as exc:
-        print(f"careledger dead-letters: Kafka unavailable: {exc}")
+        read = read_dead_letter_topic(settings, args.limit, topic=topic)
+    except DeadLettersUnreadable as exc:
+        print(f"careledger dead-letters: {exc.message}", file=sys.stderr)
         return 2
+    records = read.records
     for r in records:
         item = r.summary()
         if args.show_bytes:
@@ -235,9 +310,15 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
                 f"{item['sha256'][:16]}  {r.field}: {r.reason}"
                 + (f"  [{r.copies} copies]" if r.copies > 1 else "")
             )
-    if not args.json:
-        what = "quarantined" if args.quarantine else "dead-letter"
-        print(f"{len(records)} {what} record(s) in {topic}")
+    what = "quarantined" if args.quarantine else "dead-letter"
+    summary = f"{len(records)} {what} record(s) in {topic}"
+    if read.truncated:  # never a partial list that reads as the whole
+        summary = (
+            f"first {len(records)} {what} record(s) of {topic}, which holds {read.total:,} "
+            f"records (copies included): --limit N to see more"
+        )
+    # with --json the list is machine-read: the summary goes to stderr
+    print(summary, file=sys.stderr if args.json else sys.stdout)
     if args.replay is None:
         return 0
     wanted = set(args.replay)

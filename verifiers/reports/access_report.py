@@ -166,12 +166,15 @@ def _ts(moment: dt.datetime) -> str:
 
 
 def _parse_bound(text: str, *, end: bool) -> dt.datetime:
-    if _DATE.match(text):
-        day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
-        return day + dt.timedelta(days=1) if end else day
-    if _TIME.match(text):
-        fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
-        return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+    try:
+        if _DATE.match(text):
+            day = dt.datetime.strptime(text, "%Y-%m-%d").replace(tzinfo=dt.UTC)
+            return day + dt.timedelta(days=1) if end else day
+        if _TIME.match(text):
+            fmt = "%Y-%m-%dT%H:%M:%S.%fZ" if "." in text else "%Y-%m-%dT%H:%M:%SZ"
+            return dt.datetime.strptime(text, fmt).replace(tzinfo=dt.UTC)
+    except ValueError:  # the shape is right, the day or time is not (2026-13-01)
+        raise ValueError(f"{text!r} is not a real date or time") from None
     raise ValueError(f"{text!r} is neither YYYY-MM-DD nor YYYY-MM-DDTHH:MM:SS[.ffffff]Z")
 
 

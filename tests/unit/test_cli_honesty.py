@@ -1,0 +1,146 @@
+"""The CLI never gives a false all-clear, a traceback or raw client noise (issue 13).
+
+Tried as a privacy analyst would, with Kafka and ClickHouse down: ``dead-letters``
+printed a raw librdkafka line and "0 dead-letter record(s)", exit 0; ``access-report``
+printed a 14-line clickhouse-driver traceback before its one line; a bad date printed
+Python's strptime message; ``--json | head`` raised BrokenPipeError; there was no
+``--version``. Each test runs the real command against ports nothing listens on.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import commands.cli as cli
+from careledger.config import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")} | {
+        "CARELEDGER_RUN_DIR": str(tmp_path / "run"),
+        "CARELEDGER_KAFKA_PORT": str(_closed_port()),
+        "CARELEDGER_CLICKHOUSE_PORT": str(_closed_port()),
+        "CARELEDGER_CLICKHOUSE_HTTP_PORT": str(_closed_port()),
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "commands.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _one_line_exit_2(result: subprocess.CompletedProcess[str], command: str) -> str:
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"careledger {command}: "), lines[0]
+    assert "Traceback" not in result.stderr and "rdkafka" not in result.stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("extra", [["--quarantine"], ["--json"]])
+def test_dead_letters_with_kafka_down_is_no_false_all_clear(
+    tmp_path: Path, extra: list[str]
+) -> None:
+    result = _run(tmp_path, "dead-letters", *extra)
+    line = _one_line_exit_2(result, "dead-letters")
+    assert "cannot reach Kafka" in line
+    assert result.stdout == "", "nothing that could read as a (possibly empty) listing"
+
+
+def test_access_report_with_clickhouse_down_says_one_line_without_a_traceback(
+    tmp_path: Path,
+) -> None:
+    result = _run(
+        tmp_path,
+        "access-report",
+        "--patient",
+        "example",
+        "--from",
+        "2026-01-01",
+        "--to",
+        "2026-02-01",
+    )
+    line = _one_line_exit_2(result, "access-report")
+    assert "ClickHouse" in line
+
+
+@pytest.mark.parametrize("bad", ["2026-13-01", "2026-02-30", "2026-01-01T25:00:00Z"])
+def test_an_impossible_date_is_said_plainly(tmp_path: Path, bad: str) -> None:
+    result = _run(
+        tmp_path, "access-report", "--patient", "example", "--from", bad, "--to", "2027-01-01"
+    )
+    line = _one_line_exit_2(result, "access-report")
+    assert f"'{bad}' is not a real date or time" in line
+    assert "does not match format" not in line and "unconverted" not in line
+
+
+def test_version() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "--version"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("careledger ") and result.stdout.split()[1] != ""
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """``careledger alerts list --json | head``: ``print`` raises BrokenPipeError once
+    ``head`` has exited; the command stops with SIGPIPE's status and no traceback."""
+
+    class _Module:
+        @staticmethod
+        def command_status(_args: object, _settings: Settings) -> int:
+            raise BrokenPipeError(32, "Broken pipe")
+
+    read, write = os.pipe()
+    saved = os.dup(1)
+    monkeypatch.setattr(cli, "_module_for", lambda _name: _Module)
+    monkeypatch.setenv("CARELEDGER_RUN_DIR", str(tmp_path))
+    try:
+        os.dup2(write, 1)
+        code = cli.main(["status"])
+        os.write(1, b"x")  # stdout now goes to /dev/null: writing no longer raises
+    finally:
+        os.dup2(saved, 1)
+        for fd in (read, write, saved):
+            os.close(fd)
+    assert code == cli.EXIT_BROKEN_PIPE
+
+
+def test_one_shot_commands_hide_librdkafka_lines_services_keep_them() -> None:
+    import logging
+
+    for name in ("careledger.kafka.rdkafka", "careledger.producer.rdkafka"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
+    cli._quiet_clients("process")
+    assert logging.getLogger("careledger.kafka.rdkafka").getEffectiveLevel() < logging.CRITICAL
+    cli._quiet_clients("dead-letters")
+    assert logging.getLogger("careledger.kafka.rdkafka").level == logging.CRITICAL
+    assert logging.getLogger("careledger.producer.rdkafka").level == logging.CRITICAL
+    assert logging.getLogger("clickhouse_driver").level == logging.CRITICAL
+    assert set(cli.COMMANDS) >= cli.ONE_SHOT, sorted(cli.ONE_SHOT - set(cli.COMMANDS))
+    for name in ("careledger.kafka.rdkafka", "careledger.producer.rdkafka", "clickhouse_driver"):
+        logging.getLogger(name).setLevel(logging.NOTSET)
