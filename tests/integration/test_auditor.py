@@ -356,7 +356,7 @@ def _audit_and_review(
     assert family_alert in listed("--patient-ref", family_ref)
 
     def shown() -> dict[str, Any]:
-        out = run_cli(settings, "alerts", "show", family_alert)
+        out = run_cli(settings, "alerts", "show", family_alert, "--json")
         assert out.returncode == 0, out.stderr
         doc: dict[str, Any] = json.loads(out.stdout)
         return doc

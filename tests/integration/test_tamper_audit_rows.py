@@ -103,7 +103,7 @@ def test_deleting_every_status_row_of_a_resolved_alert(
     env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
     env.update(isolated.as_env())
     shown = subprocess.run(
-        [sys.executable, "-m", "commands.cli", "alerts", "show", snoop],
+        [sys.executable, "-m", "commands.cli", "alerts", "show", snoop, "--json"],
         cwd=PROJECT_ROOT,
         env=env,
         capture_output=True,

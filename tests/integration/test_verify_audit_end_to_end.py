@@ -71,7 +71,7 @@ def test_followed_reviewed_and_replayed_rows_verify_and_tampering_is_found(
         family = alerts["FAMILY:E3"]["alert_id"]
         _cli(settings, "alerts", "resolve", snoop, "--by", "privacy-officer", "--note", "ok")
         wait_until(
-            lambda: json.loads(_cli(settings, "alerts", "show", snoop).stdout)[
+            lambda: json.loads(_cli(settings, "alerts", "show", snoop, "--json").stdout)[
                 "status_history_ledgered"
             ],
             60,

@@ -46,6 +46,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event import decode_event
 from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
+from verifiers.auditor.alerts_view import SORTS, render_alert, sort_alerts, truncation_note
 from verifiers.auditor.runner.rows import (
     ALERT_COLUMNS,
     STATUS_COLUMNS,
@@ -102,10 +103,22 @@ def configure_alerts(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--status", choices=ALERT_STATUSES)
     p.add_argument("--from", dest="from_ts", metavar="TIME", help="first event at or after")
     p.add_argument("--to", dest="to_ts", metavar="TIME", help="first event before")
-    p.add_argument("--limit", type=int, default=1000)
+    p.add_argument(
+        "--sort",
+        choices=SORTS,
+        default="risk",
+        help="risk (default: highest score, then severity, then newest first), newest, oldest",
+    )
+    p.add_argument(
+        "--limit",
+        type=int,
+        default=100,
+        help="show at most N (default 100); a cut list says how many matched",
+    )
     p.add_argument("--json", action="store_true", help="one JSON array")
-    p = sub.add_parser("show", help="one alert with its status history")
+    p = sub.add_parser("show", help="one alert as a case: why, who, when, its history")
     p.add_argument("alert_id")
+    p.add_argument("--json", action="store_true", help="the whole record as JSON")
     p = sub.add_parser("ack", help="acknowledge an alert")
     p.add_argument("alert_id")
     p.add_argument("--by", required=True, help="who")
@@ -317,9 +330,13 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
     alerts = [_with_status(a, view.of(a["alert_id"])) for a in alerts]
     if args.status:
         alerts = [a for a in alerts if a["status"] == args.status]
-    alerts = alerts[: max(0, args.limit)]
+    matching = len(alerts)
+    alerts = sort_alerts(alerts, args.sort)[: max(0, args.limit)]
+    cut = truncation_note(len(alerts), matching, args.sort)
     if args.json:
         print(json.dumps(alerts, sort_keys=True))
+        if cut:  # the array is machine-read: the note goes to stderr
+            print(f"careledger alerts: {cut}", file=sys.stderr)
         return 0
     print(
         f"{'alert id':32}  {'first event':27}  {'rule':28}  {'severity':8}  "
@@ -327,7 +344,7 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
     )
     for a in alerts:
         print(alert_row(a))
-    print(f"{len(alerts)} alert(s)")
+    print(cut or f"{len(alerts)} alert(s)")
     broken = sum(1 for a in alerts if not a["status_history_intact"])
     if broken:
         print(
@@ -377,7 +394,10 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
     # the ledgered changes (with the note of their row when it holds), then the pending
     alert["status_history"] = view.changes
     alert["status_history_ledgered"] = view.ledgered
-    print(json.dumps(alert, sort_keys=True, indent=2))
+    if args.json:
+        print(json.dumps(alert, sort_keys=True, indent=2))
+    else:
+        print("\n".join(render_alert(alert)))
     return 0
 
 
