@@ -54,7 +54,13 @@ def _main_jar(version: str) -> Path:
 
 
 def zookeeper_installed(version: str = ZOOKEEPER_VERSION) -> bool:
-    return _stamp(version).exists() and _main_jar(version).exists()
+    """A complete copy of exactly the jars pinned now (a copy made before the pins
+    changed, e.g. without the epoll transport the TLS port needs, is fetched again)."""
+    if not (_stamp(version).exists() and _main_jar(version).exists()):
+        return False
+    lib = zookeeper_lib_dir(version)
+    have = {p.name for p in lib.glob("*.jar")}
+    return have == set(pinned_jars(version, ZOOKEEPER_PINS, product="ZooKeeper"))
 
 
 def install_zookeeper(run_dir_logs: Path, *, quiet: bool) -> Path:

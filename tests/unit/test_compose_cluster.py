@@ -12,7 +12,7 @@ load them) and checked by three checkers that return what is wrong, if anything:
 - ClickHouse: two replicas of one shard, each with the same ZooKeeper, its own
   {replica} macro and interserver host, mounted config files that exist and parse;
   every careledger service uses replicated tables and fails over to the other replica.
-- ZooKeeper: a healthcheck asking `ruok`, which the server is allowed to answer.
+- ZooKeeper (its mutual TLS, the replicas' secure nodes): test_compose_zookeeper.py.
 
 Each checker is also run on mutated copies of the file (the attacks: a broker left out
 of the quorum, a careledger service with another replication factor, two replicas
@@ -259,7 +259,7 @@ def clickhouse_problems(data: Compose, load: XmlLoader = load_xml) -> list[str]:
             problems.append(f"{name}: interserver_http_host is not the service name")
         for zk_host, zk_port in zookeeper_nodes(config) or [("(none)", 0)]:
             zk = data["services"].get(zk_host)
-            if zk is None or image_repo(zk) != "zookeeper" or zk_port != 2181:
+            if zk is None or image_repo(zk) != "zookeeper":
                 problems.append(f"{name}: ZooKeeper node {zk_host}:{zk_port} is no service")
         if not depends_healthy(servers[name], {h for h, _ in zookeeper_nodes(config)}):
             problems.append(f"{name}: does not wait for ZooKeeper")
@@ -327,25 +327,6 @@ def _client_problems(data: Compose, servers: set[str]) -> list[str]:
     return problems
 
 
-def zookeeper_problems(data: Compose) -> list[str]:
-    problems: list[str] = []
-    nodes = {n: s for n, s in data["services"].items() if image_repo(s) == "zookeeper"}
-    if not nodes:
-        return ["no ZooKeeper service"]
-    for name, svc in nodes.items():
-        if svc["image"] != "zookeeper:3.9":
-            problems.append(f"{name}: image {svc['image']}")
-        test = " ".join(svc.get("healthcheck", {}).get("test", []))
-        if "ruok" not in test or "imok" not in test or "2181" not in test:
-            problems.append(f"{name}: healthcheck does not ask ruok on the client port")
-        allowed = env_of(svc).get("ZOO_4LW_COMMANDS_WHITELIST", "").split(",")
-        if "ruok" not in allowed and "*" not in allowed:
-            problems.append(f"{name}: ruok is not an allowed four-letter word")
-        if not any(str(t) == "/data" for src, t, _ in mounts(svc) if "/" not in src):
-            problems.append(f"{name}: /data not on a named volume")
-    return problems
-
-
 # --- the file as it is ----------------------------------------------------------
 
 
@@ -400,11 +381,6 @@ def test_the_independent_replica_keeps_its_own_single_clickhouse(compose: Compos
     assert problems == [] and "tcp_port_secure" in config  # TLS, like the primary
     assert not {"zookeeper", "macros", "interserver_http_host"} & set(config)
     assert "replica-clickhouse" not in clickhouse_replicas(compose)
-
-
-def test_zookeeper_is_healthchecked_with_ruok(compose: Compose) -> None:
-    assert zookeeper_problems(compose) == []
-    assert "ensemble of 3" in COMPOSE.read_text(encoding="utf-8")
 
 
 def test_every_replica_password_is_required_without_default(compose: Compose) -> None:
@@ -538,15 +514,6 @@ def test_a_service_without_replicated_tables_or_failover_is_caught(compose: Comp
 def test_migrate_not_waiting_for_the_second_replica_is_caught(compose: Compose) -> None:
     del compose["services"]["migrate"]["depends_on"]["clickhouse-2"]
     assert "migrate does not wait for every replica" in clickhouse_problems(compose)
-
-
-def test_zookeeper_without_ruok_is_caught(compose: Compose) -> None:
-    zk = compose["services"]["zookeeper"]
-    zk["environment"]["ZOO_4LW_COMMANDS_WHITELIST"] = "srvr"
-    zk["healthcheck"]["test"] = ["CMD", "true"]
-    problems = zookeeper_problems(compose)
-    assert any("ruok is not an allowed" in p for p in problems), problems
-    assert any("healthcheck does not ask ruok" in p for p in problems), problems
 
 
 def test_replicas_fetching_parts_without_a_login_are_caught(compose: Compose) -> None:

@@ -51,6 +51,24 @@ def test_the_installed_zookeeper_is_the_pinned_one() -> None:
     assert jar_problem(zk.zookeeper_lib_dir(), _pins()) is None
 
 
+def test_a_copy_made_before_the_pins_changed_is_fetched_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stamped copy without a jar pinned since (the epoll transport the TLS port
+    needs) is not "installed": bootstrap fetches it again instead of starting a server
+    that cannot open its TLS port."""
+    copy = _installed_copy(tmp_path)
+    root = tmp_path / "root"
+    (root / VERSION).parent.mkdir(parents=True)
+    copy.rename(root / VERSION)
+    (root / VERSION / ".complete").touch()
+    monkeypatch.setattr(zk, "ZOOKEEPER_LIB_ROOT", root)
+    assert zk.zookeeper_installed()
+    epoll = next((root / VERSION).glob("netty-transport-native-epoll-*.jar"))
+    epoll.unlink()
+    assert not zk.zookeeper_installed()
+
+
 def test_a_tampered_jar_is_refused(tmp_path: Path) -> None:
     lib = _installed_copy(tmp_path)
     jar = lib / f"zookeeper-{VERSION}.jar"
