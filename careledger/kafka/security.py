@@ -146,6 +146,8 @@ VERIFIER_CHECKPOINTS_GROUP: Final = "careledger-verifier-checkpoints-"
 CHECKPOINT_NOTES_GROUP: Final = "careledger-checkpoint-notes-"
 #: verifiers/auditor/alerts_cli.py (``alerts tail``)
 ALERTS_TAIL_GROUP: Final = "careledger-alerts-tail-"
+#: verifiers/auditor/forward_cli.py (``alerts forward --name N``: its position, committed)
+ALERT_FORWARDER_GROUP: Final = "careledger-alert-forwarder-"
 #: replica/follow.py (``careledger-replica-<database>``, committed)
 REPLICA_GROUP: Final = "careledger-replica-"
 _GROUP_PREFIXES: Final = (
@@ -154,6 +156,7 @@ _GROUP_PREFIXES: Final = (
     VERIFIER_CHECKPOINTS_GROUP,
     CHECKPOINT_NOTES_GROUP,
     ALERTS_TAIL_GROUP,
+    ALERT_FORWARDER_GROUP,
     REPLICA_GROUP,
 )
 
@@ -397,6 +400,7 @@ def acl_matrix(settings: Any) -> tuple[AclSpec, ...]:
     rules.append(AclSpec(AUDITOR, "topic", s.topic_alert_status, "literal", "CREATE"))
     reads(AUDITOR, s.topic_alerts)
     rules += _group(AUDITOR, ALERTS_TAIL_GROUP, "prefixed")
+    rules += _group(AUDITOR, ALERT_FORWARDER_GROUP, "prefixed")
     # the verifier: checkpoints in (verify, the reports), alerts out (verify --follow)
     reads(VERIFIER, s.topic_checkpoints)
     writes(VERIFIER, s.topic_alerts)

@@ -62,6 +62,7 @@ def listed(ledger: AuditedLedger) -> dict[str, dict[str, Any]]:
         from_ts=None,
         to_ts=None,
         limit=1000,
+        sort="risk",
         json=True,
     )
     out = io.StringIO()

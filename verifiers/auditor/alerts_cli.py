@@ -47,6 +47,7 @@ from careledger_core.event import decode_event
 from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
 from verifiers.auditor.alerts_view import SORTS, render_alert, sort_alerts, truncation_note
+from verifiers.auditor.forward_cli import command_forward, configure_forward
 from verifiers.auditor.runner.rows import (
     ALERT_COLUMNS,
     STATUS_COLUMNS,
@@ -133,6 +134,7 @@ def configure_alerts(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--max-messages", type=int, help="stop after N alerts")
     p.add_argument("--timeout", type=float, help="stop after this many seconds")
     p.add_argument("--json", action="store_true", help="print each alert as JSON")
+    configure_forward(sub)
 
 
 def _error(message: str, code: int = 2) -> int:
@@ -281,9 +283,11 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.replace(clickhouse_database=args.database)
     action = getattr(args, "alerts_command", None)
     if action is None:
-        return _error("give an action: list, show, ack, resolve or tail")
+        return _error("give an action: list, show, ack, resolve, tail or forward")
     if action == "tail":
         return _tail(args, settings)
+    if action == "forward":
+        return command_forward(args, settings)
     backend = ClickHouseBackend.from_settings(settings)
     book = AlertBook(backend, settings.clickhouse_database)
     try:
