@@ -53,6 +53,8 @@ EXPECTED_COMMANDS = {
     "witness": "witness",
     "replica": "replica",
     "cosigner": "cosign",
+    "auditor": "audit",
+    "alert-forwarder": "alerts",
 }
 SHELL_OPERATORS = {";", "&&", "||", "|", "(", ")", "{", "}", "&"}
 SHELL_KEYWORDS = {"if", "then", "else", "elif", "fi", "do", "done", "!"}
@@ -171,10 +173,11 @@ def option(argv: list[str], name: str) -> str:
 
 
 def mounts(service: dict[str, Any]) -> list[tuple[str, PurePosixPath, bool]]:
-    """(source, target, read_only) for each short-syntax volume of a service."""
+    """(source, target, read_only) for each short-syntax volume of a service, variables
+    interpolated as Compose does on a host without them set."""
     result = []
     for spec in service.get("volumes", []):
-        parts = str(spec).split(":")
+        parts = compose_interpolate(spec).split(":")
         assert len(parts) in (2, 3), f"use short volume syntax: {spec!r}"
         result.append((parts[0], PurePosixPath(parts[1]), len(parts) == 3 and "ro" in parts[2]))
     return result

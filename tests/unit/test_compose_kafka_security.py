@@ -53,6 +53,8 @@ PRINCIPAL_OF = {
     "simulator": "producer",
     "replica": "replica",
     "cosigner": "cosigner",
+    "auditor": "auditor",
+    "alert-forwarder": "auditor",
 }
 NO_KAFKA = {"certs", "kafka-config", "migrate", "witness"}
 _REQUIRED = re.compile(r"\$\{(CARELEDGER_KAFKA_[A-Z]+_PASSWORD):\?[^}]+\}")

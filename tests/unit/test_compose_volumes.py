@@ -27,7 +27,14 @@ from tests.unit.test_compose import COMPOSE, DOCKERFILE, mounts
 Compose = dict[str, Any]
 #: volumes that hold private keys: their mount points must be 0700 in the image
 KEY_VOLUMES = frozenset(
-    {"signing-key", "registrar-key", "simulator-source-key", "gateway-source-key", "witness-key"}
+    {
+        "signing-key",
+        "registrar-key",
+        "simulator-source-key",
+        "gateway-source-key",
+        "witness-key",
+        "audit-salt",
+    }
 )
 
 
@@ -68,6 +75,7 @@ def volume_problems(data: Compose, dockerfile: str) -> list[str]:
     problems: list[str] = []
     if user.split(":")[0] in ("", "root", "0"):
         problems.append("the image runs as root")
+
     def rooted(svc: dict[str, Any]) -> bool:
         return str(svc.get("user", "")).split(":")[0] in ("0", "root")
 
@@ -144,3 +152,26 @@ def test_a_key_directory_others_may_read_is_caught(compose: Compose) -> None:
 def test_an_image_running_as_root_is_caught(compose: Compose) -> None:
     text = DOCKERFILE.read_text(encoding="utf-8").replace("USER careledger", "USER root")
     assert "the image runs as root" in volume_problems(compose, text)
+
+
+def test_the_audit_salt_is_the_auditors_and_the_verifier_reads_it(compose: Compose) -> None:
+    """The verifier recomputes the patient references the auditor wrote (ADR 0016): it
+    needs the same salt, read-only; nothing else sees it (ADR 0026)."""
+    from careledger.config import Settings
+    from tests.unit.test_compose import settings_of
+
+    holders = {
+        name: (target, read_only)
+        for name, svc in compose["services"].items()
+        for source, target, read_only in mounts(svc)
+        if source == "audit-salt"
+    }
+    assert {n: ro for n, (_t, ro) in holders.items()} == {"auditor": False, "verifier": True}
+    # Settings.keys_dir is <run_dir>/keys; the image sets the run directory
+    run_dir = re.search(r"CARELEDGER_RUN_DIR=(\S+)", DOCKERFILE.read_text(encoding="utf-8"))
+    assert run_dir
+    for name, (target, _ro) in holders.items():
+        env_dir = settings_of(compose["services"][name]).run_dir
+        assert env_dir == Settings().run_dir, f"{name}: the image's run directory, not its own"
+        assert PurePosixPath(run_dir[1]) / "keys" == target
+    assert compose["services"]["auditor"]["command"] == ["audit", "--follow"]
