@@ -144,3 +144,10 @@ def test_one_shot_commands_hide_librdkafka_lines_services_keep_them() -> None:
     assert set(cli.COMMANDS) >= cli.ONE_SHOT, sorted(cli.ONE_SHOT - set(cli.COMMANDS))
     for name in ("careledger.kafka.rdkafka", "careledger.producer.rdkafka", "clickhouse_driver"):
         logging.getLogger(name).setLevel(logging.NOTSET)
+
+
+def test_alerts_forward_with_kafka_down_says_one_line(tmp_path: Path) -> None:
+    result = _run(tmp_path, "alerts", "forward", "--syslog", "localhost:6514")
+    line = _one_line_exit_2(result, "alerts forward")
+    assert "cannot reach Kafka" in line
+    assert "forwarded" not in result.stdout
