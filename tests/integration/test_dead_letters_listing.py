@@ -27,12 +27,12 @@ COUNT = 7
 
 def _dead_letters(settings: Settings, count: int) -> None:
     producer = Producer(kafka_config(settings, ADMIN, {"acks": "all"}))
+    failed: list[object] = []
     for n in range(count):
         producer.produce(
             settings.topic_dead_letter,
             value=f"refused input {n}".encode(),
-            key=b"k",
-            partition=n % 2,
+            key=f"k{n}".encode(),
             headers=[
                 ("careledger-source-topic", settings.topic_events.encode()),
                 ("careledger-source-partition", b"0"),
@@ -40,8 +40,10 @@ def _dead_letters(settings: Settings, count: int) -> None:
                 ("careledger-error-code", b"NOT_JSON"),
                 ("careledger-error", b"not JSON"),
             ],
+            on_delivery=lambda err, _msg: failed.append(err) if err else None,
         )
     assert producer.flush(30) == 0
+    assert not failed, failed
 
 
 def test_the_listing_reads_to_the_end_and_says_when_limit_cut_it(isolated: Settings) -> None:
