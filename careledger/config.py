@@ -20,6 +20,20 @@ from typing import Any
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 ENV_PREFIX = "CARELEDGER_"
+#: The settings file ``careledger demo`` writes in the run directory: the trust anchors
+#: and the local source it made. Commands read it when neither ``--config`` nor
+#: ``CARELEDGER_CONFIG`` names a file (``local_config_path``); ``CARELEDGER_CONFIG=""``
+#: reads none (child processes get their parent's settings whole, ``Settings.as_env``).
+LOCAL_CONFIG_NAME = "careledger.toml"
+#: what ``write_local_config`` keeps: where trust comes from and who the local source is
+LOCAL_CONFIG_KEYS = (
+    "signing_key",
+    "trusted_keys",
+    "trusted_registrar_keys",
+    "registrar_key",
+    "source_id",
+    "source_key",
+)
 
 
 class ConfigError(ValueError):
@@ -303,6 +317,7 @@ class Settings:
             if isinstance(value, tuple):
                 value = ",".join(value)
             env[ENV_PREFIX + f.name.upper()] = str(value)
+        env[ENV_PREFIX + "CONFIG"] = ""  # these are the whole settings: read no file
         return env
 
 
@@ -343,7 +358,7 @@ def load_settings(
     fields = {f.name: f for f in dataclasses.fields(Settings)}
     values: dict[str, Any] = {}
     path = config_file or (
-        Path(env[ENV_PREFIX + "CONFIG"]) if ENV_PREFIX + "CONFIG" in env else None
+        Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None
     )
     if path is not None:
         try:
@@ -377,3 +392,45 @@ def load_settings(
     if settings.processor_buffer_bytes < 1 or settings.processor_take_records < 0:
         raise ConfigError("processor_buffer_bytes must be positive, processor_take_records >= 0")
     return settings
+
+
+def local_config_path(env: Mapping[str, str] | None = None) -> Path | None:
+    """The run directory's settings file (``LOCAL_CONFIG_NAME``) when it applies: it
+    exists and no other file was named (``CARELEDGER_CONFIG`` unset). Else None."""
+    env = os.environ if env is None else env
+    if ENV_PREFIX + "CONFIG" in env:
+        return None
+    run_dir = env.get(ENV_PREFIX + "RUN_DIR")
+    path = (Path(run_dir) if run_dir else Settings.run_dir) / LOCAL_CONFIG_NAME
+    return path if path.is_file() else None
+
+
+def _toml_value(value: Any) -> str:
+    import json
+
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    return json.dumps(str(value))  # a TOML basic string: JSON's escapes are TOML's
+
+
+def write_local_config(settings: Settings) -> Path:
+    """Write ``LOCAL_CONFIG_KEYS`` of ``settings`` to the run directory's settings file
+    (mode 0600, replaced whole), for the commands run after the demo. Returns its path."""
+    path = settings.run_dir / LOCAL_CONFIG_NAME
+    lines = [
+        "# Written by `careledger demo`: the trust anchors and the local source it made.",
+        "# Read by careledger commands unless --config or CARELEDGER_CONFIG names a file;",
+        "# CARELEDGER_* variables override it.",
+    ]
+    for key in LOCAL_CONFIG_KEYS:
+        value = getattr(settings, key)
+        if value is None or value == () or value == "":
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

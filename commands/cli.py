@@ -19,7 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from careledger.config import ConfigError, load_settings
+from careledger.config import ConfigError, load_settings, local_config_path
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -185,7 +185,12 @@ def _module_for(name: str):  # type: ignore[no-untyped-def]
 
 def build_parser(load_modules: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="careledger", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, help="TOML settings file (CARELEDGER_CONFIG)")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        help="TOML settings file (CARELEDGER_CONFIG; default: .run/careledger.toml if the "
+        "demo wrote one)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"careledger {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -209,20 +214,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if configure is not None:
             configure(sub_action.choices[command])
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        # the run directory's careledger.toml (written by `careledger demo`) unless
+        # --config or CARELEDGER_CONFIG names another file
+        settings = load_settings(args.config or local_config_path())
+    except ConfigError as exc:
+        print(f"careledger: configuration error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    if args.command is None:
-        parser.print_help()
-        return 2
     if not args.verbose:
         _quiet_clients(args.command)
-    try:
-        settings = load_settings(args.config)
-    except ConfigError as exc:
-        print(f"careledger: configuration error: {exc}", file=sys.stderr)
-        return 2
     run = getattr(_module_for(args.command), f"command_{args.command.replace('-', '_')}")
     try:
         return int(run(args, settings))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from careledger.config import Settings
+from careledger.config import Settings, write_local_config
 from careledger.keys import default_key_path, write_keypair
 from careledger.processes import run_cli, start_cli, start_processor, stop
 from commands.local_witnesses import LocalWitnesses, local_witnesses
@@ -81,6 +81,8 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
 
         settings = ensure_local_source(settings, principal=REGISTRAR)
         print(f"== events are signed at the source as {settings.source_id}")
+    written = write_local_config(settings)
+    print(f"== trust settings for later commands (verify, alerts, reports): {written}")
 
     if args.no_witnesses:
         return _run(args, settings, None)
@@ -93,7 +95,7 @@ def command_demo(args: argparse.Namespace, settings: Settings) -> int:
 def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses | None) -> int:
     from careledger.storage.backend import ClickHouseBackend
     from careledger.storage.store import ChainStore
-    from producers.simulator import run_simulation
+    from producers.simulator import HospitalModel, produce_reference, run_simulation
 
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings), settings)
     before = _committed(store)
@@ -105,6 +107,17 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
         cosigner = start_cli(settings, settings.run_dir / "logs" / "cosign-demo.log", "cosign")
     try:
         seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
+        # what explains an access (workforce, patients, care relationships, consents):
+        # without it the audit would flag every access
+        records = HospitalModel(seed=seed).reference_records()
+        ref_sent, ref_acked = produce_reference(settings, records)
+        if ref_acked != ref_sent:
+            print(f"!! {ref_sent - ref_acked} reference records were not acknowledged by Kafka")
+            return 1
+        print(
+            f"== sent the hospital's reference data: {ref_acked:,} records (workforce, "
+            "patients, care relationships, consents)"
+        )
         print(f"== simulating {args.events:,} hospital access events (seed {seed})")
         started = time.monotonic()
         summary = run_simulation(settings, args.events, seed, rate=args.rate, progress=True)
@@ -112,7 +125,7 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
             print(f"!! {summary.failed} events were not acknowledged by Kafka")
             return 1
         print("== waiting until every event is in a signed block")
-        target = before + summary.acked
+        target = before + ref_acked + summary.acked
         deadline = time.monotonic() + args.timeout
         last_report = 0.0
         while True:
@@ -186,4 +199,42 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
         + (f": {listed}" if listed else "")
         + f", exit {result.returncode})"
     )
+    audited = _audit(settings)
+    print(f"  audit                     {audited}")
+    _where_next(settings)
     return 0 if result.returncode == 0 else 1
+
+
+def _audit(settings: Settings) -> str:
+    """Audit every simulated access (the simulation starts at DEFAULT_START); one line."""
+    import datetime as dt
+
+    from producers.simulator import DEFAULT_START
+
+    start = DEFAULT_START.strftime("%Y-%m-%dT%H:%M:%SZ")
+    end = (dt.datetime.now(dt.UTC) + dt.timedelta(days=366)).strftime("%Y-%m-%dT00:00:00Z")
+    result = run_cli(settings, "audit", "--from", start, "--to", end, "--json", timeout=3600)
+    try:
+        done = json.loads(result.stdout)
+    except json.JSONDecodeError:
+        return f"failed (exit {result.returncode}): {result.stderr.strip()[-300:]}"
+    return (
+        f"{done['decisions']:,} accesses: {done['explained']:,} explained, "
+        f"{done['flagged']:,} flagged; {done['alerts']:,} alerts"
+    )
+
+
+def _where_next(settings: Settings) -> None:
+    print()
+    print(f"where to look next (trust settings: {settings.run_dir / 'careledger.toml'}):")
+    for command, what in (
+        ("careledger alerts list", "the alerts, highest risk first"),
+        ("careledger alerts show ALERT_ID", "one alert as a case: why, who, when"),
+        (
+            "careledger access-report --patient ID --from 2026-11-02 --to 2026-12-31",
+            "who looked at a patient's record, with proofs",
+        ),
+        ("careledger verify", "verify the ledger again"),
+        ("careledger dead-letters", "what could not be chained, and why"),
+    ):
+        print(f"  {command:<74} {what}")

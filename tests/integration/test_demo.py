@@ -1,17 +1,27 @@
 """The main job, ``careledger demo``, end to end on the real stack (a database and topics
-of its own): simulated traffic chained, signed, witnessed and verified, and a summary
-that says what verify found. A second run with the first run's seed sends the very same
-events again: they are chained (nothing a sender sends is dropped) and the summary names
-them as DUPLICATE_EVENT, still intact (ADR 0023)."""
+of its own): the hospital's reference data and simulated traffic chained, signed,
+witnessed and verified, the accesses audited, and a summary that says what verify and
+the audit found. A second run with the first run's seed sends the very same events
+again: they are chained (nothing a sender sends is dropped) and the summary names them
+as DUPLICATE_EVENT, still intact (ADR 0023).
+
+Issue 13: the demo sent no reference data, so the first audit flagged every access
+(0 explained); and its trust settings lived in its own process, so every later command
+needed them again as variables. Now it sends the reference data, audits, and writes
+``.run/careledger.toml``, which a later ``verify`` with no trust variables uses."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from careledger.config import Settings
+from careledger.config import LOCAL_CONFIG_NAME, PROJECT_ROOT, Settings
 from tests.integration.pipeline import run_cli
 
 pytestmark = pytest.mark.integration
@@ -22,8 +32,40 @@ def _summary(out: str) -> dict[str, str]:
     return {ln[:28].strip(): ln[28:].strip() for ln in lines if ln.startswith("  ")}
 
 
+@pytest.fixture
+def local_config(isolated: Settings) -> Iterator[Path]:
+    """The run directory's careledger.toml, as it was before the test (the shared .run)."""
+    path = isolated.run_dir / LOCAL_CONFIG_NAME
+    before = path.read_bytes() if path.exists() else None
+    try:
+        yield path
+    finally:
+        if before is None:
+            path.unlink(missing_ok=True)
+        else:
+            path.write_bytes(before)
+
+
+def _as_a_user_would(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``careledger ARGS`` with the test's database and topics but no trust settings and
+    no CARELEDGER_CONFIG: what a person types after the demo."""
+    trust = {"TRUSTED_KEYS", "TRUSTED_REGISTRAR_KEYS", "SOURCE_KEY", "REGISTRAR_KEY", "CONFIG"}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
+    env.update(
+        {k: v for k, v in settings.as_env().items() if k.removeprefix("CARELEDGER_") not in trust}
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "commands.cli", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
 def test_demo_runs_the_pipeline_and_a_repeated_seed_is_reported_as_duplicates(
-    isolated: Settings, tmp_path: Path
+    isolated: Settings, tmp_path: Path, local_config: Path
 ) -> None:
     settings = isolated.replace(run_dir=isolated.run_dir)
     first = run_cli(settings, "demo", "--events", "2000", timeout=600)
@@ -34,6 +76,26 @@ def test_demo_runs_the_pipeline_and_a_repeated_seed_is_reported_as_duplicates(
     assert s1["events sent this run"] == "2,000"
     assert s1["verification"].startswith("intact (0 findings, exit 0)"), s1
     assert "witnessed to their head" in s1["witnesses"], s1
+    audit = re.fullmatch(
+        r"([\d,]+) accesses: ([\d,]+) explained, ([\d,]+) flagged; ([\d,]+) alerts", s1["audit"]
+    )
+    assert audit, s1
+    decided, explained, flagged, _alerts = (int(g.replace(",", "")) for g in audit.groups())
+    # (an access can be explained and still flagged, e.g. a break-the-glass to review)
+    assert decided >= 2000 and explained <= decided and flagged <= decided
+    assert explained >= decided // 2, f"the reference data explains too little: {s1['audit']}"
+    assert "where to look next" in first.stdout
+
+    # a later command trusts what the demo trusted, from .run/careledger.toml alone
+    assert local_config.exists()
+    later = _as_a_user_would(settings, "verify", "--no-record")
+    assert later.returncode == 0, later.stdout[-2000:] + later.stderr[-2000:]
+    local_config.rename(local_config.with_suffix(".away"))
+    try:
+        without = _as_a_user_would(settings, "verify", "--no-record")
+        assert without.returncode == 2 and "trusted key" in without.stderr, without.stderr
+    finally:
+        local_config.with_suffix(".away").rename(local_config)
 
     again = run_cli(
         settings, "demo", "--events", "2000", "--seed", seed[1], "--no-witnesses", timeout=600
