@@ -44,6 +44,9 @@ class ConfigError(ValueError):
 class Settings:
     # --- where local state lives -------------------------------------------
     run_dir: Path = PROJECT_ROOT / ".run"
+    # How commands and services log: "text" (one line per record) or "json" (one JSON
+    # object per line, for log shippers; careledger.log_format).
+    log_format: str = "text"
 
     # --- Kafka (KRaft, one combined broker+controller node locally) ---------
     kafka_host: str = "127.0.0.1"
@@ -383,6 +386,8 @@ def load_settings(
         raise ConfigError(
             "kafka_min_insync_replicas must be between 1 and kafka_replication_factor"
         )
+    if settings.log_format not in ("text", "json"):
+        raise ConfigError("log_format must be text or json")
     if settings.kafka_security_protocol not in ("SASL_SSL", "PLAINTEXT"):
         raise ConfigError("kafka_security_protocol must be SASL_SSL or PLAINTEXT")
     if settings.block_max_events < 1 or settings.block_max_ms < 1:

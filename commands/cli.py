@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from careledger.config import ConfigError, load_settings, local_config_path
+from careledger.log_format import configure_logging
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -224,10 +225,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"careledger: configuration error: {exc}", file=sys.stderr)
         return 2
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         _quiet_clients(args.command)
     run = getattr(_module_for(args.command), f"command_{args.command.replace('-', '_')}")

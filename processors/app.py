@@ -469,7 +469,13 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
     app.careledger_processor.on_refused = on_refused
-    worker = faust.Worker(app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False)
+    # careledger's logging (commands.cli: text or JSON, control characters escaped), not
+    # mode's colour formatter, whose escape sequences ended up in the processor's log
+    logging.getLogger().setLevel(str(args.loglevel).upper())
+    worker = faust.Worker(
+        app, loglevel=args.loglevel, quiet=True, redirect_stdouts=False, override_logging=False
+    )
+    worker.spinner = None  # it writes cursor escapes even to a file
     try:
         # Runs the worker until it stops, then exits the process itself (typed NoReturn).
         worker.execute_from_commandline()
