@@ -29,7 +29,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "install if needed and start the local Kafka broker and ClickHouse server",
     ),
     "down": ("careledger.stack", "stop the local stack"),
-    "status": ("careledger.stack", "report whether the local stack is up"),
+    "status": (
+        "commands.status",
+        "the local stack, and the pipeline: per chain what is not yet signed and the newest "
+        "block's age, the processors, the last verification, open alerts",
+    ),
     "migrate": ("careledger.storage.migrations", "create or upgrade the ClickHouse schema"),
     "keygen": (
         "careledger.keygen",
