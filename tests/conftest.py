@@ -32,6 +32,12 @@ log = logging.getLogger("careledger.tests")
 
 INTEGRATION_DIR = Path(__file__).resolve().parent / "integration"
 
+# The run directory's careledger.toml, which `careledger demo` writes and commands read
+# when no file is named, is a developer's state, not a test's: commands run in-process
+# here read none unless a test names one (tests of the file itself run commands with an
+# environment of their own).
+os.environ.setdefault("CARELEDGER_CONFIG", "")
+
 
 def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}

@@ -335,8 +335,9 @@ def _list(args: argparse.Namespace, book: AlertBook) -> int:
     if args.status:
         alerts = [a for a in alerts if a["status"] == args.status]
     matching = len(alerts)
-    alerts = sort_alerts(alerts, args.sort)[: max(0, args.limit)]
-    cut = truncation_note(len(alerts), matching, args.sort)
+    order = getattr(args, "sort", "risk")
+    alerts = sort_alerts(alerts, order)[: max(0, args.limit)]
+    cut = truncation_note(len(alerts), matching, order)
     if args.json:
         print(json.dumps(alerts, sort_keys=True))
         if cut:  # the array is machine-read: the note goes to stderr
