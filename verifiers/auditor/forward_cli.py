@@ -118,7 +118,7 @@ def forward(
     topic = settings.topic_alerts
     try:
         try:
-            meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+            meta = consumer.list_topics(topic, timeout=5).topics.get(topic)
         except KafkaException as exc:
             raise ForwarderUnavailable(
                 f"cannot reach Kafka at {settings.kafka_bootstrap}: {exc.args[0].str()}"
