@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import careledger
 from careledger.config import ConfigError, load_settings, local_config_path
 from careledger.log_format import configure_logging
 
@@ -165,15 +166,6 @@ ONE_SHOT = frozenset(
 EXIT_BROKEN_PIPE = 141
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("careledger")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "unknown (not installed)"
-
-
 def _quiet_clients(command: str) -> None:
     # A failed connection is said by the command itself, in one line (issue 13);
     # clickhouse-driver would log it again with a traceback.
@@ -197,7 +189,7 @@ def build_parser(load_modules: bool = True) -> argparse.ArgumentParser:
         "demo wrote one)",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    parser.add_argument("--version", action="version", version=f"careledger {_version()}")
+    parser.add_argument("--version", action="version", version=f"careledger {careledger.version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_module, help_text) in COMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -155,19 +155,12 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
             "chains": int(chains),
             "events": int(events),
         }
-    topics = [
-        settings.topic_events,
-        *sorted(reference_topics(settings)),
-        *sorted(raw_topics(settings)),
-    ]
+    chained = {settings.topic_events, *reference_topics(settings), *raw_topics(settings)}
     parts = [
         (topic, p)
-        for topic in topics
-        for p in range(
-            settings.partitions
-            if topic in (settings.topic_events, *raw_topics(settings))
-            else settings.reference_partitions
-        )
+        for topic, count in stack.default_topics(settings).items()
+        if topic in chained
+        for p in range(count)
     ]
     ends = _high_watermarks(settings, parts)
     if not ends:

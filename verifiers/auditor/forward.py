@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final, Protocol
 
+from careledger import version
 from careledger.safe_text import display
 from verifiers.auditor.alerts_view import RULE_MEANINGS
 
@@ -166,18 +167,9 @@ def cef_event(record: Mapping[str, Any], delivery_id: str) -> str:
     ext.append(("cs5Label", "delivery"))
     ext.append(("cs5", delivery_id))
     header = "|".join(
-        _cef_header(v) for v in ("CEF:0", VENDOR, PRODUCT, _version(), class_id, name, cef_severity)
+        _cef_header(v) for v in ("CEF:0", VENDOR, PRODUCT, version(), class_id, name, cef_severity)
     )
     return header + "|" + " ".join(f"{k}={_cef_value(v)}" for k, v in ext)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("careledger")
-    except PackageNotFoundError:
-        return "0"
 
 
 # --- RFC 5424 over TLS (RFC 5425) -------------------------------------------------------
@@ -279,7 +271,7 @@ class WebhookSink:
             method="POST",
             headers={
                 "Content-Type": "application/json",
-                "User-Agent": f"careledger/{_version()}",
+                "User-Agent": f"careledger/{version()}",
                 "X-Careledger-Delivery": delivery.delivery_id,
                 "X-Careledger-Timestamp": stamp,
                 "X-Careledger-Signature": webhook_signature(self.secret, stamp, body),
