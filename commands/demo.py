@@ -42,6 +42,13 @@ def configure_demo(parser: argparse.ArgumentParser) -> None:
         help="simulation seed (default: a new one each run, printed: the same seed sends the "
         "same events again, which verify then reports as DUPLICATE_EVENT)",
     )
+    parser.add_argument(
+        "--patients",
+        type=int,
+        default=3000,
+        help="patients in the simulated hospital (its reference data grows with them)",
+    )
+    parser.add_argument("--staff", type=int, default=400, help="staff in the simulated hospital")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait for chaining")
     parser.add_argument(
         "--unsigned",
@@ -62,7 +69,15 @@ def _committed(store: Any) -> int:
 
 def command_demo(args: argparse.Namespace, settings: Settings) -> int:
     from careledger import stack
+    from producers.simulator.vocabulary import ROLES
 
+    if args.staff < len(ROLES) or args.patients < 1 or args.events < 0:
+        print(
+            f"careledger demo: the hospital needs at least {len(ROLES)} staff (one per role), "
+            "1 patient and 0 or more events",
+            file=sys.stderr,
+        )
+        return 2
     print("== careledger demo: starting the local stack (Kafka KRaft + ClickHouse)")
     stack.up(settings)
 
@@ -109,7 +124,8 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
         seed = args.seed if args.seed is not None else int.from_bytes(os.urandom(4), "big") >> 1
         # what explains an access (workforce, patients, care relationships, consents):
         # without it the audit would flag every access
-        records = HospitalModel(seed=seed).reference_records()
+        model = HospitalModel(staff=args.staff, patients=args.patients, seed=seed)
+        records = model.reference_records()
         ref_sent, ref_acked = produce_reference(settings, records)
         if ref_acked != ref_sent:
             print(f"!! {ref_sent - ref_acked} reference records were not acknowledged by Kafka")
@@ -120,7 +136,15 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
         )
         print(f"== simulating {args.events:,} hospital access events (seed {seed})")
         started = time.monotonic()
-        summary = run_simulation(settings, args.events, seed, rate=args.rate, progress=True)
+        summary = run_simulation(
+            settings,
+            args.events,
+            seed,
+            rate=args.rate,
+            progress=True,
+            patients=args.patients,
+            staff=args.staff,
+        )
         if summary.failed:
             print(f"!! {summary.failed} events were not acknowledged by Kafka")
             return 1

@@ -26,6 +26,8 @@ from tests.integration.pipeline import run_cli
 
 pytestmark = pytest.mark.integration
 
+SMALL_HOSPITAL = ("--patients", "300", "--staff", "60")
+
 
 def _summary(out: str) -> dict[str, str]:
     lines = out.split("careledger demo summary\n", 1)[1].splitlines()
@@ -68,7 +70,9 @@ def test_demo_runs_the_pipeline_and_a_repeated_seed_is_reported_as_duplicates(
     isolated: Settings, tmp_path: Path, local_config: Path
 ) -> None:
     settings = isolated.replace(run_dir=isolated.run_dir)
-    first = run_cli(settings, "demo", "--events", "2000", timeout=600)
+    # a small hospital: its reference data is ~1/10 of the default one's (the test is about
+    # the pipeline and the summary, not the volume)
+    first = run_cli(settings, "demo", "--events", "2000", *SMALL_HOSPITAL, timeout=600)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     seed = re.search(r"hospital access events \(seed (\d+)\)", first.stdout)
     assert seed, first.stdout
@@ -101,7 +105,15 @@ def test_demo_runs_the_pipeline_and_a_repeated_seed_is_reported_as_duplicates(
         local_config.with_suffix(".away").rename(local_config)
 
     again = run_cli(
-        settings, "demo", "--events", "2000", "--seed", seed[1], "--no-witnesses", timeout=600
+        settings,
+        "demo",
+        "--events",
+        "2000",
+        *SMALL_HOSPITAL,
+        "--seed",
+        seed[1],
+        "--no-witnesses",
+        timeout=600,
     )
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     s2 = _summary(again.stdout)

@@ -151,3 +151,14 @@ def test_alerts_forward_with_kafka_down_says_one_line(tmp_path: Path) -> None:
     line = _one_line_exit_2(result, "alerts forward")
     assert "cannot reach Kafka" in line
     assert "forwarded" not in result.stdout
+
+
+@pytest.mark.parametrize("size", [["--staff", "3"], ["--patients", "0"], ["--events", "-1"]])
+def test_a_demo_hospital_too_small_is_refused_before_anything_starts(
+    tmp_path: Path, size: list[str]
+) -> None:
+    result = _run(tmp_path, "demo", *size)
+    line = _one_line_exit_2(result, "demo")
+    assert "at least" in line
+    assert result.stdout == "", "nothing started"
+    assert not (tmp_path / "run" / "kafka").exists()
