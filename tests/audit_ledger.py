@@ -24,7 +24,7 @@ from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from processors.chainer import PartitionChain
 from tests.unit.test_auditor_rules import at, btg_start, event, hospital
-from verifiers.auditor import alerts_cli
+from verifiers.auditor import casework
 from verifiers.auditor.alerts_cli import AlertBook
 from verifiers.auditor.runner import AuditStore, Follower, audit_range
 from verifiers.auditor.status_records import status_event
@@ -109,12 +109,12 @@ class AuditedLedger:
 
     def review(self, alert_id: str, status: str, note: str = "") -> dict[str, Any]:
         """``careledger alerts ack/resolve``: the row, then its status event chained."""
-        saved = alerts_cli.utc_now_ts
-        alerts_cli.utc_now_ts = self.clock.ts
+        saved = casework.utc_now_ts
+        casework.utc_now_ts = self.clock.ts
         try:
             entry = self.book.change(alert_id, status, OFFICER, note or f"{status} in the test")
         finally:
-            alerts_cli.utc_now_ts = saved
+            casework.utc_now_ts = saved
         self.commit(status_event(entry))
         return entry
 

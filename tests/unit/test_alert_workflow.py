@@ -27,7 +27,7 @@ from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
 from processors.chainer import PartitionChain
 from tests.unit.test_auditor_rules import at, btg_start, event, hospital, run
-from verifiers.auditor import RuleCode, alerts_cli, group_alerts
+from verifiers.auditor import RuleCode, alerts_cli, casework, group_alerts
 from verifiers.auditor._time import ts_to_us, us_to_ts
 from verifiers.auditor.alerts_cli import AlertBook
 from verifiers.auditor.runner import STATUS_COLUMNS, AuditStore, Follower, audit_range
@@ -79,7 +79,7 @@ def review(
     monkeypatch: pytest.MonkeyPatch, book: AlertBook, alert_id: str, status: str, when: str
 ) -> None:
     """A reviewer changes the status at ``when`` (``careledger alerts``' own code)."""
-    monkeypatch.setattr(alerts_cli, "utc_now_ts", lambda: when)
+    monkeypatch.setattr(casework, "utc_now_ts", lambda: when)
     book.change(alert_id, status, OFFICER, f"{status} in the test")
 
 

@@ -475,7 +475,7 @@ def test_a_status_change_that_cannot_be_ledgered_is_not_made(
     settings = Settings(run_dir=tmp_path, kafka_port=1, require_source_signatures=True)
     vip = ledger.alert_of("vip")
     args = Namespace(alert_id=vip, by=OFFICER, note="done")
-    assert alerts_cli._change(args, settings, ledger.book, "resolved") == 2
+    assert alerts_cli._change(args, settings, ledger.book, "resolve") == 2
     assert "was not made" in capsys.readouterr().err
     assert [e["status"] for e in ledger.book.history([vip])[vip]] == ["acknowledged"]
     assert ledger.verify().findings == []

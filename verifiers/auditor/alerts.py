@@ -37,7 +37,7 @@ __all__ = [
     "patient_pseudonym",
 ]
 
-ALERT_STATUSES: Final = ("open", "acknowledged", "resolved", "false-positive")
+ALERT_STATUSES: Final = ("open", "acknowledged", "assigned", "resolved", "false-positive")
 #: final statuses: the alert is closed and takes no more flags
 CLOSED_STATUSES: Final = frozenset({"resolved", "false-positive"})
 _PSEUDONYM_CONTEXT: Final = b"careledger-patient-ref/1\x00"

@@ -3,6 +3,8 @@
 * ``list`` [--severity --rule --actor --patient-ref --status --from --to] [--json]
 * ``show ID`` the alert, its evidence and its status history
 * ``ack ID --by WHO [--note N]`` / ``resolve ID --by WHO --note N [--false-positive]``
+* ``assign ID --to WHO --by WHO`` / ``comment ID --by WHO --note N`` /
+  ``reopen ID --by WHO --note WHY`` (``verifiers.auditor.casework``)
 * ``tail`` follow the alerts topic
 
 Patients only ever appear as pseudonymous references. A status change is appended to
@@ -33,33 +35,29 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException
-
 from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import AUDITOR
 from careledger.safe_text import display
-from careledger.stack.model import StackError
 from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
-from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
 from careledger_core.event import decode_event
 from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
 from verifiers.auditor.alerts_view import SORTS, render_alert, sort_alerts, truncation_note
+from verifiers.auditor.casework import (
+    AlertBook,
+    CaseError,
+    ledger_status,
+    publish_status,
+    work_alert,
+)
 from verifiers.auditor.forward_cli import command_forward, configure_forward
 from verifiers.auditor.runner.rows import (
-    ALERT_COLUMNS,
-    STATUS_COLUMNS,
-    decode_alert_row,
-    dumps,
     parse_instant,
-    status_entry_hash,
-    status_histories,
     utc_now_ts,
 )
 from verifiers.auditor.runner.rows import status_history_intact as verify_history
-from verifiers.auditor.runner.store import AuditStore
 from verifiers.auditor.status_records import (
     STATUS_RECORD_FORMAT,
     AlertStatus,
@@ -84,13 +82,6 @@ __all__ = [
 ]
 
 SEVERITIES = ("info", "low", "medium", "high", "critical")
-#: status -> statuses it may move to
-TRANSITIONS = {
-    "open": ("acknowledged", "resolved", "false-positive"),
-    "acknowledged": ("resolved", "false-positive"),
-    "resolved": (),
-    "false-positive": (),
-}
 
 
 def configure_alerts(parser: argparse.ArgumentParser) -> None:
@@ -129,6 +120,19 @@ def configure_alerts(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--by", required=True, help="who")
     p.add_argument("--note", required=True)
     p.add_argument("--false-positive", action="store_true")
+    p = sub.add_parser("assign", help="assign an alert to someone to work it")
+    p.add_argument("alert_id")
+    p.add_argument("--to", required=True, help="who works it")
+    p.add_argument("--by", required=True, help="who assigns it")
+    p.add_argument("--note", default="")
+    p = sub.add_parser("comment", help="add a note to an alert's case (its status stays)")
+    p.add_argument("alert_id")
+    p.add_argument("--by", required=True, help="who")
+    p.add_argument("--note", required=True)
+    p = sub.add_parser("reopen", help="reopen a resolved or dismissed alert")
+    p.add_argument("alert_id")
+    p.add_argument("--by", required=True, help="who")
+    p.add_argument("--note", required=True, help="why it is reopened")
     p = sub.add_parser("tail", help="follow new alerts on the alerts topic")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--max-messages", type=int, help="stop after N alerts")
@@ -146,64 +150,6 @@ def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
     return str(value)
-
-
-class AlertBook:
-    """Alerts and their status history in one database."""
-
-    def __init__(self, backend: SqlBackend, database: str) -> None:
-        self.backend = backend
-        self.db = check_identifier(database)
-
-    def alerts(self, where: str = "", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        rows = self.backend.execute(
-            f"SELECT {', '.join(ALERT_COLUMNS)} FROM {self.db}.alerts FINAL "
-            f"{where} ORDER BY first_at, alert_id",
-            params,
-        )
-        return [decode_alert_row(r) for r in rows]
-
-    def alert(self, alert_id: str) -> dict[str, Any] | None:
-        found = self.alerts("WHERE alert_id = %(id)s", {"id": alert_id})
-        return found[0] if found else None
-
-    def history(self, alert_ids: Sequence[str] | None = None) -> dict[str, list[dict[str, Any]]]:
-        where, params = "", None
-        if alert_ids is not None:
-            if not alert_ids:
-                return {}
-            where, params = "WHERE alert_id IN %(ids)s", {"ids": tuple(alert_ids)}
-        rows = self.backend.execute(
-            f"SELECT {', '.join(STATUS_COLUMNS)} FROM {self.db}.alert_status {where} "
-            "ORDER BY alert_id, seq",
-            params,
-        )
-        return status_histories(rows)
-
-    def change(self, alert_id: str, status: str, by: str, note: str) -> dict[str, Any]:
-        history = self.history([alert_id]).get(alert_id, [])
-        current = history[-1]["status"] if history else "open"
-        if status not in TRANSITIONS[current]:
-            raise _NotAllowed(f"alert {alert_id} is {current}: cannot become {status}")
-        prev_hash = history[-1]["entry_hash"] if history else ""
-        entry = {
-            "alert_id": alert_id,
-            "seq": len(history),
-            "status": status,
-            "changed_by": by,
-            "changed_at": utc_now_ts(),
-            "note": note,
-            "prev_hash": prev_hash,
-        }
-        entry["entry_hash"] = status_entry_hash(prev_hash, entry)
-        self.backend.insert(
-            f"{self.db}.alert_status", STATUS_COLUMNS, [tuple(entry[c] for c in STATUS_COLUMNS)]
-        )
-        return entry
-
-
-class _NotAllowed(Exception):
-    pass
 
 
 def ledgered_positions(
@@ -283,7 +229,9 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
         settings = settings.replace(clickhouse_database=args.database)
     action = getattr(args, "alerts_command", None)
     if action is None:
-        return _error("give an action: list, show, ack, resolve, tail or forward")
+        return _error(
+            "give an action: list, show, ack, assign, comment, resolve, reopen, tail or forward"
+        )
     if action == "tail":
         return _tail(args, settings)
     if action == "forward":
@@ -295,10 +243,9 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
             return _list(args, book)
         if action == "show":
             return _show(args, book)
-        status = "acknowledged"
-        if action == "resolve":
-            status = "false-positive" if args.false_positive else "resolved"
-        return _change(args, settings, book, status)
+        if action == "resolve" and args.false_positive:
+            action = "dismiss"
+        return _change(args, settings, book, action)
     except StorageError as exc:
         return _error(exc.message)
     finally:
@@ -406,110 +353,32 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
     return 0
 
 
-def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, status: str) -> int:
-    if book.alert(args.alert_id) is None:
-        return _error(f"no alert {args.alert_id}", 1)
-    if not args.by.strip() or len(args.by) > 256:
-        return _error("--by must name who changes the status (at most 256 characters)")
+def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, action: str) -> int:
     try:
-        entry = book.change(args.alert_id, status, args.by, args.note or "")
-    except _NotAllowed as exc:
-        return _error(str(exc), 1)
-    if not _ledger_status(settings, entry):
-        # a change that is not ledgered is no change (verify would report the row as
-        # forged): take the row back and say so
-        withdrawn = _withdraw(book, entry)
-        return _error(
-            f"alert {args.alert_id}: the status change could not be sent to the events "
-            f"topic {settings.topic_events} to be ledgered, so it was not made"
-            + ("" if withdrawn else " (and its row could not be removed: run it again)")
+        entry, published = work_alert(
+            settings,
+            book,
+            args.alert_id,
+            action,
+            args.by,
+            args.note or "",
+            to=getattr(args, "to", None),
         )
-    if not _publish_status(settings, entry):
+    except CaseError as exc:
+        return _error(exc.message, exc.code)
+    if not published:
         print(
             f"careledger alerts: warning: status change stored but not published to "
             f"{settings.topic_alert_status}",
             file=sys.stderr,
         )
-    print(f"alert {args.alert_id}: {status} by {args.by} at {entry['changed_at']}")
+    print(f"alert {args.alert_id}: {entry['status']} by {args.by} at {entry['changed_at']}")
     return 0
 
 
-def _withdraw(book: AlertBook, entry: dict[str, Any]) -> bool:
-    """Delete the row of a change that could not be ledgered."""
-    try:
-        book.backend.execute(
-            f"ALTER TABLE {book.db}.alert_status DELETE "
-            "WHERE alert_id = %(id)s AND entry_hash = %(h)s",
-            {"id": entry["alert_id"], "h": entry["entry_hash"]},
-        )
-        # gone before anyone appends a change after it (18.16 mutations are asynchronous)
-        AuditStore(book.backend, book.db).wait_mutations(60.0)
-    except StorageError:
-        return False
-    return True
-
-
-def _ledger_status(settings: Settings, entry: dict[str, Any]) -> bool:
-    """Send the change as an access event: the processor chains and signs it."""
-    from careledger.keys import load_source_key
-
-    if settings.require_source_signatures and load_source_key(settings) is None:
-        # unsigned, it would only be quarantined (ADR 0010): say so instead
-        logging.getLogger("careledger.alerts").warning(
-            "cannot ledger status change: no source key (set CARELEDGER_SOURCE_KEY to a key "
-            "registered with `careledger source register`)"
-        )
-        return False
-    try:
-        from careledger.kafka.producer import AccessEventProducer
-
-        with AccessEventProducer(settings, principal=AUDITOR) as producer:
-            producer.send(status_event(entry))
-            return producer.flush(20.0).ok
-    except (CareledgerError, KafkaException) as exc:
-        # Kafka down: the change is stored, say it is not ledgered
-        logging.getLogger("careledger.alerts").warning("cannot ledger status change: %s", exc)
-        return False
-
-
-def _publish_status(settings: Settings, entry: dict[str, Any]) -> bool:
-    try:
-        from confluent_kafka import Producer
-
-        from careledger import stack
-
-        # as the auditor (acl_matrix lets it create this one topic): an analyst's
-        # `alerts ack` never needs the admin's password
-        stack.ensure_topics(
-            settings,
-            {settings.topic_alert_status: 1},
-            timeout=10.0,
-            acls=False,
-            principal=AUDITOR,
-        )
-        failed: list[Any] = []
-        producer = Producer(
-            kafka_config(
-                settings,
-                AUDITOR,
-                {
-                    "enable.idempotence": True,
-                    "acks": "all",
-                    "message.timeout.ms": 15_000,
-                },
-            )
-        )
-        producer.produce(
-            settings.topic_alert_status,
-            key=entry["alert_id"].encode(),
-            value=dumps(entry).encode(),
-            on_delivery=lambda err, _m: failed.append(err) if err is not None else None,
-        )
-        return producer.flush(20.0) == 0 and not failed
-    except (CareledgerError, StackError, KafkaException, BufferError) as exc:
-        # Kafka down: the change is stored, say it was not published
-        logging.getLogger("careledger.alerts").warning("cannot publish status change: %s", exc)
-        return False
+# the CLI's earlier names, kept for the tests and callers that use them
+_ledger_status = ledger_status
+_publish_status = publish_status
 
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
