@@ -125,6 +125,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "run a C2SP tlog-witness for a partner's logs (cosign consistent checkpoints, keep "
         "evidence of forks), or show its state and evidence",
     ),
+    "console": (
+        "console.cli",
+        "the privacy office's web console: alerts in risk order, cases, who looked at a "
+        "record, pipeline health (every view ledgered); and its accounts",
+    ),
     "consent": ("commands.consent", "patients' consents: load FHIR Consents from files"),
     "tls-certs": (
         "careledger.tls",

@@ -3,8 +3,9 @@
 # fast (about a second) when everything is already there. It never starts a
 # service: `careledger up` (or the test session) does that.
 #
-#   1. Debian packages: clickhouse-server + clickhouse-client (18.16), and only if
-#      `java` / `mvn` are missing: openjdk-17-jre-headless / maven.
+#   1. Debian packages: clickhouse-server + clickhouse-client (18.16), chromium +
+#      chromium-driver (the console's browser tests), and only if `java` / `mvn` are
+#      missing: openjdk-17-jre-headless / maven.
 #   2. A virtualenv at <repo>/.venv with every package of requirements.lock, installed
 #      with `pip install --require-hashes` (each file checked against its pinned SHA-256;
 #      the lock is made by deploy/lock.sh from pyproject.toml), then careledger itself
@@ -53,7 +54,8 @@ as_root() {
 pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'; }
 
 missing=()
-for pkg in clickhouse-server clickhouse-client; do
+# chromium + chromium-driver: the console's tests drive a real headless browser (issue 13)
+for pkg in clickhouse-server clickhouse-client chromium chromium-driver; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)

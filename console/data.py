@@ -1,0 +1,239 @@
+"""What the console's pages read, over one ClickHouse database: the alerts with the status
+the ledger supports, the actors' directory entries, the chart series and the pipeline's
+health. The same readers as the CLI (``alerts list``/``show``, ``status``,
+``access-report``), so a page and a command never disagree."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.config import Settings
+from careledger.storage.backend import ClickHouseBackend, SqlBackend
+from careledger.storage.migrations import check_identifier
+from careledger.storage.store import ChainStore
+from careledger_core.event import normalise_identifier
+from verifiers.auditor.alerts import patient_pseudonym
+from verifiers.auditor.alerts_cli import _with_status, status_view
+from verifiers.auditor.alerts_view import sort_alerts
+from verifiers.auditor.casework import AlertBook, assignee
+from verifiers.reports.directory import StaffEntry, staff_directory
+
+from .ledger import CONSOLE_SOURCE_SYSTEM
+
+__all__ = ["AlertFilter", "ConsoleData"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFilter:
+    rule: str = ""
+    status: str = ""
+    actor: str = ""
+    department: str = ""
+    patient_ref: str = ""
+    start: str = ""  # first event at or after (ISO date or instant)
+    end: str = ""  # first event before
+    sort: str = "risk"
+    limit: int = 100
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class ConsoleData:
+    """One reader per request (clickhouse-driver connections are not shared between
+    threads): ``with ConsoleData(settings) as data: ...``."""
+
+    def __init__(
+        self, settings: Settings, backend: SqlBackend | None = None, *, writes: bool = False
+    ) -> None:
+        """``writes``: the case actions append status changes (the writer's login); every
+        page reads as the read-only reader."""
+        self.settings = settings
+        self.backend = backend or ClickHouseBackend.from_settings(
+            settings, "writer" if writes else "reader"
+        )
+        self.db = check_identifier(settings.clickhouse_database)
+        self.book = AlertBook(self.backend, self.db)
+
+    def __enter__(self) -> ConsoleData:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.backend.close()
+
+    @property
+    def store(self) -> ChainStore:
+        return ChainStore.for_settings(self.backend, self.settings)
+
+    # ------------------------------------------------------------------ alerts
+    def alerts(self, f: AlertFilter) -> tuple[list[dict[str, Any]], int]:
+        """The alerts matching ``f``, in its order, at most ``f.limit``; and how many
+        matched."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        if f.rule:
+            clauses.append("rule = %(rule)s")
+            params["rule"] = f.rule
+        if f.actor:
+            clauses.append("actor_id = %(actor)s")
+            params["actor"] = f.actor
+        if f.start:
+            clauses.append("first_at >= %(lo)s")
+            params["lo"] = f.start
+        if f.end:
+            clauses.append("first_at < %(hi)s")
+            params["hi"] = f.end
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        alerts = self.book.alerts(where, params)
+        if f.patient_ref:
+            alerts = [a for a in alerts if f.patient_ref in a["patient_refs"]]
+        view = status_view(self.book)
+        out = []
+        for a in alerts:
+            status = view.of(a["alert_id"])
+            a = _with_status(a, status)
+            a["assigned_to"] = assignee(status.changes)  # the ledgered changes only
+            out.append(a)
+        if f.status:
+            out = [a for a in out if a["status"] == f.status]
+        staff = self.directory([a["actor_id"] for a in out])
+        for a in out:
+            entry = staff.get(a["actor_id"])
+            a["actor_name"] = entry.name if entry else None
+            a["department"] = entry.department if entry else None
+        if f.department:
+            out = [a for a in out if a["department"] == f.department]
+        matching = len(out)
+        return sort_alerts(out, f.sort)[: max(0, f.limit)], matching
+
+    def alert(self, alert_id: str) -> dict[str, Any] | None:
+        alert = self.book.alert(alert_id)
+        if alert is None:
+            return None
+        view = status_view(self.book, [alert_id]).of(alert_id)
+        alert = _with_status(alert, view)
+        alert["status_history"] = list(view.changes)  # each with where it is ledgered
+        alert["assigned_to"] = assignee(view.changes)
+        entry = self.directory([alert["actor_id"]]).get(alert["actor_id"])
+        alert["actor_name"] = entry.name if entry else None
+        alert["department"] = entry.department if entry else None
+        return alert
+
+    def rules(self) -> list[str]:
+        return sorted(
+            _text(r[0]) for r in self.backend.execute(f"SELECT DISTINCT rule FROM {self.db}.alerts")
+        )
+
+    def directory(self, actor_ids: Sequence[str]) -> dict[str, StaffEntry]:
+        return staff_directory(self.store, actor_ids, _now())
+
+    def departments(self) -> list[str]:
+        actors = [
+            _text(r[0])
+            for r in self.backend.execute(f"SELECT DISTINCT actor_id FROM {self.db}.alerts")
+        ]
+        return sorted({e.department for e in self.directory(actors).values()})
+
+    # ------------------------------------------------------------------ people
+    def actor_accesses(self, actor_id: str, limit: int = 50) -> tuple[int, list[dict[str, Any]]]:
+        """How many committed accesses the actor made, and the newest ``limit``."""
+        total = self.backend.execute(
+            f"SELECT count() FROM {self.db}.access_events WHERE actor_id = %(a)s "
+            "AND source_system != %(console)s",
+            {"a": actor_id, "console": CONSOLE_SOURCE_SYSTEM},
+        )
+        rows = self.backend.execute(
+            f"SELECT occurred_at, patient_id, action, outcome, source_system, chain_id, height "
+            f"FROM {self.db}.access_events WHERE actor_id = %(a)s AND source_system != "
+            "%(console)s ORDER BY occurred_at DESC LIMIT %(n)s",
+            {"a": actor_id, "console": CONSOLE_SOURCE_SYSTEM, "n": limit},
+        )
+        salt = self._salt()
+        return int(total[0][0]) if total else 0, [
+            {
+                "occurred_at": _text(r[0]),
+                # pseudonyms only: the actor view is not a patient view
+                "patient_ref": patient_pseudonym(_text(r[1]), salt) if salt else "-",
+                "action": _text(r[2]),
+                "outcome": int(r[3]),
+                "source_system": _text(r[4]),
+                "where": f"{_text(r[5])}@{int(r[6])}",
+            }
+            for r in rows
+        ]
+
+    def _salt(self) -> str | None:
+        from verifiers.auditor.runner.store import SaltError, load_salt
+
+        try:
+            return load_salt(self.settings)
+        except (SaltError, OSError):
+            return None
+
+    def reidentify(self, pseudonym: str) -> str | None:
+        """The patient id whose pseudonym (under the deployment's salt) is ``pseudonym``,
+        among the patients of committed accesses, or None."""
+        salt = self._salt()
+        if salt is None:
+            return None
+        for (pid,) in self.backend.execute(
+            f"SELECT DISTINCT patient_id FROM {self.db}.access_events WHERE patient_id != '-'"
+        ):
+            patient = _text(pid)
+            if patient_pseudonym(patient, salt) == pseudonym:
+                return patient
+        return None
+
+    @staticmethod
+    def patient_id(text: str) -> str:
+        return normalise_identifier(text.strip())
+
+    # ------------------------------------------------------------------ charts
+    def alerts_per_rule_per_day(self, days: int = 30) -> tuple[list[str], dict[str, list[int]]]:
+        rows = self.backend.execute(
+            f"SELECT substring(first_at, 1, 10) AS day, rule, count() FROM {self.db}.alerts "
+            "FINAL GROUP BY day, rule ORDER BY day"
+        )
+        counts: dict[tuple[str, str], int] = {(_text(d), _text(r)): int(n) for d, r, n in rows}
+        day_list = sorted({d for d, _ in counts})[-days:]
+        rules = sorted({r for _, r in counts})
+        return day_list, {r: [counts.get((d, r), 0) for d in day_list] for r in rules}
+
+    def accesses_per_hour(self) -> list[int]:
+        rows = self.backend.execute(
+            f"SELECT toUInt8(substring(occurred_at, 12, 2)) AS h, count() FROM "
+            f"{self.db}.access_events WHERE source_system != %(console)s AND patient_id != '-' "
+            "GROUP BY h",
+            {"console": CONSOLE_SOURCE_SYSTEM},
+        )
+        hours = [0] * 24
+        for h, n in rows:
+            if 0 <= int(h) < 24:
+                hours[int(h)] = int(n)
+        return hours
+
+    def verification_history(self, limit: int = 30) -> list[dict[str, Any]]:
+        rows = self.backend.execute(
+            f"SELECT finished_at, mode, result, findings, chains, events FROM "
+            f"{self.db}.verification_runs ORDER BY finished_at DESC LIMIT %(n)s",
+            {"n": limit},
+        )
+        return [
+            {
+                "finished_at": _text(r[0]),
+                "mode": _text(r[1]),
+                "result": _text(r[2]),
+                "findings": int(r[3]),
+                "chains": int(r[4]),
+                "events": int(r[5]),
+            }
+            for r in reversed(rows)
+        ]
