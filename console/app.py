@@ -132,12 +132,16 @@ class Console:
         ledger: ConsoleLedger | None = None,
         sessions: SessionStore | None = None,
         secure_cookies: bool = True,
+        backend: Callable[[bool], Any] | None = None,
     ) -> None:
+        """``backend``: makes the SQL backend of a request (argument: whether it writes);
+        default a ClickHouse login per request."""
         self.settings = settings
         self.accounts = accounts
         self.ledger = ledger or ConsoleLedger(settings)
         self.sessions = sessions or SessionStore()
         self.secure_cookies = secure_cookies
+        self._backend = backend
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -155,6 +159,8 @@ class Console:
         return HTMLResponse(html, status_code=ctx.get("status_code", 200))
 
     def data(self, *, writes: bool = False) -> ConsoleData:
+        if self._backend is not None:
+            return ConsoleData(self.settings, self._backend(writes), writes=writes)
         return ConsoleData(self.settings, writes=writes)
 
     def _record(self, request: Request, session: Session, viewed: Viewed) -> Response | None:

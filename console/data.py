@@ -57,6 +57,7 @@ class ConsoleData:
         """``writes``: the case actions append status changes (the writer's login); every
         page reads as the read-only reader."""
         self.settings = settings
+        self._owns_backend = backend is None
         self.backend = backend or ClickHouseBackend.from_settings(
             settings, "writer" if writes else "reader"
         )
@@ -67,7 +68,8 @@ class ConsoleData:
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        self.backend.close()
+        if self._owns_backend:
+            self.backend.close()
 
     @property
     def store(self) -> ChainStore:
