@@ -480,9 +480,12 @@ class Console:
                 "Accesses per hour of day (UTC)", [f"{h:02d}" for h in range(24)], hours
             ),
             "runs": stacked_bars(
-                "Verification runs: findings per run",
+                "Verification runs: events verified, by result",
                 [r["finished_at"][5:16] for r in runs],
-                {"findings": [r["findings"] for r in runs]},
+                {
+                    result: [r["events"] if r["result"] == result else 0 for r in runs]
+                    for result in sorted({r["result"] for r in runs})
+                },
             ),
         }
         return self.page("pipeline.html", request, session, status=status, runs=runs, charts=charts)

@@ -22,7 +22,16 @@ PALETTE: Final = (
     "#7f7f7f",
     "#bcbd22",
     "#17becf",
+    "#393b79",
+    "#ad494a",
+    "#8ca252",
+    "#de9ed6",
+    "#6b6ecf",
+    "#e7ba52",
 )
+_LEGEND_COLUMNS: Final = 3
+_LEGEND_STEP: Final = 230
+_MAX_BAR: Final = 48.0
 _W: Final = 720
 _H: Final = 220
 _PAD_L: Final = 48
@@ -36,7 +45,8 @@ def _frame(title: str, top: int, body: list[str], legend: list[str]) -> Markup:
         f'<text x="{_PAD_L - 6}" y="{_PAD_T + 10}" text-anchor="end" font-size="11">{top}</text>',
         f'<text x="{_PAD_L - 6}" y="{_H - _PAD_B}" text-anchor="end" font-size="11">0</text>',
     ]
-    height = _H + (16 * ((len(legend) + 3) // 4) if legend else 0)
+    rows = (len(legend) + _LEGEND_COLUMNS - 1) // _LEGEND_COLUMNS
+    height = _H + (16 * rows if legend else 0)
     return Markup(
         f'<svg class="chart" role="img" aria-label="{escape(title)}" '
         f'viewBox="0 0 {_W} {height}" width="{_W}" height="{height}" '
@@ -58,7 +68,7 @@ def stacked_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequenc
     plot_w = _W - _PAD_L - 8
     plot_h = _H - _PAD_B - _PAD_T
     slot = plot_w / max(1, len(labels))
-    bar_w = max(1.0, slot * 0.8)
+    bar_w = min(_MAX_BAR, max(1.0, slot * 0.8))
     body: list[str] = []
     every = max(1, len(labels) // 12)  # at most ~12 labels under the axis
     for i, label in enumerate(labels):
@@ -83,8 +93,8 @@ def stacked_bars(title: str, labels: Sequence[str], series: Mapping[str, Sequenc
     legend: list[str] = []
     if len(series) > 1 or "" not in series:
         for k, name in enumerate(series):
-            lx = _PAD_L + (k % 4) * 170
-            ly = _H + 12 * 0 + 16 * (k // 4)
+            lx = _PAD_L + (k % _LEGEND_COLUMNS) * _LEGEND_STEP
+            ly = _H + 16 * (k // _LEGEND_COLUMNS)
             legend.append(
                 f'<rect x="{lx}" y="{ly - 9}" width="10" height="10" '
                 f'fill="{PALETTE[k % len(PALETTE)]}"/>'
