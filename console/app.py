@@ -332,7 +332,7 @@ class Console:
             else [],
             actor_total=total,
             actor_recent=recent,
-            message=request.query_params.get("done", ""),
+            message=session.take_flash(),
         )
 
     async def alert_action(self, request: Request, session: Session) -> Response:
@@ -357,8 +357,8 @@ class Console:
                     return f"not done: {exc.message}"
                 return f"{entry['status']} by {session.user}"
 
-        said = await run_in_threadpool(act)
-        return RedirectResponse(f"/alerts/{alert_id}?done={said}", status_code=303)
+        session.flash = await run_in_threadpool(act)
+        return RedirectResponse(f"/alerts/{alert_id}", status_code=303)
 
     # ------------------------------------------------------------------ people
     def pseudonym(self, request: Request, session: Session) -> Response:

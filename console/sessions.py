@@ -30,6 +30,12 @@ class Session:
     last_seen: float
     #: patient ids this session re-identified, by pseudonym (privacy officers only)
     reidentified: dict[str, str] = field(default_factory=dict)
+    #: what the last action said, shown once on the next page (never from the URL)
+    flash: str = ""
+
+    def take_flash(self) -> str:
+        said, self.flash = self.flash, ""
+        return said
 
     def csrf_ok(self, token: str | None) -> bool:
         return token is not None and hmac.compare_digest(self.csrf, token)

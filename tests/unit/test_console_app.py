@@ -220,6 +220,31 @@ def test_an_action_that_cannot_be_ledgered_is_not_made(site: Site) -> None:
     assert site.audited.book.history([btg]) == before
 
 
+def test_a_forged_alert_row_with_markup_is_shown_as_text(site: Site) -> None:
+    """Someone with write access to ClickHouse plants markup in an alert's actor id and
+    patient pseudonym: the pages show it as text (and the CSP allows no script anyway)."""
+    a = site.audited
+    cols = (
+        "alert_id, rule, severity, score, actor_id, patient_ref, patient_refs, event_ids, "
+        "evidence, explanations_searched, first_at, last_at, created_at, audit_run, version"
+    )
+    a.backend.execute(
+        f"INSERT INTO {a.db}.alerts ({cols}) SELECT 'forged0000', rule, severity, 99999, "
+        "'<script>alert(1)</script>', '\"><img src=x onerror=alert(2)>', patient_refs, "
+        f"event_ids, evidence, explanations_searched, first_at, last_at, created_at, "
+        f"audit_run, version FROM {a.db}.alerts LIMIT 1"
+    )
+    try:
+        site.sign_in("ana")
+        page = site.client.get("/alerts").text
+        assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+        assert "<script>" not in page and "<img src=x" not in page
+        case = site.client.get("/alerts/forged0000").text
+        assert "<script>" not in case and "<img src=x" not in case
+    finally:
+        a.backend.execute(f"ALTER TABLE {a.db}.alerts DELETE WHERE alert_id = 'forged0000'")
+
+
 def test_roles_limit_pages_and_actions(site: Site) -> None:
     site.sign_in("ops")
     assert site.client.get("/alerts").status_code == 403
