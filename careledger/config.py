@@ -47,6 +47,11 @@ class Settings:
     # How commands and services log: "text" (one line per record) or "json" (one JSON
     # object per line, for log shippers; careledger.log_format).
     log_format: str = "text"
+    # /health and /metrics (Prometheus) of a long-running service (process, audit
+    # --follow, verify --follow, gateway, witness) on this port; 0: off
+    # (careledger.service_health). One service per process, so one port per host.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 0
 
     # --- Kafka (KRaft, one combined broker+controller node locally) ---------
     kafka_host: str = "127.0.0.1"

@@ -26,6 +26,7 @@ from careledger.config import Settings
 from careledger.kafka.clients import client_config
 from careledger.kafka.security import PROCESSOR, kafka_login
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
+from careledger.service_health import ServiceHealth
 from careledger.sources.reading import READ_TIMEOUT_S, read_topic_from
 from careledger.stack.topics import events_topic_time_problem
 from careledger.storage.backend import ClickHouseBackend
@@ -372,11 +373,45 @@ def create_app(
         await processor.flush_aged()
 
     metrics_path = settings.run_dir / "metrics" / f"processor-{settings.processor_app_id}.json"
+    # /health and /metrics (careledger.service_health): a snapshot the loop refreshes
+    # every report, read by the server's thread
+    served: dict[str, Any] = {"snapshot": {}, "at": time.monotonic()}
+
+    def partition_lag() -> dict[str, int]:
+        """Records in Kafka past what was taken, per partition whose chain is loaded
+        (it carried records since the start; the others are at their stored head)."""
+        lag = {}
+        for part, chain in list(processor.chains.items()):
+            try:
+                high = app.consumer.highwater(TP(*part))
+            except (KeyError, AttributeError):  # not assigned (any more)
+                continue
+            if high is not None and chain.next_offset is not None:
+                lag[f"{part[0]}/{part[1]}"] = max(0, int(high) - chain.next_offset)
+        return lag
+
+    def healthy() -> tuple[bool, str]:
+        if processor.refused:
+            return False, f"refused partitions: {', '.join(sorted(map(str, processor.refused)))}"
+        if processor.recovering:
+            return False, "the store is unavailable: partitions wait to be re-read"
+        if time.monotonic() - served["at"] > 30.0:
+            return False, "no report for 30 s: the event loop is stuck"
+        return True, f"{len(processor.chains)} chains"
+
+    health = ServiceHealth.for_settings(settings, "processor", lambda: served["snapshot"], healthy)
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:
         snap = processor.metrics.snapshot()
         processor.metrics.roll_window()
+        if health is not None:
+            served["snapshot"] = {
+                **{k: v for k, v in snap.items() if not k.startswith("latency_bucket")},
+                "partition_lag": partition_lag(),
+                "assigned_chains": len(processor.chains),
+            }
+            served["at"] = time.monotonic()
         log.info(
             "chained=%d blocks=%d dead_lettered=%d rate=%.0f/s p50=%s p99=%s",
             snap["events_chained"],

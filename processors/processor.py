@@ -576,6 +576,11 @@ class Processor:
             if sealed:
                 await self._submit(epoch, sealed, [])
 
+    @property
+    def recovering(self) -> bool:
+        """Partitions wait to be re-read from the store after it failed."""
+        return bool(self._recover)
+
     def _store_unavailable(self, exc: BaseException, partitions: set[Part]) -> None:
         """The store cannot be read or written: drop state, remember what to re-read."""
         self.metrics.store_failures += 1

@@ -22,11 +22,14 @@ import logging
 import os
 import signal
 import socket
+import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
 from careledger.keys import KeyFileError, write_keypair
+from careledger.service_health import ServiceHealth
 from witness.config import KEY_TEXT_ENV, WitnessConfigError, load_witness
 from witness.store import DB_NAME, WitnessStore, WitnessStoreError
 
@@ -112,13 +115,41 @@ async def serve(settings: Settings, ready_file: Path | None) -> int:
             encoding="utf-8",
         )
         os.replace(tmp, ready_file)
+    health = ServiceHealth.for_settings(
+        settings, "witness", lambda: _metrics(service), lambda: _health(service)
+    )
     await stop.wait()
+    if health is not None:
+        health.stop()
     server.should_exit = True
     await main
     await server.shutdown(sockets=[sock])
     service.store.close()
     log.info("witness stopped")
     return 0
+
+
+def _metrics(service: Any) -> dict[str, Any]:
+    heads = service.store.heads()
+    now = time.time()
+    evidence = service.store.evidence()
+    return {
+        "cosigned_size": {h.origin: h.size for h in heads},
+        "seconds_since_cosigned": {h.origin: round(now - h.last_at, 1) for h in heads},
+        "logs": len(heads),
+        "evidence": len(evidence),
+        "evidence_open": sum(1 for d in evidence if d.get("status") == "open"),
+    }
+
+
+def _health(service: Any) -> tuple[bool, str]:
+    """The state answers. Evidence of a fork is a metric and an alert, not a sick witness:
+    it keeps refusing what is inconsistent."""
+    try:
+        heads = service.store.heads()
+    except sqlite3.Error as exc:
+        return False, f"witness state unreadable: {exc}"
+    return True, f"{len(heads)} log(s) cosigned"
 
 
 def _open_state(settings: Settings) -> WitnessStore:

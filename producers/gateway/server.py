@@ -46,6 +46,7 @@ from typing import Any, Final
 from careledger.config import Settings
 from careledger.keys import KeyFileError, load_source_key
 from careledger.raw_record import MAX_RECORD_BYTES
+from careledger.service_health import ServiceHealth
 from producers.adapters import MIN_MAX_BYTES
 from producers.gateway.auth import MAX_SKEW_S, AuthConfigError, SenderRegistry
 from producers.gateway.framing import Frame, FrameDecoder, FrameError, datagram
@@ -194,6 +195,19 @@ class Gateway:
         self._udp: socket.socket | None = None
         self._connections: set[asyncio.Task[Any]] = set()
         self._stopping = asyncio.Event()
+
+    # ------------------------------------------------------------------ /health, /metrics
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "records_by_transport": dict(self.counters.records),
+            "refused_by_code": dict(self.counters.refused),
+            "refusals": dict(self.refusals.counts),
+            "listeners": len(self.ports),
+        }
+
+    def health(self) -> tuple[bool, str]:
+        """Kafka answers and the topics exist (as ``GET /health`` on the HTTP port)."""
+        return self.publisher.kafka_status()
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> dict[str, int]:
@@ -525,8 +539,11 @@ async def _serve(settings: Settings, ready_file: Path | None) -> int:
         tmp.write_text(json.dumps({"pid": os.getpid(), "ports": ports}), encoding="utf-8")
         os.replace(tmp, ready_file)
     log.info("gateway ready (Kafka %s)", settings.kafka_bootstrap)
+    health = ServiceHealth.for_settings(settings, "gateway", gateway.metrics, gateway.health)
     await stop.wait()
     log.info("gateway stopping: finishing what Kafka has not acknowledged yet")
+    if health is not None:
+        health.stop()
     await gateway.stop()
     log.info(
         "gateway stopped: %s records, refused %s; refused peers: %s",

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from careledger.config import Settings
+from careledger.service_health import ServiceHealth
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.kinds import reference_topics
 
@@ -181,6 +182,26 @@ def _follow(
     interval = settings.audit_poll_interval_s
     pipeline = FollowPipeline(follower, interval_s=interval, writer_store=writer)
     ok = True
+    seen: dict[str, Any] = {"at": time.monotonic(), "decisions": 0, "error": None}
+
+    def snapshot() -> dict[str, Any]:
+        return {
+            "cycles_total": follower.cycles,
+            "decisions_total": seen["decisions"],
+            "alerts_sent_total": follower.alerts_sent,
+            "seconds_since_cycle": round(time.monotonic() - seen["at"], 1),
+            "failing": seen["error"] is not None,
+        }
+
+    def healthy() -> tuple[bool, str]:
+        if seen["error"] is not None:
+            return False, str(seen["error"])
+        idle = time.monotonic() - seen["at"]
+        if idle > max(60.0, 5 * interval):
+            return False, f"no audit cycle for {idle:.0f} s"
+        return True, f"{follower.cycles} cycles"
+
+    health = ServiceHealth.for_settings(settings, "auditor", snapshot, healthy)
     try:
         while not stop.is_set():
             if not pipeline.started:
@@ -188,6 +209,7 @@ def _follow(
                     pipeline.start()
                 except StorageError as exc:
                     ok = False
+                    seen["error"] = f"cannot start: {exc.message}"
                     log.error("audit follow cannot start: %s (retrying)", exc.message)
                     stop.wait(interval)
                     continue
@@ -200,8 +222,11 @@ def _follow(
             try:
                 n = pipeline.step(wait)
                 ok = pipeline.read_error is None and pipeline.write_error is None
+                seen["error"] = pipeline.read_error or pipeline.write_error
+                seen["at"], seen["decisions"] = time.monotonic(), seen["decisions"] + n
             except StorageError as exc:
                 ok = False
+                seen["error"] = exc.message
                 log.error("audit cycle %d failed: %s (retrying)", follower.cycles, exc.message)
                 n = 0
                 stop.wait(interval)
@@ -220,6 +245,8 @@ def _follow(
             if args.max_cycles is not None and follower.cycles >= args.max_cycles:
                 break
     finally:
+        if health is not None:
+            health.stop()
         for s, old in previous.items():
             signal.signal(s, old)
         if not pipeline.close():

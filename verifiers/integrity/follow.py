@@ -52,6 +52,7 @@ from typing import Any, Protocol, TextIO
 from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import VERIFIER
+from careledger.service_health import ServiceHealth
 from careledger.storage.backend import StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
@@ -192,11 +193,37 @@ class Follower:
         self.failures_seen = 0
         self.alerts_sent = 0
         self.last_error: str | None = None
+        self.last_result: str | None = None  # of the last finished cycle
+        self.last_findings = 0
+        self.last_cycle_at = time.monotonic()  # a cycle finished (or the start)
         self._stop = threading.Event()
         if checkpoints is True:
             checkpoints = CheckpointReader(settings, keys.values(), witnesses=witnesses)
         self.checkpoints: CheckpointReader | None = checkpoints or None
         self._checkpoints_ok: bool | None = None
+
+    # ------------------------------------------------------------------ /health, /metrics
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "cycles_total": self.cycles,
+            "failed_cycles_total": self.failed_cycles,
+            "findings_total": self.failures_seen,
+            "last_cycle_findings": self.last_findings,
+            "last_cycle_intact": self.last_result == "intact",
+            "alerts_sent_total": self.alerts_sent,
+            "seconds_since_cycle": round(time.monotonic() - self.last_cycle_at, 1),
+            "chain_heights": {c: p.height for c, p in self.positions.items()},
+            "not_witnessed_chains": len(self.not_witnessed),
+        }
+
+    def health(self) -> tuple[bool, str]:
+        """Working, not "intact": findings are metrics and alerts, not a sick service."""
+        if self.last_error is not None:
+            return False, f"cannot verify: {self.last_error}"
+        idle = time.monotonic() - self.last_cycle_at
+        if idle > max(120.0, 5 * self.settings.follow_interval_s):
+            return False, f"no verification cycle for {idle:.0f} s"
+        return True, f"last cycle {self.last_result or 'not yet run'}"
 
     # ------------------------------------------------------------------ control
     def stop(self) -> None:
@@ -227,6 +254,7 @@ class Follower:
             self.settings.full_reverify_every_s,
         )
         last_ok = True
+        health = ServiceHealth.for_settings(self.settings, "verifier", self.metrics, self.health)
         try:
             while not self.stopping:
                 last_ok = self.cycle() is not None or self.stopping
@@ -240,6 +268,8 @@ class Follower:
                     wait = min(wait, left)
                 self._stop.wait(wait)
         finally:
+            if health is not None:
+                health.stop()
             restore()
             if self._alerts is not None:
                 self._alerts.close()
@@ -324,6 +354,10 @@ class Follower:
             self.last_error = exc.message
             log.error("verification cycle %d failed: %s (retrying)", self.cycles, exc.message)
             return None
+        self.last_error = None
+        self.last_cycle_at = time.monotonic()
+        self.last_result = run.result
+        self.last_findings = run.failures
 
         for report in run.reports:
             if report.head is None:
