@@ -22,6 +22,7 @@ from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.offsets import watermark_offsets
 from careledger.kafka.security import COSIGNER
+from careledger.service_health import ServiceHealth
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WITNESSES_FILE_ENV, WitnessesConfigError, load_witnesses
@@ -236,12 +237,34 @@ def command_cosign(args: argparse.Namespace, settings: Settings) -> int:
                 len(witnesses.reachable),
                 witnesses.quorum,
             )
-            while not stop:
-                for note in feed.read(settings.cosign_interval_s):
-                    cosigner.offer(note)
-                for result in cosigner.round():
-                    _report(result)
-                    feed.publish(result)
+            seen = {"at": time.monotonic(), "rounds": 0, "cosigned": 0, "no_quorum": 0}
+
+            def healthy() -> tuple[bool, str]:
+                idle = time.monotonic() - float(seen["at"])
+                if idle > max(120.0, 10 * settings.cosign_interval_s):
+                    return False, f"no cosigning round for {idle:.0f} s"
+                return True, f"{seen['rounds']} rounds"
+
+            health = ServiceHealth.for_settings(
+                settings,
+                "cosigner",
+                lambda: {f"{k}_total": v for k, v in seen.items() if k != "at"},
+                healthy,
+            )
+            try:
+                while not stop:
+                    for note in feed.read(settings.cosign_interval_s):
+                        cosigner.offer(note)
+                    for result in cosigner.round():
+                        _report(result)
+                        feed.publish(result)
+                        seen["cosigned"] += 1
+                        seen["no_quorum"] += not result.quorum_met
+                    seen["rounds"] += 1
+                    seen["at"] = time.monotonic()
+            finally:
+                if health is not None:
+                    health.stop()
     except _Unavailable as exc:
         return _error(str(exc))
     except StorageError as exc:

@@ -31,6 +31,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.keys import load_trusted_keys
+from careledger.service_health import ServiceHealth
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.compare import Comparison, compare
 from careledger.storage.migrations import check_identifier, migrate_backend
@@ -154,15 +155,41 @@ def _replicate(args: argparse.Namespace, settings: Settings) -> int:
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
     backoff = 1.0
+    state: dict[str, Any] = {"replicator": None, "error": None}
+
+    def snapshot() -> dict[str, Any]:
+        r = state["replicator"]
+        if r is None:
+            return {"following": False}
+        return {
+            **r.stats.to_json(),
+            "held": r.held,
+            "seconds_since_loop": round(time.monotonic() - r.last_loop_at, 1),
+        }
+
+    def healthy() -> tuple[bool, str]:
+        r = state["replicator"]
+        if state["error"] is not None:
+            return False, str(state["error"])
+        if r is None:
+            return False, "not following yet"
+        idle = time.monotonic() - r.last_loop_at
+        if idle > 60.0:
+            return False, f"no read of the blocks topic for {idle:.0f} s"
+        return True, f"{r.stats.stored} blocks stored"
+
+    health = None if once else ServiceHealth.for_settings(settings, "replica", snapshot, healthy)
     while True:
         store = _store(settings, replica=True)
         try:
             migrate_backend(store.backend, store.db)
             replicator = Replicator(settings, store, keys)
+            state["replicator"], state["error"] = replicator, None
             stats = replicator.run(once=once, should_stop=lambda: bool(stopping))
             held = replicator.held
             break
         except CareledgerError as exc:  # the replica's database or Kafka: "cannot tell"
+            state["error"] = str(exc)
             where = f"{_where(settings, replica=True)}: " if isinstance(exc, StorageError) else ""
             if once:
                 return _fail("replica", f"{where}{exc}")
@@ -173,6 +200,8 @@ def _replicate(args: argparse.Namespace, settings: Settings) -> int:
                 return 0
         finally:
             store.backend.close()
+    if health is not None:
+        health.stop()
     doc = {"replica": settings.replica_clickhouse_database, **stats.to_json(), "held": held}
     if args.json:
         print(json.dumps(doc, indent=2))

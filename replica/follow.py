@@ -184,6 +184,7 @@ class Replicator:
         self.topic: str = settings.topic_blocks
         self.group = f"careledger-replica-{store.db}"
         self._consumer_factory = consumer_factory
+        self.last_loop_at = time.monotonic()  # the follow loop last turned
         self.stats = RunStats()
         self._heads: dict[str, ChainHead | None] = {}
         self._assembling: dict[int, _Assembly] = {}
@@ -286,6 +287,7 @@ class Replicator:
         )
         last_report = last_message = time.monotonic()
         while not should_stop():
+            self.last_loop_at = time.monotonic()
             if once and self._caught_up(ends, time.monotonic() - last_message):
                 break
             # returns as soon as 500 records are there, else after the timeout: short,

@@ -55,6 +55,8 @@ PRINCIPAL_OF = {
     "cosigner": "cosigner",
     "auditor": "auditor",
     "alert-forwarder": "auditor",
+    # the console ledgers its views and case actions as the alert workflow does
+    "console": "auditor",
 }
 NO_KAFKA = {"certs", "kafka-config", "migrate", "witness"}
 _REQUIRED = re.compile(r"\$\{(CARELEDGER_KAFKA_[A-Z]+_PASSWORD):\?[^}]+\}")

@@ -34,6 +34,8 @@ KEY_VOLUMES = frozenset(
         "gateway-source-key",
         "witness-key",
         "audit-salt",
+        "console-source-key",
+        "console-accounts",
     }
 )
 
@@ -155,8 +157,9 @@ def test_an_image_running_as_root_is_caught(compose: Compose) -> None:
 
 
 def test_the_audit_salt_is_the_auditors_and_the_verifier_reads_it(compose: Compose) -> None:
-    """The verifier recomputes the patient references the auditor wrote (ADR 0016): it
-    needs the same salt, read-only; nothing else sees it (ADR 0026)."""
+    """The verifier recomputes the patient references the auditor wrote (ADR 0016) and
+    the console re-identifies a pseudonym for a privacy officer (ADR 0035): both need the
+    same salt, read-only; nothing else sees it (ADR 0026)."""
     from careledger.config import Settings
     from tests.unit.test_compose import settings_of
 
@@ -166,7 +169,11 @@ def test_the_audit_salt_is_the_auditors_and_the_verifier_reads_it(compose: Compo
         for source, target, read_only in mounts(svc)
         if source == "audit-salt"
     }
-    assert {n: ro for n, (_t, ro) in holders.items()} == {"auditor": False, "verifier": True}
+    assert {n: ro for n, (_t, ro) in holders.items()} == {
+        "auditor": False,
+        "verifier": True,
+        "console": True,
+    }
     # Settings.keys_dir is <run_dir>/keys; the image sets the run directory
     run_dir = re.search(r"CARELEDGER_RUN_DIR=(\S+)", DOCKERFILE.read_text(encoding="utf-8"))
     assert run_dir

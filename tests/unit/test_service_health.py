@@ -171,3 +171,23 @@ def test_a_follow_service_whose_store_is_away_says_503_with_the_reason(
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_the_container_probe_exits_0_on_200_and_1_with_the_reason_otherwise(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from careledger.probe import main as probe
+
+    state = {"ok": True}
+    health = ServiceHealth(
+        "replica", dict, lambda: (state["ok"], "no read for 99 s"), "127.0.0.1", 0
+    )
+    port = health.start()
+    try:
+        assert probe([f"http://127.0.0.1:{port}/health"]) == 0
+        state["ok"] = False
+        assert probe([f"http://127.0.0.1:{port}/health"]) == 1
+        assert "503" in capsys.readouterr().err
+    finally:
+        health.stop()
+    assert probe([f"http://127.0.0.1:{_closed_port()}/health", "--timeout", "1"]) == 1

@@ -39,7 +39,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Protocol
 
@@ -301,6 +301,10 @@ class ForwardStats:
     forwarded: int = 0
     retries: int = 0
     bad_records: int = 0
+    #: monotonic time since when a record waits for a sink that refuses it (None: none)
+    retrying_since: float | None = None
+    #: monotonic time the forwarder last polled Kafka or delivered
+    last_turn: float = field(default_factory=time.monotonic)
 
 
 def deliver_all(
@@ -333,10 +337,14 @@ def deliver_all(
         pending = failed
         if pending:
             stats.retries += 1
+            if stats.retrying_since is None:
+                stats.retrying_since = time.monotonic()
             if wait(backoff):
                 return False
             backoff = min(backoff * 2, RETRY_MAX_S)
     stats.forwarded += 1
+    stats.retrying_since = None
+    stats.last_turn = time.monotonic()
     return True
 
 

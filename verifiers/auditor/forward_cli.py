@@ -22,6 +22,7 @@ from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import AUDITOR
 from careledger.keys import KeyFileError
+from careledger.service_health import ServiceHealth
 from verifiers.auditor.forward import (
     Delivery,
     ForwardStats,
@@ -127,9 +128,38 @@ def forward(
             raise ForwarderUnavailable(f"topic {topic} does not exist (run `careledger up`)")
         consumer.subscribe([topic])
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
+
+        def healthy() -> tuple[bool, str]:
+            now = time.monotonic()
+            if stats.retrying_since is not None and now - stats.retrying_since > 60.0:
+                return False, (
+                    f"a sink has refused a record for {now - stats.retrying_since:.0f} s"
+                )
+            if now - stats.last_turn > 60.0:
+                return False, f"no poll of {topic} for {now - stats.last_turn:.0f} s"
+            return True, f"{stats.forwarded} forwarded"
+
+        health = ServiceHealth.for_settings(
+            settings,
+            f"forwarder_{name}",
+            lambda: {
+                "forwarded_total": stats.forwarded,
+                "retries_total": stats.retries,
+                "bad_records_total": stats.bad_records,
+                "retrying": stats.retrying_since is not None,
+            },
+            healthy,
+        )
+    except BaseException:
+        consumer.close()
+        for sink in sinks:
+            sink.close()
+        raise
+    try:
         while not stop.is_set() and (max_messages is None or stats.forwarded < max_messages):
             if deadline is not None and time.monotonic() > deadline:
                 break
+            stats.last_turn = time.monotonic()
             msg = consumer.poll(0.5)
             if msg is None:
                 continue
@@ -145,6 +175,8 @@ def forward(
                 break  # stopped before every sink took it: not committed
             consumer.commit(message=msg, asynchronous=False)
     finally:
+        if health is not None:
+            health.stop()
         consumer.close()
         for sink in sinks:
             sink.close()
