@@ -47,6 +47,10 @@ LABELS: Final[Mapping[str, str]] = {
     "refusals": "reason",
     "findings_by_code": "code",
     "alerts_by_rule": "rule",
+    "refused_by_code": "code",
+    "cosigned_size": "origin",
+    "seconds_since_cosigned": "origin",
+    "blocks_topic_log_start": "partition",
 }
 
 

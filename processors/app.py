@@ -42,6 +42,22 @@ from processors.records import Part, Record
 from processors.registry_follower import RegistryFollower
 from processors.sources import SourceGate, processor_key_problem
 
+#: the processor's cumulative numbers: Prometheus counters (``<name>_total``)
+_COUNTERS = frozenset(
+    {
+        "events_chained",
+        "blocks_written",
+        "dead_lettered",
+        "quarantined",
+        "duplicates_skipped",
+        "seeks",
+        "store_failures",
+        "seq_rows_refreshed",
+        "registry_waits",
+        "fenced_writes",
+    }
+)
+
 __all__ = [
     "ConsumerBudget",
     "KafkaOutputs",
@@ -407,7 +423,11 @@ def create_app(
         processor.metrics.roll_window()
         if health is not None:
             served["snapshot"] = {
-                **{k: v for k, v in snap.items() if not k.startswith("latency_bucket")},
+                **{
+                    f"{k}_total" if k in _COUNTERS else k: v
+                    for k, v in snap.items()
+                    if not k.startswith("latency_bucket")
+                },
                 "partition_lag": partition_lag(),
                 "assigned_chains": len(processor.chains),
             }
