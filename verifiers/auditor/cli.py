@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from careledger.config import Settings
+from careledger.progress import Progress
 from careledger.service_health import ServiceHealth
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.kinds import reference_topics
@@ -73,6 +74,11 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
         "windows when resuming",
     )
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress line on stderr even when it is not a terminal (on a terminal: always)",
+    )
     parser.add_argument("--max-cycles", type=int, metavar="N", help="--follow: stop after N polls")
     parser.add_argument(
         "--stop-after", type=float, metavar="SECONDS", help="--follow: stop after this long"
@@ -120,6 +126,7 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
             return _follow(args, settings, store, salt, publisher, from_ts)
         assert from_ts is not None and to_ts is not None
         try:
+            progress = Progress("audit", enabled=True if args.progress else None)
             result = audit_range(
                 store,
                 from_ts,
@@ -128,7 +135,9 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
                 publisher=publisher,
                 republish=args.republish,
                 reconsider=args.reconsider,
+                progress=lambda n: progress.update(f"{n:,} accesses read and decided"),
             )
+            progress.done()
         except StorageError as exc:
             return _error(f"{exc.message} (run again; --republish if alerts were not delivered)")
         summary = result.to_json()

@@ -33,6 +33,7 @@ from typing import Any
 
 from careledger.config import Settings
 from careledger.keys import KeyFileError, load_public_keys, load_trusted_keys
+from careledger.progress import Progress
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.compare import compare
 from careledger.storage.store import ChainStore
@@ -93,6 +94,11 @@ def configure_verify(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="one JSON document on stdout (run summary, chains, findings); "
         "with --follow one document per cycle, one per line",
+    )
+    parser.add_argument(
+        "--progress",
+        action="store_true",
+        help="a progress line on stderr even when it is not a terminal (on a terminal: always)",
     )
     parser.add_argument(
         "--follow",
@@ -364,6 +370,17 @@ def _verify_once(
             run.source_findings.extend(check_duplicate_events(store))
 
         processes = getattr(args, "processes", None)
+        progress = Progress("verify", enabled=True if getattr(args, "progress", False) else None)
+        done_chains: list[int] = [0, 0]  # chains, events
+
+        def on_chain(report: Any) -> None:
+            done_chains[0] += 1
+            done_chains[1] += report.events
+            progress.update(
+                f"{done_chains[0]}/{len(chains)} chains, {done_chains[1]:,} events verified",
+                force=done_chains[0] == len(chains),
+            )
+
         run = run_verification(
             store,
             keys,
@@ -380,7 +397,9 @@ def _verify_once(
             processes=default_processes(len(chains)) if processes is None else processes,
             open_store=functools.partial(open_chain_store, settings),
             alongside=source_checks,
+            on_chain=on_chain,
         )
+        progress.done()
         for problem in source_error:
             if not run.failures:
                 return _error(problem.message)

@@ -277,6 +277,7 @@ def run_verification(
     checkpoint_findings: Iterable[Finding] = (),
     census: bool = False,
     processes: int = 1,
+    on_chain: Callable[[ChainReport], None] | None = None,
     open_store: Callable[[], ChainStore] | None = None,
     alongside: Callable[[VerificationRun], None] | None = None,
 ) -> VerificationRun:
@@ -315,6 +316,8 @@ def run_verification(
                 alongside(run)
             for report in pool.reports():
                 run.reports.append(report)
+                if on_chain is not None:
+                    on_chain(report)
                 if on_finding is not None:
                     for f in report.findings:
                         on_finding(f)
@@ -338,6 +341,8 @@ def run_verification(
             kind=store.kind_of(chain),
         )
         run.reports.append(report)
+        if on_chain is not None:
+            on_chain(report)
     if not chains_done and alongside is not None:
         alongside(run)
     if checkpoints is not None and checkpoints.trees:

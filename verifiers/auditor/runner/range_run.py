@@ -113,6 +113,7 @@ def plan_range(
     config: AuditConfig = DEFAULT_CONFIG,
     now: Callable[[], str] = utc_now_ts,
     reconsider: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> RangePlan:
     """Decide ``[from_ts, to_ts)`` from what ``store`` serves, without writing anything:
     what ``audit_range`` stores, and what ``verify`` recomputes from the ledger (it
@@ -142,6 +143,8 @@ def plan_range(
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
         for le in events:
             counted[0] += 1
+            if progress is not None and counted[0] % 5000 == 0:
+                progress(counted[0])
             yield le
 
     placed = sort_decisions(
@@ -188,6 +191,7 @@ def audit_range(
     now: Callable[[], str] = utc_now_ts,
     republish: bool = False,
     reconsider: bool = False,
+    progress: Callable[[int], None] | None = None,
 ) -> RangeResult:
     """Audit ``[from_ts, to_ts)`` and replace its decisions and alerts in the store.
 
@@ -198,7 +202,14 @@ def audit_range(
     with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
     started = time.perf_counter()
     plan = plan_range(
-        store, from_ts, to_ts, salt=salt, config=config, now=now, reconsider=reconsider
+        store,
+        from_ts,
+        to_ts,
+        salt=salt,
+        config=config,
+        now=now,
+        reconsider=reconsider,
+        progress=progress,
     )
     result, alerts, run = plan.result, plan.alerts, plan.result.audit_run
     report_broken_histories(plan.reviews.broken)
