@@ -430,19 +430,44 @@ class Console:
         refused = self._record(request, session, Viewed("patient-history", patient, patient))
         if refused is not None:
             return refused
-        with self.data() as data:
-            doc = build_report(data.store, patient, start, end)
         if request.url.path.endswith(".csv"):
             from verifiers.reports.access_report import render_csv
 
+            with self.data() as data:
+                doc = build_report(data.store, patient, start, end)
             return Response(
                 render_csv(doc),
                 media_type="text/csv; charset=utf-8",
                 headers={"Content-Disposition": 'attachment; filename="access-report.csv"'},
             )
+        from verifiers.reports.patient_view import build_view
+
+        with self.data() as data:
+            view = build_view(data.store, patient, start, end)
+            ref = data.pseudonym_of(patient)
+            alerts, matching = (
+                data.alerts(AlertFilter(patient_ref=ref, limit=100)) if ref else ([], 0)
+            )
+        doc = view["accesses"]
         for line in doc["lines"]:
             line["proof_json"] = json.dumps(line.get("proof"), sort_keys=True)
-        return self.page("history.html", request, session, doc=doc, q=q)
+        for rule in view["may_see_now"]:
+            rule["rules_json"] = json.dumps(
+                {k: v for k, v in rule.items() if k not in ("record_id", "version")},
+                sort_keys=True,
+                indent=1,
+            )
+        return self.page(
+            "history.html",
+            request,
+            session,
+            doc=doc,
+            view=view,
+            ref=ref,
+            alerts=alerts,
+            matching=matching,
+            q=q,
+        )
 
     def actor(self, request: Request, session: Session) -> Response:
         actor_id = request.path_params["actor_id"]

@@ -6,6 +6,7 @@ health. The same readers as the CLI (``alerts list``/``show``, ``status``,
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -180,6 +181,11 @@ class ConsoleData:
         except (SaltError, OSError):
             return None
 
+    def pseudonym_of(self, patient_id: str) -> str | None:
+        """The patient's pseudonym in alerts (None: no salt readable here)."""
+        salt = self._salt()
+        return None if salt is None else patient_pseudonym(patient_id, salt)
+
     def reidentify(self, pseudonym: str) -> str | None:
         """The patient id whose pseudonym (under the deployment's salt) is ``pseudonym``,
         among the patients of committed accesses, or None."""
@@ -224,18 +230,26 @@ class ConsoleData:
 
     def verification_history(self, limit: int = 30) -> list[dict[str, Any]]:
         rows = self.backend.execute(
-            f"SELECT finished_at, mode, result, findings, chains, events FROM "
+            f"SELECT finished_at, mode, result, findings, chains, events, summary FROM "
             f"{self.db}.verification_runs ORDER BY finished_at DESC LIMIT %(n)s",
             {"n": limit},
         )
-        return [
-            {
-                "finished_at": _text(r[0]),
-                "mode": _text(r[1]),
-                "result": _text(r[2]),
-                "findings": int(r[3]),
-                "chains": int(r[4]),
-                "events": int(r[5]),
-            }
-            for r in reversed(rows)
-        ]
+        out = []
+        for r in reversed(rows):
+            try:
+                summary = json.loads(_text(r[6]))
+            except ValueError:  # cut at its limit: the columns still say the result
+                summary = {}
+            out.append(
+                {
+                    "finished_at": _text(r[0]),
+                    "mode": _text(r[1]),
+                    "result": _text(r[2]),
+                    "findings": int(r[3]),
+                    "chains": int(r[4]),
+                    "events": int(r[5]),
+                    "findings_by_code": summary.get("findings_by_code") or {},
+                    "witnessing": summary.get("witnessing"),
+                }
+            )
+        return out

@@ -275,6 +275,8 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         lines = browser.find_element(By.ID, "history-count").text
         assert int(lines.split(" ", 1)[0]) > 0, lines
         assert browser.find_elements(By.CSS_SELECTOR, "table.history details")  # proofs
+        assert "Consents" in browser.page_source  # the patient's consents, or none
+        assert f"/alerts/{alert_id}" in browser.page_source  # the alert that led here
         _shoot(browser, tmp_path, "history")
 
         # -- the pipeline page and its charts ------------------------------------------
@@ -284,6 +286,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
             assert svg.size["width"] > 100 and svg.size["height"] > 100, chart
             assert svg.find_elements(By.CSS_SELECTOR, "rect title"), f"{chart} has no bar"
         assert "intact" in browser.find_element(By.ID, "last-verification").text
+        assert "no witness policy" in browser.find_element(By.ID, "witnessing").text
         _shoot(browser, tmp_path, "pipeline")
 
         # -- sign out: the session is gone -----------------------------------------------

@@ -210,6 +210,13 @@ class VerificationRun:
             "elapsed_s": round(self.elapsed_s, 3),
             "findings_by_code": dict(sorted(self.counts().items())),
             "checkpoints": self.checkpoints_json(),
+            "witnessing": (
+                f"witnesses: CANNOT TELL: {self.witnessing_unknown}"
+                if self.witnessing_unknown is not None
+                else None
+                if self.witnessing is None
+                else self.witnessing.describe()
+            ),
             "chains": [r.summary() for r in self.reports],
         }
         text = json.dumps(summary, sort_keys=True)
