@@ -8,6 +8,7 @@ Server-rendered pages (Starlette + Jinja2, autoescaped), no script. Pages:
     /patients/{pseudonym}           a pseudonym's alerts; re-identification (ledgered)
     /history?patient=ID             who looked at a record, each line with its proof
     /history.csv?patient=ID         the same as CSV (formula-guarded), proofs included
+    /history.pdf?patient=ID         the same as PDF, each line with its whole proof
     /actors/{id}                    an actor's directory entry, alerts and accesses
     /pipeline                       chain health, verification history, charts
     /health                         liveness for probes (no session)
@@ -430,15 +431,20 @@ class Console:
         refused = self._record(request, session, Viewed("patient-history", patient, patient))
         if refused is not None:
             return refused
-        if request.url.path.endswith(".csv"):
+        if request.url.path.endswith((".csv", ".pdf")):
             from verifiers.reports.access_report import render_csv
+            from verifiers.reports.pdf import render_pdf
 
             with self.data() as data:
                 doc = build_report(data.store, patient, start, end)
+            pdf = request.url.path.endswith(".pdf")
             return Response(
-                render_csv(doc),
-                media_type="text/csv; charset=utf-8",
-                headers={"Content-Disposition": 'attachment; filename="access-report.csv"'},
+                render_pdf(doc) if pdf else render_csv(doc),
+                media_type="application/pdf" if pdf else "text/csv; charset=utf-8",
+                headers={
+                    "Content-Disposition": "attachment; filename="
+                    + ('"access-report.pdf"' if pdf else '"access-report.csv"')
+                },
             )
         from verifiers.reports.patient_view import build_view
 
@@ -550,6 +556,7 @@ def create_app(console: Console) -> Any:
         ),
         Route("/history", c.guarded("history", c.history)),
         Route("/history.csv", c.guarded("history", c.history)),
+        Route("/history.pdf", c.guarded("history", c.history)),
         Route("/actors/{actor_id}", c.guarded("alerts", c.actor)),
         Route("/pipeline", c.guarded("health", c.pipeline)),
         Route("/health", c.health),

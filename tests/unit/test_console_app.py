@@ -8,6 +8,7 @@ test (tests/integration/test_console_browser.py) runs the real one on Kafka."""
 from __future__ import annotations
 
 import base64
+import io
 import re
 import socket
 import time
@@ -306,6 +307,12 @@ def test_a_patient_s_page_shows_who_looked_their_consents_and_their_alerts(site:
     csv = site.client.get(f"/history.csv?patient={patient}")
     assert csv.status_code == 200 and csv.headers["content-type"].startswith("text/csv")
     assert "leaf_hash" in csv.text.splitlines()[0]
+    pdf = site.client.get(f"/history.pdf?patient={patient}")
+    assert pdf.status_code == 200 and pdf.headers["content-type"] == "application/pdf"
+    from pypdf import PdfReader
+
+    text = "\n".join(p.extract_text() for p in PdfReader(io.BytesIO(pdf.content)).pages)
+    assert f"patient {patient}" in text and "proof:" in text
 
 
 def test_sign_out_ends_the_session(site: Site) -> None:
