@@ -14,8 +14,9 @@ PYTEST_ARGS ?=
 bootstrap:
 	bash deploy/bootstrap.sh
 
+# the unit tests beside the integration tests (deploy/test.sh says why and how)
 test: bootstrap
-	$(PY) -m pytest -q --timeout=$(PYTEST_TIMEOUT) --durations=25 $(PYTEST_ARGS)
+	PYTEST_TIMEOUT=$(PYTEST_TIMEOUT) PYTEST_ARGS="$(PYTEST_ARGS)" bash deploy/test.sh
 
 demo: bootstrap
 	$(VENV)/bin/careledger demo
