@@ -67,7 +67,7 @@ from tests.integration.pipeline import (
     wait_until,
     with_keys,
 )
-from verifiers.auditor.alerts_cli import _publish_status
+from verifiers.auditor.casework import publish_status
 
 pytestmark = pytest.mark.integration
 
@@ -303,7 +303,7 @@ def test_alerts_ack_creates_the_status_topic_as_the_auditor_with_only_its_passwo
     ensure_acls(s)  # the matrix for this test's names; no topic exists yet
     analyst = s.replace(kafka_password=kafka_login(s, AUDITOR).password)
     alert_id = f"alert-{uuid.uuid4().hex}"
-    assert _publish_status(analyst, {"alert_id": alert_id, "status": "acknowledged"})
+    assert publish_status(analyst, {"alert_id": alert_id, "status": "acknowledged"})
     with pytest.raises(StackError, match="Authorization failed"):
         ensure_topics(analyst, {f"{s.topic_alerts}-other": 1}, acls=False, principal=AUDITOR)
     consumer = Consumer(

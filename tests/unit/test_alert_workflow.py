@@ -354,10 +354,10 @@ def test_a_status_change_is_not_sent_unsigned_where_it_would_be_quarantined(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from careledger.config import Settings
-    from verifiers.auditor.alerts_cli import _ledger_status
+    from verifiers.auditor.casework import ledger_status
 
     # no source key and signatures required: reported as not ledgered, no Kafka needed
     settings = Settings(run_dir=tmp_path, kafka_port=1, require_source_signatures=True)
     with caplog.at_level("WARNING"):
-        assert _ledger_status(settings, {"alert_id": "a"}) is False
+        assert ledger_status(settings, {"alert_id": "a"}) is False
     assert "no source key" in caplog.text

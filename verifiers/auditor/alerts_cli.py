@@ -45,13 +45,7 @@ from careledger_core.event import decode_event
 from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
 from verifiers.auditor.alerts_view import SORTS, render_alert, sort_alerts, truncation_note
-from verifiers.auditor.casework import (
-    AlertBook,
-    CaseError,
-    ledger_status,
-    publish_status,
-    work_alert,
-)
+from verifiers.auditor.casework import AlertBook, CaseError, work_alert
 from verifiers.auditor.forward_cli import command_forward, configure_forward
 from verifiers.auditor.runner.rows import (
     parse_instant,
@@ -374,11 +368,6 @@ def _change(args: argparse.Namespace, settings: Settings, book: AlertBook, actio
         )
     print(f"alert {args.alert_id}: {entry['status']} by {args.by} at {entry['changed_at']}")
     return 0
-
-
-# the CLI's earlier names, kept for the tests and callers that use them
-_ledger_status = ledger_status
-_publish_status = publish_status
 
 
 def _tail(args: argparse.Namespace, settings: Settings) -> int:
