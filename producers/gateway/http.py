@@ -201,8 +201,11 @@ class GatewayApp:
         body_timeout_s: float = 30.0,
         refusals_summary: Callable[[], str] | None = None,
         rates: SourceRates | None = None,
+        on_record: Callable[[], None] | None = None,
     ) -> None:
         self.publisher = publisher
+        #: called once per record Kafka acknowledged (the gateway's /metrics counts)
+        self.on_record = on_record
         self.registry = registry
         self.max_bytes = max_bytes
         self.body_timeout_s = body_timeout_s
@@ -328,6 +331,8 @@ class GatewayApp:
             log.warning("not acknowledged by Kafka: %s", exc)
             self.registry.release(identity)  # nothing recorded: the sender may retry
             return str(exc)
+        if self.on_record is not None:
+            self.on_record()
         return None
 
     def _unavailable(self, reason: str) -> Response:

@@ -252,6 +252,7 @@ class Gateway:
                 body_timeout_s=s.gateway_body_timeout_s,
                 refusals_summary=self.refusals.summary,
                 rates=self.rates,
+                on_record=lambda: self.counters.add(name, None),
             )
         )
         limits = self._limits(name)
