@@ -80,24 +80,9 @@ class ConsoleData:
     def alerts(self, f: AlertFilter) -> tuple[list[dict[str, Any]], int]:
         """The alerts matching ``f``, in its order, at most ``f.limit``; and how many
         matched."""
-        clauses: list[str] = []
-        params: dict[str, Any] = {}
-        if f.rule:
-            clauses.append("rule = %(rule)s")
-            params["rule"] = f.rule
-        if f.actor:
-            clauses.append("actor_id = %(actor)s")
-            params["actor"] = f.actor
-        if f.start:
-            clauses.append("first_at >= %(lo)s")
-            params["lo"] = f.start
-        if f.end:
-            clauses.append("first_at < %(hi)s")
-            params["hi"] = f.end
-        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-        alerts = self.book.alerts(where, params)
-        if f.patient_ref:
-            alerts = [a for a in alerts if f.patient_ref in a["patient_refs"]]
+        alerts = self.book.matching(
+            rule=f.rule, actor=f.actor, start=f.start, end=f.end, patient_ref=f.patient_ref
+        )
         view = status_view(self.book)
         out = []
         for a in alerts:

@@ -247,30 +247,19 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _list(args: argparse.Namespace, book: AlertBook) -> int:
-    clauses: list[str] = []
-    params: dict[str, Any] = {}
-    if args.severity:
-        clauses.append("severity IN %(sev)s")
-        params["sev"] = tuple(SEVERITIES[SEVERITIES.index(args.severity) :])
-    if args.rule:
-        clauses.append("rule = %(rule)s")
-        params["rule"] = args.rule
-    if args.actor:
-        clauses.append("actor_id = %(actor)s")
-        params["actor"] = args.actor
     try:
-        if args.from_ts:
-            clauses.append("first_at >= %(lo)s")
-            params["lo"] = parse_instant(args.from_ts)
-        if args.to_ts:
-            clauses.append("first_at < %(hi)s")
-            params["hi"] = parse_instant(args.to_ts)
+        alerts = book.matching(
+            severities=tuple(SEVERITIES[SEVERITIES.index(args.severity) :])
+            if args.severity
+            else (),
+            rule=args.rule or "",
+            actor=args.actor or "",
+            start=parse_instant(args.from_ts) if args.from_ts else "",
+            end=parse_instant(args.to_ts) if args.to_ts else "",
+            patient_ref=args.patient_ref or "",
+        )
     except ValueError as exc:
         return _error(str(exc))
-    where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
-    alerts = book.alerts(where, params)
-    if args.patient_ref:
-        alerts = [a for a in alerts if args.patient_ref in a["patient_refs"]]
     view = status_view(book)
     alerts = [_with_status(a, view.of(a["alert_id"])) for a in alerts]
     if args.status:

@@ -127,6 +127,37 @@ class AlertBook:
         )
         return [decode_alert_row(r) for r in rows]
 
+    def matching(
+        self,
+        *,
+        severities: tuple[str, ...] = (),
+        rule: str = "",
+        actor: str = "",
+        start: str = "",
+        end: str = "",
+        patient_ref: str = "",
+    ) -> list[dict[str, Any]]:
+        """The alerts of these severities, rule and actor whose first event is in
+        ``[start, end)`` (store timestamps) and that concern ``patient_ref``; '' or ()
+        for any."""
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
+        for column, key, value in (
+            ("severity IN", "sev", severities),
+            ("rule =", "rule", rule),
+            ("actor_id =", "actor", actor),
+            ("first_at >=", "lo", start),
+            ("first_at <", "hi", end),
+        ):
+            if value:
+                clauses.append(f"{column} %({key})s")
+                params[key] = value
+        where = ("WHERE " + " AND ".join(clauses)) if clauses else ""
+        found = self.alerts(where, params)
+        if patient_ref:
+            found = [a for a in found if patient_ref in a["patient_refs"]]
+        return found
+
     def alert(self, alert_id: str) -> dict[str, Any] | None:
         found = self.alerts("WHERE alert_id = %(id)s", {"id": alert_id})
         return found[0] if found else None
