@@ -159,6 +159,11 @@ class Console:
         )
         return HTMLResponse(html, status_code=ctx.get("status_code", 200))
 
+    def error(
+        self, request: Request, session: Session | None, status: int, message: str
+    ) -> Response:
+        return self.page("error.html", request, session, status_code=status, message=message)
+
     def data(self, *, writes: bool = False) -> ConsoleData:
         if self._backend is not None:
             return ConsoleData(self.settings, self._backend(writes), writes=writes)
@@ -170,12 +175,11 @@ class Console:
         try:
             self.ledger.record(session.user, session.role, viewed, client)
         except LedgerUnavailable:
-            return self.page(
-                "error.html",
+            return self.error(
                 request,
                 session,
-                status_code=503,
-                message="This page is not shown: the access could not be ledgered (Kafka "
+                503,
+                "This page is not shown: the access could not be ledgered (Kafka "
                 "did not acknowledge it). Try again when the pipeline is back.",
             )
         return None
@@ -194,23 +198,18 @@ class Console:
                 self.sessions.drop(session.id)
                 return RedirectResponse("/login", status_code=303)
             if not account.can(permission):
-                return self.page(
-                    "error.html",
-                    request,
-                    session,
-                    status_code=403,
-                    message=f"Your role ({session.role}) does not allow this page.",
+                return self.error(
+                    request, session, 403, f"Your role ({session.role}) does not allow this page."
                 )
             if request.method == "POST":
                 form = await _form(request)
                 token = form.get("csrf")
                 if not session.csrf_ok(token if isinstance(token, str) else None):
-                    return self.page(
-                        "error.html",
+                    return self.error(
                         request,
                         session,
-                        status_code=403,
-                        message="The form has expired: reload the page and try again.",
+                        403,
+                        "The form has expired: reload the page and try again.",
                     )
             try:
                 if inspect.iscoroutinefunction(handler):
@@ -218,12 +217,11 @@ class Console:
                 # the readers block (clickhouse-driver, Kafka acks): off the event loop
                 return await run_in_threadpool(handler, request, session)  # type: ignore[arg-type]
             except CareledgerError as exc:
-                return self.page(
-                    "error.html",
+                return self.error(
                     request,
                     session,
-                    status_code=503,
-                    message="The ledger cannot be read now: " + str(getattr(exc, "message", exc)),
+                    503,
+                    "The ledger cannot be read now: " + str(getattr(exc, "message", exc)),
                 )
 
         return endpoint
@@ -288,7 +286,7 @@ class Console:
                 limit=100,
             )
         except ValueError as exc:
-            return self.page("error.html", request, session, status_code=400, message=str(exc))
+            return self.error(request, session, 400, str(exc))
         with self.data() as data:
             alerts, matching = data.alerts(f)
             rules, departments = data.rules(), data.departments()
@@ -310,9 +308,7 @@ class Console:
         with self.data() as data:
             alert = data.alert(alert_id)
             if alert is None:
-                return self.page(
-                    "error.html", request, session, status_code=404, message="No such alert."
-                )
+                return self.error(request, session, 404, "No such alert.")
             refused = self._record(request, session, Viewed("alert", alert_id))
             if refused is not None:
                 return refused
@@ -343,9 +339,7 @@ class Console:
         note = str(form.get("note", ""))
         to = str(form.get("to", "")) or None
         if action not in ACTIONS:
-            return self.page(
-                "error.html", request, session, status_code=400, message="No such action."
-            )
+            return self.error(request, session, 400, "No such action.")
         # the action is ledgered as its status change (actor: this user), by work_alert
 
         def act() -> str:
@@ -385,12 +379,11 @@ class Console:
         form = await _form(request)
         reason = str(form.get("reason", "")).strip()
         if len(reason) < 10:
-            return self.page(
-                "error.html",
+            return self.error(
                 request,
                 session,
-                status_code=400,
-                message="Re-identification needs a stated reason (at least 10 characters): "
+                400,
+                "Re-identification needs a stated reason (at least 10 characters): "
                 "it is ledgered with your name.",
             )
 
@@ -427,7 +420,7 @@ class Console:
             patient = ConsoleData.patient_id(patient_text)
             start, end = parse_range(q.get("from") or "2000-01-01", q.get("to") or "2100-01-01")
         except (ValueError, CareledgerError) as exc:
-            return self.page("error.html", request, session, status_code=400, message=str(exc))
+            return self.error(request, session, 400, str(exc))
         refused = self._record(request, session, Viewed("patient-history", patient, patient))
         if refused is not None:
             return refused
