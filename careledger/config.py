@@ -275,6 +275,22 @@ class Settings:
     # Largest add-checkpoint body accepted (413 beyond), bytes.
     witness_max_request_bytes: int = 65536
 
+    # --- console (`careledger console`, console/, ADRs 0035, 0036) -------------------
+    # Single sign-on with an OpenID Provider (ADR 0036); off while the issuer is empty.
+    # The issuer exactly as its discovery document names it (https), the console's
+    # client id there, the client secret's file (mode 0600; or the secret itself in
+    # CARELEDGER_CONSOLE_OIDC_CLIENT_SECRET), the CA bundle of the provider's
+    # certificate (none: the system's), the URL browsers reach the console at (its
+    # redirect URI is <url>/login/oidc/callback), the sign-in button's label, and an
+    # authentication context (acr) to ask for and require (empty: none).
+    console_oidc_issuer: str = ""
+    console_oidc_client_id: str = ""
+    console_oidc_client_secret_file: Path | None = None
+    console_oidc_ca_file: Path | None = None
+    console_public_url: str = ""
+    console_oidc_label: str = "single sign-on"
+    console_oidc_acr: str = ""
+
     # --- replica (`careledger replica` / `restore`, replica/, ADR 0017) -------------
     # The replica's own ClickHouse database (or server): fed from topic_blocks, each
     # block verified with trusted_keys before it is stored. `replica compare` and

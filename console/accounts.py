@@ -6,6 +6,10 @@ read it (it holds the TOTP secrets). A sign-in needs the password and a current 
 a code is accepted once (a replayed code is refused) and an account is locked for a
 while after repeated failures. Unknown names cost the same argon2 work as known ones,
 so timing does not tell which accounts exist.
+
+An account may instead be bound to one identity at an OpenID Provider (issuer and
+subject, ADR 0036): it has no password and no TOTP secret, and signs in only through
+that provider. The provider says who someone is; this file says what they may do.
 """
 
 from __future__ import annotations
@@ -78,8 +82,14 @@ def _hotp(secret: bytes, counter: int, digits: int, algorithm: str) -> str:
 class Account:
     name: str
     role: str
-    password_hash: str
-    totp_secret: str  # base32, as authenticator apps take it
+    password_hash: str  # "" for an account that signs in through an OpenID Provider
+    totp_secret: str  # base32, as authenticator apps take it ("" likewise)
+    oidc_issuer: str = ""
+    oidc_subject: str = ""
+
+    @property
+    def single_sign_on(self) -> bool:
+        return bool(self.oidc_issuer)
 
     def can(self, permission: str) -> bool:
         return permission in PERMISSIONS[self.role]
@@ -123,7 +133,14 @@ class AccountStore:
         try:
             doc = json.loads(self.path.read_text(encoding="utf-8"))
             return {
-                a["name"]: Account(a["name"], a["role"], a["password_hash"], a["totp_secret"])
+                a["name"]: Account(
+                    a["name"],
+                    a["role"],
+                    a["password_hash"],
+                    a["totp_secret"],
+                    str(a.get("oidc_issuer", "")),
+                    str(a.get("oidc_subject", "")),
+                )
                 for a in doc["accounts"]
                 if a["role"] in ROLES
             }
@@ -140,6 +157,11 @@ class AccountStore:
                     "password_hash": a.password_hash,
                     "totp_secret": a.totp_secret,
                 }
+                | (
+                    {"oidc_issuer": a.oidc_issuer, "oidc_subject": a.oidc_subject}
+                    if a.oidc_issuer
+                    else {}
+                )
                 for a in sorted(self._accounts.values(), key=lambda a: a.name)
             ]
         }
@@ -156,14 +178,48 @@ class AccountStore:
     def get(self, name: str) -> Account | None:
         return self._accounts.get(name)
 
-    def add(self, name: str, role: str, password: str) -> Account:
-        """A new account (or a new password, role and TOTP secret for an existing one)."""
+    def by_oidc(self, issuer: str, subject: str) -> Account | None:
+        """The account bound to this identity at this provider, or None."""
+        for account in self._accounts.values():
+            if (
+                account.oidc_issuer
+                and hmac.compare_digest(account.oidc_issuer, issuer)
+                and hmac.compare_digest(account.oidc_subject.encode(), subject.encode())
+            ):
+                return account
+        return None
+
+    @staticmethod
+    def _check(name: str, role: str) -> None:
         if role not in ROLES:
             raise AccountError(f"role must be one of {', '.join(ROLES)}")
         if not name or len(name) > _NAME_MAX or not all(c.isalnum() or c in "._-@" for c in name):
             raise AccountError(
                 f"a user name is 1-{_NAME_MAX} letters, digits or . _ - @ (no spaces)"
             )
+
+    def add_oidc(self, name: str, role: str, issuer: str, subject: str) -> Account:
+        """An account that signs in only through ``issuer`` as ``subject`` (no password,
+        no TOTP: the provider authenticates). One account per identity."""
+        self._check(name, role)
+        if not issuer.startswith("https://"):
+            raise AccountError("the issuer is an https:// URL, exactly as the provider names it")
+        if not subject or len(subject) > 255 or not subject.isprintable():
+            raise AccountError(
+                "the subject is the provider's `sub` for the person, 1-255 characters"
+            )
+        bound = self.by_oidc(issuer, subject)
+        if bound is not None and bound.name != name:
+            raise AccountError(f"that identity is already bound to the account {bound.name}")
+        account = Account(name, role, "", "", issuer, subject)
+        with self._lock:
+            self._accounts[name] = account
+            self._save()
+        return account
+
+    def add(self, name: str, role: str, password: str) -> Account:
+        """A new account (or a new password, role and TOTP secret for an existing one)."""
+        self._check(name, role)
         if len(password) < _PASSWORD_MIN:
             raise AccountError(f"a password has at least {_PASSWORD_MIN} characters")
         secret = base64.b32encode(secrets.token_bytes(20)).decode()
@@ -184,7 +240,11 @@ class AccountStore:
                 count, locked_at = 0, 0.0  # the lock has run out
             locked = count >= MAX_FAILURES
         password_ok = self._password_ok(account, password)
-        step = self._step_of(account, code, now) if password_ok and account else None
+        step = (
+            self._step_of(account, code, now)
+            if password_ok and account and not account.single_sign_on
+            else None
+        )
         with self._lock:
             if account is None or step is None or locked:
                 count += 1
@@ -201,10 +261,14 @@ class AccountStore:
         return account
 
     def _password_ok(self, account: Account | None, password: str) -> bool:
+        usable = account is not None and bool(account.password_hash)
         try:
-            return self._hasher.verify(
-                account.password_hash if account else self._dummy, password
-            ) and (account is not None)
+            return (
+                self._hasher.verify(
+                    account.password_hash if account and usable else self._dummy, password
+                )
+                and usable
+            )
         except (VerifyMismatchError, VerificationError, InvalidHashError):
             return False
 

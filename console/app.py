@@ -3,6 +3,7 @@
 Server-rendered pages (Starlette + Jinja2, autoescaped), no script. Pages:
 
     /login, /logout                 sign-in with password and TOTP; sign-out
+    /login/oidc[/callback]          single sign-on with an OpenID Provider (ADR 0036)
     /alerts                         the queue in risk order, with filters
     /alerts/{id}                    the case as a story, its history, the actions
     /patients/{pseudonym}           a pseudonym's alerts; re-identification (ledgered)
@@ -44,10 +45,11 @@ from verifiers.auditor.alerts_view import RULE_MEANINGS, SORTS
 from verifiers.auditor.casework import ACTIONS, NOTE_REQUIRED, CaseError, work_alert
 from verifiers.reports.access_report import decision_summary
 
-from .accounts import AccountStore
+from .accounts import Account, AccountStore
 from .charts import bar_chart, stacked_bars
 from .data import AlertFilter, ConsoleData
 from .ledger import ConsoleLedger, LedgerUnavailable, Viewed
+from .oidc import ATTEMPT_S, BINDING_COOKIE, OidcClient, OidcError
 from .sessions import COOKIE, Session, SessionStore
 
 __all__ = ["create_app"]
@@ -134,6 +136,7 @@ class Console:
         sessions: SessionStore | None = None,
         secure_cookies: bool = True,
         backend: Callable[[bool], Any] | None = None,
+        oidc: OidcClient | None = None,
     ) -> None:
         """``backend``: makes the SQL backend of a request (argument: whether it writes);
         default a ClickHouse login per request."""
@@ -143,6 +146,7 @@ class Console:
         self.sessions = sessions or SessionStore()
         self.secure_cookies = secure_cookies
         self._backend = backend
+        self.oidc = oidc
         self.env = Environment(
             loader=FileSystemLoader(HERE / "templates"),
             autoescape=select_autoescape(["html"]),
@@ -227,28 +231,48 @@ class Console:
         return endpoint
 
     # ------------------------------------------------------------------ sign-in
+    def login_page(self, request: Request, status: int = 200, failed: str = "") -> Response:
+        label = self.oidc.config.label if self.oidc is not None else None
+        return self.page(
+            "login.html", request, None, status_code=status, failed=failed, oidc_label=label
+        )
+
     async def login(self, request: Request) -> Response:
         if request.method == "GET":
-            return self.page("login.html", request, None)
+            return self.login_page(request)
         form = await _form(request)
         name, password, code = (str(form.get(k, "")) for k in ("name", "password", "code"))
         account = self.accounts.sign_in(name, password, code)
         if account is None:
             log.info("console: a sign-in was refused")
-            return self.page(
-                "login.html",
+            return self.login_page(
                 request,
-                None,
-                status_code=401,
-                failed="The name, password or code is not right (or the account is locked "
+                401,
+                "The name, password or code is not right (or the account is locked "
                 "for a few minutes after repeated failures).",
             )
+        return self._signed_in(request, account)
+
+    def _signed_in(self, request: Request, account: Account, via: str = "") -> Response:
+        """A new session for ``account`` and its cookie; ``via`` a provider: a page
+        that moves on by itself (the Strict cookie would not follow a redirect chain
+        the provider started)."""
         old = request.cookies.get(COOKIE)
         self.sessions.drop(old)  # a new id at every sign-in (no session fixation)
         session = self.sessions.create(account.name, account.role)
-        log.info("console: %s signed in as %s", account.name, account.role)
+        log.info(
+            "console: %s signed in as %s%s",
+            account.name,
+            account.role,
+            f" via {via}" if via else "",
+        )
         home = "/pipeline" if account.role == "operator" else "/alerts"
-        response = RedirectResponse(home, status_code=303)
+        response: Response
+        if via:
+            response = self.page("signed_in.html", request, session, home=home, via=via)
+            response.delete_cookie(BINDING_COOKIE, path="/login/oidc")
+        else:
+            response = RedirectResponse(home, status_code=303)
         response.set_cookie(
             COOKIE,
             session.id,
@@ -258,6 +282,68 @@ class Console:
             path="/",
         )
         return response
+
+    async def oidc_begin(self, request: Request) -> Response:
+        """Off to the provider, with this attempt's binding in a cookie (SameSite=Lax:
+        it must come back on the provider's redirect; it names no one)."""
+        if self.oidc is None:
+            return self.error(request, None, 404, "Single sign-on is not configured here.")
+        try:
+            url, binding = await run_in_threadpool(self.oidc.begin)
+        except OidcError as exc:
+            log.warning("console: single sign-on is unavailable: %s", exc.message)
+            return self.error(
+                request,
+                None,
+                503,
+                f"Single sign-on is not available now ({exc.message}); accounts with a "
+                "password and a code can still sign in.",
+            )
+        response = RedirectResponse(url, status_code=303)
+        response.set_cookie(
+            BINDING_COOKIE,
+            binding,
+            max_age=int(ATTEMPT_S),
+            httponly=True,
+            secure=self.secure_cookies,
+            samesite="lax",
+            path="/login/oidc",
+        )
+        return response
+
+    async def oidc_callback(self, request: Request) -> Response:
+        if self.oidc is None:
+            return self.error(request, None, 404, "Single sign-on is not configured here.")
+        q = request.query_params
+        try:
+            identity = await run_in_threadpool(
+                self.oidc.finish,
+                q.get("state", ""),
+                q.get("code", ""),
+                request.cookies.get(BINDING_COOKIE),
+                q.get("error", ""),
+            )
+        except OidcError as exc:
+            log.info("console: a single sign-on was refused: %s", exc.message)
+            response = self.login_page(
+                request, 401, f"Single sign-on did not succeed: {exc.message}."
+            )
+            response.delete_cookie(BINDING_COOKIE, path="/login/oidc")
+            return response
+        account = self.accounts.by_oidc(identity.issuer, identity.subject)
+        if account is None:
+            log.info("console: a single sign-on identity with no account was refused")
+            response = self.error(
+                request,
+                None,
+                403,
+                f"The identity provider signed you in as {identity.shown_as}, but no console "
+                "account is bound to that identity. The privacy office adds one with: "
+                f"careledger console add-user NAME --role ROLE --oidc-subject {identity.subject}",
+            )
+            response.delete_cookie(BINDING_COOKIE, path="/login/oidc")
+            return response
+        return self._signed_in(request, account, via=self.oidc.config.label)
 
     async def logout(self, request: Request) -> Response:
         session = self.sessions.get(request.cookies.get(COOKIE))
@@ -536,6 +622,8 @@ def create_app(console: Console) -> Any:
     c = console
     routes = [
         Route("/login", c.login, methods=["GET", "POST"]),
+        Route("/login/oidc", c.oidc_begin),
+        Route("/login/oidc/callback", c.oidc_callback),
         Route("/logout", c.logout, methods=["GET", "POST"]),
         Route("/", lambda _r: RedirectResponse("/alerts", status_code=303)),
         Route("/alerts", c.guarded("alerts", c.alert_queue)),

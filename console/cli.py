@@ -5,6 +5,8 @@
   person at the machine); a non-loopback address needs a certificate.
 * ``add-user NAME --role ROLE [--password-stdin]``: a new account (or new credentials
   for an existing one); prints the TOTP secret and its ``otpauth://`` URI once.
+  ``--oidc-subject SUB [--oidc-issuer URL]``: an account that signs in only through the
+  OpenID Provider as that subject (no password, no TOTP; ADR 0036).
 * ``users``: the accounts and their roles.
 
 Exit status: 0 done, 2 usage or infrastructure error (one line).
@@ -50,6 +52,14 @@ def configure_console(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--password-stdin", action="store_true", help="read the password from standard input"
     )
+    p.add_argument(
+        "--oidc-subject",
+        help="bind the account to this subject (`sub`) at the OpenID Provider instead of "
+        "a password and TOTP",
+    )
+    p.add_argument(
+        "--oidc-issuer", help="the provider's issuer (default: the console_oidc_issuer setting)"
+    )
     sub.add_parser("users", help="list the accounts and their roles")
 
 
@@ -71,7 +81,27 @@ def command_console(args: argparse.Namespace, settings: Settings) -> int:
     if action == "users":
         for name in accounts.names():
             account = accounts.get(name)
-            print(f"{name}\t{account.role if account else '?'}")
+            if account is None:
+                continue
+            how = (
+                f"single sign-on at {account.oidc_issuer}"
+                if account.single_sign_on
+                else "password + TOTP"
+            )
+            print(f"{name}\t{account.role}\t{how}")
+        return 0
+    if action == "add-user" and args.oidc_subject:
+        issuer = args.oidc_issuer or settings.console_oidc_issuer
+        if not issuer:
+            return _error("give --oidc-issuer, or set console_oidc_issuer")
+        try:
+            account = accounts.add_oidc(args.name, args.role, issuer, args.oidc_subject)
+        except AccountError as exc:
+            return _error(exc.message)
+        print(
+            f"account {account.name} ({account.role}) written to {accounts.path}: signs in "
+            f"through {issuer} as subject {account.oidc_subject}"
+        )
         return 0
     if action == "add-user":
         if args.password_stdin:
@@ -132,7 +162,19 @@ def _serve(args: argparse.Namespace, settings: Settings, accounts: object) -> in
         backend.close()
     except CareledgerError as exc:
         return _error(f"cannot reach ClickHouse: {getattr(exc, 'message', exc)}")
-    console = Console(settings, accounts, secure_cookies=True)
+    from .oidc import OidcClient, OidcConfig, OidcError
+
+    try:
+        oidc_config = OidcConfig.from_settings(settings)
+    except OidcError as exc:
+        return _error(exc.message)
+    oidc = OidcClient(oidc_config) if oidc_config is not None else None
+    if oidc is not None:
+        try:  # say it now; local accounts still sign in while the provider is away
+            oidc.provider()
+        except OidcError as exc:
+            log.warning("single sign-on is not available yet: %s", exc.message)
+    console = Console(settings, accounts, secure_cookies=True, oidc=oidc)
     config = uvicorn.Config(
         create_app(console),
         host=args.host,
@@ -149,4 +191,6 @@ def _serve(args: argparse.Namespace, settings: Settings, accounts: object) -> in
     print(f"careledger console on {scheme}://{host}:{args.port}/ (Ctrl-C to stop)", flush=True)
     uvicorn.Server(config).run()
     console.ledger.close()
+    if oidc is not None:
+        oidc.close()
     return 0

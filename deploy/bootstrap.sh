@@ -27,6 +27,9 @@
 #      does, for tests/unit/test_compose_spec.py on machines without Docker. Built with
 #      `go build` into deploy/compose/check/bin/ (git-ignored; only when missing or
 #      older than its sources; modules checked against go.sum). Needs Go >= 1.24.
+#   6. testop (deploy/oidc/): the zitadel/oidc library's example OpenID Provider,
+#      served over TLS, that the console's single sign-on test signs in against in
+#      Chromium. Built like composecheck into deploy/oidc/bin/. Needs Go >= 1.26.
 #
 # Environment: PYTHON (interpreter for the venv, default python3; needs >= 3.11);
 # GO (the go command, default `go` on PATH or /usr/local/go/bin/go).
@@ -175,6 +178,21 @@ if [ ! -x "$CHECK_BIN" ] || [ "$CHECK_DIR/main.go" -nt "$CHECK_BIN" ] \
         say "building composecheck (compose-go, see deploy/compose/check/go.mod) into $CHECK_DIR/bin"
         (cd "$CHECK_DIR" && GOFLAGS=-buildvcs=false "$GO" build -o bin/composecheck . </dev/null) \
             || die "go build of deploy/compose/check failed (needs Go >= 1.24)"
+    fi
+fi
+
+# --- 6. testop: the OpenID Provider of the single sign-on tests ------------------------
+OIDC_DIR="$ROOT/deploy/oidc"
+OIDC_BIN="$OIDC_DIR/bin/testop"
+if [ ! -x "$OIDC_BIN" ] || [ "$OIDC_DIR/main.go" -nt "$OIDC_BIN" ] \
+    || [ "$OIDC_DIR/go.mod" -nt "$OIDC_BIN" ] || [ "$OIDC_DIR/go.sum" -nt "$OIDC_BIN" ]; then
+    if [ -z "$GO" ]; then
+        say "warning: go not found: testop is not built and tests/integration/test_console_sso_browser.py"
+        say "         will fail; install Go >= 1.26 and re-run deploy/bootstrap.sh"
+    else
+        say "building testop (zitadel/oidc's example provider, see deploy/oidc/go.mod) into $OIDC_DIR/bin"
+        (cd "$OIDC_DIR" && GOFLAGS=-buildvcs=false "$GO" build -o bin/testop . </dev/null) \
+            || die "go build of deploy/oidc failed (needs Go >= 1.26)"
     fi
 fi
 

@@ -16,16 +16,12 @@ import base64
 import json
 import os
 import shutil
-import socket
 import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.options import Options
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.expected_conditions import staleness_of
@@ -35,6 +31,7 @@ from careledger import stack as stack_mod
 from careledger.config import Settings
 from console.accounts import AccountStore, totp
 from console.ledger import CONSOLE_SOURCE_SYSTEM
+from tests.integration.browser import click, free_port, open_chromium
 from tests.integration.pipeline import (
     processor_settings,
     run_cli,
@@ -50,44 +47,15 @@ from tests.integration.test_pipeline import accounted_records
 pytestmark = pytest.mark.integration
 
 PASSWORD = "a long privacy office passphrase"
-CHROMIUM = "/usr/bin/chromium"
-CHROMEDRIVER = "/usr/bin/chromedriver"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[WebDriver]:
-    for path in (CHROMIUM, CHROMEDRIVER):
-        assert os.access(path, os.X_OK), f"{path} missing: deploy/bootstrap.sh installs it"
-    os.environ.setdefault("SE_AVOID_STATS", "true")  # Selenium Manager: no telemetry
-    options = Options()
-    options.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",  # root in CI
-        "--disable-dev-shm-usage",
-        "--window-size=1400,1000",
-        f"--user-data-dir={tmp_path / 'chromium'}",
-    ):
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.implicitly_wait(5)
+    driver = open_chromium(tmp_path / "chromium")
     try:
         yield driver
     finally:
         driver.quit()
-
-
-def _click(driver: WebDriver, by: str, value: str) -> None:
-    """Click and wait for the next page (a click returns before the navigation ends)."""
-    page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(by, value).click()
-    WebDriverWait(driver, 20).until(staleness_of(page))
 
 
 def _shoot(driver: WebDriver, tmp_path: Path, name: str) -> None:
@@ -188,7 +156,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
 
         accounts = AccountStore(tmp_path / "accounts.json")
         officer = accounts.add("dana", "privacy-officer", PASSWORD)
-        port = _free_port()
+        port = free_port()
         from careledger.processes import start_cli
 
         console = start_cli(
@@ -220,7 +188,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         code = totp(base64.b32decode(officer.totp_secret), time.time())
         browser.find_element(By.ID, "code").send_keys(code)
         _shoot(browser, tmp_path, "sign-in")
-        _click(browser, By.ID, "signin")
+        click(browser, By.ID, "signin")
         assert "dana (privacy-officer)" in browser.find_element(By.ID, "who").text
         assert browser.current_url.endswith("/alerts"), browser.current_url
 
@@ -230,7 +198,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         _shoot(browser, tmp_path, "alerts")
         status = browser.find_element(By.ID, "status-filter")
         status.find_element(By.CSS_SELECTOR, "option[value='open']").click()
-        _click(browser, By.ID, "filter")
+        click(browser, By.ID, "filter")
         links = browser.find_elements(By.CSS_SELECTOR, "a.alert-link")
         assert links, "an open alert to work"
         page = browser.find_element(By.TAG_NAME, "html")
@@ -241,16 +209,16 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         assert "fired" in browser.find_element(By.ID, "story").text
         _shoot(browser, tmp_path, "case")
 
-        _click(browser, By.ID, "do-ack")
+        click(browser, By.ID, "do-ack")
         assert browser.find_element(By.ID, "status").text == "acknowledged"
         assert "acknowledged by dana" in browser.find_element(By.ID, "notice").text
         browser.find_element(By.ID, "to").send_keys("lee")
-        _click(browser, By.ID, "do-assign")
+        click(browser, By.ID, "do-assign")
         assert browser.find_element(By.ID, "assignee").text == "lee"
         browser.find_element(By.ID, "note").send_keys("asked the ward manager")
-        _click(browser, By.ID, "do-comment")
+        click(browser, By.ID, "do-comment")
         browser.find_element(By.ID, "note").send_keys("confirmed: no care role, HR informed")
-        _click(browser, By.ID, "do-resolve")
+        click(browser, By.ID, "do-resolve")
         assert browser.find_element(By.ID, "status").text == "resolved"
         history = browser.find_element(By.ID, "history").text
         for step in ("acknowledged by dana", "assigned by dana", "resolved by dana"):
@@ -267,11 +235,11 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         patient_links[0].click()
         WebDriverWait(browser, 20).until(staleness_of(page))
         browser.find_element(By.ID, "reason").send_keys("patient complaint, ticket 4711")
-        _click(browser, By.ID, "do-reidentify")
+        click(browser, By.ID, "do-reidentify")
         shown = browser.find_element(By.ID, "reidentified").text
         patient_id = shown.split("patient ", 1)[1].split(" ", 1)[0]
         assert patient_id and patient_id != pseudonym
-        _click(browser, By.ID, "history-link")
+        click(browser, By.ID, "history-link")
         lines = browser.find_element(By.ID, "history-count").text
         assert int(lines.split(" ", 1)[0]) > 0, lines
         assert browser.find_elements(By.CSS_SELECTOR, "table.history details")  # proofs
@@ -290,7 +258,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         _shoot(browser, tmp_path, "pipeline")
 
         # -- sign out: the session is gone -----------------------------------------------
-        _click(browser, By.CSS_SELECTOR, "form.signout button")
+        click(browser, By.CSS_SELECTOR, "form.signout button")
         browser.get(f"{base}/alerts")
         assert browser.current_url.endswith("/login")
 
