@@ -246,6 +246,15 @@ class Settings:
     # refused), ~60 bytes each; when full, signed requests get 503 until entries expire
     # (the default sustains ~3,300 signed requests/s).
     gateway_replay_cache_entries: int = 1000000
+    # Several gateways behind one address: the replay cache shared in ZooKeeper (ADR 0025
+    # addendum), as "host:port,host:port" (empty: each gateway remembers its own). Its
+    # root znode, and TLS to it: the CA of the servers' certificates and, when the
+    # ensemble requires client certificates, this gateway's certificate and key.
+    gateway_replay_zookeeper: str = ""
+    gateway_replay_zookeeper_root: str = "/careledger/gateway-replay"
+    gateway_replay_zookeeper_ca: Path | None = None
+    gateway_replay_zookeeper_cert: Path | None = None
+    gateway_replay_zookeeper_key: Path | None = None
     # Deadlines: a connection with nothing to do (syslog between frames, HTTP between
     # requests), a request's header, a request's body; seconds.
     gateway_idle_timeout_s: float = 30.0

@@ -52,7 +52,7 @@ from typing import Any, Final, Literal
 from careledger.keys import load_public_keys
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import PublicKey, SigningKey
-from producers.gateway.guard import ReplayCache
+from producers.gateway.guard import ClaimStore, ReplayCache
 
 __all__ = [
     "HEADER_SIGNATURE",
@@ -180,8 +180,8 @@ def _normalise_subject(subject: str) -> str:
 class SenderRegistry:
     """The configured sources and the rules that identify a sender."""
 
-    def __init__(self, sources: Sequence[Source] = (), replay: ReplayCache | None = None) -> None:
-        self.replay = replay or ReplayCache(1_000_000, MAX_SKEW_S)
+    def __init__(self, sources: Sequence[Source] = (), replay: ClaimStore | None = None) -> None:
+        self.replay: ClaimStore = replay or ReplayCache(1_000_000, MAX_SKEW_S)
         ids = [s.id for s in sources]
         if len(set(ids)) != len(ids):
             raise AuthConfigError("a source id is listed twice")

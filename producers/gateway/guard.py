@@ -21,14 +21,32 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 log = logging.getLogger("careledger.gateway.guard")
 
-__all__ = ["SAMPLE_INTERVAL_S", "ConnectionLimits", "Refusals", "ReplayCache", "SourceRates"]
+__all__ = [
+    "SAMPLE_INTERVAL_S",
+    "ClaimStore",
+    "ConnectionLimits",
+    "Refusals",
+    "ReplayCache",
+    "SourceRates",
+]
 
 #: At most one log line per kind of refusal per this many seconds.
 SAMPLE_INTERVAL_S: Final = 10.0
+
+
+class ClaimStore(Protocol):
+    """Where signed requests are claimed: this process (:class:`ReplayCache`) or the
+    gateways' shared ZooKeeper (``shared_replay.ZooKeeperReplayCache``)."""
+
+    remote: bool
+
+    def claim(self, digest: bytes, signed_at: int, now: float) -> bool | None: ...
+
+    def release(self, digest: bytes, signed_at: int) -> None: ...
 
 
 class ReplayCache:
@@ -41,6 +59,10 @@ class ReplayCache:
     a request, never accepts one): ~60 bytes per entry, so the default 1,000,000 entries
     (~3,300 signed requests/s sustained over a 300 s window) take ~60 MB.
     """
+
+    #: claims are answered in memory (a shared cache is asked over the network: off
+    #: the event loop)
+    remote = False
 
     def __init__(self, max_entries: int, window_s: float) -> None:
         if max_entries < 1:

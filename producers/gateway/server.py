@@ -178,7 +178,16 @@ class Gateway:
         check_settings(settings)
         self.settings = settings
         self.registry = registry or SenderRegistry.load(settings.gateway_auth_file)
-        self.registry.replay = ReplayCache(settings.gateway_replay_cache_entries, MAX_SKEW_S)
+        if settings.gateway_replay_zookeeper:  # several gateways: one cache (ADR 0025)
+            from producers.gateway.shared_replay import ZooKeeperReplayCache
+
+            self.shared_replay: ZooKeeperReplayCache | None = ZooKeeperReplayCache.from_settings(
+                settings, MAX_SKEW_S
+            )
+            self.registry.replay = self.shared_replay
+        else:
+            self.shared_replay = None
+            self.registry.replay = ReplayCache(settings.gateway_replay_cache_entries, MAX_SKEW_S)
         check_keys(settings, self.registry)
         self.refusals = Refusals()
         self.rates = SourceRates(
@@ -214,6 +223,9 @@ class Gateway:
         """Bind and start every enabled listener; returns {listener: bound port}."""
         s = self.settings
         host = s.gateway_host
+        if self.shared_replay is not None:  # ConnectionError (one line) when unreachable
+            await asyncio.get_running_loop().run_in_executor(None, self.shared_replay.start)
+            log.info("replay cache shared in ZooKeeper (%s)", s.gateway_replay_zookeeper_root)
         await self._start_http("http", s.gateway_http_port, None)
         if self.tls is not None:
             await self._start_http("https", s.gateway_https_port, self.tls)
@@ -343,6 +355,8 @@ class Gateway:
         if self._udp is not None:
             self._udp.close()
         await asyncio.get_running_loop().run_in_executor(None, self.publisher.close)
+        if self.shared_replay is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.shared_replay.close)
 
     # ------------------------------------------------------------------ syslog
     async def _syslog_connection(
@@ -530,7 +544,11 @@ def configure_gateway(parser: argparse.ArgumentParser) -> None:
 
 async def _serve(settings: Settings, ready_file: Path | None) -> int:
     gateway = Gateway(settings)
-    ports = await gateway.start()
+    try:
+        ports = await gateway.start()
+    except BaseException:
+        await gateway.stop()  # the Kafka producer and whatever did start, closed
+        raise
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -555,6 +573,10 @@ async def _serve(settings: Settings, ready_file: Path | None) -> int:
     return 0
 
 
+#: how long the gateway tries to reach the shared replay cache before it says it cannot
+PREFLIGHT_S: Final = 8.0
+
+
 def command_gateway(args: argparse.Namespace, settings: Settings) -> int:
     try:
         check_settings(settings)
@@ -562,6 +584,16 @@ def command_gateway(args: argparse.Namespace, settings: Settings) -> int:
     except (GatewayConfigError, AuthConfigError) as exc:
         print(f"careledger gateway: {exc}")
         return 2
+    if settings.gateway_replay_zookeeper:  # say it now, before any Kafka client exists
+        from producers.gateway.shared_replay import ZooKeeperReplayCache
+
+        cache = ZooKeeperReplayCache.from_settings(settings, MAX_SKEW_S)
+        try:
+            cache.start(timeout=PREFLIGHT_S)
+        except ConnectionError as exc:
+            print(f"careledger gateway: {exc}")
+            return 2
+        cache.close()
     try:
         return asyncio.run(_serve(settings, args.ready_file))
     except (OSError, ssl.SSLError) as exc:

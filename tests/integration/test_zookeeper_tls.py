@@ -16,110 +16,27 @@ loopback); tests/unit/test_compose_zookeeper.py checks that side of the file.
 from __future__ import annotations
 
 import shlex
-import shutil
 import socket
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from careledger.config import PROJECT_ROOT
 from careledger.stack.kafka_server import _java
-from careledger.stack.zookeeper_server import (
-    ZOOKEEPER_LOGBACK,
-    ZOOKEEPER_MAIN,
-    install_zookeeper,
-    zookeeper_lib_dir,
-)
+from careledger.stack.zookeeper_server import zookeeper_lib_dir
 from careledger.tls import member_cert
-from commands import cli
-from tests.unit.test_compose import env_of, script_of, shell_commands
+from tests.integration.zookeeper_support import compose_zookeeper
 
 pytestmark = pytest.mark.integration
-
-COMPOSE = PROJECT_ROOT / "docker-compose.yml"
-ZOO_CFG = PROJECT_ROOT / "deploy" / "compose" / "zookeeper" / "zoo.cfg"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _certs(compose: dict[str, Any], home: Path) -> None:
-    """The certs service's tls-certs and cp lines, its volumes under ``home``."""
-    certs = compose["services"]["certs"]
-    for argv in shell_commands(script_of(certs), env_of(certs)):
-        mapped = [a.replace("/ca", str(home / "ca"), 1) if a.startswith("/ca") else a for a in argv]
-        mapped = [
-            str(home / a.lstrip("/")) if a.startswith("/zookeeper-tls") else a for a in mapped
-        ]
-        if argv[:2] == ["careledger", "tls-certs"]:
-            assert cli.main(mapped[1:]) == 0, argv
-        elif argv[0] == "cp" and argv[-1] == "/zookeeper-tls/":
-            for source in mapped[1:-1]:
-                shutil.copy(source, home / "zookeeper-tls")
 
 
 @pytest.fixture(scope="module")
 def zookeeper(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    home = tmp_path_factory.mktemp("compose-zookeeper")
-    for d in ("data", "datalog", "zookeeper-tls", "logs"):
-        (home / d).mkdir()
-    install_zookeeper(home / "logs", quiet=True)
-    compose = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))
-    _certs(compose, home)
-    port = _free_port()
-    text = ZOO_CFG.read_text(encoding="utf-8")
-    assert "secureClientPort=2281" in text
-    text = (
-        text.replace("dataDir=/data", f"dataDir={home / 'data'}")
-        .replace("dataLogDir=/datalog", f"dataLogDir={home / 'datalog'}")
-        .replace("/zookeeper-tls/", f"{home / 'zookeeper-tls'}/")
-        .replace("secureClientPort=2281", f"secureClientPort={port}")
-    )
-    cfg = home / "zoo.cfg"
-    cfg.write_text(text, encoding="utf-8")
-    out = (home / "logs" / "zookeeper.out").open("wb")
-    proc = subprocess.Popen(
-        [
-            _java(),
-            f"-Dlogback.configurationFile={ZOOKEEPER_LOGBACK}",
-            f"-Dzookeeper.log.dir={home / 'logs'}",
-            "-cp",
-            f"{zookeeper_lib_dir()}/*",
-            ZOOKEEPER_MAIN,
-            str(cfg),
-        ],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        stdin=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            with socket.socket() as probe:
-                probe.settimeout(1)
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            assert proc.poll() is None, (home / "logs" / "zookeeper.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "ZooKeeper did not open its TLS port"
-            time.sleep(0.2)
-        yield {"home": home, "port": port, "compose": compose}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        out.close()
+    with compose_zookeeper(tmp_path_factory.mktemp("compose-zookeeper")) as running:
+        yield running
 
 
 def _ask(port: int, word: bytes, context: ssl.SSLContext | None, name: str = "zookeeper") -> bytes:
