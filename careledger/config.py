@@ -284,6 +284,15 @@ class Settings:
     # Largest add-checkpoint body accepted (413 beyond), bytes.
     witness_max_request_bytes: int = 65536
 
+    # --- key store (careledger/keystore.py, ADR 0037) ---------------------------------
+    # Per-patient data keys wrapped by a key-encryption key in a PKCS#11 token: its
+    # library, the token's label, its PIN's file (mode 0600; or CARELEDGER_KEYSTORE_PIN)
+    # and the file of wrapped keys (default <run_dir>/keystore/keys.db).
+    keystore_pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
+    keystore_token_label: str = "careledger"
+    keystore_pin_file: Path | None = None
+    keystore_file: Path | None = None
+
     # --- console (`careledger console`, console/, ADRs 0035, 0036) -------------------
     # Single sign-on with an OpenID Provider (ADR 0036); off while the issuer is empty.
     # The issuer exactly as its discovery document names it (https), the console's

@@ -4,7 +4,8 @@
 # service: `careledger up` (or the test session) does that.
 #
 #   1. Debian packages: clickhouse-server + clickhouse-client (18.16), chromium +
-#      chromium-driver (the console's browser tests), and only if `java` / `mvn` are
+#      chromium-driver (the console's browser tests), softhsm2 (the key store's PKCS#11
+#      token), and only if `java` / `mvn` are
 #      missing: openjdk-17-jre-headless / maven.
 #   2. A virtualenv at <repo>/.venv with every package of requirements.lock, installed
 #      with `pip install --require-hashes` (each file checked against its pinned SHA-256;
@@ -58,7 +59,8 @@ pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'insta
 
 missing=()
 # chromium + chromium-driver: the console's tests drive a real headless browser (issue 13)
-for pkg in clickhouse-server clickhouse-client chromium chromium-driver; do
+# softhsm2: the PKCS#11 token that holds the key store's key-encryption key (ADR 0037)
+for pkg in clickhouse-server clickhouse-client chromium chromium-driver softhsm2; do
     pkg_installed "$pkg" || missing+=("$pkg")
 done
 command -v java >/dev/null 2>&1 || missing+=(openjdk-17-jre-headless)

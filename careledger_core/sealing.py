@@ -1,0 +1,195 @@
+"""Sealing an access event (ADR 0037): what the ledger may keep forever, what only a
+patient's data key opens, and the commitment that ties them together.
+
+* :func:`split` takes an event's canonical document apart into its **public part**
+  (codes, times, roles, department: nothing that names or numbers a person) and its
+  **sensitive part** (the paths of :data:`SENSITIVE_PATHS`); :func:`join` puts them
+  back together.
+* :func:`commitment` is ``SHA-256(COMMITMENT_CONTEXT || salt || JCS(sensitive))`` with a
+  32-byte random salt per event: binding, and hiding while the salt is secret. The
+  public part plus the commitment (:func:`ledger_document`) is what a source signs and
+  what the ledger's leaf hashes, so destroying the salt and the sensitive part changes
+  no leaf, root or signature.
+* :func:`seal` encrypts ``salt || JCS(sensitive)`` with XChaCha20-Poly1305 (IETF) under
+  the patient's data key, with the leaf hash as associated data (a ciphertext moved to
+  another row does not open) and a nonce derived from the leaf hash and the salt (no
+  nonce to get wrong: one (leaf, salt) has one ciphertext). :func:`unseal` reverses it
+  and checks the commitment.
+* :func:`patient_ref` is the per-patient pseudonym for joins and rules:
+  ``HMAC-SHA256(data key, PATIENT_REF_CONTEXT)``, unlinkable once the key is gone.
+
+Pure: no I/O, no randomness of its own (salts and keys are the caller's). Errors:
+:class:`SealError` (an ``IntegrityError``) with a stable ``code``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping
+from typing import Any, Final
+
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+)
+from nacl.exceptions import CryptoError
+
+from .errors import IntegrityError
+from .jcs import canonicalize
+
+__all__ = [
+    "COMMITMENT_CONTEXT",
+    "KEY_BYTES",
+    "PATIENT_REF_CONTEXT",
+    "SALT_BYTES",
+    "SENSITIVE_PATHS",
+    "SealError",
+    "commitment",
+    "join",
+    "ledger_document",
+    "patient_ref",
+    "seal",
+    "split",
+    "unseal",
+]
+
+COMMITMENT_CONTEXT: Final = b"careledger.event-commitment/1\x00"
+NONCE_CONTEXT: Final = b"careledger.seal-nonce/1\x00"
+PATIENT_REF_CONTEXT: Final = b"careledger.patient-ref/1"
+SALT_BYTES: Final = 32
+KEY_BYTES: Final = 32
+_NONCE_BYTES: Final = 24
+_TAG_BYTES: Final = 16
+
+#: the parts of an access event that name, number or locate a person (or carry free
+#: text that may): everything else is public (ADR 0037)
+SENSITIVE_PATHS: Final[tuple[tuple[str, ...], ...]] = (
+    ("patient",),
+    ("actor", "id"),
+    ("actor", "name"),
+    ("client",),
+    ("session_ref",),
+    ("object", "id"),
+    ("outcome_desc",),
+    ("query",),
+    ("correlation_id",),
+    ("raw_ref", "uri"),
+    ("recipient",),
+    ("discloser",),
+)
+
+
+class SealError(IntegrityError):
+    """A sealed part that does not open, or does not open to its commitment. ``code``:
+    ``BAD_INPUT``, ``SEALED_MALFORMED``, ``SEALED_UNOPENED``, ``COMMITMENT_MISMATCH``."""
+
+    code = "SEAL"
+
+
+def _key(name: str, value: bytes, size: int) -> None:
+    if type(value) is not bytes or len(value) != size:
+        raise SealError(f"{name} must be {size} bytes", code="BAD_INPUT")
+
+
+def split(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(public part, sensitive part) of an event's canonical document. The sensitive
+    part maps each present path of :data:`SENSITIVE_PATHS`, dotted, to its value."""
+    public: dict[str, Any] = json.loads(json.dumps(document))  # a deep copy of JSON
+    sensitive: dict[str, Any] = {}
+    for path in SENSITIVE_PATHS:
+        parent: Any = public
+        for step in path[:-1]:
+            parent = parent.get(step) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and path[-1] in parent:
+            sensitive[".".join(path)] = parent.pop(path[-1])
+    return public, sensitive
+
+
+def join(public: Mapping[str, Any], sensitive: Mapping[str, Any]) -> dict[str, Any]:
+    """The document :func:`split` took apart."""
+    known = {".".join(p): p for p in SENSITIVE_PATHS}
+    document: dict[str, Any] = json.loads(json.dumps(public))
+    for dotted, value in sensitive.items():
+        path = known.get(dotted)
+        if path is None:
+            raise SealError(code="BAD_INPUT", message=f"{dotted!r} is not a sensitive path")
+        parent = document
+        for step in path[:-1]:
+            child = parent.setdefault(step, {})
+            if not isinstance(child, dict):
+                raise SealError(code="BAD_INPUT", message=f"{step!r} is not an object")
+            parent = child
+        parent[path[-1]] = value
+    return document
+
+
+def commitment(salt: bytes, sensitive: Mapping[str, Any]) -> bytes:
+    """The salted SHA-256 commitment to a sensitive part (32 bytes)."""
+    _key("salt", salt, SALT_BYTES)
+    return hashlib.sha256(COMMITMENT_CONTEXT + salt + canonicalize(dict(sensitive))).digest()
+
+
+def ledger_document(public: Mapping[str, Any], commitment_: bytes) -> dict[str, Any]:
+    """What a source signs and the ledger hashes: the public part and the commitment."""
+    if "sealed_commitment" in public:
+        raise SealError(code="BAD_INPUT", message="the public part already holds a commitment")
+    _key("commitment", commitment_, 32)
+    return {**public, "sealed_commitment": commitment_.hex()}
+
+
+def _nonce(leaf_hash: bytes, salt: bytes) -> bytes:
+    return hashlib.sha256(NONCE_CONTEXT + leaf_hash + salt).digest()[:_NONCE_BYTES]
+
+
+def seal(data_key: bytes, leaf_hash: bytes, salt: bytes, sensitive: Mapping[str, Any]) -> bytes:
+    """``nonce || XChaCha20-Poly1305(data_key, salt || JCS(sensitive), AAD=leaf_hash)``."""
+    _key("data key", data_key, KEY_BYTES)
+    _key("leaf hash", leaf_hash, 32)
+    _key("salt", salt, SALT_BYTES)
+    nonce = _nonce(leaf_hash, salt)
+    plaintext = salt + canonicalize(dict(sensitive))
+    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, leaf_hash, nonce, data_key)
+
+
+def unseal(
+    data_key: bytes, leaf_hash: bytes, sealed: bytes, expected: bytes
+) -> tuple[bytes, dict[str, Any]]:
+    """(salt, sensitive part) of ``sealed``, checked against the leaf it belongs to and
+    the commitment ``expected`` the leaf signs. Raises :class:`SealError`."""
+    _key("data key", data_key, KEY_BYTES)
+    _key("leaf hash", leaf_hash, 32)
+    if type(sealed) is not bytes or len(sealed) < _NONCE_BYTES + _TAG_BYTES + SALT_BYTES:
+        raise SealError(code="SEALED_MALFORMED", message="the sealed part is too short")
+    nonce, box = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
+    try:
+        plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(box, leaf_hash, nonce, data_key)
+    except CryptoError:
+        raise SealError(
+            code="SEALED_UNOPENED",
+            message="the sealed part does not open with this key for this leaf",
+        ) from None
+    salt, body = plaintext[:SALT_BYTES], plaintext[SALT_BYTES:]
+    if nonce != _nonce(leaf_hash, salt):
+        raise SealError(
+            code="SEALED_MALFORMED", message="the nonce is not the one of this leaf and salt"
+        )
+    try:
+        sensitive = json.loads(body)
+    except ValueError:
+        raise SealError(code="SEALED_MALFORMED", message="the sealed part is not JSON") from None
+    if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
+        raise SealError(code="SEALED_MALFORMED", message="the sealed part is not canonical JSON")
+    if not hmac.compare_digest(commitment(salt, sensitive), expected):
+        raise SealError(
+            code="COMMITMENT_MISMATCH",
+            message="the sealed part does not open the commitment the leaf signs",
+        )
+    return salt, sensitive
+
+
+def patient_ref(data_key: bytes) -> str:
+    """The patient's pseudonym (hex), from their data key."""
+    _key("data key", data_key, KEY_BYTES)
+    return hmac.new(data_key, PATIENT_REF_CONTEXT, hashlib.sha256).hexdigest()

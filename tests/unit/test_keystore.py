@@ -1,0 +1,178 @@
+"""The key store (careledger/keystore.py, ADR 0037) on a real SoftHSM2 token (Debian's
+softhsm2, installed by deploy/bootstrap.sh): keys made in the token stay there, data
+keys survive a restart of the process, a wrapped key changed or moved to another
+patient does not unwrap, a destroyed key is gone from the key file's bytes, and every
+unwrap is counted."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pkcs11
+import pytest
+from pkcs11 import Attribute
+
+from careledger.keystore import KeyStore, KeyStoreError, TokenConfig, local_token
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One SoftHSM configuration for the module (SoftHSM reads it once per process)."""
+    return tmp_path_factory.mktemp("keystore")
+
+
+@pytest.fixture
+def token(run_dir: Path) -> TokenConfig:
+    return local_token(run_dir, f"t{uuid.uuid4().hex[:12]}")
+
+
+def test_a_data_key_survives_a_restart_of_the_process(token: TokenConfig, run_dir: Path) -> None:
+    with KeyStore(token, create=True) as store:
+        lookup = store.lookup("urn:oid:1.2.3", "MRN-000042")
+        key = store.data_key(lookup, "ingest", create=True)
+        assert key is not None and len(key) == 32
+    script = (
+        "import sys; from pathlib import Path\n"
+        "from careledger.keystore import KeyStore, local_token\n"
+        "with KeyStore(local_token(Path(sys.argv[1]), sys.argv[2])) as s:\n"
+        "    print(s.data_key(s.lookup('urn:oid:1.2.3', 'MRN-000042'), 'report').hex())\n"
+    )
+    again = subprocess.run(
+        [sys.executable, "-c", script, str(run_dir), token.label],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == key.hex()
+
+
+def test_the_keys_made_in_the_token_cannot_be_read_out(token: TokenConfig) -> None:
+    with KeyStore(token, create=True):
+        pass
+    lib = pkcs11.lib(token.module)
+    with lib.get_token(token_label=token.label).open(user_pin=token.pin) as session:
+        for label in ("careledger-kek", "careledger-lookup", "careledger-actor"):
+            (key,) = list(session.get_objects({Attribute.LABEL: label}))
+            assert key[Attribute.EXTRACTABLE] is False and key[Attribute.SENSITIVE] is True
+            with pytest.raises(pkcs11.PKCS11Error):
+                key[Attribute.VALUE]
+
+
+def test_a_destroyed_key_cannot_be_unwrapped_and_its_bytes_are_gone_from_the_file(
+    token: TokenConfig,
+) -> None:
+    with KeyStore(token, create=True) as store:
+        erased, kept = store.lookup("s", "MRN-1"), store.lookup("s", "MRN-2")
+        store.data_key(erased, "ingest", create=True)
+        store.data_key(kept, "ingest", create=True)
+        wrapped = bytes(
+            sqlite3.connect(token.key_file)
+            .execute("SELECT wrapped FROM data_keys WHERE lookup = ?", (erased,))
+            .fetchone()[0]
+        )
+        assert wrapped in token.key_file.read_bytes()
+        assert store.destroy(erased) is True
+        assert store.data_key(erased, "report") is None
+        assert store.data_key(kept, "report") is not None  # the others are untouched
+        assert store.destroy(erased) is False
+    raw = token.key_file.read_bytes()
+    assert wrapped not in raw and erased not in raw
+
+
+def test_a_wrapped_key_moved_to_another_patient_does_not_unwrap(token: TokenConfig) -> None:
+    with KeyStore(token, create=True) as store:
+        mallory, alice = store.lookup("s", "MRN-M"), store.lookup("s", "MRN-A")
+        store.data_key(mallory, "ingest", create=True)
+        store.data_key(alice, "ingest", create=True)
+    db = sqlite3.connect(token.key_file)
+    (stolen,) = db.execute("SELECT wrapped FROM data_keys WHERE lookup = ?", (mallory,)).fetchone()
+    db.execute("UPDATE data_keys SET wrapped = ? WHERE lookup = ?", (stolen, alice))
+    db.commit()
+    db.close()
+    with KeyStore(token) as store, pytest.raises(KeyStoreError, match="does not unwrap"):
+        store.data_key(alice, "report")
+
+
+def test_a_wrapped_key_changed_by_one_bit_does_not_unwrap(token: TokenConfig) -> None:
+    with KeyStore(token, create=True) as store:
+        lookup = store.lookup("s", "MRN-B")
+        store.data_key(lookup, "ingest", create=True)
+    db = sqlite3.connect(token.key_file)
+    (wrapped,) = db.execute("SELECT wrapped FROM data_keys").fetchone()
+    changed = bytearray(wrapped)
+    changed[20] ^= 0x01
+    db.execute("UPDATE data_keys SET wrapped = ?", (bytes(changed),))
+    db.commit()
+    db.close()
+    with KeyStore(token) as store, pytest.raises(KeyStoreError, match="does not unwrap"):
+        store.data_key(lookup, "report")
+
+
+def test_every_unwrap_is_counted_by_purpose_across_restarts(token: TokenConfig) -> None:
+    with KeyStore(token, create=True) as store:
+        lookup = store.lookup("s", "MRN-C")
+        store.data_key(lookup, "ingest", create=True)  # made, not unwrapped
+        for _ in range(3):
+            store.data_key(lookup, "audit")
+        store.data_key(lookup, "re-identification")
+        assert store.unwrap_counts() == {"audit": 3, "re-identification": 1}
+    with KeyStore(token) as store:
+        store.data_key(lookup, "audit")
+        assert store.unwrap_counts() == {"audit": 4, "re-identification": 1}
+
+
+def test_lookups_and_actor_pseudonyms_are_keyed_by_the_token(
+    token: TokenConfig, run_dir: Path
+) -> None:
+    with KeyStore(token, create=True) as store:
+        a = store.lookup("s", "MRN-000001")
+        assert a == store.lookup("s", "MRN-000001") and a != store.lookup("s", "MRN-000002")
+        assert store.lookup("t", "MRN-000001") != a  # the system is part of it
+        ref = store.actor_ref("dr.house")
+        assert ref == store.actor_ref("dr.house") and len(ref) == 64
+    other = local_token(run_dir, f"o{uuid.uuid4().hex[:12]}")  # another deployment's token
+    with KeyStore(other, create=True) as store:
+        assert store.lookup("s", "MRN-000001") != a  # another token, another key
+        assert store.actor_ref("dr.house") != ref
+
+
+def test_a_token_that_cannot_be_opened_or_lacks_the_keys_is_one_clear_error(
+    token: TokenConfig,
+) -> None:
+    wrong_pin = TokenConfig(token.module, token.label, "0000", token.key_file, token.softhsm_conf)
+    with pytest.raises(KeyStoreError, match="cannot open the key store's token"):
+        KeyStore(wrong_pin)
+    with pytest.raises(KeyStoreError, match="never initialised"):
+        KeyStore(token)  # a token without the keys: not made silently
+    token.key_file.parent.mkdir(parents=True, exist_ok=True)
+    with KeyStore(token, create=True):
+        pass
+    token.key_file.chmod(0o644)
+    with pytest.raises(KeyStoreError, match="readable by group or others"):
+        KeyStore(token)
+
+
+def test_the_pin_comes_from_an_owner_only_file_or_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careledger.config import Settings
+
+    monkeypatch.delenv("CARELEDGER_KEYSTORE_PIN", raising=False)
+    with pytest.raises(KeyStoreError, match="needs its token's PIN"):
+        TokenConfig.from_settings(Settings(run_dir=tmp_path))
+    pin = tmp_path / "pin"
+    pin.write_text("1234\n")
+    pin.chmod(0o644)
+    with pytest.raises(KeyStoreError, match="group or others"):
+        TokenConfig.from_settings(Settings(run_dir=tmp_path, keystore_pin_file=pin))
+    pin.chmod(0o600)
+    config = TokenConfig.from_settings(Settings(run_dir=tmp_path, keystore_pin_file=pin))
+    assert config.pin == "1234" and "1234" not in repr(config)
+    assert config.key_file == tmp_path / "keystore" / "keys.db"
+    monkeypatch.setenv("CARELEDGER_KEYSTORE_PIN", "5678")
+    assert TokenConfig.from_settings(Settings(run_dir=tmp_path)).pin == "5678"
