@@ -574,7 +574,7 @@ async def _serve(settings: Settings, ready_file: Path | None) -> int:
 
 
 #: how long the gateway tries to reach the shared replay cache before it says it cannot
-PREFLIGHT_S: Final = 8.0
+PREFLIGHT_S: Final = 5.0
 
 
 def command_gateway(args: argparse.Namespace, settings: Settings) -> int:
