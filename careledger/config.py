@@ -292,6 +292,10 @@ class Settings:
     keystore_token_label: str = "careledger"
     keystore_pin_file: Path | None = None
     keystore_file: Path | None = None
+    # What may be erased when (careledger/retention.py): a TOML file of [[policy]]
+    # tables (name, retain_years, erasure_on_request, expire_years); none: the built-in
+    # us-hipaa and eu-gdpr.
+    retention_policy_file: Path | None = None
 
     # --- console (`careledger console`, console/, ADRs 0035, 0036) -------------------
     # Single sign-on with an OpenID Provider (ADR 0036); off while the issuer is empty.
