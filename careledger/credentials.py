@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +30,7 @@ __all__ = [
     "local_password_file",
     "pin_login",
     "read_secret_file",
+    "secret_from_env_or_file",
     "tls_dir",
 ]
 
@@ -79,6 +81,18 @@ def read_secret_file(path: Path, what: str) -> str:
     if not text:
         raise CredentialError(f"{what} {path} is empty")
     return text
+
+
+def secret_from_env_or_file(
+    env_name: str, path: Path | None, what: str, env: Mapping[str, str] | None = None
+) -> str:
+    """A secret from the environment variable ``env_name`` (of ``env``, default the
+    process's), else from ``path`` (owner only, :func:`read_secret_file`); "" when
+    neither is given."""
+    value = (os.environ if env is None else env).get(env_name, "")
+    if value:
+        return value
+    return read_secret_file(Path(path), what) if path is not None else ""
 
 
 def local_password(path: Path, what: str) -> str:

@@ -37,7 +37,7 @@ import pkcs11
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism
 
 from careledger.config import Settings
-from careledger.credentials import read_secret_file
+from careledger.credentials import read_secret_file, secret_from_env_or_file
 from careledger.keys import KeyFileError
 from careledger_core.errors import InfrastructureError
 
@@ -69,16 +69,16 @@ class TokenConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenConfig:
-        pin = os.environ.get(PIN_ENV, "")
+        try:
+            pin = secret_from_env_or_file(
+                PIN_ENV, settings.keystore_pin_file, "the key store PIN file"
+            )
+        except KeyFileError as exc:
+            raise KeyStoreError(str(exc)) from None
         if not pin:
-            if settings.keystore_pin_file is None:
-                raise KeyStoreError(
-                    f"the key store needs its token's PIN: set keystore_pin_file or {PIN_ENV}"
-                )
-            try:
-                pin = read_secret_file(settings.keystore_pin_file, "the key store PIN file")
-            except KeyFileError as exc:
-                raise KeyStoreError(str(exc)) from None
+            raise KeyStoreError(
+                f"the key store needs its token's PIN: set keystore_pin_file or {PIN_ENV}"
+            )
         return cls(
             module=settings.keystore_pkcs11_module,
             label=settings.keystore_token_label,

@@ -30,7 +30,6 @@ import hashlib
 import hmac
 import ipaddress
 import json
-import os
 import secrets
 import threading
 import time
@@ -44,7 +43,7 @@ import httpx
 import jwt
 
 from careledger.config import Settings
-from careledger.credentials import read_secret_file
+from careledger.credentials import secret_from_env_or_file
 from careledger.keys import KeyFileError
 
 __all__ = ["BINDING_COOKIE", "CALLBACK", "Identity", "OidcClient", "OidcConfig", "OidcError"]
@@ -127,20 +126,20 @@ class OidcConfig:
         """The configuration, or None when single sign-on is off (no issuer)."""
         if not settings.console_oidc_issuer:
             return None
-        env = os.environ if env is None else env
-        secret = env.get(SECRET_ENV, "")
+        try:
+            secret = secret_from_env_or_file(
+                SECRET_ENV,
+                settings.console_oidc_client_secret_file,
+                "the OIDC client secret file",
+                env,
+            )
+        except KeyFileError as exc:  # unreadable, empty or readable by others
+            raise OidcError(str(exc)) from None
         if not secret:
-            if settings.console_oidc_client_secret_file is None:
-                raise OidcError(
-                    f"single sign-on needs the client secret: set "
-                    f"console_oidc_client_secret_file (mode 0600) or {SECRET_ENV}"
-                )
-            try:
-                secret = read_secret_file(
-                    settings.console_oidc_client_secret_file, "the OIDC client secret file"
-                )
-            except KeyFileError as exc:  # unreadable, empty or readable by others
-                raise OidcError(str(exc)) from None
+            raise OidcError(
+                f"single sign-on needs the client secret: set "
+                f"console_oidc_client_secret_file (mode 0600) or {SECRET_ENV}"
+            )
         if not settings.console_public_url:
             raise OidcError(
                 "single sign-on needs console_public_url, the URL browsers reach the "
