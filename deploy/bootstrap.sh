@@ -168,34 +168,32 @@ if [ "$(cat "$witness_stamp" 2>/dev/null || true)" != "$TORCHWOOD_VERSION" ] \
     fi
 fi
 
-# --- 5. composecheck (docker-compose.yml through the real Compose parser) ----------
-CHECK_DIR="$ROOT/deploy/compose/check"
-CHECK_BIN="$CHECK_DIR/bin/composecheck"
-if [ ! -x "$CHECK_BIN" ] || [ "$CHECK_DIR/main.go" -nt "$CHECK_BIN" ] \
-    || [ "$CHECK_DIR/go.mod" -nt "$CHECK_BIN" ] || [ "$CHECK_DIR/go.sum" -nt "$CHECK_BIN" ]; then
-    if [ -z "$GO" ]; then
-        say "warning: go not found: composecheck is not built and tests/unit/test_compose_spec.py"
-        say "         will fail; install Go >= 1.24 and re-run deploy/bootstrap.sh"
-    else
-        say "building composecheck (compose-go, see deploy/compose/check/go.mod) into $CHECK_DIR/bin"
-        (cd "$CHECK_DIR" && GOFLAGS=-buildvcs=false "$GO" build -o bin/composecheck . </dev/null) \
-            || die "go build of deploy/compose/check failed (needs Go >= 1.24)"
+# go_build DIR NAME MIN_GO WHAT TEST: build the Go module in DIR into DIR/bin/NAME, only
+# when missing or older than its sources (modules checked against its go.sum); without
+# Go, say which TEST will fail.
+go_build() {
+    local dir="$1" name="$2" min_go="$3" what="$4" test="$5"
+    local bin="$dir/bin/$name"
+    if [ -x "$bin" ] && [ ! "$dir/main.go" -nt "$bin" ] && [ ! "$dir/go.mod" -nt "$bin" ] \
+        && [ ! "$dir/go.sum" -nt "$bin" ]; then
+        return 0
     fi
-fi
+    if [ -z "$GO" ]; then
+        say "warning: go not found: $name is not built and $test"
+        say "         will fail; install Go >= $min_go and re-run deploy/bootstrap.sh"
+        return 0
+    fi
+    say "building $name ($what, see ${dir#"$ROOT"/}/go.mod) into $dir/bin"
+    (cd "$dir" && GOFLAGS=-buildvcs=false "$GO" build -o "bin/$name" . </dev/null) \
+        || die "go build of ${dir#"$ROOT"/} failed (needs Go >= $min_go)"
+}
+
+# --- 5. composecheck (docker-compose.yml through the real Compose parser) ----------
+go_build "$ROOT/deploy/compose/check" composecheck 1.24 compose-go \
+    tests/unit/test_compose_spec.py
 
 # --- 6. testop: the OpenID Provider of the single sign-on tests ------------------------
-OIDC_DIR="$ROOT/deploy/oidc"
-OIDC_BIN="$OIDC_DIR/bin/testop"
-if [ ! -x "$OIDC_BIN" ] || [ "$OIDC_DIR/main.go" -nt "$OIDC_BIN" ] \
-    || [ "$OIDC_DIR/go.mod" -nt "$OIDC_BIN" ] || [ "$OIDC_DIR/go.sum" -nt "$OIDC_BIN" ]; then
-    if [ -z "$GO" ]; then
-        say "warning: go not found: testop is not built and tests/integration/test_console_sso_browser.py"
-        say "         will fail; install Go >= 1.26 and re-run deploy/bootstrap.sh"
-    else
-        say "building testop (zitadel/oidc's example provider, see deploy/oidc/go.mod) into $OIDC_DIR/bin"
-        (cd "$OIDC_DIR" && GOFLAGS=-buildvcs=false "$GO" build -o bin/testop . </dev/null) \
-            || die "go build of deploy/oidc failed (needs Go >= 1.26)"
-    fi
-fi
+go_build "$ROOT/deploy/oidc" testop 1.26 "zitadel/oidc's example provider" \
+    tests/integration/test_console_sso_browser.py
 
 say "ok (start the services with: .venv/bin/careledger up)"

@@ -145,9 +145,6 @@ class ZooKeeperReplayCache:
         except _ERRORS:
             pass
 
-    def __len__(self) -> int:
-        return 0  # not counted here: the entries live in ZooKeeper
-
     # ------------------------------------------------------------------ claims
     def _path(self, digest: bytes, signed_at: int) -> str:
         return f"{self.root}/{signed_at}/{digest[:16].hex()}"
