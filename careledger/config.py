@@ -286,8 +286,10 @@ class Settings:
 
     # --- key store (careledger/keystore.py, ADR 0037) ---------------------------------
     # Per-patient data keys wrapped by a key-encryption key in a PKCS#11 token: its
-    # library, the token's label, its PIN's file (mode 0600; or CARELEDGER_KEYSTORE_PIN)
-    # and the file of wrapped keys (default <run_dir>/keystore/keys.db).
+    # library, the token's label, its PIN's file (mode 0600; or CARELEDGER_KEYSTORE_PIN;
+    # neither, with SoftHSM2's library: the local stack's own token under run_dir).
+    # The wrapped keys live in the ledger's ClickHouse (data_keys, replicated with the
+    # ledger), or with keystore_file set, in that owner-only file (one node only).
     keystore_pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
     keystore_token_label: str = "careledger"
     keystore_pin_file: Path | None = None

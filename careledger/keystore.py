@@ -7,13 +7,15 @@
 * A **data key** (32 random bytes) is stored only wrapped: ``AES-256-GCM(KEK, iv,
   DEK, AAD = WRAP_CONTEXT || lookup)``, computed in the token. The lookup in the AAD
   ties a wrapped key to its patient: moved to another row, it does not unwrap.
-* The rows (lookup, wrapped key) live in a key file (SQLite, mode 0600, secure delete:
-  a destroyed row's bytes are overwritten, not left in free pages). Replicating them
-  with the ledger's tables is the next step of ADR 0037.
-* Every unwrap is counted per purpose (kept in the key file, so the counts survive a
+* The rows (lookup, key id, wrapped key) live in the ledger's ClickHouse, replicated
+  with it (:class:`careledger.keyrows.ClickHouseRows`), or in an owner-only SQLite file
+  for one node and the tests (:class:`careledger.keyrows.FileRows`). A patient may have
+  several keys (two processes making the first one at once, a rotation): each
+  ciphertext names its key; the preferred key is the oldest.
+* Every unwrap is counted per purpose (kept with the rows, so the counts survive a
   restart); re-identifications are ledgered by their callers with who and why.
-* :meth:`KeyStore.destroy` is the crypto-shredding: the row goes, and with it the only
-  way to the patient's sealed parts.
+* :meth:`KeyStore.destroy` is the crypto-shredding: every key row of the patient goes,
+  on every server, and with them the only way to the patient's sealed parts.
 
 Errors: :class:`KeyStoreError` (an ``InfrastructureError``), one line each.
 """
@@ -22,14 +24,12 @@ from __future__ import annotations
 
 import os
 import secrets
-import sqlite3
-import stat
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Final
 
@@ -38,10 +38,27 @@ from pkcs11 import Attribute, GCMParams, KeyType, Mechanism
 
 from careledger.config import Settings
 from careledger.credentials import read_secret_file, secret_from_env_or_file
+from careledger.keyrows import (
+    DESTROY_WAIT_S,
+    ClickHouseRows,
+    Destruction,
+    FileRows,
+    KeyRow,
+    KeyRows,
+    KeyRowsError,
+)
 from careledger.keys import KeyFileError
 from careledger_core.errors import InfrastructureError
 
-__all__ = ["KeyStore", "KeyStoreError", "TokenConfig", "local_token"]
+__all__ = [
+    "DataKey",
+    "Destruction",
+    "KeyStore",
+    "KeyStoreError",
+    "TokenConfig",
+    "local_token",
+    "open_keystore",
+]
 
 KEK_LABEL: Final = "careledger-kek"
 LOOKUP_LABEL: Final = "careledger-lookup"
@@ -52,10 +69,19 @@ PIN_ENV: Final = "CARELEDGER_KEYSTORE_PIN"
 SOFTHSM_MODULE: Final = "/usr/lib/softhsm/libsofthsm2.so"
 _IV_BYTES: Final = 12
 DATA_KEY_BYTES: Final = 32
+KEY_ID_BYTES: Final = 16
 
 
 class KeyStoreError(InfrastructureError):
     code = "KEYSTORE"
+
+
+@dataclass(frozen=True)
+class DataKey:
+    """A patient's data key, unwrapped; ``key_id`` is what a ciphertext names."""
+
+    key_id: bytes
+    key: bytes = field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,18 @@ class TokenConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> TokenConfig:
+        """The configured token; with no PIN configured and SoftHSM2's library, the
+        local stack's own token under ``run_dir`` (:func:`local_token`, made on first
+        use)."""
+        if (
+            settings.keystore_pin_file is None
+            and not os.environ.get(PIN_ENV)
+            and settings.keystore_pkcs11_module == SOFTHSM_MODULE
+        ):
+            local = local_token(settings.run_dir, settings.keystore_token_label)
+            if settings.keystore_file is not None:
+                local = replace(local, key_file=settings.keystore_file)
+            return local
         try:
             pin = secret_from_env_or_file(
                 PIN_ENV, settings.keystore_pin_file, "the key store PIN file"
@@ -143,11 +181,21 @@ def local_token(run_dir: Path, label: str = "careledger") -> TokenConfig:
 
 
 class KeyStore:
-    """One process's view of the token and the key file (thread-safe)."""
+    """One process's view of the token and the key rows (thread-safe)."""
 
-    def __init__(self, config: TokenConfig, *, create: bool = False) -> None:
+    def __init__(
+        self,
+        config: TokenConfig,
+        *,
+        create: bool = False,
+        rows: KeyRows | None = None,
+        count_flush_s: float = 0.0,
+    ) -> None:
         """``create``: make the token's keys when missing (first start); otherwise a
-        token without them is an error (the wrong token, or one that was reset)."""
+        token without them is an error (the wrong token, or one that was reset).
+        ``rows``: where the wrapped keys live (default: the token's key file).
+        ``count_flush_s``: unwrap counts are kept in memory and written at most this
+        often (and on :meth:`flush` and :meth:`close`)."""
         self.config = config
         self._lock = threading.Lock()
         if config.softhsm_conf is not None:
@@ -162,6 +210,11 @@ class KeyStore:
                 lib.reinitialize()
                 token = lib.get_token(token_label=config.label)
             self._session = token.open(user_pin=config.pin, rw=True)
+        except pkcs11.UserAlreadyLoggedIn:
+            raise KeyStoreError(
+                f"the token {config.label!r} is already open in this process: share its "
+                "KeyStore (closing one logs every session of the process out)"
+            ) from None
         except (pkcs11.PKCS11Error, RuntimeError, OSError) as exc:
             raise KeyStoreError(
                 f"cannot open the key store's token {config.label!r} through "
@@ -171,10 +224,19 @@ class KeyStore:
             self._kek = self._secret(KEK_LABEL, KeyType.AES, create, encrypt=True)
             self._lookup = self._secret(LOOKUP_LABEL, KeyType.GENERIC_SECRET, create)
             self._actor = self._secret(ACTOR_LABEL, KeyType.GENERIC_SECRET, create)
-        except KeyStoreError:
+            self._rows = rows if rows is not None else FileRows(config.key_file)
+        except (KeyStoreError, KeyRowsError) as exc:
             self._session.close()
-            raise
-        self._db = self._open_file(config.key_file)
+            raise KeyStoreError(str(exc)) from None
+        self.where = self._rows.where
+        self._pending: dict[str, int] = {}
+        self._flush_s = count_flush_s
+        self._flushed_at = time.monotonic()
+
+    @property
+    def rows(self) -> KeyRows:
+        """Where the wrapped keys live."""
+        return self._rows
 
     def _secret(self, label: str, kind: KeyType, create: bool, *, encrypt: bool = False) -> Any:
         found = list(self._session.get_objects({Attribute.LABEL: label, Attribute.TOKEN: True}))
@@ -199,29 +261,13 @@ class KeyStore:
             template |= {Attribute.SIGN: True, Attribute.VERIFY: True}
         return self._session.generate_key(kind, 256, label=label, store=True, template=template)
 
-    @staticmethod
-    def _open_file(path: Path) -> sqlite3.Connection:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists() and path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise KeyStoreError(f"{path} is readable by group or others: chmod 600 {path}")
-        if not path.exists():
-            os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        db.execute("PRAGMA secure_delete = ON")  # deleted rows overwritten with zeros
-        db.execute("PRAGMA journal_mode = DELETE")  # no WAL copy of a destroyed row
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS data_keys (lookup BLOB PRIMARY KEY, wrapped BLOB NOT "
-            "NULL, created_at REAL NOT NULL)"
-        )
-        db.execute(
-            "CREATE TABLE IF NOT EXISTS unwraps (purpose TEXT PRIMARY KEY, count INTEGER NOT NULL)"
-        )
-        return db
-
     def close(self) -> None:
         with self._lock:
-            self._db.close()
-            self._session.close()
+            try:
+                self._write_counts()
+            finally:
+                self._rows.close()
+                self._session.close()
 
     def __enter__(self) -> KeyStore:
         return self
@@ -236,10 +282,12 @@ class KeyStore:
                 yield
             except pkcs11.PKCS11Error as exc:
                 raise KeyStoreError(f"the token refused: {type(exc).__name__}") from None
+            except KeyRowsError as exc:
+                raise KeyStoreError(str(exc)) from None
 
     # ------------------------------------------------------------------ pseudonyms
     def lookup(self, system: str, patient_id: str) -> bytes:
-        """The key row's lookup for a patient: HMAC-SHA256 in the token."""
+        """The key rows' lookup for a patient: HMAC-SHA256 in the token."""
         message = LOOKUP_CONTEXT + system.encode() + b"\x00" + patient_id.encode()
         with self._token():
             return bytes(self._lookup.sign(message, mechanism=Mechanism.SHA256_HMAC))
@@ -251,63 +299,135 @@ class KeyStore:
         return bytes(mac).hex()
 
     # ------------------------------------------------------------------ data keys
-    def data_key(self, lookup: bytes, purpose: str, *, create: bool = False) -> bytes | None:
-        """The patient's data key (unwrapped in the token, counted under ``purpose``);
-        None when there is none (never made, or destroyed) and ``create`` is false."""
+    def data_key(self, lookup: bytes, purpose: str, *, create: bool = False) -> DataKey | None:
+        """The patient's preferred data key (the oldest; unwrapped in the token and
+        counted under ``purpose``); None when there is none (never made, or destroyed)
+        and ``create`` is false. A key made here is not counted as an unwrap; when
+        another process made one at the same time, both rows stay and the oldest is the
+        one returned (to both)."""
         with self._token():
-            row = self._db.execute(
-                "SELECT wrapped FROM data_keys WHERE lookup = ?", (lookup,)
-            ).fetchone()
-            if row is None:
+            rows = self._rows.rows(lookup)
+            made: DataKey | None = None
+            if not rows:
                 if not create:
                     return None
-                key = secrets.token_bytes(DATA_KEY_BYTES)
+                made = DataKey(secrets.token_bytes(KEY_ID_BYTES), secrets.token_bytes(32))
                 iv = secrets.token_bytes(_IV_BYTES)
                 wrapped = iv + bytes(
                     self._kek.encrypt(
-                        key,
+                        made.key,
                         mechanism=Mechanism.AES_GCM,
-                        mechanism_param=GCMParams(iv, WRAP_CONTEXT + lookup, 128),
+                        mechanism_param=GCMParams(iv, self._aad(lookup, made.key_id), 128),
                     )
                 )
-                self._db.execute(
-                    "INSERT INTO data_keys VALUES (?, ?, ?)", (lookup, wrapped, time.time())
-                )
-                return key
-            wrapped = bytes(row[0])
-            try:
-                key = bytes(
-                    self._kek.decrypt(
-                        wrapped[_IV_BYTES:],
-                        mechanism=Mechanism.AES_GCM,
-                        mechanism_param=GCMParams(wrapped[:_IV_BYTES], WRAP_CONTEXT + lookup, 128),
-                    )
-                )
-            except pkcs11.PKCS11Error:
-                raise KeyStoreError(
-                    "a wrapped data key does not unwrap for its patient (changed, or moved "
-                    "from another row)"
-                ) from None
-            if len(key) != DATA_KEY_BYTES:
-                raise KeyStoreError("a wrapped data key has the wrong size")
-            self._db.execute(
-                "INSERT INTO unwraps VALUES (?, 1) ON CONFLICT(purpose) DO UPDATE SET "
-                "count = count + 1",
-                (purpose,),
-            )
-            return key
+                self._rows.add(KeyRow(lookup, made.key_id, wrapped, time.time_ns()))
+                rows = self._rows.rows(lookup)  # another process's key may be older
+            first = min(rows, key=lambda r: (r.created_ns, r.key_id))
+            if made is not None and first.key_id == made.key_id:
+                return made
+            return self._unwrap(first, purpose)
 
-    def destroy(self, lookup: bytes) -> bool:
-        """Crypto-shredding: forget the patient's wrapped data key; whether there was one."""
+    def data_keys(self, lookup: bytes, purpose: str) -> list[DataKey]:
+        """Every data key of the patient, oldest first (each unwrap counted)."""
         with self._token():
-            gone = self._db.execute("DELETE FROM data_keys WHERE lookup = ?", (lookup,)).rowcount
-            self._db.execute("VACUUM")  # and no free page keeps the old bytes
-        return bool(gone)
+            rows = sorted(self._rows.rows(lookup), key=lambda r: (r.created_ns, r.key_id))
+            return [self._unwrap(r, purpose) for r in rows]
+
+    def key(self, lookup: bytes, key_id: bytes, purpose: str) -> DataKey | None:
+        """The patient's data key named ``key_id`` (a ciphertext's), or None."""
+        with self._token():
+            for row in self._rows.rows(lookup):
+                if row.key_id == key_id:
+                    return self._unwrap(row, purpose)
+            return None
+
+    @staticmethod
+    def _aad(lookup: bytes, key_id: bytes) -> bytes:
+        return WRAP_CONTEXT + lookup + key_id
+
+    def _unwrap(self, row: KeyRow, purpose: str) -> DataKey:
+        wrapped = row.wrapped
+        try:
+            key = bytes(
+                self._kek.decrypt(
+                    wrapped[_IV_BYTES:],
+                    mechanism=Mechanism.AES_GCM,
+                    mechanism_param=GCMParams(
+                        wrapped[:_IV_BYTES], self._aad(row.lookup, row.key_id), 128
+                    ),
+                )
+            )
+        except pkcs11.PKCS11Error:
+            raise KeyStoreError(
+                "a wrapped data key does not unwrap for its patient (changed, or moved "
+                "from another row)"
+            ) from None
+        if len(key) != DATA_KEY_BYTES:
+            raise KeyStoreError("a wrapped data key has the wrong size")
+        self._pending[purpose] = self._pending.get(purpose, 0) + 1
+        if time.monotonic() - self._flushed_at >= self._flush_s:
+            self._write_counts()
+        return DataKey(row.key_id, key)
+
+    def _write_counts(self) -> None:
+        pending, self._pending = self._pending, {}
+        self._flushed_at = time.monotonic()
+        try:
+            self._rows.add_unwraps(pending)
+        except KeyRowsError:
+            for purpose, n in pending.items():  # kept for the next write
+                self._pending[purpose] = self._pending.get(purpose, 0) + n
+            raise
+
+    def flush(self) -> None:
+        """Write the unwrap counts kept in memory."""
+        with self._token():
+            self._write_counts()
+
+    def destroy(self, lookup: bytes) -> Destruction:
+        """Crypto-shredding: every key row of the patient, on every server holding the
+        rows; what it confirmed and where it could not."""
+        with self._token():
+            return self._rows.destroy(lookup)
 
     def unwrap_counts(self) -> dict[str, int]:
         with self._token():
-            return {p: int(c) for p, c in self._db.execute("SELECT purpose, count FROM unwraps")}
+            self._write_counts()
+            return self._rows.unwrap_counts()
 
     def count(self) -> int:
         with self._token():
-            return int(self._db.execute("SELECT count(*) FROM data_keys").fetchone()[0])
+            return self._rows.count()
+
+
+def open_keystore(
+    settings: Settings, *, create: bool = False, destroy_wait_s: float = DESTROY_WAIT_S
+) -> KeyStore:
+    """The deployment's key store: its token (:meth:`TokenConfig.from_settings`) and
+    its rows in the ledger's ClickHouse, every server of a replicated layout (or the
+    ``keystore_file`` when one is set). Unwrap counts are written every 5 s; a
+    destruction waits up to ``destroy_wait_s`` for every server to confirm it."""
+    from careledger.storage.backend import StorageError, open_backend
+    from careledger.storage.migrations import replica_settings
+
+    config = TokenConfig.from_settings(settings)
+    if settings.keystore_file is not None:
+        return KeyStore(config, create=create)
+    servers = []
+    try:
+        for server in replica_settings(settings):
+            name = f"{server.clickhouse_host}:{server.clickhouse_port}"
+            servers.append((name, open_backend(server)))
+        primary = open_backend(settings)  # fails over between the servers
+        rows = ClickHouseRows(
+            settings.clickhouse_database, servers, primary=primary, wait_s=destroy_wait_s
+        )
+    except StorageError as exc:
+        for _name, backend in servers:
+            backend.close()
+        raise KeyStoreError(f"the key store's ClickHouse cannot be reached: {exc}") from None
+    try:
+        return KeyStore(config, create=create, rows=rows, count_flush_s=5.0)
+    except KeyStoreError:
+        rows.close()
+        raise

@@ -131,6 +131,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "record, pipeline health (every view ledgered); and its accounts",
     ),
     "consent": ("commands.consent", "patients' consents: load FHIR Consents from files"),
+    "keystore": (
+        "commands.keystore",
+        "the key store of per-patient data keys (ADR 0037): init, status",
+    ),
     "tls-certs": (
         "careledger.tls",
         "make (or renew when stale) a CA and a server certificate for named hosts",
@@ -164,6 +168,7 @@ ONE_SHOT = frozenset(
         "verify-proof",
         "source",
         "consent",
+        "keystore",
         "kafka-setup",
     }
 )

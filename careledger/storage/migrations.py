@@ -388,6 +388,40 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        11,
+        "the key store's rows (ADR 0037): wrapped data keys and unwrap counts",
+        (
+            # lookup = HMAC(K_lookup, patient) and the wrapped data key, both hex; a
+            # patient may have several keys (key_id). A destruction is an ALTER ... DELETE
+            # (careledger/keyrows.py); the superseded parts it leaves are removed after
+            # old_parts_lifetime, 60 s here instead of the server's 480 s default.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.data_keys (
+                lookup String,
+                key_id String,
+                wrapped String,
+                created_ns UInt64
+            ) ENGINE = MergeTree()
+            ORDER BY (lookup, key_id)
+            SETTINGS old_parts_lifetime = 60
+            """,
+            # Every unwrap of a data key, counted per process and purpose and flushed in
+            # batches; re-identifications are also ledgered by their callers.
+            """
+            CREATE TABLE IF NOT EXISTS {db}.key_unwraps (
+                at UInt32,
+                process String,
+                purpose String,
+                unwraps UInt64
+            ) ENGINE = MergeTree()
+            ORDER BY (purpose, at)
+            """,
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -16,6 +16,7 @@ import pkcs11
 import pytest
 from pkcs11 import Attribute
 
+from careledger.keyrows import KeyRow
 from careledger.keystore import KeyStore, KeyStoreError, TokenConfig, local_token
 
 
@@ -33,13 +34,14 @@ def token(run_dir: Path) -> TokenConfig:
 def test_a_data_key_survives_a_restart_of_the_process(token: TokenConfig, run_dir: Path) -> None:
     with KeyStore(token, create=True) as store:
         lookup = store.lookup("urn:oid:1.2.3", "MRN-000042")
-        key = store.data_key(lookup, "ingest", create=True)
-        assert key is not None and len(key) == 32
+        made = store.data_key(lookup, "ingest", create=True)
+        assert made is not None and len(made.key) == 32 and len(made.key_id) == 16
+        key = made.key
     script = (
         "import sys; from pathlib import Path\n"
         "from careledger.keystore import KeyStore, local_token\n"
         "with KeyStore(local_token(Path(sys.argv[1]), sys.argv[2])) as s:\n"
-        "    print(s.data_key(s.lookup('urn:oid:1.2.3', 'MRN-000042'), 'report').hex())\n"
+        "    print(s.data_key(s.lookup('urn:oid:1.2.3', 'MRN-000042'), 'report').key.hex())\n"
     )
     again = subprocess.run(
         [sys.executable, "-c", script, str(run_dir), token.label],
@@ -76,10 +78,11 @@ def test_a_destroyed_key_cannot_be_unwrapped_and_its_bytes_are_gone_from_the_fil
             .fetchone()[0]
         )
         assert wrapped in token.key_file.read_bytes()
-        assert store.destroy(erased) is True
+        gone = store.destroy(erased)
+        assert gone.rows == 1 and gone.complete and gone.confirmed == (store.where,)
         assert store.data_key(erased, "report") is None
         assert store.data_key(kept, "report") is not None  # the others are untouched
-        assert store.destroy(erased) is False
+        assert store.destroy(erased).rows == 0
     raw = token.key_file.read_bytes()
     assert wrapped not in raw and erased not in raw
 
@@ -163,8 +166,9 @@ def test_the_pin_comes_from_an_owner_only_file_or_the_environment(
     from careledger.config import Settings
 
     monkeypatch.delenv("CARELEDGER_KEYSTORE_PIN", raising=False)
+    hsm = "/usr/lib/some-hsm/pkcs11.so"  # a production token: its PIN must be given
     with pytest.raises(KeyStoreError, match="needs its token's PIN"):
-        TokenConfig.from_settings(Settings(run_dir=tmp_path))
+        TokenConfig.from_settings(Settings(run_dir=tmp_path, keystore_pkcs11_module=hsm))
     pin = tmp_path / "pin"
     pin.write_text("1234\n")
     pin.chmod(0o644)
@@ -176,3 +180,64 @@ def test_the_pin_comes_from_an_owner_only_file_or_the_environment(
     assert config.key_file == tmp_path / "keystore" / "keys.db"
     monkeypatch.setenv("CARELEDGER_KEYSTORE_PIN", "5678")
     assert TokenConfig.from_settings(Settings(run_dir=tmp_path)).pin == "5678"
+
+
+def test_with_softhsm_and_no_pin_configured_the_local_stack_gets_a_token_of_its_own(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from careledger.config import Settings
+
+    monkeypatch.delenv("CARELEDGER_KEYSTORE_PIN", raising=False)
+    label = f"l{uuid.uuid4().hex[:12]}"
+    config = TokenConfig.from_settings(Settings(run_dir=run_dir, keystore_token_label=label))
+    pin_file = run_dir / "softhsm" / f"{label}.pin"
+    assert config.label == label and config.softhsm_conf == run_dir / "softhsm" / "softhsm2.conf"
+    assert pin_file.stat().st_mode & 0o777 == 0o600
+    assert config.pin == pin_file.read_text().strip() and len(config.pin) == 32
+    with KeyStore(config, create=True) as store:
+        assert store.count() == 0
+    again = TokenConfig.from_settings(Settings(run_dir=run_dir, keystore_token_label=label))
+    assert again.pin == config.pin  # the same token on the next start
+
+
+def test_two_processes_making_a_patients_first_key_at_once_agree_on_the_oldest(
+    token: TokenConfig,
+) -> None:
+    """Both rows stay (a ciphertext under either still opens: it names its key), and
+    every later request gets the oldest; destroying the patient takes both."""
+    with KeyStore(token, create=True) as first:
+        second = first  # one token session per process: the other's row is added below
+        lookup = first.lookup("s", "MRN-RACE")
+        a = first.data_key(lookup, "ingest", create=True)
+        assert a is not None
+        # another process made its own key before it could see this one's row
+        (row,) = second._rows.rows(lookup)
+        b_id, b_key, iv = b"\x00" * 16, b"\x11" * 32, b"\x22" * 12
+        wrapped = iv + bytes(
+            second._kek.encrypt(
+                b_key,
+                mechanism=pkcs11.Mechanism.AES_GCM,
+                mechanism_param=pkcs11.GCMParams(iv, second._aad(lookup, b_id), 128),
+            )
+        )
+        second._rows.add(KeyRow(lookup, b_id, wrapped, row.created_ns + 1))
+        assert second.data_key(lookup, "ingest", create=True) == a
+        assert first.data_key(lookup, "report") == a
+        keys = first.data_keys(lookup, "report")
+        assert [k.key_id for k in keys] == [a.key_id, b_id] and keys[1].key == b_key
+        assert first.key(lookup, b_id, "report") == keys[1]
+        assert first.key(lookup, b"\x01" * 16, "report") is None
+        assert first.destroy(lookup).rows == 2
+        assert first.data_keys(lookup, "report") == []
+
+
+def test_a_key_id_changed_in_the_row_does_not_unwrap(token: TokenConfig) -> None:
+    with KeyStore(token, create=True) as store:
+        lookup = store.lookup("s", "MRN-SWAP")
+        assert store.data_key(lookup, "ingest", create=True) is not None
+    db = sqlite3.connect(token.key_file)
+    db.execute("UPDATE data_keys SET key_id = ?", (b"\x07" * 16,))
+    db.commit()
+    db.close()
+    with KeyStore(token) as store, pytest.raises(KeyStoreError, match="does not unwrap"):
+        store.data_key(lookup, "report")
