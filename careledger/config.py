@@ -290,6 +290,17 @@ class Settings:
     # neither, with SoftHSM2's library: the local stack's own token under run_dir).
     # The wrapped keys live in the ledger's ClickHouse (data_keys, replicated with the
     # ledger), or with keystore_file set, in that owner-only file (one node only).
+    # Sealed events (ADR 0037): sources seal to the processor's ingest public key
+    # (ingest_public_key: its .pub file); with seal_events the processor (ingest_key, its
+    # private file, 0600, or CARELEDGER_INGEST_KEY_TEXT) chains sealed documents only
+    # and stores each event's sensitive part under the patient's data key; verify reads
+    # the events table as sealed documents.
+    seal_events: bool = False
+    # how long a processor keeps a data key in memory; `careledger erase` waits this
+    # long (and 2 s) after destroying a patient's keys, so nothing is sealed under them
+    sealing_key_cache_s: float = 30.0
+    ingest_key: Path | None = None
+    ingest_public_key: Path | None = None
     keystore_pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
     keystore_token_label: str = "careledger"
     keystore_pin_file: Path | None = None

@@ -77,6 +77,8 @@ class KeyRows(Protocol):
 
     def rows(self, lookup: bytes) -> list[KeyRow]: ...
 
+    def by_key_ids(self, key_ids: Sequence[bytes]) -> list[KeyRow]: ...
+
     def add(self, row: KeyRow) -> None: ...
 
     def destroy(self, lookup: bytes) -> Destruction: ...
@@ -117,6 +119,15 @@ class FileRows:
             "SELECT key_id, wrapped, created_ns FROM data_keys WHERE lookup = ?", (lookup,)
         )
         return [KeyRow(lookup, bytes(k), bytes(w), int(c)) for k, w, c in found]
+
+    def by_key_ids(self, key_ids: Sequence[bytes]) -> list[KeyRow]:
+        out: list[KeyRow] = []
+        for key_id in dict.fromkeys(key_ids):
+            found = self._db.execute(
+                "SELECT lookup, wrapped, created_ns FROM data_keys WHERE key_id = ?", (key_id,)
+            )
+            out += [KeyRow(bytes(lk), key_id, bytes(w), int(c)) for lk, w, c in found]
+        return out
 
     def add(self, row: KeyRow) -> None:
         self._db.execute(
@@ -202,6 +213,23 @@ class ClickHouseRows:
             k, w = _hex(key_id), _hex(wrapped)
             if k is not None and w is not None:
                 out.append(KeyRow(lookup, k, w, int(created)))
+        return out
+
+    def by_key_ids(self, key_ids: Sequence[bytes]) -> list[KeyRow]:
+        """The rows of these key ids (a sealed part names its key, not its patient)."""
+        wanted = sorted({k.hex() for k in key_ids})
+        out: list[KeyRow] = []
+        for start in range(0, len(wanted), 1000):
+            found = self._run(
+                self._primary,
+                f"SELECT lookup, key_id, wrapped, created_ns FROM {self._db}.data_keys "
+                "WHERE key_id IN %(ids)s",
+                {"ids": tuple(wanted[start : start + 1000])},
+            )
+            for lookup, key_id, wrapped, created in found:
+                lk, k, w = _hex(lookup), _hex(key_id), _hex(wrapped)
+                if lk is not None and k is not None and w is not None:
+                    out.append(KeyRow(lk, k, w, int(created)))
         return out
 
     def add(self, row: KeyRow) -> None:

@@ -22,16 +22,17 @@ Errors: :class:`KeyStoreError` (an ``InfrastructureError``), one line each.
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import pkcs11
 from pkcs11 import Attribute, GCMParams, KeyType, Mechanism
@@ -53,6 +54,7 @@ from careledger_core.errors import InfrastructureError
 __all__ = [
     "DataKey",
     "Destruction",
+    "KeyOf",
     "KeyStore",
     "KeyStoreError",
     "TokenConfig",
@@ -76,12 +78,41 @@ class KeyStoreError(InfrastructureError):
     code = "KEYSTORE"
 
 
+@functools.cache
+def _err_clear_error() -> Callable[[], None]:
+    """OpenSSL's ``ERR_clear_error`` of the libcrypto this process's ``ssl`` uses."""
+    import ctypes
+    import ssl  # loads libcrypto.so.3 (Debian's, as SoftHSM2 does)
+
+    del ssl
+    try:
+        return cast(Callable[[], None], ctypes.CDLL("libcrypto.so.3").ERR_clear_error)
+    except (OSError, AttributeError):
+        return lambda: None
+
+
+def _clear_openssl_errors() -> None:
+    """SoftHSM2 leaves errors in this thread's OpenSSL error queue (it probes engines it
+    does not have); Python's ``ssl`` would then report the stale error on the next TLS
+    read of the same thread (``[ENGINE: NO_SUCH_ENGINE]`` from a ClickHouse query, seen
+    in ``verify``). Cleared after every use of the token."""
+    _err_clear_error()()
+
+
 @dataclass(frozen=True)
 class DataKey:
     """A patient's data key, unwrapped; ``key_id`` is what a ciphertext names."""
 
     key_id: bytes
     key: bytes = field(repr=False)
+
+
+@dataclass(frozen=True)
+class KeyOf:
+    """A data key and the lookup of the patient it belongs to."""
+
+    lookup: bytes
+    data_key: DataKey
 
 
 @dataclass(frozen=True)
@@ -220,6 +251,8 @@ class KeyStore:
                 f"cannot open the key store's token {config.label!r} through "
                 f"{config.module}: {type(exc).__name__}"
             ) from None
+        finally:
+            _clear_openssl_errors()
         try:
             self._kek = self._secret(KEK_LABEL, KeyType.AES, create, encrypt=True)
             self._lookup = self._secret(LOOKUP_LABEL, KeyType.GENERIC_SECRET, create)
@@ -228,6 +261,8 @@ class KeyStore:
         except (KeyStoreError, KeyRowsError) as exc:
             self._session.close()
             raise KeyStoreError(str(exc)) from None
+        finally:
+            _clear_openssl_errors()
         self.where = self._rows.where
         self._pending: dict[str, int] = {}
         self._flush_s = count_flush_s
@@ -284,6 +319,8 @@ class KeyStore:
                 raise KeyStoreError(f"the token refused: {type(exc).__name__}") from None
             except KeyRowsError as exc:
                 raise KeyStoreError(str(exc)) from None
+            finally:
+                _clear_openssl_errors()
 
     # ------------------------------------------------------------------ pseudonyms
     def lookup(self, system: str, patient_id: str) -> bytes:
@@ -340,6 +377,15 @@ class KeyStore:
                 if row.key_id == key_id:
                     return self._unwrap(row, purpose)
             return None
+
+    def keys_by_id(self, key_ids: Sequence[bytes], purpose: str) -> dict[bytes, KeyOf]:
+        """The data keys of these ids with the lookup each belongs to (for ``verify``,
+        which reads sealed parts by key id); ids with no row are absent."""
+        with self._token():
+            return {
+                row.key_id: KeyOf(row.lookup, self._unwrap(row, purpose))
+                for row in self._rows.by_key_ids(key_ids)
+            }
 
     @staticmethod
     def _aad(lookup: bytes, key_id: bytes) -> bytes:

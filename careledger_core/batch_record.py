@@ -27,6 +27,7 @@ not the ones the statement signs. The signature is checked by the caller
 from __future__ import annotations
 
 import base64
+import binascii
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -60,6 +61,9 @@ __all__ = [
 ]
 
 SIGNED_BATCH_SCHEMA: Final = "careledger.signed-batch/1"
+#: an ingest box's largest base64 form (a sensitive part carries at most a query of
+#: 64 KiB in base64, plus names and identifiers)
+SEALED_BOX_MAX_B64: Final = 262_144
 
 
 class SignedBatchRecord(
@@ -73,6 +77,13 @@ class SignedBatchRecord(
     events: Annotated[
         tuple[msgspec.Raw, ...], msgspec.Meta(min_length=1, max_length=MAX_BATCH_SIZE)
     ]
+    #: sealed events (ADR 0037): per event, the base64 ingest box of its sensitive part
+    #: (the events are then sealed documents); not signed: each box must open to the
+    #: commitment its signed document holds
+    sealed: Annotated[
+        tuple[Annotated[str, msgspec.Meta(max_length=SEALED_BOX_MAX_B64)], ...],
+        msgspec.Meta(max_length=MAX_BATCH_SIZE),
+    ] = ()
 
 
 _ENCODER: Final = msgspec.json.Encoder(order="sorted")
@@ -91,22 +102,31 @@ class OpenedBatch:
     events: tuple[bytes, ...]
     #: ``leaf_hash(events[i])``: the hash the batch entry ``i`` binds to its seq
     leaf_hashes: tuple[bytes, ...]
+    #: sealed events (ADR 0037): each event's ingest box, decoded; empty otherwise
+    sealed: tuple[bytes, ...] = ()
 
 
 def encode_batch_record(
-    statement: BatchStatement, signature: str, canonical_events: Sequence[bytes]
+    statement: BatchStatement,
+    signature: str,
+    canonical_events: Sequence[bytes],
+    sealed: Sequence[bytes] = (),
 ) -> bytes:
-    """The Kafka record value of one signed batch (the events' canonical bytes inside)."""
+    """The Kafka record value of one signed batch (the events' canonical bytes inside,
+    and for sealed events each one's ingest box)."""
     if len(canonical_events) != statement.size:
         raise ValidationError(
             f"a batch record of {statement.size} events cannot hold {len(canonical_events)}"
         )
+    if sealed and len(sealed) != len(canonical_events):
+        raise ValidationError("a sealed batch needs one ingest box per event")
     return _ENCODER.encode(
         SignedBatchRecord(
             schema=SIGNED_BATCH_SCHEMA,
             statement=statement,
             signature=signature,
             events=tuple(msgspec.Raw(e) for e in canonical_events),
+            sealed=tuple(base64.b64encode(b).decode() for b in sealed),
         )
     )
 
@@ -146,7 +166,15 @@ def open_batch_record(data: bytes) -> OpenedBatch:
         raise SourceAuthError(
             "the record's events are not the signed batch", code="BAD_PROOF", details=details
         )
-    return OpenedBatch(st, record.signature, events, leaves)
+    if record.sealed and len(record.sealed) != len(events):
+        raise SourceEnvelopeError(
+            f"the record holds {len(events)} events and {len(record.sealed)} ingest boxes"
+        )
+    try:
+        boxes = tuple(base64.b64decode(b, validate=True) for b in record.sealed)
+    except binascii.Error:
+        raise SourceEnvelopeError("an ingest box is not base64") from None
+    return OpenedBatch(st, record.signature, events, leaves, boxes)
 
 
 def sign_batch_record(
@@ -158,6 +186,7 @@ def sign_batch_record(
     canonical_events: Sequence[bytes],
     signed_at: str,
     signed_by: str | None = None,
+    sealed: Sequence[bytes] = (),
 ) -> tuple[BatchStatement, str, bytes]:
     """Sign one batch and encode its record: (statement, signature, record value).
 
@@ -184,4 +213,5 @@ def sign_batch_record(
     except msgspec.ValidationError as exc:
         raise ValidationError(f"cannot sign this batch: {exc}") from exc
     signature = base64.b64encode(key.sign(BATCH_CONTEXT + statement_bytes(statement))).decode()
-    return statement, signature, encode_batch_record(statement, signature, canonical_events)
+    record = encode_batch_record(statement, signature, canonical_events, sealed)
+    return statement, signature, record

@@ -23,9 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
+from careledger.ingest_keys import load_ingest_key
 from careledger.kafka.clients import client_config
 from careledger.kafka.security import PROCESSOR, kafka_login
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
+from careledger.keystore import open_keystore
 from careledger.service_health import ServiceHealth
 from careledger.sources.reading import READ_TIMEOUT_S, read_topic_from
 from careledger.stack.topics import events_topic_time_problem
@@ -40,6 +42,7 @@ from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Processor
 from processors.records import Part, Record
 from processors.registry_follower import RegistryFollower
+from processors.sealing import EventOpener
 from processors.sources import SourceGate, processor_key_problem
 
 #: the processor's cumulative numbers: Prometheus counters (``<name>_total``)
@@ -168,12 +171,22 @@ def source_gate(settings: Settings) -> SourceGate:
         max_skew_s=settings.source_max_skew_s,
         follower=follower,
     )
+    if settings.seal_events:
+        gate.opener = event_opener(settings)
     if follower is not None:
         follower.poll()  # at start, before any record: the whole topic once
         follower.start()
     elif settings.require_source_signatures:
         log.warning("no trusted registrar key: every access event will be quarantined")
     return gate
+
+
+def event_opener(settings: Settings) -> EventOpener:
+    """A sealed ledger's opener (ADR 0037): the ingest key and the key store (its keys
+    made on first use). Raises ``KeyFileError`` or ``KeyStoreError`` (one line)."""
+    ingest = load_ingest_key(settings.ingest_key)
+    keystore = open_keystore(settings, create=True)
+    return EventOpener(ingest, keystore, ttl_s=settings.sealing_key_cache_s)
 
 
 #: how long a seek may wait for the consumer thread (it runs between two fetches)
@@ -497,7 +510,11 @@ def command_process(args: argparse.Namespace, settings: Settings) -> int:
         if problem:
             print(f"careledger process: {problem}", file=sys.stderr)
             return 2
-        gate = source_gate(settings)
+        try:
+            gate = source_gate(settings)
+        except CareledgerError as exc:  # a sealed ledger's ingest key or key store
+            print(f"careledger process: {exc}", file=sys.stderr)
+            return 2
         problem = processor_key_problem(
             gate.registry, settings.origin, key.key_id, timestamp_of(time.time())
         )

@@ -259,7 +259,7 @@ class PartitionChain:
         raw = value if value is not None else b""
         if value is None:
             return [Rejected(offset, raw, key, "EVENT_EMPTY", "message has no value", "$")]
-        gate = self.gate if self.kind is ACCESS else None
+        gate = self.gate if self.kind.signed else None
         if gate is not None and looks_batch(value):
             return self._admit_batch(gate, offset, value, key, kafka_ts, timestamp_type)
         limit = self.kind.max_bytes or self.max_event_bytes  # raw records are larger

@@ -46,7 +46,7 @@ from typing import Any
 from confluent_kafka import KafkaException
 
 from careledger.config import Settings
-from careledger.storage.kinds import ACCESS, kind_for_topic
+from careledger.storage.kinds import kind_for_topic
 from careledger.storage.store import ChainStore, SealedBlock
 from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
@@ -275,7 +275,7 @@ class Processor:
         # round trip through the consumer thread (up to a fetch wait), so skip it otherwise.
         earliest = 0 if head is not None else await self._earliest(part)
 
-        if self.gate is not None and kind is ACCESS:
+        if self.gate is not None and kind.signed:
             # before this chain's records are admitted, learn what was chained meanwhile
             await self._sync_seqs(self.executor, self.store, others_only=False)
 

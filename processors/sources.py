@@ -50,13 +50,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 import msgspec
 from confluent_kafka import KafkaException
 
 from careledger.storage.store import BatchInfo, ChainedEvent
-from careledger_core.batch_record import open_batch_record
+from careledger_core.batch_record import OpenedBatch, open_batch_record
 from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.hashing import leaf_hash
@@ -65,6 +65,7 @@ from careledger_core.source import (
     BatchStatement,
     BatchVerifier,
     SourceAuthError,
+    SourceEnvelopeError,
     SourceRegistry,
     decode_signed_event,
     looks_signed,
@@ -112,6 +113,21 @@ class EventRefused:
     code: str
     reason: str
     field: str
+
+
+class BatchOpener(Protocol):
+    """Opens the events of a sealed batch record (``processors.sealing.EventOpener``):
+    the chainable ones, and (index, bytes, code, reason, field) of those refused."""
+
+    def open_batch(
+        self,
+        info: BatchInfo,
+        offset: int,
+        raw: Sequence[bytes],
+        leaves: Sequence[bytes],
+        boxes: Sequence[bytes],
+        max_event_bytes: int,
+    ) -> tuple[list[ChainedEvent], list[tuple[int, bytes, str, str, str]]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +189,9 @@ class SourceGate:
         #: chained and pending sequence numbers (rebuilt from the store by the processor)
         self.seqs = seqs if seqs is not None else SeqState()
         self.quarantined = 0
+        #: a sealed ledger's opener (ADR 0037): then batch records of sealed events are
+        #: the only records admitted; None: sealed records are refused
+        self.opener: BatchOpener | None = None
 
     @property
     def registry(self) -> SourceRegistry:
@@ -264,6 +283,10 @@ class SourceGate:
         where: tuple[str, int],
         timestamp_type: int = LOG_APPEND_TIME,
     ) -> Admitted:
+        if self.opener is not None:
+            raise SourceEnvelopeError(
+                "a sealed ledger chains sealed events in batch records only (ADR 0037)"
+            )
         if not looks_signed(value):
             event, canonical = decode_and_canonicalize(value)
             if self.require_signatures:
@@ -320,18 +343,52 @@ class SourceGate:
         raw, leaves = opened.events, opened.leaf_hashes
         info = BatchInfo(st, opened.signature)
         offset = where[1]
-        decoded = _decode_all(raw) if max(map(len, raw)) <= max_event_bytes else None
-        if decoded is not None:  # the usual case: every event valid and canonical
-            chained = [
-                ChainedEvent(offset, ev, data, leaf, None, info, i)
-                for i, (ev, data, leaf) in enumerate(zip(decoded, raw, leaves, strict=True))
-            ]
-            refused: list[EventRefused] = []
+        if self.opener is not None or opened.sealed:
+            chained, refused = self._open_sealed(opened, info, offset, max_event_bytes)
         else:
-            chained, refused = self._one_by_one(info, offset, raw, leaves, max_event_bytes)
+            chained, refused = self._plain(info, offset, raw, leaves, max_event_bytes)
         if chained:
             self.seqs.admit_range(st.source_id, st.epoch, st.first_seq, st.last_seq, where)
         return AdmittedBatch(st, chained, refused, kafka_ts)
+
+    def _plain(
+        self,
+        info: BatchInfo,
+        offset: int,
+        raw: Sequence[bytes],
+        leaves: Sequence[bytes],
+        max_event_bytes: int,
+    ) -> tuple[list[ChainedEvent], list[EventRefused]]:
+        """The events of a batch record in clear: in one decode when all are valid."""
+        decoded = _decode_all(raw) if max(map(len, raw)) <= max_event_bytes else None
+        if decoded is None:
+            return self._one_by_one(info, offset, raw, leaves, max_event_bytes)
+        # the usual case: every event valid and canonical
+        chained = [
+            ChainedEvent(offset, ev, data, leaf, None, info, i)
+            for i, (ev, data, leaf) in enumerate(zip(decoded, raw, leaves, strict=True))
+        ]
+        return chained, []
+
+    def _open_sealed(
+        self, opened: OpenedBatch, info: BatchInfo, offset: int, max_event_bytes: int
+    ) -> tuple[list[ChainedEvent], list[EventRefused]]:
+        """A batch record of sealed events (ADR 0037), opened by the sealed ledger's
+        opener. A ledger that is not sealed refuses it whole, and a sealed one a record
+        whose events are not sealed: neither may end up in the other's table."""
+        if self.opener is None:
+            raise SourceEnvelopeError(
+                "sealed events, but this ledger is not sealed (seal_events is off)"
+            )
+        if not opened.sealed:
+            raise SourceEnvelopeError(
+                "events in clear, but this ledger is sealed: sources must seal to the ingest "
+                "key (ingest_public_key, ADR 0037)"
+            )
+        chained, refusals = self.opener.open_batch(
+            info, offset, opened.events, opened.leaf_hashes, opened.sealed, max_event_bytes
+        )
+        return chained, [EventRefused(*r) for r in refusals]
 
     @staticmethod
     def _one_by_one(

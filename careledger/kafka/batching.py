@@ -27,12 +27,14 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 from collections.abc import Iterator
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
+from careledger.ingest_keys import load_ingest_public_key, seal_for_ingest
 from careledger_core.batch_record import looks_batch, sign_batch_record
 from careledger_core.errors import ValidationError
+from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import ReferenceRecord
 from careledger_core.signing import SigningKey
@@ -54,6 +56,7 @@ __all__ = [
     "event_ids_of",
     "format_utc",
     "heartbeat_record",
+    "ingest_public_key_of",
 ]
 
 _TS_FORMAT: Final = "%Y-%m-%dT%H:%M:%S.%fZ"
@@ -66,6 +69,12 @@ RECORD_FORMATS: Final = ("batch", "event")
 _ENVELOPE_BYTES: Final = 1024
 #: The smallest byte budget accepted (a budget must leave room for events).
 MIN_BATCH_BYTES: Final = 4096
+
+
+def ingest_public_key_of(settings: Any) -> bytes | None:
+    """The processor's ingest public key a source seals to (None: events go in clear)."""
+    path = settings.ingest_public_key
+    return None if path is None else load_ingest_public_key(path)
 
 
 def format_utc(epoch_seconds: float) -> str:
@@ -99,6 +108,7 @@ class _Pending:
     opened_at: float  # monotonic time of the first buffered event
     keys: list[bytes]  # per-event Kafka keys (record format "event" only)
     events: list[bytes]
+    boxes: list[bytes]  # sealed events: each one's ingest box (ADR 0037)
     room: int  # bytes left for events in the batch record (record format "batch")
 
 
@@ -115,6 +125,7 @@ class SourceBatcher:
         max_age_s: float,
         max_bytes: int = 900_000,
         record_format: str = "batch",
+        seal_to: bytes | None = None,
     ) -> None:
         if not 1 <= max_events <= MAX_BATCH_SIZE:
             raise ValidationError(f"source_batch_max_events must be in 1..{MAX_BATCH_SIZE}")
@@ -133,6 +144,10 @@ class SourceBatcher:
         self.max_age_s = max_age_s
         self.max_bytes = max_bytes
         self.record_format = record_format
+        if seal_to is not None and record_format != "batch":
+            raise ValidationError("sealed events travel in batch records only (ADR 0037)")
+        #: the processor's ingest public key: events are sealed to it (ADR 0037)
+        self.seal_to = seal_to
         #: one record per event (keys kept per event), not one per batch
         self.per_event = record_format == "event"
         self._pending: dict[str, _Pending] = {}
@@ -175,22 +190,40 @@ class SourceBatcher:
         pending = self._pending.get(source_id)
         return pending is not None and not self.per_event and event_bytes + 1 > pending.room
 
+    def encode(self, event: AccessEvent) -> tuple[bytes, bytes | None]:
+        """What goes into a batch for ``event``: its canonical bytes, or when sealing,
+        its sealed document and ingest box (ADR 0037)."""
+        if self.seal_to is None:
+            return canonical_event_bytes(event), None
+        return seal_for_ingest(event, self.seal_to)
+
     def add(
-        self, canonical_event: bytes, key: bytes, now: float, on_behalf_of: str | None = None
+        self,
+        canonical_event: bytes,
+        key: bytes,
+        now: float,
+        on_behalf_of: str | None = None,
+        box: bytes | None = None,
     ) -> tuple[str, bool, bool]:
-        """Buffer one event. Returns (attributed source, batch opened, batch full).
+        """Buffer one event (``box``: its ingest box, from :meth:`encode`, when sealing).
+        Returns (attributed source, batch opened, batch full).
 
         ``key`` (the patient id) is the event's Kafka key with per-event records; a
         batch record has a key of its own. Check :meth:`overflows` first."""
+        if (box is None) != (self.seal_to is None):
+            raise ValidationError("a sealing batcher takes sealed events only, and only it")
         source = self.attribute(on_behalf_of)
         pending = self._pending.get(source)
         opened = pending is None
         if pending is None:
-            pending = self._pending[source] = _Pending(now, [], [], self._room(source))
+            pending = self._pending[source] = _Pending(now, [], [], [], self._room(source))
         if self.per_event:
             pending.keys.append(key)
         pending.events.append(canonical_event)
         pending.room -= len(canonical_event) + 1  # and its comma
+        if box is not None:
+            pending.boxes.append(box)
+            pending.room -= (len(box) + 2) // 3 * 4 + 3  # base64, quotes and comma
         return source, opened, len(pending.events) >= self.max_events or pending.room <= 0
 
     def due(self, now: float) -> list[str]:
@@ -235,6 +268,7 @@ class SourceBatcher:
                 canonical_events=pending.events,
                 signed_at=signed_at,
                 signed_by=signed_by,
+                sealed=pending.boxes,
             )
             records = ((batch_record_key(source_id, self.epoch, first), value),)
         self._last_seq[source_id] = last

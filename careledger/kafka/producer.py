@@ -29,25 +29,26 @@ bytes once), keyed ``<source_id>/<epoch>/<first_seq>`` so that batches spread ov
 partitions; its delivery report settles all its events at once (a failed batch record
 fails every event in it: ``DeliveryError.failed`` counts events, and ``failures`` names
 their event ids). With ``source_record_format = "event"`` each event is its own record
-(``careledger.signed-event/1``: the event plus the batch attestation with its inclusion
-proof), keyed by patient id. ``send(event, on_behalf_of="pacs")`` attributes the event
-to another source (a gateway relaying a source that cannot sign: its batches name
-this producer in ``signed_by`` and have their own sequence numbers). Every
-``source_heartbeat_interval_s`` and on ``close`` (``closing``) the producer sends one
-signed heartbeat per attributed source to ``Settings.topic_sources``, claiming only the
-sequence numbers Kafka has acknowledged. Without a key, events are sent plain (legacy).
-A patient's events from one attributed source stay in send order (within a batch record;
-across batch records the sequence numbers say the order: batch records of one source go
-to several partitions); across attributed sources batches may close in another order.
+(``careledger.signed-event/1``, with its inclusion proof), keyed by patient id.
+``send(event, on_behalf_of="pacs")`` attributes the event to another source (a gateway
+relaying a source that cannot sign: ``signed_by`` names this producer; own sequence
+numbers). Every ``source_heartbeat_interval_s`` and on ``close`` one signed heartbeat per
+attributed source goes to ``Settings.topic_sources``, claiming only the sequence numbers
+Kafka acknowledged. Without a key, events are sent plain (legacy). A patient's events
+from one attributed source keep their send order (the sequence numbers say it across
+batch records, which spread over partitions); across sources batches may close in
+another order.
 
 Login (issue 12): as ``principal`` (default ``PRODUCER``: the SDK, the gateway, the
 simulator); careledger's other components that send through it name their own.
 
-Privacy: keys and values carry patient identifiers; logs and errors name counts,
-topics, partitions, error codes and event ids only.
+Sealing (ADR 0037): with ``ingest_public_key`` set, a signing producer sends each event
+as its sealed document (signed) and its ingest box: Kafka holds no identifier in clear.
 
-Compression: none by default: the processor's aiokafka decodes lz4, zstd and snappy
-only with the optional ``cramjam``; pass ``compression="lz4"`` when every consumer can.
+Privacy: keys and values carry patient identifiers (none when sealing); logs and errors
+name counts, topics, partitions, error codes and event ids only.
+
+Compression: none by default (aiokafka needs ``cramjam`` for lz4, zstd and snappy).
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -72,8 +73,15 @@ from careledger.kafka.batching import (
     event_ids_of,
     format_utc,
     heartbeat_record,
+    ingest_public_key_of,
 )
 from careledger.kafka.clients import RateLimit, client_config, rdkafka_logger
+from careledger.kafka.delivery import (
+    MAX_FAILURE_DETAILS,
+    DeliveryError,
+    DeliveryReport,
+    FailedDelivery,
+)
 from careledger.kafka.security import PRODUCER, KafkaLogin, kafka_login
 from careledger.keys import KeyFileError, load_source_key
 from careledger_core.errors import CareledgerError, InfrastructureError, ValidationError
@@ -100,8 +108,6 @@ __all__ = [
 ]
 
 DEFAULT_COMPRESSION = "none"
-#: How many failed deliveries are kept with their details (all are counted).
-MAX_FAILURE_DETAILS = 1000
 #: How often (in messages) ``send`` serves delivery callbacks.
 _POLL_EVERY = 1024
 CONNECT_WAIT_S = 1.0  # a new producer's wait for its first metadata (``_connect``)
@@ -113,66 +119,6 @@ DeliveryCallback = Callable[[KafkaError | None, Message], None]
 def partition_key(event: AccessEvent) -> bytes:
     """The Kafka message key of ``event``: its patient id (UTF-8)."""
     return event.patient.id.encode()
-
-
-@dataclasses.dataclass(frozen=True)
-class FailedDelivery:
-    """One message Kafka did not acknowledge (no key, no value: they may identify a patient)."""
-
-    topic: str
-    partition: int | None
-    error_code: str  # librdkafka error name, e.g. "_MSG_TIMED_OUT"
-    reason: str
-    retriable: bool
-    event_id: str | None  # when the value was an access event
-
-
-@dataclasses.dataclass(frozen=True)
-class DeliveryReport:
-    """Counts since the producer was created."""
-
-    sent: int  # accepted by send()/send_raw()
-    acked: int  # acknowledged by the broker (acks=all)
-    failed: int  # definitively failed
-    pending: int  # still queued or in flight when the report was made
-    seconds: float  # since the producer was created
-
-    @property
-    def ok(self) -> bool:
-        return self.failed == 0 and self.pending == 0
-
-
-class DeliveryError(InfrastructureError):
-    """Some messages were not acknowledged by Kafka (failed or still pending at a timeout)."""
-
-    code = "KAFKA_DELIVERY_FAILED"
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        report: DeliveryReport,
-        failures: Sequence[FailedDelivery] = (),
-        failed: int = 0,
-    ) -> None:
-        errors: dict[str, int] = {}
-        for f in failures:
-            errors[f.error_code] = errors.get(f.error_code, 0) + 1
-        super().__init__(
-            message,
-            details={
-                "failed": failed,
-                "pending": report.pending,
-                "sent": report.sent,
-                "acked": report.acked,
-                "errors": errors,
-            },
-        )
-        self.report = report
-        #: the failed deliveries since the previous flush (details of at most
-        #: MAX_FAILURE_DETAILS; ``failed`` counts them all)
-        self.failures = list(failures)
-        self.failed = failed
 
 
 def producer_config(
@@ -292,6 +238,7 @@ class AccessEventProducer:
                 max_age_s=settings.source_batch_max_ms / 1000.0,
                 max_bytes=settings.source_batch_max_bytes,
                 record_format=settings.source_record_format,
+                seal_to=ingest_public_key_of(settings),
             )
             self._heartbeat_interval = settings.source_heartbeat_interval_s
             self._thread = threading.Thread(
@@ -454,13 +401,14 @@ class AccessEventProducer:
         ``on_behalf_of`` attributes it to another source this producer's key
         ``signs_for``. Without a source key ``on_behalf_of`` is an error.
         """
-        value = canonical_event_bytes(event)
         batcher = self._batcher
         if batcher is None:
-            if on_behalf_of is not None:
+            if on_behalf_of is not None or self.settings.ingest_public_key is not None:
                 raise ValidationError(
-                    "on_behalf_of needs a source key: this producer sends unsigned events"
+                    "on_behalf_of and sealing need a source key: this producer sends "
+                    "unsigned events"
                 )
+            value = canonical_event_bytes(event)
             self._produce(self.topic, value, event.patient.id.encode())
             self._sent += 1
             if not self._sent % _POLL_EVERY:
@@ -472,10 +420,11 @@ class AccessEventProducer:
             # a batch record has a key of its own; per-event records are keyed by patient
             key = event.patient.id.encode() if batcher.per_event else b""
             source = batcher.attribute(on_behalf_of)
-            if batcher.overflows(source, len(value)):
+            value, box = batcher.encode(event)
+            if batcher.overflows(source, len(value) + (0 if box is None else len(box) * 2)):
                 # the event would take the open batch record over its byte budget
                 self._send_batch(batcher.take(source, format_utc(time.time())))
-            source, opened, full = batcher.add(value, key, time.monotonic(), source)
+            source, opened, full = batcher.add(value, key, time.monotonic(), source, box)
             self._sent += 1
             if full:
                 self._send_batch(batcher.take(source, format_utc(time.time())))

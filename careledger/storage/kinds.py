@@ -7,9 +7,10 @@ chain per Kafka partition, the same block headers. They differ in how a
 record is decoded, which time it carries, and which denormalised columns it
 gets in ClickHouse. Those columns are for querying only; the verifier checks
 them against the canonical bytes, so both the writer (processor) and the
-checker (verifier) take them from here. ``read_columns`` are *all* of them,
-derived dates included (``occurred_date``, ``effective_date``, ``received_date``:
-a moved date hides a record from date-bounded queries such as the access report).
+checker (verifier) take them from here. ``read_columns`` are *all* of them (but for
+sealed events what only the key store can check, ADR 0037), derived dates included
+(``occurred_date``, ``effective_date``, ``received_date``: a moved date hides a record
+from date-bounded queries such as the access report).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from careledger.raw_record import (
 )
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
+from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document
 
 
 def _date(timestamp: str) -> dt.date:
@@ -64,6 +66,9 @@ class RecordKind:
     read_types: tuple[type, ...]
     #: largest record the processor chains for this kind (None: ``max_event_bytes``)
     max_bytes: int | None = None
+    #: access events signed by their sources (ADR 0010): the source gate admits them,
+    #: and their attestations and batch rows are stored beside them
+    signed: bool = False
 
 
 def _access_values(e: AccessEvent) -> tuple[Any, ...]:
@@ -131,6 +136,91 @@ ACCESS = RecordKind(
         _date(e.occurred_at),
     ),
     read_types=(bytes, bytes, bytes, bytes, bytes, int, bytes, dt.date),
+    signed=True,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SealedRecord:
+    """A sealed access event as the processor chains it (ADR 0037): the signed sealed
+    document (the leaf's bytes) and what the processor adds from the key store. The
+    pseudonyms and the sealed part are not recomputable from the document: ``verify``
+    checks them only where it can open the sealed part."""
+
+    document: SealedAccessEvent
+    patient_ref: str
+    actor_ref: str
+    data_key_id: str
+    sealed: str  # base64 of XChaCha20-Poly1305(data key, salt || sensitive, AAD = leaf)
+
+    @property
+    def event_id(self) -> str:
+        return self.document.event_id
+
+    @property
+    def occurred_at(self) -> str:
+        return self.document.occurred_at
+
+
+def _sealed_values(r: SealedRecord) -> tuple[Any, ...]:
+    d = r.document
+    return (
+        d.event_id,
+        d.occurred_at,
+        _date(d.occurred_at),
+        r.actor_ref,
+        r.patient_ref,
+        d.action,
+        d.outcome,
+        d.source.system,
+        r.sealed,
+        r.data_key_id,
+    )
+
+
+#: access events of a sealed ledger (``seal_events``, ADR 0037), in the same table: the
+#: actor and patient columns hold pseudonyms, ``canonical`` the sealed document, and the
+#: sensitive part is in ``sealed`` under the data key ``data_key_id``. The processor
+#: writes a ``SealedRecord``; ``verify`` decodes the sealed document, whose public
+#: columns it checks (``read_columns``).
+SEALED = RecordKind(
+    name="sealed-access-event",
+    table="access_events",
+    columns=(
+        "event_id",
+        "occurred_at",
+        "occurred_date",
+        "actor_id",
+        "patient_id",
+        "action",
+        "outcome",
+        "source_system",
+        "sealed",
+        "data_key_id",
+    ),
+    decode=decode_sealed_document,
+    record_id=lambda r: r.event_id,
+    time_of=lambda r: r.occurred_at,
+    values=_sealed_values,
+    read_columns=(
+        "event_id",
+        "occurred_at",
+        "action",
+        "outcome",
+        "source_system",
+        "occurred_date",
+    ),
+    unique_key=lambda r: r.event_id,
+    read_values=lambda d: (
+        d.event_id.encode(),
+        d.occurred_at.encode(),
+        d.action.encode(),
+        d.outcome,
+        d.source.system.encode(),
+        _date(d.occurred_at),
+    ),
+    read_types=(bytes, bytes, bytes, int, bytes, dt.date),
+    signed=True,
 )
 
 REFERENCE = RecordKind(
@@ -255,7 +345,14 @@ def raw_topics(settings: Any) -> frozenset[str]:
     return frozenset((settings.topic_raw,))
 
 
+def sealed_topics(settings: Any) -> frozenset[str]:
+    """The topics of sealed access events: the events topic of a sealed ledger."""
+    return frozenset((settings.topic_events,)) if settings.seal_events else frozenset()
+
+
 def kind_for_topic(settings: Any, topic: str) -> RecordKind:
     if topic in raw_topics(settings):
         return RAW
+    if topic in sealed_topics(settings):
+        return SEALED
     return REFERENCE if topic in reference_topics(settings) else ACCESS

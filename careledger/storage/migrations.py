@@ -422,6 +422,20 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        12,
+        "sealed access events (ADR 0037): the sensitive part and its data key",
+        (),
+        add_columns=(
+            # a sealed ledger's events: XChaCha20-Poly1305 of salt || sensitive part under
+            # the patient's data key (base64), and that key's id (hex); empty otherwise
+            AddColumn("access_events", "sealed", "String DEFAULT ''"),
+            AddColumn("access_events", "data_key_id", "String DEFAULT ''"),
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

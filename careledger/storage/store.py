@@ -28,9 +28,12 @@ from careledger.storage.kinds import (
     ACCESS,
     RAW,
     REFERENCE,
+    SEALED,
     RecordKind,
+    SealedRecord,
     raw_topics,
     reference_topics,
+    sealed_topics,
     topic_of,
 )
 from careledger.storage.migrations import check_identifier
@@ -64,7 +67,7 @@ class ChainedEvent:
     """One record (an access event or a reference record) as it goes into a block."""
 
     offset: int
-    event: AccessEvent | ReferenceRecord
+    event: AccessEvent | ReferenceRecord | SealedRecord
     canonical: bytes
     leaf_hash: bytes
     #: the source's signed-batch attestation of an access event (ADR 0010), if signed
@@ -350,7 +353,7 @@ def row_columns(kind: RecordKind) -> tuple[str, ...]:
 EVENT_COLUMNS = row_columns(ACCESS)
 REFERENCE_COLUMNS = row_columns(REFERENCE)
 RAW_COLUMNS = row_columns(RAW)
-_KINDS = (ACCESS, REFERENCE, RAW)
+_KINDS = (ACCESS, SEALED, REFERENCE, RAW)
 
 
 def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
@@ -387,11 +390,13 @@ class ChainStore:
         database: str,
         reference_topics: frozenset[str] = frozenset(),
         raw_topics: frozenset[str] = frozenset(),
+        sealed_topics: frozenset[str] = frozenset(),
     ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
         self.reference_topics = reference_topics
         self.raw_topics = raw_topics
+        self.sealed_topics = sealed_topics
         self._header_types: dict[str, str] | None = None
 
     @classmethod
@@ -401,6 +406,7 @@ class ChainStore:
             settings.clickhouse_database,
             reference_topics(settings),
             raw_topics(settings),
+            sealed_topics(settings),
         )
 
     @classmethod
@@ -413,12 +419,15 @@ class ChainStore:
             settings.replica_clickhouse_database,
             reference_topics(settings),
             raw_topics(settings),
+            sealed_topics(settings),
         )
 
     def kind_of(self, chain_id: str) -> RecordKind:
         topic = topic_of(chain_id)
         if topic in self.raw_topics:
             return RAW
+        if topic in self.sealed_topics:
+            return SEALED
         return REFERENCE if topic in self.reference_topics else ACCESS
 
     # ------------------------------------------------------------------ writes
@@ -534,7 +543,7 @@ class ChainStore:
         params = {"chain": chain_id, "h": first_uncommitted}
         where = "WHERE chain_id = %(chain)s AND height >= %(h)s"
         tables = [self.kind_of(chain_id).table]
-        if self.kind_of(chain_id) is ACCESS:
+        if self.kind_of(chain_id).signed:
             # their attestations, if the crash came after those were written too
             # (the verifier ignores rows whose block hash is not a committed one)
             tables += ["source_attestations", "source_batches"]
@@ -581,7 +590,7 @@ class ChainStore:
         1..256 characters) as ``(table, raw id, rows)``: those rows belong to no chain."""
         valid: set[str] = set()
         invalid: list[tuple[str, bytes, int]] = []
-        for table in ("blocks", *(kind.table for kind in _KINDS)):
+        for table in ("blocks", *dict.fromkeys(kind.table for kind in _KINDS)):
             for raw, rows in self.backend.execute(
                 f"SELECT chain_id, count() FROM {self.db}.{table} GROUP BY chain_id "
                 "ORDER BY chain_id"

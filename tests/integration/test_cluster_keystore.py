@@ -15,7 +15,7 @@ from careledger.keystore import open_keystore
 from careledger.stack import cluster
 from careledger.storage.backend import ClickHouseBackend
 from tests.integration.cluster_support import cluster_settings, heal, on_cluster, replica
-from tests.integration.keystore_support import with_token
+from tests.softhsm import with_token
 
 pytestmark = pytest.mark.integration
 

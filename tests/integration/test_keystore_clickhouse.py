@@ -18,7 +18,7 @@ from careledger.config import Settings
 from careledger.keyrows import ClickHouseRows
 from careledger.keystore import KeyStore, KeyStoreError, open_keystore
 from careledger.storage.backend import ClickHouseBackend
-from tests.integration.keystore_support import with_token
+from tests.softhsm import with_token
 
 pytestmark = pytest.mark.integration
 

@@ -18,12 +18,14 @@ from pkcs11 import Attribute
 
 from careledger.keyrows import KeyRow
 from careledger.keystore import KeyStore, KeyStoreError, TokenConfig, local_token
+from tests.softhsm import softhsm_dir
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One SoftHSM configuration for the module (SoftHSM reads it once per process)."""
-    return tmp_path_factory.mktemp("keystore")
+def run_dir() -> Path:
+    """The process's SoftHSM directory (SoftHSM reads its configuration once per
+    process: every module of the run shares it, each test a token of its own)."""
+    return softhsm_dir()
 
 
 @pytest.fixture
@@ -241,3 +243,21 @@ def test_a_key_id_changed_in_the_row_does_not_unwrap(token: TokenConfig) -> None
     db.close()
     with KeyStore(token) as store, pytest.raises(KeyStoreError, match="does not unwrap"):
         store.data_key(lookup, "report")
+
+
+def test_the_token_leaves_no_openssl_error_behind_to_break_the_next_tls_read(
+    token: TokenConfig,
+) -> None:
+    """SoftHSM2's initialisation leaves an engine error in the thread's OpenSSL queue;
+    Python's ssl then reported it on the next ClickHouse read of that thread
+    (``[ENGINE: NO_SUCH_ENGINE]``, seen in ``verify`` on a sealed ledger)."""
+    import ctypes
+
+    libcrypto = ctypes.CDLL("libcrypto.so.3")
+    libcrypto.ERR_peek_error.restype = ctypes.c_ulong
+    pkcs11.lib(token.module).reinitialize()  # as a first load does
+    assert libcrypto.ERR_peek_error() != 0, "SoftHSM no longer leaves the error: drop the fix?"
+    with KeyStore(token, create=True) as store:
+        assert libcrypto.ERR_peek_error() == 0
+        store.lookup("s", "MRN-TLS")
+        assert libcrypto.ERR_peek_error() == 0

@@ -1,0 +1,203 @@
+"""The sealed access event (ADR 0037): what a ledger that keeps no identifier in clear
+chains, and how the processor opens what the source sealed to it.
+
+A source splits each event (:func:`careledger_core.sealing.split`) and sends, in a batch
+record (``careledger.signed-batch/1`` with ``sealed``):
+
+* the **sealed document** (schema ``careledger.sealed-access-event/1``): the event's
+  public part plus ``sealed_commitment``, canonical JCS bytes. This is what the source
+  signs and what becomes the ledger's leaf. :func:`decode_sealed_document` validates it:
+  the public fields as strictly as an access event's, and nothing that names, numbers
+  or locates a person (such a field is an unknown field, refused);
+* the **ingest box**: ``crypto_box_seal(ingest public key, salt || JCS(sensitive))``.
+  :func:`open_ingest_box` opens it with the processor's ingest key, checks that it opens
+  the signed commitment, and rebuilds the whole access event, validated like any other
+  (so a sensitive part that is not a valid patient, actor, ... is refused).
+
+Pure: no I/O and no randomness (opening a sealed box is deterministic; sealing one
+needs an ephemeral key: ``careledger.ingest_keys`` does it). Errors:
+:class:`~careledger_core.errors.EventValidationError` for a document that is not valid,
+:class:`~careledger_core.sealing.SealError` for a box that does not open to its
+commitment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from nacl.bindings import crypto_box_seal_open
+from nacl.exceptions import CryptoError
+
+from ._msgspec_errors import translate_validation_error
+from .errors import EventValidationError, ValidationError
+from .event import (
+    EVENT_SCHEMA,
+    MAX_LIST_LENGTH,
+    AccessEvent,
+    Action,
+    Code,
+    CodeList,
+    Coding,
+    Outcome,
+    Sensitivity,
+    Source,
+    Text,
+    decode_and_canonicalize,
+    is_valid_timestamp,
+)
+from .jcs import canonicalize
+from .sealing import SALT_BYTES, SealError, commitment, join
+
+__all__ = [
+    "SEALED_EVENT_SCHEMA",
+    "OpenedEvent",
+    "SealedAccessEvent",
+    "decode_sealed_document",
+    "open_ingest_box",
+    "sealed_document",
+]
+
+SEALED_EVENT_SCHEMA: Final = "careledger.sealed-access-event/1"
+_HEX64: Final = r"\A[0-9a-f]{64}\Z"
+_UUID: Final = r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
+#: a sealed box: 32-byte ephemeral key, 16-byte tag, the salt, at least "{}"
+_MIN_BOX: Final = 32 + 16 + SALT_BYTES + 2
+_PATTERN_REASONS: Final = {
+    _HEX64: "must be 64 lowercase hex digits (SHA-256)",
+    _UUID: "must be a lowercase UUID 8-4-4-4-12",
+}
+
+
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    pass
+
+
+class PublicActor(_Base, frozen=True, kw_only=True):
+    """An actor's roles and place, without who they are."""
+
+    roles: CodeList
+    organization: Text | None = None
+    department: Text | None = None
+    is_requestor: bool
+
+
+class PublicObject(_Base, frozen=True, kw_only=True):
+    type: Code
+    role: Code | None = None
+
+
+class PublicRawRef(_Base, frozen=True, kw_only=True):
+    format: Code
+    sha256: Annotated[str, msgspec.Meta(pattern=_HEX64)]
+
+
+class SealedAccessEvent(_Base, frozen=True, kw_only=True):
+    """The public part of an access event and the commitment to the rest."""
+
+    schema: Literal["careledger.sealed-access-event/1"]
+    event_id: Annotated[str, msgspec.Meta(pattern=_UUID)]
+    occurred_at: str
+    recorded_at: str
+    event_type: Coding
+    event_subtype: Annotated[tuple[Coding, ...], msgspec.Meta(max_length=MAX_LIST_LENGTH)] = ()
+    action: Action
+    outcome: Outcome
+    purpose_of_use: CodeList = ()
+    actor: PublicActor
+    source: Source
+    object: PublicObject | None = None
+    sensitivity: Sensitivity | None = None
+    raw_ref: PublicRawRef | None = None
+    sealed_commitment: Annotated[str, msgspec.Meta(pattern=_HEX64)]
+
+    def __post_init__(self) -> None:
+        for name in ("occurred_at", "recorded_at"):
+            if not is_valid_timestamp(getattr(self, name)):
+                raise ValueError(
+                    f"{name} must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ (6 fraction "
+                    "digits)"
+                )
+
+
+_DECODER: Final = msgspec.json.Decoder(SealedAccessEvent)
+_ENCODER: Final = msgspec.json.Encoder(order="sorted")
+
+
+def decode_sealed_document(data: bytes) -> tuple[SealedAccessEvent, bytes]:
+    """Validate a sealed document; (document, its canonical bytes). Raises
+    :class:`EventValidationError`: a field out of bounds, one that names a person (an
+    unknown field here), or bytes that are not canonical."""
+    try:
+        document = _DECODER.decode(data)
+    except msgspec.ValidationError as exc:
+        raise translate_validation_error(
+            exc, EventValidationError, _PATTERN_REASONS, {"schema": SEALED_EVENT_SCHEMA}
+        ) from exc
+    except msgspec.DecodeError as exc:
+        raise EventValidationError("$", f"invalid JSON: {exc}") from exc
+    canonical = _ENCODER.encode(document)
+    if canonical != data:
+        raise EventValidationError(
+            "$", "a sealed document must be sent as its canonical (RFC 8785) bytes"
+        )
+    return document, canonical
+
+
+def sealed_document(public: dict[str, Any], commitment_: bytes) -> bytes:
+    """The canonical sealed document of an event's public part (from ``split``)."""
+    if public.get("schema") != EVENT_SCHEMA:
+        raise ValidationError("the public part is not an access event's")
+    if len(commitment_) != 32:
+        raise ValidationError("a commitment is 32 bytes")
+    data = canonicalize(
+        {**public, "schema": SEALED_EVENT_SCHEMA, "sealed_commitment": commitment_.hex()}
+    )
+    decode_sealed_document(data)  # a public part that still names someone is refused
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedEvent:
+    """What an ingest box held: the salt, the sensitive part, and the whole event."""
+
+    salt: bytes
+    sensitive: dict[str, Any]
+    event: AccessEvent
+
+
+def open_ingest_box(
+    box: bytes, public_key: bytes, private_key: bytes, document: bytes
+) -> OpenedEvent:
+    """Open ``box`` with the processor's ingest key pair (X25519, 32 bytes each) and
+    check it against the sealed ``document`` (canonical bytes) it travels with.
+
+    Raises :class:`SealError` (``SEALED_MALFORMED``, ``SEALED_UNOPENED``,
+    ``COMMITMENT_MISMATCH``) or :class:`EventValidationError` (the rebuilt event is not
+    a valid access event)."""
+    if len(box) < _MIN_BOX:
+        raise SealError(code="SEALED_MALFORMED", message="the ingest box is too short")
+    try:
+        plaintext = crypto_box_seal_open(box, public_key, private_key)
+    except CryptoError:
+        raise SealError(
+            code="SEALED_UNOPENED", message="the ingest box does not open with this ingest key"
+        ) from None
+    salt, body = plaintext[:SALT_BYTES], plaintext[SALT_BYTES:]
+    try:
+        sensitive = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise SealError(code="SEALED_MALFORMED", message="the ingest box is not JSON") from None
+    if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
+        raise SealError(code="SEALED_MALFORMED", message="the ingest box is not canonical JSON")
+    public = msgspec.json.decode(document)
+    signed = bytes.fromhex(public.pop("sealed_commitment"))
+    if commitment(salt, sensitive) != signed:
+        raise SealError(
+            code="COMMITMENT_MISMATCH",
+            message="the ingest box does not open the commitment the source signed",
+        )
+    public["schema"] = EVENT_SCHEMA
+    event, _ = decode_and_canonicalize(canonicalize(join(public, sensitive)))
+    return OpenedEvent(salt, sensitive, event)
