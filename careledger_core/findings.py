@@ -96,6 +96,14 @@ class FindingCode(StrEnum):
     CONSENT_DECISION_RECORD_MISSING = "CONSENT_DECISION_RECORD_MISSING"  # ledgered, row gone
     CONSENT_DECISION_REPLAY_MISMATCH = "CONSENT_DECISION_REPLAY_MISMATCH"  # replay differs
     CONSENT_DECISION_PENDING = "CONSENT_DECISION_PENDING"  # its signed event not chained yet
+    # ADR 0037: a sealed ledger's events opened with the key store (verify on a sealed
+    # ledger): every sealed part must open with the data key it names, to the commitment
+    # its signed document holds, under its own patient's key, and the pseudonym columns
+    # must be the ones the key store gives
+    SEALED_PART_INVALID = "SEALED_PART_INVALID"  # does not open, or not to its commitment
+    SEALED_KEY_MISSING = "SEALED_KEY_MISSING"  # its data key is gone, and no erasure says so
+    SEALED_KEY_NOT_PATIENTS = "SEALED_KEY_NOT_PATIENTS"  # under another patient's data key
+    SEALED_REF_MISMATCH = "SEALED_REF_MISMATCH"  # patient_id / actor_id not its pseudonyms
 
     @property
     def default_severity(self) -> Severity:
@@ -164,6 +172,10 @@ DEFAULT_SEVERITY: Final[Mapping[FindingCode, Severity]] = MappingProxyType(
         FindingCode.CONSENT_DECISION_RECORD_MISSING: _C,
         FindingCode.CONSENT_DECISION_REPLAY_MISMATCH: _C,
         FindingCode.CONSENT_DECISION_PENDING: Severity.INFO,
+        FindingCode.SEALED_PART_INVALID: _C,
+        FindingCode.SEALED_KEY_MISSING: _E,
+        FindingCode.SEALED_KEY_NOT_PATIENTS: _C,
+        FindingCode.SEALED_REF_MISMATCH: _C,
     }
 )
 

@@ -10,7 +10,8 @@ Envelope (JSON object on the wire; ``null`` and unknown members are rejected)::
 
     schema        "careledger.reference/1"
     kind          "consent" | "care-relationship" | "staff" | "patient" | "source-key" |
-                  "source-heartbeat"
+                  "source-heartbeat" | "erasure" | "legal-hold" (ADR 0037,
+                  ``reference_privacy``)
     record_id     stable id of the thing (consent id, relationship id, user id, patient id),
                   1..256 characters
     version       integer, 1 <= version <= 2**32 - 1 (the store's UInt32 column: a valid
@@ -113,7 +114,14 @@ REFERENCE_SCHEMA: Final = "careledger.reference/1"
 MAX_REFERENCE_VERSION: Final = 2**32 - 1
 
 ReferenceKind = Literal[
-    "consent", "care-relationship", "staff", "patient", "source-key", "source-heartbeat"
+    "consent",
+    "care-relationship",
+    "staff",
+    "patient",
+    "source-key",
+    "source-heartbeat",
+    "erasure",
+    "legal-hold",
 ]
 
 REFERENCE_KINDS: Final[tuple[ReferenceKind, ...]] = (
@@ -123,6 +131,8 @@ REFERENCE_KINDS: Final[tuple[ReferenceKind, ...]] = (
     "patient",
     "source-key",
     "source-heartbeat",
+    "erasure",
+    "legal-hold",
 )
 
 _ENVELOPE_REQUIRED: Final = (

@@ -59,6 +59,7 @@ from .reference_json import (
     _wrong_type,
     thaw,
 )
+from .reference_privacy import ErasureBody, LegalHoldBody, erasure_body, legal_hold_body
 from .source import (
     HeartbeatStatement,
     KeyEventStatement,
@@ -246,6 +247,8 @@ ReferenceBody: TypeAlias = (
     | PatientBody
     | SourceKeyBody
     | SourceHeartbeatBody
+    | ErasureBody
+    | LegalHoldBody
 )
 
 
@@ -534,6 +537,10 @@ def _parse_body(kind: str, body: Mapping[str, Any], record_id: str) -> Reference
         return _source_heartbeat(body, record_id)
     if kind == "consent":
         return _consent(body, path)
+    if kind == "erasure":
+        return erasure_body(body, path)
+    if kind == "legal-hold":
+        return legal_hold_body(body, path)
     if kind == "care-relationship":
         return _care_relationship(body, path)
     if kind == "staff":

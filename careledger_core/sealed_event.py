@@ -56,6 +56,8 @@ __all__ = [
     "SealedAccessEvent",
     "decode_sealed_document",
     "open_ingest_box",
+    "open_with",
+    "parse_opening",
     "sealed_document",
 ]
 
@@ -191,13 +193,38 @@ def open_ingest_box(
         raise SealError(code="SEALED_MALFORMED", message="the ingest box is not JSON") from None
     if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
         raise SealError(code="SEALED_MALFORMED", message="the ingest box is not canonical JSON")
+    return open_with(document, salt, sensitive, what="the ingest box")
+
+
+def open_with(
+    document: bytes, salt: bytes, sensitive: dict[str, Any], *, what: str = "the opening"
+) -> OpenedEvent:
+    """The whole event of a sealed ``document`` (canonical bytes) and its opening:
+    ``salt`` and ``sensitive`` must open the document's commitment. Raises
+    :class:`SealError` (``COMMITMENT_MISMATCH``, ``BAD_INPUT``) or
+    :class:`EventValidationError`."""
     public = msgspec.json.decode(document)
     signed = bytes.fromhex(public.pop("sealed_commitment"))
     if commitment(salt, sensitive) != signed:
         raise SealError(
             code="COMMITMENT_MISMATCH",
-            message="the ingest box does not open the commitment the source signed",
+            message=f"{what} does not open the commitment the source signed",
         )
     public["schema"] = EVENT_SCHEMA
     event, _ = decode_and_canonicalize(canonicalize(join(public, sensitive)))
     return OpenedEvent(salt, sensitive, event)
+
+
+def parse_opening(opening: bytes) -> tuple[bytes, dict[str, Any]]:
+    """``salt || JCS(sensitive)`` (a report's proof of a sealed line) taken apart.
+    Raises :class:`SealError` ``SEALED_MALFORMED``."""
+    salt, body = opening[:SALT_BYTES], opening[SALT_BYTES:]
+    if len(salt) != SALT_BYTES:
+        raise SealError(code="SEALED_MALFORMED", message="the opening is too short")
+    try:
+        sensitive = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise SealError(code="SEALED_MALFORMED", message="the opening is not JSON") from None
+    if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
+        raise SealError(code="SEALED_MALFORMED", message="the opening is not canonical JSON")
+    return salt, sensitive

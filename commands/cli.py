@@ -135,6 +135,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "commands.keystore",
         "the key store of per-patient data keys (ADR 0037): init, status",
     ),
+    "erase": (
+        "commands.erase",
+        "erase a patient from a sealed ledger by destroying their data keys, under the "
+        "retention policies and legal holds (ledgered; proofs intact)",
+    ),
+    "legal-hold": (
+        "commands.erase",
+        "place or lift a legal hold on a patient's records (ledgered; blocks erasure)",
+    ),
     "tls-certs": (
         "careledger.tls",
         "make (or renew when stale) a CA and a server certificate for named hosts",
@@ -169,9 +178,17 @@ ONE_SHOT = frozenset(
         "source",
         "consent",
         "keystore",
+        "erase",
+        "legal-hold",
         "kafka-setup",
     }
 )
+#: Commands that read access events in clear (the auditor, its alerts, the patient view,
+#: the console, the consent decision point): on a sealed ledger (``seal_events``, ADR
+#: 0037) they would find sealed documents only, so they refuse in one line until they
+#: open the sealed parts through the key store (ADR 0037, next steps). ``consent load``
+#: works; ``access-report`` opens them.
+NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "patient-view", "console", "consent"})
 #: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -234,6 +251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         _quiet_clients(args.command)
+    if (
+        settings.seal_events
+        and args.command in NOT_ON_SEALED_LEDGER
+        and getattr(args, "consent_command", None) != "load"
+    ):
+        print(
+            f"careledger {args.command}: not yet available on a sealed ledger (seal_events "
+            "is on): it reads access events in clear (ADR 0037, next steps)",
+            file=sys.stderr,
+        )
+        return 2
     run = getattr(_module_for(args.command), f"command_{args.command.replace('-', '_')}")
     try:
         return int(run(args, settings))

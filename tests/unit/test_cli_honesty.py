@@ -29,13 +29,19 @@ def _closed_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")} | {
-        "CARELEDGER_RUN_DIR": str(tmp_path / "run"),
-        "CARELEDGER_KAFKA_PORT": str(_closed_port()),
-        "CARELEDGER_CLICKHOUSE_PORT": str(_closed_port()),
-        "CARELEDGER_CLICKHOUSE_HTTP_PORT": str(_closed_port()),
-    }
+def _run(
+    tmp_path: Path, *args: str, extra_env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    env = (
+        {k: v for k, v in os.environ.items() if not k.startswith("CARELEDGER_")}
+        | {
+            "CARELEDGER_RUN_DIR": str(tmp_path / "run"),
+            "CARELEDGER_KAFKA_PORT": str(_closed_port()),
+            "CARELEDGER_CLICKHOUSE_PORT": str(_closed_port()),
+            "CARELEDGER_CLICKHOUSE_HTTP_PORT": str(_closed_port()),
+        }
+        | (extra_env or {})
+    )
     return subprocess.run(
         [sys.executable, "-m", "commands.cli", *args],
         cwd=ROOT,
@@ -162,3 +168,46 @@ def test_a_demo_hospital_too_small_is_refused_before_anything_starts(
     assert "at least" in line
     assert result.stdout == "", "nothing started"
     assert not (tmp_path / "run" / "kafka").exists()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "--from", "2026-01-01", "--to", "2026-01-02"],
+        ["alerts", "list"],
+        ["patient-view", "--patient", "P-1"],
+        ["console", "serve"],
+        ["consent", "decide", "--patient", "P-1", "--actor", "a", "--action", "R"],
+    ],
+)
+def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
+    tmp_path: Path, argv: list[str]
+) -> None:
+    """Until they open sealed parts through the key store (ADR 0037), a command that
+    reads access events in clear would find none on a sealed ledger: an empty report
+    would be a false all-clear."""
+    result = _run(tmp_path, *argv, extra_env={"CARELEDGER_SEAL_EVENTS": "true"})
+    line = _one_line_exit_2(result, argv[0])
+    assert "not yet available on a sealed ledger" in line
+    assert set(cli.NOT_ON_SEALED_LEDGER) == {
+        "audit",
+        "alerts",
+        "patient-view",
+        "console",
+        "consent",
+    }
+
+
+def test_consent_load_is_not_refused_on_a_sealed_ledger(tmp_path: Path) -> None:
+    consent = tmp_path / "c.json"
+    consent.write_text("{}")
+    result = _run(
+        tmp_path,
+        "consent",
+        "load",
+        str(consent),
+        "--source",
+        "ehr",
+        extra_env={"CARELEDGER_SEAL_EVENTS": "true"},
+    )
+    assert "sealed ledger" not in result.stdout + result.stderr

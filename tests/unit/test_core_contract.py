@@ -184,6 +184,10 @@ def test_finding_codes_are_stable() -> None:
         "CONSENT_DECISION_RECORD_MISSING",
         "CONSENT_DECISION_REPLAY_MISMATCH",
         "CONSENT_DECISION_PENDING",
+        "SEALED_PART_INVALID",
+        "SEALED_KEY_MISSING",
+        "SEALED_KEY_NOT_PATIENTS",
+        "SEALED_REF_MISMATCH",
     ]
     assert [s.value for s in Severity] == ["critical", "error", "warning", "info"]
     assert set(DEFAULT_SEVERITY) == set(FindingCode)

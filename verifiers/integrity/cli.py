@@ -59,6 +59,7 @@ from verifiers.integrity.run import (
     VerificationRun,
     assess_run,
     chains_to_verify,
+    check_run_sealed,
     check_run_sources,
     checkpoint_heads,
     clean_heads,
@@ -360,6 +361,8 @@ def _verify_once(
         source_error: list[RegistrarConfigError | KeyFileError] = []
 
         def source_checks(run: VerificationRun) -> None:
+            if settings.seal_events:  # ADR 0037: open the sealed parts with the key store
+                check_run_sealed(run, store, settings, chains)
             if not sources:
                 return
             try:

@@ -28,7 +28,8 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from careledger.config import Settings
-from careledger.keys import load_public_keys
+from careledger.keys import KeyFileError, load_public_keys
+from careledger.storage.kinds import SEALED
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -99,6 +100,9 @@ class VerificationRun:
     #: who emitted the access events (ADR 0010): signatures, keys, sequence gaps
     source_findings: list[Finding] = field(default_factory=list)
     sources: dict[str, Any] | None = None
+    #: a sealed ledger's events opened with the key store (ADR 0037); None: not sealed
+    sealed: dict[str, Any] | None = None
+    sealed_findings: list[Finding] = field(default_factory=list)
     #: rows of the store that belong to no chain (a chain id no block can carry)
     store_findings: list[Finding] = field(default_factory=list)
     #: the witness policy's verdict (ADR 0018); None without a policy
@@ -121,6 +125,7 @@ class VerificationRun:
             + sum(1 for f in self.checkpoint_findings if is_failure(f))
             + sum(1 for f in self.source_findings if is_failure(f))
             + sum(1 for f in self.store_findings if is_failure(f))
+            + sum(1 for f in self.sealed_findings if is_failure(f))
         )
 
     @property
@@ -130,6 +135,7 @@ class VerificationRun:
             + len(self.checkpoint_findings)
             + len(self.source_findings)
             + len(self.store_findings)
+            + len(self.sealed_findings)
         )
 
     @property
@@ -156,11 +162,17 @@ class VerificationRun:
         for r in self.reports:
             yield from r.findings
         yield from self.source_findings
+        yield from self.sealed_findings
 
     def counts(self) -> Counter[str]:
         total: Counter[str] = Counter(
             str(f.code)
-            for f in (*self.checkpoint_findings, *self.source_findings, *self.store_findings)
+            for f in (
+                *self.checkpoint_findings,
+                *self.source_findings,
+                *self.store_findings,
+                *self.sealed_findings,
+            )
         )
         for r in self.reports:
             total.update(r.counts)
@@ -192,6 +204,7 @@ class VerificationRun:
             "checkpoints": self.checkpoints_json(),
             "witnessing": self.witnessing_json(),
             "sources": self.sources,
+            "sealed": self.sealed,
             "chains": [r.summary() for r in self.reports],
             "findings": [f.to_dict() for f in self.findings()],
         }
@@ -459,6 +472,20 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
             "chained before the first source key was registered)",
             file=out,
         )
+    if run.sealed is not None:
+        sealed = run.sealed
+        if "not_opened" in sealed:
+            print(
+                f"  sealed parts: NOT OPENED ({sealed['not_opened']}): only the signed "
+                "documents were checked",
+                file=out,
+            )
+        else:
+            print(
+                f"  sealed parts: {sealed['opened']} opened with the key store, "
+                f"{sealed['erased']} erased (their keys destroyed by ledgered erasures)",
+                file=out,
+            )
     for r in run.reports:
         head = "-" if r.head is None else str(r.head.height)
         extra = f", {r.uncommitted_events} uncommitted" if r.uncommitted_events else ""
@@ -503,6 +530,37 @@ def describe_checkpoints(cp: CheckpointSnapshot) -> str:
         f"malformed), {n.get('invalid', 0)} with a bad signature, {n.get('remembered', 0)} "
         f"remembered; heads of {n.get('chains', 0)} chain(s)"
     )
+
+
+def check_run_sealed(
+    run: VerificationRun, store: ChainStore, settings: Settings, chains: list[str]
+) -> None:
+    """On a sealed ledger (ADR 0037): open every sealed part of ``chains`` with the key
+    store. Without a usable key store, the run says what it could not open (a partner's
+    verifier checks the signed documents only)."""
+    from careledger.erasure import erased_key_ids
+    from careledger.keystore import KeyStoreError, open_keystore
+    from verifiers.integrity.sealed import SealedReport, check_sealed
+
+    sealed_chains = [c for c in chains if store.kind_of(c) is SEALED]
+    try:
+        keystore = open_keystore(settings)
+    except (KeyStoreError, KeyFileError) as exc:
+        run.sealed = SealedReport(not_opened=exc.message).summary()
+        return
+    registrars = load_public_keys(settings.trusted_registrar_keys)
+    erased, not_honoured = erased_key_ids(store.backend, store.db, registrars)
+    try:
+        with keystore:
+            report = check_sealed(store, keystore, sealed_chains, erased)
+    except KeyStoreError as exc:
+        run.sealed = SealedReport(not_opened=exc.message).summary()
+        return
+    run.sealed_findings = report.findings
+    run.sealed = report.summary()
+    if not_honoured:
+        # erasure records no trusted registrar signed: their keys count as missing
+        run.sealed["erasures_not_honoured"] = not_honoured
 
 
 def check_run_sources(run: VerificationRun, store: ChainStore, settings: Settings) -> None:

@@ -70,13 +70,13 @@ import json
 import logging
 import re
 import sys
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
 from careledger.config import Settings
 from careledger.keys import load_public_keys
+from careledger.keystore import KeyStore, open_keystore
 from careledger.safe_text import csv_cell, display
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.store import ChainStore
@@ -86,8 +86,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent, decode_and_canonicalize, normalise_identifier
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import MerkleTree
-from careledger_core.reference import ReferenceRecord, decode_reference
-from careledger_core.signing import TrustedKeys
+from careledger_core.signing import PublicKey, TrustedKeys
 from verifiers.auditor.state import ReferenceState
 from verifiers.reports.proofs import (
     FORM_FULL,
@@ -101,7 +100,9 @@ from verifiers.reports.proofs import (
     redact_report,
     verify_report,
 )
+from verifiers.reports.report_reader import _Block, _Reader, _Row, _text
 from verifiers.reports.report_witnesses import witness_report
+from verifiers.reports.sealed_rows import ErasedRow, sealed_patient_rows
 from verifiers.reports.verify_proof import (
     load_policy,
     outcome,
@@ -140,22 +141,6 @@ _DECISION_SUMMARY: Final = (
     "decision",
     "status",
 )
-#: Columns repeated from the event itself (or internal): not shown with a decision.
-_DECISION_SKIP: Final = frozenset(
-    {
-        "event_id",
-        "canonical",
-        "patient_id",
-        "patient_ref",
-        "chain_id",
-        "height",
-        "idx",
-        "occurred_at",
-        "occurred_date",
-        "actor_id",
-    }
-)
-_CHUNK: Final = 2000
 
 _DATE = re.compile(r"\A\d{4}-\d{2}-\d{2}\Z")
 _TIME = re.compile(r"\A\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(?:\.\d{1,6})?Z\Z")
@@ -189,157 +174,6 @@ def parse_range(start: str, end: str) -> tuple[str, str]:
     return _ts(lo), _ts(hi)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]
-
-
-@dataclass(frozen=True)
-class _Block:
-    chain_id: str
-    height: int
-    block_hash: str
-    header: bytes
-    signature: str
-
-
-@dataclass(frozen=True)
-class _Row:
-    chain_id: str
-    height: int
-    idx: int
-    block_hash: str
-    canonical: bytes
-    event: AccessEvent
-
-
-class _Reader:
-    """The queries behind a report (read-only; everything read is untrusted)."""
-
-    def __init__(self, store: ChainStore) -> None:
-        self.backend = store.backend
-        self.db = store.db
-
-    def patient_rows(self, patient: str, start: str, end: str) -> list[tuple[Any, ...]]:
-        return self.backend.execute(
-            "SELECT chain_id, height, idx, block_hash, canonical "
-            f"FROM {self.db}.access_events "
-            "WHERE patient_id = %(p)s AND occurred_date >= toDate(%(d1)s) "
-            "AND occurred_date <= toDate(%(d2)s) "
-            "AND occurred_at >= %(t1)s AND occurred_at < %(t2)s "
-            "ORDER BY occurred_at, chain_id, height, idx",
-            {"p": patient, "d1": start[:10], "d2": end[:10], "t1": start, "t2": end},
-        )
-
-    def blocks(self, keys: set[tuple[str, int]]) -> dict[tuple[str, int, str], _Block]:
-        """Headers of the blocks ``(chain_id, height)`` (one query per chunk of chains)."""
-        found: dict[tuple[str, int, str], _Block] = {}
-        if not keys:
-            return found
-        chains = sorted({c for c, _ in keys})
-        heights = sorted({h for _, h in keys})
-        for part in _chunks(chains):
-            rows = self.backend.execute(
-                f"SELECT chain_id, height, block_hash, header, signature FROM {self.db}.blocks "
-                "WHERE chain_id IN %(c)s AND height IN %(h)s",
-                {"c": tuple(part), "h": tuple(heights)},
-            )
-            for chain, height, digest, header, signature in rows:
-                key = (_text(chain), int(height))
-                if key in keys:
-                    found[(*key, _text(digest))] = _Block(
-                        key[0], key[1], _text(digest), bytes(header), _text(signature)
-                    )
-        return found
-
-    def leaf_hashes(self, block: _Block) -> list[tuple[int, str]]:
-        rows = self.backend.execute(
-            f"SELECT idx, leaf_hash FROM {self.db}.access_events "
-            "WHERE chain_id = %(c)s AND height = %(h)s AND block_hash = %(b)s ORDER BY idx",
-            {"c": block.chain_id, "h": block.height, "b": block.block_hash},
-        )
-        return [(int(i), _text(h)) for i, h in rows]
-
-    def staff_records(self, actor_ids: Sequence[str]) -> list[ReferenceRecord]:
-        """Committed directory records of these users, in ledger order."""
-        raw: list[tuple[Any, ...]] = []
-        for part in _chunks(actor_ids):
-            raw += self.backend.execute(
-                "SELECT chain_id, height, idx, block_hash, canonical "
-                f"FROM {self.db}.reference_records "
-                "WHERE kind = 'staff' AND record_id IN %(ids)s ORDER BY chain_id, height, idx",
-                {"ids": tuple(part)},
-            )
-        if not raw:
-            return []
-        committed = self.blocks({(_text(r[0]), int(r[1])) for r in raw})
-        records: list[ReferenceRecord] = []
-        for chain, height, _idx, digest, canonical in raw:
-            if (_text(chain), int(height), _text(digest)) not in committed:
-                continue
-            try:
-                records.append(decode_reference(bytes(canonical)))
-            except CareledgerError:
-                continue  # `careledger verify` reports it; the report falls back to the event
-        return records
-
-    def decisions(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]] | None:
-        """The auditor's decision per event, if the ``access_decisions`` table exists."""
-        columns = [
-            _text(r[0])
-            for r in self.backend.execute(
-                "SELECT name FROM system.columns WHERE database = %(db)s "
-                "AND table = 'access_decisions'",
-                {"db": self.db},
-            )
-        ]
-        if "event_id" not in columns:
-            return None
-        wanted = [c for c in columns if c not in _DECISION_SKIP]
-        found: dict[str, dict[str, Any]] = {}
-        if not wanted:
-            return found
-        for part in _chunks(event_ids):
-            rows = self.backend.execute(
-                f"SELECT event_id, {', '.join(wanted)} FROM {self.db}.access_decisions "
-                "WHERE event_id IN %(ids)s",
-                {"ids": tuple(part)},
-            )
-            for event_id, *values in rows:
-                row = {name: _json_value(v) for name, v in zip(wanted, values, strict=True)}
-                eid = _text(event_id)
-                # a re-audit adds rows: the latest decision stands
-                if eid not in found or str(row.get("decided_at", "")) >= str(
-                    found[eid].get("decided_at", "")
-                ):
-                    found[eid] = row
-        return found
-
-
-def _json_value(value: Any) -> Any:
-    if isinstance(value, bytes):
-        text = value.decode("utf-8", errors="replace")
-        if text[:1] in ("{", "["):  # the auditor stores JSON in String columns
-            try:
-                return json.loads(text)
-            except ValueError:
-                return text
-        return text
-    if isinstance(value, list | tuple):
-        return [_json_value(v) for v in value]
-    if isinstance(value, dt.datetime | dt.date):
-        return value.isoformat()
-    if isinstance(value, int | float | str | bool) or value is None:
-        return value
-    return str(value)
-
-
 def decision_summary(decision: dict[str, Any] | None) -> str:
     """One cell: the alert flags (with severity) if any, else the explanation."""
     if not decision:
@@ -363,11 +197,16 @@ def decision_summary(decision: dict[str, Any] | None) -> str:
     return "unexplained"
 
 
-def _proof(row: _Row, block: _Block, tree: MerkleTree | None, leaf: bytes) -> dict[str, Any]:
+def _proof(
+    row: _Row | ErasedRow, block: _Block, tree: MerkleTree | None, leaf: bytes
+) -> dict[str, Any]:
     path: list[str] = []
     if tree is not None and row.idx < tree.size:
         path = [p.hex() for p in tree.inclusion_proof(row.idx)]
+    opening = row.opening if isinstance(row, _Row) else None
+    extra = {} if opening is None else {"opening": base64.b64encode(opening).decode("ascii")}
     return {
+        **extra,
         "form": FORM_FULL,
         "chain_id": row.chain_id,
         "height": row.height,
@@ -434,24 +273,21 @@ def proof_form(view: str, include_event_bytes: bool = False) -> str:
 report_patient_id: Final = normalise_identifier
 
 
-def build_report(
-    store: ChainStore,
-    patient: str,
-    start: str,
-    end: str,
-    *,
-    view: str = "access",
-    generated_at: str | None = None,
-    include_event_bytes: bool = False,
-) -> dict[str, Any]:
-    """The report document (``careledger.access-report/1``) for ``patient`` in
-    ``[start, end)``, its proofs in the view's form (:func:`proof_form`). Raises
-    ``StorageError`` if the store cannot be read."""
-    if view not in VIEWS:
-        raise ValueError(f"view must be one of {', '.join(VIEWS)}")
-    patient = report_patient_id(patient)
-    reader = _Reader(store)
-    problems: list[str] = []
+@dataclass(frozen=True)
+class SealedAccess:
+    """How a report opens a sealed ledger (ADR 0037): the key store, the registrar keys
+    that sign erasures, and the system of the asked patient id (the key store's lookup
+    is keyed by both)."""
+
+    keystore: KeyStore
+    registrars: tuple[PublicKey, ...]
+    system: str = ""
+
+
+def _clear_rows(
+    reader: _Reader, patient: str, start: str, end: str, problems: list[str]
+) -> tuple[list[_Row], dict[tuple[str, int, str], _Block]]:
+    """A ledger in clear: the patient's committed rows, decoded, and their blocks."""
     raw = reader.patient_rows(patient, start, end)
     blocks = reader.blocks({(_text(r[0]), int(r[1])) for r in raw})
     rows: list[_Row] = []
@@ -473,11 +309,66 @@ def build_report(
             problems.append(f"{chain}@{height}#{idx}: row says patient {patient}, bytes do not")
             continue
         rows.append(_Row(chain, int(height), int(idx), digest, bytes(canonical), event))
+    return rows, blocks
+
+
+def _erased_line(view: str, r: ErasedRow) -> dict[str, Any]:
+    d = r.document
+    erased = dict(r.erasure)
+    if view == "gdpr":
+        return {"occurred_at": d.occurred_at, "purpose": list(d.purpose_of_use), "erased": erased}
+    return {
+        "event_id": d.event_id,
+        "occurred_at": d.occurred_at,
+        "action": d.action,
+        "outcome": d.outcome,
+        "purpose": list(d.purpose_of_use),
+        "erased": erased,
+    }
+
+
+def build_report(
+    store: ChainStore,
+    patient: str,
+    start: str,
+    end: str,
+    *,
+    view: str = "access",
+    generated_at: str | None = None,
+    include_event_bytes: bool = False,
+    sealed: SealedAccess | None = None,
+) -> dict[str, Any]:
+    """The report document (``careledger.access-report/1``) for ``patient`` in
+    ``[start, end)``, its proofs in the view's form (:func:`proof_form`). On a sealed
+    ledger (``sealed``) the rows are opened through the key store and the patient's
+    erased rows are listed as erased (not in the HIPAA disclosures view, which cannot
+    tell a disclosure without the sealed part). Raises ``StorageError`` if the store
+    cannot be read."""
+    if view not in VIEWS:
+        raise ValueError(f"view must be one of {', '.join(VIEWS)}")
+    patient = report_patient_id(patient)
+    reader = _Reader(store)
+    problems: list[str] = []
+    erased: list[ErasedRow] = []
+    if sealed is None:
+        rows, blocks = _clear_rows(reader, patient, start, end, problems)
+    else:
+        rows, erased, problems, blocks = sealed_patient_rows(
+            reader,
+            sealed.keystore,
+            sealed.registrars,
+            system=sealed.system,
+            patient=patient,
+            start=start,
+            end=end,
+        )
     if view == "hipaa-disclosures":
         rows = [r for r in rows if is_disclosure(r.event)]
+        erased = []
+    placed: list[_Row | ErasedRow] = [*rows, *erased]
 
     trees: dict[tuple[str, int, str], MerkleTree | None] = {}
-    for block_key in sorted({(r.chain_id, r.height, r.block_hash) for r in rows}):
+    for block_key in sorted({(r.chain_id, r.height, r.block_hash) for r in placed}):
         trees[block_key] = _tree(reader, blocks[block_key], problems)
 
     state = ReferenceState()
@@ -487,8 +378,8 @@ def build_report(
     if view == "access" and rows:
         decisions = reader.decisions(sorted({r.event.event_id for r in rows}))
 
-    lines = []
-    for r in rows:
+    lines: list[tuple[tuple[str, str, int, int], dict[str, Any]]] = []
+    for r in placed:
         key = (r.chain_id, r.height, r.block_hash)
         tree = trees[key]
         leaf = leaf_hash(r.canonical)
@@ -496,11 +387,16 @@ def build_report(
             problems.append(
                 f"{r.chain_id}@{r.height}#{r.idx}: event bytes are not leaf {r.idx} of the block"
             )
-        line = _line(view, r.event, state)
-        if decisions is not None:  # the auditor's table exists
-            line["decision"] = decisions.get(r.event.event_id)
+        if isinstance(r, ErasedRow):
+            line = _erased_line(view, r)
+            at = r.document.occurred_at
+        else:
+            line = _line(view, r.event, state)
+            if decisions is not None:  # the auditor's table exists
+                line["decision"] = decisions.get(r.event.event_id)
+            at = r.event.occurred_at
         line["proof"] = _proof(r, blocks[key], tree, leaf)
-        lines.append(line)
+        lines.append(((at, r.chain_id, r.height, r.idx), line))
     doc = {
         "schema": REPORT_SCHEMA,
         "view": view,
@@ -511,7 +407,7 @@ def build_report(
         "database": store.db,
         "completeness": COMPLETENESS,
         "problems": problems,
-        "lines": lines,
+        "lines": [line for _, line in sorted(lines, key=lambda pair: pair[0])],
     }
     if proof_form(view, include_event_bytes) == FORM_REDACTED:
         return redact_report(doc)
@@ -602,6 +498,12 @@ _CSV_COLUMNS: Final[dict[str, tuple[str, ...]]] = {
 
 def _cell(line: dict[str, Any], name: str) -> str:
     proof = line.get("proof") or {}
+    erased = line.get("erased")
+    if isinstance(erased, dict) and name in ("actor_name", "purpose") and name not in line:
+        return (
+            f"erased on {str(erased.get('erased_at', ''))[:10]} ({erased.get('reason', '')}, "
+            f"requested by {erased.get('requested_by', '')})"
+        )
     if name == "date":
         return str(line.get("occurred_at", ""))[:10]
     if name == "purpose":
@@ -669,6 +571,11 @@ def render_table(doc: dict[str, Any], max_width: int = 48) -> str:
 def configure_access_report(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient", required=True, help="patient id (as in the events)")
     parser.add_argument(
+        "--patient-system",
+        default="",
+        help="a sealed ledger (ADR 0037): the system of the patient id, as in the events",
+    )
+    parser.add_argument(
         "--from", dest="start", required=True, metavar="D1", help="first day (YYYY-MM-DD)"
     )
     parser.add_argument(
@@ -732,11 +639,27 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
             "set CARELEDGER_TRUSTED_KEYS or pass --trusted-key"
         )
     witnessing = None
+    keystore = None
+    if settings.seal_events:  # ADR 0037: opened through the key store, unwraps counted
+        try:
+            keystore = open_keystore(settings)
+            registrars = tuple(load_public_keys(settings.trusted_registrar_keys))
+        except CareledgerError as exc:
+            return _usage(f"a sealed ledger needs its key store: {exc.message}")
     store = ChainStore.for_settings(ClickHouseBackend.from_settings(settings, "reader"), settings)
     try:
+        sealed = None
+        if keystore is not None:
+            sealed = SealedAccess(keystore, registrars, getattr(args, "patient_system", ""))
         # built with the bytes, so the self-check below verifies content before redaction
         doc = build_report(
-            store, args.patient, start, end, view=args.view, include_event_bytes=True
+            store,
+            args.patient,
+            start,
+            end,
+            view=args.view,
+            include_event_bytes=True,
+            sealed=sealed,
         )
         if witnesses is not None:
             witnessing = witness_report(
@@ -744,8 +667,12 @@ def command_access_report(args: argparse.Namespace, settings: Settings) -> int:
             )
     except StorageError as exc:
         return _usage(f"cannot read ClickHouse database {store.db!r}: {exc.message}")
+    except CareledgerError as exc:  # the key store, mid-report
+        return _usage(f"cannot open the sealed ledger: {exc.message}")
     finally:
         store.backend.close()
+        if keystore is not None:
+            keystore.close()
     if witnessing is not None and witnessing.unavailable is not None:
         return _usage(f"cannot tell: {witnessing.unavailable}")
     problems = list(doc["problems"])

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from careledger.storage.store import ChainStore
 from verifiers.auditor.state import ReferenceState
-from verifiers.reports.access_report import _Reader
+from verifiers.reports.report_reader import _Reader
 
 __all__ = ["StaffEntry", "staff_directory"]
 

@@ -76,6 +76,12 @@ from careledger_core.event import (
 )
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import verify_inclusion
+from careledger_core.sealed_event import (
+    SealedAccessEvent,
+    decode_sealed_document,
+    open_with,
+    parse_opening,
+)
 from careledger_core.signing import TrustedKeys
 
 __all__ = [
@@ -445,16 +451,20 @@ def _check_line(
         result.fail("BLOCK_MISMATCH", "proof.block_hash is not the hash of the signed header")
 
     event: AccessEvent | None = None
+    erased: SealedAccessEvent | None = None
     if form == FORM_FULL:
         canonical = _b64(proof.get("canonical"), "proof.canonical")
-        try:
-            event, canon = decode_and_canonicalize(canonical)
-        except CareledgerError as exc:
-            raise _LineFailed(
-                "EVENT_INVALID", f"canonical bytes are not an access event: {exc.message}"
-            ) from exc
-        if canon != canonical:
-            result.fail("EVENT_INVALID", "event bytes are not in canonical form")
+        if _SEALED_SCHEMA in canonical:  # a sealed ledger's line (ADR 0037)
+            event, erased = _open_sealed(line, proof, canonical, result)
+        else:
+            try:
+                event, canon = decode_and_canonicalize(canonical)
+            except CareledgerError as exc:
+                raise _LineFailed(
+                    "EVENT_INVALID", f"canonical bytes are not an access event: {exc.message}"
+                ) from exc
+            if canon != canonical:
+                result.fail("EVENT_INVALID", "event bytes are not in canonical form")
         leaf = leaf_hash(canonical)
         claimed_leaf = proof.get("leaf_hash")
         if not isinstance(claimed_leaf, str) or not hmac.compare_digest(
@@ -480,8 +490,77 @@ def _check_line(
 
     if event is not None:
         _check_content(line, doc, event, result)
+    elif erased is not None:
+        _check_erased(line, doc, erased, result)
     else:
         _check_redacted(line, doc, header, policy, result)
+
+
+_SEALED_SCHEMA: Final = b'"schema":"careledger.sealed-access-event/1"'
+#: what an erased line may show: the sealed document's own fields
+_ERASED_FIELDS: Final[Mapping[str, Callable[[SealedAccessEvent], Any]]] = {
+    "event_id": lambda d: d.event_id,
+    "occurred_at": lambda d: d.occurred_at,
+    "action": lambda d: d.action,
+    "outcome": lambda d: d.outcome,
+    "purpose": lambda d: list(d.purpose_of_use),
+}
+
+
+def _open_sealed(
+    line: Mapping[str, Any], proof: Mapping[str, Any], canonical: bytes, result: ProofResult
+) -> tuple[AccessEvent | None, SealedAccessEvent | None]:
+    """A sealed document (ADR 0037): opened by the proof's ``opening`` (the salt and the
+    sensitive part, checked against the signed commitment), or an erased line."""
+    try:
+        document, canon = decode_sealed_document(canonical)
+    except CareledgerError as exc:
+        raise _LineFailed(
+            "EVENT_INVALID", f"canonical bytes are not a sealed access event: {exc.message}"
+        ) from exc
+    if canon != canonical:
+        result.fail("EVENT_INVALID", "event bytes are not in canonical form")
+    if "opening" not in proof:
+        if "erased" not in line:
+            raise _LineFailed(
+                "CONTENT_NOT_PROVEN",
+                "a sealed event without its opening, and the line does not say it was erased",
+            )
+        return None, document
+    try:
+        salt, sensitive = parse_opening(_b64(proof.get("opening"), "proof.opening"))
+        return open_with(canonical, salt, sensitive).event, None
+    except CareledgerError as exc:
+        raise _LineFailed(
+            "OPENING_INVALID", f"the opening does not open the signed commitment: {exc.message}"
+        ) from exc
+
+
+def _check_erased(
+    line: Mapping[str, Any],
+    doc: Mapping[str, Any],
+    document: SealedAccessEvent,
+    result: ProofResult,
+) -> None:
+    """An erased line: the signed document is in the block; what it shows must be the
+    document's; whose it was is not provable any more (its key is gone)."""
+    for name, value in line.items():
+        if name in ("proof", "erased", "decision"):
+            continue
+        if name not in _ERASED_FIELDS:
+            result.fail("FIELD_UNBOUND", f"an erased line shows {name}, which nothing binds")
+        elif value != _ERASED_FIELDS[name](document):
+            result.fail("FIELD_MISMATCH", f"displayed {name} {value!r} is not the document's")
+    start, end = doc.get("from"), doc.get("to")
+    if (isinstance(start, str) and document.occurred_at < start) or (
+        isinstance(end, str) and document.occurred_at >= end
+    ):
+        result.fail("OUT_OF_RANGE", f"event time {document.occurred_at} is outside the range")
+    result.unbound = ["patient"]
+    result.notes.append(
+        "erased: the signed document is in the block; its sealed part cannot be opened, so "
+        "whose access it was rests on the ledgered erasure, not on this file"
+    )
 
 
 def _check_content(
@@ -631,6 +710,10 @@ def redact_report(doc: Mapping[str, Any]) -> dict[str, Any]:
     audit path and signed header stay, so inclusion still verifies offline."""
     lines = []
     for line in doc["lines"]:
-        proof = {k: v for k, v in line["proof"].items() if k not in ("form", "canonical")}
+        proof = {
+            k: v
+            for k, v in line["proof"].items()
+            if k not in ("form", "canonical", "opening")  # an opening names the patient
+        }
         lines.append({**line, "proof": {"form": FORM_REDACTED, **proof}})
     return {**doc, "lines": lines}

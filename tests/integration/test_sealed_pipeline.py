@@ -1,0 +1,421 @@
+"""A sealed ledger end to end (ADR 0037): SDK -> Kafka -> processor -> ClickHouse -> verify,
+with ``seal_events`` on, a real SoftHSM2 token and the key rows in ClickHouse.
+
+What it claims, each tried here:
+* no identifier of the simulated hospital (patient ids, staff ids and names, client
+  addresses and workstations) is in clear in the events topic or in any column of the
+  events table;
+* ``verify`` finds the sealed ledger intact, every event signed by its source;
+* every stored sealed part opens with its patient's data key, to the signed commitment,
+  and rebuilds the event the SDK sent byte for byte; ``patient_id`` / ``actor_id`` hold
+  the pseudonyms the key store gives;
+* destroying a patient's key changes no leaf, root or signature: ``verify`` is still
+  intact, and that patient's sealed parts no longer open while everyone else's do;
+* an ingest box swapped with another event's is dead-lettered alone with its reason
+  (the rest of the batch is chained); a batch in clear sent to a sealed ledger is
+  refused whole.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import time
+import uuid
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from careledger.config import Settings
+from careledger.ingest_keys import write_ingest_key
+from careledger.kafka.batching import SourceBatcher
+from careledger.kafka.producer import AccessEventProducer
+from careledger.keys import load_signing_key
+from careledger.keystore import open_keystore
+from careledger_core.event import AccessEvent, canonical_event_bytes
+from careledger_core.hashing import leaf_hash
+from careledger_core.sealing import SealError, join, patient_ref, unseal
+from producers.simulator import HospitalModel, simulate
+from tests.integration.pipeline import (
+    committed_event_count,
+    processor_settings,
+    run_cli,
+    start_processor,
+    stop,
+    store_for,
+    wait_until,
+    with_keys,
+    with_source,
+)
+from tests.integration.test_signed_pipeline import _read, _wait_registry_ledgered
+from tests.softhsm import with_token
+
+pytestmark = pytest.mark.integration
+
+
+def _sealed_settings(isolated: Settings, tmp_path: Path) -> Settings:
+    s = with_source(with_keys(isolated, tmp_path), tmp_path, source_id="ehr-main")
+    s, _token = with_token(s)
+    ingest = tmp_path / "keys" / "ingest.key"
+    write_ingest_key(ingest)
+    return processor_settings(
+        s,
+        require_source_signatures=True,
+        seal_events=True,
+        ingest_key=ingest,
+        ingest_public_key=Path(f"{ingest}.pub"),
+    )
+
+
+def _events(count: int, seed: int) -> list[AccessEvent]:
+    return list(simulate(HospitalModel(staff=40, patients=150, seed=seed), count, seed=seed))
+
+
+def _identifiers(events: list[AccessEvent]) -> set[bytes]:
+    """What names, numbers or locates a person in the simulated traffic (long enough
+    that a chance match inside base64 or hex is out of the question)."""
+    found: set[str] = set()
+    for e in events:
+        found |= {e.patient.id, e.actor.id}
+        if e.actor.name:
+            found.add(e.actor.name)
+        if e.client is not None:
+            found.add(e.client.address)
+            if e.client.workstation:
+                found.add(e.client.workstation)
+    return {v.encode() for v in found if len(v) >= 6}
+
+
+def _rows(settings: Settings, columns: str = "*") -> list[tuple[object, ...]]:
+    store = store_for(settings)
+    try:
+        return store.backend.execute(
+            f"SELECT {columns} FROM {settings.clickhouse_database}.access_events "
+            "ORDER BY chain_id, height, idx"
+        )
+    finally:
+        store.backend.close()
+
+
+_LEAVES = "block_hash, event_id, leaf_hash, canonical, sealed"
+
+
+def _opened(settings: Settings, events: dict[str, AccessEvent]) -> dict[str, bool]:
+    """Per event id: whether its stored sealed part opens to the event the SDK sent
+    (asserted when it opens), through the key store."""
+    store = store_for(settings)
+    try:
+        rows = store.backend.execute(
+            "SELECT event_id, patient_id, actor_id, data_key_id, sealed, canonical, leaf_hash "
+            f"FROM {settings.clickhouse_database}.access_events"
+        )
+    finally:
+        store.backend.close()
+    out: dict[str, bool] = {}
+    with open_keystore(settings) as keys:
+        for eid, pref, aref, key_id, sealed, canonical, leaf in rows:
+            event = events[eid.decode()]
+            lookup = keys.lookup(event.patient.system or "", event.patient.id)
+            key = keys.key(lookup, bytes.fromhex(key_id.decode()), "test")
+            document = json.loads(canonical)
+            assert leaf.decode() == leaf_hash(canonical).hex()
+            if key is None:
+                out[eid.decode()] = False
+                continue
+            salt, sensitive = unseal(
+                key.key,
+                leaf_hash(canonical),
+                base64.b64decode(sealed),
+                bytes.fromhex(document.pop("sealed_commitment")),
+            )
+            assert len(salt) == 32
+            document["schema"] = "careledger.access-event/1"
+            rebuilt = msgspec.json.encode(join(document, sensitive), order="sorted")
+            assert rebuilt == canonical_event_bytes(event)
+            assert pref.decode() == patient_ref(key.key)
+            assert aref.decode() == keys.actor_ref(event.actor.id)
+            out[eid.decode()] = True
+    return out
+
+
+def _committed(settings: Settings, kind: str) -> int:
+    store = store_for(settings)
+    try:
+        db = settings.clickhouse_database
+        rows = store.backend.execute(
+            f"SELECT count() FROM {db}.reference_records WHERE kind = %(k)s AND "
+            f"(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash "
+            f"FROM {db}.blocks)",
+            {"k": kind},
+        )
+        return int(rows[0][0])
+    finally:
+        store.backend.close()
+
+
+def _verify(settings: Settings) -> dict[str, object]:
+    result = run_cli(settings, "verify", "--json")
+    assert result.returncode in (0, 1), result.stdout[-3000:] + result.stderr[-3000:]
+    report: dict[str, object] = json.loads(result.stdout)
+    return report
+
+
+def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breaking_a_proof(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = _sealed_settings(isolated, tmp_path).replace(sealing_key_cache_s=1.0)
+    events = _events(600, seed=41)
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    erased = next(e.patient for e in events if len(e.patient.id) >= 6)  # not "no patient"
+    patient = ["--patient", erased.id, "--system", erased.system or ""]
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        _wait_registry_ledgered(settings, store)
+
+        # 1. nothing identifying in clear: the events topic, every column, the log
+        identifiers = _identifiers(events)
+        assert len(identifiers) > 100
+        on_topic = _read(settings, settings.topic_events, 1, until=lambda out: False, timeout=8)
+        assert on_topic, "nothing read from the events topic"
+        topic_bytes = b"\n".join((m.key() or b"") + b"\t" + (m.value() or b"") for m in on_topic)
+        rows = _rows(settings)
+        assert len(rows) == len(events)
+        table_bytes = b"\n".join(repr(r).encode() for r in rows)
+        log = (tmp_path / "processor.log").read_text()
+        for identifier in identifiers:
+            assert identifier not in topic_bytes, "an identifier in clear on the events topic"
+            assert identifier not in table_bytes, "an identifier in clear in access_events"
+            assert identifier.decode() not in log
+
+        # 2. verify opens every sealed part; each rebuilds the event the SDK sent
+        report = _verify(settings)
+        assert report["result"] == "intact", report["findings"]
+        assert report["sources"]["signed_events"] == len(events)  # type: ignore[index]
+        assert report["sealed"] == {"opened": len(events), "erased": 0}, report["sealed"]
+        by_id = {e.event_id: e for e in events}
+        assert set(_opened(settings, by_id).values()) == {True}
+
+        # 3. the patient's access report opens their lines, each proven offline
+        mine = [e for e in events if e.patient.id == erased.id]
+        days = ["--from", min(e.occurred_at for e in events)[:10]]
+        days += ["--to", max(e.occurred_at for e in events)[:10]]
+        report_args = ["access-report", *patient, *days, "--format", "json"]
+        report_args[report_args.index("--system")] = "--patient-system"
+        shown = run_cli(settings, *report_args, "--out", str(tmp_path / "before.json"))
+        assert shown.returncode == 0, shown.stdout + shown.stderr
+        before_doc = json.loads((tmp_path / "before.json").read_text())
+        assert before_doc["problems"] == []
+        assert sorted(x["event_id"] for x in before_doc["lines"]) == sorted(
+            e.event_id for e in mine
+        )
+        assert {x["patient_id"] for x in before_doc["lines"]} == {erased.id}
+        assert all("opening" in x["proof"] for x in before_doc["lines"])
+        checked = run_cli(settings, "verify-proof", str(tmp_path / "before.json"), "--json")
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        forged = json.loads((tmp_path / "before.json").read_text())
+        forged["lines"][0]["actor_id"] = "someone-else"
+        (tmp_path / "forged.json").write_text(json.dumps(forged))
+        refused = run_cli(settings, "verify-proof", str(tmp_path / "forged.json"), "--json")
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+
+        # 4. the retention policies and a legal hold decide; refusals are ledgered
+        hipaa = run_cli(settings, "erase", *patient, "--reason", "r", "--policy", "us-hipaa")
+        assert hipaa.returncode == 1 and hipaa.stdout.startswith("refused: us-hipaa"), hipaa
+        placed = run_cli(settings, "legal-hold", "place", *patient, "--reason", "case 42")
+        assert placed.returncode == 0, placed.stdout + placed.stderr
+        hold_id = placed.stdout.split()[2]
+        wait_until(lambda: _committed(settings, "legal-hold") == 1, 60, what="the hold")
+        held = run_cli(settings, "erase", *patient, "--reason", "gdpr-17", "--policy", "eu-gdpr")
+        assert held.returncode == 1 and f"legal hold {hold_id}" in held.stdout, held
+        lifted = run_cli(settings, "legal-hold", "lift", hold_id, *patient)
+        assert lifted.returncode == 0, lifted.stdout + lifted.stderr
+        wait_until(lambda: _committed(settings, "legal-hold") == 2, 60, what="the lift")
+
+        # 5. the erasure: ledgered, keys destroyed on the server, proofs untouched
+        before = _rows(settings, _LEAVES)
+        done = run_cli(
+            settings, "erase", *patient, "--reason", "gdpr-17", "--policy", "eu-gdpr", "--json"
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outcome = json.loads(done.stdout)
+        assert outcome["outcome"] == "erased" and outcome["key_ids"], outcome
+        assert outcome["confirmed_on"] and not outcome["still_held_on"]
+        for out in (hipaa, placed, held, lifted, done):
+            assert erased.id not in out.stdout + out.stderr
+        wait_until(lambda: _committed(settings, "erasure") == 3, 60, what="2 refusals, 1 erasure")
+    finally:
+        stop(proc)
+    assert _rows(settings, _LEAVES) == before  # not a leaf, block hash or stored byte changed
+
+    report = _verify(settings)
+    assert report["result"] == "intact", report["findings"]
+    gone = len(mine)
+    assert report["sealed"] == {"opened": len(events) - gone, "erased": gone}, report["sealed"]
+    # the report still lists the patient's accesses, as erased, each with its proof
+    after_report = run_cli(settings, *report_args, "--out", str(tmp_path / "after.json"))
+    assert after_report.returncode == 0, after_report.stdout + after_report.stderr
+    after_doc = json.loads((tmp_path / "after.json").read_text())
+    assert sorted(x["event_id"] for x in after_doc["lines"]) == sorted(e.event_id for e in mine)
+    for line in after_doc["lines"]:
+        assert line["erased"]["reason"] == "gdpr-17" and "opening" not in line["proof"]
+        assert "patient_id" not in line and "actor_id" not in line
+    assert erased.id not in json.dumps(after_doc["lines"])
+    offline = run_cli(settings, "verify-proof", str(tmp_path / "after.json"), "--json")
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    assert {tuple(r["unbound"]) for r in json.loads(offline.stdout)["results"]} == {("patient",)}
+    opened = _opened(settings, by_id)
+    for e in events:
+        assert opened[e.event_id] is (e.patient.id != erased.id), e.event_id
+    # and no other patient's key opens them
+    first = next(e for e in events if e.patient.id == erased.id)
+    _bh, _eid, _leaf, canonical, sealed = next(r for r in before if r[1] == first.event_id.encode())
+    assert isinstance(canonical, bytes) and isinstance(sealed, bytes)
+    other = next(e.patient for e in events if e.patient.id != erased.id)
+    with open_keystore(settings) as keys:
+        key = keys.data_key(keys.lookup(other.system or "", other.id), "test")
+    assert key is not None
+    with pytest.raises(SealError):
+        unseal(
+            key.key,
+            leaf_hash(canonical),
+            base64.b64decode(sealed),
+            bytes.fromhex(json.loads(canonical)["sealed_commitment"]),
+        )
+
+
+def _alter(settings: Settings, statement: str) -> None:
+    """``ALTER TABLE ... UPDATE/DELETE`` as an attacker with ClickHouse write access, and
+    the wait for the mutation (asynchronous on 18.16)."""
+    store = store_for(settings)
+    db = settings.clickhouse_database
+    try:
+        store.backend.execute(statement.format(db=db))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = store.backend.execute(
+                "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0",
+                {"db": db},
+            )
+            if int(rows[0][0]) == 0:
+                return
+            time.sleep(0.05)
+        raise AssertionError("mutation did not finish")
+    finally:
+        store.backend.close()
+
+
+def test_edits_of_the_unsigned_columns_and_a_key_deleted_without_an_erasure_are_found(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = _sealed_settings(isolated, tmp_path)
+    events = _events(120, seed=43)
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        _wait_registry_ledgered(settings, store)
+    finally:
+        stop(proc)
+    assert _verify(settings)["result"] == "intact"
+    rows = _rows(settings, "event_id, patient_id, sealed, data_key_id")
+    (a_id, a_ref, a_sealed, _), (b_id, b_ref, _b_sealed, _) = next(
+        (x, y) for x, y in itertools.pairwise(rows) if x[1] != y[1]
+    )
+    ev = "{db}.access_events"
+    # an access moved into another patient's report: the pseudonym column edited
+    _alter(
+        settings,
+        f"ALTER TABLE {ev} UPDATE patient_id = '{b_ref.decode()}' "  # type: ignore[union-attr]
+        f"WHERE event_id = '{a_id.decode()}'",
+    )  # type: ignore[union-attr]
+    # a sealed part moved to another row
+    _alter(
+        settings,
+        f"ALTER TABLE {ev} UPDATE sealed = '{a_sealed.decode()}' "  # type: ignore[union-attr]
+        f"WHERE event_id = '{b_id.decode()}'",
+    )  # type: ignore[union-attr]
+    # a patient's keys deleted behind the erasure's back (no ledgered erasure)
+    third = next(r for r in rows if r[1] not in (a_ref, b_ref))
+    _alter(settings, f"ALTER TABLE {{db}}.data_keys DELETE WHERE key_id = '{third[3].decode()}'")  # type: ignore[union-attr]
+    report = _verify(settings)
+    assert report["result"] == "tampered"
+    found = {(f["code"], f["event_id"]) for f in report["findings"]}  # type: ignore[index,union-attr]
+    assert ("SEALED_REF_MISMATCH", a_id.decode()) in found, found  # type: ignore[union-attr]
+    assert ("SEALED_PART_INVALID", b_id.decode()) in found, found  # type: ignore[union-attr]
+    assert ("SEALED_KEY_MISSING", third[0].decode()) in found, found  # type: ignore[union-attr]
+
+
+def _sealed_batch(settings: Settings, events: list[AccessEvent]) -> bytes:
+    """One sealed batch record signed by the registered source, as the SDK makes it."""
+    assert settings.source_key is not None and settings.ingest_public_key is not None
+    pk = bytes.fromhex(settings.ingest_public_key.read_text().strip())
+    batcher = SourceBatcher(
+        load_signing_key(settings.source_key, env={}),
+        "ehr-main",
+        uuid.uuid4().hex[:16],
+        max_events=len(events),
+        max_age_s=60.0,
+        seal_to=pk,
+    )
+    for e in events:
+        value, box = batcher.encode(e)
+        batcher.add(value, b"", time.monotonic(), None, box)
+    batch = batcher.take("ehr-main", time.strftime("%Y-%m-%dT%H:%M:%S.000000Z", time.gmtime()))
+    assert batch is not None
+    ((_key, record),) = batch.records
+    return record
+
+
+def test_a_swapped_ingest_box_is_dead_lettered_alone_and_a_batch_in_clear_is_refused(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = _sealed_settings(isolated, tmp_path)
+    events = _events(20, seed=42)
+    record = json.loads(_sealed_batch(settings, events[:10]))
+    record["sealed"][2], record["sealed"][3] = record["sealed"][3], record["sealed"][2]
+    swapped = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
+    plain = settings.replace(ingest_public_key=None)
+    with AccessEventProducer(settings, sign=False) as raw:
+        raw.send_raw(swapped, key=b"k")
+        raw.flush()
+    with AccessEventProducer(plain) as clear:  # a source that does not seal
+        for e in events[10:]:
+            clear.send(e)
+        clear.flush()
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= 8, 120, what="the 8 good events")
+        dead = _read(settings, settings.topic_dead_letter, 3, timeout=60)
+    finally:
+        stop(proc)
+    codes = sorted(dict(m.headers())["careledger-error-code"].decode() for m in dead)
+    assert codes.count("COMMITMENT_MISMATCH") == 2, codes  # boxes 2 and 3, each alone
+    assert any(c not in ("COMMITMENT_MISMATCH",) for c in codes), codes  # the clear batch
+    reasons = [dict(m.headers()).get("careledger-error", b"").decode() for m in dead]
+    assert any("this ledger is sealed" in r for r in reasons), reasons
+    assert committed_event_count(store) == 8
+
+
+def test_a_sealed_processor_without_its_ingest_key_or_token_says_so_in_one_line(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    settings = _sealed_settings(isolated, tmp_path)
+    no_key = run_cli(settings.replace(ingest_key=None), "process")
+    assert no_key.returncode == 2, no_key.stdout + no_key.stderr
+    assert "no ingest key configured" in no_key.stderr and "Traceback" not in no_key.stderr
+    no_token = run_cli(settings.replace(keystore_token_label="no-such-token"), "process")
+    assert no_token.returncode == 2, no_token.stdout + no_token.stderr
+    assert "cannot open the key store's token" in no_token.stderr
+    assert "Traceback" not in no_token.stderr

@@ -1,0 +1,162 @@
+"""A sealed ledger's events opened with the key store (ADR 0037).
+
+The chain checks verify what is signed: the sealed documents, their leaves, roots and
+signatures. What is not signed and not recomputable from the documents, the sealed
+part, its data key id and the two pseudonym columns (``patient_id`` holds
+``patient_ref``, ``actor_id`` holds ``actor_ref``), is checked here, where the key store
+can open it. For each committed event row:
+
+* its data key (named by ``data_key_id``) must exist, unless an erasure destroyed it:
+  ``SEALED_KEY_MISSING`` otherwise (a key row deleted outside ``careledger erase``);
+* the sealed part must open with that key, for this leaf, to the commitment its signed
+  document holds: ``SEALED_PART_INVALID`` (the column edited, or moved from another row);
+* the key must be the one of the patient named inside: ``SEALED_KEY_NOT_PATIENTS``;
+* ``patient_id`` and ``actor_id`` must be ``patient_ref(key)`` and the actor's
+  pseudonym: ``SEALED_REF_MISMATCH`` (a report selects by them: an edit would move an
+  access from one patient's report to another's).
+
+Rows are read chain by chain in pages of blocks, keys fetched once per page by id.
+Rows whose document does not decode or whose leaf does not match are the chain
+checks' findings, not repeated here. Every unwrap is counted under ``verify``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from careledger.keystore import KeyStore
+from careledger.storage.store import ChainStore
+from careledger_core.errors import CareledgerError
+from careledger_core.findings import Finding, FindingCode
+from careledger_core.hashing import leaf_hash
+from careledger_core.sealed_event import decode_sealed_document
+from careledger_core.sealing import SealError, patient_ref, unseal
+
+__all__ = ["SealedReport", "check_sealed"]
+
+PAGE_BLOCKS: Final = 200
+
+
+@dataclass
+class SealedReport:
+    opened: int = 0
+    #: rows whose key an erasure destroyed (by key id)
+    erased: int = 0
+    findings: list[Finding] = field(default_factory=list)
+    #: why nothing was opened (no key store), or None
+    not_opened: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"opened": self.opened, "erased": self.erased}
+        if self.not_opened is not None:
+            out["not_opened"] = self.not_opened
+        return out
+
+
+def _str(v: Any) -> str:
+    return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+
+
+def _rows(store: ChainStore, chain: str) -> Iterator[list[tuple[Any, ...]]]:
+    db = store.db
+    top = store.backend.execute(
+        f"SELECT max(height) FROM {db}.blocks WHERE chain_id = %(c)s", {"c": chain}
+    )
+    head = top[0][0] if top and type(top[0][0]) is int else -1
+    for lo in range(0, head + 1, PAGE_BLOCKS):
+        yield store.backend.execute(
+            "SELECT height, idx, event_id, canonical, leaf_hash, patient_id, actor_id, "
+            f"data_key_id, sealed FROM {db}.access_events "
+            "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s AND "
+            f"(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash "
+            f"FROM {db}.blocks WHERE chain_id = %(c)s) ORDER BY height, idx",
+            {"c": chain, "lo": lo, "hi": lo + PAGE_BLOCKS - 1},
+        )
+
+
+def check_sealed(
+    store: ChainStore, keystore: KeyStore, chains: list[str], erased_key_ids: frozenset[str]
+) -> SealedReport:
+    """Open every committed sealed event of ``chains`` (the sealed kind's chains)."""
+    report = SealedReport()
+    for chain in chains:
+        for page in _rows(store, chain):
+            ids = set()
+            for row in page:
+                try:
+                    ids.add(bytes.fromhex(_str(row[7])))
+                except ValueError:
+                    continue
+            keys = keystore.keys_by_id(sorted(ids), "verify")
+            for row in page:
+                _check_row(report, keystore, keys, chain, row, erased_key_ids)
+    return report
+
+
+def _check_row(
+    report: SealedReport,
+    keystore: KeyStore,
+    keys: dict[bytes, Any],
+    chain: str,
+    row: tuple[Any, ...],
+    erased_key_ids: frozenset[str],
+) -> None:
+    height, idx, event_id, canonical, leaf, pref, aref, key_id, sealed = row
+    if type(canonical) is not bytes or _str(leaf) != leaf_hash(canonical).hex():
+        return  # the chain checks report it
+    try:
+        document, _ = decode_sealed_document(canonical)
+    except CareledgerError:
+        return  # the chain checks report it
+    where: dict[str, Any] = {"height": height, "event_index": idx, "event_id": _str(event_id)}
+
+    def finding(code: FindingCode, message: str) -> None:
+        report.findings.append(Finding.of(code, chain, message, **where))
+
+    try:
+        found = keys.get(bytes.fromhex(_str(key_id)))
+    except ValueError:
+        found = None
+    if found is None:
+        if _str(key_id) in erased_key_ids:
+            report.erased += 1
+        else:
+            finding(
+                FindingCode.SEALED_KEY_MISSING,
+                f"the data key {_str(key_id)[:16]}... of this event is gone, and no ledgered "
+                "erasure destroyed it",
+            )
+        return
+    try:
+        _salt, sensitive = unseal(
+            found.data_key.key,
+            leaf_hash(canonical),
+            base64.b64decode(_str(sealed), validate=True),
+            bytes.fromhex(document.sealed_commitment),
+        )
+    except (SealError, binascii.Error) as exc:
+        finding(FindingCode.SEALED_PART_INVALID, f"the sealed part does not open: {exc}")
+        return
+    patient = sensitive.get("patient")
+    actor = sensitive.get("actor.id")
+    if not isinstance(patient, dict) or not isinstance(actor, str):
+        finding(FindingCode.SEALED_PART_INVALID, "the sealed part names no patient or actor")
+        return
+    lookup = keystore.lookup(str(patient.get("system") or ""), str(patient.get("id")))
+    if lookup != found.lookup:
+        finding(
+            FindingCode.SEALED_KEY_NOT_PATIENTS,
+            "the sealed part opens with another patient's data key",
+        )
+        return
+    if _str(pref) != patient_ref(found.data_key.key) or _str(aref) != keystore.actor_ref(actor):
+        finding(
+            FindingCode.SEALED_REF_MISMATCH,
+            "patient_id or actor_id is not the pseudonym of the patient or actor sealed in it",
+        )
+        return
+    report.opened += 1

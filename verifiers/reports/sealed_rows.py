@@ -1,0 +1,118 @@
+"""A patient's rows of a sealed ledger, opened for their access report (ADR 0037).
+
+The report asks for a patient by id (and the id's system). Through the key store:
+
+* the patient's data keys (each unwrap counted under ``report``) give their pseudonyms,
+  which select the rows; each row's sealed part is opened with the key it names, to
+  the commitment of its signed document, and must name this patient;
+* the registrar-signed erasures of this patient (their ``lookup`` is the key store's
+  HMAC of the patient) name the destroyed keys, which select the erased rows: they are
+  listed as erased on that date, for that reason, by that requester, with the proof of
+  their signed document (what remains of them).
+
+An opened row's line proves its content like a line in clear: the proof carries the
+*opening* (the salt and the sensitive part), with which ``verify-proof`` checks the
+commitment in the signed document and rebuilds the event. A row that opens to another
+patient, or sealed under a key that is neither the patient's nor erased, is a problem
+named in the report, never a line.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from careledger.erasure import erasures_of
+from careledger.keystore import KeyStore
+from careledger_core.errors import CareledgerError
+from careledger_core.hashing import leaf_hash
+from careledger_core.jcs import canonicalize
+from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document, open_with
+from careledger_core.sealing import SealError, patient_ref, unseal
+from careledger_core.signing import PublicKey
+from verifiers.reports.report_reader import _Block, _Reader, _Row, _text
+
+__all__ = ["ErasedRow", "sealed_patient_rows"]
+
+
+@dataclass(frozen=True)
+class ErasedRow:
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: str
+    canonical: bytes
+    document: SealedAccessEvent
+    #: the erasure: record id, when, why, by whom, under which policy
+    erasure: dict[str, Any]
+
+
+def sealed_patient_rows(
+    reader: _Reader,
+    keystore: KeyStore,
+    registrars: Sequence[PublicKey],
+    *,
+    system: str,
+    patient: str,
+    start: str,
+    end: str,
+) -> tuple[list[_Row], list[ErasedRow], list[str], dict[tuple[str, int, str], _Block]]:
+    """(opened rows, erased rows, problems, their blocks) of ``patient`` in ``[start,
+    end)``; only rows of committed blocks (their headers read here, as the report does)."""
+    lookup = keystore.lookup(system, patient)
+    keys = {k.key_id.hex(): k for k in keystore.data_keys(lookup, "report")}
+    refs = [patient_ref(k.key) for k in keys.values()]
+    erased = {
+        key_id: info
+        for info in erasures_of(reader.backend, reader.db, lookup, registrars)
+        for key_id in info["key_ids"]
+    }
+    raw = reader.sealed_rows(refs, sorted(erased), start, end)
+    blocks = reader.blocks({(_text(r[0]), int(r[1])) for r in raw})
+    rows: list[_Row] = []
+    gone: list[ErasedRow] = []
+    problems: list[str] = []
+    seen: set[tuple[str, int, int]] = set()
+    for chain_b, height, idx, digest_b, canonical, key_id_b, sealed in raw:
+        chain, digest, key_id = _text(chain_b), _text(digest_b), _text(key_id_b)
+        where = f"{chain}@{height}#{idx}"
+        if (chain, int(height), digest) not in blocks or (chain, int(height), int(idx)) in seen:
+            continue  # uncommitted (no header vouches for it), or listed already
+        seen.add((chain, int(height), int(idx)))
+        try:
+            document, _ = decode_sealed_document(bytes(canonical))
+        except CareledgerError as exc:
+            problems.append(f"{where}: stored bytes are not a sealed event: {exc}")
+            continue
+        if key_id in erased:
+            info = {k: v for k, v in erased[key_id].items() if k != "key_ids"}
+            gone.append(
+                ErasedRow(chain, int(height), int(idx), digest, bytes(canonical), document, info)
+            )
+            continue
+        key = keys.get(key_id)
+        if key is None:
+            problems.append(
+                f"{where}: sealed under a data key that is neither the patient's nor erased"
+            )
+            continue
+        try:
+            salt, sensitive = unseal(
+                key.key,
+                leaf_hash(bytes(canonical)),
+                base64.b64decode(_text(sealed), validate=True),
+                bytes.fromhex(document.sealed_commitment),
+            )
+            event = open_with(bytes(canonical), salt, sensitive).event
+        except (SealError, binascii.Error, CareledgerError) as exc:
+            problems.append(f"{where}: the sealed part does not open to its document: {exc}")
+            continue
+        if event.patient.id != patient:
+            problems.append(f"{where}: the row's pseudonym is this patient's, the sealed part not")
+            continue
+        opening = salt + canonicalize(sensitive)
+        rows.append(_Row(chain, int(height), int(idx), digest, bytes(canonical), event, opening))
+    return rows, gone, problems, blocks
