@@ -5,10 +5,10 @@ so Kafka's topics hold no identifier in clear.
   and a newline; or ``CARELEDGER_INGEST_KEY_TEXT``), read by the processor only; the
   public key (``<file>.pub``, or ``ingest_public_key`` in the settings of a source) is
   what sources seal to.
-* :func:`seal_for_ingest` is the source's half: split the event, draw a salt, commit,
-  build the sealed document (what the source signs) and the ingest box
-  (``crypto_box_seal``: an ephemeral key per box, so this is not in the pure core).
-  The processor's half is :func:`careledger_core.sealed_event.open_ingest_box`.
+* :class:`IngestSealer` is the source's half: an ephemeral key (drawn here, so not in
+  the pure core), and per event: split, draw a salt, commit, build the sealed document
+  (what the source signs) and the ingest ciphertext. The processor's half is
+  :func:`careledger_core.sealed_event.open_ingest`.
 """
 
 from __future__ import annotations
@@ -18,21 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from nacl.bindings import crypto_box_seal
 from nacl.public import PrivateKey
 
 from careledger.keys import KeyFileError, read_owner_only
 from careledger_core.event import AccessEvent, event_to_dict
-from careledger_core.jcs import canonicalize
-from careledger_core.sealed_event import sealed_document
+from careledger_core.sealed_event import ingest_key, seal_for_ingest_with, sealed_document
 from careledger_core.sealing import SALT_BYTES, commitment, split
 
 __all__ = [
     "INGEST_KEY_TEXT_ENV",
     "IngestKey",
+    "IngestSealer",
     "load_ingest_key",
     "load_ingest_public_key",
-    "seal_for_ingest",
     "write_ingest_key",
 ]
 
@@ -94,11 +92,20 @@ def load_ingest_public_key(path: Path) -> bytes:
     return _parse(text, f"the ingest public key {path}")
 
 
-def seal_for_ingest(event: AccessEvent, public_key: bytes) -> tuple[bytes, bytes]:
-    """(sealed document, ingest box) of ``event`` for the processor holding the private
-    half of ``public_key``. The document is canonical: what the source signs."""
-    public, sensitive = split(event_to_dict(event))
-    salt = os.urandom(SALT_BYTES)
-    document = sealed_document(public, commitment(salt, sensitive))
-    box = crypto_box_seal(salt + canonicalize(sensitive), public_key)
-    return document, box
+class IngestSealer:
+    """A source's sealing to the processor's ingest key (ADR 0037): one ephemeral X25519
+    key per sealer (a producer makes one per epoch), one AEAD per event."""
+
+    def __init__(self, ingest_public_key: bytes) -> None:
+        ephemeral = PrivateKey.generate()
+        #: sent in every batch record this sealer's events travel in (``sealed_key``)
+        self.public = bytes(ephemeral.public_key)
+        self._key = ingest_key(ingest_public_key, bytes(ephemeral))
+
+    def seal(self, event: AccessEvent) -> tuple[bytes, bytes]:
+        """(sealed document, ingest ciphertext) of ``event``; the document is canonical:
+        what the source signs."""
+        public, sensitive = split(event_to_dict(event))
+        salt = os.urandom(SALT_BYTES)
+        document = sealed_document(public, commitment(salt, sensitive))
+        return document, seal_for_ingest_with(self._key, document, salt, sensitive)

@@ -77,9 +77,11 @@ class SignedBatchRecord(
     events: Annotated[
         tuple[msgspec.Raw, ...], msgspec.Meta(min_length=1, max_length=MAX_BATCH_SIZE)
     ]
-    #: sealed events (ADR 0037): per event, the base64 ingest box of its sensitive part
-    #: (the events are then sealed documents); not signed: each box must open to the
-    #: commitment its signed document holds
+    #: sealed events (ADR 0037): the base64 ephemeral X25519 key the record's events are
+    #: sealed to the ingest key with, and per event the base64 ingest ciphertext of its
+    #: sensitive part (the events are then sealed documents); not signed: each must open
+    #: to the commitment its signed document holds
+    sealed_key: Annotated[str, msgspec.Meta(max_length=64)] = ""
     sealed: Annotated[
         tuple[Annotated[str, msgspec.Meta(max_length=SEALED_BOX_MAX_B64)], ...],
         msgspec.Meta(max_length=MAX_BATCH_SIZE),
@@ -102,8 +104,10 @@ class OpenedBatch:
     events: tuple[bytes, ...]
     #: ``leaf_hash(events[i])``: the hash the batch entry ``i`` binds to its seq
     leaf_hashes: tuple[bytes, ...]
-    #: sealed events (ADR 0037): each event's ingest box, decoded; empty otherwise
+    #: sealed events (ADR 0037): each event's ingest ciphertext, decoded, and the
+    #: record's ephemeral key; empty otherwise
     sealed: tuple[bytes, ...] = ()
+    sealed_key: bytes = b""
 
 
 def encode_batch_record(
@@ -111,6 +115,7 @@ def encode_batch_record(
     signature: str,
     canonical_events: Sequence[bytes],
     sealed: Sequence[bytes] = (),
+    sealed_key: bytes = b"",
 ) -> bytes:
     """The Kafka record value of one signed batch (the events' canonical bytes inside,
     and for sealed events each one's ingest box)."""
@@ -118,14 +123,15 @@ def encode_batch_record(
         raise ValidationError(
             f"a batch record of {statement.size} events cannot hold {len(canonical_events)}"
         )
-    if sealed and len(sealed) != len(canonical_events):
-        raise ValidationError("a sealed batch needs one ingest box per event")
+    if sealed and (len(sealed) != len(canonical_events) or len(sealed_key) != 32):
+        raise ValidationError("a sealed batch needs its ephemeral key and one ciphertext per event")
     return _ENCODER.encode(
         SignedBatchRecord(
             schema=SIGNED_BATCH_SCHEMA,
             statement=statement,
             signature=signature,
             events=tuple(msgspec.Raw(e) for e in canonical_events),
+            sealed_key=base64.b64encode(sealed_key).decode() if sealed else "",
             sealed=tuple(base64.b64encode(b).decode() for b in sealed),
         )
     )
@@ -168,13 +174,16 @@ def open_batch_record(data: bytes) -> OpenedBatch:
         )
     if record.sealed and len(record.sealed) != len(events):
         raise SourceEnvelopeError(
-            f"the record holds {len(events)} events and {len(record.sealed)} ingest boxes"
+            f"the record holds {len(events)} events and {len(record.sealed)} ingest ciphertexts"
         )
     try:
         boxes = tuple(base64.b64decode(b, validate=True) for b in record.sealed)
+        sealed_key = base64.b64decode(record.sealed_key, validate=True)
     except binascii.Error:
-        raise SourceEnvelopeError("an ingest box is not base64") from None
-    return OpenedBatch(st, record.signature, events, leaves, boxes)
+        raise SourceEnvelopeError("an ingest ciphertext or the sealed key is not base64") from None
+    if bool(boxes) != (len(sealed_key) == 32):
+        raise SourceEnvelopeError("sealed events need the record's 32-byte sealed_key")
+    return OpenedBatch(st, record.signature, events, leaves, boxes, sealed_key)
 
 
 def sign_batch_record(
@@ -187,6 +196,7 @@ def sign_batch_record(
     signed_at: str,
     signed_by: str | None = None,
     sealed: Sequence[bytes] = (),
+    sealed_key: bytes = b"",
 ) -> tuple[BatchStatement, str, bytes]:
     """Sign one batch and encode its record: (statement, signature, record value).
 
@@ -213,5 +223,5 @@ def sign_batch_record(
     except msgspec.ValidationError as exc:
         raise ValidationError(f"cannot sign this batch: {exc}") from exc
     signature = base64.b64encode(key.sign(BATCH_CONTEXT + statement_bytes(statement))).decode()
-    record = encode_batch_record(statement, signature, canonical_events, sealed)
+    record = encode_batch_record(statement, signature, canonical_events, sealed, sealed_key)
     return statement, signature, record

@@ -2,32 +2,41 @@
 chains, and how the processor opens what the source sealed to it.
 
 A source splits each event (:func:`careledger_core.sealing.split`) and sends, in a batch
-record (``careledger.signed-batch/1`` with ``sealed``):
+record (``careledger.signed-batch/1`` with ``sealed_key`` and ``sealed``):
 
 * the **sealed document** (schema ``careledger.sealed-access-event/1``): the event's
   public part plus ``sealed_commitment``, canonical JCS bytes. This is what the source
   signs and what becomes the ledger's leaf. :func:`decode_sealed_document` validates it:
   the public fields as strictly as an access event's, and nothing that names, numbers
   or locates a person (such a field is an unknown field, refused);
-* the **ingest box**: ``crypto_box_seal(ingest public key, salt || JCS(sensitive))``.
-  :func:`open_ingest_box` opens it with the processor's ingest key, checks that it opens
-  the signed commitment, and rebuilds the whole access event, validated like any other
-  (so a sensitive part that is not a valid patient, actor, ... is refused).
+* the **ingest ciphertext**: ``XChaCha20-Poly1305(K, salt || JCS(sensitive), AAD =
+  the document's leaf hash)`` where ``K = X25519(ephemeral, ingest key)`` through
+  HSalsa20 (:func:`ingest_key`), the ephemeral public key sent once per record
+  (``sealed_key``; a producer keeps one per epoch), so that sealing costs one AEAD per
+  event, not one key agreement. :func:`open_ingest` opens it, checks that it opens the
+  signed commitment, and rebuilds the whole access event, validated like any other (so
+  a sensitive part that is not a valid patient, actor, ... is refused).
 
-Pure: no I/O and no randomness (opening a sealed box is deterministic; sealing one
-needs an ephemeral key: ``careledger.ingest_keys`` does it). Errors:
+Pure: no I/O and no randomness (drawing the ephemeral key and the salts is
+``careledger.ingest_keys``'s). Errors:
 :class:`~careledger_core.errors.EventValidationError` for a document that is not valid,
-:class:`~careledger_core.sealing.SealError` for a box that does not open to its
+:class:`~careledger_core.sealing.SealError` for a ciphertext that does not open to its
 commitment.
 """
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-from nacl.bindings import crypto_box_seal_open
+from nacl.bindings import (
+    crypto_aead_xchacha20poly1305_ietf_decrypt,
+    crypto_aead_xchacha20poly1305_ietf_encrypt,
+    crypto_box_beforenm,
+)
 from nacl.exceptions import CryptoError
 
 from ._msgspec_errors import translate_validation_error
@@ -47,25 +56,29 @@ from .event import (
     decode_and_canonicalize,
     is_valid_timestamp,
 )
-from .jcs import canonicalize
-from .sealing import SALT_BYTES, SealError, commitment, join
+from .hashing import leaf_hash
+from .sealing import SALT_BYTES, SealError, canonical, commitment, join
 
 __all__ = [
     "SEALED_EVENT_SCHEMA",
     "OpenedEvent",
     "SealedAccessEvent",
     "decode_sealed_document",
-    "open_ingest_box",
+    "ingest_key",
+    "ingest_nonce",
+    "open_ingest",
     "open_with",
     "parse_opening",
+    "seal_for_ingest_with",
     "sealed_document",
 ]
 
 SEALED_EVENT_SCHEMA: Final = "careledger.sealed-access-event/1"
 _HEX64: Final = r"\A[0-9a-f]{64}\Z"
 _UUID: Final = r"\A[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z"
-#: a sealed box: 32-byte ephemeral key, 16-byte tag, the salt, at least "{}"
-_MIN_BOX: Final = 32 + 16 + SALT_BYTES + 2
+#: an ingest ciphertext: the salt, at least "{}", the 16-byte tag
+_MIN_CIPHERTEXT: Final = SALT_BYTES + 2 + 16
+INGEST_NONCE_CONTEXT: Final = b"careledger.ingest-nonce/1\x00"
 _PATTERN_REASONS: Final = {
     _HEX64: "must be 64 lowercase hex digits (SHA-256)",
     _UUID: "must be a lowercase UUID 8-4-4-4-12",
@@ -153,7 +166,7 @@ def sealed_document(public: dict[str, Any], commitment_: bytes) -> bytes:
         raise ValidationError("the public part is not an access event's")
     if len(commitment_) != 32:
         raise ValidationError("a commitment is 32 bytes")
-    data = canonicalize(
+    data = canonical(
         {**public, "schema": SEALED_EVENT_SCHEMA, "sealed_commitment": commitment_.hex()}
     )
     decode_sealed_document(data)  # a public part that still names someone is refused
@@ -162,38 +175,64 @@ def sealed_document(public: dict[str, Any], commitment_: bytes) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class OpenedEvent:
-    """What an ingest box held: the salt, the sensitive part, and the whole event."""
+    """What an ingest ciphertext held: the salt, the sensitive part, and the whole event."""
 
     salt: bytes
     sensitive: dict[str, Any]
     event: AccessEvent
 
 
-def open_ingest_box(
-    box: bytes, public_key: bytes, private_key: bytes, document: bytes
-) -> OpenedEvent:
-    """Open ``box`` with the processor's ingest key pair (X25519, 32 bytes each) and
-    check it against the sealed ``document`` (canonical bytes) it travels with.
-
-    Raises :class:`SealError` (``SEALED_MALFORMED``, ``SEALED_UNOPENED``,
-    ``COMMITMENT_MISMATCH``) or :class:`EventValidationError` (the rebuilt event is not
-    a valid access event)."""
-    if len(box) < _MIN_BOX:
-        raise SealError(code="SEALED_MALFORMED", message="the ingest box is too short")
+def ingest_key(peer_public: bytes, own_private: bytes) -> bytes:
+    """The key a batch's events are sealed under for ingest: X25519 between the batch's
+    ephemeral key and the processor's ingest key, through HSalsa20 (``crypto_box``'s
+    precomputation). Deterministic: the processor computes it once per ephemeral key."""
+    if len(peer_public) != 32 or len(own_private) != 32:
+        raise SealError(code="BAD_INPUT", message="X25519 keys are 32 bytes")
     try:
-        plaintext = crypto_box_seal_open(box, public_key, private_key)
+        return bytes(crypto_box_beforenm(peer_public, own_private))
+    except CryptoError:
+        raise SealError(code="SEALED_UNOPENED", message="not a usable ephemeral key") from None
+
+
+def ingest_nonce(leaf_hash_: bytes) -> bytes:
+    """The nonce of an event's ingest ciphertext: from its document's leaf hash (unique:
+    every document carries a fresh salt's commitment)."""
+    return hashlib.sha256(INGEST_NONCE_CONTEXT + leaf_hash_).digest()[:24]
+
+
+def seal_for_ingest_with(
+    key: bytes, document: bytes, salt: bytes, sensitive: Mapping[str, Any]
+) -> bytes:
+    """``XChaCha20-Poly1305(key, salt || JCS(sensitive), AAD = leaf hash of document)``."""
+    leaf = leaf_hash(document)
+    return bytes(
+        crypto_aead_xchacha20poly1305_ietf_encrypt(
+            salt + canonical(sensitive), leaf, ingest_nonce(leaf), key
+        )
+    )
+
+
+def open_ingest(key: bytes, document: bytes, ciphertext: bytes) -> OpenedEvent:
+    """Open an event's ingest ciphertext with its batch's ingest key (:func:`ingest_key`)
+    and check it against the sealed ``document`` (canonical bytes) it travels with.
+
+    Raises :class:`SealError` (``SEALED_MALFORMED``, ``SEALED_UNOPENED``: not this
+    document's, or not under this key; ``COMMITMENT_MISMATCH``) or
+    :class:`EventValidationError` (the rebuilt event is not a valid access event)."""
+    if len(ciphertext) < _MIN_CIPHERTEXT:
+        raise SealError(code="SEALED_MALFORMED", message="the ingest ciphertext is too short")
+    leaf = leaf_hash(document)
+    try:
+        plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
+            ciphertext, leaf, ingest_nonce(leaf), key
+        )
     except CryptoError:
         raise SealError(
-            code="SEALED_UNOPENED", message="the ingest box does not open with this ingest key"
+            code="SEALED_UNOPENED",
+            message="the ingest ciphertext does not open for this document with its batch's key",
         ) from None
-    salt, body = plaintext[:SALT_BYTES], plaintext[SALT_BYTES:]
-    try:
-        sensitive = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise SealError(code="SEALED_MALFORMED", message="the ingest box is not JSON") from None
-    if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
-        raise SealError(code="SEALED_MALFORMED", message="the ingest box is not canonical JSON")
-    return open_with(document, salt, sensitive, what="the ingest box")
+    salt, sensitive = parse_opening(plaintext)
+    return open_with(document, salt, sensitive, what="the ingest ciphertext")
 
 
 def open_with(
@@ -211,7 +250,7 @@ def open_with(
             message=f"{what} does not open the commitment the source signed",
         )
     public["schema"] = EVENT_SCHEMA
-    event, _ = decode_and_canonicalize(canonicalize(join(public, sensitive)))
+    event, _ = decode_and_canonicalize(canonical(join(public, sensitive)))
     return OpenedEvent(salt, sensitive, event)
 
 
@@ -225,6 +264,6 @@ def parse_opening(opening: bytes) -> tuple[bytes, dict[str, Any]]:
         sensitive = msgspec.json.decode(body)
     except msgspec.DecodeError:
         raise SealError(code="SEALED_MALFORMED", message="the opening is not JSON") from None
-    if not isinstance(sensitive, dict) or canonicalize(sensitive) != body:
+    if not isinstance(sensitive, dict) or canonical(sensitive) != body:
         raise SealError(code="SEALED_MALFORMED", message="the opening is not canonical JSON")
     return salt, sensitive

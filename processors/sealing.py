@@ -6,8 +6,9 @@ patient's data key for storage.
 root were checked (so every document it sees is one the source signed), for each event:
 
 1. decode the sealed document (public fields only; canonical bytes);
-2. open the ingest box (``open_ingest_box``): it must open with the ingest key, to the
-   commitment the document signs, and rebuild a valid access event;
+2. open the ingest ciphertext (``open_ingest``) under the record's key (X25519 of its
+   ``sealed_key`` and the ingest key, computed once per ephemeral key): it must open for
+   this document, to the commitment the document signs, and rebuild a valid event;
 3. find the patient's data key (``lookup = HMAC(K_lookup, system | id)`` in the token; a
    new patient gets a new key), and the actor's pseudonym (``HMAC(K_actor, id)``);
 4. seal ``salt || sensitive`` under the data key with the event's leaf hash as
@@ -38,7 +39,7 @@ from careledger.keystore import KeyStore
 from careledger.storage.kinds import SealedRecord
 from careledger.storage.store import BatchInfo, ChainedEvent
 from careledger_core.errors import ValidationError
-from careledger_core.sealed_event import decode_sealed_document, open_ingest_box
+from careledger_core.sealed_event import decode_sealed_document, ingest_key, open_ingest
 from careledger_core.sealing import SealError, patient_ref, seal
 
 __all__ = ["DATA_KEY_TTL_S", "EventOpener", "Refusal"]
@@ -87,6 +88,7 @@ class EventOpener:
         self._lookups = _Lru(_CACHE_ENTRIES)
         self._actors = _Lru(_CACHE_ENTRIES)
         self._keys = _Lru(_CACHE_ENTRIES)
+        self._ingest_keys = _Lru(1024)
         self.opened = 0
         self.refused = 0
 
@@ -106,6 +108,14 @@ class EventOpener:
         self._actors.put(actor_id, ref)
         return ref
 
+    def _ingest_key(self, sealed_key: bytes) -> bytes:
+        cached = self._ingest_keys.get(sealed_key)
+        if isinstance(cached, bytes):
+            return cached
+        key = ingest_key(sealed_key, self.ingest.private)
+        self._ingest_keys.put(sealed_key, key)
+        return key
+
     def _data_key(self, lookup: bytes) -> tuple[bytes, bytes]:
         """(key id, key) of the patient's preferred data key, made when missing."""
         now = self._clock()
@@ -124,12 +134,17 @@ class EventOpener:
         raw: Sequence[bytes],
         leaves: Sequence[bytes],
         boxes: Sequence[bytes],
+        sealed_key: bytes,
         max_event_bytes: int,
     ) -> tuple[list[ChainedEvent], list[Refusal]]:
         """The chainable events of one sealed batch record, and those refused alone.
         Raises ``KeyStoreError`` when the key store cannot be used."""
         chained: list[ChainedEvent] = []
         refused: list[Refusal] = []
+        try:
+            shared = self._ingest_key(sealed_key)
+        except SealError as exc:  # every event of the record is refused, each alone
+            return [], [(i, d, exc.code, str(exc), "$") for i, d in enumerate(raw)]
         for i, (data, leaf, box) in enumerate(zip(raw, leaves, boxes, strict=True)):
             if len(data) > max_event_bytes:
                 refused.append(
@@ -144,7 +159,7 @@ class EventOpener:
                 continue
             try:
                 document, _ = decode_sealed_document(data)
-                opened = open_ingest_box(box, self.ingest.public, self.ingest.private, data)
+                opened = open_ingest(shared, data, box)
             except (ValidationError, SealError) as exc:
                 refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))
                 continue

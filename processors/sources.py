@@ -126,6 +126,7 @@ class BatchOpener(Protocol):
         raw: Sequence[bytes],
         leaves: Sequence[bytes],
         boxes: Sequence[bytes],
+        sealed_key: bytes,
         max_event_bytes: int,
     ) -> tuple[list[ChainedEvent], list[tuple[int, bytes, str, str, str]]]: ...
 
@@ -386,7 +387,13 @@ class SourceGate:
                 "key (ingest_public_key, ADR 0037)"
             )
         chained, refusals = self.opener.open_batch(
-            info, offset, opened.events, opened.leaf_hashes, opened.sealed, max_event_bytes
+            info,
+            offset,
+            opened.events,
+            opened.leaf_hashes,
+            opened.sealed,
+            opened.sealed_key,
+            max_event_bytes,
         )
         return chained, [EventRefused(*r) for r in refusals]
 

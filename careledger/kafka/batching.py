@@ -31,7 +31,7 @@ from typing import Any, Final
 
 import msgspec
 
-from careledger.ingest_keys import load_ingest_public_key, seal_for_ingest
+from careledger.ingest_keys import IngestSealer, load_ingest_public_key
 from careledger_core.batch_record import looks_batch, sign_batch_record
 from careledger_core.errors import ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes
@@ -146,8 +146,10 @@ class SourceBatcher:
         self.record_format = record_format
         if seal_to is not None and record_format != "batch":
             raise ValidationError("sealed events travel in batch records only (ADR 0037)")
-        #: the processor's ingest public key: events are sealed to it (ADR 0037)
+        #: the processor's ingest public key: events are sealed to it (ADR 0037), under
+        #: one ephemeral key for this batcher's epoch
         self.seal_to = seal_to
+        self._sealer = None if seal_to is None else IngestSealer(seal_to)
         #: one record per event (keys kept per event), not one per batch
         self.per_event = record_format == "event"
         self._pending: dict[str, _Pending] = {}
@@ -193,9 +195,9 @@ class SourceBatcher:
     def encode(self, event: AccessEvent) -> tuple[bytes, bytes | None]:
         """What goes into a batch for ``event``: its canonical bytes, or when sealing,
         its sealed document and ingest box (ADR 0037)."""
-        if self.seal_to is None:
+        if self._sealer is None:
             return canonical_event_bytes(event), None
-        return seal_for_ingest(event, self.seal_to)
+        return self._sealer.seal(event)
 
     def add(
         self,
@@ -224,6 +226,8 @@ class SourceBatcher:
         if box is not None:
             pending.boxes.append(box)
             pending.room -= (len(box) + 2) // 3 * 4 + 3  # base64, quotes and comma
+        if opened and self._sealer is not None:
+            pending.room -= 64  # the record's sealed_key
         return source, opened, len(pending.events) >= self.max_events or pending.room <= 0
 
     def due(self, now: float) -> list[str]:
@@ -269,6 +273,7 @@ class SourceBatcher:
                 signed_at=signed_at,
                 signed_by=signed_by,
                 sealed=pending.boxes,
+                sealed_key=b"" if self._sealer is None else self._sealer.public,
             )
             records = ((batch_record_key(source_id, self.epoch, first), value),)
         self._last_seq[source_id] = last

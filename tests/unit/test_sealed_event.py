@@ -1,7 +1,7 @@
-"""Sealed events (ADR 0037): the sealed document a source signs, the ingest box it seals
-to the processor, and the processor opening it, named after the attacks of someone who
-can write to the events topic (but holds neither the source's key nor the ingest key).
-"""
+"""Sealed events (ADR 0037): the sealed document a source signs, the ingest ciphertext it
+seals to the processor, and the processor opening it, named after the attacks of someone
+who can write to the events topic (but holds neither the source's key nor the ingest
+key)."""
 
 from __future__ import annotations
 
@@ -14,13 +14,12 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
-from nacl.bindings import crypto_box_seal
 from nacl.public import PrivateKey
 
 from careledger.ingest_keys import (
+    IngestSealer,
     load_ingest_key,
     load_ingest_public_key,
-    seal_for_ingest,
     write_ingest_key,
 )
 from careledger.kafka.batching import SourceBatcher
@@ -29,13 +28,15 @@ from careledger_core.batch_record import encode_batch_record, open_batch_record
 from careledger_core.errors import EventValidationError, ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_to_dict
 from careledger_core.jcs import canonicalize
+from careledger_core.jcs import canonicalize as reference_jcs
 from careledger_core.sealed_event import (
     SEALED_EVENT_SCHEMA,
     decode_sealed_document,
-    open_ingest_box,
+    ingest_key,
+    open_ingest,
     sealed_document,
 )
-from careledger_core.sealing import SealError, commitment, split
+from careledger_core.sealing import SealError, canonical, commitment, split
 from careledger_core.signing import SigningKey
 from careledger_core.source import SourceEnvelopeError
 from producers.simulator import HospitalModel, simulate
@@ -44,6 +45,17 @@ INGEST = PrivateKey(bytes(range(32)))
 PK, SK = bytes(INGEST.public_key), bytes(INGEST)
 OTHER = PrivateKey(bytes(range(1, 33)))
 EVENTS = list(simulate(HospitalModel(staff=30, patients=80, seed=5), 300, seed=5))
+SEALER = IngestSealer(PK)
+#: the processor's key for SEALER's records
+KEY = ingest_key(SEALER.public, SK)
+
+
+def seal_for_ingest(event: AccessEvent, _pk: bytes = PK) -> tuple[bytes, bytes]:
+    return SEALER.seal(event)
+
+
+def open_ingest_box(box: bytes, _pk: bytes, _sk: bytes, document: bytes):  # type: ignore[no-untyped-def]
+    return open_ingest(KEY, document, box)
 
 
 def _identifiers(e: AccessEvent) -> list[str]:
@@ -82,19 +94,26 @@ def test_two_seals_of_one_event_share_nothing_but_the_public_part() -> None:
     assert box_a != box_b
 
 
-def test_a_box_swapped_with_another_events_does_not_open_the_commitment() -> None:
+def test_a_ciphertext_swapped_with_another_events_does_not_open_for_this_document() -> None:
     doc_a, _box_a = seal_for_ingest(EVENTS[0], PK)
     _doc_b, box_b = seal_for_ingest(EVENTS[1], PK)
     with pytest.raises(SealError) as err:
         open_ingest_box(box_b, PK, SK, doc_a)
-    assert err.value.code == "COMMITMENT_MISMATCH"
+    assert err.value.code == "SEALED_UNOPENED"
 
 
-def test_a_box_sealed_to_another_ingest_key_does_not_open() -> None:
-    document, box = seal_for_ingest(EVENTS[0], bytes(OTHER.public_key))
+def test_a_ciphertext_sealed_to_another_ingest_key_does_not_open() -> None:
+    document, box = IngestSealer(bytes(OTHER.public_key)).seal(EVENTS[0])
     with pytest.raises(SealError) as err:
         open_ingest_box(box, PK, SK, document)
     assert err.value.code == "SEALED_UNOPENED"
+
+
+def test_the_canonical_fast_path_is_rfc_8785_on_every_simulated_part() -> None:
+    for event in EVENTS:
+        public, sensitive = split(event_to_dict(event))
+        assert canonical(sensitive) == reference_jcs(sensitive)
+        assert canonical(public) == reference_jcs(public)
 
 
 @pytest.mark.parametrize("cut", [0, 1, 40, 81])
@@ -105,10 +124,20 @@ def test_a_truncated_or_empty_box_is_refused_without_a_crash(cut: int) -> None:
     assert err.value.code in {"SEALED_MALFORMED", "SEALED_UNOPENED"}
 
 
-def _forge_box(sensitive_body: bytes, salt: bytes = b"\x05" * 32) -> bytes:
+def _forge_box(document: bytes, sensitive_body: bytes, salt: bytes = b"\x05" * 32) -> bytes:
     """What a writer of the events topic can do without the ingest private key: seal
-    anything to the public key."""
-    return crypto_box_seal(salt + sensitive_body, PK)
+    anything to the public key (with an ephemeral key of their own, here SEALER's)."""
+    from nacl.bindings import crypto_aead_xchacha20poly1305_ietf_encrypt
+
+    from careledger_core.hashing import leaf_hash
+    from careledger_core.sealed_event import ingest_nonce
+
+    leaf = leaf_hash(document)
+    return bytes(
+        crypto_aead_xchacha20poly1305_ietf_encrypt(
+            salt + sensitive_body, leaf, ingest_nonce(leaf), KEY
+        )
+    )
 
 
 def test_a_forged_box_does_not_open_the_signed_commitment() -> None:
@@ -118,7 +147,7 @@ def test_a_forged_box_does_not_open_the_signed_commitment() -> None:
     _public, sensitive = split(event_to_dict(EVENTS[0]))
     sensitive["patient"] = {"id": "P-SOMEONE-ELSE"}
     with pytest.raises(SealError) as err:
-        open_ingest_box(_forge_box(canonicalize(sensitive)), PK, SK, document)
+        open_ingest_box(_forge_box(document, canonicalize(sensitive)), PK, SK, document)
     assert err.value.code == "COMMITMENT_MISMATCH"
 
 
@@ -128,7 +157,7 @@ def test_a_box_of_json_that_is_not_canonical_is_refused() -> None:
     document = sealed_document(public, commitment(salt, sensitive))
     loose = json.dumps(sensitive, indent=1).encode()
     with pytest.raises(SealError) as err:
-        open_ingest_box(_forge_box(loose, salt), PK, SK, document)
+        open_ingest_box(_forge_box(document, loose, salt), PK, SK, document)
     assert err.value.code == "SEALED_MALFORMED"
 
 
@@ -140,7 +169,7 @@ def test_a_sensitive_part_that_is_not_a_valid_event_is_refused_even_when_committ
     salt = b"\x09" * 32
     document = sealed_document(public, commitment(salt, sensitive))
     with pytest.raises(EventValidationError):
-        open_ingest_box(_forge_box(canonicalize(sensitive), salt), PK, SK, document)
+        open_ingest_box(_forge_box(document, canonicalize(sensitive), salt), PK, SK, document)
 
 
 def test_a_sensitive_part_cannot_overwrite_a_public_field() -> None:
@@ -149,7 +178,7 @@ def test_a_sensitive_part_cannot_overwrite_a_public_field() -> None:
     salt = b"\x0a" * 32
     document = sealed_document(public, commitment(salt, sensitive))
     with pytest.raises(SealError) as err:
-        open_ingest_box(_forge_box(canonicalize(sensitive), salt), PK, SK, document)
+        open_ingest_box(_forge_box(document, canonicalize(sensitive), salt), PK, SK, document)
     assert err.value.code == "BAD_INPUT"
 
 
@@ -217,13 +246,16 @@ def test_a_sealed_batch_record_carries_one_box_per_event_and_a_plain_one_none() 
     ((_k, record),) = batch.records
     opened = open_batch_record(record)
     assert len(opened.sealed) == 5
+    key = ingest_key(opened.sealed_key, SK)
     for document, box, event in zip(opened.events, opened.sealed, EVENTS[:5], strict=True):
-        assert open_ingest_box(box, PK, SK, document).event == event
+        assert open_ingest(key, document, box).event == event
+    assert opened.sealed_key == batcher._sealer.public  # type: ignore[union-attr]
     plain = encode_batch_record(opened.statement, opened.signature, opened.events)
-    assert b'"sealed"' not in plain and open_batch_record(plain).sealed == ()
+    assert b'"sealed":' not in plain and b'"sealed_key"' not in plain
+    assert open_batch_record(plain).sealed == ()
 
 
-def test_a_batch_record_with_a_box_too_few_or_not_base64_is_refused_whole() -> None:
+def test_a_batch_record_with_a_ciphertext_too_few_no_key_or_not_base64_is_refused_whole() -> None:
     key = SigningKey.from_seed(b"\x01" * 32)
     batcher = SourceBatcher(
         key, "ehr", "00000000000000e1", max_events=10, max_age_s=1.0, seal_to=PK
@@ -235,11 +267,14 @@ def test_a_batch_record_with_a_box_too_few_or_not_base64_is_refused_whole() -> N
     assert batch is not None
     record = msgspec.json.decode(batch.records[0][1])
     short = {**record, "sealed": record["sealed"][:2]}
-    with pytest.raises(SourceEnvelopeError, match="ingest boxes"):
+    with pytest.raises(SourceEnvelopeError, match="ingest ciphertexts"):
         open_batch_record(msgspec.json.encode(short, order="sorted"))
     garbled = {**record, "sealed": ["!!!", *record["sealed"][1:]]}
     with pytest.raises(SourceEnvelopeError, match="base64"):
         open_batch_record(msgspec.json.encode(garbled, order="sorted"))
+    keyless = {k: v for k, v in record.items() if k != "sealed_key"}
+    with pytest.raises(SourceEnvelopeError, match="sealed_key"):
+        open_batch_record(msgspec.json.encode(keyless, order="sorted"))
 
 
 def test_a_sealing_batcher_takes_sealed_events_only_and_batch_records_only() -> None:

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 from nacl.public import PrivateKey
 
-from careledger.ingest_keys import IngestKey, seal_for_ingest
+from careledger.ingest_keys import IngestKey, IngestSealer
 from careledger.keystore import KeyStore, local_token
 from careledger.storage.kinds import SEALED, SealedRecord
 from careledger.storage.store import event_rows
@@ -37,14 +37,15 @@ def keystore() -> KeyStore:
 
 
 def _sealed_record(events: list[AccessEvent], swap: tuple[int, int] | None = None) -> bytes:
-    pairs = [seal_for_ingest(e, KEY.public) for e in events]
+    sealer = IngestSealer(KEY.public)
+    pairs = [sealer.seal(e) for e in events]
     documents = [d for d, _ in pairs]
     boxes = [b for _, b in pairs]
     if swap is not None:
         i, j = swap
         boxes[i], boxes[j] = boxes[j], boxes[i]
     statement, signature = sign(documents)
-    return encode_batch_record(statement, signature, documents, boxes)
+    return encode_batch_record(statement, signature, documents, boxes, sealer.public)
 
 
 def test_a_sealed_batch_is_chained_with_pseudonyms_and_parts_that_open(
@@ -86,8 +87,8 @@ def test_a_swapped_box_is_refused_alone_and_its_entry_kept_for_verify(
     chain = chain_for(gate, kind=SEALED)
     refused = take(chain, _sealed_record(EVENTS[:6], swap=(1, 4)))
     assert sorted((r.batch_index, r.code) for r in refused) == [
-        (1, "COMMITMENT_MISMATCH"),
-        (4, "COMMITMENT_MISMATCH"),
+        (1, "SEALED_UNOPENED"),
+        (4, "SEALED_UNOPENED"),
     ]
     block = sealed(chain)
     assert [e.batch_index for e in block.events] == [0, 2, 3, 5]
@@ -118,6 +119,9 @@ def test_a_sealed_batch_with_its_boxes_removed_is_refused_whole() -> None:
     chain = chain_for(gate, kind=SEALED)
     record = msgspec.json.decode(_sealed_record(EVENTS[:3]))
     del record["sealed"]
+    (refused,) = take(chain, msgspec.json.encode(record, order="sorted"))
+    assert "sealed_key" in refused.reason  # the key without its ciphertexts
+    del record["sealed_key"]
     (refused,) = take(chain, msgspec.json.encode(record, order="sorted"))
     assert "this ledger is sealed" in refused.reason
 

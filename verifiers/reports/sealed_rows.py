@@ -29,9 +29,9 @@ from careledger.erasure import erasures_of
 from careledger.keystore import KeyStore
 from careledger_core.errors import CareledgerError
 from careledger_core.hashing import leaf_hash
-from careledger_core.jcs import canonicalize
 from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document, open_with
 from careledger_core.sealing import SealError, patient_ref, unseal
+from careledger_core.sealing import canonical as jcs
 from careledger_core.signing import PublicKey
 from verifiers.reports.report_reader import _Block, _Reader, _Row, _text
 
@@ -113,6 +113,6 @@ def sealed_patient_rows(
         if event.patient.id != patient:
             problems.append(f"{where}: the row's pseudonym is this patient's, the sealed part not")
             continue
-        opening = salt + canonicalize(sensitive)
+        opening = salt + jcs(sensitive)
         rows.append(_Row(chain, int(height), int(idx), digest, bytes(canonical), event, opening))
     return rows, gone, problems, blocks
