@@ -39,7 +39,13 @@ from careledger.keystore import KeyStore
 from careledger.storage.kinds import SealedRecord
 from careledger.storage.store import BatchInfo, ChainedEvent
 from careledger_core.errors import ValidationError
-from careledger_core.sealed_event import decode_sealed_document, ingest_key, open_ingest
+from careledger_core.sealed_event import (
+    OpenedEvent,
+    SealedAccessEvent,
+    decode_sealed_document,
+    ingest_key,
+    open_ingest,
+)
 from careledger_core.sealing import SealError, patient_ref, seal
 
 __all__ = ["DATA_KEY_TTL_S", "EventOpener", "Refusal"]
@@ -116,16 +122,23 @@ class EventOpener:
         self._ingest_keys.put(sealed_key, key)
         return key
 
-    def _data_key(self, lookup: bytes) -> tuple[bytes, bytes]:
-        """(key id, key) of the patient's preferred data key, made when missing."""
+    def _data_keys(self, lookups: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        """(key id, key) of each patient's preferred data key, made when missing: the
+        cached ones, and the others from the key store all at once."""
         now = self._clock()
-        cached = self._keys.get(lookup)
-        if isinstance(cached, tuple) and now - cached[0] < self._ttl:
-            return cached[1], cached[2]
-        made = self.keystore.data_key(lookup, "ingest", create=True)
-        assert made is not None  # create=True
-        self._keys.put(lookup, (now, made.key_id, made.key))
-        return made.key_id, made.key
+        out: dict[bytes, tuple[bytes, bytes]] = {}
+        missing = []
+        for lookup in lookups:
+            cached = self._keys.get(lookup)
+            if isinstance(cached, tuple) and now - cached[0] < self._ttl:
+                out[lookup] = (cached[1], cached[2])
+            elif lookup not in out:
+                missing.append(lookup)
+        if missing:
+            for lookup, made in self.keystore.data_keys_for(missing, "ingest").items():
+                self._keys.put(lookup, (now, made.key_id, made.key))
+                out[lookup] = (made.key_id, made.key)
+        return out
 
     def open_batch(
         self,
@@ -145,6 +158,7 @@ class EventOpener:
             shared = self._ingest_key(sealed_key)
         except SealError as exc:  # every event of the record is refused, each alone
             return [], [(i, d, exc.code, str(exc), "$") for i, d in enumerate(raw)]
+        opened_events: list[tuple[int, bytes, bytes, SealedAccessEvent, OpenedEvent]] = []
         for i, (data, leaf, box) in enumerate(zip(raw, leaves, boxes, strict=True)):
             if len(data) > max_event_bytes:
                 refused.append(
@@ -163,9 +177,16 @@ class EventOpener:
             except (ValidationError, SealError) as exc:
                 refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))
                 continue
+            opened_events.append((i, data, leaf, document, opened))
+        # the batch's patients' data keys, in a few round trips for all of them
+        lookups = [
+            self._lookup(o.event.patient.system or "", o.event.patient.id)
+            for *_, o in opened_events
+        ]
+        keys = self._data_keys(lookups)
+        for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event
-            lookup = self._lookup(event.patient.system or "", event.patient.id)
-            key_id, key = self._data_key(lookup)
+            key_id, key = keys[lookup]
             sealed = seal(key, leaf, opened.salt, opened.sensitive)
             record = SealedRecord(
                 document=document,

@@ -168,6 +168,13 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="also drain the backlog with 2 chained processor processes sharing the partitions",
     )
     parser.add_argument(
+        "--sealed",
+        action="store_true",
+        help="also drain the same events sealed (ADR 0037: sealed by the SDK, opened and "
+        "re-sealed under per-patient keys from a SoftHSM2 token by the processor), to "
+        "measure what encryption at rest costs",
+    )
+    parser.add_argument(
         "--verify",
         action="store_true",
         help="also run `careledger verify --no-audit` on each chained drain's ledger",
@@ -355,6 +362,20 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
     if args.scale_out:
         say("chained drain, 2 processes")
         drains.append(run.drain(backlog, "chained", 2, "c2"))
+    sealed_rate = None
+    if args.sealed:
+        sealed = run.sealed_pipeline("sealed")
+        load = host.load_average()
+        say(f"producing the same {args.events:,} events sealed (ADR 0037)")
+        produced = produce_backlog(sealed, run.pool, 0, args.events)
+        figures["backlog_sealed"] = {
+            **produced.as_dict(),
+            "records": run.end_offsets(sealed, [sealed.topic_events]),
+            "load_average_at_start": load,
+        }
+        say("chained drain of the sealed events, 1 process")
+        drains.append(run.drain(sealed, "chained-sealed", 1, "s1"))
+        sealed_rate = drains[-1].get("events_per_s")
     say("baseline drain")
     drains.append(run.drain(backlog, "baseline", 1, "b"))
     one = drains[0].get("events_per_s")
@@ -362,6 +383,8 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
     ratios: dict[str, Any] = {
         "chained_over_baseline": round(one / base, 3) if one and base else None
     }
+    if args.sealed:
+        ratios["sealed_over_chained"] = round(sealed_rate / one, 3) if sealed_rate and one else None
     if args.scale_out:
         two = drains[1].get("events_per_s")
         ratios["two_processes_over_one"] = round(two / one, 3) if one and two else None

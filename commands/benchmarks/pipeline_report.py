@@ -286,6 +286,8 @@ def _drain_label(d: dict[str, Any]) -> str:
     if mode == "chained":
         p = d.get("processes", 1)
         return f"chained, {p} process{'es' if p != 1 else ''}"
+    if mode == "chained-sealed":
+        return "sealed, 1 process"
     return str(mode)
 
 
@@ -312,6 +314,14 @@ def render_table(figures: dict[str, Any]) -> str:
             f"records, produced by {backlog['threads']} SDK thread at "
             f"{_n(backlog.get('offered_events_per_s'))} events/s "
             f"(load {_load(backlog.get('load_average_at_start'))})"
+        )
+    sealed = figures.get("backlog_sealed")
+    if sealed:
+        lines.append(
+            f"sealed backlog: the same events in {_n(sealed.get('records'))} Kafka records, "
+            f"sealed and produced by {sealed['threads']} SDK thread at "
+            f"{_n(sealed.get('offered_events_per_s'))} events/s "
+            f"(load {_load(sealed.get('load_average_at_start'))})"
         )
     drains = figures.get("drain", [])
     if drains:
@@ -351,6 +361,11 @@ def render_table(figures: dict[str, Any]) -> str:
         if ratios.get("two_processes_over_one") is not None:
             lines.append(
                 f"  2 processes / 1 process (chained): {ratios['two_processes_over_one']:.2f}"
+            )
+        if ratios.get("sealed_over_chained") is not None:
+            lines.append(
+                f"  sealed / chained throughput (encryption at rest): "
+                f"{ratios['sealed_over_chained']:.2f}"
             )
     phases = figures.get("latency", [])
     if phases:

@@ -118,6 +118,21 @@ class Run:
             timeout_s=SETUP_TIMEOUT_S,
         )
 
+    def sealed_pipeline(self, label: str) -> Settings:
+        """A pipeline of its own whose events are sealed (ADR 0037): an ingest key pair
+        in the work directory, the SDK sealing to it, the processor opening with it and
+        keeping per-patient keys in the local SoftHSM2 token (made on first use)."""
+        from careledger.ingest_keys import write_ingest_key
+
+        ingest = self.workdir / f"ingest-{label}.key"
+        write_ingest_key(ingest)
+        return self.pipeline(label).replace(
+            seal_events=True,
+            ingest_key=ingest,
+            ingest_public_key=Path(f"{ingest}.pub"),
+            keystore_token_label="careledger-bench",
+        )
+
     def database(self, s: Settings, label: str, *, baseline: bool) -> Settings:
         """A fresh database and processor app id for one processor run."""
         from careledger.stack.acls import ensure_acls

@@ -575,3 +575,26 @@ def test_a_failure_is_one_line_and_an_exit_status(
     assert out == ""
     assert len(err.strip().splitlines()) == 1 and err.startswith("careledger benchmark: ")
     assert "Traceback" not in err
+
+
+def test_the_sealed_drain_and_its_cost_are_in_the_table() -> None:
+    """``--sealed`` (ADR 0037): the sealed backlog's produce rate, the sealed drain and
+    the ratio that measures what encryption at rest costs."""
+    parser = argparse.ArgumentParser()
+    pipeline.configure_benchmark(parser)
+    assert parser.parse_args(["--sealed"]).sealed and not parser.parse_args([]).sealed
+    figures = _figures()
+    chained = figures["drain"][0]
+    figures["drain"].insert(1, {**chained, "mode": "chained-sealed", "events_per_s": 21_000.0})
+    figures["backlog_sealed"] = {
+        "events": 100_000,
+        "records": 200,
+        "threads": 1,
+        "offered_events_per_s": 40_000.0,
+        "load_average_at_start": [0.5, 0.4, 0.3],
+    }
+    figures["ratios"]["sealed_over_chained"] = 0.67
+    text = render_table(figures)
+    assert "sealed, 1 process" in text and "21,000" in text
+    assert "sealed backlog: the same events in 200 Kafka records" in text and "40,000" in text
+    assert "sealed / chained throughput (encryption at rest): 0.67" in text

@@ -261,3 +261,19 @@ def test_the_token_leaves_no_openssl_error_behind_to_break_the_next_tls_read(
         assert libcrypto.ERR_peek_error() == 0
         store.lookup("s", "MRN-TLS")
         assert libcrypto.ERR_peek_error() == 0
+
+
+def test_a_batch_of_patients_gets_its_keys_at_once_and_the_same_as_one_by_one(
+    token: TokenConfig,
+) -> None:
+    with KeyStore(token, create=True) as store:
+        old = store.lookup("s", "MRN-OLD")
+        kept = store.data_key(old, "ingest", create=True)
+        lookups = [store.lookup("s", f"MRN-{i}") for i in range(20)] + [old, old]
+        keys = store.data_keys_for(lookups, "ingest")
+        assert set(keys) == set(lookups) and keys[old] == kept
+        assert len({k.key_id for k in keys.values()}) == 21  # one new key per new patient
+        for lookup in lookups:  # what the one-by-one path says
+            assert store.data_key(lookup, "report") == keys[lookup]
+        assert store.data_keys_for(lookups, "ingest") == keys  # nothing made twice
+        assert store.count() == 21
