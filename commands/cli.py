@@ -183,12 +183,12 @@ ONE_SHOT = frozenset(
         "kafka-setup",
     }
 )
-#: Commands that read access events in clear (the auditor, its alerts, the patient view,
-#: the console, the consent decision point): on a sealed ledger (``seal_events``, ADR
-#: 0037) they would find sealed documents only, so they refuse in one line until they
-#: open the sealed parts through the key store (ADR 0037, next steps). ``consent load``
-#: works; ``access-report`` opens them.
-NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "patient-view", "console", "consent"})
+#: Commands that read access events in clear (the auditor, its alerts, the console, the
+#: consent decision point): on a sealed ledger (``seal_events``, ADR 0037) they would
+#: find sealed documents only, so they refuse in one line until they open the sealed
+#: parts through the key store (ADR 0037, next steps). ``consent load`` works;
+#: ``access-report`` and ``patient-view`` open them.
+NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "console", "consent"})
 #: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 

@@ -219,6 +219,14 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         assert all("opening" in x["proof"] for x in before_doc["lines"])
         checked = run_cli(settings, "verify-proof", str(tmp_path / "before.json"), "--json")
         assert checked.returncode == 0, checked.stdout + checked.stderr
+        view_args = ["patient-view", "--patient", erased.id, "--patient-system"]
+        view_args += [erased.system or "", *days, "--format", "json"]
+        view = run_cli(settings, *view_args)
+        assert view.returncode == 0, view.stdout + view.stderr
+        (tmp_path / "view.json").write_text(view.stdout)
+        assert len(json.loads(view.stdout)["accesses"]["lines"]) == len(mine)
+        view_checked = run_cli(settings, "patient-view", "--verify", str(tmp_path / "view.json"))
+        assert view_checked.returncode == 0, view_checked.stdout + view_checked.stderr
         forged = json.loads((tmp_path / "before.json").read_text())
         forged["lines"][0]["actor_id"] = "someone-else"
         (tmp_path / "forged.json").write_text(json.dumps(forged))

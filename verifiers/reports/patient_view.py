@@ -51,7 +51,7 @@ from careledger_core.reference import ReferenceRecord, decode_reference, thaw
 from careledger_core.signing import TrustedKeys
 from verifiers.auditor.consent import Policy, Provision, parse_consent
 from verifiers.auditor.decision_point.model import DECISION_FORMAT
-from verifiers.reports.access_report import build_report, parse_range
+from verifiers.reports.access_report import SealedAccess, build_report, parse_range
 from verifiers.reports.proofs import verify_report
 
 __all__ = [
@@ -240,7 +240,13 @@ def _rules(policy: Policy) -> dict[str, Any]:
 
 
 def build_view(
-    store: ChainStore, patient: str, start: str, end: str, *, now: str | None = None
+    store: ChainStore,
+    patient: str,
+    start: str,
+    end: str,
+    *,
+    now: str | None = None,
+    sealed: SealedAccess | None = None,
 ) -> dict[str, Any]:
     """The patient view (``careledger.patient-view/1``). Raises ``StorageError``, and
     ``ValueError`` for a patient id no event can hold (the id is asked in its one
@@ -295,7 +301,9 @@ def build_view(
             continue
         if policy.governs_access and (policy.period is None or policy.period.covers(_us(now))):
             now_rules.append({"record_id": rid, "version": rec.version, **_rules(policy)})
-    report = build_report(store, patient, start, end, view="access", generated_at=now)
+    report = build_report(
+        store, patient, start, end, view="access", generated_at=now, sealed=sealed
+    )
     problems.extend(report["problems"])
     return {
         "schema": VIEW_SCHEMA,
@@ -496,6 +504,11 @@ def render_text(doc: Mapping[str, Any]) -> str:
 
 def configure_patient_view(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--patient", help="the patient's id")
+    parser.add_argument(
+        "--patient-system",
+        default="",
+        help="a sealed ledger (ADR 0037): the system of the patient id, as in the events",
+    )
     parser.add_argument("--from", dest="start", default="1970-01-01", help="accesses from")
     parser.add_argument(
         "--to", dest="end", default=None, help="accesses until (default: the end of today, UTC)"
@@ -535,14 +548,34 @@ def command_patient_view(args: argparse.Namespace, settings: Settings) -> int:
     except (CareledgerError, ValueError) as exc:
         print(f"careledger patient-view: {exc}", file=sys.stderr)
         return 2
+    keystore = None
+    sealed = None
+    if settings.seal_events:  # ADR 0037: the accesses opened through the key store
+        from careledger.keystore import open_keystore
+
+        try:
+            keystore = open_keystore(settings)
+            registrars = tuple(load_public_keys(settings.trusted_registrar_keys))
+        except CareledgerError as exc:
+            print(
+                f"careledger patient-view: a sealed ledger needs its key store: {exc}",
+                file=sys.stderr,
+            )
+            return 2
+        sealed = SealedAccess(keystore, registrars, args.patient_system)
     backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         store = ChainStore.for_settings(backend, settings)
-        doc = build_view(store, args.patient, start, end)
+        doc = build_view(store, args.patient, start, end, sealed=sealed)
     except StorageError as exc:
         print(f"careledger patient-view: cannot read the ledger: {exc}", file=sys.stderr)
         return 2
+    except CareledgerError as exc:  # the key store, mid-view
+        print(f"careledger patient-view: cannot open the sealed ledger: {exc}", file=sys.stderr)
+        return 2
     finally:
         backend.close()
+        if keystore is not None:
+            keystore.close()
     print(json.dumps(doc, sort_keys=True) if args.format == "json" else render_text(doc))
     return 0
