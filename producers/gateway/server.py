@@ -96,6 +96,13 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def check_settings(settings: Settings) -> None:
+    if settings.seal_events or settings.ingest_public_key is not None:
+        # ADR 0037: its events would be sealed, but the raw records it ledgers (the bytes
+        # received) would stay in clear: a sealed ledger that is not
+        raise GatewayConfigError(
+            "not yet on a sealed ledger (seal_events / ingest_public_key): the gateway "
+            "ledgers the raw records it receives in clear (ADR 0037, next steps)"
+        )
     bound = settings.gateway_max_record_bytes
     if not MIN_MAX_BYTES <= bound <= MAX_RECORD_BYTES:
         raise GatewayConfigError(

@@ -3,6 +3,8 @@ or compromised source cannot take the gateway from the others."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from careledger.config import Settings
@@ -93,4 +95,16 @@ def test_settings_that_would_refuse_every_record_are_refused(
     changes: dict[str, int], message: str
 ) -> None:
     with pytest.raises(GatewayConfigError, match=message):
+        check_settings(Settings().replace(**changes))
+
+
+@pytest.mark.parametrize(
+    "changes", [{"seal_events": True}, {"ingest_public_key": Path("/run/ingest.key.pub")}]
+)
+def test_the_gateway_refuses_a_sealed_ledger_rather_than_ledger_raw_bytes_in_clear(
+    changes: dict[str, object],
+) -> None:
+    """ADR 0037: its raw records are the bytes received, names and all; until they are
+    sealed too, the gateway says so instead of leaving them in clear on a sealed ledger."""
+    with pytest.raises(GatewayConfigError, match="sealed ledger"):
         check_settings(Settings().replace(**changes))
