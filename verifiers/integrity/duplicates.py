@@ -24,7 +24,7 @@ duplicate is itself an ``EVENT_FIELD_MISMATCH`` of the event checks.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 import msgspec
@@ -116,7 +116,10 @@ ROWS_PER_PASS: Final = 4_000_000
 
 
 def _candidates(
-    store: ChainStore, max_groups: int, rows_per_pass: int = ROWS_PER_PASS
+    store: ChainStore,
+    max_groups: int,
+    rows_per_pass: int = ROWS_PER_PASS,
+    sealed: bool = False,
 ) -> list[list[tuple[Any, ...]]]:
     """Rows ``(chain_id, height, idx, kafka_offset, canonical)`` of each group of
     committed access events sharing their side columns, at most ``max_groups`` groups.
@@ -143,25 +146,44 @@ def _candidates(
     groups: dict[int, list[tuple[Any, ...]]] = {}
     for i in range(0, len(keys), 1000):
         chunk = ", ".join(str(k) for k in keys[i : i + 1000])
-        for c, h, x, o, d, k in store.backend.execute(
+        extra = ", sealed, data_key_id" if sealed else ""
+        for c, h, x, o, d, k, *rest in store.backend.execute(
             "SELECT chain_id, height, idx, kafka_offset, canonical, "
-            f"{_GROUP_KEY} AS k FROM {db}.access_events "
+            f"{_GROUP_KEY} AS k{extra} FROM {db}.access_events "
             f"WHERE {committed} AND k IN ({chunk})"
         ):
-            groups.setdefault(int(k), []).append((c, h, x, o, d))
+            groups.setdefault(int(k), []).append((c, h, x, o, d, *rest))
     return list(groups.values())
 
 
+#: a sealed ledger's row opened (ADR 0037): (sealed document, sealed part, data key id)
+#: -> the event's canonical bytes, or None when it cannot be opened (erased; the sealed
+#: checks report the others)
+Opener = Callable[[bytes, str, str], bytes | None]
+
+
 def check_duplicate_events(
-    store: ChainStore, max_groups: int = MAX_GROUPS, rows_per_pass: int = ROWS_PER_PASS
+    store: ChainStore,
+    max_groups: int = MAX_GROUPS,
+    rows_per_pass: int = ROWS_PER_PASS,
+    *,
+    open_sealed: Opener | None = None,
 ) -> list[Finding]:
-    """``DUPLICATE_EVENT`` findings over the committed access events of the store.
-    Raises ``StorageError`` when the store cannot be read."""
+    """``DUPLICATE_EVENT`` findings over the committed access events of the store. On a
+    sealed ledger (``open_sealed``) the candidates (grouped by the same side columns,
+    pseudonyms included) are compared opened: two copies of one access carry different
+    salts, so their documents differ. Raises ``StorageError`` when the store cannot be
+    read."""
     out: list[Finding] = []
-    for group in _candidates(store, max_groups, rows_per_pass):
-        rows = [
-            (_text(c), int(h), int(i), int(o), d if isinstance(d, bytes) else str(d).encode())
-            for c, h, i, o, d in group
-        ]
+    for group in _candidates(store, max_groups, rows_per_pass, sealed=open_sealed is not None):
+        rows = []
+        for c, h, i, o, d, *rest in group:
+            data = d if isinstance(d, bytes) else str(d).encode()
+            if open_sealed is not None:
+                opened = open_sealed(data, _text(rest[0]), _text(rest[1]))
+                if opened is None:
+                    continue
+                data = opened
+            rows.append((_text(c), int(h), int(i), int(o), data))
         out += duplicate_findings(rows)
     return out

@@ -540,7 +540,8 @@ def check_run_sealed(
     verifier checks the signed documents only)."""
     from careledger.erasure import erased_key_ids
     from careledger.keystore import KeyStoreError, open_keystore
-    from verifiers.integrity.sealed import SealedReport, check_sealed
+    from verifiers.integrity.duplicates import check_duplicate_events
+    from verifiers.integrity.sealed import SealedReport, check_sealed, sealed_opener
 
     sealed_chains = [c for c in chains if store.kind_of(c) is SEALED]
     try:
@@ -553,10 +554,12 @@ def check_run_sealed(
     try:
         with keystore:
             report = check_sealed(store, keystore, sealed_chains, erased)
+            # ADR 0023's duplicates, compared opened (their documents differ by salt)
+            duplicates = check_duplicate_events(store, open_sealed=sealed_opener(keystore))
     except KeyStoreError as exc:
         run.sealed = SealedReport(not_opened=exc.message).summary()
         return
-    run.sealed_findings = report.findings
+    run.sealed_findings = report.findings + duplicates
     run.sealed = report.summary()
     if not_honoured:
         # erasure records no trusted registrar signed: their keys count as missing

@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger.keystore import KeyStore
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
+from careledger_core.event import canonical_event_bytes
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.hashing import leaf_hash
-from careledger_core.sealed_event import decode_sealed_document
+from careledger_core.sealed_event import decode_sealed_document, open_with
 from careledger_core.sealing import SealError, patient_ref, unseal
 
-__all__ = ["SealedReport", "check_sealed"]
+__all__ = ["SealedReport", "check_sealed", "sealed_opener"]
 
 PAGE_BLOCKS: Final = 200
 
@@ -160,3 +161,34 @@ def _check_row(
         )
         return
     report.opened += 1
+
+
+def sealed_opener(keystore: KeyStore) -> Callable[[bytes, str, str], bytes | None]:
+    """Opens one sealed row (document, sealed part, data key id) to the canonical bytes of
+    its event, for the duplicate search (``verifiers.integrity.duplicates``); None when it
+    cannot be opened (erased, or a finding of :func:`check_sealed`)."""
+    keys: dict[str, Any] = {}
+
+    def open_row(canonical: bytes, sealed: str, key_id: str) -> bytes | None:
+        if key_id not in keys:
+            try:
+                found = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
+            except ValueError:
+                return None
+            keys[key_id] = next(iter(found.values()), None)
+        key = keys[key_id]
+        if key is None:
+            return None
+        try:
+            document, _ = decode_sealed_document(canonical)
+            salt, sensitive = unseal(
+                key.data_key.key,
+                leaf_hash(canonical),
+                base64.b64decode(sealed, validate=True),
+                bytes.fromhex(document.sealed_commitment),
+            )
+            return canonical_event_bytes(open_with(canonical, salt, sensitive).event)
+        except (CareledgerError, binascii.Error):
+            return None
+
+    return open_row
