@@ -184,11 +184,12 @@ ONE_SHOT = frozenset(
     }
 )
 #: Commands that read access events in clear (the auditor, its alerts, the console, the
-#: consent decision point): on a sealed ledger (``seal_events``, ADR 0037) they would
-#: find sealed documents only, so they refuse in one line until they open the sealed
-#: parts through the key store (ADR 0037, next steps). ``consent load`` works;
-#: ``access-report`` and ``patient-view`` open them.
-NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "console", "consent"})
+#: consent decision point, the demo that runs them) or copy a ledger's event rows (the
+#: replica, whose block publications carry no sealed parts yet): on a sealed ledger
+#: (``seal_events``, ADR 0037) they refuse in one line until they handle sealed events
+#: (ADR 0037, next steps). ``consent load`` works; ``access-report`` and
+#: ``patient-view`` open sealed events.
+NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "console", "consent", "replica", "demo"})
 #: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 

@@ -176,6 +176,8 @@ def test_a_demo_hospital_too_small_is_refused_before_anything_starts(
         ["audit", "--from", "2026-01-01", "--to", "2026-01-02"],
         ["alerts", "list"],
         ["console", "serve"],
+        ["replica", "follow"],
+        ["demo"],
         ["consent", "decide", "--patient", "P-1", "--actor", "a", "--action", "R"],
     ],
 )
@@ -188,7 +190,14 @@ def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
     result = _run(tmp_path, *argv, extra_env={"CARELEDGER_SEAL_EVENTS": "true"})
     line = _one_line_exit_2(result, argv[0])
     assert "not yet available on a sealed ledger" in line
-    assert set(cli.NOT_ON_SEALED_LEDGER) == {"audit", "alerts", "console", "consent"}
+    assert set(cli.NOT_ON_SEALED_LEDGER) == {
+        "audit",
+        "alerts",
+        "console",
+        "consent",
+        "replica",
+        "demo",
+    }
 
 
 def test_consent_load_is_not_refused_on_a_sealed_ledger(tmp_path: Path) -> None:
