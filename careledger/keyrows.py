@@ -213,51 +213,33 @@ class ClickHouseRows:
             raise KeyRowsError(f"the key store's table cannot be used: {exc}") from None
 
     def rows(self, lookup: bytes) -> list[KeyRow]:
-        found = self._run(
-            self._primary,
-            f"SELECT key_id, wrapped, created_ns FROM {self._db}.data_keys WHERE lookup = %(l)s",
-            {"l": lookup.hex()},
-        )
-        out = []
-        for key_id, wrapped, created in found:
-            k, w = _hex(key_id), _hex(wrapped)
-            if k is not None and w is not None:
-                out.append(KeyRow(lookup, k, w, int(created)))
+        return self._rows_where("lookup", [lookup])
+
+    def _rows_where(self, column: str, values: Sequence[bytes]) -> list[KeyRow]:
+        """The rows whose ``column`` (``lookup`` or ``key_id``) is one of ``values``, in
+        one query per thousand."""
+        wanted = sorted({v.hex() for v in values})
+        out: list[KeyRow] = []
+        for start in range(0, len(wanted), 1000):
+            found = self._run(
+                self._primary,
+                f"SELECT lookup, key_id, wrapped, created_ns FROM {self._db}.data_keys "
+                f"WHERE {column} IN %(v)s",
+                {"v": tuple(wanted[start : start + 1000])},
+            )
+            for lookup, key_id, wrapped, created in found:
+                lk, k, w = _hex(lookup), _hex(key_id), _hex(wrapped)
+                if lk is not None and k is not None and w is not None:
+                    out.append(KeyRow(lk, k, w, int(created)))
         return out
 
     def by_key_ids(self, key_ids: Sequence[bytes]) -> list[KeyRow]:
         """The rows of these key ids (a sealed part names its key, not its patient)."""
-        wanted = sorted({k.hex() for k in key_ids})
-        out: list[KeyRow] = []
-        for start in range(0, len(wanted), 1000):
-            found = self._run(
-                self._primary,
-                f"SELECT lookup, key_id, wrapped, created_ns FROM {self._db}.data_keys "
-                "WHERE key_id IN %(ids)s",
-                {"ids": tuple(wanted[start : start + 1000])},
-            )
-            for lookup, key_id, wrapped, created in found:
-                lk, k, w = _hex(lookup), _hex(key_id), _hex(wrapped)
-                if lk is not None and k is not None and w is not None:
-                    out.append(KeyRow(lk, k, w, int(created)))
-        return out
+        return self._rows_where("key_id", key_ids)
 
     def rows_many(self, lookups: Sequence[bytes]) -> list[KeyRow]:
-        """The rows of several patients in one query per thousand (a batch's patients)."""
-        wanted = sorted({lk.hex() for lk in lookups})
-        out: list[KeyRow] = []
-        for start in range(0, len(wanted), 1000):
-            found = self._run(
-                self._primary,
-                f"SELECT lookup, key_id, wrapped, created_ns FROM {self._db}.data_keys "
-                "WHERE lookup IN %(l)s",
-                {"l": tuple(wanted[start : start + 1000])},
-            )
-            for lookup, key_id, wrapped, created in found:
-                lk, k, w = _hex(lookup), _hex(key_id), _hex(wrapped)
-                if lk is not None and k is not None and w is not None:
-                    out.append(KeyRow(lk, k, w, int(created)))
-        return out
+        """The rows of several patients at once (a batch's patients)."""
+        return self._rows_where("lookup", lookups)
 
     def add(self, row: KeyRow) -> None:
         self.add_many([row])

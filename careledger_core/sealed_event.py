@@ -57,7 +57,7 @@ from .event import (
     is_valid_timestamp,
 )
 from .hashing import leaf_hash
-from .sealing import SALT_BYTES, SealError, canonical, commitment, join
+from .sealing import SALT_BYTES, SealError, canonical, commitment, join, parse_part, unseal
 
 __all__ = [
     "SEALED_EVENT_SCHEMA",
@@ -67,6 +67,7 @@ __all__ = [
     "ingest_key",
     "ingest_nonce",
     "open_ingest",
+    "open_stored",
     "open_with",
     "parse_opening",
     "seal_for_ingest_with",
@@ -260,10 +261,14 @@ def parse_opening(opening: bytes) -> tuple[bytes, dict[str, Any]]:
     salt, body = opening[:SALT_BYTES], opening[SALT_BYTES:]
     if len(salt) != SALT_BYTES:
         raise SealError(code="SEALED_MALFORMED", message="the opening is too short")
-    try:
-        sensitive = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise SealError(code="SEALED_MALFORMED", message="the opening is not JSON") from None
-    if not isinstance(sensitive, dict) or canonical(sensitive) != body:
-        raise SealError(code="SEALED_MALFORMED", message="the opening is not canonical JSON")
-    return salt, sensitive
+    return salt, parse_part(body, "the opening")
+
+
+def open_stored(data_key: bytes, document: bytes, sealed: bytes) -> OpenedEvent:
+    """A stored sealed event opened with its patient's data key: the sealed part must
+    open for this document's leaf, to the commitment the document signs, and rebuild a
+    valid event. Raises :class:`SealError` or :class:`EventValidationError` (or
+    ``EventValidationError`` for a document that is not a sealed document)."""
+    commitment_ = bytes.fromhex(decode_sealed_document(document)[0].sealed_commitment)
+    salt, sensitive = unseal(data_key, leaf_hash(document), sealed, commitment_)
+    return open_with(document, salt, sensitive)

@@ -49,6 +49,7 @@ __all__ = [
     "commitment",
     "join",
     "ledger_document",
+    "parse_part",
     "patient_ref",
     "seal",
     "split",
@@ -190,18 +191,25 @@ def unseal(
         raise SealError(
             code="SEALED_MALFORMED", message="the nonce is not the one of this leaf and salt"
         )
-    try:
-        sensitive = msgspec.json.decode(body)
-    except msgspec.DecodeError:
-        raise SealError(code="SEALED_MALFORMED", message="the sealed part is not JSON") from None
-    if not isinstance(sensitive, dict) or canonical(sensitive) != body:
-        raise SealError(code="SEALED_MALFORMED", message="the sealed part is not canonical JSON")
+    sensitive = parse_part(body, "the sealed part")
     if not hmac.compare_digest(commitment(salt, sensitive), expected):
         raise SealError(
             code="COMMITMENT_MISMATCH",
             message="the sealed part does not open the commitment the leaf signs",
         )
     return salt, sensitive
+
+
+def parse_part(body: bytes, what: str) -> dict[str, Any]:
+    """A sensitive part's canonical JSON bytes, decoded; :class:`SealError`
+    ``SEALED_MALFORMED`` naming ``what`` when they are not a canonical JSON object."""
+    try:
+        sensitive = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        raise SealError(code="SEALED_MALFORMED", message=f"{what} is not JSON") from None
+    if not isinstance(sensitive, dict) or canonical(sensitive) != body:
+        raise SealError(code="SEALED_MALFORMED", message=f"{what} is not canonical JSON")
+    return sensitive
 
 
 def patient_ref(data_key: bytes) -> str:

@@ -34,8 +34,8 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event import canonical_event_bytes
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.hashing import leaf_hash
-from careledger_core.sealed_event import decode_sealed_document, open_with
-from careledger_core.sealing import SealError, patient_ref, unseal
+from careledger_core.sealed_event import decode_sealed_document, open_stored
+from careledger_core.sealing import patient_ref
 
 __all__ = ["SealedReport", "check_sealed", "sealed_opener"]
 
@@ -110,7 +110,7 @@ def _check_row(
     if type(canonical) is not bytes or _str(leaf) != leaf_hash(canonical).hex():
         return  # the chain checks report it
     try:
-        document, _ = decode_sealed_document(canonical)
+        decode_sealed_document(canonical)
     except CareledgerError:
         return  # the chain checks report it
     where: dict[str, Any] = {"height": height, "event_index": idx, "event_id": _str(event_id)}
@@ -133,21 +133,14 @@ def _check_row(
             )
         return
     try:
-        _salt, sensitive = unseal(
-            found.data_key.key,
-            leaf_hash(canonical),
-            base64.b64decode(_str(sealed), validate=True),
-            bytes.fromhex(document.sealed_commitment),
-        )
-    except (SealError, binascii.Error) as exc:
+        event = open_stored(
+            found.data_key.key, canonical, base64.b64decode(_str(sealed), validate=True)
+        ).event
+    except (CareledgerError, binascii.Error) as exc:
         finding(FindingCode.SEALED_PART_INVALID, f"the sealed part does not open: {exc}")
         return
-    patient = sensitive.get("patient")
-    actor = sensitive.get("actor.id")
-    if not isinstance(patient, dict) or not isinstance(actor, str):
-        finding(FindingCode.SEALED_PART_INVALID, "the sealed part names no patient or actor")
-        return
-    lookup = keystore.lookup(str(patient.get("system") or ""), str(patient.get("id")))
+    actor = event.actor.id
+    lookup = keystore.lookup(event.patient.system or "", event.patient.id)
     if lookup != found.lookup:
         finding(
             FindingCode.SEALED_KEY_NOT_PATIENTS,
@@ -180,15 +173,11 @@ def sealed_opener(keystore: KeyStore) -> Callable[[bytes, str, str], bytes | Non
         if key is None:
             return None
         try:
-            document, _ = decode_sealed_document(canonical)
-            salt, sensitive = unseal(
-                key.data_key.key,
-                leaf_hash(canonical),
-                base64.b64decode(sealed, validate=True),
-                bytes.fromhex(document.sealed_commitment),
+            opened = open_stored(
+                key.data_key.key, canonical, base64.b64decode(sealed, validate=True)
             )
-            return canonical_event_bytes(open_with(canonical, salt, sensitive).event)
         except (CareledgerError, binascii.Error):
             return None
+        return canonical_event_bytes(opened.event)
 
     return open_row

@@ -28,10 +28,9 @@ from typing import Any
 from careledger.erasure import erasures_of
 from careledger.keystore import KeyStore
 from careledger_core.errors import CareledgerError
-from careledger_core.hashing import leaf_hash
-from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document, open_with
-from careledger_core.sealing import SealError, patient_ref, unseal
+from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document, open_stored
 from careledger_core.sealing import canonical as jcs
+from careledger_core.sealing import patient_ref
 from careledger_core.signing import PublicKey
 from verifiers.reports.report_reader import _Block, _Reader, _Row, _text
 
@@ -100,14 +99,11 @@ def sealed_patient_rows(
             )
             continue
         try:
-            salt, sensitive = unseal(
-                key.key,
-                leaf_hash(bytes(canonical)),
-                base64.b64decode(_text(sealed), validate=True),
-                bytes.fromhex(document.sealed_commitment),
+            opened = open_stored(
+                key.key, bytes(canonical), base64.b64decode(_text(sealed), validate=True)
             )
-            event = open_with(bytes(canonical), salt, sensitive).event
-        except (SealError, binascii.Error, CareledgerError) as exc:
+            salt, sensitive, event = opened.salt, opened.sensitive, opened.event
+        except (binascii.Error, CareledgerError) as exc:
             problems.append(f"{where}: the sealed part does not open to its document: {exc}")
             continue
         if event.patient.id != patient:
