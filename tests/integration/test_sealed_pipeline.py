@@ -30,6 +30,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from careledger.config import Settings
+from careledger.erasure import signed_privacy_record
 from careledger.ingest_keys import write_ingest_key
 from careledger.kafka.batching import SourceBatcher
 from careledger.kafka.clients import kafka_config
@@ -39,7 +40,9 @@ from careledger.keys import load_signing_key
 from careledger.keystore import open_keystore
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
+from careledger_core.reference import canonical_reference_bytes
 from careledger_core.sealing import SealError, join, patient_ref, unseal
+from careledger_core.signing import SigningKey
 from producers.simulator import HospitalModel, simulate
 from tests.integration.pipeline import (
     committed_event_count,
@@ -421,8 +424,35 @@ def test_edits_of_the_unsigned_columns_and_a_key_deleted_without_an_erasure_are_
     # a patient's keys deleted behind the erasure's back (no ledgered erasure)
     third = next(r for r in rows if r[1] not in (a_ref, b_ref))
     _alter(settings, f"ALTER TABLE {{db}}.data_keys DELETE WHERE key_id = '{third[3].decode()}'")  # type: ignore[union-attr]
+    # ... and an "erasure" of that key ledgered by someone who is not the registrar: it
+    # must not excuse the missing key (anyone may write to a reference topic)
+    mallory = SigningKey.from_seed(b"\x66" * 32)
+    forged = signed_privacy_record(
+        mallory,
+        "erasure",
+        "erasure-forged",
+        {
+            "patient_ref": third[1].decode(),  # type: ignore[union-attr]
+            "lookup": "00" * 32,
+            "outcome": "erased",
+            "key_ids": [third[3].decode()],  # type: ignore[union-attr]
+            "reason": "cover-up",
+            "policy": "eu-gdpr",
+            "decision": "none",
+            "requested_by": "mallory",
+        },
+    )
+    with AccessEventProducer(settings, topic=settings.topic_patients, sign=False) as producer:
+        producer.send_raw(canonical_reference_bytes(forged), b"k")
+        producer.flush()
+    proc = start_processor(settings, tmp_path / "processor-2.log")
+    try:
+        wait_until(lambda: _committed(settings, "erasure") == 1, 60, what="the forged erasure")
+    finally:
+        stop(proc)
     report = _verify(settings)
     assert report["result"] == "tampered"
+    assert report["sealed"]["erasures_not_honoured"] == 1, report["sealed"]  # type: ignore[index]
     found = {(f["code"], f["event_id"]) for f in report["findings"]}  # type: ignore[index,union-attr]
     assert ("SEALED_REF_MISMATCH", a_id.decode()) in found, found  # type: ignore[union-attr]
     assert ("SEALED_PART_INVALID", b_id.decode()) in found, found  # type: ignore[union-attr]
