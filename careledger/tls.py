@@ -82,10 +82,19 @@ def _name(common_name: str) -> x509.Name:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        os.fchmod(fh.fileno(), 0o600)  # whatever the umask, or an older file's mode
-        fh.write(data)
+    """Write an owner-only file atomically: a reader (a Kafka node starting while the
+    next node's configuration rewrites the shared keystore) sees the old bytes or the
+    new ones, never a truncated file (seen: "No matching PRIVATE KEY entries")."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o600)  # whatever the umask, or an older file's mode
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def new_ca(

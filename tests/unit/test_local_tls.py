@@ -6,6 +6,7 @@ client that trusts the CA verifies the server by name, and one that does not, fa
 from __future__ import annotations
 
 import datetime as dt
+import os
 import socket
 import ssl
 import stat
@@ -279,3 +280,21 @@ def test_the_tls_certs_command_makes_a_member_certificate_and_its_keystore(
     assert keystore.startswith(b"-----BEGIN PRIVATE KEY-----")
     assert (tmp_path / "kafka.pem").read_bytes().strip() in keystore
     assert stat.S_IMODE((tmp_path / "kafka.keystore.pem").stat().st_mode) == 0o600
+
+
+def test_rewriting_a_keystore_never_shows_a_reader_a_truncated_file(tmp_path: Path) -> None:
+    """The local cluster's Kafka nodes share one member keystore, rewritten as each
+    node's configuration is written: a node starting meanwhile read it truncated ("No
+    matching PRIVATE KEY entries", a CI failure). The rewrite is a rename: a reader that
+    opened the file keeps reading the complete old bytes, and no temporary file stays."""
+    member = tls.member_cert(tmp_path / "tls", "kafka")
+    keystore = tls.write_pem_keystore(member)
+    expected = keystore.read_bytes()
+    with keystore.open("rb") as reader:  # a node that opened the file before the rewrite
+        before = os.stat(keystore).st_ino
+        tls.write_pem_keystore(member)
+        assert os.stat(keystore).st_ino != before  # replaced, not truncated in place
+        assert reader.read() == expected
+    assert keystore.read_bytes() == expected
+    assert stat.S_IMODE(keystore.stat().st_mode) == 0o600
+    assert sorted(p.name for p in keystore.parent.iterdir() if p.name.startswith(".")) == []
