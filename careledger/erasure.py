@@ -40,11 +40,7 @@ from careledger.keystore import Destruction, KeyStore
 from careledger.retention import Hold, Policy, decide_request
 from careledger.storage.backend import SqlBackend
 from careledger_core.errors import CareledgerError
-from careledger_core.reference import (
-    ReferenceRecord,
-    canonical_reference_bytes,
-    decode_and_canonicalize_reference,
-)
+from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.reference_privacy import ErasureBody, LegalHoldBody, signed_bytes
 from careledger_core.sealing import patient_ref
 from careledger_core.signing import PublicKey, SigningKey
@@ -332,7 +328,3 @@ def place_hold(
     )
     publish(record)
     return record
-
-
-def reference_bytes(record: ReferenceRecord) -> bytes:
-    return canonical_reference_bytes(record)
