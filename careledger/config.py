@@ -294,8 +294,14 @@ class Settings:
     # (ingest_public_key: its .pub file); with seal_events the processor (ingest_key, its
     # private file, 0600, or CARELEDGER_INGEST_KEY_TEXT) chains sealed documents only
     # and stores each event's sensitive part under the patient's data key; verify reads
-    # the events table as sealed documents.
+    # the events table as sealed documents. Reference data that names a person
+    # (consents, care relationships, staff, patients) is sealed too: sources seal each
+    # record to the ingest key, the processor under the subject's data key.
     seal_events: bool = False
+    # the identifier system of the patient ids in reference data (consents, care
+    # relationships, patient records), as the events name it: a patient's reference
+    # records are sealed under the data key of their events (and erased with it)
+    reference_patient_system: str = ""
     # how long a processor keeps a data key in memory; `careledger erase` waits this
     # long (and 2 s) after destroying a patient's keys, so nothing is sealed under them
     sealing_key_cache_s: float = 30.0

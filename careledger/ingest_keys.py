@@ -18,11 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
-from nacl.public import PrivateKey
+from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from careledger.keys import KeyFileError, read_owner_only
 from careledger_core.event import AccessEvent, event_to_dict
+from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
 from careledger_core.sealed_event import ingest_key, seal_for_ingest_with, sealed_document
+from careledger_core.sealed_reference import SEALED_REFERENCE_KINDS, reference_transit
 from careledger_core.sealing import SALT_BYTES, commitment, split
 
 __all__ = [
@@ -31,6 +33,8 @@ __all__ = [
     "IngestSealer",
     "load_ingest_key",
     "load_ingest_public_key",
+    "reference_message",
+    "seal_reference_for_ingest",
     "write_ingest_key",
 ]
 
@@ -109,3 +113,24 @@ class IngestSealer:
         salt = os.urandom(SALT_BYTES)
         document = sealed_document(public, commitment(salt, sensitive))
         return document, seal_for_ingest_with(self._key, document, salt, sensitive)
+
+
+def seal_reference_for_ingest(ingest_public_key: bytes, record: bytes) -> bytes:
+    """The transit envelope of a reference record's canonical bytes, sealed whole to the
+    processor's ingest key (a sealed box: reference records are few, and unsigned, so
+    the processor commits to them; ``careledger_core.sealed_reference``)."""
+    return reference_transit(bytes(SealedBox(PublicKey(ingest_public_key)).encrypt(record)))
+
+
+def reference_message(
+    record: ReferenceRecord, ingest_public_key: bytes | None
+) -> tuple[bytes | None, bytes]:
+    """(Kafka key, value) of a reference record. In clear it is keyed by its subject (a
+    patient's or user's id). With the ingest public key of a sealed ledger, a kind that
+    names a person is sealed to it and sent without a key (the key would name the
+    subject: the ledger orders a record's versions by their numbers, not their
+    partition); the kinds that name no one stay as they are."""
+    data = canonical_reference_bytes(record)
+    if ingest_public_key is None or record.kind not in SEALED_REFERENCE_KINDS:
+        return record.subject_id.encode(), data
+    return None, seal_reference_for_ingest(ingest_public_key, data)

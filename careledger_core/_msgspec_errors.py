@@ -8,9 +8,9 @@ from typing import TypeVar
 
 import msgspec
 
-from .errors import EventValidationError, HeaderValidationError
+from .errors import EventValidationError, HeaderValidationError, ReferenceValidationError
 
-E = TypeVar("E", EventValidationError, HeaderValidationError)
+E = TypeVar("E", EventValidationError, HeaderValidationError, ReferenceValidationError)
 
 _MESSAGE = re.compile(r"\A(?P<reason>.*?)(?: - at `(?P<path>[^`]*)`)?\Z", re.DOTALL)
 _FIELD = re.compile(r"\AObject (?P<kind>missing required|contains unknown) field `(?P<name>.*)`\Z")

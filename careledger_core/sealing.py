@@ -52,8 +52,10 @@ __all__ = [
     "parse_part",
     "patient_ref",
     "seal",
+    "seal_bytes",
     "split",
     "unseal",
+    "unseal_bytes",
 ]
 
 COMMITMENT_CONTEXT: Final = b"careledger.event-commitment/1\x00"
@@ -159,21 +161,22 @@ def _nonce(leaf_hash: bytes, salt: bytes) -> bytes:
     return hashlib.sha256(NONCE_CONTEXT + leaf_hash + salt).digest()[:_NONCE_BYTES]
 
 
-def seal(data_key: bytes, leaf_hash: bytes, salt: bytes, sensitive: Mapping[str, Any]) -> bytes:
-    """``nonce || XChaCha20-Poly1305(data_key, salt || JCS(sensitive), AAD=leaf_hash)``."""
+def seal_bytes(data_key: bytes, leaf_hash: bytes, salt: bytes, body: bytes) -> bytes:
+    """``nonce || XChaCha20-Poly1305(data_key, salt || body, AAD=leaf_hash)``, the nonce
+    derived from the leaf hash and the salt: the sealing of events (:func:`seal`) and of
+    reference records (``careledger_core.sealed_reference``)."""
     _key("data key", data_key, KEY_BYTES)
     _key("leaf hash", leaf_hash, 32)
     _key("salt", salt, SALT_BYTES)
     nonce = _nonce(leaf_hash, salt)
-    plaintext = salt + canonical(sensitive)
-    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, leaf_hash, nonce, data_key)
+    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(
+        salt + body, leaf_hash, nonce, data_key
+    )
 
 
-def unseal(
-    data_key: bytes, leaf_hash: bytes, sealed: bytes, expected: bytes
-) -> tuple[bytes, dict[str, Any]]:
-    """(salt, sensitive part) of ``sealed``, checked against the leaf it belongs to and
-    the commitment ``expected`` the leaf signs. Raises :class:`SealError`."""
+def unseal_bytes(data_key: bytes, leaf_hash: bytes, sealed: bytes) -> tuple[bytes, bytes]:
+    """(salt, body) of what :func:`seal_bytes` sealed for this leaf. Raises
+    :class:`SealError` (``SEALED_MALFORMED``, ``SEALED_UNOPENED``)."""
     _key("data key", data_key, KEY_BYTES)
     _key("leaf hash", leaf_hash, 32)
     if type(sealed) is not bytes or len(sealed) < _NONCE_BYTES + _TAG_BYTES + SALT_BYTES:
@@ -191,6 +194,20 @@ def unseal(
         raise SealError(
             code="SEALED_MALFORMED", message="the nonce is not the one of this leaf and salt"
         )
+    return salt, body
+
+
+def seal(data_key: bytes, leaf_hash: bytes, salt: bytes, sensitive: Mapping[str, Any]) -> bytes:
+    """``nonce || XChaCha20-Poly1305(data_key, salt || JCS(sensitive), AAD=leaf_hash)``."""
+    return seal_bytes(data_key, leaf_hash, salt, canonical(sensitive))
+
+
+def unseal(
+    data_key: bytes, leaf_hash: bytes, sealed: bytes, expected: bytes
+) -> tuple[bytes, dict[str, Any]]:
+    """(salt, sensitive part) of ``sealed``, checked against the leaf it belongs to and
+    the commitment ``expected`` the leaf signs. Raises :class:`SealError`."""
+    salt, body = unseal_bytes(data_key, leaf_hash, sealed)
     sensitive = parse_part(body, "the sealed part")
     if not hmac.compare_digest(commitment(salt, sensitive), expected):
         raise SealError(

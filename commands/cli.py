@@ -16,8 +16,10 @@ import importlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
+from typing import Final
 
 import careledger
 from careledger.config import ConfigError, load_settings, local_config_path
@@ -183,13 +185,24 @@ ONE_SHOT = frozenset(
         "kafka-setup",
     }
 )
-#: Commands that read access events in clear (the auditor, its alerts, the console, the
-#: consent decision point, the demo that runs them) or copy a ledger's event rows (the
-#: replica, whose block publications carry no sealed parts yet): on a sealed ledger
-#: (``seal_events``, ADR 0037) they refuse in one line until they handle sealed events
-#: (ADR 0037, next steps). ``consent load`` works; ``access-report`` and
-#: ``patient-view`` open sealed events.
-NOT_ON_SEALED_LEDGER = frozenset({"audit", "alerts", "console", "consent", "replica", "demo"})
+#: Commands that read access events or reference data in clear (the auditor, its
+#: alerts, the console, the consent decision point, the demo that runs them), copy a
+#: ledger's event rows (the replica, whose block publications carry no sealed parts
+#: yet) or keep a received file in clear (``consent load`` ledgers each file as a raw
+#: record, and raw records are not sealed yet): on a sealed ledger (``seal_events``,
+#: ADR 0037) they refuse in one line, with the reason, until they handle sealed data
+#: (ADR 0037, next steps). ``access-report`` and ``patient-view`` open sealed data.
+NOT_ON_SEALED_LEDGER: Final[Mapping[str, str]] = MappingProxyType(
+    {
+        "audit": "it reads access events in clear",
+        "alerts": "it reads access events in clear",
+        "console": "it reads access events in clear",
+        "consent": "it reads consents and access events in clear, and `consent load` "
+        "would keep each file's bytes in clear as a raw record",
+        "replica": "the block publications it copies carry no sealed parts",
+        "demo": "it runs the auditor, which reads access events in clear",
+    }
+)
 #: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -252,14 +265,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         _quiet_clients(args.command)
-    if (
-        settings.seal_events
-        and args.command in NOT_ON_SEALED_LEDGER
-        and getattr(args, "consent_command", None) != "load"
-    ):
+    if settings.seal_events and args.command in NOT_ON_SEALED_LEDGER:
         print(
             f"careledger {args.command}: not yet available on a sealed ledger (seal_events "
-            "is on): it reads access events in clear (ADR 0037, next steps)",
+            f"is on): {NOT_ON_SEALED_LEDGER[args.command]} (ADR 0037, next steps)",
             file=sys.stderr,
         )
         return 2

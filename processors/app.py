@@ -42,7 +42,7 @@ from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Processor
 from processors.records import Part, Record
 from processors.registry_follower import RegistryFollower
-from processors.sealing import EventOpener
+from processors.sealing import EventOpener, ReferenceSealer
 from processors.sources import SourceGate, processor_key_problem
 
 #: the processor's cumulative numbers: Prometheus counters (``<name>_total``)
@@ -173,6 +173,9 @@ def source_gate(settings: Settings) -> SourceGate:
     )
     if settings.seal_events:
         gate.opener = event_opener(settings)
+        gate.reference_sealer = ReferenceSealer(
+            gate.opener.ingest, gate.opener.keys, settings.reference_patient_system
+        )
     if follower is not None:
         follower.poll()  # at start, before any record: the whole topic once
         follower.start()

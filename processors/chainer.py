@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from careledger.storage.kinds import ACCESS, RecordKind
+from careledger.storage.kinds import ACCESS, SEALED_REFERENCE, RecordKind
 from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
 from careledger_core.batch_record import looks_batch
 from careledger_core.block import (
@@ -44,6 +44,7 @@ from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import merkle_root
+from careledger_core.sealing import SealError
 from careledger_core.signing import SigningKey
 from careledger_core.source import SourceAuthError, timestamp_of
 from processors.sources import LOG_APPEND_TIME, AdmittedBatch, RegistryStale, SourceGate
@@ -276,10 +277,29 @@ class PartitionChain:
             ]
         if gate is not None:
             return self._admit(gate, offset, value, key, kafka_ts, timestamp_type)
+        if self.kind is SEALED_REFERENCE:
+            return self._take_sealed_reference(offset, value, key)
         try:
             record, canonical = self.kind.decode(value)
         except ValidationError as exc:
             return [Rejected(offset, raw, key, exc.code, str(exc), getattr(exc, "field", "$"))]
+        self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
+        return []
+
+    def _take_sealed_reference(
+        self, offset: int, value: bytes, key: bytes | None
+    ) -> list[Rejected]:
+        """A record of a sealed ledger's reference chain (ADR 0037): opened and given its
+        sealed document by the gate's reference sealer; refused with its reason if it
+        does not open, or names someone in clear."""
+        sealer = self.gate.reference_sealer if self.gate is not None else None
+        if sealer is None:
+            reason = "this processor has no reference sealer: it cannot chain a sealed ledger"
+            return [Rejected(offset, value, key, "REFERENCE_NOT_SEALED", reason, "$")]
+        try:
+            record, canonical = sealer.take(value)
+        except (ValidationError, SealError) as exc:
+            return [Rejected(offset, value, key, exc.code, str(exc), getattr(exc, "field", "$"))]
         self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
         return []
 

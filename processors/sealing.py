@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import os
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -36,9 +38,10 @@ from typing import Final
 
 from careledger.ingest_keys import IngestKey
 from careledger.keystore import KeyStore
-from careledger.storage.kinds import SealedRecord
-from careledger.storage.store import BatchInfo, ChainedEvent
+from careledger.storage.kinds import SealedRecord, SealedReference
+from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
 from careledger_core.errors import ValidationError
+from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import (
     OpenedEvent,
     SealedAccessEvent,
@@ -46,9 +49,21 @@ from careledger_core.sealed_event import (
     ingest_key,
     open_ingest,
 )
-from careledger_core.sealing import SealError, patient_ref, seal
+from careledger_core.sealed_reference import (
+    CLEAR_REFERENCE_KINDS,
+    SEALED_REFERENCE_KINDS,
+    STAFF_KEY_SYSTEM,
+    decode_sealed_reference,
+    is_reference_transit,
+    open_reference_transit,
+    record_ref,
+    reference_commitment,
+    seal_reference,
+    sealed_reference_document,
+)
+from careledger_core.sealing import SALT_BYTES, SealError, patient_ref, seal
 
-__all__ = ["DATA_KEY_TTL_S", "EventOpener", "Refusal"]
+__all__ = ["DATA_KEY_TTL_S", "EventOpener", "ReferenceSealer", "Refusal", "SubjectKeys"]
 
 #: how long a data key stays cached in the processor
 DATA_KEY_TTL_S: Final = 30.0
@@ -76,6 +91,68 @@ class _Lru:
             self._items.popitem(last=False)
 
 
+class SubjectKeys:
+    """The data keys, lookups and actor pseudonyms a processor seals with, cached (each
+    bounded; data keys for ``ttl_s``). Shared by the event opener (the event loop's
+    thread) and the reference sealer (the write thread): thread-safe."""
+
+    def __init__(
+        self,
+        keystore: KeyStore,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        ttl_s: float = DATA_KEY_TTL_S,
+    ) -> None:
+        self.keystore = keystore
+        self._clock = clock
+        self._ttl = ttl_s
+        self._lock = threading.Lock()
+        self._lookups = _Lru(_CACHE_ENTRIES)
+        self._actors = _Lru(_CACHE_ENTRIES)
+        self._keys = _Lru(_CACHE_ENTRIES)
+
+    def lookup(self, system: str, subject_id: str) -> bytes:
+        with self._lock:
+            cached = self._lookups.get((system, subject_id))
+        if isinstance(cached, bytes):
+            return cached
+        lookup = self.keystore.lookup(system, subject_id)
+        with self._lock:
+            self._lookups.put((system, subject_id), lookup)
+        return lookup
+
+    def actor_ref(self, actor_id: str) -> str:
+        with self._lock:
+            cached = self._actors.get(actor_id)
+        if isinstance(cached, str):
+            return cached
+        ref = self.keystore.actor_ref(actor_id)
+        with self._lock:
+            self._actors.put(actor_id, ref)
+        return ref
+
+    def data_keys(self, lookups: Sequence[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
+        """(key id, key) of each subject's preferred data key, made when missing: the
+        cached ones, and the others from the key store all at once."""
+        now = self._clock()
+        out: dict[bytes, tuple[bytes, bytes]] = {}
+        missing = []
+        with self._lock:
+            for lookup in lookups:
+                cached = self._keys.get(lookup)
+                if isinstance(cached, tuple) and now - cached[0] < self._ttl:
+                    out[lookup] = (cached[1], cached[2])
+                elif lookup not in out:
+                    missing.append(lookup)
+        if missing:
+            made = self.keystore.data_keys_for(missing, "ingest")
+            with self._lock:
+                for lookup, key in made.items():
+                    self._keys.put(lookup, (now, key.key_id, key.key))
+                    out[lookup] = (key.key_id, key.key)
+        return out
+
+
 class EventOpener:
     """Opens and re-seals the events of sealed batch records (one per processor)."""
 
@@ -86,33 +163,14 @@ class EventOpener:
         *,
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = DATA_KEY_TTL_S,
+        keys: SubjectKeys | None = None,
     ) -> None:
         self.ingest = ingest
         self.keystore = keystore
-        self._clock = clock
-        self._ttl = ttl_s
-        self._lookups = _Lru(_CACHE_ENTRIES)
-        self._actors = _Lru(_CACHE_ENTRIES)
-        self._keys = _Lru(_CACHE_ENTRIES)
+        self.keys = keys if keys is not None else SubjectKeys(keystore, clock=clock, ttl_s=ttl_s)
         self._ingest_keys = _Lru(1024)
         self.opened = 0
         self.refused = 0
-
-    def _lookup(self, system: str, patient_id: str) -> bytes:
-        cached = self._lookups.get((system, patient_id))
-        if isinstance(cached, bytes):
-            return cached
-        lookup = self.keystore.lookup(system, patient_id)
-        self._lookups.put((system, patient_id), lookup)
-        return lookup
-
-    def _actor_ref(self, actor_id: str) -> str:
-        cached = self._actors.get(actor_id)
-        if isinstance(cached, str):
-            return cached
-        ref = self.keystore.actor_ref(actor_id)
-        self._actors.put(actor_id, ref)
-        return ref
 
     def _ingest_key(self, sealed_key: bytes) -> bytes:
         cached = self._ingest_keys.get(sealed_key)
@@ -121,24 +179,6 @@ class EventOpener:
         key = ingest_key(sealed_key, self.ingest.private)
         self._ingest_keys.put(sealed_key, key)
         return key
-
-    def _data_keys(self, lookups: list[bytes]) -> dict[bytes, tuple[bytes, bytes]]:
-        """(key id, key) of each patient's preferred data key, made when missing: the
-        cached ones, and the others from the key store all at once."""
-        now = self._clock()
-        out: dict[bytes, tuple[bytes, bytes]] = {}
-        missing = []
-        for lookup in lookups:
-            cached = self._keys.get(lookup)
-            if isinstance(cached, tuple) and now - cached[0] < self._ttl:
-                out[lookup] = (cached[1], cached[2])
-            elif lookup not in out:
-                missing.append(lookup)
-        if missing:
-            for lookup, made in self.keystore.data_keys_for(missing, "ingest").items():
-                self._keys.put(lookup, (now, made.key_id, made.key))
-                out[lookup] = (made.key_id, made.key)
-        return out
 
     def open_batch(
         self,
@@ -180,10 +220,10 @@ class EventOpener:
             opened_events.append((i, data, leaf, document, opened))
         # the batch's patients' data keys, in a few round trips for all of them
         lookups = [
-            self._lookup(o.event.patient.system or "", o.event.patient.id)
+            self.keys.lookup(o.event.patient.system or "", o.event.patient.id)
             for *_, o in opened_events
         ]
-        keys = self._data_keys(lookups)
+        keys = self.keys.data_keys(lookups)
         for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event
             key_id, key = keys[lookup]
@@ -191,7 +231,7 @@ class EventOpener:
             record = SealedRecord(
                 document=document,
                 patient_ref=patient_ref(key),
-                actor_ref=self._actor_ref(event.actor.id),
+                actor_ref=self.keys.actor_ref(event.actor.id),
                 data_key_id=key_id.hex(),
                 sealed=base64.b64encode(sealed).decode(),
             )
@@ -204,3 +244,93 @@ class EventOpener:
         self.opened += len(chained)
         self.refused += len(refused)
         return chained, refused
+
+
+class ReferenceSealer:
+    """A sealed ledger's reference records (ADR 0037,
+    ``careledger_core.sealed_reference``), in two steps:
+
+    * :meth:`take` (as a record is taken): open the transit envelope with the ingest key,
+      validate the record, draw a salt and build the sealed document (the leaf). A
+      record of a kind that names no one (an erasure, a legal hold) is taken in clear;
+      any other in clear, a sealed document sent as is, or an envelope that does not
+      open is refused (``ValidationError`` or ``SealError``: dead-lettered with reason);
+    * :meth:`complete` (before the blocks are written): the subjects' data keys for all
+      the blocks' sealed records at once, then each record's sealed part and pseudonyms.
+      A key store that cannot be used raises ``KeyStoreError``: the write fails closed
+      and the records are taken again.
+
+    The subject of a patient's record (consent, care relationship, patient) is the
+    patient, under ``patient_system`` (the events' system for the same ids: one data key,
+    one erasure); of a staff record, the staff member (:data:`STAFF_KEY_SYSTEM`), whose
+    pseudonym is the actor pseudonym the events carry.
+    """
+
+    def __init__(
+        self,
+        ingest: IngestKey,
+        keys: SubjectKeys,
+        patient_system: str,
+        *,
+        salt: Callable[[int], bytes] = os.urandom,
+    ) -> None:
+        self.ingest = ingest
+        self.keys = keys
+        self.patient_system = patient_system
+        self._salt = salt
+        self.sealed = 0
+
+    def take(self, data: bytes) -> tuple[SealedReference | ReferenceRecord, bytes]:
+        if not is_reference_transit(data):
+            record, canonical = decode_and_canonicalize_reference(data)
+            if record.kind not in CLEAR_REFERENCE_KINDS:
+                raise SealError(
+                    code="REFERENCE_NOT_SEALED",
+                    message=f"a {record.kind} record in clear: this ledger is sealed, "
+                    "send it sealed to the ingest key",
+                )
+            return record, canonical
+        record_bytes = open_reference_transit(self.ingest.private, data)
+        record, canonical = decode_and_canonicalize_reference(record_bytes)
+        if record.kind not in SEALED_REFERENCE_KINDS:
+            raise SealError(
+                code="REFERENCE_NOT_SEALED",
+                message=f"{record.kind} records are not sealed: send them in clear",
+            )
+        salt = self._salt(SALT_BYTES)
+        document = sealed_reference_document(record, reference_commitment(salt, canonical))
+        parsed, _ = decode_sealed_reference(document)
+        return SealedReference(parsed, document, record, canonical, salt), document
+
+    def _lookup(self, record: ReferenceRecord) -> bytes:
+        if record.kind == "staff":
+            return self.keys.lookup(STAFF_KEY_SYSTEM, record.subject_id)
+        return self.keys.lookup(self.patient_system, record.subject_id)
+
+    def complete(self, blocks: Sequence[SealedBlock]) -> int:
+        """Seal every sealed reference record of ``blocks`` not sealed yet; the count."""
+        pending = [
+            ev.event
+            for b in blocks
+            for ev in b.events
+            if isinstance(ev.event, SealedReference) and not ev.event.sealed
+        ]
+        if not pending:
+            return 0
+        lookups = [self._lookup(r.record) for r in pending]
+        keys = self.keys.data_keys(lookups)
+        for r, lookup in zip(pending, lookups, strict=True):
+            key_id, key = keys[lookup]
+            record = r.record
+            r.sealed = base64.b64encode(
+                seal_reference(key, r.canonical, r.salt, r.record_bytes)
+            ).decode()
+            r.data_key_id = key_id.hex()
+            r.record_ref = record_ref(key, record.kind, record.record_id)
+            r.subject_ref = (
+                self.keys.actor_ref(record.subject_id)
+                if record.kind == "staff"
+                else patient_ref(key)
+            )
+        self.sealed += len(pending)
+        return len(pending)

@@ -50,12 +50,12 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import msgspec
 from confluent_kafka import KafkaException
 
-from careledger.storage.store import BatchInfo, ChainedEvent
+from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
 from careledger_core.batch_record import OpenedBatch, open_batch_record
 from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
@@ -131,6 +131,16 @@ class BatchOpener(Protocol):
     ) -> tuple[list[ChainedEvent], list[tuple[int, bytes, str, str, str]]]: ...
 
 
+class ReferenceTaker(Protocol):
+    """Takes a sealed ledger's reference records (``processors.sealing.ReferenceSealer``):
+    ``take`` when a record is taken (the record and its leaf's bytes; raises
+    ``ValidationError`` or ``SealError``), ``complete`` before its block is written."""
+
+    def take(self, data: bytes) -> tuple[Any, bytes]: ...
+
+    def complete(self, blocks: Sequence[SealedBlock]) -> int: ...
+
+
 @dataclass(frozen=True, slots=True)
 class AdmittedBatch:
     """A batch record admitted: its chainable events (sharing ``events[0].batch``, whose
@@ -193,6 +203,8 @@ class SourceGate:
         #: a sealed ledger's opener (ADR 0037): then batch records of sealed events are
         #: the only records admitted; None: sealed records are refused
         self.opener: BatchOpener | None = None
+        #: and its reference sealer: then reference records are sealed (ADR 0037)
+        self.reference_sealer: ReferenceTaker | None = None
 
     @property
     def registry(self) -> SourceRegistry:

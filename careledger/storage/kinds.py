@@ -26,9 +26,16 @@ from careledger.raw_record import (
     RawRecordEnvelope,
     decode_and_canonicalize_raw,
 )
+from careledger_core.errors import ReferenceValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document
+from careledger_core.sealed_reference import (
+    CLEAR_REFERENCE_KINDS,
+    SEALED_REFERENCE_SCHEMA,
+    SealedReferenceDocument,
+    decode_sealed_reference,
+)
 
 
 def _date(timestamp: str) -> dt.date:
@@ -265,6 +272,125 @@ REFERENCE = RecordKind(
 )
 
 
+@dataclass(slots=True)
+class SealedReference:
+    """A sealed reference record as the processor chains it (ADR 0037). Made in two
+    steps: when the record is taken, its sealed document (the leaf's bytes: the salt is
+    drawn then); when its block is stored, what needs the subject's data key (fetched for
+    all the blocks' records at once): the pseudonyms and the sealed part. Until then
+    ``sealed`` is empty, and such a record is never written (``values`` refuses it)."""
+
+    document: SealedReferenceDocument
+    canonical: bytes  # the document's canonical bytes (the leaf's)
+    record: ReferenceRecord  # opened: in memory only
+    record_bytes: bytes
+    salt: bytes
+    record_ref: str = ""
+    subject_ref: str = ""
+    data_key_id: str = ""
+    sealed: str = ""  # base64 of the sealed part
+
+    @property
+    def record_id(self) -> str:
+        return self.record.record_id
+
+    @property
+    def recorded_at(self) -> str:
+        return self.document.recorded_at
+
+
+def _sealed_reference_values(r: SealedReference | ReferenceRecord) -> tuple[Any, ...]:
+    if isinstance(r, ReferenceRecord):  # a kind that names no one, in clear
+        return (*_reference_values(r), "", "")
+    if not r.sealed:
+        raise RuntimeError("a sealed reference record was not sealed before its block's write")
+    d = r.document
+    return (
+        r.record_ref,
+        d.kind,
+        d.version,
+        r.subject_ref,
+        d.recorded_at,
+        d.effective_at,
+        _date(d.effective_at),
+        1 if d.retracted else 0,
+        r.sealed,
+        r.data_key_id,
+    )
+
+
+def decode_sealed_reference_row(
+    data: bytes,
+) -> tuple[SealedReferenceDocument | ReferenceRecord, bytes]:
+    """A stored record of a sealed ledger's reference chain: a sealed document, or a
+    record of a kind that names no one in clear (any other kind in clear is refused:
+    ``ReferenceValidationError``)."""
+    if b'"schema":"' + SEALED_REFERENCE_SCHEMA.encode() + b'"' in data:
+        return decode_sealed_reference(data)
+    record, canonical = decode_and_canonicalize_reference(data)
+    if record.kind not in CLEAR_REFERENCE_KINDS:
+        raise ReferenceValidationError(
+            "kind",
+            f"a {record.kind} record in clear: this ledger is sealed, such records must be "
+            "sealed to the ingest key",
+        )
+    return record, canonical
+
+
+def _sealed_reference_key(r: SealedReference | SealedReferenceDocument | ReferenceRecord) -> Any:
+    if isinstance(r, SealedReferenceDocument):  # as verify reads it: the record id is sealed
+        return ("sealed", r.sealed_commitment)
+    if isinstance(r, SealedReference):
+        return (r.document.kind, r.record.record_id, r.document.version)
+    return (r.kind, r.record_id, r.version)
+
+
+#: reference data of a sealed ledger (ADR 0037), in the reference table: ``record_id`` and
+#: ``subject_id`` hold pseudonyms (``careledger_core.sealed_reference``), ``canonical`` the
+#: sealed document, ``sealed`` and ``data_key_id`` the record under its subject's key.
+#: Kinds that name no one (erasures, legal holds) stay in clear in the same chains.
+#: ``read_columns`` are what the documents say; the pseudonyms are checked where the key
+#: store opens the records (``verifiers/integrity/sealed.py``).
+SEALED_REFERENCE = RecordKind(
+    name="sealed-reference",
+    table="reference_records",
+    columns=(
+        "record_id",
+        "kind",
+        "version",
+        "subject_id",
+        "recorded_at",
+        "effective_at",
+        "effective_date",
+        "retracted",
+        "sealed",
+        "data_key_id",
+    ),
+    decode=decode_sealed_reference_row,
+    record_id=lambda r: r.record_id,
+    time_of=lambda r: r.recorded_at,
+    values=_sealed_reference_values,
+    read_columns=(
+        "kind",
+        "version",
+        "recorded_at",
+        "effective_at",
+        "retracted",
+        "effective_date",
+    ),
+    unique_key=_sealed_reference_key,
+    read_values=lambda r: (
+        r.kind.encode(),
+        r.version,
+        r.recorded_at.encode(),
+        r.effective_at.encode(),
+        1 if r.retracted else 0,
+        _date(r.effective_at),
+    ),
+    read_types=(bytes, int, bytes, bytes, int, dt.date),
+)
+
+
 def _raw_values(r: RawRecordEnvelope) -> tuple[Any, ...]:
     return (
         r.record_id,
@@ -346,13 +472,30 @@ def raw_topics(settings: Any) -> frozenset[str]:
 
 
 def sealed_topics(settings: Any) -> frozenset[str]:
-    """The topics of sealed access events: the events topic of a sealed ledger."""
-    return frozenset((settings.topic_events,)) if settings.seal_events else frozenset()
+    """The sealed topics of a sealed ledger: its events and the reference data that names
+    a person (consents, care relationships, the workforce directory, patients); the
+    sources' topic stays in clear."""
+    if not settings.seal_events:
+        return frozenset()
+    return frozenset(
+        (
+            settings.topic_events,
+            settings.topic_consents,
+            settings.topic_care_relationships,
+            settings.topic_workforce,
+            settings.topic_patients,
+        )
+    )
+
+
+def sealed_kind(topic: str, reference: frozenset[str]) -> RecordKind:
+    """The kind of a sealed topic: sealed reference data, or sealed access events."""
+    return SEALED_REFERENCE if topic in reference else SEALED
 
 
 def kind_for_topic(settings: Any, topic: str) -> RecordKind:
     if topic in raw_topics(settings):
         return RAW
     if topic in sealed_topics(settings):
-        return SEALED
+        return sealed_kind(topic, reference_topics(settings))
     return REFERENCE if topic in reference_topics(settings) else ACCESS

@@ -436,6 +436,21 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        13,
+        "sealed reference records (ADR 0037): the record under its subject's data key",
+        (),
+        add_columns=(
+            # a sealed ledger's consents, care relationships, staff and patient records:
+            # XChaCha20-Poly1305 of salt || the record under the subject's data key
+            # (base64), and that key's id (hex); empty for records in clear
+            AddColumn("reference_records", "sealed", "String DEFAULT ''"),
+            AddColumn("reference_records", "data_key_id", "String DEFAULT ''"),
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

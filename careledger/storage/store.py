@@ -29,10 +29,13 @@ from careledger.storage.kinds import (
     RAW,
     REFERENCE,
     SEALED,
+    SEALED_REFERENCE,
     RecordKind,
     SealedRecord,
+    SealedReference,
     raw_topics,
     reference_topics,
+    sealed_kind,
     sealed_topics,
     topic_of,
 )
@@ -67,7 +70,7 @@ class ChainedEvent:
     """One record (an access event or a reference record) as it goes into a block."""
 
     offset: int
-    event: AccessEvent | ReferenceRecord | SealedRecord
+    event: AccessEvent | ReferenceRecord | SealedRecord | SealedReference
     canonical: bytes
     leaf_hash: bytes
     #: the source's signed-batch attestation of an access event (ADR 0010), if signed
@@ -353,7 +356,7 @@ def row_columns(kind: RecordKind) -> tuple[str, ...]:
 EVENT_COLUMNS = row_columns(ACCESS)
 REFERENCE_COLUMNS = row_columns(REFERENCE)
 RAW_COLUMNS = row_columns(RAW)
-_KINDS = (ACCESS, SEALED, REFERENCE, RAW)
+_KINDS = (ACCESS, SEALED, REFERENCE, SEALED_REFERENCE, RAW)
 
 
 def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
@@ -427,7 +430,7 @@ class ChainStore:
         if topic in self.raw_topics:
             return RAW
         if topic in self.sealed_topics:
-            return SEALED
+            return sealed_kind(topic, self.reference_topics)
         return REFERENCE if topic in self.reference_topics else ACCESS
 
     # ------------------------------------------------------------------ writes

@@ -270,10 +270,21 @@ def produce_reference(
     settings: Settings, records: Iterable[ReferenceRecord], timeout_s: float = 45.0
 ) -> tuple[int, int]:
     """Produce reference records to their topics (keyed by subject id: patient or user
-    id) and wait for every acknowledgement. Returns (sent, acknowledged)."""
+    id; on a sealed ledger sealed to the ingest key and unkeyed, ADR 0037) and wait for
+    every acknowledgement. Returns (sent, acknowledged). Raises ``ConfigError`` for a
+    sealed ledger without ``ingest_public_key``."""
+    from careledger.config import ConfigError
+    from careledger.ingest_keys import reference_message
+    from careledger.kafka.batching import ingest_public_key_of
     from careledger.kafka.producer import AccessEventProducer, DeliveryError
     from careledger.kafka.security import PRODUCER
 
+    seal_to = ingest_public_key_of(settings)
+    if settings.seal_events and seal_to is None:
+        raise ConfigError(
+            "this ledger is sealed (seal_events): set ingest_public_key, so reference "
+            "records are sealed to the processor's ingest key"
+        )
     producers: dict[str, AccessEventProducer] = {}
     sent = acked = 0
     try:
@@ -284,7 +295,8 @@ def produce_reference(
                 producer = producers[topic] = AccessEventProducer(
                     settings, topic=topic, principal=PRODUCER
                 )
-            producer.send_raw(canonical_reference_bytes(rec), rec.subject_id.encode())
+            key, value = reference_message(rec, seal_to)
+            producer.send_raw(value, key)
             sent += 1
     finally:
         for producer in producers.values():

@@ -24,6 +24,7 @@ import json
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
@@ -40,10 +41,11 @@ from careledger.keys import load_signing_key
 from careledger.keystore import open_keystore
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
-from careledger_core.reference import canonical_reference_bytes
+from careledger_core.reference import ReferenceRecord, canonical_reference_bytes, thaw
 from careledger_core.sealing import SealError, join, patient_ref, unseal
 from careledger_core.signing import SigningKey
-from producers.simulator import HospitalModel, simulate
+from producers.simulator import HospitalModel, produce_reference, simulate
+from producers.simulator.vocabulary import MRN_SYSTEM
 from tests.integration.pipeline import (
     committed_event_count,
     processor_settings,
@@ -72,11 +74,61 @@ def _sealed_settings(isolated: Settings, tmp_path: Path) -> Settings:
         seal_events=True,
         ingest_key=ingest,
         ingest_public_key=Path(f"{ingest}.pub"),
+        reference_patient_system=MRN_SYSTEM,
     )
 
 
+#: members of reference bodies that name, number or locate a person
+_IDENTIFYING_MEMBERS = frozenset(
+    {
+        "patient_id",
+        "user_id",
+        "practitioner_id",
+        "manager_id",
+        "employee_user_id",
+        "family_name",
+        "given_name",
+        "line",
+        "phone",
+        "id",
+        "reference",
+    }
+)
+
+
+def _reference_identifiers(records: list[ReferenceRecord]) -> set[bytes]:
+    """What names, numbers or locates a person in the simulator's reference data: its
+    records' ids and subjects, and every identifying member of their bodies (a patient's
+    name, address and phone; a Consent's id and its patient reference), whole and as
+    "given family"."""
+    found: set[str] = set()
+
+    def walk(value: object) -> None:
+        if isinstance(value, dict):
+            for name, member in value.items():
+                if name in _IDENTIFYING_MEMBERS and isinstance(member, str):
+                    found.add(member)
+                walk(member)
+            if isinstance(value.get("family_name"), str) and isinstance(
+                value.get("given_name"), str
+            ):
+                found.add(f"{value['given_name']} {value['family_name']}")
+        elif isinstance(value, list):
+            for member in value:
+                walk(member)
+
+    for r in records:
+        found |= {r.record_id, r.subject_id}
+        walk(thaw(r.body))
+    return {v.encode() for v in found if len(v) >= 6}
+
+
+def _model(seed: int) -> HospitalModel:
+    return HospitalModel(staff=40, patients=150, seed=seed)
+
+
 def _events(count: int, seed: int) -> list[AccessEvent]:
-    return list(simulate(HospitalModel(staff=40, patients=150, seed=seed), count, seed=seed))
+    return list(simulate(_model(seed), count, seed=seed))
 
 
 def _identifiers(events: list[AccessEvent]) -> set[bytes]:
@@ -201,6 +253,20 @@ def _opened(settings: Settings, events: dict[str, AccessEvent]) -> dict[str, boo
     return out
 
 
+SEALED_KINDS = ("patient", "staff", "care-relationship", "consent")
+
+
+def _reference_rows(settings: Settings) -> list[tuple[object, ...]]:
+    store = store_for(settings)
+    try:
+        return store.backend.execute(
+            f"SELECT * FROM {settings.clickhouse_database}.reference_records "
+            "ORDER BY chain_id, height, idx"
+        )
+    finally:
+        store.backend.close()
+
+
 def _committed(settings: Settings, kind: str) -> int:
     store = store_for(settings)
     try:
@@ -228,32 +294,51 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
 ) -> None:
     settings = _sealed_settings(isolated, tmp_path).replace(sealing_key_cache_s=1.0)
     events = _events(600, seed=41)
+    # a populated ledger: the simulated hospital's reference data behind those events
+    # (patients, the workforce directory, care relationships, consents), sealed by the
+    # simulator to the ingest key
+    records = _model(41).reference_records()
+    assert produce_reference(settings, records) == (len(records), len(records))
     with AccessEventProducer(settings) as producer:
         for e in events:
             producer.send(e)
         producer.flush()
     erased = next(e.patient for e in events if len(e.patient.id) >= 6)  # not "no patient"
+    assert erased.system == MRN_SYSTEM
     patient = ["--patient", erased.id, "--system", erased.system or ""]
+    theirs = [r for r in records if r.kind != "staff" and r.subject_id == erased.id]
+    assert {r.kind for r in theirs} >= {"patient", "care-relationship"}
     proc = start_processor(settings, tmp_path / "processor.log")
     try:
         store = store_for(settings)
         wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        wait_until(
+            lambda: sum(_committed(settings, k) for k in SEALED_KINDS) >= len(records),
+            120,
+            what="the reference data chained",
+        )
         _wait_registry_ledgered(settings, store)
 
-        # 1. nothing identifying in clear in the events table (every topic and table is
-        # searched at the end, after everything else)
-        identifiers = _identifiers(events)
-        assert len(identifiers) > 100
+        # 1. nothing identifying in clear in the events and reference tables (every topic
+        # and table is searched at the end, after everything else)
+        identifiers = _identifiers(events) | _reference_identifiers(records)
+        assert len(identifiers) > 1000
         rows = _rows(settings)
         assert len(rows) == len(events)
-        table_bytes = b"\n".join(repr(r).encode() for r in rows)
+        table_bytes = b"\n".join(repr(r).encode() for r in rows + _reference_rows(settings))
         assert not [i for i in identifiers if i in table_bytes], "an identifier in clear"
 
-        # 2. verify opens every sealed part; each rebuilds the event the SDK sent
+        # 2. verify opens every sealed part; each rebuilds the event the SDK sent, and
+        # every reference record is opened too
         report = _verify(settings)
         assert report["result"] == "intact", report["findings"]
         assert report["sources"]["signed_events"] == len(events)  # type: ignore[index]
-        assert report["sealed"] == {"opened": len(events), "erased": 0}, report["sealed"]
+        assert report["sealed"] == {
+            "opened": len(events),
+            "erased": 0,
+            "references_opened": len(records),
+            "references_erased": 0,
+        }, report["sealed"]
         by_id = {e.event_id: e for e in events}
         assert set(_opened(settings, by_id).values()) == {True}
 
@@ -327,7 +412,14 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
     report = _verify(settings)
     assert report["result"] == "intact", report["findings"]
     gone = len(mine)
-    assert report["sealed"] == {"opened": len(events) - gone, "erased": gone}, report["sealed"]
+    # the patient's reference records (their demographics, care relationships and
+    # consents) went with their key
+    assert report["sealed"] == {
+        "opened": len(events) - gone,
+        "erased": gone,
+        "references_opened": len(records) - len(theirs),
+        "references_erased": len(theirs),
+    }, report["sealed"]
     # the report still lists the patient's accesses, as erased, each with its proof
     after_report = run_cli(settings, *report_args, "--out", str(tmp_path / "after.json"))
     assert after_report.returncode == 0, after_report.stdout + after_report.stderr
@@ -457,6 +549,108 @@ def test_edits_of_the_unsigned_columns_and_a_key_deleted_without_an_erasure_are_
     assert ("SEALED_REF_MISMATCH", a_id.decode()) in found, found  # type: ignore[union-attr]
     assert ("SEALED_PART_INVALID", b_id.decode()) in found, found  # type: ignore[union-attr]
     assert ("SEALED_KEY_MISSING", third[0].decode()) in found, found  # type: ignore[union-attr]
+
+
+def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """Reference data on a sealed ledger: what the privacy office's rules and views will
+    read (whose consent, whose care relationship, which staff member) is a pseudonym
+    column, unsigned: verify recomputes it from the record opened, and finds it edited."""
+    settings = _sealed_settings(isolated, tmp_path)
+    records = HospitalModel(staff=10, patients=20, seed=44).reference_records()
+    assert produce_reference(settings, records) == (len(records), len(records))
+    consent = next(r for r in records if r.kind == "consent")
+    with AccessEventProducer(settings, topic=settings.topic_consents, sign=False) as producer:
+        # someone with write access to Kafka sends a consent in clear: refused, not chained
+        producer.send_raw(canonical_reference_bytes(consent), b"k")
+        producer.flush()
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        wait_until(
+            lambda: sum(_committed(settings, k) for k in SEALED_KINDS) >= len(records),
+            120,
+            what="the reference data chained",
+        )
+        dead = _read(settings, settings.topic_dead_letter, 1, timeout=60)
+    finally:
+        stop(proc)
+    # the consent in clear: dead-lettered with its bytes and reason, for its sender to fix
+    assert [dict(m.headers())["careledger-error-code"] for m in dead] == [b"REFERENCE_NOT_SEALED"]
+    assert dead[0].value() == canonical_reference_bytes(consent)
+    clean = _verify(settings)
+    assert clean["result"] == "intact", clean["findings"]
+    assert clean["sealed"]["references_opened"] == len(records), clean["sealed"]  # type: ignore[index]
+    assert _committed(settings, "consent") == sum(1 for r in records if r.kind == "consent")
+
+    def rows(kind: str) -> list[tuple[Any, ...]]:
+        return [r for r in _reference_rows(settings) if r[6] == kind.encode()]
+
+    # chain_id, height, idx, block_hash, kafka_offset, record_id, kind, version,
+    # subject_id, ..., sealed, data_key_id (migration 13 appends them)
+    cols = [c.decode() for (c,) in _describe(settings, "reference_records")]
+    at = {name: cols.index(name) for name in ("record_id", "subject_id", "sealed", "data_key_id")}
+    consents, patients, staff = rows("consent"), rows("patient"), rows("staff")
+    moved, other = (
+        consents[0],
+        next(p for p in patients if p[at["subject_id"]] != consents[0][at["subject_id"]]),
+    )
+    rr = "{db}.reference_records"
+
+    def where(row: tuple[Any, ...]) -> str:
+        return f"chain_id = '{row[0].decode()}' AND height = {row[1]} AND idx = {row[2]}"
+
+    # a consent moved to another patient (their subject pseudonym)
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE subject_id = '{other[at['subject_id']].decode()}' "
+        f"WHERE {where(moved)}",
+    )
+    # a care record's versions regrouped under another record's id
+    regrouped, donor = patients[1], patients[2]
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE record_id = '{donor[at['record_id']].decode()}' "
+        f"WHERE {where(regrouped)}",
+    )
+    # a sealed record swapped for another's
+    swapped, source = patients[3], patients[4]
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE sealed = '{source[at['sealed']].decode()}' "
+        f"WHERE {where(swapped)}",
+    )
+    # a staff member's key deleted with no ledgered erasure
+    gone = staff[0]
+    _alter(
+        settings,
+        f"ALTER TABLE {{db}}.data_keys DELETE WHERE key_id = '{gone[at['data_key_id']].decode()}'",
+    )
+    report = _verify(settings)
+    assert report["result"] == "tampered"
+    found = {
+        (f["code"], f["chain_id"], f["height"], f["event_index"])  # type: ignore[index]
+        for f in report["findings"]  # type: ignore[union-attr]
+    }
+
+    def spot(code: str, row: tuple[Any, ...]) -> tuple[str, str, int, int]:
+        return (code, row[0].decode(), int(row[1]), int(row[2]))
+
+    assert spot("SEALED_REF_MISMATCH", moved) in found, found
+    assert spot("SEALED_REF_MISMATCH", regrouped) in found, found
+    assert spot("SEALED_PART_INVALID", swapped) in found, found
+    assert spot("SEALED_KEY_MISSING", gone) in found, found
+
+
+def _describe(settings: Settings, table: str) -> list[tuple[bytes]]:
+    store = store_for(settings)
+    try:
+        return [
+            (r[0],)
+            for r in store.backend.execute(f"DESCRIBE TABLE {settings.clickhouse_database}.{table}")
+        ]
+    finally:
+        store.backend.close()
 
 
 def _sealed_batch(settings: Settings, events: list[AccessEvent]) -> bytes:

@@ -200,7 +200,11 @@ def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
     }
 
 
-def test_consent_load_is_not_refused_on_a_sealed_ledger(tmp_path: Path) -> None:
+def test_consent_load_is_refused_on_a_sealed_ledger_its_files_would_stay_in_clear(
+    tmp_path: Path,
+) -> None:
+    # consent load ledgers each file's bytes as a raw record, and raw records are not
+    # sealed yet: on a sealed ledger the patient's consent would sit in clear in Kafka
     consent = tmp_path / "c.json"
     consent.write_text("{}")
     result = _run(
@@ -212,4 +216,7 @@ def test_consent_load_is_not_refused_on_a_sealed_ledger(tmp_path: Path) -> None:
         "ehr",
         extra_env={"CARELEDGER_SEAL_EVENTS": "true"},
     )
-    assert "sealed ledger" not in result.stdout + result.stderr
+    assert result.returncode == 2
+    assert "sealed ledger" in result.stderr
+    assert "raw record" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from careledger.config import Settings
 from careledger.keys import KeyFileError, load_public_keys
-from careledger.storage.kinds import SEALED
+from careledger.storage.kinds import SEALED, SEALED_REFERENCE
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -482,8 +482,10 @@ def print_human(run: VerificationRun, out: TextIO, *, findings: bool = True) -> 
             )
         else:
             print(
-                f"  sealed parts: {sealed['opened']} opened with the key store, "
-                f"{sealed['erased']} erased (their keys destroyed by ledgered erasures)",
+                f"  sealed parts: {sealed['opened']} events and "
+                f"{sealed['references_opened']} reference records opened with the key "
+                f"store; {sealed['erased']} events and {sealed['references_erased']} "
+                "reference records erased (their keys destroyed by ledgered erasures)",
                 file=out,
             )
     for r in run.reports:
@@ -544,6 +546,7 @@ def check_run_sealed(
     from verifiers.integrity.sealed import SealedReport, check_sealed, sealed_opener
 
     sealed_chains = [c for c in chains if store.kind_of(c) is SEALED]
+    reference_chains = [c for c in chains if store.kind_of(c) is SEALED_REFERENCE]
     try:
         keystore = open_keystore(settings)
     except (KeyStoreError, KeyFileError) as exc:
@@ -553,7 +556,14 @@ def check_run_sealed(
     erased, not_honoured = erased_key_ids(store.backend, store.db, registrars)
     try:
         with keystore:
-            report = check_sealed(store, keystore, sealed_chains, erased)
+            report = check_sealed(
+                store,
+                keystore,
+                sealed_chains,
+                erased,
+                reference_chains=reference_chains,
+                patient_system=settings.reference_patient_system,
+            )
             # ADR 0023's duplicates, compared opened (their documents differ by salt)
             duplicates = check_duplicate_events(store, open_sealed=sealed_opener(keystore))
     except KeyStoreError as exc:

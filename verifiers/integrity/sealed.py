@@ -24,20 +24,23 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger.keystore import KeyStore
+from careledger.storage.kinds import decode_sealed_reference_row
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
 from careledger_core.event import canonical_event_bytes
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.hashing import leaf_hash
+from careledger_core.reference import ReferenceRecord
 from careledger_core.sealed_event import decode_sealed_document, open_stored
+from careledger_core.sealed_reference import STAFF_KEY_SYSTEM, open_reference, record_ref
 from careledger_core.sealing import patient_ref
 
-__all__ = ["SealedReport", "check_sealed", "sealed_opener"]
+__all__ = ["SealedReport", "check_reference_row", "check_sealed", "sealed_opener"]
 
 PAGE_BLOCKS: Final = 200
 
@@ -47,12 +50,20 @@ class SealedReport:
     opened: int = 0
     #: rows whose key an erasure destroyed (by key id)
     erased: int = 0
+    #: the same for sealed reference records
+    references_opened: int = 0
+    references_erased: int = 0
     findings: list[Finding] = field(default_factory=list)
     #: why nothing was opened (no key store), or None
     not_opened: str | None = None
 
     def summary(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"opened": self.opened, "erased": self.erased}
+        out: dict[str, Any] = {
+            "opened": self.opened,
+            "erased": self.erased,
+            "references_opened": self.references_opened,
+            "references_erased": self.references_erased,
+        }
         if self.not_opened is not None:
             out["not_opened"] = self.not_opened
         return out
@@ -62,7 +73,17 @@ def _str(v: Any) -> str:
     return v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
 
 
-def _rows(store: ChainStore, chain: str) -> Iterator[list[tuple[Any, ...]]]:
+_EVENT_COLUMNS: Final = (
+    "height, idx, event_id, canonical, leaf_hash, patient_id, actor_id, data_key_id, sealed"
+)
+_REFERENCE_COLUMNS: Final = (
+    "height, idx, record_id, canonical, leaf_hash, subject_id, kind, data_key_id, sealed"
+)
+
+
+def _rows(
+    store: ChainStore, chain: str, table: str = "access_events", columns: str = _EVENT_COLUMNS
+) -> Iterator[list[tuple[Any, ...]]]:
     db = store.db
     top = store.backend.execute(
         f"SELECT max(height) FROM {db}.blocks WHERE chain_id = %(c)s", {"c": chain}
@@ -70,8 +91,7 @@ def _rows(store: ChainStore, chain: str) -> Iterator[list[tuple[Any, ...]]]:
     head = top[0][0] if top and type(top[0][0]) is int else -1
     for lo in range(0, head + 1, PAGE_BLOCKS):
         yield store.backend.execute(
-            "SELECT height, idx, event_id, canonical, leaf_hash, patient_id, actor_id, "
-            f"data_key_id, sealed FROM {db}.access_events "
+            f"SELECT {columns} FROM {db}.{table} "
             "WHERE chain_id = %(c)s AND height >= %(lo)s AND height <= %(hi)s AND "
             f"(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash "
             f"FROM {db}.blocks WHERE chain_id = %(c)s) ORDER BY height, idx",
@@ -79,23 +99,118 @@ def _rows(store: ChainStore, chain: str) -> Iterator[list[tuple[Any, ...]]]:
         )
 
 
+def _keys_of(keystore: KeyStore, page: list[tuple[Any, ...]]) -> dict[bytes, Any]:
+    ids = set()
+    for row in page:
+        try:
+            ids.add(bytes.fromhex(_str(row[7])))
+        except ValueError:
+            continue
+    return keystore.keys_by_id(sorted(ids), "verify")
+
+
 def check_sealed(
-    store: ChainStore, keystore: KeyStore, chains: list[str], erased_key_ids: frozenset[str]
+    store: ChainStore,
+    keystore: KeyStore,
+    chains: list[str],
+    erased_key_ids: frozenset[str],
+    *,
+    reference_chains: Sequence[str] = (),
+    patient_system: str = "",
 ) -> SealedReport:
-    """Open every committed sealed event of ``chains`` (the sealed kind's chains)."""
+    """Open every committed sealed event of ``chains`` (the sealed kind's chains) and
+    every sealed reference record of ``reference_chains`` (their patients' ids are of
+    ``patient_system``)."""
     report = SealedReport()
     for chain in chains:
         for page in _rows(store, chain):
-            ids = set()
-            for row in page:
-                try:
-                    ids.add(bytes.fromhex(_str(row[7])))
-                except ValueError:
-                    continue
-            keys = keystore.keys_by_id(sorted(ids), "verify")
+            keys = _keys_of(keystore, page)
             for row in page:
                 _check_row(report, keystore, keys, chain, row, erased_key_ids)
+    for chain in reference_chains:
+        for page in _rows(store, chain, "reference_records", _REFERENCE_COLUMNS):
+            keys = _keys_of(keystore, page)
+            for row in page:
+                check_reference_row(
+                    report, keystore, keys, chain, row, erased_key_ids, patient_system
+                )
     return report
+
+
+def check_reference_row(
+    report: SealedReport,
+    keystore: KeyStore,
+    keys: dict[bytes, Any],
+    chain: str,
+    row: tuple[Any, ...],
+    erased_key_ids: frozenset[str],
+    patient_system: str,
+) -> None:
+    """One row of a sealed ledger's reference chain: a sealed record must open with the
+    key it names, to its document's commitment, under its subject's key, and its
+    ``record_id`` and ``subject_id`` must be the pseudonyms recomputed; a record in clear
+    (a kind that names no one) must carry its own id and subject."""
+    height, idx, record_id, canonical, leaf, subject, kind, key_id, sealed = row
+    if type(canonical) is not bytes or _str(leaf) != leaf_hash(canonical).hex():
+        return  # the chain checks report it
+    try:
+        decoded, _ = decode_sealed_reference_row(canonical)
+    except CareledgerError:
+        return  # the chain checks report it
+    where: dict[str, Any] = {
+        "height": height,
+        "event_index": idx,
+        "event_id": _str(record_id),
+        "details": {"kind": _str(kind)},
+    }
+
+    def finding(code: FindingCode, message: str) -> None:
+        report.findings.append(Finding.of(code, chain, message, **where))
+
+    if isinstance(decoded, ReferenceRecord):
+        if (_str(record_id), _str(subject)) != (decoded.record_id, decoded.subject_id):
+            finding(
+                FindingCode.SEALED_REF_MISMATCH,
+                "record_id or subject_id is not the one of the record in clear",
+            )
+        return
+    try:
+        found = keys.get(bytes.fromhex(_str(key_id)))
+    except ValueError:
+        found = None
+    if found is None:
+        if _str(key_id) in erased_key_ids:
+            report.references_erased += 1
+        else:
+            finding(
+                FindingCode.SEALED_KEY_MISSING,
+                f"the data key {_str(key_id)[:16]}... of this record is gone, and no "
+                "ledgered erasure destroyed it",
+            )
+        return
+    key = found.data_key.key
+    try:
+        record = open_reference(key, canonical, base64.b64decode(_str(sealed), validate=True))
+    except (CareledgerError, binascii.Error) as exc:
+        finding(FindingCode.SEALED_PART_INVALID, f"the sealed record does not open: {exc}")
+        return
+    rec = record.record
+    staff = rec.kind == "staff"
+    system = STAFF_KEY_SYSTEM if staff else patient_system
+    if keystore.lookup(system, rec.subject_id) != found.lookup:
+        finding(
+            FindingCode.SEALED_KEY_NOT_PATIENTS,
+            "the sealed record opens with another subject's data key",
+        )
+        return
+    subject_ref = keystore.actor_ref(rec.subject_id) if staff else patient_ref(key)
+    if (_str(record_id), _str(subject)) != (record_ref(key, rec.kind, rec.record_id), subject_ref):
+        finding(
+            FindingCode.SEALED_REF_MISMATCH,
+            "record_id or subject_id is not the pseudonym of the record or subject sealed in it",
+        )
+        return
+    report.references_opened += 1
 
 
 def _check_row(
