@@ -303,7 +303,8 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         for e in events:
             producer.send(e)
         producer.flush()
-    erased = next(e.patient for e in events if len(e.patient.id) >= 6)  # not "no patient"
+    consenting = {r.subject_id for r in records if r.kind == "consent"}
+    erased = next(e.patient for e in events if e.patient.id in consenting)
     assert erased.system == MRN_SYSTEM
     patient = ["--patient", erased.id, "--system", erased.system or ""]
     theirs = [r for r in records if r.kind != "staff" and r.subject_id == erased.id]
@@ -364,9 +365,48 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         view = run_cli(settings, *view_args)
         assert view.returncode == 0, view.stdout + view.stderr
         (tmp_path / "view.json").write_text(view.stdout)
-        assert len(json.loads(view.stdout)["accesses"]["lines"]) == len(mine)
+        view_doc = json.loads(view.stdout)
+        assert len(view_doc["accesses"]["lines"]) == len(mine)
+        assert view_doc["problems"] == []
+        # their consents, opened through the key store, each with its opening
+        their_consents = [r for r in theirs if r.kind == "consent"]
+        assert sorted((c["record_id"], c["version"]) for c in view_doc["consents"]) == sorted(
+            (r.record_id, r.version) for r in their_consents
+        )
+        assert all("opening" in c["proof"] for c in view_doc["consents"])
         view_checked = run_cli(settings, "patient-view", "--verify", str(tmp_path / "view.json"))
         assert view_checked.returncode == 0, view_checked.stdout + view_checked.stderr
+        # a consent line changed after the fact does not verify
+        view_doc["consents"][0]["status"] = f"{view_doc['consents'][0]['status']}-forged"
+        (tmp_path / "view-forged.json").write_text(json.dumps(view_doc))
+        forged_view = run_cli(
+            settings, "patient-view", "--verify", str(tmp_path / "view-forged.json")
+        )
+        assert forged_view.returncode == 1, forged_view.stdout + forged_view.stderr
+        # ... nor does one whose opening is not the one its signed document commits to
+        view_doc = json.loads(view.stdout)
+        opening = bytearray(base64.b64decode(view_doc["consents"][0]["proof"]["opening"]))
+        opening[0] ^= 1  # another salt
+        view_doc["consents"][0]["proof"]["opening"] = base64.b64encode(opening).decode()
+        (tmp_path / "view-forged.json").write_text(json.dumps(view_doc))
+        forged_view = run_cli(
+            settings, "patient-view", "--verify", str(tmp_path / "view-forged.json")
+        )
+        assert forged_view.returncode == 1, forged_view.stdout + forged_view.stderr
+        assert "COMMITMENT_MISMATCH" in forged_view.stdout + forged_view.stderr or (
+            "commitment" in forged_view.stdout + forged_view.stderr
+        ), forged_view.stdout
+        # the accesses name their staff from the sealed workforce directory, opened
+        directory = {
+            r.subject_id: f"{r.body['given_name']} {r.body['family_name']}"
+            for r in records
+            if r.kind == "staff"
+        }
+        staffed = [x for x in before_doc["lines"] if x["actor_id"] in directory]
+        assert staffed, "no access by a member of the directory"
+        for x in staffed:
+            assert x["actor_source"] == "directory", x
+            assert x["actor_name"] == directory[x["actor_id"]], x
         forged = json.loads((tmp_path / "before.json").read_text())
         forged["lines"][0]["actor_id"] = "someone-else"
         (tmp_path / "forged.json").write_text(json.dumps(forged))

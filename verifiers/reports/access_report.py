@@ -102,7 +102,7 @@ from verifiers.reports.proofs import (
 )
 from verifiers.reports.report_reader import _Block, _Reader, _Row, _text
 from verifiers.reports.report_witnesses import witness_report
-from verifiers.reports.sealed_rows import ErasedRow, sealed_patient_rows
+from verifiers.reports.sealed_rows import ErasedRow, sealed_patient_rows, sealed_staff_records
 from verifiers.reports.verify_proof import (
     load_policy,
     outcome,
@@ -282,6 +282,9 @@ class SealedAccess:
     keystore: KeyStore
     registrars: tuple[PublicKey, ...]
     system: str = ""
+    #: the system of reference data's patient ids (``reference_patient_system``); None:
+    #: ``system``
+    reference_system: str | None = None
 
 
 def _clear_rows(
@@ -373,7 +376,12 @@ def build_report(
 
     state = ReferenceState()
     if view == "access" and rows:
-        state = ReferenceState(reader.staff_records(sorted({r.event.actor.id for r in rows})))
+        actors = sorted({r.event.actor.id for r in rows})
+        state = ReferenceState(
+            reader.staff_records(actors)
+            if sealed is None
+            else sealed_staff_records(reader, sealed.keystore, actors, problems)
+        )
     decisions = None
     if view == "access" and rows:
         decisions = reader.decisions(sorted({r.event.event_id for r in rows}))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import binascii
 import datetime as dt
 import json
 import sys
@@ -48,11 +49,14 @@ from careledger_core.event import normalise_identifier
 from careledger_core.hashing import leaf_hash
 from careledger_core.merkle import MerkleTree, verify_inclusion
 from careledger_core.reference import ReferenceRecord, decode_reference, thaw
+from careledger_core.sealed_reference import SEALED_REFERENCE_SCHEMA, check_opening
+from careledger_core.sealing import SALT_BYTES, SealError
 from careledger_core.signing import TrustedKeys
 from verifiers.auditor.consent import Policy, Provision, parse_consent
 from verifiers.auditor.decision_point.model import DECISION_FORMAT
 from verifiers.reports.access_report import SealedAccess, build_report, parse_range
 from verifiers.reports.proofs import verify_report
+from verifiers.reports.sealed_rows import ConsentRow, sealed_consents
 
 __all__ = [
     "VIEW_SCHEMA",
@@ -183,9 +187,7 @@ def _change(rec: ReferenceRecord, previous: ReferenceRecord | None) -> str:
     return "changed"
 
 
-def _read_consents(
-    backend: SqlBackend, db: str, patient: str
-) -> list[tuple[ReferenceRecord, str, int, int, str, bytes]]:
+def _read_consents(backend: SqlBackend, db: str, patient: str) -> list[ConsentRow]:
     rows = backend.execute(
         "SELECT chain_id, height, idx, block_hash, canonical "
         f"FROM {db}.reference_records WHERE kind = 'consent' AND subject_id = %(p)s "
@@ -193,14 +195,14 @@ def _read_consents(
         f"FROM {db}.blocks) ORDER BY chain_id, height, idx",
         {"p": patient},
     )
-    out = []
+    out: list[ConsentRow] = []
     for chain, height, idx, digest, canonical in rows:
         try:
             rec = decode_reference(bytes(canonical))
         except CareledgerError:
             continue  # `careledger verify` reports it
         if type(height) is int and type(idx) is int and rec.kind == "consent":
-            out.append((rec, _text(chain), height, idx, _text(digest), bytes(canonical)))
+            out.append((rec, _text(chain), height, idx, _text(digest), bytes(canonical), None))
     return out
 
 
@@ -261,14 +263,22 @@ def build_view(
     latest: dict[str, ReferenceRecord] = {}
     in_force: dict[str, ReferenceRecord] = {}
     previous: dict[str, ReferenceRecord] = {}
-    found = _read_consents(backend, db, patient)
+    if sealed is None:
+        found = _read_consents(backend, db, patient)
+    else:  # ADR 0037: the patient's consents opened through the key store
+        system = sealed.system if sealed.reference_system is None else sealed.reference_system
+        found, unopened = sealed_consents(backend, db, sealed.keystore, system, patient)
+        problems.extend(unopened)
     for rec, *_rest in found:
         if rec.effective_at <= now and (
             rec.record_id not in in_force or rec.version > in_force[rec.record_id].version
         ):
             in_force[rec.record_id] = rec
-    for rec, chain, height, idx, digest, canonical in found:
+    for rec, chain, height, idx, digest, canonical, opening in found:
         head = proofs.header(chain, height, digest)
+        proof = proofs.proof("reference_records", chain, height, idx, digest, canonical)
+        if proof is not None and opening is not None:  # what verify_view checks it with
+            proof["opening"] = base64.b64encode(opening).decode("ascii")
         body = thaw(rec.body)
         line = {
             "record_id": rec.record_id,
@@ -280,7 +290,7 @@ def build_view(
             "ledgered_at": None if head is None else head[2],
             "who": _who(body),
             "in_force_now": False,
-            "proof": proofs.proof("reference_records", chain, height, idx, digest, canonical),
+            "proof": proof,
         }
         previous[rec.record_id] = rec
         latest[rec.record_id] = rec
@@ -393,6 +403,23 @@ def _check_proof(proof: Any, trusted: TrustedKeys) -> tuple[bytes | None, str | 
     return canonical, None
 
 
+def _proven_consent(canonical: bytes, proof: Mapping[str, Any]) -> ReferenceRecord:
+    """The record of proven bytes: in clear, or a sealed document opened by the proof's
+    opening (ADR 0037; ``SealError`` when it does not open the document's commitment)."""
+    if SEALED_REFERENCE_SCHEMA.encode() not in canonical:
+        return decode_reference(canonical)
+    opening = proof.get("opening")
+    if not isinstance(opening, str):
+        raise SealError(
+            code="OPENING_MISSING", message="a sealed consent's proof carries no opening"
+        )
+    try:
+        raw = base64.b64decode(opening, validate=True)
+    except binascii.Error:
+        raise SealError(code="SEALED_MALFORMED", message="the opening is not base64") from None
+    return check_opening(canonical, raw[:SALT_BYTES], raw[SALT_BYTES:]).record
+
+
 def verify_view(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[str]:
     """Check every line's proof offline and that each line shows what its proven bytes
     say. Returns the failures (empty: every line proven)."""
@@ -403,7 +430,7 @@ def verify_view(doc: Mapping[str, Any], trusted: TrustedKeys) -> list[str]:
             failures.append(f"consents[{i}]: {why}")
             continue
         try:
-            rec = decode_reference(canonical)
+            rec = _proven_consent(canonical, line.get("proof"))
         except CareledgerError as exc:
             failures.append(f"consents[{i}]: proven bytes are not a reference record: {exc}")
             continue
@@ -562,7 +589,9 @@ def command_patient_view(args: argparse.Namespace, settings: Settings) -> int:
                 file=sys.stderr,
             )
             return 2
-        sealed = SealedAccess(keystore, registrars, args.patient_system)
+        sealed = SealedAccess(
+            keystore, registrars, args.patient_system, settings.reference_patient_system
+        )
     backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         store = ChainStore.for_settings(backend, settings)
