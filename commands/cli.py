@@ -185,16 +185,16 @@ ONE_SHOT = frozenset(
         "kafka-setup",
     }
 )
-#: Commands that read access events or reference data in clear (the auditor, its
-#: alerts, the console, the consent decision point, the demo that runs them), copy a
+#: Commands that read access events or reference data in clear (the auditor's alerts
+#: and the console, which show events, the consent decision point, the demo), copy a
 #: ledger's event rows (the replica, whose block publications carry no sealed parts
 #: yet) or keep a received file in clear (``consent load`` ledgers each file as a raw
 #: record, and raw records are not sealed yet): on a sealed ledger (``seal_events``,
 #: ADR 0037) they refuse in one line, with the reason, until they handle sealed data
-#: (ADR 0037, next steps). ``access-report`` and ``patient-view`` open sealed data.
+#: (ADR 0037, next steps). ``access-report``, ``patient-view`` and ``audit`` open sealed
+#: data (the auditor decides on pseudonyms).
 NOT_ON_SEALED_LEDGER: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "audit": "it reads access events in clear",
         "alerts": "it reads access events in clear",
         "console": "it reads access events in clear",
         "consent": "it reads consents and access events in clear, and `consent load` "

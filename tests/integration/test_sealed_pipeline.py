@@ -59,6 +59,8 @@ from tests.integration.pipeline import (
 )
 from tests.integration.test_signed_pipeline import _read, _wait_registry_ledgered
 from tests.softhsm import with_token
+from verifiers.auditor import Auditor, ReferenceState
+from verifiers.auditor.rules import core_consent_evaluator
 
 pytestmark = pytest.mark.integration
 
@@ -343,6 +345,24 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         by_id = {e.event_id: e for e in events}
         assert set(_opened(settings, by_id).values()) == {True}
 
+        # 2b. the auditor opens what its rules need and decides on pseudonyms: the same
+        # decisions as the auditor in clear over the same events and reference data
+        # (what it writes is searched with everything else at the end)
+        lo = min(e.occurred_at for e in events)
+        hi = max(e.occurred_at for e in events)[:19] + ".999999Z"
+        audited = run_cli(settings, "audit", "--from", lo, "--to", hi, "--no-publish", "--json")
+        assert audited.returncode == 0, audited.stdout + audited.stderr
+        summary = json.loads(audited.stdout)
+        clear = Auditor(ReferenceState(records), consent_evaluator=core_consent_evaluator).run(
+            events
+        )
+        assert summary["events_read"] == len(events) and summary["sealed_not_opened"] == 0
+        assert summary["explained"] == sum(1 for d in clear if d.explained and not d.amends)
+        assert summary["flagged"] == sum(1 for d in clear if d.flagged), summary
+        assert summary["alerts"] > 0
+        told = audited.stdout + audited.stderr
+        assert not [i for i in identifiers if i.decode() in told], "an identifier in the output"
+
         # 3. the patient's access report opens their lines, each proven offline
         mine = [e for e in events if e.patient.id == erased.id]
         days = ["--from", min(e.occurred_at for e in events)[:10]]
@@ -598,8 +618,14 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
     read (whose consent, whose care relationship, which staff member) is a pseudonym
     column, unsigned: verify recomputes it from the record opened, and finds it edited."""
     settings = _sealed_settings(isolated, tmp_path)
-    records = HospitalModel(staff=10, patients=20, seed=44).reference_records()
+    model = HospitalModel(staff=10, patients=20, seed=44)
+    records = model.reference_records()
     assert produce_reference(settings, records) == (len(records), len(records))
+    events = list(simulate(model, 150, seed=44))
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
     consent = next(r for r in records if r.kind == "consent")
     with AccessEventProducer(settings, topic=settings.topic_consents, sign=False) as producer:
         # someone with write access to Kafka sends a consent in clear: refused, not chained
@@ -612,6 +638,8 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
             120,
             what="the reference data chained",
         )
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
         dead = _read(settings, settings.topic_dead_letter, 1, timeout=60)
     finally:
         stop(proc)
@@ -621,6 +649,13 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
     clean = _verify(settings)
     assert clean["result"] == "intact", clean["findings"]
     assert clean["sealed"]["references_opened"] == len(records), clean["sealed"]  # type: ignore[index]
+    # the auditor follows a sealed ledger too: every committed access decided once
+    followed = run_cli(
+        settings, "audit", "--follow", "--no-publish", "--no-warmup", "--max-cycles", "3", "--json"
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    cycles = [json.loads(line) for line in followed.stdout.splitlines() if line.startswith("{")]
+    assert sum(c["decisions"] for c in cycles) == len(events), followed.stdout
     assert _committed(settings, "consent") == sum(1 for r in records if r.kind == "consent")
 
     def rows(kind: str) -> list[tuple[Any, ...]]:

@@ -28,6 +28,7 @@ from careledger.progress import Progress
 from careledger.service_health import ServiceHealth
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.kinds import reference_topics
+from careledger_core.errors import CareledgerError
 
 from .runner import (
     AlertPublisher,
@@ -118,6 +119,23 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
     # the sources topic carries the source registry, not data the rules use
     audited = reference_topics(settings) - {settings.topic_sources}
     store = AuditStore(backend, settings.clickhouse_database, audited)
+    keystore = None
+    if settings.seal_events:  # ADR 0037: opened through the key store, decided on pseudonyms
+        from careledger.keystore import open_keystore
+        from verifiers.auditor.runner.sealed_store import SealedAuditStore
+
+        try:
+            keystore = open_keystore(settings)
+        except CareledgerError as exc:
+            backend.close()
+            return _error(f"a sealed ledger needs its key store: {exc}")
+        store = SealedAuditStore(
+            backend,
+            settings.clickhouse_database,
+            audited,
+            keystore,
+            settings.reference_patient_system,
+        )
     publisher: AlertPublisher | None = None
     try:
         if not args.no_publish:
@@ -141,6 +159,8 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         except StorageError as exc:
             return _error(f"{exc.message} (run again; --republish if alerts were not delivered)")
         summary = result.to_json()
+        if keystore is not None:  # rows that did not open (erased, or verify's findings)
+            summary["sealed_not_opened"] = getattr(store, "unopened", 0)
         if args.json:
             print(json.dumps(summary, sort_keys=True))
         else:
@@ -162,6 +182,8 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         backend.close()
+        if keystore is not None:
+            keystore.close()
 
 
 def _follow(
