@@ -231,6 +231,8 @@ def _opened(settings: Settings, events: dict[str, AccessEvent]) -> dict[str, boo
     out: dict[str, bool] = {}
     with open_keystore(settings) as keys:
         for eid, pref, aref, key_id, sealed, canonical, leaf in rows:
+            if eid.decode() not in events:
+                continue  # the auditor's own (an alert's status change)
             event = events[eid.decode()]
             lookup = keys.lookup(event.patient.system or "", event.patient.id)
             key = keys.key(lookup, bytes.fromhex(key_id.decode()), "test")
@@ -361,6 +363,26 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         assert summary["flagged"] == sum(1 for d in clear if d.flagged), summary
         assert summary["alerts"] > 0
         told = audited.stdout + audited.stderr
+        # the privacy office works an alert: its status change is a sealed access event,
+        # chained, opened when the alert is shown (its history ledgered and intact)
+        listed = run_cli(settings, "alerts", "list", "--json")
+        assert listed.returncode == 0, listed.stdout + listed.stderr
+        alerts = json.loads(listed.stdout)
+        assert len(alerts) == summary["alerts"]
+        worked = alerts[0]["alert_id"]
+        acked = run_cli(settings, "alerts", "ack", worked, "--by", "privacy-officer-7")
+        assert acked.returncode == 0, acked.stdout + acked.stderr
+
+        def shown() -> dict[str, Any]:
+            out = run_cli(settings, "alerts", "show", worked, "--json")
+            assert out.returncode == 0, out.stdout + out.stderr
+            return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+        wait_until(lambda: not shown()["status_pending"], 90, what="the status change chained")
+        case = shown()
+        assert case["status"] == "acknowledged" and case["status_history_intact"], case
+        assert case["status_history_ledgered"], case
+        told += listed.stdout + acked.stdout + json.dumps(case)
         assert not [i for i in identifiers if i.decode() in told], "an identifier in the output"
 
         # 3. the patient's access report opens their lines, each proven offline
@@ -475,7 +497,7 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
     # the patient's reference records (their demographics, care relationships and
     # consents) went with their key
     assert report["sealed"] == {
-        "opened": len(events) - gone,
+        "opened": len(events) - gone + 1,  # and the alert's status change
         "erased": gone,
         "references_opened": len(records) - len(theirs),
         "references_erased": len(theirs),

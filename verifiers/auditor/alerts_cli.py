@@ -55,6 +55,7 @@ from verifiers.auditor.runner.rows import status_history_intact as verify_histor
 from verifiers.auditor.status_records import (
     STATUS_RECORD_FORMAT,
     AlertStatus,
+    EventOpener,
     StatusReconciliation,
     read_ledgered_status,
     read_status_rows,
@@ -147,24 +148,35 @@ def _text(value: Any) -> str:
 
 
 def ledgered_positions(
-    backend: SqlBackend, db: str, entries: Sequence[dict[str, Any]]
+    backend: SqlBackend,
+    db: str,
+    entries: Sequence[dict[str, Any]],
+    open_event: EventOpener | None = None,
 ) -> list[dict[str, Any] | None]:
     """Per status change: where its access event is in a committed block (and carries
-    the change's hash), or None (not chained yet, or missing)."""
+    the change's hash), or None (not chained yet, or missing). ``open_event``: a sealed
+    ledger's opener (ADR 0037)."""
     if not entries:
         return []
     ids = {status_event_id(e["entry_hash"]): e for e in entries}
     rows = backend.execute(
-        f"SELECT event_id, chain_id, height, idx, canonical FROM {db}.access_events "
+        "SELECT event_id, chain_id, height, idx, canonical, sealed, data_key_id "
+        f"FROM {db}.access_events "
         "WHERE event_id IN %(ids)s AND (chain_id, height, block_hash) IN "
         f"(SELECT chain_id, height, block_hash FROM {db}.blocks)",
         {"ids": tuple(sorted(ids))},
     )
     found: dict[str, dict[str, Any]] = {}
-    for event_id, chain, height, idx, canonical in rows:
+    for event_id, chain, height, idx, canonical, sealed, key_id in rows:
         entry = ids.get(_text(event_id))
         try:
-            ev = decode_event(bytes(canonical))
+            if open_event is None:
+                ev = decode_event(bytes(canonical))
+            else:
+                opened = open_event(bytes(canonical), _text(sealed), _text(key_id))
+                if opened is None:
+                    continue
+                ev = opened
         except CareledgerError:
             continue
         if (
@@ -186,7 +198,7 @@ def status_view(book: AlertBook, alert_ids: Sequence[str] | None = None) -> Stat
     """The status rows (of ``alert_ids``, else all) reconciled with the ledgered status
     changes: what may be shown as each alert's status (``status_records.reconcile``)."""
     rows = read_status_rows(book.backend, book.db, alert_ids)
-    records = read_ledgered_status(book.backend, book.db, alert_ids)
+    records = read_ledgered_status(book.backend, book.db, alert_ids, book.open_event)
     now_us = ts_to_us(utc_now_ts())
     return reconcile(rows, records, now_us=now_us)
 
@@ -230,8 +242,19 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
         return _tail(args, settings)
     if action == "forward":
         return command_forward(args, settings)
+    keystore = None
+    open_event = None
+    if settings.seal_events:  # ADR 0037: status records are sealed events
+        from careledger.keystore import open_keystore
+        from verifiers.auditor.runner.sealed_store import SealedEventOpener
+
+        try:
+            keystore = open_keystore(settings)
+        except CareledgerError as exc:
+            return _error(f"a sealed ledger needs its key store: {exc}")
+        open_event = SealedEventOpener(keystore, "alerts")
     backend = ClickHouseBackend.from_settings(settings)
-    book = AlertBook(backend, settings.clickhouse_database)
+    book = AlertBook(backend, settings.clickhouse_database, open_event)
     try:
         if action == "list":
             return _list(args, book)
@@ -242,8 +265,12 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
         return _change(args, settings, book, action)
     except StorageError as exc:
         return _error(exc.message)
+    except CareledgerError as exc:  # the key store, mid-command
+        return _error(f"cannot open the sealed ledger: {exc}")
     finally:
         backend.close()
+        if keystore is not None:
+            keystore.close()
 
 
 def _list(args: argparse.Namespace, book: AlertBook) -> int:

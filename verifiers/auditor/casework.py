@@ -44,7 +44,7 @@ from verifiers.auditor.runner.rows import (
     utc_now_ts,
 )
 from verifiers.auditor.runner.store import AuditStore
-from verifiers.auditor.status_records import status_event
+from verifiers.auditor.status_records import EventOpener, status_event
 
 __all__ = [
     "ACTIONS",
@@ -123,9 +123,13 @@ def assignee(changes: Sequence[Mapping[str, Any]]) -> str | None:
 class AlertBook:
     """Alerts and their status history in one database."""
 
-    def __init__(self, backend: SqlBackend, database: str) -> None:
+    def __init__(
+        self, backend: SqlBackend, database: str, open_event: EventOpener | None = None
+    ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
+        #: a sealed ledger's event opener (ADR 0037): status records are sealed events
+        self.open_event = open_event
 
     def alerts(self, where: str = "", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         rows = self.backend.execute(

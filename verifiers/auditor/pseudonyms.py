@@ -28,7 +28,7 @@ simulated hospital in clear and on pseudonyms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -38,7 +38,7 @@ from careledger_core.reference import ReferenceRecord, reference_from_dict, refe
 
 from .history import NO_PATIENT_ID
 
-__all__ = ["Pseudonyms", "pseudonymous_event", "pseudonymous_reference"]
+__all__ = ["Pseudonyms", "pseudonymous_event", "pseudonymous_inputs", "pseudonymous_reference"]
 
 #: FHIR resource types of references that name a person acting (a consent's actors)
 _PERSON_TYPES: Final = frozenset({"Practitioner", "PractitionerRole", "RelatedPerson", "Person"})
@@ -164,3 +164,37 @@ def _references(value: Any, patient: Callable[[str], str], refs: Pseudonyms) -> 
         ref.pop("display", None)
     for member in value.values():
         _references(member, patient, refs)
+
+
+def pseudonymous_inputs(
+    records: Sequence[ReferenceRecord],
+    events: Sequence[AccessEvent],
+    confirmed: Sequence[tuple[str, str]],
+    refs: Pseudonyms,
+) -> tuple[list[ReferenceRecord], list[AccessEvent], list[tuple[str, str]]]:
+    """An auditor's inputs in clear (reference records, events, confirmed violations by
+    actor) as it sees them on a sealed ledger: for ``benchmark-audit --sealed`` and the
+    tests that compare both. A record's ``record_ref`` is a token of its kind and id here
+    (on the ledger it is keyed by its subject's data key: equally one-to-one)."""
+
+    def subject(r: ReferenceRecord) -> str:
+        return refs.actor(r.subject_id) if r.kind == "staff" else refs.patient(r.subject_id)
+
+    return (
+        [
+            pseudonymous_reference(
+                r, refs.token("record", f"{r.kind}/{r.record_id}"), subject(r), refs
+            )
+            for r in records
+        ],
+        [
+            pseudonymous_event(
+                e,
+                NO_PATIENT_ID if e.patient.id == NO_PATIENT_ID else refs.patient(e.patient.id),
+                refs.actor(e.actor.id),
+                refs,
+            )
+            for e in events
+        ],
+        [(refs.actor(a), at) for a, at in confirmed],
+    )

@@ -39,6 +39,7 @@ __all__ = [
     "STATUS_RECORD_FORMAT",
     "STATUS_SOURCE_SYSTEM",
     "AlertStatus",
+    "EventOpener",
     "LedgeredStatus",
     "StatusReconciliation",
     "StatusRow",
@@ -152,15 +153,24 @@ def _text(value: Any) -> str:
     return str(value)
 
 
+#: opens a sealed ledger's event row (its signed document, sealed part and data key id)
+#: to the event, or None when it does not open (ADR 0037)
+EventOpener = Callable[[bytes, str, str], AccessEvent | None]
+
+
 def read_ledgered_status(
-    backend: SqlBackend, database: str, alert_ids: Sequence[str] | None = None
+    backend: SqlBackend,
+    database: str,
+    alert_ids: Sequence[str] | None = None,
+    open_event: EventOpener | None = None,
 ) -> list[LedgeredStatus]:
     """Every status change chained in a committed block (of ``alert_ids`` only, if
     given), read from the signed canonical bytes: a denormalised column an insider
-    edits cannot hide one. In ledger order."""
+    edits cannot hide one. In ledger order. On a sealed ledger ``open_event`` opens each
+    (its signed document holds the record's format and hash; the rest is sealed)."""
     db = check_identifier(database)
     rows = backend.execute(
-        f"SELECT chain_id, height, idx, canonical FROM {db}.access_events "
+        f"SELECT chain_id, height, idx, canonical, sealed, data_key_id FROM {db}.access_events "
         "WHERE position(canonical, %(fmt)s) > 0 AND (chain_id, height, block_hash) IN "
         f"(SELECT chain_id, height, block_hash FROM {db}.blocks) "
         "ORDER BY chain_id, height, idx",
@@ -168,9 +178,14 @@ def read_ledgered_status(
     )
     wanted = None if alert_ids is None else set(alert_ids)
     out: list[LedgeredStatus] = []
-    for chain, height, idx, canonical in rows:
+    for chain, height, idx, canonical, sealed, key_id in rows:
         try:
-            event = decode_event(bytes(canonical))
+            if open_event is None:
+                event: AccessEvent | None = decode_event(bytes(canonical))
+            else:
+                event = open_event(bytes(canonical), _text(sealed), _text(key_id))
+            if event is None:
+                continue  # does not open: verify names it
             record = ledgered_status_of(event, _text(chain), int(height), int(idx))
         except (CareledgerError, TypeError, ValueError):
             continue  # a tampered event row: the integrity checks report it

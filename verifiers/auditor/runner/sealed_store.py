@@ -21,6 +21,7 @@ from careledger.keystore import KeyStore
 from careledger.storage.backend import SqlBackend
 from careledger.storage.kinds import decode_sealed_reference_row
 from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
 from careledger_core.sealed_event import open_stored
 from careledger_core.sealed_reference import open_reference
@@ -31,7 +32,7 @@ from .decide import LedgeredEvent, LedgeredReference, Position
 from .rows import _text
 from .store import _SOURCE_KINDS, AuditStore
 
-__all__ = ["KeystorePseudonyms", "SealedAuditStore"]
+__all__ = ["KeystorePseudonyms", "SealedAuditStore", "SealedEventOpener"]
 
 log = logging.getLogger("careledger.audit")
 
@@ -73,6 +74,33 @@ class KeystorePseudonyms:
             ref = self.keystore.lookup(_TOKEN_SYSTEM + kind, value).hex()
             self._tokens[(kind, value)] = ref
         return ref
+
+
+class SealedEventOpener:
+    """Opens a sealed ledger's event rows (signed document, sealed part, data key id) to
+    their events, keys unwrapped once each and counted under ``purpose``; None for a row
+    that does not open (its key erased, or a tamper ``verify`` names)."""
+
+    def __init__(self, keystore: KeyStore, purpose: str) -> None:
+        self.keystore = keystore
+        self.purpose = purpose
+        self._keys: dict[str, bytes | None] = {}
+
+    def __call__(self, canonical: bytes, sealed: str, key_id: str) -> AccessEvent | None:
+        if key_id not in self._keys:
+            try:
+                found = self.keystore.keys_by_id([bytes.fromhex(key_id)], self.purpose)
+            except ValueError:
+                found = {}
+            of = next(iter(found.values()), None)
+            self._keys[key_id] = None if of is None else of.data_key.key
+        key = self._keys[key_id]
+        if key is None:
+            return None
+        try:
+            return open_stored(key, canonical, base64.b64decode(sealed, validate=True)).event
+        except (CareledgerError, binascii.Error):
+            return None
 
 
 class SealedAuditStore(AuditStore):
