@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 from collections import defaultdict
 from typing import Any
@@ -29,11 +30,56 @@ from typing import Any
 from careledger.config import Settings
 
 
-def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str, Any]:
+def _decide(records: Any, events: Any, confirmed: Any) -> tuple[list[Any], float]:
+    from verifiers.auditor import Auditor, ReferenceState
+    from verifiers.auditor.rules import core_consent_evaluator
+
+    started = time.perf_counter()
+    auditor = Auditor(ReferenceState(records), consent_evaluator=core_consent_evaluator)
+    for actor_id, at in confirmed:
+        auditor.history.record_confirmed_violation(actor_id, at)
+    decisions = auditor.run(events)
+    return decisions, time.perf_counter() - started
+
+
+def _outcome(d: Any) -> tuple[Any, ...]:
+    flags = tuple(sorted((str(f.code), str(f.severity), f.routine) for f in d.flags))
+    return (d.event_id, d.amends, flags, None if d.explanation is None else str(d.explanation.kind))
+
+
+def _on_pseudonyms(scenario: Any) -> tuple[Any, Any, Any, float]:
+    """The scenario as the auditor sees a sealed ledger (ADR 0037): every identifier
+    replaced by a pseudonym of a real SoftHSM2 token's keys (a token of its own, in a
+    temporary directory, its key rows in a file), each patient with a data key."""
+    import tempfile
+    from pathlib import Path
+
+    from careledger.keystore import KeyStore, local_token
+    from producers.simulator.vocabulary import MRN_SYSTEM
+    from verifiers.auditor.pseudonyms import pseudonymous_inputs
+    from verifiers.auditor.runner.sealed_store import KeystorePseudonyms
+
+    started = time.perf_counter()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        KeyStore(local_token(Path(tmp), "benchmark-audit"), create=True) as keystore,
+    ):
+        refs = KeystorePseudonyms(keystore, MRN_SYSTEM)
+        patients = {e.patient.id for e in scenario.events if e.patient.id != "-"}
+        patients |= {r.subject_id for r in scenario.reference_records if r.kind != "staff"}
+        keystore.data_keys_for([keystore.lookup(MRN_SYSTEM, p) for p in patients], "benchmark")
+        records, events, confirmed = pseudonymous_inputs(
+            scenario.reference_records, scenario.events, scenario.confirmed_violations, refs
+        )
+    return records, events, confirmed, time.perf_counter() - started
+
+
+def run(
+    events: int, seed: int, rate: float, warmup_events: int = 0, *, sealed: bool = False
+) -> dict[str, Any]:
     from producers.simulator import DEFAULT_START, HospitalModel
     from producers.simulator.scenarios import simulate_audit_scenario
-    from verifiers.auditor import Auditor, ReferenceState, RuleCode
-    from verifiers.auditor.rules import core_consent_evaluator
+    from verifiers.auditor import RuleCode
     from verifiers.auditor.runner.follow import tune_gc
 
     started = time.perf_counter()
@@ -43,14 +89,19 @@ def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str
     generated = time.perf_counter() - started
 
     tune_gc()  # as ``audit --follow`` runs
-    started = time.perf_counter()
-    auditor = Auditor(
-        ReferenceState(scenario.reference_records), consent_evaluator=core_consent_evaluator
-    )
-    for actor_id, at in scenario.confirmed_violations:
-        auditor.history.record_confirmed_violation(actor_id, at)
-    decisions = auditor.run(scenario.events)
-    audit_s = time.perf_counter() - started
+    inputs = (scenario.reference_records, scenario.events, scenario.confirmed_violations)
+    sealed_figures: dict[str, Any] | None = None
+    if sealed:
+        *inputs, pseudonymize_s = _on_pseudonyms(scenario)  # type: ignore[assignment]
+        clear, _ = _decide(
+            scenario.reference_records, scenario.events, scenario.confirmed_violations
+        )
+        sealed_figures = {"pseudonymize_seconds": pseudonymize_s}
+    decisions, audit_s = _decide(*inputs)
+    if sealed_figures is not None:
+        differ = {_outcome(d) for d in decisions} ^ {_outcome(d) for d in clear}
+        sealed_figures["decisions"] = len(decisions)
+        sealed_figures["decisions_differing_from_clear"] = len({o[0] for o in differ})
 
     # The warm-up only builds history (baselines); nothing in it is scored.
     scored_from = scenario.scored_from or ""
@@ -109,6 +160,7 @@ def run(events: int, seed: int, rate: float, warmup_events: int = 0) -> dict[str
         "scenario_seconds": generated,
         "audit_seconds": audit_s,
         "audit_events_per_s": len(scenario.events) / audit_s if audit_s else None,
+        "sealed": sealed_figures,
     }
 
 
@@ -123,6 +175,12 @@ def configure_benchmark_audit(parser: argparse.ArgumentParser) -> None:
         help="legitimate traffic before the measured period, not scored: the history "
         "(per-actor and per-role baselines) a running auditor has",
     )
+    parser.add_argument(
+        "--sealed",
+        action="store_true",
+        help="decide on pseudonyms, as on a sealed ledger (ADR 0037; a SoftHSM2 token of "
+        "its own), and count the decisions that differ from the auditor in clear",
+    )
     parser.add_argument("--json", action="store_true")
 
 
@@ -131,7 +189,17 @@ def _f(value: float | None) -> str:
 
 
 def command_benchmark_audit(args: argparse.Namespace, settings: Settings) -> int:
-    figures = run(args.events, args.seed, args.inappropriate_rate, args.warmup_events)
+    from careledger.keystore import KeyStoreError
+
+    try:
+        figures = run(
+            args.events, args.seed, args.inappropriate_rate, args.warmup_events, sealed=args.sealed
+        )
+    except KeyStoreError as exc:
+        print(
+            f"careledger benchmark-audit: --sealed needs a SoftHSM2 token: {exc}", file=sys.stderr
+        )
+        return 2
     if args.json:
         print(json.dumps(figures, indent=2))
         return 0
@@ -164,4 +232,11 @@ def command_benchmark_audit(args: argparse.Namespace, settings: Settings) -> int
         f"auditor: {figures['audit_events_per_s']:,.0f} accesses/s in one process "
         f"(scenario generated in {figures['scenario_seconds']:.1f} s)"
     )
+    sealed = figures["sealed"]
+    if sealed is not None:
+        print(
+            f"on pseudonyms (a sealed ledger): {sealed['decisions']:,} decisions, "
+            f"{sealed['decisions_differing_from_clear']:,} differing from the auditor in "
+            f"clear; pseudonymized in {sealed['pseudonymize_seconds']:.1f} s"
+        )
     return 0

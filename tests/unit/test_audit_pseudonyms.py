@@ -21,7 +21,7 @@ from producers.simulator.vocabulary import MRN_SYSTEM
 from tests.softhsm import softhsm_dir
 from verifiers.auditor import Auditor, ReferenceState
 from verifiers.auditor.decisions import AccessDecision
-from verifiers.auditor.pseudonyms import pseudonymous_event, pseudonymous_reference
+from verifiers.auditor.pseudonyms import pseudonymous_inputs
 from verifiers.auditor.rules import core_consent_evaluator
 from verifiers.auditor.runner.sealed_store import KeystorePseudonyms
 
@@ -64,25 +64,12 @@ def test_every_event_is_decided_the_same_in_clear_and_on_pseudonyms(
     # every patient has a data key, as on a sealed ledger (made when first sealed)
     keystore.data_keys_for([keystore.lookup(MRN_SYSTEM, p) for p in set(patients)], "test")
 
-    def subject(r: ReferenceRecord) -> str:
-        return refs.actor(r.subject_id) if r.kind == "staff" else refs.patient(r.subject_id)
-
-    sealed_records = [
-        pseudonymous_reference(r, refs.token("record", f"{r.kind}/{r.record_id}"), subject(r), refs)
-        for r in scenario.reference_records
-    ]
-    sealed_events = [
-        pseudonymous_event(
-            e,
-            refs.patient(e.patient.id) if e.patient.id != "-" else "-",
-            refs.actor(e.actor.id),
-            refs,
-        )
-        for e in events
-    ]
+    sealed_records, sealed_events, sealed_confirmed = pseudonymous_inputs(
+        scenario.reference_records, events, scenario.confirmed_violations, refs
+    )
     confirmed = list(scenario.confirmed_violations)
     clear = _decide(scenario.reference_records, events, confirmed)
-    pseudo = _decide(sealed_records, sealed_events, [(refs.actor(a), at) for a, at in confirmed])
+    pseudo = _decide(sealed_records, sealed_events, sealed_confirmed)
 
     assert len(clear) == len(pseudo) >= len(events)
     by_event: dict[tuple[str, bool], Any] = {}
