@@ -369,6 +369,7 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         assert listed.returncode == 0, listed.stdout + listed.stderr
         alerts = json.loads(listed.stdout)
         assert len(alerts) == summary["alerts"]
+        alerts.sort(key=lambda a: -len(a["event_ids"]) if a["patient_ref"] else 0)
         worked = alerts[0]["alert_id"]
         acked = run_cli(settings, "alerts", "ack", worked, "--by", "privacy-officer-7")
         assert acked.returncode == 0, acked.stdout + acked.stderr
@@ -480,9 +481,55 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         for out in (hipaa, placed, held, lifted, done):
             assert erased.id not in out.stdout + out.stderr
         wait_until(lambda: _committed(settings, "erasure") == 3, 60, what="2 refusals, 1 erasure")
+
+        # 6. a case: the privacy officer re-identifies the worked alert's accesses. It is
+        # ledgered first, one sealed access event per patient, in that patient's report;
+        # the erased patient's accesses stay erased
+        reid = run_cli(
+            settings,
+            *("alerts", "reidentify", worked, "--by", "privacy-officer-7"),
+            *("--reason", "case 42", "--json"),
+        )
+        assert reid.returncode == 0, reid.stdout + reid.stderr
+        case_doc = json.loads(reid.stdout)
+        assert len(case_doc["events"]) == len(alerts[0]["event_ids"]) > 0
+        reidentified = set()
+        for line in case_doc["events"]:
+            e = by_id[line["event_id"]]
+            if e.patient.id == erased.id:
+                assert line.get("erased_or_unopened"), line
+                continue
+            assert (line["actor_id"], line["patient_id"]) == (e.actor.id, e.patient.id)
+            if e.patient.id != "-":
+                reidentified.add((e.patient.id, e.patient.system or ""))
+        assert len(case_doc["ledgered_as"]) == len(reidentified) > 0, case_doc
+        wait_until(
+            lambda: committed_event_count(store) >= len(events) + 1 + len(reidentified),
+            90,
+            what="the re-identification chained",
+        )
+        who, system = sorted(reidentified)[0]
+        today = time.strftime("%Y-%m-%d", time.gmtime())
+        theirs_now = run_cli(
+            settings,
+            *("access-report", "--patient", who, "--patient-system", system),
+            *("--from", days[1], "--to", today, "--format", "json"),
+            "--out",
+            str(tmp_path / "reidentified.json"),
+        )
+        assert theirs_now.returncode == 0, theirs_now.stdout + theirs_now.stderr
+        looked = [
+            x
+            for x in json.loads((tmp_path / "reidentified.json").read_text())["lines"]
+            if x["event_id"] in case_doc["ledgered_as"]
+        ]
+        assert [x["actor_id"] for x in looked] == ["privacy-officer-7"], looked
     finally:
         stop(proc)
-    assert _rows(settings, _LEAVES) == before  # not a leaf, block hash or stored byte changed
+    # not a leaf, block hash or stored byte changed by the erasure (rows added after it:
+    # the re-identification)
+    kept = {r[1] for r in before}
+    assert [r for r in _rows(settings, _LEAVES) if r[1] in kept] == before
     # after all of it (erasure, holds, refusals, reports, verifications), nothing at rest
     # names anyone: every topic, every table, the processor's log
     at_rest = _everything_at_rest(settings)
@@ -497,7 +544,8 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
     # the patient's reference records (their demographics, care relationships and
     # consents) went with their key
     assert report["sealed"] == {
-        "opened": len(events) - gone + 1,  # and the alert's status change
+        # and the alert's status change and the re-identifications
+        "opened": len(events) - gone + 1 + len(reidentified),
         "erased": gone,
         "references_opened": len(records) - len(theirs),
         "references_erased": len(theirs),

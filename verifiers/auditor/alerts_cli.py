@@ -5,6 +5,8 @@
 * ``ack ID --by WHO [--note N]`` / ``resolve ID --by WHO --note N [--false-positive]``
 * ``assign ID --to WHO --by WHO`` / ``comment ID --by WHO --note N`` /
   ``reopen ID --by WHO --note WHY`` (``verifiers.auditor.casework``)
+* ``reidentify ID --by WHO --reason WHY`` (a sealed ledger, ADR 0037): the accesses
+  actors and patients, ledgered first (``verifiers.auditor.reidentify``)
 * ``tail`` follow the alerts topic
 
 Patients only ever appear as pseudonymous references. A status change is appended to
@@ -128,6 +130,15 @@ def configure_alerts(parser: argparse.ArgumentParser) -> None:
     p.add_argument("alert_id")
     p.add_argument("--by", required=True, help="who")
     p.add_argument("--note", required=True, help="why it is reopened")
+    p = sub.add_parser(
+        "reidentify",
+        help="a sealed ledger: who the alert's accesses were by and about, for a case "
+        "(ledgered first, in each patient's access report)",
+    )
+    p.add_argument("alert_id")
+    p.add_argument("--by", required=True, help="who re-identifies")
+    p.add_argument("--reason", required=True, help="why (the case)")
+    p.add_argument("--json", action="store_true")
     p = sub.add_parser("tail", help="follow new alerts on the alerts topic")
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--max-messages", type=int, help="stop after N alerts")
@@ -236,7 +247,8 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
     action = getattr(args, "alerts_command", None)
     if action is None:
         return _error(
-            "give an action: list, show, ack, assign, comment, resolve, reopen, tail or forward"
+            "give an action: list, show, ack, assign, comment, resolve, reopen, reidentify, "
+            "tail or forward"
         )
     if action == "tail":
         return _tail(args, settings)
@@ -260,6 +272,8 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
             return _list(args, book)
         if action == "show":
             return _show(args, book)
+        if action == "reidentify":
+            return _reidentify(args, settings, book, keystore)
         if action == "resolve" and args.false_positive:
             action = "dismiss"
         return _change(args, settings, book, action)
@@ -360,6 +374,40 @@ def _show(args: argparse.Namespace, book: AlertBook) -> int:
         print(json.dumps(alert, sort_keys=True, indent=2))
     else:
         print("\n".join(render_alert(alert)))
+    return 0
+
+
+def _reidentify(
+    args: argparse.Namespace, settings: Settings, book: AlertBook, keystore: Any
+) -> int:
+    from verifiers.auditor.reidentify import ReidentifyError, reidentify
+
+    if keystore is None:
+        return _error("this ledger is not sealed (seal_events is off): `show` shows the alert")
+    alert = book.alert(args.alert_id)
+    if alert is None:
+        return _error(f"no alert {args.alert_id}", 1)
+    try:
+        shown = reidentify(settings, book.backend, book.db, keystore, alert, args.by, args.reason)
+    except ReidentifyError as exc:
+        return _error(exc.message)
+    if args.json:
+        print(json.dumps(shown, sort_keys=True))
+        return 0
+    d = display
+    print(
+        f"alert {d(shown['alert_id'])}: re-identified by {d(args.by)} ({d(args.reason)}), "
+        f"ledgered as {len(shown['ledgered_as'])} access event(s)"
+    )
+    for e in shown["events"]:
+        if e.get("erased_or_unopened"):
+            print(f"  {d(e['event_id'])}  (erased, or does not open: not re-identified)")
+            continue
+        print(
+            f"  {d(e['occurred_at'])}  {d(e['action'])}  actor {d(e['actor_id'])} "
+            f"{d(e['actor_name'] or '')}  patient {d(e['patient_id'])} "
+            f"({d(e['patient_system'] or '')})"
+        )
     return 0
 
 
