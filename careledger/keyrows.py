@@ -81,6 +81,8 @@ class KeyRows(Protocol):
 
     def rows_many(self, lookups: Sequence[bytes]) -> list[KeyRow]: ...
 
+    def lookups(self) -> list[bytes]: ...
+
     def add(self, row: KeyRow) -> None: ...
 
     def add_many(self, rows: Sequence[KeyRow]) -> None: ...
@@ -135,6 +137,10 @@ class FileRows:
 
     def rows_many(self, lookups: Sequence[bytes]) -> list[KeyRow]:
         return [row for lookup in dict.fromkeys(lookups) for row in self.rows(lookup)]
+
+    def lookups(self) -> list[bytes]:
+        """Every subject's lookup that holds a key (the expiry job walks them)."""
+        return [bytes(r[0]) for r in self._db.execute("SELECT DISTINCT lookup FROM data_keys")]
 
     def add(self, row: KeyRow) -> None:
         self.add_many([row])
@@ -240,6 +246,11 @@ class ClickHouseRows:
     def rows_many(self, lookups: Sequence[bytes]) -> list[KeyRow]:
         """The rows of several patients at once (a batch's patients)."""
         return self._rows_where("lookup", lookups)
+
+    def lookups(self) -> list[bytes]:
+        """Every subject's lookup that holds a key (the expiry job walks them)."""
+        found = self._run(self._primary, f"SELECT DISTINCT lookup FROM {self._db}.data_keys", {})
+        return [lk for (v,) in found if (lk := _hex(v)) is not None]
 
     def add(self, row: KeyRow) -> None:
         self.add_many([row])

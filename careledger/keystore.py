@@ -409,6 +409,11 @@ class KeyStore:
                 )
             return out
 
+    def lookups(self) -> list[bytes]:
+        """Every subject's lookup that holds a key (no unwrap)."""
+        with self._token():
+            return self._rows.lookups()
+
     def data_keys(self, lookup: bytes, purpose: str) -> list[DataKey]:
         """Every data key of the patient, oldest first (each unwrap counted)."""
         with self._token():

@@ -142,6 +142,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "erase a patient from a sealed ledger by destroying their data keys, under the "
         "retention policies and legal holds (ledgered; proofs intact)",
     ),
+    "expire": (
+        "commands.erase",
+        "the retention expiry job of a sealed ledger: erase every subject whose newest "
+        "record has expired under the policies (after an intact verify; ledgered)",
+    ),
     "legal-hold": (
         "commands.erase",
         "place or lift a legal hold on a patient's records (ledgered; blocks erasure)",
@@ -181,6 +186,7 @@ ONE_SHOT = frozenset(
         "consent",
         "keystore",
         "erase",
+        "expire",
         "legal-hold",
         "kafka-setup",
     }

@@ -6,6 +6,8 @@
   wins; a standing legal hold refuses), ledger the signed erasure record (or the
   refusal), destroy the patient's data keys on every ClickHouse server. Exit 0 erased;
   1 refused, nothing to erase, or a server that did not confirm; 2 infrastructure.
+* ``expire --policy NAME [...] [--now T] [--dry-run] [--json]``: the retention expiry
+  job (``careledger.expiry``), after an intact ``verify``.
 * ``legal-hold place --patient ID [--system S] --reason TEXT [--placed-by WHO]`` and
   ``legal-hold lift HOLD_ID --patient ID [--system S] [--placed-by WHO]``: ledger a
   registrar-signed hold, or lift it (a new version).
@@ -182,3 +184,90 @@ def command_legal_hold(args: argparse.Namespace, settings: Settings) -> int:
     action = "lifted" if args.hold_command == "lift" else "placed"
     print(f"legal hold {record.record_id} {action} (ledgered, version {record.version})")
     return 0
+
+
+def configure_expire(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--policy",
+        action="append",
+        required=True,
+        help="the retention policies the records fall under (repeat for several)",
+    )
+    parser.add_argument("--requested-by", default=None, help="who runs it (default: you)")
+    parser.add_argument(
+        "--now", default=None, help="decide as of this UTC time (default: now), e.g. a test"
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="say what has expired; ledger and destroy nothing"
+    )
+    parser.add_argument("--json", action="store_true", help="one JSON object")
+
+
+def command_expire(args: argparse.Namespace, settings: Settings) -> int:
+    """The retention expiry job (``careledger.expiry``), after an intact ``verify``: the
+    job decides from the ledger's tables, so a table an insider edited (a patient's newest
+    rows deleted to make them look expired) must not drive a signed erasure. Exit 0 done
+    (whatever expired), 1 a server did not confirm a destruction, 2 refused or
+    infrastructure."""
+    import datetime as dt
+
+    from careledger.expiry import expire
+    from careledger.processes import run_cli
+
+    if not settings.seal_events:
+        return _refuse(
+            "expire", "this ledger is not sealed (seal_events is off): no key to destroy"
+        )
+    try:
+        table = load_policies(settings.retention_policy_file)
+        policies = [table[name] for name in args.policy]
+        now = (
+            None
+            if args.now is None
+            else dt.datetime.fromisoformat(args.now.replace("Z", "+00:00")).astimezone(dt.UTC)
+        )
+    except KeyError as exc:
+        return _refuse("expire", f"no retention policy {exc.args[0]!r} (known: {', '.join(table)})")
+    except (PolicyError, ValueError) as exc:
+        return _refuse("expire", str(exc))
+    checked = run_cli(settings, "verify", "--json", timeout=3600)
+    try:
+        result = json.loads(checked.stdout).get("result") if checked.returncode in (0, 1) else None
+    except ValueError:
+        result = None
+    if result != "intact":
+        why = checked.stderr.strip().splitlines()[-1:] or [f"result {result!r}"]
+        return _refuse("expire", f"the ledger does not verify intact, nothing expired: {why[0]}")
+    backend = ClickHouseBackend.from_settings(settings)
+    try:
+        with open_keystore(settings) as keystore:
+            run = expire(
+                settings,
+                keystore,
+                backend,
+                policies=policies,
+                requested_by=args.requested_by or getpass.getuser(),
+                publish=_publisher(settings),
+                now=now,
+                dry_run=args.dry_run,
+            )
+    except (KeyStoreError, KeyFileError, StorageError, DeliveryError) as exc:
+        return _refuse("expire", exc.message)
+    except CareledgerError as exc:
+        return _refuse("expire", exc.message)
+    finally:
+        backend.close()
+    if args.json:
+        print(json.dumps({"dry_run": args.dry_run, **run.summary()}, sort_keys=True))
+    else:
+        verb = "would expire" if args.dry_run else "expired"
+        print(
+            f"{verb}: {run.expired} of {run.examined} subjects ({run.not_yet} not yet, "
+            f"{run.held} under a legal hold, {run.unused} with no record yet)"
+        )
+        for e in run.erasures:
+            if "record_id" in e:
+                print(f"  ledgered as {e['record_id']}: {e['decision']}")
+        for record_id in run.incomplete:
+            print(f"  {record_id}: NOT CONFIRMED on every server (down?): it drops them when back")
+    return 1 if run.incomplete else 0

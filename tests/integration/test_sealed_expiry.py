@@ -1,0 +1,145 @@
+"""Retention expiry on a sealed ledger (ADR 0037, ``careledger expire``), on real Kafka,
+ClickHouse 18.16 and a SoftHSM2 token: nothing expires before its time, everything
+expires after it but what a legal hold keeps, the proofs stay intact, and a ledger an
+insider edited to make a patient look expired is not expired at all."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pytest
+
+from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
+from producers.simulator import HospitalModel, produce_reference, simulate
+from tests.integration.pipeline import (
+    committed_event_count,
+    run_cli,
+    start_processor,
+    stop,
+    store_for,
+    wait_until,
+)
+from tests.integration.test_sealed_pipeline import (
+    SEALED_KINDS,
+    _alter,
+    _committed,
+    _sealed_settings,
+    _verify,
+)
+from tests.integration.test_signed_pipeline import _wait_registry_ledgered
+
+pytestmark = pytest.mark.integration
+
+_POLICIES = """
+[[policy]]
+name = "brief"
+retain_years = 0
+expire_years = 1
+"""
+
+
+def _data_keys(settings: Settings) -> int:
+    store = store_for(settings)
+    try:
+        rows = store.backend.execute(
+            f"SELECT count() FROM {settings.clickhouse_database}.data_keys"
+        )
+        return int(rows[0][0])
+    finally:
+        store.backend.close()
+
+
+def test_records_expire_a_year_after_their_subjects_newest_but_not_under_a_hold(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    policies = tmp_path / "retention.toml"
+    policies.write_text(_POLICIES, encoding="utf-8")
+    settings = _sealed_settings(isolated, tmp_path).replace(
+        retention_policy_file=policies, sealing_key_cache_s=1.0
+    )
+    model = HospitalModel(staff=10, patients=25, seed=51)
+    records = model.reference_records()
+    events = list(simulate(model, 200, seed=51))
+    assert produce_reference(settings, records) == (len(records), len(records))
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    held = next(e.patient for e in events if len(e.patient.id) >= 6)
+    mine = [e for e in events if e.patient.id == held.id]
+    patient = ["--patient", held.id, "--system", held.system or ""]
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        wait_until(
+            lambda: sum(_committed(settings, k) for k in SEALED_KINDS) >= len(records),
+            120,
+            what="the reference data chained",
+        )
+        _wait_registry_ledgered(settings, store)
+        placed = run_cli(settings, "legal-hold", "place", *patient, "--reason", "case 7")
+        assert placed.returncode == 0, placed.stdout + placed.stderr
+        wait_until(lambda: _committed(settings, "legal-hold") == 1, 60, what="the hold")
+        keys = _data_keys(settings)
+
+        # 1. today nothing has expired (the simulated records are weeks old)
+        today = run_cli(settings, "expire", "--policy", "brief", "--json")
+        assert today.returncode == 0, today.stdout + today.stderr
+        run = json.loads(today.stdout)
+        assert run["expired"] == 0 and run["not_yet"] == run["examined"] > 30, run
+        assert _data_keys(settings) == keys
+
+        # 2. a year and a day after the newest record: everyone but the held patient
+        newest = max([e.occurred_at for e in events] + [r.recorded_at for r in records])
+        later = (
+            dt.datetime.fromisoformat(newest.replace("Z", "+00:00")) + dt.timedelta(days=367)
+        ).strftime("%Y-%m-%dT%H:%M:%S.000000Z")
+        dry = run_cli(
+            settings, "expire", "--policy", "brief", "--now", later, "--dry-run", "--json"
+        )
+        assert dry.returncode == 0, dry.stdout + dry.stderr
+        assert json.loads(dry.stdout)["expired"] == run["examined"] - 1
+        assert _data_keys(settings) == keys  # a dry run destroys nothing
+        done = run_cli(settings, "expire", "--policy", "brief", "--now", later, "--json")
+        assert done.returncode == 0, done.stdout + done.stderr
+        outcome = json.loads(done.stdout)
+        assert outcome["expired"] == run["examined"] - 1 and outcome["held"] == 1, outcome
+        assert not outcome["not_confirmed"]
+        expired_records = len(outcome["erasures"])
+        wait_until(
+            lambda: _committed(settings, "erasure") == expired_records,
+            60,
+            what="the expiries ledgered",
+        )
+        for out in (today, dry, done):
+            assert held.id not in out.stdout + out.stderr
+    finally:
+        stop(proc)
+
+    # 3. the ledger is intact; only the held patient's accesses still open
+    report = _verify(settings)
+    assert report["result"] == "intact", report["findings"]
+    theirs = [r for r in records if r.kind != "staff" and r.subject_id == held.id]
+    assert report["sealed"] == {
+        "opened": len(mine),
+        "erased": len(events) - len(mine),
+        "references_opened": len(theirs),
+        "references_erased": len(records) - len(theirs),
+    }, report["sealed"]
+
+    # 4. an insider deletes the held patient's newest access to make them look expired,
+    # and lifts nothing: the job refuses, because the ledger no longer verifies
+    newest_mine = max(mine, key=lambda e: e.occurred_at)
+    _alter(
+        settings,
+        f"ALTER TABLE {{db}}.access_events DELETE WHERE event_id = '{newest_mine.event_id}'",
+    )
+    refused = run_cli(settings, "expire", "--policy", "brief", "--now", later)
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "does not verify intact" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+    assert _data_keys(settings) > 0

@@ -1,0 +1,153 @@
+"""Sealed reference data (ADR 0037) under attack, on real Kafka, ClickHouse 18.16 and a
+SoftHSM2 token: what the privacy office's rules and views read (whose consent, whose care
+relationship, which staff member) is a pseudonym column, unsigned; verify recomputes it
+from every record it opens and finds it edited. A consent sent in clear is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from careledger.config import Settings
+from careledger.kafka.producer import AccessEventProducer
+from careledger_core.reference import canonical_reference_bytes
+from producers.simulator import HospitalModel, produce_reference, simulate
+from tests.integration.pipeline import (
+    committed_event_count,
+    run_cli,
+    start_processor,
+    stop,
+    store_for,
+    wait_until,
+)
+from tests.integration.test_sealed_pipeline import (
+    SEALED_KINDS,
+    _alter,
+    _committed,
+    _reference_rows,
+    _sealed_settings,
+    _verify,
+)
+from tests.integration.test_signed_pipeline import _read
+
+pytestmark = pytest.mark.integration
+
+
+def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
+    isolated: Settings, tmp_path: Path
+) -> None:
+    """Reference data on a sealed ledger: what the privacy office's rules and views will
+    read (whose consent, whose care relationship, which staff member) is a pseudonym
+    column, unsigned: verify recomputes it from the record opened, and finds it edited."""
+    settings = _sealed_settings(isolated, tmp_path)
+    model = HospitalModel(staff=10, patients=20, seed=44)
+    records = model.reference_records()
+    assert produce_reference(settings, records) == (len(records), len(records))
+    events = list(simulate(model, 150, seed=44))
+    with AccessEventProducer(settings) as producer:
+        for e in events:
+            producer.send(e)
+        producer.flush()
+    consent = next(r for r in records if r.kind == "consent")
+    with AccessEventProducer(settings, topic=settings.topic_consents, sign=False) as producer:
+        # someone with write access to Kafka sends a consent in clear: refused, not chained
+        producer.send_raw(canonical_reference_bytes(consent), b"k")
+        producer.flush()
+    proc = start_processor(settings, tmp_path / "processor.log")
+    try:
+        wait_until(
+            lambda: sum(_committed(settings, k) for k in SEALED_KINDS) >= len(records),
+            120,
+            what="the reference data chained",
+        )
+        store = store_for(settings)
+        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
+        dead = _read(settings, settings.topic_dead_letter, 1, timeout=60)
+    finally:
+        stop(proc)
+    # the consent in clear: dead-lettered with its bytes and reason, for its sender to fix
+    assert [dict(m.headers())["careledger-error-code"] for m in dead] == [b"REFERENCE_NOT_SEALED"]
+    assert dead[0].value() == canonical_reference_bytes(consent)
+    clean = _verify(settings)
+    assert clean["result"] == "intact", clean["findings"]
+    assert clean["sealed"]["references_opened"] == len(records), clean["sealed"]  # type: ignore[index]
+    # the auditor follows a sealed ledger too: every committed access decided once
+    followed = run_cli(
+        settings, "audit", "--follow", "--no-publish", "--no-warmup", "--max-cycles", "3", "--json"
+    )
+    assert followed.returncode == 0, followed.stdout + followed.stderr
+    cycles = [json.loads(line) for line in followed.stdout.splitlines() if line.startswith("{")]
+    assert sum(c["decisions"] for c in cycles) == len(events), followed.stdout
+    assert _committed(settings, "consent") == sum(1 for r in records if r.kind == "consent")
+
+    def rows(kind: str) -> list[tuple[Any, ...]]:
+        return [r for r in _reference_rows(settings) if r[6] == kind.encode()]
+
+    # chain_id, height, idx, block_hash, kafka_offset, record_id, kind, version,
+    # subject_id, ..., sealed, data_key_id (migration 13 appends them)
+    cols = [c.decode() for (c,) in _describe(settings, "reference_records")]
+    at = {name: cols.index(name) for name in ("record_id", "subject_id", "sealed", "data_key_id")}
+    consents, patients, staff = rows("consent"), rows("patient"), rows("staff")
+    moved, other = (
+        consents[0],
+        next(p for p in patients if p[at["subject_id"]] != consents[0][at["subject_id"]]),
+    )
+    rr = "{db}.reference_records"
+
+    def where(row: tuple[Any, ...]) -> str:
+        return f"chain_id = '{row[0].decode()}' AND height = {row[1]} AND idx = {row[2]}"
+
+    # a consent moved to another patient (their subject pseudonym)
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE subject_id = '{other[at['subject_id']].decode()}' "
+        f"WHERE {where(moved)}",
+    )
+    # a care record's versions regrouped under another record's id
+    regrouped, donor = patients[1], patients[2]
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE record_id = '{donor[at['record_id']].decode()}' "
+        f"WHERE {where(regrouped)}",
+    )
+    # a sealed record swapped for another's
+    swapped, source = patients[3], patients[4]
+    _alter(
+        settings,
+        f"ALTER TABLE {rr} UPDATE sealed = '{source[at['sealed']].decode()}' "
+        f"WHERE {where(swapped)}",
+    )
+    # a staff member's key deleted with no ledgered erasure
+    gone = staff[0]
+    _alter(
+        settings,
+        f"ALTER TABLE {{db}}.data_keys DELETE WHERE key_id = '{gone[at['data_key_id']].decode()}'",
+    )
+    report = _verify(settings)
+    assert report["result"] == "tampered"
+    found = {
+        (f["code"], f["chain_id"], f["height"], f["event_index"])  # type: ignore[index]
+        for f in report["findings"]  # type: ignore[union-attr]
+    }
+
+    def spot(code: str, row: tuple[Any, ...]) -> tuple[str, str, int, int]:
+        return (code, row[0].decode(), int(row[1]), int(row[2]))
+
+    assert spot("SEALED_REF_MISMATCH", moved) in found, found
+    assert spot("SEALED_REF_MISMATCH", regrouped) in found, found
+    assert spot("SEALED_PART_INVALID", swapped) in found, found
+    assert spot("SEALED_KEY_MISSING", gone) in found, found
+
+
+def _describe(settings: Settings, table: str) -> list[tuple[bytes]]:
+    store = store_for(settings)
+    try:
+        return [
+            (r[0],)
+            for r in store.backend.execute(f"DESCRIBE TABLE {settings.clickhouse_database}.{table}")
+        ]
+    finally:
+        store.backend.close()
