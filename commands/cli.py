@@ -192,19 +192,18 @@ ONE_SHOT = frozenset(
     }
 )
 #: Commands that read access events or reference data in clear (the console, the
-#: consent decision point), set up a ledger in clear (the demo), copy a
-#: ledger's event rows (the replica, whose block publications carry no sealed parts
-#: yet) or keep a received file in clear (``consent load`` ledgers each file as a raw
+#: consent decision point), set up a ledger in clear (the demo) or keep a received file
+#: in clear (``consent load`` ledgers each file as a raw
 #: record, and raw records are not sealed yet): on a sealed ledger (``seal_events``,
 #: ADR 0037) they refuse in one line, with the reason, until they handle sealed data
 #: (ADR 0037, next steps). ``access-report``, ``patient-view``, ``audit`` and ``alerts``
-#: open sealed data (the auditor decides on pseudonyms, alerts show them).
+#: open sealed data (the auditor decides on pseudonyms, alerts show them); ``replica``
+#: copies the signed documents (``restore`` refuses a sealed chain).
 NOT_ON_SEALED_LEDGER: Final[Mapping[str, str]] = MappingProxyType(
     {
         "console": "it reads access events in clear",
         "consent": "it reads consents and access events in clear, and `consent load` "
         "would keep each file's bytes in clear as a raw record",
-        "replica": "the block publications it copies carry no sealed parts",
         "demo": "it sets up and runs a ledger in clear (no ingest key, no key store)",
     }
 )

@@ -214,6 +214,14 @@ def _plan_chain(
         plan.covered = size
     chain = compare_chain(primary, replica, chain_id, comparison, upto=len(hashes) - 1)
     kind = primary.kind_of(chain_id)
+    if kind.private_columns and chain.heights:
+        return _refuse(
+            plan,
+            "SEALED_NOT_RESTORABLE",
+            "a sealed chain (ADR 0037): the replica holds its signed documents, not the "
+            "sealed parts and pseudonyms the key store made; restore it from a backup of "
+            "the primary",
+        )
     for height in sorted(chain.heights):
         if height >= plan.covered:
             plan.not_covered.append(height)

@@ -33,7 +33,7 @@ import hashlib
 from dataclasses import dataclass
 
 from careledger.storage.block_records import BlockMaterial, WireBatch, WireRecord
-from careledger.storage.kinds import ACCESS, RecordKind
+from careledger.storage.kinds import RecordKind
 from careledger.storage.store import BatchInfo, ChainedEvent, ChainHead, SealedBlock
 from careledger_core.batch_record import batch_root
 from careledger_core.block import decode_header, offsets_digest
@@ -123,7 +123,7 @@ def verify_material(m: BlockMaterial, kind: RecordKind, keys: TrustedKeys) -> Se
         seen.add(unique)
         leaf = leaf_hash(canonical)
         if r.attestation is not None:
-            if kind is not ACCESS:
+            if not kind.signed:
                 raise _refuse("SOURCE_ATTESTATION_INVALID", m, f"record {i}: not an access event")
             try:
                 verify_attestation_proof(leaf, r.attestation)
@@ -190,7 +190,7 @@ def _batch_events(
     """The events of one batch record, checked against its statement (see above)."""
     where = f"records {start}..{start + len(group) - 1} (offset {group[0].offset})"
     st = batch.statement
-    if kind is not ACCESS:
+    if not kind.signed:  # access events, in clear or sealed (ADR 0037)
         raise _refuse("SOURCE_ATTESTATION_INVALID", m, f"{where}: not access events")
     if any(e.attestation is not None for e in group):
         raise _refuse("SOURCE_ATTESTATION_INVALID", m, f"{where}: an attestation in a batch record")

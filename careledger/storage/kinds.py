@@ -76,6 +76,10 @@ class RecordKind:
     #: access events signed by their sources (ADR 0010): the source gate admits them,
     #: and their attestations and batch rows are stored beside them
     signed: bool = False
+    #: columns only the key store can make or check (a sealed ledger's pseudonyms and
+    #: sealed parts, ADR 0037): not in the block publications, so a replica holds them
+    #: empty and the primary-replica comparison leaves them out
+    private_columns: tuple[str, ...] = ()
 
 
 def _access_values(e: AccessEvent) -> tuple[Any, ...]:
@@ -169,7 +173,9 @@ class SealedRecord:
         return self.document.occurred_at
 
 
-def _sealed_values(r: SealedRecord) -> tuple[Any, ...]:
+def _sealed_values(r: SealedRecord | SealedAccessEvent) -> tuple[Any, ...]:
+    if isinstance(r, SealedAccessEvent):  # a replica's row: the signed document only
+        r = SealedRecord(r, "", "", "", "")
     d = r.document
     return (
         d.event_id,
@@ -228,6 +234,7 @@ SEALED = RecordKind(
     ),
     read_types=(bytes, bytes, bytes, int, bytes, dt.date),
     signed=True,
+    private_columns=("actor_id", "patient_id", "sealed", "data_key_id"),
 )
 
 REFERENCE = RecordKind(
@@ -299,9 +306,15 @@ class SealedReference:
         return self.document.recorded_at
 
 
-def _sealed_reference_values(r: SealedReference | ReferenceRecord) -> tuple[Any, ...]:
+def _sealed_reference_values(
+    r: SealedReference | ReferenceRecord | SealedReferenceDocument,
+) -> tuple[Any, ...]:
     if isinstance(r, ReferenceRecord):  # a kind that names no one, in clear
         return (*_reference_values(r), "", "")
+    if isinstance(r, SealedReferenceDocument):  # a replica's row: the signed document only
+        retracted = 1 if r.retracted else 0
+        at = r.effective_at
+        return ("", r.kind, r.version, "", r.recorded_at, at, _date(at), retracted, "", "")
     if not r.sealed:
         raise RuntimeError("a sealed reference record was not sealed before its block's write")
     d = r.document
@@ -388,6 +401,7 @@ SEALED_REFERENCE = RecordKind(
         _date(r.effective_at),
     ),
     read_types=(bytes, int, bytes, bytes, int, dt.date),
+    private_columns=("record_id", "subject_id", "sealed", "data_key_id"),
 )
 
 

@@ -184,6 +184,53 @@ class StoredReference:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredSealed:
+    """A sealed ledger's event row as stored (untrusted): the columns its signed document
+    gives (``SEALED.read_columns``); the pseudonyms and sealed part are checked where the
+    key store opens them (ADR 0037)."""
+
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: bytes
+    kafka_offset: int
+    event_id: bytes
+    occurred_at: bytes
+    action: bytes
+    outcome: int
+    source_system: bytes
+    occurred_date: dt.date
+    canonical: bytes
+    leaf_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSealedReference:
+    """A sealed ledger's reference row as stored (untrusted): the columns its document
+    gives (``SEALED_REFERENCE.read_columns``; the record id is a pseudonym, ADR 0037)."""
+
+    chain_id: str
+    height: int
+    idx: int
+    block_hash: bytes
+    kafka_offset: int
+    kind: bytes
+    version: int
+    recorded_at: bytes
+    effective_at: bytes
+    retracted: int
+    effective_date: dt.date
+    canonical: bytes
+    leaf_hash: bytes
+
+    @property
+    def event_id(self) -> bytes:
+        """Findings name the row by its place: its id is a pseudonym only verify's key
+        store can check."""
+        return b""
+
+
+@dataclass(frozen=True, slots=True)
 class StoredRaw:
     """A raw-record row exactly as stored (untrusted)."""
 
@@ -627,9 +674,7 @@ class ChainStore:
                 return
             next_height += page_size
 
-    def events(
-        self, chain_id: str, from_height: int, to_height: int
-    ) -> list[StoredEvent] | list[StoredReference] | list[StoredRaw]:
+    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredRow]:
         """Record rows with ``from_height <= height <= to_height``, in (height, idx) order.
 
         Access-event chains give ``StoredEvent`` rows, reference chains
@@ -645,11 +690,8 @@ class ChainStore:
             "ORDER BY height, idx, kafka_offset",
             {"chain": chain_id, "from": from_height, "to": to_height},
         )
-        if kind is REFERENCE:
-            return [StoredReference(_text(r[0]), *r[1:]) for r in rows]
-        if kind is RAW:
-            return [StoredRaw(_text(r[0]), *r[1:]) for r in rows]
-        return [StoredEvent(_text(r[0]), *r[1:]) for r in rows]
+        cls = _ROW_CLASS.get(kind.name, StoredEvent)
+        return [cls(_text(r[0]), *r[1:]) for r in rows]
 
     def event_columns(self, chain_id: str, from_height: int, to_height: int) -> EventColumns:
         """The rows of ``events`` as columns (one list per column, in the order of
@@ -697,17 +739,23 @@ class EventColumns:
     def column(self, name: str) -> list[Any]:
         return self.columns[self.names.index(name)]
 
-    def row(self, i: int) -> StoredEvent | StoredReference | StoredRaw:
+    def row(self, i: int) -> StoredRow:
         """Row ``i`` as ``ChainStore.events`` returns it."""
         values = [c[i] for c in self.columns]
-        cls = (
-            StoredReference
-            if self.kind is REFERENCE
-            else StoredRaw
-            if self.kind is RAW
-            else StoredEvent
-        )
-        return cls(_text(values[0]), *values[1:])
+        cls = _ROW_CLASS.get(self.kind.name, StoredEvent)
+        return cls(_text(values[0]), *values[1:])  # type: ignore[no-any-return]
+
+
+#: a record row of any kind, as stored
+StoredRow = StoredEvent | StoredReference | StoredRaw | StoredSealed | StoredSealedReference
+#: the row class of each kind (its fields: the common columns, ``read_columns``, then
+#: ``canonical`` and ``leaf_hash``, as ``events`` reads them)
+_ROW_CLASS: Final[dict[str, Any]] = {
+    REFERENCE.name: StoredReference,
+    RAW.name: StoredRaw,
+    SEALED.name: StoredSealed,
+    SEALED_REFERENCE.name: StoredSealedReference,
+}
 
 
 class ChainReader(Protocol):
@@ -719,9 +767,7 @@ class ChainReader(Protocol):
         self, chain_id: str, from_height: int = 0, page_size: int = 500
     ) -> Iterator[StoredHeader]: ...
 
-    def events(
-        self, chain_id: str, from_height: int, to_height: int
-    ) -> list[StoredEvent] | list[StoredReference] | list[StoredRaw]: ...
+    def events(self, chain_id: str, from_height: int, to_height: int) -> list[StoredRow]: ...
 
 
 def _text(value: Any) -> str:

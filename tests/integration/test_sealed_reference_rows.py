@@ -120,6 +120,10 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
         f"ALTER TABLE {rr} UPDATE sealed = '{source[at['sealed']].decode()}' "
         f"WHERE {where(swapped)}",
     )
+    # a consent shown as retracted: a column its signed document gives (found by the chain
+    # checks, which must not stumble on a sealed row's shape)
+    withdrawn = consents[1]
+    _alter(settings, f"ALTER TABLE {rr} UPDATE retracted = 1 WHERE {where(withdrawn)}")
     # a staff member's key deleted with no ledgered erasure
     gone = staff[0]
     _alter(
@@ -140,6 +144,7 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
     assert spot("SEALED_REF_MISMATCH", regrouped) in found, found
     assert spot("SEALED_PART_INVALID", swapped) in found, found
     assert spot("SEALED_KEY_MISSING", gone) in found, found
+    assert spot("EVENT_FIELD_MISMATCH", withdrawn) in found, found
 
 
 def _describe(settings: Settings, table: str) -> list[tuple[bytes]]:

@@ -174,7 +174,6 @@ def test_a_demo_hospital_too_small_is_refused_before_anything_starts(
     "argv",
     [
         ["console", "serve"],
-        ["replica", "follow"],
         ["demo"],
         ["consent", "decide", "--patient", "P-1", "--actor", "a", "--action", "R"],
     ],
@@ -191,7 +190,6 @@ def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
     assert set(cli.NOT_ON_SEALED_LEDGER) == {
         "console",
         "consent",
-        "replica",
         "demo",
     }
 

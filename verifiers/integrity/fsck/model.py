@@ -24,12 +24,14 @@ from careledger.storage.store import (
     StoredHeader,
     StoredRaw,
     StoredReference,
+    StoredSealed,
+    StoredSealedReference,
 )
 from careledger_core.block import BlockHeader
 from careledger_core.findings import Finding, FindingCode, Severity
 
 #: A chained record's row: an access event or a reference record.
-StoredRow = StoredEvent | StoredReference | StoredRaw
+StoredRow = StoredEvent | StoredReference | StoredRaw | StoredSealed | StoredSealedReference
 
 #: Upper bound used for "every height above the head" (the largest UInt64).
 MAX_HEIGHT = 2**64 - 1
