@@ -137,6 +137,32 @@ def check_sealed(
     return report
 
 
+def _named_key(keys: dict[bytes, Any], key_id: str) -> Any | None:
+    """The key a row names, if the key store holds it."""
+    try:
+        return keys.get(bytes.fromhex(key_id))
+    except ValueError:
+        return None
+
+
+def _gone(
+    key_id: str,
+    erased_key_ids: frozenset[str],
+    what: str,
+    finding: Callable[[FindingCode, str], None],
+) -> bool:
+    """A row's key is gone: True if a ledgered erasure destroyed it (the row is erased),
+    else a ``SEALED_KEY_MISSING`` finding and False."""
+    if key_id in erased_key_ids:
+        return True
+    finding(
+        FindingCode.SEALED_KEY_MISSING,
+        f"the data key {key_id[:16]}... of this {what} is gone, and no ledgered erasure "
+        "destroyed it",
+    )
+    return False
+
+
 def check_reference_row(
     report: SealedReport,
     keystore: KeyStore,
@@ -174,19 +200,10 @@ def check_reference_row(
                 "record_id or subject_id is not the one of the record in clear",
             )
         return
-    try:
-        found = keys.get(bytes.fromhex(_str(key_id)))
-    except ValueError:
-        found = None
+    found = _named_key(keys, _str(key_id))
     if found is None:
-        if _str(key_id) in erased_key_ids:
+        if _gone(_str(key_id), erased_key_ids, "record", finding):
             report.references_erased += 1
-        else:
-            finding(
-                FindingCode.SEALED_KEY_MISSING,
-                f"the data key {_str(key_id)[:16]}... of this record is gone, and no "
-                "ledgered erasure destroyed it",
-            )
         return
     key = found.data_key.key
     try:
@@ -233,19 +250,10 @@ def _check_row(
     def finding(code: FindingCode, message: str) -> None:
         report.findings.append(Finding.of(code, chain, message, **where))
 
-    try:
-        found = keys.get(bytes.fromhex(_str(key_id)))
-    except ValueError:
-        found = None
+    found = _named_key(keys, _str(key_id))
     if found is None:
-        if _str(key_id) in erased_key_ids:
+        if _gone(_str(key_id), erased_key_ids, "event", finding):
             report.erased += 1
-        else:
-            finding(
-                FindingCode.SEALED_KEY_MISSING,
-                f"the data key {_str(key_id)[:16]}... of this event is gone, and no ledgered "
-                "erasure destroyed it",
-            )
         return
     try:
         event = open_stored(
