@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 
 from careledger.keystore import KeyStore
@@ -30,7 +30,7 @@ from careledger_core.sealing import patient_ref
 from ..pseudonyms import pseudonymous_event, pseudonymous_reference
 from .decide import LedgeredEvent, LedgeredReference, Position
 from .rows import _text
-from .store import _SOURCE_KINDS, AuditStore
+from .store import AuditStore
 
 __all__ = ["KeystorePseudonyms", "SealedAuditStore", "SealedEventOpener"]
 
@@ -175,42 +175,12 @@ class SealedAuditStore(AuditStore):
             out.append(LedgeredReference(record, chain, height, when))
         return out
 
-    def reference_records(self) -> list[LedgeredReference]:
-        rows = self.backend.execute(
-            "SELECT chain_id, height, block_hash, canonical, record_id, data_key_id, sealed, "
-            f"subject_id FROM {self.db}.reference_records "
-            f"WHERE {self._committed()} AND kind NOT IN {_SOURCE_KINDS} "
-            "ORDER BY chain_id, height, idx"
-        )
-        times = self.backend.execute(
-            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
-            "WHERE (chain_id, height, block_hash) IN "
-            f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records "
-            f"WHERE kind NOT IN {_SOURCE_KINDS})"
-        )
-        return self._references(rows, times)
-
-    def reference_records_of_chain(
-        self, chain_id: str, above: int, upto: int
-    ) -> list[LedgeredReference]:
-        p = {"c": chain_id, "a": above, "u": upto}
-        rows = self.backend.execute(
-            "SELECT chain_id, height, block_hash, canonical, record_id, data_key_id, sealed, "
-            f"subject_id FROM {self.db}.reference_records "
-            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
-            f"AND {self._committed(chain=True)} ORDER BY height, idx",
-            p,
-        )
-        times = self.backend.execute(
-            f"SELECT chain_id, height, block_hash, created_at FROM {self.db}.blocks "
-            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s",
-            p,
-        )
-        return self._references(rows, times)
-
     # -- access events
-    _EVENT_COLUMNS: Final = (
+    _EVENT_COLUMNS = (
         "occurred_at, chain_id, height, idx, canonical, patient_id, actor_id, data_key_id, sealed"
+    )
+    _REFERENCE_COLUMNS = (
+        "chain_id, height, block_hash, canonical, record_id, data_key_id, sealed, subject_id"
     )
 
     def _events(self, rows: Sequence[Sequence[Any]]) -> list[LedgeredEvent]:
@@ -235,33 +205,6 @@ class SealedAuditStore(AuditStore):
             event = pseudonymous_event(opened.event, _text(pref), _text(aref), self.refs)
             out.append(LedgeredEvent(Position(chain, height, idx), event))
         return out
-
-    def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
-        cursor = lo
-        skip = 0
-        while True:
-            rows = self.backend.execute(
-                f"SELECT {self._EVENT_COLUMNS} FROM {self.db}.access_events "
-                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
-                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}",
-                {"lo": cursor, "hi": hi},
-            )
-            yield from self._events(rows)
-            if len(rows) < page_size:
-                return
-            last = _text(rows[-1][0])
-            same = sum(1 for r in rows if _text(r[0]) == last)
-            skip = skip + same if last == cursor else same
-            cursor = last
-
-    def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
-        rows = self.backend.execute(
-            f"SELECT {self._EVENT_COLUMNS} FROM {self.db}.access_events "
-            "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
-            f"AND {self._committed(chain=True)} ORDER BY height, idx",
-            {"c": chain_id, "a": above, "u": upto},
-        )
-        return self._events(rows)
 
     def events_of_chains(self, ranges: Mapping[str, tuple[int, int]]) -> list[LedgeredEvent]:
         out: list[LedgeredEvent] = []

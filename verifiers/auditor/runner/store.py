@@ -194,12 +194,25 @@ class AuditStore:
             f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks{where})"
         )
 
+    #: the columns each read selects, and how their rows become records: a sealed
+    #: ledger's store (``sealed_store.SealedAuditStore``) reads more columns and opens them
+    _REFERENCE_COLUMNS = "chain_id, height, block_hash, canonical"
+    _EVENT_COLUMNS = "occurred_at, chain_id, height, idx, canonical"
+
+    def _references(
+        self, rows: Sequence[Sequence[Any]], times: Iterable[Sequence[Any]]
+    ) -> list[LedgeredReference]:
+        return _decode_references(rows, times)
+
+    def _events(self, rows: Sequence[Sequence[Any]]) -> list[LedgeredEvent]:
+        return [le for r in rows if (le := _ledgered(r)) is not None]
+
     # -- reference data
     def reference_records(self) -> list[LedgeredReference]:
         """Every committed reference record in ledger order (chain, height, idx), with
         its block's signed ``created_at`` (the column verify checks against the header)."""
         rows = self.backend.execute(
-            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
+            f"SELECT {self._REFERENCE_COLUMNS} FROM {self.db}.reference_records "
             f"WHERE {self._committed()} AND kind NOT IN {_SOURCE_KINDS} "
             "ORDER BY chain_id, height, idx"
         )
@@ -210,14 +223,14 @@ class AuditStore:
             f"(SELECT chain_id, height, block_hash FROM {self.db}.reference_records "
             f"WHERE kind NOT IN {_SOURCE_KINDS})"
         )
-        return _decode_references(rows, times)
+        return self._references(rows, times)
 
     def reference_records_of_chain(
         self, chain_id: str, above: int, upto: int
     ) -> list[LedgeredReference]:
         p = {"c": chain_id, "a": above, "u": upto}
         rows = self.backend.execute(
-            f"SELECT chain_id, height, block_hash, canonical FROM {self.db}.reference_records "
+            f"SELECT {self._REFERENCE_COLUMNS} FROM {self.db}.reference_records "
             "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
             f"AND {self._committed(chain=True)} ORDER BY height, idx",
             p,
@@ -227,7 +240,7 @@ class AuditStore:
             "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s",
             p,
         )
-        return _decode_references(rows, times)
+        return self._references(rows, times)
 
     # -- access events
     def horizon(self) -> str | None:
@@ -247,16 +260,12 @@ class AuditStore:
         skip = 0
         while True:
             rows = self.backend.execute(
-                "SELECT occurred_at, chain_id, height, idx, canonical "
-                f"FROM {self.db}.access_events "
+                f"SELECT {self._EVENT_COLUMNS} FROM {self.db}.access_events "
                 f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
                 f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}",
                 {"lo": cursor, "hi": hi},
             )
-            for r in rows:
-                le = _ledgered(r)
-                if le is not None:
-                    yield le
+            yield from self._events(rows)
             if len(rows) < page_size:
                 return
             last = _text(rows[-1][0])
@@ -272,12 +281,12 @@ class AuditStore:
 
     def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]:
         rows = self.backend.execute(
-            f"SELECT occurred_at, chain_id, height, idx, canonical FROM {self.db}.access_events "
+            f"SELECT {self._EVENT_COLUMNS} FROM {self.db}.access_events "
             "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s "
             f"AND {self._committed(chain=True)} ORDER BY height, idx",
             {"c": chain_id, "a": above, "u": upto},
         )
-        return [le for r in rows if (le := _ledgered(r)) is not None]
+        return self._events(rows)
 
     def events_of_chains(self, ranges: Mapping[str, tuple[int, int]]) -> list[LedgeredEvent]:
         """``events_of_chain`` of several chains (chain -> (above, upto)) in one query,
