@@ -6,7 +6,9 @@ directory records) are sealed under their data keys. The job walks every subject
 holds keys, and for each:
 
 1. finds when the newest committed record sealed under their keys was made (an
-   access's ``occurred_at``, a reference record's ``recorded_at``): the subject's records
+   access's ``occurred_at``, a reference record's ``recorded_at``, a raw record's
+   ``received_at``: a raw record counts for every key it lists, so a sender's day of
+   records that name no patient expires as a subject of its own): the subject's records
    expire together, when the *last* of them has, so nothing is shredded while a newer
    record still needs its retention. A subject whose keys seal no committed record is
    left alone (a key made for a record still being chained);
@@ -17,7 +19,7 @@ holds keys, and for each:
    never the subject), then destroys the keys on every server, exactly as
    ``careledger erase`` does; after the last one it waits out the processors' key cache.
 
-``--dry-run`` decides and ledgers nothing. The newest record times are read in two
+``--dry-run`` decides and ledgers nothing. The newest record times are read in three
 grouped queries for all keys; holds are read only for the subjects that have expired.
 """
 
@@ -82,14 +84,20 @@ def newest_records(backend: SqlBackend, database: str) -> dict[str, str]:
         f"(chain_id, height, block_hash) IN (SELECT chain_id, height, block_hash FROM {db}.blocks)"
     )
     newest: dict[str, str] = {}
-    for table, column in (("access_events", "occurred_at"), ("reference_records", "recorded_at")):
-        for key_id, at in backend.execute(
+    for table, column in (
+        ("access_events", "occurred_at"),
+        ("reference_records", "recorded_at"),
+        # a raw record lists the keys of every patient it names (or its sender's day's)
+        ("raw_records", "received_at"),
+    ):
+        for key_ids, at in backend.execute(
             f"SELECT data_key_id, max({column}) FROM {db}.{table} "
             f"WHERE data_key_id != '' AND {committed} GROUP BY data_key_id"
         ):
-            k, t = _text(key_id), _text(at)
-            if t > newest.get(k, ""):
-                newest[k] = t
+            t = _text(at)
+            for k in _text(key_ids).split(","):
+                if t > newest.get(k, ""):
+                    newest[k] = t
     return newest
 
 

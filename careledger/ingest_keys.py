@@ -14,13 +14,16 @@ so Kafka's topics hold no identifier in clear.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Final
 
+from nacl.exceptions import CryptoError
 from nacl.public import PrivateKey, PublicKey, SealedBox
 
 from careledger.keys import KeyFileError, read_owner_only
+from careledger.sealed_raw import raw_payload, raw_transit
 from careledger_core.event import AccessEvent, event_to_dict
 from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
 from careledger_core.sealed_event import ingest_key, seal_for_ingest_with, sealed_document
@@ -29,11 +32,15 @@ from careledger_core.sealing import SALT_BYTES, commitment, split
 
 __all__ = [
     "INGEST_KEY_TEXT_ENV",
+    "SEALED_DEAD_LETTER_LINE",
     "IngestKey",
     "IngestSealer",
     "load_ingest_key",
     "load_ingest_public_key",
+    "open_sealed_dead_letter",
     "reference_message",
+    "seal_dead_letter_for_ingest",
+    "seal_raw_for_ingest",
     "seal_reference_for_ingest",
     "write_ingest_key",
 ]
@@ -120,6 +127,45 @@ def seal_reference_for_ingest(ingest_public_key: bytes, record: bytes) -> bytes:
     processor's ingest key (a sealed box: reference records are few, and unsigned, so
     the processor commits to them; ``careledger_core.sealed_reference``)."""
     return reference_transit(bytes(SealedBox(PublicKey(ingest_public_key)).encrypt(record)))
+
+
+def seal_raw_for_ingest(
+    ingest_public_key: bytes, envelope: bytes, patients: Iterable[tuple[str, str]]
+) -> bytes:
+    """The transit record of a raw envelope (its canonical bytes) and the patients it
+    names, ``(system, id)``, sealed whole to the processor's ingest key
+    (``careledger.sealed_raw``)."""
+    payload = raw_payload(envelope, patients)
+    return raw_transit(bytes(SealedBox(PublicKey(ingest_public_key)).encrypt(payload)))
+
+
+#: the first line of a gateway's dead letter on a sealed ledger: what follows is a sealed
+#: box, to the ingest key, of the transport details (JSON), a newline and the bytes
+SEALED_DEAD_LETTER_LINE: Final = b"careledger.sealed-dead-letter/1\n"
+
+
+def seal_dead_letter_for_ingest(ingest_public_key: bytes, transport: bytes, value: bytes) -> bytes:
+    """A dead letter's bytes and its transport details (who sent it, from where) sealed to
+    the processor's ingest key: a refused record may name a patient, and on a sealed
+    ledger no topic holds one in clear. ``careledger dead-letters --show-bytes`` opens it
+    where the ingest key is."""
+    box = SealedBox(PublicKey(ingest_public_key)).encrypt(transport + b"\n" + value)
+    return SEALED_DEAD_LETTER_LINE + bytes(box)
+
+
+def open_sealed_dead_letter(ingest_private: bytes, data: bytes) -> tuple[bytes, bytes] | None:
+    """(transport details, bytes) of a sealed dead letter; None if ``data`` is not one or
+    does not open with this key."""
+    if not data.startswith(SEALED_DEAD_LETTER_LINE):
+        return None
+    try:
+        opened = bytes(
+            SealedBox(PrivateKey(ingest_private)).decrypt(data[len(SEALED_DEAD_LETTER_LINE) :])
+        )
+    except CryptoError:
+        return None
+    transport, _, value = opened.partition(b"\n")
+    return transport, value
 
 
 def reference_message(

@@ -42,7 +42,7 @@ from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Processor
 from processors.records import Part, Record
 from processors.registry_follower import RegistryFollower
-from processors.sealing import EventOpener, ReferenceSealer
+from processors.sealing import EventOpener, RawSealer, ReferenceSealer
 from processors.sources import SourceGate, processor_key_problem
 
 #: the processor's cumulative numbers: Prometheus counters (``<name>_total``)
@@ -176,6 +176,7 @@ def source_gate(settings: Settings) -> SourceGate:
         gate.reference_sealer = ReferenceSealer(
             gate.opener.ingest, gate.opener.keys, settings.reference_patient_system
         )
+        gate.raw_sealer = RawSealer(gate.opener.ingest, gate.opener.keys)
     if follower is not None:
         follower.poll()  # at start, before any record: the whole topic once
         follower.start()

@@ -30,7 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field
 
-from careledger.storage.kinds import ACCESS, SEALED_REFERENCE, RecordKind
+from careledger.storage.kinds import ACCESS, SEALED_RAW, SEALED_REFERENCE, RecordKind
 from careledger.storage.store import ChainedEvent, ChainHead, SealedBlock
 from careledger_core.batch_record import looks_batch
 from careledger_core.block import (
@@ -277,8 +277,8 @@ class PartitionChain:
             ]
         if gate is not None:
             return self._admit(gate, offset, value, key, kafka_ts, timestamp_type)
-        if self.kind is SEALED_REFERENCE:
-            return self._take_sealed_reference(offset, value, key)
+        if self.kind is SEALED_REFERENCE or self.kind is SEALED_RAW:
+            return self._take_sealed(offset, value, key)
         try:
             record, canonical = self.kind.decode(value)
         except ValidationError as exc:
@@ -286,16 +286,17 @@ class PartitionChain:
         self.pending.append(ChainedEvent(offset, record, canonical, leaf_hash(canonical)))
         return []
 
-    def _take_sealed_reference(
-        self, offset: int, value: bytes, key: bytes | None
-    ) -> list[Rejected]:
-        """A record of a sealed ledger's reference chain (ADR 0037): opened and given its
-        sealed document by the gate's reference sealer; refused with its reason if it
-        does not open, or names someone in clear."""
-        sealer = self.gate.reference_sealer if self.gate is not None else None
+    def _take_sealed(self, offset: int, value: bytes, key: bytes | None) -> list[Rejected]:
+        """A record of a sealed ledger's reference or raw chain (ADR 0037): opened and
+        given its sealed document by the gate's sealer of its kind; refused with its
+        reason if it does not open, or names someone in clear."""
+        gate = self.gate
+        raw = self.kind is SEALED_RAW
+        sealer = None if gate is None else (gate.raw_sealer if raw else gate.reference_sealer)
         if sealer is None:
-            reason = "this processor has no reference sealer: it cannot chain a sealed ledger"
-            return [Rejected(offset, value, key, "REFERENCE_NOT_SEALED", reason, "$")]
+            code = "RAW_NOT_SEALED" if raw else "REFERENCE_NOT_SEALED"
+            reason = "this processor has no sealer for it: it cannot chain a sealed ledger"
+            return [Rejected(offset, value, key, code, reason, "$")]
         try:
             record, canonical = sealer.take(value)
         except (ValidationError, SealError) as exc:

@@ -786,8 +786,10 @@ class Processor:
         if not sealed:
             return set()
         self.ownership.settle({b.header.chain_id for b in sealed})
-        if self.gate is not None and self.gate.reference_sealer is not None:
-            self.gate.reference_sealer.complete(sealed)  # ADR 0037: the keys, all at once
+        if self.gate is not None:  # ADR 0037: the keys, all at once
+            for sealer in (self.gate.reference_sealer, self.gate.raw_sealer):
+                if sealer is not None:
+                    sealer.complete(sealed)
         fenced = self.store.write_blocks(sealed, owner=self.ownership.owner)
         placed = [b for b in sealed if b.header.chain_id not in fenced] if fenced else sealed
         self.ownership.stored((b.header.chain_id, b.header.height) for b in placed)

@@ -38,7 +38,17 @@ from typing import Final
 
 from careledger.ingest_keys import IngestKey
 from careledger.keystore import KeyStore
-from careledger.storage.kinds import SealedRecord, SealedReference
+from careledger.sealed_raw import (
+    decode_sealed_raw,
+    is_raw_transit,
+    join_key_ids,
+    open_raw_transit,
+    raw_commitment,
+    raw_key,
+    seal_raw,
+    sealed_raw_document,
+)
+from careledger.storage.kinds import SealedRaw, SealedRecord, SealedReference
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
 from careledger_core.errors import ValidationError
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
@@ -63,7 +73,14 @@ from careledger_core.sealed_reference import (
 )
 from careledger_core.sealing import SALT_BYTES, SealError, patient_ref, seal
 
-__all__ = ["DATA_KEY_TTL_S", "EventOpener", "ReferenceSealer", "Refusal", "SubjectKeys"]
+__all__ = [
+    "DATA_KEY_TTL_S",
+    "EventOpener",
+    "RawSealer",
+    "ReferenceSealer",
+    "Refusal",
+    "SubjectKeys",
+]
 
 #: how long a data key stays cached in the processor
 DATA_KEY_TTL_S: Final = 30.0
@@ -332,5 +349,62 @@ class ReferenceSealer:
                 if record.kind == "staff"
                 else patient_ref(key)
             )
+        self.sealed += len(pending)
+        return len(pending)
+
+
+class RawSealer:
+    """A sealed ledger's raw records (ADR 0037, ``careledger.sealed_raw``), in the same
+    two steps as reference records:
+
+    * :meth:`take`: open the transit envelope with the ingest key (a raw envelope in
+      clear, or one that does not open, is refused with its reason: ``SealError``),
+      draw a salt and build the sealed document (the leaf);
+    * :meth:`complete` (before the blocks are written): the data keys of every subject
+      of the blocks' raw records at once (the patients each names, or its sender's
+      day), then each record's key, sealed payload and key ids. A key store that
+      cannot be used raises ``KeyStoreError``: the write fails closed.
+    """
+
+    def __init__(
+        self, ingest: IngestKey, keys: SubjectKeys, *, salt: Callable[[int], bytes] = os.urandom
+    ) -> None:
+        self.ingest = ingest
+        self.keys = keys
+        self._salt = salt
+        self.sealed = 0
+
+    def take(self, data: bytes) -> tuple[SealedRaw, bytes]:
+        if not is_raw_transit(data):
+            raise SealError(
+                code="RAW_NOT_SEALED",
+                message="a raw record in clear: this ledger is sealed, send it sealed to the "
+                "ingest key",
+            )
+        opened = open_raw_transit(self.ingest.private, data)
+        salt = self._salt(SALT_BYTES)
+        document = sealed_raw_document(opened.envelope, raw_commitment(salt, opened.payload))
+        parsed, _ = decode_sealed_raw(document)
+        return SealedRaw(parsed, document, opened.payload, opened.subjects, salt), document
+
+    def complete(self, blocks: Sequence[SealedBlock]) -> int:
+        """Seal every sealed raw record of ``blocks`` not sealed yet; the count."""
+        pending = [
+            ev.event
+            for b in blocks
+            for ev in b.events
+            if isinstance(ev.event, SealedRaw) and not ev.event.sealed
+        ]
+        if not pending:
+            return 0
+        lookups = [[self.keys.lookup(system, sid) for system, sid in r.subjects] for r in pending]
+        keys = self.keys.data_keys([lk for each in lookups for lk in each])
+        for r, mine in zip(pending, lookups, strict=True):
+            pairs = [keys[lk] for lk in mine]
+            record_key = raw_key(r.document.record_id, pairs)
+            r.sealed = base64.b64encode(
+                seal_raw(record_key, r.canonical, r.salt, r.payload)
+            ).decode()
+            r.data_key_id = join_key_ids(key_id for key_id, _ in pairs)
         self.sealed += len(pending)
         return len(pending)

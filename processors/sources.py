@@ -205,6 +205,8 @@ class SourceGate:
         self.opener: BatchOpener | None = None
         #: and its reference sealer: then reference records are sealed (ADR 0037)
         self.reference_sealer: ReferenceTaker | None = None
+        #: and its raw record sealer (the gateway's received bytes, ADR 0037)
+        self.raw_sealer: ReferenceTaker | None = None
 
     @property
     def registry(self) -> SourceRegistry:

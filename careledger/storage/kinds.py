@@ -26,6 +26,7 @@ from careledger.raw_record import (
     RawRecordEnvelope,
     decode_and_canonicalize_raw,
 )
+from careledger.sealed_raw import MAX_RAW_TRANSIT_BYTES, SealedRawDocument, decode_sealed_raw
 from careledger_core.errors import ReferenceValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
@@ -462,6 +463,86 @@ RAW = RecordKind(
 )
 
 
+@dataclass(slots=True)
+class SealedRaw:
+    """A sealed raw record as the processor chains it (ADR 0037,
+    ``careledger.sealed_raw``): its document (the leaf's bytes) when taken; its sealed
+    payload and key ids when its block is stored (the subjects' keys fetched for all the
+    blocks' records at once). Until then ``sealed`` is empty and it is never written."""
+
+    document: SealedRawDocument
+    canonical: bytes  # the document's canonical bytes (the leaf's)
+    payload: bytes  # in memory only
+    subjects: list[tuple[str, str]]
+    salt: bytes
+    data_key_id: str = ""  # the key ids, comma-separated
+    sealed: str = ""  # base64 of the sealed part
+
+    @property
+    def record_id(self) -> str:
+        return self.document.record_id
+
+    @property
+    def received_at(self) -> str:
+        return self.document.received_at
+
+
+def _sealed_raw_values(r: SealedRaw | SealedRawDocument) -> tuple[Any, ...]:
+    if isinstance(r, SealedRawDocument):  # a replica's row: the signed document only
+        d, sealed, key_ids = r, "", ""
+    else:
+        if not r.sealed:
+            raise RuntimeError("a sealed raw record was not sealed before its block's write")
+        d, sealed, key_ids = r.document, r.sealed, r.data_key_id
+    return (
+        d.record_id,
+        d.sha256,
+        d.format,
+        d.received_at,
+        _date(d.received_at),
+        d.source_id,
+        d.protocol,
+        d.issue_count,
+        sealed,
+        key_ids,
+    )
+
+
+def _sealed_raw_id(r: SealedRaw | SealedRawDocument) -> str:
+    return r.record_id
+
+
+#: raw records of a sealed ledger (ADR 0037): ``canonical`` holds the sealed document (the
+#: envelope's public fields and a commitment), ``sealed`` the payload under the record
+#: key, ``data_key_id`` the ids of the data keys it is derived from. ``read_columns`` are
+#: the document's, as for raw records in clear; the rest is checked where the key store
+#: opens the records (``verifiers/integrity/sealed.py``).
+SEALED_RAW = RecordKind(
+    name="sealed-raw-record",
+    table="raw_records",
+    columns=(*RAW.columns, "sealed", "data_key_id"),
+    decode=decode_sealed_raw,
+    record_id=_sealed_raw_id,
+    time_of=lambda r: r.received_at,
+    values=_sealed_raw_values,
+    read_columns=RAW.read_columns,
+    unique_key=_sealed_raw_id,
+    read_values=lambda r: (
+        r.record_id.encode(),
+        r.sha256.encode(),
+        r.format.encode(),
+        r.received_at.encode(),
+        r.source_id.encode(),
+        r.protocol.encode(),
+        r.issue_count,
+        _date(r.received_at),
+    ),
+    read_types=RAW.read_types,
+    max_bytes=MAX_RAW_TRANSIT_BYTES,  # a transit record (the gateway refuses larger)
+    private_columns=("sealed", "data_key_id"),
+)
+
+
 def topic_of(chain_id: str) -> str:
     """``<origin>/<topic>/<partition>`` -> topic (topic names cannot contain '/')."""
     parts = chain_id.rsplit("/", 2)
@@ -486,14 +567,15 @@ def raw_topics(settings: Any) -> frozenset[str]:
 
 
 def sealed_topics(settings: Any) -> frozenset[str]:
-    """The sealed topics of a sealed ledger: its events and the reference data that names
-    a person (consents, care relationships, the workforce directory, patients); the
-    sources' topic stays in clear."""
+    """The sealed topics of a sealed ledger: its events, the gateway's raw records and the
+    reference data that names a person (consents, care relationships, the workforce
+    directory, patients); the sources' topic stays in clear."""
     if not settings.seal_events:
         return frozenset()
     return frozenset(
         (
             settings.topic_events,
+            settings.topic_raw,
             settings.topic_consents,
             settings.topic_care_relationships,
             settings.topic_workforce,
@@ -509,7 +591,7 @@ def sealed_kind(topic: str, reference: frozenset[str]) -> RecordKind:
 
 def kind_for_topic(settings: Any, topic: str) -> RecordKind:
     if topic in raw_topics(settings):
-        return RAW
+        return SEALED_RAW if settings.seal_events else RAW
     if topic in sealed_topics(settings):
         return sealed_kind(topic, reference_topics(settings))
     return REFERENCE if topic in reference_topics(settings) else ACCESS

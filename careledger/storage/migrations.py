@@ -451,6 +451,21 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        14,
+        "sealed raw records (ADR 0037): the received bytes under a record key",
+        (),
+        add_columns=(
+            # a sealed ledger's raw records: XChaCha20-Poly1305 of salt || payload (the
+            # envelope and the patients it names) under the record key derived from
+            # their data keys (base64), and those keys' ids (hex, comma-separated)
+            AddColumn("raw_records", "sealed", "String DEFAULT ''"),
+            AddColumn("raw_records", "data_key_id", "String DEFAULT ''"),
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

@@ -29,6 +29,7 @@ from careledger.storage.kinds import (
     RAW,
     REFERENCE,
     SEALED,
+    SEALED_RAW,
     SEALED_REFERENCE,
     RecordKind,
     SealedRecord,
@@ -403,7 +404,7 @@ def row_columns(kind: RecordKind) -> tuple[str, ...]:
 EVENT_COLUMNS = row_columns(ACCESS)
 REFERENCE_COLUMNS = row_columns(REFERENCE)
 RAW_COLUMNS = row_columns(RAW)
-_KINDS = (ACCESS, SEALED, REFERENCE, SEALED_REFERENCE, RAW)
+_KINDS = (ACCESS, SEALED, REFERENCE, SEALED_REFERENCE, RAW, SEALED_RAW)
 
 
 def header_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
@@ -475,7 +476,7 @@ class ChainStore:
     def kind_of(self, chain_id: str) -> RecordKind:
         topic = topic_of(chain_id)
         if topic in self.raw_topics:
-            return RAW
+            return SEALED_RAW if topic in self.sealed_topics else RAW
         if topic in self.sealed_topics:
             return sealed_kind(topic, self.reference_topics)
         return REFERENCE if topic in self.reference_topics else ACCESS
@@ -753,6 +754,7 @@ StoredRow = StoredEvent | StoredReference | StoredRaw | StoredSealed | StoredSea
 _ROW_CLASS: Final[dict[str, Any]] = {
     REFERENCE.name: StoredReference,
     RAW.name: StoredRaw,
+    SEALED_RAW.name: StoredRaw,
     SEALED.name: StoredSealed,
     SEALED_REFERENCE.name: StoredSealedReference,
 }

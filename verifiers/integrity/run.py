@@ -29,7 +29,7 @@ from typing import Any, TextIO
 
 from careledger.config import Settings
 from careledger.keys import KeyFileError, load_public_keys
-from careledger.storage.kinds import SEALED, SEALED_REFERENCE
+from careledger.storage.kinds import SEALED, SEALED_RAW, SEALED_REFERENCE
 from careledger.storage.store import ChainStore
 from careledger.witnesses import WitnessSet
 from careledger_core.findings import Finding, FindingCode
@@ -547,6 +547,7 @@ def check_run_sealed(
 
     sealed_chains = [c for c in chains if store.kind_of(c) is SEALED]
     reference_chains = [c for c in chains if store.kind_of(c) is SEALED_REFERENCE]
+    raw_chains = [c for c in chains if store.kind_of(c) is SEALED_RAW]
     try:
         keystore = open_keystore(settings)
     except (KeyStoreError, KeyFileError) as exc:
@@ -563,6 +564,7 @@ def check_run_sealed(
                 erased,
                 reference_chains=reference_chains,
                 patient_system=settings.reference_patient_system,
+                raw_chains=raw_chains,
             )
             # ADR 0023's duplicates, compared opened (their documents differ by salt)
             duplicates = check_duplicate_events(store, open_sealed=sealed_opener(keystore))

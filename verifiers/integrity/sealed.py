@@ -15,6 +15,15 @@ can open it. For each committed event row:
   pseudonym: ``SEALED_REF_MISMATCH`` (a report selects by them: an edit would move an
   access from one patient's report to another's).
 
+A sealed raw record (the gateway's received bytes, ``careledger.sealed_raw``) is under a
+record key derived from the data keys its ``data_key_id`` lists: every one of them must
+exist (or an erasure destroyed one: the record is erased), the payload must open to its
+document, and the keys must be exactly those of the subjects the payload names
+(``SEALED_KEY_NOT_PATIENTS``). Raw records are checked first, so that each event made
+from one (its document's ``raw_ref.sha256``) can be checked to be of a patient whose key
+the record's key is made of: else erasing that patient would leave the bytes readable
+(``SEALED_KEY_NOT_PATIENTS`` at the event).
+
 Rows are read chain by chain in pages of blocks, keys fetched once per page by id.
 Rows whose document does not decode or whose leaf does not match are the chain
 checks' findings, not repeated here. Every unwrap is counted under ``verify``.
@@ -29,6 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger.keystore import KeyStore
+from careledger.sealed_raw import decode_sealed_raw, open_raw, raw_key, split_key_ids
 from careledger.storage.kinds import decode_sealed_reference_row
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
@@ -53,6 +63,11 @@ class SealedReport:
     #: the same for sealed reference records
     references_opened: int = 0
     references_erased: int = 0
+    #: the same for sealed raw records
+    raw_opened: int = 0
+    raw_erased: int = 0
+    #: raw records opened: SHA-256 of their bytes -> the data key ids of their keys
+    raw_keys: dict[str, set[str]] = field(default_factory=dict)
     findings: list[Finding] = field(default_factory=list)
     #: why nothing was opened (no key store), or None
     not_opened: str | None = None
@@ -63,6 +78,8 @@ class SealedReport:
             "erased": self.erased,
             "references_opened": self.references_opened,
             "references_erased": self.references_erased,
+            "raw_opened": self.raw_opened,
+            "raw_erased": self.raw_erased,
         }
         if self.not_opened is not None:
             out["not_opened"] = self.not_opened
@@ -79,6 +96,7 @@ _EVENT_COLUMNS: Final = (
 _REFERENCE_COLUMNS: Final = (
     "height, idx, record_id, canonical, leaf_hash, subject_id, kind, data_key_id, sealed"
 )
+_RAW_COLUMNS: Final = "height, idx, record_id, canonical, leaf_hash, data_key_id, sealed"
 
 
 def _rows(
@@ -117,11 +135,17 @@ def check_sealed(
     *,
     reference_chains: Sequence[str] = (),
     patient_system: str = "",
+    raw_chains: Sequence[str] = (),
 ) -> SealedReport:
-    """Open every committed sealed event of ``chains`` (the sealed kind's chains) and
-    every sealed reference record of ``reference_chains`` (their patients' ids are of
-    ``patient_system``)."""
+    """Open every committed sealed raw record of ``raw_chains``, every sealed event of
+    ``chains`` (the sealed kind's chains) and every sealed reference record of
+    ``reference_chains`` (their patients' ids are of ``patient_system``)."""
     report = SealedReport()
+    for chain in raw_chains:
+        for page in _rows(store, chain, "raw_records", _RAW_COLUMNS):
+            keys = _raw_keys_of(keystore, page)
+            for row in page:
+                check_raw_row(report, keystore, keys, chain, row, erased_key_ids)
     for chain in chains:
         for page in _rows(store, chain):
             keys = _keys_of(keystore, page)
@@ -135,6 +159,72 @@ def check_sealed(
                     report, keystore, keys, chain, row, erased_key_ids, patient_system
                 )
     return report
+
+
+def _raw_keys_of(keystore: KeyStore, page: list[tuple[Any, ...]]) -> dict[bytes, Any]:
+    ids: set[bytes] = set()
+    for row in page:
+        try:
+            ids.update(split_key_ids(_str(row[5])))
+        except ValueError:
+            continue
+    return keystore.keys_by_id(sorted(ids), "verify")
+
+
+def check_raw_row(
+    report: SealedReport,
+    keystore: KeyStore,
+    keys: dict[bytes, Any],
+    chain: str,
+    row: tuple[Any, ...],
+    erased_key_ids: frozenset[str],
+) -> None:
+    """One row of a sealed ledger's raw chain (module doc)."""
+    height, idx, record_id, canonical, leaf, key_ids, sealed = row
+    if type(canonical) is not bytes or _str(leaf) != leaf_hash(canonical).hex():
+        return  # the chain checks report it
+    try:
+        document, _ = decode_sealed_raw(canonical)
+    except CareledgerError:
+        return  # the chain checks report it
+    where: dict[str, Any] = {"height": height, "event_index": idx, "event_id": _str(record_id)}
+
+    def finding(code: FindingCode, message: str) -> None:
+        report.findings.append(Finding.of(code, chain, message, **where))
+
+    try:
+        ids = split_key_ids(_str(key_ids))
+    except ValueError:
+        finding(FindingCode.SEALED_PART_INVALID, "data_key_id is not a list of data key ids")
+        return
+    gone = [i.hex() for i in ids if i not in keys]
+    if gone:
+        missing = [g for g in gone if g not in erased_key_ids]
+        if missing:
+            _gone(missing[0], erased_key_ids, "raw record", finding)
+        else:
+            report.raw_erased += 1
+        return
+    found = [keys[i] for i in ids]
+    pairs = [(i, f.data_key.key) for i, f in zip(ids, found, strict=True)]
+    try:
+        opened = open_raw(
+            raw_key(document.record_id, pairs),
+            canonical,
+            base64.b64decode(_str(sealed), validate=True),
+        )
+    except (CareledgerError, binascii.Error) as exc:
+        finding(FindingCode.SEALED_PART_INVALID, f"the sealed raw record does not open: {exc}")
+        return
+    named = {keystore.lookup(system, sid) for system, sid in opened.subjects}
+    if named != {f.lookup for f in found}:
+        finding(
+            FindingCode.SEALED_KEY_NOT_PATIENTS,
+            "the raw record is not sealed under the data keys of exactly the patients it names",
+        )
+        return
+    report.raw_keys.setdefault(document.sha256, set()).update(i.hex() for i in ids)
+    report.raw_opened += 1
 
 
 def _named_key(keys: dict[bytes, Any], key_id: str) -> Any | None:
@@ -242,7 +332,7 @@ def _check_row(
     if type(canonical) is not bytes or _str(leaf) != leaf_hash(canonical).hex():
         return  # the chain checks report it
     try:
-        decode_sealed_document(canonical)
+        document, _ = decode_sealed_document(canonical)
     except CareledgerError:
         return  # the chain checks report it
     where: dict[str, Any] = {"height": height, "event_index": idx, "event_id": _str(event_id)}
@@ -274,6 +364,15 @@ def _check_row(
         finding(
             FindingCode.SEALED_REF_MISMATCH,
             "patient_id or actor_id is not the pseudonym of the patient or actor sealed in it",
+        )
+        return
+    raw = document.raw_ref
+    made_from = None if raw is None else report.raw_keys.get(raw.sha256)
+    if made_from is not None and _str(key_id) not in made_from:
+        finding(
+            FindingCode.SEALED_KEY_NOT_PATIENTS,
+            "the raw record this event was made from is not sealed under this patient's "
+            "data key: erasing the patient would not erase those bytes",
         )
         return
     report.opened += 1
