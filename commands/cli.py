@@ -192,21 +192,34 @@ ONE_SHOT = frozenset(
     }
 )
 #: Commands that read access events or reference data in clear (the console, the
-#: consent decision point), set up a ledger in clear (the demo) or keep a received file
-#: in clear (``consent load`` ledgers each file as a raw
-#: record, and raw records are not sealed yet): on a sealed ledger (``seal_events``,
-#: ADR 0037) they refuse in one line, with the reason, until they handle sealed data
-#: (ADR 0037, next steps). ``access-report``, ``patient-view``, ``audit`` and ``alerts``
-#: open sealed data (the auditor decides on pseudonyms, alerts show them); ``replica``
-#: copies the signed documents (``restore`` refuses a sealed chain).
+#: consent decision point) or set up a ledger in clear (the demo): on a sealed ledger
+#: (``seal_events``, ADR 0037) they refuse in one line, with the reason, until they
+#: handle sealed data (ADR 0037, next steps). ``access-report``, ``patient-view``,
+#: ``audit`` and ``alerts`` open sealed data (the auditor decides on pseudonyms, alerts
+#: show them); ``replica`` copies the signed documents (``restore`` refuses a sealed
+#: chain); ``consent load`` seals each file and its consents to the ingest key, as the
+#: gateway does. Keys are a command, or ``command subcommand``.
 NOT_ON_SEALED_LEDGER: Final[Mapping[str, str]] = MappingProxyType(
     {
         "console": "it reads access events in clear",
-        "consent": "it reads consents and access events in clear, and `consent load` "
-        "would keep each file's bytes in clear as a raw record",
+        "consent decide": "the decision point reads consents and access events in clear",
+        "consent serve": "the decision point reads consents and access events in clear",
+        "consent replay": "the decision point reads consents and access events in clear",
         "demo": "it sets up and runs a ledger in clear (no ingest key, no key store)",
     }
 )
+
+
+def _refused_on_sealed_ledger(args: argparse.Namespace) -> str | None:
+    """The command line's name if it is refused on a sealed ledger, else None."""
+    name = args.command
+    if name in NOT_ON_SEALED_LEDGER:
+        return str(name)
+    sub = getattr(args, f"{name.replace('-', '_')}_command", None)
+    full = f"{name} {sub}"
+    return full if sub and full in NOT_ON_SEALED_LEDGER else None
+
+
 #: The exit status of a command whose reader went away (``| head``), as for SIGPIPE.
 EXIT_BROKEN_PIPE = 141
 
@@ -269,10 +282,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_format, level=logging.DEBUG if args.verbose else logging.INFO)
     if not args.verbose:
         _quiet_clients(args.command)
-    if settings.seal_events and args.command in NOT_ON_SEALED_LEDGER:
+    refused = _refused_on_sealed_ledger(args) if settings.seal_events else None
+    if refused is not None:
         print(
-            f"careledger {args.command}: not yet available on a sealed ledger (seal_events "
-            f"is on): {NOT_ON_SEALED_LEDGER[args.command]} (ADR 0037, next steps)",
+            f"careledger {refused}: not yet available on a sealed ledger (seal_events "
+            f"is on): {NOT_ON_SEALED_LEDGER[refused]} (ADR 0037, next steps)",
             file=sys.stderr,
         )
         return 2

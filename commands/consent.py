@@ -11,6 +11,7 @@ adding an entry):
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -32,10 +33,14 @@ def configure_load(parser: argparse.ArgumentParser) -> None:
 
 
 def run_load(args: argparse.Namespace, settings: Settings) -> int:
+    from careledger.config import ConfigError
     from producers.consents.load import KafkaUnavailable, load_consents
 
     try:
         summary = load_consents(settings, args.paths, source_id=args.source)
+    except ConfigError as exc:
+        print(f"careledger consent load: configuration error: {exc}", file=sys.stderr)
+        return 2
     except KafkaUnavailable as exc:
         print(f"careledger consent load: Kafka unavailable ({exc}); nothing more was ledgered")
         return 2

@@ -32,6 +32,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -291,6 +292,43 @@ def configure_dead_letters(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _sealed_opener(settings: Settings) -> Callable[[bytes], tuple[bytes, bytes] | None] | None:
+    """Opens the gateway's sealed dead letters (a sealed ledger, ADR 0037) where the
+    ingest key is; None elsewhere."""
+    from careledger.ingest_keys import load_ingest_key, open_sealed_dead_letter
+    from careledger.keys import KeyFileError
+
+    if not settings.seal_events:
+        return None
+    try:
+        key = load_ingest_key(settings.ingest_key)
+    except KeyFileError:
+        return None
+    return lambda value: open_sealed_dead_letter(key.private, value)
+
+
+def _shown(
+    value: bytes, opener: Callable[[bytes], tuple[bytes, bytes] | None] | None
+) -> dict[str, Any]:
+    """What ``--show-bytes`` adds for one dead letter: its bytes, opened if sealed."""
+    from careledger.ingest_keys import SEALED_DEAD_LETTER_LINE
+
+    if not value.startswith(SEALED_DEAD_LETTER_LINE):
+        return {"value": value.decode("utf-8", "backslashreplace")}
+    opened = opener(value) if opener is not None else None
+    if opened is None:
+        return {
+            "value": None,
+            "sealed": "sealed to the ingest key: run where the processor's ingest key is "
+            "to see the bytes",
+        }
+    transport, data = opened
+    return {
+        "value": data.decode("utf-8", "backslashreplace"),
+        "transport": transport.decode("utf-8", "backslashreplace"),
+    }
+
+
 def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
     topic = settings.topic_quarantine if args.quarantine else settings.topic_dead_letter
     try:
@@ -299,10 +337,11 @@ def command_dead_letters(args: argparse.Namespace, settings: Settings) -> int:
         print(f"careledger dead-letters: {exc.message}", file=sys.stderr)
         return 2
     records = read.records
+    opener = _sealed_opener(settings) if args.show_bytes else None
     for r in records:
         item = r.summary()
         if args.show_bytes:
-            item["value"] = r.value.decode("utf-8", "backslashreplace")
+            item.update(_shown(r.value, opener))
         if args.json:
             print(json.dumps(item))
         else:

@@ -53,13 +53,22 @@ from typing import Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from careledger.config import Settings
+from careledger.config import ConfigError, Settings
+from careledger.ingest_keys import (
+    reference_message,
+    seal_dead_letter_for_ingest,
+    seal_raw_for_ingest,
+)
+from careledger.kafka.batching import ingest_public_key_of
 from careledger.kafka.clients import rdkafka_logger
 from careledger.kafka.producer import AccessEventProducer, producer_config
 from careledger.kafka.security import PRODUCER, kafka_login
 from careledger.raw_record import MAX_ENVELOPE_BYTES
+from careledger.sealed_raw import MAX_RAW_TRANSIT_BYTES
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
+from careledger_core.reference import decode_and_canonicalize_reference
+from careledger_core.sealed_reference import SEALED_REFERENCE_KINDS, STAFF_KEY_SYSTEM
 
 log = logging.getLogger("careledger.gateway.publisher")
 #: librdkafka's lines of the raw producer, one per kind every 10 s (careledger.kafka.clients)
@@ -132,6 +141,14 @@ class Publisher:
         events: AccessEventProducer | None = None,
     ) -> None:
         self.settings = settings
+        #: a sealed ledger's ingest key (ADR 0037): raw records and consents are sealed
+        #: to it (the events by the SDK)
+        self._seal_to = ingest_public_key_of(settings)
+        if settings.seal_events and self._seal_to is None:
+            raise ConfigError(
+                "this ledger is sealed (seal_events): set ingest_public_key, so raw records "
+                "and consents are sealed to the processor's ingest key"
+            )
         self.ack_timeout_s = float(
             settings.gateway_ack_timeout_s if ack_timeout_s is None else ack_timeout_s
         )
@@ -295,17 +312,32 @@ class Publisher:
         for job in group:
             if job.raw is not None:
                 key, value = job.raw
+                if self._seal_to is not None:
+                    value = self._sealed_raw(job, value)
+                    if len(value) > MAX_RAW_TRANSIT_BYTES:
+                        job.fail("the record is too large to seal for this ledger")
+                        continue
                 self._produce(job, self.settings.topic_raw, value, key, None)
                 produced = True
             for dl in job.dead_letters:
-                self._produce(job, self.settings.topic_dead_letter, dl.value, dl.key, dl.headers)
+                if self._seal_to is not None:  # key dropped: it may name the sender
+                    sealed, headers = self._sealed_dead_letter(dl)
+                    self._produce(job, self.settings.topic_dead_letter, sealed, None, headers)
+                else:
+                    self._produce(
+                        job, self.settings.topic_dead_letter, dl.value, dl.key, dl.headers
+                    )
                 produced = True
         # 2. events and reference records of the jobs whose raw record is in Kafka (the
         # previous round's)
         references = False
         for job in ready:
             for topic, key, value in job.references:
-                self._produce(job, topic, value, key, None)
+                sent_key: bytes | None = key
+                if self._seal_to is not None:  # ADR 0037: sealed, and sent without a key
+                    record, _ = decode_and_canonicalize_reference(value)
+                    sent_key, value = reference_message(record, self._seal_to)
+                self._produce(job, topic, value, sent_key, None)
                 references = True
         signing = self._events.signing
         try:
@@ -333,6 +365,33 @@ class Publisher:
                 for job in ready:
                     if job.events:
                         job.fail(f"events not acknowledged by Kafka: {exc.code}")
+
+    def _sealed_raw(self, job: Job, envelope: bytes) -> bytes:
+        """The transit record of a job's raw envelope, naming the patients of its events
+        and of its reference records (``careledger.sealed_raw``)."""
+        assert self._seal_to is not None
+        patients = {(e.patient.system or "", e.patient.id) for e in job.events}
+        for _topic, _key, value in job.references:
+            record, _ = decode_and_canonicalize_reference(value)
+            if record.kind == "staff":
+                patients.add((STAFF_KEY_SYSTEM, record.subject_id))
+            elif record.kind in SEALED_REFERENCE_KINDS:
+                patients.add((self.settings.reference_patient_system, record.subject_id))
+        return seal_raw_for_ingest(self._seal_to, envelope, patients)
+
+    def _sealed_dead_letter(self, dl: DeadLetter) -> tuple[bytes, Headers]:
+        """A dead letter on a sealed ledger: its bytes and transport details (peer,
+        sender) sealed to the ingest key (``careledger.ingest_keys``), its key dropped."""
+        assert self._seal_to is not None
+        transport = b"{}"
+        headers: Headers = []
+        for name, text in dl.headers:
+            if name == "careledger-transport":
+                transport = text.encode() if isinstance(text, str) else text or b"{}"
+            else:
+                headers.append((name, text))
+        headers.append(("careledger-sealed", b"ingest"))
+        return seal_dead_letter_for_ingest(self._seal_to, transport, dl.value), headers
 
     def _produce(
         self, job: Job, topic: str, value: bytes, key: bytes | None, headers: Headers | None

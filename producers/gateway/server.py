@@ -96,12 +96,11 @@ def tls_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 def check_settings(settings: Settings) -> None:
-    if settings.seal_events or settings.ingest_public_key is not None:
-        # ADR 0037: its events would be sealed, but the raw records it ledgers (the bytes
-        # received) would stay in clear: a sealed ledger that is not
+    if settings.seal_events and settings.ingest_public_key is None:
+        # ADR 0037: it seals what it sends (raw records, events, consents) to the ingest key
         raise GatewayConfigError(
-            "not yet on a sealed ledger (seal_events / ingest_public_key): the gateway "
-            "ledgers the raw records it receives in clear (ADR 0037, next steps)"
+            "this ledger is sealed (seal_events): set ingest_public_key, so the gateway "
+            "seals the records it receives"
         )
     bound = settings.gateway_max_record_bytes
     if not MIN_MAX_BYTES <= bound <= MAX_RECORD_BYTES:

@@ -185,20 +185,23 @@ def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
     reads access events in clear would find none on a sealed ledger: an empty report
     would be a false all-clear."""
     result = _run(tmp_path, *argv, extra_env={"CARELEDGER_SEAL_EVENTS": "true"})
-    line = _one_line_exit_2(result, argv[0])
+    named = "consent decide" if argv[0] == "consent" else argv[0]  # the subcommand refused
+    line = _one_line_exit_2(result, named)
     assert "not yet available on a sealed ledger" in line
     assert set(cli.NOT_ON_SEALED_LEDGER) == {
         "console",
-        "consent",
+        "consent decide",
+        "consent serve",
+        "consent replay",
         "demo",
     }
 
 
-def test_consent_load_is_refused_on_a_sealed_ledger_its_files_would_stay_in_clear(
+def test_consent_load_on_a_sealed_ledger_without_the_ingest_key_refuses_in_one_line(
     tmp_path: Path,
 ) -> None:
-    # consent load ledgers each file's bytes as a raw record, and raw records are not
-    # sealed yet: on a sealed ledger the patient's consent would sit in clear in Kafka
+    # consent load ledgers each file's bytes as a raw record: on a sealed ledger they must
+    # be sealed to the processor's ingest key, and without it nothing is sent in clear
     consent = tmp_path / "c.json"
     consent.write_text("{}")
     result = _run(
@@ -211,6 +214,6 @@ def test_consent_load_is_refused_on_a_sealed_ledger_its_files_would_stay_in_clea
         extra_env={"CARELEDGER_SEAL_EVENTS": "true"},
     )
     assert result.returncode == 2
-    assert "sealed ledger" in result.stderr
-    assert "raw record" in result.stderr
+    assert "sealed (seal_events)" in result.stderr
+    assert "ingest_public_key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
