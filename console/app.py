@@ -473,11 +473,12 @@ class Console:
                 "it is ledgered with your name.",
             )
 
-        def find() -> str | None:
+        def find() -> tuple[str, str] | None:
             with self.data() as data:
                 return data.reidentify(ref)
 
-        patient = await run_in_threadpool(find)
+        found = await run_in_threadpool(find)
+        patient, system = found if found is not None else ("-", "")
         refused = await run_in_threadpool(
             self._record,
             request,
@@ -485,14 +486,15 @@ class Console:
             Viewed(
                 "reidentification",
                 ref,
-                patient_id=patient or "-",
+                patient_id=patient,
                 note=f"re-identification: {reason}",
+                patient_system=system,
             ),
         )
         if refused is not None:
             return refused
-        if patient is not None:
-            session.reidentified[ref] = patient
+        if found is not None:
+            session.reidentified[ref] = found
         return RedirectResponse(f"/patients/{ref}", status_code=303)
 
     def history(self, request: Request, session: Session) -> Response:
@@ -500,14 +502,29 @@ class Console:
 
         q = request.query_params
         patient_text = q.get("patient", "")
+        sealed = self.settings.seal_events
         if not patient_text.strip():
-            return self.page("history.html", request, session, doc=None, q=q)
+            return self.page(
+                "history.html",
+                request,
+                session,
+                doc=None,
+                q=q,
+                sealed=sealed,
+                default_system=self.settings.reference_patient_system,
+            )
         try:
             patient = ConsoleData.patient_id(patient_text)
             start, end = parse_range(q.get("from") or "2000-01-01", q.get("to") or "2100-01-01")
         except (ValueError, CareledgerError) as exc:
             return self.error(request, session, 400, str(exc))
-        refused = self._record(request, session, Viewed("patient-history", patient, patient))
+        # a sealed ledger's key store looks a patient up by (system, id)
+        system = q.get("system", self.settings.reference_patient_system).strip()
+        refused = self._record(
+            request,
+            session,
+            Viewed("patient-history", patient, patient, patient_system=system if sealed else ""),
+        )
         if refused is not None:
             return refused
         if request.url.path.endswith((".csv", ".pdf")):
@@ -515,7 +532,9 @@ class Console:
             from verifiers.reports.pdf import render_pdf
 
             with self.data() as data:
-                doc = build_report(data.store, patient, start, end)
+                doc = build_report(
+                    data.store, patient, start, end, sealed=data.sealed_access(system)
+                )
             pdf = request.url.path.endswith(".pdf")
             return Response(
                 render_pdf(doc) if pdf else render_csv(doc),
@@ -528,8 +547,8 @@ class Console:
         from verifiers.reports.patient_view import build_view
 
         with self.data() as data:
-            view = build_view(data.store, patient, start, end)
-            ref = data.pseudonym_of(patient)
+            view = build_view(data.store, patient, start, end, sealed=data.sealed_access(system))
+            ref = data.pseudonym_of(patient, system)
             alerts, matching = (
                 data.alerts(AlertFilter(patient_ref=ref, limit=100)) if ref else ([], 0)
             )
@@ -552,6 +571,8 @@ class Console:
             alerts=alerts,
             matching=matching,
             q=q,
+            sealed=sealed,
+            default_system=self.settings.reference_patient_system,
         )
 
     def actor(self, request: Request, session: Session) -> Response:

@@ -1,7 +1,14 @@
 """What the console's pages read, over one ClickHouse database: the alerts with the status
 the ledger supports, the actors' directory entries, the chart series and the pipeline's
 health. The same readers as the CLI (``alerts list``/``show``, ``status``,
-``access-report``), so a page and a command never disagree."""
+``access-report``), so a page and a command never disagree.
+
+On a sealed ledger (ADR 0037) the pages work on pseudonyms, as the auditor does: alerts
+and accesses name patients and actors by the ledger's pseudonyms, and staff names stay
+sealed (no directory entry is opened for a page). What needs an identifier goes through
+the key store, unwraps counted under ``console``: a patient's pseudonym from their id and
+system, a patient's history (``patient-view``'s opening), and a re-identification, which
+opens one of the pseudonym's committed accesses once the console ledgered it."""
 
 from __future__ import annotations
 
@@ -12,14 +19,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from careledger.config import Settings
+from careledger.keystore import KeyStore
 from careledger.storage.backend import ClickHouseBackend, SqlBackend
 from careledger.storage.migrations import check_identifier
 from careledger.storage.store import ChainStore
-from careledger_core.event import normalise_identifier
+from careledger_core.event import AccessEvent, normalise_identifier
+from careledger_core.sealing import patient_ref
 from verifiers.auditor.alerts import patient_pseudonym
 from verifiers.auditor.alerts_cli import _with_status, status_view
 from verifiers.auditor.alerts_view import sort_alerts
 from verifiers.auditor.casework import AlertBook, assignee
+from verifiers.reports.access_report import SealedAccess
 from verifiers.reports.directory import StaffEntry, staff_directory
 
 from .ledger import CONSOLE_SOURCE_SYSTEM
@@ -48,6 +58,16 @@ def _now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+def _is_of(event: AccessEvent, pseudonym: str, salt: str, keystore: KeyStore) -> bool:
+    """Whether the opened ``event`` is of the patient the alerts call ``pseudonym``,
+    recomputed from the key store (a row's pseudonym column is not trusted)."""
+    lookup = keystore.lookup(event.patient.system or "", event.patient.id)
+    return any(
+        patient_pseudonym(patient_ref(k.key), salt) == pseudonym
+        for k in keystore.data_keys(lookup, "reidentify")
+    )
+
+
 class ConsoleData:
     """One reader per request (clickhouse-driver connections are not shared between
     threads): ``with ConsoleData(settings) as data: ...``."""
@@ -63,14 +83,36 @@ class ConsoleData:
             settings, "writer" if writes else "reader"
         )
         self.db = check_identifier(settings.clickhouse_database)
-        self.book = AlertBook(self.backend, self.db)
+        self.sealed = settings.seal_events
+        self.keystore: KeyStore | None = None
+        opener = None
+        if self.sealed:  # status records are sealed events, opened to show them
+            from careledger.keystore import open_keystore
+            from verifiers.auditor.runner.sealed_store import SealedEventOpener
+
+            self.keystore = open_keystore(settings)
+            opener = SealedEventOpener(self.keystore, "console")
+        self.book = AlertBook(self.backend, self.db, opener)
 
     def __enter__(self) -> ConsoleData:
         return self
 
     def __exit__(self, *_exc: object) -> None:
+        if self.keystore is not None:
+            self.keystore.close()
         if self._owns_backend:
             self.backend.close()
+
+    def sealed_access(self, system: str) -> SealedAccess | None:
+        """How a patient's view opens a sealed ledger (None in clear)."""
+        if self.keystore is None:
+            return None
+        from careledger.keys import load_public_keys
+
+        registrars = tuple(load_public_keys(self.settings.trusted_registrar_keys))
+        return SealedAccess(
+            self.keystore, registrars, system, self.settings.reference_patient_system
+        )
 
     @property
     def store(self) -> ChainStore:
@@ -121,6 +163,8 @@ class ConsoleData:
         )
 
     def directory(self, actor_ids: Sequence[str]) -> dict[str, StaffEntry]:
+        if self.sealed:  # actors are pseudonyms; their directory records stay sealed
+            return {}
         return staff_directory(self.store, actor_ids, _now())
 
     def departments(self) -> list[str]:
@@ -144,12 +188,15 @@ class ConsoleData:
             "%(console)s ORDER BY occurred_at DESC LIMIT %(n)s",
             {"a": actor_id, "console": CONSOLE_SOURCE_SYSTEM, "n": limit},
         )
-        salt = self._salt()
+        salt = None if self.sealed else self._salt()
         return int(total[0][0]) if total else 0, [
             {
                 "occurred_at": _text(r[0]),
-                # pseudonyms only: the actor view is not a patient view
-                "patient_ref": patient_pseudonym(_text(r[1]), salt) if salt else "-",
+                # pseudonyms only: the actor view is not a patient view (a sealed
+                # ledger's column is the patient's pseudonym already)
+                "patient_ref": _text(r[1])
+                if self.sealed
+                else (patient_pseudonym(_text(r[1]), salt) if salt else "-"),
                 "action": _text(r[2]),
                 "outcome": int(r[3]),
                 "source_system": _text(r[4]),
@@ -166,23 +213,56 @@ class ConsoleData:
         except (SaltError, OSError):
             return None
 
-    def pseudonym_of(self, patient_id: str) -> str | None:
-        """The patient's pseudonym in alerts (None: no salt readable here)."""
-        salt = self._salt()
-        return None if salt is None else patient_pseudonym(patient_id, salt)
-
-    def reidentify(self, pseudonym: str) -> str | None:
-        """The patient id whose pseudonym (under the deployment's salt) is ``pseudonym``,
-        among the patients of committed accesses, or None."""
+    def pseudonym_of(self, patient_id: str, system: str = "") -> str | None:
+        """The patient's pseudonym in alerts (None: no salt readable here; on a sealed
+        ledger, no data key for the patient under ``system``)."""
         salt = self._salt()
         if salt is None:
             return None
+        if self.keystore is not None:  # the auditor's pseudonym of the ledger's
+            key = self.keystore.data_key(self.keystore.lookup(system, patient_id), "console")
+            return None if key is None else patient_pseudonym(patient_ref(key.key), salt)
+        return patient_pseudonym(patient_id, salt)
+
+    def reidentify(self, pseudonym: str) -> tuple[str, str] | None:
+        """The patient (id, system) whose pseudonym is ``pseudonym``, among the patients
+        of committed accesses, or None. On a sealed ledger: one of their committed
+        accesses opened (unwrap counted under ``reidentify``); the caller ledgers the
+        re-identification before it shows anything."""
+        salt = self._salt()
+        if salt is None:
+            return None
+        if self.keystore is not None:
+            return self._reidentify_sealed(pseudonym, salt)
         for (pid,) in self.backend.execute(
             f"SELECT DISTINCT patient_id FROM {self.db}.access_events WHERE patient_id != '-'"
         ):
             patient = _text(pid)
             if patient_pseudonym(patient, salt) == pseudonym:
-                return patient
+                return patient, ""
+        return None
+
+    def _reidentify_sealed(self, pseudonym: str, salt: str) -> tuple[str, str] | None:
+        """A sealed ledger's alerts name a patient by the auditor's pseudonym of the
+        ledger's (``patient_pseudonym(patient_ref, salt)``): the alerts' committed
+        accesses are opened until one is of that patient."""
+        from verifiers.auditor.runner.sealed_store import SealedEventOpener
+
+        assert self.keystore is not None
+        ids = sorted({i for a in self.book.matching(patient_ref=pseudonym) for i in a["event_ids"]})
+        if not ids:
+            return None
+        opener = SealedEventOpener(self.keystore, "reidentify")
+        rows = self.backend.execute(
+            f"SELECT canonical, sealed, data_key_id FROM {self.db}.access_events "
+            "WHERE event_id IN %(ids)s AND (chain_id, height, block_hash) IN "
+            f"(SELECT chain_id, height, block_hash FROM {self.db}.blocks)",
+            {"ids": tuple(ids)},
+        )
+        for canonical, sealed, key_id in rows:
+            event = opener(bytes(canonical), _text(sealed), _text(key_id))
+            if event is not None and _is_of(event, pseudonym, salt, self.keystore):
+                return event.patient.id, event.patient.system or ""
         return None
 
     @staticmethod

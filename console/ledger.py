@@ -50,6 +50,9 @@ class Viewed:
     patient_id: str = NO_PATIENT
     action: str = "R"  # R read, U a case action
     note: str | None = None  # e.g. the stated reason of a re-identification
+    #: the patient id's system: on a sealed ledger the view is sealed under the key of
+    #: (system, id), so it is in the report asked with that system (ADR 0037)
+    patient_system: str = ""
 
 
 def _now() -> str:
@@ -69,7 +72,10 @@ def console_event(user: str, role: str, viewed: Viewed, client: str | None) -> A
         "purpose_of_use": [PURPOSE],
         "actor": {"id": user, "roles": [role], "is_requestor": True},
         "source": {"system": CONSOLE_SOURCE_SYSTEM, "type": 4},
-        "patient": {"id": viewed.patient_id},
+        "patient": {
+            "id": viewed.patient_id,
+            **({"system": viewed.patient_system} if viewed.patient_system else {}),
+        },
         "object": {"type": viewed.what, "id": viewed.id[:256]},
     }
     if viewed.note:

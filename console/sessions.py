@@ -29,7 +29,8 @@ class Session:
     created: float
     last_seen: float
     #: patient ids this session re-identified, by pseudonym (privacy officers only)
-    reidentified: dict[str, str] = field(default_factory=dict)
+    #: pseudonym -> (patient id, system) re-identified in this session (ledgered)
+    reidentified: dict[str, tuple[str, str]] = field(default_factory=dict)
     #: what the last action said, shown once on the next page (never from the URL)
     flash: str = ""
 

@@ -186,6 +186,8 @@ def _expire_and_replicate(settings: Settings, tmp_path: Path) -> None:
         "erased": len(events) - len(mine),
         "references_opened": len(theirs),
         "references_erased": len(records) - len(theirs),
+        "raw_opened": 0,  # no gateway here
+        "raw_erased": 0,
     }, report["sealed"]
 
     # 4. a partner's replica copies and verifies every signed document (the erased ones

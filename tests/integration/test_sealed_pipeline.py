@@ -57,6 +57,7 @@ from tests.integration.pipeline import (
     with_keys,
     with_source,
 )
+from tests.integration.sealed_console import check_console
 from tests.integration.test_signed_pipeline import _read, _wait_registry_ledgered
 from tests.softhsm import with_token
 from verifiers.auditor import Auditor, ReferenceState
@@ -343,6 +344,8 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
             "erased": 0,
             "references_opened": len(records),
             "references_erased": 0,
+            "raw_opened": 0,  # no gateway here
+            "raw_erased": 0,
         }, report["sealed"]
         by_id = {e.event_id: e for e in events}
         assert set(_opened(settings, by_id).values()) == {True}
@@ -385,6 +388,10 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         assert case["status_history_ledgered"], case
         told += listed.stdout + acked.stdout + json.dumps(case)
         assert not [i for i in identifiers if i.decode() in told], "an identifier in the output"
+        # the console works the same alerts on pseudonyms (tests/integration/sealed_console)
+        console_views = check_console(
+            settings, tmp_path, alerts, worked, by_id, identifiers, (erased.id, erased.system or "")
+        )
 
         # 3. the patient's access report opens their lines, each proven offline
         mine = [e for e in events if e.patient.id == erased.id]
@@ -504,7 +511,9 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
                 reidentified.add((e.patient.id, e.patient.system or ""))
         assert len(case_doc["ledgered_as"]) == len(reidentified) > 0, case_doc
         wait_until(
-            lambda: committed_event_count(store) >= len(events) + 1 + len(reidentified),
+            lambda: (
+                committed_event_count(store) >= len(events) + 1 + len(reidentified) + console_views
+            ),
             90,
             what="the re-identification chained",
         )
@@ -544,11 +553,13 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
     # the patient's reference records (their demographics, care relationships and
     # consents) went with their key
     assert report["sealed"] == {
-        # and the alert's status change and the re-identifications
-        "opened": len(events) - gone + 1 + len(reidentified),
+        # and the alert's status change, the re-identifications and the console's views
+        "opened": len(events) - gone + 1 + len(reidentified) + console_views,
         "erased": gone,
         "references_opened": len(records) - len(theirs),
         "references_erased": len(theirs),
+        "raw_opened": 0,  # no gateway here
+        "raw_erased": 0,
     }, report["sealed"]
     # the report still lists the patient's accesses, as erased, each with its proof
     after_report = run_cli(settings, *report_args, "--out", str(tmp_path / "after.json"))

@@ -173,7 +173,6 @@ def test_a_demo_hospital_too_small_is_refused_before_anything_starts(
 @pytest.mark.parametrize(
     "argv",
     [
-        ["console", "serve"],
         ["demo"],
         ["consent", "decide", "--patient", "P-1", "--actor", "a", "--action", "R"],
     ],
@@ -189,7 +188,6 @@ def test_a_reader_of_events_in_clear_refuses_a_sealed_ledger_in_one_line(
     line = _one_line_exit_2(result, named)
     assert "not yet available on a sealed ledger" in line
     assert set(cli.NOT_ON_SEALED_LEDGER) == {
-        "console",
         "consent decide",
         "consent serve",
         "consent replay",
