@@ -57,7 +57,15 @@ from .event import (
     is_valid_timestamp,
 )
 from .hashing import leaf_hash
-from .sealing import SALT_BYTES, SealError, canonical, commitment, join, parse_part, unseal
+from .sealing import (
+    SALT_BYTES,
+    SealError,
+    canonical,
+    commitment_of_bytes,
+    join_into,
+    parse_part,
+    unseal,
+)
 
 __all__ = [
     "SEALED_EVENT_SCHEMA",
@@ -181,6 +189,8 @@ class OpenedEvent:
     salt: bytes
     sensitive: dict[str, Any]
     event: AccessEvent
+    #: the sensitive part's canonical bytes (what is sealed again for storage)
+    body: bytes = b""
 
 
 def ingest_key(peer_public: bytes, own_private: bytes) -> bytes:
@@ -213,16 +223,20 @@ def seal_for_ingest_with(
     )
 
 
-def open_ingest(key: bytes, document: bytes, ciphertext: bytes) -> OpenedEvent:
+def open_ingest(
+    key: bytes, document: bytes, ciphertext: bytes, leaf: bytes | None = None
+) -> OpenedEvent:
     """Open an event's ingest ciphertext with its batch's ingest key (:func:`ingest_key`)
-    and check it against the sealed ``document`` (canonical bytes) it travels with.
+    and check it against the sealed ``document`` (canonical bytes) it travels with
+    (``leaf``: its leaf hash, when the caller has it).
 
     Raises :class:`SealError` (``SEALED_MALFORMED``, ``SEALED_UNOPENED``: not this
     document's, or not under this key; ``COMMITMENT_MISMATCH``) or
     :class:`EventValidationError` (the rebuilt event is not a valid access event)."""
     if len(ciphertext) < _MIN_CIPHERTEXT:
         raise SealError(code="SEALED_MALFORMED", message="the ingest ciphertext is too short")
-    leaf = leaf_hash(document)
+    if leaf is None:
+        leaf = leaf_hash(document)
     try:
         plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
             ciphertext, leaf, ingest_nonce(leaf), key
@@ -233,7 +247,8 @@ def open_ingest(key: bytes, document: bytes, ciphertext: bytes) -> OpenedEvent:
             message="the ingest ciphertext does not open for this document with its batch's key",
         ) from None
     salt, sensitive = parse_opening(plaintext)
-    return open_with(document, salt, sensitive, what="the ingest ciphertext")
+    what = "the ingest ciphertext"
+    return _opened(document, salt, sensitive, plaintext[SALT_BYTES:], what)
 
 
 def open_with(
@@ -243,16 +258,25 @@ def open_with(
     ``salt`` and ``sensitive`` must open the document's commitment. Raises
     :class:`SealError` (``COMMITMENT_MISMATCH``, ``BAD_INPUT``) or
     :class:`EventValidationError`."""
+    return _opened(document, salt, sensitive, canonical(sensitive), what)
+
+
+def _opened(
+    document: bytes, salt: bytes, sensitive: dict[str, Any], body: bytes, what: str
+) -> OpenedEvent:
+    """:func:`open_with`, ``body`` being ``sensitive``'s canonical bytes (checked by the
+    caller): the commitment is over them, and the document decoded here is joined in
+    place (no copies on the processor's per-event path)."""
     public = msgspec.json.decode(document)
     signed = bytes.fromhex(public.pop("sealed_commitment"))
-    if commitment(salt, sensitive) != signed:
+    if commitment_of_bytes(salt, body) != signed:
         raise SealError(
             code="COMMITMENT_MISMATCH",
             message=f"{what} does not open the commitment the source signed",
         )
     public["schema"] = EVENT_SCHEMA
-    event, _ = decode_and_canonicalize(canonical(join(public, sensitive)))
-    return OpenedEvent(salt, sensitive, event)
+    event, _ = decode_and_canonicalize(canonical(join_into(public, sensitive)))
+    return OpenedEvent(salt, sensitive, event, body)
 
 
 def parse_opening(opening: bytes) -> tuple[bytes, dict[str, Any]]:

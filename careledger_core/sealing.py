@@ -47,7 +47,9 @@ __all__ = [
     "SealError",
     "canonical",
     "commitment",
+    "commitment_of_bytes",
     "join",
+    "join_into",
     "ledger_document",
     "parse_part",
     "patient_ref",
@@ -127,8 +129,16 @@ def split(document: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def join(public: Mapping[str, Any], sensitive: Mapping[str, Any]) -> dict[str, Any]:
     """The document :func:`split` took apart."""
-    known = {".".join(p): p for p in SENSITIVE_PATHS}
-    document = _copy(public)
+    return join_into(_copy(public), sensitive)
+
+
+_KNOWN: Final = {".".join(p): p for p in SENSITIVE_PATHS}
+
+
+def join_into(document: dict[str, Any], sensitive: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`join` into ``document`` itself (a dict the caller owns, e.g. just decoded:
+    no copy on the processor's per-event path); returns it."""
+    known = _KNOWN
     for dotted, value in sensitive.items():
         path = known.get(dotted)
         if path is None:
@@ -145,8 +155,14 @@ def join(public: Mapping[str, Any], sensitive: Mapping[str, Any]) -> dict[str, A
 
 def commitment(salt: bytes, sensitive: Mapping[str, Any]) -> bytes:
     """The salted SHA-256 commitment to a sensitive part (32 bytes)."""
+    return commitment_of_bytes(salt, canonical(sensitive))
+
+
+def commitment_of_bytes(salt: bytes, body: bytes) -> bytes:
+    """:func:`commitment` of a sensitive part given as its canonical bytes (as
+    :func:`parse_part` checked them)."""
     _key("salt", salt, SALT_BYTES)
-    return hashlib.sha256(COMMITMENT_CONTEXT + salt + canonical(sensitive)).digest()
+    return hashlib.sha256(COMMITMENT_CONTEXT + salt + body).digest()
 
 
 def ledger_document(public: Mapping[str, Any], commitment_: bytes) -> dict[str, Any]:

@@ -71,7 +71,7 @@ from careledger_core.sealed_reference import (
     seal_reference,
     sealed_reference_document,
 )
-from careledger_core.sealing import SALT_BYTES, SealError, patient_ref, seal
+from careledger_core.sealing import SALT_BYTES, SealError, patient_ref, seal_bytes
 
 __all__ = [
     "DATA_KEY_TTL_S",
@@ -230,7 +230,7 @@ class EventOpener:
                 continue
             try:
                 document, _ = decode_sealed_document(data)
-                opened = open_ingest(shared, data, box)
+                opened = open_ingest(shared, data, box, leaf)
             except (ValidationError, SealError) as exc:
                 refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))
                 continue
@@ -244,7 +244,7 @@ class EventOpener:
         for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event
             key_id, key = keys[lookup]
-            sealed = seal(key, leaf, opened.salt, opened.sensitive)
+            sealed = seal_bytes(key, leaf, opened.salt, opened.body)
             record = SealedRecord(
                 document=document,
                 patient_ref=patient_ref(key),
