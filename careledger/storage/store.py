@@ -33,6 +33,7 @@ from careledger.storage.kinds import (
     SEALED_REFERENCE,
     RecordKind,
     SealedRecord,
+    SealedRaw,
     SealedReference,
     raw_topics,
     reference_topics,
@@ -71,7 +72,7 @@ class ChainedEvent:
     """One record (an access event or a reference record) as it goes into a block."""
 
     offset: int
-    event: AccessEvent | ReferenceRecord | SealedRecord | SealedReference
+    event: AccessEvent | ReferenceRecord | SealedRecord | SealedReference | SealedRaw
     canonical: bytes
     leaf_hash: bytes
     #: the source's signed-batch attestation of an access event (ADR 0010), if signed

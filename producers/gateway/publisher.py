@@ -35,6 +35,13 @@ every job of the group that had events (a batch record carries the events of sev
 jobs, and the SDK does not say which one lost a message);
 those senders retry, and what was delivered is then delivered twice (at least once).
 
+On a sealed ledger (``ingest_public_key`` set, ADR 0037) nothing leaves in clear: the
+raw record is sealed to the processor's ingest key with the patients its events and
+consents name (``careledger.sealed_raw``), the consents are sealed and sent without a
+key (``careledger.ingest_keys.reference_message``), the events are sealed by the SDK,
+and a dead letter's bytes and transport details are sealed too
+(``careledger.sealed-dead-letter/1``).
+
 Grouping is what makes many concurrent senders cheap: while one group waits for
 Kafka, the next one collects; and the futures of a round are settled with one
 wake-up of the event loop, not one per job.

@@ -359,3 +359,70 @@ def test_a_raw_record_counts_for_the_expiry_of_every_key_it_lists() -> None:
         b: "2021-01-01T00:00:00.000000Z",
         day: "2019-05-05T00:00:00.000000Z",
     }
+
+
+# ------------------------------------------------------------ events made from a raw record
+
+
+def _event_row(keystore: KeyStore, raw_sha256: str) -> tuple[tuple[Any, ...], str]:
+    """A stored sealed event made from the raw record ``raw_sha256`` (as the processor
+    writes it), and its data key id."""
+    import msgspec
+
+    from careledger.ingest_keys import IngestSealer
+    from careledger.storage.store import BatchInfo
+    from careledger_core.event import RawRef
+    from processors.sealing import EventOpener
+    from producers.simulator import HospitalModel, simulate
+
+    event = next(iter(simulate(HospitalModel(staff=10, patients=5, seed=9), 1, seed=9)))
+    event = msgspec.structs.replace(
+        event, raw_ref=RawRef(format="fhir-r4-bundle", sha256=raw_sha256)
+    )
+    sealer = IngestSealer(KEY.public)
+    document, box = sealer.seal(event)
+    opener = EventOpener(KEY, keystore)
+    info = BatchInfo(None, "", ())  # type: ignore[arg-type]
+    chained, refused = opener.open_batch(
+        info, 0, [document], [leaf_hash(document)], [box], sealer.public, 65536
+    )
+    assert refused == [] and len(chained) == 1
+    record = chained[0].event
+    row = (
+        0,
+        0,
+        event.event_id.encode(),
+        document,
+        leaf_hash(document).hex().encode(),
+        record.patient_ref.encode(),  # type: ignore[union-attr]
+        record.actor_ref.encode(),  # type: ignore[union-attr]
+        record.data_key_id.encode(),  # type: ignore[union-attr]
+        record.sealed.encode(),  # type: ignore[union-attr]
+    )
+    return row, record.data_key_id  # type: ignore[union-attr]
+
+
+def test_an_event_whose_patient_is_not_among_its_raw_records_keys_is_found(
+    keystore: KeyStore,
+) -> None:
+    # an operator holding the processor's key seals a Bundle under the key of one of its
+    # patients only: erasing another patient whose event was made from it would leave
+    # the bytes readable. The raw record alone looks right (it names whom it was sealed
+    # for); its events give it away.
+    from verifiers.integrity.sealed import _check_row
+
+    sha = hashlib.sha256(BODY).hexdigest()
+    row, key_id = _event_row(keystore, sha)
+    keys = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
+    honest = SealedReport(raw_keys={sha: {key_id}})
+    _check_row(honest, keystore, keys, "local/events/0", row, frozenset())
+    assert (honest.opened, honest.findings) == (1, [])
+    forged = SealedReport(raw_keys={sha: {"ab" * 16}})
+    _check_row(forged, keystore, keys, "local/events/0", row, frozenset())
+    assert [f.code.value for f in forged.findings] == ["SEALED_KEY_NOT_PATIENTS"]
+    assert forged.opened == 0
+    # an event of a raw record verify could not open (erased, or not on this ledger) is
+    # not judged by it
+    alone = SealedReport()
+    _check_row(alone, keystore, keys, "local/events/0", row, frozenset())
+    assert (alone.opened, alone.findings) == (1, [])
