@@ -191,20 +191,15 @@ ONE_SHOT = frozenset(
         "kafka-setup",
     }
 )
-#: Commands that read access events or reference data in clear (the consent decision
-#: point) or set up a ledger in clear (the demo): on a sealed ledger (``seal_events``,
-#: ADR 0037) they refuse in one line, with the reason, until they handle sealed data
-#: (ADR 0037, next steps). ``access-report``, ``patient-view``, ``audit``, ``alerts``
-#: and the ``console`` open sealed data (the auditor decides on pseudonyms, alerts and
-#: the console's pages show them); ``replica`` copies the signed documents
-#: (``restore`` refuses a sealed chain); ``consent load`` seals each file and its
-#: consents to the ingest key, as the gateway does. Keys are a command, or ``command
-#: subcommand``.
+#: Commands that set up a ledger in clear (the demo): on a sealed ledger (``seal_events``,
+#: ADR 0037) they refuse in one line, with the reason. ``access-report``,
+#: ``patient-view``, ``audit``, ``alerts``, the ``console`` and the consent decision
+#: point (``consent decide|serve|replay``) open sealed data through the key store;
+#: ``replica`` copies the signed documents (``restore`` refuses a sealed chain);
+#: ``consent load`` seals each file and its consents to the ingest key, as the gateway
+#: does. Keys are a command, or ``command subcommand``.
 NOT_ON_SEALED_LEDGER: Final[Mapping[str, str]] = MappingProxyType(
     {
-        "consent decide": "the decision point reads consents and access events in clear",
-        "consent serve": "the decision point reads consents and access events in clear",
-        "consent replay": "the decision point reads consents and access events in clear",
         "demo": "it sets up and runs a ledger in clear (no ingest key, no key store)",
     }
 )

@@ -52,6 +52,23 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
+def _sealed_reader(settings: Settings) -> Any:
+    """A sealed ledger's reader (ADR 0037), its key store open; None in clear. Raises
+    ``KeyStoreError`` / ``KeyFileError`` (a ``CareledgerError``) when the token cannot
+    be used."""
+    if not settings.seal_events:
+        return None
+    from careledger.keystore import open_keystore
+    from verifiers.auditor.decision_point.sealed import SealedReader
+
+    return SealedReader(open_keystore(settings), settings.reference_patient_system)
+
+
+def _close(sealed: Any) -> None:
+    if sealed is not None:
+        sealed.keystore.close()
+
+
 def run_decide(args: argparse.Namespace, settings: Settings) -> int:
     from careledger.storage.backend import ClickHouseBackend
     from careledger_core.errors import CareledgerError
@@ -75,6 +92,10 @@ def run_decide(args: argparse.Namespace, settings: Settings) -> int:
         )
     except QuestionError as exc:
         return _error(exc.message)
+    try:
+        sealed = _sealed_reader(settings)
+    except CareledgerError as exc:
+        return _error(f"a sealed ledger needs its key store: {exc.message}")
     backend = ClickHouseBackend.from_settings(settings)
     sink: KafkaDecisionLedger | None = None
     try:
@@ -83,6 +104,7 @@ def run_decide(args: argparse.Namespace, settings: Settings) -> int:
             backend=backend,
             database=settings.clickhouse_database,
             chains=consent_chains(settings),
+            sealed=sealed,
         )
         sink = point.sink  # type: ignore[assignment]
         point.refresh()
@@ -95,6 +117,7 @@ def run_decide(args: argparse.Namespace, settings: Settings) -> int:
         if sink is not None:
             sink.close()
         backend.close()
+        _close(sealed)
     _print_decision(record, sha, args.json)
     return 0
 
@@ -170,6 +193,10 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
     def reload_registry() -> None:
         current["registry"] = read_registry(settings, registrars, principal=PRODUCER)[0]
 
+    try:
+        sealed = _sealed_reader(settings)
+    except CareledgerError as exc:
+        return _error(f"a sealed ledger needs its key store: {exc.message}")
     backend = ClickHouseBackend.from_settings(settings)
     sink = KafkaDecisionLedger(settings)
     point = DecisionPoint(
@@ -177,6 +204,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         backend=backend,
         database=settings.clickhouse_database,
         chains=consent_chains(settings),
+        sealed=sealed,
     )
     auth = RequestAuthenticator(lambda: current["registry"], max_skew_s=args.max_skew_s)
     stop = threading.Event()
@@ -200,6 +228,7 @@ def run_serve(args: argparse.Namespace, settings: Settings) -> int:
         stop.set()
         sink.close()
         backend.close()
+        _close(sealed)
     return 0
 
 
@@ -217,6 +246,10 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
 
     if bool(args.all) == bool(args.decision_id):
         return _error("give a decision id or --all")
+    try:
+        sealed = _sealed_reader(settings)
+    except CareledgerError as exc:
+        return _error(f"a sealed ledger needs its key store: {exc.message}")
     backend = ClickHouseBackend.from_settings(settings)
     try:
         check = check_decisions(
@@ -225,11 +258,13 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
             consent_chains(settings),
             now_us=int(time.time() * 1_000_000),
             decision_id=args.decision_id,
+            sealed=sealed,
         )
     except CareledgerError as exc:
         return _error(f"cannot tell: {exc.message}")
     finally:
         backend.close()
+        _close(sealed)
     if args.decision_id and not check.decisions and not check.problems:
         return _error(f"no decision {args.decision_id} in the ledger", 1)
     if args.json:

@@ -91,6 +91,17 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
     """The checks of the auditor's rows; a store that fails is 'cannot tell'."""
     if args.database:
         settings = settings.replace(clickhouse_database=args.database)
+    chains = consent_chains(settings)
+    sealed = None
+    if settings.seal_events:  # ADR 0037: the decision point's records are sealed
+        from careledger.keys import KeyFileError
+        from careledger.keystore import KeyStoreError, open_keystore
+        from verifiers.auditor.decision_point.sealed import SealedReader
+
+        try:
+            sealed = SealedReader(open_keystore(settings), settings.reference_patient_system)
+        except (KeyStoreError, KeyFileError):
+            chains = []  # not checked (``consent_decisions`` is null), as sealed parts
     backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         return verify_audit(
@@ -99,7 +110,8 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
             reference_topics=reference_topics(settings) - {settings.topic_sources},
             salt=read_salt(settings),
             settle_us=int(getattr(args, "audit_settle", SETTLE_US / 1e6) * 1e6),
-            consent_chains=consent_chains(settings),
+            consent_chains=chains,
+            consent_sealed=sealed,
         )
     except StorageError as exc:
         return AuditVerification(
@@ -110,6 +122,8 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
         return AuditVerification(cannot_tell=f"cannot check the auditor's rows: {exc}")
     finally:
         backend.close()
+        if sealed is not None:
+            sealed.keystore.close()
 
 
 def combine(code: int, audit: AuditVerification) -> int:

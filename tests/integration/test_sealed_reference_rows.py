@@ -66,6 +66,8 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
         store = store_for(settings)
         wait_until(lambda: committed_event_count(store) >= len(events), 120, what="chained")
         dead = _read(settings, settings.topic_dead_letter, 1, timeout=60)
+        # the consent decision point decides from the sealed consents (chained meanwhile)
+        _decide_on_the_sealed_ledger(settings, records)
     finally:
         stop(proc)
     # the consent in clear: dead-lettered with its bytes and reason, for its sender to fix
@@ -80,7 +82,8 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
     )
     assert followed.returncode == 0, followed.stdout + followed.stderr
     cycles = [json.loads(line) for line in followed.stdout.splitlines() if line.startswith("{")]
-    assert sum(c["decisions"] for c in cycles) == len(events), followed.stdout
+    # the accesses, and the decision point's own event (it ledgers its decision)
+    assert sum(c["decisions"] for c in cycles) == len(events) + 1, followed.stdout
     assert _committed(settings, "consent") == sum(1 for r in records if r.kind == "consent")
 
     def rows(kind: str) -> list[tuple[Any, ...]]:
@@ -145,6 +148,77 @@ def test_edits_of_sealed_reference_rows_and_a_consent_sent_in_clear_are_found(
     assert spot("SEALED_PART_INVALID", swapped) in found, found
     assert spot("SEALED_KEY_MISSING", gone) in found, found
     assert spot("EVENT_FIELD_MISMATCH", withdrawn) in found, found
+
+
+def _decide_on_the_sealed_ledger(settings: Settings, records: list[Any]) -> None:
+    """The consent decision point on a sealed ledger: it opens the consents through the
+    key store and answers as it would from them in clear; its ledgered decision (the
+    question names the patient) is sealed, and replays identical."""
+    from verifiers.auditor.decision_point.engine import ConsentLedger, LedgeredConsent, answer
+    from verifiers.auditor.decision_point.model import question_from_dict
+
+    consent = next(r for r in records if r.kind == "consent")
+    actor = next(r for r in records if r.kind == "staff").subject_id
+    asked = {"patient_id": consent.subject_id, "actor_id": actor, "action": "R"}
+    decided = run_cli(
+        settings,
+        *("consent", "decide", "--patient", consent.subject_id, "--actor", actor),
+        *("--action", "R", "--purpose", "TREAT", "--json"),
+    )
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    record = json.loads(decided.stdout)["decision"]
+    # the same answer as the engine gives from the consents in clear
+    clear = ConsentLedger()
+    clear.apply(
+        [
+            LedgeredConsent(r, "clear", 0, i, "2026-01-01T00:00:00.000000Z")
+            for i, r in enumerate(x for x in records if x.kind == "consent")
+        ],
+        {"clear": 0},
+    )
+    question = question_from_dict({**asked, "purposes": ["TREAT"]})
+    expected = answer(clear, question, record["decided_at"])
+    got = record["answer"]
+    assert (got["outcome"], got["provision_path"], got["fallback"]) == (
+        expected["outcome"],
+        expected["provision_path"],
+        expected["fallback"],
+    ), (got, expected)
+    assert [(c["record_id"], c["version"]) for c in got["consents_in_force"]] == [
+        (c["record_id"], c["version"]) for c in expected["consents_in_force"]
+    ]
+    assert got["consents_in_force"], "the patient's consents were opened"
+    # ledgered sealed: the raw record names no one; replayed identical once chained
+    store = store_for(settings)
+    try:
+        wait_until(
+            lambda: bool(
+                store.backend.execute(
+                    f"SELECT count() FROM {settings.clickhouse_database}.raw_records "
+                    "WHERE record_id = %(d)s",
+                    {"d": record["decision_id"]},
+                )[0][0]
+            ),
+            60,
+            what="the decision record chained",
+        )
+        rows = store.backend.execute(f"SELECT * FROM {settings.clickhouse_database}.raw_records")
+    finally:
+        store.backend.close()
+    assert consent.subject_id not in repr(rows) and actor not in repr(rows)
+
+    def replayed() -> dict[str, Any]:
+        out = run_cli(settings, "consent", "replay", "--all", "--json")
+        assert out.returncode in (0, 1), out.stdout + out.stderr
+        return json.loads(out.stdout)  # type: ignore[no-any-return]
+
+    wait_until(
+        lambda: (lambda c: c["identical"] == 1 and not c["problems"])(replayed()),
+        60,
+        what="the decision and its event chained and replayed",
+    )
+    check = replayed()
+    assert (check["decisions"], check["intact"], check["problems"]) == (1, True, []), check
 
 
 def _describe(settings: Settings, table: str) -> list[tuple[bytes]]:

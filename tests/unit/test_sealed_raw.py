@@ -364,7 +364,9 @@ def test_a_raw_record_counts_for_the_expiry_of_every_key_it_lists() -> None:
 # ------------------------------------------------------------ events made from a raw record
 
 
-def _event_row(keystore: KeyStore, raw_sha256: str) -> tuple[tuple[Any, ...], str]:
+def _event_row(
+    keystore: KeyStore, raw_sha256: str, *, about_a_patient: bool = True
+) -> tuple[tuple[Any, ...], str]:
     """A stored sealed event made from the raw record ``raw_sha256`` (as the processor
     writes it), and its data key id."""
     import msgspec
@@ -375,7 +377,8 @@ def _event_row(keystore: KeyStore, raw_sha256: str) -> tuple[tuple[Any, ...], st
     from processors.sealing import EventOpener
     from producers.simulator import HospitalModel, simulate
 
-    event = next(iter(simulate(HospitalModel(staff=10, patients=5, seed=9), 1, seed=9)))
+    simulated = simulate(HospitalModel(staff=10, patients=5, seed=9), 50, seed=9)
+    event = next(e for e in simulated if (e.patient.id != "-") is about_a_patient)
     event = msgspec.structs.replace(
         event, raw_ref=RawRef(format="fhir-r4-bundle", sha256=raw_sha256)
     )
@@ -422,7 +425,22 @@ def test_an_event_whose_patient_is_not_among_its_raw_records_keys_is_found(
     assert [f.code.value for f in forged.findings] == ["SEALED_KEY_NOT_PATIENTS"]
     assert forged.opened == 0
     # an event of a raw record verify could not open (erased, or not on this ledger) is
-    # not judged by it
+    # not judged by it (nor is an event about no patient, which no erasure concerns)
     alone = SealedReport()
     _check_row(alone, keystore, keys, "local/events/0", row, frozenset())
     assert (alone.opened, alone.findings) == (1, [])
+
+
+def test_an_event_about_no_patient_made_from_a_raw_record_is_not_judged_by_its_keys(
+    keystore: KeyStore,
+) -> None:
+    # the decision point's event refers to its decision record (which names the patient
+    # asked about) but is about no patient: no erasure concerns it
+    from verifiers.integrity.sealed import _check_row
+
+    sha = hashlib.sha256(BODY).hexdigest()
+    row, key_id = _event_row(keystore, sha, about_a_patient=False)
+    keys = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
+    report = SealedReport(raw_keys={sha: {"ab" * 16}})
+    _check_row(report, keystore, keys, "local/events/0", row, frozenset())
+    assert (report.opened, report.findings) == (1, [])

@@ -53,6 +53,8 @@ from careledger_core.sealing import patient_ref
 __all__ = ["SealedReport", "check_reference_row", "check_sealed", "sealed_opener"]
 
 PAGE_BLOCKS: Final = 200
+#: the patient id of an event about no patient (the auditor's and the decision point's)
+_NO_PATIENT: Final = "-"
 
 
 @dataclass
@@ -367,7 +369,10 @@ def _check_row(
         )
         return
     raw = document.raw_ref
-    made_from = None if raw is None else report.raw_keys.get(raw.sha256)
+    # an event about no patient (a decision point's, an alert's status change) needs no
+    # erasure with anyone: only a patient's event must share its raw record's key
+    about_someone = event.patient.id != _NO_PATIENT
+    made_from = None if raw is None or not about_someone else report.raw_keys.get(raw.sha256)
     if made_from is not None and _str(key_id) not in made_from:
         finding(
             FindingCode.SEALED_KEY_NOT_PATIENTS,

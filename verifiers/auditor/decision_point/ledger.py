@@ -5,7 +5,9 @@ One writer thread commits in groups: it takes every decision queued since its la
 round, produces their raw records (``Settings.topic_raw``, key = decision id) and
 events (``Settings.topic_events`` through the SDK, signed with the decision point's
 source key), flushes both producers and then releases every waiting request with the
-result. Under load many decisions share one round trip to Kafka.
+result. Under load many decisions share one round trip to Kafka. On a sealed ledger the
+record is sealed to the processor's ingest key with the patient it names, and the event
+by the SDK (ADR 0037).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from careledger.config import Settings
+from careledger.ingest_keys import seal_raw_for_ingest
 from careledger.raw_record import build_envelope
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
@@ -80,10 +83,13 @@ class KafkaDecisionLedger:
     ) -> None:
         from confluent_kafka import Producer
 
+        from careledger.kafka.batching import ingest_public_key_of
         from careledger.kafka.producer import AccessEventProducer, producer_config
         from careledger.kafka.security import PRODUCER, kafka_login
 
         self.settings = settings
+        #: a sealed ledger's ingest key (ADR 0037): the records are sealed to it
+        self._seal_to = ingest_public_key_of(settings)
         self._flush_timeout = flush_timeout
         config = producer_config(
             settings.kafka_bootstrap,
@@ -161,6 +167,13 @@ class KafkaDecisionLedger:
                         "auth": str(record["requester"]["auth"]),
                     },
                 )
+                if self._seal_to is not None:  # it names the patient: sealed
+                    patient = str(record["question"]["patient_id"])
+                    envelope = seal_raw_for_ingest(
+                        self._seal_to,
+                        envelope,
+                        [(self.settings.reference_patient_system, patient)],
+                    )
                 self._raw.produce(
                     self.settings.topic_raw,
                     key=str(record["decision_id"]).encode(),

@@ -29,6 +29,7 @@ from careledger_core.jcs import canonicalize
 
 from .._time import US_PER_MINUTE, ts_to_us
 from .engine import LedgeredConsent, replay_answer
+from .sealed import SealedReader
 from .store import (
     DecisionRow,
     LedgeredDecision,
@@ -185,11 +186,13 @@ def check_decisions(
     *,
     now_us: int,
     decision_id: str | None = None,
+    sealed: SealedReader | None = None,
 ) -> DecisionCheck:
-    """Every ledgered decision (or one) checked and replayed."""
-    rows = read_decision_records(backend, database, decision_id)
-    events = read_decision_events(backend, database, decision_id)
-    consents, _heads = read_all_consents(backend, database, consent_chains)
+    """Every ledgered decision (or one) checked and replayed (on a sealed ledger, each
+    record, event and consent opened through the key store)."""
+    rows = read_decision_records(backend, database, decision_id, sealed)
+    events = read_decision_events(backend, database, decision_id, sealed)
+    consents, _heads = read_all_consents(backend, database, consent_chains, sealed)
     return check_rows(rows, events, consents, now_us=now_us)
 
 
@@ -224,11 +227,16 @@ def check_rows(
 
 
 def replay_decision(
-    backend: SqlBackend, database: str, consent_chains: Sequence[str], decision_id: str, now_us: int
+    backend: SqlBackend,
+    database: str,
+    consent_chains: Sequence[str],
+    decision_id: str,
+    now_us: int,
+    sealed: SealedReader | None = None,
 ) -> tuple[DecisionRow | None, DecisionCheck]:
     """One decision: its stored record (None: not found) and its check."""
     check = check_decisions(
-        backend, database, consent_chains, now_us=now_us, decision_id=decision_id
+        backend, database, consent_chains, now_us=now_us, decision_id=decision_id, sealed=sealed
     )
-    rows = read_decision_records(backend, database, decision_id)
+    rows = read_decision_records(backend, database, decision_id, sealed)
     return (rows[0] if rows else None), check

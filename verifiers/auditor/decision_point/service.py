@@ -22,6 +22,7 @@ from careledger_core.source import timestamp_of
 from .engine import ConsentLedger, LedgeredConsent, build_record
 from .ledger import DecisionSink
 from .model import Question, Requester, decision_bytes, decision_sha256
+from .sealed import SealedReader
 from .store import read_consent_heads, read_consents
 
 __all__ = ["DecisionPoint", "NotLedgered"]
@@ -45,9 +46,12 @@ class DecisionPoint:
         chains: Sequence[str] = (),
         clock: Callable[[], float] | None = None,
         ledger_timeout: float = 30.0,
+        sealed: SealedReader | None = None,
     ) -> None:
         import time
 
+        #: a sealed ledger's reader (ADR 0037): consents opened through the key store
+        self.sealed = sealed
         self.sink = sink
         self.backend = backend
         self.database = database
@@ -74,7 +78,9 @@ class DecisionPoint:
         for chain, head in sorted(heads.items()):
             have = self.ledger.heads.get(chain, -1)
             if head > have:
-                new.extend(read_consents(self.backend, self.database, chain, have, head))
+                new.extend(
+                    read_consents(self.backend, self.database, chain, have, head, self.sealed)
+                )
                 moved[chain] = head
         if not moved:
             return 0

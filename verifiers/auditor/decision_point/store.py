@@ -22,6 +22,7 @@ from careledger_core.reference import reference_from_dict
 
 from .engine import LedgeredConsent
 from .model import DECISION_FORMAT, decision_sha256, ledgered_decision_hash
+from .sealed import SealedReader
 
 __all__ = [
     "DecisionRow",
@@ -63,11 +64,17 @@ def read_consent_heads(backend: SqlBackend, database: str, chains: Sequence[str]
 
 
 def read_consents(
-    backend: SqlBackend, database: str, chain_id: str, above: int, upto: int
+    backend: SqlBackend,
+    database: str,
+    chain_id: str,
+    above: int,
+    upto: int,
+    sealed: SealedReader | None = None,
 ) -> list[LedgeredConsent]:
     """Committed consent records of ``chain_id`` with ``above < height <= upto``, in
     ledger order, each with its block's signed time. Undecodable rows are skipped
-    (``verify`` reports them)."""
+    (``verify`` reports them). On a sealed ledger (``sealed``) each is opened through
+    the key store."""
     db = check_identifier(database)
     p = {"c": chain_id, "a": above, "u": upto}
     blocks = backend.execute(
@@ -77,19 +84,27 @@ def read_consents(
     )
     times = {(h, _text(b)): _text(t) for h, b, t in blocks if type(h) is int}
     rows = backend.execute(
-        f"SELECT height, idx, block_hash, canonical FROM {db}.reference_records "
+        f"SELECT height, idx, block_hash, canonical, sealed, data_key_id "
+        f"FROM {db}.reference_records "
         "WHERE chain_id = %(c)s AND height > %(a)s AND height <= %(u)s AND kind = 'consent' "
         "ORDER BY height, idx",
         p,
     )
     out: list[LedgeredConsent] = []
     bad = 0
-    for height, idx, block, canonical in rows:
+    for height, idx, block, canonical, sealed_part, key_id in rows:
         if type(height) is not int or type(idx) is not int:
             bad += 1
             continue
         when = times.get((height, _text(block)))
         if when is None:  # no header: not committed
+            continue
+        if sealed is not None:
+            opened = sealed.consent(bytes(canonical), sealed_part, key_id)
+            if opened is None:
+                bad += 1
+            else:
+                out.append(LedgeredConsent(opened, chain_id, height, idx, when))
             continue
         try:
             doc = json.loads(bytes(canonical))
@@ -106,13 +121,16 @@ def read_consents(
 
 
 def read_all_consents(
-    backend: SqlBackend, database: str, chains: Sequence[str]
+    backend: SqlBackend,
+    database: str,
+    chains: Sequence[str],
+    sealed: SealedReader | None = None,
 ) -> tuple[list[LedgeredConsent], dict[str, int]]:
     """Every committed consent record of ``chains`` and the heads read up to."""
     heads = read_consent_heads(backend, database, chains)
     records: list[LedgeredConsent] = []
     for chain, head in sorted(heads.items()):
-        records.extend(read_consents(backend, database, chain, -1, head))
+        records.extend(read_consents(backend, database, chain, -1, head, sealed))
     return records, heads
 
 
@@ -156,24 +174,35 @@ def _committed(db: str) -> str:
 
 
 def read_decision_records(
-    backend: SqlBackend, database: str, decision_id: str | None = None
+    backend: SqlBackend,
+    database: str,
+    decision_id: str | None = None,
+    sealed: SealedReader | None = None,
 ) -> list[DecisionRow]:
-    """The decision records chained as raw records (one, if ``decision_id``)."""
+    """The decision records chained as raw records (one, if ``decision_id``); on a
+    sealed ledger opened through the key store."""
     db = check_identifier(database)
     where, params = "", {"f": DECISION_FORMAT}
     if decision_id is not None:
         where, params = " AND record_id = %(id)s", {**params, "id": decision_id}
     rows = backend.execute(
-        f"SELECT record_id, chain_id, height, idx, canonical FROM {db}.raw_records "
+        f"SELECT record_id, chain_id, height, idx, canonical, sealed, data_key_id "
+        f"FROM {db}.raw_records "
         f"WHERE format = %(f)s{where} AND {_committed(db)} ORDER BY chain_id, height, idx",
         params,
     )
     out: list[DecisionRow] = []
-    for rid, chain, height, idx, canonical in rows:
+    for rid, chain, height, idx, canonical, sealed_part, key_ids in rows:
         h = height if type(height) is int else -1
         i = idx if type(idx) is int else -1
         try:
-            envelope, _ = decode_and_canonicalize_raw(bytes(canonical))
+            if sealed is not None:
+                opened = sealed.decision_envelope(bytes(canonical), sealed_part, key_ids)
+                if isinstance(opened, str):
+                    raise ValueError(opened)
+                envelope = opened
+            else:
+                envelope, _ = decode_and_canonicalize_raw(bytes(canonical))
             data = envelope.raw_bytes()
             if decision_sha256(data) != envelope.sha256:
                 raise ValueError("its bytes do not hash to its sha256")
@@ -188,23 +217,33 @@ def read_decision_records(
 
 
 def read_decision_events(
-    backend: SqlBackend, database: str, decision_id: str | None = None
+    backend: SqlBackend,
+    database: str,
+    decision_id: str | None = None,
+    sealed: SealedReader | None = None,
 ) -> list[LedgeredDecision]:
-    """The committed events that ledger decisions, decoded from their signed bytes."""
+    """The committed events that ledger decisions, decoded from their signed bytes (on a
+    sealed ledger, opened: the decision id is in the sealed part)."""
     db = check_identifier(database)
     where, params = "", {"f": DECISION_FORMAT}
-    if decision_id is not None:
+    if decision_id is not None and sealed is None:
         where, params = " AND position(canonical, %(id)s) > 0", {**params, "id": decision_id}
     rows = backend.execute(
-        f"SELECT chain_id, height, idx, canonical FROM {db}.access_events "
+        f"SELECT chain_id, height, idx, canonical, sealed, data_key_id FROM {db}.access_events "
         f"WHERE position(canonical, %(f)s) > 0{where} AND {_committed(db)} "
         "ORDER BY chain_id, height, idx",
         params,
     )
     out: list[LedgeredDecision] = []
-    for chain, height, idx, canonical in rows:
+    for chain, height, idx, canonical, sealed_part, key_id in rows:
         try:
-            event = decode_event(bytes(canonical))
+            if sealed is not None:
+                opened = sealed.event(bytes(canonical), sealed_part, key_id)
+                if opened is None:
+                    continue  # erased, or a finding of verify
+                event = opened
+            else:
+                event = decode_event(bytes(canonical))
         except (CareledgerError, ValueError, TypeError):
             continue  # a tampered event row: the integrity checks report it
         got = ledgered_decision_hash(event)

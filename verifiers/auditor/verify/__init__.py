@@ -36,6 +36,7 @@ from careledger_core.findings import Finding, FindingCode, Severity
 from .._time import US_PER_MINUTE, ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..decision_point.replay import DecisionCheck, check_decisions
+from ..decision_point.sealed import SealedReader
 from ..runner.rows import parse_run_id, utc_now_ts
 from ..runner.store import SALT_FILE, configured_salt, read_salt_file
 from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
@@ -144,13 +145,15 @@ def verify_audit(
     max_findings: int = DEFAULT_MAX_FINDINGS,
     settle_us: int = SETTLE_US,
     consent_chains: Sequence[str] = (),
+    consent_sealed: SealedReader | None = None,
 ) -> AuditVerification:
     """Check the auditor's rows of ``database`` against the ledger. Raises
     ``StorageError`` when ClickHouse fails. ``reference_topics``: the topics whose
     chains the auditor reads as reference data (not the source registry). Rows written
     in the last ``settle_us`` are left for the next run (their run may still write).
     ``consent_chains``: the consents topic's chains, to replay the consent decision
-    point's answers over (none: those answers are not checked)."""
+    point's answers over (none: those answers are not checked); ``consent_sealed``: a
+    sealed ledger's reader (ADR 0037), which opens its records, events and consents."""
     started = time.perf_counter()
     out = AuditVerification()
     now = now or utc_now_ts()
@@ -204,7 +207,9 @@ def verify_audit(
         )
     consent_check = None
     if consent_chains:
-        consent_check = check_decisions(backend, database, consent_chains, now_us=now_us)
+        consent_check = check_decisions(
+            backend, database, consent_chains, now_us=now_us, sealed=consent_sealed
+        )
         findings += consent_decision_findings(consent_check)
     counts = Counter(str(f.code) for f in findings)
     failures = sum(1 for f in findings if f.severity != Severity.INFO)
