@@ -81,7 +81,7 @@ log = logging.getLogger("careledger.gateway.publisher")
 #: librdkafka's lines of the raw producer, one per kind every 10 s (careledger.kafka.clients)
 _rdkafka_log = rdkafka_logger("careledger.gateway.rdkafka")
 
-__all__ = ["DeadLetter", "Job", "PublishError", "Publisher"]
+__all__ = ["DeadLetter", "Job", "PublishError", "Publisher", "raw_subjects_of"]
 
 #: At most this many jobs in one group.
 MAX_GROUP_JOBS: Final = 2000
@@ -135,6 +135,26 @@ class Job:
     def fail(self, reason: str) -> None:
         if self.error is None:
             self.error = reason
+
+
+#: the patient id of an event about no patient (a login, a query with no result)
+NO_PATIENT: Final = "-"
+
+
+def raw_subjects_of(job: Job, patient_system: str) -> set[tuple[str, str]]:
+    """Whom a job's raw record names, ``(system, id)``: the patients of its events (not
+    ``-``, an event about no patient: such a record is its sender's day's), and the
+    subjects of its reference records (a consent's patient under ``patient_system``, a
+    staff record's staff member)."""
+    named = {(e.patient.system or "", e.patient.id) for e in job.events}
+    named = {n for n in named if n[1] != NO_PATIENT}
+    for _topic, _key, value in job.references:
+        record, _ = decode_and_canonicalize_reference(value)
+        if record.kind == "staff":
+            named.add((STAFF_KEY_SYSTEM, record.subject_id))
+        elif record.kind in SEALED_REFERENCE_KINDS:
+            named.add((patient_system, record.subject_id))
+    return named
 
 
 class Publisher:
@@ -377,14 +397,8 @@ class Publisher:
         """The transit record of a job's raw envelope, naming the patients of its events
         and of its reference records (``careledger.sealed_raw``)."""
         assert self._seal_to is not None
-        patients = {(e.patient.system or "", e.patient.id) for e in job.events}
-        for _topic, _key, value in job.references:
-            record, _ = decode_and_canonicalize_reference(value)
-            if record.kind == "staff":
-                patients.add((STAFF_KEY_SYSTEM, record.subject_id))
-            elif record.kind in SEALED_REFERENCE_KINDS:
-                patients.add((self.settings.reference_patient_system, record.subject_id))
-        return seal_raw_for_ingest(self._seal_to, envelope, patients)
+        named = raw_subjects_of(job, self.settings.reference_patient_system)
+        return seal_raw_for_ingest(self._seal_to, envelope, named)
 
     def _sealed_dead_letter(self, dl: DeadLetter) -> tuple[bytes, Headers]:
         """A dead letter on a sealed ledger: its bytes and transport details (peer,

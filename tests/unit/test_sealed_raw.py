@@ -444,3 +444,32 @@ def test_an_event_about_no_patient_made_from_a_raw_record_is_not_judged_by_its_k
     report = SealedReport(raw_keys={sha: {"ab" * 16}})
     _check_row(report, keystore, keys, "local/events/0", row, frozenset())
     assert (report.opened, report.findings) == (1, [])
+
+
+# --------------------------------------------------------------------------- the gateway
+
+
+def test_the_gateway_names_the_patients_of_a_record_and_not_the_no_patient_id() -> None:
+    # a record that names no patient (a login) must go under its sender's day's key, not
+    # under a key shared by every "-" event that would never expire
+    import msgspec
+
+    from careledger_core.event import Patient
+    from careledger_core.reference import canonical_reference_bytes
+    from producers.gateway.publisher import Job, raw_subjects_of
+    from producers.simulator import HospitalModel, simulate
+
+    model = HospitalModel(staff=10, patients=5, seed=9)
+    simulated = list(simulate(model, 50, seed=9))
+    someone = next(e for e in simulated if e.patient.id != "-")
+    nobody = msgspec.structs.replace(someone, patient=Patient(id="-"))
+    consent = next(r for r in model.reference_records() if r.kind == "consent")
+    job = Job(
+        events=[someone, nobody],
+        references=[("consents", b"", canonical_reference_bytes(consent))],
+    )
+    assert raw_subjects_of(job, SYSTEM) == {
+        (someone.patient.system or "", someone.patient.id),
+        (SYSTEM, consent.subject_id),
+    }
+    assert raw_subjects_of(Job(events=[nobody]), SYSTEM) == set()
