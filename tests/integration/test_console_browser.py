@@ -24,14 +24,12 @@ from pathlib import Path
 import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.expected_conditions import staleness_of
-from selenium.webdriver.support.ui import WebDriverWait
 
 from careledger import stack as stack_mod
 from careledger.config import Settings
 from console.accounts import AccountStore, totp
 from console.ledger import CONSOLE_SOURCE_SYSTEM
-from tests.integration.browser import click, free_port, open_chromium
+from tests.integration.browser import click, free_port, open_chromium, wait_for_next_page
 from tests.integration.pipeline import (
     processor_settings,
     run_cli,
@@ -203,7 +201,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         assert links, "an open alert to work"
         page = browser.find_element(By.TAG_NAME, "html")
         links[0].click()
-        WebDriverWait(browser, 20).until(staleness_of(page))
+        wait_for_next_page(browser, page)
         alert_id = browser.current_url.rsplit("/", 1)[1]
         assert browser.find_element(By.ID, "status").text == "open"
         assert "fired" in browser.find_element(By.ID, "story").text
@@ -233,7 +231,7 @@ def test_an_analyst_works_an_alert_and_a_patient_s_history_in_a_real_browser(
         pseudonym = patient_links[0].get_attribute("href").rsplit("/", 1)[1]
         page = browser.find_element(By.TAG_NAME, "html")
         patient_links[0].click()
-        WebDriverWait(browser, 20).until(staleness_of(page))
+        wait_for_next_page(browser, page)
         browser.find_element(By.ID, "reason").send_keys("patient complaint, ticket 4711")
         click(browser, By.ID, "do-reidentify")
         shown = browser.find_element(By.ID, "reidentified").text
