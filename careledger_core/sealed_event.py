@@ -68,12 +68,14 @@ from .sealing import (
 )
 
 __all__ = [
+    "NO_PATIENT_KEY_SYSTEM",
     "SEALED_EVENT_SCHEMA",
     "OpenedEvent",
     "SealedAccessEvent",
     "decode_sealed_document",
     "ingest_key",
     "ingest_nonce",
+    "key_subject",
     "open_ingest",
     "open_stored",
     "open_with",
@@ -143,6 +145,24 @@ class SealedAccessEvent(_Base, frozen=True, kw_only=True):
                     f"{name} must be a UTC timestamp YYYY-MM-DDTHH:MM:SS.ffffffZ (6 fraction "
                     "digits)"
                 )
+
+
+#: the identifier system of the subject whose data key seals an event about no patient
+#: (a login, a console view, a decision): one subject per source and day recorded
+NO_PATIENT_KEY_SYSTEM: Final = "urn:careledger:no-patient-events"
+_NO_PATIENT_ID: Final = "-"
+
+
+def key_subject(event: AccessEvent) -> tuple[str, str]:
+    """Whose data key seals ``event``: its patient ``(system, id)``; for an event about no
+    patient (id ``"-"``), its source's day ``(NO_PATIENT_KEY_SYSTEM,
+    "<source.system>/<YYYY-MM-DD of recorded_at>")``, so that such events expire day by
+    day with their retention, not under one key that a steady flow of logins would keep
+    alive for ever. Both parts are in the event's public document or its opening, so
+    ``verify`` recomputes it."""
+    if event.patient.id != _NO_PATIENT_ID:
+        return event.patient.system or "", event.patient.id
+    return NO_PATIENT_KEY_SYSTEM, f"{event.source.system}/{event.recorded_at[:10]}"
 
 
 _DECODER: Final = msgspec.json.Decoder(SealedAccessEvent)

@@ -24,6 +24,7 @@ from careledger.storage.backend import ClickHouseBackend, SqlBackend
 from careledger.storage.migrations import check_identifier
 from careledger.storage.store import ChainStore
 from careledger_core.event import AccessEvent, normalise_identifier
+from careledger_core.sealed_event import key_subject
 from careledger_core.sealing import patient_ref
 from verifiers.auditor.alerts import patient_pseudonym
 from verifiers.auditor.alerts_cli import _with_status, status_view
@@ -61,7 +62,7 @@ def _now() -> str:
 def _is_of(event: AccessEvent, pseudonym: str, salt: str, keystore: KeyStore) -> bool:
     """Whether the opened ``event`` is of the patient the alerts call ``pseudonym``,
     recomputed from the key store (a row's pseudonym column is not trusted)."""
-    lookup = keystore.lookup(event.patient.system or "", event.patient.id)
+    lookup = keystore.lookup(*key_subject(event))
     return any(
         patient_pseudonym(patient_ref(k.key), salt) == pseudonym
         for k in keystore.data_keys(lookup, "reidentify")

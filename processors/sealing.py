@@ -57,6 +57,7 @@ from careledger_core.sealed_event import (
     SealedAccessEvent,
     decode_sealed_document,
     ingest_key,
+    key_subject,
     open_ingest,
 )
 from careledger_core.sealed_reference import (
@@ -236,10 +237,7 @@ class EventOpener:
                 continue
             opened_events.append((i, data, leaf, document, opened))
         # the batch's patients' data keys, in a few round trips for all of them
-        lookups = [
-            self.keys.lookup(o.event.patient.system or "", o.event.patient.id)
-            for *_, o in opened_events
-        ]
+        lookups = [self.keys.lookup(*key_subject(o.event)) for *_, o in opened_events]
         keys = self.keys.data_keys(lookups)
         for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event

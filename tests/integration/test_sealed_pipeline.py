@@ -42,6 +42,7 @@ from careledger.keystore import open_keystore
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import ReferenceRecord, canonical_reference_bytes, thaw
+from careledger_core.sealed_event import key_subject
 from careledger_core.sealing import SealError, join, patient_ref, unseal
 from careledger_core.signing import SigningKey
 from producers.simulator import HospitalModel, produce_reference, simulate
@@ -235,7 +236,7 @@ def _opened(settings: Settings, events: dict[str, AccessEvent]) -> dict[str, boo
             if eid.decode() not in events:
                 continue  # the auditor's own (an alert's status change)
             event = events[eid.decode()]
-            lookup = keys.lookup(event.patient.system or "", event.patient.id)
+            lookup = keys.lookup(*key_subject(event))
             key = keys.key(lookup, bytes.fromhex(key_id.decode()), "test")
             document = json.loads(canonical)
             assert leaf.decode() == leaf_hash(canonical).hex()

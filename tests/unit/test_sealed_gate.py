@@ -18,6 +18,7 @@ from careledger.storage.store import event_rows
 from careledger_core.batch_record import encode_batch_record
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.hashing import leaf_hash
+from careledger_core.sealed_event import key_subject
 from careledger_core.sealing import patient_ref, unseal
 from processors.sealing import EventOpener
 from producers.simulator import HospitalModel, simulate
@@ -63,7 +64,7 @@ def test_a_sealed_batch_is_chained_with_pseudonyms_and_parts_that_open(
         assert isinstance(record, SealedRecord)
         if len(event.patient.id) >= 4:  # not the "-" of an event about no patient
             assert event.patient.id.encode() not in chained.canonical
-        lookup = keystore.lookup(event.patient.system or "", event.patient.id)
+        lookup = keystore.lookup(*key_subject(event))
         key = keystore.key(lookup, bytes.fromhex(record.data_key_id), "test")
         assert key is not None
         assert record.patient_ref == patient_ref(key.key)
@@ -75,7 +76,7 @@ def test_a_sealed_batch_is_chained_with_pseudonyms_and_parts_that_open(
         assert sensitive["patient"]["id"] == event.patient.id
         assert record.patient_ref in row and record.sealed in row
     # one key per patient, reused across events
-    patients = {(e.patient.system or "", e.patient.id) for e in EVENTS[:10]}
+    patients = {key_subject(e) for e in EVENTS[:10]}
     assert keystore.count() == len(patients)
 
 

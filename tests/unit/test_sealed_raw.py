@@ -473,3 +473,90 @@ def test_the_gateway_names_the_patients_of_a_record_and_not_the_no_patient_id() 
         (SYSTEM, consent.subject_id),
     }
     assert raw_subjects_of(Job(events=[nobody]), SYSTEM) == set()
+
+
+# ------------------------------------------------------------------ events about no patient
+
+
+def _no_patient_event(source: str, recorded_at: str) -> Any:
+    import msgspec
+
+    from producers.simulator import HospitalModel, simulate
+
+    simulated = simulate(HospitalModel(staff=10, patients=5, seed=9), 50, seed=9)
+    event = next(e for e in simulated if e.patient.id == "-")
+    return msgspec.structs.replace(
+        event,
+        source=msgspec.structs.replace(event.source, system=source),
+        recorded_at=recorded_at,
+        occurred_at=recorded_at,
+    )
+
+
+def test_events_about_no_patient_are_sealed_under_their_sources_day(
+    keystore: KeyStore,
+) -> None:
+    # logins, console views and decisions are about no patient: under one key shared by
+    # all of them, a steady flow of logins would keep that key (and every such event
+    # since the first) alive for ever; under their source's day, each day expires
+    from careledger.ingest_keys import IngestSealer
+    from careledger.storage.store import BatchInfo
+    from careledger_core.sealed_event import NO_PATIENT_KEY_SYSTEM, key_subject
+    from processors.sealing import EventOpener
+
+    events = [
+        _no_patient_event("ehr-main", "2026-12-05T23:59:59.000000Z"),
+        _no_patient_event("ehr-main", "2026-12-06T00:00:00.000000Z"),
+        _no_patient_event("pacs", "2026-12-06T08:00:00.000000Z"),
+        _no_patient_event("ehr-main", "2026-12-06T17:00:00.000000Z"),
+    ]
+    assert key_subject(events[2]) == (NO_PATIENT_KEY_SYSTEM, "pacs/2026-12-06")
+    sealer = IngestSealer(KEY.public)
+    pairs = [sealer.seal(e) for e in events]
+    opener = EventOpener(KEY, keystore)
+    chained, refused = opener.open_batch(
+        BatchInfo(None, "", ()),  # type: ignore[arg-type]
+        0,
+        [d for d, _ in pairs],
+        [leaf_hash(d) for d, _ in pairs],
+        [b for _, b in pairs],
+        sealer.public,
+        65536,
+    )
+    assert refused == []
+    key_ids = [c.event.data_key_id for c in chained]  # type: ignore[union-attr]
+    assert len(set(key_ids[:3])) == 3 and key_ids[3] == key_ids[1]
+    for event, key_id in zip(events, key_ids, strict=True):
+        day = keystore.data_key(
+            keystore.lookup(
+                NO_PATIENT_KEY_SYSTEM, f"{event.source.system}/{event.recorded_at[:10]}"
+            ),
+            "test",
+        )
+        assert day is not None and day.key_id.hex() == key_id
+    # none of them is under the "-" pseudo-patient's key
+    assert keystore.data_key(keystore.lookup(events[0].patient.system or "", "-"), "t") is None
+
+
+def test_an_event_about_no_patient_sealed_under_a_shared_key_is_found(
+    keystore: KeyStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # an operator's processor that seals every login under one key (so that they never
+    # expire) is caught by verify, which recomputes whose key it must be
+    import processors.sealing
+    from verifiers.integrity.sealed import _check_row
+
+    monkeypatch.setattr(
+        processors.sealing, "key_subject", lambda e: ("urn:careledger:no-patient", "-")
+    )
+    row, key_id = _event_row(keystore, hashlib.sha256(BODY).hexdigest(), about_a_patient=False)
+    keys = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
+    forged = SealedReport()
+    _check_row(forged, keystore, keys, "local/events/0", row, frozenset())
+    assert [f.code.value for f in forged.findings] == ["SEALED_KEY_NOT_PATIENTS"]
+    monkeypatch.undo()
+    row, key_id = _event_row(keystore, hashlib.sha256(BODY).hexdigest(), about_a_patient=False)
+    keys = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
+    honest = SealedReport()
+    _check_row(honest, keystore, keys, "local/events/0", row, frozenset())
+    assert (honest.opened, honest.findings) == (1, [])

@@ -46,7 +46,7 @@ from careledger_core.event import canonical_event_bytes
 from careledger_core.findings import Finding, FindingCode
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import ReferenceRecord
-from careledger_core.sealed_event import decode_sealed_document, open_stored
+from careledger_core.sealed_event import decode_sealed_document, key_subject, open_stored
 from careledger_core.sealed_reference import STAFF_KEY_SYSTEM, open_reference, record_ref
 from careledger_core.sealing import patient_ref
 
@@ -355,7 +355,7 @@ def _check_row(
         finding(FindingCode.SEALED_PART_INVALID, f"the sealed part does not open: {exc}")
         return
     actor = event.actor.id
-    lookup = keystore.lookup(event.patient.system or "", event.patient.id)
+    lookup = keystore.lookup(*key_subject(event))
     if lookup != found.lookup:
         finding(
             FindingCode.SEALED_KEY_NOT_PATIENTS,
