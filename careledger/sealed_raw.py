@@ -35,6 +35,8 @@ Pure: no I/O and no randomness (the salt and the transit sealing are the caller'
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
 from collections.abc import Iterable, Sequence
@@ -72,6 +74,7 @@ __all__ = [
     "is_raw_transit",
     "join_key_ids",
     "open_raw",
+    "open_raw_row",
     "open_raw_transit",
     "raw_commitment",
     "raw_key",
@@ -305,6 +308,23 @@ def open_raw(record_key: bytes, document: bytes, sealed: bytes) -> OpenedRaw:
     """A stored sealed raw record opened with its record key (:func:`raw_key`)."""
     salt, payload = unseal_bytes(record_key, leaf_hash(document), sealed)
     return check_raw_opening(document, salt, payload)
+
+
+def open_raw_row(
+    document: SealedRawDocument,
+    canonical: bytes,
+    sealed_base64: str,
+    data_keys: Sequence[tuple[bytes, bytes]],
+) -> OpenedRaw:
+    """A ``raw_records`` row opened: its record key derived from the data keys (id, key)
+    its ``data_key_id`` lists, in that order, its ``sealed`` column (base64) decoded and
+    opened against ``canonical``. Raises ``CareledgerError`` when it does not open (a key
+    that is not the one sealed under, a changed byte, a column that is not base64)."""
+    try:
+        sealed = base64.b64decode(sealed_base64, validate=True)
+    except binascii.Error as exc:
+        raise _invalid(f"the sealed column is not base64: {exc}") from None
+    return open_raw(raw_key(document.record_id, data_keys), canonical, sealed)
 
 
 # --------------------------------------------------------------------------- transit

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from careledger.keystore import KeyStore
-from careledger.sealed_raw import decode_sealed_raw, open_raw, raw_key, split_key_ids
+from careledger.sealed_raw import decode_sealed_raw, open_raw_row, split_key_ids
 from careledger.storage.kinds import decode_sealed_reference_row
 from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
@@ -210,12 +210,8 @@ def check_raw_row(
     found = [keys[i] for i in ids]
     pairs = [(i, f.data_key.key) for i, f in zip(ids, found, strict=True)]
     try:
-        opened = open_raw(
-            raw_key(document.record_id, pairs),
-            canonical,
-            base64.b64decode(_str(sealed), validate=True),
-        )
-    except (CareledgerError, binascii.Error) as exc:
+        opened = open_raw_row(document, canonical, _str(sealed), pairs)
+    except CareledgerError as exc:
         finding(FindingCode.SEALED_PART_INVALID, f"the sealed raw record does not open: {exc}")
         return
     named = {keystore.lookup(system, sid) for system, sid in opened.subjects}

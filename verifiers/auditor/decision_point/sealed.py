@@ -25,7 +25,7 @@ from typing import Any
 
 from careledger.keystore import KeyStore
 from careledger.raw_record import RawRecordEnvelope
-from careledger.sealed_raw import decode_sealed_raw, open_raw, raw_key, split_key_ids
+from careledger.sealed_raw import decode_sealed_raw, open_raw_row, split_key_ids
 from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
@@ -91,10 +91,10 @@ class SealedReader:
         keys = self.keystore.keys_by_id(ids, "replay")
         if any(i not in keys for i in ids):
             return "erased: a key it is sealed under is gone"
-        record_key = raw_key(document.record_id, [(i, keys[i].data_key.key) for i in ids])
+        pairs = [(i, keys[i].data_key.key) for i in ids]
         try:
-            opened = open_raw(record_key, canonical, base64.b64decode(_text(sealed), validate=True))
-        except (CareledgerError, binascii.Error) as exc:
+            opened = open_raw_row(document, canonical, _text(sealed), pairs)
+        except CareledgerError as exc:
             return f"its sealed part does not open: {exc}"
         return opened.envelope
 
