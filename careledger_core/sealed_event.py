@@ -32,13 +32,10 @@ from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
 import msgspec
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-    crypto_box_beforenm,
-)
+from nacl.bindings import crypto_box_beforenm
 from nacl.exceptions import CryptoError
 
+from ._aead import xchacha_decrypt, xchacha_encrypt
 from ._msgspec_errors import translate_validation_error
 from .errors import EventValidationError, ValidationError
 from .event import (
@@ -236,11 +233,7 @@ def seal_for_ingest_with(
 ) -> bytes:
     """``XChaCha20-Poly1305(key, salt || JCS(sensitive), AAD = leaf hash of document)``."""
     leaf = leaf_hash(document)
-    return bytes(
-        crypto_aead_xchacha20poly1305_ietf_encrypt(
-            salt + canonical(sensitive), leaf, ingest_nonce(leaf), key
-        )
-    )
+    return bytes(xchacha_encrypt(salt + canonical(sensitive), leaf, ingest_nonce(leaf), key))
 
 
 def open_ingest(
@@ -258,9 +251,7 @@ def open_ingest(
     if leaf is None:
         leaf = leaf_hash(document)
     try:
-        plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(
-            ciphertext, leaf, ingest_nonce(leaf), key
-        )
+        plaintext = xchacha_decrypt(ciphertext, leaf, ingest_nonce(leaf), key)
     except CryptoError:
         raise SealError(
             code="SEALED_UNOPENED",

@@ -30,12 +30,9 @@ from collections.abc import Mapping
 from typing import Any, Final
 
 import msgspec
-from nacl.bindings import (
-    crypto_aead_xchacha20poly1305_ietf_decrypt,
-    crypto_aead_xchacha20poly1305_ietf_encrypt,
-)
 from nacl.exceptions import CryptoError
 
+from ._aead import xchacha_decrypt, xchacha_encrypt
 from .errors import IntegrityError
 
 __all__ = [
@@ -185,9 +182,7 @@ def seal_bytes(data_key: bytes, leaf_hash: bytes, salt: bytes, body: bytes) -> b
     _key("leaf hash", leaf_hash, 32)
     _key("salt", salt, SALT_BYTES)
     nonce = _nonce(leaf_hash, salt)
-    return nonce + crypto_aead_xchacha20poly1305_ietf_encrypt(
-        salt + body, leaf_hash, nonce, data_key
-    )
+    return nonce + xchacha_encrypt(salt + body, leaf_hash, nonce, data_key)
 
 
 def unseal_bytes(data_key: bytes, leaf_hash: bytes, sealed: bytes) -> tuple[bytes, bytes]:
@@ -199,7 +194,7 @@ def unseal_bytes(data_key: bytes, leaf_hash: bytes, sealed: bytes) -> tuple[byte
         raise SealError(code="SEALED_MALFORMED", message="the sealed part is too short")
     nonce, box = sealed[:_NONCE_BYTES], sealed[_NONCE_BYTES:]
     try:
-        plaintext = crypto_aead_xchacha20poly1305_ietf_decrypt(box, leaf_hash, nonce, data_key)
+        plaintext = xchacha_decrypt(box, leaf_hash, nonce, data_key)
     except CryptoError:
         raise SealError(
             code="SEALED_UNOPENED",

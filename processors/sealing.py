@@ -239,13 +239,17 @@ class EventOpener:
         # the batch's patients' data keys, in a few round trips for all of them
         lookups = [self.keys.lookup(*key_subject(o.event)) for *_, o in opened_events]
         keys = self.keys.data_keys(lookups)
+        refs: dict[bytes, str] = {}  # a patient's pseudonym, once per key in the batch
         for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event
             key_id, key = keys[lookup]
             sealed = seal_bytes(key, leaf, opened.salt, opened.body)
+            ref = refs.get(key_id)
+            if ref is None:
+                ref = refs[key_id] = patient_ref(key)
             record = SealedRecord(
                 document=document,
-                patient_ref=patient_ref(key),
+                patient_ref=ref,
                 actor_ref=self.keys.actor_ref(event.actor.id),
                 data_key_id=key_id.hex(),
                 sealed=base64.b64encode(sealed).decode(),
