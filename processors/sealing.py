@@ -231,7 +231,7 @@ class EventOpener:
                 continue
             try:
                 document, _ = decode_sealed_document(data)
-                opened = open_ingest(shared, data, box, leaf)
+                opened = open_ingest(shared, data, box, leaf, document)
             except (ValidationError, SealError) as exc:
                 refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))
                 continue
