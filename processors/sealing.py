@@ -187,6 +187,7 @@ class EventOpener:
         self.keystore = keystore
         self.keys = keys if keys is not None else SubjectKeys(keystore, clock=clock, ttl_s=ttl_s)
         self._ingest_keys = _Lru(1024)
+        self._refs = _Lru(_CACHE_ENTRIES)  # the event loop's thread only: no lock
         self.opened = 0
         self.refused = 0
 
@@ -239,14 +240,14 @@ class EventOpener:
         # the batch's patients' data keys, in a few round trips for all of them
         lookups = [self.keys.lookup(*key_subject(o.event)) for *_, o in opened_events]
         keys = self.keys.data_keys(lookups)
-        refs: dict[bytes, str] = {}  # a patient's pseudonym, once per key in the batch
         for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
             event = opened.event
             key_id, key = keys[lookup]
             sealed = seal_bytes(key, leaf, opened.salt, opened.body)
-            ref = refs.get(key_id)
-            if ref is None:
-                ref = refs[key_id] = patient_ref(key)
+            ref = self._refs.get(key_id)
+            if not isinstance(ref, str):  # a patient's pseudonym, once per data key
+                ref = patient_ref(key)
+                self._refs.put(key_id, ref)
             record = SealedRecord(
                 document=document,
                 patient_ref=ref,
