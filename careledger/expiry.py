@@ -1,9 +1,10 @@
 """Retention expiry on a sealed ledger (ADR 0037): ``careledger expire``, the job that
 erases what the retention policies say has expired, run on a schedule (daily).
 
-A subject's records (a patient's accesses and reference records, or a staff member's
-directory records) are sealed under their data keys. The job walks every subject that
-holds keys, and for each:
+A subject's records (a patient's accesses and reference records, a staff member's
+directory records, or a source's day of accesses about no patient:
+``careledger_core.sealed_event.key_subject``) are sealed under their data keys. The job
+walks every subject that holds keys, and for each:
 
 1. finds when the newest committed record sealed under their keys was made (an
    access's ``occurred_at``, a reference record's ``recorded_at``, a raw record's

@@ -248,7 +248,7 @@ def seal_for_ingest_with(
 ) -> bytes:
     """``XChaCha20-Poly1305(key, salt || JCS(sensitive), AAD = leaf hash of document)``."""
     leaf = leaf_hash(document)
-    return bytes(xchacha_encrypt(salt + canonical(sensitive), leaf, ingest_nonce(leaf), key))
+    return xchacha_encrypt(salt + canonical(sensitive), leaf, ingest_nonce(leaf), key)
 
 
 def open_ingest(
