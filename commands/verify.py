@@ -93,15 +93,20 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
         settings = settings.replace(clickhouse_database=args.database)
     chains = consent_chains(settings)
     sealed = None
+    status_sealed = None
     if settings.seal_events:  # ADR 0037: the decision point's records are sealed
         from careledger.keys import KeyFileError
         from careledger.keystore import KeyStoreError, open_keystore
         from verifiers.auditor.decision_point.sealed import SealedReader
+        from verifiers.auditor.runner.sealed_store import sealed_status
 
         try:
             sealed = SealedReader(open_keystore(settings), settings.reference_patient_system)
+            status_sealed = sealed_status(sealed.keystore, "verify")
         except (KeyStoreError, KeyFileError):
-            chains = []  # not checked (``consent_decisions`` is null), as sealed parts
+            # not checked (``consent_decisions`` is null), as sealed parts; the alert
+            # status records are checked by their public part (each row's hash)
+            chains = []
     backend = ClickHouseBackend.from_settings(settings, "reader")
     try:
         return verify_audit(
@@ -112,6 +117,7 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
             settle_us=int(getattr(args, "audit_settle", SETTLE_US / 1e6) * 1e6),
             consent_chains=chains,
             consent_sealed=sealed,
+            status_sealed=status_sealed,
         )
     except StorageError as exc:
         return AuditVerification(

@@ -86,14 +86,14 @@ class ConsoleData:
         self.db = check_identifier(settings.clickhouse_database)
         self.sealed = settings.seal_events
         self.keystore: KeyStore | None = None
-        opener = None
+        sealed = None
         if self.sealed:  # status records are sealed events, opened to show them
             from careledger.keystore import open_keystore
-            from verifiers.auditor.runner.sealed_store import SealedEventOpener
+            from verifiers.auditor.runner.sealed_store import sealed_status
 
             self.keystore = open_keystore(settings)
-            opener = SealedEventOpener(self.keystore, "console")
-        self.book = AlertBook(self.backend, self.db, opener)
+            sealed = sealed_status(self.keystore, "console")
+        self.book = AlertBook(self.backend, self.db, sealed)
 
     def __enter__(self) -> ConsoleData:
         return self

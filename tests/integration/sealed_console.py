@@ -54,13 +54,15 @@ def check_console(
     settings: Settings,
     tmp_path: Path,
     alerts: list[dict[str, Any]],
-    worked: str,
+    worked_with: tuple[str, str],
     events: dict[str, AccessEvent],
     identifiers: set[bytes],
     erased: tuple[str, str],
 ) -> int:
-    """Work the console's pages on the sealed ledger; returns how many accesses it
-    ledgered (each a sealed access event the caller will find chained)."""
+    """Work the console's pages on the sealed ledger (``worked_with``: the alert the
+    caller acknowledged and its note, which names a patient); returns how many accesses
+    it ledgered (each a sealed access event the caller will find chained)."""
+    worked, note = worked_with
     clock = _Clock()
     accounts = AccountStore(tmp_path / "console-accounts.json", clock=clock)
     accounts.add("dana", "privacy-officer", PASSWORD)
@@ -90,7 +92,9 @@ def check_console(
         queue = page("/alerts")
         assert f'href="/alerts/{worked}"' in queue
         case = page(f"/alerts/{worked}")
-        assert "acknowledged" in case
+        # the reviewer and the note, opened from the sealed status event, for the office
+        assert "acknowledged" in case and "privacy-officer-7" in case and note in case
+        shown[-1] = case.replace(note, "")
         alert = next(a for a in alerts if a["alert_id"] == worked)
         page(f"/actors/{alert['actor_id']}")
         # a patient's pseudonym page, then a re-identification with a reason: ledgered

@@ -375,7 +375,14 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         assert len(alerts) == summary["alerts"]
         alerts.sort(key=lambda a: -len(a["event_ids"]) if a["patient_ref"] else 0)
         worked = alerts[0]["alert_id"]
-        acked = run_cli(settings, "alerts", "ack", worked, "--by", "privacy-officer-7")
+        # the reviewer's note names a patient: it is sealed with the status event, and
+        # neither the alert_status row nor the status topic keeps it or the reviewer's
+        # name (searched with everything else at the end)
+        named = next(e.patient.id for e in events if e.patient.id not in (erased.id, "-"))
+        note = f"complaint from patient {named} about a colleague"
+        acked = run_cli(
+            settings, "alerts", "ack", worked, "--by", "privacy-officer-7", "--note", note
+        )
         assert acked.returncode == 0, acked.stdout + acked.stderr
 
         def shown() -> dict[str, Any]:
@@ -387,11 +394,21 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
         case = shown()
         assert case["status"] == "acknowledged" and case["status_history_intact"], case
         assert case["status_history_ledgered"], case
-        told += listed.stdout + acked.stdout + json.dumps(case)
+        # the privacy office reads who and why, opened from the ledgered status event
+        (change,) = case["status_history"]
+        assert (change["changed_by"], change["note"]) == ("privacy-officer-7", note), change
+        assert case["status_note"] == note and case["status_by"] == "privacy-officer-7"
+        told += listed.stdout + acked.stdout + json.dumps(case).replace(note, "")
         assert not [i for i in identifiers if i.decode() in told], "an identifier in the output"
         # the console works the same alerts on pseudonyms (tests/integration/sealed_console)
         console_views = check_console(
-            settings, tmp_path, alerts, worked, by_id, identifiers, (erased.id, erased.system or "")
+            settings,
+            tmp_path,
+            alerts,
+            (worked, note),
+            by_id,
+            identifiers,
+            (erased.id, erased.system or ""),
         )
 
         # 3. the patient's access report opens their lines, each proven offline
@@ -544,7 +561,7 @@ def test_a_sealed_ledger_keeps_no_identifier_in_clear_and_erases_without_breakin
     # names anyone: every topic, every table, the processor's log
     at_rest = _everything_at_rest(settings)
     log = (tmp_path / "processor.log").read_text()
-    for identifier in identifiers:
+    for identifier in identifiers | {b"privacy-officer-7", note.encode()}:
         assert identifier not in at_rest, "an identifier in clear at rest"
         assert identifier.decode() not in log
 

@@ -355,9 +355,12 @@ def test_a_status_change_is_not_sent_unsigned_where_it_would_be_quarantined(
 ) -> None:
     from careledger.config import Settings
     from verifiers.auditor.casework import ledger_status
+    from verifiers.auditor.status_records import status_event
 
+    change = {"alert_id": "a" * 32, "status": "acknowledged", "changed_by": OFFICER}
+    change.update(changed_at=at(0), entry_hash="ab" * 32)
     # no source key and signatures required: reported as not ledgered, no Kafka needed
     settings = Settings(run_dir=tmp_path, kafka_port=1, require_source_signatures=True)
     with caplog.at_level("WARNING"):
-        assert ledger_status(settings, {"alert_id": "a"}) is False
+        assert ledger_status(settings, status_event(change)) is False
     assert "no source key" in caplog.text

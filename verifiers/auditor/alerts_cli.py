@@ -41,9 +41,8 @@ from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import AUDITOR
 from careledger.safe_text import display
-from careledger.storage.backend import ClickHouseBackend, SqlBackend, StorageError
+from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger_core.errors import CareledgerError
-from careledger_core.event import decode_event
 from verifiers.auditor._time import ts_to_us
 from verifiers.auditor.alerts import ALERT_STATUSES
 from verifiers.auditor.alerts_view import SORTS, render_alert, sort_alerts, truncation_note
@@ -54,10 +53,10 @@ from verifiers.auditor.runner.rows import (
     utc_now_ts,
 )
 from verifiers.auditor.runner.rows import status_history_intact as verify_history
+from verifiers.auditor.runner.sealed_store import sealed_status
 from verifiers.auditor.status_records import (
     STATUS_RECORD_FORMAT,
     AlertStatus,
-    EventOpener,
     StatusReconciliation,
     read_ledgered_status,
     read_status_rows,
@@ -71,7 +70,6 @@ __all__ = [
     "AlertBook",
     "command_alerts",
     "configure_alerts",
-    "ledgered_positions",
     "status_event",
     "status_event_id",
     "status_view",
@@ -152,64 +150,11 @@ def _error(message: str, code: int = 2) -> int:
     return code
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode("utf-8", errors="replace")
-    return str(value)
-
-
-def ledgered_positions(
-    backend: SqlBackend,
-    db: str,
-    entries: Sequence[dict[str, Any]],
-    open_event: EventOpener | None = None,
-) -> list[dict[str, Any] | None]:
-    """Per status change: where its access event is in a committed block (and carries
-    the change's hash), or None (not chained yet, or missing). ``open_event``: a sealed
-    ledger's opener (ADR 0037)."""
-    if not entries:
-        return []
-    ids = {status_event_id(e["entry_hash"]): e for e in entries}
-    rows = backend.execute(
-        "SELECT event_id, chain_id, height, idx, canonical, sealed, data_key_id "
-        f"FROM {db}.access_events "
-        "WHERE event_id IN %(ids)s AND (chain_id, height, block_hash) IN "
-        f"(SELECT chain_id, height, block_hash FROM {db}.blocks)",
-        {"ids": tuple(sorted(ids))},
-    )
-    found: dict[str, dict[str, Any]] = {}
-    for event_id, chain, height, idx, canonical, sealed, key_id in rows:
-        entry = ids.get(_text(event_id))
-        try:
-            if open_event is None:
-                ev = decode_event(bytes(canonical))
-            else:
-                opened = open_event(bytes(canonical), _text(sealed), _text(key_id))
-                if opened is None:
-                    continue
-                ev = opened
-        except CareledgerError:
-            continue
-        if (
-            entry is not None
-            and ev.raw_ref is not None
-            and ev.raw_ref.sha256 == entry["entry_hash"]
-            and ev.object is not None
-            and ev.object.id == entry["alert_id"]
-        ):
-            found[entry["entry_hash"]] = {
-                "chain_id": _text(chain),
-                "height": int(height),
-                "idx": int(idx),
-            }
-    return [found.get(e["entry_hash"]) for e in entries]
-
-
 def status_view(book: AlertBook, alert_ids: Sequence[str] | None = None) -> StatusReconciliation:
     """The status rows (of ``alert_ids``, else all) reconciled with the ledgered status
     changes: what may be shown as each alert's status (``status_records.reconcile``)."""
     rows = read_status_rows(book.backend, book.db, alert_ids)
-    records = read_ledgered_status(book.backend, book.db, alert_ids, book.open_event)
+    records = read_ledgered_status(book.backend, book.db, alert_ids, book.sealed)
     now_us = ts_to_us(utc_now_ts())
     return reconcile(rows, records, now_us=now_us)
 
@@ -255,18 +200,17 @@ def command_alerts(args: argparse.Namespace, settings: Settings) -> int:
     if action == "forward":
         return command_forward(args, settings)
     keystore = None
-    open_event = None
+    sealed = None
     if settings.seal_events:  # ADR 0037: status records are sealed events
         from careledger.keystore import open_keystore
-        from verifiers.auditor.runner.sealed_store import SealedEventOpener
 
         try:
             keystore = open_keystore(settings)
         except CareledgerError as exc:
             return _error(f"a sealed ledger needs its key store: {exc}")
-        open_event = SealedEventOpener(keystore, "alerts")
+        sealed = sealed_status(keystore, "alerts")
     backend = ClickHouseBackend.from_settings(settings)
-    book = AlertBook(backend, settings.clickhouse_database, open_event)
+    book = AlertBook(backend, settings.clickhouse_database, sealed)
     try:
         if action == "list":
             return _list(args, book)

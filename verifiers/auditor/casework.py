@@ -33,6 +33,7 @@ from careledger.stack.model import StackError
 from careledger.storage.backend import SqlBackend, StorageError
 from careledger.storage.migrations import check_identifier
 from careledger_core.errors import CareledgerError
+from careledger_core.event import AccessEvent
 from verifiers.auditor.alerts import ALERT_STATUSES, CLOSED_STATUSES
 from verifiers.auditor.runner.rows import (
     ALERT_COLUMNS,
@@ -44,7 +45,7 @@ from verifiers.auditor.runner.rows import (
     utc_now_ts,
 )
 from verifiers.auditor.runner.store import AuditStore
-from verifiers.auditor.status_records import EventOpener, status_event
+from verifiers.auditor.status_records import SealedStatus, status_event
 
 __all__ = [
     "ACTIONS",
@@ -52,6 +53,7 @@ __all__ = [
     "CaseError",
     "NotAllowed",
     "assignee",
+    "case_event",
     "next_status",
     "work_alert",
 ]
@@ -124,12 +126,13 @@ class AlertBook:
     """Alerts and their status history in one database."""
 
     def __init__(
-        self, backend: SqlBackend, database: str, open_event: EventOpener | None = None
+        self, backend: SqlBackend, database: str, sealed: SealedStatus | None = None
     ) -> None:
         self.backend = backend
         self.db = check_identifier(database)
-        #: a sealed ledger's event opener (ADR 0037): status records are sealed events
-        self.open_event = open_event
+        #: a sealed ledger's (ADR 0037): its rows keep the reviewer's pseudonym and no
+        #: note; its status records are sealed events, opened to show who and why
+        self.sealed = sealed
 
     def alerts(self, where: str = "", params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         rows = self.backend.execute(
@@ -209,9 +212,10 @@ class AlertBook:
             "alert_id": alert_id,
             "seq": len(history),
             "status": status,
-            "changed_by": by,
+            # on a sealed ledger the name and the note travel sealed in the status event
+            "changed_by": by if self.sealed is None else self.sealed.actor_ref(by),
             "changed_at": utc_now_ts(),
-            "note": note,
+            "note": note if self.sealed is None else "",
             "prev_hash": prev_hash,
         }
         entry["entry_hash"] = status_entry_hash(prev_hash, entry)
@@ -246,8 +250,10 @@ def work_alert(
     to: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
     """Take ``action`` on an alert as ``by``: stored, ledgered (or taken back) and
-    published. Returns the change and whether it was published on the status topic.
-    Raises CaseError (NotAllowed for a refused action)."""
+    published. Returns the change as stored (on a sealed ledger the reviewer's
+    pseudonym and no note: both travel sealed in the ledgered status event) and whether
+    it was published on the status topic. Raises CaseError (NotAllowed for a refused
+    action)."""
     if book.alert(alert_id) is None:
         raise CaseError(f"no alert {alert_id}")
     if not by.strip() or len(by) > MAX_NAME:
@@ -261,7 +267,7 @@ def work_alert(
             raise CaseError("assign needs who to assign it to (a name without ': ')", 2)
         note = _ASSIGNED + to.strip() + (f": {note}" if note.strip() else "")
     entry = book.act(alert_id, action, by, note)
-    if not ledger_status(settings, entry):
+    if not ledger_status(settings, case_event(book, entry, by, note)):
         # a change that is not ledgered is no change (verify would report the row as
         # forged): take the row back and say so
         withdrawn = book.withdraw(entry)
@@ -274,8 +280,15 @@ def work_alert(
     return entry, publish_status(settings, entry)
 
 
-def ledger_status(settings: Settings, entry: Mapping[str, Any]) -> bool:
-    """Send the change as an access event: the processor chains and signs it."""
+def case_event(book: AlertBook, entry: Mapping[str, Any], by: str, note: str) -> AccessEvent:
+    """The access event that ledgers a change ``by`` made with ``note``: it names who
+    made it; on a sealed ledger it also carries the note (sealed with the event), which
+    the row does not keep; in clear the note stays in the row, out of the ledger."""
+    return status_event(entry, by=by, note=None if book.sealed is None else note)
+
+
+def ledger_status(settings: Settings, event: AccessEvent) -> bool:
+    """Send a change's access event (``case_event``): the processor chains and signs it."""
     from careledger.keys import load_source_key
 
     if settings.require_source_signatures and load_source_key(settings) is None:
@@ -289,7 +302,7 @@ def ledger_status(settings: Settings, entry: Mapping[str, Any]) -> bool:
         from careledger.kafka.producer import AccessEventProducer
 
         with AccessEventProducer(settings, principal=AUDITOR) as producer:
-            producer.send(status_event(entry))
+            producer.send(event)
             return producer.flush(20.0).ok
     except (CareledgerError, KafkaException) as exc:
         # Kafka down: the change is stored, say it is not ledgered

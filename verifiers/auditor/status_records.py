@@ -7,9 +7,12 @@ and the change's ``entry_hash``). The row can be edited, deleted or forged by an
 can write to ClickHouse; the ledgered record cannot without ``verify`` noticing. So the
 status of an alert is what the ledger says:
 
-* ``status_event`` / ``status_event_id``: the access event of a change;
+* ``status_event`` / ``status_event_id``: the access event of a change (on a sealed
+  ledger it carries, sealed, who made it and the note, and the row keeps only the
+  reviewer's pseudonym and no note: ``SealedStatus``);
 * ``read_ledgered_status``: every committed status record (decoded from the signed
-  canonical bytes, never from a denormalised column);
+  canonical bytes, never from a denormalised column; on a sealed ledger opened through
+  the key store, or read from its public part alone when it does not open);
 * ``reconcile``: the rows against the records, both ways (pure): a row without its
   record, a record without its row, an edited row, a broken link, each a finding, and
   per alert the status a user may be shown (``AlertStatus``): the ledgered one, plus
@@ -23,6 +26,8 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
+
+import msgspec
 
 from careledger.storage.backend import SqlBackend
 from careledger.storage.migrations import check_identifier
@@ -41,6 +46,7 @@ __all__ = [
     "AlertStatus",
     "EventOpener",
     "LedgeredStatus",
+    "SealedStatus",
     "StatusReconciliation",
     "StatusRow",
     "ledgered_status_of",
@@ -67,10 +73,18 @@ def status_event_id(entry_hash: str) -> str:
     return str(uuid.UUID(hex=entry_hash[:32], version=4))
 
 
-def status_event(entry: Mapping[str, Any]) -> AccessEvent:
+def status_event(
+    entry: Mapping[str, Any], *, by: str | None = None, note: str | None = None
+) -> AccessEvent:
     """A status change as an access event (DICOM 110101 "Audit Log Used", action U,
     about no patient): chained and signed by the processor like any access. It carries
-    the change's ``entry_hash`` (``raw_ref``), not its note."""
+    the change's ``entry_hash`` (``raw_ref``) and who made it (``actor.id``; ``by``: the
+    name, when the row holds a pseudonym). In clear it leaves the note out: free text
+    that may name a patient must stay erasable, in the row, not in the immutable ledger.
+    On a sealed ledger the row keeps no note and ``note`` goes into the event's sealed
+    part (``outcome_desc`` = ``alert <status>: <note>``), erasable with its day's key."""
+    who = str(entry["changed_by"]) if by is None else by
+    text = note or ""
     return event_from_dict(
         {
             "schema": "careledger.access-event/1",
@@ -80,8 +94,8 @@ def status_event(entry: Mapping[str, Any]) -> AccessEvent:
             "event_type": {"system": DCM, "code": "110101", "display": "Audit Log Used"},
             "action": "U",
             "outcome": 0,
-            "outcome_desc": f"alert {entry['status']}",
-            "actor": {"id": entry["changed_by"], "roles": [], "is_requestor": True},
+            "outcome_desc": f"alert {entry['status']}" + (f": {text}" if text else ""),
+            "actor": {"id": who, "roles": [], "is_requestor": True},
             "source": {"system": STATUS_SOURCE_SYSTEM, "type": 4},
             "patient": {"id": NO_PATIENT_ID},
             "object": {"type": "alert", "id": entry["alert_id"]},
@@ -96,7 +110,13 @@ def status_event(entry: Mapping[str, Any]) -> AccessEvent:
 
 @dataclass(frozen=True, slots=True)
 class LedgeredStatus:
-    """A status change as the ledger has it: what the signed event says, and where."""
+    """A status change as the ledger has it: what the signed event says, and where.
+
+    A sealed record that does not open (its day's key expired, or no key store at hand)
+    is read from its public part: ``opened`` is False and only ``entry_hash``,
+    ``changed_at``, the event id and the place are known. That is enough to vouch for
+    its row: the row's ``entry_hash`` is the hash of all its columns, and the ledger
+    signed it."""
 
     alert_id: str
     status: str
@@ -107,6 +127,10 @@ class LedgeredStatus:
     height: int
     idx: int
     event_id: str
+    note: str = ""
+    #: what the row's ``changed_by`` must be: the name, or on a sealed ledger its pseudonym
+    row_by: str = ""
+    opened: bool = True
 
     @property
     def position(self) -> dict[str, Any]:
@@ -114,10 +138,15 @@ class LedgeredStatus:
 
 
 def ledgered_status_of(
-    event: AccessEvent, chain_id: str, height: int, idx: int
+    event: AccessEvent,
+    chain_id: str,
+    height: int,
+    idx: int,
+    actor_ref: Callable[[str], str] | None = None,
 ) -> LedgeredStatus | None:
     """The status change an access event ledgers, or None if it is no status record
-    (or one that does not hold together: its id is not derived from its hash)."""
+    (or one that does not hold together: its id is not derived from its hash).
+    ``actor_ref``: a sealed ledger's pseudonym of the reviewer (what its row holds)."""
     ref, obj = event.raw_ref, event.object
     if (
         ref is None
@@ -134,9 +163,12 @@ def ledgered_status_of(
             return None
     except ValueError:
         return None
+    status, _, note = (event.outcome_desc or "")[len("alert ") :].partition(": ")
     return LedgeredStatus(
         alert_id=str(obj.id),
-        status=(event.outcome_desc or "")[len("alert ") :],
+        status=status,
+        note=note,
+        row_by=event.actor.id if actor_ref is None else actor_ref(event.actor.id),
         changed_by=event.actor.id,
         changed_at=event.occurred_at,
         entry_hash=ref.sha256,
@@ -158,16 +190,68 @@ def _text(value: Any) -> str:
 EventOpener = Callable[[bytes, str, str], AccessEvent | None]
 
 
+@dataclass(frozen=True, slots=True)
+class SealedStatus:
+    """How a sealed ledger's status changes are written and read (ADR 0037): the row
+    keeps the reviewer's pseudonym (``actor_ref``) and no note; the status event, sealed
+    under its day's key, carries the name and the note, and ``open_event`` opens it."""
+
+    open_event: EventOpener
+    actor_ref: Callable[[str], str]
+
+
+def _public_status(document: bytes, chain_id: str, height: int, idx: int) -> LedgeredStatus | None:
+    """A sealed status record that does not open, from its signed public part: its
+    hash, time and id (None if the public part is no status record's)."""
+    try:
+        doc = msgspec.json.decode(document)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    ref, source = doc.get("raw_ref"), doc.get("source")
+    event_id, at = doc.get("event_id"), doc.get("occurred_at")
+    if not (
+        isinstance(ref, dict)
+        and isinstance(source, dict)
+        and ref.get("format") == STATUS_RECORD_FORMAT
+        and source.get("system") == STATUS_SOURCE_SYSTEM
+        and isinstance(ref.get("sha256"), str)
+        and isinstance(event_id, str)
+        and isinstance(at, str)
+    ):
+        return None
+    try:
+        if status_event_id(ref["sha256"]) != event_id:
+            return None
+    except ValueError:
+        return None
+    return LedgeredStatus(
+        alert_id="",
+        status="",
+        changed_by="",
+        changed_at=at,
+        entry_hash=ref["sha256"],
+        chain_id=chain_id,
+        height=height,
+        idx=idx,
+        event_id=event_id,
+        opened=False,
+    )
+
+
 def read_ledgered_status(
     backend: SqlBackend,
     database: str,
     alert_ids: Sequence[str] | None = None,
-    open_event: EventOpener | None = None,
+    sealed: SealedStatus | None = None,
 ) -> list[LedgeredStatus]:
     """Every status change chained in a committed block (of ``alert_ids`` only, if
-    given), read from the signed canonical bytes: a denormalised column an insider
-    edits cannot hide one. In ledger order. On a sealed ledger ``open_event`` opens each
-    (its signed document holds the record's format and hash; the rest is sealed)."""
+    given: a sealed record that does not open is kept whatever its alert), read from
+    the signed canonical bytes: a denormalised column an insider edits cannot hide one.
+    In ledger order. A sealed record (its ``sealed`` column set) is opened with
+    ``sealed``; without it, or when it does not open, it is read from its public part
+    (``LedgeredStatus.opened`` False)."""
     db = check_identifier(database)
     rows = backend.execute(
         f"SELECT chain_id, height, idx, canonical, sealed, data_key_id FROM {db}.access_events "
@@ -178,18 +262,25 @@ def read_ledgered_status(
     )
     wanted = None if alert_ids is None else set(alert_ids)
     out: list[LedgeredStatus] = []
-    for chain, height, idx, canonical, sealed, key_id in rows:
+    for chain, height, idx, canonical, sealed_part, key_id in rows:
+        place = (_text(chain), int(height), int(idx))
         try:
-            if open_event is None:
-                event: AccessEvent | None = decode_event(bytes(canonical))
-            else:
-                event = open_event(bytes(canonical), _text(sealed), _text(key_id))
-            if event is None:
-                continue  # does not open: verify names it
-            record = ledgered_status_of(event, _text(chain), int(height), int(idx))
+            event = None
+            if not sealed_part:
+                event = decode_event(bytes(canonical))
+            elif sealed is not None:
+                event = sealed.open_event(bytes(canonical), _text(sealed_part), _text(key_id))
+            if event is not None:
+                record = ledgered_status_of(
+                    event, *place, sealed.actor_ref if sealed and sealed_part else None
+                )
+            else:  # erased, or no key store: its public part still vouches for its row
+                record = _public_status(bytes(canonical), *place)
         except (CareledgerError, TypeError, ValueError):
             continue  # a tampered event row: the integrity checks report it
-        if record is not None and (wanted is None or record.alert_id in wanted):
+        if record is None:
+            continue
+        if wanted is None or not record.opened or record.alert_id in wanted:
             out.append(record)
     return out
 
@@ -326,26 +417,40 @@ def reconcile(
       ``chained_since(t)`` is False) and not in the future: ``ALERT_STATUS_PENDING``;
     * a ledgered record whose row is gone: ``ALERT_STATUS_MISSING`` (at the record's
       place in the ledger);
-    * a row and its record that disagree on the alert, status, who or when:
-      ``ALERT_STATUS_MISMATCH``.
+    * a row and its record that disagree on the alert, status, who (on a sealed ledger:
+      the row's pseudonym is not the reviewer's), when or the note (a row that keeps
+      one): ``ALERT_STATUS_MISMATCH``.
+
+    A sealed record that does not open (``opened`` False) vouches for the row whose
+    hash it carries (and whose time it gives): that row's hash covers its columns.
 
     Per alert, ``AlertStatus.changes`` are the ledgered records (ledger order by
-    ``changed_at``), each with the note of its row if the row holds, then the pending
-    rows that continue the history."""
+    ``changed_at``), each with the note the record carries (else its row's, if the row
+    holds), then the pending rows that continue the history. A change read from a record
+    that does not open has its row's status and pseudonym, no note, and ``sealed``
+    True."""
     out = StatusReconciliation(rows=len(rows), records=len(records))
     by_hash: dict[str, LedgeredStatus] = {}
     for record in records:
         by_hash.setdefault(record.entry_hash, record)
     rows_by_alert: dict[str, list[StatusRow]] = {}
+    alert_of_hash: dict[str, str] = {}
     for row in rows:
         rows_by_alert.setdefault(row.alert_id, []).append(row)
+        alert_of_hash.setdefault(row.entry_hash, row.alert_id)
     recs_by_alert: dict[str, list[LedgeredStatus]] = {}
+    unplaced: list[LedgeredStatus] = []
     for record in by_hash.values():
-        recs_by_alert.setdefault(record.alert_id, []).append(record)
+        alert = record.alert_id if record.opened else alert_of_hash.get(record.entry_hash)
+        if alert is None:
+            unplaced.append(record)  # sealed, does not open, and no row carries its hash
+        else:
+            recs_by_alert.setdefault(alert, []).append(record)
     matched: set[str] = set()
     for alert_id in sorted(set(rows_by_alert) | set(recs_by_alert)):
         view = out.alerts[alert_id] = AlertStatus(alert_id)
         notes: dict[str, str] = {}
+        held: dict[str, StatusRow] = {}
         pending: list[StatusRow] = []
         mine = sorted(
             rows_by_alert.get(alert_id, []),
@@ -365,22 +470,26 @@ def reconcile(
                 )
             prev = row.entry_hash
             found = by_hash.get(row.entry_hash)
-            rec = found if found is not None and found.alert_id == alert_id else None
+            rec = (
+                found
+                if found is not None and (found.alert_id == alert_id or not found.opened)
+                else None
+            )
             if rec is not None:
                 matched.add(rec.entry_hash)
-                differs = [
-                    name
-                    for name, a, b in (
+                compared = [("changed_at", row.changed_at, rec.changed_at)]
+                if rec.opened:
+                    compared += [
                         ("status", row.status, rec.status),
-                        ("changed_by", row.changed_by, rec.changed_by),
-                        ("changed_at", row.changed_at, rec.changed_at),
-                    )
-                    if a != b
-                ]
+                        ("changed_by", row.changed_by, rec.row_by or rec.changed_by),
+                        ("note", row.note or rec.note, rec.note or row.note),
+                    ]
+                differs = [name for name, a, b in compared if a != b]
                 if differs and problem is None:
                     problem = f"{', '.join(differs)} differ from the ledgered change"
                 if problem is None:
-                    notes[rec.entry_hash] = row.note
+                    notes[rec.entry_hash] = rec.note or row.note
+                    held[rec.entry_hash] = row
             if problem is not None:
                 _flag(view, f"seq {row.seq}: {problem}")
                 out.findings.append(
@@ -436,23 +545,18 @@ def reconcile(
                 "entry_hash": led.entry_hash,
                 "ledgered": led.position,
             }
+            if not led.opened:
+                row_of = held.get(led.entry_hash)
+                if row_of is None:  # its row does not hold: reported above as a mismatch
+                    continue
+                change.update(
+                    status=row_of.status, changed_by=row_of.changed_by, note=None, sealed=True
+                )
             view.changes.append(change)
             if led.entry_hash in matched:
                 continue
             _flag(view, f"the ledgered change to {led.status} at {led.changed_at} has no row")
-            out.findings.append(
-                Finding.of(
-                    FindingCode.ALERT_STATUS_MISSING,
-                    led.chain_id,
-                    f"alert {alert_id}: the status change to {led.status} by "
-                    f"{led.changed_by} at {led.changed_at} is ledgered here but its "
-                    "alert_status row is gone (deleted or edited)",
-                    height=led.height,
-                    event_index=led.idx,
-                    event_id=led.event_id,
-                    details={"table": _TABLE, "alert_id": alert_id, "entry_hash": led.entry_hash},
-                )
-            )
+            out.findings.append(_missing(led, alert_id))
         for row in pending:
             view.changes.append(
                 {
@@ -465,7 +569,33 @@ def reconcile(
                     "pending": True,
                 }
             )
+    for led in unplaced:
+        out.findings.append(_missing(led, None))
     return out
+
+
+def _missing(led: LedgeredStatus, alert_id: str | None) -> Finding:
+    """``ALERT_STATUS_MISSING`` at a ledgered record's place (``alert_id`` None: a
+    sealed record that does not open and that no row carries)."""
+    if led.opened:
+        what = (
+            f"alert {alert_id}: the status change to {led.status} by {led.changed_by} at "
+            f"{led.changed_at}"
+        )
+    else:
+        what = (
+            f"alert {alert_id or '(unknown: sealed, does not open)'}: a sealed status change "
+            f"at {led.changed_at}"
+        )
+    return Finding.of(
+        FindingCode.ALERT_STATUS_MISSING,
+        led.chain_id,
+        f"{what} is ledgered here but its alert_status row is gone (deleted or edited)",
+        height=led.height,
+        event_index=led.idx,
+        event_id=led.event_id,
+        details={"table": _TABLE, "alert_id": alert_id or "", "entry_hash": led.entry_hash},
+    )
 
 
 def _flag(view: AlertStatus, problem: str) -> None:

@@ -28,11 +28,12 @@ from careledger_core.sealed_reference import open_reference
 from careledger_core.sealing import patient_ref
 
 from ..pseudonyms import pseudonymous_event, pseudonymous_reference
+from ..status_records import SealedStatus
 from .decide import LedgeredEvent, LedgeredReference, Position
 from .rows import _text
 from .store import AuditStore
 
-__all__ = ["KeystorePseudonyms", "SealedAuditStore", "SealedEventOpener"]
+__all__ = ["KeystorePseudonyms", "SealedAuditStore", "SealedEventOpener", "sealed_status"]
 
 log = logging.getLogger("careledger.audit")
 
@@ -101,6 +102,21 @@ class SealedEventOpener:
             return open_stored(key, canonical, base64.b64decode(sealed, validate=True)).event
         except (CareledgerError, binascii.Error):
             return None
+
+
+def sealed_status(keystore: KeyStore, purpose: str) -> SealedStatus:
+    """How the alert book writes and reads a sealed ledger's status changes: records
+    opened through the key store (unwraps counted under ``purpose``), reviewers named by
+    their actor pseudonyms (cached)."""
+    refs: dict[str, str] = {}
+
+    def actor_ref(actor_id: str) -> str:
+        ref = refs.get(actor_id)
+        if ref is None:
+            ref = refs[actor_id] = keystore.actor_ref(actor_id)
+        return ref
+
+    return SealedStatus(SealedEventOpener(keystore, purpose), actor_ref)
 
 
 class SealedAuditStore(AuditStore):

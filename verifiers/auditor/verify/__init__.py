@@ -39,6 +39,7 @@ from ..decision_point.replay import DecisionCheck, check_decisions
 from ..decision_point.sealed import SealedReader
 from ..runner.rows import parse_run_id, utc_now_ts
 from ..runner.store import SALT_FILE, configured_salt, read_salt_file
+from ..status_records import SealedStatus
 from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
 from .ledger import LedgerView
 from .replay import Replay, replay_follow, replay_range
@@ -146,6 +147,7 @@ def verify_audit(
     settle_us: int = SETTLE_US,
     consent_chains: Sequence[str] = (),
     consent_sealed: SealedReader | None = None,
+    status_sealed: SealedStatus | None = None,
 ) -> AuditVerification:
     """Check the auditor's rows of ``database`` against the ledger. Raises
     ``StorageError`` when ClickHouse fails. ``reference_topics``: the topics whose
@@ -153,7 +155,9 @@ def verify_audit(
     in the last ``settle_us`` are left for the next run (their run may still write).
     ``consent_chains``: the consents topic's chains, to replay the consent decision
     point's answers over (none: those answers are not checked); ``consent_sealed``: a
-    sealed ledger's reader (ADR 0037), which opens its records, events and consents."""
+    sealed ledger's reader (ADR 0037), which opens its records, events and consents;
+    ``status_sealed``: how its alert status records open (without it, they are checked
+    by their public part)."""
     started = time.perf_counter()
     out = AuditVerification()
     now = now or utc_now_ts()
@@ -164,7 +168,13 @@ def verify_audit(
     for _attempt in range(3):
         before = _fingerprint(backend, database, settled)
         view = LedgerView.read(
-            backend, database, reference_topics, now_us=now_us, settled=settled, future=future
+            backend,
+            database,
+            reference_topics,
+            now_us=now_us,
+            settled=settled,
+            future=future,
+            sealed=status_sealed,
         )
         if _fingerprint(backend, database, settled) == before:
             break

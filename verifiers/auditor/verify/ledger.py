@@ -23,6 +23,7 @@ from ..runner.reviews import ReviewedAlert, Reviews, review_alerts
 from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS
 from ..runner.store import AuditStore
 from ..status_records import (
+    SealedStatus,
     StatusReconciliation,
     read_ledgered_status,
     read_status_rows,
@@ -72,9 +73,12 @@ class LedgerView:
         now_us: int,
         settled: str,
         future: str,
+        sealed: SealedStatus | None = None,
     ) -> LedgerView:
         """Read everything. Decisions and alerts written after ``settled`` (and not
-        after ``future``, which no real run can have written) are kept apart."""
+        after ``future``, which no real run can have written) are kept apart. ``sealed``:
+        a sealed ledger's key store, to open its status records (without it they are
+        checked by their public part: the hash of each row)."""
         db = check_identifier(database)
         store = AuditStore(backend, db, reference_topics)
         block_times: dict[tuple[str, int], str] = {}
@@ -102,7 +106,7 @@ class LedgerView:
 
         status = reconcile(
             read_status_rows(backend, db),
-            read_ledgered_status(backend, db),
+            read_ledgered_status(backend, db, sealed=sealed),
             now_us=now_us,
             chained_since=chained_since,
         )
