@@ -27,7 +27,7 @@ commitment.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Final, Literal
 
@@ -80,6 +80,7 @@ __all__ = [
     "OpenedEvent",
     "SealedAccessEvent",
     "decode_sealed_document",
+    "decode_sealed_documents",
     "ingest_key",
     "ingest_nonce",
     "key_subject",
@@ -103,8 +104,8 @@ _PATTERN_REASONS: Final = {
 }
 
 
-class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
-    pass
+class _Base(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True, gc=False):
+    """Untracked by the garbage collector, as the events' structs (``event._Base``)."""
 
 
 class PublicActor(_Base, frozen=True, kw_only=True):
@@ -194,6 +195,26 @@ def decode_sealed_document(data: bytes) -> tuple[SealedAccessEvent, bytes]:
             "$", "a sealed document must be sent as its canonical (RFC 8785) bytes"
         )
     return document, canonical
+
+
+_DOCUMENTS: Final = msgspec.json.Decoder(list[SealedAccessEvent])
+
+
+def decode_sealed_documents(documents: Sequence[bytes]) -> list[SealedAccessEvent] | None:
+    """A batch's sealed documents in one decode, if every one is valid and canonical
+    (what ``decode_sealed_document`` accepts); else None, and the caller decodes them one
+    by one to say which failed and why. One call for the batch, not one per document:
+    the per-call cost was a fifth of the processor's time on a sealed ledger."""
+    if not documents:
+        return []
+    joined = b"[" + b",".join(documents) + b"]"
+    try:
+        decoded = _DOCUMENTS.decode(joined)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+    if len(decoded) != len(documents) or _ENCODER.encode(decoded) != joined:
+        return None
+    return decoded
 
 
 def sealed_document(public: dict[str, Any], commitment_: bytes) -> bytes:
@@ -295,7 +316,12 @@ def open_with(
 
 
 class _Sensitive(
-    msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True
+    msgspec.Struct,
+    frozen=True,
+    kw_only=True,
+    forbid_unknown_fields=True,
+    omit_defaults=True,
+    gc=False,
 ):
     """A sensitive part (the dotted paths of ``careledger_core.sealing.SENSITIVE_PATHS``)
     typed as :class:`AccessEvent` types those fields: decoding it checks what the event's

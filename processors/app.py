@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from careledger.config import Settings
 from careledger.ingest_keys import load_ingest_key
@@ -491,8 +492,18 @@ def configure_process(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: the processor's garbage-collector thresholds (ADR 0038): a generation-0 collection
+#: after 50,000 net allocations instead of 700. The processor allocates a few objects per
+#: event and keeps hundreds of thousands in flight, so at the default the collector
+#: ran thousands of times per million events and its full collections rescanned the
+#: heap: 13-21 % of the processor's CPU; now under 2 %.
+GC_THRESHOLDS: Final = (50_000, 20, 20)
+
+
 def command_process(args: argparse.Namespace, settings: Settings) -> int:
     import faust
+
+    gc.set_threshold(*GC_THRESHOLDS)
 
     try:  # a faster event loop when available (Linux wheels on PyPI)
         import uvloop

@@ -56,6 +56,7 @@ from careledger_core.sealed_event import (
     OpenedEvent,
     SealedAccessEvent,
     decode_sealed_document,
+    decode_sealed_documents,
     ingest_key,
     key_subject,
     open_ingest,
@@ -218,8 +219,15 @@ class EventOpener:
         except SealError as exc:  # every event of the record is refused, each alone
             return [], [(i, d, exc.code, str(exc), "$") for i, d in enumerate(raw)]
         opened_events: list[tuple[int, bytes, bytes, SealedAccessEvent, OpenedEvent]] = []
+        # the documents in one decode when every one is valid (the usual case), else one
+        # by one, each refused alone with its reason
+        documents = (
+            decode_sealed_documents(raw)
+            if max(map(len, raw), default=0) <= max_event_bytes
+            else None
+        )
         for i, (data, leaf, box) in enumerate(zip(raw, leaves, boxes, strict=True)):
-            if len(data) > max_event_bytes:
+            if documents is None and len(data) > max_event_bytes:
                 refused.append(
                     (
                         i,
@@ -231,7 +239,7 @@ class EventOpener:
                 )
                 continue
             try:
-                document, _ = decode_sealed_document(data)
+                document = decode_sealed_document(data)[0] if documents is None else documents[i]
                 opened = open_ingest(shared, data, box, leaf, document)
             except (ValidationError, SealError) as exc:
                 refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))

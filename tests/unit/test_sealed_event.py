@@ -32,6 +32,7 @@ from careledger_core.jcs import canonicalize as reference_jcs
 from careledger_core.sealed_event import (
     SEALED_EVENT_SCHEMA,
     decode_sealed_document,
+    decode_sealed_documents,
     ingest_key,
     open_ingest,
     sealed_document,
@@ -228,6 +229,47 @@ def test_hostile_bytes_never_crash_the_opener(data: bytes) -> None:
         open_ingest_box(data, PK, SK, document)
     with pytest.raises(ValidationError):
         decode_sealed_document(data)
+
+
+def _alone(documents: list[bytes]) -> list[object] | None:
+    """What decoding each document alone gives: the documents, or None if one fails."""
+    try:
+        return [decode_sealed_document(d)[0] for d in documents]
+    except ValidationError:
+        return None
+
+
+def test_a_batch_of_documents_decodes_in_one_call_exactly_as_each_decodes_alone() -> None:
+    documents = [seal_for_ingest(e, PK)[0] for e in EVENTS[:40]]
+    assert decode_sealed_documents(documents) == _alone(documents)
+    assert decode_sealed_documents([]) == []
+    doc = json.loads(documents[0])
+    named = dict(doc, actor={**doc["actor"], "id": "dr.house"})
+    hostile = [
+        json.dumps(doc, indent=1).encode(),  # not canonical
+        canonicalize(named),  # names someone
+        canonicalize(dict(doc, occurred_at="2026-02-30T00:00:00.000000Z")),  # no such day
+        documents[1] + b"," + documents[2],  # two documents as one entry
+        documents[1][:-1],  # cut short
+        b"",
+        b"null",
+    ]
+    for bad in hostile:
+        for at in (0, 17, 39):
+            batch = [*documents[:at], bad, *documents[at + 1 :]]
+            assert decode_sealed_documents(batch) is None, (bad[:60], at)
+            assert _alone(batch) is None
+
+
+@hyp_settings(max_examples=80, deadline=None)
+@given(st.integers(min_value=0, max_value=9), st.binary(max_size=200))
+def test_a_batch_with_hostile_bytes_in_it_is_never_taken_where_one_alone_would_not_be(
+    at: int, data: bytes
+) -> None:
+    documents = [seal_for_ingest(e, PK)[0] for e in EVENTS[:10]]
+    documents[at] = data
+    decoded = decode_sealed_documents(documents)
+    assert decoded is None or decoded == _alone(documents)
 
 
 # --------------------------------------------------------------- batch records, SDK

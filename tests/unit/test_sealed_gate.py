@@ -5,6 +5,7 @@ and that neither kind of ledger takes the other's records."""
 from __future__ import annotations
 
 import base64
+import json
 import uuid
 
 import msgspec
@@ -95,6 +96,29 @@ def test_a_swapped_box_is_refused_alone_and_its_entry_kept_for_verify(
     assert [e.batch_index for e in block.events] == [0, 2, 3, 5]
     batch = block.events[0].batch
     assert batch is not None and [i for i, _ in batch.skipped] == [1, 4]
+
+
+def test_a_malformed_document_in_a_sealed_batch_is_refused_alone_with_its_reason(
+    keystore: KeyStore,
+) -> None:
+    # the batch is decoded in one call when every document is valid; one that is not
+    # (signed as it is by a buggy source) sends the batch down the one-by-one path
+    gate = gate_for()
+    gate.opener = EventOpener(KEY, keystore)
+    chain = chain_for(gate, kind=SEALED)
+    sealer = IngestSealer(KEY.public)
+    pairs = [sealer.seal(e) for e in EVENTS[:5]]
+    documents = [d for d, _ in pairs]
+    documents[2] = json.dumps(json.loads(documents[2]), indent=1).encode()
+    statement, signature = sign(documents)
+    record = encode_batch_record(
+        statement, signature, documents, [b for _, b in pairs], sealer.public
+    )
+    refused = take(chain, record)
+    assert [(r.batch_index, r.code) for r in refused] == [(2, "EVENT_INVALID")], refused
+    assert "canonical" in refused[0].reason and refused[0].value == documents[2]
+    block = sealed(chain)
+    assert [e.batch_index for e in block.events] == [0, 1, 3, 4]
 
 
 def test_a_sealed_ledger_refuses_a_batch_in_clear_whole() -> None:
