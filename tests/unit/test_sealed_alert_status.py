@@ -33,9 +33,10 @@ from tests.softhsm import softhsm_dir
 from tests.unit.test_batch_chaining import CHAIN, NOW, chain_for, gate_for, sealed, sign, take
 from verifiers.auditor import casework
 from verifiers.auditor._time import ts_to_us, us_to_ts
-from verifiers.auditor.alerts_cli import status_view
+from verifiers.auditor.alerts_cli import _with_status, status_view
+from verifiers.auditor.alerts_view import render_alert
 from verifiers.auditor.casework import AlertBook, assignee, case_event
-from verifiers.auditor.runner.rows import dumps, status_entry_hash
+from verifiers.auditor.runner.rows import dumps, status_entry_hash, utc_now_ts
 from verifiers.auditor.runner.sealed_store import sealed_status
 from verifiers.auditor.status_records import (
     read_ledgered_status,
@@ -286,3 +287,49 @@ def test_after_the_days_key_is_destroyed_the_history_verifies_without_who_or_why
 def _chains(backend: ChdbBackend, db: str) -> ChainStore:
     """The store as a sealed ledger's processor writes it (its events topic sealed)."""
     return ChainStore(backend, db, sealed_topics=frozenset({CHAIN.split("/")[1]}))
+
+
+def test_a_change_not_chained_yet_shows_the_reviewers_pseudonym_and_says_why(case: Case) -> None:
+    case.work("ack")
+    case.clock[0] = ts_to_us(utc_now_ts())  # a change made now: not chained yet
+    case.book.act(ALERT, "comment", REVIEWER, NOTE)
+    view = case.view()
+    assert view.verified and view.pending == 1
+    ledgered, pending = view.changes
+    assert ledgered["changed_by"] == REVIEWER and "sealed" not in ledgered
+    assert pending["sealed"] and pending["changed_by"] == case.keystore.actor_ref(REVIEWER)
+    assert pending["note"] == ""
+    alert = {"alert_id": ALERT, "rule": "NO_EXPLANATION", "severity": "high", "score": 7.0}
+    alert.update(actor_id="a" * 64, first_at=us_to_ts(START_US), last_at=us_to_ts(START_US))
+    alert = _with_status(alert, view)
+    alert["status_history"] = view.changes
+    shown = "\n".join(render_alert(alert))
+    assert f"acknowledged by {REVIEWER}" in shown and "name and note sealed" in shown
+    assert f"by pseudonym {case.keystore.actor_ref(REVIEWER)[:16]}" in shown
+    assert NOTE not in shown
+
+
+def test_the_consoles_case_page_shows_a_sealed_change_by_pseudonym_without_a_note() -> None:
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    from careledger.safe_text import display
+    from console.app import HERE
+
+    env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape())
+    env.filters["shown"] = display
+    env.filters["decision"] = str
+    ref = "ab" * 32
+    history = [
+        {"changed_at": us_to_ts(START_US), "status": "acknowledged", "changed_by": REVIEWER},
+        {"changed_at": us_to_ts(START_US), "status": "acknowledged", "changed_by": ref},
+    ]
+    history[0].update(note=NOTE, ledgered={"chain_id": CHAIN, "height": 3})
+    history[1].update(note="", ledgered=None, pending=True, sealed=True)
+    alert = {"alert_id": ALERT, "rule": "NO_EXPLANATION", "severity": "high", "score": 7.0}
+    alert.update(actor_id="a" * 64, first_at=us_to_ts(START_US), last_at=us_to_ts(START_US))
+    alert.update(status="acknowledged", status_history=history, patient_refs=[])
+    page = env.get_template("case.html").render(alert=alert, evidence={}, meanings={})
+    items = page.split('<ol id="history">')[1].split("</ol>")[0].split("<li>")[1:]
+    assert REVIEWER in items[0] and NOTE in items[0]
+    assert f"pseudonym <code>{ref[:16]}…</code>" in items[1] and ref not in items[1]
+    assert "name and note sealed" in items[1]

@@ -140,9 +140,11 @@ def render_alert(alert: Mapping[str, Any]) -> list[str]:
             else "not ledgered yet"
         )
         note = f'  "{d(change.get("note"))}"' if change.get("note") else ""
-        lines.append(
-            f"    {d(change.get('changed_at'))}  {d(change.get('status'))} by "
-            f"{d(change.get('changed_by'))}{note}  ({place})"
-        )
+        who = d(change.get("changed_by"))
+        if change.get("sealed"):  # a sealed ledger's change not opened (ADR 0037)
+            who = f"pseudonym {who[:16]}…"
+            note = "  (name and note sealed: shown once chained, gone once its day's key is)"
+        when, status = d(change.get("changed_at")), d(change.get("status"))
+        lines.append(f"    {when}  {status} by {who}{note}  ({place})")
     lines.append("  (--json: the whole record, with every event id)")
     return lines
