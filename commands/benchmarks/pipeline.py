@@ -22,8 +22,9 @@ Phases:
    ids, all equal to what was produced (nothing lost, nothing duplicated).
    ``--scale-out``: then two chained processes (same app id: one consumer group sharing
    the partitions) drain it again into another database (and output topics of its
-   own), measured from the moment the group is stable with both. Then the baseline
-   drains it.
+   own), measured from the moment the group is stable with both (with ``--sealed``, the
+   sealed backlog too: the opening shared by two processes). Then the baseline drains
+   it.
 3. **latency**: for each offered rate (``--rates``; default 25/50/75 % of the chained
    drain rate), events are offered for ``--latency-seconds`` by token-bucket-paced SDK
    producers; the achieved offered rate is reported next to the target. Latency runs
@@ -165,7 +166,8 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scale-out",
         action="store_true",
-        help="also drain the backlog with 2 chained processor processes sharing the partitions",
+        help="also drain the backlog with 2 chained processor processes sharing the partitions "
+        "(with --sealed, the sealed backlog too)",
     )
     parser.add_argument(
         "--sealed",
@@ -362,7 +364,7 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
     if args.scale_out:
         say("chained drain, 2 processes")
         drains.append(run.drain(backlog, "chained", 2, "c2"))
-    sealed_rate = None
+    sealed_rate = sealed_two = None
     if args.sealed:
         sealed = run.sealed_pipeline("sealed")
         load = host.load_average()
@@ -376,6 +378,10 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
         say("chained drain of the sealed events, 1 process")
         drains.append(run.drain(sealed, "chained-sealed", 1, "s1"))
         sealed_rate = drains[-1].get("events_per_s")
+        if args.scale_out:  # the opening shared by two processes (the cores allowing)
+            say("chained drain of the sealed events, 2 processes")
+            drains.append(run.drain(sealed, "chained-sealed", 2, "s2"))
+            sealed_two = drains[-1].get("events_per_s")
     say("baseline drain")
     drains.append(run.drain(backlog, "baseline", 1, "b"))
     one = drains[0].get("events_per_s")
@@ -385,6 +391,10 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
     }
     if args.sealed:
         ratios["sealed_over_chained"] = round(sealed_rate / one, 3) if sealed_rate and one else None
+        if args.scale_out:
+            ratios["sealed_two_processes_over_one"] = (
+                round(sealed_two / sealed_rate, 3) if sealed_two and sealed_rate else None
+            )
     if args.scale_out:
         two = drains[1].get("events_per_s")
         ratios["two_processes_over_one"] = round(two / one, 3) if one and two else None

@@ -283,11 +283,11 @@ def _load(value: Sequence[float] | None) -> str:
 
 def _drain_label(d: dict[str, Any]) -> str:
     mode = d["mode"]
+    p = d.get("processes", 1)
     if mode == "chained":
-        p = d.get("processes", 1)
         return f"chained, {p} process{'es' if p != 1 else ''}"
     if mode == "chained-sealed":
-        return "sealed, 1 process"
+        return f"sealed, {p} process{'es' if p != 1 else ''}"
     return str(mode)
 
 
@@ -366,6 +366,10 @@ def render_table(figures: dict[str, Any]) -> str:
             lines.append(
                 f"  sealed / chained throughput (encryption at rest): "
                 f"{ratios['sealed_over_chained']:.2f}"
+            )
+        if ratios.get("sealed_two_processes_over_one") is not None:
+            lines.append(
+                f"  2 processes / 1 process (sealed): {ratios['sealed_two_processes_over_one']:.2f}"
             )
     phases = figures.get("latency", [])
     if phases:

@@ -598,3 +598,17 @@ def test_the_sealed_drain_and_its_cost_are_in_the_table() -> None:
     assert "sealed, 1 process" in text and "21,000" in text
     assert "sealed backlog: the same events in 200 Kafka records" in text and "40,000" in text
     assert "sealed / chained throughput (encryption at rest): 0.67" in text
+
+
+def test_the_sealed_drain_by_two_processes_and_its_ratio_are_in_the_table() -> None:
+    """``--sealed --scale-out``: the sealed backlog drained again by two processes
+    sharing the partitions (the opening shared), and the ratio to one."""
+    figures = _figures()
+    chained = figures["drain"][0]
+    one = {**chained, "mode": "chained-sealed", "events_per_s": 7_000.0}
+    figures["drain"][1:1] = [one, {**one, "processes": 2, "events_per_s": 9_100.0}]
+    figures["ratios"].update(sealed_over_chained=0.45, sealed_two_processes_over_one=1.3)
+    text = render_table(figures)
+    assert "sealed, 1 process" in text and "7,000" in text
+    assert "sealed, 2 processes" in text and "9,100" in text
+    assert "2 processes / 1 process (sealed): 1.30" in text
