@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
@@ -69,7 +69,7 @@ class Case:
     chains: ChainStore
     clock: list[int]
     offset: int = 0
-    published: list[bytes] | None = None
+    published: list[bytes] = field(default_factory=list)
 
     def work(self, action: str, note: str = "", to: str | None = None) -> dict[str, Any]:
         """``work_alert``'s steps (Kafka aside): the row, then the change's access event
@@ -81,8 +81,7 @@ class Case:
         self.clock[0] += 60_000_000
         entry = self.book.act(ALERT, action, REVIEWER, note)
         self.ledger(case_event(self.book, entry, REVIEWER, note))
-        if self.published is not None:
-            self.published.append(dumps(dict(entry)).encode())
+        self.published.append(dumps(dict(entry)).encode())
         return entry
 
     def ledger(self, event: AccessEvent) -> None:
@@ -106,7 +105,7 @@ class Case:
             out += [
                 repr(r).encode() for r in self.backend.execute(f"SELECT * FROM {self.db}.{name}")
             ]
-        return b"\n".join(out + (self.published or []))
+        return b"\n".join(out + self.published)
 
 
 @pytest.fixture
@@ -121,7 +120,7 @@ def case(monkeypatch: pytest.MonkeyPatch) -> Iterator[Case]:
     gate.opener = EventOpener(KEY, keystore)
     chain = chain_for(gate, kind=SEALED)
     book = AlertBook(backend, db, sealed_status(keystore, "alerts"))
-    yield Case(backend, db, keystore, book, chain, _chains(backend, db), clock, 0, [])
+    yield Case(backend, db, keystore, book, chain, _chains(backend, db), clock)
     backend.execute(f"DROP DATABASE IF EXISTS {db}")
     backend.close()
     keystore.close()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import uuid
+from collections.abc import Callable
 
 import msgspec
 import pytest
@@ -38,7 +39,13 @@ def keystore() -> KeyStore:
     store.close()
 
 
-def _sealed_record(events: list[AccessEvent], swap: tuple[int, int] | None = None) -> bytes:
+def _sealed_record(
+    events: list[AccessEvent],
+    swap: tuple[int, int] | None = None,
+    edit: Callable[[list[bytes]], None] | None = None,
+) -> bytes:
+    """A signed batch record of ``events`` sealed to the ingest key; ``swap``: two
+    events' boxes exchanged; ``edit``: changes the documents before they are signed."""
     sealer = IngestSealer(KEY.public)
     pairs = [sealer.seal(e) for e in events]
     documents = [d for d, _ in pairs]
@@ -46,6 +53,8 @@ def _sealed_record(events: list[AccessEvent], swap: tuple[int, int] | None = Non
     if swap is not None:
         i, j = swap
         boxes[i], boxes[j] = boxes[j], boxes[i]
+    if edit is not None:
+        edit(documents)
     statement, signature = sign(documents)
     return encode_batch_record(statement, signature, documents, boxes, sealer.public)
 
@@ -106,15 +115,13 @@ def test_a_malformed_document_in_a_sealed_batch_is_refused_alone_with_its_reason
     gate = gate_for()
     gate.opener = EventOpener(KEY, keystore)
     chain = chain_for(gate, kind=SEALED)
-    sealer = IngestSealer(KEY.public)
-    pairs = [sealer.seal(e) for e in EVENTS[:5]]
-    documents = [d for d, _ in pairs]
-    documents[2] = json.dumps(json.loads(documents[2]), indent=1).encode()
-    statement, signature = sign(documents)
-    record = encode_batch_record(
-        statement, signature, documents, [b for _, b in pairs], sealer.public
-    )
-    refused = take(chain, record)
+    documents: list[bytes] = []
+
+    def reindent(signed: list[bytes]) -> None:
+        signed[2] = json.dumps(json.loads(signed[2]), indent=1).encode()
+        documents.extend(signed)
+
+    refused = take(chain, _sealed_record(EVENTS[:5], edit=reindent))
     assert [(r.batch_index, r.code) for r in refused] == [(2, "EVENT_INVALID")], refused
     assert "canonical" in refused[0].reason and refused[0].value == documents[2]
     block = sealed(chain)

@@ -156,13 +156,7 @@ def status_view(book: AlertBook, alert_ids: Sequence[str] | None = None) -> Stat
     rows = read_status_rows(book.backend, book.db, alert_ids)
     records = read_ledgered_status(book.backend, book.db, alert_ids, book.sealed)
     now_us = ts_to_us(utc_now_ts())
-    out = reconcile(rows, records, now_us=now_us)
-    if book.sealed is not None:  # a pending row has the reviewer's pseudonym, no note
-        for view in out.alerts.values():
-            for change in view.changes:
-                if change.get("pending"):
-                    change["sealed"] = True
-    return out
+    return reconcile(rows, records, now_us=now_us, rows_sealed=book.sealed is not None)
 
 
 def _with_status(alert: dict[str, Any], view: AlertStatus) -> dict[str, Any]:

@@ -407,6 +407,7 @@ def reconcile(
     now_us: int,
     chained_since: Callable[[str], bool] = lambda _t: True,
     grace_us: int = STATUS_LEDGER_GRACE_US,
+    rows_sealed: bool = False,
 ) -> StatusReconciliation:
     """Compare the status rows with the ledgered status records, both ways.
 
@@ -428,7 +429,8 @@ def reconcile(
     ``changed_at``), each with the note the record carries (else its row's, if the row
     holds), then the pending rows that continue the history. A change read from a record
     that does not open has its row's status and pseudonym, no note, and ``sealed``
-    True."""
+    True; so has a pending row when ``rows_sealed`` (a sealed ledger's rows keep the
+    reviewer's pseudonym and no note)."""
     out = StatusReconciliation(rows=len(rows), records=len(records))
     by_hash: dict[str, LedgeredStatus] = {}
     for record in records:
@@ -567,6 +569,7 @@ def reconcile(
                     "entry_hash": row.entry_hash,
                     "ledgered": None,
                     "pending": True,
+                    **({"sealed": True} if rows_sealed else {}),
                 }
             )
     for led in unplaced:
