@@ -23,8 +23,12 @@ __all__ = [
     "parse_cpu_model",
     "parse_mem_total_bytes",
     "parse_stat_cpu_ticks",
+    "parse_stat_parent",
+    "parse_stat_reaped_ticks",
     "parse_status_kib",
     "peak_rss_bytes",
+    "tree_cpu_seconds",
+    "tree_peak_rss_bytes",
 ]
 
 _PROC = Path("/proc")
@@ -52,6 +56,26 @@ def parse_stat_cpu_ticks(text: str) -> int:
     if len(rest) < 13:
         raise ValueError("not a /proc/<pid>/stat line")
     return int(rest[11]) + int(rest[12])
+
+
+def parse_stat_reaped_ticks(text: str) -> int:
+    """``cutime + cstime`` (clock ticks of the children the process waited for: a worker
+    that exited) from the text of ``/proc/<pid>/stat``. Raises ValueError."""
+    rest = _stat_fields(text)
+    return int(rest[13]) + int(rest[14])
+
+
+def parse_stat_parent(text: str) -> int:
+    """The parent's pid (field 4) from the text of ``/proc/<pid>/stat``."""
+    return int(_stat_fields(text)[1])
+
+
+def _stat_fields(text: str) -> list[str]:
+    end = text.rfind(")")
+    rest = text[end + 1 :].split() if end >= 0 else []
+    if len(rest) < 15:
+        raise ValueError("not a /proc/<pid>/stat line")
+    return rest
 
 
 def parse_status_kib(text: str, name: str) -> int | None:
@@ -99,6 +123,52 @@ def cpu_seconds(pid: int | None) -> float | None:
         return parse_stat_cpu_ticks(text) / CLOCK_TICKS
     except ValueError:
         return None
+
+
+def _children(pid: int) -> list[int]:
+    """The live child processes of ``pid``."""
+    found: list[int] = []
+    try:
+        entries = list(_PROC.iterdir())
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.name.isdigit():
+            continue
+        text = _read(entry / "stat")
+        try:
+            if text is not None and parse_stat_parent(text) == pid:
+                found.append(int(entry.name))
+        except ValueError:
+            continue
+    return found
+
+
+def tree_cpu_seconds(pid: int | None) -> float | None:
+    """CPU seconds of the process and of its children, live or exited (a processor's
+    opening workers, ADR 0039: their work is the processor's)."""
+    if pid is None:
+        return None
+    text = _read(_PROC / str(pid) / "stat")
+    if text is None:
+        return None
+    try:
+        ticks = parse_stat_cpu_ticks(text) + parse_stat_reaped_ticks(text)
+    except ValueError:
+        return None
+    total = ticks / CLOCK_TICKS
+    for child in _children(pid):
+        total += tree_cpu_seconds(child) or 0.0
+    return total
+
+
+def tree_peak_rss_bytes(pid: int | None) -> int | None:
+    """The peak resident set of the process plus those of its live children (each its
+    own peak: an upper bound of the peak they held together)."""
+    own = peak_rss_bytes(pid)
+    if pid is None or own is None:
+        return own
+    return own + sum(tree_peak_rss_bytes(child) or 0 for child in _children(pid))
 
 
 def peak_rss_bytes(pid: int | None) -> int | None:

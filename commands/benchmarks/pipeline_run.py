@@ -241,7 +241,7 @@ class Run:
         return [s.topic_events, *sorted(reference_topics(s)), *sorted(raw_topics(s))]
 
     def cpu(self, procs: list[subprocess.Popen[bytes]]) -> dict[str, float | None]:
-        mine = [host.cpu_seconds(p.pid) for p in procs]
+        mine = [host.tree_cpu_seconds(p.pid) for p in procs]  # workers too (ADR 0039)
         return {
             "processor": None if any(c is None for c in mine) else sum(c or 0.0 for c in mine),
             "kafka": host.cpu_seconds(self.stack_pids.get("kafka")),
@@ -334,7 +334,7 @@ class Run:
                 members=processes,
                 what=f"{mode} drain ({processes} process{'es' if processes > 1 else ''})",
             )
-            rss = [host.peak_rss_bytes(p.pid) for p in procs]
+            rss = [host.tree_peak_rss_bytes(p.pid) for p in procs]
         finally:
             for proc in procs:
                 stop(proc)
@@ -471,7 +471,7 @@ class Run:
                 )
                 phases.append(phase)
                 snap = after
-            rss = host.peak_rss_bytes(proc.pid)
+            rss = host.tree_peak_rss_bytes(proc.pid)
         finally:
             stop(proc)
         if not baseline:

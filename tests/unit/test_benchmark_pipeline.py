@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -380,6 +381,10 @@ def test_proc_parsers() -> None:
     # the command name may hold spaces and parentheses
     stat = "4242 (faust (worker) 1) S 1 4242 4242 0 -1 4194560 10 0 0 0 250 75 3 1 20 0 9 0"
     assert pipeline_host.parse_stat_cpu_ticks(stat) == 325
+    assert pipeline_host.parse_stat_reaped_ticks(stat) == 4  # cutime 3 + cstime 1
+    assert pipeline_host.parse_stat_parent(stat) == 1
+    with pytest.raises(ValueError):
+        pipeline_host.parse_stat_reaped_ticks("4242 (short) S 1 2 3")
     with pytest.raises(ValueError):
         pipeline_host.parse_stat_cpu_ticks("garbage")
     status = "Name:\tpython\nVmPeak:\t  900 kB\nVmHWM:\t  123456 kB\nVmRSS:\t  100000 kB\n"
@@ -395,6 +400,42 @@ def test_proc_parsers() -> None:
     assert pipeline_host.is_clickhouse_server(["/usr/bin/clickhouse-server"])
     assert not pipeline_host.is_clickhouse_server(["clickhouse", "client"])
     assert not pipeline_host.is_clickhouse_server([])
+
+
+def test_a_processs_tree_counts_the_cpu_and_memory_of_its_workers() -> None:
+    # a processor's opening workers (ADR 0039) are children: their CPU and memory count
+    import subprocess
+    import sys
+    import time
+
+    burn = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass\n"
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"import subprocess, sys, time\np = subprocess.Popen([sys.executable, '-c', {burn!r}"
+            " + 'time.sleep(60)'])\ntime.sleep(60)",
+        ]
+    )
+    try:
+        deadline = time.monotonic() + 30
+        tree = own = None
+        while time.monotonic() < deadline:
+            own = pipeline_host.cpu_seconds(parent.pid)
+            tree = pipeline_host.tree_cpu_seconds(parent.pid)
+            if own is not None and tree is not None and tree - own >= 0.4:
+                break
+            time.sleep(0.2)
+        assert own is not None and tree is not None and tree - own >= 0.4, (own, tree)
+        own_rss = pipeline_host.peak_rss_bytes(parent.pid)
+        tree_rss = pipeline_host.tree_peak_rss_bytes(parent.pid)
+        assert own_rss is not None and tree_rss is not None and tree_rss > own_rss
+    finally:
+        for child in pipeline_host._children(parent.pid):
+            os.kill(child, 9)
+        parent.kill()
+        parent.wait()
+    assert pipeline_host.tree_cpu_seconds(None) is None
 
 
 def test_own_process_readings() -> None:
