@@ -305,6 +305,9 @@ class Settings:
     # how long a processor keeps a data key in memory; `careledger erase` waits this
     # long (and 2 s) after destroying a patient's keys, so nothing is sealed under them
     sealing_key_cache_s: float = 30.0
+    # worker processes that open a sealed ledger's incoming events ahead of the
+    # processor's event loop (ADR 0039); 0: the loop opens them itself
+    opening_workers: int = 1
     ingest_key: Path | None = None
     ingest_public_key: Path | None = None
     keystore_pkcs11_module: str = "/usr/lib/softhsm/libsofthsm2.so"
@@ -458,6 +461,8 @@ def load_settings(
         raise ConfigError("partitions and reference_partitions must be at least 1")
     if settings.processor_buffer_bytes < 1 or settings.processor_take_records < 0:
         raise ConfigError("processor_buffer_bytes must be positive, processor_take_records >= 0")
+    if not 0 <= settings.opening_workers <= 64:
+        raise ConfigError("opening_workers must be between 0 and 64")
     return settings
 
 

@@ -77,6 +77,8 @@ from .sealing import (
 __all__ = [
     "NO_PATIENT_KEY_SYSTEM",
     "SEALED_EVENT_SCHEMA",
+    "IngestOpening",
+    "IngestRefusal",
     "OpenedEvent",
     "SealedAccessEvent",
     "decode_sealed_document",
@@ -85,6 +87,7 @@ __all__ = [
     "ingest_nonce",
     "key_subject",
     "open_ingest",
+    "open_ingest_batch",
     "open_stored",
     "open_with",
     "parse_opening",
@@ -302,6 +305,62 @@ def open_ingest(
     if public is None:
         public, _ = decode_sealed_document(document)
     return _opened(public, plaintext[:SALT_BYTES], plaintext[SALT_BYTES:], what)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOpening:
+    """An event of a batch opened with its ingest key (:func:`open_ingest_batch`): its
+    index in the batch, its sealed document, the salt and the sensitive part's canonical
+    bytes, whose data key seals it (:func:`key_subject`) and its actor's id."""
+
+    index: int
+    document: SealedAccessEvent
+    salt: bytes
+    body: bytes
+    subject: tuple[str, str]
+    actor_id: str
+
+
+#: an event of a batch refused alone: (its index, code, reason, field)
+IngestRefusal = tuple[int, str, str, str]
+
+
+def open_ingest_batch(
+    key: bytes,
+    documents: Sequence[bytes],
+    leaves: Sequence[bytes],
+    ciphertexts: Sequence[bytes],
+    max_event_bytes: int,
+) -> tuple[list[IngestOpening], list[IngestRefusal]]:
+    """Every event of a sealed batch opened with its ingest key (:func:`ingest_key`), or
+    refused alone with its reason: larger than ``max_event_bytes``, a document that is
+    not valid and canonical, a ciphertext that does not open for it, to its commitment,
+    to a valid access event. ``documents`` are the batch's canonical documents, ``leaves``
+    their leaf hashes. The documents are decoded in one call when every one is valid (the
+    usual case), else one by one, so that each refused one is named with its reason."""
+    openings: list[IngestOpening] = []
+    refused: list[IngestRefusal] = []
+    decoded = (
+        decode_sealed_documents(documents)
+        if max(map(len, documents), default=0) <= max_event_bytes
+        else None
+    )
+    for i, (data, leaf, box) in enumerate(zip(documents, leaves, ciphertexts, strict=True)):
+        if decoded is None and len(data) > max_event_bytes:
+            reason = f"event of {len(data)} bytes exceeds the limit of {max_event_bytes}"
+            refused.append((i, "EVENT_TOO_LARGE", reason, "$"))
+            continue
+        try:
+            document = decode_sealed_document(data)[0] if decoded is None else decoded[i]
+            opened = open_ingest(key, data, box, leaf, document)
+        except (ValidationError, SealError) as exc:
+            refused.append((i, exc.code, str(exc), getattr(exc, "field", "$")))
+            continue
+        event = opened.event
+        openings.append(
+            IngestOpening(i, document, opened.salt, opened.body, key_subject(event), event.actor.id)
+        )
+    return openings, refused
 
 
 def open_with(

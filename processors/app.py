@@ -39,6 +39,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from careledger_core.source import timestamp_of
 from processors.metrics import write_metrics
+from processors.opening_ahead import OpenAhead
 from processors.outputs import KafkaOutputs, quarantine_alerts
 from processors.processor import Processor
 from processors.records import Part, Record
@@ -59,6 +60,9 @@ _COUNTERS = frozenset(
         "seq_rows_refreshed",
         "registry_waits",
         "fenced_writes",
+        "events_opened_ahead",
+        "opening_disagreements",
+        "opening_worker_restarts",
     }
 )
 
@@ -191,7 +195,13 @@ def event_opener(settings: Settings) -> EventOpener:
     made on first use). Raises ``KeyFileError`` or ``KeyStoreError`` (one line)."""
     ingest = load_ingest_key(settings.ingest_key)
     keystore = open_keystore(settings, create=True)
-    return EventOpener(ingest, keystore, ttl_s=settings.sealing_key_cache_s)
+    ahead = None
+    if settings.opening_workers > 0:  # ADR 0039
+        ahead = OpenAhead(
+            ingest.private, settings.max_event_bytes, workers=settings.opening_workers
+        )
+        ahead.start()
+    return EventOpener(ingest, keystore, ttl_s=settings.sealing_key_cache_s, ahead=ahead)
 
 
 #: how long a seek may wait for the consumer thread (it runs between two fetches)
@@ -437,6 +447,11 @@ def create_app(
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:
+        opener = processor.gate.opener if processor.gate is not None else None
+        if isinstance(opener, EventOpener) and opener.ahead is not None:  # ADR 0039
+            processor.metrics.events_opened_ahead = opener.opened_ahead
+            processor.metrics.opening_disagreements = opener.ahead.disagreements
+            processor.metrics.opening_worker_restarts = opener.ahead.restarts
         snap = processor.metrics.snapshot()
         processor.metrics.roll_window()
         if health is not None:
@@ -500,10 +515,23 @@ def configure_process(parser: argparse.ArgumentParser) -> None:
 GC_THRESHOLDS: Final = (50_000, 20, 20)
 
 
+#: the interpreter's thread switch interval in the processor, seconds (ADR 0039)
+SWITCH_INTERVAL_S: Final = 0.0001
+
+
+def tune_interpreter() -> None:
+    """The processor's collector thresholds (ADR 0038) and switch interval (ADR 0039):
+    a C call that releases the GIL (libsodium, hashlib, TLS, PKCS#11) lets another of
+    the processor's threads run, and with CPython's default 5 ms the event loop waited
+    that long to run again."""
+    gc.set_threshold(*GC_THRESHOLDS)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
+
+
 def command_process(args: argparse.Namespace, settings: Settings) -> int:
     import faust
 
-    gc.set_threshold(*GC_THRESHOLDS)
+    tune_interpreter()
 
     try:  # a faster event loop when available (Linux wheels on PyPI)
         import uvloop

@@ -50,6 +50,12 @@ class ProcessorMetrics:
     #: before it (only one write is in flight) — is the processor CPU- or write-bound?
     handle_seconds_total: float = 0.0
     write_wait_seconds_total: float = 0.0
+    #: a sealed ledger's events opened by the worker process ahead of the loop, the
+    #: records whose worker results did not fit (opened in the loop), and the times the
+    #: worker pool was started again after it broke (ADR 0039)
+    events_opened_ahead: int = 0
+    opening_disagreements: int = 0
+    opening_worker_restarts: int = 0
     _window_start: float = field(default_factory=time.monotonic)
     _window_events: int = 0
 
@@ -96,6 +102,9 @@ class ProcessorMetrics:
             else None,
             "handle_seconds_total": round(self.handle_seconds_total, 3),
             "write_wait_seconds_total": round(self.write_wait_seconds_total, 3),
+            "events_opened_ahead": self.events_opened_ahead,
+            "opening_disagreements": self.opening_disagreements,
+            "opening_worker_restarts": self.opening_worker_restarts,
             "latency_p50_s": self.percentile(0.50),
             "latency_p99_s": self.percentile(0.99),
             "latency_bucket_bounds_s": _LATENCY_BOUNDS,

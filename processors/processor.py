@@ -52,7 +52,7 @@ from careledger.storage.trees import ChainTreeError, stored_tree
 from careledger_core.chain_tree import ChainTree, block_leaf_hash
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
-from processors.baseline import split_batch
+from processors.baseline import store_baseline
 from processors.chainer import (
     KafkaBehindLedger,
     OffsetGap,
@@ -430,9 +430,15 @@ class Processor:
     # ------------------------------------------------------------- records
     async def handle(self, records: list[Record]) -> None:
         started = time.monotonic()
+        opener = self.gate.opener if self.gate is not None else None
+        if opener is not None:  # a sealed ledger's records opened ahead (ADR 0039)
+            events = self.settings.topic_events
+            opener.prefetch([r.value for r in records if (r.topic or events) == events and r.value])
         try:
             await self._handle(records)
         finally:
+            if opener is not None:
+                opener.forget_ahead()
             self.metrics.handle_seconds_total += time.monotonic() - started
 
     async def _handle(self, records: list[Record]) -> None:
@@ -739,31 +745,9 @@ class Processor:
         return True
 
     async def handle_baseline(self, records: list[Record]) -> None:
-        """Benchmark baseline: store the same events without validating, chaining or signing.
-
-        A batch record (ADR 0020) is split into its events' bytes (one unvalidated msgspec
-        pass) and each event is inserted as a row, as the chained mode stores a row per
-        event; any other record is inserted as it is.
-        """
-        rows: list[tuple[int, int, bytes]] = []
-        samples: list[tuple[float, int]] = []
-        for r in records:
-            value = r.value or b""
-            events = split_batch(value)
-            rows.extend((r.partition, r.offset, e) for e in events)
-            samples.append((r.timestamp, len(events)))
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(
-            self.executor,
-            self.store.backend.insert,
-            f"{self.store.db}.baseline_events",
-            ("partition", "kafka_offset", "value"),
-            rows,
-        )
-        stored_at = time.time()
-        self.metrics.events_chained += len(rows)
-        self.metrics._window_events += len(rows)
-        self.metrics.observe_latencies(stored_at, samples)
+        """Benchmark baseline: store the same events without validating, chaining or
+        signing (``processors.baseline.store_baseline``)."""
+        await store_baseline(self.executor, self.store, self.metrics, records)
 
     def _fenced_off(self, sealed: list[SealedBlock], fenced: set[str]) -> list[SealedBlock]:
         parts = {p for p, c in self.chains.items() if c.chain_id in fenced}

@@ -14,6 +14,12 @@ root were checked (so every document it sees is one the source signed), for each
 4. seal ``salt || sensitive`` under the data key with the event's leaf hash as
    associated data, and compute ``patient_ref`` (``HMAC(data key, ...)``).
 
+Steps 1 and 2 (``careledger_core.sealed_event.open_ingest_batch``) need only the ingest
+key: with a worker process (``processors.opening_ahead``, ADR 0039) they are done ahead
+of the loop, which then decodes the documents, checks each opening against the signed
+commitment and does 3 and 4; without one, or when its results do not fit, the loop does
+them all, with the same function.
+
 An event that fails 1 or 2 is refused alone (dead-lettered with the reason; the rest of
 the batch is chained and the refused entry is kept for verify, as for any event refused
 out of a batch, ADR 0020). A key store that cannot be used stops the batch: nothing is
@@ -50,16 +56,13 @@ from careledger.sealed_raw import (
 )
 from careledger.storage.kinds import SealedRaw, SealedRecord, SealedReference
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
-from careledger_core.errors import ValidationError
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import (
-    OpenedEvent,
-    SealedAccessEvent,
-    decode_sealed_document,
+    IngestOpening,
+    IngestRefusal,
     decode_sealed_documents,
     ingest_key,
-    key_subject,
-    open_ingest,
+    open_ingest_batch,
 )
 from careledger_core.sealed_reference import (
     CLEAR_REFERENCE_KINDS,
@@ -73,7 +76,14 @@ from careledger_core.sealed_reference import (
     seal_reference,
     sealed_reference_document,
 )
-from careledger_core.sealing import SALT_BYTES, SealError, patient_ref, seal_bytes
+from careledger_core.sealing import (
+    SALT_BYTES,
+    SealError,
+    commitment_of_bytes,
+    patient_ref,
+    seal_bytes,
+)
+from processors.opening_ahead import OpenAhead
 
 __all__ = [
     "DATA_KEY_TTL_S",
@@ -183,14 +193,19 @@ class EventOpener:
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = DATA_KEY_TTL_S,
         keys: SubjectKeys | None = None,
+        ahead: OpenAhead | None = None,
     ) -> None:
         self.ingest = ingest
+        #: the worker process opening records ahead of the loop (ADR 0039), if any
+        self.ahead = ahead
         self.keystore = keystore
         self.keys = keys if keys is not None else SubjectKeys(keystore, clock=clock, ttl_s=ttl_s)
         self._ingest_keys = _Lru(1024)
         self._refs = _Lru(_CACHE_ENTRIES)  # the event loop's thread only: no lock
         self.opened = 0
         self.refused = 0
+        #: events whose opening came from the worker
+        self.opened_ahead = 0
 
     def _ingest_key(self, sealed_key: bytes) -> bytes:
         cached = self._ingest_keys.get(sealed_key)
@@ -199,6 +214,16 @@ class EventOpener:
         key = ingest_key(sealed_key, self.ingest.private)
         self._ingest_keys.put(sealed_key, key)
         return key
+
+    def prefetch(self, records: Sequence[bytes]) -> None:
+        """A take's records, handed to the worker that opens them ahead (if any)."""
+        if self.ahead is not None:
+            self.ahead.submit(records)
+
+    def forget_ahead(self) -> None:
+        """The take is done: forget what the worker opened and the loop did not ask for."""
+        if self.ahead is not None:
+            self.ahead.clear()
 
     def open_batch(
         self,
@@ -209,61 +234,47 @@ class EventOpener:
         boxes: Sequence[bytes],
         sealed_key: bytes,
         max_event_bytes: int,
+        *,
+        record: bytes | None = None,
     ) -> tuple[list[ChainedEvent], list[Refusal]]:
-        """The chainable events of one sealed batch record, and those refused alone.
-        Raises ``KeyStoreError`` when the key store cannot be used."""
-        chained: list[ChainedEvent] = []
-        refused: list[Refusal] = []
-        try:
-            shared = self._ingest_key(sealed_key)
-        except SealError as exc:  # every event of the record is refused, each alone
-            return [], [(i, d, exc.code, str(exc), "$") for i, d in enumerate(raw)]
-        opened_events: list[tuple[int, bytes, bytes, SealedAccessEvent, OpenedEvent]] = []
-        # the documents in one decode when every one is valid (the usual case), else one
-        # by one, each refused alone with its reason
-        documents = (
-            decode_sealed_documents(raw)
-            if max(map(len, raw), default=0) <= max_event_bytes
-            else None
-        )
-        for i, (data, leaf, box) in enumerate(zip(raw, leaves, boxes, strict=True)):
-            if documents is None and len(data) > max_event_bytes:
-                refused.append(
-                    (
-                        i,
-                        data,
-                        "EVENT_TOO_LARGE",
-                        f"event of {len(data)} bytes exceeds the limit of {max_event_bytes}",
-                        "$",
-                    )
-                )
-                continue
+        """The chainable events of one sealed batch record, and those refused alone
+        (``record``: the batch record's bytes, to find it opened ahead). Raises
+        ``KeyStoreError`` when the key store cannot be used."""
+        openings = None
+        if self.ahead is not None and record is not None:
+            openings = self._opened_ahead(record, raw, max_event_bytes)
+        if openings is None:
             try:
-                document = decode_sealed_document(data)[0] if documents is None else documents[i]
-                opened = open_ingest(shared, data, box, leaf, document)
-            except (ValidationError, SealError) as exc:
-                refused.append((i, data, exc.code, str(exc), getattr(exc, "field", "$")))
-                continue
-            opened_events.append((i, data, leaf, document, opened))
+                shared = self._ingest_key(sealed_key)
+            except SealError as exc:  # every event of the record is refused, each alone
+                return [], [(i, d, exc.code, str(exc), "$") for i, d in enumerate(raw)]
+            openings = open_ingest_batch(shared, raw, leaves, boxes, max_event_bytes)
+        else:
+            self.opened_ahead += len(openings[0])
+        opened_events, refusals = openings
+        refused: list[Refusal] = [(i, raw[i], code, why, at) for i, code, why, at in refusals]
         # the batch's patients' data keys, in a few round trips for all of them
-        lookups = [self.keys.lookup(*key_subject(o.event)) for *_, o in opened_events]
+        lookups = [self.keys.lookup(*o.subject) for o in opened_events]
         keys = self.keys.data_keys(lookups)
-        for (i, data, leaf, document, opened), lookup in zip(opened_events, lookups, strict=True):
-            event = opened.event
+        chained: list[ChainedEvent] = []
+        for o, lookup in zip(opened_events, lookups, strict=True):
             key_id, key = keys[lookup]
-            sealed = seal_bytes(key, leaf, opened.salt, opened.body)
+            leaf = leaves[o.index]
+            sealed = seal_bytes(key, leaf, o.salt, o.body)
             ref = self._refs.get(key_id)
             if not isinstance(ref, str):  # a patient's pseudonym, once per data key
                 ref = patient_ref(key)
                 self._refs.put(key_id, ref)
-            record = SealedRecord(
-                document=document,
+            sealed_record = SealedRecord(
+                document=o.document,
                 patient_ref=ref,
-                actor_ref=self.keys.actor_ref(event.actor.id),
+                actor_ref=self.keys.actor_ref(o.actor_id),
                 data_key_id=key_id.hex(),
                 sealed=base64.b64encode(sealed).decode(),
             )
-            chained.append(ChainedEvent(offset, record, data, leaf, None, info, i))
+            chained.append(
+                ChainedEvent(offset, sealed_record, raw[o.index], leaf, None, info, o.index)
+            )
         if refused and chained:
             skipped = BatchInfo(
                 info.statement, info.signature, tuple((r[0], leaves[r[0]]) for r in refused)
@@ -272,6 +283,38 @@ class EventOpener:
         self.opened += len(chained)
         self.refused += len(refused)
         return chained, refused
+
+    def _opened_ahead(
+        self, record: bytes, raw: Sequence[bytes], max_event_bytes: int
+    ) -> tuple[list[IngestOpening], list[IngestRefusal]] | None:
+        """The worker's opening of ``record``, checked: each opened event's document
+        decoded here and its opening held against the commitment the source signed, and
+        every event of the batch accounted for once. None (the loop opens the record
+        itself): not opened ahead, or results that do not fit."""
+        assert self.ahead is not None
+        result = self.ahead.result(record)
+        if result is None:
+            return None
+        opened, refusals = result
+        indexes = sorted([o[0] for o in opened] + [r[0] for r in refusals])
+        fits = indexes == list(range(len(raw))) and all(
+            len(raw[o[0]]) <= max_event_bytes for o in opened
+        )
+        documents = decode_sealed_documents([raw[o[0]] for o in opened]) if fits else None
+        if documents is None:
+            self.ahead.disagreements += 1
+            return None
+        openings = []
+        for (i, salt, body, system, subject_id, actor_id), document in zip(
+            opened, documents, strict=True
+        ):
+            if len(salt) != SALT_BYTES or commitment_of_bytes(salt, body) != bytes.fromhex(
+                document.sealed_commitment
+            ):
+                self.ahead.disagreements += 1
+                return None
+            openings.append(IngestOpening(i, document, salt, body, (system, subject_id), actor_id))
+        return openings, list(refusals)
 
 
 class ReferenceSealer:

@@ -128,7 +128,15 @@ class BatchOpener(Protocol):
         boxes: Sequence[bytes],
         sealed_key: bytes,
         max_event_bytes: int,
+        *,
+        record: bytes | None = None,
     ) -> tuple[list[ChainedEvent], list[tuple[int, bytes, str, str, str]]]: ...
+
+    def prefetch(self, records: Sequence[bytes]) -> None:
+        """A take's records, before the loop reaches them (to be opened ahead)."""
+
+    def forget_ahead(self) -> None:
+        """The take is done."""
 
 
 class ReferenceTaker(Protocol):
@@ -359,7 +367,7 @@ class SourceGate:
         info = BatchInfo(st, opened.signature)
         offset = where[1]
         if self.opener is not None or opened.sealed:
-            chained, refused = self._open_sealed(opened, info, offset, max_event_bytes)
+            chained, refused = self._open_sealed(opened, info, offset, max_event_bytes, value)
         else:
             chained, refused = self._plain(info, offset, raw, leaves, max_event_bytes)
         if chained:
@@ -386,7 +394,12 @@ class SourceGate:
         return chained, []
 
     def _open_sealed(
-        self, opened: OpenedBatch, info: BatchInfo, offset: int, max_event_bytes: int
+        self,
+        opened: OpenedBatch,
+        info: BatchInfo,
+        offset: int,
+        max_event_bytes: int,
+        record: bytes,
     ) -> tuple[list[ChainedEvent], list[EventRefused]]:
         """A batch record of sealed events (ADR 0037), opened by the sealed ledger's
         opener. A ledger that is not sealed refuses it whole, and a sealed one a record
@@ -408,6 +421,7 @@ class SourceGate:
             opened.sealed,
             opened.sealed_key,
             max_event_bytes,
+            record=record,
         )
         return chained, [EventRefused(*r) for r in refusals]
 

@@ -1,0 +1,292 @@
+"""Opening a sealed ledger's batch records ahead of the event loop, in a worker process
+(ADR 0039).
+
+A sealed ledger's processor spent most of its event loop opening what sources sealed to
+the ingest key: per event, a decryption, a JSON decode, a commitment and the whole
+event's validation (``careledger_core.sealed_event.open_ingest_batch``). That work needs
+nothing but the ingest key and the record's bytes, so :class:`OpenAhead` hands each take's
+records to a worker process as the take arrives, and the event loop, when it reaches a
+record, finds it opened: it decodes the documents (one call), checks each opening against
+the commitment the source signed, and only seals under the patients' data keys (the key
+store stays in the processor).
+
+The worker is an optimisation, never a source of truth or of failure:
+
+* the loop trusts nothing it cannot check cheaply: an opening that does not open its
+  document's commitment, or results that do not fit the record, make the loop open the
+  record itself (and count it: ``disagreements``);
+* a worker that died, hangs past ``wait_s`` or cannot be started makes the loop open
+  the record itself, and the pool is started again after a back-off
+  (``restarts``, one log line each time, no record content);
+* a record the worker could not read is opened in the loop, which names the problem as it
+  always did; the same code opens in both places, so outcome and reasons are the same
+  (``tests/unit/test_opening_ahead.py`` holds them equal on hostile batches).
+
+The worker holds the ingest private key in memory, as the processor does, and nothing
+else: no data key, no key store session, no store or Kafka connection. It is a child of
+the processor (``spawn``, so nothing of the processor's threads is copied) and exits when
+the processor does, killed or not.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures.process import BrokenProcessPool
+from typing import Final
+
+import msgspec
+
+from careledger_core.batch_record import open_batch_record
+from careledger_core.errors import CareledgerError
+from careledger_core.sealed_event import ingest_key, open_ingest_batch
+from careledger_core.sealing import SealError
+
+__all__ = ["AheadResult", "OpenAhead", "decode_result", "open_record"]
+
+log = logging.getLogger("careledger.processor")
+
+#: how long the loop waits for a record's opening before it opens the record itself
+WAIT_S: Final = 30.0
+#: the first back-off before a pool that broke is started again; doubled up to the max
+RESTART_BACKOFF_S: Final = 5.0
+RESTART_BACKOFF_MAX_S: Final = 300.0
+#: how often a worker checks that the processor still runs
+PARENT_CHECK_S: Final = 0.5
+
+#: what the worker returns for a record: the opened events (index, salt, body, key
+#: subject's system and id, actor id) and those refused alone (index, code, reason, field)
+AheadResult = tuple[
+    list[tuple[int, bytes, bytes, str, str, str]],
+    list[tuple[int, str, str, str]],
+]
+_RESULT: Final = msgspec.msgpack.Decoder(AheadResult)
+_ENCODER: Final = msgspec.msgpack.Encoder()
+
+# the worker's state (set by ``_init`` in the worker process only)
+_private: bytes = b""
+_max_event_bytes: int = 0
+_shared: dict[bytes, bytes] = {}
+
+
+def _init(private: bytes, max_event_bytes: int, parent: int) -> None:
+    global _private, _max_event_bytes
+    _private = private
+    _max_event_bytes = max_event_bytes
+    # Ctrl-C reaches the whole process group: the processor stops its workers itself
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+
+
+def _exit_with(parent: int) -> None:
+    """Exit when the processor is gone (killed: nothing else would tell a worker that
+    waits for its next record, and it holds the ingest key)."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
+def _ready() -> bool:
+    return bool(_private)
+
+
+def _open_record(value: bytes) -> bytes | None:
+    """In the worker: :func:`open_record` with the worker's key."""
+    return open_record(value, _private, _max_event_bytes, _shared)
+
+
+def open_record(
+    value: bytes, private: bytes, max_event_bytes: int, shared_keys: dict[bytes, bytes]
+) -> bytes | None:
+    """A batch record's events opened (:data:`AheadResult`, msgpack), or None for a
+    record that is not a well-formed batch of sealed events, or whose ephemeral key is
+    refused (the loop says why when it reaches it). ``shared_keys``: a cache of the
+    records' ingest keys by ephemeral key."""
+    try:
+        opened = open_batch_record(value)
+    except CareledgerError:
+        return None
+    if not opened.sealed or not opened.sealed_key:
+        return None
+    shared = shared_keys.get(opened.sealed_key)
+    if shared is None:
+        try:
+            shared = ingest_key(opened.sealed_key, private)
+        except SealError:
+            return None
+        if len(shared_keys) >= 1024:
+            shared_keys.clear()
+        shared_keys[opened.sealed_key] = shared
+    openings, refused = open_ingest_batch(
+        shared, opened.events, opened.leaf_hashes, opened.sealed, max_event_bytes
+    )
+    return _ENCODER.encode(
+        (
+            [(o.index, o.salt, o.body, o.subject[0], o.subject[1], o.actor_id) for o in openings],
+            refused,
+        )
+    )
+
+
+def decode_result(data: bytes) -> AheadResult | None:
+    """A worker's result, or None if it is not one (then the loop opens the record)."""
+    try:
+        return _RESULT.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
+class OpenAhead:
+    """A pool of worker processes opening a take's sealed batch records ahead of the loop.
+
+    ``submit`` (as a take arrives) hands the records over; ``result`` (as the loop reaches
+    one) waits for its opening; ``clear`` (when the take is done) forgets what was not
+    asked for (records skipped, partitions revoked)."""
+
+    def __init__(
+        self,
+        ingest_private: bytes,
+        max_event_bytes: int,
+        *,
+        workers: int = 1,
+        wait_s: float = WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if workers < 1:
+            raise ValueError("at least one worker")
+        self._private = ingest_private
+        self._max_event_bytes = max_event_bytes
+        self.workers = workers
+        self.wait_s = wait_s
+        self._clock = clock
+        self._pool: ProcessPoolExecutor | None = None
+        #: a pool starting: it, its workers' first answers, and since when
+        self._starting: tuple[ProcessPoolExecutor, list[Future[bool]], float] | None = None
+        self._pending: dict[bytes, Future[bytes | None]] = {}
+        self._backoff_s = RESTART_BACKOFF_S
+        self._start_after = 0.0
+        #: pools started again after one broke, hung or could not start
+        self.restarts = 0
+        #: records whose worker results the loop could not use (it opened them itself)
+        self.disagreements = 0
+
+    @property
+    def running(self) -> bool:
+        return self._pool is not None
+
+    def start(self, *, wait: bool = True) -> bool:
+        """Start the workers; True once they answer. ``wait``: until they do (at the
+        processor's start), else False while they start (the loop does not wait for a
+        new interpreter: it opens records itself meanwhile, and asks again at the next
+        take). False too if they cannot start (tried again after a back-off)."""
+        if self._pool is not None:
+            return True
+        if self._starting is None:
+            if self._clock() < self._start_after:
+                return False
+            pool = ProcessPoolExecutor(
+                max_workers=self.workers,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init,
+                # the processor's pid, as it is now (not as a worker that starts after
+                # the processor was killed would read it)
+                initargs=(self._private, self._max_event_bytes, os.getpid()),
+            )
+            try:
+                ready = [pool.submit(_ready) for _ in range(self.workers)]
+            except (BrokenProcessPool, RuntimeError, OSError) as exc:
+                pool.shutdown(wait=False, cancel_futures=True)
+                self._broke(f"could not start ({type(exc).__name__})")
+                return False
+            self._starting = (pool, ready, self._clock())
+        pool, ready, since = self._starting
+        try:
+            if wait:
+                answers = [f.result(timeout=self.wait_s) for f in ready]
+            elif all(f.done() for f in ready):
+                answers = [f.result() for f in ready]
+            elif self._clock() - since > self.wait_s:
+                raise FutureTimeout()
+            else:
+                return False
+        except (BrokenProcessPool, FutureTimeout, OSError) as exc:
+            self._broke(f"could not start ({type(exc).__name__})")
+            return False
+        if not all(answers):
+            self._broke("could not start (no ingest key)")
+            return False
+        self._starting = None
+        self._pool = pool
+        self._backoff_s = RESTART_BACKOFF_S
+        return True
+
+    def _broke(self, why: str) -> None:
+        """The pool stopped working: drop it; the loop opens records itself until it is
+        started again, after a back-off."""
+        pool, self._pool = self._pool, None
+        if pool is None and self._starting is not None:
+            pool = self._starting[0]
+        self._starting = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        self._pending.clear()
+        self.restarts += 1
+        self._start_after = self._clock() + self._backoff_s
+        log.warning(
+            "the opening worker %s; opening sealed records in the event loop, "
+            "starting it again in %.0f s",
+            why,
+            self._backoff_s,
+        )
+        self._backoff_s = min(self._backoff_s * 2, RESTART_BACKOFF_MAX_S)
+
+    def submit(self, records: Iterable[bytes]) -> None:
+        """Hand records to the workers (each once: equal records open alike)."""
+        if self._pool is None and not self.start(wait=False):
+            return
+        pool = self._pool
+        assert pool is not None
+        try:
+            for value in records:
+                if value and value not in self._pending:
+                    self._pending[value] = pool.submit(_open_record, value)
+        except (BrokenProcessPool, RuntimeError):
+            self._broke("stopped")
+
+    def result(self, record: bytes) -> AheadResult | None:
+        """The opening of a submitted record (waiting for it), or None: not submitted, not
+        a batch of sealed events, or the worker failed (the loop opens it itself)."""
+        future = self._pending.get(record)
+        if future is None:
+            return None
+        try:
+            data = future.result(timeout=self.wait_s)
+        except BrokenProcessPool:
+            self._broke("stopped")
+            return None
+        except FutureTimeout:
+            self._broke(f"gave no answer in {self.wait_s:.0f} s")
+            return None
+        return None if data is None else decode_result(data)
+
+    def clear(self) -> None:
+        """Forget the records not asked for (a take is done)."""
+        for future in self._pending.values():
+            future.cancel()
+        self._pending.clear()
+
+    def close(self) -> None:
+        self.clear()
+        pool, self._pool = self._pool, None
+        if pool is None and self._starting is not None:
+            pool = self._starting[0]
+        self._starting = None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)

@@ -1,0 +1,24 @@
+"""The processor's interpreter settings (ADR 0038, ADR 0039): what ``careledger process``
+sets before it starts, read back from the interpreter."""
+
+from __future__ import annotations
+
+import gc
+import sys
+
+from processors.app import GC_THRESHOLDS, SWITCH_INTERVAL_S, tune_interpreter
+
+
+def test_the_processor_collects_rarely_and_switches_threads_often() -> None:
+    thresholds, interval = gc.get_threshold(), sys.getswitchinterval()
+    try:
+        tune_interpreter()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert abs(sys.getswitchinterval() - SWITCH_INTERVAL_S) < 1e-9
+        # far below CPython's 5 ms, the wait that made every C call releasing the GIL
+        # in the event loop a chance for another thread to keep it that long
+        assert SWITCH_INTERVAL_S <= 0.0005 < 0.005
+        assert GC_THRESHOLDS[0] >= 10_000
+    finally:
+        gc.set_threshold(*thresholds)
+        sys.setswitchinterval(interval)
