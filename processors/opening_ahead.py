@@ -230,12 +230,7 @@ class OpenAhead:
     def _broke(self, why: str) -> None:
         """The pool stopped working: drop it; the loop opens records itself until it is
         started again, after a back-off."""
-        pool, self._pool = self._pool, None
-        if pool is None and self._starting is not None:
-            pool = self._starting[0]
-        self._starting = None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        self._stop()
         self._pending.clear()
         self.restarts += 1
         self._start_after = self._clock() + self._backoff_s
@@ -284,9 +279,20 @@ class OpenAhead:
 
     def close(self) -> None:
         self.clear()
+        self._stop()
+
+    def _stop(self) -> None:
+        """Drop the pool (running or starting) and kill its workers: one that hangs would
+        otherwise stay, holding the ingest key (Python 3.11's pool has no way to stop a
+        busy worker but its process list)."""
         pool, self._pool = self._pool, None
         if pool is None and self._starting is not None:
             pool = self._starting[0]
         self._starting = None
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is None:
+            return
+        processes = list(getattr(pool, "_processes", {}).values())
+        pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes:
+            if process.is_alive():
+                process.kill()

@@ -239,6 +239,11 @@ def test_a_worker_that_hangs_is_given_up_after_its_wait(keystore: KeyStore) -> N
         assert _open(helped, value) == _open(EventOpener(KEY, keystore), value)
         assert time.monotonic() - started < 10
         assert pool.restarts == 1 and not pool.running
+        # the hung worker is killed, not left holding the ingest key
+        deadline = time.monotonic() + 10
+        while any(map(_running, pids)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_running, pids))
     finally:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
