@@ -116,16 +116,24 @@ def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
             what="the worker's failure counted",
         )
         assert proc.poll() is None, "the processor stopped with its worker"
-        # after the back-off, a new worker opens the next records
+        # after the back-off, a new worker is started (the loop does not wait for it:
+        # the take that starts it is opened in the loop) and opens the next records
         time.sleep(6)
         ahead_before = _metrics(settings)["events_opened_ahead"]
-        _send(settings, third)
-        wait_until(lambda: committed_event_count(store) >= len(events), 120, what="all chained")
-        wait_until(
-            lambda: _metrics(settings).get("events_opened_ahead", 0) >= ahead_before + len(third),
-            30,
-            what="the new worker's openings",
-        )
+        chunks = [third[i : i + 100] for i in range(0, len(third), 100)]
+        sent = len(first) + len(second)
+        served = False
+        for chunk in chunks:
+            _send(settings, chunk)
+            sent += len(chunk)
+            wait_until(lambda n=sent: committed_event_count(store) >= n, 120, what="chained")
+            if not served:
+                deadline = time.monotonic() + 7  # the metrics file is written every 5 s
+                while time.monotonic() < deadline and not served:
+                    served = _metrics(settings).get("events_opened_ahead", 0) > ahead_before
+                    time.sleep(0.5)
+        assert served, "the restarted worker opened nothing"
+        assert committed_event_count(store) == len(events)
         (new_worker,) = _workers(proc.pid)
         assert new_worker != worker
 
