@@ -543,11 +543,13 @@ def test_an_event_about_no_patient_sealed_under_a_shared_key_is_found(
 ) -> None:
     # an operator's processor that seals every login under one key (so that they never
     # expire) is caught by verify, which recomputes whose key it must be
-    import processors.sealing
+    import careledger_core.sealed_event
     from verifiers.integrity.sealed import _check_row
 
+    # the processor's opening (careledger_core.sealed_event.open_ingest_batch) asks
+    # whose key seals the event; verify's own binding of the function is left alone
     monkeypatch.setattr(
-        processors.sealing, "key_subject", lambda e: ("urn:careledger:no-patient", "-")
+        careledger_core.sealed_event, "key_subject", lambda e: ("urn:careledger:no-patient", "-")
     )
     row, key_id = _event_row(keystore, hashlib.sha256(BODY).hexdigest(), about_a_patient=False)
     keys = keystore.keys_by_id([bytes.fromhex(key_id)], "verify")
