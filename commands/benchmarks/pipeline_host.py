@@ -125,16 +125,18 @@ def cpu_seconds(pid: int | None) -> float | None:
         return None
 
 
+def _process_dirs() -> list[Path]:
+    """``/proc/<pid>`` of every process (none if ``/proc`` cannot be read)."""
+    try:
+        return [entry for entry in _PROC.iterdir() if entry.name.isdigit()]
+    except OSError:
+        return []
+
+
 def _children(pid: int) -> list[int]:
     """The live child processes of ``pid``."""
     found: list[int] = []
-    try:
-        entries = list(_PROC.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
+    for entry in _process_dirs():
         text = _read(entry / "stat")
         try:
             if text is not None and parse_stat_parent(text) == pid:
@@ -198,13 +200,7 @@ def find_pid(matches: Callable[[list[str]], bool]) -> int | None:
     """The one process whose command line ``matches`` (None if none or several): the
     stack's services when another checkout started them (no pid file of ours)."""
     found = []
-    try:
-        entries = list(_PROC.iterdir())
-    except OSError:
-        return None
-    for entry in entries:
-        if not entry.name.isdigit():
-            continue
+    for entry in _process_dirs():
         try:
             raw = (entry / "cmdline").read_bytes()
         except OSError:

@@ -438,6 +438,27 @@ def test_a_processs_tree_counts_the_cpu_and_memory_of_its_workers() -> None:
     assert pipeline_host.tree_cpu_seconds(None) is None
 
 
+def test_find_pid_finds_the_one_process_whose_command_line_matches() -> None:
+    import subprocess
+    import sys
+    import time
+    import uuid
+
+    tag = f"careledger-find-pid-{uuid.uuid4().hex}"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)", tag])
+    try:
+        found = None
+        deadline = time.monotonic() + 20
+        while found is None and time.monotonic() < deadline:  # until the child has exec'd
+            found = pipeline_host.find_pid(lambda argv: tag in argv)
+            time.sleep(0.05)
+        assert found == child.pid
+        assert pipeline_host.find_pid(lambda argv: False) is None
+    finally:
+        child.kill()
+        child.wait()
+
+
 def test_own_process_readings() -> None:
     import os
 
