@@ -112,11 +112,14 @@ def _read(path: Path) -> str | None:
         return None
 
 
+def _stat(pid: int | None) -> str | None:
+    """The text of ``/proc/<pid>/stat`` (None: no pid, or the process is gone)."""
+    return None if pid is None else _read(_PROC / str(pid) / "stat")
+
+
 def cpu_seconds(pid: int | None) -> float | None:
     """CPU seconds (user + system, all threads) the process has used so far."""
-    if pid is None:
-        return None
-    text = _read(_PROC / str(pid) / "stat")
+    text = _stat(pid)
     if text is None:
         return None
     try:
@@ -149,10 +152,8 @@ def _children(pid: int) -> list[int]:
 def tree_cpu_seconds(pid: int | None) -> float | None:
     """CPU seconds of the process and of its children, live or exited (a processor's
     opening workers, ADR 0039: their work is the processor's)."""
-    if pid is None:
-        return None
-    text = _read(_PROC / str(pid) / "stat")
-    if text is None:
+    text = _stat(pid)
+    if pid is None or text is None:
         return None
     try:
         ticks = parse_stat_cpu_ticks(text) + parse_stat_reaped_ticks(text)
