@@ -43,10 +43,24 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+#: integration modules that share one fixed-port cluster (``careledger up --cluster``) and
+#: kill its nodes: they never run beside each other
+_CLUSTER_MODULES: frozenset[str] = frozenset(
+    {"test_cluster.py", "test_cluster_faults.py", "test_cluster_keystore.py"}
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
+        path = Path(str(item.path)).resolve()
+        if INTEGRATION_DIR in path.parents:
             item.add_marker(pytest.mark.integration)
+            # with pytest-xdist's ``--dist loadgroup`` (deploy/test.sh): a module's tests
+            # stay on one worker (its module fixtures are set up once), the cluster's
+            # modules on one worker one after the other; each test is isolated by its
+            # own database, topics and app id on the shared stack (``isolated``)
+            group = "cluster" if path.name in _CLUSTER_MODULES else path.name
+            item.add_marker(pytest.mark.xdist_group(name=group))
 
 
 @pytest.fixture(scope="session")
@@ -69,6 +83,7 @@ def stack(settings: Settings) -> Iterator[Settings]:
         stack_mod.release_lease(settings, lease, stop_if_last=not _flag("CARELEDGER_KEEP_STACK"))
         raise
     try:
+        _processor_key(settings)
         # the stack's logins named explicitly: a test's copy with another run_dir logs in
         yield pin_login(settings)
     finally:
@@ -77,6 +92,21 @@ def stack(settings: Settings) -> Iterator[Settings]:
         )
         if stopped:
             log.info("stopped the local stack this test session started")
+
+
+def _processor_key(settings: Settings) -> None:
+    """The run directory's processor signing key, made if missing: the key every test
+    processor without one of its own (``tests.integration.pipeline.with_keys``) signs
+    with. Made here, once, not by whichever test happened to run first (with several
+    workers, a test's order is not fixed); under the stack's lock, since every worker
+    comes here."""
+    from careledger.keys import default_key_path, write_keypair
+    from careledger.stack.paths import _stack_lock
+
+    with _stack_lock(settings):
+        path = default_key_path(settings)
+        if not path.exists():
+            write_keypair(path)
 
 
 def _migrate(settings: Settings) -> None:
