@@ -60,9 +60,9 @@ from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_r
 from careledger_core.sealed_event import (
     IngestOpening,
     IngestRefusal,
-    decode_sealed_documents,
     ingest_key,
     open_ingest_batch,
+    read_sealed_columns,
 )
 from careledger_core.sealed_reference import (
     CLEAR_REFERENCE_KINDS,
@@ -149,6 +149,25 @@ class SubjectKeys:
         with self._lock:
             self._lookups.put((system, subject_id), lookup)
         return lookup
+
+    def lookups(self, subjects: Sequence[tuple[str, str]]) -> list[bytes]:
+        """:meth:`lookup` of each subject, the cached ones under one hold of the lock (a
+        batch's events, in the event loop's thread: one acquisition, not one each)."""
+        with self._lock:
+            found = [self._lookups.get(s) for s in subjects]
+        return [
+            f if isinstance(f, bytes) else self.lookup(*s)
+            for f, s in zip(found, subjects, strict=True)
+        ]
+
+    def actor_refs(self, actor_ids: Sequence[str]) -> list[str]:
+        """:meth:`actor_ref` of each actor, the cached ones under one hold of the lock."""
+        with self._lock:
+            found = [self._actors.get(a) for a in actor_ids]
+        return [
+            f if isinstance(f, str) else self.actor_ref(a)
+            for f, a in zip(found, actor_ids, strict=True)
+        ]
 
     def actor_ref(self, actor_id: str) -> str:
         with self._lock:
@@ -254,10 +273,11 @@ class EventOpener:
         opened_events, refusals = openings
         refused: list[Refusal] = [(i, raw[i], code, why, at) for i, code, why, at in refusals]
         # the batch's patients' data keys, in a few round trips for all of them
-        lookups = [self.keys.lookup(*o.subject) for o in opened_events]
+        lookups = self.keys.lookups([o.subject for o in opened_events])
         keys = self.keys.data_keys(lookups)
+        actor_refs = self.keys.actor_refs([o.actor_id for o in opened_events])
         chained: list[ChainedEvent] = []
-        for o, lookup in zip(opened_events, lookups, strict=True):
+        for o, lookup, actor_ref in zip(opened_events, lookups, actor_refs, strict=True):
             key_id, key = keys[lookup]
             leaf = leaves[o.index]
             sealed = seal_bytes(key, leaf, o.salt, o.body)
@@ -268,7 +288,7 @@ class EventOpener:
             sealed_record = SealedRecord(
                 document=o.document,
                 patient_ref=ref,
-                actor_ref=self.keys.actor_ref(o.actor_id),
+                actor_ref=actor_ref,
                 data_key_id=key_id.hex(),
                 sealed=base64.b64encode(sealed).decode(),
             )
@@ -287,10 +307,11 @@ class EventOpener:
     def _opened_ahead(
         self, record: bytes, raw: Sequence[bytes], max_event_bytes: int
     ) -> tuple[list[IngestOpening], list[IngestRefusal]] | None:
-        """The worker's opening of ``record``, checked: each opened event's document
-        decoded here and its opening held against the commitment the source signed, and
-        every event of the batch accounted for once. None (the loop opens the record
-        itself): not opened ahead, or results that do not fit."""
+        """The worker's opening of ``record``, checked: each opened event's stored
+        columns and commitment read here from its signed document, its opening held
+        against that commitment, and every event of the batch accounted for once. None
+        (the loop opens the record itself): not opened ahead, or results that do not
+        fit."""
         assert self.ahead is not None
         result = self.ahead.result(record)
         if result is None:
@@ -300,7 +321,10 @@ class EventOpener:
         fits = indexes == list(range(len(raw))) and all(
             len(raw[o[0]]) <= max_event_bytes for o in opened
         )
-        documents = decode_sealed_documents([raw[o[0]] for o in opened]) if fits else None
+        # the documents' columns only: the worker validated each document in full,
+        # from these same bytes (the record it was handed), with the function the loop
+        # would call; verify validates every stored document again
+        documents = read_sealed_columns([raw[o[0]] for o in opened]) if fits else None
         if documents is None:
             self.ahead.disagreements += 1
             return None

@@ -30,7 +30,7 @@ from careledger.sealed_raw import MAX_RAW_TRANSIT_BYTES, SealedRawDocument, deco
 from careledger_core.errors import ReferenceValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
-from careledger_core.sealed_event import SealedAccessEvent, decode_sealed_document
+from careledger_core.sealed_event import SealedAccessEvent, SealedColumns, decode_sealed_document
 from careledger_core.sealed_reference import (
     CLEAR_REFERENCE_KINDS,
     SEALED_REFERENCE_SCHEMA,
@@ -159,7 +159,8 @@ class SealedRecord:
     pseudonyms and the sealed part are not recomputable from the document: ``verify``
     checks them only where it can open the sealed part."""
 
-    document: SealedAccessEvent
+    #: the document, or its stored columns when a worker validated it (ADR 0039)
+    document: SealedAccessEvent | SealedColumns
     patient_ref: str
     actor_ref: str
     data_key_id: str

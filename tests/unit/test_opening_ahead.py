@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from careledger.keystore import KeyStore, local_token
+from careledger.storage.kinds import SEALED
 from careledger.storage.store import BatchInfo
 from careledger_core.batch_record import open_batch_record
 from careledger_core.event import canonical_event_bytes
@@ -76,9 +77,13 @@ def _records() -> list[tuple[str, bytes]]:
 
 
 def _open(opener: EventOpener, value: bytes, max_event_bytes: int = MAX) -> tuple[Any, Any]:
+    """What ``opener`` chains of a sealed record, as it is stored (each event's row
+    values, bytes, leaf and batch), and what it refuses. An event opened ahead carries
+    its document's columns, one opened in the loop the decoded document: the rows must
+    be the same."""
     opened = open_batch_record(value)
     info = BatchInfo(opened.statement, opened.signature)
-    return opener.open_batch(
+    chained, refused = opener.open_batch(
         info,
         7,
         opened.events,
@@ -88,6 +93,21 @@ def _open(opener: EventOpener, value: bytes, max_event_bytes: int = MAX) -> tupl
         max_event_bytes,
         record=value,
     )
+    stored = [
+        (
+            ev.offset,
+            SEALED.values(ev.event),
+            SEALED.record_id(ev.event),
+            SEALED.time_of(ev.event),
+            ev.canonical,
+            ev.leaf_hash,
+            ev.attestation,
+            ev.batch,
+            ev.batch_index,
+        )
+        for ev in chained
+    ]
+    return stored, refused
 
 
 def test_records_opened_ahead_are_chained_and_refused_exactly_as_the_loop_would(

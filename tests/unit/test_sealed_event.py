@@ -35,6 +35,7 @@ from careledger_core.sealed_event import (
     decode_sealed_documents,
     ingest_key,
     open_ingest,
+    read_sealed_columns,
     sealed_document,
 )
 from careledger_core.sealing import SealError, canonical, commitment, split
@@ -259,6 +260,45 @@ def test_a_batch_of_documents_decodes_in_one_call_exactly_as_each_decodes_alone(
             batch = [*documents[:at], bad, *documents[at + 1 :]]
             assert decode_sealed_documents(batch) is None, (bad[:60], at)
             assert _alone(batch) is None
+
+
+def test_the_columns_read_without_validation_are_the_validated_documents_columns() -> None:
+    documents = [seal_for_ingest(e, PK)[0] for e in EVENTS[:40]]
+    decoded = decode_sealed_documents(documents)
+    assert decoded is not None
+    columns = read_sealed_columns(documents)
+    assert columns is not None and len(columns) == len(decoded)
+    for c, d in zip(columns, decoded, strict=True):
+        assert (c.event_id, c.occurred_at, c.action, c.outcome, c.source.system) == (
+            d.event_id,
+            d.occurred_at,
+            d.action,
+            d.outcome,
+            d.source.system,
+        )
+        assert c.sealed_commitment == d.sealed_commitment
+    assert read_sealed_columns([]) == []
+
+
+def test_columns_that_cannot_be_read_send_the_caller_back_to_validating() -> None:
+    """Not a validation (the worker's full decode is): but bytes that do not hold one
+    document with the columns' types are never read as if they did."""
+    documents = [seal_for_ingest(e, PK)[0] for e in EVENTS[:10]]
+    doc = json.loads(documents[0])
+    hostile = [
+        documents[1] + b"," + documents[2],  # two documents as one entry
+        documents[1][:-1],  # cut short
+        canonicalize({k: v for k, v in doc.items() if k != "sealed_commitment"}),
+        canonicalize(dict(doc, action="X")),
+        canonicalize(dict(doc, outcome=3)),
+        canonicalize(dict(doc, source={"type": 1})),
+        b"",
+        b"null",
+    ]
+    for bad in hostile:
+        for at in (0, 9):
+            batch = [*documents[:at], bad, *documents[at + 1 :]]
+            assert read_sealed_columns(batch) is None, (bad[:60], at)
 
 
 @hyp_settings(max_examples=80, deadline=None)
