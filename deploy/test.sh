@@ -13,7 +13,7 @@
 # processor's flush, an outage a test makes), not computing, so two at once finish in
 # far less wall time on two cores. Each test has its own database, topics and app id
 # (tests/conftest.py ``isolated``); a module stays on one worker and the cluster's
-# modules share one (``--dist loadgroup``, groups set in tests/conftest.py).
+# modules share one (``--dist loadfile``, scopes set in tests/conftest.py).
 # INTEGRATION_WORKERS=0 runs them in this process, one after the other.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -23,7 +23,7 @@ WORKERS="${INTEGRATION_WORKERS:-2}"
 read -r -a extra <<< "${PYTEST_ARGS:-}"
 parallel=()
 if [ "$WORKERS" != "0" ]; then
-    parallel=(-n "$WORKERS" --dist loadgroup)
+    parallel=(-n "$WORKERS" --dist loadfile)
 fi
 mkdir -p .run/logs
 unit_log=.run/logs/test-unit.log

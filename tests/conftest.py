@@ -20,6 +20,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -44,7 +45,7 @@ def _flag(name: str) -> bool:
 
 
 #: integration modules that share one fixed-port cluster (``careledger up --cluster``) and
-#: kill its nodes: they never run beside each other
+#: kill its nodes: never run beside each other
 _CLUSTER_MODULES: frozenset[str] = frozenset(
     {"test_cluster.py", "test_cluster_faults.py", "test_cluster_keystore.py"}
 )
@@ -52,15 +53,26 @@ _CLUSTER_MODULES: frozenset[str] = frozenset(
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        path = Path(str(item.path)).resolve()
-        if INTEGRATION_DIR in path.parents:
+        if INTEGRATION_DIR in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.integration)
-            # with pytest-xdist's ``--dist loadgroup`` (deploy/test.sh): a module's tests
-            # stay on one worker (its module fixtures are set up once), the cluster's
-            # modules on one worker one after the other; each test is isolated by its
-            # own database, topics and app id on the shared stack (``isolated``)
-            group = "cluster" if path.name in _CLUSTER_MODULES else path.name
-            item.add_marker(pytest.mark.xdist_group(name=group))
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """With pytest-xdist's ``--dist loadfile`` (deploy/test.sh): a module's tests on one
+    worker, in order (its module fixtures set up once), and the cluster's modules as one
+    unit, one after the other on one worker. Each test is isolated on the shared stack by
+    its own database, topics and app id (``isolated``). (xdist's ``loadgroup`` marks
+    would say the same, but pytest 9.2 ignores the node ids they rewrite.)"""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class _Modules(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "cluster" if Path(module).name in _CLUSTER_MODULES else module
+
+    return _Modules(config, log)
 
 
 @pytest.fixture(scope="session")
