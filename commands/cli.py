@@ -219,12 +219,38 @@ def _refused_on_sealed_ledger(args: argparse.Namespace) -> str | None:
 EXIT_BROKEN_PIPE = 141
 
 
+#: Commands that run the stack for a person at a terminal (the demo, the benchmarks): as
+#: for one-shot commands, their output is theirs alone. librdkafka's lines (a retry while
+#: a group coordinator loads, a broker not up yet) are not shown; what fails is said by
+#: the command, in one line.
+AT_A_TERMINAL = frozenset(
+    {
+        "demo",
+        "benchmark",
+        "benchmark-alerts",
+        "benchmark-audit",
+        "benchmark-decide",
+        "benchmark-gateway",
+        "benchmark-replica",
+        "benchmark-sdk",
+        "benchmark-verify",
+        "benchmark-witness",
+    }
+)
+#: the loggers librdkafka's lines go to (``careledger.kafka.clients.rdkafka_logger``)
+_RDKAFKA_LOGGERS = (
+    "careledger.kafka.rdkafka",
+    "careledger.producer.rdkafka",
+    "careledger.gateway.rdkafka",
+)
+
+
 def _quiet_clients(command: str) -> None:
     # A failed connection is said by the command itself, in one line (issue 13);
     # clickhouse-driver would log it again with a traceback.
     logging.getLogger("clickhouse_driver").setLevel(logging.CRITICAL)
-    if command in ONE_SHOT:
-        for name in ("careledger.kafka.rdkafka", "careledger.producer.rdkafka"):
+    if command in ONE_SHOT or command in AT_A_TERMINAL:
+        for name in _RDKAFKA_LOGGERS:
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
 

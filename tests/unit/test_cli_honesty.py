@@ -152,6 +152,35 @@ def test_one_shot_commands_hide_librdkafka_lines_services_keep_them() -> None:
         logging.getLogger(name).setLevel(logging.NOTSET)
 
 
+def test_the_demo_and_the_benchmarks_hide_librdkafka_lines_too() -> None:
+    """Seen in ``careledger benchmark``'s output on a freshly started broker: a raw
+    librdkafka warning (GETPID ... Coordinator load in progress: retrying)."""
+    import logging
+
+    loggers = (
+        "careledger.kafka.rdkafka",
+        "careledger.producer.rdkafka",
+        "careledger.gateway.rdkafka",
+    )
+    benchmarks = {name for name in cli.COMMANDS if name.startswith("benchmark")}
+    assert benchmarks and benchmarks | {"demo"} == set(cli.AT_A_TERMINAL)
+    try:
+        for command in sorted(cli.AT_A_TERMINAL):
+            for name in loggers:
+                logging.getLogger(name).setLevel(logging.NOTSET)
+            cli._quiet_clients(command)
+            for name in loggers:
+                assert logging.getLogger(name).level == logging.CRITICAL, (command, name)
+        for name in loggers:
+            logging.getLogger(name).setLevel(logging.NOTSET)
+        for service in ("process", "gateway", "audit"):
+            cli._quiet_clients(service)
+            assert all(logging.getLogger(n).level == logging.NOTSET for n in loggers), service
+    finally:
+        for name in (*loggers, "clickhouse_driver"):
+            logging.getLogger(name).setLevel(logging.NOTSET)
+
+
 def test_alerts_forward_with_kafka_down_says_one_line(tmp_path: Path) -> None:
     result = _run(tmp_path, "alerts", "forward", "--syslog", "localhost:6514")
     line = _one_line_exit_2(result, "alerts forward")
