@@ -63,8 +63,11 @@ from commands.benchmarks.pipeline_load import EventPool, produce_backlog
 from commands.benchmarks.pipeline_report import (
     SCHEMA,
     default_rates,
+    median_ratios,
     parse_rates,
     plot,
+    rates_by_mode,
+    ratios_of,
     render_table,
     to_json,
     write_json,
@@ -182,6 +185,14 @@ def configure_benchmark(parser: argparse.ArgumentParser) -> None:
         help="also run `careledger verify --no-audit` on each chained drain's ledger",
     )
     parser.add_argument("--no-latency", action="store_true", help="drains only, no latency phases")
+    parser.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="drain each backlog this many times, in rounds of every mode (each round's "
+        "ratios from its own drains; the table adds the medians): runs on a busy 2-core "
+        "machine vary by up to a third (1)",
+    )
     parser.add_argument(
         "--stall-seconds",
         type=float,
@@ -357,14 +368,7 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
         "records": run.end_offsets(backlog, [backlog.topic_events]),
         "load_average_at_start": load,
     }
-    drains: list[dict[str, Any]] = []
-    figures["drain"] = drains
-    say("chained drain, 1 process")
-    drains.append(run.drain(backlog, "chained", 1, "c1"))
-    if args.scale_out:
-        say("chained drain, 2 processes")
-        drains.append(run.drain(backlog, "chained", 2, "c2"))
-    sealed_rate = sealed_two = None
+    sealed = None
     if args.sealed:
         sealed = run.sealed_pipeline("sealed")
         load = host.load_average()
@@ -375,29 +379,40 @@ def _phases(run: Run, figures: dict[str, Any]) -> None:
             "records": run.end_offsets(sealed, [sealed.topic_events]),
             "load_average_at_start": load,
         }
-        say("chained drain of the sealed events, 1 process")
-        drains.append(run.drain(sealed, "chained-sealed", 1, "s1"))
-        sealed_rate = drains[-1].get("events_per_s")
-        if args.scale_out:  # the opening shared by two processes (the cores allowing)
-            say("chained drain of the sealed events, 2 processes")
-            drains.append(run.drain(sealed, "chained-sealed", 2, "s2"))
-            sealed_two = drains[-1].get("events_per_s")
-    say("baseline drain")
-    drains.append(run.drain(backlog, "baseline", 1, "b"))
-    one = drains[0].get("events_per_s")
-    base = drains[-1].get("events_per_s")
-    ratios: dict[str, Any] = {
-        "chained_over_baseline": round(one / base, 3) if one and base else None
-    }
-    if args.sealed:
-        ratios["sealed_over_chained"] = round(sealed_rate / one, 3) if sealed_rate and one else None
-        if args.scale_out:
-            ratios["sealed_two_processes_over_one"] = (
-                round(sealed_two / sealed_rate, 3) if sealed_two and sealed_rate else None
-            )
+    plan = [("chained", 1, backlog, "c1", "chained drain, 1 process")]
     if args.scale_out:
-        two = drains[1].get("events_per_s")
-        ratios["two_processes_over_one"] = round(two / one, 3) if one and two else None
+        plan.append(("chained", 2, backlog, "c2", "chained drain, 2 processes"))
+    if sealed is not None:
+        plan.append(("chained-sealed", 1, sealed, "s1", "chained drain of the sealed events"))
+        if args.scale_out:  # the opening shared by two processes (the cores allowing)
+            plan.append(("chained-sealed", 2, sealed, "s2", "sealed events, 2 processes"))
+    plan.append(("baseline", 1, backlog, "b", "baseline drain"))
+    drains: list[dict[str, Any]] = []
+    figures["drain"] = drains
+    rounds = args.repeat
+    per_round = []
+    for r in range(1, rounds + 1):
+        mine = []
+        for mode, processes, source, label, what in plan:
+            say(what if rounds == 1 else f"{what} (round {r} of {rounds})")
+            drain = run.drain(source, mode, processes, label if rounds == 1 else f"{label}r{r}")
+            if rounds > 1:
+                drain["round"] = r
+            mine.append(drain)
+        drains += mine
+        per_round.append(ratios_of(mine))
+    ratios = per_round[0] if rounds == 1 else median_ratios(per_round)
+    if rounds > 1:
+        figures["ratios_by_round"] = per_round
+        figures["rates_by_mode"] = rates_by_mode(drains)
+    one = next(
+        (
+            m["median_events_per_s"]
+            for m in rates_by_mode(drains)
+            if (m["mode"], m["processes"]) == ("chained", 1)
+        ),
+        None,
+    )
     figures["ratios"] = ratios
     if args.no_latency:
         return

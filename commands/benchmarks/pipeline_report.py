@@ -28,9 +28,12 @@ __all__ = [
     "histogram_diff",
     "histogram_percentile",
     "latency_summary",
+    "median_ratios",
     "parse_rates",
     "percentile",
     "plot",
+    "rates_by_mode",
+    "ratios_of",
     "render_table",
     "send_latencies",
     "weighted_percentile",
@@ -281,14 +284,110 @@ def _load(value: Sequence[float] | None) -> str:
     return "n/a" if not value else " ".join(f"{x:.2f}" for x in value)
 
 
-def _drain_label(d: dict[str, Any]) -> str:
-    mode = d["mode"]
-    p = d.get("processes", 1)
+def _mode_label(mode: str, p: int) -> str:
     if mode == "chained":
         return f"chained, {p} process{'es' if p != 1 else ''}"
     if mode == "chained-sealed":
         return f"sealed, {p} process{'es' if p != 1 else ''}"
     return str(mode)
+
+
+def _drain_label(d: dict[str, Any]) -> str:
+    label = _mode_label(d["mode"], d.get("processes", 1))
+    return label if d.get("round") is None else f"{label} #{d['round']}"
+
+
+# --------------------------------------------------------------------------- rounds
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return round(a / b, 3) if a and b else None
+
+
+def ratios_of(drains: Sequence[Mapping[str, Any]]) -> dict[str, float | None]:
+    """The throughput ratios of drains run in one round (one drain per mode): chained
+    over baseline, and those of the modes that ran (2 processes over 1, sealed over
+    chained, sealed by 2 over 1)."""
+    rates = {(d["mode"], d.get("processes", 1)): d.get("events_per_s") for d in drains}
+    one = rates.get(("chained", 1))
+    out = {"chained_over_baseline": _ratio(one, rates.get(("baseline", 1)))}
+    if ("chained", 2) in rates:
+        out["two_processes_over_one"] = _ratio(rates[("chained", 2)], one)
+    if ("chained-sealed", 1) in rates:
+        sealed = rates[("chained-sealed", 1)]
+        out["sealed_over_chained"] = _ratio(sealed, one)
+        if ("chained-sealed", 2) in rates:
+            out["sealed_two_processes_over_one"] = _ratio(rates[("chained-sealed", 2)], sealed)
+    return out
+
+
+def _median(values: Sequence[float]) -> float:
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
+
+
+def median_ratios(rounds: Sequence[Mapping[str, float | None]]) -> dict[str, float | None]:
+    """Each ratio's median over the rounds that have it (None where no round does)."""
+    keys = list(dict.fromkeys(k for r in rounds for k in r))
+    out: dict[str, float | None] = {}
+    for key in keys:
+        values = [v for r in rounds if (v := r.get(key)) is not None]
+        out[key] = round(_median(values), 3) if values else None
+    return out
+
+
+def rates_by_mode(drains: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Per mode (and process count), in the order first run: the median, lowest and
+    highest events/s of its drains, and how many had a rate."""
+    groups: dict[tuple[str, int], list[float]] = {}
+    for d in drains:
+        rates = groups.setdefault((d["mode"], d.get("processes", 1)), [])
+        if d.get("events_per_s") is not None:
+            rates.append(float(d["events_per_s"]))
+    return [
+        {
+            "mode": mode,
+            "processes": p,
+            "drains": len(rates),
+            "median_events_per_s": _median(rates) if rates else None,
+            "min_events_per_s": min(rates, default=None),
+            "max_events_per_s": max(rates, default=None),
+        }
+        for (mode, p), rates in groups.items()
+    ]
+
+
+_RATIO_LABELS = (
+    ("chained_over_baseline", "chained / baseline throughput"),
+    ("two_processes_over_one", "2 processes / 1 process (chained)"),
+    ("sealed_over_chained", "sealed / chained throughput (encryption at rest)"),
+    ("sealed_two_processes_over_one", "2 processes / 1 process (sealed)"),
+)
+
+
+def _round_lines(figures: Mapping[str, Any]) -> list[str]:
+    """The ratios (each round's, and their median when the drains ran in rounds) and, in
+    rounds, each mode's median events/s with its range."""
+    ratios = figures.get("ratios", {})
+    rounds = figures.get("ratios_by_round") or []
+    lines = []
+    for key, label in _RATIO_LABELS:
+        if ratios.get(key) is None:
+            continue
+        line = f"  {label}: {ratios[key]:.2f}"
+        if rounds:
+            each = ", ".join("n/a" if r.get(key) is None else f"{r[key]:.2f}" for r in rounds)
+            line += f" (median of {len(rounds)} rounds: {each})"
+        lines.append(line)
+    if rounds:
+        for m in figures.get("rates_by_mode", []):
+            lines.append(
+                f"  {_mode_label(m['mode'], m['processes'])}: median "
+                f"{_n(m.get('median_events_per_s'))} events/s over {m['drains']} drains "
+                f"({_n(m.get('min_events_per_s'))} to {_n(m.get('max_events_per_s'))})"
+            )
+    return lines
 
 
 def render_table(figures: dict[str, Any]) -> str:
@@ -355,22 +454,7 @@ def render_table(figures: dict[str, Any]) -> str:
             )
             if d.get("note"):
                 lines.append(f"  {'':<22} {d['note']}")
-        ratios = figures.get("ratios", {})
-        if ratios.get("chained_over_baseline") is not None:
-            lines.append(f"  chained / baseline throughput: {ratios['chained_over_baseline']:.2f}")
-        if ratios.get("two_processes_over_one") is not None:
-            lines.append(
-                f"  2 processes / 1 process (chained): {ratios['two_processes_over_one']:.2f}"
-            )
-        if ratios.get("sealed_over_chained") is not None:
-            lines.append(
-                f"  sealed / chained throughput (encryption at rest): "
-                f"{ratios['sealed_over_chained']:.2f}"
-            )
-        if ratios.get("sealed_two_processes_over_one") is not None:
-            lines.append(
-                f"  2 processes / 1 process (sealed): {ratios['sealed_two_processes_over_one']:.2f}"
-            )
+        lines += _round_lines(figures)
     phases = figures.get("latency", [])
     if phases:
         lines += [
