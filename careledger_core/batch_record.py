@@ -57,6 +57,7 @@ __all__ = [
     "encode_batch_record",
     "looks_batch",
     "open_batch_record",
+    "read_opened_batch_record",
     "sign_batch_record",
 ]
 
@@ -108,6 +109,10 @@ class OpenedBatch:
     #: record's ephemeral key; empty otherwise
     sealed: tuple[bytes, ...] = ()
     sealed_key: bytes = b""
+    #: a sealed record the processor's worker opened from these bytes
+    #: (:func:`read_opened_batch_record`, ADR 0039): ``leaf_hashes`` and the root check
+    #: are the worker's, and ``sealed`` is left empty (not decoded again)
+    sealed_ahead: bool = False
 
 
 def encode_batch_record(
@@ -184,6 +189,35 @@ def open_batch_record(data: bytes) -> OpenedBatch:
     if bool(boxes) != (len(sealed_key) == 32):
         raise SourceEnvelopeError("sealed events need the record's 32-byte sealed_key")
     return OpenedBatch(st, record.signature, events, leaves, boxes, sealed_key)
+
+
+def read_opened_batch_record(data: bytes, leaf_hashes: Sequence[bytes]) -> OpenedBatch:
+    """A sealed batch record that :func:`open_batch_record` opened in the processor's
+    worker process from these same bytes (ADR 0039), read again for what the event loop
+    needs: the statement, the signature, the events' bytes and the ephemeral key. The
+    events' ``leaf_hashes`` and the root check are the worker's; the ingest ciphertexts
+    are not decoded. Raises ``SourceEnvelopeError`` when the bytes are not a sealed batch
+    record of that many events (the caller then opens the record itself)."""
+    try:
+        record = _DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
+    st = record.statement
+    events = tuple(bytes(e) for e in record.events)
+    if not (
+        len(events) == st.size == len(leaf_hashes) == len(record.sealed)
+        and all(len(h) == 32 for h in leaf_hashes)
+    ):
+        raise SourceEnvelopeError("the opening does not fit the record")
+    try:
+        sealed_key = base64.b64decode(record.sealed_key, validate=True)
+    except binascii.Error:
+        raise SourceEnvelopeError("the sealed key is not base64") from None
+    if len(sealed_key) != 32:
+        raise SourceEnvelopeError("sealed events need the record's 32-byte sealed_key")
+    return OpenedBatch(
+        st, record.signature, events, tuple(leaf_hashes), (), sealed_key, sealed_ahead=True
+    )
 
 
 def sign_batch_record(

@@ -6,15 +6,19 @@ the ingest key: per event, a decryption, a JSON decode, a commitment and the who
 event's validation (``careledger_core.sealed_event.open_ingest_batch``). That work needs
 nothing but the ingest key and the record's bytes, so :class:`OpenAhead` hands each take's
 records to a worker process as the take arrives, and the event loop, when it reaches a
-record, finds it opened: it decodes the documents (one call), checks each opening against
-the commitment the source signed, and only seals under the patients' data keys (the key
-store stays in the processor).
+record, finds it opened: it reads the record again without hashing it (the events' leaf
+hashes and the root check are the worker's; one leaf, drawn at random, is recomputed),
+reads the documents' columns (one call), checks each opening against the commitment the
+source signed, and only seals under the patients' data keys (the key store stays in the
+processor).
 
 The worker is an optimisation, never a source of truth or of failure:
 
-* the loop trusts nothing it cannot check cheaply: an opening that does not open its
-  document's commitment, or results that do not fit the record, make the loop open the
-  record itself (and count it: ``disagreements``);
+* an opening that does not open its document's commitment, or results that do not fit
+  the record (an index missing or doubled, a leaf count or the recomputed leaf that
+  differs), make the loop open the record in full itself (and count it:
+  ``disagreements``); what it takes on trust (the validation, the leaves) ``verify``
+  recomputes from the stored bytes;
 * a worker that died, hangs past ``wait_s`` or cannot be started makes the loop open
   the record itself, and the pool is started again after a back-off
   (``restarts``, one log line each time, no record content);
@@ -62,10 +66,12 @@ RESTART_BACKOFF_MAX_S: Final = 300.0
 PARENT_CHECK_S: Final = 0.5
 
 #: what the worker returns for a record: the opened events (index, salt, body, key
-#: subject's system and id, actor id) and those refused alone (index, code, reason, field)
+#: subject's system and id, actor id), those refused alone (index, code, reason, field)
+#: and every event's leaf hash (the record's root was checked against them)
 AheadResult = tuple[
     list[tuple[int, bytes, bytes, str, str, str]],
     list[tuple[int, str, str, str]],
+    list[bytes],
 ]
 _RESULT: Final = msgspec.msgpack.Decoder(AheadResult)
 _ENCODER: Final = msgspec.msgpack.Encoder()
@@ -131,6 +137,7 @@ def open_record(
         (
             [(o.index, o.salt, o.body, o.subject[0], o.subject[1], o.actor_id) for o in openings],
             refused,
+            list(opened.leaf_hashes),
         )
     )
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -56,6 +57,8 @@ from careledger.sealed_raw import (
 )
 from careledger.storage.kinds import SealedRaw, SealedRecord, SealedReference
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
+from careledger_core.batch_record import open_batch_record
+from careledger_core.hashing import leaf_hash
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import (
     IngestOpening,
@@ -83,7 +86,7 @@ from careledger_core.sealing import (
     patient_ref,
     seal_bytes,
 )
-from processors.opening_ahead import OpenAhead
+from processors.opening_ahead import AheadResult, OpenAhead
 
 __all__ = [
     "DATA_KEY_TTL_S",
@@ -244,6 +247,16 @@ class EventOpener:
         if self.ahead is not None:
             self.ahead.clear()
 
+    def ahead_of(self, record: bytes) -> AheadResult | None:
+        """The worker's opening of ``record`` (waiting for it), or None: no worker, not
+        handed over, not a record it could open, or a worker that failed."""
+        return None if self.ahead is None else self.ahead.result(record)
+
+    def disagreed(self) -> None:
+        """An opening the caller could not use (it opens the record itself)."""
+        if self.ahead is not None:
+            self.ahead.disagreements += 1
+
     def open_batch(
         self,
         info: BatchInfo,
@@ -255,13 +268,27 @@ class EventOpener:
         max_event_bytes: int,
         *,
         record: bytes | None = None,
+        ahead: AheadResult | None = None,
+        asked: bool = False,
     ) -> tuple[list[ChainedEvent], list[Refusal]]:
         """The chainable events of one sealed batch record, and those refused alone
-        (``record``: the batch record's bytes, to find it opened ahead). Raises
-        ``KeyStoreError`` when the key store cannot be used."""
+        (``record``: the batch record's bytes, to find it opened ahead; ``ahead``: its
+        opening, when the caller ``asked`` for it already). ``boxes`` is empty when the
+        caller read the record with the worker's leaf hashes
+        (``read_opened_batch_record``): then a worker's answer that does not fit makes
+        this open the record in full. Raises
+        ``KeyStoreError`` when the key store cannot be used, ``SourceEnvelopeError`` or
+        ``SourceAuthError`` when opening it in full finds the record malformed."""
         openings = None
-        if self.ahead is not None and record is not None:
-            openings = self._opened_ahead(record, raw, max_event_bytes)
+        if not asked and self.ahead is not None and record is not None:
+            ahead = self.ahead.result(record)
+        if ahead is not None:
+            openings = self._opened_ahead(ahead, raw, max_event_bytes)
+        if openings is None and not boxes and raw:
+            # the leaves were the worker's, whose answer did not fit: trust none of it
+            assert record is not None
+            full = open_batch_record(record)
+            leaves, boxes, sealed_key = full.leaf_hashes, full.sealed, full.sealed_key
         if openings is None:
             try:
                 shared = self._ingest_key(sealed_key)
@@ -305,28 +332,28 @@ class EventOpener:
         return chained, refused
 
     def _opened_ahead(
-        self, record: bytes, raw: Sequence[bytes], max_event_bytes: int
+        self, result: AheadResult, raw: Sequence[bytes], max_event_bytes: int
     ) -> tuple[list[IngestOpening], list[IngestRefusal]] | None:
-        """The worker's opening of ``record``, checked: each opened event's stored
-        columns and commitment read here from its signed document, its opening held
-        against that commitment, and every event of the batch accounted for once. None
-        (the loop opens the record itself): not opened ahead, or results that do not
-        fit."""
-        assert self.ahead is not None
-        result = self.ahead.result(record)
-        if result is None:
-            return None
-        opened, refusals = result
+        """The worker's opening of a record, checked: each opened event's stored columns
+        and commitment read here from its signed document, its opening held against that
+        commitment, every event of the batch accounted for once, and one event's leaf
+        hash, drawn at random, recomputed. None (the loop opens the record itself):
+        results that do not fit."""
+        opened, refusals, leaves = result
         indexes = sorted([o[0] for o in opened] + [r[0] for r in refusals])
-        fits = indexes == list(range(len(raw))) and all(
-            len(raw[o[0]]) <= max_event_bytes for o in opened
+        spot = secrets.randbelow(len(raw)) if raw else 0
+        fits = (
+            indexes == list(range(len(raw)))
+            and all(len(raw[o[0]]) <= max_event_bytes for o in opened)
+            and len(leaves) == len(raw)
+            and (not raw or leaves[spot] == leaf_hash(raw[spot]))
         )
         # the documents' columns only: the worker validated each document in full,
         # from these same bytes (the record it was handed), with the function the loop
         # would call; verify validates every stored document again
         documents = read_sealed_columns([raw[o[0]] for o in opened]) if fits else None
         if documents is None:
-            self.ahead.disagreements += 1
+            self.disagreed()
             return None
         openings = []
         for (i, salt, body, system, subject_id, actor_id), document in zip(
@@ -335,7 +362,7 @@ class EventOpener:
             if len(salt) != SALT_BYTES or commitment_of_bytes(salt, body) != bytes.fromhex(
                 document.sealed_commitment
             ):
-                self.ahead.disagreements += 1
+                self.disagreed()
                 return None
             openings.append(IngestOpening(i, document, salt, body, (system, subject_id), actor_id))
         return openings, list(refusals)

@@ -56,7 +56,11 @@ import msgspec
 from confluent_kafka import KafkaException
 
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
-from careledger_core.batch_record import OpenedBatch, open_batch_record
+from careledger_core.batch_record import (
+    OpenedBatch,
+    open_batch_record,
+    read_opened_batch_record,
+)
 from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
 from careledger_core.hashing import leaf_hash
@@ -130,7 +134,16 @@ class BatchOpener(Protocol):
         max_event_bytes: int,
         *,
         record: bytes | None = None,
+        ahead: Any = None,
+        asked: bool = False,
     ) -> tuple[list[ChainedEvent], list[tuple[int, bytes, str, str, str]]]: ...
+
+    def ahead_of(self, record: bytes) -> Any:
+        """The worker's opening of a record (``processors.opening_ahead.AheadResult``:
+        its third item the events' leaf hashes), or None."""
+
+    def disagreed(self) -> None:
+        """An opening the gate could not use."""
 
     def prefetch(self, records: Sequence[bytes]) -> None:
         """A take's records, before the loop reaches them (to be opened ahead)."""
@@ -348,7 +361,7 @@ class SourceGate:
         then each event. Raises ``ValidationError`` (dead-letter the record) or
         ``SourceAuthError`` (quarantine it) for the record as a whole."""
         # 1. what the signature proves: the events are the signed entries, the signature
-        opened = open_batch_record(value)
+        opened, ahead = self._open_record(value)
         st = opened.statement
         self._sync_registry()
         try:
@@ -367,12 +380,27 @@ class SourceGate:
         info = BatchInfo(st, opened.signature)
         offset = where[1]
         if self.opener is not None or opened.sealed:
-            chained, refused = self._open_sealed(opened, info, offset, max_event_bytes, value)
+            chained, refused = self._open_sealed(
+                opened, info, offset, max_event_bytes, value, ahead
+            )
         else:
             chained, refused = self._plain(info, offset, raw, leaves, max_event_bytes)
         if chained:
             self.seqs.admit_range(st.source_id, st.epoch, st.first_seq, st.last_seq, where)
         return AdmittedBatch(st, chained, refused, kafka_ts)
+
+    def _open_record(self, value: bytes) -> tuple[OpenedBatch, Any]:
+        """The batch record opened: by the sealed ledger's worker when it opened it
+        (ADR 0039: its leaf hashes and root check taken, the loop only reads the record
+        again), else here (``open_batch_record``); and the worker's opening, if used."""
+        ahead = self.opener.ahead_of(value) if self.opener is not None else None
+        if ahead is not None:
+            try:
+                return read_opened_batch_record(value, ahead[2]), ahead
+            except SourceEnvelopeError:
+                assert self.opener is not None
+                self.opener.disagreed()
+        return open_batch_record(value), None
 
     def _plain(
         self,
@@ -400,6 +428,7 @@ class SourceGate:
         offset: int,
         max_event_bytes: int,
         record: bytes,
+        ahead: Any = None,
     ) -> tuple[list[ChainedEvent], list[EventRefused]]:
         """A batch record of sealed events (ADR 0037), opened by the sealed ledger's
         opener. A ledger that is not sealed refuses it whole, and a sealed one a record
@@ -408,7 +437,7 @@ class SourceGate:
             raise SourceEnvelopeError(
                 "sealed events, but this ledger is not sealed (seal_events is off)"
             )
-        if not opened.sealed:
+        if not (opened.sealed or opened.sealed_ahead):
             raise SourceEnvelopeError(
                 "events in clear, but this ledger is sealed: sources must seal to the ingest "
                 "key (ingest_public_key, ADR 0037)"
@@ -422,6 +451,8 @@ class SourceGate:
             opened.sealed_key,
             max_event_bytes,
             record=record,
+            ahead=ahead,
+            asked=self.opener is not None,  # ``_open_record`` asked the worker
         )
         return chained, [EventRefused(*r) for r in refusals]
 

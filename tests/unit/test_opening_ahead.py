@@ -24,10 +24,12 @@ from careledger.storage.kinds import SEALED
 from careledger.storage.store import BatchInfo
 from careledger_core.batch_record import open_batch_record
 from careledger_core.event import canonical_event_bytes
+from careledger_core.source import SourceAuthError
+from processors import sources
 from processors.opening_ahead import AheadResult, OpenAhead, decode_result, open_record
 from processors.sealing import EventOpener
 from tests.softhsm import softhsm_dir
-from tests.unit.test_batch_chaining import record
+from tests.unit.test_batch_chaining import NOW, gate_for, record
 from tests.unit.test_sealed_gate import EVENTS, KEY, _sealed_record
 
 MAX = 65536
@@ -161,22 +163,29 @@ def _forged(value: bytes, change: str) -> AheadResult:
     assert data is not None
     result = decode_result(data)
     assert result is not None
-    opened, refused = result
+    opened, refused, leaves = result
     first: list[Any] = list(opened[0])
     if change == "salt":
         first[1] = bytes(len(first[1]))
     elif change == "body":
         first[2] = opened[1][2]  # another event's sensitive part
     elif change == "missing":
-        return (opened[1:], refused)
+        return (opened[1:], refused, leaves)
     elif change == "twice":
-        return ([*opened, opened[0]], refused)
+        return ([*opened, opened[0]], refused, leaves)
     elif change == "index":
         first[0] = 99
-    return ([tuple(first), *opened[1:]], refused)
+    elif change == "leaves":  # every leaf hash another record's
+        return (opened, refused, [bytes(32)] * len(leaves))
+    elif change == "leaf short":
+        return (opened, refused, leaves[:-1])
+    return ([tuple(first), *opened[1:]], refused, leaves)
 
 
-@pytest.mark.parametrize("change", ["salt", "body", "missing", "twice", "index"])
+CHANGES = ["salt", "body", "missing", "twice", "index", "leaves", "leaf short"]
+
+
+@pytest.mark.parametrize("change", CHANGES)
 def test_an_answer_that_does_not_open_the_signed_commitment_or_fit_the_record_is_not_used(
     keystore: KeyStore, ahead: OpenAhead, change: str
 ) -> None:
@@ -326,3 +335,84 @@ def test_events_over_the_loops_size_limit_are_never_taken_from_the_worker(
     _, refused = got
     assert "EVENT_TOO_LARGE" in {r[2] for r in refused}
     assert ahead.disagreements == before + 1 and helped.opened_ahead == 0
+
+
+# --------------------------------------------------------------------------- the gate
+
+
+def _admit(opener: EventOpener, value: bytes) -> tuple[Any, Any]:
+    """What a sealed ledger's gate admits of ``value`` with ``opener``: each event as it
+    is stored, and the refused ones."""
+    gate = gate_for()
+    gate.opener = opener
+    admitted = gate.admit_batch(value, NOW, ("events", 7), max_event_bytes=MAX)
+    stored = [
+        (
+            SEALED.values(ev.event),
+            ev.canonical,
+            ev.leaf_hash,
+            ev.batch,
+            ev.batch_index,
+        )
+        for ev in admitted.events
+    ]
+    refused = [(r.index, r.value, r.code, r.reason, r.field) for r in admitted.refused]
+    return stored, refused
+
+
+def test_the_gate_takes_the_worker_leaves_and_admits_exactly_as_the_loop_would(
+    keystore: KeyStore, ahead: OpenAhead, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    records = _records()
+    alone = EventOpener(KEY, keystore)
+    expected = [_admit(alone, value) for _, value in records]
+    opened_in_loop: list[bytes] = []
+    real = sources.open_batch_record
+
+    def counting(value: bytes) -> Any:
+        opened_in_loop.append(value)
+        return real(value)
+
+    monkeypatch.setattr(sources, "open_batch_record", counting)
+    helped = EventOpener(KEY, keystore, ahead=ahead)
+    disagreements = ahead.disagreements  # the pool is the module's
+    helped.prefetch([v for _, v in records])
+    for (what, value), want in zip(records, expected, strict=True):
+        assert _admit(helped, value) == want, what
+    helped.forget_ahead()
+    # no record was opened (parsed, hashed, root-checked) in the loop: the worker did it
+    assert opened_in_loop == []
+    assert helped.opened_ahead == alone.opened > 0 and ahead.disagreements == disagreements
+
+
+@pytest.mark.parametrize("change", CHANGES)
+def test_the_gate_opens_a_record_itself_when_the_worker_answer_does_not_fit(
+    keystore: KeyStore, change: str
+) -> None:
+    value = _sealed_record(EVENTS[:6])
+    forger = _Forger(_forged(value, change))
+    helped = EventOpener(KEY, keystore, ahead=forger)  # type: ignore[arg-type]
+    assert _admit(helped, value) == _admit(EventOpener(KEY, keystore), value)
+    assert forger.disagreements == 1 and helped.opened_ahead == 0
+
+
+def test_a_mixed_up_answer_for_a_record_that_is_not_the_signed_batch_is_refused_bad_proof(
+    keystore: KeyStore,
+) -> None:
+    """The worker's answer for a genuine record, given for a copy whose first two events
+    were swapped (not what the statement signs): the loop must not take the worker's
+    leaves for these bytes, and refuses the record as it would alone."""
+    value = _sealed_record(EVENTS[:6])
+    doc = json.loads(value)
+    for field in ("events", "sealed"):
+        doc[field][0], doc[field][1] = doc[field][1], doc[field][0]
+    swapped = json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
+    with pytest.raises(SourceAuthError) as alone:
+        _admit(EventOpener(KEY, keystore), swapped)
+    assert alone.value.code == "BAD_PROOF"
+    data = open_record(value, KEY.private, MAX, {})
+    assert data is not None
+    forger = _Forger(decode_result(data))
+    with pytest.raises(SourceAuthError) as helped:
+        _admit(EventOpener(KEY, keystore, ahead=forger), swapped)  # type: ignore[arg-type]
+    assert helped.value.code == "BAD_PROOF" and forger.disagreements == 1

@@ -6,6 +6,7 @@ key)."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 from pathlib import Path
 
@@ -24,7 +25,11 @@ from careledger.ingest_keys import (
 )
 from careledger.kafka.batching import SourceBatcher
 from careledger.keys import KeyFileError
-from careledger_core.batch_record import encode_batch_record, open_batch_record
+from careledger_core.batch_record import (
+    encode_batch_record,
+    open_batch_record,
+    read_opened_batch_record,
+)
 from careledger_core.errors import EventValidationError, ValidationError
 from careledger_core.event import AccessEvent, canonical_event_bytes, event_to_dict
 from careledger_core.jcs import canonicalize
@@ -357,6 +362,44 @@ def test_a_batch_record_with_a_ciphertext_too_few_no_key_or_not_base64_is_refuse
     keyless = {k: v for k, v in record.items() if k != "sealed_key"}
     with pytest.raises(SourceEnvelopeError, match="sealed_key"):
         open_batch_record(msgspec.json.encode(keyless, order="sorted"))
+
+
+def test_a_record_read_with_the_workers_leaves_is_the_record_opened_without_its_ciphertexts() -> (
+    None
+):
+    """``read_opened_batch_record`` (ADR 0039): what the event loop reads of a sealed record
+    its worker opened from the same bytes; anything that does not fit is refused (the loop
+    then opens the record in full)."""
+    key = SigningKey.from_seed(b"\x01" * 32)
+    batcher = SourceBatcher(
+        key, "ehr", "00000000000000e1", max_events=10, max_age_s=1.0, seal_to=PK
+    )
+    for e in EVENTS[:4]:
+        value, box = batcher.encode(e)
+        batcher.add(value, b"", 0.0, None, box)
+    batch = batcher.take("ehr", "2026-12-05T00:00:00.000000Z")
+    assert batch is not None
+    ((_k, record),) = batch.records
+    opened = open_batch_record(record)
+    read = read_opened_batch_record(record, opened.leaf_hashes)
+    assert read == dataclasses.replace(opened, sealed=(), sealed_ahead=True)
+    for leaves in (opened.leaf_hashes[:3], [*opened.leaf_hashes, bytes(32)]):
+        with pytest.raises(SourceEnvelopeError, match="does not fit"):
+            read_opened_batch_record(record, leaves)
+    with pytest.raises(SourceEnvelopeError, match="does not fit"):
+        read_opened_batch_record(record, [h[:31] for h in opened.leaf_hashes])
+    plain = encode_batch_record(opened.statement, opened.signature, opened.events)
+    with pytest.raises(SourceEnvelopeError, match="does not fit"):  # no ciphertexts
+        read_opened_batch_record(plain, opened.leaf_hashes)
+    doc = msgspec.json.decode(record)
+    for bad in ("!!!", base64.b64encode(b"short").decode()):
+        with pytest.raises(SourceEnvelopeError, match="sealed"):
+            read_opened_batch_record(
+                msgspec.json.encode({**doc, "sealed_key": bad}, order="sorted"),
+                opened.leaf_hashes,
+            )
+    with pytest.raises(SourceEnvelopeError, match="invalid signed batch record"):
+        read_opened_batch_record(b"not json", opened.leaf_hashes)
 
 
 def test_a_sealing_batcher_takes_sealed_events_only_and_batch_records_only() -> None:
