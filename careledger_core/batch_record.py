@@ -152,6 +152,13 @@ def batch_root(first_seq: int, leaf_hashes: Sequence[bytes]) -> bytes:
     return merkle_root([batch_entry(first_seq + i, h) for i, h in enumerate(leaf_hashes)])
 
 
+def _decode(data: bytes) -> SignedBatchRecord:
+    try:
+        return _DECODER.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
+        raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
+
+
 def open_batch_record(data: bytes) -> OpenedBatch:
     """Decode a batch record and check that its events are the signed batch's entries.
 
@@ -159,10 +166,7 @@ def open_batch_record(data: bytes) -> OpenedBatch:
     ``SourceAuthError`` ``BAD_PROOF`` (the events are not what the statement signs:
     quarantine it whole). Nothing about the events' content is validated here.
     """
-    try:
-        record = _DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-        raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
+    record = _decode(data)
     st = record.statement
     events = tuple(bytes(e) for e in record.events)
     details = {"source_id": st.source_id, "key_id": st.key_id, "first_seq": st.first_seq}
@@ -198,10 +202,7 @@ def read_opened_batch_record(data: bytes, leaf_hashes: Sequence[bytes]) -> Opene
     events' ``leaf_hashes`` and the root check are the worker's; the ingest ciphertexts
     are not decoded. Raises ``SourceEnvelopeError`` when the bytes are not a sealed batch
     record of that many events (the caller then opens the record itself)."""
-    try:
-        record = _DECODER.decode(data)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError) as exc:
-        raise SourceEnvelopeError(f"invalid signed batch record: {exc}") from exc
+    record = _decode(data)
     st = record.statement
     events = tuple(bytes(e) for e in record.events)
     if not (
