@@ -29,18 +29,24 @@ Caches, each bounded: lookups and actor pseudonyms (deterministic), and data key
 ``sealing_key_cache_s`` (default ``DATA_KEY_TTL_S``; an erasure destroys the key rows: a
 processor may seal a patient's events under the destroyed key for at most that long
 after, and then makes a new key; ``careledger erase`` waits it out before it returns).
+A data key used in the last quarter of that time is read again on a thread of its own
+(``SubjectKeys``), so that the event loop does not stop every ``sealing_key_cache_s``
+to read and unwrap its patients' keys; each entry keeps the time of the read that
+found it, so the bound is the same.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import logging
 import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
 from careledger.ingest_keys import IngestKey
@@ -58,6 +64,7 @@ from careledger.sealed_raw import (
 from careledger.storage.kinds import SealedRaw, SealedRecord, SealedReference
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
 from careledger_core.batch_record import open_batch_record
+from careledger_core.errors import CareledgerError
 from careledger_core.hashing import leaf_hash
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import (
@@ -99,7 +106,12 @@ __all__ = [
 
 #: how long a data key stays cached in the processor
 DATA_KEY_TTL_S: Final = 30.0
+#: a cached data key used after this part of its time is read again in the background
+REFRESH_AFTER: Final = 0.75
+_REFRESH_CHUNK: Final = 256
 _CACHE_ENTRIES: Final = 65_536
+
+log = logging.getLogger("careledger.processor.sealing")
 
 #: (batch index, the event's bytes, code, reason, field): an event refused alone
 Refusal = tuple[int, bytes, str, str, str]
@@ -126,7 +138,12 @@ class _Lru:
 class SubjectKeys:
     """The data keys, lookups and actor pseudonyms a processor seals with, cached (each
     bounded; data keys for ``ttl_s``). Shared by the event opener (the event loop's
-    thread) and the reference sealer (the write thread): thread-safe."""
+    thread) and the reference sealer (the write thread): thread-safe.
+
+    A data key used after ``REFRESH_AFTER`` of its time is read again on the
+    ``careledger-keys`` thread (``refresh``), in chunks, while the cached one is still
+    served; a read that fails leaves the entries to expire, and the caller reads them
+    itself as before."""
 
     def __init__(
         self,
@@ -134,6 +151,7 @@ class SubjectKeys:
         *,
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = DATA_KEY_TTL_S,
+        refresh: bool = True,
     ) -> None:
         self.keystore = keystore
         self._clock = clock
@@ -142,6 +160,13 @@ class SubjectKeys:
         self._lookups = _Lru(_CACHE_ENTRIES)
         self._actors = _Lru(_CACHE_ENTRIES)
         self._keys = _Lru(_CACHE_ENTRIES)
+        self._refresh = refresh
+        self._refresher: ThreadPoolExecutor | None = None
+        #: lookups whose keys are being read again (under the lock)
+        self._refreshing: set[bytes] = set()
+        #: keys read again in the background, and reads that failed
+        self.refreshed = 0
+        self.refresh_failures = 0
 
     def lookup(self, system: str, subject_id: str) -> bytes:
         with self._lock:
@@ -188,13 +213,23 @@ class SubjectKeys:
         now = self._clock()
         out: dict[bytes, tuple[bytes, bytes]] = {}
         missing = []
+        due = []
         with self._lock:
             for lookup in lookups:
                 cached = self._keys.get(lookup)
                 if isinstance(cached, tuple) and now - cached[0] < self._ttl:
                     out[lookup] = (cached[1], cached[2])
+                    if (
+                        self._refresh
+                        and now - cached[0] >= self._ttl * REFRESH_AFTER
+                        and lookup not in self._refreshing
+                    ):
+                        self._refreshing.add(lookup)
+                        due.append(lookup)
                 elif lookup not in out:
                     missing.append(lookup)
+        if due:
+            self._schedule(due)
         if missing:
             made = self.keystore.data_keys_for(missing, "ingest")
             with self._lock:
@@ -202,6 +237,40 @@ class SubjectKeys:
                     self._keys.put(lookup, (now, key.key_id, key.key))
                     out[lookup] = (key.key_id, key.key)
         return out
+
+    def _schedule(self, due: list[bytes]) -> None:
+        if self._refresher is None:
+            self._refresher = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="careledger-keys"
+            )
+        for i in range(0, len(due), _REFRESH_CHUNK):
+            self._refresher.submit(self.refresh, due[i : i + _REFRESH_CHUNK])
+
+    def refresh(self, lookups: Sequence[bytes]) -> None:
+        """Read these subjects' data keys again (on the ``careledger-keys`` thread); each
+        entry gets the time the read began, and never replaces a fresher one."""
+        began = self._clock()
+        try:
+            made = self.keystore.data_keys_for(lookups, "ingest")
+        except (CareledgerError, OSError) as exc:
+            made = {}
+            self.refresh_failures += 1
+            log.warning(
+                "reading data keys again failed (%s); they are read when they expire",
+                getattr(exc, "code", type(exc).__name__),
+            )
+        with self._lock:
+            for lookup, key in made.items():
+                current = self._keys.get(lookup)
+                if not (isinstance(current, tuple) and current[0] >= began):
+                    self._keys.put(lookup, (began, key.key_id, key.key))
+            self.refreshed += len(made)
+            self._refreshing.difference_update(lookups)
+
+    def close(self) -> None:
+        """Stop the background reads (waiting for the one running)."""
+        if self._refresher is not None:
+            self._refresher.shutdown(wait=True, cancel_futures=True)
 
 
 class EventOpener:
