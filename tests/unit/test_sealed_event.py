@@ -320,17 +320,27 @@ def test_a_batch_with_hostile_bytes_in_it_is_never_taken_where_one_alone_would_n
 # --------------------------------------------------------------- batch records, SDK
 
 
-def test_a_sealed_batch_record_carries_one_box_per_event_and_a_plain_one_none() -> None:
-    key = SigningKey.from_seed(b"\x01" * 32)
+def _sealed_batch(n: int) -> tuple[SourceBatcher, bytes]:
+    """A sealing batcher and the one batch record it made of the first ``n`` events."""
     batcher = SourceBatcher(
-        key, "ehr", "00000000000000e1", max_events=10, max_age_s=1.0, seal_to=PK
+        SigningKey.from_seed(b"\x01" * 32),
+        "ehr",
+        "00000000000000e1",
+        max_events=10,
+        max_age_s=1.0,
+        seal_to=PK,
     )
-    for e in EVENTS[:5]:
+    for e in EVENTS[:n]:
         value, box = batcher.encode(e)
         batcher.add(value, b"", 0.0, None, box)
     batch = batcher.take("ehr", "2026-12-05T00:00:00.000000Z")
     assert batch is not None
     ((_k, record),) = batch.records
+    return batcher, record
+
+
+def test_a_sealed_batch_record_carries_one_box_per_event_and_a_plain_one_none() -> None:
+    batcher, record = _sealed_batch(5)
     opened = open_batch_record(record)
     assert len(opened.sealed) == 5
     key = ingest_key(opened.sealed_key, SK)
@@ -343,16 +353,7 @@ def test_a_sealed_batch_record_carries_one_box_per_event_and_a_plain_one_none() 
 
 
 def test_a_batch_record_with_a_ciphertext_too_few_no_key_or_not_base64_is_refused_whole() -> None:
-    key = SigningKey.from_seed(b"\x01" * 32)
-    batcher = SourceBatcher(
-        key, "ehr", "00000000000000e1", max_events=10, max_age_s=1.0, seal_to=PK
-    )
-    for e in EVENTS[:3]:
-        value, box = batcher.encode(e)
-        batcher.add(value, b"", 0.0, None, box)
-    batch = batcher.take("ehr", "2026-12-05T00:00:00.000000Z")
-    assert batch is not None
-    record = msgspec.json.decode(batch.records[0][1])
+    record = msgspec.json.decode(_sealed_batch(3)[1])
     short = {**record, "sealed": record["sealed"][:2]}
     with pytest.raises(SourceEnvelopeError, match="ingest ciphertexts"):
         open_batch_record(msgspec.json.encode(short, order="sorted"))
@@ -370,16 +371,7 @@ def test_a_record_read_with_the_workers_leaves_is_the_record_opened_without_its_
     """``read_opened_batch_record`` (ADR 0039): what the event loop reads of a sealed record
     its worker opened from the same bytes; anything that does not fit is refused (the loop
     then opens the record in full)."""
-    key = SigningKey.from_seed(b"\x01" * 32)
-    batcher = SourceBatcher(
-        key, "ehr", "00000000000000e1", max_events=10, max_age_s=1.0, seal_to=PK
-    )
-    for e in EVENTS[:4]:
-        value, box = batcher.encode(e)
-        batcher.add(value, b"", 0.0, None, box)
-    batch = batcher.take("ehr", "2026-12-05T00:00:00.000000Z")
-    assert batch is not None
-    ((_k, record),) = batch.records
+    _batcher, record = _sealed_batch(4)
     opened = open_batch_record(record)
     read = read_opened_batch_record(record, opened.leaf_hashes)
     assert read == dataclasses.replace(opened, sealed=(), sealed_ahead=True)
