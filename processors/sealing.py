@@ -244,7 +244,12 @@ class SubjectKeys:
                 max_workers=1, thread_name_prefix="careledger-keys"
             )
         for i in range(0, len(due), _REFRESH_CHUNK):
-            self._refresher.submit(self.refresh, due[i : i + _REFRESH_CHUNK])
+            chunk = due[i : i + _REFRESH_CHUNK]
+            try:
+                self._refresher.submit(self.refresh, chunk)
+            except RuntimeError:  # closed, or the interpreter is exiting: they expire
+                with self._lock:
+                    self._refreshing.difference_update(chunk)
 
     def refresh(self, lookups: Sequence[bytes]) -> None:
         """Read these subjects' data keys again (on the ``careledger-keys`` thread); each

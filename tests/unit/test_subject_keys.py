@@ -142,3 +142,11 @@ def test_a_background_read_that_fails_leaves_the_keys_to_expire_and_be_read_by_t
         assert reads.threads[-1] == threading.current_thread().name
     finally:
         keys.close()
+    # closed (the processor stopping): keys are served until they expire, never read
+    # again in the background
+    reads.fail_on = None
+    now[0] = 55.0
+    assert keys.data_keys(lookups) == first
+    now[0] = 62.0
+    assert keys.data_keys(lookups) == first
+    assert reads.threads[-1] == threading.current_thread().name
