@@ -151,7 +151,6 @@ class SubjectKeys:
         *,
         clock: Callable[[], float] = time.monotonic,
         ttl_s: float = DATA_KEY_TTL_S,
-        refresh: bool = True,
     ) -> None:
         self.keystore = keystore
         self._clock = clock
@@ -160,7 +159,6 @@ class SubjectKeys:
         self._lookups = _Lru(_CACHE_ENTRIES)
         self._actors = _Lru(_CACHE_ENTRIES)
         self._keys = _Lru(_CACHE_ENTRIES)
-        self._refresh = refresh
         self._refresher: ThreadPoolExecutor | None = None
         #: lookups whose keys are being read again (under the lock)
         self._refreshing: set[bytes] = set()
@@ -220,8 +218,7 @@ class SubjectKeys:
                 if isinstance(cached, tuple) and now - cached[0] < self._ttl:
                     out[lookup] = (cached[1], cached[2])
                     if (
-                        self._refresh
-                        and now - cached[0] >= self._ttl * REFRESH_AFTER
+                        now - cached[0] >= self._ttl * REFRESH_AFTER
                         and lookup not in self._refreshing
                     ):
                         self._refreshing.add(lookup)
