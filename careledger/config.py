@@ -305,8 +305,9 @@ class Settings:
     # how long a processor keeps a data key in memory; `careledger erase` waits this
     # long (and 2 s) after destroying a patient's keys, so nothing is sealed under them
     sealing_key_cache_s: float = 30.0
-    # worker processes that open a sealed ledger's incoming events ahead of the
-    # processor's event loop (ADR 0039); 0: the loop opens them itself
+    # worker processes that open a sealed ledger's incoming batch records (ADR 0039), or
+    # check a ledger in clear's (ADR 0042), ahead of the processor's event loop; 0: the
+    # loop opens or checks them itself
     opening_workers: int = 1
     ingest_key: Path | None = None
     ingest_public_key: Path | None = None

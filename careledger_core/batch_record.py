@@ -57,6 +57,7 @@ __all__ = [
     "encode_batch_record",
     "looks_batch",
     "open_batch_record",
+    "read_checked_batch_record",
     "read_opened_batch_record",
     "sign_batch_record",
 ]
@@ -202,13 +203,8 @@ def read_opened_batch_record(data: bytes, leaf_hashes: Sequence[bytes]) -> Opene
     events' ``leaf_hashes`` and the root check are the worker's; the ingest ciphertexts
     are not decoded. Raises ``SourceEnvelopeError`` when the bytes are not a sealed batch
     record of that many events (the caller then opens the record itself)."""
-    record = _decode(data)
-    st = record.statement
-    events = tuple(bytes(e) for e in record.events)
-    if not (
-        len(events) == st.size == len(leaf_hashes) == len(record.sealed)
-        and all(len(h) == 32 for h in leaf_hashes)
-    ):
+    record = _read_again(data, leaf_hashes)
+    if len(record.sealed) != len(record.events):
         raise SourceEnvelopeError("the opening does not fit the record")
     try:
         sealed_key = base64.b64decode(record.sealed_key, validate=True)
@@ -217,8 +213,44 @@ def read_opened_batch_record(data: bytes, leaf_hashes: Sequence[bytes]) -> Opene
     if len(sealed_key) != 32:
         raise SourceEnvelopeError("sealed events need the record's 32-byte sealed_key")
     return OpenedBatch(
-        st, record.signature, events, tuple(leaf_hashes), (), sealed_key, sealed_ahead=True
+        record.statement,
+        record.signature,
+        tuple(bytes(e) for e in record.events),
+        tuple(leaf_hashes),
+        (),
+        sealed_key,
+        sealed_ahead=True,
     )
+
+
+def read_checked_batch_record(data: bytes, leaf_hashes: Sequence[bytes]) -> OpenedBatch:
+    """A batch record of events in clear that :func:`open_batch_record` opened in the
+    processor's worker process from these same bytes (ADR 0042), read again for the
+    statement, the signature and the events' bytes; the events' ``leaf_hashes`` and the
+    root check are the worker's. Raises ``SourceEnvelopeError`` when the bytes are not a
+    batch record of that many events in clear (the caller then opens the record
+    itself, and a sealed one is refused as it always was)."""
+    record = _read_again(data, leaf_hashes)
+    if record.sealed or record.sealed_key:
+        raise SourceEnvelopeError("the checking does not fit the record")
+    return OpenedBatch(
+        record.statement,
+        record.signature,
+        tuple(bytes(e) for e in record.events),
+        tuple(leaf_hashes),
+    )
+
+
+def _read_again(data: bytes, leaf_hashes: Sequence[bytes]) -> SignedBatchRecord:
+    """The record, when it holds as many events as the statement signs and the worker
+    gave leaf hashes for (each 32 bytes)."""
+    record = _decode(data)
+    if not (
+        len(record.events) == record.statement.size == len(leaf_hashes)
+        and all(type(h) is bytes and len(h) == 32 for h in leaf_hashes)
+    ):
+        raise SourceEnvelopeError("the worker's answer does not fit the record")
+    return record
 
 
 def sign_batch_record(

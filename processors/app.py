@@ -61,6 +61,7 @@ _COUNTERS = frozenset(
         "registry_waits",
         "fenced_writes",
         "events_opened_ahead",
+        "events_checked_ahead",
         "opening_disagreements",
         "opening_worker_restarts",
     }
@@ -182,6 +183,9 @@ def source_gate(settings: Settings) -> SourceGate:
             gate.opener.ingest, gate.opener.keys, settings.reference_patient_system
         )
         gate.raw_sealer = RawSealer(gate.opener.ingest, gate.opener.keys)
+    elif settings.opening_workers > 0:  # ADR 0042: batch records in clear checked ahead
+        gate.ahead = OpenAhead(None, settings.max_event_bytes, workers=settings.opening_workers)
+        gate.ahead.start()
     if follower is not None:
         follower.poll()  # at start, before any record: the whole topic once
         follower.start()
@@ -447,11 +451,14 @@ def create_app(
 
     @app.timer(interval=5.0)  # type: ignore[untyped-decorator]
     async def report_metrics() -> None:
-        opener = processor.gate.opener if processor.gate is not None else None
-        if isinstance(opener, EventOpener) and opener.ahead is not None:  # ADR 0039
-            processor.metrics.events_opened_ahead = opener.opened_ahead
-            processor.metrics.opening_disagreements = opener.ahead.disagreements
-            processor.metrics.opening_worker_restarts = opener.ahead.restarts
+        gate = processor.gate
+        ahead = gate.reading_ahead if gate is not None else None
+        if gate is not None and ahead is not None:  # ADR 0039, ADR 0042
+            if isinstance(gate.opener, EventOpener):
+                processor.metrics.events_opened_ahead = gate.opener.opened_ahead
+            processor.metrics.events_checked_ahead = gate.checked_ahead
+            processor.metrics.opening_disagreements = ahead.disagreements
+            processor.metrics.opening_worker_restarts = ahead.restarts
         snap = processor.metrics.snapshot()
         processor.metrics.roll_window()
         if health is not None:

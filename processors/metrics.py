@@ -50,10 +50,12 @@ class ProcessorMetrics:
     #: before it (only one write is in flight) — is the processor CPU- or write-bound?
     handle_seconds_total: float = 0.0
     write_wait_seconds_total: float = 0.0
-    #: a sealed ledger's events opened by the worker process ahead of the loop, the
-    #: records whose worker results did not fit (opened in the loop), and the times the
-    #: worker pool was started again after it broke (ADR 0039)
+    #: a sealed ledger's events opened by the worker process ahead of the loop (ADR
+    #: 0039), a ledger in clear's events checked by it (ADR 0042), the records whose
+    #: worker results did not fit (taken in the loop), and the times the worker pool was
+    #: started again after it broke
     events_opened_ahead: int = 0
+    events_checked_ahead: int = 0
     opening_disagreements: int = 0
     opening_worker_restarts: int = 0
     _window_start: float = field(default_factory=time.monotonic)
@@ -103,6 +105,7 @@ class ProcessorMetrics:
             "handle_seconds_total": round(self.handle_seconds_total, 3),
             "write_wait_seconds_total": round(self.write_wait_seconds_total, 3),
             "events_opened_ahead": self.events_opened_ahead,
+            "events_checked_ahead": self.events_checked_ahead,
             "opening_disagreements": self.opening_disagreements,
             "opening_worker_restarts": self.opening_worker_restarts,
             "latency_p50_s": self.percentile(0.50),

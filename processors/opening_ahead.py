@@ -1,5 +1,5 @@
-"""Opening a sealed ledger's batch records ahead of the event loop, in a worker process
-(ADR 0039).
+"""Opening a sealed ledger's batch records, or checking a ledger's batch records in
+clear, ahead of the event loop, in a worker process (ADR 0039, ADR 0042).
 
 A sealed ledger's processor spent most of its event loop opening what sources sealed to
 the ingest key: per event, a decryption, a JSON decode, a commitment and the whole
@@ -26,14 +26,24 @@ The worker is an optimisation, never a source of truth or of failure:
   always did; the same code opens in both places, so outcome and reasons are the same
   (``tests/unit/test_opening_ahead.py`` holds them equal on hostile batches).
 
-The worker holds the ingest private key in memory, as the processor does, and nothing
-else: no data key, no key store session, no store or Kafka connection. It is a child of
-the processor (``spawn``, so nothing of the processor's threads is copied) and exits when
-the processor does, killed or not.
+A ledger in clear has its batch records *checked* ahead the same way (ADR 0042):
+the worker computes the events' leaf hashes, checks the batch root and validates every
+event in full (``careledger_core.event_batch.decode_canonical_events``); the loop reads
+the record again (``read_checked_batch_record``), recomputes one leaf drawn at random,
+and reads only each event's stored columns (``read_access_columns``). A record the worker
+found invalid, or an answer that does not fit, is taken by the loop as before, which
+names each problem: the same outcome either way.
+
+The worker of a sealed ledger holds the ingest private key in memory, as the processor
+does, and nothing else (a checking worker holds no key at all): no data key, no key
+store session, no store or Kafka connection. It is a child of the processor (``spawn``,
+so nothing of the processor's threads is copied) and exits when the processor does,
+killed or not.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import multiprocessing
 import os
@@ -50,10 +60,19 @@ import msgspec
 
 from careledger_core.batch_record import open_batch_record
 from careledger_core.errors import CareledgerError
+from careledger_core.event_batch import decode_canonical_events
 from careledger_core.sealed_event import ingest_key, open_ingest_batch
 from careledger_core.sealing import SealError
 
-__all__ = ["AheadResult", "OpenAhead", "decode_result", "open_record"]
+__all__ = [
+    "AheadResult",
+    "CheckResult",
+    "OpenAhead",
+    "check_record",
+    "decode_check",
+    "decode_result",
+    "open_record",
+]
 
 log = logging.getLogger("careledger.processor")
 
@@ -74,18 +93,25 @@ AheadResult = tuple[
     list[bytes],
 ]
 _RESULT: Final = msgspec.msgpack.Decoder(AheadResult)
+#: what a checking worker returns for a record in clear: the record's SHA-256 (what the
+#: answer is about), every event's leaf hash (the record's root was checked against them)
+#: and whether every event is valid, canonical and at most ``max_event_bytes`` long
+CheckResult = tuple[bytes, list[bytes], bool]
+_CHECK: Final = msgspec.msgpack.Decoder(CheckResult)
 _ENCODER: Final = msgspec.msgpack.Encoder()
 
 # the worker's state (set by ``_init`` in the worker process only)
 _private: bytes = b""
 _max_event_bytes: int = 0
 _shared: dict[bytes, bytes] = {}
+_started = False
 
 
 def _init(private: bytes, max_event_bytes: int, parent: int) -> None:
-    global _private, _max_event_bytes
+    global _private, _max_event_bytes, _started
     _private = private
     _max_event_bytes = max_event_bytes
+    _started = True
     # Ctrl-C reaches the whole process group: the processor stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
@@ -99,8 +125,9 @@ def _exit_with(parent: int) -> None:
     os._exit(0)
 
 
-def _ready() -> bool:
-    return bool(_private)
+def _ready(opening: bool) -> bool:
+    """Started, with the ingest key when it is to open sealed records."""
+    return _started and (bool(_private) or not opening)
 
 
 def _open_record(value: bytes) -> bytes | None:
@@ -142,6 +169,37 @@ def open_record(
     )
 
 
+def _check_record(value: bytes) -> bytes | None:
+    """In the worker: :func:`check_record`."""
+    return check_record(value, _max_event_bytes)
+
+
+def check_record(value: bytes, max_event_bytes: int) -> bytes | None:
+    """A batch record of events in clear checked (:data:`CheckResult`, msgpack), or None
+    for a record that is not a well-formed batch of events in clear, or whose events are
+    not the signed batch (the loop says why when it reaches it)."""
+    try:
+        opened = open_batch_record(value)
+    except CareledgerError:
+        return None
+    if opened.sealed or opened.sealed_key:
+        return None
+    events = opened.events
+    valid = (
+        max(map(len, events), default=0) <= max_event_bytes
+        and decode_canonical_events(events) is not None
+    )
+    return _ENCODER.encode((hashlib.sha256(value).digest(), list(opened.leaf_hashes), valid))
+
+
+def decode_check(data: bytes) -> CheckResult | None:
+    """A checking worker's result, or None if it is not one."""
+    try:
+        return _CHECK.decode(data)
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
+
+
 def decode_result(data: bytes) -> AheadResult | None:
     """A worker's result, or None if it is not one (then the loop opens the record)."""
     try:
@@ -151,15 +209,18 @@ def decode_result(data: bytes) -> AheadResult | None:
 
 
 class OpenAhead:
-    """A pool of worker processes opening a take's sealed batch records ahead of the loop.
+    """A pool of worker processes opening a take's sealed batch records (with the ingest
+    key) or checking its batch records in clear (``ingest_private`` None) ahead of the
+    loop.
 
-    ``submit`` (as a take arrives) hands the records over; ``result`` (as the loop reaches
-    one) waits for its opening; ``clear`` (when the take is done) forgets what was not
-    asked for (records skipped, partitions revoked)."""
+    ``submit`` (as a take arrives) hands the records over; ``result`` (sealed) or
+    ``checked`` (in clear), as the loop reaches a record, waits for the worker's answer;
+    ``clear`` (when the take is done) forgets what was not asked for (records skipped,
+    partitions revoked)."""
 
     def __init__(
         self,
-        ingest_private: bytes,
+        ingest_private: bytes | None,
         max_event_bytes: int,
         *,
         workers: int = 1,
@@ -168,7 +229,12 @@ class OpenAhead:
     ) -> None:
         if workers < 1:
             raise ValueError("at least one worker")
-        self._private = ingest_private
+        #: opening sealed records (with the ingest key), else checking records in clear
+        self.opening = ingest_private is not None
+        self._private = ingest_private or b""
+        self._task: Callable[[bytes], bytes | None] = (
+            _open_record if self.opening else _check_record
+        )
         self._max_event_bytes = max_event_bytes
         self.workers = workers
         self.wait_s = wait_s
@@ -207,7 +273,7 @@ class OpenAhead:
                 initargs=(self._private, self._max_event_bytes, os.getpid()),
             )
             try:
-                ready = [pool.submit(_ready) for _ in range(self.workers)]
+                ready = [pool.submit(_ready, self.opening) for _ in range(self.workers)]
             except (BrokenProcessPool, RuntimeError, OSError) as exc:
                 pool.shutdown(wait=False, cancel_futures=True)
                 self._broke(f"could not start ({type(exc).__name__})")
@@ -242,9 +308,10 @@ class OpenAhead:
         self.restarts += 1
         self._start_after = self._clock() + self._backoff_s
         log.warning(
-            "the opening worker %s; opening sealed records in the event loop, "
-            "starting it again in %.0f s",
+            "the %s worker %s; %s in the event loop, starting it again in %.0f s",
+            "opening" if self.opening else "checking",
             why,
+            "opening sealed records" if self.opening else "checking records",
             self._backoff_s,
         )
         self._backoff_s = min(self._backoff_s * 2, RESTART_BACKOFF_MAX_S)
@@ -258,13 +325,24 @@ class OpenAhead:
         try:
             for value in records:
                 if value and value not in self._pending:
-                    self._pending[value] = pool.submit(_open_record, value)
+                    self._pending[value] = pool.submit(self._task, value)
         except (BrokenProcessPool, RuntimeError):
             self._broke("stopped")
 
     def result(self, record: bytes) -> AheadResult | None:
         """The opening of a submitted record (waiting for it), or None: not submitted, not
         a batch of sealed events, or the worker failed (the loop opens it itself)."""
+        data = self._answer(record) if self.opening else None
+        return None if data is None else decode_result(data)
+
+    def checked(self, record: bytes) -> CheckResult | None:
+        """The checking of a submitted record in clear (waiting for it), or None: not
+        submitted, not a batch of events in clear, or the worker failed (the loop checks
+        it itself)."""
+        data = None if self.opening else self._answer(record)
+        return None if data is None else decode_check(data)
+
+    def _answer(self, record: bytes) -> bytes | None:
         future = self._pending.get(record)
         if future is None:
             return None
@@ -276,7 +354,7 @@ class OpenAhead:
         except FutureTimeout:
             self._broke(f"gave no answer in {self.wait_s:.0f} s")
             return None
-        return None if data is None else decode_result(data)
+        return data
 
     def clear(self) -> None:
         """Forget the records not asked for (a take is done)."""

@@ -430,15 +430,15 @@ class Processor:
     # ------------------------------------------------------------- records
     async def handle(self, records: list[Record]) -> None:
         started = time.monotonic()
-        opener = self.gate.opener if self.gate is not None else None
-        if opener is not None:  # a sealed ledger's records opened ahead (ADR 0039)
+        gate = self.gate
+        if gate is not None:  # batch records read ahead by a worker (ADR 0039, ADR 0042)
             events = self.settings.topic_events
-            opener.prefetch([r.value for r in records if (r.topic or events) == events and r.value])
+            gate.prefetch([r.value for r in records if (r.topic or events) == events and r.value])
         try:
             await self._handle(records)
         finally:
-            if opener is not None:
-                opener.forget_ahead()
+            if gate is not None:
+                gate.forget_ahead()
             self.metrics.handle_seconds_total += time.monotonic() - started
 
     async def _handle(self, records: list[Record]) -> None:

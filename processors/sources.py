@@ -45,24 +45,28 @@ when that finds a problem is each event decoded on its own to name it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import logging
+import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-import msgspec
 from confluent_kafka import KafkaException
 
 from careledger.storage.store import BatchInfo, ChainedEvent, SealedBlock
 from careledger_core.batch_record import (
     OpenedBatch,
     open_batch_record,
+    read_checked_batch_record,
     read_opened_batch_record,
 )
 from careledger_core.errors import CareledgerError, ValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
+from careledger_core.event_batch import decode_canonical_events, read_access_columns
 from careledger_core.hashing import leaf_hash
 from careledger_core.source import (
     Attestation,
@@ -77,6 +81,7 @@ from careledger_core.source import (
     seconds_of,
     timestamp_of,
 )
+from processors.opening_ahead import CheckResult, OpenAhead
 from processors.registry_follower import RegistryFollower
 from processors.seq_state import SeqState
 
@@ -174,25 +179,15 @@ class AdmittedBatch:
     appended_at: float
 
 
-#: the whole batch in one decode and one encode: the same type and encoder settings as
-#: ``careledger_core.event.decode_and_canonicalize`` (tests compare both), so a batch it
-#: accepts is one whose every event that function returns unchanged; any problem sends
-#: the batch to the per-event path, which names it
-_EVENTS_DECODER: Final = msgspec.json.Decoder(list[AccessEvent])
-_EVENTS_ENCODER: Final = msgspec.json.Encoder(order="sorted")
 NOT_CANONICAL: Final = "EVENT_NOT_CANONICAL"
 
 
-def _decode_all(events: Sequence[bytes]) -> list[AccessEvent] | None:
-    """Every event decoded, if each is valid and already canonical; else None."""
-    joined = b"[" + b",".join(events) + b"]"
+def _canonical(data: bytes) -> bool:
+    """Is ``data`` a valid access event in its canonical form?"""
     try:
-        decoded = _EVENTS_DECODER.decode(joined)
-        if _EVENTS_ENCODER.encode(decoded) != joined or len(decoded) != len(events):
-            return None
-    except (msgspec.ValidationError, msgspec.DecodeError, UnicodeEncodeError):
-        return None
-    return decoded
+        return decode_and_canonicalize(data)[1] == data
+    except ValidationError:
+        return False
 
 
 class SourceGate:
@@ -228,6 +223,33 @@ class SourceGate:
         self.reference_sealer: ReferenceTaker | None = None
         #: and its raw record sealer (the gateway's received bytes, ADR 0037)
         self.raw_sealer: ReferenceTaker | None = None
+        #: a ledger in clear's worker checking batch records ahead of the loop (ADR 0042)
+        self.ahead: OpenAhead | None = None
+        #: events whose leaf hashes and validation came from that worker
+        self.checked_ahead = 0
+
+    @property
+    def reading_ahead(self) -> OpenAhead | None:
+        """The worker pool reading this gate's batch records ahead of the loop: the sealed
+        ledger's opener's (ADR 0039) or the checking one of a ledger in clear (ADR 0042)."""
+        if self.opener is not None:
+            ahead = getattr(self.opener, "ahead", None)
+            return ahead if isinstance(ahead, OpenAhead) else None
+        return self.ahead
+
+    def prefetch(self, records: Sequence[bytes]) -> None:
+        """A take's events-topic records, handed to the worker as the take arrives."""
+        if self.opener is not None:
+            self.opener.prefetch(records)
+        elif self.ahead is not None:
+            self.ahead.submit(records)
+
+    def forget_ahead(self) -> None:
+        """The take is done: forget what the worker read and the loop did not ask for."""
+        if self.opener is not None:
+            self.opener.forget_ahead()
+        elif self.ahead is not None:
+            self.ahead.clear()
 
     @property
     def registry(self) -> SourceRegistry:
@@ -384,23 +406,51 @@ class SourceGate:
                 opened, info, offset, max_event_bytes, value, ahead
             )
         else:
-            chained, refused = self._plain(info, offset, raw, leaves, max_event_bytes)
+            valid = ahead is not None and ahead[2]  # the checking worker's validation
+            chained, refused = self._plain(info, offset, raw, leaves, max_event_bytes, valid)
         if chained:
             self.seqs.admit_range(st.source_id, st.epoch, st.first_seq, st.last_seq, where)
         return AdmittedBatch(st, chained, refused, kafka_ts)
 
     def _open_record(self, value: bytes) -> tuple[OpenedBatch, Any]:
-        """The batch record opened: by the sealed ledger's worker when it opened it
-        (ADR 0039: its leaf hashes and root check taken, the loop only reads the record
-        again), else here (``open_batch_record``); and the worker's opening, if used."""
-        ahead = self.opener.ahead_of(value) if self.opener is not None else None
+        """The batch record opened: by the worker when it read it (a sealed ledger's,
+        ADR 0039, or one in clear's, ADR 0042: its leaf hashes and root check taken, the
+        loop only reads the record again), else here (``open_batch_record``); and the
+        worker's answer, if used."""
+        if self.opener is None:
+            checked = self.ahead.checked(value) if self.ahead is not None else None
+            if checked is not None:
+                opened = self._read_checked(value, checked)
+                if opened is not None:
+                    return opened, checked
+            return open_batch_record(value), None
+        ahead = self.opener.ahead_of(value)
         if ahead is not None:
             try:
                 return read_opened_batch_record(value, ahead[2]), ahead
             except SourceEnvelopeError:
-                assert self.opener is not None
                 self.opener.disagreed()
         return open_batch_record(value), None
+
+    def _read_checked(self, value: bytes, checked: CheckResult) -> OpenedBatch | None:
+        """The record read again with the checking worker's leaf hashes, when the answer
+        is about these bytes (their SHA-256); one event, drawn at random, has its leaf
+        hash recomputed here and, when the worker found them all valid, is validated here
+        too. None (the loop opens the record itself): an answer that does not fit."""
+        assert self.ahead is not None
+        digest, leaves, valid = checked
+        opened = None
+        if hashlib.sha256(value).digest() == digest:
+            with contextlib.suppress(SourceEnvelopeError):  # does not fit: opened here
+                opened = read_checked_batch_record(value, leaves)
+        if opened is not None and opened.events:
+            spot = secrets.randbelow(len(opened.events))
+            data = opened.events[spot]
+            if opened.leaf_hashes[spot] != leaf_hash(data) or (valid and not _canonical(data)):
+                opened = None
+        if opened is None:
+            self.ahead.disagreements += 1
+        return opened
 
     def _plain(
         self,
@@ -409,9 +459,23 @@ class SourceGate:
         raw: Sequence[bytes],
         leaves: Sequence[bytes],
         max_event_bytes: int,
+        valid: bool = False,
     ) -> tuple[list[ChainedEvent], list[EventRefused]]:
-        """The events of a batch record in clear: in one decode when all are valid."""
-        decoded = _decode_all(raw) if max(map(len, raw)) <= max_event_bytes else None
+        """The events of a batch record in clear: in one decode when all are valid.
+        ``valid``: the checking worker validated every event in full from these bytes
+        (ADR 0042); then only their stored columns are read here (``verify`` validates
+        every stored event again)."""
+        if valid and max(map(len, raw)) <= max_event_bytes:  # the loop's limit counts
+            columns = read_access_columns(raw)
+            if columns is not None:
+                self.checked_ahead += len(columns)
+                return [
+                    ChainedEvent(offset, ev, data, leaf, None, info, i)
+                    for i, (ev, data, leaf) in enumerate(zip(columns, raw, leaves, strict=True))
+                ], []
+            assert self.ahead is not None
+            self.ahead.disagreements += 1
+        decoded = decode_canonical_events(raw) if max(map(len, raw)) <= max_event_bytes else None
         if decoded is None:
             return self._one_by_one(info, offset, raw, leaves, max_event_bytes)
         # the usual case: every event valid and canonical

@@ -29,6 +29,7 @@ from careledger.raw_record import (
 from careledger.sealed_raw import MAX_RAW_TRANSIT_BYTES, SealedRawDocument, decode_sealed_raw
 from careledger_core.errors import ReferenceValidationError
 from careledger_core.event import AccessEvent, decode_and_canonicalize
+from careledger_core.event_batch import AccessColumns
 from careledger_core.reference import ReferenceRecord, decode_and_canonicalize_reference
 from careledger_core.sealed_event import SealedAccessEvent, SealedColumns, decode_sealed_document
 from careledger_core.sealed_reference import (
@@ -83,7 +84,7 @@ class RecordKind:
     private_columns: tuple[str, ...] = ()
 
 
-def _access_values(e: AccessEvent) -> tuple[Any, ...]:
+def _access_values(e: AccessEvent | AccessColumns) -> tuple[Any, ...]:
     return (
         e.event_id,
         e.occurred_at,

@@ -44,6 +44,7 @@ from careledger.storage.kinds import (
 from careledger.storage.migrations import check_identifier
 from careledger_core.block import BlockHeader
 from careledger_core.event import AccessEvent
+from careledger_core.event_batch import AccessColumns
 from careledger_core.reference import ReferenceRecord
 from careledger_core.source import Attestation, BatchStatement, statement_bytes
 
@@ -72,7 +73,11 @@ class ChainedEvent:
     """One record (an access event or a reference record) as it goes into a block."""
 
     offset: int
-    event: AccessEvent | ReferenceRecord | SealedRecord | SealedReference | SealedRaw
+    #: an access event in clear is decoded in full, or only its stored columns when the
+    #: processor's worker validated it (ADR 0042)
+    event: (
+        AccessEvent | AccessColumns | ReferenceRecord | SealedRecord | SealedReference | SealedRaw
+    )
     canonical: bytes
     leaf_hash: bytes
     #: the source's signed-batch attestation of an access event (ADR 0010), if signed
@@ -317,7 +322,7 @@ def attestation_rows(blocks: Sequence[SealedBlock]) -> list[tuple[Any, ...]]:
                     h.height,
                     idx,
                     digest,
-                    ev.event.event_id if isinstance(ev.event, AccessEvent) else "",
+                    ev.event.event_id if isinstance(ev.event, (AccessEvent, AccessColumns)) else "",
                     st.source_id,
                     st.key_id,
                     st.epoch,

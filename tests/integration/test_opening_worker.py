@@ -1,7 +1,8 @@
-"""A sealed ledger's opening worker (ADR 0039) on the real stack (Kafka, ClickHouse,
-SoftHSM2): the processor's worker process opens what sources sealed; killed mid-stream,
-the processor opens records itself, starts it again, and loses and duplicates nothing;
-killed itself, it leaves no worker behind (a worker holds the ingest key)."""
+"""The processor's worker process on the real stack (Kafka, ClickHouse, SoftHSM2): a
+sealed ledger's opening worker (ADR 0039) opens what sources sealed, a ledger in clear's
+checking worker (ADR 0042) checks its batch records; killed mid-stream, the processor
+opens or checks records itself, starts it again, and loses and duplicates nothing;
+killed itself, it leaves no worker behind (an opening worker holds the ingest key)."""
 
 from __future__ import annotations
 
@@ -19,10 +20,13 @@ from careledger.kafka.producer import AccessEventProducer
 from careledger_core.event import AccessEvent
 from tests.integration.pipeline import (
     committed_event_count,
+    processor_settings,
     start_processor,
     stop,
     store_for,
     wait_until,
+    with_keys,
+    with_source,
 )
 from tests.integration.test_sealed_pipeline import _events, _identifiers, _sealed_settings, _verify
 
@@ -81,10 +85,20 @@ def _send(settings: Settings, events: list[AccessEvent]) -> None:
         producer.flush()
 
 
-def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
-    isolated: Settings, tmp_path: Path
+@pytest.mark.parametrize("ledger", ["sealed", "in clear"])
+def test_the_worker_killed_mid_stream_loses_and_duplicates_nothing(
+    isolated: Settings, tmp_path: Path, ledger: str
 ) -> None:
-    settings = _sealed_settings(isolated, tmp_path)
+    sealed = ledger == "sealed"
+    if sealed:
+        settings = _sealed_settings(isolated, tmp_path)
+    else:
+        settings = processor_settings(
+            with_source(with_keys(isolated, tmp_path), tmp_path, source_id="ehr-main"),
+            require_source_signatures=True,
+        )
+    ahead = "events_opened_ahead" if sealed else "events_checked_ahead"
+    worker_name = "opening" if sealed else "checking"
     events = _events(2400, seed=47)
     first, second, third = events[:800], events[800:1600], events[1600:]
     _send(settings, first)
@@ -93,11 +107,11 @@ def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
     try:
         store = store_for(settings)
         wait_until(lambda: committed_event_count(store) >= len(first), 120, what="chained")
-        # the worker opened them, and the loop found nothing amiss in what it sent
+        # the worker opened (checked) them, and the loop found nothing amiss in what it sent
         wait_until(
-            lambda: _metrics(settings).get("events_opened_ahead", 0) >= len(first),
+            lambda: _metrics(settings).get(ahead, 0) >= len(first),
             30,
-            what="the metrics of the events opened ahead",
+            what="the metrics of the events read ahead",
         )
         assert _metrics(settings)["opening_disagreements"] == 0
         (worker,) = _workers(proc.pid)
@@ -119,7 +133,7 @@ def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
         # after the back-off, a new worker is started (the loop does not wait for it:
         # the take that starts it is opened in the loop) and opens the next records
         time.sleep(6)
-        ahead_before = _metrics(settings)["events_opened_ahead"]
+        ahead_before = _metrics(settings)[ahead]
         chunks = [third[i : i + 100] for i in range(0, len(third), 100)]
         sent = len(first) + len(second)
         served = False
@@ -130,9 +144,9 @@ def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
             if not served:
                 deadline = time.monotonic() + 7  # the metrics file is written every 5 s
                 while time.monotonic() < deadline and not served:
-                    served = _metrics(settings).get("events_opened_ahead", 0) > ahead_before
+                    served = _metrics(settings).get(ahead, 0) > ahead_before
                     time.sleep(0.5)
-        assert served, "the restarted worker opened nothing"
+        assert served, "the restarted worker read nothing"
         assert committed_event_count(store) == len(events)
         (new_worker,) = _workers(proc.pid)
         assert new_worker != worker
@@ -143,16 +157,17 @@ def test_the_opening_worker_killed_mid_stream_loses_and_duplicates_nothing(
         deadline = time.monotonic() + 10
         while _alive(new_worker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not _alive(new_worker), "the opening worker outlived its processor"
+        assert not _alive(new_worker), "the worker outlived its processor"
     finally:
         stop(proc)
     # nothing lost, nothing twice, every sealed part opens
     assert committed_event_count(store) == len(events)
     report = _verify(settings)
     assert report["result"] == "intact", report["findings"]
-    assert report["sealed"]["opened"] == len(events)  # type: ignore[index]
+    if sealed:
+        assert report["sealed"]["opened"] == len(events)  # type: ignore[index]
     # the worker's failure is one line in the log, naming no one and no traceback
     text = log_path.read_text(errors="replace")
-    assert "the opening worker stopped" in text, text[-3000:]
+    assert f"the {worker_name} worker stopped" in text, text[-3000:]
     assert "Traceback" not in text
     assert not [i for i in _identifiers(events) if i.decode() in text]

@@ -23,6 +23,7 @@ from careledger.storage.store import BatchInfo, SealedBlock, batch_rows
 from careledger_core.batch_record import batch_root, encode_batch_record, looks_batch
 from careledger_core.block import decode_header, offsets_digest
 from careledger_core.event import canonical_event_bytes, decode_and_canonicalize
+from careledger_core.event_batch import decode_canonical_events as _decode_all
 from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey
 from careledger_core.source import (
@@ -37,7 +38,7 @@ from careledger_core.source import (
 )
 from processors.chainer import PartitionChain, Rejected
 from processors.seq_state import SeqState, Snapshot, chained_ranges, skipped_indices
-from processors.sources import CREATE_TIME, SourceGate, _decode_all
+from processors.sources import CREATE_TIME, SourceGate
 from producers.simulator import HospitalModel, simulate
 
 BLOCK_KEY = SigningKey.from_seed(hashlib.sha256(b"block").digest())
@@ -377,6 +378,38 @@ def test_one_malformed_and_one_non_canonical_event_are_dead_lettered_alone(
     runs = gate.seqs.committed[("ehr", EPOCH)]
     assert [n for n in range(100, 110) if runs.has(n)] == [101, 102, 104, 106, 107, 108]
     assert gate.seqs.pending == 0
+
+
+def _with(data: bytes, path: tuple[str, ...], value: str) -> bytes:
+    doc = json.loads(data)
+    at = doc
+    for name in path[:-1]:
+        at = at[name]
+    at[path[-1]] = value
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("event_id",), "not-a-uuid"),
+        (("occurred_at",), "2026-02-30T10:00:00.000000Z"),  # no such day
+        (("recorded_at",), "yesterday"),
+        (("actor", "id"), " padded "),
+        (("patient", "id"), "MRN\u0000"),
+    ],
+)
+def test_an_event_failing_a_field_pattern_is_dead_lettered_alone_not_the_batch(
+    payloads: list[bytes], path: tuple[str, ...], value: str
+) -> None:
+    """The patterns are checked after msgspec's decode (``AccessEvent.__post_init__``),
+    which raises the event's own error: the one-call decode of the batch must fall back
+    to the events one by one, not refuse the signed record whole."""
+    bad = _with(payloads[2], path, value)
+    chain = chain_for(gate_for())
+    [r] = take(chain, record([*payloads[:2], bad, payloads[3]], first_seq=201))
+    assert (r.batch_index, r.value, r.code, r.quarantine) == (2, bad, "EVENT_INVALID", False)
+    assert r.reason and len(chain.pending) == 3
 
 
 def test_an_event_over_the_event_limit_is_dead_lettered_alone(payloads: list[bytes]) -> None:

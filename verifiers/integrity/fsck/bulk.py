@@ -8,7 +8,8 @@ each problem, so this function decides nothing a finding depends on.
 
 For access events the block is decoded in one msgspec call: the rows joined as one JSON
 array (``b"[" + b",".join(datas) + b"]"``) through a typed ``list[AccessEvent]``
-decoder, as the processor admits a batch record (``processors.sources._decode_all``).
+decoder, as the processor admits a batch record
+(``careledger_core.event_batch.decode_canonical_events``).
 Joining can blur row boundaries (one row holding ``{...},{...`` and the next the rest of
 an object), so a joined decode proves nothing about any one row on its own; what makes
 it exact is the comparison that follows: every decoded record re-encoded on its own
