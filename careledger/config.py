@@ -147,6 +147,10 @@ class Settings:
     # Records per take (0: as many as processor_buffer_bytes allows); the stream buffer
     # and one poll hold as many again each.
     processor_take_records: int = 0
+    # How long the broker may hold the processor's fetch when it has nothing new (the
+    # long poll): a fetch of the empty reference and raw topics held the events topic's
+    # next fetch that long (ADR 0043; faust's own is 1,500 ms).
+    processor_fetch_wait_ms: int = 100
     block_max_events: int = 1000
     block_max_ms: int = 250
     # Origin names the log in chain ids and checkpoints: "<origin>/<topic>/<partition>".
@@ -462,6 +466,8 @@ def load_settings(
         raise ConfigError("partitions and reference_partitions must be at least 1")
     if settings.processor_buffer_bytes < 1 or settings.processor_take_records < 0:
         raise ConfigError("processor_buffer_bytes must be positive, processor_take_records >= 0")
+    if not 1 <= settings.processor_fetch_wait_ms <= 30_000:
+        raise ConfigError("processor_fetch_wait_ms must be between 1 and 30000")
     if not 0 <= settings.opening_workers <= 64:
         raise ConfigError("opening_workers must be between 0 and 64")
     return settings

@@ -38,6 +38,7 @@ from careledger.storage.store import ChainStore
 from careledger_core.errors import CareledgerError
 from careledger_core.signing import SigningKey
 from careledger_core.source import timestamp_of
+from processors.fetching import use_fetch_wait
 from processors.metrics import write_metrics
 from processors.opening_ahead import OpenAhead
 from processors.outputs import KafkaOutputs, quarantine_alerts
@@ -304,6 +305,7 @@ def create_app(
         # faust's default is "<app id>-data" in the working directory.
         datadir=str(datadir),
     )
+    use_fetch_wait(app, settings.processor_fetch_wait_ms)  # ADR 0043
     chained = (
         settings.topic_events,
         *sorted(reference_topics(settings)),

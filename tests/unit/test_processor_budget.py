@@ -54,3 +54,43 @@ def test_an_explicit_take_overrides_the_byte_budget() -> None:
 def test_nonsense_budgets_are_refused(bad: dict[str, int]) -> None:
     with pytest.raises(ConfigError, match="processor_"):
         load_settings(None, {}, **bad)
+
+
+def test_the_consumer_faust_creates_holds_fetches_for_the_configured_wait(tmp_path) -> None:
+    """ADR 0043: an empty long poll held the events topic's next fetch for faust's
+    1,500 ms; the processor's consumer waits ``processor_fetch_wait_ms`` instead."""
+    import asyncio
+    import inspect
+
+    import faust
+    from aiokafka import AIOKafkaConsumer
+
+    from processors.fetching import use_fetch_wait
+
+    assert load_settings(env={}).processor_fetch_wait_ms == 100
+
+    async def created_wait() -> int:
+        app = faust.App(
+            "careledger-fetch-wait-test",
+            broker="kafka://127.0.0.1:1",  # never connected: the consumer is only built
+            web_enabled=False,
+            datadir=str(tmp_path),
+        )
+        use_fetch_wait(app, 37)
+        consumer = app.consumer._thread._create_consumer(asyncio.get_running_loop())
+        try:
+            assert isinstance(consumer, AIOKafkaConsumer)
+            return int(consumer._fetch_max_wait_ms)
+        finally:
+            await consumer.stop()
+
+    assert asyncio.run(created_wait()) == 37
+    # and aiokafka hands that attribute to the fetcher it starts (pinned: an aiokafka
+    # that reads it elsewhere needs use_fetch_wait changed, see ADR 0043)
+    assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(AIOKafkaConsumer.start)
+
+
+@pytest.mark.parametrize("wait", [0, 30_001])
+def test_a_fetch_wait_out_of_range_is_refused(wait: int) -> None:
+    with pytest.raises(ConfigError, match="processor_fetch_wait_ms"):
+        load_settings(env={}, processor_fetch_wait_ms=wait)
