@@ -26,10 +26,9 @@ __all__ = ["use_fetch_wait"]
 log = logging.getLogger("careledger.processor")
 
 
-def use_fetch_wait(app: Any, wait_ms: int) -> type:
+def use_fetch_wait(app: Any, wait_ms: int) -> None:
     """Make ``app`` (a faust App on the aiokafka driver) create its consumer with
-    ``fetch_max_wait_ms = wait_ms``; returns the consumer class it will use. Call before
-    the app starts."""
+    ``fetch_max_wait_ms = wait_ms``. Call before the app starts."""
     from faust.transport.drivers import aiokafka as driver
 
     class _ConsumerThread(driver.AIOKafkaConsumerThread):
@@ -46,4 +45,3 @@ def use_fetch_wait(app: Any, wait_ms: int) -> type:
             return _ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     app.transport.Consumer = _Consumer
-    return _Consumer

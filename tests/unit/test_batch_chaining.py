@@ -23,7 +23,7 @@ from careledger.storage.store import BatchInfo, SealedBlock, batch_rows
 from careledger_core.batch_record import batch_root, encode_batch_record, looks_batch
 from careledger_core.block import decode_header, offsets_digest
 from careledger_core.event import canonical_event_bytes, decode_and_canonicalize
-from careledger_core.event_batch import decode_canonical_events as _decode_all
+from careledger_core.event_batch import decode_canonical_events
 from careledger_core.hashing import leaf_hash
 from careledger_core.signing import SigningKey
 from careledger_core.source import (
@@ -226,14 +226,14 @@ def test_the_whole_batch_is_decoded_in_one_call_only_when_every_event_is_canonic
 ) -> None:
     """The one-call fast path agrees with ``decode_and_canonicalize`` event by event:
     it accepts exactly the batches whose every event is valid and canonical."""
-    decoded = _decode_all(payloads[:5])
+    decoded = decode_canonical_events(payloads[:5])
     assert decoded is not None
     assert decoded == [decode_and_canonicalize(p)[0] for p in payloads[:5]]
     spaced = json.dumps(json.loads(payloads[0]), separators=(", ", ": ")).encode()
     with_null = payloads[1][:-1] + b',"reason":null}'
     duplicate = payloads[2][:-1] + b',"action":"read"}'
     for odd in (spaced, with_null, duplicate, b'{"schema":"careledger.access-event/1"}', b"1"):
-        assert _decode_all([payloads[3], odd]) is None, odd[:40]
+        assert decode_canonical_events([payloads[3], odd]) is None, odd[:40]
 
 
 # --------------------------------------------------------------------------- refused whole
