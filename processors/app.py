@@ -29,6 +29,7 @@ from careledger.kafka.clients import client_config
 from careledger.kafka.security import PROCESSOR, kafka_login
 from careledger.keys import default_key_path, load_public_keys, load_signing_key
 from careledger.keystore import open_keystore
+from careledger.memory import PROCESSOR_ARENAS, limit_malloc_arenas
 from careledger.service_health import ServiceHealth
 from careledger.sources.reading import READ_TIMEOUT_S, read_topic_from
 from careledger.stack.topics import events_topic_time_problem
@@ -532,15 +533,16 @@ def tune_interpreter() -> None:
     """The processor's collector thresholds (ADR 0038) and switch interval (ADR 0039):
     a C call that releases the GIL (libsodium, hashlib, TLS, PKCS#11) lets another of
     the processor's threads run, and with CPython's default 5 ms the event loop waited
-    that long to run again."""
+    that long to run again. And its malloc arenas (ADR 0044), before any thread starts."""
+    limit_malloc_arenas(PROCESSOR_ARENAS)
     gc.set_threshold(*GC_THRESHOLDS)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
 
 
 def command_process(args: argparse.Namespace, settings: Settings) -> int:
-    import faust
+    tune_interpreter()  # first: glibc fixes its arena limit when a thread first needs one
 
-    tune_interpreter()
+    import faust
 
     try:  # a faster event loop when available (Linux wheels on PyPI)
         import uvloop
