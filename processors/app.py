@@ -419,7 +419,7 @@ def create_app(
             else:
                 await processor.handle(records)
 
-    @app.timer(interval=max(settings.block_max_ms / 2000.0, 0.01))  # type: ignore[untyped-decorator]
+    @app.timer(interval=block_timer_interval_s(settings))  # type: ignore[untyped-decorator]
     async def close_aged_blocks() -> None:
         await processor.flush_aged()
 
@@ -527,6 +527,13 @@ GC_THRESHOLDS: Final = (50_000, 20, 20)
 
 #: the interpreter's thread switch interval in the processor, seconds (ADR 0039)
 SWITCH_INTERVAL_S: Final = 0.0001
+
+
+def block_timer_interval_s(settings: Settings) -> float:
+    """How often the processor closes the blocks that reached ``block_max_ms``: a quarter
+    of it, so a block closes at most a quarter late (at half, 2026-12-07, p99 produce ->
+    signed block was 70-100 ms longer at 5,000-10,000 events/s offered)."""
+    return max(settings.block_max_ms / 4000.0, 0.01)
 
 
 def tune_interpreter() -> None:

@@ -6,7 +6,12 @@ from __future__ import annotations
 import gc
 import sys
 
-from processors.app import GC_THRESHOLDS, SWITCH_INTERVAL_S, tune_interpreter
+from processors.app import (
+    GC_THRESHOLDS,
+    SWITCH_INTERVAL_S,
+    block_timer_interval_s,
+    tune_interpreter,
+)
 
 
 def test_the_processor_collects_rarely_and_switches_threads_often() -> None:
@@ -22,3 +27,11 @@ def test_the_processor_collects_rarely_and_switches_threads_often() -> None:
     finally:
         gc.set_threshold(*thresholds)
         sys.setswitchinterval(interval)
+
+
+def test_a_block_closes_at_most_a_quarter_of_its_time_late() -> None:
+    from careledger.config import Settings
+
+    assert block_timer_interval_s(Settings(block_max_ms=250)) == 0.0625
+    assert block_timer_interval_s(Settings(block_max_ms=1000)) == 0.25
+    assert block_timer_interval_s(Settings(block_max_ms=20)) == 0.01  # never a busy timer
