@@ -36,25 +36,22 @@ names each problem: the same outcome either way.
 
 The worker of a sealed ledger holds the ingest private key in memory, as the processor
 does, and nothing else (a checking worker holds no key at all): no data key, no key
-store session, no store or Kafka connection. It is a child of the processor (``spawn``,
-so nothing of the processor's threads is copied) and exits when the processor does,
-killed or not.
+store session, no store or Kafka connection. It is a child of the processor, a new
+interpreter fed over pipes (``processors.worker_pipes``: nothing of the processor's
+threads is copied), and exits when the processor does, killed or not: its input closes.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import multiprocessing
-import os
 import signal
-import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -63,6 +60,7 @@ from careledger_core.errors import CareledgerError
 from careledger_core.event_batch import decode_canonical_events
 from careledger_core.sealed_event import ingest_key, open_ingest_batch
 from careledger_core.sealing import SealError
+from processors.worker_pipes import PipePool, serve_frames
 
 __all__ = [
     "AheadResult",
@@ -81,8 +79,6 @@ WAIT_S: Final = 30.0
 #: the first back-off before a pool that broke is started again; doubled up to the max
 RESTART_BACKOFF_S: Final = 5.0
 RESTART_BACKOFF_MAX_S: Final = 300.0
-#: how often a worker checks that the processor still runs
-PARENT_CHECK_S: Final = 0.5
 
 #: what the worker returns for a record: the opened events (index, salt, body, key
 #: subject's system and id, actor id), those refused alone (index, code, reason, field)
@@ -100,34 +96,31 @@ CheckResult = tuple[bytes, list[bytes], bool]
 _CHECK: Final = msgspec.msgpack.Decoder(CheckResult)
 _ENCODER: Final = msgspec.msgpack.Encoder()
 
-# the worker's state (set by ``_init`` in the worker process only)
+# the worker's state (set by ``_setup`` in the worker process only)
 _private: bytes = b""
 _max_event_bytes: int = 0
+_opening = False
 _shared: dict[bytes, bytes] = {}
-_started = False
 
 
-def _init(private: bytes, max_event_bytes: int, parent: int) -> None:
-    global _private, _max_event_bytes, _started
-    _private = private
-    _max_event_bytes = max_event_bytes
-    _started = True
+def serve() -> None:
+    """A worker process's main (started by :class:`processors.worker_pipes.PipePool`)."""
     # Ctrl-C reaches the whole process group: the processor stops its workers itself
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_exit_with, args=(parent,), daemon=True).start()
+    serve_frames(_setup, _work)
 
 
-def _exit_with(parent: int) -> None:
-    """Exit when the processor is gone (killed: nothing else would tell a worker that
-    waits for its next record, and it holds the ingest key)."""
-    while os.getppid() == parent:
-        time.sleep(PARENT_CHECK_S)
-    os._exit(0)
+def _setup(settings: Any) -> bool:
+    """The worker's settings: ready with the ingest key when it is to open sealed
+    records."""
+    global _private, _max_event_bytes, _opening
+    private, _max_event_bytes, _opening = settings
+    _private = bytes(private)
+    return bool(_private) or not _opening
 
 
-def _ready(opening: bool) -> bool:
-    """Started, with the ingest key when it is to open sealed records."""
-    return _started and (bool(_private) or not opening)
+def _work(value: bytes) -> bytes | None:
+    return _open_record(value) if _opening else _check_record(value)
 
 
 def _open_record(value: bytes) -> bytes | None:
@@ -232,16 +225,13 @@ class OpenAhead:
         #: opening sealed records (with the ingest key), else checking records in clear
         self.opening = ingest_private is not None
         self._private = ingest_private or b""
-        self._task: Callable[[bytes], bytes | None] = (
-            _open_record if self.opening else _check_record
-        )
         self._max_event_bytes = max_event_bytes
         self.workers = workers
         self.wait_s = wait_s
         self._clock = clock
-        self._pool: ProcessPoolExecutor | None = None
+        self._pool: PipePool | None = None
         #: a pool starting: it, its workers' first answers, and since when
-        self._starting: tuple[ProcessPoolExecutor, list[Future[bool]], float] | None = None
+        self._starting: tuple[PipePool, list[Future[bool]], float] | None = None
         self._pending: dict[bytes, Future[bytes | None]] = {}
         self._backoff_s = RESTART_BACKOFF_S
         self._start_after = 0.0
@@ -264,21 +254,16 @@ class OpenAhead:
         if self._starting is None:
             if self._clock() < self._start_after:
                 return False
-            pool = ProcessPoolExecutor(
-                max_workers=self.workers,
-                mp_context=multiprocessing.get_context("spawn"),
-                initializer=_init,
-                # the processor's pid, as it is now (not as a worker that starts after
-                # the processor was killed would read it)
-                initargs=(self._private, self._max_event_bytes, os.getpid()),
-            )
             try:
-                ready = [pool.submit(_ready, self.opening) for _ in range(self.workers)]
-            except (BrokenProcessPool, RuntimeError, OSError) as exc:
-                pool.shutdown(wait=False, cancel_futures=True)
+                pool = PipePool(
+                    self.workers,
+                    __name__,
+                    (self._private, self._max_event_bytes, self.opening),
+                )
+            except OSError as exc:
                 self._broke(f"could not start ({type(exc).__name__})")
                 return False
-            self._starting = (pool, ready, self._clock())
+            self._starting = (pool, pool.ready, self._clock())
         pool, ready, since = self._starting
         try:
             if wait:
@@ -325,8 +310,8 @@ class OpenAhead:
         try:
             for value in records:
                 if value and value not in self._pending:
-                    self._pending[value] = pool.submit(self._task, value)
-        except (BrokenProcessPool, RuntimeError):
+                    self._pending[value] = pool.submit(value)
+        except BrokenProcessPool:
             self._broke("stopped")
 
     def result(self, record: bytes) -> AheadResult | None:
@@ -368,16 +353,16 @@ class OpenAhead:
 
     def _stop(self) -> None:
         """Drop the pool (running or starting) and kill its workers: one that hangs would
-        otherwise stay, holding the ingest key (Python 3.11's pool has no way to stop a
-        busy worker but its process list)."""
+        otherwise stay, holding the ingest key (closing its input stops only an idle
+        one)."""
         pool, self._pool = self._pool, None
         if pool is None and self._starting is not None:
             pool = self._starting[0]
         self._starting = None
         if pool is None:
             return
-        processes = list(getattr(pool, "_processes", {}).values())
-        pool.shutdown(wait=False, cancel_futures=True)
+        processes = pool.processes
+        pool.shutdown()
         for process in processes:
             if process.is_alive():
                 process.kill()

@@ -52,13 +52,14 @@ def _children(pid: int) -> dict[int, str]:
 
 
 def _workers(pid: int) -> list[int]:
-    """The processor's opening workers (spawned by multiprocessing; not its resource
-    tracker)."""
-    return sorted(
-        p
-        for p, cmd in _children(pid).items()
-        if "multiprocessing" in cmd and "resource_tracker" not in cmd
+    """The processor's opening (checking) workers: its children, each one running
+    ``processors.opening_ahead.serve``, and no other child (ADR 0044: multiprocessing's
+    resource tracker, a 13 MB interpreter, is gone with the pool that needed it)."""
+    children = _children(pid)
+    assert all("processors.opening_ahead import serve" in cmd for cmd in children.values()), (
+        children
     )
+    return sorted(children)
 
 
 def _alive(pid: int) -> bool:

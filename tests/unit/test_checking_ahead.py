@@ -263,7 +263,7 @@ def test_a_killed_worker_makes_the_loop_check_records_itself() -> None:
     try:
         assert pool.start()
         assert pool._pool is not None
-        for process in pool._pool._processes.values():
+        for process in pool._pool.processes:
             assert process.pid is not None
             os.kill(process.pid, signal.SIGKILL)
         time.sleep(0.5)

@@ -215,7 +215,7 @@ def _clear_record() -> bytes:
 def _worker_pids(pool: OpenAhead) -> list[int]:
     executor = pool._pool
     assert executor is not None
-    return [p.pid for p in executor._processes.values() if p.pid is not None]
+    return [p.pid for p in executor.processes if p.pid is not None]
 
 
 def test_a_killed_worker_makes_the_loop_open_and_the_pool_start_again(
@@ -292,7 +292,7 @@ def test_the_workers_exit_when_the_processor_is_killed() -> None:
         from processors.opening_ahead import OpenAhead
         pool = OpenAhead(bytes(range(7, 39)), 65536, workers=2)
         assert pool.start()
-        print(" ".join(str(p.pid) for p in pool._pool._processes.values()), flush=True)
+        print(" ".join(str(p.pid) for p in pool._pool.processes), flush=True)
         time.sleep(120)
         """
     )
