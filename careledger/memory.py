@@ -4,7 +4,8 @@ glibc gives each thread that allocates its own *arena* (heap), up to eight per c
 keeps their freed pages. A processor has about a dozen threads that allocate (the event
 loop, the store thread, aiokafka's thread, librdkafka's threads of three clients, the
 worker pool's manager): each held its own high-water mark, and a 500,000-event drain
-peaked 21-40 MB higher than with two arenas, at the same throughput.
+peaked 21-40 MB higher than with two arenas, and two 20-37 MB higher than one, at the
+same throughput.
 
 ``limit_malloc_arenas`` sets glibc's ``M_ARENA_MAX`` through ``mallopt``: what the
 ``MALLOC_ARENA_MAX`` environment variable does, but from the process itself, so a
@@ -24,8 +25,9 @@ __all__ = ["PROCESSOR_ARENAS", "limit_malloc_arenas"]
 
 #: glibc's ``M_ARENA_MAX`` (``malloc.h``)
 _M_ARENA_MAX: Final = -8
-#: the processor's arenas: its threads mostly take turns under the GIL, so two suffice
-PROCESSOR_ARENAS: Final = 2
+#: the processor's arenas: its threads mostly take turns under the GIL, so one suffices
+#: (measured against two: lower peaks, no slower; ADR 0044)
+PROCESSOR_ARENAS: Final = 1
 
 
 def limit_malloc_arenas(arenas: int) -> bool:
