@@ -17,8 +17,8 @@ What it keeps of the pool it replaced: ``submit`` returns a ``Future``; a worker
 dies (killed, or a bug in it: nothing there catches an unexpected error) fails its
 pending futures and every later ``submit`` with ``BrokenProcessPool``; ``shutdown``
 cancels what is pending and closes the pipes; ``processes`` lists the workers
-(``pid``, ``is_alive``, ``kill``). A worker exits when its standard input closes, so
-one whose processor was killed outright exits as soon as it is idle.
+(``pid``, ``is_alive``, ``kill``). A worker exits when its standard input closes, and
+within half a second of its processor's death even in the middle of a record.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import queue
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures.process import BrokenProcessPool
@@ -48,6 +49,8 @@ _ID: Final = 8
 #: the largest frame either side accepts (a batch record is at most a few MB)
 MAX_FRAME_BYTES: Final = 256 * 1024 * 1024
 _ENCODER: Final = msgspec.msgpack.Encoder()
+#: how often a worker checks that its processor still runs
+PARENT_CHECK_S: Final = 0.5
 #: where ``processors`` can be imported from, for the worker's interpreter
 _ROOT: Final = str(Path(__file__).resolve().parent.parent)
 
@@ -197,11 +200,21 @@ class PipePool:
             worker.close()
 
 
+def _exit_with(parent: int) -> None:
+    """Exit when the processor is gone, even in the middle of a record."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_CHECK_S)
+    os._exit(0)
+
+
 def serve_frames(setup: Any, answer: Any) -> None:
     """The worker's side: ``setup(settings) -> bool`` once, then ``answer(record)`` for
     each request, until the processor closes the pipe. Answers go to a private copy of
     the standard output, which becomes the standard error: nothing else the worker
-    prints can be taken for an answer."""
+    prints can be taken for an answer. A worker busy with a record when its processor
+    is killed exits too, within ``PARENT_CHECK_S`` (an opening worker holds the ingest
+    key)."""
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     stdin = sys.stdin.buffer
     stdout = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())

@@ -157,13 +157,14 @@ def test_hostile_frames_are_refused_not_allocated() -> None:
 
 def test_workers_outlive_neither_their_processor_nor_need_another_process() -> None:
     """A processor started with workers has them as its only children, and when it is
-    killed outright they exit."""
+    killed outright they exit, the one busy with a record too."""
     program = textwrap.dedent(
         f"""
         import sys, time
         from processors.worker_pipes import PipePool
         pool = PipePool(2, {_MODULE!r}, "ok")
         assert all(f.result(timeout=30) for f in pool.ready)
+        pool.submit(b"sleep")  # one of them busy for 30 s when the processor dies
         print(" ".join(str(w.pid) for w in pool.processes), flush=True)
         time.sleep(60)
         """
