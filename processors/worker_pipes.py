@@ -137,10 +137,11 @@ class _Worker:
                 _resolve(self.ready, msgspec.msgpack.decode(ready[1]) is True)
             while ready is not None and (frame := read_frame(stdout)) is not None:
                 task_id, answer = frame
+                value = msgspec.msgpack.decode(answer)  # before the future leaves pending
                 with self._lock:
                     future = self._pending.pop(task_id, None)
                 if future is not None:
-                    _resolve(future, msgspec.msgpack.decode(answer))
+                    _resolve(future, value)
         except (OSError, ValueError, msgspec.DecodeError, msgspec.ValidationError):
             pass  # a worker that says something else is as good as gone
         self._broke()

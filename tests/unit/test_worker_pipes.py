@@ -86,6 +86,20 @@ def test_a_worker_crashing_on_a_record_breaks_only_its_pool() -> None:
         pool.shutdown()
 
 
+def test_a_worker_answering_what_is_not_msgpack_is_taken_for_gone() -> None:
+    pool = PipePool(1, "tests.unit.worker_pipes_garbage", "ok")
+    try:
+        assert pool.ready[0].result(timeout=30) is True
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(b"abc").result(timeout=30)
+        with pytest.raises(BrokenProcessPool):
+            pool.submit(b"abc")
+    finally:
+        pool.shutdown()
+        for worker in pool.processes:
+            worker.kill()
+
+
 def test_a_worker_not_ready_says_so() -> None:
     pool = PipePool(1, _MODULE, "refuse")
     try:
