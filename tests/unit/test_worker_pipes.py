@@ -87,7 +87,7 @@ def test_a_worker_crashing_on_a_record_breaks_only_its_pool() -> None:
 
 
 def test_a_worker_answering_what_is_not_msgpack_is_taken_for_gone() -> None:
-    pool = PipePool(1, "tests.unit.worker_pipes_garbage", "ok")
+    pool = PipePool(1, "tests.unit.worker_pipes_garbage", "nonsense")
     try:
         assert pool.ready[0].result(timeout=30) is True
         with pytest.raises(BrokenProcessPool):
@@ -98,6 +98,15 @@ def test_a_worker_answering_what_is_not_msgpack_is_taken_for_gone() -> None:
         pool.shutdown()
         for worker in pool.processes:
             worker.kill()
+
+
+def test_an_answer_to_a_request_nobody_made_is_ignored() -> None:
+    pool = PipePool(1, "tests.unit.worker_pipes_garbage", "wrong-id")
+    try:
+        assert pool.ready[0].result(timeout=30) is True
+        assert [pool.submit(v).result(timeout=30) for v in (b"ab", b"cd")] == [b"ba", b"dc"]
+    finally:
+        pool.shutdown()
 
 
 def test_a_worker_not_ready_says_so() -> None:
