@@ -173,18 +173,21 @@ class PipePool:
             raise ValueError("at least one worker")
         command = (sys.executable, "-c", f"from {module} import serve; serve()")
         payload = _ENCODER.encode(settings)
-        self._processes: dict[int, _Worker] = {}
         self._workers: list[_Worker] = []
-        for _ in range(workers):
-            worker = _Worker(command, payload)
-            self._workers.append(worker)
-            self._processes[worker.pid] = worker
+        try:
+            for _ in range(workers):
+                self._workers.append(_Worker(command, payload))
+        except OSError:  # none left behind: those started are stopped
+            self.shutdown()
+            for worker in self._workers:
+                worker.kill()
+            raise
         self._ids = itertools.count(1)
         self._turn = itertools.cycle(self._workers)
 
     @property
     def processes(self) -> list[_Worker]:
-        return list(self._processes.values())
+        return list(self._workers)
 
     @property
     def ready(self) -> list[Future[bool]]:

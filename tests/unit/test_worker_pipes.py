@@ -229,3 +229,27 @@ def _running(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_pool_that_cannot_start_every_worker_leaves_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from processors import worker_pipes
+
+    real = worker_pipes._Worker
+    made: list[worker_pipes._Worker] = []
+
+    def second_fails(*args: object) -> worker_pipes._Worker:
+        if made:
+            raise OSError("no more processes")  # what fork refuses with
+        made.append(real(*args))  # type: ignore[arg-type]
+        return made[-1]
+
+    monkeypatch.setattr(worker_pipes, "_Worker", second_fails)
+    with pytest.raises(OSError):
+        PipePool(2, _MODULE, "ok")
+    (first,) = made
+    deadline = time.monotonic() + 10
+    while first.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not first.is_alive()
