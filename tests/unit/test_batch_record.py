@@ -481,3 +481,24 @@ def test_random_bytes_after_a_batch_prefix_raise_only_source_errors(prefix: byte
     data = b'{"events":[' + prefix + b'],"schema":"careledger.signed-batch/1"}'
     with pytest.raises((SourceEnvelopeError, SourceAuthError)):
         accept(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "claims"),
+    [
+        (b'{"schema":"careledger.signed-batch/1","events":[{}]}', True),  # first
+        (b'{"events":[{}],"schema":"careledger.signed-batch/1","x":1}', True),  # sorted
+        (b'{"events":[{"a":"careledger.signed-batch/1"}],"schema":"y"}', True),  # a claim
+        (b'{"events":[{}],"schema":"careledger.signed-batch/2"}', False),
+        (b'{"action":"R","schema":"careledger.signed-batch/1"}', False),  # one event
+        (b'{"events":[]}', False),
+        (b"", False),
+    ],
+)
+def test_what_claims_to_be_a_batch_record_wherever_its_schema_stands(
+    data: bytes, claims: bool
+) -> None:
+    """Where the schema stands does not change the answer (it is searched from the end)."""
+    assert looks_batch(data) is claims
+    padded = data.replace(b'"events":[{}]', b'"events":[' + b'{"a":"' + b"x" * 100_000 + b'"}]')
+    assert looks_batch(padded) is claims
