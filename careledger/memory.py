@@ -3,7 +3,7 @@
 glibc gives each thread that allocates its own *arena* (heap), up to eight per core, and
 keeps their freed pages. A processor has about a dozen threads that allocate (the event
 loop, the store thread, aiokafka's thread, librdkafka's threads of three clients, the
-worker pool's manager): each held its own high-water mark, and a 500,000-event drain
+worker's pipe threads): each held its own high-water mark, and a 500,000-event drain
 peaked 21-40 MB higher than with two arenas, and two 20-37 MB higher than one, at the
 same throughput.
 

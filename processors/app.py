@@ -547,7 +547,7 @@ def tune_interpreter() -> None:
 
 
 def command_process(args: argparse.Namespace, settings: Settings) -> int:
-    tune_interpreter()  # first: glibc fixes its arena limit when a thread first needs one
+    tune_interpreter()  # first: the arena limit must be set before threads make arenas
 
     import faust
 

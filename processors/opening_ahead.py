@@ -38,7 +38,8 @@ The worker of a sealed ledger holds the ingest private key in memory, as the pro
 does, and nothing else (a checking worker holds no key at all): no data key, no key
 store session, no store or Kafka connection. It is a child of the processor, a new
 interpreter fed over pipes (``processors.worker_pipes``: nothing of the processor's
-threads is copied), and exits when the processor does, killed or not: its input closes.
+threads is copied), and exits when the processor does, killed or not (its input
+closes; busy, it sees its parent gone).
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import textwrap
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 import pytest
 
@@ -69,10 +70,7 @@ def test_a_worker_that_dies_fails_its_pending_futures_and_later_submits() -> Non
             slow.result(timeout=30)
         with pytest.raises(BrokenProcessPool):
             pool.submit(b"x")
-        deadline = time.monotonic() + 10  # reaped by the pool's reader thread
-        while worker.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not worker.is_alive()
+        assert _gone(worker)  # reaped by the pool's reader thread
     finally:
         pool.shutdown()
 
@@ -135,10 +133,7 @@ def test_a_hung_worker_is_killed_not_waited_for() -> None:
             pool.submit(b"x").result(timeout=0.5)
         pool.shutdown()
         worker.kill()
-        deadline = time.monotonic() + 10
-        while worker.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not worker.is_alive()
+        assert _gone(worker)
     finally:
         pool.shutdown()
 
@@ -223,6 +218,14 @@ def _children(pid: int) -> set[int]:
     return found
 
 
+def _gone(worker: Any) -> bool:
+    """The worker has exited, within 10 s."""
+    deadline = time.monotonic() + 10
+    while worker.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not worker.is_alive()
+
+
 def _running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -249,7 +252,4 @@ def test_a_pool_that_cannot_start_every_worker_leaves_none(
     with pytest.raises(OSError):
         PipePool(2, _MODULE, "ok")
     (first,) = made
-    deadline = time.monotonic() + 10
-    while first.is_alive() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not first.is_alive()
+    assert _gone(first)
