@@ -17,9 +17,9 @@ import pytest
 
 from careledger.config import Settings
 from careledger.storage import fencing
-from careledger.storage.backend import ChdbBackend, ClickHouseBackend, SqlBackend
+from careledger.storage.backend import ChdbBackend, ClickHouseBackend, SqlBackend, quote
 from careledger.storage.migrations import migrate_backend
-from careledger.storage.store import ChainStore
+from careledger.storage.store import HEADER_COLUMNS, ChainStore
 from careledger_core.event import canonical_event_bytes
 from careledger_core.signing import SigningKey, TrustedKeys
 from processors.chainer import PartitionChain
@@ -159,3 +159,78 @@ def test_other_chains_of_the_same_write_are_stored_when_one_is_fenced(store: Cha
     assert store.write_blocks([*fenced_blocks, kept], owner="processor-a") == {CHAIN}
     head = store.head(other)
     assert head is not None and head.block_hash == kept.block_hash.hex()
+
+
+def _header_row(chain_id: str, height: int) -> tuple[object, ...]:
+    """A ``blocks`` row of ~1 kB (a header's size) for the statement-size tests."""
+    digest = hashlib.sha256(f"{chain_id}/{height}".encode()).hexdigest()
+    values = {
+        "chain_id": chain_id,
+        "height": height,
+        "block_hash": digest,
+        "prev_hash": "00" * 32,
+        "merkle_root": digest[::-1],
+        "event_count": 1000,
+        "first_offset": height * 1000,
+        "last_offset": height * 1000 + 999,
+        "dead_lettered": 0,
+        "absent_offsets": 0,
+        "first_event_time": "2026-12-07T06:00:00.000000Z",
+        "last_event_time": "2026-12-07T06:00:00.250000Z",
+        "created_at": "2026-12-07T06:00:00.300000Z",
+        "key_id": "ab" * 8,
+        "header": "{'quoted': \"x\\\\y\"}" + "h" * 600,
+        "signature": "cd" * 64,
+    }
+    return tuple(values[c] for c in HEADER_COLUMNS)
+
+
+def test_a_write_of_headers_larger_than_one_statement_is_stored_whole_and_still_fenced(
+    store: ChainStore,
+) -> None:
+    """A processor catching up on a backlog writes hundreds of blocks at once: their
+    header rows (~400 kB here) exceed what ClickHouse parses of one statement (256 KiB),
+    so they go in several guarded statements, a chain never split. Every owned chain's
+    rows are stored once, quoting intact, and a chain owned by someone else, in any of
+    the statements, is still refused."""
+    chains = [f"o/events/{p}" for p in range(40)]
+    for chain_id in chains:
+        store.claim(chain_id, "processor-a")
+    store.claim(chains[27], "processor-b")  # taken over: its rows must be refused
+    rows = {c: [_header_row(c, h) for h in range(10)] for c in chains}
+    assert sum(len(quote(v)) for rs in rows.values() for r in rs for v in r) > 262_144
+    types = fencing.column_types(store.backend, store.db, "blocks")
+    fencing.insert_headers_fenced(
+        store.backend, store.db, HEADER_COLUMNS, types, rows, "processor-a"
+    )
+    stored = store.backend.execute(
+        f"SELECT chain_id, height, block_hash, header FROM {store.db}.blocks"
+    )
+    got = sorted(tuple(v.decode() if isinstance(v, bytes) else v for v in r) for r in stored)
+    want = sorted(
+        (c, h, r[HEADER_COLUMNS.index("block_hash")], r[HEADER_COLUMNS.index("header")])
+        for c, rs in rows.items()
+        if c != chains[27]
+        for h, r in enumerate(rs)
+    )
+    assert got == want
+
+
+def test_statements_split_by_chain_keep_each_chains_guard(store: ChainStore) -> None:
+    """Forced into one statement per chain, the guard still judges each chain alone: an
+    occupied height refuses that chain's rows, and only that chain's."""
+    chains = ["o/events/0", "o/events/1", "o/events/2"]
+    for chain_id in chains:
+        store.claim(chain_id, "processor-a")
+    types = fencing.column_types(store.backend, store.db, "blocks")
+    first = {chains[1]: [_header_row(chains[1], 3)]}  # someone stored height 3 already
+    fencing.insert_headers_fenced(
+        store.backend, store.db, HEADER_COLUMNS, types, first, "processor-a"
+    )
+    rows = {c: [_header_row(c, 2), _header_row(c, 3)] for c in chains}
+    fencing.insert_headers_fenced(
+        store.backend, store.db, HEADER_COLUMNS, types, rows, "processor-a", max_statement_bytes=1
+    )
+    stored = store.backend.execute(f"SELECT chain_id, height FROM {store.db}.blocks")
+    got = sorted((c.decode() if isinstance(c, bytes) else c, int(h)) for c, h in stored)
+    assert got == [(chains[0], 2), (chains[0], 3), (chains[1], 3), (chains[2], 2), (chains[2], 3)]
