@@ -50,6 +50,12 @@ class ProcessorMetrics:
     #: before it (only one write is in flight) — is the processor CPU- or write-bound?
     handle_seconds_total: float = 0.0
     write_wait_seconds_total: float = 0.0
+    #: takes handled, and writes to the store with their time (each write has fixed
+    #: statements: event rows, batch rows, guarded headers, their read-back, the blocks
+    #: topic; events per write says how far they are spread)
+    takes: int = 0
+    writes: int = 0
+    write_seconds_total: float = 0.0
     #: a sealed ledger's events opened by the worker process ahead of the loop (ADR
     #: 0039), a ledger in clear's events checked by it (ADR 0042), the records whose
     #: worker results did not fit (taken in the loop), and the times the worker pool was
@@ -104,6 +110,14 @@ class ProcessorMetrics:
             else None,
             "handle_seconds_total": round(self.handle_seconds_total, 3),
             "write_wait_seconds_total": round(self.write_wait_seconds_total, 3),
+            "takes": self.takes,
+            "writes": self.writes,
+            "events_per_write": round(self.events_chained / self.writes, 1)
+            if self.writes
+            else None,
+            "write_ms_avg": round(1000 * self.write_seconds_total / self.writes, 2)
+            if self.writes
+            else None,
             "events_opened_ahead": self.events_opened_ahead,
             "events_checked_ahead": self.events_checked_ahead,
             "opening_disagreements": self.opening_disagreements,
