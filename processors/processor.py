@@ -126,7 +126,7 @@ class Processor:
         self._inflight: asyncio.Task[bool] | None = None
         # Blocks the timer closed while a write was in flight, with the epoch they were
         # sealed in: they go out with the next write instead of a write of their own
-        # (each write has fixed statements, ~60 ms on 18.16), and ``drain`` writes them.
+        # (each write has fixed statements, ~50 ms on 18.16), and ``drain`` writes them.
         self._queued: list[SealedBlock] = []
         self._queued_epoch = 0
         # Bumped whenever a failed write resets the in-memory state: blocks sealed

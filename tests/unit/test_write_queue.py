@@ -2,7 +2,7 @@
 (processors.processor: ``_queue``, ``_submit``, ``drain``).
 
 Each write to the store has fixed statements (event rows, batch rows, the guarded
-headers and their read-back, the blocks topic; ~60 ms on ClickHouse 18.16). In a drain
+headers and their read-back, the blocks topic; ~50 ms on ClickHouse 18.16). In a drain
 the timer closed each chain's half-full block while the previous take's write was in
 flight, and waited to write it alone: a third of the writes carried a few hundred
 events. Now they wait in a queue and ride with the next take's blocks, in height
@@ -108,18 +108,25 @@ def _seal_all(processor: Processor) -> list[SealedBlock]:
     ]
 
 
+async def _timer_during_a_write(processor: Processor, store: _HeldStore) -> float:
+    """Write 1 (three events per chain) held in flight, then a timer tick with two aged
+    events per chain; returns how long the tick took."""
+    _fill(processor, 3)
+    store.hold.clear()
+    await processor._submit(processor._epoch, _seal_all(processor), [])  # write 1
+    await asyncio.to_thread(store.writing.wait, 5)
+    _fill(processor, 2)
+    started = time.monotonic()
+    await processor.flush_aged()  # the timer: write 1 is in flight
+    return time.monotonic() - started
+
+
 def test_blocks_the_timer_closes_during_a_write_ride_with_the_next_one(tmp_path: Path) -> None:
     processor, store = _processor(tmp_path)
 
     async def scenario() -> None:
-        _fill(processor, 3)
-        store.hold.clear()
-        await processor._submit(processor._epoch, _seal_all(processor), [])  # write 1
-        await asyncio.to_thread(store.writing.wait, 5)
-        _fill(processor, 2)
-        started = time.monotonic()
-        await processor.flush_aged()  # the timer: write 1 is in flight
-        assert time.monotonic() - started < 1.0, "the timer must not wait for the write"
+        took = await _timer_during_a_write(processor, store)
+        assert took < 1.0, "the timer must not wait for the write"
         assert store.writes == [] and len(processor._queued) == 2
         _fill(processor, 4, aged=False)
         take = _seal_all(processor)  # the next take's blocks
@@ -143,12 +150,7 @@ def test_drain_writes_what_the_timer_queued(tmp_path: Path) -> None:
     processor, store = _processor(tmp_path)
 
     async def scenario() -> None:
-        _fill(processor, 3)
-        store.hold.clear()
-        await processor._submit(processor._epoch, _seal_all(processor), [])
-        await asyncio.to_thread(store.writing.wait, 5)
-        _fill(processor, 2)
-        await processor.flush_aged()
+        await _timer_during_a_write(processor, store)
         store.hold.set()
         await processor.drain()
 
@@ -161,12 +163,7 @@ def test_the_next_tick_writes_the_queue_when_no_take_comes(tmp_path: Path) -> No
     processor, store = _processor(tmp_path)
 
     async def scenario() -> None:
-        _fill(processor, 3)
-        store.hold.clear()
-        await processor._submit(processor._epoch, _seal_all(processor), [])
-        await asyncio.to_thread(store.writing.wait, 5)
-        _fill(processor, 2)
-        await processor.flush_aged()
+        await _timer_during_a_write(processor, store)
         store.hold.set()
         await processor._settle()
         await processor.flush_aged()  # nothing new is due: the queue alone
@@ -182,14 +179,9 @@ def test_blocks_queued_on_a_write_that_fails_are_dropped_not_written(tmp_path: P
     processor, store = _processor(tmp_path)
 
     async def scenario() -> None:
-        _fill(processor, 3)
-        store.hold.clear()
         store.fail_next = True
-        await processor._submit(processor._epoch, _seal_all(processor), [])
-        await asyncio.to_thread(store.writing.wait, 5)
         epoch = processor._epoch
-        _fill(processor, 2)
-        await processor.flush_aged()
+        await _timer_during_a_write(processor, store)
         assert len(processor._queued) == 2
         store.hold.set()
         await processor.drain()
