@@ -189,6 +189,7 @@ ONE_SHOT = frozenset(
         "expire",
         "legal-hold",
         "kafka-setup",
+        "simulate",
     }
 )
 #: Commands that set up a ledger in clear (the demo): on a sealed ledger (``seal_events``,

@@ -27,6 +27,7 @@ from typing import Any
 from careledger.config import Settings, write_local_config
 from careledger.keys import default_key_path, write_keypair
 from careledger.processes import run_cli, start_cli, start_processor, stop
+from careledger_core.errors import CareledgerError
 from commands.local_witnesses import LocalWitnesses, local_witnesses
 
 
@@ -175,6 +176,9 @@ def _run(args: argparse.Namespace, settings: Settings, witnesses: LocalWitnesses
                 last_report = time.monotonic()
             time.sleep(0.25)
         elapsed = time.monotonic() - started
+    except CareledgerError as exc:  # Kafka unreachable, or the records refused outright
+        print(f"!! {exc.code}: {exc.message}")
+        return 2
     finally:
         stop(proc)
         if cosigner is not None:

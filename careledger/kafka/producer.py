@@ -198,6 +198,7 @@ class AccessEventProducer:
         # queued message has either been delivered or failed, so the queue cannot be full
         # for any reason but a dead producer
         self._queue_full_timeout = int(config["message.timeout.ms"]) / 1000.0 + 10.0
+        self._reached = False  # a broker answered a metadata request
         try:
             self._producer = Producer(config)
         except KafkaException as exc:
@@ -255,14 +256,29 @@ class AccessEventProducer:
             )
         log.debug("producer for topic %s at %s ready", self.topic, self.bootstrap)
 
-    def _connect(self) -> None:
+    def _connect(self, wait: float = CONNECT_WAIT_S) -> None:
         """Metadata first: a one-record ``close()`` took 0.51 s without (librdkafka asks
         for the producer id on a timer until a broker is connected), 0.06 s with it. No
         answer in ``CONNECT_WAIT_S``: sends queue and ``flush`` reports, as before."""
         try:
-            self._producer.list_topics(self.topic, timeout=CONNECT_WAIT_S)
+            self._producer.list_topics(self.topic, timeout=wait)
+            self._reached = True
         except KafkaException as exc:
             log.debug("producer for topic %s: no metadata yet (%s)", self.topic, exc.args[0])
+
+    def require_reachable(self, timeout: float = 10.0) -> None:
+        """Raise ``InfrastructureError`` (code ``KAFKA_UNREACHABLE``) unless a broker
+        answers a metadata request within ``timeout`` seconds: for a command that must
+        say "cannot reach Kafka" at once rather than report every send failed later."""
+        deadline = time.monotonic() + timeout
+        while not self._reached:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise InfrastructureError(
+                    f"cannot reach Kafka at {self.bootstrap} (no answer in {timeout:g} s)",
+                    code="KAFKA_UNREACHABLE",
+                )
+            self._connect(min(left, 2.0))
 
     def _source_key(
         self, settings: Settings, explicit: SigningKey | None, sign: bool | None
@@ -378,20 +394,24 @@ class AccessEventProducer:
         log.warning("heartbeat to %s not delivered: %s", msg.topic(), err.name())
 
     def _on_error(self, err: KafkaError) -> None:
-        # client-level errors (all brokers down, fatal idempotence errors); librdkafka
-        # keeps retrying on its own, delivery reports say what finally happened
-        level = logging.ERROR if err.fatal() else logging.WARNING
-        record = log.makeRecord(
-            log.name,
-            level,
-            __file__,
-            0,
-            "kafka producer error %s: %s",
-            (err.name(), err.str()),
-            None,
-        )
-        if log.isEnabledFor(level) and _client_errors.filter(record):
-            log.handle(record)
+        # client-level errors; librdkafka keeps retrying on its own, delivery reports say
+        # what finally happened. A transient one (a broker down or unreachable) is
+        # librdkafka's own news: its logger (rate-limited, quiet in one-shot commands,
+        # which say in one line what failed). A fatal one (idempotence) is ours.
+        if err.fatal():
+            record = log.makeRecord(
+                log.name,
+                logging.ERROR,
+                __file__,
+                0,
+                "kafka producer error %s: %s",
+                (err.name(), err.str()),
+                None,
+            )
+            if log.isEnabledFor(logging.ERROR) and _client_errors.filter(record):
+                log.handle(record)
+        else:
+            _rdkafka_log.warning("kafka producer error %s: %s", err.name(), err.str())
 
     # -- sending -------------------------------------------------------------------
     def send(self, event: AccessEvent, *, on_behalf_of: str | None = None) -> None:
@@ -492,6 +512,11 @@ class AccessEventProducer:
             self._produce_once(topic, value, key, headers, callback)
         except BufferError:
             self._produce_when_room(topic, value, key, headers, callback)
+        except KafkaException as exc:  # refused at once: not authorized, unknown topic
+            err = exc.args[0]
+            raise InfrastructureError(
+                f"Kafka refused a record for {topic}: {err.str()}", code=err.name()
+            ) from None
 
     def _produce_once(
         self,
@@ -697,7 +722,10 @@ class AccessEventProducer:
         try:
             self._stop_background()
             report = self.flush(timeout)
-            if self._batcher is not None and self._send_heartbeats(closing=True):
+            # a producer that never reached Kafka and got nothing acknowledged has
+            # nothing to claim: no closing heartbeat to wait for
+            reached = self._reached or report.acked > 0
+            if self._batcher is not None and reached and self._send_heartbeats(closing=True):
                 left = max(timeout - (time.monotonic() - started), 1.0)
                 if self._producer.flush(left):
                     log.warning("closing heartbeats still pending after %.0f s", left)

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, BinaryIO
 
+from careledger_core.errors import CareledgerError
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
 
@@ -102,6 +103,9 @@ def run_simulation(
 
     ``rate`` is events per second (0 = as fast as possible). Never raises for delivery
     problems: the summary's ``failed`` counts every event Kafka did not acknowledge.
+    Raises ``InfrastructureError`` when no broker answers at the start
+    (``KAFKA_UNREACHABLE``) or Kafka refuses a record outright (e.g.
+    ``TOPIC_AUTHORIZATION_FAILED``).
     ``events``: send these (e.g. an audit scenario's) instead of ``simulate``'s.
     """
     from careledger.kafka.producer import AccessEventProducer, DeliveryError
@@ -124,6 +128,7 @@ def run_simulation(
     interval = 1.0 / rate if rate > 0 else 0.0
     send = producer.send
     try:
+        producer.require_reachable()
         for event in events:
             send(event)
             sent += 1
@@ -216,6 +221,16 @@ def configure_simulate(parser: argparse.ArgumentParser) -> None:
 
 
 def command_simulate(args: argparse.Namespace, settings: Settings) -> int:
+    """Exit 0: every event acknowledged; 1: some were not; 2: Kafka cannot be reached or
+    refuses the records outright (said in one line)."""
+    try:
+        return _simulate(args, settings)
+    except CareledgerError as exc:  # Kafka unreachable, or a record refused outright
+        print(f"simulate: {exc.code}: {exc.message}", file=sys.stderr)
+        return 2
+
+
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     if args.count < 0 or args.rate < 0 or args.patients < 1 or args.staff < len(ROLES):
         print(
             f"simulate: --count/--rate must be >= 0, --patients >= 1, --staff >= {len(ROLES)}",
@@ -272,7 +287,8 @@ def produce_reference(
     """Produce reference records to their topics (keyed by subject id: patient or user
     id; on a sealed ledger sealed to the ingest key and unkeyed, ADR 0037) and wait for
     every acknowledgement. Returns (sent, acknowledged). Raises ``ConfigError`` for a
-    sealed ledger without ``ingest_public_key``."""
+    sealed ledger without ``ingest_public_key``, ``InfrastructureError`` as
+    ``run_simulation`` does."""
     from careledger.config import ConfigError
     from careledger.ingest_keys import reference_message
     from careledger.kafka.batching import ingest_public_key_of
@@ -295,6 +311,7 @@ def produce_reference(
                 producer = producers[topic] = AccessEventProducer(
                     settings, topic=topic, principal=PRODUCER
                 )
+                producer.require_reachable()
             key, value = reference_message(rec, seal_to)
             producer.send_raw(value, key)
             sent += 1

@@ -9,7 +9,10 @@ turns into a DeliveryError instead of silent loss. Signed, a batch is one Kafka 
 from __future__ import annotations
 
 import collections
+import os
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -17,7 +20,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from careledger.config import Settings
+from careledger.config import PROJECT_ROOT, Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import ADMIN
 from careledger.sources import load_registrar_keys, read_heartbeats, read_registry
@@ -192,10 +195,55 @@ def test_flush_timeout_with_messages_still_queued_is_an_error(settings: Settings
         producer.close(timeout=0.2)  # leftovers are purged, the client is released
 
 
-def test_run_simulation_against_a_dead_broker_counts_failures(settings: Settings) -> None:
+def test_run_simulation_against_a_dead_broker_says_so_before_sending(settings: Settings) -> None:
     dead = settings.replace(kafka_port=_closed_port())
-    summary = run_simulation(dead, 50, seed=1, progress=False, message_timeout_s=1.0)
-    assert (summary.sent, summary.acked, summary.failed) == (50, 0, 50)
+    started = time.monotonic()
+    with pytest.raises(InfrastructureError) as caught:
+        run_simulation(dead, 50, seed=1, progress=False, message_timeout_s=1.0)
+    assert caught.value.code == "KAFKA_UNREACHABLE"
+    assert f"127.0.0.1:{dead.kafka_port}" in caught.value.message
+    assert time.monotonic() - started < 25  # 10 s of trying, no closing heartbeat to wait for
+
+
+def test_require_reachable_passes_on_a_live_broker(settings: Settings) -> None:
+    producer = AccessEventProducer(settings, topic=settings.topic_events, sign=False)
+    try:
+        producer.require_reachable(timeout=5)
+    finally:
+        producer.close(timeout=5)
+
+
+def test_a_record_refused_by_the_acls_raises_at_once(settings: Settings) -> None:
+    # the producer's principal may write the ledger's topics, not a topic of its choosing
+    producer = AccessEventProducer(settings, topic=f"careledger.not-granted-{uuid.uuid4().hex[:6]}")
+    try:
+        with pytest.raises(InfrastructureError) as caught:
+            for _ in range(3):  # the first send may go out before metadata says no
+                producer.send_raw(b"{}", b"k")
+                producer.flush(timeout=5)
+                time.sleep(0.5)
+        assert caught.value.code == "TOPIC_AUTHORIZATION_FAILED", caught.value
+        assert "not-granted" in caught.value.message
+    finally:
+        producer.close(timeout=5)
+
+
+def test_simulate_says_in_one_line_that_kafka_cannot_be_reached(settings: Settings) -> None:
+    env = {**os.environ, **settings.as_env(), "CARELEDGER_KAFKA_PORT": str(_closed_port())}
+    result = subprocess.run(
+        [sys.executable, "-m", "commands.cli", "simulate", "--count", "5", "--quiet"],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    said = [line for line in result.stderr.splitlines() if "simulate:" in line]
+    assert said == [said[0]] and "KAFKA_UNREACHABLE: cannot reach Kafka at" in said[0]
+    assert "Traceback" not in result.stderr
+    assert "FAIL" not in result.stderr and "rdkafka" not in result.stderr, result.stderr
+    assert "heartbeat" not in result.stderr, result.stderr
 
 
 # --------------------------------------------------------------------------- signed batches
