@@ -96,6 +96,35 @@ def _processors(settings: Settings) -> list[dict[str, Any]]:
     return found
 
 
+def chained_partitions(settings: Settings) -> list[tuple[str, int]]:
+    """Every (topic, partition) the processor chains: events, reference and raw topics."""
+    chained = {settings.topic_events, *reference_topics(settings), *raw_topics(settings)}
+    return [
+        (topic, p)
+        for topic, count in stack.default_topics(settings).items()
+        if topic in chained
+        for p in range(count)
+    ]
+
+
+def partition_ends(settings: Settings) -> dict[tuple[str, int], int]:
+    """The end offset (next offset to be written) of each chained partition that answers."""
+    return _high_watermarks(settings, chained_partitions(settings))
+
+
+def not_yet_signed(
+    settings: Settings, heads: dict[str, Any], ends: dict[tuple[str, int], int]
+) -> int:
+    """Records below ``ends`` that no stored block covers yet (``heads``: the store's chain
+    heads). A block's offset range covers its dead-lettered records too (ADR 0003), so
+    this reaches 0 once the processor has sealed and stored everything up to ``ends``."""
+    behind = 0
+    for (topic, partition), end in ends.items():
+        head = heads.get(settings.chain_id(topic, partition))
+        behind += max(0, end - (0 if head is None else head.last_offset + 1))
+    return behind
+
+
 def _high_watermarks(
     settings: Settings, parts: list[tuple[str, int]]
 ) -> dict[tuple[str, int], int]:
@@ -155,13 +184,7 @@ def pipeline_status(settings: Settings) -> PipelineStatus:
             "chains": int(chains),
             "events": int(events),
         }
-    chained = {settings.topic_events, *reference_topics(settings), *raw_topics(settings)}
-    parts = [
-        (topic, p)
-        for topic, count in stack.default_topics(settings).items()
-        if topic in chained
-        for p in range(count)
-    ]
+    parts = chained_partitions(settings)
     ends = _high_watermarks(settings, parts)
     if not ends:
         st.problems.append("Kafka: cannot read the partitions' ends")

@@ -119,3 +119,22 @@ def test_demo_runs_the_pipeline_and_a_repeated_seed_is_reported_as_duplicates(
     s2 = _summary(again.stdout)
     assert s2["events stored (all runs)"] == "4,000", s2
     assert s2["verification"] == "intact (2,000 findings: 2,000 DUPLICATE_EVENT, exit 0)", s2
+
+
+def test_a_backlog_left_in_kafka_is_signed_before_the_demo_says_done(
+    isolated: Settings, local_config: Path
+) -> None:
+    """Found on 2026-12-07: after a `careledger simulate` with no processor running, a
+    demo of 600,000 events stopped waiting once as many events as it had sent were stored:
+    the backlog's, chained first, while ~400,000 of its own were not yet signed. It now
+    waits until every record Kafka held when its traffic was sent is in a stored block."""
+    from producers.simulator import run_simulation
+
+    backlog = run_simulation(isolated, 20_000, seed=11, progress=False, patients=300, staff=60)
+    assert backlog.acked == 20_000
+    result = run_cli(isolated, "demo", "--events", "2000", *SMALL_HOSPITAL, "--no-witnesses")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    summary = _summary(result.stdout)
+    assert summary["events stored (all runs)"] == "22,000", summary
+    assert summary["verification"].startswith("intact (0 findings"), summary
+    assert "records earlier runs had left in Kafka unchained" in result.stdout, result.stdout
