@@ -24,6 +24,7 @@ import sys
 from typing import Any
 
 from careledger.config import Settings
+from careledger.progress import Progress
 from careledger.storage.backend import ClickHouseBackend, StorageError
 from careledger.storage.kinds import reference_topics
 from verifiers.auditor.decision_point.store import consent_chains
@@ -108,6 +109,15 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
             # status records are checked by their public part (each row's hash)
             chains = []
     backend = ClickHouseBackend.from_settings(settings, "reader")
+    # the replays take about as long as auditing did: say how far they are (a terminal,
+    # or --progress), as the chain checks do
+    progress = Progress("verify", enabled=True if getattr(args, "progress", False) else None)
+    seen = [0]
+
+    def told(n: int) -> None:
+        seen[0] = max(seen[0], n)
+        progress.update(f"audit runs replayed over {seen[0]:,} accesses")
+
     try:
         return verify_audit(
             backend,
@@ -118,6 +128,7 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
             consent_chains=chains,
             consent_sealed=sealed,
             status_sealed=status_sealed,
+            progress=told,
         )
     except StorageError as exc:
         return AuditVerification(
@@ -127,6 +138,7 @@ def check_audit(args: argparse.Namespace, settings: Settings) -> AuditVerificati
     except (ValueError, TypeError) as exc:  # a store whose columns no longer hold
         return AuditVerification(cannot_tell=f"cannot check the auditor's rows: {exc}")
     finally:
+        progress.done()
         backend.close()
         if sealed is not None:
             sealed.keystore.close()

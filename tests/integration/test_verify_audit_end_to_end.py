@@ -9,6 +9,7 @@ its place.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -39,10 +40,10 @@ def _cli(settings: Settings, *args: str) -> Any:
     return result
 
 
-def _verify(settings: Settings) -> tuple[int, dict[str, Any]]:
-    result = run_cli(settings, "verify", "--json", "--no-record", "--audit-settle", "0")
+def _verify(settings: Settings, *extra: str) -> tuple[int, dict[str, Any], str]:
+    result = run_cli(settings, "verify", "--json", "--no-record", "--audit-settle", "0", *extra)
     assert "Traceback" not in result.stderr, result.stderr
-    return result.returncode, json.loads(result.stdout)
+    return result.returncode, json.loads(result.stdout), result.stderr
 
 
 def test_followed_reviewed_and_replayed_rows_verify_and_tampering_is_found(
@@ -82,8 +83,10 @@ def test_followed_reviewed_and_replayed_rows_verify_and_tampering_is_found(
         # and a range replay of the first hours replaces part of what was followed
         _cli(settings, "audit", "--from", FROM, "--to", "2026-11-02T09:05:00", "--no-publish")
 
-        code, doc = _verify(settings)
+        code, doc, said = _verify(settings, "--progress")
         assert code == 0, json.dumps(doc)[:3000]
+        # the replays say how far they are, as the chain checks do (here: forced)
+        assert re.search(r"^verify: audit runs replayed over [\d,]+ accesses", said, re.M), said
         audit = doc["audit"]
         assert audit["result"] == "intact" and audit["findings_total"] == 0
         assert audit["runs"]["follow"] == 2 and audit["runs"]["range"] == 1
@@ -120,7 +123,7 @@ def test_followed_reviewed_and_replayed_rows_verify_and_tampering_is_found(
             60,
             what="mutation done",
         )
-        code, doc = _verify(settings)
+        code, doc, _said = _verify(settings)
         assert code == 1, json.dumps(doc)[:3000]
         assert doc["result"] == "tampered"
         by_code = {f["code"]: f for f in doc["findings"] if f["code"].startswith("ALERT_")}

@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -148,6 +148,7 @@ def verify_audit(
     consent_chains: Sequence[str] = (),
     consent_sealed: SealedReader | None = None,
     status_sealed: SealedStatus | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> AuditVerification:
     """Check the auditor's rows of ``database`` against the ledger. Raises
     ``StorageError`` when ClickHouse fails. ``reference_topics``: the topics whose
@@ -157,7 +158,8 @@ def verify_audit(
     point's answers over (none: those answers are not checked); ``consent_sealed``: a
     sealed ledger's reader (ADR 0037), which opens its records, events and consents;
     ``status_sealed``: how its alert status records open (without it, they are checked
-    by their public part)."""
+    by their public part). ``progress`` is told, now and then, how many accesses the
+    replays have read or decided so far (all runs together)."""
     started = time.perf_counter()
     out = AuditVerification()
     now = now or utc_now_ts()
@@ -203,8 +205,17 @@ def verify_audit(
     elif view.decisions or view.alerts:
         assert salt is not None
         decided = Decided.of([*view.decisions, *view.recent_decisions])
+        done = 0
         for run_text, rows in sorted(runs.items()):
-            findings += _replay_run(view, run_text, rows, salt, config, decided, replays)
+
+            def told(n: int, before: int = done) -> None:
+                if progress is not None:
+                    progress(before + n)
+
+            findings += _replay_run(view, run_text, rows, salt, config, decided, replays, told)
+            done = sum(len(rp.placed) for rp in replays)
+            if progress is not None:
+                progress(done)
         for rp in replays:
             decided.add(rp)
         findings += check_alerts(
@@ -293,6 +304,7 @@ def _replay_run(
     config: AuditConfig,
     decided: Decided,
     replays: list[Replay],
+    progress: Callable[[int], None] | None = None,
 ) -> list[Finding]:
     run = parse_run_id(run_text)
     if run is None:
@@ -304,10 +316,14 @@ def _replay_run(
             for r in rows:
                 by_time.setdefault(r.decided_at, []).append(r)
             for decided_at, mine in sorted(by_time.items()):
-                rp = replay_range(view, run, decided_at, mine, salt=salt, config=config)
+                rp = replay_range(
+                    view, run, decided_at, mine, salt=salt, config=config, progress=progress
+                )
                 instances.append((mine, rp))
         else:
-            instances.append((rows, replay_follow(view, run, rows, salt=salt, config=config)))
+            instances.append(
+                (rows, replay_follow(view, run, rows, salt=salt, config=config, progress=progress))
+            )
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
         # the rows feed the replay its times and cutoffs: ones it cannot use are hostile
         log.warning("audit run %s could not be replayed: %s", run_text[:100], exc)

@@ -18,7 +18,7 @@ What the replay writes is what the run must have written (``Replay``).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,12 +151,20 @@ def replay_range(
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
+    progress: Callable[[int], None] | None = None,
 ) -> Replay:
-    """Range run ``run`` made at ``decided_at``, replayed (``plan_range``)."""
+    """Range run ``run`` made at ``decided_at``, replayed (``plan_range``; ``progress``
+    is told the accesses read so far, every 5,000)."""
     assert run.from_ts is not None and run.to_ts is not None
     source = RangeSnapshot(view, rows, decided_at)
     plan = plan_range(
-        source, run.from_ts, run.to_ts, salt=salt, config=config, now=lambda: decided_at
+        source,
+        run.from_ts,
+        run.to_ts,
+        salt=salt,
+        config=config,
+        now=lambda: decided_at,
+        progress=progress,
     )
     out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
     for placed, row in zip(plan.placed, plan.decision_rows, strict=True):
@@ -328,8 +336,10 @@ def replay_follow(
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
+    progress: Callable[[int], None] | None = None,
 ) -> Replay:
-    """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``."""
+    """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``
+    (``progress`` is told the decisions made so far, once per cycle)."""
     cycles = _cycles(rows)
     out = Replay(run.text, "follow", times=list(cycles.times))
     if not cycles.times:
@@ -352,6 +362,8 @@ def replay_follow(
     for k in range(len(cycles.times)):
         source.cycle(k)
         follower.cycle()
+        if progress is not None:
+            progress(len(out.placed))
     # the replaying follower has a token of its own: the rows carry the run's id
     d_run, d_amends = DECISION_COLUMNS.index("audit_run"), DECISION_COLUMNS.index("amends")
     a_run = ALERT_COLUMNS.index("audit_run")
