@@ -9,10 +9,7 @@ turns into a DeliveryError instead of silent loss. Signed, a batch is one Kafka 
 from __future__ import annotations
 
 import collections
-import os
 import socket
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -20,7 +17,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, TopicPartition
 
-from careledger.config import PROJECT_ROOT, Settings
+from careledger.config import Settings
 from careledger.kafka.clients import kafka_config
 from careledger.kafka.security import ADMIN
 from careledger.sources import load_registrar_keys, read_heartbeats, read_registry
@@ -31,7 +28,7 @@ from careledger_core.signing import SigningKey
 from careledger_core.source import BatchVerifier
 from producers.sdk import AccessEventProducer, DeliveryError, partition_key
 from producers.simulator import HospitalModel, run_simulation, simulate
-from tests.integration.pipeline import with_source
+from tests.integration.pipeline import run_cli, with_source
 
 # the SDK's delivery guarantees, unsigned unless a test opts in with ``with_source``
 pytestmark = [pytest.mark.integration, pytest.mark.bare_sources]
@@ -229,18 +226,11 @@ def test_a_record_refused_by_the_acls_raises_at_once(settings: Settings) -> None
 
 
 def test_simulate_says_in_one_line_that_kafka_cannot_be_reached(settings: Settings) -> None:
-    env = {**os.environ, **settings.as_env(), "CARELEDGER_KAFKA_PORT": str(_closed_port())}
-    result = subprocess.run(
-        [sys.executable, "-m", "commands.cli", "simulate", "--count", "5", "--quiet"],
-        cwd=PROJECT_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    dead = settings.replace(kafka_port=_closed_port())
+    result = run_cli(dead, "simulate", "--count", "5", "--quiet", timeout=60)
     assert result.returncode == 2, result.stdout + result.stderr
     said = [line for line in result.stderr.splitlines() if "simulate:" in line]
-    assert said == [said[0]] and "KAFKA_UNREACHABLE: cannot reach Kafka at" in said[0]
+    assert len(said) == 1 and "KAFKA_UNREACHABLE: cannot reach Kafka at" in said[0], said
     assert "Traceback" not in result.stderr
     assert "FAIL" not in result.stderr and "rdkafka" not in result.stderr, result.stderr
     assert "heartbeat" not in result.stderr, result.stderr
