@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from careledger.config import Settings
 from careledger.keyrows import ClickHouseRows
@@ -39,7 +40,7 @@ def _open(settings: Settings, *, create: bool) -> KeyStore | None:
     try:
         return open_keystore(settings, create=create)
     except KeyStoreError as exc:
-        print(f"careledger keystore: {exc}")
+        print(f"careledger keystore: {exc}", file=sys.stderr)
         return None
 
 
@@ -56,7 +57,7 @@ def _init(settings: Settings) -> int:
         try:
             migrate(settings)
         except StorageError as exc:
-            print(f"careledger keystore: ClickHouse unavailable: {exc}")
+            print(f"careledger keystore: ClickHouse unavailable: {exc}", file=sys.stderr)
             return 2
     store = _open(settings, create=True)
     if store is None:
@@ -65,7 +66,7 @@ def _init(settings: Settings) -> int:
         try:
             count = store.count()
         except KeyStoreError as exc:
-            print(f"careledger keystore: {exc}")
+            print(f"careledger keystore: {exc}", file=sys.stderr)
             return 2
         print(
             f"key store ready: token {store.config.label!r} ({store.config.module}) holds "
@@ -87,7 +88,7 @@ def _status(settings: Settings, *, as_json: bool) -> int:
                 rows.held_by_server() if isinstance(rows, ClickHouseRows) else {store.where: count}
             )
         except KeyStoreError as exc:
-            print(f"careledger keystore: {exc}")
+            print(f"careledger keystore: {exc}", file=sys.stderr)
             return 2
     unreachable = sorted(name for name, n in per_server.items() if n is None)
     held = {n for n in per_server.values() if n is not None}

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import re
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -644,7 +645,7 @@ def command_migrate(args: argparse.Namespace, settings: Any) -> int:
     try:
         applied = migrate(settings)
     except StorageError as exc:
-        print(f"careledger migrate: {exc}")
+        print(f"careledger migrate: {exc}", file=sys.stderr)
         return 2
     if applied:
         print(f"applied migrations {applied} to {settings.clickhouse_database}")

@@ -237,3 +237,17 @@ def test_consent_load_on_a_sealed_ledger_without_the_ingest_key_refuses_in_one_l
     assert "sealed (seal_events)" in result.stderr
     assert "ingest_public_key" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "command"),
+    [(["migrate"], "migrate"), (["keystore", "status", "--json"], "keystore")],
+)
+def test_migrate_and_keystore_say_their_failure_on_stderr_not_in_their_output(
+    tmp_path: Path, args: list[str], command: str
+) -> None:
+    """Found on 2026-12-07: both printed their one line on stdout, where `keystore status
+    --json`'s reader expects JSON and a script expects the command's answer."""
+    result = _run(tmp_path, *args)
+    _one_line_exit_2(result, command)
+    assert result.stdout == "", result.stdout
