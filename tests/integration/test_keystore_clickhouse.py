@@ -133,13 +133,14 @@ def test_the_commands_say_in_one_line_when_the_token_or_clickhouse_cannot_be_use
     assert "key store ready" in init.stdout and token.pin not in init.stdout
     assert _cli(s, "keystore", "init").returncode == 0  # idempotent
     wrong = s.replace(keystore_token_label="no-such-token")
+    # the one line goes to stderr: stdout is the command's answer (JSON with --json)
     out = _cli(wrong, "keystore", "status")
-    assert out.returncode == 2 and len(out.stdout.strip().splitlines()) == 1, out.stdout
-    assert "cannot open the key store's token" in out.stdout and "Traceback" not in out.stderr
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "cannot open the key store's token" in out.stderr and out.stdout == ""
     down = s.replace(clickhouse_port=1)
     out = _cli(down, "keystore", "status")
-    assert out.returncode == 2 and len(out.stdout.strip().splitlines()) == 1, out.stdout
-    assert "key store" in out.stdout and "Traceback" not in out.stderr
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+    assert "key store" in out.stderr and out.stdout == ""
 
 
 def test_a_second_key_store_on_the_token_in_one_process_is_refused_clearly(
