@@ -20,17 +20,24 @@ from verifiers.auditor.runner import (
     Knowledge,
     LedgeredReference,
     PlacedDecision,
-    decide_range,
     decision_row,
     ledger_times,
     plan_knowledge,
     sort_decisions,
+)
+from verifiers.auditor.runner import (
+    decide_range as iter_decisions,
 )
 
 #: ledger times (signed block created_at): the directory, then a back-dated record
 L0 = "2026-11-02T08:00:00.000000Z"
 L1 = "2026-11-03T12:00:00.000000Z"
 REFERENCE_CHAIN = "o/careledger.workforce/0"
+
+
+def decide_range(*args: Any, **kwargs: Any) -> list[PlacedDecision]:
+    """The decisions of a range, as a list (``decide_range`` yields them)."""
+    return list(iter_decisions(*args, **kwargs))
 
 
 def late_relationship() -> ReferenceRecord:

@@ -17,6 +17,7 @@ from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
 from tests.unit.test_auditor_rules import at, btg_start, btg_stop, event, hospital
 from verifiers.auditor import AuditConfig, ReferenceState, RuleCode, group_alerts
+from verifiers.auditor import alerts as alerts_module
 from verifiers.auditor._time import US_PER_HOUR, ts_to_us, us_to_ts
 from verifiers.auditor.alerts_cli import AlertBook, status_event, status_event_id, verify_history
 from verifiers.auditor.runner import (
@@ -26,16 +27,17 @@ from verifiers.auditor.runner import (
     Follower,
     LedgeredEvent,
     LedgeredReference,
+    PlacedDecision,
     Position,
     Reviews,
     alert_fingerprint,
     alert_row,
     closed_alert_ids,
-    decide_range,
     decision_row,
     decode_alert_row,
     load_salt,
     parse_instant,
+    plan_range,
     read_bounds,
     review_alerts,
     reviewed_alert,
@@ -44,10 +46,20 @@ from verifiers.auditor.runner import (
     status_histories,
     stored_alert_fingerprint,
 )
+from verifiers.auditor.runner import decide as decide_module
+from verifiers.auditor.runner import (
+    decide_range as iter_decisions,
+)
+from verifiers.auditor.runner import range_run as range_run_module
 from verifiers.auditor.runner.rows import RESTORED_COLUMNS
 
 SALT = "unit-test-salt"
 REFERENCE_CHAIN = "o/careledger.workforce/0"
+
+
+def decide_range(*args: Any, **kwargs: Any) -> list[PlacedDecision]:
+    """The decisions of a range, as a list (``decide_range`` yields them)."""
+    return list(iter_decisions(*args, **kwargs))
 
 
 def ledgered(
@@ -487,3 +499,102 @@ def test_a_restarted_follower_replays_the_warm_up_into_its_windows(warmup: bool)
     assert second.warmed == (4 if warmup else 0)
     flags = json.loads(dict(zip(DECISION_COLUMNS, store.decisions[-1], strict=True))["flags"])
     assert ("DENIED_BURST" in {f["code"] for f in flags}) is warmup
+
+
+def test_a_long_range_decides_the_same_when_it_lets_old_positions_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``decide_range`` forgets where old accesses are once no decision about them can
+    come (ADR 0045): over three days of accesses, with overrides never stopped spread
+    through them and one open at the end, it decides exactly what it decides remembering
+    every access, late flags and their places included."""
+    events: list[AccessEvent] = []
+    for i in range(9000):  # one access every ~29 s for three days
+        minute = i * 0.48
+        if i % 1500 == 700:
+            events.append(btg_start("N2", f"P{i}", at(minute), outcome_desc="cardiac arrest"))
+        else:
+            events.append(event("N1" if i % 3 else "M1", f"P{1 + i % 4}", at(minute)))
+    events.append(btg_start("N2", "P-last", at(9000 * 0.48), outcome_desc="cardiac arrest"))
+    end = at(9000 * 0.48 + 1)
+
+    def decided() -> list[tuple[Any, ...]]:
+        placed = decide_range(
+            ReferenceState(hospital()), ledgered(events), at(0), end, horizon_ts=None
+        )
+        return [
+            (p.decision.event_id, p.decision.amends, p.position, p.known_at, p.decision.flags)
+            for p in placed
+        ]
+
+    letting_go = decided()
+    monkeypatch.setattr(decide_module, "_FORGET_EVERY", 10**9)
+    remembering = decided()
+    assert letting_go == remembering
+    late = [d for d in letting_go if d[1]]
+    assert len(late) == 7  # six overrides mid-way, one open at the end
+
+
+class _RangeSource(MemoryStore):
+    """What ``plan_range`` reads, in memory: one chain of accesses."""
+
+    def reference_records(self) -> list[LedgeredReference]:
+        return [LedgeredReference(r, REFERENCE_CHAIN, 0, r.recorded_at) for r in self.records]
+
+    def undecided_count(self, from_ts: str, to_ts: str) -> int:
+        return 1
+
+    def horizon(self) -> str | None:
+        return None
+
+
+def _three_days() -> list[AccessEvent]:
+    """Three days of accesses: snooping bursts with quiet gaps (NO_EXPLANATION groups
+    that end, and that span), overrides never stopped, explained accesses between."""
+    events: list[AccessEvent] = []
+    for i in range(6000):
+        minute = i * 0.72
+        if i % 1000 in range(400, 450, 10):  # overrides 7 minutes apart, never stopped
+            events.append(btg_start("N2", f"P{i}", at(minute), outcome_desc="cardiac arrest"))
+            # and one 10 s later: its flag and the first's late flag are close in time
+            events.append(btg_start("N2", f"Q{i}", at(minute + 1 / 6), outcome_desc="stroke"))
+        elif (i // 150) % 3 == 0:  # a burst of M1 looking at nobody's patients
+            events.append(event("M1", f"P{2 + i % 2}", at(minute)))
+        else:
+            events.append(event("N1", "P1", at(minute)))
+    return events
+
+
+@pytest.mark.parametrize("every", [None, 1])
+def test_alerts_grouped_as_decisions_come_are_the_alerts_of_the_whole_range(
+    every: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``plan_range`` groups alerts as the auditor decides, finishing groups no later
+    flag can join (ADR 0045): the alerts are those ``group_alerts`` gives over all the
+    range's decisions at once, before and after a reviewer closed one mid-way (also
+    with the grouper told what is final, and looking for finished groups, at every
+    access)."""
+    if every is not None:
+        monkeypatch.setattr(range_run_module, "_SETTLE_EVERY", every)
+        monkeypatch.setattr(alerts_module, "_SWEEP_EVERY", every)
+    source = _RangeSource(hospital())
+    source.add_block("o/careledger.access-events/0", _three_days())
+    end = at(6000 * 0.72 + 1)
+
+    def planned() -> tuple[list[Any], list[Any]]:
+        made: list[Any] = []
+        plan = plan_range(source, at(0), end, lambda p, _row: made.append(p.decision), salt=SALT)
+        whole = group_alerts(made, salt=SALT, closed=plan.reviews.closed)
+        return plan.alerts, whole
+
+    online, whole = planned()
+    assert len(online) > 10
+    assert {a.rule for a in online} >= {RuleCode.NO_EXPLANATION, RuleCode.BREAK_THE_GLASS}
+    assert any(a.evidence["late_flags"] for a in online)
+    assert online == whole
+    middle = online[len(online) // 2]
+    source.insert_alerts([alert_row(a, created_at=end, audit_run="r", version=1) for a in online])
+    source.review(middle.alert_id, "resolved", us_to_ts(ts_to_us(middle.last_at) + 60_000_000))
+    online, whole = planned()
+    assert online == whole
+    assert middle.alert_id in {a.alert_id for a in online}

@@ -22,12 +22,12 @@ import pytest
 from careledger.storage.backend import ChdbBackend
 from careledger.storage.migrations import migrate_backend
 from careledger_core.findings import Finding
-from tests.audit_ledger import DAY, OFFICER, AuditedLedger, build
+from tests.audit_ledger import DAY, OFFICER, SALT, AuditedLedger, build
 from tests.unit.test_auditor_rules import at, event
 from verifiers.auditor import alerts_cli
 from verifiers.auditor.runner import STATUS_COLUMNS, status_entry_hash
 from verifiers.auditor.runner.rows import utc_now_ts
-from verifiers.auditor.verify import AuditVerification
+from verifiers.auditor.verify import AuditVerification, verify_audit
 
 
 @pytest.fixture
@@ -479,3 +479,39 @@ def test_a_status_change_that_cannot_be_ledgered_is_not_made(
     assert "was not made" in capsys.readouterr().err
     assert [e["status"] for e in ledger.book.history([vip])[vip]] == ["acknowledged"]
     assert ledger.verify().findings == []
+
+
+class _RewritesWhileRead:
+    """The database while a range audit replaces its rows: the first time verify reads
+    a page of decisions, one settled decision is deleted."""
+
+    def __init__(self, ledger: AuditedLedger, event_id: str) -> None:
+        self.ledger, self.event_id, self.done = ledger, event_id, False
+        self.name = ledger.backend.name
+
+    def execute(self, sql: str, params: Any = None) -> Any:
+        if not self.done and "access_decisions" in sql and "LIMIT" in sql:
+            self.done = True
+            self.ledger.mutate(
+                "ALTER TABLE {db}.access_decisions DELETE WHERE event_id = %(e)s",
+                {"e": self.event_id},
+            )
+        return self.ledger.backend.execute(sql, params)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.ledger.backend, name)
+
+
+def test_decisions_rewritten_while_verify_replays_them_cannot_tell_not_tampered(
+    ledger: AuditedLedger,
+) -> None:
+    """verify reads a run's rows as it replays it (ADR 0045): rows that change meanwhile
+    (a range audit replacing them) make it "cannot tell", never a false finding."""
+    backend = _RewritesWhileRead(ledger, ledger.cases["vip"].event_id)
+    result = verify_audit(backend, ledger.db, reference_topics=ledger.topics, salt=SALT)
+    assert backend.done
+    assert result.result == "cannot tell" and result.exit_code == 2
+    assert result.cannot_tell is not None and "changed its older rows" in result.cannot_tell
+    assert not [f for f in result.findings if str(f.code).startswith(("DECISION", "ALERT_"))]
+    # read again, the deletion is what it is: a missing decision
+    assert only(ledger.verify(), "DECISION_MISSING")

@@ -16,6 +16,7 @@ same alerts.
 from __future__ import annotations
 
 import hashlib
+import heapq
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -30,6 +31,7 @@ __all__ = [
     "ALERT_STATUSES",
     "CLOSED_STATUSES",
     "Alert",
+    "AlertGrouper",
     "ClosedAlert",
     "alert_id",
     "cached_pseudonym",
@@ -192,18 +194,103 @@ def group_alerts(
     * a late flag (``amends``, raised ``late_flag_delay_us`` after its event: the
       break-the-glass stop window) raised after the close is an alert of its own, with an
       id of its own (``alert_id(..., late=True)``).
-    """
-    ordered = sorted(decisions, key=lambda d: (d.occurred_at, d.event_id, d.amends))
-    closed_us: dict[str, tuple[int, int]] = {}
-    for aid, c in (closed or {}).items():
-        at_us = ts_to_us(c.closed_at)
-        closed_us[aid] = (at_us, at_us if c.last_at is None else min(at_us, ts_to_us(c.last_at)))
 
-    def takes(window: tuple[int, int], d: AccessDecision, t_us: int) -> bool:
+    ``AlertGrouper`` does the same as the decisions are made."""
+    grouper = AlertGrouper(
+        salt=salt,
+        window_us=window_us,
+        max_span_us=max_span_us,
+        min_severity=min_severity,
+        burst_patients=burst_patients,
+        closed=closed,
+        late_flag_delay_us=late_flag_delay_us,
+    )
+    for d in decisions:
+        grouper.add(d)
+    return grouper.alerts()
+
+
+class AlertGrouper:
+    """``group_alerts`` fed one decision at a time, holding only what can still change
+    (ADR 0045): told that no decision older than a time can come any more
+    (``settled``), it groups the decisions before it in order, and finishes each group
+    no later flag can join (quiet for more than ``window_us``, or spanning more than
+    ``max_span_us``). ``alerts()`` gives what ``group_alerts`` gives over the same
+    decisions."""
+
+    def __init__(
+        self,
+        *,
+        salt: bytes | str,
+        window_us: int = US_PER_HOUR,
+        max_span_us: int = US_PER_DAY,
+        min_severity: AlertSeverity = AlertSeverity.LOW,
+        burst_patients: int = 20,
+        closed: Mapping[str, ClosedAlert] | None = None,
+        late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
+    ) -> None:
+        self._salt = salt
+        self._window_us = window_us
+        self._max_span_us = max_span_us
+        self._min_rank = min_severity.rank
+        self._burst = burst_patients
+        self._late_us = late_flag_delay_us
+        self._closed_us: dict[str, tuple[int, int]] = {}
+        for aid, c in (closed or {}).items():
+            at_us = ts_to_us(c.closed_at)
+            cut = at_us if c.last_at is None else min(at_us, ts_to_us(c.last_at))
+            self._closed_us[aid] = (at_us, cut)
+        #: flagged decisions not yet grouped, by (occurred_at, event id, amends, arrival)
+        self._waiting: list[tuple[str, str, bool, int, AccessDecision]] = []
+        self._arrived = 0
+        self._open: dict[tuple[str, RuleCode], _Group] = {}
+        self._done: list[Alert] = []
+        self._settled_calls = 0
+
+    def add(self, d: AccessDecision) -> None:
+        if d.flags:
+            self._arrived += 1
+            heapq.heappush(self._waiting, (d.occurred_at, d.event_id, d.amends, self._arrived, d))
+
+    def settled(self, before: str) -> None:
+        """No decision with ``occurred_at`` before ``before`` will be added any more."""
+        waiting = self._waiting
+        while waiting and waiting[0][0] < before:
+            self._take(heapq.heappop(waiting)[4])
+        self._settled_calls += 1
+        if self._settled_calls % _SWEEP_EVERY == 0:
+            self._finish_quiet(ts_to_us(before))
+
+    def _finish_quiet(self, now_us: int) -> None:
+        # a flag at ``now_us`` or later ends these groups before it joins them (the
+        # first test of ``_take``): they are final
+        quiet = [
+            key
+            for key, g in self._open.items()
+            if now_us - g.last_us > self._window_us or now_us - g.first_us > self._max_span_us
+        ]
+        for key in quiet:
+            self._done.append(_finish(self._open.pop(key), self._burst))
+
+    @property
+    def held(self) -> int:
+        """Decisions waiting and groups open (what bounds the memory)."""
+        return len(self._waiting) + len(self._open)
+
+    def alerts(self) -> list[Alert]:
+        """Every alert, in (first_at, rule, actor, id) order (the input is all in)."""
+        while self._waiting:
+            self._take(heapq.heappop(self._waiting)[4])
+        self._done.extend(_finish(g, self._burst) for g in self._open.values())
+        self._open.clear()
+        self._done.sort(key=lambda a: (a.first_at, a.rule, a.actor_id, a.alert_id))
+        return self._done
+
+    def _takes(self, window: tuple[int, int], d: AccessDecision, t_us: int) -> bool:
         closed_at, cut = window
-        return t_us + late_flag_delay_us <= closed_at if d.amends else t_us <= cut
+        return t_us + self._late_us <= closed_at if d.amends else t_us <= cut
 
-    def start(aid: str, d: AccessDecision, f: Flag, t_us: int) -> _Group:
+    def _start(self, aid: str, d: AccessDecision, f: Flag, t_us: int) -> _Group:
         return _Group(
             alert_id=aid,
             rule=f.code,
@@ -213,55 +300,59 @@ def group_alerts(
             first_at=d.occurred_at,
             last_at=d.occurred_at,
             severity=f.severity,
-            closed=closed_us.get(aid),
+            closed=self._closed_us.get(aid),
         )
 
-    open_groups: dict[tuple[str, RuleCode], _Group] = {}
-    done: list[_Group] = []
-    for d in ordered:
+    def _take(self, d: AccessDecision) -> None:
+        """One flagged decision, in (occurred_at, event id, amends) order."""
+        closed_us, open_groups, salt = self._closed_us, self._open, self._salt
         t_us = ts_to_us(d.occurred_at)
         for f in d.flags:
-            if f.severity.rank < min_severity.rank:
+            if f.severity.rank < self._min_rank:
                 continue
             key = (d.actor_id, f.code)
             g = open_groups.get(key)
             # the id of an alert this flag would start (only needed to recognise one closed)
             own = alert_id(f.code, d.actor_id, d.event_id) if closed_us else ""
-            if g is not None and (t_us - g.last_us > window_us or t_us - g.first_us > max_span_us):
-                done.append(g)
+            if g is not None and (
+                t_us - g.last_us > self._window_us or t_us - g.first_us > self._max_span_us
+            ):
+                self._done.append(_finish(g, self._burst))
+                del open_groups[key]
                 g = None
             own_closed = closed_us.get(own)
             late = False
             if own_closed is not None and (g is None or g.alert_id != own):
                 # this flag started an alert that is closed now: it starts it again
-                if d.amends and not takes(own_closed, d, t_us):
+                if d.amends and not self._takes(own_closed, d, t_us):
                     late = True
                 else:
                     if g is not None:
-                        done.append(g)
-                    g = open_groups[key] = start(own, d, f, t_us)
-            elif g is not None and g.closed is not None and not takes(g.closed, d, t_us):
+                        self._done.append(_finish(g, self._burst))
+                    g = open_groups[key] = self._start(own, d, f, t_us)
+            elif g is not None and g.closed is not None and not self._takes(g.closed, d, t_us):
                 if d.amends:
                     late = True
                 else:  # after the close: a new alert
-                    done.append(g)
+                    self._done.append(_finish(g, self._burst))
+                    del open_groups[key]
                     g = None
             if late:
                 # raised after the alert of its event was closed; it does not interrupt
                 # that alert (later flags may still belong to it)
-                side = start(alert_id(f.code, d.actor_id, d.event_id, late=True), d, f, t_us)
+                side = self._start(alert_id(f.code, d.actor_id, d.event_id, late=True), d, f, t_us)
                 _add(side, d, f, t_us, salt)
-                done.append(side)
+                self._done.append(_finish(side, self._burst))
                 continue
             if g is None:
-                g = open_groups[key] = start(
+                g = open_groups[key] = self._start(
                     own or alert_id(f.code, d.actor_id, d.event_id), d, f, t_us
                 )
             _add(g, d, f, t_us, salt)
-    done.extend(open_groups.values())
-    alerts = [_finish(g, burst_patients) for g in done]
-    alerts.sort(key=lambda a: (a.first_at, a.rule, a.actor_id, a.alert_id))
-    return alerts
+
+
+#: ``settled`` calls between two looks for groups no flag can join any more
+_SWEEP_EVERY: Final = 256
 
 
 def _add(g: _Group, d: AccessDecision, f: Flag, t_us: int, salt: bytes | str) -> None:

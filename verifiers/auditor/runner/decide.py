@@ -6,6 +6,7 @@ the ledger, the knowledge cutoff each event is decided with (``Knowledge``), and
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Final
@@ -19,6 +20,8 @@ from ..explanations import read_policy_table
 from ..rules import AccessDecision, Auditor, core_consent_evaluator
 from ..state import ReferenceState
 
+#: accesses read between two looks at which positions can be let go
+_FORGET_EVERY: Final = 4096
 #: the knowledge cutoff of a decision made while no reference record was known
 NOTHING_KNOWN: Final = "1970-01-01T00:00:00.000000Z"
 
@@ -173,9 +176,12 @@ def decide_range(
     auditor: Auditor | None = None,
     confirmed: Iterable[tuple[str, str]] = (),
     knowledge: Knowledge | None = None,
-) -> list[PlacedDecision]:
+) -> Iterator[PlacedDecision]:
     """Decisions about the events in ``[from_ts, to_ts)`` (``events`` sorted by
-    ``sort_key``, including the warm-up and look-ahead).
+    ``sort_key``, including the warm-up and look-ahead), each as soon as the auditor
+    makes it: an access's own decision when the access is read, a late break-the-glass
+    flag (``amends``) at most ``btg_stop_window_us`` of event time later, and the
+    overrides still open when the input ends.
 
     At the end of the input, an override still open is reported as missing its stop
     only if its stop window ended before ``horizon_ts`` (the latest committed event
@@ -190,14 +196,20 @@ def decide_range(
         knowledge = Knowledge(ref_state.latest_known_at or NOTHING_KNOWN)
     for actor_id, when in sorted(confirmed, key=lambda c: (c[1], c[0])):
         auditor.history.record_confirmed_violation(actor_id, when)
+    # where each decided access is, and its cutoff, until no decision about it can come
+    # any more (a late flag comes within the stop window): the look-back and the window,
+    # twice over, so that a memory of the range is never needed
     positions: dict[str, tuple[Position, str]] = {}
-    out: list[PlacedDecision] = []
+    placed_order: deque[tuple[str, str]] = deque()
+    keep_us = 2 * (warmup_us(auditor.config) + lookahead_us(auditor.config))
+    seen = 0
 
-    def keep(d: AccessDecision) -> None:
+    def kept(d: AccessDecision) -> PlacedDecision | None:
         if from_ts <= d.occurred_at < to_ts:
             placed = positions.get(d.event_id)
             if placed is not None:
-                out.append(PlacedDecision(d, placed[0], placed[1]))
+                return PlacedDecision(d, placed[0], placed[1])
+        return None
 
     before = ref_state.known_at
     table_before = auditor.policy_table
@@ -209,19 +221,30 @@ def decide_range(
             decided = from_ts <= le.event.occurred_at < to_ts
             cutoff = knowledge.cutoff(event_id, decided)
             if decided:
-                cutoff = positions.setdefault(event_id, (le.position, cutoff))[1]
+                placed = positions.get(event_id)
+                if placed is None:
+                    positions[event_id] = (le.position, cutoff)
+                    placed_order.append((le.event.occurred_at, event_id))
+                else:
+                    cutoff = placed[1]
+            seen += 1
+            if seen % _FORGET_EVERY == 0 and placed_order:
+                forget = us_to_ts(ts_to_us(le.event.occurred_at) - keep_us)
+                while placed_order and placed_order[0][0] < forget:
+                    positions.pop(placed_order.popleft()[1], None)
             ref_state.known_at = cutoff
             for d in auditor.process(le.event):
-                keep(d)
+                if (p := kept(d)) is not None:
+                    yield p
     finally:
         ref_state.known_at = before
         auditor.policy_table = table_before
     horizon = None if horizon_ts is None else ts_to_us(horizon_ts)
     window = auditor.config.btg_stop_window_us
     for d in auditor.finish():
-        if horizon is None or ts_to_us(d.occurred_at) + window < horizon:
-            keep(d)
-    return out
+        late_enough = horizon is None or ts_to_us(d.occurred_at) + window < horizon
+        if late_enough and (p := kept(d)) is not None:
+            yield p
 
 
 def sort_decisions(placed: Iterable[PlacedDecision]) -> list[PlacedDecision]:

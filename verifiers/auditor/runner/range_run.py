@@ -20,11 +20,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from careledger.storage.backend import StorageError
 
-from ..alerts import Alert, group_alerts
+from .._time import ts_to_us, us_to_ts
+from ..alerts import Alert, AlertGrouper
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..state import ReferenceState
 from .decide import (
@@ -35,7 +36,6 @@ from .decide import (
     ledger_times,
     plan_knowledge,
     read_bounds,
-    sort_decisions,
 )
 from .publish import AlertPublisher
 from .reviews import Reviews, report_broken_histories
@@ -87,18 +87,20 @@ class RangeResult:
         }
 
 
+#: accesses read between two times the alert grouper is told what is final
+_SETTLE_EVERY: Final = 64
+
+
 def range_run_id(from_ts: str, to_ts: str) -> str:
     return f"range:{from_ts}..{to_ts}"
 
 
 @dataclass
 class RangePlan:
-    """What a range run decided, before it is written: its decisions (with their
-    places and knowledge cutoffs), their rows, its alerts and their rows."""
+    """What a range run decided, before it is written (its decisions went to the
+    ``sink`` of ``plan_range``): its counts, its alerts, its time and reviews."""
 
     result: RangeResult
-    placed: list[PlacedDecision]
-    decision_rows: list[tuple[Any, ...]]
     alerts: list[Alert]
     decided_at: str
     reviews: Reviews
@@ -108,6 +110,7 @@ def plan_range(
     store: AuditSource,
     from_ts: str,
     to_ts: str,
+    sink: Callable[[PlacedDecision, tuple[Any, ...]], None],
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
@@ -117,7 +120,12 @@ def plan_range(
 ) -> RangePlan:
     """Decide ``[from_ts, to_ts)`` from what ``store`` serves, without writing anything:
     what ``audit_range`` stores, and what ``verify`` recomputes from the ledger (it
-    serves the ledger as it was when the run was made, ADR 0016)."""
+    serves the ledger as it was when the run was made, ADR 0016).
+
+    ``sink`` is given each decision and its row as soon as the auditor makes it (in the
+    order it makes them, not sorted): the plan does not hold them. The alerts are
+    grouped as they come (``AlertGrouper``), told every ``_SETTLE_EVERY`` accesses which
+    decisions are final (ADR 0045)."""
     run = range_run_id(from_ts, to_ts)
     result = RangeResult(from_ts, to_ts, run, reconsider=reconsider)
     # the run's time is taken before it reads: it decides from what was committed then
@@ -139,45 +147,63 @@ def plan_range(
     result.confirmed_violations = len(reviews.confirmed)
     result.broken_status_histories = list(reviews.broken)
     counted: list[int] = [0]
+    grouper = AlertGrouper(
+        salt=salt, closed=reviews.closed, late_flag_delay_us=config.btg_stop_window_us
+    )
+    late_us = config.btg_stop_window_us
 
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
+        previous = ""
         for le in events:
             counted[0] += 1
             if progress is not None and counted[0] % 5000 == 0:
                 progress(counted[0])
+            if previous and counted[0] % _SETTLE_EVERY == 0:
+                # every decision about the accesses read so far is made, but the late
+                # flags of those within the stop window of the last one
+                grouper.settled(us_to_ts(ts_to_us(previous) - late_us))
+            previous = le.event.occurred_at
             yield le
 
-    placed = sort_decisions(
-        decide_range(
-            state,
-            counting(store.events_between(lo, hi)),
-            from_ts,
-            to_ts,
-            horizon_ts=store.horizon(),
-            config=config,
-            confirmed=reviews.violations(),
-            knowledge=knowledge,
-        )
+    decided = decide_range(
+        state,
+        counting(store.events_between(lo, hi)),
+        from_ts,
+        to_ts,
+        horizon_ts=store.horizon(),
+        config=config,
+        confirmed=reviews.violations(),
+        knowledge=knowledge,
     )
+    made = _passed(decided, sink, grouper, salt=salt, decided_at=decided_at, run=run)
+    for p in made:
+        result.decisions += 1
+        result.explained += bool(p.decision.explained)
+        result.flagged += bool(p.decision.flagged)
+        if not reconsider and not p.decision.amends and p.decision.event_id in knowledge.stored:
+            result.kept_knowledge += 1
     result.events_read = counted[0]
-    if not reconsider:
-        result.kept_knowledge = sum(
-            1 for p in placed if not p.decision.amends and p.decision.event_id in knowledge.stored
-        )
-    rows = [decision_row(p, salt=salt, decided_at=decided_at, audit_run=run) for p in placed]
-    alerts = group_alerts(
-        [p.decision for p in placed],
-        salt=salt,
-        closed=reviews.closed,
-        late_flag_delay_us=config.btg_stop_window_us,
-    )
-    result.decisions = len(placed)
-    result.explained = sum(1 for p in placed if p.decision.explained)
-    result.flagged = sum(1 for p in placed if p.decision.flagged)
+    alerts = grouper.alerts()
     result.alerts = len(alerts)
     for a in alerts:
         result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
-    return RangePlan(result, placed, rows, alerts, decided_at, reviews)
+    return RangePlan(result, alerts, decided_at, reviews)
+
+
+def _passed(
+    decided: Iterable[PlacedDecision],
+    sink: Callable[[PlacedDecision, tuple[Any, ...]], None],
+    grouper: AlertGrouper,
+    *,
+    salt: str,
+    decided_at: str,
+    run: str,
+) -> Iterator[PlacedDecision]:
+    """Each decision handed to ``sink`` with its row, and to ``grouper``."""
+    for p in decided:
+        sink(p, decision_row(p, salt=salt, decided_at=decided_at, audit_run=run))
+        grouper.add(p.decision)
+        yield p
 
 
 def audit_range(
@@ -201,10 +227,14 @@ def audit_range(
     Publishes the alerts that were not stored before with the same content (all of them
     with ``republish``, e.g. after a run whose delivery to Kafka failed)."""
     started = time.perf_counter()
+    # only the rows are kept (not the decisions they were made from): they are written
+    # after the range's old rows are replaced, once it is all decided
+    rows: list[tuple[Any, ...]] = []
     plan = plan_range(
         store,
         from_ts,
         to_ts,
+        lambda _placed, row: rows.append(row),
         salt=salt,
         config=config,
         now=now,
@@ -215,7 +245,7 @@ def audit_range(
     report_broken_histories(plan.reviews.broken)
     before = store.alert_fingerprints(from_ts, to_ts)
     store.delete_range(from_ts, to_ts)
-    store.insert_decisions(plan.decision_rows)
+    store.insert_decisions(rows)
     version = time.time_ns()
     store.insert_alerts(
         [alert_row(a, created_at=plan.decided_at, audit_run=run, version=version) for a in alerts]

@@ -155,7 +155,7 @@ class AuditSource(Protocol):
     def heads(self) -> dict[str, int]: ...
     def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]: ...
     def last_decided_time(self) -> str | None: ...
-    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]: ...
+    def decision_cutoffs(self, lo: str, hi: str) -> Iterable[tuple[str, str, str]]: ...
     def flagged_decisions(
         self, actors: Sequence[str], lo: str, hi: str, before: str
     ) -> list[tuple[Any, ...]]: ...
@@ -170,6 +170,63 @@ class AuditSource(Protocol):
 #: Source registry records (ADR 0010) are reference records too, but no rule uses
 #: them: leaving them out keeps heartbeats from moving the auditor's knowledge time.
 _SOURCE_KINDS = "('source-key', 'source-heartbeat')"
+
+
+def pages_by_time(
+    backend: SqlBackend,
+    *,
+    table: str,
+    columns: str,
+    lo: str,
+    also: str,
+    where: str,
+    order: str,
+    params: Mapping[str, Any],
+    page_size: int,
+) -> Iterator[Sequence[Sequence[Any]]]:
+    """The rows of ``table`` with ``occurred_at >= lo`` (and ``also``, a condition on
+    ``occurred_at`` alone, and ``where``) in ``occurred_at, <order>`` order, page by
+    page. ``columns`` starts with ``occurred_at``.
+
+    Each page first reads the time of its last row from ``occurred_at`` alone, then the
+    page under that bound, which ``PREWHERE`` applies before the other columns are read:
+    asked for as "the first N rows from the cursor on", ClickHouse 18.16 reads every
+    column of every row after the cursor. The bound changes no page: every row of the
+    page is at or before it. A bounded page that comes back short (the last page; rows
+    gone since; a stored time that does not read back as stored, not UTF-8) is read
+    again without it."""
+    cursor = lo
+    skip = 0
+    time_also = f" AND {also}" if also else ""
+    while True:
+        p = {**params, "lo": cursor}
+        limit = f"ORDER BY occurred_at, {order} LIMIT {int(skip)}, {int(page_size)}"
+        bound = backend.execute(
+            f"SELECT occurred_at FROM {table} WHERE occurred_at >= %(lo)s{time_also} "
+            f"AND {where} ORDER BY occurred_at LIMIT {int(skip) + int(page_size) - 1}, 1",
+            p,
+        )
+        rows: Sequence[Sequence[Any]] = []
+        if bound:  # a full page ends at or before this time
+            p["b"] = _text(bound[0][0])
+            rows = backend.execute(
+                f"SELECT {columns} FROM {table} PREWHERE occurred_at >= %(lo)s{time_also} "
+                f"AND occurred_at <= %(b)s WHERE {where} {limit}",
+                p,
+            )
+        if len(rows) < page_size:
+            rows = backend.execute(
+                f"SELECT {columns} FROM {table} WHERE occurred_at >= %(lo)s{time_also} "
+                f"AND {where} {limit}",
+                p,
+            )
+        yield rows
+        if len(rows) < page_size:
+            return
+        last = _text(rows[-1][0])
+        same = sum(1 for r in rows if _text(r[0]) == last)
+        skip = skip + same if last == cursor else same
+        cursor = last
 
 
 class AuditStore:
@@ -255,55 +312,24 @@ class AuditStore:
 
     def events_between(self, lo: str, hi: str, page_size: int = 20_000) -> Iterator[LedgeredEvent]:
         """Committed access events with ``lo <= occurred_at < hi`` in
-        (occurred_at, chain_id, height, idx) order, page by page.
+        (occurred_at, chain_id, height, idx) order, page by page (``pages_by_time``).
 
         The table is sorted by (chain_id, height, idx), not by time: a page asked for as
         "the first N rows from the cursor on" made ClickHouse read the ``canonical`` of
         every row after the cursor (0.5–0.9 s a page of 20,000 over a 1M-event ledger,
-        ~30 % of a range audit's or verify's replay). Each page first reads the time of
-        its last row from ``occurred_at`` alone, then the page under that bound, which
-        ``PREWHERE`` applies before the other columns are read (0.25 s). The bound
-        changes no page: every row of the page is at or before it. A bounded page that
-        comes back short (the last page; rows gone since; a stored time that does not
-        read back as stored) is read again the way it always was."""
-        cursor = lo
-        skip = 0
-        committed = self._committed()
-        columns, table = self._EVENT_COLUMNS, f"{self.db}.access_events"
-        while True:
-            p = {"lo": cursor, "hi": hi}
-            order = (
-                f"ORDER BY occurred_at, chain_id, height, idx LIMIT {int(skip)}, {int(page_size)}"
-            )
-            bound = self.backend.execute(
-                f"SELECT occurred_at FROM {table} "
-                f"WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND {committed} "
-                f"ORDER BY occurred_at LIMIT {int(skip) + int(page_size) - 1}, 1",
-                p,
-            )
-            rows: Sequence[Sequence[Any]] = []
-            if bound:  # a full page ends at or before this time
-                p["b"] = _text(bound[0][0])
-                rows = self.backend.execute(
-                    f"SELECT {columns} FROM {table} PREWHERE occurred_at >= %(lo)s "
-                    f"AND occurred_at < %(hi)s AND occurred_at <= %(b)s WHERE {committed} {order}",
-                    p,
-                )
-            if len(rows) < page_size:
-                # the last page; or rows went away since, or a time that does not read
-                # back as it is stored (not UTF-8): the page as it was always asked for
-                rows = self.backend.execute(
-                    f"SELECT {columns} FROM {table} WHERE occurred_at >= %(lo)s "
-                    f"AND occurred_at < %(hi)s AND {committed} {order}",
-                    p,
-                )
+        ~30 % of a range audit's or verify's replay); bounded first, 0.25 s."""
+        for rows in pages_by_time(
+            self.backend,
+            table=f"{self.db}.access_events",
+            columns=self._EVENT_COLUMNS,
+            lo=lo,
+            also="occurred_at < %(hi)s",
+            where=self._committed(),
+            order="chain_id, height, idx",
+            params={"hi": hi},
+            page_size=page_size,
+        ):
             yield from self._events(rows)
-            if len(rows) < page_size:
-                return
-            last = _text(rows[-1][0])
-            same = sum(1 for r in rows if _text(r[0]) == last)
-            skip = skip + same if last == cursor else same
-            cursor = last
 
     def heads(self) -> dict[str, int]:
         rows = self.backend.execute(

@@ -37,13 +37,14 @@ from .._time import US_PER_MINUTE, ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..decision_point.replay import DecisionCheck, check_decisions
 from ..decision_point.sealed import SealedReader
-from ..runner.rows import parse_run_id, utc_now_ts
+from ..runner.decide import PlacedDecision
+from ..runner.rows import DECISION_COLUMNS, parse_run_id, utc_now_ts
 from ..runner.store import SALT_FILE, configured_salt, read_salt_file
 from ..status_records import SealedStatus
-from .check import Decided, check_alerts, check_run_decisions, unexpected_rows
-from .ledger import LedgerView
+from .check import Decided, check_alerts, unexpected_rows
+from .ledger import DecisionGroup, LedgerView
+from .merge import DecisionMerge, missing_findings
 from .replay import Replay, replay_follow, replay_range
-from .stored import StoredDecision
 
 __all__ = [
     "SALT_SETTING",
@@ -115,21 +116,43 @@ class AuditVerification:
         }
 
 
-def _fingerprint(backend: SqlBackend, database: str, settled: str) -> tuple[Any, ...]:
-    """What changes if the auditor writes older rows while verify reads (a range run
-    replacing its range): counts of its settled rows and of its unfinished mutations."""
+_CHANGED: Final = (
+    "the auditor changed its older rows while verify read them (a range audit "
+    "replacing a range?): run verify again when it is done"
+)
+
+
+def _decisions_fingerprint(backend: SqlBackend, database: str, settled: str) -> tuple[Any, ...]:
+    """What changes if the auditor writes older decisions while verify reads them (its
+    rows are read as each run is checked, ADR 0045): the count of the settled ones, and
+    of their unfinished mutations (``_fingerprint``'s first two)."""
     db = check_identifier(database)
     return (
         *backend.execute(
             f"SELECT count() FROM {db}.access_decisions WHERE decided_at <= %(t)s", {"t": settled}
         ),
         *backend.execute(
+            "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0 "
+            "AND table = 'access_decisions'",
+            {"db": db},
+        ),
+    )
+
+
+def _fingerprint(backend: SqlBackend, database: str, settled: str) -> tuple[Any, ...]:
+    """What changes if the auditor writes older rows while verify reads (a range run
+    replacing its range): counts of its settled rows and of its unfinished mutations
+    (the decisions' first: ``_decisions_fingerprint``)."""
+    db = check_identifier(database)
+    return (
+        *_decisions_fingerprint(backend, database, settled),
+        *backend.execute(
             f"SELECT count() FROM {db}.alerts WHERE created_at <= %(t)s", {"t": settled}
         ),
         *backend.execute(f"SELECT count() FROM {db}.alert_status"),
         *backend.execute(
             "SELECT count() FROM system.mutations WHERE database = %(db)s AND is_done = 0 "
-            "AND table IN ('access_decisions', 'alerts', 'alert_status')",
+            "AND table IN ('alerts', 'alert_status')",
             {"db": db},
         ),
     )
@@ -168,7 +191,7 @@ def verify_audit(
     future = us_to_ts(now_us + FUTURE_SKEW_US)
     view = None
     for _attempt in range(3):
-        before = _fingerprint(backend, database, settled)
+        fingerprint = _fingerprint(backend, database, settled)
         view = LedgerView.read(
             backend,
             database,
@@ -178,13 +201,10 @@ def verify_audit(
             future=future,
             sealed=status_sealed,
         )
-        if _fingerprint(backend, database, settled) == before:
+        if _fingerprint(backend, database, settled) == fingerprint:
             break
     else:
-        out.cannot_tell = (
-            "the auditor changed its older rows while verify read them (a range audit "
-            "replacing a range?): run verify again when it is done"
-        )
+        out.cannot_tell = _CHANGED
     assert view is not None
     findings: list[Finding] = list(view.status.findings)
     if view.status.stalled:
@@ -192,9 +212,10 @@ def verify_audit(
             f"{view.status.stalled} alert status change(s) older than the grace are not "
             "chained and the processor has chained nothing since: is it running?"
         )
-    runs: dict[str, list[StoredDecision]] = {}
-    for d in view.decisions:
-        runs.setdefault(d.audit_run, []).append(d)
+    runs: dict[str, list[DecisionGroup]] = {}
+    for g in view.groups:
+        if not g.recent:
+            runs.setdefault(g.run, []).append(g)
     replays: list[Replay] = []
     if (view.decisions or view.alerts) and salt is None:
         out.cannot_tell = (
@@ -204,20 +225,40 @@ def verify_audit(
         )
     elif view.decisions or view.alerts:
         assert salt is not None
-        decided = Decided.of([*view.decisions, *view.recent_decisions])
+        # only an alert written by no run replayed here is regrouped from the current
+        # decisions of its accesses (``check_alerts``): only theirs are kept. (An alert
+        # of a run whose rows cannot be replayed is regrouped too: from the decisions
+        # of the other runs about its accesses, which are kept only if an alert of no
+        # replayed run names them as well.)
+        replayed = {(g.run, g.decided_at) for g in view.groups if not g.recent}
+        decided = Decided(
+            frozenset(
+                e
+                for a in view.alerts
+                if (a.audit_run, a.created_at) not in replayed
+                for e in a.flagged() or ()
+            )
+        )
+        left: list[tuple[str, list[tuple[tuple[str, int], tuple[Any, ...]]]]] = []
         done = 0
-        for run_text, rows in sorted(runs.items()):
+        for run_text, groups in sorted(runs.items()):
 
             def told(n: int, before: int = done) -> None:
                 if progress is not None:
                     progress(before + n)
 
-            findings += _replay_run(view, run_text, rows, salt, config, decided, replays, told)
-            done = sum(len(rp.placed) for rp in replays)
+            found, unmatched = _replay_run(
+                view, run_text, groups, salt, config, decided, replays, told
+            )
+            findings += found
+            left.append((run_text, unmatched))
+            done = sum(rp.count for rp in replays)
             if progress is not None:
                 progress(done)
-        for rp in replays:
-            decided.add(rp)
+        # a replayed decision without its row is missing unless a later run decided it
+        latest = view.latest_decided(k for _run, keys in left for k, _row in keys)
+        for run_text, unmatched in left:
+            findings += missing_findings(run_text, unmatched, latest)
         findings += check_alerts(
             view,
             replays,
@@ -226,6 +267,10 @@ def verify_audit(
             config=config,
             recent={a.alert_id for a in view.recent_alerts},
         )
+        if _decisions_fingerprint(backend, database, settled) != fingerprint[:2]:
+            # the rows changed under the replays: what they found is not about one state
+            out.cannot_tell = _CHANGED
+            findings = list(view.status.findings)
     consent_check = None
     if consent_chains:
         consent_check = check_decisions(
@@ -238,7 +283,7 @@ def verify_audit(
     out.findings = findings[:max_findings]
     kinds = Counter(rp.kind for rp in replays)
     out.summary = {
-        "decisions": len(view.decisions),
+        "decisions": view.decisions,
         "alerts": len(view.alerts),
         "status_changes": {
             "rows": view.status.rows,
@@ -250,7 +295,7 @@ def verify_audit(
             "follow": kinds.get("follow", 0),
             "unknown": sum(1 for r in runs if parse_run_id(r) is None),
         },
-        "replayed_decisions": sum(len(rp.decisions) for rp in replays),
+        "replayed_decisions": sum(rp.count for rp in replays),
         "consent_decisions": (
             None
             if consent_check is None
@@ -261,7 +306,7 @@ def verify_audit(
             }
         ),
         # written in the last minutes: their run may still be writing; checked next time
-        "recent_rows_not_checked": len(view.recent_decisions) + len(view.recent_alerts),
+        "recent_rows_not_checked": view.recent_decisions + len(view.recent_alerts),
         "findings_total": len(findings),
         "failures": failures,
         "findings_by_code": dict(sorted(counts.items())),
@@ -296,42 +341,80 @@ def consent_decision_findings(check: DecisionCheck) -> list[Finding]:
     return out
 
 
+Unmatched = list[tuple[tuple[str, int], tuple[Any, ...]]]
+_DECIDED_AT: Final = DECISION_COLUMNS.index("decided_at")
+
+
 def _replay_run(
     view: LedgerView,
     run_text: str,
-    rows: Sequence[StoredDecision],
+    groups: Sequence[DecisionGroup],
     salt: str,
     config: AuditConfig,
     decided: Decided,
     replays: list[Replay],
     progress: Callable[[int], None] | None = None,
-) -> list[Finding]:
+) -> tuple[list[Finding], Unmatched]:
+    """One run's rows (``groups``) against its replay: the findings, and the replayed
+    decisions without a row (missing, unless a later run decided them again)."""
     run = parse_run_id(run_text)
     if run is None:
-        return unexpected_rows(rows, f"no audit run writes audit_run {run_text[:100]!r}")
-    instances: list[tuple[Sequence[StoredDecision], Replay]] = []
+        why = f"no audit run writes audit_run {run_text[:100]!r}"
+        return unexpected_rows(view.decisions_of(groups), why), []
+    margin = 2 * config.btg_stop_window_us + US_PER_MINUTE
+    out: list[Finding] = []
+    unmatched: Unmatched = []
+    mine: list[Replay] = []
+    # the decisions the alerts may be regrouped from: kept once the whole run replays
+    current: list[tuple[tuple[str, int], str, PlacedDecision]] = []
     try:
         if run.kind == "range":
-            by_time: dict[str, list[StoredDecision]] = {}
-            for r in rows:
-                by_time.setdefault(r.decided_at, []).append(r)
-            for decided_at, mine in sorted(by_time.items()):
-                rp = replay_range(
-                    view, run, decided_at, mine, salt=salt, config=config, progress=progress
+            by_time: dict[str, list[DecisionGroup]] = {}
+            for g in groups:
+                by_time.setdefault(g.decided_at, []).append(g)
+            for decided_at, of_time in sorted(by_time.items()):
+                merge = DecisionMerge(run.text, view.decisions_of(of_time), margin_us=margin)
+
+                def sink(p: PlacedDecision, row: tuple[Any, ...], m: DecisionMerge = merge) -> None:
+                    key = (p.decision.event_id, int(p.decision.amends))
+                    m.replayed(key, row)
+                    if decided.wants(key):
+                        current.append((key, str(row[_DECIDED_AT]), p))
+
+                mine.append(
+                    replay_range(
+                        view,
+                        run,
+                        decided_at,
+                        of_time,
+                        sink,
+                        salt=salt,
+                        config=config,
+                        progress=progress,
+                    )
                 )
-                instances.append((mine, rp))
+                unmatched += merge.finish()
+                out += merge.findings
         else:
-            instances.append(
-                (rows, replay_follow(view, run, rows, salt=salt, config=config, progress=progress))
-            )
+            rows = list(view.decisions_of(groups))
+            rp = replay_follow(view, run, rows, salt=salt, config=config, progress=progress)
+            merge = DecisionMerge(run.text, iter(rows), margin_us=margin)
+            for key, row in rp.decisions.items():
+                merge.replayed(key, row)
+            for key, p in rp.placed.items():
+                written = rp.decisions.get(key)
+                current.append((key, "" if written is None else str(written[_DECIDED_AT]), p))
+            mine.append(rp)
+            unmatched += merge.finish()
+            out += merge.findings
     except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
         # the rows feed the replay its times and cutoffs: ones it cannot use are hostile
         log.warning("audit run %s could not be replayed: %s", run_text[:100], exc)
         return unexpected_rows(
-            rows, f"run {run_text[:100]} cannot be replayed from its rows: {exc}"
-        )
-    out: list[Finding] = []
-    for rows_of, replayed in instances:
-        replays.append(replayed)
-        out += check_run_decisions(replayed, rows_of, decided)
-    return out
+            view.decisions_of(groups),
+            f"run {run_text[:100]} cannot be replayed from its rows: {exc}",
+        ), []
+    replays += mine
+    for key, at, p in current:
+        decided.add(key, at, p)
+    return out, unmatched

@@ -26,12 +26,18 @@ from careledger_core.findings import Finding, FindingCode
 from ..alerts import group_alerts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..runner.decide import PlacedDecision
-from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, alert_row
+from ..runner.rows import ALERT_COLUMNS, alert_row
 from .ledger import LedgerView
 from .replay import Replay
-from .stored import StoredAlert, StoredDecision, normalise_alert, normalise_decision, shown
+from .stored import StoredAlert, StoredDecision, normalise_alert, shown
 
-__all__ = ["Decided", "check_alerts", "check_run_decisions", "unexpected_rows"]
+__all__ = [
+    "Decided",
+    "check_alerts",
+    "decision_finding",
+    "differences",
+    "unexpected_rows",
+]
 
 _DECISIONS: Final = "access_decisions"
 _ALERTS: Final = "alerts"
@@ -39,7 +45,7 @@ _ALERTS: Final = "alerts"
 _WRITE_COLUMNS: Final = frozenset({"created_at", "audit_run", "version"})
 
 
-def _differences(
+def differences(
     columns: Sequence[str], stored: Sequence[Any], expected: Sequence[Any], skip: Iterable[str]
 ) -> dict[str, dict[str, Any]]:
     skipped = set(skip)
@@ -55,27 +61,23 @@ def _differences(
 
 @dataclass
 class Decided:
-    """The latest decision time stored per (event, amends), and the replayed decision
-    that is current for each (the replay of the run whose row is the latest)."""
+    """For the accesses the stored alerts name: the replayed decision that is current
+    for each (event, amends), from the replay of the run whose row is the latest."""
 
-    latest: dict[tuple[str, int], str] = field(default_factory=dict)
+    #: event ids whose decisions are kept (none: every one)
+    wanted: frozenset[str] | None = None
     current: dict[tuple[str, int], tuple[str, PlacedDecision]] = field(default_factory=dict)
 
-    @classmethod
-    def of(cls, rows: Iterable[StoredDecision]) -> Decided:
-        out = cls()
-        for r in rows:
-            if r.decided_at > out.latest.get(r.key, ""):
-                out.latest[r.key] = r.decided_at
-        return out
+    def wants(self, key: tuple[str, int]) -> bool:
+        return self.wanted is None or key[0] in self.wanted
 
-    def add(self, replay: Replay) -> None:
-        for key, placed in replay.placed.items():
-            row = replay.decisions.get(key)
-            at = str(row[DECISION_COLUMNS.index("decided_at")]) if row is not None else ""
-            seen = self.current.get(key)
-            if seen is None or at > seen[0]:
-                self.current[key] = (at, placed)
+    def add(self, key: tuple[str, int], at: str, placed: PlacedDecision) -> None:
+        """Replayed decision ``placed`` of ``key``, written at ``at``."""
+        if not self.wants(key):
+            return
+        seen = self.current.get(key)
+        if seen is None or at > seen[0]:
+            self.current[key] = (at, placed)
 
 
 def _where(key: tuple[str, int], row: Sequence[Any] | None, stored: StoredDecision | None) -> Any:
@@ -86,7 +88,7 @@ def _where(key: tuple[str, int], row: Sequence[Any] | None, stored: StoredDecisi
     return _DECISIONS, None, None
 
 
-def _decision_finding(
+def decision_finding(
     code: FindingCode,
     key: tuple[str, int],
     message: str,
@@ -107,10 +109,10 @@ def _decision_finding(
     )
 
 
-def unexpected_rows(rows: Sequence[StoredDecision], why: str) -> list[Finding]:
+def unexpected_rows(rows: Iterable[StoredDecision], why: str) -> list[Finding]:
     """Rows that no run of the auditor can have written (``why``)."""
     return [
-        _decision_finding(
+        decision_finding(
             FindingCode.DECISION_UNEXPECTED,
             r.key,
             f"decision row of event {r.key[0] or '?'}: {why}",
@@ -120,57 +122,6 @@ def unexpected_rows(rows: Sequence[StoredDecision], why: str) -> list[Finding]:
         )
         for r in rows
     ]
-
-
-def check_run_decisions(
-    replay: Replay, rows: Sequence[StoredDecision], decided: Decided
-) -> list[Finding]:
-    """One run's stored decision rows against its replay."""
-    out: list[Finding] = []
-    stored: dict[tuple[str, int], list[StoredDecision]] = {}
-    for r in rows:
-        stored.setdefault(r.key, []).append(r)
-    for key, found in stored.items():
-        first, *extra = found
-        expected = replay.decisions.get(key)
-        out += unexpected_rows(extra, f"a second row of the same decision by run {replay.run}")
-        if expected is None:
-            out += unexpected_rows(
-                [first],
-                f"run {replay.run} did not decide it (replayed over the ledger it read)",
-            )
-            continue
-        diffs = _differences(DECISION_COLUMNS, first.values, normalise_decision(expected), skip=())
-        if diffs:
-            out.append(
-                _decision_finding(
-                    FindingCode.DECISION_MISMATCH,
-                    key,
-                    f"decision of event {key[0]} differs from what run {replay.run} decides "
-                    f"over the ledger: {', '.join(sorted(diffs))}",
-                    row=expected,
-                    audit_run=replay.run,
-                    columns=diffs,
-                )
-            )
-    for key, expected in replay.decisions.items():
-        if key in stored:
-            continue
-        at = str(expected[DECISION_COLUMNS.index("decided_at")])
-        if decided.latest.get(key, "") > at:
-            continue  # decided again by a later run: that run's row stands
-        out.append(
-            _decision_finding(
-                FindingCode.DECISION_MISSING,
-                key,
-                f"run {replay.run} decided event {key[0]}{' (late flag)' if key[1] else ''} "
-                f"at {at} but its decision row is gone",
-                row=expected,
-                audit_run=replay.run,
-                decided_at=at,
-            )
-        )
-    return out
 
 
 # --------------------------------------------------------------------------- alerts
@@ -273,7 +224,7 @@ def _check_stored_alert(
     alert_id, run, at = alert.alert_id, alert.audit_run, alert.created_at
     expected = written.get((run, at, alert_id))
     if expected is not None:
-        diffs = _differences(ALERT_COLUMNS, alert.values, expected, skip=("version",))
+        diffs = differences(ALERT_COLUMNS, alert.values, expected, skip=("version",))
         if diffs:
             return [
                 _alert_finding(
@@ -300,11 +251,11 @@ def _check_stored_alert(
                     f"alert {alert_id} is the version run {run} wrote at {at}, not the one "
                     f"run {u.run} wrote at {u.at}: "
                     + ", ".join(
-                        sorted(_differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS))
+                        sorted(differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS))
                     ),
                     audit_run=run,
                     created_at=at,
-                    columns=_differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS),
+                    columns=differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS),
                 )
             ]
         return []
@@ -365,7 +316,7 @@ def _regrouped(
     diffs = (
         {"alert_id": {"stored": alert_id, "recomputed": None}}
         if expected is None
-        else _differences(ALERT_COLUMNS, alert.values, expected, skip=_WRITE_COLUMNS)
+        else differences(ALERT_COLUMNS, alert.values, expected, skip=_WRITE_COLUMNS)
     )
     if not diffs:
         return []

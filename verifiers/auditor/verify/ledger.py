@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import bisect
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from careledger.storage.backend import SqlBackend
 from careledger.storage.migrations import check_identifier
@@ -21,7 +21,7 @@ from .._time import ts_to_us
 from ..runner.decide import LedgeredEvent, LedgeredReference, ledger_times
 from ..runner.reviews import ReviewedAlert, Reviews, review_alerts
 from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS
-from ..runner.store import AuditStore
+from ..runner.store import AuditStore, pages_by_time
 from ..status_records import (
     SealedStatus,
     StatusReconciliation,
@@ -29,7 +29,14 @@ from ..status_records import (
     read_status_rows,
     reconcile,
 )
-from .stored import StoredAlert, StoredDecision, parse_alerts, parse_decisions
+from .stored import (
+    StoredAlert,
+    StoredDecision,
+    Unreadable,
+    normalise_value,
+    parse_alerts,
+    parse_decisions,
+)
 
 __all__ = ["LedgerView"]
 
@@ -51,11 +58,11 @@ class LedgerView:
     block_times: dict[tuple[str, int], str]
     references: list[LedgeredReference]
     status: StatusReconciliation
-    decisions: list[StoredDecision]
+    #: the decision rows by run and time (their rows are read when they are checked)
+    groups: list[DecisionGroup]
     alerts: list[StoredAlert]
-    #: rows written after ``settled`` (the auditor may still be writing their run):
-    #: left for the next run of verify (decisions for the "decided again" test only)
-    recent_decisions: list[StoredDecision] = field(default_factory=list)
+    #: alerts written after ``settled`` (the auditor may still be writing their run):
+    #: left for the next run of verify
     recent_alerts: list[StoredAlert] = field(default_factory=list)
     #: per reference chain, (height, ledger time) in ledger order
     reference_times: dict[str, list[tuple[int, str]]] = field(default_factory=dict)
@@ -110,16 +117,18 @@ class LedgerView:
             now_us=now_us,
             chained_since=chained_since,
         )
-        decisions = parse_decisions(
-            backend.execute(f"SELECT {', '.join(DECISION_COLUMNS)} FROM {db}.access_decisions")
-        )
+        groups = [
+            DecisionGroup.of(run, at, int(n), settled=settled, future=future)
+            for run, at, n in backend.execute(
+                f"SELECT hex(audit_run), hex(decided_at), count() FROM {db}.access_decisions "
+                "GROUP BY audit_run, decided_at"
+            )
+        ]
+        groups.sort(key=lambda g: (g.run, g.decided_at, g.run_hex, g.decided_hex))
         alerts = parse_alerts(
             backend.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM {db}.alerts FINAL")
         )
-        view = cls(store, block_times, references, status, [], [])
-        for d in decisions:
-            recent = settled < d.decided_at <= future
-            (view.recent_decisions if recent else view.decisions).append(d)
+        view = cls(store, block_times, references, status, groups, [])
         for a in alerts:
             recent = settled < a.created_at <= future
             (view.recent_alerts if recent else view.alerts).append(a)
@@ -205,13 +214,168 @@ class LedgerView:
 
     def latest_cutoffs(self, before: str) -> Mapping[str, tuple[str, str]]:
         """Per event, (occurred_at, knowledge cutoff) of its latest stored decision
-        made before ``before`` (what a run then read as stored cutoffs)."""
+        made before ``before`` (what a run then read as stored cutoffs). Read in pages
+        of the five columns it needs, reduced as they come."""
         best: dict[str, tuple[str, str, str]] = {}
-        for d in self.decisions:
-            event_id, amends = d.key
-            if amends != 0 or not d.known_at or not event_id or d.decided_at >= before:
-                continue
-            seen = best.get(event_id)
-            if seen is None or d.decided_at > seen[0]:
-                best[event_id] = (d.decided_at, d.occurred_at, d.known_at)
+        for rows in self._pages(
+            "occurred_at, event_id, amends, reference_known_at, decided_at",
+            "amends = 0 AND reference_known_at != ''",
+            {},
+        ):
+            for occ_raw, event_raw, amends, known_raw, at_raw in rows:
+                event_id, known = _txt("event_id", event_raw), _txt("reference_known_at", known_raw)
+                at = _txt("decided_at", at_raw)
+                if amends != 0 or not known or not event_id or at >= before:
+                    continue
+                seen = best.get(event_id)
+                if seen is None or at > seen[0]:
+                    best[event_id] = (at, _txt("occurred_at", occ_raw), known)
         return {e: (occ, known) for e, (_at, occ, known) in best.items()}
+
+    def run_blocks(self, groups: Sequence[DecisionGroup]) -> set[tuple[str, int]]:
+        """The blocks a run (its rows: ``groups``) decided events of."""
+        blocks: set[tuple[str, int]] = set()
+        for chain_raw, height in self.store.backend.execute(
+            f"SELECT DISTINCT chain_id, height FROM {self.store.db}.access_decisions "
+            f"WHERE {_OF_GROUPS}",
+            _of_groups(groups),
+        ):
+            chain = normalise_value("chain_id", chain_raw)
+            if not isinstance(chain, Unreadable) and type(height) is int:
+                blocks.add((chain, height))
+        return blocks
+
+    def run_cutoffs(
+        self, groups: Sequence[DecisionGroup], lo: str, hi: str
+    ) -> Iterator[tuple[str, str, str]]:
+        """(event id, occurred_at, cutoff) of a run's own decisions (its rows:
+        ``groups``) with a cutoff and ``lo <= occurred_at < hi``, read in pages."""
+        for rows in self._pages(
+            "occurred_at, event_id, amends, reference_known_at",
+            f"{_OF_GROUPS} AND amends = 0 AND reference_known_at != ''",
+            _of_groups(groups),
+            lo=lo,
+        ):
+            for occ_raw, event_raw, amends, known_raw in rows:
+                occurred = _txt("occurred_at", occ_raw)
+                known = _txt("reference_known_at", known_raw)
+                if amends == 0 and known and lo <= occurred < hi:
+                    yield _txt("event_id", event_raw), occurred, known
+
+    # -- the auditor's decision rows, read when they are checked (ADR 0045)
+    @property
+    def decisions(self) -> int:
+        """Decision rows to check (the recent ones are left for the next verify)."""
+        return sum(g.rows for g in self.groups if not g.recent)
+
+    @property
+    def recent_decisions(self) -> int:
+        return sum(g.rows for g in self.groups if g.recent)
+
+    def _pages(
+        self, columns: str, where: str, params: Mapping[str, Any], lo: str = ""
+    ) -> Iterator[Sequence[Sequence[Any]]]:
+        # a total order, so that pages cut between rows of one key cut the same way
+        return pages_by_time(
+            self.store.backend,
+            table=f"{self.store.db}.access_decisions",
+            columns=columns,
+            lo=lo,
+            also="",
+            where=where,
+            order=f"event_id, amends, cityHash64({', '.join(DECISION_COLUMNS)})",
+            params=params,
+            page_size=20_000,
+        )
+
+    def decisions_where(
+        self, where: str, params: Mapping[str, Any], lo: str = ""
+    ) -> Iterator[StoredDecision]:
+        """Stored decisions matching ``where`` with ``occurred_at >= lo``, in
+        (occurred_at, event_id, amends) order, page by page."""
+        columns = f"occurred_at, {', '.join(DECISION_COLUMNS)}"
+        for rows in self._pages(columns, where, params, lo):
+            yield from parse_decisions(r[1:] for r in rows)
+
+    def decisions_of(self, groups: Sequence[DecisionGroup]) -> Iterator[StoredDecision]:
+        """The rows of ``groups`` (of one run: the same ``run`` text), in
+        (occurred_at, event_id, amends) order."""
+        if not groups:
+            return iter(())
+        if len({g.decided_hex for g in groups}) <= _MAX_TIMES:
+            return self.decisions_where(_OF_GROUPS, _of_groups(groups))
+        # a follower's many cycles: the run's rows, but those left for the next verify
+        texts = {g.decided_at for g in groups}
+        runs = tuple(sorted({g.run_hex for g in groups}))
+        return (
+            d
+            for d in self.decisions_where("hex(audit_run) IN %(runs)s", {"runs": runs})
+            if d.decided_at in texts
+        )
+
+    def latest_decided(self, keys: Iterable[tuple[str, int]]) -> dict[tuple[str, int], str]:
+        """The latest ``decided_at`` stored per key (event id, amends), over all rows."""
+        wanted = set(keys)
+        out: dict[tuple[str, int], str] = {}
+        events = sorted({e for e, _a in wanted})
+        for i in range(0, len(events), 2000):
+            chunk = tuple(events[i : i + 2000])
+            for d in self.decisions_where("event_id IN %(e)s", {"e": chunk}):
+                if d.key in wanted and d.decided_at > out.get(d.key, ""):
+                    out[d.key] = d.decided_at
+        return out
+
+    def rows_about(self, actors: Sequence[str], lo: str, hi: str) -> Iterator[StoredDecision]:
+        """Rows about ``actors`` with ``lo <= occurred_at < hi`` as stored (a superset:
+        the caller tests the normalised row)."""
+        if not actors:
+            return iter(())
+        return self.decisions_where(
+            "actor_id IN %(a)s AND occurred_at < %(hi)s",
+            {"a": tuple(sorted(set(actors))), "hi": hi},
+            lo=lo,
+        )
+
+
+#: decision times a run's rows are asked for by (more: the run's rows, filtered here)
+_MAX_TIMES: Final = 200
+#: the rows of some groups (``_of_groups``)
+_OF_GROUPS: Final = "hex(audit_run) IN %(runs)s AND hex(decided_at) IN %(times)s"
+
+
+def _of_groups(groups: Sequence[DecisionGroup]) -> dict[str, Any]:
+    """``_OF_GROUPS``'s parameters: the rows of ``groups``, which are of one run (so
+    every run and time asked for pairs into one of them)."""
+    return {
+        "runs": tuple(sorted({g.run_hex for g in groups})),
+        "times": tuple(sorted({g.decided_hex for g in groups})),
+    }
+
+
+def _txt(column: str, value: Any) -> str:
+    """A stored text value as ``StoredDecision.text`` reads it ("" if not UTF-8)."""
+    v = normalise_value(column, value)
+    return v if isinstance(v, str) and not isinstance(v, Unreadable) else ""
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionGroup:
+    """The decision rows of one ``audit_run`` written at one ``decided_at``, as stored
+    (hex) and as read (text, "" if not UTF-8); ``recent``: written after the settle
+    time (their run may still be writing): left for the next verify."""
+
+    run: str
+    decided_at: str
+    run_hex: str
+    decided_hex: str
+    rows: int
+    recent: bool
+
+    @classmethod
+    def of(
+        cls, run_hex: Any, decided_hex: Any, rows: int, *, settled: str, future: str
+    ) -> DecisionGroup:
+        rh, dh = _text(run_hex), _text(decided_hex)
+        run = _txt("audit_run", bytes.fromhex(rh))
+        at = _txt("decided_at", bytes.fromhex(dh))
+        return cls(run, at, rh, dh, rows, settled < at <= future)

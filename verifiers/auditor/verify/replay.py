@@ -28,7 +28,7 @@ from ..runner.follow import Follower
 from ..runner.range_run import plan_range
 from ..runner.reviews import Reviews
 from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RESTORED_COLUMNS, RunId, alert_row
-from .ledger import LedgerView
+from .ledger import DecisionGroup, LedgerView
 from .stored import StoredDecision
 
 __all__ = ["Replay", "replay_follow", "replay_range"]
@@ -51,6 +51,9 @@ class Replay:
     times: list[str] = field(default_factory=list)
     #: range runs: [from, to); the alerts with first_at there were replaced by the run
     bounds: tuple[str, str] | None = None
+    #: the decisions the replay made (a range replay hands them over, ``decisions`` and
+    #: ``placed`` stay empty)
+    count: int = 0
 
 
 class _Snapshot:
@@ -88,14 +91,15 @@ class _Snapshot:
 
 
 class RangeSnapshot(_Snapshot):
-    """The ledger as range run ``rows`` (one run: same id and ``decided_at``) saw it."""
+    """The ledger as a range run (one run: the same id and ``decided_at``; its rows:
+    ``groups``) saw it."""
 
-    def __init__(self, view: LedgerView, rows: Sequence[StoredDecision], decided_at: str) -> None:
+    def __init__(self, view: LedgerView, groups: Sequence[DecisionGroup], decided_at: str) -> None:
         super().__init__(view)
         self.now = decided_at
-        self.mine = {r.key[0]: r for r in rows if r.key[1] == 0 and r.known_at}
+        self.groups = groups
         #: the blocks the run decided events of: it saw them, whatever their time says
-        self.blocks = {(p[0], p[1]) for r in rows if (p := r.position) is not None}
+        self.blocks = view.run_blocks(groups)
 
     def _visible(self, le: LedgeredEvent) -> bool:
         p = le.position
@@ -109,15 +113,13 @@ class RangeSnapshot(_Snapshot):
     def horizon(self) -> str | None:
         return self.view.horizon_at(self.now, sorted(self.blocks))
 
-    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
-        # the run's own decisions first: they are the cutoffs it kept (or chose)
-        out = [
-            (e, r.occurred_at, r.known_at) for e, r in self.mine.items() if lo <= r.occurred_at < hi
-        ]
+    def decision_cutoffs(self, lo: str, hi: str) -> Iterator[tuple[str, str, str]]:
+        # the run's own decisions first: they are the cutoffs it kept (or chose); an
+        # event's first cutoff is the one taken (``plan_knowledge``)
+        yield from self.view.run_cutoffs(self.groups, lo, hi)
         for e, (occurred, known) in self.view.latest_cutoffs(self.now).items():
-            if e not in self.mine and lo <= occurred < hi:
-                out.append((e, occurred, known))
-        return out
+            if lo <= occurred < hi:
+                yield e, occurred, known
 
     # not read by a range run
     def reference_records_of_chain(
@@ -147,30 +149,31 @@ def replay_range(
     view: LedgerView,
     run: RunId,
     decided_at: str,
-    rows: Sequence[StoredDecision],
+    groups: Sequence[DecisionGroup],
+    sink: Callable[[PlacedDecision, tuple[Any, ...]], None],
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
     progress: Callable[[int], None] | None = None,
 ) -> Replay:
-    """Range run ``run`` made at ``decided_at``, replayed (``plan_range``; ``progress``
-    is told the accesses read so far, every 5,000)."""
+    """Range run ``run`` made at ``decided_at``, replayed (``plan_range``) from what its
+    rows (``groups``) tell. Each decision goes to ``sink`` with its row as the auditor
+    makes it; the ``Replay`` keeps the alerts. ``progress`` is told the accesses read so
+    far, every 5,000."""
     assert run.from_ts is not None and run.to_ts is not None
-    source = RangeSnapshot(view, rows, decided_at)
+    source = RangeSnapshot(view, groups, decided_at)
     plan = plan_range(
         source,
         run.from_ts,
         run.to_ts,
+        sink,
         salt=salt,
         config=config,
         now=lambda: decided_at,
         progress=progress,
     )
     out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
-    for placed, row in zip(plan.placed, plan.decision_rows, strict=True):
-        key = (placed.decision.event_id, int(placed.decision.amends))
-        out.decisions.setdefault(key, row)
-        out.placed.setdefault(key, placed)
+    out.count = plan.result.decisions
     for a in plan.alerts:
         out.alerts.append(
             (
@@ -307,7 +310,7 @@ class FollowSnapshot(_Snapshot):
         # the decisions about ``actors`` made before ``before`` (its start)
         wanted = set(actors)
         latest: dict[tuple[str, int], StoredDecision] = {}
-        for d in self.view.decisions:
+        for d in self.view.rows_about(actors, lo, hi):
             if d.decided_at >= before or not lo <= d.occurred_at < hi:
                 continue
             if d.text("actor_id") not in wanted:
@@ -364,6 +367,7 @@ def replay_follow(
         follower.cycle()
         if progress is not None:
             progress(len(out.placed))
+    out.count = len(out.placed)
     # the replaying follower has a token of its own: the rows carry the run's id
     d_run, d_amends = DECISION_COLUMNS.index("audit_run"), DECISION_COLUMNS.index("amends")
     a_run = ALERT_COLUMNS.index("audit_run")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -22,6 +22,7 @@ __all__ = [
     "Unreadable",
     "normalise_alert",
     "normalise_decision",
+    "normalise_value",
     "parse_alerts",
     "parse_decisions",
     "shown",
@@ -48,31 +49,65 @@ _FLOAT: Final = frozenset({"score"})
 _DATE: Final = frozenset({"occurred_date"})
 
 
-def _value(column: str, value: Any) -> Any:
-    if column in _INT:
-        return value if type(value) is int else Unreadable(repr(value)[:200])
-    if column in _FLOAT:
-        if type(value) is float or type(value) is int:
-            return float(value)
-        return Unreadable(repr(value)[:200])
-    if column in _DATE:
-        if type(value) is dt.date:
-            return value
-        return Unreadable(repr(value)[:200])
+def _unreadable(value: Any) -> Unreadable:
+    return Unreadable(repr(value)[:200])
+
+
+def _as_int(value: Any) -> Any:
+    return value if type(value) is int else _unreadable(value)
+
+
+def _as_float(value: Any) -> Any:
+    if type(value) is float or type(value) is int:
+        return float(value)
+    return _unreadable(value)
+
+
+def _as_date(value: Any) -> Any:
+    return value if type(value) is dt.date else _unreadable(value)
+
+
+def _as_text(value: Any) -> Any:
     if isinstance(value, bytes):
         try:
             return value.decode("utf-8")
         except UnicodeDecodeError:
-            return Unreadable(repr(value)[:200])
+            return _unreadable(value)
     if isinstance(value, str):
         return value
-    return Unreadable(repr(value)[:200])
+    return _unreadable(value)
 
 
-def _normalise(columns: Sequence[str], row: Sequence[Any]) -> tuple[Any, ...]:
-    values = list(row)[: len(columns)]
-    values += [None] * (len(columns) - len(values))
-    return tuple(_value(c, v) for c, v in zip(columns, values, strict=True))
+def _converter(column: str) -> Callable[[Any], Any]:
+    if column in _INT:
+        return _as_int
+    if column in _FLOAT:
+        return _as_float
+    if column in _DATE:
+        return _as_date
+    return _as_text
+
+
+def normalise_value(column: str, value: Any) -> Any:
+    """One stored value normalised (``column`` says its type)."""
+    return _converter(column)(value)
+
+
+_CONVERTERS: dict[tuple[str, ...], tuple[Callable[[Any], Any], ...]] = {}
+
+
+def _normalise(columns: tuple[str, ...], row: Sequence[Any]) -> tuple[Any, ...]:
+    convert = _CONVERTERS.get(columns)
+    if convert is None:
+        convert = _CONVERTERS[columns] = tuple(_converter(c) for c in columns)
+    if len(row) != len(columns):
+        values = list(row)[: len(columns)]
+        row = values + [None] * (len(columns) - len(values))
+    return tuple(map(_call, convert, row))
+
+
+def _call(convert: Callable[[Any], Any], value: Any) -> Any:
+    return convert(value)
 
 
 def normalise_decision(row: Sequence[Any]) -> tuple[Any, ...]:
