@@ -212,15 +212,17 @@ class LedgerView:
                 head = max(head, height)
         return head
 
-    def latest_cutoffs(self, before: str) -> Mapping[str, tuple[str, str]]:
-        """Per event, (occurred_at, knowledge cutoff) of its latest stored decision
-        made before ``before`` (what a run then read as stored cutoffs). Read in pages
-        of the five columns it needs, reduced as they come."""
+    def latest_cutoffs(self, before: str, lo: str, hi: str) -> Mapping[str, tuple[str, str]]:
+        """Per event with ``lo <= occurred_at < hi``, (occurred_at, knowledge cutoff) of
+        its latest stored decision made before ``before`` (what a run then read as
+        stored cutoffs, which it asks for by the same range). Read in pages of the
+        five columns it needs, reduced as they come."""
         best: dict[str, tuple[str, str, str]] = {}
         for rows in self._pages(
             "occurred_at, event_id, amends, reference_known_at, decided_at",
-            "amends = 0 AND reference_known_at != ''",
-            {},
+            "occurred_at < %(hi)s AND amends = 0 AND reference_known_at != ''",
+            {"hi": hi},
+            lo=lo,
         ):
             for occ_raw, event_raw, amends, known_raw, at_raw in rows:
                 event_id, known = _txt("event_id", event_raw), _txt("reference_known_at", known_raw)

@@ -117,7 +117,7 @@ class RangeSnapshot(_Snapshot):
         # the run's own decisions first: they are the cutoffs it kept (or chose); an
         # event's first cutoff is the one taken (``plan_knowledge``)
         yield from self.view.run_cutoffs(self.groups, lo, hi)
-        for e, (occurred, known) in self.view.latest_cutoffs(self.now).items():
+        for e, (occurred, known) in self.view.latest_cutoffs(self.now, lo, hi).items():
             if lo <= occurred < hi:
                 yield e, occurred, known
 
@@ -299,7 +299,7 @@ class FollowSnapshot(_Snapshot):
         first = self.cycles.times[0]
         return [
             (e, occurred, known)
-            for e, (occurred, known) in self.view.latest_cutoffs(first).items()
+            for e, (occurred, known) in self.view.latest_cutoffs(first, lo, hi).items()
             if lo <= occurred < hi
         ]
 
