@@ -14,7 +14,7 @@ from typing import Final
 from careledger_core.event import AccessEvent
 from careledger_core.reference import ReferenceRecord
 
-from .._time import ts_to_us, us_to_ts
+from .._time import US_PER_HOUR, ts_to_us, us_to_ts
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..explanations import read_policy_table
 from ..rules import AccessDecision, Auditor, core_consent_evaluator
@@ -197,11 +197,12 @@ def decide_range(
     for actor_id, when in sorted(confirmed, key=lambda c: (c[1], c[0])):
         auditor.history.record_confirmed_violation(actor_id, when)
     # where each decided access is, and its cutoff, until no decision about it can come
-    # any more (a late flag comes within the stop window): the look-back and the window,
-    # twice over, so that a memory of the range is never needed
+    # any more: a late flag comes within the stop window of its access, kept an hour
+    # longer. (An event id ledgered again later than that, at another time, is placed
+    # where it is read again: the auditor and verify both place it so.)
     positions: dict[str, tuple[Position, str]] = {}
     placed_order: deque[tuple[str, str]] = deque()
-    keep_us = 2 * (warmup_us(auditor.config) + lookahead_us(auditor.config))
+    keep_us = lookahead_us(auditor.config) + US_PER_HOUR
     seen = 0
 
     def kept(d: AccessDecision) -> PlacedDecision | None:
