@@ -291,13 +291,19 @@ class LiteWitness:
             if time.monotonic() > deadline or self.agent.poll() is not None:
                 raise RuntimeError("ssh-agent did not start")
             time.sleep(0.05)
-        subprocess.run(
-            ["ssh-add", str(key_file)],
-            env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
-            capture_output=True,
-            timeout=30,
-            check=True,
-        )
+        # the socket file exists once the agent has bound it, a moment before it
+        # listens: ssh-add then cannot connect (exit 2), so it is tried again
+        while True:
+            added = subprocess.run(
+                ["ssh-add", str(key_file)],
+                env={**os.environ, "SSH_AUTH_SOCK": str(sock)},
+                capture_output=True,
+                timeout=30,
+            )
+            if added.returncode != 2 or time.monotonic() > deadline:
+                added.check_returncode()
+                break
+            time.sleep(0.05)
         key_id = hashlib.sha256(self.key.public_key.raw).hexdigest()
         self.port = free_port()
         log = (self.directory / "litewitness.log").open("ab")
