@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import stat
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -565,15 +566,17 @@ def _three_days() -> list[AccessEvent]:
     return events
 
 
+@pytest.mark.parametrize("handed", [False, True], ids=["kept", "handed-over"])
 @pytest.mark.parametrize("every", [None, 1])
 def test_alerts_grouped_as_decisions_come_are_the_alerts_of_the_whole_range(
-    every: int | None, monkeypatch: pytest.MonkeyPatch
+    every: int | None, handed: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``plan_range`` groups alerts as the auditor decides, finishing groups no later
     flag can join (ADR 0045): the alerts are those ``group_alerts`` gives over all the
     range's decisions at once, before and after a reviewer closed one mid-way (also
     with the grouper told what is final, and looking for finished groups, at every
-    access)."""
+    access; and handed over to an ``alert_sink`` as each is final, as verify's
+    replay takes them, the plan then holding none)."""
     if every is not None:
         monkeypatch.setattr(range_run_module, "_SETTLE_EVERY", every)
         monkeypatch.setattr(alerts_module, "_SWEEP_EVERY", every)
@@ -583,9 +586,31 @@ def test_alerts_grouped_as_decisions_come_are_the_alerts_of_the_whole_range(
 
     def planned() -> tuple[list[Any], list[Any]]:
         made: list[Any] = []
-        plan = plan_range(source, at(0), end, lambda p, _row: made.append(p.decision), salt=SALT)
+        sunk: list[Any] = []
+        early: list[int] = []
+
+        def sink(a: Any) -> None:
+            sunk.append(a)
+            early.append(len(made))
+
+        plan = plan_range(
+            source,
+            at(0),
+            end,
+            lambda p, _row: made.append(p.decision),
+            salt=SALT,
+            alert_sink=sink if handed else None,
+        )
         whole = group_alerts(made, salt=SALT, closed=plan.reviews.closed)
-        return plan.alerts, whole
+        if not handed:
+            return plan.alerts, whole
+        assert plan.alerts == []
+        assert plan.result.alerts == len(sunk)
+        assert plan.result.by_rule == dict(Counter(str(a.rule) for a in sunk))
+        if every is not None:
+            # handed over while the range was still being decided, not all at the end
+            assert min(early) < len(made)
+        return sorted(sunk, key=lambda a: (a.first_at, a.rule, a.actor_id, a.alert_id)), whole
 
     online, whole = planned()
     assert len(online) > 10

@@ -204,6 +204,28 @@ def test_a_rewritten_alert_is_found(ledger: AuditedLedger, column: str, value: s
     assert list(rewritten.details["columns"]) == [column]  # type: ignore[call-overload]
 
 
+def test_a_rewrite_deep_inside_a_long_alert_value_is_found(ledger: AuditedLedger) -> None:
+    """verify holds the long values of alerts as digests (ADR 0045): one character
+    added at the end, far past what a digest keeps to show, still differs."""
+    column = "evidence"
+    [(raw_id, length)] = ledger.sql(
+        f"SELECT alert_id, length({column}) AS n FROM {{db}}.alerts FINAL "
+        "ORDER BY n DESC, alert_id LIMIT 1"
+    )
+    assert length > 160  # longer than verify keeps verbatim
+    vip = raw_id.decode() if isinstance(raw_id, bytes) else raw_id
+    ledger.mutate(
+        f"ALTER TABLE {{db}}.alerts UPDATE {column} = concat({column}, ' ') WHERE alert_id = %(a)s",
+        {"a": vip},
+    )
+    [rewritten] = only(ledger.verify(), "ALERT_MISMATCH")
+    assert rewritten.details["alert_id"] == vip
+    shown = rewritten.details["columns"][column]  # type: ignore[index]
+    assert list(rewritten.details["columns"]) == [column]  # type: ignore[call-overload]
+    assert f"({length + 1} characters" in shown["stored"]
+    assert f"({length} characters" in shown["recomputed"]
+
+
 def test_an_alert_forged_into_the_table_is_found(ledger: AuditedLedger) -> None:
     ledger.sql(
         "INSERT INTO {db}.alerts SELECT 'f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0f0', rule, severity, "
@@ -515,3 +537,57 @@ def test_decisions_rewritten_while_verify_replays_them_cannot_tell_not_tampered(
     assert not [f for f in result.findings if str(f.code).startswith(("DECISION", "ALERT_"))]
     # read again, the deletion is what it is: a missing decision
     assert only(ledger.verify(), "DECISION_MISSING")
+
+
+def test_alert_rows_held_as_digests_compare_as_their_texts() -> None:
+    """``compact_alert``: long lists and evidence become digests that are equal exactly
+    when the texts are; short values and everything else stay verbatim; a value of the
+    wrong type stays unreadable (equal to nothing)."""
+    from verifiers.auditor.runner.rows import ALERT_COLUMNS
+    from verifiers.auditor.verify.stored import Digested, Unreadable, compact_alert
+
+    ids = json.dumps([str(uuid.UUID(int=i)) for i in range(10)])
+    row = [
+        "a1", "NO_EXPLANATION", "medium", 1.0, "N" * 200, "p", "[]", ids, "{}", "[]",
+        "t1", "t2", "t3", "range:x", 0,
+    ]  # fmt: skip
+    assert len(row) == len(ALERT_COLUMNS)
+    one, again = compact_alert(row), compact_alert(list(row))
+    assert one == again
+    ev = ALERT_COLUMNS.index("event_ids")
+    assert isinstance(one[ev], Digested) and one[ev].length == len(ids)
+    assert one[ALERT_COLUMNS.index("actor_id")] == "N" * 200  # not a list: kept as it is
+    assert one[ALERT_COLUMNS.index("evidence")] == "{}"
+    changed = compact_alert([*row[:ev], ids[:-2] + "x]", *row[ev + 1 :]])
+    assert changed[ev] != one[ev] and changed[ev].head == one[ev].head  # type: ignore[union-attr]
+    hostile = compact_alert([*row[:ev], 12, *row[ev + 1 :]])
+    assert isinstance(hostile[ev], Unreadable) and hostile[ev] != hostile[ev]
+
+
+def test_alerts_read_page_by_page_are_every_row_final_reads(ledger: AuditedLedger) -> None:
+    """verify reads the alerts in pages of ``first_at`` (ADR 0045): rows sharing a time
+    across a page's end, an empty time, a time that is not UTF-8 and a superseded
+    version are each read as one ``FINAL`` query reads them, none twice, none lost."""
+    from verifiers.auditor.runner.rows import ALERT_COLUMNS
+    from verifiers.auditor.verify.ledger import stored_alerts
+    from verifiers.auditor.verify.stored import parse_alerts
+
+    copy = (
+        "INSERT INTO {db}.alerts SELECT %(id)s, rule, severity, score, actor_id, patient_ref, "
+        "patient_refs, event_ids, evidence, explanations_searched, {first}, last_at, "
+        "created_at, audit_run, %(v)s FROM {db}.alerts FINAL WHERE alert_id = %(a)s"
+    )
+    vip = ledger.alert_of("vip", "VIP_OR_SENSITIVE_UNEXPLAINED")
+    for i, first in enumerate(["first_at"] * 4 + ["''", "unhex('FFFE')"]):
+        ledger.sql(copy.replace("{first}", first), {"id": f"copy{i}", "v": 0, "a": vip})
+    ledger.sql(copy.replace("{first}", "first_at"), {"id": "copy0", "v": 7, "a": vip})
+    whole = sorted(
+        repr(a.values)
+        for a in parse_alerts(
+            ledger.sql(f"SELECT {', '.join(ALERT_COLUMNS)} FROM {{db}}.alerts FINAL")
+        )
+    )
+    assert len(whole) >= 10 and sum("copy0" in r for r in whole) == 1
+    for page in (1, 2, 3, 1000):
+        paged = [repr(a.values) for a in stored_alerts(ledger.backend, ledger.db, page)]
+        assert sorted(paged) == whole, page

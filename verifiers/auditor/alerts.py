@@ -277,8 +277,15 @@ class AlertGrouper:
         """Decisions waiting and groups open (what bounds the memory)."""
         return len(self._waiting) + len(self._open)
 
+    def finished(self) -> list[Alert]:
+        """The alerts finished since the last call, handed over: no later decision can
+        change them (``alerts()`` then gives only those not yet handed over)."""
+        done, self._done = self._done, []
+        return done
+
     def alerts(self) -> list[Alert]:
-        """Every alert, in (first_at, rule, actor, id) order (the input is all in)."""
+        """Every alert not handed over by ``finished``, in (first_at, rule, actor, id)
+        order (the input is all in)."""
         while self._waiting:
             self._take(heapq.heappop(self._waiting)[4])
         self._done.extend(_finish(g, self._burst) for g in self._open.values())

@@ -98,7 +98,8 @@ def range_run_id(from_ts: str, to_ts: str) -> str:
 @dataclass
 class RangePlan:
     """What a range run decided, before it is written (its decisions went to the
-    ``sink`` of ``plan_range``): its counts, its alerts, its time and reviews."""
+    ``sink`` of ``plan_range``): its counts, its alerts (none when they went to its
+    ``alert_sink``), its time and reviews."""
 
     result: RangeResult
     alerts: list[Alert]
@@ -117,6 +118,7 @@ def plan_range(
     now: Callable[[], str] = utc_now_ts,
     reconsider: bool = False,
     progress: Callable[[int], None] | None = None,
+    alert_sink: Callable[[Alert], None] | None = None,
 ) -> RangePlan:
     """Decide ``[from_ts, to_ts)`` from what ``store`` serves, without writing anything:
     what ``audit_range`` stores, and what ``verify`` recomputes from the ledger (it
@@ -125,7 +127,8 @@ def plan_range(
     ``sink`` is given each decision and its row as soon as the auditor makes it (in the
     order it makes them, not sorted): the plan does not hold them. The alerts are
     grouped as they come (``AlertGrouper``), told every ``_SETTLE_EVERY`` accesses which
-    decisions are final (ADR 0045)."""
+    decisions are final (ADR 0045); given ``alert_sink``, each alert goes there as soon
+    as it is final (in no particular order) and the plan holds none."""
     run = range_run_id(from_ts, to_ts)
     result = RangeResult(from_ts, to_ts, run, reconsider=reconsider)
     # the run's time is taken before it reads: it decides from what was committed then
@@ -152,6 +155,13 @@ def plan_range(
     )
     late_us = config.btg_stop_window_us
 
+    def raised(alerts: list[Alert]) -> None:
+        result.alerts += len(alerts)
+        for a in alerts:
+            result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
+            if alert_sink is not None:
+                alert_sink(a)
+
     def counting(events: Iterable[LedgeredEvent]) -> Iterator[LedgeredEvent]:
         previous = ""
         for le in events:
@@ -162,6 +172,8 @@ def plan_range(
                 # every decision about the accesses read so far is made, but the late
                 # flags of those within the stop window of the last one
                 grouper.settled(us_to_ts(ts_to_us(previous) - late_us))
+                if alert_sink is not None:
+                    raised(grouper.finished())
             previous = le.event.occurred_at
             yield le
 
@@ -184,10 +196,8 @@ def plan_range(
             result.kept_knowledge += 1
     result.events_read = counted[0]
     alerts = grouper.alerts()
-    result.alerts = len(alerts)
-    for a in alerts:
-        result.by_rule[str(a.rule)] = result.by_rule.get(str(a.rule), 0) + 1
-    return RangePlan(result, alerts, decided_at, reviews)
+    raised(alerts)
+    return RangePlan(result, [] if alert_sink is not None else alerts, decided_at, reviews)
 
 
 def _passed(

@@ -29,7 +29,7 @@ from ..runner.decide import PlacedDecision
 from ..runner.rows import ALERT_COLUMNS, alert_row
 from .ledger import LedgerView
 from .replay import Replay
-from .stored import StoredAlert, StoredDecision, normalise_alert, shown
+from .stored import StoredAlert, StoredDecision, compact_alert, shown
 
 __all__ = [
     "Decided",
@@ -162,8 +162,9 @@ def check_alerts(
     for rp in replays:
         times.setdefault(rp.run, set()).update(rp.times)
         for at, alert_id, row in rp.alerts:
-            upserts.setdefault(alert_id, []).append(_Upsert(at, rp.run, normalise_alert(row)))
-            written[(rp.run, at, alert_id)] = normalise_alert(row)
+            # the rows are compact already (``compact_alert``), as the stored ones are
+            upserts.setdefault(alert_id, []).append(_Upsert(at, rp.run, row))
+            written[(rp.run, at, alert_id)] = row
     for ups in upserts.values():
         ups.sort(key=lambda u: u.at)
     stored: dict[str, list[StoredAlert]] = {}
@@ -311,7 +312,7 @@ def _regrouped(
     expected = (
         None
         if again is None
-        else normalise_alert(alert_row(again, created_at=at, audit_run=alert.audit_run, version=0))
+        else compact_alert(alert_row(again, created_at=at, audit_run=alert.audit_run, version=0))
     )
     diffs = (
         {"alert_id": {"stored": alert_id, "recomputed": None}}

@@ -43,6 +43,43 @@ __all__ = ["LedgerView"]
 log = logging.getLogger("careledger.verify.audit")
 
 
+#: alert rows read at once (each with its evidence and event ids)
+_ALERT_PAGE: Final = 5000
+
+
+def stored_alerts(
+    backend: SqlBackend, db: str, page_size: int = _ALERT_PAGE
+) -> Iterator[StoredAlert]:
+    """Every ``alerts`` row as ``FINAL`` reads it, page by page in ``first_at`` order (the
+    table's sort key leads with it), never all rows of text at once (ADR 0045). A page
+    ends at the ``first_at`` of its last row, taken as bytes (``hex``), so that no
+    stored time, UTF-8 or not, is skipped or read twice."""
+    columns = ", ".join(ALERT_COLUMNS)
+    after: str | None = None
+    while True:
+        where = "1" if after is None else "first_at > unhex(%(a)s)"
+        params = {} if after is None else {"a": after}
+        bound = backend.execute(
+            f"SELECT hex(first_at) FROM {db}.alerts WHERE {where} "
+            f"ORDER BY first_at LIMIT {int(page_size) - 1}, 1",
+            params,
+        )
+        if not bound:
+            yield from parse_alerts(
+                backend.execute(f"SELECT {columns} FROM {db}.alerts FINAL WHERE {where}", params)
+            )
+            return
+        after_this = _text(bound[0][0])
+        yield from parse_alerts(
+            backend.execute(
+                f"SELECT {columns} FROM {db}.alerts FINAL WHERE {where} "
+                "AND first_at <= unhex(%(b)s)",
+                {**params, "b": after_this},
+            )
+        )
+        after = after_this
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode("utf-8", errors="replace")
@@ -125,11 +162,8 @@ class LedgerView:
             )
         ]
         groups.sort(key=lambda g: (g.run, g.decided_at, g.run_hex, g.decided_hex))
-        alerts = parse_alerts(
-            backend.execute(f"SELECT {', '.join(ALERT_COLUMNS)} FROM {db}.alerts FINAL")
-        )
         view = cls(store, block_times, references, status, groups, [])
-        for a in alerts:
+        for a in stored_alerts(backend, db):
             recent = settled < a.created_at <= future
             (view.recent_alerts if recent else view.alerts).append(a)
         latest: dict[str, tuple[int, str]] = {}

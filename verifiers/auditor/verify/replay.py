@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..alerts import Alert
 from ..config import DEFAULT_CONFIG, AuditConfig
 from ..runner.decide import LedgeredEvent, LedgeredReference, PlacedDecision
 from ..runner.follow import Follower
@@ -29,7 +30,7 @@ from ..runner.range_run import plan_range
 from ..runner.reviews import Reviews
 from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RESTORED_COLUMNS, RunId, alert_row
 from .ledger import DecisionGroup, LedgerView
-from .stored import StoredDecision
+from .stored import StoredDecision, compact_alert
 
 __all__ = ["Replay", "replay_follow", "replay_range"]
 
@@ -40,7 +41,8 @@ _CHUNK = 2000
 @dataclass
 class Replay:
     """What one run must have written: its decision rows (by event id and amends), the
-    decisions themselves, and its alert upserts in order (time, alert id, row)."""
+    decisions themselves, and its alert upserts in order (time, alert id, row: the
+    ``compact_alert`` of what the run wrote)."""
 
     run: str
     kind: str
@@ -162,6 +164,13 @@ def replay_range(
     far, every 5,000."""
     assert run.from_ts is not None and run.to_ts is not None
     source = RangeSnapshot(view, groups, decided_at)
+    out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
+
+    def raised(a: Alert) -> None:
+        # kept compact as each alert is final: the grouper lets it go (ADR 0045)
+        row = alert_row(a, created_at=decided_at, audit_run=run.text, version=0)
+        out.alerts.append((decided_at, a.alert_id, compact_alert(row)))
+
     plan = plan_range(
         source,
         run.from_ts,
@@ -171,17 +180,9 @@ def replay_range(
         config=config,
         now=lambda: decided_at,
         progress=progress,
+        alert_sink=raised,
     )
-    out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
     out.count = plan.result.decisions
-    for a in plan.alerts:
-        out.alerts.append(
-            (
-                decided_at,
-                a.alert_id,
-                alert_row(a, created_at=decided_at, audit_run=run.text, version=0),
-            )
-        )
     return out
 
 
@@ -225,8 +226,9 @@ def _cycles(rows: Sequence[StoredDecision]) -> _Cycles:
 class FollowSnapshot(_Snapshot):
     """The ledger as follow run ``rows`` saw it, one cycle at a time (``cycle``)."""
 
-    def __init__(self, view: LedgerView, cycles: _Cycles, warm_until: str | None) -> None:
+    def __init__(self, view: LedgerView, run: str, cycles: _Cycles, warm_until: str | None) -> None:
         super().__init__(view)
+        self.run = run
         self.cycles = cycles
         self.warm_until = warm_until
         self.k = -1
@@ -329,7 +331,11 @@ class FollowSnapshot(_Snapshot):
         self.written_at.extend((self.now, r) for r in rows)
 
     def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self.alerts_at.extend((self.now, r) for r in rows)
+        a_run = ALERT_COLUMNS.index("audit_run")
+        # the replaying follower has a token of its own: the rows carry the run's id
+        self.alerts_at.extend(
+            (self.now, compact_alert((*r[:a_run], self.run, *r[a_run + 1 :]))) for r in rows
+        )
 
 
 def replay_follow(
@@ -347,7 +353,7 @@ def replay_follow(
     out = Replay(run.text, "follow", times=list(cycles.times))
     if not cycles.times:
         return out
-    source = FollowSnapshot(view, cycles, run.warm_until)
+    source = FollowSnapshot(view, run.text, cycles, run.warm_until)
     follower = Follower(
         source,
         salt=salt,
@@ -370,10 +376,9 @@ def replay_follow(
     out.count = len(out.placed)
     # the replaying follower has a token of its own: the rows carry the run's id
     d_run, d_amends = DECISION_COLUMNS.index("audit_run"), DECISION_COLUMNS.index("amends")
-    a_run = ALERT_COLUMNS.index("audit_run")
     for _t, row in source.written_at:
         fixed = (*row[:d_run], run.text, *row[d_run + 1 :])
         out.decisions.setdefault((str(row[0]), int(row[d_amends])), fixed)
     for t, row in source.alerts_at:
-        out.alerts.append((t, str(row[0]), (*row[:a_run], run.text, *row[a_run + 1 :])))
+        out.alerts.append((t, str(row[0]), row))
     return out

@@ -9,6 +9,7 @@ row is a finding at its place, never a crash.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,11 @@ from typing import Any, Final
 from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS
 
 __all__ = [
+    "Digested",
     "StoredAlert",
     "StoredDecision",
     "Unreadable",
+    "compact_alert",
     "normalise_alert",
     "normalise_decision",
     "normalise_value",
@@ -120,8 +123,61 @@ def normalise_alert(row: Sequence[Any]) -> tuple[Any, ...]:
     return _normalise(ALERT_COLUMNS, row)
 
 
+#: the alert columns that grow with the alert (JSON lists and the evidence): longer
+#: than ``_LONG``, they are kept as a ``Digested`` in the rows held for the checks
+_DIGESTED: Final = frozenset({"patient_refs", "event_ids", "evidence", "explanations_searched"})
+_LONG: Final = 160
+#: what a ``Digested`` keeps of its text to show
+_HEAD: Final = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Digested:
+    """A long text value of an alert row, kept as its length, its BLAKE2b digest and
+    the start a finding shows (ADR 0045): two are equal exactly when their texts are
+    (up to a 128-bit collision), in a fraction of the text's memory."""
+
+    head: str
+    length: int
+    digest: bytes
+
+    @classmethod
+    def of(cls, text: str) -> Digested:
+        data = text.encode("utf-8", "surrogatepass")
+        return cls(text[:_HEAD], len(text), hashlib.blake2b(data, digest_size=16).digest())
+
+    def shown(self) -> str:
+        return f"{self.head}... ({self.length} characters, BLAKE2b-128 {self.digest.hex()})"
+
+
+def _compact(value: Any) -> Any:
+    # Unreadable (a str subclass) and short text stay as they are
+    if type(value) is str and len(value) > _LONG:
+        return Digested.of(value)
+    return value
+
+
+def _kept(value: Any) -> Any:
+    return value
+
+
+_COMPACT: Final = tuple(_compact if c in _DIGESTED else _kept for c in ALERT_COLUMNS)
+
+
+def _compacted(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(map(_call, _COMPACT, values))
+
+
+def compact_alert(row: Sequence[Any]) -> tuple[Any, ...]:
+    """An alert row (``ALERT_COLUMNS`` order) normalised, its long lists and evidence
+    ``Digested``: what the alert checks compare and show, in bounded memory per alert."""
+    return _compacted(normalise_alert(row))
+
+
 def shown(value: Any, limit: int = 300) -> Any:
     """A value as a finding shows it (JSON-friendly, bounded)."""
+    if isinstance(value, Digested):
+        return value.shown()
     if isinstance(value, dt.date):
         return value.isoformat()
     if isinstance(value, str) and len(value) > limit:
@@ -181,9 +237,19 @@ class StoredDecision:
 
 @dataclass(frozen=True, slots=True)
 class StoredAlert:
-    """One ``alerts`` row as ``FINAL`` reads it (normalised; ``version`` kept apart)."""
+    """One ``alerts`` row as ``FINAL`` reads it (``compact_alert``: normalised, long text
+    digested; ``version`` kept apart), with the flagged event ids it names."""
 
     values: tuple[Any, ...]
+    #: the flagged event ids joined by NUL, or None when the row does not say them
+    #: readably (one string: an alert of a thousand accesses holds no thousand objects)
+    packed_flagged: str | None = None
+
+    @classmethod
+    def of(cls, row: Sequence[Any]) -> StoredAlert:
+        values = normalise_alert(row)
+        flagged = _flagged(values[_A["event_ids"]], values[_A["evidence"]])
+        return cls(tuple(map(_compact, values)), None if flagged is None else "\0".join(flagged))
 
     def get(self, column: str) -> Any:
         return self.values[_A[column]]
@@ -208,24 +274,32 @@ class StoredAlert:
     def first_at(self) -> str:
         return self.text("first_at")
 
-    def json(self, column: str) -> Any:
-        """A JSON column decoded, or None if it does not decode."""
-        try:
-            return json.loads(self.text(column))
-        except ValueError:
-            return None
-
     def flagged(self) -> list[str] | None:
         """The flagged event ids (the last ``flagged_events`` of ``event_ids``), or None
         when the row does not say them readably."""
-        ids = self.json("event_ids")
-        evidence = self.json("evidence")
-        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        if self.packed_flagged is None:
             return None
-        n = evidence.get("flagged_events") if isinstance(evidence, dict) else None
-        if type(n) is int and 0 < n <= len(ids):
-            return ids[-n:]
-        return list(ids)
+        return self.packed_flagged.split("\0") if self.packed_flagged else []
+
+
+def _json(value: Any) -> Any:
+    if not isinstance(value, str) or isinstance(value, Unreadable):
+        return None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
+
+
+def _flagged(event_ids: Any, evidence: Any) -> list[str] | None:
+    ids = _json(event_ids)
+    doc = _json(evidence)
+    if not isinstance(ids, list) or not all(isinstance(i, str) and "\0" not in i for i in ids):
+        return None
+    n = doc.get("flagged_events") if isinstance(doc, dict) else None
+    if type(n) is int and 0 < n <= len(ids):
+        return ids[-n:]
+    return list(ids)
 
 
 def parse_decisions(rows: Iterable[Sequence[Any]]) -> list[StoredDecision]:
@@ -233,4 +307,4 @@ def parse_decisions(rows: Iterable[Sequence[Any]]) -> list[StoredDecision]:
 
 
 def parse_alerts(rows: Iterable[Sequence[Any]]) -> list[StoredAlert]:
-    return [StoredAlert(normalise_alert(r)) for r in rows]
+    return [StoredAlert.of(r) for r in rows]
