@@ -252,6 +252,7 @@ class LedgerView:
         stored cutoffs, which it asks for by the same range). Read in pages of the
         five columns it needs, reduced as they come."""
         best: dict[str, tuple[str, str, str]] = {}
+        shared: dict[str, str] = {}  # a few distinct cutoffs and run times, many events
         for rows in self._pages(
             "occurred_at, event_id, amends, reference_known_at, decided_at",
             "occurred_at < %(hi)s AND amends = 0 AND reference_known_at != ''",
@@ -265,6 +266,7 @@ class LedgerView:
                     continue
                 seen = best.get(event_id)
                 if seen is None or at > seen[0]:
+                    at, known = shared.setdefault(at, at), shared.setdefault(known, known)
                     best[event_id] = (at, _txt("occurred_at", occ_raw), known)
         return {e: (occ, known) for e, (_at, occ, known) in best.items()}
 
@@ -286,6 +288,7 @@ class LedgerView:
     ) -> Iterator[tuple[str, str, str]]:
         """(event id, occurred_at, cutoff) of a run's own decisions (its rows:
         ``groups``) with a cutoff and ``lo <= occurred_at < hi``, read in pages."""
+        shared: dict[str, str] = {}
         for rows in self._pages(
             "occurred_at, event_id, amends, reference_known_at",
             f"{_OF_GROUPS} AND amends = 0 AND reference_known_at != ''",
@@ -296,7 +299,8 @@ class LedgerView:
                 occurred = _txt("occurred_at", occ_raw)
                 known = _txt("reference_known_at", known_raw)
                 if amends == 0 and known and lo <= occurred < hi:
-                    yield _txt("event_id", event_raw), occurred, known
+                    # held per event by the run's knowledge: one string per cutoff
+                    yield _txt("event_id", event_raw), occurred, shared.setdefault(known, known)
 
     # -- the auditor's decision rows, read when they are checked (ADR 0045)
     @property
