@@ -544,7 +544,7 @@ def test_alert_rows_held_as_digests_compare_as_their_texts() -> None:
     when the texts are; short values and everything else stay verbatim; a value of the
     wrong type stays unreadable (equal to nothing)."""
     from verifiers.auditor.runner.rows import ALERT_COLUMNS
-    from verifiers.auditor.verify.stored import Digested, Unreadable, compact_alert
+    from verifiers.auditor.verify.stored import Digested, StoredAlert, Unreadable, compact_alert
 
     ids = json.dumps([str(uuid.UUID(int=i)) for i in range(10)])
     row = [
@@ -554,6 +554,7 @@ def test_alert_rows_held_as_digests_compare_as_their_texts() -> None:
     assert len(row) == len(ALERT_COLUMNS)
     one, again = compact_alert(row), compact_alert(list(row))
     assert one == again
+    assert StoredAlert.of(row).values == one  # the stored rows are held as the replayed
     ev = ALERT_COLUMNS.index("event_ids")
     assert isinstance(one[ev], Digested) and one[ev].length == len(ids)
     assert one[ALERT_COLUMNS.index("actor_id")] == "N" * 200  # not a list: kept as it is
@@ -591,3 +592,23 @@ def test_alerts_read_page_by_page_are_every_row_final_reads(ledger: AuditedLedge
     for page in (1, 2, 3, 1000):
         paged = [repr(a.values) for a in stored_alerts(ledger.backend, ledger.db, page)]
         assert sorted(paged) == whole, page
+
+
+def test_alerts_of_a_run_renamed_to_none_the_auditor_writes_are_findings_not_crashes(
+    ledger: AuditedLedger,
+) -> None:
+    """verify keeps an alert's flagged events only where it may regroup or review the
+    alert (ADR 0045). Renaming a range run's rows and alerts to a run id no auditor
+    writes leaves its alerts to be regrouped without them: findings, never a crash."""
+    for table in ("access_decisions", "alerts"):
+        ledger.mutate(
+            f"ALTER TABLE {{db}}.{table} UPDATE audit_run = 'range:bogus' "
+            "WHERE audit_run LIKE 'range:%'"
+        )
+    result = ledger.verify()
+    assert result.result == "tampered"
+    [(alerts,)] = ledger.sql("SELECT count() FROM {db}.alerts FINAL")
+    unexpected = only(result, "ALERT_UNEXPECTED")
+    assert alerts > 0 and len(unexpected) == alerts
+    assert all("no audit run decided" in f.message for f in unexpected)
+    assert only(result, "DECISION_UNEXPECTED")

@@ -64,12 +64,12 @@ class Decided:
     """For the accesses the stored alerts name: the replayed decision that is current
     for each (event, amends), from the replay of the run whose row is the latest."""
 
-    #: event ids whose decisions are kept (none: every one)
-    wanted: frozenset[str] | None = None
+    #: event ids whose decisions are kept
+    wanted: frozenset[str]
     current: dict[tuple[str, int], tuple[str, PlacedDecision]] = field(default_factory=dict)
 
     def wants(self, key: tuple[str, int]) -> bool:
-        return self.wanted is None or key[0] in self.wanted
+        return key[0] in self.wanted
 
     def add(self, key: tuple[str, int], at: str, placed: PlacedDecision) -> None:
         """Replayed decision ``placed`` of ``key``, written at ``at``."""
@@ -279,7 +279,9 @@ def _regrouped(
     """An alert of a run that cannot be replayed at its time: regroup its own flagged
     accesses from their current decisions."""
     alert_id, at = alert.alert_id, alert.created_at
-    flagged = alert.flagged()
+    # not kept: its run was to be replayed at its time but could not be (its rows are
+    # findings), and no decision about its accesses was kept either
+    flagged = alert.flagged() if alert.flagged_kept else None
     members: list[PlacedDecision] = []
     newer = False
     for event_id in flagged or ():

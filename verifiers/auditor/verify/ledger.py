@@ -163,9 +163,17 @@ class LedgerView:
         ]
         groups.sort(key=lambda g: (g.run, g.decided_at, g.run_hex, g.decided_hex))
         view = cls(store, block_times, references, status, groups, [])
+        # an alert's flagged events are read only to regroup it (no replayed run wrote
+        # it at its time) and to review it: the others' are not kept
+        replayed = {(g.run, g.decided_at) for g in groups if not g.recent}
         for a in stored_alerts(backend, db):
             recent = settled < a.created_at <= future
-            (view.recent_alerts if recent else view.alerts).append(a)
+            if recent:
+                view.recent_alerts.append(a)
+                continue
+            if (a.audit_run, a.created_at) in replayed and a.alert_id not in status.alerts:
+                a = StoredAlert(a.values, None, flagged_kept=False)
+            view.alerts.append(a)
         latest: dict[str, tuple[int, str]] = {}
         for (rec, t), ref in zip(ledger_times(references, latest), references, strict=True):
             del rec
@@ -200,8 +208,10 @@ class LedgerView:
             histories.setdefault(change["alert_id"], []).append(change)
         alerts: dict[str, ReviewedAlert] = {}
         for a in [*self.alerts, *self.recent_alerts]:
+            if a.alert_id not in histories:
+                continue
             flagged = a.flagged()
-            if a.alert_id in histories and flagged is not None:
+            if flagged is not None:
                 alerts[a.alert_id] = ReviewedAlert(
                     a.text("actor_id"), a.text("last_at"), tuple(flagged)
                 )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
@@ -161,7 +162,18 @@ def _kept(value: Any) -> Any:
     return value
 
 
-_COMPACT: Final = tuple(_compact if c in _DIGESTED else _kept for c in ALERT_COLUMNS)
+def _shared(value: Any) -> Any:
+    # values many alerts repeat (a rule, an actor, a run and its time): one string each
+    return sys.intern(value) if type(value) is str else value
+
+
+#: alert columns whose values repeat across alerts
+_SHARED: Final = frozenset(
+    {"rule", "severity", "actor_id", "explanations_searched", "created_at", "audit_run"}
+)
+_COMPACT: Final = tuple(
+    _compact if c in _DIGESTED else _shared if c in _SHARED else _kept for c in ALERT_COLUMNS
+)
 
 
 def _compacted(values: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -244,12 +256,17 @@ class StoredAlert:
     #: the flagged event ids joined by NUL, or None when the row does not say them
     #: readably (one string: an alert of a thousand accesses holds no thousand objects)
     packed_flagged: str | None = None
+    #: whether the flagged ids were kept (verify keeps them only for the alerts it may
+    #: regroup or review: ``LedgerView.read``)
+    flagged_kept: bool = True
 
     @classmethod
-    def of(cls, row: Sequence[Any]) -> StoredAlert:
+    def of(cls, row: Sequence[Any], *, keep_flagged: bool = True) -> StoredAlert:
         values = normalise_alert(row)
+        if not keep_flagged:
+            return cls(_compacted(values), None, False)
         flagged = _flagged(values[_A["event_ids"]], values[_A["evidence"]])
-        return cls(tuple(map(_compact, values)), None if flagged is None else "\0".join(flagged))
+        return cls(_compacted(values), None if flagged is None else "\0".join(flagged))
 
     def get(self, column: str) -> Any:
         return self.values[_A[column]]
@@ -277,6 +294,8 @@ class StoredAlert:
     def flagged(self) -> list[str] | None:
         """The flagged event ids (the last ``flagged_events`` of ``event_ids``), or None
         when the row does not say them readably."""
+        if not self.flagged_kept:
+            raise RuntimeError(f"the flagged events of alert {self.alert_id} were not kept")
         if self.packed_flagged is None:
             return None
         return self.packed_flagged.split("\0") if self.packed_flagged else []
