@@ -19,6 +19,7 @@ import pytest
 
 import commands.cli as cli
 from careledger.config import Settings
+from careledger_core.signing import SigningKey, format_public_key
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,6 +87,26 @@ def test_access_report_with_clickhouse_down_says_one_line_without_a_traceback(
     )
     line = _one_line_exit_2(result, "access-report")
     assert "ClickHouse" in line
+
+
+def test_benchmark_verify_on_the_ledger_with_clickhouse_down_says_one_line(
+    tmp_path: Path,
+) -> None:
+    """``benchmark-verify --ledger`` runs the real verify: with ClickHouse down it says
+    verify's own line, exit 2, and prints no figures."""
+    key = SigningKey.from_seed(bytes(32)).public_key
+    result = _run(
+        tmp_path,
+        "benchmark-verify",
+        "--ledger",
+        extra_env={
+            "CARELEDGER_TRUSTED_KEYS": format_public_key(key),
+            "CARELEDGER_TRUSTED_REGISTRAR_KEYS": format_public_key(key),
+        },
+    )
+    line = _one_line_exit_2(result, "benchmark-verify")
+    assert "verify exited 2: careledger verify: " in line and "ClickHouse" in line
+    assert result.stdout == ""
 
 
 @pytest.mark.parametrize("bad", ["2026-13-01", "2026-02-30", "2026-01-01T25:00:00Z"])
