@@ -10,14 +10,18 @@ the unit tests, ClickHouse 18.16 in the integration tests).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import time
+import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from careledger.storage.backend import SqlBackend
+from careledger.storage.backend import ChdbBackend, SqlBackend
 from careledger.storage.kinds import ACCESS, REFERENCE
+from careledger.storage.migrations import migrate_backend
 from careledger.storage.store import ChainStore
 from careledger_core.event import AccessEvent, canonical_event_bytes
 from careledger_core.reference import ReferenceRecord, canonical_reference_bytes
@@ -178,3 +182,16 @@ def build(
     ledger.review(ledger.alert_of("snoop"), "resolved", "confirmed: no care role")
     ledger.review(ledger.alert_of("vip"), "acknowledged")
     return ledger
+
+
+@contextlib.contextmanager
+def chdb_audited(prefix: str) -> Iterator[AuditedLedger]:
+    """``build`` in a database of its own on chDB (current ClickHouse), dropped after."""
+    backend = ChdbBackend()
+    db = f"careledger_{prefix}_{uuid.uuid4().hex[:10]}"
+    migrate_backend(backend, db)
+    try:
+        yield build(backend, db)
+    finally:
+        backend.execute(f"DROP DATABASE IF EXISTS {db}")
+        backend.close()

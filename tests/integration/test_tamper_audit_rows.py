@@ -26,6 +26,7 @@ from careledger.config import PROJECT_ROOT, Settings
 from careledger.storage.backend import ClickHouseBackend
 from careledger_core.signing import format_public_key
 from tests.audit_ledger import KEY, OFFICER, SALT, AuditedLedger, build
+from tests.unit import test_knowledge_cutoffs_read as cutoffs
 from tests.unit.test_auditor_rules import at
 from verifiers.auditor.runner import STATUS_COLUMNS, status_entry_hash
 from verifiers.auditor.verify import AuditVerification
@@ -244,3 +245,27 @@ def test_columns_of_another_type_are_findings_at_their_rows_not_crashes(
     assert alert in alerts  # every alert's score is now text
     cli = verify_cli(isolated)
     assert cli.returncode == 1 and "Traceback" not in cli.stderr, cli.stdout + cli.stderr
+
+
+# The knowledge cutoffs read in pages of whole times (ADR 0046), on 18.16 itself: the
+# same checks as on chDB, against this fixture's ledger.
+
+
+def test_cutoffs_read_page_by_page_are_one_read_of_the_latest_per_access_on_18_16(
+    ledger: AuditedLedger,
+) -> None:
+    cutoffs.test_cutoffs_read_page_by_page_are_one_read_of_the_latest_per_access(ledger)
+
+
+def test_verify_reads_the_latest_cutoff_of_each_access_made_before_the_run_on_18_16(
+    ledger: AuditedLedger,
+) -> None:
+    cutoffs.test_verify_reads_the_latest_cutoff_of_each_access_made_before_the_run(ledger)
+
+
+def test_an_event_id_ledgered_again_hours_later_is_a_new_access_on_18_16(
+    ledger: AuditedLedger,
+) -> None:
+    cutoffs.test_an_event_id_ledgered_again_hours_later_is_a_new_access_to_auditor_and_verify(
+        ledger
+    )

@@ -4,9 +4,12 @@ versions known at its cutoff (their ledger time), whatever arrived later (ADR 00
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from careledger_core.reference import ReferenceRecord
 from tests.unit.test_audit_runner import SALT, MemoryStore, ledgered
@@ -20,6 +23,7 @@ from verifiers.auditor.runner import (
     Knowledge,
     LedgeredReference,
     PlacedDecision,
+    StoredCutoffs,
     decision_row,
     ledger_times,
     plan_knowledge,
@@ -28,6 +32,7 @@ from verifiers.auditor.runner import (
 from verifiers.auditor.runner import (
     decide_range as iter_decisions,
 )
+from verifiers.auditor.runner.decide import first_cutoffs
 
 #: ledger times (signed block created_at): the directory, then a back-dated record
 L0 = "2026-11-02T08:00:00.000000Z"
@@ -178,13 +183,13 @@ def test_a_range_replay_reuses_each_stored_cutoff_and_reconsider_uses_current_kn
     stored = [(r[0], r[4], r[col]) for r in first]
 
     state.apply(late_relationship(), L1)  # back-dated, ledgered later
-    replay = plan_knowledge(state.latest_known_at, stored, at(0), at(60))
+    replay = plan_knowledge(state.latest_known_at, lambda: stored, at(0), at(60))
     assert rows(decide_range(state, ledgered(events), at(0), at(60), knowledge=replay)) == first
     # without the stored cutoffs the same range decides differently
     fresh = rows(decide_range(state, ledgered(events), at(0), at(60)))
     assert fresh != first
 
-    again = plan_knowledge(state.latest_known_at, stored, at(0), at(60), reconsider=True)
+    again = plan_knowledge(state.latest_known_at, lambda: stored, at(0), at(60), reconsider=True)
     reconsidered = rows(decide_range(state, ledgered(events), at(0), at(60), knowledge=again))
     assert reconsidered == fresh
     (snoop,) = (
@@ -196,19 +201,80 @@ def test_a_range_replay_reuses_each_stored_cutoff_and_reconsider_uses_current_kn
     assert snoop["flags"] == "[]" and snoop["reference_known_at"] == L1
 
 
+OLD = "2026-11-01T00:00:00.000000Z"
+
+
 def test_plan_knowledge_feeds_undecided_warm_up_events_what_the_range_used() -> None:
-    stored = [("e1", at(10), L0), ("w1", at(-10), "2026-11-01T00:00:00.000000Z")]
-    k = plan_knowledge(L1, stored, at(0), at(60))
-    assert k.cutoff("e1", decided=True) == L0  # stored
-    assert k.cutoff("new", decided=True) == L1  # never decided: what is known now
-    assert k.cutoff("w1", decided=False) == "2026-11-01T00:00:00.000000Z"
-    assert k.cutoff("w2", decided=False) == L0  # the range's stored knowledge
-    assert plan_knowledge(L1, stored, at(0), at(60), undecided=1).cutoff("w2", False) == L1
-    reconsider = plan_knowledge(L1, stored, at(0), at(60), reconsider=True)
-    assert reconsider.cutoff("e1", decided=True) == L1
-    assert reconsider.cutoff("w1", decided=False) == "2026-11-01T00:00:00.000000Z"
-    assert plan_knowledge(None, [], at(0), at(60)).current == NOTHING_KNOWN
-    assert Knowledge(L1).cutoff("x", decided=False) == L1
+    stored = [("w1", at(-10), OLD), ("e1", at(10), L0)]  # in occurred_at order
+
+    def plan(**kw: Any) -> Knowledge:
+        return plan_knowledge(L1, lambda: stored, at(0), at(60), **kw)
+
+    k = plan()
+    assert k.cutoff("w1", at(-10), decided=False) == (OLD, True)  # stored
+    assert k.cutoff("w2", at(-5), decided=False) == (L0, False)  # the range's stored knowledge
+    assert k.cutoff("e1", at(10), decided=True) == (L0, True)  # stored
+    assert k.cutoff("new", at(20), decided=True) == (L1, False)  # never decided: known now
+    assert plan(undecided=1).cutoff("w2", at(-5), False) == (L1, False)
+    reconsider = plan(reconsider=True)
+    assert reconsider.cutoff("w1", at(-10), decided=False) == (OLD, True)
+    assert reconsider.cutoff("e1", at(10), decided=True) == (L1, False)
+    assert plan_knowledge(None, lambda: [], at(0), at(60)).current == NOTHING_KNOWN
+    assert Knowledge(L1).cutoff("x", at(0), decided=False) == (L1, False)
+
+
+def test_a_stored_cutoff_is_one_accesss_not_every_event_with_its_id() -> None:
+    # the same event id ledgered again an hour later, with no decision of its own
+    k = plan_knowledge(L1, lambda: [("e1", at(10), L0)], at(0), at(120))
+    assert k.cutoff("e1", at(10), decided=True) == (L0, True)
+    assert k.cutoff("e1", at(70), decided=True) == (L1, False)
+
+
+def test_of_two_cutoffs_stored_for_one_access_the_first_is_taken() -> None:
+    rows = [("e1", at(10), L0), ("e2", at(10), OLD), ("e1", at(10), L1), ("e1", at(11), L1)]
+    assert list(first_cutoffs(rows)) == [rows[0], rows[1], rows[3]]
+    stored = StoredCutoffs(rows)
+    assert [stored.at(at(10), "e2"), stored.at(at(10), "e1")] == [OLD, L0]
+    assert stored.at(at(11), "e1") == L1
+    # the newest stored cutoff of the range is of the accesses' first cutoffs
+    assert plan_knowledge(NOTHING_KNOWN, lambda: rows[:3], at(0), at(60)).others == L0
+
+
+def test_stored_cutoffs_are_read_in_step_with_the_events_not_ahead() -> None:
+    read: list[str] = []
+
+    def rows() -> Iterator[tuple[str, str, str]]:
+        for s in range(0, 600, 2):
+            read.append(at(s))
+            yield (f"e{s}", at(s), L0)
+
+    stored = StoredCutoffs(rows())
+    for s in range(0, 600, 3):
+        expected = L0 if s % 2 == 0 else None
+        assert stored.at(at(s), f"e{s}") == expected
+        # what was read: the times asked so far and the first one after them
+        assert read[-1] > at(s) and (len(read) < 2 or read[-2] <= at(s))
+    # a time asked again after a later one is gone: no cutoff is held behind the events
+    assert stored.at(at(0), "e0") is None
+
+
+@given(
+    st.lists(
+        st.tuples(st.sampled_from("abc"), st.integers(0, 5), st.sampled_from((L0, L1, OLD))),
+        max_size=30,
+    ),
+    st.lists(st.tuples(st.sampled_from("abcd"), st.integers(0, 6)), max_size=30),
+)
+def test_stored_cutoffs_find_what_a_whole_index_of_first_cutoffs_finds(
+    stored: list[tuple[str, int, str]], asked: list[tuple[str, int]]
+) -> None:
+    rows = sorted(((e, at(t), k) for e, t, k in stored), key=lambda r: r[1])
+    index: dict[tuple[str, str], str] = {}
+    for e, t, k in rows:
+        index.setdefault((t, e), k)
+    cutoffs = StoredCutoffs(rows)
+    for e, t in sorted(asked, key=lambda a: a[1]):
+        assert cutoffs.at(at(t), e) == index.get((at(t), e))
 
 
 class LedgerStore(MemoryStore):

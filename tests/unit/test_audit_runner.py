@@ -243,12 +243,21 @@ class MemoryStore:
         return [LedgeredReference(r, chain, 0, r.recorded_at) for r in self.records]
 
     def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+        # as AuditStore: the latest per access (event id and time), in occurred_at order
         c = {name: i for i, name in enumerate(DECISION_COLUMNS)}
-        return [
-            (r[c["event_id"]], r[c["occurred_at"]], r[c["reference_known_at"]])
-            for r in self.decisions
-            if lo <= r[c["occurred_at"]] < hi and not r[c["amends"]]
-        ]
+        latest: dict[tuple[str, str], tuple[str, str]] = {}
+        for r in self.decisions:
+            if lo <= r[c["occurred_at"]] < hi and not r[c["amends"]]:
+                key, seen = (
+                    (r[c["occurred_at"]], r[c["event_id"]]),
+                    (
+                        r[c["decided_at"]],
+                        r[c["reference_known_at"]],
+                    ),
+                )
+                if key not in latest or seen[0] >= latest[key][0]:
+                    latest[key] = seen
+        return [(e, t, known) for (t, e), (_at, known) in sorted(latest.items())]
 
     def flagged_decisions(
         self, actors: Sequence[str], lo: str, hi: str, before: str

@@ -21,12 +21,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from careledger.config import Settings
-from careledger.storage.backend import ChdbBackend
-from careledger.storage.migrations import migrate_backend
 from console.accounts import AccountStore, totp
 from console.app import Console, create_app
 from console.ledger import ConsoleLedger, LedgerUnavailable, Viewed
-from tests.audit_ledger import SALT, AuditedLedger, build
+from tests.audit_ledger import SALT, AuditedLedger, chdb_audited
 
 PASSWORD = "correct horse battery staple"
 
@@ -48,14 +46,8 @@ class StandInLedger(ConsoleLedger):
 
 @pytest.fixture(scope="module")
 def audited() -> Iterator[AuditedLedger]:
-    backend = ChdbBackend()
-    db = f"careledger_console_{uuid.uuid4().hex[:10]}"
-    migrate_backend(backend, db)
-    try:
-        yield build(backend, db)
-    finally:
-        backend.execute(f"DROP DATABASE IF EXISTS {db}")
-        backend.close()
+    with chdb_audited("console") as ledger:
+        yield ledger
 
 
 def _closed_port() -> int:

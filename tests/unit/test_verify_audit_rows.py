@@ -19,10 +19,8 @@ from typing import Any
 
 import pytest
 
-from careledger.storage.backend import ChdbBackend
-from careledger.storage.migrations import migrate_backend
 from careledger_core.findings import Finding
-from tests.audit_ledger import DAY, OFFICER, SALT, AuditedLedger, build
+from tests.audit_ledger import DAY, OFFICER, SALT, AuditedLedger, chdb_audited
 from tests.unit.test_auditor_rules import at, event
 from verifiers.auditor import alerts_cli
 from verifiers.auditor.runner import STATUS_COLUMNS, status_entry_hash
@@ -32,14 +30,8 @@ from verifiers.auditor.verify import AuditVerification, verify_audit
 
 @pytest.fixture
 def ledger() -> Iterator[AuditedLedger]:
-    backend = ChdbBackend()
-    db = f"careledger_av_{uuid.uuid4().hex[:10]}"
-    migrate_backend(backend, db)
-    try:
-        yield build(backend, db)
-    finally:
-        backend.execute(f"DROP DATABASE IF EXISTS {db}")
-        backend.close()
+    with chdb_audited("av") as ledger:
+        yield ledger
 
 
 def codes(result: AuditVerification) -> list[str]:

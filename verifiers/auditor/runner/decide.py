@@ -7,7 +7,7 @@ the ledger, the knowledge cutoff each event is decided with (``Knowledge``), and
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -76,6 +76,8 @@ class PlacedDecision:
     #: the knowledge cutoff the decision used (reference versions ledgered later were
     #: ignored); a late break-the-glass flag carries its start's
     known_at: str = NOTHING_KNOWN
+    #: the cutoff is the access's stored decision's (kept, not chosen now)
+    kept_cutoff: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,37 +109,84 @@ def ledger_times(
         yield r.record, t
 
 
+class StoredCutoffs:
+    """The stored knowledge cutoffs of a range, read in step with its events.
+
+    ``rows``: (event id, occurred_at, cutoff) in ``occurred_at`` order (ties in any
+    order); of two for the same access (occurred_at and event id) the first is taken.
+    Asked in ``occurred_at`` order, it holds only the cutoffs of the time asked
+    (ADR 0046): a cutoff is an access's, found by its event id *and* its time."""
+
+    __slots__ = ("_at", "_here", "_next", "_rows")
+
+    def __init__(self, rows: Iterable[tuple[str, str, str]] = ()) -> None:
+        self._rows = iter(rows)
+        self._next = next(self._rows, None)
+        self._at: str | None = None
+        self._here: dict[str, str] = {}
+
+    def at(self, occurred_at: str, event_id: str) -> str | None:
+        """The cutoff stored for the access ``event_id`` at ``occurred_at`` (None: none).
+        Times before the last one asked are gone: asked again, they find nothing."""
+        if occurred_at != self._at:
+            here: dict[str, str] = {}
+            row = self._next
+            while row is not None and row[1] <= occurred_at:
+                if row[1] == occurred_at:
+                    here.setdefault(row[0], row[2])
+                row = next(self._rows, None)
+            self._next, self._at, self._here = row, occurred_at, here
+        return self._here.get(event_id)
+
+
+def first_cutoffs(rows: Iterable[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
+    """``rows`` (in ``occurred_at`` order) without a later row for the same access: what
+    ``StoredCutoffs`` takes."""
+    at: str | None = None
+    seen: set[str] = set()
+    for row in rows:
+        if row[1] != at:
+            at, seen = row[1], set()
+        if row[0] not in seen:
+            seen.add(row[0])
+            yield row
+
+
 @dataclass(frozen=True, slots=True)
 class Knowledge:
     """Which reference knowledge each event of a run is decided with: a cutoff on the
     ledger times of reference versions (``ReferenceState.as_of(t, known_at=...)``).
 
     * an event decided in this run uses the cutoff of its stored decision (``stored``,
-      by event id), so a replay reproduces it; an event without one, or every event
-      with ``reconsider``, uses ``current`` (what is known now);
+      by event id and time, read in step with the events), so a replay reproduces it;
+      an event without one, or every event with ``reconsider``, uses ``current`` (what
+      is known now);
     * an event only fed to the rules' windows (warm-up, look-ahead) uses its stored
       cutoff too, else ``others`` (default ``current``).
+
+    Asked in the events' ``occurred_at`` order; used by one run only.
     """
 
     current: str
-    stored: Mapping[str, str] = field(default_factory=dict)
+    stored: StoredCutoffs = field(default_factory=StoredCutoffs)
     reconsider: bool = False
     others: str | None = None
 
-    def cutoff(self, event_id: str, decided: bool) -> str:
+    def cutoff(self, event_id: str, occurred_at: str, decided: bool) -> tuple[str, bool]:
+        """The cutoff of an event, and whether it is its stored decision's."""
         if decided and self.reconsider:
-            return self.current
-        known = self.stored.get(event_id)
+            return self.current, False
+        known = self.stored.at(occurred_at, event_id)
         if known is not None:
-            return known
+            return known, True
         if decided or self.others is None:
-            return self.current
-        return self.others
+            return self.current, False
+        return self.others, False
 
 
 def plan_knowledge(
     current: str | None,
-    stored: Iterable[tuple[str, str, str]],
+    stored: Callable[[], Iterable[tuple[str, str, str]]],
     from_ts: str,
     to_ts: str,
     *,
@@ -145,24 +194,24 @@ def plan_knowledge(
     undecided: int = 0,
 ) -> Knowledge:
     """The ``Knowledge`` of a range run. ``current``: the newest ledger time applied
-    (None: no reference data); ``stored``: (event id, occurred_at, cutoff) of the stored
-    decisions around the range (legacy rows without a cutoff left out); ``undecided``:
-    how many events of ``[from_ts, to_ts)`` have none.
+    (None: no reference data); ``stored()``: (event id, occurred_at, cutoff) of the
+    stored decisions around the range, in ``occurred_at`` order (legacy rows without a
+    cutoff left out), read once more in step with the events; ``undecided``: how many
+    events of ``[from_ts, to_ts)`` have none.
 
     Events outside the range without a stored decision (only fed to the windows) use the
     cutoff the range's decisions use: ``current`` when something in the range is
     decided with it (new events, ``reconsider``), otherwise the newest stored cutoff of
-    the range, which is what the run that stored them used; so a replay feeds them the
-    same knowledge as the run it reproduces."""
+    the range (a first read), which is what the run that stored them used; so a replay
+    feeds them the same knowledge as the run it reproduces."""
     now = NOTHING_KNOWN if current is None else current
-    cutoffs: dict[str, str] = {}
     in_range: str | None = None
-    for event_id, occurred_at, known_at in stored:
-        known_at = cutoffs.setdefault(event_id, known_at)
-        if from_ts <= occurred_at < to_ts and (in_range is None or known_at > in_range):
-            in_range = known_at
+    if not reconsider and not undecided:
+        for _event_id, occurred_at, known_at in first_cutoffs(stored()):
+            if from_ts <= occurred_at < to_ts and (in_range is None or known_at > in_range):
+                in_range = known_at
     others = now if reconsider or undecided or in_range is None else in_range
-    return Knowledge(now, cutoffs, reconsider, others)
+    return Knowledge(now, StoredCutoffs(stored()), reconsider, others)
 
 
 def decide_range(
@@ -200,7 +249,7 @@ def decide_range(
     # any more: a late flag comes within the stop window of its access, kept an hour
     # longer. (An event id ledgered again later than that, at another time, is placed
     # where it is read again: the auditor and verify both place it so.)
-    positions: dict[str, tuple[Position, str]] = {}
+    positions: dict[str, tuple[Position, str, bool]] = {}
     placed_order: deque[tuple[str, str]] = deque()
     keep_us = lookahead_us(auditor.config) + US_PER_HOUR
     seen = 0
@@ -209,7 +258,7 @@ def decide_range(
         if from_ts <= d.occurred_at < to_ts:
             placed = positions.get(d.event_id)
             if placed is not None:
-                return PlacedDecision(d, placed[0], placed[1])
+                return PlacedDecision(d, placed[0], placed[1], placed[2])
         return None
 
     before = ref_state.known_at
@@ -220,11 +269,11 @@ def decide_range(
         for le in events:
             event_id = le.event.event_id
             decided = from_ts <= le.event.occurred_at < to_ts
-            cutoff = knowledge.cutoff(event_id, decided)
+            cutoff, kept_cutoff = knowledge.cutoff(event_id, le.event.occurred_at, decided)
             if decided:
                 placed = positions.get(event_id)
                 if placed is None:
-                    positions[event_id] = (le.position, cutoff)
+                    positions[event_id] = (le.position, cutoff, kept_cutoff)
                     placed_order.append((le.event.occurred_at, event_id))
                 else:
                     cutoff = placed[1]

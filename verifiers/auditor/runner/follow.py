@@ -32,6 +32,7 @@ from .decide import (
     LedgeredReference,
     PlacedDecision,
     Position,
+    StoredCutoffs,
     ledger_times,
     sort_decisions,
     warmup_us,
@@ -207,10 +208,11 @@ class Follower:
         self.closed = reviews.closed
         self._reviews = changes
 
-    def _warmup_events(self) -> tuple[list[LedgeredEvent], dict[str, str]]:
-        """The events to replay into the windows and the cutoffs they were decided with."""
+    def _warmup_events(self) -> tuple[list[LedgeredEvent], list[tuple[str, str, str]]]:
+        """The events to replay into the windows and the cutoffs they were decided with
+        (in ``occurred_at`` order, as ``StoredCutoffs`` reads them)."""
         if self._warm_until is None:
-            return [], {}
+            return [], []
         until_us = ts_to_us(self._warm_until)
         lo = us_to_ts(until_us - warmup_us(self.config))
         hi = us_to_ts(until_us + 1)
@@ -219,8 +221,7 @@ class Follower:
             for le in self.store.events_between(lo, hi)
             if le.position.height <= self.cursors.get(le.position.chain_id, -1)
         ]
-        cutoffs = {event_id: known for event_id, _t, known in self.store.decision_cutoffs(lo, hi)}
-        return events, cutoffs
+        return events, list(self.store.decision_cutoffs(lo, hi))
 
     def _apply_references(self, records: list[LedgeredReference]) -> None:
         late = 0
@@ -292,9 +293,11 @@ class Follower:
         self.auditor.policy_table = read_policy_table()
         try:
             if self._warm_until is not None:
+                stored = StoredCutoffs(warm_cutoffs)
                 for le in warm:
                     # as it was decided (the same history as a range replay builds)
-                    state.known_at = warm_cutoffs.get(le.event.event_id, cutoff)
+                    known = stored.at(le.event.occurred_at, le.event.event_id)
+                    state.known_at = cutoff if known is None else known
                     if is_btg_start(le.event):
                         self.btg_positions[le.event.event_id] = (
                             le.position,

@@ -139,7 +139,7 @@ def plan_range(
     lo, hi = read_bounds(from_ts, to_ts, config)
     knowledge = plan_knowledge(
         state.latest_known_at,
-        store.decision_cutoffs(lo, hi),
+        lambda: store.decision_cutoffs(lo, hi),
         from_ts,
         to_ts,
         reconsider=reconsider,
@@ -192,7 +192,7 @@ def plan_range(
         result.decisions += 1
         result.explained += bool(p.decision.explained)
         result.flagged += bool(p.decision.flagged)
-        if not reconsider and not p.decision.amends and p.decision.event_id in knowledge.stored:
+        if not p.decision.amends and p.kept_cutoff:
             result.kept_knowledge += 1
     result.events_read = counted[0]
     alerts = grouper.alerts()

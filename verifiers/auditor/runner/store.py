@@ -155,7 +155,10 @@ class AuditSource(Protocol):
     def heads(self) -> dict[str, int]: ...
     def events_of_chain(self, chain_id: str, above: int, upto: int) -> list[LedgeredEvent]: ...
     def last_decided_time(self) -> str | None: ...
-    def decision_cutoffs(self, lo: str, hi: str) -> Iterable[tuple[str, str, str]]: ...
+    def decision_cutoffs(self, lo: str, hi: str) -> Iterable[tuple[str, str, str]]:
+        """In ``occurred_at`` order; asked for again, the same rows."""
+        ...
+
     def flagged_decisions(
         self, actors: Sequence[str], lo: str, hi: str, before: str
     ) -> list[tuple[Any, ...]]: ...
@@ -388,23 +391,43 @@ class AuditStore:
             return None
         return _text(rows[0][0])
 
-    def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
+    def decision_cutoffs(
+        self, lo: str, hi: str, page_size: int = 50_000
+    ) -> Iterator[tuple[str, str, str]]:
         """(event id, occurred_at, knowledge cutoff) of the stored decisions with
-        ``lo <= occurred_at < hi`` (the latest per event; rows written before the cutoff
-        was stored are left out)."""
-        rows = self.backend.execute(
-            "SELECT event_id, any(occurred_at), argMax(reference_known_at, decided_at) "
-            f"FROM {self.db}.access_decisions "
-            "WHERE occurred_at >= %(lo)s AND occurred_at < %(hi)s AND amends = 0 "
-            "AND reference_known_at != '' GROUP BY event_id",
-            {"lo": lo, "hi": hi},
-        )
+        ``lo <= occurred_at < hi``, the latest per access (event id and time; rows
+        written before the cutoff was stored are left out), in ``occurred_at`` order.
+
+        Read in pages of whole times: each page ends at the time of its
+        ``page_size``-th row, taken as bytes (``hex``), and holds every access of it."""
         interned: dict[str, str] = {}  # a few distinct cutoffs for many events
-        out: list[tuple[str, str, str]] = []
-        for event_id, occurred_at, known_at in rows:
-            k = _text(known_at)
-            out.append((_text(event_id), _text(occurred_at), interned.setdefault(k, k)))
-        return out
+        cond = "amends = 0 AND reference_known_at != '' AND occurred_at < %(hi)s"
+        after = "occurred_at >= %(lo)s"
+        p: dict[str, Any] = {"lo": lo, "hi": hi}
+        while True:
+            bound = self.backend.execute(
+                f"SELECT hex(occurred_at) FROM {self.db}.access_decisions "
+                f"WHERE {after} AND {cond} ORDER BY occurred_at "
+                f"LIMIT {max(int(page_size) - 1, 0)}, 1",
+                p,
+            )
+            upto = ""
+            if bound:
+                p["b"] = _text(bound[0][0])
+                upto = " AND occurred_at <= unhex(%(b)s)"
+            rows = self.backend.execute(
+                "SELECT occurred_at, event_id, argMax(reference_known_at, decided_at) "
+                f"FROM {self.db}.access_decisions WHERE {after}{upto} AND {cond} "
+                "GROUP BY occurred_at, event_id ORDER BY occurred_at",
+                p,
+            )
+            for occurred_at, event_id, known_at in rows:
+                k = _text(known_at)
+                yield _text(event_id), _text(occurred_at), interned.setdefault(k, k)
+            if not bound:
+                return
+            p["a"] = p["b"]
+            after = "occurred_at > unhex(%(a)s)"
 
     def flagged_decisions(
         self, actors: Sequence[str], lo: str, hi: str, before: str

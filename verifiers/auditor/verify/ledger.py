@@ -256,13 +256,16 @@ class LedgerView:
                 head = max(head, height)
         return head
 
-    def latest_cutoffs(self, before: str, lo: str, hi: str) -> Mapping[str, tuple[str, str]]:
-        """Per event with ``lo <= occurred_at < hi``, (occurred_at, knowledge cutoff) of
-        its latest stored decision made before ``before`` (what a run then read as
-        stored cutoffs, which it asks for by the same range). Read in pages of the
-        five columns it needs, reduced as they come."""
-        best: dict[str, tuple[str, str, str]] = {}
+    def latest_cutoffs(self, before: str, lo: str, hi: str) -> Iterator[tuple[str, str, str]]:
+        """(event id, occurred_at, knowledge cutoff) of the latest stored decision made
+        before ``before`` about each access (event id and time) with
+        ``lo <= occurred_at < hi``, in ``occurred_at`` order: what a run then read as
+        stored cutoffs, which it asks for by the same range. Read in pages of the five
+        columns it needs, an access's rows reduced as they come (the pages' order keeps
+        them together)."""
         shared: dict[str, str] = {}  # a few distinct cutoffs and run times, many events
+        key: tuple[str, str] | None = None
+        best: tuple[str, str] | None = None  # (decided_at, cutoff) of the access ``key``
         for rows in self._pages(
             "occurred_at, event_id, amends, reference_known_at, decided_at",
             "occurred_at < %(hi)s AND amends = 0 AND reference_known_at != ''",
@@ -274,11 +277,15 @@ class LedgerView:
                 at = _txt("decided_at", at_raw)
                 if amends != 0 or not known or not event_id or at >= before:
                     continue
-                seen = best.get(event_id)
-                if seen is None or at > seen[0]:
-                    at, known = shared.setdefault(at, at), shared.setdefault(known, known)
-                    best[event_id] = (at, _txt("occurred_at", occ_raw), known)
-        return {e: (occ, known) for e, (_at, occ, known) in best.items()}
+                occurred = _txt("occurred_at", occ_raw)
+                if key != (occurred, event_id):
+                    if key is not None and best is not None:
+                        yield key[1], key[0], best[1]
+                    key, best = (occurred, event_id), None
+                if best is None or at > best[0]:
+                    best = (at, shared.setdefault(known, known))
+        if key is not None and best is not None:
+            yield key[1], key[0], best[1]
 
     def run_blocks(self, groups: Sequence[DecisionGroup]) -> set[tuple[str, int]]:
         """The blocks a run (its rows: ``groups``) decided events of."""

@@ -17,6 +17,7 @@ What the replay writes is what the run must have written (``Replay``).
 
 from __future__ import annotations
 
+import heapq
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,10 @@ __all__ = ["Replay", "replay_follow", "replay_range"]
 
 #: blocks of a chain a follow replay reads from ClickHouse at once
 _CHUNK = 2000
+
+
+def _occurred(cutoff: tuple[str, str, str]) -> str:
+    return cutoff[1]
 
 
 @dataclass
@@ -116,12 +121,11 @@ class RangeSnapshot(_Snapshot):
         return self.view.horizon_at(self.now, sorted(self.blocks))
 
     def decision_cutoffs(self, lo: str, hi: str) -> Iterator[tuple[str, str, str]]:
-        # the run's own decisions first: they are the cutoffs it kept (or chose); an
-        # event's first cutoff is the one taken (``plan_knowledge``)
-        yield from self.view.run_cutoffs(self.groups, lo, hi)
-        for e, (occurred, known) in self.view.latest_cutoffs(self.now, lo, hi).items():
-            if lo <= occurred < hi:
-                yield e, occurred, known
+        # the run's own decisions first: they are the cutoffs it kept (or chose); of two
+        # for the same access the first is taken (``StoredCutoffs``); both in
+        # ``occurred_at`` order, merged on it (ties: the run's own first)
+        latest = (c for c in self.view.latest_cutoffs(self.now, lo, hi) if lo <= c[1] < hi)
+        return heapq.merge(self.view.run_cutoffs(self.groups, lo, hi), latest, key=_occurred)
 
     # not read by a range run
     def reference_records_of_chain(
@@ -299,11 +303,7 @@ class FollowSnapshot(_Snapshot):
 
     def decision_cutoffs(self, lo: str, hi: str) -> list[tuple[str, str, str]]:
         first = self.cycles.times[0]
-        return [
-            (e, occurred, known)
-            for e, (occurred, known) in self.view.latest_cutoffs(first, lo, hi).items()
-            if lo <= occurred < hi
-        ]
+        return [c for c in self.view.latest_cutoffs(first, lo, hi) if lo <= c[1] < hi]
 
     def flagged_decisions(
         self, actors: Sequence[str], lo: str, hi: str, before: str
