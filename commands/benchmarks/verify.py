@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from careledger.config import Settings
+
+from .child import run_measured
 
 
 def configure_benchmark_verify(parser: argparse.ArgumentParser) -> None:
@@ -62,9 +63,6 @@ def _verify_knows_processes() -> bool:
 
 
 def _run_verify(settings: Settings, processes: int | None) -> dict[str, Any]:
-    from careledger.config import PROJECT_ROOT
-    from careledger.processes import child_env
-
     cmd = [
         sys.executable,
         "-m",
@@ -77,24 +75,14 @@ def _run_verify(settings: Settings, processes: int | None) -> dict[str, Any]:
     ]
     if processes is not None:
         cmd += ["--processes", str(processes)]
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, cwd=PROJECT_ROOT, env=child_env(settings), stdout=out, stderr=err
-        )
-        _pid, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read().decode(), err.read().decode()
-    cpu = usage.ru_utime + usage.ru_stime
+    run = run_measured(cmd, settings)
+    wall, cpu, text, errors = run.wall_s, run.cpu_s, run.stdout, run.stderr
     result: dict[str, Any] = {
         "processes": processes,
-        "exit": proc.returncode,
+        "exit": run.exit,
         "wall_s": round(wall, 3),
         "cpu_s": round(cpu, 3),
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
     }
     try:
         doc = json.loads(text)

@@ -7,31 +7,18 @@ JSON. Nothing is built or changed; nothing is recorded (``--no-record``)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from careledger.config import Settings
 
+from .child import run_measured
+
 __all__ = ["figures_of", "run_on_ledger", "shown", "timeline"]
 
 #: RSS samples kept in the figures (evenly spaced over the run)
 _POINTS = 40
-
-
-def _rss_mb(pid: int) -> float | None:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 def timeline(samples: Sequence[tuple[float, float]], points: int = _POINTS) -> list[list[float]]:
@@ -68,41 +55,20 @@ def _every(points: Sequence[Sequence[float]], n: int) -> Sequence[Sequence[float
 
 def run_on_ledger(settings: Settings, interval_s: float = 1.0) -> dict[str, Any]:
     """Run ``careledger verify --json --no-record`` once and measure it."""
-    from careledger.config import PROJECT_ROOT
-    from careledger.processes import child_env
-
     cmd = [sys.executable, "-m", "commands.cli", "verify", "--json", "--no-record"]
-    samples: list[tuple[float, float]] = []
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        started = time.perf_counter()
-        proc = subprocess.Popen(
-            cmd, cwd=PROJECT_ROOT, env=child_env(settings), stdout=out, stderr=err
-        )
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            rss = _rss_mb(proc.pid)
-            if rss is not None:
-                samples.append((time.perf_counter() - started, rss))
-            time.sleep(interval_s)
-        wall = time.perf_counter() - started
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        text, errors = out.read().decode(), err.read().decode()
+    run = run_measured(cmd, settings, sample_every_s=interval_s)
     result: dict[str, Any] = {
-        "exit": proc.returncode,
-        "wall_s": round(wall, 2),
-        "cpu_s": round(usage.ru_utime + usage.ru_stime, 2),
+        "exit": run.exit,
+        "wall_s": round(run.wall_s, 2),
+        "cpu_s": round(run.cpu_s, 2),
         # the largest of verify and its worker processes
-        "peak_rss_mb": round(usage.ru_maxrss / 1024, 1),
-        "rss_mb_over_time": timeline(samples),
+        "peak_rss_mb": round(run.peak_rss_mb, 1),
+        "rss_mb_over_time": timeline(run.rss_mb),
     }
     try:
-        doc = json.loads(text)
+        doc = json.loads(run.stdout)
     except ValueError:
-        lines = (errors or text).strip().splitlines()
+        lines = (run.stderr or run.stdout).strip().splitlines()
         result["error"] = lines[-1][-500:] if lines else "no output"
         return result
     result.update(figures_of(doc))

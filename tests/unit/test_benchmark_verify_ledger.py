@@ -1,6 +1,7 @@
 """``careledger benchmark-verify --ledger``: what it keeps of verify's RSS over time and
-of verify's own JSON (the run itself is measured against the stack by hand; with a
-server down it is tested in test_cli_honesty)."""
+of verify's own JSON, and how a child is measured (``run_measured``, on a real child;
+verify itself is measured against the stack by hand; with a server down it is tested in
+test_cli_honesty)."""
 
 from __future__ import annotations
 
@@ -37,3 +38,25 @@ def test_the_figures_are_verifys_own_counts() -> None:
     text = shown({"machine": {"cores": 2, "loadavg_at_start": [0.9, 1.2, 1.5]}, "run": run})
     assert "1,025,310 events, 1,000,017 decisions, 7,232 alerts" in text
     assert "intact (exit 0, 0 findings)" in text and "peak RSS 509 MB" in text
+
+
+def test_a_measured_child_gives_its_exit_output_peak_and_rss_over_time() -> None:
+    """``run_measured`` on a real child that holds 96 MB for a moment, prints and fails:
+    its peak RSS is at least what it held, sampled RSS reaches it, the exit and the
+    output are its own."""
+    import sys
+
+    from careledger.config import Settings
+    from commands.benchmarks.child import run_measured
+
+    code = (
+        "import sys, time; held = bytearray(96 * 2**20); held[::4096] = b'x' * len(held[::4096]); "
+        "time.sleep(0.6); print('out'); print('err', file=sys.stderr); sys.exit(3)"
+    )
+    sampled = run_measured([sys.executable, "-c", code], Settings(), sample_every_s=0.05)
+    assert (sampled.exit, sampled.stdout, sampled.stderr) == (3, "out\n", "err\n")
+    assert sampled.peak_rss_mb >= 96 and sampled.wall_s >= 0.6 and sampled.cpu_s > 0
+    assert sampled.rss_mb and max(mb for _t, mb in sampled.rss_mb) >= 96
+    assert [t for t, _mb in sampled.rss_mb] == sorted(t for t, _mb in sampled.rss_mb)
+    blocking = run_measured([sys.executable, "-c", code], Settings())
+    assert blocking.exit == 3 and blocking.peak_rss_mb >= 96 and not blocking.rss_mb
