@@ -43,7 +43,7 @@ from ..runner.store import SALT_FILE, configured_salt, read_salt_file
 from ..status_records import SealedStatus
 from .check import Decided, check_alerts, unexpected_rows
 from .ledger import DecisionGroup, LedgerView
-from .merge import DecisionMerge, missing_findings
+from .merge import DecisionMerge, Key, missing_findings
 from .replay import Replay, replay_follow, replay_range
 
 __all__ = [
@@ -399,14 +399,33 @@ def _replay_run(
                 unmatched += merge.finish()
                 out += merge.findings
         else:
-            rows = list(view.decisions_of(groups))
-            rp = replay_follow(view, run, rows, salt=salt, config=config, progress=progress)
-            merge = DecisionMerge(run.text, iter(rows), margin_us=margin)
-            for key, row in rp.decisions.items():
-                merge.replayed(key, row)
-            for key, p in rp.placed.items():
-                written = rp.decisions.get(key)
-                current.append((key, "" if written is None else str(written[_DECIDED_AT]), p))
+            # the rows are read twice: once for the cycles, then merged as the replay
+            # writes (a follow run can span weeks: neither side is held, ADR 0045)
+            merge = DecisionMerge(run.text, view.decisions_of(groups), margin_us=margin)
+            first_at: dict[Key, str] = {}  # of the decisions the alerts may need
+            placed: dict[Key, PlacedDecision] = {}
+
+            def written(key: Key, row: tuple[Any, ...], m: DecisionMerge = merge) -> None:
+                m.replayed(key, row)
+                if decided.wants(key):
+                    first_at.setdefault(key, str(row[_DECIDED_AT]))
+
+            def made(p: PlacedDecision) -> None:
+                key = (p.decision.event_id, int(p.decision.amends))
+                if decided.wants(key):
+                    placed.setdefault(key, p)
+
+            rp = replay_follow(
+                view,
+                run,
+                view.decisions_of(groups),
+                written,
+                made,
+                salt=salt,
+                config=config,
+                progress=progress,
+            )
+            current += [(key, first_at.get(key, ""), p) for key, p in placed.items()]
             mine.append(rp)
             unmatched += merge.finish()
             out += merge.findings

@@ -28,7 +28,7 @@ from ..runner.rows import DECISION_COLUMNS
 from .check import decision_finding, differences, unexpected_rows
 from .stored import StoredDecision, normalise_decision
 
-__all__ = ["DecisionMerge"]
+__all__ = ["DecisionMerge", "Key", "missing_findings"]
 
 _OCCURRED: Final = DECISION_COLUMNS.index("occurred_at")
 Key = tuple[str, int]

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import heapq
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from ..alerts import Alert
 from ..config import DEFAULT_CONFIG, AuditConfig
@@ -39,27 +39,28 @@ __all__ = ["Replay", "replay_follow", "replay_range"]
 _CHUNK = 2000
 
 
+_D_RUN: Final = DECISION_COLUMNS.index("audit_run")
+_D_AMENDS: Final = DECISION_COLUMNS.index("amends")
+
+
 def _occurred(cutoff: tuple[str, str, str]) -> str:
     return cutoff[1]
 
 
 @dataclass
 class Replay:
-    """What one run must have written: its decision rows (by event id and amends), the
-    decisions themselves, and its alert upserts in order (time, alert id, row: the
-    ``compact_alert`` of what the run wrote)."""
+    """What one run must have written that is checked at the end: its alert upserts in
+    order (time, alert id, row: the ``compact_alert`` of what the run wrote). Its
+    decisions and their rows are handed over as the replay makes them."""
 
     run: str
     kind: str
-    decisions: dict[tuple[str, int], tuple[Any, ...]] = field(default_factory=dict)
-    placed: dict[tuple[str, int], PlacedDecision] = field(default_factory=dict)
     alerts: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
     #: the times of the run's decisions (one for a range run, one per follow cycle)
     times: list[str] = field(default_factory=list)
     #: range runs: [from, to); the alerts with first_at there were replaced by the run
     bounds: tuple[str, str] | None = None
-    #: the decisions the replay made (a range replay hands them over, ``decisions`` and
-    #: ``placed`` stay empty)
+    #: the decisions the replay made
     count: int = 0
 
 
@@ -205,24 +206,29 @@ class _Cycles:
     cursors: dict[str, int]
 
 
-def _cycles(rows: Sequence[StoredDecision]) -> _Cycles:
-    own = [r for r in rows if r.key[1] == 0 and r.decided_at]
-    times = sorted({r.decided_at for r in own})
-    index = {t: k for k, t in enumerate(times)}
-    known: list[str] = []
-    for t in times:
-        counts = Counter(r.known_at for r in own if r.decided_at == t)
-        known.append(counts.most_common(1)[0][0] if counts else "")
-    cycle_of: dict[tuple[str, int], int] = {}
-    for r in own:
+def _cycles(rows: Iterable[StoredDecision]) -> _Cycles:
+    """The cycles, read in one pass over the run's rows: what is held grows with the
+    cycles and the blocks, not the rows."""
+    known_of: dict[str, Counter[str]] = {}  # cycle time -> its rows' cutoffs, counted
+    first_of: dict[tuple[str, int], str] = {}  # block -> the first cycle that decided it
+    for r in rows:
+        if r.key[1] != 0 or not r.decided_at:
+            continue
+        known_of.setdefault(r.decided_at, Counter())[r.known_at] += 1
         p = r.position
         if p is None:
             continue
-        k = index[r.decided_at]
-        cycle_of[(p[0], p[1])] = min(k, cycle_of.get((p[0], p[1]), k))
+        block = (p[0], p[1])
+        seen = first_of.get(block)
+        if seen is None or r.decided_at < seen:
+            first_of[block] = r.decided_at
+    times = sorted(known_of)
+    index = {t: k for k, t in enumerate(times)}
+    # the cutoff most of a cycle's rows have (ties: the first read)
+    known = [known_of[t].most_common(1)[0][0] for t in times]
     blocks: dict[str, list[tuple[int, int]]] = {}
-    for (chain, height), k in sorted(cycle_of.items()):
-        blocks.setdefault(chain, []).append((height, k))
+    for (chain, height), t in sorted(first_of.items()):
+        blocks.setdefault(chain, []).append((height, index[t]))
     cursors = {chain: hs[0][0] - 1 for chain, hs in blocks.items()}
     return _Cycles(times, known, blocks, cursors)
 
@@ -230,13 +236,20 @@ def _cycles(rows: Sequence[StoredDecision]) -> _Cycles:
 class FollowSnapshot(_Snapshot):
     """The ledger as follow run ``rows`` saw it, one cycle at a time (``cycle``)."""
 
-    def __init__(self, view: LedgerView, run: str, cycles: _Cycles, warm_until: str | None) -> None:
+    def __init__(
+        self,
+        view: LedgerView,
+        run: str,
+        cycles: _Cycles,
+        warm_until: str | None,
+        on_row: Callable[[tuple[str, int], tuple[Any, ...]], None],
+    ) -> None:
         super().__init__(view)
         self.run = run
         self.cycles = cycles
         self.warm_until = warm_until
         self.k = -1
-        self.written_at: list[tuple[str, tuple[Any, ...]]] = []
+        self.on_row = on_row
         self.alerts_at: list[tuple[str, tuple[Any, ...]]] = []
         self._cache: dict[str, dict[int, list[LedgeredEvent]]] = {}
         self._loaded: dict[str, int] = {}
@@ -328,7 +341,11 @@ class FollowSnapshot(_Snapshot):
         raise NotImplementedError
 
     def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self.written_at.extend((self.now, r) for r in rows)
+        # handed over as written; the replaying follower has a token of its own: the
+        # rows carry the run's id
+        for row in rows:
+            fixed = (*row[:_D_RUN], self.run, *row[_D_RUN + 1 :])
+            self.on_row((str(row[0]), int(row[_D_AMENDS])), fixed)
 
     def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
         a_run = ALERT_COLUMNS.index("audit_run")
@@ -341,19 +358,24 @@ class FollowSnapshot(_Snapshot):
 def replay_follow(
     view: LedgerView,
     run: RunId,
-    rows: Sequence[StoredDecision],
+    rows: Iterable[StoredDecision],
+    on_row: Callable[[tuple[str, int], tuple[Any, ...]], None],
+    on_placed: Callable[[PlacedDecision], None],
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
     progress: Callable[[int], None] | None = None,
 ) -> Replay:
-    """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``
-    (``progress`` is told the decisions made so far, once per cycle)."""
+    """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``, its
+    cycles told by its rows (``rows``, read once). Each row the follower writes goes to
+    ``on_row`` (by event id and amends, with the run's id) and each decision it makes to
+    ``on_placed`` as they come: the ``Replay`` keeps the alerts only (ADR 0045).
+    ``progress`` is told the decisions made so far, once per cycle."""
     cycles = _cycles(rows)
     out = Replay(run.text, "follow", times=list(cycles.times))
     if not cycles.times:
         return out
-    source = FollowSnapshot(view, run.text, cycles, run.warm_until)
+    source = FollowSnapshot(view, run.text, cycles, run.warm_until, on_row)
     follower = Follower(
         source,
         salt=salt,
@@ -364,21 +386,16 @@ def replay_follow(
     )
 
     def decided(placed: list[PlacedDecision]) -> None:
+        out.count += len(placed)
         for p in placed:
-            out.placed.setdefault((p.decision.event_id, int(p.decision.amends)), p)
+            on_placed(p)
 
     follower.on_decided = decided
     for k in range(len(cycles.times)):
         source.cycle(k)
         follower.cycle()
         if progress is not None:
-            progress(len(out.placed))
-    out.count = len(out.placed)
-    # the replaying follower has a token of its own: the rows carry the run's id
-    d_run, d_amends = DECISION_COLUMNS.index("audit_run"), DECISION_COLUMNS.index("amends")
-    for _t, row in source.written_at:
-        fixed = (*row[:d_run], run.text, *row[d_run + 1 :])
-        out.decisions.setdefault((str(row[0]), int(row[d_amends])), fixed)
+            progress(out.count)
     for t, row in source.alerts_at:
         out.alerts.append((t, str(row[0]), row))
     return out
