@@ -39,7 +39,7 @@ from .runner import (
     load_salt,
     parse_instant,
 )
-from .runner.follow import tune_gc
+from .runner.follow import MAX_CYCLE_EVENTS, tune_gc
 from .runner.pipeline import FollowPipeline
 from .runner.store import SaltError
 
@@ -84,6 +84,15 @@ def configure_audit(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--stop-after", type=float, metavar="SECONDS", help="--follow: stop after this long"
     )
+    parser.add_argument(
+        "--max-cycle-events",
+        type=int,
+        default=MAX_CYCLE_EVENTS,
+        metavar="N",
+        help="--follow: a poll reads about N events of a backlog at most, the oldest blocks "
+        f"first, so that catching up holds a bounded cycle (default {MAX_CYCLE_EVENTS:,}; "
+        "0: the whole backlog at once)",
+    )
 
 
 def _error(message: str) -> int:
@@ -107,6 +116,8 @@ def command_audit(args: argparse.Namespace, settings: Settings) -> int:
         return _error("--to cannot be combined with --follow")
     if args.follow and args.reconsider:
         return _error("--reconsider re-decides a range: give --from and --to, not --follow")
+    if args.max_cycle_events < 0:
+        return _error("--max-cycle-events is a number of events, 0 or more")
     if from_ts is not None and to_ts is not None and from_ts >= to_ts:
         return _error("--from must be before --to")
     try:
@@ -196,7 +207,12 @@ def _follow(
 ) -> int:
     tune_gc()
     follower = Follower(
-        store, salt=salt, publisher=publisher, from_ts=from_ts, warmup=not args.no_warmup
+        store,
+        salt=salt,
+        publisher=publisher,
+        from_ts=from_ts,
+        warmup=not args.no_warmup,
+        max_cycle_events=args.max_cycle_events or None,
     )
     stop = threading.Event()
     previous: dict[int, Any] = {}

@@ -175,6 +175,17 @@ class AuditSource(Protocol):
 _SOURCE_KINDS = "('source-key', 'source-heartbeat')"
 
 
+def _of_ranges(ranges: Mapping[str, tuple[int, int]]) -> tuple[str, dict[str, Any]]:
+    """A condition on ``chain_id`` and ``height`` for chain -> (above, upto], and its
+    parameters."""
+    params: dict[str, Any] = {}
+    terms = []
+    for i, (chain, (above, upto)) in enumerate(sorted(ranges.items())):
+        params[f"c{i}"] = chain
+        terms.append(f"(chain_id = %(c{i})s AND height > {int(above)} AND height <= {int(upto)})")
+    return " OR ".join(terms), params
+
+
 def pages_by_time(
     backend: SqlBackend,
     *,
@@ -349,19 +360,27 @@ class AuditStore:
         )
         return self._events(rows)
 
+    def blocks_above(
+        self, ranges: Mapping[str, tuple[int, int]]
+    ) -> list[tuple[str, int, int, str]]:
+        """(chain, height, event count, signed time) of the blocks in ``ranges``
+        (chain -> (above, upto)): what a follower catching up cuts its poll by."""
+        if not ranges:
+            return []
+        where, params = _of_ranges(ranges)
+        rows = self.backend.execute(
+            f"SELECT chain_id, height, max(event_count), min(created_at) FROM {self.db}.blocks "
+            f"WHERE {where} GROUP BY chain_id, height",
+            params,
+        )
+        return [(_text(c), int(h), int(n), _text(t)) for c, h, n, t in rows]
+
     def events_of_chains(self, ranges: Mapping[str, tuple[int, int]]) -> list[LedgeredEvent]:
         """``events_of_chain`` of several chains (chain -> (above, upto)) in one query,
         read column by column (the follower's poll: one round trip, no tuple per row)."""
         if not ranges:
             return []
-        params: dict[str, Any] = {}
-        terms = []
-        for i, (chain, (above, upto)) in enumerate(sorted(ranges.items())):
-            params[f"c{i}"] = chain
-            terms.append(
-                f"(chain_id = %(c{i})s AND height > {int(above)} AND height <= {int(upto)})"
-            )
-        where = " OR ".join(terms)
+        where, params = _of_ranges(ranges)
         sql = (
             f"SELECT chain_id, height, idx, canonical FROM {self.db}.access_events "
             f"WHERE ({where}) AND (chain_id, height, block_hash) IN "
