@@ -3,8 +3,9 @@
 A ``Follower`` cycle waits on ClickHouse and Kafka for most of its round trips (heads,
 events, reviews, decision and alert inserts, the alerts' delivery). Here a **reader**
 thread polls (``Follower.read``) every ``interval_s`` from its own cursors while the
-main thread decides what was read before (``Follower.decide``: everything read since
-its last cycle, merged into one cycle), and a **writer** thread stores each decided
+main thread decides what was read before (``Follower.decide``: what was read since its
+last cycle, merged into one cycle of at most ``max_cycle_events``, the reader waiting
+while a cycle's worth is queued), and a **writer** thread stores each decided
 cycle (``write_cycle``) while the next one is read and decided.
 
 What is durable, and in which order (ADR 0029): a cycle's alert rows, then its alerts
@@ -96,8 +97,18 @@ class FollowPipeline:
                 self._cond.notify_all()
             raise
 
+    def _queued_full(self) -> bool:
+        """A cycle's worth of events is read and not decided yet (the reader waits: a
+        follower catching up holds about one cycle ahead, ``max_cycle_events``)."""
+        cap = self.follower.max_cycle_events
+        return cap is not None and cap > 0 and sum(len(b.events) for b in self._read) >= cap
+
     def _read_loop(self, cursors: dict[str, int]) -> None:
         while not self._stop.is_set():
+            with self._cond:
+                self._cond.wait_for(lambda: not self._queued_full() or self._stop.is_set())
+            if self._stop.is_set():
+                return
             started = time.monotonic()
             try:
                 batch = self.follower.read(cursors)
@@ -138,27 +149,37 @@ class FollowPipeline:
     # -- the main thread
     def step(self, timeout_s: float) -> int:
         """One cycle: wait (up to ``timeout_s``; else return 0) for a poll newer than
-        the last cycle, decide everything read since the last cycle and hand it to the
-        writer; returns the number of decisions. Raises StorageError if reading the
-        reviews or the warm-up fails (what was read is kept for the next step)."""
+        the last cycle (or one left over), decide what was read since the last cycle (up
+        to ``max_cycle_events``) and hand it to the writer; returns the number of
+        decisions. Raises StorageError if reading the reviews or the warm-up fails (what
+        was read is kept for the next step)."""
         self._check()
         with self._cond:
-            if self._polls == self._seen:
+            if self._polls == self._seen and not self._read:
                 self._cond.wait_for(
                     lambda: self._polls != self._seen or self._failure is not None, timeout_s
                 )
             self._check()
-            if self._polls == self._seen:
+            if self._polls == self._seen and not self._read:
                 return 0
             self._seen = self._polls
             batch = self._held
             self._held = None
-            for later in self._read:
+            # the polls read since, merged into one cycle up to ``max_cycle_events``
+            # (at least one poll); the rest is the next cycle's
+            cap = self.follower.max_cycle_events
+            size = 0 if batch is None else len(batch.events)
+            while self._read:
+                later = self._read[0]
+                if batch is not None and cap and size + len(later.events) > cap:
+                    break
+                del self._read[0]
+                size += len(later.events)
                 if batch is None:
                     batch = later
                 else:
                     batch.extend(later)
-            self._read = []
+            self._cond.notify_all()  # the reader may read again
         if batch is None:
             batch = ReadBatch({}, [], [])  # a poll with nothing new (reviews still read)
         try:
