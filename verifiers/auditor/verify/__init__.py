@@ -41,7 +41,7 @@ from ..runner.decide import PlacedDecision
 from ..runner.rows import DECISION_COLUMNS, parse_run_id, utc_now_ts
 from ..runner.store import SALT_FILE, configured_salt, read_salt_file
 from ..status_records import SealedStatus
-from .check import Decided, check_alerts, unexpected_rows
+from .check import AlertCheck, Decided, unexpected_rows
 from .ledger import DecisionGroup, LedgerView
 from .merge import DecisionMerge, Key, missing_findings
 from .replay import Replay, replay_follow, replay_range
@@ -240,6 +240,7 @@ def verify_audit(
             )
         )
         left: list[tuple[str, list[tuple[tuple[str, int], tuple[Any, ...]]]]] = []
+        alerts = AlertCheck(view.alerts)
         done = 0
         for run_text, groups in sorted(runs.items()):
 
@@ -248,7 +249,7 @@ def verify_audit(
                     progress(before + n)
 
             found, unmatched = _replay_run(
-                view, run_text, groups, salt, config, decided, replays, told
+                view, run_text, groups, salt, config, decided, alerts, replays, told
             )
             findings += found
             left.append((run_text, unmatched))
@@ -259,7 +260,7 @@ def verify_audit(
         latest = view.latest_decided(k for _run, keys in left for k, _row in keys)
         for run_text, unmatched in left:
             findings += missing_findings(run_text, unmatched, latest)
-        findings += check_alerts(
+        findings += alerts.findings(
             view,
             replays,
             decided,
@@ -352,11 +353,14 @@ def _replay_run(
     salt: str,
     config: AuditConfig,
     decided: Decided,
+    alerts: AlertCheck,
     replays: list[Replay],
     progress: Callable[[int], None] | None = None,
 ) -> tuple[list[Finding], Unmatched]:
     """One run's rows (``groups``) against its replay: the findings, and the replayed
-    decisions without a row (missing, unless a later run decided them again)."""
+    decisions without a row (missing, unless a later run decided them again). Its alert
+    upserts go to ``alerts`` as the replay writes them; the run is added to ``replays``
+    once it replayed whole."""
     run = parse_run_id(run_text)
     if run is None:
         why = f"no audit run writes audit_run {run_text[:100]!r}"
@@ -370,6 +374,10 @@ def _replay_run(
     mine: list[Replay] = []
     # the decisions the alerts may be regrouped from: kept once the whole run replays
     current: list[tuple[tuple[str, int], str, PlacedDecision]] = []
+
+    def raised(at: str, alert_id: str, row: tuple[Any, ...]) -> None:
+        alerts.written(run.text, at, alert_id, row)
+
     try:
         if run.kind == "range":
             by_time: dict[str, list[DecisionGroup]] = {}
@@ -391,6 +399,7 @@ def _replay_run(
                         decided_at,
                         of_time,
                         sink,
+                        raised,
                         salt=salt,
                         config=config,
                         progress=progress,
@@ -421,6 +430,7 @@ def _replay_run(
                 view.decisions_of(groups),
                 written,
                 made,
+                raised,
                 salt=salt,
                 config=config,
                 progress=progress,

@@ -32,8 +32,8 @@ from .replay import Replay
 from .stored import StoredAlert, StoredDecision, compact_alert, shown
 
 __all__ = [
+    "AlertCheck",
     "Decided",
-    "check_alerts",
     "decision_finding",
     "differences",
     "unexpected_rows",
@@ -127,13 +127,6 @@ def unexpected_rows(rows: Iterable[StoredDecision], why: str) -> list[Finding]:
 # --------------------------------------------------------------------------- alerts
 
 
-@dataclass(frozen=True, slots=True)
-class _Upsert:
-    at: str
-    run: str
-    row: tuple[Any, ...]
-
-
 def _content(row: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(v for c, v in zip(ALERT_COLUMNS, row, strict=True) if c not in _WRITE_COLUMNS)
 
@@ -144,62 +137,131 @@ def _alert_finding(code: FindingCode, alert_id: str, message: str, **details: An
     )
 
 
-def check_alerts(
-    view: LedgerView,
-    replays: Sequence[Replay],
-    decided: Decided,
-    *,
-    salt: str,
-    config: AuditConfig = DEFAULT_CONFIG,
-    recent: frozenset[str] | set[str] = frozenset(),
-) -> list[Finding]:
-    """The stored alerts against the replays' (``recent``: ids of alerts whose stored
-    row is too recent to check now; they are not missing)."""
-    out: list[Finding] = []
-    upserts: dict[str, list[_Upsert]] = {}
-    written: dict[tuple[str, str, str], tuple[Any, ...]] = {}
-    times: dict[str, set[str]] = {}
-    for rp in replays:
-        times.setdefault(rp.run, set()).update(rp.times)
-        for at, alert_id, row in rp.alerts:
-            # the rows are compact already (``compact_alert``), as the stored ones are
-            upserts.setdefault(alert_id, []).append(_Upsert(at, rp.run, row))
-            written[(rp.run, at, alert_id)] = row
-    for ups in upserts.values():
-        ups.sort(key=lambda u: u.at)
-    stored: dict[str, list[StoredAlert]] = {}
-    for a in view.alerts:
-        stored.setdefault(a.alert_id, []).append(a)
-    for alert_id, found in sorted(stored.items()):
-        first, *extra = found
-        for x in extra:
+_FIRST_AT: Final = ALERT_COLUMNS.index("first_at")
+
+
+@dataclass(frozen=True, slots=True)
+class _Later:
+    """A run's latest upsert of a stored alert after the stored version, with other
+    content: what the stored row should have become."""
+
+    at: str
+    seq: int
+    columns: dict[str, dict[str, Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class _Gone:
+    """A run's latest upsert of an alert that has no stored row: what its finding says."""
+
+    at: str
+    seq: int
+    rule: Any
+    actor: Any
+    first_at: str
+
+
+class AlertCheck:
+    """The stored alerts against the replays' upserts, compared as the replays write
+    them (``written``; ADR 0047): no upsert row is held, only per stored alert whether
+    the run that wrote it wrote it so (and how not), per run the latest later version
+    that differs, and per alert without a row the latest upsert's summary. A run's
+    upserts count only if its whole replay is handed to ``findings`` (one that fails
+    half-way is left out, as if never replayed)."""
+
+    def __init__(self, stored: Iterable[StoredAlert]) -> None:
+        self._stored: dict[str, StoredAlert] = {}
+        self._extra: list[StoredAlert] = []
+        for a in stored:
+            if a.alert_id in self._stored:
+                self._extra.append(a)
+            else:
+                self._stored[a.alert_id] = a
+        #: stored alerts whose own write was replayed: its differences (empty: equal)
+        self._exact: dict[str, dict[str, dict[str, Any]]] = {}
+        self._later: dict[tuple[str, str], _Later] = {}
+        self._gone: dict[tuple[str, str], _Gone] = {}
+        self._seq = 0
+
+    def written(self, run: str, at: str, alert_id: str, row: tuple[Any, ...]) -> None:
+        """Run ``run`` wrote alert ``alert_id`` at ``at`` as ``row`` (``compact_alert``)."""
+        self._seq += 1
+        alert = self._stored.get(alert_id)
+        if alert is None:
+            gone = self._gone.get((alert_id, run))
+            if gone is None or at >= gone.at:
+                self._gone[(alert_id, run)] = _Gone(
+                    at, self._seq, row[1], row[4], str(row[_FIRST_AT])
+                )
+            return
+        alert_id = alert.alert_id  # one string per alert, the stored one's
+        if run == alert.audit_run and at == alert.created_at:
+            self._exact[alert_id] = differences(ALERT_COLUMNS, alert.values, row, skip=("version",))
+        elif at > alert.created_at and _content(row) != _content(alert.values):
+            later = self._later.get((alert_id, run))
+            if later is None or at >= later.at:
+                diffs = differences(ALERT_COLUMNS, alert.values, row, _WRITE_COLUMNS)
+                self._later[(alert_id, run)] = _Later(at, self._seq, diffs)
+
+    def findings(
+        self,
+        view: LedgerView,
+        replays: Sequence[Replay],
+        decided: Decided,
+        *,
+        salt: str,
+        config: AuditConfig = DEFAULT_CONFIG,
+        recent: frozenset[str] | set[str] = frozenset(),
+    ) -> list[Finding]:
+        """What the stored alerts and the upserts of ``replays`` (the runs replayed
+        whole) show (``recent``: ids of alerts whose stored row is too recent to check
+        now; they are not missing)."""
+        runs = {rp.run for rp in replays}
+        times: dict[str, set[str]] = {}
+        for rp in replays:
+            times.setdefault(rp.run, set()).update(rp.times)
+        later: dict[str, tuple[str, _Later]] = {}
+        for (alert_id, run), lt in self._later.items():
+            seen = later.get(alert_id)
+            if run in runs and (seen is None or (lt.at, lt.seq) > (seen[1].at, seen[1].seq)):
+                later[alert_id] = (run, lt)
+        out: list[Finding] = []
+        extra: dict[str, list[StoredAlert]] = {}
+        for x in self._extra:
+            extra.setdefault(x.alert_id, []).append(x)
+        for alert_id, alert in sorted(self._stored.items()):
+            for x in extra.get(alert_id, ()):
+                out.append(
+                    _alert_finding(
+                        FindingCode.ALERT_UNEXPECTED,
+                        alert_id,
+                        f"a second row of alert {alert_id} (first event at {x.first_at})",
+                        first_at=shown(x.get("first_at")),
+                    )
+                )
+            exact = self._exact.get(alert_id) if alert.audit_run in runs else None
+            out += _check_stored_alert(
+                view, alert, exact, later.get(alert_id), times, decided, salt, config
+            )
+        gone: dict[str, tuple[str, _Gone]] = {}
+        for (alert_id, run), g in self._gone.items():
+            last = gone.get(alert_id)
+            if run in runs and (last is None or (g.at, g.seq) > (last[1].at, last[1].seq)):
+                gone[alert_id] = (run, g)
+        for alert_id, (run, g) in sorted(gone.items()):
+            if alert_id in recent or _replaced(replays, g.first_at, g.at):
+                continue
             out.append(
                 _alert_finding(
-                    FindingCode.ALERT_UNEXPECTED,
+                    FindingCode.ALERT_MISSING,
                     alert_id,
-                    f"a second row of alert {alert_id} (first event at {x.first_at})",
-                    first_at=shown(x.get("first_at")),
+                    f"run {run} raised alert {alert_id} ({g.rule}, actor "
+                    f"{g.actor}, first event at {g.first_at}) at {g.at} but its row is gone",
+                    audit_run=run,
+                    created_at=g.at,
                 )
             )
-        out += _check_stored_alert(view, first, upserts, written, times, decided, salt, config)
-    for alert_id, ups in sorted(upserts.items()):
-        if alert_id in stored or alert_id in recent:
-            continue
-        last = ups[-1]
-        first_at = str(last.row[ALERT_COLUMNS.index("first_at")])
-        if _replaced(replays, first_at, last.at):
-            continue
-        out.append(
-            _alert_finding(
-                FindingCode.ALERT_MISSING,
-                alert_id,
-                f"run {last.run} raised alert {alert_id} ({last.row[1]}, actor "
-                f"{last.row[4]}, first event at {first_at}) at {last.at} but its row is gone",
-                audit_run=last.run,
-                created_at=last.at,
-            )
-        )
-    return out
+        return out
 
 
 def _replaced(replays: Sequence[Replay], first_at: str, at: str) -> bool:
@@ -215,48 +277,40 @@ def _replaced(replays: Sequence[Replay], first_at: str, at: str) -> bool:
 def _check_stored_alert(
     view: LedgerView,
     alert: StoredAlert,
-    upserts: Mapping[str, list[_Upsert]],
-    written: Mapping[tuple[str, str, str], tuple[Any, ...]],
+    exact: dict[str, dict[str, Any]] | None,
+    later: tuple[str, _Later] | None,
     times: Mapping[str, set[str]],
     decided: Decided,
     salt: str,
     config: AuditConfig,
 ) -> list[Finding]:
+    """``exact``: the differences from what its run wrote at its time (None: no such
+    write); ``later``: a later, different version a run wrote (its run and what)."""
     alert_id, run, at = alert.alert_id, alert.audit_run, alert.created_at
-    expected = written.get((run, at, alert_id))
-    if expected is not None:
-        diffs = differences(ALERT_COLUMNS, alert.values, expected, skip=("version",))
-        if diffs:
+    if exact is not None:
+        if exact:
             return [
                 _alert_finding(
                     FindingCode.ALERT_MISMATCH,
                     alert_id,
                     f"alert {alert_id} differs from the alert run {run} raised at {at} over "
-                    f"the ledger: {', '.join(sorted(diffs))}",
+                    f"the ledger: {', '.join(sorted(exact))}",
                     audit_run=run,
                     created_at=at,
-                    columns=diffs,
+                    columns=exact,
                 )
             ]
-        later = [
-            u
-            for u in upserts.get(alert_id, ())
-            if u.at > at and _content(u.row) != _content(alert.values)
-        ]
-        if later:
-            u = later[-1]
+        if later is not None:
+            by, u = later
             return [
                 _alert_finding(
                     FindingCode.ALERT_MISMATCH,
                     alert_id,
                     f"alert {alert_id} is the version run {run} wrote at {at}, not the one "
-                    f"run {u.run} wrote at {u.at}: "
-                    + ", ".join(
-                        sorted(differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS))
-                    ),
+                    f"run {by} wrote at {u.at}: " + ", ".join(sorted(u.columns)),
                     audit_run=run,
                     created_at=at,
-                    columns=differences(ALERT_COLUMNS, alert.values, u.row, _WRITE_COLUMNS),
+                    columns=u.columns,
                 )
             ]
         return []

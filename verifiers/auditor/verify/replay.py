@@ -33,7 +33,11 @@ from ..runner.rows import ALERT_COLUMNS, DECISION_COLUMNS, RESTORED_COLUMNS, Run
 from .ledger import DecisionGroup, LedgerView
 from .stored import StoredDecision, compact_alert
 
-__all__ = ["Replay", "replay_follow", "replay_range"]
+__all__ = ["AlertSink", "Replay", "replay_follow", "replay_range"]
+
+#: where a replay hands each alert upsert as the run wrote it: (time, alert id, the
+#: ``compact_alert`` of the row); checked as it comes, never held (ADR 0047)
+AlertSink = Callable[[str, str, tuple[Any, ...]], None]
 
 #: blocks of a chain a follow replay reads from ClickHouse ahead of its cycle at once
 #: (what it holds beyond the cycle: ~1,000 events a block at full speed)
@@ -50,13 +54,11 @@ def _occurred(cutoff: tuple[str, str, str]) -> str:
 
 @dataclass
 class Replay:
-    """What one run must have written that is checked at the end: its alert upserts in
-    order (time, alert id, row: the ``compact_alert`` of what the run wrote). Its
-    decisions and their rows are handed over as the replay makes them."""
+    """What is kept of one run's replay: its times and bounds. Its decisions and their
+    rows, and its alert upserts, are handed over as the replay makes them."""
 
     run: str
     kind: str
-    alerts: list[tuple[str, str, tuple[Any, ...]]] = field(default_factory=list)
     #: the times of the run's decisions (one for a range run, one per follow cycle)
     times: list[str] = field(default_factory=list)
     #: range runs: [from, to); the alerts with first_at there were replaced by the run
@@ -159,6 +161,7 @@ def replay_range(
     decided_at: str,
     groups: Sequence[DecisionGroup],
     sink: Callable[[PlacedDecision, tuple[Any, ...]], None],
+    on_alert: AlertSink,
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
@@ -166,16 +169,16 @@ def replay_range(
 ) -> Replay:
     """Range run ``run`` made at ``decided_at``, replayed (``plan_range``) from what its
     rows (``groups``) tell. Each decision goes to ``sink`` with its row as the auditor
-    makes it; the ``Replay`` keeps the alerts. ``progress`` is told the accesses read so
-    far, every 5,000."""
+    makes it, each alert to ``on_alert`` as it is final. ``progress`` is told the
+    accesses read so far, every 5,000."""
     assert run.from_ts is not None and run.to_ts is not None
     source = RangeSnapshot(view, groups, decided_at)
     out = Replay(run.text, "range", times=[decided_at], bounds=(run.from_ts, run.to_ts))
 
     def raised(a: Alert) -> None:
-        # kept compact as each alert is final: the grouper lets it go (ADR 0045)
+        # handed over as each alert is final: the grouper lets it go (ADR 0045, 0047)
         row = alert_row(a, created_at=decided_at, audit_run=run.text, version=0)
-        out.alerts.append((decided_at, a.alert_id, compact_alert(row)))
+        on_alert(decided_at, a.alert_id, compact_alert(row))
 
     plan = plan_range(
         source,
@@ -244,6 +247,7 @@ class FollowSnapshot(_Snapshot):
         cycles: _Cycles,
         warm_until: str | None,
         on_row: Callable[[tuple[str, int], tuple[Any, ...]], None],
+        on_alert: AlertSink,
     ) -> None:
         super().__init__(view)
         self.run = run
@@ -251,7 +255,7 @@ class FollowSnapshot(_Snapshot):
         self.warm_until = warm_until
         self.k = -1
         self.on_row = on_row
-        self.alerts_at: list[tuple[str, tuple[Any, ...]]] = []
+        self.on_alert = on_alert
         self._cache: dict[str, dict[int, list[LedgeredEvent]]] = {}
         self._loaded: dict[str, int] = {}
         known = [k for k in cycles.known if k]
@@ -351,9 +355,10 @@ class FollowSnapshot(_Snapshot):
     def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
         a_run = ALERT_COLUMNS.index("audit_run")
         # the replaying follower has a token of its own: the rows carry the run's id
-        self.alerts_at.extend(
-            (self.now, compact_alert((*r[:a_run], self.run, *r[a_run + 1 :]))) for r in rows
-        )
+        for r in rows:
+            self.on_alert(
+                self.now, str(r[0]), compact_alert((*r[:a_run], self.run, *r[a_run + 1 :]))
+            )
 
 
 def replay_follow(
@@ -362,6 +367,7 @@ def replay_follow(
     rows: Iterable[StoredDecision],
     on_row: Callable[[tuple[str, int], tuple[Any, ...]], None],
     on_placed: Callable[[PlacedDecision], None],
+    on_alert: AlertSink,
     *,
     salt: str,
     config: AuditConfig = DEFAULT_CONFIG,
@@ -369,14 +375,14 @@ def replay_follow(
 ) -> Replay:
     """Follow run ``run`` replayed cycle by cycle with the auditor's ``Follower``, its
     cycles told by its rows (``rows``, read once). Each row the follower writes goes to
-    ``on_row`` (by event id and amends, with the run's id) and each decision it makes to
-    ``on_placed`` as they come: the ``Replay`` keeps the alerts only (ADR 0045).
+    ``on_row`` (by event id and amends, with the run's id), each decision it makes to
+    ``on_placed`` and each alert upsert to ``on_alert`` as they come (ADR 0045, 0047).
     ``progress`` is told the decisions made so far, once per cycle."""
     cycles = _cycles(rows)
     out = Replay(run.text, "follow", times=list(cycles.times))
     if not cycles.times:
         return out
-    source = FollowSnapshot(view, run.text, cycles, run.warm_until, on_row)
+    source = FollowSnapshot(view, run.text, cycles, run.warm_until, on_row, on_alert)
     follower = Follower(
         source,
         salt=salt,
@@ -397,6 +403,4 @@ def replay_follow(
         follower.cycle()
         if progress is not None:
             progress(out.count)
-    for t, row in source.alerts_at:
-        out.alerts.append((t, str(row[0]), row))
     return out
