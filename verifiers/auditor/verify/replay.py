@@ -40,8 +40,9 @@ __all__ = ["AlertSink", "Replay", "replay_follow", "replay_range"]
 AlertSink = Callable[[str, str, tuple[Any, ...]], None]
 
 #: blocks of a chain a follow replay reads from ClickHouse ahead of its cycle at once
-#: (what it holds beyond the cycle: ~1,000 events a block at full speed)
-_CHUNK = 32
+#: (what it holds beyond the cycle: ~1,000 events a block at full speed, so ~8,000 a
+#: chain; a live cycle asks for one or two blocks, a capped one for ~50,000 events)
+_CHUNK = 8
 
 
 _D_RUN: Final = DECISION_COLUMNS.index("audit_run")
