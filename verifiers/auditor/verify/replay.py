@@ -69,14 +69,13 @@ class Replay:
 
 
 class _Snapshot:
-    """An ``AuditSource`` serving the ledger as one run saw it (reads only; what the run
-    writes is collected)."""
+    """An ``AuditSource`` serving the ledger as one run saw it (reads only: a range
+    replay's rows and alerts go to its sinks, a follow replay's writes are handed over
+    by ``FollowSnapshot``; nothing written is held here)."""
 
     def __init__(self, view: LedgerView) -> None:
         self.view = view
         self.now = ""
-        self.written: list[tuple[Any, ...]] = []
-        self.alerts_written: list[tuple[Any, ...]] = []
 
     # reads every run makes
     def reference_records(self) -> list[LedgeredReference]:
@@ -96,10 +95,10 @@ class _Snapshot:
         return 0
 
     def insert_decisions(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self.written.extend(rows)
+        raise NotImplementedError  # plan_range hands its rows to the sink
 
     def insert_alerts(self, rows: Sequence[tuple[Any, ...]]) -> None:
-        self.alerts_written.extend(rows)
+        raise NotImplementedError  # plan_range hands its alerts to the alert sink
 
 
 class RangeSnapshot(_Snapshot):
