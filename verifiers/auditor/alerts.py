@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Final
@@ -179,6 +179,7 @@ def group_alerts(
     burst_patients: int = 20,
     closed: Mapping[str, ClosedAlert] | None = None,
     late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
+    anchors: Collection[str] = (),
 ) -> list[Alert]:
     """Group flagged decisions into alerts (deterministic: the input order does not
     matter). Flags below ``min_severity`` are left out; a group of
@@ -195,6 +196,11 @@ def group_alerts(
       break-the-glass stop window) raised after the close is an alert of its own, with an
       id of its own (``alert_id(..., late=True)``).
 
+    ``anchors``: ids of alerts already written (by a follower, ADR 0048). The flag an
+    anchored alert started with starts it again, as a closed one's does, so a flag that
+    arrived late and occurred before it does not take its id and its flags away: given
+    every flag of each anchored alert, no flag lands in two alerts.
+
     ``AlertGrouper`` does the same as the decisions are made."""
     grouper = AlertGrouper(
         salt=salt,
@@ -204,6 +210,7 @@ def group_alerts(
         burst_patients=burst_patients,
         closed=closed,
         late_flag_delay_us=late_flag_delay_us,
+        anchors=anchors,
     )
     for d in decisions:
         grouper.add(d)
@@ -228,8 +235,10 @@ class AlertGrouper:
         burst_patients: int = 20,
         closed: Mapping[str, ClosedAlert] | None = None,
         late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
+        anchors: Collection[str] = (),
     ) -> None:
         self._salt = salt
+        self._anchors = frozenset(anchors)
         self._window_us = window_us
         self._max_span_us = max_span_us
         self._min_rank = min_severity.rank
@@ -313,14 +322,16 @@ class AlertGrouper:
     def _take(self, d: AccessDecision) -> None:
         """One flagged decision, in (occurred_at, event id, amends) order."""
         closed_us, open_groups, salt = self._closed_us, self._open, self._salt
+        anchors = self._anchors
         t_us = ts_to_us(d.occurred_at)
         for f in d.flags:
             if f.severity.rank < self._min_rank:
                 continue
             key = (d.actor_id, f.code)
             g = open_groups.get(key)
-            # the id of an alert this flag would start (only needed to recognise one closed)
-            own = alert_id(f.code, d.actor_id, d.event_id) if closed_us else ""
+            # the id of an alert this flag would start (only needed to recognise one
+            # closed or anchored)
+            own = alert_id(f.code, d.actor_id, d.event_id) if closed_us or anchors else ""
             if g is not None and (
                 t_us - g.last_us > self._window_us or t_us - g.first_us > self._max_span_us
             ):
@@ -337,6 +348,10 @@ class AlertGrouper:
                     if g is not None:
                         self._done.append(_finish(g, self._burst))
                     g = open_groups[key] = self._start(own, d, f, t_us)
+            elif g is not None and g.alert_id != own and own in anchors:
+                # this flag started an alert already written: it starts it again
+                self._done.append(_finish(g, self._burst))
+                g = open_groups[key] = self._start(own, d, f, t_us)
             elif g is not None and g.closed is not None and not self._takes(g.closed, d, t_us):
                 if d.amends:
                     late = True

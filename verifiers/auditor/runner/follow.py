@@ -9,6 +9,7 @@ new flags and upsert (and publish) the alerts that are new or grew.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import gc
 import logging
 import secrets
@@ -22,6 +23,7 @@ from careledger_core.reference import ReferenceRecord
 from .._time import ts_to_us, us_to_ts
 from ..alerts import Alert, ClosedAlert, group_alerts
 from ..config import DEFAULT_CONFIG, AuditConfig
+from ..decisions import RuleCode
 from ..explanations import read_policy_table
 from ..history import is_btg_start
 from ..rules import AccessDecision, Auditor, core_consent_evaluator
@@ -40,6 +42,7 @@ from .decide import (
 from .publish import AlertPublisher
 from .reviews import report_broken_histories
 from .rows import (
+    FOLLOW_GROUPING,
     alert_document,
     alert_fingerprint,
     alert_row,
@@ -89,8 +92,12 @@ class Follower:
         now: Callable[[], str] = utc_now_ts,
         warmup: bool = True,
         max_cycle_events: int | None = None,
+        grouping: int = FOLLOW_GROUPING,
     ) -> None:
         self.store = store
+        #: how alerts are regrouped (``follow_run_id``): 2, the alerts this run wrote
+        #: anchor their flags (ADR 0048); 1, as runs made before (``verify`` replays them)
+        self.grouping = grouping
         self.salt = salt
         #: a poll reads at most about this many events of the backlog (the oldest blocks
         #: first, by their signed time; None: all of it): what a cycle holds is bounded
@@ -106,7 +113,7 @@ class Follower:
         #: ``follow:<token>``, completed at the first cycle with how this run started
         #: (``follow_run_id``): what ``verify`` needs to replay it (ADR 0016)
         self.token = secrets.token_hex(8)
-        self.run_id = follow_run_id(self.token)
+        self.run_id = follow_run_id(self.token, grouping=grouping)
         #: called with each cycle's decisions before they are stored (``verify``)
         self.on_decided: Callable[[list[PlacedDecision]], None] | None = None
         self.state = ReferenceState()
@@ -122,6 +129,8 @@ class Follower:
         self.late_records = 0
         self.btg_positions: dict[str, tuple[Position, int, str]] = {}
         self.recent: dict[str, list[AccessDecision]] = {}  # flagged, by actor
+        #: the alerts this run wrote whose flags may still be regrouped, by actor
+        self.written: dict[str, dict[str, _Written]] = {}
         #: earlier runs' flags are read back from the decisions stored before this
         #: instant (None: the first run, or no warm-up), once per actor
         self._restore_before: str | None = None
@@ -153,7 +162,9 @@ class Follower:
             # the first cycle replays the last warm-up window of what was decided (not
             # deciding it again), so windows are as if the follower had never stopped
             self._warm_until = self.store.last_decided_time()
-        self.run_id = follow_run_id(self.token, self._warm_until, self.from_ts)
+        self.run_id = follow_run_id(
+            self.token, self._warm_until, self.from_ts, grouping=self.grouping
+        )
         self.started = True
         if self.warmup and self.cursors:
             # the flags earlier runs decided are read back per actor (``_restore_flags``)
@@ -412,16 +423,19 @@ class Follower:
         # that occurred much later, e.g. a back-filled batch, is grouped at its own time)
         regroup: list[AccessDecision] = []
         keep: dict[str, list[AccessDecision]] = {}
+        anchors: set[str] = set()
         for actor, new in by_actor.items():
-            times = sorted({ts_to_us(d.occurred_at) for d in new})
             known = [*self.recent.get(actor, ()), *new]
-            near = [d for d in known if _near(times, ts_to_us(d.occurred_at), _REGROUP_US)]
-            regroup.extend(near)
+            if self.grouping == 1:
+                times = sorted({ts_to_us(d.occurred_at) for d in new})
+                near = [d for d in known if _near(times, ts_to_us(d.occurred_at), _REGROUP_US)]
+                regroup.extend(near)
+            else:
+                near = self._anchored(actor, new, known, anchors, regroup)
             near_ids = {id(d) for d in near}
+            keep_from = self._keep_from(actor, latest)
             keep[actor] = [
-                d
-                for d in known
-                if id(d) in near_ids or latest - ts_to_us(d.occurred_at) <= _REGROUP_US
+                d for d in known if id(d) in near_ids or ts_to_us(d.occurred_at) >= keep_from
             ]
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
@@ -430,6 +444,7 @@ class Follower:
             salt=self.salt,
             closed=self.closed,
             late_flag_delay_us=self.config.btg_stop_window_us,
+            anchors=anchors,
         ):
             if touched.isdisjoint(a.event_ids):
                 continue
@@ -442,16 +457,14 @@ class Follower:
         documents = [(a.alert_id, alert_document(a)) for a in changed]
         self.recent.update(keep)
         self._latest_us = latest
-        if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
-            self.recent = {
-                actor: kept
-                for actor, decisions in self.recent.items()
-                if (
-                    kept := [
-                        d for d in decisions if latest - ts_to_us(d.occurred_at) <= _REGROUP_US
-                    ]
+        if self.grouping > 1:
+            for a in changed:
+                flagged_ids = a.event_ids[int(a.evidence["related_events"]) :]
+                self.written.setdefault(a.actor_id, {})[a.alert_id] = _Written(
+                    a.rule, ts_to_us(a.first_at), ts_to_us(a.last_at), frozenset(flagged_ids)
                 )
-            }
+        if self.cycles % 1000 == 0:  # forget the flags of actors quiet for a day
+            self._forget(latest)
         for a in changed:
             self.published[a.alert_id] = alert_fingerprint(a)
         self.alerts_sent += len(changed)
@@ -459,6 +472,96 @@ class Follower:
             for key in list(self.published)[:100_000]:
                 del self.published[key]
         return rows, documents
+
+    def _anchored(
+        self,
+        actor: str,
+        new: list[AccessDecision],
+        known: list[AccessDecision],
+        anchors: set[str],
+        regroup: list[AccessDecision],
+    ) -> list[AccessDecision]:
+        """The flags of ``actor`` to regroup with its ``new`` ones (grouping 2, ADR 0048):
+        those of ``known`` from a day (the window plus the span) before the first new
+        one to a day after the last, widened to the whole of every alert this run wrote
+        that the span cuts into. Added to ``regroup``; the ids of the written alerts whose
+        flags are all there go to ``anchors`` (their first flag starts them again), and
+        the flags of a written alert that are not all there any more (forgotten) are left
+        out: that alert stays as written, none of its flags lands in another. Returns the
+        flags of ``known`` taken (the ones to keep)."""
+        times = [ts_to_us(d.occurred_at) for d in new]
+        lo, hi = min(times) - _REGROUP_US, max(times) + _REGROUP_US
+        written = self.written.get(actor, {})
+        grown = bool(written)
+        while grown:
+            grown = False
+            for w in written.values():
+                if w.first_us <= hi and w.last_us >= lo and (w.first_us < lo or w.last_us > hi):
+                    lo, hi, grown = min(lo, w.first_us), max(hi, w.last_us), True
+        near = [d for d in known if lo <= ts_to_us(d.occurred_at) <= hi]
+        if not written:
+            regroup.extend(near)
+            return near
+        have = {(d.event_id, f.code) for d in near for f in d.flags}
+        forgotten: set[tuple[str, RuleCode]] = set()
+        for aid, w in written.items():
+            if w.first_us > hi or w.last_us < lo:
+                continue
+            if all((e, w.rule) in have for e in w.flagged):
+                anchors.add(aid)
+            else:
+                forgotten.update((e, w.rule) for e in w.flagged)
+        if not forgotten:
+            regroup.extend(near)
+            return near
+        for d in near:
+            flags = tuple(f for f in d.flags if (d.event_id, f.code) not in forgotten)
+            if len(flags) == len(d.flags):
+                regroup.append(d)
+            elif flags:
+                regroup.append(dataclasses.replace(d, flags=flags))
+        return near
+
+    def _keep_from(self, actor: str, latest_us: int) -> int:
+        """The flags of ``actor`` kept for regrouping occurred from this time on: a day
+        before the latest, or the first flag of a written alert whose last is after that
+        (so an alert kept is kept whole, and can still grow)."""
+        cut = latest_us - _REGROUP_US
+        written = self.written.get(actor, {}).values()
+        lowered = True
+        while lowered:
+            lowered = False
+            for w in written:
+                if w.first_us < cut <= w.last_us:
+                    cut, lowered = w.first_us, True
+        return cut
+
+    def _forget(self, latest_us: int) -> None:
+        """Forget the flags and written alerts that no new flag can regroup any more
+        (actors quiet for a day). A written alert is forgotten with its last flag: one
+        with some flags forgotten is still known, and left as written (``_anchored``)."""
+        recent: dict[str, list[AccessDecision]] = {}
+        written: dict[str, dict[str, _Written]] = {}
+        for actor in [*self.recent, *(a for a in self.written if a not in self.recent)]:
+            cut = self._keep_from(actor, latest_us)
+            kept = [d for d in self.recent.get(actor, ()) if ts_to_us(d.occurred_at) >= cut]
+            if kept:
+                recent[actor] = kept
+            alerts = {a: w for a, w in self.written.get(actor, {}).items() if w.last_us >= cut}
+            if alerts:
+                written[actor] = alerts
+        self.recent, self.written = recent, written
+
+
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """An alert a follower wrote: its rule, its first and last flag's time, and the
+    events it flagged (its related events left out)."""
+
+    rule: RuleCode
+    first_us: int
+    last_us: int
+    flagged: frozenset[str]
 
 
 @dataclass(slots=True)

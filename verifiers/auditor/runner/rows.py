@@ -78,26 +78,38 @@ _ALERT_RUN_COLUMNS: Final = ("created_at", "audit_run")
 
 
 _FOLLOW: Final = "follow:"
+#: how a follower regroups alerts (``follow_run_id``): 2, written alerts anchor theirs
+FOLLOW_GROUPING: Final = 2
 _RANGE: Final = "range:"
 
 
-def follow_run_id(token: str, warm_until: str | None = None, from_ts: str | None = None) -> str:
+def follow_run_id(
+    token: str,
+    warm_until: str | None = None,
+    from_ts: str | None = None,
+    *,
+    grouping: int = FOLLOW_GROUPING,
+) -> str:
     """The ``audit_run`` of a follower's rows: ``follow:<token>``, then ``;warm=<time>``
-    if it replayed the rules' windows up to that event time when it started, and
-    ``;from=<time>`` if it skipped events before that time. With these, ``verify``
-    replays the run as it went (ADR 0016)."""
+    if it replayed the rules' windows up to that event time when it started,
+    ``;from=<time>`` if it skipped events before that time, and ``;group=<n>`` for the
+    way it regrouped alerts (2: written alerts anchor their flags, ADR 0048; absent: 1,
+    the runs made before). With these, ``verify`` replays the run as it went
+    (ADR 0016)."""
     run = _FOLLOW + token
     if warm_until is not None:
         run += f";warm={warm_until}"
     if from_ts is not None:
         run += f";from={from_ts}"
+    if grouping != 1:
+        run += f";group={grouping}"
     return run
 
 
 @dataclass(frozen=True, slots=True)
 class RunId:
     """A parsed ``audit_run``: a range run (``from_ts``/``to_ts``) or a follow run
-    (``token``, ``warm_until``, ``from_ts``)."""
+    (``token``, ``warm_until``, ``from_ts``, ``grouping``)."""
 
     kind: str  # "range" or "follow"
     text: str
@@ -105,11 +117,12 @@ class RunId:
     to_ts: str | None = None
     token: str = ""
     warm_until: str | None = None
+    grouping: int = 1
 
 
 def parse_run_id(text: str) -> RunId | None:
-    """``range:<from>..<to>`` or ``follow:<token>[;warm=<t>][;from=<t>]``; None for
-    anything else (a row no run of the auditor wrote)."""
+    """``range:<from>..<to>`` or ``follow:<token>[;warm=<t>][;from=<t>][;group=2]``;
+    None for anything else (a row no run of the auditor wrote)."""
     if text.startswith(_RANGE):
         lo, sep, hi = text[len(_RANGE) :].partition("..")
         if not sep or not _is_ts(lo) or not _is_ts(hi) or lo >= hi:
@@ -122,11 +135,21 @@ def parse_run_id(text: str) -> RunId | None:
         fields: dict[str, str] = {}
         for part in parts:
             key, sep, value = part.partition("=")
-            if not sep or key not in ("warm", "from") or key in fields or not _is_ts(value):
+            if not sep or key in fields:
+                return None
+            if key == "group":
+                if value != str(FOLLOW_GROUPING):
+                    return None
+            elif key not in ("warm", "from") or not _is_ts(value):
                 return None
             fields[key] = value
         return RunId(
-            "follow", text, token=token, warm_until=fields.get("warm"), from_ts=fields.get("from")
+            "follow",
+            text,
+            token=token,
+            warm_until=fields.get("warm"),
+            from_ts=fields.get("from"),
+            grouping=int(fields.get("group", "1")),
         )
     return None
 

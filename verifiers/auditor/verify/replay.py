@@ -390,6 +390,7 @@ def replay_follow(
         from_ts=run.from_ts,
         now=lambda: source.now,
         warmup=run.warm_until is not None,
+        grouping=run.grouping,
     )
 
     def decided(placed: list[PlacedDecision]) -> None:
