@@ -137,3 +137,17 @@ def test_a_written_alert_no_longer_whole_is_left_as_written(ledger: AuditedLedge
     run_cycles(ledger, follower, [[615]])
     assert twice(stored_alerts(ledger)) == []
     assert sizes(ledger) == {r: [1, 3] for r in ("AFTER_HOURS", "NO_EXPLANATION")}
+
+
+def test_a_follower_forgets_the_alerts_and_flags_no_new_flag_can_regroup(
+    ledger: AuditedLedger,
+) -> None:
+    """What the anchors cost is bounded: an actor flagged once a day for six days holds
+    the alerts (one per rule) and flags of the last two days (a new flag regroups a day
+    back), not six days of them."""
+    follower = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts)
+    run_cycles(ledger, follower, [[600 + day * DAY, 610 + day * DAY] for day in range(6)])
+    assert len(follower.written["N1"]) == 4
+    assert len(follower.recent["N1"]) == 4
+    assert twice(stored_alerts(ledger)) == []
+    assert sizes(ledger) == {r: [2] * 6 for r in ("AFTER_HOURS", "NO_EXPLANATION")}

@@ -426,17 +426,26 @@ class Follower:
         anchors: set[str] = set()
         for actor, new in by_actor.items():
             known = [*self.recent.get(actor, ()), *new]
+            span = (0, -1)
             if self.grouping == 1:
                 times = sorted({ts_to_us(d.occurred_at) for d in new})
                 near = [d for d in known if _near(times, ts_to_us(d.occurred_at), _REGROUP_US)]
                 regroup.extend(near)
             else:
-                near = self._anchored(actor, new, known, anchors, regroup)
+                near, span = self._anchored(actor, new, known, anchors, regroup)
             near_ids = {id(d) for d in near}
             keep_from = self._keep_from(actor, latest)
             keep[actor] = [
                 d for d in known if id(d) in near_ids or ts_to_us(d.occurred_at) >= keep_from
             ]
+            if self.grouping > 1 and actor in self.written:
+                # forgotten with their flags: none in the span regrouped, none kept after
+                lo, hi = span
+                self.written[actor] = {
+                    aid: w
+                    for aid, w in self.written[actor].items()
+                    if w.last_us >= keep_from or (w.first_us <= hi and w.last_us >= lo)
+                }
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
         for a in group_alerts(
@@ -480,7 +489,7 @@ class Follower:
         known: list[AccessDecision],
         anchors: set[str],
         regroup: list[AccessDecision],
-    ) -> list[AccessDecision]:
+    ) -> tuple[list[AccessDecision], tuple[int, int]]:
         """The flags of ``actor`` to regroup with its ``new`` ones (grouping 2, ADR 0048):
         those of ``known`` from a day (the window plus the span) before the first new
         one to a day after the last, widened to the whole of every alert this run wrote
@@ -488,7 +497,7 @@ class Follower:
         flags are all there go to ``anchors`` (their first flag starts them again), and
         the flags of a written alert that are not all there any more (forgotten) are left
         out: that alert stays as written, none of its flags lands in another. Returns the
-        flags of ``known`` taken (the ones to keep)."""
+        flags of ``known`` taken (the ones to keep) and the span they were taken from."""
         times = [ts_to_us(d.occurred_at) for d in new]
         lo, hi = min(times) - _REGROUP_US, max(times) + _REGROUP_US
         written = self.written.get(actor, {})
@@ -501,7 +510,7 @@ class Follower:
         near = [d for d in known if lo <= ts_to_us(d.occurred_at) <= hi]
         if not written:
             regroup.extend(near)
-            return near
+            return near, (lo, hi)
         have = {(d.event_id, f.code) for d in near for f in d.flags}
         forgotten: set[tuple[str, RuleCode]] = set()
         for aid, w in written.items():
@@ -513,14 +522,14 @@ class Follower:
                 forgotten.update((e, w.rule) for e in w.flagged)
         if not forgotten:
             regroup.extend(near)
-            return near
+            return near, (lo, hi)
         for d in near:
             flags = tuple(f for f in d.flags if (d.event_id, f.code) not in forgotten)
             if len(flags) == len(d.flags):
                 regroup.append(d)
             elif flags:
                 regroup.append(dataclasses.replace(d, flags=flags))
-        return near
+        return near, (lo, hi)
 
     def _keep_from(self, actor: str, latest_us: int) -> int:
         """The flags of ``actor`` kept for regrouping occurred from this time on: a day
