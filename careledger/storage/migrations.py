@@ -467,6 +467,19 @@ MIGRATIONS += (
     ),
 )
 
+MIGRATIONS += (
+    Migration(
+        15,
+        "the alerts a follower grouped a decision's flags into (ADR 0048)",
+        (),
+        add_columns=(
+            # a JSON object, rule -> alert id, written by followers that group with
+            # anchors (``;group=3``); empty for range runs and older rows
+            AddColumn("access_decisions", "alert_ids", "String DEFAULT ''"),
+        ),
+    ),
+)
+
 LATEST_VERSION = MIGRATIONS[-1].version
 
 

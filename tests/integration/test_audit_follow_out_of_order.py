@@ -1,8 +1,10 @@
 """Flags that reach a follower out of time order, on the real ClickHouse: one actor's
 accesses on two chains whose blocks land in later cycles than accesses that occurred
 after them (a late partition), before, inside and between alerts already written. Each
-flag ends in exactly one alert of its rule, and ``verify`` replays the run intact
-(ADR 0048). Both ways a follower runs: ``Follower.cycle`` and ``FollowPipeline``."""
+flag ends in exactly one alert of its rule, across a restart too (the second run reads
+back which alerts the first run's flags went into), and ``verify`` replays both runs
+intact (ADR 0048). Both ways a follower runs: ``Follower.cycle`` and
+``FollowPipeline``."""
 
 from __future__ import annotations
 
@@ -64,37 +66,43 @@ def test_flags_landing_out_of_order_are_each_in_one_alert_and_verify_intact(
         refs = [canonical_reference_bytes(r) for r in hospital()]
         chains.write_blocks(_chain(DIRECTORY, refs, len(refs), reference=True))
         events: dict[str, list[Any]] = {EARLY: [], LATE: []}
-        follower = Follower(store, salt=SALT)
-        pipeline = FollowPipeline(follower, interval_s=0.05) if threads else None
-        if pipeline is not None:
-            pipeline.start()
-        try:
-            for chain_id, minutes in LANDINGS:
-                done = {c: len(e) for c, e in events.items()}
-                new = [event("M1", f"P{2 + i % 2}", at(m)) for i, m in enumerate(minutes)]
-                events[chain_id].extend(new)
-                blocks = _chain(
-                    chain_id, [canonical_event_bytes(e) for e in events[chain_id]], 1, False
-                )
-                chains.write_blocks(blocks[done[chain_id] :])
-                landed = sum(map(len, events.values()))
-                if pipeline is None:
-                    follower.cycle()
-                for _ in range(50):  # the pipeline decides this landing in its own cycle
-                    if follower.decided >= landed:
-                        break
-                    assert pipeline is not None, "a cycle left part of a landing"
-                    pipeline.step(5.0)
-        finally:
+        decided = 0
+        runs: list[Follower] = []
+        # two runs: the second starts (a restart) after the third landing
+        for part in (LANDINGS[:3], LANDINGS[3:]):
+            follower = Follower(store, salt=SALT)
+            runs.append(follower)
+            pipeline = FollowPipeline(follower, interval_s=0.05) if threads else None
             if pipeline is not None:
-                pipeline.close(5.0)
+                pipeline.start()
+            try:
+                for chain_id, minutes in part:
+                    done = {c: len(e) for c, e in events.items()}
+                    new = [event("M1", f"P{2 + i % 2}", at(m)) for i, m in enumerate(minutes)]
+                    events[chain_id].extend(new)
+                    blocks = _chain(
+                        chain_id, [canonical_event_bytes(e) for e in events[chain_id]], 1, False
+                    )
+                    chains.write_blocks(blocks[done[chain_id] :])
+                    landed = sum(map(len, events.values())) - decided
+                    if pipeline is None:
+                        follower.cycle()
+                    for _ in range(50):  # the pipeline decides a landing in its own cycle
+                        if follower.decided >= landed:
+                            break
+                        assert pipeline is not None, "a cycle left part of a landing"
+                        pipeline.step(5.0)
+            finally:
+                if pipeline is not None:
+                    pipeline.close(5.0)
+            decided += follower.decided
         every = [e for es in events.values() for e in es]
-        assert follower.decided == len(every)
+        assert decided == len(every)
+        assert all(";group=3" in r.run_id for r in runs)
         alerts = _flagged_alerts(store)
         pairs = Counter((rule, e) for rule, ids in alerts.values() for e in ids)
         assert [p for p, n in pairs.items() if n > 1] == [], "a flag in two alerts"
         assert {e for _rule, e in pairs} == {e.event_id for e in every}, "every flag alerted"
-        assert follower.cycles >= len(LANDINGS) and ";group=2" in follower.run_id
         result = verify_audit(
             backend,
             isolated.clickhouse_database,
@@ -103,6 +111,6 @@ def test_flags_landing_out_of_order_are_each_in_one_alert_and_verify_intact(
             settle_us=0,
         )
         assert result.findings == [], [(str(f.code), f.message) for f in result.findings]
-        assert result.summary["runs"]["follow"] == 1
+        assert result.summary["runs"]["follow"] == 2
     finally:
         backend.close()

@@ -207,8 +207,8 @@ def test_a_forged_decision_row(ledger: AuditedLedger) -> None:
     ledger.sql(
         "INSERT INTO {db}.access_decisions SELECT %(g)s, chain_id, height, idx, occurred_at, "
         "occurred_date, actor_id, patient_ref, amends, explanation_kind, explanation, "
-        "searched, flags, severity, score, decided_at, audit_run, reference_known_at "
-        "FROM {db}.access_decisions WHERE event_id = %(e)s",
+        "searched, flags, severity, score, decided_at, audit_run, reference_known_at, "
+        "alert_ids FROM {db}.access_decisions WHERE event_id = %(e)s",
         {"g": ghost, "e": ledger.cases["explained"].event_id},
     )
     assert found(ledger.verify()) == [("DECISION_UNEXPECTED", ledger.events_chain, 0, 0, ghost)]

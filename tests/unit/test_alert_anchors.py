@@ -34,17 +34,27 @@ def decision(i: int, minute: int, rules: tuple[RuleCode, ...]) -> AccessDecision
 def follow(
     batches: list[list[AccessDecision]], *, anchored: bool = True
 ) -> list[dict[str, frozenset[str]]]:
-    """The written alerts (id -> flagged events) after each batch."""
+    """The written alerts (id -> flagged events) after each batch. Checks, as it goes,
+    that each new flag's alert (``assigned``, what its decision row names) is written
+    and holds it, and stays so: a flag's alert never changes once it is grouped."""
     known: list[AccessDecision] = []
     written: dict[str, frozenset[str]] = {}
+    named: dict[tuple[str, str], str] = {}  # (event, rule) -> alert, when first grouped
     history = []
     for batch in batches:
         known.extend(batch)
         touched = {d.event_id for d in batch}
         anchors = written.keys() if anchored else ()
-        for a in group_alerts(known, salt=SALT, anchors=anchors):
+        assigned: dict[tuple[str, bool, str], str] = {}
+        for a in group_alerts(known, salt=SALT, anchors=anchors, assigned=assigned):
             if not touched.isdisjoint(a.event_ids):
                 written[a.alert_id] = frozenset(a.event_ids)
+        for d in batch:
+            for f in d.flags:
+                named[(d.event_id, f.code)] = assigned[(d.event_id, d.amends, f.code)]
+        if anchored:
+            for (event_id, _rule), aid in named.items():
+                assert event_id in written[aid], "a flag left the alert its row names"
         history.append(dict(written))
     return history
 

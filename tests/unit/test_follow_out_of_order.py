@@ -118,12 +118,66 @@ def test_a_flag_inside_an_alert_whose_flags_were_forgotten_is_an_alert_of_its_ow
 
 def test_the_grouping_is_part_of_a_follow_runs_id() -> None:
     run = follow_run_id("ab12", "2026-01-01T00:00:00.000000Z")
-    assert run.endswith(";group=2")
+    assert run.endswith(";group=3")
     parsed = parse_run_id(run)
-    assert parsed is not None and parsed.grouping == 2
+    assert parsed is not None and parsed.grouping == 3
+    assert parse_run_id("follow:ab12;group=2").grouping == 2  # type: ignore[union-attr]
     assert parse_run_id("follow:ab12").grouping == 1  # type: ignore[union-attr]
-    assert parse_run_id("follow:ab12;group=3") is None
-    assert parse_run_id("follow:ab12;group=2;group=2") is None
+    assert parse_run_id("follow:ab12;group=4") is None
+    assert parse_run_id("follow:ab12;group=3;group=3") is None
+
+
+def alert_ids_stored(ledger: AuditedLedger, run: str) -> dict[str, dict[str, str]]:
+    rows = ledger.sql(
+        "SELECT event_id, alert_ids FROM {db}.access_decisions WHERE audit_run = %(r)s "
+        "AND flags != '[]'",
+        {"r": run},
+    )
+    return {e.decode(): json.loads(ids) if ids else {} for e, ids in rows}
+
+
+def test_each_flagged_decision_row_names_the_alerts_its_flags_went_into(
+    ledger: AuditedLedger,
+) -> None:
+    follower = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts)
+    run_cycles(ledger, follower, OUT_OF_ORDER)
+    named = alert_ids_stored(ledger, follower.run_id)
+    alerts = stored_alerts(ledger)
+    assert named and all(named.values())
+    for event_id, ids in named.items():
+        for rule, aid in ids.items():
+            assert alerts[aid][0] == rule and event_id in alerts[aid][1]
+    # and a range run leaves the column empty (its grouping is whole)
+    ledger.audit_range(at(-DAY), at(3 * DAY))
+    [(n,)] = ledger.sql(
+        "SELECT count() FROM {db}.access_decisions WHERE audit_run LIKE 'range:%%' "
+        "AND alert_ids != ''"
+    )
+    assert n == 0
+
+
+@pytest.mark.parametrize("grouping", [3, 2])
+def test_a_flag_arriving_out_of_order_after_a_restart_does_not_regroup_an_earlier_runs_alert(
+    ledger: AuditedLedger, grouping: int
+) -> None:
+    """The restart: the first run wrote an alert (600-620) and stopped; the next reads
+    its flags back and, with grouping 3, the alert they went into (their rows name it),
+    so a flag before it that arrives now is an alert of its own. Grouping 2 (no names
+    in the rows) regroups the earlier alert's flags under the new flag's id."""
+    first = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts, grouping=grouping)
+    run_cycles(ledger, first, [[600, 610, 620]])
+    second = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts, grouping=grouping)
+    run_cycles(ledger, second, [[595], [630]])
+    alerts = stored_alerts(ledger)
+    if grouping == 2:
+        assert twice(alerts) != []
+    else:
+        assert twice(alerts) == []
+        # 595 alone; the first run's alert grew with 630 under its id
+        assert sizes(ledger) == {r: [1, 4] for r in ("AFTER_HOURS", "NO_EXPLANATION")}
+    result = ledger.verify()
+    assert result.findings == [], [(str(f.code), f.message) for f in result.findings]
+    assert result.summary["runs"]["follow"] == 2
 
 
 def test_a_written_alert_no_longer_whole_is_left_as_written(ledger: AuditedLedger) -> None:
@@ -151,3 +205,25 @@ def test_a_follower_forgets_the_alerts_and_flags_no_new_flag_can_regroup(
     assert len(follower.recent["N1"]) == 4
     assert twice(stored_alerts(ledger)) == []
     assert sizes(ledger) == {r: [2] * 6 for r in ("AFTER_HOURS", "NO_EXPLANATION")}
+
+
+@pytest.mark.parametrize("value", ['{"NO_EXPLANATION":"0000"}', "{not json", "[1]"])
+def test_a_rewritten_alert_ids_column_is_found_and_a_restart_reading_it_does_not_fail(
+    ledger: AuditedLedger, value: str
+) -> None:
+    """The column a restart reads is checked like every other: rewritten, ``verify``
+    names the row; hostile, the restart groups that row as unflagged and goes on."""
+    first = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts)
+    run_cycles(ledger, first, [[600, 610, 620]])
+    [(victim,)] = ledger.sql(
+        "SELECT event_id FROM {db}.access_decisions WHERE actor_id = 'N1' AND occurred_at = %(t)s",
+        {"t": at(610)},
+    )
+    ledger.mutate(
+        "ALTER TABLE {db}.access_decisions UPDATE alert_ids = %(v)s WHERE event_id = %(e)s",
+        {"v": value, "e": victim.decode()},
+    )
+    second = Follower(ledger.audit, salt=SALT, now=ledger.clock.ts)
+    run_cycles(ledger, second, [[595], [630]])
+    found = [(str(f.code), f.event_id) for f in ledger.verify().findings]
+    assert ("DECISION_MISMATCH", victim.decode()) in found, found

@@ -329,7 +329,7 @@ def test_rows_written_in_the_last_minutes_wait_for_the_next_run_but_not_future_o
     copy = (
         "INSERT INTO {db}.access_decisions SELECT event_id, chain_id, height, idx, "
         "occurred_at, occurred_date, actor_id, patient_ref, amends, explanation_kind, "
-        "explanation, searched, '[]', '', 0, %(t)s, audit_run, reference_known_at "
+        "explanation, searched, '[]', '', 0, %(t)s, audit_run, reference_known_at, alert_ids "
         "FROM {db}.access_decisions WHERE event_id = %(e)s"
     )
     snoop = ledger.cases["snoop"].event_id

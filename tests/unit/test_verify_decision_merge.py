@@ -53,6 +53,7 @@ def row(event: int, amends: int, t_us: int, **changed: Any) -> tuple[Any, ...]:
         "decided_at": AT,
         "audit_run": RUN,
         "reference_known_at": "2026-12-01T00:00:00.000000Z",
+        "alert_ids": "",
     }
     values.update(changed)
     return tuple(values[c] for c in DECISION_COLUMNS)

@@ -180,6 +180,7 @@ def group_alerts(
     closed: Mapping[str, ClosedAlert] | None = None,
     late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
     anchors: Collection[str] = (),
+    assigned: dict[tuple[str, bool, str], str] | None = None,
 ) -> list[Alert]:
     """Group flagged decisions into alerts (deterministic: the input order does not
     matter). Flags below ``min_severity`` are left out; a group of
@@ -199,7 +200,8 @@ def group_alerts(
     ``anchors``: ids of alerts already written (by a follower, ADR 0048). The flag an
     anchored alert started with starts it again, as a closed one's does, so a flag that
     arrived late and occurred before it does not take its id and its flags away: given
-    every flag of each anchored alert, no flag lands in two alerts.
+    every flag of each anchored alert, no flag lands in two alerts. ``assigned``, if
+    given, is told the alert of each flag: (event id, amends, rule) -> alert id.
 
     ``AlertGrouper`` does the same as the decisions are made."""
     grouper = AlertGrouper(
@@ -211,6 +213,7 @@ def group_alerts(
         closed=closed,
         late_flag_delay_us=late_flag_delay_us,
         anchors=anchors,
+        assigned=assigned,
     )
     for d in decisions:
         grouper.add(d)
@@ -236,9 +239,11 @@ class AlertGrouper:
         closed: Mapping[str, ClosedAlert] | None = None,
         late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
         anchors: Collection[str] = (),
+        assigned: dict[tuple[str, bool, str], str] | None = None,
     ) -> None:
         self._salt = salt
         self._anchors = frozenset(anchors)
+        self._assigned = assigned
         self._window_us = window_us
         self._max_span_us = max_span_us
         self._min_rank = min_severity.rank
@@ -365,12 +370,16 @@ class AlertGrouper:
                 side = self._start(alert_id(f.code, d.actor_id, d.event_id, late=True), d, f, t_us)
                 _add(side, d, f, t_us, salt)
                 self._done.append(_finish(side, self._burst))
+                if self._assigned is not None:
+                    self._assigned[(d.event_id, d.amends, f.code)] = side.alert_id
                 continue
             if g is None:
                 g = open_groups[key] = self._start(
                     own or alert_id(f.code, d.actor_id, d.event_id), d, f, t_us
                 )
             _add(g, d, f, t_us, salt)
+            if self._assigned is not None:
+                self._assigned[(d.event_id, d.amends, f.code)] = g.alert_id
 
 
 #: ``settled`` calls between two looks for groups no flag can join any more

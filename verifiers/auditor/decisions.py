@@ -212,6 +212,8 @@ class AccessDecision:
 class RestoredDecision(AccessDecision):
     """A flagged decision read back from its stored row (``access_decisions``) for
     grouping alerts after a restart: the row names the patient only by pseudonym
-    (``patient_ref``; empty: about no patient)."""
+    (``patient_ref``; empty: about no patient), and, if a follower grouped its flags
+    (ADR 0048), the alert each flag went into (``alert_ids``: (rule, alert id) pairs)."""
 
     patient_ref: str = ""
+    alert_ids: tuple[tuple[str, str], ...] = ()

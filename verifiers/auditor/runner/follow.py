@@ -21,9 +21,9 @@ from typing import Any, Final
 from careledger_core.reference import ReferenceRecord
 
 from .._time import ts_to_us, us_to_ts
-from ..alerts import Alert, ClosedAlert, group_alerts
+from ..alerts import Alert, ClosedAlert, alert_id, group_alerts
 from ..config import DEFAULT_CONFIG, AuditConfig
-from ..decisions import RuleCode
+from ..decisions import RestoredDecision, RuleCode
 from ..explanations import read_policy_table
 from ..history import is_btg_start
 from ..rules import AccessDecision, Auditor, core_consent_evaluator
@@ -42,14 +42,17 @@ from .decide import (
 from .publish import AlertPublisher
 from .reviews import report_broken_histories
 from .rows import (
+    DECISION_COLUMNS,
     FOLLOW_GROUPING,
     alert_document,
     alert_fingerprint,
     alert_row,
     decision_row,
+    dumps,
     follow_run_id,
     restored_decision,
     utc_now_ts,
+    with_alert_ids,
 )
 from .store import AuditSource
 
@@ -198,7 +201,38 @@ class Follower:
             self.recent.setdefault(actor, []).extend(
                 d for d in earlier if (d.event_id, d.amends) not in mine
             )
+            if self.grouping >= 3:
+                self._seed_written(actor, earlier)
         self._restored.update(actors)
+
+    def _seed_written(self, actor: str, earlier: Sequence[AccessDecision]) -> None:
+        """The alerts earlier runs wrote, as their decision rows name them (grouping 3,
+        ADR 0048): each anchors its flags as this run's own do. One whose first flag is
+        not among those read back (it started before them) is not whole: left as
+        written."""
+        flags: dict[str, list[tuple[int, str, RuleCode]]] = {}
+        for d in earlier:
+            if not isinstance(d, RestoredDecision):
+                continue
+            codes = {str(f.code): f.code for f in d.flags}
+            for rule, aid in d.alert_ids:
+                code = codes.get(rule)
+                if code is not None:  # (an id of a rule the row does not flag: ignored)
+                    flags.setdefault(aid, []).append((ts_to_us(d.occurred_at), d.event_id, code))
+        written = self.written.setdefault(actor, {})
+        for aid, got in flags.items():
+            if aid in written:
+                continue  # this run wrote it since: it knows it as written now
+            code = got[0][2]
+            whole = any(
+                aid in (alert_id(c, actor, e), alert_id(c, actor, e, late=True))
+                for _t, e, c in got
+                if c == code
+            )
+            times = [t for t, _e, _c in got]
+            written[aid] = _Written(
+                code, min(times), max(times), frozenset(e for _t, e, _c in got), whole
+            )
 
     def _read_reviews(self, *, again: bool = False) -> None:
         """Read the reviews if a status changed since the last read (or ``again``): the
@@ -389,7 +423,10 @@ class Follower:
         """The alerts of the last decided flags, added to the last cycle's writes (raises
         StorageError reading the reviews; the flags stay pending)."""
         if self._pending_flagged:
-            self._pending[-1].add_alerts(*self._alerts(self._pending_flagged, self._pending_at))
+            rows, documents, named = self._alerts(self._pending_flagged, self._pending_at)
+            self._pending[-1].add_alerts(rows, documents)
+            if named:
+                self._pending[-1].name_alerts(named)
             self._pending_flagged = []
 
     def take_writes(self) -> list[CycleWrites]:
@@ -408,9 +445,11 @@ class Follower:
 
     def _alerts(
         self, flagged: list[AccessDecision], decided_at: str
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, dict[str, Any]]]]:
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, dict[str, Any]]], dict[tuple[str, int], str]]:
         """The alerts that the flags make new or grow: their rows and documents (the
-        follower remembers them as published: they are stored before the next cycle's)."""
+        follower remembers them as published: they are stored before the next cycle's),
+        and (grouping 3) the alerts each flagged decision's flags went into, by (event
+        id, amends), as the decision row names them."""
         # a review made during this cycle: an alert closed now must not take these flags
         self._read_reviews()
         latest = max(self._latest_us, max(ts_to_us(d.occurred_at) for d in flagged))
@@ -448,12 +487,14 @@ class Follower:
                 }
         touched = {d.event_id for d in flagged}
         changed: list[Alert] = []
+        assigned: dict[tuple[str, bool, str], str] | None = {} if self.grouping >= 3 else None
         for a in group_alerts(
             regroup,
             salt=self.salt,
             closed=self.closed,
             late_flag_delay_us=self.config.btg_stop_window_us,
             anchors=anchors,
+            assigned=assigned,
         ):
             if touched.isdisjoint(a.event_ids):
                 continue
@@ -480,7 +521,7 @@ class Follower:
         if len(self.published) > 200_000:
             for key in list(self.published)[:100_000]:
                 del self.published[key]
-        return rows, documents
+        return rows, documents, _named(flagged, assigned) if assigned else {}
 
     def _anchored(
         self,
@@ -516,7 +557,7 @@ class Follower:
         for aid, w in written.items():
             if w.first_us > hi or w.last_us < lo:
                 continue
-            if all((e, w.rule) in have for e in w.flagged):
+            if w.whole and all((e, w.rule) in have for e in w.flagged):
                 anchors.add(aid)
             else:
                 forgotten.update((e, w.rule) for e in w.flagged)
@@ -571,6 +612,8 @@ class _Written:
     first_us: int
     last_us: int
     flagged: frozenset[str]
+    #: every flag of it is known (an earlier run's, read back, may have started before)
+    whole: bool = True
 
 
 @dataclass(slots=True)
@@ -605,6 +648,35 @@ class CycleWrites:
     ) -> None:
         self.alerts.extend(rows)
         self.documents.extend(documents)
+
+    def name_alerts(self, alert_ids: Mapping[tuple[str, int], str]) -> None:
+        """Name in each decision row the alerts its flags went into (before the rows
+        are stored)."""
+        if self.stage >= 3:
+            raise RuntimeError("the decision rows of this cycle are stored already")
+        self.decisions = [
+            with_alert_ids(r, ids) if (ids := alert_ids.get((r[0], r[_AMENDS]))) else r
+            for r in self.decisions
+        ]
+
+
+def _named(
+    flagged: Sequence[AccessDecision], assigned: Mapping[tuple[str, bool, str], str]
+) -> dict[tuple[str, int], str]:
+    """(event id, amends) -> the JSON object rule -> alert id of its flags' alerts."""
+    out: dict[tuple[str, int], str] = {}
+    for d in flagged:
+        ids = {
+            str(f.code): aid
+            for f in d.flags
+            if (aid := assigned.get((d.event_id, d.amends, f.code))) is not None
+        }
+        if ids:
+            out[(d.event_id, int(d.amends))] = dumps(ids)
+    return out
+
+
+_AMENDS: Final = DECISION_COLUMNS.index("amends")
 
 
 def write_cycle(w: CycleWrites, store: AuditSource, publisher: AlertPublisher | None) -> None:

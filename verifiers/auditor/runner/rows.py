@@ -41,6 +41,7 @@ DECISION_COLUMNS: Final = (
     "decided_at",
     "audit_run",
     "reference_known_at",
+    "alert_ids",
 )
 ALERT_COLUMNS: Final = (
     "alert_id",
@@ -78,8 +79,10 @@ _ALERT_RUN_COLUMNS: Final = ("created_at", "audit_run")
 
 
 _FOLLOW: Final = "follow:"
-#: how a follower regroups alerts (``follow_run_id``): 2, written alerts anchor theirs
-FOLLOW_GROUPING: Final = 2
+#: how a follower regroups alerts (``follow_run_id``): 2, the alerts it wrote anchor
+#: their flags; 3, and each decision row names its flags' alerts, which a restart reads
+#: back (ADR 0048)
+FOLLOW_GROUPING: Final = 3
 _RANGE: Final = "range:"
 
 
@@ -93,8 +96,8 @@ def follow_run_id(
     """The ``audit_run`` of a follower's rows: ``follow:<token>``, then ``;warm=<time>``
     if it replayed the rules' windows up to that event time when it started,
     ``;from=<time>`` if it skipped events before that time, and ``;group=<n>`` for the
-    way it regrouped alerts (2: written alerts anchor their flags, ADR 0048; absent: 1,
-    the runs made before). With these, ``verify`` replays the run as it went
+    way it regrouped alerts (``FOLLOW_GROUPING``, ADR 0048; absent: 1, the runs made
+    before). With these, ``verify`` replays the run as it went
     (ADR 0016)."""
     run = _FOLLOW + token
     if warm_until is not None:
@@ -121,7 +124,7 @@ class RunId:
 
 
 def parse_run_id(text: str) -> RunId | None:
-    """``range:<from>..<to>`` or ``follow:<token>[;warm=<t>][;from=<t>][;group=2]``;
+    """``range:<from>..<to>`` or ``follow:<token>[;warm=<t>][;from=<t>][;group=2|3]``;
     None for anything else (a row no run of the auditor wrote)."""
     if text.startswith(_RANGE):
         lo, sep, hi = text[len(_RANGE) :].partition("..")
@@ -138,7 +141,7 @@ def parse_run_id(text: str) -> RunId | None:
             if not sep or key in fields:
                 return None
             if key == "group":
-                if value != str(FOLLOW_GROUPING):
+                if value not in ("2", "3"):
                     return None
             elif key not in ("warm", "from") or not _is_ts(value):
                 return None
@@ -225,7 +228,17 @@ def decision_row(
         decided_at,
         audit_run,
         placed.known_at,
+        "",  # alert_ids: a follower's, once its flags are grouped (``with_alert_ids``)
     )
+
+
+def with_alert_ids(row: tuple[Any, ...], alert_ids: str) -> tuple[Any, ...]:
+    """A decision row (``decision_row``) with the alerts its flags went into: a JSON
+    object, rule -> alert id (ADR 0048)."""
+    return (*row[:_ALERT_IDS], alert_ids, *row[_ALERT_IDS + 1 :])
+
+
+_ALERT_IDS: Final = DECISION_COLUMNS.index("alert_ids")
 
 
 #: the columns ``restored_decision`` reads, in its order
@@ -238,6 +251,7 @@ RESTORED_COLUMNS: Final = (
     "searched",
     "flags",
     "score",
+    "alert_ids",
 )
 
 
@@ -245,7 +259,7 @@ def restored_decision(values: Sequence[Any]) -> RestoredDecision | None:
     """A stored flagged decision (``RESTORED_COLUMNS``), as ``group_alerts`` needs it
     after a restart; None for a row without flags or that cannot be read (it then
     groups as if it had not been flagged: ``verify`` reports such rows)."""
-    event_id, amends, occurred_at, actor_id, patient_ref, searched, flags, score = (
+    event_id, amends, occurred_at, actor_id, patient_ref, searched, flags, score, ids = (
         v.decode() if isinstance(v, bytes) else v for v in values
     )
     try:
@@ -260,6 +274,7 @@ def restored_decision(values: Sequence[Any]) -> RestoredDecision | None:
             for f in parsed
         )
         kinds = tuple(str(k) for k in json.loads(searched or "[]"))
+        alert_ids = _alert_ids(ids)
     except (ValueError, TypeError, KeyError):
         return None
     if not restored:
@@ -277,7 +292,21 @@ def restored_decision(values: Sequence[Any]) -> RestoredDecision | None:
         multiplier=multiplier,
         amends=bool(amends),
         patient_ref=str(patient_ref),
+        alert_ids=alert_ids,
     )
+
+
+def _alert_ids(text: Any) -> tuple[tuple[str, str], ...]:
+    """The ``alert_ids`` column: {} or '' -> (); a JSON object of strings -> its sorted
+    (rule, alert id) pairs; anything else raises ValueError."""
+    if not text:
+        return ()
+    parsed = json.loads(text)
+    if not isinstance(parsed, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
+    ):
+        raise ValueError("alert_ids is not an object of strings")
+    return tuple(sorted(parsed.items()))
 
 
 # Values many decisions share, encoded once (the same text as encoding each).
