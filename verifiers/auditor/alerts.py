@@ -181,6 +181,7 @@ def group_alerts(
     late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
     anchors: Collection[str] = (),
     assigned: dict[tuple[str, bool, str], str] | None = None,
+    assign_only: Collection[str] | None = None,
 ) -> list[Alert]:
     """Group flagged decisions into alerts (deterministic: the input order does not
     matter). Flags below ``min_severity`` are left out; a group of
@@ -201,7 +202,8 @@ def group_alerts(
     anchored alert started with starts it again, as a closed one's does, so a flag that
     arrived late and occurred before it does not take its id and its flags away: given
     every flag of each anchored alert, no flag lands in two alerts. ``assigned``, if
-    given, is told the alert of each flag: (event id, amends, rule) -> alert id.
+    given, is told the alert of each flag (of the events ``assign_only`` names, if
+    given): (event id, amends, rule) -> alert id.
 
     ``AlertGrouper`` does the same as the decisions are made."""
     grouper = AlertGrouper(
@@ -214,6 +216,7 @@ def group_alerts(
         late_flag_delay_us=late_flag_delay_us,
         anchors=anchors,
         assigned=assigned,
+        assign_only=assign_only,
     )
     for d in decisions:
         grouper.add(d)
@@ -240,10 +243,12 @@ class AlertGrouper:
         late_flag_delay_us: int = DEFAULT_CONFIG.btg_stop_window_us,
         anchors: Collection[str] = (),
         assigned: dict[tuple[str, bool, str], str] | None = None,
+        assign_only: Collection[str] | None = None,
     ) -> None:
         self._salt = salt
         self._anchors = frozenset(anchors)
         self._assigned = assigned
+        self._assign_only = assign_only
         self._window_us = window_us
         self._max_span_us = max_span_us
         self._min_rank = min_severity.rank
@@ -370,7 +375,7 @@ class AlertGrouper:
                 side = self._start(alert_id(f.code, d.actor_id, d.event_id, late=True), d, f, t_us)
                 _add(side, d, f, t_us, salt)
                 self._done.append(_finish(side, self._burst))
-                if self._assigned is not None:
+                if self._assigned is not None and self._assigns(d):
                     self._assigned[(d.event_id, d.amends, f.code)] = side.alert_id
                 continue
             if g is None:
@@ -378,8 +383,11 @@ class AlertGrouper:
                     own or alert_id(f.code, d.actor_id, d.event_id), d, f, t_us
                 )
             _add(g, d, f, t_us, salt)
-            if self._assigned is not None:
+            if self._assigned is not None and self._assigns(d):
                 self._assigned[(d.event_id, d.amends, f.code)] = g.alert_id
+
+    def _assigns(self, d: AccessDecision) -> bool:
+        return self._assign_only is None or d.event_id in self._assign_only
 
 
 #: ``settled`` calls between two looks for groups no flag can join any more

@@ -495,6 +495,7 @@ class Follower:
             late_flag_delay_us=self.config.btg_stop_window_us,
             anchors=anchors,
             assigned=assigned,
+            assign_only=touched,
         ):
             if touched.isdisjoint(a.event_ids):
                 continue
