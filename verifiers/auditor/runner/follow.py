@@ -98,8 +98,9 @@ class Follower:
         grouping: int = FOLLOW_GROUPING,
     ) -> None:
         self.store = store
-        #: how alerts are regrouped (``follow_run_id``): 2, the alerts this run wrote
-        #: anchor their flags (ADR 0048); 1, as runs made before (``verify`` replays them)
+        #: how alerts are regrouped (``follow_run_id``, ADR 0048): 3, written alerts
+        #: anchor their flags and decision rows name them; 2, anchors only; 1, as runs
+        #: made before (``verify`` replays each as it ran)
         self.grouping = grouping
         self.salt = salt
         #: a poll reads at most about this many events of the backlog (the oldest blocks
@@ -445,7 +446,7 @@ class Follower:
 
     def _alerts(
         self, flagged: list[AccessDecision], decided_at: str
-    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, dict[str, Any]]], dict[tuple[str, int], str]]:
+    ) -> tuple[list[tuple[Any, ...]], list[tuple[str, dict[str, Any]]], _Named]:
         """The alerts that the flags make new or grow: their rows and documents (the
         follower remembers them as published: they are stored before the next cycle's),
         and (grouping 3) the alerts each flagged decision's flags went into, by (event
@@ -532,7 +533,7 @@ class Follower:
         anchors: set[str],
         regroup: list[AccessDecision],
     ) -> tuple[list[AccessDecision], tuple[int, int]]:
-        """The flags of ``actor`` to regroup with its ``new`` ones (grouping 2, ADR 0048):
+        """The flags of ``actor`` to regroup with its ``new`` ones (grouping 2-3, ADR 0048):
         those of ``known`` from a day (the window plus the span) before the first new
         one to a day after the last, widened to the whole of every alert this run wrote
         that the span cuts into. Added to ``regroup``; the ids of the written alerts whose
@@ -606,8 +607,9 @@ class Follower:
 
 @dataclass(frozen=True, slots=True)
 class _Written:
-    """An alert a follower wrote: its rule, its first and last flag's time, and the
-    events it flagged (its related events left out)."""
+    """An alert this run wrote (or an earlier run's, read back at a restart): its rule,
+    its first and last flag's time, and the events it flagged (its related events left
+    out)."""
 
     rule: RuleCode
     first_us: int
@@ -678,6 +680,8 @@ def _named(
 
 
 _AMENDS: Final = DECISION_COLUMNS.index("amends")
+#: (event id, amends) -> the JSON object, rule -> alert id, its decision row names
+_Named = dict[tuple[str, int], str]
 
 
 def write_cycle(w: CycleWrites, store: AuditSource, publisher: AlertPublisher | None) -> None:
